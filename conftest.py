@@ -1,0 +1,45 @@
+"""Test session wiring: one real server on loopback, shared by the tests and the example notebooks."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.serverproc import ServerProcess, write_config
+
+_shared: dict[str, ServerProcess] = {}
+
+
+def _shared_server(config: pytest.Config) -> ServerProcess:
+    if "server" not in _shared:
+        base = config._tmp_path_factory.mktemp("server")  # type: ignore[attr-defined]
+        server = ServerProcess(write_config(base / "data"), base / "server.log")
+        server.issue_tokens()
+        _shared["server"] = server.start()
+    return _shared["server"]
+
+
+@pytest.fixture(scope="session")
+def server(pytestconfig: pytest.Config) -> ServerProcess:
+    """The session's server: demo datasets; users alice (all datasets) and bob (breast_cancer only)."""
+    return _shared_server(pytestconfig)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Example notebooks run against the session's server: point their kernel at it before it starts."""
+    if type(item).__name__ == "IPyNbCell" and os.environ.get("_REMOTE_MAGIC_TEST_ENV") != "1":
+        server = _shared_server(item.config)
+        os.environ.update(
+            REMOTE_MAGIC_URL=server.url,
+            REMOTE_MAGIC_TOKEN=server.tokens["alice"],
+            REMOTE_MAGIC_PROGRESS="off",
+            _REMOTE_MAGIC_TEST_ENV="1",
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    server = _shared.pop("server", None)
+    if server is not None:
+        server.stop()

@@ -1,0 +1,219 @@
+"""The Python client: everything the magics do, usable from a plain script.
+
+Layers: a `requests.Session` that retries only idempotent requests (a POST is retried only with the same
+Idempotency-Key, so a retry can never start a second job), one method per endpoint with typed results,
+and `Job` handles that wait (long-poll), report progress, cancel on Ctrl-C and return a `TrainResult`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable
+
+import cloudpickle
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from .errors import ConnectionProblem, RemoteError, error_for
+from .result import TrainResult
+from .wire import FINAL_STATES, DatasetInfo, DatasetSpec, JobList, JobResult, JobStatus, Whoami
+
+DEFAULT_TIMEOUT = 30.0
+POLL_WAIT = 10.0
+
+
+def _retrying_session(token: str) -> requests.Session:
+    session = requests.Session()
+    retry = Retry(
+        total=5,
+        connect=5,
+        read=3,
+        backoff_factor=0.3,
+        status_forcelist=(502, 503, 504),
+        allowed_methods=frozenset({"GET", "HEAD", "OPTIONS"}),
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
+    adapter = HTTPAdapter(max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["Authorization"] = f"Bearer {token}"
+    session.headers["User-Agent"] = "remote-magic-client"
+    return session
+
+
+def package_model(model: object) -> bytes:
+    """Serialize a model as the server expects: cloudpickle, protocol 5."""
+    return cloudpickle.dumps(model, protocol=5)
+
+
+class Client:
+    """A connection to one remote-magic server, authenticated by a token."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = DEFAULT_TIMEOUT):
+        url = url or os.environ.get("REMOTE_MAGIC_URL")
+        token = token or os.environ.get("REMOTE_MAGIC_TOKEN")
+        if not url:
+            raise ConnectionProblem("no server URL: pass one or set REMOTE_MAGIC_URL")
+        if not token:
+            raise ConnectionProblem("no token: pass one or set REMOTE_MAGIC_TOKEN")
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._session = _retrying_session(token)
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r})"
+
+    def close(self) -> None:
+        self._session.close()
+
+    def _request(self, method: str, path: str, **kwargs: object) -> requests.Response:
+        kwargs.setdefault("timeout", self.timeout)
+        try:
+            response = self._session.request(method, f"{self.url}/v1{path}", **kwargs)  # type: ignore[arg-type]
+        except requests.ConnectionError:
+            raise ConnectionProblem(f"cannot reach {self.url}: is the server running?") from None
+        except requests.Timeout as exc:
+            raise ConnectionProblem(f"{self.url} did not answer in time") from exc
+        if response.status_code >= 400:
+            raise self._error(response)
+        return response
+
+    @staticmethod
+    def _error(response: requests.Response) -> RemoteError:
+        try:
+            body = response.json()["error"]
+            code, message = str(body["code"]), str(body["message"])
+        except (ValueError, KeyError, TypeError):
+            code, message = "http_error", f"the server answered HTTP {response.status_code}"
+        return error_for(code, message, status=response.status_code)
+
+    # endpoints
+    def health(self) -> dict:
+        return self._request("GET", "/health").json()
+
+    def whoami(self) -> Whoami:
+        return Whoami.model_validate(self._request("GET", "/whoami").json())
+
+    def datasets(self) -> list[DatasetInfo]:
+        return [DatasetInfo.model_validate(d) for d in self._request("GET", "/datasets").json()]
+
+    def dataset(self, name: str) -> DatasetInfo:
+        return DatasetInfo.model_validate(self._request("GET", f"/datasets/{name}").json())
+
+    def submit(
+        self, model: object, spec: DatasetSpec | dict, kind: str = "train", idempotency_key: str | None = None
+    ) -> Job:
+        """Queue a job and return its handle at once."""
+        spec = spec if isinstance(spec, DatasetSpec) else DatasetSpec.model_validate(spec)
+        payload = package_model(model)
+        key = idempotency_key or uuid.uuid4().hex
+        files = {"model": ("model.pkl", payload, "application/octet-stream")}
+        data = {"spec": spec.model_dump_json(exclude_none=True), "kind": kind}
+        for attempt in range(3):
+            try:
+                response = self._request(
+                    "POST", "/jobs", files=files, data=data, headers={"Idempotency-Key": key}
+                )
+                break
+            except ConnectionProblem:
+                if attempt == 2:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+        return Job(self, JobStatus.model_validate(response.json()))
+
+    def train(self, model: object, spec: DatasetSpec | dict, **wait: object) -> TrainResult:
+        """Submit a training job and wait for its result."""
+        return self.submit(model, spec, "train").result(**wait)  # type: ignore[arg-type]
+
+    def evaluate(self, model: object, spec: DatasetSpec | dict, **wait: object) -> TrainResult:
+        """Score a fitted model on the spec's evaluation rows, without training."""
+        return self.submit(model, spec, "evaluate").result(**wait)  # type: ignore[arg-type]
+
+    def jobs(self, limit: int = 100) -> list[JobStatus]:
+        return JobList.model_validate(self._request("GET", "/jobs", params={"limit": limit}).json()).jobs
+
+    def job(self, job_id: str) -> Job:
+        return Job(self, self._status(job_id))
+
+    def _status(self, job_id: str, wait: float = 0, since: int | None = None) -> JobStatus:
+        params: dict = {"wait": wait}
+        if since is not None:
+            params["since"] = since
+        response = self._request("GET", f"/jobs/{job_id}", params=params, timeout=self.timeout + wait)
+        return JobStatus.model_validate(response.json())
+
+    def _result(self, job_id: str) -> JobResult:
+        return JobResult.model_validate(self._request("GET", f"/jobs/{job_id}/result").json())
+
+    def _cancel(self, job_id: str) -> JobStatus:
+        return JobStatus.model_validate(self._request("POST", f"/jobs/{job_id}/cancel").json())
+
+
+class Job:
+    """A handle on a remote job: wait for it, watch it, cancel it, fetch its result."""
+
+    def __init__(self, client: Client, status: JobStatus):
+        self.client = client
+        self.status = status
+
+    @property
+    def id(self) -> str:
+        return self.status.id
+
+    @property
+    def done(self) -> bool:
+        return self.status.state in FINAL_STATES
+
+    def __repr__(self) -> str:
+        p = self.status.progress
+        rounds = f" round {p.round}/{p.total_rounds}" if p.total_rounds else ""
+        s = self.status
+        return f"<Job {self.id} {s.kind} on {s.dataset}: {s.state}, {p.stage}{rounds}>"
+
+    def refresh(self, wait: float = 0) -> JobStatus:
+        """Fetch the status; with `wait`, block until it changes or `wait` seconds pass."""
+        since = None if wait == 0 else self.status.version
+        self.status = self.client._status(self.id, wait=wait, since=since)
+        return self.status
+
+    def cancel(self) -> JobStatus:
+        self.status = self.client._cancel(self.id)
+        return self.status
+
+    def wait(
+        self, timeout: float | None = None, on_progress: Callable[[JobStatus], None] | None = None
+    ) -> JobStatus:
+        """Long-poll until the job is final. Ctrl-C cancels the remote job, then re-raises."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not self.done:
+                remaining = POLL_WAIT if deadline is None else min(POLL_WAIT, deadline - time.monotonic())
+                if remaining <= 0:
+                    raise TimeoutError(f"job {self.id} is still {self.status.state} after {timeout} s")
+                try:
+                    self.refresh(wait=remaining)
+                except ConnectionProblem:
+                    time.sleep(1.0)
+                    continue
+                if on_progress is not None:
+                    on_progress(self.status)
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
+        return self.status
+
+    def result(
+        self, timeout: float | None = None, on_progress: Callable[[JobStatus], None] | None = None
+    ) -> TrainResult:
+        """Wait for the job and return its aggregate result; a failed job raises a RemoteError."""
+        status = self.wait(timeout=timeout, on_progress=on_progress)
+        if status.state != "succeeded":
+            error = status.error
+            code = error.code if error else status.state
+            message = error.message if error else f"the job ended {status.state}"
+            raise error_for(code, message, job_id=self.id)
+        return TrainResult(self.client._result(self.id))

@@ -1,0 +1,81 @@
+"""Small display objects for listings (datasets, jobs), each with a text and an HTML face."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+from .wire import DatasetInfo, JobStatus
+
+
+def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    body = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join([line, "  ".join("-" * w for w in widths), *body])
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], css: str) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table class='{css}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+class Table:
+    """A fixed-column table; deterministic in both faces."""
+
+    css = "remote-magic-table"
+
+    def __init__(self, header: Sequence[str], rows: Sequence[Sequence[str]], title: str = ""):
+        self.header, self.rows, self.title = list(header), [list(r) for r in rows], title
+
+    def __repr__(self) -> str:
+        text = _text_table(self.header, self.rows)
+        return f"{self.title}\n{text}" if self.title else text
+
+    def _repr_html_(self) -> str:
+        title = f"<p><b>{html.escape(self.title)}</b></p>" if self.title else ""
+        return title + _html_table(self.header, self.rows, self.css)
+
+
+def datasets_table(datasets: Sequence[DatasetInfo]) -> Table:
+    rows = []
+    for d in datasets:
+        label = ", ".join(c.name for c in d.columns if c.role == "label")
+        features = sum(c.role == "feature" for c in d.columns)
+        rows.append([d.name, "<10" if d.rows is None else f"{d.rows:,}", label, str(features), d.description])
+    return Table(["dataset", "rows", "label", "features", "description"], rows)
+
+
+def columns_table(dataset: DatasetInfo) -> Table:
+    rows = [[c.name, c.dtype, c.role] for c in dataset.columns]
+    return Table(["column", "dtype", "role"], rows, title=f"{dataset.name}: {dataset.description}")
+
+
+def _progress_text(job: JobStatus) -> str:
+    p = job.progress
+    if job.state == "running" and p.total_rounds:
+        return f"{p.stage} {p.round}/{p.total_rounds}"
+    return p.stage if job.state in ("queued", "running") else ""
+
+
+def jobs_table(jobs: Sequence[JobStatus]) -> Table:
+    rows = []
+    for j in jobs:
+        metric = (
+            f"{j.main_metric.name} {j.main_metric.eval:.4g}" if j.main_metric and j.main_metric.eval else ""
+        )
+        if j.error:
+            metric = j.error.code
+        rows.append(
+            [
+                j.id,
+                j.kind,
+                j.dataset,
+                j.state,
+                _progress_text(j),
+                j.submitted_at[:19].replace("T", " "),
+                metric,
+            ]
+        )
+    return Table(["job", "kind", "dataset", "state", "progress", "submitted (UTC)", "main metric"], rows)

@@ -1,0 +1,216 @@
+"""The IPython magics. Thin: parse arguments, call the client API, hand the result to a display object.
+
+`RemoteMagic` is also the configuration (`%config RemoteMagic`), in the manner of JupySQL: every trait
+documents itself, and REMOTE_MAGIC_URL / REMOTE_MAGIC_TOKEN are the defaults.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import Bool, Float, Unicode, default
+from traitlets.config import Configurable
+
+from .client import Client, Job
+from .display import columns_table, datasets_table, jobs_table
+from .progress import ProgressBar, progress_enabled
+from .spec import spec_from_args
+
+
+def _spec_arguments(func):
+    """The dataset-spec flags shared by %%remote_train and %%remote_evaluate."""
+    for decorator in reversed(
+        [
+            argument("--dataset", "-d", help="dataset name on the server"),
+            argument("--label", "-l", help="label column"),
+            argument(
+                "--features", "-f", help="comma-separated feature columns (default: all but label and id)"
+            ),
+            argument(
+                "--where", "-w", help="filter admitting rows, e.g. \"age >= 18 AND region IN ('north')\""
+            ),
+            argument(
+                "--eval-fraction", type=float, help="hold out this fraction of admitted rows for evaluation"
+            ),
+            argument(
+                "--eval-where", help="evaluate on admitted rows matching this filter, train on the rest"
+            ),
+            argument("--seed", type=int, help="seed of the hashed train/eval split (default 0)"),
+            argument("--model", "-m", default="model", help="variable holding the model (default: model)"),
+            argument("--spec", default="spec", help="variable holding a spec dict, used for missing flags"),
+            argument(
+                "-o", "--output", help="store the result (or, with --no-wait, the job) in this variable"
+            ),
+            argument("--no-wait", action="store_true", help="return a job handle at once instead of waiting"),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+@magics_class
+class RemoteMagic(Magics, Configurable):
+    """Train and evaluate XGBoost models on a remote-magic server from notebook cells."""
+
+    url = Unicode(help="Server URL; default: $REMOTE_MAGIC_URL.").tag(config=True)
+    token_env = Unicode(
+        "REMOTE_MAGIC_TOKEN",
+        help="Environment variable that holds the token (the token itself is never stored).",
+    ).tag(config=True)
+    timeout = Float(0.0, help="Seconds to wait for a job before giving up; 0 waits as long as it takes.").tag(
+        config=True
+    )
+    progress = Bool(
+        help="Show a progress bar while waiting; default: on unless REMOTE_MAGIC_PROGRESS=off."
+    ).tag(config=True)
+    progress_delay = Float(
+        1.0, help="Seconds before the progress bar appears, so quick jobs stay quiet."
+    ).tag(config=True)
+
+    @default("url")
+    def _default_url(self) -> str:
+        return os.environ.get("REMOTE_MAGIC_URL", "")
+
+    @default("progress")
+    def _default_progress(self) -> bool:
+        return progress_enabled()
+
+    def __init__(self, shell):
+        Configurable.__init__(self, config=shell.config)
+        Magics.__init__(self, shell=shell)
+        shell.configurables.append(self)
+        self.connections: dict[str, Client] = {}
+        self.current: str | None = None
+        self.last_job: Job | None = None
+
+    # connection
+    def _token(self, env: str) -> str:
+        token = os.environ.get(env)
+        if token:
+            return token
+        if sys.stdin is not None and hasattr(sys.stdin, "isatty") and not os.environ.get("CI"):
+            try:
+                return getpass.getpass(f"Token for the remote-magic server (or set {env}): ")
+            except (EOFError, OSError):
+                pass
+        raise UsageError(f"no token: set the environment variable {env} before connecting")
+
+    @property
+    def client(self) -> Client:
+        if self.current is None:
+            self._connect(self.url, self.token_env, "default")
+        return self.connections[self.current]  # type: ignore[index]
+
+    def _connect(self, url: str, token_env: str, name: str) -> Client:
+        if not url:
+            raise UsageError("no server URL: %remote_connect URL, or set REMOTE_MAGIC_URL")
+        client = Client(url, self._token(token_env), timeout=30.0)
+        self.connections[name] = client
+        self.current = name
+        return client
+
+    @magic_arguments()
+    @argument("url", nargs="?", help="server URL (default: the `url` trait or $REMOTE_MAGIC_URL)")
+    @argument("--token-env", help="environment variable that holds the token (default: REMOTE_MAGIC_TOKEN)")
+    @argument("--name", "-n", default=None, help="name of this connection; switch back with --name only")
+    @line_magic
+    def remote_connect(self, line: str) -> None:
+        """Connect to a remote-magic server, or switch between named connections."""
+        args = parse_argstring(self.remote_connect, line)
+        name = args.name or "default"
+        if args.url is None and args.name in self.connections:
+            self.current = args.name
+        else:
+            self._connect(args.url or self.url, args.token_env or self.token_env, name)
+        who = self.client.whoami()
+        print(
+            f"Connected to {self.client.url} as {who.user} ({len(who.datasets)} dataset(s)) [{self.current}]"
+        )
+
+    @line_magic
+    def remote_datasets(self, line: str):
+        """List the datasets this token may use; `%remote_datasets NAME` shows one dataset's columns."""
+        name = line.strip()
+        if name:
+            return columns_table(self.client.dataset(name))
+        return datasets_table(self.client.datasets())
+
+    # jobs
+    def _spec(self, args) -> dict:
+        return spec_from_args(args, self.shell.user_ns.get(args.spec))
+
+    def _run(self, kind: str, line: str, cell: str, magic) -> object:
+        args = parse_argstring(magic, line)
+        spec = self._spec(args)
+        self.shell.ex(cell)
+        if args.model not in self.shell.user_ns:
+            raise UsageError(f"the cell defines no variable {args.model!r}; name the model with --model VAR")
+        job = self.client.submit(self.shell.user_ns[args.model], spec, kind)
+        self.last_job = job
+        if args.no_wait:
+            if args.output:
+                self.shell.user_ns[args.output] = job
+            return job
+        result = self._wait(job)
+        if args.output:
+            self.shell.user_ns[args.output] = result
+        return result
+
+    def _wait(self, job: Job):
+        bar = ProgressBar(delay=self.progress_delay) if self.progress else None
+        try:
+            return job.result(timeout=self.timeout or None, on_progress=bar)
+        except KeyboardInterrupt:
+            print(f"Interrupted: remote job {job.id} was cancelled.", file=sys.stderr)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+
+    @magic_arguments()
+    @_spec_arguments
+    @cell_magic
+    def remote_train(self, line: str, cell: str):
+        """Run the cell, then train its model remotely on the spec's admitted rows.
+
+        The cell runs locally first; the variable named by --model (default `model`) is sent: an
+        XGBClassifier or XGBRegressor (fitted or not, a fitted one continues training), a Booster, or
+        {'params': {...}, 'num_boost_round': N, 'booster': Booster | None}. Only aggregate results
+        come back.
+        """
+        return self._run("train", line, cell, self.remote_train)
+
+    @magic_arguments()
+    @_spec_arguments
+    @cell_magic
+    def remote_evaluate(self, line: str, cell: str):
+        """Run the cell, then score its fitted model on the spec's evaluation rows (no training)."""
+        return self._run("evaluate", line, cell, self.remote_evaluate)
+
+    @line_magic
+    def remote_jobs(self, line: str):
+        """Your jobs on the current server, newest first."""
+        return jobs_table(self.client.jobs())
+
+    @line_magic
+    def remote_job(self, line: str):
+        """`%remote_job ID`: the result of a finished job, or its status while it runs."""
+        job_id = line.strip() or (self.last_job.id if self.last_job else "")
+        if not job_id:
+            raise UsageError("usage: %remote_job JOB_ID")
+        job = self.client.job(job_id)
+        return job.result() if job.done else job
+
+    @line_magic
+    def remote_cancel(self, line: str) -> None:
+        """`%remote_cancel ID`: cancel a queued or running job."""
+        job_id = line.strip()
+        if not job_id:
+            raise UsageError("usage: %remote_cancel JOB_ID")
+        status = self.client.job(job_id).cancel()
+        print(f"Job {job_id}: {status.state}")

@@ -1,0 +1,162 @@
+"""The wire schema shared by the notebook side and the server.
+
+Defined once, here; the server imports it so that the OpenAPI document, the request validation and the
+client's parsing cannot drift apart. Every response model forbids extra fields: what leaves the server is
+exactly what is declared here (numbers and fixed strings), nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobKind = Literal["train", "evaluate"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Stage = Literal["queued", "starting", "staging", "training", "evaluating", "done"]
+Task = Literal["binary", "multiclass", "regression"]
+FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+IDENT = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EvalFraction(_Strict):
+    """Hold out a fraction of the admitted rows, chosen by the server from a hash of the id and the seed."""
+
+    fraction: float = Field(gt=0.0, lt=1.0)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class EvalWhere(_Strict):
+    """Evaluate on the admitted rows that match this filter; train on the others."""
+
+    where: str = Field(min_length=1, max_length=2000)
+
+
+class DatasetSpec(_Strict):
+    """Which rows are admitted to training and evaluation, the label and the features."""
+
+    dataset: str = Field(pattern=IDENT)
+    label: str = Field(min_length=1, max_length=128)
+    features: list[str] | None = Field(default=None, max_length=1000)
+    where: str | None = Field(default=None, max_length=2000)
+    eval: EvalFraction | EvalWhere | None = None
+
+
+class ErrorDetail(_Strict):
+    code: str
+    message: str
+
+
+class ErrorBody(_Strict):
+    error: ErrorDetail
+
+
+class ColumnInfo(_Strict):
+    name: str
+    dtype: str
+    role: Literal["feature", "label", "id", "excluded"]
+
+
+class DatasetInfo(_Strict):
+    name: str
+    description: str = ""
+    rows: int | None = Field(description="Row count rounded by the disclosure policy; null if suppressed.")
+    columns: list[ColumnInfo]
+
+
+class Whoami(_Strict):
+    user: str
+    datasets: list[str]
+
+
+class Health(_Strict):
+    status: Literal["ok", "degraded"]
+    version: str
+    store: Literal["ok", "error"]
+    workers: int = Field(description="Worker processes the scheduler may run at once.")
+    running: int
+    queued: int
+
+
+class MetricPoint(_Strict):
+    name: str
+    train: float | None = None
+    eval: float | None = None
+
+
+class Progress(_Strict):
+    stage: Stage
+    round: int = 0
+    total_rounds: int = 0
+    metric: MetricPoint | None = None
+
+
+class JobStatus(_Strict):
+    id: str
+    dataset: str
+    kind: JobKind
+    state: JobState
+    progress: Progress
+    submitted_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    error: ErrorDetail | None = None
+    main_metric: MetricPoint | None = None
+    isolation: dict[str, str] | None = Field(default=None, description="The confinement the worker had.")
+    version: int = Field(description="Increases on every change; pass it as `since` to long-poll.")
+
+
+class JobList(_Strict):
+    jobs: list[JobStatus]
+
+
+class History(_Strict):
+    metric: str
+    train: list[float] = Field(default_factory=list)
+    eval: list[float] = Field(default_factory=list)
+
+
+class ClassCount(_Strict):
+    label: str
+    count: int | None = Field(description="Rounded count; null when suppressed.")
+
+
+class SplitSummary(_Strict):
+    rows: int | None
+    classes: list[ClassCount] = Field(default_factory=list)
+
+
+class Summary(_Strict):
+    train: SplitSummary | None = None
+    eval: SplitSummary
+
+
+class ConfusionMatrix(_Strict):
+    labels: list[str]
+    counts: list[list[int | None]] = Field(
+        description="Rows: true class, columns: predicted; null = suppressed."
+    )
+
+
+class Rounds(_Strict):
+    base: int
+    new: int
+    total: int
+
+
+class JobResult(_Strict):
+    job_id: str
+    dataset: str
+    kind: JobKind
+    task: Task
+    metrics: dict[str, float]
+    history: History | None = None
+    feature_importance: dict[str, float] = Field(default_factory=dict)
+    summary: Summary
+    confusion_matrix: ConfusionMatrix | None = None
+    rounds: Rounds

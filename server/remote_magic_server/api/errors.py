@@ -1,0 +1,81 @@
+"""One place that turns every failure into `{"error": {"code", "message"}}` with a fixed message.
+
+Nothing from an exception's text reaches a response unless it was written for the user (ApiError);
+request-validation errors are described by field location only, never by the value sent.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from remote_magic.wire import ErrorBody
+
+log = logging.getLogger("remote_magic_server.api")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+_HTTP_CODES = {
+    400: ("bad_request", "the request could not be parsed"),
+    401: ("unauthorized", "a bearer token is required"),
+    404: ("not_found", "no such resource"),
+    405: ("method_not_allowed", "this method is not allowed here"),
+    413: ("payload_too_large", "the request is too large"),
+}
+
+ERROR_RESPONSES: dict[int | str, dict] = {
+    status: {"model": ErrorBody, "description": desc}
+    for status, desc in {
+        400: "Malformed request.",
+        401: "Missing or invalid token.",
+        404: "Unknown resource, or one this token may not see.",
+        413: "Payload too large.",
+        422: "The request is well-formed but refused (spec, model or parameters).",
+        500: "Internal error (details only in the server log).",
+    }.items()
+}
+
+
+def _field(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "request"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        message = f"invalid value for {_field(tuple(first.get('loc', ())))}: {first.get('msg', 'invalid')}"
+        return error_response(422, "invalid_request", message[:300])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code, message = _HTTP_CODES.get(exc.status_code, ("http_error", "the request failed"))
+        return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "the server failed; the details are in its log")

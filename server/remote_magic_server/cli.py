@@ -1,0 +1,129 @@
+"""`remote-magic-server`: serve, issue tokens, and run the headless demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .settings import ConfigError, Settings, load_settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    if getattr(args, "demo", False):
+        from .demo import default_demo_dir, demo_settings
+
+        data_dir = Path(args.data_dir).resolve() if args.data_dir else default_demo_dir()
+        return demo_settings(data_dir, host=args.host or "127.0.0.1", port=args.port or 8765)
+    if not args.config:
+        raise ConfigError("give --config FILE (or --demo)")
+    settings = load_settings(Path(args.config))
+    if getattr(args, "host", None):
+        settings.server.host = args.host
+    if getattr(args, "port", None):
+        settings.server.port = args.port
+    return settings
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .api.app import create_app
+
+    settings = _settings(args)
+    if args.demo and not args.no_token:
+        from .jobs.store import Store
+
+        store = Store(settings.db_path, settings.jobs_dir)
+        token = store.issue_token("demo", list(settings.datasets))
+        store.close()
+        url = f"http://{settings.server.host}:{settings.server.port}"
+        print(f"demo server: {url}\nuser: demo\ntoken: {token}\n")
+        print(f"In a notebook:  %load_ext remote_magic\n                %remote_connect {url}")
+        print(f"with REMOTE_MAGIC_TOKEN={token} in the kernel's environment.\n", flush=True)
+    logging.basicConfig(level=settings.server.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=settings.server.log_level,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from .jobs.store import Store
+
+    settings = _settings(args)
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    unknown = [d for d in datasets if d not in settings.datasets]
+    if unknown:
+        print(
+            f"unknown dataset(s): {', '.join(unknown)}; known: {', '.join(settings.datasets)}",
+            file=sys.stderr,
+        )
+        return 2
+    store = Store(settings.db_path, settings.jobs_dir)
+    token = store.issue_token(args.user, datasets)
+    store.close()
+    print(token)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import default_demo_dir, run_quickstart
+
+    data_dir = Path(args.data_dir).resolve() if args.data_dir else default_demo_dir()
+    output = Path(args.output).resolve()
+    print(
+        f"Starting a demo server and running examples/01-quickstart.ipynb (data in {data_dir}) ...",
+        flush=True,
+    )
+    texts = run_quickstart(output, data_dir)
+    print("\nAggregate results the notebook received from the server:\n")
+    for text in texts:
+        print(text, end="\n\n")
+    print(f"Executed notebook saved to {output / '01-quickstart.ipynb'}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="remote-magic-server", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", help="the server's TOML config file")
+        sp.add_argument("--demo", action="store_true", help="use the demo datasets")
+        sp.add_argument(
+            "--data-dir", help="data directory for --demo (default: ~/.local/share/remote-magic/demo)"
+        )
+
+    serve = sub.add_parser("serve", help="run the server")
+    common(serve)
+    serve.add_argument("--host", help="override the configured address")
+    serve.add_argument("--port", type=int, help="override the configured port")
+    serve.add_argument("--no-token", action="store_true", help="with --demo: do not issue and print a token")
+    serve.set_defaults(func=cmd_serve)
+
+    token = sub.add_parser("token", help="issue a token for a user and a list of datasets")
+    common(token)
+    token.add_argument("--user", required=True)
+    token.add_argument("--datasets", required=True, help="comma-separated dataset names")
+    token.set_defaults(func=cmd_token, host=None, port=None)
+
+    demo = sub.add_parser("demo", help="run the quickstart notebook headless against a demo server")
+    demo.add_argument("--data-dir", help="where the demo data and store live")
+    demo.add_argument("--output", default="remote-magic-demo", help="folder for the executed notebook")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        sys.exit(args.func(args))
+    except ConfigError as exc:
+        print(f"remote-magic-server: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,226 @@
+"""Demo datasets, generated deterministically on first use, and the headless quickstart run.
+
+Three tables, each with an id column that is never exposed: a synthetic binary-classification table
+with numeric and categorical features, missing values and a real signal; scikit-learn's breast-cancer
+table (real data); scikit-learn's diabetes table (regression).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .settings import DatasetConfig, ServerSection, Settings
+
+SEED = 20261127
+SYNTHETIC_ROWS = 50_000
+
+
+def default_demo_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "remote-magic" / "demo"
+
+
+def synthetic_table(rows: int = SYNTHETIC_ROWS, seed: int = SEED) -> pd.DataFrame:
+    """A binary outcome driven by age, income, bmi, region and smoking, plus pure-noise columns."""
+    rng = np.random.default_rng(seed)
+    age = rng.integers(18, 90, rows)
+    income = np.round(rng.lognormal(10.3, 0.5, rows), 2)
+    bmi = np.round(rng.normal(27, 5, rows), 1)
+    region = rng.choice(["north", "south", "east", "west"], rows, p=[0.3, 0.3, 0.25, 0.15])
+    smoker = rng.random(rows) < 0.22
+    visits = rng.poisson(3, rows)
+    noise = rng.normal(size=(rows, 4))
+    region_effect = pd.Series(region).map({"north": 0.0, "south": 0.6, "east": -0.5, "west": 1.2}).to_numpy()
+    logit = (
+        -1.0
+        + 0.07 * (age - 50)
+        - 1.0 * (np.log(income) - 10.3)
+        + 0.14 * (bmi - 27)
+        + 1.6 * smoker
+        + 0.25 * (visits - 3)
+        + region_effect
+    )
+    label = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.int8)
+    frame = pd.DataFrame(
+        {
+            "id": np.arange(1, rows + 1, dtype=np.int64),
+            "age": age.astype(float),
+            "income": income,
+            "bmi": bmi,
+            "region": region,
+            "smoker": smoker.astype(np.int8),
+            "visits": visits.astype(np.int32),
+            **{f"noise_{i}": noise[:, i] for i in range(noise.shape[1])},
+            "label": label,
+        }
+    )
+    for col, rate in (("income", 0.05), ("bmi", 0.03), ("age", 0.01)):
+        frame.loc[rng.random(rows) < rate, col] = np.nan
+    return frame
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower()
+
+
+def breast_cancer_table() -> pd.DataFrame:
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer(as_frame=True)
+    frame = data.frame.rename(columns=_snake)
+    frame.insert(0, "id", np.arange(1, len(frame) + 1, dtype=np.int64))
+    return frame.rename(columns={"target": "malignant"}).assign(malignant=lambda f: 1 - f["malignant"])
+
+
+def diabetes_table() -> pd.DataFrame:
+    from sklearn.datasets import load_diabetes
+
+    data = load_diabetes(as_frame=True)
+    frame = data.frame.rename(columns={"target": "progression"})
+    frame.insert(0, "id", np.arange(1, len(frame) + 1, dtype=np.int64))
+    return frame
+
+
+DEMO_DATASETS = {
+    "synthetic": (synthetic_table, "label", "50,000 synthetic patients; binary outcome with a real signal"),
+    "breast_cancer": (
+        breast_cancer_table,
+        "malignant",
+        "Wisconsin breast cancer (scikit-learn); 1 = malignant",
+    ),
+    "diabetes": (
+        diabetes_table,
+        "progression",
+        "Diabetes progression after one year (scikit-learn); regression",
+    ),
+}
+
+
+def ensure_demo_data(data_dir: Path) -> dict[str, Path]:
+    """Write the demo tables as Parquet under data_dir/datasets, once."""
+    folder = data_dir / "datasets"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, (make, _, _) in DEMO_DATASETS.items():
+        path = folder / f"{name}.parquet"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            make().to_parquet(tmp, index=False)
+            tmp.replace(path)
+        paths[name] = path
+    return paths
+
+
+def demo_settings(data_dir: Path, host: str = "127.0.0.1", port: int = 8765, workers: int = 0) -> Settings:
+    paths = ensure_demo_data(data_dir)
+    datasets = {
+        name: DatasetConfig(path=paths[name], description=desc, id_column="id", label_columns=[label])
+        for name, (_, label, desc) in DEMO_DATASETS.items()
+    }
+    return Settings(
+        server=ServerSection(host=host, port=port, data_dir=data_dir, workers=workers),
+        datasets=datasets,
+    )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def find_notebook(name: str = "01-quickstart.ipynb") -> Path:
+    """The example notebook: beside the source tree (editable install) or inside the wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parents[1] / "examples" / name, here / "examples" / name):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"example notebook {name} not found")
+
+
+def wait_healthy(url: str, timeout: float = 60.0) -> None:
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/v1/health", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"the server at {url} did not become healthy in {timeout:.0f} s")
+
+
+def result_text(notebook) -> list[str]:
+    """The text of the outputs of cells tagged `result`: what the demo prints."""
+    texts = []
+    for cell in notebook.cells:
+        if cell.cell_type != "code" or "result" not in cell.metadata.get("tags", []):
+            continue
+        for output in cell.outputs:
+            if output.output_type == "stream":
+                texts.append(output.text.rstrip())
+            elif "data" in output and "text/plain" in output.data:
+                texts.append(output.data["text/plain"].rstrip())
+    return texts
+
+
+def run_quickstart(output_dir: Path, data_dir: Path) -> list[str]:
+    """Start a demo server on a free loopback port, execute the quickstart notebook on a real kernel,
+    save it under output_dir, stop the server; return the aggregate results it printed."""
+    import subprocess
+    import sys
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    from .jobs.store import Store
+
+    settings = demo_settings(data_dir)
+    store = Store(settings.db_path, settings.jobs_dir)
+    token = store.issue_token("demo", list(settings.datasets))
+    store.close()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "remote_magic_server",
+            "serve",
+            "--demo",
+            "--no-token",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(port),
+        ],
+    )
+    try:
+        wait_healthy(url)
+        os.environ.update(
+            {"REMOTE_MAGIC_URL": url, "REMOTE_MAGIC_TOKEN": token, "REMOTE_MAGIC_PROGRESS": "off"}
+        )
+        notebook = nbformat.read(find_notebook(), as_version=4)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        NotebookClient(
+            notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(output_dir)}}
+        ).execute()
+        nbformat.write(notebook, output_dir / "01-quickstart.ipynb")
+        return result_text(notebook)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()

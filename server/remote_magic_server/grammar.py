@@ -1,0 +1,136 @@
+"""The filter grammar of dataset specs: parsed with sqlglot and checked node by node.
+
+Pure: used by the API to refuse a bad `where` before anything is queued, and by the worker to compile it.
+Nothing a user writes is ever spliced into SQL as text: the checked tree is re-emitted by sqlglot with
+every identifier quoted.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Collection
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError
+
+MAX_LENGTH = 2000
+MAX_DEPTH = 40
+MAX_IN_LIST = 200
+
+_ALLOWED_NODES: tuple[type[exp.Expression], ...] = (
+    exp.Column,
+    exp.Identifier,
+    exp.Literal,
+    exp.Boolean,
+    exp.Null,
+    exp.Paren,
+    exp.Neg,
+    exp.EQ,
+    exp.NEQ,
+    exp.GT,
+    exp.GTE,
+    exp.LT,
+    exp.LTE,
+    exp.And,
+    exp.Or,
+    exp.Not,
+    exp.In,
+    exp.Between,
+    exp.Is,
+    exp.Tuple,
+)
+
+_NODE_WORDS = {
+    "Anonymous": "function call",
+    "Subquery": "subquery",
+    "Select": "subquery",
+    "Union": "UNION",
+    "Star": "*",
+    "Like": "LIKE",
+    "ILike": "ILIKE",
+    "Cast": "CAST",
+    "Add": "arithmetic",
+    "Sub": "arithmetic",
+    "Mul": "arithmetic",
+    "Div": "arithmetic",
+}
+
+
+class FilterError(ValueError):
+    """A filter that is not in the grammar. `code` is a fixed public error code."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _describe(node: exp.Expression) -> str:
+    name = type(node).__name__
+    if isinstance(node, exp.Func) and name not in _NODE_WORDS:
+        return f"function {node.sql_name() if hasattr(node, 'sql_name') else name}()"
+    return _NODE_WORDS.get(name, name)
+
+
+def _depth(node: exp.Expression) -> int:
+    depth, current = 0, node
+    while current.parent is not None:
+        depth, current = depth + 1, current.parent
+    return depth
+
+
+def unknown_column_message(name: str, allowed: Collection[str], where: str = "filter") -> str:
+    """A message that names the unknown column and the nearest valid ones."""
+    near = difflib.get_close_matches(name, list(allowed), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+    return f"unknown column {name!r} in {where}{hint}"
+
+
+def parse_filter(text: str, columns: Collection[str]) -> exp.Expression:
+    """Parse and check a filter against the grammar and the usable columns; raise FilterError."""
+    if not text or not text.strip():
+        raise FilterError("invalid_filter", "the filter is empty")
+    if len(text) > MAX_LENGTH:
+        raise FilterError("invalid_filter", f"the filter is longer than {MAX_LENGTH} characters")
+    try:
+        statements = sqlglot.parse(text, dialect="duckdb")
+    except (ParseError, sqlglot.errors.TokenError) as exc:
+        raise FilterError("invalid_filter", "the filter could not be parsed as a boolean expression") from exc
+    statements = [s for s in statements if s is not None]
+    if len(statements) != 1:
+        raise FilterError("invalid_filter", "the filter must be a single expression")
+    tree = statements[0]
+    for node in tree.walk():
+        if not isinstance(node, _ALLOWED_NODES):
+            raise FilterError("invalid_filter", f"{_describe(node)} is not allowed in a filter")
+        if _depth(node) > MAX_DEPTH:
+            raise FilterError("invalid_filter", "the filter is nested too deeply")
+        if isinstance(node, exp.Column):
+            if node.table or node.args.get("db") or node.args.get("catalog"):
+                raise FilterError("invalid_filter", "qualified column names are not allowed")
+            if node.name not in columns:
+                raise FilterError("unknown_column", unknown_column_message(node.name, columns))
+        if isinstance(node, exp.In):
+            if node.args.get("query") or node.args.get("unnest") or node.args.get("field"):
+                raise FilterError("invalid_filter", "IN takes a list of literals only")
+            values = node.expressions
+            if len(values) > MAX_IN_LIST:
+                raise FilterError("invalid_filter", f"IN lists are limited to {MAX_IN_LIST} values")
+            if any(not isinstance(v, (exp.Literal, exp.Boolean, exp.Null, exp.Neg)) for v in values):
+                raise FilterError("invalid_filter", "IN takes a list of literals only")
+        if isinstance(node, exp.Identifier) and not isinstance(node.parent, exp.Column):
+            raise FilterError("invalid_filter", "a bare identifier is not allowed here")
+    if isinstance(tree, (exp.Column, exp.Literal, exp.Null, exp.Tuple, exp.Neg)):
+        raise FilterError("invalid_filter", "the filter must be a condition, such as age >= 18")
+    return tree
+
+
+def compile_filter(text: str, columns: Collection[str]) -> str:
+    """The checked filter re-emitted as DuckDB SQL with quoted identifiers."""
+    return parse_filter(text, columns).sql(dialect="duckdb", identify=True)
+
+
+def filter_columns(text: str, columns: Collection[str]) -> set[str]:
+    """The columns a (valid) filter refers to."""
+    return {c.name for c in parse_filter(text, columns).find_all(exp.Column)}

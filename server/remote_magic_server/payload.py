@@ -1,0 +1,229 @@
+"""The rules for decoding submitted model bytes, and a structural scan that applies them without building.
+
+Pure: the API uses `scan` to refuse a hostile or malformed payload with a 4xx before it is queued, without
+importing XGBoost or creating any object; the worker's strict unpickler (worker/unpickle.py) applies the
+same rules for real inside the sandbox. Both run on the pure-Python `pickle._Unpickler`, whose dispatch
+table we copy and narrow:
+
+* globals come only from an allowlist of exact `module.name` strings;
+* REDUCE may call only pure builders (numpy array and dtype reconstruction, bytearray);
+* classes are built only through NEWOBJ (`cls.__new__` + BUILD state), never by calling them, so
+  `Booster(None, None, "/some/path")` cannot be expressed;
+* INST, OBJ, NEWOBJ_EX, EXT*, PERSID are refused, and so is any stream below protocol 3.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass, field
+
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+
+ESTIMATORS: frozenset[str] = frozenset(
+    {
+        "xgboost.sklearn.XGBClassifier",
+        "xgboost.sklearn.XGBRegressor",
+    }
+)
+CLASSES: frozenset[str] = ESTIMATORS | {"xgboost.core.Booster"}
+BUILDERS: frozenset[str] = frozenset(
+    {
+        "numpy._core.numeric._frombuffer",
+        "numpy._core.multiarray._reconstruct",
+        "numpy._core.multiarray.scalar",
+        "numpy.core.numeric._frombuffer",
+        "numpy.core.multiarray._reconstruct",
+        "numpy.core.multiarray.scalar",
+        "numpy.dtype",
+        "numpy.ndarray",
+        "builtins.bytearray",
+    }
+)
+_CUSTOM_CODE_MODULES = ("cloudpickle", "__main__", "__mp_main__")
+
+_FORBIDDEN_OPCODES = {
+    pickle.INST: "INST",
+    pickle.OBJ: "OBJ",
+    pickle.NEWOBJ_EX: "NEWOBJ_EX",
+    pickle.EXT1: "EXT1",
+    pickle.EXT2: "EXT2",
+    pickle.EXT4: "EXT4",
+    pickle.PERSID: "PERSID",
+    pickle.BINPERSID: "BINPERSID",
+}
+
+
+class PayloadError(ValueError):
+    """A payload the rules refuse. `code` is a fixed public error code; `message` names only what the
+    payload itself contains (global names, opcodes), never server state."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _safe_name(text: str) -> str:
+    cleaned = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return cleaned[:120]
+
+
+def is_custom_code(module: str) -> bool:
+    return module.split(".")[0] in _CUSTOM_CODE_MODULES
+
+
+def check_global(module: str, name: str) -> str:
+    """Return the dotted name if the rules allow it, else raise PayloadError."""
+    dotted = f"{module}.{name}"
+    if dotted in CLASSES or dotted in BUILDERS:
+        return dotted
+    if is_custom_code(module):
+        raise PayloadError(
+            "custom_code_refused",
+            "the model contains code defined in the notebook (a custom objective, metric, function or "
+            "class); this dataset does not accept custom code. Use built-in objectives and metrics.",
+        )
+    raise PayloadError(
+        "invalid_model",
+        f"the payload refers to {_safe_name(dotted)}, which is not an allowed model component",
+    )
+
+
+class RuleUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
+    """The pure-Python unpickler with the narrowed dispatch table; subclasses say how to build."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+
+    def __init__(self, data: bytes, max_bytes: int = MAX_PAYLOAD_BYTES):
+        if len(data) > max_bytes:
+            raise PayloadError("payload_too_large", f"the model is larger than {max_bytes // 2**20} MiB")
+        if len(data) < 2 or data[0] != pickle.PROTO[0]:
+            raise PayloadError("invalid_model", "not a pickle of protocol 3 or newer")
+        if data[1] < 3:
+            raise PayloadError(
+                "invalid_model", f"pickle protocol {data[1]} is refused; use protocol 3 or newer"
+            )
+        super().__init__(io.BytesIO(data))
+
+    def resolve(self, dotted: str) -> object:
+        raise NotImplementedError
+
+    def build(self, func: object, args: tuple) -> object:
+        raise NotImplementedError
+
+    def new(self, cls: object, args: tuple) -> object:
+        raise NotImplementedError
+
+    def find_class(self, module: str, name: str) -> object:
+        return self.resolve(check_global(module, name))
+
+    def load_reduce(self) -> None:
+        args = self.stack.pop()
+        if not isinstance(args, tuple):
+            raise PayloadError("invalid_model", "malformed call in the payload")
+        self.stack[-1] = self.build(self.stack[-1], args)
+
+    def load_newobj(self) -> None:
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        if not isinstance(args, tuple):
+            raise PayloadError("invalid_model", "malformed object in the payload")
+        self.append(self.new(cls, args))
+
+    def load(self) -> object:
+        try:
+            return super().load()
+        except PayloadError:
+            raise
+        except RecursionError as exc:
+            raise PayloadError("invalid_model", "the payload is nested too deeply") from exc
+        except MemoryError as exc:
+            raise PayloadError("payload_too_large", "the payload expands beyond the memory limit") from exc
+        except (EOFError, pickle.UnpicklingError, IndexError, KeyError, ValueError, TypeError) as exc:
+            raise PayloadError("invalid_model", "the payload is truncated or corrupt") from exc
+
+    dispatch[pickle.REDUCE[0]] = load_reduce
+    dispatch[pickle.NEWOBJ[0]] = load_newobj
+
+
+def _refuse(opcode_name: str):
+    def refuse(self: RuleUnpickler) -> None:
+        raise PayloadError("invalid_model", f"pickle opcode {opcode_name} is not allowed")
+
+    return refuse
+
+
+for _code, _name in _FORBIDDEN_OPCODES.items():
+    RuleUnpickler.dispatch[_code[0]] = _refuse(_name)
+
+
+@dataclass(frozen=True)
+class _Ref:
+    dotted: str
+
+
+@dataclass
+class _Placeholder:
+    """Stands for an object the scan does not build; absorbs state and items."""
+
+    of: str
+    state: list = field(default_factory=list)
+
+    def __setstate__(self, state: object) -> None:
+        self.state.append(state)
+
+    def append(self, item: object) -> None:
+        pass
+
+    def extend(self, items: object) -> None:
+        pass
+
+    def __setitem__(self, key: object, value: object) -> None:
+        pass
+
+
+class _Scanner(RuleUnpickler):
+    dispatch = dict(RuleUnpickler.dispatch)
+
+    def resolve(self, dotted: str) -> object:
+        return _Ref(dotted)
+
+    def build(self, func: object, args: tuple) -> object:
+        if not isinstance(func, _Ref) or func.dotted not in BUILDERS:
+            raise PayloadError("invalid_model", "the payload calls something that is not a pure data builder")
+        return _Placeholder(func.dotted)
+
+    def new(self, cls: object, args: tuple) -> object:
+        if not isinstance(cls, _Ref) or cls.dotted not in CLASSES:
+            raise PayloadError("invalid_model", "the payload builds an object of a class that is not allowed")
+        return _Placeholder(cls.dotted)
+
+
+@dataclass(frozen=True)
+class ScanReport:
+    """What the top-level object of a payload is, learned without building it."""
+
+    model: str
+    fitted: bool
+
+
+def describe_top(obj: object) -> ScanReport:
+    """Classify the decoded (or placeholder) top-level object; raise if it is not a supported model."""
+    if isinstance(obj, _Placeholder):
+        if obj.of in ESTIMATORS:
+            return ScanReport(obj.of.rsplit(".", 1)[1], fitted=bool(obj.state))
+        if obj.of == "xgboost.core.Booster":
+            return ScanReport("Booster", fitted=True)
+    if isinstance(obj, dict) and "params" in obj:
+        return ScanReport("BoosterParams", fitted=isinstance(obj.get("booster"), _Placeholder))
+    raise PayloadError(
+        "unsupported_model",
+        "the model must be an XGBClassifier, an XGBRegressor, a Booster, or a dict "
+        "{'params': {...}, 'num_boost_round': N, 'booster': Booster | None}",
+    )
+
+
+def scan(data: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> ScanReport:
+    """Check a payload against the rules without creating any object or importing its modules."""
+    return describe_top(_Scanner(data, max_bytes).load())

@@ -1,0 +1,119 @@
+"""Server configuration: one TOML file, validated once at start-up.
+
+A typo in a data owner's config must stop the server with a clear message rather than silently fall back
+to a default, so every table forbids unknown keys.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Policy(_Strict):
+    """Disclosure policy numbers; datasets may tighten them."""
+
+    min_count: int = Field(default=10, ge=3)
+    round_to: int = Field(default=5, ge=1)
+    min_rows: int = Field(default=100, ge=10)
+    min_class_rows: int = Field(default=10, ge=3)
+    max_n_estimators: int = Field(default=2000, ge=1)
+    max_depth: int = Field(default=12, ge=1)
+    max_bin: int = Field(default=1024, ge=2)
+    max_threads: int = Field(default=0, ge=0, description="0 means the worker's share of the cores.")
+    job_timeout_s: int = Field(default=3600, ge=1)
+    worker_memory_mb: int = Field(default=8192, ge=1024)
+
+
+class DatasetConfig(_Strict):
+    path: Path
+    description: str = ""
+    id_column: str
+    label_columns: list[str] = Field(min_length=1)
+    exclude_columns: list[str] = Field(default_factory=list)
+    policy: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy_keys(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = set(value) - set(Policy.model_fields)
+        if unknown:
+            raise ValueError(f"unknown policy keys: {sorted(unknown)}")
+        return value
+
+
+class ServerSection(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    data_dir: Path = Path("remote-magic-data")
+    workers: int = Field(default=0, ge=0, description="0 means cores - 1, at least 1.")
+    max_payload_mb: int = Field(default=64, ge=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(_Strict):
+    server: ServerSection = Field(default_factory=ServerSection)
+    policy: Policy = Field(default_factory=Policy)
+    datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
+
+    def policy_for(self, dataset: str) -> Policy:
+        """The server policy with the dataset's overrides applied; overrides may only tighten."""
+        base = self.policy.model_dump()
+        for key, value in self.datasets[dataset].policy.items():
+            smaller_is_tighter = key.startswith("max_") or key in ("job_timeout_s", "worker_memory_mb")
+            base[key] = min(base[key], value) if smaller_is_tighter else max(base[key], value)
+        return Policy(**base)
+
+    @property
+    def worker_count(self) -> int:
+        return self.server.workers or max(1, (os.cpu_count() or 2) - 1)
+
+    @property
+    def db_path(self) -> Path:
+        return self.server.data_dir / "store.sqlite"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.server.data_dir / "jobs"
+
+
+class ConfigError(Exception):
+    """The configuration file is missing or invalid."""
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate a TOML config; relative paths are resolved against the file's folder."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return resolve_paths(settings, Path(path).resolve().parent)
+
+
+def resolve_paths(settings: Settings, base: Path) -> Settings:
+    """Make the data directory and dataset paths absolute, relative to `base`."""
+    settings.server.data_dir = (base / settings.server.data_dir).resolve()
+    for ds in settings.datasets.values():
+        ds.path = (base / ds.path).resolve() if not ds.path.is_absolute() else ds.path
+        if ds.id_column in ds.label_columns:
+            raise ConfigError(f"dataset at {ds.path}: the id column cannot be a label")
+    return settings

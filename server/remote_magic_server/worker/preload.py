@@ -1,0 +1,17 @@
+"""Imported once by the forkserver, so that every worker forked from it starts with these loaded.
+
+Only imports: no thread pool of OpenMP or DuckDB may run in the forkserver, or a forked child can hang.
+"""
+
+import duckdb  # noqa: F401
+import numpy  # noqa: F401
+import pandas  # noqa: F401
+import sklearn.metrics  # noqa: F401
+import sqlglot  # noqa: F401
+import xgboost  # noqa: F401
+
+from . import main, staging, training, unpickle  # noqa: F401
+
+
+def ready() -> None:
+    """A no-op target used to start the forkserver ahead of the first job."""

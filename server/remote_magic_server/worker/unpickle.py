@@ -1,0 +1,60 @@
+"""The strict unpickler: decodes submitted model bytes for real, under the rules of payload.py.
+
+Runs only inside a sandboxed worker, because `Booster.__setstate__` hands the bytes to XGBoost's C++
+parser, which is not memory-safe on hostile input.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ..payload import BUILDERS, CLASSES, PayloadError, RuleUnpickler, describe_top
+
+
+def _import(dotted: str) -> object:
+    module, name = dotted.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+class StrictUnpickler(RuleUnpickler):
+    dispatch = dict(RuleUnpickler.dispatch)
+
+    def __init__(self, data: bytes, max_bytes: int):
+        super().__init__(data, max_bytes)
+        self._builders: dict[int, object] = {}
+        self._classes: dict[int, object] = {}
+
+    def resolve(self, dotted: str) -> object:
+        obj = _import(dotted)
+        if dotted in BUILDERS:
+            self._builders[id(obj)] = obj
+        if dotted in CLASSES:
+            self._classes[id(obj)] = obj
+        return obj
+
+    def build(self, func: object, args: tuple) -> object:
+        if id(func) not in self._builders or self._builders[id(func)] is not func:
+            raise PayloadError("invalid_model", "the payload calls something that is not a pure data builder")
+        return func(*args)  # type: ignore[operator]
+
+    def new(self, cls: object, args: tuple) -> object:
+        if id(cls) not in self._classes or self._classes[id(cls)] is not cls:
+            raise PayloadError("invalid_model", "the payload builds an object of a class that is not allowed")
+        return cls.__new__(cls, *args)  # type: ignore[call-overload]
+
+
+def strict_loads(data: bytes, max_bytes: int) -> object:
+    """Decode a payload; raise PayloadError for anything the rules refuse."""
+    obj = StrictUnpickler(data, max_bytes).load()
+    _check_top(obj)
+    return obj
+
+
+def _check_top(obj: object) -> None:
+    import xgboost as xgb
+
+    if isinstance(obj, (xgb.XGBClassifier, xgb.XGBRegressor, xgb.Booster)):
+        return
+    if isinstance(obj, dict) and "params" in obj:
+        return
+    describe_top(obj)

@@ -1,0 +1,102 @@
+"""A real remote-magic server for tests: a uvicorn subprocess on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from remote_magic import Client
+from remote_magic_server.demo import DEMO_DATASETS, ensure_demo_data, free_port
+from remote_magic_server.jobs.store import Store
+from remote_magic_server.settings import load_settings
+
+USERS = {"alice": list(DEMO_DATASETS), "bob": ["breast_cancer"]}
+
+
+def write_config(data_dir: Path, extra_datasets: str = "", extra: str = "") -> Path:
+    """A TOML config serving the demo tables (plus any extra dataset tables) from data_dir."""
+    paths = ensure_demo_data(data_dir)
+    lines = ["[server]", f'data_dir = "{data_dir}"', "workers = 1", "", extra, ""]
+    for name, (_, label, desc) in DEMO_DATASETS.items():
+        lines += [
+            f"[datasets.{name}]",
+            f'path = "{paths[name]}"',
+            f'description = "{desc}"',
+            'id_column = "id"',
+            f'label_columns = ["{label}"]',
+            "",
+        ]
+    config = data_dir / "server.toml"
+    config.write_text("\n".join(lines) + extra_datasets)
+    return config
+
+
+class ServerProcess:
+    """Start, stop, kill and restart a server on one config and data directory."""
+
+    def __init__(self, config: Path, log_path: Path):
+        self.config = config
+        self.settings = load_settings(config)
+        self.data_dir = self.settings.server.data_dir
+        self.log_path = log_path
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.tokens: dict[str, str] = {}
+
+    def issue_tokens(self, users: dict[str, list[str]] = USERS) -> dict[str, str]:
+        store = Store(self.settings.db_path, self.settings.jobs_dir)
+        for user, datasets in users.items():
+            self.tokens[user] = store.issue_token(user, datasets)
+        store.close()
+        return self.tokens
+
+    def start(self, timeout: float = 60.0) -> ServerProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's lifetime
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "remote_magic_server", "serve", "--config", str(self.config),
+             "--port", str(self.port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; log: {self.log_path}")
+            try:
+                if requests.get(f"{self.url}/v1/health", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server did not start; log: {self.log_path}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def client(self, user: str = "alice") -> Client:
+        return Client(self.url, self.tokens[user])
+
+    def get(self, path: str, user: str | None = "alice", **kwargs) -> requests.Response:
+        headers = {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
+        headers.update(kwargs.pop("headers", {}))
+        return requests.get(f"{self.url}/v1{path}", headers=headers, timeout=30, **kwargs)
+
+    def post(self, path: str, user: str | None = "alice", **kwargs) -> requests.Response:
+        headers = {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
+        headers.update(kwargs.pop("headers", {}))
+        return requests.post(f"{self.url}/v1{path}", headers=headers, timeout=30, **kwargs)

@@ -1,0 +1,163 @@
+"""Bad input gets a clear 4xx JSON error; nothing is lost, nothing crashes."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+
+import cloudpickle
+import pytest
+import xgboost as xgb
+
+from remote_magic import package_model
+from remote_magic.errors import DisclosureRefused
+
+SPEC = {"dataset": "breast_cancer", "label": "malignant"}
+
+
+def submit_raw(server, payload: bytes, spec: dict = SPEC, user: str | None = "alice", **kw):
+    files = {"model": ("model.pkl", payload, "application/octet-stream")}
+    return server.post("/jobs", user=user, files=files, data={"spec": json.dumps(spec)}, **kw)
+
+
+def assert_error(response, status: int, code: str) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and body["error"]["code"] == code
+    message = body["error"]["message"]
+    assert "Traceback" not in message and "/" not in message.replace("n/a", "")
+    return message
+
+
+@pytest.fixture(scope="module")
+def good_payload() -> bytes:
+    return package_model(xgb.XGBClassifier(n_estimators=3))
+
+
+@pytest.fixture(scope="module")
+def earlier_job(server, good_payload):
+    """A job that must survive every bad request in this module."""
+    response = submit_raw(server, good_payload)
+    assert response.status_code == 202
+    return response.json()["id"]
+
+
+def test_no_token_is_401(server, good_payload):
+    assert_error(submit_raw(server, good_payload, user=None), 401, "unauthorized")
+    assert_error(server.get("/datasets", user=None), 401, "unauthorized")
+    bad = server.get("/datasets", user=None, headers={"Authorization": "Bearer rm_not-a-token"})
+    assert_error(bad, 401, "unauthorized")
+
+
+def test_someone_elses_dataset_is_404(server, good_payload):
+    assert_error(submit_raw(server, good_payload, {"dataset": "synthetic", "label": "label"}, user="bob"), 404,
+                 "unknown_dataset")
+    assert_error(server.get("/datasets/synthetic", user="bob"), 404, "unknown_dataset")
+
+
+def test_someone_elses_job_is_404(server, earlier_job):
+    assert_error(server.get(f"/jobs/{earlier_job}", user="bob"), 404, "not_found")
+    assert_error(server.get(f"/jobs/{earlier_job}/result", user="bob"), 404, "not_found")
+    assert_error(server.post(f"/jobs/{earlier_job}/cancel", user="bob"), 404, "not_found")
+
+
+def test_unknown_dataset_is_404(server, good_payload):
+    assert_error(submit_raw(server, good_payload, {"dataset": "nope", "label": "x"}), 404, "unknown_dataset")
+
+
+def test_unknown_column_in_where_is_named_with_a_hint(server, good_payload):
+    spec = {**SPEC, "where": "mean_radus > 10"}
+    message = assert_error(submit_raw(server, good_payload, spec), 422, "unknown_column")
+    assert "'mean_radus'" in message and "'mean_radius'" in message
+
+
+def test_id_column_cannot_be_filtered(server, good_payload):
+    message = assert_error(submit_raw(server, good_payload, {**SPEC, "where": "id = 17"}), 422, "unknown_column")
+    assert "'id'" in message
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "lower(mean_radius) > 1",
+        "read_parquet('/etc/passwd') IS NULL",
+        "mean_radius > (SELECT max(mean_radius) FROM t)",
+        "mean_radius IN (SELECT 1)",
+        "mean_radius > 1; DROP TABLE t",
+    ],
+)
+def test_function_calls_and_subqueries_in_where_are_refused(server, good_payload, where):
+    message = assert_error(submit_raw(server, good_payload, {**SPEC, "where": where}), 422, "invalid_filter")
+    assert "not allowed" in message or "single expression" in message or "literals only" in message
+
+
+class _SystemCall:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_os_system_pickle_is_refused_and_never_runs(server, tmp_path):
+    canary = tmp_path / "canary"
+    payload = pickle.dumps(_SystemCall(canary), protocol=5)
+    message = assert_error(submit_raw(server, payload), 422, "invalid_model")
+    assert "posix.system" in message
+    time.sleep(0.5)
+    assert not canary.exists()
+
+
+def test_notebook_defined_function_is_refused(server):
+    def my_objective(predt, dtrain):
+        return predt, predt
+
+    payload = cloudpickle.dumps(xgb.XGBRegressor(objective=my_objective), protocol=5)
+    message = assert_error(submit_raw(server, payload), 422, "custom_code_refused")
+    assert "custom" in message
+
+
+def test_truncated_bytes_are_refused(server, good_payload):
+    assert_error(submit_raw(server, good_payload[: len(good_payload) // 2]), 422, "invalid_model")
+    assert_error(submit_raw(server, b""), 422, "invalid_model")
+    assert_error(submit_raw(server, b"not a pickle at all"), 422, "invalid_model")
+
+
+def test_old_protocol_is_refused(server):
+    assert_error(submit_raw(server, pickle.dumps({"params": {}}, protocol=2)), 422, "invalid_model")
+
+
+def test_unknown_label_column_is_named(server, good_payload):
+    message = assert_error(submit_raw(server, good_payload, {**SPEC, "label": "malignent"}), 422, "unknown_column")
+    assert "'malignent'" in message and "'malignant'" in message
+
+
+def test_feature_that_is_the_id_is_refused(server, good_payload):
+    assert_error(submit_raw(server, good_payload, {**SPEC, "features": ["id"]}), 422, "invalid_spec")
+
+
+def test_malformed_spec_is_422(server, good_payload):
+    files = {"model": ("model.pkl", good_payload, "application/octet-stream")}
+    assert_error(server.post("/jobs", files=files, data={"spec": "{not json"}), 422, "invalid_spec")
+    assert_error(submit_raw(server, good_payload, {**SPEC, "eval": {"fraction": 1.5}}), 422, "invalid_spec")
+    assert_error(submit_raw(server, good_payload, {**SPEC, "surprise": 1}), 422, "invalid_spec")
+
+
+def test_filter_that_admits_no_rows_fails_cleanly(server):
+    client = server.client()
+    job = client.submit(xgb.XGBClassifier(n_estimators=3), {**SPEC, "where": "mean_radius > 1000"})
+    with pytest.raises(DisclosureRefused) as info:
+        job.result(timeout=60)
+    assert info.value.code == "cohort_too_small"
+    assert_error(server.get(f"/jobs/{job.id}/result"), 422, "cohort_too_small")
+
+
+def test_nothing_was_lost_and_the_server_is_healthy(server, earlier_job):
+    health = server.get("/health", user=None).json()
+    assert health["status"] == "ok" and health["store"] == "ok"
+    job = server.client().job(earlier_job)
+    job.wait(timeout=60)
+    assert job.status.state == "succeeded"
