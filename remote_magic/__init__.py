@@ -8,17 +8,20 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .client import Client, Job, package_model  # noqa: E402
+from .compare import Comparison, compare  # noqa: E402
 from .errors import RemoteError, RemoteMagicError  # noqa: E402
 from .result import TrainResult  # noqa: E402
 from .wire import DatasetSpec  # noqa: E402
 
 __all__ = [
     "Client",
+    "Comparison",
     "DatasetSpec",
     "Job",
     "RemoteError",
     "RemoteMagicError",
     "TrainResult",
+    "compare",
     "load_ipython_extension",
     "package_model",
     "unload_ipython_extension",

@@ -13,16 +13,33 @@ import uuid
 from collections.abc import Callable
 
 import cloudpickle
+import pandas as pd
 import requests
 from requests.adapters import HTTPAdapter
+from requests.auth import AuthBase
 from urllib3.util.retry import Retry
 
 from .errors import ConnectionProblem, RemoteError, error_for
 from .result import TrainResult
-from .wire import FINAL_STATES, DatasetInfo, DatasetSpec, JobList, JobResult, JobStatus, Whoami
+from .wire import FINAL_STATES, DatasetInfo, DatasetSpec, JobList, JobResult, JobStatus, MockData, Whoami
 
 DEFAULT_TIMEOUT = 30.0
 POLL_WAIT = 10.0
+PROGRESS_POLL_WAIT = 1.0
+
+
+class _TokenAuth(AuthBase):
+    """Adds the bearer token to each request; its repr never shows the token."""
+
+    def __init__(self, token: str):
+        self._token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        return request
+
+    def __repr__(self) -> str:
+        return "<bearer token>"
 
 
 def _retrying_session(token: str) -> requests.Session:
@@ -40,7 +57,7 @@ def _retrying_session(token: str) -> requests.Session:
     adapter = HTTPAdapter(max_retries=retry)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    session.headers["Authorization"] = f"Bearer {token}"
+    session.auth = _TokenAuth(token)
     session.headers["User-Agent"] = "remote-magic-client"
     return session
 
@@ -103,6 +120,13 @@ class Client:
 
     def dataset(self, name: str) -> DatasetInfo:
         return DatasetInfo.model_validate(self._request("GET", f"/datasets/{name}").json())
+
+    def mock(self, name: str) -> pd.DataFrame:
+        """The dataset's mock data: a small sample with the real schema and no real values (for dry runs
+        and for trying code locally); `.attrs` holds the column roles and where the rows came from."""
+        from .dryrun import mock_frame
+
+        return mock_frame(MockData.model_validate(self._request("GET", f"/datasets/{name}/mock").json()))
 
     def submit(
         self, model: object, spec: DatasetSpec | dict, kind: str = "train", idempotency_key: str | None = None
@@ -169,10 +193,15 @@ class Job:
         return self.status.state in FINAL_STATES
 
     def __repr__(self) -> str:
-        p = self.status.progress
-        rounds = f" round {p.round}/{p.total_rounds}" if p.total_rounds else ""
+        from .progress import describe
+
         s = self.status
-        return f"<Job {self.id} {s.kind} on {s.dataset}: {s.state}, {p.stage}{rounds}>"
+        return f"<Job {self.id} {s.kind} on {s.dataset}: {describe(s)}>"
+
+    def _repr_html_(self) -> str:
+        from .display import job_html
+
+        return job_html(self.status)
 
     def refresh(self, wait: float = 0) -> JobStatus:
         """Fetch the status; with `wait`, block until it changes or `wait` seconds pass."""
@@ -187,11 +216,17 @@ class Job:
     def wait(
         self, timeout: float | None = None, on_progress: Callable[[JobStatus], None] | None = None
     ) -> JobStatus:
-        """Long-poll until the job is final. Ctrl-C cancels the remote job, then re-raises."""
+        """Long-poll until the job is final. Ctrl-C cancels the remote job, then re-raises.
+
+        With `on_progress`, each long-poll lasts at most a second, so a progress display is refreshed
+        at least once a second even while nothing changes (a queued job); changes arrive at once."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        poll = POLL_WAIT if on_progress is None else PROGRESS_POLL_WAIT
         try:
+            if on_progress is not None:
+                on_progress(self.status)
             while not self.done:
-                remaining = POLL_WAIT if deadline is None else min(POLL_WAIT, deadline - time.monotonic())
+                remaining = poll if deadline is None else min(poll, deadline - time.monotonic())
                 if remaining <= 0:
                     raise TimeoutError(f"job {self.id} is still {self.status.state} after {timeout} s")
                 try:

@@ -5,7 +5,16 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
+from .progress import describe
 from .wire import DatasetInfo, JobStatus
+
+STATE_COLOURS = {
+    "queued": "#6c757d",
+    "running": "#0d6efd",
+    "succeeded": "#198754",
+    "failed": "#dc3545",
+    "cancelled": "#fd7e14",
+}
 
 
 def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -79,3 +88,25 @@ def jobs_table(jobs: Sequence[JobStatus]) -> Table:
             ]
         )
     return Table(["job", "kind", "dataset", "state", "progress", "submitted (UTC)", "main metric"], rows)
+
+
+def job_html(job: JobStatus) -> str:
+    """A job card: id, what runs where, its state as a badge, and a progress bar while it runs."""
+    p = job.progress
+    colour = STATE_COLOURS.get(job.state, "#6c757d")
+    badge = (
+        f"<span style='background:{colour};color:white;border-radius:4px;padding:1px 6px'>"
+        f"{html.escape(job.state)}</span>"
+    )
+    bar = ""
+    if job.state == "running" and p.total_rounds:
+        bar = f"<progress value='{p.round}' max='{p.total_rounds}' style='width:14em'></progress> "
+    detail = html.escape(describe(job))
+    error = f"<br><span style='color:{colour}'>{html.escape(job.error.message)}</span>" if job.error else ""
+    return (
+        "<div class='remote-magic-job' style='font-family:sans-serif;line-height:1.6'>"
+        f"<b>Job {html.escape(job.id)}</b> &middot; {html.escape(job.kind)} on "
+        f"<b>{html.escape(job.dataset)}</b> &middot; {badge}<br>{bar}{detail}{error}"
+        f"<br><small>submitted {html.escape(job.submitted_at[:19].replace('T', ' '))} UTC; "
+        f"<code>%remote_job {html.escape(job.id)}</code> shows it again</small></div>"
+    )

@@ -19,6 +19,16 @@ class ConnectionProblem(RemoteMagicError):
         return [f"{type(self).__name__}: {self}"]
 
 
+class DryRunError(RemoteMagicError):
+    """A dry run on mock data found a mistake in the spec or the model; nothing was sent."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [
+            f"{type(self).__name__}: {self}",
+            "Fix the spec or the model; nothing was sent to the server.",
+        ]
+
+
 class RemoteError(RemoteMagicError):
     """The server refused a request or a remote job failed. Carries the server's fixed code."""
 
@@ -34,7 +44,8 @@ class RemoteError(RemoteMagicError):
 
     def _render_traceback_(self) -> list[str]:
         where = f" (job {self.job_id})" if self.job_id else ""
-        return [f"{type(self).__name__}{where}: {self}"]
+        hint = _HINTS.get(self.code)
+        return [f"{type(self).__name__}{where}: {self}", *([hint] if hint else [])]
 
 
 class AuthError(RemoteError):
@@ -83,6 +94,20 @@ _BY_CODE: dict[str, type[RemoteError]] = {
     "differencing_refused": DisclosureRefused,
     "cancelled": JobCancelled,
     "too_many_jobs": Busy,
+}
+
+
+_HINTS: dict[str, str] = {
+    "unauthorized": "Check the token in $REMOTE_MAGIC_TOKEN (or the variable named by --token-env).",
+    "forbidden": "Ask the data owner for access to this dataset.",
+    "unknown_dataset": "%remote_datasets lists the datasets your token grants.",
+    "unknown_column": "%remote_datasets NAME lists the columns; --dry-run checks a spec locally.",
+    "invalid_spec": "%remote_datasets NAME lists the columns and their roles.",
+    "invalid_filter": "Filters take columns, literals, comparisons, AND/OR/NOT, IN, BETWEEN, IS NULL.",
+    "cohort_too_small": "Admit more rows: widen the filter or lower the evaluation fraction.",
+    "class_too_small": "Admit more rows of the rare class, or merge classes.",
+    "differencing_refused": "Change the filter by more rows, or reuse the earlier spec.",
+    "too_many_jobs": "Wait for a running job to finish (%remote_jobs), then retry.",
 }
 
 

@@ -47,6 +47,11 @@ def _spec_arguments(func):
                 "-o", "--output", help="store the result (or, with --no-wait, the job) in this variable"
             ),
             argument("--no-wait", action="store_true", help="return a job handle at once instead of waiting"),
+            argument(
+                "--dry-run",
+                action="store_true",
+                help="check the spec and fit the model here on the dataset's mock rows; send nothing",
+            ),
         ]
     ):
         func = decorator(func)
@@ -150,6 +155,13 @@ class RemoteMagic(Magics, Configurable):
         self.shell.ex(cell)
         if args.model not in self.shell.user_ns:
             raise UsageError(f"the cell defines no variable {args.model!r}; name the model with --model VAR")
+        if args.dry_run:
+            from .dryrun import dry_run
+
+            report = dry_run(self.shell.user_ns[args.model], spec, self.client.mock(spec.dataset), kind)
+            if args.output:
+                self.shell.user_ns[args.output] = report
+            return report
         job = self.client.submit(self.shell.user_ns[args.model], spec, kind)
         self.last_job = job
         if args.no_wait:
@@ -199,7 +211,7 @@ class RemoteMagic(Magics, Configurable):
 
     @line_magic
     def remote_job(self, line: str):
-        """`%remote_job ID`: the result of a finished job, or its status while it runs."""
+        """`%remote_job ID`: the full result of a finished job, or its progress while it runs."""
         job_id = line.strip() or (self.last_job.id if self.last_job else "")
         if not job_id:
             raise UsageError("usage: %remote_job JOB_ID")

@@ -1,71 +1,122 @@
 """matplotlib figures of a result. Built on the object-oriented API (no pyplot state), so drawing a
-result never changes the user's current figure."""
+result never changes the user's current figure, and `result.plot()` hands the figures over for
+restyling."""
 
 from __future__ import annotations
 
+import base64
+import io
 from typing import TYPE_CHECKING
 
+import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
     from .result import TrainResult
+
+TRAIN_COLOUR = "#4c72b0"
+EVAL_COLOUR = "#dd8452"
+HIGHER_IS_BETTER = ("auc", "aucpr", "map", "ndcg", "accuracy", "r2", "f1")
+HEIGHT = 3.0
+
+
+def _style(ax) -> None:
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(True, color="#e5e5e5", linewidth=0.8)
+    ax.set_axisbelow(True)
+    ax.tick_params(labelsize=8)
 
 
 def close(fig: Figure) -> None:
     fig.clear()
 
 
+def to_png(fig: Figure, dpi: int = 90) -> str:
+    """The figure as a base64 PNG (for inline HTML), freed afterwards."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
 def learning_curve(result: TrainResult) -> Figure | None:
+    """Train and eval metric per boosting round, with the best eval round marked."""
     history = result.history
     if history.empty:
         return None
-    fig = Figure(figsize=(5, 3))
+    metric = str(history.columns.name)
+    fig = Figure(figsize=(4.2, HEIGHT), layout="constrained")
     ax = fig.subplots()
-    ax.plot(history.index, history["train"], label="train")
-    ax.plot(history.index, history["eval"], label="eval")
-    ax.set_xlabel("boosting round")
-    ax.set_ylabel(str(history.columns.name))
-    ax.set_title("learning curve")
-    ax.legend()
+    _style(ax)
+    ax.plot(history.index, history["train"], label="train", color=TRAIN_COLOUR, linewidth=1.8)
+    ax.plot(history.index, history["eval"], label="eval", color=EVAL_COLOUR, linewidth=1.8)
+    evals = history["eval"]
+    best = evals.idxmax() if metric.split("@")[0] in HIGHER_IS_BETTER else evals.idxmin()
+    ax.axvline(best, color="#999999", linestyle=":", linewidth=1)
+    ax.annotate(
+        f"best eval {evals[best]:.4g}\nround {best}",
+        xy=(best, evals[best]),
+        xytext=(0.97, 0.95),
+        textcoords="axes fraction",
+        ha="right",
+        va="top",
+        fontsize=8,
+        color="#555555",
+    )
+    ax.set_xlabel("boosting round", fontsize=9)
+    ax.set_ylabel(metric, fontsize=9)
+    ax.set_title("Learning curve", fontsize=10, loc="left")
+    ax.legend(frameon=False, fontsize=8, loc="center right")
     return fig
 
 
-def importance(result: TrainResult, top: int = 15) -> Figure | None:
+def importance(result: TrainResult, top: int = 12) -> Figure | None:
+    """Total gain of the top features, largest on top."""
     gain = result.feature_importance.head(top)
     if gain.empty:
         return None
-    fig = Figure(figsize=(5, 0.3 * len(gain) + 1))
+    fig = Figure(figsize=(4.2, max(HEIGHT, 0.24 * len(gain) + 0.9)), layout="constrained")
     ax = fig.subplots()
-    ax.barh(list(gain.index)[::-1], list(gain.values)[::-1])
-    ax.set_xlabel("total gain")
-    ax.set_title("feature importance")
+    _style(ax)
+    ax.grid(False, axis="y")
+    names, values = list(gain.index)[::-1], list(gain.values)[::-1]
+    bars = ax.barh(names, values, color=TRAIN_COLOUR, height=0.65)
+    ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], padding=2, fontsize=7, color="#555555")
+    ax.margins(x=0.15)
+    ax.set_xlabel("total gain", fontsize=9)
+    ax.set_title("Feature importance", fontsize=10, loc="left")
     return fig
 
 
 def confusion(result: TrainResult) -> Figure | None:
+    """Released counts of the confusion matrix; suppressed cells are grey and say so."""
     cm = result.confusion_matrix
     if cm is None:
         return None
-    fig = Figure(figsize=(3.5, 3))
+    values = np.ma.masked_invalid(cm.astype(float).to_numpy())
+    n = values.shape[0]
+    size = min(4.2, max(HEIGHT, 0.55 * n + 1.4))
+    fig = Figure(figsize=(size, size * 0.9), layout="constrained")
     ax = fig.subplots()
-    values = cm.astype(float).to_numpy()
-    ax.imshow(values, cmap="Blues")
-    for i in range(values.shape[0]):
-        for j in range(values.shape[1]):
-            value = cm.iat[i, j]
-            ax.text(
-                j,
-                i,
-                "suppressed" if value is None or value != value else f"{int(value):,}",
-                ha="center",
-                va="center",
-                fontsize=8,
-            )
-    ax.set_xticks(range(len(cm.columns)), labels=list(cm.columns))
-    ax.set_yticks(range(len(cm.index)), labels=list(cm.index))
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("confusion matrix (eval)")
+    cmap = colormaps["Blues"].copy()
+    cmap.set_bad("#dddddd")
+    ax.imshow(values, cmap=cmap, vmin=0)
+    top = values.max() if values.count() else 0
+    suppressed = np.ma.getmaskarray(values)
+    for i in range(n):
+        for j in range(n):
+            if suppressed[i, j]:
+                text, colour = "suppressed\n(<10)", "#555555"
+            else:
+                count = values[i, j]
+                text, colour = f"{int(count):,}", "white" if count > 0.6 * top else "#222222"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8 if n <= 4 else 6, color=colour)
+    ax.set_xticks(range(n), labels=list(cm.columns), fontsize=8)
+    ax.set_yticks(range(n), labels=list(cm.index), fontsize=8)
+    ax.set_xlabel("predicted", fontsize=9)
+    ax.set_ylabel("true", fontsize=9)
+    ax.set_title("Confusion matrix (eval)", fontsize=10, loc="left")
     return fig
 
 

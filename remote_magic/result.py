@@ -4,9 +4,7 @@ notebooks. Both are deterministic (no job ids, no timings), so example notebooks
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 
 import pandas as pd
 
@@ -119,31 +117,59 @@ class TrainResult:
 
         r = self.raw
         what = "Evaluation" if r.kind == "evaluate" else "Training"
-        parts = [
-            "<div class='remote-magic-result'>"
-            f"<h4>{what}: {TASK_NAMES[r.task]} on {html.escape(r.dataset)}</h4>"
-        ]
+        rounds = (
+            f"{r.rounds.base} base + {r.rounds.new} new = {r.rounds.total} rounds"
+            if r.kind == "train"
+            else f"{r.rounds.total} rounds, scored without training"
+        )
+        images = "".join(
+            f"<img class='remote-magic-plot' alt='{html.escape(title)}' style='{_IMG}' "
+            f"src='data:image/png;base64,{plots.to_png(fig)}'/>"
+            for title, fig in plots.figures(self).items()
+        )
+        return (
+            f"<div class='remote-magic-result' style='{_BOX}'>"
+            f"<div style='font-size:1.15em;font-weight:600'>{what}: {TASK_NAMES[r.task]} on "
+            f"<code>{html.escape(r.dataset)}</code></div>"
+            f"<div style='color:#666;margin-bottom:8px'>{rounds}</div>"
+            f"<div style='display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start'>"
+            f"{self._rows_html()}{self._metrics_html()}</div>"
+            f"<div style='display:flex;flex-wrap:wrap;gap:12px;margin-top:10px'>{images}</div>"
+            "<div style='color:#666;font-size:0.85em;margin-top:6px'>Counts rounded to 5; counts under 10 "
+            "suppressed; metrics to 4 significant digits, on the evaluation rows.</div></div>"
+        )
+
+    def _rows_html(self) -> str:
         rows = []
         for split in ("train", "eval"):
-            part = getattr(r.summary, split)
-            if part is not None:
-                classes = ", ".join(f"{html.escape(c.label)}: {_count(c.count)}" for c in part.classes)
-                rows.append(f"<tr><th>{split}</th><td>{_count(part.rows)}</td><td>{classes}</td></tr>")
-        parts.append(
-            "<table class='remote-magic-summary'><thead><tr><th>split</th><th>rows</th><th>classes</th></tr>"
-            f"</thead><tbody>{''.join(rows)}</tbody></table>"
+            part = getattr(self.raw.summary, split)
+            if part is None:
+                continue
+            classes = "<br>".join(f"{html.escape(c.label)}: {_count(c.count)}" for c in part.classes)
+            rows.append(
+                f"<tr><th style='{_CELL}'>{split}</th><td style='{_NUM}'>{_count(part.rows)}</td>"
+                f"<td style='{_NUM}'>{classes or '&ndash;'}</td></tr>"
+            )
+        return (
+            f"<table class='remote-magic-summary' style='{_TABLE}'><caption style='{_CAPTION}'>Rows used"
+            f"</caption><thead><tr><th style='{_CELL}'>split</th><th style='{_NUM}'>rows</th>"
+            f"<th style='{_NUM}'>per class</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
         )
-        metric_rows = "".join(
-            f"<tr><th>{html.escape(k)}</th><td>{v:.4g}</td></tr>" for k, v in r.metrics.items()
+
+    def _metrics_html(self) -> str:
+        rows = "".join(
+            f"<tr><th style='{_CELL}'>{html.escape(k)}</th><td style='{_NUM}'>{v:.4g}</td></tr>"
+            for k, v in self.raw.metrics.items()
         )
-        parts.append(f"<table class='remote-magic-metrics'><tbody>{metric_rows}</tbody></table>")
-        if r.kind == "train":
-            parts.append(f"<p>rounds: {r.rounds.base} base + {r.rounds.new} new = {r.rounds.total}</p>")
-        for title, fig in plots.figures(self).items():
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
-            plots.close(fig)
-            data = base64.b64encode(buffer.getvalue()).decode()
-            parts.append(f"<img class='remote-magic-plot' alt='{title}' src='data:image/png;base64,{data}'/>")
-        parts.append("<p><small>Counts rounded to 5; counts under 10 suppressed.</small></p></div>")
-        return "".join(parts)
+        return (
+            f"<table class='remote-magic-metrics' style='{_TABLE}'><caption style='{_CAPTION}'>Metrics "
+            f"(eval)</caption><tbody>{rows}</tbody></table>"
+        )
+
+
+_BOX = "font-family:sans-serif;border:1px solid #ddd;border-radius:6px;padding:10px 14px;max-width:1400px"
+_TABLE = "border-collapse:collapse;font-size:0.9em"
+_CAPTION = "text-align:left;font-weight:600;padding-bottom:4px"
+_CELL = "text-align:left;padding:2px 10px;border-bottom:1px solid #eee"
+_NUM = "text-align:right;padding:2px 10px;border-bottom:1px solid #eee;font-variant-numeric:tabular-nums"
+_IMG = "border:1px solid #eee;border-radius:4px"

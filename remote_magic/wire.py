@@ -160,3 +160,13 @@ class JobResult(_Strict):
     summary: Summary
     confusion_matrix: ConfusionMatrix | None = None
     rounds: Rounds
+
+
+class MockData(_Strict):
+    """A dataset's mock rows: its schema with values that are not real (a file the data owner provides, or
+    values synthesised from the column types alone). For dry runs: they catch mistakes, not insight."""
+
+    dataset: str
+    source: Literal["file", "synthetic"]
+    columns: list[ColumnInfo] = Field(description="The usable columns (features and labels), in order.")
+    rows: list[list[str | int | float | bool | None]]

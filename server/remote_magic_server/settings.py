@@ -45,6 +45,11 @@ class DatasetConfig(_Strict):
     label_columns: list[str] = Field(min_length=1)
     exclude_columns: list[str] = Field(default_factory=list)
     policy: dict[str, int] = Field(default_factory=dict)
+    mock_path: Path | None = Field(
+        default=None,
+        description="Parquet or CSV file of mock rows to publish for dry runs; default: synthesised from "
+        "the column types alone.",
+    )
 
     @field_validator("policy")
     @classmethod
@@ -114,6 +119,8 @@ def resolve_paths(settings: Settings, base: Path) -> Settings:
     settings.server.data_dir = (base / settings.server.data_dir).resolve()
     for ds in settings.datasets.values():
         ds.path = (base / ds.path).resolve() if not ds.path.is_absolute() else ds.path
+        if ds.mock_path is not None and not ds.mock_path.is_absolute():
+            ds.mock_path = (base / ds.mock_path).resolve()
         if ds.id_column in ds.label_columns:
             raise ConfigError(f"dataset at {ds.path}: the id column cannot be a label")
     return settings

@@ -15,7 +15,7 @@ from remote_magic import __version__
 from ..jobs.scheduler import Scheduler
 from ..jobs.store import Store
 from ..settings import Settings
-from . import errors, routes
+from . import errors, mock, routes
 
 log = logging.getLogger("remote_magic_server.api")
 
@@ -85,4 +85,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.notifier = notifier
     errors.install(app)
     app.include_router(routes.router)
+    app.include_router(mock.router)
     return app

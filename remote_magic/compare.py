@@ -1,0 +1,115 @@
+"""`remote_magic.compare(*results)`: several runs side by side, as a DataFrame and a plot."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from . import plots
+from .result import TrainResult
+
+MAIN_METRICS = ("auc", "accuracy", "r2", "rmse", "log_loss")
+
+
+class Comparison:
+    """Runs in rows; rounds, rows used and every metric in columns. `.table` is the DataFrame,
+    `.plot()` the figure (eval learning curves and the main metric per run)."""
+
+    def __init__(self, results: Sequence[TrainResult], names: Sequence[str]):
+        if len(names) != len(results):
+            raise ValueError("give one name per result")
+        self.results = dict(zip(names, results))
+
+    @property
+    def table(self) -> pd.DataFrame:
+        rows = []
+        for name, r in self.results.items():
+            summary = r.summary
+            row = {
+                "run": name,
+                "dataset": r.raw.dataset,
+                "kind": r.kind,
+                "rounds": r.rounds["total"],
+                "train rows": (summary.get("train") or {}).get("rows"),
+                "eval rows": summary["eval"]["rows"],
+            }
+            rows.append({**row, **r.metrics})
+        return pd.DataFrame(rows).set_index("run")
+
+    @property
+    def main_metric(self) -> str | None:
+        columns = self.table.columns
+        return next((m for m in MAIN_METRICS if m in columns), None)
+
+    def plot(self) -> Figure:
+        fig = Figure(figsize=(8.6, plots.HEIGHT), layout="constrained")
+        curves, bars = fig.subplots(1, 2, width_ratios=[3, 2])
+        for ax in (curves, bars):
+            plots._style(ax)
+        metric = ""
+        for name, r in self.results.items():
+            history = r.history
+            if not history.empty:
+                metric = str(history.columns.name)
+                curves.plot(history.index, history["eval"], label=name, linewidth=1.6)
+        if metric:
+            curves.set_ylabel(f"eval {metric}", fontsize=9)
+            curves.legend(frameon=False, fontsize=8)
+        curves.set_xlabel("boosting round", fontsize=9)
+        curves.set_title("Eval learning curves", fontsize=10, loc="left")
+        main = self.main_metric
+        if main is not None:
+            values = self.table[main]
+            drawn = bars.bar(
+                [str(i) for i in values.index], values.to_numpy(dtype=float), color=plots.EVAL_COLOUR
+            )
+            bars.bar_label(drawn, labels=[f"{v:.4g}" for v in values], fontsize=8, padding=2)
+            bars.margins(y=0.15)
+            bars.tick_params(axis="x", labelrotation=20)
+            bars.set_title(f"{main} (eval)", fontsize=10, loc="left")
+        return fig
+
+    def _text_table(self) -> pd.DataFrame:
+        table = self.table.astype(object).where(self.table.notna(), "<10")
+        for column in self.table.columns:
+            if pd.api.types.is_float_dtype(self.table[column]) and column not in ("train rows", "eval rows"):
+                table[column] = [f"{v:.4g}" if isinstance(v, float) else v for v in table[column]]
+            elif column in ("rounds", "train rows", "eval rows"):
+                table[column] = [f"{int(v):,}" if isinstance(v, (int, float)) else v for v in table[column]]
+        return table
+
+    def __repr__(self) -> str:
+        return f"Comparison of {len(self.results)} runs\n" + self._text_table().to_string()
+
+    def _repr_html_(self) -> str:
+        table = self._text_table()
+        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in ["run", *table.columns])
+        body = "".join(
+            "<tr>"
+            + f"<th style='text-align:left'>{html.escape(str(name))}</th>"
+            + "".join(f"<td style='text-align:right'>{html.escape(str(v))}</td>" for v in row)
+            + "</tr>"
+            for name, row in zip(table.index, table.to_numpy())
+        )
+        return (
+            "<div class='remote-magic-compare' style='font-family:sans-serif'>"
+            f"<table class='remote-magic-table'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+            f"<img alt='comparison' src='data:image/png;base64,{plots.to_png(self.plot())}'/></div>"
+        )
+
+
+def compare(
+    *results: TrainResult | Mapping[str, TrainResult], names: Sequence[str] | None = None
+) -> Comparison:
+    """Compare results: `compare(a, b)`, `compare(a, b, names=["depth 2", "depth 4"])` or
+    `compare({"depth 2": a, "depth 4": b})`."""
+    if len(results) == 1 and isinstance(results[0], Mapping):
+        named = dict(results[0])
+        return Comparison(list(named.values()), [str(n) for n in named])
+    runs = [r for r in results if isinstance(r, TrainResult)]
+    if len(runs) != len(results) or not runs:
+        raise TypeError("compare() takes TrainResult objects (or one dict of them)")
+    return Comparison(runs, list(names) if names is not None else [f"run {i + 1}" for i in range(len(runs))])

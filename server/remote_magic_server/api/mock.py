@@ -1,0 +1,107 @@
+"""GET /v1/datasets/{name}/mock: rows with the dataset's schema and no real values, for dry runs.
+
+The rows come from a file the data owner chose to publish (`mock_path`) or are synthesised from the
+column types in the Parquet footer alone: the synthesis never opens a row of the real data and uses no
+statistic of it (no ranges, no categories, no frequencies), so a mock can never leak a value. The seed is
+the dataset's name, so the same dataset gives the same mock on every call.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+from typing import Annotated
+
+import numpy as np
+import pandas as pd
+from fastapi import APIRouter, Depends, Query, Request
+
+from remote_magic.wire import ColumnInfo, MockData
+
+from ..settings import DatasetConfig
+from .auth import Principal, current_user
+from .catalog import role_of, schema_of
+from .errors import ApiError
+
+log = logging.getLogger("remote_magic_server.api")
+router = APIRouter(prefix="/v1")
+User = Annotated[Principal, Depends(current_user)]
+
+MAX_ROWS = 1000
+STRING_LEVELS = 4
+
+
+def synthesise(name: str, dtype: str, role: str, rows: int, rng: np.random.Generator) -> list:
+    """Values for one column from its Arrow type name only."""
+    if dtype.startswith(("int", "uint")):
+        values = rng.integers(0, 2, rows) if role == "label" else rng.integers(0, 100, rows)
+        return [int(v) for v in values]
+    if dtype in ("double", "float", "halffloat") or dtype.startswith("decimal"):
+        return [round(float(v), 3) for v in rng.normal(0.0, 1.0, rows)]
+    if dtype == "bool":
+        return [bool(v) for v in rng.integers(0, 2, rows)]
+    if "string" in dtype:
+        levels = 2 if role == "label" else STRING_LEVELS
+        return [f"{name}_{v}" for v in rng.integers(0, levels, rows)]
+    return [None] * rows
+
+
+def _from_file(dataset: DatasetConfig, names: list[str], rows: int) -> dict[str, list]:
+    path = dataset.mock_path
+    assert path is not None
+    if path.suffix.lower() == ".csv":
+        frame = pd.read_csv(path, nrows=rows)
+    else:
+        frame = pd.read_parquet(path).head(rows)
+    present = [c for c in names if c in frame.columns]
+    return {c: [None if _missing(v) else _plain(v) for v in frame[c].tolist()] for c in present}
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+
+
+def _plain(value: object) -> object:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def mock_data(dataset_name: str, dataset: DatasetConfig, rows: int) -> MockData:
+    columns = [
+        ColumnInfo(name=c, dtype=t, role=role_of(dataset, c))  # type: ignore[arg-type]
+        for c, t in schema_of(dataset).columns
+    ]
+    columns = [c for c in columns if c.role in ("feature", "label")]
+    given: dict[str, list] = {}
+    if dataset.mock_path is not None:
+        given = _from_file(dataset, [c.name for c in columns], rows)
+        rows = min((len(v) for v in given.values()), default=rows)
+    rng = np.random.default_rng(zlib.crc32(dataset_name.encode()))
+    values = [
+        given[c.name] if c.name in given else synthesise(c.name, c.dtype, c.role, rows, rng) for c in columns
+    ]
+    return MockData(
+        dataset=dataset_name,
+        source="file" if given else "synthetic",
+        columns=columns,
+        rows=[list(r) for r in zip(*values)] if values else [],
+    )
+
+
+@router.get("/datasets/{name}/mock", response_model=MockData, tags=["datasets"])
+def mock(
+    request: Request,
+    user: User,
+    name: str,
+    rows: Annotated[int, Query(ge=1, le=MAX_ROWS, description="How many mock rows.")] = 200,
+) -> MockData:
+    settings = request.app.state.settings
+    if name not in settings.datasets or name not in user.datasets:
+        raise ApiError(404, "unknown_dataset", "no such dataset is available to you")
+    try:
+        return mock_data(name, settings.datasets[name], rows)
+    except (OSError, ValueError):
+        log.exception("mock data of dataset %s could not be read", name)
+        raise ApiError(
+            500, "mock_unavailable", "the mock data of this dataset could not be read; tell its data owner"
+        ) from None
