@@ -99,8 +99,7 @@ def confusion(result: TrainResult) -> Figure | None:
     size = min(4.2, max(HEIGHT, 0.55 * n + 1.4))
     fig = Figure(figsize=(size, size * 0.9), layout="constrained")
     ax = fig.subplots()
-    cmap = colormaps["Blues"].copy()
-    cmap.set_bad("#dddddd")
+    cmap = colormaps["Blues"].with_extremes(bad="#dddddd")
     ax.imshow(values, cmap=cmap, vmin=0)
     top = values.max() if values.count() else 0
     suppressed = np.ma.getmaskarray(values)

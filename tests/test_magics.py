@@ -1,0 +1,284 @@
+"""The magics in a real IPython shell against the real server: progress, interrupt, async jobs, dry runs,
+configuration, and that the token never shows."""
+
+from __future__ import annotations
+
+import io
+import re
+import signal
+import threading
+import time
+
+import pytest
+import xgboost as xgb
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+
+import remote_magic
+from remote_magic import TrainResult, compare
+from remote_magic.dryrun import DryRun
+from remote_magic.errors import DisclosureRefused, DryRunError
+from remote_magic.progress import ProgressBar
+
+IMPORT = "from xgboost import XGBClassifier\n"
+LONG_JOB = IMPORT + "model = XGBClassifier(n_estimators=2000, max_depth=10, learning_rate=0.01)"
+TINY = IMPORT + "model = XGBClassifier(n_estimators=3)"
+
+
+@pytest.fixture()
+def shell(server, monkeypatch):
+    """A real IPython shell with the extension loaded, pointed at the session's server as alice."""
+    monkeypatch.setenv("REMOTE_MAGIC_URL", server.url)
+    monkeypatch.setenv("REMOTE_MAGIC_TOKEN", server.tokens["alice"])
+    monkeypatch.setenv("REMOTE_MAGIC_PROGRESS", "off")
+    ip = InteractiveShell.instance()
+    remote_magic.load_ipython_extension(ip)
+    yield ip
+    remote_magic.unload_ipython_extension(ip)
+    for name in [n for n in ip.user_ns if not n.startswith("_")]:
+        ip.user_ns.pop(name, None)
+
+
+def run(ip: InteractiveShell, cell: str):
+    result = ip.run_cell(cell)
+    result.raise_error()
+    return result.result
+
+
+def wait_running(server, before: set[str], timeout: float = 30.0) -> str:
+    """The id of alice's job that appeared after `before` and is training."""
+    client = server.client()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for job in client.jobs(limit=20):
+            if job.id not in before and job.state == "running" and job.progress.stage == "training":
+                return job.id
+        time.sleep(0.05)
+    raise AssertionError("the job never started training")
+
+
+def test_progress_updates_arrive_during_a_200_round_job(server, capsys):
+    job = server.client().submit(
+        xgb.XGBClassifier(n_estimators=200, max_depth=8, learning_rate=0.05),
+        {"dataset": "synthetic", "label": "label"},
+    )
+    bar = ProgressBar(delay=0)
+    stamps: list[float] = []
+
+    def watch(status):
+        stamps.append(time.monotonic())
+        bar(status)
+
+    try:
+        status = job.wait(timeout=120, on_progress=watch)
+    finally:
+        bar.close()
+    assert status.state == "succeeded"
+    rounds = set(bar.seen_rounds) - {0, 200}
+    assert len(rounds) >= 5, bar.seen_rounds
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert max(gaps) < 1.5, "the display must be refreshed at least about once a second"
+    shown = capsys.readouterr().err
+    assert re.search(r"training: \d+/200 .*logloss train [\d.]+, eval [\d.]+", shown), shown[-500:]
+
+
+def test_progress_bar_is_quiet_for_fast_jobs_and_off_by_config(shell, capsys):
+    shell.run_line_magic("config", "RemoteMagic.progress = True")
+    run(
+        shell,
+        "%%remote_train -d breast_cancer -l malignant -o quick\n" + TINY,
+    )
+    assert "round" not in capsys.readouterr().err, "a job under the delay leaves no bar"
+    shell.run_line_magic("config", "RemoteMagic.progress = False")
+    shell.run_line_magic("config", "RemoteMagic.progress_delay = 0.0")
+    run(
+        shell,
+        "%%remote_train -d breast_cancer -l malignant -o quick\n" + TINY,
+    )
+    assert "round" not in capsys.readouterr().err
+
+
+def test_interrupt_cancels_the_remote_job_within_two_seconds(shell, server, capsys):
+    before = {j.id for j in server.client().jobs(limit=50)}
+    main = threading.main_thread().ident
+    fired: dict[str, object] = {}
+
+    def interrupt():
+        fired["job"] = wait_running(server, before)
+        fired["at"] = time.monotonic()
+        signal.pthread_kill(main, signal.SIGINT)
+
+    timer = threading.Thread(target=interrupt, daemon=True)
+    timer.start()
+    result = shell.run_cell("%%remote_train -d synthetic -l label\n" + LONG_JOB)
+    timer.join(5)
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    client = server.client()
+    while client.job(fired["job"]).status.state != "cancelled":
+        assert time.monotonic() - fired["at"] < 2.0, "the remote job was not cancelled within 2 s"
+        time.sleep(0.02)
+    assert f"remote job {fired['job']} was cancelled" in capsys.readouterr().err
+
+
+def test_no_wait_then_remote_job_renders_the_same_result_as_a_blocking_run(shell):
+    cell = (
+        "%%remote_train -d breast_cancer -l malignant --eval-fraction 0.3 --seed 5 {flags}\n"
+        "from xgboost import XGBClassifier\nmodel = XGBClassifier(n_estimators=12, max_depth=3)"
+    )
+    blocking = run(shell, cell.format(flags="-o blocking"))
+    job = run(shell, cell.format(flags="--no-wait -o handle"))
+    assert isinstance(job, remote_magic.Job) and shell.user_ns["handle"] is job
+    assert job.id in repr(job) and "breast_cancer" in repr(job)
+    assert "remote-magic-job" in job._repr_html_() and f"%remote_job {job.id}" in job._repr_html_()
+    job.wait(timeout=60)
+    later = shell.run_line_magic("remote_job", job.id)
+    assert isinstance(later, TrainResult) and later.job_id != blocking.job_id
+    assert repr(later) == repr(blocking)
+    assert later._repr_html_() == blocking._repr_html_()
+    table = shell.run_line_magic("remote_jobs", "")
+    assert table.header == ["job", "kind", "dataset", "state", "progress", "submitted (UTC)", "main metric"]
+    listed = {row[0]: row for row in table.rows}
+    assert listed[job.id][3] == "succeeded" and listed[job.id][6].startswith("auc ")
+    with capture_output() as out:
+        shell.run_line_magic("remote_cancel", job.id)
+    assert f"Job {job.id}: succeeded" in out.stdout
+
+
+def test_remote_job_shows_progress_while_running_and_cancel_stops_it(shell, server):
+    before = {j.id for j in server.client().jobs(limit=50)}
+    job = run(shell, "%%remote_train -d synthetic -l label --no-wait\n" + LONG_JOB)
+    job_id = wait_running(server, before)
+    assert job_id == job.id
+    shown = shell.run_line_magic("remote_job", job_id)
+    assert isinstance(shown, remote_magic.Job)
+    assert re.search(r"<progress value='\d+' max='2000'", shown._repr_html_())
+    assert re.search(r"training \d+/2000", repr(shown))
+    with capture_output() as out:
+        shell.run_line_magic("remote_cancel", job_id)
+    assert f"Job {job_id}:" in out.stdout
+    assert server.client().job(job_id).wait(timeout=10).state == "cancelled"
+
+
+def test_dry_run_finds_a_misspelt_feature_before_any_request_reaches_the_jobs_endpoint(shell, server):
+    jobs_before = len(server.client().jobs(limit=500))
+    log_before = server.log_path.read_text().count("POST /v1/jobs")
+    cell = "%%remote_train --dry-run -d synthetic -l label {flags}\n" + TINY
+    result = shell.run_cell(cell.format(flags="--features agee,bmi"))
+    error = result.error_in_exec
+    assert isinstance(error, DryRunError)
+    assert str(error) == "unknown column 'agee' in features; did you mean 'age'?"
+    assert len(error._render_traceback_()) == 2
+    for flags, message in [
+        ("--where 'bmii > 20'", "unknown column 'bmii' in filter; did you mean 'bmi'?"),
+        ("--where 'bmi > '", "could not be parsed"),
+        ("--where 'upper(region) = 1'", "not allowed"),
+        ("--eval-where 'regon IS NULL'", "unknown column 'regon' in eval filter; did you mean 'region'?"),
+    ]:
+        failed = shell.run_cell(cell.format(flags=flags)).error_in_exec
+        assert isinstance(failed, DryRunError) and message in str(failed), (flags, failed)
+    bad_label = shell.run_cell(cell.replace("-l label", "-l lable").format(flags="")).error_in_exec
+    assert str(bad_label).startswith("unknown column 'lable' in label; did you mean 'label'")
+    report = run(
+        shell, cell.format(flags="--features age,bmi,region --where \"age > 0 AND region IN ('north')\"")
+    )
+    assert isinstance(report, DryRun) and report.features == ["age", "bmi", "region"] and report.rounds == 5
+    assert "nothing was sent to the server" in repr(report)
+    fitted = run(shell, cell.format(flags="--where 'smoker >= 50' --eval-fraction 0.25"))
+    assert 0 < fitted.admitted < 200 and fitted.train_rows + fitted.eval_rows == fitted.admitted
+    assert server.log_path.read_text().count("POST /v1/jobs") == log_before
+    assert "GET /v1/datasets/synthetic/mock" in server.log_path.read_text()
+    assert len(server.client().jobs(limit=500)) == jobs_before
+
+
+def test_dry_run_of_continued_training_catches_a_feature_mismatch(shell):
+    shell.user_ns["spec"] = {"dataset": "breast_cancer", "label": "malignant", "features": ["mean_radius"]}
+    cell = (
+        "%%remote_train --dry-run\nimport numpy as np\nfrom xgboost import XGBClassifier\n"
+        "model = XGBClassifier(n_estimators=3).fit(np.random.rand(50, 2), np.arange(50) % 2)"
+    )
+    error = shell.run_cell(cell).error_in_exec
+    assert isinstance(error, DryRunError) and "XGBoost refused the model" in str(error)
+
+
+def test_remote_failure_is_a_short_real_exception(shell):
+    result = shell.run_cell(
+        "%%remote_train -d breast_cancer -l malignant --where 'mean_radius > 27'\n"
+        "from xgboost import XGBClassifier\nmodel = XGBClassifier(n_estimators=3)"
+    )
+    error = result.error_in_exec
+    assert isinstance(error, DisclosureRefused)
+    lines = error._render_traceback_()
+    assert 1 <= len(lines) <= 2 and "Traceback" not in "".join(lines)
+    assert "widen the filter" in lines[-1]
+
+
+def test_config_lists_every_trait_with_its_help(shell):
+    with capture_output() as out:
+        shell.run_line_magic("config", "RemoteMagic")
+    text = out.stdout
+    for trait in ("url", "token_env", "timeout", "progress", "progress_delay"):
+        assert f"RemoteMagic.{trait}" in text
+    magic = shell.user_ns["_remote_magic"]
+    for name, trait in magic.traits(config=True).items():
+        assert trait.help and len(trait.help) > 15, name
+
+
+def test_the_token_never_shows(shell, server):
+    token = server.tokens["alice"]
+    magic = shell.user_ns["_remote_magic"]
+    with capture_output() as out:
+        shell.run_line_magic("remote_connect", "--name other")
+        shell.run_line_magic("config", "RemoteMagic")
+        shell.run_line_magic("xmode", "Verbose")
+        try:
+            shell.run_cell("%%remote_train -d nope -l x\nmodel = 1")
+            shell.run_cell("%%remote_train -d synthetic -l label --features agee --dry-run\n" + TINY)
+            shell.run_cell("_remote_magic.client._request('GET', '/nowhere')")
+        finally:
+            shell.run_line_magic("xmode", "Context")
+    job = magic.client.submit(
+        xgb.XGBClassifier(n_estimators=2), {"dataset": "breast_cancer", "label": "malignant"}
+    )
+    job.wait(timeout=60)
+    texts = [out.stdout, out.stderr, repr(magic.client), repr(job), job._repr_html_(), repr(magic)]
+    texts += [repr(magic.client._session.auth), repr(magic.client.__dict__), repr(magic.connections)]
+    assert "Connected to" in out.stdout and "[other]" in out.stdout
+    for text in texts:
+        assert token not in text
+
+
+def test_compare_gives_a_table_and_a_plot(server):
+    client = server.client()
+    spec = {"dataset": "diabetes", "label": "progression", "eval": {"fraction": 0.3, "seed": 4}}
+    shallow = client.train(xgb.XGBRegressor(n_estimators=20, max_depth=2), spec)
+    deep = client.train(xgb.XGBRegressor(n_estimators=10, max_depth=4), spec)
+    cmp = compare({"shallow": shallow, "deep": deep})
+    table = cmp.table
+    assert list(table.index) == ["shallow", "deep"]
+    assert list(table.columns[:5]) == ["dataset", "kind", "rounds", "train rows", "eval rows"]
+    assert table.loc["shallow", "rounds"] == 20 and table.loc["deep", "r2"] == deep.metrics["r2"]
+    assert cmp.main_metric == "r2"
+    fig = cmp.plot()
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 2
+    assert repr(cmp).splitlines()[0] == "Comparison of 2 runs" and "shallow" in repr(cmp)
+    assert "<img" in cmp._repr_html_()
+    assert list(compare(shallow, deep).table.index) == ["run 1", "run 2"]
+    with pytest.raises(TypeError):
+        compare(shallow, "not a result")
+
+
+def test_result_view_shows_suppressed_cells_and_plot_gives_figures(server):
+    result = server.client().train(
+        xgb.XGBClassifier(n_estimators=8, max_depth=2), {"dataset": "breast_cancer", "label": "malignant"}
+    )
+    figures = result.plot()
+    assert list(figures) == ["learning curve", "feature importance", "confusion matrix"]
+    raw = result.raw.model_copy(deep=True)
+    raw.confusion_matrix.counts[0][1] = None
+    texts = [t.get_text() for t in TrainResult(raw).plot()["confusion matrix"].axes[0].texts]
+    assert "suppressed\n(<10)" in texts
+    view = result._repr_html_()
+    assert view.count("<img") == 3 and "Rows used" in view and "Metrics (eval)" in view
+    buffer = io.StringIO()
+    print(result, file=buffer)
+    assert buffer.getvalue().startswith("TrainResult: training of a binary classifier on breast_cancer")
