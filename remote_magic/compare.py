@@ -74,6 +74,7 @@ class Comparison:
 
     def _text_table(self) -> pd.DataFrame:
         table = self.table.astype(object).where(self.table.notna(), "<10")
+        table.loc[self.table["kind"] == "evaluate", "train rows"] = "-"
         for column in self.table.columns:
             if pd.api.types.is_float_dtype(self.table[column]) and column not in ("train rows", "eval rows"):
                 table[column] = [f"{v:.4g}" if isinstance(v, float) else v for v in table[column]]
