@@ -85,6 +85,7 @@ def lab(server, tmp_path):
 
 
 def test_quickstart_renders_progress_bar_and_result_panel_in_jupyterlab(lab):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -105,15 +106,19 @@ def test_quickstart_renders_progress_bar_and_result_panel_in_jupyterlab(lab):
             page.goto(lab)
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
-            cells = page.locator(".jp-Notebook .jp-Cell")
-            cells.first.click()
-            for _ in range(cells.count()):
-                page.keyboard.press("Shift+Enter")
-                time.sleep(0.2)
+            select = page.locator(".jp-Dialog button", has_text="Select")
+            try:
+                select.first.wait_for(state="visible", timeout=10_000)
+                select.first.click()
+            except PlaywrightTimeout:
+                pass
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
             bar = page.locator(
                 ".jp-OutputArea-output .widget-hprogress, .jp-OutputArea-output .widget-progress"
             )
-            bar.first.wait_for(state="visible", timeout=120_000)
+            bar.first.wait_for(state="visible", timeout=60_000)
             bar.first.scroll_into_view_if_needed()
             page.screenshot(path=str(ARTIFACTS / "browser-progress.png"))
             results = page.locator(".jp-OutputArea-output .remote-magic-result")
