@@ -21,7 +21,7 @@ ARTIFACTS = ROOT / "test-artifacts"
 SLOW_CELL = (
     "%%remote_train --dataset synthetic --label label -o slow\n"
     "from xgboost import XGBClassifier\n"
-    "model = XGBClassifier(n_estimators=300, max_depth=8, learning_rate=0.05)"
+    "model = XGBClassifier(n_estimators=300, max_depth=7, learning_rate=0.05)"
 )
 
 
@@ -119,7 +119,12 @@ def test_quickstart_renders_progress_bar_and_result_panel_in_jupyterlab(lab):
                 ".jp-OutputArea-output .widget-hprogress, .jp-OutputArea-output .widget-progress"
             )
             bar.first.wait_for(state="visible", timeout=60_000)
-            bar.first.scroll_into_view_if_needed()
+            page.wait_for_function(
+                "[...document.querySelectorAll('.jp-OutputArea-output .widget-hprogress')]"
+                ".some(e => /training:\\s*[1-9][0-9]*\\/300/.test(e.closest('.widget-hbox').innerText)"
+                " && (e.scrollIntoView({block: 'center'}) || true))",
+                timeout=120_000,
+            )
             page.screenshot(path=str(ARTIFACTS / "browser-progress.png"))
             results = page.locator(".jp-OutputArea-output .remote-magic-result")
             page.wait_for_function(

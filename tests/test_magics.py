@@ -59,7 +59,7 @@ def wait_running(server, before: set[str], timeout: float = 30.0) -> str:
 
 def test_progress_updates_arrive_during_a_200_round_job(server, capsys):
     job = server.client().submit(
-        xgb.XGBClassifier(n_estimators=200, max_depth=8, learning_rate=0.05),
+        xgb.XGBClassifier(n_estimators=200, max_depth=7, learning_rate=0.05),
         {"dataset": "synthetic", "label": "label"},
     )
     bar = ProgressBar(delay=0)
