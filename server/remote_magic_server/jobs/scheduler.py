@@ -9,7 +9,6 @@ killer, the CPU limit) becomes a failed job with a fixed code; the server keeps 
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import multiprocessing
@@ -21,6 +20,7 @@ from multiprocessing.connection import Connection
 
 from ..privacy.policy import PolicyRefusal, release, release_progress_metric
 from ..settings import Settings
+from .launch import run_by_name
 from .store import JobRow, Store
 
 log = logging.getLogger("remote_magic_server.scheduler")
@@ -34,11 +34,6 @@ _DEATH_CODES = {
     "starting": ("invalid_model", "the model could not be decoded: its bytes are corrupt or hostile"),
 }
 _DEFAULT_DEATH = ("worker_crashed", "the job's worker process stopped unexpectedly")
-
-
-def run_by_name(module: str, function: str, *args: object) -> None:
-    """Process target: import the worker by name in the child, so the parent never imports it."""
-    getattr(importlib.import_module(module), function)(*args)
 
 
 class _Running:
