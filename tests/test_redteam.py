@@ -204,6 +204,19 @@ def test_dp_repeats_return_the_stored_answer_and_spend_once(red):
     assert budgets[0]["repeated"] is False and all(b["repeated"] for b in budgets[1:])
     assert {b["epsilon_spent"] for b in budgets} == {1.0}
     assert budgets[-1]["epsilon_remaining"] == 2.0
+    # The same rows asked for in other words (filter spelled differently, columns reordered): no fresh noise.
+    reworded = _post(
+        red,
+        "/describe",
+        json={
+            "dataset": "attack_dp",
+            "label": "label",
+            "where": "60 < rank AND rank < 1000",
+            "features": ["score", "rank", "age", "nickname"],
+        },
+    ).json()
+    assert reworded.pop("privacy_budget") == {**budgets[-1], "repeated": True}
+    assert reworded == bodies[0]
     assert (
         _describe(red, "rank > 160", dataset="attack_dp").json()["privacy_budget"]["epsilon_remaining"] == 1.0
     )

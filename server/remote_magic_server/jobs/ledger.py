@@ -105,8 +105,17 @@ class Ledger:
             ).fetchone()
         return json.loads(row["answer"]) if row else None
 
-    def spend(self, user: str, dataset: str, request: str, epsilon: float, answer: dict) -> float:
-        """Charge one release and store its answer in one transaction; return the total spent."""
+    def store_answer(self, user: str, dataset: str, request: str, answer: dict) -> None:
+        """File an answer already paid for under one more request key."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO dp_answers (user, dataset, request, answer, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (user, dataset, request, json.dumps(answer), _now()),
+            )
+
+    def spend(self, user: str, dataset: str, requests: list[str], epsilon: float, answer: dict) -> float:
+        """Charge one release and store its answer under its keys in one transaction; return the total."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -115,11 +124,12 @@ class Ledger:
                     " ON CONFLICT (user, dataset) DO UPDATE SET spent = spent + excluded.spent",
                     (user, dataset, epsilon),
                 )
-                self._db.execute(
-                    "INSERT INTO dp_answers (user, dataset, request, answer, created_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (user, dataset, request, json.dumps(answer), _now()),
-                )
+                for request in requests:
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO dp_answers (user, dataset, request, answer, created_at)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (user, dataset, request, json.dumps(answer), _now()),
+                    )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

@@ -56,6 +56,10 @@ class DescribeFailed(Exception):
         self.message = message
 
 
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
 def read_row_sets(folder: Path, names: dict) -> dict[str, BitMap]:
     """The admitted row sets a worker left in its folder, by role (file names only, never paths)."""
     return {
@@ -354,40 +358,8 @@ class Scheduler:
     # describe
     def describe(self, user: str, dataset: str, spec: dict, plan: dict) -> dict:
         """Run a describe in a fresh worker and release its aggregates (guard, policy, DP budget)."""
-        policy = self.settings.policy_for(dataset)
-        config = self.settings.datasets[dataset]
-        table = self._table(dataset)
-        key = hashlib.sha256(json.dumps([spec, plan["features"]], sort_keys=True).encode()).hexdigest()
         try:
-            if config.dp:
-                stored = self.ledger.stored_answer(user, table, key)
-                if stored is not None:
-                    stored["privacy_budget"] = self._budget(user, table, policy, repeated=True)
-                    self._audit_describe(user, dataset, spec, "released", None, "the stored answer, repeated")
-                    return stored
-                self._check_budget(user, table, policy)
-            folder = self.settings.server.data_dir / "describe" / uuid.uuid4().hex[:16]
-            try:
-                task = self._describe_task(dataset, spec, plan, policy)
-                raw = self._run_describe(folder, task, policy.job_timeout_s)
-                with self.ledger.decision():
-                    sets = read_row_sets(folder, raw["row_sets"])
-                    released = self.ledger.released_sets(user, table)
-                    check_differencing(sets, released, int(raw["table_rows"]), policy.min_count)
-                    noise = None
-                    if config.dp:
-                        from ..privacy.dp import laplace_counts
-
-                        self._check_budget(user, table, policy)
-                        noise = laplace_counts(sensitivity(raw), policy.dp_epsilon)
-                    result = release_describe(raw, policy.model_dump(), dataset, spec["label"], noise)
-                    answer = result.model_dump(mode="json")
-                    self.ledger.record_sets(user, table, "describe", sets)
-                    if config.dp:
-                        self.ledger.spend(user, table, key, policy.dp_epsilon, answer)
-                        answer["privacy_budget"] = self._budget(user, table, policy, repeated=False)
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
+            answer, note = self._describe(user, dataset, spec, plan)
         except PolicyRefusal as refusal:
             self._audit_describe(user, dataset, spec, "refused", refusal.code, refusal.message)
             raise DescribeFailed(refusal.code, refusal.message) from None
@@ -398,8 +370,59 @@ class Scheduler:
             log.exception("describe on %s could not be released", dataset)
             self._audit_describe(user, dataset, spec, "failed", "internal_error", "internal error")
             raise DescribeFailed("internal_error", "the request failed on the server") from None
-        self._audit_describe(user, dataset, spec, "released", None, None)
+        self._audit_describe(user, dataset, spec, "released", None, note)
         return answer
+
+    def _describe(self, user: str, dataset: str, spec: dict, plan: dict) -> tuple[dict, str | None]:
+        policy = self.settings.policy_for(dataset)
+        dp = self.settings.datasets[dataset].dp
+        table = self._table(dataset)
+        # On DP datasets an answer is stored under two keys: the request as written (answered without a
+        # worker) and what it describes (the admitted rows, label and columns), so a filter spelled
+        # differently or features in another order get the stored answer too, never fresh noise.
+        request_key = _digest(dataset, spec["label"], spec.get("where"), sorted(plan["features"]))
+        if dp:
+            stored = self.ledger.stored_answer(user, table, request_key)
+            if stored is not None:
+                return self._repeat(user, table, policy, stored)
+            self._check_budget(user, table, policy)
+        folder = self.settings.server.data_dir / "describe" / uuid.uuid4().hex[:16]
+        try:
+            task = self._describe_task(dataset, spec, plan, policy)
+            raw = self._run_describe(folder, task, policy.job_timeout_s)
+            sets = read_row_sets(folder, raw["row_sets"])
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        with self.ledger.decision():
+            released = self.ledger.released_sets(user, table)
+            check_differencing(sets, released, int(raw["table_rows"]), policy.min_count)
+            if not dp:
+                answer = release_describe(raw, policy.model_dump(), dataset, spec["label"]).model_dump(
+                    mode="json"
+                )
+                self.ledger.record_sets(user, table, "describe", sets)
+                return answer, None
+            from ..privacy.dp import laplace_counts
+
+            rows = sets["admitted"].serialize().hex()
+            content_key = _digest(dataset, spec["label"], rows, sorted(plan["features"]))
+            stored = self.ledger.stored_answer(user, table, content_key)
+            if stored is not None:
+                self.ledger.store_answer(user, table, request_key, stored)
+                return self._repeat(user, table, policy, stored)
+            self._check_budget(user, table, policy)
+            noise = laplace_counts(sensitivity(raw), policy.dp_epsilon)
+            answer = release_describe(raw, policy.model_dump(), dataset, spec["label"], noise).model_dump(
+                mode="json"
+            )
+            self.ledger.record_sets(user, table, "describe", sets)
+            self.ledger.spend(user, table, [content_key, request_key], policy.dp_epsilon, answer)
+        answer["privacy_budget"] = self._budget(user, table, policy, repeated=False)
+        return answer, None
+
+    def _repeat(self, user: str, table: str, policy: Policy, stored: dict) -> tuple[dict, str]:
+        stored["privacy_budget"] = self._budget(user, table, policy, repeated=True)
+        return stored, "the stored answer, repeated"
 
     def _audit_describe(
         self, user: str, dataset: str, spec: dict, decision: str, code: str | None, reason: str | None
