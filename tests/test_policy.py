@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 from pyroaring import BitMap
 from remote_magic_server.jobs.audit import AuditLog, verify
+from remote_magic_server.jobs.ledger import Ledger
 from remote_magic_server.privacy.describe import merge_bins, release_describe, sensitivity
 from remote_magic_server.privacy.dp import laplace_counts
 from remote_magic_server.privacy.guard import check_differencing
 from remote_magic_server.privacy.model_release import check_model_release, unnecessary_risk
 from remote_magic_server.privacy.policy import PolicyRefusal, release
 from remote_magic_server.settings import DatasetConfig, Policy, Settings
+from remote_magic_server.worker.describe import nice_edges
 
 POLICY = Policy().model_dump()
 
@@ -176,3 +181,47 @@ def test_audit_chain_detects_tampering(tmp_path, tamper):
     path.write_text("\n".join(lines) + "\n")
     verdict = verify(path)
     assert not verdict.ok and verdict.problem
+
+
+def test_ledger_stores_sets_once_and_charges_the_budget_once(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.record_sets("alice", "t", "job:1", {"a": BitMap(range(200)), "b": BitMap(range(200))})
+    ledger.record_sets("alice", "t", "job:2", {"a": BitMap(range(200))})
+    assert ledger.released_sets("alice", "t") == [BitMap(range(200))]
+    assert ledger.released_sets("bob", "t") == []
+    assert ledger.spend("alice", "t", ["k1", "k2"], 1.0, {"rows": 100}) == 1.0
+    assert ledger.stored_answer("alice", "t", "k2") == {"rows": 100}
+    assert ledger.stored_answer("bob", "t", "k2") is None
+    ledger.set_model_state("j", "alice", "t", "refused", "why")
+    assert not ledger.approve_model("j", "owner")
+    ledger.set_model_state("j", "alice", "t", "awaiting_approval", "ok")
+    assert ledger.approve_model("j", "owner") and ledger.model_state("j")["approved_by"] == "owner"
+
+
+def test_histogram_edges_are_round_numbers_inside_the_range():
+    values = np.random.default_rng(1).normal(50, 10, 1000)
+    edges = nice_edges(values)
+    steps = {round(b - a, 9) for a, b in zip(edges, edges[1:])}
+    assert len(steps) == 1 and steps.pop() in (1, 2, 5, 10)
+    assert values.min() < edges[0] and edges[-1] < values.max()
+    assert nice_edges(np.full(50, 3.0))
+
+
+def test_audit_cli_verifies_and_detects_tampering(tmp_path):
+    config = tmp_path / "server.toml"
+    config.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\n')
+    log = AuditLog(tmp_path / "data" / "audit.log")
+    log.record("request", "alice", method="GET", path="/v1/whoami", status=200)
+    log.record("release_decision", "alice", job="j1", decision="refused", code="differencing_refused")
+
+    def cli(*args):
+        cmd = [sys.executable, "-m", "remote_magic_server", "audit", "--config", str(config), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+    shown = cli()
+    assert shown.returncode == 0 and "differencing_refused" in shown.stdout
+    assert cli("--verify").returncode == 0
+    path = tmp_path / "data" / "audit.log"
+    path.write_text(path.read_text().replace('"refused"', '"released"'))
+    tampered = cli("--verify")
+    assert tampered.returncode == 1 and "TAMPERED" in tampered.stderr and "line 2" in tampered.stderr

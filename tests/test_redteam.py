@@ -142,6 +142,13 @@ def test_tiny_evaluation_sets_are_refused(red, n):
     assert exc.value.code == "cohort_too_small"
 
 
+def test_tiny_evaluation_split_of_a_training_job_is_refused(red):
+    spec = {"dataset": "attack", "label": "label", "features": FEATURES, "eval": {"where": "rank <= 5"}}
+    with pytest.raises(DisclosureRefused) as exc:
+        _client(red).train(xgb.XGBClassifier(n_estimators=3), spec)
+    assert exc.value.code == "cohort_too_small"
+
+
 def test_a_class_with_three_members_is_refused(red):
     client = _client(red)
     with pytest.raises(DisclosureRefused) as exc:
