@@ -86,6 +86,11 @@ def test_describe_release_hides_small_categories_and_extremes():
     assert out.rows == 250 + 150
 
 
+def test_noise_never_lifts_a_rare_category_name_into_view():
+    out = release_describe(_raw_describe(), POLICY, "d", "label", lambda counts: [n + 100 for n in counts])
+    assert "Tinyville" not in out.model_dump_json() and "small" not in out.model_dump_json()
+
+
 def test_describe_release_refuses_small_cohorts_and_classes():
     with pytest.raises(PolicyRefusal, match="fewer than 100 rows"):
         release_describe(_raw_describe(rows=99), POLICY, "d", "label")

@@ -233,6 +233,8 @@ def test_dp_repeats_return_the_stored_answer_and_spend_once(red):
     spent = _describe(red, "rank > 360", dataset="attack_dp")
     assert spent.status_code == 422 and spent.json()["error"]["code"] == "privacy_budget_exhausted"
     assert _describe(red, "rank > 60", dataset="attack_dp").json()["privacy_budget"]["repeated"] is True
+    reworded_after = _describe(red, "rank >= 61", dataset="attack_dp").json()
+    assert reworded_after.pop("privacy_budget")["repeated"] is True and reworded_after == bodies[0]
 
 
 def _approve(red, job_id):

@@ -72,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await asyncio.to_thread(scheduler.stop, 0.0)
             store.close()
+            scheduler.ledger.close()
 
     app = FastAPI(
         title="remote-magic server",

@@ -385,7 +385,6 @@ class Scheduler:
             stored = self.ledger.stored_answer(user, table, request_key)
             if stored is not None:
                 return self._repeat(user, table, policy, stored)
-            self._check_budget(user, table, policy)
         folder = self.settings.server.data_dir / "describe" / uuid.uuid4().hex[:16]
         try:
             task = self._describe_task(dataset, spec, plan, policy)

@@ -3,7 +3,8 @@
 Pure, like policy.py. Every count goes through the same small-count rule and rounding as a training
 result; histogram bins are merged with their neighbours until each holds `min_count` rows, and the
 outer bins are open-ended, so no minimum or maximum of a column is ever shown. Categories below
-`min_count` are folded into an `other` count and their names never leave. In DP mode an OpenDP
+`min_count` are folded into an `other` count and their names never leave (judged on the exact count,
+so noise cannot lift a single row's value into view). In DP mode an OpenDP
 mechanism (passed in as `noise`) perturbs every count first; suppression and rounding follow, as
 post-processing.
 """
@@ -83,7 +84,7 @@ def _rate(part: int | None, whole: int | None) -> float | None:
     return round_metric(part / whole)
 
 
-def _column(col: Mapping, rows: int | None, policy: Mapping) -> ColumnDescription:
+def _column(col: Mapping, exact: Mapping, rows: int | None, policy: Mapping) -> ColumnDescription:
     missing = release_count(col["missing"], policy)
     if col["kind"] == "numeric":
         bins = merge_bins(col["histogram"]["edges"], col["histogram"]["counts"], policy["min_count"])
@@ -104,7 +105,10 @@ def _column(col: Mapping, rows: int | None, policy: Mapping) -> ColumnDescriptio
         )
     shown, small = [], int(col.get("rest", 0))
     for value, n in sorted(col["categories"].items(), key=lambda kv: (-kv[1], kv[0])):
-        if n >= policy["min_count"] and len(shown) < policy["max_categories"]:
+        # A name is shown only if its exact count clears the threshold too: noise may lift a category
+        # held by one row above it, and the name itself is that row's value.
+        large = n >= policy["min_count"] and exact["categories"][value] >= policy["min_count"]
+        if large and len(shown) < policy["max_categories"]:
             shown.append(CategoryCount(value=str(value)[:MAX_NAME_CHARS], count=release_count(n, policy)))
         else:
             small += n
@@ -144,5 +148,5 @@ def release_describe(
         label=label,
         rows=rows,
         classes=released_classes,
-        columns=[_column(col, rows, policy) for col in counts["columns"]],
+        columns=[_column(col, ex, rows, policy) for col, ex in zip(counts["columns"], raw["columns"])],
     )
