@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from remote_magic.wire import ModelReleaseStatus
+from remote_magic.wire import ErrorBody, ModelReleaseStatus
 
 from .errors import ApiError
 from .routes import User, _own_job
@@ -36,7 +36,10 @@ def model_status(request: Request, user: User, job_id: str) -> ModelReleaseStatu
     "/jobs/{job_id}/model",
     tags=["jobs"],
     response_class=Response,
-    responses={200: {"content": {"application/json": {}}, "description": "The model as XGBoost JSON."}},
+    responses={
+        200: {"content": {"application/json": {}}, "description": "The model as XGBoost JSON."},
+        403: {"model": ErrorBody, "description": "Not released: not allowed, refused, or awaiting approval."},
+    },
 )
 def download_model(request: Request, user: User, job_id: str) -> Response:
     job = _own_job(request, user, job_id)
