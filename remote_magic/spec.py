@@ -10,14 +10,6 @@ from pydantic import ValidationError
 from .wire import DatasetSpec
 
 
-def _unquote(value: str) -> str:
-    """IPython's argument splitter keeps the quotes around a quoted flag value; drop one outer pair."""
-    value = value.strip()
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        return value[1:-1]
-    return value
-
-
 def spec_from_args(args: Namespace, base: object = None) -> DatasetSpec:
     """Merge the flags over `base` (a dict or DatasetSpec); raise UsageError on a bad combination."""
     if isinstance(base, DatasetSpec):
@@ -29,13 +21,13 @@ def spec_from_args(args: Namespace, base: object = None) -> DatasetSpec:
     for name in ("dataset", "label", "where"):
         value = getattr(args, name, None)
         if value is not None:
-            fields[name] = _unquote(value)
+            fields[name] = value
     if args.features is not None:
-        fields["features"] = [f.strip() for f in _unquote(args.features).split(",") if f.strip()]
+        fields["features"] = [f.strip() for f in args.features.split(",") if f.strip()]
     if args.eval_fraction is not None and args.eval_where is not None:
         raise UsageError("give either --eval-fraction or --eval-where, not both")
     if args.eval_where is not None:
-        fields["eval"] = {"where": _unquote(args.eval_where)}
+        fields["eval"] = {"where": args.eval_where}
     elif args.eval_fraction is not None or args.seed is not None:
         current = fields.get("eval") if isinstance(fields.get("eval"), dict) else {}
         fraction = args.eval_fraction if args.eval_fraction is not None else current.get("fraction", 0.2)

@@ -150,6 +150,9 @@ async def submit(
         user.user, parsed.dataset, kind, parsed.model_dump(mode="json"), plan, payload, idempotency_key
     )
     if created:
+        request.app.state.scheduler.audit.record(
+            "submit", user.user, job=job.id, dataset=parsed.dataset, kind=kind, spec=job.spec
+        )
         request.app.state.scheduler.notify()
     else:
         response.status_code = 200

@@ -41,10 +41,17 @@ def _summarize_counts(frame, label: str, task: str) -> dict:
 
 
 def _job(task: dict, job_dir: Path, reporter: _Reporter) -> dict:
+    import numpy as np
+
     from ..privacy.policy import PolicyRefusal, check_cohort
-    from . import staging, training
+    from . import evidence, staging, training
     from .unpickle import strict_loads
 
+    if task["kind"] == "describe":
+        from .describe import describe
+
+        reporter.stage("staging")
+        return describe(task, job_dir)
     reporter.stage("starting")
     model = strict_loads((job_dir / "model.pkl").read_bytes(), task["max_payload_bytes"])
     plan = training.make_plan(model)
@@ -67,9 +74,15 @@ def _job(task: dict, job_dir: Path, reporter: _Reporter) -> dict:
         check_cohort(raw_counts, task["policy"])
     except PolicyRefusal as refusal:
         raise training.TrainingError(refusal.code, refusal.message) from None
+    sets = {"evaluation": staged.eval_rows}
+    if kind == "train":
+        sets["training"] = staged.train_rows
+        sets["admitted"] = np.concatenate([staged.train_rows, staged.eval_rows])
+    row_sets = evidence.write_row_sets(job_dir, sets)
 
     base_rounds = plan.base.num_boosted_rounds() if plan.base is not None else 0
     history: dict = {}
+    model_facts = None
     if kind == "train":
         reporter.send("progress", stage="training", round=0, total=plan.rounds, metric=None)
 
@@ -79,6 +92,13 @@ def _job(task: dict, job_dir: Path, reporter: _Reporter) -> dict:
         booster, history, classes, deval, y_eval = training.train(plan, staged, threads, report)
         booster.save_model(str(job_dir / "model.ubj"))
         new_rounds = booster.num_boosted_rounds() - base_rounds
+        if task.get("allow_model_release"):
+            import xgboost as xgb
+
+            dtrain = xgb.DMatrix(staged.train[staged.features], enable_categorical=True, nthread=threads)
+            categorical = any(str(staged.train[f].dtype) == "category" for f in staged.features)
+            model_facts = evidence.model_facts(plan.params, booster, dtrain, base_rounds, categorical)
+            booster.save_model(str(job_dir / "model.json"))
     else:
         import xgboost as xgb
 
@@ -113,6 +133,9 @@ def _job(task: dict, job_dir: Path, reporter: _Reporter) -> dict:
         "feature_importance": {str(k): float(v) for k, v in gain.items()},
         "counts": raw_counts,
         "rounds": {"base": base_rounds, "new": new_rounds, "total": base_rounds + new_rounds},
+        "row_sets": row_sets,
+        "table_rows": evidence.table_rows(task["path"]),
+        "model": model_facts,
     }
 
 

@@ -2,7 +2,8 @@
 
 DuckDB may read exactly one file, the dataset's, and nothing else; its configuration is locked before
 the query runs. The query is built from the checked filter trees (grammar.py), never from user text, and
-the train/eval split is a hash of the id column and the seed, so it is the same on every run.
+the train/eval split is a hash of the id column and the seed, so it is the same on every run. Each
+admitted row also carries its row number in the file, which the differencing guard remembers.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import duckdb
+import numpy as np
 import pandas as pd
 from sqlglot import exp
 
@@ -26,6 +28,8 @@ class Staged:
     eval: pd.DataFrame
     features: list[str]
     label: str
+    train_rows: np.ndarray | None = None
+    eval_rows: np.ndarray | None = None
 
 
 def connect_locked(path: str) -> duckdb.DuckDBPyConnection:
@@ -58,8 +62,11 @@ def build_query(
         )
         flag = exp.LT(this=exp.paren(bucket), expression=exp.Placeholder())
         params += [int(split.get("seed", 0)), int(round(float(split["fraction"]) * SPLIT_BUCKETS))]
-    select = exp.select(*cols, exp.alias_(flag, EVAL_FLAG, quoted=True)).from_(
-        exp.func("read_parquet", exp.Placeholder())
+    row_id = exp.alias_(exp.column("file_row_number", quoted=True), ROW_ID, quoted=True)
+    select = exp.select(*cols, exp.alias_(flag, EVAL_FLAG, quoted=True), row_id).from_(
+        exp.func(
+            "read_parquet", exp.Placeholder(), exp.EQ(this=exp.var("file_row_number"), expression=exp.true())
+        )
     )
     if where is not None:
         select = select.where(where)
@@ -91,9 +98,12 @@ def stage(
         con.close()
     frame = _categorize(frame, features)
     is_eval = frame.pop(EVAL_FLAG).astype(bool).to_numpy()
+    rows = frame.pop(ROW_ID).to_numpy(dtype=np.uint32)
     return Staged(
         train=frame[~is_eval].reset_index(drop=True),
         eval=frame[is_eval].reset_index(drop=True),
         features=features,
         label=spec["label"],
+        train_rows=rows[~is_eval],
+        eval_rows=rows[is_eval],
     )
