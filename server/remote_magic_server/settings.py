@@ -62,6 +62,8 @@ class ServerSection(_Strict):
     workers: int = Field(default=0, ge=0, description="0 means cores - 1, at least 1.")
     max_payload_mb: int = Field(default=64, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    sandbox_uid: int = Field(default=65534, ge=1, description="The uid workers run as when serving as root.")
+    sandbox_gid: int = Field(default=65534, ge=1, description="The gid workers run as when serving as root.")
 
 
 class Settings(_Strict):

@@ -14,6 +14,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +35,9 @@ _DEATH_CODES = {
     "starting": ("invalid_model", "the model could not be decoded: its bytes are corrupt or hostile"),
 }
 _DEFAULT_DEATH = ("worker_crashed", "the job's worker process stopped unexpectedly")
+_SIGNAL_DEATHS = {
+    -signal.SIGXCPU: ("cpu_limit", "the job used more CPU time than this server allows and was stopped"),
+}
 
 
 def run_by_name(module: str, function: str, *args: object) -> None:
@@ -160,6 +164,7 @@ class Scheduler:
             "spec": job.spec,
             "features": job.plan["features"],
             "filter_columns": job.plan["filter_columns"],
+            "derive_columns": job.plan.get("derive_columns", []),
             "id_column": dataset.id_column,
             "path": str(dataset.path),
             "policy": policy.model_dump(),
@@ -167,6 +172,8 @@ class Scheduler:
             "cpu_seconds": policy.job_timeout_s * self.threads_per_job + 30,
             "memory_mb": policy.worker_memory_mb,
             "max_payload_bytes": self.settings.server.max_payload_mb * 2**20,
+            "sandbox_uid": self.settings.server.sandbox_uid,
+            "sandbox_gid": self.settings.server.sandbox_gid,
         }
 
     def _launch(self, job: JobRow) -> None:
@@ -244,6 +251,8 @@ class Scheduler:
         log.warning(
             "worker of job %s died with exit code %s in stage %s", run.job.id, run.process.exitcode, run.stage
         )
+        if run.process.exitcode in _SIGNAL_DEATHS:
+            return ("failed", None, _SIGNAL_DEATHS[run.process.exitcode])
         return ("failed", None, _DEATH_CODES.get(run.stage, _DEFAULT_DEATH))
 
     def _handle(self, run: _Running, message: dict) -> tuple[str, dict | None, tuple[str, str] | None] | None:

@@ -40,24 +40,34 @@ def _summarize_counts(frame, label: str, task: str) -> dict:
     return counts
 
 
-def _job(task: dict, job_dir: Path, reporter: _Reporter) -> dict:
+def _job(task: dict, reporter: _Reporter) -> dict:
     from ..privacy.policy import PolicyRefusal, check_cohort
     from . import staging, training
     from .unpickle import strict_loads
 
     reporter.stage("starting")
-    model = strict_loads((job_dir / "model.pkl").read_bytes(), task["max_payload_bytes"])
+    model = strict_loads(Path("model.pkl").read_bytes(), task["max_payload_bytes"])
     plan = training.make_plan(model)
     threads = task["threads"]
     training.check_bounds(plan, task["policy"], threads)
     kind = task["kind"]
     if kind == "evaluate" and plan.base is None:
         raise training.TrainingError("unsupported_model", "evaluation needs a fitted model; fit it first")
+    if kind == "evaluate" and plan.preprocess is not None:
+        raise training.TrainingError(
+            "unsupported_model", "evaluate takes a bare XGBoost model; send a Pipeline with train"
+        )
 
     reporter.stage("staging")
     default_eval = {"fraction": 0.2, "seed": 0} if kind == "train" else None
     staged = staging.stage(
-        task["path"], task["spec"], task["features"], task["filter_columns"], task["id_column"], default_eval
+        task["dataset_fd_path"],
+        task["spec"],
+        task["features"],
+        task["filter_columns"],
+        task["id_column"],
+        default_eval,
+        task.get("derive_columns", []),
     )
     label_task = "regression" if plan.task == "regression" else "classification"
     raw_counts = {"eval": _summarize_counts(staged.eval, staged.label, label_task)}
@@ -77,7 +87,7 @@ def _job(task: dict, job_dir: Path, reporter: _Reporter) -> dict:
             reporter.send("progress", stage="training", round=done, total=plan.rounds, metric=latest)
 
         booster, history, classes, deval, y_eval = training.train(plan, staged, threads, report)
-        booster.save_model(str(job_dir / "model.ubj"))
+        booster.save_model("model.ubj")
         new_rounds = booster.num_boosted_rounds() - base_rounds
     else:
         import xgboost as xgb
@@ -123,10 +133,18 @@ def run(job_dir: str, conn: Connection) -> None:
     path = Path(job_dir)
     try:
         task = json.loads((path / "task.json").read_text())
-        applied = sandbox.confine(task["cpu_seconds"], task["memory_mb"])
+        task["dataset_fd_path"] = sandbox.open_dataset(task["path"])
+        applied = sandbox.confine(
+            task["cpu_seconds"],
+            task["memory_mb"],
+            str(path),
+            task["path"],
+            task.get("sandbox_uid", 65534),
+            task.get("sandbox_gid", 65534),
+        )
         reporter.send("isolation", applied=applied)
         started = time.monotonic()
-        raw = _job(task, path, reporter)
+        raw = _job(task, reporter)
         log.info("job %s done in %.3f s", path.name, time.monotonic() - started)
         reporter.send("result", raw=raw)
     except PayloadError as exc:

@@ -44,16 +44,22 @@ class StrictUnpickler(RuleUnpickler):
 
 
 def strict_loads(data: bytes, max_bytes: int) -> object:
-    """Decode a payload; raise PayloadError for anything the rules refuse."""
-    obj = StrictUnpickler(data, max_bytes).load()
+    """Decode a payload; raise PayloadError for anything the rules refuse or XGBoost cannot parse."""
+    try:
+        obj = StrictUnpickler(data, max_bytes).load()
+    except PayloadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. XGBoostError from Booster.__setstate__ on bad bytes
+        raise PayloadError("invalid_model", "the model could not be decoded: its bytes are corrupt") from exc
     _check_top(obj)
     return obj
 
 
 def _check_top(obj: object) -> None:
     import xgboost as xgb
+    from sklearn.pipeline import Pipeline
 
-    if isinstance(obj, (xgb.XGBClassifier, xgb.XGBRegressor, xgb.Booster)):
+    if isinstance(obj, (xgb.XGBClassifier, xgb.XGBRegressor, xgb.Booster, Pipeline)):
         return
     if isinstance(obj, dict) and "params" in obj:
         return
