@@ -161,7 +161,7 @@ class RuleUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
             raise PayloadError("invalid_model", "the payload is nested too deeply") from exc
         except MemoryError as exc:
             raise PayloadError("payload_too_large", "the payload expands beyond the memory limit") from exc
-        except (EOFError, pickle.UnpicklingError, IndexError, KeyError, ValueError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - struct.error, EOFError, UnpicklingError, KeyError...
             raise PayloadError("invalid_model", "the payload is truncated or corrupt") from exc
 
     dispatch[pickle.REDUCE[0]] = load_reduce

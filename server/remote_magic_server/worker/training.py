@@ -189,14 +189,24 @@ def _booster_params(booster: xgb.Booster) -> dict:
 
 
 def make_plan(model: object, default_rounds: int = 10) -> Plan:
-    """The canonical form of a decoded model."""
+    """The canonical form of a decoded model; a model whose decoded state is incomplete (built by
+    NEWOBJ without state, or with state of the wrong shape) is refused as invalid."""
+    try:
+        return _make_plan(model, default_rounds)
+    except TrainingError:
+        raise
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError, xgb.core.XGBoostError) as exc:
+        raise TrainingError("invalid_model", "the model's decoded state is incomplete or corrupt") from exc
+
+
+def _make_plan(model: object, default_rounds: int = 10) -> Plan:
     if isinstance(model, Pipeline):
         steps = model.steps
         if not steps or not isinstance(steps[-1][1], (xgb.XGBClassifier, xgb.XGBRegressor)):
             raise TrainingError(
                 "unsupported_model", "a Pipeline must end in an XGBClassifier or an XGBRegressor"
             )
-        plan = make_plan(steps[-1][1], default_rounds)
+        plan = _make_plan(steps[-1][1], default_rounds)
         front = Pipeline(steps[:-1]) if len(steps) > 1 else None
         if front is not None:
             plan.preprocess = canonical_step(front)
