@@ -39,7 +39,10 @@ PREPROCESSORS: frozenset[str] = frozenset(
     }
 )
 PIPELINE = "sklearn.pipeline.Pipeline"
-CLASSES: frozenset[str] = ESTIMATORS | PREPROCESSORS | {PIPELINE, "xgboost.core.Booster"}
+# A fitted ColumnTransformer keeps its `remainder="passthrough"` as an identity FunctionTransformer; its
+# `func` could only be another allowed global, and it is never a step of the canonical form.
+_FITTED_STATE_ONLY = {"sklearn.preprocessing._function_transformer.FunctionTransformer"}
+CLASSES: frozenset[str] = ESTIMATORS | PREPROCESSORS | _FITTED_STATE_ONLY | {PIPELINE, "xgboost.core.Booster"}
 # Types that a payload may name as a parameter value (OneHotEncoder(dtype=np.float64)) but never call.
 VALUES: frozenset[str] = frozenset(
     {
