@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 JobKind = Literal["train", "evaluate"]
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "awaiting_approval"]
 Stage = Literal["queued", "starting", "staging", "training", "evaluating", "done"]
 Task = Literal["binary", "multiclass", "regression"]
 FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})

@@ -251,22 +251,43 @@ def describe_top(obj: object) -> ScanReport:
     )
 
 
-class _CodeLister(_Scanner):
-    """A second, naming-only pass over a payload that holds notebook code: every global becomes a
-    reference and every call a placeholder, so nothing is imported, built or run; the names come from
-    the state cloudpickle records for each function (`__qualname__`) and class (its name argument)."""
+@dataclass
+class CodeRecord:
+    """The constructor arguments of one code object as the payload spells them (never built here)."""
+
+    args: tuple
+
+
+class CodeLister(_Scanner):
+    """A naming-only pass over a payload that holds notebook code: every global becomes a reference and
+    every call a placeholder, so nothing is imported, built or run. It collects the globals referred to,
+    the names of functions (`__qualname__` in cloudpickle's recorded state) and classes (the name argument
+    of `_make_skeleton_class`), and the arguments of each code object, for the owner's review."""
 
     dispatch = dict(_Scanner.dispatch)
 
-    def __init__(self, data: bytes, max_bytes: int):
+    def __init__(self, data: bytes, max_bytes: int = MAX_PAYLOAD_BYTES):
         super().__init__(data, max_bytes)
         self.names: list[str] = []
+        self.globals: list[str] = []
+        self.codes: list[CodeRecord] = []
 
     def find_class(self, module: str, name: str) -> object:
-        return _Ref(f"{module}.{name}")
+        dotted = _safe_name(f"{module}.{name}")
+        if dotted not in self.globals:
+            self.globals.append(dotted)
+        return _Ref(dotted)
 
     def build(self, func: object, args: tuple) -> object:
         dotted = func.dotted if isinstance(func, _Ref) else ""
+        if dotted.endswith("._builtin_type") and args == ("CodeType",):
+            return _Ref("types.CodeType")
+        if dotted == "types.CodeType":
+            record = CodeRecord(args)
+            self.codes.append(record)
+            return record
+        if dotted.endswith(("subimport", "dynamic_subimport")) and args and isinstance(args[0], str):
+            self.names.append(f"import {_safe_name(args[0])}")
         if dotted.endswith("._make_skeleton_class") and len(args) > 1 and isinstance(args[1], str):
             self.names.append(f"class {_safe_name(args[1])}")
         for arg in args:
@@ -281,7 +302,7 @@ class _CodeLister(_Scanner):
 
 def custom_code_names(data: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> list[str]:
     """The notebook-defined functions and classes a payload holds, by name (best effort, never runs)."""
-    lister = _CodeLister(data, max_bytes)
+    lister = CodeLister(data, max_bytes)
     with contextlib.suppress(PayloadError):
         lister.load()
     return sorted(set(lister.names))[:20]

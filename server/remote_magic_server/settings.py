@@ -45,6 +45,10 @@ class DatasetConfig(_Strict):
     label_columns: list[str] = Field(min_length=1)
     exclude_columns: list[str] = Field(default_factory=list)
     policy: dict[str, int] = Field(default_factory=dict)
+    allow_custom_code: bool = Field(
+        default=False,
+        description="Accept payloads with notebook-defined code, each held until the owner approves it.",
+    )
 
     @field_validator("policy")
     @classmethod

@@ -174,6 +174,7 @@ class Scheduler:
             "max_payload_bytes": self.settings.server.max_payload_mb * 2**20,
             "sandbox_uid": self.settings.server.sandbox_uid,
             "sandbox_gid": self.settings.server.sandbox_gid,
+            "approved_sha256": job.plan.get("approved_sha256"),
         }
 
     def _launch(self, job: JobRow) -> None:

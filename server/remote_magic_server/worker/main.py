@@ -43,11 +43,15 @@ def _summarize_counts(frame, label: str, task: str) -> dict:
 def _job(task: dict, reporter: _Reporter) -> dict:
     from ..privacy.policy import PolicyRefusal, check_cohort
     from . import staging, training
-    from .unpickle import strict_loads
+    from .unpickle import approved_loads, strict_loads
 
     reporter.stage("starting")
-    model = strict_loads(Path("model.pkl").read_bytes(), task["max_payload_bytes"])
-    plan = training.make_plan(model)
+    data = Path("model.pkl").read_bytes()
+    if task.get("approved_sha256"):
+        model = approved_loads(data, task["approved_sha256"])
+    else:
+        model = strict_loads(data, task["max_payload_bytes"])
+    plan = training.make_plan(model, custom_code=bool(task.get("approved_sha256")))
     threads = task["threads"]
     training.check_bounds(plan, task["policy"], threads)
     kind = task["kind"]

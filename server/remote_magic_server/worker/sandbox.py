@@ -200,7 +200,7 @@ def confine(
     cpu_seconds: int,
     memory_mb: int,
     job_dir: str,
-    dataset: str,
+    dataset: str | None,
     uid: int = 65534,
     gid: int = 65534,
 ) -> dict[str, str]:
@@ -211,14 +211,14 @@ def confine(
     OSError if a step the kernel claims to support fails: a job never runs with less than it reports."""
     folder = Path(job_dir)
     as_root = os.geteuid() == 0
-    dataset_gid = os.stat(dataset).st_gid
+    dataset_gid = os.stat(dataset).st_gid if dataset else 0
     if as_root:
         _hand_over(folder, uid, gid)
     os.chdir(folder)
     network = isolate_network()
     apply_limits(cpu_seconds, memory_mb)
     applied = {"network": network, "limits": "rlimits cpu,as,fsize,nofile,core"}
-    applied["filesystem"] = restrict_filesystem([dataset], str(folder))
+    applied["filesystem"] = restrict_filesystem([dataset] if dataset else [], str(folder))
     if as_root:
         _set_limit(resource.RLIMIT_NPROC, 1024)
         applied["uid"] = drop_privileges(uid, gid, dataset_gid if dataset_gid != 0 else None)

@@ -53,6 +53,8 @@ class Plan:
     task: str
     n_classes: int = 0
     preprocess: dict | None = None
+    obj: Callable | None = None
+    custom_metric: Callable | None = None
 
 
 _PREPROCESSORS = {
@@ -188,25 +190,38 @@ def _booster_params(booster: xgb.Booster) -> dict:
     return params
 
 
-def make_plan(model: object, default_rounds: int = 10) -> Plan:
+def make_plan(model: object, default_rounds: int = 10, custom_code: bool = False) -> Plan:
     """The canonical form of a decoded model; a model whose decoded state is incomplete (built by
-    NEWOBJ without state, or with state of the wrong shape) is refused as invalid."""
+    NEWOBJ without state, or with state of the wrong shape) is refused as invalid. Only an
+    owner-approved payload (`custom_code`) may bring a custom objective or metric function."""
     try:
-        return _make_plan(model, default_rounds)
+        return _make_plan(model, default_rounds, custom_code)
     except TrainingError:
         raise
     except (AttributeError, TypeError, ValueError, KeyError, IndexError, xgb.core.XGBoostError) as exc:
         raise TrainingError("invalid_model", "the model's decoded state is incomplete or corrupt") from exc
 
 
-def _make_plan(model: object, default_rounds: int = 10) -> Plan:
+def _custom_functions(plan: Plan, raw: dict, custom_code: bool) -> None:
+    objective, metric = raw.get("objective"), raw.get("eval_metric")
+    if not (callable(objective) or callable(metric)):
+        return
+    if not custom_code:
+        raise TrainingError("custom_code_refused", "custom objective and metric functions need approval")
+    from xgboost.sklearn import _metric_decorator, _objective_decorator
+
+    plan.obj = _objective_decorator(objective) if callable(objective) else None
+    plan.custom_metric = _metric_decorator(metric) if callable(metric) else None
+
+
+def _make_plan(model: object, default_rounds: int = 10, custom_code: bool = False) -> Plan:
     if isinstance(model, Pipeline):
         steps = model.steps
         if not steps or not isinstance(steps[-1][1], (xgb.XGBClassifier, xgb.XGBRegressor)):
             raise TrainingError(
                 "unsupported_model", "a Pipeline must end in an XGBClassifier or an XGBRegressor"
             )
-        plan = _make_plan(steps[-1][1], default_rounds)
+        plan = _make_plan(steps[-1][1], default_rounds, custom_code)
         front = Pipeline(steps[:-1]) if len(steps) > 1 else None
         if front is not None:
             plan.preprocess = canonical_step(front)
@@ -222,7 +237,9 @@ def _make_plan(model: object, default_rounds: int = 10) -> Plan:
         params = _scalar_params(model.get_xgb_params())
         classifier = isinstance(model, xgb.XGBClassifier)
         task = _task_of(params.get("objective"), classifier)
-        return Plan(params=params, rounds=rounds, base=base, task=task)
+        plan = Plan(params=params, rounds=rounds, base=base, task=task)
+        _custom_functions(plan, raw, custom_code)
+        return plan
     if isinstance(model, xgb.Booster):
         params = _booster_params(model)
         return Plan(
@@ -358,6 +375,8 @@ def train(
             evals=[(dtrain, "train"), (deval, "eval")],
             evals_result=history,
             xgb_model=plan.base,
+            obj=plan.obj,
+            custom_metric=plan.custom_metric,
             verbose_eval=False,
             callbacks=[_Progress(report, base_rounds)],
         )
