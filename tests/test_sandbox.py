@@ -187,3 +187,38 @@ def test_pipeline_parameter_out_of_bounds_is_named(server):
         server.client().train(pipeline, {"dataset": "breast_cancer", "label": "malignant"})
     assert info.value.code == "parameter_out_of_bounds"
     assert "max_depth" in str(info.value) and "12" in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def limited_server(tmp_path_factory):
+    """A server whose `tight` dataset gives each job 2 s and 1 GiB of address space."""
+    from tests.serverproc import ServerProcess, write_config
+
+    base = tmp_path_factory.mktemp("limited")
+    data_dir = base / "data"
+    path = data_dir / "datasets" / "synthetic.parquet"
+    extra = (
+        f'\n[datasets.slow]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["label"]\n'
+        "policy = { job_timeout_s = 2 }\n"
+        f'\n[datasets.small_memory]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["label"]\n'
+        "policy = { worker_memory_mb = 1024 }\n"
+    )
+    server = ServerProcess(write_config(data_dir, extra_datasets=extra), base / "server.log")
+    server.issue_tokens({"dave": ["slow", "small_memory"]})
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize(("dataset", "code"), [("slow", "timeout"), ("small_memory", "out_of_memory")])
+def test_a_job_out_of_time_or_memory_fails_cleanly(limited_server, dataset, code):
+    from remote_magic.errors import RemoteError
+
+    client = limited_server.client("dave")
+    model = xgb.XGBClassifier(n_estimators=2000, max_depth=12, learning_rate=0.01)
+    with pytest.raises(RemoteError) as info:
+        client.train(model, {"dataset": dataset, "label": "label"})
+    assert info.value.code == code
+    assert limited_server.get("/health", user=None).json()["status"] == "ok"
+    quick = client.submit(xgb.XGBClassifier(n_estimators=2), {"dataset": "slow", "label": "label"})
+    assert quick.result(timeout=60).rounds["total"] == 2

@@ -102,6 +102,8 @@ def stage(
     con = connect_locked(path)
     try:
         frame = con.execute(sql, [*params, path]).df()
+    except duckdb.OutOfMemoryException as exc:
+        raise MemoryError("staging ran out of memory") from exc
     except duckdb.Error as exc:
         from .training import TrainingError
 
