@@ -205,7 +205,7 @@ def build_corpus(canary_dir) -> dict[str, bytes]:
         + b"}"
         + uni("pad")
         + call("builtins", "bytearray", b"\x8a\x06\x00\x00\x00\x00\x00\x01")[2:-1]
-        + b"s.",
+        + b"ss.",
         "sklearn load_svmlight_file": call("sklearn.datasets", "load_svmlight_file", uni(secret)),
         "sklearn fetch_openml": call("sklearn.datasets", "fetch_openml", uni("iris")),
         "joblib.load": call("joblib", "load", uni(secret)),
