@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import getpass
 import os
+import shlex
 import sys
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Float, Unicode, default
 from traitlets.config import Configurable
 
@@ -20,6 +21,15 @@ from .client import Client, Job
 from .display import columns_table, datasets_table, jobs_table
 from .progress import ProgressBar, progress_enabled
 from .spec import spec_from_args
+
+
+def _parse(magic, line: str):
+    """Parse magic flags with POSIX shell quoting, so --where "region = 'north'" arrives unquoted."""
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"cannot parse the arguments: {exc}") from None
+    return magic.parser.parse_args(words)
 
 
 def _spec_arguments(func):
@@ -121,7 +131,7 @@ class RemoteMagic(Magics, Configurable):
     @line_magic
     def remote_connect(self, line: str) -> None:
         """Connect to a remote-magic server, or switch between named connections."""
-        args = parse_argstring(self.remote_connect, line)
+        args = _parse(self.remote_connect, line)
         name = args.name or "default"
         if args.url is None and args.name in self.connections:
             self.current = args.name
@@ -145,9 +155,9 @@ class RemoteMagic(Magics, Configurable):
         return spec_from_args(args, self.shell.user_ns.get(args.spec))
 
     def _run(self, kind: str, line: str, cell: str, magic) -> object:
-        args = parse_argstring(magic, line)
-        spec = self._spec(args)
+        args = _parse(magic, line)
         self.shell.ex(cell)
+        spec = self._spec(args)
         if args.model not in self.shell.user_ns:
             raise UsageError(f"the cell defines no variable {args.model!r}; name the model with --model VAR")
         job = self.client.submit(self.shell.user_ns[args.model], spec, kind)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import pandas as pd
 from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ def confusion(result: TrainResult) -> Figure | None:
         return None
     fig = Figure(figsize=(3.5, 3))
     ax = fig.subplots()
-    values = cm.astype(float).to_numpy()
+    values = cm.astype(float).fillna(0).to_numpy()
     ax.imshow(values, cmap="Blues")
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
@@ -56,7 +57,7 @@ def confusion(result: TrainResult) -> Figure | None:
             ax.text(
                 j,
                 i,
-                "suppressed" if value is None or value != value else f"{int(value):,}",
+                "suppressed" if pd.isna(value) else f"{int(value):,}",
                 ha="center",
                 va="center",
                 fontsize=8,

@@ -60,8 +60,16 @@ class ServerProcess:
     def start(self, timeout: float = 60.0) -> ServerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's lifetime
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "remote_magic_server", "serve", "--config", str(self.config),
-             "--port", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "remote_magic_server",
+                "serve",
+                "--config",
+                str(self.config),
+                "--port",
+                str(self.port),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

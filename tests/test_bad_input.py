@@ -51,8 +51,11 @@ def test_no_token_is_401(server, good_payload):
 
 
 def test_someone_elses_dataset_is_404(server, good_payload):
-    assert_error(submit_raw(server, good_payload, {"dataset": "synthetic", "label": "label"}, user="bob"), 404,
-                 "unknown_dataset")
+    assert_error(
+        submit_raw(server, good_payload, {"dataset": "synthetic", "label": "label"}, user="bob"),
+        404,
+        "unknown_dataset",
+    )
     assert_error(server.get("/datasets/synthetic", user="bob"), 404, "unknown_dataset")
 
 
@@ -73,7 +76,9 @@ def test_unknown_column_in_where_is_named_with_a_hint(server, good_payload):
 
 
 def test_id_column_cannot_be_filtered(server, good_payload):
-    message = assert_error(submit_raw(server, good_payload, {**SPEC, "where": "id = 17"}), 422, "unknown_column")
+    message = assert_error(
+        submit_raw(server, good_payload, {**SPEC, "where": "id = 17"}), 422, "unknown_column"
+    )
     assert "'id'" in message
 
 
@@ -131,7 +136,9 @@ def test_old_protocol_is_refused(server):
 
 
 def test_unknown_label_column_is_named(server, good_payload):
-    message = assert_error(submit_raw(server, good_payload, {**SPEC, "label": "malignent"}), 422, "unknown_column")
+    message = assert_error(
+        submit_raw(server, good_payload, {**SPEC, "label": "malignent"}), 422, "unknown_column"
+    )
     assert "'malignent'" in message and "'malignant'" in message
 
 

@@ -57,7 +57,9 @@ def test_regressor_on_diabetes_reaches_r2(server):
 def test_continue_training_reports_total_rounds(server):
     data = pd.read_parquet(server.settings.datasets["breast_cancer"].path)
     features = [c for c in data.columns if c not in ("id", "malignant")]
-    model = xgb.XGBClassifier(n_estimators=10, max_depth=2).fit(data[features].head(200), data["malignant"].head(200))
+    model = xgb.XGBClassifier(n_estimators=10, max_depth=2).fit(
+        data[features].head(200), data["malignant"].head(200)
+    )
     model.set_params(n_estimators=20)
     result = server.client().train(
         model, {"dataset": "breast_cancer", "label": "malignant", "eval": {"fraction": 0.25, "seed": 3}}
@@ -125,7 +127,9 @@ def test_evaluate_only_matches_a_local_reference(server):
     features = ["age", "income", "bmi", "smoker", "visits"]
     public = data[data["id"] % 10 == 0]
     model = xgb.XGBClassifier(n_estimators=25, max_depth=3).fit(public[features], public["label"])
-    spec = DatasetSpec(dataset="synthetic", label="label", features=features, where="age >= 40 AND smoker = 1")
+    spec = DatasetSpec(
+        dataset="synthetic", label="label", features=features, where="age >= 40 AND smoker = 1"
+    )
     client = server.client()
     job = client.submit(model, spec, kind="evaluate")
     remote = job.result()

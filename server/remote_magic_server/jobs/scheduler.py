@@ -9,7 +9,6 @@ killer, the CPU limit) becomes a failed job with a fixed code; the server keeps 
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import multiprocessing
@@ -22,6 +21,7 @@ from multiprocessing.connection import Connection
 
 from ..privacy.policy import PolicyRefusal, release, release_progress_metric
 from ..settings import Settings
+from .launch import run_by_name
 from .store import JobRow, Store
 
 log = logging.getLogger("remote_magic_server.scheduler")
@@ -38,11 +38,6 @@ _DEFAULT_DEATH = ("worker_crashed", "the job's worker process stopped unexpected
 _SIGNAL_DEATHS = {
     -signal.SIGXCPU: ("cpu_limit", "the job used more CPU time than this server allows and was stopped"),
 }
-
-
-def run_by_name(module: str, function: str, *args: object) -> None:
-    """Process target: import the worker by name in the child, so the parent never imports it."""
-    getattr(importlib.import_module(module), function)(*args)
 
 
 class _Running:

@@ -14,6 +14,8 @@ import sklearn.preprocessing  # noqa: F401
 import sqlglot  # noqa: F401
 import xgboost  # noqa: F401
 
+from ..jobs import launch  # noqa: F401
+from ..privacy import policy  # noqa: F401
 from . import main, staging, training, unpickle  # noqa: F401
 
 
