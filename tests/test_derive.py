@@ -6,9 +6,9 @@ import json
 
 import pytest
 import xgboost as xgb
-from remote_magic_server.grammar import FilterError, check_derive
 
 from remote_magic import DatasetSpec
+from remote_magic_server.grammar import FilterError, check_derive
 
 FEATURES = ["age", "income", "bmi", "smoker", "visits", "noise_0"]
 

@@ -22,9 +22,10 @@ import pytest
 import xgboost as xgb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from remote_magic_server.payload import PayloadError, scan
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+
+from remote_magic_server.payload import PayloadError, scan
 
 SPEC = {"dataset": "breast_cancer", "label": "malignant"}
 FIXED_CODES = {
