@@ -53,6 +53,9 @@ def probe(job_dir: str, dataset: str, port: int, secret: str, outside: str, conn
     def read_other_job() -> None:
         os.listdir(os.path.dirname(job_dir))
 
+    report["replace_task"] = _attempt(lambda: os.unlink("task.json"))
+    report["symlink"] = _attempt(lambda: os.symlink("/etc/shadow", "link"))
+    report["fifo"] = _attempt(lambda: os.mkfifo("fifo"))
     report["tcp"] = _attempt(connect)
     report["read_secret"] = _attempt(read_secret)
     report["read_other_jobs"] = _attempt(read_other_job)
@@ -125,6 +128,13 @@ def test_no_write_outside_its_job_directory(sandboxed):
     report, job_dir, outside = sandboxed
     assert report["write_outside"] == "PermissionError" and not outside.exists()
     assert report["write_inside"] == "ok" and (job_dir / "model.ubj").exists()
+
+
+def test_the_servers_files_in_the_job_directory_cannot_be_replaced(sandboxed):
+    """task.json is rewritten by the root scheduler on a retry: no link or fifo may stand in for it."""
+    report, job_dir, _ = sandboxed
+    assert report["replace_task"] == report["symlink"] == report["fifo"] == "PermissionError"
+    assert (job_dir / "task.json").read_text() == "{}"
 
 
 def test_no_program_can_be_executed(sandboxed):

@@ -15,6 +15,7 @@ import sys
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import BinaryIO
 
 from ..payload import PayloadError
 from . import sandbox
@@ -40,13 +41,13 @@ def _summarize_counts(frame, label: str, task: str) -> dict:
     return counts
 
 
-def _job(task: dict, reporter: _Reporter) -> dict:
+def _job(task: dict, payload: BinaryIO, reporter: _Reporter) -> dict:
     from ..privacy.policy import PolicyRefusal, check_cohort
     from . import staging, training
     from .unpickle import approved_loads, strict_loads
 
     reporter.stage("starting")
-    data = Path("model.pkl").read_bytes()
+    data = payload.read()
     if task.get("approved_sha256"):
         model = approved_loads(data, task["approved_sha256"])
     else:
@@ -138,6 +139,7 @@ def run(job_dir: str, conn: Connection) -> None:
     try:
         task = json.loads((path / "task.json").read_text())
         task["dataset_fd_path"] = sandbox.open_dataset(task["path"])
+        payload = open(path / "model.pkl", "rb")  # noqa: SIM115 - opened before, read after confinement
         applied = sandbox.confine(
             task["cpu_seconds"],
             task["memory_mb"],
@@ -148,7 +150,7 @@ def run(job_dir: str, conn: Connection) -> None:
         )
         reporter.send("isolation", applied=applied)
         started = time.monotonic()
-        raw = _job(task, reporter)
+        raw = _job(task, payload, reporter)
         log.info("job %s done in %.3f s", path.name, time.monotonic() - started)
         reporter.send("result", raw=raw)
     except PayloadError as exc:

@@ -45,6 +45,8 @@ _FS_WRITE_FILE = 1 << 1
 _FS_READ_FILE = 1 << 2
 _FS_READ_DIR = 1 << 3
 _FS_WRITE_TREE = sum(1 << bit for bit in range(4, 13))  # remove/make dir, file, fifo, sock, symlink...
+_FS_MAKE_DIR = 1 << 7
+_FS_MAKE_REG = 1 << 8
 _FS_REFER = 1 << 13  # ABI 2
 _FS_TRUNCATE = 1 << 14  # ABI 3
 _FS_IOCTL_DEV = 1 << 15  # ABI 5
@@ -160,7 +162,9 @@ def restrict_filesystem(read_files: list[str], write_dir: str) -> str:
     try:
         for path in (*_SYSTEM_READ_PATHS, *_code_paths(), *read_files):
             _add_rule(ruleset, path, _READ)
-        writable = _READ | _FS_WRITE_FILE | _FS_WRITE_TREE | (_FS_TRUNCATE if abi >= 3 else 0)
+        # New regular files and folders only: no unlink or rename (the server's task.json and model.pkl
+        # stay as written), no symlinks, fifos or device nodes the root scheduler could be tricked by.
+        writable = _READ | _FS_WRITE_FILE | _FS_MAKE_REG | _FS_MAKE_DIR | (_FS_TRUNCATE if abi >= 3 else 0)
         for path in _DEVICE_READ_WRITE:
             _add_rule(ruleset, path, _FS_READ_FILE | _FS_WRITE_FILE)
         _add_rule(ruleset, write_dir, writable)
@@ -174,10 +178,9 @@ def restrict_filesystem(read_files: list[str], write_dir: str) -> str:
 
 
 def _hand_over(job_dir: Path, uid: int, gid: int) -> None:
-    """Give the job directory (written by the server) to the sandbox uid; links are not followed."""
+    """Let the sandbox uid create files in the job directory; the server's files in it stay root's
+    (readable, not writable), and Landlock forbids replacing them."""
     os.chown(job_dir, uid, gid, follow_symlinks=False)
-    for entry in job_dir.iterdir():
-        os.chown(entry, uid, gid, follow_symlinks=False)
 
 
 def drop_privileges(uid: int, gid: int, keep_group: int | None) -> str:
