@@ -214,7 +214,7 @@ def limited_server(tmp_path_factory):
         "policy = { worker_memory_mb = 1024 }\n"
     )
     server = ServerProcess(write_config(data_dir, extra_datasets=extra), base / "server.log")
-    server.issue_tokens({"dave": ["slow", "small_memory"]})
+    server.issue_tokens({"dave": ["slow", "small_memory", "breast_cancer"]})
     server.start()
     yield server
     server.stop()
@@ -230,5 +230,7 @@ def test_a_job_out_of_time_or_memory_fails_cleanly(limited_server, dataset, code
         client.train(model, {"dataset": dataset, "label": "label"})
     assert info.value.code == code
     assert limited_server.get("/health", user=None).json()["status"] == "ok"
-    quick = client.submit(xgb.XGBClassifier(n_estimators=2), {"dataset": "slow", "label": "label"})
+    quick = client.submit(
+        xgb.XGBClassifier(n_estimators=2), {"dataset": "breast_cancer", "label": "malignant"}
+    )
     assert quick.result(timeout=60).rounds["total"] == 2

@@ -381,6 +381,8 @@ def train(
             callbacks=[_Progress(report, base_rounds)],
         )
     except xgb.core.XGBoostError as exc:
+        if "bad_alloc" in str(exc) or "out of memory" in str(exc).lower():
+            raise MemoryError("XGBoost ran out of memory") from exc
         raise TrainingError(
             "training_failed",
             "XGBoost refused the model and data; check that the base model's features and "
