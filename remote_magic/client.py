@@ -17,9 +17,20 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from .description import Description
 from .errors import ConnectionProblem, RemoteError, error_for
 from .result import TrainResult
-from .wire import FINAL_STATES, DatasetInfo, DatasetSpec, JobList, JobResult, JobStatus, Whoami
+from .wire import (
+    FINAL_STATES,
+    DatasetInfo,
+    DatasetSpec,
+    DescribeResult,
+    JobList,
+    JobResult,
+    JobStatus,
+    ModelReleaseStatus,
+    Whoami,
+)
 
 DEFAULT_TIMEOUT = 30.0
 POLL_WAIT = 10.0
@@ -152,6 +163,26 @@ class Client:
     def _cancel(self, job_id: str) -> JobStatus:
         return JobStatus.model_validate(self._request("POST", f"/jobs/{job_id}/cancel").json())
 
+    def describe(self, spec: DatasetSpec | dict) -> Description:
+        """Disclosure-checked aggregates of the spec's admitted rows, before any training."""
+        spec = spec if isinstance(spec, DatasetSpec) else DatasetSpec.model_validate(spec)
+        response = self._request(
+            "POST",
+            "/describe",
+            data=spec.model_dump_json(exclude_none=True),
+            headers={"Content-Type": "application/json"},
+            timeout=max(self.timeout, 300.0),
+        )
+        return Description(DescribeResult.model_validate(response.json()))
+
+    def model_status(self, job_id: str) -> ModelReleaseStatus:
+        """Whether a job's trained model may be downloaded, and why not if not."""
+        return ModelReleaseStatus.model_validate(self._request("GET", f"/jobs/{job_id}/model/status").json())
+
+    def download_model(self, job_id: str) -> bytes:
+        """The approved model of a job as XGBoost JSON bytes; raises DisclosureRefused until released."""
+        return self._request("GET", f"/jobs/{job_id}/model").content
+
 
 class Job:
     """A handle on a remote job: wait for it, watch it, cancel it, fetch its result."""
@@ -216,4 +247,4 @@ class Job:
             code = error.code if error else status.state
             message = error.message if error else f"the job ended {status.state}"
             raise error_for(code, message, job_id=self.id)
-        return TrainResult(self.client._result(self.id))
+        return TrainResult(self.client._result(self.id), self.client)

@@ -81,6 +81,8 @@ _BY_CODE: dict[str, type[RemoteError]] = {
     "cohort_too_small": DisclosureRefused,
     "class_too_small": DisclosureRefused,
     "differencing_refused": DisclosureRefused,
+    "privacy_budget_exhausted": DisclosureRefused,
+    "model_not_released": DisclosureRefused,
     "cancelled": JobCancelled,
     "too_many_jobs": Busy,
 }

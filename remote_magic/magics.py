@@ -224,3 +224,26 @@ class RemoteMagic(Magics, Configurable):
             raise UsageError("usage: %remote_cancel JOB_ID")
         status = self.client.job(job_id).cancel()
         print(f"Job {job_id}: {status.state}")
+
+    @magic_arguments()
+    @argument("--dataset", "-d", help="dataset name on the server")
+    @argument("--label", "-l", help="label column")
+    @argument("--features", "-f", help="comma-separated columns to describe (default: all features)")
+    @argument("--where", "-w", help="filter admitting rows, as for %%remote_train")
+    @argument("--spec", default="spec", help="variable holding a spec dict, used for missing flags")
+    @argument("-o", "--output", help="store the description in this variable")
+    @line_magic
+    def remote_describe(self, line: str):
+        """Disclosure-checked aggregates of a spec's admitted rows, before any training.
+
+        Row count, class balance, missing values per column, histograms (every bin holds at least the
+        server's minimum count; outer bins are open) and category frequencies (small ones folded into
+        'other'). On DP datasets the counts are noisy and the remaining privacy budget is shown.
+        """
+        args = _parse(self.remote_describe, line)
+        args.eval_fraction = args.eval_where = args.seed = None
+        spec = spec_from_args(args, self.shell.user_ns.get(args.spec)).model_copy(update={"eval": None})
+        description = self.client.describe(spec)
+        if args.output:
+            self.shell.user_ns[args.output] = description
+        return description

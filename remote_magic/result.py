@@ -7,10 +7,17 @@ from __future__ import annotations
 import base64
 import html
 import io
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from .wire import JobResult
+
+if TYPE_CHECKING:
+    import xgboost
+
+    from .client import Client
 
 TASK_NAMES = {"binary": "binary classifier", "multiclass": "multiclass classifier", "regression": "regressor"}
 
@@ -22,8 +29,9 @@ def _count(n: int | None) -> str:
 class TrainResult:
     """Aggregate statistics of a remote training or evaluation job, as released by the server."""
 
-    def __init__(self, raw: JobResult):
+    def __init__(self, raw: JobResult, client: Client | None = None):
         self.raw = raw
+        self._client = client
 
     @property
     def job_id(self) -> str:
@@ -80,6 +88,22 @@ class TrainResult:
 
     def to_dict(self) -> dict:
         return self.raw.model_dump(mode="json")
+
+    def download_model(self, path: str | Path | None = None) -> xgboost.Booster:
+        """The trained model as an `xgboost.Booster`, once the server releases it (also saved to `path`).
+
+        Models stay on the server unless the dataset allows release, the model passes the release rules
+        and the data owner approved it; until then this raises `DisclosureRefused` saying which."""
+        import xgboost
+
+        if self._client is None:
+            raise RuntimeError("this result is not attached to a server connection")
+        data = self._client.download_model(self.job_id)
+        if path is not None:
+            Path(path).write_bytes(data)
+        booster = xgboost.Booster()
+        booster.load_model(bytearray(data))
+        return booster
 
     # text face
     def _summary_lines(self) -> list[str]:

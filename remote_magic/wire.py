@@ -169,3 +169,58 @@ class JobResult(_Strict):
     summary: Summary
     confusion_matrix: ConfusionMatrix | None = None
     rounds: Rounds
+
+
+class HistogramBin(_Strict):
+    lower: float | None = Field(description="Inclusive lower edge; null: open-ended (no minimum shown).")
+    upper: float | None = Field(description="Exclusive upper edge; null: open-ended (no maximum shown).")
+    count: int | None
+
+
+class CategoryCount(_Strict):
+    value: str
+    count: int | None
+
+
+class ColumnDescription(_Strict):
+    name: str
+    kind: Literal["numeric", "categorical"]
+    missing: int | None = Field(description="Rows with no value, rounded; null when under the threshold.")
+    missing_rate: float | None = None
+    histogram: list[HistogramBin] | None = Field(
+        default=None, description="Every bin holds at least the policy's minimum count; null if too few."
+    )
+    categories: list[CategoryCount] | None = None
+    other: int | None = Field(
+        default=None, description="Rows in categories too small to show (their names are never shown)."
+    )
+
+
+class PrivacyBudget(_Strict):
+    epsilon_per_release: float
+    epsilon_spent: float
+    epsilon_remaining: float
+    repeated: bool = Field(description="True when this is a stored answer to an identical earlier request.")
+
+
+class DescribeResult(_Strict):
+    """Disclosure-checked aggregates of a spec's admitted rows, before any training."""
+
+    dataset: str
+    label: str
+    rows: int | None
+    classes: list[ClassCount] | None = None
+    columns: list[ColumnDescription]
+    privacy_budget: PrivacyBudget | None = Field(
+        default=None,
+        description="Present on datasets that release describe counts with differential privacy.",
+    )
+
+
+ModelReleaseState = Literal["not_allowed", "refused", "awaiting_approval", "approved"]
+
+
+class ModelReleaseStatus(_Strict):
+    job_id: str
+    state: ModelReleaseState
+    message: str

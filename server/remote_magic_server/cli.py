@@ -129,6 +129,59 @@ def cmd_review(args: argparse.Namespace) -> int:
         store.close()
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    import json
+
+    from .jobs.audit import AuditLog, verify
+
+    settings = _settings(args)
+    if args.verify:
+        verdict = verify(settings.audit_path)
+        if verdict.ok:
+            print(f"audit log intact: {verdict.entries} entries")
+            return 0
+        print(
+            f"audit log TAMPERED: {verdict.problem} (after {verdict.entries} good entries)", file=sys.stderr
+        )
+        return 1
+    for entry in AuditLog(settings.audit_path).entries():
+        fields = {k: v for k, v in entry.items() if k not in ("seq", "time", "event", "user", "prev", "hash")}
+        print(
+            f"{entry['seq']:>6} {entry['time']} {entry['event']:<22} {entry['user'] or '-':<12} "
+            f"{json.dumps(fields, sort_keys=True)}"
+        )
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    import getpass
+
+    from .jobs.audit import AuditLog
+    from .jobs.ledger import Ledger
+
+    settings = _settings(args)
+    ledger = Ledger(settings.ledger_path)
+    try:
+        state = ledger.model_state(args.job)
+        if state is None or state["state"] != "awaiting_approval":
+            why = (
+                "no releasable model"
+                if state is None
+                else f"its model is {state['state']}: {state['message']}"
+            )
+            print(f"job {args.job} cannot be approved: {why}", file=sys.stderr)
+            return 1
+        approver = args.by or getpass.getuser()
+        ledger.approve_model(args.job, approver)
+    finally:
+        ledger.close()
+    AuditLog(settings.audit_path).record(
+        "model_approved", state["user"], job=args.job, dataset=state["dataset"], approved_by=approver
+    )
+    print(f"approved: the model of job {args.job} may now be downloaded by {state['user']}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="remote-magic-server", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -158,6 +211,17 @@ def parser() -> argparse.ArgumentParser:
     review.add_argument("action", choices=["list", "show", "approve", "reject"])
     review.add_argument("job_id", nargs="?", help="the job to show, approve or reject")
     review.set_defaults(func=cmd_review, host=None, port=None)
+
+    audit = sub.add_parser("audit", help="print the audit log, or verify its hash chain")
+    common(audit)
+    audit.add_argument("--verify", action="store_true", help="check every entry's hash and link")
+    audit.set_defaults(func=cmd_audit, host=None, port=None)
+
+    approve = sub.add_parser("approve", help="approve the release of a job's trained model")
+    common(approve)
+    approve.add_argument("job", help="the job id")
+    approve.add_argument("--by", help="the approver's name for the audit log (default: your login)")
+    approve.set_defaults(func=cmd_approve, host=None, port=None)
 
     demo = sub.add_parser("demo", help="run the quickstart notebook headless against a demo server")
     demo.add_argument("--data-dir", help="where the demo data and store live")

@@ -36,6 +36,14 @@ class Policy(_Strict):
     max_threads: int = Field(default=0, ge=0, description="0 means the worker's share of the cores.")
     job_timeout_s: int = Field(default=3600, ge=1)
     worker_memory_mb: int = Field(default=8192, ge=1024)
+    max_categories: int = Field(default=40, ge=1, description="Category frequencies shown per column.")
+    min_leaf_rows: int = Field(
+        default=10, ge=5, description="Training rows every leaf of a released model holds."
+    )
+    dp_epsilon: float = Field(
+        default=1.0, gt=0, le=5, description="Epsilon spent by one DP describe release."
+    )
+    dp_epsilon_cap: float = Field(default=10.0, gt=0, description="Total epsilon per user and dataset.")
 
 
 class DatasetConfig(_Strict):
@@ -44,7 +52,9 @@ class DatasetConfig(_Strict):
     id_column: str
     label_columns: list[str] = Field(min_length=1)
     exclude_columns: list[str] = Field(default_factory=list)
-    policy: dict[str, int] = Field(default_factory=dict)
+    policy: dict[str, int | float] = Field(default_factory=dict)
+    dp: bool = Field(default=False, description="Describe releases noisy counts (OpenDP) under a budget.")
+    allow_model_release: bool = Field(default=False, description="Trained models may leave after approval.")
     allow_custom_code: bool = Field(
         default=False,
         description="Accept payloads with notebook-defined code, each held until the owner approves it.",
@@ -52,7 +62,7 @@ class DatasetConfig(_Strict):
 
     @field_validator("policy")
     @classmethod
-    def _known_policy_keys(cls, value: dict[str, int]) -> dict[str, int]:
+    def _known_policy_keys(cls, value: dict[str, int | float]) -> dict[str, int | float]:
         unknown = set(value) - set(Policy.model_fields)
         if unknown:
             raise ValueError(f"unknown policy keys: {sorted(unknown)}")
@@ -79,7 +89,10 @@ class Settings(_Strict):
         """The server policy with the dataset's overrides applied; overrides may only tighten."""
         base = self.policy.model_dump()
         for key, value in self.datasets[dataset].policy.items():
-            smaller_is_tighter = key.startswith("max_") or key in ("job_timeout_s", "worker_memory_mb")
+            smaller_is_tighter = key.startswith(("max_", "dp_")) or key in (
+                "job_timeout_s",
+                "worker_memory_mb",
+            )
             base[key] = min(base[key], value) if smaller_is_tighter else max(base[key], value)
         return Policy(**base)
 
@@ -94,6 +107,14 @@ class Settings(_Strict):
     @property
     def jobs_dir(self) -> Path:
         return self.server.data_dir / "jobs"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.server.data_dir / "audit.log"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.server.data_dir / "ledger.sqlite"
 
 
 class ConfigError(Exception):

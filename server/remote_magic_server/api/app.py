@@ -15,7 +15,8 @@ from remote_magic import __version__
 from ..jobs.scheduler import Scheduler
 from ..jobs.store import Store
 from ..settings import Settings
-from . import errors, routes
+from . import describe, errors, models, routes
+from .auditing import AuditMiddleware
 
 log = logging.getLogger("remote_magic_server.api")
 
@@ -71,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await asyncio.to_thread(scheduler.stop, 0.0)
             store.close()
+            scheduler.ledger.close()
 
     app = FastAPI(
         title="remote-magic server",
@@ -85,4 +87,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.notifier = notifier
     errors.install(app)
     app.include_router(routes.router)
+    app.include_router(describe.router)
+    app.include_router(models.router)
+    app.add_middleware(AuditMiddleware, audit=scheduler.audit, store=store)
     return app

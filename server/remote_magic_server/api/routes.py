@@ -153,8 +153,12 @@ async def submit(
     job, created = store.create_job(
         user.user, parsed.dataset, kind, parsed.model_dump(mode="json"), plan, payload, idempotency_key, state
     )
-    if created and state == "queued":
-        request.app.state.scheduler.notify()
+    if created:
+        request.app.state.scheduler.audit.record(
+            "submit", user.user, job=job.id, dataset=parsed.dataset, kind=kind, spec=job.spec
+        )
+        if state == "queued":
+            request.app.state.scheduler.notify()
     else:
         response.status_code = 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"

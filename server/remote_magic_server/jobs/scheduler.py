@@ -9,19 +9,30 @@ killer, the CPU limit) becomes a failed job with a fixed code; the server keeps 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 
+from pyroaring import BitMap
+
+from ..privacy.describe import release_describe, sensitivity
+from ..privacy.guard import check_differencing
+from ..privacy.model_release import check_model_release
 from ..privacy.policy import PolicyRefusal, release, release_progress_metric
-from ..settings import Settings
+from ..settings import Policy, Settings
+from .audit import AuditLog
 from .launch import run_by_name
+from .ledger import Ledger
 from .store import JobRow, Store
 
 log = logging.getLogger("remote_magic_server.scheduler")
@@ -38,6 +49,27 @@ _DEFAULT_DEATH = ("worker_crashed", "the job's worker process stopped unexpected
 _SIGNAL_DEATHS = {
     -signal.SIGXCPU: ("cpu_limit", "the job used more CPU time than this server allows and was stopped"),
 }
+
+
+class DescribeFailed(Exception):
+    """A describe request failed or was refused; code and message are fixed, public text."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def read_row_sets(folder: Path, names: dict) -> dict[str, BitMap]:
+    """The admitted row sets a worker left in its folder, by role (file names only, never paths)."""
+    return {
+        str(role): BitMap.deserialize((folder / Path(str(name)).name).read_bytes())
+        for role, name in names.items()
+    }
 
 
 class _Running:
@@ -64,6 +96,9 @@ class Scheduler:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.ledger = Ledger(settings.ledger_path)
+        self.audit = AuditLog(settings.audit_path)
+        self._describe_slots = threading.BoundedSemaphore(settings.worker_count)
 
     @property
     def threads_per_job(self) -> int:
@@ -167,6 +202,7 @@ class Scheduler:
             "cpu_seconds": policy.job_timeout_s * self.threads_per_job + 30,
             "memory_mb": policy.worker_memory_mb,
             "max_payload_bytes": self.settings.server.max_payload_mb * 2**20,
+            "allow_model_release": dataset.allow_model_release,
             "sandbox_uid": self.settings.server.sandbox_uid,
             "sandbox_gid": self.settings.server.sandbox_gid,
             "approved_sha256": job.plan.get("approved_sha256"),
@@ -227,6 +263,17 @@ class Scheduler:
         if run.cancelled:
             outcome = ("cancelled", None, ("cancelled", "the job was cancelled"))
         self.store.finish(job.id, outcome[0], result=outcome[1], error=outcome[2])
+        self.audit.record(
+            "release_decision",
+            job.user,
+            job=job.id,
+            dataset=job.dataset,
+            kind=job.kind,
+            spec=job.spec,
+            decision="released" if outcome[0] == "succeeded" else outcome[0],
+            code=outcome[2][0] if outcome[2] else None,
+            reason=outcome[2][1] if outcome[2] else None,
+        )
         log.info(
             json.dumps(
                 {
@@ -274,13 +321,193 @@ class Scheduler:
             code = str(message.get("code", "internal_error"))
             return ("failed", None, (code, str(message.get("message", "the job failed on the server"))[:500]))
         if kind == "result":
-            policy = self.settings.policy_for(job.dataset).model_dump()
-            try:
-                result = release(message["raw"], policy, job.id, job.dataset, job.kind)
-            except PolicyRefusal as refusal:
-                return ("failed", None, (refusal.code, refusal.message))
-            except Exception:  # noqa: BLE001 - a malformed worker report is an internal error
-                log.exception("job %s: the worker's report could not be released", job.id)
-                return ("failed", None, ("internal_error", "the job failed on the server"))
-            return ("succeeded", result.model_dump(mode="json"), None)
+            return self._release(job, message["raw"])
         return None
+
+    def _release(self, job: JobRow, raw: dict) -> tuple[str, dict | None, tuple[str, str] | None]:
+        """Guard, policy and model rules on a worker's report; record what was released."""
+        policy = self.settings.policy_for(job.dataset).model_dump()
+        try:
+            with self.ledger.decision():
+                sets = read_row_sets(self.store.job_dir(job.id), raw["row_sets"])
+                released = self.ledger.released_sets(job.user, self._table(job.dataset))
+                check_differencing(sets, released, int(raw["table_rows"]), policy["min_count"])
+                result = release(raw, policy, job.id, job.dataset, job.kind)
+                self.ledger.record_sets(job.user, self._table(job.dataset), f"job:{job.id}", sets)
+        except PolicyRefusal as refusal:
+            return ("failed", None, (refusal.code, refusal.message))
+        except Exception:  # noqa: BLE001 - a malformed worker report is an internal error
+            log.exception("job %s: the worker's report could not be released", job.id)
+            return ("failed", None, ("internal_error", "the job failed on the server"))
+        if job.kind == "train" and self.settings.datasets[job.dataset].allow_model_release:
+            self._decide_model(job, raw.get("model") or {}, policy)
+        return ("succeeded", result.model_dump(mode="json"), None)
+
+    def _table(self, dataset: str) -> str:
+        """The ledger's key for a dataset: its file, so one table served under two names shares a history."""
+        return str(self.settings.datasets[dataset].path)
+
+    def _decide_model(self, job: JobRow, facts: dict, policy: dict) -> None:
+        try:
+            check_model_release(facts, policy)
+            state, message = "awaiting_approval", "the model passed the release rules and awaits approval"
+        except PolicyRefusal as refusal:
+            state, message = "refused", refusal.message
+        except (KeyError, TypeError, ValueError):
+            state, message = "refused", "the model's release facts were incomplete"
+        self.ledger.set_model_state(job.id, job.user, job.dataset, state, message)
+        self.audit.record(
+            "model_release_decision", job.user, job=job.id, dataset=job.dataset, state=state, reason=message
+        )
+
+    # describe
+    def describe(self, user: str, dataset: str, spec: dict, plan: dict) -> dict:
+        """Run a describe in a fresh worker and release its aggregates (guard, policy, DP budget)."""
+        try:
+            answer, note = self._describe(user, dataset, spec, plan)
+        except PolicyRefusal as refusal:
+            self._audit_describe(user, dataset, spec, "refused", refusal.code, refusal.message)
+            raise DescribeFailed(refusal.code, refusal.message) from None
+        except DescribeFailed as failure:
+            self._audit_describe(user, dataset, spec, "failed", failure.code, failure.message)
+            raise
+        except Exception:
+            log.exception("describe on %s could not be released", dataset)
+            self._audit_describe(user, dataset, spec, "failed", "internal_error", "internal error")
+            raise DescribeFailed("internal_error", "the request failed on the server") from None
+        self._audit_describe(user, dataset, spec, "released", None, note)
+        return answer
+
+    def _describe(self, user: str, dataset: str, spec: dict, plan: dict) -> tuple[dict, str | None]:
+        policy = self.settings.policy_for(dataset)
+        dp = self.settings.datasets[dataset].dp
+        table = self._table(dataset)
+        # On DP datasets an answer is stored under two keys: the request as written (answered without a
+        # worker) and what it describes (the admitted rows, label and columns), so a filter spelled
+        # differently or features in another order get the stored answer too, never fresh noise.
+        request_key = _digest(dataset, spec["label"], spec.get("where"), sorted(plan["features"]))
+        if dp:
+            stored = self.ledger.stored_answer(user, table, request_key)
+            if stored is not None:
+                return self._repeat(user, table, policy, stored)
+        folder = self.settings.server.data_dir / "describe" / uuid.uuid4().hex[:16]
+        try:
+            task = self._describe_task(dataset, spec, plan, policy)
+            raw = self._run_describe(folder, task, policy.job_timeout_s)
+            sets = read_row_sets(folder, raw["row_sets"])
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        with self.ledger.decision():
+            released = self.ledger.released_sets(user, table)
+            check_differencing(sets, released, int(raw["table_rows"]), policy.min_count)
+            if not dp:
+                answer = release_describe(raw, policy.model_dump(), dataset, spec["label"]).model_dump(
+                    mode="json"
+                )
+                self.ledger.record_sets(user, table, "describe", sets)
+                return answer, None
+            from ..privacy.dp import laplace_counts
+
+            rows = sets["admitted"].serialize().hex()
+            content_key = _digest(dataset, spec["label"], rows, sorted(plan["features"]))
+            stored = self.ledger.stored_answer(user, table, content_key)
+            if stored is not None:
+                self.ledger.store_answer(user, table, request_key, stored)
+                return self._repeat(user, table, policy, stored)
+            self._check_budget(user, table, policy)
+            noise = laplace_counts(sensitivity(raw), policy.dp_epsilon)
+            answer = release_describe(raw, policy.model_dump(), dataset, spec["label"], noise).model_dump(
+                mode="json"
+            )
+            self.ledger.record_sets(user, table, "describe", sets)
+            self.ledger.spend(user, table, [content_key, request_key], policy.dp_epsilon, answer)
+        answer["privacy_budget"] = self._budget(user, table, policy, repeated=False)
+        return answer, None
+
+    def _repeat(self, user: str, table: str, policy: Policy, stored: dict) -> tuple[dict, str]:
+        stored["privacy_budget"] = self._budget(user, table, policy, repeated=True)
+        return stored, "the stored answer, repeated"
+
+    def _audit_describe(
+        self, user: str, dataset: str, spec: dict, decision: str, code: str | None, reason: str | None
+    ) -> None:
+        self.audit.record(
+            "release_decision",
+            user,
+            kind="describe",
+            dataset=dataset,
+            spec=spec,
+            decision=decision,
+            code=code,
+            reason=reason,
+        )
+
+    def _check_budget(self, user: str, dataset: str, policy: Policy) -> None:
+        if self.ledger.spent(user, dataset) + policy.dp_epsilon > policy.dp_epsilon_cap + 1e-9:
+            raise PolicyRefusal(
+                "privacy_budget_exhausted",
+                f"your privacy budget on this dataset (epsilon {policy.dp_epsilon_cap:g}) is spent; "
+                "repeat an earlier request to see its stored answer",
+            )
+
+    def _budget(self, user: str, dataset: str, policy: Policy, repeated: bool) -> dict:
+        spent = self.ledger.spent(user, dataset)
+        return {
+            "epsilon_per_release": policy.dp_epsilon,
+            "epsilon_spent": round(spent, 6),
+            "epsilon_remaining": round(max(0.0, policy.dp_epsilon_cap - spent), 6),
+            "repeated": repeated,
+        }
+
+    def _describe_task(self, dataset: str, spec: dict, plan: dict, policy: Policy) -> dict:
+        config = self.settings.datasets[dataset]
+        return {
+            "kind": "describe",
+            "spec": spec,
+            "features": plan["features"],
+            "filter_columns": plan["filter_columns"],
+            "id_column": config.id_column,
+            "path": str(config.path),
+            "policy": policy.model_dump(),
+            "threads": self.threads_per_job,
+            "cpu_seconds": policy.job_timeout_s * self.threads_per_job + 30,
+            "memory_mb": policy.worker_memory_mb,
+            "max_payload_bytes": 0,
+        }
+
+    def _run_describe(self, folder: Path, task: dict, timeout: float) -> dict:
+        """Start a worker for one describe and wait for its report; at most worker_count at once."""
+        folder.mkdir(parents=True)
+        (folder / "task.json").write_text(json.dumps(task))
+        with self._describe_slots:
+            parent_conn, child_conn = self.ctx.Pipe(duplex=False)
+            process = self.ctx.Process(
+                target=run_by_name, args=(WORKER_MODULE, "run", str(folder), child_conn), name="describe"
+            )
+            process.start()
+            child_conn.close()
+            deadline = time.monotonic() + timeout
+            try:
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise DescribeFailed("timeout", "the request ran too long and was stopped")
+                    if not parent_conn.poll(min(remaining, 1.0)):
+                        continue
+                    try:
+                        message = json.loads(parent_conn.recv_bytes(MAX_MESSAGE_BYTES))
+                    except (EOFError, OSError, ValueError):
+                        raise DescribeFailed(*_DEFAULT_DEATH) from None
+                    if message.get("type") == "result":
+                        return message["raw"]
+                    if message.get("type") == "error":
+                        raise DescribeFailed(
+                            str(message.get("code", "internal_error")),
+                            str(message.get("message", "the request failed on the server"))[:500],
+                        )
+            finally:
+                process.join(timeout=10)
+                if process.is_alive():
+                    process.kill()
+                    process.join(timeout=5)
+                parent_conn.close()

@@ -76,6 +76,9 @@ def _split(counts: Mapping, policy: Mapping[str, int]) -> SplitSummary:
         ClassCount(label=label, count=release_count(n, policy))
         for label, n in sorted(counts.get("classes", {}).items())
     ]
+    if classes:
+        # The total is the sum of the released cells, so it cannot reveal a suppressed one (ACRO#198).
+        return SplitSummary(rows=sum(c.count or 0 for c in classes) or None, classes=classes)
     return SplitSummary(rows=release_count(counts["rows"], policy), classes=classes)
 
 

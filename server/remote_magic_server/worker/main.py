@@ -41,12 +41,21 @@ def _summarize_counts(frame, label: str, task: str) -> dict:
     return counts
 
 
-def _job(task: dict, payload: BinaryIO, reporter: _Reporter) -> dict:
+def _job(task: dict, job_dir: Path, payload: BinaryIO | None, reporter: _Reporter) -> dict:
+    import numpy as np
+
     from ..privacy.policy import PolicyRefusal, check_cohort
-    from . import staging, training
+    from . import evidence, staging, training
     from .unpickle import approved_loads, strict_loads
 
+    if task["kind"] == "describe":
+        from .describe import describe
+
+        reporter.stage("staging")
+        return describe(task, job_dir)
     reporter.stage("starting")
+    if payload is None:
+        raise PayloadError("invalid_model", "the job has no model")
     data = payload.read()
     if task.get("approved_sha256"):
         model = approved_loads(data, task["approved_sha256"])
@@ -66,7 +75,7 @@ def _job(task: dict, payload: BinaryIO, reporter: _Reporter) -> dict:
     reporter.stage("staging")
     default_eval = {"fraction": 0.2, "seed": 0} if kind == "train" else None
     staged = staging.stage(
-        task["dataset_fd_path"],
+        task["path"],
         task["spec"],
         task["features"],
         task["filter_columns"],
@@ -82,9 +91,15 @@ def _job(task: dict, payload: BinaryIO, reporter: _Reporter) -> dict:
         check_cohort(raw_counts, task["policy"])
     except PolicyRefusal as refusal:
         raise training.TrainingError(refusal.code, refusal.message) from None
+    sets = {"evaluation": staged.eval_rows}
+    if kind == "train":
+        sets["training"] = staged.train_rows
+        sets["admitted"] = np.concatenate([staged.train_rows, staged.eval_rows])
+    row_sets = evidence.write_row_sets(job_dir, sets)
 
     base_rounds = plan.base.num_boosted_rounds() if plan.base is not None else 0
     history: dict = {}
+    model_facts = None
     if kind == "train":
         reporter.send("progress", stage="training", round=0, total=plan.rounds, metric=None)
 
@@ -94,6 +109,13 @@ def _job(task: dict, payload: BinaryIO, reporter: _Reporter) -> dict:
         booster, history, classes, deval, y_eval = training.train(plan, staged, threads, report)
         booster.save_model("model.ubj")
         new_rounds = booster.num_boosted_rounds() - base_rounds
+        if task.get("allow_model_release"):
+            import xgboost as xgb
+
+            dtrain = xgb.DMatrix(staged.train[staged.features], enable_categorical=True, nthread=threads)
+            categorical = any(str(staged.train[f].dtype) == "category" for f in staged.features)
+            model_facts = evidence.model_facts(plan.params, booster, dtrain, base_rounds, categorical)
+            booster.save_model(str(job_dir / "model.json"))
     else:
         import xgboost as xgb
 
@@ -128,6 +150,9 @@ def _job(task: dict, payload: BinaryIO, reporter: _Reporter) -> dict:
         "feature_importance": {str(k): float(v) for k, v in gain.items()},
         "counts": raw_counts,
         "rounds": {"base": base_rounds, "new": new_rounds, "total": base_rounds + new_rounds},
+        "row_sets": row_sets,
+        "table_rows": evidence.table_rows(task["path"]),
+        "model": model_facts,
     }
 
 
@@ -138,19 +163,23 @@ def run(job_dir: str, conn: Connection) -> None:
     path = Path(job_dir)
     try:
         task = json.loads((path / "task.json").read_text())
-        task["dataset_fd_path"] = sandbox.open_dataset(task["path"])
-        payload = open(path / "model.pkl", "rb")  # noqa: SIM115 - opened before, read after confinement
+        dataset = task["path"]
+        # Opened now, read only after confinement: from here on the dataset is `/proc/self/fd/N` and
+        # the job folder is the working directory (relative paths).
+        task["path"] = sandbox.open_dataset(dataset)
+        model_file = path / "model.pkl"
+        payload = open(model_file, "rb") if model_file.exists() else None  # noqa: SIM115
         applied = sandbox.confine(
             task["cpu_seconds"],
             task["memory_mb"],
             str(path),
-            task["path"],
+            dataset,
             task.get("sandbox_uid", 65534),
             task.get("sandbox_gid", 65534),
         )
         reporter.send("isolation", applied=applied)
         started = time.monotonic()
-        raw = _job(task, payload, reporter)
+        raw = _job(task, Path("."), payload, reporter)
         log.info("job %s done in %.3f s", path.name, time.monotonic() - started)
         reporter.send("result", raw=raw)
     except PayloadError as exc:

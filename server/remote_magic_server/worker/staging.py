@@ -2,7 +2,8 @@
 
 DuckDB may read exactly one file, the dataset's, and nothing else; its configuration is locked before
 the query runs. The query is built from the checked filter trees (grammar.py), never from user text, and
-the train/eval split is a hash of the id column and the seed, so it is the same on every run.
+the train/eval split is a hash of the id column and the seed, so it is the same on every run. Each
+admitted row also carries its row number in the file, which the differencing guard remembers.
 Derived columns (`derive` in the spec) are checked against the derive grammar again here and selected
 as extra, aliased expressions; they become features. `where` filters on dataset columns only.
 """
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import duckdb
+import numpy as np
 import pandas as pd
 from sqlglot import exp
 
@@ -29,6 +31,8 @@ class Staged:
     eval: pd.DataFrame
     features: list[str]
     label: str
+    train_rows: np.ndarray | None = None
+    eval_rows: np.ndarray | None = None
 
 
 def connect_locked(path: str) -> duckdb.DuckDBPyConnection:
@@ -72,8 +76,11 @@ def build_query(
         )
         flag = exp.LT(this=exp.paren(bucket), expression=exp.Placeholder())
         params += [int(split.get("seed", 0)), int(round(float(split["fraction"]) * SPLIT_BUCKETS))]
-    select = exp.select(*cols, exp.alias_(flag, EVAL_FLAG, quoted=True)).from_(
-        exp.func("read_parquet", exp.Placeholder())
+    row_id = exp.alias_(exp.column("file_row_number", quoted=True), ROW_ID, quoted=True)
+    select = exp.select(*cols, exp.alias_(flag, EVAL_FLAG, quoted=True), row_id).from_(
+        exp.func(
+            "read_parquet", exp.Placeholder(), exp.EQ(this=exp.var("file_row_number"), expression=exp.true())
+        )
     )
     if where is not None:
         select = select.where(where)
@@ -105,6 +112,8 @@ def stage(
     except duckdb.OutOfMemoryException as exc:
         raise MemoryError("staging ran out of memory") from exc
     except duckdb.Error as exc:
+        if not spec.get("derive"):
+            raise
         from .training import TrainingError
 
         raise TrainingError(
@@ -117,9 +126,12 @@ def stage(
     features = [*features, *(spec.get("derive") or {})]
     frame = _categorize(frame, features)
     is_eval = frame.pop(EVAL_FLAG).astype(bool).to_numpy()
+    rows = frame.pop(ROW_ID).to_numpy(dtype=np.uint32)
     return Staged(
         train=frame[~is_eval].reset_index(drop=True),
         eval=frame[is_eval].reset_index(drop=True),
         features=features,
         label=spec["label"],
+        train_rows=rows[~is_eval],
+        eval_rows=rows[is_eval],
     )

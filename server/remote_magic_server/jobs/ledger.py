@@ -1,0 +1,161 @@
+"""What has been released to whom: admitted row sets, DP budgets and answers, model release states.
+
+The trusted side's memory for the differencing guard and the privacy budget, in its own SQLite file
+beside the job store. Row sets are roaring bitmaps of row numbers in the dataset file (compact: a few
+bytes per run of rows); identical sets are stored once. Check-then-record happens under one lock
+(`decision`), so two jobs finishing together cannot both slip past the guard.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pyroaring import BitMap
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS row_sets (
+    user TEXT NOT NULL, dataset TEXT NOT NULL, source TEXT NOT NULL, role TEXT NOT NULL,
+    size INTEGER NOT NULL, bits BLOB NOT NULL, created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS row_sets_by_owner ON row_sets (user, dataset, size);
+CREATE TABLE IF NOT EXISTS dp_budget (
+    user TEXT NOT NULL, dataset TEXT NOT NULL, spent REAL NOT NULL, PRIMARY KEY (user, dataset)
+);
+CREATE TABLE IF NOT EXISTS dp_answers (
+    user TEXT NOT NULL, dataset TEXT NOT NULL, request TEXT NOT NULL, answer TEXT NOT NULL,
+    created_at TEXT NOT NULL, PRIMARY KEY (user, dataset, request)
+);
+CREATE TABLE IF NOT EXISTS model_releases (
+    job_id TEXT PRIMARY KEY, user TEXT NOT NULL, dataset TEXT NOT NULL, state TEXT NOT NULL,
+    message TEXT NOT NULL, decided_at TEXT NOT NULL, approved_by TEXT
+);
+"""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Ledger:
+    """Thread-safe access to the release ledger; several processes may open the same file."""
+
+    def __init__(self, path: Path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        with self._lock:
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def decision(self) -> Iterator[Ledger]:
+        """Hold the ledger while a release is checked and recorded."""
+        with self._lock:
+            yield self
+
+    # row sets
+    def released_sets(self, user: str, dataset: str) -> list[BitMap]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT bits FROM row_sets WHERE user = ? AND dataset = ?", (user, dataset)
+            ).fetchall()
+        return [BitMap.deserialize(r["bits"]) for r in rows]
+
+    def record_sets(self, user: str, dataset: str, source: str, sets: dict[str, BitMap]) -> None:
+        """Remember released sets; a set equal to one already stored is not stored again."""
+        with self._lock:
+            for role, bits in sets.items():
+                same_size = self._db.execute(
+                    "SELECT bits FROM row_sets WHERE user = ? AND dataset = ? AND size = ?",
+                    (user, dataset, len(bits)),
+                ).fetchall()
+                if any(BitMap.deserialize(r["bits"]) == bits for r in same_size):
+                    continue
+                self._db.execute(
+                    "INSERT INTO row_sets (user, dataset, source, role, size, bits, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (user, dataset, source, role, len(bits), bits.serialize(), _now()),
+                )
+
+    # differential privacy
+    def spent(self, user: str, dataset: str) -> float:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT spent FROM dp_budget WHERE user = ? AND dataset = ?", (user, dataset)
+            ).fetchone()
+        return float(row["spent"]) if row else 0.0
+
+    def stored_answer(self, user: str, dataset: str, request: str) -> dict | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT answer FROM dp_answers WHERE user = ? AND dataset = ? AND request = ?",
+                (user, dataset, request),
+            ).fetchone()
+        return json.loads(row["answer"]) if row else None
+
+    def store_answer(self, user: str, dataset: str, request: str, answer: dict) -> None:
+        """File an answer already paid for under one more request key."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO dp_answers (user, dataset, request, answer, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (user, dataset, request, json.dumps(answer), _now()),
+            )
+
+    def spend(self, user: str, dataset: str, requests: list[str], epsilon: float, answer: dict) -> float:
+        """Charge one release and store its answer under its keys in one transaction; return the total."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT INTO dp_budget (user, dataset, spent) VALUES (?, ?, ?)"
+                    " ON CONFLICT (user, dataset) DO UPDATE SET spent = spent + excluded.spent",
+                    (user, dataset, epsilon),
+                )
+                for request in requests:
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO dp_answers (user, dataset, request, answer, created_at)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (user, dataset, request, json.dumps(answer), _now()),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return self.spent(user, dataset)
+
+    # model release
+    def set_model_state(self, job_id: str, user: str, dataset: str, state: str, message: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO model_releases (job_id, user, dataset, state, message, decided_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (job_id, user, dataset, state, message, _now()),
+            )
+
+    def model_state(self, job_id: str) -> dict | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM model_releases WHERE job_id = ?", (job_id,)).fetchone()
+        return dict(row) if row else None
+
+    def approve_model(self, job_id: str, approver: str) -> bool:
+        """Approve a model awaiting approval; return whether one was."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE model_releases SET state = 'approved', approved_by = ?, decided_at = ?"
+                " WHERE job_id = ? AND state = 'awaiting_approval'",
+                (approver, _now(), job_id),
+            )
+        return cur.rowcount == 1

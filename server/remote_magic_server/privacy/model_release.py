@@ -1,0 +1,51 @@
+"""Whether a trained model may leave the server at all, before a data owner looks at it.
+
+Two rules (privacy.md 4.2, rules 8, 9 and 12): every leaf of the trees trained here holds at least
+`min_leaf_rows` training rows, counted by routing the training rows through the trees
+(`pred_leaf=True`; `min_child_weight` is a hessian sum, not a row count), and the hyperparameters are
+outside SACRO-ML's XGBoost "unnecessary risk" region, mined from a large membership-inference study.
+A model with categorical inputs is refused outright: XGBoost stores the category names it saw, and a
+rare one is a row's value. Passing all this only makes a model eligible; a data owner still has to approve it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from .policy import PolicyRefusal
+
+
+def unnecessary_risk(max_depth: float, n_estimators: float, min_child_weight: float) -> bool:
+    """SACRO-ML's rule (structural_attack.py): deep trees with weak leaf constraints are risky."""
+    if max_depth <= 3.5:
+        return False
+    return (
+        (3.5 < n_estimators <= 12.5 and min_child_weight <= 1.5)
+        or (n_estimators > 12.5 and min_child_weight <= 3)
+        or (n_estimators > 62.5 and 3 < min_child_weight <= 6)
+    )
+
+
+def check_model_release(raw: Mapping, policy: Mapping) -> None:
+    """Raise PolicyRefusal naming the rule that keeps this model on the server."""
+    if raw.get("categorical"):
+        raise PolicyRefusal(
+            "model_release_refused",
+            "the model uses categorical features, and XGBoost keeps their category names from the data "
+            "in the model file",
+        )
+    depth = float(raw["max_depth"]) or math.inf
+    if unnecessary_risk(depth, float(raw["n_estimators"]), float(raw["min_child_weight"])):
+        raise PolicyRefusal(
+            "model_release_refused",
+            "the hyperparameters fall in SACRO-ML's XGBoost risk region (max_depth > 3 with a small "
+            "min_child_weight); use max_depth <= 3 or a larger min_child_weight",
+        )
+    smallest = raw.get("min_leaf_rows")
+    if smallest is None or smallest < policy["min_leaf_rows"]:
+        raise PolicyRefusal(
+            "model_release_refused",
+            f"a leaf holds fewer than {policy['min_leaf_rows']} training rows; regularise the model "
+            "(shallower trees, a larger min_child_weight)",
+        )
