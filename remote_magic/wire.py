@@ -7,12 +7,12 @@ exactly what is declared here (numbers and fixed strings), nothing else.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 JobKind = Literal["train", "evaluate"]
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "awaiting_approval"]
 Stage = Literal["queued", "starting", "staging", "training", "evaluating", "done"]
 Task = Literal["binary", "multiclass", "regression"]
 FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -45,6 +45,15 @@ class DatasetSpec(_Strict):
     features: list[str] | None = Field(default=None, max_length=1000)
     where: str | None = Field(default=None, max_length=2000)
     eval: EvalFraction | EvalWhere | None = None
+    derive: (
+        dict[Annotated[str, Field(pattern=IDENT)], Annotated[str, Field(min_length=1, max_length=2000)]]
+        | None
+    ) = Field(
+        default=None,
+        max_length=50,
+        description="New feature columns computed on the server, name -> expression over feature "
+        "columns (arithmetic, comparisons, CASE WHEN, ln, exp, abs, least, greatest, coalesce).",
+    )
 
 
 class ErrorDetail(_Strict):

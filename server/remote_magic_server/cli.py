@@ -89,6 +89,46 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    """The data owner's side of custom code: list held jobs, show what one would run, decide."""
+    import hashlib
+
+    from .jobs.store import Store
+
+    settings = _settings(args)
+    store = Store(settings.db_path, settings.jobs_dir)
+    try:
+        if args.action == "list":
+            for job in store.awaiting_approval():
+                names = ", ".join(job.plan.get("custom_code") or []) or "unnamed code"
+                print(f"{job.id}  {job.submitted_at}  user={job.user}  dataset={job.dataset}  {names}")
+            return 0
+        job = store.get_job(args.job_id or "")
+        if job is None or job.state != "awaiting_approval":
+            print(f"no job {args.job_id!r} is awaiting approval", file=sys.stderr)
+            return 2
+        payload = (store.job_dir(job.id) / "model.pkl").read_bytes()
+        digest = hashlib.sha256(payload).hexdigest()
+        if args.action == "show":
+            from .worker.review import review_text
+
+            print(f"job {job.id} by {job.user} on {job.dataset}; payload sha256 {digest}\n")
+            print(review_text(payload))
+        elif args.action == "approve":
+            store.approve(job.id, digest)
+            print(f"approved {job.id} (sha256 {digest}); it is queued")
+        else:
+            store.finish(
+                job.id,
+                "failed",
+                error=("rejected_by_owner", "the data owner did not approve this model's code"),
+            )
+            print(f"rejected {job.id}")
+        return 0
+    finally:
+        store.close()
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     import json
 
@@ -165,6 +205,12 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("--user", required=True)
     token.add_argument("--datasets", required=True, help="comma-separated dataset names")
     token.set_defaults(func=cmd_token, host=None, port=None)
+
+    review = sub.add_parser("review", help="review jobs that hold notebook code (allow_custom_code datasets)")
+    common(review)
+    review.add_argument("action", choices=["list", "show", "approve", "reject"])
+    review.add_argument("job_id", nargs="?", help="the job to show, approve or reject")
+    review.set_defaults(func=cmd_review, host=None, port=None)
 
     audit = sub.add_parser("audit", help="print the audit log, or verify its hash chain")
     common(audit)

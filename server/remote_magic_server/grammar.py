@@ -1,6 +1,9 @@
-"""The filter grammar of dataset specs: parsed with sqlglot and checked node by node.
+"""The filter and derive grammars of dataset specs: parsed with sqlglot and checked node by node.
 
-Pure: used by the API to refuse a bad `where` before anything is queued, and by the worker to compile it.
+Pure: used by the API to refuse a bad `where` or `derive` before anything is queued, and by the worker
+to compile it. A derive expression is the filter grammar plus arithmetic, CASE WHEN and the functions
+ln, exp, abs, least, greatest and coalesce; it may use the dataset's feature columns only (never the
+label, the id or excluded columns), and derived columns may not refer to each other.
 Nothing a user writes is ever spliced into SQL as text: the checked tree is re-emitted by sqlglot with
 every identifier quoted.
 """
@@ -40,6 +43,23 @@ _ALLOWED_NODES: tuple[type[exp.Expression], ...] = (
     exp.Is,
     exp.Tuple,
 )
+
+_DERIVE_NODES: tuple[type[exp.Expression], ...] = (
+    *_ALLOWED_NODES,
+    exp.Add,
+    exp.Sub,
+    exp.Mul,
+    exp.Div,
+    exp.Case,
+    exp.If,
+    exp.Ln,
+    exp.Exp,
+    exp.Abs,
+    exp.Least,
+    exp.Greatest,
+    exp.Coalesce,
+)
+MAX_DERIVED = 50
 
 _NODE_WORDS = {
     "Anonymous": "function call",
@@ -87,40 +107,47 @@ def unknown_column_message(name: str, allowed: Collection[str], where: str = "fi
     return f"unknown column {name!r} in {where}{hint}"
 
 
-def parse_filter(text: str, columns: Collection[str]) -> exp.Expression:
-    """Parse and check a filter against the grammar and the usable columns; raise FilterError."""
+def _checked_tree(
+    text: str, columns: Collection[str], allowed: tuple[type[exp.Expression], ...], code: str, what: str
+) -> exp.Expression:
     if not text or not text.strip():
-        raise FilterError("invalid_filter", "the filter is empty")
+        raise FilterError(code, f"the {what} is empty")
     if len(text) > MAX_LENGTH:
-        raise FilterError("invalid_filter", f"the filter is longer than {MAX_LENGTH} characters")
+        raise FilterError(code, f"the {what} is longer than {MAX_LENGTH} characters")
     try:
         statements = sqlglot.parse(text, dialect="duckdb")
     except (ParseError, sqlglot.errors.TokenError) as exc:
-        raise FilterError("invalid_filter", "the filter could not be parsed as a boolean expression") from exc
+        raise FilterError(code, f"the {what} could not be parsed as an expression") from exc
     statements = [s for s in statements if s is not None]
     if len(statements) != 1:
-        raise FilterError("invalid_filter", "the filter must be a single expression")
+        raise FilterError(code, f"the {what} must be a single expression")
     tree = statements[0]
     for node in tree.walk():
-        if not isinstance(node, _ALLOWED_NODES):
-            raise FilterError("invalid_filter", f"{_describe(node)} is not allowed in a filter")
+        if not isinstance(node, allowed):
+            raise FilterError(code, f"{_describe(node)} is not allowed in a {what}")
         if _depth(node) > MAX_DEPTH:
-            raise FilterError("invalid_filter", "the filter is nested too deeply")
+            raise FilterError(code, f"the {what} is nested too deeply")
         if isinstance(node, exp.Column):
             if node.table or node.args.get("db") or node.args.get("catalog"):
-                raise FilterError("invalid_filter", "qualified column names are not allowed")
+                raise FilterError(code, "qualified column names are not allowed")
             if node.name not in columns:
-                raise FilterError("unknown_column", unknown_column_message(node.name, columns))
+                raise FilterError("unknown_column", unknown_column_message(node.name, columns, what))
         if isinstance(node, exp.In):
             if node.args.get("query") or node.args.get("unnest") or node.args.get("field"):
-                raise FilterError("invalid_filter", "IN takes a list of literals only")
+                raise FilterError(code, "IN takes a list of literals only")
             values = node.expressions
             if len(values) > MAX_IN_LIST:
-                raise FilterError("invalid_filter", f"IN lists are limited to {MAX_IN_LIST} values")
+                raise FilterError(code, f"IN lists are limited to {MAX_IN_LIST} values")
             if any(not isinstance(v, (exp.Literal, exp.Boolean, exp.Null, exp.Neg)) for v in values):
-                raise FilterError("invalid_filter", "IN takes a list of literals only")
+                raise FilterError(code, "IN takes a list of literals only")
         if isinstance(node, exp.Identifier) and not isinstance(node.parent, exp.Column):
-            raise FilterError("invalid_filter", "a bare identifier is not allowed here")
+            raise FilterError(code, "a bare identifier is not allowed here")
+    return tree
+
+
+def parse_filter(text: str, columns: Collection[str]) -> exp.Expression:
+    """Parse and check a filter against the grammar and the usable columns; raise FilterError."""
+    tree = _checked_tree(text, columns, _ALLOWED_NODES, "invalid_filter", "filter")
     if isinstance(tree, (exp.Column, exp.Literal, exp.Null, exp.Tuple, exp.Neg)):
         raise FilterError("invalid_filter", "the filter must be a condition, such as age >= 18")
     return tree
@@ -134,3 +161,22 @@ def compile_filter(text: str, columns: Collection[str]) -> str:
 def filter_columns(text: str, columns: Collection[str]) -> set[str]:
     """The columns a (valid) filter refers to."""
     return {c.name for c in parse_filter(text, columns).find_all(exp.Column)}
+
+
+def parse_derive(name: str, text: str, columns: Collection[str]) -> exp.Expression:
+    """Parse and check one derived column `name = text` against the derive grammar; raise FilterError.
+
+    `columns` are the dataset's feature columns; the name must be new."""
+    if name in columns:
+        raise FilterError("invalid_derive", f"derived column {name!r} has the name of a dataset column")
+    return _checked_tree(text, columns, _DERIVE_NODES, "invalid_derive", "derive")
+
+
+def check_derive(derive: dict[str, str], columns: Collection[str], taken: Collection[str]) -> None:
+    """Check every derived column; `taken` holds all dataset column names (no derived name may reuse one)."""
+    if len(derive) > MAX_DERIVED:
+        raise FilterError("invalid_derive", f"at most {MAX_DERIVED} derived columns are allowed")
+    for name, text in derive.items():
+        if name in taken:
+            raise FilterError("invalid_derive", f"derived column {name!r} has the name of a dataset column")
+        parse_derive(name, text, columns)

@@ -5,8 +5,9 @@ importing XGBoost or creating any object; the worker's strict unpickler (worker/
 same rules for real inside the sandbox. Both run on the pure-Python `pickle._Unpickler`, whose dispatch
 table we copy and narrow:
 
-* globals come only from an allowlist of exact `module.name` strings;
-* REDUCE may call only pure builders (numpy array and dtype reconstruction, bytearray);
+* globals come only from an allowlist of exact `module.name` strings (the estimator and preprocessor
+  classes, the pure builders, and a few numpy scalar types that may appear only as parameter values);
+* REDUCE may call only pure builders (numpy array and dtype reconstruction, bytearray, slice);
 * classes are built only through NEWOBJ (`cls.__new__` + BUILD state), never by calling them, so
   `Booster(None, None, "/some/path")` cannot be expressed;
 * INST, OBJ, NEWOBJ_EX, EXT*, PERSID are refused, and so is any stream below protocol 3.
@@ -14,6 +15,7 @@ table we copy and narrow:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
 from dataclasses import dataclass, field
@@ -26,7 +28,28 @@ ESTIMATORS: frozenset[str] = frozenset(
         "xgboost.sklearn.XGBRegressor",
     }
 )
-CLASSES: frozenset[str] = ESTIMATORS | {"xgboost.core.Booster"}
+PREPROCESSORS: frozenset[str] = frozenset(
+    {
+        "sklearn.preprocessing._data.StandardScaler",
+        "sklearn.preprocessing._data.MinMaxScaler",
+        "sklearn.impute._base.SimpleImputer",
+        "sklearn.preprocessing._encoders.OneHotEncoder",
+        "sklearn.preprocessing._encoders.OrdinalEncoder",
+        "sklearn.compose._column_transformer.ColumnTransformer",
+    }
+)
+PIPELINE = "sklearn.pipeline.Pipeline"
+# A fitted ColumnTransformer keeps its `remainder="passthrough"` as an identity FunctionTransformer; its
+# `func` could only be another allowed global, and it is never a step of the canonical form.
+_FITTED_STATE_ONLY = {"sklearn.preprocessing._function_transformer.FunctionTransformer"}
+CLASSES: frozenset[str] = ESTIMATORS | PREPROCESSORS | _FITTED_STATE_ONLY | {PIPELINE, "xgboost.core.Booster"}
+# Types that a payload may name as a parameter value (OneHotEncoder(dtype=np.float64)) but never call.
+VALUES: frozenset[str] = frozenset(
+    {
+        f"numpy.{t}"
+        for t in ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8", "bool_")
+    }
+)
 BUILDERS: frozenset[str] = frozenset(
     {
         "numpy._core.numeric._frombuffer",
@@ -38,6 +61,7 @@ BUILDERS: frozenset[str] = frozenset(
         "numpy.dtype",
         "numpy.ndarray",
         "builtins.bytearray",
+        "builtins.slice",
     }
 )
 _CUSTOM_CODE_MODULES = ("cloudpickle", "__main__", "__mp_main__")
@@ -76,7 +100,7 @@ def is_custom_code(module: str) -> bool:
 def check_global(module: str, name: str) -> str:
     """Return the dotted name if the rules allow it, else raise PayloadError."""
     dotted = f"{module}.{name}"
-    if dotted in CLASSES or dotted in BUILDERS:
+    if dotted in CLASSES or dotted in BUILDERS or dotted in VALUES:
         return dotted
     if is_custom_code(module):
         raise PayloadError(
@@ -140,7 +164,7 @@ class RuleUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
             raise PayloadError("invalid_model", "the payload is nested too deeply") from exc
         except MemoryError as exc:
             raise PayloadError("payload_too_large", "the payload expands beyond the memory limit") from exc
-        except (EOFError, pickle.UnpicklingError, IndexError, KeyError, ValueError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - struct.error, EOFError, UnpicklingError, KeyError...
             raise PayloadError("invalid_model", "the payload is truncated or corrupt") from exc
 
     dispatch[pickle.REDUCE[0]] = load_reduce
@@ -215,15 +239,83 @@ def describe_top(obj: object) -> ScanReport:
             return ScanReport(obj.of.rsplit(".", 1)[1], fitted=bool(obj.state))
         if obj.of == "xgboost.core.Booster":
             return ScanReport("Booster", fitted=True)
+        if obj.of == PIPELINE:
+            return ScanReport("Pipeline", fitted=False)
     if isinstance(obj, dict) and "params" in obj:
         return ScanReport("BoosterParams", fitted=isinstance(obj.get("booster"), _Placeholder))
     raise PayloadError(
         "unsupported_model",
-        "the model must be an XGBClassifier, an XGBRegressor, a Booster, or a dict "
+        "the model must be an XGBClassifier, an XGBRegressor, a Booster, a scikit-learn Pipeline of "
+        "supported preprocessors ending in one of those estimators, or a dict "
         "{'params': {...}, 'num_boost_round': N, 'booster': Booster | None}",
     )
 
 
+@dataclass
+class CodeRecord:
+    """The constructor arguments of one code object as the payload spells them (never built here)."""
+
+    args: tuple
+
+
+class CodeLister(_Scanner):
+    """A naming-only pass over a payload that holds notebook code: every global becomes a reference and
+    every call a placeholder, so nothing is imported, built or run. It collects the globals referred to,
+    the names of functions (`__qualname__` in cloudpickle's recorded state) and classes (the name argument
+    of `_make_skeleton_class`), and the arguments of each code object, for the owner's review."""
+
+    dispatch = dict(_Scanner.dispatch)
+
+    def __init__(self, data: bytes, max_bytes: int = MAX_PAYLOAD_BYTES):
+        super().__init__(data, max_bytes)
+        self.names: list[str] = []
+        self.globals: list[str] = []
+        self.codes: list[CodeRecord] = []
+
+    def find_class(self, module: str, name: str) -> object:
+        dotted = _safe_name(f"{module}.{name}")
+        if dotted not in self.globals:
+            self.globals.append(dotted)
+        return _Ref(dotted)
+
+    def build(self, func: object, args: tuple) -> object:
+        dotted = func.dotted if isinstance(func, _Ref) else ""
+        if dotted.endswith("._builtin_type") and args == ("CodeType",):
+            return _Ref("types.CodeType")
+        if dotted == "types.CodeType":
+            record = CodeRecord(args)
+            self.codes.append(record)
+            return record
+        if dotted.endswith(("subimport", "dynamic_subimport")) and args and isinstance(args[0], str):
+            self.names.append(f"import {_safe_name(args[0])}")
+        if dotted.endswith("._make_skeleton_class") and len(args) > 1 and isinstance(args[1], str):
+            self.names.append(f"class {_safe_name(args[1])}")
+        for arg in args:
+            state = arg[1] if isinstance(arg, tuple) and len(arg) == 2 else arg
+            if isinstance(state, dict) and isinstance(state.get("__qualname__"), str):
+                self.names.append(f"function {_safe_name(state['__qualname__'])}")
+        return _Placeholder(dotted)
+
+    def new(self, cls: object, args: tuple) -> object:
+        return _Placeholder("object")
+
+
+def custom_code_names(data: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> list[str]:
+    """The notebook-defined functions and classes a payload holds, by name (best effort, never runs)."""
+    lister = CodeLister(data, max_bytes)
+    with contextlib.suppress(PayloadError):
+        lister.load()
+    return sorted(set(lister.names))[:20]
+
+
 def scan(data: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> ScanReport:
     """Check a payload against the rules without creating any object or importing its modules."""
-    return describe_top(_Scanner(data, max_bytes).load())
+    try:
+        return describe_top(_Scanner(data, max_bytes).load())
+    except PayloadError as exc:
+        if exc.code != "custom_code_refused":
+            raise
+        names = custom_code_names(data, max_bytes)
+        if not names:
+            raise
+        raise PayloadError(exc.code, f"{exc.message} Found: {', '.join(names)}."[:800]) from None

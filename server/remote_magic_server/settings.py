@@ -55,6 +55,10 @@ class DatasetConfig(_Strict):
     policy: dict[str, int | float] = Field(default_factory=dict)
     dp: bool = Field(default=False, description="Describe releases noisy counts (OpenDP) under a budget.")
     allow_model_release: bool = Field(default=False, description="Trained models may leave after approval.")
+    allow_custom_code: bool = Field(
+        default=False,
+        description="Accept payloads with notebook-defined code, each held until the owner approves it.",
+    )
     mock_path: Path | None = Field(
         default=None,
         description="Parquet or CSV file of mock rows to publish for dry runs; default: synthesised from "
@@ -77,6 +81,8 @@ class ServerSection(_Strict):
     workers: int = Field(default=0, ge=0, description="0 means cores - 1, at least 1.")
     max_payload_mb: int = Field(default=64, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    sandbox_uid: int = Field(default=65534, ge=1, description="The uid workers run as when serving as root.")
+    sandbox_gid: int = Field(default=65534, ge=1, description="The gid workers run as when serving as root.")
 
 
 class Settings(_Strict):

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from remote_magic.wire import ColumnInfo, DatasetInfo, DatasetSpec
 
-from ..grammar import FilterError, parse_filter, unknown_column_message
+from ..grammar import FilterError, check_derive, parse_filter, unknown_column_message
 from ..privacy.policy import release_count
 from ..settings import DatasetConfig, Settings
 
@@ -100,4 +100,10 @@ def resolve(settings: Settings, granted: list[str], spec: DatasetSpec) -> dict:
             parse_filter(text, usable)
         except FilterError as exc:
             raise SpecRefused(422, exc.code, exc.message) from exc
-    return {"features": features, "filter_columns": usable}
+    derive_columns = [c for c in columns if roles[c] == "feature"]
+    if spec.derive:
+        try:
+            check_derive(spec.derive, derive_columns, columns)
+        except FilterError as exc:
+            raise SpecRefused(422, exc.code, exc.message) from exc
+    return {"features": features, "filter_columns": usable, "derive_columns": derive_columns}

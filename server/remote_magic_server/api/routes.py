@@ -26,7 +26,7 @@ from remote_magic.wire import (
 )
 
 from ..jobs.store import JobRow
-from ..payload import PayloadError, scan
+from ..payload import PayloadError, custom_code_names, scan
 from .auth import Principal, current_user
 from .catalog import SpecRefused, describe_dataset, resolve
 from .errors import ApiError
@@ -141,19 +141,24 @@ async def submit(
         plan = resolve(settings, user.datasets, parsed)
     except SpecRefused as exc:
         raise ApiError(exc.status, exc.code, exc.message) from None
+    state = "queued"
     try:
         await asyncio.to_thread(scan, payload, limit)
     except PayloadError as exc:
-        raise ApiError(422, exc.code, exc.message) from None
+        if exc.code != "custom_code_refused" or not settings.datasets[parsed.dataset].allow_custom_code:
+            raise ApiError(422, exc.code, exc.message) from None
+        state = "awaiting_approval"
+        plan["custom_code"] = await asyncio.to_thread(custom_code_names, payload, limit)
     store = request.app.state.store
     job, created = store.create_job(
-        user.user, parsed.dataset, kind, parsed.model_dump(mode="json"), plan, payload, idempotency_key
+        user.user, parsed.dataset, kind, parsed.model_dump(mode="json"), plan, payload, idempotency_key, state
     )
     if created:
         request.app.state.scheduler.audit.record(
             "submit", user.user, job=job.id, dataset=parsed.dataset, kind=kind, spec=job.spec
         )
-        request.app.state.scheduler.notify()
+        if state == "queued":
+            request.app.state.scheduler.notify()
     else:
         response.status_code = 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"

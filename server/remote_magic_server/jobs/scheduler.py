@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import threading
 import time
 import uuid
@@ -45,6 +46,9 @@ _DEATH_CODES = {
     "starting": ("invalid_model", "the model could not be decoded: its bytes are corrupt or hostile"),
 }
 _DEFAULT_DEATH = ("worker_crashed", "the job's worker process stopped unexpectedly")
+_SIGNAL_DEATHS = {
+    -signal.SIGXCPU: ("cpu_limit", "the job used more CPU time than this server allows and was stopped"),
+}
 
 
 class DescribeFailed(Exception):
@@ -190,6 +194,7 @@ class Scheduler:
             "spec": job.spec,
             "features": job.plan["features"],
             "filter_columns": job.plan["filter_columns"],
+            "derive_columns": job.plan.get("derive_columns", []),
             "id_column": dataset.id_column,
             "path": str(dataset.path),
             "policy": policy.model_dump(),
@@ -198,6 +203,9 @@ class Scheduler:
             "memory_mb": policy.worker_memory_mb,
             "max_payload_bytes": self.settings.server.max_payload_mb * 2**20,
             "allow_model_release": dataset.allow_model_release,
+            "sandbox_uid": self.settings.server.sandbox_uid,
+            "sandbox_gid": self.settings.server.sandbox_gid,
+            "approved_sha256": job.plan.get("approved_sha256"),
         }
 
     def _launch(self, job: JobRow) -> None:
@@ -286,6 +294,8 @@ class Scheduler:
         log.warning(
             "worker of job %s died with exit code %s in stage %s", run.job.id, run.process.exitcode, run.stage
         )
+        if run.process.exitcode in _SIGNAL_DEATHS:
+            return ("failed", None, _SIGNAL_DEATHS[run.process.exitcode])
         return ("failed", None, _DEATH_CODES.get(run.stage, _DEFAULT_DEATH))
 
     def _handle(self, run: _Running, message: dict) -> tuple[str, dict | None, tuple[str, str] | None] | None:

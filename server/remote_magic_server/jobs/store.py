@@ -144,6 +144,7 @@ class Store:
         plan: dict,
         payload: bytes,
         idempotency_key: str | None,
+        state: str = "queued",
     ) -> tuple[JobRow, bool]:
         """Persist the payload and the job; return (job, created). An existing key returns its job.
 
@@ -162,12 +163,13 @@ class Store:
             try:
                 self._db.execute(
                     "INSERT INTO jobs (id, user, dataset, kind, state, spec, plan, idempotency_key,"
-                    " submitted_at, progress) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                    " submitted_at, progress) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         job_id,
                         user,
                         dataset,
                         kind,
+                        state,
                         json.dumps(spec),
                         json.dumps(plan),
                         idempotency_key,
@@ -247,7 +249,7 @@ class Store:
             cur = self._db.execute(
                 "UPDATE jobs SET state = ?, finished_at = ?, result = ?, error_code = ?, error_message = ?,"
                 " progress = json_set(progress, '$.stage', 'done'), version = version + 1"
-                " WHERE id = ? AND state IN ('queued', 'running')",
+                " WHERE id = ? AND state IN ('queued', 'running', 'awaiting_approval')",
                 (state, now(), json.dumps(result) if result else None, code, message, job_id),
             )
         return cur.rowcount == 1
@@ -260,6 +262,24 @@ class Store:
                 " WHERE id = ? AND state = 'running'",
                 (job_id,),
             )
+
+    def awaiting_approval(self) -> list[JobRow]:
+        """Jobs with notebook code that wait for the data owner's decision, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE state = 'awaiting_approval' ORDER BY seq"
+            ).fetchall()
+        return [_row(r) for r in rows]
+
+    def approve(self, job_id: str, payload_sha256: str) -> bool:
+        """Queue an awaiting job, recording the hash of the exact payload the owner approved."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE jobs SET state = 'queued', plan = json_set(plan, '$.approved_sha256', ?),"
+                " version = version + 1 WHERE id = ? AND state = 'awaiting_approval'",
+                (payload_sha256, job_id),
+            )
+        return cur.rowcount == 1
 
     def running_ids(self) -> list[str]:
         with self._lock:

@@ -15,6 +15,7 @@ import sys
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import BinaryIO
 
 from ..payload import PayloadError
 from . import sandbox
@@ -40,12 +41,12 @@ def _summarize_counts(frame, label: str, task: str) -> dict:
     return counts
 
 
-def _job(task: dict, job_dir: Path, reporter: _Reporter) -> dict:
+def _job(task: dict, job_dir: Path, payload: BinaryIO | None, reporter: _Reporter) -> dict:
     import numpy as np
 
     from ..privacy.policy import PolicyRefusal, check_cohort
     from . import evidence, staging, training
-    from .unpickle import strict_loads
+    from .unpickle import approved_loads, strict_loads
 
     if task["kind"] == "describe":
         from .describe import describe
@@ -53,18 +54,34 @@ def _job(task: dict, job_dir: Path, reporter: _Reporter) -> dict:
         reporter.stage("staging")
         return describe(task, job_dir)
     reporter.stage("starting")
-    model = strict_loads((job_dir / "model.pkl").read_bytes(), task["max_payload_bytes"])
-    plan = training.make_plan(model)
+    if payload is None:
+        raise PayloadError("invalid_model", "the job has no model")
+    data = payload.read()
+    if task.get("approved_sha256"):
+        model = approved_loads(data, task["approved_sha256"])
+    else:
+        model = strict_loads(data, task["max_payload_bytes"])
+    plan = training.make_plan(model, custom_code=bool(task.get("approved_sha256")))
     threads = task["threads"]
     training.check_bounds(plan, task["policy"], threads)
     kind = task["kind"]
     if kind == "evaluate" and plan.base is None:
         raise training.TrainingError("unsupported_model", "evaluation needs a fitted model; fit it first")
+    if kind == "evaluate" and plan.preprocess is not None:
+        raise training.TrainingError(
+            "unsupported_model", "evaluate takes a bare XGBoost model; send a Pipeline with train"
+        )
 
     reporter.stage("staging")
     default_eval = {"fraction": 0.2, "seed": 0} if kind == "train" else None
     staged = staging.stage(
-        task["path"], task["spec"], task["features"], task["filter_columns"], task["id_column"], default_eval
+        task["path"],
+        task["spec"],
+        task["features"],
+        task["filter_columns"],
+        task["id_column"],
+        default_eval,
+        task.get("derive_columns", []),
     )
     label_task = "regression" if plan.task == "regression" else "classification"
     raw_counts = {"eval": _summarize_counts(staged.eval, staged.label, label_task)}
@@ -90,7 +107,7 @@ def _job(task: dict, job_dir: Path, reporter: _Reporter) -> dict:
             reporter.send("progress", stage="training", round=done, total=plan.rounds, metric=latest)
 
         booster, history, classes, deval, y_eval = training.train(plan, staged, threads, report)
-        booster.save_model(str(job_dir / "model.ubj"))
+        booster.save_model("model.ubj")
         new_rounds = booster.num_boosted_rounds() - base_rounds
         if task.get("allow_model_release"):
             import xgboost as xgb
@@ -146,10 +163,23 @@ def run(job_dir: str, conn: Connection) -> None:
     path = Path(job_dir)
     try:
         task = json.loads((path / "task.json").read_text())
-        applied = sandbox.confine(task["cpu_seconds"], task["memory_mb"])
+        dataset = task["path"]
+        # Opened now, read only after confinement: from here on the dataset is `/proc/self/fd/N` and
+        # the job folder is the working directory (relative paths).
+        task["path"] = sandbox.open_dataset(dataset)
+        model_file = path / "model.pkl"
+        payload = open(model_file, "rb") if model_file.exists() else None  # noqa: SIM115
+        applied = sandbox.confine(
+            task["cpu_seconds"],
+            task["memory_mb"],
+            str(path),
+            dataset,
+            task.get("sandbox_uid", 65534),
+            task.get("sandbox_gid", 65534),
+        )
         reporter.send("isolation", applied=applied)
         started = time.monotonic()
-        raw = _job(task, path, reporter)
+        raw = _job(task, Path("."), payload, reporter)
         log.info("job %s done in %.3f s", path.name, time.monotonic() - started)
         reporter.send("result", raw=raw)
     except PayloadError as exc:

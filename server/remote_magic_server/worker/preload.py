@@ -6,7 +6,11 @@ Only imports: no thread pool of OpenMP or DuckDB may run in the forkserver, or a
 import duckdb  # noqa: F401
 import numpy  # noqa: F401
 import pandas  # noqa: F401
+import sklearn.compose  # noqa: F401
+import sklearn.impute  # noqa: F401
 import sklearn.metrics  # noqa: F401
+import sklearn.pipeline  # noqa: F401
+import sklearn.preprocessing  # noqa: F401
 import sqlglot  # noqa: F401
 import xgboost  # noqa: F401
 

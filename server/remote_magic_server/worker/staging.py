@@ -4,10 +4,13 @@ DuckDB may read exactly one file, the dataset's, and nothing else; its configura
 the query runs. The query is built from the checked filter trees (grammar.py), never from user text, and
 the train/eval split is a hash of the id column and the seed, so it is the same on every run. Each
 admitted row also carries its row number in the file, which the differencing guard remembers.
+Derived columns (`derive` in the spec) are checked against the derive grammar again here and selected
+as extra, aliased expressions; they become features. `where` filters on dataset columns only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import duckdb
@@ -15,7 +18,7 @@ import numpy as np
 import pandas as pd
 from sqlglot import exp
 
-from ..grammar import parse_filter
+from ..grammar import check_derive, parse_derive, parse_filter
 
 SPLIT_BUCKETS = 1_000_000
 EVAL_FLAG = "__remote_magic_is_eval"
@@ -44,10 +47,21 @@ def connect_locked(path: str) -> duckdb.DuckDBPyConnection:
 
 
 def build_query(
-    spec: dict, features: list[str], filter_columns: list[str], id_column: str, default_eval: dict | None
+    spec: dict,
+    features: list[str],
+    filter_columns: list[str],
+    id_column: str,
+    default_eval: dict | None,
+    derive_columns: Sequence[str] = (),
 ) -> tuple[str, list]:
     """The staging SELECT as SQL with `?` placeholders, and its parameters (split seed, threshold, path)."""
-    cols = [exp.column(c, quoted=True) for c in [*features, spec["label"]]]
+    cols: list[exp.Expression] = [exp.column(c, quoted=True) for c in [*features, spec["label"]]]
+    derive = spec.get("derive") or {}
+    check_derive(derive, derive_columns, [*filter_columns, id_column])
+    cols += [
+        exp.alias_(exp.paren(parse_derive(name, text, derive_columns)), name, quoted=True)
+        for name, text in derive.items()
+    ]
     where = parse_filter(spec["where"], filter_columns) if spec.get("where") else None
     split = spec.get("eval") or default_eval
     params: list = []
@@ -88,14 +102,28 @@ def stage(
     filter_columns: list[str],
     id_column: str,
     default_eval: dict | None,
+    derive_columns: Sequence[str] = (),
 ) -> Staged:
     """Run the staging query and split the admitted rows into train and eval frames."""
-    sql, params = build_query(spec, features, filter_columns, id_column, default_eval)
+    sql, params = build_query(spec, features, filter_columns, id_column, default_eval, derive_columns)
     con = connect_locked(path)
     try:
         frame = con.execute(sql, [*params, path]).df()
+    except duckdb.OutOfMemoryException as exc:
+        raise MemoryError("staging ran out of memory") from exc
+    except duckdb.Error as exc:
+        if not spec.get("derive"):
+            raise
+        from .training import TrainingError
+
+        raise TrainingError(
+            "staging_failed",
+            "the admitted rows could not be staged; a derived column may be undefined for some rows "
+            "(for example ln of a non-positive number)",
+        ) from exc
     finally:
         con.close()
+    features = [*features, *(spec.get("derive") or {})]
     frame = _categorize(frame, features)
     is_eval = frame.pop(EVAL_FLAG).astype(bool).to_numpy()
     rows = frame.pop(ROW_ID).to_numpy(dtype=np.uint32)

@@ -1,8 +1,14 @@
 """Turn a decoded model into a canonical training plan, continue training it, and evaluate it.
 
-Whatever the notebook sent (an XGBClassifier, an XGBRegressor, a Booster, or a dict of params and an
-optional Booster), it becomes one thing here: XGBoost params as JSON, a number of new rounds, and an
-optional base Booster. Resource parameters are checked against policy bounds and refused, never clipped.
+Whatever the notebook sent (an XGBClassifier, an XGBRegressor, a Booster, a dict of params and an
+optional Booster, or a scikit-learn Pipeline of preprocessors in front of an XGBoost estimator), it
+becomes one thing here: XGBoost params as JSON, a number of new rounds, an optional base Booster, and
+for a Pipeline the preprocessors as class names plus JSON parameters. Resource parameters are checked
+against policy bounds and refused, never clipped.
+
+Pipelines: only the preprocessors' *parameters* cross the boundary. They are rebuilt from the canonical
+form and refitted on the admitted training rows (their fitted state from the notebook, learned on other
+data, is dropped); the XGBoost step continues training from its booster on the transformed rows.
 """
 
 from __future__ import annotations
@@ -17,6 +23,11 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 from sklearn import metrics as skm
+from sklearn.base import BaseEstimator
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from .staging import Staged
 
@@ -41,6 +52,100 @@ class Plan:
     base: xgb.Booster | None
     task: str
     n_classes: int = 0
+    preprocess: dict | None = None
+    obj: Callable | None = None
+    custom_metric: Callable | None = None
+
+
+_PREPROCESSORS = {
+    cls.__name__: cls
+    for cls in (
+        StandardScaler,
+        MinMaxScaler,
+        SimpleImputer,
+        OneHotEncoder,
+        OrdinalEncoder,
+        ColumnTransformer,
+        Pipeline,
+    )
+}
+_DTYPES = {"float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8", "bool_"}
+
+
+def _canonical_value(owner: str, key: str, value: object) -> object:
+    """A parameter value as JSON-able data; anything else is refused, naming the parameter."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, BaseEstimator):
+        return canonical_step(value)
+    if isinstance(value, type) and issubclass(value, np.generic) and value.__name__ in _DTYPES:
+        return {"dtype": value.__name__}
+    if isinstance(value, slice):
+        return {"slice": [_canonical_value(owner, key, v) for v in (value.start, value.stop, value.step)]}
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biufUO" and value.ndim == 1:
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_canonical_value(owner, key, v) for v in value]
+    raise TrainingError(
+        "unsupported_model", f"{owner} parameter {key!r} has a value of a type that is not supported remotely"
+    )
+
+
+def canonical_step(step: object) -> dict:
+    """The canonical form of an allowed preprocessor: its class name and its parameters as JSON data."""
+    name = type(step).__name__
+    if _PREPROCESSORS.get(name) is not type(step):
+        raise TrainingError("unsupported_model", f"{name} is not a supported pipeline step")
+    params = step.get_params(deep=False)  # type: ignore[attr-defined]
+    return {"class": name, "params": {k: _canonical_value(name, k, v) for k, v in sorted(params.items())}}
+
+
+def _rebuild_value(value: object) -> object:
+    if isinstance(value, dict) and "class" in value:
+        return rebuild_step(value)
+    if isinstance(value, dict) and "dtype" in value:
+        return getattr(np, value["dtype"])
+    if isinstance(value, dict) and "slice" in value:
+        return slice(*value["slice"])
+    if isinstance(value, list):
+        return [_rebuild_value(v) for v in value]
+    return value
+
+
+def rebuild_step(canonical: dict) -> object:
+    """A fresh, unfitted preprocessor from its canonical form (trusted code builds it, not the payload)."""
+    cls = _PREPROCESSORS[canonical["class"]]
+    params = {k: _rebuild_value(v) for k, v in canonical["params"].items()}
+    if cls is OneHotEncoder or cls is OrdinalEncoder:
+        categories = params.get("categories")
+        if isinstance(categories, (list, tuple)):
+            params["categories"] = [list(c) for c in categories]
+    if cls is MinMaxScaler:
+        params["feature_range"] = tuple(params["feature_range"])
+    if cls is Pipeline:
+        params["steps"] = [tuple(step) for step in params["steps"]]
+    if cls is ColumnTransformer:
+        params["transformers"] = [tuple(t) for t in params["transformers"]]
+    return cls(**params)
+
+
+def _check_step_bounds(canonical: dict) -> None:
+    params = canonical["params"]
+    if canonical["class"] == "Pipeline" and params.get("memory") is not None:
+        raise TrainingError("parameter_out_of_bounds", "Pipeline memory must be None on this server")
+    n_jobs = params.get("n_jobs")
+    if n_jobs not in (None, 1):
+        raise TrainingError(
+            "parameter_out_of_bounds",
+            f"{canonical['class']} n_jobs = {n_jobs} exceeds this server's bound of 1",
+        )
+    for value in params.values():
+        for item in value if isinstance(value, list) else [value]:
+            for nested in item if isinstance(item, list) else [item]:
+                if isinstance(nested, dict) and "class" in nested:
+                    _check_step_bounds(nested)
 
 
 def _task_of(objective: str | None, classifier: bool | None) -> str:
@@ -85,8 +190,43 @@ def _booster_params(booster: xgb.Booster) -> dict:
     return params
 
 
-def make_plan(model: object, default_rounds: int = 10) -> Plan:
-    """The canonical form of a decoded model."""
+def make_plan(model: object, default_rounds: int = 10, custom_code: bool = False) -> Plan:
+    """The canonical form of a decoded model; a model whose decoded state is incomplete (built by
+    NEWOBJ without state, or with state of the wrong shape) is refused as invalid. Only an
+    owner-approved payload (`custom_code`) may bring a custom objective or metric function."""
+    try:
+        return _make_plan(model, default_rounds, custom_code)
+    except TrainingError:
+        raise
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError, xgb.core.XGBoostError) as exc:
+        raise TrainingError("invalid_model", "the model's decoded state is incomplete or corrupt") from exc
+
+
+def _custom_functions(plan: Plan, raw: dict, custom_code: bool) -> None:
+    objective, metric = raw.get("objective"), raw.get("eval_metric")
+    if not (callable(objective) or callable(metric)):
+        return
+    if not custom_code:
+        raise TrainingError("custom_code_refused", "custom objective and metric functions need approval")
+    from xgboost.sklearn import _metric_decorator, _objective_decorator
+
+    plan.obj = _objective_decorator(objective) if callable(objective) else None
+    plan.custom_metric = _metric_decorator(metric) if callable(metric) else None
+
+
+def _make_plan(model: object, default_rounds: int = 10, custom_code: bool = False) -> Plan:
+    if isinstance(model, Pipeline):
+        steps = model.steps
+        if not steps or not isinstance(steps[-1][1], (xgb.XGBClassifier, xgb.XGBRegressor)):
+            raise TrainingError(
+                "unsupported_model", "a Pipeline must end in an XGBClassifier or an XGBRegressor"
+            )
+        plan = _make_plan(steps[-1][1], default_rounds, custom_code)
+        front = Pipeline(steps[:-1]) if len(steps) > 1 else None
+        if front is not None:
+            plan.preprocess = canonical_step(front)
+            plan.preprocess["params"]["memory"] = _canonical_value("Pipeline", "memory", model.memory)
+        return plan
     if isinstance(model, (xgb.XGBClassifier, xgb.XGBRegressor)):
         try:
             base = model.get_booster()
@@ -97,7 +237,9 @@ def make_plan(model: object, default_rounds: int = 10) -> Plan:
         params = _scalar_params(model.get_xgb_params())
         classifier = isinstance(model, xgb.XGBClassifier)
         task = _task_of(params.get("objective"), classifier)
-        return Plan(params=params, rounds=rounds, base=base, task=task)
+        plan = Plan(params=params, rounds=rounds, base=base, task=task)
+        _custom_functions(plan, raw, custom_code)
+        return plan
     if isinstance(model, xgb.Booster):
         params = _booster_params(model)
         return Plan(
@@ -120,6 +262,8 @@ def make_plan(model: object, default_rounds: int = 10) -> Plan:
 
 def check_bounds(plan: Plan, policy: dict, threads: int) -> None:
     """Refuse parameters beyond the policy's bounds, naming the parameter and its bound."""
+    if plan.preprocess is not None:
+        _check_step_bounds(plan.preprocess)
     params = plan.params
     checks = [
         ("n_estimators", plan.rounds, policy["max_n_estimators"]),
@@ -212,10 +356,15 @@ def train(
     """Continue training the plan's base model on the staged rows; return the booster and history."""
     y_train, y_eval, classes = encode_labels(staged, plan.task)
     params = finalize_params(plan, len(classes), threads)
-    dtrain = xgb.DMatrix(
-        staged.train[staged.features], label=y_train, enable_categorical=True, nthread=threads
-    )
-    deval = xgb.DMatrix(staged.eval[staged.features], label=y_eval, enable_categorical=True, nthread=threads)
+    if plan.preprocess is not None:
+        dtrain, deval = _preprocessed(plan, staged, y_train, y_eval, threads)
+    else:
+        dtrain = xgb.DMatrix(
+            staged.train[staged.features], label=y_train, enable_categorical=True, nthread=threads
+        )
+        deval = xgb.DMatrix(
+            staged.eval[staged.features], label=y_eval, enable_categorical=True, nthread=threads
+        )
     history: dict = {}
     base_rounds = plan.base.num_boosted_rounds() if plan.base is not None else 0
     try:
@@ -226,16 +375,46 @@ def train(
             evals=[(dtrain, "train"), (deval, "eval")],
             evals_result=history,
             xgb_model=plan.base,
+            obj=plan.obj,
+            custom_metric=plan.custom_metric,
             verbose_eval=False,
             callbacks=[_Progress(report, base_rounds)],
         )
     except xgb.core.XGBoostError as exc:
+        if "bad_alloc" in str(exc) or "out of memory" in str(exc).lower():
+            raise MemoryError("XGBoost ran out of memory") from exc
         raise TrainingError(
             "training_failed",
             "XGBoost refused the model and data; check that the base model's features and "
             "objective match the spec",
         ) from exc
     return booster, history, classes, deval, y_eval
+
+
+def _feature_name(name: str) -> str:
+    return "".join("_" if ch in "[]<," else ch for ch in str(name))
+
+
+def _preprocessed(
+    plan: Plan, staged: Staged, y_train: np.ndarray, y_eval: np.ndarray, threads: int
+) -> tuple[xgb.DMatrix, xgb.DMatrix]:
+    """Refit the pipeline's preprocessors on the training rows; transform both splits."""
+    front = rebuild_step(plan.preprocess)  # type: ignore[arg-type]
+    try:
+        x_train = front.fit_transform(staged.train[staged.features])  # type: ignore[attr-defined]
+        x_eval = front.transform(staged.eval[staged.features])  # type: ignore[attr-defined]
+        names = [_feature_name(n) for n in front.get_feature_names_out()]  # type: ignore[attr-defined]
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise TrainingError(
+            "preprocessing_failed",
+            "the pipeline's preprocessors could not be fitted on the admitted rows; check the columns "
+            "each step receives",
+        ) from exc
+    if plan.base is not None and plan.base.feature_names and len(plan.base.feature_names) == len(names):
+        names = list(plan.base.feature_names)
+    dtrain = xgb.DMatrix(x_train, label=y_train, feature_names=names, nthread=threads)
+    deval = xgb.DMatrix(x_eval, label=y_eval, feature_names=names, nthread=threads)
+    return dtrain, deval
 
 
 def _finite(x: float) -> float:

@@ -1,12 +1,16 @@
 """The strict unpickler: decodes submitted model bytes for real, under the rules of payload.py.
 
 Runs only inside a sandboxed worker, because `Booster.__setstate__` hands the bytes to XGBoost's C++
-parser, which is not memory-safe on hostile input.
+parser, which is not memory-safe on hostile input. `approved_loads` is the one place where cloudpickle
+decodes submitted bytes: only in the confined worker, only for a payload whose exact hash the data owner
+approved (`remote-magic-server review`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import pickle
 
 from ..payload import BUILDERS, CLASSES, PayloadError, RuleUnpickler, describe_top
 
@@ -44,17 +48,37 @@ class StrictUnpickler(RuleUnpickler):
 
 
 def strict_loads(data: bytes, max_bytes: int) -> object:
-    """Decode a payload; raise PayloadError for anything the rules refuse."""
-    obj = StrictUnpickler(data, max_bytes).load()
+    """Decode a payload; raise PayloadError for anything the rules refuse or XGBoost cannot parse."""
+    try:
+        obj = StrictUnpickler(data, max_bytes).load()
+    except PayloadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. XGBoostError from Booster.__setstate__ on bad bytes
+        raise PayloadError("invalid_model", "the model could not be decoded: its bytes are corrupt") from exc
     _check_top(obj)
     return obj
 
 
 def _check_top(obj: object) -> None:
     import xgboost as xgb
+    from sklearn.pipeline import Pipeline
 
-    if isinstance(obj, (xgb.XGBClassifier, xgb.XGBRegressor, xgb.Booster)):
+    if isinstance(obj, (xgb.XGBClassifier, xgb.XGBRegressor, xgb.Booster, Pipeline)):
         return
     if isinstance(obj, dict) and "params" in obj:
         return
     describe_top(obj)
+
+
+def approved_loads(data: bytes, approved_sha256: str) -> object:
+    """Decode an owner-approved payload with notebook code; the bytes must be the approved ones."""
+    if hashlib.sha256(data).hexdigest() != approved_sha256:
+        raise PayloadError("invalid_model", "the payload is not the one the data owner approved")
+    import cloudpickle  # noqa: F401 - registers the reconstructors cloudpickle streams refer to
+
+    try:
+        obj = pickle.loads(data)  # noqa: S301 - approved by the owner; we are inside the sandbox
+    except Exception as exc:  # noqa: BLE001 - any failure of approved code is a decoding failure
+        raise PayloadError("invalid_model", "the approved model could not be decoded") from exc
+    _check_top(obj)
+    return obj

@@ -1,0 +1,99 @@
+"""`derive`: new feature columns from an allowlisted expression grammar, compiled to DuckDB on the server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import xgboost as xgb
+
+from remote_magic import DatasetSpec
+from remote_magic_server.grammar import FilterError, check_derive
+
+FEATURES = ["age", "income", "bmi", "smoker", "visits", "noise_0"]
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "bmi / (age * age)",
+        "CASE WHEN age > 65 THEN 1 ELSE 0 END",
+        "ln(income) + exp(-abs(noise_0))",
+        "least(age, 70) - greatest(bmi, 18.5)",
+        "coalesce(income, 0) * 2",
+        "CASE WHEN smoker = 1 AND age BETWEEN 40 AND 60 THEN 2 WHEN bmi IS NULL THEN -1 ELSE 0 END",
+    ],
+)
+def test_grammar_accepts_the_allowlisted_forms(expr):
+    check_derive({"new": expr}, FEATURES, [*FEATURES, "label", "id"])
+
+
+@pytest.mark.parametrize(
+    ("expr", "word"),
+    [
+        ("lower(region)", "LOWER"),
+        ("power(age, 2)", "POW"),
+        ("my_udf(age)", "function call"),
+        ("read_parquet('/etc/passwd')", "READ_PARQUET"),
+        ("(SELECT max(age) FROM t)", "subquery"),
+        ("CAST(age AS TEXT)", "CAST"),
+        ("age; DROP TABLE t", "single expression"),
+    ],
+)
+def test_grammar_refuses_everything_else(expr, word):
+    with pytest.raises(FilterError) as info:
+        check_derive({"new": expr}, FEATURES, [*FEATURES, "label", "id"])
+    assert info.value.code == "invalid_derive"
+    assert word.lower() in info.value.message.lower()
+
+
+def test_the_label_and_the_id_are_not_usable_and_names_must_be_new():
+    with pytest.raises(FilterError) as info:
+        check_derive({"leak": "label * 2"}, FEATURES, [*FEATURES, "label", "id"])
+    assert info.value.code == "unknown_column" and "'label'" in info.value.message
+    with pytest.raises(FilterError) as info:
+        check_derive({"age": "age + 1"}, FEATURES, [*FEATURES, "label", "id"])
+    assert info.value.code == "invalid_derive" and "'age'" in info.value.message
+
+
+def test_a_derived_feature_is_used_in_training(server):
+    spec = DatasetSpec(
+        dataset="synthetic",
+        label="label",
+        features=["noise_0", "noise_1"],
+        derive={
+            "risk": "0.07 * age - ln(income) + 0.14 * bmi + 1.6 * smoker + 0.25 * visits",
+            "older": "CASE WHEN age > 65 THEN 1 ELSE 0 END",
+        },
+        eval={"fraction": 0.2, "seed": 1},
+    )
+    result = server.client().train(xgb.XGBClassifier(n_estimators=20, max_depth=3), spec)
+    importance = result.feature_importance
+    assert importance.index[0] == "risk"
+    assert set(importance.index) <= {"risk", "older", "noise_0", "noise_1"}
+    assert result.metrics["auc"] > 0.75
+
+
+def _refusal(server, derive: dict) -> dict:
+    spec = {"dataset": "synthetic", "label": "label", "derive": derive}
+    files = {"model": ("model.pkl", b"\x80\x05N.", "application/octet-stream")}
+    response = server.post("/jobs", files=files, data={"spec": json.dumps(spec)})
+    assert response.status_code == 422, response.text
+    return response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("derive", "code"),
+    [
+        ({"x": "lower(region)"}, "invalid_derive"),
+        ({"x": "read_csv('/etc/passwd')"}, "invalid_derive"),
+        ({"x": "getenv('HOME')"}, "invalid_derive"),
+        ({"x": "label + 1"}, "unknown_column"),
+        ({"age": "age * 2"}, "invalid_derive"),
+        ({"bad name": "age"}, "invalid_spec"),
+    ],
+)
+def test_the_api_refuses_bad_derive_before_queueing(server, derive, code):
+    error = _refusal(server, derive)
+    assert error["code"] == code
+    assert "Traceback" not in error["message"]

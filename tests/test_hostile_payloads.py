@@ -1,0 +1,407 @@
+"""Hostile payloads: every one is refused with a 4xx or becomes a failed job with a fixed code, nothing
+it asks for happens (canary files stay absent), and the server keeps serving.
+
+The corpus is built here, by hand where cloudpickle would never emit such bytes: a small pickle
+assembler writes GLOBAL/REDUCE/NEWOBJ/BUILD streams directly.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import pickletools
+import random
+import struct
+import subprocess
+import sys
+import time
+
+import cloudpickle
+import numpy as np
+import pytest
+import xgboost as xgb
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from remote_magic_server.payload import PayloadError, scan
+
+SPEC = {"dataset": "breast_cancer", "label": "malignant"}
+FIXED_CODES = {
+    "invalid_model",
+    "custom_code_refused",
+    "unsupported_model",
+    "payload_too_large",
+    "parameter_out_of_bounds",
+    "out_of_memory",
+    "training_failed",
+}
+
+
+# --- a tiny pickle assembler -------------------------------------------------------------------------
+def proto(n: int = 5) -> bytes:
+    return b"\x80" + bytes([n])
+
+
+def uni(text: str) -> bytes:
+    raw = text.encode()
+    return b"X" + struct.pack("<I", len(raw)) + raw
+
+
+def glob(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def stack_glob(module: str, name: str) -> bytes:
+    return uni(module) + uni(name) + b"\x93"
+
+
+def tup(*items: bytes) -> bytes:
+    return b"(" + b"".join(items) + b"t"
+
+
+def integer(n: int) -> bytes:
+    return b"J" + struct.pack("<i", n)
+
+
+def call(module: str, name: str, *args: bytes, version: int = 5) -> bytes:
+    return proto(version) + glob(module, name) + tup(*args) + b"R."
+
+
+def newobj(module: str, name: str, state: bytes | None = None, args: bytes = b"(t") -> bytes:
+    body = proto() + glob(module, name) + args + b"\x81"
+    if state is not None:
+        body += state + b"b"
+    return body + b"."
+
+
+def dict_of(**items: bytes) -> bytes:
+    return b"}(" + b"".join(uni(k) + v for k, v in items.items()) + b"u"
+
+
+# --- the corpus ----------------------------------------------------------------------------------------
+def _fitted_classifier() -> xgb.XGBClassifier:
+    x = np.random.default_rng(0).normal(size=(300, 5))
+    return xgb.XGBClassifier(n_estimators=5, max_depth=3).fit(x, (x[:, 0] > 0).astype(int))
+
+
+def _booster_bytes(payload: bytes) -> tuple[int, bytes]:
+    """Where the Booster's raw state sits inside a pickle (the BYTEARRAY8 opcode) and its bytes."""
+    pos, data = next((p, a) for op, a, p in pickletools.genops(payload) if op.name == "BYTEARRAY8")
+    return pos, bytes(data)
+
+
+def corrupt_booster(payload: bytes, seed: int, flips: int = 8) -> bytes:
+    """The same pickle with random bytes of the Booster's state overwritten: the opcode scan passes."""
+    pos, data = _booster_bytes(payload)
+    start = pos + 9
+    rng, buf = random.Random(seed), bytearray(data)
+    for _ in range(flips):
+        buf[rng.randrange(len(buf))] = rng.randrange(256)
+    return payload[:start] + bytes(buf) + payload[start + len(buf) :]
+
+
+def truncate_booster(payload: bytes, keep: int) -> bytes:
+    pos, data = _booster_bytes(payload)
+    return payload[:pos] + b"\x96" + struct.pack("<Q", keep) + data[:keep] + payload[pos + 9 + len(data) :]
+
+
+class _Reduce:
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def build_corpus(canary_dir) -> dict[str, bytes]:
+    import os
+    import subprocess as sp
+
+    touch = lambda name: f"touch {canary_dir / name}"  # noqa: E731
+    good = cloudpickle.dumps(_fitted_classifier(), protocol=5)
+    secret = "/etc/hostname"
+
+    def my_objective(predt, dtrain):
+        return predt, predt
+
+    class MyXGB(xgb.XGBClassifier):
+        pass
+
+    corpus = {
+        "os.system p5": pickle.dumps(_Reduce(os.system, touch("system5")), protocol=5),
+        "os.system p4": pickle.dumps(_Reduce(os.system, touch("system4")), protocol=4),
+        "os.system p3": pickle.dumps(_Reduce(os.system, touch("system3")), protocol=3),
+        "os.system p2": pickle.dumps(_Reduce(os.system, touch("system2")), protocol=2),
+        "os.system p1": pickle.dumps(_Reduce(os.system, touch("system1")), protocol=1),
+        "os.system p0": pickle.dumps(_Reduce(os.system, touch("system0")), protocol=0),
+        "os.system by STACK_GLOBAL": proto() + stack_glob("os", "system") + tup(uni(touch("sg"))) + b"R.",
+        "posix.system": call("posix", "system", uni(touch("posix"))),
+        "subprocess.Popen": pickle.dumps(_Reduce(sp.Popen, ["touch", str(canary_dir / "popen")]), protocol=5),
+        "subprocess.check_output": call("subprocess", "check_output", uni(touch("co"))),
+        "builtins.eval": call("builtins", "eval", uni(f"__import__('os').system('{touch('eval')}')")),
+        "builtins.exec": call("builtins", "exec", uni(f"import os; os.system('{touch('exec')}')")),
+        "builtins.__import__": call("builtins", "__import__", uni("os")),
+        "builtins.open": call("builtins", "open", uni(str(canary_dir / "open")), uni("w")),
+        "builtins.getattr chain": proto()
+        + glob("builtins", "getattr")
+        + tup(call("builtins", "__import__", uni("os"))[2:-1], uni("system"))
+        + b"R"
+        + tup(uni(touch("getattr")))
+        + b"R.",
+        "getattr on an allowed class": proto()
+        + glob("builtins", "getattr")
+        + tup(glob("xgboost.core", "Booster"), uni("load_model"))
+        + b"R.",
+        "importlib.import_module": call("importlib", "import_module", uni("os")),
+        "copyreg._reconstructor": call("copyreg", "_reconstructor", glob("os", "system"), b"N", b"N"),
+        "functools.partial": call("functools", "partial", glob("posix", "system"), uni(touch("partial"))),
+        "operator.attrgetter": call("operator", "attrgetter", uni("system")),
+        "marshal.loads": call("marshal", "loads", b"C\x00"),
+        "nested pickle.loads": call("pickle", "loads", b"C\x00"),
+        "ctypes.CDLL": call("ctypes", "CDLL", uni("libc.so.6")),
+        "socket.create_connection": call("socket", "create_connection", tup(uni("127.0.0.1"), integer(9))),
+        "shutil.rmtree": call("shutil", "rmtree", uni(str(canary_dir))),
+        "_codecs.encode": call("_codecs", "encode", uni("x"), uni("latin1")),
+        "Booster from a server path via REDUCE": call("xgboost.core", "Booster", b"N", b"N", uni(secret)),
+        "Booster from a server path via NEWOBJ args": newobj(
+            "xgboost.core", "Booster", args=tup(b"N", b"N", uni(secret))
+        ),
+        "Booster with a path as its handle": newobj("xgboost.core", "Booster", dict_of(handle=uni(secret))),
+        "Booster with a text handle": newobj(
+            "xgboost.core", "Booster", dict_of(handle=b"\x96" + struct.pack("<Q", 11) + b"/etc/passwd")
+        ),
+        "Booster without state": newobj("xgboost.core", "Booster"),
+        "XGBClassifier without state": newobj("xgboost.sklearn", "XGBClassifier"),
+        "XGBClassifier by REDUCE": call("xgboost.sklearn", "XGBClassifier"),
+        "Pipeline by REDUCE": call("sklearn.pipeline", "Pipeline", b"]"),
+        "numpy.load": call("numpy", "load", uni(secret)),
+        "numpy.fromfile": call("numpy", "fromfile", uni(secret)),
+        "numpy.lib.npyio.load": call("numpy.lib.npyio", "load", uni(secret)),
+        "numpy.ctypeslib.load_library": call("numpy.ctypeslib", "load_library", uni("libc"), uni("/lib")),
+        "numpy scalar type called": call("numpy", "float64", uni("1")),
+        "numpy _reconstruct of a model class": call(
+            "numpy._core.multiarray",
+            "_reconstruct",
+            glob("xgboost.sklearn", "XGBClassifier"),
+            tup(),
+            uni("b"),
+        ),
+        "numpy _reconstruct with a lying state": call(
+            "numpy._core.multiarray", "_reconstruct", glob("numpy", "ndarray"), tup(integer(0)), uni("b")
+        )[:-1]
+        + tup(
+            integer(1),
+            tup(integer(2**20), integer(2**20)),
+            call("numpy", "dtype", uni("f8"))[2:-1],
+            b"\x89",
+            b"C\x00",
+        )
+        + b"b.",
+        "bytearray of a terabyte": call("builtins", "bytearray", b"\x8a\x06\x00\x00\x00\x00\x00\x01"),
+        "params dict padded with a terabyte": proto()
+        + b"}"
+        + uni("params")
+        + b"}"
+        + uni("pad")
+        + call("builtins", "bytearray", b"\x8a\x06\x00\x00\x00\x00\x00\x01")[2:-1]
+        + b"ss.",
+        "sklearn load_svmlight_file": call("sklearn.datasets", "load_svmlight_file", uni(secret)),
+        "sklearn fetch_openml": call("sklearn.datasets", "fetch_openml", uni("iris")),
+        "joblib.load": call("joblib", "load", uni(secret)),
+        "sklearn FunctionTransformer gadget": newobj(
+            "sklearn.preprocessing._function_transformer",
+            "FunctionTransformer",
+            dict_of(func=glob("posix", "system")),
+        ),
+        "Pipeline with a joblib memory folder": cloudpickle.dumps(
+            Pipeline(
+                [("s", StandardScaler()), ("m", xgb.XGBClassifier(n_estimators=2))], memory=str(canary_dir)
+            )
+        ),
+        "XGBClassifier with 64 threads": cloudpickle.dumps(xgb.XGBClassifier(n_estimators=2, n_jobs=64)),
+        "XGBClassifier on a GPU": cloudpickle.dumps(xgb.XGBClassifier(n_estimators=2, device="cuda")),
+        "XGBClassifier with a billion trees": cloudpickle.dumps(xgb.XGBClassifier(n_estimators=10**9)),
+        "XGBClassifier of depth 10000": cloudpickle.dumps(xgb.XGBClassifier(max_depth=10_000)),
+        "INST opcode": proto() + b"(" + uni(touch("inst")) + b"iposix\nsystem\n.",
+        "OBJ opcode": proto() + b"(" + glob("posix", "system") + uni(touch("obj")) + b"o.",
+        "NEWOBJ_EX opcode": proto() + glob("xgboost.sklearn", "XGBClassifier") + b")}\x92.",
+        "EXT1 opcode": proto() + b"\x82\x01.",
+        "PERSID opcode": proto() + b"Pposix.system\n.",
+        "bad memo GET": proto() + b"h\x07.",
+        "corrupted booster seed 1": corrupt_booster(good, 1),
+        "corrupted booster seed 2": corrupt_booster(good, 2),
+        "corrupted booster seed 3": corrupt_booster(good, 3),
+        "corrupted booster seed 4": corrupt_booster(good, 4),
+        "booster truncated to 50 bytes": truncate_booster(good, 50),
+        "booster truncated by half": truncate_booster(good, len(_booster_bytes(good)[1]) // 2),
+        "stream truncated at 1/3": good[: len(good) // 3],
+        "stream truncated at 2/3": good[: 2 * len(good) // 3],
+        "stream without STOP": good[:-1],
+        "empty stream": b"",
+        "not a pickle": b"PK\x03\x04 zip?",
+        "deeply nested lists": proto() + b"]" * 200_000 + b"a" * 199_999 + b".",
+        "deeply nested params": proto()
+        + b"}"
+        + uni("params")
+        + b"}"
+        + (uni("k") + b"}") * 50_000
+        + b"s" * 50_001
+        + b".",
+        "notebook function as objective": cloudpickle.dumps(xgb.XGBRegressor(objective=my_objective)),
+        "notebook lambda as metric": cloudpickle.dumps(xgb.XGBClassifier(eval_metric=lambda a, b: 0.0)),
+        "notebook subclass of XGBClassifier": cloudpickle.dumps(MyXGB(n_estimators=2)),
+        "cloudpickle subimport": call("cloudpickle.cloudpickle", "subimport", uni("os")),
+        "__main__ global": proto() + glob("__main__", "anything") + b".",
+    }
+    return corpus
+
+
+# --- scan level (in process, fast) ----------------------------------------------------------------
+def test_the_corpus_is_big_enough(tmp_path):
+    assert len(build_corpus(tmp_path)) >= 40
+
+
+def test_a_corrupted_booster_really_crashes_xgboost(tmp_path):
+    """The corpus holds bytes that kill a plain process with SIGSEGV when XGBoost parses them."""
+    payload = tmp_path / "crash.pkl"
+    payload.write_bytes(corrupt_booster(cloudpickle.dumps(_fitted_classifier()), 1))
+    code = f"import pickle; pickle.loads(open({str(payload)!r}, 'rb').read())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert done.returncode == -11
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 2])
+def test_every_old_protocol_is_refused_by_the_scan(protocol):
+    with pytest.raises(PayloadError) as info:
+        scan(pickle.dumps({"params": {"max_depth": 2}}, protocol=protocol))
+    assert info.value.code == "invalid_model" and "protocol" in info.value.message
+
+
+@pytest.mark.parametrize("protocol", [3, 4, 5])
+def test_legitimate_models_pass_the_scan_at_protocols_3_to_5(protocol):
+    assert scan(cloudpickle.dumps(_fitted_classifier(), protocol=protocol)).model == "XGBClassifier"
+    pipeline = Pipeline([("s", StandardScaler()), ("m", xgb.XGBClassifier(n_estimators=2))])
+    assert scan(cloudpickle.dumps(pipeline, protocol=protocol)).model == "Pipeline"
+
+
+def test_size_cap_is_enforced_before_parsing():
+    with pytest.raises(PayloadError) as info:
+        scan(b"\x80\x05" + b"N" * 2048 + b".", max_bytes=1024)
+    assert info.value.code == "payload_too_large"
+
+
+def test_custom_code_refusal_names_the_functions():
+    def my_objective(predt, dtrain):
+        return predt, predt
+
+    with pytest.raises(PayloadError) as info:
+        scan(cloudpickle.dumps(xgb.XGBRegressor(objective=my_objective)))
+    assert info.value.code == "custom_code_refused"
+    assert "my_objective" in info.value.message
+
+
+_GOOD_PAYLOADS = [
+    cloudpickle.dumps(xgb.XGBClassifier(n_estimators=3)),
+    cloudpickle.dumps(Pipeline([("s", StandardScaler()), ("m", xgb.XGBRegressor(n_estimators=2))])),
+    cloudpickle.dumps({"params": {"max_depth": 2}, "num_boost_round": 3}),
+]
+
+
+@st.composite
+def mutated(draw) -> bytes:
+    data = bytearray(draw(st.sampled_from(_GOOD_PAYLOADS)))
+    for _ in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from(["flip", "insert", "delete", "truncate", "splice"]))
+        at = draw(st.integers(0, max(len(data) - 1, 0)))
+        if kind == "flip" and data:
+            data[at] = draw(st.integers(0, 255))
+        elif kind == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=8))
+        elif kind == "delete":
+            del data[at : at + draw(st.integers(1, 8))]
+        elif kind == "truncate":
+            del data[at:]
+        else:
+            opcode = draw(st.sampled_from([b"R", b"\x81", b"b", b"c", b"\x93", b"i", b"o", b"\x92", b"("]))
+            data[at:at] = opcode
+    return bytes(data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated())
+def test_mutated_payloads_either_pass_the_rules_or_are_refused_cleanly(payload):
+    """The scan never raises anything but PayloadError (with a fixed code), and never imports a module."""
+    before = set(sys.modules)
+    try:
+        report = scan(payload)
+    except PayloadError as exc:
+        assert exc.code in FIXED_CODES
+    else:
+        assert report.model in {"XGBClassifier", "XGBRegressor", "Booster", "BoosterParams", "Pipeline"}
+    assert set(sys.modules) == before
+
+
+# --- through the real server -------------------------------------------------------------------------
+def submit_raw(server, payload: bytes):
+    files = {"model": ("model.pkl", payload, "application/octet-stream")}
+    return server.post("/jobs", files=files, data={"spec": json.dumps(SPEC)})
+
+
+def _outcomes(server, payloads: dict[str, bytes]) -> dict[str, tuple[int, str]]:
+    """Submit every payload; return name -> (HTTP status, error code) once every job is final."""
+    outcomes, pending = {}, {}
+    for name, payload in payloads.items():
+        response = submit_raw(server, payload)
+        if response.status_code == 202:
+            pending[name] = response.json()["id"]
+        else:
+            outcomes[name] = (response.status_code, response.json()["error"]["code"])
+    deadline = time.monotonic() + 300
+    while pending and time.monotonic() < deadline:
+        for name, job_id in list(pending.items()):
+            status = server.get(f"/jobs/{job_id}", params={"wait": 5}).json()
+            if status["state"] in ("succeeded", "failed", "cancelled"):
+                code = (status.get("error") or {}).get("code", status["state"])
+                outcomes[name] = (202, code)
+                del pending[name]
+    assert not pending, f"jobs never finished: {pending}"
+    return outcomes
+
+
+def test_every_hostile_payload_is_refused_or_fails_with_a_fixed_code(server, tmp_path):
+    corpus = build_corpus(tmp_path)
+    outcomes = _outcomes(server, corpus)
+    for name, (status, code) in outcomes.items():
+        assert status in (202, 413, 422), (name, status, code)
+        assert code in FIXED_CODES, (name, status, code)
+    crashed = [n for n, (s, _) in outcomes.items() if s == 202 and n.startswith("corrupted booster")]
+    assert crashed, "the corrupted boosters must reach a worker (the scan cannot see inside them)"
+    time.sleep(0.5)
+    assert list(tmp_path.iterdir()) == [], "a payload had a side effect"
+    health = server.get("/health", user=None).json()
+    assert health["status"] == "ok"
+    result = server.client().train(xgb.XGBClassifier(n_estimators=3), SPEC)
+    assert result.metrics["auc"] > 0.5
+
+
+def test_an_oversized_stream_is_413(server):
+    limit = server.settings.server.max_payload_mb * 2**20
+    response = submit_raw(server, b"\x80\x05" + b"N" * limit + b".")
+    assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
+
+
+def test_a_few_mutated_payloads_through_the_server(server, tmp_path):
+    rng = random.Random(7)
+    good = cloudpickle.dumps(_fitted_classifier())
+    payloads = {}
+    for i in range(6):
+        data = bytearray(good)
+        for _ in range(4):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        payloads[f"mutant {i}"] = bytes(data)
+    for name, (status, code) in _outcomes(server, payloads).items():
+        assert status in (202, 422), (name, status, code)
+        assert code in FIXED_CODES | {"succeeded"}, (name, code)
+    assert server.get("/health", user=None).json()["status"] == "ok"

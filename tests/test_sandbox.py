@@ -1,0 +1,236 @@
+"""The worker's sandbox, tested from the inside: a probe runs in a real worker process (forked from a
+forkserver preloaded like the scheduler's), applies the production `sandbox.confine`, then tries to reach
+the network, read and write files it must not touch, and do the work a job needs."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import socket
+
+import pandas as pd
+import pytest
+import xgboost as xgb
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+PRELOAD = "remote_magic_server.worker.preload"
+
+
+def _attempt(action) -> str:
+    try:
+        action()
+    except OSError as exc:
+        return type(exc).__name__
+    return "ok"
+
+
+def probe(job_dir: str, dataset: str, port: int, secret: str, outside: str, conn) -> None:
+    """Runs inside the confined process; reports what each attempt gave."""
+    from remote_magic_server.worker import sandbox, staging
+
+    fd_path = sandbox.open_dataset(dataset)
+    report: dict = {"applied": sandbox.confine(120, 4096, job_dir, dataset)}
+
+    def connect() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(3)
+            s.connect(("127.0.0.1", port))
+
+    def read_secret() -> None:
+        with open(secret) as fh:
+            fh.read()
+
+    def write_outside() -> None:
+        with open(outside, "w") as fh:
+            fh.write("x")
+
+    def write_inside() -> None:
+        with open("model.ubj", "w") as fh:
+            fh.write("x")
+
+    def read_other_job() -> None:
+        os.listdir(os.path.dirname(job_dir))
+
+    report["replace_task"] = _attempt(lambda: os.unlink("task.json"))
+    report["symlink"] = _attempt(lambda: os.symlink("/etc/shadow", "link"))
+    report["fifo"] = _attempt(lambda: os.mkfifo("fifo"))
+    report["tcp"] = _attempt(connect)
+    report["read_secret"] = _attempt(read_secret)
+    report["read_other_jobs"] = _attempt(read_other_job)
+    report["write_outside"] = _attempt(write_outside)
+    report["write_inside"] = _attempt(write_inside)
+    report["exec"] = os.system("/bin/true")  # noqa: S605 - the attempt is the test
+    con = staging.connect_locked(fd_path)
+    report["dataset_rows"] = con.execute("SELECT count(*) FROM read_parquet(?)", [fd_path]).fetchone()[0]
+    report["uid"] = os.getuid()
+    conn.send(json.dumps(report))
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def sandboxed(tmp_path_factory):
+    """Run the probe once; return its report and the paths it was given."""
+    base = tmp_path_factory.mktemp("sandbox")
+    dataset = base / "data.parquet"
+    pd.DataFrame({"x": range(25)}).to_parquet(dataset)
+    secret = base / "secret.txt"
+    secret.write_text("do not read")
+    secret.chmod(0o644)
+    (base / "jobs" / "other").mkdir(parents=True)
+    job_dir = base / "jobs" / "job1"
+    job_dir.mkdir()
+    (job_dir / "task.json").write_text("{}")
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([PRELOAD])
+    parent, child = ctx.Pipe(duplex=False)
+    outside = base / "written-outside"
+    args = (str(job_dir), str(dataset), listener.getsockname()[1], str(secret), str(outside), child)
+    process = ctx.Process(target=probe, args=args)
+    process.start()
+    child.close()
+    assert parent.poll(120), "the probe did not report"
+    report = json.loads(parent.recv())
+    process.join(30)
+    listener.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        listener.accept()
+    listener.close()
+    return report, job_dir, outside
+
+
+def test_confinement_is_reported(sandboxed):
+    report, _, _ = sandboxed
+    applied = report["applied"]
+    assert applied["network"] in ("netns", "userns+netns")
+    assert applied["filesystem"].startswith("landlock-abi")
+    if os.geteuid() == 0:
+        assert applied["uid"] == "65534" and report["uid"] == 65534
+
+
+def test_no_tcp_connection_to_a_loopback_listener(sandboxed):
+    assert sandboxed[0]["tcp"] in ("PermissionError", "OSError", "ConnectionRefusedError", "TimeoutError")
+    assert sandboxed[0]["tcp"] != "ok"
+
+
+def test_no_read_outside_its_dataset(sandboxed):
+    report = sandboxed[0]
+    assert report["read_secret"] == "PermissionError"
+    assert report["read_other_jobs"] == "PermissionError"
+    assert report["dataset_rows"] == 25
+
+
+def test_no_write_outside_its_job_directory(sandboxed):
+    report, job_dir, outside = sandboxed
+    assert report["write_outside"] == "PermissionError" and not outside.exists()
+    assert report["write_inside"] == "ok" and (job_dir / "model.ubj").exists()
+
+
+def test_the_servers_files_in_the_job_directory_cannot_be_replaced(sandboxed):
+    """task.json is rewritten by the root scheduler on a retry: no link or fifo may stand in for it."""
+    report, job_dir, _ = sandboxed
+    assert report["replace_task"] == report["symlink"] == report["fifo"] == "PermissionError"
+    assert (job_dir / "task.json").read_text() == "{}"
+
+
+def test_no_program_can_be_executed(sandboxed):
+    assert sandboxed[0]["exec"] != 0
+
+
+def test_a_scaler_pipeline_trains_with_the_sandbox_on(server):
+    client = server.client()
+    pipeline = Pipeline(
+        [("scale", StandardScaler()), ("model", xgb.XGBClassifier(n_estimators=15, max_depth=3))]
+    )
+    job = client.submit(
+        pipeline, {"dataset": "breast_cancer", "label": "malignant", "eval": {"fraction": 0.3}}
+    )
+    result = job.result(timeout=120)
+    assert result.metrics["auc"] > 0.9
+    assert result.rounds == {"base": 0, "new": 15, "total": 15}
+    isolation = job.status.isolation
+    assert isolation["network"] in ("netns", "userns+netns")
+    assert isolation["filesystem"].startswith("landlock-abi")
+    if os.geteuid() == 0:
+        assert isolation["uid"] == "65534"
+    assert (server.data_dir / "jobs" / job.id / "model.ubj").exists()
+
+
+def test_a_fitted_column_pipeline_continues_training(server):
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import MinMaxScaler, OneHotEncoder
+
+    data = pd.read_parquet(server.settings.datasets["synthetic"].path).head(2000)
+    features = ["age", "income", "bmi", "region", "smoker"]
+    front = ColumnTransformer(
+        [
+            (
+                "num",
+                Pipeline([("impute", SimpleImputer()), ("scale", MinMaxScaler())]),
+                ["age", "income", "bmi"],
+            ),
+            ("cat", OneHotEncoder(handle_unknown="ignore"), ["region"]),
+        ],
+        remainder="passthrough",
+    )
+    model = Pipeline([("front", front), ("xgb", xgb.XGBClassifier(n_estimators=5, max_depth=3))])
+    model.fit(data[features], data["label"])
+    model.set_params(xgb__n_estimators=10)
+    spec = {"dataset": "synthetic", "label": "label", "features": features, "eval": {"fraction": 0.2}}
+    result = server.client().train(model, spec)
+    assert result.rounds == {"base": 5, "new": 10, "total": 15}
+    assert result.metrics["auc"] > 0.7
+
+
+def test_pipeline_parameter_out_of_bounds_is_named(server):
+    from remote_magic.errors import RemoteError
+
+    pipeline = Pipeline(
+        [("scale", StandardScaler()), ("model", xgb.XGBClassifier(n_estimators=5, max_depth=99))]
+    )
+    with pytest.raises(RemoteError) as info:
+        server.client().train(pipeline, {"dataset": "breast_cancer", "label": "malignant"})
+    assert info.value.code == "parameter_out_of_bounds"
+    assert "max_depth" in str(info.value) and "12" in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def limited_server(tmp_path_factory):
+    """A server whose `tight` dataset gives each job 2 s and 1 GiB of address space."""
+    from tests.serverproc import ServerProcess, write_config
+
+    base = tmp_path_factory.mktemp("limited")
+    data_dir = base / "data"
+    path = data_dir / "datasets" / "synthetic.parquet"
+    extra = (
+        f'\n[datasets.slow]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["label"]\n'
+        "policy = { job_timeout_s = 2 }\n"
+        f'\n[datasets.small_memory]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["label"]\n'
+        "policy = { worker_memory_mb = 1024 }\n"
+    )
+    server = ServerProcess(write_config(data_dir, extra_datasets=extra), base / "server.log")
+    server.issue_tokens({"dave": ["slow", "small_memory", "breast_cancer"]})
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize(("dataset", "code"), [("slow", "timeout"), ("small_memory", "out_of_memory")])
+def test_a_job_out_of_time_or_memory_fails_cleanly(limited_server, dataset, code):
+    from remote_magic.errors import RemoteError
+
+    client = limited_server.client("dave")
+    model = xgb.XGBClassifier(n_estimators=2000, max_depth=12, learning_rate=0.01)
+    with pytest.raises(RemoteError) as info:
+        client.train(model, {"dataset": dataset, "label": "label"})
+    assert info.value.code == code
+    assert limited_server.get("/health", user=None).json()["status"] == "ok"
+    quick = client.submit(
+        xgb.XGBClassifier(n_estimators=2), {"dataset": "breast_cancer", "label": "malignant"}
+    )
+    assert quick.result(timeout=60).rounds["total"] == 2
