@@ -201,6 +201,23 @@ def check_spec(spec: DatasetSpec, roles: dict[str, str]) -> list[str]:
     return features
 
 
+def _derived(spec: DatasetSpec, roles: dict[str, str]) -> list[str]:
+    """Names of the spec's derived columns, after checking that each uses only feature columns."""
+    derive = getattr(spec, "derive", None) or {}
+    feature_columns = [c for c, r in roles.items() if r == "feature"]
+    for name, text in derive.items():
+        if name in roles:
+            raise DryRunError(f"derived column {name!r} has the name of a dataset column")
+        try:
+            tree = sqlglot.parse_one(text, dialect="duckdb")
+        except (sqlglot.errors.ParseError, sqlglot.errors.TokenError):
+            raise DryRunError(f"derived column {name!r}: the expression could not be parsed") from None
+        for column in tree.find_all(exp.Column):
+            if column.name not in feature_columns:
+                raise DryRunError(_near(column.name, feature_columns, f"derived column {name!r}"))
+    return list(derive)
+
+
 def _plan(model: object) -> tuple[dict, int, xgb.Booster | None, bool | None]:
     """XGBoost params, rounds, base booster and whether it classifies (None: from the objective)."""
     if isinstance(model, (xgb.XGBClassifier, xgb.XGBRegressor)):
@@ -247,6 +264,16 @@ def dry_run(model: object, spec: DatasetSpec, mock: pd.DataFrame, kind: str = "t
     eval_filter = _Filter(mock, list(roles), "eval filter")
     is_eval = _split(admitted, spec, kind, eval_filter) if len(admitted) else pd.Series(dtype=bool)
     n_admitted, n_eval = len(admitted), int(is_eval.sum())
+    derived = _derived(spec, roles)
+    if derived:
+        rng = np.random.default_rng(0)
+        mock = mock.assign(**{name: np.round(rng.normal(size=len(mock)), 3) for name in derived})
+        admitted = mock.loc[admitted.index]
+        features = features + derived
+        notes.append(
+            "note: derived columns (" + ", ".join(derived) + ") were checked for the columns they use; "
+            "their dry-run values are placeholders"
+        )
     params, rounds, base, classifier = _plan(model)
     if kind == "evaluate" and base is None:
         raise DryRunError("evaluation needs a fitted model; fit it first")

@@ -282,3 +282,20 @@ def test_result_view_shows_suppressed_cells_and_plot_gives_figures(server):
     buffer = io.StringIO()
     print(result, file=buffer)
     assert buffer.getvalue().startswith("TrainResult: training of a binary classifier on breast_cancer")
+
+
+def test_dry_run_checks_derived_columns(server):
+    from remote_magic import DatasetSpec
+    from remote_magic.dryrun import dry_run
+
+    mock = server.client().mock("synthetic")
+    spec = DatasetSpec(
+        dataset="synthetic", label="label", features=["age", "bmi"], derive={"ratio": "bmi / age"}
+    )
+    report = dry_run(xgb.XGBClassifier(n_estimators=2), spec, mock)
+    assert report.features == ["age", "bmi", "ratio"] and "placeholders" in repr(report)
+    bad = DatasetSpec(dataset="synthetic", label="label", derive={"ratio": "bmii / age"})
+    with pytest.raises(
+        DryRunError, match="unknown column 'bmii' in derived column 'ratio'; did you mean 'bmi'"
+    ):
+        dry_run(xgb.XGBClassifier(n_estimators=2), bad, mock)
