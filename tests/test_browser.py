@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
+
 from remote_magic_server.demo import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
