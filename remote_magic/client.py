@@ -34,6 +34,7 @@ from .wire import (
 
 DEFAULT_TIMEOUT = 30.0
 POLL_WAIT = 10.0
+RECONNECT_DELAY = 1.0
 
 
 def _retrying_session(token: str) -> requests.Session:
@@ -218,7 +219,10 @@ class Job:
     def wait(
         self, timeout: float | None = None, on_progress: Callable[[JobStatus], None] | None = None
     ) -> JobStatus:
-        """Long-poll until the job is final. Ctrl-C cancels the remote job, then re-raises."""
+        """Long-poll until the job is final. Ctrl-C cancels the remote job, then re-raises.
+
+        A dropped connection or a 5xx does not end the wait: it reconnects and resumes from the last
+        version seen (the job lives on across a server restart)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while not self.done:
@@ -228,7 +232,12 @@ class Job:
                 try:
                     self.refresh(wait=remaining)
                 except ConnectionProblem:
-                    time.sleep(1.0)
+                    time.sleep(RECONNECT_DELAY)  # the server restarts or the network blips: resume
+                    continue
+                except RemoteError as exc:
+                    if exc.status is None or exc.status < 500:
+                        raise
+                    time.sleep(RECONNECT_DELAY)  # a proxy or the server failed this poll: poll again
                     continue
                 if on_progress is not None:
                     on_progress(self.status)

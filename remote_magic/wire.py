@@ -90,6 +90,10 @@ class Health(_Strict):
     workers: int = Field(description="Worker processes the scheduler may run at once.")
     running: int
     queued: int
+    scheduler: Literal["running", "draining", "stopped"] = Field(
+        default="running",
+        description="The worker pool: starting jobs, finishing them before a shutdown, or stopped.",
+    )
 
 
 class MetricPoint(_Strict):
