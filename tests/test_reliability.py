@@ -22,11 +22,11 @@ import pytest
 import requests
 import xgboost as xgb
 from prometheus_client.parser import text_string_to_metric_families
+
+from remote_magic import package_model
 from remote_magic_server.jobs.scheduler import Scheduler, process_mark, reap_orphan
 from remote_magic_server.jobs.store import SCHEMA_VERSION, QueueFull, Store, StoreError
 from remote_magic_server.settings import Settings
-
-from remote_magic import package_model
 from tests.serverproc import ServerProcess, write_config
 
 SMALL_SPEC = {"dataset": "breast_cancer", "label": "malignant"}
