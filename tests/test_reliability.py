@@ -98,11 +98,8 @@ def refused(server: ServerProcess) -> bool:
 
 
 def log_events(server: ServerProcess) -> list[dict]:
-    events = []
-    for line in server.log_path.read_text().splitlines():
-        if line.startswith("{"):
-            events.append(json.loads(line))
-    return events
+    """The server's log, which must be one JSON object per line (workers' lines included)."""
+    return [json.loads(line) for line in server.log_path.read_text().splitlines() if line.strip()]
 
 
 def metric_samples(server: ServerProcess) -> dict[tuple[str, tuple], float]:
@@ -283,6 +280,21 @@ def test_payload_limits_are_413_before_the_body_is_read(make_server):
     assert answer.startswith(b"HTTP/1.1 413")
     assert b'"payload_too_large"' in answer
     assert server.get("/jobs").json()["jobs"] == []
+
+
+def test_a_job_past_its_wall_clock_limit_is_stopped_and_one_server_owns_a_data_dir(make_server, tmp_path):
+    server = make_server("\n[policy]\njob_timeout_s = 2")
+    job_id = submit(server, LONG, LONG_SPEC).json()["id"]
+    worker = pause_worker(server, job_id)
+    final = server.client().job(job_id).wait(timeout=60)
+    assert (final.state, final.error.code) == ("failed", "timeout")
+    wait_until(lambda: process_mark(worker) is None, 10, "the stopped worker to be killed")
+
+    second = ServerProcess(server.config, tmp_path / "second.log")
+    with pytest.raises(RuntimeError, match="exited"):
+        second.start()
+    assert "another server is already using the data directory" in (tmp_path / "second.log").read_text()
+    assert server.get("/health", user=None).json()["status"] == "ok"
 
 
 def test_same_idempotency_key_from_threads_at_once_makes_one_job(tmp_path):
