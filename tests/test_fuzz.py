@@ -23,7 +23,9 @@ from remote_magic.wire import DatasetSpec
 from remote_magic_server.api.catalog import SpecRefused, resolve, schema_of
 from remote_magic_server.grammar import FilterError, compile_filter, parse_filter
 
-FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+FUZZ = settings(
+    max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None
+)
 PROPERTY = settings(FUZZ, max_examples=200)
 
 
