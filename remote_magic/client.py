@@ -37,6 +37,7 @@ from .wire import (
 
 DEFAULT_TIMEOUT = 30.0
 POLL_WAIT = 10.0
+RECONNECT_DELAY = 1.0
 PROGRESS_POLL_WAIT = 1.0
 
 
@@ -251,7 +252,9 @@ class Job:
         """Long-poll until the job is final. Ctrl-C cancels the remote job, then re-raises.
 
         With `on_progress`, each long-poll lasts at most a second, so a progress display is refreshed
-        at least once a second even while nothing changes (a queued job); changes arrive at once."""
+        at least once a second even while nothing changes (a queued job); changes arrive at once.
+        A dropped connection or a 5xx does not end the wait: it reconnects and resumes from the last
+        version seen (the job lives on across a server restart)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         poll = POLL_WAIT if on_progress is None else PROGRESS_POLL_WAIT
         try:
@@ -264,7 +267,12 @@ class Job:
                 try:
                     self.refresh(wait=remaining)
                 except ConnectionProblem:
-                    time.sleep(1.0)
+                    time.sleep(RECONNECT_DELAY)  # the server restarts or the network blips: resume
+                    continue
+                except RemoteError as exc:
+                    if exc.status is None or exc.status < 500:
+                        raise
+                    time.sleep(RECONNECT_DELAY)  # a proxy or the server failed this poll: poll again
                     continue
                 if on_progress is not None:
                     on_progress(self.status)

@@ -46,7 +46,11 @@ class DatasetSpec(_Strict):
     where: str | None = Field(default=None, max_length=2000)
     eval: EvalFraction | EvalWhere | None = None
     derive: (
-        dict[Annotated[str, Field(pattern=IDENT)], Annotated[str, Field(min_length=1, max_length=2000)]]
+        Annotated[
+            dict[Annotated[str, Field(pattern=IDENT)], Annotated[str, Field(min_length=1, max_length=2000)]],
+            # The schema's patternProperties alone would let any other key through: say it is refused.
+            Field(json_schema_extra={"additionalProperties": False}),
+        ]
         | None
     ) = Field(
         default=None,
@@ -90,6 +94,10 @@ class Health(_Strict):
     workers: int = Field(description="Worker processes the scheduler may run at once.")
     running: int
     queued: int
+    scheduler: Literal["running", "draining", "stopped"] = Field(
+        default="running",
+        description="The worker pool: starting jobs, finishing them before a shutdown, or stopped.",
+    )
 
 
 class MetricPoint(_Strict):

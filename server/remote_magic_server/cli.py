@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -27,9 +26,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from .api.app import create_app
+    from .api.serving import serve
 
     settings = _settings(args)
     if args.demo and not args.no_token:
@@ -42,14 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"demo server: {url}\nuser: demo\ntoken: {token}\n")
         print(f"In a notebook:  %load_ext remote_magic\n                %remote_connect {url}")
         print(f"with REMOTE_MAGIC_TOKEN={token} in the kernel's environment.\n", flush=True)
-    logging.basicConfig(level=settings.server.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    uvicorn.run(
-        create_app(settings),
-        host=settings.server.host,
-        port=settings.server.port,
-        log_level=settings.server.log_level,
-        timeout_graceful_shutdown=30,
-    )
+    serve(settings)
     return 0
 
 

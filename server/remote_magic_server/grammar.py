@@ -148,9 +148,21 @@ def _checked_tree(
 def parse_filter(text: str, columns: Collection[str]) -> exp.Expression:
     """Parse and check a filter against the grammar and the usable columns; raise FilterError."""
     tree = _checked_tree(text, columns, _ALLOWED_NODES, "invalid_filter", "filter")
-    if isinstance(tree, (exp.Column, exp.Literal, exp.Null, exp.Tuple, exp.Neg)):
+    for node in tree.walk():
+        if isinstance(node, (exp.And, exp.Or, exp.Not)) and any(
+            _is_value(operand) for operand in node.args.values() if isinstance(operand, exp.Expression)
+        ):
+            raise FilterError("invalid_filter", "AND, OR and NOT combine conditions, such as age >= 18")
+    if _is_value(tree):
         raise FilterError("invalid_filter", "the filter must be a condition, such as age >= 18")
     return tree
+
+
+def _is_value(node: exp.Expression) -> bool:
+    """A column or a literal where a condition belongs (DuckDB would cast it, or fail at run time)."""
+    while isinstance(node, exp.Paren):
+        node = node.this
+    return isinstance(node, (exp.Column, exp.Literal, exp.Null, exp.Tuple, exp.Neg))
 
 
 def compile_filter(text: str, columns: Collection[str]) -> str:

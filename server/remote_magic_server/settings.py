@@ -83,6 +83,14 @@ class ServerSection(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     sandbox_uid: int = Field(default=65534, ge=1, description="The uid workers run as when serving as root.")
     sandbox_gid: int = Field(default=65534, ge=1, description="The gid workers run as when serving as root.")
+    max_queued_per_user: int = Field(
+        default=20, ge=1, description="Queued jobs one user may have; more are refused with 429."
+    )
+    shutdown_grace_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="On SIGTERM, how long running jobs may take to finish before re-queueing.",
+    )
 
 
 class Settings(_Strict):

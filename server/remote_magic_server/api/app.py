@@ -1,9 +1,15 @@
-"""The FastAPI application: wires the store, the scheduler and the routes; never trains, never reads rows."""
+"""The FastAPI application: wires the store, the scheduler and the routes; never trains, never reads rows.
+
+It also owns the server's life: one server per data directory (a lock file), recovery on start-up, and on
+SIGTERM (`begin_shutdown`, called by the serving loop) a drain: long-polls return at once, no new job
+starts, running jobs get `shutdown_grace_s` to finish and the rest are re-queued.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +23,8 @@ from ..jobs.store import Store
 from ..settings import Settings
 from . import describe, errors, mock, models, routes
 from .auditing import AuditMiddleware
+from .limits import FORM_OVERHEAD_BYTES, BodyLimit
+from .metrics import Metrics, RequestTimer
 
 log = logging.getLogger("remote_magic_server.api")
 
@@ -26,6 +34,7 @@ class Notifier:
 
     def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.closing = False
         self._waiters: dict[str, set[asyncio.Event]] = {}
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -55,24 +64,78 @@ class Notifier:
         for event in list(self._waiters.get(job_id, ())):
             event.set()
 
+    def close(self) -> None:
+        """The server is stopping: every waiting long-poll answers now, and new ones do not wait."""
+        self.closing = True
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._wake_all)
+
+    def _wake_all(self) -> None:
+        for job_id in list(self._waiters):
+            self._wake(job_id)
+
+
+class DataDirLock:
+    """One server per data directory: two would each re-queue and run the other's jobs."""
+
+    def __init__(self, settings: Settings):
+        self.path = settings.server.data_dir / "server.lock"
+        self._file = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "w")  # noqa: SIM115 - held for the server's lifetime
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise RuntimeError(
+                f"another server is already using the data directory {self.path.parent}"
+            ) from None
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
 
 def create_app(settings: Settings) -> FastAPI:
     """Build the app; the store and the scheduler start with it and stop with it."""
     notifier = Notifier()
     store = Store(settings.db_path, settings.jobs_dir)
     scheduler = Scheduler(settings, store, on_change=notifier.notify)
+    metrics = Metrics(store, scheduler, settings.worker_count)
+    scheduler.on_finish = metrics.job_finished
+    lock = DataDirLock(settings)
+    grace = settings.server.shutdown_grace_s
+
+    def begin_shutdown() -> None:
+        notifier.close()
+        scheduler.drain(grace)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        lock.acquire()
         notifier.bind(asyncio.get_running_loop())
         scheduler.start()
-        log.info("serving %d dataset(s) with %d worker(s)", len(settings.datasets), settings.worker_count)
+        log.info(
+            "server_started",
+            extra={
+                "datasets": len(settings.datasets),
+                "workers": settings.worker_count,
+                "schema_version": store.schema_version(),
+            },
+        )
         try:
             yield
         finally:
-            await asyncio.to_thread(scheduler.stop, 0.0)
+            begin_shutdown()
+            await asyncio.to_thread(scheduler.stop, grace)
             store.close()
             scheduler.ledger.close()
+            lock.release()
+            log.info("server_stopped")
 
     app = FastAPI(
         title="remote-magic server",
@@ -85,10 +148,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.store = store
     app.state.scheduler = scheduler
     app.state.notifier = notifier
+    app.state.metrics = metrics
+    app.state.begin_shutdown = begin_shutdown
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(describe.router)
     app.include_router(models.router)
     app.include_router(mock.router)
     app.add_middleware(AuditMiddleware, audit=scheduler.audit, store=store)
+    app.add_route("/metrics", metrics.endpoint, include_in_schema=False)
+    app.add_middleware(BodyLimit, max_bytes=settings.server.max_payload_mb * 2**20 + FORM_OVERHEAD_BYTES)
+    app.add_middleware(RequestTimer, metrics=metrics)
     return app

@@ -49,6 +49,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
         404: "Unknown resource, or one this token may not see.",
         413: "Payload too large.",
         422: "The request is well-formed but refused (spec, model or parameters).",
+        429: "Too many queued jobs for this user; retry after the `Retry-After` seconds.",
         500: "Internal error (details only in the server log).",
     }.items()
 }

@@ -25,7 +25,7 @@ from remote_magic.wire import (
     Whoami,
 )
 
-from ..jobs.store import JobRow
+from ..jobs.store import JobRow, QueueFull
 from ..payload import PayloadError, custom_code_names, scan
 from .auth import Principal, current_user
 from .catalog import SpecRefused, describe_dataset, resolve
@@ -36,6 +36,7 @@ User = Annotated[Principal, Depends(current_user)]
 
 MAIN_METRICS = ("auc", "accuracy", "r2", "rmse", "log_loss")
 MAX_WAIT_S = 60.0
+RETRY_AFTER_S = 5
 
 
 def _main_metric(job: JobRow) -> MetricPoint | None:
@@ -77,13 +78,15 @@ def _own_job(request: Request, user: Principal, job_id: str) -> JobRow:
 def health(request: Request) -> Health:
     store_ok = request.app.state.store.ping()
     counts = request.app.state.store.count_by_state() if store_ok else {}
+    scheduler = request.app.state.scheduler.state
     return Health(
-        status="ok" if store_ok else "degraded",
+        status="ok" if store_ok and scheduler == "running" else "degraded",
         version=__version__,
         store="ok" if store_ok else "error",
         workers=request.app.state.settings.worker_count,
         running=request.app.state.scheduler.running_count(),
         queued=counts.get("queued", 0),
+        scheduler=scheduler,
     )
 
 
@@ -150,9 +153,27 @@ async def submit(
         state = "awaiting_approval"
         plan["custom_code"] = await asyncio.to_thread(custom_code_names, payload, limit)
     store = request.app.state.store
-    job, created = store.create_job(
-        user.user, parsed.dataset, kind, parsed.model_dump(mode="json"), plan, payload, idempotency_key, state
-    )
+    try:
+        job, created = await asyncio.to_thread(
+            store.create_job,
+            user.user,
+            parsed.dataset,
+            kind,
+            parsed.model_dump(mode="json"),
+            plan,
+            payload,
+            idempotency_key,
+            state,
+            settings.server.max_queued_per_user,
+        )
+    except QueueFull as full:
+        raise ApiError(
+            429,
+            "too_many_jobs",
+            f"you already have {full.queued} jobs queued, the most this server accepts; "
+            "submit more when some have started",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        ) from None
     if created:
         request.app.state.scheduler.audit.record(
             "submit", user.user, job=job.id, dataset=parsed.dataset, kind=kind, spec=job.spec
@@ -191,7 +212,7 @@ async def job_status(
             if since is None:
                 since = job.version
             remaining = deadline - time.monotonic()
-            if job.state in FINAL_STATES or job.version != since or remaining <= 0:
+            if job.state in FINAL_STATES or job.version != since or remaining <= 0 or notifier.closing:
                 return status_of(job)
             await notifier.wait(event, remaining)
         finally:

@@ -1,11 +1,56 @@
-"""The worker process's target. Kept free of imports so the forkserver can preload it cheaply and the
-parent never has to import the worker package to name it."""
+"""The worker process's target. Kept free of heavy imports so the forkserver can preload it cheaply and
+the parent never has to import the worker package to name it.
+
+Before it imports the worker, the child ties its life to the server's and steps back in CPU priority: a
+killed server leaves no worker behind, and the API stays responsive while workers train.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import importlib
+import os
+import signal
+import sys
+from multiprocessing import forkserver
+
+from ..logs import configure_logging
+
+WORKER_NICE = 5
+PR_SET_PDEATHSIG = 1
 
 
 def run_by_name(module: str, function: str, *args: object) -> None:
     """Import `module` in the child and call `function`: the parent names the worker, never imports it."""
+    _release_forkserver()
+    _die_with_parent()
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICE)
+    configure_logging("info")
     getattr(importlib.import_module(module), function)(*args)
+
+
+def _release_forkserver() -> None:
+    """Drop the child's copy of the server's keep-alive pipe to the forkserver.
+
+    The forkserver exits when every holder of that pipe is gone; a worker that kept its copy would keep
+    its own parent, the forkserver, alive after the server was killed, and PR_SET_PDEATHSIG would never
+    fire. A worker starts no processes, so it has no use for the pipe."""
+    server = getattr(forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(fd, int):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        server._forkserver_alive_fd = None  # type: ignore[union-attr]
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this process when its parent (the forkserver, which exits with the server) dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent or parent == 1:
+        os._exit(1)  # the parent died before the signal was armed

@@ -5,10 +5,16 @@ started by module name, so this process never imports XGBoost or DuckDB. A worke
 pipe; its raw aggregates pass through the disclosure policy here, in the trusted parent, before anything
 is stored as a result. A worker that dies without a word (a segfault in XGBoost's parser, the OOM
 killer, the CPU limit) becomes a failed job with a fixed code; the server keeps serving.
+
+Nothing is lost across restarts: each worker's pid is recorded, workers die with their parent (Linux
+PR_SET_PDEATHSIG), and on start-up a worker that outlived a killed server is reaped and its job re-queued,
+a bounded number of times. On SIGTERM the scheduler drains: it starts nothing new, gives running jobs a
+grace period, then stops them and re-queues them without counting the attempt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -72,6 +78,30 @@ def read_row_sets(folder: Path, names: dict) -> dict[str, BitMap]:
     }
 
 
+def process_mark(pid: int) -> str | None:
+    """The start time of a process (Linux: clock ticks since boot), to tell it from a reused pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
+        return None  # a zombie has already stopped running
+    return fields[19]
+
+
+def reap_orphan(pid: int, mark: str | None, timeout: float = 5.0) -> bool:
+    """Kill a worker left by a previous server process, if that pid still is that process."""
+    if mark is None or process_mark(pid) != mark:
+        return False
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while process_mark(pid) == mark and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return True
+
+
 class _Running:
     def __init__(self, job: JobRow, process: multiprocessing.process.BaseProcess, conn: Connection):
         self.job = job
@@ -79,22 +109,32 @@ class _Running:
         self.conn = conn
         self.stage = "starting"
         self.cancelled = False
+        self.interrupted = False
         self.started = time.monotonic()
 
 
 class Scheduler:
     """Runs at most `settings.worker_count` jobs at once, oldest first."""
 
-    def __init__(self, settings: Settings, store: Store, on_change: Callable[[str], None] = lambda _id: None):
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        on_change: Callable[[str], None] = lambda _id: None,
+        on_finish: Callable[[JobRow, str, float], None] = lambda _job, _state, _seconds: None,
+    ):
         self.settings = settings
         self.store = store
         self.on_change = on_change
+        self.on_finish = on_finish
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload([PRELOAD_MODULE])
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._draining = threading.Event()
+        self._deadline = 0.0
         self._thread: threading.Thread | None = None
         self.ledger = Ledger(settings.ledger_path)
         self.audit = AuditLog(settings.audit_path)
@@ -110,6 +150,13 @@ class Scheduler:
         with self._lock:
             return len(self._running)
 
+    @property
+    def state(self) -> str:
+        """'running', 'draining' (SIGTERM: finishing running jobs) or 'stopped' (or never started)."""
+        if self._draining.is_set():
+            return "stopped" if self._stop.is_set() else "draining"
+        return "running" if self._thread is not None and self._thread.is_alive() else "stopped"
+
     def start(self) -> None:
         self._recover()
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
@@ -121,21 +168,32 @@ class Scheduler:
         proc.start()
         proc.join()
 
+    def drain(self, grace: float) -> None:
+        """Start no more jobs; running ones may finish within `grace` seconds from now."""
+        if not self._draining.is_set():
+            self._deadline = time.monotonic() + grace
+            self._draining.set()
+            self._wake.set()
+            log.info("scheduler_draining", extra={"running": self.running_count(), "grace_s": grace})
+
     def stop(self, grace: float = 0.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        deadline = time.monotonic() + grace
-        while self.running_count() and time.monotonic() < deadline:
+        """Drain (if not already), wait for the grace period, then stop the rest and re-queue them."""
+        self.drain(grace)
+        while self.running_count() and time.monotonic() < self._deadline:
             time.sleep(0.05)
         with self._lock:
             running = list(self._running.values())
         for run in running:
+            run.interrupted = True
             run.process.kill()
-        for run in running:
-            run.process.join(timeout=5)
-            self.store.requeue(run.job.id)
+        deadline = time.monotonic() + 15
+        while self.running_count() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self._stop.set()
+        self._wake.set()
         if self._thread:
             self._thread.join(timeout=5)
+        log.info("scheduler_stopped", extra={"requeued": [run.job.id for run in running]})
 
     def notify(self) -> None:
         """A job was queued: look for work now."""
@@ -156,23 +214,37 @@ class Scheduler:
         return done
 
     def _recover(self) -> None:
-        """Jobs left running by a previous server process are re-queued, a bounded number of times."""
+        """Jobs left running by a previous server process are re-queued, a bounded number of times.
+
+        A worker of such a job that is still alive (its server was killed, and it could not be bound to
+        it) is killed first, so the job never runs twice at once."""
+        for job_id, pid, mark in self.store.running_workers():
+            if reap_orphan(pid, mark):
+                log.warning("orphan_reaped", extra={"job": job_id, "pid": pid})
         for job_id in self.store.running_ids():
             job = self.store.get_job(job_id)
             if job is not None and job.attempts >= MAX_ATTEMPTS:
                 self.store.finish(
                     job_id,
                     "failed",
-                    error=("interrupted", "the server stopped during this job too many times"),
+                    error=(
+                        "interrupted",
+                        f"the server stopped while this job ran, {job.attempts} times; it was not retried",
+                    ),
                 )
+                log.warning("job_failed_interrupted", extra={"job": job_id, "attempts": job.attempts})
             else:
                 self.store.requeue(job_id)
+                log.info("job_requeued", extra={"job": job_id, "reason": "server restarted"})
+        stray = self.store.remove_stray_folders()
+        if stray:
+            log.info("stray_folders_removed", extra={"count": len(stray)})
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(timeout=1.0)
             self._wake.clear()
-            while not self._stop.is_set() and self.running_count() < self.settings.worker_count:
+            while not self._draining.is_set() and self.running_count() < self.settings.worker_count:
                 job = self.store.claim_next()
                 if job is None:
                     break
@@ -217,6 +289,8 @@ class Scheduler:
         )
         process.start()
         child_conn.close()
+        self.store.set_worker(job.id, process.pid, process_mark(process.pid))
+        log.info("job_started", extra={"job": job.id, "pid": process.pid, "attempt": job.attempts})
         run = _Running(job, process, parent_conn)
         with self._lock:
             self._running[job.id] = run
@@ -226,6 +300,7 @@ class Scheduler:
         job = run.job
         timeout = self.settings.policy_for(job.dataset).job_timeout_s
         outcome: tuple[str, dict | None, tuple[str, str] | None] | None = None
+        stopped_by_shutdown = False
         try:
             while outcome is None:
                 remaining = timeout - (time.monotonic() - run.started)
@@ -242,7 +317,8 @@ class Scheduler:
                 try:
                     message = json.loads(run.conn.recv_bytes(MAX_MESSAGE_BYTES))
                 except (EOFError, OSError, ValueError):
-                    outcome = self._death(run)
+                    stopped_by_shutdown = run.interrupted or (self._draining.is_set() and not run.cancelled)
+                    outcome = None if stopped_by_shutdown else self._death(run)
                     break
                 outcome = self._handle(run, message)
         finally:
@@ -253,16 +329,18 @@ class Scheduler:
             run.conn.close()
             with self._lock:
                 self._running.pop(job.id, None)
-        if (
-            self._stop.is_set()
-            and not run.cancelled
-            and outcome[0] == "failed"
-            and outcome[2][0] == "worker_crashed"
-        ):
-            return  # killed by shutdown: stop() re-queues it
+        if stopped_by_shutdown or outcome is None:
+            # Stopped by the shutdown (or died while it drained): it runs again after the restart. A
+            # worker we stopped ourselves does not use up one of the job's attempts.
+            if self.store.requeue(job.id, refund=run.interrupted):
+                log.info("job_requeued", extra={"job": job.id, "reason": "server shutting down"})
+                self.on_change(job.id)
+            return
         if run.cancelled:
             outcome = ("cancelled", None, ("cancelled", "the job was cancelled"))
-        self.store.finish(job.id, outcome[0], result=outcome[1], error=outcome[2])
+        seconds = time.monotonic() - run.started
+        if self.store.finish(job.id, outcome[0], result=outcome[1], error=outcome[2]):
+            self.on_finish(job, outcome[0], seconds)
         self.audit.record(
             "release_decision",
             job.user,
@@ -275,14 +353,13 @@ class Scheduler:
             reason=outcome[2][1] if outcome[2] else None,
         )
         log.info(
-            json.dumps(
-                {
-                    "event": "job_finished",
-                    "job": job.id,
-                    "state": outcome[0],
-                    "code": outcome[2][0] if outcome[2] else None,
-                }
-            )
+            "job_finished",
+            extra={
+                "job": job.id,
+                "state": outcome[0],
+                "code": outcome[2][0] if outcome[2] else None,
+                "seconds": round(seconds, 3),
+            },
         )
         self.on_change(job.id)
         self._wake.set()
@@ -292,7 +369,7 @@ class Scheduler:
         if run.cancelled:
             return ("cancelled", None, ("cancelled", "the job was cancelled"))
         log.warning(
-            "worker of job %s died with exit code %s in stage %s", run.job.id, run.process.exitcode, run.stage
+            "worker_died", extra={"job": run.job.id, "exit_code": run.process.exitcode, "stage": run.stage}
         )
         if run.process.exitcode in _SIGNAL_DEATHS:
             return ("failed", None, _SIGNAL_DEATHS[run.process.exitcode])

@@ -1,6 +1,9 @@
 """The job store: SQLite (WAL) for jobs and tokens, one folder per job for its payload and outputs.
 
-Every transition is committed before it is acknowledged, so a restart finds each job where it was.
+Every transition is committed (synchronous=FULL) before it is acknowledged, so a restart, even after a
+power loss, finds each job where it was. Writes go through one connection under a lock; reads use a
+connection per thread, so a status poll never waits behind a write (WAL lets readers run beside the
+writer). The schema carries a version; `_MIGRATIONS` brings an older store up to date in one transaction.
 Tokens are stored as SHA-256 hashes: they are 256-bit random strings, so a plain hash is enough and a
 leaked database does not leak a usable token.
 """
@@ -9,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
+import shutil
 import sqlite3
 import threading
 import uuid
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -53,6 +58,27 @@ CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_user ON jobs (user, seq);
 """
 
+# Version N's statements turn a version N-1 store into a version N store. `_SCHEMA` above is version 1
+# and is never edited again: every later change is a new entry here, so old stores and new ones converge.
+_MIGRATIONS: dict[int, str] = {
+    2: """
+    ALTER TABLE jobs ADD COLUMN worker_pid INTEGER;
+    ALTER TABLE jobs ADD COLUMN worker_started TEXT;
+    """,
+}
+
+
+class StoreError(Exception):
+    """The store cannot be used by this version of the server."""
+
+
+class QueueFull(Exception):
+    """The user already has as many queued jobs as the server accepts."""
+
+    def __init__(self, queued: int):
+        super().__init__(f"{queued} jobs queued")
+        self.queued = queued
+
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
@@ -87,31 +113,75 @@ class Store:
     """Thread-safe access to the SQLite store; short transactions only."""
 
     def __init__(self, db_path: Path, jobs_dir: Path):
+        self.db_path = db_path
         self.jobs_dir = jobs_dir
         jobs_dir.mkdir(parents=True, exist_ok=True)
         db_path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(db_path), check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
+        self._db = self._connect()
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
         with self._lock:
             self._db.executescript(_SCHEMA)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1')")
+            self._migrate()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.db_path), check_same_thread=False, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
+
+    def _migrate(self) -> None:
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the job store {self.db_path} has schema version {version}, newer than this server's "
+                f"{SCHEMA_VERSION}; upgrade remote-magic"
             )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                for statement in _MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(target),))
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def schema_version(self) -> int:
+        row = self._read("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row["value"])
+
+    def _read(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+        """Run a read on this thread's own connection, without taking the write lock."""
+        reader = getattr(self._local, "db", None)
+        if reader is None:
+            reader = self._connect()
+            reader.execute("PRAGMA query_only=1")
+            self._local.db = reader
+            with self._lock:
+                self._readers.append(reader)
+        return reader.execute(sql, params)
 
     def close(self) -> None:
         with self._lock:
+            for reader in self._readers:
+                reader.close()
+            self._readers.clear()
             self._db.close()
 
     def ping(self) -> bool:
+        """Whether the database answers a read (health)."""
         try:
-            with self._lock:
-                self._db.execute("SELECT 1").fetchone()
+            self.schema_version()
             return True
-        except sqlite3.Error:
+        except (sqlite3.Error, TypeError):
             return False
 
     # tokens
@@ -125,10 +195,9 @@ class Store:
         return token
 
     def lookup_token(self, token: str) -> tuple[str, list[str]] | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT user, datasets FROM tokens WHERE token_hash = ?", (hash_token(token),)
-            ).fetchone()
+        row = self._read(
+            "SELECT user, datasets FROM tokens WHERE token_hash = ?", (hash_token(token),)
+        ).fetchone()
         return (row["user"], json.loads(row["datasets"])) if row else None
 
     # jobs
@@ -145,21 +214,62 @@ class Store:
         payload: bytes,
         idempotency_key: str | None,
         state: str = "queued",
+        max_queued: int | None = None,
     ) -> tuple[JobRow, bool]:
         """Persist the payload and the job; return (job, created). An existing key returns its job.
 
         `plan` holds what the API resolved from the spec (features, filter columns), so the scheduler
-        never needs to look at the catalog."""
+        never needs to look at the catalog. With `max_queued`, a user who already has that many queued
+        jobs gets QueueFull (a repeated key still returns its job). The payload is on disk (fsynced)
+        before the row is committed, and removed again if the row is not written."""
         if idempotency_key is not None:
             existing = self._by_key(user, idempotency_key)
             if existing is not None:
                 return existing, False
+        if max_queued is not None:
+            self._check_queue(user, max_queued)
         job_id = uuid.uuid4().hex[:16]
         folder = self.job_dir(job_id)
         folder.mkdir(parents=True)
-        (folder / "model.pkl").write_bytes(payload)
+        try:
+            _write_durably(folder / "model.pkl", payload)
+            job = self._insert(job_id, user, dataset, kind, state, spec, plan, idempotency_key, max_queued)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        if job.id != job_id:
+            shutil.rmtree(folder, ignore_errors=True)
+            return job, False
+        return job, True
+
+    def _check_queue(self, user: str, max_queued: int) -> None:
+        queued = self.count_queued(user)
+        if queued >= max_queued:
+            raise QueueFull(queued)
+
+    def count_queued(self, user: str) -> int:
+        row = self._read(
+            "SELECT COUNT(*) AS n FROM jobs WHERE user = ? AND state = 'queued'", (user,)
+        ).fetchone()
+        return int(row["n"])
+
+    def _insert(
+        self,
+        job_id: str,
+        user: str,
+        dataset: str,
+        kind: str,
+        state: str,
+        spec: dict,
+        plan: dict,
+        idempotency_key: str | None,
+        max_queued: int | None,
+    ) -> JobRow:
+        """Insert the job row; on a racing insert of the same key, return the winner's job instead."""
         progress = json.dumps({"stage": "queued", "round": 0, "total_rounds": 0, "metric": None})
         with self._lock:
+            if max_queued is not None:
+                self._check_queue(user, max_queued)
             try:
                 self._db.execute(
                     "INSERT INTO jobs (id, user, dataset, kind, state, spec, plan, idempotency_key,"
@@ -181,33 +291,27 @@ class Store:
                 existing = self._by_key(user, idempotency_key or "")
                 if existing is None:
                     raise
-                return existing, False
+                return existing
         job = self.get_job(job_id)
         assert job is not None
-        return job, True
+        return job
 
     def _by_key(self, user: str, key: str) -> JobRow | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT * FROM jobs WHERE user = ? AND idempotency_key = ?", (user, key)
-            ).fetchone()
+        row = self._read("SELECT * FROM jobs WHERE user = ? AND idempotency_key = ?", (user, key)).fetchone()
         return _row(row) if row else None
 
     def get_job(self, job_id: str) -> JobRow | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _row(row) if row else None
 
     def list_jobs(self, user: str, limit: int = 100) -> list[JobRow]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM jobs WHERE user = ? ORDER BY seq DESC LIMIT ?", (user, limit)
-            ).fetchall()
+        rows = self._read(
+            "SELECT * FROM jobs WHERE user = ? ORDER BY seq DESC LIMIT ?", (user, limit)
+        ).fetchall()
         return [_row(r) for r in rows]
 
     def count_by_state(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
+        rows = self._read("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
         return {r["state"]: r["n"] for r in rows}
 
     def claim_next(self) -> JobRow | None:
@@ -236,6 +340,14 @@ class Store:
         with self._lock:
             self._db.execute("UPDATE jobs SET isolation = ? WHERE id = ?", (json.dumps(isolation), job_id))
 
+    def set_worker(self, job_id: str, pid: int, started: str | None) -> None:
+        """Record the worker process of a running job, so a restart can find it if it outlived us."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET worker_pid = ?, worker_started = ? WHERE id = ? AND state = 'running'",
+                (pid, started, job_id),
+            )
+
     def finish(
         self,
         job_id: str,
@@ -254,14 +366,18 @@ class Store:
             )
         return cur.rowcount == 1
 
-    def requeue(self, job_id: str) -> None:
+    def requeue(self, job_id: str, refund: bool = False) -> bool:
+        """Put a running job back in the queue; `refund` gives back the attempt (it was not the job's
+        fault, e.g. a graceful shutdown). Return whether the job was still running."""
         with self._lock:
-            self._db.execute(
+            cur = self._db.execute(
                 "UPDATE jobs SET state = 'queued', started_at = NULL, version = version + 1,"
+                " attempts = attempts - ?, worker_pid = NULL, worker_started = NULL,"
                 " progress = json_set(progress, '$.stage', 'queued', '$.round', 0)"
                 " WHERE id = ? AND state = 'running'",
-                (job_id,),
+                (1 if refund else 0, job_id),
             )
+        return cur.rowcount == 1
 
     def awaiting_approval(self) -> list[JobRow]:
         """Jobs with notebook code that wait for the data owner's decision, oldest first."""
@@ -282,9 +398,31 @@ class Store:
         return cur.rowcount == 1
 
     def running_ids(self) -> list[str]:
-        with self._lock:
-            rows = self._db.execute("SELECT id FROM jobs WHERE state = 'running'").fetchall()
+        rows = self._read("SELECT id FROM jobs WHERE state = 'running'").fetchall()
         return [r["id"] for r in rows]
+
+    def running_workers(self) -> list[tuple[str, int, str | None]]:
+        """(job id, worker pid, worker start mark) of the running jobs that recorded a worker."""
+        rows = self._read(
+            "SELECT id, worker_pid, worker_started FROM jobs"
+            " WHERE state = 'running' AND worker_pid IS NOT NULL"
+        ).fetchall()
+        return [(r["id"], r["worker_pid"], r["worker_started"]) for r in rows]
+
+    def remove_stray_folders(self) -> list[str]:
+        """Delete job folders without a job row (a crash between writing the payload and the row)."""
+        known = {r["id"] for r in self._read("SELECT id FROM jobs").fetchall()}
+        stray = [p for p in self.jobs_dir.iterdir() if p.is_dir() and p.name not in known]
+        for folder in stray:
+            shutil.rmtree(folder, ignore_errors=True)
+        return [p.name for p in stray]
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _load(text: str | None) -> dict | None:

@@ -27,12 +27,14 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
+import signal
 import sys
 from pathlib import Path
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_PDEATHSIG = 1
 
 _SYS_LANDLOCK_CREATE_RULESET = 444
 _SYS_LANDLOCK_ADD_RULE = 445
@@ -190,6 +192,9 @@ def drop_privileges(uid: int, gid: int, keep_group: int | None) -> str:
     os.setresuid(uid, uid, uid)
     if os.getresuid() != (uid, uid, uid):
         raise OSError("the worker could not drop its privileges")
+    # Changing ids clears the parent-death signal that jobs/launch.py armed: arm it again, so the
+    # worker still dies with the server.
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     return str(uid)
 
 

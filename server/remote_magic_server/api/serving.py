@@ -1,0 +1,42 @@
+"""Run the app under uvicorn: JSON logs, and a drain that starts the moment SIGTERM arrives.
+
+uvicorn stops accepting connections on SIGTERM, waits for open requests, then runs the app's lifespan
+shutdown. Long-polls would hold that wait for up to a minute and the scheduler would keep starting jobs
+meanwhile, so the signal also calls the app's `begin_shutdown` at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import FrameType
+
+import uvicorn
+
+from ..logs import configure_logging
+from ..settings import Settings
+from .app import create_app
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]):
+        super().__init__(config)
+        self.on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self.on_exit()
+
+
+def serve(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    configure_logging(settings.server.log_level)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=settings.server.log_level,
+        log_config=None,
+        timeout_graceful_shutdown=max(1, int(settings.server.shutdown_grace_s)),
+    )
+    _Server(config, app.state.begin_shutdown).run()
