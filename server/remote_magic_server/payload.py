@@ -16,6 +16,7 @@ table we copy and narrow:
 from __future__ import annotations
 
 import contextlib
+import encodings.raw_unicode_escape  # noqa: F401 - text opcodes decode with it; load it now, not mid-scan
 import io
 import pickle
 from dataclasses import dataclass, field

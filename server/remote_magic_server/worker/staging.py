@@ -106,7 +106,10 @@ def stage(
 ) -> Staged:
     """Run the staging query and split the admitted rows into train and eval frames."""
     sql, params = build_query(spec, features, filter_columns, id_column, default_eval, derive_columns)
-    con = connect_locked(path)
+    try:
+        con = connect_locked(path)
+    except duckdb.OutOfMemoryException as exc:
+        raise MemoryError("staging ran out of memory") from exc
     try:
         frame = con.execute(sql, [*params, path]).df()
     except duckdb.OutOfMemoryException as exc:

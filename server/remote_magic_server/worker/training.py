@@ -13,10 +13,12 @@ data, is dropped); the XGBoost step continues training from its booster on the t
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +32,15 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from .staging import Staged
+
+_MEMORY_SIGNS = (
+    "bad_alloc",
+    "bad_malloc",
+    "failed to allocate",
+    "out of memory",
+    "cannot allocate memory",
+    "resource temporarily unavailable",
+)
 
 
 class TrainingError(Exception):
@@ -347,6 +358,25 @@ class _Progress(xgb.callback.TrainingCallback):
         return False
 
 
+@contextlib.contextmanager
+def _xgboost_errors() -> Iterator[None]:
+    """XGBoost's failures as fixed codes: allocation failures are out of memory, the rest a refusal.
+    The text goes to the server log only."""
+    try:
+        yield
+    except xgb.core.XGBoostError as exc:
+        logging.getLogger("remote_magic_server.worker").warning(
+            "xgboost failed: %s", str(exc).splitlines()[0][:300]
+        )
+        if any(sign in str(exc).lower() for sign in _MEMORY_SIGNS):
+            raise MemoryError("XGBoost ran out of memory") from exc
+        raise TrainingError(
+            "training_failed",
+            "XGBoost refused the model and data; check that the base model's features and "
+            "objective match the spec",
+        ) from exc
+
+
 def train(
     plan: Plan,
     staged: Staged,
@@ -356,18 +386,18 @@ def train(
     """Continue training the plan's base model on the staged rows; return the booster and history."""
     y_train, y_eval, classes = encode_labels(staged, plan.task)
     params = finalize_params(plan, len(classes), threads)
-    if plan.preprocess is not None:
-        dtrain, deval = _preprocessed(plan, staged, y_train, y_eval, threads)
-    else:
-        dtrain = xgb.DMatrix(
-            staged.train[staged.features], label=y_train, enable_categorical=True, nthread=threads
-        )
-        deval = xgb.DMatrix(
-            staged.eval[staged.features], label=y_eval, enable_categorical=True, nthread=threads
-        )
     history: dict = {}
     base_rounds = plan.base.num_boosted_rounds() if plan.base is not None else 0
-    try:
+    with _xgboost_errors():
+        if plan.preprocess is not None:
+            dtrain, deval = _preprocessed(plan, staged, y_train, y_eval, threads)
+        else:
+            dtrain = xgb.DMatrix(
+                staged.train[staged.features], label=y_train, enable_categorical=True, nthread=threads
+            )
+            deval = xgb.DMatrix(
+                staged.eval[staged.features], label=y_eval, enable_categorical=True, nthread=threads
+            )
         booster = xgb.train(
             params,
             dtrain,
@@ -380,14 +410,6 @@ def train(
             verbose_eval=False,
             callbacks=[_Progress(report, base_rounds)],
         )
-    except xgb.core.XGBoostError as exc:
-        if "bad_alloc" in str(exc) or "out of memory" in str(exc).lower():
-            raise MemoryError("XGBoost ran out of memory") from exc
-        raise TrainingError(
-            "training_failed",
-            "XGBoost refused the model and data; check that the base model's features and "
-            "objective match the spec",
-        ) from exc
     return booster, history, classes, deval, y_eval
 
 
