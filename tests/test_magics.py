@@ -103,7 +103,16 @@ def test_progress_bar_is_quiet_for_fast_jobs_and_off_by_config(shell, capsys):
     assert "round" not in capsys.readouterr().err
 
 
-def test_interrupt_cancels_the_remote_job_within_two_seconds(shell, server, capsys):
+@pytest.fixture()
+def sigint_raises():
+    """Ctrl-C raises KeyboardInterrupt, as in a kernel. A process started in the background by a
+    non-interactive shell inherits SIGINT as ignored, and Python then installs no handler for it."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_interrupt_cancels_the_remote_job_within_two_seconds(shell, server, capsys, sigint_raises):
     before = {j.id for j in server.client().jobs(limit=50)}
     main = threading.main_thread().ident
     fired: dict[str, object] = {}
