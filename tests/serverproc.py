@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -108,3 +110,17 @@ class ServerProcess:
         headers = {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
         headers.update(kwargs.pop("headers", {}))
         return requests.post(f"{self.url}/v1{path}", headers=headers, timeout=30, **kwargs)
+
+
+@contextmanager
+def running(
+    data_dir: Path, log_path: Path, users: dict[str, list[str]], extra_datasets: str = ""
+) -> Iterator[ServerProcess]:
+    """A started server with extra datasets and these users' tokens; stopped even when the body fails."""
+    server = ServerProcess(write_config(data_dir, extra_datasets=extra_datasets), log_path)
+    server.issue_tokens(users)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
