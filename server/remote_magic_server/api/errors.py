@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from remote_magic.wire import ErrorBody
+from remote_magic.wire import ErrorBody, first_error
 
 log = logging.getLogger("remote_magic_server.api")
 
@@ -55,9 +55,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 }
 
 
-def _field(loc: tuple) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or "request"
+_LOCATIONS = ("body", "query", "path", "header")
 
 
 def install(app: FastAPI) -> None:
@@ -67,8 +65,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        message = f"invalid value for {_field(tuple(first.get('loc', ())))}: {first.get('msg', 'invalid')}"
+        message = f"invalid value for {first_error(exc.errors(), 'request', _LOCATIONS)}"
         return error_response(422, "invalid_request", message[:300])
 
     @app.exception_handler(StarletteHTTPException)
