@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -110,6 +111,13 @@ class ServerProcess:
         headers = {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
         headers.update(kwargs.pop("headers", {}))
         return requests.post(f"{self.url}/v1{path}", headers=headers, timeout=30, **kwargs)
+
+    def submit_raw(
+        self, payload: bytes, spec: dict, user: str | None = "alice", **kwargs
+    ) -> requests.Response:
+        """POST these exact bytes as a job, bypassing the client's packaging, to test what the API refuses."""
+        files = {"model": ("model.pkl", payload, "application/octet-stream")}
+        return self.post("/jobs", user=user, files=files, data={"spec": json.dumps(spec)}, **kwargs)
 
 
 @contextmanager
