@@ -19,6 +19,9 @@ log = logging.getLogger("remote_magic_server.api")
 
 
 class ApiError(Exception):
+    """A refusal written for the user: its message reaches the response as is, so never build it from
+    another exception's text."""
+
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
@@ -30,6 +33,7 @@ class ApiError(Exception):
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
+    """The one error shape of the API (`ErrorBody`), so clients parse every failure the same way."""
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
@@ -59,6 +63,8 @@ _LOCATIONS = ("body", "query", "path", "header")
 
 
 def install(app: FastAPI) -> None:
+    """Route every failure, FastAPI's own included, through `error_response` with a fixed message."""
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
