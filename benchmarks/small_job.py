@@ -21,7 +21,7 @@ import pandas as pd
 import xgboost as xgb
 
 from remote_magic import Client
-from tests.serverproc import ServerProcess, write_config
+from tests.serverproc import running
 
 ROWS, FEATURES, ROUNDS = 10_000, 20, 20
 
@@ -76,18 +76,13 @@ def main() -> None:
         table = base / "bench.parquet"
         make_table(table)
         extra = f'\n[datasets.bench]\npath = "{table}"\nid_column = "id"\nlabel_columns = ["label"]\n'
-        server = ServerProcess(write_config(base / "data", extra_datasets=extra), base / "server.log")
-        server.issue_tokens({"bench": ["bench"]})
-        server.start()
-        try:
+        with running(base / "data", base / "server.log", {"bench": ["bench"]}, extra) as server:
             client = server.client("bench")
             local_once(table), remote_once(client)
             local, remote = [], []
             for _ in range(args.reps):
                 local.append(local_once(table))
                 remote.append(remote_once(client))
-        finally:
-            server.stop()
     lm, rm = statistics.median(local), statistics.median(remote)
     print(f"small job: {ROWS} rows x {FEATURES} features, {ROUNDS} rounds, {args.reps} reps (medians)")
     print(f"  in-process DuckDB + xgb.train: {lm * 1000:7.1f} ms")

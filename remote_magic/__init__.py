@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
 from .client import Client, Job, package_model  # noqa: E402
@@ -12,6 +14,9 @@ from .compare import Comparison, compare  # noqa: E402
 from .errors import RemoteError, RemoteMagicError  # noqa: E402
 from .result import TrainResult  # noqa: E402
 from .wire import DatasetSpec  # noqa: E402
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
 
 __all__ = [
     "Client",
@@ -28,7 +33,7 @@ __all__ = [
 ]
 
 
-def load_ipython_extension(ipython) -> None:
+def load_ipython_extension(ipython: InteractiveShell) -> None:
     from .magics import RemoteMagic
 
     magic = RemoteMagic(ipython)
@@ -36,7 +41,7 @@ def load_ipython_extension(ipython) -> None:
     ipython.user_ns.setdefault("_remote_magic", magic)
 
 
-def unload_ipython_extension(ipython) -> None:
+def unload_ipython_extension(ipython: InteractiveShell) -> None:
     magic = ipython.user_ns.pop("_remote_magic", None)
     if magic is not None and magic in ipython.configurables:
         ipython.configurables.remove(magic)

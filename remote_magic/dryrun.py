@@ -9,7 +9,6 @@ server enforces. Mock values are not real, so admitted-row counts say nothing ab
 
 from __future__ import annotations
 
-import difflib
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import xgboost as xgb
 from sqlglot import exp
 
 from .errors import DryRunError
-from .wire import DatasetSpec, MockData
+from .wire import DatasetSpec, MockData, unknown_column_message
 
 DRY_ROUNDS = 5
 
@@ -44,12 +43,6 @@ def mock_frame(mock: MockData) -> pd.DataFrame:
         "roles": {c.name: c.role for c in mock.columns},
     }
     return frame
-
-
-def _near(name: str, allowed: Sequence[str], where: str) -> str:
-    near = difflib.get_close_matches(name, list(allowed), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
-    return f"unknown column {name!r} in {where}{hint}"
 
 
 class _Filter:
@@ -79,7 +72,7 @@ class _Filter:
             if node.table:
                 raise DryRunError(f"qualified column names are not allowed in the {self.where}")
             if node.name not in self.columns:
-                raise DryRunError(_near(node.name, self.columns, self.where))
+                raise DryRunError(unknown_column_message(node.name, self.columns, self.where))
             return self.frame[node.name]
         if isinstance(node, exp.Literal):
             if node.is_string:
@@ -182,7 +175,7 @@ def check_spec(spec: DatasetSpec, roles: dict[str, str]) -> list[str]:
     """The features the spec selects; raise DryRunError for an unknown or misused column."""
     usable = list(roles)
     if spec.label not in roles:
-        raise DryRunError(_near(spec.label, usable, "label"))
+        raise DryRunError(unknown_column_message(spec.label, usable, "label"))
     if roles[spec.label] != "label":
         labels = ", ".join(repr(c) for c, r in roles.items() if r == "label")
         raise DryRunError(f"{spec.label!r} is not a label column; labels: {labels}")
@@ -191,7 +184,7 @@ def check_spec(spec: DatasetSpec, roles: dict[str, str]) -> list[str]:
     features: list[str] = []
     for name in spec.features:
         if name not in roles:
-            raise DryRunError(_near(name, usable, "features"))
+            raise DryRunError(unknown_column_message(name, usable, "features"))
         if roles[name] != "feature":
             raise DryRunError(f"column {name!r} cannot be used as a feature")
         if name not in features:
@@ -214,7 +207,9 @@ def _derived(spec: DatasetSpec, roles: dict[str, str]) -> list[str]:
             raise DryRunError(f"derived column {name!r}: the expression could not be parsed") from None
         for column in tree.find_all(exp.Column):
             if column.name not in feature_columns:
-                raise DryRunError(_near(column.name, feature_columns, f"derived column {name!r}"))
+                raise DryRunError(
+                    unknown_column_message(column.name, feature_columns, f"derived column {name!r}")
+                )
     return list(derive)
 
 

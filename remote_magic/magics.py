@@ -10,6 +10,7 @@ import getpass
 import os
 import shlex
 import sys
+from typing import TYPE_CHECKING
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -18,9 +19,13 @@ from traitlets import Bool, Float, Unicode, default
 from traitlets.config import Configurable
 
 from .client import Client, Job
-from .display import columns_table, datasets_table, jobs_table
+from .display import Table, columns_table, datasets_table, jobs_table
 from .progress import ProgressBar, progress_enabled
 from .spec import spec_from_args
+
+if TYPE_CHECKING:
+    from .description import Description
+    from .result import TrainResult
 
 
 def _parse(magic, line: str):
@@ -148,7 +153,7 @@ class RemoteMagic(Magics, Configurable):
         )
 
     @line_magic
-    def remote_datasets(self, line: str):
+    def remote_datasets(self, line: str) -> Table:
         """List the datasets this token may use; `%remote_datasets NAME` shows one dataset's columns."""
         name = line.strip()
         if name:
@@ -197,7 +202,7 @@ class RemoteMagic(Magics, Configurable):
     @magic_arguments()
     @_spec_arguments
     @cell_magic
-    def remote_train(self, line: str, cell: str):
+    def remote_train(self, line: str, cell: str) -> object:
         """Run the cell, then train its model remotely on the spec's admitted rows.
 
         The cell runs locally first; the variable named by --model (default `model`) is sent: an
@@ -210,17 +215,17 @@ class RemoteMagic(Magics, Configurable):
     @magic_arguments()
     @_spec_arguments
     @cell_magic
-    def remote_evaluate(self, line: str, cell: str):
+    def remote_evaluate(self, line: str, cell: str) -> object:
         """Run the cell, then score its fitted model on the spec's evaluation rows (no training)."""
         return self._run("evaluate", line, cell, self.remote_evaluate)
 
     @line_magic
-    def remote_jobs(self, line: str):
+    def remote_jobs(self, line: str) -> Table:
         """Your jobs on the current server, newest first."""
         return jobs_table(self.client.jobs())
 
     @line_magic
-    def remote_job(self, line: str):
+    def remote_job(self, line: str) -> TrainResult | Job:
         """`%remote_job ID`: the full result of a finished job, or its progress while it runs."""
         job_id = line.strip() or (self.last_job.id if self.last_job else "")
         if not job_id:
@@ -245,7 +250,7 @@ class RemoteMagic(Magics, Configurable):
     @argument("--spec", default="spec", help="variable holding a spec dict, used for missing flags")
     @argument("-o", "--output", help="store the description in this variable")
     @line_magic
-    def remote_describe(self, line: str):
+    def remote_describe(self, line: str) -> Description:
         """Disclosure-checked aggregates of a spec's admitted rows, before any training.
 
         Row count, class balance, missing values per column, histograms (every bin holds at least the

@@ -5,12 +5,13 @@ notebooks. Both are deterministic (no job ids, no timings), so example notebooks
 from __future__ import annotations
 
 import html
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from .wire import JobResult
+from .wire import JobResult, SplitSummary
 
 if TYPE_CHECKING:
     import xgboost
@@ -103,13 +104,16 @@ class TrainResult:
         booster.load_model(bytearray(data))
         return booster
 
+    def _splits(self) -> Iterator[tuple[str, SplitSummary]]:
+        for split in ("train", "eval"):
+            part = getattr(self.raw.summary, split)
+            if part is not None:
+                yield split, part
+
     # text face
     def _summary_lines(self) -> list[str]:
         lines = []
-        for split in ("train", "eval"):
-            part = getattr(self.raw.summary, split)
-            if part is None:
-                continue
+        for split, part in self._splits():
             classes = ", ".join(f"{c.label}: {_count(c.count)}" for c in part.classes)
             lines.append(f"  {split:<5} {_count(part.rows)} rows" + (f" ({classes})" if classes else ""))
         return lines
@@ -165,10 +169,7 @@ class TrainResult:
 
     def _rows_html(self) -> str:
         rows = []
-        for split in ("train", "eval"):
-            part = getattr(self.raw.summary, split)
-            if part is None:
-                continue
+        for split, part in self._splits():
             classes = "<br>".join(f"{html.escape(c.label)}: {_count(c.count)}" for c in part.classes)
             rows.append(
                 f"<tr><th style='{_CELL}'>{split}</th><td style='{_NUM}'>{_count(part.rows)}</td>"

@@ -7,7 +7,7 @@ from argparse import Namespace
 from IPython.core.error import UsageError
 from pydantic import ValidationError
 
-from .wire import DatasetSpec
+from .wire import DatasetSpec, first_error
 
 
 def spec_from_args(args: Namespace, base: object = None) -> DatasetSpec:
@@ -39,6 +39,4 @@ def spec_from_args(args: Namespace, base: object = None) -> DatasetSpec:
     try:
         return DatasetSpec.model_validate(fields)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "spec"
-        raise UsageError(f"invalid spec field {where}: {first.get('msg')}") from None
+        raise UsageError(f"invalid spec field {first_error(exc.errors(), 'spec')}") from None

@@ -7,6 +7,8 @@ exactly what is declared here (numbers and fixed strings), nothing else.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Collection, Mapping, Sequence
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -242,3 +244,17 @@ class MockData(_Strict):
     source: Literal["file", "synthetic"]
     columns: list[ColumnInfo] = Field(description="The usable columns (features and labels), in order.")
     rows: list[list[str | int | float | bool | None]]
+
+
+def unknown_column_message(name: str, allowed: Collection[str], where: str = "filter") -> str:
+    """Name the unknown column and the nearest valid ones; here so the dry run and the server say it alike."""
+    near = difflib.get_close_matches(name, list(allowed), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+    return f"unknown column {name!r} in {where}{hint}"
+
+
+def first_error(errors: Sequence[Mapping], default: str, skip: Collection[str] = ()) -> str:
+    """`field.path: message` of pydantic's first error: where and what, never the value that was sent."""
+    first = errors[0] if errors else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p not in skip) or default
+    return f"{where}: {first.get('msg', 'invalid')}"

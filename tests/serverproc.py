@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -108,3 +111,24 @@ class ServerProcess:
         headers = {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
         headers.update(kwargs.pop("headers", {}))
         return requests.post(f"{self.url}/v1{path}", headers=headers, timeout=30, **kwargs)
+
+    def submit_raw(
+        self, payload: bytes, spec: dict, user: str | None = "alice", **kwargs
+    ) -> requests.Response:
+        """POST these exact bytes as a job, bypassing the client's packaging, to test what the API refuses."""
+        files = {"model": ("model.pkl", payload, "application/octet-stream")}
+        return self.post("/jobs", user=user, files=files, data={"spec": json.dumps(spec)}, **kwargs)
+
+
+@contextmanager
+def running(
+    data_dir: Path, log_path: Path, users: dict[str, list[str]], extra_datasets: str = ""
+) -> Iterator[ServerProcess]:
+    """A started server with extra datasets and these users' tokens; stopped even when the body fails."""
+    server = ServerProcess(write_config(data_dir, extra_datasets=extra_datasets), log_path)
+    server.issue_tokens(users)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import pickle
 import time
 
@@ -17,8 +16,7 @@ SPEC = {"dataset": "breast_cancer", "label": "malignant"}
 
 
 def submit_raw(server, payload: bytes, spec: dict = SPEC, user: str | None = "alice", **kw):
-    files = {"model": ("model.pkl", payload, "application/octet-stream")}
-    return server.post("/jobs", user=user, files=files, data={"spec": json.dumps(spec)}, **kw)
+    return server.submit_raw(payload, spec, user, **kw)
 
 
 def assert_error(response, status: int, code: str) -> str:

@@ -13,7 +13,7 @@ import pytest
 import xgboost as xgb
 
 from remote_magic.errors import RemoteError
-from tests.serverproc import ServerProcess, write_config
+from tests.serverproc import running
 
 
 class _Reduce:
@@ -34,11 +34,8 @@ def owner_server(tmp_path_factory):
         f'path = "{data_dir / "datasets" / "diabetes.parquet"}"\n'
         'id_column = "id"\nlabel_columns = ["progression"]\nallow_custom_code = true\n'
     )
-    server = ServerProcess(write_config(data_dir, extra_datasets=extra), base / "server.log")
-    server.issue_tokens({"carol": ["open_diabetes", "diabetes"]})
-    server.start()
-    yield server
-    server.stop()
+    with running(data_dir, base / "server.log", {"carol": ["open_diabetes", "diabetes"]}, extra) as server:
+        yield server
 
 
 def review(server, *args: str) -> str:

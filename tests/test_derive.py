@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import xgboost as xgb
 
@@ -76,8 +74,7 @@ def test_a_derived_feature_is_used_in_training(server):
 
 def _refusal(server, derive: dict) -> dict:
     spec = {"dataset": "synthetic", "label": "label", "derive": derive}
-    files = {"model": ("model.pkl", b"\x80\x05N.", "application/octet-stream")}
-    response = server.post("/jobs", files=files, data={"spec": json.dumps(spec)})
+    response = server.submit_raw(b"\x80\x05N.", spec)
     assert response.status_code == 422, response.text
     return response.json()["error"]
 

@@ -7,7 +7,6 @@ assembler writes GLOBAL/REDUCE/NEWOBJ/BUILD streams directly.
 
 from __future__ import annotations
 
-import json
 import pickle
 import pickletools
 import random
@@ -345,8 +344,7 @@ def test_mutated_payloads_either_pass_the_rules_or_are_refused_cleanly(payload):
 
 # --- through the real server -------------------------------------------------------------------------
 def submit_raw(server, payload: bytes):
-    files = {"model": ("model.pkl", payload, "application/octet-stream")}
-    return server.post("/jobs", files=files, data={"spec": json.dumps(SPEC)})
+    return server.submit_raw(payload, SPEC)
 
 
 def _outcomes(server, payloads: dict[str, bytes]) -> dict[str, tuple[int, str]]:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from remote_magic.dryrun import DryRunError, _Filter
-from tests.serverproc import ServerProcess, write_config
+from tests.serverproc import running
 
 TWINS = """
 [datasets.twin_a]
@@ -47,11 +47,10 @@ def twins(tmp_path_factory):
     pd.DataFrame({"x": [1.5, 2.5], "city": ["Town", "Village"], "y": [0, 1]}).to_csv(
         data / "twin_b_mock.csv", index=False
     )
-    server = ServerProcess(write_config(data, extra_datasets=TWINS), base / "server.log")
-    server.issue_tokens({"alice": ["twin_a", "twin_b"], "bob": ["twin_b"]})
-    server.start()
-    yield server
-    server.stop()
+    with running(
+        data, base / "server.log", {"alice": ["twin_a", "twin_b"], "bob": ["twin_b"]}, TWINS
+    ) as server:
+        yield server
 
 
 def _mock(server, name, user="alice", **params):

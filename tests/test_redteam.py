@@ -16,7 +16,7 @@ import pytest
 import xgboost as xgb
 
 from remote_magic.errors import DisclosureRefused, RemoteError
-from tests.serverproc import ServerProcess, write_config
+from tests.serverproc import running
 
 ROWS = 600
 NICK = "QUOKKA-UNIQUE-4242"
@@ -66,11 +66,8 @@ def red(tmp_path_factory):
         f"\n[datasets.attack_dp]\n{common}dp = true\npolicy = {{ dp_epsilon_cap = 3.0 }}\n"
         f"\n[datasets.release]\n{common}allow_model_release = true\n"
     )
-    server = ServerProcess(write_config(data, extra_datasets=extra), base / "server.log")
-    server.issue_tokens({"mallory": ["attack", "attack_dp", "release"]})
-    server.start()
-    yield server
-    server.stop()
+    with running(data, base / "server.log", {"mallory": ["attack", "attack_dp", "release"]}, extra) as server:
+        yield server
     for body in BODIES:
         assert NICK not in body and WARD not in body
 

@@ -37,9 +37,8 @@ FINAL = {"succeeded", "failed", "cancelled"}
 
 
 def submit(server: ServerProcess, payload: bytes, spec: dict, key: str | None = None) -> requests.Response:
-    files = {"model": ("model.pkl", payload, "application/octet-stream")}
     headers = {"Idempotency-Key": key} if key else {}
-    return server.post("/jobs", files=files, data={"spec": json.dumps(spec)}, headers=headers)
+    return server.submit_raw(payload, spec, headers=headers)
 
 
 def status(server: ServerProcess, job_id: str) -> dict:

@@ -202,7 +202,7 @@ def test_pipeline_parameter_out_of_bounds_is_named(server):
 @pytest.fixture(scope="module")
 def limited_server(tmp_path_factory):
     """A server whose `tight` dataset gives each job 2 s and 1 GiB of address space."""
-    from tests.serverproc import ServerProcess, write_config
+    from tests.serverproc import running
 
     base = tmp_path_factory.mktemp("limited")
     data_dir = base / "data"
@@ -213,11 +213,9 @@ def limited_server(tmp_path_factory):
         f'\n[datasets.small_memory]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["label"]\n'
         "policy = { worker_memory_mb = 1024 }\n"
     )
-    server = ServerProcess(write_config(data_dir, extra_datasets=extra), base / "server.log")
-    server.issue_tokens({"dave": ["slow", "small_memory", "breast_cancer"]})
-    server.start()
-    yield server
-    server.stop()
+    users = {"dave": ["slow", "small_memory", "breast_cancer"]}
+    with running(data_dir, base / "server.log", users, extra) as server:
+        yield server
 
 
 @pytest.mark.parametrize(("dataset", "code"), [("slow", "timeout"), ("small_memory", "out_of_memory")])

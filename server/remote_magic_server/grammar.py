@@ -10,12 +10,13 @@ every identifier quoted.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Collection
 
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError
+
+from remote_magic.wire import unknown_column_message
 
 MAX_LENGTH = 2000
 MAX_DEPTH = 40
@@ -98,13 +99,6 @@ def _depth(node: exp.Expression) -> int:
     while current.parent is not None:
         depth, current = depth + 1, current.parent
     return depth
-
-
-def unknown_column_message(name: str, allowed: Collection[str], where: str = "filter") -> str:
-    """A message that names the unknown column and the nearest valid ones."""
-    near = difflib.get_close_matches(name, list(allowed), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
-    return f"unknown column {name!r} in {where}{hint}"
 
 
 def _checked_tree(

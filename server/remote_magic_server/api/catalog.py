@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from remote_magic.wire import ColumnInfo, DatasetInfo, DatasetSpec
+from remote_magic.wire import ColumnInfo, DatasetInfo, DatasetSpec, unknown_column_message
 
-from ..grammar import FilterError, check_derive, parse_filter, unknown_column_message
+from ..grammar import FilterError, check_derive, parse_filter
 from ..privacy.policy import release_count
 from ..settings import DatasetConfig, Settings
 

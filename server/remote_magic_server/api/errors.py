@@ -13,12 +13,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from remote_magic.wire import ErrorBody
+from remote_magic.wire import ErrorBody, first_error
 
 log = logging.getLogger("remote_magic_server.api")
 
 
 class ApiError(Exception):
+    """A refusal written for the user: its message reaches the response as is, so never build it from
+    another exception's text."""
+
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
@@ -30,6 +33,7 @@ class ApiError(Exception):
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
+    """The one error shape of the API (`ErrorBody`), so clients parse every failure the same way."""
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
@@ -55,20 +59,19 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 }
 
 
-def _field(loc: tuple) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or "request"
+_LOCATIONS = ("body", "query", "path", "header")
 
 
 def install(app: FastAPI) -> None:
+    """Route every failure, FastAPI's own included, through `error_response` with a fixed message."""
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        message = f"invalid value for {_field(tuple(first.get('loc', ())))}: {first.get('msg', 'invalid')}"
+        message = f"invalid value for {first_error(exc.errors(), 'request', _LOCATIONS)}"
         return error_response(422, "invalid_request", message[:300])
 
     @app.exception_handler(StarletteHTTPException)

@@ -23,6 +23,7 @@ from remote_magic.wire import (
     MetricPoint,
     Progress,
     Whoami,
+    first_error,
 )
 
 from ..jobs.store import JobRow, QueueFull
@@ -115,11 +116,7 @@ def _parse_spec(text: str) -> DatasetSpec:
     try:
         return DatasetSpec.model_validate_json(text)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "spec"
-        raise ApiError(
-            422, "invalid_spec", f"spec field {where}: {first.get('msg', 'invalid')}"[:300]
-        ) from None
+        raise ApiError(422, "invalid_spec", f"spec field {first_error(exc.errors(), 'spec')}"[:300]) from None
 
 
 @router.post("/jobs", response_model=JobStatus, status_code=202, tags=["jobs"])
