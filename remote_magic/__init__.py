@@ -5,18 +5,42 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-from .client import Client, Job, package_model  # noqa: E402
-from .compare import Comparison, compare  # noqa: E402
-from .errors import RemoteError, RemoteMagicError  # noqa: E402
-from .result import TrainResult  # noqa: E402
-from .wire import DatasetSpec  # noqa: E402
+# The public names load on first use (PEP 562), so that importing `remote_magic.wire` (as the server
+# does) does not pull in the client, pandas and matplotlib.
+_LAZY = {
+    "Client": "client",
+    "Job": "client",
+    "package_model": "client",
+    "Comparison": "compare",
+    "compare": "compare",
+    "RemoteError": "errors",
+    "RemoteMagicError": "errors",
+    "TrainResult": "result",
+    "DatasetSpec": "wire",
+}
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
+
+    from .client import Client, Job, package_model
+    from .compare import Comparison, compare
+    from .errors import RemoteError, RemoteMagicError
+    from .result import TrainResult
+    from .wire import DatasetSpec
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Client",
