@@ -15,6 +15,8 @@ import xgboost as xgb
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from remote_magic_server.worker.sandbox import unreadable_code_path
+
 PRELOAD = "remote_magic_server.worker.preload"
 
 
@@ -108,8 +110,10 @@ def test_confinement_is_reported(sandboxed):
     applied = report["applied"]
     assert applied["network"] in ("netns", "userns+netns")
     assert applied["filesystem"].startswith("landlock-abi")
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and unreadable_code_path() is None:
         assert applied["uid"] == "65534" and report["uid"] == 65534
+    elif os.geteuid() == 0:
+        assert applied["uid"].startswith("0 (server's own") and report["uid"] == 0
 
 
 def test_no_tcp_connection_to_a_loopback_listener(sandboxed):
@@ -156,7 +160,8 @@ def test_a_scaler_pipeline_trains_with_the_sandbox_on(server):
     assert isolation["network"] in ("netns", "userns+netns")
     assert isolation["filesystem"].startswith("landlock-abi")
     if os.geteuid() == 0:
-        assert isolation["uid"] == "65534"
+        expected = "65534" if unreadable_code_path() is None else "0 (server's own"
+        assert isolation["uid"].startswith(expected)
     assert (server.data_dir / "jobs" / job.id / "model.ubj").exists()
 
 
@@ -218,15 +223,20 @@ def limited_server(tmp_path_factory):
         yield server
 
 
-@pytest.mark.parametrize(("dataset", "code"), [("slow", "timeout"), ("small_memory", "out_of_memory")])
-def test_a_job_out_of_time_or_memory_fails_cleanly(limited_server, dataset, code):
+# Under an address-space limit an allocation may fail inside native code (OpenMP starting a thread,
+# DuckDB's allocator) that ends the process instead of raising: that is still a clean failure with a
+# fixed code, the one the scheduler gives a worker that died without a word.
+@pytest.mark.parametrize(
+    ("dataset", "codes"), [("slow", {"timeout"}), ("small_memory", {"out_of_memory", "worker_crashed"})]
+)
+def test_a_job_out_of_time_or_memory_fails_cleanly(limited_server, dataset, codes):
     from remote_magic.errors import RemoteError
 
     client = limited_server.client("dave")
     model = xgb.XGBClassifier(n_estimators=2000, max_depth=12, learning_rate=0.01)
     with pytest.raises(RemoteError) as info:
         client.train(model, {"dataset": dataset, "label": "label"})
-    assert info.value.code == code
+    assert info.value.code in codes
     assert limited_server.get("/health", user=None).json()["status"] == "ok"
     quick = client.submit(
         xgb.XGBClassifier(n_estimators=2), {"dataset": "breast_cancer", "label": "malignant"}

@@ -25,11 +25,15 @@ was applied; the job status shows it, so a data owner can see what isolation a j
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import resource
 import signal
+import stat
 import sys
 from pathlib import Path
+
+log = logging.getLogger("remote_magic_server.worker")
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
@@ -204,6 +208,25 @@ def open_dataset(path: str) -> str:
     return f"/proc/self/fd/{fd}"
 
 
+def unreadable_code_path() -> str | None:
+    """The first installed-package folder on sys.path that other users cannot read, or None.
+
+    A worker that dropped to the sandbox uid must still import what its libraries load lazily, so the
+    uid is dropped only when the packages are readable by it (the standard library is preloaded).
+    """
+    base = Path(sys.base_prefix).resolve()
+    for entry in filter(None, sys.path):
+        path = Path(entry).resolve()
+        in_stdlib = (path == base or base in path.parents) and "site-packages" not in path.parts
+        if not path.is_dir() or in_stdlib:
+            continue
+        for folder in (path, *path.parents):
+            mode = folder.stat().st_mode
+            if not mode & stat.S_IXOTH or (folder == path and not mode & stat.S_IROTH):
+                return str(path)
+    return None
+
+
 def confine(
     cpu_seconds: int,
     memory_mb: int,
@@ -227,9 +250,15 @@ def confine(
     apply_limits(cpu_seconds, memory_mb)
     applied = {"network": network, "limits": "rlimits cpu,as,fsize,nofile,core"}
     applied["filesystem"] = restrict_filesystem([dataset] if dataset else [], str(folder))
-    if as_root:
+    closed = unreadable_code_path() if as_root else None
+    if as_root and closed is None:
         _set_limit(resource.RLIMIT_NPROC, 1024)
         applied["uid"] = drop_privileges(uid, gid, dataset_gid if dataset_gid != 0 else None)
+    elif as_root:
+        log.warning("workers keep the server's uid: %s is not readable by other users", closed)
+        applied["uid"] = (
+            f"{os.getuid()} (server's own: its Python packages are not readable by the sandbox uid)"
+        )
     else:
         applied["uid"] = f"{os.getuid()} (server's own)"
     return applied
