@@ -3,11 +3,16 @@
 Layers: a `requests.Session` that retries only idempotent requests (a POST is retried only with the same
 Idempotency-Key, so a retry can never start a second job), one method per endpoint with typed results,
 and `Job` handles that wait (long-poll), report progress, cancel on Ctrl-C and return a `TrainResult`.
+A submission whose queue on the server is full waits for a place as the server's Retry-After says.
+
+Why it is long: it is the whole HTTP contract seen from the notebook (one method per endpoint, the
+retry and wait rules, the job handle), kept together so the rules for what may be sent again read as one.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -19,7 +24,7 @@ from requests.auth import AuthBase
 from urllib3.util.retry import Retry
 
 from .description import Description
-from .errors import ConnectionProblem, RemoteError, error_for
+from .errors import Busy, ConnectionProblem, RemoteError, error_for
 from .payload import package_model
 from .result import TrainResult
 from .wire import (
@@ -36,6 +41,9 @@ from .wire import (
 )
 
 DEFAULT_TIMEOUT = 30.0
+DEFAULT_QUEUE_WAIT = 600.0
+RETRY_AFTER_DEFAULT = 5.0
+RETRY_AFTER_RANGE = (0.5, 60.0)
 POLL_WAIT = 10.0
 RECONNECT_DELAY = 1.0
 PROGRESS_POLL_WAIT = 1.0
@@ -78,7 +86,15 @@ def _retrying_session(token: str) -> requests.Session:
 class Client:
     """A connection to one remote-magic server, authenticated by a token."""
 
-    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        queue_wait: float = DEFAULT_QUEUE_WAIT,
+    ):
+        """`queue_wait`: how long `submit` waits for a place in the server's queue when this user's
+        queue is full (the server answers 429 with Retry-After); 0 raises `Busy` at once."""
         url = url or os.environ.get("REMOTE_MAGIC_URL")
         token = token or os.environ.get("REMOTE_MAGIC_TOKEN")
         if not url:
@@ -87,6 +103,7 @@ class Client:
             raise ConnectionProblem("no token: pass one or set REMOTE_MAGIC_TOKEN")
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.queue_wait = queue_wait
         self._session = _retrying_session(token)
 
     def __repr__(self) -> str:
@@ -114,7 +131,10 @@ class Client:
             code, message = str(body["code"]), str(body["message"])
         except (ValueError, KeyError, TypeError):
             code, message = "http_error", f"the server answered HTTP {response.status_code}"
-        return error_for(code, message, status=response.status_code)
+        error = error_for(code, message, status=response.status_code)
+        if isinstance(error, Busy):
+            error.retry_after = _seconds(response.headers.get("Retry-After"))
+        return error
 
     # endpoints
     def health(self) -> dict:
@@ -137,25 +157,57 @@ class Client:
         return mock_frame(MockData.model_validate(self._request("GET", f"/datasets/{name}/mock").json()))
 
     def submit(
-        self, model: object, spec: DatasetSpec | dict, kind: str = "train", idempotency_key: str | None = None
+        self,
+        model: object,
+        spec: DatasetSpec | dict,
+        kind: str = "train",
+        idempotency_key: str | None = None,
+        on_wait: Callable[[float, float], None] | None = None,
+        queue_wait: float | None = None,
     ) -> Job:
-        """Queue a job and return its handle at once."""
+        """Queue a job and return its handle.
+
+        When this user's queue on the server is full (429), wait for a place as the server's Retry-After
+        says, for at most `queue_wait` seconds (default: the client's), then raise `Busy`;
+        `on_wait(seconds_until_retry, seconds_waited)` is called before each wait (a progress line).
+        Ctrl-C stops the wait: nothing was queued. Every attempt carries the same Idempotency-Key, so a
+        retry never queues twice."""
+        limit = self.queue_wait if queue_wait is None else queue_wait
         spec = spec if isinstance(spec, DatasetSpec) else DatasetSpec.model_validate(spec)
         payload = package_model(model)
         key = idempotency_key or uuid.uuid4().hex
         files = {"model": ("model.pkl", payload, "application/octet-stream")}
         data = {"spec": spec.model_dump_json(exclude_none=True), "kind": kind}
-        for attempt in range(3):
+        started = time.monotonic()
+        while True:
             try:
-                response = self._request(
+                response = self._post_job(files, data, key)
+                break
+            except Busy as busy:
+                waited = time.monotonic() - started
+                if waited >= limit:
+                    if limit > 0:
+                        busy.message = (
+                            f"{busy.message} (waited {waited:.0f} s for a place in the queue; "
+                            "Client(queue_wait=...) or %config RemoteMagic.queue_wait waits longer)"
+                        )
+                    raise
+                delay = min(_jittered(busy.retry_after), limit - waited)
+                if on_wait is not None:
+                    on_wait(delay, waited)
+                time.sleep(delay)
+        return Job(self, JobStatus.model_validate(response.json()))
+
+    def _post_job(self, files: dict, data: dict, key: str) -> requests.Response:
+        """POST a job; a connection that fails is tried again, twice, with the same key."""
+        for attempt in range(2):
+            try:
+                return self._request(
                     "POST", "/jobs", files=files, data=data, headers={"Idempotency-Key": key}
                 )
-                break
             except ConnectionProblem:
-                if attempt == 2:
-                    raise
                 time.sleep(0.5 * (attempt + 1))
-        return Job(self, JobStatus.model_validate(response.json()))
+        return self._request("POST", "/jobs", files=files, data=data, headers={"Idempotency-Key": key})
 
     def train(self, model: object, spec: DatasetSpec | dict, **wait: object) -> TrainResult:
         """Submit a training job and wait for its result."""
@@ -205,6 +257,22 @@ class Client:
     def download_model(self, job_id: str) -> bytes:
         """The approved model of a job as XGBoost JSON bytes; raises DisclosureRefused until released."""
         return self._request("GET", f"/jobs/{job_id}/model").content
+
+
+def _seconds(header: str | None) -> float | None:
+    """A Retry-After header in seconds (the delay form; the date form is not used by the server)."""
+    try:
+        return float(header) if header is not None else None
+    except ValueError:
+        return None
+
+
+def _jittered(retry_after: float | None) -> float:
+    """The server's Retry-After within sane bounds, spread by +-20% so many waiting clients do not
+    all come back in the same instant."""
+    low, high = RETRY_AFTER_RANGE
+    seconds = min(max(retry_after if retry_after is not None else RETRY_AFTER_DEFAULT, low), high)
+    return seconds * random.uniform(0.8, 1.2)  # noqa: S311 - spreading retries, not a secret
 
 
 class Job:

@@ -20,7 +20,7 @@ from traitlets.config import Configurable
 
 from .client import Client, Job
 from .display import Table, columns_table, datasets_table, jobs_table
-from .progress import ProgressBar, progress_enabled
+from .progress import ProgressBar, QueueWait, progress_enabled
 from .spec import spec_from_args
 
 if TYPE_CHECKING:
@@ -90,6 +90,10 @@ class RemoteMagic(Magics, Configurable):
     ).tag(config=True)
     progress_delay = Float(
         1.0, help="Seconds before the progress bar appears, so quick jobs stay quiet."
+    ).tag(config=True)
+    queue_wait = Float(
+        600.0,
+        help="Seconds a submission waits for a place when your queue on the server is full; 0 fails at once.",
     ).tag(config=True)
 
     @default("url")
@@ -179,7 +183,7 @@ class RemoteMagic(Magics, Configurable):
             if args.output:
                 self.shell.user_ns[args.output] = report
             return report
-        job = self.client.submit(self.shell.user_ns[args.model], spec, kind)
+        job = self._submit(self.shell.user_ns[args.model], spec, kind)
         self.last_job = job
         if args.no_wait:
             if args.output:
@@ -189,6 +193,18 @@ class RemoteMagic(Magics, Configurable):
         if args.output:
             self.shell.user_ns[args.output] = result
         return result
+
+    def _submit(self, model: object, spec, kind: str) -> Job:
+        """Submit, waiting (with a progress line) while the server's queue for this user is full."""
+        waiting = QueueWait() if self.progress else None
+        try:
+            return self.client.submit(model, spec, kind, on_wait=waiting, queue_wait=self.queue_wait)
+        except KeyboardInterrupt:
+            print("Interrupted while waiting for a queue slot: nothing was submitted.", file=sys.stderr)
+            raise
+        finally:
+            if waiting is not None:
+                waiting.close()
 
     def _wait(self, job: Job):
         bar = ProgressBar(delay=self.progress_delay) if self.progress else None

@@ -76,3 +76,23 @@ class ProgressBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class QueueWait:
+    """One line while a submission waits for a place in the server's queue (this user's is full); use
+    as the `on_wait` of `Client.submit`."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+
+    def __call__(self, retry_in: float, waited: float) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=None, bar_format="{desc}", leave=False)
+        self.bar.set_description_str(
+            f"waiting for a queue slot (your queue on the server is full): next try in {retry_in:.0f} s, "
+            f"waited {waited:.0f} s"
+        )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

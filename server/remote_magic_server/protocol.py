@@ -74,6 +74,7 @@ class Task(_Strict):
 class Isolation(_Strict):
     type: Literal["isolation"] = "isolation"
     applied: dict[str, str]
+    seconds: float = Field(default=0.0, ge=0, description="How long confinement took (the job's timeline).")
 
 
 class ProgressNote(_Strict):

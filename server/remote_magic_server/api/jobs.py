@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Annotated
 
@@ -30,10 +31,10 @@ from .catalog import check_spec
 from .deps import AuditDep, NotifierDep, SchedulerDep, SettingsDep, StoreDep, User
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
+log = logging.getLogger("remote_magic_server.api")
 
 MAIN_METRICS = ("auc", "accuracy", "r2", "rmse", "log_loss")
 MAX_WAIT_S = 60.0
-RETRY_AFTER_S = 5
 
 
 def _main_metric(job: JobRow) -> MetricPoint | None:
@@ -72,6 +73,19 @@ def own_job(store: Store, user: Principal, job_id: str) -> JobRow:
     return job
 
 
+def _queue_full(queued: int, retry_after: int) -> Refusal:
+    return Refusal(
+        "too_many_jobs",
+        f"you already have {queued} jobs queued, the most this server accepts; "
+        "submit more when some have started",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def _ms_since(start: float) -> float:
+    return round((time.perf_counter() - start) * 1e3, 2)
+
+
 def _parse_spec(text: str) -> DatasetSpec:
     try:
         return DatasetSpec.model_validate_json(text)
@@ -98,6 +112,11 @@ async def submit(
         raise Refusal("payload_too_large", f"the model is larger than {settings.server.max_payload_mb} MiB")
     parsed = _parse_spec(spec)
     plan = check_spec(settings, user.datasets, parsed)
+    max_queued = settings.server.max_queued_per_user
+    if (idempotency_key is None or store.job_by_key(user.user, idempotency_key) is None) and (
+        store.count_queued(user.user) >= max_queued
+    ):
+        raise _queue_full(max_queued, scheduler.retry_after())  # before the payload scan: a 429 is cheap
     state = "queued"
     try:
         await asyncio.to_thread(scan, payload, limit)
@@ -106,6 +125,7 @@ async def submit(
             raise
         state = "awaiting_approval"
         plan["custom_code"] = await asyncio.to_thread(custom_code_names, payload, limit)
+    persisting = time.perf_counter()
     try:
         job, created = await asyncio.to_thread(
             store.create_job,
@@ -117,19 +137,15 @@ async def submit(
             payload,
             idempotency_key,
             state,
-            settings.server.max_queued_per_user,
+            max_queued,
         )
     except QueueFull as full:
-        raise Refusal(
-            "too_many_jobs",
-            f"you already have {full.queued} jobs queued, the most this server accepts; "
-            "submit more when some have started",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        ) from None
+        raise _queue_full(full.queued, scheduler.retry_after()) from None
     if created:
-        audit.record("submit", user.user, job=job.id, dataset=parsed.dataset, kind=kind, spec=job.spec)
         if state == "queued":
             scheduler.notify()
+        log.info("job_submitted", extra={"job": job.id, "persist_ms": _ms_since(persisting)})
+        audit.record("submit", user.user, job=job.id, dataset=parsed.dataset, kind=kind, spec=job.spec)
     else:
         response.status_code = 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"

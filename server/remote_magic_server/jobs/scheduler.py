@@ -14,30 +14,36 @@ re-queues them without counting the attempt.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 
 from remote_magic.wire import JobResult
 
-from ..protocol import Isolation, ProgressNote, WorkerMessage
+from ..protocol import Admission, Isolation, ProgressNote, WorkerMessage
 from ..release.desk import ReleaseDesk, Request
 from ..settings import Settings
 from .conversation import Conversation, Final, drive
 from .executor import Execution, Executor, WorkerGone
 from .store import JobRow, Store
 from .tasks import build_task
+from .timeline import Timeline
 
 log = logging.getLogger("remote_magic_server.scheduler")
 
 MAX_ATTEMPTS = 3
+TYPICAL_JOB_S = 5.0  # what a job is expected to take before any has finished
+TYPICAL_WEIGHT = 0.2  # weight of the latest job in the running average of job durations
+RETRY_AFTER_MAX_S = 30
 
 
 class _Running:
-    def __init__(self, job: JobRow, execution: Execution, task: Conversation):
+    def __init__(self, job: JobRow, execution: Execution, task: Conversation, timeline: Timeline):
         self.job = job
         self.execution = execution
         self.task = task
+        self.timeline = timeline
         self.cancelled = False
         self.interrupted = False
         self.started = time.monotonic()
@@ -68,6 +74,12 @@ class Scheduler:
         self._draining = threading.Event()
         self._deadline = 0.0
         self._thread: threading.Thread | None = None
+        self._typical_s = TYPICAL_JOB_S
+
+    def retry_after(self) -> int:
+        """Seconds after which a user whose queue is full may expect a free place: about one recent
+        job's time per worker (an average of job durations, never of their values), 1 to 30."""
+        return max(1, min(RETRY_AFTER_MAX_S, math.ceil(self._typical_s / self.settings.worker_count)))
 
     def running_count(self) -> int:
         with self._lock:
@@ -188,18 +200,24 @@ class Scheduler:
         )
 
     def _launch(self, job: JobRow) -> None:
+        timeline = Timeline(job.submitted_at)
+        timeline.mark("claimed")
         folder = self.store.job_dir(job.id)
         task = build_task(self.settings, job.kind, job.dataset, job.spec, job.plan)  # type: ignore[arg-type]
         execution = self.executor.start(task, folder, name=f"job-{job.id}")
+        timeline.mark("started")
         pid, mark = execution.ref
         self.store.set_worker(job.id, pid, mark)
         log.info("job_started", extra={"job": job.id, "pid": pid, "attempt": job.attempts})
-        run = _Running(job, execution, Conversation(self.desk, self._request(job), folder, execution))
+        run = _Running(
+            job, execution, Conversation(self.desk, self._request(job), folder, execution), timeline
+        )
         with self._lock:
             self._running[job.id] = run
         threading.Thread(target=self._watch, args=(run,), name=f"watch-{job.id}", daemon=True).start()
 
     def _job_message(self, run: _Running, message: WorkerMessage) -> Final | None:
+        run.timeline.saw(message)
         if isinstance(message, ProgressNote):
             progress = {
                 "stage": message.stage,
@@ -214,6 +232,8 @@ class Scheduler:
             self.store.set_isolation(run.job.id, message.applied)
             return None
         final = run.task.handle(message)
+        if isinstance(message, Admission):
+            run.timeline.mark("admitted")
         if final is not None and isinstance(final.result, JobResult):
             final.result = final.result.model_dump(mode="json")
         return final
@@ -223,46 +243,63 @@ class Scheduler:
         return point.model_dump(exclude_none=True) if point is not None else None
 
     def _watch(self, run: _Running) -> None:
+        """Follow a job to its end. A final state is stored (and long-polls woken) as soon as it is
+        known; the worker's exit is awaited after that, off the path to the result."""
         job = run.job
         timeout = self.settings.policy_for(job.dataset).job_timeout_s
         final: Final | None = None
         try:
-            final = drive(run.execution, lambda m: self._job_message(run, m), run.started + timeout, timeout)
-        except WorkerGone as gone:
-            stopped_by_shutdown = run.interrupted or (self._draining.is_set() and not run.cancelled)
-            if not stopped_by_shutdown:
-                final = (
-                    Final("cancelled", error=("cancelled", "the job was cancelled"))
-                    if run.cancelled
-                    else None
+            try:
+                final = drive(
+                    run.execution, lambda m: self._job_message(run, m), run.started + timeout, timeout
                 )
-                if final is None:
-                    log.warning("worker_died", extra={"job": job.id, "code": gone.failure.code})
-                    final = Final.failed(gone.failure.code, gone.failure.message)
+            except WorkerGone as gone:
+                final = self._end_of_worker(run, gone)
+            if final is not None:
+                self._finish(run, final)
         finally:
             run.execution.close()
             with self._lock:
                 self._running.pop(job.id, None)
-        if final is None:
-            # Stopped by the shutdown (or died while it drained): it runs again after the restart. A
-            # worker we stopped ourselves does not use up one of the job's attempts.
-            if self.store.requeue(job.id, refund=run.interrupted):
-                log.info("job_requeued", extra={"job": job.id, "reason": "server shutting down"})
-                self.on_change(job.id)
-            return
+        # Stopped by the shutdown (or died while it drained): it runs again after the restart. A worker
+        # we stopped ourselves does not use up one of the job's attempts.
+        if final is None and self.store.requeue(job.id, refund=run.interrupted):
+            log.info("job_requeued", extra={"job": job.id, "reason": "server shutting down"})
+            self.on_change(job.id)
+        self._wake.set()
+
+    def _end_of_worker(self, run: _Running, gone: WorkerGone) -> Final | None:
+        """How a job whose worker ended without a final message ends; None: re-queue it (shutdown)."""
+        if run.interrupted or (self._draining.is_set() and not run.cancelled):
+            return None
+        if run.cancelled:
+            return Final("cancelled", error=("cancelled", "the job was cancelled"))
+        log.warning("worker_died", extra={"job": run.job.id, "code": gone.failure.code})
+        return Final.failed(gone.failure.code, gone.failure.message)
+
+    def _finish(self, run: _Running, final: Final) -> None:
+        job = run.job
         if run.cancelled:
             final = Final("cancelled", error=("cancelled", "the job was cancelled"))
         seconds = time.monotonic() - run.started
+        self._typical_s += (seconds - self._typical_s) * TYPICAL_WEIGHT
         result = final.result if final.state == "succeeded" else None
         if self.store.finish(job.id, final.state, result=result, error=final.error):  # type: ignore[arg-type]
             self.on_finish(job, final.state, seconds)
+        run.timeline.mark("finished")
+        self.on_change(job.id)
         code, reason = final.error if final.error else (None, None)
         self.desk.record(
             run.task.request, "released" if final.state == "succeeded" else final.state, code, reason
         )
         log.info(
             "job_finished",
-            extra={"job": job.id, "state": final.state, "code": code, "seconds": round(seconds, 3)},
+            extra={
+                "job": job.id,
+                "state": final.state,
+                "code": code,
+                "seconds": round(seconds, 3),
+                "finished_at": run.timeline.marks["finished"],
+                "timeline_ms": run.timeline.phases(),
+            },
         )
-        self.on_change(job.id)
-        self._wake.set()

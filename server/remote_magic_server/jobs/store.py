@@ -20,12 +20,15 @@ import secrets
 import shutil
 import sqlite3
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 SCHEMA_VERSION = 2
+TOKEN_CACHE_S = 60.0
+TOKEN_CACHE_SIZE = 10_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -125,10 +128,13 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
+        self._tokens: dict[str, tuple[float, tuple[str, list[str]]]] = {}
         with self._lock:
             self._db.executescript(_SCHEMA)
             self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1')")
             self._migrate()
+            self._served = self._last_served()
+            self._turn = len(self._served)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(str(self.db_path), check_same_thread=False, isolation_level=None)
@@ -198,10 +204,20 @@ class Store:
         return token
 
     def lookup_token(self, token: str) -> tuple[str, list[str]] | None:
-        row = self._read(
-            "SELECT user, datasets FROM tokens WHERE token_hash = ?", (hash_token(token),)
-        ).fetchone()
-        return (row["user"], json.loads(row["datasets"])) if row else None
+        """The user and datasets of a token. A found token is remembered for `TOKEN_CACHE_S` (token
+        rows are never changed, only added), so a busy poller costs no database read per request."""
+        key = hash_token(token)
+        cached = self._tokens.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        row = self._read("SELECT user, datasets FROM tokens WHERE token_hash = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        found = (row["user"], json.loads(row["datasets"]))
+        if len(self._tokens) >= TOKEN_CACHE_SIZE:
+            self._tokens.clear()
+        self._tokens[key] = (time.monotonic() + TOKEN_CACHE_S, found)
+        return found
 
     # jobs
     def job_dir(self, job_id: str) -> Path:
@@ -226,7 +242,7 @@ class Store:
         jobs gets QueueFull (a repeated key still returns its job). The payload is on disk (fsynced)
         before the row is committed, and removed again if the row is not written."""
         if idempotency_key is not None:
-            existing = self._by_key(user, idempotency_key)
+            existing = self.job_by_key(user, idempotency_key)
             if existing is not None:
                 return existing, False
         if max_queued is not None:
@@ -291,7 +307,7 @@ class Store:
                     ),
                 )
             except sqlite3.IntegrityError:
-                existing = self._by_key(user, idempotency_key or "")
+                existing = self.job_by_key(user, idempotency_key or "")
                 if existing is None:
                     raise
                 return existing
@@ -299,7 +315,8 @@ class Store:
         assert job is not None
         return job
 
-    def _by_key(self, user: str, key: str) -> JobRow | None:
+    def job_by_key(self, user: str, key: str) -> JobRow | None:
+        """The user's job submitted with this idempotency key, if any."""
         row = self._read("SELECT * FROM jobs WHERE user = ? AND idempotency_key = ?", (user, key)).fetchone()
         return _row(row) if row else None
 
@@ -317,19 +334,33 @@ class Store:
         rows = self._read("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
         return {r["state"]: r["n"] for r in rows}
 
+    def _last_served(self) -> dict[str, int]:
+        """Users in the order their jobs last started (most recent last), so fairness survives a restart."""
+        rows = self._db.execute(
+            "SELECT user, MAX(started_at) AS last FROM jobs WHERE started_at IS NOT NULL"
+            " GROUP BY user ORDER BY last"
+        ).fetchall()
+        return {r["user"]: rank for rank, r in enumerate(rows, start=1)}
+
     def claim_next(self) -> JobRow | None:
-        """Move the oldest queued job to running and return it."""
+        """Move the next queued job to running and return it: the oldest queued job of the user who was
+        served least recently (a user never served comes first). Users take turns, so one user's sweep
+        of many jobs never makes another user's single job wait behind all of it."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT id FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1"
-            ).fetchone()
-            if row is None:
+            heads = self._db.execute(
+                "SELECT user, MIN(seq) AS seq FROM jobs WHERE state = 'queued' GROUP BY user"
+            ).fetchall()
+            if not heads:
                 return None
+            head = min(heads, key=lambda r: (self._served.get(r["user"], 0), r["seq"]))
+            row = self._db.execute("SELECT id FROM jobs WHERE seq = ?", (head["seq"],)).fetchone()
             self._db.execute(
                 "UPDATE jobs SET state = 'running', started_at = ?, attempts = attempts + 1,"
                 " version = version + 1 WHERE id = ? AND state = 'queued'",
                 (now(), row["id"]),
             )
+            self._turn += 1
+            self._served[head["user"]] = self._turn
         return self.get_job(row["id"])
 
     def set_progress(self, job_id: str, progress: dict) -> None:

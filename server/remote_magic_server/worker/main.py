@@ -34,10 +34,11 @@ def _run(task: Task, folder: Path, channel: Channel) -> None:
     model_file = folder / "model.pkl"
     payload = open(model_file, "rb") if model_file.exists() else None  # noqa: SIM115
     limits = task.limits
+    started = time.monotonic()
     applied = sandbox.confine(
         limits.cpu_seconds, limits.memory_mb, str(folder), dataset, limits.sandbox_uid, limits.sandbox_gid
     )
-    channel.send(Isolation(applied=applied))
+    channel.send(Isolation(applied=applied, seconds=time.monotonic() - started))
     started = time.monotonic()
     if task.kind == "describe":
         from . import describe
