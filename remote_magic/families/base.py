@@ -1,19 +1,21 @@
 """The model-family interface, and the plain data a family works on.
 
-A family never stages rows itself and never decides what is released: it gets feature columns as an
-Arrow table and labels as a NumPy array (the shapes `Split` names), trains or scores, and returns raw
-numbers. The worker feeds it the admitted rows; the dry run feeds it mock rows.
+A family never stages rows itself and never decides what is released: it gets feature columns as Arrow
+record batches and labels as a NumPy array (the shapes `Split` names), trains or scores, and returns raw
+numbers. The worker feeds it the admitted rows, streamed from DuckDB and held in memory or, past the
+staging budget, spilled to Arrow files in the job folder; the dry run feeds it mock rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..codes import Refusal
 from ..wire import ModelBounds
@@ -22,12 +24,80 @@ from ..wire import ModelBounds
 Report = Callable[[int, dict[str, dict[str, float]]], None]
 
 
+class Batches:
+    """Feature columns of some rows as Arrow record batches, read from the start again on every pass
+    (a quantile matrix reads its rows more than once), never as one copy of the whole table.
+
+    The batches are held in memory, or were spilled to Arrow IPC stream files (`files`) because they
+    outgrew the staging budget; then `cache` is the path prefix where an external-memory matrix keeps
+    its pages (in the job folder). `text` holds the distinct values of each text column, when the
+    stager counted them on its way through."""
+
+    def __init__(
+        self,
+        schema: pa.Schema,
+        held: Iterable[pa.RecordBatch] = (),
+        files: Iterable[Path] = (),
+        cache: str | None = None,
+        text: dict[str, set[str]] | None = None,
+    ):
+        self.schema = schema
+        self.held = list(held)
+        self.files = list(files)
+        self.cache = cache
+        self._text = text
+
+    @classmethod
+    def of(cls, table: pa.Table) -> Batches:
+        """Batches of a table that is already in memory (mock rows, tests)."""
+        return cls(table.schema, table.to_batches())
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        yield from self.held
+        for path in self.files:
+            with pa.OSFile(str(path)) as source:  # read, not memory-mapped: it counts against no limit
+                yield from pa.ipc.open_stream(source)
+
+    @property
+    def column_names(self) -> list[str]:
+        return self.schema.names
+
+    def table(self) -> pa.Table:
+        """Every row in one table: only for the few steps that need them all at once (preprocessors)."""
+        return pa.Table.from_batches(list(self), schema=self.schema)
+
+    def text_values(self) -> dict[str, set[str]]:
+        """The distinct values of each text column."""
+        if self._text is None:
+            self._text = {}
+            for batch in self:
+                add_text_values(self._text, batch)
+        return self._text
+
+
+def is_text(type_: pa.DataType) -> bool:
+    return pa.types.is_string(type_) or pa.types.is_large_string(type_)
+
+
+def add_text_values(found: dict[str, set[str]], batch: pa.RecordBatch) -> None:
+    """Add the distinct values of a batch's text columns to `found` (missing values are not values)."""
+    for name, column in zip(batch.schema.names, batch.columns):
+        if is_text(column.type):
+            found.setdefault(name, set()).update(v for v in pc.unique(column).to_pylist() if v is not None)
+
+
 @dataclass
 class Split:
-    """Feature columns (dataset features, then derived ones) and the raw label column of some rows."""
+    """Feature columns (dataset features, then derived ones) and the raw label column of some rows.
 
-    x: pa.Table
+    `x` may be given as a table (it becomes `Batches` held in memory)."""
+
+    x: Batches
     y: np.ndarray
+
+    def __post_init__(self) -> None:
+        if isinstance(self.x, pa.Table):
+            self.x = Batches.of(self.x)
 
 
 @dataclass

@@ -16,20 +16,21 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import xgboost as xgb
 from sklearn.pipeline import Pipeline
 
 from ..codes import Refusal
 from ..wire import ModelBounds
 from . import preprocessors, scoring
-from .base import Labels, Plan, Report, Split
+from .base import Batches, Labels, Plan, Report, Split, is_text
 
 log = logging.getLogger("remote_magic.families.xgboost")
 
@@ -45,6 +46,7 @@ _MEMORY_SIGNS = (
 )
 DEFAULT_BOOSTER_ROUNDS = 10
 DEFAULT_MAX_DEPTH = 6
+DEFAULT_MAX_BIN = 256
 DEFAULT_MIN_CHILD_WEIGHT = 1.0
 
 
@@ -61,6 +63,94 @@ class Trained:
     dtrain: xgb.DMatrix | None = None
     history: dict = field(default_factory=dict)
     categorical: bool = False
+
+
+class _Rows(xgb.DataIter):
+    """Feeds one split's record batches to XGBoost, a batch at a time, with its labels alongside and
+    text columns as categories with fixed codes; `cache` makes it an external-memory source."""
+
+    def __init__(self, batches: Batches, labels: np.ndarray, categories: dict[str, pa.Array]):
+        super().__init__(cache_prefix=batches.cache, release_data=True)
+        self.batches = batches
+        self.labels = labels
+        self.categories = categories
+        self._batches: Iterator[pa.RecordBatch] | None = None
+        self._done = 0
+
+    def next(self, input_data: Callable) -> bool:
+        if self._batches is None:
+            self._batches = iter(self.batches)
+        batch = next(self._batches, None)
+        if batch is None:
+            return False
+        end = self._done + batch.num_rows
+        input_data(data=model_input(batch, self.categories), label=self.labels[self._done : end])
+        self._done = end
+        return True
+
+    def reset(self) -> None:
+        self._batches = None
+        self._done = 0
+
+
+def model_input(batch: pa.RecordBatch, categories: dict[str, pa.Array]) -> pa.Table:
+    """A batch as XGBoost reads it: text as dictionary codes into the fixed category list of its column,
+    decimals as floats; a column of another type (dates, bytes) is refused, naming it."""
+    columns = []
+    for name, column in zip(batch.schema.names, batch.columns):
+        if pa.types.is_dictionary(column.type):
+            column = column.dictionary_decode()
+        if is_text(column.type):
+            dictionary = categories[name]
+            column = pa.DictionaryArray.from_arrays(pc.index_in(column, value_set=dictionary), dictionary)
+        elif pa.types.is_decimal(column.type):
+            column = column.cast(pa.float64())
+        elif pa.types.is_float16(column.type):
+            column = column.cast(pa.float32())
+        elif not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)) and not (
+            pa.types.is_boolean(column.type)
+        ):
+            raise Refusal(
+                "training_failed", f"feature {name!r} is of type {column.type}, which XGBoost cannot use"
+            )
+        columns.append(column)
+    return pa.Table.from_arrays(columns, names=batch.schema.names)
+
+
+def _categories(plan: Plan, splits: list[Split]) -> dict[str, pa.Array]:
+    """The category list of each text column: the base model's own list first (XGBoost trains on codes,
+    so continuing a model fitted in a notebook must keep its codes), then the values it has not seen,
+    sorted; without a base model, the sorted values, as pandas orders a notebook's categoricals."""
+    values: dict[str, set[str]] = {}
+    for part in splits:
+        for name, found in part.x.text_values().items():
+            values.setdefault(name, set()).update(found)
+    for name in splits[0].x.column_names:
+        if is_text(_value_type(splits[0].x.schema.field(name).type)):
+            values.setdefault(name, set())
+    known = _base_categories(_load(plan.base)) if values else {}
+    out = {}
+    for name, found in values.items():
+        first = known.get(name, [])
+        out[name] = pa.array(first + sorted(found - set(first)), pa.string())
+    return out
+
+
+def _value_type(type_: pa.DataType) -> pa.DataType:
+    return type_.value_type if pa.types.is_dictionary(type_) else type_
+
+
+def _base_categories(booster: xgb.Booster | None) -> dict[str, list[str]]:
+    """The categories a base model recorded per feature (XGBoost >= 3.1 keeps them with the model)."""
+    if booster is None or not hasattr(booster, "get_categories"):
+        return {}
+    try:
+        recorded = booster.get_categories(export_to_arrow=True).to_arrow()
+    except (xgb.core.XGBoostError, ValueError, TypeError):
+        return {}
+    return {
+        str(name): [str(v) for v in array.to_pylist()] for name, array in recorded or [] if array is not None
+    }
 
 
 def frame_of(table: pa.Table) -> pd.DataFrame:
@@ -311,6 +401,7 @@ class XGBoostFamily:
         params.pop("n_jobs", None)
         params["nthread"] = min(int(params.get("nthread") or threads), threads)
         params.setdefault("device", "cpu")
+        params["max_bin"] = int(params.get("max_bin") or DEFAULT_MAX_BIN)  # quantile matrices need it
         task = plan.task
         if task == "classification":
             n_classes = len(labels.classes)
@@ -324,24 +415,41 @@ class XGBoostFamily:
 
     @staticmethod
     def _matrices(
-        plan: Plan, train: Split | None, eval: Split, labels: Labels, threads: int
+        plan: Plan, train: Split | None, eval: Split, labels: Labels, params: dict
     ) -> tuple[xgb.DMatrix | None, xgb.DMatrix, bool]:
-        x_eval = frame_of(eval.x)
-        categorical = any(str(t) == "category" for t in x_eval.dtypes)
-        if train is None:
-            return (
-                None,
-                xgb.DMatrix(x_eval, label=labels.eval, enable_categorical=True, nthread=threads),
-                categorical,
+        """The training and evaluation matrices, fed batch by batch (no copy of the whole table):
+
+        - a base model to continue or score: `DMatrix`, exact values, because the base model's split
+          points need not lie on this data's bins and a quantile matrix would shift its predictions;
+        - otherwise `QuantileDMatrix` (the evaluation rows binned by the training rows' cuts, `ref=`),
+          or `ExtMemQuantileDMatrix` with its pages in the job folder when the rows were spilled there;
+        - a Pipeline: its preprocessors need every training row at once, as pandas (refitted here)."""
+        threads = params["nthread"]
+        if plan.preprocess is not None:
+            assert train is not None
+            return XGBoostFamily._pipeline_matrices(plan, train, eval, labels, threads)
+        splits = [part for part in (train, eval) if part is not None]
+        categories = _categories(plan, splits)
+
+        def matrix(part: Split, y: np.ndarray, ref: xgb.DMatrix | None = None) -> xgb.DMatrix:
+            rows = _Rows(part.x, y, categories)
+            if plan.base is not None:
+                return xgb.DMatrix(rows, nthread=threads, enable_categorical=True)
+            quantile = xgb.ExtMemQuantileDMatrix if part.x.cache is not None else xgb.QuantileDMatrix
+            return quantile(
+                rows, max_bin=params["max_bin"], ref=ref, nthread=threads, enable_categorical=True
             )
-        x_train = frame_of(train.x)
-        if plan.preprocess is None:
-            return (
-                xgb.DMatrix(x_train, label=labels.train, enable_categorical=True, nthread=threads),
-                xgb.DMatrix(x_eval, label=labels.eval, enable_categorical=True, nthread=threads),
-                categorical,
-            )
-        a, b, names = preprocessors.fit_transform(plan.preprocess, x_train, x_eval)
+
+        dtrain = matrix(train, labels.train) if train is not None else None
+        return dtrain, matrix(eval, labels.eval, dtrain), bool(categories)
+
+    @staticmethod
+    def _pipeline_matrices(
+        plan: Plan, train: Split, eval: Split, labels: Labels, threads: int
+    ) -> tuple[xgb.DMatrix, xgb.DMatrix, bool]:
+        a, b, names = preprocessors.fit_transform(
+            plan.preprocess, frame_of(train.x.table()), frame_of(eval.x.table())
+        )
         base = _load(plan.base)
         if base is not None and base.feature_names and len(base.feature_names) == len(names):
             names = list(base.feature_names)
@@ -357,7 +465,7 @@ class XGBoostFamily:
         params, task = self._final_params(plan, labels, threads)
         history: dict = {}
         with _xgboost_errors():
-            dtrain, deval, categorical = self._matrices(plan, train, eval, labels, threads)
+            dtrain, deval, categorical = self._matrices(plan, train, eval, labels, params)
             booster = xgb.train(
                 params,
                 dtrain,
@@ -384,7 +492,7 @@ class XGBoostFamily:
             booster = _load(plan.base)
             assert booster is not None
             booster.set_param({"nthread": threads})
-            _, deval, categorical = self._matrices(plan, None, eval, labels, threads)
+            _, deval, categorical = self._matrices(plan, None, eval, labels, params)
         return Trained(booster, deval, labels, task, params, plan.base_rounds, categorical=categorical)
 
     def evaluate(self, trained: Trained) -> dict:

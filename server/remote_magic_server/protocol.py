@@ -26,6 +26,7 @@ from remote_magic.wire import DatasetSpec, ModelBounds, Stage
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 16 * 2**20
+SCRATCH_DIR = "scratch"  # in a job folder: spilled rows and external-memory pages, removed after the job
 
 TaskKind = Literal["train", "evaluate", "describe", "review"]
 
@@ -36,19 +37,23 @@ class _Strict(BaseModel):
 
 # the task
 class Staging(_Strict):
-    """Where the rows are and what the spec resolved to; the worker builds its query from this."""
+    """The server-built staging plan: where the rows are, the query that admits them (built by trusted
+    code from the checked spec, `?` placeholders; the dataset's path is the last parameter), the model's
+    input columns in order (dataset features, then derived ones) and the label."""
 
     dataset_path: str
-    id_column: str
-    features: list[str]
-    filter_columns: list[str]
-    derive_columns: list[str]
+    query: str
+    params: list[int]
+    columns: list[str]
+    label: str
 
 
 class Limits(_Strict):
     threads: int = Field(ge=1)
     cpu_seconds: int = Field(ge=1)
     memory_mb: int = Field(ge=64)
+    staging_mb: int = Field(default=0, ge=0, description="Feature data held in memory; past it, spill.")
+    file_mb: int = Field(default=1024, ge=1, description="The largest file the worker may write.")
     max_payload_bytes: int = Field(ge=0)
     sandbox_uid: int = 65534
     sandbox_gid: int = 65534

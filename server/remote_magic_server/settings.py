@@ -41,6 +41,12 @@ class Policy(_Strict):
     max_threads: int = Field(default=0, ge=0, description="0 means the worker's share of the cores.")
     job_timeout_s: int = Field(default=3600, ge=1)
     worker_memory_mb: int = Field(default=8192, ge=1024)
+    staging_mb: int = Field(
+        default=2048,
+        ge=16,
+        description="Admitted feature data held in memory (at most a quarter of worker_memory_mb); "
+        "past it, rows spill to the job folder and train from an external-memory matrix.",
+    )
     max_categories: int = Field(default=40, ge=1, description="Category frequencies shown per column.")
     min_leaf_rows: int = Field(
         default=10, ge=5, description="Training rows every leaf of a released model holds."
@@ -49,6 +55,12 @@ class Policy(_Strict):
         default=1.0, gt=0, le=5, description="Epsilon spent by one DP describe release."
     )
     dp_epsilon_cap: float = Field(default=10.0, gt=0, description="Total epsilon per user and dataset.")
+
+    @property
+    def staging_budget_mb(self) -> int:
+        """What a worker may hold of the admitted feature data: the rest of its memory goes to the
+        matrices, XGBoost and DuckDB."""
+        return min(self.staging_mb, self.worker_memory_mb // 4)
 
     def in_effect(self) -> PolicyInEffect:
         """The rules a client is told with every answer, so it says what they were."""
@@ -127,6 +139,7 @@ class Settings(_Strict):
             smaller_is_tighter = key.startswith(("max_", "dp_")) or key in (
                 "job_timeout_s",
                 "worker_memory_mb",
+                "staging_mb",
             )
             base[key] = min(base[key], value) if smaller_is_tighter else max(base[key], value)
         return Policy(**base)

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import threading
 import time
 from collections.abc import Callable
 
 from remote_magic.wire import JobResult
 
-from ..protocol import Admission, Isolation, ProgressNote, WorkerMessage
+from ..protocol import SCRATCH_DIR, Admission, Isolation, ProgressNote, WorkerMessage
 from ..release.desk import ReleaseDesk, Request
 from ..settings import Settings
 from .conversation import Conversation, Final, drive
@@ -259,6 +260,7 @@ class Scheduler:
                 self._finish(run, final)
         finally:
             run.execution.close()
+            shutil.rmtree(self.store.job_dir(job.id) / SCRATCH_DIR, ignore_errors=True)
             with self._lock:
                 self._running.pop(job.id, None)
         # Stopped by the shutdown (or died while it drained): it runs again after the restart. A worker

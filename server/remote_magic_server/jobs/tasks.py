@@ -5,6 +5,10 @@ One builder for every kind, so limits, bounds and the staging plan are set the s
 
 from __future__ import annotations
 
+from sqlglot import exp
+
+from remote_magic.query import staging_query
+from remote_magic.specs import Resolved
 from remote_magic.wire import DatasetSpec
 
 from ..protocol import DescribeOptions, Limits, Staging, Task, TaskKind
@@ -13,6 +17,7 @@ from ..settings import Settings
 CPU_SLACK_S = 30
 REVIEW_CPU_S = 30
 REVIEW_MEMORY_MB = 2048
+DEFAULT_FILE_MB = 1024  # spilled rows and external-memory pages may need files as large as a worker's memory
 
 
 def build_task(
@@ -42,24 +47,41 @@ def build_task(
         threads=threads,
         cpu_seconds=policy.job_timeout_s * threads + CPU_SLACK_S,
         memory_mb=policy.worker_memory_mb,
+        staging_mb=policy.staging_budget_mb,
+        file_mb=max(DEFAULT_FILE_MB, policy.worker_memory_mb),
         max_payload_bytes=0 if kind == "describe" else server.max_payload_mb * 2**20,
         sandbox_uid=server.sandbox_uid,
         sandbox_gid=server.sandbox_gid,
     )
-    staging = Staging(
-        dataset_path=str(config.path),
-        id_column=config.id_column,
-        features=plan["features"],
-        filter_columns=plan["filter_columns"],
-        derive_columns=plan.get("derive_columns", []),
-    )
+    checked = DatasetSpec.model_validate(spec)
+    if kind == "describe":
+        checked = checked.model_copy(update={"eval": None})
     return Task(
         kind=kind,
-        spec=DatasetSpec.model_validate(spec),
-        staging=staging,
+        spec=checked,
+        staging=staging_plan(checked, kind, str(config.path), config.id_column, plan),
         bounds=settings.bounds_for(dataset),
         limits=limits,
         model_facts=kind == "train" and config.allow_model_release,
         approved_sha256=plan.get("approved_sha256"),
         describe=DescribeOptions(max_categories=policy.max_categories) if kind == "describe" else None,
+    )
+
+
+def staging_plan(spec: DatasetSpec, kind: str, path: str, id_column: str, plan: dict) -> Staging:
+    """The query that admits a spec's rows from a Parquet file, with its file row numbers, built here by
+    trusted code from the spec the API checked (the worker and a cluster only run it)."""
+    resolved = Resolved(
+        features=plan["features"],
+        filter_columns=plan["filter_columns"],
+        derive_columns=plan.get("derive_columns", []),
+        derived=list(spec.derive or {}),
+        id_column=id_column,
+    )
+    source = exp.func(
+        "read_parquet", exp.Placeholder(), exp.EQ(this=exp.var("file_row_number"), expression=exp.true())
+    )
+    query, params = staging_query(spec, resolved, source, exp.column("file_row_number", quoted=True), kind)
+    return Staging(
+        dataset_path=path, query=query, params=params, columns=resolved.all_features, label=spec.label
     )

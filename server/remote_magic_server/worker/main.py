@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import sys
 import time
 from multiprocessing.connection import Connection
@@ -25,7 +26,19 @@ from .channel import Channel
 log = logging.getLogger("remote_magic_server.worker")
 
 
+def _resident_mb() -> float:
+    """This process's resident memory now (Linux), in MiB; 0 where /proc does not say."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
 def _run(task: Task, folder: Path, channel: Channel) -> None:
+    start_rss_mb = _resident_mb()  # what the fork inherited: the preloaded libraries
     dataset = task.staging.dataset_path if task.staging is not None else None
     if task.staging is not None:
         # Opened now, read only after confinement: from here on the dataset is `/proc/self/fd/N` and
@@ -36,7 +49,13 @@ def _run(task: Task, folder: Path, channel: Channel) -> None:
     limits = task.limits
     started = time.monotonic()
     applied = sandbox.confine(
-        limits.cpu_seconds, limits.memory_mb, str(folder), dataset, limits.sandbox_uid, limits.sandbox_gid
+        limits.cpu_seconds,
+        limits.memory_mb,
+        str(folder),
+        dataset,
+        limits.sandbox_uid,
+        limits.sandbox_gid,
+        limits.file_mb,
     )
     channel.send(Isolation(applied=applied, seconds=time.monotonic() - started))
     started = time.monotonic()
@@ -52,7 +71,16 @@ def _run(task: Task, folder: Path, channel: Channel) -> None:
         from . import model_task
 
         report = model_task.run(task, payload, channel)
-    log.info("task %s (%s) done in %.3f s", folder.name, task.kind, time.monotonic() - started)
+    log.info(
+        "task_done",
+        extra={
+            "task": folder.name,
+            "kind": task.kind,
+            "seconds": round(time.monotonic() - started, 3),
+            "start_rss_mb": start_rss_mb,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        },
+    )
     if report is not None:
         channel.send(report)
 

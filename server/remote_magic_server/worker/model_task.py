@@ -44,7 +44,8 @@ def run(task: Task, payload: BinaryIO | None, channel: Channel) -> TrainReport |
         raise Refusal("unsupported_model", "evaluate takes a bare XGBoost model; send a Pipeline with train")
 
     channel.stage("staging")
-    staged = staging.stage(task.staging, task.spec, task.kind)
+    limits = task.limits
+    staged = staging.stage(task.staging, bool(task.spec.derive), limits.threads, limits.staging_mb)
     classes = is_classifier_task(plan.task)
     counts = {"eval": staging.counts(staged.eval, classes)}
     sets = {"evaluation": staged.eval_rows}
@@ -61,7 +62,7 @@ def run(task: Task, payload: BinaryIO | None, channel: Channel) -> TrainReport |
         return None
 
     labels = encode_labels(staged.train.y, staged.eval.y, task.spec.label, plan.task)
-    threads = task.limits.threads
+    threads = limits.threads
     facts = None
     if task.kind == "train":
         channel.stage("training", 0, plan.rounds)

@@ -234,6 +234,7 @@ def confine(
     dataset: str | None,
     uid: int = 65534,
     gid: int = 65534,
+    file_mb: int = 1024,
 ) -> dict[str, str]:
     """Apply every confinement this machine supports; return what was applied.
 
@@ -247,7 +248,7 @@ def confine(
         _hand_over(folder, uid, gid)
     os.chdir(folder)
     network = isolate_network()
-    apply_limits(cpu_seconds, memory_mb)
+    apply_limits(cpu_seconds, memory_mb, file_mb)
     applied = {"network": network, "limits": "rlimits cpu,as,fsize,nofile,core"}
     applied["filesystem"] = restrict_filesystem([dataset] if dataset else [], str(folder))
     closed = unreadable_code_path() if as_root else None
