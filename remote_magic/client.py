@@ -223,11 +223,16 @@ class Client:
     def job(self, job_id: str) -> Job:
         return Job(self, self.status(job_id))
 
-    def status(self, job_id: str, wait: float = 0, since: int | None = None) -> JobStatus:
-        """A job's status; with `wait`, block (long-poll) until its version passes `since` or time is up."""
+    def status(
+        self, job_id: str, wait: float = 0, since: int | None = None, final: bool = False
+    ) -> JobStatus:
+        """A job's status; with `wait`, block (long-poll) until its version passes `since` (with `final`:
+        until it ends) or time is up."""
         params: dict = {"wait": wait}
         if since is not None:
             params["since"] = since
+        if final:
+            params["final"] = "true"
         response = self._request("GET", f"/jobs/{job_id}", params=params, timeout=self.timeout + wait)
         return JobStatus.model_validate(response.json())
 
@@ -301,10 +306,11 @@ class Job:
 
         return job_html(self.status)
 
-    def refresh(self, wait: float = 0) -> JobStatus:
-        """Fetch the status; with `wait`, block until it changes or `wait` seconds pass."""
+    def refresh(self, wait: float = 0, final: bool = False) -> JobStatus:
+        """Fetch the status; with `wait`, block until it changes (with `final`: until the job ends) or
+        `wait` seconds pass."""
         since = None if wait == 0 else self.status.version
-        self.status = self.client.status(self.id, wait=wait, since=since)
+        self.status = self.client.status(self.id, wait=wait, since=since, final=final)
         return self.status
 
     def cancel(self) -> JobStatus:
@@ -318,6 +324,7 @@ class Job:
 
         With `on_progress`, each long-poll lasts at most a second, so a progress display is refreshed
         at least once a second even while nothing changes (a queued job); changes arrive at once.
+        Without it, a long-poll returns only when the job ends (no round trip per progress line).
         A dropped connection or a 5xx does not end the wait: it reconnects and resumes from the last
         version seen (the job lives on across a server restart)."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -330,7 +337,7 @@ class Job:
                 if remaining <= 0:
                     raise TimeoutError(f"job {self.id} is still {self.status.state} after {timeout} s")
                 try:
-                    self.refresh(wait=remaining)
+                    self.refresh(wait=remaining, final=on_progress is None)
                 except ConnectionProblem:
                     time.sleep(RECONNECT_DELAY)  # the server restarts or the network blips: resume
                     continue

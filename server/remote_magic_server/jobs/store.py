@@ -1,7 +1,8 @@
 """The job store: SQLite (WAL) for jobs and tokens, one folder per job for its payload and outputs.
 
 Every transition is committed (synchronous=FULL) before it is acknowledged, so a restart, even after a
-power loss, finds each job where it was. Writes go through one connection under a lock; reads use a
+power loss, finds each job where it was; only progress lines and the claim that a synced write follows at
+once skip their own fsync. Writes go through one connection under a lock; reads use a
 connection per thread, so a status poll never waits behind a write (WAL lets readers run beside the
 writer). The schema carries a version; `_MIGRATIONS` brings an older store up to date in one transaction.
 Tokens are stored as SHA-256 hashes: they are 256-bit random strings, so a plain hash is enough and a
@@ -22,6 +23,8 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -142,6 +145,17 @@ class Store:
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA busy_timeout=5000")
         return db
+
+    @contextmanager
+    def _unsynced(self) -> Iterator[None]:
+        """Writes that need no fsync of their own: progress and isolation (a crash only loses a fresh
+        progress line, which a restart resets anyway), and a claim (the worker's record right after it
+        is synced, and syncs the claim with it). Call with the lock held."""
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+        finally:
+            self._db.execute("PRAGMA synchronous=FULL")
 
     def _migrate(self) -> None:
         version = self.schema_version()
@@ -354,24 +368,25 @@ class Store:
                 return None
             head = min(heads, key=lambda r: (self._served.get(r["user"], 0), r["seq"]))
             row = self._db.execute("SELECT id FROM jobs WHERE seq = ?", (head["seq"],)).fetchone()
-            self._db.execute(
-                "UPDATE jobs SET state = 'running', started_at = ?, attempts = attempts + 1,"
-                " version = version + 1 WHERE id = ? AND state = 'queued'",
-                (now(), row["id"]),
-            )
+            with self._unsynced():
+                self._db.execute(
+                    "UPDATE jobs SET state = 'running', started_at = ?, attempts = attempts + 1,"
+                    " version = version + 1 WHERE id = ? AND state = 'queued'",
+                    (now(), row["id"]),
+                )
             self._turn += 1
             self._served[head["user"]] = self._turn
         return self.get_job(row["id"])
 
     def set_progress(self, job_id: str, progress: dict) -> None:
-        with self._lock:
+        with self._lock, self._unsynced():
             self._db.execute(
                 "UPDATE jobs SET progress = ?, version = version + 1 WHERE id = ? AND state = 'running'",
                 (json.dumps(progress), job_id),
             )
 
     def set_isolation(self, job_id: str, isolation: dict) -> None:
-        with self._lock:
+        with self._lock, self._unsynced():
             self._db.execute("UPDATE jobs SET isolation = ? WHERE id = ?", (json.dumps(isolation), job_id))
 
     def set_worker(self, job_id: str, pid: int, started: str | None) -> None:
