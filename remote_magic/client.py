@@ -3,6 +3,9 @@
 Layers: a `requests.Session` that retries only idempotent requests (a POST is retried only with the same
 Idempotency-Key, so a retry can never start a second job), one method per endpoint with typed results,
 and `Job` handles that wait (long-poll), report progress, cancel on Ctrl-C and return a `TrainResult`.
+
+Why it is long: one method per endpoint of the HTTP API, each a few lines; the layers stay together so
+that the transport's retry rules and the calls that rely on them can be read side by side.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from .payload import package_model
 from .result import TrainResult
 from .wire import (
     FINAL_STATES,
+    CostEstimate,
+    CostRequest,
     DatasetInfo,
     DatasetSpec,
     DescribeResult,
@@ -32,6 +37,7 @@ from .wire import (
     JobStatus,
     MockData,
     ModelReleaseStatus,
+    ReleaseOptions,
     Whoami,
 )
 
@@ -73,6 +79,12 @@ def _retrying_session(token: str) -> requests.Session:
     session.auth = _TokenAuth(token)
     session.headers["User-Agent"] = "remote-magic-client"
     return session
+
+
+def _options(release: ReleaseOptions | dict | None) -> ReleaseOptions:
+    if isinstance(release, ReleaseOptions):
+        return release
+    return ReleaseOptions.model_validate(release or {})
 
 
 class Client:
@@ -137,14 +149,25 @@ class Client:
         return mock_frame(MockData.model_validate(self._request("GET", f"/datasets/{name}/mock").json()))
 
     def submit(
-        self, model: object, spec: DatasetSpec | dict, kind: str = "train", idempotency_key: str | None = None
+        self,
+        model: object,
+        spec: DatasetSpec | dict,
+        kind: str = "train",
+        idempotency_key: str | None = None,
+        release: ReleaseOptions | dict | None = None,
     ) -> Job:
-        """Queue a job and return its handle at once."""
+        """Queue a job and return its handle at once. `release` asks for extras (confusion matrix, an
+        eval learning curve, a feature-importance ranking); on a dataset in mode dp each costs budget."""
         spec = spec if isinstance(spec, DatasetSpec) else DatasetSpec.model_validate(spec)
+        options = _options(release)
         payload = package_model(model)
         key = idempotency_key or uuid.uuid4().hex
         files = {"model": ("model.pkl", payload, "application/octet-stream")}
-        data = {"spec": spec.model_dump_json(exclude_none=True), "kind": kind}
+        data = {
+            "spec": spec.model_dump_json(exclude_none=True),
+            "kind": kind,
+            "release": options.model_dump_json(),
+        }
         for attempt in range(3):
             try:
                 response = self._request(
@@ -157,13 +180,44 @@ class Client:
                 time.sleep(0.5 * (attempt + 1))
         return Job(self, JobStatus.model_validate(response.json()))
 
-    def train(self, model: object, spec: DatasetSpec | dict, **wait: object) -> TrainResult:
+    def train(
+        self,
+        model: object,
+        spec: DatasetSpec | dict,
+        release: ReleaseOptions | dict | None = None,
+        **wait: object,
+    ) -> TrainResult:
         """Submit a training job and wait for its result."""
-        return self.submit(model, spec, "train").result(**wait)  # type: ignore[arg-type]
+        return self.submit(model, spec, "train", release=release).result(**wait)  # type: ignore[arg-type]
 
-    def evaluate(self, model: object, spec: DatasetSpec | dict, **wait: object) -> TrainResult:
+    def evaluate(
+        self,
+        model: object,
+        spec: DatasetSpec | dict,
+        release: ReleaseOptions | dict | None = None,
+        **wait: object,
+    ) -> TrainResult:
         """Score a fitted model on the spec's evaluation rows, without training."""
-        return self.submit(model, spec, "evaluate").result(**wait)  # type: ignore[arg-type]
+        return self.submit(model, spec, "evaluate", release=release).result(**wait)  # type: ignore[arg-type]
+
+    def cost(
+        self,
+        model: object,
+        spec: DatasetSpec | dict,
+        kind: str = "train",
+        release: ReleaseOptions | dict | None = None,
+    ) -> CostEstimate:
+        """What the job would cost in privacy budget, and how wide its intervals should be, before
+        anything is spent. The cost does not depend on the model (it is accepted for symmetry)."""
+        spec = spec if isinstance(spec, DatasetSpec) else DatasetSpec.model_validate(spec)
+        body = CostRequest(spec=spec, kind=kind, release=_options(release))  # type: ignore[arg-type]
+        response = self._request(
+            "POST",
+            "/cost",
+            data=body.model_dump_json(exclude_none=True),
+            headers={"Content-Type": "application/json"},
+        )
+        return CostEstimate.model_validate(response.json())
 
     def jobs(self, limit: int = 100) -> list[JobStatus]:
         return JobList.model_validate(self._request("GET", "/jobs", params={"limit": limit}).json()).jobs

@@ -77,6 +77,12 @@ CODES: dict[str, Code] = {
     ),
     "model_not_released": Code(403, "disclosure"),
     "model_release_refused": Code(403, "disclosure"),
+    "not_released": Code(
+        422,
+        "disclosure",
+        "The job was admitted and charged; regularise the model (raise min_child_weight, lower max_depth) "
+        "or change the spec.",
+    ),
     "privacy_budget_exhausted": Code(
         422, "budget", "Repeat an earlier request to see its stored answer, or ask the data owner."
     ),

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
+from pydantic import ValidationError
 from traitlets import Bool, Float, Unicode, default
 from traitlets.config import Configurable
 
@@ -22,6 +23,7 @@ from .client import Client, Job
 from .display import Table, columns_table, datasets_table, jobs_table
 from .progress import ProgressBar, progress_enabled
 from .spec import spec_from_args
+from .wire import ReleaseOptions, first_error
 
 if TYPE_CHECKING:
     from .description import Description
@@ -65,7 +67,16 @@ def _spec_arguments(func):
             argument(
                 "--dry-run",
                 action="store_true",
-                help="check the spec and fit the model here on the dataset's mock rows; send nothing",
+                help="check the spec and fit the model here on the dataset's mock rows, and show what the "
+                "job would cost; send nothing",
+            ),
+            argument("--confusion", action="store_true", help="also release the confusion matrix"),
+            argument("--curve", type=int, default=0, help="also release an eval learning curve at K points"),
+            argument(
+                "--importance",
+                type=int,
+                default=0,
+                help="also release the top K features (permutation importance)",
             ),
         ]
     ):
@@ -170,16 +181,21 @@ class RemoteMagic(Magics, Configurable):
         spec = self._spec(args)
         if args.model not in self.shell.user_ns:
             raise UsageError(f"the cell defines no variable {args.model!r}; name the model with --model VAR")
+        try:
+            release = ReleaseOptions(confusion=args.confusion, curve=args.curve, importance=args.importance)
+        except ValidationError as exc:
+            raise UsageError(f"invalid release option {first_error(exc.errors(), 'release')}") from None
         if args.dry_run:
             from .dryrun import dry_run
 
             client = self.client
             model = self.shell.user_ns[args.model]
             report = dry_run(model, spec, client.dataset(spec.dataset), client.mock(spec.dataset), kind)
+            report.cost = client.cost(model, spec, kind, release)
             if args.output:
                 self.shell.user_ns[args.output] = report
             return report
-        job = self.client.submit(self.shell.user_ns[args.model], spec, kind)
+        job = self.client.submit(self.shell.user_ns[args.model], spec, kind, release=release)
         self.last_job = job
         if args.no_wait:
             if args.output:

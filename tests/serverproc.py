@@ -15,26 +15,36 @@ from pathlib import Path
 import requests
 
 from remote_magic import Client
-from remote_magic_server.demo import DEMO_DATASETS, ensure_demo_data, free_port
+from remote_magic_server.demo import DEMO_DATASETS, LABEL_RANGES, ensure_demo_data, free_port
 from remote_magic_server.jobs.store import Store
 from remote_magic_server.settings import load_settings
 
-USERS = {"alice": list(DEMO_DATASETS), "bob": ["breast_cancer"]}
+DEMO_NAMES = [f"{name}{suffix}" for name in DEMO_DATASETS for suffix in ("", "_rules")]
+USERS = {"alice": DEMO_NAMES, "bob": ["breast_cancer", "breast_cancer_rules"]}
+TEST_RHO_CAP = 50.0
 
 
-def write_config(data_dir: Path, extra_datasets: str = "", extra: str = "") -> Path:
-    """A TOML config serving the demo tables (plus any extra dataset tables) from data_dir."""
+def write_config(data_dir: Path, extra_datasets: str = "", extra: str = "", policy: str = "") -> Path:
+    """A TOML config serving the demo tables (plus any extra dataset tables) from data_dir.
+
+    The demo tables are served in mode dp (the default), as a data owner would, and once more as
+    `<name>_rules` in mode rules, for tests that compare exact numbers. The test suite runs hundreds of
+    jobs as one analyst, so its budget is larger than the default."""
     paths = ensure_demo_data(data_dir)
     lines = ["[server]", f'data_dir = "{data_dir}"', "workers = 1", "", extra, ""]
+    lines += ["[policy]", f"dp_rho_cap = {TEST_RHO_CAP}", policy, ""]
     for name, (_, label, desc) in DEMO_DATASETS.items():
-        lines += [
-            f"[datasets.{name}]",
-            f'path = "{paths[name]}"',
-            f'description = "{desc}"',
-            'id_column = "id"',
-            f'label_columns = ["{label}"]',
-            "",
-        ]
+        for suffix, mode in (("", "dp"), ("_rules", "rules")):
+            lines += [
+                f"[datasets.{name}{suffix}]",
+                f'path = "{paths[name]}"',
+                f'description = "{desc}"',
+                'id_column = "id"',
+                f'label_columns = ["{label}"]',
+                f'privacy = "{mode}"',
+                *(f"label_ranges.{k} = [{lo}, {hi}]" for k, (lo, hi) in LABEL_RANGES.get(name, {}).items()),
+                "",
+            ]
     config = data_dir / "server.toml"
     config.write_text("\n".join(lines) + extra_datasets)
     return config

@@ -33,8 +33,8 @@ from remote_magic_server.release.ledger import Ledger
 from remote_magic_server.settings import Settings
 from tests.serverproc import ServerProcess, write_config
 
-SMALL_SPEC = {"dataset": "breast_cancer", "label": "malignant"}
-LONG_SPEC = {"dataset": "synthetic", "label": "label"}
+SMALL_SPEC = {"dataset": "breast_cancer_rules", "label": "malignant"}
+LONG_SPEC = {"dataset": "synthetic_rules", "label": "label"}
 SMALL = package_model(xgb.XGBClassifier(n_estimators=3, max_depth=2))
 LONG = package_model(xgb.XGBClassifier(n_estimators=150, max_depth=4))
 FINAL = {"succeeded", "failed", "cancelled"}
@@ -118,8 +118,10 @@ def metric_samples(server: ServerProcess) -> dict[tuple[str, tuple], float]:
 def make_server(tmp_path):
     started: list[ServerProcess] = []
 
-    def make(extra: str) -> ServerProcess:
-        server = ServerProcess(write_config(tmp_path / "data", extra=extra), tmp_path / "server.log")
+    def make(extra: str = "", policy: str = "") -> ServerProcess:
+        server = ServerProcess(
+            write_config(tmp_path / "data", extra=extra, policy=policy), tmp_path / "server.log"
+        )
         server.issue_tokens()
         started.append(server)
         return server.start()
@@ -286,7 +288,7 @@ def test_payload_limits_are_413_before_the_body_is_read(make_server):
 
 
 def test_a_job_past_its_wall_clock_limit_is_stopped_and_one_server_owns_a_data_dir(make_server, tmp_path):
-    server = make_server("\n[policy]\njob_timeout_s = 2")
+    server = make_server(policy="job_timeout_s = 2")
     job_id = submit(server, LONG, LONG_SPEC).json()["id"]
     worker = pause_worker(server, job_id)
     final = server.client().job(job_id).wait(timeout=60)

@@ -45,10 +45,34 @@ class Policy(_Strict):
     min_leaf_rows: int = Field(
         default=10, ge=5, description="Training rows every leaf of a released model holds."
     )
-    dp_epsilon: float = Field(
-        default=1.0, gt=0, le=5, description="Epsilon spent by one DP describe release."
+    privacy: Literal["dp", "rules"] = Field(
+        default="dp",
+        description="dp: every released number is drawn by an OpenDP measurement under a budget; rules: "
+        "suppression and rounding only (weaker: it does not resist attacker-chosen models).",
     )
-    dp_epsilon_cap: float = Field(default=10.0, gt=0, description="Total epsilon per user and dataset.")
+    dp_rho_job: float = Field(
+        default=0.01, gt=0, le=0.5, description="zCDP cost of a job's default releases."
+    )
+    dp_rho_describe: float = Field(default=0.002, gt=0, le=0.5, description="zCDP cost of one describe.")
+    dp_rho_confusion: float = Field(
+        default=0.002, gt=0, le=0.5, description="Extra cost of the confusion matrix."
+    )
+    dp_rho_curve: float = Field(
+        default=0.003, gt=0, le=0.5, description="Extra cost of an eval learning curve."
+    )
+    dp_rho_importance: float = Field(
+        default=0.002, gt=0, le=0.5, description="Extra cost of a permutation-importance ranking."
+    )
+    dp_rho_cap: float = Field(
+        default=1.0,
+        gt=0,
+        description="Total zCDP budget per user and dataset (1.0: a one-row label guess "
+        "is right with probability at most about 0.76).",
+    )
+    dp_rho_dataset_cap: float = Field(
+        default=0.0, ge=0, description="Total budget of a dataset across all users; 0 means none."
+    )
+    dp_delta: float = Field(default=1e-6, gt=0, lt=1e-3, description="The delta at which epsilon is shown.")
 
     def in_effect(self) -> PolicyInEffect:
         """The rules a client is told with every answer, so it says what they were."""
@@ -58,6 +82,9 @@ class Policy(_Strict):
             significant_digits=SIGNIFICANT_DIGITS,
             min_rows=self.min_rows,
             min_class_rows=self.min_class_rows,
+            privacy=self.privacy,
+            rho_per_job=self.dp_rho_job if self.privacy == "dp" else None,
+            rho_cap=self.dp_rho_cap if self.privacy == "dp" else None,
         )
 
 
@@ -68,7 +95,14 @@ class DatasetConfig(_Strict):
     label_columns: list[str] = Field(min_length=1)
     exclude_columns: list[str] = Field(default_factory=list)
     policy: dict[str, int | float] = Field(default_factory=dict)
-    dp: bool = Field(default=False, description="Describe releases noisy counts (OpenDP) under a budget.")
+    privacy: Literal["dp", "rules"] | None = Field(
+        default=None, description="This dataset's privacy mode; default: the server's [policy] privacy."
+    )
+    label_ranges: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="Per regression label, the range its values are clipped to for DP metrics (RMSE, MAE, "
+        "R2); without one, those metrics are not released in mode dp.",
+    )
     allow_model_release: bool = Field(default=False, description="Trained models may leave after approval.")
     allow_custom_code: bool = Field(
         default=False,
@@ -121,14 +155,21 @@ class Settings(_Strict):
     datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
 
     def policy_for(self, dataset: str) -> Policy:
-        """The server policy with the dataset's overrides applied; overrides may only tighten."""
+        """The server policy with the dataset's overrides applied; numbers may only tighten, the privacy
+        mode is the dataset's own choice."""
+        config = self.datasets[dataset]
         base = self.policy.model_dump()
-        for key, value in self.datasets[dataset].policy.items():
+        for key, value in config.policy.items():
             smaller_is_tighter = key.startswith(("max_", "dp_")) or key in (
                 "job_timeout_s",
                 "worker_memory_mb",
             )
-            base[key] = min(base[key], value) if smaller_is_tighter else max(base[key], value)
+            if key == "dp_rho_dataset_cap" and not base[key]:
+                base[key] = value  # 0 is "no cap", which any cap tightens
+            else:
+                base[key] = min(base[key], value) if smaller_is_tighter else max(base[key], value)
+        if config.privacy is not None:
+            base["privacy"] = config.privacy
         return Policy(**base)
 
     def bounds_for(self, dataset: str) -> ModelBounds:
@@ -139,6 +180,7 @@ class Settings(_Strict):
             max_depth=policy.max_depth,
             max_bin=policy.max_bin,
             max_threads=self.threads_per_job(policy),
+            min_leaf_rows=policy.min_leaf_rows if policy.privacy == "dp" else None,
         )
 
     @property

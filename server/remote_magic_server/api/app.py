@@ -25,7 +25,7 @@ from ..jobs.store import Store
 from ..release.desk import ReleaseDesk
 from ..release.ledger import Ledger
 from ..settings import Settings
-from . import datasets, describe, errors, health, jobs, mock, models
+from . import cost, datasets, describe, errors, health, jobs, mock, models
 from .auditing import AuditMiddleware
 from .limits import FORM_OVERHEAD_BYTES, BodyLimit
 from .metrics import Metrics, RequestTimer
@@ -118,7 +118,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.metrics = metrics
     app.state.begin_shutdown = begin_shutdown
     errors.install(app)
-    for resource in (health, datasets, jobs, describe, models, mock):
+    for resource in (health, datasets, jobs, cost, describe, models, mock):
         app.include_router(resource.router)
     app.add_middleware(AuditMiddleware, audit=audit, store=store)
     app.add_route("/metrics", metrics.endpoint, include_in_schema=False)

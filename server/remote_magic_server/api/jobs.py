@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from typing import Annotated
 
@@ -21,13 +22,15 @@ from remote_magic.wire import (
     JobStatus,
     MetricPoint,
     Progress,
+    ReleaseOptions,
     first_error,
 )
 
 from ..jobs.store import JobRow, QueueFull, Store
+from ..release.desk import Request
 from .auth import Principal
 from .catalog import check_spec
-from .deps import AuditDep, NotifierDep, SchedulerDep, SettingsDep, StoreDep, User
+from .deps import AuditDep, DeskDep, NotifierDep, SchedulerDep, SettingsDep, StoreDep, User
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -46,6 +49,11 @@ def _main_metric(job: JobRow) -> MetricPoint | None:
     return None
 
 
+def whole_seconds(stamp: str | None) -> str | None:
+    """A timestamp as the analyst sees it: whole seconds, so a job's duration tells nothing finer."""
+    return None if stamp is None else stamp[:19] + "Z"
+
+
 def status_of(job: JobRow) -> JobStatus:
     error = ErrorDetail(code=job.error_code, message=job.error_message or "") if job.error_code else None
     return JobStatus(
@@ -54,9 +62,9 @@ def status_of(job: JobRow) -> JobStatus:
         kind=job.kind,  # type: ignore[arg-type]
         state=job.state,  # type: ignore[arg-type]
         progress=Progress.model_validate(job.progress),
-        submitted_at=job.submitted_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
+        submitted_at=whole_seconds(job.submitted_at),  # type: ignore[arg-type]
+        started_at=whole_seconds(job.started_at),
+        finished_at=whole_seconds(job.finished_at),
         error=error,
         main_metric=_main_metric(job),
         isolation=job.isolation,
@@ -79,6 +87,15 @@ def _parse_spec(text: str) -> DatasetSpec:
         raise Refusal("invalid_spec", f"spec field {first_error(exc.errors(), 'spec')}"[:300]) from None
 
 
+def _parse_options(text: str | None) -> ReleaseOptions:
+    try:
+        return ReleaseOptions.model_validate_json(text) if text else ReleaseOptions()
+    except ValidationError as exc:
+        raise Refusal(
+            "invalid_request", f"release option {first_error(exc.errors(), 'release')}"[:300]
+        ) from None
+
+
 @router.post("/jobs", response_model=JobStatus, status_code=202)
 async def submit(
     response: Response,
@@ -89,7 +106,11 @@ async def submit(
     user: User,
     spec: Annotated[str, Form(description="The dataset spec as JSON.", max_length=100_000)],
     model: Annotated[UploadFile, File(description="The model, pickled with cloudpickle (protocol >= 3).")],
+    desk: DeskDep,
     kind: Annotated[JobKind, Form()] = "train",
+    release: Annotated[
+        str | None, Form(description="ReleaseOptions as JSON: confusion, curve, importance.", max_length=1000)
+    ] = None,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobStatus:
     limit = settings.server.max_payload_mb * 2**20
@@ -97,7 +118,11 @@ async def submit(
     if len(payload) > limit:
         raise Refusal("payload_too_large", f"the model is larger than {settings.server.max_payload_mb} MiB")
     parsed = _parse_spec(spec)
+    options = _parse_options(release)
     plan = check_spec(settings, user.datasets, parsed)
+    plan["release"] = options.model_dump()
+    plan["payload_sha256"] = hashlib.sha256(payload).hexdigest()
+    desk.check_budget(Request(user=user.user, dataset=parsed.dataset, kind=kind, spec={}, options=options))
     state = "queued"
     try:
         await asyncio.to_thread(scan, payload, limit)
