@@ -79,7 +79,8 @@ def test_bad_local_arguments_are_usage_errors(ip):
     with pytest.raises(UsageError, match="not both"):
         run(
             ip,
-            "%%remote_train -d breast_cancer_rules -l malignant --eval-fraction 0.2 --eval-where 'x > 1'\nm=1\n",
+            "%%remote_train -d breast_cancer_rules -l malignant --eval-fraction 0.2 "
+            "--eval-where 'x > 1'\nm=1\n",
         )
 
 

@@ -213,10 +213,10 @@ def limited_server(tmp_path_factory):
     data_dir = base / "data"
     path = data_dir / "datasets" / "synthetic.parquet"
     extra = (
-        f'\n[datasets.slow]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["label"]\nprivacy = "rules"\n'
-        "policy = { job_timeout_s = 2 }\n"
-        f'\n[datasets.small_memory]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["label"]\nprivacy = "rules"\n'
-        "policy = { worker_memory_mb = 1024 }\n"
+        f'\n[datasets.slow]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["label"]\n'
+        'privacy = "rules"\npolicy = { job_timeout_s = 2 }\n'
+        f'\n[datasets.small_memory]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["label"]\n'
+        'privacy = "rules"\npolicy = { worker_memory_mb = 1024 }\n'
     )
     users = {"dave": ["slow", "small_memory", "breast_cancer_rules"]}
     with running(data_dir, base / "server.log", users, extra) as server:
