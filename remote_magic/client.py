@@ -19,6 +19,7 @@ from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 from urllib3.util.retry import Retry
 
+from .connection import check_url, client_cert_file, hub_token, tls_problem, tls_verify
 from .description import Description
 from .errors import ConnectionProblem, RemoteError, error_for
 from .result import TrainResult
@@ -55,12 +56,13 @@ class _TokenAuth(AuthBase):
         return "<bearer token>"
 
 
-def _retrying_session(token: str) -> requests.Session:
+def _retrying_session() -> requests.Session:
     session = requests.Session()
     retry = Retry(
         total=5,
         connect=5,
         read=3,
+        other=0,  # a TLS failure will not pass on a retry
         backoff_factor=0.3,
         status_forcelist=(502, 503, 504),
         allowed_methods=frozenset({"GET", "HEAD", "OPTIONS"}),
@@ -70,7 +72,6 @@ def _retrying_session(token: str) -> requests.Session:
     adapter = HTTPAdapter(max_retries=retry)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    session.auth = _TokenAuth(token)
     session.headers["User-Agent"] = "remote-magic-client"
     return session
 
@@ -81,18 +82,40 @@ def package_model(model: object) -> bytes:
 
 
 class Client:
-    """A connection to one remote-magic server, authenticated by a token."""
+    """A connection to one remote-magic server, authenticated by a token.
 
-    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = DEFAULT_TIMEOUT):
+    The token is `token`, else $REMOTE_MAGIC_TOKEN, else, in a JupyterHub kernel, $JUPYTERHUB_API_TOKEN
+    if the server says it accepts Hub tokens. HTTPS certificates are verified (against `ca_bundle` or
+    $REMOTE_MAGIC_CA_BUNDLE if given); `client_cert` (or $REMOTE_MAGIC_CLIENT_CERT) is a PEM file with
+    a certificate and key for servers that require one; plain http:// to a host that is not loopback is
+    refused unless `insecure`."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        ca_bundle: str | None = None,
+        client_cert: str | None = None,
+        insecure: bool = False,
+    ):
         url = url or os.environ.get("REMOTE_MAGIC_URL")
-        token = token or os.environ.get("REMOTE_MAGIC_TOKEN")
         if not url:
             raise ConnectionProblem("no server URL: pass one or set REMOTE_MAGIC_URL")
+        self.url = check_url(url, insecure)
+        self.timeout = timeout
+        self._session = _retrying_session()
+        self._session.verify = tls_verify(ca_bundle)
+        self._session.cert = client_cert_file(client_cert)
+        token = token or os.environ.get("REMOTE_MAGIC_TOKEN") or self._hub_token()
         if not token:
             raise ConnectionProblem("no token: pass one or set REMOTE_MAGIC_TOKEN")
-        self.url = url.rstrip("/")
-        self.timeout = timeout
-        self._session = _retrying_session(token)
+        self._session.auth = _TokenAuth(token)
+
+    def _hub_token(self) -> str | None:
+        token = hub_token()
+        return token if token and "jupyterhub" in self.health().get("auth", []) else None
 
     def __repr__(self) -> str:
         return f"Client({self.url!r})"
@@ -104,6 +127,8 @@ class Client:
         kwargs.setdefault("timeout", self.timeout)
         try:
             response = self._session.request(method, f"{self.url}/v1{path}", **kwargs)  # type: ignore[arg-type]
+        except requests.exceptions.SSLError as exc:
+            raise tls_problem(self.url, exc) from None
         except requests.ConnectionError:
             raise ConnectionProblem(f"cannot reach {self.url}: is the server running?") from None
         except requests.Timeout as exc:

@@ -23,6 +23,7 @@ from ..jobs.store import Store
 from ..settings import Settings
 from . import describe, errors, mock, models, routes
 from .auditing import AuditMiddleware
+from .auth import LastUsed
 from .limits import FORM_OVERHEAD_BYTES, BodyLimit
 from .metrics import Metrics, RequestTimer
 
@@ -150,12 +151,18 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.notifier = notifier
     app.state.metrics = metrics
     app.state.begin_shutdown = begin_shutdown
+    app.state.last_used = LastUsed(store)
+    app.state.hub = None
+    if settings.jupyterhub is not None:
+        from .hub import HubSignIn
+
+        app.state.hub = HubSignIn(settings.jupyterhub)
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(describe.router)
     app.include_router(models.router)
     app.include_router(mock.router)
-    app.add_middleware(AuditMiddleware, audit=scheduler.audit, store=store)
+    app.add_middleware(AuditMiddleware, audit=scheduler.audit)
     app.add_route("/metrics", metrics.endpoint, include_in_schema=False)
     app.add_middleware(BodyLimit, max_bytes=settings.server.max_payload_mb * 2**20 + FORM_OVERHEAD_BYTES)
     app.add_middleware(RequestTimer, metrics=metrics)

@@ -88,6 +88,7 @@ def health(request: Request) -> Health:
         running=request.app.state.scheduler.running_count(),
         queued=counts.get("queued", 0),
         scheduler=scheduler,
+        auth=["token", "jupyterhub"] if request.app.state.hub is not None else ["token"],
     )
 
 

@@ -36,7 +36,7 @@ from ..privacy.guard import check_differencing
 from ..privacy.model_release import check_model_release
 from ..privacy.policy import PolicyRefusal, release, release_progress_metric
 from ..settings import Policy, Settings
-from .audit import AuditLog
+from .audit import open_audit
 from .launch import run_by_name
 from .ledger import Ledger
 from .store import JobRow, Store
@@ -137,7 +137,7 @@ class Scheduler:
         self._deadline = 0.0
         self._thread: threading.Thread | None = None
         self.ledger = Ledger(settings.ledger_path)
-        self.audit = AuditLog(settings.audit_path)
+        self.audit = open_audit(settings)
         self._describe_slots = threading.BoundedSemaphore(settings.worker_count)
 
     @property
