@@ -19,7 +19,7 @@ from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 from urllib3.util.retry import Retry
 
-from .connection import check_url, client_cert_file, hub_token, tls_problem, tls_verify
+from .connection import check_url, client_cert_file, hub_token, tls_problem, tls_verify, unreachable
 from .description import Description
 from .errors import ConnectionProblem, RemoteError, error_for
 from .result import TrainResult
@@ -106,7 +106,8 @@ class Client:
         self.url = check_url(url, insecure)
         self.timeout = timeout
         self._session = _retrying_session()
-        self._session.verify = tls_verify(ca_bundle)
+        # Passed with every request: requests lets $REQUESTS_CA_BUNDLE override a session's `verify`.
+        self._verify = tls_verify(ca_bundle)
         self._session.cert = client_cert_file(client_cert)
         token = token or os.environ.get("REMOTE_MAGIC_TOKEN") or self._hub_token()
         if not token:
@@ -125,12 +126,13 @@ class Client:
 
     def _request(self, method: str, path: str, **kwargs: object) -> requests.Response:
         kwargs.setdefault("timeout", self.timeout)
+        kwargs.setdefault("verify", self._verify)
         try:
             response = self._session.request(method, f"{self.url}/v1{path}", **kwargs)  # type: ignore[arg-type]
         except requests.exceptions.SSLError as exc:
             raise tls_problem(self.url, exc) from None
-        except requests.ConnectionError:
-            raise ConnectionProblem(f"cannot reach {self.url}: is the server running?") from None
+        except requests.ConnectionError as exc:
+            raise unreachable(self.url, exc, self._session.cert is not None) from None
         except requests.Timeout as exc:
             raise ConnectionProblem(f"{self.url} did not answer in time") from exc
         if response.status_code >= 400:

@@ -78,8 +78,20 @@ def tls_problem(url: str, exc: requests.exceptions.SSLError) -> ConnectionProble
             f"--ca-bundle PATH or ${CA_BUNDLE_ENV}"
         )
     if "CERTIFICATE_REQUIRED" in text or "HANDSHAKE_FAILURE" in text:
-        return ConnectionProblem(
-            f"{url}: the server wants a client certificate; give one with --client-cert PATH or "
-            f"${CLIENT_CERT_ENV}"
-        )
+        return _wants_client_certificate(url)
     return ConnectionProblem(f"{url}: the TLS handshake failed")
+
+
+def _wants_client_certificate(url: str) -> ConnectionProblem:
+    return ConnectionProblem(
+        f"{url}: the server wants a client certificate; give one with --client-cert PATH or "
+        f"${CLIENT_CERT_ENV}"
+    )
+
+
+def unreachable(url: str, exc: requests.ConnectionError, has_cert: bool) -> ConnectionProblem:
+    """One line for a connection that failed. Under TLS 1.3 a server that requires a client certificate
+    accepts the handshake and then closes the connection without a word: that is the likely cause."""
+    if url.startswith("https://") and not has_cert and "closed connection without response" in str(exc):
+        return _wants_client_certificate(url)
+    return ConnectionProblem(f"cannot reach {url}: is the server running?")
