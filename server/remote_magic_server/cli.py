@@ -99,6 +99,22 @@ def cmd_token(args: argparse.Namespace) -> int:
     return tokens.run(args, _settings(args))
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from .backup import backup
+
+    manifest = backup(_settings(args), Path(args.dest).resolve())
+    size = sum(f["size"] for f in manifest["files"].values())
+    print(f"backed up {len(manifest['files'])} files ({size / 2**20:.1f} MiB) into {args.dest}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from .backup import restore
+
+    print(restore(_settings(args), Path(args.source).resolve()))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import default_demo_dir, run_quickstart
 
@@ -259,6 +275,16 @@ def parser() -> argparse.ArgumentParser:
     approve.add_argument("job", help="the job id")
     approve.add_argument("--by", help="the approver's name for the audit log (default: your login)")
     approve.set_defaults(func=cmd_approve, host=None, port=None)
+
+    backup = sub.add_parser("backup", help="copy the data directory consistently, while the server runs")
+    common(backup)
+    backup.add_argument("dest", help="a new (or empty) folder for the copy")
+    backup.set_defaults(func=cmd_backup, host=None, port=None)
+
+    restore = sub.add_parser("restore", help="put a backup into the configured, empty data directory")
+    common(restore)
+    restore.add_argument("source", help="the folder `backup` wrote")
+    restore.set_defaults(func=cmd_restore, host=None, port=None)
 
     demo = sub.add_parser("demo", help="run the quickstart notebook headless against a demo server")
     demo.add_argument("--data-dir", help="where the demo data and store live")

@@ -491,6 +491,12 @@ class Store:
         ).fetchall()
         return [(r["id"], r["worker_pid"], r["worker_started"]) for r in rows]
 
+    def forget_workers(self) -> None:
+        """Forget the worker processes recorded for running jobs: after a restore they belong to the
+        server that was copied, so recovery must re-queue those jobs without signalling the pids."""
+        with self._lock:
+            self._db.execute("UPDATE jobs SET worker_pid = NULL, worker_started = NULL")
+
     def remove_stray_folders(self) -> list[str]:
         """Delete job folders without a job row (a crash between writing the payload and the row)."""
         known = {r["id"] for r in self._read("SELECT id FROM jobs").fetchall()}
