@@ -79,6 +79,7 @@ class Busy(RemoteError):
 _BY_CODE: dict[str, type[RemoteError]] = {
     "unauthorized": AuthError,
     "forbidden": AuthError,
+    "hub_unavailable": AuthError,
     "not_found": RemoteError,
     "unknown_dataset": SpecError,
     "invalid_spec": SpecError,
@@ -102,6 +103,7 @@ _BY_CODE: dict[str, type[RemoteError]] = {
 _HINTS: dict[str, str] = {
     "unauthorized": "Check the token in $REMOTE_MAGIC_TOKEN (or the variable named by --token-env).",
     "forbidden": "Ask the data owner for access to this dataset.",
+    "hub_unavailable": "Retry in a moment, or connect with a token from the data owner.",
     "unknown_dataset": "%remote_datasets lists the datasets your token grants.",
     "unknown_column": "%remote_datasets NAME lists the columns; --dry-run checks a spec locally.",
     "invalid_spec": "%remote_datasets NAME lists the columns and their roles.",
