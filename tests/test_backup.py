@@ -13,8 +13,8 @@ import sys
 
 import xgboost as xgb
 
+from remote_magic_server.audit import read_head, verify
 from remote_magic_server.demo import ensure_demo_data
-from remote_magic_server.jobs.audit import read_head, verify
 from tests.serverproc import ServerProcess, running
 from tests.test_reliability import pause_worker
 

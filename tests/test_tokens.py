@@ -15,7 +15,7 @@ import xgboost as xgb
 
 from remote_magic import Client, package_model
 from remote_magic.errors import AuthError
-from remote_magic_server.jobs.audit import read_head, verify
+from remote_magic_server.audit import read_head, verify
 from remote_magic_server.tokens import parse_expiry
 from tests.serverproc import running
 

@@ -27,7 +27,7 @@ import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .jobs.audit import read_head, verify
+from .audit import read_head, verify
 from .jobs.store import Store
 from .settings import ConfigError, Settings
 

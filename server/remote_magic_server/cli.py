@@ -64,7 +64,7 @@ def _checked_before_serving(settings: Settings, accept_audit_mismatch: bool) -> 
         return False
     verdict = audit_verdict(settings)
     if not verdict.ok:
-        from .jobs.audit import open_audit
+        from .audit import open_audit
 
         audit = open_audit(settings)
         kept = audit.restart_chain(verdict.describe(), verdict.missing)
@@ -153,10 +153,11 @@ def cmd_review(args: argparse.Namespace) -> int:
         payload = (store.job_dir(job.id) / "model.pkl").read_bytes()
         digest = hashlib.sha256(payload).hexdigest()
         if args.action == "show":
-            from .worker.review import review_text
+            from .jobs.executor import make_executor
+            from .jobs.oneshot import review
 
             print(f"job {job.id} by {job.user} on {job.dataset}; payload sha256 {digest}\n")
-            print(review_text(payload))
+            print(review(settings, make_executor(settings.executor.kind), payload))
         elif args.action == "approve":
             store.approve(job.id, digest)
             print(f"approved {job.id} (sha256 {digest}); it is queued")
@@ -175,7 +176,7 @@ def cmd_review(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     import json
 
-    from .jobs.audit import AuditLog, read_head, verify
+    from .audit import AuditLog, read_head, verify
 
     settings = _settings(args)
     if args.verify:
@@ -194,8 +195,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_approve(args: argparse.Namespace) -> int:
     import getpass
 
-    from .jobs.audit import open_audit
-    from .jobs.ledger import Ledger
+    from .audit import open_audit
+    from .release.ledger import Ledger
 
     settings = _settings(args)
     ledger = Ledger(settings.ledger_path)

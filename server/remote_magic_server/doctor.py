@@ -25,7 +25,7 @@ from pathlib import Path
 
 import requests
 
-from .jobs.audit import Verdict, last_entry, read_head, verify
+from .audit import Verdict, last_entry, read_head, verify
 from .jobs.store import SCHEMA_VERSION
 from .settings import Settings
 

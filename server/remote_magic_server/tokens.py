@@ -12,7 +12,7 @@ import re
 import sys
 from datetime import datetime, timedelta, timezone
 
-from .jobs.audit import open_audit
+from .audit import open_audit
 from .jobs.store import Store, TokenRow
 from .settings import ConfigError, Settings
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..jobs.audit import AuditLog
+from ..audit import AuditLog
 
 
 class AuditMiddleware:

@@ -2,7 +2,7 @@
 
 Our own tokens (`rm_...`) are looked up in the store on every request, so a revoked or expired one is
 refused at once. Any other bearer token goes to JupyterHub when the config has a `[jupyterhub]`
-section (api/hub.py). The principal is left in the request's state for the audit log.
+section (api/hub.py).
 """
 
 from __future__ import annotations
@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING
 
-from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ..jobs.store import TOKEN_PREFIX, Store
-from .errors import ApiError
+from remote_magic.codes import Refusal
 
-_bearer = HTTPBearer(
+from ..jobs.store import TOKEN_PREFIX, Store
+
+if TYPE_CHECKING:
+    from .hub import HubSignIn
+
+bearer = HTTPBearer(
     auto_error=False,
     description="A token issued by `remote-magic-server token create`, or a JupyterHub API token.",
 )
@@ -46,30 +49,33 @@ class LastUsed:
             await asyncio.to_thread(self.store.mark_token_used, token_id)
 
 
-async def _from_store(request: Request, secret: str) -> Principal:
-    row = request.app.state.store.lookup_token(secret)
+def token_principal(store: Store, secret: str) -> tuple[Principal, str]:
+    """The user one of our tokens names, and the token's id; Refusal('unauthorized') for an unknown,
+    revoked or expired token."""
+    row = store.lookup_token(secret)
     if row is None:
-        raise ApiError(401, "unauthorized", "the token is not valid")
+        raise Refusal("unauthorized", "the token is not valid")
     state = row.state()
     if state == "revoked":
-        raise ApiError(401, "unauthorized", "this token was revoked; ask the data owner for a new one")
+        raise Refusal("unauthorized", "this token was revoked; ask the data owner for a new one")
     if state == "expired":
         expired = f"this token expired on {str(row.expires_at)[:10]}; ask the data owner for a new one"
-        raise ApiError(401, "unauthorized", expired)
-    await request.app.state.last_used.mark(row.id)
-    return Principal(user=row.user, datasets=row.datasets, via=row.id)
+        raise Refusal("unauthorized", expired)
+    return Principal(user=row.user, datasets=row.datasets, via=row.id), row.id
 
 
-async def current_user(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+async def authenticate(
+    store: Store,
+    last_used: LastUsed,
+    hub: HubSignIn | None,
+    credentials: HTTPAuthorizationCredentials | None,
 ) -> Principal:
+    """The principal of a bearer token: ours (looked up now), else the Hub's if a Hub is configured."""
     if credentials is None or not credentials.credentials:
-        raise ApiError(401, "unauthorized", "a bearer token is required")
+        raise Refusal("unauthorized", "a bearer token is required")
     secret = credentials.credentials
-    hub = request.app.state.hub
     if hub is not None and not secret.startswith(TOKEN_PREFIX):
-        principal = await hub.principal(secret)
-    else:
-        principal = await _from_store(request, secret)
-    request.state.principal = principal
+        return await hub.principal(secret)
+    principal, token_id = token_principal(store, secret)
+    await last_used.mark(token_id)
     return principal

@@ -17,9 +17,10 @@ from urllib.parse import quote
 
 import requests
 
+from remote_magic.codes import Refusal
+
 from ..settings import ConfigError, JupyterHubSection
 from .auth import Principal
-from .errors import ApiError
 
 log = logging.getLogger("remote_magic_server.api")
 
@@ -54,17 +55,15 @@ class HubSignIn:
             groups = await self._groups(model["name"]) if model and model.get("kind") == "user" else []
         except (asyncio.TimeoutError, HTTPError, requests.RequestException, ValueError, KeyError) as exc:
             log.warning("hub_unavailable", extra={"reason": type(exc).__name__})
-            raise ApiError(503, "hub_unavailable", _UNAVAILABLE) from None
+            raise Refusal("hub_unavailable", _UNAVAILABLE) from None
         if not model or model.get("kind") != "user":
-            raise ApiError(401, "unauthorized", "JupyterHub does not recognise this token")
+            raise Refusal("unauthorized", "JupyterHub does not recognise this token")
         name = str(model["name"])
         datasets = set(self.config.users.get(name, []))
         for group in groups:
             datasets.update(self.config.groups.get(group, []))
         if not datasets:
-            raise ApiError(
-                403, "forbidden", "your JupyterHub account is granted no dataset here; ask the data owner"
-            )
+            raise Refusal("forbidden", "your JupyterHub account is granted no dataset here; ask the owner")
         return Principal(user=USER_PREFIX + name, datasets=sorted(datasets), via="jupyterhub")
 
     async def _groups(self, name: str) -> list[str]:
@@ -77,8 +76,7 @@ class HubSignIn:
         )
         if response.status_code != 200:
             log.warning("hub_groups_refused", extra={"status": response.status_code})
-            raise ApiError(
-                503,
+            raise Refusal(
                 "hub_unavailable",
                 "this server may not read your JupyterHub groups; its Hub service needs the scope "
                 "read:users:groups (tell the data owner)",

@@ -7,7 +7,10 @@ writer). The schema carries a version; `_MIGRATIONS` brings an older store up to
 Tokens are stored as SHA-256 hashes: they are 256-bit random strings, so a plain hash is enough and a
 leaked database does not leak a usable token. A token also has a public id (for list, revoke, rotate),
 an optional expiry and note, and is looked up on every request, so a revoked or expired one fails at
-once. The store also anchors the audit log's head (`audit_head`, written by jobs/audit.py).
+once. The store also anchors the audit log's head (`audit_head`, written by audit.py).
+
+Why it is long: every SQL statement about jobs and tokens lives here and nowhere else, so the store's
+transactions and its schema migrations can be read together.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..settings import Settings
+from .settings import Settings
 
 GENESIS = "0" * 64
 _TAIL_CHUNK = 65536
@@ -264,7 +264,7 @@ def verify(path: Path, head: tuple[int, str] | None = None) -> Verdict:
 def open_audit(settings: Settings) -> AuditLog:
     """The server's audit log, anchored in its job store (brought up to date first) and shipped to syslog
     if configured: every writer, the server and the CLI, opens it this way."""
-    from .store import Store
+    from .jobs.store import Store
 
     Store(settings.db_path, settings.jobs_dir).close()
     return AuditLog(settings.audit_path, head_db=settings.db_path, syslog=settings.audit.syslog)

@@ -1,0 +1,57 @@
+"""FastAPI dependencies: the app's parts (settings, store, scheduler, describer, release desk, audit
+log, notifier) and the signed-in user, so routes declare what they use instead of reaching into
+`app.state`. They are coroutines, so FastAPI does not send them to its thread pool."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials
+
+from ..audit import AuditLog
+from ..jobs.oneshot import Describer
+from ..jobs.scheduler import Scheduler
+from ..jobs.store import Store
+from ..release.desk import ReleaseDesk
+from ..settings import Settings
+from .auth import LastUsed, Principal, authenticate, bearer
+from .hub import HubSignIn
+from .notifier import Notifier
+
+
+def _part(name: str) -> Callable[[Request], Awaitable[object]]:
+    """A dependency that hands a route one of the parts `create_app` put on the app."""
+
+    async def get(request: Request) -> object:
+        return getattr(request.app.state, name)
+
+    return get
+
+
+SettingsDep = Annotated[Settings, Depends(_part("settings"))]
+StoreDep = Annotated[Store, Depends(_part("store"))]
+SchedulerDep = Annotated[Scheduler, Depends(_part("scheduler"))]
+DeskDep = Annotated[ReleaseDesk, Depends(_part("desk"))]
+DescriberDep = Annotated[Describer, Depends(_part("describer"))]
+AuditDep = Annotated[AuditLog, Depends(_part("audit"))]
+NotifierDep = Annotated[Notifier, Depends(_part("notifier"))]
+LastUsedDep = Annotated[LastUsed, Depends(_part("last_used"))]
+HubDep = Annotated[HubSignIn | None, Depends(_part("hub"))]
+
+
+async def current_user(
+    request: Request,
+    store: StoreDep,
+    last_used: LastUsedDep,
+    hub: HubDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    """The signed-in user, also left in the request's state for the audit log (api/auditing.py)."""
+    principal = await authenticate(store, last_used, hub, credentials)
+    request.state.principal = principal
+    return principal
+
+
+User = Annotated[Principal, Depends(current_user)]
