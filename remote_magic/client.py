@@ -21,6 +21,7 @@ from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 from urllib3.util.retry import Retry
 
+from .connection import check_url, client_cert_file, hub_token, tls_problem, tls_verify, unreachable
 from .description import Description
 from .errors import ConnectionProblem, RemoteError, error_for
 from .payload import package_model
@@ -61,12 +62,13 @@ class _TokenAuth(AuthBase):
         return "<bearer token>"
 
 
-def _retrying_session(token: str) -> requests.Session:
+def _retrying_session() -> requests.Session:
     session = requests.Session()
     retry = Retry(
         total=5,
         connect=5,
         read=3,
+        other=0,  # a TLS failure will not pass on a retry
         backoff_factor=0.3,
         status_forcelist=(502, 503, 504),
         allowed_methods=frozenset({"GET", "HEAD", "OPTIONS"}),
@@ -76,7 +78,6 @@ def _retrying_session(token: str) -> requests.Session:
     adapter = HTTPAdapter(max_retries=retry)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    session.auth = _TokenAuth(token)
     session.headers["User-Agent"] = "remote-magic-client"
     return session
 
@@ -88,18 +89,41 @@ def _options(release: ReleaseOptions | dict | None) -> ReleaseOptions:
 
 
 class Client:
-    """A connection to one remote-magic server, authenticated by a token."""
+    """A connection to one remote-magic server, authenticated by a token.
 
-    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = DEFAULT_TIMEOUT):
+    The token is `token`, else $REMOTE_MAGIC_TOKEN, else, in a JupyterHub kernel, $JUPYTERHUB_API_TOKEN
+    if the server says it accepts Hub tokens. HTTPS certificates are verified (against `ca_bundle` or
+    $REMOTE_MAGIC_CA_BUNDLE if given); `client_cert` (or $REMOTE_MAGIC_CLIENT_CERT) is a PEM file with
+    a certificate and key for servers that require one; plain http:// to a host that is not loopback is
+    refused unless `insecure`."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        ca_bundle: str | None = None,
+        client_cert: str | None = None,
+        insecure: bool = False,
+    ):
         url = url or os.environ.get("REMOTE_MAGIC_URL")
-        token = token or os.environ.get("REMOTE_MAGIC_TOKEN")
         if not url:
             raise ConnectionProblem("no server URL: pass one or set REMOTE_MAGIC_URL")
+        self.url = check_url(url, insecure)
+        self.timeout = timeout
+        self._session = _retrying_session()
+        # Passed with every request: requests lets $REQUESTS_CA_BUNDLE override a session's `verify`.
+        self._verify = tls_verify(ca_bundle)
+        self._session.cert = client_cert_file(client_cert)
+        token = token or os.environ.get("REMOTE_MAGIC_TOKEN") or self._hub_token()
         if not token:
             raise ConnectionProblem("no token: pass one or set REMOTE_MAGIC_TOKEN")
-        self.url = url.rstrip("/")
-        self.timeout = timeout
-        self._session = _retrying_session(token)
+        self._session.auth = _TokenAuth(token)
+
+    def _hub_token(self) -> str | None:
+        token = hub_token()
+        return token if token and "jupyterhub" in self.health().get("auth", []) else None
 
     def __repr__(self) -> str:
         return f"Client({self.url!r})"
@@ -109,10 +133,13 @@ class Client:
 
     def _request(self, method: str, path: str, **kwargs: object) -> requests.Response:
         kwargs.setdefault("timeout", self.timeout)
+        kwargs.setdefault("verify", self._verify)
         try:
             response = self._session.request(method, f"{self.url}/v1{path}", **kwargs)  # type: ignore[arg-type]
-        except requests.ConnectionError:
-            raise ConnectionProblem(f"cannot reach {self.url}: is the server running?") from None
+        except requests.exceptions.SSLError as exc:
+            raise tls_problem(self.url, exc) from None
+        except requests.ConnectionError as exc:
+            raise unreachable(self.url, exc, self._session.cert is not None) from None
         except requests.Timeout as exc:
             raise ConnectionProblem(f"{self.url} did not answer in time") from exc
         if response.status_code >= 400:

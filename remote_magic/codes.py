@@ -46,6 +46,7 @@ CODES: dict[str, Code] = {
         401, "auth", "Check the token in $REMOTE_MAGIC_TOKEN (or the variable named by --token-env)."
     ),
     "forbidden": Code(403, "auth", "Ask the data owner for access to this dataset."),
+    "hub_unavailable": Code(503, "auth", "Retry in a moment, or connect with a token from the data owner."),
     "not_found": Code(404, "not_found"),
     # the spec
     "unknown_dataset": Code(404, "spec", "%remote_datasets lists the datasets your token grants."),

@@ -20,6 +20,7 @@ from traitlets import Bool, Float, Unicode, default
 from traitlets.config import Configurable
 
 from .client import Client, Job
+from .connection import hub_token
 from .display import Table, columns_table, datasets_table, jobs_table
 from .progress import ProgressBar, progress_enabled
 from .spec import spec_from_args
@@ -120,10 +121,13 @@ class RemoteMagic(Magics, Configurable):
         self.last_job: Job | None = None
 
     # connection
-    def _token(self, env: str) -> str:
+    def _token(self, env: str) -> str | None:
+        """The token from `env`; None in a JupyterHub kernel (the client then offers the Hub's token)."""
         token = os.environ.get(env)
         if token:
             return token
+        if hub_token():
+            return None
         if sys.stdin is not None and hasattr(sys.stdin, "isatty") and not os.environ.get("CI"):
             try:
                 return getpass.getpass(f"Token for the remote-magic server (or set {env}): ")
@@ -137,10 +141,10 @@ class RemoteMagic(Magics, Configurable):
             self._connect(self.url, self.token_env, "default")
         return self.connections[self.current]  # type: ignore[index]
 
-    def _connect(self, url: str, token_env: str, name: str) -> Client:
+    def _connect(self, url: str, token_env: str, name: str, **tls: object) -> Client:
         if not url:
             raise UsageError("no server URL: %remote_connect URL, or set REMOTE_MAGIC_URL")
-        client = Client(url, self._token(token_env), timeout=30.0)
+        client = Client(url, self._token(token_env), timeout=30.0, **tls)  # type: ignore[arg-type]
         self.connections[name] = client
         self.current = name
         return client
@@ -149,15 +153,28 @@ class RemoteMagic(Magics, Configurable):
     @argument("url", nargs="?", help="server URL (default: the `url` trait or $REMOTE_MAGIC_URL)")
     @argument("--token-env", help="environment variable that holds the token (default: REMOTE_MAGIC_TOKEN)")
     @argument("--name", "-n", default=None, help="name of this connection; switch back with --name only")
+    @argument("--ca-bundle", help="CA file for the server's certificate (default: $REMOTE_MAGIC_CA_BUNDLE)")
+    @argument("--client-cert", help="PEM file with a client certificate and key, if the server asks for one")
+    @argument("--insecure", action="store_true", help="allow plain http:// to a host that is not loopback")
     @line_magic
     def remote_connect(self, line: str) -> None:
-        """Connect to a remote-magic server, or switch between named connections."""
+        """Connect to a remote-magic server, or switch between named connections.
+
+        In a JupyterHub kernel without $REMOTE_MAGIC_TOKEN, the Hub's token is used if the server
+        accepts it."""
         args = _parse(self.remote_connect, line)
         name = args.name or "default"
         if args.url is None and args.name in self.connections:
             self.current = args.name
         else:
-            self._connect(args.url or self.url, args.token_env or self.token_env, name)
+            self._connect(
+                args.url or self.url,
+                args.token_env or self.token_env,
+                name,
+                ca_bundle=args.ca_bundle,
+                client_cert=args.client_cert,
+                insecure=args.insecure,
+            )
         who = self.client.whoami()
         print(
             f"Connected to {self.client.url} as {who.user} ({len(who.datasets)} dataset(s)) [{self.current}]"

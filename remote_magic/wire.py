@@ -134,6 +134,10 @@ class Health(_Strict):
         default="running",
         description="The worker pool: starting jobs, finishing them before a shutdown, or stopped.",
     )
+    auth: list[Literal["token", "jupyterhub"]] = Field(
+        default_factory=lambda: ["token"],
+        description="Bearer tokens this server accepts: its own, and JupyterHub API tokens if configured.",
+    )
 
 
 class MetricPoint(_Strict):

@@ -59,9 +59,12 @@ class ServerProcess:
         self.data_dir = self.settings.server.data_dir
         self.log_path = log_path
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.settings.server.tls_cert else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.tokens: dict[str, str] = {}
+        self.verify: bool | str = True  # a CA bundle for a TLS server
+        self.cert: str | None = None  # a client certificate, if the server requires one
 
     def issue_tokens(self, users: dict[str, list[str]] = USERS) -> dict[str, str]:
         store = Store(self.settings.db_path, self.settings.jobs_dir)
@@ -70,7 +73,8 @@ class ServerProcess:
         store.close()
         return self.tokens
 
-    def start(self, timeout: float = 60.0) -> ServerProcess:
+    def start(self, timeout: float = 60.0, extra: tuple[str, ...] = ()) -> ServerProcess:
+        """Start `serve` (with `extra` arguments) and wait until it answers its health check."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's lifetime
         self.proc = subprocess.Popen(
             [
@@ -82,6 +86,7 @@ class ServerProcess:
                 str(self.config),
                 "--port",
                 str(self.port),
+                *extra,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -92,7 +97,8 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}; log: {self.log_path}")
             try:
-                if requests.get(f"{self.url}/v1/health", timeout=1).status_code == 200:
+                health = requests.get(f"{self.url}/v1/health", timeout=1, verify=self.verify, cert=self.cert)
+                if health.status_code == 200:
                     return self
             except requests.RequestException:
                 pass
@@ -115,11 +121,15 @@ class ServerProcess:
     def get(self, path: str, user: str | None = "alice", **kwargs) -> requests.Response:
         headers = {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
         headers.update(kwargs.pop("headers", {}))
+        kwargs.setdefault("verify", self.verify)
+        kwargs.setdefault("cert", self.cert)
         return requests.get(f"{self.url}/v1{path}", headers=headers, timeout=30, **kwargs)
 
     def post(self, path: str, user: str | None = "alice", **kwargs) -> requests.Response:
         headers = {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
         headers.update(kwargs.pop("headers", {}))
+        kwargs.setdefault("verify", self.verify)
+        kwargs.setdefault("cert", self.cert)
         return requests.post(f"{self.url}/v1{path}", headers=headers, timeout=30, **kwargs)
 
     def submit_raw(

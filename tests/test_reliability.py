@@ -27,7 +27,7 @@ from remote_magic import package_model
 from remote_magic_server.audit import AuditLog
 from remote_magic_server.jobs.local import LocalExecutor, process_mark
 from remote_magic_server.jobs.scheduler import Scheduler
-from remote_magic_server.jobs.store import SCHEMA_VERSION, QueueFull, Store, StoreError
+from remote_magic_server.jobs.store import SCHEMA_VERSION, QueueFull, Store, StoreError, hash_token
 from remote_magic_server.release.desk import ReleaseDesk
 from remote_magic_server.release.ledger import Ledger
 from remote_magic_server.settings import Settings
@@ -375,11 +375,17 @@ def test_store_migrates_an_old_schema_and_refuses_a_newer_one(tmp_path):
         "INSERT INTO jobs (id, user, dataset, kind, state, spec, plan, submitted_at, progress)"
         " VALUES ('j1', 'alice', 'd', 'train', 'queued', '{}', '{}', 'now', '{\"stage\": \"queued\"}')"
     )
+    old.execute(
+        "INSERT INTO tokens (token_hash, user, datasets, created_at) VALUES (?, 'alice', '[\"d\"]', 'then')",
+        (hash_token("rm_old"),),
+    )
     old.commit()
     old.close()
     store = Store(db_path, tmp_path / "jobs")
-    assert store.schema_version() == SCHEMA_VERSION == 2
+    assert store.schema_version() == SCHEMA_VERSION == 3
     assert store.get_job("j1").state == "queued"
+    token = store.lookup_token("rm_old")  # a token issued before the lifecycle keeps working
+    assert token.user == "alice" and token.id and token.state() == "active" and token.expires_at is None
     store.claim_next()
     store.set_worker("j1", os.getpid(), process_mark(os.getpid()))
     assert store.running_workers() == [("j1", os.getpid(), process_mark(os.getpid()))]

@@ -140,6 +140,32 @@ class ServerSection(_Strict):
         ge=0,
         description="On SIGTERM, how long running jobs may take to finish before re-queueing.",
     )
+    tls_cert: Path | None = Field(default=None, description="PEM certificate (chain): serve HTTPS.")
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert.")
+    tls_client_ca: Path | None = Field(
+        default=None, description="PEM CA bundle: clients must present a certificate it signed."
+    )
+
+
+class AuditSection(_Strict):
+    syslog: str | None = Field(
+        default=None,
+        description="Ship each entry's head (sequence number, hash) to syslog: a socket path such as "
+        "/dev/log, or HOST:PORT (UDP).",
+    )
+
+
+class JupyterHubSection(_Strict):
+    """Sign-in for JupyterHub users: the server asks the Hub who owns a token, then grants datasets."""
+
+    api_url: str = Field(description="The Hub's REST API, e.g. http://127.0.0.1:8081/hub/api.")
+    api_token_env: str = Field(
+        default="REMOTE_MAGIC_HUB_API_TOKEN",
+        description="Environment variable holding this service's Hub API token (scope read:users:groups).",
+    )
+    timeout_s: float = Field(default=5.0, gt=0, le=60, description="How long to wait for the Hub.")
+    users: dict[str, list[str]] = Field(default_factory=dict, description="Hub user -> datasets.")
+    groups: dict[str, list[str]] = Field(default_factory=dict, description="Hub group -> datasets.")
 
 
 class ExecutorSection(_Strict):
@@ -153,6 +179,8 @@ class Settings(_Strict):
     executor: ExecutorSection = Field(default_factory=ExecutorSection)
     policy: Policy = Field(default_factory=Policy)
     datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
+    audit: AuditSection = Field(default_factory=AuditSection)
+    jupyterhub: JupyterHubSection | None = None
 
     def policy_for(self, dataset: str) -> Policy:
         """The server policy with the dataset's overrides applied; numbers may only tighten, the privacy
@@ -232,6 +260,19 @@ def load_settings(path: Path) -> Settings:
 def resolve_paths(settings: Settings, base: Path) -> Settings:
     """Make the data directory and dataset paths absolute, relative to `base`."""
     settings.server.data_dir = (base / settings.server.data_dir).resolve()
+    for key in ("tls_cert", "tls_key", "tls_client_ca"):
+        value = getattr(settings.server, key)
+        if value is not None:
+            setattr(settings.server, key, (base / value).resolve())
+    if (settings.server.tls_cert is None) != (settings.server.tls_key is None):
+        raise ConfigError("[server] tls_cert and tls_key go together: give both or neither")
+    if settings.server.tls_client_ca is not None and settings.server.tls_cert is None:
+        raise ConfigError("[server] tls_client_ca needs tls_cert and tls_key")
+    hub = settings.jupyterhub
+    granted = [*(hub.users.values() if hub else ()), *(hub.groups.values() if hub else ())]
+    unknown = sorted({name for names in granted for name in names} - set(settings.datasets))
+    if unknown:
+        raise ConfigError(f"[jupyterhub] grants unknown datasets: {', '.join(unknown)}")
     for ds in settings.datasets.values():
         ds.path = (base / ds.path).resolve() if not ds.path.is_absolute() else ds.path
         if ds.mock_path is not None and not ds.mock_path.is_absolute():

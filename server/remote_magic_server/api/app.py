@@ -17,7 +17,7 @@ from fastapi import FastAPI
 
 from remote_magic import __version__
 
-from ..audit import AuditLog
+from ..audit import open_audit
 from ..jobs.executor import make_executor
 from ..jobs.oneshot import Describer
 from ..jobs.scheduler import Scheduler
@@ -27,6 +27,7 @@ from ..release.ledger import Ledger
 from ..settings import Settings
 from . import cost, datasets, describe, errors, health, jobs, mock, models
 from .auditing import AuditMiddleware
+from .auth import LastUsed
 from .limits import FORM_OVERHEAD_BYTES, BodyLimit
 from .metrics import Metrics, RequestTimer
 from .notifier import Notifier
@@ -63,7 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
     """Build the app; the store and the scheduler start with it and stop with it."""
     notifier = Notifier()
     store = Store(settings.db_path, settings.jobs_dir)
-    audit = AuditLog(settings.audit_path)
+    audit = open_audit(settings)
     ledger = Ledger(settings.ledger_path)
     desk = ReleaseDesk(settings, ledger, audit)
     executor = make_executor(settings.executor.kind)
@@ -117,10 +118,16 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.notifier = notifier
     app.state.metrics = metrics
     app.state.begin_shutdown = begin_shutdown
+    app.state.last_used = LastUsed(store)
+    app.state.hub = None
+    if settings.jupyterhub is not None:
+        from .hub import HubSignIn
+
+        app.state.hub = HubSignIn(settings.jupyterhub)
     errors.install(app)
     for resource in (health, datasets, jobs, cost, describe, models, mock):
         app.include_router(resource.router)
-    app.add_middleware(AuditMiddleware, audit=audit, store=store)
+    app.add_middleware(AuditMiddleware, audit=audit)
     app.add_route("/metrics", metrics.endpoint, include_in_schema=False)
     app.add_middleware(BodyLimit, max_bytes=settings.server.max_payload_mb * 2**20 + FORM_OVERHEAD_BYTES)
     app.add_middleware(RequestTimer, metrics=metrics)
