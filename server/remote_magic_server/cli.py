@@ -172,6 +172,31 @@ def cmd_approve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dataset(args: argparse.Namespace) -> int:
+    """The data owner's view of dataset versions: list, history, refresh now, prune old ones."""
+    from .data import commands
+
+    settings = _settings(args)
+    if args.action != "list" and args.name not in settings.datasets:
+        known = ", ".join(settings.datasets) or "none"
+        print(f"no dataset named {args.name!r} in the config; known: {known}", file=sys.stderr)
+        return 2
+    if args.action == "list":
+        return commands.list_datasets(settings)
+    if args.action == "versions":
+        return commands.show_versions(settings, args.name)
+    if args.action == "refresh":
+        return commands.refresh_now(settings, args.name)
+    from .jobs.store import Store
+
+    store = Store(settings.db_path, settings.jobs_dir)
+    try:
+        in_use = store.dataset_versions_in_use(args.name)
+    finally:
+        store.close()
+    return commands.prune_versions(settings, args.name, args.keep, in_use)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="remote-magic-server", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -212,6 +237,13 @@ def parser() -> argparse.ArgumentParser:
     approve.add_argument("job", help="the job id")
     approve.add_argument("--by", help="the approver's name for the audit log (default: your login)")
     approve.set_defaults(func=cmd_approve, host=None, port=None)
+
+    dataset = sub.add_parser("dataset", help="dataset versions: list, versions, refresh, prune")
+    common(dataset)
+    dataset.add_argument("action", choices=["list", "versions", "refresh", "prune"])
+    dataset.add_argument("name", nargs="?", help="the dataset (all but `list`)")
+    dataset.add_argument("--keep", type=int, default=5, help="prune: how many of the newest versions to keep")
+    dataset.set_defaults(func=cmd_dataset, host=None, port=None)
 
     demo = sub.add_parser("demo", help="run the quickstart notebook headless against a demo server")
     demo.add_argument("--data-dir", help="where the demo data and store live")
