@@ -172,7 +172,7 @@ class Settings(_Strict):
     @property
     def snapshots_dir(self) -> Path:
         """Dataset versions: one folder of immutable Parquet snapshots per dataset, and their registry."""
-        return self.server.data_dir / "datasets"
+        return self.server.data_dir / "snapshots"
 
 
 class ConfigError(Exception):

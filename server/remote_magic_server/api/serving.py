@@ -12,6 +12,7 @@ from types import FrameType
 
 import uvicorn
 
+from ..data.schedule import Refresher, missing_versions, run_in_child
 from ..logs import configure_logging
 from ..settings import Settings
 from .app import create_app
@@ -28,8 +29,11 @@ class _Server(uvicorn.Server):
 
 
 def serve(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    """Serve until SIGTERM or SIGINT, then shut down gracefully; datasets get their first version first."""
     configure_logging(settings.server.log_level)
+    missing = missing_versions(settings)
+    if missing:
+        run_in_child(settings, missing)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -39,4 +43,8 @@ def serve(settings: Settings) -> None:
         log_config=None,
         timeout_graceful_shutdown=max(1, int(settings.server.shutdown_grace_s)),
     )
-    _Server(config, app.state.begin_shutdown).run()
+    refresher = Refresher(settings).start()
+    try:
+        _Server(config, app.state.begin_shutdown).run()
+    finally:
+        refresher.stop()

@@ -1,12 +1,10 @@
-"""A dataset's versions over time: refresh, prune, first snapshots at start-up, and refreshes on a schedule.
+"""A dataset's versions over time: refresh and prune.
 
 A refresh snapshots the source and registers a new version when the content changed; a failure leaves
 the previous version serving and is recorded in the registry (for /metrics and `dataset list`), in the
 log and in the audit log, with a message that names the source and never a secret. One refresh or prune
-per dataset runs at a time, across processes (a file lock that dies with its holder).
-
-Inside the server, refreshes run in a child interpreter (`run_in_child`), so the API process never
-reads a row or loads a database driver, and a crash or `kill -9` of a refresh takes nothing else down.
+per dataset runs at a time, across processes (a file lock that dies with its holder). Run as a module,
+it refreshes the datasets the server's `schedule` hands it on stdin.
 """
 
 from __future__ import annotations
@@ -14,14 +12,10 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from ..jobs.audit import AuditLog
@@ -114,72 +108,6 @@ def prune(settings: Settings, name: str, keep: int, in_use: set[int]) -> list[Ve
             "dataset_versions_pruned", None, dataset=name, versions=[v.number for v in pruned]
         )
     return pruned
-
-
-def run_in_child(settings: Settings, names: list[str], timeout: float | None = None) -> int:
-    """Refresh `names` in a fresh interpreter; its log lines join the server's. Returns how many failed."""
-    order = json.dumps({"settings": settings.model_dump(mode="json"), "names": names})
-    proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, text=True)
-    try:
-        proc.communicate(order, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        log.error("dataset_refresh_timeout", extra={"datasets": names, "after_s": timeout})
-        return len(names)
-    return proc.returncode
-
-
-def missing_versions(settings: Settings) -> list[str]:
-    """Datasets that have no version yet."""
-    versions = Versions(settings.snapshots_dir)
-    try:
-        return [name for name in settings.datasets if versions.latest(name) is None]
-    finally:
-        versions.close()
-
-
-class Refresher:
-    """Refresh every dataset with `refresh_every` on its schedule, each in a child interpreter."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.due = {name: ds.refresh_seconds for name, ds in settings.datasets.items() if ds.refresh_seconds}
-        self.attempted: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="dataset-refresher", daemon=True)
-
-    def start(self) -> Refresher:
-        if self.due:
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-
-    def _next_times(self, versions: Versions) -> dict[str, float]:
-        """When each dataset is due: an interval after its last attempt, by any process."""
-        times = {}
-        for name, every in self.due.items():
-            last = versions.last_refresh(name)
-            recorded = datetime.fromisoformat(last["at"]).timestamp() if last else 0.0
-            times[name] = max(recorded, self.attempted.get(name, 0.0)) + every
-        return times
-
-    def _loop(self) -> None:
-        versions = Versions(self.settings.snapshots_dir)
-        while not self._stop.is_set():
-            times = self._next_times(versions)
-            now = time.time()
-            ready = sorted(name for name, at in times.items() if at <= now)
-            if ready:
-                self.attempted.update(dict.fromkeys(ready, now))
-                run_in_child(self.settings, ready, timeout=max(self.due[n] for n in ready))
-                continue
-            self._stop.wait(min(times.values()) - now)
-        versions.close()
 
 
 def _child_main() -> int:
