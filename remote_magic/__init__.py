@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Client": "client",
     "Job": "client",
-    "package_model": "client",
+    "package_model": "payload",
     "Comparison": "compare",
     "compare": "compare",
     "RemoteError": "errors",
@@ -27,9 +27,10 @@ _LAZY = {
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
-    from .client import Client, Job, package_model
+    from .client import Client, Job
     from .compare import Comparison, compare
     from .errors import RemoteError, RemoteMagicError
+    from .payload import package_model
     from .result import TrainResult
     from .wire import DatasetSpec
 

@@ -9,6 +9,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from . import plots
+from .formats import count_text
 from .result import TrainResult
 
 MAIN_METRICS = ("auc", "accuracy", "r2", "rmse", "log_loss")
@@ -73,7 +74,10 @@ class Comparison:
         return fig
 
     def _text_table(self) -> pd.DataFrame:
-        table = self.table.astype(object).where(self.table.notna(), "<10")
+        table = self.table.astype(object)
+        for name, result in self.results.items():
+            row = table.loc[name]
+            table.loc[name] = row.where(row.notna(), count_text(None, result.raw.policy))
         table.loc[self.table["kind"] == "evaluate", "train rows"] = "-"
         for column in self.table.columns:
             if pd.api.types.is_float_dtype(self.table[column]) and column not in ("train rows", "eval rows"):

@@ -11,11 +11,12 @@ import html
 
 import pandas as pd
 
-from .wire import ColumnDescription, DescribeResult, HistogramBin
+from .formats import count_text, rules_text
+from .wire import ColumnDescription, DescribeResult, HistogramBin, PolicyInEffect
 
 
-def _count(n: int | None) -> str:
-    return "<10" if n is None else f"{n:,}"
+def _count(n: int | None, policy: PolicyInEffect | None) -> str:
+    return count_text(n, policy)
 
 
 def _bin_label(b: HistogramBin) -> str:
@@ -28,15 +29,16 @@ def _bin_label(b: HistogramBin) -> str:
     return f"[{b.lower:g}, {b.upper:g})"
 
 
-def _column_text(col: ColumnDescription) -> str:
-    missing = f"missing {_count(col.missing)}"
+def _column_text(col: ColumnDescription, policy: PolicyInEffect | None) -> str:
+    missing = f"missing {_count(col.missing, policy)}"
     if col.kind == "numeric":
         bins = (
-            ", ".join(f"{_bin_label(b)}: {_count(b.count)}" for b in col.histogram or []) or "too few values"
+            ", ".join(f"{_bin_label(b)}: {_count(b.count, policy)}" for b in col.histogram or [])
+            or "too few values"
         )
         return f"  {col.name} (numeric; {missing}): {bins}"
-    cats = ", ".join(f"{c.value}: {_count(c.count)}" for c in col.categories or [])
-    other = f", other: {_count(col.other)}" if col.other is not None else ""
+    cats = ", ".join(f"{c.value}: {_count(c.count, policy)}" for c in col.categories or [])
+    other = f", other: {_count(col.other, policy)}" if col.other is not None else ""
     return f"  {col.name} (categorical; {missing}): {cats or 'no category large enough'}{other}"
 
 
@@ -76,34 +78,36 @@ class Description:
 
     def __repr__(self) -> str:
         r = self.raw
-        lines = [f"Description of {r.dataset} (label {r.label}): {_count(r.rows)} rows"]
+        lines = [f"Description of {r.dataset} (label {r.label}): {_count(r.rows, r.policy)} rows"]
         if r.classes is not None:
-            lines.append("classes: " + ", ".join(f"{c.label}: {_count(c.count)}" for c in r.classes))
-        lines += [_column_text(c) for c in r.columns]
+            lines.append(
+                "classes: " + ", ".join(f"{c.label}: {_count(c.count, r.policy)}" for c in r.classes)
+            )
+        lines += [_column_text(c, r.policy) for c in r.columns]
         if r.privacy_budget is not None:
             b = r.privacy_budget
             lines.append(
                 f"differential privacy: epsilon {b.epsilon_per_release:g} per release, "
                 f"{b.epsilon_remaining:g} of your budget left" + (" (stored answer)" if b.repeated else "")
             )
-        lines.append("(counts rounded to 5; counts under 10 suppressed; outer histogram bins are open)")
+        lines.append(f"({rules_text(r.policy, metrics=False).lower()}; outer histogram bins are open)")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         r = self.raw
-        parts = [
-            f"<div class='remote-magic-describe'><h4>{html.escape(r.dataset)}: {_count(r.rows)} rows</h4>"
-        ]
+        total = _count(r.rows, r.policy)
+        parts = [f"<div class='remote-magic-describe'><h4>{html.escape(r.dataset)}: {total} rows</h4>"]
         if r.classes is not None:
             cells = "".join(
-                f"<tr><th>{html.escape(c.label)}</th><td>{_count(c.count)}</td></tr>" for c in r.classes
+                f"<tr><th>{html.escape(c.label)}</th><td>{_count(c.count, r.policy)}</td></tr>"
+                for c in r.classes
             )
             parts.append(
                 f"<table><thead><tr><th>{html.escape(r.label)}</th><th>rows</th></tr></thead>{cells}</table>"
             )
         rows = "".join(
-            f"<tr><th>{html.escape(c.name)}</th><td>{c.kind}</td><td>{_count(c.missing)}</td>"
-            f"<td>{html.escape(_column_text(c).split(': ', 1)[1])}</td></tr>"
+            f"<tr><th>{html.escape(c.name)}</th><td>{c.kind}</td><td>{_count(c.missing, r.policy)}</td>"
+            f"<td>{html.escape(_column_text(c, r.policy).split(': ', 1)[1])}</td></tr>"
             for c in r.columns
         )
         parts.append(
@@ -112,5 +116,5 @@ class Description:
         )
         if r.privacy_budget is not None:
             parts.append(f"<p>epsilon left: {r.privacy_budget.epsilon_remaining:g}</p>")
-        parts.append("<p><small>Counts rounded to 5; counts under 10 suppressed.</small></p></div>")
+        parts.append(f"<p><small>{html.escape(rules_text(r.policy, metrics=False))}.</small></p></div>")
         return "".join(parts)

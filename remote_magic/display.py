@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
+from .formats import count_text
 from .progress import describe
 from .wire import DatasetInfo, JobStatus
 
@@ -52,7 +53,7 @@ def datasets_table(datasets: Sequence[DatasetInfo]) -> Table:
     for d in datasets:
         label = ", ".join(c.name for c in d.columns if c.role == "label")
         features = sum(c.role == "feature" for c in d.columns)
-        rows.append([d.name, "<10" if d.rows is None else f"{d.rows:,}", label, str(features), d.description])
+        rows.append([d.name, count_text(d.rows, d.policy), label, str(features), d.description])
     return Table(["dataset", "rows", "label", "features", "description"], rows)
 
 

@@ -173,7 +173,9 @@ class RemoteMagic(Magics, Configurable):
         if args.dry_run:
             from .dryrun import dry_run
 
-            report = dry_run(self.shell.user_ns[args.model], spec, self.client.mock(spec.dataset), kind)
+            client = self.client
+            model = self.shell.user_ns[args.model]
+            report = dry_run(model, spec, client.dataset(spec.dataset), client.mock(spec.dataset), kind)
             if args.output:
                 self.shell.user_ns[args.output] = report
             return report

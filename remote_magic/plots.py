@@ -1,19 +1,16 @@
-"""matplotlib figures of a result. Built on the object-oriented API (no pyplot state), so drawing a
-result never changes the user's current figure, and `result.plot()` hands the figures over for
-restyling."""
+"""matplotlib figures of released numbers. Built on the object-oriented API (no pyplot state), so
+drawing never changes the user's current figure, and `result.plot()` hands the figures over for
+restyling. The functions take plain frames and series, not result objects."""
 
 from __future__ import annotations
 
 import base64
 import io
-from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-
-if TYPE_CHECKING:
-    from .result import TrainResult
 
 TRAIN_COLOUR = "#4c72b0"
 EVAL_COLOUR = "#dd8452"
@@ -40,9 +37,8 @@ def to_png(fig: Figure, dpi: int = 90) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def learning_curve(result: TrainResult) -> Figure | None:
+def learning_curve(history: pd.DataFrame) -> Figure | None:
     """Train and eval metric per boosting round, with the best eval round marked."""
-    history = result.history
     if history.empty:
         return None
     metric = str(history.columns.name)
@@ -71,9 +67,9 @@ def learning_curve(result: TrainResult) -> Figure | None:
     return fig
 
 
-def importance(result: TrainResult, top: int = 12) -> Figure | None:
+def importance(importances: pd.Series, top: int = 12) -> Figure | None:
     """Total gain of the top features, largest on top."""
-    gain = result.feature_importance.head(top)
+    gain = importances.head(top)
     if gain.empty:
         return None
     fig = Figure(figsize=(4.2, max(HEIGHT, 0.24 * len(gain) + 0.9)), layout="constrained")
@@ -89,9 +85,8 @@ def importance(result: TrainResult, top: int = 12) -> Figure | None:
     return fig
 
 
-def confusion(result: TrainResult) -> Figure | None:
+def confusion(cm: pd.DataFrame | None, suppressed_as: str) -> Figure | None:
     """Released counts of the confusion matrix; suppressed cells are grey and say so."""
-    cm = result.confusion_matrix
     if cm is None:
         return None
     values = np.ma.masked_invalid(cm.astype(float).to_numpy())
@@ -106,7 +101,7 @@ def confusion(result: TrainResult) -> Figure | None:
     for i in range(n):
         for j in range(n):
             if suppressed[i, j]:
-                text, colour = "suppressed\n(<10)", "#555555"
+                text, colour = f"suppressed\n({suppressed_as})", "#555555"
             else:
                 count = values[i, j]
                 text, colour = f"{int(count):,}", "white" if count > 0.6 * top else "#222222"
@@ -117,12 +112,3 @@ def confusion(result: TrainResult) -> Figure | None:
     ax.set_ylabel("true", fontsize=9)
     ax.set_title("Confusion matrix (eval)", fontsize=10, loc="left")
     return fig
-
-
-def figures(result: TrainResult) -> dict[str, Figure]:
-    made = {
-        "learning curve": learning_curve(result),
-        "feature importance": importance(result),
-        "confusion matrix": confusion(result),
-    }
-    return {name: fig for name, fig in made.items() if fig is not None}

@@ -5,32 +5,30 @@ notebooks. Both are deterministic (no job ids, no timings), so example notebooks
 from __future__ import annotations
 
 import html
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from .formats import count_text, rules_text
 from .wire import JobResult, SplitSummary
 
 if TYPE_CHECKING:
     import xgboost
 
-    from .client import Client
-
 TASK_NAMES = {"binary": "binary classifier", "multiclass": "multiclass classifier", "regression": "regressor"}
-
-
-def _count(n: int | None) -> str:
-    return "<10" if n is None else f"{n:,}"
 
 
 class TrainResult:
     """Aggregate statistics of a remote training or evaluation job, as released by the server."""
 
-    def __init__(self, raw: JobResult, client: Client | None = None):
+    def __init__(self, raw: JobResult, downloader: Callable[[str], bytes] | None = None):
         self.raw = raw
-        self._client = client
+        self._downloader = downloader
+
+    def _count(self, n: int | None) -> str:
+        return count_text(n, self.raw.policy)
 
     @property
     def job_id(self) -> str:
@@ -95,9 +93,9 @@ class TrainResult:
         and the data owner approved it; until then this raises `DisclosureRefused` saying which."""
         import xgboost
 
-        if self._client is None:
+        if self._downloader is None:
             raise RuntimeError("this result is not attached to a server connection")
-        data = self._client.download_model(self.job_id)
+        data = self._downloader(self.job_id)
         if path is not None:
             Path(path).write_bytes(data)
         booster = xgboost.Booster()
@@ -114,8 +112,8 @@ class TrainResult:
     def _summary_lines(self) -> list[str]:
         lines = []
         for split, part in self._splits():
-            classes = ", ".join(f"{c.label}: {_count(c.count)}" for c in part.classes)
-            lines.append(f"  {split:<5} {_count(part.rows)} rows" + (f" ({classes})" if classes else ""))
+            classes = ", ".join(f"{c.label}: {self._count(c.count)}" for c in part.classes)
+            lines.append(f"  {split:<5} {self._count(part.rows)} rows" + (f" ({classes})" if classes else ""))
         return lines
 
     def __repr__(self) -> str:
@@ -124,7 +122,12 @@ class TrainResult:
         lines = [f"TrainResult: {what} of a {TASK_NAMES[r.task]} on {r.dataset}"]
         if r.kind == "train":
             lines.append(f"rounds: {r.rounds.base} base + {r.rounds.new} new = {r.rounds.total}")
-        lines.append("rows (rounded to 5; counts under 10 suppressed):")
+        policy = r.policy
+        lines.append(
+            f"rows (rounded to {policy.round_to}; counts under {policy.min_count} suppressed):"
+            if policy is not None
+            else "rows:"
+        )
         lines += self._summary_lines()
         lines.append("metrics (eval set):")
         lines += [f"  {name:<9} {value:.4g}" for name, value in r.metrics.items()]
@@ -138,7 +141,12 @@ class TrainResult:
         """matplotlib figures: learning curve, feature importance, confusion matrix (when present)."""
         from . import plots
 
-        return plots.figures(self)
+        made = {
+            "learning curve": plots.learning_curve(self.history),
+            "feature importance": plots.importance(self.feature_importance),
+            "confusion matrix": plots.confusion(self.confusion_matrix, count_text(None, self.raw.policy)),
+        }
+        return {name: fig for name, fig in made.items() if fig is not None}
 
     def _repr_html_(self) -> str:
         from . import plots
@@ -153,7 +161,7 @@ class TrainResult:
         images = "".join(
             f"<img class='remote-magic-plot' alt='{html.escape(title)}' style='{_IMG}' "
             f"src='data:image/png;base64,{plots.to_png(fig)}'/>"
-            for title, fig in plots.figures(self).items()
+            for title, fig in self.plot().items()
         )
         return (
             f"<div class='remote-magic-result' style='{_BOX}'>"
@@ -163,16 +171,16 @@ class TrainResult:
             f"<div style='display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start'>"
             f"{self._rows_html()}{self._metrics_html()}</div>"
             f"<div style='display:flex;flex-wrap:wrap;gap:12px;margin-top:10px'>{images}</div>"
-            "<div style='color:#666;font-size:0.85em;margin-top:6px'>Counts rounded to 5; counts under 10 "
-            "suppressed; metrics to 4 significant digits, on the evaluation rows.</div></div>"
+            f"<div style='color:#666;font-size:0.85em;margin-top:6px'>{html.escape(rules_text(r.policy))}"
+            ", on the evaluation rows.</div></div>"
         )
 
     def _rows_html(self) -> str:
         rows = []
         for split, part in self._splits():
-            classes = "<br>".join(f"{html.escape(c.label)}: {_count(c.count)}" for c in part.classes)
+            classes = "<br>".join(f"{html.escape(c.label)}: {self._count(c.count)}" for c in part.classes)
             rows.append(
-                f"<tr><th style='{_CELL}'>{split}</th><td style='{_NUM}'>{_count(part.rows)}</td>"
+                f"<tr><th style='{_CELL}'>{split}</th><td style='{_NUM}'>{self._count(part.rows)}</td>"
                 f"<td style='{_NUM}'>{classes or '&ndash;'}</td></tr>"
             )
         return (

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..jobs.audit import AuditLog
+from ..audit import AuditLog
 from ..settings import Settings
 from .snapshots import TMP_PREFIX, take_snapshot
 from .sources import SourceError, source_for
