@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 if TYPE_CHECKING:
-    from .sources import Source
+    from .source import Source
 
 TMP_PREFIX = ".tmp-"
 HASH_CHUNK = 1 << 20
