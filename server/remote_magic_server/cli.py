@@ -189,12 +189,14 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     if args.action == "refresh":
         return commands.refresh_now(settings, args.name)
     from .jobs.store import Store
+    from .release.ledger import Ledger
 
-    store = Store(settings.db_path, settings.jobs_dir)
+    store, ledger = Store(settings.db_path, settings.jobs_dir), Ledger(settings.ledger_path)
     try:
-        in_use = store.dataset_versions_in_use(args.name)
+        in_use = store.dataset_versions_in_use(args.name, ledger.kept_models(args.name))
     finally:
         store.close()
+        ledger.close()
     return commands.prune_versions(settings, args.name, args.keep, in_use)
 
 

@@ -1,6 +1,6 @@
 """FastAPI dependencies: the app's parts (settings, store, scheduler, describer, release desk, audit
-log, notifier) and the signed-in user, so routes declare what they use instead of reaching into
-`app.state`. They are coroutines, so FastAPI does not send them to its thread pool."""
+log, notifier, dataset versions) and the signed-in user, so routes declare what they use instead of
+reaching into `app.state`. They are coroutines, so FastAPI does not send them to its thread pool."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
 
 from ..audit import AuditLog
+from ..data.versions import Versions
 from ..jobs.oneshot import Describer
 from ..jobs.scheduler import Scheduler
 from ..jobs.store import Store
@@ -36,6 +37,7 @@ DeskDep = Annotated[ReleaseDesk, Depends(_part("desk"))]
 DescriberDep = Annotated[Describer, Depends(_part("describer"))]
 AuditDep = Annotated[AuditLog, Depends(_part("audit"))]
 NotifierDep = Annotated[Notifier, Depends(_part("notifier"))]
+VersionsDep = Annotated[Versions, Depends(_part("versions"))]
 
 
 async def current_user(

@@ -47,6 +47,11 @@ CREATE TABLE IF NOT EXISTS refreshes (
 OUTCOMES = ("new_version", "unchanged", "failed")
 
 
+def snapshot_file(root: Path, dataset: str, content_hash: str) -> Path:
+    """Where the snapshot with this content hash of a dataset lives under the snapshots folder."""
+    return Path(root) / dataset / f"{content_hash}.parquet"
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -138,7 +143,7 @@ class Versions:
             schema_hash=row["schema_hash"],
             content_hash=row["content_hash"],
             source=row["source"],
-            file=self.folder(row["dataset"]) / f"{row['content_hash']}.parquet",
+            file=snapshot_file(self.root, row["dataset"], row["content_hash"]),
             pruned=row["pruned"],
         )
 

@@ -33,7 +33,12 @@ class Describer:
     def describe(self, user: str, dataset: str, spec: dict, plan: dict) -> DescribeResult:
         """Describe a spec's admitted rows in a fresh worker, released through the desk; raise Refusal."""
         request = Request(
-            user=user, dataset=dataset, kind="describe", spec=spec, features=tuple(plan["features"])
+            user=user,
+            dataset=dataset,
+            kind="describe",
+            spec=spec,
+            features=tuple(plan["features"]),
+            dataset_version=plan.get("dataset_version"),
         )
         try:
             stored = self.desk.stored_describe(request)

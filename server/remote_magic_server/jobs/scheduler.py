@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from remote_magic.codes import Refusal
 from remote_magic.wire import JobResult
 
 from ..protocol import Isolation, ProgressNote, WorkerMessage
@@ -169,6 +170,9 @@ class Scheduler:
                 self.on_change(job.id)
                 try:
                     self._launch(job)
+                except Refusal as refusal:  # its dataset version is gone
+                    self.store.finish(job.id, "failed", error=(refusal.code, refusal.message))
+                    self.on_change(job.id)
                 except Exception:  # noqa: BLE001 - a launch failure must not stop the loop
                     log.exception("could not start a worker for job %s", job.id)
                     self.store.finish(
@@ -185,6 +189,7 @@ class Scheduler:
             spec=job.spec,
             job_id=job.id,
             features=tuple(job.plan["features"]),
+            dataset_version=job.plan.get("dataset_version"),
         )
 
     def _launch(self, job: JobRow) -> None:

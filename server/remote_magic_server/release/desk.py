@@ -48,6 +48,7 @@ class Request:
     spec: dict
     job_id: str | None = None
     features: tuple[str, ...] = ()
+    dataset_version: int | None = None
 
 
 @dataclass
@@ -80,8 +81,10 @@ class ReleaseDesk:
         return self.settings.policy_for(dataset)
 
     def _table(self, dataset: str) -> str:
-        """The ledger's key for a dataset: its file, so one table served under two names shares a history."""
-        return str(self.settings.datasets[dataset].path)
+        """The ledger's key for a dataset: its source (for `path =` datasets the file, as before versions),
+        so one table served under two names, and every version of it, share one history."""
+        config = self.settings.datasets[dataset]
+        return str(config.path) if config.path is not None else config.source_config.describe()
 
     # the catalog and running jobs
     def table_size(self, dataset: str, rows: int) -> int | None:
@@ -117,7 +120,7 @@ class ReleaseDesk:
         policy = self.policy(request.dataset)
         result = rules.release(
             report, admitted.admission.counts, policy, request.job_id, request.dataset, request.kind
-        )
+        ).model_copy(update={"dataset_version": request.dataset_version})
         if request.kind == "train" and self.settings.datasets[request.dataset].allow_model_release:
             self._decide_model(request, report.model, policy)
         return result
@@ -166,7 +169,8 @@ class ReleaseDesk:
         policy = self.policy(request.dataset)
         label = request.spec["label"]
         if not self.settings.datasets[request.dataset].dp:
-            return describe_rules.release_describe(report, policy, request.dataset, label)
+            answer = describe_rules.release_describe(report, policy, request.dataset, label)
+            return answer.model_copy(update={"dataset_version": request.dataset_version})
         from ..privacy.dp import laplace_counts
 
         table = self._table(request.dataset)
@@ -186,6 +190,7 @@ class ReleaseDesk:
                 )
             noise = laplace_counts(describe_rules.sensitivity(report), policy.dp_epsilon)
             answer = describe_rules.release_describe(report, policy, request.dataset, label, noise)
+            answer = answer.model_copy(update={"dataset_version": request.dataset_version})
             stored_json = answer.model_dump(mode="json")
             self.ledger.spend(request.user, table, [content_key, request_key], policy.dp_epsilon, stored_json)
         return answer.model_copy(update={"privacy_budget": self._budget(request, repeated=False)})
@@ -209,7 +214,12 @@ class ReleaseDesk:
         self, request: Request, decision: str, code: str | None = None, reason: str | None = None
     ) -> None:
         """Every release decision, released or not, in the audit log."""
-        fields: dict = {"dataset": request.dataset, "kind": request.kind, "spec": request.spec}
+        fields: dict = {
+            "dataset": request.dataset,
+            "dataset_version": request.dataset_version,
+            "kind": request.kind,
+            "spec": request.spec,
+        }
         if request.job_id is not None:
             fields["job"] = request.job_id
         self.audit.record(
