@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from remote_magic.wire import ModelBounds, PolicyInEffect
+from remote_magic.wire import IDENT, ModelBounds, PolicyInEffect
 
 from .data.config import ParquetSourceConfig, SourceConfig, parse_duration, resolve_source_paths
 
@@ -24,7 +24,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 
-_DATASET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+_DATASET_NAME = re.compile(IDENT)
 SIGNIFICANT_DIGITS = 4
 
 
@@ -155,7 +155,9 @@ class Settings(_Strict):
     def _dataset_names(cls, value: dict[str, DatasetConfig]) -> dict[str, DatasetConfig]:
         for name in value:
             if not _DATASET_NAME.match(name):
-                raise ValueError(f"dataset name {name!r}: use letters, digits, '_', '-' and '.' only")
+                raise ValueError(
+                    f"dataset name {name!r}: use letters, digits and '_' (a spec names it; `NAME@N` pins N)"
+                )
         return value
 
     def policy_for(self, dataset: str) -> Policy:
