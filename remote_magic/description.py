@@ -11,7 +11,7 @@ import html
 
 import pandas as pd
 
-from .formats import count_text, privacy_text, rules_text
+from .formats import count_text, dataset_text, privacy_text, rules_text
 from .wire import ColumnDescription, DescribeResult, HistogramBin, PolicyInEffect
 
 
@@ -78,7 +78,8 @@ class Description:
 
     def __repr__(self) -> str:
         r = self.raw
-        lines = [f"Description of {r.dataset} (label {r.label}): {_count(r.rows, r.policy)} rows"]
+        of = dataset_text(r.dataset, r.dataset_version)
+        lines = [f"Description of {of} (label {r.label}): {_count(r.rows, r.policy)} rows"]
         if r.classes is not None:
             lines.append(
                 "classes: " + ", ".join(f"{c.label}: {_count(c.count, r.policy)}" for c in r.classes)
@@ -92,7 +93,8 @@ class Description:
     def _repr_html_(self) -> str:
         r = self.raw
         total = _count(r.rows, r.policy)
-        parts = [f"<div class='remote-magic-describe'><h4>{html.escape(r.dataset)}: {total} rows</h4>"]
+        of = html.escape(dataset_text(r.dataset, r.dataset_version))
+        parts = [f"<div class='remote-magic-describe'><h4>{of}: {total} rows</h4>"]
         if r.classes is not None:
             cells = "".join(
                 f"<tr><th>{html.escape(c.label)}</th><td>{_count(c.count, r.policy)}</td></tr>"

@@ -16,6 +16,11 @@ def count_text(n: int | None, policy: PolicyInEffect | None) -> str:
     return f"<{policy.min_count}" if policy is not None else "suppressed"
 
 
+def dataset_text(name: str, version: int | None) -> str:
+    """A dataset and the version an answer is of, as a spec pins it: `claims@3`."""
+    return f"{name}@{version}" if version is not None else name
+
+
 def rules_text(policy: PolicyInEffect | None, metrics: bool = True) -> str:
     """The rules an answer was released under, in one sentence (without a full stop)."""
     if policy is None:

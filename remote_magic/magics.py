@@ -21,7 +21,7 @@ from traitlets.config import Configurable
 
 from .client import Client, Job
 from .connection import hub_token
-from .display import Table, columns_table, datasets_table, jobs_table
+from .display import Table, columns_table, datasets_table, jobs_table, versions_table
 from .progress import ProgressBar, progress_enabled
 from .spec import spec_from_args
 from .wire import ReleaseOptions, first_error
@@ -180,13 +180,19 @@ class RemoteMagic(Magics, Configurable):
             f"Connected to {self.client.url} as {who.user} ({len(who.datasets)} dataset(s)) [{self.current}]"
         )
 
+    @magic_arguments()
+    @argument("name", nargs="?", help="a dataset: show its columns (NAME@N: those of version N)")
+    @argument("--versions", action="store_true", help="show the dataset's versions instead of its columns")
     @line_magic
     def remote_datasets(self, line: str) -> Table:
-        """List the datasets this token may use; `%remote_datasets NAME` shows one dataset's columns."""
-        name = line.strip()
-        if name:
-            return columns_table(self.client.dataset(name))
-        return datasets_table(self.client.datasets())
+        """List the datasets this token may use, one dataset's columns and roles, or its versions."""
+        args = _parse(self.remote_datasets, line)
+        if args.name is None:
+            if args.versions:
+                raise UsageError("--versions needs a dataset name")
+            return datasets_table(self.client.datasets())
+        dataset = self.client.dataset(args.name)
+        return versions_table(dataset) if args.versions else columns_table(dataset)
 
     # jobs
     def _spec(self, args) -> dict:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from .formats import count_text, metric_text, privacy_text, rules_text
+from .formats import count_text, dataset_text, metric_text, privacy_text, rules_text
 from .wire import JobResult, SplitSummary
 
 if TYPE_CHECKING:
@@ -148,7 +148,8 @@ class TrainResult:
     def __repr__(self) -> str:
         r = self.raw
         what = "evaluation" if r.kind == "evaluate" else "training"
-        lines = [f"TrainResult: {what} of a {TASK_NAMES[r.task]} on {r.dataset}"]
+        on = dataset_text(r.dataset, r.dataset_version)
+        lines = [f"TrainResult: {what} of a {TASK_NAMES[r.task]} on {on}"]
         if r.kind == "train":
             lines.append(f"rounds: {r.rounds.base} base + {r.rounds.new} new = {r.rounds.total}")
         policy = r.policy
@@ -209,7 +210,7 @@ class TrainResult:
         return (
             f"<div class='remote-magic-result' style='{_BOX}'>"
             f"<div style='font-size:1.15em;font-weight:600'>{what}: {TASK_NAMES[r.task]} on "
-            f"<code>{html.escape(r.dataset)}</code></div>"
+            f"<code>{html.escape(dataset_text(r.dataset, r.dataset_version))}</code></div>"
             f"<div style='color:#666;margin-bottom:8px'>{rounds}</div>"
             f"<div style='display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start'>"
             f"{self._rows_html()}{self._metrics_html()}</div>"

@@ -11,6 +11,7 @@ import time
 
 import pytest
 import xgboost as xgb
+from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
@@ -153,6 +154,7 @@ def test_no_wait_then_remote_job_renders_the_same_result_as_a_blocking_run(shell
     assert table.header == ["job", "kind", "dataset", "state", "progress", "submitted (UTC)", "main metric"]
     listed = {row[0]: row for row in table.rows}
     assert listed[job.id][3] == "succeeded" and listed[job.id][6].startswith("auc ")
+    assert listed[job.id][2] == "breast_cancer@1"  # the dataset version the job ran on
     with capture_output() as out:
         shell.run_line_magic("remote_cancel", job.id)
     assert f"Job {job.id}: succeeded" in out.stdout
@@ -320,3 +322,13 @@ def test_dry_run_checks_derived_columns(server):
     ) as refused:
         dry_run(xgb.XGBClassifier(n_estimators=2), bad, info, mock)
     assert refused.value.code == "unknown_column"
+
+
+def test_remote_datasets_shows_a_datasets_versions_and_a_pinned_versions_columns(shell):
+    versions = shell.run_line_magic("remote_datasets", "breast_cancer --versions")
+    assert versions.header == ["version", "created (UTC)", "rows", "schema", "schema change"]
+    assert versions.rows[0][0] == "breast_cancer@1" and versions.rows[0][2] == "570"
+    columns = shell.run_line_magic("remote_datasets", "breast_cancer@1")
+    assert columns.title.startswith("breast_cancer@1: ") and columns.rows[0] == ["id", "int64", "id"]
+    with pytest.raises(UsageError, match="needs a dataset"):
+        shell.run_line_magic("remote_datasets", "--versions")

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from remote_magic import __version__
 
 from ..audit import open_audit
+from ..data.versions import Versions
 from ..jobs.executor import make_executor
 from ..jobs.oneshot import Describer
 from ..jobs.scheduler import Scheduler
@@ -70,7 +71,8 @@ def create_app(settings: Settings) -> FastAPI:
     executor = make_executor(settings.executor.kind)
     scheduler = Scheduler(settings, store, executor, desk, on_change=notifier.notify)
     describer = Describer(settings, executor, desk)
-    metrics = Metrics(store, scheduler, settings.worker_count)
+    versions = Versions(settings.snapshots_dir)
+    metrics = Metrics(store, scheduler, settings.worker_count, versions, list(settings.datasets))
     scheduler.on_finish = metrics.job_finished
     lock = DataDirLock(settings)
     grace = settings.server.shutdown_grace_s
@@ -116,6 +118,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.describer = describer
     app.state.audit = audit
     app.state.notifier = notifier
+    app.state.versions = versions
     app.state.metrics = metrics
     app.state.begin_shutdown = begin_shutdown
     app.state.last_used = LastUsed(store)

@@ -30,7 +30,7 @@ from ..jobs.store import JobRow, QueueFull, Store
 from ..release.desk import Request
 from .auth import Principal
 from .catalog import check_spec
-from .deps import AuditDep, DeskDep, NotifierDep, SchedulerDep, SettingsDep, StoreDep, User
+from .deps import AuditDep, DeskDep, NotifierDep, SchedulerDep, SettingsDep, StoreDep, User, VersionsDep
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -59,6 +59,7 @@ def status_of(job: JobRow) -> JobStatus:
     return JobStatus(
         id=job.id,
         dataset=job.dataset,
+        dataset_version=job.plan.get("dataset_version"),
         kind=job.kind,  # type: ignore[arg-type]
         state=job.state,  # type: ignore[arg-type]
         progress=Progress.model_validate(job.progress),
@@ -103,6 +104,7 @@ async def submit(
     store: StoreDep,
     scheduler: SchedulerDep,
     audit: AuditDep,
+    versions: VersionsDep,
     user: User,
     spec: Annotated[str, Form(description="The dataset spec as JSON.", max_length=100_000)],
     model: Annotated[UploadFile, File(description="The model, pickled with cloudpickle (protocol >= 3).")],
@@ -117,9 +119,8 @@ async def submit(
     payload = await model.read(limit + 1)
     if len(payload) > limit:
         raise Refusal("payload_too_large", f"the model is larger than {settings.server.max_payload_mb} MiB")
-    parsed = _parse_spec(spec)
+    parsed, plan = check_spec(settings, versions, user.datasets, _parse_spec(spec))
     options = _parse_options(release)
-    plan = check_spec(settings, user.datasets, parsed)
     plan["release"] = options.model_dump()
     plan["payload_sha256"] = hashlib.sha256(payload).hexdigest()
     desk.check_budget(Request(user=user.user, dataset=parsed.dataset, kind=kind, spec={}, options=options))
@@ -152,7 +153,15 @@ async def submit(
             headers={"Retry-After": str(RETRY_AFTER_S)},
         ) from None
     if created:
-        audit.record("submit", user.user, job=job.id, dataset=parsed.dataset, kind=kind, spec=job.spec)
+        audit.record(
+            "submit",
+            user.user,
+            job=job.id,
+            dataset=parsed.dataset,
+            dataset_version=plan["dataset_version"],
+            kind=kind,
+            spec=job.spec,
+        )
         if state == "queued":
             scheduler.notify()
     else:

@@ -170,6 +170,9 @@ class Scheduler:
                 self.on_change(job.id)
                 try:
                     self._launch(job)
+                except Refusal as refusal:  # its dataset version is gone
+                    self.store.finish(job.id, "failed", error=(refusal.code, refusal.message))
+                    self.on_change(job.id)
                 except Exception:  # noqa: BLE001 - a launch failure must not stop the loop
                     log.exception("could not start a worker for job %s", job.id)
                     self.store.finish(
@@ -188,6 +191,7 @@ class Scheduler:
             features=tuple(job.plan["features"]),
             options=ReleaseOptions.model_validate(job.plan.get("release") or {}),
             payload_sha256=job.plan.get("payload_sha256"),
+            dataset_version=job.plan.get("dataset_version"),
         )
 
     def _launch(self, job: JobRow) -> None:

@@ -23,6 +23,7 @@ import shutil
 import sqlite3
 import threading
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -481,6 +482,17 @@ class Store:
                 (payload_sha256, job_id),
             )
         return cur.rowcount == 1
+
+    def dataset_versions_in_use(self, dataset: str, job_ids: Iterable[str] = ()) -> set[int]:
+        """Dataset versions that unfinished jobs, or the jobs named (kept models), refer to: never pruned."""
+        ids = list(job_ids)
+        marks = ", ".join("?" * len(ids)) or "NULL"
+        rows = self._read(
+            "SELECT DISTINCT json_extract(plan, '$.dataset_version') FROM jobs WHERE dataset = ? AND "
+            f"(state IN ('queued', 'running', 'awaiting_approval') OR id IN ({marks}))",
+            (dataset, *ids),
+        ).fetchall()
+        return {row[0] for row in rows if row[0] is not None}
 
     def running_ids(self) -> list[str]:
         rows = self._read("SELECT id FROM jobs WHERE state = 'running'").fetchall()
