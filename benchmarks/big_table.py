@@ -49,7 +49,7 @@ def make_table(path: Path, feature_mb: float, seed: int) -> int:
 
 def dataset(name: str, path: Path, policy: str) -> str:
     head = f'\n[datasets.{name}]\npath = "{path}"\nid_column = "id"\n'
-    return head + f'label_columns = ["label"]\npolicy = {policy}\n'
+    return head + f'label_columns = ["label"]\nprivacy = "rules"\npolicy = {policy}\n'
 
 
 def spilled(log: Path) -> list[int]:

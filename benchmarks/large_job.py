@@ -92,6 +92,7 @@ def main() -> None:
         data_bytes = make_table(table, args.rows)
         extra = (
             f'\n[datasets.large]\npath = "{table}"\nid_column = "id"\nlabel_columns = ["label"]\n'
+            'privacy = "rules"\n'
             f"policy = {{ max_threads = {THREADS} }}\n"
         )
         log = base / "server.log"

@@ -1,7 +1,9 @@
 """Load: N clients of one user submit M small jobs each and poll them; is anything lost, is it fair, and
 does the API stay fast?
 
-Starts its own server (demo data, a fresh data directory, a free loopback port), then:
+Starts its own server (demo data, a fresh data directory, a free loopback port), then, on the demo
+table in mode rules (in mode dp an identical repeat is answered from the stored release without a
+worker, which would measure nothing), runs:
 
 1. baseline: the clients poll a finished job's status while the workers are idle;
 2. load: N clients of one user (a sweep) each submit M jobs (with idempotency keys). The user's queue
@@ -34,7 +36,7 @@ from remote_magic import Client
 from remote_magic.wire import FINAL_STATES, JobStatus
 from tests.serverproc import ServerProcess, write_config
 
-SPEC = {"dataset": "breast_cancer", "label": "malignant", "eval": {"fraction": 0.25, "seed": 1}}
+SPEC = {"dataset": "breast_cancer_rules", "label": "malignant", "eval": {"fraction": 0.25, "seed": 1}}
 BASELINE_S = 3.0
 QUEUE_WAIT_S = 3600.0
 
@@ -168,7 +170,7 @@ def main() -> None:
         config = write_config(base / "data", extra=f"max_queued_per_user = {args.max_queued}")
         config.write_text(config.read_text().replace("workers = 1", f"workers = {args.workers}"))
         server = ServerProcess(config, base / "server.log")
-        users = {name: ["breast_cancer"] for name in ("sweep", "other", "idle")}
+        users = {name: ["breast_cancer_rules"] for name in ("sweep", "other", "idle")}
         server.issue_tokens(users)
         server.start()
         try:

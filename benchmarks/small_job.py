@@ -126,7 +126,10 @@ def main() -> None:
         base = Path(tmp)
         table = base / "bench.parquet"
         make_table(table)
-        extra = f'\n[datasets.bench]\npath = "{table}"\nid_column = "id"\nlabel_columns = ["label"]\n'
+        extra = (
+            f'\n[datasets.bench]\npath = "{table}"\nid_column = "id"\nlabel_columns = ["label"]\n'
+            'privacy = "rules"\n'  # mode dp would answer identical repeats from the stored release
+        )
         log = base / "server.log"
         with running(base / "data", log, {"bench": ["bench"]}, extra) as server:
             client = server.client("bench")

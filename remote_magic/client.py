@@ -5,8 +5,8 @@ Idempotency-Key, so a retry can never start a second job), one method per endpoi
 and `Job` handles that wait (long-poll), report progress, cancel on Ctrl-C and return a `TrainResult`.
 A submission whose queue on the server is full waits for a place as the server's Retry-After says.
 
-Why it is long: it is the whole HTTP contract seen from the notebook (one method per endpoint, the
-retry and wait rules, the job handle), kept together so the rules for what may be sent again read as one.
+Why it is long: one method per endpoint of the HTTP API, each a few lines; the layers stay together so
+that the transport's retry rules and the calls that rely on them can be read side by side.
 """
 
 from __future__ import annotations
@@ -23,12 +23,15 @@ from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 from urllib3.util.retry import Retry
 
+from .connection import check_url, client_cert_file, hub_token, tls_problem, tls_verify, unreachable
 from .description import Description
 from .errors import Busy, ConnectionProblem, RemoteError, error_for
 from .payload import package_model
 from .result import TrainResult
 from .wire import (
     FINAL_STATES,
+    CostEstimate,
+    CostRequest,
     DatasetInfo,
     DatasetSpec,
     DescribeResult,
@@ -37,6 +40,7 @@ from .wire import (
     JobStatus,
     MockData,
     ModelReleaseStatus,
+    ReleaseOptions,
     Whoami,
 )
 
@@ -63,12 +67,13 @@ class _TokenAuth(AuthBase):
         return "<bearer token>"
 
 
-def _retrying_session(token: str) -> requests.Session:
+def _retrying_session() -> requests.Session:
     session = requests.Session()
     retry = Retry(
         total=5,
         connect=5,
         read=3,
+        other=0,  # a TLS failure will not pass on a retry
         backoff_factor=0.3,
         status_forcelist=(502, 503, 504),
         allowed_methods=frozenset({"GET", "HEAD", "OPTIONS"}),
@@ -78,13 +83,24 @@ def _retrying_session(token: str) -> requests.Session:
     adapter = HTTPAdapter(max_retries=retry)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    session.auth = _TokenAuth(token)
     session.headers["User-Agent"] = "remote-magic-client"
     return session
 
 
+def _options(release: ReleaseOptions | dict | None) -> ReleaseOptions:
+    if isinstance(release, ReleaseOptions):
+        return release
+    return ReleaseOptions.model_validate(release or {})
+
+
 class Client:
-    """A connection to one remote-magic server, authenticated by a token."""
+    """A connection to one remote-magic server, authenticated by a token.
+
+    The token is `token`, else $REMOTE_MAGIC_TOKEN, else, in a JupyterHub kernel, $JUPYTERHUB_API_TOKEN
+    if the server says it accepts Hub tokens. HTTPS certificates are verified (against `ca_bundle` or
+    $REMOTE_MAGIC_CA_BUNDLE if given); `client_cert` (or $REMOTE_MAGIC_CLIENT_CERT) is a PEM file with
+    a certificate and key for servers that require one; plain http:// to a host that is not loopback is
+    refused unless `insecure`."""
 
     def __init__(
         self,
@@ -92,19 +108,29 @@ class Client:
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         queue_wait: float = DEFAULT_QUEUE_WAIT,
+        *,
+        ca_bundle: str | None = None,
+        client_cert: str | None = None,
+        insecure: bool = False,
     ):
-        """`queue_wait`: how long `submit` waits for a place in the server's queue when this user's
-        queue is full (the server answers 429 with Retry-After); 0 raises `Busy` at once."""
         url = url or os.environ.get("REMOTE_MAGIC_URL")
-        token = token or os.environ.get("REMOTE_MAGIC_TOKEN")
         if not url:
             raise ConnectionProblem("no server URL: pass one or set REMOTE_MAGIC_URL")
+        self.url = check_url(url, insecure)
+        self.timeout = timeout
+        self._session = _retrying_session()
+        # Passed with every request: requests lets $REQUESTS_CA_BUNDLE override a session's `verify`.
+        self._verify = tls_verify(ca_bundle)
+        self._session.cert = client_cert_file(client_cert)
+        token = token or os.environ.get("REMOTE_MAGIC_TOKEN") or self._hub_token()
         if not token:
             raise ConnectionProblem("no token: pass one or set REMOTE_MAGIC_TOKEN")
-        self.url = url.rstrip("/")
-        self.timeout = timeout
         self.queue_wait = queue_wait
-        self._session = _retrying_session(token)
+        self._session.auth = _TokenAuth(token)
+
+    def _hub_token(self) -> str | None:
+        token = hub_token()
+        return token if token and "jupyterhub" in self.health().get("auth", []) else None
 
     def __repr__(self) -> str:
         return f"Client({self.url!r})"
@@ -114,10 +140,13 @@ class Client:
 
     def _request(self, method: str, path: str, **kwargs: object) -> requests.Response:
         kwargs.setdefault("timeout", self.timeout)
+        kwargs.setdefault("verify", self._verify)
         try:
             response = self._session.request(method, f"{self.url}/v1{path}", **kwargs)  # type: ignore[arg-type]
-        except requests.ConnectionError:
-            raise ConnectionProblem(f"cannot reach {self.url}: is the server running?") from None
+        except requests.exceptions.SSLError as exc:
+            raise tls_problem(self.url, exc) from None
+        except requests.ConnectionError as exc:
+            raise unreachable(self.url, exc, self._session.cert is not None) from None
         except requests.Timeout as exc:
             raise ConnectionProblem(f"{self.url} did not answer in time") from exc
         if response.status_code >= 400:
@@ -162,10 +191,12 @@ class Client:
         spec: DatasetSpec | dict,
         kind: str = "train",
         idempotency_key: str | None = None,
+        release: ReleaseOptions | dict | None = None,
         on_wait: Callable[[float, float], None] | None = None,
         queue_wait: float | None = None,
     ) -> Job:
-        """Queue a job and return its handle.
+        """Queue a job and return its handle. `release` asks for extras (confusion matrix, an eval
+        learning curve, a feature-importance ranking); on a dataset in mode dp each costs budget.
 
         When this user's queue on the server is full (429), wait for a place as the server's Retry-After
         says, for at most `queue_wait` seconds (default: the client's), then raise `Busy`;
@@ -174,10 +205,15 @@ class Client:
         retry never queues twice."""
         limit = self.queue_wait if queue_wait is None else queue_wait
         spec = spec if isinstance(spec, DatasetSpec) else DatasetSpec.model_validate(spec)
+        options = _options(release)
         payload = package_model(model)
         key = idempotency_key or uuid.uuid4().hex
         files = {"model": ("model.pkl", payload, "application/octet-stream")}
-        data = {"spec": spec.model_dump_json(exclude_none=True), "kind": kind}
+        data = {
+            "spec": spec.model_dump_json(exclude_none=True),
+            "kind": kind,
+            "release": options.model_dump_json(),
+        }
         started = time.monotonic()
         while True:
             try:
@@ -209,13 +245,44 @@ class Client:
                 time.sleep(0.5 * (attempt + 1))
         return self._request("POST", "/jobs", files=files, data=data, headers={"Idempotency-Key": key})
 
-    def train(self, model: object, spec: DatasetSpec | dict, **wait: object) -> TrainResult:
+    def train(
+        self,
+        model: object,
+        spec: DatasetSpec | dict,
+        release: ReleaseOptions | dict | None = None,
+        **wait: object,
+    ) -> TrainResult:
         """Submit a training job and wait for its result."""
-        return self.submit(model, spec, "train").result(**wait)  # type: ignore[arg-type]
+        return self.submit(model, spec, "train", release=release).result(**wait)  # type: ignore[arg-type]
 
-    def evaluate(self, model: object, spec: DatasetSpec | dict, **wait: object) -> TrainResult:
+    def evaluate(
+        self,
+        model: object,
+        spec: DatasetSpec | dict,
+        release: ReleaseOptions | dict | None = None,
+        **wait: object,
+    ) -> TrainResult:
         """Score a fitted model on the spec's evaluation rows, without training."""
-        return self.submit(model, spec, "evaluate").result(**wait)  # type: ignore[arg-type]
+        return self.submit(model, spec, "evaluate", release=release).result(**wait)  # type: ignore[arg-type]
+
+    def cost(
+        self,
+        model: object,
+        spec: DatasetSpec | dict,
+        kind: str = "train",
+        release: ReleaseOptions | dict | None = None,
+    ) -> CostEstimate:
+        """What the job would cost in privacy budget, and how wide its intervals should be, before
+        anything is spent. The cost does not depend on the model (it is accepted for symmetry)."""
+        spec = spec if isinstance(spec, DatasetSpec) else DatasetSpec.model_validate(spec)
+        body = CostRequest(spec=spec, kind=kind, release=_options(release))  # type: ignore[arg-type]
+        response = self._request(
+            "POST",
+            "/cost",
+            data=body.model_dump_json(exclude_none=True),
+            headers={"Content-Type": "application/json"},
+        )
+        return CostEstimate.model_validate(response.json())
 
     def jobs(self, limit: int = 100) -> list[JobStatus]:
         return JobList.model_validate(self._request("GET", "/jobs", params={"limit": limit}).json()).jobs

@@ -11,7 +11,7 @@ import html
 
 import pandas as pd
 
-from .formats import count_text, rules_text
+from .formats import count_text, dataset_text, privacy_text, rules_text
 from .wire import ColumnDescription, DescribeResult, HistogramBin, PolicyInEffect
 
 
@@ -61,9 +61,9 @@ class Description:
         return {c.name: c for c in self.raw.columns}
 
     @property
-    def privacy_budget(self) -> dict | None:
-        b = self.raw.privacy_budget
-        return None if b is None else b.model_dump()
+    def privacy(self) -> dict | None:
+        """What this answer cost under differential privacy and the budget left; None in mode rules."""
+        return None if self.raw.privacy is None else self.raw.privacy.model_dump()
 
     def histogram(self, column: str) -> pd.Series:
         """A numeric column's released bins as a Series indexed by bin label."""
@@ -78,25 +78,23 @@ class Description:
 
     def __repr__(self) -> str:
         r = self.raw
-        lines = [f"Description of {r.dataset} (label {r.label}): {_count(r.rows, r.policy)} rows"]
+        of = dataset_text(r.dataset, r.dataset_version)
+        lines = [f"Description of {of} (label {r.label}): {_count(r.rows, r.policy)} rows"]
         if r.classes is not None:
             lines.append(
                 "classes: " + ", ".join(f"{c.label}: {_count(c.count, r.policy)}" for c in r.classes)
             )
         lines += [_column_text(c, r.policy) for c in r.columns]
-        if r.privacy_budget is not None:
-            b = r.privacy_budget
-            lines.append(
-                f"differential privacy: epsilon {b.epsilon_per_release:g} per release, "
-                f"{b.epsilon_remaining:g} of your budget left" + (" (stored answer)" if b.repeated else "")
-            )
+        if r.privacy is not None:
+            lines.append(privacy_text(r.privacy))
         lines.append(f"({rules_text(r.policy, metrics=False).lower()}; outer histogram bins are open)")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         r = self.raw
         total = _count(r.rows, r.policy)
-        parts = [f"<div class='remote-magic-describe'><h4>{html.escape(r.dataset)}: {total} rows</h4>"]
+        of = html.escape(dataset_text(r.dataset, r.dataset_version))
+        parts = [f"<div class='remote-magic-describe'><h4>{of}: {total} rows</h4>"]
         if r.classes is not None:
             cells = "".join(
                 f"<tr><th>{html.escape(c.label)}</th><td>{_count(c.count, r.policy)}</td></tr>"
@@ -114,7 +112,7 @@ class Description:
             "<table><thead><tr><th>column</th><th>kind</th><th>missing</th><th>distribution</th></tr></thead>"
             f"<tbody>{rows}</tbody></table>"
         )
-        if r.privacy_budget is not None:
-            parts.append(f"<p>epsilon left: {r.privacy_budget.epsilon_remaining:g}</p>")
+        if r.privacy is not None:
+            parts.append(f"<p>{html.escape(privacy_text(r.privacy))}</p>")
         parts.append(f"<p><small>{html.escape(rules_text(r.policy, metrics=False))}.</small></p></div>")
         return "".join(parts)

@@ -1,13 +1,13 @@
-"""Small display objects for listings (datasets, jobs), each with a text and an HTML face."""
+"""Small display objects for listings (datasets, their versions, jobs), each with a text and an HTML face."""
 
 from __future__ import annotations
 
 import html
 from collections.abc import Sequence
 
-from .formats import count_text
+from .formats import count_text, dataset_text
 from .progress import describe
-from .wire import DatasetInfo, JobStatus
+from .wire import DatasetInfo, JobStatus, SchemaChange
 
 STATE_COLOURS = {
     "queued": "#6c757d",
@@ -53,13 +53,37 @@ def datasets_table(datasets: Sequence[DatasetInfo]) -> Table:
     for d in datasets:
         label = ", ".join(c.name for c in d.columns if c.role == "label")
         features = sum(c.role == "feature" for c in d.columns)
-        rows.append([d.name, count_text(d.rows, d.policy), label, str(features), d.description])
-    return Table(["dataset", "rows", "label", "features", "description"], rows)
+        version = str(d.version) if d.version is not None else "none yet"
+        rows.append([d.name, version, count_text(d.rows, d.policy), label, str(features), d.description])
+    return Table(["dataset", "version", "rows", "label", "features", "description"], rows)
 
 
 def columns_table(dataset: DatasetInfo) -> Table:
-    rows = [[c.name, c.dtype, c.role] for c in dataset.columns]
-    return Table(["column", "dtype", "role"], rows, title=f"{dataset.name}: {dataset.description}")
+    rows = [[c.name, c.dtype + (" (inferred)" if c.inferred else ""), c.role] for c in dataset.columns]
+    title = f"{dataset_text(dataset.name, dataset.version)}: {dataset.description}"
+    return Table(["column", "dtype", "role"], rows, title=title)
+
+
+def _change_text(change: SchemaChange | None) -> str:
+    if change is None:
+        return ""
+    parts = [f"+{c}" for c in change.added] + [f"-{c}" for c in change.dropped]
+    return ", ".join(parts + [f"{r.name}: {r.before} -> {r.after}" for r in change.retyped])
+
+
+def versions_table(dataset: DatasetInfo) -> Table:
+    rows = [
+        [
+            dataset_text(dataset.name, v.number),
+            v.created[:19].replace("T", " "),
+            count_text(v.rows, dataset.policy),
+            v.schema_hash,
+            _change_text(v.schema_change),
+        ]
+        for v in dataset.versions
+    ]
+    title = f"{dataset.name}: versions (a spec pins one as {dataset.name}@N; default the latest)"
+    return Table(["version", "created (UTC)", "rows", "schema", "schema change"], rows, title=title)
 
 
 def _progress_text(job: JobStatus) -> str:
@@ -81,7 +105,7 @@ def jobs_table(jobs: Sequence[JobStatus]) -> Table:
             [
                 j.id,
                 j.kind,
-                j.dataset,
+                dataset_text(j.dataset, j.dataset_version),
                 j.state,
                 _progress_text(j),
                 j.submitted_at[:19].replace("T", " "),
@@ -107,7 +131,8 @@ def job_html(job: JobStatus) -> str:
     return (
         "<div class='remote-magic-job' style='font-family:sans-serif;line-height:1.6'>"
         f"<b>Job {html.escape(job.id)}</b> &middot; {html.escape(job.kind)} on "
-        f"<b>{html.escape(job.dataset)}</b> &middot; {badge}<br>{bar}{detail}{error}"
+        f"<b>{html.escape(dataset_text(job.dataset, job.dataset_version))}</b> &middot; {badge}<br>"
+        f"{bar}{detail}{error}"
         f"<br><small>submitted {html.escape(job.submitted_at[:19].replace('T', ' '))} UTC; "
         f"<code>%remote_job {html.escape(job.id)}</code> shows it again</small></div>"
     )

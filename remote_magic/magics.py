@@ -15,13 +15,16 @@ from typing import TYPE_CHECKING
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
+from pydantic import ValidationError
 from traitlets import Bool, Float, Unicode, default
 from traitlets.config import Configurable
 
 from .client import Client, Job
-from .display import Table, columns_table, datasets_table, jobs_table
+from .connection import hub_token
+from .display import Table, columns_table, datasets_table, jobs_table, versions_table
 from .progress import ProgressBar, QueueWait, progress_enabled
 from .spec import spec_from_args
+from .wire import ReleaseOptions, first_error
 
 if TYPE_CHECKING:
     from .description import Description
@@ -65,7 +68,16 @@ def _spec_arguments(func):
             argument(
                 "--dry-run",
                 action="store_true",
-                help="check the spec and fit the model here on the dataset's mock rows; send nothing",
+                help="check the spec and fit the model here on the dataset's mock rows, and show what the "
+                "job would cost; send nothing",
+            ),
+            argument("--confusion", action="store_true", help="also release the confusion matrix"),
+            argument("--curve", type=int, default=0, help="also release an eval learning curve at K points"),
+            argument(
+                "--importance",
+                type=int,
+                default=0,
+                help="also release the top K features (permutation importance)",
             ),
         ]
     ):
@@ -113,10 +125,13 @@ class RemoteMagic(Magics, Configurable):
         self.last_job: Job | None = None
 
     # connection
-    def _token(self, env: str) -> str:
+    def _token(self, env: str) -> str | None:
+        """The token from `env`; None in a JupyterHub kernel (the client then offers the Hub's token)."""
         token = os.environ.get(env)
         if token:
             return token
+        if hub_token():
+            return None
         if sys.stdin is not None and hasattr(sys.stdin, "isatty") and not os.environ.get("CI"):
             try:
                 return getpass.getpass(f"Token for the remote-magic server (or set {env}): ")
@@ -130,10 +145,10 @@ class RemoteMagic(Magics, Configurable):
             self._connect(self.url, self.token_env, "default")
         return self.connections[self.current]  # type: ignore[index]
 
-    def _connect(self, url: str, token_env: str, name: str) -> Client:
+    def _connect(self, url: str, token_env: str, name: str, **tls: object) -> Client:
         if not url:
             raise UsageError("no server URL: %remote_connect URL, or set REMOTE_MAGIC_URL")
-        client = Client(url, self._token(token_env), timeout=30.0)
+        client = Client(url, self._token(token_env), timeout=30.0, **tls)  # type: ignore[arg-type]
         self.connections[name] = client
         self.current = name
         return client
@@ -142,27 +157,46 @@ class RemoteMagic(Magics, Configurable):
     @argument("url", nargs="?", help="server URL (default: the `url` trait or $REMOTE_MAGIC_URL)")
     @argument("--token-env", help="environment variable that holds the token (default: REMOTE_MAGIC_TOKEN)")
     @argument("--name", "-n", default=None, help="name of this connection; switch back with --name only")
+    @argument("--ca-bundle", help="CA file for the server's certificate (default: $REMOTE_MAGIC_CA_BUNDLE)")
+    @argument("--client-cert", help="PEM file with a client certificate and key, if the server asks for one")
+    @argument("--insecure", action="store_true", help="allow plain http:// to a host that is not loopback")
     @line_magic
     def remote_connect(self, line: str) -> None:
-        """Connect to a remote-magic server, or switch between named connections."""
+        """Connect to a remote-magic server, or switch between named connections.
+
+        In a JupyterHub kernel without $REMOTE_MAGIC_TOKEN, the Hub's token is used if the server
+        accepts it."""
         args = _parse(self.remote_connect, line)
         name = args.name or "default"
         if args.url is None and args.name in self.connections:
             self.current = args.name
         else:
-            self._connect(args.url or self.url, args.token_env or self.token_env, name)
+            self._connect(
+                args.url or self.url,
+                args.token_env or self.token_env,
+                name,
+                ca_bundle=args.ca_bundle,
+                client_cert=args.client_cert,
+                insecure=args.insecure,
+            )
         who = self.client.whoami()
         print(
             f"Connected to {self.client.url} as {who.user} ({len(who.datasets)} dataset(s)) [{self.current}]"
         )
 
+    @magic_arguments()
+    @argument("name", nargs="?", help="a dataset: show its columns (NAME@N: those of version N)")
+    @argument("--versions", action="store_true", help="show the dataset's versions instead of its columns")
     @line_magic
     def remote_datasets(self, line: str) -> Table:
-        """List the datasets this token may use; `%remote_datasets NAME` shows one dataset's columns."""
-        name = line.strip()
-        if name:
-            return columns_table(self.client.dataset(name))
-        return datasets_table(self.client.datasets())
+        """List the datasets this token may use, one dataset's columns and roles, or its versions."""
+        args = _parse(self.remote_datasets, line)
+        if args.name is None:
+            if args.versions:
+                raise UsageError("--versions needs a dataset name")
+            return datasets_table(self.client.datasets())
+        dataset = self.client.dataset(args.name)
+        return versions_table(dataset) if args.versions else columns_table(dataset)
 
     # jobs
     def _spec(self, args) -> dict:
@@ -174,16 +208,21 @@ class RemoteMagic(Magics, Configurable):
         spec = self._spec(args)
         if args.model not in self.shell.user_ns:
             raise UsageError(f"the cell defines no variable {args.model!r}; name the model with --model VAR")
+        try:
+            release = ReleaseOptions(confusion=args.confusion, curve=args.curve, importance=args.importance)
+        except ValidationError as exc:
+            raise UsageError(f"invalid release option {first_error(exc.errors(), 'release')}") from None
         if args.dry_run:
             from .dryrun import dry_run
 
             client = self.client
             model = self.shell.user_ns[args.model]
             report = dry_run(model, spec, client.dataset(spec.dataset), client.mock(spec.dataset), kind)
+            report.cost = client.cost(model, spec, kind, release)
             if args.output:
                 self.shell.user_ns[args.output] = report
             return report
-        job = self._submit(self.shell.user_ns[args.model], spec, kind)
+        job = self._submit(self.shell.user_ns[args.model], spec, kind, release)
         self.last_job = job
         if args.no_wait:
             if args.output:
@@ -194,11 +233,13 @@ class RemoteMagic(Magics, Configurable):
             self.shell.user_ns[args.output] = result
         return result
 
-    def _submit(self, model: object, spec, kind: str) -> Job:
+    def _submit(self, model: object, spec, kind: str, release) -> Job:
         """Submit, waiting (with a progress line) while the server's queue for this user is full."""
         waiting = QueueWait() if self.progress else None
         try:
-            return self.client.submit(model, spec, kind, on_wait=waiting, queue_wait=self.queue_wait)
+            return self.client.submit(
+                model, spec, kind, release=release, on_wait=waiting, queue_wait=self.queue_wait
+            )
         except KeyboardInterrupt:
             print("Interrupted while waiting for a queue slot: nothing was submitted.", file=sys.stderr)
             raise

@@ -3,6 +3,9 @@
 Defined once, here; the server imports it so that the OpenAPI document, the request validation and the
 client's parsing cannot drift apart. Every response model forbids extra fields: what leaves the server is
 exactly what is declared here (numbers and fixed strings), nothing else.
+
+Why it is long: it is the whole HTTP contract, one small model per message, kept in one file so that
+what may leave the server can be reviewed in one place.
 """
 
 from __future__ import annotations
@@ -20,6 +23,13 @@ Task = Literal["binary", "multiclass", "regression"]
 FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 IDENT = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+DATASET_REF = r"^[A-Za-z_][A-Za-z0-9_]{0,63}(@[1-9][0-9]{0,8})?$"
+
+
+def dataset_ref(text: str) -> tuple[str, int | None]:
+    """`"claims@3"` -> ("claims", 3); `"claims"` -> ("claims", None), the latest version."""
+    name, _, version = text.partition("@")
+    return name, int(version) if version else None
 
 
 class _Strict(BaseModel):
@@ -42,7 +52,9 @@ class EvalWhere(_Strict):
 class DatasetSpec(_Strict):
     """Which rows are admitted to training and evaluation, the label and the features."""
 
-    dataset: str = Field(pattern=IDENT)
+    dataset: str = Field(
+        pattern=DATASET_REF, description="A dataset name; `name@N` pins version N (default: the latest)."
+    )
     label: str = Field(min_length=1, max_length=128)
     features: list[str] | None = Field(default=None, max_length=1000)
     where: str | None = Field(default=None, max_length=2000)
@@ -75,6 +87,9 @@ class ColumnInfo(_Strict):
     name: str
     dtype: str
     role: Literal["feature", "label", "id", "excluded"]
+    inferred: bool = Field(
+        default=False, description="The type was inferred when the snapshot was taken, not declared."
+    )
 
 
 class PolicyInEffect(_Strict):
@@ -85,6 +100,11 @@ class PolicyInEffect(_Strict):
     significant_digits: int = Field(description="Released metrics are rounded to this many digits.")
     min_rows: int = Field(description="The fewest rows a training or evaluation set may have.")
     min_class_rows: int = Field(description="The fewest rows per class in a set.")
+    privacy: Literal["dp", "rules"] = Field(
+        default="rules", description="dp: numbers are OpenDP draws under a budget; rules: rounding only."
+    )
+    rho_per_job: float | None = Field(default=None, description="zCDP cost of a job's default releases.")
+    rho_cap: float | None = Field(default=None, description="The budget per user and dataset (zCDP rho).")
 
 
 class ModelBounds(_Strict):
@@ -95,6 +115,36 @@ class ModelBounds(_Strict):
     max_bin: int
     max_threads: int = Field(description="nthread / n_jobs may not exceed this.")
     devices: list[str] = Field(default_factory=lambda: ["cpu"])
+    min_leaf_rows: int | None = Field(
+        default=None,
+        description="Mode dp: every leaf must hold this many rows (min_child_weight must ensure it).",
+    )
+
+
+class RetypedColumn(_Strict):
+    name: str
+    before: str
+    after: str
+
+
+class SchemaChange(_Strict):
+    """How a version's columns differ from the version before it."""
+
+    added: list[str] = Field(default_factory=list)
+    dropped: list[str] = Field(default_factory=list)
+    retyped: list[RetypedColumn] = Field(default_factory=list)
+
+
+class VersionInfo(_Strict):
+    """One immutable snapshot of a dataset: never a value, only its number, time, size and schema."""
+
+    number: int
+    created: str
+    rows: int | None = Field(description="Row count rounded by the disclosure policy; null if suppressed.")
+    schema_hash: str = Field(description="Equal for two versions exactly when their columns and types are.")
+    schema_change: SchemaChange | None = Field(
+        default=None, description="Columns added, dropped or retyped since the version before; null if none."
+    )
 
 
 class DatasetInfo(_Strict):
@@ -104,6 +154,12 @@ class DatasetInfo(_Strict):
     columns: list[ColumnInfo]
     policy: PolicyInEffect | None = None
     bounds: ModelBounds | None = None
+    version: int | None = Field(
+        default=None, description="The version these columns and rows are of (the latest unless pinned)."
+    )
+    versions: list[VersionInfo] = Field(
+        default_factory=list, description="Every version still served, oldest first."
+    )
 
 
 class Whoami(_Strict):
@@ -121,6 +177,10 @@ class Health(_Strict):
     scheduler: Literal["running", "draining", "stopped"] = Field(
         default="running",
         description="The worker pool: starting jobs, finishing them before a shutdown, or stopped.",
+    )
+    auth: list[Literal["token", "jupyterhub"]] = Field(
+        default_factory=lambda: ["token"],
+        description="Bearer tokens this server accepts: its own, and JupyterHub API tokens if configured.",
     )
 
 
@@ -140,6 +200,7 @@ class Progress(_Strict):
 class JobStatus(_Strict):
     id: str
     dataset: str
+    dataset_version: int | None = Field(default=None, description="The dataset version the job runs on.")
     kind: JobKind
     state: JobState
     progress: Progress
@@ -160,6 +221,38 @@ class History(_Strict):
     metric: str
     train: list[float] = Field(default_factory=list)
     eval: list[float] = Field(default_factory=list)
+    rounds: list[int] | None = Field(
+        default=None,
+        description="The boosting round of each point (mode dp: K checkpoints); null: every round.",
+    )
+    eval_intervals: list[list[float]] | None = Field(
+        default=None, description="95% interval of each eval point (mode dp)."
+    )
+
+
+class ReleaseOptions(_Strict):
+    """What a job releases besides its default metrics; in mode dp each costs more of the budget."""
+
+    confusion: bool = Field(default=False, description="The confusion matrix (classifiers).")
+    curve: int = Field(default=0, ge=0, le=10, description="Eval learning-curve checkpoints; 0: none.")
+    importance: int = Field(
+        default=0,
+        ge=0,
+        le=10,
+        description="The top-k features by permutation importance on eval rows; 0: none.",
+    )
+
+
+class PrivacyReport(_Strict):
+    """What an answer cost under differential privacy (zCDP), and what is left of the budget."""
+
+    rho: float = Field(description="The zCDP cost of this answer (0 for a repeat).")
+    epsilon: float = Field(description="The same cost as (epsilon, delta)-DP at `delta`.")
+    delta: float
+    rho_spent: float = Field(description="Spent so far by this user on this dataset.")
+    rho_cap: float
+    rho_remaining: float
+    repeated: bool = Field(description="True for the stored answer to an identical earlier request.")
 
 
 class ClassCount(_Strict):
@@ -193,17 +286,28 @@ class Rounds(_Strict):
 class JobResult(_Strict):
     job_id: str
     dataset: str
+    dataset_version: int | None = Field(default=None, description="The dataset version it was computed on.")
     kind: JobKind
     task: Task
-    metrics: dict[str, float]
+    metrics: dict[str, float | None] = Field(description="Released metrics; null: not available (see notes).")
+    intervals: dict[str, list[float]] = Field(
+        default_factory=dict, description="95% interval [low, high] of each metric (mode dp)."
+    )
     history: History | None = None
-    feature_importance: dict[str, float] = Field(default_factory=dict)
+    feature_importance: dict[str, float] = Field(
+        default_factory=dict, description="Average gain per split of each feature (mode rules only)."
+    )
+    importance_ranking: list[str] | None = Field(
+        default=None, description="Top features by permutation importance on eval rows, best first (mode dp)."
+    )
     summary: Summary
     confusion_matrix: ConfusionMatrix | None = None
     rounds: Rounds
     policy: PolicyInEffect | None = Field(
         default=None, description="The rules this result was released under."
     )
+    privacy: PrivacyReport | None = Field(default=None, description="Present in mode dp.")
+    notes: list[str] = Field(default_factory=list, description="Why a value is not released, and such.")
 
 
 class HistogramBin(_Strict):
@@ -231,28 +335,48 @@ class ColumnDescription(_Strict):
     )
 
 
-class PrivacyBudget(_Strict):
-    epsilon_per_release: float
-    epsilon_spent: float
-    epsilon_remaining: float
-    repeated: bool = Field(description="True when this is a stored answer to an identical earlier request.")
-
-
 class DescribeResult(_Strict):
     """Disclosure-checked aggregates of a spec's admitted rows, before any training."""
 
     dataset: str
+    dataset_version: int | None = Field(default=None, description="The dataset version it was computed on.")
     label: str
     rows: int | None
     classes: list[ClassCount] | None = None
     columns: list[ColumnDescription]
-    privacy_budget: PrivacyBudget | None = Field(
-        default=None,
-        description="Present on datasets that release describe counts with differential privacy.",
-    )
+    privacy: PrivacyReport | None = Field(default=None, description="Present in mode dp.")
     policy: PolicyInEffect | None = Field(
         default=None, description="The rules this answer was released under."
     )
+
+
+class CostRequest(_Strict):
+    """A job to price before it is submitted: no model is needed, the cost depends on what is released."""
+
+    spec: DatasetSpec
+    kind: JobKind = "train"
+    release: ReleaseOptions = Field(default_factory=ReleaseOptions)
+
+
+class CostEstimate(_Strict):
+    """What a job would cost before it runs, and how wide its intervals are expected to be."""
+
+    dataset: str
+    kind: JobKind
+    privacy: Literal["dp", "rules"]
+    rho: float = 0.0
+    epsilon: float = 0.0
+    delta: float = 0.0
+    rho_spent: float = 0.0
+    rho_cap: float = 0.0
+    rho_remaining_after: float = 0.0
+    assumed_eval_rows: int | None = Field(
+        default=None, description="The evaluation rows the expectation assumes (from the rounded table size)."
+    )
+    expected: dict[str, float] = Field(
+        default_factory=dict, description="Expected half-width of each metric's 95% interval."
+    )
+    notes: list[str] = Field(default_factory=list)
 
 
 ModelReleaseState = Literal["not_allowed", "refused", "awaiting_approval", "approved"]

@@ -16,9 +16,9 @@ from remote_magic_server.jobs.store import Store
 from tests.serverproc import ServerProcess, pause_worker, wait_until, write_config
 
 SMALL = xgb.XGBClassifier(n_estimators=3, max_depth=2)
-SMALL_SPEC = {"dataset": "breast_cancer", "label": "malignant"}
+SMALL_SPEC = {"dataset": "breast_cancer_rules", "label": "malignant"}
 LONG = package_model(xgb.XGBClassifier(n_estimators=2000, max_depth=8))
-LONG_SPEC = {"dataset": "synthetic", "label": "label"}
+LONG_SPEC = {"dataset": "synthetic_rules", "label": "label"}
 
 
 def queue(store: Store, user: str) -> str:

@@ -5,6 +5,7 @@ same as the pandas + DMatrix path the server used before, and category codes fol
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +18,7 @@ from remote_magic.families.xgboost import FAMILY, frame_of
 from remote_magic.wire import DatasetSpec
 from remote_magic_server.demo import synthetic_table
 from remote_magic_server.jobs.tasks import staging_plan
-from remote_magic_server.protocol import SCRATCH_DIR
+from remote_magic_server.protocol import SCRATCH_DIR, Limits, Task
 from remote_magic_server.worker import staging
 from tests.serverproc import running
 
@@ -86,11 +87,18 @@ def test_continuing_a_notebook_model_keeps_its_category_codes_even_when_a_catego
         pandas_path(trained, hidden, labels.train, base.get_booster())
 
 
-def plan_for(path, spec: dict) -> tuple:
+def task_for(path, spec: dict, staging_mb: int) -> Task:
+    """A train task on a Parquet file (every column but id and label a feature)."""
     checked = DatasetSpec.model_validate(spec)
     columns = [c for c in pq.read_schema(path).names if c not in ("id", "label")]
     plan = {"features": columns, "filter_columns": [*columns, "label"], "derive_columns": columns}
-    return checked, staging_plan(checked, "train", str(path), "id", plan)
+    limits = Limits(threads=1, cpu_seconds=60, memory_mb=4096, staging_mb=staging_mb, max_payload_bytes=0)
+    return Task(
+        kind="train",
+        spec=checked,
+        staging=staging_plan(checked, "train", str(path), "id", plan),
+        limits=limits,
+    )
 
 
 def test_rows_past_the_budget_spill_and_train_through_external_memory(tmp_path):
@@ -99,13 +107,14 @@ def test_rows_past_the_budget_spill_and_train_through_external_memory(tmp_path):
     pq.write_table(
         table.append_column("id", pa.array(np.arange(len(y)))).append_column("label", pa.array(y)), path
     )
-    spec, plan = plan_for(path, {"dataset": "d", "label": "label", "where": "age > 20"})
+    spec = {"dataset": "d", "label": "label", "where": "age > 20"}
     (tmp_path / "held").mkdir(), (tmp_path / "spilled").mkdir()
-    held = staging.stage(plan, False, 1, 0, tmp_path / "held")
-    spilled = staging.stage(plan, False, 1, 1, tmp_path / "spilled")
+    held = staging.stage(task_for(path, spec, 0), tmp_path / "held")
+    spilled = staging.stage(task_for(path, spec, 1), tmp_path / "spilled")
 
     assert not held.train.x.files and held.train.x.cache is None
-    assert spilled.train.x.files and spilled.eval.x.files and not spilled.train.x.held
+    assert spilled.train.x.files and spilled.eval.x.files
+    assert all(isinstance(chunk, Path) for chunk in spilled.train.x.chunks)
     assert all(f.parent == tmp_path / "spilled" / SCRATCH_DIR for f in spilled.train.x.files)
     for a, b in ((held.train, spilled.train), (held.eval, spilled.eval)):
         assert a.x.table().equals(b.x.table()) and np.array_equal(a.y, b.y)
@@ -133,7 +142,10 @@ def test_a_job_past_the_staging_budget_trains_through_external_memory_on_the_ser
     pq.write_table(pa.table(columns), path)
     extra = "".join(
         f'\n[datasets.{name}]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["label"]\n{policy}\n'
-        for name, policy in (("small_budget", "policy = { staging_mb = 16 }"), ("default_budget", ""))
+        for name, policy in (
+            ("small_budget", 'privacy = "rules"\npolicy = { staging_mb = 16 }'),
+            ("default_budget", 'privacy = "rules"'),
+        )
     )
     spec = {"label": "label", "where": "f1 > -2", "eval": {"fraction": 0.2, "seed": 3}}
     model = xgb.XGBClassifier(n_estimators=3, max_depth=3)

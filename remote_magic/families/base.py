@@ -8,6 +8,7 @@ staging budget, spilled to Arrow files in the job folder; the dry run feeds it m
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from .. import rows
 from ..codes import Refusal
 from ..wire import ModelBounds
 
@@ -28,23 +29,24 @@ class Batches:
     """Feature columns of some rows as Arrow record batches, read from the start again on every pass
     (a quantile matrix reads its rows more than once), never as one copy of the whole table.
 
-    The batches are held in memory, or were spilled to Arrow IPC stream files (`files`) because they
-    outgrew the staging budget; then `cache` is the path prefix where an external-memory matrix keeps
-    its pages (in the job folder). `text` holds the distinct values of each text column, when the
-    stager counted them on its way through."""
+    Each chunk is a batch held in memory or an Arrow IPC stream file (in the job folder) that batches
+    were spilled to because they outgrew the staging budget; then `cache` is the path prefix where an
+    external-memory matrix keeps its pages. Rare text levels (`rows.rare_levels`) are merged as the
+    batches are read; `text` holds the levels of each text column once merged, when the stager counted
+    them on its way through."""
 
     def __init__(
         self,
         schema: pa.Schema,
-        held: Iterable[pa.RecordBatch] = (),
-        files: Iterable[Path] = (),
+        chunks: Iterable[pa.RecordBatch | Path] = (),
         cache: str | None = None,
         text: dict[str, set[str]] | None = None,
+        rare: dict[str, set[str]] | None = None,
     ):
         self.schema = schema
-        self.held = list(held)
-        self.files = list(files)
+        self.chunks = list(chunks)
         self.cache = cache
+        self.rare = rare or {}
         self._text = text
 
     @classmethod
@@ -53,37 +55,41 @@ class Batches:
         return cls(table.schema, table.to_batches())
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
-        yield from self.held
-        for path in self.files:
-            with pa.OSFile(str(path)) as source:  # read, not memory-mapped: it counts against no limit
-                yield from pa.ipc.open_stream(source)
+        for chunk in self.chunks:
+            if isinstance(chunk, pa.RecordBatch):
+                yield rows.merge_rare(chunk, self.rare)
+                continue
+            with pa.OSFile(str(chunk)) as source:  # read, not memory-mapped: it counts against no limit
+                for batch in pa.ipc.open_stream(source):
+                    yield rows.merge_rare(batch, self.rare)
+
+    def __add__(self, other: Batches) -> Batches:
+        """These rows, then the other's (to read, not to build an external-memory matrix from)."""
+        text = {
+            name: self.text_values().get(name, set()) | found for name, found in other.text_values().items()
+        }
+        return Batches(self.schema, self.chunks + other.chunks, None, text, self.rare | other.rare)
 
     @property
     def column_names(self) -> list[str]:
         return self.schema.names
+
+    @property
+    def files(self) -> list[Path]:
+        return [chunk for chunk in self.chunks if isinstance(chunk, Path)]
 
     def table(self) -> pa.Table:
         """Every row in one table: only for the few steps that need them all at once (preprocessors)."""
         return pa.Table.from_batches(list(self), schema=self.schema)
 
     def text_values(self) -> dict[str, set[str]]:
-        """The distinct values of each text column."""
+        """The levels of each text column."""
         if self._text is None:
-            self._text = {}
+            counts: dict[str, Counter] = {}
             for batch in self:
-                add_text_values(self._text, batch)
+                rows.count_levels(counts, batch)
+            self._text = {name: set(found) for name, found in counts.items()}
         return self._text
-
-
-def is_text(type_: pa.DataType) -> bool:
-    return pa.types.is_string(type_) or pa.types.is_large_string(type_)
-
-
-def add_text_values(found: dict[str, set[str]], batch: pa.RecordBatch) -> None:
-    """Add the distinct values of a batch's text columns to `found` (missing values are not values)."""
-    for name, column in zip(batch.schema.names, batch.columns):
-        if is_text(column.type):
-            found.setdefault(name, set()).update(v for v in pc.unique(column).to_pylist() if v is not None)
 
 
 @dataclass
@@ -151,8 +157,20 @@ class ModelFamily(Protocol):
         """The plan's base model, ready to be evaluated without training."""
         ...
 
+    def predict(self, trained: Any, rows: Split | None = None, rounds: int | None = None) -> Any:
+        """Predictions (probabilities for classifiers) on the evaluation rows, or on `rows`, using the
+        first `rounds` boosting rounds (all when None)."""
+        ...
+
+    def smallest_leaf(
+        self, trained: Any, rows: Split | None = None, rounds: tuple[int, int | None] = (0, None)
+    ) -> int | None:
+        """The fewest rows (the training rows, or `rows`) in any non-empty leaf of the trees of the
+        rounds `(start, stop)` (stop None: the last)."""
+        ...
+
     def evaluate(self, trained: Any) -> dict:
-        """Raw metrics (and, for classifiers, the confusion counts) on the evaluation rows."""
+        """Exact metrics (and, for classifiers, the confusion counts) on the evaluation rows."""
         ...
 
     def history(self, trained: Any) -> dict | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,9 +29,10 @@ import xgboost as xgb
 from sklearn.pipeline import Pipeline
 
 from ..codes import Refusal
+from ..rows import is_text
 from ..wire import ModelBounds
 from . import preprocessors, scoring
-from .base import Batches, Labels, Plan, Report, Split, is_text
+from .base import Batches, Labels, Plan, Report, Split
 
 log = logging.getLogger("remote_magic.families.xgboost")
 
@@ -44,9 +46,12 @@ _MEMORY_SIGNS = (
     "cannot allocate memory",
     "resource temporarily unavailable",
 )
+# The metrics a model may watch while it trains: each is a mean over rows, decided by no single row.
+EVAL_METRICS = ("logloss", "error", "auc", "mlogloss", "merror", "rmse", "mae")
 DEFAULT_BOOSTER_ROUNDS = 10
 DEFAULT_MAX_DEPTH = 6
 DEFAULT_MAX_BIN = 256
+LEAF_TABLE_CELLS = 16_000_000  # rows x trees of leaf ids predicted at once (64 MiB)
 DEFAULT_MIN_CHILD_WEIGHT = 1.0
 
 
@@ -63,6 +68,20 @@ class Trained:
     dtrain: xgb.DMatrix | None = None
     history: dict = field(default_factory=dict)
     categorical: bool = False
+    front: object | None = None
+    names: list[str] | None = None
+    threads: int = 1
+    categories: dict[str, pa.Array] = field(default_factory=dict)
+
+
+def _add_counts(totals: list[np.ndarray], tree: int, leaf_ids: np.ndarray) -> None:
+    """Add the rows reaching each leaf of one tree (leaf ids are node ids) to its running counts."""
+    counts = np.bincount(leaf_ids.astype(np.int64))
+    while len(totals) <= tree:
+        totals.append(np.zeros(0, dtype=np.int64))
+    if len(counts) > len(totals[tree]):
+        totals[tree] = np.pad(totals[tree], (0, len(counts) - len(totals[tree])))
+    totals[tree][: len(counts)] += counts
 
 
 class _Rows(xgb.DataIter):
@@ -391,8 +410,53 @@ class XGBoostFamily:
                 "parameter_out_of_bounds",
                 f"device = {device!r} is not available; this server allows {allowed}",
             )
+        if bounds.min_leaf_rows:
+            self._check_leaf_floor(plan, bounds.min_leaf_rows)
         if params.get("tree_method") not in (None, "hist", "approx", "exact", "auto"):
             raise Refusal("parameter_out_of_bounds", "tree_method must be hist, approx, exact or auto")
+        metrics = params.get("eval_metric")
+        for metric in metrics if isinstance(metrics, list) else [metrics] if metrics else []:
+            if metric not in EVAL_METRICS:
+                raise Refusal(
+                    "parameter_out_of_bounds",
+                    f"eval_metric {metric!r} is not allowed; allowed: {', '.join(EVAL_METRICS)}",
+                )
+
+    @staticmethod
+    def _check_leaf_floor(plan: Plan, rows: int) -> None:
+        """Every new leaf must hold `rows` rows, decided before any data is touched: for objectives whose
+        hessian per row is bounded (at most 1/4 for logistic ones, 1 for squared error), min_child_weight
+        guarantees it; other objectives cannot be bounded so, and are refused. A refusal after training
+        would depend on the rows, and so tell something about them."""
+        objective = str(plan.params.get("objective") or "")
+        if plan.objective is not None:
+            raise Refusal("parameter_out_of_bounds", "a custom objective is not available on this dataset")
+        if plan.task in ("classification", "binary", "multiclass"):
+            if objective and not objective.startswith(("binary:logistic", "binary:logitraw", "multi:")):
+                raise Refusal(
+                    "parameter_out_of_bounds", f"objective {objective!r} is not available on this dataset"
+                )
+            per_row, kind = 0.25, "a classifier"
+        elif objective in ("", "reg:squarederror"):
+            per_row, kind = 1.0, "squared error"
+        elif objective == "reg:logistic":
+            per_row, kind = 0.25, "reg:logistic"
+        else:
+            raise Refusal(
+                "parameter_out_of_bounds",
+                f"objective {objective!r} is not available on this dataset (its leaves cannot be bounded); "
+                "use reg:squarederror",
+            )
+        floor = rows * per_row
+        given = plan.params.get("min_child_weight")
+        weight = 1.0 if given is None else given
+        if not isinstance(weight, (int, float)) or weight < floor:
+            raise Refusal(
+                "parameter_out_of_bounds",
+                f"min_child_weight = {weight:g} is below {floor:g}: on this dataset every leaf must hold at "
+                f"least {rows} rows, which for {kind} needs min_child_weight >= {floor:g} "
+                f"(set min_child_weight={math.ceil(floor)})",
+            )
 
     @staticmethod
     def _final_params(plan: Plan, labels: Labels, threads: int) -> tuple[dict, str]:
@@ -416,14 +480,15 @@ class XGBoostFamily:
     @staticmethod
     def _matrices(
         plan: Plan, train: Split | None, eval: Split, labels: Labels, params: dict
-    ) -> tuple[xgb.DMatrix | None, xgb.DMatrix, bool]:
+    ) -> tuple[xgb.DMatrix | None, xgb.DMatrix, dict[str, pa.Array], object | None, list[str] | None]:
         """The training and evaluation matrices, fed batch by batch (no copy of the whole table):
 
         - a base model to continue or score: `DMatrix`, exact values, because the base model's split
           points need not lie on this data's bins and a quantile matrix would shift its predictions;
         - otherwise `QuantileDMatrix` (the evaluation rows binned by the training rows' cuts, `ref=`),
           or `ExtMemQuantileDMatrix` with its pages in the job folder when the rows were spilled there;
-        - a Pipeline: its preprocessors need every training row at once, as pandas (refitted here)."""
+        - a Pipeline: its preprocessors need every training row at once, as pandas (refitted here).
+        Also the category list of each text column, and a Pipeline's fitted front and output names."""
         threads = params["nthread"]
         if plan.preprocess is not None:
             assert train is not None
@@ -441,13 +506,13 @@ class XGBoostFamily:
             )
 
         dtrain = matrix(train, labels.train) if train is not None else None
-        return dtrain, matrix(eval, labels.eval, dtrain), bool(categories)
+        return dtrain, matrix(eval, labels.eval, dtrain), categories, None, None
 
     @staticmethod
     def _pipeline_matrices(
         plan: Plan, train: Split, eval: Split, labels: Labels, threads: int
-    ) -> tuple[xgb.DMatrix, xgb.DMatrix, bool]:
-        a, b, names = preprocessors.fit_transform(
+    ) -> tuple[xgb.DMatrix, xgb.DMatrix, dict[str, pa.Array], object, list[str]]:
+        a, b, names, front = preprocessors.fit_transform(
             plan.preprocess, frame_of(train.x.table()), frame_of(eval.x.table())
         )
         base = _load(plan.base)
@@ -456,7 +521,9 @@ class XGBoostFamily:
         return (
             xgb.DMatrix(a, label=labels.train, feature_names=names, nthread=threads),
             xgb.DMatrix(b, label=labels.eval, feature_names=names, nthread=threads),
-            False,
+            {},
+            front,
+            names,
         )
 
     def train(
@@ -465,7 +532,7 @@ class XGBoostFamily:
         params, task = self._final_params(plan, labels, threads)
         history: dict = {}
         with _xgboost_errors():
-            dtrain, deval, categorical = self._matrices(plan, train, eval, labels, params)
+            dtrain, deval, categories, front, names = self._matrices(plan, train, eval, labels, params)
             booster = xgb.train(
                 params,
                 dtrain,
@@ -478,7 +545,21 @@ class XGBoostFamily:
                 verbose_eval=False,
                 callbacks=[_Progress(report, plan.base_rounds)],
             )
-        return Trained(booster, deval, labels, task, params, plan.base_rounds, dtrain, history, categorical)
+        return Trained(
+            booster,
+            deval,
+            labels,
+            task,
+            params,
+            plan.base_rounds,
+            dtrain,
+            history,
+            bool(categories),
+            front,
+            names,
+            threads,
+            categories,
+        )
 
     def score(self, plan: Plan, eval: Split, labels: Labels, threads: int) -> Trained:
         if plan.base is None:
@@ -492,16 +573,89 @@ class XGBoostFamily:
             booster = _load(plan.base)
             assert booster is not None
             booster.set_param({"nthread": threads})
-            _, deval, categorical = self._matrices(plan, None, eval, labels, params)
-        return Trained(booster, deval, labels, task, params, plan.base_rounds, categorical=categorical)
+            _, deval, categories, _, _ = self._matrices(plan, None, eval, labels, params)
+        return Trained(
+            booster,
+            deval,
+            labels,
+            task,
+            params,
+            plan.base_rounds,
+            categorical=bool(categories),
+            threads=threads,
+            categories=categories,
+        )
+
+    def _matrices_of(self, trained: Trained, rows: Split) -> Iterator[xgb.DMatrix]:
+        """Other rows as the trained model reads them, a batch at a time, with exact values (through a
+        Pipeline's fitted front, if any); an empty set of rows is one empty matrix."""
+        batches = iter(rows.x)
+        first = next(batches, None)
+        for batch in [pa.RecordBatch.from_pylist([], schema=rows.x.schema)] if first is None else [first]:
+            yield self._batch_matrix(trained, batch)
+        for batch in batches:
+            yield self._batch_matrix(trained, batch)
+
+    @staticmethod
+    def _batch_matrix(trained: Trained, batch: pa.RecordBatch) -> xgb.DMatrix:
+        if trained.front is not None:
+            return xgb.DMatrix(
+                preprocessors.transform(trained.front, frame_of(pa.Table.from_batches([batch]))),
+                feature_names=trained.names,
+                nthread=trained.threads,
+            )
+        return xgb.DMatrix(
+            model_input(batch, trained.categories), enable_categorical=True, nthread=trained.threads
+        )
+
+    def predict(self, trained: Trained, rows: Split | None = None, rounds: int | None = None) -> np.ndarray:
+        """Predictions on the evaluation rows (or on `rows`, a batch at a time), using the first `rounds`
+        rounds (or all)."""
+        span = (0, rounds or 0)
+        with _xgboost_errors():
+            if rows is None:
+                return trained.booster.predict(trained.deval, iteration_range=span)
+            return np.concatenate(
+                [trained.booster.predict(m, iteration_range=span) for m in self._matrices_of(trained, rows)]
+            )
+
+    def smallest_leaf(
+        self, trained: Trained, rows: Split | None = None, rounds: tuple[int, int | None] = (0, None)
+    ) -> int | None:
+        """The fewest rows (training rows, or `rows`) reaching any non-empty leaf of the trees of
+        `rounds` (start, stop; stop None: the last); None when there are no such trees or rows.
+
+        Leaf counts are summed over batches of rows and over slices of trees, so the row-by-tree leaf
+        table is never whole in memory. The training matrix serves for the trees trained on it (their
+        splits lie on its bins); other rows are read batch by batch with exact values."""
+        booster = trained.booster
+        start, stop = rounds[0], rounds[1] if rounds[1] is not None else booster.num_boosted_rounds()
+        if stop <= start or (rows is None and trained.dtrain is None):
+            return None
+        matrices = [trained.dtrain] if rows is None else self._matrices_of(trained, rows)
+        totals: list[np.ndarray] = []
+        with _xgboost_errors():
+            for matrix in matrices:
+                n = matrix.num_row()
+                step = max(1, LEAF_TABLE_CELLS // max(n, 1))
+                for first in range(start, stop, step if n else stop - start):
+                    last = min(stop, first + step)
+                    # pred_leaf takes only ranges from round 0: slice the model instead
+                    leaves = booster[first:last].predict(matrix, pred_leaf=True).reshape(n, -1) if n else None
+                    if leaves is None:
+                        continue
+                    offset = (first - start) * (leaves.shape[1] // (last - first))
+                    for t in range(leaves.shape[1]):
+                        _add_counts(totals, offset + t, leaves[:, t])
+        counted = [c[c > 0] for c in totals if (c > 0).any()]
+        return int(min(c.min() for c in counted)) if counted else None
 
     def evaluate(self, trained: Trained) -> dict:
-        """Raw metrics and confusion counts on the evaluation rows (sklearn.metrics)."""
-        y = trained.labels.eval
+        """Exact metrics and confusion counts on the evaluation rows (sklearn.metrics)."""
         try:
-            with _xgboost_errors():
-                pred = trained.booster.predict(trained.deval)
-            return scoring.score(trained.task, y, pred, len(trained.labels.classes))
+            return scoring.score(
+                trained.task, trained.labels.eval, self.predict(trained), len(trained.labels.classes)
+            )
         except ValueError as exc:
             raise Refusal(
                 "evaluation_failed", "the model's predictions could not be scored on the evaluation rows"
@@ -532,15 +686,8 @@ class XGBoostFamily:
 
     def leaf_facts(self, trained: Trained) -> dict:
         """The fewest training rows in a leaf of the trees trained here, and the hyperparameters."""
-        booster, dtrain = trained.booster, trained.dtrain
-        total = booster.num_boosted_rounds()
-        smallest = None
-        if dtrain is not None and total > trained.base_rounds and dtrain.num_row():
-            leaves = booster.predict(dtrain, pred_leaf=True, iteration_range=(trained.base_rounds, total))
-            leaves = leaves.reshape(dtrain.num_row(), -1)
-            smallest = int(
-                min(np.unique(leaves[:, t], return_counts=True)[1].min() for t in range(leaves.shape[1]))
-            )
+        total = trained.booster.num_boosted_rounds()
+        smallest = self.smallest_leaf(trained, rounds=(trained.base_rounds, None))
         params = trained.params
         return {
             "categorical": trained.categorical,

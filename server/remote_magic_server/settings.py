@@ -2,18 +2,24 @@
 
 A typo in a data owner's config must stop the server with a clear message rather than silently fall back
 to a default, so every table forbids unknown keys.
+
+Why it is long: every key a data owner may write is declared here, with its default, bounds and help,
+so the config file's whole vocabulary reads in one place.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from remote_magic.wire import ModelBounds, PolicyInEffect
+from remote_magic.wire import IDENT, ModelBounds, PolicyInEffect
+
+from .data.config import ParquetSourceConfig, SourceConfig, parse_duration, resolve_source_paths
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -21,6 +27,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 
+_DATASET_NAME = re.compile(IDENT)
 SIGNIFICANT_DIGITS = 4
 
 
@@ -51,10 +58,34 @@ class Policy(_Strict):
     min_leaf_rows: int = Field(
         default=10, ge=5, description="Training rows every leaf of a released model holds."
     )
-    dp_epsilon: float = Field(
-        default=1.0, gt=0, le=5, description="Epsilon spent by one DP describe release."
+    privacy: Literal["dp", "rules"] = Field(
+        default="dp",
+        description="dp: every released number is drawn by an OpenDP measurement under a budget; rules: "
+        "suppression and rounding only (weaker: it does not resist attacker-chosen models).",
     )
-    dp_epsilon_cap: float = Field(default=10.0, gt=0, description="Total epsilon per user and dataset.")
+    dp_rho_job: float = Field(
+        default=0.01, gt=0, le=0.5, description="zCDP cost of a job's default releases."
+    )
+    dp_rho_describe: float = Field(default=0.002, gt=0, le=0.5, description="zCDP cost of one describe.")
+    dp_rho_confusion: float = Field(
+        default=0.002, gt=0, le=0.5, description="Extra cost of the confusion matrix."
+    )
+    dp_rho_curve: float = Field(
+        default=0.003, gt=0, le=0.5, description="Extra cost of an eval learning curve."
+    )
+    dp_rho_importance: float = Field(
+        default=0.002, gt=0, le=0.5, description="Extra cost of a permutation-importance ranking."
+    )
+    dp_rho_cap: float = Field(
+        default=1.0,
+        gt=0,
+        description="Total zCDP budget per user and dataset (1.0: a one-row label guess "
+        "is right with probability at most about 0.76).",
+    )
+    dp_rho_dataset_cap: float = Field(
+        default=0.0, ge=0, description="Total budget of a dataset across all users; 0 means none."
+    )
+    dp_delta: float = Field(default=1e-6, gt=0, lt=1e-3, description="The delta at which epsilon is shown.")
 
     @property
     def staging_budget_mb(self) -> int:
@@ -70,17 +101,31 @@ class Policy(_Strict):
             significant_digits=SIGNIFICANT_DIGITS,
             min_rows=self.min_rows,
             min_class_rows=self.min_class_rows,
+            privacy=self.privacy,
+            rho_per_job=self.dp_rho_job if self.privacy == "dp" else None,
+            rho_cap=self.dp_rho_cap if self.privacy == "dp" else None,
         )
 
 
 class DatasetConfig(_Strict):
-    path: Path
+    path: Path | None = Field(default=None, description="Shorthand for a parquet source at this path.")
+    source: SourceConfig | None = Field(default=None, description="Where the rows live; see data/config.py.")
+    refresh_every: str | None = Field(
+        default=None, description="Snapshot the source again this often inside the server, e.g. '1h'."
+    )
     description: str = ""
     id_column: str
     label_columns: list[str] = Field(min_length=1)
     exclude_columns: list[str] = Field(default_factory=list)
     policy: dict[str, int | float] = Field(default_factory=dict)
-    dp: bool = Field(default=False, description="Describe releases noisy counts (OpenDP) under a budget.")
+    privacy: Literal["dp", "rules"] | None = Field(
+        default=None, description="This dataset's privacy mode; default: the server's [policy] privacy."
+    )
+    label_ranges: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="Per regression label, the range its values are clipped to for DP metrics (RMSE, MAE, "
+        "R2); without one, those metrics are not released in mode dp.",
+    )
     allow_model_release: bool = Field(default=False, description="Trained models may leave after approval.")
     allow_custom_code: bool = Field(
         default=False,
@@ -91,6 +136,28 @@ class DatasetConfig(_Strict):
         description="Parquet or CSV file of mock rows to publish for dry runs; default: synthesised from "
         "the column types alone.",
     )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetConfig:
+        if (self.path is None) == (self.source is None):
+            raise ValueError("a dataset needs exactly one of `path` and `source`")
+        return self
+
+    @property
+    def source_config(self) -> SourceConfig:
+        """Where the rows live; `path = ...` is a parquet source."""
+        return self.source or ParquetSourceConfig(path=self.path)
+
+    @field_validator("refresh_every")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @property
+    def refresh_seconds(self) -> int | None:
+        return parse_duration(self.refresh_every) if self.refresh_every else None
 
     @field_validator("policy")
     @classmethod
@@ -118,6 +185,32 @@ class ServerSection(_Strict):
         ge=0,
         description="On SIGTERM, how long running jobs may take to finish before re-queueing.",
     )
+    tls_cert: Path | None = Field(default=None, description="PEM certificate (chain): serve HTTPS.")
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert.")
+    tls_client_ca: Path | None = Field(
+        default=None, description="PEM CA bundle: clients must present a certificate it signed."
+    )
+
+
+class AuditSection(_Strict):
+    syslog: str | None = Field(
+        default=None,
+        description="Ship each entry's head (sequence number, hash) to syslog: a socket path such as "
+        "/dev/log, or HOST:PORT (UDP).",
+    )
+
+
+class JupyterHubSection(_Strict):
+    """Sign-in for JupyterHub users: the server asks the Hub who owns a token, then grants datasets."""
+
+    api_url: str = Field(description="The Hub's REST API, e.g. http://127.0.0.1:8081/hub/api.")
+    api_token_env: str = Field(
+        default="REMOTE_MAGIC_HUB_API_TOKEN",
+        description="Environment variable holding this service's Hub API token (scope read:users:groups).",
+    )
+    timeout_s: float = Field(default=5.0, gt=0, le=60, description="How long to wait for the Hub.")
+    users: dict[str, list[str]] = Field(default_factory=dict, description="Hub user -> datasets.")
+    groups: dict[str, list[str]] = Field(default_factory=dict, description="Hub group -> datasets.")
 
 
 class ExecutorSection(_Strict):
@@ -131,17 +224,36 @@ class Settings(_Strict):
     executor: ExecutorSection = Field(default_factory=ExecutorSection)
     policy: Policy = Field(default_factory=Policy)
     datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
+    audit: AuditSection = Field(default_factory=AuditSection)
+    jupyterhub: JupyterHubSection | None = None
+
+    @field_validator("datasets")
+    @classmethod
+    def _dataset_names(cls, value: dict[str, DatasetConfig]) -> dict[str, DatasetConfig]:
+        for name in value:
+            if not _DATASET_NAME.match(name):
+                raise ValueError(
+                    f"dataset name {name!r}: use letters, digits and '_' (a spec names it; `NAME@N` pins N)"
+                )
+        return value
 
     def policy_for(self, dataset: str) -> Policy:
-        """The server policy with the dataset's overrides applied; overrides may only tighten."""
+        """The server policy with the dataset's overrides applied; numbers may only tighten, the privacy
+        mode is the dataset's own choice."""
+        config = self.datasets[dataset]
         base = self.policy.model_dump()
-        for key, value in self.datasets[dataset].policy.items():
+        for key, value in config.policy.items():
             smaller_is_tighter = key.startswith(("max_", "dp_")) or key in (
                 "job_timeout_s",
                 "worker_memory_mb",
                 "staging_mb",
             )
-            base[key] = min(base[key], value) if smaller_is_tighter else max(base[key], value)
+            if key == "dp_rho_dataset_cap" and not base[key]:
+                base[key] = value  # 0 is "no cap", which any cap tightens
+            else:
+                base[key] = min(base[key], value) if smaller_is_tighter else max(base[key], value)
+        if config.privacy is not None:
+            base["privacy"] = config.privacy
         return Policy(**base)
 
     def bounds_for(self, dataset: str) -> ModelBounds:
@@ -152,6 +264,7 @@ class Settings(_Strict):
             max_depth=policy.max_depth,
             max_bin=policy.max_bin,
             max_threads=self.threads_per_job(policy),
+            min_leaf_rows=policy.min_leaf_rows if policy.privacy == "dp" else None,
         )
 
     @property
@@ -180,6 +293,11 @@ class Settings(_Strict):
     def ledger_path(self) -> Path:
         return self.server.data_dir / "ledger.sqlite"
 
+    @property
+    def snapshots_dir(self) -> Path:
+        """Dataset versions: one folder of immutable Parquet snapshots per dataset, and their registry."""
+        return self.server.data_dir / "snapshots"
+
 
 class ConfigError(Exception):
     """The configuration file is missing or invalid."""
@@ -203,10 +321,26 @@ def load_settings(path: Path) -> Settings:
 def resolve_paths(settings: Settings, base: Path) -> Settings:
     """Make the data directory and dataset paths absolute, relative to `base`."""
     settings.server.data_dir = (base / settings.server.data_dir).resolve()
-    for ds in settings.datasets.values():
-        ds.path = (base / ds.path).resolve() if not ds.path.is_absolute() else ds.path
+    for key in ("tls_cert", "tls_key", "tls_client_ca"):
+        value = getattr(settings.server, key)
+        if value is not None:
+            setattr(settings.server, key, (base / value).resolve())
+    if (settings.server.tls_cert is None) != (settings.server.tls_key is None):
+        raise ConfigError("[server] tls_cert and tls_key go together: give both or neither")
+    if settings.server.tls_client_ca is not None and settings.server.tls_cert is None:
+        raise ConfigError("[server] tls_client_ca needs tls_cert and tls_key")
+    hub = settings.jupyterhub
+    granted = [*(hub.users.values() if hub else ()), *(hub.groups.values() if hub else ())]
+    unknown = sorted({name for names in granted for name in names} - set(settings.datasets))
+    if unknown:
+        raise ConfigError(f"[jupyterhub] grants unknown datasets: {', '.join(unknown)}")
+    for name, ds in settings.datasets.items():
+        if ds.path is not None and not ds.path.is_absolute():
+            ds.path = (base / ds.path).resolve()
+        if ds.source is not None:
+            resolve_source_paths(ds.source, base)
         if ds.mock_path is not None and not ds.mock_path.is_absolute():
             ds.mock_path = (base / ds.mock_path).resolve()
         if ds.id_column in ds.label_columns:
-            raise ConfigError(f"dataset at {ds.path}: the id column cannot be a label")
+            raise ConfigError(f"dataset {name!r}: the id column cannot be a label")
     return settings

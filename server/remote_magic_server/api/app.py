@@ -17,7 +17,8 @@ from fastapi import FastAPI
 
 from remote_magic import __version__
 
-from ..audit import AuditLog
+from ..audit import open_audit
+from ..data.versions import Versions
 from ..jobs.executor import make_executor
 from ..jobs.oneshot import Describer
 from ..jobs.scheduler import Scheduler
@@ -25,8 +26,9 @@ from ..jobs.store import Store
 from ..release.desk import ReleaseDesk
 from ..release.ledger import Ledger
 from ..settings import Settings
-from . import datasets, describe, errors, health, jobs, mock, models
+from . import cost, datasets, describe, errors, health, jobs, mock, models
 from .auditing import AuditMiddleware
+from .auth import LastUsed
 from .limits import FORM_OVERHEAD_BYTES, BodyLimit
 from .metrics import Metrics, RequestTimer
 from .notifier import Notifier
@@ -63,13 +65,14 @@ def create_app(settings: Settings) -> FastAPI:
     """Build the app; the store and the scheduler start with it and stop with it."""
     notifier = Notifier()
     store = Store(settings.db_path, settings.jobs_dir)
-    audit = AuditLog(settings.audit_path)
+    audit = open_audit(settings)
     ledger = Ledger(settings.ledger_path)
     desk = ReleaseDesk(settings, ledger, audit)
     executor = make_executor(settings.executor.kind)
     scheduler = Scheduler(settings, store, executor, desk, on_change=notifier.notify)
     describer = Describer(settings, executor, desk)
-    metrics = Metrics(store, scheduler, settings.worker_count)
+    versions = Versions(settings.snapshots_dir)
+    metrics = Metrics(store, scheduler, settings.worker_count, versions, list(settings.datasets))
     scheduler.on_finish = metrics.job_finished
     lock = DataDirLock(settings)
     grace = settings.server.shutdown_grace_s
@@ -115,12 +118,19 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.describer = describer
     app.state.audit = audit
     app.state.notifier = notifier
+    app.state.versions = versions
     app.state.metrics = metrics
     app.state.begin_shutdown = begin_shutdown
+    app.state.last_used = LastUsed(store)
+    app.state.hub = None
+    if settings.jupyterhub is not None:
+        from .hub import HubSignIn
+
+        app.state.hub = HubSignIn(settings.jupyterhub)
     errors.install(app)
-    for resource in (health, datasets, jobs, describe, models, mock):
+    for resource in (health, datasets, jobs, cost, describe, models, mock):
         app.include_router(resource.router)
-    app.add_middleware(AuditMiddleware, audit=audit, store=store)
+    app.add_middleware(AuditMiddleware, audit=audit)
     app.add_route("/metrics", metrics.endpoint, include_in_schema=False)
     app.add_middleware(BodyLimit, max_bytes=settings.server.max_payload_mb * 2**20 + FORM_OVERHEAD_BYTES)
     app.add_middleware(RequestTimer, metrics=metrics)

@@ -1,6 +1,6 @@
 """FastAPI dependencies: the app's parts (settings, store, scheduler, describer, release desk, audit
-log, notifier) and the signed-in user, so routes declare what they use instead of reaching into
-`app.state`. They are coroutines, so FastAPI does not send them to its thread pool."""
+log, notifier, dataset versions) and the signed-in user, so routes declare what they use instead of
+reaching into `app.state`. They are coroutines, so FastAPI does not send them to its thread pool."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
 
 from ..audit import AuditLog
+from ..data.versions import Versions
 from ..jobs.oneshot import Describer
 from ..jobs.scheduler import Scheduler
 from ..jobs.store import Store
 from ..release.desk import ReleaseDesk
 from ..settings import Settings
-from .auth import Principal, authenticate, bearer
+from .auth import LastUsed, Principal, authenticate, bearer
+from .hub import HubSignIn
 from .notifier import Notifier
 
 
@@ -36,12 +38,22 @@ DeskDep = Annotated[ReleaseDesk, Depends(_part("desk"))]
 DescriberDep = Annotated[Describer, Depends(_part("describer"))]
 AuditDep = Annotated[AuditLog, Depends(_part("audit"))]
 NotifierDep = Annotated[Notifier, Depends(_part("notifier"))]
+LastUsedDep = Annotated[LastUsed, Depends(_part("last_used"))]
+HubDep = Annotated[HubSignIn | None, Depends(_part("hub"))]
+VersionsDep = Annotated[Versions, Depends(_part("versions"))]
 
 
 async def current_user(
-    store: StoreDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    request: Request,
+    store: StoreDep,
+    last_used: LastUsedDep,
+    hub: HubDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
-    return authenticate(store, credentials)
+    """The signed-in user, also left in the request's state for the audit log (api/auditing.py)."""
+    principal = await authenticate(store, last_used, hub, credentials)
+    request.state.principal = principal
+    return principal
 
 
 User = Annotated[Principal, Depends(current_user)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from typing import Annotated
@@ -22,13 +23,15 @@ from remote_magic.wire import (
     JobStatus,
     MetricPoint,
     Progress,
+    ReleaseOptions,
     first_error,
 )
 
 from ..jobs.store import JobRow, QueueFull, Store
+from ..release.desk import Request
 from .auth import Principal
 from .catalog import check_spec
-from .deps import AuditDep, NotifierDep, SchedulerDep, SettingsDep, StoreDep, User
+from .deps import AuditDep, DeskDep, NotifierDep, SchedulerDep, SettingsDep, StoreDep, User, VersionsDep
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 log = logging.getLogger("remote_magic_server.api")
@@ -47,17 +50,23 @@ def _main_metric(job: JobRow) -> MetricPoint | None:
     return None
 
 
+def whole_seconds(stamp: str | None) -> str | None:
+    """A timestamp as the analyst sees it: whole seconds, so a job's duration tells nothing finer."""
+    return None if stamp is None else stamp[:19] + "Z"
+
+
 def status_of(job: JobRow) -> JobStatus:
     error = ErrorDetail(code=job.error_code, message=job.error_message or "") if job.error_code else None
     return JobStatus(
         id=job.id,
         dataset=job.dataset,
+        dataset_version=job.plan.get("dataset_version"),
         kind=job.kind,  # type: ignore[arg-type]
         state=job.state,  # type: ignore[arg-type]
         progress=Progress.model_validate(job.progress),
-        submitted_at=job.submitted_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
+        submitted_at=whole_seconds(job.submitted_at),  # type: ignore[arg-type]
+        started_at=whole_seconds(job.started_at),
+        finished_at=whole_seconds(job.finished_at),
         error=error,
         main_metric=_main_metric(job),
         isolation=job.isolation,
@@ -93,6 +102,15 @@ def _parse_spec(text: str) -> DatasetSpec:
         raise Refusal("invalid_spec", f"spec field {first_error(exc.errors(), 'spec')}"[:300]) from None
 
 
+def _parse_options(text: str | None) -> ReleaseOptions:
+    try:
+        return ReleaseOptions.model_validate_json(text) if text else ReleaseOptions()
+    except ValidationError as exc:
+        raise Refusal(
+            "invalid_request", f"release option {first_error(exc.errors(), 'release')}"[:300]
+        ) from None
+
+
 @router.post("/jobs", response_model=JobStatus, status_code=202)
 async def submit(
     response: Response,
@@ -100,23 +118,31 @@ async def submit(
     store: StoreDep,
     scheduler: SchedulerDep,
     audit: AuditDep,
+    versions: VersionsDep,
     user: User,
     spec: Annotated[str, Form(description="The dataset spec as JSON.", max_length=100_000)],
     model: Annotated[UploadFile, File(description="The model, pickled with cloudpickle (protocol >= 3).")],
+    desk: DeskDep,
     kind: Annotated[JobKind, Form()] = "train",
+    release: Annotated[
+        str | None, Form(description="ReleaseOptions as JSON: confusion, curve, importance.", max_length=1000)
+    ] = None,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobStatus:
     limit = settings.server.max_payload_mb * 2**20
     payload = await model.read(limit + 1)
     if len(payload) > limit:
         raise Refusal("payload_too_large", f"the model is larger than {settings.server.max_payload_mb} MiB")
-    parsed = _parse_spec(spec)
-    plan = check_spec(settings, user.datasets, parsed)
+    parsed, plan = check_spec(settings, versions, user.datasets, _parse_spec(spec))
     max_queued = settings.server.max_queued_per_user
     if (idempotency_key is None or store.job_by_key(user.user, idempotency_key) is None) and (
         store.count_queued(user.user) >= max_queued
     ):
         raise _queue_full(max_queued, scheduler.retry_after())  # before the payload scan: a 429 is cheap
+    options = _parse_options(release)
+    plan["release"] = options.model_dump()
+    plan["payload_sha256"] = hashlib.sha256(payload).hexdigest()
+    desk.check_budget(Request(user=user.user, dataset=parsed.dataset, kind=kind, spec={}, options=options))
     state = "queued"
     try:
         await asyncio.to_thread(scan, payload, limit)
@@ -145,7 +171,15 @@ async def submit(
         if state == "queued":
             scheduler.notify()
         log.info("job_submitted", extra={"job": job.id, "persist_ms": _ms_since(persisting)})
-        audit.record("submit", user.user, job=job.id, dataset=parsed.dataset, kind=kind, spec=job.spec)
+        audit.record(
+            "submit",
+            user.user,
+            job=job.id,
+            dataset=parsed.dataset,
+            dataset_version=plan["dataset_version"],
+            kind=kind,
+            spec=job.spec,
+        )
     else:
         response.status_code = 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"

@@ -9,6 +9,9 @@ Nothing is lost across restarts: each worker's reference is recorded, and on sta
 outlived a killed server is reaped and its job re-queued, a bounded number of times. On SIGTERM the
 scheduler drains: it starts nothing new, gives running jobs a grace period, then stops them and
 re-queues them without counting the attempt.
+
+Why it is long: a job's whole life in the server (claim in turn, launch, follow, the desk's word on
+failures after admission, finish, re-queue, recover, drain) is one state machine, read in one place.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from remote_magic.wire import JobResult
+from remote_magic.codes import Refusal
+from remote_magic.wire import JobResult, ReleaseOptions
 
 from ..protocol import SCRATCH_DIR, Admission, Isolation, ProgressNote, WorkerMessage
 from ..release.desk import ReleaseDesk, Request
@@ -182,6 +186,9 @@ class Scheduler:
                 self.on_change(job.id)
                 try:
                     self._launch(job)
+                except Refusal as refusal:  # its dataset version is gone
+                    self.store.finish(job.id, "failed", error=(refusal.code, refusal.message))
+                    self.on_change(job.id)
                 except Exception:  # noqa: BLE001 - a launch failure must not stop the loop
                     log.exception("could not start a worker for job %s", job.id)
                     self.store.finish(
@@ -198,11 +205,25 @@ class Scheduler:
             spec=job.spec,
             job_id=job.id,
             features=tuple(job.plan["features"]),
+            options=ReleaseOptions.model_validate(job.plan.get("release") or {}),
+            payload_sha256=job.plan.get("payload_sha256"),
+            dataset_version=job.plan.get("dataset_version"),
         )
 
     def _launch(self, job: JobRow) -> None:
         timeline = Timeline(job.submitted_at)
         timeline.mark("claimed")
+        request = self._request(job)
+        stored = self.desk.stored_result(request)
+        if stored is not None:
+            final = Final("succeeded", result=stored.model_dump(mode="json"))
+            self._finish(job, request, final, 0.0, timeline=timeline)
+            return
+        try:
+            self.desk.check_budget(request)
+        except Refusal as refusal:
+            self._finish(job, request, Final.failed(refusal.code, refusal.message), 0.0, timeline=timeline)
+            return
         folder = self.store.job_dir(job.id)
         task = build_task(self.settings, job.kind, job.dataset, job.spec, job.plan)  # type: ignore[arg-type]
         execution = self.executor.start(task, folder, name=f"job-{job.id}")
@@ -210,9 +231,7 @@ class Scheduler:
         pid, mark = execution.ref
         self.store.set_worker(job.id, pid, mark)
         log.info("job_started", extra={"job": job.id, "pid": pid, "attempt": job.attempts})
-        run = _Running(
-            job, execution, Conversation(self.desk, self._request(job), folder, execution), timeline
-        )
+        run = _Running(job, execution, Conversation(self.desk, request, folder, execution), timeline)
         with self._lock:
             self._running[job.id] = run
         threading.Thread(target=self._watch, args=(run,), name=f"watch-{job.id}", daemon=True).start()
@@ -224,7 +243,7 @@ class Scheduler:
                 "stage": message.stage,
                 "round": message.round,
                 "total_rounds": message.total,
-                "metric": self._progress_metric(message),
+                "metric": self._progress_metric(run.job.dataset, message),
             }
             self.store.set_progress(run.job.id, progress)
             self.on_change(run.job.id)
@@ -239,8 +258,8 @@ class Scheduler:
             final.result = final.result.model_dump(mode="json")
         return final
 
-    def _progress_metric(self, message: ProgressNote) -> dict | None:
-        point = self.desk.progress_metric(message.metric)
+    def _progress_metric(self, dataset: str, message: ProgressNote) -> dict | None:
+        point = self.desk.progress_metric(dataset, message.metric)
         return point.model_dump(exclude_none=True) if point is not None else None
 
     def _watch(self, run: _Running) -> None:
@@ -257,7 +276,7 @@ class Scheduler:
             except WorkerGone as gone:
                 final = self._end_of_worker(run, gone)
             if final is not None:
-                self._finish(run, final)
+                self._conclude(run, final)
         finally:
             run.execution.close()
             shutil.rmtree(self.store.job_dir(job.id) / SCRATCH_DIR, ignore_errors=True)
@@ -279,20 +298,36 @@ class Scheduler:
         log.warning("worker_died", extra={"job": run.job.id, "code": gone.failure.code})
         return Final.failed(gone.failure.code, gone.failure.message)
 
-    def _finish(self, run: _Running, final: Final) -> None:
-        job = run.job
+    def _conclude(self, run: _Running, final: Final) -> None:
+        """A job that ran ends: what the desk says of a failure after admission, then the store."""
         if run.cancelled:
             final = Final("cancelled", error=("cancelled", "the job was cancelled"))
+        cause = None
+        if final.error is not None and run.task.admitted is not None:
+            cause = final.error[0]
+            final.error = self.desk.after_admission(run.task.request, *final.error)
         seconds = time.monotonic() - run.started
         self._typical_s += (seconds - self._typical_s) * TYPICAL_WEIGHT
+        self._finish(run.job, run.task.request, final, seconds, cause, run.timeline)
+
+    def _finish(
+        self,
+        job: JobRow,
+        request: Request,
+        final: Final,
+        seconds: float,
+        cause: str | None = None,
+        timeline: Timeline | None = None,
+    ) -> None:
         result = final.result if final.state == "succeeded" else None
         if self.store.finish(job.id, final.state, result=result, error=final.error):  # type: ignore[arg-type]
             self.on_finish(job, final.state, seconds)
-        run.timeline.mark("finished")
+        timeline = timeline or Timeline()
+        timeline.mark("finished")
         self.on_change(job.id)
         code, reason = final.error if final.error else (None, None)
         self.desk.record(
-            run.task.request, "released" if final.state == "succeeded" else final.state, code, reason
+            request, "released" if final.state == "succeeded" else final.state, code, reason, cause
         )
         log.info(
             "job_finished",
@@ -300,8 +335,10 @@ class Scheduler:
                 "job": job.id,
                 "state": final.state,
                 "code": code,
+                "cause": cause,
                 "seconds": round(seconds, 3),
-                "finished_at": run.timeline.marks["finished"],
-                "timeline_ms": run.timeline.phases(),
+                "finished_at": timeline.marks["finished"],
+                "timeline_ms": timeline.phases(),
             },
         )
+        self._wake.set()

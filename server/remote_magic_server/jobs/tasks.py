@@ -5,12 +5,16 @@ One builder for every kind, so limits, bounds and the staging plan are set the s
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlglot import exp
 
+from remote_magic.codes import Refusal
 from remote_magic.query import staging_query
 from remote_magic.specs import Resolved
-from remote_magic.wire import DatasetSpec
+from remote_magic.wire import DatasetSpec, ReleaseOptions
 
+from ..data.versions import Versions, snapshot_file
 from ..protocol import DescribeOptions, Limits, Staging, Task, TaskKind
 from ..settings import Settings
 
@@ -18,6 +22,20 @@ CPU_SLACK_S = 30
 REVIEW_CPU_S = 30
 REVIEW_MEMORY_MB = 2048
 DEFAULT_FILE_MB = 1024  # spilled rows and external-memory pages may need files as large as a worker's memory
+
+
+def _snapshot(settings: Settings, dataset: str, plan: dict) -> Path:
+    """The immutable snapshot of the dataset version the plan names: the only file a worker reads."""
+    if "snapshot" not in plan:  # queued by a server that had no dataset versions: the latest one
+        latest = Versions(settings.snapshots_dir).latest(dataset)
+        plan["snapshot"] = latest.content_hash if latest else ""
+    path = snapshot_file(settings.snapshots_dir, dataset, plan["snapshot"])
+    if not plan["snapshot"] or not path.exists():
+        raise Refusal(
+            "unknown_version",
+            f"version {plan.get('dataset_version')} of dataset {dataset!r} was pruned before the job ran",
+        )
+    return path
 
 
 def build_task(
@@ -56,15 +74,19 @@ def build_task(
     checked = DatasetSpec.model_validate(spec)
     if kind == "describe":
         checked = checked.model_copy(update={"eval": None})
+    snapshot = str(_snapshot(settings, dataset, plan))
     return Task(
         kind=kind,
         spec=checked,
-        staging=staging_plan(checked, kind, str(config.path), config.id_column, plan),
+        staging=staging_plan(checked, kind, snapshot, config.id_column, plan),
         bounds=settings.bounds_for(dataset),
         limits=limits,
         model_facts=kind == "train" and config.allow_model_release,
         approved_sha256=plan.get("approved_sha256"),
         describe=DescribeOptions(max_categories=policy.max_categories) if kind == "describe" else None,
+        release=ReleaseOptions.model_validate(plan.get("release") or {}),
+        rare_level_rows=policy.min_count,
+        label_range=config.label_ranges.get(checked.label),
     )
 
 

@@ -78,8 +78,7 @@ def run(task: Task, channel: Channel) -> DescribeReport | None:
     assert task.spec is not None and task.staging is not None and task.describe is not None
     channel.stage("staging")
     spec = task.spec
-    limits = task.limits
-    staged = staging.stage(task.staging, bool(spec.derive), limits.threads, limits.staging_mb)
+    staged = staging.stage(task)
     frame = staged.eval.x.table().to_pandas()
     labels = pd.Series(staged.eval.y, name=spec.label)
     classes = None

@@ -4,15 +4,17 @@ DuckDB may read exactly one file, the dataset's, and nothing else; its configura
 a spill folder in the job folder) is locked before the query runs. The query is the server-built
 staging plan (`Staging.query`, from `remote_magic.query`, the same builder the dry run uses), never
 user text. Rows stream out of DuckDB batch by batch and are split into training and evaluation rows as
-they pass: the row numbers, the labels and the distinct text values are kept for admission; the feature
-columns stay Arrow batches, held in memory up to the staging budget and spilled past it to Arrow files
-in the job folder, from where an external-memory matrix reads them. There is never a pandas copy of the
-whole table.
+they pass: the row numbers, the labels and the rows per text level are kept for admission; the feature
+columns stay Arrow batches (non-finite values missing, as `remote_magic.rows` says, like the dry run),
+held in memory up to the staging budget and spilled past it to Arrow files in the job folder, from where
+an external-memory matrix reads them. Rare text levels are merged as the batches are read, once every
+row has been counted. There is never a pandas copy of the whole table.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +25,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from remote_magic import rows
 from remote_magic.codes import Refusal
-from remote_magic.families.base import Batches, Split, add_text_values
+from remote_magic.families.base import Batches, Split
 from remote_magic.query import EVAL_FLAG, ROW_ID
 
-from ..protocol import SCRATCH_DIR, SplitCounts, Staging
+from ..protocol import SCRATCH_DIR, SplitCounts, Task
 
 log = logging.getLogger("remote_magic_server.worker")
 
@@ -64,45 +67,44 @@ def connect_locked(path: str, threads: int = 1, memory_mb: int = 0, spill: str |
 
 @dataclass
 class _Part:
-    """One split's rows as they stream past: feature batches, labels, row numbers, text values."""
+    """One split's rows as they stream past: feature batches, labels, row numbers, rows per text level."""
 
     name: str
     columns: list[str]
-    batches: list[pa.RecordBatch] = field(default_factory=list)
+    chunks: list[pa.RecordBatch | Path] = field(default_factory=list)
     labels: list[pa.Array] = field(default_factory=list)
-    rows: list[np.ndarray] = field(default_factory=list)
-    text: dict[str, set[str]] = field(default_factory=dict)
-    files: list[Path] = field(default_factory=list)
+    row_ids: list[np.ndarray] = field(default_factory=list)
+    levels: dict[str, Counter] = field(default_factory=dict)
     folder: Path | None = None
     _sink: pa.OSFile | None = None
     _writer: pa.ipc.RecordBatchStreamWriter | None = None
 
     def add(self, part: pa.RecordBatch, label: str) -> int:
         """Keep a batch of this split; return how many bytes of feature data it added in memory."""
-        features = part.select(self.columns)
-        self.rows.append(part.column(ROW_ID).to_numpy(zero_copy_only=False).astype(np.uint32))
+        features = rows.clean(part, self.columns)
+        self.row_ids.append(part.column(ROW_ID).to_numpy(zero_copy_only=False).astype(np.uint32))
         self.labels.append(part.column(label))
-        add_text_values(self.text, features)
+        rows.count_levels(self.levels, features)
         if self.folder is not None:
             self._write(features)
             return 0
-        self.batches.append(features)
+        self.chunks.append(features)
         return features.nbytes
 
     def spill(self, folder: Path) -> None:
         """From now on write this split's feature batches to Arrow files in `folder`, the held ones first."""
         self.folder = folder
-        held, self.batches = self.batches, []
+        held, self.chunks = self.chunks, []
         for batch in held:
-            self._write(batch)
+            self._write(batch)  # type: ignore[arg-type]
 
     def _write(self, batch: pa.RecordBatch) -> None:
         if self._sink is not None and self._sink.tell() >= SPILL_FILE_BYTES:
             self._close()
         if self._writer is None:
             assert self.folder is not None
-            path = self.folder / f"{self.name}-{len(self.files)}.arrows"
-            self.files.append(path)
+            path = self.folder / f"{self.name}-{len(self.chunks)}.arrows"
+            self.chunks.append(path)
             self._sink = pa.OSFile(str(path), "wb")
             self._writer = pa.ipc.new_stream(self._sink, batch.schema)
         self._writer.write_batch(batch)
@@ -114,22 +116,26 @@ class _Part:
             self._sink.close()
         self._writer, self._sink = None, None
 
-    def split(self, schema: pa.Schema, label: pa.DataType, cache: str) -> tuple[Split, np.ndarray]:
+    def split(
+        self, schema: pa.Schema, label: pa.DataType, cache: str, text: dict, rare: dict
+    ) -> tuple[Split, np.ndarray]:
         """The split's rows for the model family, and their row numbers."""
         self._close()
         spilled = self.folder is not None
-        batches = Batches(schema, self.batches, self.files, cache if spilled else None, self.text)
-        rows = np.concatenate(self.rows) if self.rows else np.zeros(0, dtype=np.uint32)
-        return Split(x=batches, y=pa.chunked_array(self.labels, type=label).to_numpy()), rows
+        batches = Batches(schema, self.chunks, cache if spilled else None, text, rare)
+        row_ids = np.concatenate(self.row_ids) if self.row_ids else np.zeros(0, dtype=np.uint32)
+        return Split(x=batches, y=pa.chunked_array(self.labels, type=label).to_numpy()), row_ids
 
 
-def stage(
-    staging: Staging, spec_has_derive: bool, threads: int = 1, budget_mb: int = 0, folder: Path = Path(".")
-) -> Staged:
-    """Run the staging plan and split the admitted rows into training and evaluation rows.
+def stage(task: Task, folder: Path = Path(".")) -> Staged:
+    """Run the task's staging plan and split the admitted rows into training and evaluation rows.
 
-    Past `budget_mb` of feature data (0: no limit) both splits spill to Arrow files in the job folder's
-    scratch folder, which also holds DuckDB's own spill files and the external-memory matrices' pages."""
+    Past `staging_mb` of feature data (0: no limit) both splits spill to Arrow files in the job folder's
+    scratch folder, which also holds DuckDB's own spill files and the external-memory matrices' pages.
+    Text levels with fewer than `rare_level_rows` admitted rows (both splits) merge into `(rare)`."""
+    assert task.staging is not None and task.spec is not None
+    staging, derive = task.staging, bool(task.spec.derive)
+    budget_mb, threads = task.limits.staging_mb, task.limits.threads
     scratch = folder / SCRATCH_DIR
     scratch.mkdir(exist_ok=True)
     path = staging.dataset_path
@@ -139,10 +145,10 @@ def stage(
         con = connect_locked(path, threads, max(budget_mb, DUCKDB_MIN_MB) if budget_mb else 0, str(scratch))
         reader = con.sql(staging.query, params=[*staging.params, path]).to_arrow_reader(BATCH_ROWS)
     except duckdb.Error as exc:
-        _raise_failure(exc, spec_has_derive)
+        _raise_failure(exc, derive)
     try:
         schema = reader.schema
-        for batch in _batches(reader, spec_has_derive):
+        for batch in _batches(reader, derive):
             is_eval = batch.column(EVAL_FLAG).fill_null(False)
             for name, keep in (("train", pc.invert(is_eval)), ("eval", is_eval)):
                 part = batch.filter(keep)
@@ -154,12 +160,18 @@ def stage(
                 held = 0
     finally:
         con.close()
-    spilled = sum(len(part.files) for part in parts.values())
+    spilled = sum(1 for part in parts.values() for chunk in part.chunks if isinstance(chunk, Path))
     log.info("staged", extra={"spilled_files": spilled, "held_mb": round(held / 2**20, 1)})
-    features = pa.schema([schema.field(c) for c in staging.columns])
+    counts: dict[str, Counter] = {}
+    for part in parts.values():
+        for name, found in part.levels.items():
+            counts.setdefault(name, Counter()).update(found)
+    rare = rows.rare_levels(counts, task.rare_level_rows)
+    text = rows.levels(counts, rare)
+    features = rows.clean(pa.RecordBatch.from_pylist([], schema=schema), staging.columns).schema
     label = schema.field(staging.label).type
-    train, train_rows = parts["train"].split(features, label, str(scratch / "train"))
-    evaluation, eval_rows = parts["eval"].split(features, label, str(scratch / "eval"))
+    train, train_rows = parts["train"].split(features, label, str(scratch / "train"), text, rare)
+    evaluation, eval_rows = parts["eval"].split(features, label, str(scratch / "eval"), text, rare)
     return Staged(train=train, eval=evaluation, train_rows=train_rows, eval_rows=eval_rows)
 
 

@@ -1,0 +1,30 @@
+"""`POST /v1/cost`: what a job would cost in privacy budget and how wide its intervals should be,
+before anything is spent (the pre-check of Lomas and of `bq --dry_run`). Free: it reads no row."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from remote_magic.wire import CostEstimate, CostRequest
+
+from ..release.desk import Request
+from .catalog import check_spec, version_of
+from .deps import DeskDep, SettingsDep, User, VersionsDep
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+
+@router.post("/cost", response_model=CostEstimate)
+def cost(
+    settings: SettingsDep, versions: VersionsDep, desk: DeskDep, user: User, body: CostRequest
+) -> CostEstimate:
+    spec, plan = check_spec(settings, versions, user.datasets, body.spec)
+    request = Request(
+        user=user.user,
+        dataset=spec.dataset,
+        kind=body.kind,
+        spec=spec.model_dump(mode="json", exclude_none=True),
+        options=body.release,
+        dataset_version=plan["dataset_version"],
+    )
+    return desk.estimate(request, version_of(versions, body.spec.dataset).rows)
