@@ -154,7 +154,7 @@ def test_no_wait_then_remote_job_renders_the_same_result_as_a_blocking_run(shell
     assert table.header == ["job", "kind", "dataset", "state", "progress", "submitted (UTC)", "main metric"]
     listed = {row[0]: row for row in table.rows}
     assert listed[job.id][3] == "succeeded" and listed[job.id][6].startswith("auc ")
-    assert listed[job.id][2] == "breast_cancer@1"  # the dataset version the job ran on
+    assert listed[job.id][2] == "breast_cancer_rules@1"  # the dataset version the job ran on
     with capture_output() as out:
         shell.run_line_magic("remote_cancel", job.id)
     assert f"Job {job.id}: succeeded" in out.stdout
