@@ -15,7 +15,7 @@ from pathlib import Path
 import requests
 
 from remote_magic import Client
-from remote_magic_server.demo import DEMO_DATASETS, ensure_demo_data, free_port
+from remote_magic_server.demo import DEMO_DATASETS, demo_mock_path, ensure_demo_data, free_port
 from remote_magic_server.jobs.store import Store
 from remote_magic_server.settings import load_settings
 
@@ -27,12 +27,14 @@ def write_config(data_dir: Path, extra_datasets: str = "", extra: str = "") -> P
     paths = ensure_demo_data(data_dir)
     lines = ["[server]", f'data_dir = "{data_dir}"', "workers = 1", "", extra, ""]
     for name, (_, label, desc) in DEMO_DATASETS.items():
+        mock = demo_mock_path(paths[name])
         lines += [
             f"[datasets.{name}]",
             f'path = "{paths[name]}"',
             f'description = "{desc}"',
             'id_column = "id"',
             f'label_columns = ["{label}"]',
+            *([f'mock_path = "{mock}"'] if mock else []),
             "",
         ]
     config = data_dir / "server.toml"

@@ -197,7 +197,7 @@ def test_dry_run_finds_a_misspelt_feature_before_any_request_reaches_the_jobs_en
     )
     assert isinstance(report, DryRun) and report.features == ["age", "bmi", "region"] and report.rounds == 3
     assert "nothing was sent to the server" in repr(report)
-    fitted = run(shell, cell.format(flags="--where 'smoker >= 50' --eval-fraction 0.25"))
+    fitted = run(shell, cell.format(flags="--where 'age >= 50' --eval-fraction 0.25"))
     assert 0 < fitted.admitted < 200 and fitted.train_rows + fitted.eval_rows == fitted.admitted
     assert posts_to_jobs(server.log_path.read_text()) == log_before
     assert "/v1/datasets/synthetic/mock" in server.log_path.read_text()
