@@ -90,6 +90,8 @@ class Client:
             raise ConnectionProblem("no server URL: pass one or set REMOTE_MAGIC_URL")
         if not token:
             raise ConnectionProblem("no token: pass one or set REMOTE_MAGIC_TOKEN")
+        if not url.lower().startswith(("http://", "https://")):
+            raise ConnectionProblem(f"the URL must start with http:// or https:// (got {url!r})")
         self.url = url.rstrip("/")
         self.timeout = timeout
         self._session = _retrying_session(token)
@@ -170,8 +172,10 @@ class Client:
         """Score a fitted model on the spec's evaluation rows, without training."""
         return self.submit(model, spec, "evaluate").result(**wait)  # type: ignore[arg-type]
 
-    def jobs(self, limit: int = 100) -> list[JobStatus]:
-        return JobList.model_validate(self._request("GET", "/jobs", params={"limit": limit}).json()).jobs
+    def jobs(self, limit: int = 100, state: str | None = None) -> list[JobStatus]:
+        """Your jobs, newest first; `state` keeps only jobs in that state."""
+        params: dict = {"limit": limit} if state is None else {"limit": limit, "state": state}
+        return JobList.model_validate(self._request("GET", "/jobs", params=params).json()).jobs
 
     def job(self, job_id: str) -> Job:
         return Job(self, self._status(job_id))
@@ -199,7 +203,7 @@ class Client:
             headers={"Content-Type": "application/json"},
             timeout=max(self.timeout, 300.0),
         )
-        return Description(DescribeResult.model_validate(response.json()))
+        return Description(DescribeResult.model_validate(response.json()), spec)
 
     def model_status(self, job_id: str) -> ModelReleaseStatus:
         """Whether a job's trained model may be downloaded, and why not if not."""

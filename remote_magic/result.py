@@ -11,18 +11,23 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from .formatting import count, significant
 from .wire import JobResult, SplitSummary
 
 if TYPE_CHECKING:
     import xgboost
 
     from .client import Client
+    from .plots import Figures
 
 TASK_NAMES = {"binary": "binary classifier", "multiclass": "multiclass classifier", "regression": "regressor"}
-
-
-def _count(n: int | None) -> str:
-    return "<10" if n is None else f"{n:,}"
+HIGHER_IS_BETTER = ("auc", "aucpr", "map", "ndcg", "accuracy", "r2", "f1")
+# The eval curve has "clearly passed its best round" when at least this share of the rounds (and at least
+# MIN_ROUNDS_PAST rounds) came after the best one, and the last value is worse than the best by at least
+# this share of the curve's range.
+SHARE_OF_ROUNDS_PAST = 0.2
+MIN_ROUNDS_PAST = 5
+SHARE_OF_RANGE_LOST = 0.05
 
 
 class TrainResult:
@@ -110,12 +115,45 @@ class TrainResult:
             if part is not None:
                 yield split, part
 
+    def best_round(self) -> tuple[int, float]:
+        """The boosting round with the best eval metric, and that value (the history must not be empty)."""
+        history = self.history
+        evals = history["eval"]
+        higher = str(history.columns.name).split("@")[0] in HIGHER_IS_BETTER
+        best = int(evals.idxmax() if higher else evals.idxmin())
+        return best, float(evals[best])
+
+    def past_best_note(self) -> str | None:
+        """A sentence when the eval curve has clearly passed its best round (more rounds made it worse)."""
+        evals = self.history["eval"]
+        if len(evals) < 2 * MIN_ROUNDS_PAST:
+            return None
+        best, value = self.best_round()
+        last, final = int(evals.index[-1]), float(evals.iloc[-1])
+        past = last - best >= max(MIN_ROUNDS_PAST, SHARE_OF_ROUNDS_PAST * len(evals))
+        lost = abs(final - value) >= SHARE_OF_RANGE_LOST * float(evals.max() - evals.min())
+        if not (past and lost and final != value):
+            return None
+        metric = self.history.columns.name
+        return (
+            f"The eval {metric} was best at round {best} ({significant(value)}) and is "
+            f"{significant(final)} at round {last}: fewer rounds, or early stopping, would do better."
+        )
+
+    def _rounds_text(self) -> str:
+        r = self.raw.rounds
+        if self.raw.kind == "evaluate":
+            return f"{r.total} rounds, scored without training"
+        if r.base == 0:
+            return f"{r.new} rounds"
+        return f"{r.base} base + {r.new} new = {r.total} rounds"
+
     # text face
     def _summary_lines(self) -> list[str]:
         lines = []
         for split, part in self._splits():
-            classes = ", ".join(f"{c.label}: {_count(c.count)}" for c in part.classes)
-            lines.append(f"  {split:<5} {_count(part.rows)} rows" + (f" ({classes})" if classes else ""))
+            classes = ", ".join(f"{c.label}: {count(c.count)}" for c in part.classes)
+            lines.append(f"  {split:<5} {count(part.rows)} rows" + (f" ({classes})" if classes else ""))
         return lines
 
     def __repr__(self) -> str:
@@ -123,19 +161,23 @@ class TrainResult:
         what = "evaluation" if r.kind == "evaluate" else "training"
         lines = [f"TrainResult: {what} of a {TASK_NAMES[r.task]} on {r.dataset}"]
         if r.kind == "train":
-            lines.append(f"rounds: {r.rounds.base} base + {r.rounds.new} new = {r.rounds.total}")
+            lines.append(f"rounds: {self._rounds_text().removesuffix(' rounds')}")
         lines.append("rows (rounded to 5; counts under 10 suppressed):")
         lines += self._summary_lines()
         lines.append("metrics (eval set):")
-        lines += [f"  {name:<9} {value:.4g}" for name, value in r.metrics.items()]
+        lines += [f"  {name:<9} {significant(value)}" for name, value in r.metrics.items()]
         top = self.feature_importance.head(5)
         if len(top):
             lines.append("top features by gain: " + ", ".join(top.index))
+        note = self.past_best_note() if r.kind == "train" else None
+        if note:
+            lines.append(f"note: {note}")
         return "\n".join(lines)
 
     # notebook face
-    def plot(self) -> dict:
-        """matplotlib figures: learning curve, feature importance, confusion matrix (when present)."""
+    def plot(self) -> Figures:
+        """The matplotlib figures (learning curve, feature importance, confusion matrix when present), by
+        name; displayed in a notebook, they show side by side."""
         from . import plots
 
         return plots.figures(self)
@@ -145,24 +187,16 @@ class TrainResult:
 
         r = self.raw
         what = "Evaluation" if r.kind == "evaluate" else "Training"
-        rounds = (
-            f"{r.rounds.base} base + {r.rounds.new} new = {r.rounds.total} rounds"
-            if r.kind == "train"
-            else f"{r.rounds.total} rounds, scored without training"
-        )
-        images = "".join(
-            f"<img class='remote-magic-plot' alt='{html.escape(title)}' style='{_IMG}' "
-            f"src='data:image/png;base64,{plots.to_png(fig)}'/>"
-            for title, fig in plots.figures(self).items()
-        )
+        note = self.past_best_note() if r.kind == "train" else None
+        note_html = f"<div style='{_NOTE}'>{html.escape(note)}</div>" if note else ""
         return (
             f"<div class='remote-magic-result' style='{_BOX}'>"
             f"<div style='font-size:1.15em;font-weight:600'>{what}: {TASK_NAMES[r.task]} on "
             f"<code>{html.escape(r.dataset)}</code></div>"
-            f"<div style='color:#666;margin-bottom:8px'>{rounds}</div>"
+            f"<div style='color:#666;margin-bottom:8px'>{self._rounds_text()}</div>"
             f"<div style='display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start'>"
-            f"{self._rows_html()}{self._metrics_html()}</div>"
-            f"<div style='display:flex;flex-wrap:wrap;gap:12px;margin-top:10px'>{images}</div>"
+            f"{self._rows_html()}{self._metrics_html()}</div>{note_html}"
+            f"{plots.figure_row(self.plot())}"
             "<div style='color:#666;font-size:0.85em;margin-top:6px'>Counts rounded to 5; counts under 10 "
             "suppressed; metrics to 4 significant digits, on the evaluation rows.</div></div>"
         )
@@ -170,9 +204,9 @@ class TrainResult:
     def _rows_html(self) -> str:
         rows = []
         for split, part in self._splits():
-            classes = "<br>".join(f"{html.escape(c.label)}: {_count(c.count)}" for c in part.classes)
+            classes = "<br>".join(f"{html.escape(c.label)}: {count(c.count)}" for c in part.classes)
             rows.append(
-                f"<tr><th style='{_CELL}'>{split}</th><td style='{_NUM}'>{_count(part.rows)}</td>"
+                f"<tr><th style='{_CELL}'>{split}</th><td style='{_NUM}'>{count(part.rows)}</td>"
                 f"<td style='{_NUM}'>{classes or '&ndash;'}</td></tr>"
             )
         return (
@@ -182,9 +216,11 @@ class TrainResult:
         )
 
     def _metrics_html(self) -> str:
+        """One row per released metric: its name and its value as released."""
         rows = "".join(
-            f"<tr><th style='{_CELL}'>{html.escape(k)}</th><td style='{_NUM}'>{v:.4g}</td></tr>"
-            for k, v in self.raw.metrics.items()
+            f"<tr><th style='{_CELL}'>{html.escape(name)}</th>"
+            f"<td style='{_NUM}'>{significant(value)}</td></tr>"
+            for name, value in self.raw.metrics.items()
         )
         return (
             f"<table class='remote-magic-metrics' style='{_TABLE}'><caption style='{_CAPTION}'>Metrics "
@@ -197,4 +233,4 @@ _TABLE = "border-collapse:collapse;font-size:0.9em"
 _CAPTION = "text-align:left;font-weight:600;padding-bottom:4px"
 _CELL = "text-align:left;padding:2px 10px;border-bottom:1px solid #eee"
 _NUM = "text-align:right;padding:2px 10px;border-bottom:1px solid #eee;font-variant-numeric:tabular-nums"
-_IMG = "border:1px solid #eee;border-radius:4px"
+_NOTE = "margin-top:8px;padding:4px 8px;border-left:3px solid #dd8452;background:rgba(221,132,82,0.08)"

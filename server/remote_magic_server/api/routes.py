@@ -19,6 +19,7 @@ from remote_magic.wire import (
     JobKind,
     JobList,
     JobResult,
+    JobState,
     JobStatus,
     MetricPoint,
     Progress,
@@ -50,6 +51,13 @@ def _main_metric(job: JobRow) -> MetricPoint | None:
     return None
 
 
+def _rounds(job: JobRow) -> int | None:
+    """The model's boosting rounds: from the result when done, from the worker's progress while it runs."""
+    if job.result:
+        return job.result["rounds"]["total"]
+    return job.progress.get("total_rounds") or None
+
+
 def status_of(job: JobRow) -> JobStatus:
     error = ErrorDetail(code=job.error_code, message=job.error_message or "") if job.error_code else None
     return JobStatus(
@@ -63,6 +71,8 @@ def status_of(job: JobRow) -> JobStatus:
         finished_at=job.finished_at,
         error=error,
         main_metric=_main_metric(job),
+        model=job.plan.get("model"),
+        rounds=_rounds(job),
         isolation=job.isolation,
         version=job.version,
     )
@@ -143,7 +153,7 @@ async def submit(
         raise ApiError(exc.status, exc.code, exc.message) from None
     state = "queued"
     try:
-        await asyncio.to_thread(scan, payload, limit)
+        plan["model"] = (await asyncio.to_thread(scan, payload, limit)).model
     except PayloadError as exc:
         if exc.code != "custom_code_refused" or not settings.datasets[parsed.dataset].allow_custom_code:
             raise ApiError(422, exc.code, exc.message) from None
@@ -184,8 +194,14 @@ async def submit(
 
 
 @router.get("/jobs", response_model=JobList, tags=["jobs"])
-def list_jobs(request: Request, user: User, limit: Annotated[int, Query(ge=1, le=500)] = 100) -> JobList:
-    return JobList(jobs=[status_of(j) for j in request.app.state.store.list_jobs(user.user, limit)])
+def list_jobs(
+    request: Request,
+    user: User,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
+) -> JobList:
+    jobs = request.app.state.store.list_jobs(user.user, limit, state)
+    return JobList(jobs=[status_of(j) for j in jobs])
 
 
 @router.get("/jobs/{job_id}", response_model=JobStatus, tags=["jobs"])
