@@ -185,9 +185,9 @@ def test_plot_returns_figures_that_render_and_can_be_taken_one_by_one(shell):
         "confusion matrix",
     ]
     assert all(isinstance(figures[name], Figure) for name in figures)
-    bundle, _ = shell.display_formatter.format(figures)
-    assert bundle["text/html"].count("<img class='remote-magic-plot'") == 3
-    assert "Figure size" not in bundle["text/plain"] and "learning curve" in bundle["text/plain"]
+    assert figures._repr_html_().count("<img class='remote-magic-plot'") == 3, "a notebook shows them"
+    plain, _ = shell.display_formatter.format(figures, include={"text/plain"})
+    assert "Figure size" not in plain["text/plain"] and "learning curve" in plain["text/plain"]
     figures["learning curve"].savefig(__import__("io").BytesIO(), format="png")
     assert figures["learning curve"].axes, "rendering left the figure intact"
 
