@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from pyroaring import BitMap
 
-from remote_magic_server.jobs.audit import AuditLog
-from remote_magic_server.jobs.ledger import Ledger
+from remote_magic_server.audit import AuditLog
 from remote_magic_server.privacy.guard import check_differencing
+from remote_magic_server.release.ledger import Ledger
 
 
 def main() -> None:

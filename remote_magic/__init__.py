@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Client": "client",
     "Job": "client",
-    "package_model": "client",
+    "package_model": "payload",
     "Comparison": "compare",
     "compare": "compare",
     "DryRun": "dryrun",
@@ -30,10 +30,11 @@ _LAZY = {
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
-    from .client import Client, Job, package_model
+    from .client import Client, Job
     from .compare import Comparison, compare
     from .dryrun import DryRun, dry_run
     from .errors import DryRunError, RemoteError, RemoteMagicError
+    from .payload import package_model
     from .result import TrainResult
     from .wire import DatasetSpec
 

@@ -12,7 +12,6 @@ import time
 import uuid
 from collections.abc import Callable
 
-import cloudpickle
 import pandas as pd
 import requests
 from requests.adapters import HTTPAdapter
@@ -21,6 +20,7 @@ from urllib3.util.retry import Retry
 
 from .description import Description
 from .errors import ConnectionProblem, RemoteError, error_for
+from .payload import package_model
 from .result import TrainResult
 from .wire import (
     FINAL_STATES,
@@ -73,11 +73,6 @@ def _retrying_session(token: str) -> requests.Session:
     session.auth = _TokenAuth(token)
     session.headers["User-Agent"] = "remote-magic-client"
     return session
-
-
-def package_model(model: object) -> bytes:
-    """Serialize a model as the server expects: cloudpickle, protocol 5."""
-    return cloudpickle.dumps(model, protocol=5)
 
 
 class Client:
@@ -178,19 +173,21 @@ class Client:
         return JobList.model_validate(self._request("GET", "/jobs", params=params).json()).jobs
 
     def job(self, job_id: str) -> Job:
-        return Job(self, self._status(job_id))
+        return Job(self, self.status(job_id))
 
-    def _status(self, job_id: str, wait: float = 0, since: int | None = None) -> JobStatus:
+    def status(self, job_id: str, wait: float = 0, since: int | None = None) -> JobStatus:
+        """A job's status; with `wait`, block (long-poll) until its version passes `since` or time is up."""
         params: dict = {"wait": wait}
         if since is not None:
             params["since"] = since
         response = self._request("GET", f"/jobs/{job_id}", params=params, timeout=self.timeout + wait)
         return JobStatus.model_validate(response.json())
 
-    def _result(self, job_id: str) -> JobResult:
+    def result(self, job_id: str) -> JobResult:
+        """The released result of a finished job, as the wire model (`Job.result` wraps it)."""
         return JobResult.model_validate(self._request("GET", f"/jobs/{job_id}/result").json())
 
-    def _cancel(self, job_id: str) -> JobStatus:
+    def cancel(self, job_id: str) -> JobStatus:
         return JobStatus.model_validate(self._request("POST", f"/jobs/{job_id}/cancel").json())
 
     def describe(self, spec: DatasetSpec | dict) -> Description:
@@ -243,11 +240,11 @@ class Job:
     def refresh(self, wait: float = 0) -> JobStatus:
         """Fetch the status; with `wait`, block until it changes or `wait` seconds pass."""
         since = None if wait == 0 else self.status.version
-        self.status = self.client._status(self.id, wait=wait, since=since)
+        self.status = self.client.status(self.id, wait=wait, since=since)
         return self.status
 
     def cancel(self) -> JobStatus:
-        self.status = self.client._cancel(self.id)
+        self.status = self.client.cancel(self.id)
         return self.status
 
     def wait(
@@ -295,4 +292,4 @@ class Job:
             code = error.code if error else status.state
             message = error.message if error else f"the job ended {status.state}"
             raise error_for(code, message, job_id=self.id)
-        return TrainResult(self.client._result(self.id), self.client)
+        return TrainResult(self.client.result(self.id), downloader=self.client.download_model)

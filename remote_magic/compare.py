@@ -10,7 +10,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from . import plots
-from .formatting import significant
+from .formats import count_text, metric_text
 from .result import TrainResult
 
 MAIN_METRICS = ("auc", "accuracy", "r2", "rmse", "log_loss")
@@ -77,18 +77,25 @@ class Comparison:
                 values.to_numpy(dtype=float),
                 color=[colours[name] for name in values.index],
             )
-            bars.bar_label(drawn, labels=[significant(v) for v in values], fontsize=8, padding=2)
+            labels = [metric_text(v, self.results[name].raw.policy) for name, v in values.items()]
+            bars.bar_label(drawn, labels=labels, fontsize=8, padding=2)
             bars.margins(y=0.15)
             bars.tick_params(axis="x", labelrotation=20)
             bars.set_title(f"{main} (eval)", fontsize=10, loc="left")
         return fig
 
     def _text_table(self) -> pd.DataFrame:
-        table = self.table.astype(object).where(self.table.notna(), "<10")
+        table = self.table.astype(object)
+        for name, result in self.results.items():
+            row = table.loc[name]
+            table.loc[name] = row.where(row.notna(), count_text(None, result.raw.policy))
         table.loc[self.table["kind"] == "evaluate", "train rows"] = "-"
         for column in self.table.columns:
             if pd.api.types.is_float_dtype(self.table[column]) and column not in ("train rows", "eval rows"):
-                table[column] = [significant(v) if isinstance(v, float) else v for v in table[column]]
+                table[column] = [
+                    metric_text(v, self.results[name].raw.policy) if isinstance(v, float) else v
+                    for name, v in table[column].items()
+                ]
             elif column in ("rounds", "train rows", "eval rows"):
                 table[column] = [f"{int(v):,}" if isinstance(v, (int, float)) else v for v in table[column]]
         return table

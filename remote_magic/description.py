@@ -5,7 +5,7 @@ inline histogram (numeric) or category bars (categorical) in it. Both show only 
 (rounded counts, merged histogram bins with open outer ends, large categories), so they are deterministic
 for a given answer. One thing is known without the server: a column the spec's filter tests with a
 comparison can have no missing value among the admitted rows (a NULL never passes it), so its missing
-count is shown as 0, not as a suppressed `<10`.
+count is shown as 0, not as suppressed.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pandas as pd
 import sqlglot
 from sqlglot import exp
 
-from .formatting import count
-from .wire import ColumnDescription, DatasetSpec, DescribeResult, HistogramBin
+from .formats import count_text, rules_text
+from .wire import ColumnDescription, DatasetSpec, DescribeResult, HistogramBin, PolicyInEffect
 
 BAR_COLOUR = "#4c72b0"
 OTHER_COLOUR = "#b0b0b0"
@@ -66,24 +66,25 @@ def _bin_label(b: HistogramBin) -> str:
     return f"[{b.lower:g}, {b.upper:g})"
 
 
-def _distribution_text(col: ColumnDescription) -> str:
+def _distribution_text(col: ColumnDescription, policy: PolicyInEffect | None) -> str:
     if col.kind == "numeric":
         return (
-            ", ".join(f"{_bin_label(b)}: {count(b.count)}" for b in col.histogram or []) or "too few values"
+            ", ".join(f"{_bin_label(b)}: {count_text(b.count, policy)}" for b in col.histogram or [])
+            or "too few values"
         )
-    cats = ", ".join(f"{c.value}: {count(c.count)}" for c in col.categories or [])
-    other = f", other: {count(col.other)}" if col.other is not None else ""
+    cats = ", ".join(f"{c.value}: {count_text(c.count, policy)}" for c in col.categories or [])
+    other = f", other: {count_text(col.other, policy)}" if col.other is not None else ""
     return (cats or "no category large enough") + other
 
 
-def _histogram_html(col: ColumnDescription) -> str:
+def _histogram_html(col: ColumnDescription, policy: PolicyInEffect | None) -> str:
     """Equal-width bars (the outer bins are open, so edges cannot set widths), labelled at both ends."""
     bins = col.histogram or []
     if not bins:
         return "<span style='color:#888'>too few values</span>"
     top = max((b.count or 0) for b in bins) or 1
     bars = "".join(
-        f"<div title='{html.escape(_bin_label(b))}: {count(b.count)}' style='flex:1;"
+        f"<div title='{html.escape(_bin_label(b))}: {count_text(b.count, policy)}' style='flex:1;"
         f"height:{max(1, round(HISTOGRAM_HEIGHT * (b.count or 0) / top))}px;background:{BAR_COLOUR}'></div>"
         for b in bins
     )
@@ -99,7 +100,7 @@ def _histogram_html(col: ColumnDescription) -> str:
     )
 
 
-def _categories_html(col: ColumnDescription) -> str:
+def _categories_html(col: ColumnDescription, policy: PolicyInEffect | None) -> str:
     """One bar per released category, and a grey one for the rows of categories too small to name."""
     shown = [(c.value, c.count, BAR_COLOUR) for c in col.categories or []]
     if col.other is not None:
@@ -111,7 +112,7 @@ def _categories_html(col: ColumnDescription) -> str:
         f"<tr><td style='padding:0 6px 0 0;text-align:left'>{html.escape(value)}</td><td style='padding:0'>"
         f"<div style='width:{max(1, round(CATEGORY_BAR_WIDTH * (n or 0) / top))}px;height:9px;"
         f"background:{colour}'></div></td><td style='padding:0 0 0 6px;text-align:right;"
-        f"font-variant-numeric:tabular-nums'>{count(n)}</td></tr>"
+        f"font-variant-numeric:tabular-nums'>{count_text(n, policy)}</td></tr>"
         for value, n, colour in shown
     )
     return (
@@ -144,6 +145,9 @@ class Description:
         b = self.raw.privacy_budget
         return None if b is None else b.model_dump()
 
+    def _count(self, n: int | None) -> str:
+        return count_text(n, self.raw.policy)
+
     def missing(self, column: str) -> int | None:
         """Rows with no value in `column`: 0 when the filter rules it out, else as released."""
         col = self.columns[column]
@@ -171,17 +175,19 @@ class Description:
 
     def __repr__(self) -> str:
         r = self.raw
-        lines = [f"Description of {r.dataset} (label {r.label}): {count(r.rows)} rows"]
+        lines = [f"Description of {r.dataset} (label {r.label}): {self._count(r.rows)} rows"]
         if r.classes is not None:
-            lines.append("classes: " + ", ".join(f"{c.label}: {count(c.count)}" for c in r.classes))
+            lines.append("classes: " + ", ".join(f"{c.label}: {self._count(c.count)}" for c in r.classes))
         width = max((len(c.name) for c in r.columns), default=0)
         for c in r.columns:
-            missing = f"missing {count(self.missing(c.name))}"
-            lines.append(f"  {c.name:<{width}}  {c.kind:<11}  {missing:<13}  {_distribution_text(c)}")
+            missing = f"missing {self._count(self.missing(c.name))}"
+            lines.append(
+                f"  {c.name:<{width}}  {c.kind:<11}  {missing:<13}  {_distribution_text(c, r.policy)}"
+            )
         budget = self._budget_text()
         if budget:
             lines.append(budget)
-        lines.append("(counts rounded to 5; counts under 10 suppressed; outer histogram bins are open)")
+        lines.append(f"({rules_text(r.policy, metrics=False).lower()}; outer histogram bins are open)")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -192,26 +198,27 @@ class Description:
         if r.classes is not None:
             classes = (
                 f"<div style='margin-bottom:6px'>label <code>{html.escape(r.label)}</code>: "
-                + ", ".join(f"{html.escape(c.label)} &ndash; {count(c.count)}" for c in r.classes)
+                + ", ".join(f"{html.escape(c.label)} &ndash; {self._count(c.count)}" for c in r.classes)
                 + "</div>"
             )
+        bars = {"numeric": _histogram_html, "categorical": _categories_html}
         rows = "".join(
             f"<tr><th style='{cell}'>{html.escape(c.name)}</th>"
             f"<td style='{cell}'>{c.kind}</td>"
-            f"<td style='{num}'>{count(self.missing(c.name))}</td><td style='{cell}'>"
-            f"{_histogram_html(c) if c.kind == 'numeric' else _categories_html(c)}</td></tr>"
+            f"<td style='{num}'>{self._count(self.missing(c.name))}</td><td style='{cell}'>"
+            f"{bars[c.kind](c, r.policy)}</td></tr>"
             for c in r.columns
         )
         budget = self._budget_text()
         return (
             "<div class='remote-magic-describe' style='font-family:sans-serif'>"
             f"<div style='font-size:1.1em;font-weight:600;margin-bottom:4px'>{html.escape(r.dataset)}: "
-            f"{count(r.rows)} rows</div>{classes}"
+            f"{self._count(r.rows)} rows</div>{classes}"
             "<table style='border-collapse:collapse;font-size:0.9em'><thead><tr>"
             f"<th style='{cell}'>column</th><th style='{cell}'>kind</th>"
             f"<th style='{num}'>missing</th><th style='{cell}'>distribution</th></tr></thead>"
             f"<tbody>{rows}</tbody></table>"
             + (f"<div>{html.escape(budget)}</div>" if budget else "")
-            + "<div style='color:#666;font-size:0.85em;margin-top:4px'>Counts rounded to 5; counts under 10 "
-            "suppressed; outer histogram bins are open.</div></div>"
+            + "<div style='color:#666;font-size:0.85em;margin-top:4px'>"
+            f"{html.escape(rules_text(r.policy, metrics=False))}; outer histogram bins are open.</div></div>"
         )

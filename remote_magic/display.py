@@ -6,7 +6,7 @@ import html
 import re
 from collections.abc import Sequence
 
-from .formatting import count, significant
+from .formats import count_text, metric_text
 from .progress import describe, stage_of
 from .wire import DatasetInfo, JobStatus
 
@@ -54,7 +54,7 @@ def datasets_table(datasets: Sequence[DatasetInfo]) -> Table:
     for d in datasets:
         label = ", ".join(c.name for c in d.columns if c.role == "label")
         features = sum(c.role == "feature" for c in d.columns)
-        rows.append([d.name, count(d.rows), label, str(features), d.description])
+        rows.append([d.name, count_text(d.rows, d.policy), label, str(features), d.description])
     return Table(["dataset", "rows", "label", "features", "description"], rows)
 
 
@@ -96,7 +96,7 @@ def _metric_text(job: JobStatus) -> str:
     if job.error:
         return job.error.code
     m = job.main_metric
-    return f"{m.name} {significant(m.eval)}" if m is not None and m.eval is not None else ""
+    return f"{m.name} {metric_text(m.eval, None)}" if m is not None and m.eval is not None else ""
 
 
 JOB_COLUMNS = [

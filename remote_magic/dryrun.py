@@ -1,28 +1,39 @@
-"""`%%remote_train --dry-run`: the same model and spec, run here on the dataset's mock rows.
+"""`%%remote_train --dry-run`: the same model and spec, checked and run here on the dataset's mock rows.
 
 Mistakes that would otherwise cost a remote job (a misspelt feature, a filter on a column that does not
-exist or outside the grammar, a label that is not one, a base model that does not fit the features) show
-up locally, before anything is submitted. The filter is parsed with sqlglot and evaluated over pandas with
-SQL's three-valued logic (a row is admitted only where the condition is true), the same grammar the
-server enforces. Mock values are not real, so admitted-row counts say nothing about the hidden data.
+exist or outside the grammar, a label that is not one, a model beyond the server's bounds, a base model
+that does not fit the features) show up locally, before anything is submitted. Nothing here imitates the
+server: the spec is resolved by `specs.resolve`, the model's bytes are scanned by `payload.scan` (the
+server's own rules), the rows are admitted by the server's staging query
+(`query.staging_query`) run by DuckDB in memory over the mock rows, and the model is canonicalised,
+bounded and fitted by its model family's own code. Mock values are not real, so admitted-row counts say
+nothing about the hidden data.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import duckdb
 import numpy as np
 import pandas as pd
-import sqlglot
-import xgboost as xgb
+import pyarrow as pa
 from sqlglot import exp
 
+from .codes import Refusal
 from .errors import DryRunError
-from .wire import DatasetSpec, MockData, unknown_column_message
+from .families import family_for
+from .families.base import Split, encode_labels
+from .payload import package_model, scan
+from .query import EVAL_FLAG, ROW_ID, staging_query
+from .specs import Resolved, resolve
+from .wire import DatasetInfo, DatasetSpec, MockData
 
 DRY_ROUNDS = 5
+MOCK_TABLE = "remote_magic_mock_rows"
+MOCK_ROW_NUMBER = "__remote_magic_mock_row"
 
 
 def mock_frame(mock: MockData) -> pd.DataFrame:
@@ -43,96 +54,6 @@ def mock_frame(mock: MockData) -> pd.DataFrame:
         "roles": {c.name: c.role for c in mock.columns},
     }
     return frame
-
-
-class _Filter:
-    """Evaluates a checked filter tree over a frame, with SQL NULL semantics (pandas nullable booleans)."""
-
-    def __init__(self, frame: pd.DataFrame, columns: Sequence[str], where: str):
-        self.frame = frame.convert_dtypes()
-        self.columns = list(columns)
-        self.where = where
-
-    def mask(self, text: str) -> pd.Series:
-        try:
-            statements = [s for s in sqlglot.parse(text, dialect="duckdb") if s is not None]
-        except (sqlglot.errors.ParseError, sqlglot.errors.TokenError):
-            raise DryRunError(f"the {self.where} could not be parsed as a boolean expression") from None
-        if len(statements) != 1:
-            raise DryRunError(f"the {self.where} must be a single expression")
-        value = self._eval(statements[0])
-        if not isinstance(value, pd.Series):
-            raise DryRunError(f"the {self.where} must be a condition on columns, such as age >= 18")
-        return value.astype("boolean").fillna(False).astype(bool)
-
-    def _eval(self, node: exp.Expression) -> object:
-        if isinstance(node, exp.Paren):
-            return self._eval(node.this)
-        if isinstance(node, exp.Column):
-            if node.table:
-                raise DryRunError(f"qualified column names are not allowed in the {self.where}")
-            if node.name not in self.columns:
-                raise DryRunError(unknown_column_message(node.name, self.columns, self.where))
-            return self.frame[node.name]
-        if isinstance(node, exp.Literal):
-            if node.is_string:
-                return node.this
-            number = float(node.this)
-            return int(number) if number.is_integer() and "." not in node.this else number
-        if isinstance(node, exp.Boolean):
-            return bool(node.this)
-        if isinstance(node, exp.Null):
-            return pd.NA
-        if isinstance(node, exp.Neg):
-            return -self._eval(node.this)  # type: ignore[operator]
-        comparisons = {
-            exp.EQ: lambda a, b: a == b,
-            exp.NEQ: lambda a, b: a != b,
-            exp.GT: lambda a, b: a > b,
-            exp.GTE: lambda a, b: a >= b,
-            exp.LT: lambda a, b: a < b,
-            exp.LTE: lambda a, b: a <= b,
-        }
-        for kind, op in comparisons.items():
-            if type(node) is kind:
-                return self._compare(op, self._eval(node.this), self._eval(node.expression))
-        if isinstance(node, (exp.And, exp.Or)):
-            left, right = self._bool(node.this), self._bool(node.expression)
-            return left & right if isinstance(node, exp.And) else left | right
-        if isinstance(node, exp.Not):
-            return ~self._bool(node.this)
-        if isinstance(node, exp.Is) and isinstance(node.expression, exp.Null):
-            return self._series(self._eval(node.this)).isna().astype("boolean")
-        if isinstance(node, exp.Between):
-            this = self._eval(node.this)
-            low, high = self._eval(node.args["low"]), self._eval(node.args["high"])
-            return self._compare(lambda a, b: a >= b, this, low) & self._compare(
-                lambda a, b: a <= b, this, high
-            )
-        if isinstance(node, exp.In) and not (node.args.get("query") or node.args.get("unnest")):
-            this = self._series(self._eval(node.this))
-            values = [self._eval(v) for v in node.expressions]
-            if any(isinstance(v, pd.Series) for v in values):
-                raise DryRunError(f"IN takes a list of literals only, in the {self.where}")
-            found = this.isin([v for v in values if v is not pd.NA]).astype("boolean")
-            return found.mask(this.isna(), pd.NA)
-        raise DryRunError(f"{type(node).__name__} is not allowed in the {self.where}")
-
-    def _series(self, value: object) -> pd.Series:
-        if isinstance(value, pd.Series):
-            return value
-        return pd.Series([value] * len(self.frame), index=self.frame.index)
-
-    def _bool(self, node: exp.Expression) -> pd.Series:
-        return self._series(self._eval(node)).astype("boolean")
-
-    def _compare(self, op, a: object, b: object) -> pd.Series:
-        try:
-            return self._series(op(self._series(a), b if not isinstance(b, pd.Series) else b)).astype(
-                "boolean"
-            )
-        except TypeError:
-            raise DryRunError(f"a comparison in the {self.where} mixes text and numbers") from None
 
 
 @dataclass
@@ -171,158 +92,100 @@ class DryRun:
         )
 
 
-def check_spec(spec: DatasetSpec, roles: dict[str, str]) -> list[str]:
-    """The features the spec selects; raise DryRunError for an unknown or misused column."""
-    usable = list(roles)
-    if spec.label not in roles:
-        raise DryRunError(unknown_column_message(spec.label, usable, "label"))
-    if roles[spec.label] != "label":
-        labels = ", ".join(repr(c) for c, r in roles.items() if r == "label")
-        raise DryRunError(f"{spec.label!r} is not a label column; labels: {labels}")
-    if spec.features is None:
-        return [c for c, r in roles.items() if r == "feature"]
-    features: list[str] = []
-    for name in spec.features:
-        if name not in roles:
-            raise DryRunError(unknown_column_message(name, usable, "features"))
-        if roles[name] != "feature":
-            raise DryRunError(f"column {name!r} cannot be used as a feature")
-        if name not in features:
-            features.append(name)
-    if not features:
-        raise DryRunError("the spec selects no features")
-    return features
-
-
-def _derived(spec: DatasetSpec, roles: dict[str, str]) -> list[str]:
-    """Names of the spec's derived columns, after checking that each uses only feature columns."""
-    derive = getattr(spec, "derive", None) or {}
-    feature_columns = [c for c, r in roles.items() if r == "feature"]
-    for name, text in derive.items():
-        if name in roles:
-            raise DryRunError(f"derived column {name!r} has the name of a dataset column")
-        try:
-            tree = sqlglot.parse_one(text, dialect="duckdb")
-        except (sqlglot.errors.ParseError, sqlglot.errors.TokenError):
-            raise DryRunError(f"derived column {name!r}: the expression could not be parsed") from None
-        for column in tree.find_all(exp.Column):
-            if column.name not in feature_columns:
-                raise DryRunError(
-                    unknown_column_message(column.name, feature_columns, f"derived column {name!r}")
-                )
-    return list(derive)
-
-
-def _plan(model: object) -> tuple[dict, int, xgb.Booster | None, bool | None]:
-    """XGBoost params, rounds, base booster and whether it classifies (None: from the objective)."""
-    if isinstance(model, (xgb.XGBClassifier, xgb.XGBRegressor)):
-        try:
-            base = model.get_booster()
-        except Exception:  # noqa: BLE001 - an unfitted estimator raises NotFitted
-            base = None
-        params = {k: v for k, v in model.get_xgb_params().items() if v is not None and k != "missing"}
-        return (
-            params,
-            int(model.get_params().get("n_estimators") or 100),
-            base,
-            isinstance(model, xgb.XGBClassifier),
+def admit(spec: DatasetSpec, resolved: Resolved, mock: pd.DataFrame, kind: str) -> pa.Table:
+    """The mock rows the server's staging query admits, with its evaluation flag and their row numbers."""
+    rows = mock.assign(**{MOCK_ROW_NUMBER: np.arange(len(mock))})
+    if resolved.id_column and resolved.id_column not in rows.columns:
+        rows[resolved.id_column] = np.arange(len(mock))
+    con = duckdb.connect(":memory:")
+    try:
+        con.register(MOCK_TABLE, rows)
+        sql, params = staging_query(
+            spec,
+            resolved,
+            exp.table_(MOCK_TABLE, quoted=True),
+            exp.column(MOCK_ROW_NUMBER, quoted=True),
+            kind,
         )
-    if isinstance(model, xgb.Booster):
-        return {}, 10, model, None
-    if isinstance(model, dict) and isinstance(model.get("params"), dict):
-        return dict(model["params"]), int(model.get("num_boost_round", 10)), model.get("booster"), None
-    raise DryRunError(
-        "the model is not an XGBClassifier, XGBRegressor, Booster or {'params': ..., 'num_boost_round': N}"
-    )
+        return con.sql(sql, params=params).to_arrow_table()
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0][:300]
+        raise DryRunError(f"the spec could not be run on the mock rows: {first}") from None
+    finally:
+        con.close()
 
 
-def _split(admitted: pd.DataFrame, spec: DatasetSpec, kind: str, filt: _Filter) -> pd.Series:
-    """Which admitted rows are evaluation rows: the spec's split, or the server's defaults."""
-    if spec.eval is not None and hasattr(spec.eval, "where"):
-        return filt.mask(spec.eval.where).loc[admitted.index]
-    if spec.eval is None and kind == "evaluate":
-        return pd.Series(True, index=admitted.index)
-    fraction, seed = (spec.eval.fraction, spec.eval.seed) if spec.eval is not None else (0.2, 0)
-    rng = np.random.default_rng(seed)
-    return pd.Series(rng.random(len(admitted)) < fraction, index=admitted.index)
+def _splits(table: pa.Table, features: list[str], label: str) -> tuple[Split, Split]:
+    is_eval = table.column(EVAL_FLAG).to_numpy(zero_copy_only=False).astype(bool)
+    data = table.drop_columns([EVAL_FLAG, ROW_ID])
+    parts = []
+    for mask in (~is_eval, is_eval):
+        part = data.filter(pa.array(mask))
+        parts.append(Split(x=part.select(features), y=part.column(label).to_numpy(zero_copy_only=False)))
+    return parts[0], parts[1]
 
 
-def dry_run(model: object, spec: DatasetSpec, mock: pd.DataFrame, kind: str = "train") -> DryRun:
-    """Check the spec against the mock schema, apply its filters, and fit (or score) the model."""
-    roles: dict[str, str] = mock.attrs["roles"]
-    features = check_spec(spec, roles)
-    filt = _Filter(mock, list(roles), "filter")
+def dry_run(
+    model: object, spec: DatasetSpec, dataset: DatasetInfo, mock: pd.DataFrame, kind: str = "train"
+) -> DryRun:
+    """Check the spec and the model as the server would, admit mock rows, and fit (or score) the model."""
+    try:
+        resolved = resolve(spec, dataset.columns)
+        scan(package_model(model))
+        family = family_for(model)
+        plan = family.canonical(model)
+        if dataset.bounds is not None:
+            family.check_bounds(plan, dataset.bounds)
+        if kind == "evaluate" and plan.base is None:
+            raise Refusal("unsupported_model", "evaluation needs a fitted model; fit it first")
+        if kind == "evaluate" and plan.preprocess is not None:
+            raise Refusal(
+                "unsupported_model", "evaluate takes a bare XGBoost model; send a Pipeline with train"
+            )
+    except Refusal as refusal:
+        raise DryRunError(refusal.message, code=refusal.code) from None
+    features = resolved.all_features
+    table = admit(spec, resolved, mock, kind)
+    train, evaluation = _splits(table, features, spec.label)
+    n_admitted, n_eval = table.num_rows, len(evaluation.y)
     notes: list[str] = []
-    admitted = mock
-    if spec.where is not None:
-        admitted = mock[filt.mask(spec.where)]
-    eval_filter = _Filter(mock, list(roles), "eval filter")
-    is_eval = _split(admitted, spec, kind, eval_filter) if len(admitted) else pd.Series(dtype=bool)
-    n_admitted, n_eval = len(admitted), int(is_eval.sum())
-    derived = _derived(spec, roles)
-    if derived:
-        rng = np.random.default_rng(0)
-        mock = mock.assign(**{name: np.round(rng.normal(size=len(mock)), 3) for name in derived})
-        admitted = mock.loc[admitted.index]
-        features = features + derived
-        notes.append(
-            "note: derived columns (" + ", ".join(derived) + ") were checked for the columns they use; "
-            "their dry-run values are placeholders"
-        )
-    params, rounds, base, classifier = _plan(model)
-    if kind == "evaluate" and base is None:
-        raise DryRunError("evaluation needs a fitted model; fit it first")
     if n_admitted < 2 or (kind == "train" and n_admitted - n_eval < 2):
         notes.append(
             "note: the filters admit (almost) none of the mock rows, which is expected when they test "
             "values that mock data does not have; the model was fitted on all mock rows instead"
         )
-        admitted, is_eval = mock, pd.Series(False, index=mock.index)
-    rows = admitted[~is_eval] if kind == "train" else admitted[is_eval] if n_eval else admitted
-    x = rows[features].copy()
-    for name in features:
-        if x[name].dtype == object:
-            x[name] = x[name].astype("category")
-    params, y = _target(params, rows[spec.label], classifier, base)
+        everything = spec.model_copy(update={"where": None, "eval": None})
+        train, evaluation = _splits(admit(everything, resolved, mock, "evaluate"), features, spec.label)
+        train = evaluation
     fitted = 0
     try:
+        labels = encode_labels(train.y, evaluation.y, spec.label, plan.task)
         if kind == "train":
-            fitted = min(rounds, DRY_ROUNDS)
-            dtrain = xgb.DMatrix(x, label=y, enable_categorical=True)
-            xgb.train({**params, "nthread": 1}, dtrain, num_boost_round=fitted, xgb_model=base)
+            fitted = min(plan.rounds, DRY_ROUNDS)
+            trial = dataclasses.replace(plan, rounds=fitted)
+            family.train(trial, train, evaluation, labels, 1, lambda _done, _latest: None)
         else:
-            base.predict(xgb.DMatrix(x, enable_categorical=True), validate_features=True)  # type: ignore[union-attr]
-    except (xgb.core.XGBoostError, ValueError) as exc:
+            family.evaluate(family.score(plan, evaluation, labels, 1))
+    except Refusal as refusal:
+        # Here, unlike on the server, the library's own words may be shown: they are about mock rows.
+        cause = str(refusal.__cause__ or "").strip().splitlines()
+        detail = f" ({cause[0][:300]})" if cause else ""
+        raise DryRunError(
+            f"the model could not be fitted on the mock rows: {refusal.message}{detail}", refusal.code
+        ) from None
+    except (ValueError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise DryRunError(f"XGBoost refused the model on the mock rows: {first}") from None
     return DryRun(
         kind=kind,
-        dataset=str(mock.attrs["dataset"]),
-        source=str(mock.attrs["source"]),
+        dataset=dataset.name,
+        source=str(mock.attrs.get("source", "synthetic")),
         label=spec.label,
         features=features,
         mock_rows=len(mock),
         admitted=n_admitted,
         train_rows=0 if kind == "evaluate" else n_admitted - n_eval,
-        eval_rows=n_eval if kind == "train" or n_eval else n_admitted,
+        eval_rows=n_eval,
         rounds=fitted,
         notes=notes,
     )
-
-
-def _target(params: dict, label: pd.Series, classifier: bool | None, base: xgb.Booster | None):
-    """Encode the label as the server does: classes as 0..k-1, with a matching objective."""
-    objective = str(params.get("objective") or "")
-    if classifier is None:
-        classifier = objective.startswith(("binary:", "multi:"))
-    if not classifier:
-        return params, pd.to_numeric(label, errors="coerce").to_numpy(dtype=float)
-    classes = sorted(label.dropna().unique().tolist(), key=str)
-    codes = label.map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=float)
-    params = dict(params)
-    if len(classes) > 2:
-        params.update(objective="multi:softprob", num_class=len(classes))
-    elif not objective.startswith("binary:"):
-        params["objective"] = "binary:logistic"
-    params.setdefault("base_score", 0.5)
-    return params, codes

@@ -2,10 +2,13 @@
 
 A remote failure must be a real exception so that papermill and nbval fail the cell, yet show only a
 short message: `_render_traceback_` gives IPython two lines instead of a local traceback. The server's
-error codes map to subclasses so scripts can catch what they can handle.
+error codes map to subclasses by their kind (listed once, in `codes.py`), so scripts can catch what they
+can handle.
 """
 
 from __future__ import annotations
+
+from .codes import CODES, Kind, code_of
 
 
 class RemoteMagicError(Exception):
@@ -20,7 +23,14 @@ class ConnectionProblem(RemoteMagicError):
 
 
 class DryRunError(RemoteMagicError):
-    """A dry run on mock data found a mistake in the spec or the model; nothing was sent."""
+    """A dry run on mock data found a mistake in the spec or the model; nothing was sent.
+
+    `code` is the error code the server would answer for the same mistake (None for a problem only
+    the local fit found)."""
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.code = code
 
     def _render_traceback_(self) -> list[str]:
         return [
@@ -53,12 +63,20 @@ class RemoteError(RemoteMagicError):
 
     def _render_traceback_(self) -> list[str]:
         where = f" (job {self.job_id})" if self.job_id else ""
-        hint = _HINTS.get(self.code)
+        hint = code_of(self.code).hint
         return [f"{type(self).__name__}{where}: {self}", *([hint] if hint else [])]
+
+
+class BadRequest(RemoteError):
+    """The request itself was refused (malformed, or asked too early)."""
 
 
 class AuthError(RemoteError):
     """Missing or invalid token, or no access to the dataset or job."""
+
+
+class NotFound(RemoteError):
+    """No such job or resource (or one this token may not see)."""
 
 
 class SpecError(RemoteError):
@@ -73,6 +91,10 @@ class DisclosureRefused(RemoteError):
     """The disclosure policy refused to release a result (cohort too small, too close to another)."""
 
 
+class BudgetExhausted(DisclosureRefused):
+    """The privacy budget on this dataset is spent; stored answers can still be repeated."""
+
+
 class JobFailed(RemoteError):
     """The remote job failed while it ran."""
 
@@ -85,43 +107,33 @@ class Busy(RemoteError):
     """The server is at capacity for this user; retry later."""
 
 
-_BY_CODE: dict[str, type[RemoteError]] = {
-    "unauthorized": AuthError,
-    "forbidden": AuthError,
-    "not_found": RemoteError,
-    "unknown_dataset": SpecError,
-    "invalid_spec": SpecError,
-    "unknown_column": SpecError,
-    "invalid_filter": SpecError,
-    "invalid_model": ModelRejected,
-    "custom_code_refused": ModelRejected,
-    "unsupported_model": ModelRejected,
-    "parameter_out_of_bounds": ModelRejected,
-    "payload_too_large": ModelRejected,
-    "cohort_too_small": DisclosureRefused,
-    "class_too_small": DisclosureRefused,
-    "differencing_refused": DisclosureRefused,
-    "privacy_budget_exhausted": DisclosureRefused,
-    "model_not_released": DisclosureRefused,
+class ServerError(RemoteError):
+    """The server failed; the details are in its log."""
+
+
+_BY_KIND: dict[Kind, type[RemoteError]] = {
+    "request": BadRequest,
+    "auth": AuthError,
+    "not_found": NotFound,
+    "spec": SpecError,
+    "model": ModelRejected,
+    "disclosure": DisclosureRefused,
+    "budget": BudgetExhausted,
+    "busy": Busy,
     "cancelled": JobCancelled,
-    "too_many_jobs": Busy,
-}
-
-
-_HINTS: dict[str, str] = {
-    "unauthorized": "Check the token in $REMOTE_MAGIC_TOKEN (or the variable named by --token-env).",
-    "forbidden": "Ask the data owner for access to this dataset.",
-    "unknown_dataset": "%remote_datasets lists the datasets your token grants.",
-    "unknown_column": "%remote_datasets NAME lists the columns; --dry-run checks a spec locally.",
-    "invalid_spec": "%remote_datasets NAME lists the columns and their roles.",
-    "invalid_filter": "Filters take columns, literals, comparisons, AND/OR/NOT, IN, BETWEEN, IS NULL.",
-    "cohort_too_small": "Admit more rows: widen the filter or lower the evaluation fraction.",
-    "class_too_small": "Admit more rows of the rare class, or merge classes.",
-    "differencing_refused": "Change the filter by more rows, or reuse the earlier spec.",
-    "too_many_jobs": "Wait for a running job to finish (%remote_jobs), then retry.",
+    "job": JobFailed,
+    "server": ServerError,
 }
 
 
 def error_for(code: str, message: str, status: int | None = None, job_id: str | None = None) -> RemoteError:
-    """Build the exception class that matches a server error code."""
-    return _BY_CODE.get(code, JobFailed)(code, message, status=status, job_id=job_id)
+    """The exception class of a server error code (by its kind in `remote_magic.codes`).
+
+    A server failure (or a code this client does not know) that ended a job is a job failure; before
+    any job exists it is a server error: a refusal before a job exists is never reported as JobFailed."""
+    kind = CODES[code].kind if code in CODES else "job"
+    if job_id is not None and kind == "server":
+        kind = "job"  # the server failed while running this job
+    if job_id is None and kind == "job" and code not in CODES:
+        kind = "server"
+    return _BY_KIND[kind](code, message, status=status, job_id=job_id)

@@ -6,13 +6,11 @@ documents itself, and REMOTE_MAGIC_URL / REMOTE_MAGIC_TOKEN are the defaults.
 
 from __future__ import annotations
 
-import functools
 import getpass
 import os
 import shlex
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar, get_args
+from typing import TYPE_CHECKING, get_args
 
 from IPython.core.error import StdinNotImplementedError, UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -26,39 +24,15 @@ from .display import Table, columns_table, datasets_table, jobs_table
 from .errors import JobInterrupted
 from .progress import ProgressBar, progress_enabled
 from .spec import spec_from_args
+from .usage import usage_errors
 from .wire import JobState, Whoami
 
 if TYPE_CHECKING:
     from .description import Description
     from .result import TrainResult
 
-F = TypeVar("F", bound=Callable)
 CANCEL_WAIT_S = 3.0
 JOB_STATES = list(get_args(JobState))
-
-
-class MagicUsageError(UsageError):
-    """A mistake in a magic's arguments or cell. IPython only prints a plain UsageError (no error reaches
-    the front end), so papermill reports an empty message and nbval passes the cell; this one fails the
-    run and shows the same single line."""
-
-    def _render_traceback_(self) -> list[str]:
-        return [f"UsageError: {self}"]
-
-
-def _usage_errors(func: F) -> F:
-    """Raise every UsageError of a magic as a MagicUsageError."""
-
-    @functools.wraps(func)
-    def magic(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except MagicUsageError:
-            raise
-        except UsageError as exc:
-            raise MagicUsageError(str(exc)) from None
-
-    return magic  # type: ignore[return-value]
 
 
 def _parse(magic, line: str):
@@ -183,7 +157,7 @@ class RemoteMagic(Magics, Configurable):
     @argument("--token-env", help="environment variable that holds the token (default: REMOTE_MAGIC_TOKEN)")
     @argument("--name", "-n", default=None, help="name of this connection; switch back with --name only")
     @line_magic
-    @_usage_errors
+    @usage_errors
     def remote_connect(self, line: str) -> None:
         """Connect to a remote-magic server, or switch between named connections."""
         args = _parse(self.remote_connect, line)
@@ -198,7 +172,7 @@ class RemoteMagic(Magics, Configurable):
         )
 
     @line_magic
-    @_usage_errors
+    @usage_errors
     def remote_datasets(self, line: str) -> Table:
         """List the datasets this token may use; `%remote_datasets NAME` shows one dataset's columns."""
         name = line.strip()
@@ -232,7 +206,8 @@ class RemoteMagic(Magics, Configurable):
         if args.dry_run:
             from .dryrun import dry_run
 
-            report = dry_run(model, spec, self.client.mock(spec.dataset), kind)
+            client = self.client
+            report = dry_run(model, spec, client.dataset(spec.dataset), client.mock(spec.dataset), kind)
             if args.output:
                 self.shell.user_ns[args.output] = report
             return report
@@ -260,7 +235,7 @@ class RemoteMagic(Magics, Configurable):
     @magic_arguments()
     @_spec_arguments
     @cell_magic
-    @_usage_errors
+    @usage_errors
     def remote_train(self, line: str, cell: str) -> object:
         """Run the cell, then train its model remotely on the spec's admitted rows.
 
@@ -275,7 +250,7 @@ class RemoteMagic(Magics, Configurable):
     @magic_arguments()
     @_spec_arguments
     @cell_magic
-    @_usage_errors
+    @usage_errors
     def remote_evaluate(self, line: str, cell: str) -> object:
         """Run the cell, then score its fitted model on the spec's evaluation rows (no training)."""
         return self._run("evaluate", line, cell, self.remote_evaluate)
@@ -284,7 +259,7 @@ class RemoteMagic(Magics, Configurable):
     @argument("--limit", "-n", type=int, default=20, help="show at most this many jobs (default 20)")
     @argument("--state", "-s", choices=JOB_STATES, help="only jobs in this state")
     @line_magic
-    @_usage_errors
+    @usage_errors
     def remote_jobs(self, line: str) -> Table:
         """Your jobs on the current server, newest first: model, rounds, dataset, state, progress."""
         args = _parse(self.remote_jobs, line)
@@ -293,7 +268,7 @@ class RemoteMagic(Magics, Configurable):
         return jobs_table(self.client.jobs(limit=args.limit, state=args.state))
 
     @line_magic
-    @_usage_errors
+    @usage_errors
     def remote_job(self, line: str) -> TrainResult | Job:
         """`%remote_job ID`: the full result of a finished job, or its progress while it runs."""
         job_id = line.strip() or (self.last_job.id if self.last_job else "")
@@ -303,7 +278,7 @@ class RemoteMagic(Magics, Configurable):
         return job.result() if job.done else job
 
     @line_magic
-    @_usage_errors
+    @usage_errors
     def remote_cancel(self, line: str) -> None:
         """`%remote_cancel ID`: cancel a queued or running job, and say its final state (or that it is
         still cancelling after a few seconds)."""
@@ -325,7 +300,7 @@ class RemoteMagic(Magics, Configurable):
     @argument("--spec", default="spec", help="variable holding a spec dict, used for missing flags")
     @argument("-o", "--output", help="store the description in this variable")
     @line_magic
-    @_usage_errors
+    @usage_errors
     def remote_describe(self, line: str) -> Description:
         """Disclosure-checked aggregates of a spec's admitted rows, before any training.
 

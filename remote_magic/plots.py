@@ -1,6 +1,7 @@
-"""matplotlib figures of a result. Built on the object-oriented API (no pyplot state), so drawing a
-result never changes the user's current figure, and `result.plot()` hands the figures over for
-restyling (a `Figures` mapping that a notebook displays side by side)."""
+"""matplotlib figures of released numbers. Built on the object-oriented API (no pyplot state), so
+drawing never changes the user's current figure, and `result.plot()` hands the figures over for
+restyling (a `Figures` mapping that a notebook displays side by side). The functions take plain frames
+and series, not result objects."""
 
 from __future__ import annotations
 
@@ -8,20 +9,18 @@ import base64
 import html
 import io
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from .formatting import SUPPRESSED, compact, significant
-
-if TYPE_CHECKING:
-    from .result import TrainResult
+from .formats import compact
 
 TRAIN_COLOUR = "#4c72b0"
 EVAL_COLOUR = "#dd8452"
+HIGHER_IS_BETTER = ("auc", "aucpr", "map", "ndcg", "accuracy", "r2", "f1")
 HEIGHT = 3.0
 WIDTH = 4.2
 DPI = 90
@@ -82,9 +81,16 @@ class Figures(Mapping[str, Figure]):
         return figure_row(self._figures)
 
 
-def learning_curve(result: TrainResult) -> Figure | None:
+def best_round(history: pd.DataFrame) -> tuple[int, float]:
+    """The boosting round with the best eval metric, and that value (the history must not be empty)."""
+    evals = history["eval"]
+    higher = str(history.columns.name).split("@")[0] in HIGHER_IS_BETTER
+    best = int(evals.idxmax() if higher else evals.idxmin())
+    return best, float(evals[best])
+
+
+def learning_curve(history: pd.DataFrame) -> Figure | None:
     """Train and eval metric per boosting round, with the best eval round marked."""
-    history = result.history
     if history.empty:
         return None
     metric = str(history.columns.name)
@@ -93,10 +99,10 @@ def learning_curve(result: TrainResult) -> Figure | None:
     _style(ax)
     ax.plot(history.index, history["train"], label="train", color=TRAIN_COLOUR, linewidth=1.8)
     ax.plot(history.index, history["eval"], label="eval", color=EVAL_COLOUR, linewidth=1.8)
-    best, value = result.best_round()
+    best, value = best_round(history)
     ax.axvline(best, color="#999999", linestyle=":", linewidth=1)
     ax.annotate(
-        f"best eval {significant(value)}\nround {best}",
+        f"best eval {value:.4g}\nround {best}",
         xy=(best, value),
         xytext=(0.97, 0.95),
         textcoords="axes fraction",
@@ -112,9 +118,9 @@ def learning_curve(result: TrainResult) -> Figure | None:
     return fig
 
 
-def importance(result: TrainResult, top: int = 12) -> Figure | None:
+def importance(importances: pd.Series, top: int = 12) -> Figure | None:
     """Total gain of the top features, largest on top."""
-    gain = result.feature_importance.head(top)
+    gain = importances.head(top)
     if gain.empty:
         return None
     fig = Figure(figsize=(WIDTH, max(HEIGHT, 0.24 * len(gain) + 0.9)), layout="constrained")
@@ -131,9 +137,8 @@ def importance(result: TrainResult, top: int = 12) -> Figure | None:
     return fig
 
 
-def confusion(result: TrainResult) -> Figure | None:
+def confusion(cm: pd.DataFrame | None, suppressed_as: str) -> Figure | None:
     """Released counts of the confusion matrix; suppressed cells are grey and say so."""
-    cm = result.confusion_matrix
     if cm is None:
         return None
     values = np.ma.masked_invalid(cm.astype(float).to_numpy())
@@ -148,7 +153,7 @@ def confusion(result: TrainResult) -> Figure | None:
     for i in range(n):
         for j in range(n):
             if suppressed[i, j]:
-                text, colour = f"suppressed\n({SUPPRESSED})", "#555555"
+                text, colour = f"suppressed\n({suppressed_as})", "#555555"
             else:
                 count = values[i, j]
                 text, colour = f"{int(count):,}", "white" if count > 0.6 * top else "#222222"
@@ -159,12 +164,3 @@ def confusion(result: TrainResult) -> Figure | None:
     ax.set_ylabel("true", fontsize=9)
     ax.set_title("Confusion matrix (eval)", fontsize=10, loc="left")
     return fig
-
-
-def figures(result: TrainResult) -> Figures:
-    made = {
-        "learning curve": learning_curve(result),
-        "feature importance": importance(result),
-        "confusion matrix": confusion(result),
-    }
-    return Figures({name: fig for name, fig in made.items() if fig is not None})

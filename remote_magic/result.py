@@ -5,23 +5,21 @@ notebooks. Both are deterministic (no job ids, no timings), so example notebooks
 from __future__ import annotations
 
 import html
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from .formatting import count, significant
+from .formats import count_text, metric_text, rules_text
 from .wire import JobResult, SplitSummary
 
 if TYPE_CHECKING:
     import xgboost
 
-    from .client import Client
     from .plots import Figures
 
 TASK_NAMES = {"binary": "binary classifier", "multiclass": "multiclass classifier", "regression": "regressor"}
-HIGHER_IS_BETTER = ("auc", "aucpr", "map", "ndcg", "accuracy", "r2", "f1")
 # The eval curve has "clearly passed its best round" when at least this share of the rounds (and at least
 # MIN_ROUNDS_PAST rounds) came after the best one, and the last value is worse than the best by at least
 # this share of the curve's range.
@@ -33,9 +31,15 @@ SHARE_OF_RANGE_LOST = 0.05
 class TrainResult:
     """Aggregate statistics of a remote training or evaluation job, as released by the server."""
 
-    def __init__(self, raw: JobResult, client: Client | None = None):
+    def __init__(self, raw: JobResult, downloader: Callable[[str], bytes] | None = None):
         self.raw = raw
-        self._client = client
+        self._downloader = downloader
+
+    def _count(self, n: int | None) -> str:
+        return count_text(n, self.raw.policy)
+
+    def _metric(self, value: float) -> str:
+        return metric_text(value, self.raw.policy)
 
     @property
     def job_id(self) -> str:
@@ -100,9 +104,9 @@ class TrainResult:
         and the data owner approved it; until then this raises `DisclosureRefused` saying which."""
         import xgboost
 
-        if self._client is None:
+        if self._downloader is None:
             raise RuntimeError("this result is not attached to a server connection")
-        data = self._client.download_model(self.job_id)
+        data = self._downloader(self.job_id)
         if path is not None:
             Path(path).write_bytes(data)
         booster = xgboost.Booster()
@@ -117,16 +121,14 @@ class TrainResult:
 
     def best_round(self) -> tuple[int, float]:
         """The boosting round with the best eval metric, and that value (the history must not be empty)."""
-        history = self.history
-        evals = history["eval"]
-        higher = str(history.columns.name).split("@")[0] in HIGHER_IS_BETTER
-        best = int(evals.idxmax() if higher else evals.idxmin())
-        return best, float(evals[best])
+        from .plots import best_round
+
+        return best_round(self.history)
 
     def past_best_note(self) -> str | None:
         """A sentence when the eval curve has clearly passed its best round (more rounds made it worse)."""
         evals = self.history["eval"]
-        if len(evals) < 2 * MIN_ROUNDS_PAST:
+        if self.raw.kind != "train" or len(evals) < 2 * MIN_ROUNDS_PAST:
             return None
         best, value = self.best_round()
         last, final = int(evals.index[-1]), float(evals.iloc[-1])
@@ -134,10 +136,9 @@ class TrainResult:
         lost = abs(final - value) >= SHARE_OF_RANGE_LOST * float(evals.max() - evals.min())
         if not (past and lost and final != value):
             return None
-        metric = self.history.columns.name
         return (
-            f"The eval {metric} was best at round {best} ({significant(value)}) and is "
-            f"{significant(final)} at round {last}: fewer rounds, or early stopping, would do better."
+            f"The eval {self.history.columns.name} was best at round {best} ({self._metric(value)}) and is "
+            f"{self._metric(final)} at round {last}: fewer rounds, or early stopping, would do better."
         )
 
     def _rounds_text(self) -> str:
@@ -152,8 +153,8 @@ class TrainResult:
     def _summary_lines(self) -> list[str]:
         lines = []
         for split, part in self._splits():
-            classes = ", ".join(f"{c.label}: {count(c.count)}" for c in part.classes)
-            lines.append(f"  {split:<5} {count(part.rows)} rows" + (f" ({classes})" if classes else ""))
+            classes = ", ".join(f"{c.label}: {self._count(c.count)}" for c in part.classes)
+            lines.append(f"  {split:<5} {self._count(part.rows)} rows" + (f" ({classes})" if classes else ""))
         return lines
 
     def __repr__(self) -> str:
@@ -162,14 +163,19 @@ class TrainResult:
         lines = [f"TrainResult: {what} of a {TASK_NAMES[r.task]} on {r.dataset}"]
         if r.kind == "train":
             lines.append(f"rounds: {self._rounds_text().removesuffix(' rounds')}")
-        lines.append("rows (rounded to 5; counts under 10 suppressed):")
+        policy = r.policy
+        lines.append(
+            f"rows (rounded to {policy.round_to}; counts under {policy.min_count} suppressed):"
+            if policy is not None
+            else "rows:"
+        )
         lines += self._summary_lines()
         lines.append("metrics (eval set):")
-        lines += [f"  {name:<9} {significant(value)}" for name, value in r.metrics.items()]
+        lines += [f"  {name:<9} {self._metric(value)}" for name, value in r.metrics.items()]
         top = self.feature_importance.head(5)
         if len(top):
             lines.append("top features by gain: " + ", ".join(top.index))
-        note = self.past_best_note() if r.kind == "train" else None
+        note = self.past_best_note()
         if note:
             lines.append(f"note: {note}")
         return "\n".join(lines)
@@ -180,14 +186,19 @@ class TrainResult:
         name; displayed in a notebook, they show side by side."""
         from . import plots
 
-        return plots.figures(self)
+        made = {
+            "learning curve": plots.learning_curve(self.history),
+            "feature importance": plots.importance(self.feature_importance),
+            "confusion matrix": plots.confusion(self.confusion_matrix, count_text(None, self.raw.policy)),
+        }
+        return plots.Figures({name: fig for name, fig in made.items() if fig is not None})
 
     def _repr_html_(self) -> str:
         from . import plots
 
         r = self.raw
         what = "Evaluation" if r.kind == "evaluate" else "Training"
-        note = self.past_best_note() if r.kind == "train" else None
+        note = self.past_best_note()
         note_html = f"<div style='{_NOTE}'>{html.escape(note)}</div>" if note else ""
         return (
             f"<div class='remote-magic-result' style='{_BOX}'>"
@@ -197,16 +208,16 @@ class TrainResult:
             f"<div style='display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start'>"
             f"{self._rows_html()}{self._metrics_html()}</div>{note_html}"
             f"{plots.figure_row(self.plot())}"
-            "<div style='color:#666;font-size:0.85em;margin-top:6px'>Counts rounded to 5; counts under 10 "
-            "suppressed; metrics to 4 significant digits, on the evaluation rows.</div></div>"
+            f"<div style='color:#666;font-size:0.85em;margin-top:6px'>{html.escape(rules_text(r.policy))}"
+            ", on the evaluation rows.</div></div>"
         )
 
     def _rows_html(self) -> str:
         rows = []
         for split, part in self._splits():
-            classes = "<br>".join(f"{html.escape(c.label)}: {count(c.count)}" for c in part.classes)
+            classes = "<br>".join(f"{html.escape(c.label)}: {self._count(c.count)}" for c in part.classes)
             rows.append(
-                f"<tr><th style='{_CELL}'>{split}</th><td style='{_NUM}'>{count(part.rows)}</td>"
+                f"<tr><th style='{_CELL}'>{split}</th><td style='{_NUM}'>{self._count(part.rows)}</td>"
                 f"<td style='{_NUM}'>{classes or '&ndash;'}</td></tr>"
             )
         return (
@@ -219,7 +230,7 @@ class TrainResult:
         """One row per released metric: its name and its value as released."""
         rows = "".join(
             f"<tr><th style='{_CELL}'>{html.escape(name)}</th>"
-            f"<td style='{_NUM}'>{significant(value)}</td></tr>"
+            f"<td style='{_NUM}'>{self._metric(value)}</td></tr>"
             for name, value in self.raw.metrics.items()
         )
         return (

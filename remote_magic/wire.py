@@ -77,11 +77,33 @@ class ColumnInfo(_Strict):
     role: Literal["feature", "label", "id", "excluded"]
 
 
+class PolicyInEffect(_Strict):
+    """The disclosure rules a released answer was made under, so a client says what they were."""
+
+    min_count: int = Field(description="Counts below this are suppressed (null).")
+    round_to: int = Field(description="Released counts are multiples of this.")
+    significant_digits: int = Field(description="Released metrics are rounded to this many digits.")
+    min_rows: int = Field(description="The fewest rows a training or evaluation set may have.")
+    min_class_rows: int = Field(description="The fewest rows per class in a set.")
+
+
+class ModelBounds(_Strict):
+    """Hyperparameter bounds of a dataset: a model beyond them is refused, never clipped."""
+
+    max_n_estimators: int
+    max_depth: int
+    max_bin: int
+    max_threads: int = Field(description="nthread / n_jobs may not exceed this.")
+    devices: list[str] = Field(default_factory=lambda: ["cpu"])
+
+
 class DatasetInfo(_Strict):
     name: str
     description: str = ""
     rows: int | None = Field(description="Row count rounded by the disclosure policy; null if suppressed.")
     columns: list[ColumnInfo]
+    policy: PolicyInEffect | None = None
+    bounds: ModelBounds | None = None
 
 
 class Whoami(_Strict):
@@ -181,6 +203,9 @@ class JobResult(_Strict):
     summary: Summary
     confusion_matrix: ConfusionMatrix | None = None
     rounds: Rounds
+    policy: PolicyInEffect | None = Field(
+        default=None, description="The rules this result was released under."
+    )
 
 
 class HistogramBin(_Strict):
@@ -226,6 +251,9 @@ class DescribeResult(_Strict):
     privacy_budget: PrivacyBudget | None = Field(
         default=None,
         description="Present on datasets that release describe counts with differential privacy.",
+    )
+    policy: PolicyInEffect | None = Field(
+        default=None, description="The rules this answer was released under."
     )
 
 

@@ -6,7 +6,8 @@ import pytest
 import xgboost as xgb
 
 from remote_magic import DatasetSpec
-from remote_magic_server.grammar import FilterError, check_derive
+from remote_magic.codes import Refusal
+from remote_magic.grammar import check_derive
 
 FEATURES = ["age", "income", "bmi", "smoker", "visits", "noise_0"]
 
@@ -39,17 +40,17 @@ def test_grammar_accepts_the_allowlisted_forms(expr):
     ],
 )
 def test_grammar_refuses_everything_else(expr, word):
-    with pytest.raises(FilterError) as info:
+    with pytest.raises(Refusal) as info:
         check_derive({"new": expr}, FEATURES, [*FEATURES, "label", "id"])
     assert info.value.code == "invalid_derive"
     assert word.lower() in info.value.message.lower()
 
 
 def test_the_label_and_the_id_are_not_usable_and_names_must_be_new():
-    with pytest.raises(FilterError) as info:
+    with pytest.raises(Refusal) as info:
         check_derive({"leak": "label * 2"}, FEATURES, [*FEATURES, "label", "id"])
     assert info.value.code == "unknown_column" and "'label'" in info.value.message
-    with pytest.raises(FilterError) as info:
+    with pytest.raises(Refusal) as info:
         check_derive({"age": "age + 1"}, FEATURES, [*FEATURES, "label", "id"])
     assert info.value.code == "invalid_derive" and "'age'" in info.value.message
 

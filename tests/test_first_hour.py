@@ -16,9 +16,9 @@ from remote_magic import TrainResult, compare
 from remote_magic.description import Description
 from remote_magic.display import plain_type
 from remote_magic.errors import AuthError, ConnectionProblem
-from remote_magic.formatting import significant
-from remote_magic.magics import MagicUsageError
+from remote_magic.formats import metric_text
 from remote_magic.plots import Figures
+from remote_magic.usage import MagicUsageError
 from tests.test_magics import run, wait_running
 
 IMPORT = "from xgboost import XGBClassifier\n"
@@ -249,7 +249,9 @@ def test_result_panel_layout_precision_rounds_and_the_past_best_note(server):
     raw.metrics["accuracy"] = 0.481
     shown = TrainResult(raw)
     assert ">0.4810</td>" in shown._repr_html_() and "accuracy  0.4810" in repr(shown)
-    assert [significant(v) for v in (0.481, 54.3, 12345.0, 1.0)] == ["0.4810", "54.30", "12,345", "1.000"]
+    policy = fresh.raw.policy
+    assert policy is not None and policy.significant_digits == 4
+    assert [metric_text(v, policy) for v in (0.481, 54.3, 1.0)] == ["0.4810", "54.30", "1.000"]
 
     overfit = client.train(
         xgb.XGBRegressor(n_estimators=150, max_depth=6, learning_rate=0.3),

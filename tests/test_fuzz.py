@@ -19,9 +19,10 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from sqlglot import exp
 
+from remote_magic.codes import Refusal
+from remote_magic.grammar import compile_filter, parse_filter
 from remote_magic.wire import DatasetSpec
-from remote_magic_server.api.catalog import SpecRefused, resolve, schema_of
-from remote_magic_server.grammar import FilterError, compile_filter, parse_filter
+from remote_magic_server.api.catalog import check_spec, schema_of
 
 FUZZ = settings(
     max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None
@@ -128,7 +129,7 @@ def test_every_filter_in_the_grammar_is_accepted_and_runs_in_duckdb(table, text)
 def test_any_text_as_a_filter_is_accepted_or_refused_with_a_code(text):
     try:
         parse_filter(text, COLUMNS)
-    except FilterError as exc:
+    except Refusal as exc:
         assert exc.code in {"invalid_filter", "unknown_column"}
         assert exc.message and "Traceback" not in exc.message
 
@@ -154,7 +155,7 @@ dangerous = st.sampled_from(
 @given(filters, dangerous, st.sampled_from(["AND", "OR"]))
 @PROPERTY
 def test_a_forbidden_form_anywhere_in_a_filter_is_refused(good, bad, joiner):
-    with pytest.raises(FilterError):
+    with pytest.raises(Refusal):
         parse_filter(f"({good}) {joiner} ({bad})", COLUMNS)
 
 
@@ -189,7 +190,7 @@ def test_valid_specs_are_accepted(demo, data):
         "where": where,
         "eval": split,
     }
-    plan = resolve(demo, [name], DatasetSpec.model_validate(raw))
+    plan = check_spec(demo, [name], DatasetSpec.model_validate(raw))
     assert plan["features"] == (list(dict.fromkeys(chosen)) if chosen else features)
 
 
@@ -219,9 +220,9 @@ spec_like = st.fixed_dictionaries(
 def test_any_spec_is_accepted_or_refused_with_a_4xx(demo, raw):
     try:
         spec = DatasetSpec.model_validate(raw)
-        resolve(demo, ["breast_cancer"], spec)
+        check_spec(demo, ["breast_cancer"], spec)
     except ValidationError:
         return  # the API answers 422 invalid_spec
-    except SpecRefused as refused:
+    except Refusal as refused:
         assert 400 <= refused.status < 500
         assert refused.code in {"unknown_dataset", "unknown_column", "invalid_spec", "invalid_filter"}

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from remote_magic_server.payload import PayloadError, scan
+from remote_magic.codes import Refusal
+from remote_magic.payload import scan
 
 SPEC = {"dataset": "breast_cancer", "label": "malignant"}
 FIXED_CODES = {
@@ -273,7 +274,7 @@ def test_a_corrupted_booster_really_crashes_xgboost(tmp_path):
 
 @pytest.mark.parametrize("protocol", [0, 1, 2])
 def test_every_old_protocol_is_refused_by_the_scan(protocol):
-    with pytest.raises(PayloadError) as info:
+    with pytest.raises(Refusal) as info:
         scan(pickle.dumps({"params": {"max_depth": 2}}, protocol=protocol))
     assert info.value.code == "invalid_model" and "protocol" in info.value.message
 
@@ -286,7 +287,7 @@ def test_legitimate_models_pass_the_scan_at_protocols_3_to_5(protocol):
 
 
 def test_size_cap_is_enforced_before_parsing():
-    with pytest.raises(PayloadError) as info:
+    with pytest.raises(Refusal) as info:
         scan(b"\x80\x05" + b"N" * 2048 + b".", max_bytes=1024)
     assert info.value.code == "payload_too_large"
 
@@ -295,7 +296,7 @@ def test_custom_code_refusal_names_the_functions():
     def my_objective(predt, dtrain):
         return predt, predt
 
-    with pytest.raises(PayloadError) as info:
+    with pytest.raises(Refusal) as info:
         scan(cloudpickle.dumps(xgb.XGBRegressor(objective=my_objective)))
     assert info.value.code == "custom_code_refused"
     assert "my_objective" in info.value.message
@@ -331,11 +332,11 @@ def mutated(draw) -> bytes:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated())
 def test_mutated_payloads_either_pass_the_rules_or_are_refused_cleanly(payload):
-    """The scan never raises anything but PayloadError (with a fixed code), and never imports a module."""
+    """The scan never raises anything but Refusal (with a fixed code), and never imports a module."""
     before = set(sys.modules)
     try:
         report = scan(payload)
-    except PayloadError as exc:
+    except Refusal as exc:
         assert exc.code in FIXED_CODES
     else:
         assert report.model in {"XGBClassifier", "XGBRegressor", "Booster", "BoosterParams", "Pipeline"}

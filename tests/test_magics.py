@@ -293,14 +293,16 @@ def test_dry_run_checks_derived_columns(server):
     from remote_magic import DatasetSpec
     from remote_magic.dryrun import dry_run
 
-    mock = server.client().mock("synthetic")
+    client = server.client()
+    info, mock = client.dataset("synthetic"), client.mock("synthetic")
     spec = DatasetSpec(
         dataset="synthetic", label="label", features=["age", "bmi"], derive={"ratio": "bmi / age"}
     )
-    report = dry_run(xgb.XGBClassifier(n_estimators=2), spec, mock)
-    assert report.features == ["age", "bmi", "ratio"] and "placeholders" in repr(report)
+    report = dry_run(xgb.XGBClassifier(n_estimators=2), spec, info, mock)
+    assert report.features == ["age", "bmi", "ratio"] and report.rounds == 2
     bad = DatasetSpec(dataset="synthetic", label="label", derive={"ratio": "bmii / age"})
     with pytest.raises(
         DryRunError, match="unknown column 'bmii' in derived column 'ratio'; did you mean 'bmi'"
-    ):
-        dry_run(xgb.XGBClassifier(n_estimators=2), bad, mock)
+    ) as refused:
+        dry_run(xgb.XGBClassifier(n_estimators=2), bad, info, mock)
+    assert refused.value.code == "unknown_column"

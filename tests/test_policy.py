@@ -10,22 +10,24 @@ import numpy as np
 import pytest
 from pyroaring import BitMap
 
-from remote_magic_server.jobs.audit import AuditLog, verify
-from remote_magic_server.jobs.ledger import Ledger
+from remote_magic.codes import Refusal
+from remote_magic_server.audit import AuditLog, verify
 from remote_magic_server.privacy.describe import merge_bins, release_describe, sensitivity
 from remote_magic_server.privacy.dp import laplace_counts
 from remote_magic_server.privacy.guard import check_differencing
 from remote_magic_server.privacy.model_release import check_model_release, unnecessary_risk
-from remote_magic_server.privacy.policy import PolicyRefusal, release
+from remote_magic_server.privacy.policy import release
+from remote_magic_server.protocol import DescribeReport, LeafFacts, SplitCounts, TrainReport
+from remote_magic_server.release.ledger import Ledger
 from remote_magic_server.settings import DatasetConfig, Policy, Settings
 from remote_magic_server.worker.describe import nice_edges
 
-POLICY = Policy().model_dump()
+POLICY = Policy()
 
 
 def test_guard_refuses_a_set_one_row_away_from_a_released_one():
     released = [BitMap(range(500))]
-    with pytest.raises(PolicyRefusal) as exc:
+    with pytest.raises(Refusal) as exc:
         check_differencing({"training": BitMap(range(1, 500))}, released, 10_000, 10)
     assert exc.value.code == "differencing_refused"
     assert "differencing rule" in exc.value.message and "499" not in exc.value.message
@@ -33,7 +35,7 @@ def test_guard_refuses_a_set_one_row_away_from_a_released_one():
 
 @pytest.mark.parametrize("missing", [1, 9])
 def test_guard_refuses_the_near_complement_of_the_table(missing):
-    with pytest.raises(PolicyRefusal, match="complement rule"):
+    with pytest.raises(Refusal, match="complement rule"):
         check_differencing({"admitted": BitMap(range(1000 - missing))}, [], 1000, 10)
 
 
@@ -59,19 +61,21 @@ def _raw_describe(**over):
                 "name": "age",
                 "kind": "numeric",
                 "missing": 3,
+                "values": 397,
                 "histogram": {"edges": [20.0, 40.0, 60.0], "counts": [2, 150, 200, 45]},
             },
             {
                 "name": "town",
                 "kind": "categorical",
                 "missing": 0,
+                "values": 400,
                 "categories": {"big": 390, "Tinyville": 1, "small": 9},
                 "rest": 0,
             },
         ],
     }
     raw.update(over)
-    return raw
+    return DescribeReport.model_validate(raw)
 
 
 def test_describe_release_hides_small_categories_and_extremes():
@@ -93,9 +97,9 @@ def test_noise_never_lifts_a_rare_category_name_into_view():
 
 
 def test_describe_release_refuses_small_cohorts_and_classes():
-    with pytest.raises(PolicyRefusal, match="fewer than 100 rows"):
+    with pytest.raises(Refusal, match="fewer than 100 rows"):
         release_describe(_raw_describe(rows=99), POLICY, "d", "label")
-    with pytest.raises(PolicyRefusal) as exc:
+    with pytest.raises(Refusal) as exc:
         release_describe(_raw_describe(classes={"a": 397, "b": 3}), POLICY, "d", "label")
     assert exc.value.code == "class_too_small"
 
@@ -109,14 +113,14 @@ def test_dp_noise_comes_from_opendp_and_is_applied_before_rounding():
 
 
 def test_totals_are_recomputed_from_released_cells():
-    raw = {
-        "task": "binary",
-        "metrics": {"auc": 0.912345},
-        "feature_importance": {},
-        "counts": {"eval": {"rows": 203, "classes": {"0": 101, "1": 102}}},
-        "rounds": {"base": 0, "new": 0, "total": 0},
-    }
-    out = release(raw, POLICY, "j", "d", "evaluate")
+    report = TrainReport(
+        task="binary",
+        metrics={"auc": 0.912345},
+        feature_importance={},
+        rounds={"base": 0, "new": 0, "total": 0},
+    )
+    counts = {"eval": SplitCounts(rows=203, classes={"0": 101, "1": 102})}
+    out = release(report, counts, POLICY, "j", "d", "evaluate")
     assert out.summary.eval.rows == 100 + 100
     assert out.metrics["auc"] == 0.9123
 
@@ -137,10 +141,10 @@ def test_model_release_needs_large_leaves_and_no_categories():
         "min_child_weight": 5,
         "categorical": False,
     }
-    check_model_release(ok, POLICY)
+    check_model_release(LeafFacts(**ok), POLICY)
     for bad in ({"min_leaf_rows": 3}, {"categorical": True}, {"max_depth": 0, "min_child_weight": 1}):
-        with pytest.raises(PolicyRefusal) as exc:
-            check_model_release({**ok, **bad}, POLICY)
+        with pytest.raises(Refusal) as exc:
+            check_model_release(LeafFacts(**{**ok, **bad}), POLICY)
         assert exc.value.code == "model_release_refused"
 
 

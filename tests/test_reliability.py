@@ -24,8 +24,12 @@ import xgboost as xgb
 from prometheus_client.parser import text_string_to_metric_families
 
 from remote_magic import package_model
-from remote_magic_server.jobs.scheduler import Scheduler, process_mark, reap_orphan
+from remote_magic_server.audit import AuditLog
+from remote_magic_server.jobs.local import LocalExecutor, process_mark
+from remote_magic_server.jobs.scheduler import Scheduler
 from remote_magic_server.jobs.store import SCHEMA_VERSION, QueueFull, Store, StoreError
+from remote_magic_server.release.desk import ReleaseDesk
+from remote_magic_server.release.ledger import Ledger
 from remote_magic_server.settings import Settings
 from tests.serverproc import ServerProcess, write_config
 
@@ -335,9 +339,10 @@ def test_interrupted_jobs_are_retried_a_bounded_number_of_times(tmp_path):
     settings = Settings.model_validate({"server": {"data_dir": str(tmp_path)}})
     store = Store(settings.db_path, settings.jobs_dir)
     unlucky, _ = store.create_job("alice", "d", "train", {}, {}, b"p", "unlucky")
+    desk = ReleaseDesk(settings, Ledger(settings.ledger_path), AuditLog(settings.audit_path))
     for expected in ("queued", "queued", "failed"):
         assert store.claim_next().id == unlucky.id
-        Scheduler(settings, store)._recover()  # the server was killed while it ran
+        Scheduler(settings, store, LocalExecutor(), desk)._recover()  # the server was killed while it ran
         assert store.get_job(unlucky.id).state == expected
     failed = store.get_job(unlucky.id)
     assert (failed.error_code, failed.attempts) == ("interrupted", 3)
@@ -349,11 +354,12 @@ def test_reap_orphan_kills_only_the_process_it_recorded():
     sleeper = subprocess.Popen(["sleep", "300"])
     mark = process_mark(sleeper.pid)
     assert mark is not None
-    assert reap_orphan(sleeper.pid, str(int(mark) + 1)) is False
+    executor = LocalExecutor()
+    assert executor.reap((sleeper.pid, str(int(mark) + 1))) is False
     assert sleeper.poll() is None, "a reused pid (another start time) must not be killed"
-    assert reap_orphan(sleeper.pid, mark) is True
+    assert executor.reap((sleeper.pid, mark)) is True
     assert sleeper.wait(timeout=5) == -signal.SIGKILL
-    assert reap_orphan(sleeper.pid, mark) is False
+    assert executor.reap((sleeper.pid, mark)) is False
 
 
 def test_store_migrates_an_old_schema_and_refuses_a_newer_one(tmp_path):

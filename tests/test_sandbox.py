@@ -162,7 +162,7 @@ def test_a_scaler_pipeline_trains_with_the_sandbox_on(server):
     if os.geteuid() == 0:
         expected = "65534" if unreadable_code_path() is None else "0 (server's own"
         assert isolation["uid"].startswith(expected)
-    assert (server.data_dir / "jobs" / job.id / "model.ubj").exists()
+    assert (server.data_dir / "jobs" / job.id / "model.json").exists()
 
 
 def test_a_fitted_column_pipeline_continues_training(server):

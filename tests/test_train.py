@@ -182,4 +182,4 @@ def test_job_list_and_status_belong_to_the_user(server):
     assert job.status.isolation and "network" in job.status.isolation
     assert job.id in [j.id for j in client.jobs()]
     assert job.id not in [j.id for j in server.client("bob").jobs()]
-    assert (server.data_dir / "jobs" / job.id / "model.ubj").exists()
+    assert (server.data_dir / "jobs" / job.id / "model.json").exists()

@@ -100,10 +100,11 @@ def cmd_review(args: argparse.Namespace) -> int:
         payload = (store.job_dir(job.id) / "model.pkl").read_bytes()
         digest = hashlib.sha256(payload).hexdigest()
         if args.action == "show":
-            from .worker.review import review_text
+            from .jobs.executor import make_executor
+            from .jobs.oneshot import review
 
             print(f"job {job.id} by {job.user} on {job.dataset}; payload sha256 {digest}\n")
-            print(review_text(payload))
+            print(review(settings, make_executor(settings.executor.kind), payload))
         elif args.action == "approve":
             store.approve(job.id, digest)
             print(f"approved {job.id} (sha256 {digest}); it is queued")
@@ -122,7 +123,7 @@ def cmd_review(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     import json
 
-    from .jobs.audit import AuditLog, verify
+    from .audit import AuditLog, verify
 
     settings = _settings(args)
     if args.verify:
@@ -146,8 +147,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_approve(args: argparse.Namespace) -> int:
     import getpass
 
-    from .jobs.audit import AuditLog
-    from .jobs.ledger import Ledger
+    from .audit import AuditLog
+    from .release.ledger import Ledger
 
     settings = _settings(args)
     ledger = Ledger(settings.ledger_path)

@@ -13,10 +13,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from remote_magic.wire import ModelBounds, PolicyInEffect
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
+
+
+SIGNIFICANT_DIGITS = 4
 
 
 class _Strict(BaseModel):
@@ -44,6 +49,16 @@ class Policy(_Strict):
         default=1.0, gt=0, le=5, description="Epsilon spent by one DP describe release."
     )
     dp_epsilon_cap: float = Field(default=10.0, gt=0, description="Total epsilon per user and dataset.")
+
+    def in_effect(self) -> PolicyInEffect:
+        """The rules a client is told with every answer, so it says what they were."""
+        return PolicyInEffect(
+            min_count=self.min_count,
+            round_to=self.round_to,
+            significant_digits=SIGNIFICANT_DIGITS,
+            min_rows=self.min_rows,
+            min_class_rows=self.min_class_rows,
+        )
 
 
 class DatasetConfig(_Strict):
@@ -93,8 +108,15 @@ class ServerSection(_Strict):
     )
 
 
+class ExecutorSection(_Strict):
+    kind: Literal["local"] = Field(
+        default="local", description="Where tasks run: 'local', one sandboxed process per task."
+    )
+
+
 class Settings(_Strict):
     server: ServerSection = Field(default_factory=ServerSection)
+    executor: ExecutorSection = Field(default_factory=ExecutorSection)
     policy: Policy = Field(default_factory=Policy)
     datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
 
@@ -109,9 +131,25 @@ class Settings(_Strict):
             base[key] = min(base[key], value) if smaller_is_tighter else max(base[key], value)
         return Policy(**base)
 
+    def bounds_for(self, dataset: str) -> ModelBounds:
+        """The hyperparameter bounds of a dataset's models (the dry run checks against them too)."""
+        policy = self.policy_for(dataset)
+        return ModelBounds(
+            max_n_estimators=policy.max_n_estimators,
+            max_depth=policy.max_depth,
+            max_bin=policy.max_bin,
+            max_threads=self.threads_per_job(policy),
+        )
+
     @property
     def worker_count(self) -> int:
         return self.server.workers or max(1, (os.cpu_count() or 2) - 1)
+
+    def threads_per_job(self, policy: Policy | None = None) -> int:
+        """A worker's share of the cores, capped by the policy's `max_threads`."""
+        share = max(1, (os.cpu_count() or 1) // self.worker_count)
+        cap = (policy or self.policy).max_threads
+        return min(share, cap) if cap else share
 
     @property
     def db_path(self) -> Path:

@@ -8,7 +8,6 @@ starts, running jobs get `shutdown_grace_s` to finish and the rest are re-queued
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import logging
 from collections.abc import AsyncIterator
@@ -18,61 +17,21 @@ from fastapi import FastAPI
 
 from remote_magic import __version__
 
+from ..audit import AuditLog
+from ..jobs.executor import make_executor
+from ..jobs.oneshot import Describer
 from ..jobs.scheduler import Scheduler
 from ..jobs.store import Store
+from ..release.desk import ReleaseDesk
+from ..release.ledger import Ledger
 from ..settings import Settings
-from . import describe, errors, mock, models, routes
+from . import datasets, describe, errors, health, jobs, mock, models
 from .auditing import AuditMiddleware
 from .limits import FORM_OVERHEAD_BYTES, BodyLimit
 from .metrics import Metrics, RequestTimer
+from .notifier import Notifier
 
 log = logging.getLogger("remote_magic_server.api")
-
-
-class Notifier:
-    """Wakes long-polling status requests when the scheduler changes a job (from any thread)."""
-
-    def __init__(self) -> None:
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.closing = False
-        self._waiters: dict[str, set[asyncio.Event]] = {}
-
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-
-    def subscribe(self, job_id: str) -> asyncio.Event:
-        event = asyncio.Event()
-        self._waiters.setdefault(job_id, set()).add(event)
-        return event
-
-    def unsubscribe(self, job_id: str, event: asyncio.Event) -> None:
-        waiters = self._waiters.get(job_id)
-        if waiters is not None:
-            waiters.discard(event)
-            if not waiters:
-                self._waiters.pop(job_id, None)
-
-    async def wait(self, event: asyncio.Event, timeout: float) -> None:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
-
-    def notify(self, job_id: str) -> None:
-        if self.loop is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self._wake, job_id)
-
-    def _wake(self, job_id: str) -> None:
-        for event in list(self._waiters.get(job_id, ())):
-            event.set()
-
-    def close(self) -> None:
-        """The server is stopping: every waiting long-poll answers now, and new ones do not wait."""
-        self.closing = True
-        if self.loop is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self._wake_all)
-
-    def _wake_all(self) -> None:
-        for job_id in list(self._waiters):
-            self._wake(job_id)
 
 
 class DataDirLock:
@@ -104,7 +63,12 @@ def create_app(settings: Settings) -> FastAPI:
     """Build the app; the store and the scheduler start with it and stop with it."""
     notifier = Notifier()
     store = Store(settings.db_path, settings.jobs_dir)
-    scheduler = Scheduler(settings, store, on_change=notifier.notify)
+    audit = AuditLog(settings.audit_path)
+    ledger = Ledger(settings.ledger_path)
+    desk = ReleaseDesk(settings, ledger, audit)
+    executor = make_executor(settings.executor.kind)
+    scheduler = Scheduler(settings, store, executor, desk, on_change=notifier.notify)
+    describer = Describer(settings, executor, desk)
     metrics = Metrics(store, scheduler, settings.worker_count)
     scheduler.on_finish = metrics.job_finished
     lock = DataDirLock(settings)
@@ -133,7 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
             begin_shutdown()
             await asyncio.to_thread(scheduler.stop, grace)
             store.close()
-            scheduler.ledger.close()
+            ledger.close()
             lock.release()
             log.info("server_stopped")
 
@@ -147,15 +111,16 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.store = store
     app.state.scheduler = scheduler
+    app.state.desk = desk
+    app.state.describer = describer
+    app.state.audit = audit
     app.state.notifier = notifier
     app.state.metrics = metrics
     app.state.begin_shutdown = begin_shutdown
     errors.install(app)
-    app.include_router(routes.router)
-    app.include_router(describe.router)
-    app.include_router(models.router)
-    app.include_router(mock.router)
-    app.add_middleware(AuditMiddleware, audit=scheduler.audit, store=store)
+    for resource in (health, datasets, jobs, describe, models, mock):
+        app.include_router(resource.router)
+    app.add_middleware(AuditMiddleware, audit=audit, store=store)
     app.add_route("/metrics", metrics.endpoint, include_in_schema=False)
     app.add_middleware(BodyLimit, max_bytes=settings.server.max_payload_mb * 2**20 + FORM_OVERHEAD_BYTES)
     app.add_middleware(RequestTimer, metrics=metrics)

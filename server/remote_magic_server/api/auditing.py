@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..jobs.audit import AuditLog
+from ..audit import AuditLog
 from ..jobs.store import Store
 
 

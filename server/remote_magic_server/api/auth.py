@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
 
-from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from .errors import ApiError
+from remote_magic.codes import Refusal
 
-_bearer = HTTPBearer(auto_error=False, description="A token issued by `remote-magic-server token`.")
+from ..jobs.store import Store
+
+bearer = HTTPBearer(auto_error=False, description="A token issued by `remote-magic-server token`.")
 
 
 @dataclass(frozen=True)
@@ -19,13 +19,12 @@ class Principal:
     datasets: list[str]
 
 
-async def current_user(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> Principal:
+def authenticate(store: Store, credentials: HTTPAuthorizationCredentials | None) -> Principal:
+    """The user a bearer token names; raise Refusal('unauthorized') for a missing or unknown token."""
     if credentials is None or not credentials.credentials:
-        raise ApiError(401, "unauthorized", "a bearer token is required")
-    found = request.app.state.store.lookup_token(credentials.credentials)
+        raise Refusal("unauthorized", "a bearer token is required")
+    found = store.lookup_token(credentials.credentials)
     if found is None:
-        raise ApiError(401, "unauthorized", "the token is not valid")
+        raise Refusal("unauthorized", "the token is not valid")
     user, datasets = found
     return Principal(user=user, datasets=datasets)

@@ -1,8 +1,8 @@
 """What the API may know about a dataset: its schema and rounded row count, from Parquet metadata only.
 
-The API process never reads a row: the schema and the row count come from the file footer. Spec checks
-against the schema (columns, roles, filter grammar) happen here, so a bad spec is refused before it is
-queued, with a message that names the column and its nearest valid neighbours.
+The API process never reads a row: the schema and the row count come from the file footer, the roles
+from the data owner's config. A spec is checked against them by `remote_magic.specs.resolve` (the same
+check the client's dry run makes), so a bad spec is refused before it is queued.
 """
 
 from __future__ import annotations
@@ -13,19 +13,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from remote_magic.wire import ColumnInfo, DatasetInfo, DatasetSpec, unknown_column_message
+from remote_magic.codes import Refusal
+from remote_magic.specs import Resolved, resolve
+from remote_magic.wire import ColumnInfo, DatasetInfo, DatasetSpec
 
-from ..grammar import FilterError, check_derive, parse_filter
-from ..privacy.policy import release_count
+from ..release.desk import ReleaseDesk
 from ..settings import DatasetConfig, Settings
-
-
-class SpecRefused(Exception):
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -55,55 +48,41 @@ def role_of(dataset: DatasetConfig, column: str) -> str:
     return "feature"
 
 
-def describe_dataset(settings: Settings, name: str) -> DatasetInfo:
+def columns_of(dataset: DatasetConfig) -> list[ColumnInfo]:
+    return [
+        ColumnInfo(name=c, dtype=t, role=role_of(dataset, c))  # type: ignore[arg-type]
+        for c, t in schema_of(dataset).columns
+    ]
+
+
+def describe_dataset(settings: Settings, desk: ReleaseDesk, name: str) -> DatasetInfo:
     dataset = settings.datasets[name]
-    schema = schema_of(dataset)
-    policy = settings.policy_for(name).model_dump()
     return DatasetInfo(
         name=name,
         description=dataset.description,
-        rows=release_count(schema.rows, policy),
-        columns=[ColumnInfo(name=c, dtype=t, role=role_of(dataset, c)) for c, t in schema.columns],
+        rows=desk.table_size(name, schema_of(dataset).rows),
+        columns=columns_of(dataset),
+        policy=settings.policy_for(name).in_effect(),
+        bounds=settings.bounds_for(name),
     )
 
 
-def resolve(settings: Settings, granted: list[str], spec: DatasetSpec) -> dict:
-    """Check a spec against the dataset's schema; return the plan the worker needs."""
-    if spec.dataset not in settings.datasets or spec.dataset not in granted:
-        raise SpecRefused(404, "unknown_dataset", f"no dataset named {spec.dataset!r} is available to you")
-    dataset = settings.datasets[spec.dataset]
-    columns = [c for c, _ in schema_of(dataset).columns]
-    roles = {c: role_of(dataset, c) for c in columns}
-    usable = [c for c in columns if roles[c] in ("feature", "label")]
-    if spec.label not in roles:
-        raise SpecRefused(422, "unknown_column", unknown_column_message(spec.label, usable, "label"))
-    if roles[spec.label] != "label":
-        labels = ", ".join(repr(c) for c in dataset.label_columns)
-        raise SpecRefused(422, "invalid_spec", f"{spec.label!r} is not a label column; labels: {labels}")
-    if spec.features is None:
-        features = [c for c in columns if roles[c] == "feature"]
-    else:
-        features = []
-        for name in spec.features:
-            if name not in roles:
-                raise SpecRefused(422, "unknown_column", unknown_column_message(name, usable, "features"))
-            if roles[name] != "feature":
-                raise SpecRefused(422, "invalid_spec", f"column {name!r} cannot be used as a feature")
-            if name not in features:
-                features.append(name)
-    if not features:
-        raise SpecRefused(422, "invalid_spec", "the spec selects no features")
-    for text in (spec.where, getattr(spec.eval, "where", None)):
-        if text is None:
-            continue
-        try:
-            parse_filter(text, usable)
-        except FilterError as exc:
-            raise SpecRefused(422, exc.code, exc.message) from exc
-    derive_columns = [c for c in columns if roles[c] == "feature"]
-    if spec.derive:
-        try:
-            check_derive(spec.derive, derive_columns, columns)
-        except FilterError as exc:
-            raise SpecRefused(422, exc.code, exc.message) from exc
-    return {"features": features, "filter_columns": usable, "derive_columns": derive_columns}
+def granted(settings: Settings, datasets: list[str], name: str) -> DatasetConfig:
+    """The dataset, if it exists and the user may use it; the same answer for both cases otherwise."""
+    if name not in settings.datasets or name not in datasets:
+        raise Refusal("unknown_dataset", f"no dataset named {name!r} is available to you")
+    return settings.datasets[name]
+
+
+def plan_of(resolved: Resolved) -> dict:
+    """What the scheduler keeps of a resolved spec with the job (the worker's staging plan)."""
+    return {
+        "features": resolved.features,
+        "filter_columns": resolved.filter_columns,
+        "derive_columns": resolved.derive_columns,
+    }
+
+
+def check_spec(settings: Settings, datasets: list[str], spec: DatasetSpec) -> dict:
+    """Check a spec against the dataset's schema; return the plan the worker needs, or raise Refusal."""
+    return plan_of(resolve(spec, columns_of(granted(settings, datasets, spec.dataset))))

@@ -1,7 +1,9 @@
 """One place that turns every failure into `{"error": {"code", "message"}}` with a fixed message.
 
-Nothing from an exception's text reaches a response unless it was written for the user (ApiError);
-request-validation errors are described by field location only, never by the value sent.
+A `Refusal` carries a registered code (its HTTP status is listed once, in `remote_magic.codes`) and a
+message written for the user; FastAPI's own errors map to registered codes with fixed messages; anything
+else is `internal_error`, with its traceback in the server log only. Request-validation errors are
+described by field location only, never by the value sent.
 """
 
 from __future__ import annotations
@@ -13,29 +15,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from remote_magic.codes import CODES, Refusal
 from remote_magic.wire import ErrorBody, first_error
 
 log = logging.getLogger("remote_magic_server.api")
-
-
-class ApiError(Exception):
-    """A refusal written for the user: its message reaches the response as is, so never build it from
-    another exception's text."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers
-
-
-def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    """The one error shape of the API (`ErrorBody`), so clients parse every failure the same way."""
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
-
 
 _HTTP_CODES = {
     400: ("bad_request", "the request could not be parsed"),
@@ -50,36 +33,48 @@ ERROR_RESPONSES: dict[int | str, dict] = {
     for status, desc in {
         400: "Malformed request.",
         401: "Missing or invalid token.",
+        403: "Not allowed: a model that is not released.",
         404: "Unknown resource, or one this token may not see.",
+        409: "The job has not finished yet.",
         413: "Payload too large.",
-        422: "The request is well-formed but refused (spec, model or parameters).",
+        422: "The request is well-formed but refused (spec, model, parameters or disclosure rules).",
         429: "Too many queued jobs for this user; retry after the `Retry-After` seconds.",
         500: "Internal error (details only in the server log).",
     }.items()
 }
 
-
 _LOCATIONS = ("body", "query", "path", "header")
+
+
+def error_response(
+    code: str, message: str, headers: dict[str, str] | None = None, status: int | None = None
+) -> JSONResponse:
+    """The one error shape of the API (`ErrorBody`), so clients parse every failure the same way."""
+    return JSONResponse(
+        {"error": {"code": code, "message": message}},
+        status_code=status or CODES[code].status,
+        headers=headers,
+    )
 
 
 def install(app: FastAPI) -> None:
     """Route every failure, FastAPI's own included, through `error_response` with a fixed message."""
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    @app.exception_handler(Refusal)
+    async def _refusal(request: Request, exc: Refusal) -> JSONResponse:
+        return error_response(exc.code, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message = f"invalid value for {first_error(exc.errors(), 'request', _LOCATIONS)}"
-        return error_response(422, "invalid_request", message[:300])
+        return error_response("invalid_request", message[:300])
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code, message = _HTTP_CODES.get(exc.status_code, ("http_error", "the request failed"))
-        return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
+        return error_response(code, message, getattr(exc, "headers", None), status=exc.status_code)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "the server failed; the details are in its log")
+        return error_response("internal_error", "the server failed; the details are in its log")

@@ -32,7 +32,7 @@ class BodyLimit:
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             message = f"the request is larger than {self.max_bytes // 2**20} MiB"
-            response = error_response(413, "payload_too_large", message, headers={"Connection": "close"})
+            response = error_response("payload_too_large", message, headers={"Connection": "close"})
             await response(scope, receive, send)
             return
         seen = 0

@@ -15,18 +15,17 @@ from typing import Annotated
 
 import numpy as np
 import pandas as pd
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 
-from remote_magic.wire import ColumnInfo, MockData
+from remote_magic.codes import Refusal
+from remote_magic.wire import MockData
 
 from ..settings import DatasetConfig
-from .auth import Principal, current_user
-from .catalog import role_of, schema_of
-from .errors import ApiError
+from .catalog import columns_of, granted
+from .deps import SettingsDep, User
 
 log = logging.getLogger("remote_magic_server.api")
-router = APIRouter(prefix="/v1")
-User = Annotated[Principal, Depends(current_user)]
+router = APIRouter(prefix="/v1", tags=["datasets"])
 
 MAX_ROWS = 1000
 STRING_LEVELS = 4
@@ -67,11 +66,7 @@ def _plain(value: object) -> object:
 
 
 def mock_data(dataset_name: str, dataset: DatasetConfig, rows: int) -> MockData:
-    columns = [
-        ColumnInfo(name=c, dtype=t, role=role_of(dataset, c))  # type: ignore[arg-type]
-        for c, t in schema_of(dataset).columns
-    ]
-    columns = [c for c in columns if c.role in ("feature", "label")]
+    columns = [c for c in columns_of(dataset) if c.role in ("feature", "label")]
     given: dict[str, list] = {}
     if dataset.mock_path is not None:
         given = _from_file(dataset, [c.name for c in columns], rows)
@@ -88,20 +83,18 @@ def mock_data(dataset_name: str, dataset: DatasetConfig, rows: int) -> MockData:
     )
 
 
-@router.get("/datasets/{name}/mock", response_model=MockData, tags=["datasets"])
+@router.get("/datasets/{name}/mock", response_model=MockData)
 def mock(
-    request: Request,
+    settings: SettingsDep,
     user: User,
     name: str,
     rows: Annotated[int, Query(ge=1, le=MAX_ROWS, description="How many mock rows.")] = 200,
 ) -> MockData:
-    settings = request.app.state.settings
-    if name not in settings.datasets or name not in user.datasets:
-        raise ApiError(404, "unknown_dataset", "no such dataset is available to you")
+    dataset = granted(settings, user.datasets, name)
     try:
-        return mock_data(name, settings.datasets[name], rows)
+        return mock_data(name, dataset, rows)
     except (OSError, ValueError):
         log.exception("mock data of dataset %s could not be read", name)
-        raise ApiError(
-            500, "mock_unavailable", "the mock data of this dataset could not be read; tell its data owner"
+        raise Refusal(
+            "mock_unavailable", "the mock data of this dataset could not be read; tell its data owner"
         ) from None

@@ -6,6 +6,9 @@ connection per thread, so a status poll never waits behind a write (WAL lets rea
 writer). The schema carries a version; `_MIGRATIONS` brings an older store up to date in one transaction.
 Tokens are stored as SHA-256 hashes: they are 256-bit random strings, so a plain hash is enough and a
 leaked database does not leak a usable token.
+
+Why it is long: every SQL statement about jobs and tokens lives here and nowhere else, so the store's
+transactions and its schema migrations can be read together.
 """
 
 from __future__ import annotations

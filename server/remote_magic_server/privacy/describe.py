@@ -4,55 +4,70 @@ Pure, like policy.py. Every count goes through the same small-count rule and rou
 result; histogram bins are merged with their neighbours until each holds `min_count` rows, and the
 outer bins are open-ended, so no minimum or maximum of a column is ever shown. Categories below
 `min_count` are folded into an `other` count and their names never leave (judged on the exact count,
-so noise cannot lift a single row's value into view). In DP mode an OpenDP
-mechanism (passed in as `noise`) perturbs every count first; suppression and rounding follow, as
-post-processing.
+so noise cannot lift a single row's value into view). In DP mode an OpenDP mechanism (passed in as
+`noise`) perturbs every count first; suppression and rounding follow, as post-processing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
+from remote_magic.codes import Refusal
 from remote_magic.wire import CategoryCount, ClassCount, ColumnDescription, DescribeResult, HistogramBin
 
-from .policy import PolicyRefusal, release_count, round_metric
+from ..protocol import ColumnReport, DescribeReport, Histogram, SplitCounts
+from ..settings import Policy
+from .policy import release_count, round_metric
 
 MAX_NAME_CHARS = 80
 Noise = Callable[[list[int]], list[int]]
 
 
-def sensitivity(raw: Mapping) -> int:
+def sensitivity(report: DescribeReport) -> int:
     """How many released counts one row can change: the total, its class, and one cell per column."""
-    return 1 + (1 if raw.get("classes") is not None else 0) + len(raw["columns"])
+    return 1 + (1 if report.classes is not None else 0) + len(report.columns)
 
 
-def _flatten(raw: Mapping) -> list[int]:
-    counts = [int(raw["rows"])]
-    counts += [int(n) for n in (raw.get("classes") or {}).values()]
-    for col in raw["columns"]:
-        counts.append(int(col["missing"]))
-        if col["kind"] == "numeric":
-            counts += [int(n) for n in col["histogram"]["counts"]]
+def check_cohort(counts: SplitCounts, policy: Policy) -> None:
+    """The admitted set of a describe request: at least `min_rows` rows and `min_class_rows` per class."""
+    if counts.rows < policy.min_rows:
+        raise Refusal(
+            "cohort_too_small", f"the admitted set has fewer than {policy.min_rows} rows; widen the filter"
+        )
+    if counts.classes is not None and min(counts.classes.values(), default=0) < policy.min_class_rows:
+        raise Refusal("class_too_small", f"a class has fewer than {policy.min_class_rows} rows")
+
+
+def _flatten(report: DescribeReport) -> list[int]:
+    counts = [report.rows, *(report.classes or {}).values()]
+    for col in report.columns:
+        counts.append(col.missing)
+        if col.kind == "numeric":
+            counts += col.histogram.counts if col.histogram is not None else []
         else:
-            counts += [int(n) for n in col["categories"].values()] + [int(col.get("rest", 0))]
+            counts += [*(col.categories or {}).values(), col.rest]
     return counts
 
 
-def _unflatten(raw: Mapping, counts: list[int]) -> dict:
+def _unflatten(report: DescribeReport, counts: list[int]) -> DescribeReport:
     it = iter(max(0, int(n)) for n in counts)
-    out: dict = {"rows": next(it), "columns": []}
-    if raw.get("classes") is not None:
-        out["classes"] = {label: next(it) for label in raw["classes"]}
-    for col in raw["columns"]:
-        new = {"name": col["name"], "kind": col["kind"], "missing": next(it)}
-        if col["kind"] == "numeric":
-            edges = col["histogram"]["edges"]
-            new["histogram"] = {"edges": edges, "counts": [next(it) for _ in range(len(edges) + 1)]}
+    rows = next(it)
+    classes = None if report.classes is None else {label: next(it) for label in report.classes}
+    columns = []
+    for col in report.columns:
+        missing = next(it)
+        if col.kind == "numeric":
+            histogram = None
+            if col.histogram is not None:
+                edges = col.histogram.edges
+                histogram = Histogram(edges=edges, counts=[next(it) for _ in range(len(edges) + 1)])
+            columns.append(col.model_copy(update={"missing": missing, "histogram": histogram}))
         else:
-            new["categories"] = {value: next(it) for value in col["categories"]}
-            new["rest"] = next(it)
-        out["columns"].append(new)
-    return out
+            categories = {value: next(it) for value in col.categories or {}}
+            columns.append(
+                col.model_copy(update={"missing": missing, "categories": categories, "rest": next(it)})
+            )
+    return DescribeReport(rows=rows, classes=classes, columns=columns)
 
 
 def merge_bins(
@@ -84,12 +99,16 @@ def _rate(part: int | None, whole: int | None) -> float | None:
     return round_metric(part / whole)
 
 
-def _column(col: Mapping, exact: Mapping, rows: int | None, policy: Mapping) -> ColumnDescription:
-    missing = release_count(col["missing"], policy)
-    if col["kind"] == "numeric":
-        bins = merge_bins(col["histogram"]["edges"], col["histogram"]["counts"], policy["min_count"])
+def _column(col: ColumnReport, exact: ColumnReport, rows: int | None, policy: Policy) -> ColumnDescription:
+    missing = release_count(col.missing, policy)
+    if col.kind == "numeric":
+        bins = (
+            merge_bins(col.histogram.edges, col.histogram.counts, policy.min_count)
+            if col.histogram is not None and exact.values >= policy.min_count
+            else []
+        )
         return ColumnDescription(
-            name=col["name"],
+            name=col.name,
             kind="numeric",
             missing=missing,
             missing_rate=_rate(missing, rows),
@@ -103,17 +122,18 @@ def _column(col: Mapping, exact: Mapping, rows: int | None, policy: Mapping) -> 
             ]
             or None,
         )
-    shown, small = [], int(col.get("rest", 0))
-    for value, n in sorted(col["categories"].items(), key=lambda kv: (-kv[1], kv[0])):
+    shown, small = [], col.rest
+    exact_counts = exact.categories or {}
+    for value, n in sorted((col.categories or {}).items(), key=lambda kv: (-kv[1], kv[0])):
         # A name is shown only if its exact count clears the threshold too: noise may lift a category
         # held by one row above it, and the name itself is that row's value.
-        large = n >= policy["min_count"] and exact["categories"][value] >= policy["min_count"]
-        if large and len(shown) < policy["max_categories"]:
+        large = n >= policy.min_count and exact_counts[value] >= policy.min_count
+        if large and len(shown) < policy.max_categories:
             shown.append(CategoryCount(value=str(value)[:MAX_NAME_CHARS], count=release_count(n, policy)))
         else:
             small += n
     return ColumnDescription(
-        name=col["name"],
+        name=col.name,
         kind="categorical",
         missing=missing,
         missing_rate=_rate(missing, rows),
@@ -123,30 +143,25 @@ def _column(col: Mapping, exact: Mapping, rows: int | None, policy: Mapping) -> 
 
 
 def release_describe(
-    raw: Mapping, policy: Mapping, dataset: str, label: str, noise: Noise | None = None
+    report: DescribeReport, policy: Policy, dataset: str, label: str, noise: Noise | None = None
 ) -> DescribeResult:
     """Check the cohort on the exact counts, perturb (DP mode), then suppress, merge and round."""
-    if raw["rows"] < policy["min_rows"]:
-        raise PolicyRefusal(
-            "cohort_too_small", f"the admitted set has fewer than {policy['min_rows']} rows; widen the filter"
-        )
-    classes = raw.get("classes")
-    if classes is not None and min(classes.values(), default=0) < policy["min_class_rows"]:
-        raise PolicyRefusal("class_too_small", f"a class has fewer than {policy['min_class_rows']} rows")
-    counts = _unflatten(raw, noise(_flatten(raw)) if noise else _flatten(raw))
+    check_cohort(SplitCounts(rows=report.rows, classes=report.classes), policy)
+    noisy = _unflatten(report, noise(_flatten(report)) if noise else _flatten(report))
     released_classes = None
-    if classes is not None:
+    if noisy.classes is not None:
         released_classes = [
             ClassCount(label=str(k)[:MAX_NAME_CHARS], count=release_count(n, policy))
-            for k, n in sorted(counts["classes"].items())
+            for k, n in sorted(noisy.classes.items())
         ]
         rows = sum(c.count or 0 for c in released_classes) or None
     else:
-        rows = release_count(counts["rows"], policy)
+        rows = release_count(noisy.rows, policy)
     return DescribeResult(
         dataset=dataset,
         label=label,
         rows=rows,
         classes=released_classes,
-        columns=[_column(col, ex, rows, policy) for col, ex in zip(counts["columns"], raw["columns"])],
+        columns=[_column(col, ex, rows, policy) for col, ex in zip(noisy.columns, report.columns)],
+        policy=policy.in_effect(),
     )

@@ -12,27 +12,27 @@ from collections.abc import Iterable, Mapping
 
 from pyroaring import BitMap
 
-from .policy import PolicyRefusal
+from remote_magic.codes import Refusal
 
 
 def check_differencing(
     new_sets: Mapping[str, BitMap], released: Iterable[BitMap], table_rows: int, min_count: int
 ) -> None:
-    """Raise PolicyRefusal when a new set is within `min_count` rows of the table or of a released set.
+    """Raise Refusal when a new set is within `min_count` rows of the table or of a released set.
 
     The message names the rule and the role of the set (training, evaluation, admitted), never the
     rows or the size of the difference."""
     earlier = list(released)
     for role, rows in new_sets.items():
         if 0 < table_rows - len(rows) < min_count:
-            raise PolicyRefusal(
+            raise Refusal(
                 "differencing_refused",
                 f"the {role} rows differ from the whole table by fewer than {min_count} rows "
                 "(complement rule); widen or narrow the filter",
             )
         for other in earlier:
             if 0 < rows.symmetric_difference_cardinality(other) < min_count:
-                raise PolicyRefusal(
+                raise Refusal(
                     "differencing_refused",
                     f"the {role} rows differ from rows already released to you by fewer than "
                     f"{min_count} rows (differencing rule); choose a filter that changes more rows",

@@ -11,9 +11,11 @@ rare one is a row's value. Passing all this only makes a model eligible; a data 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 
-from .policy import PolicyRefusal
+from remote_magic.codes import Refusal
+
+from ..protocol import LeafFacts
+from ..settings import Policy
 
 
 def unnecessary_risk(max_depth: float, n_estimators: float, min_child_weight: float) -> bool:
@@ -27,25 +29,25 @@ def unnecessary_risk(max_depth: float, n_estimators: float, min_child_weight: fl
     )
 
 
-def check_model_release(raw: Mapping, policy: Mapping) -> None:
-    """Raise PolicyRefusal naming the rule that keeps this model on the server."""
-    if raw.get("categorical"):
-        raise PolicyRefusal(
+def check_model_release(raw: LeafFacts, policy: Policy) -> None:
+    """Raise Refusal naming the rule that keeps this model on the server."""
+    if raw.categorical:
+        raise Refusal(
             "model_release_refused",
             "the model uses categorical features, and XGBoost keeps their category names from the data "
             "in the model file",
         )
-    depth = float(raw["max_depth"]) or math.inf
-    if unnecessary_risk(depth, float(raw["n_estimators"]), float(raw["min_child_weight"])):
-        raise PolicyRefusal(
+    depth = float(raw.max_depth) or math.inf
+    if unnecessary_risk(depth, float(raw.n_estimators), float(raw.min_child_weight)):
+        raise Refusal(
             "model_release_refused",
             "the hyperparameters fall in SACRO-ML's XGBoost risk region (max_depth > 3 with a small "
             "min_child_weight); use max_depth <= 3 or a larger min_child_weight",
         )
-    smallest = raw.get("min_leaf_rows")
-    if smallest is None or smallest < policy["min_leaf_rows"]:
-        raise PolicyRefusal(
+    smallest = raw.min_leaf_rows
+    if smallest is None or smallest < policy.min_leaf_rows:
+        raise Refusal(
             "model_release_refused",
-            f"a leaf holds fewer than {policy['min_leaf_rows']} training rows; regularise the model "
+            f"a leaf holds fewer than {policy.min_leaf_rows} training rows; regularise the model "
             "(shallower trees, a larger min_child_weight)",
         )

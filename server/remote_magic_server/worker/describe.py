@@ -1,10 +1,10 @@
 """Raw aggregates of a spec's admitted rows, for `POST /v1/describe`: the worker side.
 
-Runs in a fresh confined worker like a training job (the API never reads rows). It reports exact
-counts only; the trusted parent applies the disclosure policy (privacy/describe.py), the differencing
-guard and, on DP datasets, the noise. Histogram edges come from a coarse "nice" grid (steps of 1, 2 or
-5 times a power of ten) laid over the middle 90% of the values, with open-ended outer bins, so no edge
-is an extreme value.
+Runs in a fresh confined worker like a training job (the API never reads rows). It reports exact counts
+only; the trusted parent's release desk decides what leaves (cohort minimums, the differencing guard,
+bin merging, suppression, rounding and, on DP datasets, noise). Histogram edges come from a coarse
+"nice" grid (steps of 1, 2 or 5 times a power of ten) laid over the middle 90% of the values, with
+open-ended outer bins, so no edge is an extreme value.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..protocol import Admission, ColumnReport, DescribeReport, Histogram, SplitCounts, Task
 from . import evidence, staging
+from .channel import Channel
 
 MAX_CLASSES = 50
 TARGET_BINS = 10
@@ -37,35 +39,28 @@ def nice_edges(values: np.ndarray) -> list[float]:
     return [round(k * step, 12) for k in range(start, stop + 1)]
 
 
-def _numeric(name: str, series: pd.Series, min_count: int) -> dict:
+def _numeric(name: str, series: pd.Series) -> ColumnReport:
     values = series.dropna().to_numpy(dtype=float)
-    if len(values) < min_count:
-        return {
-            "name": name,
-            "kind": "numeric",
-            "missing": int(series.isna().sum()),
-            "histogram": {"edges": [], "counts": [len(values)]},
-        }
-    edges = nice_edges(values)
-    counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
-    return {
-        "name": name,
-        "kind": "numeric",
-        "missing": int(series.isna().sum()),
-        "histogram": {"edges": edges, "counts": [int(n) for n in counts]},
-    }
+    histogram = None
+    if len(values):
+        edges = nice_edges(values)
+        counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+        histogram = Histogram(edges=edges, counts=[int(n) for n in counts])
+    return ColumnReport(
+        name=name, kind="numeric", missing=int(series.isna().sum()), values=len(values), histogram=histogram
+    )
 
 
-def _categorical(name: str, series: pd.Series, keep: int) -> dict:
+def _categorical(name: str, series: pd.Series, keep: int) -> ColumnReport:
     counts = series.dropna().astype(str).value_counts()
-    top = counts.iloc[:keep]
-    return {
-        "name": name,
-        "kind": "categorical",
-        "missing": int(series.isna().sum()),
-        "categories": {str(k): int(v) for k, v in top.items()},
-        "rest": int(counts.iloc[keep:].sum()),
-    }
+    return ColumnReport(
+        name=name,
+        kind="categorical",
+        missing=int(series.isna().sum()),
+        values=int(counts.sum()),
+        categories={str(k): int(v) for k, v in counts.iloc[:keep].items()},
+        rest=int(counts.iloc[keep:].sum()),
+    )
 
 
 def _is_numeric(series: pd.Series) -> bool:
@@ -78,31 +73,27 @@ def _is_classes(series: pd.Series) -> bool:
     return series.nunique(dropna=True) <= MAX_CLASSES
 
 
-def describe(task: dict, job_dir: Path) -> dict:
-    """Exact aggregates of the admitted rows, and the admitted row set for the guard."""
-    spec = {k: v for k, v in task["spec"].items() if k != "eval"}
-    staged = staging.stage(
-        task["path"], spec, task["features"], task["filter_columns"], task["id_column"], None
-    )
-    frame, label = staged.eval, staged.label
-    policy = task["policy"]
-    keep = policy["max_categories"] + 1
-    columns = []
+def run(task: Task, channel: Channel) -> DescribeReport | None:
+    """Exact aggregates of the admitted rows, after the parent admitted them; None when it did not."""
+    assert task.spec is not None and task.staging is not None and task.describe is not None
+    channel.stage("staging")
+    spec = task.spec.model_copy(update={"eval": None})
+    staged = staging.stage(task.staging, spec, "describe")
+    frame = staged.eval.x.to_pandas()
+    labels = pd.Series(staged.eval.y, name=spec.label)
     classes = None
-    if _is_classes(frame[label]):
-        classes = {str(k): int(v) for k, v in frame[label].value_counts(dropna=True).items()}
-    else:
-        columns.append(_numeric(label, frame[label], policy["min_count"]))
-    for name in staged.features:
+    if _is_classes(labels):
+        classes = {str(k): int(v) for k, v in labels.value_counts(dropna=True).items()}
+    admission = Admission(
+        counts={"eval": SplitCounts(rows=len(frame), classes=classes)},
+        row_sets=evidence.write_row_sets(Path("."), {"admitted": staged.eval_rows}),  # type: ignore[arg-type]
+        table_rows=evidence.table_rows(task.staging.dataset_path),
+    )
+    if not channel.admit(admission):
+        return None
+    keep = task.describe.max_categories + 1
+    columns = [] if classes is not None else [_numeric(spec.label, labels)]
+    for name in frame.columns:
         series = frame[name]
-        if _is_numeric(series):
-            columns.append(_numeric(name, series, policy["min_count"]))
-        else:
-            columns.append(_categorical(name, series, keep))
-    return {
-        "rows": len(frame),
-        "classes": classes,
-        "columns": columns,
-        "row_sets": evidence.write_row_sets(job_dir, {"admitted": staged.eval_rows}),
-        "table_rows": evidence.table_rows(task["path"]),
-    }
+        columns.append(_numeric(name, series) if _is_numeric(series) else _categorical(name, series, keep))
+    return DescribeReport(rows=len(frame), classes=classes, columns=columns)

@@ -14,10 +14,6 @@ import sklearn.preprocessing  # noqa: F401
 import sqlglot  # noqa: F401
 import xgboost  # noqa: F401
 
-from ..jobs import launch  # noqa: F401
-from ..privacy import policy  # noqa: F401
-from . import main, staging, training, unpickle  # noqa: F401
+from remote_magic.families import xgboost as xgboost_family  # noqa: F401
 
-
-def ready() -> None:
-    """A no-op target used to start the forkserver ahead of the first job."""
+from . import describe, launch, main, model_task, staging, unpickle  # noqa: F401

@@ -5,22 +5,20 @@ payload refers to, every function and class by name, and a disassembly of each c
 the payload is run to get there: the naming pass of payload.py records the code objects' constructor
 arguments as plain data, and only then are code objects built from them (never functions, never
 called) and disassembled with `dis`. Building and disassembling hostile code objects is still done in a
-confined child process (the production sandbox, with no dataset and a throwaway folder), because
-CPython does not promise that odd code objects are memory-safe to inspect.
+confined worker (a `review` task: the production sandbox, with no dataset and a throwaway folder),
+because CPython does not promise that odd code objects are memory-safe to inspect.
 """
 
 from __future__ import annotations
 
 import dis
 import io
-import json
-import multiprocessing
-import tempfile
 import types
-from multiprocessing.connection import Connection
 
-from ..payload import CodeLister, CodeRecord, PayloadError
-from . import sandbox
+from remote_magic.codes import Refusal
+from remote_magic.payload import CodeLister, CodeRecord
+
+from ..protocol import ReviewReport
 
 _CONSTS = 7  # position of co_consts among CodeType's constructor arguments (CPython 3.8 - 3.13)
 MAX_REPORT_CHARS = 200_000
@@ -46,7 +44,7 @@ def describe(data: bytes) -> str:
     lister = CodeLister(data)
     try:
         lister.load()
-    except PayloadError as exc:
+    except Refusal as exc:
         tail = f"\n(the payload's stream stops early: {exc.message})"
     else:
         tail = ""
@@ -71,31 +69,6 @@ def describe(data: bytes) -> str:
     return (out.getvalue() + tail)[:MAX_REPORT_CHARS]
 
 
-def _child(data: bytes, folder: str, conn: Connection) -> None:
-    try:
-        sandbox.confine(30, 2048, folder, None)
-        conn.send_bytes(json.dumps({"text": describe(data)}).encode())
-    except Exception as exc:  # noqa: BLE001 - reported to the owner as a failed review
-        conn.send_bytes(json.dumps({"error": type(exc).__name__}).encode())
-    finally:
-        conn.close()
-
-
-def review_text(data: bytes, timeout: float = 60.0) -> str:
-    """Run `describe` in a confined child process; return its text or a one-line failure."""
-    ctx = multiprocessing.get_context("fork")
-    parent, child = ctx.Pipe(duplex=False)
-    with tempfile.TemporaryDirectory(prefix="remote-magic-review-") as folder:
-        process = ctx.Process(target=_child, args=(data, folder, child))
-        process.start()
-        child.close()
-        try:
-            if not parent.poll(timeout):
-                return "(the review process did not finish in time)"
-            reply = json.loads(parent.recv_bytes())
-        except (EOFError, OSError, ValueError):
-            reply = {"error": f"the review process died (exit code {process.exitcode})"}
-        finally:
-            process.kill()
-            process.join()
-    return reply.get("text") or f"(the review failed: {reply.get('error')})"
+def run(payload: bytes) -> ReviewReport:
+    """The review of a payload, in a confined worker (a review task: no dataset, a throwaway folder)."""
+    return ReviewReport(text=describe(payload))

@@ -1,38 +1,38 @@
-"""Stage the admitted rows of a dataset with a locked-down DuckDB.
+"""Stage the admitted rows of a dataset with a locked-down DuckDB, as Arrow.
 
 DuckDB may read exactly one file, the dataset's, and nothing else; its configuration is locked before
-the query runs. The query is built from the checked filter trees (grammar.py), never from user text, and
-the train/eval split is a hash of the id column and the seed, so it is the same on every run. Each
-admitted row also carries its row number in the file, which the differencing guard remembers.
-Derived columns (`derive` in the spec) are checked against the derive grammar again here and selected
-as extra, aliased expressions; they become features. `where` filters on dataset columns only.
+the query runs. The query comes from `remote_magic.query` (the same builder the dry run uses), built from
+the checked filter and derive trees, never from user text. Rows stay Arrow columns from DuckDB to the
+model family: no pandas copy of the whole table here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import duckdb
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from sqlglot import exp
 
-from ..grammar import check_derive, parse_derive, parse_filter
+from remote_magic.codes import Refusal
+from remote_magic.families.base import Split
+from remote_magic.query import EVAL_FLAG, ROW_ID, staging_query
+from remote_magic.specs import Resolved
+from remote_magic.wire import DatasetSpec
 
-SPLIT_BUCKETS = 1_000_000
-EVAL_FLAG = "__remote_magic_is_eval"
-ROW_ID = "__remote_magic_row_id"
+from ..protocol import SplitCounts, Staging
 
 
 @dataclass
 class Staged:
-    train: pd.DataFrame
-    eval: pd.DataFrame
-    features: list[str]
-    label: str
-    train_rows: np.ndarray | None = None
-    eval_rows: np.ndarray | None = None
+    """The admitted rows, split into training and evaluation rows, with their row numbers in the file."""
+
+    train: Split
+    eval: Split
+    train_rows: np.ndarray
+    eval_rows: np.ndarray
 
 
 def connect_locked(path: str) -> duckdb.DuckDBPyConnection:
@@ -46,95 +46,72 @@ def connect_locked(path: str) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def build_query(
-    spec: dict,
-    features: list[str],
-    filter_columns: list[str],
-    id_column: str,
-    default_eval: dict | None,
-    derive_columns: Sequence[str] = (),
-) -> tuple[str, list]:
-    """The staging SELECT as SQL with `?` placeholders, and its parameters (split seed, threshold, path)."""
-    cols: list[exp.Expression] = [exp.column(c, quoted=True) for c in [*features, spec["label"]]]
-    derive = spec.get("derive") or {}
-    check_derive(derive, derive_columns, [*filter_columns, id_column])
-    cols += [
-        exp.alias_(exp.paren(parse_derive(name, text, derive_columns)), name, quoted=True)
-        for name, text in derive.items()
-    ]
-    where = parse_filter(spec["where"], filter_columns) if spec.get("where") else None
-    split = spec.get("eval") or default_eval
-    params: list = []
-    if split is None:
-        flag: exp.Expression = exp.true()
-    elif "where" in split:
-        flag = exp.func("coalesce", exp.paren(parse_filter(split["where"], filter_columns)), exp.false())
-    else:
-        bucket = exp.Mod(
-            this=exp.func("hash", exp.column(id_column, quoted=True), exp.Placeholder()),
-            expression=exp.Literal.number(SPLIT_BUCKETS),
-        )
-        flag = exp.LT(this=exp.paren(bucket), expression=exp.Placeholder())
-        params += [int(split.get("seed", 0)), int(round(float(split["fraction"]) * SPLIT_BUCKETS))]
-    row_id = exp.alias_(exp.column("file_row_number", quoted=True), ROW_ID, quoted=True)
-    select = exp.select(*cols, exp.alias_(flag, EVAL_FLAG, quoted=True), row_id).from_(
-        exp.func(
-            "read_parquet", exp.Placeholder(), exp.EQ(this=exp.var("file_row_number"), expression=exp.true())
-        )
+def resolved_of(staging: Staging, spec: DatasetSpec) -> Resolved:
+    return Resolved(
+        features=staging.features,
+        filter_columns=staging.filter_columns,
+        derive_columns=staging.derive_columns,
+        derived=list(spec.derive or {}),
+        id_column=staging.id_column,
     )
-    if where is not None:
-        select = select.where(where)
-    select = select.order_by(exp.column(id_column, quoted=True))
-    return select.sql(dialect="duckdb", identify=True), params
 
 
-def _categorize(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
-    for col in features:
-        if frame[col].dtype == object or pd.api.types.is_string_dtype(frame[col].dtype):
-            frame[col] = frame[col].astype("category")
-    return frame
+def _parquet_source() -> exp.Expression:
+    return exp.func(
+        "read_parquet", exp.Placeholder(), exp.EQ(this=exp.var("file_row_number"), expression=exp.true())
+    )
 
 
-def stage(
-    path: str,
-    spec: dict,
-    features: list[str],
-    filter_columns: list[str],
-    id_column: str,
-    default_eval: dict | None,
-    derive_columns: Sequence[str] = (),
-) -> Staged:
-    """Run the staging query and split the admitted rows into train and eval frames."""
-    sql, params = build_query(spec, features, filter_columns, id_column, default_eval, derive_columns)
+def stage(staging: Staging, spec: DatasetSpec, kind: str) -> Staged:
+    """Run the staging query and split the admitted rows into training and evaluation rows."""
+    resolved = resolved_of(staging, spec)
+    sql, params = staging_query(
+        spec, resolved, _parquet_source(), exp.column("file_row_number", quoted=True), kind
+    )
+    path = staging.dataset_path
     try:
         con = connect_locked(path)
     except duckdb.OutOfMemoryException as exc:
         raise MemoryError("staging ran out of memory") from exc
     try:
-        frame = con.execute(sql, [*params, path]).df()
+        table = con.sql(sql, params=[*params, path]).to_arrow_table()
     except duckdb.OutOfMemoryException as exc:
         raise MemoryError("staging ran out of memory") from exc
     except duckdb.Error as exc:
-        if not spec.get("derive"):
+        if not spec.derive:
             raise
-        from .training import TrainingError
-
-        raise TrainingError(
+        raise Refusal(
             "staging_failed",
             "the admitted rows could not be staged; a derived column may be undefined for some rows "
             "(for example ln of a non-positive number)",
         ) from exc
     finally:
         con.close()
-    features = [*features, *(spec.get("derive") or {})]
-    frame = _categorize(frame, features)
-    is_eval = frame.pop(EVAL_FLAG).astype(bool).to_numpy()
-    rows = frame.pop(ROW_ID).to_numpy(dtype=np.uint32)
-    return Staged(
-        train=frame[~is_eval].reset_index(drop=True),
-        eval=frame[is_eval].reset_index(drop=True),
-        features=features,
-        label=spec["label"],
-        train_rows=rows[~is_eval],
-        eval_rows=rows[is_eval],
-    )
+    return split(table, resolved.all_features, spec.label)
+
+
+def split(table: pa.Table, features: list[str], label: str) -> Staged:
+    """Split staged rows by the evaluation flag the query computed."""
+    is_eval = table.column(EVAL_FLAG).combine_chunks().fill_null(False)
+    rows = table.column(ROW_ID).to_numpy().astype(np.uint32)
+    mask = is_eval.to_numpy(zero_copy_only=False).astype(bool)
+    data = table.select([*features, label])
+    parts = {}
+    for name, keep in (("train", pc.invert(is_eval)), ("eval", is_eval)):
+        part = data.filter(keep)
+        parts[name] = Split(x=part.select(features), y=part.column(label).to_numpy())
+    return Staged(train=parts["train"], eval=parts["eval"], train_rows=rows[~mask], eval_rows=rows[mask])
+
+
+def counts(part: Split, classes: bool) -> SplitCounts:
+    """Rows of a split and, for a classifier, rows per class (named by the label's text; missing
+    labels are not a class)."""
+    if not classes:
+        return SplitCounts(rows=len(part.y))
+    y = part.y
+    if y.dtype == object:
+        y = np.array([v for v in y if v is not None and v == v], dtype=object)
+    elif y.dtype.kind == "f":
+        y = y[~np.isnan(y)]
+    values, numbers = np.unique(y, return_counts=True)
+    return SplitCounts(rows=len(part.y), classes={str(v): int(n) for v, n in zip(values, numbers)})

@@ -12,7 +12,8 @@ import hashlib
 import importlib
 import pickle
 
-from ..payload import BUILDERS, CLASSES, PayloadError, RuleUnpickler, describe_top
+from remote_magic.codes import Refusal
+from remote_magic.payload import BUILDERS, CLASSES, RuleUnpickler
 
 
 def _import(dotted: str) -> object:
@@ -38,47 +39,34 @@ class StrictUnpickler(RuleUnpickler):
 
     def build(self, func: object, args: tuple) -> object:
         if id(func) not in self._builders or self._builders[id(func)] is not func:
-            raise PayloadError("invalid_model", "the payload calls something that is not a pure data builder")
+            raise Refusal("invalid_model", "the payload calls something that is not a pure data builder")
         return func(*args)  # type: ignore[operator]
 
     def new(self, cls: object, args: tuple) -> object:
         if id(cls) not in self._classes or self._classes[id(cls)] is not cls:
-            raise PayloadError("invalid_model", "the payload builds an object of a class that is not allowed")
+            raise Refusal("invalid_model", "the payload builds an object of a class that is not allowed")
         return cls.__new__(cls, *args)  # type: ignore[call-overload]
 
 
 def strict_loads(data: bytes, max_bytes: int) -> object:
-    """Decode a payload; raise PayloadError for anything the rules refuse or XGBoost cannot parse."""
+    """Decode a payload; raise Refusal for anything the rules refuse or XGBoost cannot parse."""
     try:
         obj = StrictUnpickler(data, max_bytes).load()
-    except PayloadError:
+    except Refusal:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. XGBoostError from Booster.__setstate__ on bad bytes
-        raise PayloadError("invalid_model", "the model could not be decoded: its bytes are corrupt") from exc
-    _check_top(obj)
+        raise Refusal("invalid_model", "the model could not be decoded: its bytes are corrupt") from exc
     return obj
-
-
-def _check_top(obj: object) -> None:
-    import xgboost as xgb
-    from sklearn.pipeline import Pipeline
-
-    if isinstance(obj, (xgb.XGBClassifier, xgb.XGBRegressor, xgb.Booster, Pipeline)):
-        return
-    if isinstance(obj, dict) and "params" in obj:
-        return
-    describe_top(obj)
 
 
 def approved_loads(data: bytes, approved_sha256: str) -> object:
     """Decode an owner-approved payload with notebook code; the bytes must be the approved ones."""
     if hashlib.sha256(data).hexdigest() != approved_sha256:
-        raise PayloadError("invalid_model", "the payload is not the one the data owner approved")
+        raise Refusal("invalid_model", "the payload is not the one the data owner approved")
     import cloudpickle  # noqa: F401 - registers the reconstructors cloudpickle streams refer to
 
     try:
         obj = pickle.loads(data)  # noqa: S301 - approved by the owner; we are inside the sandbox
     except Exception as exc:  # noqa: BLE001 - any failure of approved code is a decoding failure
-        raise PayloadError("invalid_model", "the approved model could not be decoded") from exc
-    _check_top(obj)
+        raise Refusal("invalid_model", "the approved model could not be decoded") from exc
     return obj

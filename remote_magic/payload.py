@@ -1,8 +1,9 @@
 """The rules for decoding submitted model bytes, and a structural scan that applies them without building.
 
-Pure: the API uses `scan` to refuse a hostile or malformed payload with a 4xx before it is queued, without
-importing XGBoost or creating any object; the worker's strict unpickler (worker/unpickle.py) applies the
-same rules for real inside the sandbox. Both run on the pure-Python `pickle._Unpickler`, whose dispatch
+Pure and shared: the server's API uses `scan` to refuse a hostile or malformed payload with a 4xx before it
+is queued, without importing XGBoost or creating any object; the client's dry run scans the bytes it would
+send with the same function; the server's strict unpickler (worker/unpickle.py) applies the same rules for
+real inside the sandbox. Both run on the pure-Python `pickle._Unpickler`, whose dispatch
 table we copy and narrow:
 
 * globals come only from an allowlist of exact `module.name` strings (the estimator and preprocessor
@@ -21,29 +22,17 @@ import io
 import pickle
 from dataclasses import dataclass, field
 
-MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+from .codes import Refusal
+from .families import WHAT_A_MODEL_MAY_BE, model_classes, top_level_names
 
-ESTIMATORS: frozenset[str] = frozenset(
-    {
-        "xgboost.sklearn.XGBClassifier",
-        "xgboost.sklearn.XGBRegressor",
-    }
-)
-PREPROCESSORS: frozenset[str] = frozenset(
-    {
-        "sklearn.preprocessing._data.StandardScaler",
-        "sklearn.preprocessing._data.MinMaxScaler",
-        "sklearn.impute._base.SimpleImputer",
-        "sklearn.preprocessing._encoders.OneHotEncoder",
-        "sklearn.preprocessing._encoders.OrdinalEncoder",
-        "sklearn.compose._column_transformer.ColumnTransformer",
-    }
-)
-PIPELINE = "sklearn.pipeline.Pipeline"
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+PROTOCOL = 5
+
 # A fitted ColumnTransformer keeps its `remainder="passthrough"` as an identity FunctionTransformer; its
 # `func` could only be another allowed global, and it is never a step of the canonical form.
 _FITTED_STATE_ONLY = {"sklearn.preprocessing._function_transformer.FunctionTransformer"}
-CLASSES: frozenset[str] = ESTIMATORS | PREPROCESSORS | _FITTED_STATE_ONLY | {PIPELINE, "xgboost.core.Booster"}
+CLASSES: frozenset[str] = model_classes() | _FITTED_STATE_ONLY
+TOP_LEVEL: dict[str, str] = top_level_names()
 # Types that a payload may name as a parameter value (OneHotEncoder(dtype=np.float64)) but never call.
 VALUES: frozenset[str] = frozenset(
     {
@@ -79,16 +68,6 @@ _FORBIDDEN_OPCODES = {
 }
 
 
-class PayloadError(ValueError):
-    """A payload the rules refuse. `code` is a fixed public error code; `message` names only what the
-    payload itself contains (global names, opcodes), never server state."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 def _safe_name(text: str) -> str:
     cleaned = "".join(ch if ch.isprintable() else "?" for ch in text)
     return cleaned[:120]
@@ -99,17 +78,17 @@ def is_custom_code(module: str) -> bool:
 
 
 def check_global(module: str, name: str) -> str:
-    """Return the dotted name if the rules allow it, else raise PayloadError."""
+    """Return the dotted name if the rules allow it, else raise Refusal."""
     dotted = f"{module}.{name}"
     if dotted in CLASSES or dotted in BUILDERS or dotted in VALUES:
         return dotted
     if is_custom_code(module):
-        raise PayloadError(
+        raise Refusal(
             "custom_code_refused",
             "the model contains code defined in the notebook (a custom objective, metric, function or "
             "class); this dataset does not accept custom code. Use built-in objectives and metrics.",
         )
-    raise PayloadError(
+    raise Refusal(
         "invalid_model",
         f"the payload refers to {_safe_name(dotted)}, which is not an allowed model component",
     )
@@ -122,13 +101,11 @@ class RuleUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
 
     def __init__(self, data: bytes, max_bytes: int = MAX_PAYLOAD_BYTES):
         if len(data) > max_bytes:
-            raise PayloadError("payload_too_large", f"the model is larger than {max_bytes // 2**20} MiB")
+            raise Refusal("payload_too_large", f"the model is larger than {max_bytes // 2**20} MiB")
         if len(data) < 2 or data[0] != pickle.PROTO[0]:
-            raise PayloadError("invalid_model", "not a pickle of protocol 3 or newer")
+            raise Refusal("invalid_model", "not a pickle of protocol 3 or newer")
         if data[1] < 3:
-            raise PayloadError(
-                "invalid_model", f"pickle protocol {data[1]} is refused; use protocol 3 or newer"
-            )
+            raise Refusal("invalid_model", f"pickle protocol {data[1]} is refused; use protocol 3 or newer")
         super().__init__(io.BytesIO(data))
 
     def resolve(self, dotted: str) -> object:
@@ -146,27 +123,27 @@ class RuleUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     def load_reduce(self) -> None:
         args = self.stack.pop()
         if not isinstance(args, tuple):
-            raise PayloadError("invalid_model", "malformed call in the payload")
+            raise Refusal("invalid_model", "malformed call in the payload")
         self.stack[-1] = self.build(self.stack[-1], args)
 
     def load_newobj(self) -> None:
         args = self.stack.pop()
         cls = self.stack.pop()
         if not isinstance(args, tuple):
-            raise PayloadError("invalid_model", "malformed object in the payload")
+            raise Refusal("invalid_model", "malformed object in the payload")
         self.append(self.new(cls, args))
 
     def load(self) -> object:
         try:
             return super().load()
-        except PayloadError:
+        except Refusal:
             raise
         except RecursionError as exc:
-            raise PayloadError("invalid_model", "the payload is nested too deeply") from exc
+            raise Refusal("invalid_model", "the payload is nested too deeply") from exc
         except MemoryError as exc:
-            raise PayloadError("payload_too_large", "the payload expands beyond the memory limit") from exc
+            raise Refusal("payload_too_large", "the payload expands beyond the memory limit") from exc
         except Exception as exc:  # noqa: BLE001 - struct.error, EOFError, UnpicklingError, KeyError...
-            raise PayloadError("invalid_model", "the payload is truncated or corrupt") from exc
+            raise Refusal("invalid_model", "the payload is truncated or corrupt") from exc
 
     dispatch[pickle.REDUCE[0]] = load_reduce
     dispatch[pickle.NEWOBJ[0]] = load_newobj
@@ -174,13 +151,20 @@ class RuleUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
 
 def _refuse(opcode_name: str):
     def refuse(self: RuleUnpickler) -> None:
-        raise PayloadError("invalid_model", f"pickle opcode {opcode_name} is not allowed")
+        raise Refusal("invalid_model", f"pickle opcode {opcode_name} is not allowed")
 
     return refuse
 
 
 for _code, _name in _FORBIDDEN_OPCODES.items():
     RuleUnpickler.dispatch[_code[0]] = _refuse(_name)
+
+
+def package_model(model: object) -> bytes:
+    """Serialize a model as the server expects: cloudpickle (so notebook code is named, not lost)."""
+    import cloudpickle
+
+    return cloudpickle.dumps(model, protocol=PROTOCOL)
 
 
 @dataclass(frozen=True)
@@ -216,12 +200,12 @@ class _Scanner(RuleUnpickler):
 
     def build(self, func: object, args: tuple) -> object:
         if not isinstance(func, _Ref) or func.dotted not in BUILDERS:
-            raise PayloadError("invalid_model", "the payload calls something that is not a pure data builder")
+            raise Refusal("invalid_model", "the payload calls something that is not a pure data builder")
         return _Placeholder(func.dotted)
 
     def new(self, cls: object, args: tuple) -> object:
         if not isinstance(cls, _Ref) or cls.dotted not in CLASSES:
-            raise PayloadError("invalid_model", "the payload builds an object of a class that is not allowed")
+            raise Refusal("invalid_model", "the payload builds an object of a class that is not allowed")
         return _Placeholder(cls.dotted)
 
 
@@ -234,22 +218,13 @@ class ScanReport:
 
 
 def describe_top(obj: object) -> ScanReport:
-    """Classify the decoded (or placeholder) top-level object; raise if it is not a supported model."""
-    if isinstance(obj, _Placeholder):
-        if obj.of in ESTIMATORS:
-            return ScanReport(obj.of.rsplit(".", 1)[1], fitted=bool(obj.state))
-        if obj.of == "xgboost.core.Booster":
-            return ScanReport("Booster", fitted=True)
-        if obj.of == PIPELINE:
-            return ScanReport("Pipeline", fitted=False)
+    """Classify the top-level placeholder of a scanned payload; raise if it is not a supported model."""
+    if isinstance(obj, _Placeholder) and obj.of in TOP_LEVEL:
+        name = TOP_LEVEL[obj.of]
+        return ScanReport(name, fitted=name == "Booster" or (name != "Pipeline" and bool(obj.state)))
     if isinstance(obj, dict) and "params" in obj:
         return ScanReport("BoosterParams", fitted=isinstance(obj.get("booster"), _Placeholder))
-    raise PayloadError(
-        "unsupported_model",
-        "the model must be an XGBClassifier, an XGBRegressor, a Booster, a scikit-learn Pipeline of "
-        "supported preprocessors ending in one of those estimators, or a dict "
-        "{'params': {...}, 'num_boost_round': N, 'booster': Booster | None}",
-    )
+    raise Refusal("unsupported_model", f"the model must be {WHAT_A_MODEL_MAY_BE}")
 
 
 @dataclass
@@ -304,7 +279,7 @@ class CodeLister(_Scanner):
 def custom_code_names(data: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> list[str]:
     """The notebook-defined functions and classes a payload holds, by name (best effort, never runs)."""
     lister = CodeLister(data, max_bytes)
-    with contextlib.suppress(PayloadError):
+    with contextlib.suppress(Refusal):
         lister.load()
     return sorted(set(lister.names))[:20]
 
@@ -313,10 +288,10 @@ def scan(data: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> ScanReport:
     """Check a payload against the rules without creating any object or importing its modules."""
     try:
         return describe_top(_Scanner(data, max_bytes).load())
-    except PayloadError as exc:
+    except Refusal as exc:
         if exc.code != "custom_code_refused":
             raise
         names = custom_code_names(data, max_bytes)
         if not names:
             raise
-        raise PayloadError(exc.code, f"{exc.message} Found: {', '.join(names)}."[:800]) from None
+        raise Refusal(exc.code, f"{exc.message} Found: {', '.join(names)}."[:800]) from None

@@ -1,4 +1,4 @@
-"""The /v1 HTTP resources: health, whoami, datasets, jobs. Thin: check, persist, hand over."""
+"""The jobs resource: submit, list, status (long-poll), result, cancel. Thin: check, persist, hand over."""
 
 from __future__ import annotations
 
@@ -6,16 +6,15 @@ import asyncio
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from pydantic import ValidationError
 
-from remote_magic import __version__
+from remote_magic.codes import Refusal
+from remote_magic.payload import custom_code_names, scan
 from remote_magic.wire import (
     FINAL_STATES,
-    DatasetInfo,
     DatasetSpec,
     ErrorDetail,
-    Health,
     JobKind,
     JobList,
     JobResult,
@@ -23,18 +22,15 @@ from remote_magic.wire import (
     JobStatus,
     MetricPoint,
     Progress,
-    Whoami,
     first_error,
 )
 
-from ..jobs.store import JobRow, QueueFull
-from ..payload import PayloadError, custom_code_names, scan
-from .auth import Principal, current_user
-from .catalog import SpecRefused, describe_dataset, resolve
-from .errors import ApiError
+from ..jobs.store import JobRow, QueueFull, Store
+from .auth import Principal
+from .catalog import check_spec
+from .deps import AuditDep, NotifierDep, SchedulerDep, SettingsDep, StoreDep, User
 
-router = APIRouter(prefix="/v1")
-User = Annotated[Principal, Depends(current_user)]
+router = APIRouter(prefix="/v1", tags=["jobs"])
 
 MAIN_METRICS = ("auc", "accuracy", "r2", "rmse", "log_loss")
 MAX_WAIT_S = 60.0
@@ -78,88 +74,48 @@ def status_of(job: JobRow) -> JobStatus:
     )
 
 
-def _own_job(request: Request, user: Principal, job_id: str) -> JobRow:
-    job = request.app.state.store.get_job(job_id) if len(job_id) <= 64 else None
+def own_job(store: Store, user: Principal, job_id: str) -> JobRow:
+    """The user's job; another user's job and a missing one get the same answer."""
+    job = store.get_job(job_id) if len(job_id) <= 64 else None
     if job is None or job.user != user.user:
-        raise ApiError(404, "not_found", "no such job")
+        raise Refusal("not_found", "no such job")
     return job
-
-
-@router.get("/health", response_model=Health, tags=["server"])
-def health(request: Request) -> Health:
-    store_ok = request.app.state.store.ping()
-    counts = request.app.state.store.count_by_state() if store_ok else {}
-    scheduler = request.app.state.scheduler.state
-    return Health(
-        status="ok" if store_ok and scheduler == "running" else "degraded",
-        version=__version__,
-        store="ok" if store_ok else "error",
-        workers=request.app.state.settings.worker_count,
-        running=request.app.state.scheduler.running_count(),
-        queued=counts.get("queued", 0),
-        scheduler=scheduler,
-    )
-
-
-@router.get("/whoami", response_model=Whoami, tags=["server"])
-def whoami(user: User) -> Whoami:
-    return Whoami(user=user.user, datasets=user.datasets)
-
-
-def _granted(request: Request, user: Principal) -> list[str]:
-    return [name for name in request.app.state.settings.datasets if name in user.datasets]
-
-
-@router.get("/datasets", response_model=list[DatasetInfo], tags=["datasets"])
-def datasets(request: Request, user: User) -> list[DatasetInfo]:
-    return [describe_dataset(request.app.state.settings, name) for name in _granted(request, user)]
-
-
-@router.get("/datasets/{name}", response_model=DatasetInfo, tags=["datasets"])
-def dataset(request: Request, user: User, name: str) -> DatasetInfo:
-    if name not in _granted(request, user):
-        raise ApiError(404, "unknown_dataset", "no such dataset is available to you")
-    return describe_dataset(request.app.state.settings, name)
 
 
 def _parse_spec(text: str) -> DatasetSpec:
     try:
         return DatasetSpec.model_validate_json(text)
     except ValidationError as exc:
-        raise ApiError(422, "invalid_spec", f"spec field {first_error(exc.errors(), 'spec')}"[:300]) from None
+        raise Refusal("invalid_spec", f"spec field {first_error(exc.errors(), 'spec')}"[:300]) from None
 
 
-@router.post("/jobs", response_model=JobStatus, status_code=202, tags=["jobs"])
+@router.post("/jobs", response_model=JobStatus, status_code=202)
 async def submit(
-    request: Request,
     response: Response,
+    settings: SettingsDep,
+    store: StoreDep,
+    scheduler: SchedulerDep,
+    audit: AuditDep,
     user: User,
     spec: Annotated[str, Form(description="The dataset spec as JSON.", max_length=100_000)],
     model: Annotated[UploadFile, File(description="The model, pickled with cloudpickle (protocol >= 3).")],
     kind: Annotated[JobKind, Form()] = "train",
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobStatus:
-    settings = request.app.state.settings
     limit = settings.server.max_payload_mb * 2**20
     payload = await model.read(limit + 1)
     if len(payload) > limit:
-        raise ApiError(
-            413, "payload_too_large", f"the model is larger than {settings.server.max_payload_mb} MiB"
-        )
+        raise Refusal("payload_too_large", f"the model is larger than {settings.server.max_payload_mb} MiB")
     parsed = _parse_spec(spec)
-    try:
-        plan = resolve(settings, user.datasets, parsed)
-    except SpecRefused as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from None
+    plan = check_spec(settings, user.datasets, parsed)
     state = "queued"
     try:
         plan["model"] = (await asyncio.to_thread(scan, payload, limit)).model
-    except PayloadError as exc:
+    except Refusal as exc:
         if exc.code != "custom_code_refused" or not settings.datasets[parsed.dataset].allow_custom_code:
-            raise ApiError(422, exc.code, exc.message) from None
+            raise
         state = "awaiting_approval"
         plan["custom_code"] = await asyncio.to_thread(custom_code_names, payload, limit)
-    store = request.app.state.store
     try:
         job, created = await asyncio.to_thread(
             store.create_job,
@@ -174,39 +130,36 @@ async def submit(
             settings.server.max_queued_per_user,
         )
     except QueueFull as full:
-        raise ApiError(
-            429,
+        raise Refusal(
             "too_many_jobs",
             f"you already have {full.queued} jobs queued, the most this server accepts; "
             "submit more when some have started",
             headers={"Retry-After": str(RETRY_AFTER_S)},
         ) from None
     if created:
-        request.app.state.scheduler.audit.record(
-            "submit", user.user, job=job.id, dataset=parsed.dataset, kind=kind, spec=job.spec
-        )
+        audit.record("submit", user.user, job=job.id, dataset=parsed.dataset, kind=kind, spec=job.spec)
         if state == "queued":
-            request.app.state.scheduler.notify()
+            scheduler.notify()
     else:
         response.status_code = 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return status_of(job)
 
 
-@router.get("/jobs", response_model=JobList, tags=["jobs"])
+@router.get("/jobs", response_model=JobList)
 def list_jobs(
-    request: Request,
+    store: StoreDep,
     user: User,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
 ) -> JobList:
-    jobs = request.app.state.store.list_jobs(user.user, limit, state)
-    return JobList(jobs=[status_of(j) for j in jobs])
+    return JobList(jobs=[status_of(j) for j in store.list_jobs(user.user, limit, state)])
 
 
-@router.get("/jobs/{job_id}", response_model=JobStatus, tags=["jobs"])
+@router.get("/jobs/{job_id}", response_model=JobStatus)
 async def job_status(
-    request: Request,
+    store: StoreDep,
+    notifier: NotifierDep,
     user: User,
     job_id: str,
     wait: Annotated[
@@ -216,12 +169,11 @@ async def job_status(
         int | None, Query(ge=0, description="The version last seen; wait for a newer one.")
     ] = None,
 ) -> JobStatus:
-    notifier = request.app.state.notifier
     deadline = time.monotonic() + wait
     while True:
         event = notifier.subscribe(job_id)
         try:
-            job = _own_job(request, user, job_id)
+            job = own_job(store, user, job_id)
             if since is None:
                 since = job.version
             remaining = deadline - time.monotonic()
@@ -232,19 +184,19 @@ async def job_status(
             notifier.unsubscribe(job_id, event)
 
 
-@router.get("/jobs/{job_id}/result", response_model=JobResult, tags=["jobs"])
-def job_result(request: Request, user: User, job_id: str) -> JobResult:
-    job = _own_job(request, user, job_id)
+@router.get("/jobs/{job_id}/result", response_model=JobResult)
+def job_result(store: StoreDep, user: User, job_id: str) -> JobResult:
+    job = own_job(store, user, job_id)
     if job.state == "succeeded" and job.result:
         return JobResult.model_validate(job.result)
     if job.state in ("failed", "cancelled"):
-        raise ApiError(422, job.error_code or "job_failed", job.error_message or "the job failed")
-    raise ApiError(409, "not_finished", "the job has not finished yet; wait for it first")
+        raise Refusal(job.error_code or "internal_error", job.error_message or "the job failed")
+    raise Refusal("not_finished", "the job has not finished yet; wait for it first")
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=JobStatus, tags=["jobs"])
-def cancel(request: Request, user: User, job_id: str) -> JobStatus:
-    job = _own_job(request, user, job_id)
+@router.post("/jobs/{job_id}/cancel", response_model=JobStatus)
+def cancel(store: StoreDep, scheduler: SchedulerDep, user: User, job_id: str) -> JobStatus:
+    job = own_job(store, user, job_id)
     if job.state not in FINAL_STATES:
-        request.app.state.scheduler.cancel(job.id)
-    return status_of(request.app.state.store.get_job(job.id))
+        scheduler.cancel(job.id)
+    return status_of(store.get_job(job.id))  # type: ignore[arg-type]

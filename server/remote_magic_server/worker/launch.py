@@ -1,15 +1,14 @@
-"""The worker process's target. Kept free of heavy imports so the forkserver can preload it cheaply and
-the parent never has to import the worker package to name it.
+"""The first code a worker process runs, before it imports the worker's task code.
 
-Before it imports the worker, the child ties its life to the server's and steps back in CPU priority: a
-killed server leaves no worker behind, and the API stays responsive while workers train.
+The child ties its life to the server's and steps back in CPU priority (a killed server leaves no worker
+behind, and the API stays responsive while workers train), then runs `worker.main`. Kept free of heavy
+imports so the forkserver can preload it cheaply.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib
 import os
 import signal
 import sys
@@ -21,14 +20,21 @@ WORKER_NICE = 5
 PR_SET_PDEATHSIG = 1
 
 
-def run_by_name(module: str, function: str, *args: object) -> None:
-    """Import `module` in the child and call `function`: the parent names the worker, never imports it."""
+def run(*args: object) -> None:
+    """Set up the child, then run the task (`worker.main.run`), or `ready` to warm the forkserver."""
     _release_forkserver()
     _die_with_parent()
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICE)
     configure_logging("info")
-    getattr(importlib.import_module(module), function)(*args)
+    if args:
+        from . import main
+
+        main.run(*args)  # type: ignore[arg-type]
+
+
+def ready() -> None:
+    """A no-op target that starts the forkserver ahead of the first job."""
 
 
 def _release_forkserver() -> None:

@@ -1,9 +1,10 @@
 """The filter and derive grammars of dataset specs: parsed with sqlglot and checked node by node.
 
-Pure: used by the API to refuse a bad `where` or `derive` before anything is queued, and by the worker
-to compile it. A derive expression is the filter grammar plus arithmetic, CASE WHEN and the functions
-ln, exp, abs, least, greatest and coalesce; it may use the dataset's feature columns only (never the
-label, the id or excluded columns), and derived columns may not refer to each other.
+Pure and shared: the server's spec check, the worker's staging query and the client's dry run all call
+this one module, so they cannot disagree about what a filter means. A derive expression is the filter
+grammar plus arithmetic, CASE WHEN and the functions ln, exp, abs, least, greatest and coalesce; it may
+use the dataset's feature columns only (never the label, the id or excluded columns), and derived
+columns may not refer to each other.
 Nothing a user writes is ever spliced into SQL as text: the checked tree is re-emitted by sqlglot with
 every identifier quoted.
 """
@@ -16,7 +17,8 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError
 
-from remote_magic.wire import unknown_column_message
+from .codes import Refusal
+from .wire import unknown_column_message
 
 MAX_LENGTH = 2000
 MAX_DEPTH = 40
@@ -78,15 +80,6 @@ _NODE_WORDS = {
 }
 
 
-class FilterError(ValueError):
-    """A filter that is not in the grammar. `code` is a fixed public error code."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 def _describe(node: exp.Expression) -> str:
     name = type(node).__name__
     if isinstance(node, exp.Func) and name not in _NODE_WORDS:
@@ -105,50 +98,50 @@ def _checked_tree(
     text: str, columns: Collection[str], allowed: tuple[type[exp.Expression], ...], code: str, what: str
 ) -> exp.Expression:
     if not text or not text.strip():
-        raise FilterError(code, f"the {what} is empty")
+        raise Refusal(code, f"the {what} is empty")
     if len(text) > MAX_LENGTH:
-        raise FilterError(code, f"the {what} is longer than {MAX_LENGTH} characters")
+        raise Refusal(code, f"the {what} is longer than {MAX_LENGTH} characters")
     try:
         statements = sqlglot.parse(text, dialect="duckdb")
     except (ParseError, sqlglot.errors.TokenError) as exc:
-        raise FilterError(code, f"the {what} could not be parsed as an expression") from exc
+        raise Refusal(code, f"the {what} could not be parsed as an expression") from exc
     statements = [s for s in statements if s is not None]
     if len(statements) != 1:
-        raise FilterError(code, f"the {what} must be a single expression")
+        raise Refusal(code, f"the {what} must be a single expression")
     tree = statements[0]
     for node in tree.walk():
         if not isinstance(node, allowed):
-            raise FilterError(code, f"{_describe(node)} is not allowed in a {what}")
+            raise Refusal(code, f"{_describe(node)} is not allowed in a {what}")
         if _depth(node) > MAX_DEPTH:
-            raise FilterError(code, f"the {what} is nested too deeply")
+            raise Refusal(code, f"the {what} is nested too deeply")
         if isinstance(node, exp.Column):
             if node.table or node.args.get("db") or node.args.get("catalog"):
-                raise FilterError(code, "qualified column names are not allowed")
+                raise Refusal(code, "qualified column names are not allowed")
             if node.name not in columns:
-                raise FilterError("unknown_column", unknown_column_message(node.name, columns, what))
+                raise Refusal("unknown_column", unknown_column_message(node.name, columns, what))
         if isinstance(node, exp.In):
             if node.args.get("query") or node.args.get("unnest") or node.args.get("field"):
-                raise FilterError(code, "IN takes a list of literals only")
+                raise Refusal(code, "IN takes a list of literals only")
             values = node.expressions
             if len(values) > MAX_IN_LIST:
-                raise FilterError(code, f"IN lists are limited to {MAX_IN_LIST} values")
+                raise Refusal(code, f"IN lists are limited to {MAX_IN_LIST} values")
             if any(not isinstance(v, (exp.Literal, exp.Boolean, exp.Null, exp.Neg)) for v in values):
-                raise FilterError(code, "IN takes a list of literals only")
+                raise Refusal(code, "IN takes a list of literals only")
         if isinstance(node, exp.Identifier) and not isinstance(node.parent, exp.Column):
-            raise FilterError(code, "a bare identifier is not allowed here")
+            raise Refusal(code, "a bare identifier is not allowed here")
     return tree
 
 
-def parse_filter(text: str, columns: Collection[str]) -> exp.Expression:
-    """Parse and check a filter against the grammar and the usable columns; raise FilterError."""
-    tree = _checked_tree(text, columns, _ALLOWED_NODES, "invalid_filter", "filter")
+def parse_filter(text: str, columns: Collection[str], what: str = "filter") -> exp.Expression:
+    """Parse and check a filter against the grammar and the usable columns; raise Refusal."""
+    tree = _checked_tree(text, columns, _ALLOWED_NODES, "invalid_filter", what)
     for node in tree.walk():
         if isinstance(node, (exp.And, exp.Or, exp.Not)) and any(
             _is_value(operand) for operand in node.args.values() if isinstance(operand, exp.Expression)
         ):
-            raise FilterError("invalid_filter", "AND, OR and NOT combine conditions, such as age >= 18")
+            raise Refusal("invalid_filter", "AND, OR and NOT combine conditions, such as age >= 18")
     if _is_value(tree):
-        raise FilterError("invalid_filter", "the filter must be a condition, such as age >= 18")
+        raise Refusal("invalid_filter", f"the {what} must be a condition, such as age >= 18")
     return tree
 
 
@@ -164,25 +157,20 @@ def compile_filter(text: str, columns: Collection[str]) -> str:
     return parse_filter(text, columns).sql(dialect="duckdb", identify=True)
 
 
-def filter_columns(text: str, columns: Collection[str]) -> set[str]:
-    """The columns a (valid) filter refers to."""
-    return {c.name for c in parse_filter(text, columns).find_all(exp.Column)}
-
-
 def parse_derive(name: str, text: str, columns: Collection[str]) -> exp.Expression:
-    """Parse and check one derived column `name = text` against the derive grammar; raise FilterError.
+    """Parse and check one derived column `name = text` against the derive grammar; raise Refusal.
 
     `columns` are the dataset's feature columns; the name must be new."""
     if name in columns:
-        raise FilterError("invalid_derive", f"derived column {name!r} has the name of a dataset column")
-    return _checked_tree(text, columns, _DERIVE_NODES, "invalid_derive", "derive")
+        raise Refusal("invalid_derive", f"derived column {name!r} has the name of a dataset column")
+    return _checked_tree(text, columns, _DERIVE_NODES, "invalid_derive", f"derived column {name!r}")
 
 
 def check_derive(derive: dict[str, str], columns: Collection[str], taken: Collection[str]) -> None:
     """Check every derived column; `taken` holds all dataset column names (no derived name may reuse one)."""
     if len(derive) > MAX_DERIVED:
-        raise FilterError("invalid_derive", f"at most {MAX_DERIVED} derived columns are allowed")
+        raise Refusal("invalid_derive", f"at most {MAX_DERIVED} derived columns are allowed")
     for name, text in derive.items():
         if name in taken:
-            raise FilterError("invalid_derive", f"derived column {name!r} has the name of a dataset column")
+            raise Refusal("invalid_derive", f"derived column {name!r} has the name of a dataset column")
         parse_derive(name, text, columns)

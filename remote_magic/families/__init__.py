@@ -1,0 +1,99 @@
+"""Model families: what a submitted model may be, and the code that trains and scores each kind.
+
+This package's top level is light (names only, no XGBoost import), because the server's API process
+needs the allowlist of classes a payload may build without importing any model library. Each family's
+code lives in its own module and is imported where models are handled: in the sandboxed worker, and in
+the client's dry run, which runs the very same code on mock rows.
+
+To add a family: write a module with a class that satisfies `base.ModelFamily`, give it a `Manifest`
+here (the classes its payloads may contain, what a payload of it is called) and add it to `MANIFESTS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .base import ModelFamily
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A family's allowlist, as exact `module.name` strings of the classes its payloads may build."""
+
+    name: str
+    module: str
+    classes: frozenset[str]
+    top_level: Mapping[str, str] = field(default_factory=dict)
+
+
+XGBOOST = Manifest(
+    name="xgboost",
+    module="remote_magic.families.xgboost",
+    classes=frozenset(
+        {"xgboost.sklearn.XGBClassifier", "xgboost.sklearn.XGBRegressor", "xgboost.core.Booster"}
+    ),
+    top_level={
+        "xgboost.sklearn.XGBClassifier": "XGBClassifier",
+        "xgboost.sklearn.XGBRegressor": "XGBRegressor",
+        "xgboost.core.Booster": "Booster",
+    },
+)
+
+# scikit-learn preprocessors may stand in front of a family's estimator in a Pipeline.
+PIPELINE = "sklearn.pipeline.Pipeline"
+PREPROCESSORS: frozenset[str] = frozenset(
+    {
+        "sklearn.preprocessing._data.StandardScaler",
+        "sklearn.preprocessing._data.MinMaxScaler",
+        "sklearn.impute._base.SimpleImputer",
+        "sklearn.preprocessing._encoders.OneHotEncoder",
+        "sklearn.preprocessing._encoders.OrdinalEncoder",
+        "sklearn.compose._column_transformer.ColumnTransformer",
+    }
+)
+
+MANIFESTS: tuple[Manifest, ...] = (XGBOOST,)
+
+WHAT_A_MODEL_MAY_BE = (
+    "an XGBoost classifier or regressor (XGBClassifier, XGBRegressor), a Booster, a dict "
+    "{'params': {...}, 'num_boost_round': N, 'booster': Booster | None}, or a scikit-learn Pipeline of "
+    "StandardScaler, MinMaxScaler, SimpleImputer, OneHotEncoder, OrdinalEncoder or ColumnTransformer "
+    "ending in an XGBClassifier or XGBRegressor"
+)
+
+
+def model_classes() -> frozenset[str]:
+    """Every class a payload may build, across families and preprocessors."""
+    classes: set[str] = set(PREPROCESSORS) | {PIPELINE}
+    for manifest in MANIFESTS:
+        classes |= manifest.classes
+    return frozenset(classes)
+
+
+def top_level_names() -> dict[str, str]:
+    """The classes a payload may be at its top level, with the name shown for each."""
+    names = {PIPELINE: "Pipeline"}
+    for manifest in MANIFESTS:
+        names.update(manifest.top_level)
+    return names
+
+
+def family(name: str) -> ModelFamily:
+    """The family of this name (imports its module)."""
+    manifest = next(m for m in MANIFESTS if m.name == name)
+    return importlib.import_module(manifest.module).FAMILY
+
+
+def family_for(model: object) -> ModelFamily:
+    """The family that recognises a decoded model; raise Refusal('unsupported_model') if none does."""
+    from ..codes import Refusal
+
+    for manifest in MANIFESTS:
+        candidate = family(manifest.name)
+        if candidate.recognises(model):
+            return candidate
+    raise Refusal("unsupported_model", f"the model must be {WHAT_A_MODEL_MAY_BE}")

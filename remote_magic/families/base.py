@@ -1,0 +1,131 @@
+"""The model-family interface, and the plain data a family works on.
+
+A family never stages rows itself and never decides what is released: it gets feature columns as an
+Arrow table and labels as a NumPy array (the shapes `Split` names), trains or scores, and returns raw
+numbers. The worker feeds it the admitted rows; the dry run feeds it mock rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from ..codes import Refusal
+from ..wire import ModelBounds
+
+# A training progress report: rounds done (of this job), and the latest metric per split and name.
+Report = Callable[[int, dict[str, dict[str, float]]], None]
+
+
+@dataclass
+class Split:
+    """Feature columns (dataset features, then derived ones) and the raw label column of some rows."""
+
+    x: pa.Table
+    y: np.ndarray
+
+
+@dataclass
+class Labels:
+    """Labels as numbers: class codes 0..k-1 (classes named by their text), or floats for regression."""
+
+    train: np.ndarray
+    eval: np.ndarray
+    classes: list[str]
+
+
+@dataclass
+class Plan:
+    """The canonical form of a submitted model: what crosses into training, as data.
+
+    `params` are JSON values, `base` the base model in the family's own byte format (or None),
+    `preprocess` a Pipeline's preprocessors as class names and JSON parameters. `objective` and `metric`
+    are notebook functions, present only for payloads the data owner approved."""
+
+    family: str
+    params: dict
+    rounds: int
+    task: str
+    base: bytes | None = None
+    base_rounds: int = 0
+    preprocess: dict | None = None
+    objective: Callable | None = field(default=None, repr=False)
+    metric: Callable | None = field(default=None, repr=False)
+
+
+class ModelFamily(Protocol):
+    """One kind of model: how to recognise it, canonicalise and bound it, train, score and export it.
+
+    `train` and `score` return the family's own trained-model object; the other methods read it."""
+
+    name: str
+
+    def recognises(self, model: object) -> bool: ...
+
+    def canonical(self, model: object, custom_code: bool = False) -> Plan: ...
+
+    def check_bounds(self, plan: Plan, bounds: ModelBounds) -> None: ...
+
+    def train(
+        self, plan: Plan, train: Split, eval: Split, labels: Labels, threads: int, report: Report
+    ) -> Any:
+        """Continue training the plan's base model on the training rows, watching the evaluation rows."""
+        ...
+
+    def score(self, plan: Plan, eval: Split, labels: Labels, threads: int) -> Any:
+        """The plan's base model, ready to be evaluated without training."""
+        ...
+
+    def evaluate(self, trained: Any) -> dict:
+        """Raw metrics (and, for classifiers, the confusion counts) on the evaluation rows."""
+        ...
+
+    def history(self, trained: Any) -> dict | None:
+        """The per-round metric on the training and evaluation rows, for the rounds trained here."""
+        ...
+
+    def importance(self, trained: Any) -> dict[str, float]: ...
+
+    def rounds(self, trained: Any) -> dict[str, int]: ...
+
+    def task(self, trained: Any) -> str:
+        """binary, multiclass or regression: what the trained model turned out to be."""
+        ...
+
+    def leaf_facts(self, trained: Any) -> dict:
+        """What the model-release rules read: leaf populations on the training rows, hyperparameters."""
+        ...
+
+    def export(self, trained: Any, folder: Path) -> None:
+        """Save the trained model in the job folder (where a later release may read it)."""
+        ...
+
+
+def is_classifier_task(task: str) -> bool:
+    return task in ("classification", "binary", "multiclass")
+
+
+def encode_labels(y_train: np.ndarray, y_eval: np.ndarray, label: str, task: str) -> Labels:
+    """Labels as numbers; classes are the sorted distinct values, named by their text."""
+    if not is_classifier_task(task):
+        try:
+            return Labels(np.asarray(y_train, dtype=float), np.asarray(y_eval, dtype=float), [])
+        except (TypeError, ValueError) as exc:
+            raise Refusal("invalid_spec", f"label {label!r} is not numeric") from exc
+    both = np.concatenate([np.asarray(y_train), np.asarray(y_eval)])
+    missing = (
+        np.isnan(both).any()
+        if both.dtype.kind == "f"
+        else both.dtype == object and any(v is None or v != v for v in both)
+    )
+    if missing:
+        raise Refusal("invalid_spec", f"label {label!r} has missing values in the admitted rows")
+    classes, codes = np.unique(both, return_inverse=True)
+    return Labels(
+        codes[: len(y_train)].astype(int), codes[len(y_train) :].astype(int), [str(c) for c in classes]
+    )

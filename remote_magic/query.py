@@ -1,0 +1,65 @@
+"""The staging query of a resolved spec, built by sqlglot from checked trees: never from user text.
+
+One builder for the server's worker (which reads the dataset's Parquet file) and the client's dry run
+(which reads the mock rows registered in an in-memory DuckDB), so both admit rows by the same SQL. The
+train/eval split is a hash of the id column and the seed, so it is the same on every run; each admitted
+row also carries its row number, which the differencing guard remembers.
+"""
+
+from __future__ import annotations
+
+from sqlglot import exp
+
+from .grammar import parse_derive, parse_filter
+from .specs import Resolved
+from .wire import DatasetSpec
+
+SPLIT_BUCKETS = 1_000_000
+EVAL_FLAG = "__remote_magic_is_eval"
+ROW_ID = "__remote_magic_row_id"
+DEFAULT_TRAIN_EVAL = {"fraction": 0.2, "seed": 0}
+
+
+def default_eval(kind: str) -> dict | None:
+    """Without an `eval` in the spec, training holds out 20% (seed 0); evaluation scores every row."""
+    return DEFAULT_TRAIN_EVAL if kind == "train" else None
+
+
+def staging_query(
+    spec: DatasetSpec,
+    resolved: Resolved,
+    source: exp.Expression,
+    row_number: exp.Expression,
+    kind: str,
+) -> tuple[str, list]:
+    """The SELECT of admitted rows with `?` placeholders, and the parameters of the split.
+
+    `source` is what the rows are read from (it may hold placeholders of its own, after these) and
+    `row_number` the expression that numbers a row in it."""
+    cols: list[exp.Expression] = [exp.column(c, quoted=True) for c in [*resolved.features, spec.label]]
+    cols += [
+        exp.alias_(exp.paren(parse_derive(name, text, resolved.derive_columns)), name, quoted=True)
+        for name, text in (spec.derive or {}).items()
+    ]
+    split = spec.eval.model_dump() if spec.eval is not None else default_eval(kind)
+    params: list = []
+    if split is None:
+        flag: exp.Expression = exp.true()
+    elif "where" in split:
+        flag = exp.func(
+            "coalesce", exp.paren(parse_filter(split["where"], resolved.filter_columns)), exp.false()
+        )
+    else:
+        bucket = exp.Mod(
+            this=exp.func("hash", exp.column(resolved.id_column, quoted=True), exp.Placeholder()),
+            expression=exp.Literal.number(SPLIT_BUCKETS),
+        )
+        flag = exp.LT(this=exp.paren(bucket), expression=exp.Placeholder())
+        params += [int(split.get("seed", 0)), int(round(float(split["fraction"]) * SPLIT_BUCKETS))]
+    select = exp.select(
+        *cols, exp.alias_(flag, EVAL_FLAG, quoted=True), exp.alias_(row_number, ROW_ID, quoted=True)
+    ).from_(source)
+    if spec.where:
+        select = select.where(parse_filter(spec.where, resolved.filter_columns))
+    select = select.order_by(exp.column(resolved.id_column, quoted=True))
+    return select.sql(dialect="duckdb", identify=True), params

@@ -1,0 +1,72 @@
+"""Resolve a dataset spec against a table's columns: the one check that the server and the dry run share.
+
+Pure: it takes the columns with their roles (from the Parquet footer and the data owner's config on the
+server, from `GET /v1/datasets/{name}` in the dry run) and returns what a staging query needs, or raises a
+`Refusal` with the code the server would answer. Because both sides call this function and the grammar
+module, a spec the dry run calls fine is a spec the server accepts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .codes import Refusal
+from .grammar import check_derive, parse_filter
+from .wire import ColumnInfo, DatasetSpec, unknown_column_message
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What a spec selects from a table, by column name."""
+
+    features: list[str]
+    filter_columns: list[str]
+    derive_columns: list[str]
+    derived: list[str]
+    id_column: str
+
+    @property
+    def all_features(self) -> list[str]:
+        """The dataset's chosen feature columns, then the derived ones (the model's inputs, in order)."""
+        return [*self.features, *self.derived]
+
+
+def resolve(spec: DatasetSpec, columns: Sequence[ColumnInfo]) -> Resolved:
+    """Check a spec against the columns and their roles; raise Refusal naming what is wrong."""
+    roles = {c.name: c.role for c in columns}
+    names = [c.name for c in columns]
+    usable = [c for c in names if roles[c] in ("feature", "label")]
+    ids = [c for c in names if roles[c] == "id"]
+    if spec.label not in roles:
+        raise Refusal("unknown_column", unknown_column_message(spec.label, usable, "label"))
+    if roles[spec.label] != "label":
+        labels = ", ".join(repr(c) for c in names if roles[c] == "label")
+        raise Refusal("invalid_spec", f"{spec.label!r} is not a label column; labels: {labels}")
+    if spec.features is None:
+        features = [c for c in names if roles[c] == "feature"]
+    else:
+        features = []
+        for name in spec.features:
+            if name not in roles:
+                raise Refusal("unknown_column", unknown_column_message(name, usable, "features"))
+            if roles[name] != "feature":
+                raise Refusal("invalid_spec", f"column {name!r} cannot be used as a feature")
+            if name not in features:
+                features.append(name)
+    if not features:
+        raise Refusal("invalid_spec", "the spec selects no features")
+    for text, what in ((spec.where, "filter"), (getattr(spec.eval, "where", None), "eval filter")):
+        if text is not None:
+            parse_filter(text, usable, what)
+    derive_columns = [c for c in names if roles[c] == "feature"]
+    derive = spec.derive or {}
+    if derive:
+        check_derive(derive, derive_columns, names)
+    return Resolved(
+        features=features,
+        filter_columns=usable,
+        derive_columns=derive_columns,
+        derived=list(derive),
+        id_column=ids[0] if ids else "",
+    )

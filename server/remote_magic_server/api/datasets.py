@@ -1,0 +1,23 @@
+"""The datasets resource: the catalog of datasets a token grants (schema, rounded size, rules in effect)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from remote_magic.wire import DatasetInfo
+
+from .catalog import describe_dataset, granted
+from .deps import DeskDep, SettingsDep, User
+
+router = APIRouter(prefix="/v1", tags=["datasets"])
+
+
+@router.get("/datasets", response_model=list[DatasetInfo])
+def datasets(settings: SettingsDep, desk: DeskDep, user: User) -> list[DatasetInfo]:
+    return [describe_dataset(settings, desk, name) for name in settings.datasets if name in user.datasets]
+
+
+@router.get("/datasets/{name}", response_model=DatasetInfo)
+def dataset(settings: SettingsDep, desk: DeskDep, user: User, name: str) -> DatasetInfo:
+    granted(settings, user.datasets, name)
+    return describe_dataset(settings, desk, name)

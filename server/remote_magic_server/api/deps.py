@@ -1,0 +1,47 @@
+"""FastAPI dependencies: the app's parts (settings, store, scheduler, describer, release desk, audit
+log, notifier) and the signed-in user, so routes declare what they use instead of reaching into
+`app.state`. They are coroutines, so FastAPI does not send them to its thread pool."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials
+
+from ..audit import AuditLog
+from ..jobs.oneshot import Describer
+from ..jobs.scheduler import Scheduler
+from ..jobs.store import Store
+from ..release.desk import ReleaseDesk
+from ..settings import Settings
+from .auth import Principal, authenticate, bearer
+from .notifier import Notifier
+
+
+def _part(name: str) -> Callable[[Request], Awaitable[object]]:
+    """A dependency that hands a route one of the parts `create_app` put on the app."""
+
+    async def get(request: Request) -> object:
+        return getattr(request.app.state, name)
+
+    return get
+
+
+SettingsDep = Annotated[Settings, Depends(_part("settings"))]
+StoreDep = Annotated[Store, Depends(_part("store"))]
+SchedulerDep = Annotated[Scheduler, Depends(_part("scheduler"))]
+DeskDep = Annotated[ReleaseDesk, Depends(_part("desk"))]
+DescriberDep = Annotated[Describer, Depends(_part("describer"))]
+AuditDep = Annotated[AuditLog, Depends(_part("audit"))]
+NotifierDep = Annotated[Notifier, Depends(_part("notifier"))]
+
+
+async def current_user(
+    store: StoreDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> Principal:
+    return authenticate(store, credentials)
+
+
+User = Annotated[Principal, Depends(current_user)]

@@ -1,0 +1,108 @@
+"""The parent's side of one task's conversation with its worker: one loop for every kind of task.
+
+`drive` reads the worker's typed messages until one ends the task, the worker dies or time runs out;
+`Conversation` answers the messages that matter to disclosure: the admitted rows and the final report
+go to the release desk, and what it releases (or refuses) becomes the task's `Final`. The scheduler
+adds what only jobs have (progress in the store, cancellation, shutdown).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from remote_magic.codes import Refusal
+
+from ..protocol import Admission, Decision, DescribeReport, Failure, ReviewReport, TrainReport, WorkerMessage
+from ..release.desk import Admitted, ReleaseDesk, Request
+from .executor import Execution, InvalidReport
+
+log = logging.getLogger("remote_magic_server.scheduler")
+
+POLL_S = 1.0
+
+
+@dataclass
+class Final:
+    """How a task ended: its state, what was released (a result, an answer, a review text), or an error."""
+
+    state: str
+    result: object = None
+    error: tuple[str, str] | None = None
+
+    @classmethod
+    def failed(cls, code: str, message: str) -> Final:
+        return cls("failed", error=(code, message))
+
+
+def drive(
+    execution: Execution,
+    handle: Callable[[WorkerMessage], Final | None],
+    deadline: float,
+    timeout_s: float,
+) -> Final:
+    """Feed a task's messages to `handle` until one of them ends it, or time runs out.
+
+    A worker that ends without a final message raises WorkerGone (the caller knows whether it stopped
+    it); a message outside the protocol ends the task with `invalid_worker_report`."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            execution.kill()
+            return Final.failed("timeout", f"the job ran longer than {timeout_s:g} s and was stopped")
+        try:
+            message = execution.receive(min(remaining, POLL_S))
+        except InvalidReport:
+            execution.kill()
+            log.warning("a worker sent a message that is not in the protocol")
+            return Final.failed("invalid_worker_report", "the job's worker sent an invalid report")
+        if message is None:
+            continue
+        final = handle(message)
+        if final is not None:
+            return final
+
+
+def final_of(message: WorkerMessage) -> Final | None:
+    """The end a failure or a review report makes of a task (the desk is not involved in either)."""
+    if isinstance(message, Failure):
+        return Final.failed(message.code, message.message)
+    if isinstance(message, ReviewReport):
+        return Final("succeeded", result=message.text)
+    return None
+
+
+class Conversation:
+    """Passes a task's admission and report to the release desk; returns the task's end when it comes."""
+
+    def __init__(self, desk: ReleaseDesk, request: Request, folder: Path, execution: Execution):
+        self.desk = desk
+        self.request = request
+        self.folder = folder
+        self.execution = execution
+        self.admitted: Admitted | None = None
+
+    def handle(self, message: WorkerMessage) -> Final | None:
+        if isinstance(message, Admission):
+            try:
+                self.admitted = self.desk.admit(self.request, message, self.folder)
+            except Refusal as refusal:
+                self.execution.reply(Decision(proceed=False))
+                return Final.failed(refusal.code, refusal.message)
+            self.execution.reply(Decision(proceed=True))
+            return None
+        if isinstance(message, (TrainReport, DescribeReport)):
+            if self.admitted is None:
+                return Final.failed("invalid_worker_report", "the job's worker reported before admission")
+            try:
+                if isinstance(message, TrainReport):
+                    released: object = self.desk.release_result(self.request, self.admitted, message)
+                else:
+                    released = self.desk.release_describe(self.request, self.admitted, message)
+            except Refusal as refusal:
+                return Final.failed(refusal.code, refusal.message)
+            return Final("succeeded", result=released)
+        return final_of(message)

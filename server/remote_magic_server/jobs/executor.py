@@ -1,0 +1,73 @@
+"""The executor seam: where a validated task runs, and how its messages come back.
+
+The scheduler keeps the queue and the state machine; an `Executor` starts a task and hands back an
+`Execution` that yields the worker's typed messages (protocol.py), takes the parent's decisions, and can
+be killed. `LocalExecutor` (local.py) runs one sandboxed process per task; a distributed executor plugs
+in here without touching the scheduler. The concrete one is chosen by `[executor] kind` in the config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from ..protocol import Decision, Failure, Task, WorkerMessage
+
+
+class WorkerGone(Exception):
+    """The worker ended without a final message; `failure` is the fixed code its end maps to."""
+
+    def __init__(self, failure: Failure):
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+class InvalidReport(Exception):
+    """The worker sent something that is not a protocol message."""
+
+
+class Execution(Protocol):
+    """One running task."""
+
+    @property
+    def ref(self) -> tuple[int, str | None]:
+        """What a restarted server needs to find this worker again (for a local process: pid, start mark)."""
+        ...
+
+    def receive(self, timeout: float) -> WorkerMessage | None:
+        """The next message, or None when none came within `timeout` seconds.
+
+        Raises WorkerGone when the worker ended without a final message, InvalidReport when a message
+        does not validate."""
+        ...
+
+    def reply(self, decision: Decision) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def close(self) -> None:
+        """Wait for the worker to end (killing it if it does not) and release its resources."""
+        ...
+
+
+class Executor(Protocol):
+    def start(self, task: Task, folder: Path, name: str) -> Execution:
+        """Write the task to `folder` and start it there."""
+        ...
+
+    def warm(self) -> None:
+        """Get ready ahead of the first task (e.g. start a forkserver)."""
+        ...
+
+    def reap(self, ref: tuple[int, str | None]) -> bool:
+        """Stop a worker left over by a previous server process, if it is still that worker."""
+        ...
+
+
+def make_executor(kind: str) -> Executor:
+    """The executor the config names."""
+    if kind == "local":
+        from .local import LocalExecutor
+
+        return LocalExecutor()
+    raise ValueError(f"unknown executor kind {kind!r}")

@@ -1,0 +1,65 @@
+"""Build the task a worker receives from a job (or a describe or review request) and the config.
+
+One builder for every kind, so limits, bounds and the staging plan are set the same way everywhere.
+"""
+
+from __future__ import annotations
+
+from remote_magic.wire import DatasetSpec
+
+from ..protocol import DescribeOptions, Limits, Staging, Task, TaskKind
+from ..settings import Settings
+
+CPU_SLACK_S = 30
+REVIEW_CPU_S = 30
+REVIEW_MEMORY_MB = 2048
+
+
+def build_task(
+    settings: Settings,
+    kind: TaskKind,
+    dataset: str | None = None,
+    spec: dict | None = None,
+    plan: dict | None = None,
+) -> Task:
+    """The task for a job of `kind` on `dataset` with its spec and the plan the API resolved."""
+    server = settings.server
+    if kind == "review":
+        limits = Limits(
+            threads=1,
+            cpu_seconds=REVIEW_CPU_S,
+            memory_mb=REVIEW_MEMORY_MB,
+            max_payload_bytes=server.max_payload_mb * 2**20,
+            sandbox_uid=server.sandbox_uid,
+            sandbox_gid=server.sandbox_gid,
+        )
+        return Task(kind="review", limits=limits)
+    assert dataset is not None and spec is not None and plan is not None
+    config = settings.datasets[dataset]
+    policy = settings.policy_for(dataset)
+    threads = settings.threads_per_job(policy)
+    limits = Limits(
+        threads=threads,
+        cpu_seconds=policy.job_timeout_s * threads + CPU_SLACK_S,
+        memory_mb=policy.worker_memory_mb,
+        max_payload_bytes=0 if kind == "describe" else server.max_payload_mb * 2**20,
+        sandbox_uid=server.sandbox_uid,
+        sandbox_gid=server.sandbox_gid,
+    )
+    staging = Staging(
+        dataset_path=str(config.path),
+        id_column=config.id_column,
+        features=plan["features"],
+        filter_columns=plan["filter_columns"],
+        derive_columns=plan.get("derive_columns", []),
+    )
+    return Task(
+        kind=kind,
+        spec=DatasetSpec.model_validate(spec),
+        staging=staging,
+        bounds=settings.bounds_for(dataset),
+        limits=limits,
+        model_facts=kind == "train" and config.allow_model_release,
+        approved_sha256=plan.get("approved_sha256"),
+        describe=DescribeOptions(max_categories=policy.max_categories) if kind == "describe" else None,
+    )

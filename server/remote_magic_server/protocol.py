@@ -1,0 +1,195 @@
+"""The one contract between the trusted parent and a worker: the task it receives, the messages it sends.
+
+Strict pydantic models, validated on receipt by the parent (a worker's message is as untrusted as the
+payload it decoded): a message that does not validate ends the job with `invalid_worker_report`. Messages
+travel as JSON over a pipe, never as pickle. The conversation of a train, evaluate or describe task:
+
+    worker -> isolation          what confinement was applied
+    worker -> progress*          stage, round k/n, latest metric
+    worker -> admission          the admitted rows: counts per split and class, row-set files
+    parent -> decision           proceed, or stop (the release desk refused the admitted rows)
+    worker -> progress*
+    worker -> report | failure   raw aggregates, or a fixed code
+
+A review task (the data owner's look at a payload with notebook code) answers with one `review` report.
+`PROTOCOL_VERSION` changes when a message changes shape.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+from remote_magic.codes import CODES
+from remote_magic.wire import DatasetSpec, ModelBounds, Stage
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 16 * 2**20
+
+TaskKind = Literal["train", "evaluate", "describe", "review"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# the task
+class Staging(_Strict):
+    """Where the rows are and what the spec resolved to; the worker builds its query from this."""
+
+    dataset_path: str
+    id_column: str
+    features: list[str]
+    filter_columns: list[str]
+    derive_columns: list[str]
+
+
+class Limits(_Strict):
+    threads: int = Field(ge=1)
+    cpu_seconds: int = Field(ge=1)
+    memory_mb: int = Field(ge=64)
+    max_payload_bytes: int = Field(ge=0)
+    sandbox_uid: int = 65534
+    sandbox_gid: int = 65534
+
+
+class DescribeOptions(_Strict):
+    max_categories: int = Field(ge=1)
+
+
+class Task(_Strict):
+    protocol: Literal[1] = PROTOCOL_VERSION
+    kind: TaskKind
+    spec: DatasetSpec | None = None
+    staging: Staging | None = None
+    bounds: ModelBounds | None = None
+    limits: Limits
+    model_facts: bool = Field(default=False, description="Report leaf facts for the model-release rules.")
+    approved_sha256: str | None = None
+    describe: DescribeOptions | None = None
+
+
+# worker -> parent
+class Isolation(_Strict):
+    type: Literal["isolation"] = "isolation"
+    applied: dict[str, str]
+
+
+class ProgressNote(_Strict):
+    type: Literal["progress"] = "progress"
+    stage: Stage
+    round: int = Field(default=0, ge=0)
+    total: int = Field(default=0, ge=0)
+    metric: dict[str, dict[str, float]] | None = None
+
+
+class SplitCounts(_Strict):
+    rows: int = Field(ge=0)
+    classes: dict[str, int] | None = None
+
+
+class Admission(_Strict):
+    """The admitted rows before anything that depends on their values: counts and row-set files."""
+
+    type: Literal["admission"] = "admission"
+    counts: dict[Literal["train", "eval"], SplitCounts]
+    row_sets: dict[Literal["training", "evaluation", "admitted"], str]
+    table_rows: int = Field(ge=0)
+
+
+class Confusion(_Strict):
+    labels: list[str]
+    counts: list[list[int]]
+
+
+class CurveReport(_Strict):
+    metric: str
+    train: list[float]
+    eval: list[float]
+
+
+class RoundsReport(_Strict):
+    base: int = Field(ge=0)
+    new: int = Field(ge=0)
+    total: int = Field(ge=0)
+
+
+class LeafFacts(_Strict):
+    categorical: bool
+    min_leaf_rows: int | None
+    max_depth: float
+    n_estimators: int
+    min_child_weight: float
+
+
+class TrainReport(_Strict):
+    """Raw aggregates of a train or evaluate job: exact numbers, for the release desk only."""
+
+    type: Literal["report"] = "report"
+    task: Literal["binary", "multiclass", "regression"]
+    metrics: dict[str, float]
+    confusion: Confusion | None = None
+    history: CurveReport | None = None
+    feature_importance: dict[str, float]
+    rounds: RoundsReport
+    model: LeafFacts | None = None
+
+
+class Histogram(_Strict):
+    edges: list[float]
+    counts: list[int]
+
+
+class ColumnReport(_Strict):
+    name: str
+    kind: Literal["numeric", "categorical"]
+    missing: int = Field(ge=0)
+    values: int = Field(ge=0, description="Rows with a value.")
+    histogram: Histogram | None = None
+    categories: dict[str, int] | None = None
+    rest: int = 0
+
+
+class DescribeReport(_Strict):
+    type: Literal["describe"] = "describe"
+    rows: int = Field(ge=0)
+    classes: dict[str, int] | None = None
+    columns: list[ColumnReport]
+
+
+class ReviewReport(_Strict):
+    type: Literal["review"] = "review"
+    text: str
+
+
+class Failure(_Strict):
+    type: Literal["error"] = "error"
+    code: str
+    message: str = Field(max_length=500)
+
+    @field_validator("code")
+    @classmethod
+    def _registered(cls, code: str) -> str:
+        if code not in CODES:
+            raise ValueError("not a registered error code")
+        return code
+
+
+WorkerMessage = Annotated[
+    Isolation | ProgressNote | Admission | TrainReport | DescribeReport | ReviewReport | Failure,
+    Field(discriminator="type"),
+]
+Report = TrainReport | DescribeReport | ReviewReport
+WORKER_MESSAGE: TypeAdapter[WorkerMessage] = TypeAdapter(WorkerMessage)
+
+
+# parent -> worker
+class Decision(_Strict):
+    type: Literal["decision"] = "decision"
+    proceed: bool
+
+
+def read_message(data: bytes) -> WorkerMessage:
+    """Validate one message from a worker; raises pydantic.ValidationError when it is not one."""
+    return WORKER_MESSAGE.validate_json(data)

@@ -1,0 +1,100 @@
+"""The client's parsing and error mapping, fast: recorded responses of a real server replayed through a
+requests transport adapter (tests/record_responses.py records them), no server and no network."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import requests
+from requests.adapters import BaseAdapter
+
+from remote_magic import Client
+from remote_magic.errors import AuthError, NotFound, SpecError
+from remote_magic.result import TrainResult
+
+RECORDED = {
+    r["name"]: r for r in json.loads((Path(__file__).parent / "recorded" / "responses.json").read_text())
+}
+
+
+class Replay(BaseAdapter):
+    """Answers each request with the recorded response of the same method and path (or the one named)."""
+
+    def __init__(self, answers: dict[tuple[str, str], dict]):
+        super().__init__()
+        self.answers = answers
+        self.sent: list[requests.PreparedRequest] = []
+
+    def send(self, request, **kwargs):
+        self.sent.append(request)
+        path = request.path_url.split("?")[0].removeprefix("/v1")
+        record = self.answers[(request.method, path)]
+        response = requests.Response()
+        response.status_code = record["status"]
+        response._content = json.dumps(record["body"]).encode()
+        response.headers["Content-Type"] = "application/json"
+        response.request = request
+        response.url = request.url
+        return response
+
+    def close(self):
+        pass
+
+
+def client_with(*names: str) -> tuple[Client, Replay]:
+    answers = {(RECORDED[n]["method"], RECORDED[n]["path"]): RECORDED[n] for n in names}
+    client = Client("http://127.0.0.1:9", "rm_test")
+    adapter = Replay(answers)
+    client._session.mount("http://", adapter)
+    return client, adapter
+
+
+def test_catalog_responses_parse_with_the_policy_in_effect():
+    client, adapter = client_with("whoami", "datasets", "dataset")
+    assert client.whoami().user == "alice"
+    names = [d.name for d in client.datasets()]
+    assert "breast_cancer" in names
+    info = client.dataset("breast_cancer")
+    assert info.policy is not None and info.policy.min_count >= 3 and info.bounds is not None
+    assert {c.role for c in info.columns} >= {"id", "label", "feature"}
+    assert adapter.sent[0].headers["Authorization"] == "Bearer rm_test"
+
+
+def test_a_result_renders_from_the_policy_it_carries():
+    client, _ = client_with("status", "result")
+    result = client.job(RECORDED["status"]["body"]["id"]).result()
+    assert isinstance(result, TrainResult)
+    stricter = result.raw.model_copy(
+        update={"policy": result.raw.policy.model_copy(update={"min_count": 25, "round_to": 10})}
+    )
+    text = repr(TrainResult(stricter))
+    assert "rounded to 10; counts under 25 suppressed" in text
+    assert "under 25 suppressed" in TrainResult(stricter)._repr_html_()
+
+
+@pytest.mark.parametrize(
+    ("name", "cls", "code"),
+    [
+        ("unauthorized", AuthError, "unauthorized"),
+        ("unknown_dataset", SpecError, "unknown_dataset"),
+        ("invalid_derive", SpecError, "invalid_derive"),
+        ("not_found", NotFound, "not_found"),
+    ],
+)
+def test_error_bodies_map_to_their_classes(name, cls, code):
+    record = RECORDED[name]
+    client, _ = client_with(name)
+    call = {
+        "unauthorized": lambda: client.whoami(),
+        "unknown_dataset": lambda: client.dataset("nope"),
+        "invalid_derive": lambda: client.describe(
+            {"dataset": "breast_cancer", "label": "malignant", "derive": {"r": "lower(mean_radius)"}}
+        ),
+        "not_found": lambda: client.job("0000000000000000"),
+    }[name]
+    with pytest.raises(cls) as info:
+        call()
+    assert info.value.code == code and info.value.status == record["status"]
+    assert "Traceback" not in info.value.message

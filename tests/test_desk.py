@@ -1,0 +1,154 @@
+"""The release desk on its own: admission (cohorts, the differencing guard and its ledger), results with
+the policy in effect, model-release decisions, DP describe answers under a budget, the audit record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyroaring import BitMap
+
+from remote_magic.codes import Refusal
+from remote_magic_server.audit import AuditLog, verify
+from remote_magic_server.protocol import Admission, DescribeReport, LeafFacts, SplitCounts, TrainReport
+from remote_magic_server.release.desk import ReleaseDesk, Request
+from remote_magic_server.release.ledger import Ledger
+from remote_magic_server.settings import DatasetConfig, Settings
+
+
+@pytest.fixture
+def desk(tmp_path: Path) -> ReleaseDesk:
+    settings = Settings(
+        datasets={
+            "plain": DatasetConfig(
+                path=tmp_path / "t.parquet",
+                id_column="id",
+                label_columns=["y"],
+                allow_model_release=True,
+                policy={"min_count": 20, "round_to": 10},
+            ),
+            "noisy": DatasetConfig(
+                path=tmp_path / "n.parquet",
+                id_column="id",
+                label_columns=["y"],
+                dp=True,
+                policy={"dp_epsilon": 1.0, "dp_epsilon_cap": 2.0},
+            ),
+        }
+    )
+    return ReleaseDesk(settings, Ledger(tmp_path / "ledger.sqlite"), AuditLog(tmp_path / "audit.log"))
+
+
+def admission(folder: Path, train: range, evaluation: range, classes=True) -> Admission:
+    sets = {
+        "training": BitMap(train),
+        "evaluation": BitMap(evaluation),
+        "admitted": BitMap(train) | BitMap(evaluation),
+    }
+    for role, bits in sets.items():
+        (folder / f"rows-{role}.roaring").write_bytes(bits.serialize())
+
+    def counts(rows: range) -> SplitCounts:
+        half = len(rows) // 2
+        return SplitCounts(rows=len(rows), classes={"0": half, "1": len(rows) - half} if classes else None)
+
+    return Admission(
+        counts={"train": counts(train), "eval": counts(evaluation)},
+        row_sets={role: f"rows-{role}.roaring" for role in sets},
+        table_rows=10_000,
+    )
+
+
+def request(user: str = "alice", dataset: str = "plain", kind: str = "train", job: str = "j1") -> Request:
+    return Request(
+        user=user,
+        dataset=dataset,
+        kind=kind,
+        spec={"dataset": dataset, "label": "y"},
+        job_id=job,
+        features=("a",),
+    )
+
+
+def test_admission_checks_cohorts_then_the_guard_and_records_the_sets(desk, tmp_path):
+    with pytest.raises(Refusal) as small:
+        desk.admit(request(), admission(tmp_path, range(0, 500), range(500, 550)), tmp_path)
+    assert small.value.code == "cohort_too_small"
+    desk.admit(request(), admission(tmp_path, range(0, 800), range(800, 1000)), tmp_path)
+    near = admission(tmp_path, range(1, 800), range(800, 1000))
+    with pytest.raises(Refusal) as guard:
+        desk.admit(request(job="j2"), near, tmp_path)
+    assert guard.value.code == "differencing_refused" and "799" not in guard.value.message
+    desk.admit(request(user="bob", job="j3"), near, tmp_path)  # bob has not seen the first set
+
+
+def test_a_result_is_rounded_under_the_dataset_policy_and_says_so(desk, tmp_path):
+    admitted = desk.admit(request(), admission(tmp_path, range(0, 803), range(803, 1004)), tmp_path)
+    report = TrainReport(
+        task="binary",
+        metrics={"auc": 0.8765432},
+        feature_importance={"a": 12.345678},
+        rounds={"base": 0, "new": 3, "total": 3},
+        confusion={"labels": ["0", "1"], "counts": [[95, 5], [19, 82]]},
+        model=LeafFacts(categorical=False, min_leaf_rows=40, max_depth=2, n_estimators=3, min_child_weight=5),
+    )
+    result = desk.release_result(request(), admitted, report)
+    assert result.metrics["auc"] == 0.8765 and result.policy.min_count == 20 and result.policy.round_to == 10
+    assert result.confusion_matrix.counts == [[100, None], [None, 80]]
+    assert result.summary.train.rows == 400 + 400
+    assert desk.ledger.model_state("j1")["state"] == "awaiting_approval"
+
+
+def describe_report() -> DescribeReport:
+    return DescribeReport(
+        rows=600,
+        classes={"0": 300, "1": 300},
+        columns=[
+            {
+                "name": "a",
+                "kind": "numeric",
+                "missing": 0,
+                "values": 600,
+                "histogram": {"edges": [0.0, 1.0], "counts": [200, 200, 200]},
+            }
+        ],
+    )
+
+
+def test_dp_describe_charges_once_repeats_for_free_and_stops_at_the_cap(desk, tmp_path):
+    (tmp_path / "rows-admitted.roaring").write_bytes(BitMap(range(600)).serialize())
+    admission_ = Admission(
+        counts={"eval": SplitCounts(rows=600, classes={"0": 300, "1": 300})},
+        row_sets={"admitted": "rows-admitted.roaring"},
+        table_rows=5000,
+    )
+    ask = Request(
+        user="alice",
+        dataset="noisy",
+        kind="describe",
+        spec={"dataset": "noisy", "label": "y"},
+        features=("a",),
+    )
+    first = desk.release_describe(ask, desk.admit(ask, admission_, tmp_path), describe_report())
+    assert first.privacy_budget.epsilon_spent == 1.0 and not first.privacy_budget.repeated
+    again = desk.stored_describe(ask)
+    assert again.privacy_budget.repeated and again.privacy_budget.epsilon_spent == 1.0
+    assert again.classes == first.classes
+    other = Request(**{**ask.__dict__, "spec": {"dataset": "noisy", "label": "y", "where": "a > 0"}})
+    (tmp_path / "rows-admitted.roaring").write_bytes(BitMap(range(100, 700)).serialize())
+    desk.release_describe(other, desk.admit(other, admission_, tmp_path), describe_report())
+    third = Request(**{**ask.__dict__, "spec": {"dataset": "noisy", "label": "y", "where": "a > 1"}})
+    (tmp_path / "rows-admitted.roaring").write_bytes(BitMap(range(200, 800)).serialize())
+    with pytest.raises(Refusal) as spent:
+        desk.release_describe(third, desk.admit(third, admission_, tmp_path), describe_report())
+    assert spent.value.code == "privacy_budget_exhausted"
+
+
+def test_every_decision_is_in_the_audit_log(desk, tmp_path):
+    desk.record(request(), "released")
+    desk.record(request(job="j2"), "failed", "timeout", "the job ran too long")
+    entries = list(desk.audit.entries())
+    assert [e["decision"] for e in entries] == ["released", "failed"] and entries[1]["code"] == "timeout"
+    assert verify(desk.audit.path).ok
+    assert np.all([e["event"] == "release_decision" for e in entries])

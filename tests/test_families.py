@@ -1,0 +1,138 @@
+"""The XGBoost model family on its own: canonical forms, bounds, training, scoring, leaf facts, export.
+
+No server: the family takes Arrow feature columns and NumPy labels, as the worker and the dry run give it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import xgboost as xgb
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from remote_magic.codes import Refusal
+from remote_magic.families import family_for
+from remote_magic.families.base import Split, encode_labels
+from remote_magic.families.xgboost import FAMILY
+from remote_magic.wire import ModelBounds
+
+BOUNDS = ModelBounds(max_n_estimators=100, max_depth=8, max_bin=256, max_threads=2)
+RNG = np.random.default_rng(0)
+
+
+def rows(n: int) -> tuple[Split, np.ndarray]:
+    x = RNG.normal(size=(n, 3))
+    y = (x[:, 0] + 0.3 * RNG.normal(size=n) > 0).astype(np.int64)
+    table = pa.table({"a": x[:, 0], "b": x[:, 1], "c": pa.array(np.where(x[:, 2] > 0, "hi", "lo"))})
+    return Split(x=table, y=y), y
+
+
+def test_every_form_of_a_model_has_one_canonical_plan():
+    fitted = xgb.XGBClassifier(n_estimators=4, max_depth=2).fit(RNG.normal(size=(50, 2)), np.arange(50) % 2)
+    cases = {
+        "unfitted classifier": (xgb.XGBClassifier(n_estimators=7, max_depth=3), 7, "classification", 0),
+        "fitted classifier": (fitted, 4, "classification", 4),
+        "regressor": (xgb.XGBRegressor(n_estimators=5), 5, "regression", 0),
+        "booster": (fitted.get_booster(), 10, "binary", 4),
+        "params dict": (
+            {"params": {"objective": "multi:softprob", "num_class": 3}, "num_boost_round": 2},
+            2,
+            "multiclass",
+            0,
+        ),
+    }
+    for name, (model, rounds, task, base_rounds) in cases.items():
+        assert family_for(model) is FAMILY, name
+        plan = FAMILY.canonical(model)
+        assert (plan.rounds, plan.task, plan.base_rounds) == (rounds, task, base_rounds), name
+        assert (plan.base is None) == (base_rounds == 0), name
+
+
+def test_a_pipeline_keeps_only_its_preprocessors_parameters():
+    pipeline = Pipeline(
+        [("scale", StandardScaler(with_mean=False)), ("m", xgb.XGBClassifier(n_estimators=3))]
+    )
+    plan = FAMILY.canonical(pipeline)
+    assert plan.preprocess["class"] == "Pipeline"
+    step = plan.preprocess["params"]["steps"][0]
+    assert step[0] == "scale" and step[1] == {
+        "class": "StandardScaler",
+        "params": {"copy": True, "with_mean": False, "with_std": True},
+    }
+
+
+@pytest.mark.parametrize(
+    ("model", "word"),
+    [
+        (xgb.XGBClassifier(n_estimators=101), "n_estimators = 101"),
+        (xgb.XGBClassifier(max_depth=9), "max_depth = 9"),
+        (xgb.XGBClassifier(n_jobs=8), "n_jobs = 8"),
+        (xgb.XGBClassifier(device="cuda"), "device = 'cuda'"),
+        (
+            Pipeline([("e", OneHotEncoder()), ("m", xgb.XGBClassifier())])
+            .set_params(e__sparse_output=False)
+            .set_params(memory="/tmp/cache"),
+            "memory",
+        ),
+    ],
+)
+def test_bounds_are_refused_naming_the_parameter(model, word):
+    with pytest.raises(Refusal) as info:
+        FAMILY.check_bounds(FAMILY.canonical(model), BOUNDS)
+    assert info.value.code == "parameter_out_of_bounds" and word in info.value.message
+
+
+def test_unknown_models_are_refused_with_what_is_allowed():
+    with pytest.raises(Refusal) as info:
+        family_for(object())
+    assert info.value.code == "unsupported_model" and "XGBClassifier" in info.value.message
+
+
+def test_training_continues_reports_progress_and_scores():
+    train, y_train = rows(400)
+    evaluation, y_eval = rows(200)
+    labels = encode_labels(y_train, y_eval, "y", "classification")
+    plan = FAMILY.canonical(xgb.XGBClassifier(n_estimators=6, max_depth=2, min_child_weight=5))
+    seen: list[int] = []
+    trained = FAMILY.train(plan, train, evaluation, labels, 1, lambda done, latest: seen.append(done))
+    assert FAMILY.rounds(trained) == {"base": 0, "new": 6, "total": 6}
+    assert FAMILY.task(trained) == "binary" and seen and 1 <= seen[-1] <= 6
+    scores = FAMILY.evaluate(trained)
+    assert scores["metrics"]["auc"] > 0.8 and np.array(scores["confusion"]).sum() == 200
+    history = FAMILY.history(trained)
+    assert len(history["train"]) == len(history["eval"]) == 6
+    assert set(FAMILY.importance(trained)) <= {"a", "b", "c"}
+    facts = FAMILY.leaf_facts(trained)
+    assert facts["min_leaf_rows"] >= 1 and facts["categorical"] is True and facts["n_estimators"] == 6
+
+
+def test_scoring_a_fitted_model_matches_its_own_predictions(tmp_path):
+    train, y_train = rows(300)
+    fitted = FAMILY.train(
+        FAMILY.canonical(xgb.XGBRegressor(n_estimators=5)),
+        train,
+        train,
+        encode_labels(y_train, y_train, "y", "regression"),
+        1,
+        lambda *_: None,
+    )
+    FAMILY.export(fitted, tmp_path)
+    booster = xgb.Booster()
+    booster.load_model(str(tmp_path / "model.json"))
+    plan = FAMILY.canonical(booster)
+    evaluation, y_eval = rows(100)
+    scored = FAMILY.score(plan, evaluation, encode_labels(y_eval, y_eval, "y", plan.task), 1)
+    assert FAMILY.rounds(scored) == {"base": 5, "new": 0, "total": 5}
+    assert set(FAMILY.evaluate(scored)["metrics"]) == {"rmse", "mae", "r2"}
+
+
+def test_labels_are_sorted_classes_named_by_their_text_and_missing_ones_refused():
+    labels = encode_labels(
+        np.array(["b", "a", "b"], dtype=object), np.array(["a"], dtype=object), "y", "binary"
+    )
+    assert labels.classes == ["a", "b"] and labels.train.tolist() == [1, 0, 1]
+    with pytest.raises(Refusal, match="missing values"):
+        encode_labels(np.array([1.0, np.nan]), np.array([0.0]), "y", "classification")
+    with pytest.raises(Refusal, match="not numeric"):
+        encode_labels(np.array(["x"], dtype=object), np.array(["y"], dtype=object), "y", "regression")
