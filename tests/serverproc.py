@@ -15,7 +15,7 @@ from pathlib import Path
 import requests
 
 from remote_magic import Client
-from remote_magic_server.demo import DEMO_DATASETS, LABEL_RANGES, ensure_demo_data, free_port
+from remote_magic_server.demo import DEMO_DATASETS, LABEL_RANGES, demo_mock_path, ensure_demo_data, free_port
 from remote_magic_server.jobs.store import Store
 from remote_magic_server.settings import load_settings
 
@@ -34,6 +34,7 @@ def write_config(data_dir: Path, extra_datasets: str = "", extra: str = "", poli
     lines = ["[server]", f'data_dir = "{data_dir}"', "workers = 1", "", extra, ""]
     lines += ["[policy]", f"dp_rho_cap = {TEST_RHO_CAP}", policy, ""]
     for name, (_, label, desc) in DEMO_DATASETS.items():
+        mock = demo_mock_path(paths[name])
         for suffix, mode in (("", "dp"), ("_rules", "rules")):
             lines += [
                 f"[datasets.{name}{suffix}]",
@@ -43,6 +44,7 @@ def write_config(data_dir: Path, extra_datasets: str = "", extra: str = "", poli
                 f'label_columns = ["{label}"]',
                 f'privacy = "{mode}"',
                 *(f"label_ranges.{k} = [{lo}, {hi}]" for k, (lo, hi) in LABEL_RANGES.get(name, {}).items()),
+                *([f'mock_path = "{mock}"'] if mock else []),
                 "",
             ]
     config = data_dir / "server.toml"
