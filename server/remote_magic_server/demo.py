@@ -94,18 +94,21 @@ DEMO_DATASETS = {
     "breast_cancer": (
         breast_cancer_table,
         "malignant",
-        "Wisconsin breast cancer (scikit-learn); 1 = malignant",
+        "Wisconsin breast cancer (scikit-learn); 1 = malignant; mode rules (too small for DP)",
     ),
     "diabetes": (
         diabetes_table,
         "progression",
-        "Diabetes progression after one year (scikit-learn); regression",
+        "Diabetes progression after one year (scikit-learn); regression; mode rules (too small for DP)",
     ),
 }
 
 
 # The data owner's clip range of each regression label, for its DP metrics (diabetes: 25 to 346).
 LABEL_RANGES = {"diabetes": {"progression": (0.0, 400.0)}}
+# Each dataset's privacy mode: the two small scikit-learn tables (569 and 442 rows) are too small for
+# differentially private metrics worth reading, so their owner serves them in mode rules.
+DEMO_PRIVACY = {"synthetic": "dp", "breast_cancer": "rules", "diabetes": "rules"}
 
 
 def synthetic_mock() -> pd.DataFrame:
@@ -158,6 +161,7 @@ def demo_settings(data_dir: Path, host: str = "127.0.0.1", port: int = 8765, wor
             label_columns=[label],
             label_ranges=LABEL_RANGES.get(name, {}),
             mock_path=demo_mock_path(paths[name]),
+            privacy=DEMO_PRIVACY[name],
         )
         for name, (_, label, desc) in DEMO_DATASETS.items()
     }
