@@ -1,12 +1,13 @@
-"""Small display objects for listings (datasets, their versions, jobs), each with a text and an HTML face."""
+"""Small display objects for listings (datasets, jobs), each with a text and an HTML face."""
 
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Sequence
 
-from .formats import count_text, dataset_text
-from .progress import describe
+from .formats import count_text, dataset_text, metric_text
+from .progress import describe, stage_of
 from .wire import DatasetInfo, JobStatus, SchemaChange
 
 STATE_COLOURS = {
@@ -58,10 +59,34 @@ def datasets_table(datasets: Sequence[DatasetInfo]) -> Table:
     return Table(["dataset", "version", "rows", "label", "features", "description"], rows)
 
 
+# Arrow type names (from the Parquet footer) as a data scientist would say them; the first match wins.
+PLAIN_TYPES = (
+    (r"u?int\d*", "integer"),
+    (r"(half)?float\d*|double", "float"),
+    (r"decimal\d*\(.*\)", "decimal"),
+    (r"(large_)?(string|utf8)", "text"),
+    (r"bool", "boolean"),
+    (r"timestamp\[.*\]", "timestamp"),
+    (r"date\d+(\[.*\])?", "date"),
+    (r"time\d+\[.*\]", "time of day"),
+    (r"duration\[.*\]", "duration"),
+    (r"dictionary<.*>", "category"),
+    (r"(large_)?binary", "bytes"),
+    (r"(large_)?list<.*>", "list"),
+)
+
+
+def plain_type(dtype: str) -> str:
+    """`large_string` -> text, `timestamp[us, tz=UTC]` -> timestamp; an unknown name is shown as it is."""
+    return next((plain for pattern, plain in PLAIN_TYPES if re.fullmatch(pattern, dtype)), dtype)
+
+
 def columns_table(dataset: DatasetInfo) -> Table:
-    rows = [[c.name, c.dtype + (" (inferred)" if c.inferred else ""), c.role] for c in dataset.columns]
+    rows = [
+        [c.name, plain_type(c.dtype) + (" (inferred)" if c.inferred else ""), c.role] for c in dataset.columns
+    ]
     title = f"{dataset_text(dataset.name, dataset.version)}: {dataset.description}"
-    return Table(["column", "dtype", "role"], rows, title=title)
+    return Table(["column", "type", "role"], rows, title=title)
 
 
 def _change_text(change: SchemaChange | None) -> str:
@@ -88,31 +113,48 @@ def versions_table(dataset: DatasetInfo) -> Table:
 
 def _progress_text(job: JobStatus) -> str:
     p = job.progress
-    if job.state == "running" and p.total_rounds:
-        return f"{p.stage} {p.round}/{p.total_rounds}"
-    return p.stage if job.state in ("queued", "running") else ""
+    if job.state == "running" and p.stage == "training" and p.total_rounds:
+        return f"training {p.round}/{p.total_rounds}"
+    return stage_of(job) if job.state in ("queued", "running") else ""
+
+
+def _metric_text(job: JobStatus) -> str:
+    if job.error:
+        return job.error.code
+    m = job.main_metric
+    return f"{m.name} {metric_text(m.eval, None)}" if m is not None and m.eval is not None else ""
+
+
+JOB_COLUMNS = [
+    "job",
+    "model",
+    "rounds",
+    "dataset",
+    "kind",
+    "state",
+    "progress",
+    "submitted (UTC)",
+    "main metric",
+]
 
 
 def jobs_table(jobs: Sequence[JobStatus]) -> Table:
-    rows = []
-    for j in jobs:
-        metric = (
-            f"{j.main_metric.name} {j.main_metric.eval:.4g}" if j.main_metric and j.main_metric.eval else ""
-        )
-        if j.error:
-            metric = j.error.code
-        rows.append(
-            [
-                j.id,
-                j.kind,
-                dataset_text(j.dataset, j.dataset_version),
-                j.state,
-                _progress_text(j),
-                j.submitted_at[:19].replace("T", " "),
-                metric,
-            ]
-        )
-    return Table(["job", "kind", "dataset", "state", "progress", "submitted (UTC)", "main metric"], rows)
+    """One row per job, with what tells jobs apart: the model, its rounds, the dataset and the metric."""
+    rows = [
+        [
+            j.id,
+            j.model or "",
+            "" if j.rounds is None else str(j.rounds),
+            dataset_text(j.dataset, j.dataset_version),
+            j.kind,
+            j.state,
+            _progress_text(j),
+            j.submitted_at[:19].replace("T", " "),
+            _metric_text(j),
+        ]
+        for j in jobs
+    ]
+    return Table(JOB_COLUMNS, rows)
 
 
 def job_html(job: JobStatus) -> str:
@@ -131,8 +173,7 @@ def job_html(job: JobStatus) -> str:
     return (
         "<div class='remote-magic-job' style='font-family:sans-serif;line-height:1.6'>"
         f"<b>Job {html.escape(job.id)}</b> &middot; {html.escape(job.kind)} on "
-        f"<b>{html.escape(dataset_text(job.dataset, job.dataset_version))}</b> &middot; {badge}<br>"
-        f"{bar}{detail}{error}"
+        f"<b>{html.escape(job.dataset)}</b> &middot; {badge}<br>{bar}{detail}{error}"
         f"<br><small>submitted {html.escape(job.submitted_at[:19].replace('T', ' '))} UTC; "
         f"<code>%remote_job {html.escape(job.id)}</code> shows it again</small></div>"
     )

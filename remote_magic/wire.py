@@ -209,6 +209,8 @@ class JobStatus(_Strict):
     finished_at: str | None = None
     error: ErrorDetail | None = None
     main_metric: MetricPoint | None = None
+    model: str | None = Field(default=None, description="The submitted model's class, e.g. XGBClassifier.")
+    rounds: int | None = Field(default=None, description="Boosting rounds, once the worker knows them.")
     isolation: dict[str, str] | None = Field(default=None, description="The confinement the worker had.")
     version: int = Field(description="Increases on every change; pass it as `since` to long-poll.")
 

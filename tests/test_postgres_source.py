@@ -206,11 +206,13 @@ def test_postgres_datasets_serve_jobs_and_survive_the_database_going_away(tmp_pa
 source = {{ kind = "postgres", {common}, table = "claims" }}
 id_column = "key"
 label_columns = ["label"]
+privacy = "rules"
 
 [datasets.pg_query]
 source = {{ kind = "postgres", {common}, query = "{SLOW_QUERY}" }}
 id_column = "key"
 label_columns = ["label"]
+privacy = "rules"
 exclude_columns = ["amount"]
 """
     data = tmp_path / "data"
@@ -224,9 +226,11 @@ exclude_columns = ["amount"]
             answers.append(info.text)
             assert info.json()["version"] == 1 and info.json()["rows"] == ROWS
         spec = {"dataset": "pg_table", "label": "label", "features": ["age", "region"]}
-        trained = client.train(xgb.XGBClassifier(n_estimators=10, max_depth=2), spec)
+        trained = client.train(xgb.XGBClassifier(n_estimators=10, max_depth=2, min_child_weight=3), spec)
         public = pd.DataFrame({"age": np.arange(18.0, 90.0)})
-        fitted = xgb.XGBClassifier(n_estimators=5, max_depth=2).fit(public, public["age"] > 50)
+        fitted = xgb.XGBClassifier(n_estimators=5, max_depth=2, min_child_weight=3).fit(
+            public, public["age"] > 50
+        )
         scored = client.evaluate(fitted, {"dataset": "pg_query", "label": "label", "features": ["age"]})
         assert trained.raw.dataset_version == scored.raw.dataset_version == 1
         assert trained.metrics["auc"] > 0.6 and scored.metrics["auc"] > 0.6

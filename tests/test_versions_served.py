@@ -26,6 +26,7 @@ CLAIMS = """
 source = { kind = "csv", path = "claims.csv", columns = { x = "float64", region = "string" } }
 id_column = "key"
 label_columns = ["y"]
+privacy = "rules"
 """
 
 
@@ -62,7 +63,7 @@ def served(tmp_path_factory):
 
 
 def model() -> xgb.XGBClassifier:
-    return xgb.XGBClassifier(n_estimators=5, max_depth=2)
+    return xgb.XGBClassifier(n_estimators=5, max_depth=2, min_child_weight=3)
 
 
 def test_versions_pinning_and_schema_changes_end_to_end(served):

@@ -40,9 +40,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token = store.issue_token("demo", list(settings.datasets))
         store.close()
         url = f"http://{settings.server.host}:{settings.server.port}"
-        print(f"demo server: {url}\nuser: demo\ntoken: {token}\n")
-        print(f"In a notebook:  %load_ext remote_magic\n                %remote_connect {url}")
-        print(f"with REMOTE_MAGIC_TOKEN={token} in the kernel's environment.\n", flush=True)
+        print(f"Demo server on {url} for the user demo. Start Jupyter with this line (in another shell):\n")
+        print(f"    REMOTE_MAGIC_URL={url} REMOTE_MAGIC_TOKEN={token} jupyter lab\n")
+        print("then, in a notebook:  %load_ext remote_magic  and  %remote_connect\n", flush=True)
     serve(settings)
     return 0
 
@@ -118,7 +118,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import default_demo_dir, run_quickstart
+    from .demo import LOG_NAME, default_demo_dir, run_quickstart
 
     data_dir = Path(args.data_dir).resolve() if args.data_dir else default_demo_dir()
     output = Path(args.output).resolve()
@@ -130,7 +130,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("\nAggregate results the notebook received from the server:\n")
     for text in texts:
         print(text, end="\n\n")
-    print(f"Executed notebook saved to {output / '01-quickstart.ipynb'}")
+    print(f"Executed notebook saved to {output / '01-quickstart.ipynb'}; logs in {output / LOG_NAME}")
     return 0
 
 

@@ -20,6 +20,7 @@ from remote_magic.wire import (
     JobKind,
     JobList,
     JobResult,
+    JobState,
     JobStatus,
     MetricPoint,
     Progress,
@@ -55,6 +56,13 @@ def whole_seconds(stamp: str | None) -> str | None:
     return None if stamp is None else stamp[:19] + "Z"
 
 
+def _rounds(job: JobRow) -> int | None:
+    """The model's boosting rounds: from the result when done, from the worker's progress while it runs."""
+    if job.result:
+        return job.result["rounds"]["total"]
+    return job.progress.get("total_rounds") or None
+
+
 def status_of(job: JobRow) -> JobStatus:
     error = ErrorDetail(code=job.error_code, message=job.error_message or "") if job.error_code else None
     return JobStatus(
@@ -69,6 +77,8 @@ def status_of(job: JobRow) -> JobStatus:
         finished_at=whole_seconds(job.finished_at),
         error=error,
         main_metric=_main_metric(job),
+        model=job.plan.get("model"),
+        rounds=_rounds(job),
         isolation=job.isolation,
         version=job.version,
     )
@@ -145,7 +155,7 @@ async def submit(
     desk.check_budget(Request(user=user.user, dataset=parsed.dataset, kind=kind, spec={}, options=options))
     state = "queued"
     try:
-        await asyncio.to_thread(scan, payload, limit)
+        plan["model"] = (await asyncio.to_thread(scan, payload, limit)).model
     except Refusal as exc:
         if exc.code != "custom_code_refused" or not settings.datasets[parsed.dataset].allow_custom_code:
             raise
@@ -187,8 +197,13 @@ async def submit(
 
 
 @router.get("/jobs", response_model=JobList)
-def list_jobs(store: StoreDep, user: User, limit: Annotated[int, Query(ge=1, le=500)] = 100) -> JobList:
-    return JobList(jobs=[status_of(j) for j in store.list_jobs(user.user, limit)])
+def list_jobs(
+    store: StoreDep,
+    user: User,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
+) -> JobList:
+    return JobList(jobs=[status_of(j) for j in store.list_jobs(user.user, limit, state)])
 
 
 @router.get("/jobs/{job_id}", response_model=JobStatus)

@@ -406,11 +406,13 @@ class Store:
         row = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _row(row) if row else None
 
-    def list_jobs(self, user: str, limit: int = 100) -> list[JobRow]:
-        rows = self._read(
-            "SELECT * FROM jobs WHERE user = ? ORDER BY seq DESC LIMIT ?", (user, limit)
-        ).fetchall()
-        return [_row(r) for r in rows]
+    def list_jobs(self, user: str, limit: int = 100, state: str | None = None) -> list[JobRow]:
+        if state is None:
+            sql, params = "SELECT * FROM jobs WHERE user = ? ORDER BY seq DESC LIMIT ?", (user, limit)
+        else:
+            sql = "SELECT * FROM jobs WHERE user = ? AND state = ? ORDER BY seq DESC LIMIT ?"
+            params = (user, state, limit)
+        return [_row(r) for r in self._read(sql, params).fetchall()]
 
     def count_by_state(self) -> dict[str, int]:
         rows = self._read("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
