@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -13,6 +14,7 @@ from remote_magic import package_model
 from remote_magic.errors import Busy
 from remote_magic.progress import QueueWait
 from remote_magic_server.jobs.store import Store
+from remote_magic_server.jobs.timeline import PHASES
 from tests.serverproc import ServerProcess, pause_worker, wait_until, write_config
 
 SMALL = xgb.XGBClassifier(n_estimators=3, max_depth=2)
@@ -90,3 +92,20 @@ def test_a_full_queue_makes_the_client_wait_and_another_user_goes_first(busy_ser
     assert finished[other.id].started_at <= finished[queued.id].started_at
     listed = [job.id for job in alice.jobs()]
     assert sorted(listed) == sorted([long_id, queued.id, outcome["job"].id])
+
+
+def test_a_long_poll_for_the_end_skips_progress_and_the_log_holds_the_timeline(server):
+    client = server.client()
+    job = client.submit(SMALL, SMALL_SPEC)
+    status = client.status(job.id, wait=60, since=job.status.version, final=True)
+    assert status.state == "succeeded"  # progress changes did not end the wait
+
+    def finished() -> dict | None:
+        lines = [json.loads(line) for line in server.log_path.read_text().splitlines() if line[:1] == "{"]
+        return next((e for e in lines if e.get("event") == "job_finished" and e["job"] == job.id), None)
+
+    wait_until(lambda: finished() is not None, 30, "the job_finished line")
+    timeline = finished()["timeline_ms"]
+    phases = set(PHASES)
+    assert phases <= set(timeline) and all(ms >= 0 for ms in timeline.values())
+    assert timeline["total"] >= max(timeline[p] for p in phases)
