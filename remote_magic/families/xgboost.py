@@ -74,6 +74,31 @@ class Trained:
     categories: dict[str, pa.Array] = field(default_factory=dict)
 
 
+def add_leaf_counts(
+    totals: list[np.ndarray], booster: xgb.Booster, matrix: xgb.DMatrix, start: int, stop: int
+) -> None:
+    """Add the rows of `matrix` reaching each leaf of the trees of rounds start..stop to `totals` (one
+    array of counts per tree, by leaf id), a slice of trees at a time so the row-by-tree table of leaf
+    ids is never whole in memory. Counts from several matrices (batches, partitions) add up."""
+    n = matrix.num_row()
+    if not n or stop <= start:
+        return
+    step = max(1, LEAF_TABLE_CELLS // n)
+    for first in range(start, stop, step):
+        last = min(stop, first + step)
+        # pred_leaf takes only ranges from round 0: slice the model instead
+        leaves = booster[first:last].predict(matrix, pred_leaf=True).reshape(n, -1)
+        offset = (first - start) * (leaves.shape[1] // (last - first))
+        for t in range(leaves.shape[1]):
+            _add_counts(totals, offset + t, leaves[:, t])
+
+
+def fewest_in_a_leaf(totals: list[np.ndarray]) -> int | None:
+    """The fewest rows in any leaf that rows reach, over the counted trees; None when none were counted."""
+    counted = [c[c > 0] for c in totals if (c > 0).any()]
+    return int(min(c.min() for c in counted)) if counted else None
+
+
 def _add_counts(totals: list[np.ndarray], tree: int, leaf_ids: np.ndarray) -> None:
     """Add the rows reaching each leaf of one tree (leaf ids are node ids) to its running counts."""
     counts = np.bincount(leaf_ids.astype(np.int64))
@@ -137,9 +162,6 @@ def model_input(batch: pa.RecordBatch, categories: dict[str, pa.Array]) -> pa.Ta
 
 
 def _categories(plan: Plan, splits: list[Split]) -> dict[str, pa.Array]:
-    """The category list of each text column: the base model's own list first (XGBoost trains on codes,
-    so continuing a model fitted in a notebook must keep its codes), then the values it has not seen,
-    sorted; without a base model, the sorted values, as pandas orders a notebook's categoricals."""
     values: dict[str, set[str]] = {}
     for part in splits:
         for name, found in part.x.text_values().items():
@@ -147,6 +169,13 @@ def _categories(plan: Plan, splits: list[Split]) -> dict[str, pa.Array]:
     for name in splits[0].x.column_names:
         if is_text(_value_type(splits[0].x.schema.field(name).type)):
             values.setdefault(name, set())
+    return category_lists(plan, values)
+
+
+def category_lists(plan: Plan, values: dict[str, set[str]]) -> dict[str, pa.Array]:
+    """The category list of each text column: the base model's own list first (XGBoost trains on codes,
+    so continuing a model fitted in a notebook must keep its codes), then the values it has not seen,
+    sorted; without a base model, the sorted values, as pandas orders a notebook's categoricals."""
     known = _base_categories(_load(plan.base)) if values else {}
     out = {}
     for name, found in values.items():
@@ -459,7 +488,9 @@ class XGBoostFamily:
             )
 
     @staticmethod
-    def _final_params(plan: Plan, labels: Labels, threads: int) -> tuple[dict, str]:
+    def final_params(plan: Plan, labels: Labels, threads: int) -> tuple[dict, str]:
+        """The XGBoost parameters a plan trains with on these labels, and the task it turns out to be
+        (a classifier is binary or multiclass by its classes); the same on one machine or a cluster."""
         params = dict(plan.params)
         params.pop("n_estimators", None)
         params.pop("n_jobs", None)
@@ -529,7 +560,7 @@ class XGBoostFamily:
     def train(
         self, plan: Plan, train: Split, eval: Split, labels: Labels, threads: int, report: Report
     ) -> Trained:
-        params, task = self._final_params(plan, labels, threads)
+        params, task = self.final_params(plan, labels, threads)
         history: dict = {}
         with _xgboost_errors():
             dtrain, deval, categories, front, names = self._matrices(plan, train, eval, labels, params)
@@ -568,7 +599,7 @@ class XGBoostFamily:
             raise Refusal(
                 "unsupported_model", "evaluate takes a bare XGBoost model; send a Pipeline with train"
             )
-        params, task = self._final_params(plan, labels, threads)
+        params, task = self.final_params(plan, labels, threads)
         with _xgboost_errors():
             booster = _load(plan.base)
             assert booster is not None
@@ -636,19 +667,8 @@ class XGBoostFamily:
         totals: list[np.ndarray] = []
         with _xgboost_errors():
             for matrix in matrices:
-                n = matrix.num_row()
-                step = max(1, LEAF_TABLE_CELLS // max(n, 1))
-                for first in range(start, stop, step if n else stop - start):
-                    last = min(stop, first + step)
-                    # pred_leaf takes only ranges from round 0: slice the model instead
-                    leaves = booster[first:last].predict(matrix, pred_leaf=True).reshape(n, -1) if n else None
-                    if leaves is None:
-                        continue
-                    offset = (first - start) * (leaves.shape[1] // (last - first))
-                    for t in range(leaves.shape[1]):
-                        _add_counts(totals, offset + t, leaves[:, t])
-        counted = [c[c > 0] for c in totals if (c > 0).any()]
-        return int(min(c.min() for c in counted)) if counted else None
+                add_leaf_counts(totals, booster, matrix, start, stop)
+        return fewest_in_a_leaf(totals)
 
     def evaluate(self, trained: Trained) -> dict:
         """Exact metrics and confusion counts on the evaluation rows (sklearn.metrics)."""
@@ -686,18 +706,30 @@ class XGBoostFamily:
 
     def leaf_facts(self, trained: Trained) -> dict:
         """The fewest training rows in a leaf of the trees trained here, and the hyperparameters."""
-        total = trained.booster.num_boosted_rounds()
         smallest = self.smallest_leaf(trained, rounds=(trained.base_rounds, None))
-        params = trained.params
+        new = trained.booster.num_boosted_rounds() - trained.base_rounds
+        return self.release_facts(trained.params, new, trained.categorical, smallest)
+
+    @staticmethod
+    def release_facts(params: dict, new_rounds: int, categorical: bool, smallest: int | None) -> dict:
+        """What the model-release rules read, from the training parameters and the leaf count (the same
+        whether the leaves were counted here or on a cluster)."""
         return {
-            "categorical": trained.categorical,
+            "categorical": categorical,
             "min_leaf_rows": smallest,
             "max_depth": params["max_depth"] if params.get("max_depth") is not None else DEFAULT_MAX_DEPTH,
-            "n_estimators": total - trained.base_rounds,
+            "n_estimators": new_rounds,
             "min_child_weight": params["min_child_weight"]
             if params.get("min_child_weight") is not None
             else DEFAULT_MIN_CHILD_WEIGHT,
         }
+
+    def portable_base(self, plan: Plan) -> bytes:
+        """The plan's base booster as XGBoost JSON, written by XGBoost from the parsed model: the form
+        a cluster gets (never the payload's own bytes)."""
+        booster = _load(plan.base)
+        assert booster is not None
+        return bytes(booster.save_raw("json"))
 
     def export(self, trained: Trained, folder: Path) -> None:
         """One file, XGBoost JSON: the only format a released model ever leaves in."""

@@ -11,7 +11,9 @@ travel as JSON over a pipe, never as pickle. The conversation of a train, evalua
     worker -> progress*
     worker -> report | failure   raw aggregates, or a fixed code
 
-A review task (the data owner's look at a payload with notebook code) answers with one `review` report.
+A review task (the data owner's look at a payload with notebook code) answers with one `review` report;
+a plan task (the first half of a cluster job) with one `plan`: the payload's canonical plan. The job
+driver of a cluster job gets a `DriverTask` and then speaks like a worker, from `progress` on.
 `PROTOCOL_VERSION` changes when a message changes shape.
 """
 
@@ -24,11 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 from remote_magic.codes import CODES
 from remote_magic.wire import DatasetSpec, ModelBounds, ReleaseOptions, Stage
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MAX_MESSAGE_BYTES = 16 * 2**20
+PARTITION_TABLE = "__remote_magic_partition"  # a cluster partition's rows, with their file_row_number
 SCRATCH_DIR = "scratch"  # in a job folder: spilled rows and external-memory pages, removed after the job
 
-TaskKind = Literal["train", "evaluate", "describe", "review"]
+TaskKind = Literal["train", "evaluate", "describe", "review", "plan"]
 
 
 class _Strict(BaseModel):
@@ -46,6 +49,9 @@ class Staging(_Strict):
     params: list[int]
     columns: list[str]
     label: str
+    partition_query: str = Field(
+        default="", description="The same query over one partition, registered as PARTITION_TABLE."
+    )
 
 
 class Limits(_Strict):
@@ -64,7 +70,7 @@ class DescribeOptions(_Strict):
 
 
 class Task(_Strict):
-    protocol: Literal[2] = PROTOCOL_VERSION
+    protocol: Literal[3] = PROTOCOL_VERSION
     kind: TaskKind
     spec: DatasetSpec | None = None
     staging: Staging | None = None
@@ -236,8 +242,50 @@ class Failure(_Strict):
         return code
 
 
+class CanonicalPlan(_Strict):
+    """A decoded model in canonical form, as data: what a cluster may receive instead of the payload.
+
+    `base` names the file in the job folder that holds the base booster as XGBoost JSON (the parent
+    checks it is JSON before anything reads it)."""
+
+    family: str
+    params: dict[str, str | int | float | bool | None]
+    rounds: int = Field(ge=0)
+    task: str
+    base: str | None = None
+    base_rounds: int = Field(default=0, ge=0)
+    preprocess: dict | None = None
+
+
+class PlanReady(_Strict):
+    """A `plan` task's answer: the canonical plan of the payload it decoded, checked against the bounds."""
+
+    type: Literal["plan"] = "plan"
+    plan: CanonicalPlan
+
+
+class ClusterConfig(_Strict):
+    """How the job driver reaches the cluster (the certificates are files only the server can read)."""
+
+    scheduler: str
+    tls_ca_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    partitions: int = Field(default=0, ge=0)
+    connect_timeout_s: float = Field(gt=0)
+    collective_timeout_s: int = Field(ge=1)
+
+
+class DriverTask(_Strict):
+    """What the job driver of a cluster job gets: the job's task, its canonical plan, the cluster."""
+
+    task: Task
+    plan: CanonicalPlan
+    cluster: ClusterConfig
+
+
 WorkerMessage = Annotated[
-    Isolation | ProgressNote | Admission | TrainReport | DescribeReport | ReviewReport | Failure,
+    Isolation | ProgressNote | Admission | TrainReport | DescribeReport | ReviewReport | PlanReady | Failure,
     Field(discriminator="type"),
 ]
 Report = TrainReport | DescribeReport | ReviewReport

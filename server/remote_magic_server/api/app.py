@@ -68,7 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
     audit = open_audit(settings)
     ledger = Ledger(settings.ledger_path)
     desk = ReleaseDesk(settings, ledger, audit)
-    executor = make_executor(settings.executor.kind)
+    executor = make_executor(settings.executor)
     scheduler = Scheduler(settings, store, executor, desk, on_change=notifier.notify)
     describer = Describer(settings, executor, desk)
     versions = Versions(settings.snapshots_dir)

@@ -15,7 +15,7 @@ from remote_magic.specs import Resolved
 from remote_magic.wire import DatasetSpec, ReleaseOptions
 
 from ..data.versions import Versions, snapshot_file
-from ..protocol import DescribeOptions, Limits, Staging, Task, TaskKind
+from ..protocol import PARTITION_TABLE, DescribeOptions, Limits, Staging, Task, TaskKind
 from ..settings import Settings
 
 CPU_SLACK_S = 30
@@ -103,7 +103,16 @@ def staging_plan(spec: DatasetSpec, kind: str, path: str, id_column: str, plan: 
     source = exp.func(
         "read_parquet", exp.Placeholder(), exp.EQ(this=exp.var("file_row_number"), expression=exp.true())
     )
-    query, params = staging_query(spec, resolved, source, exp.column("file_row_number", quoted=True), kind)
+    row_number = exp.column("file_row_number", quoted=True)
+    query, params = staging_query(spec, resolved, source, row_number, kind)
+    partition_query, _ = staging_query(
+        spec, resolved, exp.table_(PARTITION_TABLE, quoted=True), row_number, kind
+    )
     return Staging(
-        dataset_path=path, query=query, params=params, columns=resolved.all_features, label=spec.label
+        dataset_path=path,
+        query=query,
+        params=params,
+        columns=resolved.all_features,
+        label=spec.label,
+        partition_query=partition_query,
     )

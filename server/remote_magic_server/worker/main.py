@@ -14,6 +14,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -67,6 +68,10 @@ def _run(task: Task, folder: Path, channel: Channel) -> None:
         from . import review
 
         report = review.run(payload.read() if payload is not None else b"")
+    elif task.kind == "plan":
+        from . import model_task
+
+        report = model_task.plan_only(task, payload, channel)
     else:
         from . import model_task
 
@@ -87,10 +92,20 @@ def _run(task: Task, folder: Path, channel: Channel) -> None:
 
 def run(job_dir: str, conn: Connection) -> None:
     """Entry point of a worker process."""
+    serve(job_dir, conn, lambda folder, channel: _run(_task(folder), folder, channel))
+
+
+def _task(folder: Path) -> Task:
+    return Task.model_validate_json((folder / "task.json").read_text())
+
+
+def serve(job_dir: str, conn: Connection, body: Callable[[Path, Channel], None]) -> None:
+    """Run `body` in a worker-like process: a refusal becomes a `failure` with its fixed code, anything
+    unexpected `internal_error` (its traceback in the server log only); then the process ends."""
     channel = Channel(conn)
     folder = Path(job_dir)
     try:
-        _run(Task.model_validate_json((folder / "task.json").read_text()), folder, channel)
+        body(folder, channel)
     except Refusal as exc:
         channel.send(Failure(code=exc.code, message=exc.message[:500]))
     except MemoryError:

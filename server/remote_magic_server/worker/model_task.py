@@ -18,15 +18,18 @@ import pyarrow as pa
 
 from remote_magic.codes import Refusal
 from remote_magic.families import family_for, scoring
-from remote_magic.families.base import Labels, ModelFamily, Split, encode_labels, is_classifier_task
+from remote_magic.families.base import Labels, ModelFamily, Plan, Split, encode_labels, is_classifier_task
+from remote_magic.wire import ModelBounds
 
 from ..protocol import (
     Admission,
+    CanonicalPlan,
     Confusion,
     CurveReport,
     CurveStats,
     EvalStats,
     LeafFacts,
+    PlanReady,
     RoundsReport,
     Structure,
     Task,
@@ -44,7 +47,7 @@ def _both(a: Split, b: Split) -> Split:
     return Split(x=a.x + b.x, y=np.concatenate([a.y, b.y]))
 
 
-def _checkpoints(base: int, total: int, k: int) -> list[int]:
+def checkpoints(base: int, total: int, k: int) -> list[int]:
     """K rounds spread evenly over the rounds trained here (the last one included)."""
     new = total - base
     if new <= 0 or k <= 0:
@@ -63,7 +66,7 @@ def _curve(
     residual_clip: float | None,
 ) -> CurveStats | None:
     clip = scoring.loss_clip(task, residual_clip)
-    rounds = _checkpoints(base, total, k)
+    rounds = checkpoints(base, total, k)
     if clip is None or not rounds:
         return None
     n_classes = len(labels.classes)
@@ -106,10 +109,10 @@ def _permutation(
     return scores
 
 
-def run(task: Task, payload: BinaryIO | None, channel: Channel) -> TrainReport | None:
-    """Run the task; None when the parent stopped it at admission."""
-    assert task.spec is not None and task.staging is not None and task.bounds is not None
-    channel.stage("starting")
+def decode(task: Task, payload: BinaryIO | None) -> tuple[ModelFamily, Plan]:
+    """Decode the payload (strictly, or the owner-approved bytes), find its family, canonicalise it and
+    check it against the task's bounds."""
+    assert task.bounds is not None
     if payload is None:
         raise Refusal("invalid_model", "the job has no model")
     data = payload.read()
@@ -119,9 +122,44 @@ def run(task: Task, payload: BinaryIO | None, channel: Channel) -> TrainReport |
         model = strict_loads(data, task.limits.max_payload_bytes)
     family = family_for(model)
     plan = family.canonical(model, custom_code=bool(task.approved_sha256))
-    # The leaf rule is about trees trained here; an evaluation trains none.
-    bounds = task.bounds if task.kind == "train" else task.bounds.model_copy(update={"min_leaf_rows": None})
-    family.check_bounds(plan, bounds)
+    family.check_bounds(plan, task.bounds)
+    return family, plan
+
+
+def job_bounds(task: Task) -> ModelBounds:
+    """The bounds a job's model must keep: the leaf rule is about trees trained here, and an evaluation
+    trains none."""
+    assert task.bounds is not None
+    return task.bounds if task.kind == "train" else task.bounds.model_copy(update={"min_leaf_rows": None})
+
+
+def plan_only(task: Task, payload: BinaryIO | None, channel: Channel) -> PlanReady:
+    """A `plan` task: the canonical plan of the payload, for a cluster that may not see the payload. The
+    base booster goes to the job folder as XGBoost JSON, re-written by XGBoost from the parsed model."""
+    channel.stage("starting")
+    family, plan = decode(task, payload)
+    base = None
+    if plan.base is not None:
+        base = "base.json"
+        (HERE / base).write_bytes(family.portable_base(plan))
+    return PlanReady(
+        plan=CanonicalPlan(
+            family=plan.family,
+            params=plan.params,
+            rounds=plan.rounds,
+            task=plan.task,
+            base=base,
+            base_rounds=plan.base_rounds,
+            preprocess=plan.preprocess,
+        )
+    )
+
+
+def run(task: Task, payload: BinaryIO | None, channel: Channel) -> TrainReport | None:
+    """Run the task; None when the parent stopped it at admission."""
+    assert task.spec is not None and task.staging is not None and task.bounds is not None
+    channel.stage("starting")
+    family, plan = decode(task.model_copy(update={"bounds": job_bounds(task)}), payload)
     if task.kind == "evaluate" and plan.base is None:
         raise Refusal("unsupported_model", "evaluation needs a fitted model; fit it first")
     if task.kind == "evaluate" and plan.preprocess is not None:
