@@ -216,7 +216,7 @@ def test_describe_is_a_table_with_inline_histograms_and_zero_missing_by_rule(she
     )
     assert re.search(r"title='&lt; [\d.]+: [\d,]+'", page), "each bar names its bin and count"
     assert ", [" not in page, "no comma-wrapped text"
-    noisy = run(shell, "%remote_describe -d synthetic -l label -f age,smoker --where \"age >= 40\"")
+    noisy = run(shell, '%remote_describe -d synthetic -l label -f age,smoker --where "age >= 40"')
     assert noisy.raw.privacy is not None and noisy.missing("age") == 0, "mode dp: known zero, not the noise"
     assert re.search(r"age\s+numeric\s+missing 0\s", repr(noisy))
 
