@@ -19,13 +19,14 @@ from collections.abc import Callable
 
 import pandas as pd
 import requests
+from pydantic import ValidationError
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 from urllib3.util.retry import Retry
 
 from .connection import check_url, client_cert_file, hub_token, tls_problem, tls_verify, unreachable
 from .description import Description
-from .errors import Busy, ConnectionProblem, RemoteError, error_for
+from .errors import Busy, ConnectionProblem, RemoteError, SpecError, error_for
 from .payload import package_model
 from .result import TrainResult
 from .wire import (
@@ -42,6 +43,7 @@ from .wire import (
     ModelReleaseStatus,
     ReleaseOptions,
     Whoami,
+    spec_error,
 )
 
 DEFAULT_TIMEOUT = 30.0
@@ -85,6 +87,16 @@ def _retrying_session() -> requests.Session:
     session.mount("https://", adapter)
     session.headers["User-Agent"] = "remote-magic-client"
     return session
+
+
+def as_spec(spec: DatasetSpec | dict) -> DatasetSpec:
+    """A spec dict checked here, so a misspelt key is named before anything is sent."""
+    if isinstance(spec, DatasetSpec):
+        return spec
+    try:
+        return DatasetSpec.model_validate(spec)
+    except ValidationError as exc:
+        raise SpecError("invalid_spec", spec_error(exc.errors())) from None
 
 
 def _options(release: ReleaseOptions | dict | None) -> ReleaseOptions:
@@ -204,7 +216,7 @@ class Client:
         Ctrl-C stops the wait: nothing was queued. Every attempt carries the same Idempotency-Key, so a
         retry never queues twice."""
         limit = self.queue_wait if queue_wait is None else queue_wait
-        spec = spec if isinstance(spec, DatasetSpec) else DatasetSpec.model_validate(spec)
+        spec = as_spec(spec)
         options = _options(release)
         payload = package_model(model)
         key = idempotency_key or uuid.uuid4().hex
@@ -274,7 +286,7 @@ class Client:
     ) -> CostEstimate:
         """What the job would cost in privacy budget, and how wide its intervals should be, before
         anything is spent. The cost does not depend on the model (it is accepted for symmetry)."""
-        spec = spec if isinstance(spec, DatasetSpec) else DatasetSpec.model_validate(spec)
+        spec = as_spec(spec)
         body = CostRequest(spec=spec, kind=kind, release=_options(release))  # type: ignore[arg-type]
         response = self._request(
             "POST",
@@ -314,7 +326,7 @@ class Client:
 
     def describe(self, spec: DatasetSpec | dict) -> Description:
         """Disclosure-checked aggregates of the spec's admitted rows, before any training."""
-        spec = spec if isinstance(spec, DatasetSpec) else DatasetSpec.model_validate(spec)
+        spec = as_spec(spec)
         response = self._request(
             "POST",
             "/describe",

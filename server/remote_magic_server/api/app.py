@@ -29,6 +29,7 @@ from ..settings import Settings
 from . import cost, datasets, describe, errors, health, jobs, mock, models
 from .auditing import AuditMiddleware
 from .auth import LastUsed
+from .catalog import unused_columns
 from .limits import FORM_OVERHEAD_BYTES, BodyLimit
 from .metrics import Metrics, RequestTimer
 from .notifier import Notifier
@@ -94,6 +95,8 @@ def create_app(settings: Settings) -> FastAPI:
                 "schema_version": store.schema_version(),
             },
         )
+        for name, unused in unused_columns(settings, versions).items():
+            log.info("columns_not_used", extra={"dataset": name, "columns": unused})
         try:
             yield
         finally:

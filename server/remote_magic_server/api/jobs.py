@@ -12,7 +12,9 @@ from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from pydantic import ValidationError
 
 from remote_magic.codes import Refusal
-from remote_magic.payload import custom_code_names, scan
+from remote_magic.families import xgboost_bounds
+from remote_magic.families.base import check_kind
+from remote_magic.payload import ScanReport, custom_code_names, scan
 from remote_magic.wire import (
     FINAL_STATES,
     DatasetSpec,
@@ -26,10 +28,12 @@ from remote_magic.wire import (
     Progress,
     ReleaseOptions,
     first_error,
+    spec_error,
 )
 
 from ..jobs.store import JobRow, QueueFull, Store
 from ..release.desk import Request
+from ..settings import Settings
 from .auth import Principal
 from .catalog import check_spec
 from .deps import AuditDep, DeskDep, NotifierDep, SchedulerDep, SettingsDep, StoreDep, User, VersionsDep
@@ -109,7 +113,18 @@ def _parse_spec(text: str) -> DatasetSpec:
     try:
         return DatasetSpec.model_validate_json(text)
     except ValidationError as exc:
-        raise Refusal("invalid_spec", f"spec field {first_error(exc.errors(), 'spec')}"[:300]) from None
+        raise Refusal("invalid_spec", spec_error(exc.errors())[:300]) from None
+
+
+def _check_bounds(settings: Settings, dataset: str, kind: str, report: ScanReport) -> None:
+    """Refuse a model beyond the dataset's bounds from the parameters its payload states, before any job
+    exists (a Booster's parameters are inside its bytes: the worker checks those)."""
+    if report.params is None or report.rounds is None:
+        return
+    bounds = settings.bounds_for(dataset)
+    if kind != "train":  # the leaf rule is about trees trained here
+        bounds = bounds.model_copy(update={"min_leaf_rows": None})
+    xgboost_bounds.check(xgboost_bounds.plan_of_scan(report.estimator, report.params, report.rounds), bounds)
 
 
 def _parse_options(text: str | None) -> ReleaseOptions:
@@ -155,7 +170,10 @@ async def submit(
     desk.check_budget(Request(user=user.user, dataset=parsed.dataset, kind=kind, spec={}, options=options))
     state = "queued"
     try:
-        plan["model"] = (await asyncio.to_thread(scan, payload, limit)).model
+        report = await asyncio.to_thread(scan, payload, limit)
+        plan["model"] = report.model
+        check_kind(kind, report.fitted, report.model == "Pipeline")
+        _check_bounds(settings, parsed.dataset, kind, report)
     except Refusal as exc:
         if exc.code != "custom_code_refused" or not settings.datasets[parsed.dataset].allow_custom_code:
             raise

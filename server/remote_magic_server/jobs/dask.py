@@ -35,6 +35,9 @@ from ..settings import ExecutorSection
 from .local import PRELOAD, LocalExecution, LocalExecutor
 
 DRIVER = "remote_magic_server.worker.cluster"
+# what families.base.check_kind says (the API refuses these before a job exists; this is a second look)
+PIPELINE_EVALUATED = "evaluate takes a bare XGBoost model; send a Pipeline with train"
+UNFITTED_EVALUATED = "evaluation needs a fitted model; fit it first"
 
 
 def runs_on_cluster(task: Task) -> bool:
@@ -81,11 +84,10 @@ class ClusterExecution:
     def _next(self, plan: CanonicalPlan) -> WorkerMessage | None:
         """Hand the canonical plan to the driver (or, for a Pipeline, the whole job to a local worker)."""
         self.current.close()
-        if self.task.kind == "evaluate" and (plan.base is None or plan.preprocess is not None):
-            return Failure(
-                code="unsupported_model",
-                message="evaluation needs a fitted bare XGBoost model; send a Pipeline with train",
-            )
+        if self.task.kind == "evaluate" and plan.preprocess is not None:
+            return Failure(code="unsupported_model", message=PIPELINE_EVALUATED)
+        if self.task.kind == "evaluate" and plan.base is None:
+            return Failure(code="unsupported_model", message=UNFITTED_EVALUATED)
         if plan.preprocess is not None:
             self.current = self.local.start(self.task, self.folder, self.name)
             return None

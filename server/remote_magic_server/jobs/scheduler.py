@@ -208,6 +208,7 @@ class Scheduler:
             options=ReleaseOptions.model_validate(job.plan.get("release") or {}),
             payload_sha256=job.plan.get("payload_sha256"),
             dataset_version=job.plan.get("dataset_version"),
+            label_dtype=job.plan.get("label_dtype", ""),
         )
 
     def _launch(self, job: JobRow) -> None:

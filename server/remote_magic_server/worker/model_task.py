@@ -18,7 +18,15 @@ import pyarrow as pa
 
 from remote_magic.codes import Refusal
 from remote_magic.families import family_for, scoring
-from remote_magic.families.base import Labels, ModelFamily, Plan, Split, encode_labels, is_classifier_task
+from remote_magic.families.base import (
+    Labels,
+    ModelFamily,
+    Plan,
+    Split,
+    check_kind,
+    encode_labels,
+    is_classifier_task,
+)
 from remote_magic.wire import ModelBounds
 
 from ..protocol import (
@@ -160,10 +168,7 @@ def run(task: Task, payload: BinaryIO | None, channel: Channel) -> TrainReport |
     assert task.spec is not None and task.staging is not None and task.bounds is not None
     channel.stage("starting")
     family, plan = decode(task.model_copy(update={"bounds": job_bounds(task)}), payload)
-    if task.kind == "evaluate" and plan.base is None:
-        raise Refusal("unsupported_model", "evaluation needs a fitted model; fit it first")
-    if task.kind == "evaluate" and plan.preprocess is not None:
-        raise Refusal("unsupported_model", "evaluate takes a bare XGBoost model; send a Pipeline with train")
+    check_kind(task.kind, plan.base is not None, plan.preprocess is not None)
 
     channel.stage("staging")
     staged = staging.stage(task)
