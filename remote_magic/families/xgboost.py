@@ -106,7 +106,7 @@ def _add_counts(totals: list[np.ndarray], tree: int, leaf_ids: np.ndarray) -> No
     totals[tree][: len(counts)] += counts
 
 
-class _Rows(xgb.DataIter):
+class RowBatches(xgb.DataIter):
     """Feeds one split's record batches to XGBoost, a batch at a time, with its labels alongside and
     text columns as categories with fixed codes; `cache` makes it an external-memory source."""
 
@@ -452,7 +452,7 @@ class XGBoostFamily:
         categories = _categories(plan, splits)
 
         def matrix(part: Split, y: np.ndarray, ref: xgb.DMatrix | None = None) -> xgb.DMatrix:
-            rows = _Rows(part.x, y, categories)
+            rows = RowBatches(part.x, y, categories)
             if plan.base is not None:
                 return xgb.DMatrix(rows, nthread=threads, enable_categorical=True)
             quantile = xgb.ExtMemQuantileDMatrix if part.x.cache is not None else xgb.QuantileDMatrix

@@ -60,6 +60,7 @@ class Limits(_Strict):
     memory_mb: int = Field(ge=64)
     staging_mb: int = Field(default=0, ge=0, description="Feature data held in memory; past it, spill.")
     file_mb: int = Field(default=1024, ge=1, description="The largest file the worker may write.")
+    gpu: bool = Field(default=False, description="The policy allows CUDA and this machine has a GPU.")
     max_payload_bytes: int = Field(ge=0)
     sandbox_uid: int = 65534
     sandbox_gid: int = 65534

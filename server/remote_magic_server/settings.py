@@ -50,6 +50,11 @@ class Policy(_Strict):
     max_threads: int = Field(default=0, ge=0, description="0 means the worker's share of the cores.")
     job_timeout_s: int = Field(default=3600, ge=1)
     worker_memory_mb: int = Field(default=8192, ge=1024)
+    devices: list[Literal["cpu", "cuda"]] = Field(
+        default_factory=lambda: ["cpu"],
+        description='Devices a model may train on: ["cpu", "cuda"] lets jobs set device="cuda" on a '
+        "machine with an NVIDIA GPU (server-wide only).",
+    )
     staging_mb: int = Field(
         default=2048,
         ge=16,
@@ -301,6 +306,7 @@ class Settings(_Strict):
             max_bin=policy.max_bin,
             max_threads=self.threads_per_job(policy),
             min_leaf_rows=policy.min_leaf_rows if policy.privacy == "dp" else None,
+            devices=list(policy.devices),
         )
 
     @property

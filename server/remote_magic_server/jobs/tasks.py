@@ -38,6 +38,12 @@ def _snapshot(settings: Settings, dataset: str, plan: dict) -> Path:
     return path
 
 
+def gpu_present() -> bool:
+    """Whether this machine has an NVIDIA GPU a worker could open (its device files), without loading
+    any GPU library in the server process."""
+    return bool(list(Path("/dev").glob("nvidia[0-9]*"))) and Path("/dev/nvidiactl").exists()
+
+
 def build_task(
     settings: Settings,
     kind: TaskKind,
@@ -67,6 +73,7 @@ def build_task(
         memory_mb=policy.worker_memory_mb,
         staging_mb=policy.staging_budget_mb,
         file_mb=max(DEFAULT_FILE_MB, policy.worker_memory_mb),
+        gpu="cuda" in policy.devices and gpu_present(),
         max_payload_bytes=0 if kind == "describe" else server.max_payload_mb * 2**20,
         sandbox_uid=server.sandbox_uid,
         sandbox_gid=server.sandbox_gid,

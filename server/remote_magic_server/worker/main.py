@@ -57,6 +57,7 @@ def _run(task: Task, folder: Path, channel: Channel) -> None:
         limits.sandbox_uid,
         limits.sandbox_gid,
         limits.file_mb,
+        limits.gpu,
     )
     channel.send(Isolation(applied=applied, seconds=time.monotonic() - started))
     started = time.monotonic()

@@ -131,6 +131,8 @@ def decode(task: Task, payload: BinaryIO | None) -> tuple[ModelFamily, Plan]:
     family = family_for(model)
     plan = family.canonical(model, custom_code=bool(task.approved_sha256))
     family.check_bounds(plan, task.bounds)
+    if str(plan.params.get("device") or "cpu") != "cpu" and not task.limits.gpu:
+        raise Refusal("parameter_out_of_bounds", "device = 'cuda' needs a GPU, and this server has none")
     return family, plan
 
 
