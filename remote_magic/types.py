@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import datetime
 
 from sqlglot import exp
 
@@ -23,7 +24,7 @@ _KINDS = (
     (r"u?int\d*|(half)?float\d*|double|decimal\d*\(.*\)", NUMBER),
     (r"bool", BOOLEAN),
     (r"(large_)?(string|utf8)(_view)?|dictionary<.*>", TEXT),
-    (r"timestamp\[.*\]|date\d+(\[.*\])?|time\d+\[.*\]|duration\[.*\]", TIME),
+    (r"timestamp\[.*\]|date\d+(\[.*\])?", TIME),
 )
 _WORDS = {NUMBER: "numbers", BOOLEAN: "true/false values", TEXT: "text", TIME: "times", OTHER: "values"}
 _TIME_PARTS = (exp.Year, exp.Month, exp.Day, exp.DayOfWeek, exp.Hour, exp.TimeToUnix)
@@ -122,6 +123,8 @@ class _Checker:
 
     def compare(self, left: exp.Expression, right: exp.Expression) -> None:
         a, b = self.kind(left), self.kind(right)
+        if {a, b} == {TIME, TEXT}:
+            self._time_text(right if b == TEXT else left)
         if a is None or b is None or _compatible(a, b):
             return
         column, value = (left.unnest(), right.unnest())
@@ -142,6 +145,18 @@ class _Checker:
             self._code(),
             f"{self._name(left)} ({_WORDS[a]}) and {self._name(right)} ({_WORDS[b]}) cannot be compared",
         )
+
+    def _time_text(self, node: exp.Expression) -> None:
+        """Text compared with a time must read as a date or timestamp, or the query fails on the server."""
+        node = node.unnest()
+        if isinstance(node, exp.Literal) and node.is_string:
+            try:
+                datetime.fromisoformat(node.name)
+            except ValueError:
+                raise Refusal(
+                    self._code(),
+                    f"{node.name!r} is not a date or time; write it as '2013-06-30' or '2013-06-30 14:05'",
+                ) from None
 
     def check(self, tree: exp.Expression) -> None:
         """Check every comparison in a condition tree."""

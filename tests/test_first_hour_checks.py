@@ -108,6 +108,7 @@ def refused_alike(ip: InteractiveShell, owner, flags: str, model: str = "XGBClas
         ("carrier IN ('AA', 3)", "text takes single quotes: carrier = '3'"),
         ("distance BETWEEN 'a' AND 'z'", "column 'distance' holds numbers"),
         ("dep_time > 5", "compare it with a date or timestamp in quotes"),
+        ("dep_time >= 'last monday'", "'last monday' is not a date or time; write it as '2013-06-30'"),
     ],
 )
 def test_a_filter_of_the_wrong_type_is_refused_naming_the_column_type(dana, owner, where, words):

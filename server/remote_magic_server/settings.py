@@ -3,8 +3,8 @@
 A typo in a data owner's config must stop the server with a clear message rather than silently fall back
 to a default, so every table forbids unknown keys.
 
-Why it is long: every key a data owner may write is declared here, with its default, bounds and help,
-so the config file's whole vocabulary reads in one place.
+Why it is long: every key a data owner may write is declared here once, with its default, bounds and
+the description `doctor` and the docs show.
 """
 
 from __future__ import annotations
