@@ -69,6 +69,12 @@ def remote_once(client: Client, rounds: int) -> tuple[float, float]:
     return time.perf_counter() - start, result.metrics["auc"]
 
 
+def timelines(log: Path) -> list[dict]:
+    """Each finished job's phases (ms), from the server log's `job_finished` lines."""
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    return [line["timeline_ms"] for line in lines if line.get("event") == "job_finished"]
+
+
 def worker_memory(log: Path) -> list[tuple[float, float]]:
     """(peak, at start) resident MiB of each finished train task, from the server log."""
     found = []
@@ -105,12 +111,16 @@ def main() -> None:
                 remote.append(seconds)
                 aucs.append(auc)
         memory = worker_memory(log)
+        phases = timelines(log)
     lm, rm = statistics.median(local), statistics.median(remote)
     print(f"large job: {args.rows} rows x {FEATURES} features, {args.rounds} rounds, depth {DEPTH}, ")
     print(f"  {THREADS} threads, eval split; {args.reps} runs each, interleaved (medians)")
     print(f"  in-process DuckDB + QuantileDMatrix + xgb.train + metrics: {lm:7.2f} s")
     print(f"  through the server (submit to result):                     {rm:7.2f} s  (auc {aucs[-1]:.4g})")
     print(f"  ratio remote / local:                                      {rm / lm:7.3f}x  (target <= 1.05)")
+    if phases:
+        last = phases[-1]
+        print("  the last server job, seconds: " + ", ".join(f"{k} {v / 1e3:.2f}" for k, v in last.items()))
     if memory:
         peak, start = max(memory)
         mib = data_bytes / 2**20

@@ -85,6 +85,9 @@ class Task(_Strict):
     label_range: tuple[float, float] | None = Field(
         default=None, description="Clip range of a numeric label."
     )
+    structure: bool = Field(
+        default=True, description="Count what the model sets apart (mode dp's structural rules read it)."
+    )
 
 
 # worker -> parent

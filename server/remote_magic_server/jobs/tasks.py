@@ -94,6 +94,7 @@ def build_task(
         release=ReleaseOptions.model_validate(plan.get("release") or {}),
         rare_level_rows=policy.min_count,
         label_range=config.label_ranges.get(checked.label),
+        structure=policy.privacy == "dp",
     )
 
 

@@ -325,10 +325,12 @@ class Driver:
             if task.release.curve
             else [],
             spreads={},
+            structure=task.structure,
+            leaves=task.structure or task.model_facts,
         )
         model = client.scatter(booster, broadcast=True)
         pairs = list(zip(frames["train"], frames["eval"]))
-        if out_task == "regression":
+        if out_task == "regression" and task.structure:
             moments = _gather(
                 client,
                 [
@@ -348,19 +350,18 @@ class Driver:
         score, stats = partials.finish(
             partials.merge([f["partial"] for f in found]), out_task, len(labels.classes)
         )
-        structure = Structure(
-            trained_isolated=partials.isolated(_histogram(found, "trained_isolation")),
-            base_isolated=partials.isolated(_histogram(found, "base_isolation"))
-            if plan.base_rounds
-            else None,
-        )
         trained_leaves = fewest_in_a_leaf(_leaf_totals(found, "trained_leaves"))
-        base_leaves = fewest_in_a_leaf(_leaf_totals(found, "base_leaves"))
-        if task.kind == "train":
-            structure.trained_smallest_leaf = trained_leaves
-            structure.base_smallest_leaf = base_leaves if plan.base_rounds else None
-        else:
-            structure.base_smallest_leaf = base_leaves
+        structure = Structure()
+        if task.structure:
+            structure.trained_isolated = partials.isolated(_histogram(found, "trained_isolation"))
+            if plan.base_rounds:
+                structure.base_isolated = partials.isolated(_histogram(found, "base_isolation"))
+            base_leaves = fewest_in_a_leaf(_leaf_totals(found, "base_leaves"))
+            if task.kind == "train":
+                structure.trained_smallest_leaf = trained_leaves
+                structure.base_smallest_leaf = base_leaves if plan.base_rounds else None
+            else:
+                structure.base_smallest_leaf = base_leaves
         curve = None
         clip = scoring.loss_clip(out_task, residual_clip)
         if asked.checkpoints and clip is not None:

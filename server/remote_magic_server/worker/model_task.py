@@ -204,23 +204,26 @@ def run(task: Task, payload: BinaryIO | None, channel: Channel) -> TrainReport |
         if task.model_facts:
             facts = LeafFacts(**family.leaf_facts(trained))
         admitted = _both(staged.train, staged.eval)
-        structure.trained_smallest_leaf = family.smallest_leaf(trained, rounds=(plan.base_rounds, None))
-        if plan.base_rounds:
+        if task.structure:
+            structure.trained_smallest_leaf = family.smallest_leaf(trained, rounds=(plan.base_rounds, None))
+        if task.structure and plan.base_rounds:
             structure.base_smallest_leaf = family.smallest_leaf(
                 trained, admitted, rounds=(0, plan.base_rounds)
             )
     else:
         trained = family.score(plan, staged.eval, labels, threads)
         admitted = staged.eval
-        structure.base_smallest_leaf = family.smallest_leaf(trained, admitted)
+        if task.structure:
+            structure.base_smallest_leaf = family.smallest_leaf(trained, admitted)
 
     channel.stage("evaluating")
     out_task = family.task(trained)
     n_classes = len(labels.classes)
     rounds = family.rounds(trained)
-    admitted_pred = family.predict(trained, admitted)
-    structure.trained_isolated = scoring.isolated_rows(out_task, admitted_pred, len(admitted.y), n_classes)
-    if plan.base_rounds:
+    if task.structure:  # only mode dp reads it: predictions on every admitted row cost time
+        pred = family.predict(trained, admitted)
+        structure.trained_isolated = scoring.isolated_rows(out_task, pred, len(admitted.y), n_classes)
+    if task.structure and plan.base_rounds:
         base_pred = family.predict(trained, admitted, rounds=plan.base_rounds)
         structure.base_isolated = scoring.isolated_rows(out_task, base_pred, len(admitted.y), n_classes)
     evaluation = family.evaluate(trained)

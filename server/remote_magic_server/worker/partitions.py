@@ -137,6 +137,8 @@ class Asked:
     train: bool
     checkpoints: list[int]
     spreads: dict[str, float | None]
+    structure: bool  # what the model sets apart (mode dp): isolation, base leaves
+    leaves: bool  # the new trees' leaf counts (mode dp, or the model-release rules)
 
 
 def _matrix(x: pd.DataFrame) -> xgb.DMatrix:
@@ -175,7 +177,7 @@ def scores(
                 y_eval,
                 booster.predict(eval_matrix, iteration_range=(0, r)),
                 asked.n_classes,
-                None,
+                asked.residual_clip,
             ).sum()
         )
         for r in asked.checkpoints
@@ -184,15 +186,15 @@ def scores(
     matrices = [_matrix(x) for x, _ in admitted]
     trained_leaves: list[np.ndarray] = []
     base_leaves: list[np.ndarray] = []
-    if asked.train:
+    if asked.train and asked.leaves:
         add_leaf_counts(trained_leaves, booster, matrices[0], asked.base_rounds, asked.total_rounds)
-    if asked.base_rounds:
+    if asked.base_rounds and asked.structure:
         for matrix in matrices:
             add_leaf_counts(base_leaves, booster, matrix, 0, asked.base_rounds)
     out["trained_leaves"] = [c.tolist() for c in trained_leaves]
     out["base_leaves"] = [c.tolist() for c in base_leaves]
     for key, rounds in (("trained", 0), ("base", asked.base_rounds)):
-        if key == "base" and not rounds:
+        if not asked.structure or (key == "base" and not rounds):
             continue
         pred = np.concatenate([booster.predict(m, iteration_range=(0, rounds)) for m in matrices])
         out[f"{key}_isolation"] = dict(
