@@ -118,6 +118,7 @@ def main() -> None:
     print(f"  in-process DuckDB + QuantileDMatrix + xgb.train + metrics: {lm:7.2f} s")
     print(f"  through the server (submit to result):                     {rm:7.2f} s  (auc {aucs[-1]:.4g})")
     print(f"  ratio remote / local:                                      {rm / lm:7.3f}x  (target <= 1.05)")
+    print("  every run, local / remote: " + ", ".join(f"{a:.2f} / {b:.2f} s" for a, b in zip(local, remote)))
     if phases:
         last = phases[-1]
         print("  the last server job, seconds: " + ", ".join(f"{k} {v / 1e3:.2f}" for k, v in last.items()))
