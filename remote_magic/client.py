@@ -18,9 +18,11 @@ from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 from urllib3.util.retry import Retry
 
+from .automation import RegisterRequest
 from .description import Description
 from .errors import ConnectionProblem, RemoteError, error_for
 from .payload import package_model
+from .registry_client import RegistryCalls, register_request
 from .result import TrainResult
 from .wire import (
     FINAL_STATES,
@@ -75,7 +77,7 @@ def _retrying_session(token: str) -> requests.Session:
     return session
 
 
-class Client:
+class Client(RegistryCalls):
     """A connection to one remote-magic server, authenticated by a token."""
 
     def __init__(self, url: str | None = None, token: str | None = None, timeout: float = DEFAULT_TIMEOUT):
@@ -137,14 +139,32 @@ class Client:
         return mock_frame(MockData.model_validate(self._request("GET", f"/datasets/{name}/mock").json()))
 
     def submit(
-        self, model: object, spec: DatasetSpec | dict, kind: str = "train", idempotency_key: str | None = None
+        self,
+        model: object,
+        spec: DatasetSpec | dict,
+        kind: str = "train",
+        idempotency_key: str | None = None,
+        register: str | dict | RegisterRequest | None = None,
+        base_model: str | None = None,
     ) -> Job:
-        """Queue a job and return its handle at once."""
+        """Queue a job and return its handle at once.
+
+        `register` names the model the trained result becomes the next version of (a name, or a dict with
+        `alias` and a `when` condition); `base_model` (`churn@3`, `@latest`, `@ALIAS`) continues, or
+        evaluates, a registered version on the server: `model` then only brings parameters, or is None."""
         spec = spec if isinstance(spec, DatasetSpec) else DatasetSpec.model_validate(spec)
-        payload = package_model(model)
         key = idempotency_key or uuid.uuid4().hex
-        files = {"model": ("model.pkl", payload, "application/octet-stream")}
+        files = (
+            {"model": ("model.pkl", package_model(model), "application/octet-stream")}
+            if model is not None
+            else None
+        )
         data = {"spec": spec.model_dump_json(exclude_none=True), "kind": kind}
+        request = register_request(register)
+        if request is not None:
+            data["register_as"] = request.model_dump_json(exclude_none=True)
+        if base_model is not None:
+            data["base_model"] = base_model
         for attempt in range(3):
             try:
                 response = self._request(
@@ -157,13 +177,24 @@ class Client:
                 time.sleep(0.5 * (attempt + 1))
         return Job(self, JobStatus.model_validate(response.json()))
 
-    def train(self, model: object, spec: DatasetSpec | dict, **wait: object) -> TrainResult:
-        """Submit a training job and wait for its result."""
-        return self.submit(model, spec, "train").result(**wait)  # type: ignore[arg-type]
+    def train(
+        self,
+        model: object,
+        spec: DatasetSpec | dict,
+        register: str | dict | RegisterRequest | None = None,
+        base_model: str | None = None,
+        **wait: object,
+    ) -> TrainResult:
+        """Submit a training job and wait for its result (see `submit` for `register` and `base_model`)."""
+        job = self.submit(model, spec, "train", register=register, base_model=base_model)
+        return job.result(**wait)  # type: ignore[arg-type]
 
-    def evaluate(self, model: object, spec: DatasetSpec | dict, **wait: object) -> TrainResult:
-        """Score a fitted model on the spec's evaluation rows, without training."""
-        return self.submit(model, spec, "evaluate").result(**wait)  # type: ignore[arg-type]
+    def evaluate(
+        self, model: object, spec: DatasetSpec | dict, model_ref: str | None = None, **wait: object
+    ) -> TrainResult:
+        """Score a fitted model on the spec's evaluation rows, without training; with `model_ref`
+        (`churn@3`), score that registered version instead (pass `model=None`)."""
+        return self.submit(model, spec, "evaluate", base_model=model_ref).result(**wait)  # type: ignore[arg-type]
 
     def jobs(self, limit: int = 100) -> list[JobStatus]:
         return JobList.model_validate(self._request("GET", "/jobs", params={"limit": limit}).json()).jobs

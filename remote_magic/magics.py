@@ -2,6 +2,9 @@
 
 `RemoteMagic` is also the configuration (`%config RemoteMagic`), in the manner of JupySQL: every trait
 documents itself, and REMOTE_MAGIC_URL / REMOTE_MAGIC_TOKEN are the defaults.
+
+Why it is long: every magic is one method of the one `Magics` class that is also the configuration, and
+each carries its own argument declarations (which are its `?` help); the work is all in the client.
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ import sys
 from typing import TYPE_CHECKING
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Float, Unicode, default
 from traitlets.config import Configurable
 
 from .client import Client, Job
 from .display import Table, columns_table, datasets_table, jobs_table
+from .lineage import LineageView, models_table, recipes_table
 from .progress import ProgressBar, progress_enabled
+from .registry_client import register_request
 from .spec import spec_from_args
 
 if TYPE_CHECKING:
@@ -66,6 +71,23 @@ def _spec_arguments(func):
                 "--dry-run",
                 action="store_true",
                 help="check the spec and fit the model here on the dataset's mock rows; send nothing",
+            ),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+def _registry_arguments(func):
+    """--register and its companions, shared by %%remote_train and %%remote_recipe."""
+    for decorator in reversed(
+        [
+            argument("--register", help="register the trained model as the next version of this name"),
+            argument("--alias", help="with --register: point this alias (e.g. champion) at the new version"),
+            argument(
+                "--if-better",
+                help="with --register: only if eval METRIC improves on the alias's (or the latest) version "
+                "by at least DELTA, written METRIC:DELTA, e.g. auc:0.002",
             ),
         ]
     ):
@@ -168,8 +190,11 @@ class RemoteMagic(Magics, Configurable):
         args = _parse(magic, line)
         self.shell.ex(cell)
         spec = self._spec(args)
-        if args.model not in self.shell.user_ns:
+        base = getattr(args, "base_model", None) or getattr(args, "model_ref", None)
+        if base is None and args.model not in self.shell.user_ns:
             raise UsageError(f"the cell defines no variable {args.model!r}; name the model with --model VAR")
+        if args.dry_run and base is not None:
+            raise UsageError("--dry-run checks a model from the cell; it cannot use a registered version")
         if args.dry_run:
             from .dryrun import dry_run
 
@@ -179,7 +204,17 @@ class RemoteMagic(Magics, Configurable):
             if args.output:
                 self.shell.user_ns[args.output] = report
             return report
-        job = self.client.submit(self.shell.user_ns[args.model], spec, kind)
+        model = None if getattr(args, "model_ref", None) else self.shell.user_ns.get(args.model)
+        register = getattr(args, "register", None)
+        if register is None and (getattr(args, "alias", None) or getattr(args, "if_better", None)):
+            raise UsageError("--alias and --if-better go with --register NAME")
+        try:
+            request = register_request(
+                register, getattr(args, "alias", None), getattr(args, "if_better", None)
+            )
+        except ValueError as exc:
+            raise UsageError(f"--register/--alias/--if-better: {exc}") from None
+        job = self.client.submit(model, spec, kind, register=request, base_model=base)
         self.last_job = job
         if args.no_wait:
             if args.output:
@@ -203,6 +238,10 @@ class RemoteMagic(Magics, Configurable):
 
     @magic_arguments()
     @_spec_arguments
+    @_registry_arguments
+    @argument(
+        "--base-model", help="continue a registered version on the server, e.g. churn@3 or churn@latest"
+    )
     @cell_magic
     def remote_train(self, line: str, cell: str) -> object:
         """Run the cell, then train its model remotely on the spec's admitted rows.
@@ -216,9 +255,11 @@ class RemoteMagic(Magics, Configurable):
 
     @magic_arguments()
     @_spec_arguments
+    @argument("--model-ref", help="score this registered version instead of the cell's model, e.g. churn@3")
     @cell_magic
     def remote_evaluate(self, line: str, cell: str) -> object:
-        """Run the cell, then score its fitted model on the spec's evaluation rows (no training)."""
+        """Run the cell, then score its fitted model (or `--model-ref` a registered version) on the spec's
+        evaluation rows (no training)."""
         return self._run("evaluate", line, cell, self.remote_evaluate)
 
     @line_magic
@@ -266,3 +307,77 @@ class RemoteMagic(Magics, Configurable):
         if args.output:
             self.shell.user_ns[args.output] = description
         return description
+
+    # the registry and recipes
+    @line_magic
+    def remote_models(self, line: str) -> Table:
+        """`%remote_models [NAME]`: registered versions you may use, with origin, data and main metric."""
+        return models_table(self.client.models(line.strip() or None))
+
+    @line_magic
+    def remote_lineage(self, line: str) -> LineageView:
+        """`%remote_lineage churn@5`: the version and its ancestors, drawn as a small graph."""
+        ref = line.strip()
+        if not ref:
+            raise UsageError("usage: %remote_lineage NAME@VERSION (or NAME@latest, NAME@ALIAS)")
+        return self.client.lineage(ref)
+
+    @magic_arguments()
+    @argument(
+        "action", nargs="?", default="list", help="save (with a cell), list, run, pause, resume, delete"
+    )
+    @argument("name", nargs="?", help="the recipe's name")
+    @argument("--kind", choices=("train", "evaluate"), default="train", help="what each run does")
+    @argument("--on-new-data", action="store_true", help="run on each new version of the spec's dataset")
+    @argument("--on-new-model", help="run when this model gets a new version or an alias moves")
+    @argument("--every", help="run this often, e.g. 1d or 6h")
+    @argument("--base-model", help="start each run from this registered version, e.g. churn@champion")
+    @_registry_arguments
+    @_spec_arguments
+    @line_cell_magic
+    def remote_recipe(self, line: str, cell: str | None = None) -> object:
+        """Save a cell as a recipe that runs when its data or models change, or manage recipes.
+
+        `%%remote_recipe save NAME --on-new-data --register churn --alias champion --if-better auc:0.002`
+        with the spec flags of %%remote_train: the cell runs here once, and its model and spec are saved
+        on the server. Without a cell: `%remote_recipe` lists, `%remote_recipe run|pause|resume|delete NAME`.
+        """
+        args = _parse(self.remote_recipe, line)
+        if cell is not None:
+            if args.action != "save" or not args.name:
+                raise UsageError("with a cell: %%remote_recipe save NAME [triggers] [spec flags]")
+            self.shell.ex(cell)
+            model = (
+                self.shell.user_ns.get(args.model) if args.kind == "train" or not args.base_model else None
+            )
+            if model is None and not args.base_model:
+                raise UsageError(
+                    f"the cell defines no variable {args.model!r}; name the model with --model VAR"
+                )
+            try:
+                request = register_request(args.register, args.alias, args.if_better)
+            except ValueError as exc:
+                raise UsageError(f"--register/--alias/--if-better: {exc}") from None
+            recipe = self.client.save_recipe(
+                args.name,
+                self._spec(args),
+                model,
+                kind=args.kind,
+                base_model=args.base_model,
+                on_new_data=args.on_new_data,
+                on_new_model=args.on_new_model,
+                every=args.every,
+                register=request,
+            )
+            return recipes_table([recipe])
+        if args.action == "list":
+            return recipes_table(self.client.recipes())
+        if not args.name or args.action not in ("run", "pause", "resume", "delete"):
+            raise UsageError("usage: %remote_recipe [list] | run|pause|resume|delete NAME")
+        if args.action == "run":
+            return self.client.run_recipe(args.name)
+        if args.action == "delete":
+            self.client.delete_recipe(args.name)
+            return f"recipe {args.name} deleted"
+        action = self.client.pause_recipe if args.action == "pause" else self.client.resume_recipe
+        return recipes_table([action(args.name)])

@@ -58,6 +58,13 @@ class DescribeOptions(_Strict):
     max_categories: int = Field(ge=1)
 
 
+class SavedModel(_Strict):
+    """A registered version the parent copied into the job folder: the family's saved form, never pickle."""
+
+    file: str = Field(pattern=r"^[a-z_]+\.json$")
+    family: str
+
+
 class Task(_Strict):
     protocol: Literal[1] = PROTOCOL_VERSION
     kind: TaskKind
@@ -68,6 +75,7 @@ class Task(_Strict):
     model_facts: bool = Field(default=False, description="Report leaf facts for the model-release rules.")
     approved_sha256: str | None = None
     describe: DescribeOptions | None = None
+    base_model: SavedModel | None = Field(default=None, description="Continue or evaluate this model.")
 
 
 # worker -> parent

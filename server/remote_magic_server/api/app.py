@@ -18,15 +18,20 @@ from fastapi import FastAPI
 from remote_magic import __version__
 
 from ..audit import AuditLog
+from ..automation.service import Automation
+from ..dataversions import FileIdentity
 from ..jobs.executor import make_executor
 from ..jobs.oneshot import Describer
 from ..jobs.scheduler import Scheduler
-from ..jobs.store import Store
+from ..jobs.store import JobRow, Store
+from ..registry.access import Registry
+from ..registry.store import ModelRegistry
 from ..release.desk import ReleaseDesk
 from ..release.ledger import Ledger
 from ..settings import Settings
-from . import datasets, describe, errors, health, jobs, mock, models
+from . import datasets, describe, errors, health, jobs, mock, models, recipes, registry, webhooks
 from .auditing import AuditMiddleware
+from .intake import Intake
 from .limits import FORM_OVERHEAD_BYTES, BodyLimit
 from .metrics import Metrics, RequestTimer
 from .notifier import Notifier
@@ -70,7 +75,19 @@ def create_app(settings: Settings) -> FastAPI:
     scheduler = Scheduler(settings, store, executor, desk, on_change=notifier.notify)
     describer = Describer(settings, executor, desk)
     metrics = Metrics(store, scheduler, settings.worker_count)
-    scheduler.on_finish = metrics.job_finished
+    model_registry = Registry(settings, ModelRegistry(settings.registry_path), settings.jobs_dir)
+    versions = FileIdentity(settings)
+    intake = Intake(settings, store, model_registry, versions, audit)
+    automation = Automation(settings, store, model_registry, intake, versions, scheduler.notify)
+
+    def job_finished(job: JobRow, state: str, seconds: float) -> None:
+        metrics.job_finished(job, state, seconds)
+        try:
+            automation.job_final(job.id)
+        except Exception:  # noqa: BLE001 - the hand-over is repeated at start-up; a job never fails for it
+            log.exception("the hand-over of job %s failed", job.id)
+
+    scheduler.on_finish = job_finished
     lock = DataDirLock(settings)
     grace = settings.server.shutdown_grace_s
 
@@ -83,6 +100,7 @@ def create_app(settings: Settings) -> FastAPI:
         lock.acquire()
         notifier.bind(asyncio.get_running_loop())
         scheduler.start()
+        automation.start()
         log.info(
             "server_started",
             extra={
@@ -96,6 +114,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             begin_shutdown()
             await asyncio.to_thread(scheduler.stop, grace)
+            await asyncio.to_thread(automation.stop)
+            model_registry.store.close()
             store.close()
             ledger.close()
             lock.release()
@@ -117,8 +137,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.notifier = notifier
     app.state.metrics = metrics
     app.state.begin_shutdown = begin_shutdown
+    app.state.registry = model_registry
+    app.state.intake = intake
+    app.state.automation = automation
     errors.install(app)
-    for resource in (health, datasets, jobs, describe, models, mock):
+    for resource in (health, datasets, jobs, describe, models, mock, registry, recipes, webhooks):
         app.include_router(resource.router)
     app.add_middleware(AuditMiddleware, audit=audit, store=store)
     app.add_route("/metrics", metrics.endpoint, include_in_schema=False)

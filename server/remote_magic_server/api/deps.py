@@ -11,12 +11,15 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
 
 from ..audit import AuditLog
+from ..automation.service import Automation
 from ..jobs.oneshot import Describer
 from ..jobs.scheduler import Scheduler
 from ..jobs.store import Store
+from ..registry.access import Registry
 from ..release.desk import ReleaseDesk
 from ..settings import Settings
 from .auth import Principal, authenticate, bearer
+from .intake import Intake
 from .notifier import Notifier
 
 
@@ -36,6 +39,9 @@ DeskDep = Annotated[ReleaseDesk, Depends(_part("desk"))]
 DescriberDep = Annotated[Describer, Depends(_part("describer"))]
 AuditDep = Annotated[AuditLog, Depends(_part("audit"))]
 NotifierDep = Annotated[Notifier, Depends(_part("notifier"))]
+RegistryDep = Annotated[Registry, Depends(_part("registry"))]
+IntakeDep = Annotated[Intake, Depends(_part("intake"))]
+AutomationDep = Annotated[Automation, Depends(_part("automation"))]
 
 
 async def current_user(

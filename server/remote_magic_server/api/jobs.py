@@ -9,59 +9,27 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from pydantic import ValidationError
 
+from remote_magic.automation import RegisterRequest
 from remote_magic.codes import Refusal
-from remote_magic.payload import custom_code_names, scan
 from remote_magic.wire import (
     FINAL_STATES,
     DatasetSpec,
-    ErrorDetail,
     JobKind,
     JobList,
     JobResult,
     JobStatus,
-    MetricPoint,
-    Progress,
     first_error,
 )
 
-from ..jobs.store import JobRow, QueueFull, Store
+from ..jobs.store import JobRow, Store
 from .auth import Principal
-from .catalog import check_spec
-from .deps import AuditDep, NotifierDep, SchedulerDep, SettingsDep, StoreDep, User
+from .deps import IntakeDep, NotifierDep, RegistryDep, SchedulerDep, SettingsDep, StoreDep, User
+from .intake import Submission
+from .status import status_of
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
-MAIN_METRICS = ("auc", "accuracy", "r2", "rmse", "log_loss")
 MAX_WAIT_S = 60.0
-RETRY_AFTER_S = 5
-
-
-def _main_metric(job: JobRow) -> MetricPoint | None:
-    if not job.result:
-        return None
-    metrics = job.result.get("metrics", {})
-    for name in MAIN_METRICS:
-        if name in metrics:
-            return MetricPoint(name=name, eval=metrics[name])
-    return None
-
-
-def status_of(job: JobRow) -> JobStatus:
-    error = ErrorDetail(code=job.error_code, message=job.error_message or "") if job.error_code else None
-    return JobStatus(
-        id=job.id,
-        dataset=job.dataset,
-        kind=job.kind,  # type: ignore[arg-type]
-        state=job.state,  # type: ignore[arg-type]
-        progress=Progress.model_validate(job.progress),
-        submitted_at=job.submitted_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        error=error,
-        main_metric=_main_metric(job),
-        isolation=job.isolation,
-        version=job.version,
-    )
 
 
 def own_job(store: Store, user: Principal, job_id: str) -> JobRow:
@@ -79,71 +47,78 @@ def _parse_spec(text: str) -> DatasetSpec:
         raise Refusal("invalid_spec", f"spec field {first_error(exc.errors(), 'spec')}"[:300]) from None
 
 
+def _parse_register(text: str | None) -> RegisterRequest | None:
+    if text is None:
+        return None
+    try:
+        return RegisterRequest.model_validate_json(text)
+    except ValidationError as exc:
+        raise Refusal(
+            "invalid_request", f"register field {first_error(exc.errors(), 'register')}"[:300]
+        ) from None
+
+
 @router.post("/jobs", response_model=JobStatus, status_code=202)
 async def submit(
     response: Response,
     settings: SettingsDep,
-    store: StoreDep,
+    intake: IntakeDep,
+    registry: RegistryDep,
     scheduler: SchedulerDep,
-    audit: AuditDep,
     user: User,
     spec: Annotated[str, Form(description="The dataset spec as JSON.", max_length=100_000)],
-    model: Annotated[UploadFile, File(description="The model, pickled with cloudpickle (protocol >= 3).")],
+    model: Annotated[
+        UploadFile | None,
+        File(description="The model, pickled with cloudpickle (protocol >= 3); optional with base_model."),
+    ] = None,
     kind: Annotated[JobKind, Form()] = "train",
+    register_as: Annotated[
+        str | None, Form(description="RegisterRequest as JSON: register the trained model.", max_length=2000)
+    ] = None,
+    base_model: Annotated[
+        str | None,
+        Form(
+            description="A registered version to continue or evaluate: NAME@N, NAME@latest, NAME@ALIAS.",
+            max_length=200,
+        ),
+    ] = None,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobStatus:
     limit = settings.server.max_payload_mb * 2**20
-    payload = await model.read(limit + 1)
+    payload = await model.read(limit + 1) if model is not None else b""
     if len(payload) > limit:
         raise Refusal("payload_too_large", f"the model is larger than {settings.server.max_payload_mb} MiB")
-    parsed = _parse_spec(spec)
-    plan = check_spec(settings, user.datasets, parsed)
-    state = "queued"
-    try:
-        await asyncio.to_thread(scan, payload, limit)
-    except Refusal as exc:
-        if exc.code != "custom_code_refused" or not settings.datasets[parsed.dataset].allow_custom_code:
-            raise
-        state = "awaiting_approval"
-        plan["custom_code"] = await asyncio.to_thread(custom_code_names, payload, limit)
-    try:
-        job, created = await asyncio.to_thread(
-            store.create_job,
-            user.user,
-            parsed.dataset,
-            kind,
-            parsed.model_dump(mode="json"),
-            plan,
-            payload,
-            idempotency_key,
-            state,
-            settings.server.max_queued_per_user,
-        )
-    except QueueFull as full:
-        raise Refusal(
-            "too_many_jobs",
-            f"you already have {full.queued} jobs queued, the most this server accepts; "
-            "submit more when some have started",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        ) from None
+    submission = Submission(
+        user=user.user,
+        datasets=user.datasets,
+        spec=_parse_spec(spec),
+        payload=payload,
+        kind=kind,
+        idempotency_key=idempotency_key,
+        register=_parse_register(register_as),
+        base_model=base_model,
+    )
+    job, created = await asyncio.to_thread(intake.accept, submission)
     if created:
-        audit.record("submit", user.user, job=job.id, dataset=parsed.dataset, kind=kind, spec=job.spec)
-        if state == "queued":
+        if job.state == "queued":
             scheduler.notify()
     else:
         response.status_code = 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return status_of(job)
+    return status_of(job, registry)
 
 
 @router.get("/jobs", response_model=JobList)
-def list_jobs(store: StoreDep, user: User, limit: Annotated[int, Query(ge=1, le=500)] = 100) -> JobList:
-    return JobList(jobs=[status_of(j) for j in store.list_jobs(user.user, limit)])
+def list_jobs(
+    store: StoreDep, registry: RegistryDep, user: User, limit: Annotated[int, Query(ge=1, le=500)] = 100
+) -> JobList:
+    return JobList(jobs=[status_of(j, registry) for j in store.list_jobs(user.user, limit)])
 
 
 @router.get("/jobs/{job_id}", response_model=JobStatus)
 async def job_status(
     store: StoreDep,
+    registry: RegistryDep,
     notifier: NotifierDep,
     user: User,
     job_id: str,
@@ -163,7 +138,7 @@ async def job_status(
                 since = job.version
             remaining = deadline - time.monotonic()
             if job.state in FINAL_STATES or job.version != since or remaining <= 0 or notifier.closing:
-                return status_of(job)
+                return status_of(job, registry)
             await notifier.wait(event, remaining)
         finally:
             notifier.unsubscribe(job_id, event)
@@ -180,8 +155,10 @@ def job_result(store: StoreDep, user: User, job_id: str) -> JobResult:
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobStatus)
-def cancel(store: StoreDep, scheduler: SchedulerDep, user: User, job_id: str) -> JobStatus:
+def cancel(
+    store: StoreDep, registry: RegistryDep, scheduler: SchedulerDep, user: User, job_id: str
+) -> JobStatus:
     job = own_job(store, user, job_id)
     if job.state not in FINAL_STATES:
         scheduler.cancel(job.id)
-    return status_of(store.get_job(job.id))  # type: ignore[arg-type]
+    return status_of(store.get_job(job.id), registry)  # type: ignore[arg-type]

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from remote_magic.wire import DatasetSpec
 
-from ..protocol import DescribeOptions, Limits, Staging, Task, TaskKind
+from ..protocol import DescribeOptions, Limits, SavedModel, Staging, Task, TaskKind
 from ..settings import Settings
 
 CPU_SLACK_S = 30
+BASE_MODEL_FILE = "base.json"
 REVIEW_CPU_S = 30
 REVIEW_MEMORY_MB = 2048
 
@@ -62,4 +63,5 @@ def build_task(
         model_facts=kind == "train" and config.allow_model_release,
         approved_sha256=plan.get("approved_sha256"),
         describe=DescribeOptions(max_categories=policy.max_categories) if kind == "describe" else None,
+        base_model=SavedModel(file=BASE_MODEL_FILE, family="xgboost") if plan.get("base_model") else None,
     )

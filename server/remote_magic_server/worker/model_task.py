@@ -13,6 +13,7 @@ from typing import BinaryIO
 import numpy as np
 
 from remote_magic.codes import Refusal
+from remote_magic.families import family as family_named
 from remote_magic.families import family_for
 from remote_magic.families.base import encode_labels, is_classifier_task
 
@@ -28,15 +29,22 @@ def run(task: Task, payload: BinaryIO | None, channel: Channel) -> TrainReport |
     """Run the task; None when the parent stopped it at admission."""
     assert task.spec is not None and task.staging is not None and task.bounds is not None
     channel.stage("starting")
-    if payload is None:
+    data = payload.read() if payload is not None else b""
+    if not data and task.base_model is None:
         raise Refusal("invalid_model", "the job has no model")
-    data = payload.read()
-    if task.approved_sha256:
-        model = approved_loads(data, task.approved_sha256)
-    else:
-        model = strict_loads(data, task.limits.max_payload_bytes)
-    family = family_for(model)
-    plan = family.canonical(model, custom_code=bool(task.approved_sha256))
+    model = None
+    if data:
+        model = (
+            approved_loads(data, task.approved_sha256)
+            if task.approved_sha256
+            else strict_loads(data, task.limits.max_payload_bytes)
+        )
+    family = family_for(model) if model is not None else family_named(task.base_model.family)  # type: ignore[union-attr]
+    plan = family.canonical(model, custom_code=bool(task.approved_sha256)) if model is not None else None
+    if task.base_model is not None:
+        # A registered version, saved by a family's export: parsed here, in the sandbox, never unpickled.
+        plan = family.continued(plan, (HERE / task.base_model.file).read_bytes())
+    assert plan is not None
     family.check_bounds(plan, task.bounds)
     if task.kind == "evaluate" and plan.base is None:
         raise Refusal("unsupported_model", "evaluation needs a fitted model; fit it first")
