@@ -65,11 +65,11 @@ class TriggerCheck:
             changes.append((f"every:{now['every']}", f"every {recipe.triggers.every}"))
         return changes
 
-    def check(self) -> list[Fire]:
-        """Fire each active recipe whose watched marks moved; return the new fires."""
+    def check(self, at: float | None = None) -> list[Fire]:
+        """Fire each active recipe whose watched marks moved (as of `at`, default now); return the fires."""
         fires = []
         for stored in self.recipes.active():
-            now = self.marks(stored.recipe)
+            now = self.marks(stored.recipe, at)
             changes = self._changes(stored.recipe, stored.seen, now)
             if not changes:
                 continue
