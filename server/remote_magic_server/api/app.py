@@ -78,7 +78,9 @@ def create_app(settings: Settings) -> FastAPI:
     model_registry = Registry(settings, ModelRegistry(settings.registry_path), settings.jobs_dir)
     versions = FileIdentity(settings)
     intake = Intake(settings, store, model_registry, versions, audit)
-    automation = Automation(settings, store, model_registry, intake, versions, scheduler.notify)
+    automation = Automation(
+        settings, store, model_registry, intake, versions, scheduler.notify, ledger.model_state
+    )
 
     def job_finished(job: JobRow, state: str, seconds: float) -> None:
         metrics.job_finished(job, state, seconds)

@@ -51,6 +51,7 @@ class Automation:
         intake: Intake,
         versions: DatasetVersions,
         notify_scheduler: Callable[[], None],
+        model_state: Callable[[str], dict | None],
     ):
         self.settings = settings
         self.store = store
@@ -69,7 +70,7 @@ class Automation:
         if settings.mlflow.enabled:
             from .mlflow_export import MlflowExporter
 
-            exporter = MlflowExporter(settings, store, registry)
+            exporter = MlflowExporter(settings, store, model_state)
             self.deliverers.append(Deliverer(self.outbox, "mlflow", exporter.send, settings.webhooks, poll))
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -166,8 +167,7 @@ class Automation:
         job = self.store.get_job(job_id)
         if job is None or job.state not in ("succeeded", "failed"):
             return
-        for event in self.registrar.handle(job):
-            self.publish_registry(event)
+        registry_events = self.registrar.handle(job)
         code = CODES.get(job.error_code or "")
         if (
             job.state == "failed"
@@ -178,6 +178,8 @@ class Automation:
             self.pause(job.user, job.plan["recipe"], f"its run {job.id} failed: {job.error_message}")
         status = status_of(job, self.registry).model_dump(mode="json")
         self.publish(Event(f"job.{job.state}", f"job.{job.state}:{job.id}", status, ("user", job.user)))
+        for event in registry_events:  # after the job's own event, so its MLflow run comes first
+            self.publish_registry(event)
 
     # recipes
     def save_recipe(self, user: str, datasets: list[str], recipe: RecipeIn, payload: bytes) -> Recipe:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from remote_magic.automation import LOWER_IS_BETTER, Condition, RegisterRequest
 
@@ -49,12 +50,13 @@ def improvement(condition: Condition, new: dict, incumbent: VersionRow) -> tuple
     )
 
 
-def _params(job_dir_params: bytes | None) -> dict:
+def read_params(folder: Path) -> dict:
     """The parameters the worker trained with (it writes them beside the model); scalars only."""
-    if not job_dir_params or len(job_dir_params) > MAX_PARAMS_BYTES:
+    path = folder / "params.json"
+    if not path.exists() or path.stat().st_size > MAX_PARAMS_BYTES:
         return {}
     try:
-        raw = json.loads(job_dir_params)
+        raw = json.loads(path.read_bytes())
     except ValueError:
         return {}
     if not isinstance(raw, dict):
@@ -106,7 +108,6 @@ class Registrar:
         base = job.plan.get("base_model")
         rounds_base = int(job.result.get("rounds", {}).get("base", 0))  # type: ignore[union-attr]
         origin = "version" if base else ("uploaded" if rounds_base else "fresh")
-        params_file = folder / "params.json"
         row, _ = self.store.register(
             register.name,
             NewVersion(
@@ -118,7 +119,7 @@ class Registrar:
                 parent=(base["name"], base["number"]) if base else None,
                 base_sha256=job.plan.get("payload_sha256") if origin == "uploaded" else None,
                 spec=job.spec,
-                params=_params(params_file.read_bytes() if params_file.exists() else None),
+                params=read_params(folder),
                 result=job.result,  # type: ignore[arg-type]
             ),
             register.alias,
