@@ -29,7 +29,19 @@ from ..registry.store import ModelRegistry
 from ..release.desk import ReleaseDesk
 from ..release.ledger import Ledger
 from ..settings import Settings
-from . import datasets, describe, errors, health, jobs, mock, models, recipes, registry, webhooks
+from . import (
+    datasets,
+    describe,
+    errors,
+    graphql_view,
+    health,
+    jobs,
+    mock,
+    models,
+    recipes,
+    registry,
+    webhooks,
+)
 from .auditing import AuditMiddleware
 from .intake import Intake
 from .limits import FORM_OVERHEAD_BYTES, BodyLimit
@@ -143,7 +155,18 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.intake = intake
     app.state.automation = automation
     errors.install(app)
-    for resource in (health, datasets, jobs, describe, models, mock, registry, recipes, webhooks):
+    for resource in (
+        health,
+        datasets,
+        jobs,
+        describe,
+        models,
+        mock,
+        registry,
+        recipes,
+        webhooks,
+        graphql_view,
+    ):
         app.include_router(resource.router)
     app.add_middleware(AuditMiddleware, audit=audit, store=store)
     app.add_route("/metrics", metrics.endpoint, include_in_schema=False)
