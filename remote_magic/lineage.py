@@ -80,10 +80,14 @@ class LineageView:
             ax.text(
                 i, 1, label, ha="center", va="center", fontsize=8, bbox={**box, "facecolor": VERSION_COLOUR}
             )
+            lineage = version.lineage
+            data = lineage.dataset + (
+                f"\nversion {lineage.dataset_version[:8]}" if lineage.dataset_version else ""
+            )
             ax.text(
                 i,
                 -0.3,
-                _data(version),
+                data,
                 ha="center",
                 va="center",
                 fontsize=7,
@@ -93,9 +97,7 @@ class LineageView:
             if i:
                 ax.annotate("", xy=(i - 0.38, 1), xytext=(i - 0.62, 1), arrowprops={"arrowstyle": "->"})
         if chain and chain[0].lineage.origin != "version":
-            ax.text(
-                -0.55, 1, _origin(chain[0]), ha="left", va="bottom", fontsize=6, color="#666", rotation=90
-            )
+            ax.text(0, 1.45, _origin(chain[0]), ha="center", va="bottom", fontsize=7, color="#666")
         return fig
 
     def _repr_html_(self) -> str:
