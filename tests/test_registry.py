@@ -4,6 +4,7 @@ only when their condition holds, evaluation of a registered version, and who may
 from __future__ import annotations
 
 import hashlib
+import time
 
 import pandas as pd
 import pytest
@@ -13,6 +14,7 @@ from sklearn.preprocessing import StandardScaler
 
 from remote_magic import package_model
 from remote_magic.errors import BadRequest, ModelRejected, NotFound, RemoteError
+from tests.serverproc import running
 
 SPEC = {"dataset": "breast_cancer", "label": "malignant", "eval": {"fraction": 0.3, "seed": 1}}
 
@@ -134,3 +136,25 @@ def test_bad_registry_requests_get_clear_refusals(server):
         client.evaluate(None, SPEC, model_ref="deleted_one@latest")
     status = client.status(trained.job_id)
     assert status.model == "kept"  # no longer registered: pruned after keep_unregistered like any job model
+
+
+def test_unregistered_models_are_pruned_after_keep_unregistered_and_registered_ones_kept(tmp_path):
+    extra = '[registry]\nkeep_unregistered = "1s"\n\n[automation]\npoll_s = 0.2\n'
+    with running(
+        tmp_path / "data", tmp_path / "server.log", {"alice": ["breast_cancer"]}, extra=extra
+    ) as server:
+        client = server.client()
+        kept = client.train(small(), SPEC, register="kept_one")
+        loose = client.train(small(), SPEC)
+        assert client.status(loose.job_id).model == "kept"
+        time.sleep(1.5)
+        server.stop()
+        server.start()  # pruning runs at start, then hourly
+        deadline = time.monotonic() + 20
+        while client.status(loose.job_id).model != "pruned" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert client.status(loose.job_id).model == "pruned"
+        assert client.status(kept.job_id).model == "registered"
+        assert not any((server.settings.jobs_dir / loose.job_id).glob("model*"))
+        assert client.evaluate(None, SPEC, model_ref="kept_one@1").metrics["auc"] == kept.metrics["auc"]
+        assert client.result(loose.job_id).metrics == loose.raw.metrics  # the released result stays

@@ -6,6 +6,9 @@ token names the user, jobs, recipes and webhooks are the user's own, datasets th
 models those the registry lets the user see. Every request needs the token, introspection included.
 Queries are refused before they run when they are too deep, too long, use too many aliases or could cost
 too much (graphql_cost.py). Errors other than the server's own refusals are masked.
+
+Why it is long: it is the whole schema, each type beside the resolvers of its fields, so that what every
+field shows, and to whom, can be checked against REST in one reading.
 """
 
 from __future__ import annotations
