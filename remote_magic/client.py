@@ -3,6 +3,9 @@
 Layers: a `requests.Session` that retries only idempotent requests (a POST is retried only with the same
 Idempotency-Key, so a retry can never start a second job), one method per endpoint with typed results,
 and `Job` handles that wait (long-poll), report progress, cancel on Ctrl-C and return a `TrainResult`.
+
+Why it is long: one method per endpoint of the HTTP API, each a few lines; the layers stay together so
+that the transport's retry rules and the calls that rely on them can be read side by side.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from requests.auth import AuthBase
 from urllib3.util.retry import Retry
 
 from .automation import RegisterRequest
+from .connection import check_url, client_cert_file, hub_token, tls_problem, tls_verify, unreachable
 from .description import Description
 from .errors import ConnectionProblem, RemoteError, error_for
 from .payload import package_model
@@ -26,6 +30,8 @@ from .registry_client import RegistryCalls, register_request
 from .result import TrainResult
 from .wire import (
     FINAL_STATES,
+    CostEstimate,
+    CostRequest,
     DatasetInfo,
     DatasetSpec,
     DescribeResult,
@@ -34,6 +40,7 @@ from .wire import (
     JobStatus,
     MockData,
     ModelReleaseStatus,
+    ReleaseOptions,
     Whoami,
 )
 
@@ -57,12 +64,13 @@ class _TokenAuth(AuthBase):
         return "<bearer token>"
 
 
-def _retrying_session(token: str) -> requests.Session:
+def _retrying_session() -> requests.Session:
     session = requests.Session()
     retry = Retry(
         total=5,
         connect=5,
         read=3,
+        other=0,  # a TLS failure will not pass on a retry
         backoff_factor=0.3,
         status_forcelist=(502, 503, 504),
         allowed_methods=frozenset({"GET", "HEAD", "OPTIONS"}),
@@ -72,24 +80,52 @@ def _retrying_session(token: str) -> requests.Session:
     adapter = HTTPAdapter(max_retries=retry)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    session.auth = _TokenAuth(token)
     session.headers["User-Agent"] = "remote-magic-client"
     return session
 
 
-class Client(RegistryCalls):
-    """A connection to one remote-magic server, authenticated by a token."""
+def _options(release: ReleaseOptions | dict | None) -> ReleaseOptions:
+    if isinstance(release, ReleaseOptions):
+        return release
+    return ReleaseOptions.model_validate(release or {})
 
-    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = DEFAULT_TIMEOUT):
+
+class Client(RegistryCalls):
+    """A connection to one remote-magic server, authenticated by a token.
+
+    The token is `token`, else $REMOTE_MAGIC_TOKEN, else, in a JupyterHub kernel, $JUPYTERHUB_API_TOKEN
+    if the server says it accepts Hub tokens. HTTPS certificates are verified (against `ca_bundle` or
+    $REMOTE_MAGIC_CA_BUNDLE if given); `client_cert` (or $REMOTE_MAGIC_CLIENT_CERT) is a PEM file with
+    a certificate and key for servers that require one; plain http:// to a host that is not loopback is
+    refused unless `insecure`."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        ca_bundle: str | None = None,
+        client_cert: str | None = None,
+        insecure: bool = False,
+    ):
         url = url or os.environ.get("REMOTE_MAGIC_URL")
-        token = token or os.environ.get("REMOTE_MAGIC_TOKEN")
         if not url:
             raise ConnectionProblem("no server URL: pass one or set REMOTE_MAGIC_URL")
+        self.url = check_url(url, insecure)
+        self.timeout = timeout
+        self._session = _retrying_session()
+        # Passed with every request: requests lets $REQUESTS_CA_BUNDLE override a session's `verify`.
+        self._verify = tls_verify(ca_bundle)
+        self._session.cert = client_cert_file(client_cert)
+        token = token or os.environ.get("REMOTE_MAGIC_TOKEN") or self._hub_token()
         if not token:
             raise ConnectionProblem("no token: pass one or set REMOTE_MAGIC_TOKEN")
-        self.url = url.rstrip("/")
-        self.timeout = timeout
-        self._session = _retrying_session(token)
+        self._session.auth = _TokenAuth(token)
+
+    def _hub_token(self) -> str | None:
+        token = hub_token()
+        return token if token and "jupyterhub" in self.health().get("auth", []) else None
 
     def __repr__(self) -> str:
         return f"Client({self.url!r})"
@@ -99,10 +135,13 @@ class Client(RegistryCalls):
 
     def _request(self, method: str, path: str, **kwargs: object) -> requests.Response:
         kwargs.setdefault("timeout", self.timeout)
+        kwargs.setdefault("verify", self._verify)
         try:
             response = self._session.request(method, f"{self.url}/v1{path}", **kwargs)  # type: ignore[arg-type]
-        except requests.ConnectionError:
-            raise ConnectionProblem(f"cannot reach {self.url}: is the server running?") from None
+        except requests.exceptions.SSLError as exc:
+            raise tls_problem(self.url, exc) from None
+        except requests.ConnectionError as exc:
+            raise unreachable(self.url, exc, self._session.cert is not None) from None
         except requests.Timeout as exc:
             raise ConnectionProblem(f"{self.url} did not answer in time") from exc
         if response.status_code >= 400:
@@ -144,22 +183,29 @@ class Client(RegistryCalls):
         spec: DatasetSpec | dict,
         kind: str = "train",
         idempotency_key: str | None = None,
+        release: ReleaseOptions | dict | None = None,
         register: str | dict | RegisterRequest | None = None,
         base_model: str | None = None,
     ) -> Job:
-        """Queue a job and return its handle at once.
+        """Queue a job and return its handle at once. `release` asks for extras (confusion matrix, an
+        eval learning curve, a feature-importance ranking); on a dataset in mode dp each costs budget.
 
         `register` names the model the trained result becomes the next version of (a name, or a dict with
         `alias` and a `when` condition); `base_model` (`churn@3`, `@latest`, `@ALIAS`) continues, or
         evaluates, a registered version on the server: `model` then only brings parameters, or is None."""
         spec = spec if isinstance(spec, DatasetSpec) else DatasetSpec.model_validate(spec)
+        options = _options(release)
         key = idempotency_key or uuid.uuid4().hex
         files = (
             {"model": ("model.pkl", package_model(model), "application/octet-stream")}
             if model is not None
             else None
         )
-        data = {"spec": spec.model_dump_json(exclude_none=True), "kind": kind}
+        data = {
+            "spec": spec.model_dump_json(exclude_none=True),
+            "kind": kind,
+            "release": options.model_dump_json(),
+        }
         request = register_request(register)
         if request is not None:
             data["register_as"] = request.model_dump_json(exclude_none=True)
@@ -181,20 +227,46 @@ class Client(RegistryCalls):
         self,
         model: object,
         spec: DatasetSpec | dict,
+        release: ReleaseOptions | dict | None = None,
         register: str | dict | RegisterRequest | None = None,
         base_model: str | None = None,
         **wait: object,
     ) -> TrainResult:
         """Submit a training job and wait for its result (see `submit` for `register` and `base_model`)."""
-        job = self.submit(model, spec, "train", register=register, base_model=base_model)
+        job = self.submit(model, spec, "train", release=release, register=register, base_model=base_model)
         return job.result(**wait)  # type: ignore[arg-type]
 
     def evaluate(
-        self, model: object, spec: DatasetSpec | dict, model_ref: str | None = None, **wait: object
+        self,
+        model: object,
+        spec: DatasetSpec | dict,
+        release: ReleaseOptions | dict | None = None,
+        model_ref: str | None = None,
+        **wait: object,
     ) -> TrainResult:
         """Score a fitted model on the spec's evaluation rows, without training; with `model_ref`
         (`churn@3`), score that registered version instead (pass `model=None`)."""
-        return self.submit(model, spec, "evaluate", base_model=model_ref).result(**wait)  # type: ignore[arg-type]
+        job = self.submit(model, spec, "evaluate", release=release, base_model=model_ref)
+        return job.result(**wait)  # type: ignore[arg-type]
+
+    def cost(
+        self,
+        model: object,
+        spec: DatasetSpec | dict,
+        kind: str = "train",
+        release: ReleaseOptions | dict | None = None,
+    ) -> CostEstimate:
+        """What the job would cost in privacy budget, and how wide its intervals should be, before
+        anything is spent. The cost does not depend on the model (it is accepted for symmetry)."""
+        spec = spec if isinstance(spec, DatasetSpec) else DatasetSpec.model_validate(spec)
+        body = CostRequest(spec=spec, kind=kind, release=_options(release))  # type: ignore[arg-type]
+        response = self._request(
+            "POST",
+            "/cost",
+            data=body.model_dump_json(exclude_none=True),
+            headers={"Content-Type": "application/json"},
+        )
+        return CostEstimate.model_validate(response.json())
 
     def jobs(self, limit: int = 100) -> list[JobStatus]:
         return JobList.model_validate(self._request("GET", "/jobs", params={"limit": limit}).json()).jobs

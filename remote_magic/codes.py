@@ -46,6 +46,7 @@ CODES: dict[str, Code] = {
         401, "auth", "Check the token in $REMOTE_MAGIC_TOKEN (or the variable named by --token-env)."
     ),
     "forbidden": Code(403, "auth", "Ask the data owner for access to this dataset."),
+    "hub_unavailable": Code(503, "auth", "Retry in a moment, or connect with a token from the data owner."),
     "not_found": Code(404, "not_found"),
     "unknown_model": Code(404, "not_found", "%remote_models lists the model versions you may use."),
     "already_exists": Code(409, "request"),
@@ -83,6 +84,12 @@ CODES: dict[str, Code] = {
     ),
     "model_not_released": Code(403, "disclosure"),
     "model_release_refused": Code(403, "disclosure"),
+    "not_released": Code(
+        422,
+        "disclosure",
+        "The job was admitted and charged; regularise the model (raise min_child_weight, lower max_depth) "
+        "or change the spec.",
+    ),
     "privacy_budget_exhausted": Code(
         422, "budget", "Repeat an earlier request to see its stored answer, or ask the data owner."
     ),

@@ -11,7 +11,7 @@ import html
 
 import pandas as pd
 
-from .formats import count_text, rules_text
+from .formats import count_text, privacy_text, rules_text
 from .wire import ColumnDescription, DescribeResult, HistogramBin, PolicyInEffect
 
 
@@ -61,9 +61,9 @@ class Description:
         return {c.name: c for c in self.raw.columns}
 
     @property
-    def privacy_budget(self) -> dict | None:
-        b = self.raw.privacy_budget
-        return None if b is None else b.model_dump()
+    def privacy(self) -> dict | None:
+        """What this answer cost under differential privacy and the budget left; None in mode rules."""
+        return None if self.raw.privacy is None else self.raw.privacy.model_dump()
 
     def histogram(self, column: str) -> pd.Series:
         """A numeric column's released bins as a Series indexed by bin label."""
@@ -84,12 +84,8 @@ class Description:
                 "classes: " + ", ".join(f"{c.label}: {_count(c.count, r.policy)}" for c in r.classes)
             )
         lines += [_column_text(c, r.policy) for c in r.columns]
-        if r.privacy_budget is not None:
-            b = r.privacy_budget
-            lines.append(
-                f"differential privacy: epsilon {b.epsilon_per_release:g} per release, "
-                f"{b.epsilon_remaining:g} of your budget left" + (" (stored answer)" if b.repeated else "")
-            )
+        if r.privacy is not None:
+            lines.append(privacy_text(r.privacy))
         lines.append(f"({rules_text(r.policy, metrics=False).lower()}; outer histogram bins are open)")
         return "\n".join(lines)
 
@@ -114,7 +110,7 @@ class Description:
             "<table><thead><tr><th>column</th><th>kind</th><th>missing</th><th>distribution</th></tr></thead>"
             f"<tbody>{rows}</tbody></table>"
         )
-        if r.privacy_budget is not None:
-            parts.append(f"<p>epsilon left: {r.privacy_budget.epsilon_remaining:g}</p>")
+        if r.privacy is not None:
+            parts.append(f"<p>{html.escape(privacy_text(r.privacy))}</p>")
         parts.append(f"<p><small>{html.escape(rules_text(r.policy, metrics=False))}.</small></p></div>")
         return "".join(parts)

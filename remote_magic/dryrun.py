@@ -28,8 +28,9 @@ from .families import family_for
 from .families.base import Split, encode_labels
 from .payload import package_model, scan
 from .query import EVAL_FLAG, ROW_ID, staging_query
+from .rows import prepare
 from .specs import Resolved, resolve
-from .wire import DatasetInfo, DatasetSpec, MockData
+from .wire import CostEstimate, DatasetInfo, DatasetSpec, MockData
 
 DRY_ROUNDS = 5
 MOCK_TABLE = "remote_magic_mock_rows"
@@ -71,6 +72,7 @@ class DryRun:
     eval_rows: int
     rounds: int
     notes: list[str] = field(default_factory=list)
+    cost: CostEstimate | None = None
 
     def __repr__(self) -> str:
         source = "a file from the data owner" if self.source == "file" else "synthesised from the schema"
@@ -83,7 +85,21 @@ class DryRun:
         ]
         if self.kind == "train":
             lines.append(f"fitted {self.rounds} round(s) on the mock rows")
-        return "\n".join(lines + self.notes)
+        return "\n".join(lines + self.notes + self._cost_lines())
+
+    def _cost_lines(self) -> list[str]:
+        c = self.cost
+        if c is None:
+            return []
+        if c.privacy != "dp":
+            return ["cost: none (this dataset releases rounded numbers, without differential privacy)"]
+        expected = ", ".join(f"{name} +/- {value:g}" for name, value in c.expected.items())
+        rows = f" for about {c.assumed_eval_rows:,} evaluation rows" if c.assumed_eval_rows else ""
+        return [
+            f"cost if submitted: rho {c.rho:g} (epsilon {c.epsilon:.3g} at delta {c.delta:g}); budget left "
+            f"after it: rho {c.rho_remaining_after:.4g} of {c.rho_cap:g}",
+            *([f"expected 95% intervals{rows}: {expected}"] if expected else []),
+        ]
 
     def _repr_html_(self) -> str:
         lines = html.escape(repr(self)).split("\n")
@@ -92,7 +108,9 @@ class DryRun:
         )
 
 
-def admit(spec: DatasetSpec, resolved: Resolved, mock: pd.DataFrame, kind: str) -> pa.Table:
+def admit(
+    spec: DatasetSpec, resolved: Resolved, mock: pd.DataFrame, kind: str, min_count: int = 10
+) -> pa.Table:
     """The mock rows the server's staging query admits, with its evaluation flag and their row numbers."""
     rows = mock.assign(**{MOCK_ROW_NUMBER: np.arange(len(mock))})
     if resolved.id_column and resolved.id_column not in rows.columns:
@@ -107,12 +125,13 @@ def admit(spec: DatasetSpec, resolved: Resolved, mock: pd.DataFrame, kind: str) 
             exp.column(MOCK_ROW_NUMBER, quoted=True),
             kind,
         )
-        return con.sql(sql, params=params).to_arrow_table()
+        table = con.sql(sql, params=params).to_arrow_table()
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0][:300]
         raise DryRunError(f"the spec could not be run on the mock rows: {first}") from None
     finally:
         con.close()
+    return prepare(table, resolved.all_features, min_count)
 
 
 def _splits(table: pa.Table, features: list[str], label: str) -> tuple[Split, Split]:
@@ -145,7 +164,8 @@ def dry_run(
     except Refusal as refusal:
         raise DryRunError(refusal.message, code=refusal.code) from None
     features = resolved.all_features
-    table = admit(spec, resolved, mock, kind)
+    min_count = dataset.policy.min_count if dataset.policy is not None else 10
+    table = admit(spec, resolved, mock, kind, min_count)
     train, evaluation = _splits(table, features, spec.label)
     n_admitted, n_eval = table.num_rows, len(evaluation.y)
     notes: list[str] = []
@@ -155,7 +175,9 @@ def dry_run(
             "values that mock data does not have; the model was fitted on all mock rows instead"
         )
         everything = spec.model_copy(update={"where": None, "eval": None})
-        train, evaluation = _splits(admit(everything, resolved, mock, "evaluate"), features, spec.label)
+        train, evaluation = _splits(
+            admit(everything, resolved, mock, "evaluate", min_count), features, spec.label
+        )
         train = evaluation
     fitted = 0
     try:

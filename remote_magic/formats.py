@@ -6,7 +6,7 @@ constants: a dataset may set stricter numbers than the server's defaults.
 
 from __future__ import annotations
 
-from .wire import PolicyInEffect
+from .wire import PolicyInEffect, PrivacyReport
 
 
 def count_text(n: int | None, policy: PolicyInEffect | None) -> str:
@@ -22,3 +22,22 @@ def rules_text(policy: PolicyInEffect | None, metrics: bool = True) -> str:
         return "As released by the server's disclosure policy"
     counts = f"Counts rounded to {policy.round_to}; counts under {policy.min_count} suppressed"
     return f"{counts}; metrics to {policy.significant_digits} significant digits" if metrics else counts
+
+
+def metric_text(value: float) -> str:
+    """A released metric with the digits it was released with (4 significant: 0.4810, not 0.481)."""
+    if value == 0:
+        return "0"
+    return f"{value:#.4g}".rstrip(".") if abs(value) < 1e6 else f"{value:.4g}"
+
+
+def privacy_text(report: PrivacyReport) -> str:
+    """What an answer cost under differential privacy and what is left, in one line."""
+    if report.repeated:
+        cost = "the stored answer to an identical request: no cost"
+    else:
+        cost = f"cost rho {report.rho:.4g} (epsilon {report.epsilon:.3g} at delta {report.delta:g})"
+    return (
+        f"differential privacy: {cost}; budget left rho {report.rho_remaining:.4g} of {report.rho_cap:g}; "
+        "values include noise"
+    )

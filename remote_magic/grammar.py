@@ -152,6 +152,11 @@ def _is_value(node: exp.Expression) -> bool:
     return isinstance(node, (exp.Column, exp.Literal, exp.Null, exp.Tuple, exp.Neg))
 
 
+def filter_columns(tree: exp.Expression) -> set[str]:
+    """The columns a checked filter tree names."""
+    return {c.name for c in tree.find_all(exp.Column)}
+
+
 def compile_filter(text: str, columns: Collection[str]) -> str:
     """The checked filter re-emitted as DuckDB SQL with quoted identifiers."""
     return parse_filter(text, columns).sql(dialect="duckdb", identify=True)

@@ -18,15 +18,18 @@ from typing import TYPE_CHECKING
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
+from pydantic import ValidationError
 from traitlets import Bool, Float, Unicode, default
 from traitlets.config import Configurable
 
 from .client import Client, Job
+from .connection import hub_token
 from .display import Table, columns_table, datasets_table, jobs_table
 from .lineage import LineageView, models_table, recipes_table
 from .progress import ProgressBar, progress_enabled
 from .registry_client import register_request
 from .spec import spec_from_args
+from .wire import ReleaseOptions, first_error
 
 if TYPE_CHECKING:
     from .description import Description
@@ -70,7 +73,16 @@ def _spec_arguments(func):
             argument(
                 "--dry-run",
                 action="store_true",
-                help="check the spec and fit the model here on the dataset's mock rows; send nothing",
+                help="check the spec and fit the model here on the dataset's mock rows, and show what the "
+                "job would cost; send nothing",
+            ),
+            argument("--confusion", action="store_true", help="also release the confusion matrix"),
+            argument("--curve", type=int, default=0, help="also release an eval learning curve at K points"),
+            argument(
+                "--importance",
+                type=int,
+                default=0,
+                help="also release the top K features (permutation importance)",
             ),
         ]
     ):
@@ -131,10 +143,13 @@ class RemoteMagic(Magics, Configurable):
         self.last_job: Job | None = None
 
     # connection
-    def _token(self, env: str) -> str:
+    def _token(self, env: str) -> str | None:
+        """The token from `env`; None in a JupyterHub kernel (the client then offers the Hub's token)."""
         token = os.environ.get(env)
         if token:
             return token
+        if hub_token():
+            return None
         if sys.stdin is not None and hasattr(sys.stdin, "isatty") and not os.environ.get("CI"):
             try:
                 return getpass.getpass(f"Token for the remote-magic server (or set {env}): ")
@@ -148,10 +163,10 @@ class RemoteMagic(Magics, Configurable):
             self._connect(self.url, self.token_env, "default")
         return self.connections[self.current]  # type: ignore[index]
 
-    def _connect(self, url: str, token_env: str, name: str) -> Client:
+    def _connect(self, url: str, token_env: str, name: str, **tls: object) -> Client:
         if not url:
             raise UsageError("no server URL: %remote_connect URL, or set REMOTE_MAGIC_URL")
-        client = Client(url, self._token(token_env), timeout=30.0)
+        client = Client(url, self._token(token_env), timeout=30.0, **tls)  # type: ignore[arg-type]
         self.connections[name] = client
         self.current = name
         return client
@@ -160,15 +175,28 @@ class RemoteMagic(Magics, Configurable):
     @argument("url", nargs="?", help="server URL (default: the `url` trait or $REMOTE_MAGIC_URL)")
     @argument("--token-env", help="environment variable that holds the token (default: REMOTE_MAGIC_TOKEN)")
     @argument("--name", "-n", default=None, help="name of this connection; switch back with --name only")
+    @argument("--ca-bundle", help="CA file for the server's certificate (default: $REMOTE_MAGIC_CA_BUNDLE)")
+    @argument("--client-cert", help="PEM file with a client certificate and key, if the server asks for one")
+    @argument("--insecure", action="store_true", help="allow plain http:// to a host that is not loopback")
     @line_magic
     def remote_connect(self, line: str) -> None:
-        """Connect to a remote-magic server, or switch between named connections."""
+        """Connect to a remote-magic server, or switch between named connections.
+
+        In a JupyterHub kernel without $REMOTE_MAGIC_TOKEN, the Hub's token is used if the server
+        accepts it."""
         args = _parse(self.remote_connect, line)
         name = args.name or "default"
         if args.url is None and args.name in self.connections:
             self.current = args.name
         else:
-            self._connect(args.url or self.url, args.token_env or self.token_env, name)
+            self._connect(
+                args.url or self.url,
+                args.token_env or self.token_env,
+                name,
+                ca_bundle=args.ca_bundle,
+                client_cert=args.client_cert,
+                insecure=args.insecure,
+            )
         who = self.client.whoami()
         print(
             f"Connected to {self.client.url} as {who.user} ({len(who.datasets)} dataset(s)) [{self.current}]"
@@ -195,12 +223,17 @@ class RemoteMagic(Magics, Configurable):
             raise UsageError(f"the cell defines no variable {args.model!r}; name the model with --model VAR")
         if args.dry_run and base is not None:
             raise UsageError("--dry-run checks a model from the cell; it cannot use a registered version")
+        try:
+            release = ReleaseOptions(confusion=args.confusion, curve=args.curve, importance=args.importance)
+        except ValidationError as exc:
+            raise UsageError(f"invalid release option {first_error(exc.errors(), 'release')}") from None
         if args.dry_run:
             from .dryrun import dry_run
 
             client = self.client
             model = self.shell.user_ns[args.model]
             report = dry_run(model, spec, client.dataset(spec.dataset), client.mock(spec.dataset), kind)
+            report.cost = client.cost(model, spec, kind, release)
             if args.output:
                 self.shell.user_ns[args.output] = report
             return report
@@ -214,7 +247,7 @@ class RemoteMagic(Magics, Configurable):
             )
         except ValueError as exc:
             raise UsageError(f"--register/--alias/--if-better: {exc}") from None
-        job = self.client.submit(model, spec, kind, register=request, base_model=base)
+        job = self.client.submit(model, spec, kind, release=release, register=request, base_model=base)
         self.last_job = job
         if args.no_wait:
             if args.output:

@@ -45,8 +45,18 @@ def learning_curve(history: pd.DataFrame) -> Figure | None:
     fig = Figure(figsize=(4.2, HEIGHT), layout="constrained")
     ax = fig.subplots()
     _style(ax)
-    ax.plot(history.index, history["train"], label="train", color=TRAIN_COLOUR, linewidth=1.8)
-    ax.plot(history.index, history["eval"], label="eval", color=EVAL_COLOUR, linewidth=1.8)
+    if "train" in history:
+        ax.plot(history.index, history["train"], label="train", color=TRAIN_COLOUR, linewidth=1.8)
+    ax.plot(history.index, history["eval"], label="eval", color=EVAL_COLOUR, linewidth=1.8, marker=".")
+    if "eval_low" in history:
+        ax.fill_between(
+            history.index,
+            history["eval_low"],
+            history["eval_high"],
+            color=EVAL_COLOUR,
+            alpha=0.2,
+            label="95% interval",
+        )
     evals = history["eval"]
     best = evals.idxmax() if metric.split("@")[0] in HIGHER_IS_BETTER else evals.idxmin()
     ax.axvline(best, color="#999999", linestyle=":", linewidth=1)

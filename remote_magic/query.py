@@ -25,6 +25,13 @@ def default_eval(kind: str) -> dict | None:
     return DEFAULT_TRAIN_EVAL if kind == "train" else None
 
 
+def finite_or_null(expression: exp.Expression) -> exp.Expression:
+    """A derived value as a DOUBLE, NULL where it overflows, divides by zero or is not finite, so that
+    no failure depends on the values of some row."""
+    value = exp.Cast(this=exp.func("try", exp.paren(expression)), to=exp.DataType.build("double"))
+    return exp.Case(ifs=[exp.If(this=exp.func("isfinite", value), true=value.copy())])
+
+
 def staging_query(
     spec: DatasetSpec,
     resolved: Resolved,
@@ -38,7 +45,7 @@ def staging_query(
     `row_number` the expression that numbers a row in it."""
     cols: list[exp.Expression] = [exp.column(c, quoted=True) for c in [*resolved.features, spec.label]]
     cols += [
-        exp.alias_(exp.paren(parse_derive(name, text, resolved.derive_columns)), name, quoted=True)
+        exp.alias_(finite_or_null(parse_derive(name, text, resolved.derive_columns)), name, quoted=True)
         for name, text in (spec.derive or {}).items()
     ]
     split = spec.eval.model_dump() if spec.eval is not None else default_eval(kind)
@@ -59,6 +66,11 @@ def staging_query(
     select = exp.select(
         *cols, exp.alias_(flag, EVAL_FLAG, quoted=True), exp.alias_(row_number, ROW_ID, quoted=True)
     ).from_(source)
+    # Rows without a label are not admitted: they could neither train nor be scored, and a failure
+    # that depended on them would tell where missing labels are.
+    select = select.where(
+        exp.Not(this=exp.Is(this=exp.column(spec.label, quoted=True), expression=exp.Null()))
+    )
     if spec.where:
         select = select.where(parse_filter(spec.where, resolved.filter_columns))
     select = select.order_by(exp.column(resolved.id_column, quoted=True))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from .formats import count_text, rules_text
+from .formats import count_text, metric_text, privacy_text, rules_text
 from .wire import JobResult, SplitSummary
 
 if TYPE_CHECKING:
@@ -43,8 +43,28 @@ class TrainResult:
         return self.raw.task
 
     @property
-    def metrics(self) -> dict[str, float]:
+    def metrics(self) -> dict[str, float | None]:
+        """Released metrics on the evaluation rows; None where a metric could not be released (`notes`)."""
         return dict(self.raw.metrics)
+
+    @property
+    def intervals(self) -> dict[str, tuple[float, float]]:
+        """The 95% interval of each metric (datasets in mode dp: the values include DP noise)."""
+        return {name: (low, high) for name, (low, high) in self.raw.intervals.items()}
+
+    @property
+    def privacy(self) -> dict | None:
+        """What this result cost (zCDP rho, and epsilon at delta) and the budget left; None in mode rules."""
+        return None if self.raw.privacy is None else self.raw.privacy.model_dump()
+
+    @property
+    def importance_ranking(self) -> list[str] | None:
+        """Mode dp: the top features by permutation importance on eval rows (a noisy top-k), best first."""
+        return self.raw.importance_ranking
+
+    @property
+    def notes(self) -> list[str]:
+        return list(self.raw.notes)
 
     @property
     def rounds(self) -> dict[str, int]:
@@ -52,20 +72,29 @@ class TrainResult:
 
     @property
     def history(self) -> pd.DataFrame:
-        """Per-round eval metric on the train and eval sets, for the rounds trained remotely."""
+        """The metric per boosting round on the train and eval rows, for the rounds trained remotely; in
+        mode dp the eval metric at the checkpoints asked for (`curve=K`) with its 95% interval."""
         h = self.raw.history
         if h is None:
             return pd.DataFrame(columns=["train", "eval"], index=pd.Index([], name="round"))
-        frame = pd.DataFrame({"train": h.train, "eval": h.eval})
-        frame.index = pd.RangeIndex(
-            self.raw.rounds.base + 1, self.raw.rounds.base + 1 + len(frame), name="round"
-        )
+        if h.rounds is not None:
+            bands = h.eval_intervals or [[float("nan")] * 2] * len(h.eval)
+            frame = pd.DataFrame(
+                {"eval": h.eval, "eval_low": [b[0] for b in bands], "eval_high": [b[1] for b in bands]},
+                index=pd.Index(h.rounds, name="round"),
+            )
+        else:
+            frame = pd.DataFrame({"train": h.train, "eval": h.eval})
+            frame.index = pd.RangeIndex(
+                self.raw.rounds.base + 1, self.raw.rounds.base + 1 + len(frame), name="round"
+            )
         frame.columns.name = h.metric
         return frame
 
     @property
     def feature_importance(self) -> pd.Series:
-        """Total gain per feature, largest first."""
+        """Average gain per split of each feature, largest first (mode rules; mode dp releases a ranking,
+        `importance_ranking`, instead)."""
         series = pd.Series(self.raw.feature_importance, name="gain", dtype=float)
         return series.sort_values(ascending=False, kind="stable")
 
@@ -129,12 +158,26 @@ class TrainResult:
             else "rows:"
         )
         lines += self._summary_lines()
-        lines.append("metrics (eval set):")
-        lines += [f"  {name:<9} {value:.4g}" for name, value in r.metrics.items()]
+        lines.append("metrics (eval set" + (", 95% intervals" if r.intervals else "") + "):")
+        lines += [f"  {name:<9} {self._metric_text(name)}" for name in r.metrics]
         top = self.feature_importance.head(5)
         if len(top):
             lines.append("top features by gain: " + ", ".join(top.index))
+        if r.importance_ranking:
+            lines.append("top features by permutation importance: " + ", ".join(r.importance_ranking))
+        lines += [f"note: {note}" for note in r.notes]
+        if r.privacy is not None:
+            lines.append(privacy_text(r.privacy))
         return "\n".join(lines)
+
+    def _metric_text(self, name: str) -> str:
+        value = self.raw.metrics[name]
+        if value is None:
+            return "not available"
+        band = self.raw.intervals.get(name)
+        if band is None:
+            return metric_text(value)
+        return f"{metric_text(value)}  [{metric_text(band[0])}, {metric_text(band[1])}]"
 
     # notebook face
     def plot(self) -> dict:
@@ -172,8 +215,19 @@ class TrainResult:
             f"{self._rows_html()}{self._metrics_html()}</div>"
             f"<div style='display:flex;flex-wrap:wrap;gap:12px;margin-top:10px'>{images}</div>"
             f"<div style='color:#666;font-size:0.85em;margin-top:6px'>{html.escape(rules_text(r.policy))}"
-            ", on the evaluation rows.</div></div>"
+            f", on the evaluation rows.{self._notes_html()}</div></div>"
         )
+
+    def _notes_html(self) -> str:
+        r = self.raw
+        parts = [f"<br>{html.escape(note)}" for note in r.notes]
+        if r.importance_ranking:
+            parts.append(
+                "<br>Top features by permutation importance: " + html.escape(", ".join(r.importance_ranking))
+            )
+        if r.privacy is not None:
+            parts.append(f"<br><b>{html.escape(privacy_text(r.privacy))}</b>")
+        return "".join(parts)
 
     def _rows_html(self) -> str:
         rows = []
@@ -191,8 +245,9 @@ class TrainResult:
 
     def _metrics_html(self) -> str:
         rows = "".join(
-            f"<tr><th style='{_CELL}'>{html.escape(k)}</th><td style='{_NUM}'>{v:.4g}</td></tr>"
-            for k, v in self.raw.metrics.items()
+            f"<tr><th style='{_CELL}'>{html.escape(k)}</th><td style='{_NUM}'>"
+            f"{html.escape(self._metric_text(k))}</td></tr>"
+            for k in self.raw.metrics
         )
         return (
             f"<table class='remote-magic-metrics' style='{_TABLE}'><caption style='{_CAPTION}'>Metrics "

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .codes import Refusal
-from .grammar import check_derive, parse_filter
+from .grammar import check_derive, filter_columns, parse_filter
 from .wire import ColumnInfo, DatasetSpec, unknown_column_message
 
 
@@ -57,8 +57,11 @@ def resolve(spec: DatasetSpec, columns: Sequence[ColumnInfo]) -> Resolved:
     if not features:
         raise Refusal("invalid_spec", "the spec selects no features")
     for text, what in ((spec.where, "filter"), (getattr(spec.eval, "where", None), "eval filter")):
-        if text is not None:
-            parse_filter(text, usable, what)
+        if text is not None and spec.label in filter_columns(parse_filter(text, usable, what)):
+            # A refusal or an answer that depends on which rows carry which label would tell the label.
+            raise Refusal(
+                "invalid_filter", f"the label {spec.label!r} may not appear in a {what}; filter on features"
+            )
     derive_columns = [c for c in names if roles[c] == "feature"]
     derive = spec.derive or {}
     if derive:

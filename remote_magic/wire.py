@@ -3,6 +3,9 @@
 Defined once, here; the server imports it so that the OpenAPI document, the request validation and the
 client's parsing cannot drift apart. Every response model forbids extra fields: what leaves the server is
 exactly what is declared here (numbers and fixed strings), nothing else.
+
+Why it is long: it is the whole HTTP contract, one small model per message, kept in one file so that
+what may leave the server can be reviewed in one place.
 """
 
 from __future__ import annotations
@@ -85,6 +88,11 @@ class PolicyInEffect(_Strict):
     significant_digits: int = Field(description="Released metrics are rounded to this many digits.")
     min_rows: int = Field(description="The fewest rows a training or evaluation set may have.")
     min_class_rows: int = Field(description="The fewest rows per class in a set.")
+    privacy: Literal["dp", "rules"] = Field(
+        default="rules", description="dp: numbers are OpenDP draws under a budget; rules: rounding only."
+    )
+    rho_per_job: float | None = Field(default=None, description="zCDP cost of a job's default releases.")
+    rho_cap: float | None = Field(default=None, description="The budget per user and dataset (zCDP rho).")
 
 
 class ModelBounds(_Strict):
@@ -95,6 +103,10 @@ class ModelBounds(_Strict):
     max_bin: int
     max_threads: int = Field(description="nthread / n_jobs may not exceed this.")
     devices: list[str] = Field(default_factory=lambda: ["cpu"])
+    min_leaf_rows: int | None = Field(
+        default=None,
+        description="Mode dp: every leaf must hold this many rows (min_child_weight must ensure it).",
+    )
 
 
 class DatasetInfo(_Strict):
@@ -121,6 +133,10 @@ class Health(_Strict):
     scheduler: Literal["running", "draining", "stopped"] = Field(
         default="running",
         description="The worker pool: starting jobs, finishing them before a shutdown, or stopped.",
+    )
+    auth: list[Literal["token", "jupyterhub"]] = Field(
+        default_factory=lambda: ["token"],
+        description="Bearer tokens this server accepts: its own, and JupyterHub API tokens if configured.",
     )
 
 
@@ -175,6 +191,38 @@ class History(_Strict):
     metric: str
     train: list[float] = Field(default_factory=list)
     eval: list[float] = Field(default_factory=list)
+    rounds: list[int] | None = Field(
+        default=None,
+        description="The boosting round of each point (mode dp: K checkpoints); null: every round.",
+    )
+    eval_intervals: list[list[float]] | None = Field(
+        default=None, description="95% interval of each eval point (mode dp)."
+    )
+
+
+class ReleaseOptions(_Strict):
+    """What a job releases besides its default metrics; in mode dp each costs more of the budget."""
+
+    confusion: bool = Field(default=False, description="The confusion matrix (classifiers).")
+    curve: int = Field(default=0, ge=0, le=10, description="Eval learning-curve checkpoints; 0: none.")
+    importance: int = Field(
+        default=0,
+        ge=0,
+        le=10,
+        description="The top-k features by permutation importance on eval rows; 0: none.",
+    )
+
+
+class PrivacyReport(_Strict):
+    """What an answer cost under differential privacy (zCDP), and what is left of the budget."""
+
+    rho: float = Field(description="The zCDP cost of this answer (0 for a repeat).")
+    epsilon: float = Field(description="The same cost as (epsilon, delta)-DP at `delta`.")
+    delta: float
+    rho_spent: float = Field(description="Spent so far by this user on this dataset.")
+    rho_cap: float
+    rho_remaining: float
+    repeated: bool = Field(description="True for the stored answer to an identical earlier request.")
 
 
 class ClassCount(_Strict):
@@ -210,15 +258,25 @@ class JobResult(_Strict):
     dataset: str
     kind: JobKind
     task: Task
-    metrics: dict[str, float]
+    metrics: dict[str, float | None] = Field(description="Released metrics; null: not available (see notes).")
+    intervals: dict[str, list[float]] = Field(
+        default_factory=dict, description="95% interval [low, high] of each metric (mode dp)."
+    )
     history: History | None = None
-    feature_importance: dict[str, float] = Field(default_factory=dict)
+    feature_importance: dict[str, float] = Field(
+        default_factory=dict, description="Average gain per split of each feature (mode rules only)."
+    )
+    importance_ranking: list[str] | None = Field(
+        default=None, description="Top features by permutation importance on eval rows, best first (mode dp)."
+    )
     summary: Summary
     confusion_matrix: ConfusionMatrix | None = None
     rounds: Rounds
     policy: PolicyInEffect | None = Field(
         default=None, description="The rules this result was released under."
     )
+    privacy: PrivacyReport | None = Field(default=None, description="Present in mode dp.")
+    notes: list[str] = Field(default_factory=list, description="Why a value is not released, and such.")
 
 
 class HistogramBin(_Strict):
@@ -246,13 +304,6 @@ class ColumnDescription(_Strict):
     )
 
 
-class PrivacyBudget(_Strict):
-    epsilon_per_release: float
-    epsilon_spent: float
-    epsilon_remaining: float
-    repeated: bool = Field(description="True when this is a stored answer to an identical earlier request.")
-
-
 class DescribeResult(_Strict):
     """Disclosure-checked aggregates of a spec's admitted rows, before any training."""
 
@@ -261,13 +312,39 @@ class DescribeResult(_Strict):
     rows: int | None
     classes: list[ClassCount] | None = None
     columns: list[ColumnDescription]
-    privacy_budget: PrivacyBudget | None = Field(
-        default=None,
-        description="Present on datasets that release describe counts with differential privacy.",
-    )
+    privacy: PrivacyReport | None = Field(default=None, description="Present in mode dp.")
     policy: PolicyInEffect | None = Field(
         default=None, description="The rules this answer was released under."
     )
+
+
+class CostRequest(_Strict):
+    """A job to price before it is submitted: no model is needed, the cost depends on what is released."""
+
+    spec: DatasetSpec
+    kind: JobKind = "train"
+    release: ReleaseOptions = Field(default_factory=ReleaseOptions)
+
+
+class CostEstimate(_Strict):
+    """What a job would cost before it runs, and how wide its intervals are expected to be."""
+
+    dataset: str
+    kind: JobKind
+    privacy: Literal["dp", "rules"]
+    rho: float = 0.0
+    epsilon: float = 0.0
+    delta: float = 0.0
+    rho_spent: float = 0.0
+    rho_cap: float = 0.0
+    rho_remaining_after: float = 0.0
+    assumed_eval_rows: int | None = Field(
+        default=None, description="The evaluation rows the expectation assumes (from the rounded table size)."
+    )
+    expected: dict[str, float] = Field(
+        default_factory=dict, description="Expected half-width of each metric's 95% interval."
+    )
+    notes: list[str] = Field(default_factory=list)
 
 
 ModelReleaseState = Literal["not_allowed", "refused", "awaiting_approval", "approved"]

@@ -15,26 +15,36 @@ from pathlib import Path
 import requests
 
 from remote_magic import Client
-from remote_magic_server.demo import DEMO_DATASETS, ensure_demo_data, free_port
+from remote_magic_server.demo import DEMO_DATASETS, LABEL_RANGES, ensure_demo_data, free_port
 from remote_magic_server.jobs.store import Store
 from remote_magic_server.settings import load_settings
 
-USERS = {"alice": list(DEMO_DATASETS), "bob": ["breast_cancer"]}
+DEMO_NAMES = [f"{name}{suffix}" for name in DEMO_DATASETS for suffix in ("", "_rules")]
+USERS = {"alice": DEMO_NAMES, "bob": ["breast_cancer", "breast_cancer_rules"]}
+TEST_RHO_CAP = 50.0
 
 
-def write_config(data_dir: Path, extra_datasets: str = "", extra: str = "") -> Path:
-    """A TOML config serving the demo tables (plus any extra dataset tables) from data_dir."""
+def write_config(data_dir: Path, extra_datasets: str = "", extra: str = "", policy: str = "") -> Path:
+    """A TOML config serving the demo tables (plus any extra dataset tables) from data_dir.
+
+    The demo tables are served in mode dp (the default), as a data owner would, and once more as
+    `<name>_rules` in mode rules, for tests that compare exact numbers. The test suite runs hundreds of
+    jobs as one analyst, so its budget is larger than the default."""
     paths = ensure_demo_data(data_dir)
     lines = ["[server]", f'data_dir = "{data_dir}"', "workers = 1", "", extra, ""]
+    lines += ["[policy]", f"dp_rho_cap = {TEST_RHO_CAP}", policy, ""]
     for name, (_, label, desc) in DEMO_DATASETS.items():
-        lines += [
-            f"[datasets.{name}]",
-            f'path = "{paths[name]}"',
-            f'description = "{desc}"',
-            'id_column = "id"',
-            f'label_columns = ["{label}"]',
-            "",
-        ]
+        for suffix, mode in (("", "dp"), ("_rules", "rules")):
+            lines += [
+                f"[datasets.{name}{suffix}]",
+                f'path = "{paths[name]}"',
+                f'description = "{desc}"',
+                'id_column = "id"',
+                f'label_columns = ["{label}"]',
+                f'privacy = "{mode}"',
+                *(f"label_ranges.{k} = [{lo}, {hi}]" for k, (lo, hi) in LABEL_RANGES.get(name, {}).items()),
+                "",
+            ]
     config = data_dir / "server.toml"
     config.write_text("\n".join(lines) + extra_datasets)
     return config
@@ -49,9 +59,12 @@ class ServerProcess:
         self.data_dir = self.settings.server.data_dir
         self.log_path = log_path
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.settings.server.tls_cert else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.tokens: dict[str, str] = {}
+        self.verify: bool | str = True  # a CA bundle for a TLS server
+        self.cert: str | None = None  # a client certificate, if the server requires one
 
     def issue_tokens(self, users: dict[str, list[str]] = USERS) -> dict[str, str]:
         store = Store(self.settings.db_path, self.settings.jobs_dir)
@@ -60,7 +73,8 @@ class ServerProcess:
         store.close()
         return self.tokens
 
-    def start(self, timeout: float = 60.0) -> ServerProcess:
+    def start(self, timeout: float = 60.0, extra: tuple[str, ...] = ()) -> ServerProcess:
+        """Start `serve` (with `extra` arguments) and wait until it answers its health check."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's lifetime
         self.proc = subprocess.Popen(
             [
@@ -72,6 +86,7 @@ class ServerProcess:
                 str(self.config),
                 "--port",
                 str(self.port),
+                *extra,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -82,7 +97,8 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}; log: {self.log_path}")
             try:
-                if requests.get(f"{self.url}/v1/health", timeout=1).status_code == 200:
+                health = requests.get(f"{self.url}/v1/health", timeout=1, verify=self.verify, cert=self.cert)
+                if health.status_code == 200:
                     return self
             except requests.RequestException:
                 pass
@@ -105,11 +121,15 @@ class ServerProcess:
     def get(self, path: str, user: str | None = "alice", **kwargs) -> requests.Response:
         headers = {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
         headers.update(kwargs.pop("headers", {}))
+        kwargs.setdefault("verify", self.verify)
+        kwargs.setdefault("cert", self.cert)
         return requests.get(f"{self.url}/v1{path}", headers=headers, timeout=30, **kwargs)
 
     def post(self, path: str, user: str | None = "alice", **kwargs) -> requests.Response:
         headers = {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
         headers.update(kwargs.pop("headers", {}))
+        kwargs.setdefault("verify", self.verify)
+        kwargs.setdefault("cert", self.cert)
         return requests.post(f"{self.url}/v1{path}", headers=headers, timeout=30, **kwargs)
 
     def submit_raw(

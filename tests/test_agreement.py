@@ -14,7 +14,7 @@ from remote_magic import DatasetSpec
 from remote_magic.dryrun import dry_run
 from remote_magic.errors import DryRunError, JobFailed, RemoteError
 
-BASE = {"dataset": "synthetic", "label": "label"}
+BASE = {"dataset": "synthetic_rules", "label": "label"}
 
 
 def small() -> xgb.XGBClassifier:

@@ -12,7 +12,7 @@ import xgboost as xgb
 from remote_magic import package_model
 from remote_magic.errors import DisclosureRefused
 
-SPEC = {"dataset": "breast_cancer", "label": "malignant"}
+SPEC = {"dataset": "breast_cancer_rules", "label": "malignant"}
 
 
 def submit_raw(server, payload: bytes, spec: dict = SPEC, user: str | None = "alice", **kw):
@@ -50,11 +50,11 @@ def test_no_token_is_401(server, good_payload):
 
 def test_someone_elses_dataset_is_404(server, good_payload):
     assert_error(
-        submit_raw(server, good_payload, {"dataset": "synthetic", "label": "label"}, user="bob"),
+        submit_raw(server, good_payload, {"dataset": "synthetic_rules", "label": "label"}, user="bob"),
         404,
         "unknown_dataset",
     )
-    assert_error(server.get("/datasets/synthetic", user="bob"), 404, "unknown_dataset")
+    assert_error(server.get("/datasets/synthetic_rules", user="bob"), 404, "unknown_dataset")
 
 
 def test_someone_elses_job_is_404(server, earlier_job):

@@ -32,9 +32,11 @@ def owner_server(tmp_path_factory):
     extra = (
         "\n[datasets.open_diabetes]\n"
         f'path = "{data_dir / "datasets" / "diabetes.parquet"}"\n'
-        'id_column = "id"\nlabel_columns = ["progression"]\nallow_custom_code = true\n'
+        'id_column = "id"\nlabel_columns = ["progression"]\nallow_custom_code = true\nprivacy = "rules"\n'
     )
-    with running(data_dir, base / "server.log", {"carol": ["open_diabetes", "diabetes"]}, extra) as server:
+    with running(
+        data_dir, base / "server.log", {"carol": ["open_diabetes", "diabetes_rules"]}, extra
+    ) as server:
         yield server
 
 
@@ -69,7 +71,7 @@ def test_custom_objective_is_held_reviewed_approved_and_trained(owner_server):
     assert job.status.state == "awaiting_approval"
 
     with pytest.raises(RemoteError) as info:
-        client.submit(model, {**spec, "dataset": "diabetes"})
+        client.submit(model, {**spec, "dataset": "diabetes_rules"})
     assert info.value.code == "custom_code_refused" and "squared_error_objective" in info.value.message
 
     listing = review(owner_server, "list")

@@ -57,7 +57,7 @@ def test_the_label_and_the_id_are_not_usable_and_names_must_be_new():
 
 def test_a_derived_feature_is_used_in_training(server):
     spec = DatasetSpec(
-        dataset="synthetic",
+        dataset="synthetic_rules",
         label="label",
         features=["noise_0", "noise_1"],
         derive={
@@ -74,7 +74,7 @@ def test_a_derived_feature_is_used_in_training(server):
 
 
 def _refusal(server, derive: dict) -> dict:
-    spec = {"dataset": "synthetic", "label": "label", "derive": derive}
+    spec = {"dataset": "synthetic_rules", "label": "label", "derive": derive}
     response = server.submit_raw(b"\x80\x05N.", spec)
     assert response.status_code == 422, response.text
     return response.json()["error"]

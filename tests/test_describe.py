@@ -25,13 +25,13 @@ def shell(server):
 
 
 def test_describe_releases_only_checked_aggregates(server):
-    data = pd.read_parquet(server.settings.datasets["synthetic"].path)
+    data = pd.read_parquet(server.settings.datasets["synthetic_rules"].path)
     admitted = data[data["visits"] >= 2]
-    got = server.client().describe({"dataset": "synthetic", "label": "label", "where": "visits >= 2"})
+    got = server.client().describe({"dataset": "synthetic_rules", "label": "label", "where": "visits >= 2"})
     counts = admitted["label"].value_counts()
     assert got.classes == {str(k): rounded(n) for k, n in counts.items()}
     assert got.rows == sum(got.classes.values())
-    assert got.privacy_budget is None
+    assert got.privacy is None
     age = got.columns["age"]
     assert age.kind == "numeric" and age.missing == rounded(admitted["age"].isna().sum())
     assert abs(age.missing_rate - age.missing / got.rows) < 1e-3
@@ -47,8 +47,8 @@ def test_describe_releases_only_checked_aggregates(server):
 
 def test_describe_refuses_a_bad_spec_before_running(server):
     with pytest.raises(SpecError, match="agee"):
-        server.client().describe({"dataset": "synthetic", "label": "label", "where": "agee > 3"})
-    response = server.post("/describe", user="bob", json={"dataset": "synthetic", "label": "label"})
+        server.client().describe({"dataset": "synthetic_rules", "label": "label", "where": "agee > 3"})
+    response = server.post("/describe", user="bob", json={"dataset": "synthetic_rules", "label": "label"})
     assert response.status_code == 404
 
 
@@ -56,10 +56,10 @@ def test_remote_describe_magic(server, shell, monkeypatch):
     monkeypatch.setenv("REMOTE_MAGIC_TOKEN", server.tokens["alice"])
     shell.run_line_magic("remote_connect", server.url)
     out = shell.run_line_magic(
-        "remote_describe", "--dataset breast_cancer --label malignant --features mean_radius -o desc"
+        "remote_describe", "--dataset breast_cancer_rules --label malignant --features mean_radius -o desc"
     )
     assert shell.user_ns["desc"] is out
     assert list(out.columns) == ["mean_radius"]
     assert out.histogram("mean_radius").min() >= 10
     with pytest.raises(UsageError, match="--label"):
-        shell.run_line_magic("remote_describe", "--dataset breast_cancer")
+        shell.run_line_magic("remote_describe", "--dataset breast_cancer_rules")

@@ -26,14 +26,14 @@ def desk(tmp_path: Path) -> ReleaseDesk:
                 id_column="id",
                 label_columns=["y"],
                 allow_model_release=True,
+                privacy="rules",
                 policy={"min_count": 20, "round_to": 10},
             ),
             "noisy": DatasetConfig(
                 path=tmp_path / "n.parquet",
                 id_column="id",
                 label_columns=["y"],
-                dp=True,
-                policy={"dp_epsilon": 1.0, "dp_epsilon_cap": 2.0},
+                policy={"dp_rho_cap": 0.005},
             ),
         }
     )
@@ -89,6 +89,7 @@ def test_a_result_is_rounded_under_the_dataset_policy_and_says_so(desk, tmp_path
         task="binary",
         metrics={"auc": 0.8765432},
         feature_importance={"a": 12.345678},
+        stats={"n": 201},
         rounds={"base": 0, "new": 3, "total": 3},
         confusion={"labels": ["0", "1"], "counts": [[95, 5], [19, 82]]},
         model=LeafFacts(categorical=False, min_leaf_rows=40, max_depth=2, n_estimators=3, min_child_weight=5),
@@ -129,16 +130,29 @@ def test_dp_describe_charges_once_repeats_for_free_and_stops_at_the_cap(desk, tm
         kind="describe",
         spec={"dataset": "noisy", "label": "y"},
         features=("a",),
+        charge_key="describe:1",
     )
     first = desk.release_describe(ask, desk.admit(ask, admission_, tmp_path), describe_report())
-    assert first.privacy_budget.epsilon_spent == 1.0 and not first.privacy_budget.repeated
+    assert first.privacy.rho_spent == 0.002 and first.privacy.rho == 0.002 and not first.privacy.repeated
     again = desk.stored_describe(ask)
-    assert again.privacy_budget.repeated and again.privacy_budget.epsilon_spent == 1.0
+    assert again.privacy.repeated and again.privacy.rho == 0 and again.privacy.rho_spent == 0.002
     assert again.classes == first.classes
-    other = Request(**{**ask.__dict__, "spec": {"dataset": "noisy", "label": "y", "where": "a > 0"}})
+    other = Request(
+        **{
+            **ask.__dict__,
+            "spec": {"dataset": "noisy", "label": "y", "where": "a > 0"},
+            "charge_key": "describe:2",
+        }
+    )
     (tmp_path / "rows-admitted.roaring").write_bytes(BitMap(range(100, 700)).serialize())
     desk.release_describe(other, desk.admit(other, admission_, tmp_path), describe_report())
-    third = Request(**{**ask.__dict__, "spec": {"dataset": "noisy", "label": "y", "where": "a > 1"}})
+    third = Request(
+        **{
+            **ask.__dict__,
+            "spec": {"dataset": "noisy", "label": "y", "where": "a > 1"},
+            "charge_key": "describe:3",
+        }
+    )
     (tmp_path / "rows-admitted.roaring").write_bytes(BitMap(range(200, 800)).serialize())
     with pytest.raises(Refusal) as spent:
         desk.release_describe(third, desk.admit(third, admission_, tmp_path), describe_report())

@@ -174,7 +174,7 @@ def columns_of(settings_, name: str) -> list[str]:
 @given(data=st.data())
 @PROPERTY
 def test_valid_specs_are_accepted(demo, data):
-    name = "breast_cancer"
+    name = "breast_cancer_rules"
     dataset = demo.datasets[name]
     features = [c for c in columns_of(demo, name) if c not in (dataset.id_column, *dataset.label_columns)]
     chosen = data.draw(st.none() | st.lists(st.sampled_from(features), min_size=1, max_size=5))
@@ -204,7 +204,8 @@ json_values = st.recursive(
 spec_like = st.fixed_dictionaries(
     {},
     optional={
-        "dataset": st.sampled_from(["breast_cancer", "synthetic", "nope", "", "x" * 70]) | json_values,
+        "dataset": st.sampled_from(["breast_cancer_rules", "synthetic_rules", "nope", "", "x" * 70])
+        | json_values,
         "label": st.sampled_from(["malignant", "label", "mean_radius", "id", ""]) | json_values,
         "features": st.lists(st.sampled_from(["mean_radius", "id", "malignant", "nope"]), max_size=3)
         | json_values,
@@ -222,7 +223,7 @@ spec_like = st.fixed_dictionaries(
 def test_any_spec_is_accepted_or_refused_with_a_4xx(demo, raw):
     try:
         spec = DatasetSpec.model_validate(raw)
-        check_spec(demo, ["breast_cancer"], spec)
+        check_spec(demo, ["breast_cancer_rules"], spec)
     except ValidationError:
         return  # the API answers 422 invalid_spec
     except Refusal as refused:

@@ -27,7 +27,7 @@ from sklearn.preprocessing import StandardScaler
 from remote_magic.codes import Refusal
 from remote_magic.payload import scan
 
-SPEC = {"dataset": "breast_cancer", "label": "malignant"}
+SPEC = {"dataset": "breast_cancer_rules", "label": "malignant"}
 FIXED_CODES = {
     "invalid_model",
     "custom_code_refused",

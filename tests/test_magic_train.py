@@ -35,7 +35,7 @@ def run(ip, source: str):
 def test_train_cell_runs_locally_then_remotely(ip):
     result = run(
         ip,
-        "%%remote_train --dataset breast_cancer --label malignant --eval-fraction 0.25 --seed 5 -o r\n"
+        "%%remote_train --dataset breast_cancer_rules --label malignant --eval-fraction 0.25 --seed 5 -o r\n"
         "import xgboost as xgb\n"
         "local_marker = 42\n"
         "model = xgb.XGBClassifier(n_estimators=20, max_depth=3)\n",
@@ -52,7 +52,7 @@ def test_spec_variable_stands_in_for_flags(ip):
         ip,
         "%%remote_train --model clf\n"
         "import xgboost as xgb\n"
-        "spec = {'dataset': 'diabetes', 'label': 'progression', 'eval': {'fraction': 0.3, 'seed': 1}}\n"
+        "spec = {'dataset': 'diabetes_rules', 'label': 'progression', 'eval': {'fraction': 0.3, 'seed': 1}}\n"
         "clf = {'params': {'objective': 'reg:squarederror', 'max_depth': 2}, 'num_boost_round': 10}\n",
     )
     assert result.task == "regression" and result.rounds["total"] == 10
@@ -62,7 +62,7 @@ def test_remote_failure_raises_a_real_exception(ip):
     with pytest.raises(SpecError) as info:
         run(
             ip,
-            "%%remote_train --dataset breast_cancer --label malignant --where 'mean_radus > 3'\n"
+            "%%remote_train --dataset breast_cancer_rules --label malignant --where 'mean_radus > 3'\n"
             "import xgboost as xgb\nmodel = xgb.XGBClassifier(n_estimators=2)\n",
         )
     assert info.value.code == "unknown_column"
@@ -75,11 +75,12 @@ def test_bad_local_arguments_are_usage_errors(ip):
     with pytest.raises(UsageError, match="--dataset"):
         run(ip, "%%remote_train --label malignant\nmodel = 1\n")
     with pytest.raises(UsageError, match="no variable 'nothing'"):
-        run(ip, "%%remote_train --dataset breast_cancer --label malignant --model nothing\nx = 1\n")
+        run(ip, "%%remote_train --dataset breast_cancer_rules --label malignant --model nothing\nx = 1\n")
     with pytest.raises(UsageError, match="not both"):
         run(
             ip,
-            "%%remote_train -d breast_cancer -l malignant --eval-fraction 0.2 --eval-where 'x > 1'\nm=1\n",
+            "%%remote_train -d breast_cancer_rules -l malignant --eval-fraction 0.2 "
+            "--eval-where 'x > 1'\nm=1\n",
         )
 
 
@@ -93,7 +94,7 @@ def test_evaluate_cell_and_job_magics(ip):
         "fitted = xgb.XGBClassifier(n_estimators=8, max_depth=2).fit(public.drop(columns='target'), "
         "1 - public['target'])\n",
     )
-    result = run(ip, "%%remote_evaluate -d breast_cancer -l malignant --model fitted\nfitted\n")
+    result = run(ip, "%%remote_evaluate -d breast_cancer_rules -l malignant --model fitted\nfitted\n")
     assert result.kind == "evaluate" and result.rounds["new"] == 0
     jobs = run(ip, "%remote_jobs")
     assert result.job_id in repr(jobs)

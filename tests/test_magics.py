@@ -65,7 +65,7 @@ def wait_running(server, before: set[str], timeout: float = 30.0) -> str:
 def test_progress_updates_arrive_during_a_200_round_job(server, capsys):
     job = server.client().submit(
         xgb.XGBClassifier(n_estimators=200, max_depth=7, learning_rate=0.05),
-        {"dataset": "synthetic", "label": "label"},
+        {"dataset": "synthetic_rules", "label": "label"},
     )
     bar = ProgressBar(delay=0)
     stamps: list[float] = []
@@ -91,14 +91,14 @@ def test_progress_bar_is_quiet_for_fast_jobs_and_off_by_config(shell, capsys):
     shell.run_line_magic("config", "RemoteMagic.progress = True")
     run(
         shell,
-        "%%remote_train -d breast_cancer -l malignant -o quick\n" + TINY,
+        "%%remote_train -d breast_cancer_rules -l malignant -o quick\n" + TINY,
     )
     assert "round" not in capsys.readouterr().err, "a job under the delay leaves no bar"
     shell.run_line_magic("config", "RemoteMagic.progress = False")
     shell.run_line_magic("config", "RemoteMagic.progress_delay = 0.0")
     run(
         shell,
-        "%%remote_train -d breast_cancer -l malignant -o quick\n" + TINY,
+        "%%remote_train -d breast_cancer_rules -l malignant -o quick\n" + TINY,
     )
     assert "round" not in capsys.readouterr().err
 
@@ -124,7 +124,7 @@ def test_interrupt_cancels_the_remote_job_within_two_seconds(shell, server, caps
 
     timer = threading.Thread(target=interrupt, daemon=True)
     timer.start()
-    result = shell.run_cell("%%remote_train -d synthetic -l label\n" + LONG_JOB)
+    result = shell.run_cell("%%remote_train -d synthetic_rules -l label\n" + LONG_JOB)
     timer.join(5)
     assert isinstance(result.error_in_exec, KeyboardInterrupt)
     client = server.client()
@@ -136,13 +136,13 @@ def test_interrupt_cancels_the_remote_job_within_two_seconds(shell, server, caps
 
 def test_no_wait_then_remote_job_renders_the_same_result_as_a_blocking_run(shell):
     cell = (
-        "%%remote_train -d breast_cancer -l malignant --eval-fraction 0.3 --seed 5 {flags}\n"
+        "%%remote_train -d breast_cancer_rules -l malignant --eval-fraction 0.3 --seed 5 {flags}\n"
         "from xgboost import XGBClassifier\nmodel = XGBClassifier(n_estimators=12, max_depth=3)"
     )
     blocking = run(shell, cell.format(flags="-o blocking"))
     job = run(shell, cell.format(flags="--no-wait -o handle"))
     assert isinstance(job, remote_magic.Job) and shell.user_ns["handle"] is job
-    assert job.id in repr(job) and "breast_cancer" in repr(job)
+    assert job.id in repr(job) and "breast_cancer_rules" in repr(job)
     assert "remote-magic-job" in job._repr_html_() and f"%remote_job {job.id}" in job._repr_html_()
     job.wait(timeout=60)
     later = shell.run_line_magic("remote_job", job.id)
@@ -168,7 +168,7 @@ def test_no_wait_then_remote_job_renders_the_same_result_as_a_blocking_run(shell
 
 def test_remote_job_shows_progress_while_running_and_cancel_stops_it(shell, server):
     before = {j.id for j in server.client().jobs(limit=50)}
-    job = run(shell, "%%remote_train -d synthetic -l label --no-wait\n" + LONG_JOB)
+    job = run(shell, "%%remote_train -d synthetic_rules -l label --no-wait\n" + LONG_JOB)
     job_id = wait_running(server, before)
     assert job_id == job.id
     shown = shell.run_line_magic("remote_job", job_id)
@@ -184,7 +184,7 @@ def test_remote_job_shows_progress_while_running_and_cancel_stops_it(shell, serv
 def test_dry_run_finds_a_misspelt_feature_before_any_request_reaches_the_jobs_endpoint(shell, server):
     jobs_before = len(server.client().jobs(limit=500))
     log_before = posts_to_jobs(server.log_path.read_text())
-    cell = "%%remote_train --dry-run -d synthetic -l label {flags}\n" + TINY
+    cell = "%%remote_train --dry-run -d synthetic_rules -l label {flags}\n" + TINY
     result = shell.run_cell(cell.format(flags="--features agee,bmi"))
     error = result.error_in_exec
     assert isinstance(error, DryRunError)
@@ -208,12 +208,16 @@ def test_dry_run_finds_a_misspelt_feature_before_any_request_reaches_the_jobs_en
     fitted = run(shell, cell.format(flags="--where 'smoker >= 50' --eval-fraction 0.25"))
     assert 0 < fitted.admitted < 200 and fitted.train_rows + fitted.eval_rows == fitted.admitted
     assert posts_to_jobs(server.log_path.read_text()) == log_before
-    assert "/v1/datasets/synthetic/mock" in server.log_path.read_text()
+    assert "/v1/datasets/synthetic_rules/mock" in server.log_path.read_text()
     assert len(server.client().jobs(limit=500)) == jobs_before
 
 
 def test_dry_run_of_continued_training_catches_a_feature_mismatch(shell):
-    shell.user_ns["spec"] = {"dataset": "breast_cancer", "label": "malignant", "features": ["mean_radius"]}
+    shell.user_ns["spec"] = {
+        "dataset": "breast_cancer_rules",
+        "label": "malignant",
+        "features": ["mean_radius"],
+    }
     cell = (
         "%%remote_train --dry-run\nimport numpy as np\nfrom xgboost import XGBClassifier\n"
         "model = XGBClassifier(n_estimators=3).fit(np.random.rand(50, 2), np.arange(50) % 2)"
@@ -224,7 +228,7 @@ def test_dry_run_of_continued_training_catches_a_feature_mismatch(shell):
 
 def test_remote_failure_is_a_short_real_exception(shell):
     result = shell.run_cell(
-        "%%remote_train -d breast_cancer -l malignant --where 'mean_radius > 27'\n"
+        "%%remote_train -d breast_cancer_rules -l malignant --where 'mean_radius > 27'\n"
         "from xgboost import XGBClassifier\nmodel = XGBClassifier(n_estimators=3)"
     )
     error = result.error_in_exec
@@ -254,12 +258,12 @@ def test_the_token_never_shows(shell, server):
         shell.run_line_magic("xmode", "Verbose")
         try:
             shell.run_cell("%%remote_train -d nope -l x\nmodel = 1")
-            shell.run_cell("%%remote_train -d synthetic -l label --features agee --dry-run\n" + TINY)
+            shell.run_cell("%%remote_train -d synthetic_rules -l label --features agee --dry-run\n" + TINY)
             shell.run_cell("_remote_magic.client._request('GET', '/nowhere')")
         finally:
             shell.run_line_magic("xmode", "Context")
     job = magic.client.submit(
-        xgb.XGBClassifier(n_estimators=2), {"dataset": "breast_cancer", "label": "malignant"}
+        xgb.XGBClassifier(n_estimators=2), {"dataset": "breast_cancer_rules", "label": "malignant"}
     )
     job.wait(timeout=60)
     texts = [out.stdout, out.stderr, repr(magic.client), repr(job), job._repr_html_(), repr(magic)]
@@ -271,7 +275,7 @@ def test_the_token_never_shows(shell, server):
 
 def test_compare_gives_a_table_and_a_plot(server):
     client = server.client()
-    spec = {"dataset": "diabetes", "label": "progression", "eval": {"fraction": 0.3, "seed": 4}}
+    spec = {"dataset": "diabetes_rules", "label": "progression", "eval": {"fraction": 0.3, "seed": 4}}
     shallow = client.train(xgb.XGBRegressor(n_estimators=20, max_depth=2), spec)
     deep = client.train(xgb.XGBRegressor(n_estimators=10, max_depth=4), spec)
     cmp = compare({"shallow": shallow, "deep": deep})
@@ -291,7 +295,8 @@ def test_compare_gives_a_table_and_a_plot(server):
 
 def test_result_view_shows_suppressed_cells_and_plot_gives_figures(server):
     result = server.client().train(
-        xgb.XGBClassifier(n_estimators=8, max_depth=2), {"dataset": "breast_cancer", "label": "malignant"}
+        xgb.XGBClassifier(n_estimators=8, max_depth=2),
+        {"dataset": "breast_cancer_rules", "label": "malignant"},
     )
     figures = result.plot()
     assert list(figures) == ["learning curve", "feature importance", "confusion matrix"]
@@ -311,13 +316,13 @@ def test_dry_run_checks_derived_columns(server):
     from remote_magic.dryrun import dry_run
 
     client = server.client()
-    info, mock = client.dataset("synthetic"), client.mock("synthetic")
+    info, mock = client.dataset("synthetic_rules"), client.mock("synthetic_rules")
     spec = DatasetSpec(
-        dataset="synthetic", label="label", features=["age", "bmi"], derive={"ratio": "bmi / age"}
+        dataset="synthetic_rules", label="label", features=["age", "bmi"], derive={"ratio": "bmi / age"}
     )
     report = dry_run(xgb.XGBClassifier(n_estimators=2), spec, info, mock)
     assert report.features == ["age", "bmi", "ratio"] and report.rounds == 2
-    bad = DatasetSpec(dataset="synthetic", label="label", derive={"ratio": "bmii / age"})
+    bad = DatasetSpec(dataset="synthetic_rules", label="label", derive={"ratio": "bmii / age"})
     with pytest.raises(
         DryRunError, match="unknown column 'bmii' in derived column 'ratio'; did you mean 'bmi'"
     ) as refused:

@@ -15,7 +15,7 @@ def test_a_failed_remote_job_fails_the_nbval_cell(server, tmp_path):
         cells=[
             new_code_cell("%load_ext remote_magic"),
             new_code_cell(
-                "%%remote_train -d breast_cancer -l malignant --where 'mean_radius > 27'\n"
+                "%%remote_train -d breast_cancer_rules -l malignant --where 'mean_radius > 27'\n"
                 "from xgboost import XGBClassifier\nmodel = XGBClassifier(n_estimators=3)"
             ),
             new_code_cell("print('the next cell still runs')"),

@@ -13,7 +13,7 @@ from pyroaring import BitMap
 from remote_magic.codes import Refusal
 from remote_magic_server.audit import AuditLog, verify
 from remote_magic_server.privacy.describe import merge_bins, release_describe, sensitivity
-from remote_magic_server.privacy.dp import laplace_counts
+from remote_magic_server.privacy.dp import gaussian_counts
 from remote_magic_server.privacy.guard import check_differencing
 from remote_magic_server.privacy.model_release import check_model_release, unnecessary_risk
 from remote_magic_server.privacy.policy import release
@@ -106,8 +106,14 @@ def test_describe_release_refuses_small_cohorts_and_classes():
 
 def test_dp_noise_comes_from_opendp_and_is_applied_before_rounding():
     raw = _raw_describe()
-    noise = laplace_counts(sensitivity(raw), 1.0)
-    out = release_describe(raw, POLICY, "d", "label", noise)
+    drawn: list[list[int]] = []
+
+    def noise(counts: list[int]) -> list[int]:
+        drawn.append(gaussian_counts(counts, sensitivity(raw) ** 0.5, 0.002)[0])
+        return drawn[-1]
+
+    out = release_describe(raw, POLICY, "d", "label", noise, noisy_cohort=True)
+    assert drawn and len(drawn[0]) == 1 + 2 + 1 + 4 + 1 + 3 + 1
     assert all(c.count is None or c.count % 5 == 0 for c in out.classes)
     assert sensitivity(raw) == 4
 
@@ -117,6 +123,7 @@ def test_totals_are_recomputed_from_released_cells():
         task="binary",
         metrics={"auc": 0.912345},
         feature_importance={},
+        stats={"n": 203},
         rounds={"base": 0, "new": 0, "total": 0},
     )
     counts = {"eval": SplitCounts(rows=203, classes={"0": 101, "1": 102})}
@@ -155,12 +162,12 @@ def test_dataset_overrides_only_tighten_the_new_numbers(tmp_path):
                 path=tmp_path / "x.parquet",
                 id_column="id",
                 label_columns=["y"],
-                policy={"dp_epsilon": 9, "dp_epsilon_cap": 2.5, "min_leaf_rows": 5, "max_categories": 100},
+                policy={"dp_rho_job": 0.5, "dp_rho_cap": 0.5, "min_leaf_rows": 5, "max_categories": 100},
             )
         }
     )
     policy = settings.policy_for("d")
-    assert policy.dp_epsilon == 1.0 and policy.dp_epsilon_cap == 2.5
+    assert policy.dp_rho_job == 0.01 and policy.dp_rho_cap == 0.5
     assert policy.min_leaf_rows == 10 and policy.max_categories == 40
 
 
@@ -199,7 +206,12 @@ def test_ledger_stores_sets_once_and_charges_the_budget_once(tmp_path):
     ledger.record_sets("alice", "t", "job:2", {"a": BitMap(range(200))})
     assert ledger.released_sets("alice", "t") == [BitMap(range(200))]
     assert ledger.released_sets("bob", "t") == []
-    assert ledger.spend("alice", "t", ["k1", "k2"], 1.0, {"rows": 100}) == 1.0
+    ledger.charge("job:1", "alice", "t", "train", 0.01, {"splits": {}})
+    ledger.charge("job:1", "alice", "t", "train", 0.01, {"splits": {"changed": 1}})
+    assert ledger.spent("alice", "t") == 0.01 and ledger.charged("job:1") == {"splits": {}}
+    ledger.charge("job:2", "bob", "t", "train", 0.02, {})
+    assert ledger.spent_by_all("t") == pytest.approx(0.03) and ledger.charged("job:3") is None
+    ledger.store_answer("alice", "t", "k2", {"rows": 100})
     assert ledger.stored_answer("alice", "t", "k2") == {"rows": 100}
     assert ledger.stored_answer("bob", "t", "k2") is None
     ledger.set_model_state("j", "alice", "t", "refused", "why")

@@ -62,9 +62,9 @@ def red(tmp_path_factory):
     _table().to_parquet(path, index=False)
     common = f'path = "{path}"\nid_column = "id"\nlabel_columns = ["label", "grade", "ward"]\n'
     extra = (
-        f"\n[datasets.attack]\n{common}"
-        f"\n[datasets.attack_dp]\n{common}dp = true\npolicy = {{ dp_epsilon_cap = 3.0 }}\n"
-        f"\n[datasets.release]\n{common}allow_model_release = true\n"
+        f'\n[datasets.attack]\n{common}privacy = "rules"\n'
+        f"\n[datasets.attack_dp]\n{common}policy = {{ dp_rho_cap = 0.006 }}\n"
+        f'\n[datasets.release]\n{common}allow_model_release = true\nprivacy = "rules"\n'
     )
     with running(data, base / "server.log", {"mallory": ["attack", "attack_dp", "release"]}, extra) as server:
         yield server
@@ -203,11 +203,12 @@ def test_dp_repeats_return_the_stored_answer_and_spend_once(red):
     answers = [_describe(red, "rank > 60", dataset="attack_dp") for _ in range(50)]
     assert all(a.status_code == 200 for a in answers)
     bodies = [a.json() for a in answers]
-    budgets = [b.pop("privacy_budget") for b in bodies]
+    budgets = [b.pop("privacy") for b in bodies]
     assert all(b == bodies[0] for b in bodies)
     assert budgets[0]["repeated"] is False and all(b["repeated"] for b in budgets[1:])
-    assert {b["epsilon_spent"] for b in budgets} == {1.0}
-    assert budgets[-1]["epsilon_remaining"] == 2.0
+    assert {b["rho_spent"] for b in budgets} == {0.002}
+    assert budgets[0]["rho"] == 0.002 and {b["rho"] for b in budgets[1:]} == {0.0}
+    assert budgets[-1]["rho_remaining"] == 0.004
     # The same rows asked for in other words (filter spelled differently, columns reordered): no fresh noise.
     reworded = _post(
         red,
@@ -219,19 +220,15 @@ def test_dp_repeats_return_the_stored_answer_and_spend_once(red):
             "features": ["score", "rank", "age", "nickname"],
         },
     ).json()
-    assert reworded.pop("privacy_budget") == {**budgets[-1], "repeated": True}
+    assert reworded.pop("privacy") == {**budgets[-1], "repeated": True}
     assert reworded == bodies[0]
-    assert (
-        _describe(red, "rank > 160", dataset="attack_dp").json()["privacy_budget"]["epsilon_remaining"] == 1.0
-    )
-    assert (
-        _describe(red, "rank > 260", dataset="attack_dp").json()["privacy_budget"]["epsilon_remaining"] == 0.0
-    )
+    assert _describe(red, "rank > 160", dataset="attack_dp").json()["privacy"]["rho_remaining"] == 0.002
+    assert _describe(red, "rank > 260", dataset="attack_dp").json()["privacy"]["rho_remaining"] == 0.0
     spent = _describe(red, "rank > 360", dataset="attack_dp")
     assert spent.status_code == 422 and spent.json()["error"]["code"] == "privacy_budget_exhausted"
-    assert _describe(red, "rank > 60", dataset="attack_dp").json()["privacy_budget"]["repeated"] is True
+    assert _describe(red, "rank > 60", dataset="attack_dp").json()["privacy"]["repeated"] is True
     reworded_after = _describe(red, "rank >= 61", dataset="attack_dp").json()
-    assert reworded_after.pop("privacy_budget")["repeated"] is True and reworded_after == bodies[0]
+    assert reworded_after.pop("privacy")["repeated"] is True and reworded_after == bodies[0]
 
 
 def _approve(red, job_id):

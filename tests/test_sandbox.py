@@ -151,7 +151,7 @@ def test_a_scaler_pipeline_trains_with_the_sandbox_on(server):
         [("scale", StandardScaler()), ("model", xgb.XGBClassifier(n_estimators=15, max_depth=3))]
     )
     job = client.submit(
-        pipeline, {"dataset": "breast_cancer", "label": "malignant", "eval": {"fraction": 0.3}}
+        pipeline, {"dataset": "breast_cancer_rules", "label": "malignant", "eval": {"fraction": 0.3}}
     )
     result = job.result(timeout=120)
     assert result.metrics["auc"] > 0.9
@@ -170,7 +170,7 @@ def test_a_fitted_column_pipeline_continues_training(server):
     from sklearn.impute import SimpleImputer
     from sklearn.preprocessing import MinMaxScaler, OneHotEncoder
 
-    data = pd.read_parquet(server.settings.datasets["synthetic"].path).head(2000)
+    data = pd.read_parquet(server.settings.datasets["synthetic_rules"].path).head(2000)
     features = ["age", "income", "bmi", "region", "smoker"]
     front = ColumnTransformer(
         [
@@ -186,7 +186,7 @@ def test_a_fitted_column_pipeline_continues_training(server):
     model = Pipeline([("front", front), ("xgb", xgb.XGBClassifier(n_estimators=5, max_depth=3))])
     model.fit(data[features], data["label"])
     model.set_params(xgb__n_estimators=10)
-    spec = {"dataset": "synthetic", "label": "label", "features": features, "eval": {"fraction": 0.2}}
+    spec = {"dataset": "synthetic_rules", "label": "label", "features": features, "eval": {"fraction": 0.2}}
     result = server.client().train(model, spec)
     assert result.rounds == {"base": 5, "new": 10, "total": 15}
     assert result.metrics["auc"] > 0.7
@@ -199,7 +199,7 @@ def test_pipeline_parameter_out_of_bounds_is_named(server):
         [("scale", StandardScaler()), ("model", xgb.XGBClassifier(n_estimators=5, max_depth=99))]
     )
     with pytest.raises(RemoteError) as info:
-        server.client().train(pipeline, {"dataset": "breast_cancer", "label": "malignant"})
+        server.client().train(pipeline, {"dataset": "breast_cancer_rules", "label": "malignant"})
     assert info.value.code == "parameter_out_of_bounds"
     assert "max_depth" in str(info.value) and "12" in str(info.value)
 
@@ -214,11 +214,11 @@ def limited_server(tmp_path_factory):
     path = data_dir / "datasets" / "synthetic.parquet"
     extra = (
         f'\n[datasets.slow]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["label"]\n'
-        "policy = { job_timeout_s = 2 }\n"
+        'privacy = "rules"\npolicy = { job_timeout_s = 2 }\n'
         f'\n[datasets.small_memory]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["label"]\n'
-        "policy = { worker_memory_mb = 1024 }\n"
+        'privacy = "rules"\npolicy = { worker_memory_mb = 1024 }\n'
     )
-    users = {"dave": ["slow", "small_memory", "breast_cancer"]}
+    users = {"dave": ["slow", "small_memory", "breast_cancer_rules"]}
     with running(data_dir, base / "server.log", users, extra) as server:
         yield server
 
@@ -239,6 +239,6 @@ def test_a_job_out_of_time_or_memory_fails_cleanly(limited_server, dataset, code
     assert info.value.code in codes
     assert limited_server.get("/health", user=None).json()["status"] == "ok"
     quick = client.submit(
-        xgb.XGBClassifier(n_estimators=2), {"dataset": "breast_cancer", "label": "malignant"}
+        xgb.XGBClassifier(n_estimators=2), {"dataset": "breast_cancer_rules", "label": "malignant"}
     )
     assert quick.result(timeout=60).rounds["total"] == 2

@@ -29,7 +29,7 @@ def close_to_released(remote: float, local: float) -> bool:
 def test_classifier_on_synthetic_reaches_auc(server):
     result = server.client().train(
         xgb.XGBClassifier(n_estimators=40, max_depth=4, learning_rate=0.2),
-        {"dataset": "synthetic", "label": "label", "eval": {"fraction": 0.2, "seed": 7}},
+        {"dataset": "synthetic_rules", "label": "label", "eval": {"fraction": 0.2, "seed": 7}},
     )
     assert result.task == "binary"
     assert result.metrics["auc"] > 0.8
@@ -46,7 +46,7 @@ def test_classifier_on_synthetic_reaches_auc(server):
 def test_regressor_on_diabetes_reaches_r2(server):
     result = server.client().train(
         xgb.XGBRegressor(n_estimators=60, max_depth=2, learning_rate=0.1),
-        {"dataset": "diabetes", "label": "progression", "eval": {"fraction": 0.3, "seed": 1}},
+        {"dataset": "diabetes_rules", "label": "progression", "eval": {"fraction": 0.3, "seed": 1}},
     )
     assert result.task == "regression"
     assert result.metrics["r2"] > 0.3
@@ -55,14 +55,14 @@ def test_regressor_on_diabetes_reaches_r2(server):
 
 
 def test_continue_training_reports_total_rounds(server):
-    data = pd.read_parquet(server.settings.datasets["breast_cancer"].path)
+    data = pd.read_parquet(server.settings.datasets["breast_cancer_rules"].path)
     features = [c for c in data.columns if c not in ("id", "malignant")]
     model = xgb.XGBClassifier(n_estimators=10, max_depth=2).fit(
         data[features].head(200), data["malignant"].head(200)
     )
     model.set_params(n_estimators=20)
     result = server.client().train(
-        model, {"dataset": "breast_cancer", "label": "malignant", "eval": {"fraction": 0.25, "seed": 3}}
+        model, {"dataset": "breast_cancer_rules", "label": "malignant", "eval": {"fraction": 0.25, "seed": 3}}
     )
     assert result.rounds == {"base": 10, "new": 20, "total": 30}
     assert len(result.history) == 20
@@ -75,7 +75,7 @@ def test_split_is_stable_for_a_seed_and_moves_with_it(server):
     def run(seed: int):
         return client.train(
             xgb.XGBClassifier(n_estimators=5, max_depth=2),
-            {"dataset": "breast_cancer", "label": "malignant", "eval": {"fraction": 0.3, "seed": seed}},
+            {"dataset": "breast_cancer_rules", "label": "malignant", "eval": {"fraction": 0.3, "seed": seed}},
         )
 
     a, b, c = run(11), run(11), run(12)
@@ -84,7 +84,7 @@ def test_split_is_stable_for_a_seed_and_moves_with_it(server):
 
 
 def _local_rows(server, where_train, where_eval):
-    data = pd.read_parquet(server.settings.datasets["breast_cancer"].path).sort_values("id")
+    data = pd.read_parquet(server.settings.datasets["breast_cancer_rules"].path).sort_values("id")
     features = [c for c in data.columns if c not in ("id", "malignant")]
     admitted = data[where_train(data)]
     is_eval = where_eval(admitted)
@@ -93,7 +93,7 @@ def _local_rows(server, where_train, where_eval):
 
 def test_train_metrics_match_a_local_reference(server):
     spec = DatasetSpec(
-        dataset="breast_cancer",
+        dataset="breast_cancer_rules",
         label="malignant",
         where="mean_radius < 20",
         eval={"where": "mean_texture >= 20"},
@@ -125,12 +125,12 @@ def test_train_metrics_match_a_local_reference(server):
 
 
 def test_evaluate_only_matches_a_local_reference(server):
-    data = pd.read_parquet(server.settings.datasets["synthetic"].path).sort_values("id")
+    data = pd.read_parquet(server.settings.datasets["synthetic_rules"].path).sort_values("id")
     features = ["age", "income", "bmi", "smoker", "visits"]
     public = data[data["id"] % 10 == 0]
     model = xgb.XGBClassifier(n_estimators=25, max_depth=3).fit(public[features], public["label"])
     spec = DatasetSpec(
-        dataset="synthetic", label="label", features=features, where="age >= 40 AND smoker = 1"
+        dataset="synthetic_rules", label="label", features=features, where="age >= 40 AND smoker = 1"
     )
     client = server.client()
     job = client.submit(model, spec, kind="evaluate")
@@ -153,7 +153,7 @@ def test_evaluate_only_matches_a_local_reference(server):
 def test_booster_with_params_dict(server):
     model = {"params": {"objective": "reg:squarederror", "max_depth": 2, "eta": 0.1}, "num_boost_round": 30}
     result = server.client().train(
-        model, {"dataset": "diabetes", "label": "progression", "eval": {"fraction": 0.3, "seed": 2}}
+        model, {"dataset": "diabetes_rules", "label": "progression", "eval": {"fraction": 0.3, "seed": 2}}
     )
     assert result.task == "regression"
     assert result.rounds["total"] == 30
@@ -171,12 +171,14 @@ def test_whoami_and_datasets_show_only_granted(server, user):
         roles = {c.name: c.role for c in d.columns}
         assert roles["id"] == "id"
     if user == "bob":
-        assert names == ["breast_cancer"]
+        assert sorted(names) == ["breast_cancer", "breast_cancer_rules"]
 
 
 def test_job_list_and_status_belong_to_the_user(server):
     client = server.client()
-    job = client.submit(xgb.XGBClassifier(n_estimators=3), {"dataset": "breast_cancer", "label": "malignant"})
+    job = client.submit(
+        xgb.XGBClassifier(n_estimators=3), {"dataset": "breast_cancer_rules", "label": "malignant"}
+    )
     job.wait(timeout=60)
     assert job.status.state == "succeeded"
     assert job.status.isolation and "network" in job.status.isolation

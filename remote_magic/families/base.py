@@ -85,8 +85,20 @@ class ModelFamily(Protocol):
         """The plan's base model, ready to be evaluated without training."""
         ...
 
+    def predict(self, trained: Any, rows: Split | None = None, rounds: int | None = None) -> Any:
+        """Predictions (probabilities for classifiers) on the evaluation rows, or on `rows`, using the
+        first `rounds` boosting rounds (all when None)."""
+        ...
+
+    def smallest_leaf(
+        self, trained: Any, rows: Split | None = None, rounds: tuple[int, int | None] = (0, None)
+    ) -> int | None:
+        """The fewest rows (the training rows, or `rows`) in any non-empty leaf of the trees of the
+        rounds `(start, stop)` (stop None: the last)."""
+        ...
+
     def evaluate(self, trained: Any) -> dict:
-        """Raw metrics (and, for classifiers, the confusion counts) on the evaluation rows."""
+        """Exact metrics (and, for classifiers, the confusion counts) on the evaluation rows."""
         ...
 
     def history(self, trained: Any) -> dict | None:

@@ -125,8 +125,9 @@ def _feature_name(name: str) -> str:
 
 def fit_transform(
     canonical: dict, x_train: pd.DataFrame, x_eval: pd.DataFrame
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Refit the rebuilt preprocessors on the training rows; transform both splits; name the outputs."""
+) -> tuple[np.ndarray, np.ndarray, list[str], object]:
+    """Refit the rebuilt preprocessors on the training rows; transform both splits; name the outputs.
+    The fitted front is returned too, to transform other rows the same way."""
     front = rebuild_step(canonical)
     try:
         train = front.fit_transform(x_train)  # type: ignore[attr-defined]
@@ -138,4 +139,14 @@ def fit_transform(
             "the pipeline's preprocessors could not be fitted on the admitted rows; check the columns "
             "each step receives",
         ) from exc
-    return train, evaluation, names
+    return train, evaluation, names, front
+
+
+def transform(front: object, x: pd.DataFrame) -> np.ndarray:
+    """Rows through an already fitted front, as `fit_transform` sent the evaluation rows."""
+    try:
+        return front.transform(x)  # type: ignore[attr-defined]
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise Refusal(
+            "preprocessing_failed", "the pipeline's preprocessors could not transform the rows"
+        ) from exc

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ _MEMORY_SIGNS = (
     "cannot allocate memory",
     "resource temporarily unavailable",
 )
+# The metrics a model may watch while it trains: each is a mean over rows, decided by no single row.
+EVAL_METRICS = ("logloss", "error", "auc", "mlogloss", "merror", "rmse", "mae")
 DEFAULT_BOOSTER_ROUNDS = 10
 DEFAULT_MAX_DEPTH = 6
 DEFAULT_MIN_CHILD_WEIGHT = 1.0
@@ -61,6 +64,9 @@ class Trained:
     dtrain: xgb.DMatrix | None = None
     history: dict = field(default_factory=dict)
     categorical: bool = False
+    front: object | None = None
+    names: list[str] | None = None
+    threads: int = 1
 
 
 def frame_of(table: pa.Table) -> pd.DataFrame:
@@ -317,8 +323,53 @@ class XGBoostFamily:
                 "parameter_out_of_bounds",
                 f"device = {device!r} is not available; this server allows {allowed}",
             )
+        if bounds.min_leaf_rows:
+            self._check_leaf_floor(plan, bounds.min_leaf_rows)
         if params.get("tree_method") not in (None, "hist", "approx", "exact", "auto"):
             raise Refusal("parameter_out_of_bounds", "tree_method must be hist, approx, exact or auto")
+        metrics = params.get("eval_metric")
+        for metric in metrics if isinstance(metrics, list) else [metrics] if metrics else []:
+            if metric not in EVAL_METRICS:
+                raise Refusal(
+                    "parameter_out_of_bounds",
+                    f"eval_metric {metric!r} is not allowed; allowed: {', '.join(EVAL_METRICS)}",
+                )
+
+    @staticmethod
+    def _check_leaf_floor(plan: Plan, rows: int) -> None:
+        """Every new leaf must hold `rows` rows, decided before any data is touched: for objectives whose
+        hessian per row is bounded (at most 1/4 for logistic ones, 1 for squared error), min_child_weight
+        guarantees it; other objectives cannot be bounded so, and are refused. A refusal after training
+        would depend on the rows, and so tell something about them."""
+        objective = str(plan.params.get("objective") or "")
+        if plan.objective is not None:
+            raise Refusal("parameter_out_of_bounds", "a custom objective is not available on this dataset")
+        if plan.task in ("classification", "binary", "multiclass"):
+            if objective and not objective.startswith(("binary:logistic", "binary:logitraw", "multi:")):
+                raise Refusal(
+                    "parameter_out_of_bounds", f"objective {objective!r} is not available on this dataset"
+                )
+            per_row, kind = 0.25, "a classifier"
+        elif objective in ("", "reg:squarederror"):
+            per_row, kind = 1.0, "squared error"
+        elif objective == "reg:logistic":
+            per_row, kind = 0.25, "reg:logistic"
+        else:
+            raise Refusal(
+                "parameter_out_of_bounds",
+                f"objective {objective!r} is not available on this dataset (its leaves cannot be bounded); "
+                "use reg:squarederror",
+            )
+        floor = rows * per_row
+        given = plan.params.get("min_child_weight")
+        weight = 1.0 if given is None else given
+        if not isinstance(weight, (int, float)) or weight < floor:
+            raise Refusal(
+                "parameter_out_of_bounds",
+                f"min_child_weight = {weight:g} is below {floor:g}: on this dataset every leaf must hold at "
+                f"least {rows} rows, which for {kind} needs min_child_weight >= {floor:g} "
+                f"(set min_child_weight={math.ceil(floor)})",
+            )
 
     @staticmethod
     def _final_params(plan: Plan, labels: Labels, threads: int) -> tuple[dict, str]:
@@ -341,7 +392,7 @@ class XGBoostFamily:
     @staticmethod
     def _matrices(
         plan: Plan, train: Split | None, eval: Split, labels: Labels, threads: int
-    ) -> tuple[xgb.DMatrix | None, xgb.DMatrix, bool]:
+    ) -> tuple[xgb.DMatrix | None, xgb.DMatrix, bool, object | None, list[str] | None]:
         x_eval = frame_of(eval.x)
         categorical = any(str(t) == "category" for t in x_eval.dtypes)
         if train is None:
@@ -349,6 +400,8 @@ class XGBoostFamily:
                 None,
                 xgb.DMatrix(x_eval, label=labels.eval, enable_categorical=True, nthread=threads),
                 categorical,
+                None,
+                None,
             )
         x_train = frame_of(train.x)
         if plan.preprocess is None:
@@ -356,8 +409,10 @@ class XGBoostFamily:
                 xgb.DMatrix(x_train, label=labels.train, enable_categorical=True, nthread=threads),
                 xgb.DMatrix(x_eval, label=labels.eval, enable_categorical=True, nthread=threads),
                 categorical,
+                None,
+                None,
             )
-        a, b, names = preprocessors.fit_transform(plan.preprocess, x_train, x_eval)
+        a, b, names, front = preprocessors.fit_transform(plan.preprocess, x_train, x_eval)
         base = _load(plan.base)
         if base is not None and base.feature_names and len(base.feature_names) == len(names):
             names = list(base.feature_names)
@@ -365,6 +420,8 @@ class XGBoostFamily:
             xgb.DMatrix(a, label=labels.train, feature_names=names, nthread=threads),
             xgb.DMatrix(b, label=labels.eval, feature_names=names, nthread=threads),
             False,
+            front,
+            names,
         )
 
     def train(
@@ -373,7 +430,7 @@ class XGBoostFamily:
         params, task = self._final_params(plan, labels, threads)
         history: dict = {}
         with _xgboost_errors():
-            dtrain, deval, categorical = self._matrices(plan, train, eval, labels, threads)
+            dtrain, deval, categorical, front, names = self._matrices(plan, train, eval, labels, threads)
             booster = xgb.train(
                 params,
                 dtrain,
@@ -386,7 +443,20 @@ class XGBoostFamily:
                 verbose_eval=False,
                 callbacks=[_Progress(report, plan.base_rounds)],
             )
-        return Trained(booster, deval, labels, task, params, plan.base_rounds, dtrain, history, categorical)
+        return Trained(
+            booster,
+            deval,
+            labels,
+            task,
+            params,
+            plan.base_rounds,
+            dtrain,
+            history,
+            categorical,
+            front,
+            names,
+            threads,
+        )
 
     def score(self, plan: Plan, eval: Split, labels: Labels, threads: int) -> Trained:
         if plan.base is None:
@@ -400,16 +470,50 @@ class XGBoostFamily:
             booster = _load(plan.base)
             assert booster is not None
             booster.set_param({"nthread": threads})
-            _, deval, categorical = self._matrices(plan, None, eval, labels, threads)
-        return Trained(booster, deval, labels, task, params, plan.base_rounds, categorical=categorical)
+            _, deval, categorical, _, _ = self._matrices(plan, None, eval, labels, threads)
+        return Trained(
+            booster, deval, labels, task, params, plan.base_rounds, categorical=categorical, threads=threads
+        )
+
+    def _matrix(self, trained: Trained, rows: Split) -> xgb.DMatrix:
+        """Other rows as the trained model reads them (through a Pipeline's fitted front, if any)."""
+        frame = frame_of(rows.x)
+        if trained.front is not None:
+            return xgb.DMatrix(
+                preprocessors.transform(trained.front, frame),
+                feature_names=trained.names,
+                nthread=trained.threads,
+            )
+        return xgb.DMatrix(frame, enable_categorical=True, nthread=trained.threads)
+
+    def predict(self, trained: Trained, rows: Split | None = None, rounds: int | None = None) -> np.ndarray:
+        """Predictions on the evaluation rows (or on `rows`), using the first `rounds` rounds (or all)."""
+        with _xgboost_errors():
+            matrix = trained.deval if rows is None else self._matrix(trained, rows)
+            return trained.booster.predict(matrix, iteration_range=(0, rounds or 0))
+
+    def smallest_leaf(
+        self, trained: Trained, rows: Split | None = None, rounds: tuple[int, int | None] = (0, None)
+    ) -> int | None:
+        """The fewest rows (training rows, or `rows`) reaching any non-empty leaf of the trees of
+        `rounds` (start, stop; stop None: the last); None when there are no such trees or rows."""
+        booster = trained.booster
+        start, stop = rounds[0], rounds[1] if rounds[1] is not None else booster.num_boosted_rounds()
+        with _xgboost_errors():
+            matrix = trained.dtrain if rows is None else self._matrix(trained, rows)
+            if matrix is None or stop <= start or not matrix.num_row():
+                return None
+            # pred_leaf takes only ranges from round 0: slice the model instead
+            leaves = booster[start:stop].predict(matrix, pred_leaf=True)
+        leaves = leaves.reshape(matrix.num_row(), -1)
+        return int(min(np.unique(leaves[:, t], return_counts=True)[1].min() for t in range(leaves.shape[1])))
 
     def evaluate(self, trained: Trained) -> dict:
-        """Raw metrics and confusion counts on the evaluation rows (sklearn.metrics)."""
-        y = trained.labels.eval
+        """Exact metrics and confusion counts on the evaluation rows (sklearn.metrics)."""
         try:
-            with _xgboost_errors():
-                pred = trained.booster.predict(trained.deval)
-            return scoring.score(trained.task, y, pred, len(trained.labels.classes))
+            return scoring.score(
+                trained.task, trained.labels.eval, self.predict(trained), len(trained.labels.classes)
+            )
         except ValueError as exc:
             raise Refusal(
                 "evaluation_failed", "the model's predictions could not be scored on the evaluation rows"
@@ -440,15 +544,8 @@ class XGBoostFamily:
 
     def leaf_facts(self, trained: Trained) -> dict:
         """The fewest training rows in a leaf of the trees trained here, and the hyperparameters."""
-        booster, dtrain = trained.booster, trained.dtrain
-        total = booster.num_boosted_rounds()
-        smallest = None
-        if dtrain is not None and total > trained.base_rounds and dtrain.num_row():
-            leaves = booster.predict(dtrain, pred_leaf=True, iteration_range=(trained.base_rounds, total))
-            leaves = leaves.reshape(dtrain.num_row(), -1)
-            smallest = int(
-                min(np.unique(leaves[:, t], return_counts=True)[1].min() for t in range(leaves.shape[1]))
-            )
+        total = trained.booster.num_boosted_rounds()
+        smallest = self.smallest_leaf(trained, rounds=(trained.base_rounds, None))
         params = trained.params
         return {
             "categorical": trained.categorical,

@@ -29,6 +29,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .api.serving import serve
 
     settings = _settings(args)
+    if not _checked_before_serving(settings, args.accept_audit_mismatch):
+        return 1
     if args.demo and not args.no_token:
         from .jobs.store import Store
 
@@ -43,22 +45,73 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_token(args: argparse.Namespace) -> int:
-    from .jobs.store import Store
+def _checked_before_serving(settings: Settings, accept_audit_mismatch: bool) -> bool:
+    """The doctor's checks, logged; False on a fatal one. An audit log that does not match its anchored
+    head is moved aside when the owner accepted that, and the new chain's first entry says so."""
+    import logging
 
-    settings = _settings(args)
-    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
-    unknown = [d for d in datasets if d not in settings.datasets]
-    if unknown:
-        print(
-            f"unknown dataset(s): {', '.join(unknown)}; known: {', '.join(settings.datasets)}",
-            file=sys.stderr,
-        )
-        return 2
-    store = Store(settings.db_path, settings.jobs_dir)
-    token = store.issue_token(args.user, datasets)
-    store.close()
-    print(token)
+    from .doctor import audit_verdict, fatal, run_checks
+    from .logs import configure_logging
+
+    configure_logging(settings.server.log_level)
+    log = logging.getLogger("remote_magic_server.doctor")
+    findings = run_checks(settings, accept_audit_mismatch)
+    levels = {"ok": logging.INFO, "warn": logging.WARNING, "fatal": logging.ERROR}
+    for finding in findings:
+        log.log(levels[finding.level], "doctor", extra={"check": finding.check, "detail": finding.message})
+    if fatal(findings):
+        log.error("refusing_to_start", extra={"fatal": [f.line() for f in fatal(findings)]})
+        return False
+    verdict = audit_verdict(settings)
+    if not verdict.ok:
+        from .audit import open_audit
+
+        audit = open_audit(settings)
+        kept = audit.restart_chain(verdict.describe(), verdict.missing)
+        audit.close()
+        log.warning("audit_mismatch_accepted", extra={"previous_log": kept.name, "problem": verdict.problem})
+    return True
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import Finding, fatal, run_checks
+
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(Finding("fatal", "config", f"{exc}; fix the file").line())
+        return 1
+    findings = [Finding("ok", "config", f"{len(settings.datasets)} dataset(s)"), *run_checks(settings)]
+    for finding in findings:
+        print(finding.line())
+    problems = fatal(findings)
+    warnings = sum(f.level == "warn" for f in findings)
+    print(
+        f"{len(problems)} fatal, {warnings} warning(s)"
+        + ("; serve would refuse to start" if problems else "")
+    )
+    return 1 if problems else 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from . import tokens
+
+    return tokens.run(args, _settings(args))
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from .backup import backup
+
+    manifest = backup(_settings(args), Path(args.dest).resolve())
+    size = sum(f["size"] for f in manifest["files"].values())
+    print(f"backed up {len(manifest['files'])} files ({size / 2**20:.1f} MiB) into {args.dest}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from .backup import restore
+
+    print(restore(_settings(args), Path(args.source).resolve()))
     return 0
 
 
@@ -123,18 +176,13 @@ def cmd_review(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     import json
 
-    from .audit import AuditLog, verify
+    from .audit import AuditLog, read_head, verify
 
     settings = _settings(args)
     if args.verify:
-        verdict = verify(settings.audit_path)
-        if verdict.ok:
-            print(f"audit log intact: {verdict.entries} entries")
-            return 0
-        print(
-            f"audit log TAMPERED: {verdict.problem} (after {verdict.entries} good entries)", file=sys.stderr
-        )
-        return 1
+        verdict = verify(settings.audit_path, read_head(settings.db_path))
+        print(verdict.describe(), file=sys.stdout if verdict.ok else sys.stderr)
+        return 0 if verdict.ok else 1
     for entry in AuditLog(settings.audit_path).entries():
         fields = {k: v for k, v in entry.items() if k not in ("seq", "time", "event", "user", "prev", "hash")}
         print(
@@ -147,7 +195,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_approve(args: argparse.Namespace) -> int:
     import getpass
 
-    from .audit import AuditLog
+    from .audit import open_audit
     from .release.ledger import Ledger
 
     settings = _settings(args)
@@ -166,9 +214,11 @@ def cmd_approve(args: argparse.Namespace) -> int:
         ledger.approve_model(args.job, approver)
     finally:
         ledger.close()
-    AuditLog(settings.audit_path).record(
+    audit = open_audit(settings)
+    audit.record(
         "model_approved", state["user"], job=args.job, dataset=state["dataset"], approved_by=approver
     )
+    audit.close()
     print(f"approved: the model of job {args.job} may now be downloaded by {state['user']}")
     return 0
 
@@ -189,13 +239,22 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="override the configured address")
     serve.add_argument("--port", type=int, help="override the configured port")
     serve.add_argument("--no-token", action="store_true", help="with --demo: do not issue and print a token")
+    serve.add_argument(
+        "--accept-audit-mismatch",
+        action="store_true",
+        help="start although the audit log does not match its anchored head (it is kept aside; recorded)",
+    )
     serve.set_defaults(func=cmd_serve)
 
-    token = sub.add_parser("token", help="issue a token for a user and a list of datasets")
-    common(token)
-    token.add_argument("--user", required=True)
-    token.add_argument("--datasets", required=True, help="comma-separated dataset names")
-    token.set_defaults(func=cmd_token, host=None, port=None)
+    doctor = sub.add_parser(
+        "doctor", help="check the config, sandbox, data, TLS and audit log before serving"
+    )
+    common(doctor)
+    doctor.set_defaults(func=cmd_doctor, host=None, port=None)
+
+    from . import tokens
+
+    tokens.add_parser(sub, common).set_defaults(func=cmd_token, host=None, port=None)
 
     review = sub.add_parser("review", help="review jobs that hold notebook code (allow_custom_code datasets)")
     common(review)
@@ -205,7 +264,11 @@ def parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="print the audit log, or verify its hash chain")
     common(audit)
-    audit.add_argument("--verify", action="store_true", help="check every entry's hash and link")
+    audit.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every entry's hash and link, and the log against its anchored head",
+    )
     audit.set_defaults(func=cmd_audit, host=None, port=None)
 
     approve = sub.add_parser("approve", help="approve the release of a job's trained model")
@@ -213,6 +276,16 @@ def parser() -> argparse.ArgumentParser:
     approve.add_argument("job", help="the job id")
     approve.add_argument("--by", help="the approver's name for the audit log (default: your login)")
     approve.set_defaults(func=cmd_approve, host=None, port=None)
+
+    backup = sub.add_parser("backup", help="copy the data directory consistently, while the server runs")
+    common(backup)
+    backup.add_argument("dest", help="a new (or empty) folder for the copy")
+    backup.set_defaults(func=cmd_backup, host=None, port=None)
+
+    restore = sub.add_parser("restore", help="put a backup into the configured, empty data directory")
+    common(restore)
+    restore.add_argument("source", help="the folder `backup` wrote")
+    restore.set_defaults(func=cmd_restore, host=None, port=None)
 
     demo = sub.add_parser("demo", help="run the quickstart notebook headless against a demo server")
     demo.add_argument("--data-dir", help="where the demo data and store live")

@@ -101,6 +101,10 @@ DEMO_DATASETS = {
 }
 
 
+# The data owner's clip range of each regression label, for its DP metrics (diabetes: 25 to 346).
+LABEL_RANGES = {"diabetes": {"progression": (0.0, 400.0)}}
+
+
 def ensure_demo_data(data_dir: Path) -> dict[str, Path]:
     """Write the demo tables as Parquet under data_dir/datasets, once."""
     folder = data_dir / "datasets"
@@ -119,7 +123,13 @@ def ensure_demo_data(data_dir: Path) -> dict[str, Path]:
 def demo_settings(data_dir: Path, host: str = "127.0.0.1", port: int = 8765, workers: int = 0) -> Settings:
     paths = ensure_demo_data(data_dir)
     datasets = {
-        name: DatasetConfig(path=paths[name], description=desc, id_column="id", label_columns=[label])
+        name: DatasetConfig(
+            path=paths[name],
+            description=desc,
+            id_column="id",
+            label_columns=[label],
+            label_ranges=LABEL_RANGES.get(name, {}),
+        )
         for name, (_, label, desc) in DEMO_DATASETS.items()
     }
     return Settings(

@@ -22,9 +22,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from remote_magic.codes import CODES
-from remote_magic.wire import DatasetSpec, ModelBounds, Stage
+from remote_magic.wire import DatasetSpec, ModelBounds, ReleaseOptions, Stage
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_MESSAGE_BYTES = 16 * 2**20
 
 TaskKind = Literal["train", "evaluate", "describe", "review"]
@@ -66,7 +66,7 @@ class SavedModel(_Strict):
 
 
 class Task(_Strict):
-    protocol: Literal[1] = PROTOCOL_VERSION
+    protocol: Literal[2] = PROTOCOL_VERSION
     kind: TaskKind
     spec: DatasetSpec | None = None
     staging: Staging | None = None
@@ -75,6 +75,11 @@ class Task(_Strict):
     model_facts: bool = Field(default=False, description="Report leaf facts for the model-release rules.")
     approved_sha256: str | None = None
     describe: DescribeOptions | None = None
+    release: ReleaseOptions = Field(default_factory=ReleaseOptions)
+    rare_level_rows: int = Field(default=10, ge=1, description="Text levels with fewer admitted rows merge.")
+    label_range: tuple[float, float] | None = Field(
+        default=None, description="Clip range of a numeric label."
+    )
     base_model: SavedModel | None = Field(default=None, description="Continue or evaluate this model.")
 
 
@@ -131,17 +136,66 @@ class LeafFacts(_Strict):
     min_child_weight: float
 
 
+class EvalStats(_Strict):
+    """Clipped sums over the evaluation rows, and how far one row can move each: what a DP release is
+    drawn from. Exact, for the release desk only."""
+
+    n: int = Field(ge=0)
+    correct: int | None = None
+    loss_sum: float | None = None
+    loss_clip: float | None = None
+    auc: float | None = None
+    confusion: list[list[int]] | None = None
+    sse: float | None = None
+    sae: float | None = None
+    sum_y: float | None = None
+    sum_y2: float | None = None
+    residual_clip: float | None = None
+    label_half_range: float | None = None
+
+
+class CurveStats(_Strict):
+    """Clipped loss sums on the evaluation rows at K checkpoint rounds (opt-in, mode dp)."""
+
+    rounds: list[int]
+    loss_sums: list[float]
+    loss_clip: float
+    metric: Literal["log_loss", "rmse"]
+
+
+class Structure(_Strict):
+    """How many rows a model sets apart: the structural rules of mode dp read these."""
+
+    base_smallest_leaf: int | None = Field(
+        default=None, description="Admitted rows in the base model's emptiest leaf."
+    )
+    base_isolated: int | None = Field(
+        default=None, description="Rows the base model's predictions set apart."
+    )
+    trained_smallest_leaf: int | None = Field(
+        default=None, description="Training rows in the emptiest new leaf."
+    )
+    trained_isolated: int | None = None
+
+
 class TrainReport(_Strict):
     """Raw aggregates of a train or evaluate job: exact numbers, for the release desk only."""
 
     type: Literal["report"] = "report"
     task: Literal["binary", "multiclass", "regression"]
-    metrics: dict[str, float]
+    metrics: dict[str, float | None]
     confusion: Confusion | None = None
     history: CurveReport | None = None
     feature_importance: dict[str, float]
     rounds: RoundsReport
     model: LeafFacts | None = None
+    stats: EvalStats
+    curve: CurveStats | None = None
+    importance_scores: dict[str, float] | None = Field(
+        default=None, description="Permutation importance: clipped loss increase per feature (opt-in)."
+    )
+    importance_clip: float | None = None
+    structure: Structure = Field(default_factory=Structure)
 
 
 class Histogram(_Strict):

@@ -56,10 +56,34 @@ class Policy(_Strict):
     min_leaf_rows: int = Field(
         default=10, ge=5, description="Training rows every leaf of a released model holds."
     )
-    dp_epsilon: float = Field(
-        default=1.0, gt=0, le=5, description="Epsilon spent by one DP describe release."
+    privacy: Literal["dp", "rules"] = Field(
+        default="dp",
+        description="dp: every released number is drawn by an OpenDP measurement under a budget; rules: "
+        "suppression and rounding only (weaker: it does not resist attacker-chosen models).",
     )
-    dp_epsilon_cap: float = Field(default=10.0, gt=0, description="Total epsilon per user and dataset.")
+    dp_rho_job: float = Field(
+        default=0.01, gt=0, le=0.5, description="zCDP cost of a job's default releases."
+    )
+    dp_rho_describe: float = Field(default=0.002, gt=0, le=0.5, description="zCDP cost of one describe.")
+    dp_rho_confusion: float = Field(
+        default=0.002, gt=0, le=0.5, description="Extra cost of the confusion matrix."
+    )
+    dp_rho_curve: float = Field(
+        default=0.003, gt=0, le=0.5, description="Extra cost of an eval learning curve."
+    )
+    dp_rho_importance: float = Field(
+        default=0.002, gt=0, le=0.5, description="Extra cost of a permutation-importance ranking."
+    )
+    dp_rho_cap: float = Field(
+        default=1.0,
+        gt=0,
+        description="Total zCDP budget per user and dataset (1.0: a one-row label guess "
+        "is right with probability at most about 0.76).",
+    )
+    dp_rho_dataset_cap: float = Field(
+        default=0.0, ge=0, description="Total budget of a dataset across all users; 0 means none."
+    )
+    dp_delta: float = Field(default=1e-6, gt=0, lt=1e-3, description="The delta at which epsilon is shown.")
 
     def in_effect(self) -> PolicyInEffect:
         """The rules a client is told with every answer, so it says what they were."""
@@ -69,6 +93,9 @@ class Policy(_Strict):
             significant_digits=SIGNIFICANT_DIGITS,
             min_rows=self.min_rows,
             min_class_rows=self.min_class_rows,
+            privacy=self.privacy,
+            rho_per_job=self.dp_rho_job if self.privacy == "dp" else None,
+            rho_cap=self.dp_rho_cap if self.privacy == "dp" else None,
         )
 
 
@@ -79,7 +106,14 @@ class DatasetConfig(_Strict):
     label_columns: list[str] = Field(min_length=1)
     exclude_columns: list[str] = Field(default_factory=list)
     policy: dict[str, int | float] = Field(default_factory=dict)
-    dp: bool = Field(default=False, description="Describe releases noisy counts (OpenDP) under a budget.")
+    privacy: Literal["dp", "rules"] | None = Field(
+        default=None, description="This dataset's privacy mode; default: the server's [policy] privacy."
+    )
+    label_ranges: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="Per regression label, the range its values are clipped to for DP metrics (RMSE, MAE, "
+        "R2); without one, those metrics are not released in mode dp.",
+    )
     allow_model_release: bool = Field(default=False, description="Trained models may leave after approval.")
     allow_custom_code: bool = Field(
         default=False,
@@ -117,6 +151,32 @@ class ServerSection(_Strict):
         ge=0,
         description="On SIGTERM, how long running jobs may take to finish before re-queueing.",
     )
+    tls_cert: Path | None = Field(default=None, description="PEM certificate (chain): serve HTTPS.")
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert.")
+    tls_client_ca: Path | None = Field(
+        default=None, description="PEM CA bundle: clients must present a certificate it signed."
+    )
+
+
+class AuditSection(_Strict):
+    syslog: str | None = Field(
+        default=None,
+        description="Ship each entry's head (sequence number, hash) to syslog: a socket path such as "
+        "/dev/log, or HOST:PORT (UDP).",
+    )
+
+
+class JupyterHubSection(_Strict):
+    """Sign-in for JupyterHub users: the server asks the Hub who owns a token, then grants datasets."""
+
+    api_url: str = Field(description="The Hub's REST API, e.g. http://127.0.0.1:8081/hub/api.")
+    api_token_env: str = Field(
+        default="REMOTE_MAGIC_HUB_API_TOKEN",
+        description="Environment variable holding this service's Hub API token (scope read:users:groups).",
+    )
+    timeout_s: float = Field(default=5.0, gt=0, le=60, description="How long to wait for the Hub.")
+    users: dict[str, list[str]] = Field(default_factory=dict, description="Hub user -> datasets.")
+    groups: dict[str, list[str]] = Field(default_factory=dict, description="Hub group -> datasets.")
 
 
 class ExecutorSection(_Strict):
@@ -186,16 +246,25 @@ class Settings(_Strict):
     automation: AutomationSection = Field(default_factory=AutomationSection)
     policy: Policy = Field(default_factory=Policy)
     datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
+    audit: AuditSection = Field(default_factory=AuditSection)
+    jupyterhub: JupyterHubSection | None = None
 
     def policy_for(self, dataset: str) -> Policy:
-        """The server policy with the dataset's overrides applied; overrides may only tighten."""
+        """The server policy with the dataset's overrides applied; numbers may only tighten, the privacy
+        mode is the dataset's own choice."""
+        config = self.datasets[dataset]
         base = self.policy.model_dump()
-        for key, value in self.datasets[dataset].policy.items():
+        for key, value in config.policy.items():
             smaller_is_tighter = key.startswith(("max_", "dp_")) or key in (
                 "job_timeout_s",
                 "worker_memory_mb",
             )
-            base[key] = min(base[key], value) if smaller_is_tighter else max(base[key], value)
+            if key == "dp_rho_dataset_cap" and not base[key]:
+                base[key] = value  # 0 is "no cap", which any cap tightens
+            else:
+                base[key] = min(base[key], value) if smaller_is_tighter else max(base[key], value)
+        if config.privacy is not None:
+            base["privacy"] = config.privacy
         return Policy(**base)
 
     def bounds_for(self, dataset: str) -> ModelBounds:
@@ -206,6 +275,7 @@ class Settings(_Strict):
             max_depth=policy.max_depth,
             max_bin=policy.max_bin,
             max_threads=self.threads_per_job(policy),
+            min_leaf_rows=policy.min_leaf_rows if policy.privacy == "dp" else None,
         )
 
     @property
@@ -266,6 +336,19 @@ def load_settings(path: Path) -> Settings:
 def resolve_paths(settings: Settings, base: Path) -> Settings:
     """Make the data directory and dataset paths absolute, relative to `base`."""
     settings.server.data_dir = (base / settings.server.data_dir).resolve()
+    for key in ("tls_cert", "tls_key", "tls_client_ca"):
+        value = getattr(settings.server, key)
+        if value is not None:
+            setattr(settings.server, key, (base / value).resolve())
+    if (settings.server.tls_cert is None) != (settings.server.tls_key is None):
+        raise ConfigError("[server] tls_cert and tls_key go together: give both or neither")
+    if settings.server.tls_client_ca is not None and settings.server.tls_cert is None:
+        raise ConfigError("[server] tls_client_ca needs tls_cert and tls_key")
+    hub = settings.jupyterhub
+    granted = [*(hub.users.values() if hub else ()), *(hub.groups.values() if hub else ())]
+    unknown = sorted({name for names in granted for name in names} - set(settings.datasets))
+    if unknown:
+        raise ConfigError(f"[jupyterhub] grants unknown datasets: {', '.join(unknown)}")
     for ds in settings.datasets.values():
         ds.path = (base / ds.path).resolve() if not ds.path.is_absolute() else ds.path
         if ds.mock_path is not None and not ds.mock_path.is_absolute():

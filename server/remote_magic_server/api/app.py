@@ -17,7 +17,7 @@ from fastapi import FastAPI
 
 from remote_magic import __version__
 
-from ..audit import AuditLog
+from ..audit import open_audit
 from ..automation.service import Automation
 from ..dataversions import FileIdentity
 from ..jobs.executor import make_executor
@@ -30,6 +30,7 @@ from ..release.desk import ReleaseDesk
 from ..release.ledger import Ledger
 from ..settings import Settings
 from . import (
+    cost,
     datasets,
     describe,
     errors,
@@ -43,6 +44,7 @@ from . import (
     webhooks,
 )
 from .auditing import AuditMiddleware
+from .auth import LastUsed
 from .intake import Intake
 from .limits import FORM_OVERHEAD_BYTES, BodyLimit
 from .metrics import Metrics, RequestTimer
@@ -80,7 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
     """Build the app; the store and the scheduler start with it and stop with it."""
     notifier = Notifier()
     store = Store(settings.db_path, settings.jobs_dir)
-    audit = AuditLog(settings.audit_path)
+    audit = open_audit(settings)
     ledger = Ledger(settings.ledger_path)
     desk = ReleaseDesk(settings, ledger, audit)
     executor = make_executor(settings.executor.kind)
@@ -89,7 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics(store, scheduler, settings.worker_count)
     model_registry = Registry(settings, ModelRegistry(settings.registry_path), settings.jobs_dir)
     versions = FileIdentity(settings)
-    intake = Intake(settings, store, model_registry, versions, audit)
+    intake = Intake(settings, store, model_registry, versions, audit, desk)
     automation = Automation(
         settings, store, model_registry, intake, versions, scheduler.notify, ledger.model_state
     )
@@ -154,11 +156,18 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.registry = model_registry
     app.state.intake = intake
     app.state.automation = automation
+    app.state.last_used = LastUsed(store)
+    app.state.hub = None
+    if settings.jupyterhub is not None:
+        from .hub import HubSignIn
+
+        app.state.hub = HubSignIn(settings.jupyterhub)
     errors.install(app)
     for resource in (
         health,
         datasets,
         jobs,
+        cost,
         describe,
         models,
         mock,
@@ -168,7 +177,7 @@ def create_app(settings: Settings) -> FastAPI:
         graphql_view,
     ):
         app.include_router(resource.router)
-    app.add_middleware(AuditMiddleware, audit=audit, store=store)
+    app.add_middleware(AuditMiddleware, audit=audit)
     app.add_route("/metrics", metrics.endpoint, include_in_schema=False)
     app.add_middleware(BodyLimit, max_bytes=settings.server.max_payload_mb * 2**20 + FORM_OVERHEAD_BYTES)
     app.add_middleware(RequestTimer, metrics=metrics)

@@ -2,6 +2,8 @@
 
 A pure ASGI middleware, so long-polls and uploads pass through untouched. The query string and the
 body are not logged here; the routes that carry a spec (jobs, describe) log it with their decision.
+Who made the request is what authentication (api/auth.py) left in the request's state: the user and
+the token's id (or "jupyterhub").
 """
 
 from __future__ import annotations
@@ -9,22 +11,20 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..audit import AuditLog
-from ..jobs.store import Store
 
 
 class AuditMiddleware:
-    def __init__(self, app: ASGIApp, audit: AuditLog, store: Store):
+    def __init__(self, app: ASGIApp, audit: AuditLog):
         self.app = app
         self.audit = audit
-        self.store = store
 
-    def _user(self, scope: Scope) -> str | None:
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                found = self.store.lookup_token(token.strip()) if scheme.lower() == "bearer" else None
-                return found[0] if found else "(invalid token)"
-        return None
+    @staticmethod
+    def _who(scope: Scope) -> tuple[str | None, str | None]:
+        principal = scope.get("state", {}).get("principal")
+        if principal is not None:
+            return principal.user, principal.via
+        sent = any(name == b"authorization" for name, _ in scope.get("headers", ()))
+        return ("(invalid token)" if sent else None), None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -40,9 +40,11 @@ class AuditMiddleware:
         try:
             await self.app(scope, receive, record_status)
         finally:
+            user, via = self._who(scope)
             self.audit.record(
                 "request",
-                self._user(scope),
+                user,
+                via=via,
                 method=scope["method"],
                 path=scope["path"][:300],
                 status=status.get("code"),

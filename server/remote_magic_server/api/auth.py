@@ -1,30 +1,81 @@
-"""Bearer-token authentication: a token names a user and the datasets it grants."""
+"""Bearer-token authentication: a token names a user and the datasets it grants.
+
+Our own tokens (`rm_...`) are looked up in the store on every request, so a revoked or expired one is
+refused at once. Any other bearer token goes to JupyterHub when the config has a `[jupyterhub]`
+section (api/hub.py).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from remote_magic.codes import Refusal
 
-from ..jobs.store import Store
+from ..jobs.store import TOKEN_PREFIX, Store
 
-bearer = HTTPBearer(auto_error=False, description="A token issued by `remote-magic-server token`.")
+if TYPE_CHECKING:
+    from .hub import HubSignIn
+
+bearer = HTTPBearer(
+    auto_error=False,
+    description="A token issued by `remote-magic-server token create`, or a JupyterHub API token.",
+)
+LAST_USED_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
 class Principal:
     user: str
     datasets: list[str]
+    via: str = ""  # the token's id, or "jupyterhub"
 
 
-def authenticate(store: Store, credentials: HTTPAuthorizationCredentials | None) -> Principal:
-    """The user a bearer token names; raise Refusal('unauthorized') for a missing or unknown token."""
+class LastUsed:
+    """Records a token's last use at most once a minute, so a status poll does not write every time."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._marked: dict[str, float] = {}
+
+    async def mark(self, token_id: str) -> None:
+        now = time.monotonic()
+        if now - self._marked.get(token_id, -LAST_USED_EVERY_S) >= LAST_USED_EVERY_S:
+            self._marked[token_id] = now
+            await asyncio.to_thread(self.store.mark_token_used, token_id)
+
+
+def token_principal(store: Store, secret: str) -> tuple[Principal, str]:
+    """The user one of our tokens names, and the token's id; Refusal('unauthorized') for an unknown,
+    revoked or expired token."""
+    row = store.lookup_token(secret)
+    if row is None:
+        raise Refusal("unauthorized", "the token is not valid")
+    state = row.state()
+    if state == "revoked":
+        raise Refusal("unauthorized", "this token was revoked; ask the data owner for a new one")
+    if state == "expired":
+        expired = f"this token expired on {str(row.expires_at)[:10]}; ask the data owner for a new one"
+        raise Refusal("unauthorized", expired)
+    return Principal(user=row.user, datasets=row.datasets, via=row.id), row.id
+
+
+async def authenticate(
+    store: Store,
+    last_used: LastUsed,
+    hub: HubSignIn | None,
+    credentials: HTTPAuthorizationCredentials | None,
+) -> Principal:
+    """The principal of a bearer token: ours (looked up now), else the Hub's if a Hub is configured."""
     if credentials is None or not credentials.credentials:
         raise Refusal("unauthorized", "a bearer token is required")
-    found = store.lookup_token(credentials.credentials)
-    if found is None:
-        raise Refusal("unauthorized", "the token is not valid")
-    user, datasets = found
-    return Principal(user=user, datasets=datasets)
+    secret = credentials.credentials
+    if hub is not None and not secret.startswith(TOKEN_PREFIX):
+        return await hub.principal(secret)
+    principal, token_id = token_principal(store, secret)
+    await last_used.mark(token_id)
+    return principal

@@ -18,7 +18,8 @@ from ..jobs.store import Store
 from ..registry.access import Registry
 from ..release.desk import ReleaseDesk
 from ..settings import Settings
-from .auth import Principal, authenticate, bearer
+from .auth import LastUsed, Principal, authenticate, bearer
+from .hub import HubSignIn
 from .intake import Intake
 from .notifier import Notifier
 
@@ -42,12 +43,21 @@ NotifierDep = Annotated[Notifier, Depends(_part("notifier"))]
 RegistryDep = Annotated[Registry, Depends(_part("registry"))]
 IntakeDep = Annotated[Intake, Depends(_part("intake"))]
 AutomationDep = Annotated[Automation, Depends(_part("automation"))]
+LastUsedDep = Annotated[LastUsed, Depends(_part("last_used"))]
+HubDep = Annotated[HubSignIn | None, Depends(_part("hub"))]
 
 
 async def current_user(
-    store: StoreDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    request: Request,
+    store: StoreDep,
+    last_used: LastUsedDep,
+    hub: HubDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
-    return authenticate(store, credentials)
+    """The signed-in user, also left in the request's state for the audit log (api/auditing.py)."""
+    principal = await authenticate(store, last_used, hub, credentials)
+    request.state.principal = principal
+    return principal
 
 
 User = Annotated[Principal, Depends(current_user)]

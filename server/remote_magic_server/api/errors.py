@@ -40,6 +40,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
         422: "The request is well-formed but refused (spec, model, parameters or disclosure rules).",
         429: "Too many queued jobs for this user; retry after the `Retry-After` seconds.",
         500: "Internal error (details only in the server log).",
+        503: "JupyterHub, which vouches for Hub tokens, did not answer.",
     }.items()
 }
 

@@ -7,13 +7,13 @@ from fastapi import APIRouter
 from remote_magic import __version__
 from remote_magic.wire import Health, Whoami
 
-from .deps import SchedulerDep, SettingsDep, StoreDep, User
+from .deps import HubDep, SchedulerDep, SettingsDep, StoreDep, User
 
 router = APIRouter(prefix="/v1", tags=["server"])
 
 
 @router.get("/health", response_model=Health)
-def health(settings: SettingsDep, store: StoreDep, scheduler: SchedulerDep) -> Health:
+def health(settings: SettingsDep, store: StoreDep, scheduler: SchedulerDep, hub: HubDep) -> Health:
     store_ok = store.ping()
     counts = store.count_by_state() if store_ok else {}
     state = scheduler.state
@@ -25,6 +25,7 @@ def health(settings: SettingsDep, store: StoreDep, scheduler: SchedulerDep) -> H
         running=scheduler.running_count(),
         queued=counts.get("queued", 0),
         scheduler=state,  # type: ignore[arg-type]
+        auth=["token", "jupyterhub"] if hub is not None else ["token"],
     )
 
 

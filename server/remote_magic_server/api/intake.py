@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from remote_magic.automation import RegisterRequest
 from remote_magic.codes import Refusal
 from remote_magic.payload import ScanReport, custom_code_names, scan
-from remote_magic.wire import DatasetSpec
+from remote_magic.wire import DatasetSpec, ReleaseOptions
 
 from ..audit import AuditLog
 from ..dataversions import DatasetVersions
 from ..jobs.store import JobRow, QueueFull, Store
 from ..registry.access import Registry
+from ..release.desk import ReleaseDesk, Request
 from ..settings import Settings
 from .catalog import check_spec
 
@@ -35,6 +36,7 @@ class Submission:
     idempotency_key: str | None = None
     register: RegisterRequest | None = None
     base_model: str | None = None
+    release: ReleaseOptions = field(default_factory=ReleaseOptions)
     origin: dict = field(default_factory=dict)
 
 
@@ -45,6 +47,7 @@ class Intake:
     registry: Registry
     versions: DatasetVersions
     audit: AuditLog
+    desk: ReleaseDesk
 
     def _scan(self, sub: Submission, plan: dict) -> tuple[str, ScanReport | None]:
         if not sub.payload:
@@ -86,9 +89,19 @@ class Intake:
     def prepare(self, sub: Submission) -> tuple[dict, str]:
         """Every check a job passes before it is stored; return its plan and first state, or raise."""
         plan = check_spec(self.settings, sub.datasets, sub.spec)
+        plan["release"] = sub.release.model_dump()
+        request = Request(
+            user=sub.user, dataset=sub.spec.dataset, kind=sub.kind, spec={}, options=sub.release
+        )
+        self.desk.check_budget(request)
         state, report = self._scan(sub, plan)
         self._registry_plan(sub, report, plan)
-        plan["payload_sha256"] = hashlib.sha256(sub.payload).hexdigest()
+        # What the model is: the payload, and the registered version it continues (an identical
+        # question, the same bytes on the same data, is answered from the ledger at no cost).
+        digest = hashlib.sha256(sub.payload)
+        if "base_model" in plan:
+            digest.update(plan["base_model"]["sha256"].encode())
+        plan["payload_sha256"] = digest.hexdigest()
         plan["dataset_version"] = self.versions.latest(sub.spec.dataset)
         plan.update(sub.origin)
         return plan, state

@@ -18,6 +18,7 @@ from remote_magic.wire import (
     JobList,
     JobResult,
     JobStatus,
+    ReleaseOptions,
     first_error,
 )
 
@@ -58,6 +59,15 @@ def _parse_register(text: str | None) -> RegisterRequest | None:
         ) from None
 
 
+def _parse_options(text: str | None) -> ReleaseOptions:
+    try:
+        return ReleaseOptions.model_validate_json(text) if text else ReleaseOptions()
+    except ValidationError as exc:
+        raise Refusal(
+            "invalid_request", f"release option {first_error(exc.errors(), 'release')}"[:300]
+        ) from None
+
+
 @router.post("/jobs", response_model=JobStatus, status_code=202)
 async def submit(
     response: Response,
@@ -82,6 +92,9 @@ async def submit(
             max_length=200,
         ),
     ] = None,
+    release: Annotated[
+        str | None, Form(description="ReleaseOptions as JSON: confusion, curve, importance.", max_length=1000)
+    ] = None,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobStatus:
     limit = settings.server.max_payload_mb * 2**20
@@ -97,6 +110,7 @@ async def submit(
         idempotency_key=idempotency_key,
         register=_parse_register(register_as),
         base_model=base_model,
+        release=_parse_options(release),
     )
     job, created = await asyncio.to_thread(intake.accept, submission)
     if created:

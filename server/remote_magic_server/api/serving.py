@@ -2,11 +2,13 @@
 
 uvicorn stops accepting connections on SIGTERM, waits for open requests, then runs the app's lifespan
 shutdown. Long-polls would hold that wait for up to a minute and the scheduler would keep starting jobs
-meanwhile, so the signal also calls the app's `begin_shutdown` at once.
+meanwhile, so the signal also calls the app's `begin_shutdown` at once. With `tls_cert`/`tls_key` it
+serves HTTPS (uvicorn's TLS); with `tls_client_ca` too, clients must present a certificate it signed.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from types import FrameType
 
@@ -27,6 +29,17 @@ class _Server(uvicorn.Server):
         self.on_exit()
 
 
+def tls_options(settings: Settings) -> dict[str, object]:
+    """uvicorn's TLS arguments from `[server]`; none for plain HTTP."""
+    server = settings.server
+    if server.tls_cert is None:
+        return {}
+    options: dict[str, object] = {"ssl_certfile": str(server.tls_cert), "ssl_keyfile": str(server.tls_key)}
+    if server.tls_client_ca is not None:
+        options.update(ssl_ca_certs=str(server.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return options
+
+
 def serve(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
     configure_logging(settings.server.log_level)
@@ -38,5 +51,6 @@ def serve(settings: Settings) -> None:
         log_level=settings.server.log_level,
         log_config=None,
         timeout_graceful_shutdown=max(1, int(settings.server.shutdown_grace_s)),
+        **tls_options(settings),  # type: ignore[arg-type]
     )
     _Server(config, app.state.begin_shutdown).run()

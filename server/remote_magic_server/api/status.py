@@ -8,6 +8,11 @@ from ..jobs.store import JobRow
 from ..registry.access import Registry, main_metric
 
 
+def whole_seconds(stamp: str | None) -> str | None:
+    """A timestamp as the analyst sees it: whole seconds, so a job's duration tells nothing finer."""
+    return None if stamp is None else stamp[:19] + "Z"
+
+
 def _main_metric(job: JobRow) -> MetricPoint | None:
     return main_metric(job.result.get("metrics", {})) if job.result else None
 
@@ -31,9 +36,9 @@ def status_of(job: JobRow, registry: Registry) -> JobStatus:
         kind=job.kind,  # type: ignore[arg-type]
         state=job.state,  # type: ignore[arg-type]
         progress=Progress.model_validate(job.progress),
-        submitted_at=job.submitted_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
+        submitted_at=whole_seconds(job.submitted_at),  # type: ignore[arg-type]
+        started_at=whole_seconds(job.started_at),
+        finished_at=whole_seconds(job.finished_at),
         error=error,
         main_metric=_main_metric(job),
         isolation=job.isolation,

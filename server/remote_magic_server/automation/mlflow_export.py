@@ -114,15 +114,16 @@ class MlflowExporter:
         params = {**_flat("spec", job.spec), **_flat("model", read_params(self.store.job_dir(job.id)))}
         params["rounds.total"] = str(result.get("rounds", {}).get("total", ""))
         now = int(time.time() * 1000)
-        metrics = [
-            Metric(k, float(v), now, 0) for k, v in {**result["metrics"], **_intervals(result)}.items()
-        ]
+        released = {**result["metrics"], **_intervals(result)}
+        metrics = [Metric(k, float(v), now, 0) for k, v in released.items() if v is not None]
         history = result.get("history")
         if history:
             base = int(result.get("rounds", {}).get("base", 0))
             for split in ("train", "eval"):
+                values = history.get(split) or []
+                steps = history.get("rounds") or [base + i + 1 for i in range(len(values))]
                 key = f"{split}_{history['metric']}"
-                metrics += [Metric(key, float(v), now, base + i + 1) for i, v in enumerate(history[split])]
+                metrics += [Metric(key, float(v), now, s) for s, v in zip(steps, values) if v is not None]
         client.log_batch(
             run.info.run_id,
             metrics=metrics,

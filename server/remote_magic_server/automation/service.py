@@ -39,7 +39,7 @@ log = logging.getLogger("remote_magic_server.automation")
 
 WATERMARK_LAG_S = 120
 PRUNE_EVERY_S = 3600
-PAUSING_KINDS = frozenset({"spec", "not_found", "model", "auth"})
+PAUSING_KINDS = frozenset({"spec", "not_found", "model", "auth", "budget"})
 
 
 class Automation:

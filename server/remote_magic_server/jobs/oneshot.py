@@ -11,7 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
-from remote_magic.codes import CODES, Refusal
+from remote_magic.codes import Refusal
 from remote_magic.wire import DescribeResult
 
 from ..release.desk import ReleaseDesk, Request
@@ -33,20 +33,25 @@ class Describer:
     def describe(self, user: str, dataset: str, spec: dict, plan: dict) -> DescribeResult:
         """Describe a spec's admitted rows in a fresh worker, released through the desk; raise Refusal."""
         request = Request(
-            user=user, dataset=dataset, kind="describe", spec=spec, features=tuple(plan["features"])
+            user=user,
+            dataset=dataset,
+            kind="describe",
+            spec=spec,
+            features=tuple(plan["features"]),
+            charge_key=f"describe:{uuid.uuid4().hex}",
         )
+        stored = self.desk.stored_describe(request)
+        if stored is not None:
+            self.desk.record(request, "released", None, "the stored answer, repeated")
+            return stored
         try:
-            stored = self.desk.stored_describe(request)
-            if stored is not None:
-                self.desk.record(request, "released", None, "the stored answer, repeated")
-                return stored
             final = self._run(request, plan)
         except Exception:
             log.exception("describe on %s could not be released", dataset)
             final = Final.failed("internal_error", "the request failed on the server")
         if final.state != "succeeded":
             code, message = final.error or ("internal_error", "the request failed on the server")
-            decision = "refused" if CODES[code].kind in ("disclosure", "budget") else "failed"
+            decision = "refused" if self.desk.refused(code) else "failed"
             self.desk.record(request, decision, code, message)
             raise Refusal(code, message)
         self.desk.record(request, "released")
@@ -62,11 +67,14 @@ class Describer:
                 execution = self.executor.start(task, folder, name="describe")
                 conversation = Conversation(self.desk, request, folder, execution)
                 try:
-                    return drive(execution, conversation.handle, time.monotonic() + timeout, timeout)
+                    final = drive(execution, conversation.handle, time.monotonic() + timeout, timeout)
                 except WorkerGone as gone:
-                    return Final.failed(gone.failure.code, gone.failure.message)
+                    final = Final.failed(gone.failure.code, gone.failure.message)
                 finally:
                     execution.close()
+                if final.error is not None and conversation.admitted is not None:
+                    final.error = self.desk.after_admission(request, *final.error)
+                return final
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from remote_magic.codes import Refusal
-from remote_magic.wire import JobResult
+from remote_magic.wire import JobResult, ReleaseOptions
 
 from ..protocol import Isolation, ProgressNote, WorkerMessage
 from ..release.desk import ReleaseDesk, Request
@@ -192,6 +192,8 @@ class Scheduler:
             spec=job.spec,
             job_id=job.id,
             features=tuple(job.plan["features"]),
+            options=ReleaseOptions.model_validate(job.plan.get("release") or {}),
+            payload_sha256=job.plan.get("payload_sha256"),
         )
 
     def _place_base_model(self, job: JobRow, folder: Path) -> None:
@@ -206,6 +208,16 @@ class Scheduler:
         (folder / BASE_MODEL_FILE).write_bytes(data)
 
     def _launch(self, job: JobRow) -> None:
+        request = self._request(job)
+        stored = self.desk.stored_result(request)
+        if stored is not None:
+            self._finish(job, request, Final("succeeded", result=stored.model_dump(mode="json")), 0.0)
+            return
+        try:
+            self.desk.check_budget(request)
+        except Refusal as refusal:
+            self._finish(job, request, Final.failed(refusal.code, refusal.message), 0.0)
+            return
         folder = self.store.job_dir(job.id)
         if job.plan.get("base_model"):
             self._place_base_model(job, folder)
@@ -214,7 +226,7 @@ class Scheduler:
         pid, mark = execution.ref
         self.store.set_worker(job.id, pid, mark)
         log.info("job_started", extra={"job": job.id, "pid": pid, "attempt": job.attempts})
-        run = _Running(job, execution, Conversation(self.desk, self._request(job), folder, execution))
+        run = _Running(job, execution, Conversation(self.desk, request, folder, execution))
         with self._lock:
             self._running[job.id] = run
         threading.Thread(target=self._watch, args=(run,), name=f"watch-{job.id}", daemon=True).start()
@@ -225,7 +237,7 @@ class Scheduler:
                 "stage": message.stage,
                 "round": message.round,
                 "total_rounds": message.total,
-                "metric": self._progress_metric(message),
+                "metric": self._progress_metric(run.job.dataset, message),
             }
             self.store.set_progress(run.job.id, progress)
             self.on_change(run.job.id)
@@ -238,8 +250,8 @@ class Scheduler:
             final.result = final.result.model_dump(mode="json")
         return final
 
-    def _progress_metric(self, message: ProgressNote) -> dict | None:
-        point = self.desk.progress_metric(message.metric)
+    def _progress_metric(self, dataset: str, message: ProgressNote) -> dict | None:
+        point = self.desk.progress_metric(dataset, message.metric)
         return point.model_dump(exclude_none=True) if point is not None else None
 
     def _watch(self, run: _Running) -> None:
@@ -272,17 +284,31 @@ class Scheduler:
             return
         if run.cancelled:
             final = Final("cancelled", error=("cancelled", "the job was cancelled"))
-        seconds = time.monotonic() - run.started
+        cause = None
+        if final.error is not None and run.task.admitted is not None:
+            cause = final.error[0]
+            final.error = self.desk.after_admission(run.task.request, *final.error)
+        self._finish(job, run.task.request, final, time.monotonic() - run.started, cause)
+
+    def _finish(
+        self, job: JobRow, request: Request, final: Final, seconds: float, cause: str | None = None
+    ) -> None:
         result = final.result if final.state == "succeeded" else None
         if self.store.finish(job.id, final.state, result=result, error=final.error):  # type: ignore[arg-type]
             self.on_finish(job, final.state, seconds)
         code, reason = final.error if final.error else (None, None)
         self.desk.record(
-            run.task.request, "released" if final.state == "succeeded" else final.state, code, reason
+            request, "released" if final.state == "succeeded" else final.state, code, reason, cause
         )
         log.info(
             "job_finished",
-            extra={"job": job.id, "state": final.state, "code": code, "seconds": round(seconds, 3)},
+            extra={
+                "job": job.id,
+                "state": final.state,
+                "code": code,
+                "cause": cause,
+                "seconds": round(seconds, 3),
+            },
         )
         self.on_change(job.id)
         self._wake.set()

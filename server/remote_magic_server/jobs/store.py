@@ -5,7 +5,9 @@ power loss, finds each job where it was. Writes go through one connection under 
 connection per thread, so a status poll never waits behind a write (sqlitedb.py). The schema carries a
 version; `_MIGRATIONS` brings an older store up to date in one transaction.
 Tokens are stored as SHA-256 hashes: they are 256-bit random strings, so a plain hash is enough and a
-leaked database does not leak a usable token.
+leaked database does not leak a usable token. A token also has a public id (for list, revoke, rotate),
+an optional expiry and note, and is looked up on every request, so a revoked or expired one fails at
+once. The store also anchors the audit log's head (`audit_head`, written by audit.py).
 
 Why it is long: every SQL statement about jobs and tokens lives here and nowhere else, so the store's
 transactions and its schema migrations can be read together.
@@ -21,13 +23,15 @@ import shutil
 import sqlite3
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ..sqlitedb import Database, StoreError, now
 
 __all__ = ["SCHEMA_VERSION", "JobRow", "QueueFull", "Store", "StoreError", "hash_token", "now"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+TOKEN_PREFIX = "rm_"  # noqa: S105 - tells our tokens from JupyterHub's without a lookup
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -70,6 +74,18 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE jobs ADD COLUMN worker_pid INTEGER;
     ALTER TABLE jobs ADD COLUMN worker_started TEXT;
     """,
+    3: """
+    ALTER TABLE tokens ADD COLUMN id TEXT;
+    UPDATE tokens SET id = lower(hex(randomblob(6)));
+    CREATE UNIQUE INDEX tokens_by_id ON tokens (id);
+    ALTER TABLE tokens ADD COLUMN note TEXT NOT NULL DEFAULT '';
+    ALTER TABLE tokens ADD COLUMN expires_at TEXT;
+    ALTER TABLE tokens ADD COLUMN revoked_at TEXT;
+    ALTER TABLE tokens ADD COLUMN last_used_at TEXT;
+    CREATE TABLE audit_head (
+        one INTEGER PRIMARY KEY CHECK (one = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL
+    );
+    """,
 }
 
 
@@ -83,6 +99,29 @@ class QueueFull(Exception):
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    """A token's public record: everything but its secret."""
+
+    id: str
+    user: str
+    datasets: list[str]
+    note: str
+    created_at: str
+    expires_at: str | None
+    revoked_at: str | None
+    last_used_at: str | None
+
+    def state(self, at: datetime | None = None) -> str:
+        """'active', 'revoked' or 'expired' at `at` (default: now)."""
+        if self.revoked_at is not None:
+            return "revoked"
+        at = at or datetime.now(timezone.utc)
+        if self.expires_at is not None and datetime.fromisoformat(self.expires_at) <= at:
+            return "expired"
+        return "active"
 
 
 @dataclass
@@ -137,19 +176,63 @@ class Store:
 
     # tokens
     def issue_token(self, user: str, datasets: list[str]) -> str:
-        token = "rm_" + secrets.token_urlsafe(32)
+        """A token that never expires; return its secret (the demo and tests use this)."""
+        return self.create_token(user, datasets)[1]
+
+    def create_token(
+        self, user: str, datasets: list[str], expires_at: str | None = None, note: str = ""
+    ) -> tuple[TokenRow, str]:
+        """Store a new token; return its record and its secret, which is never stored."""
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token_id = secrets.token_hex(6)
         with self._lock:
             self._db.execute(
-                "INSERT INTO tokens (token_hash, user, datasets, created_at) VALUES (?, ?, ?, ?)",
-                (hash_token(token), user, json.dumps(sorted(set(datasets))), now()),
+                "INSERT INTO tokens (token_hash, id, user, datasets, note, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (hash_token(secret), token_id, user, _names(datasets), note, now(), expires_at),
             )
-        return token
+        row = self.get_token(token_id)
+        assert row is not None
+        return row, secret
 
-    def lookup_token(self, token: str) -> tuple[str, list[str]] | None:
-        row = self._read(
-            "SELECT user, datasets FROM tokens WHERE token_hash = ?", (hash_token(token),)
-        ).fetchone()
-        return (row["user"], json.loads(row["datasets"])) if row else None
+    def lookup_token(self, token: str) -> TokenRow | None:
+        """The record of the token with this secret, whatever its state (the caller decides)."""
+        row = self._read("SELECT * FROM tokens WHERE token_hash = ?", (hash_token(token),)).fetchone()
+        return _token(row) if row else None
+
+    def get_token(self, token_id: str) -> TokenRow | None:
+        row = self._read("SELECT * FROM tokens WHERE id = ?", (token_id,)).fetchone()
+        return _token(row) if row else None
+
+    def list_tokens(self, user: str | None = None) -> list[TokenRow]:
+        rows = self._read(
+            "SELECT * FROM tokens WHERE ? IS NULL OR user = ? ORDER BY created_at, id", (user, user)
+        ).fetchall()
+        return [_token(r) for r in rows]
+
+    def revoke_token(self, token_id: str) -> bool:
+        """Revoke a token for good; return whether it was not revoked already."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now(), token_id)
+            )
+        return cur.rowcount == 1
+
+    def rotate_token(self, token_id: str, expires_at: str | None = None) -> str | None:
+        """Give a token that is not revoked a new secret (the old one stops working at once), keeping
+        its id, user, datasets and note; a new expiry if given. Return the new secret, or None."""
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE tokens SET token_hash = ?, expires_at = coalesce(?, expires_at)"
+                " WHERE id = ? AND revoked_at IS NULL",
+                (hash_token(secret), expires_at, token_id),
+            )
+        return secret if cur.rowcount == 1 else None
+
+    def mark_token_used(self, token_id: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (now(), token_id))
 
     # jobs
     def job_dir(self, job_id: str) -> Path:
@@ -362,9 +445,8 @@ class Store:
         return [r["id"] for r in rows]
 
     def datasets_of(self, user: str) -> list[str]:
-        """Every dataset some token of `user` grants (what a recipe of theirs may use)."""
-        rows = self._read("SELECT datasets FROM tokens WHERE user = ?", (user,)).fetchall()
-        return sorted({name for r in rows for name in json.loads(r["datasets"])})
+        """Every dataset an active token of `user` grants (what a recipe of theirs may use)."""
+        return sorted({name for t in self.list_tokens(user) if t.state() == "active" for name in t.datasets})
 
     def running_ids(self) -> list[str]:
         rows = self._read("SELECT id FROM jobs WHERE state = 'running'").fetchall()
@@ -377,6 +459,12 @@ class Store:
             " WHERE state = 'running' AND worker_pid IS NOT NULL"
         ).fetchall()
         return [(r["id"], r["worker_pid"], r["worker_started"]) for r in rows]
+
+    def forget_workers(self) -> None:
+        """Forget the worker processes recorded for running jobs: after a restore they belong to the
+        server that was copied, so recovery must re-queue those jobs without signalling the pids."""
+        with self._lock:
+            self._db.execute("UPDATE jobs SET worker_pid = NULL, worker_started = NULL")
 
     def remove_stray_folders(self) -> list[str]:
         """Delete job folders without a job row (a crash between writing the payload and the row)."""
@@ -396,6 +484,23 @@ def _write_durably(path: Path, data: bytes) -> None:
 
 def _load(text: str | None) -> dict | None:
     return json.loads(text) if text else None
+
+
+def _names(datasets: list[str]) -> str:
+    return json.dumps(sorted(set(datasets)))
+
+
+def _token(row: sqlite3.Row) -> TokenRow:
+    return TokenRow(
+        id=row["id"],
+        user=row["user"],
+        datasets=json.loads(row["datasets"]),
+        note=row["note"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+        last_used_at=row["last_used_at"],
+    )
 
 
 def _row(row: sqlite3.Row) -> JobRow:

@@ -5,7 +5,7 @@ One builder for every kind, so limits, bounds and the staging plan are set the s
 
 from __future__ import annotations
 
-from remote_magic.wire import DatasetSpec
+from remote_magic.wire import DatasetSpec, ReleaseOptions
 
 from ..protocol import DescribeOptions, Limits, SavedModel, Staging, Task, TaskKind
 from ..settings import Settings
@@ -54,14 +54,18 @@ def build_task(
         filter_columns=plan["filter_columns"],
         derive_columns=plan.get("derive_columns", []),
     )
+    parsed = DatasetSpec.model_validate(spec)
     return Task(
         kind=kind,
-        spec=DatasetSpec.model_validate(spec),
+        spec=parsed,
         staging=staging,
         bounds=settings.bounds_for(dataset),
         limits=limits,
         model_facts=kind == "train" and config.allow_model_release,
         approved_sha256=plan.get("approved_sha256"),
         describe=DescribeOptions(max_categories=policy.max_categories) if kind == "describe" else None,
+        release=ReleaseOptions.model_validate(plan.get("release") or {}),
+        rare_level_rows=policy.min_count,
+        label_range=config.label_ranges.get(parsed.label),
         base_model=SavedModel(file=BASE_MODEL_FILE, family="xgboost") if plan.get("base_model") else None,
     )

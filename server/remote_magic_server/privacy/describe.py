@@ -143,11 +143,18 @@ def _column(col: ColumnReport, exact: ColumnReport, rows: int | None, policy: Po
 
 
 def release_describe(
-    report: DescribeReport, policy: Policy, dataset: str, label: str, noise: Noise | None = None
+    report: DescribeReport,
+    policy: Policy,
+    dataset: str,
+    label: str,
+    noise: Noise | None = None,
+    noisy_cohort: bool = False,
 ) -> DescribeResult:
-    """Check the cohort on the exact counts, perturb (DP mode), then suppress, merge and round."""
-    check_cohort(SplitCounts(rows=report.rows, classes=report.classes), policy)
+    """Perturb (mode dp), check the cohort (on the noisy counts with `noisy_cohort`, so the refusal is a
+    DP release too), then suppress, merge and round."""
     noisy = _unflatten(report, noise(_flatten(report)) if noise else _flatten(report))
+    checked = noisy if noisy_cohort else report
+    check_cohort(SplitCounts(rows=checked.rows, classes=checked.classes), policy)
     released_classes = None
     if noisy.classes is not None:
         released_classes = [

@@ -1,25 +1,69 @@
-"""Differential privacy for describe counts, with OpenDP's vetted mechanisms (no hand-written noise).
+"""Differential privacy measurements, all OpenDP's (no hand-written noise), accounted in zCDP.
 
-One release is one vector of counts; a row changes at most `sensitivity` of them by one each, so the
-L1 distance between neighbouring datasets is `sensitivity`, and the discrete Laplace scale is found by
-OpenDP so that the release costs exactly `epsilon`.
+The privacy unit is one row added or removed. A release is a vector of sums in which one row moves the
+entries by at most `l2` in Euclidean norm (its clipped contributions); the Gaussian mechanism with
+scale `l2 / sqrt(2 rho)` then costs exactly `rho`, which OpenDP checks (`map`). zCDP costs add up over
+releases, and rho converts to (epsilon, delta)-DP as epsilon = rho + 2 sqrt(rho ln(1/delta)).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
 
-import opendp.prelude as dp
+from opendp import domains, measurements, measures, metrics
+from opendp.mod import binary_search_chain, enable_features
 
-dp.enable_features("contrib")
+# opendp.prelude would also import OpenDP's scikit-learn extras, which the API process must not load.
+enable_features("contrib")
+
+_SCALE_STEP = 1.0 + 1e-9
 
 
-def laplace_counts(sensitivity: int, epsilon: float) -> Callable[[list[int]], list[int]]:
-    """A mechanism that adds discrete Laplace noise to a vector of counts at a cost of `epsilon`."""
-    space = dp.vector_domain(dp.atom_domain(T=int)), dp.l1_distance(T=int)
-    measurement = dp.binary_search_chain(
-        lambda scale: dp.m.make_laplace(*space, scale=scale), d_in=sensitivity, d_out=epsilon
-    )
-    if measurement.map(sensitivity) > epsilon:
-        raise ValueError("OpenDP could not meet the epsilon of one release")
-    return lambda counts: [int(n) for n in measurement(list(counts))]
+def sigma(l2: float, rho: float) -> float:
+    """The noise standard deviation that makes a release with L2 sensitivity `l2` cost `rho`."""
+    return l2 / math.sqrt(2 * rho)
+
+
+def epsilon(rho: float, delta: float) -> float:
+    """A zCDP cost as (epsilon, delta)-DP (Bun and Steinke 2016, Proposition 1.3)."""
+    return rho + 2 * math.sqrt(rho * math.log(1 / delta)) if rho > 0 else 0.0
+
+
+def _measurement(kind: type, l2: float, rho: float):
+    atom = domains.atom_domain(T=kind, nan=False) if kind is float else domains.atom_domain(T=kind)
+    space = domains.vector_domain(atom)
+    metric = metrics.l2_distance(T=float)
+    scale = sigma(l2, rho)
+    for _ in range(50):
+        measurement = measurements.make_gaussian(space, metric, scale=scale)
+        if measurement.map(float(l2)) <= rho:
+            return measurement, scale
+        scale *= _SCALE_STEP
+    raise ValueError("OpenDP could not meet the budget of one release")
+
+
+def gaussian(values: list[float], l2: float, rho: float) -> tuple[list[float], float]:
+    """Noisy sums at a cost of `rho`, and the noise's standard deviation."""
+    measurement, scale = _measurement(float, l2, rho)
+    return [float(v) for v in measurement([float(v) for v in values])], scale
+
+
+def gaussian_counts(counts: list[int], l2: float, rho: float) -> tuple[list[int], float]:
+    """Noisy counts (the discrete Gaussian) at a cost of `rho`, and the noise's standard deviation."""
+    measurement, scale = _measurement(int, l2, rho)
+    return [int(n) for n in measurement([int(n) for n in counts])], scale
+
+
+def top_k(scores: list[float], k: int, linf: float, rho: float) -> list[int]:
+    """The indices of (about) the k highest scores, chosen by OpenDP's noisy top-k at a cost of `rho`."""
+    domain = domains.vector_domain(domains.atom_domain(T=float, nan=False))
+    metric = metrics.linf_distance(T=float, monotonic=False)
+    k = min(k, len(scores))
+
+    def make(scale: float):
+        return measurements.make_noisy_top_k(
+            domain, metric, measures.zero_concentrated_divergence(), k=k, scale=scale
+        )
+
+    measurement = binary_search_chain(make, d_in=float(linf), d_out=rho, T=float)
+    return [int(i) for i in measurement([float(s) for s in scores])]

@@ -64,7 +64,8 @@ def check_cohort(counts: Mapping[str, SplitCounts], policy: Policy) -> None:
             raise Refusal("class_too_small", "the training set holds a single class")
 
 
-def _split(counts: SplitCounts, policy: Policy) -> SplitSummary:
+def split_summary(counts: SplitCounts, policy: Policy) -> SplitSummary:
+    """A split's rows and class counts as released; the total is the sum of the released cells."""
     classes = [
         ClassCount(label=label, count=release_count(n, policy))
         for label, n in sorted((counts.classes or {}).items())
@@ -102,16 +103,21 @@ def release(
         dataset=dataset,
         kind=kind,  # type: ignore[arg-type]
         task=report.task,
-        metrics={str(k): round_metric(float(v)) for k, v in report.metrics.items()},
+        metrics={str(k): None if v is None else round_metric(float(v)) for k, v in report.metrics.items()},
         history=history,
         feature_importance={str(k): round_metric(float(v)) for k, v in report.feature_importance.items()},
         summary=Summary(
-            train=_split(counts["train"], policy) if "train" in counts else None,
-            eval=_split(counts["eval"], policy),
+            train=split_summary(counts["train"], policy) if "train" in counts else None,
+            eval=split_summary(counts["eval"], policy),
         ),
         confusion_matrix=confusion,
         rounds=Rounds(**report.rounds.model_dump()),
         policy=policy.in_effect(),
+        notes=[
+            f"{name} is not available on these evaluation rows"
+            for name, v in report.metrics.items()
+            if v is None
+        ],
     )
 
 

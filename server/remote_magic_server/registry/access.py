@@ -22,9 +22,9 @@ MAIN_METRICS = ("auc", "accuracy", "r2", "rmse", "log_loss")
 MAX_LINEAGE = 1000
 
 
-def main_metric(metrics: dict[str, float]) -> MetricPoint | None:
+def main_metric(metrics: dict[str, float | None]) -> MetricPoint | None:
     for name in MAIN_METRICS:
-        if name in metrics:
+        if metrics.get(name) is not None:
             return MetricPoint(name=name, eval=metrics[name])
     return None
 
@@ -93,7 +93,7 @@ class Registry:
     # views
     def view(self, row: VersionRow, aliases: dict[str, int] | None = None) -> ModelVersion:
         aliases = self.store.aliases(row.name) if aliases is None else aliases
-        metrics = {k: float(v) for k, v in row.result.get("metrics", {}).items()}
+        metrics = {k: float(v) for k, v in row.result.get("metrics", {}).items() if v is not None}
         return ModelVersion(
             name=row.name,
             number=row.number,

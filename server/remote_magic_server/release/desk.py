@@ -1,16 +1,23 @@
 """The release desk: every rule that decides what leaves the server, called from here, in one order.
 
 Workers compute; the desk decides. It is the only caller of the pure rules in `privacy/` on the server,
-and it keeps their memory (the ledger) and the record of every decision (the audit log):
+and it keeps their memory (the ledger) and the record of every decision (the audit log). A dataset is
+in mode `dp` (every released number an OpenDP draw, charged to a zCDP budget per user and dataset) or
+`rules` (suppression and rounding only: weaker, it does not resist attacker-chosen models).
 
-1. `admit`: on the admitted rows, before anything that depends on their values runs: the cohort and
-   class minimums, then the differencing guard against the sets already released to the user, whose
-   new sets are recorded in the same locked step.
-2. `release_result` / `release_describe`: the worker's exact report through suppression, rounding and
-   (on DP datasets) the privacy budget and OpenDP noise, into the strict wire model; for a trained
-   model, the model-release rules.
-3. `record`: the decision, whatever it was, in the hash-chained audit log.
-Progress metrics shown while a job runs and the rounded table size in the catalog pass through here too.
+1. `check_budget` (at submit and at start): a job the budget cannot pay for is refused before it runs,
+   at no cost; an identical earlier request is answered from the ledger (`stored_result`), at no cost.
+2. `admit`, on the admitted rows, before anything that depends on their values runs: in mode dp the
+   job is charged first (whatever happens next) and its row counts drawn; then the cohort and class
+   minimums (on the noisy counts in mode dp) and the differencing guard, whose sets are recorded in
+   the same locked step.
+3. `release_result` / `release_describe`: the worker's exact report through the rules of its mode into
+   the strict wire model, with the policy in effect and, in mode dp, the cost and the budget left; for a
+   trained model, the model-release rules. `after_admission` turns any later failure into one code.
+4. `record`: the decision, whatever it was, in the hash-chained audit log.
+
+Why it is long: it is the one place that orders every disclosure rule of both modes, and it is meant to
+be read in one sitting.
 """
 
 from __future__ import annotations
@@ -18,16 +25,25 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyroaring import BitMap
 
-from remote_magic.codes import Refusal
-from remote_magic.wire import DescribeResult, JobResult, MetricPoint, PrivacyBudget
+from remote_magic.codes import CODES, Refusal
+from remote_magic.wire import (
+    CostEstimate,
+    DescribeResult,
+    JobResult,
+    MetricPoint,
+    PrivacyReport,
+    ReleaseOptions,
+)
 
 from ..audit import AuditLog
 from ..privacy import describe as describe_rules
+from ..privacy import dp, dp_release
 from ..privacy import policy as rules
 from ..privacy.guard import check_differencing
 from ..privacy.model_release import check_model_release
@@ -36,6 +52,21 @@ from ..settings import Policy, Settings
 from .ledger import Ledger
 
 log = logging.getLogger("remote_magic_server.release")
+
+NOT_RELEASED = (
+    "the job was admitted and charged, but its results cannot be released under this dataset's rules: "
+    "a leaf or a prediction of the model may single out too few rows (raise min_child_weight or lower "
+    "max_depth), or it could not be trained or scored on the admitted rows"
+)
+# Failures that are decisions of the desk itself, or that no row's value can cause.
+_KEEP_AFTER_ADMISSION = {
+    "not_released",
+    "cancelled",
+    "privacy_budget_exhausted",
+    "cohort_too_small",
+    "class_too_small",
+    "differencing_refused",
+}
 
 
 @dataclass(frozen=True)
@@ -48,18 +79,27 @@ class Request:
     spec: dict
     job_id: str | None = None
     features: tuple[str, ...] = ()
+    options: ReleaseOptions = field(default_factory=ReleaseOptions)
+    payload_sha256: str | None = None
+    charge_key: str | None = None
+
+    @property
+    def charge(self) -> str:
+        return self.charge_key or f"job:{self.job_id}"
 
 
 @dataclass
 class Admitted:
-    """What `admit` let through: the counts and the row sets, for the release that follows."""
+    """What `admit` let through: the counts and row sets, and in mode dp the counts as drawn."""
 
     admission: Admission
     sets: dict[str, BitMap] = field(default_factory=dict)
+    noisy: dp_release.NoisyCounts | None = None
+    stored: dict | None = None
 
 
 def _digest(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def read_row_sets(folder: Path, names: dict[str, str]) -> dict[str, BitMap]:
@@ -79,45 +119,166 @@ class ReleaseDesk:
     def policy(self, dataset: str) -> Policy:
         return self.settings.policy_for(dataset)
 
+    def dp(self, dataset: str) -> bool:
+        return self.policy(dataset).privacy == "dp"
+
     def _table(self, dataset: str) -> str:
-        """The ledger's key for a dataset: its file, so one table served under two names shares a history."""
+        """The guard's key for a dataset: its file, so one table served under two names shares a history
+        (row numbers belong to a file). Budgets are kept per dataset name."""
         return str(self.settings.datasets[dataset].path)
+
+    def _table_identity(self, dataset: str) -> str:
+        path = self.settings.datasets[dataset].path
+        info = path.stat()
+        return f"{path}:{info.st_size}:{info.st_mtime_ns}"
 
     # the catalog and running jobs
     def table_size(self, dataset: str, rows: int) -> int | None:
-        """A table's row count as the catalog may show it."""
+        """A table's row count as the catalog may show it (its size is the data owner's to publish)."""
         return rules.release_count(rows, self.policy(dataset))
 
-    def progress_metric(self, latest: dict[str, dict[str, float]] | None) -> MetricPoint | None:
-        """The newest train/eval metric of a running job, rounded like every released metric."""
+    def progress_metric(self, dataset: str, latest: dict[str, dict[str, float]] | None) -> MetricPoint | None:
+        """The newest metric of a running job, rounded; none in mode dp (it is computed from hidden rows)."""
+        if self.dp(dataset):
+            return None
         point = rules.release_progress_metric(latest or {})
         return MetricPoint.model_validate(point) if point is not None else None
 
-    # 1. the admitted rows
-    def admit(self, request: Request, admission: Admission, folder: Path) -> Admitted:
-        """Check the admitted rows and record them as released to the user; raise Refusal if refused."""
+    # 1. before anything runs
+    def cost(self, request: Request) -> float:
         policy = self.policy(request.dataset)
+        if policy.privacy != "dp":
+            return 0.0
         if request.kind == "describe":
-            describe_rules.check_cohort(admission.counts["eval"], policy)
-        else:
-            rules.check_cohort(admission.counts, policy)
-        sets = read_row_sets(folder, admission.row_sets)
-        table = self._table(request.dataset)
-        with self.ledger.decision():
-            released = self.ledger.released_sets(request.user, table)
-            check_differencing(sets, released, admission.table_rows, policy.min_count)
-            source = f"job:{request.job_id}" if request.job_id else request.kind
-            self.ledger.record_sets(request.user, table, source, sets)
-        return Admitted(admission, sets)
+            return policy.dp_rho_describe
+        return dp_release.job_cost(policy, request.options)
 
-    # 2. the report
+    def check_budget(self, request: Request) -> None:
+        """Refuse, at no cost, a request the user's (or the dataset's) budget cannot pay for."""
+        policy = self.policy(request.dataset)
+        cost = self.cost(request)
+        if not cost:
+            return
+        spent = self.ledger.spent(request.user, request.dataset)
+        if spent + cost > policy.dp_rho_cap + 1e-12:
+            raise Refusal(
+                "privacy_budget_exhausted",
+                f"your privacy budget on this dataset (rho {policy.dp_rho_cap:g}) cannot pay for this "
+                f"request (rho {cost:g}; {max(0.0, policy.dp_rho_cap - spent):.4g} left); repeat an earlier "
+                "request to see its stored answer",
+            )
+        if (
+            policy.dp_rho_dataset_cap
+            and self.ledger.spent_by_all(request.dataset) + cost > policy.dp_rho_dataset_cap
+        ):
+            raise Refusal(
+                "privacy_budget_exhausted",
+                "the privacy budget of this dataset across all analysts is spent; ask its data owner",
+            )
+
+    def _request_key(self, request: Request) -> str:
+        return _digest(
+            request.kind,
+            request.spec,
+            request.payload_sha256,
+            request.options.model_dump(),
+            self._table_identity(request.dataset),
+        )
+
+    def stored_result(self, request: Request) -> JobResult | None:
+        """In mode dp, the stored result of an identical earlier job (same spec, model bytes, options and
+        data), repeated at no cost; never fresh noise for the same question."""
+        if not self.dp(request.dataset) or request.payload_sha256 is None:
+            return None
+        stored = self.ledger.stored_answer(request.user, request.dataset, self._request_key(request))
+        if stored is None:
+            return None
+        result = JobResult.model_validate(stored)
+        return result.model_copy(
+            update={"job_id": request.job_id, "privacy": self._report(request, 0.0, repeated=True)}
+        )
+
+    # 2. the admitted rows
+    def admit(self, request: Request, admission: Admission, folder: Path) -> Admitted:
+        """Charge (mode dp), check the admitted rows and record them as released; raise Refusal if refused."""
+        policy = self.policy(request.dataset)
+        admitted = Admitted(admission, read_row_sets(folder, admission.row_sets))
+        with self.ledger.decision():
+            if policy.privacy == "dp" and request.kind == "describe":
+                # The same rows, label and columns described before: their stored answer, at no cost.
+                admitted.stored = self.ledger.stored_answer(
+                    request.user, request.dataset, self._content_key(request, admitted)
+                )
+            if policy.privacy == "dp" and admitted.stored is None:
+                admitted.noisy = self._charge(request, admission, policy)
+                if admitted.noisy is not None:
+                    dp_release.check_cohort(admitted.noisy, policy)
+            elif request.kind == "describe":
+                describe_rules.check_cohort(admission.counts["eval"], policy)
+            else:
+                rules.check_cohort(admission.counts, policy)
+            table = self._table(request.dataset)
+            released = self.ledger.released_sets(request.user, table)
+            check_differencing(admitted.sets, released, admission.table_rows, policy.min_count)
+            source = f"job:{request.job_id}" if request.job_id else request.kind
+            self.ledger.record_sets(request.user, table, source, admitted.sets)
+        return admitted
+
+    def _charge(
+        self, request: Request, admission: Admission, policy: Policy
+    ) -> dp_release.NoisyCounts | None:
+        """Charge the request once, drawing a job's noisy counts; a job admitted again after a restart
+        gets its earlier draws back, never a second charge or fresh noise."""
+        earlier = self.ledger.charged(request.charge)
+        if earlier is not None:
+            return dp_release.NoisyCounts.from_json(earlier) if earlier else None
+        self.check_budget(request)
+        noisy = None if request.kind == "describe" else dp_release.draw_counts(admission.counts, policy)
+        cost = self.cost(request)
+        self.ledger.charge(
+            request.charge,
+            request.user,
+            request.dataset,
+            request.kind,
+            cost,
+            noisy.to_json() if noisy else {},
+        )
+        self.audit.record(
+            "privacy_charge", request.user, dataset=request.dataset, charge=request.charge, rho=cost
+        )
+        return noisy
+
+    def after_admission(self, request: Request, code: str, message: str) -> tuple[str, str]:
+        """In mode dp, whatever fails after the rows were admitted fails with one code: which step failed
+        could depend on the rows' values. The real cause goes to the server log only."""
+        if not self.dp(request.dataset) or code in _KEEP_AFTER_ADMISSION:
+            return code, message
+        log.info("after_admission", extra={"job": request.job_id, "code": code})
+        return "not_released", NOT_RELEASED
+
+    # 3. the report
     def release_result(self, request: Request, admitted: Admitted, report: TrainReport) -> JobResult:
-        """A train or evaluate report as the strict, rounded result; the model-release decision with it."""
+        """A train or evaluate report as the strict result of its mode; the model-release decision with it."""
         assert request.job_id is not None
         policy = self.policy(request.dataset)
-        result = rules.release(
-            report, admitted.admission.counts, policy, request.job_id, request.dataset, request.kind
-        )
+        if policy.privacy == "dp":
+            assert admitted.noisy is not None
+            result = dp_release.release_dp(
+                report, admitted.noisy, policy, request.options, request.job_id, request.dataset, request.kind
+            )
+            flags = dp_release.structure_flags(report.structure, policy)
+            if flags:
+                self.audit.record(
+                    "model_flagged", request.user, job=request.job_id, dataset=request.dataset, flags=flags
+                )
+            stored = result.model_dump(mode="json")
+            if request.payload_sha256 is not None:
+                self.ledger.store_answer(request.user, request.dataset, self._request_key(request), stored)
+            result = result.model_copy(update={"privacy": self._report(request, self.cost(request), False)})
+        else:
+            result = rules.release(
+                report, admitted.admission.counts, policy, request.job_id, request.dataset, request.kind
+            )
         if request.kind == "train" and self.settings.datasets[request.dataset].allow_model_release:
             self._decide_model(request, report.model, policy)
         return result
@@ -142,76 +303,122 @@ class ReleaseDesk:
             reason=message,
         )
 
-    def _request_key(self, request: Request) -> str:
+    def _describe_key(self, request: Request) -> str:
         spec = request.spec
         return _digest(request.dataset, spec["label"], spec.get("where"), sorted(request.features))
 
+    @staticmethod
+    def _content_key(request: Request, admitted: Admitted) -> str:
+        rows = admitted.sets["admitted"].serialize().hex()
+        return _digest(request.dataset, request.spec["label"], rows, sorted(request.features))
+
     def stored_describe(self, request: Request) -> DescribeResult | None:
-        """On a DP dataset, the stored answer to the same request as written (no worker, no charge)."""
-        if not self.settings.datasets[request.dataset].dp:
+        """In mode dp, the stored answer to the same request as written (no worker, no charge)."""
+        if not self.dp(request.dataset):
             return None
-        stored = self.ledger.stored_answer(
-            request.user, self._table(request.dataset), self._request_key(request)
-        )
+        stored = self.ledger.stored_answer(request.user, request.dataset, self._describe_key(request))
         return None if stored is None else self._repeat(request, stored)
 
     def release_describe(
         self, request: Request, admitted: Admitted, report: DescribeReport
     ) -> DescribeResult:
-        """A describe report through the policy and, on DP datasets, the budget and OpenDP noise.
+        """A describe report through the policy and, in mode dp, OpenDP noise under the budget.
 
-        On DP datasets an answer is stored under two keys: the request as written and what it describes
-        (the admitted rows, label and columns), so a filter spelled differently or features in another
-        order get the stored answer too, never fresh noise."""
+        In mode dp an answer is stored under two keys: the request as written and what it describes (the
+        admitted rows, label and columns), so a filter spelled differently or features in another order
+        get the stored answer too, never fresh noise."""
         policy = self.policy(request.dataset)
         label = request.spec["label"]
-        if not self.settings.datasets[request.dataset].dp:
+        if policy.privacy != "dp":
             return describe_rules.release_describe(report, policy, request.dataset, label)
-        from ..privacy.dp import laplace_counts
-
-        table = self._table(request.dataset)
-        request_key = self._request_key(request)
-        rows = admitted.sets["admitted"].serialize().hex()
-        content_key = _digest(request.dataset, label, rows, sorted(request.features))
+        content_key = self._content_key(request, admitted)
         with self.ledger.decision():
-            stored = self.ledger.stored_answer(request.user, table, content_key)
+            stored = admitted.stored or self.ledger.stored_answer(request.user, request.dataset, content_key)
             if stored is not None:
-                self.ledger.store_answer(request.user, table, request_key, stored)
+                self.ledger.store_answer(request.user, request.dataset, self._describe_key(request), stored)
                 return self._repeat(request, stored)
-            if self.ledger.spent(request.user, table) + policy.dp_epsilon > policy.dp_epsilon_cap + 1e-9:
-                raise Refusal(
-                    "privacy_budget_exhausted",
-                    f"your privacy budget on this dataset (epsilon {policy.dp_epsilon_cap:g}) is spent; "
-                    "repeat an earlier request to see its stored answer",
-                )
-            noise = laplace_counts(describe_rules.sensitivity(report), policy.dp_epsilon)
-            answer = describe_rules.release_describe(report, policy, request.dataset, label, noise)
+            l2 = math.sqrt(describe_rules.sensitivity(report))
+
+            def noise(counts: list[int]) -> list[int]:
+                return dp.gaussian_counts(counts, l2, policy.dp_rho_describe)[0]
+
+            answer = describe_rules.release_describe(
+                report, policy, request.dataset, label, noise, noisy_cohort=True
+            )
             stored_json = answer.model_dump(mode="json")
-            self.ledger.spend(request.user, table, [content_key, request_key], policy.dp_epsilon, stored_json)
-        return answer.model_copy(update={"privacy_budget": self._budget(request, repeated=False)})
+            for key in (content_key, self._describe_key(request)):
+                self.ledger.store_answer(request.user, request.dataset, key, stored_json)
+        return answer.model_copy(update={"privacy": self._report(request, policy.dp_rho_describe, False)})
 
     def _repeat(self, request: Request, stored: dict) -> DescribeResult:
         answer = DescribeResult.model_validate(stored)
-        return answer.model_copy(update={"privacy_budget": self._budget(request, repeated=True)})
+        return answer.model_copy(update={"privacy": self._report(request, 0.0, repeated=True)})
 
-    def _budget(self, request: Request, repeated: bool) -> PrivacyBudget:
+    def _report(self, request: Request, rho: float, repeated: bool) -> PrivacyReport:
         policy = self.policy(request.dataset)
-        spent = self.ledger.spent(request.user, self._table(request.dataset))
-        return PrivacyBudget(
-            epsilon_per_release=policy.dp_epsilon,
-            epsilon_spent=round(spent, 6),
-            epsilon_remaining=round(max(0.0, policy.dp_epsilon_cap - spent), 6),
+        spent = self.ledger.spent(request.user, request.dataset)
+        return PrivacyReport(
+            rho=round(rho, 6),
+            epsilon=round(dp.epsilon(rho, policy.dp_delta), 4),
+            delta=policy.dp_delta,
+            rho_spent=round(spent, 6),
+            rho_cap=policy.dp_rho_cap,
+            rho_remaining=round(max(0.0, policy.dp_rho_cap - spent), 6),
             repeated=repeated,
         )
 
-    # 3. the record
+    def estimate(self, request: Request, table_rows: int | None) -> CostEstimate:
+        """What a request would cost and how wide its intervals should be, before anything is spent."""
+        policy = self.policy(request.dataset)
+        if policy.privacy != "dp":
+            return CostEstimate(dataset=request.dataset, kind=request.kind, privacy="rules")  # type: ignore[arg-type]
+        cost = self.cost(request)
+        spent = self.ledger.spent(request.user, request.dataset)
+        assumed = None
+        if table_rows:
+            split = request.spec.get("eval") or ({"fraction": 0.2} if request.kind == "train" else {})
+            fraction = float(split.get("fraction", 1.0))
+            assumed = int((self.table_size(request.dataset, table_rows) or 0) * fraction)
+        expected = dp_release.expected_half_widths(policy, assumed) if assumed else {}
+        return CostEstimate(
+            dataset=request.dataset,
+            kind=request.kind,  # type: ignore[arg-type]
+            privacy="dp",
+            rho=cost,
+            epsilon=round(dp.epsilon(cost, policy.dp_delta), 4),
+            delta=policy.dp_delta,
+            rho_spent=round(spent, 6),
+            rho_cap=policy.dp_rho_cap,
+            rho_remaining_after=round(max(0.0, policy.dp_rho_cap - spent - cost), 6),
+            assumed_eval_rows=assumed,
+            expected=expected,
+            notes=[
+                "the expected half-widths assume the evaluation rows of the whole table (before any filter) "
+                "and, for AUC, two balanced classes; the real ones come with the result"
+            ],
+        )
+
+    # 4. the record
     def record(
-        self, request: Request, decision: str, code: str | None = None, reason: str | None = None
+        self,
+        request: Request,
+        decision: str,
+        code: str | None = None,
+        reason: str | None = None,
+        cause: str | None = None,
     ) -> None:
-        """Every release decision, released or not, in the audit log."""
+        """Every release decision, released or not, in the audit log (with the real cause of a failure
+        that the analyst saw as one code)."""
         fields: dict = {"dataset": request.dataset, "kind": request.kind, "spec": request.spec}
         if request.job_id is not None:
             fields["job"] = request.job_id
+        if cause is not None and cause != code:
+            fields["cause"] = cause
         self.audit.record(
             "release_decision", request.user, decision=decision, code=code, reason=reason, **fields
         )
+
+    @staticmethod
+    def refused(code: str) -> bool:
+        """Whether a code is a refusal by the rules (rather than a failure)."""
+        return CODES[code].kind in ("disclosure", "budget")

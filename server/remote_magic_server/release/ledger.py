@@ -1,9 +1,11 @@
-"""What has been released to whom: admitted row sets, DP budgets and answers, model release states.
+"""What has been released to whom: admitted row sets, privacy charges and answers, model release states.
 
 The trusted side's memory for the differencing guard and the privacy budget, in its own SQLite file
 beside the job store. Row sets are roaring bitmaps of row numbers in the dataset file (compact: a few
 bytes per run of rows); identical sets are stored once. Check-then-record happens under one lock
-(`decision`), so two jobs finishing together cannot both slip past the guard.
+(`decision`), so two jobs admitted together cannot both slip past the guard or the budget. A charge is
+one row per job (or describe request) with the noise it drew, so a job that runs again after a restart
+is neither charged twice nor given fresh noise.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ CREATE TABLE IF NOT EXISTS row_sets (
     size INTEGER NOT NULL, bits BLOB NOT NULL, created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS row_sets_by_owner ON row_sets (user, dataset, size);
-CREATE TABLE IF NOT EXISTS dp_budget (
-    user TEXT NOT NULL, dataset TEXT NOT NULL, spent REAL NOT NULL, PRIMARY KEY (user, dataset)
+CREATE TABLE IF NOT EXISTS privacy_spend (
+    charge TEXT PRIMARY KEY, user TEXT NOT NULL, dataset TEXT NOT NULL, kind TEXT NOT NULL,
+    rho REAL NOT NULL, draws TEXT NOT NULL, created_at TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS privacy_spend_by_owner ON privacy_spend (user, dataset);
+CREATE INDEX IF NOT EXISTS privacy_spend_by_dataset ON privacy_spend (dataset);
 CREATE TABLE IF NOT EXISTS dp_answers (
     user TEXT NOT NULL, dataset TEXT NOT NULL, request TEXT NOT NULL, answer TEXT NOT NULL,
     created_at TEXT NOT NULL, PRIMARY KEY (user, dataset, request)
@@ -91,11 +96,35 @@ class Ledger:
 
     # differential privacy
     def spent(self, user: str, dataset: str) -> float:
+        """The zCDP budget a user has spent on a dataset."""
         with self._lock:
             row = self._db.execute(
-                "SELECT spent FROM dp_budget WHERE user = ? AND dataset = ?", (user, dataset)
+                "SELECT COALESCE(SUM(rho), 0) AS spent FROM privacy_spend WHERE user = ? AND dataset = ?",
+                (user, dataset),
             ).fetchone()
-        return float(row["spent"]) if row else 0.0
+        return float(row["spent"])
+
+    def spent_by_all(self, dataset: str) -> float:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COALESCE(SUM(rho), 0) AS spent FROM privacy_spend WHERE dataset = ?", (dataset,)
+            ).fetchone()
+        return float(row["spent"])
+
+    def charged(self, charge: str) -> dict | None:
+        """An earlier charge (its noise draws) of the same job, if it was admitted before."""
+        with self._lock:
+            row = self._db.execute("SELECT draws FROM privacy_spend WHERE charge = ?", (charge,)).fetchone()
+        return json.loads(row["draws"]) if row else None
+
+    def charge(self, charge: str, user: str, dataset: str, kind: str, rho: float, draws: dict) -> None:
+        """Record a charge and the noise it drew (once per charge key)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO privacy_spend (charge, user, dataset, kind, rho, draws, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (charge, user, dataset, kind, rho, json.dumps(draws), _now()),
+            )
 
     def stored_answer(self, user: str, dataset: str, request: str) -> dict | None:
         with self._lock:
@@ -106,35 +135,13 @@ class Ledger:
         return json.loads(row["answer"]) if row else None
 
     def store_answer(self, user: str, dataset: str, request: str, answer: dict) -> None:
-        """File an answer already paid for under one more request key."""
+        """File an answer already paid for under a request key, so an identical request repeats it."""
         with self._lock:
             self._db.execute(
                 "INSERT OR IGNORE INTO dp_answers (user, dataset, request, answer, created_at)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (user, dataset, request, json.dumps(answer), _now()),
             )
-
-    def spend(self, user: str, dataset: str, requests: list[str], epsilon: float, answer: dict) -> float:
-        """Charge one release and store its answer under its keys in one transaction; return the total."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(
-                    "INSERT INTO dp_budget (user, dataset, spent) VALUES (?, ?, ?)"
-                    " ON CONFLICT (user, dataset) DO UPDATE SET spent = spent + excluded.spent",
-                    (user, dataset, epsilon),
-                )
-                for request in requests:
-                    self._db.execute(
-                        "INSERT OR IGNORE INTO dp_answers (user, dataset, request, answer, created_at)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (user, dataset, request, json.dumps(answer), _now()),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return self.spent(user, dataset)
 
     # model release
     def set_model_state(self, job_id: str, user: str, dataset: str, state: str, message: str) -> None:

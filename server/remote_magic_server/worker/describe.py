@@ -78,7 +78,7 @@ def run(task: Task, channel: Channel) -> DescribeReport | None:
     assert task.spec is not None and task.staging is not None and task.describe is not None
     channel.stage("staging")
     spec = task.spec.model_copy(update={"eval": None})
-    staged = staging.stage(task.staging, spec, "describe")
+    staged = staging.stage(task.staging, spec, "describe", task.rare_level_rows)
     frame = staged.eval.x.to_pandas()
     labels = pd.Series(staged.eval.y, name=spec.label)
     classes = None

@@ -1,28 +1,109 @@
 """A train or evaluate task inside the worker: decode, canonicalise, stage, admit, train, score, report.
 
 The model family does the model-specific work; this module only orders the steps and reports raw
-numbers. Whether anything is released is decided by the parent's release desk, first on the admitted
-rows (before any step whose outcome depends on their values), then on the report.
+numbers: exact metrics (mode rules rounds them), the clipped sums a DP release is drawn from, the
+opt-in learning-curve and permutation-importance sums, and the structural facts (how many rows the
+model's leaves and predictions set apart). Whether anything is released is decided by the parent's
+release desk, first on the admitted rows (before any step whose outcome depends on their values),
+then on the report.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
+import pyarrow as pa
 
 from remote_magic.codes import Refusal
 from remote_magic.families import family as family_named
-from remote_magic.families import family_for
-from remote_magic.families.base import encode_labels, is_classifier_task
+from remote_magic.families import family_for, scoring
+from remote_magic.families.base import Labels, ModelFamily, Split, encode_labels, is_classifier_task
 
-from ..protocol import Admission, Confusion, CurveReport, LeafFacts, RoundsReport, Task, TrainReport
+from ..protocol import (
+    Admission,
+    Confusion,
+    CurveReport,
+    CurveStats,
+    EvalStats,
+    LeafFacts,
+    RoundsReport,
+    Structure,
+    Task,
+    TrainReport,
+)
 from . import evidence, staging
 from .channel import Channel
 from .unpickle import approved_loads, strict_loads
 
 HERE = Path(".")  # the job folder: a confined worker runs in it and reaches it by relative paths
+PERMUTATION_SEED = 20261130
+
+
+def _both(a: Split, b: Split) -> Split:
+    return Split(x=pa.concat_tables([a.x, b.x]), y=np.concatenate([a.y, b.y]))
+
+
+def _checkpoints(base: int, total: int, k: int) -> list[int]:
+    """K rounds spread evenly over the rounds trained here (the last one included)."""
+    new = total - base
+    if new <= 0 or k <= 0:
+        return []
+    return sorted({base + max(1, round(new * (i + 1) / k)) for i in range(min(k, new))})
+
+
+def _curve(
+    family: ModelFamily,
+    trained: Any,
+    task: str,
+    labels: Labels,
+    base: int,
+    total: int,
+    k: int,
+    residual_clip: float | None,
+) -> CurveStats | None:
+    clip = scoring.loss_clip(task, residual_clip)
+    rounds = _checkpoints(base, total, k)
+    if clip is None or not rounds:
+        return None
+    n_classes = len(labels.classes)
+    sums = [
+        float(
+            scoring.row_losses(
+                task, labels.eval, family.predict(trained, rounds=r), n_classes, residual_clip
+            ).sum()
+        )
+        for r in rounds
+    ]
+    return CurveStats(
+        rounds=rounds, loss_sums=sums, loss_clip=clip, metric="rmse" if task == "regression" else "log_loss"
+    )
+
+
+def _permutation(
+    family: ModelFamily,
+    trained: Any,
+    task: str,
+    evaluation: Split,
+    labels: Labels,
+    residual_clip: float | None,
+) -> dict[str, float] | None:
+    """Each feature's clipped-loss increase on the evaluation rows when its column is shuffled."""
+    if scoring.loss_clip(task, residual_clip) is None or not len(evaluation.y):
+        return None
+    n_classes = len(labels.classes)
+    base = scoring.row_losses(task, labels.eval, family.predict(trained), n_classes, residual_clip).sum()
+    order = np.random.default_rng(PERMUTATION_SEED).permutation(len(evaluation.y))
+    scores = {}
+    for name in evaluation.x.column_names:
+        index = evaluation.x.schema.get_field_index(name)
+        shuffled = evaluation.x.set_column(index, name, evaluation.x.column(name).take(pa.array(order)))
+        pred = family.predict(trained, Split(x=shuffled, y=evaluation.y))
+        scores[name] = float(
+            scoring.row_losses(task, labels.eval, pred, n_classes, residual_clip).sum() - base
+        )
+    return scores
 
 
 def run(task: Task, payload: BinaryIO | None, channel: Channel) -> TrainReport | None:
@@ -52,7 +133,7 @@ def run(task: Task, payload: BinaryIO | None, channel: Channel) -> TrainReport |
         raise Refusal("unsupported_model", "evaluate takes a bare XGBoost model; send a Pipeline with train")
 
     channel.stage("staging")
-    staged = staging.stage(task.staging, task.spec, task.kind)
+    staged = staging.stage(task.staging, task.spec, task.kind, task.rare_level_rows)
     classes = is_classifier_task(plan.task)
     counts = {"eval": staging.counts(staged.eval, classes)}
     sets = {"evaluation": staged.eval_rows}
@@ -71,6 +152,7 @@ def run(task: Task, payload: BinaryIO | None, channel: Channel) -> TrainReport |
     labels = encode_labels(staged.train.y, staged.eval.y, task.spec.label, plan.task)
     threads = task.limits.threads
     facts = None
+    structure = Structure()
     if task.kind == "train":
         channel.stage("training", 0, plan.rounds)
 
@@ -81,19 +163,58 @@ def run(task: Task, payload: BinaryIO | None, channel: Channel) -> TrainReport |
         family.export(trained, HERE)
         if task.model_facts:
             facts = LeafFacts(**family.leaf_facts(trained))
+        admitted = _both(staged.train, staged.eval)
+        structure.trained_smallest_leaf = family.smallest_leaf(trained, rounds=(plan.base_rounds, None))
+        if plan.base_rounds:
+            structure.base_smallest_leaf = family.smallest_leaf(
+                trained, admitted, rounds=(0, plan.base_rounds)
+            )
     else:
         trained = family.score(plan, staged.eval, labels, threads)
+        admitted = staged.eval
+        structure.base_smallest_leaf = family.smallest_leaf(trained, admitted)
 
     channel.stage("evaluating")
+    out_task = family.task(trained)
+    n_classes = len(labels.classes)
+    rounds = family.rounds(trained)
+    admitted_pred = family.predict(trained, admitted)
+    structure.trained_isolated = scoring.isolated_rows(out_task, admitted_pred, len(admitted.y), n_classes)
+    if plan.base_rounds:
+        base_pred = family.predict(trained, admitted, rounds=plan.base_rounds)
+        structure.base_isolated = scoring.isolated_rows(out_task, base_pred, len(admitted.y), n_classes)
     evaluation = family.evaluate(trained)
+    label_range = task.label_range if out_task == "regression" else None
+    residual_clip = label_range[1] - label_range[0] if label_range else None
+    stats = scoring.stats(out_task, labels.eval, family.predict(trained), n_classes, label_range)
+    curve = None
+    if task.release.curve:
+        curve = _curve(
+            family,
+            trained,
+            out_task,
+            labels,
+            rounds["base"],
+            rounds["total"],
+            task.release.curve,
+            residual_clip,
+        )
+    importance = None
+    if task.release.importance:
+        importance = _permutation(family, trained, out_task, staged.eval, labels, residual_clip)
     history = family.history(trained)
     confusion = evaluation.get("confusion")
     return TrainReport(
-        task=family.task(trained),  # type: ignore[arg-type]
+        task=out_task,  # type: ignore[arg-type]
         metrics=evaluation["metrics"],
         confusion=Confusion(labels=labels.classes, counts=confusion) if confusion is not None else None,
         history=CurveReport(**history) if history else None,
         feature_importance=family.importance(trained),
-        rounds=RoundsReport(**family.rounds(trained)),
+        rounds=RoundsReport(**rounds),
         model=facts,
+        stats=EvalStats(**stats),
+        curve=curve,
+        importance_scores=importance,
+        importance_clip=3 * scoring.loss_clip(out_task, residual_clip) if importance is not None else None,
+        structure=structure,
     )

@@ -3,7 +3,8 @@
 DuckDB may read exactly one file, the dataset's, and nothing else; its configuration is locked before
 the query runs. The query comes from `remote_magic.query` (the same builder the dry run uses), built from
 the checked filter and derive trees, never from user text. Rows stay Arrow columns from DuckDB to the
-model family: no pandas copy of the whole table here.
+model family: no pandas copy of the whole table here. Non-finite values become missing and rare text
+levels are merged (`remote_magic.rows.prepare`, as in the dry run).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlglot import exp
 from remote_magic.codes import Refusal
 from remote_magic.families.base import Split
 from remote_magic.query import EVAL_FLAG, ROW_ID, staging_query
+from remote_magic.rows import prepare
 from remote_magic.specs import Resolved
 from remote_magic.wire import DatasetSpec
 
@@ -62,8 +64,9 @@ def _parquet_source() -> exp.Expression:
     )
 
 
-def stage(staging: Staging, spec: DatasetSpec, kind: str) -> Staged:
-    """Run the staging query and split the admitted rows into training and evaluation rows."""
+def stage(staging: Staging, spec: DatasetSpec, kind: str, rare_level_rows: int) -> Staged:
+    """Run the staging query, prepare the admitted rows (`remote_magic.rows`) and split them into
+    training and evaluation rows."""
     resolved = resolved_of(staging, spec)
     sql, params = staging_query(
         spec, resolved, _parquet_source(), exp.column("file_row_number", quoted=True), kind
@@ -87,7 +90,7 @@ def stage(staging: Staging, spec: DatasetSpec, kind: str) -> Staged:
         ) from exc
     finally:
         con.close()
-    return split(table, resolved.all_features, spec.label)
+    return split(prepare(table, resolved.all_features, rare_level_rows), resolved.all_features, spec.label)
 
 
 def split(table: pa.Table, features: list[str], label: str) -> Staged:

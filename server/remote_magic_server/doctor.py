@@ -1,0 +1,293 @@
+"""`remote-magic-server doctor`: find what would fail a job before serving, one line each, with what to do.
+
+`serve` runs the same checks at start-up and refuses to start on a fatal one. Checks that need the
+sandbox or the data (Landlock, network namespaces, rlimits, each dataset read as the sandbox uid, its id
+column unique, its labels present) run in a separate process, `worker/probe.py`: the API process never
+imports the worker package or DuckDB, and never reads a row. The rest runs here: the data directory and
+free disk, the job store's schema, the audit log against its anchored head, the TLS files, JupyterHub,
+the clock. Levels: `ok`, `warn` (jobs run, with less than they could have), `fatal` (jobs or sign-ins
+would fail, or the audit log does not match its anchor).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sqlite3
+import ssl
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import requests
+
+from .audit import Verdict, last_entry, read_head, verify
+from .jobs.store import SCHEMA_VERSION
+from .settings import Settings
+
+MIN_FREE_MB = 100
+LOW_FREE_MB = 1024
+CERT_WARN_DAYS = 14
+CLOCK_SLACK = timedelta(minutes=1)
+PROBE_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str  # "ok", "warn" or "fatal"
+    check: str
+    message: str
+
+    def line(self) -> str:
+        return f"{self.level.upper():<5}  {self.check}: {self.message}"
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _data_dir(settings: Settings) -> list[Finding]:
+    data_dir = settings.server.data_dir
+    here = _existing(data_dir)
+    if not os.access(here, os.W_OK | os.X_OK):
+        return [Finding("fatal", "data_dir", f"{here} is not writable by this user: fix its owner or mode")]
+    free_mb = shutil.disk_usage(here).free // 2**20
+    if free_mb < MIN_FREE_MB:
+        level, advice = "fatal", "jobs cannot write their folders; free space or move data_dir"
+    elif free_mb < LOW_FREE_MB:
+        level, advice = "warn", "little room for job folders and backups"
+    else:
+        level, advice = "ok", "writable"
+    return [Finding(level, "data_dir", f"{data_dir}: {free_mb} MiB free; {advice}")]
+
+
+def _store(settings: Settings) -> list[Finding]:
+    if not settings.db_path.exists():
+        return [Finding("ok", "store", "no job store yet; it is created at start")]
+    db = sqlite3.connect(f"file:{settings.db_path}?mode=ro", uri=True)
+    try:
+        version = int(db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+    except (sqlite3.Error, TypeError, ValueError):
+        return [Finding("fatal", "store", f"{settings.db_path} is not a remote-magic job store")]
+    finally:
+        db.close()
+    if version > SCHEMA_VERSION:
+        return [
+            Finding(
+                "fatal",
+                "store",
+                f"schema version {version} is newer than this server's {SCHEMA_VERSION}: "
+                "upgrade remote-magic",
+            )
+        ]
+    if version < SCHEMA_VERSION:
+        return [
+            Finding(
+                "ok",
+                "store",
+                f"schema version {version} is migrated to {SCHEMA_VERSION} at start "
+                "(take a backup first: remote-magic-server backup)",
+            )
+        ]
+    return [Finding("ok", "store", f"schema version {version}")]
+
+
+def audit_verdict(settings: Settings) -> Verdict:
+    """The audit log checked against the head anchored in the job store."""
+    return verify(settings.audit_path, read_head(settings.db_path))
+
+
+def _audit(settings: Settings, accept_mismatch: bool) -> list[Finding]:
+    verdict = audit_verdict(settings)
+    if verdict.ok:
+        return [Finding("ok", "audit", verdict.describe())]
+    if accept_mismatch:
+        return [
+            Finding(
+                "warn",
+                "audit",
+                f"{verdict.describe()}; continuing as told (--accept-audit-mismatch): the log is kept aside "
+                "and a new chain starts with an entry that records this",
+            )
+        ]
+    return [
+        Finding(
+            "fatal",
+            "audit",
+            f"{verdict.describe()}; find out what happened (restore the log from a backup), or start with "
+            "serve --accept-audit-mismatch, which is itself recorded",
+        )
+    ]
+
+
+def _certificate_expiry(path: Path) -> datetime:
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc
+
+
+def _tls(settings: Settings) -> list[Finding]:
+    server = settings.server
+    if server.tls_cert is None:
+        from remote_magic.connection import is_loopback
+
+        if is_loopback(server.host):
+            return [Finding("ok", "tls", f"plain HTTP on loopback ({server.host})")]
+        return [
+            Finding(
+                "warn",
+                "tls",
+                f"plain HTTP on {server.host}: tokens cross the network in clear text; set tls_cert and "
+                "tls_key, or put a TLS proxy in front",
+            )
+        ]
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(str(server.tls_cert), str(server.tls_key))
+        if server.tls_client_ca is not None:
+            context.load_verify_locations(str(server.tls_client_ca))
+        expires = _certificate_expiry(server.tls_cert)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return [
+            Finding(
+                "fatal",
+                "tls",
+                f"the TLS files do not load ({reason}): tls_cert must be a PEM certificate, tls_key its own "
+                "private key, tls_client_ca a PEM CA bundle",
+            )
+        ]
+    left = expires - datetime.now(timezone.utc)
+    if left <= timedelta(0):
+        return [Finding("fatal", "tls", f"the certificate expired on {expires:%Y-%m-%d}: renew it")]
+    if left < timedelta(days=CERT_WARN_DAYS):
+        return [Finding("warn", "tls", f"the certificate expires on {expires:%Y-%m-%d}: renew it soon")]
+    clients = ", client certificates required" if server.tls_client_ca else ""
+    return [Finding("ok", "tls", f"certificate and key match, valid until {expires:%Y-%m-%d}{clients}")]
+
+
+def _hub(settings: Settings) -> list[Finding]:
+    hub = settings.jupyterhub
+    if hub is None:
+        return []
+    if importlib.util.find_spec("jupyterhub") is None:
+        missing = "the jupyterhub package is not installed: pip install 'remote-magic[jupyterhub]'"
+        return [Finding("fatal", "jupyterhub", missing)]
+    token = os.environ.get(hub.api_token_env)
+    if not token:
+        return [
+            Finding(
+                "fatal",
+                "jupyterhub",
+                f"${hub.api_token_env} is not set: give this service's Hub API token in that variable",
+            )
+        ]
+    url = f"{hub.api_url.rstrip('/')}/user"
+    try:
+        response = requests.get(url, headers={"Authorization": f"token {token}"}, timeout=hub.timeout_s)
+    except requests.RequestException:
+        return [
+            Finding("warn", "jupyterhub", f"{hub.api_url} does not answer; Hub sign-in fails until it does")
+        ]
+    if response.status_code != 200:
+        return [
+            Finding(
+                "fatal",
+                "jupyterhub",
+                f"the Hub refuses this service's token (HTTP {response.status_code}): check "
+                f"${hub.api_token_env} against the Hub's services config",
+            )
+        ]
+    scopes = response.json().get("scopes", [])
+    if not any(s == "read:users:groups" or s.startswith("read:users:groups!") for s in scopes) and hub.groups:
+        return [
+            Finding(
+                "fatal",
+                "jupyterhub",
+                "the service's token lacks the scope read:users:groups, so group grants cannot work: add it "
+                "to the service's role in the Hub",
+            )
+        ]
+    return [Finding("ok", "jupyterhub", f"{hub.api_url} answers and accepts this service's token")]
+
+
+def _clock(settings: Settings) -> list[Finding]:
+    now = datetime.now(timezone.utc)
+    entry = last_entry(settings.audit_path)
+    last = datetime.fromisoformat(entry["time"]) if entry else None
+    if last is not None and last > now + CLOCK_SLACK:
+        return [
+            Finding(
+                "warn",
+                "clock",
+                f"the clock ({now:%Y-%m-%d %H:%M} UTC) is behind the audit log's last entry "
+                f"({last:%Y-%m-%d %H:%M}): token expiry depends on it; check NTP",
+            )
+        ]
+    return [Finding("ok", "clock", f"{now:%Y-%m-%d %H:%M} UTC")]
+
+
+def _files(settings: Settings) -> list[Finding]:
+    found = []
+    for name, ds in settings.datasets.items():
+        if not ds.path.is_file():
+            found.append(Finding("fatal", f"dataset {name}", f"{ds.path} does not exist: fix path"))
+        if ds.mock_path is not None and not ds.mock_path.is_file():
+            found.append(Finding("fatal", f"dataset {name}", f"mock_path {ds.mock_path} does not exist"))
+    if not settings.datasets:
+        found.append(Finding("warn", "datasets", "the config serves no dataset"))
+    return found
+
+
+def _probe(settings: Settings) -> list[Finding]:
+    """The sandbox and data checks, in their own process (worker/probe.py)."""
+    policies = [settings.policy_for(name) for name in settings.datasets] or [settings.policy]
+    request = {
+        "cpu_seconds": max(p.job_timeout_s for p in policies) + 30,
+        "memory_mb": max(p.worker_memory_mb for p in policies),
+        "sandbox_uid": settings.server.sandbox_uid,
+        "sandbox_gid": settings.server.sandbox_gid,
+        "datasets": {
+            name: {"path": str(ds.path), "id_column": ds.id_column, "label_columns": ds.label_columns}
+            for name, ds in settings.datasets.items()
+        },
+    }
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "remote_magic_server.worker.probe"],
+            input=json.dumps(request),
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        return [Finding("fatal", "sandbox", f"the sandbox probe ran past {PROBE_TIMEOUT_S} s")]
+    try:
+        return [Finding(**f) for f in json.loads(done.stdout)]
+    except (ValueError, TypeError):
+        why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return [Finding("fatal", "sandbox", f"the sandbox probe failed: {why}")]
+
+
+def run_checks(settings: Settings, accept_audit_mismatch: bool = False) -> list[Finding]:
+    """Every check, in the order a data owner would fix them."""
+    return [
+        *_data_dir(settings),
+        *_store(settings),
+        *_audit(settings, accept_audit_mismatch),
+        *_tls(settings),
+        *_hub(settings),
+        *_clock(settings),
+        *_files(settings),
+        *_probe(settings),
+    ]
+
+
+def fatal(findings: list[Finding]) -> list[Finding]:
+    return [f for f in findings if f.level == "fatal"]

@@ -1,0 +1,323 @@
+"""Release a train or evaluate job's numbers under differential privacy (mode dp). Pure, like policy.py.
+
+Every number computed from hidden rows is an OpenDP draw (dp.py) on clipped per-row contributions:
+the row counts of each split (drawn when the rows are admitted, before anything value-dependent runs),
+then the metrics as noisy sums divided by the noisy count (log loss, accuracy, RMSE, MAE, R2), AUC with
+noise calibrated to 1/(smallest class), and the opt-in extras (confusion matrix, an eval learning curve
+at K checkpoints as one vector query, a permutation-importance ranking by noisy top-k). A job's budget
+is split evenly over its count vector and its metrics; the extras have their own price. Rounding and
+suppression follow as post-processing. Training-side numbers (gain, the training curve) and exact values
+are never released. Each value carries a 95% interval computed from the noise model alone. Training rows
+are protected by structure, decided before training: every new leaf holds `min_leaf_rows` rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from remote_magic.codes import Refusal
+from remote_magic.wire import ConfusionMatrix, History, JobResult, ReleaseOptions, Rounds, Summary
+
+from ..protocol import SplitCounts, Structure, TrainReport
+from ..settings import Policy
+from . import dp
+from .policy import release_count, round_metric, split_summary
+
+METRICS = {"binary": ("auc", "log_loss", "accuracy"), "multiclass": ("log_loss", "accuracy")}
+REGRESSION_METRICS = ("rmse", "mae", "r2")
+LOWER_BOUND_SIGMAS = 3.0  # the smallest class is taken as its noisy count less 3 sigma (AUC sensitivity)
+DRAWS = 4000
+Z95 = 1.959964
+
+
+def task_of(counts: Mapping[str, SplitCounts]) -> str:
+    """binary, multiclass or regression, from the admitted counts (classes are counted for classifiers)."""
+    classes = counts["eval"].classes
+    if classes is None:
+        return "regression"
+    return "binary" if len(classes) <= 2 else "multiclass"
+
+
+def metric_names(task: str) -> tuple[str, ...]:
+    return REGRESSION_METRICS if task == "regression" else METRICS[task]
+
+
+def job_cost(policy: Policy, options: ReleaseOptions) -> float:
+    """The zCDP cost of a job: its default releases, plus the extras it asked for."""
+    cost = policy.dp_rho_job
+    cost += policy.dp_rho_confusion if options.confusion else 0.0
+    cost += policy.dp_rho_curve if options.curve else 0.0
+    cost += policy.dp_rho_importance if options.importance else 0.0
+    return cost
+
+
+def share(policy: Policy, task: str) -> float:
+    """Each default measurement's part of the job's budget: the count vector and one per metric."""
+    return policy.dp_rho_job / (1 + len(metric_names(task)))
+
+
+def expected_half_widths(policy: Policy, eval_rows: int) -> dict[str, float]:
+    """The 95% half-widths a binary classifier's default metrics should get on `eval_rows` rows (two
+    balanced classes assumed): for the cost estimate shown before a job runs."""
+    rho = share(policy, "binary")
+    n = max(eval_rows, 1)
+    return {
+        "rows": round(Z95 * dp.sigma(math.sqrt(2), rho), 1),
+        "auc": round_metric(Z95 * dp.sigma(2.0 / n, rho)),
+        "log_loss": round_metric(Z95 * dp.sigma(dp_loss_clip(), rho) / n),
+        "accuracy": round_metric(Z95 * dp.sigma(1.0, rho) / n),
+    }
+
+
+def dp_loss_clip() -> float:
+    return math.log(100)
+
+
+@dataclass
+class NoisyCounts:
+    """The admitted counts as released: drawn once, when the rows are admitted."""
+
+    splits: dict[str, SplitCounts]
+    sigma: float
+
+    def to_json(self) -> dict:
+        return {"splits": {k: v.model_dump() for k, v in self.splits.items()}, "sigma": self.sigma}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> NoisyCounts:
+        return cls(
+            {k: SplitCounts.model_validate(v) for k, v in data["splits"].items()}, float(data["sigma"])
+        )
+
+
+def draw_counts(counts: Mapping[str, SplitCounts], policy: Policy) -> NoisyCounts:
+    """Noisy rows and class counts of every split; one row moves its split's count and its class's."""
+    task = task_of(counts)
+    vector: list[int] = []
+    for split in sorted(counts):
+        vector.append(counts[split].rows)
+        vector += [counts[split].classes[c] for c in sorted(counts[split].classes or {})]
+    noisy, scale = dp.gaussian_counts(
+        vector, math.sqrt(2) if task != "regression" else 1.0, share(policy, task)
+    )
+    values = iter(max(0, n) for n in noisy)
+    splits = {}
+    for split in sorted(counts):
+        rows = next(values)
+        classes = (
+            {c: next(values) for c in sorted(counts[split].classes or {})} if counts[split].classes else None
+        )
+        splits[split] = SplitCounts(rows=rows, classes=classes)
+    return NoisyCounts(splits, scale)
+
+
+def check_cohort(noisy: NoisyCounts, policy: Policy) -> None:
+    """The cohort minimums, judged on the noisy counts: a refusal is then a DP release like any other."""
+    for split, counts in noisy.splits.items():
+        if counts.rows < policy.min_rows:
+            raise Refusal(
+                "cohort_too_small",
+                f"the {split} set has fewer than {policy.min_rows} rows (noisy count); widen the filter",
+            )
+        if counts.classes is not None and min(counts.classes.values(), default=0) < policy.min_class_rows:
+            raise Refusal(
+                "class_too_small", f"a class has fewer than {policy.min_class_rows} rows in the {split} set"
+            )
+
+
+def structure_flags(structure: Structure, policy: Policy) -> list[str]:
+    """What a data owner should look at: a leaf or a prediction of the model that singles out fewer rows
+    than the rules ask. Never a refusal in mode dp: whether a model singles out rows depends on the rows,
+    so refusing would answer a question about them for free. The guarantee does not rest on these:
+    released numbers are DP in the evaluation rows whatever the model is, and every new leaf holds at
+    least `min_leaf_rows` training rows by the min_child_weight bound set before training."""
+    flags = []
+    for name in ("base_smallest_leaf", "trained_smallest_leaf"):
+        value = getattr(structure, name)
+        if value is not None and 0 < value < policy.min_leaf_rows:
+            flags.append(f"{name} {value}")
+    for name in ("base_isolated", "trained_isolated"):
+        value = getattr(structure, name)
+        if value is not None and 0 < value < policy.min_count:
+            flags.append(f"{name} {value}")
+    return flags
+
+
+class _Draws:
+    """Noisy values with their standard deviations, and intervals by resampling the noise model."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.value: dict[str, float] = {}
+        self.sigma: dict[str, float] = {}
+
+    def add(self, name: str, value: float, sigma: float) -> None:
+        self.value[name], self.sigma[name] = value, sigma
+
+    def interval(
+        self, metric: Callable[[Mapping[str, np.ndarray]], np.ndarray]
+    ) -> tuple[float, float, float]:
+        """The metric of the released values, and its 95% interval under the noise that was added."""
+        point = float(metric({k: np.asarray(v) for k, v in self.value.items()}))
+        samples = {k: v + self.rng.normal(0.0, self.sigma[k], DRAWS) for k, v in self.value.items()}
+        spread = np.asarray(metric(samples), dtype=float) - point
+        low, high = np.nanpercentile(spread, [2.5, 97.5])
+        return point, point - float(high), point - float(low)
+
+
+def _seed(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big")
+
+
+def _rounded(
+    point: float, low: float, high: float, floor: float, ceiling: float
+) -> tuple[float, list[float]]:
+    clip = lambda x: min(max(x, floor), ceiling)  # noqa: E731
+    return round_metric(clip(point)), [round_metric(clip(low)), round_metric(clip(high))]
+
+
+def _curve_point(key: str, metric: str) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
+    """A learning-curve point from its noisy loss sum: mean log loss, or RMSE."""
+    if metric == "rmse":
+        return lambda v: np.sqrt(np.maximum(v[key], 0) / np.maximum(v["n"], 1))
+    return lambda v: v[key] / np.maximum(v["n"], 1)
+
+
+def release_dp(
+    report: TrainReport,
+    noisy: NoisyCounts,
+    policy: Policy,
+    options: ReleaseOptions,
+    job_id: str,
+    dataset: str,
+    kind: str,
+) -> JobResult:
+    """The job's result under DP: every number drawn, rounded, with its interval."""
+    task = report.task
+    stats = report.stats
+    rho = share(policy, task)
+    draws = _Draws(_seed(job_id, dataset))
+    evaluation = noisy.splits["eval"]
+    draws.add("n", max(evaluation.rows, 1), noisy.sigma)
+    metrics: dict[str, float | None] = {}
+    intervals: dict[str, list[float]] = {}
+    notes: list[str] = []
+
+    def put(name: str, metric: Callable, floor: float = -math.inf, ceiling: float = math.inf) -> None:
+        value, interval = _rounded(*draws.interval(metric), floor, ceiling)
+        metrics[name], intervals[name] = value, interval
+
+    if task == "regression":
+        if stats.residual_clip is None:
+            metrics.update(dict.fromkeys(REGRESSION_METRICS))
+            notes.append("rmse, mae and r2 need a label range set by the data owner (label_ranges)")
+        else:
+            r, h = stats.residual_clip, stats.label_half_range or 0.0
+            (sse,), s_sse = dp.gaussian([stats.sse], r**2, rho)
+            (sae,), s_sae = dp.gaussian([stats.sae], r, rho)
+            (sy, sy2), s_y = dp.gaussian([stats.sum_y, stats.sum_y2], math.hypot(h, h**2), rho)
+            for name, value, sigma in (
+                ("sse", sse, s_sse),
+                ("sae", sae, s_sae),
+                ("sy", sy, s_y),
+                ("sy2", sy2, s_y),
+            ):
+                draws.add(name, value, sigma)
+            put("rmse", lambda v: np.sqrt(np.maximum(v["sse"], 0) / np.maximum(v["n"], 1)), 0.0)
+            put("mae", lambda v: np.maximum(v["sae"], 0) / np.maximum(v["n"], 1), 0.0)
+            put(
+                "r2",
+                lambda v: 1 - v["sse"] / np.maximum(v["sy2"] - v["sy"] ** 2 / np.maximum(v["n"], 1), 1e-9),
+                -math.inf,
+                1.0,
+            )
+    else:
+        (loss,), s_loss = dp.gaussian([stats.loss_sum or 0.0], stats.loss_clip or 0.0, rho)
+        (correct,), s_correct = dp.gaussian([float(stats.correct or 0)], 1.0, rho)
+        draws.add("loss", loss, s_loss)
+        draws.add("correct", correct, s_correct)
+        if task == "binary":
+            smallest = (
+                min((evaluation.classes or {"": 0}).values()) if len(evaluation.classes or {}) == 2 else 0
+            )
+            bound = smallest - LOWER_BOUND_SIGMAS * noisy.sigma
+            if bound < policy.min_class_rows or stats.auc is None:
+                metrics["auc"] = None
+                notes.append("auc needs both classes in the evaluation rows, each large enough")
+            else:
+                (auc,), s_auc = dp.gaussian([stats.auc], 1.0 / bound, rho)
+                draws.add("auc", auc, s_auc)
+                put("auc", lambda v: v["auc"], 0.0, 1.0)
+        put("log_loss", lambda v: v["loss"] / np.maximum(v["n"], 1), 0.0, stats.loss_clip or math.inf)
+        put("accuracy", lambda v: v["correct"] / np.maximum(v["n"], 1), 0.0, 1.0)
+
+    confusion = None
+    if options.confusion and stats.confusion is not None:
+        cells = [n for row in stats.confusion for n in row]
+        noisy_cells, s_cells = dp.gaussian_counts(cells, 1.0, policy.dp_rho_confusion)
+        size = len(stats.confusion)
+        grid = [[max(0, noisy_cells[i * size + j]) for j in range(size)] for i in range(size)]
+        labels = report.confusion.labels if report.confusion is not None else [str(i) for i in range(size)]
+        confusion = ConfusionMatrix(
+            labels=labels,
+            counts=[[release_count(n, policy) for n in row] for row in grid],
+        )
+        for i in range(size):
+            for j in range(size):
+                draws.add(f"c{i}_{j}", grid[i][j], s_cells)
+        if task == "binary":
+            put(
+                "f1", lambda v: 2 * v["c1_1"] / np.maximum(2 * v["c1_1"] + v["c0_1"] + v["c1_0"], 1), 0.0, 1.0
+            )
+
+    history = None
+    if report.curve is not None:
+        curve = report.curve
+        sums, s_curve = dp.gaussian(
+            curve.loss_sums, math.sqrt(len(curve.loss_sums)) * curve.loss_clip, policy.dp_rho_curve
+        )
+        points, bands = [], []
+        for i, total in enumerate(sums):
+            draws.add(f"k{i}", total, s_curve)
+            mean = _curve_point(f"k{i}", curve.metric)
+            value, band = _rounded(
+                *draws.interval(mean), 0.0, math.inf if curve.metric == "rmse" else curve.loss_clip
+            )
+            points.append(value)
+            bands.append(band)
+        history = History(metric=curve.metric, eval=points, rounds=curve.rounds, eval_intervals=bands)
+
+    ranking = None
+    if report.importance_scores and options.importance:
+        names = sorted(report.importance_scores)
+        chosen = dp.top_k(
+            [report.importance_scores[n] for n in names],
+            options.importance,
+            report.importance_clip or 1.0,
+            policy.dp_rho_importance,
+        )
+        ranking = [names[i] for i in chosen]
+
+    return JobResult(
+        job_id=job_id,
+        dataset=dataset,
+        kind=kind,  # type: ignore[arg-type]
+        task=task,
+        metrics=metrics,
+        intervals=intervals,
+        history=history,
+        importance_ranking=ranking,
+        summary=Summary(
+            train=split_summary(noisy.splits["train"], policy) if "train" in noisy.splits else None,
+            eval=split_summary(evaluation, policy),
+        ),
+        confusion_matrix=confusion,
+        rounds=Rounds(**report.rounds.model_dump()),
+        policy=policy.in_effect(),
+        notes=notes,
+    )

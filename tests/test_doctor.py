@@ -1,0 +1,106 @@
+"""`remote-magic-server doctor` catches planted misconfigurations, each with its own line, and `serve`
+refuses to start on a fatal one. The sandbox and data checks run for real (worker/probe.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import trustme
+
+from remote_magic_server.audit import open_audit
+from remote_magic_server.demo import ensure_demo_data
+from remote_magic_server.settings import load_settings
+from remote_magic_server.worker.sandbox import unreadable_code_path
+
+
+def doctor(config) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "remote_magic_server", "doctor", "--config", str(config)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "LC_ALL": "C"})
+
+
+def dataset(name: str, path, label: str = "malignant") -> str:
+    return f'[datasets.{name}]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["{label}"]\n\n'
+
+
+def test_six_planted_misconfigurations_each_get_their_own_line(tmp_path):
+    source = ensure_demo_data(tmp_path / "demo")["breast_cancer"]
+    data = tmp_path / "data"
+    good = tmp_path / "good.parquet"
+    shutil.copy(source, good)
+    duplicated = tmp_path / "dup.parquet"
+    frame = pd.read_parquet(source)
+    frame.assign(id=frame["id"] % 50).to_parquet(duplicated, index=False)
+    locked = tmp_path / "locked.parquet"
+    shutil.copy(source, locked)
+    drops_uid = os.geteuid() == 0 and unreadable_code_path() is None
+    locked.chmod(0o600 if drops_uid else 0o000)
+    plant_locked = drops_uid or os.geteuid() != 0  # a file root can always read cannot be planted as root
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    ca.issue_cert("127.0.0.1").private_key_pem.write_to_path(str(tmp_path / "other-key.pem"))
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f'[server]\ndata_dir = "{data}"\nhost = "127.0.0.1"\n'
+        'tls_cert = "cert.pem"\ntls_key = "other-key.pem"\n\n'
+        '[jupyterhub]\napi_url = "http://127.0.0.1:9/hub/api"\napi_token_env = "REMOTE_MAGIC_TEST_UNSET"\n\n'
+        + dataset("fine", good)
+        + dataset("gone", tmp_path / "missing.parquet")
+        + dataset("locked", locked)
+        + dataset("dup", duplicated)
+        + dataset("nolabel", good, label="outcome")
+    )
+    audit = open_audit(load_settings(config))
+    for i in range(3):
+        audit.record("request", "alice", path=f"/v1/{i}")
+    audit.close()
+    log = load_settings(config).audit_path
+    log.write_text("\n".join(log.read_text().splitlines()[:-1]) + "\n")
+
+    done = doctor(config)
+    lines = done.stdout.splitlines()
+    fatal = [line for line in lines if line.startswith("FATAL")]
+    expected = {
+        "tls": "do not load",
+        "jupyterhub": "REMOTE_MAGIC_TEST_UNSET is not set",
+        "audit": "1 entries missing",
+        "dataset gone": "does not exist",
+        "dataset dup": "'id' is not unique",
+        "dataset nolabel": "label column(s) outcome not in the file",
+    }
+    if plant_locked:
+        expected["dataset locked"] = "not readable by the sandbox uid"
+    for check, words in expected.items():
+        hits = [line for line in fatal if line.split(None, 1)[1].startswith(f"{check}:")]
+        assert len(hits) == 1 and words in hits[0], (check, lines)
+    assert len(fatal) == len(expected), lines
+    assert any(line.startswith("OK     dataset fine:") and "id unique" in line for line in lines)
+    assert done.returncode == 1 and lines[-1].startswith(f"{len(expected)} fatal")
+
+
+def test_a_typo_in_the_config_is_one_fatal_line(tmp_path):
+    config = tmp_path / "server.toml"
+    config.write_text(f'[server]\ndata_dir = "{tmp_path}"\nworkerz = 2\n')
+    done = doctor(config)
+    assert done.returncode == 1
+    assert done.stdout.startswith("FATAL  config:") and "workerz" in done.stdout
+
+
+def test_serve_refuses_to_start_on_a_fatal_finding(tmp_path):
+    source = ensure_demo_data(tmp_path / "demo")["breast_cancer"]
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\n\n' + dataset("x", source, label="outcome")
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "remote_magic_server", "serve", "--config", str(config), "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert '"refusing_to_start"' in done.stderr and "label column(s) outcome" in done.stderr
+    assert "Uvicorn running" not in done.stderr

@@ -1,0 +1,251 @@
+"""Mode dp: the noise is what the budget says, intervals cover the truth, the accounting is exact, and
+the numbers are usable (the quickstart's AUC interval is at most +/- 0.01)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xgboost as xgb
+from pyroaring import BitMap
+
+from remote_magic.codes import Refusal
+from remote_magic.errors import BudgetExhausted, DisclosureRefused, SpecError
+from remote_magic.wire import ReleaseOptions
+from remote_magic_server.audit import AuditLog
+from remote_magic_server.privacy import dp, dp_release
+from remote_magic_server.protocol import Admission, EvalStats, SplitCounts, Structure, TrainReport
+from remote_magic_server.release.desk import ReleaseDesk, Request
+from remote_magic_server.release.ledger import Ledger
+from remote_magic_server.settings import DatasetConfig, Policy, Settings
+
+POLICY = Policy()
+DRAWS = 2000  # enough that the sample standard deviation is within 10% of sigma by a wide margin
+
+
+@pytest.mark.parametrize(("l2", "rho"), [(1.0, 0.0025), (math.log(100), 0.0025), (math.sqrt(2), 0.01)])
+def test_the_noise_is_what_the_budget_says(l2, rho):
+    sigma = dp.sigma(l2, rho)
+    floats = np.array([dp.gaussian([100.0], l2, rho)[0][0] for _ in range(DRAWS)])
+    counts = np.array([dp.gaussian_counts([1000], l2, rho)[0][0] for _ in range(DRAWS)])
+    for sample, centre in ((floats, 100.0), (counts, 1000)):
+        assert abs(sample.std() / sigma - 1) < 0.10
+        assert abs(sample.mean() - centre) < 4 * sigma / math.sqrt(DRAWS)
+
+
+def test_epsilon_of_the_default_budget_and_the_guess_bound():
+    assert dp.epsilon(POLICY.dp_rho_job, 1e-6) == pytest.approx(0.753, abs=1e-3)
+    # an analyst who spends the whole default budget on one row's label guesses right with at most:
+    guess = 0.5 * (1 + math.erf(math.sqrt(2 * POLICY.dp_rho_cap) / 2 / math.sqrt(2)))
+    assert 0.75 < guess < 0.77
+
+
+def report(auc: float = 0.8612, n: int = 10_000, positives: int = 3_500) -> tuple[TrainReport, dict]:
+    stats = EvalStats(
+        n=n,
+        correct=int(0.8 * n),
+        loss_sum=0.45 * n,
+        loss_clip=math.log(100),
+        auc=auc,
+        confusion=[[n - positives - 500, 500], [1500, positives - 1500]],
+    )
+    train = TrainReport(
+        task="binary",
+        metrics={"auc": auc},
+        feature_importance={},
+        rounds={"base": 0, "new": 5, "total": 5},
+        stats=stats,
+    )
+    counts = {
+        "eval": SplitCounts(rows=n, classes={"0": n - positives, "1": positives}),
+        "train": SplitCounts(rows=4 * n, classes={"0": 4 * (n - positives), "1": 4 * positives}),
+    }
+    return train, counts
+
+
+def test_intervals_cover_the_exact_value_and_the_auc_interval_is_narrow_enough():
+    exact, counts = report()
+    covered = 0
+    widths = []
+    for seed in range(100):
+        noisy = dp_release.draw_counts(counts, POLICY)
+        result = dp_release.release_dp(exact, noisy, POLICY, ReleaseOptions(), f"job{seed}", "d", "train")
+        low, high = result.intervals["auc"]
+        covered += low <= exact.stats.auc <= high
+        widths.append((high - low) / 2)
+        assert set(result.metrics) == {"auc", "log_loss", "accuracy"}
+        assert result.feature_importance == {} and result.history is None
+    assert covered >= 90
+    assert np.median(widths) <= 0.01
+
+
+def test_auc_is_not_released_when_a_class_is_too_small_whatever_the_cause():
+    exact, counts = report(positives=0)
+    exact.stats.auc = None
+    result = dp_release.release_dp(
+        exact, dp_release.draw_counts(counts, POLICY), POLICY, ReleaseOptions(), "j", "d", "evaluate"
+    )
+    assert result.metrics["auc"] is None and "auc" in result.notes[0]
+
+
+def test_models_that_single_out_rows_are_flagged_for_the_owner_never_refused():
+    """A refusal that depended on the rows would answer a question about them for free."""
+    exact, counts = report()
+    exact.structure = Structure(base_smallest_leaf=1, trained_smallest_leaf=9, base_isolated=1)
+    flags = dp_release.structure_flags(exact.structure, POLICY)
+    assert flags == ["base_smallest_leaf 1", "trained_smallest_leaf 9", "base_isolated 1"]
+    noisy = dp_release.draw_counts(counts, POLICY)
+    assert dp_release.release_dp(exact, noisy, POLICY, ReleaseOptions(), "j", "d", "train").metrics["auc"]
+    exact.structure = Structure(base_smallest_leaf=0, trained_smallest_leaf=10, trained_isolated=0)
+    assert dp_release.structure_flags(exact.structure, POLICY) == []
+
+
+@pytest.fixture
+def desk(tmp_path: Path) -> ReleaseDesk:
+    (tmp_path / "t.parquet").write_bytes(b"not read")
+    settings = Settings(
+        policy=Policy(dp_rho_cap=0.035),
+        datasets={
+            "d": DatasetConfig(
+                path=tmp_path / "t.parquet",
+                id_column="id",
+                label_columns=["y"],
+                policy={"dp_rho_dataset_cap": 0.05},
+            )
+        },
+    )
+    return ReleaseDesk(settings, Ledger(tmp_path / "ledger.sqlite"), AuditLog(tmp_path / "audit.log"))
+
+
+def admit(desk: ReleaseDesk, folder: Path, job: str, user: str = "alice", start: int = 0):
+    _, counts = report()
+    sets = {
+        "training": BitMap(range(start, start + 4000)),
+        "evaluation": BitMap(range(start + 4000, start + 5000)),
+    }
+    for role, bits in sets.items():
+        (folder / f"{role}.roaring").write_bytes(bits.serialize())
+    admission = Admission(counts=counts, row_sets={r: f"{r}.roaring" for r in sets}, table_rows=100_000)
+    request = Request(
+        user=user,
+        dataset="d",
+        kind="train",
+        spec={"dataset": "d", "label": "y"},
+        job_id=job,
+        payload_sha256="ab" * 32,
+    )
+    return request, desk.admit(request, admission, folder)
+
+
+def test_a_job_is_charged_once_when_admitted_and_repeats_are_free(desk, tmp_path):
+    request, admitted = admit(desk, tmp_path, "j1")
+    assert desk.ledger.spent("alice", "d") == pytest.approx(0.01)
+    again, readmitted = admit(desk, tmp_path, "j1")  # the same job after a server restart
+    assert desk.ledger.spent("alice", "d") == pytest.approx(0.01)
+    assert readmitted.noisy.to_json() == admitted.noisy.to_json(), "no fresh noise for the same job"
+    exact, _ = report()
+    first = desk.release_result(request, admitted, exact)
+    assert first.privacy.rho == pytest.approx(0.01) and not first.privacy.repeated
+    repeat = desk.stored_result(Request(**{**request.__dict__, "job_id": "j2"}))
+    assert repeat is not None and repeat.privacy.repeated and repeat.privacy.rho == 0
+    assert repeat.metrics == first.metrics and repeat.job_id == "j2"
+    assert desk.ledger.spent("alice", "d") == pytest.approx(0.01)
+
+
+def test_refusals_before_admission_are_free_and_the_caps_hold(desk, tmp_path):
+    admit(desk, tmp_path, "j1")
+    admit(desk, tmp_path, "j2", start=10_000)
+    admit(desk, tmp_path, "j3", start=20_000)
+    with pytest.raises(Refusal) as user_cap:
+        desk.check_budget(Request(user="alice", dataset="d", kind="train", spec={}))
+    assert user_cap.value.code == "privacy_budget_exhausted" and "rho 0.035" in user_cap.value.message
+    assert desk.ledger.spent("alice", "d") == pytest.approx(0.03)
+    admit(desk, tmp_path, "j4", user="bob", start=30_000)
+    admit(desk, tmp_path, "j5", user="bob", start=40_000)
+    with pytest.raises(Refusal, match="across all analysts"):
+        desk.check_budget(Request(user="carol", dataset="d", kind="train", spec={}))
+    extras = ReleaseOptions(confusion=True, curve=5, importance=3)
+    assert desk.cost(Request(user="x", dataset="d", kind="train", spec={}, options=extras)) == pytest.approx(
+        0.017
+    )
+
+
+def test_a_failure_after_admission_is_one_code_in_mode_dp(desk):
+    request = Request(user="alice", dataset="d", kind="train", spec={}, job_id="j")
+    assert desk.after_admission(request, "training_failed", "XGBoost refused")[0] == "not_released"
+    assert desk.after_admission(request, "worker_crashed", "gone")[0] == "not_released"
+    assert desk.after_admission(request, "cancelled", "the job was cancelled")[0] == "cancelled"
+
+
+# end to end, on the shared server (demo tables in mode dp)
+QUICKSTART = {"dataset": "synthetic", "label": "label", "eval": {"fraction": 0.2, "seed": 42}}
+
+
+def test_the_quickstart_result_has_narrow_intervals_a_cost_and_the_budget_left(server):
+    client = server.client()
+    model = xgb.XGBClassifier(n_estimators=40, max_depth=4, min_child_weight=3)
+    estimate = client.cost(model, QUICKSTART)
+    assert estimate.privacy == "dp" and estimate.rho == pytest.approx(0.01)
+    job = client.submit(model, QUICKSTART)
+    result = job.result(timeout=300)
+    low, high = result.intervals["auc"]
+    assert result.metrics["auc"] > 0.8 and (high - low) / 2 <= 0.01
+    assert result.privacy["rho"] == pytest.approx(0.01) and result.privacy["rho_remaining"] < 50
+    assert result.feature_importance.empty and result.history.empty
+    assert "[" in repr(result) and "budget left" in repr(result)
+    for stamp in (job.status.submitted_at, job.status.finished_at):
+        assert stamp.endswith("Z") and "." not in stamp, "job times are whole seconds"
+    again = client.train(model, QUICKSTART)
+    assert again.privacy["repeated"] and again.metrics == result.metrics
+
+
+def test_extras_cost_more_and_come_with_intervals(server):
+    client = server.client()
+    model = xgb.XGBClassifier(n_estimators=20, max_depth=3, min_child_weight=3)
+    options = {"confusion": True, "curve": 4, "importance": 3}
+    result = client.train(model, {**QUICKSTART, "eval": {"fraction": 0.25, "seed": 3}}, release=options)
+    assert result.privacy["rho"] == pytest.approx(0.017)
+    assert len(result.history) == 4 and {"eval_low", "eval_high"} <= set(result.history.columns)
+    assert len(result.importance_ranking) == 3 and result.confusion_matrix is not None
+    assert "f1" in result.intervals
+
+
+def test_structural_refusals_are_free_and_clear(server):
+    client = server.client()
+    with pytest.raises(SpecError, match="label 'label' may not appear"):
+        client.submit(xgb.XGBClassifier(min_child_weight=3), {**QUICKSTART, "where": "label = 1"})
+    with pytest.raises(Exception, match="min_child_weight") as info:
+        client.train(xgb.XGBClassifier(n_estimators=3, max_depth=2), QUICKSTART)
+    assert info.value.code == "parameter_out_of_bounds"
+    with pytest.raises(Exception, match="eval_metric") as metric:
+        client.train(
+            xgb.XGBClassifier(n_estimators=3, min_child_weight=3, eval_metric="error@0.99"), QUICKSTART
+        )
+    assert metric.value.code == "parameter_out_of_bounds"
+
+
+def test_budget_exhaustion_is_its_own_exception_and_refuses_before_a_job_exists(server, tmp_path):
+    from tests.serverproc import running
+
+    path = server.settings.datasets["breast_cancer"].path
+    tiny = f'[datasets.tiny]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["malignant"]\n'
+    tiny += "policy = { dp_rho_cap = 0.025 }\n"
+    (tmp_path / "data").mkdir()
+    with running(tmp_path / "data", tmp_path / "log", {"eve": ["tiny"]}, tiny) as small:
+        client = small.client("eve")
+        model = xgb.XGBClassifier(n_estimators=2, max_depth=2, min_child_weight=3)
+        for seed in (1, 2):
+            client.submit(
+                model, {"dataset": "tiny", "label": "malignant", "eval": {"fraction": 0.4, "seed": seed}}
+            ).wait(timeout=120)
+        before = len(client.jobs())
+        with pytest.raises(BudgetExhausted) as spent:
+            client.submit(
+                model, {"dataset": "tiny", "label": "malignant", "eval": {"fraction": 0.4, "seed": 3}}
+            )
+        assert isinstance(spent.value, DisclosureRefused) and "rho 0.025" in spent.value.message
+        assert len(client.jobs()) == before, "the refusal created no job"
+        estimate = client.cost(model, {"dataset": "tiny", "label": "malignant"})
+        assert estimate.rho_remaining_after == 0 and estimate.rho_spent == pytest.approx(0.02)

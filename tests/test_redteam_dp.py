@@ -1,0 +1,265 @@
+"""A motivated analyst against mode dp: every route that recovered one row's label (or membership) in a
+6,000-row table under mode rules, played by 20 independent analysts with their own tokens and budgets.
+
+Each analyst is given one table, at random: the table with the target row's label 0, the same table
+with it 1 (label routes), or the table with the row and without it (membership routes), and guesses.
+No route may guess right more often than the budget the analyst spent allows: for Gaussian DP,
+accuracy <= Phi(sqrt(2 rho) / 2), plus a binomial margin for 20 analysts. The routes closed by structure
+(the label in a filter, an `eval_metric` decided by one row) are refused outright, before any job
+exists; encoders and native categoricals never carry the planted single-row category; and no response
+body holds the planted values. The same attack harness recovers the label every time on a twin table
+in mode rules, so the attacks are real.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import xgboost as xgb
+from sklearn.compose import ColumnTransformer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder
+
+from remote_magic.errors import RemoteError
+from tests.serverproc import running
+
+ROWS = 6000
+TARGET = 4321  # the row under attack (its index)
+TARGET_AGE = 99.25  # no other row has an age above 80, nor a fraction
+NICK = "QUOKKA-UNIQUE-4242"
+ANALYSTS = 20
+Z_999 = 3.09  # one-sided 99.9% normal quantile: the binomial margin
+BODIES: list[str] = []
+
+
+def table(label: int | None) -> pd.DataFrame:
+    """The hidden table; `label` is the target row's label, None for the table without it."""
+    rng = np.random.default_rng(11)
+    age = rng.integers(20, 81, ROWS).astype(float)
+    score = rng.normal(size=ROWS)
+    frame = pd.DataFrame(
+        {
+            "id": np.arange(1, ROWS + 1),
+            "age": age,
+            "score": score,
+            "nickname": rng.choice(["alpha", "beta", "gamma"], ROWS).astype(object),
+            "label": (score + rng.normal(scale=0.7, size=ROWS) > 0).astype(int),
+        }
+    )
+    frame.loc[TARGET, ["age", "nickname"]] = [TARGET_AGE, NICK]
+    if label is None:
+        return frame.drop(index=TARGET).reset_index(drop=True)
+    frame.loc[TARGET, "label"] = label
+    return frame
+
+
+@pytest.fixture(scope="module")
+def red(tmp_path_factory):
+    base = tmp_path_factory.mktemp("redteam_dp")
+    data = base / "data"
+    data.mkdir()
+    worlds = {"w0": table(0), "w1": table(1), "out": table(None)}
+    for name, frame in worlds.items():
+        frame.to_parquet(data / f"{name}.parquet", index=False)
+    rng = np.random.default_rng(2026)
+    secrets = {
+        "label": rng.permutation([0, 1] * (ANALYSTS // 2)),
+        "member": rng.permutation([0, 1] * (ANALYSTS // 2)),
+    }
+    config, users = "", {}
+    common = 'id_column = "id"\nlabel_columns = ["label"]\n'
+    for i in range(ANALYSTS):
+        label_file = f"w{secrets['label'][i]}"
+        member_file = "w0" if secrets["member"][i] else "out"
+        config += f'\n[datasets.l{i:02d}]\npath = "{data / label_file}.parquet"\n{common}'
+        config += f'\n[datasets.m{i:02d}]\npath = "{data / member_file}.parquet"\n{common}'
+        users[f"analyst{i:02d}"] = [f"l{i:02d}", f"m{i:02d}"]
+    for bit in (0, 1):
+        config += f'\n[datasets.rules{bit}]\npath = "{data}/w{bit}.parquet"\n{common}privacy = "rules"\n'
+    users["control"] = ["rules0", "rules1"]
+    with running(data, base / "server.log", users, config) as server:
+        server.secrets = secrets
+        yield server
+    for body in BODIES:
+        assert NICK not in body and str(TARGET_AGE) not in body
+
+
+def client(red, user):
+    c = red.client(user)
+    c._session.hooks["response"].append(lambda r, *a, **k: BODIES.append(r.text))
+    return c
+
+
+def stump(positive_age: float) -> xgb.XGBClassifier:
+    """A hand-built base model, fitted here on made-up rows: margin 0 (p = 0.5) for ages up to 80 and
+    confident (p ~ 0.98) above `positive_age`'s split; its min_child_weight is then set to pass the
+    parameter bounds. With `positive_age` = the target's age it singles the target out; with 200 it
+    treats the target like everyone else."""
+    ages = np.arange(20, 81, dtype=float)
+    made_up = pd.DataFrame({"age": np.r_[ages, ages, positive_age], "score": 0.0})
+    labels = np.r_[np.zeros(len(ages)), np.ones(len(ages)), 1]
+    model = xgb.XGBClassifier(
+        n_estimators=3, max_depth=1, learning_rate=1.0, min_child_weight=0, reg_lambda=0, base_score=0.5
+    )
+    model.fit(made_up, labels)
+    return model.set_params(min_child_weight=3)
+
+
+def _log_loss(run, model, spec) -> float | None:
+    try:
+        return run(model, spec).metrics.get("log_loss")
+    except RemoteError:
+        return None
+
+
+def differencing(c, dataset: str, train: bool) -> float | None:
+    """Two jobs on the same rows: the model that singles the target out, and its twin that does not.
+    Every other row gets the same prediction from both, so the log losses differ by the target's
+    contribution alone: positive when its label is 0, negative when 1, zero when it is absent."""
+    spec = {"dataset": dataset, "label": "label", "features": ["age", "score"]}
+    if train:  # a train job of 0 new rounds from the stump is scored like an evaluation
+        spec["eval"] = {"where": "age > 50"}
+        run = c.train
+        models = [stump(TARGET_AGE).set_params(n_estimators=0), stump(200.0).set_params(n_estimators=0)]
+    else:
+        run = c.evaluate
+        models = [stump(TARGET_AGE), stump(200.0)]
+    singled, twin = (_log_loss(run, m, spec) for m in models)
+    return None if singled is None or twin is None else singled - twin
+
+
+def label_by_evaluation(c, dataset: str) -> int:
+    diff = differencing(c, dataset, train=False)
+    return int(diff is not None and diff < 0.0002)
+
+
+def label_by_continuing(c, dataset: str) -> int:
+    diff = differencing(c, dataset, train=True)
+    return int(diff is not None and diff < 0.0002)
+
+
+def member_by_evaluation(c, dataset: str) -> int:
+    diff = differencing(c, dataset, train=False)
+    return int(diff is not None and abs(diff) > 0.00005)
+
+
+def label_by_indicator(c, dataset: str) -> int:
+    """A derived indicator of the target row (and an expression that overflows on every row), a deep
+    model, the eval learning curve and the importance ranking: the indicator ranks first if it helps."""
+    spec = {
+        "dataset": dataset,
+        "label": "label",
+        "features": ["score"],
+        "derive": {"flag": "CASE WHEN age > 90 THEN 1 ELSE 0 END", "boom": "exp(age * 100)"},
+        "eval": {"fraction": 0.5, "seed": 4},
+    }
+    model = xgb.XGBClassifier(n_estimators=30, max_depth=8, min_child_weight=3)
+    try:
+        result = c.train(model, spec, release={"importance": 1, "curve": 5})
+    except RemoteError:
+        return 0
+    return int(result.importance_ranking[:1] == ["flag"])
+
+
+def member_by_count(c, dataset: str) -> int:
+    """The released row counts of the whole table, against its known size."""
+    spec = {"dataset": dataset, "label": "label", "features": ["score"], "eval": {"fraction": 0.5, "seed": 1}}
+    result = c.train(xgb.XGBClassifier(n_estimators=2, max_depth=2, min_child_weight=3), spec)
+    rows = (result.summary["train"]["rows"] or 0) + (result.summary["eval"]["rows"] or 0)
+    return int(rows >= ROWS)
+
+
+def bound(rho: float, n: int) -> float:
+    """The best accuracy a guess may have after spending rho (Gaussian DP), plus the binomial margin."""
+    p = 0.5 * (1 + math.erf(math.sqrt(2 * rho) / 2 / math.sqrt(2)))
+    return p + Z_999 * math.sqrt(p * (1 - p) / n)
+
+
+ROUTES = {
+    "label": {
+        "evaluate": label_by_evaluation,
+        "continue": label_by_continuing,
+        "indicator": label_by_indicator,
+    },
+    "member": {"evaluate": member_by_evaluation, "count": member_by_count},
+}
+
+
+@pytest.mark.parametrize("kind", ["label", "member"])
+def test_no_route_beats_the_budget(red, kind):
+    prefix = "l" if kind == "label" else "m"
+    right = dict.fromkeys(ROUTES[kind], 0)
+    spent = []
+    for i in range(ANALYSTS):
+        c = client(red, f"analyst{i:02d}")
+        dataset = f"{prefix}{i:02d}"
+        for name, route in ROUTES[kind].items():
+            right[name] += route(c, dataset) == red.secrets[kind][i]
+        spent.append(c.cost(None, {"dataset": dataset, "label": "label"}).rho_spent)
+    most = max(spent)
+    assert 0 < most <= 0.2, "every job an attacker ran was charged, none was free"
+    for name, hits in right.items():
+        assert hits / ANALYSTS <= bound(most, ANALYSTS), (kind, name, hits, most)
+
+
+def test_the_attacks_are_real_they_win_in_mode_rules(red):
+    c = client(red, "control")
+    for bit in (0, 1):
+        assert label_by_evaluation(c, f"rules{bit}") == bit
+        assert label_by_continuing(c, f"rules{bit}") == bit
+
+
+def test_routes_closed_by_structure_are_refused_before_any_job(red):
+    c = client(red, "analyst00")
+    before = len(c.jobs())
+    with pytest.raises(RemoteError) as label_filter:
+        c.submit(
+            xgb.XGBClassifier(min_child_weight=3), {"dataset": "l00", "label": "label", "where": "label = 1"}
+        )
+    assert label_filter.value.code == "invalid_filter"
+    with pytest.raises(RemoteError) as derived:
+        c.submit(
+            xgb.XGBClassifier(min_child_weight=3),
+            {"dataset": "l00", "label": "label", "derive": {"x": "label"}},
+        )
+    assert derived.value.code == "unknown_column"
+    job = c.submit(
+        xgb.XGBClassifier(min_child_weight=3, eval_metric="error@0.99"), {"dataset": "l00", "label": "label"}
+    )
+    job.wait(timeout=120)
+    assert job.status.error.code == "parameter_out_of_bounds"
+    assert len(c.jobs()) == before + 1
+
+
+def test_the_planted_category_never_leaves_through_encoders_or_native_categoricals(red):
+    c = client(red, "analyst01")
+    encoder = ColumnTransformer(
+        [("nick", OneHotEncoder(handle_unknown="ignore"), ["nickname"])], remainder="passthrough"
+    )
+    pipeline = Pipeline([("pre", encoder), ("m", xgb.XGBClassifier(n_estimators=5, min_child_weight=3))])
+    spec = {"dataset": "l01", "label": "label", "features": ["nickname", "score"]}
+    for model in (pipeline, xgb.XGBClassifier(n_estimators=5, min_child_weight=3)):
+        try:
+            result = c.train(model, spec, release={"importance": 3})
+        except RemoteError:
+            continue
+        assert NICK not in repr(result) and all(NICK not in name for name in result.importance_ranking)
+
+
+def test_value_dependent_failures_look_the_same_in_both_worlds(red):
+    """An evaluation set of the target row only, and a derive that overflows only on it: each world
+    gives the same code (a refusal on noisy counts, or a result), never a failure only one world has."""
+    outcomes: dict[int, set] = {}
+    for i in [list(red.secrets["label"]).index(0), list(red.secrets["label"]).index(1)]:
+        c = client(red, f"analyst{i:02d}")
+        dataset = f"l{i:02d}"
+        spec = {"dataset": dataset, "label": "label", "features": ["score"], "eval": {"where": "age > 90"}}
+        job = c.submit(xgb.XGBClassifier(n_estimators=2, min_child_weight=3), spec)
+        job.wait(timeout=120)
+        outcomes.setdefault(red.secrets["label"][i], set()).add(
+            job.status.error.code if job.status.error else "ok"
+        )
+    assert outcomes[0] == outcomes[1] == {"cohort_too_small"}
