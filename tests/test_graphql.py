@@ -11,7 +11,7 @@ from hypothesis_graphql import queries
 
 from remote_magic_server.api.graphql_view import SCHEMA
 
-SPEC = {"dataset": "breast_cancer", "label": "malignant", "eval": {"fraction": 0.3, "seed": 5}}
+SPEC = {"dataset": "breast_cancer_rules", "label": "malignant", "eval": {"fraction": 0.3, "seed": 5}}
 
 
 def ask(server, query: str, user: str | None = "alice", variables: dict | None = None) -> requests.Response:
@@ -43,10 +43,10 @@ def test_the_lineage_of_everything_trained_on_a_dataset_in_one_request(server):
         xgb.XGBClassifier(n_estimators=2, max_depth=2), SPEC, register="gql", base_model="gql@1"
     )
     version = data(server, "{ datasets { name version } }")["datasets"]
-    current = next(d["version"] for d in version if d["name"] == "breast_cancer")
+    current = next(d["version"] for d in version if d["name"] == "breast_cancer_rules")
     found = data(
         server,
-        f'{{ trainedOn(dataset: "breast_cancer", sinceVersion: "{current}") {{ ref datasetVersion '
+        f'{{ trainedOn(dataset: "breast_cancer_rules", sinceVersion: "{current}") {{ ref datasetVersion '
         "lineage { ref origin metrics { name value } } parent { ref } job { id state } } }",
     )["trainedOn"]
     gql = next(v for v in found if v["ref"] == "gql@2")
@@ -72,7 +72,7 @@ def test_graphql_shows_exactly_what_rest_shows(server):
     }
     assert {m["name"] for m in seen["models"]} == {m.name for m in bob.models().models}
     assert "gql_private" not in {m["name"] for m in seen["models"]}
-    assert [d["name"] for d in seen["datasets"]] == ["breast_cancer"]
+    assert [d["name"] for d in seen["datasets"]] == ["breast_cancer", "breast_cancer_rules"]
     assert errors(server, f'{{ job(id: "{alice_job.job_id}") {{ id }} }}', "bob") == ["no such job"]
     assert "no model version" in errors(server, '{ modelVersion(ref: "gql_private@1") { ref } }', "bob")[0]
     assert "no dataset named" in errors(server, '{ dataset(name: "synthetic") { name } }', "bob")[0]

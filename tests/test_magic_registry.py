@@ -9,7 +9,7 @@ from IPython.core.error import UsageError
 from remote_magic.lineage import LineageView
 from tests.test_magic_train import ip, run  # noqa: F401 - the shell fixture and the cell runner
 
-FLAGS = "--dataset breast_cancer --label malignant --eval-fraction 0.3 --seed 8"
+FLAGS = "--dataset breast_cancer_rules --label malignant --eval-fraction 0.3 --seed 8"
 MODEL = "import xgboost as xgb\nmodel = xgb.XGBClassifier(n_estimators=3, max_depth=2)"
 
 
@@ -38,7 +38,7 @@ def test_recipe_cells_save_list_pause_resume_and_delete(ip):  # noqa: F811
     saved = run(
         ip, f"%%remote_recipe save magic_recipe --every 1d --register magic_recipe_model {FLAGS}\n{MODEL}"
     )
-    assert saved.rows == [["magic_recipe", "train", "breast_cancer", "every 1d", "0", "active"]]
+    assert saved.rows == [["magic_recipe", "train", "breast_cancer_rules", "every 1d", "0", "active"]]
     assert run(ip, "%remote_recipe pause magic_recipe").rows[0][-1].startswith("paused")
     assert run(ip, "%remote_recipe resume magic_recipe").rows[0][-1] == "active"
     assert "magic_recipe" in [row[0] for row in run(ip, "%remote_recipe").rows]

@@ -19,8 +19,8 @@ from remote_magic_server.settings import load_settings
 from tests.serverproc import running
 
 mlflow = pytest.importorskip("mlflow")
-SPEC = {"dataset": "breast_cancer", "label": "malignant", "eval": {"fraction": 0.3, "seed": 4}}
-USERS = {"alice": ["breast_cancer"]}
+SPEC = {"dataset": "breast_cancer_rules", "label": "malignant", "eval": {"fraction": 0.3, "seed": 4}}
+USERS = {"alice": ["breast_cancer_rules"]}
 
 
 def model(rounds: int = 5) -> xgb.XGBClassifier:
@@ -68,7 +68,7 @@ def test_jobs_and_versions_are_exported_to_the_embedded_store(tmp_path):
     [run] = runs_of(ml, second.job_id)
     data = run.data
     assert data.metrics["auc"] == second.metrics["auc"]
-    assert data.params["spec.dataset"] == "breast_cancer" and data.params["spec.eval.fraction"] == "0.3"
+    assert data.params["spec.dataset"] == "breast_cancer_rules" and data.params["spec.eval.fraction"] == "0.3"
     assert data.params["model.max_depth"] == "2" and data.params["rounds.total"] == "8"
     assert data.tags["remote_magic.lineage.parent"] == "flow@1" and data.tags["remote_magic.dataset_version"]
     curve = ml.get_metric_history(run.info.run_id, f"eval_{second.history.columns.name}")

@@ -42,6 +42,7 @@ def served(tmp_path_factory):
     claims = base / "claims.parquet"
     extra_datasets = (
         f'\n[datasets.claims]\npath = "{claims}"\nid_column = "id"\nlabel_columns = ["malignant"]\n'
+        'privacy = "rules"\n'
     )
     extra = (
         f'[webhooks]\nallow = ["http://127.0.0.1:{PORT}"]\nbackoff_s = 0.2\n\n[automation]\npoll_s = 0.2\n'
@@ -49,7 +50,7 @@ def served(tmp_path_factory):
     (base / "data").mkdir()
     source = pd.read_parquet(ensure_demo_data(base / "data")["breast_cancer"])
     write_version(claims, source)
-    users = {"alice": ["claims", "breast_cancer"]}
+    users = {"alice": ["claims", "breast_cancer_rules"]}
     with running(base / "data", base / "server.log", users, extra_datasets, extra) as server:
         yield server, claims, source
 
@@ -138,7 +139,7 @@ def test_a_recipe_whose_spec_no_longer_fits_is_paused_with_a_clear_message(serve
 def test_a_recipe_run_passes_the_same_disclosure_rules_as_a_run_by_hand(served):
     server, _, _ = served
     client = server.client()
-    tiny = {**SPEC, "dataset": "breast_cancer", "where": "mean_radius > 25"}
+    tiny = {**SPEC, "dataset": "breast_cancer_rules", "where": "mean_radius > 25"}
     client.save_recipe("tiny", tiny, xgb.XGBClassifier(n_estimators=2), every="1d")
     job = client.run_recipe("tiny")
     status = job.wait(timeout=60)
@@ -151,7 +152,7 @@ def test_a_recipe_run_passes_the_same_disclosure_rules_as_a_run_by_hand(served):
 def test_a_moved_alias_runs_an_evaluation_recipe(served):
     server, _, _ = served
     client = server.client()
-    spec = {**SPEC, "dataset": "breast_cancer"}
+    spec = {**SPEC, "dataset": "breast_cancer_rules"}
     client.train(xgb.XGBClassifier(n_estimators=3), spec, register="watched")
     with pytest.raises(NotFound):  # the alias does not exist yet: the first run could not be checked
         client.save_recipe(

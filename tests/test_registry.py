@@ -16,7 +16,7 @@ from remote_magic import package_model
 from remote_magic.errors import BadRequest, ModelRejected, NotFound, RemoteError
 from tests.serverproc import running
 
-SPEC = {"dataset": "breast_cancer", "label": "malignant", "eval": {"fraction": 0.3, "seed": 1}}
+SPEC = {"dataset": "breast_cancer_rules", "label": "malignant", "eval": {"fraction": 0.3, "seed": 1}}
 
 
 def small(rounds: int = 4, depth: int = 2) -> xgb.XGBClassifier:
@@ -141,7 +141,7 @@ def test_bad_registry_requests_get_clear_refusals(server):
 def test_unregistered_models_are_pruned_after_keep_unregistered_and_registered_ones_kept(tmp_path):
     extra = '[registry]\nkeep_unregistered = "1s"\n\n[automation]\npoll_s = 0.2\n'
     with running(
-        tmp_path / "data", tmp_path / "server.log", {"alice": ["breast_cancer"]}, extra=extra
+        tmp_path / "data", tmp_path / "server.log", {"alice": ["breast_cancer_rules"]}, extra=extra
     ) as server:
         client = server.client()
         kept = client.train(small(), SPEC, register="kept_one")

@@ -20,7 +20,7 @@ from tests.hookreceiver import Receiver
 from tests.serverproc import running
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "automation.md"
-SPEC = {"dataset": "breast_cancer", "label": "malignant", "eval": {"fraction": 0.3, "seed": 2}}
+SPEC = {"dataset": "breast_cancer_rules", "label": "malignant", "eval": {"fraction": 0.3, "seed": 2}}
 PORTS = [free_port() for _ in range(3)]
 
 
@@ -41,7 +41,7 @@ def hooked(tmp_path_factory):
     with running(
         base / "data",
         base / "server.log",
-        {"alice": ["breast_cancer"], "bob": ["breast_cancer"]},
+        {"alice": ["breast_cancer_rules"], "bob": ["breast_cancer_rules"]},
         extra=extra,
     ) as server:
         yield server

@@ -21,12 +21,13 @@ from remote_magic.codes import CODES, Refusal
 
 from ..api.intake import Intake, Submission
 from ..api.status import status_of
+from ..automation_settings import parse_duration
 from ..dataversions import DatasetVersions
 from ..jobs.store import Store
 from ..registry.access import Registry
 from ..registry.pruning import prune
 from ..registry.registrar import Registrar, RegistryEvent, alias_event
-from ..settings import Settings, parse_duration
+from ..settings import Settings
 from ..sqlitedb import Database
 from .deliverer import Deliverer
 from .outbox import Event, Outbox

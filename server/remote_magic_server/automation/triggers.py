@@ -13,9 +13,9 @@ import time
 
 from remote_magic.automation import RecipeIn
 
+from ..automation_settings import parse_duration
 from ..dataversions import DatasetVersions
 from ..registry.store import ModelRegistry
-from ..settings import parse_duration
 from .recipes import Fire, Recipes
 
 
