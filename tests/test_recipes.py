@@ -50,7 +50,7 @@ def served(tmp_path_factory):
     (base / "data").mkdir()
     source = pd.read_parquet(ensure_demo_data(base / "data")["breast_cancer"])
     write_version(claims, source)
-    users = {"alice": ["claims", "breast_cancer_rules"]}
+    users = {"alice": ["claims", "breast_cancer_rules", "breast_cancer"]}
     with running(base / "data", base / "server.log", users, extra_datasets, extra) as server:
         yield server, claims, source
 
@@ -147,6 +147,20 @@ def test_a_recipe_run_passes_the_same_disclosure_rules_as_a_run_by_hand(served):
     assert status.recipe == "tiny" and status.trigger == "run by hand"
     with pytest.raises(BadRequest, match="at least one trigger"):
         client.save_recipe("idle", tiny, xgb.XGBClassifier(n_estimators=2))
+
+
+def test_a_recipe_run_spends_the_same_privacy_budget_as_a_run_by_hand(served):
+    server, _, _ = served
+    client = server.client()
+    spec = {"dataset": "breast_cancer", "label": "malignant", "eval": {"fraction": 0.3, "seed": 9}}
+    by_hand = client.train(
+        xgb.XGBClassifier(n_estimators=3, max_depth=2, min_child_weight=3), spec
+    ).raw.privacy
+    model = xgb.XGBClassifier(n_estimators=4, max_depth=2, min_child_weight=3)
+    client.save_recipe("private_run", spec, model, every="1d")
+    run = client.run_recipe("private_run").result().raw.privacy
+    assert by_hand.rho > 0 and run.rho == pytest.approx(by_hand.rho) and not run.repeated
+    assert run.rho_spent == pytest.approx(by_hand.rho_spent + run.rho)
 
 
 def test_a_moved_alias_runs_an_evaluation_recipe(served):
