@@ -41,6 +41,24 @@ def server(pytestconfig: pytest.Config) -> ServerProcess:
     return _shared_server(pytestconfig)
 
 
+@pytest.fixture()
+def shell(server, monkeypatch):
+    """A real IPython shell with the extension loaded, pointed at the session's server as alice."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    import remote_magic
+
+    monkeypatch.setenv("REMOTE_MAGIC_URL", server.url)
+    monkeypatch.setenv("REMOTE_MAGIC_TOKEN", server.tokens["alice"])
+    monkeypatch.setenv("REMOTE_MAGIC_PROGRESS", "off")
+    ip = InteractiveShell.instance()
+    remote_magic.load_ipython_extension(ip)
+    yield ip
+    remote_magic.unload_ipython_extension(ip)
+    for name in [n for n in ip.user_ns if not n.startswith("_")]:
+        ip.user_ns.pop(name, None)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Example notebooks run against the session's server: point their kernel at it before it starts."""

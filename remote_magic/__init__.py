@@ -18,6 +18,9 @@ _LAZY = {
     "package_model": "payload",
     "Comparison": "compare",
     "compare": "compare",
+    "DryRun": "dryrun",
+    "dry_run": "dryrun",
+    "DryRunError": "errors",
     "RemoteError": "errors",
     "RemoteMagicError": "errors",
     "TrainResult": "result",
@@ -29,7 +32,8 @@ if TYPE_CHECKING:
 
     from .client import Client, Job
     from .compare import Comparison, compare
-    from .errors import RemoteError, RemoteMagicError
+    from .dryrun import DryRun, dry_run
+    from .errors import DryRunError, RemoteError, RemoteMagicError
     from .payload import package_model
     from .result import TrainResult
     from .wire import DatasetSpec
@@ -47,11 +51,14 @@ __all__ = [
     "Client",
     "Comparison",
     "DatasetSpec",
+    "DryRun",
+    "DryRunError",
     "Job",
     "RemoteError",
     "RemoteMagicError",
     "TrainResult",
     "compare",
+    "dry_run",
     "load_ipython_extension",
     "package_model",
     "unload_ipython_extension",

@@ -268,8 +268,10 @@ class Client(RegistryCalls):
         )
         return CostEstimate.model_validate(response.json())
 
-    def jobs(self, limit: int = 100) -> list[JobStatus]:
-        return JobList.model_validate(self._request("GET", "/jobs", params={"limit": limit}).json()).jobs
+    def jobs(self, limit: int = 100, state: str | None = None) -> list[JobStatus]:
+        """Your jobs, newest first; `state` keeps only jobs in that state."""
+        params: dict = {"limit": limit} if state is None else {"limit": limit, "state": state}
+        return JobList.model_validate(self._request("GET", "/jobs", params=params).json()).jobs
 
     def job(self, job_id: str) -> Job:
         return Job(self, self.status(job_id))
@@ -299,7 +301,7 @@ class Client(RegistryCalls):
             headers={"Content-Type": "application/json"},
             timeout=max(self.timeout, 300.0),
         )
-        return Description(DescribeResult.model_validate(response.json()))
+        return Description(DescribeResult.model_validate(response.json()), spec)
 
     def model_status(self, job_id: str) -> ModelReleaseStatus:
         """Whether a job's trained model may be downloaded, and why not if not."""

@@ -55,6 +55,8 @@ CODES: dict[str, Code] = {
     ),
     # the spec
     "unknown_dataset": Code(404, "spec", "%remote_datasets lists the datasets your token grants."),
+    "unknown_version": Code(404, "spec", "%remote_datasets NAME lists the dataset's versions."),
+    "dataset_unavailable": Code(503, "busy", "The data owner's first snapshot of it has not been taken yet."),
     "invalid_spec": Code(422, "spec", _SPEC_HINT),
     "unknown_column": Code(422, "spec", _SPEC_HINT),
     "invalid_filter": Code(

@@ -6,13 +6,15 @@ import html
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from . import plots
-from .formats import count_text
+from .formats import count_text, metric_text
 from .result import TrainResult
 
 MAIN_METRICS = ("auc", "accuracy", "r2", "rmse", "log_loss")
+PALETTE = colormaps["tab10"].colors
 
 
 class Comparison:
@@ -45,17 +47,23 @@ class Comparison:
         columns = self.table.columns
         return next((m for m in MAIN_METRICS if m in columns), None)
 
+    @property
+    def colours(self) -> dict[str, tuple[float, float, float]]:
+        """One colour per run, the same for its curve and its bar."""
+        return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(self.results)}
+
     def plot(self) -> Figure:
         fig = Figure(figsize=(8.6, plots.HEIGHT), layout="constrained")
         curves, bars = fig.subplots(1, 2, width_ratios=[3, 2])
         for ax in (curves, bars):
             plots._style(ax)
+        colours = self.colours
         metric = ""
         for name, r in self.results.items():
             history = r.history
             if not history.empty:
                 metric = str(history.columns.name)
-                curves.plot(history.index, history["eval"], label=name, linewidth=1.6)
+                curves.plot(history.index, history["eval"], label=name, linewidth=1.6, color=colours[name])
         if metric:
             curves.set_ylabel(f"eval {metric}", fontsize=9)
             curves.legend(frameon=False, fontsize=8)
@@ -65,9 +73,12 @@ class Comparison:
         if main is not None:
             values = self.table[main]
             drawn = bars.bar(
-                [str(i) for i in values.index], values.to_numpy(dtype=float), color=plots.EVAL_COLOUR
+                [str(i) for i in values.index],
+                values.to_numpy(dtype=float),
+                color=[colours[name] for name in values.index],
             )
-            bars.bar_label(drawn, labels=[f"{v:.4g}" for v in values], fontsize=8, padding=2)
+            labels = [metric_text(v, self.results[name].raw.policy) for name, v in values.items()]
+            bars.bar_label(drawn, labels=labels, fontsize=8, padding=2)
             bars.margins(y=0.15)
             bars.tick_params(axis="x", labelrotation=20)
             bars.set_title(f"{main} (eval)", fontsize=10, loc="left")
@@ -81,7 +92,10 @@ class Comparison:
         table.loc[self.table["kind"] == "evaluate", "train rows"] = "-"
         for column in self.table.columns:
             if pd.api.types.is_float_dtype(self.table[column]) and column not in ("train rows", "eval rows"):
-                table[column] = [f"{v:.4g}" if isinstance(v, float) else v for v in table[column]]
+                table[column] = [
+                    metric_text(v, self.results[name].raw.policy) if isinstance(v, float) else v
+                    for name, v in table[column].items()
+                ]
             elif column in ("rounds", "train rows", "eval rows"):
                 table[column] = [f"{int(v):,}" if isinstance(v, (int, float)) else v for v in table[column]]
         return table

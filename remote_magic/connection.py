@@ -37,7 +37,7 @@ def check_url(url: str, insecure: bool = False) -> str:
     """The URL without a trailing slash; refuses what would send the token in clear text."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConnectionProblem(f"{url!r} is not an http:// or https:// URL")
+        raise ConnectionProblem(f"the URL must start with http:// or https:// (got {url!r})")
     if parts.scheme == "http" and not insecure and not is_loopback(parts.hostname):
         raise ConnectionProblem(
             f"refusing plain http:// to {parts.hostname}: the token would cross the network unencrypted; "

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Sequence
 
-from .formats import count_text
-from .progress import describe
-from .wire import DatasetInfo, JobStatus
+from .formats import count_text, dataset_text, metric_text
+from .progress import describe, stage_of
+from .wire import DatasetInfo, JobStatus, SchemaChange
 
 STATE_COLOURS = {
     "queued": "#6c757d",
@@ -53,44 +54,109 @@ def datasets_table(datasets: Sequence[DatasetInfo]) -> Table:
     for d in datasets:
         label = ", ".join(c.name for c in d.columns if c.role == "label")
         features = sum(c.role == "feature" for c in d.columns)
-        rows.append([d.name, count_text(d.rows, d.policy), label, str(features), d.description])
-    return Table(["dataset", "rows", "label", "features", "description"], rows)
+        version = str(d.version) if d.version is not None else "none yet"
+        rows.append([d.name, version, count_text(d.rows, d.policy), label, str(features), d.description])
+    return Table(["dataset", "version", "rows", "label", "features", "description"], rows)
+
+
+# Arrow type names (from the Parquet footer) as a data scientist would say them; the first match wins.
+PLAIN_TYPES = (
+    (r"u?int\d*", "integer"),
+    (r"(half)?float\d*|double", "float"),
+    (r"decimal\d*\(.*\)", "decimal"),
+    (r"(large_)?(string|utf8)", "text"),
+    (r"bool", "boolean"),
+    (r"timestamp\[.*\]", "timestamp"),
+    (r"date\d+(\[.*\])?", "date"),
+    (r"time\d+\[.*\]", "time of day"),
+    (r"duration\[.*\]", "duration"),
+    (r"dictionary<.*>", "category"),
+    (r"(large_)?binary", "bytes"),
+    (r"(large_)?list<.*>", "list"),
+)
+
+
+def plain_type(dtype: str) -> str:
+    """`large_string` -> text, `timestamp[us, tz=UTC]` -> timestamp; an unknown name is shown as it is."""
+    return next((plain for pattern, plain in PLAIN_TYPES if re.fullmatch(pattern, dtype)), dtype)
 
 
 def columns_table(dataset: DatasetInfo) -> Table:
-    rows = [[c.name, c.dtype, c.role] for c in dataset.columns]
-    return Table(["column", "dtype", "role"], rows, title=f"{dataset.name}: {dataset.description}")
+    rows = [
+        [c.name, plain_type(c.dtype) + (" (inferred)" if c.inferred else ""), c.role] for c in dataset.columns
+    ]
+    title = f"{dataset_text(dataset.name, dataset.version)}: {dataset.description}"
+    return Table(["column", "type", "role"], rows, title=title)
+
+
+def _change_text(change: SchemaChange | None) -> str:
+    if change is None:
+        return ""
+    parts = [f"+{c}" for c in change.added] + [f"-{c}" for c in change.dropped]
+    return ", ".join(parts + [f"{r.name}: {r.before} -> {r.after}" for r in change.retyped])
+
+
+def versions_table(dataset: DatasetInfo) -> Table:
+    rows = [
+        [
+            dataset_text(dataset.name, v.number),
+            v.created[:19].replace("T", " "),
+            count_text(v.rows, dataset.policy),
+            v.schema_hash,
+            _change_text(v.schema_change),
+        ]
+        for v in dataset.versions
+    ]
+    title = f"{dataset.name}: versions (a spec pins one as {dataset.name}@N; default the latest)"
+    return Table(["version", "created (UTC)", "rows", "schema", "schema change"], rows, title=title)
 
 
 def _progress_text(job: JobStatus) -> str:
     p = job.progress
-    if job.state == "running" and p.total_rounds:
-        return f"{p.stage} {p.round}/{p.total_rounds}"
-    return p.stage if job.state in ("queued", "running") else ""
+    if job.state == "running" and p.stage == "training" and p.total_rounds:
+        return f"training {p.round}/{p.total_rounds}"
+    return stage_of(job) if job.state in ("queued", "running") else ""
+
+
+def _metric_text(job: JobStatus) -> str:
+    if job.error:
+        return job.error.code
+    m = job.main_metric
+    return f"{m.name} {metric_text(m.eval, None)}" if m is not None and m.eval is not None else ""
+
+
+JOB_COLUMNS = [
+    "job",
+    "model",
+    "rounds",
+    "dataset",
+    "kind",
+    "state",
+    "progress",
+    "submitted (UTC)",
+    "main metric",
+    "origin",
+]
 
 
 def jobs_table(jobs: Sequence[JobStatus]) -> Table:
-    rows = []
-    for j in jobs:
-        metric = (
-            f"{j.main_metric.name} {j.main_metric.eval:.4g}" if j.main_metric and j.main_metric.eval else ""
-        )
-        if j.error:
-            metric = j.error.code
-        rows.append(
-            [
-                j.id,
-                j.kind,
-                j.dataset,
-                j.state,
-                _progress_text(j),
-                j.submitted_at[:19].replace("T", " "),
-                metric,
-                _origin(j),
-            ]
-        )
-    header = ["job", "kind", "dataset", "state", "progress", "submitted (UTC)", "main metric", "origin"]
-    return Table(header, rows)
+    """One row per job, with what tells jobs apart: the model, its rounds, the dataset and the metric."""
+    rows = [
+        [
+            j.id,
+            j.model or "",
+            "" if j.rounds is None else str(j.rounds),
+            dataset_text(j.dataset, j.dataset_version),
+            j.kind,
+            j.state,
+            _progress_text(j),
+            j.submitted_at[:19].replace("T", " "),
+            _metric_text(j),
+            _origin(j),
+        ]
+        for j in jobs
+    ]
+    return Table(JOB_COLUMNS, rows)
 
 
 def _origin(job: JobStatus) -> str:

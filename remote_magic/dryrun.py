@@ -154,7 +154,9 @@ def dry_run(
         family = family_for(model)
         plan = family.canonical(model)
         if dataset.bounds is not None:
-            family.check_bounds(plan, dataset.bounds)
+            # The leaf rule is about trees trained there; an evaluation trains none.
+            leaf_rule = dataset.bounds.min_leaf_rows if kind == "train" else None
+            family.check_bounds(plan, dataset.bounds.model_copy(update={"min_leaf_rows": leaf_rule}))
         if kind == "evaluate" and plan.base is None:
             raise Refusal("unsupported_model", "evaluation needs a fitted model; fit it first")
         if kind == "evaluate" and plan.preprocess is not None:

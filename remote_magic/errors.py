@@ -39,6 +39,15 @@ class DryRunError(RemoteMagicError):
         ]
 
 
+class JobInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or the kernel's stop button) while waiting: the remote job was cancelled. Still a
+    KeyboardInterrupt, so callers that stop on one still stop, but shown as one line instead of a
+    traceback through requests and sockets."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"Interrupted: {self}"]
+
+
 class RemoteError(RemoteMagicError):
     """The server refused a request or a remote job failed. Carries the server's fixed code."""
 

@@ -13,27 +13,33 @@ import getpass
 import os
 import shlex
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
-from IPython.core.error import UsageError
+from IPython.core.error import StdinNotImplementedError, UsageError
 from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from pydantic import ValidationError
 from traitlets import Bool, Float, Unicode, default
 from traitlets.config import Configurable
 
+from .cellmodel import bound_models, pick_model
 from .client import Client, Job
 from .connection import hub_token
-from .display import Table, columns_table, datasets_table, jobs_table
+from .display import Table, columns_table, datasets_table, jobs_table, versions_table
+from .errors import JobInterrupted
 from .lineage import LineageView, models_table, recipes_table
 from .progress import ProgressBar, progress_enabled
 from .registry_client import register_request
 from .spec import spec_from_args
-from .wire import ReleaseOptions, first_error
+from .usage import usage_errors
+from .wire import JobState, ReleaseOptions, Whoami, first_error
 
 if TYPE_CHECKING:
     from .description import Description
     from .result import TrainResult
+
+CANCEL_WAIT_S = 3.0
+JOB_STATES = list(get_args(JobState))
 
 
 def _parse(magic, line: str):
@@ -64,7 +70,11 @@ def _spec_arguments(func):
                 "--eval-where", help="evaluate on admitted rows matching this filter, train on the rest"
             ),
             argument("--seed", type=int, help="seed of the hashed train/eval split (default 0)"),
-            argument("--model", "-m", default="model", help="variable holding the model (default: model)"),
+            argument(
+                "--model",
+                "-m",
+                help="variable holding the model (default: the one model the cell itself binds)",
+            ),
             argument("--spec", default="spec", help="variable holding a spec dict, used for missing flags"),
             argument(
                 "-o", "--output", help="store the result (or, with --no-wait, the job) in this variable"
@@ -153,8 +163,8 @@ class RemoteMagic(Magics, Configurable):
         if sys.stdin is not None and hasattr(sys.stdin, "isatty") and not os.environ.get("CI"):
             try:
                 return getpass.getpass(f"Token for the remote-magic server (or set {env}): ")
-            except (EOFError, OSError):
-                pass
+            except (EOFError, OSError, StdinNotImplementedError):
+                pass  # no prompt possible here (papermill, nbclient, a pipe)
         raise UsageError(f"no token: set the environment variable {env} before connecting")
 
     @property
@@ -163,13 +173,20 @@ class RemoteMagic(Magics, Configurable):
             self._connect(self.url, self.token_env, "default")
         return self.connections[self.current]  # type: ignore[index]
 
-    def _connect(self, url: str, token_env: str, name: str, **tls: object) -> Client:
+    def _connect(self, url: str, token_env: str, name: str, **tls: object) -> Whoami:
+        """Open a connection; it becomes current only once the server answered whoami, so a bad token or
+        URL leaves the working connection in place."""
         if not url:
             raise UsageError("no server URL: %remote_connect URL, or set REMOTE_MAGIC_URL")
         client = Client(url, self._token(token_env), timeout=30.0, **tls)  # type: ignore[arg-type]
+        try:
+            who = client.whoami()
+        except BaseException:
+            client.close()
+            raise
         self.connections[name] = client
         self.current = name
-        return client
+        return who
 
     @magic_arguments()
     @argument("url", nargs="?", help="server URL (default: the `url` trait or $REMOTE_MAGIC_URL)")
@@ -179,6 +196,7 @@ class RemoteMagic(Magics, Configurable):
     @argument("--client-cert", help="PEM file with a client certificate and key, if the server asks for one")
     @argument("--insecure", action="store_true", help="allow plain http:// to a host that is not loopback")
     @line_magic
+    @usage_errors
     def remote_connect(self, line: str) -> None:
         """Connect to a remote-magic server, or switch between named connections.
 
@@ -187,9 +205,10 @@ class RemoteMagic(Magics, Configurable):
         args = _parse(self.remote_connect, line)
         name = args.name or "default"
         if args.url is None and args.name in self.connections:
+            who = self.connections[args.name].whoami()
             self.current = args.name
         else:
-            self._connect(
+            who = self._connect(
                 args.url or self.url,
                 args.token_env or self.token_env,
                 name,
@@ -197,32 +216,60 @@ class RemoteMagic(Magics, Configurable):
                 client_cert=args.client_cert,
                 insecure=args.insecure,
             )
-        who = self.client.whoami()
         print(
             f"Connected to {self.client.url} as {who.user} ({len(who.datasets)} dataset(s)) [{self.current}]"
         )
 
+    @magic_arguments()
+    @argument("name", nargs="?", help="a dataset: show its columns (NAME@N: those of version N)")
+    @argument("--versions", action="store_true", help="show the dataset's versions instead of its columns")
     @line_magic
+    @usage_errors
     def remote_datasets(self, line: str) -> Table:
-        """List the datasets this token may use; `%remote_datasets NAME` shows one dataset's columns."""
-        name = line.strip()
-        if name:
-            return columns_table(self.client.dataset(name))
-        return datasets_table(self.client.datasets())
+        """List the datasets this token may use, one dataset's columns and roles, or its versions."""
+        args = _parse(self.remote_datasets, line)
+        if args.name is None:
+            if args.versions:
+                raise UsageError("--versions needs a dataset name")
+            return datasets_table(self.client.datasets())
+        dataset = self.client.dataset(args.name)
+        return versions_table(dataset) if args.versions else columns_table(dataset)
 
     # jobs
     def _spec(self, args) -> dict:
         return spec_from_args(args, self.shell.user_ns.get(args.spec))
 
+    def _run_cell(self, cell: str) -> dict[str, object]:
+        """Run the cell; return the models it bound (compared with the namespace before it)."""
+        before = dict(self.shell.user_ns)
+        self.shell.ex(cell)
+        return bound_models(before, self.shell.user_ns, self.shell.transform_cell(cell))
+
+    def _model(self, args, bound: dict[str, object]) -> object:
+        """The variable --model names (bound in the cell or not), else the one model the cell bound."""
+        if args.model is None:
+            return pick_model(bound)
+        if args.model not in self.shell.user_ns:
+            raise UsageError(f"there is no variable {args.model!r}; name the model with --model VAR")
+        return self.shell.user_ns[args.model]
+
+    def _model_or_base(self, args, bound: dict[str, object], base: str | None) -> object:
+        """The model to send; with a registered version (`base`), the cell's model brings only parameters
+        and may be absent, and with --model-ref none is sent."""
+        if getattr(args, "model_ref", None):
+            return None
+        if base is not None and args.model is None and not bound:
+            return None
+        return self._model(args, bound)
+
     def _run(self, kind: str, line: str, cell: str, magic) -> object:
         args = _parse(magic, line)
-        self.shell.ex(cell)
+        bound = self._run_cell(cell)
         spec = self._spec(args)
         base = getattr(args, "base_model", None) or getattr(args, "model_ref", None)
-        if base is None and args.model not in self.shell.user_ns:
-            raise UsageError(f"the cell defines no variable {args.model!r}; name the model with --model VAR")
         if args.dry_run and base is not None:
             raise UsageError("--dry-run checks a model from the cell; it cannot use a registered version")
+        model = self._model_or_base(args, bound, base)
         try:
             release = ReleaseOptions(confusion=args.confusion, curve=args.curve, importance=args.importance)
         except ValidationError as exc:
@@ -231,13 +278,11 @@ class RemoteMagic(Magics, Configurable):
             from .dryrun import dry_run
 
             client = self.client
-            model = self.shell.user_ns[args.model]
             report = dry_run(model, spec, client.dataset(spec.dataset), client.mock(spec.dataset), kind)
             report.cost = client.cost(model, spec, kind, release)
             if args.output:
                 self.shell.user_ns[args.output] = report
             return report
-        model = None if getattr(args, "model_ref", None) else self.shell.user_ns.get(args.model)
         register = getattr(args, "register", None)
         if register is None and (getattr(args, "alias", None) or getattr(args, "if_better", None)):
             raise UsageError("--alias and --if-better go with --register NAME")
@@ -263,8 +308,7 @@ class RemoteMagic(Magics, Configurable):
         try:
             return job.result(timeout=self.timeout or None, on_progress=bar)
         except KeyboardInterrupt:
-            print(f"Interrupted: remote job {job.id} was cancelled.", file=sys.stderr)
-            raise
+            raise JobInterrupted(f"remote job {job.id} was cancelled.") from None
         finally:
             if bar is not None:
                 bar.close()
@@ -276,13 +320,15 @@ class RemoteMagic(Magics, Configurable):
         "--base-model", help="continue a registered version on the server, e.g. churn@3 or churn@latest"
     )
     @cell_magic
+    @usage_errors
     def remote_train(self, line: str, cell: str) -> object:
         """Run the cell, then train its model remotely on the spec's admitted rows.
 
-        The cell runs locally first; the variable named by --model (default `model`) is sent: an
-        XGBClassifier or XGBRegressor (fitted or not, a fitted one continues training), a Booster, or
-        {'params': {...}, 'num_boost_round': N, 'booster': Booster | None}. Only aggregate results
-        come back.
+        The cell runs locally first; the model the cell itself binds is sent (or the variable named by
+        --model): an XGBClassifier or XGBRegressor (fitted or not, a fitted one continues training), a
+        Booster, a Pipeline ending in one, or {'params': {...}, 'num_boost_round': N, 'booster':
+        Booster | None}. A cell that binds no model, or several, says so. Only aggregate results come
+        back.
         """
         return self._run("train", line, cell, self.remote_train)
 
@@ -290,17 +336,26 @@ class RemoteMagic(Magics, Configurable):
     @_spec_arguments
     @argument("--model-ref", help="score this registered version instead of the cell's model, e.g. churn@3")
     @cell_magic
+    @usage_errors
     def remote_evaluate(self, line: str, cell: str) -> object:
         """Run the cell, then score its fitted model (or `--model-ref` a registered version) on the spec's
         evaluation rows (no training)."""
         return self._run("evaluate", line, cell, self.remote_evaluate)
 
+    @magic_arguments()
+    @argument("--limit", "-n", type=int, default=20, help="show at most this many jobs (default 20)")
+    @argument("--state", "-s", choices=JOB_STATES, help="only jobs in this state")
     @line_magic
+    @usage_errors
     def remote_jobs(self, line: str) -> Table:
-        """Your jobs on the current server, newest first."""
-        return jobs_table(self.client.jobs())
+        """Your jobs on the current server, newest first: model, rounds, dataset, state, progress."""
+        args = _parse(self.remote_jobs, line)
+        if args.limit < 1:
+            raise UsageError("--limit must be at least 1")
+        return jobs_table(self.client.jobs(limit=args.limit, state=args.state))
 
     @line_magic
+    @usage_errors
     def remote_job(self, line: str) -> TrainResult | Job:
         """`%remote_job ID`: the full result of a finished job, or its progress while it runs."""
         job_id = line.strip() or (self.last_job.id if self.last_job else "")
@@ -310,13 +365,19 @@ class RemoteMagic(Magics, Configurable):
         return job.result() if job.done else job
 
     @line_magic
+    @usage_errors
     def remote_cancel(self, line: str) -> None:
-        """`%remote_cancel ID`: cancel a queued or running job."""
+        """`%remote_cancel ID`: cancel a queued or running job, and say its final state (or that it is
+        still cancelling after a few seconds)."""
         job_id = line.strip()
         if not job_id:
             raise UsageError("usage: %remote_cancel JOB_ID")
-        status = self.client.job(job_id).cancel()
-        print(f"Job {job_id}: {status.state}")
+        job = self.client.job(job_id)
+        job.cancel()
+        try:
+            print(f"Job {job_id}: {job.wait(timeout=CANCEL_WAIT_S).state}")
+        except TimeoutError:
+            print(f"Job {job_id}: cancelling; %remote_job {job_id} shows when it has stopped")
 
     @magic_arguments()
     @argument("--dataset", "-d", help="dataset name on the server")
@@ -326,6 +387,7 @@ class RemoteMagic(Magics, Configurable):
     @argument("--spec", default="spec", help="variable holding a spec dict, used for missing flags")
     @argument("-o", "--output", help="store the description in this variable")
     @line_magic
+    @usage_errors
     def remote_describe(self, line: str) -> Description:
         """Disclosure-checked aggregates of a spec's admitted rows, before any training.
 
@@ -379,14 +441,11 @@ class RemoteMagic(Magics, Configurable):
         if cell is not None:
             if args.action != "save" or not args.name:
                 raise UsageError("with a cell: %%remote_recipe save NAME [triggers] [spec flags]")
-            self.shell.ex(cell)
-            model = (
-                self.shell.user_ns.get(args.model) if args.kind == "train" or not args.base_model else None
-            )
-            if model is None and not args.base_model:
-                raise UsageError(
-                    f"the cell defines no variable {args.model!r}; name the model with --model VAR"
-                )
+            bound = self._run_cell(cell)
+            if args.kind == "evaluate" and args.base_model:
+                model = None  # an evaluation recipe scores the registered version itself
+            else:
+                model = self._model_or_base(args, bound, args.base_model)
             try:
                 request = register_request(args.register, args.alias, args.if_better)
             except ValueError as exc:

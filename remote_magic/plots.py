@@ -1,21 +1,29 @@
 """matplotlib figures of released numbers. Built on the object-oriented API (no pyplot state), so
 drawing never changes the user's current figure, and `result.plot()` hands the figures over for
-restyling. The functions take plain frames and series, not result objects."""
+restyling (a `Figures` mapping that a notebook displays side by side). The functions take plain frames
+and series, not result objects."""
 
 from __future__ import annotations
 
 import base64
+import html
 import io
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from .formats import compact
 
 TRAIN_COLOUR = "#4c72b0"
 EVAL_COLOUR = "#dd8452"
 HIGHER_IS_BETTER = ("auc", "aucpr", "map", "ndcg", "accuracy", "r2", "f1")
 HEIGHT = 3.0
+WIDTH = 4.2
+DPI = 90
 
 
 def _style(ax) -> None:
@@ -25,16 +33,60 @@ def _style(ax) -> None:
     ax.tick_params(labelsize=8)
 
 
-def close(fig: Figure) -> None:
-    fig.clear()
-
-
-def to_png(fig: Figure, dpi: int = 90) -> str:
-    """The figure as a base64 PNG (for inline HTML), freed afterwards."""
+def to_png(fig: Figure, dpi: int = DPI) -> str:
+    """The figure as a base64 PNG, for inline HTML."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
-    close(fig)
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def figure_row(figures: Mapping[str, Figure]) -> str:
+    """The figures side by side in one row, each at most its natural width and shrunk together on a
+    narrow page, so a confusion matrix sits beside the curves instead of on a row of its own."""
+    widths = " ".join(f"minmax(0, {round(fig.get_figwidth() * DPI)}px)" for fig in figures.values())
+    images = "".join(
+        f"<img class='remote-magic-plot' alt='{html.escape(name)}' style='{_IMG}' "
+        f"src='data:image/png;base64,{to_png(fig)}'/>"
+        for name, fig in figures.items()
+    )
+    return (
+        f"<div class='remote-magic-plots' style='display:grid;grid-template-columns:{widths};gap:12px;"
+        f"align-items:start;margin-top:10px;max-width:1400px'>{images}</div>"
+    )
+
+
+_IMG = "width:100%;height:auto;border:1px solid #eee;border-radius:4px;background:white"
+
+
+class Figures(Mapping[str, Figure]):
+    """A result's figures by name (`figures["learning curve"]` is a matplotlib Figure, to restyle or
+    save); displayed in a notebook, it shows them side by side."""
+
+    def __init__(self, figures: Mapping[str, Figure]):
+        self._figures = dict(figures)
+
+    def __getitem__(self, name: str) -> Figure:
+        return self._figures[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._figures)
+
+    def __len__(self) -> int:
+        return len(self._figures)
+
+    def __repr__(self) -> str:
+        return f"Figures({', '.join(self._figures)}): index by name for each matplotlib Figure"
+
+    def _repr_html_(self) -> str:
+        return figure_row(self._figures)
+
+
+def best_round(history: pd.DataFrame) -> tuple[int, float]:
+    """The boosting round with the best eval metric, and that value (the history must not be empty)."""
+    evals = history["eval"]
+    higher = str(history.columns.name).split("@")[0] in HIGHER_IS_BETTER
+    best = int(evals.idxmax() if higher else evals.idxmin())
+    return best, float(evals[best])
 
 
 def learning_curve(history: pd.DataFrame) -> Figure | None:
@@ -42,13 +94,13 @@ def learning_curve(history: pd.DataFrame) -> Figure | None:
     if history.empty:
         return None
     metric = str(history.columns.name)
-    fig = Figure(figsize=(4.2, HEIGHT), layout="constrained")
+    fig = Figure(figsize=(WIDTH, HEIGHT), layout="constrained")
     ax = fig.subplots()
     _style(ax)
     if "train" in history:
         ax.plot(history.index, history["train"], label="train", color=TRAIN_COLOUR, linewidth=1.8)
     ax.plot(history.index, history["eval"], label="eval", color=EVAL_COLOUR, linewidth=1.8, marker=".")
-    if "eval_low" in history:
+    if "eval_low" in history:  # mode dp: the eval metric at checkpoints, with its 95% interval
         ax.fill_between(
             history.index,
             history["eval_low"],
@@ -57,12 +109,11 @@ def learning_curve(history: pd.DataFrame) -> Figure | None:
             alpha=0.2,
             label="95% interval",
         )
-    evals = history["eval"]
-    best = evals.idxmax() if metric.split("@")[0] in HIGHER_IS_BETTER else evals.idxmin()
+    best, value = best_round(history)
     ax.axvline(best, color="#999999", linestyle=":", linewidth=1)
     ax.annotate(
-        f"best eval {evals[best]:.4g}\nround {best}",
-        xy=(best, evals[best]),
+        f"best eval {value:.4g}\nround {best}",
+        xy=(best, value),
         xytext=(0.97, 0.95),
         textcoords="axes fraction",
         ha="right",
@@ -82,13 +133,14 @@ def importance(importances: pd.Series, top: int = 12) -> Figure | None:
     gain = importances.head(top)
     if gain.empty:
         return None
-    fig = Figure(figsize=(4.2, max(HEIGHT, 0.24 * len(gain) + 0.9)), layout="constrained")
+    fig = Figure(figsize=(WIDTH, max(HEIGHT, 0.24 * len(gain) + 0.9)), layout="constrained")
     ax = fig.subplots()
     _style(ax)
     ax.grid(False, axis="y")
     names, values = list(gain.index)[::-1], list(gain.values)[::-1]
     bars = ax.barh(names, values, color=TRAIN_COLOUR, height=0.65)
-    ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], padding=2, fontsize=7, color="#555555")
+    ax.bar_label(bars, labels=[compact(v) for v in values], padding=2, fontsize=7, color="#555555")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: compact(v)))
     ax.margins(x=0.15)
     ax.set_xlabel("total gain", fontsize=9)
     ax.set_title("Feature importance", fontsize=10, loc="left")
@@ -101,7 +153,7 @@ def confusion(cm: pd.DataFrame | None, suppressed_as: str) -> Figure | None:
         return None
     values = np.ma.masked_invalid(cm.astype(float).to_numpy())
     n = values.shape[0]
-    size = min(4.2, max(HEIGHT, 0.55 * n + 1.4))
+    size = min(WIDTH, max(HEIGHT, 0.55 * n + 1.4))
     fig = Figure(figsize=(size, size * 0.9), layout="constrained")
     ax = fig.subplots()
     cmap = colormaps["Blues"].with_extremes(bad="#dddddd")

@@ -11,13 +11,21 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from .formats import count_text, metric_text, privacy_text, rules_text
+from .formats import count_text, dataset_text, metric_text, privacy_text, rules_text
 from .wire import JobResult, SplitSummary
 
 if TYPE_CHECKING:
     import xgboost
 
+    from .plots import Figures
+
 TASK_NAMES = {"binary": "binary classifier", "multiclass": "multiclass classifier", "regression": "regressor"}
+# The eval curve has "clearly passed its best round" when at least this share of the rounds (and at least
+# MIN_ROUNDS_PAST rounds) came after the best one, and the last value is worse than the best by at least
+# this share of the curve's range.
+SHARE_OF_ROUNDS_PAST = 0.2
+MIN_ROUNDS_PAST = 5
+SHARE_OF_RANGE_LOST = 0.05
 
 
 class TrainResult:
@@ -29,6 +37,9 @@ class TrainResult:
 
     def _count(self, n: int | None) -> str:
         return count_text(n, self.raw.policy)
+
+    def _metric(self, value: float) -> str:
+        return metric_text(value, self.raw.policy)
 
     @property
     def job_id(self) -> str:
@@ -137,6 +148,36 @@ class TrainResult:
             if part is not None:
                 yield split, part
 
+    def best_round(self) -> tuple[int, float]:
+        """The boosting round with the best eval metric, and that value (the history must not be empty)."""
+        from .plots import best_round
+
+        return best_round(self.history)
+
+    def past_best_note(self) -> str | None:
+        """A sentence when the eval curve has clearly passed its best round (more rounds made it worse)."""
+        evals = self.history["eval"]
+        if self.raw.kind != "train" or len(evals) < 2 * MIN_ROUNDS_PAST:
+            return None
+        best, value = self.best_round()
+        last, final = int(evals.index[-1]), float(evals.iloc[-1])
+        past = last - best >= max(MIN_ROUNDS_PAST, SHARE_OF_ROUNDS_PAST * len(evals))
+        lost = abs(final - value) >= SHARE_OF_RANGE_LOST * float(evals.max() - evals.min())
+        if not (past and lost and final != value):
+            return None
+        return (
+            f"The eval {self.history.columns.name} was best at round {best} ({self._metric(value)}) and is "
+            f"{self._metric(final)} at round {last}: fewer rounds, or early stopping, would do better."
+        )
+
+    def _rounds_text(self) -> str:
+        r = self.raw.rounds
+        if self.raw.kind == "evaluate":
+            return f"{r.total} rounds, scored without training"
+        if r.base == 0:
+            return f"{r.new} rounds"
+        return f"{r.base} base + {r.new} new = {r.total} rounds"
+
     # text face
     def _summary_lines(self) -> list[str]:
         lines = []
@@ -148,9 +189,10 @@ class TrainResult:
     def __repr__(self) -> str:
         r = self.raw
         what = "evaluation" if r.kind == "evaluate" else "training"
-        lines = [f"TrainResult: {what} of a {TASK_NAMES[r.task]} on {r.dataset}"]
+        on = dataset_text(r.dataset, r.dataset_version)
+        lines = [f"TrainResult: {what} of a {TASK_NAMES[r.task]} on {on}"]
         if r.kind == "train":
-            lines.append(f"rounds: {r.rounds.base} base + {r.rounds.new} new = {r.rounds.total}")
+            lines.append(f"rounds: {self._rounds_text().removesuffix(' rounds')}")
         policy = r.policy
         lines.append(
             f"rows (rounded to {policy.round_to}; counts under {policy.min_count} suppressed):"
@@ -165,6 +207,9 @@ class TrainResult:
             lines.append("top features by gain: " + ", ".join(top.index))
         if r.importance_ranking:
             lines.append("top features by permutation importance: " + ", ".join(r.importance_ranking))
+        note = self.past_best_note()
+        if note:
+            lines.append(f"note: {note}")
         lines += [f"note: {note}" for note in r.notes]
         if r.privacy is not None:
             lines.append(privacy_text(r.privacy))
@@ -176,12 +221,13 @@ class TrainResult:
             return "not available"
         band = self.raw.intervals.get(name)
         if band is None:
-            return metric_text(value)
-        return f"{metric_text(value)}  [{metric_text(band[0])}, {metric_text(band[1])}]"
+            return self._metric(value)
+        return f"{self._metric(value)}  [{self._metric(band[0])}, {self._metric(band[1])}]"
 
     # notebook face
-    def plot(self) -> dict:
-        """matplotlib figures: learning curve, feature importance, confusion matrix (when present)."""
+    def plot(self) -> Figures:
+        """The matplotlib figures (learning curve, feature importance, confusion matrix when present), by
+        name; displayed in a notebook, they show side by side."""
         from . import plots
 
         made = {
@@ -189,31 +235,23 @@ class TrainResult:
             "feature importance": plots.importance(self.feature_importance),
             "confusion matrix": plots.confusion(self.confusion_matrix, count_text(None, self.raw.policy)),
         }
-        return {name: fig for name, fig in made.items() if fig is not None}
+        return plots.Figures({name: fig for name, fig in made.items() if fig is not None})
 
     def _repr_html_(self) -> str:
         from . import plots
 
         r = self.raw
         what = "Evaluation" if r.kind == "evaluate" else "Training"
-        rounds = (
-            f"{r.rounds.base} base + {r.rounds.new} new = {r.rounds.total} rounds"
-            if r.kind == "train"
-            else f"{r.rounds.total} rounds, scored without training"
-        )
-        images = "".join(
-            f"<img class='remote-magic-plot' alt='{html.escape(title)}' style='{_IMG}' "
-            f"src='data:image/png;base64,{plots.to_png(fig)}'/>"
-            for title, fig in self.plot().items()
-        )
+        note = self.past_best_note()
+        note_html = f"<div style='{_NOTE}'>{html.escape(note)}</div>" if note else ""
         return (
             f"<div class='remote-magic-result' style='{_BOX}'>"
             f"<div style='font-size:1.15em;font-weight:600'>{what}: {TASK_NAMES[r.task]} on "
-            f"<code>{html.escape(r.dataset)}</code></div>"
-            f"<div style='color:#666;margin-bottom:8px'>{rounds}</div>"
+            f"<code>{html.escape(dataset_text(r.dataset, r.dataset_version))}</code></div>"
+            f"<div style='color:#666;margin-bottom:8px'>{self._rounds_text()}</div>"
             f"<div style='display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start'>"
-            f"{self._rows_html()}{self._metrics_html()}</div>"
-            f"<div style='display:flex;flex-wrap:wrap;gap:12px;margin-top:10px'>{images}</div>"
+            f"{self._rows_html()}{self._metrics_html()}</div>{note_html}"
+            f"{plots.figure_row(self.plot())}"
             f"<div style='color:#666;font-size:0.85em;margin-top:6px'>{html.escape(rules_text(r.policy))}"
             f", on the evaluation rows.{self._notes_html()}</div></div>"
         )
@@ -244,10 +282,11 @@ class TrainResult:
         )
 
     def _metrics_html(self) -> str:
+        """One row per released metric: its name and its value as released."""
         rows = "".join(
-            f"<tr><th style='{_CELL}'>{html.escape(k)}</th><td style='{_NUM}'>"
-            f"{html.escape(self._metric_text(k))}</td></tr>"
-            for k in self.raw.metrics
+            f"<tr><th style='{_CELL}'>{html.escape(name)}</th>"
+            f"<td style='{_NUM}'>{html.escape(self._metric_text(name))}</td></tr>"
+            for name in self.raw.metrics
         )
         return (
             f"<table class='remote-magic-metrics' style='{_TABLE}'><caption style='{_CAPTION}'>Metrics "
@@ -260,4 +299,4 @@ _TABLE = "border-collapse:collapse;font-size:0.9em"
 _CAPTION = "text-align:left;font-weight:600;padding-bottom:4px"
 _CELL = "text-align:left;padding:2px 10px;border-bottom:1px solid #eee"
 _NUM = "text-align:right;padding:2px 10px;border-bottom:1px solid #eee;font-variant-numeric:tabular-nums"
-_IMG = "border:1px solid #eee;border-radius:4px"
+_NOTE = "margin-top:8px;padding:4px 8px;border-left:3px solid #dd8452;background:rgba(221,132,82,0.08)"

@@ -23,6 +23,13 @@ Task = Literal["binary", "multiclass", "regression"]
 FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 IDENT = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+DATASET_REF = r"^[A-Za-z_][A-Za-z0-9_]{0,63}(@[1-9][0-9]{0,8})?$"
+
+
+def dataset_ref(text: str) -> tuple[str, int | None]:
+    """`"claims@3"` -> ("claims", 3); `"claims"` -> ("claims", None), the latest version."""
+    name, _, version = text.partition("@")
+    return name, int(version) if version else None
 
 
 class _Strict(BaseModel):
@@ -45,7 +52,9 @@ class EvalWhere(_Strict):
 class DatasetSpec(_Strict):
     """Which rows are admitted to training and evaluation, the label and the features."""
 
-    dataset: str = Field(pattern=IDENT)
+    dataset: str = Field(
+        pattern=DATASET_REF, description="A dataset name; `name@N` pins version N (default: the latest)."
+    )
     label: str = Field(min_length=1, max_length=128)
     features: list[str] | None = Field(default=None, max_length=1000)
     where: str | None = Field(default=None, max_length=2000)
@@ -78,6 +87,9 @@ class ColumnInfo(_Strict):
     name: str
     dtype: str
     role: Literal["feature", "label", "id", "excluded"]
+    inferred: bool = Field(
+        default=False, description="The type was inferred when the snapshot was taken, not declared."
+    )
 
 
 class PolicyInEffect(_Strict):
@@ -109,6 +121,32 @@ class ModelBounds(_Strict):
     )
 
 
+class RetypedColumn(_Strict):
+    name: str
+    before: str
+    after: str
+
+
+class SchemaChange(_Strict):
+    """How a version's columns differ from the version before it."""
+
+    added: list[str] = Field(default_factory=list)
+    dropped: list[str] = Field(default_factory=list)
+    retyped: list[RetypedColumn] = Field(default_factory=list)
+
+
+class VersionInfo(_Strict):
+    """One immutable snapshot of a dataset: never a value, only its number, time, size and schema."""
+
+    number: int
+    created: str
+    rows: int | None = Field(description="Row count rounded by the disclosure policy; null if suppressed.")
+    schema_hash: str = Field(description="Equal for two versions exactly when their columns and types are.")
+    schema_change: SchemaChange | None = Field(
+        default=None, description="Columns added, dropped or retyped since the version before; null if none."
+    )
+
+
 class DatasetInfo(_Strict):
     name: str
     description: str = ""
@@ -116,6 +154,12 @@ class DatasetInfo(_Strict):
     columns: list[ColumnInfo]
     policy: PolicyInEffect | None = None
     bounds: ModelBounds | None = None
+    version: int | None = Field(
+        default=None, description="The version these columns and rows are of (the latest unless pinned)."
+    )
+    versions: list[VersionInfo] = Field(
+        default_factory=list, description="Every version still served, oldest first."
+    )
 
 
 class Whoami(_Strict):
@@ -164,6 +208,7 @@ class Registration(_Strict):
 class JobStatus(_Strict):
     id: str
     dataset: str
+    dataset_version: int | None = Field(default=None, description="The dataset version the job runs on.")
     kind: JobKind
     state: JobState
     progress: Progress
@@ -172,14 +217,16 @@ class JobStatus(_Strict):
     finished_at: str | None = None
     error: ErrorDetail | None = None
     main_metric: MetricPoint | None = None
+    model: str | None = Field(default=None, description="The submitted model's class, e.g. XGBClassifier.")
+    rounds: int | None = Field(default=None, description="Boosting rounds, once the worker knows them.")
     isolation: dict[str, str] | None = Field(default=None, description="The confinement the worker had.")
     version: int = Field(description="Increases on every change; pass it as `since` to long-poll.")
     base_model: str | None = Field(default=None, description="The registered version it continued.")
     recipe: str | None = Field(default=None, description="The recipe that started it, if any.")
     trigger: str | None = Field(default=None, description="What made the recipe run.")
     registration: Registration | None = None
-    model: Literal["kept", "registered", "pruned"] | None = Field(
-        default=None, description="Whether a trained model is still on the server."
+    model_file: Literal["kept", "registered", "pruned"] | None = Field(
+        default=None, description="Whether the trained model is still on the server."
     )
 
 
@@ -256,6 +303,7 @@ class Rounds(_Strict):
 class JobResult(_Strict):
     job_id: str
     dataset: str
+    dataset_version: int | None = Field(default=None, description="The dataset version it was computed on.")
     kind: JobKind
     task: Task
     metrics: dict[str, float | None] = Field(description="Released metrics; null: not available (see notes).")
@@ -308,6 +356,7 @@ class DescribeResult(_Strict):
     """Disclosure-checked aggregates of a spec's admitted rows, before any training."""
 
     dataset: str
+    dataset_version: int | None = Field(default=None, description="The dataset version it was computed on.")
     label: str
     rows: int | None
     classes: list[ClassCount] | None = None

@@ -15,7 +15,14 @@ from pathlib import Path
 import requests
 
 from remote_magic import Client
-from remote_magic_server.demo import DEMO_DATASETS, LABEL_RANGES, ensure_demo_data, free_port
+from remote_magic_server.demo import (
+    DEMO_DATASETS,
+    DEMO_PRIVACY,
+    LABEL_RANGES,
+    demo_mock_path,
+    ensure_demo_data,
+    free_port,
+)
 from remote_magic_server.jobs.store import Store
 from remote_magic_server.settings import load_settings
 
@@ -27,14 +34,15 @@ TEST_RHO_CAP = 50.0
 def write_config(data_dir: Path, extra_datasets: str = "", extra: str = "", policy: str = "") -> Path:
     """A TOML config serving the demo tables (plus any extra dataset tables) from data_dir.
 
-    The demo tables are served in mode dp (the default), as a data owner would, and once more as
-    `<name>_rules` in mode rules, for tests that compare exact numbers. The test suite runs hundreds of
-    jobs as one analyst, so its budget is larger than the default."""
+    The demo tables are served in the demo's own modes (the synthetic one in mode dp, the small ones in
+    mode rules), and once more as `<name>_rules` in mode rules, for tests that compare exact numbers.
+    The test suite runs hundreds of jobs as one analyst, so its budget is larger than the default."""
     paths = ensure_demo_data(data_dir)
     lines = ["[server]", f'data_dir = "{data_dir}"', "workers = 1", "", extra, ""]
     lines += ["[policy]", f"dp_rho_cap = {TEST_RHO_CAP}", policy, ""]
     for name, (_, label, desc) in DEMO_DATASETS.items():
-        for suffix, mode in (("", "dp"), ("_rules", "rules")):
+        mock = demo_mock_path(paths[name])
+        for suffix, mode in (("", DEMO_PRIVACY[name]), ("_rules", "rules")):
             lines += [
                 f"[datasets.{name}{suffix}]",
                 f'path = "{paths[name]}"',
@@ -43,6 +51,7 @@ def write_config(data_dir: Path, extra_datasets: str = "", extra: str = "", poli
                 f'label_columns = ["{label}"]',
                 f'privacy = "{mode}"',
                 *(f"label_ranges.{k} = [{lo}, {hi}]" for k, (lo, hi) in LABEL_RANGES.get(name, {}).items()),
+                *([f'mock_path = "{mock}"'] if mock else []),
                 "",
             ]
     config = data_dir / "server.toml"

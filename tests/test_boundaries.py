@@ -5,6 +5,8 @@
 - the magics never talk HTTP (the client does);
 - privacy/ does no I/O;
 - worker/ never imports jobs/ or api/, and jobs/ and api/ never import worker/;
+- data/ (sources, snapshots, versions) imports none of worker/, jobs/, api/, and the API process never
+  loads a source's driver (refreshes run in a child interpreter);
 - registry/ never imports api/ or automation/, automation/ never imports worker/ or release/;
 - the release desk is the only caller of privacy/ rules in the server;
 - no module is over about 300 lines without a reason written at its top.
@@ -62,8 +64,10 @@ def test_the_api_process_never_imports_xgboost_duckdb_or_the_worker():
     loaded = modules_after(
         "import remote_magic_server.cli, remote_magic_server.api.app, remote_magic_server.api.serving"
     )
-    assert not {"xgboost", "duckdb", "sklearn"} & loaded
+    assert not {"xgboost", "duckdb", "sklearn", "adbc_driver_postgresql"} & loaded
     assert not any(name.startswith("remote_magic_server.worker") for name in loaded)
+    readers = ("remote_magic_server.data.sources", "pyarrow.dataset")
+    assert not any(name.startswith(readers) for name in loaded)
 
 
 def test_the_notebook_side_never_imports_server_code():
@@ -101,6 +105,7 @@ def test_privacy_does_no_io(path):
         ("api", ("remote_magic_server.worker",)),
         ("release", ("remote_magic_server.worker", "remote_magic_server.jobs", "remote_magic_server.api")),
         ("privacy", ("remote_magic_server.worker", "remote_magic_server.jobs", "remote_magic_server.api")),
+        ("data", ("remote_magic_server.worker", "remote_magic_server.jobs", "remote_magic_server.api")),
         (
             "registry",
             ("remote_magic_server.worker", "remote_magic_server.api", "remote_magic_server.automation"),

@@ -22,7 +22,8 @@ from sqlglot import exp
 from remote_magic.codes import Refusal
 from remote_magic.grammar import compile_filter, parse_filter
 from remote_magic.wire import DatasetSpec
-from remote_magic_server.api.catalog import check_spec, schema_of
+from remote_magic_server.api.catalog import check_spec
+from remote_magic_server.data.versions import Versions
 
 FUZZ = settings(
     max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None
@@ -167,16 +168,21 @@ def demo(server):
     return server.settings
 
 
-def columns_of(settings_, name: str) -> list[str]:
-    return [c for c, _ in schema_of(settings_.datasets[name]).columns]
+@pytest.fixture(scope="module")
+def versions(server):
+    return Versions(server.settings.snapshots_dir)
+
+
+def columns_of(versions: Versions, name: str) -> list[str]:
+    return [c for c, _ in versions.latest(name).columns]
 
 
 @given(data=st.data())
 @PROPERTY
-def test_valid_specs_are_accepted(demo, data):
+def test_valid_specs_are_accepted(demo, versions, data):
     name = "breast_cancer_rules"
     dataset = demo.datasets[name]
-    features = [c for c in columns_of(demo, name) if c not in (dataset.id_column, *dataset.label_columns)]
+    features = [c for c in columns_of(versions, name) if c not in (dataset.id_column, *dataset.label_columns)]
     chosen = data.draw(st.none() | st.lists(st.sampled_from(features), min_size=1, max_size=5))
     column = data.draw(st.sampled_from(features))
     where = data.draw(st.none() | number_text.map(lambda n: f"{column} > {n}"))
@@ -186,14 +192,15 @@ def test_valid_specs_are_accepted(demo, data):
         | st.just({"where": f"{column} IS NOT NULL"})
     )
     raw = {
-        "dataset": name,
+        "dataset": data.draw(st.sampled_from([name, f"{name}@1"])),
         "label": dataset.label_columns[0],
         "features": chosen,
         "where": where,
         "eval": split,
     }
-    plan = check_spec(demo, [name], DatasetSpec.model_validate(raw))
+    spec, plan = check_spec(demo, versions, [name], DatasetSpec.model_validate(raw))
     assert plan["features"] == (list(dict.fromkeys(chosen)) if chosen else features)
+    assert spec.dataset == name and plan["dataset_version"] == 1
 
 
 json_values = st.recursive(
@@ -204,7 +211,17 @@ json_values = st.recursive(
 spec_like = st.fixed_dictionaries(
     {},
     optional={
-        "dataset": st.sampled_from(["breast_cancer_rules", "synthetic_rules", "nope", "", "x" * 70])
+        "dataset": st.sampled_from(
+            [
+                "breast_cancer_rules",
+                "breast_cancer_rules@1",
+                "breast_cancer_rules@7",
+                "breast_cancer_rules@0",
+                "synthetic_rules",
+                "x@",
+                "",
+            ]
+        )
         | json_values,
         "label": st.sampled_from(["malignant", "label", "mean_radius", "id", ""]) | json_values,
         "features": st.lists(st.sampled_from(["mean_radius", "id", "malignant", "nope"]), max_size=3)
@@ -220,12 +237,18 @@ spec_like = st.fixed_dictionaries(
 
 @given(spec_like)
 @PROPERTY
-def test_any_spec_is_accepted_or_refused_with_a_4xx(demo, raw):
+def test_any_spec_is_accepted_or_refused_with_a_4xx(demo, versions, raw):
     try:
         spec = DatasetSpec.model_validate(raw)
-        check_spec(demo, ["breast_cancer_rules"], spec)
+        check_spec(demo, versions, ["breast_cancer_rules"], spec)
     except ValidationError:
         return  # the API answers 422 invalid_spec
     except Refusal as refused:
         assert 400 <= refused.status < 500
-        assert refused.code in {"unknown_dataset", "unknown_column", "invalid_spec", "invalid_filter"}
+        assert refused.code in {
+            "unknown_dataset",
+            "unknown_version",
+            "unknown_column",
+            "invalid_spec",
+            "invalid_filter",
+        }

@@ -11,6 +11,7 @@ import time
 
 import pytest
 import xgboost as xgb
+from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
@@ -23,20 +24,6 @@ from remote_magic.progress import ProgressBar
 IMPORT = "from xgboost import XGBClassifier\n"
 LONG_JOB = IMPORT + "model = XGBClassifier(n_estimators=2000, max_depth=10, learning_rate=0.01)"
 TINY = IMPORT + "model = XGBClassifier(n_estimators=3)"
-
-
-@pytest.fixture()
-def shell(server, monkeypatch):
-    """A real IPython shell with the extension loaded, pointed at the session's server as alice."""
-    monkeypatch.setenv("REMOTE_MAGIC_URL", server.url)
-    monkeypatch.setenv("REMOTE_MAGIC_TOKEN", server.tokens["alice"])
-    monkeypatch.setenv("REMOTE_MAGIC_PROGRESS", "off")
-    ip = InteractiveShell.instance()
-    remote_magic.load_ipython_extension(ip)
-    yield ip
-    remote_magic.unload_ipython_extension(ip)
-    for name in [n for n in ip.user_ns if not n.startswith("_")]:
-        ip.user_ns.pop(name, None)
 
 
 def run(ip: InteractiveShell, cell: str):
@@ -131,7 +118,9 @@ def test_interrupt_cancels_the_remote_job_within_two_seconds(shell, server, caps
     while client.job(fired["job"]).status.state != "cancelled":
         assert time.monotonic() - fired["at"] < 2.0, "the remote job was not cancelled within 2 s"
         time.sleep(0.02)
-    assert f"remote job {fired['job']} was cancelled" in capsys.readouterr().err
+    shown = capsys.readouterr()
+    assert shown.out == f"Interrupted: remote job {fired['job']} was cancelled.\n", "one line, no traceback"
+    assert shown.err == ""
 
 
 def test_no_wait_then_remote_job_renders_the_same_result_as_a_blocking_run(shell):
@@ -150,17 +139,13 @@ def test_no_wait_then_remote_job_renders_the_same_result_as_a_blocking_run(shell
     assert repr(later) == repr(blocking)
     assert later._repr_html_() == blocking._repr_html_()
     table = shell.run_line_magic("remote_jobs", "")
-    assert table.header[:7] == [
-        "job",
-        "kind",
-        "dataset",
-        "state",
-        "progress",
-        "submitted (UTC)",
-        "main metric",
+    assert table.header[:9] == [
+        *("job", "model", "rounds", "dataset", "kind", "state", "progress", "submitted (UTC)", "main metric")
     ]
-    listed = {row[0]: row for row in table.rows}
-    assert listed[job.id][3] == "succeeded" and listed[job.id][6].startswith("auc ")
+    listed = {row[0]: dict(zip(table.header, row)) for row in table.rows}
+    assert listed[job.id]["state"] == "succeeded" and listed[job.id]["main metric"].startswith("auc ")
+    assert listed[job.id]["model"] == "XGBClassifier" and listed[job.id]["rounds"] == "12"
+    assert listed[job.id]["dataset"] == "breast_cancer_rules@1"  # the dataset version the job ran on
     with capture_output() as out:
         shell.run_line_magic("remote_cancel", job.id)
     assert f"Job {job.id}: succeeded" in out.stdout
@@ -205,7 +190,7 @@ def test_dry_run_finds_a_misspelt_feature_before_any_request_reaches_the_jobs_en
     )
     assert isinstance(report, DryRun) and report.features == ["age", "bmi", "region"] and report.rounds == 3
     assert "nothing was sent to the server" in repr(report)
-    fitted = run(shell, cell.format(flags="--where 'smoker >= 50' --eval-fraction 0.25"))
+    fitted = run(shell, cell.format(flags="--where 'age >= 50' --eval-fraction 0.25"))
     assert 0 < fitted.admitted < 200 and fitted.train_rows + fitted.eval_rows == fitted.admitted
     assert posts_to_jobs(server.log_path.read_text()) == log_before
     assert "/v1/datasets/synthetic_rules/mock" in server.log_path.read_text()
@@ -328,3 +313,13 @@ def test_dry_run_checks_derived_columns(server):
     ) as refused:
         dry_run(xgb.XGBClassifier(n_estimators=2), bad, info, mock)
     assert refused.value.code == "unknown_column"
+
+
+def test_remote_datasets_shows_a_datasets_versions_and_a_pinned_versions_columns(shell):
+    versions = shell.run_line_magic("remote_datasets", "breast_cancer --versions")
+    assert versions.header == ["version", "created (UTC)", "rows", "schema", "schema change"]
+    assert versions.rows[0][0] == "breast_cancer@1" and versions.rows[0][2] == "570"
+    columns = shell.run_line_magic("remote_datasets", "breast_cancer@1")
+    assert columns.title.startswith("breast_cancer@1: ") and columns.rows[0] == ["id", "int64", "id"]
+    with pytest.raises(UsageError, match="needs a dataset"):
+        shell.run_line_magic("remote_datasets", "--versions")

@@ -144,7 +144,8 @@ def test_a_stopped_mlflow_server_delays_nothing_and_the_export_catches_up(tmp_pa
         proc = mlflow_server(tmp_path / "ml", port)
         try:
             ml = mlflow.MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
-            [run] = eventually(lambda: runs_of(ml, result.job_id), timeout=180)
+            finished = lambda: [r for r in runs_of(ml, result.job_id) if r.info.status == "FINISHED"]  # noqa: E731
+            [run] = eventually(finished, timeout=180)
             versions = eventually(lambda: ml.search_model_versions("name='remote_flow'"), timeout=60)
         finally:
             proc.terminate()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -29,11 +31,32 @@ SPEC = {"dataset": "claims", "label": "malignant", "features": FEATURES, "eval":
 PORT = free_port()
 
 
-def write_version(path: Path, frame: pd.DataFrame) -> None:
-    """Replace the dataset's file atomically, as a data owner's export job would."""
+def write_file(path: Path, frame: pd.DataFrame) -> None:
+    """Replace the dataset's source file atomically, as a data owner's export job would."""
     tmp = path.with_suffix(".tmp")
     frame.to_parquet(tmp, index=False)
     os.replace(tmp, path)
+
+
+def write_version(server, path: Path, frame: pd.DataFrame) -> None:
+    """A new version of the dataset: its source changes and the owner snapshots it (`dataset refresh`),
+    whether the server is running or not."""
+    write_file(path, frame)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "remote_magic_server",
+            "dataset",
+            "refresh",
+            "claims",
+            "--config",
+            str(server.config),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +72,8 @@ def served(tmp_path_factory):
     )
     (base / "data").mkdir()
     source = pd.read_parquet(ensure_demo_data(base / "data")["breast_cancer"])
-    write_version(claims, source)
-    users = {"alice": ["claims", "breast_cancer_rules", "breast_cancer"]}
+    write_file(claims, source)
+    users = {"alice": ["claims", "breast_cancer_rules", "synthetic"]}
     with running(base / "data", base / "server.log", users, extra_datasets, extra) as server:
         yield server, claims, source
 
@@ -82,7 +105,7 @@ def test_a_new_data_version_runs_the_recipe_once_even_across_kills(served):
     time.sleep(1.0)
     assert recipe_jobs(client, "nightly") == [], "saving a recipe never runs it"
 
-    write_version(claims, source.iloc[::-1])
+    write_version(server, claims, source.assign(mean_texture=source.mean_texture * 1.001))
     [first] = wait_jobs(client, "nightly", 1)
     assert (
         first.state == "succeeded" and first.trigger.startswith("new version ") and "claims" in first.trigger
@@ -90,10 +113,10 @@ def test_a_new_data_version_runs_the_recipe_once_even_across_kills(served):
     assert "recipe nightly (new version" in repr(jobs_table([first]))
 
     server.stop(signal.SIGKILL)  # the next version appears while the server is down
-    write_version(claims, source.iloc[20:])  # 20 rows fewer: past the differencing rule
+    write_version(server, claims, source.iloc[20:])  # 20 rows fewer: past the differencing rule
     server.start()
     runs = wait_jobs(client, "nightly", 2)
-    write_version(claims, source.iloc[40:])
+    write_version(server, claims, source.iloc[40:])
     deadline = time.monotonic() + 30
     while len(recipe_jobs(client, "nightly")) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -117,7 +140,7 @@ def test_a_recipe_whose_spec_no_longer_fits_is_paused_with_a_clear_message(serve
     try:
         hook = client.subscribe(receiver.url, ["recipe.paused", "dataset.version"])
         client.save_recipe("fragile", SPEC, xgb.XGBClassifier(n_estimators=2), on_new_data=True)
-        write_version(claims, source.drop(columns=["worst_area"]))
+        write_version(server, claims, source.drop(columns=["worst_area"]))
         deadline = time.monotonic() + 30
         while client.recipe("fragile").state == "active" and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -130,7 +153,7 @@ def test_a_recipe_whose_spec_no_longer_fits_is_paused_with_a_clear_message(serve
         client.unsubscribe(hook.id)
     finally:
         receiver.close()
-        write_version(claims, source)
+        write_version(server, claims, source)
     client.delete_recipe("fragile")
     with pytest.raises(NotFound):
         client.recipe("fragile")
@@ -152,7 +175,7 @@ def test_a_recipe_run_passes_the_same_disclosure_rules_as_a_run_by_hand(served):
 def test_a_recipe_run_spends_the_same_privacy_budget_as_a_run_by_hand(served):
     server, _, _ = served
     client = server.client()
-    spec = {"dataset": "breast_cancer", "label": "malignant", "eval": {"fraction": 0.3, "seed": 9}}
+    spec = {"dataset": "synthetic", "label": "label", "eval": {"fraction": 0.2, "seed": 9}}
     by_hand = client.train(
         xgb.XGBClassifier(n_estimators=3, max_depth=2, min_child_weight=3), spec
     ).raw.privacy

@@ -44,7 +44,7 @@ def test_three_generations_continue_on_the_server_and_keep_their_lineage(server)
     statuses = {s.id: s for s in client.jobs(limit=10)}
     assert statuses[third.job_id].base_model == "gen@2"
     assert statuses[third.job_id].registration.version == "gen@3"
-    assert statuses[third.job_id].model == "registered"
+    assert statuses[third.job_id].model_file == "registered"
 
 
 def test_an_uploaded_base_model_is_recorded_with_its_hash(server):
@@ -68,7 +68,7 @@ def test_the_alias_moves_only_when_the_released_metric_improves_enough(server):
     status = client.status(job.id)
     assert status.registration.state == "skipped" and status.registration.version is None
     assert "does not improve on champ@1" in status.registration.message
-    assert status.model == "kept"
+    assert status.model_file == "kept"
     assert client.model("champ@champion").number == 1 and client.model("champ@latest").number == 1
     better = client.submit(
         small(30, 3),
@@ -135,7 +135,7 @@ def test_bad_registry_requests_get_clear_refusals(server):
     with pytest.raises(NotFound):
         client.evaluate(None, SPEC, model_ref="deleted_one@latest")
     status = client.status(trained.job_id)
-    assert status.model == "kept"  # no longer registered: pruned after keep_unregistered like any job model
+    assert status.model_file == "kept"  # no longer registered: pruned after keep_unregistered like others
 
 
 def test_unregistered_models_are_pruned_after_keep_unregistered_and_registered_ones_kept(tmp_path):
@@ -146,15 +146,15 @@ def test_unregistered_models_are_pruned_after_keep_unregistered_and_registered_o
         client = server.client()
         kept = client.train(small(), SPEC, register="kept_one")
         loose = client.train(small(), SPEC)
-        assert client.status(loose.job_id).model == "kept"
+        assert client.status(loose.job_id).model_file == "kept"
         time.sleep(1.5)
         server.stop()
         server.start()  # pruning runs at start, then hourly
         deadline = time.monotonic() + 20
-        while client.status(loose.job_id).model != "pruned" and time.monotonic() < deadline:
+        while client.status(loose.job_id).model_file != "pruned" and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert client.status(loose.job_id).model == "pruned"
-        assert client.status(kept.job_id).model == "registered"
+        assert client.status(loose.job_id).model_file == "pruned"
+        assert client.status(kept.job_id).model_file == "registered"
         assert not any((server.settings.jobs_dir / loose.job_id).glob("model*"))
         assert client.evaluate(None, SPEC, model_ref="kept_one@1").metrics["auc"] == kept.metrics["auc"]
         assert client.result(loose.job_id).metrics == loose.raw.metrics  # the released result stays

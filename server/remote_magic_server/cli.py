@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from .owner import cmd_approve, cmd_audit, cmd_review
 from .settings import ConfigError, Settings, load_settings
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def settings_of(args: argparse.Namespace) -> Settings:
     if getattr(args, "demo", False):
         from .demo import default_demo_dir, demo_settings
 
@@ -28,7 +30,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .api.serving import serve
 
-    settings = _settings(args)
+    settings = settings_of(args)
     if not _checked_before_serving(settings, args.accept_audit_mismatch):
         return 1
     if args.demo and not args.no_token:
@@ -38,9 +40,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token = store.issue_token("demo", list(settings.datasets))
         store.close()
         url = f"http://{settings.server.host}:{settings.server.port}"
-        print(f"demo server: {url}\nuser: demo\ntoken: {token}\n")
-        print(f"In a notebook:  %load_ext remote_magic\n                %remote_connect {url}")
-        print(f"with REMOTE_MAGIC_TOKEN={token} in the kernel's environment.\n", flush=True)
+        print(f"Demo server on {url} for the user demo. Start Jupyter with this line (in another shell):\n")
+        print(f"    REMOTE_MAGIC_URL={url} REMOTE_MAGIC_TOKEN={token} jupyter lab\n")
+        print("then, in a notebook:  %load_ext remote_magic  and  %remote_connect\n", flush=True)
     serve(settings)
     return 0
 
@@ -77,7 +79,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import Finding, fatal, run_checks
 
     try:
-        settings = _settings(args)
+        settings = settings_of(args)
     except ConfigError as exc:
         print(Finding("fatal", "config", f"{exc}; fix the file").line())
         return 1
@@ -96,13 +98,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_token(args: argparse.Namespace) -> int:
     from . import tokens
 
-    return tokens.run(args, _settings(args))
+    return tokens.run(args, settings_of(args))
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
     from .backup import backup
 
-    manifest = backup(_settings(args), Path(args.dest).resolve())
+    manifest = backup(settings_of(args), Path(args.dest).resolve())
     size = sum(f["size"] for f in manifest["files"].values())
     print(f"backed up {len(manifest['files'])} files ({size / 2**20:.1f} MiB) into {args.dest}")
     return 0
@@ -111,12 +113,12 @@ def cmd_backup(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from .backup import restore
 
-    print(restore(_settings(args), Path(args.source).resolve()))
+    print(restore(settings_of(args), Path(args.source).resolve()))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import default_demo_dir, run_quickstart
+    from .demo import LOG_NAME, default_demo_dir, run_quickstart
 
     data_dir = Path(args.data_dir).resolve() if args.data_dir else default_demo_dir()
     output = Path(args.output).resolve()
@@ -128,99 +130,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("\nAggregate results the notebook received from the server:\n")
     for text in texts:
         print(text, end="\n\n")
-    print(f"Executed notebook saved to {output / '01-quickstart.ipynb'}")
+    print(f"Executed notebook saved to {output / '01-quickstart.ipynb'}; logs in {output / LOG_NAME}")
     return 0
 
 
-def cmd_review(args: argparse.Namespace) -> int:
-    """The data owner's side of custom code: list held jobs, show what one would run, decide."""
-    import hashlib
+def _owner(command: Callable[[argparse.Namespace, Settings], int]) -> Callable[[argparse.Namespace], int]:
+    """A data-owner command (owner.py) called with the settings its arguments name."""
+    return lambda args: command(args, settings_of(args))
 
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    """The data owner's view of dataset versions: list, history, refresh now, prune old ones."""
+    from .data import commands
+
+    settings = settings_of(args)
+    if args.action != "list" and args.name not in settings.datasets:
+        known = ", ".join(settings.datasets) or "none"
+        print(f"no dataset named {args.name!r} in the config; known: {known}", file=sys.stderr)
+        return 2
+    if args.action == "list":
+        return commands.list_datasets(settings)
+    if args.action == "versions":
+        return commands.show_versions(settings, args.name)
+    if args.action == "refresh":
+        return commands.refresh_now(settings, args.name)
     from .jobs.store import Store
-
-    settings = _settings(args)
-    store = Store(settings.db_path, settings.jobs_dir)
-    try:
-        if args.action == "list":
-            for job in store.awaiting_approval():
-                names = ", ".join(job.plan.get("custom_code") or []) or "unnamed code"
-                print(f"{job.id}  {job.submitted_at}  user={job.user}  dataset={job.dataset}  {names}")
-            return 0
-        job = store.get_job(args.job_id or "")
-        if job is None or job.state != "awaiting_approval":
-            print(f"no job {args.job_id!r} is awaiting approval", file=sys.stderr)
-            return 2
-        payload = (store.job_dir(job.id) / "model.pkl").read_bytes()
-        digest = hashlib.sha256(payload).hexdigest()
-        if args.action == "show":
-            from .jobs.executor import make_executor
-            from .jobs.oneshot import review
-
-            print(f"job {job.id} by {job.user} on {job.dataset}; payload sha256 {digest}\n")
-            print(review(settings, make_executor(settings.executor.kind), payload))
-        elif args.action == "approve":
-            store.approve(job.id, digest)
-            print(f"approved {job.id} (sha256 {digest}); it is queued")
-        else:
-            store.finish(
-                job.id,
-                "failed",
-                error=("rejected_by_owner", "the data owner did not approve this model's code"),
-            )
-            print(f"rejected {job.id}")
-        return 0
-    finally:
-        store.close()
-
-
-def cmd_audit(args: argparse.Namespace) -> int:
-    import json
-
-    from .audit import AuditLog, read_head, verify
-
-    settings = _settings(args)
-    if args.verify:
-        verdict = verify(settings.audit_path, read_head(settings.db_path))
-        print(verdict.describe(), file=sys.stdout if verdict.ok else sys.stderr)
-        return 0 if verdict.ok else 1
-    for entry in AuditLog(settings.audit_path).entries():
-        fields = {k: v for k, v in entry.items() if k not in ("seq", "time", "event", "user", "prev", "hash")}
-        print(
-            f"{entry['seq']:>6} {entry['time']} {entry['event']:<22} {entry['user'] or '-':<12} "
-            f"{json.dumps(fields, sort_keys=True)}"
-        )
-    return 0
-
-
-def cmd_approve(args: argparse.Namespace) -> int:
-    import getpass
-
-    from .audit import open_audit
+    from .registry.store import ModelRegistry
     from .release.ledger import Ledger
 
-    settings = _settings(args)
-    ledger = Ledger(settings.ledger_path)
+    store, ledger = Store(settings.db_path, settings.jobs_dir), Ledger(settings.ledger_path)
+    registry = ModelRegistry(settings.registry_path)
     try:
-        state = ledger.model_state(args.job)
-        if state is None or state["state"] != "awaiting_approval":
-            why = (
-                "no releasable model"
-                if state is None
-                else f"its model is {state['state']}: {state['message']}"
-            )
-            print(f"job {args.job} cannot be approved: {why}", file=sys.stderr)
-            return 1
-        approver = args.by or getpass.getuser()
-        ledger.approve_model(args.job, approver)
+        kept = set(ledger.kept_models(args.name)) | registry.registered_jobs()
+        in_use = store.dataset_versions_in_use(args.name, kept)
     finally:
+        store.close()
         ledger.close()
-    audit = open_audit(settings)
-    audit.record(
-        "model_approved", state["user"], job=args.job, dataset=state["dataset"], approved_by=approver
-    )
-    audit.close()
-    print(f"approved: the model of job {args.job} may now be downloaded by {state['user']}")
-    return 0
+        registry.close()
+    return commands.prune_versions(settings, args.name, args.keep, in_use)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -260,7 +207,7 @@ def parser() -> argparse.ArgumentParser:
     common(review)
     review.add_argument("action", choices=["list", "show", "approve", "reject"])
     review.add_argument("job_id", nargs="?", help="the job to show, approve or reject")
-    review.set_defaults(func=cmd_review, host=None, port=None)
+    review.set_defaults(func=_owner(cmd_review), host=None, port=None)
 
     audit = sub.add_parser("audit", help="print the audit log, or verify its hash chain")
     common(audit)
@@ -269,13 +216,13 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check every entry's hash and link, and the log against its anchored head",
     )
-    audit.set_defaults(func=cmd_audit, host=None, port=None)
+    audit.set_defaults(func=_owner(cmd_audit), host=None, port=None)
 
     approve = sub.add_parser("approve", help="approve the release of a job's trained model")
     common(approve)
     approve.add_argument("job", help="the job id")
     approve.add_argument("--by", help="the approver's name for the audit log (default: your login)")
-    approve.set_defaults(func=cmd_approve, host=None, port=None)
+    approve.set_defaults(func=_owner(cmd_approve), host=None, port=None)
 
     backup = sub.add_parser("backup", help="copy the data directory consistently, while the server runs")
     common(backup)
@@ -286,6 +233,13 @@ def parser() -> argparse.ArgumentParser:
     common(restore)
     restore.add_argument("source", help="the folder `backup` wrote")
     restore.set_defaults(func=cmd_restore, host=None, port=None)
+
+    dataset = sub.add_parser("dataset", help="dataset versions: list, versions, refresh, prune")
+    common(dataset)
+    dataset.add_argument("action", choices=["list", "versions", "refresh", "prune"])
+    dataset.add_argument("name", nargs="?", help="the dataset (all but `list`)")
+    dataset.add_argument("--keep", type=int, default=5, help="prune: how many of the newest versions to keep")
+    dataset.set_defaults(func=cmd_dataset, host=None, port=None)
 
     demo = sub.add_parser("demo", help="run the quickstart notebook headless against a demo server")
     demo.add_argument("--data-dir", help="where the demo data and store live")

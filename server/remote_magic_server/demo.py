@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,9 @@ import pandas as pd
 from .settings import DatasetConfig, ServerSection, Settings
 
 SEED = 20261127
+LOG_NAME = "server.log"
 SYNTHETIC_ROWS = 50_000
+MOCK_ROWS = 200
 
 
 def default_demo_dir() -> Path:
@@ -91,33 +94,61 @@ DEMO_DATASETS = {
     "breast_cancer": (
         breast_cancer_table,
         "malignant",
-        "Wisconsin breast cancer (scikit-learn); 1 = malignant",
+        "Wisconsin breast cancer (scikit-learn); 1 = malignant; mode rules (too small for DP)",
     ),
     "diabetes": (
         diabetes_table,
         "progression",
-        "Diabetes progression after one year (scikit-learn); regression",
+        "Diabetes progression after one year (scikit-learn); regression; mode rules (too small for DP)",
     ),
 }
 
 
 # The data owner's clip range of each regression label, for its DP metrics (diabetes: 25 to 346).
 LABEL_RANGES = {"diabetes": {"progression": (0.0, 400.0)}}
+# Each dataset's privacy mode: the two small scikit-learn tables (569 and 442 rows) are too small for
+# differentially private metrics worth reading, so their owner serves them in mode rules.
+DEMO_PRIVACY = {"synthetic": "dp", "breast_cancer": "rules", "diabetes": "rules"}
+
+
+def synthetic_mock() -> pd.DataFrame:
+    """Published mock rows for the synthetic table: the same generator with another seed, so a dry run's
+    filter (say `region IN ('north', 'south')`) admits rows as it would on the hidden table."""
+    return synthetic_table(rows=MOCK_ROWS, seed=SEED + 1).drop(columns="id")
+
+
+# Datasets whose owner publishes mock rows (the others get rows synthesised from the column types).
+DEMO_MOCKS = {"synthetic": synthetic_mock}
+
+
+def _write_once(path: Path, make: Callable[[], pd.DataFrame]) -> Path:
+    """Write `make()` to `path` (Parquet, or CSV by suffix) unless it is there already."""
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        frame = make()
+        if path.suffix == ".csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            frame.to_parquet(tmp, index=False)
+        tmp.replace(path)
+    return path
 
 
 def ensure_demo_data(data_dir: Path) -> dict[str, Path]:
-    """Write the demo tables as Parquet under data_dir/datasets, once."""
+    """Write the demo tables as Parquet under data_dir/datasets (and their mock rows as CSV), once."""
     folder = data_dir / "datasets"
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, (make, _, _) in DEMO_DATASETS.items():
-        path = folder / f"{name}.parquet"
-        if not path.exists():
-            tmp = path.with_suffix(".tmp")
-            make().to_parquet(tmp, index=False)
-            tmp.replace(path)
-        paths[name] = path
-    return paths
+    for name, make_mock in DEMO_MOCKS.items():
+        _write_once(folder / f"{name}-mock.csv", make_mock)
+    return {
+        name: _write_once(folder / f"{name}.parquet", make) for name, (make, _, _) in DEMO_DATASETS.items()
+    }
+
+
+def demo_mock_path(dataset_path: Path) -> Path | None:
+    """The published mock rows beside a demo table, if it has any."""
+    name = dataset_path.stem
+    return dataset_path.with_name(f"{name}-mock.csv") if name in DEMO_MOCKS else None
 
 
 def demo_settings(data_dir: Path, host: str = "127.0.0.1", port: int = 8765, workers: int = 0) -> Settings:
@@ -129,6 +160,8 @@ def demo_settings(data_dir: Path, host: str = "127.0.0.1", port: int = 8765, wor
             id_column="id",
             label_columns=[label],
             label_ranges=LABEL_RANGES.get(name, {}),
+            mock_path=demo_mock_path(paths[name]),
+            privacy=DEMO_PRIVACY[name],
         )
         for name, (_, label, desc) in DEMO_DATASETS.items()
     }
@@ -187,7 +220,8 @@ def result_text(notebook) -> list[str]:
 
 def run_quickstart(output_dir: Path, data_dir: Path) -> list[str]:
     """Start a demo server on a free loopback port, execute the quickstart notebook on a real kernel,
-    save it under output_dir, stop the server; return the aggregate results it printed."""
+    save it under output_dir, stop the server; return the aggregate results it printed. The server's and
+    the kernel's own logs go to output_dir/server.log, so the demo prints only the results."""
     import subprocess
     import sys
 
@@ -202,35 +236,39 @@ def run_quickstart(output_dir: Path, data_dir: Path) -> list[str]:
     store.close()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "remote_magic_server",
-            "serve",
-            "--demo",
-            "--no-token",
-            "--data-dir",
-            str(data_dir),
-            "--port",
-            str(port),
-        ],
-    )
-    try:
-        wait_healthy(url)
-        os.environ.update(
-            {"REMOTE_MAGIC_URL": url, "REMOTE_MAGIC_TOKEN": token, "REMOTE_MAGIC_PROGRESS": "off"}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / LOG_NAME, "ab") as log:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "remote_magic_server",
+                "serve",
+                "--demo",
+                "--no-token",
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
-        notebook = nbformat.read(find_notebook(), as_version=4)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        NotebookClient(
-            notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(output_dir)}}
-        ).execute()
-        nbformat.write(notebook, output_dir / "01-quickstart.ipynb")
-        return result_text(notebook)
-    finally:
-        server.terminate()
         try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+            wait_healthy(url)
+            os.environ.update(
+                {"REMOTE_MAGIC_URL": url, "REMOTE_MAGIC_TOKEN": token, "REMOTE_MAGIC_PROGRESS": "off"}
+            )
+            notebook = nbformat.read(find_notebook(), as_version=4)
+            resources = {"metadata": {"path": str(output_dir)}}
+            NotebookClient(notebook, timeout=600, kernel_name="python3", resources=resources).execute(
+                stdout=log, stderr=log
+            )
+            nbformat.write(notebook, output_dir / "01-quickstart.ipynb")
+            return result_text(notebook)
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()

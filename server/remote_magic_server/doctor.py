@@ -236,13 +236,25 @@ def _clock(settings: Settings) -> list[Finding]:
 def _files(settings: Settings) -> list[Finding]:
     found = []
     for name, ds in settings.datasets.items():
-        if not ds.path.is_file():
+        if ds.path is not None and not ds.path.exists():
             found.append(Finding("fatal", f"dataset {name}", f"{ds.path} does not exist: fix path"))
         if ds.mock_path is not None and not ds.mock_path.is_file():
             found.append(Finding("fatal", f"dataset {name}", f"mock_path {ds.mock_path} does not exist"))
     if not settings.datasets:
         found.append(Finding("warn", "datasets", "the config serves no dataset"))
     return found
+
+
+def _readable_file(settings: Settings, name: str) -> Path | None:
+    """The file a worker of this dataset reads: its latest snapshot, else (before the first one) its
+    Parquet file; None for a remote source not yet snapshotted."""
+    from .data.versions import Versions
+
+    latest = Versions(settings.snapshots_dir).latest(name) if settings.snapshots_dir.exists() else None
+    if latest is not None:
+        return latest.file
+    path = settings.datasets[name].path
+    return path if path is not None and path.is_file() else None
 
 
 def _probe(settings: Settings) -> list[Finding]:
@@ -254,8 +266,9 @@ def _probe(settings: Settings) -> list[Finding]:
         "sandbox_uid": settings.server.sandbox_uid,
         "sandbox_gid": settings.server.sandbox_gid,
         "datasets": {
-            name: {"path": str(ds.path), "id_column": ds.id_column, "label_columns": ds.label_columns}
+            name: {"path": str(path), "id_column": ds.id_column, "label_columns": ds.label_columns}
             for name, ds in settings.datasets.items()
+            if (path := _readable_file(settings, name)) is not None
         },
     }
     try:

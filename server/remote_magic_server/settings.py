@@ -2,18 +2,22 @@
 
 A typo in a data owner's config must stop the server with a clear message rather than silently fall back
 to a default, so every table forbids unknown keys.
+
+Why it is long: the whole file is validated here, table by table, so one typo anywhere stops the server
+with one message; the automation's tables live apart, in automation_settings.py.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from remote_magic.wire import ModelBounds, PolicyInEffect
+from remote_magic.wire import IDENT, ModelBounds, PolicyInEffect
 
 from .automation_settings import (
     AutomationSection,
@@ -21,6 +25,7 @@ from .automation_settings import (
     RegistrySection,
     WebhooksSection,
 )
+from .data.config import ParquetSourceConfig, SourceConfig, parse_duration, resolve_source_paths
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,6 +33,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 
+_DATASET_NAME = re.compile(IDENT)
 SIGNIFICANT_DIGITS = 4
 
 
@@ -96,7 +102,11 @@ class Policy(_Strict):
 
 
 class DatasetConfig(_Strict):
-    path: Path
+    path: Path | None = Field(default=None, description="Shorthand for a parquet source at this path.")
+    source: SourceConfig | None = Field(default=None, description="Where the rows live; see data/config.py.")
+    refresh_every: str | None = Field(
+        default=None, description="Snapshot the source again this often inside the server, e.g. '1h'."
+    )
     description: str = ""
     id_column: str
     label_columns: list[str] = Field(min_length=1)
@@ -120,6 +130,28 @@ class DatasetConfig(_Strict):
         description="Parquet or CSV file of mock rows to publish for dry runs; default: synthesised from "
         "the column types alone.",
     )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetConfig:
+        if (self.path is None) == (self.source is None):
+            raise ValueError("a dataset needs exactly one of `path` and `source`")
+        return self
+
+    @property
+    def source_config(self) -> SourceConfig:
+        """Where the rows live; `path = ...` is a parquet source."""
+        return self.source or ParquetSourceConfig(path=self.path)
+
+    @field_validator("refresh_every")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @property
+    def refresh_seconds(self) -> int | None:
+        return parse_duration(self.refresh_every) if self.refresh_every else None
 
     @field_validator("policy")
     @classmethod
@@ -193,6 +225,16 @@ class Settings(_Strict):
     audit: AuditSection = Field(default_factory=AuditSection)
     jupyterhub: JupyterHubSection | None = None
 
+    @field_validator("datasets")
+    @classmethod
+    def _dataset_names(cls, value: dict[str, DatasetConfig]) -> dict[str, DatasetConfig]:
+        for name in value:
+            if not _DATASET_NAME.match(name):
+                raise ValueError(
+                    f"dataset name {name!r}: use letters, digits and '_' (a spec names it; `NAME@N` pins N)"
+                )
+        return value
+
     def policy_for(self, dataset: str) -> Policy:
         """The server policy with the dataset's overrides applied; numbers may only tighten, the privacy
         mode is the dataset's own choice."""
@@ -249,6 +291,11 @@ class Settings(_Strict):
         return self.server.data_dir / "ledger.sqlite"
 
     @property
+    def snapshots_dir(self) -> Path:
+        """Dataset versions: one folder of immutable Parquet snapshots per dataset, and their registry."""
+        return self.server.data_dir / "snapshots"
+
+    @property
     def registry_path(self) -> Path:
         return self.server.data_dir / "registry.sqlite"
 
@@ -293,10 +340,13 @@ def resolve_paths(settings: Settings, base: Path) -> Settings:
     unknown = sorted({name for names in granted for name in names} - set(settings.datasets))
     if unknown:
         raise ConfigError(f"[jupyterhub] grants unknown datasets: {', '.join(unknown)}")
-    for ds in settings.datasets.values():
-        ds.path = (base / ds.path).resolve() if not ds.path.is_absolute() else ds.path
+    for name, ds in settings.datasets.items():
+        if ds.path is not None and not ds.path.is_absolute():
+            ds.path = (base / ds.path).resolve()
+        if ds.source is not None:
+            resolve_source_paths(ds.source, base)
         if ds.mock_path is not None and not ds.mock_path.is_absolute():
             ds.mock_path = (base / ds.mock_path).resolve()
         if ds.id_column in ds.label_columns:
-            raise ConfigError(f"dataset at {ds.path}: the id column cannot be a label")
+            raise ConfigError(f"dataset {name!r}: the id column cannot be a label")
     return settings

@@ -19,7 +19,8 @@ from remote_magic import __version__
 
 from ..audit import open_audit
 from ..automation.service import Automation
-from ..dataversions import FileIdentity
+from ..data.versions import Versions
+from ..dataversions import NumberedVersions
 from ..jobs.executor import make_executor
 from ..jobs.oneshot import Describer
 from ..jobs.scheduler import Scheduler
@@ -88,12 +89,18 @@ def create_app(settings: Settings) -> FastAPI:
     executor = make_executor(settings.executor.kind)
     scheduler = Scheduler(settings, store, executor, desk, on_change=notifier.notify)
     describer = Describer(settings, executor, desk)
-    metrics = Metrics(store, scheduler, settings.worker_count)
+    versions = Versions(settings.snapshots_dir)
+    metrics = Metrics(store, scheduler, settings.worker_count, versions, list(settings.datasets))
     model_registry = Registry(settings, ModelRegistry(settings.registry_path), settings.jobs_dir)
-    versions = FileIdentity(settings)
     intake = Intake(settings, store, model_registry, versions, audit, desk)
     automation = Automation(
-        settings, store, model_registry, intake, versions, scheduler.notify, ledger.model_state
+        settings,
+        store,
+        model_registry,
+        intake,
+        NumberedVersions(versions),
+        scheduler.notify,
+        ledger.model_state,
     )
 
     def job_finished(job: JobRow, state: str, seconds: float) -> None:
@@ -151,6 +158,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.describer = describer
     app.state.audit = audit
     app.state.notifier = notifier
+    app.state.versions = versions
     app.state.metrics = metrics
     app.state.begin_shutdown = begin_shutdown
     app.state.registry = model_registry

@@ -8,20 +8,23 @@ from fastapi import APIRouter
 from remote_magic.wire import CostEstimate, CostRequest
 
 from ..release.desk import Request
-from .catalog import check_spec, schema_of
-from .deps import DeskDep, SettingsDep, User
+from .catalog import check_spec, version_of
+from .deps import DeskDep, SettingsDep, User, VersionsDep
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
 
 @router.post("/cost", response_model=CostEstimate)
-def cost(settings: SettingsDep, desk: DeskDep, user: User, body: CostRequest) -> CostEstimate:
-    check_spec(settings, user.datasets, body.spec)
+def cost(
+    settings: SettingsDep, versions: VersionsDep, desk: DeskDep, user: User, body: CostRequest
+) -> CostEstimate:
+    spec, plan = check_spec(settings, versions, user.datasets, body.spec)
     request = Request(
         user=user.user,
-        dataset=body.spec.dataset,
+        dataset=spec.dataset,
         kind=body.kind,
-        spec=body.spec.model_dump(mode="json", exclude_none=True),
+        spec=spec.model_dump(mode="json", exclude_none=True),
         options=body.release,
+        dataset_version=plan["dataset_version"],
     )
-    return desk.estimate(request, schema_of(settings.datasets[body.spec.dataset]).rows)
+    return desk.estimate(request, version_of(versions, body.spec.dataset).rows)

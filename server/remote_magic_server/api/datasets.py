@@ -1,4 +1,5 @@
-"""The datasets resource: the catalog of datasets a token grants (schema, rounded size, rules in effect)."""
+"""The datasets resource: the catalog of datasets a token grants (versions, schema, rounded size, rules
+in effect)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,24 @@ from fastapi import APIRouter
 from remote_magic.wire import DatasetInfo
 
 from .catalog import describe_dataset, granted
-from .deps import DeskDep, SettingsDep, User
+from .deps import DeskDep, SettingsDep, User, VersionsDep
 
 router = APIRouter(prefix="/v1", tags=["datasets"])
 
 
 @router.get("/datasets", response_model=list[DatasetInfo])
-def datasets(settings: SettingsDep, desk: DeskDep, user: User) -> list[DatasetInfo]:
-    return [describe_dataset(settings, desk, name) for name in settings.datasets if name in user.datasets]
+def datasets(settings: SettingsDep, desk: DeskDep, versions: VersionsDep, user: User) -> list[DatasetInfo]:
+    return [
+        describe_dataset(settings, desk, versions, name)
+        for name in settings.datasets
+        if name in user.datasets
+    ]
 
 
 @router.get("/datasets/{name}", response_model=DatasetInfo)
-def dataset(settings: SettingsDep, desk: DeskDep, user: User, name: str) -> DatasetInfo:
+def dataset(
+    settings: SettingsDep, desk: DeskDep, versions: VersionsDep, user: User, name: str
+) -> DatasetInfo:
+    """One dataset; `NAME@N` gives version N's columns and size instead of the latest's."""
     granted(settings, user.datasets, name)
-    return describe_dataset(settings, desk, name)
+    return describe_dataset(settings, desk, versions, name)

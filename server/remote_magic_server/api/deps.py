@@ -1,6 +1,6 @@
 """FastAPI dependencies: the app's parts (settings, store, scheduler, describer, release desk, audit
-log, notifier) and the signed-in user, so routes declare what they use instead of reaching into
-`app.state`. They are coroutines, so FastAPI does not send them to its thread pool."""
+log, notifier, dataset versions) and the signed-in user, so routes declare what they use instead of
+reaching into `app.state`. They are coroutines, so FastAPI does not send them to its thread pool."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 
 from ..audit import AuditLog
 from ..automation.service import Automation
+from ..data.versions import Versions
 from ..jobs.oneshot import Describer
 from ..jobs.scheduler import Scheduler
 from ..jobs.store import Store
@@ -45,6 +46,7 @@ IntakeDep = Annotated[Intake, Depends(_part("intake"))]
 AutomationDep = Annotated[Automation, Depends(_part("automation"))]
 LastUsedDep = Annotated[LastUsed, Depends(_part("last_used"))]
 HubDep = Annotated[HubSignIn | None, Depends(_part("hub"))]
+VersionsDep = Annotated[Versions, Depends(_part("versions"))]
 
 
 async def current_user(

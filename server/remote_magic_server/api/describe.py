@@ -14,16 +14,16 @@ from fastapi import APIRouter
 from remote_magic.wire import DatasetSpec, DescribeResult
 
 from .catalog import check_spec
-from .deps import DescriberDep, SettingsDep, User
+from .deps import DescriberDep, SettingsDep, User, VersionsDep
 
 router = APIRouter(prefix="/v1", tags=["datasets"])
 
 
 @router.post("/describe", response_model=DescribeResult)
 async def describe(
-    settings: SettingsDep, describer: DescriberDep, user: User, spec: DatasetSpec
+    settings: SettingsDep, versions: VersionsDep, describer: DescriberDep, user: User, spec: DatasetSpec
 ) -> DescribeResult:
     """Row count, class balance, missing rates, histograms and category frequencies of a spec."""
-    plan = check_spec(settings, user.datasets, spec)
+    spec, plan = check_spec(settings, versions, user.datasets, spec)
     spec_json = spec.model_dump(mode="json", exclude_none=True)
     return await asyncio.to_thread(describer.describe, user.user, spec.dataset, spec_json, plan)

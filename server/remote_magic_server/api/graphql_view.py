@@ -32,7 +32,7 @@ from remote_magic.codes import Refusal
 from remote_magic.wire import JobStatus
 
 from .catalog import describe_dataset, granted
-from .deps import AutomationDep, DeskDep, RegistryDep, SettingsDep, StoreDep, User
+from .deps import AutomationDep, DeskDep, RegistryDep, SettingsDep, StoreDep, User, VersionsDep
 from .graphql_cost import MAX_LIST, CostLimit
 from .jobs import own_job
 from .status import status_of
@@ -70,7 +70,7 @@ class Job:
     trigger: str | None
     base_model: str | None
     registered_as: str | None
-    model: str | None
+    model_file: str | None
     metrics: list[Metric]
 
 
@@ -87,7 +87,7 @@ def _job(status: JobStatus, result: dict | None) -> Job:
         trigger=status.trigger,
         base_model=status.base_model,
         registered_as=status.registration.version if status.registration else None,
-        model=status.model,
+        model_file=status.model_file,
         metrics=_metrics((result or {}).get("metrics")),
     )
 
@@ -332,7 +332,7 @@ class Query:
 
 def _dataset(info: Info, name: str) -> Dataset:
     ctx = _ctx(info)
-    described = describe_dataset(ctx["settings"], ctx["desk"], name)
+    described = describe_dataset(ctx["settings"], ctx["desk"], ctx["versions"], name)
     return Dataset(
         name=name,
         description=described.description,
@@ -366,6 +366,7 @@ async def context(
     registry: RegistryDep,
     automation: AutomationDep,
     desk: DeskDep,
+    versions: VersionsDep,
 ) -> dict[str, Any]:
     """The signed-in user and the parts resolvers read; a request without a valid token gets 401."""
     return {
@@ -375,6 +376,7 @@ async def context(
         "registry": registry,
         "automation": automation,
         "desk": desk,
+        "versions": versions,
     }
 
 

@@ -16,7 +16,7 @@ from remote_magic.payload import ScanReport, custom_code_names, scan
 from remote_magic.wire import DatasetSpec, ReleaseOptions
 
 from ..audit import AuditLog
-from ..dataversions import DatasetVersions
+from ..data.versions import Versions
 from ..jobs.store import JobRow, QueueFull, Store
 from ..registry.access import Registry
 from ..release.desk import ReleaseDesk, Request
@@ -45,7 +45,7 @@ class Intake:
     settings: Settings
     store: Store
     registry: Registry
-    versions: DatasetVersions
+    versions: Versions
     audit: AuditLog
     desk: ReleaseDesk
 
@@ -88,13 +88,14 @@ class Intake:
 
     def prepare(self, sub: Submission) -> tuple[dict, str]:
         """Every check a job passes before it is stored; return its plan and first state, or raise."""
-        plan = check_spec(self.settings, sub.datasets, sub.spec)
+        spec, plan = check_spec(self.settings, self.versions, sub.datasets, sub.spec)
+        sub.spec = spec  # the dataset alone; its version is in the plan
         plan["release"] = sub.release.model_dump()
-        request = Request(
-            user=sub.user, dataset=sub.spec.dataset, kind=sub.kind, spec={}, options=sub.release
-        )
+        request = Request(user=sub.user, dataset=spec.dataset, kind=sub.kind, spec={}, options=sub.release)
         self.desk.check_budget(request)
         state, report = self._scan(sub, plan)
+        if report is not None:
+            plan["model"] = report.model
         self._registry_plan(sub, report, plan)
         # What the model is: the payload, and the registered version it continues (an identical
         # question, the same bytes on the same data, is answered from the ledger at no cost).
@@ -102,7 +103,6 @@ class Intake:
         if "base_model" in plan:
             digest.update(plan["base_model"]["sha256"].encode())
         plan["payload_sha256"] = digest.hexdigest()
-        plan["dataset_version"] = self.versions.latest(sub.spec.dataset)
         plan.update(sub.origin)
         return plan, state
 
@@ -138,6 +138,7 @@ class Intake:
                 sub.user,
                 job=job.id,
                 dataset=sub.spec.dataset,
+                dataset_version=plan["dataset_version"],
                 kind=sub.kind,
                 spec=job.spec,
                 **sub.origin,

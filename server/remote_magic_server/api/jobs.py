@@ -17,6 +17,7 @@ from remote_magic.wire import (
     JobKind,
     JobList,
     JobResult,
+    JobState,
     JobStatus,
     ReleaseOptions,
     first_error,
@@ -124,9 +125,13 @@ async def submit(
 
 @router.get("/jobs", response_model=JobList)
 def list_jobs(
-    store: StoreDep, registry: RegistryDep, user: User, limit: Annotated[int, Query(ge=1, le=500)] = 100
+    store: StoreDep,
+    registry: RegistryDep,
+    user: User,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
 ) -> JobList:
-    return JobList(jobs=[status_of(j, registry) for j in store.list_jobs(user.user, limit)])
+    return JobList(jobs=[status_of(j, registry) for j in store.list_jobs(user.user, limit, state)])
 
 
 @router.get("/jobs/{job_id}", response_model=JobStatus)

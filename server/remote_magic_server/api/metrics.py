@@ -1,8 +1,10 @@
-"""Prometheus metrics at /metrics: jobs by state, queue length, the worker pool, job and request durations.
+"""Prometheus metrics at /metrics: jobs by state, queue length, the worker pool, job and request durations,
+dataset versions and refreshes.
 
-Counts come from the store when Prometheus scrapes (so they are right after a restart too); durations
-are histograms observed as jobs finish and requests end. Each app has its own registry, so several apps
-in one process (tests) do not collide. The route template labels requests, never the raw path, so
+Counts come from the store and the versions registry when Prometheus scrapes (so they are right after a
+restart, and include refreshes run by other processes); durations are histograms observed as jobs
+finish and requests end. Each app has its own registry, so several apps in one process (tests) do not
+collide. The route template labels requests, never the raw path, so
 job ids do not become label values.
 """
 
@@ -13,7 +15,7 @@ from collections.abc import Iterator
 from typing import get_args
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from remote_magic.wire import JobState
 
+from ..data.versions import OUTCOMES, Versions
 from ..jobs.scheduler import Scheduler
 from ..jobs.store import JobRow, Store
 
@@ -51,10 +54,47 @@ class _StoreCollector(Collector):
         yield GaugeMetricFamily("remote_magic_store_up", "1 if the job store answers.", 1 if up else 0)
 
 
+class _DatasetCollector(Collector):
+    """Dataset versions and refreshes, from the versions registry (refreshes run in other processes)."""
+
+    def __init__(self, versions: Versions, datasets: list[str]):
+        self.versions = versions
+        self.datasets = datasets
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.versions.stats(self.datasets)
+        latest = GaugeMetricFamily(
+            "remote_magic_dataset_version",
+            "The latest version of a dataset (0: none yet).",
+            labels=["dataset"],
+        )
+        refreshes = CounterMetricFamily(
+            "remote_magic_dataset_refreshes",
+            "Refreshes of a dataset, by outcome.",
+            labels=["dataset", "outcome"],
+        )
+        failures = CounterMetricFamily(
+            "remote_magic_dataset_refresh_failures",
+            "Failed refreshes of a dataset, by reason.",
+            labels=["dataset", "reason"],
+        )
+        for entry in stats:
+            latest.add_metric([entry.dataset], entry.latest or 0)
+            for outcome in OUTCOMES:
+                refreshes.add_metric([entry.dataset, outcome], entry.outcomes.get(outcome, 0))
+            for reason, count in sorted(entry.failures.items()):
+                failures.add_metric([entry.dataset, reason], count)
+        yield latest
+        yield refreshes
+        yield failures
+
+
 class Metrics:
     """The app's registry and the observations the scheduler and the HTTP layer feed it."""
 
-    def __init__(self, store: Store, scheduler: Scheduler, workers: int):
+    def __init__(
+        self, store: Store, scheduler: Scheduler, workers: int, versions: Versions, datasets: list[str]
+    ):
         self.registry = CollectorRegistry()
         self.job_seconds = Histogram(
             "remote_magic_job_duration_seconds",
@@ -71,6 +111,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_StoreCollector(store, scheduler, workers))
+        self.registry.register(_DatasetCollector(versions, datasets))
 
     def job_finished(self, job: JobRow, state: str, seconds: float) -> None:
         self.job_seconds.labels(job.kind, state).observe(seconds)

@@ -1,9 +1,10 @@
 """GET /v1/datasets/{name}/mock: rows with the dataset's schema and no real values, for dry runs.
 
 The rows come from a file the data owner chose to publish (`mock_path`) or are synthesised from the
-column types in the Parquet footer alone: the synthesis never opens a row of the real data and uses no
-statistic of it (no ranges, no categories, no frequencies), so a mock can never leak a value. The seed is
-the dataset's name, so the same dataset gives the same mock on every call.
+column types recorded with the dataset's version alone (`NAME@N` picks version N, else the latest): the
+synthesis never opens a row of the real data and uses no statistic of it (no ranges, no categories, no
+frequencies), so a mock can never leak a value. The seed is the dataset's name, so the same dataset
+gives the same mock on every call.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import pandas as pd
 from fastapi import APIRouter, Query
 
 from remote_magic.codes import Refusal
-from remote_magic.wire import MockData
+from remote_magic.wire import ColumnInfo, MockData
 
 from ..settings import DatasetConfig
-from .catalog import columns_of, granted
-from .deps import SettingsDep, User
+from .catalog import columns_of, granted, version_of
+from .deps import SettingsDep, User, VersionsDep
 
 log = logging.getLogger("remote_magic_server.api")
 router = APIRouter(prefix="/v1", tags=["datasets"])
@@ -65,8 +66,8 @@ def _plain(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def mock_data(dataset_name: str, dataset: DatasetConfig, rows: int) -> MockData:
-    columns = [c for c in columns_of(dataset) if c.role in ("feature", "label")]
+def mock_data(dataset_name: str, dataset: DatasetConfig, schema: list[ColumnInfo], rows: int) -> MockData:
+    columns = [c for c in schema if c.role in ("feature", "label")]
     given: dict[str, list] = {}
     if dataset.mock_path is not None:
         given = _from_file(dataset, [c.name for c in columns], rows)
@@ -86,15 +87,17 @@ def mock_data(dataset_name: str, dataset: DatasetConfig, rows: int) -> MockData:
 @router.get("/datasets/{name}/mock", response_model=MockData)
 def mock(
     settings: SettingsDep,
+    versions: VersionsDep,
     user: User,
     name: str,
     rows: Annotated[int, Query(ge=1, le=MAX_ROWS, description="How many mock rows.")] = 200,
 ) -> MockData:
-    dataset = granted(settings, user.datasets, name)
+    dataset_name, dataset = granted(settings, user.datasets, name)
+    schema = columns_of(dataset, version_of(versions, name))
     try:
-        return mock_data(name, dataset, rows)
+        return mock_data(dataset_name, dataset, schema, rows)
     except (OSError, ValueError):
-        log.exception("mock data of dataset %s could not be read", name)
+        log.exception("mock data of dataset %s could not be read", dataset_name)
         raise Refusal(
             "mock_unavailable", "the mock data of this dataset could not be read; tell its data owner"
         ) from None

@@ -14,6 +14,7 @@ from types import FrameType
 
 import uvicorn
 
+from ..data.schedule import Refresher, missing_versions, run_in_child
 from ..logs import configure_logging
 from ..settings import Settings
 from .app import create_app
@@ -41,8 +42,11 @@ def tls_options(settings: Settings) -> dict[str, object]:
 
 
 def serve(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    """Serve until SIGTERM or SIGINT, then shut down gracefully; datasets get their first version first."""
     configure_logging(settings.server.log_level)
+    missing = missing_versions(settings)
+    if missing:
+        run_in_child(settings, missing)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -53,4 +57,8 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=max(1, int(settings.server.shutdown_grace_s)),
         **tls_options(settings),  # type: ignore[arg-type]
     )
-    _Server(config, app.state.begin_shutdown).run()
+    refresher = Refresher(settings).start()
+    try:
+        _Server(config, app.state.begin_shutdown).run()
+    finally:
+        refresher.stop()

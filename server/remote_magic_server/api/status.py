@@ -17,6 +17,13 @@ def _main_metric(job: JobRow) -> MetricPoint | None:
     return main_metric(job.result.get("metrics", {})) if job.result else None
 
 
+def _rounds(job: JobRow) -> int | None:
+    """The model's boosting rounds: from the result when done, from the worker's progress while it runs."""
+    if job.result:
+        return job.result["rounds"]["total"]
+    return job.progress.get("total_rounds") or None
+
+
 def _model_kept(job: JobRow, registry: Registry, outcome: tuple | None) -> str | None:
     if job.kind != "train" or job.state != "succeeded":
         return None
@@ -33,6 +40,7 @@ def status_of(job: JobRow, registry: Registry) -> JobStatus:
     return JobStatus(
         id=job.id,
         dataset=job.dataset,
+        dataset_version=job.plan.get("dataset_version"),
         kind=job.kind,  # type: ignore[arg-type]
         state=job.state,  # type: ignore[arg-type]
         progress=Progress.model_validate(job.progress),
@@ -41,11 +49,13 @@ def status_of(job: JobRow, registry: Registry) -> JobStatus:
         finished_at=whole_seconds(job.finished_at),
         error=error,
         main_metric=_main_metric(job),
+        model=job.plan.get("model"),
+        rounds=_rounds(job),
         isolation=job.isolation,
         version=job.version,
         base_model=(job.plan.get("base_model") or {}).get("ref"),
         recipe=job.plan.get("recipe"),
         trigger=job.plan.get("trigger"),
         registration=registration,
-        model=_model_kept(job, registry, outcome),
+        model_file=_model_kept(job, registry, outcome),
     )

@@ -105,7 +105,7 @@ class MlflowExporter:
             f"{TAG}.user": job.user,
             f"{TAG}.kind": job.kind,
             f"{TAG}.dataset": job.dataset,
-            f"{TAG}.dataset_version": job.plan.get("dataset_version") or "",
+            f"{TAG}.dataset_version": str(job.plan.get("dataset_version") or ""),
             f"{TAG}.lineage.parent": (job.plan.get("base_model") or {}).get("ref") or "",
             f"{TAG}.recipe": job.plan.get("recipe") or "",
             f"{TAG}.trigger": job.plan.get("trigger") or "",

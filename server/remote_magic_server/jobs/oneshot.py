@@ -39,6 +39,7 @@ class Describer:
             spec=spec,
             features=tuple(plan["features"]),
             charge_key=f"describe:{uuid.uuid4().hex}",
+            dataset_version=plan.get("dataset_version"),
         )
         stored = self.desk.stored_describe(request)
         if stored is not None:

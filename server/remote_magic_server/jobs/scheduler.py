@@ -172,7 +172,7 @@ class Scheduler:
                 self.on_change(job.id)
                 try:
                     self._launch(job)
-                except Refusal as refusal:
+                except Refusal as refusal:  # a base model or its dataset version is gone
                     if self.store.finish(job.id, "failed", error=(refusal.code, refusal.message)):
                         self.on_finish(job, "failed", 0.0)
                     self.on_change(job.id)
@@ -194,6 +194,7 @@ class Scheduler:
             features=tuple(job.plan["features"]),
             options=ReleaseOptions.model_validate(job.plan.get("release") or {}),
             payload_sha256=job.plan.get("payload_sha256"),
+            dataset_version=job.plan.get("dataset_version"),
         )
 
     def _place_base_model(self, job: JobRow, folder: Path) -> None:

@@ -22,6 +22,7 @@ import secrets
 import shutil
 import sqlite3
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -342,11 +343,13 @@ class Store:
         row = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _row(row) if row else None
 
-    def list_jobs(self, user: str, limit: int = 100) -> list[JobRow]:
-        rows = self._read(
-            "SELECT * FROM jobs WHERE user = ? ORDER BY seq DESC LIMIT ?", (user, limit)
-        ).fetchall()
-        return [_row(r) for r in rows]
+    def list_jobs(self, user: str, limit: int = 100, state: str | None = None) -> list[JobRow]:
+        if state is None:
+            sql, params = "SELECT * FROM jobs WHERE user = ? ORDER BY seq DESC LIMIT ?", (user, limit)
+        else:
+            sql = "SELECT * FROM jobs WHERE user = ? AND state = ? ORDER BY seq DESC LIMIT ?"
+            params = (user, state, limit)
+        return [_row(r) for r in self._read(sql, params).fetchall()]
 
     def count_by_state(self) -> dict[str, int]:
         rows = self._read("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
@@ -447,6 +450,17 @@ class Store:
     def datasets_of(self, user: str) -> list[str]:
         """Every dataset an active token of `user` grants (what a recipe of theirs may use)."""
         return sorted({name for t in self.list_tokens(user) if t.state() == "active" for name in t.datasets})
+
+    def dataset_versions_in_use(self, dataset: str, job_ids: Iterable[str] = ()) -> set[int]:
+        """Dataset versions that unfinished jobs, or the jobs named (kept models), refer to: never pruned."""
+        ids = list(job_ids)
+        marks = ", ".join("?" * len(ids)) or "NULL"
+        rows = self._read(
+            "SELECT DISTINCT json_extract(plan, '$.dataset_version') FROM jobs WHERE dataset = ? AND "
+            f"(state IN ('queued', 'running', 'awaiting_approval') OR id IN ({marks}))",
+            (dataset, *ids),
+        ).fetchall()
+        return {row[0] for row in rows if row[0] is not None}
 
     def running_ids(self) -> list[str]:
         rows = self._read("SELECT id FROM jobs WHERE state = 'running'").fetchall()

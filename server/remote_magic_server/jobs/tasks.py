@@ -5,8 +5,12 @@ One builder for every kind, so limits, bounds and the staging plan are set the s
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from remote_magic.codes import Refusal
 from remote_magic.wire import DatasetSpec, ReleaseOptions
 
+from ..data.versions import Versions, snapshot_file
 from ..protocol import DescribeOptions, Limits, SavedModel, Staging, Task, TaskKind
 from ..settings import Settings
 
@@ -14,6 +18,20 @@ CPU_SLACK_S = 30
 BASE_MODEL_FILE = "base.json"
 REVIEW_CPU_S = 30
 REVIEW_MEMORY_MB = 2048
+
+
+def _snapshot(settings: Settings, dataset: str, plan: dict) -> Path:
+    """The immutable snapshot of the dataset version the plan names: the only file a worker reads."""
+    if "snapshot" not in plan:  # queued by a server that had no dataset versions: the latest one
+        latest = Versions(settings.snapshots_dir).latest(dataset)
+        plan["snapshot"] = latest.content_hash if latest else ""
+    path = snapshot_file(settings.snapshots_dir, dataset, plan["snapshot"])
+    if not plan["snapshot"] or not path.exists():
+        raise Refusal(
+            "unknown_version",
+            f"version {plan.get('dataset_version')} of dataset {dataset!r} was pruned before the job ran",
+        )
+    return path
 
 
 def build_task(
@@ -48,7 +66,7 @@ def build_task(
         sandbox_gid=server.sandbox_gid,
     )
     staging = Staging(
-        dataset_path=str(config.path),
+        dataset_path=str(_snapshot(settings, dataset, plan)),
         id_column=config.id_column,
         features=plan["features"],
         filter_columns=plan["filter_columns"],

@@ -65,6 +65,10 @@ def read_params(folder: Path) -> dict:
     return {str(k)[:64]: v for k, v in list(raw.items())[:100] if isinstance(v, scalars)}
 
 
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
 class Registrar:
     def __init__(self, registry: Registry):
         self.registry = registry
@@ -114,7 +118,7 @@ class Registrar:
                 job_id=job.id,
                 owner=job.user,
                 dataset=job.dataset,
-                dataset_version=job.plan.get("dataset_version"),
+                dataset_version=_text(job.plan.get("dataset_version")),
                 origin=origin,
                 parent=(base["name"], base["number"]) if base else None,
                 base_sha256=job.plan.get("payload_sha256") if origin == "uploaded" else None,

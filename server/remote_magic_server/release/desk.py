@@ -79,6 +79,7 @@ class Request:
     spec: dict
     job_id: str | None = None
     features: tuple[str, ...] = ()
+    dataset_version: int | None = None
     options: ReleaseOptions = field(default_factory=ReleaseOptions)
     payload_sha256: str | None = None
     charge_key: str | None = None
@@ -123,14 +124,10 @@ class ReleaseDesk:
         return self.policy(dataset).privacy == "dp"
 
     def _table(self, dataset: str) -> str:
-        """The guard's key for a dataset: its file, so one table served under two names shares a history
-        (row numbers belong to a file). Budgets are kept per dataset name."""
-        return str(self.settings.datasets[dataset].path)
-
-    def _table_identity(self, dataset: str) -> str:
-        path = self.settings.datasets[dataset].path
-        info = path.stat()
-        return f"{path}:{info.st_size}:{info.st_mtime_ns}"
+        """The guard's key for a dataset: its source (for `path =` datasets the file), so one table served
+        under two names, and every version of it, share one history. Budgets are kept per dataset name."""
+        config = self.settings.datasets[dataset]
+        return str(config.path) if config.path is not None else config.source_config.describe()
 
     # the catalog and running jobs
     def table_size(self, dataset: str, rows: int) -> int | None:
@@ -182,12 +179,13 @@ class ReleaseDesk:
             request.spec,
             request.payload_sha256,
             request.options.model_dump(),
-            self._table_identity(request.dataset),
+            self._table(request.dataset),
+            request.dataset_version,
         )
 
     def stored_result(self, request: Request) -> JobResult | None:
         """In mode dp, the stored result of an identical earlier job (same spec, model bytes, options and
-        data), repeated at no cost; never fresh noise for the same question."""
+        dataset version), repeated at no cost; never fresh noise for the same question."""
         if not self.dp(request.dataset) or request.payload_sha256 is None:
             return None
         stored = self.ledger.stored_answer(request.user, request.dataset, self._request_key(request))
@@ -265,7 +263,7 @@ class ReleaseDesk:
             assert admitted.noisy is not None
             result = dp_release.release_dp(
                 report, admitted.noisy, policy, request.options, request.job_id, request.dataset, request.kind
-            )
+            ).model_copy(update={"dataset_version": request.dataset_version})
             flags = dp_release.structure_flags(report.structure, policy)
             if flags:
                 self.audit.record(
@@ -278,7 +276,7 @@ class ReleaseDesk:
         else:
             result = rules.release(
                 report, admitted.admission.counts, policy, request.job_id, request.dataset, request.kind
-            )
+            ).model_copy(update={"dataset_version": request.dataset_version})
         if request.kind == "train" and self.settings.datasets[request.dataset].allow_model_release:
             self._decide_model(request, report.model, policy)
         return result
@@ -330,7 +328,8 @@ class ReleaseDesk:
         policy = self.policy(request.dataset)
         label = request.spec["label"]
         if policy.privacy != "dp":
-            return describe_rules.release_describe(report, policy, request.dataset, label)
+            answer = describe_rules.release_describe(report, policy, request.dataset, label)
+            return answer.model_copy(update={"dataset_version": request.dataset_version})
         content_key = self._content_key(request, admitted)
         with self.ledger.decision():
             stored = admitted.stored or self.ledger.stored_answer(request.user, request.dataset, content_key)
@@ -345,6 +344,7 @@ class ReleaseDesk:
             answer = describe_rules.release_describe(
                 report, policy, request.dataset, label, noise, noisy_cohort=True
             )
+            answer = answer.model_copy(update={"dataset_version": request.dataset_version})
             stored_json = answer.model_dump(mode="json")
             for key in (content_key, self._describe_key(request)):
                 self.ledger.store_answer(request.user, request.dataset, key, stored_json)
@@ -409,7 +409,12 @@ class ReleaseDesk:
     ) -> None:
         """Every release decision, released or not, in the audit log (with the real cause of a failure
         that the analyst saw as one code)."""
-        fields: dict = {"dataset": request.dataset, "kind": request.kind, "spec": request.spec}
+        fields: dict = {
+            "dataset": request.dataset,
+            "dataset_version": request.dataset_version,
+            "kind": request.kind,
+            "spec": request.spec,
+        }
         if request.job_id is not None:
             fields["job"] = request.job_id
         if cause is not None and cause != code:

@@ -152,6 +152,16 @@ class Ledger:
                 (job_id, user, dataset, state, message, _now()),
             )
 
+    def kept_models(self, dataset: str) -> list[str]:
+        """Jobs whose trained model awaits approval or is approved: their dataset version stays."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT job_id FROM model_releases WHERE dataset = ? AND state IN ('awaiting_approval', "
+                "'approved')",
+                (dataset,),
+            ).fetchall()
+        return [row[0] for row in rows]
+
     def model_state(self, job_id: str) -> dict | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM model_releases WHERE job_id = ?", (job_id,)).fetchone()

@@ -1,0 +1,83 @@
+"""What `remote-magic-server dataset list|versions|refresh|prune` does and prints, for the data owner.
+
+The owner sees exact row counts and full hashes here (it is their data); the catalog that analysts see
+shows rounded counts only.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ..settings import Settings
+from . import lifecycle
+from .sources import SourceError
+from .versions import Version, Versions, schema_change
+
+
+def _line(version: Version) -> str:
+    return (
+        f"v{version.number}  {version.created}  {version.rows:,} rows  "
+        f"schema {version.schema_hash[:12]}  content {version.content_hash[:12]}"
+    )
+
+
+def list_datasets(settings: Settings) -> int:
+    versions = Versions(settings.snapshots_dir)
+    for name, config in settings.datasets.items():
+        latest = versions.latest(name)
+        last = versions.last_refresh(name)
+        where = config.source_config.describe()
+        every = f"every {config.refresh_every}" if config.refresh_every else "on demand"
+        current = f"v{latest.number} ({latest.rows:,} rows, {latest.created})" if latest else "no version"
+        print(f"{name}: {where}; {current}; refreshed {every}")
+        if last and last["outcome"] == "failed":
+            print(f"  last refresh failed at {last['at']} ({last['reason']}): {last['message']}")
+    return 0
+
+
+def show_versions(settings: Settings, name: str) -> int:
+    history = Versions(settings.snapshots_dir).history(name, include_pruned=True)
+    if not history:
+        print(f"{name}: no version yet (run `remote-magic-server dataset refresh {name}`)")
+        return 0
+    previous = None
+    for version in history:
+        if version.pruned:
+            print(f"v{version.number}  pruned {version.pruned}")
+            continue
+        print(_line(version))
+        change = schema_change(previous.columns, version.columns) if previous else None
+        if change:
+            parts = [f"+{c}" for c in change.added] + [f"-{c}" for c in change.dropped]
+            parts += [f"~{c} {old} -> {new}" for c, old, new in change.retyped]
+            print(f"    schema changed: {', '.join(parts)}")
+        if version.inferred:
+            print(f"    inferred types: {', '.join(version.inferred)}")
+        previous = version
+    return 0
+
+
+def refresh_now(settings: Settings, name: str) -> int:
+    try:
+        outcome = lifecycle.refresh(settings, name)
+    except SourceError as exc:
+        print(f"{name}: refresh failed ({exc.reason}): {exc.message}", file=sys.stderr)
+        print(f"{name}: the previous version, if any, keeps serving", file=sys.stderr)
+        return 1
+    if outcome.new:
+        print(f"{name}: new version {_line(outcome.version)}")
+    else:
+        print(f"{name}: unchanged; v{outcome.version.number} keeps serving")
+    return 0
+
+
+def prune_versions(settings: Settings, name: str, keep: int, in_use: set[int]) -> int:
+    if keep < 1:
+        print("--keep must be at least 1", file=sys.stderr)
+        return 2
+    pruned = lifecycle.prune(settings, name, keep, in_use)
+    held = sorted(n for n in in_use if Versions(settings.snapshots_dir).get(name, n))
+    print(f"{name}: pruned {', '.join(f'v{v.number}' for v in pruned) or 'nothing'}")
+    if held:
+        print(f"{name}: kept for jobs that use them: {', '.join(f'v{n}' for n in held)}")
+    return 0

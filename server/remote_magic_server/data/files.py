@@ -1,0 +1,135 @@
+"""Files as sources: a Parquet file or folder (hive partitions become columns), CSV files with the
+owner's types. Any pyarrow filesystem: the local one, or S3 (see `s3.py`)."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.dataset as ds
+from pyarrow import fs
+
+from .parquet import COPY_CHUNK, write_rows
+from .source import Source
+
+HEADER_BYTES = 1 << 16
+
+
+class ParquetSource(Source):
+    """A Parquet file (copied byte for byte) or a folder of them (hive partitions become columns)."""
+
+    def __init__(self, description: str, path: str, filesystem: fs.FileSystem):
+        super().__init__(description)
+        self.path = path
+        self.filesystem = filesystem
+
+    def stage(self, dest: Path) -> list[str]:
+        info = self.filesystem.get_file_info(self.path)
+        if info.type == fs.FileType.File:
+            with self.filesystem.open_input_stream(self.path) as src, open(dest, "wb") as dst:
+                shutil.copyfileobj(src, dst, COPY_CHUNK)
+            return []
+        if info.type != fs.FileType.Directory:
+            raise self.fail("not_found", "no such file or folder")
+        dataset = ds.dataset(self.path, filesystem=self.filesystem, format="parquet", partitioning="hive")
+        if not dataset.files:
+            raise self.fail("not_found", "no Parquet files in the folder")
+        try:
+            write_rows(dataset.scanner().to_reader(), dest)
+        except pa.ArrowInvalid:
+            raise self.fail("invalid_snapshot", "the Parquet files do not share one schema") from None
+        return list(dataset.partitioning.schema.names) if dataset.partitioning else []
+
+
+class CsvSource(Source):
+    """CSV files, typed as the owner declared; a column not declared is inferred here, once."""
+
+    def __init__(
+        self,
+        description: str,
+        files: Callable[[], list[str]],
+        filesystem: fs.FileSystem,
+        types: dict[str, str],
+        delimiter: str = ",",
+    ):
+        super().__init__(description)
+        self.files = files
+        self.filesystem = filesystem
+        self.types = {name: pa.type_for_alias(alias) for name, alias in types.items()}
+        self.delimiter = delimiter
+
+    def stage(self, dest: Path) -> list[str]:
+        files = self.files()
+        if not files:
+            raise self.fail("not_found", "no CSV file matches")
+        names = self._header(files[0])
+        missing = [name for name in self.types if name not in names]
+        if missing:
+            raise self.fail("invalid_snapshot", f"declared column(s) not in the CSV: {missing}")
+        try:
+            first = self._read(files[0], self.types, [])
+            schema = first.schema
+            fixed = dict(zip(schema.names, schema.types))
+
+            def batches() -> Iterator[pa.RecordBatch]:
+                yield from first
+                for path in files[1:]:
+                    yield from self._read(path, fixed, schema.names)
+
+            write_rows(pa.RecordBatchReader.from_batches(schema, batches()), dest)
+        except pa.ArrowInvalid as exc:
+            raise self.fail("invalid_snapshot", _csv_problem(str(exc), names)) from None
+        return [name for name in schema.names if name not in self.types]
+
+    def _read(self, path: str, types: dict[str, pa.DataType], names: list[str]) -> pacsv.CSVStreamingReader:
+        """One file, read front to back; later files take the first file's types and column order."""
+        return pacsv.open_csv(
+            self.filesystem.open_input_stream(path),
+            parse_options=pacsv.ParseOptions(delimiter=self.delimiter),
+            convert_options=pacsv.ConvertOptions(
+                column_types=types, include_columns=names, strings_can_be_null=True
+            ),
+        )
+
+    def _header(self, path: str) -> list[str]:
+        """The first file's column names, read before any value is converted."""
+        with self.filesystem.open_input_stream(path) as stream:
+            first = stream.read(HEADER_BYTES).decode("utf-8", "replace").splitlines()
+        return next(csv.reader(first[:1], delimiter=self.delimiter), [])
+
+
+def _csv_problem(text: str, names: list[str]) -> str:
+    """Arrow's CSV error without the offending value or row, which are data."""
+    convert = re.search(r"column #(\d+).*?conversion error to (\S+?):", text, re.S)
+    if convert:
+        index = int(convert.group(1))
+        column = repr(names[index]) if index < len(names) else f"#{index}"
+        return (
+            f"column {column} has a value that does not parse as {convert.group(2)}; "
+            "declare the column's type in `columns`"
+        )
+    fields = re.search(r"Expected (\d+) columns, got (\d+)", text)
+    if fields:
+        return f"a row has {fields.group(2)} fields where {fields.group(1)} were expected"
+    return "the CSV files could not be read (mixed schemas or a malformed file)"
+
+
+def local_glob(pattern: str) -> Callable[[], list[str]]:
+    return lambda: sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+
+
+def objects_under(filesystem: fs.FileSystem, prefix: str) -> Callable[[], list[str]]:
+    def listing() -> list[str]:
+        selector = fs.FileSelector(prefix, recursive=True, allow_not_found=True)
+        infos = filesystem.get_file_info(selector)
+        files = [i for i in infos if i.type == fs.FileType.File]
+        return sorted(i.path for i in files if not i.base_name.startswith((".", "_")))
+
+    return listing

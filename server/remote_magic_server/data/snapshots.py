@@ -1,0 +1,106 @@
+"""Materialise a source into one immutable, content-hashed Parquet file, or into nothing at all.
+
+The rows go to a temporary name in the dataset's folder, are fsynced, checked against the dataset's
+declared roles (id column present, unique and never missing; every label column present), and only then
+renamed to `<sha256>.parquet` and the folder fsynced. A crash at any point leaves either no new file or a
+complete one that no version lists yet (the next refresh sweeps both), never half a version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from .source import Source
+
+TMP_PREFIX = ".tmp-"
+HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    file: Path
+    content_hash: str
+    rows: int
+    columns: list[tuple[str, str]]
+    inferred: list[str]
+
+    @property
+    def schema_hash(self) -> str:
+        return schema_hash(self.columns)
+
+
+def schema_hash(columns: list[tuple[str, str]]) -> str:
+    """SHA-256 of the column names and types, in order: equal exactly when the schemas are."""
+    return hashlib.sha256(json.dumps([list(c) for c in columns]).encode()).hexdigest()
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_roles(source: Source, path: Path, names: list[str], id_column: str, labels: list[str]) -> None:
+    missing = [c for c in (id_column, *labels) if c not in names]
+    if missing:
+        raise source.fail("invalid_snapshot", f"the declared column(s) {missing} are not in the rows")
+    ids = pq.read_table(path, columns=[id_column]).column(0)
+    if ids.null_count:
+        raise source.fail("invalid_snapshot", f"the id column {id_column!r} has missing values")
+    if pc.count_distinct(ids).as_py() != len(ids):
+        raise source.fail("invalid_snapshot", f"the id column {id_column!r} is not unique")
+
+
+def take_snapshot(source: Source, folder: Path, id_column: str, labels: list[str]) -> Snapshot:
+    """Stage the source's rows into `folder`; return the complete, checked, content-named snapshot."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{TMP_PREFIX}{uuid.uuid4().hex}.parquet"
+    tmp.touch(exist_ok=False)  # on disk from the start: a crash at any point leaves it for the sweep
+    try:
+        inferred = source.stage(tmp)
+        _fsync(tmp)
+        try:
+            meta = pq.read_metadata(tmp)
+        except pa.ArrowInvalid:
+            raise source.fail("invalid_snapshot", "the file is not Parquet") from None
+        schema = meta.schema.to_arrow_schema()
+        _check_roles(source, tmp, schema.names, id_column, labels)
+        content_hash = _file_hash(tmp)
+        final = folder / f"{content_hash}.parquet"
+        if final.exists():
+            tmp.unlink()
+        else:
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, final)
+            _fsync(folder)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return Snapshot(
+        file=final,
+        content_hash=content_hash,
+        rows=meta.num_rows,
+        columns=[(f.name, str(f.type)) for f in schema],
+        inferred=inferred,
+    )

@@ -1,0 +1,97 @@
+"""The data owner's decisions from the command line: review held code, approve a model's release, read
+and verify the audit log. Each reads the same config as `serve` and writes to the same audit log."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .settings import Settings
+
+
+def cmd_review(args: argparse.Namespace, settings: Settings) -> int:
+    """The data owner's side of custom code: list held jobs, show what one would run, decide."""
+    import hashlib
+
+    from .jobs.store import Store
+
+    store = Store(settings.db_path, settings.jobs_dir)
+    try:
+        if args.action == "list":
+            for job in store.awaiting_approval():
+                names = ", ".join(job.plan.get("custom_code") or []) or "unnamed code"
+                print(f"{job.id}  {job.submitted_at}  user={job.user}  dataset={job.dataset}  {names}")
+            return 0
+        job = store.get_job(args.job_id or "")
+        if job is None or job.state != "awaiting_approval":
+            print(f"no job {args.job_id!r} is awaiting approval", file=sys.stderr)
+            return 2
+        payload = (store.job_dir(job.id) / "model.pkl").read_bytes()
+        digest = hashlib.sha256(payload).hexdigest()
+        if args.action == "show":
+            from .jobs.executor import make_executor
+            from .jobs.oneshot import review
+
+            print(f"job {job.id} by {job.user} on {job.dataset}; payload sha256 {digest}\n")
+            print(review(settings, make_executor(settings.executor.kind), payload))
+        elif args.action == "approve":
+            store.approve(job.id, digest)
+            print(f"approved {job.id} (sha256 {digest}); it is queued")
+        else:
+            store.finish(
+                job.id,
+                "failed",
+                error=("rejected_by_owner", "the data owner did not approve this model's code"),
+            )
+            print(f"rejected {job.id}")
+        return 0
+    finally:
+        store.close()
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from .audit import AuditLog, read_head, verify
+
+    if args.verify:
+        verdict = verify(settings.audit_path, read_head(settings.db_path))
+        print(verdict.describe(), file=sys.stdout if verdict.ok else sys.stderr)
+        return 0 if verdict.ok else 1
+    for entry in AuditLog(settings.audit_path).entries():
+        fields = {k: v for k, v in entry.items() if k not in ("seq", "time", "event", "user", "prev", "hash")}
+        print(
+            f"{entry['seq']:>6} {entry['time']} {entry['event']:<22} {entry['user'] or '-':<12} "
+            f"{json.dumps(fields, sort_keys=True)}"
+        )
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
+    import getpass
+
+    from .audit import open_audit
+    from .release.ledger import Ledger
+
+    ledger = Ledger(settings.ledger_path)
+    try:
+        state = ledger.model_state(args.job)
+        if state is None or state["state"] != "awaiting_approval":
+            why = (
+                "no releasable model"
+                if state is None
+                else f"its model is {state['state']}: {state['message']}"
+            )
+            print(f"job {args.job} cannot be approved: {why}", file=sys.stderr)
+            return 1
+        approver = args.by or getpass.getuser()
+        ledger.approve_model(args.job, approver)
+    finally:
+        ledger.close()
+    audit = open_audit(settings)
+    audit.record(
+        "model_approved", state["user"], job=args.job, dataset=state["dataset"], approved_by=approver
+    )
+    audit.close()
+    print(f"approved: the model of job {args.job} may now be downloaded by {state['user']}")
+    return 0

@@ -1,0 +1,61 @@
+"""The two README commands a newcomer runs first: `serve --demo` prints the line to paste, and `demo`
+prints the results and nothing else (the logs go to a file)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from remote_magic import Client
+from remote_magic_server.demo import free_port, wait_healthy
+
+PASTE = re.compile(r"^\s*REMOTE_MAGIC_URL=(http://\S+) REMOTE_MAGIC_TOKEN=(\S+) jupyter lab$")
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    return tmp_path_factory.mktemp("demo-data")
+
+
+def test_serve_demo_prints_the_line_to_paste(demo_data):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "remote_magic_server", "serve", "--demo", "--data-dir", str(demo_data)]
+        + ["--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        lines = [proc.stdout.readline() for _ in range(5)]
+        pasted = [m for m in map(PASTE.match, lines) if m]
+        assert len(pasted) == 1, lines
+        url, token = pasted[0].groups()
+        assert url == f"http://127.0.0.1:{port}"
+        wait_healthy(url)
+        assert Client(url, token).whoami().user == "demo"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_demo_prints_the_results_and_logs_to_a_file(demo_data, tmp_path):
+    out = tmp_path / "demo-output"
+    proc = subprocess.run(
+        [sys.executable, "-m", "remote_magic_server", "demo", "--data-dir", str(demo_data)]
+        + ["--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr == ""
+    assert "TrainResult: training of a binary classifier on synthetic" in proc.stdout
+    assert '{"ts"' not in proc.stdout and "WARNING" not in proc.stdout
+    assert len(proc.stdout.splitlines()) < 25
+    log = (out / "server.log").read_text()
+    assert '"event": "job_finished"' in log and f"logs in {out / 'server.log'}" in proc.stdout
+    assert (out / "01-quickstart.ipynb").exists()

@@ -1,0 +1,75 @@
+"""papermill, where it is the subject: every example runs to its end against the test server, and a
+magic usage error fails the run with its message in papermill's exception (not an empty one)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from conftest import HOOK_PORT
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.ipynb"))
+KERNELSPEC = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+
+
+@pytest.fixture()
+def kernel_env(server, monkeypatch):
+    """The kernel papermill starts inherits this process's environment: point it at the test server."""
+    monkeypatch.setenv("REMOTE_MAGIC_URL", server.url)
+    monkeypatch.setenv("REMOTE_MAGIC_TOKEN", server.tokens["alice"])
+    monkeypatch.setenv("REMOTE_MAGIC_PROGRESS", "off")
+    monkeypatch.setenv("REMOTE_MAGIC_HOOK_PORT", str(HOOK_PORT))  # 06's webhook receiver: an allowed port
+
+
+def outputs_text(notebook) -> str:
+    parts = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            parts.append(output.get("text", "") + output.get("data", {}).get("text/plain", ""))
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_runs_to_the_end_under_papermill(example, kernel_env, tmp_path):
+    executed = papermill.execute_notebook(
+        str(example),
+        str(tmp_path / example.name),
+        cwd=str(tmp_path),
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    assert all(cell.get("execution_count") for cell in executed.cells if cell.cell_type == "code")
+    text = outputs_text(executed)
+    assert "Traceback" not in text
+    if example.stem == "02-dataset-specs":
+        assert "unknown column 'bmii' in filter; did you mean 'bmi'?" in text
+        admitted = re.search(r"admitted by the filter: (\d+)", text)
+        assert admitted and int(admitted.group(1)) > 0, "the mock rows pass the docs' own filter"
+
+
+def test_a_usage_error_fails_papermill_with_its_message(kernel_env, tmp_path):
+    notebook = new_notebook(
+        cells=[
+            new_code_cell("%load_ext remote_magic"),
+            new_code_cell("%%remote_train --dataset synthetic\nmodel = {'params': {}}"),
+            new_code_cell("print('not reached')"),
+        ],
+        metadata=KERNELSPEC,
+    )
+    nbformat.write(notebook, tmp_path / "usage.ipynb")
+    with pytest.raises(papermill.PapermillExecutionError) as failed:
+        papermill.execute_notebook(
+            str(tmp_path / "usage.ipynb"),
+            str(tmp_path / "out.ipynb"),
+            kernel_name="python3",
+            progress_bar=False,
+        )
+    assert failed.value.ename == "MagicUsageError"
+    assert "UsageError: missing --label (or define them in a `spec` dict)" in str(failed.value)
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert not executed.cells[2].get("outputs"), "the run stopped at the failed cell"

@@ -1,0 +1,135 @@
+"""Notebooks executed on a real kernel through nbclient, as papermill and `jupyter nbconvert --execute` do:
+what a saved notebook keeps (no progress leftovers), what a cell shows when no token prompt is possible,
+what Ctrl-C leaves, and that `result.plot()` displays its figures."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+
+import nbformat
+from nbclient import NotebookClient
+from nbconvert import HTMLExporter
+from nbformat.v4 import new_code_cell, new_notebook
+
+from tests.test_magics import wait_running
+
+KERNELSPEC = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+PROGRESS_ON = (
+    "%load_ext remote_magic\n%config RemoteMagic.progress = True\n%config RemoteMagic.progress_delay = 0.0"
+)
+BAR = re.compile(r"(queued|starting|staging|training|evaluating): \d")
+
+
+def kernel_env(server, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REMOTE_MAGIC") and k != "CI"}
+    return {**env, "REMOTE_MAGIC_URL": server.url, "REMOTE_MAGIC_TOKEN": server.tokens["alice"], **extra}
+
+
+def execute(cells: list[str], env: dict[str, str], tmp_path) -> nbformat.NotebookNode:
+    notebook = new_notebook(cells=[new_code_cell(c) for c in cells], metadata=KERNELSPEC)
+    client = NotebookClient(notebook, timeout=300, kernel_name="python3", allow_errors=True)
+    client.resources = {"metadata": {"path": str(tmp_path)}}
+    client.execute(env=env)
+    return notebook
+
+
+def errors(cell) -> list:
+    return [o for o in cell.outputs if o.output_type == "error"]
+
+
+def test_without_a_token_the_cell_says_to_set_it_in_one_line(server, tmp_path):
+    env = kernel_env(server)
+    env.pop("REMOTE_MAGIC_TOKEN")
+    notebook = execute(["%load_ext remote_magic", "%remote_connect", "%remote_datasets"], env, tmp_path)
+    for cell in notebook.cells[1:]:
+        [error] = errors(cell)
+        assert error.ename == "MagicUsageError"
+        assert error.traceback == [
+            "UsageError: no token: set the environment variable REMOTE_MAGIC_TOKEN before connecting"
+        ]
+
+
+def test_a_saved_notebook_keeps_no_progress_leftovers(server, tmp_path):
+    notebook = execute(
+        [
+            PROGRESS_ON,
+            "%%remote_train -d synthetic -l label -o r\nfrom xgboost import XGBClassifier\n"
+            "print('cell ran')\nmodel = XGBClassifier(n_estimators=40, max_depth=6)",
+            "%%remote_train -d breast_cancer -l malignant --where 'mean_radius > 27'\n"
+            "from xgboost import XGBClassifier\nmodel = XGBClassifier(n_estimators=3)",
+        ],
+        kernel_env(server),
+        tmp_path,
+    )
+    trained, refused = notebook.cells[1], notebook.cells[2]
+    assert not errors(trained) and errors(refused)[0].ename == "DisclosureRefused"
+    for cell in (trained, refused):
+        texts = [str(o.get("data", {})) + o.get("text", "") for o in cell.outputs]
+        assert not any(WIDGET_MIME in o.get("data", {}) for o in cell.outputs), "no widget to lose"
+        assert not any(BAR.search(t) or "remote-magic-progress" in t for t in texts), texts
+    bars = [o for o in trained.outputs if o.output_type == "display_data"]
+    assert [o.data for o in bars] == [{"text/plain": ""}], "the bar's display was shown, then emptied"
+    assert trained.outputs[0].text == "cell ran\n", "the cell's own output stays"
+    assert any("remote-magic-result" in o.get("data", {}).get("text/html", "") for o in trained.outputs)
+    nbformat.write(notebook, tmp_path / "saved.ipynb")
+    page, _ = HTMLExporter().from_notebook_node(nbformat.read(tmp_path / "saved.ipynb", as_version=4))
+    assert (
+        "training:" not in page
+        and "Error displaying widget" not in page
+        and "remote-magic-progress" not in page
+    )
+
+
+def test_interrupt_in_a_kernel_leaves_one_line_and_no_bar(server, tmp_path):
+    notebook = new_notebook(
+        cells=[
+            new_code_cell(PROGRESS_ON),
+            new_code_cell(
+                "%%remote_train -d synthetic -l label\nfrom xgboost import XGBClassifier\n"
+                "model = XGBClassifier(n_estimators=2000, max_depth=10, learning_rate=0.01)"
+            ),
+        ],
+        metadata=KERNELSPEC,
+    )
+    client = NotebookClient(notebook, timeout=300, kernel_name="python3", allow_errors=True)
+    client.resources = {"metadata": {"path": str(tmp_path)}}
+    before = {j.id for j in server.client().jobs(limit=50)}
+    started: dict[str, str] = {}
+
+    async def run() -> None:
+        async with client.async_setup_kernel(env=kernel_env(server)):
+            await client.async_execute_cell(notebook.cells[0], 0)
+            cell = asyncio.ensure_future(client.async_execute_cell(notebook.cells[1], 1))
+            started["job"] = await asyncio.to_thread(wait_running, server, before)
+            await asyncio.sleep(1.5)  # the bar is showing rounds by now
+            await client.km.interrupt_kernel()
+            await cell
+
+    asyncio.run(run())
+    cell = notebook.cells[1]
+    [error] = errors(cell)
+    assert error.traceback == [f"Interrupted: remote job {started['job']} was cancelled."]
+    assert [o.data for o in cell.outputs if o.output_type == "display_data"] == [{"text/plain": ""}]
+    assert server.client().job(started["job"]).wait(timeout=10).state == "cancelled"
+
+
+def test_plot_displays_the_figures_in_a_notebook(server, tmp_path):
+    notebook = execute(
+        [
+            "%load_ext remote_magic",
+            "%%remote_train -d breast_cancer -l malignant -o r\nfrom xgboost import XGBClassifier\n"
+            "model = XGBClassifier(n_estimators=5, max_depth=2)",
+            "r.plot()",
+            "figures = r.plot()\nprint(type(figures['confusion matrix']).__name__, len(figures))",
+        ],
+        kernel_env(server, REMOTE_MAGIC_PROGRESS="off"),
+        tmp_path,
+    )
+    [shown] = notebook.cells[2].outputs
+    assert shown.output_type == "execute_result"
+    assert shown.data["text/html"].count("<img class='remote-magic-plot'") == 3
+    assert "<Figure" not in shown.data["text/plain"]
+    assert notebook.cells[3].outputs[0].text == "Figure 3\n"
