@@ -42,8 +42,10 @@ def test_the_lineage_of_everything_trained_on_a_dataset_in_one_request(server):
     second = client.train(
         xgb.XGBClassifier(n_estimators=2, max_depth=2), SPEC, register="gql", base_model="gql@1"
     )
-    version = data(server, "{ datasets { name version } }")["datasets"]
-    current = next(d["version"] for d in version if d["name"] == "breast_cancer_rules")
+    version = data(server, "{ datasets { name version versions { number schemaHash } } }")["datasets"]
+    listed = next(d for d in version if d["name"] == "breast_cancer_rules")
+    current = listed["version"]
+    assert current == str(listed["versions"][-1]["number"]) and listed["versions"][-1]["schemaHash"]
     found = data(
         server,
         f'{{ trainedOn(dataset: "breast_cancer_rules", sinceVersion: "{current}") {{ ref datasetVersion '

@@ -156,12 +156,23 @@ class Model:
 
 
 @strawberry.type
+class DatasetVersion:
+    number: int
+    created: str
+    rows: int | None
+    schema_hash: str
+    columns_added: list[str]
+    columns_dropped: list[str]
+
+
+@strawberry.type
 class Dataset:
     name: str
     description: str
     rows: int | None
     version: str | None
     columns: list[Column]
+    versions: list[DatasetVersion]
 
     @strawberry.field(description="Registered versions trained on this dataset that you may see.")
     def models(self, info: Info, since_version: str | None = None, limit: int = 20) -> list[ModelVersion]:
@@ -337,8 +348,19 @@ def _dataset(info: Info, name: str) -> Dataset:
         name=name,
         description=described.description,
         rows=described.rows,
-        version=ctx["automation"].versions.latest(name),
+        version=None if described.version is None else str(described.version),
         columns=[Column(name=c.name, dtype=c.dtype, role=c.role) for c in described.columns],
+        versions=[
+            DatasetVersion(
+                number=v.number,
+                created=v.created,
+                rows=v.rows,
+                schema_hash=v.schema_hash,
+                columns_added=list(v.schema_change.added) if v.schema_change else [],
+                columns_dropped=list(v.schema_change.dropped) if v.schema_change else [],
+            )
+            for v in described.versions
+        ],
     )
 
 
