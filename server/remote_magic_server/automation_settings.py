@@ -6,21 +6,11 @@ forbids unknown keys.
 
 from __future__ import annotations
 
-import re
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-_DURATION = re.compile(r"^(\d+)([smhd])$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> int:
-    """Seconds in `"90s"`, `"30m"`, `"1h"` or `"7d"`; anything else is a ValueError."""
-    match = _DURATION.match(text)
-    if match is None or int(match.group(1)) == 0:
-        raise ValueError(f"{text!r} is not a duration like '90s', '30m', '1h' or '7d'")
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+from .data.config import parse_duration
 
 
 class _Strict(BaseModel):

@@ -21,7 +21,7 @@ from remote_magic.codes import CODES, Refusal
 
 from ..api.intake import Intake, Submission
 from ..api.status import status_of
-from ..automation_settings import parse_duration
+from ..data.config import parse_duration
 from ..dataversions import DatasetVersions
 from ..jobs.store import Store
 from ..registry.access import Registry

@@ -13,7 +13,7 @@ import time
 
 from remote_magic.automation import RecipeIn
 
-from ..automation_settings import parse_duration
+from ..data.config import parse_duration
 from ..dataversions import DatasetVersions
 from ..registry.store import ModelRegistry
 from .recipes import Fire, Recipes
