@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import pandas as pd
 import requests
+from pydantic import ValidationError
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 from urllib3.util.retry import Retry
@@ -24,7 +25,7 @@ from urllib3.util.retry import Retry
 from .automation import RegisterRequest
 from .connection import check_url, client_cert_file, hub_token, tls_problem, tls_verify, unreachable
 from .description import Description
-from .errors import ConnectionProblem, RemoteError, error_for
+from .errors import ConnectionProblem, RemoteError, SpecError, error_for
 from .payload import package_model
 from .registry_client import RegistryCalls, register_request
 from .result import TrainResult
@@ -42,6 +43,7 @@ from .wire import (
     ModelReleaseStatus,
     ReleaseOptions,
     Whoami,
+    spec_error,
 )
 
 DEFAULT_TIMEOUT = 30.0
@@ -82,6 +84,16 @@ def _retrying_session() -> requests.Session:
     session.mount("https://", adapter)
     session.headers["User-Agent"] = "remote-magic-client"
     return session
+
+
+def as_spec(spec: DatasetSpec | dict) -> DatasetSpec:
+    """A spec dict checked here, so a misspelt key is named before anything is sent."""
+    if isinstance(spec, DatasetSpec):
+        return spec
+    try:
+        return DatasetSpec.model_validate(spec)
+    except ValidationError as exc:
+        raise SpecError("invalid_spec", spec_error(exc.errors())) from None
 
 
 def _options(release: ReleaseOptions | dict | None) -> ReleaseOptions:
@@ -193,7 +205,7 @@ class Client(RegistryCalls):
         `register` names the model the trained result becomes the next version of (a name, or a dict with
         `alias` and a `when` condition); `base_model` (`churn@3`, `@latest`, `@ALIAS`) continues, or
         evaluates, a registered version on the server: `model` then only brings parameters, or is None."""
-        spec = spec if isinstance(spec, DatasetSpec) else DatasetSpec.model_validate(spec)
+        spec = as_spec(spec)
         options = _options(release)
         key = idempotency_key or uuid.uuid4().hex
         files = (
@@ -258,7 +270,7 @@ class Client(RegistryCalls):
     ) -> CostEstimate:
         """What the job would cost in privacy budget, and how wide its intervals should be, before
         anything is spent. The cost does not depend on the model (it is accepted for symmetry)."""
-        spec = spec if isinstance(spec, DatasetSpec) else DatasetSpec.model_validate(spec)
+        spec = as_spec(spec)
         body = CostRequest(spec=spec, kind=kind, release=_options(release))  # type: ignore[arg-type]
         response = self._request(
             "POST",
@@ -293,7 +305,7 @@ class Client(RegistryCalls):
 
     def describe(self, spec: DatasetSpec | dict) -> Description:
         """Disclosure-checked aggregates of the spec's admitted rows, before any training."""
-        spec = spec if isinstance(spec, DatasetSpec) else DatasetSpec.model_validate(spec)
+        spec = as_spec(spec)
         response = self._request(
             "POST",
             "/describe",

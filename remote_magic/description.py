@@ -149,9 +149,9 @@ class Description:
         return count_text(n, self.raw.policy)
 
     def missing(self, column: str) -> int | None:
-        """Rows with no value in `column`: 0 when the filter rules it out, else as released."""
-        col = self.columns[column]
-        return 0 if col.missing is None and column in self._never_missing else col.missing
+        """Rows with no value in `column`: 0 when the filter rules missing values out (known from the
+        filter alone, so a suppressed or noisy count is replaced), else as released."""
+        return 0 if column in self._never_missing else self.columns[column].missing
 
     def histogram(self, column: str) -> pd.Series:
         """A numeric column's released bins as a Series indexed by bin label."""

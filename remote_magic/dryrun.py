@@ -25,11 +25,12 @@ from sqlglot import exp
 from .codes import Refusal
 from .errors import DryRunError
 from .families import family_for
-from .families.base import Split, encode_labels
+from .families.base import Split, check_kind, encode_labels, is_classifier_task
 from .payload import package_model, scan
 from .query import EVAL_FLAG, ROW_ID, staging_query
 from .rows import prepare
 from .specs import Resolved, resolve
+from .types import TIME, continuous_label_hint, kind_of
 from .wire import CostEstimate, DatasetInfo, DatasetSpec, MockData
 
 DRY_ROUNDS = 5
@@ -49,6 +50,8 @@ def mock_frame(mock: MockData) -> pd.DataFrame:
             frame[c.name] = column.astype("float64")
         elif "string" in c.dtype:
             frame[c.name] = column.astype("object")
+        elif kind_of(c.dtype) == TIME:  # sent as ISO text; a time again, so derive's year() and hour() work
+            frame[c.name] = pd.to_datetime(column, utc=True, errors="coerce", format="ISO8601")
     frame.attrs = {
         "dataset": mock.dataset,
         "source": mock.source,
@@ -157,12 +160,7 @@ def dry_run(
             # The leaf rule is about trees trained there; an evaluation trains none.
             leaf_rule = dataset.bounds.min_leaf_rows if kind == "train" else None
             family.check_bounds(plan, dataset.bounds.model_copy(update={"min_leaf_rows": leaf_rule}))
-        if kind == "evaluate" and plan.base is None:
-            raise Refusal("unsupported_model", "evaluation needs a fitted model; fit it first")
-        if kind == "evaluate" and plan.preprocess is not None:
-            raise Refusal(
-                "unsupported_model", "evaluate takes a bare XGBoost model; send a Pipeline with train"
-            )
+        check_kind(kind, plan.base is not None, plan.preprocess is not None)
     except Refusal as refusal:
         raise DryRunError(refusal.message, code=refusal.code) from None
     features = resolved.all_features
@@ -170,7 +168,8 @@ def dry_run(
     table = admit(spec, resolved, mock, kind, min_count)
     train, evaluation = _splits(table, features, spec.label)
     n_admitted, n_eval = table.num_rows, len(evaluation.y)
-    notes: list[str] = []
+    hint = continuous_label_hint(spec.label, resolved.label_dtype) if is_classifier_task(plan.task) else ""
+    notes = [f"note: {hint}"] if hint else []
     if n_admitted < 2 or (kind == "train" and n_admitted - n_eval < 2):
         notes.append(
             "note: the filters admit (almost) none of the mock rows, which is expected when they test "
@@ -194,12 +193,14 @@ def dry_run(
         # Here, unlike on the server, the library's own words may be shown: they are about mock rows.
         cause = str(refusal.__cause__ or "").strip().splitlines()
         detail = f" ({cause[0][:300]})" if cause else ""
+        also = f"; {hint}" if hint else ""
         raise DryRunError(
-            f"the model could not be fitted on the mock rows: {refusal.message}{detail}", refusal.code
+            f"the model could not be fitted on the mock rows: {refusal.message}{detail}{also}", refusal.code
         ) from None
     except (ValueError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise DryRunError(f"XGBoost refused the model on the mock rows: {first}") from None
+        also = f"; {hint}" if hint else ""
+        raise DryRunError(f"XGBoost refused the model on the mock rows: {first}{also}") from None
     return DryRun(
         kind=kind,
         dataset=dataset.name,

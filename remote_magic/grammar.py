@@ -2,9 +2,9 @@
 
 Pure and shared: the server's spec check, the worker's staging query and the client's dry run all call
 this one module, so they cannot disagree about what a filter means. A derive expression is the filter
-grammar plus arithmetic, CASE WHEN and the functions ln, exp, abs, least, greatest and coalesce; it may
-use the dataset's feature columns only (never the label, the id or excluded columns), and derived
-columns may not refer to each other.
+grammar plus arithmetic, CASE WHEN and the functions ln, exp, abs, least, greatest and coalesce, and
+year, month, day, dayofweek, hour and epoch of a time; it may use the dataset's feature columns only
+(never the label, the id or excluded columns), and derived columns may not refer to each other.
 Nothing a user writes is ever spliced into SQL as text: the checked tree is re-emitted by sqlglot with
 every identifier quoted.
 """
@@ -61,6 +61,12 @@ _DERIVE_NODES: tuple[type[exp.Expression], ...] = (
     exp.Least,
     exp.Greatest,
     exp.Coalesce,
+    exp.Year,
+    exp.Month,
+    exp.Day,
+    exp.DayOfWeek,
+    exp.Hour,
+    exp.TimeToUnix,
 )
 MAX_DERIVED = 50
 
@@ -94,6 +100,22 @@ def _depth(node: exp.Expression) -> int:
     return depth
 
 
+def _where(error: ParseError) -> str:
+    """The token a parse stopped at, and what was wrong there, in words (the text is the user's own)."""
+    first = error.errors[0] if error.errors else {}
+    token, column = first.get("highlight") or "", first.get("col") or 0
+    description = str(first.get("description", ""))
+    if "missing" in description:
+        problem = "something is missing after it"
+    elif description.startswith("Expecting"):
+        problem = f"expected {description.partition(' ')[2]!r}"
+    else:
+        problem = "it is not expected there"
+    if not token:
+        return problem
+    return f"at {token!r} (character {max(1, column - len(token) + 1)}), {problem}"
+
+
 def _checked_tree(
     text: str, columns: Collection[str], allowed: tuple[type[exp.Expression], ...], code: str, what: str
 ) -> exp.Expression:
@@ -103,8 +125,11 @@ def _checked_tree(
         raise Refusal(code, f"the {what} is longer than {MAX_LENGTH} characters")
     try:
         statements = sqlglot.parse(text, dialect="duckdb")
-    except (ParseError, sqlglot.errors.TokenError) as exc:
-        raise Refusal(code, f"the {what} could not be parsed as an expression") from exc
+    except ParseError as exc:
+        raise Refusal(code, f"the {what} could not be parsed: {_where(exc)}") from exc
+    except sqlglot.errors.TokenError as exc:
+        unclosed = "; a quote is not closed" if text.count("'") % 2 else ""
+        raise Refusal(code, f"the {what} could not be parsed{unclosed}") from exc
     statements = [s for s in statements if s is not None]
     if len(statements) != 1:
         raise Refusal(code, f"the {what} must be a single expression")
@@ -118,7 +143,10 @@ def _checked_tree(
             if node.table or node.args.get("db") or node.args.get("catalog"):
                 raise Refusal(code, "qualified column names are not allowed")
             if node.name not in columns:
-                raise Refusal("unknown_column", unknown_column_message(node.name, columns, what))
+                message = unknown_column_message(node.name, columns, what)
+                if isinstance(node.this, exp.Identifier) and node.this.quoted:
+                    message += f"; text takes single quotes: '{node.name}'"
+                raise Refusal("unknown_column", message)
         if isinstance(node, exp.In):
             if node.args.get("query") or node.args.get("unnest") or node.args.get("field"):
                 raise Refusal(code, "IN takes a list of literals only")

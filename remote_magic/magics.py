@@ -3,8 +3,8 @@
 `RemoteMagic` is also the configuration (`%config RemoteMagic`), in the manner of JupySQL: every trait
 documents itself, and REMOTE_MAGIC_URL / REMOTE_MAGIC_TOKEN are the defaults.
 
-Why it is long: every magic is one method of the one `Magics` class that is also the configuration, and
-each carries its own argument declarations (which are its `?` help); the work is all in the client.
+Why it is long: each magic's arguments are declared beside it (IPython's `magic_arguments`, which `%magic?`
+help reads); each method itself stays a few lines that call the client.
 """
 
 from __future__ import annotations

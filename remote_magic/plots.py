@@ -129,7 +129,7 @@ def learning_curve(history: pd.DataFrame) -> Figure | None:
 
 
 def importance(importances: pd.Series, top: int = 12) -> Figure | None:
-    """Total gain of the top features, largest on top."""
+    """Average gain per split of the top features (XGBoost's `gain`), largest on top."""
     gain = importances.head(top)
     if gain.empty:
         return None
@@ -142,7 +142,7 @@ def importance(importances: pd.Series, top: int = 12) -> Figure | None:
     ax.bar_label(bars, labels=[compact(v) for v in values], padding=2, fontsize=7, color="#555555")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: compact(v)))
     ax.margins(x=0.15)
-    ax.set_xlabel("total gain", fontsize=9)
+    ax.set_xlabel("average gain per split", fontsize=9)
     ax.set_title("Feature importance", fontsize=10, loc="left")
     return fig
 

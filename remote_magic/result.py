@@ -1,5 +1,8 @@
 """The result of a remote job, with two faces: `__repr__` for terminals and nbval, `_repr_html_` for
 notebooks. Both are deterministic (no job ids, no timings), so example notebooks can check them.
+
+Why it is long: both faces of every part of a result (rows, metrics with their intervals, extras, the
+privacy cost, notes) sit side by side, so a change to one face is made beside the other.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from argparse import Namespace
 from IPython.core.error import UsageError
 from pydantic import ValidationError
 
-from .wire import DatasetSpec, first_error
+from .wire import DatasetSpec, spec_error
 
 
 def spec_from_args(args: Namespace, base: object = None) -> DatasetSpec:
@@ -34,9 +34,11 @@ def spec_from_args(args: Namespace, base: object = None) -> DatasetSpec:
         seed = args.seed if args.seed is not None else current.get("seed", 0)
         fields["eval"] = {"fraction": fraction, "seed": seed}
     missing = [f"--{name}" for name in ("dataset", "label") if not fields.get(name)]
-    if missing:
-        raise UsageError(f"missing {' and '.join(missing)} (or define them in a `spec` dict)")
     try:
         return DatasetSpec.model_validate(fields)
     except ValidationError as exc:
-        raise UsageError(f"invalid spec field {first_error(exc.errors(), 'spec')}") from None
+        errors = exc.errors()
+        if missing and not any(e.get("type") == "extra_forbidden" for e in errors):
+            raise UsageError(f"missing {' and '.join(missing)} (or define them in a `spec` dict)") from None
+        # a misspelt key (`lable`) is named before the field it was meant for is called missing
+        raise UsageError(spec_error(errors, flags=True)) from None

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .codes import Refusal
-from .grammar import check_derive, filter_columns, parse_filter
+from .grammar import check_derive, filter_columns, parse_derive, parse_filter
+from .types import FEATURE_KINDS, TIME, check_derived, check_filter, kind_of
 from .wire import ColumnInfo, DatasetSpec, unknown_column_message
 
 
@@ -25,6 +26,7 @@ class Resolved:
     derive_columns: list[str]
     derived: list[str]
     id_column: str
+    label_dtype: str = ""
 
     @property
     def all_features(self) -> list[str]:
@@ -43,8 +45,9 @@ def resolve(spec: DatasetSpec, columns: Sequence[ColumnInfo]) -> Resolved:
     if roles[spec.label] != "label":
         labels = ", ".join(repr(c) for c in names if roles[c] == "label")
         raise Refusal("invalid_spec", f"{spec.label!r} is not a label column; labels: {labels}")
-    if spec.features is None:
-        features = [c for c in names if roles[c] == "feature"]
+    kinds = {c.name: kind_of(c.dtype) for c in columns}
+    if spec.features is None:  # times and other values are never features by default (derive uses times)
+        features = [c for c in names if roles[c] == "feature" and kinds[c] in FEATURE_KINDS]
     else:
         features = []
         for name in spec.features:
@@ -52,24 +55,39 @@ def resolve(spec: DatasetSpec, columns: Sequence[ColumnInfo]) -> Resolved:
                 raise Refusal("unknown_column", unknown_column_message(name, usable, "features"))
             if roles[name] != "feature":
                 raise Refusal("invalid_spec", f"column {name!r} cannot be used as a feature")
+            if kinds[name] == TIME:
+                raise Refusal(
+                    "invalid_spec",
+                    f"column {name!r} holds times, which are not features; derive them, e.g. "
+                    f"{{'{name}_hour': 'hour({name})'}} (year, month, day, dayofweek, hour, epoch)",
+                )
+            if kinds[name] not in FEATURE_KINDS:
+                raise Refusal("invalid_spec", f"column {name!r} holds values that cannot be features")
             if name not in features:
                 features.append(name)
-    if not features:
+    if not features and not spec.derive:
         raise Refusal("invalid_spec", "the spec selects no features")
     for text, what in ((spec.where, "filter"), (getattr(spec.eval, "where", None), "eval filter")):
-        if text is not None and spec.label in filter_columns(parse_filter(text, usable, what)):
+        if text is None:
+            continue
+        tree = parse_filter(text, usable, what)
+        if spec.label in filter_columns(tree):
             # A refusal or an answer that depends on which rows carry which label would tell the label.
             raise Refusal(
                 "invalid_filter", f"the label {spec.label!r} may not appear in a {what}; filter on features"
             )
+        check_filter(tree, kinds, what)
     derive_columns = [c for c in names if roles[c] == "feature"]
     derive = spec.derive or {}
     if derive:
         check_derive(derive, derive_columns, names)
+        for name, text in derive.items():
+            check_derived(parse_derive(name, text, derive_columns), kinds, f"derived column {name!r}")
     return Resolved(
         features=features,
         filter_columns=usable,
         derive_columns=derive_columns,
         derived=list(derive),
         id_column=ids[0] if ids else "",
+        label_dtype=next(c.dtype for c in columns if c.name == spec.label),
     )

@@ -427,3 +427,33 @@ def first_error(errors: Sequence[Mapping], default: str, skip: Collection[str] =
     first = errors[0] if errors else {}
     where = ".".join(str(p) for p in first.get("loc", ()) if p not in skip) or default
     return f"{where}: {first.get('msg', 'invalid')}"
+
+
+# The magics' flags for the spec fields a user sets with them, so an error is said in the words typed.
+SPEC_FLAGS = {
+    ("eval", "fraction"): "--eval-fraction",
+    ("eval", "seed"): "--seed",
+    ("eval", "where"): "--eval-where",
+    ("dataset",): "--dataset",
+    ("label",): "--label",
+    ("where",): "--where",
+}
+
+
+def spec_error(errors: Sequence[Mapping], flags: bool = False) -> str:
+    """A spec's first validation error in a user's words: an unknown key is named with the nearest known
+    one (`lable`: did you mean `label`?), a bound is said in flag terms when the magic's flags set it."""
+    unknown = [e for e in errors if e.get("type") == "extra_forbidden" and len(e.get("loc", ())) == 1]
+    first = (unknown or list(errors) or [{}])[0]  # a misspelt key explains the "missing" one it stands for
+    loc = tuple(str(p) for p in first.get("loc", ()) if p not in ("EvalFraction", "EvalWhere"))
+    if unknown:
+        known = list(DatasetSpec.model_fields)
+        near = difflib.get_close_matches(loc[0], known, n=1, cutoff=0.6)
+        hint = f"; did you mean {near[0]!r}?" if near else f"; known keys: {', '.join(known)}"
+        return f"unknown spec key {loc[0]!r}{hint}"
+    name = SPEC_FLAGS.get(loc) if flags else None
+    where = name or ".".join(loc) or "spec"
+    message = str(first.get("msg", "invalid"))
+    if loc == ("eval", "fraction"):
+        message = "must be between 0 and 1 (exclusive)"
+    return f"{where} {message}" if name or loc == ("eval", "fraction") else f"spec field {where}: {message}"

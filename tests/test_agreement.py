@@ -61,6 +61,12 @@ CORPUS = [
         "unknown_column",
     ),
     ("unknown dataset", small(), {"dataset": "nope"}, "train", "unknown_dataset"),
+    ("a number compared with text", small(), {"where": "age = 'thirty'"}, "train", "invalid_filter"),
+    ("text compared with a number", small(), {"where": "region = 5"}, "train", "invalid_filter"),
+    ("text in double quotes", small(), {"where": 'region = "north"'}, "train", "unknown_column"),
+    ("the label in a filter", small(), {"where": "label = 1"}, "train", "invalid_filter"),
+    ("arithmetic on text", small(), {"derive": {"r": "region * 2"}}, "train", "invalid_derive"),
+    ("a filter that does not parse", small(), {"where": "age >= AND bmi > 3"}, "train", "invalid_filter"),
     (
         "notebook code",
         xgb.XGBClassifier(n_estimators=2, objective=notebook_function()),
@@ -72,6 +78,13 @@ CORPUS = [
     ("too many rounds", xgb.XGBClassifier(n_estimators=5000), {}, "train", "parameter_out_of_bounds"),
     ("too deep", xgb.XGBClassifier(n_estimators=2, max_depth=50), {}, "train", "parameter_out_of_bounds"),
     ("evaluate an unfitted model", small(), {}, "evaluate", "unsupported_model"),
+    (
+        "evaluate a pipeline",
+        Pipeline([("s", StandardScaler()), ("m", small())]).fit([[0.0], [1.0]], [0, 1]),
+        {},
+        "evaluate",
+        "unsupported_model",
+    ),
 ]
 
 
@@ -102,8 +115,9 @@ def test_dry_run_and_server_agree(server, name, model, change, kind, expected):
     client = server.client()
     spec = DatasetSpec.model_validate({**BASE, **change})
     dry = dry_verdict(client, model, spec, kind)
-    real, _ = server_verdict(client, model, spec, kind)
+    real, created = server_verdict(client, model, spec, kind)
     assert (dry, real) == (expected, expected), name
+    assert created == (expected == "ok"), "a refusal that needs no data comes before any job exists"
 
 
 def test_lower_in_a_derive_is_refused_by_both_before_any_job_exists(server):

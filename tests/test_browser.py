@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
 SLOW_CELL = (
-    "%%remote_train --dataset synthetic --label label -o slow\n"
+    "%%remote_train --dataset synthetic_rules --label label -o slow\n"
     "from xgboost import XGBClassifier\n"
-    "model = XGBClassifier(n_estimators=300, max_depth=7, learning_rate=0.05)"
+    "model = XGBClassifier(n_estimators=300, max_depth=7, learning_rate=0.05, min_child_weight=3)"
 )
 DESCRIBE_CELL = (
     "%remote_describe --dataset synthetic --label label --features age,bmi,region,smoker,visits "

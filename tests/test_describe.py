@@ -7,21 +7,12 @@ import math
 import pandas as pd
 import pytest
 from IPython.core.error import UsageError
-from IPython.testing.globalipapp import start_ipython
 
 from remote_magic.errors import SpecError
 
 
 def rounded(n: int) -> int:
     return 5 * math.floor(n / 5 + 0.5)
-
-
-@pytest.fixture(scope="module")
-def shell(server):
-    ip = start_ipython()
-    ip.run_line_magic("load_ext", "remote_magic")
-    ip.run_line_magic("config", f"RemoteMagic.url = {server.url!r}")
-    return ip
 
 
 def test_describe_releases_only_checked_aggregates(server):

@@ -122,7 +122,7 @@ def test_cancel_waits_for_the_final_state(shell, server):
     before = {j.id for j in server.client().jobs(limit=50)}
     job = run(
         shell,
-        "%%remote_train -d synthetic -l label --no-wait\n"
+        "%%remote_train -d synthetic_rules -l label --no-wait\n"
         + IMPORT
         + "model = XGBClassifier(n_estimators=2000, max_depth=10, learning_rate=0.01)",
     )
@@ -147,8 +147,8 @@ def test_jobs_listing_has_limit_state_and_tells_jobs_apart(shell, server):
     table = run(shell, "%remote_jobs --limit 2")
     rows = [dict(zip(table.header, row)) for row in table.rows]
     assert [(r["model"], r["rounds"], r["dataset"]) for r in rows] == [
-        ("XGBRegressor", "3", "diabetes"),
-        ("XGBClassifier", "2", "breast_cancer"),
+        ("XGBRegressor", "3", "diabetes@1"),
+        ("XGBClassifier", "2", "breast_cancer@1"),
     ]
     assert len(run(shell, "%remote_jobs").rows) <= 20, "a default limit, not every job ever made"
     succeeded = run(shell, "%remote_jobs --state succeeded --limit 50")
@@ -198,7 +198,7 @@ def test_plot_returns_figures_that_render_and_can_be_taken_one_by_one(shell):
 def test_describe_is_a_table_with_inline_histograms_and_zero_missing_by_rule(shell):
     description = run(
         shell,
-        "%remote_describe -d synthetic -l label -f age,bmi,region,smoker "
+        "%remote_describe -d synthetic_rules -l label -f age,bmi,region,smoker "
         "--where \"age >= 40 AND region IN ('north', 'south')\"",
     )
     assert isinstance(description, Description)
@@ -216,6 +216,9 @@ def test_describe_is_a_table_with_inline_histograms_and_zero_missing_by_rule(she
     )
     assert re.search(r"title='&lt; [\d.]+: [\d,]+'", page), "each bar names its bin and count"
     assert ", [" not in page, "no comma-wrapped text"
+    noisy = run(shell, '%remote_describe -d synthetic -l label -f age,smoker --where "age >= 40"')
+    assert noisy.raw.privacy is not None and noisy.missing("age") == 0, "mode dp: known zero, not the noise"
+    assert re.search(r"age\s+numeric\s+missing 0\s", repr(noisy))
 
 
 def test_catalog_shows_plain_types(shell):

@@ -320,6 +320,6 @@ def test_remote_datasets_shows_a_datasets_versions_and_a_pinned_versions_columns
     assert versions.header == ["version", "created (UTC)", "rows", "schema", "schema change"]
     assert versions.rows[0][0] == "breast_cancer@1" and versions.rows[0][2] == "570"
     columns = shell.run_line_magic("remote_datasets", "breast_cancer@1")
-    assert columns.title.startswith("breast_cancer@1: ") and columns.rows[0] == ["id", "int64", "id"]
+    assert columns.title.startswith("breast_cancer@1: ") and columns.rows[0] == ["id", "integer", "id"]
     with pytest.raises(UsageError, match="needs a dataset"):
         shell.run_line_magic("remote_datasets", "--versions")

@@ -65,8 +65,10 @@ def red(tmp_path_factory):
         f'\n[datasets.attack]\n{common}privacy = "rules"\n'
         f"\n[datasets.attack_dp]\n{common}policy = {{ dp_rho_cap = 0.006 }}\n"
         f'\n[datasets.release]\n{common}allow_model_release = true\nprivacy = "rules"\n'
+        f'\n[datasets.broken]\n{common}privacy = "rules"\n'
     )
-    with running(data, base / "server.log", {"mallory": ["attack", "attack_dp", "release"]}, extra) as server:
+    users = {"mallory": ["attack", "attack_dp", "release", "broken"]}
+    with running(data, base / "server.log", users, extra) as server:
         yield server
     for body in BODIES:
         assert NICK not in body and WARD not in body
@@ -190,12 +192,17 @@ def test_worker_failures_carry_only_fixed_messages(red):
             {"dataset": "attack", "label": "ward", "features": FEATURES},
         )
     assert exc.value.message == "label 'ward' is not numeric"
-    # An unexpected failure inside the worker: the fixed internal message, the traceback in the log.
-    failed = _describe(red, "nickname > 5")
+    # An unexpected failure inside the worker (its snapshot file damaged on disk, as a failing disk
+    # would): the fixed internal message, never the path or the reader's words; the traceback in the log.
+    (snapshot,) = (red.settings.snapshots_dir / "broken").glob("*.parquet")
+    snapshot.chmod(0o644)
+    snapshot.write_bytes(b"PAR1" + b"north south " * 100 + b"PAR1")
+    failed = _describe(red, "rank > 5", dataset="broken")
     assert failed.status_code == 500
     assert failed.json()["error"] == {"code": "internal_error", "message": "the job failed on the server"}
     for body in (failed.text, str(exc.value)):
         assert "north" not in body and "south" not in body and "Traceback" not in body
+        assert str(red.data_dir) not in body and "parquet" not in body.lower()
     assert "Traceback" in red.log_path.read_text()
 
 

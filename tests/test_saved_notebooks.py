@@ -57,7 +57,7 @@ def test_a_saved_notebook_keeps_no_progress_leftovers(server, tmp_path):
         [
             PROGRESS_ON,
             "%%remote_train -d synthetic -l label -o r\nfrom xgboost import XGBClassifier\n"
-            "print('cell ran')\nmodel = XGBClassifier(n_estimators=40, max_depth=6)",
+            "print('cell ran')\nmodel = XGBClassifier(n_estimators=40, max_depth=6, min_child_weight=3)",
             "%%remote_train -d breast_cancer -l malignant --where 'mean_radius > 27'\n"
             "from xgboost import XGBClassifier\nmodel = XGBClassifier(n_estimators=3)",
         ],
@@ -89,7 +89,8 @@ def test_interrupt_in_a_kernel_leaves_one_line_and_no_bar(server, tmp_path):
             new_code_cell(PROGRESS_ON),
             new_code_cell(
                 "%%remote_train -d synthetic -l label\nfrom xgboost import XGBClassifier\n"
-                "model = XGBClassifier(n_estimators=2000, max_depth=10, learning_rate=0.01)"
+                "model = XGBClassifier(n_estimators=2000, max_depth=10, learning_rate=0.01,\n"
+                "                      min_child_weight=3)"
             ),
         ],
         metadata=KERNELSPEC,

@@ -103,7 +103,7 @@ def test_versions_pinning_and_schema_changes_end_to_end(served):
     jobs = {j.id: j for j in client.jobs()}
     assert jobs[pinned.job_id].dataset_version == 1 and jobs[latest.job_id].dataset_version == 2
     table = jobs_table(list(jobs.values()))
-    assert {row[2] for row in table.rows} == {"claims@1", "claims@2"}
+    assert {row[table.header.index("dataset")] for row in table.rows} == {"claims@1", "claims@2"}
     dataset = client.dataset("claims")
     shown = repr(columns_table(dataset)) + repr(versions_table(dataset))
     assert "claims@2:" in shown and "claims@1 " in shown and "+z" in shown and "(inferred)" in shown

@@ -123,6 +123,15 @@ class ModelFamily(Protocol):
         ...
 
 
+def check_kind(kind: str, fitted: bool, pipeline: bool) -> None:
+    """What an evaluation needs of its model, known from the model alone: checked by the dry run, at
+    submit (from the payload scan, before any job exists) and in the worker."""
+    if kind == "evaluate" and pipeline:
+        raise Refusal("unsupported_model", "evaluate takes a bare XGBoost model; send a Pipeline with train")
+    if kind == "evaluate" and not fitted:
+        raise Refusal("unsupported_model", "evaluation needs a fitted model; fit it first")
+
+
 def is_classifier_task(task: str) -> bool:
     return task in ("classification", "binary", "multiclass")
 

@@ -7,6 +7,8 @@ imports the worker package or DuckDB, and never reads a row. The rest runs here:
 free disk, the job store's schema, the audit log against its anchored head, the TLS files, JupyterHub,
 the clock. Levels: `ok`, `warn` (jobs run, with less than they could have), `fatal` (jobs or sign-ins
 would fail, or the audit log does not match its anchor).
+
+Why it is long: one short function per check, each with the words it says to the owner.
 """
 
 from __future__ import annotations

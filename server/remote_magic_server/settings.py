@@ -3,8 +3,9 @@
 A typo in a data owner's config must stop the server with a clear message rather than silently fall back
 to a default, so every table forbids unknown keys.
 
-Why it is long: the whole file is validated here, table by table, so one typo anywhere stops the server
-with one message; the automation's tables live apart, in automation_settings.py.
+Why it is long: every key a data owner may write is declared here once, with its default, bounds and
+the description `doctor` and the docs show; the
+automation's tables live apart, in automation_settings.py.
 """
 
 from __future__ import annotations

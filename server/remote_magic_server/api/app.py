@@ -46,6 +46,7 @@ from . import (
 )
 from .auditing import AuditMiddleware
 from .auth import LastUsed
+from .catalog import unused_columns
 from .intake import Intake
 from .limits import FORM_OVERHEAD_BYTES, BodyLimit
 from .metrics import Metrics, RequestTimer
@@ -132,6 +133,8 @@ def create_app(settings: Settings) -> FastAPI:
                 "schema_version": store.schema_version(),
             },
         )
+        for name, unused in unused_columns(settings, versions).items():
+            log.info("columns_not_used", extra={"dataset": name, "columns": unused})
         try:
             yield
         finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from remote_magic.codes import Refusal
 from remote_magic.specs import Resolved, resolve
+from remote_magic.types import FEATURE_KINDS, TIME, kind_of
 from remote_magic.wire import (
     ColumnInfo,
     DatasetInfo,
@@ -116,6 +117,7 @@ def plan_of(resolved: Resolved, version: Version) -> dict:
         "features": resolved.features,
         "filter_columns": resolved.filter_columns,
         "derive_columns": resolved.derive_columns,
+        "label_dtype": resolved.label_dtype,
         "dataset_version": version.number,
         "snapshot": version.content_hash,
     }
@@ -130,3 +132,24 @@ def check_spec(
     version = version_of(versions, spec.dataset)
     plan = plan_of(resolve(spec, columns_of(dataset, version)), version)
     return spec.model_copy(update={"dataset": name}), plan
+
+
+def unused_columns(settings: Settings, versions: Versions) -> dict[str, list[str]]:
+    """Per dataset, the columns no spec can use as features, and why (logged for the owner at start-up)."""
+    found: dict[str, list[str]] = {}
+    for name, dataset in settings.datasets.items():
+        version = versions.latest(name)
+        if version is None:
+            continue
+        reasons = []
+        for column in columns_of(dataset, version):
+            kind = kind_of(column.dtype)
+            if column.role == "feature" and kind == TIME:
+                reasons.append(
+                    f"{column.name}: holds times; usable through derive (year, month, day, hour ...)"
+                )
+            elif column.role == "feature" and kind not in FEATURE_KINDS:
+                reasons.append(f"{column.name}: holds {column.dtype}, which cannot be a feature")
+        if reasons:
+            found[name] = reasons
+    return found

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from remote_magic.automation import RegisterRequest
 from remote_magic.codes import Refusal
+from remote_magic.families import xgboost_bounds
+from remote_magic.families.base import check_kind
 from remote_magic.payload import ScanReport, custom_code_names, scan
 from remote_magic.wire import DatasetSpec, ReleaseOptions
 
@@ -56,7 +58,11 @@ class Intake:
             return "queued", None
         limit = self.settings.server.max_payload_mb * 2**20
         try:
-            return "queued", scan(sub.payload, limit)
+            report = scan(sub.payload, limit)
+            if sub.base_model is None:
+                check_kind(sub.kind, report.fitted, report.model == "Pipeline")
+            self._check_bounds(sub, report)
+            return "queued", report
         except Refusal as exc:
             if (
                 exc.code != "custom_code_refused"
@@ -66,10 +72,20 @@ class Intake:
             plan["custom_code"] = custom_code_names(sub.payload, limit)
             return "awaiting_approval", None
 
+    def _check_bounds(self, sub: Submission, report: ScanReport) -> None:
+        """Refuse a model beyond the dataset's bounds from the parameters its payload states, before any
+        job exists (a Booster's parameters are inside its bytes: the worker checks those)."""
+        if report.params is None or report.rounds is None:
+            return
+        bounds = self.settings.bounds_for(sub.spec.dataset)
+        if sub.kind != "train":  # the leaf rule is about trees trained here
+            bounds = bounds.model_copy(update={"min_leaf_rows": None})
+        xgboost_bounds.check(
+            xgboost_bounds.plan_of_scan(report.estimator, report.params, report.rounds), bounds
+        )
+
     def _registry_plan(self, sub: Submission, report: ScanReport | None, plan: dict) -> None:
         if sub.register is not None:
-            if sub.kind != "train":
-                raise Refusal("invalid_request", "only a training job can register its model")
             if report is not None and report.model == "Pipeline":
                 raise Refusal(
                     "unsupported_model",
@@ -88,6 +104,8 @@ class Intake:
 
     def prepare(self, sub: Submission) -> tuple[dict, str]:
         """Every check a job passes before it is stored; return its plan and first state, or raise."""
+        if sub.register is not None and sub.kind != "train":
+            raise Refusal("invalid_request", "only a training job can register its model")
         spec, plan = check_spec(self.settings, self.versions, sub.datasets, sub.spec)
         sub.spec = spec  # the dataset alone; its version is in the plan
         plan["release"] = sub.release.model_dump()

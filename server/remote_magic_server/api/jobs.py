@@ -21,6 +21,7 @@ from remote_magic.wire import (
     JobStatus,
     ReleaseOptions,
     first_error,
+    spec_error,
 )
 
 from ..jobs.store import JobRow, Store
@@ -46,7 +47,7 @@ def _parse_spec(text: str) -> DatasetSpec:
     try:
         return DatasetSpec.model_validate_json(text)
     except ValidationError as exc:
-        raise Refusal("invalid_spec", f"spec field {first_error(exc.errors(), 'spec')}"[:300]) from None
+        raise Refusal("invalid_spec", spec_error(exc.errors())[:300]) from None
 
 
 def _parse_register(text: str | None) -> RegisterRequest | None:

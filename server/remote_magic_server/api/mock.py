@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import zlib
+from datetime import date, datetime, time, timedelta
 from typing import Annotated
 
 import numpy as np
@@ -19,6 +20,7 @@ import pandas as pd
 from fastapi import APIRouter, Query
 
 from remote_magic.codes import Refusal
+from remote_magic.types import TIME, kind_of
 from remote_magic.wire import ColumnInfo, MockData
 
 from ..settings import DatasetConfig
@@ -29,6 +31,7 @@ log = logging.getLogger("remote_magic_server.api")
 router = APIRouter(prefix="/v1", tags=["datasets"])
 
 MAX_ROWS = 1000
+MOCK_EPOCH = datetime(2000, 1, 1)
 STRING_LEVELS = 4
 
 
@@ -44,6 +47,9 @@ def synthesise(name: str, dtype: str, role: str, rows: int, rng: np.random.Gener
     if "string" in dtype:
         levels = 2 if role == "label" else STRING_LEVELS
         return [f"{name}_{v}" for v in rng.integers(0, levels, rows)]
+    if kind_of(dtype) == TIME:  # as ISO text (the wire carries no time type), over one year
+        seconds = rng.integers(0, 365 * 24 * 3600, rows)
+        return [(MOCK_EPOCH + timedelta(seconds=int(v))).isoformat() for v in seconds]
     return [None] * rows
 
 
@@ -59,10 +65,14 @@ def _from_file(dataset: DatasetConfig, names: list[str], rows: int) -> dict[str,
 
 
 def _missing(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+    if isinstance(value, float):
+        return math.isnan(value)
+    return value is None or value is pd.NA or value is pd.NaT
 
 
 def _plain(value: object) -> object:
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
     return value.item() if isinstance(value, np.generic) else value
 
 

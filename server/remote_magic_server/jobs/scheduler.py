@@ -195,6 +195,7 @@ class Scheduler:
             options=ReleaseOptions.model_validate(job.plan.get("release") or {}),
             payload_sha256=job.plan.get("payload_sha256"),
             dataset_version=job.plan.get("dataset_version"),
+            label_dtype=job.plan.get("label_dtype", ""),
         )
 
     def _place_base_model(self, job: JobRow, folder: Path) -> None:

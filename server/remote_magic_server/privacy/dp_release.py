@@ -9,6 +9,9 @@ is split evenly over its count vector and its metrics; the extras have their own
 suppression follow as post-processing. Training-side numbers (gain, the training curve) and exact values
 are never released. Each value carries a 95% interval computed from the noise model alone. Training rows
 are protected by structure, decided before training: every new leaf holds `min_leaf_rows` rows.
+
+Why it is long: each released number's sensitivity, clipping and interval are written next to each
+other, so the whole accounting of a job can be checked in one file.
 """
 
 from __future__ import annotations

@@ -26,12 +26,14 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyroaring import BitMap
 
 from remote_magic.codes import CODES, Refusal
+from remote_magic.types import continuous_label_hint
 from remote_magic.wire import (
     CostEstimate,
     DescribeResult,
@@ -83,6 +85,7 @@ class Request:
     options: ReleaseOptions = field(default_factory=ReleaseOptions)
     payload_sha256: str | None = None
     charge_key: str | None = None
+    label_dtype: str = ""
 
     @property
     def charge(self) -> str:
@@ -210,17 +213,29 @@ class ReleaseDesk:
             if policy.privacy == "dp" and admitted.stored is None:
                 admitted.noisy = self._charge(request, admission, policy)
                 if admitted.noisy is not None:
-                    dp_release.check_cohort(admitted.noisy, policy)
+                    noisy = admitted.noisy
+                    self._check_classes(request, lambda: dp_release.check_cohort(noisy, policy))
             elif request.kind == "describe":
                 describe_rules.check_cohort(admission.counts["eval"], policy)
             else:
-                rules.check_cohort(admission.counts, policy)
+                self._check_classes(request, lambda: rules.check_cohort(admission.counts, policy))
             table = self._table(request.dataset)
             released = self.ledger.released_sets(request.user, table)
             check_differencing(admitted.sets, released, admission.table_rows, policy.min_count)
             source = f"job:{request.job_id}" if request.job_id else request.kind
             self.ledger.record_sets(request.user, table, source, admitted.sets)
         return admitted
+
+    @staticmethod
+    def _check_classes(request: Request, check: Callable[[], None]) -> None:
+        """Run a cohort check; a class refusal on a label of decimal numbers says to use a regressor."""
+        try:
+            check()
+        except Refusal as refusal:
+            hint = continuous_label_hint(str(request.spec.get("label", "")), request.label_dtype)
+            if refusal.code != "class_too_small" or not hint:
+                raise
+            raise Refusal(refusal.code, f"{refusal.message}; {hint}") from None
 
     def _charge(
         self, request: Request, admission: Admission, policy: Policy

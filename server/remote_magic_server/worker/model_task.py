@@ -19,7 +19,14 @@ import pyarrow as pa
 from remote_magic.codes import Refusal
 from remote_magic.families import family as family_named
 from remote_magic.families import family_for, scoring
-from remote_magic.families.base import Labels, ModelFamily, Split, encode_labels, is_classifier_task
+from remote_magic.families.base import (
+    Labels,
+    ModelFamily,
+    Split,
+    check_kind,
+    encode_labels,
+    is_classifier_task,
+)
 
 from ..protocol import (
     Admission,
@@ -129,10 +136,7 @@ def run(task: Task, payload: BinaryIO | None, channel: Channel) -> TrainReport |
     # The leaf rule is about trees trained here; an evaluation trains none.
     bounds = task.bounds if task.kind == "train" else task.bounds.model_copy(update={"min_leaf_rows": None})
     family.check_bounds(plan, bounds)
-    if task.kind == "evaluate" and plan.base is None:
-        raise Refusal("unsupported_model", "evaluation needs a fitted model; fit it first")
-    if task.kind == "evaluate" and plan.preprocess is not None:
-        raise Refusal("unsupported_model", "evaluate takes a bare XGBoost model; send a Pipeline with train")
+    check_kind(task.kind, plan.base is not None, plan.preprocess is not None)
 
     channel.stage("staging")
     staged = staging.stage(task.staging, task.spec, task.kind, task.rare_level_rows)

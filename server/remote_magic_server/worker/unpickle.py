@@ -39,12 +39,12 @@ class StrictUnpickler(RuleUnpickler):
 
     def build(self, func: object, args: tuple) -> object:
         if id(func) not in self._builders or self._builders[id(func)] is not func:
-            raise Refusal("invalid_model", "the payload calls something that is not a pure data builder")
+            raise Refusal("invalid_model", "the model's bytes call something that is not a pure data builder")
         return func(*args)  # type: ignore[operator]
 
     def new(self, cls: object, args: tuple) -> object:
         if id(cls) not in self._classes or self._classes[id(cls)] is not cls:
-            raise Refusal("invalid_model", "the payload builds an object of a class that is not allowed")
+            raise Refusal("invalid_model", "the model's bytes build an object of a class that is not allowed")
         return cls.__new__(cls, *args)  # type: ignore[call-overload]
 
 
@@ -62,7 +62,7 @@ def strict_loads(data: bytes, max_bytes: int) -> object:
 def approved_loads(data: bytes, approved_sha256: str) -> object:
     """Decode an owner-approved payload with notebook code; the bytes must be the approved ones."""
     if hashlib.sha256(data).hexdigest() != approved_sha256:
-        raise Refusal("invalid_model", "the payload is not the one the data owner approved")
+        raise Refusal("invalid_model", "the model is not the one the data owner approved")
     import cloudpickle  # noqa: F401 - registers the reconstructors cloudpickle streams refer to
 
     try:
