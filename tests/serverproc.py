@@ -151,10 +151,11 @@ class ServerProcess:
 
 @contextmanager
 def running(
-    data_dir: Path, log_path: Path, users: dict[str, list[str]], extra_datasets: str = ""
+    data_dir: Path, log_path: Path, users: dict[str, list[str]], extra_datasets: str = "", extra: str = ""
 ) -> Iterator[ServerProcess]:
-    """A started server with extra datasets and these users' tokens; stopped even when the body fails."""
-    server = ServerProcess(write_config(data_dir, extra_datasets=extra_datasets), log_path)
+    """A started server with extra datasets (and config tables) and these users' tokens; stopped even
+    when the body fails."""
+    server = ServerProcess(write_config(data_dir, extra_datasets=extra_datasets, extra=extra), log_path)
     server.issue_tokens(users)
     server.start()
     try:

@@ -58,6 +58,13 @@ class DescribeOptions(_Strict):
     max_categories: int = Field(ge=1)
 
 
+class SavedModel(_Strict):
+    """A registered version the parent copied into the job folder: the family's saved form, never pickle."""
+
+    file: str = Field(pattern=r"^[a-z_]+\.json$")
+    family: str
+
+
 class Task(_Strict):
     protocol: Literal[2] = PROTOCOL_VERSION
     kind: TaskKind
@@ -73,6 +80,7 @@ class Task(_Strict):
     label_range: tuple[float, float] | None = Field(
         default=None, description="Clip range of a numeric label."
     )
+    base_model: SavedModel | None = Field(default=None, description="Continue or evaluate this model.")
 
 
 # worker -> parent

@@ -13,10 +13,12 @@ re-queues them without counting the attempt.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from remote_magic.codes import Refusal
 from remote_magic.wire import JobResult, ReleaseOptions
@@ -27,7 +29,7 @@ from ..settings import Settings
 from .conversation import Conversation, Final, drive
 from .executor import Execution, Executor, WorkerGone
 from .store import JobRow, Store
-from .tasks import build_task
+from .tasks import BASE_MODEL_FILE, build_task
 
 log = logging.getLogger("remote_magic_server.scheduler")
 
@@ -170,8 +172,9 @@ class Scheduler:
                 self.on_change(job.id)
                 try:
                     self._launch(job)
-                except Refusal as refusal:  # its dataset version is gone
-                    self.store.finish(job.id, "failed", error=(refusal.code, refusal.message))
+                except Refusal as refusal:  # a base model or its dataset version is gone
+                    if self.store.finish(job.id, "failed", error=(refusal.code, refusal.message)):
+                        self.on_finish(job, "failed", 0.0)
                     self.on_change(job.id)
                 except Exception:  # noqa: BLE001 - a launch failure must not stop the loop
                     log.exception("could not start a worker for job %s", job.id)
@@ -195,6 +198,17 @@ class Scheduler:
             label_dtype=job.plan.get("label_dtype", ""),
         )
 
+    def _place_base_model(self, job: JobRow, folder: Path) -> None:
+        """Copy the registered version a job continues into its folder, exactly the bytes it was given."""
+        base = job.plan["base_model"]
+        source = self.store.job_dir(base["job"]) / "model.json"
+        data = source.read_bytes() if source.exists() else b""
+        if hashlib.sha256(data).hexdigest() != base["sha256"]:
+            raise Refusal(
+                "base_model_unavailable", f"the model file of {base['ref']} is no longer on the server"
+            )
+        (folder / BASE_MODEL_FILE).write_bytes(data)
+
     def _launch(self, job: JobRow) -> None:
         request = self._request(job)
         stored = self.desk.stored_result(request)
@@ -207,6 +221,8 @@ class Scheduler:
             self._finish(job, request, Final.failed(refusal.code, refusal.message), 0.0)
             return
         folder = self.store.job_dir(job.id)
+        if job.plan.get("base_model"):
+            self._place_base_model(job, folder)
         task = build_task(self.settings, job.kind, job.dataset, job.spec, job.plan)  # type: ignore[arg-type]
         execution = self.executor.start(task, folder, name=f"job-{job.id}")
         pid, mark = execution.ref

@@ -11,10 +11,11 @@ from remote_magic.codes import Refusal
 from remote_magic.wire import DatasetSpec, ReleaseOptions
 
 from ..data.versions import Versions, snapshot_file
-from ..protocol import DescribeOptions, Limits, Staging, Task, TaskKind
+from ..protocol import DescribeOptions, Limits, SavedModel, Staging, Task, TaskKind
 from ..settings import Settings
 
 CPU_SLACK_S = 30
+BASE_MODEL_FILE = "base.json"
 REVIEW_CPU_S = 30
 REVIEW_MEMORY_MB = 2048
 
@@ -84,4 +85,5 @@ def build_task(
         release=ReleaseOptions.model_validate(plan.get("release") or {}),
         rare_level_rows=policy.min_count,
         label_range=config.label_ranges.get(parsed.label),
+        base_model=SavedModel(file=BASE_MODEL_FILE, family="xgboost") if plan.get("base_model") else None,
     )

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from remote_magic.codes import Refusal
+from remote_magic.families import family as family_named
 from remote_magic.families import family_for, scoring
 from remote_magic.families.base import (
     Labels,
@@ -116,15 +117,22 @@ def run(task: Task, payload: BinaryIO | None, channel: Channel) -> TrainReport |
     """Run the task; None when the parent stopped it at admission."""
     assert task.spec is not None and task.staging is not None and task.bounds is not None
     channel.stage("starting")
-    if payload is None:
+    data = payload.read() if payload is not None else b""
+    if not data and task.base_model is None:
         raise Refusal("invalid_model", "the job has no model")
-    data = payload.read()
-    if task.approved_sha256:
-        model = approved_loads(data, task.approved_sha256)
-    else:
-        model = strict_loads(data, task.limits.max_payload_bytes)
-    family = family_for(model)
-    plan = family.canonical(model, custom_code=bool(task.approved_sha256))
+    model = None
+    if data:
+        model = (
+            approved_loads(data, task.approved_sha256)
+            if task.approved_sha256
+            else strict_loads(data, task.limits.max_payload_bytes)
+        )
+    family = family_for(model) if model is not None else family_named(task.base_model.family)  # type: ignore[union-attr]
+    plan = family.canonical(model, custom_code=bool(task.approved_sha256)) if model is not None else None
+    if task.base_model is not None:
+        # A registered version, saved by a family's export: parsed here, in the sandbox, never unpickled.
+        plan = family.continued(plan, (HERE / task.base_model.file).read_bytes())
+    assert plan is not None
     # The leaf rule is about trees trained here; an evaluation trains none.
     bounds = task.bounds if task.kind == "train" else task.bounds.model_copy(update={"min_leaf_rows": None})
     family.check_bounds(plan, bounds)
