@@ -6,15 +6,29 @@ import os
 
 import pytest
 
+from remote_magic_server.demo import free_port
 from tests.serverproc import ServerProcess, write_config
 
 _shared: dict[str, ServerProcess] = {}
+# A loopback port the shared server may call webhooks on (the example notebook listens there).
+HOOK_PORT = free_port()
+SHARED_EXTRA = f"""
+[registry]
+grants = {{ shared_with_bob = ["bob"] }}
+
+[webhooks]
+allow = ["http://127.0.0.1:{HOOK_PORT}"]
+backoff_s = 0.2
+
+[automation]
+poll_s = 0.3
+"""
 
 
 def _shared_server(config: pytest.Config) -> ServerProcess:
     if "server" not in _shared:
         base = config._tmp_path_factory.mktemp("server")  # type: ignore[attr-defined]
-        server = ServerProcess(write_config(base / "data"), base / "server.log")
+        server = ServerProcess(write_config(base / "data", extra=SHARED_EXTRA), base / "server.log")
         server.issue_tokens()
         _shared["server"] = server.start()
     return _shared["server"]
@@ -22,7 +36,8 @@ def _shared_server(config: pytest.Config) -> ServerProcess:
 
 @pytest.fixture(scope="session")
 def server(pytestconfig: pytest.Config) -> ServerProcess:
-    """The session's server: demo datasets; users alice (all datasets) and bob (breast_cancer only)."""
+    """The session's server: demo datasets; users alice (all datasets) and bob (breast_cancer only); alice's
+    model `shared_with_bob` is granted to bob; webhooks may call 127.0.0.1:HOOK_PORT."""
     return _shared_server(pytestconfig)
 
 
@@ -53,6 +68,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             REMOTE_MAGIC_URL=server.url,
             REMOTE_MAGIC_TOKEN=server.tokens["alice"],
             REMOTE_MAGIC_PROGRESS="off",
+            REMOTE_MAGIC_HOOK_PORT=str(HOOK_PORT),
             _REMOTE_MAGIC_TEST_ENV="1",
         )
 

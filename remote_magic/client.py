@@ -24,10 +24,12 @@ from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 from urllib3.util.retry import Retry
 
+from .automation import RegisterRequest
 from .connection import check_url, client_cert_file, hub_token, tls_problem, tls_verify, unreachable
 from .description import Description
 from .errors import Busy, ConnectionProblem, RemoteError, SpecError, error_for
 from .payload import package_model
+from .registry_client import RegistryCalls, register_request
 from .result import TrainResult
 from .wire import (
     FINAL_STATES,
@@ -105,7 +107,7 @@ def _options(release: ReleaseOptions | dict | None) -> ReleaseOptions:
     return ReleaseOptions.model_validate(release or {})
 
 
-class Client:
+class Client(RegistryCalls):
     """A connection to one remote-magic server, authenticated by a token.
 
     The token is `token`, else $REMOTE_MAGIC_TOKEN, else, in a JupyterHub kernel, $JUPYTERHUB_API_TOKEN
@@ -204,11 +206,17 @@ class Client:
         kind: str = "train",
         idempotency_key: str | None = None,
         release: ReleaseOptions | dict | None = None,
+        register: str | dict | RegisterRequest | None = None,
+        base_model: str | None = None,
         on_wait: Callable[[float, float], None] | None = None,
         queue_wait: float | None = None,
     ) -> Job:
         """Queue a job and return its handle. `release` asks for extras (confusion matrix, an eval
         learning curve, a feature-importance ranking); on a dataset in mode dp each costs budget.
+
+        `register` names the model the trained result becomes the next version of (a name, or a dict with
+        `alias` and a `when` condition); `base_model` (`churn@3`, `@latest`, `@ALIAS`) continues, or
+        evaluates, a registered version on the server: `model` then only brings parameters, or is None.
 
         When this user's queue on the server is full (429), wait for a place as the server's Retry-After
         says, for at most `queue_wait` seconds (default: the client's), then raise `Busy`;
@@ -218,14 +226,22 @@ class Client:
         limit = self.queue_wait if queue_wait is None else queue_wait
         spec = as_spec(spec)
         options = _options(release)
-        payload = package_model(model)
         key = idempotency_key or uuid.uuid4().hex
-        files = {"model": ("model.pkl", payload, "application/octet-stream")}
+        files = (
+            {"model": ("model.pkl", package_model(model), "application/octet-stream")}
+            if model is not None
+            else None
+        )
         data = {
             "spec": spec.model_dump_json(exclude_none=True),
             "kind": kind,
             "release": options.model_dump_json(),
         }
+        request = register_request(register)
+        if request is not None:
+            data["register_as"] = request.model_dump_json(exclude_none=True)
+        if base_model is not None:
+            data["base_model"] = base_model
         started = time.monotonic()
         while True:
             try:
@@ -262,20 +278,26 @@ class Client:
         model: object,
         spec: DatasetSpec | dict,
         release: ReleaseOptions | dict | None = None,
+        register: str | dict | RegisterRequest | None = None,
+        base_model: str | None = None,
         **wait: object,
     ) -> TrainResult:
-        """Submit a training job and wait for its result."""
-        return self.submit(model, spec, "train", release=release).result(**wait)  # type: ignore[arg-type]
+        """Submit a training job and wait for its result (see `submit` for `register` and `base_model`)."""
+        job = self.submit(model, spec, "train", release=release, register=register, base_model=base_model)
+        return job.result(**wait)  # type: ignore[arg-type]
 
     def evaluate(
         self,
         model: object,
         spec: DatasetSpec | dict,
         release: ReleaseOptions | dict | None = None,
+        model_ref: str | None = None,
         **wait: object,
     ) -> TrainResult:
-        """Score a fitted model on the spec's evaluation rows, without training."""
-        return self.submit(model, spec, "evaluate", release=release).result(**wait)  # type: ignore[arg-type]
+        """Score a fitted model on the spec's evaluation rows, without training; with `model_ref`
+        (`churn@3`), score that registered version instead (pass `model=None`)."""
+        job = self.submit(model, spec, "evaluate", release=release, base_model=model_ref)
+        return job.result(**wait)  # type: ignore[arg-type]
 
     def cost(
         self,

@@ -48,6 +48,11 @@ CODES: dict[str, Code] = {
     "forbidden": Code(403, "auth", "Ask the data owner for access to this dataset."),
     "hub_unavailable": Code(503, "auth", "Retry in a moment, or connect with a token from the data owner."),
     "not_found": Code(404, "not_found"),
+    "unknown_model": Code(404, "not_found", "%remote_models lists the model versions you may use."),
+    "already_exists": Code(409, "request"),
+    "target_not_allowed": Code(
+        422, "request", "Webhook targets must be on the data owner's allowlist ([webhooks] allow)."
+    ),
     # the spec
     "unknown_dataset": Code(404, "spec", "%remote_datasets lists the datasets your token grants."),
     "unknown_version": Code(404, "spec", "%remote_datasets NAME lists the dataset's versions."),
@@ -70,6 +75,7 @@ CODES: dict[str, Code] = {
     "custom_code_refused": Code(422, "model"),
     "parameter_out_of_bounds": Code(422, "model"),
     "rejected_by_owner": Code(422, "model"),
+    "base_model_unavailable": Code(422, "model", "%remote_models lists the versions that still exist."),
     # what may leave
     "cohort_too_small": Code(
         422, "disclosure", "Admit more rows: widen the filter or lower the evaluation fraction."

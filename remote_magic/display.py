@@ -135,6 +135,7 @@ JOB_COLUMNS = [
     "progress",
     "submitted (UTC)",
     "main metric",
+    "origin",
 ]
 
 
@@ -151,10 +152,23 @@ def jobs_table(jobs: Sequence[JobStatus]) -> Table:
             _progress_text(j),
             j.submitted_at[:19].replace("T", " "),
             _metric_text(j),
+            _origin(j),
         ]
         for j in jobs
     ]
     return Table(JOB_COLUMNS, rows)
+
+
+def _origin(job: JobStatus) -> str:
+    """Which recipe ran it and why, what it continued, what it registered."""
+    parts = []
+    if job.recipe:
+        parts.append(f"recipe {job.recipe} ({job.trigger or 'run'})")
+    if job.base_model:
+        parts.append(f"from {job.base_model}")
+    if job.registration is not None:
+        parts.append(job.registration.version or job.registration.state)
+    return "; ".join(parts)
 
 
 def job_html(job: JobStatus) -> str:

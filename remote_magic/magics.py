@@ -16,7 +16,7 @@ import sys
 from typing import TYPE_CHECKING, get_args
 
 from IPython.core.error import StdinNotImplementedError, UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from pydantic import ValidationError
 from traitlets import Bool, Float, Unicode, default
@@ -27,7 +27,9 @@ from .client import Client, Job
 from .connection import hub_token
 from .display import Table, columns_table, datasets_table, jobs_table, versions_table
 from .errors import JobInterrupted
+from .lineage import LineageView, models_table, recipes_table
 from .progress import ProgressBar, QueueWait, progress_enabled
+from .registry_client import register_request
 from .spec import spec_from_args
 from .usage import usage_errors
 from .wire import JobState, ReleaseOptions, Whoami, first_error
@@ -91,6 +93,23 @@ def _spec_arguments(func):
                 type=int,
                 default=0,
                 help="also release the top K features (permutation importance)",
+            ),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+def _registry_arguments(func):
+    """--register and its companions, shared by %%remote_train and %%remote_recipe."""
+    for decorator in reversed(
+        [
+            argument("--register", help="register the trained model as the next version of this name"),
+            argument("--alias", help="with --register: point this alias (e.g. champion) at the new version"),
+            argument(
+                "--if-better",
+                help="with --register: only if eval METRIC improves on the alias's (or the latest) version "
+                "by at least DELTA, written METRIC:DELTA, e.g. auc:0.002",
             ),
         ]
     ):
@@ -238,11 +257,23 @@ class RemoteMagic(Magics, Configurable):
             raise UsageError(f"there is no variable {args.model!r}; name the model with --model VAR")
         return self.shell.user_ns[args.model]
 
+    def _model_or_base(self, args, bound: dict[str, object], base: str | None) -> object:
+        """The model to send; with a registered version (`base`), the cell's model brings only parameters
+        and may be absent, and with --model-ref none is sent."""
+        if getattr(args, "model_ref", None):
+            return None
+        if base is not None and args.model is None and not bound:
+            return None
+        return self._model(args, bound)
+
     def _run(self, kind: str, line: str, cell: str, magic) -> object:
         args = _parse(magic, line)
         bound = self._run_cell(cell)
         spec = self._spec(args)
-        model = self._model(args, bound)
+        base = getattr(args, "base_model", None) or getattr(args, "model_ref", None)
+        if args.dry_run and base is not None:
+            raise UsageError("--dry-run checks a model from the cell; it cannot use a registered version")
+        model = self._model_or_base(args, bound, base)
         try:
             release = ReleaseOptions(confusion=args.confusion, curve=args.curve, importance=args.importance)
         except ValidationError as exc:
@@ -256,7 +287,16 @@ class RemoteMagic(Magics, Configurable):
             if args.output:
                 self.shell.user_ns[args.output] = report
             return report
-        job = self._submit(model, spec, kind, release)
+        register = getattr(args, "register", None)
+        if register is None and (getattr(args, "alias", None) or getattr(args, "if_better", None)):
+            raise UsageError("--alias and --if-better go with --register NAME")
+        try:
+            request = register_request(
+                register, getattr(args, "alias", None), getattr(args, "if_better", None)
+            )
+        except ValueError as exc:
+            raise UsageError(f"--register/--alias/--if-better: {exc}") from None
+        job = self._submit(model, spec, kind, release, request, base)
         self.last_job = job
         if args.no_wait:
             if args.output:
@@ -267,12 +307,19 @@ class RemoteMagic(Magics, Configurable):
             self.shell.user_ns[args.output] = result
         return result
 
-    def _submit(self, model: object, spec, kind: str, release) -> Job:
+    def _submit(self, model: object, spec, kind: str, release, register, base) -> Job:
         """Submit, waiting (with a progress line) while the server's queue for this user is full."""
         waiting = QueueWait() if self.progress else None
         try:
             return self.client.submit(
-                model, spec, kind, release=release, on_wait=waiting, queue_wait=self.queue_wait
+                model,
+                spec,
+                kind,
+                release=release,
+                register=register,
+                base_model=base,
+                on_wait=waiting,
+                queue_wait=self.queue_wait,
             )
         except KeyboardInterrupt:
             raise JobInterrupted("while waiting for a queue slot; nothing was submitted.") from None
@@ -292,6 +339,10 @@ class RemoteMagic(Magics, Configurable):
 
     @magic_arguments()
     @_spec_arguments
+    @_registry_arguments
+    @argument(
+        "--base-model", help="continue a registered version on the server, e.g. churn@3 or churn@latest"
+    )
     @cell_magic
     @usage_errors
     def remote_train(self, line: str, cell: str) -> object:
@@ -307,10 +358,12 @@ class RemoteMagic(Magics, Configurable):
 
     @magic_arguments()
     @_spec_arguments
+    @argument("--model-ref", help="score this registered version instead of the cell's model, e.g. churn@3")
     @cell_magic
     @usage_errors
     def remote_evaluate(self, line: str, cell: str) -> object:
-        """Run the cell, then score its fitted model on the spec's evaluation rows (no training)."""
+        """Run the cell, then score its fitted model (or `--model-ref` a registered version) on the spec's
+        evaluation rows (no training)."""
         return self._run("evaluate", line, cell, self.remote_evaluate)
 
     @magic_arguments()
@@ -373,3 +426,74 @@ class RemoteMagic(Magics, Configurable):
         if args.output:
             self.shell.user_ns[args.output] = description
         return description
+
+    # the registry and recipes
+    @line_magic
+    def remote_models(self, line: str) -> Table:
+        """`%remote_models [NAME]`: registered versions you may use, with origin, data and main metric."""
+        return models_table(self.client.models(line.strip() or None))
+
+    @line_magic
+    def remote_lineage(self, line: str) -> LineageView:
+        """`%remote_lineage churn@5`: the version and its ancestors, drawn as a small graph."""
+        ref = line.strip()
+        if not ref:
+            raise UsageError("usage: %remote_lineage NAME@VERSION (or NAME@latest, NAME@ALIAS)")
+        return self.client.lineage(ref)
+
+    @magic_arguments()
+    @argument(
+        "action", nargs="?", default="list", help="save (with a cell), list, run, pause, resume, delete"
+    )
+    @argument("name", nargs="?", help="the recipe's name")
+    @argument("--kind", choices=("train", "evaluate"), default="train", help="what each run does")
+    @argument("--on-new-data", action="store_true", help="run on each new version of the spec's dataset")
+    @argument("--on-new-model", help="run when this model gets a new version or an alias moves")
+    @argument("--every", help="run this often, e.g. 1d or 6h")
+    @argument("--base-model", help="start each run from this registered version, e.g. churn@champion")
+    @_registry_arguments
+    @_spec_arguments
+    @line_cell_magic
+    def remote_recipe(self, line: str, cell: str | None = None) -> object:
+        """Save a cell as a recipe that runs when its data or models change, or manage recipes.
+
+        `%%remote_recipe save NAME --on-new-data --register churn --alias champion --if-better auc:0.002`
+        with the spec flags of %%remote_train: the cell runs here once, and its model and spec are saved
+        on the server. Without a cell: `%remote_recipe` lists, `%remote_recipe run|pause|resume|delete NAME`.
+        """
+        args = _parse(self.remote_recipe, line)
+        if cell is not None:
+            if args.action != "save" or not args.name:
+                raise UsageError("with a cell: %%remote_recipe save NAME [triggers] [spec flags]")
+            bound = self._run_cell(cell)
+            if args.kind == "evaluate" and args.base_model:
+                model = None  # an evaluation recipe scores the registered version itself
+            else:
+                model = self._model_or_base(args, bound, args.base_model)
+            try:
+                request = register_request(args.register, args.alias, args.if_better)
+            except ValueError as exc:
+                raise UsageError(f"--register/--alias/--if-better: {exc}") from None
+            recipe = self.client.save_recipe(
+                args.name,
+                self._spec(args),
+                model,
+                kind=args.kind,
+                base_model=args.base_model,
+                on_new_data=args.on_new_data,
+                on_new_model=args.on_new_model,
+                every=args.every,
+                register=request,
+            )
+            return recipes_table([recipe])
+        if args.action == "list":
+            return recipes_table(self.client.recipes())
+        if not args.name or args.action not in ("run", "pause", "resume", "delete"):
+            raise UsageError("usage: %remote_recipe [list] | run|pause|resume|delete NAME")
+        if args.action == "run":
+            return self.client.run_recipe(args.name)
+        if args.action == "delete":
+            self.client.delete_recipe(args.name)
+            return f"recipe {args.name} deleted"
+        action = self.client.pause_recipe if args.action == "pause" else self.client.resume_recipe
+        return recipes_table([action(args.name)])

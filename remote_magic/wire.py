@@ -197,6 +197,14 @@ class Progress(_Strict):
     metric: MetricPoint | None = None
 
 
+class Registration(_Strict):
+    """What became of a job's request to register its model."""
+
+    state: Literal["registered", "skipped", "refused"]
+    version: str | None = Field(default=None, description="The registered version, e.g. churn@3.")
+    message: str
+
+
 class JobStatus(_Strict):
     id: str
     dataset: str
@@ -213,6 +221,13 @@ class JobStatus(_Strict):
     rounds: int | None = Field(default=None, description="Boosting rounds, once the worker knows them.")
     isolation: dict[str, str] | None = Field(default=None, description="The confinement the worker had.")
     version: int = Field(description="Increases on every change; pass it as `since` to long-poll.")
+    base_model: str | None = Field(default=None, description="The registered version it continued.")
+    recipe: str | None = Field(default=None, description="The recipe that started it, if any.")
+    trigger: str | None = Field(default=None, description="What made the recipe run.")
+    registration: Registration | None = None
+    model_file: Literal["kept", "registered", "pruned"] | None = Field(
+        default=None, description="Whether the trained model is still on the server."
+    )
 
 
 class JobList(_Strict):

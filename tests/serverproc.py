@@ -152,11 +152,18 @@ class ServerProcess:
 
 @contextmanager
 def running(
-    data_dir: Path, log_path: Path, users: dict[str, list[str]], extra_datasets: str = "", policy: str = ""
+    data_dir: Path,
+    log_path: Path,
+    users: dict[str, list[str]],
+    extra_datasets: str = "",
+    extra: str = "",
+    policy: str = "",
 ) -> Iterator[ServerProcess]:
-    """A started server with extra datasets (and `[policy]` lines) and these users' tokens; stopped even
-    when the body fails."""
-    server = ServerProcess(write_config(data_dir, extra_datasets=extra_datasets, policy=policy), log_path)
+    """A started server with extra datasets, config tables and `[policy]` lines, and these users'
+    tokens; stopped even when the body fails."""
+    server = ServerProcess(
+        write_config(data_dir, extra_datasets=extra_datasets, extra=extra, policy=policy), log_path
+    )
     server.issue_tokens(users)
     server.start()
     try:

@@ -11,6 +11,8 @@ import papermill
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
+from conftest import HOOK_PORT
+
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.ipynb"))
 KERNELSPEC = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
 
@@ -21,6 +23,7 @@ def kernel_env(server, monkeypatch):
     monkeypatch.setenv("REMOTE_MAGIC_URL", server.url)
     monkeypatch.setenv("REMOTE_MAGIC_TOKEN", server.tokens["alice"])
     monkeypatch.setenv("REMOTE_MAGIC_PROGRESS", "off")
+    monkeypatch.setenv("REMOTE_MAGIC_HOOK_PORT", str(HOOK_PORT))  # 06's webhook receiver: an allowed port
 
 
 def outputs_text(notebook) -> str:

@@ -145,6 +145,10 @@ class ModelFamily(Protocol):
 
     def canonical(self, model: object, custom_code: bool = False) -> Plan: ...
 
+    def continued(self, plan: Plan | None, saved: bytes) -> Plan:
+        """The plan that continues (or, without a plan, evaluates) a model saved by `export`."""
+        ...
+
     def check_bounds(self, plan: Plan, bounds: ModelBounds) -> None: ...
 
     def train(
@@ -190,7 +194,8 @@ class ModelFamily(Protocol):
         ...
 
     def export(self, trained: Any, folder: Path) -> None:
-        """Save the trained model in the job folder (where a later release may read it)."""
+        """Save the trained model and the parameters it was trained with in the job folder (where a later
+        release or registration reads them)."""
         ...
 
 

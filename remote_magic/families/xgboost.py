@@ -405,6 +405,22 @@ class XGBoostFamily:
         plan.objective = _objective_decorator(objective) if callable(objective) else None
         plan.metric = _metric_decorator(metric) if callable(metric) else None
 
+    def continued(self, plan: Plan | None, saved: bytes) -> Plan:
+        """Continue a booster saved by `export` (XGBoost JSON) with the plan's parameters; without a plan,
+        the booster's own parameters (evaluation, or continuing with XGBoost's defaults)."""
+        try:
+            with _xgboost_errors():
+                booster = xgb.Booster()
+                booster.load_model(bytearray(saved))
+        except Refusal as exc:
+            raise Refusal("base_model_unavailable", "the registered model could not be read") from exc
+        if plan is None:
+            return self.canonical(booster)
+        if plan.base is not None or plan.preprocess is not None:
+            raise Refusal("unsupported_model", "with a registered base model, send an unfitted XGBoost model")
+        plan.base, plan.base_rounds = _raw(booster)
+        return plan
+
     def check_bounds(self, plan: Plan, bounds: ModelBounds) -> None:
         """Refuse parameters beyond the server's bounds, naming the parameter and its bound."""
         if plan.preprocess is not None:
@@ -651,8 +667,10 @@ class XGBoostFamily:
         return bytes(booster.save_raw("json"))
 
     def export(self, trained: Trained, folder: Path) -> None:
-        """One file, XGBoost JSON: the only format a released model ever leaves in."""
+        """The model in one format, XGBoost JSON (the only one a released model ever leaves in), and the
+        parameters it was trained with."""
         trained.booster.save_model(str(folder / "model.json"))
+        (folder / "params.json").write_text(json.dumps(trained.params))
 
 
 FAMILY = XGBoostFamily()

@@ -155,14 +155,18 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     if args.action == "refresh":
         return commands.refresh_now(settings, args.name)
     from .jobs.store import Store
+    from .registry.store import ModelRegistry
     from .release.ledger import Ledger
 
     store, ledger = Store(settings.db_path, settings.jobs_dir), Ledger(settings.ledger_path)
+    registry = ModelRegistry(settings.registry_path)
     try:
-        in_use = store.dataset_versions_in_use(args.name, ledger.kept_models(args.name))
+        kept = set(ledger.kept_models(args.name)) | registry.registered_jobs()
+        in_use = store.dataset_versions_in_use(args.name, kept)
     finally:
         store.close()
         ledger.close()
+        registry.close()
     return commands.prune_versions(settings, args.name, args.keep, in_use)
 
 

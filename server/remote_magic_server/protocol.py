@@ -70,6 +70,13 @@ class DescribeOptions(_Strict):
     max_categories: int = Field(ge=1)
 
 
+class SavedModel(_Strict):
+    """A registered version the parent copied into the job folder: the family's saved form, never pickle."""
+
+    file: str = Field(pattern=r"^[a-z_]+\.json$")
+    family: str
+
+
 class Task(_Strict):
     protocol: Literal[3] = PROTOCOL_VERSION
     kind: TaskKind
@@ -88,6 +95,7 @@ class Task(_Strict):
     structure: bool = Field(
         default=True, description="Count what the model sets apart (mode dp's structural rules read it)."
     )
+    base_model: SavedModel | None = Field(default=None, description="Continue or evaluate this model.")
 
 
 # worker -> parent

@@ -4,7 +4,8 @@ A typo in a data owner's config must stop the server with a clear message rather
 to a default, so every table forbids unknown keys.
 
 Why it is long: every key a data owner may write is declared here once, with its default, bounds and
-the description `doctor` and the docs show.
+the description `doctor` and the docs show; the
+automation's tables live apart, in automation_settings.py.
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from remote_magic.wire import IDENT, ModelBounds, PolicyInEffect
 
+from .automation_settings import (
+    AutomationSection,
+    MlflowSection,
+    RegistrySection,
+    WebhooksSection,
+)
 from .data.config import ParquetSourceConfig, SourceConfig, parse_duration, resolve_source_paths
 
 if sys.version_info >= (3, 11):
@@ -263,6 +270,10 @@ class ExecutorSection(_Strict):
 class Settings(_Strict):
     server: ServerSection = Field(default_factory=ServerSection)
     executor: ExecutorSection = Field(default_factory=ExecutorSection)
+    registry: RegistrySection = Field(default_factory=RegistrySection)
+    webhooks: WebhooksSection = Field(default_factory=WebhooksSection)
+    mlflow: MlflowSection = Field(default_factory=MlflowSection)
+    automation: AutomationSection = Field(default_factory=AutomationSection)
     policy: Policy = Field(default_factory=Policy)
     datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
     audit: AuditSection = Field(default_factory=AuditSection)
@@ -339,6 +350,15 @@ class Settings(_Strict):
     def snapshots_dir(self) -> Path:
         """Dataset versions: one folder of immutable Parquet snapshots per dataset, and their registry."""
         return self.server.data_dir / "snapshots"
+
+    @property
+    def registry_path(self) -> Path:
+        return self.server.data_dir / "registry.sqlite"
+
+    @property
+    def automation_path(self) -> Path:
+        """Recipes, webhook subscriptions and the outbox of deliveries and exports."""
+        return self.server.data_dir / "automation.sqlite"
 
 
 class ConfigError(Exception):

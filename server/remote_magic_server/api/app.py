@@ -18,18 +18,36 @@ from fastapi import FastAPI
 from remote_magic import __version__
 
 from ..audit import open_audit
+from ..automation.service import Automation
 from ..data.versions import Versions
+from ..dataversions import NumberedVersions
 from ..jobs.executor import make_executor
 from ..jobs.oneshot import Describer
 from ..jobs.scheduler import Scheduler
-from ..jobs.store import Store
+from ..jobs.store import JobRow, Store
+from ..registry.access import Registry
+from ..registry.store import ModelRegistry
 from ..release.desk import ReleaseDesk
 from ..release.ledger import Ledger
 from ..settings import Settings
-from . import cost, datasets, describe, errors, health, jobs, mock, models
+from . import (
+    cost,
+    datasets,
+    describe,
+    errors,
+    graphql_view,
+    health,
+    jobs,
+    mock,
+    models,
+    recipes,
+    registry,
+    webhooks,
+)
 from .auditing import AuditMiddleware
 from .auth import LastUsed
 from .catalog import unused_columns
+from .intake import Intake
 from .limits import FORM_OVERHEAD_BYTES, BodyLimit
 from .metrics import Metrics, RequestTimer
 from .notifier import Notifier
@@ -74,7 +92,26 @@ def create_app(settings: Settings) -> FastAPI:
     describer = Describer(settings, executor, desk)
     versions = Versions(settings.snapshots_dir)
     metrics = Metrics(store, scheduler, settings.worker_count, versions, list(settings.datasets))
-    scheduler.on_finish = metrics.job_finished
+    model_registry = Registry(settings, ModelRegistry(settings.registry_path), settings.jobs_dir)
+    intake = Intake(settings, store, model_registry, versions, audit, desk, scheduler.retry_after)
+    automation = Automation(
+        settings,
+        store,
+        model_registry,
+        intake,
+        NumberedVersions(versions),
+        scheduler.notify,
+        ledger.model_state,
+    )
+
+    def job_finished(job: JobRow, state: str, seconds: float) -> None:
+        metrics.job_finished(job, state, seconds)
+        try:
+            automation.job_final(job.id)
+        except Exception:  # noqa: BLE001 - the hand-over is repeated at start-up; a job never fails for it
+            log.exception("the hand-over of job %s failed", job.id)
+
+    scheduler.on_finish = job_finished
     lock = DataDirLock(settings)
     grace = settings.server.shutdown_grace_s
 
@@ -87,6 +124,7 @@ def create_app(settings: Settings) -> FastAPI:
         lock.acquire()
         notifier.bind(asyncio.get_running_loop())
         scheduler.start()
+        automation.start()
         log.info(
             "server_started",
             extra={
@@ -102,6 +140,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             begin_shutdown()
             await asyncio.to_thread(scheduler.stop, grace)
+            await asyncio.to_thread(automation.stop)
+            model_registry.store.close()
             store.close()
             ledger.close()
             lock.release()
@@ -124,6 +164,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.versions = versions
     app.state.metrics = metrics
     app.state.begin_shutdown = begin_shutdown
+    app.state.registry = model_registry
+    app.state.intake = intake
+    app.state.automation = automation
     app.state.last_used = LastUsed(store)
     app.state.hub = None
     if settings.jupyterhub is not None:
@@ -131,7 +174,19 @@ def create_app(settings: Settings) -> FastAPI:
 
         app.state.hub = HubSignIn(settings.jupyterhub)
     errors.install(app)
-    for resource in (health, datasets, jobs, cost, describe, models, mock):
+    for resource in (
+        health,
+        datasets,
+        jobs,
+        cost,
+        describe,
+        models,
+        mock,
+        registry,
+        recipes,
+        webhooks,
+        graphql_view,
+    ):
         app.include_router(resource.router)
     app.add_middleware(AuditMiddleware, audit=audit)
     app.add_route("/metrics", metrics.endpoint, include_in_schema=False)

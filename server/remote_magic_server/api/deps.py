@@ -11,14 +11,17 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
 
 from ..audit import AuditLog
+from ..automation.service import Automation
 from ..data.versions import Versions
 from ..jobs.oneshot import Describer
 from ..jobs.scheduler import Scheduler
 from ..jobs.store import Store
+from ..registry.access import Registry
 from ..release.desk import ReleaseDesk
 from ..settings import Settings
 from .auth import LastUsed, Principal, authenticate, bearer
 from .hub import HubSignIn
+from .intake import Intake
 from .notifier import Notifier
 
 
@@ -38,6 +41,9 @@ DeskDep = Annotated[ReleaseDesk, Depends(_part("desk"))]
 DescriberDep = Annotated[Describer, Depends(_part("describer"))]
 AuditDep = Annotated[AuditLog, Depends(_part("audit"))]
 NotifierDep = Annotated[Notifier, Depends(_part("notifier"))]
+RegistryDep = Annotated[Registry, Depends(_part("registry"))]
+IntakeDep = Annotated[Intake, Depends(_part("intake"))]
+AutomationDep = Annotated[Automation, Depends(_part("automation"))]
 LastUsedDep = Annotated[LastUsed, Depends(_part("last_used"))]
 HubDep = Annotated[HubSignIn | None, Depends(_part("hub"))]
 VersionsDep = Annotated[Versions, Depends(_part("versions"))]

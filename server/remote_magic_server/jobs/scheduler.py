@@ -16,12 +16,14 @@ failures after admission, finish, re-queue, recover, drain) is one state machine
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import shutil
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from remote_magic.codes import Refusal
 from remote_magic.wire import JobResult, ReleaseOptions
@@ -32,7 +34,7 @@ from ..settings import Settings
 from .conversation import Conversation, Final, drive
 from .executor import Execution, Executor, WorkerGone
 from .store import JobRow, Store
-from .tasks import build_task
+from .tasks import BASE_MODEL_FILE, build_task
 from .timeline import Timeline
 
 log = logging.getLogger("remote_magic_server.scheduler")
@@ -186,8 +188,9 @@ class Scheduler:
                 self.on_change(job.id)
                 try:
                     self._launch(job)
-                except Refusal as refusal:  # its dataset version is gone
-                    self.store.finish(job.id, "failed", error=(refusal.code, refusal.message))
+                except Refusal as refusal:  # a base model or its dataset version is gone
+                    if self.store.finish(job.id, "failed", error=(refusal.code, refusal.message)):
+                        self.on_finish(job, "failed", 0.0)
                     self.on_change(job.id)
                 except Exception:  # noqa: BLE001 - a launch failure must not stop the loop
                     log.exception("could not start a worker for job %s", job.id)
@@ -211,6 +214,17 @@ class Scheduler:
             label_dtype=job.plan.get("label_dtype", ""),
         )
 
+    def _place_base_model(self, job: JobRow, folder: Path) -> None:
+        """Copy the registered version a job continues into its folder, exactly the bytes it was given."""
+        base = job.plan["base_model"]
+        source = self.store.job_dir(base["job"]) / "model.json"
+        data = source.read_bytes() if source.exists() else b""
+        if hashlib.sha256(data).hexdigest() != base["sha256"]:
+            raise Refusal(
+                "base_model_unavailable", f"the model file of {base['ref']} is no longer on the server"
+            )
+        (folder / BASE_MODEL_FILE).write_bytes(data)
+
     def _launch(self, job: JobRow) -> None:
         timeline = Timeline(job.submitted_at)
         timeline.mark("claimed")
@@ -226,6 +240,8 @@ class Scheduler:
             self._finish(job, request, Final.failed(refusal.code, refusal.message), 0.0, timeline=timeline)
             return
         folder = self.store.job_dir(job.id)
+        if job.plan.get("base_model"):
+            self._place_base_model(job, folder)
         task = build_task(self.settings, job.kind, job.dataset, job.spec, job.plan)  # type: ignore[arg-type]
         execution = self.executor.start(task, folder, name=f"job-{job.id}")
         timeline.mark("started")

@@ -2,9 +2,9 @@
 
 Every transition is committed (synchronous=FULL) before it is acknowledged, so a restart, even after a
 power loss, finds each job where it was; only progress lines and the claim that a synced write follows at
-once skip their own fsync. Writes go through one connection under a lock; reads use a
-connection per thread, so a status poll never waits behind a write (WAL lets readers run beside the
-writer). The schema carries a version; `_MIGRATIONS` brings an older store up to date in one transaction.
+once skip their own fsync. Writes go through one connection under a lock; reads use a connection per
+thread, so a status poll never waits behind a write (sqlitedb.py). The schema carries a version;
+`_MIGRATIONS` brings an older store up to date in one transaction.
 Tokens are stored as SHA-256 hashes: they are 256-bit random strings, so a plain hash is enough and a
 leaked database does not leak a usable token. A token also has a public id (for list, revoke, rotate),
 an optional expiry and note, and is looked up on every request, so a revoked or expired one fails at
@@ -22,13 +22,16 @@ import os
 import secrets
 import shutil
 import sqlite3
-import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+
+from ..sqlitedb import Database, StoreError, now
+
+__all__ = ["SCHEMA_VERSION", "JobRow", "QueueFull", "Store", "StoreError", "hash_token", "now"]
 
 SCHEMA_VERSION = 3
 TOKEN_PREFIX = "rm_"  # noqa: S105 - tells our tokens from JupyterHub's without a lookup
@@ -89,20 +92,12 @@ _MIGRATIONS: dict[int, str] = {
 }
 
 
-class StoreError(Exception):
-    """The store cannot be used by this version of the server."""
-
-
 class QueueFull(Exception):
     """The user already has as many queued jobs as the server accepts."""
 
     def __init__(self, queued: int):
         super().__init__(f"{queued} jobs queued")
         self.queued = queued
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def hash_token(token: str) -> str:
@@ -160,25 +155,13 @@ class Store:
         self.db_path = db_path
         self.jobs_dir = jobs_dir
         jobs_dir.mkdir(parents=True, exist_ok=True)
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._db = self._connect()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        self._database = Database(db_path, _SCHEMA, _MIGRATIONS, SCHEMA_VERSION)
+        # Single statements autocommit on the writer connection, under its lock.
+        self._db = self._database.writer
+        self._lock = self._database.lock
         with self._lock:
-            self._db.executescript(_SCHEMA)
-            self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1')")
-            self._migrate()
             self._served = self._last_served()
             self._turn = len(self._served)
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(str(self.db_path), check_same_thread=False, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA busy_timeout=5000")
-        return db
 
     @contextmanager
     def _unsynced(self) -> Iterator[None]:
@@ -191,47 +174,14 @@ class Store:
         finally:
             self._db.execute("PRAGMA synchronous=FULL")
 
-    def _migrate(self) -> None:
-        version = self.schema_version()
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"the job store {self.db_path} has schema version {version}, newer than this server's "
-                f"{SCHEMA_VERSION}; upgrade remote-magic"
-            )
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                for statement in _MIGRATIONS[target].split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(target),))
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-
     def schema_version(self) -> int:
-        row = self._read("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        return int(row["value"])
+        return self._database.schema_version()
 
     def _read(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
-        """Run a read on this thread's own connection, without taking the write lock."""
-        reader = getattr(self._local, "db", None)
-        if reader is None:
-            reader = self._connect()
-            reader.execute("PRAGMA query_only=1")
-            self._local.db = reader
-            with self._lock:
-                self._readers.append(reader)
-        return reader.execute(sql, params)
+        return self._database.read(sql, params)
 
     def close(self) -> None:
-        with self._lock:
-            for reader in self._readers:
-                reader.close()
-            self._readers.clear()
-            self._db.close()
+        self._database.close()
 
     def ping(self) -> bool:
         """Whether the database answers a read (health)."""
@@ -515,6 +465,19 @@ class Store:
                 (payload_sha256, job_id),
             )
         return cur.rowcount == 1
+
+    def final_jobs(self, before: str | None = None, since: str | None = None) -> list[str]:
+        """Ids of finished jobs, oldest finish first, finished before and/or since the given times."""
+        rows = self._read(
+            "SELECT id FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled')"
+            " AND finished_at < COALESCE(?, '9999') AND finished_at >= COALESCE(?, '') ORDER BY finished_at",
+            (before, since),
+        ).fetchall()
+        return [r["id"] for r in rows]
+
+    def datasets_of(self, user: str) -> list[str]:
+        """Every dataset an active token of `user` grants (what a recipe of theirs may use)."""
+        return sorted({name for t in self.list_tokens(user) if t.state() == "active" for name in t.datasets})
 
     def dataset_versions_in_use(self, dataset: str, job_ids: Iterable[str] = ()) -> set[int]:
         """Dataset versions that unfinished jobs, or the jobs named (kept models), refer to: never pruned."""

@@ -15,10 +15,11 @@ from remote_magic.specs import Resolved
 from remote_magic.wire import DatasetSpec, ReleaseOptions
 
 from ..data.versions import Versions, snapshot_file
-from ..protocol import PARTITION_TABLE, DescribeOptions, Limits, Staging, Task, TaskKind
+from ..protocol import PARTITION_TABLE, DescribeOptions, Limits, SavedModel, Staging, Task, TaskKind
 from ..settings import Settings
 
 CPU_SLACK_S = 30
+BASE_MODEL_FILE = "base.json"
 REVIEW_CPU_S = 30
 REVIEW_MEMORY_MB = 2048
 DEFAULT_FILE_MB = 1024  # spilled rows and external-memory pages may need files as large as a worker's memory
@@ -95,6 +96,7 @@ def build_task(
         rare_level_rows=policy.min_count,
         label_range=config.label_ranges.get(checked.label),
         structure=policy.privacy == "dp",
+        base_model=SavedModel(file=BASE_MODEL_FILE, family="xgboost") if plan.get("base_model") else None,
     )
 
 

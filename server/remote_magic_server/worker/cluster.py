@@ -19,6 +19,7 @@ the rule that only aggregates come back is easiest to audit where every gather i
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -177,6 +178,7 @@ class Driver:
         if task.kind == "train":
             booster, history = self._train(client, plan, params, labels, frames, rows_of)
             booster.save_model(str(self.folder / "model.json"))
+            (self.folder / "params.json").write_text(json.dumps(params))  # as the family's export
         else:
             booster = xgb.Booster(model_file=bytearray(plan.base or b""))
             booster.set_param({"nthread": task.limits.threads})

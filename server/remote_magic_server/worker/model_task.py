@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from remote_magic.codes import Refusal
+from remote_magic.families import family as family_named
 from remote_magic.families import family_for, scoring
 from remote_magic.families.base import (
     Labels,
@@ -118,18 +119,25 @@ def _permutation(
 
 
 def decode(task: Task, payload: BinaryIO | None) -> tuple[ModelFamily, Plan]:
-    """Decode the payload (strictly, or the owner-approved bytes), find its family, canonicalise it and
-    check it against the task's bounds."""
+    """Decode the payload (strictly, or the owner-approved bytes), find its family, canonicalise it,
+    continue the registered version the task names, and check it against the task's bounds."""
     assert task.bounds is not None
-    if payload is None:
+    data = payload.read() if payload is not None else b""
+    if not data and task.base_model is None:
         raise Refusal("invalid_model", "the job has no model")
-    data = payload.read()
-    if task.approved_sha256:
-        model = approved_loads(data, task.approved_sha256)
-    else:
-        model = strict_loads(data, task.limits.max_payload_bytes)
-    family = family_for(model)
-    plan = family.canonical(model, custom_code=bool(task.approved_sha256))
+    model = None
+    if data:
+        model = (
+            approved_loads(data, task.approved_sha256)
+            if task.approved_sha256
+            else strict_loads(data, task.limits.max_payload_bytes)
+        )
+    family = family_for(model) if model is not None else family_named(task.base_model.family)  # type: ignore[union-attr]
+    plan = family.canonical(model, custom_code=bool(task.approved_sha256)) if model is not None else None
+    if task.base_model is not None:
+        # A registered version, saved by a family's export: parsed here, in the sandbox, never unpickled.
+        plan = family.continued(plan, (HERE / task.base_model.file).read_bytes())
+    assert plan is not None
     family.check_bounds(plan, task.bounds)
     if str(plan.params.get("device") or "cpu") != "cpu" and not task.limits.gpu:
         raise Refusal("parameter_out_of_bounds", "device = 'cuda' needs a GPU, and this server has none")
@@ -150,7 +158,7 @@ def plan_only(task: Task, payload: BinaryIO | None, channel: Channel) -> PlanRea
     family, plan = decode(task, payload)
     base = None
     if plan.base is not None:
-        base = "base.json"
+        base = "portable_base.json"  # beside, never over, a registered version's base.json
         (HERE / base).write_bytes(family.portable_base(plan))
     return PlanReady(
         plan=CanonicalPlan(

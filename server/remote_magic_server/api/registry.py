@@ -1,0 +1,73 @@
+"""The registry resource: registered models, their versions and lineage, aliases; models stay here.
+
+Visibility is the registry's (owner, and users the data owner grants): a model you may not see answers
+like a missing one. Moving an alias and deleting a version are the owner's.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response
+
+from remote_magic.automation import AliasMove, LineageChain, ModelList, ModelVersion
+from remote_magic.codes import Refusal
+
+from .deps import AuditDep, AutomationDep, RegistryDep, User
+
+router = APIRouter(prefix="/v1", tags=["registry"])
+
+Ref = Annotated[
+    str,
+    Path(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}@[A-Za-z0-9_]{1,64}$",
+        description="NAME@N, NAME@latest, NAME@ALIAS.",
+    ),
+]
+Name = Annotated[str, Path(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+
+
+@router.get("/models", response_model=ModelList)
+def list_models(
+    registry: RegistryDep, user: User, name: Annotated[str | None, Query(max_length=64)] = None
+) -> ModelList:
+    return registry.models(user.user, name)
+
+
+@router.get("/models/{ref}", response_model=ModelVersion)
+def model_version(registry: RegistryDep, user: User, ref: Ref) -> ModelVersion:
+    return registry.view(registry.resolve(user.user, ref))
+
+
+@router.get("/models/{ref}/lineage", response_model=LineageChain)
+def lineage(registry: RegistryDep, user: User, ref: Ref) -> LineageChain:
+    return registry.lineage(user.user, ref)
+
+
+@router.put("/models/{name}/aliases/{alias}", response_model=ModelVersion)
+def move_alias(
+    registry: RegistryDep,
+    automation: AutomationDep,
+    audit: AuditDep,
+    user: User,
+    name: Name,
+    alias: Name,
+    move: AliasMove,
+) -> ModelVersion:
+    registry.owned(user.user, name)
+    if alias == "latest":
+        raise Refusal("invalid_request", "'latest' is not an alias you can move")
+    row = registry.resolve(user.user, f"{name}@{move.version}")
+    if registry.store.move_alias(name, alias, row.number) is not None:
+        audit.record("alias_moved", user.user, model=name, alias=alias, version=row.number)
+        automation.alias_moved(name, alias, row.number)
+    return registry.view(row)
+
+
+@router.delete("/models/{ref}", status_code=204, response_class=Response)
+def delete_version(registry: RegistryDep, audit: AuditDep, user: User, ref: Ref) -> Response:
+    row = registry.resolve(user.user, ref)
+    registry.owned(user.user, row.name)
+    registry.store.delete_version(row.name, row.number)
+    audit.record("model_version_deleted", user.user, version=row.ref)
+    return Response(status_code=204)

@@ -1,0 +1,1 @@
+"""The automation: recipes and their triggers, the outbox of webhook deliveries and MLflow exports."""
