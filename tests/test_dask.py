@@ -96,6 +96,21 @@ def test_two_partitions_stay_within_0005_auc(two_partitions, server):
     assert on_cluster.summary == here.summary  # the same admitted rows, split the same way
 
 
+def test_a_registered_version_is_continued_and_evaluated_on_the_cluster(one_partition):
+    """The registry works through the cluster: the trained model and its parameters land in the job
+    folder, a later job continues that version (decoded by the local plan task, never by the cluster),
+    and an evaluation scores it."""
+    client = one_partition.client()
+    model = xgb.XGBClassifier(n_estimators=4, max_depth=2)
+    first = client.train(model, SMALL, register="on_cluster", timeout=300)
+    second = client.train(model, SMALL, register="on_cluster", base_model="on_cluster@1", timeout=300)
+    assert second.rounds == {"base": 4, "new": 4, "total": 8}
+    version = client.model("on_cluster@2")
+    assert version.lineage.parent == "on_cluster@1" and version.lineage.params["max_depth"] == 2
+    scored = client.evaluate(None, SMALL, model_ref="on_cluster@1", timeout=300)
+    assert scored.metrics["auc"] == pytest.approx(first.metrics["auc"], abs=1e-3)
+
+
 def test_progress_arrives_and_a_cancel_stops_the_training_on_the_cluster(two_partitions, cluster):
     model = xgb.XGBClassifier(n_estimators=2000, max_depth=8, learning_rate=0.01)
     job = two_partitions.client().submit(model, LARGE)
