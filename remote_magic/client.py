@@ -3,6 +3,7 @@
 Layers: a `requests.Session` that retries only idempotent requests (a POST is retried only with the same
 Idempotency-Key, so a retry can never start a second job), one method per endpoint with typed results,
 and `Job` handles that wait (long-poll), report progress, cancel on Ctrl-C and return a `TrainResult`.
+A submission whose queue on the server is full waits for a place as the server's Retry-After says.
 
 Why it is long: one method per endpoint of the HTTP API, each a few lines; the layers stay together so
 that the transport's retry rules and the calls that rely on them can be read side by side.
@@ -11,6 +12,7 @@ that the transport's retry rules and the calls that rely on them can be read sid
 from __future__ import annotations
 
 import os
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -25,7 +27,7 @@ from urllib3.util.retry import Retry
 from .automation import RegisterRequest
 from .connection import check_url, client_cert_file, hub_token, tls_problem, tls_verify, unreachable
 from .description import Description
-from .errors import ConnectionProblem, RemoteError, SpecError, error_for
+from .errors import Busy, ConnectionProblem, RemoteError, SpecError, error_for
 from .payload import package_model
 from .registry_client import RegistryCalls, register_request
 from .result import TrainResult
@@ -47,6 +49,9 @@ from .wire import (
 )
 
 DEFAULT_TIMEOUT = 30.0
+DEFAULT_QUEUE_WAIT = 600.0
+RETRY_AFTER_DEFAULT = 5.0
+RETRY_AFTER_RANGE = (0.5, 60.0)
 POLL_WAIT = 10.0
 RECONNECT_DELAY = 1.0
 PROGRESS_POLL_WAIT = 1.0
@@ -116,6 +121,7 @@ class Client(RegistryCalls):
         url: str | None = None,
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        queue_wait: float = DEFAULT_QUEUE_WAIT,
         *,
         ca_bundle: str | None = None,
         client_cert: str | None = None,
@@ -133,6 +139,7 @@ class Client(RegistryCalls):
         token = token or os.environ.get("REMOTE_MAGIC_TOKEN") or self._hub_token()
         if not token:
             raise ConnectionProblem("no token: pass one or set REMOTE_MAGIC_TOKEN")
+        self.queue_wait = queue_wait
         self._session.auth = _TokenAuth(token)
 
     def _hub_token(self) -> str | None:
@@ -167,7 +174,10 @@ class Client(RegistryCalls):
             code, message = str(body["code"]), str(body["message"])
         except (ValueError, KeyError, TypeError):
             code, message = "http_error", f"the server answered HTTP {response.status_code}"
-        return error_for(code, message, status=response.status_code)
+        error = error_for(code, message, status=response.status_code)
+        if isinstance(error, Busy):
+            error.retry_after = _seconds(response.headers.get("Retry-After"))
+        return error
 
     # endpoints
     def health(self) -> dict:
@@ -198,13 +208,22 @@ class Client(RegistryCalls):
         release: ReleaseOptions | dict | None = None,
         register: str | dict | RegisterRequest | None = None,
         base_model: str | None = None,
+        on_wait: Callable[[float, float], None] | None = None,
+        queue_wait: float | None = None,
     ) -> Job:
-        """Queue a job and return its handle at once. `release` asks for extras (confusion matrix, an
-        eval learning curve, a feature-importance ranking); on a dataset in mode dp each costs budget.
+        """Queue a job and return its handle. `release` asks for extras (confusion matrix, an eval
+        learning curve, a feature-importance ranking); on a dataset in mode dp each costs budget.
 
         `register` names the model the trained result becomes the next version of (a name, or a dict with
         `alias` and a `when` condition); `base_model` (`churn@3`, `@latest`, `@ALIAS`) continues, or
-        evaluates, a registered version on the server: `model` then only brings parameters, or is None."""
+        evaluates, a registered version on the server: `model` then only brings parameters, or is None.
+
+        When this user's queue on the server is full (429), wait for a place as the server's Retry-After
+        says, for at most `queue_wait` seconds (default: the client's), then raise `Busy`;
+        `on_wait(seconds_until_retry, seconds_waited)` is called before each wait (a progress line).
+        Ctrl-C stops the wait: nothing was queued. Every attempt carries the same Idempotency-Key, so a
+        retry never queues twice."""
+        limit = self.queue_wait if queue_wait is None else queue_wait
         spec = as_spec(spec)
         options = _options(release)
         key = idempotency_key or uuid.uuid4().hex
@@ -223,17 +242,36 @@ class Client(RegistryCalls):
             data["register_as"] = request.model_dump_json(exclude_none=True)
         if base_model is not None:
             data["base_model"] = base_model
-        for attempt in range(3):
+        started = time.monotonic()
+        while True:
             try:
-                response = self._request(
+                response = self._post_job(files, data, key)
+                break
+            except Busy as busy:
+                waited = time.monotonic() - started
+                if waited >= limit:
+                    if limit > 0:
+                        busy.message = (
+                            f"{busy.message} (waited {waited:.0f} s for a place in the queue; "
+                            "Client(queue_wait=...) or %config RemoteMagic.queue_wait waits longer)"
+                        )
+                    raise
+                delay = min(_jittered(busy.retry_after), limit - waited)
+                if on_wait is not None:
+                    on_wait(delay, waited)
+                time.sleep(delay)
+        return Job(self, JobStatus.model_validate(response.json()))
+
+    def _post_job(self, files: dict, data: dict, key: str) -> requests.Response:
+        """POST a job; a connection that fails is tried again, twice, with the same key."""
+        for attempt in range(2):
+            try:
+                return self._request(
                     "POST", "/jobs", files=files, data=data, headers={"Idempotency-Key": key}
                 )
-                break
             except ConnectionProblem:
-                if attempt == 2:
-                    raise
                 time.sleep(0.5 * (attempt + 1))
-        return Job(self, JobStatus.model_validate(response.json()))
+        return self._request("POST", "/jobs", files=files, data=data, headers={"Idempotency-Key": key})
 
     def train(
         self,
@@ -288,11 +326,16 @@ class Client(RegistryCalls):
     def job(self, job_id: str) -> Job:
         return Job(self, self.status(job_id))
 
-    def status(self, job_id: str, wait: float = 0, since: int | None = None) -> JobStatus:
-        """A job's status; with `wait`, block (long-poll) until its version passes `since` or time is up."""
+    def status(
+        self, job_id: str, wait: float = 0, since: int | None = None, final: bool = False
+    ) -> JobStatus:
+        """A job's status; with `wait`, block (long-poll) until its version passes `since` (with `final`:
+        until it ends) or time is up."""
         params: dict = {"wait": wait}
         if since is not None:
             params["since"] = since
+        if final:
+            params["final"] = "true"
         response = self._request("GET", f"/jobs/{job_id}", params=params, timeout=self.timeout + wait)
         return JobStatus.model_validate(response.json())
 
@@ -324,6 +367,22 @@ class Client(RegistryCalls):
         return self._request("GET", f"/jobs/{job_id}/model").content
 
 
+def _seconds(header: str | None) -> float | None:
+    """A Retry-After header in seconds (the delay form; the date form is not used by the server)."""
+    try:
+        return float(header) if header is not None else None
+    except ValueError:
+        return None
+
+
+def _jittered(retry_after: float | None) -> float:
+    """The server's Retry-After within sane bounds, spread by +-20% so many waiting clients do not
+    all come back in the same instant."""
+    low, high = RETRY_AFTER_RANGE
+    seconds = min(max(retry_after if retry_after is not None else RETRY_AFTER_DEFAULT, low), high)
+    return seconds * random.uniform(0.8, 1.2)  # noqa: S311 - spreading retries, not a secret
+
+
 class Job:
     """A handle on a remote job: wait for it, watch it, cancel it, fetch its result."""
 
@@ -350,10 +409,11 @@ class Job:
 
         return job_html(self.status)
 
-    def refresh(self, wait: float = 0) -> JobStatus:
-        """Fetch the status; with `wait`, block until it changes or `wait` seconds pass."""
+    def refresh(self, wait: float = 0, final: bool = False) -> JobStatus:
+        """Fetch the status; with `wait`, block until it changes (with `final`: until the job ends) or
+        `wait` seconds pass."""
         since = None if wait == 0 else self.status.version
-        self.status = self.client.status(self.id, wait=wait, since=since)
+        self.status = self.client.status(self.id, wait=wait, since=since, final=final)
         return self.status
 
     def cancel(self) -> JobStatus:
@@ -367,6 +427,7 @@ class Job:
 
         With `on_progress`, each long-poll lasts at most a second, so a progress display is refreshed
         at least once a second even while nothing changes (a queued job); changes arrive at once.
+        Without it, a long-poll returns only when the job ends (no round trip per progress line).
         A dropped connection or a 5xx does not end the wait: it reconnects and resumes from the last
         version seen (the job lives on across a server restart)."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -379,7 +440,7 @@ class Job:
                 if remaining <= 0:
                     raise TimeoutError(f"job {self.id} is still {self.status.state} after {timeout} s")
                 try:
-                    self.refresh(wait=remaining)
+                    self.refresh(wait=remaining, final=on_progress is None)
                 except ConnectionProblem:
                     time.sleep(RECONNECT_DELAY)  # the server restarts or the network blips: resume
                     continue

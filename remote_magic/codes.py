@@ -108,6 +108,8 @@ CODES: dict[str, Code] = {
     "out_of_memory": Code(422, "job"),
     "worker_crashed": Code(422, "job"),
     "interrupted": Code(422, "job"),
+    "cluster_unavailable": Code(503, "job", "The training cluster is down; tell the data owner."),
+    "cluster_worker_lost": Code(422, "job", "A machine of the training cluster was lost; submit again."),
     "invalid_worker_report": Code(500, "job"),
     # the server
     "mock_unavailable": Code(500, "server", "Tell the dataset's data owner."),

@@ -104,7 +104,9 @@ class JobCancelled(RemoteError):
 
 
 class Busy(RemoteError):
-    """The server is at capacity for this user; retry later."""
+    """The server is at capacity for this user; retry later (`retry_after` seconds, when it said)."""
+
+    retry_after: float | None = None
 
 
 class ServerError(RemoteError):

@@ -28,7 +28,7 @@ from .connection import hub_token
 from .display import Table, columns_table, datasets_table, jobs_table, versions_table
 from .errors import JobInterrupted
 from .lineage import LineageView, models_table, recipes_table
-from .progress import ProgressBar, progress_enabled
+from .progress import ProgressBar, QueueWait, progress_enabled
 from .registry_client import register_request
 from .spec import spec_from_args
 from .usage import usage_errors
@@ -134,6 +134,10 @@ class RemoteMagic(Magics, Configurable):
     ).tag(config=True)
     progress_delay = Float(
         1.0, help="Seconds before the progress bar appears, so quick jobs stay quiet."
+    ).tag(config=True)
+    queue_wait = Float(
+        600.0,
+        help="Seconds a submission waits for a place when your queue on the server is full; 0 fails at once.",
     ).tag(config=True)
 
     @default("url")
@@ -292,7 +296,7 @@ class RemoteMagic(Magics, Configurable):
             )
         except ValueError as exc:
             raise UsageError(f"--register/--alias/--if-better: {exc}") from None
-        job = self.client.submit(model, spec, kind, release=release, register=request, base_model=base)
+        job = self._submit(model, spec, kind, release, request, base)
         self.last_job = job
         if args.no_wait:
             if args.output:
@@ -302,6 +306,26 @@ class RemoteMagic(Magics, Configurable):
         if args.output:
             self.shell.user_ns[args.output] = result
         return result
+
+    def _submit(self, model: object, spec, kind: str, release, register, base) -> Job:
+        """Submit, waiting (with a progress line) while the server's queue for this user is full."""
+        waiting = QueueWait() if self.progress else None
+        try:
+            return self.client.submit(
+                model,
+                spec,
+                kind,
+                release=release,
+                register=register,
+                base_model=base,
+                on_wait=waiting,
+                queue_wait=self.queue_wait,
+            )
+        except KeyboardInterrupt:
+            raise JobInterrupted("while waiting for a queue slot; nothing was submitted.") from None
+        finally:
+            if waiting is not None:
+                waiting.close()
 
     def _wait(self, job: Job):
         bar = ProgressBar(delay=self.progress_delay) if self.progress else None

@@ -161,3 +161,23 @@ class ProgressBar:
     def close(self) -> None:
         if self.view is not None:
             self.view.close()
+
+
+class QueueWait:
+    """One line while a submission waits for a place in the server's queue (this user's is full): in
+    the same views as the job's bar; use as the `on_wait` of `Client.submit`, and close it after."""
+
+    def __init__(self, notebook: bool | None = None):
+        self.notebook = in_kernel() if notebook is None else notebook
+        self.view: _NotebookBar | _TextBar | None = None
+
+    def __call__(self, retry_in: float, waited: float) -> None:
+        if self.view is None:
+            self.view = _NotebookBar() if self.notebook else _TextBar()
+        self.view.show(
+            "waiting for a queue slot", 0, 0, waited, f"your queue is full; next try in {retry_in:.0f} s"
+        )
+
+    def close(self) -> None:
+        if self.view is not None:
+            self.view.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -151,14 +152,47 @@ class ServerProcess:
 
 @contextmanager
 def running(
-    data_dir: Path, log_path: Path, users: dict[str, list[str]], extra_datasets: str = "", extra: str = ""
+    data_dir: Path,
+    log_path: Path,
+    users: dict[str, list[str]],
+    extra_datasets: str = "",
+    extra: str = "",
+    policy: str = "",
 ) -> Iterator[ServerProcess]:
-    """A started server with extra datasets (and config tables) and these users' tokens; stopped even
-    when the body fails."""
-    server = ServerProcess(write_config(data_dir, extra_datasets=extra_datasets, extra=extra), log_path)
+    """A started server with extra datasets, config tables and `[policy]` lines, and these users'
+    tokens; stopped even when the body fails."""
+    server = ServerProcess(
+        write_config(data_dir, extra_datasets=extra_datasets, extra=extra, policy=policy), log_path
+    )
     server.issue_tokens(users)
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+def wait_until(predicate, timeout: float, what: str, every: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def pause_worker(server: ServerProcess, job_id: str) -> int:
+    """Wait for the job's worker to confine itself (it reports its isolation), freeze it, return its pid."""
+    wait_until(lambda: rows(server)[job_id]["isolation"] is not None, 120, f"job {job_id} to start", 0.005)
+    pid = rows(server)[job_id]["worker_pid"]
+    os.kill(pid, signal.SIGSTOP)
+    return pid
+
+
+def rows(server: ServerProcess) -> dict[str, sqlite3.Row]:
+    db = sqlite3.connect(f"file:{server.settings.db_path}?mode=ro", uri=True)
+    db.row_factory = sqlite3.Row
+    try:
+        return {r["id"]: r for r in db.execute("SELECT * FROM jobs")}
+    finally:
+        db.close()

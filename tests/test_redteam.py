@@ -7,6 +7,7 @@ the attacker receives is kept and searched for the planted values at the end.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 
@@ -53,8 +54,10 @@ def _table() -> pd.DataFrame:
     )
 
 
-@pytest.fixture(scope="module")
-def red(tmp_path_factory):
+@pytest.fixture(scope="module", params=["local", pytest.param("dask", marks=pytest.mark.dask)])
+def red(request, tmp_path_factory):
+    """The attacker's server; run once more with `[executor] kind = "dask"` (a LocalCluster on loopback),
+    where the same attacks must fail the same way."""
     base = tmp_path_factory.mktemp("redteam")
     data = base / "data"
     data.mkdir()
@@ -67,9 +70,16 @@ def red(tmp_path_factory):
         f'\n[datasets.release]\n{common}allow_model_release = true\nprivacy = "rules"\n'
         f'\n[datasets.broken]\n{common}privacy = "rules"\n'
     )
-    users = {"mallory": ["attack", "attack_dp", "release", "broken"]}
-    with running(data, base / "server.log", users, extra) as server:
-        yield server
+    with contextlib.ExitStack() as stack:
+        if request.param == "dask":
+            from distributed import LocalCluster
+
+            cluster = stack.enter_context(
+                LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None)
+            )
+            extra += f'\n[executor]\nkind = "dask"\nscheduler = "{cluster.scheduler_address}"\n'
+        users = {"mallory": ["attack", "attack_dp", "release", "broken"]}
+        yield stack.enter_context(running(data, base / "server.log", users, extra))
     for body in BODIES:
         assert NICK not in body and WARD not in body
 

@@ -31,7 +31,7 @@ from remote_magic_server.jobs.store import SCHEMA_VERSION, QueueFull, Store, Sto
 from remote_magic_server.release.desk import ReleaseDesk
 from remote_magic_server.release.ledger import Ledger
 from remote_magic_server.settings import Settings
-from tests.serverproc import ServerProcess, write_config
+from tests.serverproc import ServerProcess, pause_worker, rows, wait_until, write_config
 
 SMALL_SPEC = {"dataset": "breast_cancer_rules", "label": "malignant"}
 LONG_SPEC = {"dataset": "synthetic_rules", "label": "label"}
@@ -47,32 +47,6 @@ def submit(server: ServerProcess, payload: bytes, spec: dict, key: str | None = 
 
 def status(server: ServerProcess, job_id: str) -> dict:
     return server.get(f"/jobs/{job_id}").json()
-
-
-def wait_until(predicate, timeout: float, what: str, every: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def pause_worker(server: ServerProcess, job_id: str) -> int:
-    """Wait for the job's worker to confine itself (it reports its isolation), freeze it, return its pid."""
-    wait_until(lambda: rows(server)[job_id]["isolation"] is not None, 120, f"job {job_id} to start", 0.005)
-    pid = rows(server)[job_id]["worker_pid"]
-    os.kill(pid, signal.SIGSTOP)
-    return pid
-
-
-def rows(server: ServerProcess) -> dict[str, sqlite3.Row]:
-    db = sqlite3.connect(f"file:{server.settings.db_path}?mode=ro", uri=True)
-    db.row_factory = sqlite3.Row
-    try:
-        return {r["id"]: r for r in db.execute("SELECT * FROM jobs")}
-    finally:
-        db.close()
 
 
 def descendants(pid: int) -> set[int]:

@@ -1,13 +1,15 @@
 """The model-family interface, and the plain data a family works on.
 
-A family never stages rows itself and never decides what is released: it gets feature columns as an
-Arrow table and labels as a NumPy array (the shapes `Split` names), trains or scores, and returns raw
-numbers. The worker feeds it the admitted rows; the dry run feeds it mock rows.
+A family never stages rows itself and never decides what is released: it gets feature columns as Arrow
+record batches and labels as a NumPy array (the shapes `Split` names), trains or scores, and returns raw
+numbers. The worker feeds it the admitted rows, streamed from DuckDB and held in memory or, past the
+staging budget, spilled to Arrow files in the job folder; the dry run feeds it mock rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -15,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
+from .. import rows
 from ..codes import Refusal
 from ..wire import ModelBounds
 
@@ -22,12 +25,85 @@ from ..wire import ModelBounds
 Report = Callable[[int, dict[str, dict[str, float]]], None]
 
 
+class Batches:
+    """Feature columns of some rows as Arrow record batches, read from the start again on every pass
+    (a quantile matrix reads its rows more than once), never as one copy of the whole table.
+
+    Each chunk is a batch held in memory or an Arrow IPC stream file (in the job folder) that batches
+    were spilled to because they outgrew the staging budget; then `cache` is the path prefix where an
+    external-memory matrix keeps its pages. Rare text levels (`rows.rare_levels`) are merged as the
+    batches are read; `text` holds the levels of each text column once merged, when the stager counted
+    them on its way through."""
+
+    def __init__(
+        self,
+        schema: pa.Schema,
+        chunks: Iterable[pa.RecordBatch | Path] = (),
+        cache: str | None = None,
+        text: dict[str, set[str]] | None = None,
+        rare: dict[str, set[str]] | None = None,
+    ):
+        self.schema = schema
+        self.chunks = list(chunks)
+        self.cache = cache
+        self.rare = rare or {}
+        self._text = text
+
+    @classmethod
+    def of(cls, table: pa.Table) -> Batches:
+        """Batches of a table that is already in memory (mock rows, tests)."""
+        return cls(table.schema, table.to_batches())
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        for chunk in self.chunks:
+            if isinstance(chunk, pa.RecordBatch):
+                yield rows.merge_rare(chunk, self.rare)
+                continue
+            with pa.OSFile(str(chunk)) as source:  # read, not memory-mapped: it counts against no limit
+                for batch in pa.ipc.open_stream(source):
+                    yield rows.merge_rare(batch, self.rare)
+
+    def __add__(self, other: Batches) -> Batches:
+        """These rows, then the other's (to read, not to build an external-memory matrix from)."""
+        text = {
+            name: self.text_values().get(name, set()) | found for name, found in other.text_values().items()
+        }
+        return Batches(self.schema, self.chunks + other.chunks, None, text, self.rare | other.rare)
+
+    @property
+    def column_names(self) -> list[str]:
+        return self.schema.names
+
+    @property
+    def files(self) -> list[Path]:
+        return [chunk for chunk in self.chunks if isinstance(chunk, Path)]
+
+    def table(self) -> pa.Table:
+        """Every row in one table: only for the few steps that need them all at once (preprocessors)."""
+        return pa.Table.from_batches(list(self), schema=self.schema)
+
+    def text_values(self) -> dict[str, set[str]]:
+        """The levels of each text column."""
+        if self._text is None:
+            counts: dict[str, Counter] = {}
+            for batch in self:
+                rows.count_levels(counts, batch)
+            self._text = {name: set(found) for name, found in counts.items()}
+        return self._text
+
+
 @dataclass
 class Split:
-    """Feature columns (dataset features, then derived ones) and the raw label column of some rows."""
+    """Feature columns (dataset features, then derived ones) and the raw label column of some rows.
 
-    x: pa.Table
+    `x` may be given as a table (it becomes `Batches` held in memory)."""
+
+    x: Batches
     y: np.ndarray
+
+    def __post_init__(self) -> None:
+        if isinstance(self.x, pa.Table):
+            self.x = Batches.of(self.x)
 
 
 @dataclass

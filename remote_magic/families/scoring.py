@@ -126,13 +126,19 @@ def isolated_rows(task: str, pred: np.ndarray, n: int, n_classes: int, width: fl
     a model confident on a handful of rows only shows up as a small number here."""
     if n == 0:
         return 0
-    if task == "regression":
-        spread = float(np.std(pred)) or 1.0
-        keys = np.floor(pred / (spread * width)).astype(np.int64)
-    else:
-        prob = np.clip(_probabilities(task, pred, n, n_classes), 1e-12, 1 - 1e-12)
-        top = prob.max(axis=1)
-        logit = np.log(top / (1 - top))
-        keys = prob.argmax(axis=1) * 1_000_000 + np.floor(logit / width).astype(np.int64)
-    _, counts = np.unique(keys, return_counts=True)
+    spread = float(np.std(pred)) if task == "regression" else None
+    _, counts = np.unique(isolation_keys(task, pred, n, n_classes, spread, width), return_counts=True)
     return int(n - counts.max())
+
+
+def isolation_keys(
+    task: str, pred: np.ndarray, n: int, n_classes: int, spread: float | None, width: float = 0.25
+) -> np.ndarray:
+    """The bin of each prediction `isolated_rows` groups by; a regressor's needs the spread (standard
+    deviation) of all the predictions, which rows split over several partitions learn from their sums."""
+    if task == "regression":
+        return np.floor(pred / ((spread or 1.0) * width)).astype(np.int64)
+    prob = np.clip(_probabilities(task, pred, n, n_classes), 1e-12, 1 - 1e-12)
+    top = prob.max(axis=1)
+    logit = np.log(top / (1 - top))
+    return prob.argmax(axis=1) * 1_000_000 + np.floor(logit / width).astype(np.int64)

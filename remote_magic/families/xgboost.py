@@ -16,20 +16,22 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import xgboost as xgb
 from sklearn.pipeline import Pipeline
 
 from ..codes import Refusal
+from ..rows import is_text
 from ..wire import ModelBounds
 from . import preprocessors, scoring, xgboost_bounds
-from .base import Labels, Plan, Report, Split, check_kind
+from .base import Batches, Labels, Plan, Report, Split, check_kind
 
 log = logging.getLogger("remote_magic.families.xgboost")
 
@@ -45,6 +47,8 @@ _MEMORY_SIGNS = (
 )
 DEFAULT_BOOSTER_ROUNDS = 10
 DEFAULT_MAX_DEPTH = 6
+DEFAULT_MAX_BIN = 256
+LEAF_TABLE_CELLS = 16_000_000  # rows x trees of leaf ids predicted at once (64 MiB)
 DEFAULT_MIN_CHILD_WEIGHT = 1.0
 
 
@@ -64,6 +68,134 @@ class Trained:
     front: object | None = None
     names: list[str] | None = None
     threads: int = 1
+    categories: dict[str, pa.Array] = field(default_factory=dict)
+
+
+def add_leaf_counts(
+    totals: list[np.ndarray], booster: xgb.Booster, matrix: xgb.DMatrix, start: int, stop: int
+) -> None:
+    """Add the rows of `matrix` reaching each leaf of the trees of rounds start..stop to `totals` (one
+    array of counts per tree, by leaf id), a slice of trees at a time so the row-by-tree table of leaf
+    ids is never whole in memory. Counts from several matrices (batches, partitions) add up."""
+    n = matrix.num_row()
+    if not n or stop <= start:
+        return
+    step = max(1, LEAF_TABLE_CELLS // n)
+    for first in range(start, stop, step):
+        last = min(stop, first + step)
+        # pred_leaf takes only ranges from round 0: slice the model instead
+        leaves = booster[first:last].predict(matrix, pred_leaf=True).reshape(n, -1)
+        offset = (first - start) * (leaves.shape[1] // (last - first))
+        for t in range(leaves.shape[1]):
+            _add_counts(totals, offset + t, leaves[:, t])
+
+
+def fewest_in_a_leaf(totals: list[np.ndarray]) -> int | None:
+    """The fewest rows in any leaf that rows reach, over the counted trees; None when none were counted."""
+    counted = [c[c > 0] for c in totals if (c > 0).any()]
+    return int(min(c.min() for c in counted)) if counted else None
+
+
+def _add_counts(totals: list[np.ndarray], tree: int, leaf_ids: np.ndarray) -> None:
+    """Add the rows reaching each leaf of one tree (leaf ids are node ids) to its running counts."""
+    counts = np.bincount(leaf_ids.astype(np.int64))
+    while len(totals) <= tree:
+        totals.append(np.zeros(0, dtype=np.int64))
+    if len(counts) > len(totals[tree]):
+        totals[tree] = np.pad(totals[tree], (0, len(counts) - len(totals[tree])))
+    totals[tree][: len(counts)] += counts
+
+
+class RowBatches(xgb.DataIter):
+    """Feeds one split's record batches to XGBoost, a batch at a time, with its labels alongside and
+    text columns as categories with fixed codes; `cache` makes it an external-memory source."""
+
+    def __init__(self, batches: Batches, labels: np.ndarray, categories: dict[str, pa.Array]):
+        super().__init__(cache_prefix=batches.cache, release_data=True)
+        self.batches = batches
+        self.labels = labels
+        self.categories = categories
+        self._batches: Iterator[pa.RecordBatch] | None = None
+        self._done = 0
+
+    def next(self, input_data: Callable) -> bool:
+        if self._batches is None:
+            self._batches = iter(self.batches)
+        batch = next(self._batches, None)
+        if batch is None:
+            return False
+        end = self._done + batch.num_rows
+        input_data(data=model_input(batch, self.categories), label=self.labels[self._done : end])
+        self._done = end
+        return True
+
+    def reset(self) -> None:
+        self._batches = None
+        self._done = 0
+
+
+def model_input(batch: pa.RecordBatch, categories: dict[str, pa.Array]) -> pa.Table:
+    """A batch as XGBoost reads it: text as dictionary codes into the fixed category list of its column,
+    decimals as floats; a column of another type (dates, bytes) is refused, naming it."""
+    columns = []
+    for name, column in zip(batch.schema.names, batch.columns):
+        if pa.types.is_dictionary(column.type):
+            column = column.dictionary_decode()
+        if is_text(column.type):
+            dictionary = categories[name]
+            column = pa.DictionaryArray.from_arrays(pc.index_in(column, value_set=dictionary), dictionary)
+        elif pa.types.is_decimal(column.type):
+            column = column.cast(pa.float64())
+        elif pa.types.is_float16(column.type):
+            column = column.cast(pa.float32())
+        elif not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)) and not (
+            pa.types.is_boolean(column.type)
+        ):
+            raise Refusal(
+                "training_failed", f"feature {name!r} is of type {column.type}, which XGBoost cannot use"
+            )
+        columns.append(column)
+    return pa.Table.from_arrays(columns, names=batch.schema.names)
+
+
+def _categories(plan: Plan, splits: list[Split]) -> dict[str, pa.Array]:
+    values: dict[str, set[str]] = {}
+    for part in splits:
+        for name, found in part.x.text_values().items():
+            values.setdefault(name, set()).update(found)
+    for name in splits[0].x.column_names:
+        if is_text(_value_type(splits[0].x.schema.field(name).type)):
+            values.setdefault(name, set())
+    return category_lists(plan, values)
+
+
+def category_lists(plan: Plan, values: dict[str, set[str]]) -> dict[str, pa.Array]:
+    """The category list of each text column: the base model's own list first (XGBoost trains on codes,
+    so continuing a model fitted in a notebook must keep its codes), then the values it has not seen,
+    sorted; without a base model, the sorted values, as pandas orders a notebook's categoricals."""
+    known = _base_categories(_load(plan.base)) if values else {}
+    out = {}
+    for name, found in values.items():
+        first = known.get(name, [])
+        out[name] = pa.array(first + sorted(found - set(first)), pa.string())
+    return out
+
+
+def _value_type(type_: pa.DataType) -> pa.DataType:
+    return type_.value_type if pa.types.is_dictionary(type_) else type_
+
+
+def _base_categories(booster: xgb.Booster | None) -> dict[str, list[str]]:
+    """The categories a base model recorded per feature (XGBoost >= 3.1 keeps them with the model)."""
+    if booster is None or not hasattr(booster, "get_categories"):
+        return {}
+    try:
+        recorded = booster.get_categories(export_to_arrow=True).to_arrow()
+    except (xgb.core.XGBoostError, ValueError, TypeError):
+        return {}
+    return {
+        str(name): [str(v) for v in array.to_pylist()] for name, array in recorded or [] if array is not None
+    }
 
 
 def frame_of(table: pa.Table) -> pd.DataFrame:
@@ -296,12 +428,15 @@ class XGBoostFamily:
         xgboost_bounds.check(plan, bounds)
 
     @staticmethod
-    def _final_params(plan: Plan, labels: Labels, threads: int) -> tuple[dict, str]:
+    def final_params(plan: Plan, labels: Labels, threads: int) -> tuple[dict, str]:
+        """The XGBoost parameters a plan trains with on these labels, and the task it turns out to be
+        (a classifier is binary or multiclass by its classes); the same on one machine or a cluster."""
         params = dict(plan.params)
         params.pop("n_estimators", None)
         params.pop("n_jobs", None)
         params["nthread"] = min(int(params.get("nthread") or threads), threads)
         params.setdefault("device", "cpu")
+        params["max_bin"] = int(params.get("max_bin") or DEFAULT_MAX_BIN)  # quantile matrices need it
         task = plan.task
         if task == "classification":
             n_classes = len(labels.classes)
@@ -315,35 +450,49 @@ class XGBoostFamily:
 
     @staticmethod
     def _matrices(
-        plan: Plan, train: Split | None, eval: Split, labels: Labels, threads: int
-    ) -> tuple[xgb.DMatrix | None, xgb.DMatrix, bool, object | None, list[str] | None]:
-        x_eval = frame_of(eval.x)
-        categorical = any(str(t) == "category" for t in x_eval.dtypes)
-        if train is None:
-            return (
-                None,
-                xgb.DMatrix(x_eval, label=labels.eval, enable_categorical=True, nthread=threads),
-                categorical,
-                None,
-                None,
+        plan: Plan, train: Split | None, eval: Split, labels: Labels, params: dict
+    ) -> tuple[xgb.DMatrix | None, xgb.DMatrix, dict[str, pa.Array], object | None, list[str] | None]:
+        """The training and evaluation matrices, fed batch by batch (no copy of the whole table):
+
+        - a base model to continue or score: `DMatrix`, exact values, because the base model's split
+          points need not lie on this data's bins and a quantile matrix would shift its predictions;
+        - otherwise `QuantileDMatrix` (the evaluation rows binned by the training rows' cuts, `ref=`),
+          or `ExtMemQuantileDMatrix` with its pages in the job folder when the rows were spilled there;
+        - a Pipeline: its preprocessors need every training row at once, as pandas (refitted here).
+        Also the category list of each text column, and a Pipeline's fitted front and output names."""
+        threads = params["nthread"]
+        if plan.preprocess is not None:
+            assert train is not None
+            return XGBoostFamily._pipeline_matrices(plan, train, eval, labels, threads)
+        splits = [part for part in (train, eval) if part is not None]
+        categories = _categories(plan, splits)
+
+        def matrix(part: Split, y: np.ndarray, ref: xgb.DMatrix | None = None) -> xgb.DMatrix:
+            rows = RowBatches(part.x, y, categories)
+            if plan.base is not None:
+                return xgb.DMatrix(rows, nthread=threads, enable_categorical=True)
+            quantile = xgb.ExtMemQuantileDMatrix if part.x.cache is not None else xgb.QuantileDMatrix
+            return quantile(
+                rows, max_bin=params["max_bin"], ref=ref, nthread=threads, enable_categorical=True
             )
-        x_train = frame_of(train.x)
-        if plan.preprocess is None:
-            return (
-                xgb.DMatrix(x_train, label=labels.train, enable_categorical=True, nthread=threads),
-                xgb.DMatrix(x_eval, label=labels.eval, enable_categorical=True, nthread=threads),
-                categorical,
-                None,
-                None,
-            )
-        a, b, names, front = preprocessors.fit_transform(plan.preprocess, x_train, x_eval)
+
+        dtrain = matrix(train, labels.train) if train is not None else None
+        return dtrain, matrix(eval, labels.eval, dtrain), categories, None, None
+
+    @staticmethod
+    def _pipeline_matrices(
+        plan: Plan, train: Split, eval: Split, labels: Labels, threads: int
+    ) -> tuple[xgb.DMatrix, xgb.DMatrix, dict[str, pa.Array], object, list[str]]:
+        a, b, names, front = preprocessors.fit_transform(
+            plan.preprocess, frame_of(train.x.table()), frame_of(eval.x.table())
+        )
         base = _load(plan.base)
         if base is not None and base.feature_names and len(base.feature_names) == len(names):
             names = list(base.feature_names)
         return (
             xgb.DMatrix(a, label=labels.train, feature_names=names, nthread=threads),
             xgb.DMatrix(b, label=labels.eval, feature_names=names, nthread=threads),
-            False,
+            {},
             front,
             names,
         )
@@ -351,10 +500,10 @@ class XGBoostFamily:
     def train(
         self, plan: Plan, train: Split, eval: Split, labels: Labels, threads: int, report: Report
     ) -> Trained:
-        params, task = self._final_params(plan, labels, threads)
+        params, task = self.final_params(plan, labels, threads)
         history: dict = {}
         with _xgboost_errors():
-            dtrain, deval, categorical, front, names = self._matrices(plan, train, eval, labels, threads)
+            dtrain, deval, categories, front, names = self._matrices(plan, train, eval, labels, params)
             booster = xgb.train(
                 params,
                 dtrain,
@@ -376,56 +525,85 @@ class XGBoostFamily:
             plan.base_rounds,
             dtrain,
             history,
-            categorical,
+            bool(categories),
             front,
             names,
             threads,
+            categories,
         )
 
     def score(self, plan: Plan, eval: Split, labels: Labels, threads: int) -> Trained:
         check_kind("evaluate", plan.base is not None, plan.preprocess is not None)
-        params, task = self._final_params(plan, labels, threads)
+        params, task = self.final_params(plan, labels, threads)
         with _xgboost_errors():
             booster = _load(plan.base)
             assert booster is not None
             booster.set_param({"nthread": threads})
-            _, deval, categorical, _, _ = self._matrices(plan, None, eval, labels, threads)
+            _, deval, categories, _, _ = self._matrices(plan, None, eval, labels, params)
         return Trained(
-            booster, deval, labels, task, params, plan.base_rounds, categorical=categorical, threads=threads
+            booster,
+            deval,
+            labels,
+            task,
+            params,
+            plan.base_rounds,
+            categorical=bool(categories),
+            threads=threads,
+            categories=categories,
         )
 
-    def _matrix(self, trained: Trained, rows: Split) -> xgb.DMatrix:
-        """Other rows as the trained model reads them (through a Pipeline's fitted front, if any)."""
-        frame = frame_of(rows.x)
+    def _matrices_of(self, trained: Trained, rows: Split) -> Iterator[xgb.DMatrix]:
+        """Other rows as the trained model reads them, a batch at a time, with exact values (through a
+        Pipeline's fitted front, if any); an empty set of rows is one empty matrix."""
+        batches = iter(rows.x)
+        first = next(batches, None)
+        for batch in [pa.RecordBatch.from_pylist([], schema=rows.x.schema)] if first is None else [first]:
+            yield self._batch_matrix(trained, batch)
+        for batch in batches:
+            yield self._batch_matrix(trained, batch)
+
+    @staticmethod
+    def _batch_matrix(trained: Trained, batch: pa.RecordBatch) -> xgb.DMatrix:
         if trained.front is not None:
             return xgb.DMatrix(
-                preprocessors.transform(trained.front, frame),
+                preprocessors.transform(trained.front, frame_of(pa.Table.from_batches([batch]))),
                 feature_names=trained.names,
                 nthread=trained.threads,
             )
-        return xgb.DMatrix(frame, enable_categorical=True, nthread=trained.threads)
+        return xgb.DMatrix(
+            model_input(batch, trained.categories), enable_categorical=True, nthread=trained.threads
+        )
 
     def predict(self, trained: Trained, rows: Split | None = None, rounds: int | None = None) -> np.ndarray:
-        """Predictions on the evaluation rows (or on `rows`), using the first `rounds` rounds (or all)."""
+        """Predictions on the evaluation rows (or on `rows`, a batch at a time), using the first `rounds`
+        rounds (or all)."""
+        span = (0, rounds or 0)
         with _xgboost_errors():
-            matrix = trained.deval if rows is None else self._matrix(trained, rows)
-            return trained.booster.predict(matrix, iteration_range=(0, rounds or 0))
+            if rows is None:
+                return trained.booster.predict(trained.deval, iteration_range=span)
+            return np.concatenate(
+                [trained.booster.predict(m, iteration_range=span) for m in self._matrices_of(trained, rows)]
+            )
 
     def smallest_leaf(
         self, trained: Trained, rows: Split | None = None, rounds: tuple[int, int | None] = (0, None)
     ) -> int | None:
         """The fewest rows (training rows, or `rows`) reaching any non-empty leaf of the trees of
-        `rounds` (start, stop; stop None: the last); None when there are no such trees or rows."""
+        `rounds` (start, stop; stop None: the last); None when there are no such trees or rows.
+
+        Leaf counts are summed over batches of rows and over slices of trees, so the row-by-tree leaf
+        table is never whole in memory. The training matrix serves for the trees trained on it (their
+        splits lie on its bins); other rows are read batch by batch with exact values."""
         booster = trained.booster
         start, stop = rounds[0], rounds[1] if rounds[1] is not None else booster.num_boosted_rounds()
+        if stop <= start or (rows is None and trained.dtrain is None):
+            return None
+        matrices = [trained.dtrain] if rows is None else self._matrices_of(trained, rows)
+        totals: list[np.ndarray] = []
         with _xgboost_errors():
-            matrix = trained.dtrain if rows is None else self._matrix(trained, rows)
-            if matrix is None or stop <= start or not matrix.num_row():
-                return None
-            # pred_leaf takes only ranges from round 0: slice the model instead
-            leaves = booster[start:stop].predict(matrix, pred_leaf=True)
-        leaves = leaves.reshape(matrix.num_row(), -1)
-        return int(min(np.unique(leaves[:, t], return_counts=True)[1].min() for t in range(leaves.shape[1])))
+            for matrix in matrices:
+                add_leaf_counts(totals, booster, matrix, start, stop)
+        return fewest_in_a_leaf(totals)
 
     def evaluate(self, trained: Trained) -> dict:
         """Exact metrics and confusion counts on the evaluation rows (sklearn.metrics)."""
@@ -463,18 +641,30 @@ class XGBoostFamily:
 
     def leaf_facts(self, trained: Trained) -> dict:
         """The fewest training rows in a leaf of the trees trained here, and the hyperparameters."""
-        total = trained.booster.num_boosted_rounds()
         smallest = self.smallest_leaf(trained, rounds=(trained.base_rounds, None))
-        params = trained.params
+        new = trained.booster.num_boosted_rounds() - trained.base_rounds
+        return self.release_facts(trained.params, new, trained.categorical, smallest)
+
+    @staticmethod
+    def release_facts(params: dict, new_rounds: int, categorical: bool, smallest: int | None) -> dict:
+        """What the model-release rules read, from the training parameters and the leaf count (the same
+        whether the leaves were counted here or on a cluster)."""
         return {
-            "categorical": trained.categorical,
+            "categorical": categorical,
             "min_leaf_rows": smallest,
             "max_depth": params["max_depth"] if params.get("max_depth") is not None else DEFAULT_MAX_DEPTH,
-            "n_estimators": total - trained.base_rounds,
+            "n_estimators": new_rounds,
             "min_child_weight": params["min_child_weight"]
             if params.get("min_child_weight") is not None
             else DEFAULT_MIN_CHILD_WEIGHT,
         }
+
+    def portable_base(self, plan: Plan) -> bytes:
+        """The plan's base booster as XGBoost JSON, written by XGBoost from the parsed model: the form
+        a cluster gets (never the payload's own bytes)."""
+        booster = _load(plan.base)
+        assert booster is not None
+        return bytes(booster.save_raw("json"))
 
     def export(self, trained: Trained, folder: Path) -> None:
         """The model in one format, XGBoost JSON (the only one a released model ever leaves in), and the

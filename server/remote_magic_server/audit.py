@@ -122,6 +122,7 @@ class AuditLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._tail: tuple[tuple[int, int], dict] | None = None
         self._head = _Head(head_db) if head_db is not None else None
         self._syslog = _Syslog(syslog) if syslog else None
 
@@ -132,12 +133,20 @@ class AuditLog:
             self._syslog.close()
 
     def record(self, event: str, user: str | None, **fields: object) -> dict:
-        """Append one entry and return it (with its sequence number and hash)."""
+        """Append one entry and return it (with its sequence number and hash).
+
+        The last entry this process wrote is remembered with the file's inode and size after the write;
+        while they are unchanged nobody else appended, so the tail need not be read back (every request
+        is recorded, so this is on the path of each status poll)."""
         with self._lock, open(self.path, "a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
-                last = _last_line(fh)
-                previous = json.loads(last) if last else None
+                info = os.fstat(fh.fileno())
+                if self._tail is not None and self._tail[0] == (info.st_ino, info.st_size):
+                    previous: dict | None = self._tail[1]
+                else:
+                    last = _last_line(fh)
+                    previous = json.loads(last) if last else None
                 entry = {
                     "seq": previous["seq"] + 1 if previous else 1,
                     "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
@@ -147,9 +156,14 @@ class AuditLog:
                     "prev": previous["hash"] if previous else GENESIS,
                 }
                 entry["hash"] = entry_hash(entry)
+                line = json.dumps(entry, sort_keys=True, separators=(",", ":")).encode() + b"\n"
                 fh.seek(0, os.SEEK_END)
-                fh.write(json.dumps(entry, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+                fh.write(line)
                 fh.flush()
+                self._tail = (
+                    (info.st_ino, info.st_size + len(line)),
+                    {"seq": entry["seq"], "hash": entry["hash"]},
+                )
                 if self._head is not None:
                     self._head.set(entry["seq"], entry["hash"])
                 if self._syslog is not None:

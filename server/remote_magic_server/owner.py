@@ -33,7 +33,7 @@ def cmd_review(args: argparse.Namespace, settings: Settings) -> int:
             from .jobs.oneshot import review
 
             print(f"job {job.id} by {job.user} on {job.dataset}; payload sha256 {digest}\n")
-            print(review(settings, make_executor(settings.executor.kind), payload))
+            print(review(settings, make_executor(settings.executor), payload))
         elif args.action == "approve":
             store.approve(job.id, digest)
             print(f"approved {job.id} (sha256 {digest}); it is queued")

@@ -11,7 +11,9 @@ travel as JSON over a pipe, never as pickle. The conversation of a train, evalua
     worker -> progress*
     worker -> report | failure   raw aggregates, or a fixed code
 
-A review task (the data owner's look at a payload with notebook code) answers with one `review` report.
+A review task (the data owner's look at a payload with notebook code) answers with one `review` report;
+a plan task (the first half of a cluster job) with one `plan`: the payload's canonical plan. The job
+driver of a cluster job gets a `DriverTask` and then speaks like a worker, from `progress` on.
 `PROTOCOL_VERSION` changes when a message changes shape.
 """
 
@@ -24,10 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 from remote_magic.codes import CODES
 from remote_magic.wire import DatasetSpec, ModelBounds, ReleaseOptions, Stage
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MAX_MESSAGE_BYTES = 16 * 2**20
+PARTITION_TABLE = "__remote_magic_partition"  # a cluster partition's rows, with their file_row_number
+SCRATCH_DIR = "scratch"  # in a job folder: spilled rows and external-memory pages, removed after the job
 
-TaskKind = Literal["train", "evaluate", "describe", "review"]
+TaskKind = Literal["train", "evaluate", "describe", "review", "plan"]
 
 
 class _Strict(BaseModel):
@@ -36,19 +40,27 @@ class _Strict(BaseModel):
 
 # the task
 class Staging(_Strict):
-    """Where the rows are and what the spec resolved to; the worker builds its query from this."""
+    """The server-built staging plan: where the rows are, the query that admits them (built by trusted
+    code from the checked spec, `?` placeholders; the dataset's path is the last parameter), the model's
+    input columns in order (dataset features, then derived ones) and the label."""
 
     dataset_path: str
-    id_column: str
-    features: list[str]
-    filter_columns: list[str]
-    derive_columns: list[str]
+    query: str
+    params: list[int]
+    columns: list[str]
+    label: str
+    partition_query: str = Field(
+        default="", description="The same query over one partition, registered as PARTITION_TABLE."
+    )
 
 
 class Limits(_Strict):
     threads: int = Field(ge=1)
     cpu_seconds: int = Field(ge=1)
     memory_mb: int = Field(ge=64)
+    staging_mb: int = Field(default=0, ge=0, description="Feature data held in memory; past it, spill.")
+    file_mb: int = Field(default=1024, ge=1, description="The largest file the worker may write.")
+    gpu: bool = Field(default=False, description="The policy allows CUDA and this machine has a GPU.")
     max_payload_bytes: int = Field(ge=0)
     sandbox_uid: int = 65534
     sandbox_gid: int = 65534
@@ -66,7 +78,7 @@ class SavedModel(_Strict):
 
 
 class Task(_Strict):
-    protocol: Literal[2] = PROTOCOL_VERSION
+    protocol: Literal[3] = PROTOCOL_VERSION
     kind: TaskKind
     spec: DatasetSpec | None = None
     staging: Staging | None = None
@@ -80,6 +92,9 @@ class Task(_Strict):
     label_range: tuple[float, float] | None = Field(
         default=None, description="Clip range of a numeric label."
     )
+    structure: bool = Field(
+        default=True, description="Count what the model sets apart (mode dp's structural rules read it)."
+    )
     base_model: SavedModel | None = Field(default=None, description="Continue or evaluate this model.")
 
 
@@ -87,6 +102,7 @@ class Task(_Strict):
 class Isolation(_Strict):
     type: Literal["isolation"] = "isolation"
     applied: dict[str, str]
+    seconds: float = Field(default=0.0, ge=0, description="How long confinement took (the job's timeline).")
 
 
 class ProgressNote(_Strict):
@@ -238,8 +254,50 @@ class Failure(_Strict):
         return code
 
 
+class CanonicalPlan(_Strict):
+    """A decoded model in canonical form, as data: what a cluster may receive instead of the payload.
+
+    `base` names the file in the job folder that holds the base booster as XGBoost JSON (the parent
+    checks it is JSON before anything reads it)."""
+
+    family: str
+    params: dict[str, str | int | float | bool | None]
+    rounds: int = Field(ge=0)
+    task: str
+    base: str | None = None
+    base_rounds: int = Field(default=0, ge=0)
+    preprocess: dict | None = None
+
+
+class PlanReady(_Strict):
+    """A `plan` task's answer: the canonical plan of the payload it decoded, checked against the bounds."""
+
+    type: Literal["plan"] = "plan"
+    plan: CanonicalPlan
+
+
+class ClusterConfig(_Strict):
+    """How the job driver reaches the cluster (the certificates are files only the server can read)."""
+
+    scheduler: str
+    tls_ca_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    partitions: int = Field(default=0, ge=0)
+    connect_timeout_s: float = Field(gt=0)
+    collective_timeout_s: int = Field(ge=1)
+
+
+class DriverTask(_Strict):
+    """What the job driver of a cluster job gets: the job's task, its canonical plan, the cluster."""
+
+    task: Task
+    plan: CanonicalPlan
+    cluster: ClusterConfig
+
+
 WorkerMessage = Annotated[
-    Isolation | ProgressNote | Admission | TrainReport | DescribeReport | ReviewReport | Failure,
+    Isolation | ProgressNote | Admission | TrainReport | DescribeReport | ReviewReport | PlanReady | Failure,
     Field(discriminator="type"),
 ]
 Report = TrainReport | DescribeReport | ReviewReport

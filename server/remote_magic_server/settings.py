@@ -15,6 +15,7 @@ import re
 import sys
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -36,6 +37,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 _DATASET_NAME = re.compile(IDENT)
 SIGNIFICANT_DIGITS = 4
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 class _Strict(BaseModel):
@@ -55,6 +57,17 @@ class Policy(_Strict):
     max_threads: int = Field(default=0, ge=0, description="0 means the worker's share of the cores.")
     job_timeout_s: int = Field(default=3600, ge=1)
     worker_memory_mb: int = Field(default=8192, ge=1024)
+    devices: list[Literal["cpu", "cuda"]] = Field(
+        default_factory=lambda: ["cpu"],
+        description='Devices a model may train on: ["cpu", "cuda"] lets jobs set device="cuda" on a '
+        "machine with an NVIDIA GPU (server-wide only).",
+    )
+    staging_mb: int = Field(
+        default=2048,
+        ge=16,
+        description="Admitted feature data held in memory (at most a quarter of worker_memory_mb); "
+        "past it, rows spill to the job folder and train from an external-memory matrix.",
+    )
     max_categories: int = Field(default=40, ge=1, description="Category frequencies shown per column.")
     min_leaf_rows: int = Field(
         default=10, ge=5, description="Training rows every leaf of a released model holds."
@@ -87,6 +100,12 @@ class Policy(_Strict):
         default=0.0, ge=0, description="Total budget of a dataset across all users; 0 means none."
     )
     dp_delta: float = Field(default=1e-6, gt=0, lt=1e-3, description="The delta at which epsilon is shown.")
+
+    @property
+    def staging_budget_mb(self) -> int:
+        """What a worker may hold of the admitted feature data: the rest of its memory goes to the
+        matrices, XGBoost and DuckDB."""
+        return min(self.staging_mb, self.worker_memory_mb // 4)
 
     def in_effect(self) -> PolicyInEffect:
         """The rules a client is told with every answer, so it says what they were."""
@@ -209,9 +228,43 @@ class JupyterHubSection(_Strict):
 
 
 class ExecutorSection(_Strict):
-    kind: Literal["local"] = Field(
-        default="local", description="Where tasks run: 'local', one sandboxed process per task."
+    kind: Literal["local", "dask"] = Field(
+        default="local",
+        description="Where tasks run: 'local', one sandboxed process per task; 'dask', training and "
+        "evaluation on a Dask cluster (payloads are still decoded by a local sandboxed worker).",
     )
+    scheduler: str = Field(
+        default="",
+        description="kind = dask: the scheduler's address, tls://HOST:PORT (or tcp:// on loopback).",
+    )
+    tls_ca_file: Path | None = Field(
+        default=None, description="The CA that signed the cluster's certificates."
+    )
+    tls_cert: Path | None = Field(default=None, description="The server's client certificate (PEM).")
+    tls_key: Path | None = Field(default=None, description="The key of that certificate (PEM).")
+    partitions: int = Field(default=0, ge=0, description="Partitions per job; 0: one per cluster worker.")
+    connect_timeout_s: float = Field(
+        default=10.0, gt=0, description="How long to try to reach the scheduler."
+    )
+    collective_timeout_s: int = Field(
+        default=60, ge=5, description="How long a training worker waits for a lost peer before it gives up."
+    )
+
+    @model_validator(mode="after")
+    def _a_cluster_needs_an_address(self) -> ExecutorSection:
+        if self.kind == "dask" and not self.scheduler:
+            raise ValueError("[executor] kind = 'dask' needs scheduler = 'tls://HOST:PORT'")
+        tls = (self.tls_ca_file, self.tls_cert, self.tls_key)
+        if any(tls) and not all(tls):
+            raise ValueError("[executor] TLS needs tls_ca_file, tls_cert and tls_key together")
+        if self.scheduler.startswith("tls://") and not all(tls):
+            raise ValueError("[executor] a tls:// scheduler needs tls_ca_file, tls_cert and tls_key")
+        host = urlsplit(self.scheduler).hostname or ""
+        if self.kind == "dask" and not self.scheduler.startswith("tls://") and host not in LOOPBACK:
+            raise ValueError(
+                "[executor] a scheduler that is not on this machine needs tls:// and certificates"
+            )
+        return self
 
 
 class Settings(_Strict):
@@ -245,6 +298,7 @@ class Settings(_Strict):
             smaller_is_tighter = key.startswith(("max_", "dp_")) or key in (
                 "job_timeout_s",
                 "worker_memory_mb",
+                "staging_mb",
             )
             if key == "dp_rho_dataset_cap" and not base[key]:
                 base[key] = value  # 0 is "no cap", which any cap tightens
@@ -263,6 +317,7 @@ class Settings(_Strict):
             max_bin=policy.max_bin,
             max_threads=self.threads_per_job(policy),
             min_leaf_rows=policy.min_leaf_rows if policy.privacy == "dp" else None,
+            devices=list(policy.devices),
         )
 
     @property
@@ -336,6 +391,10 @@ def resolve_paths(settings: Settings, base: Path) -> Settings:
         raise ConfigError("[server] tls_cert and tls_key go together: give both or neither")
     if settings.server.tls_client_ca is not None and settings.server.tls_cert is None:
         raise ConfigError("[server] tls_client_ca needs tls_cert and tls_key")
+    for key in ("tls_ca_file", "tls_cert", "tls_key"):
+        value = getattr(settings.executor, key)
+        if value is not None:
+            setattr(settings.executor, key, (base / value).resolve())
     hub = settings.jupyterhub
     granted = [*(hub.users.values() if hub else ()), *(hub.groups.values() if hub else ())]
     unknown = sorted({name for names in granted for name in names} - set(settings.datasets))

@@ -87,13 +87,13 @@ def create_app(settings: Settings) -> FastAPI:
     audit = open_audit(settings)
     ledger = Ledger(settings.ledger_path)
     desk = ReleaseDesk(settings, ledger, audit)
-    executor = make_executor(settings.executor.kind)
+    executor = make_executor(settings.executor)
     scheduler = Scheduler(settings, store, executor, desk, on_change=notifier.notify)
     describer = Describer(settings, executor, desk)
     versions = Versions(settings.snapshots_dir)
     metrics = Metrics(store, scheduler, settings.worker_count, versions, list(settings.datasets))
     model_registry = Registry(settings, ModelRegistry(settings.registry_path), settings.jobs_dir)
-    intake = Intake(settings, store, model_registry, versions, audit, desk)
+    intake = Intake(settings, store, model_registry, versions, audit, desk, scheduler.retry_after)
     automation = Automation(
         settings,
         store,

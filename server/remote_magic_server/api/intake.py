@@ -8,6 +8,9 @@ name) and then runs through the same scheduler and release desk, charged to the 
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from remote_magic.automation import RegisterRequest
@@ -26,6 +29,7 @@ from ..settings import Settings
 from .catalog import check_spec
 
 RETRY_AFTER_S = 5
+log = logging.getLogger("remote_magic_server.api")
 
 
 @dataclass
@@ -50,6 +54,16 @@ class Intake:
     versions: Versions
     audit: AuditLog
     desk: ReleaseDesk
+    retry_after: Callable[[], int] = lambda: RETRY_AFTER_S
+    """Seconds a user whose queue is full should wait (the scheduler's estimate of a free place)."""
+
+    def _queue_full(self, queued: int) -> Refusal:
+        return Refusal(
+            "too_many_jobs",
+            f"you already have {queued} jobs queued, the most this server accepts; "
+            "submit more when some have started",
+            headers={"Retry-After": str(self.retry_after())},
+        )
 
     def _scan(self, sub: Submission, plan: dict) -> tuple[str, ScanReport | None]:
         if not sub.payload:
@@ -130,7 +144,11 @@ class Intake:
             existing = self.store.job_by_key(sub.user, sub.idempotency_key)
             if existing is not None:
                 return existing, False
+        max_queued = self.settings.server.max_queued_per_user
+        if self.store.count_queued(sub.user) >= max_queued:
+            raise self._queue_full(max_queued)  # before the payload scan: a 429 is cheap
         plan, state = self.prepare(sub)
+        persisting = time.perf_counter()
         try:
             job, created = self.store.create_job(
                 sub.user,
@@ -141,16 +159,13 @@ class Intake:
                 sub.payload,
                 sub.idempotency_key,
                 state,
-                self.settings.server.max_queued_per_user,
+                max_queued,
             )
         except QueueFull as full:
-            raise Refusal(
-                "too_many_jobs",
-                f"you already have {full.queued} jobs queued, the most this server accepts; "
-                "submit more when some have started",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            ) from None
+            raise self._queue_full(full.queued) from None
         if created:
+            persist_ms = round((time.perf_counter() - persisting) * 1e3, 2)
+            log.info("job_submitted", extra={"job": job.id, "persist_ms": persist_ms})
             self.audit.record(
                 "submit",
                 sub.user,

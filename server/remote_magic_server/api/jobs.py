@@ -148,6 +148,9 @@ async def job_status(
     since: Annotated[
         int | None, Query(ge=0, description="The version last seen; wait for a newer one.")
     ] = None,
+    final: Annotated[
+        bool, Query(description="Long-poll: wait for the job to end, not for any change.")
+    ] = False,
 ) -> JobStatus:
     deadline = time.monotonic() + wait
     while True:
@@ -157,7 +160,8 @@ async def job_status(
             if since is None:
                 since = job.version
             remaining = deadline - time.monotonic()
-            if job.state in FINAL_STATES or job.version != since or remaining <= 0 or notifier.closing:
+            changed = job.version != since and not final
+            if job.state in FINAL_STATES or changed or remaining <= 0 or notifier.closing:
                 return status_of(job, registry)
             await notifier.wait(event, remaining)
         finally:

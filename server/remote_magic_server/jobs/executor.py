@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..protocol import Decision, Failure, Task, WorkerMessage
+from ..settings import ExecutorSection
 
 
 class WorkerGone(Exception):
@@ -64,10 +65,14 @@ class Executor(Protocol):
         ...
 
 
-def make_executor(kind: str) -> Executor:
-    """The executor the config names."""
-    if kind == "local":
+def make_executor(config: ExecutorSection) -> Executor:
+    """The executor the config's `[executor]` table names."""
+    if config.kind == "local":
         from .local import LocalExecutor
 
         return LocalExecutor()
-    raise ValueError(f"unknown executor kind {kind!r}")
+    if config.kind == "dask":
+        from .dask import DaskExecutor
+
+        return DaskExecutor(config)
+    raise ValueError(f"unknown executor kind {config.kind!r}")

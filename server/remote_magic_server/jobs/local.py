@@ -107,9 +107,9 @@ class LocalExecution:
 
 
 class LocalExecutor:
-    def __init__(self) -> None:
+    def __init__(self, preload: list[str] = PRELOAD) -> None:
         self.ctx = multiprocessing.get_context("forkserver")
-        self.ctx.set_forkserver_preload(PRELOAD)
+        self.ctx.set_forkserver_preload(preload)
 
     def warm(self) -> None:
         process = self.ctx.Process(target=start_by_name, args=(WORKER_LAUNCH, "ready"))
@@ -118,9 +118,13 @@ class LocalExecutor:
 
     def start(self, task: Task, folder: Path, name: str) -> LocalExecution:
         (folder / "task.json").write_text(task.model_dump_json())
+        return self.spawn("run", folder, name)
+
+    def spawn(self, entry: str, folder: Path, name: str) -> LocalExecution:
+        """Fork a child that runs `worker.launch.<entry>` on the job folder, with a pipe to it."""
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         process = self.ctx.Process(
-            target=start_by_name, args=(WORKER_LAUNCH, "run", str(folder), child_conn), name=name
+            target=start_by_name, args=(WORKER_LAUNCH, entry, str(folder), child_conn), name=name
         )
         process.start()
         child_conn.close()

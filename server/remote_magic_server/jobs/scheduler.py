@@ -9,12 +9,17 @@ Nothing is lost across restarts: each worker's reference is recorded, and on sta
 outlived a killed server is reaped and its job re-queued, a bounded number of times. On SIGTERM the
 scheduler drains: it starts nothing new, gives running jobs a grace period, then stops them and
 re-queues them without counting the attempt.
+
+Why it is long: a job's whole life in the server (claim in turn, launch, follow, the desk's word on
+failures after admission, finish, re-queue, recover, drain) is one state machine, read in one place.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -23,24 +28,29 @@ from pathlib import Path
 from remote_magic.codes import Refusal
 from remote_magic.wire import JobResult, ReleaseOptions
 
-from ..protocol import Isolation, ProgressNote, WorkerMessage
+from ..protocol import SCRATCH_DIR, Admission, Isolation, ProgressNote, WorkerMessage
 from ..release.desk import ReleaseDesk, Request
 from ..settings import Settings
 from .conversation import Conversation, Final, drive
 from .executor import Execution, Executor, WorkerGone
 from .store import JobRow, Store
 from .tasks import BASE_MODEL_FILE, build_task
+from .timeline import Timeline
 
 log = logging.getLogger("remote_magic_server.scheduler")
 
 MAX_ATTEMPTS = 3
+TYPICAL_JOB_S = 5.0  # what a job is expected to take before any has finished
+TYPICAL_WEIGHT = 0.2  # weight of the latest job in the running average of job durations
+RETRY_AFTER_MAX_S = 30
 
 
 class _Running:
-    def __init__(self, job: JobRow, execution: Execution, task: Conversation):
+    def __init__(self, job: JobRow, execution: Execution, task: Conversation, timeline: Timeline):
         self.job = job
         self.execution = execution
         self.task = task
+        self.timeline = timeline
         self.cancelled = False
         self.interrupted = False
         self.started = time.monotonic()
@@ -71,6 +81,12 @@ class Scheduler:
         self._draining = threading.Event()
         self._deadline = 0.0
         self._thread: threading.Thread | None = None
+        self._typical_s = TYPICAL_JOB_S
+
+    def retry_after(self) -> int:
+        """Seconds after which a user whose queue is full may expect a free place: about one recent
+        job's time per worker (an average of job durations, never of their values), 1 to 30."""
+        return max(1, min(RETRY_AFTER_MAX_S, math.ceil(self._typical_s / self.settings.worker_count)))
 
     def running_count(self) -> int:
         with self._lock:
@@ -210,30 +226,35 @@ class Scheduler:
         (folder / BASE_MODEL_FILE).write_bytes(data)
 
     def _launch(self, job: JobRow) -> None:
+        timeline = Timeline(job.submitted_at)
+        timeline.mark("claimed")
         request = self._request(job)
         stored = self.desk.stored_result(request)
         if stored is not None:
-            self._finish(job, request, Final("succeeded", result=stored.model_dump(mode="json")), 0.0)
+            final = Final("succeeded", result=stored.model_dump(mode="json"))
+            self._finish(job, request, final, 0.0, timeline=timeline)
             return
         try:
             self.desk.check_budget(request)
         except Refusal as refusal:
-            self._finish(job, request, Final.failed(refusal.code, refusal.message), 0.0)
+            self._finish(job, request, Final.failed(refusal.code, refusal.message), 0.0, timeline=timeline)
             return
         folder = self.store.job_dir(job.id)
         if job.plan.get("base_model"):
             self._place_base_model(job, folder)
         task = build_task(self.settings, job.kind, job.dataset, job.spec, job.plan)  # type: ignore[arg-type]
         execution = self.executor.start(task, folder, name=f"job-{job.id}")
+        timeline.mark("started")
         pid, mark = execution.ref
         self.store.set_worker(job.id, pid, mark)
         log.info("job_started", extra={"job": job.id, "pid": pid, "attempt": job.attempts})
-        run = _Running(job, execution, Conversation(self.desk, request, folder, execution))
+        run = _Running(job, execution, Conversation(self.desk, request, folder, execution), timeline)
         with self._lock:
             self._running[job.id] = run
         threading.Thread(target=self._watch, args=(run,), name=f"watch-{job.id}", daemon=True).start()
 
     def _job_message(self, run: _Running, message: WorkerMessage) -> Final | None:
+        run.timeline.saw(message)
         if isinstance(message, ProgressNote):
             progress = {
                 "stage": message.stage,
@@ -248,6 +269,8 @@ class Scheduler:
             self.store.set_isolation(run.job.id, message.applied)
             return None
         final = run.task.handle(message)
+        if isinstance(message, Admission):
+            run.timeline.mark("admitted")
         if final is not None and isinstance(final.result, JobResult):
             final.result = final.result.model_dump(mode="json")
         return final
@@ -257,47 +280,68 @@ class Scheduler:
         return point.model_dump(exclude_none=True) if point is not None else None
 
     def _watch(self, run: _Running) -> None:
+        """Follow a job to its end. A final state is stored (and long-polls woken) as soon as it is
+        known; the worker's exit is awaited after that, off the path to the result."""
         job = run.job
         timeout = self.settings.policy_for(job.dataset).job_timeout_s
         final: Final | None = None
         try:
-            final = drive(run.execution, lambda m: self._job_message(run, m), run.started + timeout, timeout)
-        except WorkerGone as gone:
-            stopped_by_shutdown = run.interrupted or (self._draining.is_set() and not run.cancelled)
-            if not stopped_by_shutdown:
-                final = (
-                    Final("cancelled", error=("cancelled", "the job was cancelled"))
-                    if run.cancelled
-                    else None
+            try:
+                final = drive(
+                    run.execution, lambda m: self._job_message(run, m), run.started + timeout, timeout
                 )
-                if final is None:
-                    log.warning("worker_died", extra={"job": job.id, "code": gone.failure.code})
-                    final = Final.failed(gone.failure.code, gone.failure.message)
+            except WorkerGone as gone:
+                final = self._end_of_worker(run, gone)
+            if final is not None:
+                self._conclude(run, final)
         finally:
             run.execution.close()
+            shutil.rmtree(self.store.job_dir(job.id) / SCRATCH_DIR, ignore_errors=True)
             with self._lock:
                 self._running.pop(job.id, None)
-        if final is None:
-            # Stopped by the shutdown (or died while it drained): it runs again after the restart. A
-            # worker we stopped ourselves does not use up one of the job's attempts.
-            if self.store.requeue(job.id, refund=run.interrupted):
-                log.info("job_requeued", extra={"job": job.id, "reason": "server shutting down"})
-                self.on_change(job.id)
-            return
+        # Stopped by the shutdown (or died while it drained): it runs again after the restart. A worker
+        # we stopped ourselves does not use up one of the job's attempts.
+        if final is None and self.store.requeue(job.id, refund=run.interrupted):
+            log.info("job_requeued", extra={"job": job.id, "reason": "server shutting down"})
+            self.on_change(job.id)
+        self._wake.set()
+
+    def _end_of_worker(self, run: _Running, gone: WorkerGone) -> Final | None:
+        """How a job whose worker ended without a final message ends; None: re-queue it (shutdown)."""
+        if run.interrupted or (self._draining.is_set() and not run.cancelled):
+            return None
+        if run.cancelled:
+            return Final("cancelled", error=("cancelled", "the job was cancelled"))
+        log.warning("worker_died", extra={"job": run.job.id, "code": gone.failure.code})
+        return Final.failed(gone.failure.code, gone.failure.message)
+
+    def _conclude(self, run: _Running, final: Final) -> None:
+        """A job that ran ends: what the desk says of a failure after admission, then the store."""
         if run.cancelled:
             final = Final("cancelled", error=("cancelled", "the job was cancelled"))
         cause = None
         if final.error is not None and run.task.admitted is not None:
             cause = final.error[0]
             final.error = self.desk.after_admission(run.task.request, *final.error)
-        self._finish(job, run.task.request, final, time.monotonic() - run.started, cause)
+        seconds = time.monotonic() - run.started
+        self._typical_s += (seconds - self._typical_s) * TYPICAL_WEIGHT
+        self._finish(run.job, run.task.request, final, seconds, cause, run.timeline)
 
     def _finish(
-        self, job: JobRow, request: Request, final: Final, seconds: float, cause: str | None = None
+        self,
+        job: JobRow,
+        request: Request,
+        final: Final,
+        seconds: float,
+        cause: str | None = None,
+        timeline: Timeline | None = None,
     ) -> None:
         result = final.result if final.state == "succeeded" else None
         if self.store.finish(job.id, final.state, result=result, error=final.error):  # type: ignore[arg-type]
             self.on_finish(job, final.state, seconds)
+        timeline = timeline or Timeline()
+        timeline.mark("finished")
+        self.on_change(job.id)
         code, reason = final.error if final.error else (None, None)
         self.desk.record(
             request, "released" if final.state == "succeeded" else final.state, code, reason, cause
@@ -310,7 +354,8 @@ class Scheduler:
                 "code": code,
                 "cause": cause,
                 "seconds": round(seconds, 3),
+                "finished_at": timeline.marks["finished"],
+                "timeline_ms": timeline.phases(),
             },
         )
-        self.on_change(job.id)
         self._wake.set()

@@ -1,9 +1,10 @@
 """The job store: SQLite (WAL) for jobs and tokens, one folder per job for its payload and outputs.
 
 Every transition is committed (synchronous=FULL) before it is acknowledged, so a restart, even after a
-power loss, finds each job where it was. Writes go through one connection under a lock; reads use a
-connection per thread, so a status poll never waits behind a write (sqlitedb.py). The schema carries a
-version; `_MIGRATIONS` brings an older store up to date in one transaction.
+power loss, finds each job where it was; only progress lines and the claim that a synced write follows at
+once skip their own fsync. Writes go through one connection under a lock; reads use a connection per
+thread, so a status poll never waits behind a write (sqlitedb.py). The schema carries a version;
+`_MIGRATIONS` brings an older store up to date in one transaction.
 Tokens are stored as SHA-256 hashes: they are 256-bit random strings, so a plain hash is enough and a
 leaked database does not leak a usable token. A token also has a public id (for list, revoke, rotate),
 an optional expiry and note, and is looked up on every request, so a revoked or expired one fails at
@@ -22,7 +23,8 @@ import secrets
 import shutil
 import sqlite3
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -157,6 +159,20 @@ class Store:
         # Single statements autocommit on the writer connection, under its lock.
         self._db = self._database.writer
         self._lock = self._database.lock
+        with self._lock:
+            self._served = self._last_served()
+            self._turn = len(self._served)
+
+    @contextmanager
+    def _unsynced(self) -> Iterator[None]:
+        """Writes that need no fsync of their own: progress and isolation (a crash only loses a fresh
+        progress line, which a restart resets anyway), and a claim (the worker's record right after it
+        is synced, and syncs the claim with it). Call with the lock held."""
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+        finally:
+            self._db.execute("PRAGMA synchronous=FULL")
 
     def schema_version(self) -> int:
         return self._database.schema_version()
@@ -258,7 +274,7 @@ class Store:
         jobs gets QueueFull (a repeated key still returns its job). The payload is on disk (fsynced)
         before the row is committed, and removed again if the row is not written."""
         if idempotency_key is not None:
-            existing = self._by_key(user, idempotency_key)
+            existing = self.job_by_key(user, idempotency_key)
             if existing is not None:
                 return existing, False
         if max_queued is not None:
@@ -323,7 +339,7 @@ class Store:
                     ),
                 )
             except sqlite3.IntegrityError:
-                existing = self._by_key(user, idempotency_key or "")
+                existing = self.job_by_key(user, idempotency_key or "")
                 if existing is None:
                     raise
                 return existing
@@ -333,9 +349,6 @@ class Store:
 
     def job_by_key(self, user: str, key: str) -> JobRow | None:
         """The user's job submitted with this idempotency key, if any."""
-        return self._by_key(user, key)
-
-    def _by_key(self, user: str, key: str) -> JobRow | None:
         row = self._read("SELECT * FROM jobs WHERE user = ? AND idempotency_key = ?", (user, key)).fetchone()
         return _row(row) if row else None
 
@@ -355,30 +368,45 @@ class Store:
         rows = self._read("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
         return {r["state"]: r["n"] for r in rows}
 
+    def _last_served(self) -> dict[str, int]:
+        """Users in the order their jobs last started (most recent last), so fairness survives a restart."""
+        rows = self._db.execute(
+            "SELECT user, MAX(started_at) AS last FROM jobs WHERE started_at IS NOT NULL"
+            " GROUP BY user ORDER BY last"
+        ).fetchall()
+        return {r["user"]: rank for rank, r in enumerate(rows, start=1)}
+
     def claim_next(self) -> JobRow | None:
-        """Move the oldest queued job to running and return it."""
+        """Move the next queued job to running and return it: the oldest queued job of the user who was
+        served least recently (a user never served comes first). Users take turns, so one user's sweep
+        of many jobs never makes another user's single job wait behind all of it."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT id FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1"
-            ).fetchone()
-            if row is None:
+            heads = self._db.execute(
+                "SELECT user, MIN(seq) AS seq FROM jobs WHERE state = 'queued' GROUP BY user"
+            ).fetchall()
+            if not heads:
                 return None
-            self._db.execute(
-                "UPDATE jobs SET state = 'running', started_at = ?, attempts = attempts + 1,"
-                " version = version + 1 WHERE id = ? AND state = 'queued'",
-                (now(), row["id"]),
-            )
+            head = min(heads, key=lambda r: (self._served.get(r["user"], 0), r["seq"]))
+            row = self._db.execute("SELECT id FROM jobs WHERE seq = ?", (head["seq"],)).fetchone()
+            with self._unsynced():
+                self._db.execute(
+                    "UPDATE jobs SET state = 'running', started_at = ?, attempts = attempts + 1,"
+                    " version = version + 1 WHERE id = ? AND state = 'queued'",
+                    (now(), row["id"]),
+                )
+            self._turn += 1
+            self._served[head["user"]] = self._turn
         return self.get_job(row["id"])
 
     def set_progress(self, job_id: str, progress: dict) -> None:
-        with self._lock:
+        with self._lock, self._unsynced():
             self._db.execute(
                 "UPDATE jobs SET progress = ?, version = version + 1 WHERE id = ? AND state = 'running'",
                 (json.dumps(progress), job_id),
             )
 
     def set_isolation(self, job_id: str, isolation: dict) -> None:
-        with self._lock:
+        with self._lock, self._unsynced():
             self._db.execute("UPDATE jobs SET isolation = ? WHERE id = ?", (json.dumps(isolation), job_id))
 
     def set_worker(self, job_id: str, pid: int, started: str | None) -> None:

@@ -7,17 +7,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sqlglot import exp
+
 from remote_magic.codes import Refusal
+from remote_magic.query import staging_query
+from remote_magic.specs import Resolved
 from remote_magic.wire import DatasetSpec, ReleaseOptions
 
 from ..data.versions import Versions, snapshot_file
-from ..protocol import DescribeOptions, Limits, SavedModel, Staging, Task, TaskKind
+from ..protocol import PARTITION_TABLE, DescribeOptions, Limits, SavedModel, Staging, Task, TaskKind
 from ..settings import Settings
 
 CPU_SLACK_S = 30
 BASE_MODEL_FILE = "base.json"
 REVIEW_CPU_S = 30
 REVIEW_MEMORY_MB = 2048
+DEFAULT_FILE_MB = 1024  # spilled rows and external-memory pages may need files as large as a worker's memory
 
 
 def _snapshot(settings: Settings, dataset: str, plan: dict) -> Path:
@@ -32,6 +37,12 @@ def _snapshot(settings: Settings, dataset: str, plan: dict) -> Path:
             f"version {plan.get('dataset_version')} of dataset {dataset!r} was pruned before the job ran",
         )
     return path
+
+
+def gpu_present() -> bool:
+    """Whether this machine has an NVIDIA GPU a worker could open (its device files), without loading
+    any GPU library in the server process."""
+    return bool(list(Path("/dev").glob("nvidia[0-9]*"))) and Path("/dev/nvidiactl").exists()
 
 
 def build_task(
@@ -61,22 +72,21 @@ def build_task(
         threads=threads,
         cpu_seconds=policy.job_timeout_s * threads + CPU_SLACK_S,
         memory_mb=policy.worker_memory_mb,
+        staging_mb=policy.staging_budget_mb,
+        file_mb=max(DEFAULT_FILE_MB, policy.worker_memory_mb),
+        gpu="cuda" in policy.devices and gpu_present(),
         max_payload_bytes=0 if kind == "describe" else server.max_payload_mb * 2**20,
         sandbox_uid=server.sandbox_uid,
         sandbox_gid=server.sandbox_gid,
     )
-    staging = Staging(
-        dataset_path=str(_snapshot(settings, dataset, plan)),
-        id_column=config.id_column,
-        features=plan["features"],
-        filter_columns=plan["filter_columns"],
-        derive_columns=plan.get("derive_columns", []),
-    )
-    parsed = DatasetSpec.model_validate(spec)
+    checked = DatasetSpec.model_validate(spec)
+    if kind == "describe":
+        checked = checked.model_copy(update={"eval": None})
+    snapshot = str(_snapshot(settings, dataset, plan))
     return Task(
         kind=kind,
-        spec=parsed,
-        staging=staging,
+        spec=checked,
+        staging=staging_plan(checked, kind, snapshot, config.id_column, plan),
         bounds=settings.bounds_for(dataset),
         limits=limits,
         model_facts=kind == "train" and config.allow_model_release,
@@ -84,6 +94,35 @@ def build_task(
         describe=DescribeOptions(max_categories=policy.max_categories) if kind == "describe" else None,
         release=ReleaseOptions.model_validate(plan.get("release") or {}),
         rare_level_rows=policy.min_count,
-        label_range=config.label_ranges.get(parsed.label),
+        label_range=config.label_ranges.get(checked.label),
+        structure=policy.privacy == "dp",
         base_model=SavedModel(file=BASE_MODEL_FILE, family="xgboost") if plan.get("base_model") else None,
+    )
+
+
+def staging_plan(spec: DatasetSpec, kind: str, path: str, id_column: str, plan: dict) -> Staging:
+    """The query that admits a spec's rows from a Parquet file, with its file row numbers, built here by
+    trusted code from the spec the API checked (the worker and a cluster only run it)."""
+    resolved = Resolved(
+        features=plan["features"],
+        filter_columns=plan["filter_columns"],
+        derive_columns=plan.get("derive_columns", []),
+        derived=list(spec.derive or {}),
+        id_column=id_column,
+    )
+    source = exp.func(
+        "read_parquet", exp.Placeholder(), exp.EQ(this=exp.var("file_row_number"), expression=exp.true())
+    )
+    row_number = exp.column("file_row_number", quoted=True)
+    query, params = staging_query(spec, resolved, source, row_number, kind)
+    partition_query, _ = staging_query(
+        spec, resolved, exp.table_(PARTITION_TABLE, quoted=True), row_number, kind
+    )
+    return Staging(
+        dataset_path=path,
+        query=query,
+        params=params,
+        columns=resolved.all_features,
+        label=spec.label,
+        partition_query=partition_query,
     )

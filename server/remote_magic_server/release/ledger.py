@@ -65,6 +65,16 @@ class Ledger:
             self._db.close()
 
     @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    @contextmanager
     def decision(self) -> Iterator[Ledger]:
         """Hold the ledger while a release is checked and recorded."""
         with self._lock:
@@ -79,8 +89,9 @@ class Ledger:
         return [BitMap.deserialize(r["bits"]) for r in rows]
 
     def record_sets(self, user: str, dataset: str, source: str, sets: dict[str, BitMap]) -> None:
-        """Remember released sets; a set equal to one already stored is not stored again."""
-        with self._lock:
+        """Remember released sets, in one transaction; a set equal to one already stored is not stored
+        again."""
+        with self._lock, self._transaction():
             for role, bits in sets.items():
                 same_size = self._db.execute(
                     "SELECT bits FROM row_sets WHERE user = ? AND dataset = ? AND size = ?",

@@ -77,9 +77,9 @@ def run(task: Task, channel: Channel) -> DescribeReport | None:
     """Exact aggregates of the admitted rows, after the parent admitted them; None when it did not."""
     assert task.spec is not None and task.staging is not None and task.describe is not None
     channel.stage("staging")
-    spec = task.spec.model_copy(update={"eval": None})
-    staged = staging.stage(task.staging, spec, "describe", task.rare_level_rows)
-    frame = staged.eval.x.to_pandas()
+    spec = task.spec
+    staged = staging.stage(task)
+    frame = staged.eval.x.table().to_pandas()
     labels = pd.Series(staged.eval.y, name=spec.label)
     classes = None
     if _is_classes(labels):

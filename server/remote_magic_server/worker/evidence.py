@@ -21,9 +21,16 @@ def table_rows(path: str) -> int:
 
 def write_row_sets(job_dir: Path, sets: dict[str, np.ndarray]) -> dict[str, str]:
     """Serialize each set next to the job and return the file names, by role."""
+    return write_bitmaps(
+        job_dir, {role: BitMap(rows.astype(np.uint32, copy=False)) for role, rows in sets.items()}
+    )
+
+
+def write_bitmaps(job_dir: Path, sets: dict[str, BitMap]) -> dict[str, str]:
+    """Write row sets that are bitmaps already (a cluster's partitions sent theirs); names by role."""
     names = {}
-    for role, rows in sets.items():
+    for role, bits in sets.items():
         name = f"rows-{role}.roaring"
-        (job_dir / name).write_bytes(BitMap(rows.astype(np.uint32, copy=False)).serialize())
+        (job_dir / name).write_bytes(bits.serialize())
         names[role] = name
     return names

@@ -22,15 +22,27 @@ PR_SET_PDEATHSIG = 1
 
 def run(*args: object) -> None:
     """Set up the child, then run the task (`worker.main.run`), or `ready` to warm the forkserver."""
+    _set_up()
+    if args:
+        from . import main
+
+        main.run(*args)  # type: ignore[arg-type]
+
+
+def drive(*args: object) -> None:
+    """Set up the child, then drive a cluster job (`worker.cluster.run`): no user bytes reach it."""
+    _set_up()
+    from . import cluster
+
+    cluster.run(*args)  # type: ignore[arg-type]
+
+
+def _set_up() -> None:
     _release_forkserver()
     _die_with_parent()
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICE)
     configure_logging("info")
-    if args:
-        from . import main
-
-        main.run(*args)  # type: ignore[arg-type]
 
 
 def ready() -> None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -25,7 +27,19 @@ from .channel import Channel
 log = logging.getLogger("remote_magic_server.worker")
 
 
+def _resident_mb() -> float:
+    """This process's resident memory now (Linux), in MiB; 0 where /proc does not say."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
 def _run(task: Task, folder: Path, channel: Channel) -> None:
+    start_rss_mb = _resident_mb()  # what the fork inherited: the preloaded libraries
     dataset = task.staging.dataset_path if task.staging is not None else None
     if task.staging is not None:
         # Opened now, read only after confinement: from here on the dataset is `/proc/self/fd/N` and
@@ -34,10 +48,18 @@ def _run(task: Task, folder: Path, channel: Channel) -> None:
     model_file = folder / "model.pkl"
     payload = open(model_file, "rb") if model_file.exists() else None  # noqa: SIM115
     limits = task.limits
+    started = time.monotonic()
     applied = sandbox.confine(
-        limits.cpu_seconds, limits.memory_mb, str(folder), dataset, limits.sandbox_uid, limits.sandbox_gid
+        limits.cpu_seconds,
+        limits.memory_mb,
+        str(folder),
+        dataset,
+        limits.sandbox_uid,
+        limits.sandbox_gid,
+        limits.file_mb,
+        limits.gpu,
     )
-    channel.send(Isolation(applied=applied))
+    channel.send(Isolation(applied=applied, seconds=time.monotonic() - started))
     started = time.monotonic()
     if task.kind == "describe":
         from . import describe
@@ -47,21 +69,44 @@ def _run(task: Task, folder: Path, channel: Channel) -> None:
         from . import review
 
         report = review.run(payload.read() if payload is not None else b"")
+    elif task.kind == "plan":
+        from . import model_task
+
+        report = model_task.plan_only(task, payload, channel)
     else:
         from . import model_task
 
         report = model_task.run(task, payload, channel)
-    log.info("task %s (%s) done in %.3f s", folder.name, task.kind, time.monotonic() - started)
+    log.info(
+        "task_done",
+        extra={
+            "task": folder.name,
+            "kind": task.kind,
+            "seconds": round(time.monotonic() - started, 3),
+            "start_rss_mb": start_rss_mb,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        },
+    )
     if report is not None:
         channel.send(report)
 
 
 def run(job_dir: str, conn: Connection) -> None:
     """Entry point of a worker process."""
+    serve(job_dir, conn, lambda folder, channel: _run(_task(folder), folder, channel))
+
+
+def _task(folder: Path) -> Task:
+    return Task.model_validate_json((folder / "task.json").read_text())
+
+
+def serve(job_dir: str, conn: Connection, body: Callable[[Path, Channel], None]) -> None:
+    """Run `body` in a worker-like process: a refusal becomes a `failure` with its fixed code, anything
+    unexpected `internal_error` (its traceback in the server log only); then the process ends."""
     channel = Channel(conn)
     folder = Path(job_dir)
     try:
-        _run(Task.model_validate_json((folder / "task.json").read_text()), folder, channel)
+        body(folder, channel)
     except Refusal as exc:
         channel.send(Failure(code=exc.code, message=exc.message[:500]))
     except MemoryError:

@@ -22,19 +22,23 @@ from remote_magic.families import family_for, scoring
 from remote_magic.families.base import (
     Labels,
     ModelFamily,
+    Plan,
     Split,
     check_kind,
     encode_labels,
     is_classifier_task,
 )
+from remote_magic.wire import ModelBounds
 
 from ..protocol import (
     Admission,
+    CanonicalPlan,
     Confusion,
     CurveReport,
     CurveStats,
     EvalStats,
     LeafFacts,
+    PlanReady,
     RoundsReport,
     Structure,
     Task,
@@ -49,10 +53,10 @@ PERMUTATION_SEED = 20261130
 
 
 def _both(a: Split, b: Split) -> Split:
-    return Split(x=pa.concat_tables([a.x, b.x]), y=np.concatenate([a.y, b.y]))
+    return Split(x=a.x + b.x, y=np.concatenate([a.y, b.y]))
 
 
-def _checkpoints(base: int, total: int, k: int) -> list[int]:
+def checkpoints(base: int, total: int, k: int) -> list[int]:
     """K rounds spread evenly over the rounds trained here (the last one included)."""
     new = total - base
     if new <= 0 or k <= 0:
@@ -71,7 +75,7 @@ def _curve(
     residual_clip: float | None,
 ) -> CurveStats | None:
     clip = scoring.loss_clip(task, residual_clip)
-    rounds = _checkpoints(base, total, k)
+    rounds = checkpoints(base, total, k)
     if clip is None or not rounds:
         return None
     n_classes = len(labels.classes)
@@ -103,9 +107,10 @@ def _permutation(
     base = scoring.row_losses(task, labels.eval, family.predict(trained), n_classes, residual_clip).sum()
     order = np.random.default_rng(PERMUTATION_SEED).permutation(len(evaluation.y))
     scores = {}
-    for name in evaluation.x.column_names:
-        index = evaluation.x.schema.get_field_index(name)
-        shuffled = evaluation.x.set_column(index, name, evaluation.x.column(name).take(pa.array(order)))
+    table = evaluation.x.table()  # a shuffle needs each column whole: opt-in, evaluation rows only
+    for name in table.column_names:
+        index = table.schema.get_field_index(name)
+        shuffled = table.set_column(index, name, table.column(name).take(pa.array(order)))
         pred = family.predict(trained, Split(x=shuffled, y=evaluation.y))
         scores[name] = float(
             scoring.row_losses(task, labels.eval, pred, n_classes, residual_clip).sum() - base
@@ -113,10 +118,10 @@ def _permutation(
     return scores
 
 
-def run(task: Task, payload: BinaryIO | None, channel: Channel) -> TrainReport | None:
-    """Run the task; None when the parent stopped it at admission."""
-    assert task.spec is not None and task.staging is not None and task.bounds is not None
-    channel.stage("starting")
+def decode(task: Task, payload: BinaryIO | None) -> tuple[ModelFamily, Plan]:
+    """Decode the payload (strictly, or the owner-approved bytes), find its family, canonicalise it,
+    continue the registered version the task names, and check it against the task's bounds."""
+    assert task.bounds is not None
     data = payload.read() if payload is not None else b""
     if not data and task.base_model is None:
         raise Refusal("invalid_model", "the job has no model")
@@ -133,13 +138,50 @@ def run(task: Task, payload: BinaryIO | None, channel: Channel) -> TrainReport |
         # A registered version, saved by a family's export: parsed here, in the sandbox, never unpickled.
         plan = family.continued(plan, (HERE / task.base_model.file).read_bytes())
     assert plan is not None
-    # The leaf rule is about trees trained here; an evaluation trains none.
-    bounds = task.bounds if task.kind == "train" else task.bounds.model_copy(update={"min_leaf_rows": None})
-    family.check_bounds(plan, bounds)
+    family.check_bounds(plan, task.bounds)
+    if str(plan.params.get("device") or "cpu") != "cpu" and not task.limits.gpu:
+        raise Refusal("parameter_out_of_bounds", "device = 'cuda' needs a GPU, and this server has none")
+    return family, plan
+
+
+def job_bounds(task: Task) -> ModelBounds:
+    """The bounds a job's model must keep: the leaf rule is about trees trained here, and an evaluation
+    trains none."""
+    assert task.bounds is not None
+    return task.bounds if task.kind == "train" else task.bounds.model_copy(update={"min_leaf_rows": None})
+
+
+def plan_only(task: Task, payload: BinaryIO | None, channel: Channel) -> PlanReady:
+    """A `plan` task: the canonical plan of the payload, for a cluster that may not see the payload. The
+    base booster goes to the job folder as XGBoost JSON, re-written by XGBoost from the parsed model."""
+    channel.stage("starting")
+    family, plan = decode(task, payload)
+    base = None
+    if plan.base is not None:
+        base = "portable_base.json"  # beside, never over, a registered version's base.json
+        (HERE / base).write_bytes(family.portable_base(plan))
+    return PlanReady(
+        plan=CanonicalPlan(
+            family=plan.family,
+            params=plan.params,
+            rounds=plan.rounds,
+            task=plan.task,
+            base=base,
+            base_rounds=plan.base_rounds,
+            preprocess=plan.preprocess,
+        )
+    )
+
+
+def run(task: Task, payload: BinaryIO | None, channel: Channel) -> TrainReport | None:
+    """Run the task; None when the parent stopped it at admission."""
+    assert task.spec is not None and task.staging is not None and task.bounds is not None
+    channel.stage("starting")
+    family, plan = decode(task.model_copy(update={"bounds": job_bounds(task)}), payload)
     check_kind(task.kind, plan.base is not None, plan.preprocess is not None)
 
     channel.stage("staging")
-    staged = staging.stage(task.staging, task.spec, task.kind, task.rare_level_rows)
+    staged = staging.stage(task)
     classes = is_classifier_task(plan.task)
     counts = {"eval": staging.counts(staged.eval, classes)}
     sets = {"evaluation": staged.eval_rows}
@@ -170,23 +212,26 @@ def run(task: Task, payload: BinaryIO | None, channel: Channel) -> TrainReport |
         if task.model_facts:
             facts = LeafFacts(**family.leaf_facts(trained))
         admitted = _both(staged.train, staged.eval)
-        structure.trained_smallest_leaf = family.smallest_leaf(trained, rounds=(plan.base_rounds, None))
-        if plan.base_rounds:
+        if task.structure:
+            structure.trained_smallest_leaf = family.smallest_leaf(trained, rounds=(plan.base_rounds, None))
+        if task.structure and plan.base_rounds:
             structure.base_smallest_leaf = family.smallest_leaf(
                 trained, admitted, rounds=(0, plan.base_rounds)
             )
     else:
         trained = family.score(plan, staged.eval, labels, threads)
         admitted = staged.eval
-        structure.base_smallest_leaf = family.smallest_leaf(trained, admitted)
+        if task.structure:
+            structure.base_smallest_leaf = family.smallest_leaf(trained, admitted)
 
     channel.stage("evaluating")
     out_task = family.task(trained)
     n_classes = len(labels.classes)
     rounds = family.rounds(trained)
-    admitted_pred = family.predict(trained, admitted)
-    structure.trained_isolated = scoring.isolated_rows(out_task, admitted_pred, len(admitted.y), n_classes)
-    if plan.base_rounds:
+    if task.structure:  # only mode dp reads it: predictions on every admitted row cost time
+        pred = family.predict(trained, admitted)
+        structure.trained_isolated = scoring.isolated_rows(out_task, pred, len(admitted.y), n_classes)
+    if task.structure and plan.base_rounds:
         base_pred = family.predict(trained, admitted, rounds=plan.base_rounds)
         structure.base_isolated = scoring.isolated_rows(out_task, base_pred, len(admitted.y), n_classes)
     evaluation = family.evaluate(trained)

@@ -6,6 +6,8 @@ Only imports: no thread pool of OpenMP or DuckDB may run in the forkserver, or a
 import duckdb  # noqa: F401
 import numpy  # noqa: F401
 import pandas  # noqa: F401
+import pyarrow.compute  # noqa: F401
+import pyarrow.pandas_compat  # noqa: F401 - XGBoost's Arrow input loads it on first use
 import sklearn.compose  # noqa: F401
 import sklearn.impute  # noqa: F401
 import sklearn.metrics  # noqa: F401

@@ -86,10 +86,15 @@ def _set_limit(which: int, soft: int, hard: int | None = None) -> None:
     resource.setrlimit(which, (soft, hard))
 
 
-def apply_limits(cpu_seconds: int, memory_mb: int, file_mb: int = 1024, open_files: int = 512) -> None:
-    """CPU seconds (SIGXCPU, then SIGKILL), address space, file size, open files; no core dumps."""
+def apply_limits(
+    cpu_seconds: int, memory_mb: int, file_mb: int = 1024, open_files: int = 512, gpu: bool = False
+) -> None:
+    """CPU seconds (SIGXCPU, then SIGKILL), address space, file size, open files; no core dumps.
+
+    With a GPU the memory limit is on data (RLIMIT_DATA) instead of address space: CUDA reserves far
+    more address space than it uses, and would not start under RLIMIT_AS."""
     _set_limit(resource.RLIMIT_CPU, cpu_seconds, cpu_seconds + 5)
-    _set_limit(resource.RLIMIT_AS, memory_mb * 2**20)
+    _set_limit(resource.RLIMIT_DATA if gpu else resource.RLIMIT_AS, memory_mb * 2**20)
     _set_limit(resource.RLIMIT_FSIZE, file_mb * 2**20)
     _set_limit(resource.RLIMIT_NOFILE, open_files)
     _set_limit(resource.RLIMIT_CORE, 0)
@@ -147,7 +152,12 @@ def _add_rule(ruleset: int, path: str, access: int) -> None:
         os.close(fd)
 
 
-def restrict_filesystem(read_files: list[str], write_dir: str) -> str:
+def gpu_devices() -> list[str]:
+    """The NVIDIA device files a CUDA job opens (control, unified memory, the GPUs themselves)."""
+    return sorted(str(p) for p in Path("/dev").glob("nvidia*") if not p.is_dir())
+
+
+def restrict_filesystem(read_files: list[str], write_dir: str, devices: list[str] = ()) -> str:
     """Landlock: read system and code folders and `read_files`, write only below `write_dir`, no exec,
     no TCP. Return what was applied ('landlock-abiN', or 'none' on kernels without Landlock)."""
     abi = landlock_abi()
@@ -173,6 +183,8 @@ def restrict_filesystem(read_files: list[str], write_dir: str) -> str:
         writable = _READ | _FS_WRITE_FILE | _FS_MAKE_REG | _FS_MAKE_DIR | (_FS_TRUNCATE if abi >= 3 else 0)
         for path in _DEVICE_READ_WRITE:
             _add_rule(ruleset, path, _FS_READ_FILE | _FS_WRITE_FILE)
+        for path in devices:  # a GPU is driven by ioctls on its device files
+            _add_rule(ruleset, path, _FS_READ_FILE | _FS_WRITE_FILE | (_FS_IOCTL_DEV if abi >= 5 else 0))
         _add_rule(ruleset, write_dir, writable)
         if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0):
             raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS failed")
@@ -234,6 +246,8 @@ def confine(
     dataset: str | None,
     uid: int = 65534,
     gid: int = 65534,
+    file_mb: int = 1024,
+    gpu: bool = False,
 ) -> dict[str, str]:
     """Apply every confinement this machine supports; return what was applied.
 
@@ -247,9 +261,12 @@ def confine(
         _hand_over(folder, uid, gid)
     os.chdir(folder)
     network = isolate_network()
-    apply_limits(cpu_seconds, memory_mb)
-    applied = {"network": network, "limits": "rlimits cpu,as,fsize,nofile,core"}
-    applied["filesystem"] = restrict_filesystem([dataset] if dataset else [], str(folder))
+    apply_limits(cpu_seconds, memory_mb, file_mb, gpu=gpu)
+    applied = {"network": network, "limits": f"rlimits cpu,{'data' if gpu else 'as'},fsize,nofile,core"}
+    devices = gpu_devices() if gpu else []
+    applied["filesystem"] = restrict_filesystem([dataset] if dataset else [], str(folder), devices)
+    if gpu:
+        applied["gpu"] = ",".join(Path(d).name for d in devices) or "none found"
     closed = unreadable_code_path() if as_root else None
     if as_root and closed is None:
         _set_limit(resource.RLIMIT_NPROC, 1024)

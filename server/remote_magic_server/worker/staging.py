@@ -1,30 +1,42 @@
-"""Stage the admitted rows of a dataset with a locked-down DuckDB, as Arrow.
+"""Stage the admitted rows of a dataset with a locked-down DuckDB, streamed as Arrow record batches.
 
-DuckDB may read exactly one file, the dataset's, and nothing else; its configuration is locked before
-the query runs. The query comes from `remote_magic.query` (the same builder the dry run uses), built from
-the checked filter and derive trees, never from user text. Rows stay Arrow columns from DuckDB to the
-model family: no pandas copy of the whole table here. Non-finite values become missing and rare text
-levels are merged (`remote_magic.rows.prepare`, as in the dry run).
+DuckDB may read exactly one file, the dataset's, and nothing else; its configuration (threads, memory,
+a spill folder in the job folder) is locked before the query runs. The query is the server-built
+staging plan (`Staging.query`, from `remote_magic.query`, the same builder the dry run uses), never
+user text. Rows stream out of DuckDB batch by batch and are split into training and evaluation rows as
+they pass: the row numbers, the labels and the rows per text level are kept for admission; the feature
+columns stay Arrow batches (non-finite values missing, as `remote_magic.rows` says, like the dry run),
+held in memory up to the staging budget and spilled past it to Arrow files in the job folder, from where
+an external-memory matrix reads them. Rare text levels are merged as the batches are read, once every
+row has been counted. There is never a pandas copy of the whole table.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlglot import exp
 
+from remote_magic import rows
 from remote_magic.codes import Refusal
-from remote_magic.families.base import Split
-from remote_magic.query import EVAL_FLAG, ROW_ID, staging_query
-from remote_magic.rows import prepare
-from remote_magic.specs import Resolved
-from remote_magic.wire import DatasetSpec
+from remote_magic.families.base import Batches, Split
+from remote_magic.query import EVAL_FLAG, ROW_ID
 
-from ..protocol import SplitCounts, Staging
+from ..protocol import SCRATCH_DIR, SplitCounts, Task
+
+log = logging.getLogger("remote_magic_server.worker")
+
+BATCH_ROWS = 65_536
+DUCKDB_MIN_MB = 128  # DuckDB's own memory (it spills a large sort to the scratch folder past it)
+SPILL_FILE_BYTES = 256 * 2**20  # a spill file is closed at this size (the worker's file-size limit)
 
 
 @dataclass
@@ -37,10 +49,15 @@ class Staged:
     eval_rows: np.ndarray
 
 
-def connect_locked(path: str) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB that can read `path` and nothing else, with its configuration locked."""
-    con = duckdb.connect(":memory:")
+def connect_locked(path: str, threads: int = 1, memory_mb: int = 0, spill: str | None = None):
+    """An in-memory DuckDB that can read `path` and nothing else, with its configuration locked: at most
+    `threads` threads and `memory_mb` of memory (0: DuckDB's default), spilling a large sort to `spill`."""
+    con = duckdb.connect(":memory:", config={"threads": threads})
     con.execute("SET allowed_paths = ?", [[path]])
+    if memory_mb:
+        con.execute(f"SET memory_limit = '{int(memory_mb)}MB'")
+    if spill is not None:
+        con.execute("SET temp_directory = ?", [spill])
     con.execute("SET enable_external_access = false")
     con.execute("SET autoinstall_known_extensions = false")
     con.execute("SET autoload_known_extensions = false")
@@ -48,62 +65,141 @@ def connect_locked(path: str) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def resolved_of(staging: Staging, spec: DatasetSpec) -> Resolved:
-    return Resolved(
-        features=staging.features,
-        filter_columns=staging.filter_columns,
-        derive_columns=staging.derive_columns,
-        derived=list(spec.derive or {}),
-        id_column=staging.id_column,
-    )
+@dataclass
+class _Part:
+    """One split's rows as they stream past: feature batches, labels, row numbers, rows per text level."""
+
+    name: str
+    columns: list[str]
+    chunks: list[pa.RecordBatch | Path] = field(default_factory=list)
+    labels: list[pa.Array] = field(default_factory=list)
+    row_ids: list[np.ndarray] = field(default_factory=list)
+    levels: dict[str, Counter] = field(default_factory=dict)
+    folder: Path | None = None
+    _sink: pa.OSFile | None = None
+    _writer: pa.ipc.RecordBatchStreamWriter | None = None
+
+    def add(self, part: pa.RecordBatch, label: str) -> int:
+        """Keep a batch of this split; return how many bytes of feature data it added in memory."""
+        features = rows.clean(part, self.columns)
+        self.row_ids.append(part.column(ROW_ID).to_numpy(zero_copy_only=False).astype(np.uint32))
+        self.labels.append(part.column(label))
+        rows.count_levels(self.levels, features)
+        if self.folder is not None:
+            self._write(features)
+            return 0
+        self.chunks.append(features)
+        return features.nbytes
+
+    def spill(self, folder: Path) -> None:
+        """From now on write this split's feature batches to Arrow files in `folder`, the held ones first."""
+        self.folder = folder
+        held, self.chunks = self.chunks, []
+        for batch in held:
+            self._write(batch)  # type: ignore[arg-type]
+
+    def _write(self, batch: pa.RecordBatch) -> None:
+        if self._sink is not None and self._sink.tell() >= SPILL_FILE_BYTES:
+            self._close()
+        if self._writer is None:
+            assert self.folder is not None
+            path = self.folder / f"{self.name}-{len(self.chunks)}.arrows"
+            self.chunks.append(path)
+            self._sink = pa.OSFile(str(path), "wb")
+            self._writer = pa.ipc.new_stream(self._sink, batch.schema)
+        self._writer.write_batch(batch)
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._sink is not None:
+            self._sink.close()
+        self._writer, self._sink = None, None
+
+    def split(
+        self, schema: pa.Schema, label: pa.DataType, cache: str, text: dict, rare: dict
+    ) -> tuple[Split, np.ndarray]:
+        """The split's rows for the model family, and their row numbers."""
+        self._close()
+        spilled = self.folder is not None
+        batches = Batches(schema, self.chunks, cache if spilled else None, text, rare)
+        row_ids = np.concatenate(self.row_ids) if self.row_ids else np.zeros(0, dtype=np.uint32)
+        return Split(x=batches, y=pa.chunked_array(self.labels, type=label).to_numpy()), row_ids
 
 
-def _parquet_source() -> exp.Expression:
-    return exp.func(
-        "read_parquet", exp.Placeholder(), exp.EQ(this=exp.var("file_row_number"), expression=exp.true())
-    )
+def stage(task: Task, folder: Path = Path(".")) -> Staged:
+    """Run the task's staging plan and split the admitted rows into training and evaluation rows.
 
-
-def stage(staging: Staging, spec: DatasetSpec, kind: str, rare_level_rows: int) -> Staged:
-    """Run the staging query, prepare the admitted rows (`remote_magic.rows`) and split them into
-    training and evaluation rows."""
-    resolved = resolved_of(staging, spec)
-    sql, params = staging_query(
-        spec, resolved, _parquet_source(), exp.column("file_row_number", quoted=True), kind
-    )
+    Past `staging_mb` of feature data (0: no limit) both splits spill to Arrow files in the job folder's
+    scratch folder, which also holds DuckDB's own spill files and the external-memory matrices' pages.
+    Text levels with fewer than `rare_level_rows` admitted rows (both splits) merge into `(rare)`."""
+    assert task.staging is not None and task.spec is not None
+    staging, derive = task.staging, bool(task.spec.derive)
+    budget_mb, threads = task.limits.staging_mb, task.limits.threads
+    scratch = folder / SCRATCH_DIR
+    scratch.mkdir(exist_ok=True)
     path = staging.dataset_path
+    parts = {name: _Part(name, staging.columns) for name in ("train", "eval")}
+    held = 0
     try:
-        con = connect_locked(path)
-    except duckdb.OutOfMemoryException as exc:
-        raise MemoryError("staging ran out of memory") from exc
-    try:
-        table = con.sql(sql, params=[*params, path]).to_arrow_table()
-    except duckdb.OutOfMemoryException as exc:
-        raise MemoryError("staging ran out of memory") from exc
+        con = connect_locked(path, threads, max(budget_mb, DUCKDB_MIN_MB) if budget_mb else 0, str(scratch))
+        reader = con.sql(staging.query, params=[*staging.params, path]).to_arrow_reader(BATCH_ROWS)
     except duckdb.Error as exc:
-        if not spec.derive:
-            raise
-        raise Refusal(
-            "staging_failed",
-            "the admitted rows could not be staged; a derived column may be undefined for some rows "
-            "(for example ln of a non-positive number)",
-        ) from exc
+        _raise_failure(exc, derive)
+    try:
+        schema = reader.schema
+        for batch in _batches(reader, derive):
+            is_eval = batch.column(EVAL_FLAG).fill_null(False)
+            for name, keep in (("train", pc.invert(is_eval)), ("eval", is_eval)):
+                part = batch.filter(keep)
+                if part.num_rows:
+                    held += parts[name].add(part, staging.label)
+            if budget_mb and held > budget_mb * 2**20:
+                for part in parts.values():
+                    part.spill(scratch)
+                held = 0
     finally:
         con.close()
-    return split(prepare(table, resolved.all_features, rare_level_rows), resolved.all_features, spec.label)
+    spilled = sum(1 for part in parts.values() for chunk in part.chunks if isinstance(chunk, Path))
+    log.info("staged", extra={"spilled_files": spilled, "held_mb": round(held / 2**20, 1)})
+    counts: dict[str, Counter] = {}
+    for part in parts.values():
+        for name, found in part.levels.items():
+            counts.setdefault(name, Counter()).update(found)
+    rare = rows.rare_levels(counts, task.rare_level_rows)
+    text = rows.levels(counts, rare)
+    features = rows.clean(pa.RecordBatch.from_pylist([], schema=schema), staging.columns).schema
+    label = schema.field(staging.label).type
+    train, train_rows = parts["train"].split(features, label, str(scratch / "train"), text, rare)
+    evaluation, eval_rows = parts["eval"].split(features, label, str(scratch / "eval"), text, rare)
+    return Staged(train=train, eval=evaluation, train_rows=train_rows, eval_rows=eval_rows)
 
 
-def split(table: pa.Table, features: list[str], label: str) -> Staged:
-    """Split staged rows by the evaluation flag the query computed."""
-    is_eval = table.column(EVAL_FLAG).combine_chunks().fill_null(False)
-    rows = table.column(ROW_ID).to_numpy().astype(np.uint32)
-    mask = is_eval.to_numpy(zero_copy_only=False).astype(bool)
-    data = table.select([*features, label])
-    parts = {}
-    for name, keep in (("train", pc.invert(is_eval)), ("eval", is_eval)):
-        part = data.filter(keep)
-        parts[name] = Split(x=part.select(features), y=part.column(label).to_numpy())
-    return Staged(train=parts["train"], eval=parts["eval"], train_rows=rows[~mask], eval_rows=rows[mask])
+def _batches(reader: pa.RecordBatchReader, spec_has_derive: bool) -> Iterator[pa.RecordBatch]:
+    """The reader's batches. DuckDB runs the query as they are read, so its failures arrive here, as
+    Arrow errors; they become the staging failures they are."""
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as exc:
+            _raise_failure(exc, spec_has_derive)
+        yield batch
+
+
+def _raise_failure(exc: Exception, spec_has_derive: bool) -> NoReturn:
+    """Out of memory, or (with derived columns) a derivation that is undefined for some rows; anything
+    else stays what it was (an internal error, in the server log only)."""
+    if isinstance(exc, duckdb.OutOfMemoryException) or "out of memory" in str(exc).lower():
+        raise MemoryError("staging ran out of memory") from exc
+    if not spec_has_derive:
+        raise exc
+    raise Refusal(
+        "staging_failed",
+        "the admitted rows could not be staged; a derived column may be undefined for some rows "
+        "(for example ln of a non-positive number)",
+    ) from exc
 
 
 def counts(part: Split, classes: bool) -> SplitCounts:

@@ -1,0 +1,134 @@
+"""A large job through the server against the same work in one process: is remote within 5% of local?
+
+1,000,000 rows x 20 float features, 200 rounds, depth 6, 2 threads, a 20% evaluation split. In-process:
+DuckDB reads and filters the Parquet file to Arrow, a `QuantileDMatrix` (evaluation rows with `ref=`),
+`xgb.train` with train and eval metrics per round, predictions and the metrics. Through the server: the
+same job from a client, submit to result. Interleaved, in the same run. It also prints the worker's
+peak resident memory (from the server log's `task_done` line: the worker's own `ru_maxrss`, and what it
+had on starting, inherited from the forkserver) against the size of the admitted feature data.
+
+    python benchmarks/large_job.py [--rows 1000000] [--rounds 200] [--reps 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xgboost as xgb
+
+from benchmarks.inprocess import train_and_score
+from remote_magic import Client
+from tests.serverproc import running
+
+FEATURES, DEPTH, THREADS = 20, 6, 2
+QUERY = (
+    "SELECT * EXCLUDE (id), (hash(id, 0) % 1000000) < 200000 AS is_eval FROM read_parquet(?) WHERE f2 > -2"
+)
+
+
+def make_table(path: Path, rows: int) -> int:
+    """A Parquet file of float32 features and a binary label; returns the feature bytes."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, FEATURES)).astype(np.float32)
+    label = (x[:, 0] + 0.5 * x[:, 1] - 0.3 * x[:, 2] * x[:, 3] + rng.normal(size=rows) > 0).astype(np.int8)
+    columns = {"id": pa.array(np.arange(rows))} | {f"f{i}": pa.array(x[:, i]) for i in range(FEATURES)}
+    pq.write_table(pa.table(columns | {"label": pa.array(label)}), path, row_group_size=200_000)
+    return x.nbytes
+
+
+def local_once(path: Path, rounds: int) -> float:
+    start = time.perf_counter()
+    con = duckdb.connect(config={"threads": THREADS})
+    table = con.sql(QUERY, params=[str(path)]).to_arrow_table()
+    con.close()
+    is_eval = table.column("is_eval").to_numpy(zero_copy_only=False)
+    x = table.select([f"f{i}" for i in range(FEATURES)])
+    y = table.column("label").to_numpy()
+    x_train, x_eval = x.filter(pa.array(~is_eval)), x.filter(pa.array(is_eval))
+    dtrain = xgb.QuantileDMatrix(x_train, label=y[~is_eval], nthread=THREADS)
+    deval = xgb.QuantileDMatrix(x_eval, label=y[is_eval], ref=dtrain, nthread=THREADS)
+    train_and_score(dtrain, deval, y[is_eval], DEPTH, rounds, THREADS)
+    return time.perf_counter() - start
+
+
+def remote_once(client: Client, rounds: int) -> tuple[float, float]:
+    start = time.perf_counter()
+    result = client.train(
+        xgb.XGBClassifier(n_estimators=rounds, max_depth=DEPTH),
+        {"dataset": "large", "label": "label", "where": "f2 > -2", "eval": {"fraction": 0.2, "seed": 0}},
+    )
+    return time.perf_counter() - start, result.metrics["auc"]
+
+
+def timelines(log: Path) -> list[dict]:
+    """Each finished job's phases (ms), from the server log's `job_finished` lines."""
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    return [line["timeline_ms"] for line in lines if line.get("event") == "job_finished"]
+
+
+def worker_memory(log: Path) -> list[tuple[float, float]]:
+    """(peak, at start) resident MiB of each finished train task, from the server log."""
+    found = []
+    for line in log.read_text().splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            if entry.get("event") == "task_done" and entry.get("kind") == "train":
+                found.append((entry["peak_rss_mb"], entry["start_rss_mb"]))
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--reps", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        table = base / "large.parquet"
+        data_bytes = make_table(table, args.rows)
+        extra = (
+            f'\n[datasets.large]\npath = "{table}"\nid_column = "id"\nlabel_columns = ["label"]\n'
+            'privacy = "rules"\n'
+            f"policy = {{ max_threads = {THREADS} }}\n"
+        )
+        log = base / "server.log"
+        local, remote, aucs = [], [], []
+        with running(base / "data", log, {"bench": ["large"]}, extra) as server:
+            client = server.client("bench")
+            for _ in range(args.reps):
+                local.append(local_once(table, args.rounds))
+                seconds, auc = remote_once(client, args.rounds)
+                remote.append(seconds)
+                aucs.append(auc)
+        memory = worker_memory(log)
+        phases = timelines(log)
+    lm, rm = statistics.median(local), statistics.median(remote)
+    print(f"large job: {args.rows} rows x {FEATURES} features, {args.rounds} rounds, depth {DEPTH}, ")
+    print(f"  {THREADS} threads, eval split; {args.reps} runs each, interleaved (medians)")
+    print(f"  in-process DuckDB + QuantileDMatrix + xgb.train + metrics: {lm:7.2f} s")
+    print(f"  through the server (submit to result):                     {rm:7.2f} s  (auc {aucs[-1]:.4g})")
+    print(f"  ratio remote / local:                                      {rm / lm:7.3f}x  (target <= 1.05)")
+    print("  every run, local / remote: " + ", ".join(f"{a:.2f} / {b:.2f} s" for a, b in zip(local, remote)))
+    if phases:
+        last = phases[-1]
+        print("  the last server job, seconds: " + ", ".join(f"{k} {v / 1e3:.2f}" for k, v in last.items()))
+    if memory:
+        peak, start = max(memory)
+        mib = data_bytes / 2**20
+        print(f"  admitted feature data: {mib:.0f} MiB; worker peak RSS {peak:.0f} MiB ({peak / mib:.2f}x)")
+        print(f"  of which inherited from the forkserver at start: {start:.0f} MiB; ")
+        print(f"  peak above start / data: {(peak - start) / mib:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

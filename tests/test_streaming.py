@@ -1,0 +1,161 @@
+"""Streaming staging: admitted rows flow from DuckDB as Arrow record batches into XGBoost's quantile
+matrices, held in memory or spilled to the job folder for an external-memory matrix; the trees are the
+same as the pandas + DMatrix path the server used before, and category codes follow a base model's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import xgboost as xgb
+
+from remote_magic.families.base import Batches, Split, encode_labels
+from remote_magic.families.xgboost import FAMILY, frame_of
+from remote_magic.wire import DatasetSpec
+from remote_magic_server.demo import synthetic_table
+from remote_magic_server.jobs.tasks import staging_plan
+from remote_magic_server.protocol import SCRATCH_DIR, Limits, Task
+from remote_magic_server.worker import staging
+from tests.serverproc import running
+
+ROUNDS = 4
+
+
+def synthetic(rows: int, seed: int) -> tuple[pa.Table, np.ndarray]:
+    frame = synthetic_table(rows, seed)
+    frame.loc[frame.index % 7 == 0, "bmi"] = np.nan  # missing values travel as Arrow nulls
+    features = frame.drop(columns=["id", "label"])
+    return pa.Table.from_pandas(features, preserve_index=False), frame["label"].to_numpy()
+
+
+def in_batches(table: pa.Table, rows: int) -> Batches:
+    return Batches(table.schema, table.to_batches(max_chunksize=rows))
+
+
+def pandas_path(trained, train: pa.Table, y: np.ndarray, base: xgb.Booster | None = None) -> xgb.Booster:
+    """What the server did before: the rows as a pandas frame with sorted categoricals, a DMatrix."""
+    dtrain = xgb.DMatrix(frame_of(train), label=y, enable_categorical=True)
+    return xgb.train(trained.params, dtrain, ROUNDS, xgb_model=base)
+
+
+def test_quantile_matrices_fed_in_batches_grow_the_trees_of_the_dmatrix_path():
+    train, y_train = synthetic(6000, 1)
+    evaluation, y_eval = synthetic(1500, 2)
+    labels = encode_labels(y_train, y_eval, "label", "classification")
+    plan = FAMILY.canonical(xgb.XGBClassifier(n_estimators=ROUNDS, max_depth=3))
+    trained = FAMILY.train(
+        plan,
+        Split(in_batches(train, 1024), y_train),
+        Split(in_batches(evaluation, 500), y_eval),
+        labels,
+        1,
+        lambda *_: None,
+    )
+    assert isinstance(trained.dtrain, xgb.QuantileDMatrix)
+    assert trained.booster.save_raw("json") == pandas_path(trained, train, labels.train).save_raw("json")
+    exact = trained.booster.predict(xgb.DMatrix(frame_of(evaluation), enable_categorical=True))
+    assert np.array_equal(trained.booster.predict(trained.deval), exact)  # eval rows binned with ref=
+
+
+def test_continuing_a_notebook_model_keeps_its_category_codes_even_when_a_category_is_missing():
+    notebook, y_notebook = synthetic(3000, 3)
+    frame = frame_of(notebook)
+    base = xgb.XGBClassifier(n_estimators=3, max_depth=3, enable_categorical=True).fit(frame, y_notebook)
+    hidden, y_hidden = synthetic(4000, 4)
+    keep = pa.array(hidden.column("region").to_numpy(zero_copy_only=False) != "east")
+    hidden, y_hidden = hidden.filter(keep), y_hidden[keep.to_numpy(zero_copy_only=False)]
+    labels = encode_labels(y_hidden, y_hidden, "label", "classification")
+    plan = FAMILY.canonical(base.set_params(n_estimators=ROUNDS))
+    trained = FAMILY.train(plan, Split(hidden, y_hidden), Split(hidden, y_hidden), labels, 1, lambda *_: None)
+    assert isinstance(trained.dtrain, xgb.DMatrix) and not isinstance(trained.dtrain, xgb.QuantileDMatrix)
+
+    # in the notebook: the same rows with the notebook's own categories (east included, unused)
+    same_codes = frame_of(hidden)
+    same_codes["region"] = same_codes["region"].cat.set_categories(frame["region"].cat.categories)
+    reference = xgb.train(
+        trained.params,
+        xgb.DMatrix(same_codes, label=labels.train, enable_categorical=True),
+        ROUNDS,
+        xgb_model=base.get_booster(),
+    )
+    assert trained.booster.save_raw("json") == reference.save_raw("json")
+    with pytest.raises(xgb.core.XGBoostError):  # sorted categories of the hidden rows alone: refused
+        pandas_path(trained, hidden, labels.train, base.get_booster())
+
+
+def task_for(path, spec: dict, staging_mb: int) -> Task:
+    """A train task on a Parquet file (every column but id and label a feature)."""
+    checked = DatasetSpec.model_validate(spec)
+    columns = [c for c in pq.read_schema(path).names if c not in ("id", "label")]
+    plan = {"features": columns, "filter_columns": [*columns, "label"], "derive_columns": columns}
+    limits = Limits(threads=1, cpu_seconds=60, memory_mb=4096, staging_mb=staging_mb, max_payload_bytes=0)
+    return Task(
+        kind="train",
+        spec=checked,
+        staging=staging_plan(checked, "train", str(path), "id", plan),
+        limits=limits,
+    )
+
+
+def test_rows_past_the_budget_spill_and_train_through_external_memory(tmp_path):
+    table, y = synthetic(40_000, 5)
+    path = tmp_path / "rows.parquet"
+    pq.write_table(
+        table.append_column("id", pa.array(np.arange(len(y)))).append_column("label", pa.array(y)), path
+    )
+    spec = {"dataset": "d", "label": "label", "where": "age > 20"}
+    (tmp_path / "held").mkdir(), (tmp_path / "spilled").mkdir()
+    held = staging.stage(task_for(path, spec, 0), tmp_path / "held")
+    spilled = staging.stage(task_for(path, spec, 1), tmp_path / "spilled")
+
+    assert not held.train.x.files and held.train.x.cache is None
+    assert spilled.train.x.files and spilled.eval.x.files
+    assert all(isinstance(chunk, Path) for chunk in spilled.train.x.chunks)
+    assert all(f.parent == tmp_path / "spilled" / SCRATCH_DIR for f in spilled.train.x.files)
+    for a, b in ((held.train, spilled.train), (held.eval, spilled.eval)):
+        assert a.x.table().equals(b.x.table()) and np.array_equal(a.y, b.y)
+        assert a.x.text_values() == b.x.text_values() == {"region": {"north", "south", "east", "west"}}
+    assert np.array_equal(held.train_rows, spilled.train_rows)
+
+    labels = encode_labels(held.train.y, held.eval.y, "label", "classification")
+    plan_ = FAMILY.canonical(xgb.XGBClassifier(n_estimators=ROUNDS, max_depth=3))
+    in_memory = FAMILY.train(plan_, held.train, held.eval, labels, 1, lambda *_: None)
+    external = FAMILY.train(plan_, spilled.train, spilled.eval, labels, 1, lambda *_: None)
+    assert isinstance(external.dtrain, xgb.ExtMemQuantileDMatrix)
+    assert list((tmp_path / "spilled" / SCRATCH_DIR).glob("train*.page"))
+    assert external.booster.save_raw("json") == in_memory.booster.save_raw("json")
+    assert FAMILY.evaluate(external) == FAMILY.evaluate(in_memory)
+    assert FAMILY.leaf_facts(external) == FAMILY.leaf_facts(in_memory)
+
+
+def test_a_job_past_the_staging_budget_trains_through_external_memory_on_the_server(tmp_path):
+    rng = np.random.default_rng(6)
+    rows = 220_000  # 20 float32 columns: about 17 MiB of features, past a 16 MiB budget
+    x = rng.normal(size=(rows, 20)).astype(np.float32)
+    label = (x[:, 0] + rng.normal(size=rows) > 0).astype(np.int8)
+    columns = {"id": np.arange(rows)} | {f"f{i}": x[:, i] for i in range(20)} | {"label": label}
+    path = tmp_path / "big.parquet"
+    pq.write_table(pa.table(columns), path)
+    extra = "".join(
+        f'\n[datasets.{name}]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["label"]\n{policy}\n'
+        for name, policy in (
+            ("small_budget", 'privacy = "rules"\npolicy = { staging_mb = 16 }'),
+            ("default_budget", 'privacy = "rules"'),
+        )
+    )
+    spec = {"label": "label", "where": "f1 > -2", "eval": {"fraction": 0.2, "seed": 3}}
+    model = xgb.XGBClassifier(n_estimators=3, max_depth=3)
+    with running(tmp_path / "data", tmp_path / "log", {"u": ["small_budget", "default_budget"]}, extra) as s:
+        client = s.client("u")
+        external = client.train(model, {"dataset": "small_budget", **spec}, timeout=300)
+        in_memory = client.train(model, {"dataset": "default_budget", **spec}, timeout=300)
+        folders = list(s.settings.jobs_dir.iterdir())
+    lines = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines() if line.startswith("{")]
+    staged = [line["spilled_files"] for line in lines if line.get("event") == "staged"]
+    assert staged[0] > 0 and staged[1] == 0
+    assert external.metrics == in_memory.metrics and external.summary == in_memory.summary
+    assert len(folders) == 2 and not any((folder / SCRATCH_DIR).exists() for folder in folders)
