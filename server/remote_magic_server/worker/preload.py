@@ -1,6 +1,8 @@
 """Imported once by the forkserver, so that every worker forked from it starts with these loaded.
 
-Only imports: no thread pool of OpenMP or DuckDB may run in the forkserver, or a forked child can hang.
+Imports, and one call of the metric functions on a few made-up numbers (scikit-learn's first call
+loads and caches what its input checks use; about 8 ms a job). Nothing else runs: no thread pool of
+OpenMP, DuckDB or Arrow may exist in the forkserver, or a forked child can hang.
 """
 
 import duckdb  # noqa: F401
@@ -16,6 +18,19 @@ import sklearn.preprocessing  # noqa: F401
 import sqlglot  # noqa: F401
 import xgboost  # noqa: F401
 
+from remote_magic.families import scoring
 from remote_magic.families import xgboost as xgboost_family  # noqa: F401
 
 from . import describe, launch, main, model_task, staging, unpickle  # noqa: F401
+
+
+def _warm_metrics() -> None:
+    """Score made-up predictions of each task once (numpy and scikit-learn only, single-threaded)."""
+    y = numpy.arange(6) % 3
+    shares = numpy.full((6, 3), 1 / 3).ravel()
+    scoring.score("binary", y % 2, numpy.linspace(0.1, 0.9, 6), 2)
+    scoring.score("multiclass", y, shares, 3)
+    scoring.score("regression", y.astype(float), numpy.linspace(0.0, 2.0, 6), 1)
+
+
+_warm_metrics()
