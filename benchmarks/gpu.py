@@ -69,7 +69,7 @@ def through_the_server(rows: int, rounds: int) -> None:
             'label_columns = ["label"]\nprivacy = "rules"\n'
         )
         policy = 'devices = ["cpu", "cuda"]\nworker_memory_mb = 65536'
-        with running(base / "data", base / "server.log", {"gpu": ["gpu"]}, extra, policy) as server:
+        with running(base / "data", base / "server.log", {"gpu": ["gpu"]}, extra, policy=policy) as server:
             spec = {"dataset": "gpu", "label": "label", "where": "f2 > -3"}
             for device in ("cpu", "cuda"):
                 started = time.perf_counter()
