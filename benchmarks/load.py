@@ -23,11 +23,11 @@ measured in the same run, and how long the second user's job waited against a ty
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import threading
 import time
-from datetime import datetime
 from pathlib import Path
 
 import xgboost as xgb
@@ -69,12 +69,6 @@ def baseline(clients: list[Client], job_id: str, interval: float) -> list[float]
     for t in threads:
         t.join()
     return latencies
-
-
-def seconds_between(start: str | None, end: str | None) -> float:
-    if start is None or end is None:
-        return float("nan")
-    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
 class Load:
@@ -156,6 +150,17 @@ def watch_queue(client: Client, jobs: int, full: threading.Event, stop: threadin
         time.sleep(0.2)
 
 
+def finished_lines(log: Path) -> dict[str, dict]:
+    """The server log's `job_finished` lines by job: its run time and its timeline (queue wait, ...), in
+    milliseconds; the API's timestamps are whole seconds, too coarse for jobs this short."""
+    found = {}
+    for line in log.read_text().splitlines():
+        entry = json.loads(line) if line.startswith("{") else {}
+        if entry.get("event") == "job_finished":
+            found[entry["job"]] = entry
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=64)
@@ -197,11 +202,12 @@ def main() -> None:
             workers = server.get("/health", user=None).json()["workers"]
         finally:
             server.stop()
+        finished = finished_lines(base / "server.log")
 
     total = args.clients * args.jobs
     p50, p99 = percentile(load.latencies, 0.50), percentile(load.latencies, 0.99)
     b50, b99 = percentile(idle_latencies, 0.50), percentile(idle_latencies, 0.99)
-    durations = [seconds_between(s.started_at, s.finished_at) for s in load.final.values()]
+    durations = [finished[i]["seconds"] for i in load.final if i in finished]
     typical = statistics.median(durations) if durations else float("nan")
     print(f"{args.clients} clients x {args.jobs} jobs of one user, {workers} worker(s)", end=", ")
     print(f"polling every {args.interval} s")
@@ -221,7 +227,7 @@ def main() -> None:
     )
     print(f"ratio busy/idle: p50 {p50 / b50:.2f}x, p99 {p99 / b99:.2f}x")
     if second is not None:
-        waited = seconds_between(second.submitted_at, second.started_at)
+        waited = finished[second.id]["timeline_ms"]["queue"] / 1e3
         print(
             f"a second user's job submitted mid-sweep ({args.max_queued} of the sweep's jobs queued): "
             f"started after {waited:.2f} s; a sweep job takes {typical:.2f} s "
