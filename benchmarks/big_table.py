@@ -1,10 +1,13 @@
 """A table larger than a worker's memory trains to completion through external memory.
 
-Generates a Parquet table whose feature data is `--factor` (2) times the worker's memory limit
-(`worker_memory_mb`, an address-space limit on the worker), and a small one that fits. Through the
-server: the big table (its admitted rows spill to the job folder past the staging budget and train from
-an `ExtMemQuantileDMatrix` there), then the small table in memory and the small table forced through
-external memory (a tiny staging budget), so the external path's cost is seen on rows that also fit.
+Generates a wide Parquet table (100 float32 features) whose feature data is `--factor` (2) times the
+worker's memory (`worker_memory_mb`, the resident memory the server lets a worker hold), and a small one
+that fits. Wide, because what XGBoost keeps per row whatever the width (label, gradient, prediction:
+about 25 bytes) must fit too: at 20 features a table twice the memory holds more rows than that allows.
+Through the server: the big table (its admitted rows spill to the job folder past the staging budget
+and train from an `ExtMemQuantileDMatrix` there), then the small table in memory and the small table
+forced through external memory (a tiny staging budget), so the external path's cost is seen on rows
+that also fit.
 Prints one line per figure: sizes, times, seconds per million rows, the ratios, and that the metrics of
 the small table agree between the two paths.
 
@@ -26,8 +29,8 @@ import xgboost as xgb
 
 from tests.serverproc import running
 
-FEATURES = 20
-CHUNK_ROWS = 1_000_000
+FEATURES = 100
+CHUNK_ROWS = 200_000
 
 
 def make_table(path: Path, feature_mb: float, seed: int) -> int:
@@ -57,6 +60,12 @@ def spilled(log: Path) -> list[int]:
     return [line["spilled_files"] for line in lines if line.get("event") == "staged"]
 
 
+def peaks(log: Path) -> list[float]:
+    """Each train task's peak resident MiB (the worker's own ru_maxrss), in order."""
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    return [line["peak_rss_mb"] for line in lines if line.get("event") == "task_done"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker-memory-mb", type=int, default=2048)
@@ -82,20 +91,22 @@ def main() -> None:
         model = xgb.XGBClassifier(n_estimators=args.rounds, max_depth=6)
         spec = {"label": "label", "where": "f3 > -3", "eval": {"fraction": 0.1, "seed": 0}}
         times, results = {}, {}
-        with running(base / "data", log, {"owner": ["big", "small", "small_external"]}, extra) as server:
+        users = {"owner": ["big", "small", "small_external"]}
+        with running(base / "data", log, users, extra, start_timeout=1800) as server:
             client = server.client("owner")
             for name in ("big", "small", "small_external"):
                 started = time.perf_counter()
                 results[name] = client.train(model, {"dataset": name, **spec}, timeout=7200)
                 times[name] = time.perf_counter() - started
-        paths = spilled(log)
+        paths, peak = spilled(log), peaks(log)
     feature_mb = {"big": big_rows * FEATURES * 4 / 2**20, "small": small_rows * FEATURES * 4 / 2**20}
-    print(f"worker memory {memory} MiB (address space), staging budget {budget} MiB, {args.rounds} rounds")
+    print(f"worker memory {memory} MiB (resident), staging budget {budget} MiB, {args.rounds} rounds")
     print(
         f"big table: {big_rows:,} rows, {feature_mb['big']:.0f} MiB of features "
         f"({feature_mb['big'] / memory:.1f}x the worker's memory), spilled to {paths[0]} file(s): "
         f"{times['big']:.1f} s, {times['big'] / big_rows * 1e6:.2f} s per million rows, "
-        f"auc {results['big'].metrics['auc']:.4f}"
+        f"auc {results['big'].metrics['auc']:.4f}; worker peak RSS {peak[0]:.0f} MiB "
+        f"({peak[0] / memory:.2f}x its memory)"
     )
     per_million = {name: times[name] / small_rows * 1e6 for name in ("small", "small_external")}
     print(

@@ -3,7 +3,7 @@
 One builder for the server's worker (which reads the dataset's Parquet file) and the client's dry run
 (which reads the mock rows registered in an in-memory DuckDB), so both admit rows by the same SQL. The
 train/eval split is a hash of the id column and the seed, so it is the same on every run; each admitted
-row also carries its row number, which the differencing guard remembers.
+row also carries its row number, which the differencing guard remembers. Rows stream in file order.
 """
 
 from __future__ import annotations
@@ -73,5 +73,8 @@ def staging_query(
     )
     if spec.where:
         select = select.where(parse_filter(spec.where, resolved.filter_columns))
-    select = select.order_by(exp.column(resolved.id_column, quoted=True))
+    # No ORDER BY: rows come in the snapshot's own order (DuckDB preserves insertion order), which is
+    # fixed for a dataset version, so the same spec trains the same trees; and a sort would make DuckDB
+    # hold, or spill, every admitted row before the first batch streams out (a 4 GiB table did not fit
+    # its 512 MiB of sort memory).
     return select.sql(dialect="duckdb", identify=True), params

@@ -158,14 +158,16 @@ def running(
     extra_datasets: str = "",
     extra: str = "",
     policy: str = "",
+    start_timeout: float = 60.0,
 ) -> Iterator[ServerProcess]:
     """A started server with extra datasets, config tables and `[policy]` lines, and these users'
-    tokens; stopped even when the body fails."""
+    tokens; stopped even when the body fails. A large table's first snapshot is taken before the
+    server answers: give it `start_timeout`."""
     server = ServerProcess(
         write_config(data_dir, extra_datasets=extra_datasets, extra=extra, policy=policy), log_path
     )
     server.issue_tokens(users)
-    server.start()
+    server.start(start_timeout)
     try:
         yield server
     finally:

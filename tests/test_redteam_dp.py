@@ -13,6 +13,7 @@ in mode rules, so the attacks are real.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -56,8 +57,10 @@ def table(label: int | None) -> pd.DataFrame:
     return frame
 
 
-@pytest.fixture(scope="module")
-def red(tmp_path_factory):
+@pytest.fixture(scope="module", params=["local", pytest.param("dask", marks=pytest.mark.dask)])
+def red(request, tmp_path_factory):
+    """The analysts' server; run once more with `[executor] kind = "dask"` (a LocalCluster on loopback),
+    where no route may beat the budget either."""
     base = tmp_path_factory.mktemp("redteam_dp")
     data = base / "data"
     data.mkdir()
@@ -80,7 +83,15 @@ def red(tmp_path_factory):
     for bit in (0, 1):
         config += f'\n[datasets.rules{bit}]\npath = "{data}/w{bit}.parquet"\n{common}privacy = "rules"\n'
     users["control"] = ["rules0", "rules1"]
-    with running(data, base / "server.log", users, config) as server:
+    with contextlib.ExitStack() as stack:
+        if request.param == "dask":
+            from distributed import LocalCluster
+
+            cluster = stack.enter_context(
+                LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None)
+            )
+            config += f'\n[executor]\nkind = "dask"\nscheduler = "{cluster.scheduler_address}"\n'
+        server = stack.enter_context(running(data, base / "server.log", users, config))
         server.secrets = secrets
         yield server
     for body in BODIES:

@@ -7,15 +7,20 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import resource
 import socket
+import time
 
 import pandas as pd
 import pytest
 import xgboost as xgb
+from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from remote_magic_server.worker.sandbox import unreadable_code_path
+from remote_magic_server.jobs.executor import WorkerGone
+from remote_magic_server.jobs.local import LocalExecution
+from remote_magic_server.worker.sandbox import DATA_BACKSTOP, unreadable_code_path
 
 PRELOAD = "remote_magic_server.worker.preload"
 
@@ -67,6 +72,16 @@ def probe(job_dir: str, dataset: str, port: int, secret: str, outside: str, conn
     con = staging.connect_locked(fd_path)
     report["dataset_rows"] = con.execute("SELECT count(*) FROM read_parquet(?)", [fd_path]).fetchone()[0]
     report["uid"] = os.getuid()
+    report["data_limit_mb"] = resource.getrlimit(resource.RLIMIT_DATA)[0] // 2**20
+
+    def allocate_past_the_data_limit() -> None:
+        bytearray(report["data_limit_mb"] * 2**20 + 2**30)
+
+    try:
+        allocate_past_the_data_limit()
+        report["past_data_limit"] = "ok"
+    except MemoryError:
+        report["past_data_limit"] = "MemoryError"
     conn.send(json.dumps(report))
     conn.close()
 
@@ -114,6 +129,52 @@ def test_confinement_is_reported(sandboxed):
         assert applied["uid"] == "65534" and report["uid"] == 65534
     elif os.geteuid() == 0:
         assert applied["uid"].startswith("0 (server's own") and report["uid"] == 0
+
+
+def test_the_hard_data_limit_is_a_multiple_of_the_workers_memory(sandboxed):
+    report, _, _ = sandboxed
+    assert report["data_limit_mb"] == 4096 * DATA_BACKSTOP
+    assert report["past_data_limit"] == "MemoryError"
+
+
+def _hog(megabytes: int, conn) -> None:
+    """Touch `megabytes` of memory, say so, and wait to be stopped."""
+    block = bytearray(megabytes * 2**20)
+    block[::4096] = b"x" * len(block[::4096])
+    conn.send_bytes(b"touched")
+    time.sleep(120)
+
+
+def test_a_worker_past_its_resident_memory_is_stopped_as_out_of_memory():
+    """The parent's watch (jobs/local.py): a worker that holds more resident memory than its task's
+    memory_mb is killed and its task ends out_of_memory, even though no allocation failed."""
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe(duplex=True)
+    process = ctx.Process(target=_hog, args=(400, child))
+    process.start()
+    child.close()
+    assert parent.poll(60) and parent.recv_bytes() == b"touched"
+    execution = LocalExecution(process, parent, memory_mb=200)
+    started = time.monotonic()
+    with pytest.raises(WorkerGone) as gone:
+        while time.monotonic() - started < 30:
+            execution.receive(0.2)
+    assert gone.value.failure.code == "out_of_memory"
+    process.join(10)
+    assert process.exitcode == -9
+
+
+def test_a_worker_within_its_resident_memory_is_left_alone():
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe(duplex=True)
+    process = ctx.Process(target=_hog, args=(50, child))
+    process.start()
+    child.close()
+    assert parent.poll(60) and parent.recv_bytes() == b"touched"
+    execution = LocalExecution(process, parent, memory_mb=1024)
+    assert execution.receive(0.3) is None and process.is_alive()
+    execution.kill()
+    process.join(10)
 
 
 def test_no_tcp_connection_to_a_loopback_listener(sandboxed):
@@ -206,7 +267,7 @@ def test_pipeline_parameter_out_of_bounds_is_named(server):
 
 @pytest.fixture(scope="module")
 def limited_server(tmp_path_factory):
-    """A server whose `tight` dataset gives each job 2 s and 1 GiB of address space."""
+    """A server whose `slow` dataset gives each job 2 s, and `small_memory` 1 GiB of memory."""
     from tests.serverproc import running
 
     base = tmp_path_factory.mktemp("limited")
@@ -223,7 +284,13 @@ def limited_server(tmp_path_factory):
         yield server
 
 
-# Under an address-space limit an allocation may fail inside native code (OpenMP starting a thread,
+def _dense_one_hot_of_income() -> Pipeline:
+    """A Pipeline whose encoder makes a dense column of each of the ~47,000 incomes: ~15 GB."""
+    encode = ColumnTransformer([("income", OneHotEncoder(sparse_output=False), ["income"])])
+    return Pipeline([("encode", encode), ("model", xgb.XGBClassifier(n_estimators=2))])
+
+
+# Past the hard data limit an allocation may also fail inside native code (OpenMP starting a thread,
 # DuckDB's allocator) that ends the process instead of raising: that is still a clean failure with a
 # fixed code, the one the scheduler gives a worker that died without a word.
 @pytest.mark.parametrize(
@@ -233,7 +300,11 @@ def test_a_job_out_of_time_or_memory_fails_cleanly(limited_server, dataset, code
     from remote_magic.errors import RemoteError
 
     client = limited_server.client("dave")
-    model = xgb.XGBClassifier(n_estimators=2000, max_depth=12, learning_rate=0.01)
+    model = (
+        xgb.XGBClassifier(n_estimators=2000, max_depth=12, learning_rate=0.01)
+        if dataset == "slow"
+        else _dense_one_hot_of_income()
+    )
     with pytest.raises(RemoteError) as info:
         client.train(model, {"dataset": dataset, "label": "label"})
     assert info.value.code in codes

@@ -17,7 +17,7 @@ from remote_magic.families.base import Batches, Split, encode_labels
 from remote_magic.families.xgboost import FAMILY, frame_of
 from remote_magic.wire import DatasetSpec
 from remote_magic_server.demo import synthetic_table
-from remote_magic_server.jobs.tasks import staging_plan
+from remote_magic_server.jobs.tasks import file_limit_mb, staging_plan
 from remote_magic_server.protocol import SCRATCH_DIR, Limits, Task
 from remote_magic_server.worker import staging
 from tests.serverproc import running
@@ -159,3 +159,18 @@ def test_a_job_past_the_staging_budget_trains_through_external_memory_on_the_ser
     assert staged[0] > 0 and staged[1] == 0
     assert external.metrics == in_memory.metrics and external.summary == in_memory.summary
     assert len(folders) == 2 and not any((folder / SCRATCH_DIR).exists() for folder in folders)
+
+
+def test_a_jobs_file_limit_grows_with_its_table_not_with_its_memory(tmp_path, monkeypatch):
+    """XGBoost writes the bin index of every training row to one external-memory file, about the table's
+    own size: a file limit of the worker's memory stopped a table twice that size (found by
+    benchmarks/big_table.py). The limit is twice the table uncompressed, never below the memory."""
+    from remote_magic_server.jobs import tasks
+
+    rng = np.random.default_rng(0)
+    table = pa.table({f"f{i}": rng.normal(size=400_000) for i in range(8)})  # 24 MiB of doubles
+    pq.write_table(table, tmp_path / "t.parquet", compression="zstd")
+    uncompressed = pq.read_metadata(tmp_path / "t.parquet").row_group(0).total_byte_size
+    monkeypatch.setattr(tasks, "DEFAULT_FILE_MB", 1)  # the floor, 1 GiB, would hide a table this small
+    assert file_limit_mb(str(tmp_path / "t.parquet"), 16) == 2 * (uncompressed // 2**20 + 1) > 2 * 24
+    assert file_limit_mb(str(tmp_path / "t.parquet"), 4096) == 4096

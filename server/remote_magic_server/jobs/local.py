@@ -4,6 +4,9 @@ The forkserver's parent preloaded numpy, pandas, xgboost and duckdb (worker/prel
 costs a fork, not an import, and this process never imports them: the worker is started by module name.
 Messages travel as JSON over a duplex pipe (never pickle) and are validated here. A worker that dies
 without a word (a segfault in XGBoost's parser, the OOM killer, the CPU limit) becomes a fixed code.
+A worker's resident memory is watched here, as Dask's nanny watches its workers: past the task's
+`memory_mb` it is stopped and the task ends `out_of_memory` (its hard data limit is a multiple of that,
+sandbox.DATA_BACKSTOP, because libraries reserve much more than they touch).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ _DEATH_BY_STAGE = {
     ),
 }
 _DEFAULT_DEATH = Failure(code="worker_crashed", message="the job's worker process stopped unexpectedly")
+_OUT_OF_MEMORY = Failure(code="out_of_memory", message="the job ran out of memory")
 _DEATH_BY_SIGNAL = {
     -signal.SIGXCPU: Failure(
         code="cpu_limit", message="the job used more CPU time than this server allows and was stopped"
@@ -55,11 +59,27 @@ def process_mark(pid: int) -> str | None:
     return fields[19]
 
 
+def resident_bytes(pid: int) -> int:
+    """A process's anonymous resident memory, what it holds and the kernel cannot drop (0 when it is
+    gone). File pages are left out: the libraries' code, and the external-memory pages XGBoost maps
+    from the job folder, are page cache the kernel reclaims under pressure."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
+
+
 class LocalExecution:
-    def __init__(self, process: multiprocessing.process.BaseProcess, conn: Connection):
+    def __init__(
+        self, process: multiprocessing.process.BaseProcess, conn: Connection, memory_mb: int | None = None
+    ):
         self.process = process
         self.conn = conn
         self.stage = "starting"
+        self.memory_bytes = memory_mb * 2**20 if memory_mb else None
 
     @property
     def ref(self) -> tuple[int, str | None]:
@@ -67,7 +87,11 @@ class LocalExecution:
         return pid, process_mark(pid)
 
     def receive(self, timeout: float) -> WorkerMessage | None:
-        if not self.conn.poll(timeout):
+        waiting = self.conn.poll(timeout)
+        if self.memory_bytes is not None and resident_bytes(self.process.pid or 0) > self.memory_bytes:
+            self.kill()
+            raise WorkerGone(_OUT_OF_MEMORY)
+        if not waiting:
             return None
         try:
             data = self.conn.recv_bytes(MAX_MESSAGE_BYTES)
@@ -118,9 +142,9 @@ class LocalExecutor:
 
     def start(self, task: Task, folder: Path, name: str) -> LocalExecution:
         (folder / "task.json").write_text(task.model_dump_json())
-        return self.spawn("run", folder, name)
+        return self.spawn("run", folder, name, task.limits.memory_mb)
 
-    def spawn(self, entry: str, folder: Path, name: str) -> LocalExecution:
+    def spawn(self, entry: str, folder: Path, name: str, memory_mb: int | None = None) -> LocalExecution:
         """Fork a child that runs `worker.launch.<entry>` on the job folder, with a pipe to it."""
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         process = self.ctx.Process(
@@ -128,7 +152,7 @@ class LocalExecutor:
         )
         process.start()
         child_conn.close()
-        return LocalExecution(process, parent_conn)
+        return LocalExecution(process, parent_conn, memory_mb)
 
     def reap(self, ref: tuple[int, str | None], timeout: float = 5.0) -> bool:
         pid, mark = ref

@@ -5,8 +5,10 @@ One builder for every kind, so limits, bounds and the staging plan are set the s
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from sqlglot import exp
 
 from remote_magic.codes import Refusal
@@ -22,7 +24,21 @@ CPU_SLACK_S = 30
 BASE_MODEL_FILE = "base.json"
 REVIEW_CPU_S = 30
 REVIEW_MEMORY_MB = 2048
-DEFAULT_FILE_MB = 1024  # spilled rows and external-memory pages may need files as large as a worker's memory
+DEFAULT_FILE_MB = 1024
+
+
+@functools.lru_cache(maxsize=256)
+def _table_mb(snapshot: str) -> int:
+    """A snapshot's data uncompressed (from its Parquet footer; snapshots never change, so read once)."""
+    meta = pq.read_metadata(snapshot)
+    return sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)) // 2**20 + 1
+
+
+def file_limit_mb(snapshot: str, worker_memory_mb: int) -> int:
+    """The largest file a job may write: its spilled rows and its external-memory pages (XGBoost's bin
+    index of every training row, one file, up to about the table's own size) grow with the table, not
+    with the worker's memory; twice the table, and never less than the worker's memory."""
+    return max(DEFAULT_FILE_MB, worker_memory_mb, 2 * _table_mb(snapshot))
 
 
 def _snapshot(settings: Settings, dataset: str, plan: dict) -> Path:
@@ -68,12 +84,13 @@ def build_task(
     config = settings.datasets[dataset]
     policy = settings.policy_for(dataset)
     threads = settings.threads_per_job(policy)
+    snapshot = str(_snapshot(settings, dataset, plan))
     limits = Limits(
         threads=threads,
         cpu_seconds=policy.job_timeout_s * threads + CPU_SLACK_S,
         memory_mb=policy.worker_memory_mb,
         staging_mb=policy.staging_budget_mb,
-        file_mb=max(DEFAULT_FILE_MB, policy.worker_memory_mb),
+        file_mb=file_limit_mb(snapshot, policy.worker_memory_mb),
         gpu="cuda" in policy.devices and gpu_present(),
         max_payload_bytes=0 if kind == "describe" else server.max_payload_mb * 2**20,
         sandbox_uid=server.sandbox_uid,
@@ -82,7 +99,6 @@ def build_task(
     checked = DatasetSpec.model_validate(spec)
     if kind == "describe":
         checked = checked.model_copy(update={"eval": None})
-    snapshot = str(_snapshot(settings, dataset, plan))
     return Task(
         kind=kind,
         spec=checked,

@@ -79,20 +79,23 @@ def _network() -> Finding:
 def _limits(cpu_seconds: int, memory_mb: int) -> Finding:
     def step() -> str:
         sandbox.apply_limits(cpu_seconds, memory_mb)
-        return str(resource.getrlimit(resource.RLIMIT_AS)[0])
+        return str(resource.getrlimit(resource.RLIMIT_DATA)[0])
 
     ok, text = _in_child(step)
     if not ok:
         return _finding("fatal", "rlimits", f"the worker's resource limits cannot be set ({text})")
     granted = int(text)
-    if granted != resource.RLIM_INFINITY and granted < memory_mb * 2**20:
+    wanted = memory_mb * sandbox.DATA_BACKSTOP
+    if granted != resource.RLIM_INFINITY and granted < wanted * 2**20:
         return _finding(
             "warn",
             "rlimits",
-            f"the hard address-space limit ({granted // 2**20} MiB) is below worker_memory_mb "
-            f"({memory_mb}); raise it (ulimit -v, LimitAS= in systemd) or lower worker_memory_mb",
+            f"the hard data limit ({granted // 2**20} MiB) is below {sandbox.DATA_BACKSTOP} x "
+            f"worker_memory_mb ({wanted} MiB); raise it (ulimit -d, LimitDATA= in systemd) or lower "
+            "worker_memory_mb",
         )
-    return _finding("ok", "rlimits", f"cpu, {memory_mb} MiB address space, file size, open files, no core")
+    limits = f"cpu, {memory_mb} MiB resident (data up to {wanted} MiB), file size, open files, no core"
+    return _finding("ok", "rlimits", limits)
 
 
 def _readable(path: str, uid: int, gid: int) -> tuple[bool, str]:

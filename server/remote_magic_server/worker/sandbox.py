@@ -39,6 +39,7 @@ CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_PDEATHSIG = 1
+DATA_BACKSTOP = 3  # the hard data limit, in worker memories (the resident watch is at one)
 
 _SYS_LANDLOCK_CREATE_RULESET = 444
 _SYS_LANDLOCK_ADD_RULE = 445
@@ -86,15 +87,16 @@ def _set_limit(which: int, soft: int, hard: int | None = None) -> None:
     resource.setrlimit(which, (soft, hard))
 
 
-def apply_limits(
-    cpu_seconds: int, memory_mb: int, file_mb: int = 1024, open_files: int = 512, gpu: bool = False
-) -> None:
-    """CPU seconds (SIGXCPU, then SIGKILL), address space, file size, open files; no core dumps.
+def apply_limits(cpu_seconds: int, memory_mb: int, file_mb: int = 1024, open_files: int = 512) -> None:
+    """CPU seconds (SIGXCPU, then SIGKILL), data, file size, open files; no core dumps.
 
-    With a GPU the memory limit is on data (RLIMIT_DATA) instead of address space: CUDA reserves far
-    more address space than it uses, and would not start under RLIMIT_AS."""
+    `memory_mb` (the worker's memory) is watched as resident memory by the parent (jobs/local.py); the
+    data limit here, DATA_BACKSTOP times it, is the hard ceiling under that watch. It is on data
+    (RLIMIT_DATA), not address space: DuckDB's allocator, XGBoost's external-memory pages, per-thread
+    arenas and CUDA reserve far more than they touch (a 4 GiB table trained in 1.9 GiB resident held
+    4.5 GiB of data mappings), and a limit on reservations refused tables that fit."""
     _set_limit(resource.RLIMIT_CPU, cpu_seconds, cpu_seconds + 5)
-    _set_limit(resource.RLIMIT_DATA if gpu else resource.RLIMIT_AS, memory_mb * 2**20)
+    _set_limit(resource.RLIMIT_DATA, memory_mb * DATA_BACKSTOP * 2**20)
     _set_limit(resource.RLIMIT_FSIZE, file_mb * 2**20)
     _set_limit(resource.RLIMIT_NOFILE, open_files)
     _set_limit(resource.RLIMIT_CORE, 0)
@@ -261,8 +263,8 @@ def confine(
         _hand_over(folder, uid, gid)
     os.chdir(folder)
     network = isolate_network()
-    apply_limits(cpu_seconds, memory_mb, file_mb, gpu=gpu)
-    applied = {"network": network, "limits": f"rlimits cpu,{'data' if gpu else 'as'},fsize,nofile,core"}
+    apply_limits(cpu_seconds, memory_mb, file_mb)
+    applied = {"network": network, "limits": "rlimits cpu,data,fsize,nofile,core; resident memory watched"}
     devices = gpu_devices() if gpu else []
     applied["filesystem"] = restrict_filesystem([dataset] if dataset else [], str(folder), devices)
     if gpu:

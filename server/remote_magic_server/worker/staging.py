@@ -35,7 +35,7 @@ from ..protocol import SCRATCH_DIR, SplitCounts, Task
 log = logging.getLogger("remote_magic_server.worker")
 
 BATCH_ROWS = 65_536
-DUCKDB_MIN_MB = 128  # DuckDB's own memory (it spills a large sort to the scratch folder past it)
+DUCKDB_MIN_MB = 128  # DuckDB's own memory: a quarter of the worker's, and never less than this
 SPILL_FILE_BYTES = 256 * 2**20  # a spill file is closed at this size (the worker's file-size limit)
 
 
@@ -142,7 +142,10 @@ def stage(task: Task, folder: Path = Path(".")) -> Staged:
     parts = {name: _Part(name, staging.columns) for name in ("train", "eval")}
     held = 0
     try:
-        con = connect_locked(path, threads, max(budget_mb, DUCKDB_MIN_MB) if budget_mb else 0, str(scratch))
+        # DuckDB reads whole row groups: its memory follows the worker's, not the staging budget (a
+        # 16 MiB budget left it too little for one row group of a wide table).
+        duckdb_mb = max(task.limits.memory_mb // 4, DUCKDB_MIN_MB)
+        con = connect_locked(path, threads, duckdb_mb, str(scratch))
         reader = con.sql(staging.query, params=[*staging.params, path]).to_arrow_reader(BATCH_ROWS)
     except duckdb.Error as exc:
         _raise_failure(exc, derive)
