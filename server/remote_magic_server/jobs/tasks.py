@@ -29,8 +29,12 @@ DEFAULT_FILE_MB = 1024
 
 @functools.lru_cache(maxsize=256)
 def _table_mb(snapshot: str) -> int:
-    """A snapshot's data uncompressed (from its Parquet footer; snapshots never change, so read once)."""
-    meta = pq.read_metadata(snapshot)
+    """A snapshot's data uncompressed (from its Parquet footer; snapshots never change, so read once).
+    0 for a footer that cannot be read: the worker that reads the file meets that as a job failure."""
+    try:
+        meta = pq.read_metadata(snapshot)
+    except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
+        return 0
     return sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)) // 2**20 + 1
 
 
