@@ -145,36 +145,35 @@ def _hog(megabytes: int, conn) -> None:
     time.sleep(120)
 
 
-def test_a_worker_past_its_resident_memory_is_stopped_as_out_of_memory():
-    """The parent's watch (jobs/local.py): a worker that holds more resident memory than its task's
-    memory_mb is killed and its task ends out_of_memory, even though no allocation failed."""
+def _hogging(megabytes: int, memory_mb: int) -> LocalExecution:
+    """A forked process holding `megabytes`, followed as a worker whose task allows `memory_mb`."""
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe(duplex=True)
-    process = ctx.Process(target=_hog, args=(400, child))
+    process = ctx.Process(target=_hog, args=(megabytes, child))
     process.start()
     child.close()
     assert parent.poll(60) and parent.recv_bytes() == b"touched"
-    execution = LocalExecution(process, parent, memory_mb=200)
+    return LocalExecution(process, parent, memory_mb=memory_mb)
+
+
+def test_a_worker_past_its_resident_memory_is_stopped_as_out_of_memory():
+    """The parent's watch (jobs/local.py): a worker that holds more resident memory than its task's
+    memory_mb is killed and its task ends out_of_memory, even though no allocation failed."""
+    execution = _hogging(400, memory_mb=200)
     started = time.monotonic()
     with pytest.raises(WorkerGone) as gone:
         while time.monotonic() - started < 30:
             execution.receive(0.2)
     assert gone.value.failure.code == "out_of_memory"
-    process.join(10)
-    assert process.exitcode == -9
+    execution.process.join(10)
+    assert execution.process.exitcode == -9
 
 
 def test_a_worker_within_its_resident_memory_is_left_alone():
-    ctx = multiprocessing.get_context("fork")
-    parent, child = ctx.Pipe(duplex=True)
-    process = ctx.Process(target=_hog, args=(50, child))
-    process.start()
-    child.close()
-    assert parent.poll(60) and parent.recv_bytes() == b"touched"
-    execution = LocalExecution(process, parent, memory_mb=1024)
-    assert execution.receive(0.3) is None and process.is_alive()
+    execution = _hogging(50, memory_mb=1024)
+    assert execution.receive(0.3) is None and execution.process.is_alive()
     execution.kill()
-    process.join(10)
+    execution.process.join(10)
 
 
 def test_no_tcp_connection_to_a_loopback_listener(sandboxed):
