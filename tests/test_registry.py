@@ -4,7 +4,7 @@ only when their condition holds, evaluation of a registered version, and who may
 from __future__ import annotations
 
 import hashlib
-import time
+from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 import pytest
@@ -14,7 +14,7 @@ from sklearn.preprocessing import StandardScaler
 
 from remote_magic import package_model
 from remote_magic.errors import BadRequest, ModelRejected, NotFound, RemoteError
-from tests.serverproc import running
+from tests.serverproc import running, wait_until
 
 SPEC = {"dataset": "breast_cancer_rules", "label": "malignant", "eval": {"fraction": 0.3, "seed": 1}}
 
@@ -146,13 +146,16 @@ def test_unregistered_models_are_pruned_after_keep_unregistered_and_registered_o
         client = server.client()
         kept = client.train(small(), SPEC, register="kept_one")
         loose = client.train(small(), SPEC)
-        assert client.status(loose.job_id).model_file == "kept"
-        time.sleep(1.5)
+        status = client.status(loose.job_id)
+        assert status.model_file == "kept"
         server.stop()
-        server.start()  # pruning runs at start, then hourly
-        deadline = time.monotonic() + 20
-        while client.status(loose.job_id).model_file != "pruned" and time.monotonic() < deadline:
-            time.sleep(0.2)
+        # The model must be older than keep_unregistered when the restarted server looks: wait on the clock.
+        finished = datetime.fromisoformat(status.finished_at)
+        wait_until(
+            lambda: datetime.now(timezone.utc) - finished > timedelta(seconds=1), 60, "the model to age"
+        )
+        server.start()  # pruning runs at start (whatever the machine's uptime), then hourly
+        wait_until(lambda: "models_pruned" in server.log_path.read_text(), 120, "the pruning's log line")
         assert client.status(loose.job_id).model_file == "pruned"
         assert client.status(kept.job_id).model_file == "registered"
         assert not any((server.settings.jobs_dir / loose.job_id).glob("model*"))

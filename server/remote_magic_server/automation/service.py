@@ -76,7 +76,7 @@ class Automation:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="automation", daemon=True)
-        self._pruned_at = 0.0
+        self._pruned_at: float | None = None  # None: prune at the first round, whatever the uptime
 
     # life
     def start(self) -> None:
@@ -119,7 +119,7 @@ class Automation:
                 "UPDATE marks SET value = MAX(value, ?) WHERE key = 'handed_over_since'",
                 (lag.isoformat(timespec="milliseconds"),),
             )
-        if time.monotonic() - self._pruned_at > PRUNE_EVERY_S:
+        if self._pruned_at is None or time.monotonic() - self._pruned_at > PRUNE_EVERY_S:
             self._pruned_at = time.monotonic()
             prune(self.store, self.registry.store, parse_duration(self.settings.registry.keep_unregistered))
 
