@@ -15,7 +15,7 @@ import xgboost as xgb
 
 from remote_magic_server.audit import read_head, verify
 from remote_magic_server.demo import ensure_demo_data
-from tests.serverproc import ServerProcess, running
+from tests.serverproc import ServerProcess, rows, running, wait_until
 from tests.test_reliability import pause_worker
 
 SPEC = {"dataset": "breast_cancer_rules", "label": "malignant"}
@@ -118,5 +118,48 @@ def test_backup_while_five_jobs_run_then_restore_into_a_new_data_dir(tmp_path):
         assert restored.job(finished.job_id).result().metrics == finished.metrics
         assert all(restored.job(job.id).wait(timeout=180).state == "succeeded" for job in jobs)
         assert restored.describe({"dataset": "bc_dp", "label": "malignant"}).privacy["repeated"]
+    finally:
+        b.stop()
+
+
+def test_a_job_whose_worker_wrote_its_row_sets_before_the_backup_runs_again_after_the_restore(tmp_path):
+    """The worker writes its row sets into the job folder as the sandbox uid; a job caught after that
+    re-runs on the restored server and must be able to write them again."""
+    data = tmp_path / "a"
+    dest = tmp_path / "backup"
+    with running(data, tmp_path / "a.log", {"alice": ["breast_cancer_rules"]}) as a:
+        job = a.client().submit(xgb.XGBClassifier(n_estimators=400, max_depth=4), SPEC)
+        row_sets = a.settings.jobs_dir / job.id / "rows-evaluation.roaring"
+        wait_until(row_sets.exists, 180, "the worker's row sets")
+        pid = rows(a)[job.id]["worker_pid"]
+        os.kill(pid, signal.SIGSTOP)  # training, not finished: the copy has the job running
+        try:
+            made = cli("backup", str(dest), "--config", str(a.config))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert made.returncode == 0, made.stderr
+        assert rows(a)[job.id]["state"] == "running"
+        written_by = os.stat(row_sets)
+        config_text = a.config.read_text()
+        token = a.tokens["alice"]
+
+    restored_dir = tmp_path / "b"
+    config = tmp_path / "b.toml"
+    config.write_text(config_text.replace(f'data_dir = "{data}"', f'data_dir = "{restored_dir}"'))
+    done = cli("restore", str(dest), "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    restored = os.stat(restored_dir / "jobs" / job.id / "rows-evaluation.roaring")
+    assert (restored.st_uid, restored.st_gid, restored.st_mode) == (
+        written_by.st_uid,
+        written_by.st_gid,
+        written_by.st_mode,
+    )
+
+    b = ServerProcess(config, tmp_path / "b.log")
+    b.tokens = {"alice": token}
+    b.start()
+    try:
+        again = b.client().job(job.id).wait(timeout=600)
+        assert again.state == "succeeded", (again.error, (tmp_path / "b.log").read_text()[-3000:])
     finally:
         b.stop()

@@ -9,8 +9,10 @@ The copy is taken in an order that keeps it consistent without stopping the serv
    row sets in the copied ledger;
 3. then the job folders and every other file (snapshots, kept-aside audit logs): every job in the copied
    store has its folder (folders of later jobs are swept by the next start);
-4. `manifest.json` lists every file with its size and SHA-256.
-`restore` checks the manifest, copies into an empty data directory, forgets the worker processes of jobs
+4. `manifest.json` lists every file with its size, SHA-256 and owner, and every folder's owner: a job
+   folder holds files its worker wrote as the sandbox uid, and a job re-run after the restore rewrites them.
+`restore` checks the manifest, copies into an empty data directory (as root, with the recorded owners;
+modes travel with the copies), forgets the worker processes of jobs
 that were running (they belong to the server that was copied: the restored one re-queues those jobs and
 never signals those pids), and verifies the audit log against its anchored head.
 """
@@ -94,32 +96,54 @@ def backup(settings: Settings, dest: Path) -> dict:
             continue
         _copy_tree(top, dest / top.name)
     files = {
-        str(p.relative_to(dest)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        str(p.relative_to(dest)): {"size": p.stat().st_size, "sha256": _sha256(p), "owner": _owner(p)}
         for p in sorted(dest.rglob("*"))
         if p.is_file()
     }
+    folders = {str(p.relative_to(dest)): _owner(p) for p in sorted(dest.rglob("*")) if p.is_dir()}
     manifest = {
         "format": FORMAT,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "audit_head": read_head(dest / settings.db_path.name),
         "files": files,
+        "folders": folders,
     }
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest
+
+
+def _owner(path: Path) -> list[int]:
+    facts = path.stat()
+    return [facts.st_uid, facts.st_gid]
+
+
+def _chown(path: Path, owner: list[int] | None) -> None:
+    """Give `path` its recorded owner; only root can, and only a root server runs workers as another uid."""
+    if owner is not None and os.geteuid() == 0:
+        os.chown(path, owner[0], owner[1], follow_symlinks=False)
+
+
+def _copy(source: Path, target: Path) -> None:
+    """Copy contents, mode, times and owner (like `cp -a`)."""
+    shutil.copy2(source, target)
+    _chown(target, _owner(source))
 
 
 def _copy_tree(source: Path, target: Path) -> None:
     """Copy a file or folder; a file that vanishes meanwhile (a job folder swept) is skipped."""
     if source.is_file():
         with contextlib.suppress(FileNotFoundError):
-            shutil.copy2(source, target)
+            _copy(source, target)
         return
     for root, _dirs, names in os.walk(source):
         folder = target / Path(root).relative_to(source)
         folder.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            shutil.copystat(root, folder)
+            _chown(folder, _owner(Path(root)))
         for name in names:
             with contextlib.suppress(FileNotFoundError):
-                shutil.copy2(Path(root) / name, folder / name)
+                _copy(Path(root) / name, folder / name)
 
 
 def restore(settings: Settings, source: Path) -> str:
@@ -138,9 +162,14 @@ def restore(settings: Settings, source: Path) -> str:
         if not path.is_file() or _sha256(path) != facts["sha256"]:
             raise ConfigError(f"the backup is damaged: {name} is missing or differs from its manifest")
     data_dir.mkdir(parents=True, exist_ok=True)
-    for name in manifest["files"]:
+    for name, facts in manifest["files"].items():
         (data_dir / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / name, data_dir / name)
+        _chown(data_dir / name, facts.get("owner"))
+    for name, owner in manifest.get("folders", {}).items():
+        (data_dir / name).mkdir(parents=True, exist_ok=True)
+        shutil.copystat(source / name, data_dir / name)
+        _chown(data_dir / name, owner)
     store = Store(settings.db_path, settings.jobs_dir)
     try:
         store.forget_workers()
