@@ -86,7 +86,8 @@ def main() -> None:
             )
             settings = load_settings(base / "server.toml")
             psql = [
-                "psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(pg.port), "-U", OWNER, "-d", "postgres",
+                str(pg.bin / "psql"), "-X", "-q", "-h", "127.0.0.1", "-p", str(pg.port),
+                "-U", OWNER, "-d", "postgres",
                 "-c", "COPY (SELECT * FROM bench ORDER BY id) TO STDOUT (FORMAT binary)",
             ]  # fmt: skip
             env = {**os.environ, "PGPASSWORD": pg.password}

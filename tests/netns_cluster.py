@@ -2,7 +2,8 @@
 
 XGBoost's collective binds its ring sockets on the training workers to every interface (XGBoost 3.x has
 no option for it), so a test cluster runs where loopback is the only interface there is, as
-docs/deployment.md says. Prints one JSON line: the namespace's interfaces, what listened while the job
+docs/deployment.md says. It brings that loopback up itself, over netlink with pyroute2 (the dev extra),
+so no `ip` command is needed. Prints one JSON line: the namespace's interfaces, what listened while the job
 trained, and the job's outcome.
 """
 
@@ -18,11 +19,19 @@ from pathlib import Path
 import psutil
 import xgboost as xgb
 from distributed import Client, LocalCluster
+from pyroute2 import IPRoute
 
 from tests.serverproc import running, wait_until
 
 
+def loopback_up() -> None:
+    """A new network namespace's loopback starts down."""
+    with IPRoute() as netlink:
+        netlink.link("set", index=netlink.link_lookup(ifname="lo")[0], state="up")
+
+
 def main() -> None:
+    loopback_up()
     with (
         tempfile.TemporaryDirectory() as tmp,
         LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as cluster,

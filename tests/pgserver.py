@@ -1,14 +1,18 @@
-"""A real PostgreSQL server for tests and benchmarks: Debian's `postgresql` binaries, `initdb` into a
+"""A real PostgreSQL server for tests and benchmarks: the binaries the `pgserver` wheel ships (in the dev
+extra, so `pip install -e ".[dev]"` brings them), else Debian's `postgresql` package; `initdb` into a
 temporary folder, listening on a free loopback port, with password (SCRAM) authentication.
 
 PostgreSQL refuses to run as root, so under root (CI, these machines) every server command runs as the
 `postgres` user the package creates (or `nobody`), in a folder made for it outside pytest's private
-temporary tree.
+temporary tree; binaries that user cannot reach (a virtual environment in a private folder) are copied
+once per process to a folder it can.
 """
 
 from __future__ import annotations
 
+import atexit
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -21,12 +25,33 @@ import pyarrow as pa
 from remote_magic_server.demo import free_port
 
 OWNER = "owner"
+INSTALL = "PostgreSQL is not installed: pip install pgserver (Python <= 3.12), or apt-get install postgresql"
 
 
 def bindir() -> Path | None:
-    """The newest installed PostgreSQL's bin folder, or None."""
+    """The bin folder of the `pgserver` wheel's PostgreSQL, else of Debian's newest, else None."""
+    spec = importlib.util.find_spec("pgserver")
+    for location in (spec and spec.submodule_search_locations) or []:
+        if (Path(location) / "pginstall" / "bin" / "initdb").exists():
+            return Path(location) / "pginstall" / "bin"
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
     return Path(found[-1]).parent if found else None
+
+
+_copies: dict[Path, Path] = {}
+
+
+def _reachable(tools: Path, prefix: list[str]) -> Path:
+    """`tools`, or a copy of its installation that the user in `prefix` can run."""
+    if not prefix or subprocess.run([*prefix, "test", "-x", str(tools / "initdb")]).returncode == 0:
+        return tools
+    if tools not in _copies:
+        shared = Path(tempfile.mkdtemp(prefix="remote-magic-pgbin-"))
+        shared.chmod(0o755)
+        atexit.register(shutil.rmtree, shared, True)
+        shutil.copytree(tools.parent, shared / "install", symlinks=True)
+        _copies[tools] = shared / "install" / "bin"
+    return _copies[tools]
 
 
 def _run_as() -> list[str]:
@@ -47,13 +72,13 @@ class PostgresServer:
     def __init__(self, password: str = "pg-test-secret-7d3f"):
         tools = bindir()
         if tools is None:
-            raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
-        self.bin = tools
+            raise RuntimeError(INSTALL)
         self.password = password
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="remote-magic-pg-"))
         self.data = self.root / "data"
         self.prefix = _run_as()
+        self.bin = _reachable(tools, self.prefix)
         if self.prefix:
             user = pwd.getpwnam(self.prefix[2])
             os.chown(self.root, user.pw_uid, user.pw_gid)

@@ -1,11 +1,13 @@
-"""JupyterHub sign-in against a real JupyterHub on loopback (dummy authenticator, configurable-http-proxy
-from npm): Hub users reach only the datasets their user or group is granted, a kernel's Hub token is
-picked up by %remote_connect, and a stopped Hub gives a clear error at once."""
+"""JupyterHub sign-in against a real JupyterHub on loopback (dummy authenticator, the pure-Python
+configurable-http-proxy from the dev extra): Hub users reach only the datasets their user or group is
+granted, a kernel's Hub token is picked up by %remote_connect, and a stopped Hub gives a clear error at
+once."""
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +30,7 @@ c.JupyterHub.port = {proxy_port}
 c.JupyterHub.hub_ip = "127.0.0.1"
 c.JupyterHub.hub_port = {hub_port}
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
+c.ConfigurableHTTPProxy.command = ["{proxy}"]
 c.JupyterHub.authenticator_class = "dummy"
 c.Authenticator.allowed_users = {{"ann", "ben", "cid"}}
 c.JupyterHub.load_groups = {{"analysts": {{"users": ["ann"]}}}}
@@ -43,6 +46,14 @@ c.JupyterHub.db_url = "sqlite:///{folder}/hub.sqlite"
 c.JupyterHub.cookie_secret_file = "{folder}/cookie_secret"
 c.JupyterHub.pid_file = "{folder}/hub.pid"
 """
+
+
+def proxy_command() -> str | None:
+    """configurable-http-proxy beside this Python (the dev extra installs it there), else on PATH."""
+    return shutil.which(
+        "configurable-http-proxy",
+        path=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
+    )
 
 
 class Hub:
@@ -62,6 +73,7 @@ class Hub:
                 proxy_api_port=free_port(),
                 service_token=self.service_token,
                 admin_token=self.admin_token,
+                proxy=proxy_command(),
                 folder=folder,
             )
         )
@@ -73,7 +85,7 @@ class Hub:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, (folder / "hub.log").read_text()[-2000:]
             try:
@@ -108,6 +120,8 @@ class Hub:
 
 @pytest.fixture(scope="module")
 def hub_and_server(tmp_path_factory):
+    if proxy_command() is None:
+        pytest.skip("configurable-http-proxy is not installed: pip install configurable-http-proxy")
     folder = tmp_path_factory.mktemp("hub")
     hub = Hub(folder)
     extra = (
