@@ -1,9 +1,12 @@
-"""papermill, where it is the subject: every example runs to its end against the test server, and a
-magic usage error fails the run with its message in papermill's exception (not an empty one)."""
+"""papermill, where it is the subject: every example runs to its end against a real `remote-magic-server
+serve --demo` process, as the README tells a newcomer to run them, and a magic usage error fails the run
+with its message in papermill's exception (not an empty one)."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -11,7 +14,9 @@ import papermill
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from conftest import HOOK_PORT
+from remote_magic_server.demo import free_port, wait_healthy
+from tests.serverproc import wait_until
+from tests.test_demo import PASTE
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.ipynb"))
 KERNELSPEC = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
@@ -23,7 +28,6 @@ def kernel_env(server, monkeypatch):
     monkeypatch.setenv("REMOTE_MAGIC_URL", server.url)
     monkeypatch.setenv("REMOTE_MAGIC_TOKEN", server.tokens["alice"])
     monkeypatch.setenv("REMOTE_MAGIC_PROGRESS", "off")
-    monkeypatch.setenv("REMOTE_MAGIC_HOOK_PORT", str(HOOK_PORT))  # 06's webhook receiver: an allowed port
 
 
 def outputs_text(notebook) -> str:
@@ -34,8 +38,40 @@ def outputs_text(notebook) -> str:
     return "\n".join(parts)
 
 
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory):
+    """`remote-magic-server serve --demo` on a free port: its URL and the token it printed."""
+    folder = tmp_path_factory.mktemp("serve-demo")
+    out = folder / "serve.out"
+    with open(out, "wb") as sink:
+        command = ["serve", "--demo", "--data-dir", str(folder / "data"), "--port", str(free_port())]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "remote_magic_server", *command],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        def pasted():
+            assert proc.poll() is None, out.read_text()[-3000:]
+            return next(filter(None, map(PASTE.match, out.read_text().splitlines())), None)
+
+        wait_until(pasted, 300, "serve --demo to print its line")
+        url, token = pasted().groups()
+        wait_healthy(url, timeout=300)
+        yield url, token
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_example_runs_to_the_end_under_papermill(example, kernel_env, tmp_path):
+def test_example_runs_to_the_end_against_serve_demo(example, demo_server, monkeypatch, tmp_path):
+    url, token = demo_server
+    monkeypatch.setenv("REMOTE_MAGIC_URL", url)
+    monkeypatch.setenv("REMOTE_MAGIC_TOKEN", token)
+    monkeypatch.setenv("REMOTE_MAGIC_PROGRESS", "off")
+    monkeypatch.delenv("REMOTE_MAGIC_HOOK_PORT", raising=False)  # the example's own choice, as for a user
     executed = papermill.execute_notebook(
         str(example),
         str(tmp_path / example.name),

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .data.config import parse_duration
 
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -36,7 +38,8 @@ class RegistrySection(_Strict):
 class WebhooksSection(_Strict):
     allow: list[str] = Field(
         default_factory=list,
-        description="Targets subscriptions may name, as 'scheme://host:port'; nothing else is ever called.",
+        description="Targets subscriptions may name, as 'scheme://host:port' (port '*': any port of a "
+        "loopback host); nothing else is ever called.",
     )
     timeout_s: float = Field(default=10.0, gt=0, le=60)
     max_attempts: int = Field(default=12, ge=1, le=50)
@@ -48,9 +51,16 @@ class WebhooksSection(_Strict):
     def _targets(cls, value: list[str]) -> list[str]:
 
         for target in value:
-            parts = urlsplit(target)
-            if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
+            any_port = target.endswith(":*")
+            parts = urlsplit(target[:-2] if any_port else target)
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or (parts.port is None) != any_port
+            ):
                 raise ValueError(f"webhook target {target!r}: write it as 'scheme://host:port'")
+            if any_port and parts.hostname not in LOOPBACK_HOSTS:
+                raise ValueError(f"webhook target {target!r}: port '*' is for a loopback host only")
         return value
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .settings import DatasetConfig, ServerSection, Settings
+from .settings import DatasetConfig, ServerSection, Settings, WebhooksSection
 
 SEED = 20261127
 LOG_NAME = "server.log"
@@ -168,6 +168,8 @@ def demo_settings(data_dir: Path, host: str = "127.0.0.1", port: int = 8765, wor
     return Settings(
         server=ServerSection(host=host, port=port, data_dir=data_dir, workers=workers),
         datasets=datasets,
+        # The examples' webhook receiver listens on a free loopback port (examples/06-automation.ipynb).
+        webhooks=WebhooksSection(allow=["http://127.0.0.1:*"]),
     )
 
 

@@ -1,6 +1,7 @@
 """Webhook subscriptions and the one HTTP call the server makes to a subscriber.
 
-Targets must match the data owner's allowlist (`[webhooks] allow`: scheme, host and port, exactly),
+Targets must match the data owner's allowlist (`[webhooks] allow`: scheme, host and port, exactly; port
+`*` only on a loopback host),
 checked when a user subscribes and again before every attempt, so the server never calls an address the
 owner did not allow. The call never follows a redirect, ignores proxy settings from the environment, and
 is signed (`remote_magic.webhooks.sign`). A signing secret is shown once, in the subscription's answer,
@@ -39,9 +40,17 @@ def _target(url: str) -> tuple[str, str, int] | None:
 
 
 def allowed(config: WebhooksSection, url: str) -> bool:
-    """Whether `url` names exactly one of the allowed (scheme, host, port) targets."""
+    """Whether `url` names exactly one of the allowed (scheme, host, port) targets; a loopback entry
+    written with port `*` allows every port of that host (the demo's receivers pick a free port)."""
     target = _target(url)
-    return target is not None and target in {_target(a) for a in config.allow}
+    if target is None:
+        return False
+    for entry in config.allow:
+        any_port = entry.endswith(":*")
+        listed = _target(entry[:-2] if any_port else entry)
+        if listed is not None and (listed == target or (any_port and listed[:2] == target[:2])):
+            return True
+    return False
 
 
 class Webhooks:
