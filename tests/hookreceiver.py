@@ -47,7 +47,7 @@ class Receiver:
         self.url = f"http://127.0.0.1:{self.port}/hook"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
-    def wait_for(self, count: int, timeout: float = 30.0) -> list[Received]:
+    def wait_for(self, count: int, timeout: float = 300.0) -> list[Received]:
         """Block until `count` requests arrived (or raise), then return them all."""
         deadline = time.monotonic() + timeout
         with self.arrived:

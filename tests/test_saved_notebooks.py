@@ -13,6 +13,7 @@ from nbclient import NotebookClient
 from nbconvert import HTMLExporter
 from nbformat.v4 import new_code_cell, new_notebook
 
+from tests.serverproc import wait_until
 from tests.test_magics import wait_running
 
 KERNELSPEC = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
@@ -105,7 +106,8 @@ def test_interrupt_in_a_kernel_leaves_one_line_and_no_bar(server, tmp_path):
             await client.async_execute_cell(notebook.cells[0], 0)
             cell = asyncio.ensure_future(client.async_execute_cell(notebook.cells[1], 1))
             started["job"] = await asyncio.to_thread(wait_running, server, before)
-            await asyncio.sleep(1.5)  # the bar is showing rounds by now
+            training = lambda: server.client().job(started["job"]).status.progress.round > 1  # noqa: E731
+            await asyncio.to_thread(wait_until, training, 300, "rounds for the bar to show")
             await client.km.interrupt_kernel()
             await cell
 
@@ -114,7 +116,7 @@ def test_interrupt_in_a_kernel_leaves_one_line_and_no_bar(server, tmp_path):
     [error] = errors(cell)
     assert error.traceback == [f"Interrupted: remote job {started['job']} was cancelled."]
     assert [o.data for o in cell.outputs if o.output_type == "display_data"] == [{"text/plain": ""}]
-    assert server.client().job(started["job"]).wait(timeout=10).state == "cancelled"
+    assert server.client().job(started["job"]).wait(timeout=300).state == "cancelled"
 
 
 def test_plot_displays_the_figures_in_a_notebook(server, tmp_path):

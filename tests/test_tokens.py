@@ -17,7 +17,7 @@ from remote_magic import Client, package_model
 from remote_magic.errors import AuthError
 from remote_magic_server.audit import read_head, verify
 from remote_magic_server.tokens import parse_expiry
-from tests.serverproc import running
+from tests.serverproc import running, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +54,12 @@ def test_list_shows_every_token_but_never_a_secret(live):
     assert secret not in listed.stdout and "rm_" not in listed.stdout
     assert live.tokens["alice"] not in listed.stdout
     assert whoami(live, secret).json() == {"user": "carol", "datasets": ["diabetes_rules"]}
-    time.sleep(0.2)  # last use is written beside the request
-    used = next(line for line in cli(live, "list", "--user", "carol").stdout.splitlines() if token_id in line)
-    assert used.split()[5] != "-"  # created date, time, then last used
+
+    def last_used() -> str:  # written beside the request: wait for it
+        listed = cli(live, "list", "--user", "carol").stdout.splitlines()
+        return next(line for line in listed if token_id in line).split()[5]  # created date, time, last used
+
+    wait_until(lambda: last_used() != "-", 300, "the token's last use to be written")
 
 
 def test_a_revoked_token_is_refused_at_the_next_request(live):

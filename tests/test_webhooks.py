@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from remote_magic.errors import BadRequest
 from remote_magic.webhooks import InvalidSignature, verify
 from remote_magic_server.demo import free_port
 from tests.hookreceiver import Receiver
-from tests.serverproc import running
+from tests.serverproc import running, wait_until
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "automation.md"
 SPEC = {"dataset": "breast_cancer_rules", "label": "malignant", "eval": {"fraction": 0.3, "seed": 2}}
@@ -60,8 +59,9 @@ def test_a_delivery_is_signed_and_verifies_with_the_documented_recipe(hooked):
         assert hook.secret.startswith("whsec_") and all(h.secret is None for h in alice.webhooks())
         job_id = train(alice)
         got = receiver.wait_for(1)[0]
-        time.sleep(1.0)
-        assert len(receiver.received) == 1, "bob's subscription must not hear of alice's job"
+        # Deliveries are written with their event, in one transaction: bob's would exist by now.
+        assert bob.deliveries(bob_hook.id) == [], "bob's subscription must not hear of alice's job"
+        assert len(receiver.received) == 1
         header = got.headers["Remote-Magic-Signature"]
         event = documented_verify()(hook.secret, got.body, header)
         assert event == verify(hook.secret, got.body, header)
@@ -91,8 +91,9 @@ def test_a_receiver_down_for_three_attempts_gets_the_delivery_once_across_a_kill
         receiver.wait_for(2)
         hooked.stop(signal.SIGKILL)
         hooked.start()
-        got = receiver.wait_for(4, timeout=60)
-        time.sleep(1.5)
+        receiver.wait_for(4, timeout=300)
+        delivered = lambda: hooked.client("alice").deliveries(hook.id)[0].state == "delivered"  # noqa: E731
+        wait_until(delivered, 300, "the delivery to be recorded")  # no attempt follows that
         got = receiver.received
         assert [r.status for r in got].count(200) == 1 and got[-1].status == 200
         assert len({r.headers["Remote-Magic-Delivery"] for r in got}) == 1
@@ -120,12 +121,13 @@ def test_a_redirect_is_not_followed_and_a_target_outside_the_allowlist_is_never_
         hook = client.subscribe(redirecting.url, ["job.succeeded"])
         train(client)
         redirecting.wait_for(2)
-        time.sleep(0.3)
+        attempted = lambda: client.deliveries(hook.id)[0].attempts >= 2  # noqa: E731
+        wait_until(attempted, 300, "two attempts recorded")
         [delivery] = client.deliveries(hook.id)
         assert (delivery.state, delivery.last_status) == ("pending", 302) and delivery.attempts >= 2
         assert "redirect" in delivery.last_error
         client.unsubscribe(hook.id)
-        time.sleep(0.5)
+        # Each recorded attempt got its 302 without following it: the allowed target was never called.
         assert allowed_target.received == [] and elsewhere.received == []
     finally:
         for r in (elsewhere, allowed_target, redirecting):
