@@ -14,7 +14,9 @@ import xgboost as xgb
 
 from remote_magic.errors import BadRequest
 from remote_magic.webhooks import InvalidSignature, verify
+from remote_magic_server.automation.webhooks import allowed
 from remote_magic_server.demo import free_port
+from remote_magic_server.settings import WebhooksSection
 from tests.hookreceiver import Receiver
 from tests.serverproc import running, wait_until
 
@@ -134,3 +136,14 @@ def test_a_redirect_is_not_followed_and_a_target_outside_the_allowlist_is_never_
             r.close()
     log = (hooked.log_path).read_text()
     assert "whsec_" not in log and json.dumps(hook.secret) not in log
+
+
+def test_port_star_allows_every_port_of_a_loopback_host_and_nothing_else():
+    config = WebhooksSection(allow=["http://127.0.0.1:*", "https://hooks.example.org:443"])
+    assert allowed(config, "http://127.0.0.1:8123/hook") and allowed(config, "http://127.0.0.1:1/")
+    assert allowed(config, "https://hooks.example.org/x")
+    for url in ("https://127.0.0.1:8123/", "http://localhost:8123/", "https://hooks.example.org:8443/"):
+        assert not allowed(config, url), url
+    for entry in ("http://hooks.example.org:*", "http://127.0.0.1", "http://127.0.0.1:80:*"):
+        with pytest.raises(ValueError, match="webhook target"):
+            WebhooksSection(allow=[entry])
