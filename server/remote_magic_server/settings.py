@@ -100,6 +100,13 @@ class Policy(_Strict):
         default=0.0, ge=0, description="Total budget of a dataset across all users; 0 means none."
     )
     dp_delta: float = Field(default=1e-6, gt=0, lt=1e-3, description="The delta at which epsilon is shown.")
+    dp_rho_catalog: float = Field(
+        default=0.0005,
+        gt=0,
+        le=0.5,
+        description="zCDP cost of the catalog's row count of a mode-dp table, drawn once per distinct "
+        "count and shown to every user (counted in the dataset's total, not in any user's budget).",
+    )
 
     @property
     def staging_budget_mb(self) -> int:
