@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from pyroaring import BitMap
 
-from remote_magic.codes import Refusal
+from remote_magic.contract.codes import Refusal
 from remote_magic_server.audit import AuditLog, verify
+from remote_magic_server.config.settings import DatasetConfig, Settings
 from remote_magic_server.protocol import Admission, DescribeReport, LeafFacts, SplitCounts, TrainReport
 from remote_magic_server.release.desk import ReleaseDesk, Request
 from remote_magic_server.release.ledger import Ledger
-from remote_magic_server.settings import DatasetConfig, Settings
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
-from remote_magic.errors import RemoteError
+from remote_magic.client.errors import RemoteError
 from tests.serverproc import running
 
 ROWS = 6000

@@ -32,9 +32,9 @@ from pathlib import Path
 
 from pyroaring import BitMap
 
-from remote_magic.codes import CODES, Refusal
-from remote_magic.types import continuous_label_hint
-from remote_magic.wire import (
+from remote_magic.contract.codes import CODES, Refusal
+from remote_magic.contract.types import continuous_label_hint
+from remote_magic.contract.wire import (
     CostEstimate,
     DescribeResult,
     JobResult,
@@ -44,13 +44,12 @@ from remote_magic.wire import (
 )
 
 from ..audit import AuditLog
-from ..privacy import describe as describe_rules
-from ..privacy import dp, dp_release
+from ..config.settings import Policy, Settings
+from ..privacy import describe_rules, dp, dp_release
 from ..privacy import policy as rules
 from ..privacy.guard import check_differencing
 from ..privacy.model_release import check_model_release
 from ..protocol import Admission, DescribeReport, LeafFacts, TrainReport
-from ..settings import Policy, Settings
 from .ledger import Ledger
 
 log = logging.getLogger("remote_magic_server.release")
