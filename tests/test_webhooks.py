@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import xgboost as xgb
 
-from remote_magic.errors import BadRequest
-from remote_magic.webhooks import InvalidSignature, verify
-from remote_magic_server.automation.webhooks import allowed
+from remote_magic.client.errors import BadRequest
+from remote_magic.contract.signing import InvalidSignature, verify
+from remote_magic_server.automation.subscriptions import allowed
+from remote_magic_server.config.settings import WebhooksSection
 from remote_magic_server.demo import free_port
-from remote_magic_server.settings import WebhooksSection
 from tests.hookreceiver import Receiver
 from tests.serverproc import running, wait_until
 
