@@ -107,15 +107,15 @@ def _open(page, url: str) -> None:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     page.goto(url)
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=300_000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=300_000)
     select = page.locator(".jp-Dialog button", has_text="Select")
     try:
         select.first.wait_for(state="visible", timeout=10_000)
         select.first.click()
     except PlaywrightTimeout:
         pass
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=300_000)
 
 
 def _outputs_text(page) -> str:
@@ -148,10 +148,10 @@ def test_quickstart_renders_progress_and_result_and_saves_without_leftovers(lab)
                 "[...document.querySelectorAll('.jp-OutputArea-output .remote-magic-progress')]"
                 ".some(e => /training\\s*[1-9][0-9]*\\/300/.test(e.innerText)"
                 " && (e.scrollIntoView({block: 'center'}) || true))",
-                timeout=120_000,
+                timeout=600_000,
             )
             page.screenshot(path=str(ARTIFACTS / "browser-progress.png"))
-            page.wait_for_selector(".jp-OutputArea-output .remote-magic-describe", timeout=180_000)
+            page.wait_for_selector(".jp-OutputArea-output .remote-magic-describe", timeout=600_000)
             results = page.locator(".jp-OutputArea-output .remote-magic-result")
             assert results.count() == 2
             assert results.nth(1).locator("img.remote-magic-plot").count() == 3
@@ -167,10 +167,10 @@ def test_quickstart_renders_progress_and_result_and_saves_without_leftovers(lab)
             describe.screenshot(path=str(ARTIFACTS / "browser-describe.png"))
 
             page.keyboard.press("Control+s")
-            page.wait_for_function("!document.querySelector('.jp-mod-current.jp-mod-dirty')", timeout=30_000)
+            page.wait_for_function("!document.querySelector('.jp-mod-current.jp-mod-dirty')", timeout=300_000)
             page.wait_for_timeout(1000)
             _open(page, url)
-            page.wait_for_selector(".jp-OutputArea-output .remote-magic-result", timeout=60_000)
+            page.wait_for_selector(".jp-OutputArea-output .remote-magic-result", timeout=300_000)
             page.wait_for_timeout(2000)
             shown = _outputs_text(page)
             for leftover in LEFTOVERS:

@@ -76,6 +76,8 @@ def test_a_delivery_is_signed_and_verifies_with_the_documented_recipe(hooked):
             verify(bob_hook.secret, got.body, header)
         with pytest.raises(ValueError):
             documented_verify()(hook.secret, got.body, header.replace("t=", "t=1"))
+        recorded = lambda: alice.deliveries(hook.id)[0].state != "pending"  # noqa: E731 - after the answer
+        wait_until(recorded, 300, "the delivery's outcome to be recorded")
         [delivery] = alice.deliveries(hook.id)
         assert (delivery.state, delivery.attempts, delivery.last_status) == ("delivered", 1, 200)
         alice.unsubscribe(hook.id)
