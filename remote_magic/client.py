@@ -25,6 +25,7 @@ from requests.auth import AuthBase
 from urllib3.util.retry import Retry
 
 from .automation import RegisterRequest
+from .budget import Budget
 from .connection import check_url, client_cert_file, hub_token, tls_problem, tls_verify, unreachable
 from .description import Description
 from .errors import Busy, ConnectionProblem, RemoteError, SpecError, error_for
@@ -33,6 +34,7 @@ from .registry_client import RegistryCalls, register_request
 from .result import TrainResult
 from .wire import (
     FINAL_STATES,
+    BudgetReport,
     CostEstimate,
     CostRequest,
     DatasetInfo,
@@ -317,6 +319,10 @@ class Client(RegistryCalls):
             headers={"Content-Type": "application/json"},
         )
         return CostEstimate.model_validate(response.json())
+
+    def budget(self) -> Budget:
+        """Your privacy budget on each mode-dp dataset: spent, left, and the jobs that spent it."""
+        return Budget(BudgetReport.model_validate(self._request("GET", "/budget").json()))
 
     def jobs(self, limit: int = 100, state: str | None = None) -> list[JobStatus]:
         """Your jobs, newest first; `state` keeps only jobs in that state."""

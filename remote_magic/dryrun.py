@@ -98,10 +98,15 @@ class DryRun:
             return ["cost: none (this dataset releases rounded numbers, without differential privacy)"]
         expected = ", ".join(f"{name} +/- {value:g}" for name, value in c.expected.items())
         rows = f" for about {c.assumed_eval_rows:,} evaluation rows" if c.assumed_eval_rows else ""
+        after = (
+            "it would pass your budget's cap and be refused"
+            if c.over_cap
+            else f"budget left after it: rho {c.rho_remaining_after:.4g} of {c.rho_cap:g}"
+        )
         return [
-            f"cost if submitted: rho {c.rho:g} (epsilon {c.epsilon:.3g} at delta {c.delta:g}); budget left "
-            f"after it: rho {c.rho_remaining_after:.4g} of {c.rho_cap:g}",
+            f"cost if submitted: rho {c.rho:g} (epsilon {c.epsilon:.3g} at delta {c.delta:g}); {after}",
             *([f"expected 95% intervals{rows}: {expected}"] if expected else []),
+            *(f"note: {note}" for note in c.notes),
         ]
 
     def _repr_html_(self) -> str:

@@ -13,14 +13,14 @@ from matplotlib.figure import Figure
 
 from .automation import LineageChain, ModelList, ModelVersion
 from .display import Table
+from .formats import point_text
 
 VERSION_COLOUR = "#dbe7f5"
 DATA_COLOUR = "#fbe5d6"
 
 
 def _metric(version: ModelVersion) -> str:
-    m = version.main_metric
-    return f"{m.name} {m.eval:.4g}" if m is not None and m.eval is not None else ""
+    return point_text(version.main_metric)
 
 
 def _origin(version: ModelVersion) -> str:

@@ -22,17 +22,18 @@ from pydantic import ValidationError
 from traitlets import Bool, Float, Unicode, default
 from traitlets.config import Configurable
 
+from .budget import Budget
 from .cellmodel import bound_models, pick_model
 from .client import Client, Job
 from .connection import hub_token
 from .display import Table, columns_table, datasets_table, jobs_table, versions_table
-from .errors import JobInterrupted
+from .errors import JobInterrupted, RemoteMagicError
 from .lineage import LineageView, models_table, recipes_table
 from .progress import ProgressBar, QueueWait, progress_enabled
 from .registry_client import register_request
 from .spec import spec_from_args
 from .usage import usage_errors
-from .wire import JobState, ReleaseOptions, Whoami, first_error
+from .wire import DatasetSpec, JobState, ReleaseOptions, Whoami, first_error
 
 if TYPE_CHECKING:
     from .description import Description
@@ -75,7 +76,9 @@ def _spec_arguments(func):
                 "-m",
                 help="variable holding the model (default: the one model the cell itself binds)",
             ),
-            argument("--spec", default="spec", help="variable holding a spec dict, used for missing flags"),
+            argument(
+                "--spec", help="a variable holding a spec dict (or DatasetSpec) for the fields no flag sets"
+            ),
             argument(
                 "-o", "--output", help="store the result (or, with --no-wait, the job) in this variable"
             ),
@@ -115,6 +118,29 @@ def _registry_arguments(func):
     ):
         func = decorator(func)
     return func
+
+
+SPEC_FLAGS = ("dataset", "label", "where", "features", "eval_fraction", "eval_where", "seed")
+
+
+def _spec_source(args) -> str | None:
+    """Where a job's spec came from when a variable was used: its name, and the flags set over it."""
+    if args.spec is None:
+        return None
+    flags = [f"--{name.replace('_', '-')}" for name in SPEC_FLAGS if getattr(args, name, None) is not None]
+    over = f"; flags over it: {', '.join(flags)}" if flags else ""
+    return f"`{args.spec}` (named by --spec){over}"
+
+
+def _charge_said(job: Job) -> str:
+    """What a cancelled job cost, as the server said it with its end (mode dp); empty otherwise. Waits
+    a moment for the end, since a running job stops a little after it is told to."""
+    try:
+        status = job.status if job.done else job.wait(timeout=CANCEL_WAIT_S)
+    except (TimeoutError, KeyboardInterrupt, RemoteMagicError):
+        return ""
+    message = status.error.message if status.error is not None else ""
+    return f"; {message.split('; ', 1)[1]}" if "; " in message else ""
 
 
 @magics_class
@@ -239,9 +265,35 @@ class RemoteMagic(Magics, Configurable):
         dataset = self.client.dataset(args.name)
         return versions_table(dataset) if args.versions else columns_table(dataset)
 
+    @magic_arguments()
+    @argument("dataset", nargs="?", help="only this dataset")
+    @line_magic
+    @usage_errors
+    def remote_budget(self, line: str) -> Budget:
+        """Your privacy budget on each mode-dp dataset: the cap, what is spent and left, and every charge
+        with the job that made it (a failed or cancelled job is charged once its rows were admitted)."""
+        args = _parse(self.remote_budget, line)
+        budget = self.client.budget()
+        if args.dataset is not None:
+            try:
+                budget.report.datasets = [budget[args.dataset]]
+            except KeyError as missing:
+                raise UsageError(missing.args[0]) from None
+        return budget
+
     # jobs
-    def _spec(self, args) -> dict:
-        return spec_from_args(args, self.shell.user_ns.get(args.spec))
+    def _spec(self, args) -> DatasetSpec:
+        """The spec of the flags, over the variable `--spec VAR` names: never one picked up by its name."""
+        return spec_from_args(args, self._spec_variable(args))
+
+    def _spec_variable(self, args) -> object:
+        if args.spec is None:
+            return None
+        if args.spec not in self.shell.user_ns:
+            raise UsageError(
+                f"there is no variable {args.spec!r}; --spec names a variable holding a spec dict"
+            )
+        return self.shell.user_ns[args.spec]
 
     def _run_cell(self, cell: str) -> dict[str, object]:
         """Run the cell; return the models it bound (compared with the namespace before it)."""
@@ -303,6 +355,7 @@ class RemoteMagic(Magics, Configurable):
                 self.shell.user_ns[args.output] = job
             return job
         result = self._wait(job)
+        result.spec_source = _spec_source(args)
         if args.output:
             self.shell.user_ns[args.output] = result
         return result
@@ -332,7 +385,7 @@ class RemoteMagic(Magics, Configurable):
         try:
             return job.result(timeout=self.timeout or None, on_progress=bar)
         except KeyboardInterrupt:
-            raise JobInterrupted(f"remote job {job.id} was cancelled.") from None
+            raise JobInterrupted(f"remote job {job.id} was cancelled{_charge_said(job)}.") from None
         finally:
             if bar is not None:
                 bar.close()
@@ -399,7 +452,8 @@ class RemoteMagic(Magics, Configurable):
         job = self.client.job(job_id)
         job.cancel()
         try:
-            print(f"Job {job_id}: {job.wait(timeout=CANCEL_WAIT_S).state}")
+            state = job.wait(timeout=CANCEL_WAIT_S).state
+            print(f"Job {job_id}: {state}{_charge_said(job)}")
         except TimeoutError:
             print(f"Job {job_id}: cancelling; %remote_job {job_id} shows when it has stopped")
 
@@ -408,7 +462,7 @@ class RemoteMagic(Magics, Configurable):
     @argument("--label", "-l", help="label column")
     @argument("--features", "-f", help="comma-separated columns to describe (default: all features)")
     @argument("--where", "-w", help="filter admitting rows, as for %%remote_train")
-    @argument("--spec", default="spec", help="variable holding a spec dict, used for missing flags")
+    @argument("--spec", help="a variable holding a spec dict (or DatasetSpec) for the fields no flag sets")
     @argument("-o", "--output", help="store the description in this variable")
     @line_magic
     @usage_errors
@@ -421,7 +475,7 @@ class RemoteMagic(Magics, Configurable):
         """
         args = _parse(self.remote_describe, line)
         args.eval_fraction = args.eval_where = args.seed = None
-        spec = spec_from_args(args, self.shell.user_ns.get(args.spec)).model_copy(update={"eval": None})
+        spec = self._spec(args).model_copy(update={"eval": None})
         description = self.client.describe(spec)
         if args.output:
             self.shell.user_ns[args.output] = description

@@ -127,7 +127,7 @@ def test_a_filter_that_compares_kinds_rightly_trains(dana):
 
 def test_a_derive_that_computes_with_text_is_refused(dana, owner):
     dana.user_ns["spec"] = {"derive": {"x": "carrier * 2"}}
-    error = refused_alike(dana, owner, "-d flights -l delayed")
+    error = refused_alike(dana, owner, "--spec spec -d flights -l delayed")
     assert error.code == "invalid_derive"
     assert error.message == "column 'carrier' holds text; arithmetic needs numbers"
 
@@ -149,7 +149,7 @@ def test_a_timestamp_column_is_left_out_of_the_default_features(dana, owner):
 def test_a_timestamp_is_used_through_derive(dana, owner):
     dana.user_ns["spec"] = {"derive": {"dep_hour": "hour(dep_time)", "weekday": "dayofweek(dep_time)"}}
     cell = (
-        "%%remote_train{} -d flights -l arr_delay -f month,distance\n"
+        "%%remote_train{} --spec spec -d flights -l arr_delay -f month,distance\n"
         + IMPORT
         + "model = XGBRegressor(n_estimators=20, max_depth=3)"
     )
@@ -246,7 +246,7 @@ def test_an_eval_fraction_out_of_bounds_is_said_in_flag_terms(dana, owner):
 
 def test_a_misspelt_spec_key_is_named(dana, owner):
     dana.user_ns["spec"] = {"dataset": "flights", "lable": "delayed"}
-    error = failure(dana, "%%remote_train\n" + IMPORT + "model = XGBClassifier()")
+    error = failure(dana, "%%remote_train --spec spec\n" + IMPORT + "model = XGBClassifier()")
     assert "unknown spec key 'lable'; did you mean 'label'?" in str(error)
     with pytest.raises(SpecError, match="unknown spec key 'lable'; did you mean 'label'"):
         owner.client("dana").submit(xgb.XGBClassifier(), {"dataset": "flights", "lable": "delayed"})

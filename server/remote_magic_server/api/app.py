@@ -31,6 +31,7 @@ from ..release.desk import ReleaseDesk
 from ..release.ledger import Ledger
 from ..settings import Settings
 from . import (
+    budget,
     cost,
     datasets,
     describe,
@@ -179,6 +180,7 @@ def create_app(settings: Settings) -> FastAPI:
         datasets,
         jobs,
         cost,
+        budget,
         describe,
         models,
         mock,

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from sqlglot import exp
 
 from remote_magic.codes import Refusal
-from remote_magic.query import staging_query
+from remote_magic.query import missing_label_query, staging_query
 from remote_magic.specs import Resolved
 from remote_magic.wire import DatasetSpec, ReleaseOptions
 
@@ -145,4 +145,5 @@ def staging_plan(spec: DatasetSpec, kind: str, path: str, id_column: str, plan: 
         columns=resolved.all_features,
         label=spec.label,
         partition_query=partition_query,
+        missing_label_query=missing_label_query(spec, resolved, source),
     )
