@@ -146,10 +146,12 @@ class Description:
         return None if self.raw.privacy is None else self.raw.privacy.model_dump()
 
     def _count(self, n: int | None) -> str:
-        """A released count; in mode dp with its noise (`55 +/- 40`: a count near 0 may well be 0)."""
+        return count_text(n, self.raw.policy)
+
+    def _noisy(self, n: int | None) -> str:
+        """A headline count (rows, classes); in mode dp with its noise, `505 +/- 175`."""
         half = self.raw.count_half_width
-        text = count_text(n, self.raw.policy)
-        return f"{text} +/- {half:g}" if half and n is not None else text
+        return f"{self._count(n)} +/- {half:.0f}" if half and n is not None else self._count(n)
 
     def _missing_text(self, column: str) -> str:
         """Missing values: exactly 0 when the filter rules them out, else as released."""
@@ -160,8 +162,8 @@ class Description:
         if not half:
             return None
         return (
-            f"counts are noisy (differential privacy): each is within +/- {half:g} of the true count "
-            "95% of the time, so a small count may be 0 in the table"
+            f"every count is noisy (differential privacy): within +/- {half:.0f} of the true count 95% of "
+            "the time, so a small count may be 0 in the table"
         )
 
     def missing(self, column: str) -> int | None:
@@ -186,9 +188,9 @@ class Description:
     def __repr__(self) -> str:
         r = self.raw
         of = dataset_text(r.dataset, r.dataset_version)
-        lines = [f"Description of {of} (label {r.label}): {self._count(r.rows)} rows"]
+        lines = [f"Description of {of} (label {r.label}): {self._noisy(r.rows)} rows"]
         if r.classes is not None:
-            lines.append("classes: " + ", ".join(f"{c.label}: {self._count(c.count)}" for c in r.classes))
+            lines.append("classes: " + ", ".join(f"{c.label}: {self._noisy(c.count)}" for c in r.classes))
         width = max((len(c.name) for c in r.columns), default=0)
         for c in r.columns:
             missing = f"missing {self._missing_text(c.name)}"
@@ -207,7 +209,7 @@ class Description:
         if r.classes is not None:
             classes = (
                 f"<div style='margin-bottom:6px'>label <code>{html.escape(r.label)}</code>: "
-                + ", ".join(f"{html.escape(c.label)} &ndash; {self._count(c.count)}" for c in r.classes)
+                + ", ".join(f"{html.escape(c.label)} &ndash; {self._noisy(c.count)}" for c in r.classes)
                 + "</div>"
             )
         bars = {"numeric": _histogram_html, "categorical": _categories_html}
@@ -223,7 +225,7 @@ class Description:
             "<div class='remote-magic-describe' style='font-family:sans-serif'>"
             "<div style='font-size:1.1em;font-weight:600;margin-bottom:4px'>"
             f"{html.escape(dataset_text(r.dataset, r.dataset_version))}: "
-            f"{self._count(r.rows)} rows</div>{classes}"
+            f"{self._noisy(r.rows)} rows</div>{classes}"
             "<table style='border-collapse:collapse;font-size:0.9em'><thead><tr>"
             f"<th style='{cell}'>column</th><th style='{cell}'>kind</th>"
             f"<th style='{num}'>missing</th><th style='{cell}'>distribution</th></tr></thead>"

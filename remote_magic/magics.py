@@ -13,6 +13,8 @@ import getpass
 import os
 import shlex
 import sys
+import traceback
+from functools import partial
 from typing import TYPE_CHECKING, get_args
 
 from IPython.core.error import StdinNotImplementedError, UsageError
@@ -23,7 +25,7 @@ from traitlets import Bool, Float, Unicode, default
 from traitlets.config import Configurable
 
 from .budget import Budget
-from .cellmodel import bound_models, pick_model
+from .cellmodel import bound_models, bound_values, foreign_models, pick_model
 from .client import Client, Job
 from .connection import hub_token
 from .display import Table, columns_table, datasets_table, jobs_table, versions_table
@@ -118,6 +120,18 @@ def _registry_arguments(func):
     ):
         func = decorator(func)
     return func
+
+
+CELL_FILE = "<cell>"
+
+
+def _cell_traceback(error: BaseException) -> list[str]:
+    """The traceback of an error raised by a magic's cell, from the cell's own frame on: what the cell
+    did, not the magic machinery that ran it."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != CELL_FILE:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(error), error, tb)).rstrip("\n").split("\n")
 
 
 SPEC_FLAGS = ("dataset", "label", "where", "features", "eval_fraction", "eval_where", "seed")
@@ -295,37 +309,48 @@ class RemoteMagic(Magics, Configurable):
             )
         return self.shell.user_ns[args.spec]
 
-    def _run_cell(self, cell: str) -> dict[str, object]:
-        """Run the cell; return the models it bound (compared with the namespace before it)."""
+    def _run_cell(self, cell: str) -> tuple[dict[str, object], dict[str, object]]:
+        """Run the cell; return the models it bound (compared with the namespace before it), and the
+        models of libraries no family knows that it bound. An error in the cell shows as the cell's own
+        traceback, without the frames of the magic around it."""
         before = dict(self.shell.user_ns)
-        self.shell.ex(cell)
-        return bound_models(before, self.shell.user_ns, self.shell.transform_cell(cell))
+        code = compile(cell, CELL_FILE, "exec")
+        try:
+            with self.shell.builtin_trap:
+                exec(code, self.shell.user_global_ns, self.shell.user_ns)  # noqa: S102 - the user's own cell
+        except Exception as error:
+            error._render_traceback_ = partial(_cell_traceback, error)  # type: ignore[attr-defined]
+            raise
+        bound = bound_values(before, self.shell.user_ns, self.shell.transform_cell(cell))
+        return bound_models(bound), foreign_models(bound)
 
-    def _model(self, args, bound: dict[str, object]) -> object:
+    def _model(self, args, bound: dict[str, object], foreign: dict[str, object]) -> object:
         """The variable --model names (bound in the cell or not), else the one model the cell bound."""
         if args.model is None:
-            return pick_model(bound)
+            return pick_model(bound, foreign)
         if args.model not in self.shell.user_ns:
             raise UsageError(f"there is no variable {args.model!r}; name the model with --model VAR")
         return self.shell.user_ns[args.model]
 
-    def _model_or_base(self, args, bound: dict[str, object], base: str | None) -> object:
+    def _model_or_base(
+        self, args, bound: dict[str, object], base: str | None, foreign: dict[str, object]
+    ) -> object:
         """The model to send; with a registered version (`base`), the cell's model brings only parameters
         and may be absent, and with --model-ref none is sent."""
         if getattr(args, "model_ref", None):
             return None
         if base is not None and args.model is None and not bound:
             return None
-        return self._model(args, bound)
+        return self._model(args, bound, foreign)
 
     def _run(self, kind: str, line: str, cell: str, magic) -> object:
         args = _parse(magic, line)
-        bound = self._run_cell(cell)
+        bound, foreign = self._run_cell(cell)
         spec = self._spec(args)
         base = getattr(args, "base_model", None) or getattr(args, "model_ref", None)
         if args.dry_run and base is not None:
             raise UsageError("--dry-run checks a model from the cell; it cannot use a registered version")
-        model = self._model_or_base(args, bound, base)
+        model = self._model_or_base(args, bound, base, foreign)
         try:
             release = ReleaseOptions(confusion=args.confusion, curve=args.curve, importance=args.importance)
         except ValidationError as exc:
@@ -519,11 +544,11 @@ class RemoteMagic(Magics, Configurable):
         if cell is not None:
             if args.action != "save" or not args.name:
                 raise UsageError("with a cell: %%remote_recipe save NAME [triggers] [spec flags]")
-            bound = self._run_cell(cell)
+            bound, foreign = self._run_cell(cell)
             if args.kind == "evaluate" and args.base_model:
                 model = None  # an evaluation recipe scores the registered version itself
             else:
-                model = self._model_or_base(args, bound, args.base_model)
+                model = self._model_or_base(args, bound, args.base_model, foreign)
             try:
                 request = register_request(args.register, args.alias, args.if_better)
             except ValueError as exc:

@@ -251,10 +251,28 @@ class TrainResult:
         note = self.past_best_note()
         if note:
             lines.append(f"note: {note}")
-        lines += [f"note: {note}" for note in r.notes]
+        lines += [f"note: {note}" for note in r.notes + self.extras_note()]
         if r.privacy is not None:
             lines.append(privacy_text(r.privacy))
         return "\n".join(lines)
+
+    def extras_note(self) -> list[str]:
+        """Mode dp: which extra fills each empty field (each costs budget of its own), so an empty
+        `history` or `confusion_matrix` is not mistaken for a failure."""
+        r = self.raw
+        if r.privacy is None:
+            return []
+        empty = []
+        if r.history is None:
+            empty.append("result.history (--curve K, or curve=K: the eval metric at K checkpoints)")
+        if r.importance_ranking is None:
+            empty.append(
+                "result.importance_ranking (--importance K; result.feature_importance, the gain, is not "
+                "released in mode dp)"
+            )
+        if r.confusion_matrix is None and r.task != "regression":
+            empty.append("result.confusion_matrix (--confusion)")
+        return ["empty in mode dp until asked for: " + "; ".join(empty)] if empty else []
 
     def _metric_text(self, name: str) -> str:
         value = self.raw.metrics[name]
@@ -298,7 +316,7 @@ class TrainResult:
 
     def _notes_html(self) -> str:
         r = self.raw
-        parts = [f"<br>{html.escape(note)}" for note in r.notes]
+        parts = [f"<br>{html.escape(note)}" for note in r.notes + self.extras_note()]
         if r.importance_ranking:
             parts.append(
                 "<br>Top features by permutation importance: " + html.escape(", ".join(r.importance_ranking))

@@ -122,3 +122,23 @@ def test_a_leftover_spec_variable_is_not_used_unless_named(ip):
     assert "r2" in named.features
     with pytest.raises(UsageError, match="there is no variable 'nope'"):
         run(ip, f"%%remote_train --spec nope {flags}" + cell)
+
+
+def test_an_error_in_the_cell_is_the_cells_own_short_traceback(ip):
+    result = ip.run_cell(
+        "%%remote_train -d breast_cancer_rules -l malignant\nx = 1\nmodel = undefined_name\n"
+    )
+    error = result.error_in_exec
+    assert isinstance(error, NameError)
+    shown = error._render_traceback_()
+    assert shown[0] == "Traceback (most recent call last):" and shown[-1].startswith("NameError: name")
+    assert 'File "<cell>", line 2' in "\n".join(shown) and len(shown) <= 5, shown
+    assert not any("remote_magic" in line or "IPython" in line for line in shown)
+
+
+def test_a_model_no_family_knows_is_named(ip):
+    cell = "\nfrom sklearn.ensemble import RandomForestClassifier\nmodel = RandomForestClassifier()\n"
+    with pytest.raises(
+        UsageError, match=r"model is a RandomForestClassifier \(sklearn\), which no model family"
+    ):
+        run(ip, "%%remote_train -d breast_cancer_rules -l malignant" + cell)

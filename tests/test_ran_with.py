@@ -29,11 +29,13 @@ def holes(server, tmp_path_factory):
     frame.loc[np.arange(0, 2 * MISSING, 2), "malignant"] = np.nan
     path = base / "holes.parquet"
     frame.to_parquet(path)
+    mock = base / "mock.csv"  # the owner's mock rows: a 0/1 label stored as decimals
+    frame.drop(columns="id").dropna().head(50).to_csv(mock, index=False)
     tables = ""
-    for name, mode in (("holes", "dp"), ("holes_rules", "rules")):
+    for name, mode, extra in (("holes", "dp", f'mock_path = "{mock}"\n'), ("holes_rules", "rules", "")):
         tables += (
             f'[datasets.{name}]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["malignant"]\n'
-            f'privacy = "{mode}"\n'
+            f'privacy = "{mode}"\n{extra}'
         )
     (base / "data").mkdir()
     with running(base / "data", base / "log", {"eve": ["holes", "holes_rules"]}, tables) as served:
@@ -97,3 +99,12 @@ def test_in_mode_dp_the_rows_left_out_are_a_noisy_count_drawn_with_the_others(ev
     assert result.privacy["rho"] == pytest.approx(0.01), "the count costs nothing beyond the job's price"
     again = holes.client("eve").result(result.job_id)
     assert again.summary.dropped == left_out, "drawn once, stored with the answer"
+
+
+def test_the_dry_run_and_the_server_agree_on_a_0_1_label_stored_as_decimals(eve):
+    flags = "-d holes -l malignant --eval-fraction 0.4 --seed 5"
+    dry = run(eve, f"%%remote_train --dry-run {flags}" + CELL)
+    assert "decimal numbers" not in repr(dry), "the owner's mock rows show two values: no hint"
+    assert run(eve, f"%%remote_train {flags}" + CELL).task == "binary"
+    synthesised = run(eve, "%%remote_train --dry-run -d holes_rules -l malignant" + CELL)
+    assert "fine for a 0/1 label, but if it is continuous use XGBRegressor" in repr(synthesised)
