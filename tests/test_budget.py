@@ -14,7 +14,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 import remote_magic
-from remote_magic.errors import BudgetExhausted
+from remote_magic.client.errors import BudgetExhausted
 from tests.serverproc import running
 
 TINY_MODEL = xgb.XGBClassifier(n_estimators=2, max_depth=2, min_child_weight=3)

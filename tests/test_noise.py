@@ -12,7 +12,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 import remote_magic
 from remote_magic import TrainResult, compare
-from remote_magic.wire import JobResult
+from remote_magic.contract.wire import JobResult
 from tests.serverproc import running
 
 ROWS = 20_000

@@ -13,7 +13,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from remote_magic import package_model
-from remote_magic.errors import BadRequest, ModelRejected, NotFound, RemoteError
+from remote_magic.client.errors import BadRequest, ModelRejected, NotFound, RemoteError
 from tests.serverproc import running
 
 SPEC = {"dataset": "breast_cancer_rules", "label": "malignant", "eval": {"fraction": 0.3, "seed": 1}}
@@ -161,9 +161,9 @@ def test_unregistered_models_are_pruned_after_keep_unregistered_and_registered_o
 
 
 def test_in_mode_dp_an_alias_condition_holds_only_beyond_the_noise():
-    from remote_magic.automation import Condition
+    from remote_magic.contract.automation_wire import Condition
+    from remote_magic_server.registry.records import VersionRow
     from remote_magic_server.registry.registrar import improvement
-    from remote_magic_server.registry.store import VersionRow
 
     def version(auc: float, band: list[float] | None) -> VersionRow:
         result = {"metrics": {"auc": auc}, **({"intervals": {"auc": band}} if band else {})}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from remote_magic.wire import BudgetReport
+from remote_magic.contract.wire import BudgetReport
 
 from .deps import DeskDep, User
 
