@@ -19,32 +19,36 @@ ROWS = 20_000
 POSITIVE = 0.16
 
 
-def rare_table(path) -> None:
-    """20,000 rows, five features, a binary label 16% positive with a moderate signal (AUC about 0.8)."""
+def table(path, rows: int = ROWS, positive: float = POSITIVE) -> None:
+    """Five features and a binary label, `positive` of it 1, with a moderate signal (AUC about 0.8)."""
     rng = np.random.default_rng(7)
-    x = rng.normal(size=(ROWS, 5))
-    score = x[:, 0] + 0.5 * x[:, 1] + rng.normal(scale=1.2, size=ROWS)
-    y = (score > np.quantile(score, 1 - POSITIVE)).astype(np.int64)
+    x = rng.normal(size=(rows, 5))
+    score = x[:, 0] + 0.5 * x[:, 1] + rng.normal(scale=1.2, size=rows)
+    y = (score > np.quantile(score, 1 - positive)).astype(np.int64)
     frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(5)]).assign(y=y)
-    frame.insert(0, "id", np.arange(1, ROWS + 1, dtype=np.int64))
+    frame.insert(0, "id", np.arange(1, rows + 1, dtype=np.int64))
     frame.to_parquet(path)
 
 
 @pytest.fixture(scope="module")
 def noisy(server, tmp_path_factory):
-    """Mode dp: `small` (the breast-cancer table: wide intervals) and `rare` (16% positive, rho cap
-    0.025: a describe and two jobs fit, a third does not)."""
+    """Mode dp: `small` (the breast-cancer table), `even` (3,000 rows, two even classes: intervals
+    about +/- 0.07 on AUC) and `rare` (16% positive, rho cap 0.025: a describe and two jobs fit, a
+    third does not)."""
     base = tmp_path_factory.mktemp("noisy")
-    rare_table(base / "rare.parquet")
+    table(base / "rare.parquet")
+    table(base / "even.parquet", rows=3000, positive=0.5)
     small = server.settings.datasets["breast_cancer"].path
     tables = (
         f'[datasets.small]\npath = "{small}"\nid_column = "id"\nlabel_columns = ["malignant"]\n'
+        'privacy = "dp"\n'
+        f'[datasets.even]\npath = "{base / "even.parquet"}"\nid_column = "id"\nlabel_columns = ["y"]\n'
         'privacy = "dp"\n'
         f'[datasets.rare]\npath = "{base / "rare.parquet"}"\nid_column = "id"\nlabel_columns = ["y"]\n'
         'privacy = "dp"\npolicy = { dp_rho_cap = 0.025 }\n'
     )
     (base / "data").mkdir()
-    with running(base / "data", base / "log", {"eve": ["small", "rare"]}, tables) as served:
+    with running(base / "data", base / "log", {"eve": ["small", "even", "rare"]}, tables) as served:
         yield served
 
 
@@ -79,7 +83,7 @@ def overlap(a, b) -> bool:
 
 
 def test_a_sweep_compared_carries_intervals_and_is_not_ranked_within_the_noise(eve):
-    flags = "-d small -l malignant --eval-fraction 0.4 --seed 1"
+    flags = "-d even -l y --eval-fraction 0.3 --seed 1"
     runs = {f"depth {d}": run(eve, f"%%remote_train {flags}" + model(d)) for d in (2, 3, 4)}
     table = compare(runs)
     text = repr(table)
@@ -96,7 +100,7 @@ def test_a_sweep_compared_carries_intervals_and_is_not_ranked_within_the_noise(e
     for (a, b), symbol in zip(zip(names, names[1:]), symbols):
         joined = overlap(runs[a].intervals["auc"], runs[b].intervals["auc"])
         assert symbol == ("~" if joined else ">"), ranking
-    assert "~" in symbols, "on 230 evaluation rows these three models are within the noise of each other"
+    assert "~" in symbols, "on 900 evaluation rows these three models are within the noise of each other"
     assert "do not choose on it" in text and "differential-privacy noise" in text
     assert "do not choose on it" in table._repr_html_()
 
@@ -161,7 +165,7 @@ def test_the_best_round_note_fires_only_beyond_the_noise():
 
 
 def test_empty_fields_in_mode_dp_say_which_extra_fills_them(eve):
-    flags = "-d small -l malignant --eval-fraction 0.4 --seed 1"
+    flags = "-d even -l y --eval-fraction 0.3 --seed 1"
     plain = run(eve, f"%%remote_train {flags}" + model(2))  # the sweep's stored answer: no new cost
     assert plain.history.empty and plain.confusion_matrix is None
     shown = repr(plain)
