@@ -104,3 +104,28 @@ def test_serve_refuses_to_start_on_a_fatal_finding(tmp_path):
     assert done.returncode == 1
     assert '"refusing_to_start"' in done.stderr and "label column(s) outcome" in done.stderr
     assert "Uvicorn running" not in done.stderr
+
+
+def test_a_unique_text_column_left_as_a_default_feature_is_told_to_the_owner(tmp_path):
+    rows = 300
+    frame = pd.DataFrame(
+        {
+            "id": range(rows),
+            "ticket": [f"T-{i:05d}" for i in range(rows)],  # unique text: an id by another name
+            "colour": ["red", "blue", "green"] * (rows // 3),
+            "size": [float(i % 7) for i in range(rows)],
+            "label": [i % 2 for i in range(rows)],
+        }
+    )
+    path = tmp_path / "tickets.parquet"
+    frame.to_parquet(path)
+    (tmp_path / "data").mkdir()
+    config = tmp_path / "server.toml"
+    tables = dataset("tickets", path, "label") + dataset("tickets_ok", path, "label").replace(
+        "\n\n", '\nexclude_columns = ["ticket"]\n\n'
+    )
+    config.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\n\n' + tables)
+    done = doctor(config)
+    warned = [line for line in done.stdout.splitlines() if "unique to each row" in line]
+    assert len(warned) == 1 and "dataset tickets:" in warned[0] and "'ticket'" in warned[0], done.stdout
+    assert "add it to exclude_columns" in warned[0] and "colour" not in warned[0]

@@ -50,7 +50,7 @@ def test_train_cell_runs_locally_then_remotely(ip):
 def test_spec_variable_stands_in_for_flags(ip):
     result = run(
         ip,
-        "%%remote_train --model clf\n"
+        "%%remote_train --model clf --spec spec\n"
         "import xgboost as xgb\n"
         "spec = {'dataset': 'diabetes_rules', 'label': 'progression', 'eval': {'fraction': 0.3, 'seed': 1}}\n"
         "clf = {'params': {'objective': 'reg:squarederror', 'max_depth': 2}, 'num_boost_round': 10}\n",
@@ -109,3 +109,36 @@ def test_config_lists_traits(ip, capsys):
     )
     run(ip, "%config RemoteMagic.timeout = 120")
     assert magic.timeout == 120
+
+
+def test_a_leftover_spec_variable_is_not_used_unless_named(ip):
+    ip.user_ns["spec"] = {"where": "mean_radius > 15", "derive": {"r2": "mean_radius * mean_radius"}}
+    flags = "-d breast_cancer_rules -l malignant --eval-fraction 0.3 --seed 2"
+    cell = "\nimport xgboost as xgb\nmodel = xgb.XGBClassifier(n_estimators=3)\n"
+    plain = run(ip, f"%%remote_train --dry-run {flags}" + cell)
+    assert "r2" not in plain.features, "a variable called spec is not picked up by its name"
+    assert plain.admitted == plain.mock_rows
+    named = run(ip, f"%%remote_train --dry-run --spec spec {flags}" + cell)
+    assert "r2" in named.features
+    with pytest.raises(UsageError, match="there is no variable 'nope'"):
+        run(ip, f"%%remote_train --spec nope {flags}" + cell)
+
+
+def test_an_error_in_the_cell_is_the_cells_own_short_traceback(ip):
+    result = ip.run_cell(
+        "%%remote_train -d breast_cancer_rules -l malignant\nx = 1\nmodel = undefined_name\n"
+    )
+    error = result.error_in_exec
+    assert isinstance(error, NameError)
+    shown = error._render_traceback_()
+    assert shown[0] == "Traceback (most recent call last):" and shown[-1].startswith("NameError: name")
+    assert 'File "<cell>", line 2' in "\n".join(shown) and len(shown) <= 5, shown
+    assert not any("remote_magic" in line or "IPython" in line for line in shown)
+
+
+def test_a_model_no_family_knows_is_named(ip):
+    cell = "\nfrom sklearn.ensemble import RandomForestClassifier\nmodel = RandomForestClassifier()\n"
+    with pytest.raises(
+        UsageError, match=r"model is a RandomForestClassifier \(sklearn\), which no model family"
+    ):
+        run(ip, "%%remote_train -d breast_cancer_rules -l malignant" + cell)

@@ -205,7 +205,7 @@ def test_dry_run_of_continued_training_catches_a_feature_mismatch(shell):
         "features": ["mean_radius"],
     }
     cell = (
-        "%%remote_train --dry-run\nimport numpy as np\nfrom xgboost import XGBClassifier\n"
+        "%%remote_train --dry-run --spec spec\nimport numpy as np\nfrom xgboost import XGBClassifier\n"
         "model = XGBClassifier(n_estimators=3).fit(np.random.rand(50, 2), np.arange(50) % 2)"
     )
     error = shell.run_cell(cell).error_in_exec

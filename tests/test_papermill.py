@@ -106,6 +106,6 @@ def test_a_usage_error_fails_papermill_with_its_message(kernel_env, tmp_path):
             progress_bar=False,
         )
     assert failed.value.ename == "MagicUsageError"
-    assert "UsageError: missing --label (or define them in a `spec` dict)" in str(failed.value)
+    assert "UsageError: missing --label (or name a spec dict with --spec VAR)" in str(failed.value)
     executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     assert not executed.cells[2].get("outputs"), "the run stopped at the failed cell"

@@ -161,3 +161,21 @@ def test_unregistered_models_are_pruned_after_keep_unregistered_and_registered_o
         assert not any((server.settings.jobs_dir / loose.job_id).glob("model*"))
         assert client.evaluate(None, SPEC, model_ref="kept_one@1").metrics["auc"] == kept.metrics["auc"]
         assert client.result(loose.job_id).metrics == loose.raw.metrics  # the released result stays
+
+
+def test_in_mode_dp_an_alias_condition_holds_only_beyond_the_noise():
+    from remote_magic.contract.automation_wire import Condition
+    from remote_magic_server.registry.records import VersionRow
+    from remote_magic_server.registry.registrar import improvement
+
+    def version(auc: float, band: list[float] | None) -> VersionRow:
+        result = {"metrics": {"auc": auc}, **({"intervals": {"auc": band}} if band else {})}
+        return VersionRow("m", 1, "j", "alice", "d", None, "fresh", None, None, {}, {}, result, "")
+
+    condition = Condition(metric="auc", min_improvement=0.002)
+    new = {"metrics": {"auc": 0.9459}, "intervals": {"auc": [0.9159, 0.9759]}}
+    held, said = improvement(condition, new, version(0.9282, [0.8982, 0.9582]))
+    assert not held and "beyond the noise (their 95% intervals overlap)" in said
+    clear = {"metrics": {"auc": 0.9459}, "intervals": {"auc": [0.9400, 0.9518]}}
+    assert improvement(condition, clear, version(0.9282, [0.9220, 0.9344]))[0]
+    assert improvement(condition, {"metrics": {"auc": 0.9459}}, version(0.9282, None))[0], "mode rules"

@@ -114,7 +114,11 @@ def test_interrupt_in_a_kernel_leaves_one_line_and_no_bar(server, tmp_path):
     asyncio.run(run())
     cell = notebook.cells[1]
     [error] = errors(cell)
-    assert error.traceback == [f"Interrupted: remote job {started['job']} was cancelled."]
+    [line] = error.traceback  # one line, which says what the cancelled job cost (mode dp)
+    charged = "its rows were admitted, so it was charged rho 0.01 of your privacy budget"
+    assert re.fullmatch(
+        rf"Interrupted: remote job {started['job']} was cancelled; {charged} \([\d.]+ left\)\.", line
+    )
     assert [o.data for o in cell.outputs if o.output_type == "display_data"] == [{"text/plain": ""}]
     assert server.client().job(started["job"]).wait(timeout=300).state == "cancelled"
 

@@ -28,6 +28,7 @@ from urllib3.util.retry import Retry
 from ..contract.automation_wire import RegisterRequest
 from ..contract.payload import package_model
 from ..contract.wire import (
+    BudgetReport,
     CostEstimate,
     CostRequest,
     DatasetInfo,
@@ -42,6 +43,7 @@ from ..contract.wire import (
     Whoami,
     spec_error,
 )
+from ..display.budget import Budget
 from ..display.description import Description
 from ..display.result import TrainResult
 from .connection import check_url, client_cert_file, hub_token, tls_problem, tls_verify, unreachable
@@ -315,6 +317,10 @@ class Client(RegistryCalls):
             headers={"Content-Type": "application/json"},
         )
         return CostEstimate.model_validate(response.json())
+
+    def budget(self) -> Budget:
+        """Your privacy budget on each mode-dp dataset: spent, left, and the jobs that spent it."""
+        return Budget(BudgetReport.model_validate(self._request("GET", "/budget").json()))
 
     def jobs(self, limit: int = 100, state: str | None = None) -> list[JobStatus]:
         """Your jobs, newest first; `state` keeps only jobs in that state."""

@@ -60,6 +60,12 @@ def mock_frame(mock: MockData) -> pd.DataFrame:
     return frame
 
 
+def _owner_shows_two_values(mock: pd.DataFrame, label: str) -> bool:
+    """Whether the data owner's own mock rows show the label taking at most two values (a 0/1 label
+    stored as decimals); synthesised rows know only the type, so they show nothing."""
+    return mock.attrs.get("source") == "file" and label in mock and mock[label].dropna().nunique() <= 2
+
+
 @dataclass
 class DryRun:
     """What a dry run did on the mock rows. Deterministic, so a notebook can check it."""
@@ -98,10 +104,15 @@ class DryRun:
             return ["cost: none (this dataset releases rounded numbers, without differential privacy)"]
         expected = ", ".join(f"{name} +/- {value:g}" for name, value in c.expected.items())
         rows = f" for about {c.assumed_eval_rows:,} evaluation rows" if c.assumed_eval_rows else ""
+        after = (
+            "it would pass your budget's cap and be refused"
+            if c.over_cap
+            else f"budget left after it: rho {c.rho_remaining_after:.4g} of {c.rho_cap:g}"
+        )
         return [
-            f"cost if submitted: rho {c.rho:g} (epsilon {c.epsilon:.3g} at delta {c.delta:g}); budget left "
-            f"after it: rho {c.rho_remaining_after:.4g} of {c.rho_cap:g}",
+            f"cost if submitted: rho {c.rho:g} (epsilon {c.epsilon:.3g} at delta {c.delta:g}); {after}",
             *([f"expected 95% intervals{rows}: {expected}"] if expected else []),
+            *(f"note: {note}" for note in c.notes),
         ]
 
     def _repr_html_(self) -> str:
@@ -169,6 +180,8 @@ def dry_run(
     train, evaluation = _splits(table, features, spec.label)
     n_admitted, n_eval = table.num_rows, len(evaluation.y)
     hint = continuous_label_hint(spec.label, resolved.label_dtype) if is_classifier_task(plan.task) else ""
+    if hint and _owner_shows_two_values(mock, spec.label):
+        hint = ""  # the owner's mock rows show a 0/1 label stored as decimals: a binary classifier, as there
     notes = [f"note: {hint}"] if hint else []
     if n_admitted < 2 or (kind == "train" and n_admitted - n_eval < 2):
         notes.append(

@@ -78,3 +78,13 @@ def staging_query(
     # hold, or spill, every admitted row before the first batch streams out (a 4 GiB table did not fit
     # its 512 MiB of sort memory).
     return select.sql(dialect="duckdb", identify=True), params
+
+
+def missing_label_query(spec: DatasetSpec, resolved: Resolved, source: exp.Expression) -> str:
+    """The count of rows the spec's filter admits but whose label is missing (left out of every split),
+    so a result can say how many rows it lost and why."""
+    select = exp.select(exp.func("count", exp.Star())).from_(source)
+    select = select.where(exp.Is(this=exp.column(spec.label, quoted=True), expression=exp.Null()))
+    if spec.where:
+        select = select.where(parse_filter(spec.where, resolved.filter_columns))
+    return select.sql(dialect="duckdb", identify=True)

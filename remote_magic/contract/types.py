@@ -43,8 +43,8 @@ def continuous_label_hint(label: str, dtype: str) -> str:
     on the schema alone (public in the catalog), never on the values, so the hint tells nothing new."""
     if re.fullmatch(r"(half)?float\d*|double|decimal\d*\(.*\)", dtype):
         return (
-            f"the label {label!r} holds decimal numbers, so it looks continuous: use XGBRegressor "
-            "(a classifier treats each distinct value as a class)"
+            f"the label {label!r} holds decimal numbers and a classifier makes each distinct value a "
+            "class: fine for a 0/1 label, but if it is continuous use XGBRegressor"
         )
     return ""
 

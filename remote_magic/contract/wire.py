@@ -188,6 +188,9 @@ class MetricPoint(_Strict):
     name: str
     train: float | None = None
     eval: float | None = None
+    eval_interval: list[float] | None = Field(
+        default=None, description="The 95% interval [low, high] of `eval` (mode dp: it includes noise)."
+    )
 
 
 class Progress(_Strict):
@@ -282,9 +285,32 @@ class SplitSummary(_Strict):
     classes: list[ClassCount] = Field(default_factory=list)
 
 
+class DroppedRows(_Strict):
+    """Rows the filter admitted that were left out of every split, and why."""
+
+    reason: Literal["missing label"]
+    rows: int | None = Field(description="Released like the other counts (noisy in mode dp); null: too few.")
+
+
 class Summary(_Strict):
     train: SplitSummary | None = None
     eval: SplitSummary
+    dropped: list[DroppedRows] = Field(
+        default_factory=list, description="Rows admitted by the filter but left out; empty: not counted."
+    )
+
+
+class SpecUsed(_Strict):
+    """The spec a job ran with, as the server resolved it: what the defaults and the catalog filled in."""
+
+    label: str
+    where: str | None = None
+    eval: EvalFraction | EvalWhere | None = Field(
+        description="The evaluation rows: a held-out fraction (train's default 0.2, seed 0) or a filter; "
+        "null: every admitted row (evaluate)."
+    )
+    features: list[str] = Field(description="The model's input columns in order, derived ones last.")
+    derived: list[str] = Field(default_factory=list, description="The derived columns among the features.")
 
 
 class ConfusionMatrix(_Strict):
@@ -320,6 +346,7 @@ class JobResult(_Strict):
     summary: Summary
     confusion_matrix: ConfusionMatrix | None = None
     rounds: Rounds
+    ran_with: SpecUsed | None = Field(default=None, description="The spec as the server resolved it.")
     policy: PolicyInEffect | None = Field(
         default=None, description="The rules this result was released under."
     )
@@ -365,6 +392,9 @@ class DescribeResult(_Strict):
     policy: PolicyInEffect | None = Field(
         default=None, description="The rules this answer was released under."
     )
+    count_half_width: float | None = Field(
+        default=None, description="Mode dp: the 95% half-width of every count's noise (each count +/- it)."
+    )
 
 
 class CostRequest(_Strict):
@@ -387,6 +417,7 @@ class CostEstimate(_Strict):
     rho_spent: float = 0.0
     rho_cap: float = 0.0
     rho_remaining_after: float = 0.0
+    over_cap: bool = Field(default=False, description="True when the job would pass the budget's cap.")
     assumed_eval_rows: int | None = Field(
         default=None, description="The evaluation rows the expectation assumes (from the rounded table size)."
     )
@@ -394,6 +425,33 @@ class CostEstimate(_Strict):
         default_factory=dict, description="Expected half-width of each metric's 95% interval."
     )
     notes: list[str] = Field(default_factory=list)
+
+
+class BudgetCharge(_Strict):
+    """One charge to a privacy budget: a job (whatever became of it) or a describe request."""
+
+    job_id: str | None = Field(default=None, description="The job charged; null for a describe request.")
+    kind: Literal["train", "evaluate", "describe"]
+    rho: float
+    at: str = Field(description="When it was charged (UTC, whole seconds).")
+
+
+class DatasetBudget(_Strict):
+    """A user's privacy budget on one dataset in mode dp: the cap, what is spent and on what."""
+
+    dataset: str
+    rho_cap: float
+    rho_spent: float
+    rho_remaining: float
+    raised: bool = Field(default=False, description="True when the data owner set this user's cap.")
+    charges: list[BudgetCharge] = Field(default_factory=list)
+
+
+class BudgetReport(_Strict):
+    """`GET /v1/budget`: the caller's budgets on the mode-dp datasets they may use."""
+
+    user: str
+    datasets: list[DatasetBudget]
 
 
 ModelReleaseState = Literal["not_allowed", "refused", "awaiting_approval", "approved"]

@@ -10,10 +10,18 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from . import plots
-from .formats import count_text, metric_text
+from .formats import count_text, interval_text, metric_text
 from .result import TrainResult
 
 MAIN_METRICS = ("auc", "accuracy", "r2", "rmse", "log_loss")
+LOWER_IS_BETTER = ("rmse", "mae", "log_loss")
+ENDS = ("low", "high")
+
+
+def _overlap(a: Sequence[float], b: Sequence[float]) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
 PALETTE = colormaps["tab10"].colors
 
 
@@ -41,6 +49,49 @@ class Comparison:
             }
             rows.append({**row, **r.metrics})
         return pd.DataFrame(rows).set_index("run")
+
+    @property
+    def intervals(self) -> pd.DataFrame:
+        """The 95% interval of each metric per run (mode dp), as columns (metric, "low"/"high"); a run
+        without one (mode rules) has NaN there. For error bars and for ranking within the noise."""
+        rows = {
+            name: {
+                (metric, end): band[i] for metric, band in r.intervals.items() for i, end in enumerate(ENDS)
+            }
+            for name, r in self.results.items()
+        }
+        frame = pd.DataFrame.from_dict(rows, orient="index")
+        frame.index.name = "run"
+        if frame.columns.empty:
+            return frame
+        frame.columns = pd.MultiIndex.from_tuples(frame.columns, names=["metric", "end"])
+        return frame.sort_index(axis=1)
+
+    def ranking(self, metric: str | None = None) -> str:
+        """The runs ordered by a metric (the main one by default), best first. Neighbours whose 95%
+        intervals overlap are joined by `~`: the noise cannot order them, so neither should a choice."""
+        metric = metric or self.main_metric
+        if metric is None:
+            return ""
+        values = self.table[metric].dropna().astype(float)
+        ordered = values.sort_values(ascending=metric in LOWER_IS_BETTER, kind="stable")
+        bands = {name: self.results[name].intervals.get(metric) for name in ordered.index}
+        text, tied = str(ordered.index[0]) if len(ordered) else "", False
+        for before, after in zip(ordered.index, ordered.index[1:]):
+            overlap = (
+                bands[before] is not None
+                and bands[after] is not None
+                and _overlap(bands[before], bands[after])
+            )
+            tied |= overlap
+            text += f" {'~' if overlap else '>'} {after}"
+        direction = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
+        line = f"ranking by {metric} ({direction}): {text}"
+        if tied:
+            line += (
+                "\n~: their 95% intervals overlap; the difference is within the noise, do not choose on it"
+            )
+        return line
 
     @property
     def main_metric(self) -> str | None:
@@ -93,15 +144,26 @@ class Comparison:
         for column in self.table.columns:
             if pd.api.types.is_float_dtype(self.table[column]) and column not in ("train rows", "eval rows"):
                 table[column] = [
-                    metric_text(v, self.results[name].raw.policy) if isinstance(v, float) else v
+                    interval_text(v, self.results[name].intervals.get(column), self.results[name].raw.policy)
+                    if isinstance(v, float)
+                    else v
                     for name, v in table[column].items()
                 ]
             elif column in ("rounds", "train rows", "eval rows"):
                 table[column] = [f"{int(v):,}" if isinstance(v, (int, float)) else v for v in table[column]]
         return table
 
+    def _footer(self) -> list[str]:
+        """The ranking, and what the brackets are when there are intervals."""
+        lines = [line for line in self.ranking().split("\n") if line]
+        if any(r.intervals for r in self.results.values()):
+            lines.append("[low, high]: 95% intervals; the values include differential-privacy noise")
+        return lines
+
     def __repr__(self) -> str:
-        return f"Comparison of {len(self.results)} runs\n" + self._text_table().to_string()
+        return "\n".join(
+            [f"Comparison of {len(self.results)} runs", self._text_table().to_string(), *self._footer()]
+        )
 
     def _repr_html_(self) -> str:
         table = self._text_table()
@@ -116,7 +178,8 @@ class Comparison:
         return (
             "<div class='remote-magic-compare' style='font-family:sans-serif'>"
             f"<table class='remote-magic-table'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-            f"<img alt='comparison' src='data:image/png;base64,{plots.to_png(self.plot())}'/></div>"
+            + "".join(f"<p style='margin:4px 0'>{html.escape(line)}</p>" for line in self._footer())
+            + f"<img alt='comparison' src='data:image/png;base64,{plots.to_png(self.plot())}'/></div>"
         )
 
 

@@ -11,6 +11,7 @@ count is shown as 0, not as suppressed.
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 
 import pandas as pd
 import sqlglot
@@ -66,14 +67,13 @@ def _bin_label(b: HistogramBin) -> str:
     return f"[{b.lower:g}, {b.upper:g})"
 
 
-def _distribution_text(col: ColumnDescription, policy: PolicyInEffect | None) -> str:
+def _distribution_text(col: ColumnDescription, count: Callable[[int | None], str]) -> str:
     if col.kind == "numeric":
         return (
-            ", ".join(f"{_bin_label(b)}: {count_text(b.count, policy)}" for b in col.histogram or [])
-            or "too few values"
+            ", ".join(f"{_bin_label(b)}: {count(b.count)}" for b in col.histogram or []) or "too few values"
         )
-    cats = ", ".join(f"{c.value}: {count_text(c.count, policy)}" for c in col.categories or [])
-    other = f", other: {count_text(col.other, policy)}" if col.other is not None else ""
+    cats = ", ".join(f"{c.value}: {count(c.count)}" for c in col.categories or [])
+    other = f", other: {count(col.other)}" if col.other is not None else ""
     return (cats or "no category large enough") + other
 
 
@@ -148,6 +148,24 @@ class Description:
     def _count(self, n: int | None) -> str:
         return count_text(n, self.raw.policy)
 
+    def _noisy(self, n: int | None) -> str:
+        """A headline count (rows, classes); in mode dp with its noise, `505 +/- 175`."""
+        half = self.raw.count_half_width
+        return f"{self._count(n)} +/- {half:.0f}" if half and n is not None else self._count(n)
+
+    def _missing_text(self, column: str) -> str:
+        """Missing values: exactly 0 when the filter rules them out, else as released."""
+        return "0" if column in self._never_missing else self._count(self.columns[column].missing)
+
+    def _noise_text(self) -> str | None:
+        half = self.raw.count_half_width
+        if not half:
+            return None
+        return (
+            f"every count is noisy (differential privacy): within +/- {half:.0f} of the true count 95% of "
+            "the time, so a small count may be 0 in the table"
+        )
+
     def missing(self, column: str) -> int | None:
         """Rows with no value in `column`: 0 when the filter rules missing values out (known from the
         filter alone, so a suppressed or noisy count is replaced), else as released."""
@@ -170,18 +188,16 @@ class Description:
     def __repr__(self) -> str:
         r = self.raw
         of = dataset_text(r.dataset, r.dataset_version)
-        lines = [f"Description of {of} (label {r.label}): {self._count(r.rows)} rows"]
+        lines = [f"Description of {of} (label {r.label}): {self._noisy(r.rows)} rows"]
         if r.classes is not None:
-            lines.append("classes: " + ", ".join(f"{c.label}: {self._count(c.count)}" for c in r.classes))
+            lines.append("classes: " + ", ".join(f"{c.label}: {self._noisy(c.count)}" for c in r.classes))
         width = max((len(c.name) for c in r.columns), default=0)
         for c in r.columns:
-            missing = f"missing {self._count(self.missing(c.name))}"
+            missing = f"missing {self._missing_text(c.name)}"
             lines.append(
-                f"  {c.name:<{width}}  {c.kind:<11}  {missing:<13}  {_distribution_text(c, r.policy)}"
+                f"  {c.name:<{width}}  {c.kind:<11}  {missing:<13}  {_distribution_text(c, self._count)}"
             )
-        budget = self._budget_text()
-        if budget:
-            lines.append(budget)
+        lines += [text for text in (self._noise_text(), self._budget_text()) if text]
         lines.append(f"({rules_text(r.policy, metrics=False).lower()}; outer histogram bins are open)")
         return "\n".join(lines)
 
@@ -193,14 +209,14 @@ class Description:
         if r.classes is not None:
             classes = (
                 f"<div style='margin-bottom:6px'>label <code>{html.escape(r.label)}</code>: "
-                + ", ".join(f"{html.escape(c.label)} &ndash; {self._count(c.count)}" for c in r.classes)
+                + ", ".join(f"{html.escape(c.label)} &ndash; {self._noisy(c.count)}" for c in r.classes)
                 + "</div>"
             )
         bars = {"numeric": _histogram_html, "categorical": _categories_html}
         rows = "".join(
             f"<tr><th style='{cell}'>{html.escape(c.name)}</th>"
             f"<td style='{cell}'>{c.kind}</td>"
-            f"<td style='{num}'>{self._count(self.missing(c.name))}</td><td style='{cell}'>"
+            f"<td style='{num}'>{self._missing_text(c.name)}</td><td style='{cell}'>"
             f"{bars[c.kind](c, r.policy)}</td></tr>"
             for c in r.columns
         )
@@ -209,12 +225,12 @@ class Description:
             "<div class='remote-magic-describe' style='font-family:sans-serif'>"
             "<div style='font-size:1.1em;font-weight:600;margin-bottom:4px'>"
             f"{html.escape(dataset_text(r.dataset, r.dataset_version))}: "
-            f"{self._count(r.rows)} rows</div>{classes}"
+            f"{self._noisy(r.rows)} rows</div>{classes}"
             "<table style='border-collapse:collapse;font-size:0.9em'><thead><tr>"
             f"<th style='{cell}'>column</th><th style='{cell}'>kind</th>"
             f"<th style='{num}'>missing</th><th style='{cell}'>distribution</th></tr></thead>"
             f"<tbody>{rows}</tbody></table>"
-            + (f"<div>{html.escape(budget)}</div>" if budget else "")
+            + "".join(f"<div>{html.escape(t)}</div>" for t in (self._noise_text(), budget) if t)
             + "<div style='color:#666;font-size:0.85em;margin-top:4px'>"
             f"{html.escape(rules_text(r.policy, metrics=False))}; outer histogram bins are open.</div></div>"
         )

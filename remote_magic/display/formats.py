@@ -6,7 +6,7 @@ constants: a dataset may set stricter numbers than the server's defaults.
 
 from __future__ import annotations
 
-from ..contract.wire import PolicyInEffect, PrivacyReport
+from ..contract.wire import MetricPoint, PolicyInEffect, PrivacyReport
 
 
 def count_text(n: int | None, policy: PolicyInEffect | None) -> str:
@@ -56,3 +56,18 @@ def privacy_text(report: PrivacyReport) -> str:
         f"differential privacy: {cost}; budget left rho {report.rho_remaining:.4g} of {report.rho_cap:g}; "
         "values include noise"
     )
+
+
+def interval_text(
+    value: float, band: list[float] | tuple[float, float] | None, policy: PolicyInEffect | None
+) -> str:
+    """A released metric and, where it has one (mode dp), its 95% interval: `0.9459 [0.9159, 0.9759]`."""
+    text = metric_text(value, policy)
+    return f"{text} [{metric_text(band[0], policy)}, {metric_text(band[1], policy)}]" if band else text
+
+
+def point_text(point: MetricPoint | None) -> str:
+    """A job's or a version's main metric as listings show it, with its interval where it has one."""
+    if point is None or point.eval is None:
+        return ""
+    return f"{point.name} {interval_text(point.eval, point.eval_interval, None)}"

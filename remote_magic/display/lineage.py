@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from matplotlib.figure import Figure
 
 from ..contract.automation_wire import LineageChain, ModelList, ModelVersion
+from .formats import point_text
 from .tables import Table
 
 VERSION_COLOUR = "#dbe7f5"
@@ -19,8 +20,7 @@ DATA_COLOUR = "#fbe5d6"
 
 
 def _metric(version: ModelVersion) -> str:
-    m = version.main_metric
-    return f"{m.name} {m.eval:.4g}" if m is not None and m.eval is not None else ""
+    return point_text(version.main_metric)
 
 
 def _origin(version: ModelVersion) -> str:

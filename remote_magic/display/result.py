@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from ..contract.wire import JobResult, SplitSummary
-from .formats import count_text, dataset_text, metric_text, privacy_text, rules_text
+from .formats import count_text, dataset_text, interval_text, metric_text, privacy_text, rules_text
 
 if TYPE_CHECKING:
     import xgboost
@@ -37,6 +37,8 @@ class TrainResult:
     def __init__(self, raw: JobResult, downloader: Callable[[str], bytes] | None = None):
         self.raw = raw
         self._downloader = downloader
+        self.spec_source: str | None = None
+        """Where the spec came from when a spec variable was used (set by the magics)."""
 
     def _count(self, n: int | None) -> str:
         return count_text(n, self.raw.policy)
@@ -166,12 +168,47 @@ class TrainResult:
         last, final = int(evals.index[-1]), float(evals.iloc[-1])
         past = last - best >= max(MIN_ROUNDS_PAST, SHARE_OF_ROUNDS_PAST * len(evals))
         lost = abs(final - value) >= SHARE_OF_RANGE_LOST * float(evals.max() - evals.min())
-        if not (past and lost and final != value):
+        if not (past and lost and final != value) or self._within_noise(best, last):
             return None
         return (
             f"The eval {self.history.columns.name} was best at round {best} ({self._metric(value)}) and is "
             f"{self._metric(final)} at round {last}: fewer rounds, or early stopping, would do better."
         )
+
+    @property
+    def ran_with(self) -> list[str]:
+        """What the job ran with, one line each: the spec as the server resolved it, the features, the
+        rows admitted, the rows left out and why, and the spec variable when one was used."""
+        r = self.raw
+        lines = []
+        if self.spec_source:
+            lines.append(f"spec variable: {self.spec_source}")
+        used = r.ran_with
+        if used is not None:
+            if used.eval is None:
+                split = "every admitted row"
+            elif hasattr(used.eval, "fraction"):
+                split = f"{used.eval.fraction:g} held out (seed {used.eval.seed})"
+            else:
+                split = f"rows where {used.eval.where}"
+            lines.append(f"spec: label {used.label}; filter: {used.where or 'none'}; eval: {split}")
+            derived = f" (derived: {', '.join(used.derived)})" if used.derived else ""
+            lines.append(f"features ({len(used.features)}): {', '.join(used.features)}{derived}")
+        parts = [f"{split} {self._count(part.rows)}" for split, part in self._splits()]
+        noisy = " (noisy counts)" if r.privacy is not None else ""
+        lines.append(f"rows admitted: {' + '.join(parts)}{noisy}")
+        for dropped in r.summary.dropped:
+            lines.append(f"rows left out: {self._count(dropped.rows)} with a {dropped.reason}{noisy}")
+        return lines
+
+    def _within_noise(self, first: int, second: int) -> bool:
+        """Whether two rounds' eval values have overlapping 95% intervals (mode dp): then no difference
+        between them may be read as real, and no note is made of it."""
+        history = self.history
+        if "eval_low" not in history.columns:
+            return False
+        a, b = history.loc[first], history.loc[second]
+        return bool(a["eval_low"] <= b["eval_high"] and b["eval_low"] <= a["eval_high"])
 
     def _rounds_text(self) -> str:
         r = self.raw.rounds
@@ -203,6 +240,7 @@ class TrainResult:
             else "rows:"
         )
         lines += self._summary_lines()
+        lines += self.ran_with
         lines.append("metrics (eval set" + (", 95% intervals" if r.intervals else "") + "):")
         lines += [f"  {name:<9} {self._metric_text(name)}" for name in r.metrics]
         top = self.feature_importance.head(5)
@@ -213,19 +251,34 @@ class TrainResult:
         note = self.past_best_note()
         if note:
             lines.append(f"note: {note}")
-        lines += [f"note: {note}" for note in r.notes]
+        lines += [f"note: {note}" for note in r.notes + self.extras_note()]
         if r.privacy is not None:
             lines.append(privacy_text(r.privacy))
         return "\n".join(lines)
+
+    def extras_note(self) -> list[str]:
+        """Mode dp: which extra fills each empty field (each costs budget of its own), so an empty
+        `history` or `confusion_matrix` is not mistaken for a failure."""
+        r = self.raw
+        if r.privacy is None:
+            return []
+        empty = []
+        if r.history is None:
+            empty.append("result.history (--curve K, or curve=K: the eval metric at K checkpoints)")
+        if r.importance_ranking is None:
+            empty.append(
+                "result.importance_ranking (--importance K; result.feature_importance, the gain, is not "
+                "released in mode dp)"
+            )
+        if r.confusion_matrix is None and r.task != "regression":
+            empty.append("result.confusion_matrix (--confusion)")
+        return ["empty in mode dp until asked for: " + "; ".join(empty)] if empty else []
 
     def _metric_text(self, name: str) -> str:
         value = self.raw.metrics[name]
         if value is None:
             return "not available"
-        band = self.raw.intervals.get(name)
-        if band is None:
-            return self._metric(value)
-        return f"{self._metric(value)}  [{self._metric(band[0])}, {self._metric(band[1])}]"
+        return interval_text(value, self.raw.intervals.get(name), self.raw.policy)
 
     # notebook face
     def plot(self) -> Figures:
@@ -252,6 +305,8 @@ class TrainResult:
             f"<div style='font-size:1.15em;font-weight:600'>{what}: {TASK_NAMES[r.task]} on "
             f"<code>{html.escape(dataset_text(r.dataset, r.dataset_version))}</code></div>"
             f"<div style='color:#666;margin-bottom:8px'>{self._rounds_text()}</div>"
+            f"<div class='remote-magic-ran-with' style='color:#444;font-size:0.9em;margin-bottom:8px'>"
+            f"{'<br>'.join(html.escape(line) for line in self.ran_with)}</div>"
             f"<div style='display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start'>"
             f"{self._rows_html()}{self._metrics_html()}</div>{note_html}"
             f"{plots.figure_row(self.plot())}"
@@ -261,7 +316,7 @@ class TrainResult:
 
     def _notes_html(self) -> str:
         r = self.raw
-        parts = [f"<br>{html.escape(note)}" for note in r.notes]
+        parts = [f"<br>{html.escape(note)}" for note in r.notes + self.extras_note()]
         if r.importance_ranking:
             parts.append(
                 "<br>Top features by permutation importance: " + html.escape(", ".join(r.importance_ranking))

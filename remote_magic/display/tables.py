@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 
 from ..contract.wire import DatasetInfo, JobStatus, SchemaChange
-from .formats import count_text, dataset_text, metric_text
+from .formats import count_text, dataset_text, point_text
 from .progress import describe, stage_of
 
 STATE_COLOURS = {
@@ -121,8 +121,7 @@ def _progress_text(job: JobStatus) -> str:
 def _metric_text(job: JobStatus) -> str:
     if job.error:
         return job.error.code
-    m = job.main_metric
-    return f"{m.name} {metric_text(m.eval, None)}" if m is not None and m.eval is not None else ""
+    return point_text(job.main_metric)
 
 
 JOB_COLUMNS = [

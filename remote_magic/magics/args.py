@@ -1,4 +1,4 @@
-"""Build a DatasetSpec from magic flags and an optional `spec` variable (flags win)."""
+"""Build a DatasetSpec from magic flags and, when `--spec VAR` names one, a spec variable (flags win)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ def spec_from_args(args: Namespace, base: object = None) -> DatasetSpec:
     except ValidationError as exc:
         errors = exc.errors()
         if missing and not any(e.get("type") == "extra_forbidden" for e in errors):
-            raise UsageError(f"missing {' and '.join(missing)} (or define them in a `spec` dict)") from None
+            raise UsageError(
+                f"missing {' and '.join(missing)} (or name a spec dict with --spec VAR)"
+            ) from None
         # a misspelt key (`lable`) is named before the field it was meant for is called missing
         raise UsageError(spec_error(errors, flags=True)) from None

@@ -56,26 +56,47 @@ def _steps(value: object) -> list[object]:
     return [step for _, step in steps] if isinstance(steps, list) else []
 
 
-def bound_models(before: Mapping[str, object], after: Mapping[str, object], source: str) -> dict[str, object]:
-    """The models the cell bound: names new or rebound since `before`, or assigned by `source`. A model
-    that is a step of a bound Pipeline is part of it, not a second candidate."""
+def is_estimator(value: object) -> bool:
+    """Whether `value` looks like a model of some library (it fits and predicts), known here or not."""
+    return not isinstance(value, type) and all(callable(getattr(value, m, None)) for m in ("fit", "predict"))
+
+
+def bound_values(before: Mapping[str, object], after: Mapping[str, object], source: str) -> dict[str, object]:
+    """Everything the cell bound: names new or rebound since `before`, or assigned by `source`."""
     assigned = assigned_names(source)
-    bound = {
+    return {
         name: value
         for name, value in after.items()
-        if not name.startswith("_")
-        and (name in assigned or before.get(name, _UNSET) is not value)
-        and is_model(value)
+        if not name.startswith("_") and (name in assigned or before.get(name, _UNSET) is not value)
     }
+
+
+def bound_models(bound_by_cell: Mapping[str, object]) -> dict[str, object]:
+    """The models among what a cell bound. A model that is a step of a bound Pipeline is part of it, not
+    a second candidate."""
+    bound = {name: value for name, value in bound_by_cell.items() if is_model(value)}
     inner = {id(step) for value in bound.values() for step in _steps(value)}
     return {name: value for name, value in bound.items() if id(value) not in inner}
 
 
-def pick_model(bound: Mapping[str, object]) -> object:
-    """The one model the cell bound; a UsageError that says what to do when there is none or several."""
+def foreign_models(bound: Mapping[str, object]) -> dict[str, object]:
+    """The values a cell bound that are models of a library no model family knows (a random forest)."""
+    return {name: value for name, value in bound.items() if is_estimator(value) and not is_model(value)}
+
+
+def pick_model(bound: Mapping[str, object], foreign: Mapping[str, object] | None = None) -> object:
+    """The one model the cell bound; a UsageError that says what to do when there is none or several,
+    naming a model the cell bound that no family knows."""
     distinct = {id(value) for value in bound.values()}
     if len(distinct) == 1:
         return next(iter(bound.values()))
+    if not bound and foreign:
+        name, value = next(iter(sorted(foreign.items())))
+        kind = type(value)
+        raise UsageError(
+            f"{name} is a {kind.__name__} ({kind.__module__.split('.')[0]}), which no model family on the "
+            f"server knows: send {WHAT_A_MODEL_IS}"
+        )
     if not bound:
         raise UsageError(
             f"the cell bound no model ({WHAT_A_MODEL_IS}): bind one in the cell, e.g. "

@@ -13,6 +13,8 @@ import getpass
 import os
 import shlex
 import sys
+import traceback
+from functools import partial
 from typing import TYPE_CHECKING, get_args
 
 from IPython.core.error import StdinNotImplementedError, UsageError
@@ -24,15 +26,16 @@ from traitlets.config import Configurable
 
 from ..client.api import Client
 from ..client.connection import hub_token
-from ..client.errors import JobInterrupted
+from ..client.errors import JobInterrupted, RemoteMagicError
 from ..client.job import Job
 from ..client.registry_api import register_request
-from ..contract.wire import JobState, ReleaseOptions, Whoami, first_error
+from ..contract.wire import DatasetSpec, JobState, ReleaseOptions, Whoami, first_error
+from ..display.budget import Budget
 from ..display.lineage import LineageView, models_table, recipes_table
 from ..display.progress import ProgressBar, QueueWait, progress_enabled
 from ..display.tables import Table, columns_table, datasets_table, jobs_table, versions_table
 from .args import spec_from_args
-from .cellmodel import bound_models, pick_model
+from .cellmodel import bound_models, bound_values, foreign_models, pick_model
 from .usage import usage_errors
 
 if TYPE_CHECKING:
@@ -76,7 +79,9 @@ def _spec_arguments(func):
                 "-m",
                 help="variable holding the model (default: the one model the cell itself binds)",
             ),
-            argument("--spec", default="spec", help="variable holding a spec dict, used for missing flags"),
+            argument(
+                "--spec", help="a variable holding a spec dict (or DatasetSpec) for the fields no flag sets"
+            ),
             argument(
                 "-o", "--output", help="store the result (or, with --no-wait, the job) in this variable"
             ),
@@ -116,6 +121,41 @@ def _registry_arguments(func):
     ):
         func = decorator(func)
     return func
+
+
+CELL_FILE = "<cell>"
+
+
+def _cell_traceback(error: BaseException) -> list[str]:
+    """The traceback of an error raised by a magic's cell, from the cell's own frame on: what the cell
+    did, not the magic machinery that ran it."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != CELL_FILE:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(error), error, tb)).rstrip("\n").split("\n")
+
+
+SPEC_FLAGS = ("dataset", "label", "where", "features", "eval_fraction", "eval_where", "seed")
+
+
+def _spec_source(args) -> str | None:
+    """Where a job's spec came from when a variable was used: its name, and the flags set over it."""
+    if args.spec is None:
+        return None
+    flags = [f"--{name.replace('_', '-')}" for name in SPEC_FLAGS if getattr(args, name, None) is not None]
+    over = f"; flags over it: {', '.join(flags)}" if flags else ""
+    return f"`{args.spec}` (named by --spec){over}"
+
+
+def _charge_said(job: Job) -> str:
+    """What a cancelled job cost, as the server said it with its end (mode dp); empty otherwise. Waits
+    a moment for the end, since a running job stops a little after it is told to."""
+    try:
+        status = job.status if job.done else job.wait(timeout=CANCEL_WAIT_S)
+    except (TimeoutError, KeyboardInterrupt, RemoteMagicError):
+        return ""
+    message = status.error.message if status.error is not None else ""
+    return f"; {message.split('; ', 1)[1]}" if "; " in message else ""
 
 
 @magics_class
@@ -240,41 +280,78 @@ class RemoteMagic(Magics, Configurable):
         dataset = self.client.dataset(args.name)
         return versions_table(dataset) if args.versions else columns_table(dataset)
 
+    @magic_arguments()
+    @argument("dataset", nargs="?", help="only this dataset")
+    @line_magic
+    @usage_errors
+    def remote_budget(self, line: str) -> Budget:
+        """Your privacy budget on each mode-dp dataset: the cap, what is spent and left, and every charge
+        with the job that made it (a failed or cancelled job is charged once its rows were admitted)."""
+        args = _parse(self.remote_budget, line)
+        budget = self.client.budget()
+        if args.dataset is not None:
+            try:
+                budget.report.datasets = [budget[args.dataset]]
+            except KeyError as missing:
+                raise UsageError(missing.args[0]) from None
+        return budget
+
     # jobs
-    def _spec(self, args) -> dict:
-        return spec_from_args(args, self.shell.user_ns.get(args.spec))
+    def _spec(self, args) -> DatasetSpec:
+        """The spec of the flags, over the variable `--spec VAR` names: never one picked up by its name."""
+        return spec_from_args(args, self._spec_variable(args))
 
-    def _run_cell(self, cell: str) -> dict[str, object]:
-        """Run the cell; return the models it bound (compared with the namespace before it)."""
+    def _spec_variable(self, args) -> object:
+        if args.spec is None:
+            return None
+        if args.spec not in self.shell.user_ns:
+            raise UsageError(
+                f"there is no variable {args.spec!r}; --spec names a variable holding a spec dict"
+            )
+        return self.shell.user_ns[args.spec]
+
+    def _run_cell(self, cell: str) -> tuple[dict[str, object], dict[str, object]]:
+        """Run the cell; return the models it bound (compared with the namespace before it), and the
+        models of libraries no family knows that it bound. An error in the cell shows as the cell's own
+        traceback, without the frames of the magic around it."""
         before = dict(self.shell.user_ns)
-        self.shell.ex(cell)
-        return bound_models(before, self.shell.user_ns, self.shell.transform_cell(cell))
+        code = compile(cell, CELL_FILE, "exec")
+        try:
+            with self.shell.builtin_trap:
+                exec(code, self.shell.user_global_ns, self.shell.user_ns)  # noqa: S102 - the user's own cell
+        except Exception as error:
+            error._render_traceback_ = partial(_cell_traceback, error)  # type: ignore[attr-defined]
+            raise
+        bound = bound_values(before, self.shell.user_ns, self.shell.transform_cell(cell))
+        return bound_models(bound), foreign_models(bound)
 
-    def _model(self, args, bound: dict[str, object]) -> object:
+    def _model(self, args, bound: dict[str, object], foreign: dict[str, object]) -> object:
         """The variable --model names (bound in the cell or not), else the one model the cell bound."""
         if args.model is None:
-            return pick_model(bound)
+            return pick_model(bound, foreign)
         if args.model not in self.shell.user_ns:
             raise UsageError(f"there is no variable {args.model!r}; name the model with --model VAR")
         return self.shell.user_ns[args.model]
 
-    def _model_or_base(self, args, bound: dict[str, object], base: str | None) -> object:
+    def _model_or_base(
+        self, args, bound: dict[str, object], base: str | None, foreign: dict[str, object]
+    ) -> object:
         """The model to send; with a registered version (`base`), the cell's model brings only parameters
         and may be absent, and with --model-ref none is sent."""
         if getattr(args, "model_ref", None):
             return None
         if base is not None and args.model is None and not bound:
             return None
-        return self._model(args, bound)
+        return self._model(args, bound, foreign)
 
     def _run(self, kind: str, line: str, cell: str, magic) -> object:
         args = _parse(magic, line)
-        bound = self._run_cell(cell)
+        bound, foreign = self._run_cell(cell)
         spec = self._spec(args)
         base = getattr(args, "base_model", None) or getattr(args, "model_ref", None)
         if args.dry_run and base is not None:
             raise UsageError("--dry-run checks a model from the cell; it cannot use a registered version")
-        model = self._model_or_base(args, bound, base)
+        model = self._model_or_base(args, bound, base, foreign)
         try:
             release = ReleaseOptions(confusion=args.confusion, curve=args.curve, importance=args.importance)
         except ValidationError as exc:
@@ -304,6 +381,7 @@ class RemoteMagic(Magics, Configurable):
                 self.shell.user_ns[args.output] = job
             return job
         result = self._wait(job)
+        result.spec_source = _spec_source(args)
         if args.output:
             self.shell.user_ns[args.output] = result
         return result
@@ -333,7 +411,7 @@ class RemoteMagic(Magics, Configurable):
         try:
             return job.result(timeout=self.timeout or None, on_progress=bar)
         except KeyboardInterrupt:
-            raise JobInterrupted(f"remote job {job.id} was cancelled.") from None
+            raise JobInterrupted(f"remote job {job.id} was cancelled{_charge_said(job)}.") from None
         finally:
             if bar is not None:
                 bar.close()
@@ -400,7 +478,8 @@ class RemoteMagic(Magics, Configurable):
         job = self.client.job(job_id)
         job.cancel()
         try:
-            print(f"Job {job_id}: {job.wait(timeout=CANCEL_WAIT_S).state}")
+            state = job.wait(timeout=CANCEL_WAIT_S).state
+            print(f"Job {job_id}: {state}{_charge_said(job)}")
         except TimeoutError:
             print(f"Job {job_id}: cancelling; %remote_job {job_id} shows when it has stopped")
 
@@ -409,7 +488,7 @@ class RemoteMagic(Magics, Configurable):
     @argument("--label", "-l", help="label column")
     @argument("--features", "-f", help="comma-separated columns to describe (default: all features)")
     @argument("--where", "-w", help="filter admitting rows, as for %%remote_train")
-    @argument("--spec", default="spec", help="variable holding a spec dict, used for missing flags")
+    @argument("--spec", help="a variable holding a spec dict (or DatasetSpec) for the fields no flag sets")
     @argument("-o", "--output", help="store the description in this variable")
     @line_magic
     @usage_errors
@@ -422,7 +501,7 @@ class RemoteMagic(Magics, Configurable):
         """
         args = _parse(self.remote_describe, line)
         args.eval_fraction = args.eval_where = args.seed = None
-        spec = spec_from_args(args, self.shell.user_ns.get(args.spec)).model_copy(update={"eval": None})
+        spec = self._spec(args).model_copy(update={"eval": None})
         description = self.client.describe(spec)
         if args.output:
             self.shell.user_ns[args.output] = description
@@ -466,11 +545,11 @@ class RemoteMagic(Magics, Configurable):
         if cell is not None:
             if args.action != "save" or not args.name:
                 raise UsageError("with a cell: %%remote_recipe save NAME [triggers] [spec flags]")
-            bound = self._run_cell(cell)
+            bound, foreign = self._run_cell(cell)
             if args.kind == "evaluate" and args.base_model:
                 model = None  # an evaluation recipe scores the registered version itself
             else:
-                model = self._model_or_base(args, bound, args.base_model)
+                model = self._model_or_base(args, bound, args.base_model, foreign)
             try:
                 request = register_request(args.register, args.alias, args.if_better)
             except ValueError as exc:

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from remote_magic import __version__
 
 from .api import (
+    budget,
     cost,
     datasets,
     describe,
@@ -179,6 +180,7 @@ def create_app(settings: Settings) -> FastAPI:
         datasets,
         jobs,
         cost,
+        budget,
         describe,
         models,
         mock,

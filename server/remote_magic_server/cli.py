@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config.settings import ConfigError, Settings, load_settings
-from .owner import cmd_approve, cmd_audit, cmd_review
+from .owner import cmd_approve, cmd_audit, cmd_budget, cmd_review
 
 
 def settings_of(args: argparse.Namespace) -> Settings:
@@ -223,6 +223,19 @@ def parser() -> argparse.ArgumentParser:
     approve.add_argument("job", help="the job id")
     approve.add_argument("--by", help="the approver's name for the audit log (default: your login)")
     approve.set_defaults(func=_owner(cmd_approve), host=None, port=None)
+
+    budget = sub.add_parser(
+        "budget", help="privacy budgets per user and dataset (mode dp): list them, or set one user's cap"
+    )
+    common(budget)
+    budget.add_argument("action", choices=["list", "set"])
+    budget.add_argument("user", nargs="?", help="the user (list: only this user)")
+    budget.add_argument("dataset", nargs="?", help="the dataset (list: only this dataset)")
+    budget.add_argument(
+        "rho", nargs="?", type=float, help="set: the user's new cap on the dataset (zCDP rho)"
+    )
+    budget.add_argument("--by", help="your name for the audit log (default: your login)")
+    budget.set_defaults(func=_owner(cmd_budget), host=None, port=None)
 
     backup = sub.add_parser("backup", help="copy the data directory consistently, while the server runs")
     common(backup)

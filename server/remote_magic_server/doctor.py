@@ -268,7 +268,12 @@ def _probe(settings: Settings) -> list[Finding]:
         "sandbox_uid": settings.server.sandbox_uid,
         "sandbox_gid": settings.server.sandbox_gid,
         "datasets": {
-            name: {"path": str(path), "id_column": ds.id_column, "label_columns": ds.label_columns}
+            name: {
+                "path": str(path),
+                "id_column": ds.id_column,
+                "label_columns": ds.label_columns,
+                "exclude_columns": ds.exclude_columns,
+            }
             for name, ds in settings.datasets.items()
             if (path := _readable_file(settings, name)) is not None
         },

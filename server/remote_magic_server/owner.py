@@ -95,3 +95,63 @@ def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
     audit.close()
     print(f"approved: the model of job {args.job} may now be downloaded by {state['user']}")
     return 0
+
+
+def _budget_rows(settings: Settings, ledger, store) -> list[tuple[str, str]]:
+    """Every (user, dataset) with a budget worth showing: a token's mode-dp datasets, and whoever spent."""
+    dp = {name for name in settings.datasets if settings.policy_for(name).privacy == "dp"}
+    pairs = {(t.user, d) for t in store.list_tokens() if t.state() == "active" for d in t.datasets if d in dp}
+    pairs |= {(c["user"], c["dataset"]) for c in ledger.charges()}
+    pairs |= {(c["user"], c["dataset"]) for c in ledger.caps()}
+    return sorted(pairs)
+
+
+def cmd_budget(args: argparse.Namespace, settings: Settings) -> int:
+    """The data owner's view of privacy budgets per user and dataset (mode dp): list them, or set one
+    user's cap on one dataset (raise or lower it), recorded in the audit log."""
+    import getpass
+
+    from .audit import open_audit
+    from .jobs.store import Store
+    from .release.ledger import Ledger
+
+    ledger, store = Ledger(settings.ledger_path), Store(settings.db_path, settings.jobs_dir)
+    try:
+        if args.action == "list":
+            print(f"{'user':<14} {'dataset':<24} {'spent':>10} {'cap':>10} {'left':>10}  jobs charged")
+            for user, dataset in _budget_rows(settings, ledger, store):
+                if args.user and user != args.user or args.dataset and dataset != args.dataset:
+                    continue
+                charges = ledger.charges(user, dataset)
+                spent = sum(c["rho"] for c in charges)
+                raised = ledger.cap(user, dataset)
+                cap = settings.policy_for(dataset).dp_rho_cap if raised is None else raised
+                mark = "*" if raised is not None else " "
+                print(
+                    f"{user:<14} {dataset:<24} {spent:>10.4g} {cap:>9g}{mark} {max(0.0, cap - spent):>10.4g}"
+                    f"  {sum(c['charge'].startswith('job:') for c in charges)}"
+                )
+            print("(* set by the data owner; otherwise the dataset policy's dp_rho_cap)")
+            return 0
+        if not (args.user and args.dataset and args.rho is not None):
+            print("usage: budget set USER DATASET RHO", file=sys.stderr)
+            return 2
+        if args.dataset not in settings.datasets or settings.policy_for(args.dataset).privacy != "dp":
+            print(f"{args.dataset!r} is not a dataset served in mode dp by this config", file=sys.stderr)
+            return 2
+        if not args.rho >= 0:
+            print("RHO must be a number >= 0", file=sys.stderr)
+            return 2
+        before = ledger.cap(args.user, args.dataset)
+        if before is None:
+            before = settings.policy_for(args.dataset).dp_rho_cap
+        by = args.by or getpass.getuser()
+        ledger.set_cap(args.user, args.dataset, args.rho, by)
+    finally:
+        ledger.close()
+        store.close()
+    audit = open_audit(settings)
+    audit.record("budget_set", args.user, dataset=args.dataset, rho_cap=args.rho, before=before, set_by=by)
+    audit.close()
+    print(f"{args.user} on {args.dataset}: budget rho {before:g} -> {args.rho:g} (recorded in the audit log)")
+    return 0

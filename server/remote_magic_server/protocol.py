@@ -52,6 +52,9 @@ class Staging(_Strict):
     partition_query: str = Field(
         default="", description="The same query over one partition, registered as PARTITION_TABLE."
     )
+    missing_label_query: str = Field(
+        default="", description="The count of rows the filter admits with a missing label (path: `?`)."
+    )
 
 
 class Limits(_Strict):
@@ -125,6 +128,9 @@ class Admission(_Strict):
     counts: dict[Literal["train", "eval"], SplitCounts]
     row_sets: dict[Literal["training", "evaluation", "admitted"], str]
     table_rows: int = Field(ge=0)
+    missing_label: int | None = Field(
+        default=None, ge=0, description="Rows the filter admitted whose label is missing (not counted: null)."
+    )
 
 
 class Confusion(_Strict):

@@ -14,7 +14,7 @@ def whole_seconds(stamp: str | None) -> str | None:
 
 
 def _main_metric(job: JobRow) -> MetricPoint | None:
-    return main_metric(job.result.get("metrics", {})) if job.result else None
+    return main_metric(job.result.get("metrics", {}), job.result.get("intervals")) if job.result else None
 
 
 def _rounds(job: JobRow) -> int | None:

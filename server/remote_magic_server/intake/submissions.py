@@ -123,8 +123,6 @@ class Intake:
         spec, plan = check_spec(self.settings, self.versions, sub.datasets, sub.spec)
         sub.spec = spec  # the dataset alone; its version is in the plan
         plan["release"] = sub.release.model_dump()
-        request = Request(user=sub.user, dataset=spec.dataset, kind=sub.kind, spec={}, options=sub.release)
-        self.desk.check_budget(request)
         state, report = self._scan(sub, plan)
         if report is not None:
             plan["model"] = report.model
@@ -135,8 +133,24 @@ class Intake:
         if "base_model" in plan:
             digest.update(plan["base_model"]["sha256"].encode())
         plan["payload_sha256"] = digest.hexdigest()
+        self._check_budget(sub, plan)
         plan.update(sub.origin)
         return plan, state
+
+    def _check_budget(self, sub: Submission, plan: dict) -> None:
+        """Refuse a job the budget cannot pay for, unless it is an identical repeat: that one is answered
+        from the store at no cost, at the cap too."""
+        request = Request(
+            user=sub.user,
+            dataset=sub.spec.dataset,
+            kind=sub.kind,
+            spec=sub.spec.model_dump(mode="json"),
+            options=sub.release,
+            payload_sha256=plan["payload_sha256"],
+            dataset_version=plan["dataset_version"],
+        )
+        if self.desk.stored_result(request) is None:
+            self.desk.check_budget(request)
 
     def accept(self, sub: Submission) -> tuple[JobRow, bool]:
         """Check and persist a job; return (job, created). A repeated idempotency key returns its job."""

@@ -145,7 +145,11 @@ class Scheduler:
         if run is not None:
             run.execution.kill()
             return True
-        done = self.store.finish(job_id, "cancelled", error=("cancelled", "the job was cancelled"))
+        job = self.store.get_job(job_id)
+        error = ("cancelled", "the job was cancelled")
+        if job is not None:
+            error = self._with_charge(self._request(job), error)  # type: ignore[assignment]
+        done = self.store.finish(job_id, "cancelled", error=error)
         if done:
             self.on_change(job_id)
         return done
@@ -213,6 +217,11 @@ class Scheduler:
             dataset_version=job.plan.get("dataset_version"),
             label_dtype=job.plan.get("label_dtype", ""),
         )
+
+    def _with_charge(self, request: Request, error: tuple[str, str] | None) -> tuple[str, str] | None:
+        """A failure or cancellation in mode dp says what it cost: charged once admitted, else nothing."""
+        note = self.desk.charge_note(request) if error is not None else None
+        return error if note is None or error is None else (error[0], f"{error[1]}; {note}")
 
     def _place_base_model(self, job: JobRow, folder: Path) -> None:
         """Copy the registered version a job continues into its folder, exactly the bytes it was given."""
@@ -337,6 +346,7 @@ class Scheduler:
         timeline: Timeline | None = None,
     ) -> None:
         result = final.result if final.state == "succeeded" else None
+        final.error = self._with_charge(request, final.error)
         if self.store.finish(job.id, final.state, result=result, error=final.error):  # type: ignore[arg-type]
             self.on_finish(job, final.state, seconds)
         timeline = timeline or Timeline()

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from sqlglot import exp
 
 from remote_magic.contract.codes import Refusal
-from remote_magic.contract.query import staging_query
+from remote_magic.contract.query import missing_label_query, staging_query
 from remote_magic.contract.specs import Resolved
 from remote_magic.contract.wire import DatasetSpec, ReleaseOptions
 
@@ -145,4 +145,5 @@ def staging_plan(spec: DatasetSpec, kind: str, path: str, id_column: str, plan: 
         columns=resolved.all_features,
         label=spec.label,
         partition_query=partition_query,
+        missing_label_query=missing_label_query(spec, resolved, source),
     )

@@ -29,13 +29,16 @@ from remote_magic.contract.wire import ConfusionMatrix, History, JobResult, Rele
 from ..config.settings import Policy
 from ..protocol import SplitCounts, Structure, TrainReport
 from . import dp
-from .policy import release_count, round_metric, split_summary
+from .policy import dropped_rows, release_count, round_metric, split_summary
 
 METRICS = {"binary": ("auc", "log_loss", "accuracy"), "multiclass": ("log_loss", "accuracy")}
 REGRESSION_METRICS = ("rmse", "mae", "r2")
 LOWER_BOUND_SIGMAS = 3.0  # the smallest class is taken as its noisy count less 3 sigma (AUC sensitivity)
 DRAWS = 4000
 Z95 = 1.959964
+# The most one row adds to a clipped log-loss sum, as the worker clips it (families/scoring.LOSS_CLIP,
+# not imported: it would bring scikit-learn into the API process; a test holds the two equal).
+LOSS_CLIP = math.log(100)
 
 
 def task_of(counts: Mapping[str, SplitCounts]) -> str:
@@ -64,21 +67,22 @@ def share(policy: Policy, task: str) -> float:
     return policy.dp_rho_job / (1 + len(metric_names(task)))
 
 
-def expected_half_widths(policy: Policy, eval_rows: int) -> dict[str, float]:
-    """The 95% half-widths a binary classifier's default metrics should get on `eval_rows` rows (two
-    balanced classes assumed): for the cost estimate shown before a job runs."""
+def expected_half_widths(policy: Policy, eval_rows: int, smallest_share: float = 0.5) -> dict[str, float]:
+    """The 95% half-widths a binary classifier's default metrics should get on `eval_rows` rows whose
+    smaller class is `smallest_share` of them, computed as `release_dp` computes them: AUC's sensitivity
+    is 1 / (the smaller class's noisy count less 3 sigma), as the release uses it."""
     rho = share(policy, "binary")
     n = max(eval_rows, 1)
-    return {
-        "rows": round(Z95 * dp.sigma(math.sqrt(2), rho), 1),
-        "auc": round_metric(Z95 * dp.sigma(2.0 / n, rho)),
-        "log_loss": round_metric(Z95 * dp.sigma(dp_loss_clip(), rho) / n),
+    count_sigma = dp.sigma(math.sqrt(2), rho)
+    bound = smallest_share * n - LOWER_BOUND_SIGMAS * count_sigma
+    widths = {
+        "rows": round(Z95 * count_sigma, 1),
+        "log_loss": round_metric(Z95 * dp.sigma(LOSS_CLIP, rho) / n),
         "accuracy": round_metric(Z95 * dp.sigma(1.0, rho) / n),
     }
-
-
-def dp_loss_clip() -> float:
-    return math.log(100)
+    if bound >= policy.min_class_rows:
+        widths["auc"] = round_metric(Z95 * dp.sigma(1.0 / bound, rho))
+    return dict(sorted(widths.items(), key=lambda item: item[0] != "rows"))
 
 
 @dataclass
@@ -87,24 +91,34 @@ class NoisyCounts:
 
     splits: dict[str, SplitCounts]
     sigma: float
+    missing_label: int | None = None
 
     def to_json(self) -> dict:
-        return {"splits": {k: v.model_dump() for k, v in self.splits.items()}, "sigma": self.sigma}
+        splits = {k: v.model_dump() for k, v in self.splits.items()}
+        return {"splits": splits, "sigma": self.sigma, "missing_label": self.missing_label}
 
     @classmethod
     def from_json(cls, data: Mapping) -> NoisyCounts:
         return cls(
-            {k: SplitCounts.model_validate(v) for k, v in data["splits"].items()}, float(data["sigma"])
+            {k: SplitCounts.model_validate(v) for k, v in data["splits"].items()},
+            float(data["sigma"]),
+            data.get("missing_label"),
         )
 
 
-def draw_counts(counts: Mapping[str, SplitCounts], policy: Policy) -> NoisyCounts:
-    """Noisy rows and class counts of every split; one row moves its split's count and its class's."""
+def draw_counts(
+    counts: Mapping[str, SplitCounts], policy: Policy, missing_label: int | None = None
+) -> NoisyCounts:
+    """Noisy rows and class counts of every split, and the rows left out for a missing label, in one
+    vector: a row is in one split and one class, or (label missing) in the left-out count alone, so one
+    row moves at most two entries by one and the sensitivity is that of the counts without it."""
     task = task_of(counts)
     vector: list[int] = []
     for split in sorted(counts):
         vector.append(counts[split].rows)
         vector += [counts[split].classes[c] for c in sorted(counts[split].classes or {})]
+    if missing_label is not None:
+        vector.append(missing_label)
     noisy, scale = dp.gaussian_counts(
         vector, math.sqrt(2) if task != "regression" else 1.0, share(policy, task)
     )
@@ -116,7 +130,7 @@ def draw_counts(counts: Mapping[str, SplitCounts], policy: Policy) -> NoisyCount
             {c: next(values) for c in sorted(counts[split].classes or {})} if counts[split].classes else None
         )
         splits[split] = SplitCounts(rows=rows, classes=classes)
-    return NoisyCounts(splits, scale)
+    return NoisyCounts(splits, scale, next(values) if missing_label is not None else None)
 
 
 def check_cohort(noisy: NoisyCounts, policy: Policy) -> None:
@@ -318,6 +332,7 @@ def release_dp(
         summary=Summary(
             train=split_summary(noisy.splits["train"], policy) if "train" in noisy.splits else None,
             eval=split_summary(evaluation, policy),
+            dropped=dropped_rows(noisy.missing_label, policy),
         ),
         confusion_matrix=confusion,
         rounds=Rounds(**report.rounds.model_dump()),

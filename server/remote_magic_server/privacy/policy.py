@@ -15,6 +15,7 @@ from remote_magic.contract.codes import Refusal
 from remote_magic.contract.wire import (
     ClassCount,
     ConfusionMatrix,
+    DroppedRows,
     History,
     JobResult,
     Rounds,
@@ -76,6 +77,13 @@ def split_summary(counts: SplitCounts, policy: Policy) -> SplitSummary:
     return SplitSummary(rows=release_count(counts.rows, policy), classes=classes)
 
 
+def dropped_rows(missing_label: int | None, policy: Policy) -> list[DroppedRows]:
+    """The rows left out for a missing label, released like any count; none when they were not counted."""
+    if missing_label is None:
+        return []
+    return [DroppedRows(reason="missing label", rows=release_count(missing_label, policy))]
+
+
 def release(
     report: TrainReport,
     counts: Mapping[str, SplitCounts],
@@ -83,6 +91,7 @@ def release(
     job_id: str,
     dataset: str,
     kind: str,
+    missing_label: int | None = None,
 ) -> JobResult:
     """Build the releasable result from a worker's raw aggregates, or raise Refusal."""
     check_cohort(counts, policy)
@@ -109,6 +118,7 @@ def release(
         summary=Summary(
             train=split_summary(counts["train"], policy) if "train" in counts else None,
             eval=split_summary(counts["eval"], policy),
+            dropped=dropped_rows(missing_label, policy),
         ),
         confusion_matrix=confusion,
         rounds=Rounds(**report.rounds.model_dump()),

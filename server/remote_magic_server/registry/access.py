@@ -29,10 +29,13 @@ MAIN_METRICS = ("auc", "accuracy", "r2", "rmse", "log_loss")
 MAX_LINEAGE = 1000
 
 
-def main_metric(metrics: dict[str, float | None]) -> MetricPoint | None:
+def main_metric(
+    metrics: dict[str, float | None], intervals: dict[str, list[float]] | None = None
+) -> MetricPoint | None:
+    """The metric that tells runs apart, with its 95% interval where the result has one (mode dp)."""
     for name in MAIN_METRICS:
         if metrics.get(name) is not None:
-            return MetricPoint(name=name, eval=metrics[name])
+            return MetricPoint(name=name, eval=metrics[name], eval_interval=(intervals or {}).get(name))
     return None
 
 
@@ -107,7 +110,7 @@ class Registry:
             ref=row.ref,
             created=row.created,
             aliases=sorted(a for a, n in aliases.items() if n == row.number),
-            main_metric=main_metric(metrics),
+            main_metric=main_metric(metrics, row.result.get("intervals")),
             metrics=metrics,
             rounds=int(row.result.get("rounds", {}).get("total", 0)),
             lineage=Lineage(

@@ -35,7 +35,9 @@ class RegistryEvent:
 
 
 def improvement(condition: Condition, new: dict, incumbent: VersionRow) -> tuple[bool, str]:
-    """Whether released metric `new` beats the incumbent's by the margin, and the sentence saying so."""
+    """Whether released metric `new` beats the incumbent's by the margin, and the sentence saying so. In
+    mode dp (both carry 95% intervals) it must also be beyond the noise: the intervals may not overlap,
+    or an alias would move on noise."""
     metric = condition.metric
     old = incumbent.result.get("metrics", {}).get(metric)
     value = new.get("metrics", {}).get(metric)
@@ -43,10 +45,14 @@ def improvement(condition: Condition, new: dict, incumbent: VersionRow) -> tuple
         return False, f"eval {metric} is not among the released metrics of this job and {incumbent.ref}"
     gain = (old - value) if metric in LOWER_IS_BETTER else (value - old)
     verdict = "improves" if gain >= condition.min_improvement - 1e-12 else "does not improve"
+    said = f"by at least {condition.min_improvement:g}"
+    band = new.get("intervals", {}).get(metric)
+    old_band = incumbent.result.get("intervals", {}).get(metric)
+    if verdict == "improves" and band and old_band and band[0] <= old_band[1] and old_band[0] <= band[1]:
+        verdict, said = "does not improve", "beyond the noise (their 95% intervals overlap)"
     return (
         verdict == "improves",
-        f"eval {metric} {value:.4g} {verdict} on {incumbent.ref}'s {old:.4g} "
-        f"by at least {condition.min_improvement:g}",
+        f"eval {metric} {value:.4g} {verdict} on {incumbent.ref}'s {old:.4g} {said}",
     )
 
 

@@ -5,8 +5,9 @@ and it keeps their memory (the ledger) and the record of every decision (the aud
 in mode `dp` (every released number an OpenDP draw, charged to a zCDP budget per user and dataset) or
 `rules` (suppression and rounding only: weaker, it does not resist attacker-chosen models).
 
-1. `check_budget` (at submit and at start): a job the budget cannot pay for is refused before it runs,
-   at no cost; an identical earlier request is answered from the ledger (`stored_result`), at no cost.
+1. `stored_result`, then `check_budget` (at submit and at start): an identical earlier request is
+   answered from the ledger at no cost, even at the cap; a job the budget cannot pay for is refused
+   before it runs, at no cost. A user's cap is the policy's unless the data owner set one (`cap`).
 2. `admit`, on the admitted rows, before anything that depends on their values runs: in mode dp the
    job is charged first (whatever happens next) and its row counts drawn; then the cohort and class
    minimums (on the noisy counts in mode dp) and, in mode rules only, the differencing guard; the sets
@@ -33,14 +34,20 @@ from pathlib import Path
 from pyroaring import BitMap
 
 from remote_magic.contract.codes import CODES, Refusal
+from remote_magic.contract.query import default_eval
 from remote_magic.contract.types import continuous_label_hint
 from remote_magic.contract.wire import (
+    BudgetCharge,
+    BudgetReport,
     CostEstimate,
+    DatasetBudget,
+    DatasetSpec,
     DescribeResult,
     JobResult,
     MetricPoint,
     PrivacyReport,
     ReleaseOptions,
+    SpecUsed,
 )
 
 from ..audit import AuditLog
@@ -170,6 +177,11 @@ class ReleaseDesk:
             return policy.dp_rho_describe
         return dp_release.job_cost(policy, request.options)
 
+    def cap(self, user: str, dataset: str) -> float:
+        """A user's budget on a dataset: the one its data owner set for them, else the policy's cap."""
+        raised = self.ledger.cap(user, dataset)
+        return self.policy(dataset).dp_rho_cap if raised is None else raised
+
     def check_budget(self, request: Request) -> None:
         """Refuse, at no cost, a request the user's (or the dataset's) budget cannot pay for."""
         policy = self.policy(request.dataset)
@@ -177,12 +189,14 @@ class ReleaseDesk:
         if not cost:
             return
         spent = self.ledger.spent(request.user, request.dataset)
-        if spent + cost > policy.dp_rho_cap + 1e-12:
+        cap = self.cap(request.user, request.dataset)
+        if spent + cost > cap + 1e-12:
             raise Refusal(
                 "privacy_budget_exhausted",
-                f"your privacy budget on this dataset (rho {policy.dp_rho_cap:g}) cannot pay for this "
-                f"request (rho {cost:g}; {max(0.0, policy.dp_rho_cap - spent):.4g} left); repeat an earlier "
-                "request to see its stored answer",
+                f"your privacy budget on this dataset (rho {cap:g}) cannot pay for this "
+                f"request (rho {cost:g}; {max(0.0, cap - spent):.4g} left); repeat an earlier "
+                "request to see its stored answer, or ask the data owner to raise your budget "
+                f"(remote-magic-server budget set {request.user} {request.dataset} RHO)",
             )
         if (
             policy.dp_rho_dataset_cap
@@ -192,6 +206,49 @@ class ReleaseDesk:
                 "privacy_budget_exhausted",
                 "the privacy budget of this dataset across all analysts is spent; ask its data owner",
             )
+
+    def charge_note(self, request: Request) -> str | None:
+        """In mode dp, what a job that did not succeed cost: said with its failure, never in silence."""
+        if not self.dp(request.dataset):
+            return None
+        rho = self.ledger.rho_of(request.charge)
+        if not rho:
+            return "nothing was charged to your privacy budget"
+        left = max(
+            0.0, self.cap(request.user, request.dataset) - self.ledger.spent(request.user, request.dataset)
+        )
+        return (
+            f"its rows were admitted, so it was charged rho {rho:g} of your privacy budget ({left:.4g} left)"
+        )
+
+    def budget(self, user: str, datasets: list[str]) -> BudgetReport:
+        """A user's budgets on the mode-dp datasets among `datasets`, with the charges that spent them."""
+        shown = []
+        for dataset in datasets:
+            if dataset not in self.settings.datasets or not self.dp(dataset):
+                continue
+            charges = [
+                BudgetCharge(
+                    job_id=c["charge"][4:] if c["charge"].startswith("job:") else None,
+                    kind=c["kind"],
+                    rho=round(c["rho"], 6),
+                    at=c["created_at"][:19] + "Z",
+                )
+                for c in self.ledger.charges(user, dataset)
+            ]
+            spent = sum(c.rho for c in charges)
+            cap = self.cap(user, dataset)
+            shown.append(
+                DatasetBudget(
+                    dataset=dataset,
+                    rho_cap=cap,
+                    rho_spent=round(spent, 6),
+                    rho_remaining=round(max(0.0, cap - spent), 6),
+                    raised=self.ledger.cap(user, dataset) is not None,
+                    charges=charges,
+                )
+            )
+        return BudgetReport(user=user, datasets=shown)
 
     def _request_key(self, request: Request) -> str:
         return _digest(
@@ -267,7 +324,11 @@ class ReleaseDesk:
         if earlier is not None:
             return dp_release.NoisyCounts.from_json(earlier) if earlier else None
         self.check_budget(request)
-        noisy = None if request.kind == "describe" else dp_release.draw_counts(admission.counts, policy)
+        noisy = (
+            None
+            if request.kind == "describe"
+            else dp_release.draw_counts(admission.counts, policy, admission.missing_label)
+        )
         cost = self.cost(request)
         self.ledger.charge(
             request.charge,
@@ -299,7 +360,9 @@ class ReleaseDesk:
             assert admitted.noisy is not None
             result = dp_release.release_dp(
                 report, admitted.noisy, policy, request.options, request.job_id, request.dataset, request.kind
-            ).model_copy(update={"dataset_version": request.dataset_version})
+            ).model_copy(
+                update={"dataset_version": request.dataset_version, "ran_with": self._ran_with(request)}
+            )
             flags = dp_release.structure_flags(report.structure, policy)
             if flags:
                 self.audit.record(
@@ -310,12 +373,39 @@ class ReleaseDesk:
                 self.ledger.store_answer(request.user, request.dataset, self._request_key(request), stored)
             result = result.model_copy(update={"privacy": self._report(request, self.cost(request), False)})
         else:
+            admission = admitted.admission
             result = rules.release(
-                report, admitted.admission.counts, policy, request.job_id, request.dataset, request.kind
-            ).model_copy(update={"dataset_version": request.dataset_version})
+                report,
+                admission.counts,
+                policy,
+                request.job_id,
+                request.dataset,
+                request.kind,
+                admission.missing_label,
+            ).model_copy(
+                update={"dataset_version": request.dataset_version, "ran_with": self._ran_with(request)}
+            )
         if request.kind == "train" and self.settings.datasets[request.dataset].allow_model_release:
             self._decide_model(request, report.model, policy)
         return result
+
+    @staticmethod
+    def _ran_with(request: Request) -> SpecUsed | None:
+        """The spec as resolved (the catalog's default features, the default split), for the result."""
+        if not request.spec:
+            return None
+        spec = DatasetSpec.model_validate(request.spec)
+        split = spec.eval.model_dump() if spec.eval is not None else default_eval(request.kind)
+        derived = list(spec.derive or {})
+        return SpecUsed.model_validate(
+            {
+                "label": spec.label,
+                "where": spec.where,
+                "eval": split,
+                "features": [*request.features, *(d for d in derived if d not in request.features)],
+                "derived": derived,
+            }
+        )
 
     def _decide_model(self, request: Request, facts: LeafFacts | None, policy: Policy) -> None:
         assert request.job_id is not None
@@ -380,7 +470,10 @@ class ReleaseDesk:
             answer = describe_rules.release_describe(
                 report, policy, request.dataset, label, noise, noisy_cohort=True
             )
-            answer = answer.model_copy(update={"dataset_version": request.dataset_version})
+            half_width = round(dp_release.Z95 * dp.sigma(l2, policy.dp_rho_describe), 1)
+            answer = answer.model_copy(
+                update={"dataset_version": request.dataset_version, "count_half_width": half_width}
+            )
             stored_json = answer.model_dump(mode="json")
             for key in (content_key, self._describe_key(request)):
                 self.ledger.store_answer(request.user, request.dataset, key, stored_json)
@@ -393,29 +486,55 @@ class ReleaseDesk:
     def _report(self, request: Request, rho: float, repeated: bool) -> PrivacyReport:
         policy = self.policy(request.dataset)
         spent = self.ledger.spent(request.user, request.dataset)
+        cap = self.cap(request.user, request.dataset)
         return PrivacyReport(
             rho=round(rho, 6),
             epsilon=round(dp.epsilon(rho, policy.dp_delta), 4),
             delta=policy.dp_delta,
             rho_spent=round(spent, 6),
-            rho_cap=policy.dp_rho_cap,
-            rho_remaining=round(max(0.0, policy.dp_rho_cap - spent), 6),
+            rho_cap=cap,
+            rho_remaining=round(max(0.0, cap - spent), 6),
             repeated=repeated,
         )
 
     def estimate(self, request: Request, table_rows: int | None) -> CostEstimate:
-        """What a request would cost and how wide its intervals should be, before anything is spent."""
+        """What a request would cost and how wide its intervals should be, before anything is spent:
+        computed as the release computes them, with the class balance this user was already told."""
         policy = self.policy(request.dataset)
         if policy.privacy != "dp":
             return CostEstimate(dataset=request.dataset, kind=request.kind, privacy="rules")  # type: ignore[arg-type]
         cost = self.cost(request)
         spent = self.ledger.spent(request.user, request.dataset)
+        cap = self.cap(request.user, request.dataset)
+        notes = []
         assumed = None
         if table_rows:
             split = request.spec.get("eval") or ({"fraction": 0.2} if request.kind == "train" else {})
             fraction = float(split.get("fraction", 1.0))
             assumed = int((self.table_size(request.dataset, table_rows) or 0) * fraction)
-        expected = dp_release.expected_half_widths(policy, assumed) if assumed else {}
+        balance = self._known_balance(request.user, request.dataset, str(request.spec.get("label", "")))
+        expected = {}
+        if assumed:
+            expected = dp_release.expected_half_widths(policy, assumed, balance or 0.5)
+            where = " (before any filter)" if request.spec.get("where") else ""
+            classes = (
+                f"its smaller class {balance:.0%} of the rows, as an earlier answer to you said"
+                if balance
+                else "two balanced classes (no answer you have says the balance: %remote_describe does)"
+            )
+            notes.append(
+                f"the expected half-widths assume the evaluation rows of the whole table{where} and {classes}"
+            )
+            if "auc" not in expected:
+                notes.append(
+                    "auc would not be released: the smaller class is too small once noise is allowed for"
+                )
+        if spent + cost > cap + 1e-12:
+            notes.insert(
+                0,
+                f"this would pass your budget's cap (rho {cost:g} asked, {max(0.0, cap - spent):.4g} left of "
+                f"{cap:g}): it would be refused unless it repeats an earlier request exactly",
+            )
         return CostEstimate(
             dataset=request.dataset,
             kind=request.kind,  # type: ignore[arg-type]
@@ -424,15 +543,28 @@ class ReleaseDesk:
             epsilon=round(dp.epsilon(cost, policy.dp_delta), 4),
             delta=policy.dp_delta,
             rho_spent=round(spent, 6),
-            rho_cap=policy.dp_rho_cap,
-            rho_remaining_after=round(max(0.0, policy.dp_rho_cap - spent - cost), 6),
+            rho_cap=cap,
+            rho_remaining_after=round(max(0.0, cap - spent - cost), 6),
+            over_cap=spent + cost > cap + 1e-12,
             assumed_eval_rows=assumed,
             expected=expected,
-            notes=[
-                "the expected half-widths assume the evaluation rows of the whole table (before any filter) "
-                "and, for AUC, two balanced classes; the real ones come with the result"
-            ],
+            notes=notes,
         )
+
+    def _known_balance(self, user: str, dataset: str, label: str) -> float | None:
+        """The smaller class's share of a binary label, from the newest answer already released to this
+        user that counts its classes (a describe or a job's evaluation rows): free to use again."""
+        for answer in self.ledger.answers(user, dataset):
+            if answer.get("label") == label:  # a describe answer
+                classes = answer.get("classes") or []
+            elif (answer.get("ran_with") or {}).get("label") == label:  # a job's result
+                classes = ((answer.get("summary") or {}).get("eval") or {}).get("classes") or []
+            else:
+                continue
+            counts = [c.get("count") for c in classes]
+            if len(counts) == 2 and all(counts) and sum(counts) > 0:
+                return min(counts) / sum(counts)
+        return None
 
     # 4. the record
     def record(

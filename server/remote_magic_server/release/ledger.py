@@ -5,7 +5,8 @@ beside the job store. Row sets are roaring bitmaps of row numbers in the dataset
 bytes per run of rows); identical sets are stored once. Check-then-record happens under one lock
 (`decision`), so two jobs admitted together cannot both slip past the guard or the budget. A charge is
 one row per job (or describe request) with the noise it drew, so a job that runs again after a restart
-is neither charged twice nor given fresh noise.
+is neither charged twice nor given fresh noise. A data owner may give one user a budget on one dataset
+other than the policy's cap (`budget_caps`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ CREATE TABLE IF NOT EXISTS privacy_spend (
 );
 CREATE INDEX IF NOT EXISTS privacy_spend_by_owner ON privacy_spend (user, dataset);
 CREATE INDEX IF NOT EXISTS privacy_spend_by_dataset ON privacy_spend (dataset);
+CREATE TABLE IF NOT EXISTS budget_caps (
+    user TEXT NOT NULL, dataset TEXT NOT NULL, rho_cap REAL NOT NULL, set_by TEXT NOT NULL,
+    set_at TEXT NOT NULL, PRIMARY KEY (user, dataset)
+);
 CREATE TABLE IF NOT EXISTS dp_answers (
     user TEXT NOT NULL, dataset TEXT NOT NULL, request TEXT NOT NULL, answer TEXT NOT NULL,
     created_at TEXT NOT NULL, PRIMARY KEY (user, dataset, request)
@@ -122,6 +127,46 @@ class Ledger:
             ).fetchone()
         return float(row["spent"])
 
+    def charges(self, user: str | None = None, dataset: str | None = None) -> list[dict]:
+        """Every charge, oldest first, of one user and/or one dataset (all when not given)."""
+        where = " AND ".join(f"{name} = ?" for name, v in (("user", user), ("dataset", dataset)) if v)
+        params = tuple(v for v in (user, dataset) if v)
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT charge, user, dataset, kind, rho, created_at FROM privacy_spend"
+                + (f" WHERE {where}" if where else "")
+                + " ORDER BY created_at, charge",
+                params,
+            ).fetchall()
+        return [dict(row) for row in rows]
+
+    def rho_of(self, charge: str) -> float | None:
+        """What one charge cost; None if it was never charged."""
+        with self._lock:
+            row = self._db.execute("SELECT rho FROM privacy_spend WHERE charge = ?", (charge,)).fetchone()
+        return None if row is None else float(row["rho"])
+
+    def cap(self, user: str, dataset: str) -> float | None:
+        """The budget the data owner set for this user on this dataset; None: the policy's cap."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT rho_cap FROM budget_caps WHERE user = ? AND dataset = ?", (user, dataset)
+            ).fetchone()
+        return None if row is None else float(row["rho_cap"])
+
+    def caps(self) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM budget_caps ORDER BY user, dataset").fetchall()
+        return [dict(row) for row in rows]
+
+    def set_cap(self, user: str, dataset: str, rho_cap: float, set_by: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO budget_caps (user, dataset, rho_cap, set_by, set_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (user, dataset, rho_cap, set_by, _now()),
+            )
+
     def charged(self, charge: str) -> dict | None:
         """An earlier charge (its noise draws) of the same job, if it was admitted before."""
         with self._lock:
@@ -144,6 +189,16 @@ class Ledger:
                 (user, dataset, request),
             ).fetchone()
         return json.loads(row["answer"]) if row else None
+
+    def answers(self, user: str, dataset: str) -> list[dict]:
+        """Every answer already released to a user on a dataset, newest first (they cost nothing to read
+        again: what they say is the user's already)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT answer FROM dp_answers WHERE user = ? AND dataset = ? ORDER BY created_at DESC",
+                (user, dataset),
+            ).fetchall()
+        return [json.loads(row["answer"]) for row in rows]
 
     def store_answer(self, user: str, dataset: str, request: str, answer: dict) -> None:
         """File an answer already paid for under a request key, so an identical request repeats it."""

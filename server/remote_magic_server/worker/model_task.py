@@ -194,6 +194,7 @@ def run(task: Task, payload: BinaryIO | None, channel: Channel) -> TrainReport |
         counts=counts,  # type: ignore[arg-type]
         row_sets=evidence.write_row_sets(HERE, sets),  # type: ignore[arg-type]
         table_rows=evidence.table_rows(task.staging.dataset_path),
+        missing_label=staged.missing_label,
     )
     if not channel.admit(admission):
         return None

@@ -24,6 +24,9 @@ from . import sandbox
 Finding = dict[str, str]
 
 
+ID_LIKE_MIN_ROWS = 100  # a text column with a distinct value in each of at least this many rows
+
+
 def _finding(level: str, check: str, message: str) -> Finding:
     return {"level": level, "check": check, "message": message}
 
@@ -168,7 +171,8 @@ def _dataset_columns(name: str, ds: dict) -> list[Finding]:
                     "the evaluation split and the release ledger need one id per row",
                 )
             )
-        if not found:
+        found += _id_like_text(con, name, ds, rel)
+        if not any(f["level"] == "fatal" for f in found):
             found.append(
                 _finding("ok", f"dataset {name}", f"{len(columns)} columns, id unique, labels present")
             )
@@ -177,6 +181,33 @@ def _dataset_columns(name: str, ds: dict) -> list[Finding]:
         return [_finding("fatal", f"dataset {name}", f"{ds['path']} cannot be read as Parquet ({exc})")]
     finally:
         con.close()
+
+
+def _id_like_text(con, name: str, ds: dict, rel) -> list[Finding]:
+    """Text columns that became default features though every row holds its own value (an id by
+    another name): as a feature one can single out rows and teaches the model nothing. Told to the data
+    owner only (the doctor, and the log at start-up), like the timestamps no spec can use."""
+    from sqlglot import exp
+
+    skip = {ds["id_column"], *ds["label_columns"], *ds.get("exclude_columns", [])}
+    text = [c for c, t in zip(rel.columns, rel.types) if str(t) == "VARCHAR" and c not in skip]
+    found = []
+    for column in text:
+        ident = exp.column(column, quoted=True).sql(dialect="duckdb")
+        values, distinct = con.execute(
+            f"SELECT count({ident}), count(DISTINCT {ident}) FROM read_parquet(?)", [ds["path"]]
+        ).fetchall()[0]
+        if values >= ID_LIKE_MIN_ROWS and distinct == values:
+            found.append(
+                _finding(
+                    "warn",
+                    f"dataset {name}",
+                    f"column {column!r} holds text unique to each row, like an id, and is a default "
+                    "feature: it can single out rows and teaches a model nothing; add it to "
+                    "exclude_columns",
+                )
+            )
+    return found
 
 
 def probe(request: dict) -> list[Finding]:

@@ -47,6 +47,7 @@ class Staged:
     eval: Split
     train_rows: np.ndarray
     eval_rows: np.ndarray
+    missing_label: int | None = None
 
 
 def connect_locked(path: str, threads: int = 1, memory_mb: int = 0, spill: str | None = None):
@@ -146,6 +147,9 @@ def stage(task: Task, folder: Path = Path(".")) -> Staged:
         # 16 MiB budget left it too little for one row group of a wide table).
         duckdb_mb = max(task.limits.memory_mb // 4, DUCKDB_MIN_MB)
         con = connect_locked(path, threads, duckdb_mb, str(scratch))
+        missing = None
+        if staging.missing_label_query:
+            missing = int(con.sql(staging.missing_label_query, params=[path]).fetchall()[0][0])
         reader = con.sql(staging.query, params=[*staging.params, path]).to_arrow_reader(BATCH_ROWS)
     except duckdb.Error as exc:
         _raise_failure(exc, derive)
@@ -175,7 +179,9 @@ def stage(task: Task, folder: Path = Path(".")) -> Staged:
     label = schema.field(staging.label).type
     train, train_rows = parts["train"].split(features, label, str(scratch / "train"), text, rare)
     evaluation, eval_rows = parts["eval"].split(features, label, str(scratch / "eval"), text, rare)
-    return Staged(train=train, eval=evaluation, train_rows=train_rows, eval_rows=eval_rows)
+    return Staged(
+        train=train, eval=evaluation, train_rows=train_rows, eval_rows=eval_rows, missing_label=missing
+    )
 
 
 def _batches(reader: pa.RecordBatchReader, spec_has_derive: bool) -> Iterator[pa.RecordBatch]:

@@ -1,0 +1,125 @@
+"""The privacy budget end to end, as a user meets it in mode dp: an identical repeat is answered at the
+cap, every charge is said (a cancelled job's too), `%remote_budget` shows spent and left with the jobs
+that spent it, and the data owner lists and raises a user's budget from the CLI, audited."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import xgboost as xgb
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+
+import remote_magic
+from remote_magic.client.errors import BudgetExhausted
+from tests.serverproc import running
+
+TINY_MODEL = xgb.XGBClassifier(n_estimators=2, max_depth=2, min_child_weight=3)
+LONG_DP = (
+    "from xgboost import XGBClassifier\n"
+    "model = XGBClassifier(n_estimators=2000, max_depth=10, learning_rate=0.01, min_child_weight=3)"
+)
+
+
+def spec(seed: int) -> dict:
+    return {"dataset": "tiny", "label": "malignant", "eval": {"fraction": 0.4, "seed": seed}}
+
+
+@pytest.fixture()
+def tiny(server, tmp_path):
+    """A server whose dataset `tiny` (mode dp) pays for two jobs: rho 0.025, each job 0.01."""
+    path = server.settings.datasets["breast_cancer"].path
+    table = f'[datasets.tiny]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["malignant"]\n'
+    table += "policy = { dp_rho_cap = 0.025 }\n"
+    (tmp_path / "data").mkdir()
+    with running(tmp_path / "data", tmp_path / "log", {"eve": ["tiny", "synthetic"]}, table) as small:
+        yield small
+
+
+def owner(server, *args: str) -> subprocess.CompletedProcess:
+    """The data owner's CLI on the server's own config."""
+    command = [sys.executable, "-m", "remote_magic_server", *args, "--config", str(server.config)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture()
+def eve_shell(tiny, monkeypatch):
+    """A real IPython shell with the extension loaded, signed in to `tiny`'s server as eve."""
+    monkeypatch.setenv("REMOTE_MAGIC_URL", tiny.url)
+    monkeypatch.setenv("REMOTE_MAGIC_TOKEN", tiny.tokens["eve"])
+    monkeypatch.setenv("REMOTE_MAGIC_PROGRESS", "off")
+    ip = InteractiveShell.instance()
+    remote_magic.load_ipython_extension(ip)
+    yield ip
+    remote_magic.unload_ipython_extension(ip)
+    for name in [n for n in ip.user_ns if not n.startswith("_")]:
+        ip.user_ns.pop(name, None)
+
+
+def test_at_the_cap_an_identical_repeat_is_answered_and_the_owner_raises_the_budget(tiny):
+    client = tiny.client("eve")
+    first = client.train(TINY_MODEL, spec(1), timeout=120)
+    client.train(TINY_MODEL, spec(2), timeout=120)
+    with pytest.raises(BudgetExhausted, match="budget set eve tiny"):
+        client.submit(TINY_MODEL, spec(3))
+
+    again = client.train(TINY_MODEL, spec(1), timeout=120)
+    assert again.privacy["repeated"] and again.metrics == first.metrics, "the stored answer, at no cost"
+    assert client.budget()["tiny"].rho_spent == pytest.approx(0.02)
+
+    listed = owner(tiny, "budget", "list")
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if line.startswith("eve") and " tiny " in line)
+    assert row.split()[2:5] == ["0.02", "0.025", "0.005"] and row.split()[-1] == "2"
+
+    raised = owner(tiny, "budget", "set", "eve", "tiny", "0.05", "--by", "owner-test")
+    assert raised.returncode == 0, raised.stderr
+    assert "0.025 -> 0.05" in raised.stdout
+    result = client.train(TINY_MODEL, spec(3), timeout=120)
+    assert result.privacy["rho_cap"] == 0.05 and result.privacy["rho_remaining"] == pytest.approx(0.02)
+    assert client.budget()["tiny"].raised
+
+    audit = owner(tiny, "audit")
+    assert "budget_set" in audit.stdout and '"set_by": "owner-test"' in audit.stdout
+    refused = owner(tiny, "budget", "set", "eve", "no_such", "1")
+    assert refused.returncode == 2 and "not a dataset served in mode dp" in refused.stderr
+    assert owner(tiny, "budget", "set", "eve", "tiny", "-1").returncode == 2
+
+
+def test_remote_budget_lists_each_charge_and_a_cancelled_job_says_it_was_charged(tiny, eve_shell):
+    client = tiny.client("eve")
+    done = client.train(TINY_MODEL, spec(1), timeout=120)
+    job = eve_shell.run_cell("%%remote_train -d synthetic -l label --no-wait\n" + LONG_DP).result
+    deadline = time.monotonic() + 120
+    while not any(c.job_id == job.id for c in client.budget()["synthetic"].charges):
+        assert time.monotonic() < deadline, "the long job was never admitted"
+        time.sleep(0.05)
+    with capture_output() as said:
+        eve_shell.run_line_magic("remote_cancel", job.id)
+    assert f"Job {job.id}: cancelled; its rows were admitted, so it was charged rho 0.01" in said.stdout
+    status = client.job(job.id).status
+    assert status.state == "cancelled" and "charged rho 0.01" in status.error.message
+
+    budget = eve_shell.run_line_magic("remote_budget", "")
+    text = repr(budget)
+    assert "tiny: spent rho 0.01 of 0.025; left 0.015" in text
+    assert "synthetic: spent rho 0.01 of 50" in text
+    assert done.job_id in text and job.id in text
+    assert job.id in budget._repr_html_()
+    frame = budget.to_pandas()
+    assert set(frame["job_id"]) == {done.job_id, job.id} and frame["rho"].sum() == pytest.approx(0.02)
+    assert "synthetic" not in repr(eve_shell.run_line_magic("remote_budget", "tiny"))
+    with pytest.raises(Exception, match="not a mode-dp dataset"):
+        eve_shell.run_line_magic("remote_budget", "breast_cancer_rules")
+
+
+def test_a_job_refused_after_its_rows_were_admitted_says_what_it_was_charged(tiny):
+    client = tiny.client("eve")
+    empty = {**spec(1), "where": "mean_radius > 1000"}  # admits no row: refused on its noisy counts
+    with pytest.raises(Exception, match="so it was charged rho 0.01 of your privacy budget") as refused:
+        client.train(TINY_MODEL, empty, timeout=120)
+    assert refused.value.job_id is not None
+    assert [c.job_id for c in client.budget()["tiny"].charges] == [refused.value.job_id]
