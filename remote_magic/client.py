@@ -25,10 +25,12 @@ from requests.auth import AuthBase
 from urllib3.util.retry import Retry
 
 from .automation import RegisterRequest
+from .codes import Refusal
 from .connection import check_url, client_cert_file, hub_token, tls_problem, tls_verify, unreachable
 from .description import Description
 from .errors import Busy, ConnectionProblem, RemoteError, SpecError, error_for
-from .payload import package_model
+from .families import xgboost_bounds
+from .payload import package_model, scan
 from .registry_client import RegistryCalls, register_request
 from .result import TrainResult
 from .wire import (
@@ -42,6 +44,7 @@ from .wire import (
     JobResult,
     JobStatus,
     MockData,
+    ModelBounds,
     ModelReleaseStatus,
     ReleaseOptions,
     Whoami,
@@ -141,6 +144,7 @@ class Client(RegistryCalls):
             raise ConnectionProblem("no token: pass one or set REMOTE_MAGIC_TOKEN")
         self.queue_wait = queue_wait
         self._session.auth = _TokenAuth(token)
+        self._bounds: dict[str, ModelBounds | None] = {}  # per dataset, for the result's notes only
 
     def _hub_token(self) -> str | None:
         token = hub_token()
@@ -227,11 +231,9 @@ class Client(RegistryCalls):
         spec = as_spec(spec)
         options = _options(release)
         key = idempotency_key or uuid.uuid4().hex
-        files = (
-            {"model": ("model.pkl", package_model(model), "application/octet-stream")}
-            if model is not None
-            else None
-        )
+        payload = package_model(model) if model is not None else None
+        files = {"model": ("model.pkl", payload, "application/octet-stream")} if payload is not None else None
+        notes = self._server_values_notes(payload, spec, kind) if base_model is None else []
         data = {
             "spec": spec.model_dump_json(exclude_none=True),
             "kind": kind,
@@ -260,7 +262,31 @@ class Client(RegistryCalls):
                 if on_wait is not None:
                     on_wait(delay, waited)
                 time.sleep(delay)
-        return Job(self, JobStatus.model_validate(response.json()))
+        return Job(self, JobStatus.model_validate(response.json()), notes=notes)
+
+    def _server_values_notes(self, payload: bytes | None, spec: DatasetSpec, kind: str) -> list[str]:
+        """The result's line about a parameter the server requires and the model leaves unset (the
+        server's own rule, `xgboost_bounds.server_values`, on the server's published bounds)."""
+        if payload is None or kind != "train":
+            return []
+        report = scan(payload)
+        if (
+            report.params is None
+            or report.rounds is None
+            or report.params.get("min_child_weight") is not None
+        ):
+            return []
+        if spec.dataset not in self._bounds:
+            self._bounds[spec.dataset] = self.dataset(spec.dataset).bounds
+        bounds = self._bounds[spec.dataset]
+        if bounds is None:
+            return []
+        plan = xgboost_bounds.plan_of_scan(report.estimator, report.params, report.rounds)
+        try:
+            note = xgboost_bounds.server_values_note(xgboost_bounds.server_values(plan, bounds))
+        except Refusal:
+            return []  # the server refuses the model, and says why
+        return [] if note is None else [note]
 
     def _post_job(self, files: dict, data: dict, key: str) -> requests.Response:
         """POST a job; a connection that fails is tried again, twice, with the same key."""
@@ -386,9 +412,10 @@ def _jittered(retry_after: float | None) -> float:
 class Job:
     """A handle on a remote job: wait for it, watch it, cancel it, fetch its result."""
 
-    def __init__(self, client: Client, status: JobStatus):
+    def __init__(self, client: Client, status: JobStatus, notes: list[str] | None = None):
         self.client = client
         self.status = status
+        self.notes = notes or []
 
     @property
     def id(self) -> str:
@@ -466,4 +493,7 @@ class Job:
             code = error.code if error else status.state
             message = error.message if error else f"the job ended {status.state}"
             raise error_for(code, message, job_id=self.id)
-        return TrainResult(self.client.result(self.id), downloader=self.client.download_model)
+        raw = self.client.result(self.id)
+        if self.notes:
+            raw = raw.model_copy(update={"notes": [*self.notes, *raw.notes]})
+        return TrainResult(raw, downloader=self.client.download_model)
