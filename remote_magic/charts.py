@@ -4,17 +4,19 @@ Why not matplotlib here: a notebook front end (JupyterLab, Notebook 7, VS Code) 
 `application/vnd.vegalite.v5+json` in the browser at no kernel cost, and a spec of a few released
 aggregates is a few KB; drawing the same figures in the kernel cost more than the whole server job. A saved
 notebook read where nothing runs Vega (nbconvert's HTML, GitHub, nbviewer) needs a picture beside the spec:
-`show` adds one as SVG, rendered by `vl-convert-python` (no browser) from the same spec, in a thread after
-the cell has answered (drawing takes 50-300 ms here, as long as the job), by updating the same display.
+`show` adds one as SVG, rendered by `vl-convert-python` (no browser) from the same spec in a helper
+process (drawing takes 50-300 ms here, as long as the job), by updating the same display afterwards.
 `result.plot()` still returns matplotlib figures (plots.py) for restyling.
 """
 
 from __future__ import annotations
 
 import contextvars
+import multiprocessing
 import threading
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import TYPE_CHECKING
 
 from .formats import compact
@@ -218,8 +220,7 @@ def svg(spec: dict) -> str:
     """The spec drawn as SVG without a browser, for readers that do not run Vega."""
     import vl_convert
 
-    with _renderer_lock:
-        return vl_convert.vegalite_to_svg(spec)
+    return vl_convert.vegalite_to_svg(spec)
 
 
 def display_with_figures(text: str, page: str, spec: dict | None, alt: str) -> None:
@@ -232,15 +233,16 @@ def display_with_figures(text: str, page: str, spec: dict | None, alt: str) -> N
         show(spec, alt)
 
 
-def show(spec: dict, alt: str) -> threading.Thread | None:
-    """Display the spec now (the front end draws it), then add its SVG to the same display from a thread,
-    so that a saved notebook shows the figure where nothing runs Vega; a terminal (no kernel, nothing
-    saved) gets no picture. Returns the thread (tests join it).
+def show(spec: dict, alt: str) -> threading.Event | None:
+    """Display the spec now (the front end draws it), then add its SVG to the same display once a helper
+    process has drawn it, so that a saved notebook shows the figure where nothing runs Vega; a terminal
+    (no kernel, nothing saved) gets no picture. Returns an event set once the picture is in.
 
-    The update goes twice: under the cell that showed the figure (JupyterLab routes it there, even after
-    the cell finished) and under the cell running now (nbclient, papermill and `nbconvert --execute` read
-    only the running cell's messages, and update a display id wherever it is). A headless run whose last
-    cell shows a figure ends before its picture is drawn; the spec is there, the picture is not."""
+    The drawing runs in a process of its own because the renderer holds the GIL: in a thread of the kernel
+    it would delay the cell's answer by as long. The update goes twice: under the cell that showed the
+    figure (JupyterLab routes it there, even after the cell finished) and under the cell running now
+    (nbclient, papermill and `nbconvert --execute` read only the running cell's messages, and update a
+    display id wherever it is). A headless run should end with `wait_for_pictures()`."""
     from IPython import get_ipython
     from IPython.display import display, update_display
 
@@ -249,12 +251,36 @@ def show(spec: dict, alt: str) -> threading.Thread | None:
     if getattr(get_ipython(), "kernel", None) is None:
         return None
     shown_in = contextvars.copy_context()
+    drawn = threading.Event()
+    _pending.add(drawn)
 
-    def draw() -> None:
-        picture = {VEGALITE: spec, "image/svg+xml": svg(spec), "text/plain": alt}
-        shown_in.run(update_display, picture, raw=True, display_id=display_id)
-        update_display(picture, raw=True, display_id=display_id)
+    def add_picture(future: Future) -> None:
+        try:
+            picture = {VEGALITE: spec, "image/svg+xml": future.result(), "text/plain": alt}
+            shown_in.run(update_display, picture, raw=True, display_id=display_id)
+            update_display(picture, raw=True, display_id=display_id)
+        finally:
+            drawn.set()
+            _pending.discard(drawn)
 
-    thread = threading.Thread(target=draw, name="remote-magic-chart-svg", daemon=True)
-    thread.start()
-    return thread
+    _renderer().submit(svg, spec).add_done_callback(add_picture)
+    return drawn
+
+
+def wait_for_pictures(timeout: float | None = None) -> bool:
+    """Wait until every figure shown so far has its picture (the last cell of a notebook run headless, by
+    papermill or `nbconvert --execute`, so that the saved notebook has them all); False on timeout."""
+    return all(event.wait(timeout) for event in list(_pending))
+
+
+_pending: set[threading.Event] = set()
+_pool: ProcessPoolExecutor | None = None
+
+
+def _renderer() -> ProcessPoolExecutor:
+    """One helper process, started on first use and kept (its JavaScript engine takes seconds to start)."""
+    global _pool
+    with _renderer_lock:
+        if _pool is None:
+            _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        return _pool

@@ -154,8 +154,8 @@ def test_quickstart_renders_progress_and_result_and_saves_without_leftovers(lab)
             page.wait_for_selector(".jp-OutputArea-output .remote-magic-describe", timeout=180_000)
             results = page.locator(".jp-OutputArea-output .remote-magic-result")
             assert results.count() == 2
-            charts = page.locator(".jp-OutputArea-output [data-mime-type='application/vnd.vegalite.v5+json']")
-            charts.nth(1).locator("svg, canvas").first.wait_for(timeout=60_000)
+            charts = page.locator(".jp-OutputArea-output .vega-embed")
+            charts.nth(1).locator(".marks").wait_for(timeout=60_000)
             assert charts.count() == 2, "each result's figures, drawn by the browser"
             assert "binary classifier on synthetic" in results.first.inner_text()
             assert page.locator("[data-mime-type='application/vnd.jupyter.error']").count() == 0
@@ -182,8 +182,8 @@ def test_quickstart_renders_progress_and_result_and_saves_without_leftovers(lab)
             assert page.locator(".remote-magic-progress, .widget-hprogress").count() == 0
             reopened = page.locator(".jp-OutputArea-output .remote-magic-result")
             assert reopened.count() == 2
-            drawn = page.locator(".jp-OutputArea-output [data-mime-type='application/vnd.vegalite.v5+json']")
-            drawn.nth(1).locator("svg, canvas").first.wait_for(timeout=60_000)
+            drawn = page.locator(".jp-OutputArea-output .vega-embed")
+            drawn.nth(1).locator(".marks").wait_for(timeout=60_000)
             assert drawn.count() == 2, "the saved figures are drawn again on reopening"
             reopened.nth(1).scroll_into_view_if_needed()
             page.wait_for_timeout(500)
