@@ -33,7 +33,7 @@ from pathlib import Path
 import xgboost as xgb
 
 from remote_magic import Client
-from remote_magic.wire import FINAL_STATES, JobStatus
+from remote_magic.contract.wire import FINAL_STATES, JobStatus
 from tests.serverproc import ServerProcess, write_config
 
 SPEC = {"dataset": "breast_cancer_rules", "label": "malignant", "eval": {"fraction": 0.25, "seed": 1}}

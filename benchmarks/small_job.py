@@ -26,7 +26,7 @@ import xgboost as xgb
 
 from benchmarks.inprocess import train_and_score
 from remote_magic import Client
-from remote_magic.result import TrainResult
+from remote_magic.display.result import TrainResult
 from tests.serverproc import running
 
 ROWS, FEATURES, ROUNDS = 10_000, 20, 20

@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from remote_magic_server.config.settings import load_settings
 from remote_magic_server.data.lifecycle import refresh
-from remote_magic_server.settings import load_settings
 from tests.pgserver import OWNER, PostgresServer
 
 

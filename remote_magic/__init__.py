@@ -10,33 +10,36 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-# The public names load on first use (PEP 562), so that importing `remote_magic.wire` (as the server
+# The public names load on first use (PEP 562), so that importing `remote_magic.contract` (as the server
 # does) does not pull in the client, pandas and matplotlib.
 _LAZY = {
-    "Client": "client",
-    "Job": "client",
-    "package_model": "payload",
-    "Comparison": "compare",
-    "compare": "compare",
-    "DryRun": "dryrun",
-    "dry_run": "dryrun",
-    "DryRunError": "errors",
-    "RemoteError": "errors",
-    "RemoteMagicError": "errors",
-    "TrainResult": "result",
-    "DatasetSpec": "wire",
+    "Client": "client.api",
+    "Job": "client.job",
+    "package_model": "contract.payload",
+    "Comparison": "display.compare",
+    "compare": "display.compare",
+    "DryRun": "client.dryrun",
+    "dry_run": "client.dryrun",
+    "DryRunError": "client.errors",
+    "RemoteError": "client.errors",
+    "RemoteMagicError": "client.errors",
+    "TrainResult": "display.result",
+    "DatasetSpec": "contract.wire",
+    "wait_for_pictures": "display.charts",
 }
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
-    from .client import Client, Job
-    from .compare import Comparison, compare
-    from .dryrun import DryRun, dry_run
-    from .errors import DryRunError, RemoteError, RemoteMagicError
-    from .payload import package_model
-    from .result import TrainResult
-    from .wire import DatasetSpec
+    from .client.api import Client
+    from .client.dryrun import DryRun, dry_run
+    from .client.errors import DryRunError, RemoteError, RemoteMagicError
+    from .client.job import Job
+    from .contract.payload import package_model
+    from .contract.wire import DatasetSpec
+    from .display.charts import wait_for_pictures
+    from .display.compare import Comparison, compare
+    from .display.result import TrainResult
 
 
 def __getattr__(name: str) -> object:
@@ -62,11 +65,12 @@ __all__ = [
     "load_ipython_extension",
     "package_model",
     "unload_ipython_extension",
+    "wait_for_pictures",
 ]
 
 
 def load_ipython_extension(ipython: InteractiveShell) -> None:
-    from .magics import RemoteMagic
+    from .magics.commands import RemoteMagic
 
     magic = RemoteMagic(ipython)
     ipython.register_magics(magic)

@@ -16,6 +16,7 @@ from pathlib import Path
 import requests
 
 from remote_magic import Client
+from remote_magic_server.config.settings import load_settings
 from remote_magic_server.demo import (
     DEMO_DATASETS,
     DEMO_PRIVACY,
@@ -25,7 +26,6 @@ from remote_magic_server.demo import (
     free_port,
 )
 from remote_magic_server.jobs.store import Store
-from remote_magic_server.settings import load_settings
 
 DEMO_NAMES = [f"{name}{suffix}" for name in DEMO_DATASETS for suffix in ("", "_rules")]
 USERS = {"alice": DEMO_NAMES, "bob": ["breast_cancer", "breast_cancer_rules"]}

@@ -11,8 +11,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from remote_magic import DatasetSpec
-from remote_magic.dryrun import dry_run
-from remote_magic.errors import DryRunError, JobFailed, RemoteError
+from remote_magic.client.dryrun import dry_run
+from remote_magic.client.errors import DryRunError, JobFailed, RemoteError
 
 BASE = {"dataset": "synthetic_rules", "label": "label"}
 

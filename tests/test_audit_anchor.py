@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from remote_magic_server.audit import AuditLog, open_audit, read_head, verify
-from remote_magic_server.settings import load_settings
+from remote_magic_server.config.settings import load_settings
 from tests.serverproc import ServerProcess, write_config
 
 

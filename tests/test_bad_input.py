@@ -10,7 +10,7 @@ import pytest
 import xgboost as xgb
 
 from remote_magic import package_model
-from remote_magic.errors import DisclosureRefused
+from remote_magic.client.errors import DisclosureRefused
 
 SPEC = {"dataset": "breast_cancer_rules", "label": "malignant"}
 

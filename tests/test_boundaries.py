@@ -62,7 +62,7 @@ def sources(folder: Path) -> list[Path]:
 
 def test_the_api_process_never_imports_xgboost_duckdb_or_the_worker():
     loaded = modules_after(
-        "import remote_magic_server.cli, remote_magic_server.api.app, remote_magic_server.api.serving"
+        "import remote_magic_server.cli, remote_magic_server.app, remote_magic_server.serving"
     )
     assert not {"xgboost", "duckdb", "sklearn", "adbc_driver_postgresql"} & loaded
     assert not any(name.startswith("remote_magic_server.worker") for name in loaded)
@@ -72,17 +72,18 @@ def test_the_api_process_never_imports_xgboost_duckdb_or_the_worker():
 
 def test_the_notebook_side_never_imports_server_code():
     loaded = modules_after(
-        "import remote_magic, remote_magic.magics, remote_magic.client\n"
-        "import remote_magic.dryrun, remote_magic.compare"
+        "import remote_magic, remote_magic.magics.commands, remote_magic.client.api\n"
+        "import remote_magic.client.dryrun, remote_magic.display.compare"
     )
     assert not any(name.startswith("remote_magic_server") for name in loaded)
-    assert "remote_magic.client" in loaded
+    assert "remote_magic.client.api" in loaded
     for path in sources(CLIENT):
         assert not any(m.startswith("remote_magic_server") for m in imported_modules(path)), path
 
 
-def test_the_magics_never_talk_http():
-    imports = imported_modules(CLIENT / "magics.py")
+@pytest.mark.parametrize("path", sources(CLIENT / "magics"), ids=lambda p: p.name)
+def test_the_magics_never_talk_http(path):
+    imports = imported_modules(path)
     assert not {m for m in imports if m.split(".")[0] in ("requests", "urllib3", "httpx", "http")}
 
 

@@ -11,8 +11,8 @@ import requests
 from requests.adapters import BaseAdapter
 
 from remote_magic import Client
-from remote_magic.errors import AuthError, NotFound, SpecError
-from remote_magic.result import TrainResult
+from remote_magic.client.errors import AuthError, NotFound, SpecError
+from remote_magic.display.result import TrainResult
 
 RECORDED = {
     r["name"]: r for r in json.loads((Path(__file__).parent / "recorded" / "responses.json").read_text())

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from remote_magic.codes import CODES, Refusal
-from remote_magic.errors import (
+from remote_magic.client.errors import (
     AuthError,
     BadRequest,
     BudgetExhausted,
@@ -24,6 +23,7 @@ from remote_magic.errors import (
     SpecError,
     error_for,
 )
+from remote_magic.contract.codes import CODES, Refusal
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = {

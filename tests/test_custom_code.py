@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from remote_magic.errors import RemoteError
+from remote_magic.client.errors import RemoteError
 from tests.serverproc import running
 
 

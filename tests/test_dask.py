@@ -25,7 +25,7 @@ from distributed import Client, LocalCluster
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from remote_magic.errors import RemoteError
+from remote_magic.client.errors import RemoteError
 from remote_magic_server.demo import free_port
 from tests.serverproc import ServerProcess, running, wait_until, write_config
 from tests.test_hostile_payloads import FIXED_CODES, _outcomes, build_corpus

@@ -16,11 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from remote_magic_server.config.settings import ConfigError, load_settings
 from remote_magic_server.data.lifecycle import refresh
 from remote_magic_server.data.sources import SourceError
 from remote_magic_server.data.versions import Versions
 from remote_magic_server.demo import free_port
-from remote_magic_server.settings import ConfigError, load_settings
 
 
 def settings_for(tmp_path, dataset_toml: str):

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from remote_magic_server.cli import main
+from remote_magic_server.config.settings import load_settings
 from remote_magic_server.data.lifecycle import prune
 from remote_magic_server.data.versions import Versions
-from remote_magic_server.settings import load_settings
 
 
 def cli(capsys, config, *args: str) -> tuple[int, str, str]:

@@ -6,8 +6,8 @@ import pytest
 import xgboost as xgb
 
 from remote_magic import DatasetSpec
-from remote_magic.codes import Refusal
-from remote_magic.grammar import check_derive
+from remote_magic.contract.codes import Refusal
+from remote_magic.contract.grammar import check_derive
 
 FEATURES = ["age", "income", "bmi", "smoker", "visits", "noise_0"]
 

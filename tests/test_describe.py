@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from IPython.core.error import UsageError
 
-from remote_magic.errors import SpecError
+from remote_magic.client.errors import SpecError
 
 
 def rounded(n: int) -> int:

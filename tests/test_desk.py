@@ -3,18 +3,19 @@ the policy in effect, model-release decisions, DP describe answers under a budge
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pyroaring import BitMap
 
-from remote_magic.codes import Refusal
+from remote_magic.contract.codes import Refusal
 from remote_magic_server.audit import AuditLog, verify
+from remote_magic_server.config.settings import DatasetConfig, Settings
 from remote_magic_server.protocol import Admission, DescribeReport, LeafFacts, SplitCounts, TrainReport
 from remote_magic_server.release.desk import ReleaseDesk, Request
 from remote_magic_server.release.ledger import Ledger
-from remote_magic_server.settings import DatasetConfig, Settings
 
 
 @pytest.fixture
@@ -166,3 +167,31 @@ def test_every_decision_is_in_the_audit_log(desk, tmp_path):
     assert [e["decision"] for e in entries] == ["released", "failed"] and entries[1]["code"] == "timeout"
     assert verify(desk.audit.path).ok
     assert np.all([e["event"] == "release_decision" for e in entries])
+
+
+def test_in_mode_dp_no_differencing_refusal_answers_membership(desk, tmp_path):
+    """In mode dp the noise covers differencing: a set one row away from a released one is admitted (a
+    refusal there would tell, for free, whether that row is in the table)."""
+    describe = {"dataset": "noisy", "kind": "describe"}  # two describes fit the test's small budget
+    desk.admit(request(**describe), admission(tmp_path, range(0, 800), range(800, 1000)), tmp_path)
+    near = admission(tmp_path, range(1, 800), range(800, 1000))
+    desk.admit(request(**describe, job="j2"), near, tmp_path)
+    with pytest.raises(Refusal) as guard:  # the same sets in mode rules: refused
+        desk.admit(request(job="j3"), admission(tmp_path, range(0, 800), range(800, 1000)), tmp_path)
+        desk.admit(request(job="j4"), admission(tmp_path, range(1, 800), range(800, 1000)), tmp_path)
+    assert guard.value.code == "differencing_refused"
+
+
+def test_in_mode_dp_the_catalog_count_is_drawn_once_per_count_and_charged_to_no_analyst(desk):
+    from remote_magic_server.release.desk import CATALOG
+
+    rho = desk.policy("noisy").dp_rho_catalog
+    shown = [desk.table_size("noisy", 6000) for _ in range(3)]
+    assert shown[0] == shown[1] == shown[2], "the same count is shown to every request: no fresh noise"
+    assert desk.ledger.spent(CATALOG, "noisy") == pytest.approx(rho)
+    assert desk.ledger.spent("alice", "noisy") == 0
+    drawn = [desk.table_size("noisy", n) for n in range(6000, 6020)]
+    assert drawn != list(range(6000, 6020)), "the counts are noisy"
+    assert max(abs(d - n) for d, n in zip(drawn, range(6000, 6020))) < 10 / math.sqrt(2 * rho)
+    assert desk.ledger.spent(CATALOG, "noisy") == pytest.approx(20 * rho)
+    assert desk.table_size("plain", 6003) == 6000  # mode rules: rounded, as before

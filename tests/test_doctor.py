@@ -12,8 +12,8 @@ import pandas as pd
 import trustme
 
 from remote_magic_server.audit import open_audit
+from remote_magic_server.config.settings import load_settings
 from remote_magic_server.demo import ensure_demo_data
-from remote_magic_server.settings import load_settings
 from remote_magic_server.worker.sandbox import unreadable_code_path
 
 

@@ -11,15 +11,15 @@ import pytest
 import xgboost as xgb
 from pyroaring import BitMap
 
-from remote_magic.codes import Refusal
-from remote_magic.errors import BudgetExhausted, DisclosureRefused, SpecError
-from remote_magic.wire import ReleaseOptions
+from remote_magic.client.errors import BudgetExhausted, DisclosureRefused, SpecError
+from remote_magic.contract.codes import Refusal
+from remote_magic.contract.wire import ReleaseOptions
 from remote_magic_server.audit import AuditLog
+from remote_magic_server.config.settings import DatasetConfig, Policy, Settings
 from remote_magic_server.privacy import dp, dp_release
 from remote_magic_server.protocol import Admission, EvalStats, SplitCounts, Structure, TrainReport
 from remote_magic_server.release.desk import ReleaseDesk, Request
 from remote_magic_server.release.ledger import Ledger
-from remote_magic_server.settings import DatasetConfig, Policy, Settings
 
 POLICY = Policy()
 DRAWS = 2000  # enough that the sample standard deviation is within 10% of sigma by a wide margin

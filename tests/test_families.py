@@ -11,11 +11,12 @@ import xgboost as xgb
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from remote_magic.codes import Refusal
-from remote_magic.families import family_for, xgboost_bounds
+from remote_magic.contract.codes import Refusal
+from remote_magic.contract.wire import ModelBounds
+from remote_magic.families import family_for
 from remote_magic.families.base import Split, encode_labels
-from remote_magic.families.xgboost import FAMILY
-from remote_magic.wire import ModelBounds
+from remote_magic.families.xgboost import bounds as xgboost_bounds
+from remote_magic.families.xgboost.family import FAMILY
 
 BOUNDS = ModelBounds(max_n_estimators=100, max_depth=8, max_bin=256, max_threads=2)
 RNG = np.random.default_rng(0)

@@ -13,12 +13,12 @@ from IPython.utils.capture import capture_output
 from matplotlib.figure import Figure
 
 from remote_magic import TrainResult, compare
-from remote_magic.description import Description
-from remote_magic.display import plain_type
-from remote_magic.errors import AuthError, ConnectionProblem
-from remote_magic.formats import metric_text
-from remote_magic.plots import Figures
-from remote_magic.usage import MagicUsageError
+from remote_magic.client.errors import AuthError, ConnectionProblem
+from remote_magic.display.description import Description
+from remote_magic.display.formats import metric_text
+from remote_magic.display.plots import Figures
+from remote_magic.display.tables import plain_type
+from remote_magic.magics.usage import MagicUsageError
 from tests.test_magics import run, wait_running
 
 IMPORT = "from xgboost import XGBClassifier\n"
@@ -158,8 +158,8 @@ def test_jobs_listing_has_limit_state_and_tells_jobs_apart(shell, server):
 
 
 def test_a_claimed_job_is_starting_not_queued():
-    from remote_magic.display import jobs_table
-    from remote_magic.wire import JobStatus, Progress
+    from remote_magic.contract.wire import JobStatus, Progress
+    from remote_magic.display.tables import jobs_table
 
     claimed = JobStatus(
         id="j",

@@ -16,9 +16,9 @@ import xgboost as xgb
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
-from remote_magic.display import plain_type
-from remote_magic.errors import DryRunError, RemoteError, SpecError
-from remote_magic.usage import MagicUsageError
+from remote_magic.client.errors import DryRunError, RemoteError, SpecError
+from remote_magic.display.tables import plain_type
+from remote_magic.magics.usage import MagicUsageError
 from tests.serverproc import running
 from tests.test_magics import run
 

@@ -19,11 +19,11 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from sqlglot import exp
 
-from remote_magic.codes import Refusal
-from remote_magic.grammar import compile_filter, parse_filter
-from remote_magic.wire import DatasetSpec
-from remote_magic_server.api.catalog import check_spec
+from remote_magic.contract.codes import Refusal
+from remote_magic.contract.grammar import compile_filter, parse_filter
+from remote_magic.contract.wire import DatasetSpec
 from remote_magic_server.data.versions import Versions
+from remote_magic_server.intake.catalog import check_spec
 
 FUZZ = settings(
     max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None

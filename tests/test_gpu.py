@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import xgboost as xgb
 
-from remote_magic.errors import RemoteError
+from remote_magic.client.errors import RemoteError
 from remote_magic_server.jobs.tasks import gpu_present
 from tests.serverproc import running
 

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from remote_magic.codes import Refusal
-from remote_magic.payload import scan
+from remote_magic.contract.codes import Refusal
+from remote_magic.contract.payload import scan
 
 SPEC = {"dataset": "breast_cancer_rules", "label": "malignant"}
 FIXED_CODES = {

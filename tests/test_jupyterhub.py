@@ -17,7 +17,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 import remote_magic
 from remote_magic import Client
-from remote_magic.errors import AuthError
+from remote_magic.client.errors import AuthError
 from remote_magic_server.demo import free_port
 from tests.serverproc import ServerProcess, write_config
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from IPython.core.error import UsageError
 
-from remote_magic.lineage import LineageView
+from remote_magic.display.lineage import LineageView
 from tests.test_magic_train import ip, run  # noqa: F401 - the shell fixture and the cell runner
 
 FLAGS = "--dataset breast_cancer_rules --label malignant --eval-fraction 0.3 --seed 8"

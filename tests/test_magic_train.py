@@ -7,7 +7,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 from remote_magic import TrainResult
-from remote_magic.errors import RemoteError, SpecError
+from remote_magic.client.errors import RemoteError, SpecError
 
 
 @pytest.fixture()

@@ -18,9 +18,9 @@ from IPython.utils.capture import capture_output
 
 import remote_magic
 from remote_magic import TrainResult, compare
-from remote_magic.dryrun import DryRun
-from remote_magic.errors import DisclosureRefused, DryRunError
-from remote_magic.progress import ProgressBar
+from remote_magic.client.dryrun import DryRun
+from remote_magic.client.errors import DisclosureRefused, DryRunError
+from remote_magic.display.progress import ProgressBar
 
 IMPORT = "from xgboost import XGBClassifier\n"
 LONG_JOB = IMPORT + "model = XGBClassifier(n_estimators=2000, max_depth=10, learning_rate=0.01)"
@@ -308,7 +308,7 @@ def test_result_view_shows_suppressed_cells_and_plot_gives_figures(server):
 
 def test_dry_run_checks_derived_columns(server):
     from remote_magic import DatasetSpec
-    from remote_magic.dryrun import dry_run
+    from remote_magic.client.dryrun import dry_run
 
     client = server.client()
     info, mock = client.dataset("synthetic_rules"), client.mock("synthetic_rules")

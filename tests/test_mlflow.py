@@ -13,9 +13,9 @@ import pytest
 import xgboost as xgb
 
 from remote_magic_server.automation.mlflow_export import MlflowExporter
+from remote_magic_server.config.settings import load_settings
 from remote_magic_server.demo import free_port
 from remote_magic_server.jobs.store import Store
-from remote_magic_server.settings import load_settings
 from tests.serverproc import running
 
 mlflow = pytest.importorskip("mlflow")

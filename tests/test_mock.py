@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from remote_magic import DatasetSpec
-from remote_magic.codes import Refusal
-from remote_magic.dryrun import admit
-from remote_magic.query import ROW_ID
-from remote_magic.specs import resolve
-from remote_magic.wire import ColumnInfo
+from remote_magic.client.dryrun import admit
+from remote_magic.contract.codes import Refusal
+from remote_magic.contract.query import ROW_ID
+from remote_magic.contract.specs import resolve
+from remote_magic.contract.wire import ColumnInfo
 from tests.serverproc import running
 
 TWINS = """

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 from pyroaring import BitMap
 
-from remote_magic.codes import Refusal
+from remote_magic.contract.codes import Refusal
 from remote_magic_server.audit import AuditLog, verify
-from remote_magic_server.privacy.describe import merge_bins, release_describe, sensitivity
+from remote_magic_server.config.settings import DatasetConfig, Policy, Settings
+from remote_magic_server.privacy.describe_rules import merge_bins, release_describe, sensitivity
 from remote_magic_server.privacy.dp import gaussian_counts
 from remote_magic_server.privacy.guard import check_differencing
 from remote_magic_server.privacy.model_release import check_model_release, unnecessary_risk
 from remote_magic_server.privacy.policy import release
 from remote_magic_server.protocol import DescribeReport, LeafFacts, SplitCounts, TrainReport
 from remote_magic_server.release.ledger import Ledger
-from remote_magic_server.settings import DatasetConfig, Policy, Settings
-from remote_magic_server.worker.describe import nice_edges
+from remote_magic_server.worker.describe_task import nice_edges
 
 POLICY = Policy()
 

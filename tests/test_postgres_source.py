@@ -20,11 +20,11 @@ import pytest
 import requests
 import xgboost as xgb
 
+from remote_magic_server.config.settings import load_settings
 from remote_magic_server.data.lifecycle import refresh
 from remote_magic_server.data.sources import SourceError
 from remote_magic_server.data.versions import Versions
 from remote_magic_server.demo import free_port
-from remote_magic_server.settings import load_settings
 from tests.pgserver import OWNER, PostgresServer, bindir
 from tests.serverproc import running
 

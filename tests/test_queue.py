@@ -11,8 +11,8 @@ import pytest
 import xgboost as xgb
 
 from remote_magic import package_model
-from remote_magic.errors import Busy
-from remote_magic.progress import QueueWait
+from remote_magic.client.errors import Busy
+from remote_magic.display.progress import QueueWait
 from remote_magic_server.jobs.store import Store
 from remote_magic_server.jobs.timeline import PHASES
 from tests.serverproc import ServerProcess, pause_worker, wait_until, write_config

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from remote_magic_server.settings import load_settings
+from remote_magic_server.config.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCKS = [

@@ -15,14 +15,14 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 
-from remote_magic.automation import RecipeIn, Triggers
-from remote_magic.display import jobs_table
-from remote_magic.errors import BadRequest, NotFound
+from remote_magic.client.errors import BadRequest, NotFound
+from remote_magic.contract.automation_wire import RecipeIn, Triggers
+from remote_magic.display.tables import jobs_table
 from remote_magic_server.automation.recipes import Recipes
-from remote_magic_server.automation.store import open_automation
+from remote_magic_server.automation.schema import open_automation
 from remote_magic_server.automation.triggers import TriggerCheck
 from remote_magic_server.demo import ensure_demo_data, free_port
-from remote_magic_server.registry.store import ModelRegistry
+from remote_magic_server.registry.records import ModelRegistry
 from tests.hookreceiver import Receiver
 from tests.serverproc import running
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 
-from remote_magic.errors import DisclosureRefused, RemoteError
+from remote_magic.client.errors import DisclosureRefused, RemoteError
 from tests.serverproc import running
 
 ROWS = 600

@@ -24,7 +24,7 @@ from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
-from remote_magic.errors import RemoteError
+from remote_magic.client.errors import RemoteError
 from tests.serverproc import running
 
 ROWS = 6000
@@ -183,6 +183,23 @@ def member_by_count(c, dataset: str) -> int:
     return int(rows >= ROWS)
 
 
+def member_by_refusal(c, dataset: str) -> int:
+    """Describe a large group, then the same group OR the target's own values: a differencing guard on
+    the exact rows refused the second exactly when the target was in the table."""
+    group = {"dataset": dataset, "label": "label", "features": ["score"], "where": "age <= 50"}
+    try:
+        c.describe(group)
+        c.describe({**group, "where": "age <= 50 OR age > 99"})
+    except RemoteError as exc:
+        return int(exc.code == "differencing_refused")
+    return 0
+
+
+def member_by_catalog(c, dataset: str) -> int:
+    """The catalog's row count of the table, against its known size with the target."""
+    return int((c.dataset(dataset).rows or 0) >= ROWS)
+
+
 def bound(rho: float, n: int) -> float:
     """The best accuracy a guess may have after spending rho (Gaussian DP), plus the binomial margin."""
     p = 0.5 * (1 + math.erf(math.sqrt(2 * rho) / 2 / math.sqrt(2)))
@@ -195,7 +212,12 @@ ROUTES = {
         "continue": label_by_continuing,
         "indicator": label_by_indicator,
     },
-    "member": {"evaluate": member_by_evaluation, "count": member_by_count},
+    "member": {
+        "evaluate": member_by_evaluation,
+        "count": member_by_count,
+        "refusal": member_by_refusal,
+        "catalog": member_by_catalog,
+    },
 }
 
 
@@ -221,6 +243,7 @@ def test_the_attacks_are_real_they_win_in_mode_rules(red):
     for bit in (0, 1):
         assert label_by_evaluation(c, f"rules{bit}") == bit
         assert label_by_continuing(c, f"rules{bit}") == bit
+    assert member_by_refusal(c, "rules0") == 1  # the guard still stands in mode rules
 
 
 def test_routes_closed_by_structure_are_refused_before_any_job(red):

@@ -13,7 +13,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from remote_magic import package_model
-from remote_magic.errors import BadRequest, ModelRejected, NotFound, RemoteError
+from remote_magic.client.errors import BadRequest, ModelRejected, NotFound, RemoteError
 from tests.serverproc import running
 
 SPEC = {"dataset": "breast_cancer_rules", "label": "malignant", "eval": {"fraction": 0.3, "seed": 1}}

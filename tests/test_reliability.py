@@ -25,12 +25,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from remote_magic import package_model
 from remote_magic_server.audit import AuditLog
-from remote_magic_server.jobs.local import LocalExecutor, process_mark
+from remote_magic_server.config.settings import Settings
+from remote_magic_server.jobs.local_executor import LocalExecutor, process_mark
 from remote_magic_server.jobs.scheduler import Scheduler
 from remote_magic_server.jobs.store import SCHEMA_VERSION, QueueFull, Store, StoreError, hash_token
 from remote_magic_server.release.desk import ReleaseDesk
 from remote_magic_server.release.ledger import Ledger
-from remote_magic_server.settings import Settings
 from tests.serverproc import ServerProcess, pause_worker, rows, wait_until, write_config
 
 SMALL_SPEC = {"dataset": "breast_cancer_rules", "label": "malignant"}

@@ -19,7 +19,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from remote_magic_server.jobs.executor import WorkerGone
-from remote_magic_server.jobs.local import LocalExecution
+from remote_magic_server.jobs.local_executor import LocalExecution
 from remote_magic_server.worker.sandbox import DATA_BACKSTOP, unreadable_code_path
 
 PRELOAD = "remote_magic_server.worker.preload"
@@ -157,7 +157,7 @@ def _hogging(megabytes: int, memory_mb: int) -> LocalExecution:
 
 
 def test_a_worker_past_its_resident_memory_is_stopped_as_out_of_memory():
-    """The parent's watch (jobs/local.py): a worker that holds more resident memory than its task's
+    """The parent's watch (jobs/local_executor.py): a worker that holds more resident memory than its task's
     memory_mb is killed and its task ends out_of_memory, even though no allocation failed."""
     execution = _hogging(400, memory_mb=200)
     started = time.monotonic()
@@ -253,7 +253,7 @@ def test_a_fitted_column_pipeline_continues_training(server):
 
 
 def test_pipeline_parameter_out_of_bounds_is_named(server):
-    from remote_magic.errors import RemoteError
+    from remote_magic.client.errors import RemoteError
 
     pipeline = Pipeline(
         [("scale", StandardScaler()), ("model", xgb.XGBClassifier(n_estimators=5, max_depth=99))]
@@ -296,7 +296,7 @@ def _dense_one_hot_of_income() -> Pipeline:
     ("dataset", "codes"), [("slow", {"timeout"}), ("small_memory", {"out_of_memory", "worker_crashed"})]
 )
 def test_a_job_out_of_time_or_memory_fails_cleanly(limited_server, dataset, codes):
-    from remote_magic.errors import RemoteError
+    from remote_magic.client.errors import RemoteError
 
     client = limited_server.client("dave")
     model = (

@@ -126,7 +126,7 @@ def test_the_result_figures_are_a_spec_the_browser_draws_with_a_picture_for_save
             "%%remote_train -d breast_cancer -l malignant --confusion\nfrom xgboost import XGBClassifier\n"
             "model = XGBClassifier(n_estimators=5, max_depth=2)",
             # the picture is drawn after the cell answered: a headless run waits for it at its end
-            "from remote_magic.charts import wait_for_pictures\nassert wait_for_pictures(timeout=300)",
+            "from remote_magic import wait_for_pictures\nassert wait_for_pictures(timeout=300)",
         ],
         kernel_env(server, REMOTE_MAGIC_PROGRESS="off"),
         tmp_path,

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 import xgboost as xgb
 
+from remote_magic.contract.wire import DatasetSpec
 from remote_magic.families.base import Batches, Split, encode_labels
-from remote_magic.families.xgboost import FAMILY, frame_of
-from remote_magic.wire import DatasetSpec
+from remote_magic.families.xgboost.family import FAMILY, frame_of
 from remote_magic_server.demo import synthetic_table
 from remote_magic_server.jobs.tasks import file_limit_mb, staging_plan
 from remote_magic_server.protocol import SCRATCH_DIR, Limits, Task

@@ -11,8 +11,8 @@ from IPython.core.interactiveshell import InteractiveShell
 
 import remote_magic
 from remote_magic import Client
-from remote_magic.connection import is_loopback
-from remote_magic.errors import ConnectionProblem
+from remote_magic.client.errors import ConnectionProblem
+from remote_magic.contract.addresses import is_loopback
 from tests.serverproc import ServerProcess, write_config
 
 SPEC = {"dataset": "breast_cancer_rules", "label": "malignant"}

@@ -14,7 +14,7 @@ import requests
 import xgboost as xgb
 
 from remote_magic import Client, package_model
-from remote_magic.errors import AuthError
+from remote_magic.client.errors import AuthError
 from remote_magic_server.audit import read_head, verify
 from remote_magic_server.tokens import parse_expiry
 from tests.serverproc import running
@@ -152,7 +152,7 @@ def test_expiry_parsing():
     assert parse_expiry("90d", at).startswith("2026-04-01T00:00")
     assert parse_expiry("12h", at).startswith("2026-01-01T12:00")
     assert parse_expiry("2027-01-31", at).startswith("2027-01-31T00:00")
-    from remote_magic_server.settings import ConfigError
+    from remote_magic_server.config.settings import ConfigError
 
     for bad in ("soon", "-3d", "2025-01-01"):
         with pytest.raises(ConfigError):

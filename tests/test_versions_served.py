@@ -14,8 +14,8 @@ import pytest
 import requests
 import xgboost as xgb
 
-from remote_magic.display import columns_table, jobs_table, versions_table
-from remote_magic.errors import RemoteError
+from remote_magic.client.errors import RemoteError
+from remote_magic.display.tables import columns_table, jobs_table, versions_table
 from remote_magic_server.cli import main
 from remote_magic_server.jobs.store import Store
 from tests.serverproc import running

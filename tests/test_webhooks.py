@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import xgboost as xgb
 
-from remote_magic.errors import BadRequest
-from remote_magic.webhooks import InvalidSignature, verify
+from remote_magic.client.errors import BadRequest
+from remote_magic.contract.signing import InvalidSignature, verify
 from remote_magic_server.demo import free_port
 from tests.hookreceiver import Receiver
 from tests.serverproc import running

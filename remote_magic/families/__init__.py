@@ -32,7 +32,7 @@ class Manifest:
 
 XGBOOST = Manifest(
     name="xgboost",
-    module="remote_magic.families.xgboost",
+    module="remote_magic.families.xgboost.family",
     classes=frozenset(
         {"xgboost.sklearn.XGBClassifier", "xgboost.sklearn.XGBRegressor", "xgboost.core.Booster"}
     ),
@@ -90,7 +90,7 @@ def family(name: str) -> ModelFamily:
 
 def family_for(model: object) -> ModelFamily:
     """The family that recognises a decoded model; raise Refusal('unsupported_model') if none does."""
-    from ..codes import Refusal
+    from ..contract.codes import Refusal
 
     for manifest in MANIFESTS:
         candidate = family(manifest.name)

@@ -17,9 +17,9 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from .. import rows
-from ..codes import Refusal
-from ..wire import ModelBounds
+from ..contract import rows
+from ..contract.codes import Refusal
+from ..contract.wire import ModelBounds
 
 # A training progress report: rounds done (of this job), and the latest metric per split and name.
 Report = Callable[[int, dict[str, dict[str, float]]], None]

@@ -15,7 +15,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, OrdinalEncoder, StandardScaler
 
-from ..codes import Refusal
+from ..contract.codes import Refusal
 
 _SCALARS = (str, int, float, bool, type(None))
 _STEPS = {

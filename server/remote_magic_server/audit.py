@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .settings import Settings
+from .config.settings import Settings
 
 GENESIS = "0" * 64
 _TAIL_CHUNK = 65536

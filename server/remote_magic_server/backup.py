@@ -28,8 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .audit import read_head, verify
+from .config.settings import ConfigError, Settings
 from .jobs.store import Store
-from .settings import ConfigError, Settings
 
 MANIFEST = "manifest.json"
 FORMAT = 1

@@ -7,8 +7,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from .config.settings import ConfigError, Settings, load_settings
 from .owner import cmd_approve, cmd_audit, cmd_review
-from .settings import ConfigError, Settings, load_settings
 
 
 def settings_of(args: argparse.Namespace) -> Settings:
@@ -28,7 +28,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .api.serving import serve
+    from .serving import serve
 
     settings = settings_of(args)
     if not _checked_before_serving(settings, args.accept_audit_mismatch):
@@ -155,7 +155,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     if args.action == "refresh":
         return commands.refresh_now(settings, args.name)
     from .jobs.store import Store
-    from .registry.store import ModelRegistry
+    from .registry.records import ModelRegistry
     from .release.ledger import Ledger
 
     store, ledger = Store(settings.db_path, settings.jobs_dir), Ledger(settings.ledger_path)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .settings import DatasetConfig, ServerSection, Settings
+from .config.settings import DatasetConfig, ServerSection, Settings
 
 SEED = 20261127
 LOG_NAME = "server.log"

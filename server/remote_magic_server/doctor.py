@@ -28,8 +28,8 @@ from pathlib import Path
 import requests
 
 from .audit import Verdict, last_entry, read_head, verify
+from .config.settings import Settings
 from .jobs.store import SCHEMA_VERSION
-from .settings import Settings
 
 MIN_FREE_MB = 100
 LOW_FREE_MB = 1024
@@ -137,7 +137,7 @@ def _certificate_expiry(path: Path) -> datetime:
 def _tls(settings: Settings) -> list[Finding]:
     server = settings.server
     if server.tls_cert is None:
-        from remote_magic.connection import is_loopback
+        from remote_magic.contract.addresses import is_loopback
 
         if is_loopback(server.host):
             return [Finding("ok", "tls", f"plain HTTP on loopback ({server.host})")]

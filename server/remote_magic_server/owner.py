@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .settings import Settings
+from .config.settings import Settings
 
 
 def cmd_review(args: argparse.Namespace, settings: Settings) -> int:
@@ -29,7 +29,7 @@ def cmd_review(args: argparse.Namespace, settings: Settings) -> int:
         payload = (store.job_dir(job.id) / "model.pkl").read_bytes()
         digest = hashlib.sha256(payload).hexdigest()
         if args.action == "show":
-            from .jobs.executor import make_executor
+            from .executors import make_executor
             from .jobs.oneshot import review
 
             print(f"job {job.id} by {job.user} on {job.dataset}; payload sha256 {digest}\n")

@@ -23,8 +23,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
-from remote_magic.codes import CODES
-from remote_magic.wire import DatasetSpec, ModelBounds, ReleaseOptions, Stage
+from remote_magic.contract.codes import CODES
+from remote_magic.contract.wire import DatasetSpec, ModelBounds, ReleaseOptions, Stage
 
 PROTOCOL_VERSION = 3
 MAX_MESSAGE_BYTES = 16 * 2**20

@@ -13,8 +13,8 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 from .audit import open_audit
+from .config.settings import ConfigError, Settings
 from .jobs.store import Store, TokenRow
-from .settings import ConfigError, Settings
 
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from remote_magic.codes import Refusal
+from remote_magic.contract.codes import Refusal
 
 from ..jobs.store import TOKEN_PREFIX, Store
+from .principal import Principal
 
 if TYPE_CHECKING:
     from .hub import HubSignIn
@@ -26,13 +26,6 @@ bearer = HTTPBearer(
     description="A token issued by `remote-magic-server token create`, or a JupyterHub API token.",
 )
 LAST_USED_EVERY_S = 60.0
-
-
-@dataclass(frozen=True)
-class Principal:
-    user: str
-    datasets: list[str]
-    via: str = ""  # the token's id, or "jupyterhub"
 
 
 class LastUsed:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from remote_magic.wire import CostEstimate, CostRequest
+from remote_magic.contract.wire import CostEstimate, CostRequest
 
+from ..intake.catalog import check_spec, version_of
 from ..release.desk import Request
-from .catalog import check_spec, version_of
 from .deps import DeskDep, SettingsDep, User, VersionsDep
 
 router = APIRouter(prefix="/v1", tags=["jobs"])

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from remote_magic.wire import DatasetInfo
+from remote_magic.contract.wire import DatasetInfo
 
-from .catalog import describe_dataset, granted
+from ..intake.catalog import describe_dataset, granted
 from .deps import DeskDep, SettingsDep, User, VersionsDep
 
 router = APIRouter(prefix="/v1", tags=["datasets"])

@@ -12,17 +12,18 @@ from fastapi.security import HTTPAuthorizationCredentials
 
 from ..audit import AuditLog
 from ..automation.service import Automation
+from ..config.settings import Settings
 from ..data.versions import Versions
+from ..intake.submissions import Intake
 from ..jobs.oneshot import Describer
 from ..jobs.scheduler import Scheduler
 from ..jobs.store import Store
 from ..registry.access import Registry
 from ..release.desk import ReleaseDesk
-from ..settings import Settings
-from .auth import LastUsed, Principal, authenticate, bearer
+from .auth import LastUsed, authenticate, bearer
 from .hub import HubSignIn
-from .intake import Intake
 from .notifier import Notifier
+from .principal import Principal
 
 
 def _part(name: str) -> Callable[[Request], Awaitable[object]]:

@@ -11,9 +11,9 @@ import asyncio
 
 from fastapi import APIRouter
 
-from remote_magic.wire import DatasetSpec, DescribeResult
+from remote_magic.contract.wire import DatasetSpec, DescribeResult
 
-from .catalog import check_spec
+from ..intake.catalog import check_spec
 from .deps import DescriberDep, SettingsDep, User, VersionsDep
 
 router = APIRouter(prefix="/v1", tags=["datasets"])

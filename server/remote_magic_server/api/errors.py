@@ -15,8 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from remote_magic.codes import CODES, Refusal
-from remote_magic.wire import ErrorBody, first_error
+from remote_magic.contract.codes import CODES, Refusal
+from remote_magic.contract.wire import ErrorBody, first_error
 
 log = logging.getLogger("remote_magic_server.api")
 

@@ -27,15 +27,15 @@ from strawberry.extensions import (
 from strawberry.fastapi import GraphQLRouter
 from strawberry.types import Info
 
-from remote_magic.automation import ModelVersion as VersionModel
-from remote_magic.codes import Refusal
-from remote_magic.wire import JobStatus
+from remote_magic.contract.automation_wire import ModelVersion as VersionModel
+from remote_magic.contract.codes import Refusal
+from remote_magic.contract.wire import JobStatus
 
-from .catalog import describe_dataset, granted
+from ..intake.catalog import describe_dataset, granted
+from ..intake.status import status_of
 from .deps import AutomationDep, DeskDep, RegistryDep, SettingsDep, StoreDep, User, VersionsDep
 from .graphql_cost import MAX_LIST, CostLimit
 from .jobs import own_job
-from .status import status_of
 
 MAX_DEPTH = 8
 

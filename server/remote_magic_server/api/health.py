@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from remote_magic import __version__
-from remote_magic.wire import Health, Whoami
+from remote_magic.contract.wire import Health, Whoami
 
 from .deps import HubDep, SchedulerDep, SettingsDep, StoreDep, User
 

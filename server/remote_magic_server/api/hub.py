@@ -17,10 +17,10 @@ from urllib.parse import quote
 
 import requests
 
-from remote_magic.codes import Refusal
+from remote_magic.contract.codes import Refusal
 
-from ..settings import ConfigError, JupyterHubSection
-from .auth import Principal
+from ..config.settings import ConfigError, JupyterHubSection
+from .principal import Principal
 
 log = logging.getLogger("remote_magic_server.api")
 

@@ -9,9 +9,9 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from pydantic import ValidationError
 
-from remote_magic.automation import RegisterRequest
-from remote_magic.codes import Refusal
-from remote_magic.wire import (
+from remote_magic.contract.automation_wire import RegisterRequest
+from remote_magic.contract.codes import Refusal
+from remote_magic.contract.wire import (
     FINAL_STATES,
     DatasetSpec,
     JobKind,
@@ -24,11 +24,11 @@ from remote_magic.wire import (
     spec_error,
 )
 
+from ..intake.status import status_of
+from ..intake.submissions import Submission
 from ..jobs.store import JobRow, Store
-from .auth import Principal
 from .deps import IntakeDep, NotifierDep, RegistryDep, SchedulerDep, SettingsDep, StoreDep, User
-from .intake import Submission
-from .status import status_of
+from .principal import Principal
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from remote_magic.wire import JobState
+from remote_magic.contract.wire import JobState
 
 from ..data.versions import OUTCOMES, Versions
 from ..jobs.scheduler import Scheduler

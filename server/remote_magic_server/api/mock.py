@@ -19,12 +19,12 @@ import numpy as np
 import pandas as pd
 from fastapi import APIRouter, Query
 
-from remote_magic.codes import Refusal
-from remote_magic.types import TIME, kind_of
-from remote_magic.wire import ColumnInfo, MockData
+from remote_magic.contract.codes import Refusal
+from remote_magic.contract.types import TIME, kind_of
+from remote_magic.contract.wire import ColumnInfo, MockData
 
-from ..settings import DatasetConfig
-from .catalog import columns_of, granted, version_of
+from ..config.settings import DatasetConfig
+from ..intake.catalog import columns_of, granted, version_of
 from .deps import SettingsDep, User, VersionsDep
 
 log = logging.getLogger("remote_magic_server.api")

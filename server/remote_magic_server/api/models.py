@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from remote_magic.codes import Refusal
-from remote_magic.wire import ErrorBody, ModelReleaseStatus
+from remote_magic.contract.codes import Refusal
+from remote_magic.contract.wire import ErrorBody, ModelReleaseStatus
 
+from ..config.settings import Settings
 from ..release.desk import ReleaseDesk
-from ..settings import Settings
 from .deps import AuditDep, DeskDep, SettingsDep, StoreDep, User
 from .jobs import own_job
 

@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Path, Response, UploadFile
 from pydantic import ValidationError
 
-from remote_magic.automation import Recipe, RecipeIn, RecipeList
-from remote_magic.codes import Refusal
-from remote_magic.wire import JobStatus, first_error
+from remote_magic.contract.automation_wire import Recipe, RecipeIn, RecipeList
+from remote_magic.contract.codes import Refusal
+from remote_magic.contract.wire import JobStatus, first_error
 
 from .deps import AuditDep, AutomationDep, RegistryDep, SettingsDep, StoreDep, User
 from .jobs import own_job, status_of

@@ -10,8 +10,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 
-from remote_magic.automation import AliasMove, LineageChain, ModelList, ModelVersion
-from remote_magic.codes import Refusal
+from remote_magic.contract.automation_wire import AliasMove, LineageChain, ModelList, ModelVersion
+from remote_magic.contract.codes import Refusal
 
 from .deps import AuditDep, AutomationDep, RegistryDep, User
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
-from remote_magic.automation import DeliveryList, Webhook, WebhookIn, WebhookList
+from remote_magic.contract.automation_wire import DeliveryList, Webhook, WebhookIn, WebhookList
 
 from .deps import AuditDep, AutomationDep, User
 

@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from ..settings import WebhooksSection
+from ..config.settings import WebhooksSection
 from .outbox import Due, Outbox
 
 log = logging.getLogger("remote_magic_server.automation")

@@ -17,9 +17,9 @@ import os
 import time
 from collections.abc import Callable
 
+from ..config.settings import Settings
 from ..jobs.store import Store
 from ..registry.registrar import read_params
-from ..settings import Settings
 from .outbox import Due
 
 log = logging.getLogger("remote_magic_server.automation")

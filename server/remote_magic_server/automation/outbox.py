@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from remote_magic.automation import Delivery
+from remote_magic.contract.automation_wire import Delivery
 
 from ..sqlitedb import Database, now
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from remote_magic.automation import Recipe, RecipeIn
-from remote_magic.codes import Refusal
+from remote_magic.contract.automation_wire import Recipe, RecipeIn
+from remote_magic.contract.codes import Refusal
 
 from ..sqlitedb import Database, now
 

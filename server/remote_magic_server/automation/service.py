@@ -16,25 +16,25 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
-from remote_magic.automation import Recipe, RecipeIn
-from remote_magic.codes import CODES, Refusal
+from remote_magic.contract.automation_wire import Recipe, RecipeIn
+from remote_magic.contract.codes import CODES, Refusal
 
-from ..api.intake import Intake, Submission
-from ..api.status import status_of
-from ..data.config import parse_duration
-from ..dataversions import DatasetVersions
+from ..config.settings import Settings
+from ..config.sources import parse_duration
+from ..intake.status import status_of
+from ..intake.submissions import Intake, Submission
 from ..jobs.store import Store
 from ..registry.access import Registry
 from ..registry.pruning import prune
 from ..registry.registrar import Registrar, RegistryEvent, alias_event
-from ..settings import Settings
 from ..sqlitedb import Database
+from .dataset_versions import DatasetVersions
 from .deliverer import Deliverer
 from .outbox import Event, Outbox
 from .recipes import Fire, Recipes
-from .store import mark, open_automation
+from .schema import mark, open_automation
+from .subscriptions import Webhooks
 from .triggers import TriggerCheck
-from .webhooks import Webhooks
 
 log = logging.getLogger("remote_magic_server.automation")
 

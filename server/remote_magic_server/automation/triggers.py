@@ -1,6 +1,6 @@
 """Recipes' triggers: compare what a recipe has seen with what is there now, and fire on a difference.
 
-- `on_new_data`: the latest version of the spec's dataset (dataversions.py) differs from the one seen;
+- `on_new_data`: the latest version of the spec's dataset (dataset_versions.py) differs from the one seen;
 - `on_new_model NAME`: NAME has a newer version, or one of its aliases points elsewhere;
 - `every`: a new period (of `every` seconds since the epoch) has begun.
 A recipe saved now has seen what is there now, so saving never fires it. Whatever changed while the
@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import time
 
-from remote_magic.automation import RecipeIn
+from remote_magic.contract.automation_wire import RecipeIn
 
-from ..data.config import parse_duration
-from ..dataversions import DatasetVersions
-from ..registry.store import ModelRegistry
+from ..config.sources import parse_duration
+from ..registry.records import ModelRegistry
+from .dataset_versions import DatasetVersions
 from .recipes import Fire, Recipes
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from ..settings import Settings
+from ..config.settings import Settings
 from . import lifecycle
 from .sources import SourceError
 from .versions import Version, Versions, schema_change

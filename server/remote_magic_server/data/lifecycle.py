@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..audit import AuditLog
-from ..settings import Settings
+from ..config.settings import Settings
 from .snapshots import TMP_PREFIX, take_snapshot
 from .sources import SourceError, source_for
 from .versions import Version, Versions

@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import pyarrow as pa
 
-from .config import PostgresSourceConfig
+from ..config.sources import PostgresSourceConfig
 from .parquet import write_rows
 from .source import Source, SourceError
 

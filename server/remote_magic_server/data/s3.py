@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pyarrow import fs
 
-from .config import S3SourceConfig
+from ..config.sources import S3SourceConfig
 from .files import CsvSource, ParquetSource, objects_under
 from .source import Source, SourceError
 

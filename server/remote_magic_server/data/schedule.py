@@ -16,7 +16,7 @@ import threading
 import time
 from datetime import datetime
 
-from ..settings import Settings
+from ..config.settings import Settings
 from .versions import Versions
 
 log = logging.getLogger("remote_magic_server.data")

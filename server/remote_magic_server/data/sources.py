@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyarrow import fs
 
-from .config import CsvSourceConfig, ParquetSourceConfig, PostgresSourceConfig, SourceConfig
+from ..config.sources import CsvSourceConfig, ParquetSourceConfig, PostgresSourceConfig, SourceConfig
 from .files import CsvSource, ParquetSource, local_glob
 from .postgres import PostgresSource
 from .s3 import S3Source

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from remote_magic.codes import Refusal
+from remote_magic.contract.codes import Refusal
 
 from ..protocol import Admission, Decision, DescribeReport, Failure, ReviewReport, TrainReport, WorkerMessage
 from ..release.desk import Admitted, ReleaseDesk, Request

@@ -2,8 +2,9 @@
 
 The scheduler keeps the queue and the state machine; an `Executor` starts a task and hands back an
 `Execution` that yields the worker's typed messages (protocol.py), takes the parent's decisions, and can
-be killed. `LocalExecutor` (local.py) runs one sandboxed process per task; a distributed executor plugs
-in here without touching the scheduler. The concrete one is chosen by `[executor] kind` in the config.
+be killed. `LocalExecutor` (local_executor.py) runs one sandboxed process per task; `DaskExecutor`
+(dask_executor.py) runs training on a cluster. This module names neither: the composition root picks one
+by `[executor] kind` (executors.py), so the seam never imports its implementations.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from pathlib import Path
 from typing import Protocol
 
 from ..protocol import Decision, Failure, Task, WorkerMessage
-from ..settings import ExecutorSection
 
 
 class WorkerGone(Exception):
@@ -63,16 +63,3 @@ class Executor(Protocol):
     def reap(self, ref: tuple[int, str | None]) -> bool:
         """Stop a worker left over by a previous server process, if it is still that worker."""
         ...
-
-
-def make_executor(config: ExecutorSection) -> Executor:
-    """The executor the config's `[executor]` table names."""
-    if config.kind == "local":
-        from .local import LocalExecutor
-
-        return LocalExecutor()
-    if config.kind == "dask":
-        from .dask import DaskExecutor
-
-        return DaskExecutor(config)
-    raise ValueError(f"unknown executor kind {config.kind!r}")

@@ -11,11 +11,11 @@ import time
 import uuid
 from pathlib import Path
 
-from remote_magic.codes import Refusal
-from remote_magic.wire import DescribeResult
+from remote_magic.contract.codes import Refusal
+from remote_magic.contract.wire import DescribeResult
 
+from ..config.settings import Settings
 from ..release.desk import ReleaseDesk, Request
-from ..settings import Settings
 from .conversation import Conversation, Final, drive, final_of
 from .executor import Executor, WorkerGone
 from .tasks import build_task

@@ -25,12 +25,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from remote_magic.codes import Refusal
-from remote_magic.wire import JobResult, ReleaseOptions
+from remote_magic.contract.codes import Refusal
+from remote_magic.contract.wire import JobResult, ReleaseOptions
 
+from ..config.settings import Settings
 from ..protocol import SCRATCH_DIR, Admission, Isolation, ProgressNote, WorkerMessage
 from ..release.desk import ReleaseDesk, Request
-from ..settings import Settings
 from .conversation import Conversation, Final, drive
 from .executor import Execution, Executor, WorkerGone
 from .store import JobRow, Store

@@ -11,14 +11,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from sqlglot import exp
 
-from remote_magic.codes import Refusal
-from remote_magic.query import staging_query
-from remote_magic.specs import Resolved
-from remote_magic.wire import DatasetSpec, ReleaseOptions
+from remote_magic.contract.codes import Refusal
+from remote_magic.contract.query import staging_query
+from remote_magic.contract.specs import Resolved
+from remote_magic.contract.wire import DatasetSpec, ReleaseOptions
 
+from ..config.settings import Settings
 from ..data.versions import Versions, snapshot_file
 from ..protocol import PARTITION_TABLE, DescribeOptions, Limits, SavedModel, Staging, Task, TaskKind
-from ..settings import Settings
 
 CPU_SLACK_S = 30
 BASE_MODEL_FILE = "base.json"

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from remote_magic.codes import Refusal
-from remote_magic.wire import ConfusionMatrix, History, JobResult, ReleaseOptions, Rounds, Summary
+from remote_magic.contract.codes import Refusal
+from remote_magic.contract.wire import ConfusionMatrix, History, JobResult, ReleaseOptions, Rounds, Summary
 
+from ..config.settings import Policy
 from ..protocol import SplitCounts, Structure, TrainReport
-from ..settings import Policy
 from . import dp
 from .policy import release_count, round_metric, split_summary
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 
 from pyroaring import BitMap
 
-from remote_magic.codes import Refusal
+from remote_magic.contract.codes import Refusal
 
 
 def check_differencing(

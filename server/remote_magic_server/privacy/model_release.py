@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import math
 
-from remote_magic.codes import Refusal
+from remote_magic.contract.codes import Refusal
 
+from ..config.settings import Policy
 from ..protocol import LeafFacts
-from ..settings import Policy
 
 
 def unnecessary_risk(max_depth: float, n_estimators: float, min_child_weight: float) -> bool:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from remote_magic.codes import Refusal
-from remote_magic.wire import (
+from remote_magic.contract.codes import Refusal
+from remote_magic.contract.wire import (
     ClassCount,
     ConfusionMatrix,
     History,
@@ -22,8 +22,8 @@ from remote_magic.wire import (
     Summary,
 )
 
+from ..config.settings import SIGNIFICANT_DIGITS, Policy
 from ..protocol import SplitCounts, TrainReport
-from ..settings import SIGNIFICANT_DIGITS, Policy
 
 
 def release_count(n: int, policy: Policy) -> int | None:

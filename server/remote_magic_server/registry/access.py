@@ -11,12 +11,19 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from remote_magic.automation import REF, Lineage, LineageChain, ModelInfo, ModelList, ModelVersion
-from remote_magic.codes import Refusal
-from remote_magic.wire import DatasetSpec, MetricPoint
+from remote_magic.contract.automation_wire import (
+    REF,
+    Lineage,
+    LineageChain,
+    ModelInfo,
+    ModelList,
+    ModelVersion,
+)
+from remote_magic.contract.codes import Refusal
+from remote_magic.contract.wire import DatasetSpec, MetricPoint
 
-from ..settings import Settings
-from .store import ModelRegistry, VersionRow
+from ..config.settings import Settings
+from .records import ModelRegistry, VersionRow
 
 MAIN_METRICS = ("auc", "accuracy", "r2", "rmse", "log_loss")
 MAX_LINEAGE = 1000

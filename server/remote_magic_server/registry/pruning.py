@@ -10,7 +10,7 @@ import logging
 from datetime import datetime, timedelta, timezone
 
 from ..jobs.store import Store
-from .store import ModelRegistry
+from .records import ModelRegistry
 
 log = logging.getLogger("remote_magic_server.registry")
 

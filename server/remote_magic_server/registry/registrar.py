@@ -15,11 +15,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from remote_magic.automation import LOWER_IS_BETTER, Condition, RegisterRequest
+from remote_magic.contract.automation_wire import LOWER_IS_BETTER, Condition, RegisterRequest
 
 from ..jobs.store import JobRow
 from .access import Registry
-from .store import NewVersion, VersionRow
+from .records import NewVersion, VersionRow
 
 log = logging.getLogger("remote_magic_server.registry")
 

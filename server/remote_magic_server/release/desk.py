@@ -9,8 +9,8 @@ in mode `dp` (every released number an OpenDP draw, charged to a zCDP budget per
    at no cost; an identical earlier request is answered from the ledger (`stored_result`), at no cost.
 2. `admit`, on the admitted rows, before anything that depends on their values runs: in mode dp the
    job is charged first (whatever happens next) and its row counts drawn; then the cohort and class
-   minimums (on the noisy counts in mode dp) and the differencing guard, whose sets are recorded in
-   the same locked step.
+   minimums (on the noisy counts in mode dp) and, in mode rules only, the differencing guard; the sets
+   are recorded in the same locked step.
 3. `release_result` / `release_describe`: the worker's exact report through the rules of its mode into
    the strict wire model, with the policy in effect and, in mode dp, the cost and the budget left; for a
    trained model, the model-release rules. `after_admission` turns any later failure into one code.
@@ -32,9 +32,9 @@ from pathlib import Path
 
 from pyroaring import BitMap
 
-from remote_magic.codes import CODES, Refusal
-from remote_magic.types import continuous_label_hint
-from remote_magic.wire import (
+from remote_magic.contract.codes import CODES, Refusal
+from remote_magic.contract.types import continuous_label_hint
+from remote_magic.contract.wire import (
     CostEstimate,
     DescribeResult,
     JobResult,
@@ -44,16 +44,17 @@ from remote_magic.wire import (
 )
 
 from ..audit import AuditLog
-from ..privacy import describe as describe_rules
-from ..privacy import dp, dp_release
+from ..config.settings import Policy, Settings
+from ..privacy import describe_rules, dp, dp_release
 from ..privacy import policy as rules
 from ..privacy.guard import check_differencing
 from ..privacy.model_release import check_model_release
 from ..protocol import Admission, DescribeReport, LeafFacts, TrainReport
-from ..settings import Policy, Settings
 from .ledger import Ledger
 
 log = logging.getLogger("remote_magic_server.release")
+
+CATALOG = "(catalog)"  # the ledger's user for what the catalog shows every user of a mode-dp table
 
 NOT_RELEASED = (
     "the job was admitted and charged, but its results cannot be released under this dataset's rules: "
@@ -134,8 +135,24 @@ class ReleaseDesk:
 
     # the catalog and running jobs
     def table_size(self, dataset: str, rows: int) -> int | None:
-        """A table's row count as the catalog may show it (its size is the data owner's to publish)."""
-        return rules.release_count(rows, self.policy(dataset))
+        """A table's row count as the catalog may show it. In mode dp the exact count is not public (two
+        versions' counts tell whether a row came or went): the count is a discrete Gaussian draw, made
+        once per distinct count and stored, so every user and every request sees the same number and
+        the privacy loss grows only with the number of distinct counts ever shown. Its cost goes on the
+        dataset's total (the `CATALOG` user), never on an analyst's budget."""
+        policy = self.policy(dataset)
+        if policy.privacy != "dp":
+            return rules.release_count(rows, policy)
+        key = _digest("catalog", self._table(dataset), rows)
+        with self.ledger.decision():
+            stored = self.ledger.stored_answer(CATALOG, dataset, key)
+            if stored is None:
+                drawn = dp.gaussian_counts([rows], 1.0, policy.dp_rho_catalog)[0][0]
+                stored = {"rows": max(0, drawn)}
+                self.ledger.charge(f"catalog:{key}", CATALOG, dataset, "catalog", policy.dp_rho_catalog, {})
+                self.ledger.store_answer(CATALOG, dataset, key, stored)
+                self.audit.record("privacy_charge", CATALOG, dataset=dataset, rho=policy.dp_rho_catalog)
+        return int(stored["rows"])
 
     def progress_metric(self, dataset: str, latest: dict[str, dict[str, float]] | None) -> MetricPoint | None:
         """The newest metric of a running job, rounded; none in mode dp (it is computed from hidden rows)."""
@@ -220,8 +237,12 @@ class ReleaseDesk:
             else:
                 self._check_classes(request, lambda: rules.check_cohort(admission.counts, policy))
             table = self._table(request.dataset)
-            released = self.ledger.released_sets(request.user, table)
-            check_differencing(admitted.sets, released, admission.table_rows, policy.min_count)
+            if policy.privacy != "dp":
+                # Mode rules only: a refusal that depends on the exact rows answers a question about them
+                # (group OR one person's values is refused exactly when that person is in the table);
+                # in mode dp the noise covers differencing, so nothing may refuse on the rows there.
+                released = self.ledger.released_sets(request.user, table)
+                check_differencing(admitted.sets, released, admission.table_rows, policy.min_count)
             source = f"job:{request.job_id}" if request.job_id else request.kind
             self.ledger.record_sets(request.user, table, source, admitted.sets)
         return admitted

@@ -1,6 +1,6 @@
 """One task in one fresh, confined process: read the task, confine, run it, report.
 
-The executor starts `launch.run` from a forkserver whose parent preloaded numpy, pandas, xgboost and
+The executor starts `runner.launch.run` from a forkserver whose parent preloaded numpy, pandas, xgboost and
 duckdb (preload.py), so a worker costs a fork, not an import. Every message to the parent is a typed
 protocol message (protocol.py) as JSON over a pipe, never pickle. A refusal becomes a `failure` with its
 fixed code; anything unexpected becomes `internal_error`, with its traceback in the server log (stderr)
@@ -10,19 +10,15 @@ only, never on the pipe.
 from __future__ import annotations
 
 import logging
-import os
 import resource
-import sys
 import time
-from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from remote_magic.codes import Refusal
-
-from ..protocol import Failure, Isolation, Task
+from ..protocol import Isolation, Task
+from ..runner.channel import Channel
+from ..runner.launch import serve
 from . import sandbox
-from .channel import Channel
 
 log = logging.getLogger("remote_magic_server.worker")
 
@@ -62,13 +58,13 @@ def _run(task: Task, folder: Path, channel: Channel) -> None:
     channel.send(Isolation(applied=applied, seconds=time.monotonic() - started))
     started = time.monotonic()
     if task.kind == "describe":
-        from . import describe
+        from . import describe_task
 
-        report = describe.run(task, channel)
+        report = describe_task.run(task, channel)
     elif task.kind == "review":
-        from . import review
+        from . import review_task
 
-        report = review.run(payload.read() if payload is not None else b"")
+        report = review_task.run(payload.read() if payload is not None else b"")
     elif task.kind == "plan":
         from . import model_task
 
@@ -98,24 +94,3 @@ def run(job_dir: str, conn: Connection) -> None:
 
 def _task(folder: Path) -> Task:
     return Task.model_validate_json((folder / "task.json").read_text())
-
-
-def serve(job_dir: str, conn: Connection, body: Callable[[Path, Channel], None]) -> None:
-    """Run `body` in a worker-like process: a refusal becomes a `failure` with its fixed code, anything
-    unexpected `internal_error` (its traceback in the server log only); then the process ends."""
-    channel = Channel(conn)
-    folder = Path(job_dir)
-    try:
-        body(folder, channel)
-    except Refusal as exc:
-        channel.send(Failure(code=exc.code, message=exc.message[:500]))
-    except MemoryError:
-        channel.send(Failure(code="out_of_memory", message="the job ran out of memory"))
-    except Exception:  # noqa: BLE001 - every failure must become a fixed code
-        log.exception("task %s failed", folder.name)
-        channel.send(Failure(code="internal_error", message="the job failed on the server"))
-    finally:
-        conn.close()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)

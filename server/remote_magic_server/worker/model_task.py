@@ -16,7 +16,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import pyarrow as pa
 
-from remote_magic.codes import Refusal
+from remote_magic.contract.codes import Refusal
+from remote_magic.contract.wire import ModelBounds
 from remote_magic.families import family as family_named
 from remote_magic.families import family_for, scoring
 from remote_magic.families.base import (
@@ -28,7 +29,6 @@ from remote_magic.families.base import (
     encode_labels,
     is_classifier_task,
 )
-from remote_magic.wire import ModelBounds
 
 from ..protocol import (
     Admission,
@@ -44,8 +44,9 @@ from ..protocol import (
     Task,
     TrainReport,
 )
-from . import evidence, staging
-from .channel import Channel
+from ..runner import evidence
+from ..runner.channel import Channel
+from . import staging
 from .unpickle import approved_loads, strict_loads
 
 HERE = Path(".")  # the job folder: a confined worker runs in it and reaches it by relative paths

@@ -19,9 +19,10 @@ import sqlglot  # noqa: F401
 import xgboost  # noqa: F401
 
 from remote_magic.families import scoring
-from remote_magic.families import xgboost as xgboost_family  # noqa: F401
+from remote_magic.families.xgboost import family  # noqa: F401
 
-from . import describe, launch, main, model_task, staging, unpickle  # noqa: F401
+from ..runner import launch  # noqa: F401
+from . import describe_task, main, model_task, staging, unpickle  # noqa: F401
 
 
 def _warm_metrics() -> None:

@@ -25,10 +25,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remote_magic import rows
-from remote_magic.codes import Refusal
+from remote_magic.contract import rows
+from remote_magic.contract.codes import Refusal
+from remote_magic.contract.query import EVAL_FLAG, ROW_ID
 from remote_magic.families.base import Batches, Split
-from remote_magic.query import EVAL_FLAG, ROW_ID
 
 from ..protocol import SCRATCH_DIR, SplitCounts, Task
 

@@ -1,4 +1,4 @@
-"""The strict unpickler: decodes submitted model bytes for real, under the rules of payload.py.
+"""The strict unpickler: decodes submitted model bytes for real, under the rules of the contract's payload.py.
 
 Runs only inside a sandboxed worker, because `Booster.__setstate__` hands the bytes to XGBoost's C++
 parser, which is not memory-safe on hostile input. `approved_loads` is the one place where cloudpickle
@@ -12,8 +12,8 @@ import hashlib
 import importlib
 import pickle
 
-from remote_magic.codes import Refusal
-from remote_magic.payload import BUILDERS, CLASSES, RuleUnpickler
+from remote_magic.contract.codes import Refusal
+from remote_magic.contract.payload import BUILDERS, CLASSES, RuleUnpickler
 
 
 def _import(dotted: str) -> object:

@@ -1,0 +1,407 @@
+"""The Python client: everything the magics do, usable from a plain script.
+
+Layers: a `requests.Session` that retries only idempotent requests (a POST is retried only with the same
+Idempotency-Key, so a retry can never start a second job), one method per endpoint with typed results,
+and `Job` handles (job.py) that wait (long-poll), report progress, cancel on Ctrl-C and return a
+`TrainResult`.
+A submission whose queue on the server is full waits for a place as the server's Retry-After says.
+
+Why it is long: one method per endpoint of the HTTP API, each a few lines; the layers stay together so
+that the transport's retry rules and the calls that rely on them can be read side by side.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable
+
+import pandas as pd
+import requests
+from pydantic import ValidationError
+from requests.adapters import HTTPAdapter
+from requests.auth import AuthBase
+from urllib3.util.retry import Retry
+
+from ..contract.automation_wire import RegisterRequest
+from ..contract.codes import Refusal
+from ..contract.payload import package_model, scan
+from ..contract.wire import (
+    CostEstimate,
+    CostRequest,
+    DatasetInfo,
+    DatasetSpec,
+    DescribeResult,
+    JobList,
+    JobResult,
+    JobStatus,
+    MockData,
+    ModelBounds,
+    ModelReleaseStatus,
+    ReleaseOptions,
+    Whoami,
+    spec_error,
+)
+from ..display.description import Description
+from ..display.result import TrainResult
+from ..families.xgboost import bounds as xgboost_bounds
+from .connection import check_url, client_cert_file, hub_token, tls_problem, tls_verify, unreachable
+from .errors import Busy, ConnectionProblem, RemoteError, SpecError, error_for
+from .job import Job
+from .registry_api import RegistryCalls, register_request
+
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_QUEUE_WAIT = 600.0
+RETRY_AFTER_DEFAULT = 5.0
+RETRY_AFTER_RANGE = (0.5, 60.0)
+
+
+class _TokenAuth(AuthBase):
+    """Adds the bearer token to each request; its repr never shows the token."""
+
+    def __init__(self, token: str):
+        self._token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        return request
+
+    def __repr__(self) -> str:
+        return "<bearer token>"
+
+
+def _retrying_session() -> requests.Session:
+    session = requests.Session()
+    retry = Retry(
+        total=5,
+        connect=5,
+        read=3,
+        other=0,  # a TLS failure will not pass on a retry
+        backoff_factor=0.3,
+        status_forcelist=(502, 503, 504),
+        allowed_methods=frozenset({"GET", "HEAD", "OPTIONS"}),
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
+    adapter = HTTPAdapter(max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = "remote-magic-client"
+    return session
+
+
+def as_spec(spec: DatasetSpec | dict) -> DatasetSpec:
+    """A spec dict checked here, so a misspelt key is named before anything is sent."""
+    if isinstance(spec, DatasetSpec):
+        return spec
+    try:
+        return DatasetSpec.model_validate(spec)
+    except ValidationError as exc:
+        raise SpecError("invalid_spec", spec_error(exc.errors())) from None
+
+
+def _options(release: ReleaseOptions | dict | None) -> ReleaseOptions:
+    if isinstance(release, ReleaseOptions):
+        return release
+    return ReleaseOptions.model_validate(release or {})
+
+
+class Client(RegistryCalls):
+    """A connection to one remote-magic server, authenticated by a token.
+
+    The token is `token`, else $REMOTE_MAGIC_TOKEN, else, in a JupyterHub kernel, $JUPYTERHUB_API_TOKEN
+    if the server says it accepts Hub tokens. HTTPS certificates are verified (against `ca_bundle` or
+    $REMOTE_MAGIC_CA_BUNDLE if given); `client_cert` (or $REMOTE_MAGIC_CLIENT_CERT) is a PEM file with
+    a certificate and key for servers that require one; plain http:// to a host that is not loopback is
+    refused unless `insecure`."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        queue_wait: float = DEFAULT_QUEUE_WAIT,
+        *,
+        ca_bundle: str | None = None,
+        client_cert: str | None = None,
+        insecure: bool = False,
+    ):
+        url = url or os.environ.get("REMOTE_MAGIC_URL")
+        if not url:
+            raise ConnectionProblem("no server URL: pass one or set REMOTE_MAGIC_URL")
+        self.url = check_url(url, insecure)
+        self.timeout = timeout
+        self._session = _retrying_session()
+        # Passed with every request: requests lets $REQUESTS_CA_BUNDLE override a session's `verify`.
+        self._verify = tls_verify(ca_bundle)
+        self._session.cert = client_cert_file(client_cert)
+        token = token or os.environ.get("REMOTE_MAGIC_TOKEN") or self._hub_token()
+        if not token:
+            raise ConnectionProblem("no token: pass one or set REMOTE_MAGIC_TOKEN")
+        self.queue_wait = queue_wait
+        self._session.auth = _TokenAuth(token)
+        self._bounds: dict[str, ModelBounds | None] = {}  # per dataset, for the result's notes only
+
+    def _hub_token(self) -> str | None:
+        token = hub_token()
+        return token if token and "jupyterhub" in self.health().get("auth", []) else None
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r})"
+
+    def close(self) -> None:
+        self._session.close()
+
+    def _request(self, method: str, path: str, **kwargs: object) -> requests.Response:
+        kwargs.setdefault("timeout", self.timeout)
+        kwargs.setdefault("verify", self._verify)
+        try:
+            response = self._session.request(method, f"{self.url}/v1{path}", **kwargs)  # type: ignore[arg-type]
+        except requests.exceptions.SSLError as exc:
+            raise tls_problem(self.url, exc) from None
+        except requests.ConnectionError as exc:
+            raise unreachable(self.url, exc, self._session.cert is not None) from None
+        except requests.Timeout as exc:
+            raise ConnectionProblem(f"{self.url} did not answer in time") from exc
+        if response.status_code >= 400:
+            raise self._error(response)
+        return response
+
+    @staticmethod
+    def _error(response: requests.Response) -> RemoteError:
+        try:
+            body = response.json()["error"]
+            code, message = str(body["code"]), str(body["message"])
+        except (ValueError, KeyError, TypeError):
+            code, message = "http_error", f"the server answered HTTP {response.status_code}"
+        error = error_for(code, message, status=response.status_code)
+        if isinstance(error, Busy):
+            error.retry_after = _seconds(response.headers.get("Retry-After"))
+        return error
+
+    # endpoints
+    def health(self) -> dict:
+        return self._request("GET", "/health").json()
+
+    def whoami(self) -> Whoami:
+        return Whoami.model_validate(self._request("GET", "/whoami").json())
+
+    def datasets(self) -> list[DatasetInfo]:
+        return [DatasetInfo.model_validate(d) for d in self._request("GET", "/datasets").json()]
+
+    def dataset(self, name: str) -> DatasetInfo:
+        return DatasetInfo.model_validate(self._request("GET", f"/datasets/{name}").json())
+
+    def mock(self, name: str) -> pd.DataFrame:
+        """The dataset's mock data: a small sample with the real schema and no real values (for dry runs
+        and for trying code locally); `.attrs` holds the column roles and where the rows came from."""
+        from .dryrun import mock_frame
+
+        return mock_frame(MockData.model_validate(self._request("GET", f"/datasets/{name}/mock").json()))
+
+    def submit(
+        self,
+        model: object,
+        spec: DatasetSpec | dict,
+        kind: str = "train",
+        idempotency_key: str | None = None,
+        release: ReleaseOptions | dict | None = None,
+        register: str | dict | RegisterRequest | None = None,
+        base_model: str | None = None,
+        on_wait: Callable[[float, float], None] | None = None,
+        queue_wait: float | None = None,
+    ) -> Job:
+        """Queue a job and return its handle. `release` asks for extras (confusion matrix, an eval
+        learning curve, a feature-importance ranking); on a dataset in mode dp each costs budget.
+
+        `register` names the model the trained result becomes the next version of (a name, or a dict with
+        `alias` and a `when` condition); `base_model` (`churn@3`, `@latest`, `@ALIAS`) continues, or
+        evaluates, a registered version on the server: `model` then only brings parameters, or is None.
+
+        When this user's queue on the server is full (429), wait for a place as the server's Retry-After
+        says, for at most `queue_wait` seconds (default: the client's), then raise `Busy`;
+        `on_wait(seconds_until_retry, seconds_waited)` is called before each wait (a progress line).
+        Ctrl-C stops the wait: nothing was queued. Every attempt carries the same Idempotency-Key, so a
+        retry never queues twice."""
+        limit = self.queue_wait if queue_wait is None else queue_wait
+        spec = as_spec(spec)
+        options = _options(release)
+        key = idempotency_key or uuid.uuid4().hex
+        payload = package_model(model) if model is not None else None
+        files = {"model": ("model.pkl", payload, "application/octet-stream")} if payload is not None else None
+        notes = self._server_values_notes(payload, spec, kind) if base_model is None else []
+        data = {
+            "spec": spec.model_dump_json(exclude_none=True),
+            "kind": kind,
+            "release": options.model_dump_json(),
+        }
+        request = register_request(register)
+        if request is not None:
+            data["register_as"] = request.model_dump_json(exclude_none=True)
+        if base_model is not None:
+            data["base_model"] = base_model
+        started = time.monotonic()
+        while True:
+            try:
+                response = self._post_job(files, data, key)
+                break
+            except Busy as busy:
+                waited = time.monotonic() - started
+                if waited >= limit:
+                    if limit > 0:
+                        busy.message = (
+                            f"{busy.message} (waited {waited:.0f} s for a place in the queue; "
+                            "Client(queue_wait=...) or %config RemoteMagic.queue_wait waits longer)"
+                        )
+                    raise
+                delay = min(_jittered(busy.retry_after), limit - waited)
+                if on_wait is not None:
+                    on_wait(delay, waited)
+                time.sleep(delay)
+        return Job(self, JobStatus.model_validate(response.json()), notes=notes)
+
+    def _server_values_notes(self, payload: bytes | None, spec: DatasetSpec, kind: str) -> list[str]:
+        """The result's line about a parameter the server requires and the model leaves unset (the
+        server's own rule, `xgboost_bounds.server_values`, on the server's published bounds)."""
+        if payload is None or kind != "train":
+            return []
+        report = scan(payload)
+        if (
+            report.params is None
+            or report.rounds is None
+            or report.params.get("min_child_weight") is not None
+        ):
+            return []
+        if spec.dataset not in self._bounds:
+            self._bounds[spec.dataset] = self.dataset(spec.dataset).bounds
+        bounds = self._bounds[spec.dataset]
+        if bounds is None:
+            return []
+        plan = xgboost_bounds.plan_of_scan(report.estimator, report.params, report.rounds)
+        try:
+            note = xgboost_bounds.server_values_note(xgboost_bounds.server_values(plan, bounds))
+        except Refusal:
+            return []  # the server refuses the model, and says why
+        return [] if note is None else [note]
+
+    def _post_job(self, files: dict, data: dict, key: str) -> requests.Response:
+        """POST a job; a connection that fails is tried again, twice, with the same key."""
+        for attempt in range(2):
+            try:
+                return self._request(
+                    "POST", "/jobs", files=files, data=data, headers={"Idempotency-Key": key}
+                )
+            except ConnectionProblem:
+                time.sleep(0.5 * (attempt + 1))
+        return self._request("POST", "/jobs", files=files, data=data, headers={"Idempotency-Key": key})
+
+    def train(
+        self,
+        model: object,
+        spec: DatasetSpec | dict,
+        release: ReleaseOptions | dict | None = None,
+        register: str | dict | RegisterRequest | None = None,
+        base_model: str | None = None,
+        **wait: object,
+    ) -> TrainResult:
+        """Submit a training job and wait for its result (see `submit` for `register` and `base_model`)."""
+        job = self.submit(model, spec, "train", release=release, register=register, base_model=base_model)
+        return job.result(**wait)  # type: ignore[arg-type]
+
+    def evaluate(
+        self,
+        model: object,
+        spec: DatasetSpec | dict,
+        release: ReleaseOptions | dict | None = None,
+        model_ref: str | None = None,
+        **wait: object,
+    ) -> TrainResult:
+        """Score a fitted model on the spec's evaluation rows, without training; with `model_ref`
+        (`churn@3`), score that registered version instead (pass `model=None`)."""
+        job = self.submit(model, spec, "evaluate", release=release, base_model=model_ref)
+        return job.result(**wait)  # type: ignore[arg-type]
+
+    def cost(
+        self,
+        model: object,
+        spec: DatasetSpec | dict,
+        kind: str = "train",
+        release: ReleaseOptions | dict | None = None,
+    ) -> CostEstimate:
+        """What the job would cost in privacy budget, and how wide its intervals should be, before
+        anything is spent. The cost does not depend on the model (it is accepted for symmetry)."""
+        spec = as_spec(spec)
+        body = CostRequest(spec=spec, kind=kind, release=_options(release))  # type: ignore[arg-type]
+        response = self._request(
+            "POST",
+            "/cost",
+            data=body.model_dump_json(exclude_none=True),
+            headers={"Content-Type": "application/json"},
+        )
+        return CostEstimate.model_validate(response.json())
+
+    def jobs(self, limit: int = 100, state: str | None = None) -> list[JobStatus]:
+        """Your jobs, newest first; `state` keeps only jobs in that state."""
+        params: dict = {"limit": limit} if state is None else {"limit": limit, "state": state}
+        return JobList.model_validate(self._request("GET", "/jobs", params=params).json()).jobs
+
+    def job(self, job_id: str) -> Job:
+        return Job(self, self.status(job_id))
+
+    def status(
+        self, job_id: str, wait: float = 0, since: int | None = None, final: bool = False
+    ) -> JobStatus:
+        """A job's status; with `wait`, block (long-poll) until its version passes `since` (with `final`:
+        until it ends) or time is up."""
+        params: dict = {"wait": wait}
+        if since is not None:
+            params["since"] = since
+        if final:
+            params["final"] = "true"
+        response = self._request("GET", f"/jobs/{job_id}", params=params, timeout=self.timeout + wait)
+        return JobStatus.model_validate(response.json())
+
+    def result(self, job_id: str) -> JobResult:
+        """The released result of a finished job, as the wire model (`Job.result` wraps it)."""
+        return JobResult.model_validate(self._request("GET", f"/jobs/{job_id}/result").json())
+
+    def cancel(self, job_id: str) -> JobStatus:
+        return JobStatus.model_validate(self._request("POST", f"/jobs/{job_id}/cancel").json())
+
+    def describe(self, spec: DatasetSpec | dict) -> Description:
+        """Disclosure-checked aggregates of the spec's admitted rows, before any training."""
+        spec = as_spec(spec)
+        response = self._request(
+            "POST",
+            "/describe",
+            data=spec.model_dump_json(exclude_none=True),
+            headers={"Content-Type": "application/json"},
+            timeout=max(self.timeout, 300.0),
+        )
+        return Description(DescribeResult.model_validate(response.json()), spec)
+
+    def model_status(self, job_id: str) -> ModelReleaseStatus:
+        """Whether a job's trained model may be downloaded, and why not if not."""
+        return ModelReleaseStatus.model_validate(self._request("GET", f"/jobs/{job_id}/model/status").json())
+
+    def download_model(self, job_id: str) -> bytes:
+        """The approved model of a job as XGBoost JSON bytes; raises DisclosureRefused until released."""
+        return self._request("GET", f"/jobs/{job_id}/model").content
+
+
+def _seconds(header: str | None) -> float | None:
+    """A Retry-After header in seconds (the delay form; the date form is not used by the server)."""
+    try:
+        return float(header) if header is not None else None
+    except ValueError:
+        return None
+
+
+def _jittered(retry_after: float | None) -> float:
+    """The server's Retry-After within sane bounds, spread by +-20% so many waiting clients do not
+    all come back in the same instant."""
+    low, high = RETRY_AFTER_RANGE
+    seconds = min(max(retry_after if retry_after is not None else RETRY_AFTER_DEFAULT, low), high)
+    return seconds * random.uniform(0.8, 1.2)  # noqa: S311 - spreading retries, not a secret

@@ -1,0 +1,216 @@
+"""`%%remote_train --dry-run`: the same model and spec, checked and run here on the dataset's mock rows.
+
+Mistakes that would otherwise cost a remote job (a misspelt feature, a filter on a column that does not
+exist or outside the grammar, a label that is not one, a model beyond the server's bounds, a base model
+that does not fit the features) show up locally, before anything is submitted. Nothing here imitates the
+server: the spec is resolved by `specs.resolve`, the model's bytes are scanned by `payload.scan` (the
+server's own rules), the rows are admitted by the server's staging query
+(`query.staging_query`) run by DuckDB in memory over the mock rows, and the model is canonicalised,
+bounded and fitted by its model family's own code. Mock values are not real, so admitted-row counts say
+nothing about the hidden data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+from dataclasses import dataclass, field
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from sqlglot import exp
+
+from ..contract.codes import Refusal
+from ..contract.payload import package_model, scan
+from ..contract.query import EVAL_FLAG, ROW_ID, staging_query
+from ..contract.rows import prepare
+from ..contract.specs import Resolved, resolve
+from ..contract.types import TIME, continuous_label_hint, kind_of
+from ..contract.wire import CostEstimate, DatasetInfo, DatasetSpec, MockData
+from ..families import family_for
+from ..families.base import Split, check_kind, encode_labels, is_classifier_task
+from .errors import DryRunError
+
+DRY_ROUNDS = 5
+MOCK_TABLE = "remote_magic_mock_rows"
+MOCK_ROW_NUMBER = "__remote_magic_mock_row"
+
+
+def mock_frame(mock: MockData) -> pd.DataFrame:
+    """The mock rows as a DataFrame with the schema's types; `.attrs` keeps the roles and the source."""
+    names = [c.name for c in mock.columns]
+    frame = pd.DataFrame(mock.rows, columns=names)
+    for c in mock.columns:
+        column = frame[c.name]
+        if c.dtype.startswith(("int", "uint")):
+            frame[c.name] = column.astype("int64" if column.notna().all() else "float64")
+        elif c.dtype in ("double", "float", "halffloat"):
+            frame[c.name] = column.astype("float64")
+        elif "string" in c.dtype:
+            frame[c.name] = column.astype("object")
+        elif kind_of(c.dtype) == TIME:  # sent as ISO text; a time again, so derive's year() and hour() work
+            frame[c.name] = pd.to_datetime(column, utc=True, errors="coerce", format="ISO8601")
+    frame.attrs = {
+        "dataset": mock.dataset,
+        "source": mock.source,
+        "roles": {c.name: c.role for c in mock.columns},
+    }
+    return frame
+
+
+@dataclass
+class DryRun:
+    """What a dry run did on the mock rows. Deterministic, so a notebook can check it."""
+
+    kind: str
+    dataset: str
+    source: str
+    label: str
+    features: list[str]
+    mock_rows: int
+    admitted: int
+    train_rows: int
+    eval_rows: int
+    rounds: int
+    notes: list[str] = field(default_factory=list)
+    cost: CostEstimate | None = None
+
+    def __repr__(self) -> str:
+        source = "a file from the data owner" if self.source == "file" else "synthesised from the schema"
+        lines = [
+            f"Dry run of {'evaluation' if self.kind == 'evaluate' else 'training'} on {self.dataset}: "
+            "spec and model are fine; nothing was sent to the server.",
+            f"mock rows: {self.mock_rows} ({source}); admitted by the filter: {self.admitted}; "
+            f"train {self.train_rows}, eval {self.eval_rows}",
+            f"label: {self.label}; features ({len(self.features)}): {', '.join(self.features)}",
+        ]
+        if self.kind == "train":
+            lines.append(f"fitted {self.rounds} round(s) on the mock rows")
+        return "\n".join(lines + self.notes + self._cost_lines())
+
+    def _cost_lines(self) -> list[str]:
+        c = self.cost
+        if c is None:
+            return []
+        if c.privacy != "dp":
+            return ["cost: none (this dataset releases rounded numbers, without differential privacy)"]
+        expected = ", ".join(f"{name} +/- {value:g}" for name, value in c.expected.items())
+        rows = f" for about {c.assumed_eval_rows:,} evaluation rows" if c.assumed_eval_rows else ""
+        return [
+            f"cost if submitted: rho {c.rho:g} (epsilon {c.epsilon:.3g} at delta {c.delta:g}); budget left "
+            f"after it: rho {c.rho_remaining_after:.4g} of {c.rho_cap:g}",
+            *([f"expected 95% intervals{rows}: {expected}"] if expected else []),
+        ]
+
+    def _repr_html_(self) -> str:
+        lines = html.escape(repr(self)).split("\n")
+        return (
+            "<div class='remote-magic-dryrun'><b>" + lines[0] + "</b><br>" + "<br>".join(lines[1:]) + "</div>"
+        )
+
+
+def admit(
+    spec: DatasetSpec, resolved: Resolved, mock: pd.DataFrame, kind: str, min_count: int = 10
+) -> pa.Table:
+    """The mock rows the server's staging query admits, with its evaluation flag and their row numbers."""
+    rows = mock.assign(**{MOCK_ROW_NUMBER: np.arange(len(mock))})
+    if resolved.id_column and resolved.id_column not in rows.columns:
+        rows[resolved.id_column] = np.arange(len(mock))
+    con = duckdb.connect(":memory:")
+    try:
+        con.register(MOCK_TABLE, rows)
+        sql, params = staging_query(
+            spec,
+            resolved,
+            exp.table_(MOCK_TABLE, quoted=True),
+            exp.column(MOCK_ROW_NUMBER, quoted=True),
+            kind,
+        )
+        table = con.sql(sql, params=params).to_arrow_table()
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0][:300]
+        raise DryRunError(f"the spec could not be run on the mock rows: {first}") from None
+    finally:
+        con.close()
+    return prepare(table, resolved.all_features, min_count)
+
+
+def _splits(table: pa.Table, features: list[str], label: str) -> tuple[Split, Split]:
+    is_eval = table.column(EVAL_FLAG).to_numpy(zero_copy_only=False).astype(bool)
+    data = table.drop_columns([EVAL_FLAG, ROW_ID])
+    parts = []
+    for mask in (~is_eval, is_eval):
+        part = data.filter(pa.array(mask))
+        parts.append(Split(x=part.select(features), y=part.column(label).to_numpy(zero_copy_only=False)))
+    return parts[0], parts[1]
+
+
+def dry_run(
+    model: object, spec: DatasetSpec, dataset: DatasetInfo, mock: pd.DataFrame, kind: str = "train"
+) -> DryRun:
+    """Check the spec and the model as the server would, admit mock rows, and fit (or score) the model."""
+    try:
+        resolved = resolve(spec, dataset.columns)
+        scan(package_model(model))
+        family = family_for(model)
+        plan = family.canonical(model)
+        if dataset.bounds is not None:
+            # The leaf rule is about trees trained there; an evaluation trains none.
+            leaf_rule = dataset.bounds.min_leaf_rows if kind == "train" else None
+            family.check_bounds(plan, dataset.bounds.model_copy(update={"min_leaf_rows": leaf_rule}))
+        check_kind(kind, plan.base is not None, plan.preprocess is not None)
+    except Refusal as refusal:
+        raise DryRunError(refusal.message, code=refusal.code) from None
+    features = resolved.all_features
+    min_count = dataset.policy.min_count if dataset.policy is not None else 10
+    table = admit(spec, resolved, mock, kind, min_count)
+    train, evaluation = _splits(table, features, spec.label)
+    n_admitted, n_eval = table.num_rows, len(evaluation.y)
+    hint = continuous_label_hint(spec.label, resolved.label_dtype) if is_classifier_task(plan.task) else ""
+    notes = [f"note: {hint}"] if hint else []
+    if n_admitted < 2 or (kind == "train" and n_admitted - n_eval < 2):
+        notes.append(
+            "note: the filters admit (almost) none of the mock rows, which is expected when they test "
+            "values that mock data does not have; the model was fitted on all mock rows instead"
+        )
+        everything = spec.model_copy(update={"where": None, "eval": None})
+        train, evaluation = _splits(
+            admit(everything, resolved, mock, "evaluate", min_count), features, spec.label
+        )
+        train = evaluation
+    fitted = 0
+    try:
+        labels = encode_labels(train.y, evaluation.y, spec.label, plan.task)
+        if kind == "train":
+            fitted = min(plan.rounds, DRY_ROUNDS)
+            trial = dataclasses.replace(plan, rounds=fitted)
+            family.train(trial, train, evaluation, labels, 1, lambda _done, _latest: None)
+        else:
+            family.evaluate(family.score(plan, evaluation, labels, 1))
+    except Refusal as refusal:
+        # Here, unlike on the server, the library's own words may be shown: they are about mock rows.
+        cause = str(refusal.__cause__ or "").strip().splitlines()
+        detail = f" ({cause[0][:300]})" if cause else ""
+        also = f"; {hint}" if hint else ""
+        raise DryRunError(
+            f"the model could not be fitted on the mock rows: {refusal.message}{detail}{also}", refusal.code
+        ) from None
+    except (ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        also = f"; {hint}" if hint else ""
+        raise DryRunError(f"XGBoost refused the model on the mock rows: {first}{also}") from None
+    return DryRun(
+        kind=kind,
+        dataset=dataset.name,
+        source=str(mock.attrs.get("source", "synthetic")),
+        label=spec.label,
+        features=features,
+        mock_rows=len(mock),
+        admitted=n_admitted,
+        train_rows=0 if kind == "evaluate" else n_admitted - n_eval,
+        eval_rows=n_eval,
+        rounds=fitted,
+        notes=notes,
+    )

@@ -1,0 +1,123 @@
+"""A handle on a remote job: wait for it (long-poll), watch it, cancel it on Ctrl-C, fetch its result.
+
+The handle needs only the four calls of `JobCalls`, which `Client` has; it does not import the client,
+so the client's modules import this one and never the other way round.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from ..contract.wire import FINAL_STATES, JobResult, JobStatus
+from ..display.result import TrainResult
+from .errors import ConnectionProblem, RemoteError, error_for
+
+POLL_WAIT = 10.0
+RECONNECT_DELAY = 1.0
+PROGRESS_POLL_WAIT = 1.0
+
+
+class JobCalls(Protocol):
+    """What a job handle asks of the client."""
+
+    def status(
+        self, job_id: str, wait: float = 0, since: int | None = None, final: bool = False
+    ) -> JobStatus: ...
+
+    def cancel(self, job_id: str) -> JobStatus: ...
+
+    def result(self, job_id: str) -> JobResult: ...
+
+    def download_model(self, job_id: str) -> bytes: ...
+
+
+class Job:
+    """A handle on a remote job: wait for it, watch it, cancel it, fetch its result."""
+
+    def __init__(self, client: JobCalls, status: JobStatus, notes: list[str] | None = None):
+        self.client = client
+        self.status = status
+        self.notes = notes or []  # the client's own lines for the result (a value the server chose)
+
+    @property
+    def id(self) -> str:
+        return self.status.id
+
+    @property
+    def done(self) -> bool:
+        return self.status.state in FINAL_STATES
+
+    def __repr__(self) -> str:
+        from ..display.progress import describe
+
+        s = self.status
+        return f"<Job {self.id} {s.kind} on {s.dataset}: {describe(s)}>"
+
+    def _repr_html_(self) -> str:
+        from ..display.tables import job_html
+
+        return job_html(self.status)
+
+    def refresh(self, wait: float = 0, final: bool = False) -> JobStatus:
+        """Fetch the status; with `wait`, block until it changes (with `final`: until the job ends) or
+        `wait` seconds pass."""
+        since = None if wait == 0 else self.status.version
+        self.status = self.client.status(self.id, wait=wait, since=since, final=final)
+        return self.status
+
+    def cancel(self) -> JobStatus:
+        self.status = self.client.cancel(self.id)
+        return self.status
+
+    def wait(
+        self, timeout: float | None = None, on_progress: Callable[[JobStatus], None] | None = None
+    ) -> JobStatus:
+        """Long-poll until the job is final. Ctrl-C cancels the remote job, then re-raises.
+
+        With `on_progress`, each long-poll lasts at most a second, so a progress display is refreshed
+        at least once a second even while nothing changes (a queued job); changes arrive at once.
+        Without it, a long-poll returns only when the job ends (no round trip per progress line).
+        A dropped connection or a 5xx does not end the wait: it reconnects and resumes from the last
+        version seen (the job lives on across a server restart)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poll = POLL_WAIT if on_progress is None else PROGRESS_POLL_WAIT
+        try:
+            if on_progress is not None:
+                on_progress(self.status)
+            while not self.done:
+                remaining = poll if deadline is None else min(poll, deadline - time.monotonic())
+                if remaining <= 0:
+                    raise TimeoutError(f"job {self.id} is still {self.status.state} after {timeout} s")
+                try:
+                    self.refresh(wait=remaining, final=on_progress is None)
+                except ConnectionProblem:
+                    time.sleep(RECONNECT_DELAY)  # the server restarts or the network blips: resume
+                    continue
+                except RemoteError as exc:
+                    if exc.status is None or exc.status < 500:
+                        raise
+                    time.sleep(RECONNECT_DELAY)  # a proxy or the server failed this poll: poll again
+                    continue
+                if on_progress is not None:
+                    on_progress(self.status)
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
+        return self.status
+
+    def result(
+        self, timeout: float | None = None, on_progress: Callable[[JobStatus], None] | None = None
+    ) -> TrainResult:
+        """Wait for the job and return its aggregate result; a failed job raises a RemoteError."""
+        status = self.wait(timeout=timeout, on_progress=on_progress)
+        if status.state != "succeeded":
+            error = status.error
+            code = error.code if error else status.state
+            message = error.message if error else f"the job ended {status.state}"
+            raise error_for(code, message, job_id=self.id)
+        raw = self.client.result(self.id)
+        if self.notes:
+            raw = raw.model_copy(update={"notes": [*self.notes, *raw.notes]})
+        return TrainResult(raw, downloader=self.client.download_model)

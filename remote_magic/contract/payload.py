@@ -1,0 +1,343 @@
+"""The rules for decoding submitted model bytes, and a structural scan that applies them without building.
+
+Pure and shared: the server's API uses `scan` to refuse a hostile or malformed payload with a 4xx before it
+is queued, without importing XGBoost or creating any object; the client's dry run scans the bytes it would
+send with the same function; the server's strict unpickler (worker/unpickle.py) applies the same rules for
+real inside the sandbox. Both run on the pure-Python `pickle._Unpickler`, whose dispatch
+table we copy and narrow:
+
+* globals come only from an allowlist of exact `module.name` strings (the estimator and preprocessor
+  classes, the pure builders, and a few numpy scalar types that may appear only as parameter values);
+* REDUCE may call only pure builders (numpy array and dtype reconstruction, bytearray, slice);
+* classes are built only through NEWOBJ (`cls.__new__` + BUILD state), never by calling them, so
+  `Booster(None, None, "/some/path")` cannot be expressed;
+* INST, OBJ, NEWOBJ_EX, EXT*, PERSID are refused, and so is any stream below protocol 3.
+
+Why it is long: it is the whole rule set for hostile bytes (the allowlists, the narrowed unpickler, the
+scan, the naming pass for notebook code), kept in one file so that it can be audited in one sitting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import encodings.raw_unicode_escape  # noqa: F401 - text opcodes decode with it; load it now, not mid-scan
+import io
+import pickle
+from dataclasses import dataclass, field, replace
+
+from ..families import WHAT_A_MODEL_MAY_BE, model_classes, top_level_names
+from .codes import Refusal
+
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+PROTOCOL = 5
+
+# A fitted ColumnTransformer keeps its `remainder="passthrough"` as an identity FunctionTransformer; its
+# `func` could only be another allowed global, and it is never a step of the canonical form.
+_FITTED_STATE_ONLY = {"sklearn.preprocessing._function_transformer.FunctionTransformer"}
+CLASSES: frozenset[str] = model_classes() | _FITTED_STATE_ONLY
+TOP_LEVEL: dict[str, str] = top_level_names()
+# Types that a payload may name as a parameter value (OneHotEncoder(dtype=np.float64)) but never call.
+VALUES: frozenset[str] = frozenset(
+    {
+        f"numpy.{t}"
+        for t in ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8", "bool_")
+    }
+)
+BUILDERS: frozenset[str] = frozenset(
+    {
+        "numpy._core.numeric._frombuffer",
+        "numpy._core.multiarray._reconstruct",
+        "numpy._core.multiarray.scalar",
+        "numpy.core.numeric._frombuffer",
+        "numpy.core.multiarray._reconstruct",
+        "numpy.core.multiarray.scalar",
+        "numpy.dtype",
+        "numpy.ndarray",
+        "builtins.bytearray",
+        "builtins.slice",
+    }
+)
+_CUSTOM_CODE_MODULES = ("cloudpickle", "__main__", "__mp_main__")
+
+_FORBIDDEN_OPCODES = {
+    pickle.INST: "INST",
+    pickle.OBJ: "OBJ",
+    pickle.NEWOBJ_EX: "NEWOBJ_EX",
+    pickle.EXT1: "EXT1",
+    pickle.EXT2: "EXT2",
+    pickle.EXT4: "EXT4",
+    pickle.PERSID: "PERSID",
+    pickle.BINPERSID: "BINPERSID",
+}
+
+
+def _safe_name(text: str) -> str:
+    cleaned = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return cleaned[:120]
+
+
+def is_custom_code(module: str) -> bool:
+    return module.split(".")[0] in _CUSTOM_CODE_MODULES
+
+
+def check_global(module: str, name: str) -> str:
+    """Return the dotted name if the rules allow it, else raise Refusal."""
+    dotted = f"{module}.{name}"
+    if dotted in CLASSES or dotted in BUILDERS or dotted in VALUES:
+        return dotted
+    if is_custom_code(module):
+        raise Refusal(
+            "custom_code_refused",
+            "the model contains code defined in the notebook (a custom objective, metric, function or "
+            "class); this dataset does not accept custom code. Use built-in objectives and metrics.",
+        )
+    raise Refusal(
+        "invalid_model",
+        f"the model refers to {_safe_name(dotted)}, which is not allowed; a model must be "
+        f"{WHAT_A_MODEL_MAY_BE}",
+    )
+
+
+class RuleUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
+    """The pure-Python unpickler with the narrowed dispatch table; subclasses say how to build."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+
+    def __init__(self, data: bytes, max_bytes: int = MAX_PAYLOAD_BYTES):
+        if len(data) > max_bytes:
+            raise Refusal("payload_too_large", f"the model is larger than {max_bytes // 2**20} MiB")
+        if len(data) < 2 or data[0] != pickle.PROTO[0]:
+            raise Refusal("invalid_model", "not a pickle of protocol 3 or newer")
+        if data[1] < 3:
+            raise Refusal("invalid_model", f"pickle protocol {data[1]} is refused; use protocol 3 or newer")
+        super().__init__(io.BytesIO(data))
+
+    def resolve(self, dotted: str) -> object:
+        raise NotImplementedError
+
+    def build(self, func: object, args: tuple) -> object:
+        raise NotImplementedError
+
+    def new(self, cls: object, args: tuple) -> object:
+        raise NotImplementedError
+
+    def find_class(self, module: str, name: str) -> object:
+        return self.resolve(check_global(module, name))
+
+    def load_reduce(self) -> None:
+        args = self.stack.pop()
+        if not isinstance(args, tuple):
+            raise Refusal("invalid_model", "the model's bytes hold a malformed call")
+        self.stack[-1] = self.build(self.stack[-1], args)
+
+    def load_newobj(self) -> None:
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        if not isinstance(args, tuple):
+            raise Refusal("invalid_model", "the model's bytes hold a malformed object")
+        self.append(self.new(cls, args))
+
+    def load(self) -> object:
+        try:
+            return super().load()
+        except Refusal:
+            raise
+        except RecursionError as exc:
+            raise Refusal("invalid_model", "the model's bytes are nested too deeply") from exc
+        except MemoryError as exc:
+            raise Refusal("payload_too_large", "the model's bytes expand beyond the memory limit") from exc
+        except Exception as exc:  # noqa: BLE001 - struct.error, EOFError, UnpicklingError, KeyError...
+            raise Refusal("invalid_model", "the model's bytes are truncated or corrupt") from exc
+
+    dispatch[pickle.REDUCE[0]] = load_reduce
+    dispatch[pickle.NEWOBJ[0]] = load_newobj
+
+
+def _refuse(opcode_name: str):
+    def refuse(self: RuleUnpickler) -> None:
+        raise Refusal("invalid_model", f"pickle opcode {opcode_name} is not allowed")
+
+    return refuse
+
+
+for _code, _name in _FORBIDDEN_OPCODES.items():
+    RuleUnpickler.dispatch[_code[0]] = _refuse(_name)
+
+
+def package_model(model: object) -> bytes:
+    """Serialize a model as the server expects: cloudpickle (so notebook code is named, not lost)."""
+    import cloudpickle
+
+    return cloudpickle.dumps(model, protocol=PROTOCOL)
+
+
+@dataclass(frozen=True)
+class _Ref:
+    dotted: str
+
+
+@dataclass
+class _Placeholder:
+    """Stands for an object the scan does not build; absorbs state and items."""
+
+    of: str
+    state: list = field(default_factory=list)
+
+    def __setstate__(self, state: object) -> None:
+        self.state.append(state)
+
+    def append(self, item: object) -> None:
+        pass
+
+    def extend(self, items: object) -> None:
+        pass
+
+    def __setitem__(self, key: object, value: object) -> None:
+        pass
+
+
+class _Scanner(RuleUnpickler):
+    dispatch = dict(RuleUnpickler.dispatch)
+
+    def resolve(self, dotted: str) -> object:
+        return _Ref(dotted)
+
+    def build(self, func: object, args: tuple) -> object:
+        if not isinstance(func, _Ref) or func.dotted not in BUILDERS:
+            raise Refusal("invalid_model", "the model's bytes call something that is not a pure data builder")
+        return _Placeholder(func.dotted)
+
+    def new(self, cls: object, args: tuple) -> object:
+        if not isinstance(cls, _Ref) or cls.dotted not in CLASSES:
+            raise Refusal("invalid_model", "the model's bytes build an object of a class that is not allowed")
+        return _Placeholder(cls.dotted)
+
+
+@dataclass(frozen=True)
+class ScanReport:
+    """What the top-level object of a payload is, learned without building it, and the plain parameters
+    it states (None for a Booster, whose parameters are inside its bytes)."""
+
+    model: str
+    fitted: bool
+    estimator: str | None = None
+    params: dict | None = None
+    rounds: int | None = None
+
+
+def _scalars(state: object) -> dict:
+    if not isinstance(state, dict):
+        return {}
+    return {
+        str(k): v
+        for k, v in state.items()
+        if isinstance(v, (bool, int, float, str)) and not (isinstance(v, float) and v != v)
+    }
+
+
+def _estimator(obj: _Placeholder, model: str) -> ScanReport:
+    params = _scalars(obj.state[0] if obj.state else None)
+    rounds = params.get("n_estimators")
+    return ScanReport(
+        model,
+        fitted=bool(obj.state) and "_Booster" in (obj.state[0] if isinstance(obj.state[0], dict) else {}),
+        estimator=TOP_LEVEL.get(obj.of),
+        params=params,
+        rounds=rounds if isinstance(rounds, int) else 100,
+    )
+
+
+def describe_top(obj: object) -> ScanReport:
+    """Classify the top-level placeholder of a scanned payload; raise if it is not a supported model."""
+    if isinstance(obj, _Placeholder) and obj.of in TOP_LEVEL:
+        name = TOP_LEVEL[obj.of]
+        if name == "Booster":
+            return ScanReport(name, fitted=True)
+        if name == "Pipeline":
+            state = obj.state[0] if obj.state and isinstance(obj.state[0], dict) else {}
+            steps = state.get("steps") or []
+            last = steps[-1][1] if steps and isinstance(steps[-1], tuple) and len(steps[-1]) == 2 else None
+            if isinstance(last, _Placeholder) and last.of in TOP_LEVEL:
+                return replace(_estimator(last, name), fitted=False)
+            return ScanReport(name, fitted=False)
+        return _estimator(obj, name)
+    if isinstance(obj, dict) and "params" in obj:
+        rounds = obj.get("num_boost_round", 10)
+        return ScanReport(
+            "BoosterParams",
+            fitted=isinstance(obj.get("booster"), _Placeholder),
+            params=_scalars(obj.get("params")),
+            rounds=rounds if isinstance(rounds, int) and not isinstance(rounds, bool) else None,
+        )
+    raise Refusal("unsupported_model", f"the model must be {WHAT_A_MODEL_MAY_BE}")
+
+
+@dataclass
+class CodeRecord:
+    """The constructor arguments of one code object as the payload spells them (never built here)."""
+
+    args: tuple
+
+
+class CodeLister(_Scanner):
+    """A naming-only pass over a payload that holds notebook code: every global becomes a reference and
+    every call a placeholder, so nothing is imported, built or run. It collects the globals referred to,
+    the names of functions (`__qualname__` in cloudpickle's recorded state) and classes (the name argument
+    of `_make_skeleton_class`), and the arguments of each code object, for the owner's review."""
+
+    dispatch = dict(_Scanner.dispatch)
+
+    def __init__(self, data: bytes, max_bytes: int = MAX_PAYLOAD_BYTES):
+        super().__init__(data, max_bytes)
+        self.names: list[str] = []
+        self.globals: list[str] = []
+        self.codes: list[CodeRecord] = []
+
+    def find_class(self, module: str, name: str) -> object:
+        dotted = _safe_name(f"{module}.{name}")
+        if dotted not in self.globals:
+            self.globals.append(dotted)
+        return _Ref(dotted)
+
+    def build(self, func: object, args: tuple) -> object:
+        dotted = func.dotted if isinstance(func, _Ref) else ""
+        if dotted.endswith("._builtin_type") and args == ("CodeType",):
+            return _Ref("types.CodeType")
+        if dotted == "types.CodeType":
+            record = CodeRecord(args)
+            self.codes.append(record)
+            return record
+        if dotted.endswith(("subimport", "dynamic_subimport")) and args and isinstance(args[0], str):
+            self.names.append(f"import {_safe_name(args[0])}")
+        if dotted.endswith("._make_skeleton_class") and len(args) > 1 and isinstance(args[1], str):
+            self.names.append(f"class {_safe_name(args[1])}")
+        for arg in args:
+            state = arg[1] if isinstance(arg, tuple) and len(arg) == 2 else arg
+            if isinstance(state, dict) and isinstance(state.get("__qualname__"), str):
+                self.names.append(f"function {_safe_name(state['__qualname__'])}")
+        return _Placeholder(dotted)
+
+    def new(self, cls: object, args: tuple) -> object:
+        return _Placeholder("object")
+
+
+def custom_code_names(data: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> list[str]:
+    """The notebook-defined functions and classes a payload holds, by name (best effort, never runs)."""
+    lister = CodeLister(data, max_bytes)
+    with contextlib.suppress(Refusal):
+        lister.load()
+    return sorted(set(lister.names))[:20]
+
+
+def scan(data: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> ScanReport:
+    """Check a payload against the rules without creating any object or importing its modules."""
+    try:
+        return describe_top(_Scanner(data, max_bytes).load())
+    except Refusal as exc:
+        if exc.code != "custom_code_refused":
+            raise
+        # `import numpy` is how a notebook function reaches a module, not code of its own: not named here
+        names = [n for n in custom_code_names(data, max_bytes) if not n.startswith("import ")]
+        if not names:
+            raise
+        raise Refusal(exc.code, f"{exc.message} Found: {', '.join(names)}."[:800]) from None

@@ -1,0 +1,322 @@
+"""The result of a remote job, with two faces: `__repr__` for terminals and nbval, `_repr_html_` for
+notebooks. Both are deterministic (no job ids, no timings), so example notebooks can check them. Shown in a
+notebook, the HTML face is followed by the figures as one Vega-Lite spec the front end draws (charts.py).
+
+Why it is long: both faces of every part of a result (rows, metrics with their intervals, extras, the
+privacy cost, notes) sit side by side, so a change to one face is made beside the other.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from ..contract.wire import JobResult, SplitSummary
+from .formats import count_text, dataset_text, metric_text, privacy_text, rules_text
+
+if TYPE_CHECKING:
+    import xgboost
+
+    from .plots import Figures
+
+TASK_NAMES = {"binary": "binary classifier", "multiclass": "multiclass classifier", "regression": "regressor"}
+# The eval curve has "clearly passed its best round" when at least this share of the rounds (and at least
+# MIN_ROUNDS_PAST rounds) came after the best one, and the last value is worse than the best by at least
+# this share of the curve's range.
+SHARE_OF_ROUNDS_PAST = 0.2
+MIN_ROUNDS_PAST = 5
+SHARE_OF_RANGE_LOST = 0.05
+
+
+class TrainResult:
+    """Aggregate statistics of a remote training or evaluation job, as released by the server."""
+
+    def __init__(self, raw: JobResult, downloader: Callable[[str], bytes] | None = None):
+        self.raw = raw
+        self._downloader = downloader
+
+    def _count(self, n: int | None) -> str:
+        return count_text(n, self.raw.policy)
+
+    def _metric(self, value: float) -> str:
+        return metric_text(value, self.raw.policy)
+
+    @property
+    def job_id(self) -> str:
+        return self.raw.job_id
+
+    @property
+    def kind(self) -> str:
+        return self.raw.kind
+
+    @property
+    def task(self) -> str:
+        return self.raw.task
+
+    @property
+    def metrics(self) -> dict[str, float | None]:
+        """Released metrics on the evaluation rows; None where a metric could not be released (`notes`)."""
+        return dict(self.raw.metrics)
+
+    @property
+    def intervals(self) -> dict[str, tuple[float, float]]:
+        """The 95% interval of each metric (datasets in mode dp: the values include DP noise)."""
+        return {name: (low, high) for name, (low, high) in self.raw.intervals.items()}
+
+    @property
+    def privacy(self) -> dict | None:
+        """What this result cost (zCDP rho, and epsilon at delta) and the budget left; None in mode rules."""
+        return None if self.raw.privacy is None else self.raw.privacy.model_dump()
+
+    @property
+    def importance_ranking(self) -> list[str] | None:
+        """Mode dp: the top features by permutation importance on eval rows (a noisy top-k), best first."""
+        return self.raw.importance_ranking
+
+    @property
+    def notes(self) -> list[str]:
+        return list(self.raw.notes)
+
+    @property
+    def rounds(self) -> dict[str, int]:
+        return self.raw.rounds.model_dump()
+
+    @property
+    def history(self) -> pd.DataFrame:
+        """The metric per boosting round on the train and eval rows, for the rounds trained remotely; in
+        mode dp the eval metric at the checkpoints asked for (`curve=K`) with its 95% interval."""
+        h = self.raw.history
+        if h is None:
+            return pd.DataFrame(columns=["train", "eval"], index=pd.Index([], name="round"))
+        if h.rounds is not None:
+            bands = h.eval_intervals or [[float("nan")] * 2] * len(h.eval)
+            frame = pd.DataFrame(
+                {"eval": h.eval, "eval_low": [b[0] for b in bands], "eval_high": [b[1] for b in bands]},
+                index=pd.Index(h.rounds, name="round"),
+            )
+        else:
+            frame = pd.DataFrame({"train": h.train, "eval": h.eval})
+            frame.index = pd.RangeIndex(
+                self.raw.rounds.base + 1, self.raw.rounds.base + 1 + len(frame), name="round"
+            )
+        frame.columns.name = h.metric
+        return frame
+
+    @property
+    def feature_importance(self) -> pd.Series:
+        """Average gain per split of each feature, largest first (mode rules; mode dp releases a ranking,
+        `importance_ranking`, instead)."""
+        series = pd.Series(self.raw.feature_importance, name="gain", dtype=float)
+        return series.sort_values(ascending=False, kind="stable")
+
+    @property
+    def summary(self) -> dict:
+        return self.raw.summary.model_dump()
+
+    @property
+    def confusion_matrix(self) -> pd.DataFrame | None:
+        """True class in rows, predicted in columns; `NaN` marks a suppressed cell."""
+        cm = self.raw.confusion_matrix
+        if cm is None:
+            return None
+        frame = pd.DataFrame(cm.counts, index=cm.labels, columns=cm.labels, dtype="Float64")
+        frame.index.name, frame.columns.name = "true", "predicted"
+        return frame
+
+    def to_dict(self) -> dict:
+        return self.raw.model_dump(mode="json")
+
+    def download_model(self, path: str | Path | None = None) -> xgboost.Booster:
+        """The trained model as an `xgboost.Booster`, once the server releases it (also saved to `path`).
+
+        Models stay on the server unless the dataset allows release, the model passes the release rules
+        and the data owner approved it; until then this raises `DisclosureRefused` saying which."""
+        import xgboost
+
+        if self._downloader is None:
+            raise RuntimeError("this result is not attached to a server connection")
+        data = self._downloader(self.job_id)
+        if path is not None:
+            Path(path).write_bytes(data)
+        booster = xgboost.Booster()
+        booster.load_model(bytearray(data))
+        return booster
+
+    def _splits(self) -> Iterator[tuple[str, SplitSummary]]:
+        for split in ("train", "eval"):
+            part = getattr(self.raw.summary, split)
+            if part is not None:
+                yield split, part
+
+    def best_round(self) -> tuple[int, float]:
+        """The boosting round with the best eval metric, and that value (the history must not be empty)."""
+        from .charts import best_round
+
+        return best_round(self.history)
+
+    def past_best_note(self) -> str | None:
+        """A sentence when the eval curve has clearly passed its best round (more rounds made it worse)."""
+        evals = self.history["eval"]
+        if self.raw.kind != "train" or len(evals) < 2 * MIN_ROUNDS_PAST:
+            return None
+        best, value = self.best_round()
+        last, final = int(evals.index[-1]), float(evals.iloc[-1])
+        past = last - best >= max(MIN_ROUNDS_PAST, SHARE_OF_ROUNDS_PAST * len(evals))
+        lost = abs(final - value) >= SHARE_OF_RANGE_LOST * float(evals.max() - evals.min())
+        if not (past and lost and final != value):
+            return None
+        return (
+            f"The eval {self.history.columns.name} was best at round {best} ({self._metric(value)}) and is "
+            f"{self._metric(final)} at round {last}: fewer rounds, or early stopping, would do better."
+        )
+
+    def _rounds_text(self) -> str:
+        r = self.raw.rounds
+        if self.raw.kind == "evaluate":
+            return f"{r.total} rounds, scored without training"
+        if r.base == 0:
+            return f"{r.new} rounds"
+        return f"{r.base} base + {r.new} new = {r.total} rounds"
+
+    # text face
+    def _summary_lines(self) -> list[str]:
+        lines = []
+        for split, part in self._splits():
+            classes = ", ".join(f"{c.label}: {self._count(c.count)}" for c in part.classes)
+            lines.append(f"  {split:<5} {self._count(part.rows)} rows" + (f" ({classes})" if classes else ""))
+        return lines
+
+    def __repr__(self) -> str:
+        r = self.raw
+        what = "evaluation" if r.kind == "evaluate" else "training"
+        on = dataset_text(r.dataset, r.dataset_version)
+        lines = [f"TrainResult: {what} of a {TASK_NAMES[r.task]} on {on}"]
+        if r.kind == "train":
+            lines.append(f"rounds: {self._rounds_text().removesuffix(' rounds')}")
+        policy = r.policy
+        lines.append(
+            f"rows (rounded to {policy.round_to}; counts under {policy.min_count} suppressed):"
+            if policy is not None
+            else "rows:"
+        )
+        lines += self._summary_lines()
+        lines.append("metrics (eval set" + (", 95% intervals" if r.intervals else "") + "):")
+        lines += [f"  {name:<9} {self._metric_text(name)}" for name in r.metrics]
+        top = self.feature_importance.head(5)
+        if len(top):
+            lines.append("top features by gain: " + ", ".join(top.index))
+        if r.importance_ranking:
+            lines.append("top features by permutation importance: " + ", ".join(r.importance_ranking))
+        note = self.past_best_note()
+        if note:
+            lines.append(f"note: {note}")
+        lines += [f"note: {note}" for note in r.notes]
+        if r.privacy is not None:
+            lines.append(privacy_text(r.privacy))
+        return "\n".join(lines)
+
+    def _metric_text(self, name: str) -> str:
+        value = self.raw.metrics[name]
+        if value is None:
+            return "not available"
+        band = self.raw.intervals.get(name)
+        if band is None:
+            return self._metric(value)
+        return f"{self._metric(value)}  [{self._metric(band[0])}, {self._metric(band[1])}]"
+
+    # notebook face
+    def plot(self) -> Figures:
+        """The matplotlib figures (learning curve, feature importance, confusion matrix when present), by
+        name; displayed in a notebook, they show side by side."""
+        from . import plots
+
+        made = {
+            "learning curve": plots.learning_curve(self.history),
+            "feature importance": plots.importance(self.feature_importance),
+            "confusion matrix": plots.confusion(self.confusion_matrix, count_text(None, self.raw.policy)),
+        }
+        return plots.Figures({name: fig for name, fig in made.items() if fig is not None})
+
+    def charts(self) -> dict | None:
+        """The figures of `plot()` as one Vega-Lite spec (a few KB of released numbers), for a front end
+        to draw; None when there is nothing to draw."""
+        from . import charts
+
+        return charts.panel(
+            [
+                charts.learning_curve(self.history),
+                charts.importance(self.feature_importance),
+                charts.confusion(self.confusion_matrix, count_text(None, self.raw.policy)),
+            ]
+        )
+
+    def _ipython_display_(self) -> None:
+        from .charts import display_with_figures
+
+        alt = "Figures: learning curve, importance, confusion matrix"
+        display_with_figures(repr(self), self._repr_html_(), self.charts(), alt)
+
+    def _repr_html_(self) -> str:
+        r = self.raw
+        what = "Evaluation" if r.kind == "evaluate" else "Training"
+        note = self.past_best_note()
+        note_html = f"<div style='{_NOTE}'>{html.escape(note)}</div>" if note else ""
+        return (
+            f"<div class='remote-magic-result' style='{_BOX}'>"
+            f"<div style='font-size:1.15em;font-weight:600'>{what}: {TASK_NAMES[r.task]} on "
+            f"<code>{html.escape(dataset_text(r.dataset, r.dataset_version))}</code></div>"
+            f"<div style='color:#666;margin-bottom:8px'>{self._rounds_text()}</div>"
+            f"<div style='display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start'>"
+            f"{self._rows_html()}{self._metrics_html()}</div>{note_html}"
+            f"<div style='color:#666;font-size:0.85em;margin-top:6px'>{html.escape(rules_text(r.policy))}"
+            f", on the evaluation rows.{self._notes_html()}</div></div>"
+        )
+
+    def _notes_html(self) -> str:
+        r = self.raw
+        parts = [f"<br>{html.escape(note)}" for note in r.notes]
+        if r.importance_ranking:
+            parts.append(
+                "<br>Top features by permutation importance: " + html.escape(", ".join(r.importance_ranking))
+            )
+        if r.privacy is not None:
+            parts.append(f"<br><b>{html.escape(privacy_text(r.privacy))}</b>")
+        return "".join(parts)
+
+    def _rows_html(self) -> str:
+        rows = []
+        for split, part in self._splits():
+            classes = "<br>".join(f"{html.escape(c.label)}: {self._count(c.count)}" for c in part.classes)
+            rows.append(
+                f"<tr><th style='{_CELL}'>{split}</th><td style='{_NUM}'>{self._count(part.rows)}</td>"
+                f"<td style='{_NUM}'>{classes or '&ndash;'}</td></tr>"
+            )
+        return (
+            f"<table class='remote-magic-summary' style='{_TABLE}'><caption style='{_CAPTION}'>Rows used"
+            f"</caption><thead><tr><th style='{_CELL}'>split</th><th style='{_NUM}'>rows</th>"
+            f"<th style='{_NUM}'>per class</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        )
+
+    def _metrics_html(self) -> str:
+        """One row per released metric: its name and its value as released."""
+        rows = "".join(
+            f"<tr><th style='{_CELL}'>{html.escape(name)}</th>"
+            f"<td style='{_NUM}'>{html.escape(self._metric_text(name))}</td></tr>"
+            for name in self.raw.metrics
+        )
+        return (
+            f"<table class='remote-magic-metrics' style='{_TABLE}'><caption style='{_CAPTION}'>Metrics "
+            f"(eval)</caption><tbody>{rows}</tbody></table>"
+        )
+
+
+_BOX = "font-family:sans-serif;border:1px solid #ddd;border-radius:6px;padding:10px 14px;max-width:1400px"
+_TABLE = "border-collapse:collapse;font-size:0.9em"
+_CAPTION = "text-align:left;font-weight:600;padding-bottom:4px"
+_CELL = "text-align:left;padding:2px 10px;border-bottom:1px solid #eee"
+_NUM = "text-align:right;padding:2px 10px;border-bottom:1px solid #eee;font-variant-numeric:tabular-nums"
+_NOTE = "margin-top:8px;padding:4px 8px;border-left:3px solid #dd8452;background:rgba(221,132,82,0.08)"

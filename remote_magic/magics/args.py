@@ -1,0 +1,44 @@
+"""Build a DatasetSpec from magic flags and an optional `spec` variable (flags win)."""
+
+from __future__ import annotations
+
+from argparse import Namespace
+
+from IPython.core.error import UsageError
+from pydantic import ValidationError
+
+from ..contract.wire import DatasetSpec, spec_error
+
+
+def spec_from_args(args: Namespace, base: object = None) -> DatasetSpec:
+    """Merge the flags over `base` (a dict or DatasetSpec); raise UsageError on a bad combination."""
+    if isinstance(base, DatasetSpec):
+        fields = base.model_dump(exclude_none=True)
+    elif isinstance(base, dict):
+        fields = dict(base)
+    else:
+        fields = {}
+    for name in ("dataset", "label", "where"):
+        value = getattr(args, name, None)
+        if value is not None:
+            fields[name] = value
+    if args.features is not None:
+        fields["features"] = [f.strip() for f in args.features.split(",") if f.strip()]
+    if args.eval_fraction is not None and args.eval_where is not None:
+        raise UsageError("give either --eval-fraction or --eval-where, not both")
+    if args.eval_where is not None:
+        fields["eval"] = {"where": args.eval_where}
+    elif args.eval_fraction is not None or args.seed is not None:
+        current = fields.get("eval") if isinstance(fields.get("eval"), dict) else {}
+        fraction = args.eval_fraction if args.eval_fraction is not None else current.get("fraction", 0.2)
+        seed = args.seed if args.seed is not None else current.get("seed", 0)
+        fields["eval"] = {"fraction": fraction, "seed": seed}
+    missing = [f"--{name}" for name in ("dataset", "label") if not fields.get(name)]
+    try:
+        return DatasetSpec.model_validate(fields)
+    except ValidationError as exc:
+        errors = exc.errors()
+        if missing and not any(e.get("type") == "extra_forbidden" for e in errors):
+            raise UsageError(f"missing {' and '.join(missing)} (or define them in a `spec` dict)") from None
+        # a misspelt key (`lable`) is named before the field it was meant for is called missing
+        raise UsageError(spec_error(errors, flags=True)) from None

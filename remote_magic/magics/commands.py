@@ -1,0 +1,529 @@
+"""The IPython magics. Thin: parse arguments, call the client API, hand the result to a display object.
+
+`RemoteMagic` is also the configuration (`%config RemoteMagic`), in the manner of JupySQL: every trait
+documents itself, and REMOTE_MAGIC_URL / REMOTE_MAGIC_TOKEN are the defaults.
+
+Why it is long: each magic's arguments are declared beside it (IPython's `magic_arguments`, which `%magic?`
+help reads); each method itself stays a few lines that call the client.
+
+Why the imports sit in the methods: `%load_ext remote_magic` must cost nothing (tests/test_lazy_imports.py);
+the client, the wire schema (pydantic), pandas, matplotlib and XGBoost load when a magic first needs them.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shlex
+import sys
+from typing import TYPE_CHECKING, get_args
+
+from IPython.core.error import StdinNotImplementedError, UsageError
+from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+from traitlets import Bool, Float, Unicode, default
+from traitlets.config import Configurable
+
+from ..client.errors import JobInterrupted
+from .cellmodel import bound_models, pick_model
+from .usage import usage_errors
+
+if TYPE_CHECKING:
+    from ..client.api import Client
+    from ..client.job import Job
+    from ..contract.wire import Whoami
+    from ..display.description import Description
+    from ..display.lineage import LineageView
+    from ..display.result import TrainResult
+    from ..display.tables import Table
+
+CANCEL_WAIT_S = 3.0
+
+
+def _parse(magic, line: str):
+    """Parse magic flags with POSIX shell quoting, so --where "region = 'north'" arrives unquoted."""
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"cannot parse the arguments: {exc}") from None
+    return magic.parser.parse_args(words)
+
+
+def _spec_arguments(func):
+    """The dataset-spec flags shared by %%remote_train and %%remote_evaluate."""
+    for decorator in reversed(
+        [
+            argument("--dataset", "-d", help="dataset name on the server"),
+            argument("--label", "-l", help="label column"),
+            argument(
+                "--features", "-f", help="comma-separated feature columns (default: all but label and id)"
+            ),
+            argument(
+                "--where", "-w", help="filter admitting rows, e.g. \"age >= 18 AND region IN ('north')\""
+            ),
+            argument(
+                "--eval-fraction", type=float, help="hold out this fraction of admitted rows for evaluation"
+            ),
+            argument(
+                "--eval-where", help="evaluate on admitted rows matching this filter, train on the rest"
+            ),
+            argument("--seed", type=int, help="seed of the hashed train/eval split (default 0)"),
+            argument(
+                "--model",
+                "-m",
+                help="variable holding the model (default: the one model the cell itself binds)",
+            ),
+            argument("--spec", default="spec", help="variable holding a spec dict, used for missing flags"),
+            argument(
+                "-o", "--output", help="store the result (or, with --no-wait, the job) in this variable"
+            ),
+            argument("--no-wait", action="store_true", help="return a job handle at once instead of waiting"),
+            argument(
+                "--dry-run",
+                action="store_true",
+                help="check the spec and fit the model here on the dataset's mock rows, and show what the "
+                "job would cost; send nothing",
+            ),
+            argument("--confusion", action="store_true", help="also release the confusion matrix"),
+            argument("--curve", type=int, default=0, help="also release an eval learning curve at K points"),
+            argument(
+                "--importance",
+                type=int,
+                default=0,
+                help="also release the top K features (permutation importance)",
+            ),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+def _registry_arguments(func):
+    """--register and its companions, shared by %%remote_train and %%remote_recipe."""
+    for decorator in reversed(
+        [
+            argument("--register", help="register the trained model as the next version of this name"),
+            argument("--alias", help="with --register: point this alias (e.g. champion) at the new version"),
+            argument(
+                "--if-better",
+                help="with --register: only if eval METRIC improves on the alias's (or the latest) version "
+                "by at least DELTA, written METRIC:DELTA, e.g. auc:0.002",
+            ),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+@magics_class
+class RemoteMagic(Magics, Configurable):
+    """Train and evaluate XGBoost models on a remote-magic server from notebook cells."""
+
+    url = Unicode(help="Server URL; default: $REMOTE_MAGIC_URL.").tag(config=True)
+    token_env = Unicode(
+        "REMOTE_MAGIC_TOKEN",
+        help="Environment variable that holds the token (the token itself is never stored).",
+    ).tag(config=True)
+    timeout = Float(0.0, help="Seconds to wait for a job before giving up; 0 waits as long as it takes.").tag(
+        config=True
+    )
+    progress = Bool(
+        help="Show a progress bar while waiting; default: on unless REMOTE_MAGIC_PROGRESS=off."
+    ).tag(config=True)
+    progress_delay = Float(
+        1.0, help="Seconds before the progress bar appears, so quick jobs stay quiet."
+    ).tag(config=True)
+    queue_wait = Float(
+        600.0,
+        help="Seconds a submission waits for a place when your queue on the server is full; 0 fails at once.",
+    ).tag(config=True)
+
+    @default("url")
+    def _default_url(self) -> str:
+        return os.environ.get("REMOTE_MAGIC_URL", "")
+
+    @default("progress")
+    def _default_progress(self) -> bool:
+        from ..display.progress import progress_enabled
+
+        return progress_enabled()
+
+    def __init__(self, shell):
+        Configurable.__init__(self, config=shell.config)
+        Magics.__init__(self, shell=shell)
+        shell.configurables.append(self)
+        self.connections: dict[str, Client] = {}
+        self.current: str | None = None
+        self.last_job: Job | None = None
+
+    # connection
+    def _token(self, env: str) -> str | None:
+        """The token from `env`; None in a JupyterHub kernel (the client then offers the Hub's token)."""
+        from ..client.connection import hub_token
+
+        token = os.environ.get(env)
+        if token:
+            return token
+        if hub_token():
+            return None
+        if sys.stdin is not None and hasattr(sys.stdin, "isatty") and not os.environ.get("CI"):
+            try:
+                return getpass.getpass(f"Token for the remote-magic server (or set {env}): ")
+            except (EOFError, OSError, StdinNotImplementedError):
+                pass  # no prompt possible here (papermill, nbclient, a pipe)
+        raise UsageError(f"no token: set the environment variable {env} before connecting")
+
+    @property
+    def client(self) -> Client:
+        if self.current is None:
+            self._connect(self.url, self.token_env, "default")
+        return self.connections[self.current]  # type: ignore[index]
+
+    def _connect(self, url: str, token_env: str, name: str, **tls: object) -> Whoami:
+        """Open a connection; it becomes current only once the server answered whoami, so a bad token or
+        URL leaves the working connection in place."""
+        if not url:
+            raise UsageError("no server URL: %remote_connect URL, or set REMOTE_MAGIC_URL")
+        from ..client.api import Client
+
+        client = Client(url, self._token(token_env), timeout=30.0, **tls)  # type: ignore[arg-type]
+        try:
+            who = client.whoami()
+        except BaseException:
+            client.close()
+            raise
+        self.connections[name] = client
+        self.current = name
+        return who
+
+    @magic_arguments()
+    @argument("url", nargs="?", help="server URL (default: the `url` trait or $REMOTE_MAGIC_URL)")
+    @argument("--token-env", help="environment variable that holds the token (default: REMOTE_MAGIC_TOKEN)")
+    @argument("--name", "-n", default=None, help="name of this connection; switch back with --name only")
+    @argument("--ca-bundle", help="CA file for the server's certificate (default: $REMOTE_MAGIC_CA_BUNDLE)")
+    @argument("--client-cert", help="PEM file with a client certificate and key, if the server asks for one")
+    @argument("--insecure", action="store_true", help="allow plain http:// to a host that is not loopback")
+    @line_magic
+    @usage_errors
+    def remote_connect(self, line: str) -> None:
+        """Connect to a remote-magic server, or switch between named connections.
+
+        In a JupyterHub kernel without $REMOTE_MAGIC_TOKEN, the Hub's token is used if the server
+        accepts it."""
+        args = _parse(self.remote_connect, line)
+        name = args.name or "default"
+        if args.url is None and args.name in self.connections:
+            who = self.connections[args.name].whoami()
+            self.current = args.name
+        else:
+            who = self._connect(
+                args.url or self.url,
+                args.token_env or self.token_env,
+                name,
+                ca_bundle=args.ca_bundle,
+                client_cert=args.client_cert,
+                insecure=args.insecure,
+            )
+        print(
+            f"Connected to {self.client.url} as {who.user} ({len(who.datasets)} dataset(s)) [{self.current}]"
+        )
+
+    @magic_arguments()
+    @argument("name", nargs="?", help="a dataset: show its columns (NAME@N: those of version N)")
+    @argument("--versions", action="store_true", help="show the dataset's versions instead of its columns")
+    @line_magic
+    @usage_errors
+    def remote_datasets(self, line: str) -> Table:
+        """List the datasets this token may use, one dataset's columns and roles, or its versions."""
+        from ..display.tables import columns_table, datasets_table, versions_table
+
+        args = _parse(self.remote_datasets, line)
+        if args.name is None:
+            if args.versions:
+                raise UsageError("--versions needs a dataset name")
+            return datasets_table(self.client.datasets())
+        dataset = self.client.dataset(args.name)
+        return versions_table(dataset) if args.versions else columns_table(dataset)
+
+    # jobs
+    def _spec(self, args) -> dict:
+        from .args import spec_from_args
+
+        return spec_from_args(args, self.shell.user_ns.get(args.spec))
+
+    def _run_cell(self, cell: str) -> dict[str, object]:
+        """Run the cell; return the models it bound (compared with the namespace before it)."""
+        before = dict(self.shell.user_ns)
+        self.shell.ex(cell)
+        return bound_models(before, self.shell.user_ns, self.shell.transform_cell(cell))
+
+    def _model(self, args, bound: dict[str, object]) -> object:
+        """The variable --model names (bound in the cell or not), else the one model the cell bound."""
+        if args.model is None:
+            return pick_model(bound)
+        if args.model not in self.shell.user_ns:
+            raise UsageError(f"there is no variable {args.model!r}; name the model with --model VAR")
+        return self.shell.user_ns[args.model]
+
+    def _model_or_base(self, args, bound: dict[str, object], base: str | None) -> object:
+        """The model to send; with a registered version (`base`), the cell's model brings only parameters
+        and may be absent, and with --model-ref none is sent."""
+        if getattr(args, "model_ref", None):
+            return None
+        if base is not None and args.model is None and not bound:
+            return None
+        return self._model(args, bound)
+
+    def _run(self, kind: str, line: str, cell: str, magic) -> object:
+        from pydantic import ValidationError
+
+        from ..client.registry_api import register_request
+        from ..contract.wire import ReleaseOptions, first_error
+
+        args = _parse(magic, line)
+        bound = self._run_cell(cell)
+        spec = self._spec(args)
+        base = getattr(args, "base_model", None) or getattr(args, "model_ref", None)
+        if args.dry_run and base is not None:
+            raise UsageError("--dry-run checks a model from the cell; it cannot use a registered version")
+        model = self._model_or_base(args, bound, base)
+        try:
+            release = ReleaseOptions(confusion=args.confusion, curve=args.curve, importance=args.importance)
+        except ValidationError as exc:
+            raise UsageError(f"invalid release option {first_error(exc.errors(), 'release')}") from None
+        if args.dry_run:
+            from ..client.dryrun import dry_run
+
+            client = self.client
+            report = dry_run(model, spec, client.dataset(spec.dataset), client.mock(spec.dataset), kind)
+            report.cost = client.cost(model, spec, kind, release)
+            if args.output:
+                self.shell.user_ns[args.output] = report
+            return report
+        register = getattr(args, "register", None)
+        if register is None and (getattr(args, "alias", None) or getattr(args, "if_better", None)):
+            raise UsageError("--alias and --if-better go with --register NAME")
+        try:
+            request = register_request(
+                register, getattr(args, "alias", None), getattr(args, "if_better", None)
+            )
+        except ValueError as exc:
+            raise UsageError(f"--register/--alias/--if-better: {exc}") from None
+        job = self._submit(model, spec, kind, release, request, base)
+        self.last_job = job
+        if args.no_wait:
+            if args.output:
+                self.shell.user_ns[args.output] = job
+            return job
+        result = self._wait(job)
+        if args.output:
+            self.shell.user_ns[args.output] = result
+        return result
+
+    def _submit(self, model: object, spec, kind: str, release, register, base) -> Job:
+        """Submit, waiting (with a progress line) while the server's queue for this user is full."""
+        from ..display.progress import QueueWait
+
+        waiting = QueueWait() if self.progress else None
+        try:
+            return self.client.submit(
+                model,
+                spec,
+                kind,
+                release=release,
+                register=register,
+                base_model=base,
+                on_wait=waiting,
+                queue_wait=self.queue_wait,
+            )
+        except KeyboardInterrupt:
+            raise JobInterrupted("while waiting for a queue slot; nothing was submitted.") from None
+        finally:
+            if waiting is not None:
+                waiting.close()
+
+    def _wait(self, job: Job):
+        from ..display.progress import ProgressBar
+
+        bar = ProgressBar(delay=self.progress_delay) if self.progress else None
+        try:
+            return job.result(timeout=self.timeout or None, on_progress=bar)
+        except KeyboardInterrupt:
+            raise JobInterrupted(f"remote job {job.id} was cancelled.") from None
+        finally:
+            if bar is not None:
+                bar.close()
+
+    @magic_arguments()
+    @_spec_arguments
+    @_registry_arguments
+    @argument(
+        "--base-model", help="continue a registered version on the server, e.g. churn@3 or churn@latest"
+    )
+    @cell_magic
+    @usage_errors
+    def remote_train(self, line: str, cell: str) -> object:
+        """Run the cell, then train its model remotely on the spec's admitted rows.
+
+        The cell runs locally first; the model the cell itself binds is sent (or the variable named by
+        --model): an XGBClassifier or XGBRegressor (fitted or not, a fitted one continues training), a
+        Booster, a Pipeline ending in one, or {'params': {...}, 'num_boost_round': N, 'booster':
+        Booster | None}. A cell that binds no model, or several, says so. Only aggregate results come
+        back.
+        """
+        return self._run("train", line, cell, self.remote_train)
+
+    @magic_arguments()
+    @_spec_arguments
+    @argument("--model-ref", help="score this registered version instead of the cell's model, e.g. churn@3")
+    @cell_magic
+    @usage_errors
+    def remote_evaluate(self, line: str, cell: str) -> object:
+        """Run the cell, then score its fitted model (or `--model-ref` a registered version) on the spec's
+        evaluation rows (no training)."""
+        return self._run("evaluate", line, cell, self.remote_evaluate)
+
+    @magic_arguments()
+    @argument("--limit", "-n", type=int, default=20, help="show at most this many jobs (default 20)")
+    @argument("--state", "-s", help="only jobs in this state (queued, running, succeeded, failed, ...)")
+    @line_magic
+    @usage_errors
+    def remote_jobs(self, line: str) -> Table:
+        """Your jobs on the current server, newest first: model, rounds, dataset, state, progress."""
+        from ..contract.wire import JobState
+        from ..display.tables import jobs_table
+
+        args = _parse(self.remote_jobs, line)
+        if args.limit < 1:
+            raise UsageError("--limit must be at least 1")
+        states = get_args(JobState)
+        if args.state is not None and args.state not in states:
+            raise UsageError(f"--state: invalid choice: {args.state!r} (choose from {', '.join(states)})")
+        return jobs_table(self.client.jobs(limit=args.limit, state=args.state))
+
+    @line_magic
+    @usage_errors
+    def remote_job(self, line: str) -> TrainResult | Job:
+        """`%remote_job ID`: the full result of a finished job, or its progress while it runs."""
+        job_id = line.strip() or (self.last_job.id if self.last_job else "")
+        if not job_id:
+            raise UsageError("usage: %remote_job JOB_ID")
+        job = self.client.job(job_id)
+        return job.result() if job.done else job
+
+    @line_magic
+    @usage_errors
+    def remote_cancel(self, line: str) -> None:
+        """`%remote_cancel ID`: cancel a queued or running job, and say its final state (or that it is
+        still cancelling after a few seconds)."""
+        job_id = line.strip()
+        if not job_id:
+            raise UsageError("usage: %remote_cancel JOB_ID")
+        job = self.client.job(job_id)
+        job.cancel()
+        try:
+            print(f"Job {job_id}: {job.wait(timeout=CANCEL_WAIT_S).state}")
+        except TimeoutError:
+            print(f"Job {job_id}: cancelling; %remote_job {job_id} shows when it has stopped")
+
+    @magic_arguments()
+    @argument("--dataset", "-d", help="dataset name on the server")
+    @argument("--label", "-l", help="label column")
+    @argument("--features", "-f", help="comma-separated columns to describe (default: all features)")
+    @argument("--where", "-w", help="filter admitting rows, as for %%remote_train")
+    @argument("--spec", default="spec", help="variable holding a spec dict, used for missing flags")
+    @argument("-o", "--output", help="store the description in this variable")
+    @line_magic
+    @usage_errors
+    def remote_describe(self, line: str) -> Description:
+        """Disclosure-checked aggregates of a spec's admitted rows, before any training.
+
+        Row count, class balance, missing values per column, histograms (every bin holds at least the
+        server's minimum count; outer bins are open) and category frequencies (small ones folded into
+        'other'). On DP datasets the counts are noisy and the remaining privacy budget is shown.
+        """
+        from .args import spec_from_args
+
+        args = _parse(self.remote_describe, line)
+        args.eval_fraction = args.eval_where = args.seed = None
+        spec = spec_from_args(args, self.shell.user_ns.get(args.spec)).model_copy(update={"eval": None})
+        description = self.client.describe(spec)
+        if args.output:
+            self.shell.user_ns[args.output] = description
+        return description
+
+    # the registry and recipes
+    @line_magic
+    def remote_models(self, line: str) -> Table:
+        """`%remote_models [NAME]`: registered versions you may use, with origin, data and main metric."""
+        from ..display.lineage import models_table
+
+        return models_table(self.client.models(line.strip() or None))
+
+    @line_magic
+    def remote_lineage(self, line: str) -> LineageView:
+        """`%remote_lineage churn@5`: the version and its ancestors, drawn as a small graph."""
+        ref = line.strip()
+        if not ref:
+            raise UsageError("usage: %remote_lineage NAME@VERSION (or NAME@latest, NAME@ALIAS)")
+        return self.client.lineage(ref)
+
+    @magic_arguments()
+    @argument(
+        "action", nargs="?", default="list", help="save (with a cell), list, run, pause, resume, delete"
+    )
+    @argument("name", nargs="?", help="the recipe's name")
+    @argument("--kind", choices=("train", "evaluate"), default="train", help="what each run does")
+    @argument("--on-new-data", action="store_true", help="run on each new version of the spec's dataset")
+    @argument("--on-new-model", help="run when this model gets a new version or an alias moves")
+    @argument("--every", help="run this often, e.g. 1d or 6h")
+    @argument("--base-model", help="start each run from this registered version, e.g. churn@champion")
+    @_registry_arguments
+    @_spec_arguments
+    @line_cell_magic
+    def remote_recipe(self, line: str, cell: str | None = None) -> object:
+        """Save a cell as a recipe that runs when its data or models change, or manage recipes.
+
+        `%%remote_recipe save NAME --on-new-data --register churn --alias champion --if-better auc:0.002`
+        with the spec flags of %%remote_train: the cell runs here once, and its model and spec are saved
+        on the server. Without a cell: `%remote_recipe` lists, `%remote_recipe run|pause|resume|delete NAME`.
+        """
+        from ..client.registry_api import register_request
+        from ..display.lineage import recipes_table
+
+        args = _parse(self.remote_recipe, line)
+        if cell is not None:
+            if args.action != "save" or not args.name:
+                raise UsageError("with a cell: %%remote_recipe save NAME [triggers] [spec flags]")
+            bound = self._run_cell(cell)
+            if args.kind == "evaluate" and args.base_model:
+                model = None  # an evaluation recipe scores the registered version itself
+            else:
+                model = self._model_or_base(args, bound, args.base_model)
+            try:
+                request = register_request(args.register, args.alias, args.if_better)
+            except ValueError as exc:
+                raise UsageError(f"--register/--alias/--if-better: {exc}") from None
+            recipe = self.client.save_recipe(
+                args.name,
+                self._spec(args),
+                model,
+                kind=args.kind,
+                base_model=args.base_model,
+                on_new_data=args.on_new_data,
+                on_new_model=args.on_new_model,
+                every=args.every,
+                register=request,
+            )
+            return recipes_table([recipe])
+        if args.action == "list":
+            return recipes_table(self.client.recipes())
+        if not args.name or args.action not in ("run", "pause", "resume", "delete"):
+            raise UsageError("usage: %remote_recipe [list] | run|pause|resume|delete NAME")
+        if args.action == "run":
+            return self.client.run_recipe(args.name)
+        if args.action == "delete":
+            self.client.delete_recipe(args.name)
+            return f"recipe {args.name} deleted"
+        action = self.client.pause_recipe if args.action == "pause" else self.client.resume_recipe
+        return recipes_table([action(args.name)])

@@ -1,0 +1,61 @@
+"""A job's status as its user sees it: the stored job, plus what became of its model and registration."""
+
+from __future__ import annotations
+
+from remote_magic.contract.wire import ErrorDetail, JobStatus, MetricPoint, Progress, Registration
+
+from ..jobs.store import JobRow
+from ..registry.access import Registry, main_metric
+
+
+def whole_seconds(stamp: str | None) -> str | None:
+    """A timestamp as the analyst sees it: whole seconds, so a job's duration tells nothing finer."""
+    return None if stamp is None else stamp[:19] + "Z"
+
+
+def _main_metric(job: JobRow) -> MetricPoint | None:
+    return main_metric(job.result.get("metrics", {})) if job.result else None
+
+
+def _rounds(job: JobRow) -> int | None:
+    """The model's boosting rounds: from the result when done, from the worker's progress while it runs."""
+    if job.result:
+        return job.result["rounds"]["total"]
+    return job.progress.get("total_rounds") or None
+
+
+def _model_kept(job: JobRow, registry: Registry, outcome: tuple | None) -> str | None:
+    if job.kind != "train" or job.state != "succeeded":
+        return None
+    if outcome is not None and outcome[0] == "registered" and registry.store.is_registered(job.id):
+        return "registered"
+    return "kept" if (registry.jobs_dir / job.id / "model.json").exists() else "pruned"
+
+
+def status_of(job: JobRow, registry: Registry) -> JobStatus:
+    """A job's status as its user sees it, with what became of its model."""
+    error = ErrorDetail(code=job.error_code, message=job.error_message or "") if job.error_code else None
+    outcome = registry.store.outcome(job.id)
+    registration = Registration(state=outcome[0], version=outcome[1], message=outcome[2]) if outcome else None
+    return JobStatus(
+        id=job.id,
+        dataset=job.dataset,
+        dataset_version=job.plan.get("dataset_version"),
+        kind=job.kind,  # type: ignore[arg-type]
+        state=job.state,  # type: ignore[arg-type]
+        progress=Progress.model_validate(job.progress),
+        submitted_at=whole_seconds(job.submitted_at),  # type: ignore[arg-type]
+        started_at=whole_seconds(job.started_at),
+        finished_at=whole_seconds(job.finished_at),
+        error=error,
+        main_metric=_main_metric(job),
+        model=job.plan.get("model"),
+        rounds=_rounds(job),
+        isolation=job.isolation,
+        version=job.version,
+        base_model=(job.plan.get("base_model") or {}).get("ref"),
+        recipe=job.plan.get("recipe"),
+        trigger=job.plan.get("trigger"),
+        registration=registration,
+        model_file=_model_kept(job, registry, outcome),
+    )

@@ -1,0 +1,179 @@
+"""Accepting a job: the checks every job passes before it is queued, whoever submits it.
+
+A person's `POST /v1/jobs` and a recipe's triggered run come through here alike, so a recipe's run is
+checked like a run by hand (spec against the schema, the payload's opcodes, the registry reference and
+name) and then runs through the same scheduler and release desk, charged to the same user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from remote_magic.contract.automation_wire import RegisterRequest
+from remote_magic.contract.codes import Refusal
+from remote_magic.contract.payload import ScanReport, custom_code_names, scan
+from remote_magic.contract.wire import DatasetSpec, ReleaseOptions
+from remote_magic.families.base import check_kind
+from remote_magic.families.xgboost import bounds as xgboost_bounds
+
+from ..audit import AuditLog
+from ..config.settings import Settings
+from ..data.versions import Versions
+from ..jobs.store import JobRow, QueueFull, Store
+from ..registry.access import Registry
+from ..release.desk import ReleaseDesk, Request
+from .catalog import check_spec
+
+RETRY_AFTER_S = 5
+log = logging.getLogger("remote_magic_server.api")
+
+
+@dataclass
+class Submission:
+    user: str
+    datasets: list[str]
+    spec: DatasetSpec
+    payload: bytes
+    kind: str = "train"
+    idempotency_key: str | None = None
+    register: RegisterRequest | None = None
+    base_model: str | None = None
+    release: ReleaseOptions = field(default_factory=ReleaseOptions)
+    origin: dict = field(default_factory=dict)
+
+
+@dataclass
+class Intake:
+    settings: Settings
+    store: Store
+    registry: Registry
+    versions: Versions
+    audit: AuditLog
+    desk: ReleaseDesk
+    retry_after: Callable[[], int] = lambda: RETRY_AFTER_S
+    """Seconds a user whose queue is full should wait (the scheduler's estimate of a free place)."""
+
+    def _queue_full(self, queued: int) -> Refusal:
+        return Refusal(
+            "too_many_jobs",
+            f"you already have {queued} jobs queued, the most this server accepts; "
+            "submit more when some have started",
+            headers={"Retry-After": str(self.retry_after())},
+        )
+
+    def _scan(self, sub: Submission, plan: dict) -> tuple[str, ScanReport | None]:
+        if not sub.payload:
+            if sub.base_model is None:
+                raise Refusal("invalid_model", "the job has no model")
+            return "queued", None
+        limit = self.settings.server.max_payload_mb * 2**20
+        try:
+            report = scan(sub.payload, limit)
+            if sub.base_model is None:
+                check_kind(sub.kind, report.fitted, report.model == "Pipeline")
+            self._check_bounds(sub, report)
+            return "queued", report
+        except Refusal as exc:
+            if (
+                exc.code != "custom_code_refused"
+                or not self.settings.datasets[sub.spec.dataset].allow_custom_code
+            ):
+                raise
+            plan["custom_code"] = custom_code_names(sub.payload, limit)
+            return "awaiting_approval", None
+
+    def _check_bounds(self, sub: Submission, report: ScanReport) -> None:
+        """Refuse a model beyond the dataset's bounds from the parameters its payload states, before any
+        job exists (a Booster's parameters are inside its bytes: the worker checks those)."""
+        if report.params is None or report.rounds is None:
+            return
+        bounds = self.settings.bounds_for(sub.spec.dataset)
+        if sub.kind != "train":  # the leaf rule is about trees trained here
+            bounds = bounds.model_copy(update={"min_leaf_rows": None})
+        xgboost_bounds.check(
+            xgboost_bounds.plan_of_scan(report.estimator, report.params, report.rounds), bounds
+        )
+
+    def _registry_plan(self, sub: Submission, report: ScanReport | None, plan: dict) -> None:
+        if sub.register is not None:
+            if report is not None and report.model == "Pipeline":
+                raise Refusal(
+                    "unsupported_model",
+                    "a registered version is a bare XGBoost booster; a Pipeline's preprocessors would be "
+                    "lost",
+                )
+            self.registry.check_name(sub.user, sub.register.name)
+            plan["register"] = sub.register.model_dump(mode="json", exclude_none=True)
+        if sub.base_model is not None:
+            if report is not None and report.model == "Pipeline":
+                raise Refusal(
+                    "unsupported_model",
+                    "with a registered base model, send an unfitted XGBoost model (its parameters) or none",
+                )
+            plan["base_model"] = self.registry.base_for(sub.user, sub.base_model)
+
+    def prepare(self, sub: Submission) -> tuple[dict, str]:
+        """Every check a job passes before it is stored; return its plan and first state, or raise."""
+        if sub.register is not None and sub.kind != "train":
+            raise Refusal("invalid_request", "only a training job can register its model")
+        spec, plan = check_spec(self.settings, self.versions, sub.datasets, sub.spec)
+        sub.spec = spec  # the dataset alone; its version is in the plan
+        plan["release"] = sub.release.model_dump()
+        request = Request(user=sub.user, dataset=spec.dataset, kind=sub.kind, spec={}, options=sub.release)
+        self.desk.check_budget(request)
+        state, report = self._scan(sub, plan)
+        if report is not None:
+            plan["model"] = report.model
+        self._registry_plan(sub, report, plan)
+        # What the model is: the payload, and the registered version it continues (an identical
+        # question, the same bytes on the same data, is answered from the ledger at no cost).
+        digest = hashlib.sha256(sub.payload)
+        if "base_model" in plan:
+            digest.update(plan["base_model"]["sha256"].encode())
+        plan["payload_sha256"] = digest.hexdigest()
+        plan.update(sub.origin)
+        return plan, state
+
+    def accept(self, sub: Submission) -> tuple[JobRow, bool]:
+        """Check and persist a job; return (job, created). A repeated idempotency key returns its job."""
+        if sub.idempotency_key is not None:
+            existing = self.store.job_by_key(sub.user, sub.idempotency_key)
+            if existing is not None:
+                return existing, False
+        max_queued = self.settings.server.max_queued_per_user
+        if self.store.count_queued(sub.user) >= max_queued:
+            raise self._queue_full(max_queued)  # before the payload scan: a 429 is cheap
+        plan, state = self.prepare(sub)
+        persisting = time.perf_counter()
+        try:
+            job, created = self.store.create_job(
+                sub.user,
+                sub.spec.dataset,
+                sub.kind,
+                sub.spec.model_dump(mode="json"),
+                plan,
+                sub.payload,
+                sub.idempotency_key,
+                state,
+                max_queued,
+            )
+        except QueueFull as full:
+            raise self._queue_full(full.queued) from None
+        if created:
+            persist_ms = round((time.perf_counter() - persisting) * 1e3, 2)
+            log.info("job_submitted", extra={"job": job.id, "persist_ms": persist_ms})
+            self.audit.record(
+                "submit",
+                sub.user,
+                job=job.id,
+                dataset=sub.spec.dataset,
+                dataset_version=plan["dataset_version"],
+                kind=sub.kind,
+                spec=job.spec,
+                **sub.origin,
+            )
+        return job, created

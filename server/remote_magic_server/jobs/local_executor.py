@@ -1,0 +1,166 @@
+"""The local executor: one fresh, sandboxed worker process per task, forked from a preloaded forkserver.
+
+The forkserver's parent preloaded numpy, pandas, xgboost and duckdb (worker/preload.py), so a worker
+costs a fork, not an import, and this process never imports them: the worker is started by module name.
+Messages travel as JSON over a duplex pipe (never pickle) and are validated here. A worker that dies
+without a word (a segfault in XGBoost's parser, the OOM killer, the CPU limit) becomes a fixed code.
+A worker's resident memory is watched here, as Dask's nanny watches its workers: past the task's
+`memory_mb` it is stopped and the task ends `out_of_memory` (its hard data limit is a multiple of that,
+sandbox.DATA_BACKSTOP, because libraries reserve much more than they touch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import multiprocessing
+import os
+import signal
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from ..protocol import MAX_MESSAGE_BYTES, Decision, Failure, ProgressNote, Task, WorkerMessage, read_message
+from .executor import InvalidReport, WorkerGone
+
+LAUNCH = "remote_magic_server.runner.launch"
+PRELOAD = ["remote_magic_server.worker.preload", __name__]
+
+_DEATH_BY_STAGE = {
+    "starting": Failure(
+        code="invalid_model", message="the model could not be decoded: its bytes are corrupt or hostile"
+    ),
+}
+_DEFAULT_DEATH = Failure(code="worker_crashed", message="the job's worker process stopped unexpectedly")
+_OUT_OF_MEMORY = Failure(code="out_of_memory", message="the job ran out of memory")
+_DEATH_BY_SIGNAL = {
+    -signal.SIGXCPU: Failure(
+        code="cpu_limit", message="the job used more CPU time than this server allows and was stopped"
+    ),
+}
+
+
+def start_by_name(module: str, function: str, *args: object) -> None:
+    """The process target: import `module` in the child and call `function`, so the parent only names it."""
+    getattr(importlib.import_module(module), function)(*args)
+
+
+def process_mark(pid: int) -> str | None:
+    """The start time of a process (Linux: clock ticks since boot), to tell it from a reused pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
+        return None  # a zombie has already stopped running
+    return fields[19]
+
+
+def resident_bytes(pid: int) -> int:
+    """A process's anonymous resident memory, what it holds and the kernel cannot drop (0 when it is
+    gone). File pages are left out: the libraries' code, and the external-memory pages XGBoost maps
+    from the job folder, are page cache the kernel reclaims under pressure."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
+
+
+class LocalExecution:
+    def __init__(
+        self, process: multiprocessing.process.BaseProcess, conn: Connection, memory_mb: int | None = None
+    ):
+        self.process = process
+        self.conn = conn
+        self.stage = "starting"
+        self.memory_bytes = memory_mb * 2**20 if memory_mb else None
+
+    @property
+    def ref(self) -> tuple[int, str | None]:
+        pid = self.process.pid or 0
+        return pid, process_mark(pid)
+
+    def receive(self, timeout: float) -> WorkerMessage | None:
+        waiting = self.conn.poll(timeout)
+        if self.memory_bytes is not None and resident_bytes(self.process.pid or 0) > self.memory_bytes:
+            self.kill()
+            raise WorkerGone(_OUT_OF_MEMORY)
+        if not waiting:
+            return None
+        try:
+            data = self.conn.recv_bytes(MAX_MESSAGE_BYTES)
+        except (EOFError, OSError):
+            raise WorkerGone(self._death()) from None
+        try:
+            message = read_message(data)
+        except ValidationError:
+            raise InvalidReport("the worker's message is not a protocol message") from None
+        if isinstance(message, ProgressNote):
+            self.stage = message.stage
+        return message
+
+    def _death(self) -> Failure:
+        self.process.join(timeout=5)
+        return _DEATH_BY_SIGNAL.get(self.process.exitcode or 0) or _DEATH_BY_STAGE.get(
+            self.stage, _DEFAULT_DEATH
+        )
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.process.exitcode
+
+    def reply(self, decision: Decision) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send_bytes(decision.model_dump_json().encode())
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def close(self) -> None:
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=5)
+        self.conn.close()
+
+
+class LocalExecutor:
+    def __init__(self, preload: list[str] = PRELOAD) -> None:
+        self.ctx = multiprocessing.get_context("forkserver")
+        self.ctx.set_forkserver_preload(preload)
+
+    def warm(self) -> None:
+        process = self.ctx.Process(target=start_by_name, args=(LAUNCH, "ready"))
+        process.start()
+        process.join()
+
+    def start(self, task: Task, folder: Path, name: str) -> LocalExecution:
+        (folder / "task.json").write_text(task.model_dump_json())
+        return self.spawn("run", folder, name, task.limits.memory_mb)
+
+    def spawn(self, entry: str, folder: Path, name: str, memory_mb: int | None = None) -> LocalExecution:
+        """Fork a child that runs `runner.launch.<entry>` on the job folder, with a pipe to it."""
+        parent_conn, child_conn = self.ctx.Pipe(duplex=True)
+        process = self.ctx.Process(
+            target=start_by_name, args=(LAUNCH, entry, str(folder), child_conn), name=name
+        )
+        process.start()
+        child_conn.close()
+        return LocalExecution(process, parent_conn, memory_mb)
+
+    def reap(self, ref: tuple[int, str | None], timeout: float = 5.0) -> bool:
+        pid, mark = ref
+        if mark is None or process_mark(pid) != mark:
+            return False
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while process_mark(pid) == mark and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return True
