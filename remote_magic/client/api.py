@@ -231,7 +231,6 @@ class Client(RegistryCalls):
         key = idempotency_key or uuid.uuid4().hex
         payload = package_model(model) if model is not None else None
         files = {"model": ("model.pkl", payload, "application/octet-stream")} if payload is not None else None
-        notes = self._server_values_notes(payload, spec, kind) if base_model is None else []
         data = {
             "spec": spec.model_dump_json(exclude_none=True),
             "kind": kind,
@@ -260,14 +259,20 @@ class Client(RegistryCalls):
                 if on_wait is not None:
                     on_wait(delay, waited)
                 time.sleep(delay)
-        return Job(self, JobStatus.model_validate(response.json()), notes=notes)
+        status = JobStatus.model_validate(response.json())
+        notes = self._server_values_notes(payload, spec, kind) if base_model is None else []
+        return Job(self, status, notes=notes)
 
     def _server_values_notes(self, payload: bytes | None, spec: DatasetSpec, kind: str) -> list[str]:
         """The result's line about a parameter the server requires and the model leaves unset (the
-        server's own rule, `xgboost_bounds.server_values`, on the server's published bounds)."""
+        server's own rule, `xgboost_bounds.server_values`, on the server's published bounds). Asked once
+        the server has accepted the job, so that its own refusals, not this, answer a bad model."""
         if payload is None or kind != "train":
             return []
-        report = scan(payload)
+        try:
+            report = scan(payload)
+        except Refusal:
+            return []  # a payload the server holds for its owner's approval
         if (
             report.params is None
             or report.rounds is None
@@ -280,10 +285,7 @@ class Client(RegistryCalls):
         if bounds is None:
             return []
         plan = xgboost_bounds.plan_of_scan(report.estimator, report.params, report.rounds)
-        try:
-            note = xgboost_bounds.server_values_note(xgboost_bounds.server_values(plan, bounds))
-        except Refusal:
-            return []  # the server refuses the model, and says why
+        note = xgboost_bounds.server_values_note(xgboost_bounds.server_values(plan, bounds))
         return [] if note is None else [note]
 
     def _post_job(self, files: dict, data: dict, key: str) -> requests.Response:
