@@ -25,6 +25,7 @@ _LAZY = {
     "RemoteMagicError": "client.errors",
     "TrainResult": "display.result",
     "DatasetSpec": "contract.wire",
+    "wait_for_pictures": "display.charts",
 }
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from .client.job import Job
     from .contract.payload import package_model
     from .contract.wire import DatasetSpec
+    from .display.charts import wait_for_pictures
     from .display.compare import Comparison, compare
     from .display.result import TrainResult
 
@@ -63,6 +65,7 @@ __all__ = [
     "load_ipython_extension",
     "package_model",
     "unload_ipython_extension",
+    "wait_for_pictures",
 ]
 
 

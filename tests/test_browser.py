@@ -154,12 +154,16 @@ def test_quickstart_renders_progress_and_result_and_saves_without_leftovers(lab)
             page.wait_for_selector(".jp-OutputArea-output .remote-magic-describe", timeout=600_000)
             results = page.locator(".jp-OutputArea-output .remote-magic-result")
             assert results.count() == 2
-            assert results.nth(1).locator("img.remote-magic-plot").count() == 3
+            charts = page.locator(".jp-OutputArea-output .vega-embed")
+            charts.nth(1).locator(".marks").wait_for(timeout=60_000)
+            assert charts.count() == 2, "each result's figures, drawn by the browser"
             assert "binary classifier on synthetic" in results.first.inner_text()
             assert page.locator("[data-mime-type='application/vnd.jupyter.error']").count() == 0
             assert page.locator(".remote-magic-progress").count() == 0, "the bar is gone once the job is done"
             results.nth(1).scroll_into_view_if_needed()
             results.nth(1).screenshot(path=str(ARTIFACTS / "browser-result.png"))
+            charts.nth(1).scroll_into_view_if_needed()
+            charts.nth(1).screenshot(path=str(ARTIFACTS / "browser-figures.png"))
             describe = page.locator(".jp-OutputArea-output .remote-magic-describe")
             assert describe.locator(".remote-magic-histogram").count() == 4
             assert describe.locator(".remote-magic-categories").count() == 1
@@ -178,6 +182,9 @@ def test_quickstart_renders_progress_and_result_and_saves_without_leftovers(lab)
             assert page.locator(".remote-magic-progress, .widget-hprogress").count() == 0
             reopened = page.locator(".jp-OutputArea-output .remote-magic-result")
             assert reopened.count() == 2
+            drawn = page.locator(".jp-OutputArea-output .vega-embed")
+            drawn.nth(1).locator(".marks").wait_for(timeout=60_000)
+            assert drawn.count() == 2, "the saved figures are drawn again on reopening"
             reopened.nth(1).scroll_into_view_if_needed()
             page.wait_for_timeout(500)
             page.screenshot(path=str(ARTIFACTS / "browser-reopened.png"))
@@ -190,3 +197,10 @@ def test_quickstart_renders_progress_and_result_and_saves_without_leftovers(lab)
     assert (
         "application/vnd.jupyter.widget-view+json" not in on_disk and "remote-magic-progress" not in on_disk
     )
+    pictures = [
+        output["data"]
+        for cell in json.loads(on_disk)["cells"]
+        for output in cell.get("outputs", [])
+        if "application/vnd.vegalite.v5+json" in output.get("data", {})
+    ]
+    assert len(pictures) == 2 and all("image/svg+xml" in data for data in pictures), "GitHub needs a picture"

@@ -216,14 +216,28 @@ def test_structural_refusals_are_free_and_clear(server):
     client = server.client()
     with pytest.raises(SpecError, match="label 'label' may not appear"):
         client.submit(xgb.XGBClassifier(min_child_weight=3), {**QUICKSTART, "where": "label = 1"})
-    with pytest.raises(Exception, match="min_child_weight") as info:
-        client.train(xgb.XGBClassifier(n_estimators=3, max_depth=2), QUICKSTART)
-    assert info.value.code == "parameter_out_of_bounds"
+    with pytest.raises(Exception, match="min_child_weight = 1 is below 2.5") as info:
+        client.train(xgb.XGBClassifier(n_estimators=3, max_depth=2, min_child_weight=1), QUICKSTART)
+    assert info.value.code == "parameter_out_of_bounds", "an explicit value below the floor is refused"
     with pytest.raises(Exception, match="eval_metric") as metric:
         client.train(
             xgb.XGBClassifier(n_estimators=3, min_child_weight=3, eval_metric="error@0.99"), QUICKSTART
         )
     assert metric.value.code == "parameter_out_of_bounds"
+
+
+def test_a_leaf_floor_left_unset_takes_the_servers_value_and_the_result_says_so(server):
+    from remote_magic import DatasetSpec, dry_run
+
+    client = server.client()
+    model = xgb.XGBClassifier(n_estimators=3, max_depth=2)
+    checked = dry_run(model, DatasetSpec(**QUICKSTART), client.dataset("synthetic"), client.mock("synthetic"))
+    assert checked.features, "the dry run agrees with the server: no refusal"
+    result = client.train(model, QUICKSTART)
+    note = "min_child_weight not set: trained with the value this dataset requires, min_child_weight=3"
+    assert result.notes[0] == note and f"note: {note}" in repr(result)
+    explicit = client.train(xgb.XGBClassifier(n_estimators=3, max_depth=2, min_child_weight=3), QUICKSTART)
+    assert not any("not set" in n for n in explicit.notes)
 
 
 def test_budget_exhaustion_is_its_own_exception_and_refuses_before_a_job_exists(server, tmp_path):

@@ -15,6 +15,7 @@ from remote_magic.contract.codes import Refusal
 from remote_magic.contract.wire import ModelBounds
 from remote_magic.families import family_for
 from remote_magic.families.base import Split, encode_labels
+from remote_magic.families.xgboost import bounds as xgboost_bounds
 from remote_magic.families.xgboost.family import FAMILY
 
 BOUNDS = ModelBounds(max_n_estimators=100, max_depth=8, max_bin=256, max_threads=2)
@@ -81,6 +82,19 @@ def test_bounds_are_refused_naming_the_parameter(model, word):
     with pytest.raises(Refusal) as info:
         FAMILY.check_bounds(FAMILY.canonical(model), BOUNDS)
     assert info.value.code == "parameter_out_of_bounds" and word in info.value.message
+
+
+def test_a_leaf_floor_left_unset_takes_the_servers_value_and_an_explicit_low_one_is_refused():
+    floored = BOUNDS.model_copy(update={"min_leaf_rows": 10})
+    unset = FAMILY.canonical(xgb.XGBClassifier(n_estimators=3))
+    assert xgboost_bounds.server_values(unset, floored) == {"min_child_weight": 3}
+    FAMILY.check_bounds(unset, floored)
+    assert unset.params["min_child_weight"] == 3, "the worker trains with the server's value"
+    regression = FAMILY.canonical(xgb.XGBRegressor(n_estimators=3))
+    assert xgboost_bounds.server_values(regression, floored) == {"min_child_weight": 10}
+    assert xgboost_bounds.server_values(unset, BOUNDS) == {}, "no floor, nothing chosen"
+    with pytest.raises(Refusal, match="min_child_weight = 1 is below 2.5"):
+        FAMILY.check_bounds(FAMILY.canonical(xgb.XGBClassifier(min_child_weight=1)), floored)
 
 
 def test_unknown_models_are_refused_with_what_is_allowed():

@@ -4,6 +4,7 @@ configuration, and that the token never shows."""
 from __future__ import annotations
 
 import io
+import json
 import re
 import signal
 import threading
@@ -273,7 +274,10 @@ def test_compare_gives_a_table_and_a_plot(server):
     fig = cmp.plot()
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 2
     assert repr(cmp).splitlines()[0] == "Comparison of 2 runs" and "shallow" in repr(cmp)
-    assert "<img" in cmp._repr_html_()
+    assert "<table" in cmp._repr_html_() and "<img" not in cmp._repr_html_()
+    spec = cmp.charts()
+    assert [c["title"] for c in spec["hconcat"]] == ["Eval learning curves", "r2 (eval)"]
+    assert {v["run"] for v in spec["hconcat"][1]["data"]["values"]} == {"shallow", "deep"}
     assert list(compare(shallow, deep).table.index) == ["run 1", "run 2"]
     with pytest.raises(TypeError):
         compare(shallow, "not a result")
@@ -291,7 +295,13 @@ def test_result_view_shows_suppressed_cells_and_plot_gives_figures(server):
     texts = [t.get_text() for t in TrainResult(raw).plot()["confusion matrix"].axes[0].texts]
     assert "suppressed\n(<10)" in texts
     view = result._repr_html_()
-    assert view.count("<img") == 3 and "Rows used" in view and "Metrics (eval)" in view
+    assert "<img" not in view and "Rows used" in view and "Metrics (eval)" in view, "figures go as a spec"
+    [*_, matrix] = TrainResult(raw).charts()["hconcat"]
+    shown = {
+        cell["text"] if isinstance(cell["text"], str) else " ".join(cell["text"])
+        for cell in matrix["data"]["values"]
+    }
+    assert "suppressed (<10)" in shown and len(json.dumps(TrainResult(raw).charts())) < 20_000
     buffer = io.StringIO()
     print(result, file=buffer)
     assert buffer.getvalue().startswith("TrainResult: training of a binary classifier on breast_cancer")

@@ -5,6 +5,7 @@ what Ctrl-C leaves, and that `result.plot()` displays its figures."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 
@@ -18,6 +19,7 @@ from tests.test_magics import wait_running
 
 KERNELSPEC = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+VEGALITE = "application/vnd.vegalite.v5+json"
 PROGRESS_ON = (
     "%load_ext remote_magic\n%config RemoteMagic.progress = True\n%config RemoteMagic.progress_delay = 0.0"
 )
@@ -71,7 +73,7 @@ def test_a_saved_notebook_keeps_no_progress_leftovers(server, tmp_path):
         texts = [str(o.get("data", {})) + o.get("text", "") for o in cell.outputs]
         assert not any(WIDGET_MIME in o.get("data", {}) for o in cell.outputs), "no widget to lose"
         assert not any(BAR.search(t) or "remote-magic-progress" in t for t in texts), texts
-    bars = [o for o in trained.outputs if o.output_type == "display_data"]
+    bars = [o for o in trained.outputs if o.output_type == "display_data" and list(o.data) == ["text/plain"]]
     assert [o.data for o in bars] == [{"text/plain": ""}], "the bar's display was shown, then emptied"
     assert trained.outputs[0].text == "cell ran\n", "the cell's own output stays"
     assert any("remote-magic-result" in o.get("data", {}).get("text/html", "") for o in trained.outputs)
@@ -121,6 +123,33 @@ def test_interrupt_in_a_kernel_leaves_one_line_and_no_bar(server, tmp_path):
     )
     assert [o.data for o in cell.outputs if o.output_type == "display_data"] == [{"text/plain": ""}]
     assert server.client().job(started["job"]).wait(timeout=300).state == "cancelled"
+
+
+def test_the_result_figures_are_a_spec_the_browser_draws_with_a_picture_for_saved_pages(server, tmp_path):
+    notebook = execute(
+        [
+            "%load_ext remote_magic",
+            "%%remote_train -d breast_cancer -l malignant --confusion\nfrom xgboost import XGBClassifier\n"
+            "model = XGBClassifier(n_estimators=5, max_depth=2)",
+            # the picture is drawn after the cell answered: a headless run waits for it at its end
+            "from remote_magic import wait_for_pictures\nassert wait_for_pictures(timeout=300)",
+        ],
+        kernel_env(server, REMOTE_MAGIC_PROGRESS="off"),
+        tmp_path,
+    )
+    table, figures = notebook.cells[1].outputs
+    assert "remote-magic-result" in table.data["text/html"] and "<img" not in table.data["text/html"]
+    spec = figures.data[VEGALITE]
+    assert [chart["title"] for chart in spec["hconcat"]] == [
+        "Learning curve",
+        "Feature importance",
+        "Confusion matrix (eval)",
+    ]
+    assert len(json.dumps(spec)) < 20_000, "a few KB of released numbers"
+    assert figures.data["image/svg+xml"].lstrip().startswith("<svg"), "a saved page needs a picture"
+    nbformat.write(notebook, tmp_path / "saved.ipynb")
+    page, _ = HTMLExporter().from_notebook_node(nbformat.read(tmp_path / "saved.ipynb", as_version=4))
+    assert 'data-mime-type="image/svg+xml"' in page, "nbconvert's HTML shows the picture"
 
 
 def test_plot_displays_the_figures_in_a_notebook(server, tmp_path):

@@ -26,7 +26,8 @@ from requests.auth import AuthBase
 from urllib3.util.retry import Retry
 
 from ..contract.automation_wire import RegisterRequest
-from ..contract.payload import package_model
+from ..contract.codes import Refusal
+from ..contract.payload import package_model, scan
 from ..contract.wire import (
     BudgetReport,
     CostEstimate,
@@ -38,6 +39,7 @@ from ..contract.wire import (
     JobResult,
     JobStatus,
     MockData,
+    ModelBounds,
     ModelReleaseStatus,
     ReleaseOptions,
     Whoami,
@@ -46,6 +48,7 @@ from ..contract.wire import (
 from ..display.budget import Budget
 from ..display.description import Description
 from ..display.result import TrainResult
+from ..families.xgboost import bounds as xgboost_bounds
 from .connection import check_url, client_cert_file, hub_token, tls_problem, tls_verify, unreachable
 from .errors import Busy, ConnectionProblem, RemoteError, SpecError, error_for
 from .job import Job
@@ -141,6 +144,7 @@ class Client(RegistryCalls):
             raise ConnectionProblem("no token: pass one or set REMOTE_MAGIC_TOKEN")
         self.queue_wait = queue_wait
         self._session.auth = _TokenAuth(token)
+        self._bounds: dict[str, ModelBounds | None] = {}  # per dataset, for the result's notes only
 
     def _hub_token(self) -> str | None:
         token = hub_token()
@@ -227,11 +231,8 @@ class Client(RegistryCalls):
         spec = as_spec(spec)
         options = _options(release)
         key = idempotency_key or uuid.uuid4().hex
-        files = (
-            {"model": ("model.pkl", package_model(model), "application/octet-stream")}
-            if model is not None
-            else None
-        )
+        payload = package_model(model) if model is not None else None
+        files = {"model": ("model.pkl", payload, "application/octet-stream")} if payload is not None else None
         data = {
             "spec": spec.model_dump_json(exclude_none=True),
             "kind": kind,
@@ -260,7 +261,34 @@ class Client(RegistryCalls):
                 if on_wait is not None:
                     on_wait(delay, waited)
                 time.sleep(delay)
-        return Job(self, JobStatus.model_validate(response.json()))
+        status = JobStatus.model_validate(response.json())
+        notes = self._server_values_notes(payload, spec, kind) if base_model is None else []
+        return Job(self, status, notes=notes)
+
+    def _server_values_notes(self, payload: bytes | None, spec: DatasetSpec, kind: str) -> list[str]:
+        """The result's line about a parameter the server requires and the model leaves unset (the
+        server's own rule, `xgboost_bounds.server_values`, on the server's published bounds). Asked once
+        the server has accepted the job, so that its own refusals, not this, answer a bad model."""
+        if payload is None or kind != "train":
+            return []
+        try:
+            report = scan(payload)
+        except Refusal:
+            return []  # a payload the server holds for its owner's approval
+        if (
+            report.params is None
+            or report.rounds is None
+            or report.params.get("min_child_weight") is not None
+        ):
+            return []
+        if spec.dataset not in self._bounds:
+            self._bounds[spec.dataset] = self.dataset(spec.dataset).bounds
+        bounds = self._bounds[spec.dataset]
+        if bounds is None:
+            return []
+        plan = xgboost_bounds.plan_of_scan(report.estimator, report.params, report.rounds)
+        note = xgboost_bounds.server_values_note(xgboost_bounds.server_values(plan, bounds))
+        return [] if note is None else [note]
 
     def _post_job(self, files: dict, data: dict, key: str) -> requests.Response:
         """POST a job; a connection that fails is tried again, twice, with the same key."""

@@ -36,9 +36,10 @@ class JobCalls(Protocol):
 class Job:
     """A handle on a remote job: wait for it, watch it, cancel it, fetch its result."""
 
-    def __init__(self, client: JobCalls, status: JobStatus):
+    def __init__(self, client: JobCalls, status: JobStatus, notes: list[str] | None = None):
         self.client = client
         self.status = status
+        self.notes = notes or []  # the client's own lines for the result (a value the server chose)
 
     @property
     def id(self) -> str:
@@ -116,4 +117,7 @@ class Job:
             code = error.code if error else status.state
             message = error.message if error else f"the job ended {status.state}"
             raise error_for(code, message, job_id=self.id)
-        return TrainResult(self.client.result(self.id), downloader=self.client.download_model)
+        raw = self.client.result(self.id)
+        if self.notes:
+            raw = raw.model_copy(update={"notes": [*self.notes, *raw.notes]})
+        return TrainResult(raw, downloader=self.client.download_model)

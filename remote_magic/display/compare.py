@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import html
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
-from matplotlib import colormaps
-from matplotlib.figure import Figure
 
-from . import plots
 from .formats import count_text, interval_text, metric_text
 from .result import TrainResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MAIN_METRICS = ("auc", "accuracy", "r2", "rmse", "log_loss")
 LOWER_IS_BETTER = ("rmse", "mae", "log_loss")
@@ -22,12 +23,10 @@ def _overlap(a: Sequence[float], b: Sequence[float]) -> bool:
     return a[0] <= b[1] and b[0] <= a[1]
 
 
-PALETTE = colormaps["tab10"].colors
-
-
 class Comparison:
     """Runs in rows; rounds, rows used and every metric in columns. `.table` is the DataFrame,
-    `.plot()` the figure (eval learning curves and the main metric per run)."""
+    `.plot()` the matplotlib figure (eval learning curves and the main metric per run); a notebook shows
+    the table and the same figure as a Vega-Lite spec its front end draws (`charts()`)."""
 
     def __init__(self, results: Sequence[TrainResult], names: Sequence[str]):
         if len(names) != len(results):
@@ -101,9 +100,90 @@ class Comparison:
     @property
     def colours(self) -> dict[str, tuple[float, float, float]]:
         """One colour per run, the same for its curve and its bar."""
-        return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(self.results)}
+        from matplotlib import colormaps
+
+        palette = colormaps["tab10"].colors
+        return {name: palette[i % len(palette)] for i, name in enumerate(self.results)}
+
+    def charts(self) -> dict | None:
+        """The figure of `plot()` as one Vega-Lite spec of the released numbers."""
+        from . import charts
+
+        curves = [
+            {"run": name, "round": int(r), "value": charts.number(v)}
+            for name, result in self.results.items()
+            for r, v in result.history["eval"].items()
+        ]
+        metric = next((str(r.history.columns.name) for r in self.results.values() if not r.history.empty), "")
+        colour = {
+            "field": "run",
+            "type": "nominal",
+            "sort": list(self.results),
+            "scale": {"scheme": "category10"},
+        }
+        made = []
+        if curves:
+            made.append(
+                {
+                    "title": "Eval learning curves",
+                    "width": charts.WIDTH,
+                    "height": charts.HEIGHT,
+                    "data": {"values": curves},
+                    "mark": "line",
+                    "encoding": {
+                        "x": {"field": "round", "type": "quantitative", "title": "boosting round"},
+                        "y": {
+                            "field": "value",
+                            "type": "quantitative",
+                            "title": f"eval {metric}",
+                            "scale": {"zero": False},
+                        },
+                        "color": colour,
+                    },
+                }
+            )
+        main = self.main_metric
+        if main is not None:
+            values = [
+                {
+                    "run": name,
+                    "value": charts.number(v),
+                    "label": metric_text(v, self.results[name].raw.policy),
+                }
+                for name, v in self.table[main].items()
+            ]
+            made.append(
+                {
+                    "title": f"{main} (eval)",
+                    "width": {"step": 40},
+                    "height": charts.HEIGHT,
+                    "data": {"values": values},
+                    "encoding": {
+                        "x": {"field": "run", "type": "nominal", "sort": list(self.results), "title": None},
+                        "y": {"field": "value", "type": "quantitative", "title": None},
+                    },
+                    "layer": [
+                        {"mark": "bar", "encoding": {"color": colour}},
+                        {
+                            "mark": {"type": "text", "dy": -6, "fontSize": 9},
+                            "encoding": {"text": {"field": "label"}},
+                        },
+                    ],
+                }
+            )
+        return charts.panel(made)
+
+    def _ipython_display_(self) -> None:
+        from .charts import display_with_figures
+
+        alt = "Figure: eval learning curves and the main metric per run"
+        display_with_figures(repr(self), self._repr_html_(), self.charts(), alt)
 
     def plot(self) -> Figure:
+        from matplotlib.figure import Figure
+
+        from . import plots
+
         fig = Figure(figsize=(8.6, plots.HEIGHT), layout="constrained")
         curves, bars = fig.subplots(1, 2, width_ratios=[3, 2])
         for ax in (curves, bars):
@@ -179,7 +259,7 @@ class Comparison:
             "<div class='remote-magic-compare' style='font-family:sans-serif'>"
             f"<table class='remote-magic-table'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
             + "".join(f"<p style='margin:4px 0'>{html.escape(line)}</p>" for line in self._footer())
-            + f"<img alt='comparison' src='data:image/png;base64,{plots.to_png(self.plot())}'/></div>"
+            + "</div>"
         )
 
 

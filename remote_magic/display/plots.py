@@ -16,11 +16,9 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from .charts import EVAL_COLOUR, TRAIN_COLOUR, best_round
 from .formats import compact
 
-TRAIN_COLOUR = "#4c72b0"
-EVAL_COLOUR = "#dd8452"
-HIGHER_IS_BETTER = ("auc", "aucpr", "map", "ndcg", "accuracy", "r2", "f1")
 HEIGHT = 3.0
 WIDTH = 4.2
 DPI = 90
@@ -79,14 +77,6 @@ class Figures(Mapping[str, Figure]):
 
     def _repr_html_(self) -> str:
         return figure_row(self._figures)
-
-
-def best_round(history: pd.DataFrame) -> tuple[int, float]:
-    """The boosting round with the best eval metric, and that value (the history must not be empty)."""
-    evals = history["eval"]
-    higher = str(history.columns.name).split("@")[0] in HIGHER_IS_BETTER
-    best = int(evals.idxmax() if higher else evals.idxmin())
-    return best, float(evals[best])
 
 
 def learning_curve(history: pd.DataFrame) -> Figure | None:

@@ -1,5 +1,6 @@
 """The result of a remote job, with two faces: `__repr__` for terminals and nbval, `_repr_html_` for
-notebooks. Both are deterministic (no job ids, no timings), so example notebooks can check them.
+notebooks. Both are deterministic (no job ids, no timings), so example notebooks can check them. Shown in a
+notebook, the HTML face is followed by the figures as one Vega-Lite spec the front end draws (charts.py).
 
 Why it is long: both faces of every part of a result (rows, metrics with their intervals, extras, the
 privacy cost, notes) sit side by side, so a change to one face is made beside the other.
@@ -155,7 +156,7 @@ class TrainResult:
 
     def best_round(self) -> tuple[int, float]:
         """The boosting round with the best eval metric, and that value (the history must not be empty)."""
-        from .plots import best_round
+        from .charts import best_round
 
         return best_round(self.history)
 
@@ -293,9 +294,26 @@ class TrainResult:
         }
         return plots.Figures({name: fig for name, fig in made.items() if fig is not None})
 
-    def _repr_html_(self) -> str:
-        from . import plots
+    def charts(self) -> dict | None:
+        """The figures of `plot()` as one Vega-Lite spec (a few KB of released numbers), for a front end
+        to draw; None when there is nothing to draw."""
+        from . import charts
 
+        return charts.panel(
+            [
+                charts.learning_curve(self.history),
+                charts.importance(self.feature_importance),
+                charts.confusion(self.confusion_matrix, count_text(None, self.raw.policy)),
+            ]
+        )
+
+    def _ipython_display_(self) -> None:
+        from .charts import display_with_figures
+
+        alt = "Figures: learning curve, importance, confusion matrix"
+        display_with_figures(repr(self), self._repr_html_(), self.charts(), alt)
+
+    def _repr_html_(self) -> str:
         r = self.raw
         what = "Evaluation" if r.kind == "evaluate" else "Training"
         note = self.past_best_note()
@@ -309,7 +327,6 @@ class TrainResult:
             f"{'<br>'.join(html.escape(line) for line in self.ran_with)}</div>"
             f"<div style='display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start'>"
             f"{self._rows_html()}{self._metrics_html()}</div>{note_html}"
-            f"{plots.figure_row(self.plot())}"
             f"<div style='color:#666;font-size:0.85em;margin-top:6px'>{html.escape(rules_text(r.policy))}"
             f", on the evaluation rows.{self._notes_html()}</div></div>"
         )

@@ -5,6 +5,9 @@ documents itself, and REMOTE_MAGIC_URL / REMOTE_MAGIC_TOKEN are the defaults.
 
 Why it is long: each magic's arguments are declared beside it (IPython's `magic_arguments`, which `%magic?`
 help reads); each method itself stays a few lines that call the client.
+
+Why the imports sit in the methods: `%load_ext remote_magic` must cost nothing (tests/test_lazy_imports.py);
+the client, the wire schema (pydantic), pandas, matplotlib and XGBoost load when a magic first needs them.
 """
 
 from __future__ import annotations
@@ -20,30 +23,24 @@ from typing import TYPE_CHECKING, get_args
 from IPython.core.error import StdinNotImplementedError, UsageError
 from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
-from pydantic import ValidationError
 from traitlets import Bool, Float, Unicode, default
 from traitlets.config import Configurable
 
-from ..client.api import Client
-from ..client.connection import hub_token
 from ..client.errors import JobInterrupted, RemoteMagicError
-from ..client.job import Job
-from ..client.registry_api import register_request
-from ..contract.wire import DatasetSpec, JobState, ReleaseOptions, Whoami, first_error
-from ..display.budget import Budget
-from ..display.lineage import LineageView, models_table, recipes_table
-from ..display.progress import ProgressBar, QueueWait, progress_enabled
-from ..display.tables import Table, columns_table, datasets_table, jobs_table, versions_table
-from .args import spec_from_args
 from .cellmodel import bound_models, bound_values, foreign_models, pick_model
 from .usage import usage_errors
 
 if TYPE_CHECKING:
+    from ..client.api import Client
+    from ..client.job import Job
+    from ..contract.wire import DatasetSpec, Whoami
+    from ..display.budget import Budget
     from ..display.description import Description
+    from ..display.lineage import LineageView
     from ..display.result import TrainResult
+    from ..display.tables import Table
 
 CANCEL_WAIT_S = 3.0
-JOB_STATES = list(get_args(JobState))
 
 
 def _parse(magic, line: str):
@@ -187,6 +184,8 @@ class RemoteMagic(Magics, Configurable):
 
     @default("progress")
     def _default_progress(self) -> bool:
+        from ..display.progress import progress_enabled
+
         return progress_enabled()
 
     def __init__(self, shell):
@@ -200,6 +199,8 @@ class RemoteMagic(Magics, Configurable):
     # connection
     def _token(self, env: str) -> str | None:
         """The token from `env`; None in a JupyterHub kernel (the client then offers the Hub's token)."""
+        from ..client.connection import hub_token
+
         token = os.environ.get(env)
         if token:
             return token
@@ -223,6 +224,8 @@ class RemoteMagic(Magics, Configurable):
         URL leaves the working connection in place."""
         if not url:
             raise UsageError("no server URL: %remote_connect URL, or set REMOTE_MAGIC_URL")
+        from ..client.api import Client
+
         client = Client(url, self._token(token_env), timeout=30.0, **tls)  # type: ignore[arg-type]
         try:
             who = client.whoami()
@@ -272,6 +275,8 @@ class RemoteMagic(Magics, Configurable):
     @usage_errors
     def remote_datasets(self, line: str) -> Table:
         """List the datasets this token may use, one dataset's columns and roles, or its versions."""
+        from ..display.tables import columns_table, datasets_table, versions_table
+
         args = _parse(self.remote_datasets, line)
         if args.name is None:
             if args.versions:
@@ -299,6 +304,8 @@ class RemoteMagic(Magics, Configurable):
     # jobs
     def _spec(self, args) -> DatasetSpec:
         """The spec of the flags, over the variable `--spec VAR` names: never one picked up by its name."""
+        from .args import spec_from_args
+
         return spec_from_args(args, self._spec_variable(args))
 
     def _spec_variable(self, args) -> object:
@@ -345,6 +352,11 @@ class RemoteMagic(Magics, Configurable):
         return self._model(args, bound, foreign)
 
     def _run(self, kind: str, line: str, cell: str, magic) -> object:
+        from pydantic import ValidationError
+
+        from ..client.registry_api import register_request
+        from ..contract.wire import ReleaseOptions, first_error
+
         args = _parse(magic, line)
         bound, foreign = self._run_cell(cell)
         spec = self._spec(args)
@@ -388,6 +400,8 @@ class RemoteMagic(Magics, Configurable):
 
     def _submit(self, model: object, spec, kind: str, release, register, base) -> Job:
         """Submit, waiting (with a progress line) while the server's queue for this user is full."""
+        from ..display.progress import QueueWait
+
         waiting = QueueWait() if self.progress else None
         try:
             return self.client.submit(
@@ -407,6 +421,8 @@ class RemoteMagic(Magics, Configurable):
                 waiting.close()
 
     def _wait(self, job: Job):
+        from ..display.progress import ProgressBar
+
         bar = ProgressBar(delay=self.progress_delay) if self.progress else None
         try:
             return job.result(timeout=self.timeout or None, on_progress=bar)
@@ -447,14 +463,20 @@ class RemoteMagic(Magics, Configurable):
 
     @magic_arguments()
     @argument("--limit", "-n", type=int, default=20, help="show at most this many jobs (default 20)")
-    @argument("--state", "-s", choices=JOB_STATES, help="only jobs in this state")
+    @argument("--state", "-s", help="only jobs in this state (queued, running, succeeded, failed, ...)")
     @line_magic
     @usage_errors
     def remote_jobs(self, line: str) -> Table:
         """Your jobs on the current server, newest first: model, rounds, dataset, state, progress."""
+        from ..contract.wire import JobState
+        from ..display.tables import jobs_table
+
         args = _parse(self.remote_jobs, line)
         if args.limit < 1:
             raise UsageError("--limit must be at least 1")
+        states = get_args(JobState)
+        if args.state is not None and args.state not in states:
+            raise UsageError(f"--state: invalid choice: {args.state!r} (choose from {', '.join(states)})")
         return jobs_table(self.client.jobs(limit=args.limit, state=args.state))
 
     @line_magic
@@ -511,6 +533,8 @@ class RemoteMagic(Magics, Configurable):
     @line_magic
     def remote_models(self, line: str) -> Table:
         """`%remote_models [NAME]`: registered versions you may use, with origin, data and main metric."""
+        from ..display.lineage import models_table
+
         return models_table(self.client.models(line.strip() or None))
 
     @line_magic
@@ -541,6 +565,9 @@ class RemoteMagic(Magics, Configurable):
         with the spec flags of %%remote_train: the cell runs here once, and its model and spec are saved
         on the server. Without a cell: `%remote_recipe` lists, `%remote_recipe run|pause|resume|delete NAME`.
         """
+        from ..client.registry_api import register_request
+        from ..display.lineage import recipes_table
+
         args = _parse(self.remote_recipe, line)
         if cell is not None:
             if args.action != "save" or not args.name:

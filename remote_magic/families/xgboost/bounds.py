@@ -32,11 +32,33 @@ def plan_of_scan(estimator: str | None, params: dict, rounds: int) -> Plan:
             if objective.startswith("multi:")
             else "regression"
         )
-    return Plan(family="xgboost", params=params, rounds=rounds, task=task)
+    return Plan(family="xgboost", params=dict(params), rounds=rounds, task=task)
+
+
+def server_values(plan: Plan, bounds: ModelBounds) -> dict[str, int]:
+    """The parameters this server requires that the plan leaves unset, with the values it trains with.
+
+    Interim, until the DP trainer (issue 22): a model with `min_child_weight` unset gets the dataset's leaf
+    floor instead of a refusal; an explicit value below the floor is still refused. The one place that
+    decides it, so the API's intake, the worker and the dry run agree, and the client can say so."""
+    if not bounds.min_leaf_rows or plan.params.get("min_child_weight") is not None:
+        return {}
+    floor, _ = _leaf_floor(plan, bounds.min_leaf_rows)
+    return {"min_child_weight": math.ceil(floor)}
+
+
+def server_values_note(values: dict[str, int]) -> str | None:
+    """The result's one line about the values the server chose, or None when it chose none."""
+    if not values:
+        return None
+    chosen = ", ".join(f"{name}={value}" for name, value in values.items())
+    return f"{', '.join(values)} not set: trained with the value this dataset requires, {chosen}"
 
 
 def check(plan: Plan, bounds: ModelBounds) -> None:
-    """Refuse parameters beyond the server's bounds, naming the parameter and its bound."""
+    """Refuse parameters beyond the server's bounds, naming the parameter and its bound; a required
+    parameter left unset takes the server's value (`server_values`) in the plan."""
+    plan.params.update(server_values(plan, bounds))
     params = plan.params
     checks = [
         ("n_estimators", plan.rounds, bounds.max_n_estimators),
@@ -77,11 +99,11 @@ def check(plan: Plan, bounds: ModelBounds) -> None:
             )
 
 
-def _check_leaf_floor(plan: Plan, rows: int) -> None:
-    """Every new leaf must hold `rows` rows, decided before any data is touched: for objectives whose
-    hessian per row is bounded (at most 1/4 for logistic ones, 1 for squared error), min_child_weight
-    guarantees it; other objectives cannot be bounded so, and are refused. A refusal after training
-    would depend on the rows, and so tell something about them."""
+def _leaf_floor(plan: Plan, rows: int) -> tuple[float, str]:
+    """The min_child_weight that makes every new leaf hold `rows` rows, decided before any data is
+    touched: for objectives whose hessian per row is bounded (at most 1/4 for logistic ones, 1 for
+    squared error), min_child_weight guarantees it; other objectives cannot be bounded so, and are
+    refused. A refusal after training would depend on the rows, and so tell something about them."""
     objective = str(plan.params.get("objective") or "")
     if plan.objective is not None:
         raise Refusal("parameter_out_of_bounds", "a custom objective is not available on this dataset")
@@ -101,9 +123,12 @@ def _check_leaf_floor(plan: Plan, rows: int) -> None:
             f"objective {objective!r} is not available on this dataset (its leaves cannot be bounded); "
             "use reg:squarederror",
         )
-    floor = rows * per_row
-    given = plan.params.get("min_child_weight")
-    weight = 1.0 if given is None else given
+    return rows * per_row, kind
+
+
+def _check_leaf_floor(plan: Plan, rows: int) -> None:
+    floor, kind = _leaf_floor(plan, rows)
+    weight = plan.params.get("min_child_weight")
     if not isinstance(weight, (int, float)) or weight < floor:
         raise Refusal(
             "parameter_out_of_bounds",

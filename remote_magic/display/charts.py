@@ -1,0 +1,286 @@
+"""Vega-Lite specs of released numbers, for the front end to draw.
+
+Why not matplotlib here: a notebook front end (JupyterLab, Notebook 7, VS Code) draws
+`application/vnd.vegalite.v5+json` in the browser at no kernel cost, and a spec of a few released
+aggregates is a few KB; drawing the same figures in the kernel cost more than the whole server job. A saved
+notebook read where nothing runs Vega (nbconvert's HTML, GitHub, nbviewer) needs a picture beside the spec:
+`show` adds one as SVG, rendered by `vl-convert-python` (no browser) from the same spec in a helper
+process (drawing takes 50-300 ms here, as long as the job), by updating the same display afterwards.
+`result.plot()` still returns matplotlib figures (plots.py) for restyling.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import multiprocessing
+import threading
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import TYPE_CHECKING
+
+from .formats import compact
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+VEGALITE = "application/vnd.vegalite.v5+json"
+SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"
+TRAIN_COLOUR = "#4c72b0"
+EVAL_COLOUR = "#dd8452"
+COLOURS = {"train": TRAIN_COLOUR, "eval": EVAL_COLOUR}
+HIGHER_IS_BETTER = ("auc", "aucpr", "map", "ndcg", "accuracy", "r2", "f1")
+WIDTH = 260
+HEIGHT = 180
+AXIS = {"labelFontSize": 10, "titleFontSize": 11, "gridColor": "#e5e5e5"}
+CONFIG = {
+    "axis": AXIS,
+    "view": {"stroke": None},
+    "title": {"anchor": "start", "fontSize": 12, "fontWeight": "normal"},
+    "legend": {"labelFontSize": 10, "titleFontSize": 10},
+    "concat": {"spacing": 24},
+}
+
+
+def number(value: object) -> float | None:
+    """A JSON-safe number: NaN or NA (a suppressed cell, a missing interval) becomes null."""
+    import pandas as pd
+
+    return None if pd.isna(value) else float(value)  # type: ignore[arg-type]
+
+
+def best_round(history: pd.DataFrame) -> tuple[int, float]:
+    """The boosting round with the best eval metric, and that value (the history must not be empty)."""
+    evals = history["eval"]
+    higher = str(history.columns.name).split("@")[0] in HIGHER_IS_BETTER
+    best = int(evals.idxmax() if higher else evals.idxmin())
+    return best, float(evals[best])
+
+
+def learning_curve(history: pd.DataFrame) -> dict | None:
+    """Train and eval metric per boosting round (mode dp: eval at checkpoints with its 95% interval), the
+    best eval round marked."""
+    if history.empty:
+        return None
+    metric = str(history.columns.name)
+    splits = [split for split in COLOURS if split in history]
+    points = [
+        {"round": int(r), "split": split, "value": number(v)}
+        for split in splits
+        for r, v in history[split].items()
+    ]
+    best, value = best_round(history)
+    x = {"field": "round", "type": "quantitative", "title": "boosting round"}
+    layers: list[dict] = []
+    if "eval_low" in history:
+        band = [
+            {"round": int(r), "low": number(lo), "high": number(hi)}
+            for r, lo, hi in zip(history.index, history["eval_low"], history["eval_high"])
+        ]
+        layers.append(
+            {
+                "data": {"values": band},
+                "mark": {"type": "area", "opacity": 0.2, "color": EVAL_COLOUR},
+                "encoding": {"x": x, "y": {"field": "low", "type": "quantitative"}, "y2": {"field": "high"}},
+            }
+        )
+    layers += [
+        {
+            "data": {"values": points},
+            "mark": {"type": "line", "point": len(history) <= 30},
+            "encoding": {
+                "x": x,
+                "y": {"field": "value", "type": "quantitative", "title": metric, "scale": {"zero": False}},
+                "color": {
+                    "field": "split",
+                    "type": "nominal",
+                    "title": None,
+                    "scale": {"domain": splits, "range": [COLOURS[split] for split in splits]},
+                    "legend": {"orient": "top", "direction": "horizontal"},
+                },
+            },
+        },
+        {
+            "data": {"values": [{"round": best, "label": f"best eval {value:.4g}, round {best}"}]},
+            "layer": [
+                {"mark": {"type": "rule", "strokeDash": [2, 2], "color": "#999999"}},
+                {
+                    "mark": {
+                        "type": "text",
+                        "align": "left",
+                        "dx": 4,
+                        "y": 8,
+                        "fontSize": 10,
+                        "color": "#555555",
+                    }
+                },
+            ],
+            "encoding": {"x": {"field": "round", "type": "quantitative"}, "text": {"field": "label"}},
+        },
+    ]
+    return {"title": "Learning curve", "width": WIDTH, "height": HEIGHT, "layer": layers}
+
+
+def importance(importances: pd.Series, top: int = 12) -> dict | None:
+    """Average gain per split of the top features (XGBoost's `gain`), largest on top."""
+    gain = importances.head(top)
+    if gain.empty:
+        return None
+    values = [{"feature": str(k), "gain": float(v), "label": compact(float(v))} for k, v in gain.items()]
+    y = {"field": "feature", "type": "nominal", "sort": None, "title": None}
+    return {
+        "title": "Feature importance",
+        "width": WIDTH,
+        "height": {"step": 18},
+        "data": {"values": values},
+        "encoding": {
+            "y": y,
+            "x": {"field": "gain", "type": "quantitative", "title": "average gain per split"},
+        },
+        "layer": [
+            {"mark": {"type": "bar", "color": TRAIN_COLOUR}},
+            {
+                "mark": {"type": "text", "align": "left", "dx": 3, "fontSize": 9, "color": "#555555"},
+                "encoding": {"text": {"field": "label"}},
+            },
+        ],
+    }
+
+
+def confusion(cm: pd.DataFrame | None, suppressed_as: str) -> dict | None:
+    """Released counts of the confusion matrix; suppressed cells are grey and say so."""
+    if cm is None:
+        return None
+    cells = []
+    for true in cm.index:
+        for predicted in cm.columns:
+            count = number(cm.loc[true, predicted])
+            cells.append(
+                {
+                    "true": str(true),
+                    "predicted": str(predicted),
+                    "count": count,
+                    "text": ["suppressed", f"({suppressed_as})"] if count is None else f"{int(count):,}",
+                }
+            )
+    top = max((c["count"] for c in cells if c["count"] is not None), default=0)
+    order = [str(label) for label in cm.columns]
+    axis = {"labelAngle": 0}
+    side = min(WIDTH, 70 * len(order) + 40)
+    released = {"filter": "datum.count !== null"}
+    return {
+        "title": "Confusion matrix (eval)",
+        "width": side,
+        "height": side,
+        "data": {"values": cells},
+        "encoding": {
+            "x": {"field": "predicted", "type": "ordinal", "sort": order, "axis": axis},
+            "y": {"field": "true", "type": "ordinal", "sort": order, "axis": axis},
+        },
+        "layer": [
+            {"mark": {"type": "rect", "color": "#dddddd"}},
+            {
+                "transform": [released],
+                "mark": "rect",
+                "encoding": {
+                    "color": {
+                        "field": "count",
+                        "type": "quantitative",
+                        "scale": {"scheme": "blues", "domainMin": 0},
+                        "legend": None,
+                    }
+                },
+            },
+            {
+                "mark": {"type": "text", "fontSize": 10 if len(order) <= 4 else 8},
+                "encoding": {
+                    "text": {"field": "text"},
+                    "color": {
+                        "condition": {"test": f"datum.count > {0.6 * top}", "value": "white"},
+                        "value": "#222222",
+                    },
+                },
+            },
+        ],
+    }
+
+
+def panel(charts: Sequence[dict | None]) -> dict | None:
+    """The charts side by side in one spec (one picture to render for a saved notebook)."""
+    made = [c for c in charts if c is not None]
+    if not made:
+        return None
+    return {"$schema": SCHEMA, "hconcat": made, "config": CONFIG}
+
+
+_renderer_lock = threading.Lock()
+
+
+def svg(spec: dict) -> str:
+    """The spec drawn as SVG without a browser, for readers that do not run Vega."""
+    import vl_convert
+
+    return vl_convert.vegalite_to_svg(spec)
+
+
+def display_with_figures(text: str, page: str, spec: dict | None, alt: str) -> None:
+    """An object's text and HTML faces, then its figures (`_ipython_display_`: two outputs, since a front
+    end shows one MIME type of a bundle and the figures must not hide the tables)."""
+    from IPython.display import display
+
+    display({"text/plain": text, "text/html": page}, raw=True)
+    if spec is not None:
+        show(spec, alt)
+
+
+def show(spec: dict, alt: str) -> threading.Event | None:
+    """Display the spec now (the front end draws it), then add its SVG to the same display once a helper
+    process has drawn it, so that a saved notebook shows the figure where nothing runs Vega; a terminal
+    (no kernel, nothing saved) gets no picture. Returns an event set once the picture is in.
+
+    The drawing runs in a process of its own because the renderer holds the GIL: in a thread of the kernel
+    it would delay the cell's answer by as long. The update goes twice: under the cell that showed the
+    figure (JupyterLab routes it there, even after the cell finished) and under the cell running now
+    (nbclient, papermill and `nbconvert --execute` read only the running cell's messages, and update a
+    display id wherever it is). A headless run should end with `wait_for_pictures()`."""
+    from IPython import get_ipython
+    from IPython.display import display, update_display
+
+    display_id = uuid.uuid4().hex
+    display({VEGALITE: spec, "text/plain": alt}, raw=True, display_id=display_id)
+    if getattr(get_ipython(), "kernel", None) is None:
+        return None
+    shown_in = contextvars.copy_context()
+    drawn = threading.Event()
+    _pending.add(drawn)
+
+    def add_picture(future: Future) -> None:
+        try:
+            picture = {VEGALITE: spec, "image/svg+xml": future.result(), "text/plain": alt}
+            shown_in.run(update_display, picture, raw=True, display_id=display_id)
+            update_display(picture, raw=True, display_id=display_id)
+        finally:
+            drawn.set()
+            _pending.discard(drawn)
+
+    _renderer().submit(svg, spec).add_done_callback(add_picture)
+    return drawn
+
+
+def wait_for_pictures(timeout: float | None = None) -> bool:
+    """Wait until every figure shown so far has its picture (the last cell of a notebook run headless, by
+    papermill or `nbconvert --execute`, so that the saved notebook has them all); False on timeout."""
+    return all(event.wait(timeout) for event in list(_pending))
+
+
+_pending: set[threading.Event] = set()
+_pool: ProcessPoolExecutor | None = None
+
+
+def _renderer() -> ProcessPoolExecutor:
+    """One helper process, started on first use and kept (its JavaScript engine takes seconds to start)."""
+    global _pool
+    with _renderer_lock:
+        if _pool is None:
+            _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        return _pool
