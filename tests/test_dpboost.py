@@ -169,7 +169,7 @@ def test_each_leaf_release_has_the_configured_scale_and_the_noise_has_that_sprea
 
 def test_the_released_sums_are_the_partitions_exact_sums_plus_noise():
     table, y = make_rows(2000)
-    settings = Settings(rounds=3, max_depth=2, intercept_share=0.0)
+    settings = Settings(rounds=3, max_depth=2, intercept_share=0.0, split_share=0.0)
     record: list = []
     _, (partition,) = train(settings, table, y, rho=1.0, record=record)
     fresh = Partition(FEATURES, table, y, settings.objective_())
@@ -224,7 +224,7 @@ def test_the_accountant_matches_the_proof_and_its_inverse_round_trips(
 def test_a_job_spends_exactly_its_budget_and_epsilon_converts_both_ways():
     table, y = make_rows(2000)
     for settings in (
-        Settings(rounds=5, max_depth=2),
+        Settings(rounds=5, max_depth=2, split_share=0.0),
         Settings(rounds=5, max_depth=3, split_share=0.3, node_splits=True),
     ):
         picks: list = []
@@ -232,7 +232,7 @@ def test_a_job_spends_exactly_its_budget_and_epsilon_converts_both_ways():
         assert released.rho == pytest.approx(0.2, rel=1e-9)
         if settings.split_share:
             assert len(picks) == 5 * (3 + 1 + 2 + 4)  # per level a column, then each node
-            assert {linf for linf, _ in picks} == {3.0}
+            assert {linf for linf, _ in picks} == {1.0}
     for eps in (0.5, 1.0, 4.0):
         assert epsilon(rho_for_epsilon(eps, 1e-6), 1e-6) == pytest.approx(eps)
 
@@ -267,8 +267,8 @@ def test_three_uneven_partitions_sum_to_one(objective):
 def test_the_same_seeds_give_the_same_model_on_one_partition_or_three():
     table, y = make_rows(3000)
     for settings in (
-        Settings(rounds=6, max_depth=3, batch_size=2),
-        Settings(rounds=4, max_depth=3, split_share=0.5, l1_score=True),
+        Settings(rounds=6, max_depth=3, batch_size=2, split_share=0.0),
+        Settings(rounds=4, max_depth=3, split_share=0.5),
     ):
         one, _ = train(settings, table, y, rho=0.3, parts=1, seed=5)
         three, _ = train(settings, table, y, rho=0.3, parts=3, seed=5)
@@ -285,13 +285,20 @@ def test_the_same_seeds_give_the_same_model_on_one_partition_or_three():
 # The model XGBoost loads
 
 
+@pytest.mark.parametrize("split_share", [0.0, 0.5])
 @pytest.mark.parametrize("objective", [BINARY, MULTICLASS, REGRESSION])
-def test_the_booster_predicts_the_trainers_own_margins(objective):
+def test_the_booster_predicts_the_trainers_own_margins(objective, split_share):
     table, y = make_rows(
         3000, classes=3 if objective == MULTICLASS else 2, regression=objective == REGRESSION
     )
     settings = Settings(
-        objective=objective, num_class=3, label_range=(-20.0, 40.0), rounds=12, max_depth=4, batch_size=3
+        objective=objective,
+        num_class=3,
+        label_range=(-20.0, 40.0),
+        rounds=12,
+        max_depth=4,
+        batch_size=3,
+        split_share=split_share,
     )
     released, partitions = train(settings, table, y, rho=2.0, parts=3)
     booster = load(released.model)
@@ -314,7 +321,7 @@ def test_the_booster_predicts_the_trainers_own_margins(objective):
 
 def test_selected_splits_also_predict_the_trainers_margins():
     table, y = make_rows(3000)
-    settings = Settings(rounds=4, max_depth=3, split_share=0.4, node_splits=True, l1_score=True)
+    settings = Settings(rounds=4, max_depth=3, split_share=0.4, node_splits=True)
     released, partitions = train(settings, table, y, rho=1.0)
     assert np.allclose(predict_margins(released.model, FEATURES, table), margins_of(partitions), atol=1e-5)
 
@@ -339,7 +346,14 @@ def test_continuing_a_base_model_appends_trees_and_keeps_the_base_ones():
 def test_a_base_model_on_other_columns_is_refused():
     base = xgb.XGBClassifier(n_estimators=2, max_depth=2).fit(np.zeros((20, 3)), np.arange(20) % 2)
     with pytest.raises(Refusal) as refused:
-        Coordinator(FEATURES, Settings(), 1.0, seeded_noise(0), bytes(base.get_booster().save_raw("json")))
+        Coordinator(
+            FEATURES,
+            Settings(),
+            1.0,
+            seeded_noise(0),
+            bytes(base.get_booster().save_raw("json")),
+            seeded_select(0),
+        )
     assert refused.value.code == "unsupported_model"
 
 
@@ -424,10 +438,10 @@ def test_split_scores_move_by_at_most_their_bound_when_one_row_is_added():
             )
             more.margins[:-1] = base.margins
             more.margins[-1] = 8.0 * (1 - 2 * label)  # the most extreme gradient
-            for l1, bound in ((False, 3.0), (True, 1.0)):
-                before = scores(FEATURES, base.sums(Grow(batch, 1))[0], options, l1=l1)
-                after = scores(FEATURES, more.sums(Grow(batch, 1))[0], options, l1=l1)
-                assert np.abs(after - before).max() <= bound + 1e-9
+            before = scores(FEATURES, base.sums(Grow(batch, 1))[0], options)
+            after = scores(FEATURES, more.sums(Grow(batch, 1))[0], options)
+            assert np.abs(after - before).max() <= settings.select_bound + 1e-9
+            assert np.abs(after - before).max() > 0.5
 
 
 # Parameters
@@ -486,7 +500,7 @@ def test_a_regression_without_a_public_label_range_is_refused():
 # Learning
 
 
-@pytest.mark.parametrize("extra", [{}, dict(split_share=0.3, l1_score=True, node_splits=True)])
+@pytest.mark.parametrize("extra", [{}, dict(split_share=0.0), dict(split_share=0.3, node_splits=True)])
 def test_with_no_noise_the_trainer_learns_a_clear_signal(extra):
     table, y = make_rows(6000)
     test, y_test = make_rows(3000, seed=1)

@@ -43,16 +43,19 @@ values `-(G + noise) / (max(H + noise, 0) + lambda)`, clipped and scaled by the 
 model built from them are post-processing.
 
 **4. Split selection (optional, `selection.py`).** Instead of a random split, each level of each tree
-chooses its split (one for all the level's nodes) by the exponential mechanism, as report-noisy-max with
-Gumbel noise of scale `b`, on a score that one row moves by at most `D_x = 3 g_t^2` (`g_t` bounds one
-row's gradient in one tree: 1 for the logistic and softmax losses, `g` for the squared error). The
-candidates are public; by OpenDP's map for noisy top-1 (non-monotonic scores) one selection costs
-`D_x^2 / (2 b^2)` (the exponential mechanism at `eps = 2 D_x / b` is `eps^2 / 8`-zCDP). A round has
-`depth` selections per tree, so `depth * classes` for a multiclass round.
+chooses its split by the exponential mechanism, as report-noisy-max with Gumbel noise of scale `b`, on
+scores that one row moves by at most `D_x = g_t` (`g_t` bounds one row's gradient in one tree: 1 for
+the logistic and softmax losses, `g` for the squared error). The candidates are public; by OpenDP's map
+for noisy top-1 (non-monotonic scores) one selection costs `D_x^2 / (2 b^2)` (the exponential mechanism
+at `eps = 2 D_x / b` is `eps^2 / 8`-zCDP). With a split per node, a level first chooses its column (one
+selection), then each node its split on it: the nodes of a level hold disjoint rows and a row's node
+depends only on its own features and the public or released structure above, so the nodes' selections
+together cost one selection (parallel composition). A round has `n_x = depth * classes` selections (one
+per level of each tree), or `2 * depth * classes` with a split per node.
 
 **Total.** For `R` rounds,
-`rho = rho_s + rho_0 + R (g^2 / (2 s_g^2) + h^2 / (2 s_h^2) + depth * classes * D_x^2 / (2 b^2))`
-(the last term only with split selection), and with a
+`rho = rho_s + rho_0 + R (g^2 / (2 s_g^2) + h^2 / (2 s_h^2) + n_x D_x^2 / (2 b^2))`
+(the last term only with split selection, `n_x` per round as above), and with a
 text-level selection the job is `delta_s`-approximately `rho`-zCDP, i.e.
 `(rho + 2 sqrt(rho ln(1/delta)), delta + delta_s)`-DP for any `delta > 0`. The training rows are disjoint
 from the evaluation rows, so the evaluation's charge composes with this one by the same sum.

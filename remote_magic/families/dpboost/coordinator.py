@@ -115,7 +115,7 @@ class Coordinator:
         options = candidates(self.features, self.rng)
         batch, nodes = request.batch, 1 << request.level
         for tree in range(batch.trees):
-            table = scores(self.features, hist[tree], options, l1=self.settings.l1_score)
+            table = scores(self.features, hist[tree], options)
             if not self.settings.node_splits:
                 self.spent += rho
                 index = np.full(nodes, self.select([float(v) for v in table.sum(axis=0)], bound, rho))

@@ -6,8 +6,8 @@ partitions is the sum over all rows, and applies the updates the coordinator sen
 
 - `Intercept`: the label sums the intercept is estimated from (`Objective.label_sums`);
 - `Grow` (only when splits are selected): for each tree of the batch, each node of the level being
-  chosen, each column and each of its codes, the sum of the rows' clipped gradients and their count,
-  shape (trees, nodes, columns, width, 2);
+  chosen, each column and each of its codes, the sum of the rows' clipped gradients, shape
+  (trees, nodes, columns, width);
 - a `Batch`: for each tree of the batch and each leaf, the sum of the rows' clipped gradients and
   hessians, shape (trees, leaves, 2).
 
@@ -137,14 +137,13 @@ class Partition:
         g, _ = self._batch_gradients(batch)
         tables = batch.tables(self.features)
         nodes, width = 1 << level, self.features.width
-        out = np.zeros((batch.trees, nodes, len(self.features.columns), width, 2))
+        out = np.zeros((batch.trees, nodes, len(self.features.columns), width))
         for tree in range(batch.trees):
             node = self._node(batch, tables, tree, level) * width
             weights = g[:, tree % batch.classes]
             for f in range(len(self.features.columns)):
                 cell = node + self.codes[f]
-                out[tree, :, f, :, 0] = np.bincount(cell, weights=weights, minlength=nodes * width).reshape(
+                out[tree, :, f, :] = np.bincount(cell, weights=weights, minlength=nodes * width).reshape(
                     nodes, width
                 )
-                out[tree, :, f, :, 1] = np.bincount(cell, minlength=nodes * width).reshape(nodes, width)
         return out

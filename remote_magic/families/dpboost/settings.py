@@ -8,12 +8,13 @@ from .accounting import Scales, noise_scales
 from .objectives import BINARY, MULTICLASS, Objective
 
 # The defaults a cell that says nothing gets (benchmarks/dp_trainer.py measured them).
-DEFAULT_ROUNDS = 100
+DEFAULT_ROUNDS = 50
 DEFAULT_DEPTH = 6
-DEFAULT_LEARNING_RATE = 0.3
+DEFAULT_LEARNING_RATE = 0.5
 DEFAULT_LAMBDA = 1.0
 DEFAULT_BATCH = 1
-DEFAULT_GRAD_SHARE = 0.5
+DEFAULT_GRAD_SHARE = 0.8  # a leaf's hessian sum is large and its bound small: it needs less budget
+DEFAULT_SPLIT_SHARE = 0.5
 DEFAULT_INTERCEPT_SHARE = 0.02
 DEFAULT_MAX_LEAF = 2.0
 MAX_DEPTH = 12
@@ -43,8 +44,7 @@ class Settings:
     intercept_share: float = DEFAULT_INTERCEPT_SHARE
     max_leaf: float = DEFAULT_MAX_LEAF
     one_feature: bool = False
-    split_share: float = 0.0
-    l1_score: bool = False
+    split_share: float = DEFAULT_SPLIT_SHARE
     node_splits: bool = False
     seed: int = 0
     g_clip: float | None = None
@@ -92,8 +92,7 @@ class Settings:
     @property
     def select_bound(self) -> float:
         """How far one row moves a split's score (`selection.py`)."""
-        bound = self.objective_().tree_gradient_bound
-        return bound if self.l1_score else 3.0 * bound**2
+        return self.objective_().tree_gradient_bound
 
     @property
     def selections_per_round(self) -> int:
