@@ -8,7 +8,9 @@ so no statistic of the exact rows is in the model (TimberStrike reads such stati
 Text columns are categorical features: the model records each column's level list (`cats`), and a
 categorical node lists the level indices that go right, as XGBoost reads them. An analyst's DataFrame
 with the original strings as a pandas categorical is re-coded by XGBoost against that list, so it
-predicts what the trainer computed; a level outside the list goes left.
+predicts what the trainer computed. A level outside the list must be missing there, as it is for the
+trainer: XGBoost 3.2 maps a category it does not know to a neighbouring one without a word (or fails when
+it sorts after the last); `pd.Categorical(values, categories=booster.get_categories()[name])` does it.
 """
 
 from __future__ import annotations

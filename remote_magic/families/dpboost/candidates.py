@@ -31,10 +31,10 @@ from .features import (
     Column,
     Features,
     Kind,
-    _numbers,
-    _text,
     candidates_between,
     float32_grid,
+    float32_values,
+    text_values,
 )
 
 DEFAULT_CANDIDATES = 32
@@ -108,12 +108,12 @@ def sketch_counts(request: SketchRequest, data: pa.Table | Iterable[pa.RecordBat
     )
     for batch in batches:
         for name, grid in request.grids.items():
-            values = _numbers(batch.column(name))
+            values = float32_values(batch.column(name))
             edges = np.asarray(grid, dtype=np.float32)
             bins = np.where(np.isnan(values), len(grid) + 1, np.searchsorted(edges, values, side="right"))
             total.bins[name] += np.bincount(bins, minlength=len(grid) + 2)
         for name in request.text:
-            counted = pc.value_counts(_text(batch.column(name)).drop_null())
+            counted = pc.value_counts(text_values(batch.column(name)).drop_null())
             total.levels[name].update(
                 dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()))
             )

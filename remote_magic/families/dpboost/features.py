@@ -129,7 +129,7 @@ def _is_text(type_: pa.DataType) -> bool:
     return pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_string_view(type_)
 
 
-def _numbers(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+def float32_values(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A numeric or boolean column as float32, missing values as NaN (XGBoost's view of it)."""
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
@@ -144,7 +144,7 @@ def _numbers(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(values, dtype=np.float64).astype(np.float32)
 
 
-def _text(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+def text_values(column: pa.Array | pa.ChunkedArray) -> pa.Array:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if pa.types.is_dictionary(column.type):
@@ -157,10 +157,10 @@ def _text(column: pa.Array | pa.ChunkedArray) -> pa.Array:
 def bin_column(column: Column, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """One column's codes (uint8), as the module docstring defines them."""
     if column.kind == "categorical":
-        text = _text(values)
+        text = text_values(values)
         found = pc.index_in(text, value_set=pa.array(column.levels, pa.string()))
         return found.fill_null(column.missing_code).to_numpy(zero_copy_only=False).astype(np.uint8)
-    numbers = _numbers(values)
+    numbers = float32_values(values)
     thresholds = np.asarray(column.candidates, dtype=np.float32)
     codes = np.searchsorted(thresholds, numbers, side="right").astype(np.uint8)
     codes[np.isnan(numbers)] = column.missing_code
@@ -193,10 +193,10 @@ def xgboost_input(features: Features, data: pa.Table) -> pa.Table:
         values = data.column(column.name)
         if column.kind == "categorical":
             dictionary = pa.array(column.levels, pa.string())
-            indices = pc.index_in(_text(values), value_set=dictionary)
+            indices = pc.index_in(text_values(values), value_set=dictionary)
             arrays.append(pa.DictionaryArray.from_arrays(indices, dictionary))
         else:
-            arrays.append(pa.array(_numbers(values), pa.float32(), from_pandas=True))
+            arrays.append(pa.array(float32_values(values), pa.float32(), from_pandas=True))
     return pa.Table.from_arrays(arrays, names=features.names)
 
 
