@@ -13,7 +13,7 @@ import pytest
 import xgboost as xgb
 from sklearn.metrics import roc_auc_score
 
-from remote_magic.codes import Refusal
+from remote_magic.contract.codes import Refusal
 from remote_magic.families.dpboost import (
     BINARY,
     MULTICLASS,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import xgboost as xgb
 
-from ...codes import Refusal
+from ...contract.codes import Refusal
 from .features import Features, xgboost_input
 from .objectives import BINARY, MULTICLASS, Objective
 from .structure import Batch

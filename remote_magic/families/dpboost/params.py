@@ -15,7 +15,7 @@ import math
 from dataclasses import replace
 from typing import Any
 
-from ...codes import Refusal
+from ...contract.codes import Refusal
 from .objectives import BINARY, MULTICLASS, REGRESSION
 from .settings import MAX_DEPTH, Settings
 
