@@ -1,0 +1,198 @@
+"""The half of the trainer that sees only sums: it draws the structure, adds the noise, makes the model.
+
+The coordinator never touches a row. Where the rows live decides only who adds the partitions' sums up:
+one process calls each `Partition` in turn, a Dask executor submits to its workers and gathers, a
+federated coordinator asks each data owner's server. The caller hands that in as two callables:
+
+    sums(request) -> the sum over all partitions of `Partition.sums(request)`
+    apply(update) -> None, after every partition has applied `Partition.apply(update)`
+
+`noise(values, l2, rho) -> values` releases a vector whose entries one row moves by at most `l2` in L2
+norm, at a cost of `rho` (the server passes OpenDP's Gaussian through its release desk; a test passes a
+seeded NumPy Gaussian, so the same seeds give the same model wherever the rows are). With split selection,
+`select(scores, linf, rho) -> index` releases the index of (about) the highest score, each of which one
+row moves by at most `linf`, at a cost of `rho` (OpenDP's noisy top-1; a test passes seeded Gumbel noise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .booster import Tree, base_score_of, margin_of_base_score, model_json, parse_base
+from .features import Features
+from .partition import Grow, Intercept, InterceptUpdate, LeafUpdate, Request, Update
+from .selection import candidates, choose, scores
+from .settings import Settings
+from .structure import Batch, draw
+
+Noise = Callable[[list[float], float, float], list[float]]
+Select = Callable[[list[float], float, float], int]
+Sums = Callable[[Request], np.ndarray]
+Apply = Callable[[Update], None]
+
+
+@dataclass(frozen=True)
+class Released:
+    """The trained model (XGBoost JSON) and what training cost."""
+
+    model: bytes
+    rho: float
+    sigma_g: float
+    sigma_h: float
+    sigma_intercept: float | None
+    sigma_select: float | None
+
+
+class Coordinator:
+    """Runs one training job over sums: `requests()` in order, `release()` each request's sums (and
+    apply the update it returns, if any, before asking for the next request)."""
+
+    def __init__(
+        self,
+        features: Features,
+        settings: Settings,
+        rho: float,
+        noise: Noise,
+        base_model: bytes | None = None,
+        select: Select | None = None,
+    ):
+        self.features = features
+        self.settings = settings
+        self.objective = settings.objective_()
+        self.noise = noise
+        self.select = select
+        if settings.split_share > 0 and select is None:
+            raise ValueError("split selection needs a select function")
+        self.base = parse_base(base_model, features, self.objective) if base_model is not None else None
+        self.scales = settings.scales(rho, continuing=self.base is not None)
+        self.rho = rho
+        self.rng = np.random.default_rng(settings.seed)
+        self.trees: list[Tree] = []
+        self.spent = 0.0
+        margin = np.asarray(settings.base_margin, dtype=np.float64) if settings.base_margin else None
+        self.start = margin if margin is not None else self.objective.initial_margin()
+
+    def requests(self) -> Iterator[Request]:
+        """The requests of the whole job, in order; each batch's structure is drawn when it is due."""
+        if self.scales.sigma_intercept is not None:
+            yield Intercept()
+        settings = self.settings
+        done = 0
+        while done < settings.rounds:
+            rounds = min(settings.batch_size, settings.rounds - done)
+            self._growing = draw(
+                self.rng,
+                self.features,
+                done // settings.batch_size,
+                rounds,
+                self.objective.trees_per_round,
+                settings.max_depth,
+                settings.one_feature,
+            )
+            if self.scales.sigma_select is not None:
+                for level in range(settings.max_depth):
+                    yield Grow(self._growing, level)  # `release` sets the level's splits
+            yield self._growing
+            done += rounds
+
+    def release(self, request: Request, sums: np.ndarray) -> Update | None:
+        """Noise the exact sums of one request and turn them into the update the partitions apply
+        (None for a level's histograms: the chosen splits go out with the next request)."""
+        if isinstance(request, Intercept):
+            return self._intercept(np.asarray(sums, dtype=np.float64))
+        if isinstance(request, Grow):
+            self._grow(request, np.asarray(sums, dtype=np.float64))
+            return None
+        return self._leaves(request, np.asarray(sums, dtype=np.float64))
+
+    def _grow(self, request: Grow, hist: np.ndarray) -> None:
+        assert self.select is not None and self.scales.sigma_select is not None
+        bound = self.settings.select_bound
+        rho = bound**2 / (2 * self.scales.sigma_select**2)
+        options = candidates(self.features, self.rng)
+        batch, nodes = request.batch, 1 << request.level
+        for tree in range(batch.trees):
+            table = scores(self.features, hist[tree], options)
+            if not self.settings.node_splits:
+                self.spent += rho
+                index = np.full(nodes, self.select([float(v) for v in table.sum(axis=0)], bound, rho))
+            else:
+                # The column by its best split at each node, summed; then each node's split on it. The
+                # nodes hold disjoint rows, so their selections together cost one selection's rho.
+                columns = np.unique(options.feature)
+                best = np.stack([table[:, options.feature == f].max(axis=1) for f in columns], axis=1)
+                self.spent += 2 * rho
+                column = columns[self.select([float(v) for v in best.sum(axis=0)], bound, rho)]
+                at = np.flatnonzero(options.feature == column)
+                index = np.array(
+                    [at[self.select([float(v) for v in table[j, at]], bound, rho)] for j in range(nodes)]
+                )
+            batch = choose(batch, tree, request.level, options, index)
+        self._growing = batch
+
+    def _release(self, values: np.ndarray, l2: float, rho: float) -> np.ndarray:
+        self.spent += rho
+        noisy = self.noise([float(v) for v in values.ravel()], l2, rho)
+        return np.asarray(noisy, dtype=np.float64).reshape(values.shape)
+
+    def _intercept(self, sums: np.ndarray) -> InterceptUpdate:
+        bound = self.objective.intercept_bound
+        rho = self.settings.intercept_share * self.rho
+        margin = self.objective.intercept(self._release(sums, bound, rho))
+        # The partitions move to exactly the margin XGBoost will start from (its base_score is float32).
+        self.start = margin_of_base_score(self.objective, base_score_of(self.objective, margin))
+        return InterceptUpdate(self.start - self.objective.initial_margin())
+
+    def _leaves(self, batch: Batch, sums: np.ndarray) -> LeafUpdate:
+        settings, scales = self.settings, self.scales
+        rounds = batch.rounds
+        g_bound, h_bound = self.objective.gradient_bound, self.objective.hessian_bound
+        per_round_g = g_bound**2 / (2 * scales.sigma_g**2)
+        per_round_h = h_bound**2 / (2 * scales.sigma_h**2)
+        scale = np.sqrt(rounds)
+        g = self._release(sums[..., 0], g_bound * scale, per_round_g * rounds)
+        h = self._release(sums[..., 1], h_bound * scale, per_round_h * rounds)
+        cover = np.maximum(h, 0.0)
+        step = np.clip(-g / (cover + settings.reg_lambda), -settings.max_leaf, settings.max_leaf)
+        values = (step * settings.learning_rate / rounds).astype(np.float32)
+        for tree in range(batch.trees):
+            self.trees.append(Tree(batch, tree, values[tree], cover[tree].astype(np.float32)))
+        return LeafUpdate(batch, values.astype(np.float64))
+
+    def model(self) -> bytes:
+        """The model so far as XGBoost JSON (a base model's trees first)."""
+        return model_json(
+            self.features, self.objective, base_score_of(self.objective, self.start), self.trees, self.base
+        )
+
+    def run(self, sums: Sums, apply: Apply) -> Released:
+        """Train: every request's sums from `sums`, every update to `apply`; the model and its cost."""
+        for request in self.requests():
+            update = self.release(request, sums(request))
+            if update is not None:
+                apply(update)
+        scales = self.scales
+        return Released(
+            self.model(),
+            self.spent,
+            scales.sigma_g,
+            scales.sigma_h,
+            scales.sigma_intercept,
+            scales.sigma_select,
+        )
+
+
+def local(partitions: list) -> tuple[Sums, Apply]:
+    """`sums` and `apply` over partitions held in this process."""
+
+    def sums(request: Request) -> np.ndarray:
+        return np.sum([p.sums(request) for p in partitions], axis=0)
+
+    def apply(update: Update) -> None:
+        for p in partitions:
+            p.apply(update)
+
+    return sums, apply

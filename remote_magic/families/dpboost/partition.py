@@ -1,0 +1,149 @@
+"""The half of the trainer that runs where the rows are: exact sums in, leaf values out, state kept.
+
+A `Partition` holds one partition's rows as codes (one byte per row and column), its labels and the
+current margins of its rows. It answers two kinds of request with small arrays whose sum over all
+partitions is the sum over all rows, and applies the updates the coordinator sends back:
+
+- `Intercept`: the label sums the intercept is estimated from (`Objective.label_sums`);
+- `Grow` (only when splits are selected): for each tree of the batch, each node of the level being
+  chosen, each column and each of its codes, the sum of the rows' clipped gradients, shape
+  (trees, nodes, columns, width);
+- a `Batch`: for each tree of the batch and each leaf, the sum of the rows' clipped gradients and
+  hessians, shape (trees, leaves, 2).
+
+Both are computed from the margins the batch starts from.
+
+Nothing a partition returns is released as it is: the coordinator adds noise before anything leaves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from .features import Features, bin_table
+from .objectives import Objective
+from .structure import Batch, descend
+
+
+@dataclass(frozen=True)
+class Intercept:
+    """The request for label sums, before any tree (only when no base model gives the margins)."""
+
+
+@dataclass(frozen=True)
+class Grow:
+    """The request for histograms at `level` of the batch's trees (its levels above are decided)."""
+
+    batch: Batch
+    level: int
+
+
+@dataclass(frozen=True)
+class InterceptUpdate:
+    margin: np.ndarray  # (trees per round,): added to every row's margins
+
+
+@dataclass(frozen=True)
+class LeafUpdate:
+    batch: Batch
+    values: np.ndarray  # (trees, leaves): each tree's leaf values as the model stores them
+
+
+Request = Intercept | Grow | Batch
+Update = InterceptUpdate | LeafUpdate
+
+
+class Partition:
+    """One partition's rows, binned once, with their margins kept across batches."""
+
+    def __init__(
+        self,
+        features: Features,
+        data: pa.Table | Iterable[pa.RecordBatch],
+        labels: np.ndarray,
+        objective: Objective,
+        base_margin: np.ndarray | None = None,
+    ):
+        self.features = features
+        self.objective = objective
+        self.codes = bin_table(features, data)
+        self.labels = objective.labels(labels)
+        rows, classes = self.codes.shape[1], objective.trees_per_round
+        if len(self.labels) != rows:
+            raise ValueError(f"{len(self.labels)} labels for {rows} rows")
+        if base_margin is None:
+            self.margins = np.tile(objective.initial_margin(), (rows, 1))
+        else:
+            self.margins = np.asarray(base_margin, dtype=np.float64).reshape(rows, classes).copy()
+        self._nodes: dict[tuple[int, int], tuple[int, np.ndarray]] = {}
+        self._gradients: tuple[int, np.ndarray, np.ndarray] | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.codes.shape[1]
+
+    def sums(self, request: Request) -> np.ndarray:
+        """Exact sums over this partition's rows (the coordinator adds them over partitions)."""
+        if isinstance(request, Intercept):
+            return self.objective.label_sums(self.labels)
+        if isinstance(request, Grow):
+            return self._histograms(request.batch, request.level)
+        batch = request
+        g, h = self._batch_gradients(batch)
+        out = np.zeros((batch.trees, batch.leaves, 2))
+        tables = batch.tables(self.features)
+        for tree in range(batch.trees):
+            leaf = self._node(batch, tables, tree, batch.depth)
+            k = tree % batch.classes
+            out[tree, :, 0] = np.bincount(leaf, weights=g[:, k], minlength=batch.leaves)
+            out[tree, :, 1] = np.bincount(leaf, weights=h[:, k], minlength=batch.leaves)
+        return out
+
+    def apply(self, update: Update) -> None:
+        """Move the margins by what the coordinator released."""
+        if isinstance(update, InterceptUpdate):
+            self.margins += np.asarray(update.margin, dtype=np.float64)[None, :]
+            return
+        batch, values = update.batch, np.asarray(update.values, dtype=np.float64)
+        tables = batch.tables(self.features)
+        for tree in range(batch.trees):
+            leaf = self._node(batch, tables, tree, batch.depth)
+            self.margins[:, tree % batch.classes] += np.take(values[tree], leaf)
+        self._nodes = {}
+        self._gradients = None
+
+    def _batch_gradients(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """The gradients the batch is fitted on (the margins before it), kept while it grows."""
+        if self._gradients is None or self._gradients[0] != batch.number:
+            g, h = self.objective.gradients(self.margins, self.labels)
+            self._gradients = (batch.number, g, h)
+        return self._gradients[1], self._gradients[2]
+
+    def _node(self, batch: Batch, tables: np.ndarray, tree: int, level: int) -> np.ndarray:
+        """Each row's node at `level` of a tree, carried on from the deepest level reached before."""
+        key = (batch.number, tree)
+        start, node = self._nodes.get(key, (0, None))
+        if node is None or start > level:
+            start, node = 0, np.zeros(self.rows, dtype=np.int32)
+        node = descend(batch, tables, self.codes, tree, node, start, level)
+        self._nodes[key] = (level, node)
+        return node
+
+    def _histograms(self, batch: Batch, level: int) -> np.ndarray:
+        g, _ = self._batch_gradients(batch)
+        tables = batch.tables(self.features)
+        nodes, width = 1 << level, self.features.width
+        out = np.zeros((batch.trees, nodes, len(self.features.columns), width))
+        for tree in range(batch.trees):
+            node = self._node(batch, tables, tree, level) * width
+            weights = g[:, tree % batch.classes]
+            for f in range(len(self.features.columns)):
+                cell = node + self.codes[f]
+                out[tree, :, f, :] = np.bincount(cell, weights=weights, minlength=nodes * width).reshape(
+                    nodes, width
+                )
+        return out

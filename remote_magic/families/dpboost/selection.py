@@ -1,0 +1,102 @@
+"""DP split selection: each level's split chosen by the exponential mechanism on gradient histograms.
+
+Random structure wastes most splits on a table whose signal lies in a few columns or in interactions
+(nycflights13: 0.71 AUC with no noise at all against XGBoost's 0.79). Here each level of a tree chooses
+its split among a public list of candidates (every numeric candidate threshold with missing values sent
+either way; for a text column each single level and some random subsets of levels, drawn from the
+coordinator's RNG) by the exponential mechanism (report-noisy-max with Gumbel noise,
+`select(scores, linf, rho)`; the server passes OpenDP's noisy top-1) on the score
+
+    S = sum over the children c of |G_c|
+
+with G_c the sum of the rows' clipped gradients in child c: a split scores high when it separates rows
+whose margins should go up from rows whose margins should go down. Adding or removing one row changes
+one G_c by at most its gradient bound `g_t`, so S moves by at most `g_t`, however many rows there are,
+while a good split's score grows with the rows. (The Newton gain sum G_c^2 / (H_c + lambda) moves by up to
+3 g_t^2 and grows only with the squared mean gradient: on nycflights13 at epsilon 4 it chose little better
+than chance.)
+
+Two shapes: an oblivious tree (one split for all the nodes of a level, its score summed over them, as
+CatBoost's trees), or a column per level chosen on the nodes' best scores summed, then each node's own
+split on that column (`node_splits`): the nodes hold disjoint rows, so their selections together cost
+one selection (parallel composition); a level then costs two selections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .features import Features
+from .structure import Batch
+
+RANDOM_SUBSETS = 16  # per text column and level, besides each single level
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The splits a level may choose: column, numeric candidate index, missing direction, text levels
+    that go right (one row each)."""
+
+    feature: np.ndarray
+    split: np.ndarray
+    default_left: np.ndarray
+    right: np.ndarray  # (candidates, levels)
+
+
+def candidates(features: Features, rng: np.random.Generator) -> Candidates:
+    """Every split of every usable column, missing values left or right (drawn without the rows)."""
+    width = max((c.splits for c in features.columns if c.kind == "categorical"), default=0)
+    feature, split, right = [], [], []
+    for f in features.usable():
+        column = features.columns[f]
+        if column.kind == "categorical":
+            levels = column.splits
+            singles = np.eye(levels, width, dtype=bool)
+            subsets = (rng.random((RANDOM_SUBSETS, width)) < 0.5) & (np.arange(width) < levels)
+            subsets = subsets[(subsets.sum(axis=1) > 0) & (subsets.sum(axis=1) < levels)]
+            sets = np.concatenate([singles, subsets])
+            right.append(sets)
+            feature.append(np.full(len(sets), f))
+            split.append(np.zeros(len(sets), np.int64))
+        else:
+            feature.append(np.full(column.splits, f))
+            split.append(np.arange(column.splits))
+            right.append(np.zeros((column.splits, width), dtype=bool))
+    feature_, split_, right_ = np.concatenate(feature), np.concatenate(split), np.concatenate(right)
+    both = np.concatenate([np.ones(len(feature_), bool), np.zeros(len(feature_), bool)])
+    return Candidates(np.tile(feature_, 2), np.tile(split_, 2), both, np.tile(right_, (2, 1)))
+
+
+def scores(features: Features, hist: np.ndarray, options: Candidates) -> np.ndarray:
+    """The score of every candidate at every node of a level, shape (nodes, candidates), from one tree's
+    gradient histograms hist (nodes, columns, width)."""
+    out = np.zeros((hist.shape[0], len(options.feature)))
+    for f in np.unique(options.feature):
+        column = features.columns[f]
+        at = np.flatnonzero(options.feature == f)
+        g = hist[:, f, :]
+        missing = g[:, column.missing_code][:, None]
+        if column.kind == "categorical":
+            right = g[:, : column.splits] @ options.right[at][:, : column.splits].T.astype(np.float64)
+        else:
+            bins = g[:, : column.splits + 1]
+            right = bins.sum(axis=1, keepdims=True) - np.cumsum(bins, axis=1)[:, options.split[at]]
+        left = g[:, : column.missing_code].sum(axis=1, keepdims=True) - right
+        to_left = options.default_left[at][None, :]
+        out[:, at] = np.abs(left + to_left * missing) + np.abs(right + ~to_left * missing)
+    return out
+
+
+def choose(batch: Batch, tree: int, level: int, options: Candidates, index: np.ndarray) -> Batch:
+    """The batch with one tree's level set to candidate `index[j]` at node j (all of one column)."""
+    nodes = 1 << level
+    feature, split = batch.feature.copy(), batch.split.copy()
+    right, default_left = batch.right.copy(), batch.default_left.copy()
+    feature[tree, level] = options.feature[index[0]]
+    split[tree, level, :nodes] = options.split[index]
+    default_left[tree, level, :nodes] = options.default_left[index]
+    if right.shape[-1]:
+        right[tree, level, :nodes, :] = options.right[index]
+    return replace(batch, feature=feature, split=split, right=right, default_left=default_left)

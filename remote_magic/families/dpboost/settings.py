@@ -1,0 +1,100 @@
+"""The DP trainer's settings: all public, the same on the coordinator and on every partition."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .accounting import Scales, noise_scales
+from .objectives import BINARY, MULTICLASS, Objective
+
+# The defaults a cell that says nothing gets (benchmarks/dp_trainer.py measured them).
+DEFAULT_ROUNDS = 50
+DEFAULT_DEPTH = 6
+DEFAULT_LEARNING_RATE = 0.5
+DEFAULT_LAMBDA = 1.0
+DEFAULT_BATCH = 1
+DEFAULT_GRAD_SHARE = 0.8  # a leaf's hessian sum is large and its bound small: it needs less budget
+DEFAULT_SPLIT_SHARE = 0.5
+DEFAULT_INTERCEPT_SHARE = 0.02
+DEFAULT_MAX_LEAF = 2.0
+MAX_DEPTH = 12
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How to train: the objective, the shape of the ensemble, and how the budget is spread.
+
+    `rounds` boosting rounds (one tree each, or one per class), `batch_size` rounds fitted on the same
+    gradients and averaged (Maddock et al.'s batched boosting), Newton leaves `-G / (H + reg_lambda)`
+    clipped to +-`max_leaf` and scaled by `learning_rate`; `grad_share` of each round's budget noises the
+    gradient sums, the rest the hessian sums; `intercept_share` of the training budget estimates the
+    starting margin (unless a base model or a public `base_margin` gives it); `split_share` of the rest
+    chooses each level's split by the exponential mechanism (`selection.py`; 0: random splits);
+    `one_feature` random trees split on one column at every level; `seed` draws the structure."""
+
+    objective: str = BINARY
+    num_class: int = 1
+    label_range: tuple[float, float] | None = None
+    rounds: int = DEFAULT_ROUNDS
+    max_depth: int = DEFAULT_DEPTH
+    learning_rate: float = DEFAULT_LEARNING_RATE
+    reg_lambda: float = DEFAULT_LAMBDA
+    batch_size: int = DEFAULT_BATCH
+    grad_share: float = DEFAULT_GRAD_SHARE
+    intercept_share: float = DEFAULT_INTERCEPT_SHARE
+    max_leaf: float = DEFAULT_MAX_LEAF
+    one_feature: bool = False
+    split_share: float = DEFAULT_SPLIT_SHARE
+    node_splits: bool = False
+    seed: int = 0
+    g_clip: float | None = None
+    h_clip: float | None = None
+    base_margin: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_depth <= MAX_DEPTH:
+            raise ValueError(f"max_depth must be 1 to {MAX_DEPTH}")
+        if self.rounds < 1 or self.batch_size < 1:
+            raise ValueError("rounds and batch_size must be at least 1")
+        if not (self.learning_rate > 0 and self.reg_lambda >= 0 and self.max_leaf > 0):
+            raise ValueError("learning_rate and max_leaf must be positive, reg_lambda not negative")
+        self.objective_()
+
+    def objective_(self) -> Objective:
+        return Objective(
+            self.objective,
+            self.num_class if self.objective == MULTICLASS else 1,
+            self.label_range,
+            self.g_clip,
+            self.h_clip,
+        )
+
+    def releases_intercept(self, continuing: bool) -> bool:
+        return not continuing and self.base_margin is None and self.intercept_share > 0
+
+    def scales(self, rho_train: float, continuing: bool = False) -> Scales:
+        """The noise scales that spend `rho_train` (accounting.noise_scales)."""
+        objective = self.objective_()
+        intercept = self.releases_intercept(continuing)
+        return noise_scales(
+            rho_train,
+            self.rounds,
+            objective.gradient_bound,
+            objective.hessian_bound,
+            self.grad_share,
+            self.intercept_share if intercept else 0.0,
+            objective.intercept_bound,
+            self.split_share,
+            self.select_bound,
+            self.selections_per_round,
+        )
+
+    @property
+    def select_bound(self) -> float:
+        """How far one row moves a split's score (`selection.py`)."""
+        return self.objective_().tree_gradient_bound
+
+    @property
+    def selections_per_round(self) -> int:
+        per_tree = self.max_depth * (2 if self.node_splits else 1)
+        return per_tree * self.objective_().trees_per_round if self.split_share > 0 else 0

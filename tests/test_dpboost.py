@@ -1,0 +1,508 @@
+"""The DP boosting trainer's core (remote_magic.families.dpboost) with real XGBoost: noise, accounting,
+partition sums, the model XGBoost loads, public candidates, parameters. No server."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import xgboost as xgb
+from sklearn.metrics import roc_auc_score
+
+from remote_magic.contract.codes import Refusal
+from remote_magic.families.dpboost import (
+    BINARY,
+    MULTICLASS,
+    REGRESSION,
+    Column,
+    Coordinator,
+    Features,
+    Intercept,
+    Partition,
+    Settings,
+    candidates_between,
+    local,
+    noise_scales,
+    predict_margins,
+    total_rho,
+)
+from remote_magic.families.dpboost.accounting import (
+    epsilon,
+    gaussian_rho,
+    rho_for_epsilon,
+    selection_delta,
+    selection_threshold,
+)
+from remote_magic.families.dpboost.booster import load
+from remote_magic.families.dpboost.candidates import CandidatePlan, Declared, sketch_counts
+from remote_magic.families.dpboost.params import settings_from_params
+from remote_magic.families.dpboost.partition import Grow
+from remote_magic.families.dpboost.selection import candidates, scores
+from remote_magic.families.dpboost.structure import draw
+
+LEVELS = ("east", "north", "south", "west")
+HUGE = 1e12  # a budget at which the noise is negligible
+
+
+def seeded_noise(seed: int, record: list | None = None):
+    rng = np.random.default_rng(seed)
+
+    def noise(values, l2, rho):
+        noisy = np.asarray(values) + rng.normal(0.0, l2 / math.sqrt(2 * rho), len(values))
+        if record is not None:
+            record.append((np.asarray(values), noisy, l2, rho))
+        return list(noisy)
+
+    return noise
+
+
+def seeded_select(seed: int, record: list | None = None):
+    rng = np.random.default_rng(seed + 7)
+
+    def select(values, linf, rho):
+        if record is not None:
+            record.append((linf, rho))
+        return int(np.argmax(np.asarray(values) + rng.gumbel(0.0, linf / math.sqrt(2 * rho), len(values))))
+
+    return select
+
+
+def make_rows(n: int, seed: int = 0, classes: int = 2, regression: bool = False):
+    """Rows with a numeric column (some missing), a uniform one, a text column (some missing, one level
+    outside the public list) and a boolean; a label with a clear signal."""
+    rng = np.random.default_rng(seed)
+    x1 = rng.normal(size=n)
+    x2 = rng.uniform(0, 10, n)
+    region = rng.choice([*LEVELS, "mars"], n, p=[0.3, 0.3, 0.2, 0.15, 0.05])
+    flag = rng.random(n) < 0.4
+    effect = (
+        pd.Series(region).map({"east": -1.0, "north": 0.0, "south": 1.0, "west": 2.0, "mars": 0.5}).to_numpy()
+    )
+    signal = 2.0 * x1 + 1.5 * (x2 > 5) + effect + 0.8 * flag - 1.0
+    if regression:
+        y = 10 + 3 * signal + rng.normal(size=n)
+    elif classes == 2:
+        y = (rng.random(n) < 1 / (1 + np.exp(-2 * signal))).astype(np.int64)
+    else:
+        y = np.digitize(
+            signal + rng.normal(scale=0.3, size=n), np.quantile(signal, np.linspace(0, 1, classes + 1)[1:-1])
+        )
+    x1 = np.where(rng.random(n) < 0.1, np.nan, x1)
+    region = np.where(rng.random(n) < 0.05, None, region)
+    table = pa.table({"x1": x1, "x2": x2, "region": pa.array(region, pa.string()), "flag": flag})
+    return table, y
+
+
+FEATURES = Features(
+    (
+        Column("x1", "numeric", candidates_between(-4, 4, 31)),
+        Column("x2", "numeric", candidates_between(0, 10, 15)),
+        Column("region", "categorical", levels=LEVELS),
+        Column.boolean("flag"),
+    )
+)
+
+
+def train(
+    settings, table, y, rho=HUGE, parts=1, seed=0, base=None, base_margins=None, record=None, select=None
+):
+    bounds = np.linspace(0, table.num_rows, parts + 1).astype(int)
+    if parts == 3:
+        bounds = np.array([0, table.num_rows // 7, table.num_rows // 2, table.num_rows])
+    partitions = [
+        Partition(
+            FEATURES,
+            table.slice(a, b - a),
+            y[a:b],
+            settings.objective_(),
+            None if base_margins is None else base_margins[a:b],
+        )
+        for a, b in zip(bounds[:-1], bounds[1:])
+    ]
+    coordinator = Coordinator(
+        FEATURES, settings, rho, seeded_noise(seed, record), base, select or seeded_select(seed)
+    )
+    released = coordinator.run(*local(partitions))
+    return released, partitions
+
+
+def margins_of(partitions):
+    return np.concatenate([p.margins for p in partitions])
+
+
+def analyst_frame(table: pa.Table, booster: xgb.Booster) -> pd.DataFrame:
+    """The rows as an analyst would predict on them: original strings as a pandas categorical over the
+    model's category list (a level outside it missing)."""
+    frame = table.to_pandas()
+    levels = dict(booster.get_categories(export_to_arrow=True).to_arrow())["region"].to_pylist()
+    frame["region"] = pd.Categorical(frame["region"].where(frame["region"].isin(levels)), categories=levels)
+    return frame
+
+
+# The noise
+
+
+def test_each_leaf_release_has_the_configured_scale_and_the_noise_has_that_spread():
+    table, y = make_rows(3000)
+    settings = Settings(rounds=40, max_depth=3, batch_size=4)
+    record: list = []
+    rho = 0.5
+    released, _ = train(settings, table, y, rho=rho, record=record)
+    scales = settings.scales(rho)
+    leaf_calls = record[1:]  # the first release is the intercept
+    assert len(leaf_calls) == 2 * 10
+    for i, (_, _, l2, call_rho) in enumerate(leaf_calls):
+        expected = scales.sigma_g if i % 2 == 0 else scales.sigma_h
+        assert l2 / math.sqrt(2 * call_rho) == pytest.approx(expected, rel=1e-12)
+        assert l2 == pytest.approx((1.0 if i % 2 == 0 else 0.25) * math.sqrt(4))
+    assert released.sigma_g == pytest.approx(scales.sigma_g)
+    drawn = np.concatenate([noisy - exact for exact, noisy, _, _ in leaf_calls[0::2]])
+    assert len(drawn) == 40 * 8
+    assert np.std(drawn) == pytest.approx(scales.sigma_g, rel=0.1)
+    drawn_h = np.concatenate([noisy - exact for exact, noisy, _, _ in leaf_calls[1::2]])
+    assert np.std(drawn_h) == pytest.approx(scales.sigma_h, rel=0.1)
+
+
+def test_the_released_sums_are_the_partitions_exact_sums_plus_noise():
+    table, y = make_rows(2000)
+    settings = Settings(rounds=3, max_depth=2, intercept_share=0.0, split_share=0.0)
+    record: list = []
+    _, (partition,) = train(settings, table, y, rho=1.0, record=record)
+    fresh = Partition(FEATURES, table, y, settings.objective_())
+    batch = draw(np.random.default_rng(0), FEATURES, 0, 1, 1, 2)
+    exact = fresh.sums(batch)
+    assert np.allclose(record[0][0], exact[..., 0].ravel())
+    assert exact[..., 1].sum() == pytest.approx(0.25 * 2000)  # every row's hessian at margin 0
+    assert exact[..., 0].sum() == pytest.approx(0.5 * 2000 - y.sum())
+
+
+# The accounting
+
+
+@pytest.mark.parametrize(
+    "rounds, g, h, share, intercept, split, selections",
+    [
+        (100, 1.0, 0.25, 0.5, 0.02, 0.0, 0),
+        (30, math.sqrt(2), 0.5, 0.8, 0.0, 0.0, 0),
+        (7, 20.0, 1.0, 0.6, 0.1, 0.4, 6),
+    ],
+)
+def test_the_accountant_matches_the_proof_and_its_inverse_round_trips(
+    rounds, g, h, share, intercept, split, selections
+):
+    rho = 0.07
+    scales = noise_scales(rho, rounds, g, h, share, intercept, math.sqrt(2), split, 3.0, selections)
+    by_formula = (
+        (math.sqrt(2) ** 2 / (2 * scales.sigma_intercept**2) if intercept else 0.0)
+        + rounds * (g**2 / (2 * scales.sigma_g**2) + h**2 / (2 * scales.sigma_h**2))
+        + (rounds * selections * 9.0 / (2 * scales.sigma_select**2) if split else 0.0)
+    )
+    assert by_formula == pytest.approx(rho, rel=1e-12)
+    total = total_rho(
+        rounds,
+        g,
+        h,
+        scales.sigma_g,
+        scales.sigma_h,
+        math.sqrt(2),
+        scales.sigma_intercept,
+        0.01,
+        3.0,
+        scales.sigma_select,
+        selections,
+    )
+    assert total == pytest.approx(rho + 0.01, rel=1e-12)
+    assert gaussian_rho(g, scales.sigma_g) == pytest.approx(
+        share * (1 - split) * rho * (1 - intercept) / rounds
+    )
+
+
+def test_a_job_spends_exactly_its_budget_and_epsilon_converts_both_ways():
+    table, y = make_rows(2000)
+    for settings in (
+        Settings(rounds=5, max_depth=2, split_share=0.0),
+        Settings(rounds=5, max_depth=3, split_share=0.3, node_splits=True),
+    ):
+        picks: list = []
+        released, _ = train(settings, table, y, rho=0.2, select=seeded_select(1, picks))
+        assert released.rho == pytest.approx(0.2, rel=1e-9)
+        if settings.split_share:
+            assert len(picks) == 5 * (3 + 1 + 2 + 4)  # per level a column, then each node
+            assert {linf for linf, _ in picks} == {1.0}
+    for eps in (0.5, 1.0, 4.0):
+        assert epsilon(rho_for_epsilon(eps, 1e-6), 1e-6) == pytest.approx(eps)
+
+
+def test_level_selection_threshold_and_delta_are_inverse():
+    threshold = selection_threshold(12.0, 1e-8, 2)
+    assert selection_delta(12.0, threshold, 2) == pytest.approx(1e-8, rel=1e-6)
+    assert threshold > 1 + 5 * 12.0
+
+
+# The partitions
+
+
+@pytest.mark.parametrize("objective", [BINARY, MULTICLASS, REGRESSION])
+def test_three_uneven_partitions_sum_to_one(objective):
+    table, y = make_rows(
+        1500, classes=3 if objective == MULTICLASS else 2, regression=objective == REGRESSION
+    )
+    settings = Settings(objective=objective, num_class=3, label_range=(-20.0, 40.0), max_depth=3)
+    whole = Partition(FEATURES, table, y, settings.objective_())
+    cuts = [0, 100, 1100, 1500]
+    parts = [
+        Partition(FEATURES, table.slice(a, b - a), y[a:b], settings.objective_())
+        for a, b in zip(cuts, cuts[1:])
+    ]
+    batch = draw(np.random.default_rng(3), FEATURES, 0, 2, settings.objective_().trees_per_round, 3)
+    for request in (Intercept(), Grow(batch, 0), Grow(batch, 2), batch):
+        together = whole.sums(request)
+        assert np.allclose(sum(p.sums(request) for p in parts), together, rtol=1e-12, atol=1e-9)
+
+
+def test_the_same_seeds_give_the_same_model_on_one_partition_or_three():
+    table, y = make_rows(3000)
+    for settings in (
+        Settings(rounds=6, max_depth=3, batch_size=2, split_share=0.0),
+        Settings(rounds=4, max_depth=3, split_share=0.5),
+    ):
+        one, _ = train(settings, table, y, rho=0.3, parts=1, seed=5)
+        three, _ = train(settings, table, y, rho=0.3, parts=3, seed=5)
+        a, b = json.loads(one.model), json.loads(three.model)
+        trees_a, trees_b = (
+            a["learner"]["gradient_booster"]["model"]["trees"],
+            b["learner"]["gradient_booster"]["model"]["trees"],
+        )
+        for ta, tb in zip(trees_a, trees_b, strict=True):
+            assert ta["split_indices"] == tb["split_indices"] and ta["categories"] == tb["categories"]
+            assert np.allclose(ta["split_conditions"], tb["split_conditions"], rtol=1e-5, atol=1e-6)
+
+
+# The model XGBoost loads
+
+
+@pytest.mark.parametrize("split_share", [0.0, 0.5])
+@pytest.mark.parametrize("objective", [BINARY, MULTICLASS, REGRESSION])
+def test_the_booster_predicts_the_trainers_own_margins(objective, split_share):
+    table, y = make_rows(
+        3000, classes=3 if objective == MULTICLASS else 2, regression=objective == REGRESSION
+    )
+    settings = Settings(
+        objective=objective,
+        num_class=3,
+        label_range=(-20.0, 40.0),
+        rounds=12,
+        max_depth=4,
+        batch_size=3,
+        split_share=split_share,
+    )
+    released, partitions = train(settings, table, y, rho=2.0, parts=3)
+    booster = load(released.model)
+    margins = margins_of(partitions)
+    assert np.allclose(predict_margins(released.model, FEATURES, table), margins, atol=1e-5)
+    analyst = booster.predict(
+        xgb.DMatrix(analyst_frame(table, booster), enable_categorical=True), output_margin=True
+    )
+    assert np.allclose(np.asarray(analyst).reshape(margins.shape), margins, atol=1e-5)
+    if objective == BINARY:
+        probabilities = booster.inplace_predict(analyst_frame(table, booster))
+        assert np.allclose(probabilities, 1 / (1 + np.exp(-margins[:, 0])), atol=1e-6)
+    if objective == MULTICLASS:
+        info = json.loads(released.model)["learner"]["gradient_booster"]["model"]["tree_info"]
+        assert info == [0, 1, 2] * 12
+        probabilities = booster.predict(xgb.DMatrix(analyst_frame(table, booster), enable_categorical=True))
+        expected = np.exp(margins) / np.exp(margins).sum(axis=1, keepdims=True)
+        assert np.allclose(probabilities, expected, atol=1e-6)
+
+
+def test_selected_splits_also_predict_the_trainers_margins():
+    table, y = make_rows(3000)
+    settings = Settings(rounds=4, max_depth=3, split_share=0.4, node_splits=True)
+    released, partitions = train(settings, table, y, rho=1.0)
+    assert np.allclose(predict_margins(released.model, FEATURES, table), margins_of(partitions), atol=1e-5)
+
+
+def test_continuing_a_base_model_appends_trees_and_keeps_the_base_ones():
+    table, y = make_rows(4000)
+    other, y_other = make_rows(2000, seed=9)
+    frame = analyst_frame(other, load(train(Settings(rounds=1, max_depth=1), table, y)[0].model))
+    base = xgb.XGBClassifier(n_estimators=5, max_depth=2, enable_categorical=True).fit(frame, y_other)
+    base_json = bytes(base.get_booster().save_raw("json"))
+    base_margins = predict_margins(base_json, FEATURES, table)
+    settings = Settings(rounds=6, max_depth=3)
+    released, partitions = train(settings, table, y, rho=1.0, base=base_json, base_margins=base_margins)
+    model = json.loads(released.model)["learner"]["gradient_booster"]["model"]
+    old = json.loads(base_json)["learner"]["gradient_booster"]["model"]["trees"]
+    assert len(model["trees"]) == 5 + 6 and model["iteration_indptr"] == list(range(12))
+    assert model["trees"][:5] == old
+    assert np.allclose(predict_margins(released.model, FEATURES, table), margins_of(partitions), atol=1e-5)
+    assert not np.allclose(margins_of(partitions), base_margins)
+
+
+def test_a_base_model_on_other_columns_is_refused():
+    base = xgb.XGBClassifier(n_estimators=2, max_depth=2).fit(np.zeros((20, 3)), np.arange(20) % 2)
+    with pytest.raises(Refusal) as refused:
+        Coordinator(
+            FEATURES,
+            Settings(),
+            1.0,
+            seeded_noise(0),
+            bytes(base.get_booster().save_raw("json")),
+            seeded_select(0),
+        )
+    assert refused.value.code == "unsupported_model"
+
+
+def test_the_model_carries_only_candidates_and_noisy_statistics():
+    table, y = make_rows(3000)
+    exact_data = set(np.asarray(table.column("x2"), dtype=np.float32).tolist())
+    record: list = []
+    released, _ = train(Settings(rounds=8, max_depth=4), table, y, rho=0.5, record=record)
+    allowed = {float(np.float32(v)) for c in FEATURES.columns for v in c.candidates}
+    trees = json.loads(released.model)["learner"]["gradient_booster"]["model"]["trees"]
+    for tree in trees:
+        inner = np.array(tree["left_children"]) >= 0
+        numeric = inner & (np.array(tree["split_type"]) == 0)
+        thresholds = set(np.array(tree["split_conditions"])[numeric].tolist())
+        assert thresholds <= allowed and not thresholds & exact_data
+        assert set(tree["loss_changes"]) == {0.0}
+        assert set(np.array(tree["base_weights"])[inner].tolist()) == {0.0}
+        cover = np.array(tree["sum_hessian"])
+        assert (cover >= 0).all() and cover[0] == pytest.approx(cover[1] + cover[2], rel=1e-4)
+    # Each leaf's cover is its noisy hessian sum (clipped at 0), never the exact one.
+    exact_h, noisy_h = record[2][0], record[2][1]
+    assert np.allclose(trees[0]["sum_hessian"][15:], np.maximum(noisy_h, 0), rtol=1e-6)
+    filled = exact_h > 0
+    assert not np.isin(np.float32(exact_h[filled]), np.float32(trees[0]["sum_hessian"][15:])).any()
+
+
+# Public candidates
+
+
+def test_declared_candidates_cost_nothing_and_sketched_ones_come_from_noisy_counts():
+    table, _ = make_rows(20_000)
+    plan = CandidatePlan(
+        (
+            Declared("x1", "numeric", sketch=True),
+            Declared("x2", "numeric", 0, 10, sketch=True),
+            Declared("region", "categorical"),
+            Declared("flag", "boolean"),
+        ),
+        count=15,
+    )
+    request = plan.request()
+    assert set(request.grids) == {"x1", "x2"} and request.text == ("region",)
+    record: list = []
+    sketched = plan.features(sketch_counts(request, table), seeded_noise(1, record), 0.01, 1e-8)
+    assert (sketched.rho, sketched.delta) == (0.01, 1e-8)
+    ((values, _, l2, rho),) = record
+    assert l2 == pytest.approx(math.sqrt(3)) and rho == 0.01
+    x1, x2, region, flag = sketched.features.columns
+    assert region.levels == tuple(sorted(["east", "mars", "north", "south", "west"]))
+    assert flag.candidates == (0.5,)
+    inside = [c for c in x2.candidates if 0 <= c <= 10]
+    assert len(inside) == len(x2.candidates) >= 12
+    quartiles = np.quantile(
+        np.asarray(table.column("x1"))[~np.isnan(np.asarray(table.column("x1")))], [0.25, 0.5, 0.75]
+    )
+    assert np.allclose(np.quantile(x1.candidates, [0.25, 0.5, 0.75]), quartiles, atol=0.15)
+    declared = CandidatePlan((Declared("x2", "numeric", 0, 10), Declared("flag", "boolean")), count=4)
+    assert declared.request() is None
+    assert declared.declared().columns[0].candidates == (2.0, 4.0, 6.0, 8.0)
+
+
+def test_a_level_only_few_rows_hold_is_not_selected():
+    rare = pa.table({"c": pa.array(["a"] * 5000 + ["b"] * 5000 + ["rare"] * 2)})
+    plan = CandidatePlan((Declared("c", "categorical"),))
+    sketched = plan.features(sketch_counts(plan.request(), rare), seeded_noise(2), 0.05, 1e-8)
+    assert sketched.features.columns[0].levels == ("a", "b")
+
+
+def test_split_scores_move_by_at_most_their_bound_when_one_row_is_added():
+    rng = np.random.default_rng(4)
+    table, y = make_rows(400)
+    settings = Settings(max_depth=2)
+    batch = draw(rng, FEATURES, 0, 1, 1, 2)
+    options = candidates(FEATURES, rng)
+    for extra in range(20):
+        row = table.slice(extra, 1)
+        for label in (0, 1):
+            base = Partition(FEATURES, table, y, settings.objective_())
+            base.margins[:] = rng.normal(scale=3, size=base.margins.shape)
+            more = Partition(
+                FEATURES, pa.concat_tables([table, row]), np.append(y, label), settings.objective_()
+            )
+            more.margins[:-1] = base.margins
+            more.margins[-1] = 8.0 * (1 - 2 * label)  # the most extreme gradient
+            before = scores(FEATURES, base.sums(Grow(batch, 1))[0], options)
+            after = scores(FEATURES, more.sums(Grow(batch, 1))[0], options)
+            assert np.abs(after - before).max() <= settings.select_bound + 1e-9
+            assert np.abs(after - before).max() > 0.5
+
+
+# Parameters
+
+
+def test_an_xgbclassifier_as_written_is_accepted_with_the_trainers_defaults():
+    settings = settings_from_params(xgb.XGBClassifier().get_params())
+    assert settings == Settings()
+    settings = settings_from_params(
+        xgb.XGBClassifier(
+            n_estimators=20,
+            max_depth=3,
+            learning_rate=0.5,
+            reg_lambda=2.0,
+            n_jobs=2,
+            random_state=7,
+            min_child_weight=1,
+            subsample=1.0,
+        ).get_params()
+    )
+    assert (
+        settings.rounds,
+        settings.max_depth,
+        settings.learning_rate,
+        settings.reg_lambda,
+        settings.seed,
+    ) == (20, 3, 0.5, 2.0, 7)
+    assert settings_from_params(xgb.XGBClassifier().get_params(), num_class=4).num_class == 4
+    regression = settings_from_params(
+        xgb.XGBRegressor().get_params(), classifier=False, label_range=(0.0, 5.0)
+    )
+    assert regression.objective == REGRESSION and regression.label_range == (0.0, 5.0)
+
+
+@pytest.mark.parametrize(
+    "params, code, named",
+    [
+        (dict(subsample=0.5), "parameter_out_of_bounds", "subsample"),
+        (dict(colsample_bytree=0.8, gamma=1.0), "parameter_out_of_bounds", "colsample_bytree, gamma"),
+        (dict(max_depth=40), "parameter_out_of_bounds", "max_depth"),
+        (dict(objective="reg:logistic"), "unsupported_model", "reg:logistic"),
+        (dict(booster="dart"), "parameter_out_of_bounds", "booster"),
+    ],
+)
+def test_parameters_without_a_meaning_here_are_refused_by_name(params, code, named):
+    with pytest.raises(Refusal) as refused:
+        settings_from_params(xgb.XGBClassifier(**params).get_params())
+    assert refused.value.code == code and named in refused.value.message
+
+
+def test_a_regression_without_a_public_label_range_is_refused():
+    with pytest.raises(Refusal, match="label"):
+        settings_from_params(xgb.XGBRegressor().get_params(), classifier=False)
+
+
+# Learning
+
+
+@pytest.mark.parametrize("extra", [{}, dict(split_share=0.0), dict(split_share=0.3, node_splits=True)])
+def test_with_no_noise_the_trainer_learns_a_clear_signal(extra):
+    table, y = make_rows(6000)
+    test, y_test = make_rows(3000, seed=1)
+    released, _ = train(Settings(rounds=30, max_depth=4, **extra), table, y, rho=HUGE)
+    assert roc_auc_score(y_test, predict_margins(released.model, FEATURES, test)[:, 0]) > 0.9
