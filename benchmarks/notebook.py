@@ -4,8 +4,9 @@ The kernel is an ipykernel driven as nbclient drives it (execute request, then i
 idle), so the cell's time is what a notebook user waits for. Measured in one run, interleaved: the cell
 plain and with every extra (`--curve 10 --importance 5 --confusion`), `Client.train` in this process, and
 the in-process floor (DuckDB read and filter, `xgb.train` with evals, the metrics); the kernel's own CPU
-per cell (psutil on the kernel process, 10 ms ticks: until idle, and until the next cell; the figures' SVG
-is drawn by a helper process, not counted here); and `%load_ext remote_magic` in fresh kernels against an empty cell.
+per cell (psutil on the kernel process, 10 ms ticks: until idle, and until the next cell; the figures'
+SVG is drawn by a helper process, not counted here); and `%load_ext remote_magic` in fresh kernels against
+an empty cell.
 Targets (issue 22): cell p50 <= 300 ms and p95 <= 450 ms with every extra; kernel CPU <= 30 ms a cell;
 `%load_ext` <= 100 ms; `Client.train` <= 1.5x local.
 
