@@ -4,8 +4,9 @@ The kernel is an ipykernel driven as nbclient drives it (execute request, then i
 idle), so the cell's time is what a notebook user waits for. Measured in one run, interleaved: the cell
 plain and with every extra (`--curve 10 --importance 5 --confusion`), `Client.train` in this process, and
 the in-process floor (DuckDB read and filter, `xgb.train` with evals, the metrics); the kernel's own CPU
-per cell (psutil on the kernel process: until idle, and until the next cell, which includes the figures'
-SVG drawn after the cell answered); and `%load_ext remote_magic` in fresh kernels against an empty cell.
+per cell (psutil on the kernel process, 10 ms ticks: until idle, and until the next cell; the figures'
+SVG is drawn by a helper process, not counted here); and `%load_ext remote_magic` in fresh kernels against
+an empty cell.
 Targets (issue 22): cell p50 <= 300 ms and p95 <= 450 ms with every extra; kernel CPU <= 30 ms a cell;
 `%load_ext` <= 100 ms; `Client.train` <= 1.5x local.
 
@@ -147,7 +148,7 @@ def main() -> None:
     for name in ("plain", "extras"):
         print(
             f"  kernel CPU per {name} cell: until idle p50 {statistics.median(cpu[name]):.1f} ms; "
-            f"with the figures' SVG drawn after it p50 {statistics.median(cpu_after[name]):.1f} ms "
+            f"until the next cell p50 {statistics.median(cpu_after[name]):.1f} ms "
             "(target <= 30 ms)"
         )
     line("empty cell in a fresh kernel", empties)
