@@ -148,7 +148,7 @@ def analyst_frame(table: pa.Table, booster: xgb.Booster) -> pd.DataFrame:
 
 def test_each_leaf_release_has_the_configured_scale_and_the_noise_has_that_spread():
     table, y = make_rows(3000)
-    settings = Settings(rounds=40, max_depth=3, batch_size=4)
+    settings = Settings(rounds=40, max_depth=3, batch_size=4, split_share=0.0)
     record: list = []
     rho = 0.5
     released, _ = train(settings, table, y, rho=rho, record=record)
@@ -361,7 +361,7 @@ def test_the_model_carries_only_candidates_and_noisy_statistics():
     table, y = make_rows(3000)
     exact_data = set(np.asarray(table.column("x2"), dtype=np.float32).tolist())
     record: list = []
-    released, _ = train(Settings(rounds=8, max_depth=4), table, y, rho=0.5, record=record)
+    released, _ = train(Settings(rounds=8, max_depth=4, split_share=0.0), table, y, rho=0.5, record=record)
     allowed = {float(np.float32(v)) for c in FEATURES.columns for v in c.candidates}
     trees = json.loads(released.model)["learner"]["gradient_booster"]["model"]["trees"]
     for tree in trees:
