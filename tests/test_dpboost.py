@@ -243,6 +243,25 @@ def test_level_selection_threshold_and_delta_are_inverse():
     assert threshold > 1 + 5 * 12.0
 
 
+@pytest.mark.parametrize("objective", [BINARY, MULTICLASS, REGRESSION])
+def test_one_rows_contributions_stay_within_the_bounds_the_proof_uses(objective):
+    rng = np.random.default_rng(2)
+    settings = Settings(objective=objective, num_class=4, label_range=(0.0, 10.0))
+    loss = settings.objective_()
+    classes = loss.trees_per_round
+    margins = rng.normal(scale=20, size=(5000, classes))
+    y = rng.integers(0, 4 if objective == MULTICLASS else 2, 5000)
+    if objective == REGRESSION:
+        y = loss.labels(rng.normal(5, 30, 5000))
+        assert y.min() == 0.0 and y.max() == 10.0
+    g, h = loss.gradients(margins, y)
+    assert np.linalg.norm(g, axis=1).max() <= loss.gradient_bound + 1e-12
+    assert np.linalg.norm(h, axis=1).max() <= loss.hessian_bound + 1e-12
+    assert np.abs(g).max() <= loss.tree_gradient_bound + 1e-12
+    sums = np.array([loss.label_sums(y[i : i + 1]) for i in range(50)])
+    assert np.linalg.norm(sums, axis=1).max() <= loss.intercept_bound + 1e-12
+
+
 # The partitions
 
 
