@@ -148,7 +148,7 @@ def analyst_frame(table: pa.Table, booster: xgb.Booster) -> pd.DataFrame:
 
 def test_each_leaf_release_has_the_configured_scale_and_the_noise_has_that_spread():
     table, y = make_rows(3000)
-    settings = Settings(rounds=40, max_depth=3, batch_size=4)
+    settings = Settings(rounds=40, max_depth=3, batch_size=4, split_share=0.0)
     record: list = []
     rho = 0.5
     released, _ = train(settings, table, y, rho=rho, record=record)
@@ -241,6 +241,25 @@ def test_level_selection_threshold_and_delta_are_inverse():
     threshold = selection_threshold(12.0, 1e-8, 2)
     assert selection_delta(12.0, threshold, 2) == pytest.approx(1e-8, rel=1e-6)
     assert threshold > 1 + 5 * 12.0
+
+
+@pytest.mark.parametrize("objective", [BINARY, MULTICLASS, REGRESSION])
+def test_one_rows_contributions_stay_within_the_bounds_the_proof_uses(objective):
+    rng = np.random.default_rng(2)
+    settings = Settings(objective=objective, num_class=4, label_range=(0.0, 10.0))
+    loss = settings.objective_()
+    classes = loss.trees_per_round
+    margins = rng.normal(scale=20, size=(5000, classes))
+    y = rng.integers(0, 4 if objective == MULTICLASS else 2, 5000)
+    if objective == REGRESSION:
+        y = loss.labels(rng.normal(5, 30, 5000))
+        assert y.min() == 0.0 and y.max() == 10.0
+    g, h = loss.gradients(margins, y)
+    assert np.linalg.norm(g, axis=1).max() <= loss.gradient_bound + 1e-12
+    assert np.linalg.norm(h, axis=1).max() <= loss.hessian_bound + 1e-12
+    assert np.abs(g).max() <= loss.tree_gradient_bound + 1e-12
+    sums = np.array([loss.label_sums(y[i : i + 1]) for i in range(50)])
+    assert np.linalg.norm(sums, axis=1).max() <= loss.intercept_bound + 1e-12
 
 
 # The partitions
@@ -361,7 +380,7 @@ def test_the_model_carries_only_candidates_and_noisy_statistics():
     table, y = make_rows(3000)
     exact_data = set(np.asarray(table.column("x2"), dtype=np.float32).tolist())
     record: list = []
-    released, _ = train(Settings(rounds=8, max_depth=4), table, y, rho=0.5, record=record)
+    released, _ = train(Settings(rounds=8, max_depth=4, split_share=0.0), table, y, rho=0.5, record=record)
     allowed = {float(np.float32(v)) for c in FEATURES.columns for v in c.candidates}
     trees = json.loads(released.model)["learner"]["gradient_booster"]["model"]["trees"]
     for tree in trees:

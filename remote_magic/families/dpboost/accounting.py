@@ -28,19 +28,19 @@ binary `(n, sum y)`, one row moves them by `(1, y)`, `D_0 = sqrt(2)`; multiclass
 `D_0 = 1`; regression `(r n, sum (y - mid))` with `r` the label range's half-width and labels clipped to it,
 `D_0 = sqrt(2) r`. One Gaussian at scale `s_0`: `rho_0 = D_0^2 / (2 s_0^2)`.
 
-**3. The leaves.** Round `t` (one tree, or one tree per class for a multiclass model) releases, for every
-leaf `j` of its trees, the sums `G_j = sum g_i` and `H_j = sum h_i` over the rows in the leaf, of gradients
-and hessians computed from the margins before the round's batch (a function of the row's own features and
-label and of earlier releases only). The structure is public and complete, so a row lies in exactly one
-leaf of each tree. Its contributions are clipped (`Objective`): over the trees of one round its gradients
-have L2 norm at most `g` and its hessians at most `h` (binary: `g = 1`, `h = 1/4`; multiclass:
-`g = sqrt(2)`, `h = 1/2`; regression: `g` = the label range's width unless set lower, `h = 1`). So the
-round's vector of leaf gradient sums moves by at most `g` in L2 norm, its vector of hessian sums by at most
-`h`; with Gaussian noise of scales `s_g` and `s_h` the round costs `g^2 / (2 s_g^2) + h^2 / (2 s_h^2)`. A
-batch of `B` rounds fitted on the same gradients is released as one vector (`D = sqrt(B) g`), which costs
-exactly the same as its `B` rounds one at a time; the batch size and the depth do not enter the cost. Leaf
-values `-(G + noise) / (max(H + noise, 0) + lambda)`, clipped and scaled by the learning rate, and the
-model built from them are post-processing.
+**3. The leaves.** Round `t` (one tree, or one tree per class for a multiclass model) releases, for every leaf
+`j` of its trees, the sums `G_j = sum g_i` and `H_j = sum h_i` over the rows in the leaf, of gradients and
+hessians computed from the margins before the round's batch (a function of the row's own features and label
+and of earlier releases only). The structure is public (drawn from the seed, or released by the selections of
+part 4) and every tree is complete, so a row lies in exactly one leaf of each tree. Its contributions are
+clipped (`Objective`): over the trees of one round its gradients have L2 norm at most `g` and its hessians at
+most `h` (binary: `g = 1`, `h = 1/4`; multiclass: `g = sqrt(2)`, `h = 1/2`; regression: `g` = the label
+range's width unless set lower, `h = 1`). So the round's vector of leaf gradient sums moves by at most `g` in
+L2 norm, its vector of hessian sums by at most `h`; with Gaussian noise of scales `s_g` and `s_h` the round
+costs `g^2 / (2 s_g^2) + h^2 / (2 s_h^2)`. A batch of `B` rounds fitted on the same gradients is released as
+one vector (`D = sqrt(B) g`), which costs exactly the same as its `B` rounds one at a time; the batch size and
+the depth do not enter the cost. Leaf values `-(G + noise) / (max(H + noise, 0) + lambda)`, clipped and scaled
+by the learning rate, and the model built from them are post-processing.
 
 **4. Split selection (optional, `selection.py`).** Instead of a random split, each level of each tree
 chooses its split by the exponential mechanism, as report-noisy-max with Gumbel noise of scale `b`, on
@@ -57,15 +57,17 @@ per level of each tree), or `2 * depth * classes` with a split per node.
 `rho = rho_s + rho_0 + R (g^2 / (2 s_g^2) + h^2 / (2 s_h^2) + n_x D_x^2 / (2 b^2))`
 (the last term only with split selection, `n_x` per round as above), and with a
 text-level selection the job is `delta_s`-approximately `rho`-zCDP, i.e.
-`(rho + 2 sqrt(rho ln(1/delta)), delta + delta_s)`-DP for any `delta > 0`. The training rows are disjoint
-from the evaluation rows, so the evaluation's charge composes with this one by the same sum.
+`(rho + 2 sqrt(rho ln(1/delta)), delta + delta_s)`-DP for any `delta > 0`. The evaluation's charge adds
+to this one (a row is in the training or the evaluation rows, so the sum is an upper bound).
 
-`noise_scales` inverts this: a training budget `rho_train` (intercept and leaves; the sketch is charged
-when it runs) gives `rho_0 = intercept_share * rho_train`, and the rest spread evenly over the rounds, a
-share `split_share` of it to the selections, of the rest a share `grad_share` to the gradients:
-with `rho_r = (rho_train - rho_0) / R` and `n_x` selections a round,
-`b = D_x / sqrt(2 split_share rho_r / n_x)`, `s_g = g / sqrt(2 grad_share (1 - split_share) rho_r)` and
-`s_h = h / sqrt(2 (1 - grad_share) (1 - split_share) rho_r)`.
+`noise_scales` inverts this. A training budget `rho_train` (intercept, selections and leaves; the sketch is
+charged when it runs) gives `rho_0 = intercept_share * rho_train`; the rest is spread evenly over the
+rounds, `rho_r = (rho_train - rho_0) / R`, a share `split_share` of it to the round's `n_x` selections and
+of the rest a share `grad_share` to the gradients:
+
+    b   = D_x / sqrt(2 split_share rho_r / n_x)
+    s_g = g / sqrt(2 grad_share (1 - split_share) rho_r)
+    s_h = h / sqrt(2 (1 - grad_share) (1 - split_share) rho_r)
 """
 
 from __future__ import annotations
