@@ -162,5 +162,5 @@ def test_nothing_was_lost_and_the_server_is_healthy(server, earlier_job):
     health = server.get("/health", user=None).json()
     assert health["status"] == "ok" and health["store"] == "ok"
     job = server.client().job(earlier_job)
-    job.wait(timeout=60)
+    job.wait(timeout=600)
     assert job.status.state == "succeeded"

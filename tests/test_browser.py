@@ -151,7 +151,7 @@ def test_quickstart_renders_progress_and_result_and_saves_without_leftovers(lab)
                 timeout=600_000,
             )
             page.screenshot(path=str(ARTIFACTS / "browser-progress.png"))
-            page.wait_for_selector(".jp-OutputArea-output .remote-magic-describe", timeout=600_000)
+            page.wait_for_selector(".jp-OutputArea-output .remote-magic-describe", timeout=1_800_000)
             results = page.locator(".jp-OutputArea-output .remote-magic-result")
             assert results.count() == 2
             charts = page.locator(".jp-OutputArea-output .vega-embed")

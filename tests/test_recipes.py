@@ -165,7 +165,7 @@ def test_a_recipe_run_passes_the_same_disclosure_rules_as_a_run_by_hand(served):
     tiny = {**SPEC, "dataset": "breast_cancer_rules", "where": "mean_radius > 25"}
     client.save_recipe("tiny", tiny, xgb.XGBClassifier(n_estimators=2), every="1d")
     job = client.run_recipe("tiny")
-    status = job.wait(timeout=60)
+    status = job.wait(timeout=600)
     assert status.state == "failed" and status.error.code == "cohort_too_small"
     assert status.recipe == "tiny" and status.trigger == "run by hand"
     with pytest.raises(BadRequest, match="at least one trigger"):

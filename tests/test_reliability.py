@@ -265,7 +265,7 @@ def test_a_job_past_its_wall_clock_limit_is_stopped_and_one_server_owns_a_data_d
     server = make_server(policy="job_timeout_s = 2")
     job_id = submit(server, LONG, LONG_SPEC).json()["id"]
     worker = pause_worker(server, job_id)
-    final = server.client().job(job_id).wait(timeout=60)
+    final = server.client().job(job_id).wait(timeout=600)
     assert (final.state, final.error.code) == ("failed", "timeout")
     wait_until(lambda: process_mark(worker) is None, 300, "the stopped worker to be killed")
 

@@ -179,7 +179,7 @@ def test_job_list_and_status_belong_to_the_user(server):
     job = client.submit(
         xgb.XGBClassifier(n_estimators=3), {"dataset": "breast_cancer_rules", "label": "malignant"}
     )
-    job.wait(timeout=60)
+    job.wait(timeout=600)
     assert job.status.state == "succeeded"
     assert job.status.isolation and "network" in job.status.isolation
     assert job.id in [j.id for j in client.jobs()]
