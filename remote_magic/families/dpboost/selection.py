@@ -31,7 +31,8 @@ import numpy as np
 from .features import Features
 from .structure import Batch
 
-RANDOM_SUBSETS = 16  # per text column and level, besides each single level
+# Random level subsets per text column, besides each single level (16: 0.7 AUC points less on flights).
+RANDOM_SUBSETS = 64
 
 
 @dataclass(frozen=True)
