@@ -463,6 +463,18 @@ def test_split_scores_move_by_at_most_their_bound_when_one_row_is_added():
             assert np.abs(after - before).max() > 0.5
 
 
+def test_each_candidate_split_is_listed_once():
+    options = candidates(FEATURES, np.random.default_rng(0))
+    keys = [
+        (int(f), int(k), bool(d), tuple(r.tolist()))
+        for f, k, d, r in zip(options.feature, options.split, options.default_left, options.right)
+    ]
+    assert len(set(keys)) == len(keys)
+    region = options.feature == 2
+    assert region.sum() == 2 * (2 ** (len(LEVELS) - 1) - 1)  # every two-way partition of 4 levels, twice
+    assert not options.right[region][:, 0].any()
+
+
 # Parameters
 
 

@@ -90,7 +90,6 @@ class Coordinator:
                 rounds,
                 self.objective.trees_per_round,
                 settings.max_depth,
-                settings.one_feature,
             )
             if self.scales.sigma_select is not None:
                 for level in range(settings.max_depth):

@@ -31,7 +31,8 @@ import numpy as np
 from .features import Features
 from .structure import Batch
 
-RANDOM_SUBSETS = 16  # per text column and level, besides each single level
+# Random level subsets per text column, besides each single level (16: 0.7 AUC points less on flights).
+RANDOM_SUBSETS = 64
 
 
 @dataclass(frozen=True)
@@ -46,17 +47,22 @@ class Candidates:
 
 
 def candidates(features: Features, rng: np.random.Generator) -> Candidates:
-    """Every split of every usable column, missing values left or right (drawn without the rows)."""
+    """Every split of every usable column, each once, missing values left or right (drawn without the
+    rows)."""
     width = max((c.splits for c in features.columns if c.kind == "categorical"), default=0)
     feature, split, right = [], [], []
     for f in features.usable():
         column = features.columns[f]
         if column.kind == "categorical":
             levels = column.splits
-            singles = np.eye(levels, width, dtype=bool)
-            subsets = (rng.random((RANDOM_SUBSETS, width)) < 0.5) & (np.arange(width) < levels)
-            subsets = subsets[(subsets.sum(axis=1) > 0) & (subsets.sum(axis=1) < levels)]
-            sets = np.concatenate([singles, subsets])
+            sets = np.concatenate(
+                [np.eye(levels, width, dtype=bool), rng.random((RANDOM_SUBSETS, width)) < 0.5]
+            ) & (np.arange(width) < levels)
+            if levels > 1:
+                # A subset and its complement split alike: keep the one without level 0, each once (a
+                # candidate listed twice would be chosen twice as often).
+                sets[sets[:, 0]] ^= np.arange(width) < levels
+                sets = np.unique(sets[sets.any(axis=1)], axis=0)
             right.append(sets)
             feature.append(np.full(len(sets), f))
             split.append(np.zeros(len(sets), np.int64))

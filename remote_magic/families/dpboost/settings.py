@@ -30,7 +30,7 @@ class Settings:
     gradient sums, the rest the hessian sums; `intercept_share` of the training budget estimates the
     starting margin (unless a base model or a public `base_margin` gives it); `split_share` of the rest
     chooses each level's split by the exponential mechanism (`selection.py`; 0: random splits);
-    `one_feature` random trees split on one column at every level; `seed` draws the structure."""
+    `seed` draws the structure."""
 
     objective: str = BINARY
     num_class: int = 1
@@ -43,7 +43,6 @@ class Settings:
     grad_share: float = DEFAULT_GRAD_SHARE
     intercept_share: float = DEFAULT_INTERCEPT_SHARE
     max_leaf: float = DEFAULT_MAX_LEAF
-    one_feature: bool = False
     split_share: float = DEFAULT_SPLIT_SHARE
     node_splits: bool = False
     seed: int = 0
