@@ -49,8 +49,14 @@ def _reachable(tools: Path, prefix: list[str]) -> Path:
         shared = Path(tempfile.mkdtemp(prefix="remote-magic-pgbin-"))
         shared.chmod(0o755)
         atexit.register(shutil.rmtree, shared, True)
-        shutil.copytree(tools.parent, shared / "install", symlinks=True)
-        _copies[tools] = shared / "install" / "bin"
+        # Keep the layout around the install: a wheel's binaries find their libraries by a relative RPATH
+        # (pgserver: $ORIGIN/../../../pgserver.libs).
+        package = tools.parents[1]
+        shutil.copytree(package, shared / package.name, symlinks=True)
+        libs = package.with_name(package.name + ".libs")
+        if libs.is_dir():
+            shutil.copytree(libs, shared / libs.name, symlinks=True)
+        _copies[tools] = shared / tools.relative_to(package.parent)
     return _copies[tools]
 
 
