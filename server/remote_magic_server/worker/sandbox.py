@@ -93,8 +93,8 @@ def apply_limits(cpu_seconds: int, memory_mb: int, file_mb: int = 1024, open_fil
     `memory_mb` (the worker's memory) is watched as resident memory by the parent
     (jobs/local_executor.py); the data limit here, DATA_BACKSTOP times it, is the hard ceiling under that
     watch. It is on data (RLIMIT_DATA), not address space: DuckDB's allocator, XGBoost's external-memory
-    pages, per-thread arenas and CUDA reserve far more than they touch (a 4 GiB table trained in 1.9 GiB resident held
-    4.5 GiB of data mappings), and a limit on reservations refused tables that fit."""
+    pages, per-thread arenas and CUDA reserve far more than they touch (a 4 GiB table trained in 1.9 GiB
+    resident held 4.5 GiB of data mappings), and a limit on reservations refused tables that fit."""
     _set_limit(resource.RLIMIT_CPU, cpu_seconds, cpu_seconds + 5)
     _set_limit(resource.RLIMIT_DATA, memory_mb * DATA_BACKSTOP * 2**20)
     _set_limit(resource.RLIMIT_FSIZE, file_mb * 2**20)
