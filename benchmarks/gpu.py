@@ -24,7 +24,7 @@ import xgboost as xgb
 from sklearn import metrics as skm
 
 from remote_magic.families.base import Batches
-from remote_magic.families.xgboost.family import RowBatches
+from remote_magic.families.xgboost.inputs import RowBatches
 from remote_magic_server.jobs.tasks import gpu_present
 from tests.serverproc import running
 

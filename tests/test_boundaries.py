@@ -9,6 +9,11 @@
   loads a source's driver (refreshes run in a child interpreter);
 - registry/ never imports api/ or automation/, automation/ never imports worker/ or release/;
 - the release desk is the only caller of privacy/ rules in the server;
+- the server imports only the contract and the families of the notebook side (and its version);
+- the confined worker never imports Dask or the cluster's code, and a cluster job's driver never
+  imports the confined worker (the unpickler, the sandbox) or a model library;
+- nothing outside families/ imports a model library;
+- no two modules import each other, however far round (TYPE_CHECKING imports count too);
 - no module is over about 300 lines without a reason written at its top.
 """
 
@@ -102,6 +107,7 @@ def test_privacy_does_no_io(path):
     ("folder", "forbidden"),
     [
         ("worker", ("remote_magic_server.jobs", "remote_magic_server.api", "remote_magic_server.release")),
+        ("worker", ("remote_magic_server.cluster", "dask", "distributed")),
         ("jobs", ("remote_magic_server.worker", "remote_magic_server.api", "remote_magic_server.automation")),
         ("api", ("remote_magic_server.worker",)),
         ("release", ("remote_magic_server.worker", "remote_magic_server.jobs", "remote_magic_server.api")),
@@ -111,7 +117,16 @@ def test_privacy_does_no_io(path):
             "registry",
             ("remote_magic_server.worker", "remote_magic_server.api", "remote_magic_server.automation"),
         ),
-        ("automation", ("remote_magic_server.worker", "remote_magic_server.release")),
+        (
+            "automation",
+            ("remote_magic_server.worker", "remote_magic_server.release", "remote_magic_server.api"),
+        ),
+        (
+            "intake",
+            ("remote_magic_server.worker", "remote_magic_server.api", "remote_magic_server.automation"),
+        ),
+        ("config", ("remote_magic_server.worker", "remote_magic_server.jobs", "remote_magic_server.api")),
+        ("cluster", ("remote_magic_server.worker", "remote_magic_server.jobs", "remote_magic_server.api")),
     ],
 )
 def test_each_folder_imports_only_down_the_chain(folder, forbidden):
@@ -136,3 +151,108 @@ def test_long_modules_say_why_they_are_long(path):
         return
     docstring = ast.get_docstring(ast.parse(path.read_text())) or ""
     assert "Why it is long" in docstring, f"{path.relative_to(ROOT)} is long without a reason at its top"
+
+
+SERVER_MAY_IMPORT = ("remote_magic.contract", "remote_magic.families")
+MODEL_LIBRARIES = ("xgboost", "sklearn", "lightgbm", "catboost", "torch")
+
+
+def test_the_server_imports_only_the_contract_and_the_families():
+    for path in sources(SERVER):
+        client = {m for m in imported_modules(path) if m.split(".")[0] == "remote_magic"}
+        bad = {m for m in client if m != "remote_magic" and not m.startswith(SERVER_MAY_IMPORT)}
+        bad -= {"remote_magic.__version__"}
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_the_confined_worker_never_loads_dask():
+    loaded = modules_after("import remote_magic_server.worker.preload, remote_magic_server.worker.main")
+    assert "xgboost" in loaded  # the families' code is preloaded
+    assert not {"dask", "distributed"} & {name.split(".")[0] for name in loaded}
+    assert not any(name.startswith("remote_magic_server.cluster") for name in loaded)
+
+
+def test_the_cluster_driver_names_no_model_library_and_nothing_outside_families_imports_one():
+    """The server and the contract reach a model library only through a family (the worker's preload
+    warms the families' libraries; the notebook's display may load a released model for its user)."""
+    driver = imported_modules(SERVER / "cluster" / "driver.py")
+    assert not {m for m in driver if m.split(".")[0] in MODEL_LIBRARIES}
+    for path in [*sources(CLIENT / "contract"), *sources(SERVER)]:
+        if path.name == "preload.py":
+            continue
+        found = {m for m in imported_modules(path) if m.split(".")[0] in MODEL_LIBRARIES}
+        found = {m for m in found if not m.startswith("sklearn.datasets")}  # the demo's tables
+        assert not found, f"{path.relative_to(ROOT)} imports {sorted(found)}"
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Every module of both packages and the modules of both packages it imports (by any import)."""
+    names: dict[str, Path] = {}
+    for top, base in (("remote_magic", CLIENT), ("remote_magic_server", SERVER)):
+        for path in sources(base):
+            parts = [top, *path.relative_to(base).with_suffix("").parts]
+            names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        found = set()
+        for module in imported_modules(path):
+            while module and module not in names:
+                module = module.rpartition(".")[0]
+            if module and module != name:
+                found.add(module)
+        graph[name] = found
+    return graph
+
+
+def test_no_two_modules_import_each_other_however_far_round():
+    graph = module_graph()
+    circles = [c for c in strongly_connected(graph) if len(c) > 1]
+    assert not circles, f"import circles: {circles}"
+
+
+def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's strongly connected components, iteratively."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, edges = work[-1]
+            for nxt in edges:
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, iter(sorted(graph[nxt]))))
+                    break
+                if nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.append(member)
+                        if member == node:
+                            break
+                    found.append(component)
+    return found
+
+
+def test_the_circle_check_finds_a_circle():
+    assert [sorted(c) for c in strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()})] == [
+        ["a", "b", "c"],
+        ["d"],
+    ]

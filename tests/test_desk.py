@@ -13,7 +13,7 @@ from pyroaring import BitMap
 from remote_magic.contract.codes import Refusal
 from remote_magic_server.audit import AuditLog, verify
 from remote_magic_server.config.settings import DatasetConfig, Settings
-from remote_magic_server.protocol import Admission, DescribeReport, LeafFacts, SplitCounts, TrainReport
+from remote_magic_server.protocol import Admission, DescribeReport, ModelFacts, SplitCounts, TrainReport
 from remote_magic_server.release.desk import ReleaseDesk, Request
 from remote_magic_server.release.ledger import Ledger
 
@@ -93,7 +93,11 @@ def test_a_result_is_rounded_under_the_dataset_policy_and_says_so(desk, tmp_path
         stats={"n": 201},
         rounds={"base": 0, "new": 3, "total": 3},
         confusion={"labels": ["0", "1"], "counts": [[95, 5], [19, 82]]},
-        model=LeafFacts(categorical=False, min_leaf_rows=40, max_depth=2, n_estimators=3, min_child_weight=5),
+        model=ModelFacts(
+            family="xgboost",
+            min_leaf_rows=40,
+            facts={"categorical": False, "max_depth": 2, "n_estimators": 3, "min_child_weight": 5},
+        ),
     )
     result = desk.release_result(request(), admitted, report)
     assert result.metrics["auc"] == 0.8765 and result.policy.min_count == 20 and result.policy.round_to == 10

@@ -14,9 +14,12 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.wire import ModelBounds
 from remote_magic.families import family_for
-from remote_magic.families.base import Split, encode_labels
+from remote_magic.families.aggregates import evaluate
+from remote_magic.families.base import Run, Split, encode_labels
+from remote_magic.families.partitions import one_machine
 from remote_magic.families.xgboost import bounds as xgboost_bounds
 from remote_magic.families.xgboost.family import FAMILY
+from tests.onemachine import leaf_facts, train_here
 
 BOUNDS = ModelBounds(max_n_estimators=100, max_depth=8, max_bin=256, max_threads=2)
 RNG = np.random.default_rng(0)
@@ -109,36 +112,38 @@ def test_training_continues_reports_progress_and_scores():
     labels = encode_labels(y_train, y_eval, "y", "classification")
     plan = FAMILY.canonical(xgb.XGBClassifier(n_estimators=6, max_depth=2, min_child_weight=5))
     seen: list[int] = []
-    trained = FAMILY.train(plan, train, evaluation, labels, 1, lambda done, latest: seen.append(done))
+    trained, parts = train_here(
+        FAMILY, plan, train, evaluation, labels, lambda done, latest: seen.append(done)
+    )
     assert FAMILY.rounds(trained) == {"base": 0, "new": 6, "total": 6}
     assert FAMILY.task(trained) == "binary" and seen and 1 <= seen[-1] <= 6
-    scores = FAMILY.evaluate(trained)
+    scores = evaluate(FAMILY, trained, parts, len(labels.classes))
     assert scores["metrics"]["auc"] > 0.8 and np.array(scores["confusion"]).sum() == 200
     history = FAMILY.history(trained)
     assert len(history["train"]) == len(history["eval"]) == 6
     assert set(FAMILY.importance(trained)) <= {"a", "b", "c"}
-    facts = FAMILY.leaf_facts(trained)
+    facts = leaf_facts(FAMILY, trained, parts)
     assert facts["min_leaf_rows"] >= 1 and facts["categorical"] is True and facts["n_estimators"] == 6
 
 
 def test_scoring_a_fitted_model_matches_its_own_predictions(tmp_path):
     train, y_train = rows(300)
-    fitted = FAMILY.train(
+    fitted, _ = train_here(
+        FAMILY,
         FAMILY.canonical(xgb.XGBRegressor(n_estimators=5)),
         train,
         train,
         encode_labels(y_train, y_train, "y", "regression"),
-        1,
-        lambda *_: None,
     )
     FAMILY.export(fitted, tmp_path)
     booster = xgb.Booster()
     booster.load_model(str(tmp_path / "model.json"))
     plan = FAMILY.canonical(booster)
     evaluation, y_eval = rows(100)
-    scored = FAMILY.score(plan, evaluation, encode_labels(y_eval, y_eval, "y", plan.task), 1)
+    parts = one_machine(evaluation, evaluation, encode_labels(y_eval, y_eval, "y", plan.task))
+    scored = FAMILY.score(plan, parts, [], Run(1, lambda *_: None))
     assert FAMILY.rounds(scored) == {"base": 5, "new": 0, "total": 5}
-    assert set(FAMILY.evaluate(scored)["metrics"]) == {"rmse", "mae", "r2"}
+    assert set(evaluate(FAMILY, scored, parts, 0)["metrics"]) == {"rmse", "mae", "r2"}
 
 
 def test_labels_are_sorted_classes_named_by_their_text_and_missing_ones_refused():

@@ -199,8 +199,8 @@ def test_valid_specs_are_accepted(demo, versions, data):
         "eval": split,
     }
     spec, plan = check_spec(demo, versions, [name], DatasetSpec.model_validate(raw))
-    assert plan["features"] == (list(dict.fromkeys(chosen)) if chosen else features)
-    assert spec.dataset == name and plan["dataset_version"] == 1
+    assert plan.features == (list(dict.fromkeys(chosen)) if chosen else features)
+    assert spec.dataset == name and plan.dataset_version == 1
 
 
 json_values = st.recursive(

@@ -18,7 +18,7 @@ from remote_magic_server.privacy.dp import gaussian_counts
 from remote_magic_server.privacy.guard import check_differencing
 from remote_magic_server.privacy.model_release import check_model_release, unnecessary_risk
 from remote_magic_server.privacy.policy import release
-from remote_magic_server.protocol import DescribeReport, LeafFacts, SplitCounts, TrainReport
+from remote_magic_server.protocol import DescribeReport, ModelFacts, SplitCounts, TrainReport
 from remote_magic_server.release.ledger import Ledger
 from remote_magic_server.worker.describe_task import nice_edges
 
@@ -140,6 +140,10 @@ def test_sacro_ml_xgboost_risk_rule(depth, trees, mcw, risky):
     assert unnecessary_risk(depth, trees, mcw) is risky
 
 
+def xgboost_facts(min_leaf_rows: int, **facts: object) -> ModelFacts:
+    return ModelFacts(family="xgboost", min_leaf_rows=min_leaf_rows, facts=facts)
+
+
 def test_model_release_needs_large_leaves_and_no_categories():
     ok = {
         "min_leaf_rows": 25,
@@ -148,10 +152,10 @@ def test_model_release_needs_large_leaves_and_no_categories():
         "min_child_weight": 5,
         "categorical": False,
     }
-    check_model_release(LeafFacts(**ok), POLICY)
+    check_model_release(xgboost_facts(**ok), POLICY)
     for bad in ({"min_leaf_rows": 3}, {"categorical": True}, {"max_depth": 0, "min_child_weight": 1}):
         with pytest.raises(Refusal) as exc:
-            check_model_release(LeafFacts(**{**ok, **bad}), POLICY)
+            check_model_release(xgboost_facts(**{**ok, **bad}), POLICY)
         assert exc.value.code == "model_release_refused"
 
 

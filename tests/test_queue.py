@@ -15,6 +15,7 @@ from remote_magic.client.errors import Busy
 from remote_magic.display.progress import QueueWait
 from remote_magic_server.jobs.store import Store
 from remote_magic_server.jobs.timeline import PHASES
+from remote_magic_server.plan import JobPlan
 from tests.serverproc import ServerProcess, pause_worker, wait_until, write_config
 
 SMALL = xgb.XGBClassifier(n_estimators=3, max_depth=2)
@@ -24,7 +25,7 @@ LONG_SPEC = {"dataset": "synthetic_rules", "label": "label"}
 
 
 def queue(store: Store, user: str) -> str:
-    return store.create_job(user, "d", "train", {}, {}, b"model", None)[0].id
+    return store.create_job(user, "d", "train", {}, JobPlan(), b"model", None)[0].id
 
 
 def test_users_take_turns_and_a_restart_keeps_the_turns(tmp_path):

@@ -29,6 +29,7 @@ from remote_magic_server.config.settings import Settings
 from remote_magic_server.jobs.local_executor import LocalExecutor, process_mark
 from remote_magic_server.jobs.scheduler import Scheduler
 from remote_magic_server.jobs.store import SCHEMA_VERSION, QueueFull, Store, StoreError, hash_token
+from remote_magic_server.plan import JobPlan
 from remote_magic_server.release.desk import ReleaseDesk
 from remote_magic_server.release.ledger import Ledger
 from tests.serverproc import ServerProcess, pause_worker, rows, wait_until, write_config
@@ -283,7 +284,7 @@ def test_same_idempotency_key_from_threads_at_once_makes_one_job(tmp_path):
 
     def create() -> None:
         barrier.wait()
-        results.append(store.create_job("alice", "d", "train", {}, {}, b"payload", "same-key"))
+        results.append(store.create_job("alice", "d", "train", {}, JobPlan(), b"payload", "same-key"))
 
     threads = [threading.Thread(target=create) for _ in range(8)]
     for thread in threads:
@@ -299,14 +300,14 @@ def test_same_idempotency_key_from_threads_at_once_makes_one_job(tmp_path):
 def test_queue_limit_counts_only_that_users_queued_jobs(tmp_path):
     store = Store(tmp_path / "store.sqlite", tmp_path / "jobs")
     for i in range(2):
-        store.create_job("alice", "d", "train", {}, {}, b"p", f"a{i}", max_queued=2)
+        store.create_job("alice", "d", "train", {}, JobPlan(), b"p", f"a{i}", max_queued=2)
     with pytest.raises(QueueFull) as full:
-        store.create_job("alice", "d", "train", {}, {}, b"p", "a2", max_queued=2)
+        store.create_job("alice", "d", "train", {}, JobPlan(), b"p", "a2", max_queued=2)
     assert full.value.queued == 2
-    store.create_job("bob", "d", "train", {}, {}, b"p", "b0", max_queued=2)
-    assert store.create_job("alice", "d", "train", {}, {}, b"p", "a1", max_queued=2)[1] is False
+    store.create_job("bob", "d", "train", {}, JobPlan(), b"p", "b0", max_queued=2)
+    assert store.create_job("alice", "d", "train", {}, JobPlan(), b"p", "a1", max_queued=2)[1] is False
     store.claim_next()
-    store.create_job("alice", "d", "train", {}, {}, b"p", "a2", max_queued=2)
+    store.create_job("alice", "d", "train", {}, JobPlan(), b"p", "a2", max_queued=2)
     assert len(list((tmp_path / "jobs").iterdir())) == 4
     store.close()
 
@@ -314,7 +315,7 @@ def test_queue_limit_counts_only_that_users_queued_jobs(tmp_path):
 def test_interrupted_jobs_are_retried_a_bounded_number_of_times(tmp_path):
     settings = Settings.model_validate({"server": {"data_dir": str(tmp_path)}})
     store = Store(settings.db_path, settings.jobs_dir)
-    unlucky, _ = store.create_job("alice", "d", "train", {}, {}, b"p", "unlucky")
+    unlucky, _ = store.create_job("alice", "d", "train", {}, JobPlan(), b"p", "unlucky")
     desk = ReleaseDesk(settings, Ledger(settings.ledger_path), AuditLog(settings.audit_path))
     for expected in ("queued", "queued", "failed"):
         assert store.claim_next().id == unlucky.id

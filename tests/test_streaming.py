@@ -14,12 +14,16 @@ import pytest
 import xgboost as xgb
 
 from remote_magic.contract.wire import DatasetSpec
+from remote_magic.families.aggregates import evaluate
 from remote_magic.families.base import Batches, Split, encode_labels
-from remote_magic.families.xgboost.family import FAMILY, frame_of
+from remote_magic.families.xgboost.family import FAMILY
+from remote_magic.families.xgboost.inputs import frame_of
 from remote_magic_server.demo import synthetic_table
 from remote_magic_server.jobs.tasks import file_limit_mb, staging_plan
+from remote_magic_server.plan import JobPlan
 from remote_magic_server.protocol import SCRATCH_DIR, Limits, Task
 from remote_magic_server.worker import staging
+from tests.onemachine import held_matrix, leaf_facts, train_here
 from tests.serverproc import running
 
 ROUNDS = 4
@@ -47,18 +51,19 @@ def test_quantile_matrices_fed_in_batches_grow_the_trees_of_the_dmatrix_path():
     evaluation, y_eval = synthetic(1500, 2)
     labels = encode_labels(y_train, y_eval, "label", "classification")
     plan = FAMILY.canonical(xgb.XGBClassifier(n_estimators=ROUNDS, max_depth=3))
-    trained = FAMILY.train(
+    trained, parts = train_here(
+        FAMILY,
         plan,
         Split(in_batches(train, 1024), y_train),
         Split(in_batches(evaluation, 500), y_eval),
         labels,
-        1,
-        lambda *_: None,
     )
-    assert isinstance(trained.dtrain, xgb.QuantileDMatrix)
+    assert isinstance(held_matrix(parts, "train"), xgb.QuantileDMatrix)
     assert trained.booster.save_raw("json") == pandas_path(trained, train, labels.train).save_raw("json")
     exact = trained.booster.predict(xgb.DMatrix(frame_of(evaluation), enable_categorical=True))
-    assert np.array_equal(trained.booster.predict(trained.deval), exact)  # eval rows binned with ref=
+    assert np.array_equal(
+        trained.booster.predict(held_matrix(parts, "eval")), exact
+    )  # eval rows binned with ref=
 
 
 def test_continuing_a_notebook_model_keeps_its_category_codes_even_when_a_category_is_missing():
@@ -70,8 +75,9 @@ def test_continuing_a_notebook_model_keeps_its_category_codes_even_when_a_catego
     hidden, y_hidden = hidden.filter(keep), y_hidden[keep.to_numpy(zero_copy_only=False)]
     labels = encode_labels(y_hidden, y_hidden, "label", "classification")
     plan = FAMILY.canonical(base.set_params(n_estimators=ROUNDS))
-    trained = FAMILY.train(plan, Split(hidden, y_hidden), Split(hidden, y_hidden), labels, 1, lambda *_: None)
-    assert isinstance(trained.dtrain, xgb.DMatrix) and not isinstance(trained.dtrain, xgb.QuantileDMatrix)
+    trained, parts = train_here(FAMILY, plan, Split(hidden, y_hidden), Split(hidden, y_hidden), labels)
+    dtrain = held_matrix(parts, "train")
+    assert isinstance(dtrain, xgb.DMatrix) and not isinstance(dtrain, xgb.QuantileDMatrix)
 
     # in the notebook: the same rows with the notebook's own categories (east included, unused)
     same_codes = frame_of(hidden)
@@ -91,7 +97,7 @@ def task_for(path, spec: dict, staging_mb: int) -> Task:
     """A train task on a Parquet file (every column but id and label a feature)."""
     checked = DatasetSpec.model_validate(spec)
     columns = [c for c in pq.read_schema(path).names if c not in ("id", "label")]
-    plan = {"features": columns, "filter_columns": [*columns, "label"], "derive_columns": columns}
+    plan = JobPlan(features=columns, filter_columns=[*columns, "label"], derive_columns=columns)
     limits = Limits(threads=1, cpu_seconds=60, memory_mb=4096, staging_mb=staging_mb, max_payload_bytes=0)
     return Task(
         kind="train",
@@ -123,13 +129,13 @@ def test_rows_past_the_budget_spill_and_train_through_external_memory(tmp_path):
 
     labels = encode_labels(held.train.y, held.eval.y, "label", "classification")
     plan_ = FAMILY.canonical(xgb.XGBClassifier(n_estimators=ROUNDS, max_depth=3))
-    in_memory = FAMILY.train(plan_, held.train, held.eval, labels, 1, lambda *_: None)
-    external = FAMILY.train(plan_, spilled.train, spilled.eval, labels, 1, lambda *_: None)
-    assert isinstance(external.dtrain, xgb.ExtMemQuantileDMatrix)
+    in_memory, held_parts = train_here(FAMILY, plan_, held.train, held.eval, labels)
+    external, spilled_parts = train_here(FAMILY, plan_, spilled.train, spilled.eval, labels)
+    assert isinstance(held_matrix(spilled_parts, "train"), xgb.ExtMemQuantileDMatrix)
     assert list((tmp_path / "spilled" / SCRATCH_DIR).glob("train*.page"))
     assert external.booster.save_raw("json") == in_memory.booster.save_raw("json")
-    assert FAMILY.evaluate(external) == FAMILY.evaluate(in_memory)
-    assert FAMILY.leaf_facts(external) == FAMILY.leaf_facts(in_memory)
+    assert evaluate(FAMILY, external, spilled_parts, 2) == evaluate(FAMILY, in_memory, held_parts, 2)
+    assert leaf_facts(FAMILY, external, spilled_parts) == leaf_facts(FAMILY, in_memory, held_parts)
 
 
 def test_a_job_past_the_staging_budget_trains_through_external_memory_on_the_server(tmp_path):

@@ -18,6 +18,7 @@ from remote_magic.client.errors import RemoteError
 from remote_magic.display.tables import columns_table, jobs_table, versions_table
 from remote_magic_server.cli import main
 from remote_magic_server.jobs.store import Store
+from remote_magic_server.plan import JobPlan
 from tests.serverproc import running
 
 SENTINEL = "Zanzibar-Quartz"  # a value in the data that must never appear in any answer
@@ -137,12 +138,14 @@ def test_versions_that_queued_or_held_jobs_use_are_in_use(tmp_path):
     store = Store(tmp_path / "store.sqlite", tmp_path / "jobs")
 
     def job(version: int, state: str = "queued") -> str:
-        row, _ = store.create_job("u", "claims", "train", {}, {"dataset_version": version}, b"x", None, state)
+        row, _ = store.create_job(
+            "u", "claims", "train", {}, JobPlan(dataset_version=version), b"x", None, state
+        )
         return row.id
 
     try:
         job(4)
-        assert store.claim_next().plan["dataset_version"] == 4  # running
+        assert store.claim_next().plan.dataset_version == 4  # running
         job(1)
         job(3, "awaiting_approval")
         store.finish(job(2), "succeeded")

@@ -30,7 +30,9 @@ from ..contract.specs import Resolved, resolve
 from ..contract.types import TIME, continuous_label_hint, kind_of
 from ..contract.wire import CostEstimate, DatasetInfo, DatasetSpec, MockData
 from ..families import family_for
-from ..families.base import Split, check_kind, encode_labels, is_classifier_task
+from ..families.aggregates import evaluate
+from ..families.base import Run, Split, check_kind, encode_labels, is_classifier_task
+from ..families.partitions import one_machine
 from .errors import DryRunError
 
 DRY_ROUNDS = 5
@@ -168,9 +170,7 @@ def dry_run(
         family = family_for(model)
         plan = family.canonical(model)
         if dataset.bounds is not None:
-            # The leaf rule is about trees trained there; an evaluation trains none.
-            leaf_rule = dataset.bounds.min_leaf_rows if kind == "train" else None
-            family.check_bounds(plan, dataset.bounds.model_copy(update={"min_leaf_rows": leaf_rule}))
+            family.check_bounds(plan, dataset.bounds.for_kind(kind))
         check_kind(kind, plan.base is not None, plan.preprocess is not None)
     except Refusal as refusal:
         raise DryRunError(refusal.message, code=refusal.code) from None
@@ -196,12 +196,14 @@ def dry_run(
     fitted = 0
     try:
         labels = encode_labels(train.y, evaluation.y, spec.label, plan.task)
+        parts = one_machine(train, evaluation, labels)
+        run = Run(1, lambda _done, _latest: None)
         if kind == "train":
             fitted = min(plan.rounds, DRY_ROUNDS)
             trial = dataclasses.replace(plan, rounds=fitted)
-            family.train(trial, train, evaluation, labels, 1, lambda _done, _latest: None)
+            family.train(trial, parts, labels.classes, run)
         else:
-            family.evaluate(family.score(plan, evaluation, labels, 1))
+            evaluate(family, family.score(plan, parts, labels.classes, run), parts, len(labels.classes))
     except Refusal as refusal:
         # Here, unlike on the server, the library's own words may be shown: they are about mock rows.
         cause = str(refusal.__cause__ or "").strip().splitlines()

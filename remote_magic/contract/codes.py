@@ -136,6 +136,11 @@ class Refusal(Exception):
         self.message = message
         self.headers = headers
 
+    def __reduce__(self) -> tuple:
+        """Pickled as its code and message: a refusal raised where a cluster's partition is crosses
+        back to the job driver as itself."""
+        return (Refusal, (self.code, self.message, self.headers))
+
     @property
     def status(self) -> int:
         return CODES[self.code].status

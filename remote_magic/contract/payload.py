@@ -25,7 +25,7 @@ import io
 import pickle
 from dataclasses import dataclass, field, replace
 
-from ..families import WHAT_A_MODEL_MAY_BE, model_classes, top_level_names
+from ..families import WHAT_A_MODEL_MAY_BE, Manifest, manifest_of, model_classes, top_level_names
 from .codes import Refusal
 
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
@@ -223,6 +223,7 @@ class ScanReport:
     estimator: str | None = None
     params: dict | None = None
     rounds: int | None = None
+    family: str | None = None  # the family whose light half checks the stated parameters
 
 
 def _scalars(state: object) -> dict:
@@ -244,7 +245,12 @@ def _estimator(obj: _Placeholder, model: str) -> ScanReport:
         estimator=TOP_LEVEL.get(obj.of),
         params=params,
         rounds=rounds if isinstance(rounds, int) else 100,
+        family=_family(manifest_of(obj.of)),
     )
+
+
+def _family(manifest: Manifest | None) -> str | None:
+    return manifest.name if manifest is not None else None
 
 
 def describe_top(obj: object) -> ScanReport:
@@ -268,6 +274,7 @@ def describe_top(obj: object) -> ScanReport:
             fitted=isinstance(obj.get("booster"), _Placeholder),
             params=_scalars(obj.get("params")),
             rounds=rounds if isinstance(rounds, int) and not isinstance(rounds, bool) else None,
+            family=_family(manifest_of(params_dict=True)),
         )
     raise Refusal("unsupported_model", f"the model must be {WHAT_A_MODEL_MAY_BE}")
 

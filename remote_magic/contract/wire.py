@@ -32,6 +32,10 @@ def dataset_ref(text: str) -> tuple[str, int | None]:
     return name, int(version) if version else None
 
 
+# dp: every released number an OpenDP draw under a budget (the default); rules: suppression and rounding
+PrivacyMode = Literal["dp", "rules"]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -100,7 +104,7 @@ class PolicyInEffect(_Strict):
     significant_digits: int = Field(description="Released metrics are rounded to this many digits.")
     min_rows: int = Field(description="The fewest rows a training or evaluation set may have.")
     min_class_rows: int = Field(description="The fewest rows per class in a set.")
-    privacy: Literal["dp", "rules"] = Field(
+    privacy: PrivacyMode = Field(
         default="rules", description="dp: numbers are OpenDP draws under a budget; rules: rounding only."
     )
     rho_per_job: float | None = Field(default=None, description="zCDP cost of a job's default releases.")
@@ -119,6 +123,11 @@ class ModelBounds(_Strict):
         default=None,
         description="Mode dp: every leaf must hold this many rows (min_child_weight must ensure it).",
     )
+
+    def for_kind(self, kind: str) -> ModelBounds:
+        """The bounds a job of this kind keeps: the leaf rule is about trees trained in the job, and an
+        evaluation trains none."""
+        return self if kind == "train" else self.model_copy(update={"min_leaf_rows": None})
 
 
 class RetypedColumn(_Strict):
@@ -410,7 +419,7 @@ class CostEstimate(_Strict):
 
     dataset: str
     kind: JobKind
-    privacy: Literal["dp", "rules"]
+    privacy: PrivacyMode
     rho: float = 0.0
     epsilon: float = 0.0
     delta: float = 0.0

@@ -5,8 +5,10 @@ needs the allowlist of classes a payload may build without importing any model l
 code lives in its own module and is imported where models are handled: in the sandboxed worker, and in
 the client's dry run, which runs the very same code on mock rows.
 
-To add a family: write a module with a class that satisfies `base.ModelFamily`, give it a `Manifest`
-here (the classes its payloads may contain, what a payload of it is called) and add it to `MANIFESTS`.
+To add a family: write a folder with a module whose `FAMILY` satisfies `base.ModelFamily` and a light
+module (no model library) for the API process, give it a `Manifest` here (the classes its payloads may
+contain, what a payload of it is called, its two modules) and add it to `MANIFESTS`; its model-release
+rule goes in the server's privacy/model_release.py. docs/architecture.md lists every file.
 """
 
 from __future__ import annotations
@@ -14,25 +16,38 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .base import ModelFamily
 
 
+MODEL_FILE = "model.json"  # a trained model in the job folder, in its family's saved form (`export`)
+PARAMS_FILE = "params.json"  # the parameters it was trained with
+
+
 @dataclass(frozen=True)
 class Manifest:
-    """A family's allowlist, as exact `module.name` strings of the classes its payloads may build."""
+    """A family: its allowlist, as exact `module.name` strings of the classes its payloads may build;
+    `module`, its code (which imports the model library), where `FAMILY` is; `light`, what the API
+    process may import of it: `check_stated(estimator, params, rounds, bounds)`, the bounds a payload's
+    stated parameters must keep, and `is_saved(data)`, whether bytes are a model it saved (`export`).
+    `params_dict`: a dict of parameters (`{'params': ..., 'num_boost_round': ...}`) is this family's."""
 
     name: str
     module: str
+    light: str
     classes: frozenset[str]
     top_level: Mapping[str, str] = field(default_factory=dict)
+    params_dict: bool = False
 
 
 XGBOOST = Manifest(
     name="xgboost",
     module="remote_magic.families.xgboost.family",
+    light="remote_magic.families.xgboost.bounds",
+    params_dict=True,
     classes=frozenset(
         {"xgboost.sklearn.XGBClassifier", "xgboost.sklearn.XGBRegressor", "xgboost.core.Booster"}
     ),
@@ -80,6 +95,22 @@ def top_level_names() -> dict[str, str]:
     for manifest in MANIFESTS:
         names.update(manifest.top_level)
     return names
+
+
+def manifest_of(class_path: str | None = None, params_dict: bool = False) -> Manifest | None:
+    """The family a payload's top-level class (or a dict of parameters) belongs to."""
+    return next((m for m in MANIFESTS if (params_dict and m.params_dict) or class_path in m.classes), None)
+
+
+def light(name: str) -> ModuleType:
+    """A family's light half (no model library): stated-parameter bounds, saved-model recognition."""
+    return importlib.import_module(next(m for m in MANIFESTS if m.name == name).light)
+
+
+def family_of_saved(data: bytes) -> str | None:
+    """The family that saved these model bytes (a registered version, a cluster's base model); None
+    when none did."""
+    return next((m.name for m in MANIFESTS if importlib.import_module(m.light).is_saved(data)), None)
 
 
 def family(name: str) -> ModelFamily:

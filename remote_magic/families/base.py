@@ -1,9 +1,14 @@
 """The model-family interface, and the plain data a family works on.
 
+Why it is long: the interface a family satisfies and every piece of plain data it is given (batches,
+splits, labels, plans, partitions and the label rules) in one place, so a new family is written against
+one module.
+
 A family never stages rows itself and never decides what is released: it gets feature columns as Arrow
-record batches and labels as a NumPy array (the shapes `Split` names), trains or scores, and returns raw
-numbers. The worker feeds it the admitted rows, streamed from DuckDB and held in memory or, past the
-staging budget, spilled to Arrow files in the job folder; the dry run feeds it mock rows.
+record batches and labels as a NumPy array (the shapes `Split` names), in partitions (partitions.py),
+trains or scores, and returns raw numbers. The worker feeds it the admitted rows, streamed from DuckDB
+and held in memory or, past the staging budget, spilled to Arrow files in the job folder; a cluster's
+job driver, partitions staged on the cluster's machines; the dry run, mock rows.
 """
 
 from __future__ import annotations
@@ -70,6 +75,11 @@ class Batches:
         }
         return Batches(self.schema, self.chunks + other.chunks, None, text, self.rare | other.rare)
 
+    def merge_levels(self, rare: dict[str, set[str]], text: dict[str, set[str]]) -> None:
+        """Merge these rare levels as the batches are read; `text`: each text column's levels once merged
+        (across every partition of the job)."""
+        self.rare, self._text = rare, text
+
     @property
     def column_names(self) -> list[str]:
         return self.schema.names
@@ -134,10 +144,71 @@ class Plan:
     metric: Callable | None = field(default=None, repr=False)
 
 
+@dataclass
+class Part:
+    """One partition's admitted rows where they live, split into training and evaluation rows, with
+    their row numbers in the dataset's file and the rows per text level (counted as they were staged,
+    before rare levels merge); `labels` once the job fixed the classes; `state` whatever a family keeps
+    here between calls (binned features, current margins, matrices)."""
+
+    train: Split
+    eval: Split
+    train_rows: np.ndarray
+    eval_rows: np.ndarray
+    levels: dict[str, Counter] = field(default_factory=dict)
+    labels: Labels | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+    missing_label: int | None = None  # rows the staging left out for a missing label (None: not counted)
+
+    def split(self, name: str) -> Split:
+        return self.train if name == "train" else self.eval
+
+    def y(self, name: str) -> np.ndarray:
+        """The labels of a split as numbers (class codes, or floats)."""
+        assert self.labels is not None, "the job encodes the labels before anything reads them"
+        return self.labels.train if name == "train" else self.labels.eval
+
+
+class Partitions(Protocol):
+    """A job's admitted rows, partitioned where they live (implementations: partitions.InProcess here,
+    and the cluster's in the server's cluster/partitions.py).
+
+    A family trains against `map` and gets back what its function returned on each partition. A family
+    whose library has its own distributed training may use it instead: `dask` is the cluster's handle
+    (its client, the partitions' futures, the collective's settings), None on one machine."""
+
+    dask: Any
+
+    def __len__(self) -> int: ...
+
+    def map(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
+        """`fn(part, *args)` on every partition, on the machine that holds it (the same `Part` object
+        each time, so its `state` lasts); the results in order. A result must be an aggregate: a cluster
+        refuses anything but a small dict or list."""
+        ...
+
+
+@dataclass
+class Run:
+    """What the job around a training gives the family: its threads, a progress report, and `check`,
+    which raises when the job must stop (a cancel, a lost machine). A question to the trusted parent
+    mid-training (a DP trainer's per-leaf sums, noised and charged by the parent's release desk) belongs
+    here too: the worker protocol carries it as a request and its answer."""
+
+    threads: int
+    report: Report
+    check: Callable[[], None] = lambda: None
+
+
 class ModelFamily(Protocol):
     """One kind of model: how to recognise it, canonicalise and bound it, train, score and export it.
 
-    `train` and `score` return the family's own trained-model object; the other methods read it."""
+    Two halves. The plan half reads a decoded model (in the confined worker, and in the dry run). The
+    partition half trains and reads a model on `Partitions` (partitions.py): `train` and `score` run
+    on the machine that coordinates the job and map the family's own functions over the partitions;
+    `predict` and `leaf_counts` run where a partition's rows are (the job's report builder maps them,
+    families/aggregates.py). `train` and `score` return the family's own trained-model object, which
+    the other methods read; on a cluster it travels to the partitions, so it must pickle."""
 
     name: str
 
@@ -151,30 +222,29 @@ class ModelFamily(Protocol):
 
     def check_bounds(self, plan: Plan, bounds: ModelBounds) -> None: ...
 
-    def train(
-        self, plan: Plan, train: Split, eval: Split, labels: Labels, threads: int, report: Report
-    ) -> Any:
-        """Continue training the plan's base model on the training rows, watching the evaluation rows."""
+    def portable_base(self, plan: Plan) -> bytes:
+        """The plan's base model in the family's saved form, re-written from the parsed model: what a
+        cluster gets instead of the payload."""
         ...
 
-    def score(self, plan: Plan, eval: Split, labels: Labels, threads: int) -> Any:
+    def train(self, plan: Plan, parts: Partitions, classes: list[str], run: Run) -> Any:
+        """Continue training the plan's base model on the partitions' training rows, watching their
+        evaluation rows; `classes` names the class codes of a classifier's labels (empty: regression)."""
+        ...
+
+    def score(self, plan: Plan, parts: Partitions, classes: list[str], run: Run) -> Any:
         """The plan's base model, ready to be evaluated without training."""
         ...
 
-    def predict(self, trained: Any, rows: Split | None = None, rounds: int | None = None) -> Any:
-        """Predictions (probabilities for classifiers) on the evaluation rows, or on `rows`, using the
-        first `rounds` boosting rounds (all when None)."""
+    def predict(self, trained: Any, part: Part, split: str, rounds: int | None = None) -> Any:
+        """Predictions (probabilities for classifiers) on a partition's `split` ("train" or "eval")
+        rows, using the first `rounds` boosting rounds (all when None)."""
         ...
 
-    def smallest_leaf(
-        self, trained: Any, rows: Split | None = None, rounds: tuple[int, int | None] = (0, None)
-    ) -> int | None:
-        """The fewest rows (the training rows, or `rows`) in any non-empty leaf of the trees of the
-        rounds `(start, stop)` (stop None: the last)."""
-        ...
-
-    def evaluate(self, trained: Any) -> dict:
-        """Exact metrics (and, for classifiers, the confusion counts) on the evaluation rows."""
+    def leaf_counts(self, trained: Any, part: Part, split: str, rounds: tuple[int, int]) -> list:
+        """Rows of a partition's `split` reaching each leaf of the trees of rounds `(start, stop)`, one
+        array of counts per tree by leaf id (they add up across partitions); empty for a model without
+        trees."""
         ...
 
     def history(self, trained: Any) -> dict | None:
@@ -189,13 +259,14 @@ class ModelFamily(Protocol):
         """binary, multiclass or regression: what the trained model turned out to be."""
         ...
 
-    def leaf_facts(self, trained: Any) -> dict:
-        """What the model-release rules read: leaf populations on the training rows, hyperparameters."""
+    def release_facts(self, trained: Any) -> dict[str, float | int | bool | None]:
+        """What the family's own model-release rule reads (privacy/model_release.py), such as the
+        hyperparameters; the leaf floor is counted by the job (`leaf_counts`)."""
         ...
 
     def export(self, trained: Any, folder: Path) -> None:
-        """Save the trained model and the parameters it was trained with in the job folder (where a later
-        release or registration reads them)."""
+        """Save the trained model (`MODEL_FILE`) and the parameters it was trained with (`PARAMS_FILE`)
+        in the job folder, where a later release or registration reads them."""
         ...
 
 
@@ -212,22 +283,54 @@ def is_classifier_task(task: str) -> bool:
     return task in ("classification", "binary", "multiclass")
 
 
-def encode_labels(y_train: np.ndarray, y_eval: np.ndarray, label: str, task: str) -> Labels:
-    """Labels as numbers; classes are the sorted distinct values, named by their text."""
-    if not is_classifier_task(task):
-        try:
-            return Labels(np.asarray(y_train, dtype=float), np.asarray(y_eval, dtype=float), [])
-        except (TypeError, ValueError) as exc:
-            raise Refusal("invalid_spec", f"label {label!r} is not numeric") from exc
-    both = np.concatenate([np.asarray(y_train), np.asarray(y_eval)])
-    missing = (
-        np.isnan(both).any()
-        if both.dtype.kind == "f"
-        else both.dtype == object and any(v is None or v != v for v in both)
-    )
-    if missing:
+def present_labels(y: np.ndarray) -> np.ndarray:
+    """The labels that are not missing (a missing label is not a class)."""
+    if y.dtype == object:
+        return np.array([v for v in y if v is not None and v == v], dtype=object)
+    if y.dtype.kind == "f":
+        return y[~np.isnan(y)]
+    return y
+
+
+def label_facts(y: np.ndarray, classifier: bool) -> dict:
+    """What the label rules read of some rows' labels, in a form that merges across partitions: a
+    classifier's distinct labels and whether any is missing; a regressor's whether all are numbers."""
+    if classifier:
+        present = present_labels(y)
+        return {"values": np.unique(present).tolist(), "missing": len(present) < len(y)}
+    try:
+        np.asarray(y, dtype=float)
+    except (TypeError, ValueError):
+        return {"numeric": False}
+    return {"numeric": True}
+
+
+def label_values(facts: list[dict], label: str, classifier: bool) -> np.ndarray | None:
+    """The label's rules, once its rows are admitted: a regressor's labels are numbers, a classifier's
+    are never missing. A classifier's classes are the sorted distinct labels (None for a regressor)."""
+    if not classifier:
+        if not all(f["numeric"] for f in facts):
+            raise Refusal("invalid_spec", f"label {label!r} is not numeric")
+        return None
+    if any(f["missing"] for f in facts):
         raise Refusal("invalid_spec", f"label {label!r} has missing values in the admitted rows")
-    classes, codes = np.unique(both, return_inverse=True)
-    return Labels(
-        codes[: len(y_train)].astype(int), codes[len(y_train) :].astype(int), [str(c) for c in classes]
+    return np.unique(np.array([v for f in facts for v in f["values"]]))
+
+
+def encode(y: np.ndarray, values: np.ndarray | None) -> np.ndarray:
+    """Labels as numbers: class codes into `values`, or floats."""
+    return np.searchsorted(values, y).astype(int) if values is not None else np.asarray(y, dtype=float)
+
+
+def class_names(values: np.ndarray | None) -> list[str]:
+    return [str(v) for v in values] if values is not None else []
+
+
+def encode_labels(y_train: np.ndarray, y_eval: np.ndarray, label: str, task: str) -> Labels:
+    """Labels of rows on one machine as numbers; classes are the sorted distinct values, named by
+    their text."""
+    classifier = is_classifier_task(task)
+    values = label_values(
+        [label_facts(y_train, classifier), label_facts(y_eval, classifier)], label, classifier
     )
+    return Labels(encode(y_train, values), encode(y_eval, values), class_names(values))

@@ -8,7 +8,9 @@ but the AUC, which ranks predictions by `AUC_BINS` bins of probability (ties wit
 so it may differ from scikit-learn's in the fourth decimal.
 
 `isolation` does the same for `scoring.isolated_rows` (a histogram of prediction bins; a regressor's bins
-need the spread of all the predictions first: `moments`, merged, then `spread`).
+need the spread of all the predictions first: `moments`, merged, then `spread`), and `add_leaves` /
+`merge_leaves` / `fewest_in_a_leaf` for the rows in each leaf of a tree model (per-tree counts by leaf
+id, from batches and partitions alike).
 """
 
 from __future__ import annotations
@@ -171,3 +173,31 @@ def isolated(histogram: Counter) -> int:
     """`scoring.isolated_rows` of the rows behind a merged histogram."""
     total = sum(histogram.values())
     return int(total - max(histogram.values())) if total else 0
+
+
+def add_leaves(totals: list[np.ndarray], tree: int, leaf_ids: np.ndarray) -> None:
+    """Add rows reaching each leaf of one tree (by leaf id) to that tree's running counts."""
+    _add_counts(totals, tree, np.bincount(leaf_ids.astype(np.int64)))
+
+
+def merge_leaves(shares: list[list]) -> list[np.ndarray]:
+    """Several partitions' per-tree leaf counts as one."""
+    totals: list[np.ndarray] = []
+    for share in shares:
+        for tree, counts in enumerate(share):
+            _add_counts(totals, tree, np.asarray(counts, dtype=np.int64))
+    return totals
+
+
+def _add_counts(totals: list[np.ndarray], tree: int, counts: np.ndarray) -> None:
+    while len(totals) <= tree:
+        totals.append(np.zeros(0, dtype=np.int64))
+    if len(counts) > len(totals[tree]):
+        totals[tree] = np.pad(totals[tree], (0, len(counts) - len(totals[tree])))
+    totals[tree][: len(counts)] += counts
+
+
+def fewest_in_a_leaf(totals: list[np.ndarray]) -> int | None:
+    """The fewest rows in any leaf that rows reach, over the counted trees; None when none were counted."""
+    counted = [c[c > 0] for c in totals if (c > 0).any()]
+    return int(min(c.min() for c in counted)) if counted else None

@@ -19,7 +19,7 @@ def cmd_review(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.action == "list":
             for job in store.awaiting_approval():
-                names = ", ".join(job.plan.get("custom_code") or []) or "unnamed code"
+                names = ", ".join(job.plan.custom_code or []) or "unnamed code"
                 print(f"{job.id}  {job.submitted_at}  user={job.user}  dataset={job.dataset}  {names}")
             return 0
         job = store.get_job(args.job_id or "")

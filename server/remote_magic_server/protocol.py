@@ -25,8 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from remote_magic.contract.codes import CODES
 from remote_magic.contract.wire import DatasetSpec, ModelBounds, ReleaseOptions, Stage
+from remote_magic.families.base import Plan
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 MAX_MESSAGE_BYTES = 16 * 2**20
 PARTITION_TABLE = "__remote_magic_partition"  # a cluster partition's rows, with their file_row_number
 SCRATCH_DIR = "scratch"  # in a job folder: spilled rows and external-memory pages, removed after the job
@@ -74,14 +75,14 @@ class DescribeOptions(_Strict):
 
 
 class SavedModel(_Strict):
-    """A registered version the parent copied into the job folder: the family's saved form, never pickle."""
+    """A registered version the parent copied into the job folder: the family's saved form, never pickle
+    (the worker finds its family from the bytes, `families.family_of_saved`)."""
 
     file: str = Field(pattern=r"^[a-z_]+\.json$")
-    family: str
 
 
 class Task(_Strict):
-    protocol: Literal[3] = PROTOCOL_VERSION
+    protocol: Literal[4] = PROTOCOL_VERSION
     kind: TaskKind
     spec: DatasetSpec | None = None
     staging: Staging | None = None
@@ -150,12 +151,13 @@ class RoundsReport(_Strict):
     total: int = Field(ge=0)
 
 
-class LeafFacts(_Strict):
-    categorical: bool
+class ModelFacts(_Strict):
+    """What the model-release rules read of a trained model: the fewest training rows in a leaf of the
+    trees trained here, and what its family's own rule reads (privacy/model_release.py)."""
+
+    family: str
     min_leaf_rows: int | None
-    max_depth: float
-    n_estimators: int
-    min_child_weight: float
+    facts: dict[str, float | int | bool | None]
 
 
 class EvalStats(_Strict):
@@ -210,7 +212,7 @@ class TrainReport(_Strict):
     history: CurveReport | None = None
     feature_importance: dict[str, float]
     rounds: RoundsReport
-    model: LeafFacts | None = None
+    model: ModelFacts | None = None
     stats: EvalStats
     curve: CurveStats | None = None
     importance_scores: dict[str, float] | None = Field(
@@ -273,6 +275,15 @@ class CanonicalPlan(_Strict):
     base: str | None = None
     base_rounds: int = Field(default=0, ge=0)
     preprocess: dict | None = None
+
+    @classmethod
+    def of(cls, plan: Plan, base: str | None) -> CanonicalPlan:
+        """A family's plan as data, its base model in the file `base` (notebook functions never cross)."""
+        return cls(base=base, **{name: getattr(plan, name) for name in cls.model_fields if name != "base"})
+
+    def plan(self, base: bytes | None) -> Plan:
+        """The family's plan again, with the base model's bytes."""
+        return Plan(base=base, **self.model_dump(exclude={"base"}))
 
 
 class PlanReady(_Strict):

@@ -1,11 +1,14 @@
-"""The XGBoost family's parameter bounds, as a pure check of a `Plan`'s JSON parameters.
+"""The XGBoost family's light half: its parameter bounds, as a pure check of a `Plan`'s JSON
+parameters, and how a model it saved is recognised.
 
 Light (no XGBoost import), so the server's API can refuse a model beyond the bounds from the parameters
-the payload scan reads, before any job exists; the worker checks the decoded model again.
+the payload scan reads, before any job exists (the worker checks the decoded model again), and the
+server can tell a saved model from other bytes without parsing it with XGBoost.
 """
 
 from __future__ import annotations
 
+import json
 import math
 
 from ...contract.codes import Refusal
@@ -53,6 +56,20 @@ def server_values_note(values: dict[str, int]) -> str | None:
         return None
     chosen = ", ".join(f"{name}={value}" for name, value in values.items())
     return f"{', '.join(values)} not set: trained with the value this dataset requires, {chosen}"
+
+
+def check_stated(estimator: str | None, params: dict, rounds: int, bounds: ModelBounds) -> None:
+    """Refuse parameters a payload states (the payload scan's) beyond the bounds."""
+    check(plan_of_scan(estimator, params, rounds), bounds)
+
+
+def is_saved(data: bytes) -> bool:
+    """Whether bytes are an XGBoost JSON model (read as plain JSON, in Python)."""
+    try:
+        model = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(model, dict) and isinstance(model.get("learner"), dict)
 
 
 def check(plan: Plan, bounds: ModelBounds) -> None:

@@ -16,23 +16,22 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import xgboost as xgb
 from sklearn.pipeline import Pipeline
 
 from ...contract.codes import Refusal
 from ...contract.rows import is_text
 from ...contract.wire import ModelBounds
-from .. import preprocessors, scoring
-from ..base import Batches, Labels, Plan, Report, Split, check_kind
+from .. import MODEL_FILE, PARAMS_FILE, partials, preprocessors
+from ..base import Labels, Part, Partitions, Plan, Report, Run, Split, check_kind
 from . import bounds as xgboost_bounds
+from .inputs import RowBatches, frame_of, model_input
 
 log = logging.getLogger("remote_magic.families.xgboost")
 
@@ -50,20 +49,19 @@ DEFAULT_BOOSTER_ROUNDS = 10
 DEFAULT_MAX_DEPTH = 6
 DEFAULT_MAX_BIN = 256
 LEAF_TABLE_CELLS = 16_000_000  # rows x trees of leaf ids predicted at once (64 MiB)
+STATE = "xgboost"  # a partition's state: the matrices of its rows, by split
 DEFAULT_MIN_CHILD_WEIGHT = 1.0
 
 
 @dataclass
 class Trained:
-    """A booster with what it was trained and scored on (matrices stay in this process)."""
+    """A booster with what it needs to read rows as it was trained on. It pickles: on a cluster it goes
+    to the partitions; the matrices of a partition's rows stay in that partition's state."""
 
     booster: xgb.Booster
-    deval: xgb.DMatrix
-    labels: Labels
     task: str
     params: dict
     base_rounds: int
-    dtrain: xgb.DMatrix | None = None
     history: dict = field(default_factory=dict)
     categorical: bool = False
     front: object | None = None
@@ -88,85 +86,26 @@ def add_leaf_counts(
         leaves = booster[first:last].predict(matrix, pred_leaf=True).reshape(n, -1)
         offset = (first - start) * (leaves.shape[1] // (last - first))
         for t in range(leaves.shape[1]):
-            _add_counts(totals, offset + t, leaves[:, t])
+            partials.add_leaves(totals, offset + t, leaves[:, t])
 
 
-def fewest_in_a_leaf(totals: list[np.ndarray]) -> int | None:
-    """The fewest rows in any leaf that rows reach, over the counted trees; None when none were counted."""
-    counted = [c[c > 0] for c in totals if (c > 0).any()]
-    return int(min(c.min() for c in counted)) if counted else None
-
-
-def _add_counts(totals: list[np.ndarray], tree: int, leaf_ids: np.ndarray) -> None:
-    """Add the rows reaching each leaf of one tree (leaf ids are node ids) to its running counts."""
-    counts = np.bincount(leaf_ids.astype(np.int64))
-    while len(totals) <= tree:
-        totals.append(np.zeros(0, dtype=np.int64))
-    if len(counts) > len(totals[tree]):
-        totals[tree] = np.pad(totals[tree], (0, len(counts) - len(totals[tree])))
-    totals[tree][: len(counts)] += counts
-
-
-class RowBatches(xgb.DataIter):
-    """Feeds one split's record batches to XGBoost, a batch at a time, with its labels alongside and
-    text columns as categories with fixed codes; `cache` makes it an external-memory source."""
-
-    def __init__(self, batches: Batches, labels: np.ndarray, categories: dict[str, pa.Array]):
-        super().__init__(cache_prefix=batches.cache, release_data=True)
-        self.batches = batches
-        self.labels = labels
-        self.categories = categories
-        self._batches: Iterator[pa.RecordBatch] | None = None
-        self._done = 0
-
-    def next(self, input_data: Callable) -> bool:
-        if self._batches is None:
-            self._batches = iter(self.batches)
-        batch = next(self._batches, None)
-        if batch is None:
-            return False
-        end = self._done + batch.num_rows
-        input_data(data=model_input(batch, self.categories), label=self.labels[self._done : end])
-        self._done = end
-        return True
-
-    def reset(self) -> None:
-        self._batches = None
-        self._done = 0
-
-
-def model_input(batch: pa.RecordBatch, categories: dict[str, pa.Array]) -> pa.Table:
-    """A batch as XGBoost reads it: text as dictionary codes into the fixed category list of its column,
-    decimals as floats; a column of another type (dates, bytes) is refused, naming it."""
-    columns = []
-    for name, column in zip(batch.schema.names, batch.columns):
-        if pa.types.is_dictionary(column.type):
-            column = column.dictionary_decode()
-        if is_text(column.type):
-            dictionary = categories[name]
-            column = pa.DictionaryArray.from_arrays(pc.index_in(column, value_set=dictionary), dictionary)
-        elif pa.types.is_decimal(column.type):
-            column = column.cast(pa.float64())
-        elif pa.types.is_float16(column.type):
-            column = column.cast(pa.float32())
-        elif not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)) and not (
-            pa.types.is_boolean(column.type)
-        ):
-            raise Refusal(
-                "training_failed", f"feature {name!r} is of type {column.type}, which XGBoost cannot use"
-            )
-        columns.append(column)
-    return pa.Table.from_arrays(columns, names=batch.schema.names)
-
-
-def _categories(plan: Plan, splits: list[Split]) -> dict[str, pa.Array]:
+def text_values(part: Part) -> dict[str, set[str]]:
+    """A partition's levels of each text column (a text column without any value has none)."""
     values: dict[str, set[str]] = {}
-    for part in splits:
-        for name, found in part.x.text_values().items():
+    for split in (part.train, part.eval):
+        for name, found in split.x.text_values().items():
             values.setdefault(name, set()).update(found)
-    for name in splits[0].x.column_names:
-        if is_text(_value_type(splits[0].x.schema.field(name).type)):
-            values.setdefault(name, set())
+        for name in split.x.column_names:
+            if is_text(_value_type(split.x.schema.field(name).type)):
+                values.setdefault(name, set())
+    return values
+
+
+def _categories(plan: Plan, parts: Partitions) -> dict[str, pa.Array]:
+    values: dict[str, set[str]] = {}
+    for found in parts.map(text_values):
+        for name, levels in found.items():
+            values.setdefault(name, set()).update(levels)
     return category_lists(plan, values)
 
 
@@ -197,25 +136,6 @@ def _base_categories(booster: xgb.Booster | None) -> dict[str, list[str]]:
     return {
         str(name): [str(v) for v in array.to_pylist()] for name, array in recorded or [] if array is not None
     }
-
-
-def frame_of(table: pa.Table) -> pd.DataFrame:
-    """Arrow columns as the DataFrame XGBoost and scikit-learn expect: text as sorted categoricals,
-    decimals as floats."""
-    casts = {
-        f.name: pa.float64()
-        for f in table.schema
-        if pa.types.is_decimal(f.type) or pa.types.is_float16(f.type)
-    }
-    if casts:
-        table = table.select(table.column_names).cast(
-            pa.schema([pa.field(f.name, casts.get(f.name, f.type)) for f in table.schema])
-        )
-    frame = table.to_pandas()
-    for col in frame.columns:
-        if frame[col].dtype == object or pd.api.types.is_string_dtype(frame[col].dtype):
-            frame[col] = frame[col].astype("category")
-    return frame
 
 
 def _task_of(objective: str | None, classifier: bool | None) -> str:
@@ -429,8 +349,8 @@ class XGBoostFamily:
         xgboost_bounds.check(plan, bounds)
 
     @staticmethod
-    def final_params(plan: Plan, labels: Labels, threads: int) -> tuple[dict, str]:
-        """The XGBoost parameters a plan trains with on these labels, and the task it turns out to be
+    def final_params(plan: Plan, classes: list[str], threads: int) -> tuple[dict, str]:
+        """The XGBoost parameters a plan trains with on these classes, and the task it turns out to be
         (a classifier is binary or multiclass by its classes); the same on one machine or a cluster."""
         params = dict(plan.params)
         params.pop("n_estimators", None)
@@ -440,7 +360,7 @@ class XGBoostFamily:
         params["max_bin"] = int(params.get("max_bin") or DEFAULT_MAX_BIN)  # quantile matrices need it
         task = plan.task
         if task == "classification":
-            n_classes = len(labels.classes)
+            n_classes = len(classes)
             if n_classes > 2:
                 params["objective"] = "multi:softprob"
                 params["num_class"] = n_classes
@@ -451,22 +371,19 @@ class XGBoostFamily:
 
     @staticmethod
     def _matrices(
-        plan: Plan, train: Split | None, eval: Split, labels: Labels, params: dict
-    ) -> tuple[xgb.DMatrix | None, xgb.DMatrix, dict[str, pa.Array], object | None, list[str] | None]:
+        plan: Plan, train: Split, eval: Split, labels: Labels, params: dict, categories: dict[str, pa.Array]
+    ) -> tuple[xgb.DMatrix, xgb.DMatrix, object | None, list[str] | None]:
         """The training and evaluation matrices, fed batch by batch (no copy of the whole table):
 
-        - a base model to continue or score: `DMatrix`, exact values, because the base model's split
-          points need not lie on this data's bins and a quantile matrix would shift its predictions;
+        - a base model to continue: `DMatrix`, exact values, because the base model's split points need
+          not lie on this data's bins and a quantile matrix would shift its predictions;
         - otherwise `QuantileDMatrix` (the evaluation rows binned by the training rows' cuts, `ref=`),
           or `ExtMemQuantileDMatrix` with its pages in the job folder when the rows were spilled there;
         - a Pipeline: its preprocessors need every training row at once, as pandas (refitted here).
-        Also the category list of each text column, and a Pipeline's fitted front and output names."""
+        Also a Pipeline's fitted front and output names."""
         threads = params["nthread"]
         if plan.preprocess is not None:
-            assert train is not None
             return XGBoostFamily._pipeline_matrices(plan, train, eval, labels, threads)
-        splits = [part for part in (train, eval) if part is not None]
-        categories = _categories(plan, splits)
 
         def matrix(part: Split, y: np.ndarray, ref: xgb.DMatrix | None = None) -> xgb.DMatrix:
             rows = RowBatches(part.x, y, categories)
@@ -477,13 +394,13 @@ class XGBoostFamily:
                 rows, max_bin=params["max_bin"], ref=ref, nthread=threads, enable_categorical=True
             )
 
-        dtrain = matrix(train, labels.train) if train is not None else None
-        return dtrain, matrix(eval, labels.eval, dtrain), categories, None, None
+        dtrain = matrix(train, labels.train)
+        return dtrain, matrix(eval, labels.eval, dtrain), None, None
 
     @staticmethod
     def _pipeline_matrices(
         plan: Plan, train: Split, eval: Split, labels: Labels, threads: int
-    ) -> tuple[xgb.DMatrix, xgb.DMatrix, dict[str, pa.Array], object, list[str]]:
+    ) -> tuple[xgb.DMatrix, xgb.DMatrix, object, list[str]]:
         a, b, names, front = preprocessors.fit_transform(
             plan.preprocess, frame_of(train.x.table()), frame_of(eval.x.table())
         )
@@ -493,18 +410,43 @@ class XGBoostFamily:
         return (
             xgb.DMatrix(a, label=labels.train, feature_names=names, nthread=threads),
             xgb.DMatrix(b, label=labels.eval, feature_names=names, nthread=threads),
-            {},
             front,
             names,
         )
 
-    def train(
-        self, plan: Plan, train: Split, eval: Split, labels: Labels, threads: int, report: Report
-    ) -> Trained:
-        params, task = self.final_params(plan, labels, threads)
+    def train(self, plan: Plan, parts: Partitions, classes: list[str], run: Run) -> Trained:
+        """Train with `xgb.train` on every row in this process, or with `xgboost.dask` on a cluster's
+        partitions (on_dask.py)."""
+        params, task = self.final_params(plan, classes, run.threads)
+        categories = {} if plan.preprocess is not None else _categories(plan, parts)
+        front, names = None, None
+        if parts.dask is not None:
+            from .on_dask import train_on_dask
+
+            booster, history = train_on_dask(plan, parts, params, task, categories, run)
+        else:
+            booster, history, front, names = self._train_here(plan, parts, params, categories, run)
+        return Trained(
+            booster,
+            task,
+            params,
+            plan.base_rounds,
+            history,
+            bool(categories),
+            front,
+            names,
+            run.threads,
+            categories,
+        )
+
+    def _train_here(
+        self, plan: Plan, parts: Partitions, params: dict, categories: dict[str, pa.Array], run: Run
+    ) -> tuple[xgb.Booster, dict, object | None, list[str] | None]:
+        held = parts.map(_itself)  # in this process: the partitions themselves
+        train, evaluation, labels = _together(held)
         history: dict = {}
         with _xgboost_errors():
-            dtrain, deval, categories, front, names = self._matrices(plan, train, eval, labels, params)
+            dtrain, deval, front, names = self._matrices(plan, train, evaluation, labels, params, categories)
             booster = xgb.train(
                 params,
                 dtrain,
@@ -515,53 +457,46 @@ class XGBoostFamily:
                 obj=plan.objective,
                 custom_metric=plan.metric,
                 verbose_eval=False,
-                callbacks=[_Progress(report, plan.base_rounds)],
+                callbacks=[_Progress(run.report, plan.base_rounds)],
             )
-        return Trained(
-            booster,
-            deval,
-            labels,
-            task,
-            params,
-            plan.base_rounds,
-            dtrain,
-            history,
-            bool(categories),
-            front,
-            names,
-            threads,
-            categories,
-        )
+        if len(held) == 1:  # the matrices read that partition's rows as the model does: keep them
+            held[0].state[STATE] = {"train": [dtrain], "eval": [deval]}
+        return booster, history, front, names
 
-    def score(self, plan: Plan, eval: Split, labels: Labels, threads: int) -> Trained:
+    def score(self, plan: Plan, parts: Partitions, classes: list[str], run: Run) -> Trained:
         check_kind("evaluate", plan.base is not None, plan.preprocess is not None)
-        params, task = self.final_params(plan, labels, threads)
+        params, task = self.final_params(plan, classes, run.threads)
+        categories = _categories(plan, parts)
         with _xgboost_errors():
             booster = _load(plan.base)
             assert booster is not None
-            booster.set_param({"nthread": threads})
-            _, deval, categories, _, _ = self._matrices(plan, None, eval, labels, params)
+            booster.set_param({"nthread": run.threads})
         return Trained(
             booster,
-            deval,
-            labels,
             task,
             params,
             plan.base_rounds,
             categorical=bool(categories),
-            threads=threads,
+            threads=run.threads,
             categories=categories,
         )
 
-    def _matrices_of(self, trained: Trained, rows: Split) -> Iterator[xgb.DMatrix]:
-        """Other rows as the trained model reads them, a batch at a time, with exact values (through a
-        Pipeline's fitted front, if any); an empty set of rows is one empty matrix."""
-        batches = iter(rows.x)
-        first = next(batches, None)
-        for batch in [pa.RecordBatch.from_pylist([], schema=rows.x.schema)] if first is None else [first]:
-            yield self._batch_matrix(trained, batch)
-        for batch in batches:
-            yield self._batch_matrix(trained, batch)
+    def _read(self, trained: Trained, part: Part, split: str) -> list[xgb.DMatrix]:
+        """A partition's rows of a split as the trained model reads them: the matrices its training
+        left in the partition's state, or new ones, a batch at a time with exact values (through a
+        Pipeline's fitted front, if any), kept while the rows are in memory. No rows: one empty matrix."""
+        kept = part.state.setdefault(STATE, {})
+        if split in kept:
+            return kept[split]
+        rows = part.split(split)
+        batches = list(rows.x) if not rows.x.files else None
+        source = batches if batches is not None else rows.x
+        matrices = [self._batch_matrix(trained, batch) for batch in source]
+        if not matrices:
+            matrices = [self._batch_matrix(trained, pa.RecordBatch.from_pylist([], schema=rows.x.schema))]
+        if batches is not None:
+            kept[split] = matrices
+        return matrices
 
     @staticmethod
     def _batch_matrix(trained: Trained, batch: pa.RecordBatch) -> xgb.DMatrix:
@@ -575,47 +510,25 @@ class XGBoostFamily:
             model_input(batch, trained.categories), enable_categorical=True, nthread=trained.threads
         )
 
-    def predict(self, trained: Trained, rows: Split | None = None, rounds: int | None = None) -> np.ndarray:
-        """Predictions on the evaluation rows (or on `rows`, a batch at a time), using the first `rounds`
-        rounds (or all)."""
+    def predict(self, trained: Trained, part: Part, split: str, rounds: int | None = None) -> np.ndarray:
+        """Predictions on a partition's rows of `split`, using the first `rounds` rounds (or all)."""
         span = (0, rounds or 0)
         with _xgboost_errors():
-            if rows is None:
-                return trained.booster.predict(trained.deval, iteration_range=span)
             return np.concatenate(
-                [trained.booster.predict(m, iteration_range=span) for m in self._matrices_of(trained, rows)]
+                [trained.booster.predict(m, iteration_range=span) for m in self._read(trained, part, split)]
             )
 
-    def smallest_leaf(
-        self, trained: Trained, rows: Split | None = None, rounds: tuple[int, int | None] = (0, None)
-    ) -> int | None:
-        """The fewest rows (training rows, or `rows`) reaching any non-empty leaf of the trees of
-        `rounds` (start, stop; stop None: the last); None when there are no such trees or rows.
+    def leaf_counts(self, trained: Trained, part: Part, split: str, rounds: tuple[int, int]) -> list:
+        """Rows of a partition's `split` in each leaf of the trees of rounds (start, stop), per tree.
 
-        Leaf counts are summed over batches of rows and over slices of trees, so the row-by-tree leaf
-        table is never whole in memory. The training matrix serves for the trees trained on it (their
-        splits lie on its bins); other rows are read batch by batch with exact values."""
-        booster = trained.booster
-        start, stop = rounds[0], rounds[1] if rounds[1] is not None else booster.num_boosted_rounds()
-        if stop <= start or (rows is None and trained.dtrain is None):
-            return None
-        matrices = [trained.dtrain] if rows is None else self._matrices_of(trained, rows)
+        Counted over batches of rows and slices of trees, so the row-by-tree leaf table is never whole
+        in memory. The training matrix serves for the trees trained on it (their splits lie on its
+        bins); other rows are read with exact values."""
         totals: list[np.ndarray] = []
         with _xgboost_errors():
-            for matrix in matrices:
-                add_leaf_counts(totals, booster, matrix, start, stop)
-        return fewest_in_a_leaf(totals)
-
-    def evaluate(self, trained: Trained) -> dict:
-        """Exact metrics and confusion counts on the evaluation rows (sklearn.metrics)."""
-        try:
-            return scoring.score(
-                trained.task, trained.labels.eval, self.predict(trained), len(trained.labels.classes)
-            )
-        except ValueError as exc:
-            raise Refusal(
-                "evaluation_failed", "the model's predictions could not be scored on the evaluation rows"
-            ) from exc
+            for matrix in self._read(trained, part, split):
+                add_leaf_counts(totals, trained.booster, matrix, *rounds)
+        return totals
 
     def history(self, trained: Trained) -> dict | None:
         if not trained.history:
@@ -640,21 +553,13 @@ class XGBoostFamily:
     def task(self, trained: Trained) -> str:
         return trained.task
 
-    def leaf_facts(self, trained: Trained) -> dict:
-        """The fewest training rows in a leaf of the trees trained here, and the hyperparameters."""
-        smallest = self.smallest_leaf(trained, rounds=(trained.base_rounds, None))
-        new = trained.booster.num_boosted_rounds() - trained.base_rounds
-        return self.release_facts(trained.params, new, trained.categorical, smallest)
-
-    @staticmethod
-    def release_facts(params: dict, new_rounds: int, categorical: bool, smallest: int | None) -> dict:
-        """What the model-release rules read, from the training parameters and the leaf count (the same
-        whether the leaves were counted here or on a cluster)."""
+    def release_facts(self, trained: Trained) -> dict:
+        """What XGBoost's release rule reads: categorical inputs, and the hyperparameters."""
+        params = trained.params
         return {
-            "categorical": categorical,
-            "min_leaf_rows": smallest,
+            "categorical": trained.categorical,
             "max_depth": params["max_depth"] if params.get("max_depth") is not None else DEFAULT_MAX_DEPTH,
-            "n_estimators": new_rounds,
+            "n_estimators": trained.booster.num_boosted_rounds() - trained.base_rounds,
             "min_child_weight": params["min_child_weight"]
             if params.get("min_child_weight") is not None
             else DEFAULT_MIN_CHILD_WEIGHT,
@@ -670,8 +575,33 @@ class XGBoostFamily:
     def export(self, trained: Trained, folder: Path) -> None:
         """The model in one format, XGBoost JSON (the only one a released model ever leaves in), and the
         parameters it was trained with."""
-        trained.booster.save_model(str(folder / "model.json"))
-        (folder / "params.json").write_text(json.dumps(trained.params))
+        trained.booster.save_model(str(folder / MODEL_FILE))
+        (folder / PARAMS_FILE).write_text(json.dumps(trained.params))
+
+
+def _itself(part: Part) -> Part:
+    return part
+
+
+def _together(held: list[Part]) -> tuple[Split, Split, Labels]:
+    """Every partition's rows as one training and one evaluation split (one partition: its own, so a
+    spilled one keeps its external-memory pages)."""
+    if len(held) == 1:
+        (part,) = held
+        assert part.labels is not None
+        return part.train, part.eval, part.labels
+    train = Split(
+        x=sum((p.train.x for p in held[1:]), held[0].train.x), y=np.concatenate([p.train.y for p in held])
+    )
+    evaluation = Split(
+        x=sum((p.eval.x for p in held[1:]), held[0].eval.x), y=np.concatenate([p.eval.y for p in held])
+    )
+    labels = Labels(
+        np.concatenate([p.y("train") for p in held]),
+        np.concatenate([p.y("eval") for p in held]),
+        held[0].labels.classes if held[0].labels is not None else [],
+    )
+    return train, evaluation, labels
 
 
 FAMILY = XGBoostFamily()

@@ -25,6 +25,6 @@ def cost(
         kind=body.kind,
         spec=spec.model_dump(mode="json", exclude_none=True),
         options=body.release,
-        dataset_version=plan["dataset_version"],
+        dataset_version=plan.dataset_version,
     )
     return desk.estimate(request, version_of(versions, body.spec.dataset).rows)

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Response
 
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.wire import ErrorBody, ModelReleaseStatus
+from remote_magic.families import MODEL_FILE
 
 from ..config.settings import Settings
 from ..release.desk import ReleaseDesk
@@ -57,7 +58,7 @@ def download_model(
             "awaiting_approval": "the model awaits the data owner's approval; ask them to approve this job",
         }
         raise Refusal("model_not_released", messages[status.state])
-    path = store.job_dir(job.id) / "model.json"
+    path = store.job_dir(job.id) / MODEL_FILE
     if not path.exists():
         raise Refusal("not_found", "the model file is not available")
     audit.record("model_download", user.user, job=job.id, dataset=job.dataset)

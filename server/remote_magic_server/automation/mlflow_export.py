@@ -17,6 +17,8 @@ import os
 import time
 from collections.abc import Callable
 
+from remote_magic.families import MODEL_FILE
+
 from ..config.settings import Settings
 from ..jobs.store import Store
 from ..registry.registrar import read_params
@@ -105,10 +107,10 @@ class MlflowExporter:
             f"{TAG}.user": job.user,
             f"{TAG}.kind": job.kind,
             f"{TAG}.dataset": job.dataset,
-            f"{TAG}.dataset_version": str(job.plan.get("dataset_version") or ""),
-            f"{TAG}.lineage.parent": (job.plan.get("base_model") or {}).get("ref") or "",
-            f"{TAG}.recipe": job.plan.get("recipe") or "",
-            f"{TAG}.trigger": job.plan.get("trigger") or "",
+            f"{TAG}.dataset_version": str(job.plan.dataset_version or ""),
+            f"{TAG}.lineage.parent": job.plan.base_model.ref if job.plan.base_model else "",
+            f"{TAG}.recipe": job.plan.recipe or "",
+            f"{TAG}.trigger": job.plan.trigger or "",
         }
         run = client.create_run(self._experiment, run_name=f"{job.kind} {job.id}", tags=tags)
         params = {**_flat("spec", job.spec), **_flat("model", read_params(self.store.job_dir(job.id)))}
@@ -130,7 +132,7 @@ class MlflowExporter:
             params=[Param(k, v) for k, v in sorted(params.items())][:100],
             tags=[RunTag(f"{TAG}.exported", "1")],
         )
-        model = self.store.job_dir(job.id) / "model.json"
+        model = self.store.job_dir(job.id) / MODEL_FILE
         state = self.model_state(job.id)
         if state is not None and state.get("state") == "approved" and model.exists():
             client.log_artifact(run.info.run_id, str(model), "model")

@@ -170,13 +170,8 @@ class Automation:
             return
         registry_events = self.registrar.handle(job)
         code = CODES.get(job.error_code or "")
-        if (
-            job.state == "failed"
-            and job.plan.get("recipe")
-            and code is not None
-            and code.kind in PAUSING_KINDS
-        ):
-            self.pause(job.user, job.plan["recipe"], f"its run {job.id} failed: {job.error_message}")
+        if job.state == "failed" and job.plan.recipe and code is not None and code.kind in PAUSING_KINDS:
+            self.pause(job.user, job.plan.recipe, f"its run {job.id} failed: {job.error_message}")
         status = status_of(job, self.registry).model_dump(mode="json")
         self.publish(Event(f"job.{job.state}", f"job.{job.state}:{job.id}", status, ("user", job.user)))
         for event in registry_events:  # after the job's own event, so its MLflow run comes first

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from remote_magic.contract.wire import IDENT, ModelBounds, PolicyInEffect
+from remote_magic.contract.wire import IDENT, ModelBounds, PolicyInEffect, PrivacyMode
 
 from .automation_sections import (
     AutomationSection,
@@ -72,7 +72,7 @@ class Policy(_Strict):
     min_leaf_rows: int = Field(
         default=10, ge=5, description="Training rows every leaf of a released model holds."
     )
-    privacy: Literal["dp", "rules"] = Field(
+    privacy: PrivacyMode = Field(
         default="dp",
         description="dp: every released number is drawn by an OpenDP measurement under a budget; rules: "
         "suppression and rounding only (weaker: it does not resist attacker-chosen models).",
@@ -141,7 +141,7 @@ class DatasetConfig(_Strict):
     label_columns: list[str] = Field(min_length=1)
     exclude_columns: list[str] = Field(default_factory=list)
     policy: dict[str, int | float] = Field(default_factory=dict)
-    privacy: Literal["dp", "rules"] | None = Field(
+    privacy: PrivacyMode | None = Field(
         default=None, description="This dataset's privacy mode; default: the server's [policy] privacy."
     )
     label_ranges: dict[str, tuple[float, float]] = Field(

@@ -10,7 +10,7 @@ refused before it is queued, and the job's plan records the version and the snap
 from __future__ import annotations
 
 from remote_magic.contract.codes import Refusal
-from remote_magic.contract.specs import Resolved, resolve
+from remote_magic.contract.specs import resolve
 from remote_magic.contract.types import FEATURE_KINDS, TIME, kind_of
 from remote_magic.contract.wire import (
     ColumnInfo,
@@ -24,6 +24,7 @@ from remote_magic.contract.wire import (
 
 from ..config.settings import DatasetConfig, Settings
 from ..data.versions import Version, Versions, schema_change
+from ..plan import JobPlan
 from ..release.desk import ReleaseDesk
 
 SCHEMA_HASH_CHARS = 16
@@ -110,27 +111,14 @@ def describe_dataset(settings: Settings, desk: ReleaseDesk, versions: Versions, 
     )
 
 
-def plan_of(resolved: Resolved, version: Version) -> dict:
-    """What the scheduler keeps of a resolved spec with the job: the worker's staging plan and the
-    dataset version (and its snapshot file) the job runs on."""
-    return {
-        "features": resolved.features,
-        "filter_columns": resolved.filter_columns,
-        "derive_columns": resolved.derive_columns,
-        "label_dtype": resolved.label_dtype,
-        "dataset_version": version.number,
-        "snapshot": version.content_hash,
-    }
-
-
 def check_spec(
     settings: Settings, versions: Versions, datasets: list[str], spec: DatasetSpec
-) -> tuple[DatasetSpec, dict]:
+) -> tuple[DatasetSpec, JobPlan]:
     """Check a spec against its dataset version's schema; return the spec naming the dataset alone (the
     version goes into the plan) and the plan the worker needs, or raise Refusal."""
     name, dataset = granted(settings, datasets, spec.dataset)
     version = version_of(versions, spec.dataset)
-    plan = plan_of(resolve(spec, columns_of(dataset, version)), version)
+    plan = JobPlan.of(resolve(spec, columns_of(dataset, version)), version.number, version.content_hash)
     return spec.model_copy(update={"dataset": name}), plan
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from remote_magic.contract.wire import ErrorDetail, JobStatus, MetricPoint, Progress, Registration
+from remote_magic.families import MODEL_FILE
 
 from ..jobs.store import JobRow
 from ..registry.access import Registry, main_metric
@@ -29,7 +30,7 @@ def _model_kept(job: JobRow, registry: Registry, outcome: tuple | None) -> str |
         return None
     if outcome is not None and outcome[0] == "registered" and registry.store.is_registered(job.id):
         return "registered"
-    return "kept" if (registry.jobs_dir / job.id / "model.json").exists() else "pruned"
+    return "kept" if (registry.jobs_dir / job.id / MODEL_FILE).exists() else "pruned"
 
 
 def status_of(job: JobRow, registry: Registry) -> JobStatus:
@@ -40,7 +41,7 @@ def status_of(job: JobRow, registry: Registry) -> JobStatus:
     return JobStatus(
         id=job.id,
         dataset=job.dataset,
-        dataset_version=job.plan.get("dataset_version"),
+        dataset_version=job.plan.dataset_version,
         kind=job.kind,  # type: ignore[arg-type]
         state=job.state,  # type: ignore[arg-type]
         progress=Progress.model_validate(job.progress),
@@ -49,13 +50,13 @@ def status_of(job: JobRow, registry: Registry) -> JobStatus:
         finished_at=whole_seconds(job.finished_at),
         error=error,
         main_metric=_main_metric(job),
-        model=job.plan.get("model"),
+        model=job.plan.model,
         rounds=_rounds(job),
         isolation=job.isolation,
         version=job.version,
-        base_model=(job.plan.get("base_model") or {}).get("ref"),
-        recipe=job.plan.get("recipe"),
-        trigger=job.plan.get("trigger"),
+        base_model=job.plan.base_model.ref if job.plan.base_model else None,
+        recipe=job.plan.recipe,
+        trigger=job.plan.trigger,
         registration=registration,
         model_file=_model_kept(job, registry, outcome),
     )

@@ -17,13 +17,14 @@ from remote_magic.contract.automation_wire import RegisterRequest
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.payload import ScanReport, custom_code_names, scan
 from remote_magic.contract.wire import DatasetSpec, ReleaseOptions
+from remote_magic.families import light
 from remote_magic.families.base import check_kind
-from remote_magic.families.xgboost import bounds as xgboost_bounds
 
 from ..audit import AuditLog
 from ..config.settings import Settings
 from ..data.versions import Versions
 from ..jobs.store import JobRow, QueueFull, Store
+from ..plan import JobPlan
 from ..registry.access import Registry
 from ..release.desk import ReleaseDesk, Request
 from .catalog import check_spec
@@ -65,7 +66,7 @@ class Intake:
             headers={"Retry-After": str(self.retry_after())},
         )
 
-    def _scan(self, sub: Submission, plan: dict) -> tuple[str, ScanReport | None]:
+    def _scan(self, sub: Submission, plan: JobPlan) -> tuple[str, ScanReport | None]:
         if not sub.payload:
             if sub.base_model is None:
                 raise Refusal("invalid_model", "the job has no model")
@@ -83,7 +84,7 @@ class Intake:
                 or not self.settings.datasets[sub.spec.dataset].allow_custom_code
             ):
                 raise
-            plan["custom_code"] = custom_code_names(sub.payload, limit)
+            plan.custom_code = custom_code_names(sub.payload, limit)
             return "awaiting_approval", None
 
     def _check_bounds(self, sub: Submission, report: ScanReport) -> None:
@@ -91,14 +92,11 @@ class Intake:
         job exists (a Booster's parameters are inside its bytes: the worker checks those)."""
         if report.params is None or report.rounds is None:
             return
-        bounds = self.settings.bounds_for(sub.spec.dataset)
-        if sub.kind != "train":  # the leaf rule is about trees trained here
-            bounds = bounds.model_copy(update={"min_leaf_rows": None})
-        xgboost_bounds.check(
-            xgboost_bounds.plan_of_scan(report.estimator, report.params, report.rounds), bounds
-        )
+        bounds = self.settings.bounds_for(sub.spec.dataset).for_kind(sub.kind)
+        if report.family is not None:
+            light(report.family).check_stated(report.estimator, report.params, report.rounds, bounds)
 
-    def _registry_plan(self, sub: Submission, report: ScanReport | None, plan: dict) -> None:
+    def _registry_plan(self, sub: Submission, report: ScanReport | None, plan: JobPlan) -> None:
         if sub.register is not None:
             if report is not None and report.model == "Pipeline":
                 raise Refusal(
@@ -107,37 +105,37 @@ class Intake:
                     "lost",
                 )
             self.registry.check_name(sub.user, sub.register.name)
-            plan["register"] = sub.register.model_dump(mode="json", exclude_none=True)
+            plan.registration = sub.register
         if sub.base_model is not None:
             if report is not None and report.model == "Pipeline":
                 raise Refusal(
                     "unsupported_model",
                     "with a registered base model, send an unfitted XGBoost model (its parameters) or none",
                 )
-            plan["base_model"] = self.registry.base_for(sub.user, sub.base_model)
+            plan.base_model = self.registry.base_for(sub.user, sub.base_model)
 
-    def prepare(self, sub: Submission) -> tuple[dict, str]:
+    def prepare(self, sub: Submission) -> tuple[JobPlan, str]:
         """Every check a job passes before it is stored; return its plan and first state, or raise."""
         if sub.register is not None and sub.kind != "train":
             raise Refusal("invalid_request", "only a training job can register its model")
         spec, plan = check_spec(self.settings, self.versions, sub.datasets, sub.spec)
         sub.spec = spec  # the dataset alone; its version is in the plan
-        plan["release"] = sub.release.model_dump()
+        plan.release = sub.release
         state, report = self._scan(sub, plan)
         if report is not None:
-            plan["model"] = report.model
+            plan.model = report.model
         self._registry_plan(sub, report, plan)
         # What the model is: the payload, and the registered version it continues (an identical
         # question, the same bytes on the same data, is answered from the ledger at no cost).
         digest = hashlib.sha256(sub.payload)
-        if "base_model" in plan:
-            digest.update(plan["base_model"]["sha256"].encode())
-        plan["payload_sha256"] = digest.hexdigest()
+        if plan.base_model is not None:
+            digest.update(plan.base_model.sha256.encode())
+        plan.payload_sha256 = digest.hexdigest()
         self._check_budget(sub, plan)
-        plan.update(sub.origin)
+        plan.recipe, plan.trigger = sub.origin.get("recipe"), sub.origin.get("trigger")
         return plan, state
 
-    def _check_budget(self, sub: Submission, plan: dict) -> None:
+    def _check_budget(self, sub: Submission, plan: JobPlan) -> None:
         """Refuse a job the budget cannot pay for, unless it is an identical repeat: that one is answered
         from the store at no cost, at the cap too."""
         request = Request(
@@ -146,8 +144,8 @@ class Intake:
             kind=sub.kind,
             spec=sub.spec.model_dump(mode="json"),
             options=sub.release,
-            payload_sha256=plan["payload_sha256"],
-            dataset_version=plan["dataset_version"],
+            payload_sha256=plan.payload_sha256,
+            dataset_version=plan.dataset_version,
         )
         if self.desk.stored_result(request) is None:
             self.desk.check_budget(request)
@@ -185,7 +183,7 @@ class Intake:
                 sub.user,
                 job=job.id,
                 dataset=sub.spec.dataset,
-                dataset_version=plan["dataset_version"],
+                dataset_version=plan.dataset_version,
                 kind=sub.kind,
                 spec=job.spec,
                 **sub.origin,

@@ -3,11 +3,12 @@
 A cluster job is two processes in a row, both forked from the local executor's forkserver:
 
 1. a confined local worker decodes the payload with the strict unpickler and answers a `plan` task
-   with the canonical plan (parameters as JSON, the base booster re-written as XGBoost JSON, which this
-   process checks is JSON before anything reads it);
+   with the canonical plan (parameters as JSON, the base model re-written in its family's saved form,
+   which this process checks before anything reads it);
 2. the job driver (`cluster/driver.py`), trusted code that never sees the payload, is the server's Dask
-   client for the job: it runs the server-built staging plan and `xgboost.dask` on the cluster and
-   gathers aggregates and the booster only.
+   client for the job: it stages the job's partitions on the cluster with the server-built staging
+   plan and runs the same model job as a local worker on them (the family trains there), gathering
+   aggregates and the trained model only.
 
 Both speak the worker protocol, so the scheduler and the release desk see one execution. What the
 cluster must not run stays on this machine: describe and review tasks, owner-approved custom code,
@@ -18,8 +19,9 @@ shuffles a column over all evaluation rows).
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
+
+from remote_magic.families import family_of_saved
 
 from ..config.settings import ExecutorSection
 from ..protocol import (
@@ -62,12 +64,7 @@ class ClusterExecution:
         self.task = task
         self.folder = folder
         self.name = name
-        bounds = (
-            task.bounds if task.kind == "train" else task.bounds.model_copy(update={"min_leaf_rows": None})
-        )
-        self.current: LocalExecution = local.start(
-            task.model_copy(update={"kind": "plan", "bounds": bounds}), folder, name
-        )
+        self.current: LocalExecution = local.start(task.model_copy(update={"kind": "plan"}), folder, name)
         self.decoding = True
 
     @property
@@ -91,7 +88,7 @@ class ClusterExecution:
         if plan.preprocess is not None:
             self.current = self.local.start(self.task, self.folder, self.name)
             return None
-        if plan.base is not None and not _is_model_json(self.folder / Path(plan.base).name):
+        if plan.base is not None and not _saved_by(plan.family, self.folder / Path(plan.base).name):
             return Failure(
                 code="invalid_model",
                 message="the model could not be decoded: its bytes are corrupt or hostile",
@@ -114,13 +111,12 @@ class ClusterExecution:
         self.current.close()
 
 
-def _is_model_json(path: Path) -> bool:
-    """Whether the decoder's base booster is an XGBoost JSON model (read as plain JSON, in Python)."""
+def _saved_by(family: str, path: Path) -> bool:
+    """Whether the decoder's base model is one its family saved (checked without the model library)."""
     try:
-        model = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        return family_of_saved(path.read_bytes()) == family
+    except OSError:
         return False
-    return isinstance(model, dict) and isinstance(model.get("learner"), dict)
 
 
 def cluster_config(config: ExecutorSection) -> ClusterConfig:

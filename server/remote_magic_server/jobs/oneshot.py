@@ -15,6 +15,7 @@ from remote_magic.contract.codes import Refusal
 from remote_magic.contract.wire import DescribeResult
 
 from ..config.settings import Settings
+from ..plan import JobPlan
 from ..release.desk import ReleaseDesk, Request
 from .conversation import Conversation, Final, drive, final_of
 from .executor import Executor, WorkerGone
@@ -30,16 +31,16 @@ class Describer:
         self.desk = desk
         self._slots = threading.BoundedSemaphore(settings.worker_count)
 
-    def describe(self, user: str, dataset: str, spec: dict, plan: dict) -> DescribeResult:
+    def describe(self, user: str, dataset: str, spec: dict, plan: JobPlan) -> DescribeResult:
         """Describe a spec's admitted rows in a fresh worker, released through the desk; raise Refusal."""
         request = Request(
             user=user,
             dataset=dataset,
             kind="describe",
             spec=spec,
-            features=tuple(plan["features"]),
+            features=tuple(plan.features),
             charge_key=f"describe:{uuid.uuid4().hex}",
-            dataset_version=plan.get("dataset_version"),
+            dataset_version=plan.dataset_version,
         )
         stored = self.desk.stored_describe(request)
         if stored is not None:
@@ -58,7 +59,7 @@ class Describer:
         self.desk.record(request, "released")
         return final.result  # type: ignore[return-value]
 
-    def _run(self, request: Request, plan: dict) -> Final:
+    def _run(self, request: Request, plan: JobPlan) -> Final:
         timeout = self.settings.policy_for(request.dataset).job_timeout_s
         folder = self.settings.server.data_dir / "describe" / uuid.uuid4().hex[:16]
         folder.mkdir(parents=True)

@@ -26,7 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from remote_magic.contract.codes import Refusal
-from remote_magic.contract.wire import JobResult, ReleaseOptions
+from remote_magic.contract.wire import JobResult
+from remote_magic.families import MODEL_FILE
 
 from ..config.settings import Settings
 from ..protocol import SCRATCH_DIR, Admission, Isolation, ProgressNote, WorkerMessage
@@ -211,11 +212,11 @@ class Scheduler:
             kind=job.kind,
             spec=job.spec,
             job_id=job.id,
-            features=tuple(job.plan["features"]),
-            options=ReleaseOptions.model_validate(job.plan.get("release") or {}),
-            payload_sha256=job.plan.get("payload_sha256"),
-            dataset_version=job.plan.get("dataset_version"),
-            label_dtype=job.plan.get("label_dtype", ""),
+            features=tuple(job.plan.features),
+            options=job.plan.release,
+            payload_sha256=job.plan.payload_sha256,
+            dataset_version=job.plan.dataset_version,
+            label_dtype=job.plan.label_dtype,
         )
 
     def _with_charge(self, request: Request, error: tuple[str, str] | None) -> tuple[str, str] | None:
@@ -225,12 +226,13 @@ class Scheduler:
 
     def _place_base_model(self, job: JobRow, folder: Path) -> None:
         """Copy the registered version a job continues into its folder, exactly the bytes it was given."""
-        base = job.plan["base_model"]
-        source = self.store.job_dir(base["job"]) / "model.json"
+        base = job.plan.base_model
+        assert base is not None
+        source = self.store.job_dir(base.job) / MODEL_FILE
         data = source.read_bytes() if source.exists() else b""
-        if hashlib.sha256(data).hexdigest() != base["sha256"]:
+        if hashlib.sha256(data).hexdigest() != base.sha256:
             raise Refusal(
-                "base_model_unavailable", f"the model file of {base['ref']} is no longer on the server"
+                "base_model_unavailable", f"the model file of {base.ref} is no longer on the server"
             )
         (folder / BASE_MODEL_FILE).write_bytes(data)
 
@@ -249,7 +251,7 @@ class Scheduler:
             self._finish(job, request, Final.failed(refusal.code, refusal.message), 0.0, timeline=timeline)
             return
         folder = self.store.job_dir(job.id)
-        if job.plan.get("base_model"):
+        if job.plan.base_model is not None:
             self._place_base_model(job, folder)
         task = build_task(self.settings, job.kind, job.dataset, job.spec, job.plan)  # type: ignore[arg-type]
         execution = self.executor.start(task, folder, name=f"job-{job.id}")

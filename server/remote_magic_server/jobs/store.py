@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..plan import JobPlan
 from ..sqlitedb import Database, StoreError, now
 
 __all__ = ["SCHEMA_VERSION", "JobRow", "QueueFull", "Store", "StoreError", "hash_token", "now"]
@@ -135,7 +136,7 @@ class JobRow:
     kind: str
     state: str
     spec: dict
-    plan: dict
+    plan: JobPlan
     submitted_at: str
     started_at: str | None
     finished_at: str | None
@@ -261,7 +262,7 @@ class Store:
         dataset: str,
         kind: str,
         spec: dict,
-        plan: dict,
+        plan: JobPlan,
         payload: bytes,
         idempotency_key: str | None,
         state: str = "queued",
@@ -269,10 +270,10 @@ class Store:
     ) -> tuple[JobRow, bool]:
         """Persist the payload and the job; return (job, created). An existing key returns its job.
 
-        `plan` holds what the API resolved from the spec (features, filter columns), so the scheduler
-        never needs to look at the catalog. With `max_queued`, a user who already has that many queued
-        jobs gets QueueFull (a repeated key still returns its job). The payload is on disk (fsynced)
-        before the row is committed, and removed again if the row is not written."""
+        `plan` holds what the intake resolved from the spec (features, filter columns) and decided, so
+        the scheduler never needs to look at the catalog. With `max_queued`, a user who already has that
+        many queued jobs gets QueueFull (a repeated key still returns its job). The payload is on disk
+        (fsynced) before the row is committed, and removed again if the row is not written."""
         if idempotency_key is not None:
             existing = self.job_by_key(user, idempotency_key)
             if existing is not None:
@@ -312,7 +313,7 @@ class Store:
         kind: str,
         state: str,
         spec: dict,
-        plan: dict,
+        plan: JobPlan,
         idempotency_key: str | None,
         max_queued: int | None,
     ) -> JobRow:
@@ -332,7 +333,7 @@ class Store:
                         kind,
                         state,
                         json.dumps(spec),
-                        json.dumps(plan),
+                        plan.stored(),
                         idempotency_key,
                         now(),
                         progress,
@@ -553,7 +554,7 @@ def _row(row: sqlite3.Row) -> JobRow:
         kind=row["kind"],
         state=row["state"],
         spec=json.loads(row["spec"]),
-        plan=json.loads(row["plan"]),
+        plan=JobPlan.model_validate_json(row["plan"]),
         submitted_at=row["submitted_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],

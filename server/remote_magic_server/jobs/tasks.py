@@ -13,11 +13,11 @@ from sqlglot import exp
 
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.query import missing_label_query, staging_query
-from remote_magic.contract.specs import Resolved
-from remote_magic.contract.wire import DatasetSpec, ReleaseOptions
+from remote_magic.contract.wire import DatasetSpec
 
 from ..config.settings import Settings
 from ..data.versions import Versions, snapshot_file
+from ..plan import JobPlan
 from ..protocol import PARTITION_TABLE, DescribeOptions, Limits, SavedModel, Staging, Task, TaskKind
 
 CPU_SLACK_S = 30
@@ -45,16 +45,17 @@ def file_limit_mb(snapshot: str, worker_memory_mb: int) -> int:
     return max(DEFAULT_FILE_MB, worker_memory_mb, 2 * _table_mb(snapshot))
 
 
-def _snapshot(settings: Settings, dataset: str, plan: dict) -> Path:
+def _snapshot(settings: Settings, dataset: str, plan: JobPlan) -> Path:
     """The immutable snapshot of the dataset version the plan names: the only file a worker reads."""
-    if "snapshot" not in plan:  # queued by a server that had no dataset versions: the latest one
+    content_hash = plan.snapshot
+    if content_hash is None:  # queued by a server that had no dataset versions: the latest one
         latest = Versions(settings.snapshots_dir).latest(dataset)
-        plan["snapshot"] = latest.content_hash if latest else ""
-    path = snapshot_file(settings.snapshots_dir, dataset, plan["snapshot"])
-    if not plan["snapshot"] or not path.exists():
+        content_hash = latest.content_hash if latest else ""
+    path = snapshot_file(settings.snapshots_dir, dataset, content_hash)
+    if not content_hash or not path.exists():
         raise Refusal(
             "unknown_version",
-            f"version {plan.get('dataset_version')} of dataset {dataset!r} was pruned before the job ran",
+            f"version {plan.dataset_version} of dataset {dataset!r} was pruned before the job ran",
         )
     return path
 
@@ -70,7 +71,7 @@ def build_task(
     kind: TaskKind,
     dataset: str | None = None,
     spec: dict | None = None,
-    plan: dict | None = None,
+    plan: JobPlan | None = None,
 ) -> Task:
     """The task for a job of `kind` on `dataset` with its spec and the plan the API resolved."""
     server = settings.server
@@ -107,29 +108,23 @@ def build_task(
         kind=kind,
         spec=checked,
         staging=staging_plan(checked, kind, snapshot, config.id_column, plan),
-        bounds=settings.bounds_for(dataset),
+        bounds=settings.bounds_for(dataset).for_kind(kind),
         limits=limits,
         model_facts=kind == "train" and config.allow_model_release,
-        approved_sha256=plan.get("approved_sha256"),
+        approved_sha256=plan.approved_sha256,
         describe=DescribeOptions(max_categories=policy.max_categories) if kind == "describe" else None,
-        release=ReleaseOptions.model_validate(plan.get("release") or {}),
+        release=plan.release,
         rare_level_rows=policy.min_count,
         label_range=config.label_ranges.get(checked.label),
         structure=policy.privacy == "dp",
-        base_model=SavedModel(file=BASE_MODEL_FILE, family="xgboost") if plan.get("base_model") else None,
+        base_model=SavedModel(file=BASE_MODEL_FILE) if plan.base_model is not None else None,
     )
 
 
-def staging_plan(spec: DatasetSpec, kind: str, path: str, id_column: str, plan: dict) -> Staging:
+def staging_plan(spec: DatasetSpec, kind: str, path: str, id_column: str, plan: JobPlan) -> Staging:
     """The query that admits a spec's rows from a Parquet file, with its file row numbers, built here by
     trusted code from the spec the API checked (the worker and a cluster only run it)."""
-    resolved = Resolved(
-        features=plan["features"],
-        filter_columns=plan["filter_columns"],
-        derive_columns=plan.get("derive_columns", []),
-        derived=list(spec.derive or {}),
-        id_column=id_column,
-    )
+    resolved = plan.resolved(list(spec.derive or {}), id_column)
     source = exp.func(
         "read_parquet", exp.Placeholder(), exp.EQ(this=exp.var("file_row_number"), expression=exp.true())
     )

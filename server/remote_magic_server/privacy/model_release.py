@@ -1,6 +1,7 @@
 """Whether a trained model may leave the server at all, before a data owner looks at it.
 
-Two rules (privacy.md 4.2, rules 8, 9 and 12): every leaf of the trees trained here holds at least
+Every family's trees keep one rule, and each family has its own beside it (`FAMILY_RULES`). For
+XGBoost (privacy.md 4.2, rules 8, 9 and 12): every leaf of the trees trained here holds at least
 `min_leaf_rows` training rows, counted by routing the training rows through the trees
 (`pred_leaf=True`; `min_child_weight` is a hessian sum, not a row count), and the hyperparameters are
 outside SACRO-ML's XGBoost "unnecessary risk" region, mined from a large membership-inference study.
@@ -11,11 +12,12 @@ rare one is a row's value. Passing all this only makes a model eligible; a data 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from remote_magic.contract.codes import Refusal
 
 from ..config.settings import Policy
-from ..protocol import LeafFacts
+from ..protocol import ModelFacts
 
 
 def unnecessary_risk(max_depth: float, n_estimators: float, min_child_weight: float) -> bool:
@@ -29,21 +31,10 @@ def unnecessary_risk(max_depth: float, n_estimators: float, min_child_weight: fl
     )
 
 
-def check_model_release(raw: LeafFacts, policy: Policy) -> None:
-    """Raise Refusal naming the rule that keeps this model on the server."""
-    if raw.categorical:
-        raise Refusal(
-            "model_release_refused",
-            "the model uses categorical features, and XGBoost keeps their category names from the data "
-            "in the model file",
-        )
-    depth = float(raw.max_depth) or math.inf
-    if unnecessary_risk(depth, float(raw.n_estimators), float(raw.min_child_weight)):
-        raise Refusal(
-            "model_release_refused",
-            "the hyperparameters fall in SACRO-ML's XGBoost risk region (max_depth > 3 with a small "
-            "min_child_weight); use max_depth <= 3 or a larger min_child_weight",
-        )
+def check_model_release(raw: ModelFacts, policy: Policy) -> None:
+    """Raise Refusal naming the rule that keeps this model on the server: its family's own, then the
+    leaf floor every family's trees keep."""
+    FAMILY_RULES[raw.family](raw.facts)
     smallest = raw.min_leaf_rows
     if smallest is None or smallest < policy.min_leaf_rows:
         raise Refusal(
@@ -51,3 +42,24 @@ def check_model_release(raw: LeafFacts, policy: Policy) -> None:
             f"a leaf holds fewer than {policy.min_leaf_rows} training rows; regularise the model "
             "(shallower trees, a larger min_child_weight)",
         )
+
+
+def _xgboost(facts: dict) -> None:
+    """XGBoost: no categorical inputs (it keeps their names), nothing in SACRO-ML's risk region."""
+    if facts["categorical"]:
+        raise Refusal(
+            "model_release_refused",
+            "the model uses categorical features, and XGBoost keeps their category names from the data "
+            "in the model file",
+        )
+    depth = float(facts["max_depth"]) or math.inf
+    if unnecessary_risk(depth, float(facts["n_estimators"]), float(facts["min_child_weight"])):
+        raise Refusal(
+            "model_release_refused",
+            "the hyperparameters fall in SACRO-ML's XGBoost risk region (max_depth > 3 with a small "
+            "min_child_weight); use max_depth <= 3 or a larger min_child_weight",
+        )
+
+
+# Each family's own release rule, by the family's name (families.MANIFESTS): a new family adds one.
+FAMILY_RULES: dict[str, Callable[[dict], None]] = {"xgboost": _xgboost}

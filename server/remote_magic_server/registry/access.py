@@ -21,8 +21,10 @@ from remote_magic.contract.automation_wire import (
 )
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.wire import DatasetSpec, MetricPoint
+from remote_magic.families import MODEL_FILE
 
 from ..config.settings import Settings
+from ..plan import BaseModelRef
 from .records import ModelRegistry, VersionRow
 
 MAIN_METRICS = ("auc", "accuracy", "r2", "rmse", "log_loss")
@@ -75,16 +77,16 @@ class Registry:
         return row
 
     def model_file(self, row: VersionRow) -> Path:
-        return self.jobs_dir / row.job_id / "model.json"
+        return self.jobs_dir / row.job_id / MODEL_FILE
 
-    def base_for(self, user: str, ref: str) -> dict:
+    def base_for(self, user: str, ref: str) -> BaseModelRef:
         """What a job that continues (or evaluates) a registered version keeps in its plan."""
         row = self.resolve(user, ref)
         path = self.model_file(row)
         if not path.exists():
             raise Refusal("base_model_unavailable", f"the model file of {row.ref} is no longer on the server")
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        return {"ref": row.ref, "name": row.name, "number": row.number, "job": row.job_id, "sha256": digest}
+        return BaseModelRef(ref=row.ref, name=row.name, number=row.number, job=row.job_id, sha256=digest)
 
     def owned(self, user: str, name: str) -> None:
         """Raise unless `user` owns the model (others who may see it get 'forbidden')."""

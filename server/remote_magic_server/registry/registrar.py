@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from remote_magic.contract.automation_wire import LOWER_IS_BETTER, Condition, RegisterRequest
+from remote_magic.families import MODEL_FILE, PARAMS_FILE
 
 from ..jobs.store import JobRow
 from .access import Registry
@@ -58,7 +59,7 @@ def improvement(condition: Condition, new: dict, incumbent: VersionRow) -> tuple
 
 def read_params(folder: Path) -> dict:
     """The parameters the worker trained with (it writes them beside the model); scalars only."""
-    path = folder / "params.json"
+    path = folder / PARAMS_FILE
     if not path.exists() or path.stat().st_size > MAX_PARAMS_BYTES:
         return {}
     try:
@@ -82,10 +83,9 @@ class Registrar:
 
     def handle(self, job: JobRow) -> list[RegistryEvent]:
         """Register a succeeded training job that asked for it; return the events it caused."""
-        request = job.plan.get("register")
-        if not request or job.state != "succeeded" or job.kind != "train" or not job.result:
+        register = job.plan.registration
+        if register is None or job.state != "succeeded" or job.kind != "train" or not job.result:
             return []
-        register = RegisterRequest.model_validate(request)
         done = self.store.outcome(job.id)
         if done is None:
             self._register(job, register)
@@ -94,7 +94,7 @@ class Registrar:
 
     def _register(self, job: JobRow, register: RegisterRequest) -> None:
         folder = self.registry.jobs_dir / job.id
-        if not (folder / "model.json").exists():
+        if not (folder / MODEL_FILE).exists():
             self.store.record_outcome(job.id, "refused", "the job left no model to register")
             return
         if not self.store.claim_name(register.name, job.user):
@@ -115,7 +115,7 @@ class Registrar:
                 if not holds:
                     self.store.record_outcome(job.id, "skipped", f"not registered: {sentence}")
                     return
-        base = job.plan.get("base_model")
+        base = job.plan.base_model
         rounds_base = int(job.result.get("rounds", {}).get("base", 0))  # type: ignore[union-attr]
         origin = "version" if base else ("uploaded" if rounds_base else "fresh")
         row, _ = self.store.register(
@@ -124,10 +124,10 @@ class Registrar:
                 job_id=job.id,
                 owner=job.user,
                 dataset=job.dataset,
-                dataset_version=_text(job.plan.get("dataset_version")),
+                dataset_version=_text(job.plan.dataset_version),
                 origin=origin,
-                parent=(base["name"], base["number"]) if base else None,
-                base_sha256=job.plan.get("payload_sha256") if origin == "uploaded" else None,
+                parent=(base.name, base.number) if base else None,
+                base_sha256=job.plan.payload_sha256 if origin == "uploaded" else None,
                 spec=job.spec,
                 params=read_params(folder),
                 result=job.result,  # type: ignore[arg-type]

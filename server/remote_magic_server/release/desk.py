@@ -56,7 +56,7 @@ from ..privacy import describe_rules, dp, dp_release
 from ..privacy import policy as rules
 from ..privacy.guard import check_differencing
 from ..privacy.model_release import check_model_release
-from ..protocol import Admission, DescribeReport, LeafFacts, TrainReport
+from ..protocol import Admission, DescribeReport, ModelFacts, TrainReport
 from .ledger import Ledger
 
 log = logging.getLogger("remote_magic_server.release")
@@ -407,7 +407,7 @@ class ReleaseDesk:
             }
         )
 
-    def _decide_model(self, request: Request, facts: LeafFacts | None, policy: Policy) -> None:
+    def _decide_model(self, request: Request, facts: ModelFacts | None, policy: Policy) -> None:
         assert request.job_id is not None
         if facts is None:
             state, message = "refused", "the model's release facts were incomplete"

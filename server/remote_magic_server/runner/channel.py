@@ -1,12 +1,22 @@
-"""The worker's end of the protocol: typed messages out as JSON, the parent's decision in."""
+"""The child's end of the protocol: typed messages out as JSON, the parent's decision in; and `serve`,
+which turns whatever ends a child's task into one message (a confined worker's and a driver's alike)."""
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 from pydantic import BaseModel
 
-from ..protocol import Admission, Decision, ProgressNote
+from remote_magic.contract.codes import Refusal
+
+from ..protocol import Admission, Decision, Failure, ProgressNote
+
+log = logging.getLogger("remote_magic_server.worker")
 
 
 class Channel:
@@ -23,3 +33,24 @@ class Channel:
         """Tell the parent which rows were admitted; wait for its decision (proceed or stop)."""
         self.send(admission)
         return Decision.model_validate_json(self.conn.recv_bytes()).proceed
+
+
+def serve(job_dir: str, conn: Connection, body: Callable[[Path, Channel], None]) -> None:
+    """Run `body` in a worker-like process: a refusal becomes a `failure` with its fixed code, anything
+    unexpected `internal_error` (its traceback in the server log only); then the process ends."""
+    channel = Channel(conn)
+    folder = Path(job_dir)
+    try:
+        body(folder, channel)
+    except Refusal as exc:
+        channel.send(Failure(code=exc.code, message=exc.message[:500]))
+    except MemoryError:
+        channel.send(Failure(code="out_of_memory", message="the job ran out of memory"))
+    except Exception:  # noqa: BLE001 - every failure must become a fixed code
+        log.exception("task %s failed", folder.name)
+        channel.send(Failure(code="internal_error", message="the job failed on the server"))
+    finally:
+        conn.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

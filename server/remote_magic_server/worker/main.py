@@ -16,8 +16,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from ..protocol import Isolation, Task
-from ..runner.channel import Channel
-from ..runner.launch import serve
+from ..runner.channel import Channel, serve
 from . import sandbox
 
 log = logging.getLogger("remote_magic_server.worker")

@@ -5,24 +5,27 @@ loads and caches what its input checks use; about 8 ms a job). Nothing else runs
 OpenMP, DuckDB or Arrow may exist in the forkserver, or a forked child can hang.
 """
 
+import importlib
+
 import duckdb  # noqa: F401
 import numpy  # noqa: F401
 import pandas  # noqa: F401
 import pyarrow.compute  # noqa: F401
-import pyarrow.pandas_compat  # noqa: F401 - XGBoost's Arrow input loads it on first use
+import pyarrow.pandas_compat  # noqa: F401 - a model library's Arrow input loads it on first use
 import sklearn.compose  # noqa: F401
 import sklearn.impute  # noqa: F401
 import sklearn.metrics  # noqa: F401
 import sklearn.pipeline  # noqa: F401
 import sklearn.preprocessing  # noqa: F401
 import sqlglot  # noqa: F401
-import xgboost  # noqa: F401
 
-from remote_magic.families import scoring
-from remote_magic.families.xgboost import family  # noqa: F401
+from remote_magic.families import MANIFESTS, scoring
 
 from ..runner import launch  # noqa: F401
 from . import describe_task, main, model_task, staging, unpickle  # noqa: F401
+
+for manifest in MANIFESTS:  # each family's code, and the model library it imports
+    importlib.import_module(manifest.module)
 
 
 def _warm_metrics() -> None:

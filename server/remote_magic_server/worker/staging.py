@@ -28,26 +28,15 @@ import pyarrow.compute as pc
 from remote_magic.contract import rows
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.query import EVAL_FLAG, ROW_ID
-from remote_magic.families.base import Batches, Split
+from remote_magic.families.base import Batches, Part, Split
 
-from ..protocol import SCRATCH_DIR, SplitCounts, Task
+from ..protocol import SCRATCH_DIR, Task
 
 log = logging.getLogger("remote_magic_server.worker")
 
 BATCH_ROWS = 65_536
 DUCKDB_MIN_MB = 128  # DuckDB's own memory: a quarter of the worker's, and never less than this
 SPILL_FILE_BYTES = 256 * 2**20  # a spill file is closed at this size (the worker's file-size limit)
-
-
-@dataclass
-class Staged:
-    """The admitted rows, split into training and evaluation rows, with their row numbers in the file."""
-
-    train: Split
-    eval: Split
-    train_rows: np.ndarray
-    eval_rows: np.ndarray
-    missing_label: int | None = None
 
 
 def connect_locked(path: str, threads: int = 1, memory_mb: int = 0, spill: str | None = None):
@@ -128,8 +117,9 @@ class _Part:
         return Split(x=batches, y=pa.chunked_array(self.labels, type=label).to_numpy()), row_ids
 
 
-def stage(task: Task, folder: Path = Path(".")) -> Staged:
-    """Run the task's staging plan and split the admitted rows into training and evaluation rows.
+def stage(task: Task, folder: Path = Path(".")) -> Part:
+    """Run the task's staging plan and split the admitted rows into training and evaluation rows: one
+    partition, which holds every admitted row.
 
     Past `staging_mb` of feature data (0: no limit) both splits spill to Arrow files in the job folder's
     scratch folder, which also holds DuckDB's own spill files and the external-memory matrices' pages.
@@ -179,9 +169,7 @@ def stage(task: Task, folder: Path = Path(".")) -> Staged:
     label = schema.field(staging.label).type
     train, train_rows = parts["train"].split(features, label, str(scratch / "train"), text, rare)
     evaluation, eval_rows = parts["eval"].split(features, label, str(scratch / "eval"), text, rare)
-    return Staged(
-        train=train, eval=evaluation, train_rows=train_rows, eval_rows=eval_rows, missing_label=missing
-    )
+    return Part(train, evaluation, train_rows, eval_rows, counts, missing_label=missing)
 
 
 def _batches(reader: pa.RecordBatchReader, spec_has_derive: bool) -> Iterator[pa.RecordBatch]:
@@ -209,17 +197,3 @@ def _raise_failure(exc: Exception, spec_has_derive: bool) -> NoReturn:
         "the admitted rows could not be staged; a derived column may be undefined for some rows "
         "(for example ln of a non-positive number)",
     ) from exc
-
-
-def counts(part: Split, classes: bool) -> SplitCounts:
-    """Rows of a split and, for a classifier, rows per class (named by the label's text; missing
-    labels are not a class)."""
-    if not classes:
-        return SplitCounts(rows=len(part.y))
-    y = part.y
-    if y.dtype == object:
-        y = np.array([v for v in y if v is not None and v == v], dtype=object)
-    elif y.dtype.kind == "f":
-        y = y[~np.isnan(y)]
-    values, numbers = np.unique(y, return_counts=True)
-    return SplitCounts(rows=len(part.y), classes={str(v): int(n) for v, n in zip(values, numbers)})
