@@ -15,6 +15,9 @@ A review task (the data owner's look at a payload with notebook code) answers wi
 a plan task (the first half of a cluster job) with one `plan`: the payload's canonical plan. The job
 driver of a cluster job gets a `DriverTask` and then speaks like a worker, from `progress` on.
 `PROTOCOL_VERSION` changes when a message changes shape.
+
+Why it is long: it is the whole contract of one process boundary, every message of every task kind, and
+it is meant to be read (and versioned) as one document.
 """
 
 from __future__ import annotations
