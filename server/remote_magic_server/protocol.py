@@ -59,6 +59,9 @@ class Staging(_Strict):
     missing_label_query: str = Field(
         default="", description="The count of rows the filter admits with a missing label (path: `?`)."
     )
+    partition_missing_label_query: str = Field(
+        default="", description="The same count over one partition, registered as PARTITION_TABLE."
+    )
 
 
 class Limits(_Strict):

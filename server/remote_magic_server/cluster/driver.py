@@ -140,6 +140,7 @@ class Driver:
                 staging.params,
                 staging.columns,
                 staging.label,
+                staging.partition_missing_label_query,
                 pure=False,
             )
             for start, stop in zip(bounds, bounds[1:])

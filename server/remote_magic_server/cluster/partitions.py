@@ -35,7 +35,16 @@ HOLDER_CHECK_S = 1.0
 LOST_WORKER = "a machine of the training cluster was lost; the job was stopped"
 
 
-def stage(path: str, start: int, stop: int, query: str, params: list, columns: list[str], label: str) -> Part:
+def stage(
+    path: str,
+    start: int,
+    stop: int,
+    query: str,
+    params: list,
+    columns: list[str],
+    label: str,
+    missing_query: str = "",
+) -> Part:
     """Read rows start..stop of the snapshot and admit them with the staging plan's partition query, in
     a DuckDB that can read nothing but the registered rows. Row numbers are the file's, as on a single
     machine."""
@@ -57,6 +66,7 @@ def stage(path: str, start: int, stop: int, query: str, params: list, columns: l
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         admitted = con.sql(query, params=params).to_arrow_table()
+        missing = int(con.sql(missing_query).fetchall()[0][0]) if missing_query else None
     finally:
         con.close()
     features = rows.clean(admitted, columns)
@@ -68,7 +78,7 @@ def stage(path: str, start: int, stop: int, query: str, params: list, columns: l
     splits = [
         Split(x=Batches.of(features.filter(pa.array(keep))), y=labels[keep]) for keep in (~is_eval, is_eval)
     ]
-    return Part(splits[0], splits[1], row_ids[~is_eval], row_ids[is_eval], levels)
+    return Part(splits[0], splits[1], row_ids[~is_eval], row_ids[is_eval], levels, missing_label=missing)
 
 
 @dataclass

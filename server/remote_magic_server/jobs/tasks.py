@@ -130,9 +130,8 @@ def staging_plan(spec: DatasetSpec, kind: str, path: str, id_column: str, plan: 
     )
     row_number = exp.column("file_row_number", quoted=True)
     query, params = staging_query(spec, resolved, source, row_number, kind)
-    partition_query, _ = staging_query(
-        spec, resolved, exp.table_(PARTITION_TABLE, quoted=True), row_number, kind
-    )
+    partition = exp.table_(PARTITION_TABLE, quoted=True)
+    partition_query, _ = staging_query(spec, resolved, partition, row_number, kind)
     return Staging(
         dataset_path=path,
         query=query,
@@ -141,4 +140,5 @@ def staging_plan(spec: DatasetSpec, kind: str, path: str, id_column: str, plan: 
         label=spec.label,
         partition_query=partition_query,
         missing_label_query=missing_label_query(spec, resolved, source),
+        partition_missing_label_query=missing_label_query(spec, resolved, partition),
     )
