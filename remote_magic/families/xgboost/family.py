@@ -419,11 +419,11 @@ class XGBoostFamily:
         partitions (on_dask.py)."""
         params, task = self.final_params(plan, classes, run.threads)
         categories = {} if plan.preprocess is not None else _categories(plan, parts)
-        front, names = None, None
+        front, names, threads = None, None, run.threads
         if parts.dask is not None:
             from .on_dask import train_on_dask
 
-            booster, history = train_on_dask(plan, parts, params, task, categories, run)
+            booster, history, threads = train_on_dask(plan, parts, params, task, categories, run)
         else:
             booster, history, front, names = self._train_here(plan, parts, params, categories, run)
         return Trained(
@@ -435,7 +435,7 @@ class XGBoostFamily:
             bool(categories),
             front,
             names,
-            run.threads,
+            threads,
             categories,
         )
 
@@ -467,17 +467,22 @@ class XGBoostFamily:
         check_kind("evaluate", plan.base is not None, plan.preprocess is not None)
         params, task = self.final_params(plan, classes, run.threads)
         categories = _categories(plan, parts)
+        threads = run.threads
+        if parts.dask is not None:
+            from .on_dask import threads_on
+
+            threads = threads_on(parts, threads)
         with _xgboost_errors():
             booster = _load(plan.base)
             assert booster is not None
-            booster.set_param({"nthread": run.threads})
+            booster.set_param({"nthread": threads})
         return Trained(
             booster,
             task,
             params,
             plan.base_rounds,
             categorical=bool(categories),
-            threads=run.threads,
+            threads=threads,
             categories=categories,
         )
 
