@@ -284,6 +284,17 @@ class PrivacyReport(_Strict):
     repeated: bool = Field(description="True for the stored answer to an identical earlier request.")
 
 
+class DPTraining(_Strict):
+    """The DP trainer's part of a job (mode dp): what training cost and the noise it added. A model so
+    trained is itself a DP release, so the analyst may download it without the data owner's approval."""
+
+    rho: float = Field(description="The zCDP cost of training (part of the job's `privacy.rho`).")
+    epsilon: float = Field(description="The same cost as (epsilon, delta)-DP at the job's delta.")
+    trees: int = Field(ge=0, description="Trees the DP trainer added.")
+    sigma_gradient: float = Field(description="The Gaussian noise's sd on each leaf's gradient sum.")
+    sigma_hessian: float = Field(description="The Gaussian noise's sd on each leaf's hessian sum.")
+
+
 class ClassCount(_Strict):
     label: str
     count: int | None = Field(description="Rounded count; null when suppressed.")
@@ -360,6 +371,9 @@ class JobResult(_Strict):
         default=None, description="The rules this result was released under."
     )
     privacy: PrivacyReport | None = Field(default=None, description="Present in mode dp.")
+    training: DPTraining | None = Field(
+        default=None, description="Present when the DP trainer trained the model: it may be downloaded."
+    )
     notes: list[str] = Field(default_factory=list, description="Why a value is not released, and such.")
 
 
@@ -463,7 +477,7 @@ class BudgetReport(_Strict):
     datasets: list[DatasetBudget]
 
 
-ModelReleaseState = Literal["not_allowed", "refused", "awaiting_approval", "approved"]
+ModelReleaseState = Literal["not_allowed", "refused", "awaiting_approval", "approved", "dp_model"]
 
 
 class ModelReleaseStatus(_Strict):
