@@ -109,6 +109,9 @@ class PolicyInEffect(_Strict):
     )
     rho_per_job: float | None = Field(default=None, description="zCDP cost of a job's default releases.")
     rho_cap: float | None = Field(default=None, description="The budget per user and dataset (zCDP rho).")
+    rho_train: float | None = Field(
+        default=None, description="zCDP cost of the DP trainer in a train job (mode dp), beside rho_per_job."
+    )
 
 
 class ModelBounds(_Strict):

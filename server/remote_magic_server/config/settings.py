@@ -80,6 +80,9 @@ class Policy(_Strict):
     dp_rho_job: float = Field(
         default=0.01, gt=0, le=0.5, description="zCDP cost of a job's default releases."
     )
+    dp_rho_train: float = Field(
+        default=0.05, gt=0, le=0.5, description="zCDP cost of the DP trainer in a train job (mode dp)."
+    )
     dp_rho_describe: float = Field(default=0.002, gt=0, le=0.5, description="zCDP cost of one describe.")
     dp_rho_confusion: float = Field(
         default=0.002, gt=0, le=0.5, description="Extra cost of the confusion matrix."
@@ -125,6 +128,7 @@ class Policy(_Strict):
             privacy=self.privacy,
             rho_per_job=self.dp_rho_job if self.privacy == "dp" else None,
             rho_cap=self.dp_rho_cap if self.privacy == "dp" else None,
+            rho_train=self.dp_rho_train if self.privacy == "dp" else None,
         )
 
 
