@@ -179,7 +179,7 @@ class ReleaseDesk:
             return 0.0
         if request.kind == "describe":
             return policy.dp_rho_describe
-        return dp_release.job_cost(policy, request.options) + self.train_cost(request)
+        return round(dp_release.job_cost(policy, request.options) + self.train_cost(request), 12)
 
     def train_cost(self, request: Request) -> float:
         """The DP trainer's part of a job's cost (a train job in mode dp): charged with the rest at
