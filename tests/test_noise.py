@@ -8,12 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
 
-import remote_magic
 from remote_magic import TrainResult, compare
 from remote_magic.contract.wire import JobResult
-from tests.serverproc import running
+from tests.serverproc import dataset_table, running
+from tests.test_magics import run
 
 ROWS = 20_000
 POSITIVE = 0.16
@@ -38,37 +37,18 @@ def noisy(server, tmp_path_factory):
     base = tmp_path_factory.mktemp("noisy")
     table(base / "rare.parquet")
     table(base / "even.parquet", rows=3000, positive=0.5)
-    small = server.settings.datasets["breast_cancer"].path
     tables = (
-        f'[datasets.small]\npath = "{small}"\nid_column = "id"\nlabel_columns = ["malignant"]\n'
-        'privacy = "dp"\n'
-        f'[datasets.even]\npath = "{base / "even.parquet"}"\nid_column = "id"\nlabel_columns = ["y"]\n'
-        'privacy = "dp"\n'
-        f'[datasets.rare]\npath = "{base / "rare.parquet"}"\nid_column = "id"\nlabel_columns = ["y"]\n'
-        'privacy = "dp"\npolicy = { dp_rho_cap = 0.025 }\n'
+        dataset_table("small", server.settings.datasets["breast_cancer"].path, "malignant")
+        + dataset_table("even", base / "even.parquet", "y")
+        + dataset_table("rare", base / "rare.parquet", "y", policy="{ dp_rho_cap = 0.025 }")
     )
-    (base / "data").mkdir()
     with running(base / "data", base / "log", {"eve": ["small", "even", "rare"]}, tables) as served:
         yield served
 
 
 @pytest.fixture()
-def eve(noisy, monkeypatch):
-    monkeypatch.setenv("REMOTE_MAGIC_URL", noisy.url)
-    monkeypatch.setenv("REMOTE_MAGIC_TOKEN", noisy.tokens["eve"])
-    monkeypatch.setenv("REMOTE_MAGIC_PROGRESS", "off")
-    ip = InteractiveShell.instance()
-    remote_magic.load_ipython_extension(ip)
-    yield ip
-    remote_magic.unload_ipython_extension(ip)
-    for name in [n for n in ip.user_ns if not n.startswith("_")]:
-        ip.user_ns.pop(name, None)
-
-
-def run(ip: InteractiveShell, cell: str):
-    result = ip.run_cell(cell)
-    result.raise_error()
-    return result.result
+def eve(noisy, shell_as):
+    return shell_as(noisy, "eve")
 
 
 def model(depth: int) -> str:
