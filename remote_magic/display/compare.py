@@ -25,8 +25,9 @@ def _overlap(a: Sequence[float], b: Sequence[float]) -> bool:
 
 class Comparison:
     """Runs in rows; rounds, rows used and every metric in columns. `.table` is the DataFrame,
-    `.plot()` the matplotlib figure (eval learning curves and the main metric per run); a notebook shows
-    the table and the same figure as a Vega-Lite spec its front end draws (`charts()`)."""
+    `.plot()` the matplotlib figure (eval learning curves and the main metric per run, with its 95% error
+    bars in mode dp); a notebook shows the table and the same figure as a Vega-Lite spec its front end
+    draws (`charts()`)."""
 
     def __init__(self, results: Sequence[TrainResult], names: Sequence[str]):
         if len(names) != len(results):
@@ -144,34 +145,119 @@ class Comparison:
             )
         main = self.main_metric
         if main is not None:
-            values = [
+            made.append(self._metric_chart(main, colour))
+        return charts.panel(made)
+
+    def versus_best(self, metric: str | None = None) -> dict[str, str | None]:
+        """Each run against the best by a metric (the main one by default): "best", "within the noise"
+        (its 95% interval overlaps the best's: not distinguishable from it), "beyond the noise", or None
+        where either run has no interval (mode rules), so nothing is said."""
+        metric = metric or self.main_metric
+        if metric is None:
+            return {}
+        values = self.table[metric].dropna().astype(float)
+        if values.empty:
+            return {}
+        best = values.idxmin() if metric in LOWER_IS_BETTER else values.idxmax()
+        best_band = self.results[best].intervals.get(metric)
+        verdicts: dict[str, str | None] = {}
+        for name in values.index:
+            band = self.results[name].intervals.get(metric)
+            if name == best:
+                verdicts[name] = "best"
+            elif band is None or best_band is None:
+                verdicts[name] = None
+            else:
+                verdicts[name] = "within the noise" if _overlap(band, best_band) else "beyond the noise"
+        return verdicts
+
+    def _metric_chart(self, metric: str, colour: dict) -> dict:
+        """The metric per run: bars in mode rules; in mode dp a point with its 95% error bar, the best run's
+        interval as a grey band behind, and the runs beyond the noise of the best faded: an error bar that
+        reaches the band cannot be told from the best, so the figure does not invite a choice between them."""
+        from . import charts
+
+        verdicts = self.versus_best(metric)
+        values = []
+        for name, v in self.table[metric].items():
+            band = self.results[name].intervals.get(metric)
+            low, high = (charts.number(band[0]), charts.number(band[1])) if band else (None, None)
+            value = charts.number(v)
+            values.append(
                 {
                     "run": name,
-                    "value": charts.number(v),
-                    "label": metric_text(v, self.results[name].raw.policy),
-                }
-                for name, v in self.table[main].items()
-            ]
-            made.append(
-                {
-                    "title": f"{main} (eval)",
-                    "width": {"step": 40},
-                    "height": charts.HEIGHT,
-                    "data": {"values": values},
-                    "encoding": {
-                        "x": {"field": "run", "type": "nominal", "sort": list(self.results), "title": None},
-                        "y": {"field": "value", "type": "quantitative", "title": None},
-                    },
-                    "layer": [
-                        {"mark": "bar", "encoding": {"color": colour}},
-                        {
-                            "mark": {"type": "text", "dy": -6, "fontSize": 9},
-                            "encoding": {"text": {"field": "label"}},
-                        },
-                    ],
+                    "value": value,
+                    "label": metric_text(v, self.results[name].raw.policy) if value is not None else "",
+                    "low": low,
+                    "high": high,
+                    "top": max(x for x in (value, high) if x is not None) if value is not None else None,
+                    "versus best": verdicts.get(name) or "",
                 }
             )
-        return charts.panel(made)
+        banded = [row for row in values if row["low"] is not None]
+        faded = {"test": "datum['versus best'] === 'beyond the noise'", "value": 0.35}
+        tooltip = [{"field": "run"}, {"field": "label", "title": metric}]
+        if banded:
+            tooltip += [{"field": "low"}, {"field": "high"}, {"field": "versus best"}]
+        x = {"field": "run", "type": "nominal", "sort": list(self.results), "title": None}
+        shown = {"x": x, "color": colour, "opacity": {"condition": faded, "value": 1}, "tooltip": tooltip}
+        mark = {"type": "point", "filled": True, "size": 70} if banded else "bar"
+        layers: list[dict] = [{"mark": mark, "encoding": shown}]
+        chart: dict = {"title": f"{metric} (eval)"}
+        y = {"field": "value", "type": "quantitative", "title": None, "scale": {"zero": not banded}}
+        if banded:
+            best = next(row for row in values if row["versus best"] == "best")
+            if best["low"] is not None:
+                layers.insert(
+                    0,
+                    {
+                        "data": {"values": [{"low": best["low"], "high": best["high"]}]},
+                        "mark": {"type": "rect", "color": "#999999", "opacity": 0.18},
+                        "encoding": {
+                            "y": {"field": "low", "type": "quantitative"},
+                            "y2": {"field": "high"},
+                        },
+                    },
+                )
+            layers.append(
+                {
+                    "transform": [{"filter": "datum.low !== null"}],
+                    "mark": {"type": "errorbar", "ticks": {"size": 10}, "color": "#333333"},
+                    "encoding": {
+                        "x": x,
+                        "y": {"field": "low", "type": "quantitative", "title": None},
+                        "y2": {"field": "high"},
+                    },
+                }
+            )
+            chart["title"] = {
+                "text": f"{metric} (eval)",
+                "subtitle": [
+                    "error bars: 95% intervals; grey: the best run's",
+                    "an error bar in the grey: not told from the best",
+                    "faded: worse than the best beyond the noise",
+                ],
+                "subtitleFontSize": 9,
+                "subtitleColor": "#555555",
+            }
+        layers.append(
+            {
+                "mark": {"type": "text", "dy": -6, "fontSize": 9},
+                "encoding": {
+                    "x": x,
+                    "y": {"field": "top", "type": "quantitative"},
+                    "text": {"field": "label"},
+                },
+            }
+        )
+        return {
+            **chart,
+            "width": {"step": 40},
+            "height": charts.HEIGHT,
+            "data": {"values": values},
+            "encoding": {"y": y},
+            "layer": layers,
+        }
 
     def _ipython_display_(self) -> None:
         from .charts import display_with_figures
@@ -203,11 +289,22 @@ class Comparison:
         main = self.main_metric
         if main is not None:
             values = self.table[main]
+            heights = values.to_numpy(dtype=float)
+            bands = [self.results[name].intervals.get(main) for name in values.index]
+            errors = [
+                [h - b[0] if b else 0.0 for h, b in zip(heights, bands)],
+                [b[1] - h if b else 0.0 for h, b in zip(heights, bands)],
+            ]
+            verdicts = self.versus_best(main)
             drawn = bars.bar(
                 [str(i) for i in values.index],
-                values.to_numpy(dtype=float),
+                heights,
                 color=[colours[name] for name in values.index],
+                yerr=errors if any(bands) else None,
+                capsize=4,
             )
+            for patch, name in zip(drawn.patches, values.index):
+                patch.set_alpha(0.35 if verdicts.get(name) == "beyond the noise" else 1.0)
             labels = [metric_text(v, self.results[name].raw.policy) for name, v in values.items()]
             bars.bar_label(drawn, labels=labels, fontsize=8, padding=2)
             bars.margins(y=0.15)
