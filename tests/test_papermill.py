@@ -110,7 +110,7 @@ def test_example_runs_to_the_end_against_serve_demo(example, demo_server, monkey
             ("depth 5", True, True),
         }
         assert "errorbar" in str(metric["layer"])
-        assert "charged for: ['describe', 'train', 'train']" in text and "spent + left = cap: True" in text
+        assert "jobs charged: 2\nthe describe charged too: True\nspent + left = cap: True" in text
 
 
 def test_a_usage_error_fails_papermill_with_its_message(kernel_env, tmp_path):
