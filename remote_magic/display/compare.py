@@ -206,8 +206,8 @@ class Comparison:
         chart: dict = {"title": f"{metric} (eval)"}
         y = {"field": "value", "type": "quantitative", "title": None, "scale": {"zero": not banded}}
         if banded:
-            best = next(row for row in values if row["versus best"] == "best")
-            if best["low"] is not None:
+            best = next((row for row in values if row["versus best"] == "best"), None)
+            if best is not None and best["low"] is not None:
                 layers.insert(
                     0,
                     {
