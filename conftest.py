@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from remote_magic_server.demo import free_port
 from tests.serverproc import ServerProcess, write_config
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
 
 _shared: dict[str, ServerProcess] = {}
 # A loopback port the shared server may call webhooks on (the example notebook listens there).
@@ -42,21 +47,37 @@ def server(pytestconfig: pytest.Config) -> ServerProcess:
 
 
 @pytest.fixture()
-def shell(server, monkeypatch):
-    """A real IPython shell with the extension loaded, pointed at the session's server as alice."""
+def shell_as(monkeypatch) -> Iterator[Callable[..., InteractiveShell]]:
+    """`shell_as(server, user)`: a real IPython shell with the extension loaded, signed in to that server
+    as that user through the environment, as a kernel would be (`url=False`: the token only, for tests
+    that connect by hand). Unloaded and its namespace emptied after the test."""
     from IPython.core.interactiveshell import InteractiveShell
 
     import remote_magic
 
-    monkeypatch.setenv("REMOTE_MAGIC_URL", server.url)
-    monkeypatch.setenv("REMOTE_MAGIC_TOKEN", server.tokens["alice"])
-    monkeypatch.setenv("REMOTE_MAGIC_PROGRESS", "off")
-    ip = InteractiveShell.instance()
-    remote_magic.load_ipython_extension(ip)
-    yield ip
-    remote_magic.unload_ipython_extension(ip)
-    for name in [n for n in ip.user_ns if not n.startswith("_")]:
-        ip.user_ns.pop(name, None)
+    opened: list[InteractiveShell] = []
+
+    def open_shell(served: ServerProcess, user: str = "alice", url: bool = True) -> InteractiveShell:
+        if url:
+            monkeypatch.setenv("REMOTE_MAGIC_URL", served.url)
+        monkeypatch.setenv("REMOTE_MAGIC_TOKEN", served.tokens[user])
+        monkeypatch.setenv("REMOTE_MAGIC_PROGRESS", "off")
+        ip = InteractiveShell.instance()
+        remote_magic.load_ipython_extension(ip)
+        opened.append(ip)
+        return ip
+
+    yield open_shell
+    for ip in opened:
+        remote_magic.unload_ipython_extension(ip)
+        for name in [n for n in ip.user_ns if not n.startswith("_")]:
+            ip.user_ns.pop(name, None)
+
+
+@pytest.fixture()
+def shell(server, shell_as):
+    """A real IPython shell with the extension loaded, pointed at the session's server as alice."""
+    return shell_as(server)
 
 
 @pytest.hookimpl(tryfirst=True)

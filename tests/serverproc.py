@@ -62,6 +62,20 @@ def write_config(data_dir: Path, extra_datasets: str = "", extra: str = "", poli
     return config
 
 
+def dataset_table(name: str, path: Path | str, label: str, privacy: str = "dp", **more: str) -> str:
+    """A `[datasets.NAME]` config table for a test's own Parquet file (id column `id`, one label); `more`
+    are further keys with their TOML values as written: `policy="{ dp_rho_cap = 0.025 }"`."""
+    lines = [
+        f"[datasets.{name}]",
+        f'path = "{path}"',
+        'id_column = "id"',
+        f'label_columns = ["{label}"]',
+        f'privacy = "{privacy}"',
+        *(f"{key} = {value}" for key, value in more.items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 class ServerProcess:
     """Start, stop, kill and restart a server on one config and data directory."""
 

@@ -10,12 +10,10 @@ import time
 
 import pytest
 import xgboost as xgb
-from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
-import remote_magic
 from remote_magic.client.errors import BudgetExhausted
-from tests.serverproc import running
+from tests.serverproc import dataset_table, running
 
 TINY_MODEL = xgb.XGBClassifier(n_estimators=2, max_depth=2, min_child_weight=3)
 LONG_DP = (
@@ -32,9 +30,7 @@ def spec(seed: int) -> dict:
 def tiny(server, tmp_path):
     """A server whose dataset `tiny` (mode dp_eval_only) pays for two jobs: rho 0.025, each job 0.01."""
     path = server.settings.datasets["breast_cancer"].path
-    table = f'[datasets.tiny]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["malignant"]\n'
-    table += 'privacy = "dp_eval_only"\npolicy = { dp_rho_cap = 0.025 }\n'  # jobs of 0.01 each
-    (tmp_path / "data").mkdir()
+    table = dataset_table("tiny", path, "malignant", privacy="dp_eval_only", policy="{ dp_rho_cap = 0.025 }")
     with running(tmp_path / "data", tmp_path / "log", {"eve": ["tiny", "synthetic"]}, table) as small:
         yield small
 
@@ -46,17 +42,9 @@ def owner(server, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture()
-def eve_shell(tiny, monkeypatch):
+def eve_shell(tiny, shell_as):
     """A real IPython shell with the extension loaded, signed in to `tiny`'s server as eve."""
-    monkeypatch.setenv("REMOTE_MAGIC_URL", tiny.url)
-    monkeypatch.setenv("REMOTE_MAGIC_TOKEN", tiny.tokens["eve"])
-    monkeypatch.setenv("REMOTE_MAGIC_PROGRESS", "off")
-    ip = InteractiveShell.instance()
-    remote_magic.load_ipython_extension(ip)
-    yield ip
-    remote_magic.unload_ipython_extension(ip)
-    for name in [n for n in ip.user_ns if not n.startswith("_")]:
-        ip.user_ns.pop(name, None)
+    return shell_as(tiny, "eve")
 
 
 def test_at_the_cap_an_identical_repeat_is_answered_and_the_owner_raises_the_budget(tiny):

@@ -8,12 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
 
-import remote_magic
 from remote_magic import TrainResult, compare
 from remote_magic.contract.wire import JobResult
-from tests.serverproc import running
+from tests.serverproc import dataset_table, running
+from tests.test_magics import run
 
 ROWS = 20_000
 POSITIVE = 0.16
@@ -38,37 +37,20 @@ def noisy(server, tmp_path_factory):
     base = tmp_path_factory.mktemp("noisy")
     table(base / "rare.parquet")
     table(base / "even.parquet", rows=3000, positive=0.5)
-    small = server.settings.datasets["breast_cancer"].path
     tables = (
-        f'[datasets.small]\npath = "{small}"\nid_column = "id"\nlabel_columns = ["malignant"]\n'
-        'privacy = "dp"\n'
-        f'[datasets.even]\npath = "{base / "even.parquet"}"\nid_column = "id"\nlabel_columns = ["y"]\n'
-        'privacy = "dp"\n'
-        f'[datasets.rare]\npath = "{base / "rare.parquet"}"\nid_column = "id"\nlabel_columns = ["y"]\n'
-        'privacy = "dp_eval_only"\npolicy = { dp_rho_cap = 0.025 }\n'  # jobs of the evaluation's cost
+        dataset_table("small", server.settings.datasets["breast_cancer"].path, "malignant")
+        + dataset_table("even", base / "even.parquet", "y")
+        + dataset_table(
+            "rare", base / "rare.parquet", "y", privacy="dp_eval_only", policy="{ dp_rho_cap = 0.025 }"
+        )
     )
-    (base / "data").mkdir()
     with running(base / "data", base / "log", {"eve": ["small", "even", "rare"]}, tables) as served:
         yield served
 
 
 @pytest.fixture()
-def eve(noisy, monkeypatch):
-    monkeypatch.setenv("REMOTE_MAGIC_URL", noisy.url)
-    monkeypatch.setenv("REMOTE_MAGIC_TOKEN", noisy.tokens["eve"])
-    monkeypatch.setenv("REMOTE_MAGIC_PROGRESS", "off")
-    ip = InteractiveShell.instance()
-    remote_magic.load_ipython_extension(ip)
-    yield ip
-    remote_magic.unload_ipython_extension(ip)
-    for name in [n for n in ip.user_ns if not n.startswith("_")]:
-        ip.user_ns.pop(name, None)
-
-
-def run(ip: InteractiveShell, cell: str):
-    result = ip.run_cell(cell)
-    result.raise_error()
-    return result.result
+def eve(noisy, shell_as):
+    return shell_as(noisy, "eve")
 
 
 def model(depth: int) -> str:
@@ -103,12 +85,87 @@ def test_a_sweep_compared_carries_intervals_and_is_not_ranked_within_the_noise(e
     assert "~" in symbols, "on 900 evaluation rows these three models are within the noise of each other"
     assert "do not choose on it" in text and "differential-privacy noise" in text
     assert "do not choose on it" in table._repr_html_()
+    figure = metric_chart(table)
+    drawn = {row["run"]: row for row in figure["data"]["values"]}
+    for name, result in runs.items():
+        assert [drawn[name]["low"], drawn[name]["high"]] == list(result.intervals["auc"])
+    assert "errorbar" in marks(figure) and figure["encoding"]["y"]["scale"] == {"zero": False}
+    verdicts = table.versus_best()
+    best = max(runs, key=lambda name: runs[name].metrics["auc"])
+    for name, result in runs.items():
+        expected = "best" if name == best else None
+        if name != best:
+            tied = overlap(result.intervals["auc"], runs[best].intervals["auc"])
+            expected = "within the noise" if tied else "beyond the noise"
+        assert verdicts[name] == drawn[name]["versus best"] == expected
 
     jobs = eve.run_line_magic("remote_jobs", "-n 3")
     metric = {row[0]: dict(zip(jobs.header, row))["main metric"] for row in jobs.rows}
     for result in runs.values():
         low, high = result.intervals["auc"]
         assert metric[result.job_id].startswith("auc ") and f"[{low:g}, {high:g}]" in metric[result.job_id]
+
+
+def metric_chart(comparison) -> dict:
+    """The main metric's chart of the comparison's Vega-Lite figure (the last of the panel)."""
+    return comparison.charts()["hconcat"][-1]
+
+
+def marks(chart: dict) -> list[str]:
+    return [
+        layer["mark"] if isinstance(layer["mark"], str) else layer["mark"]["type"] for layer in chart["layer"]
+    ]
+
+
+def error_bars(fig):
+    """The error bars drawn on the bars of a comparison's matplotlib figure, or None."""
+    from matplotlib.container import BarContainer
+
+    return next(c for c in fig.axes[1].containers if isinstance(c, BarContainer)).errorbar
+
+
+def _scored(auc: float, band: list[float] | None) -> TrainResult:
+    """A result with this eval AUC and, in mode dp, this 95% interval (mode rules: none)."""
+    raw = {
+        "job_id": "j",
+        "dataset": "d",
+        "kind": "train",
+        "task": "binary",
+        "metrics": {"auc": auc},
+        "summary": {"eval": {"rows": 1000}},
+        "rounds": {"base": 0, "new": 10, "total": 10},
+    }
+    return TrainResult(JobResult.model_validate({**raw, "intervals": {"auc": band} if band else {}}))
+
+
+def test_the_compare_figure_draws_each_interval_and_marks_runs_not_told_from_the_best():
+    runs = {
+        "depth 2": _scored(0.9459, [0.9159, 0.9759]),
+        "depth 4": _scored(0.9282, [0.8982, 0.9582]),
+        "depth 6": _scored(0.8010, [0.7810, 0.8210]),
+    }
+    comparison = compare(runs)
+    figure = metric_chart(comparison)
+    drawn = {row["run"]: row for row in figure["data"]["values"]}
+    for name, result in runs.items():
+        assert (drawn[name]["low"], drawn[name]["high"]) == result.intervals["auc"]
+    assert [drawn[name]["versus best"] for name in runs] == ["best", "within the noise", "beyond the noise"]
+    assert marks(figure) == ["rect", "point", "errorbar", "text"]
+    band = figure["layer"][0]["data"]["values"]
+    assert band == [{"low": 0.9159, "high": 0.9759}], "the grey band is the best run's interval"
+    assert "not told from the best" in " ".join(figure["title"]["subtitle"])
+    fig = comparison.plot()
+    faded = [patch.get_alpha() for patch in fig.axes[1].patches]
+    assert faded == [1.0, 1.0, 0.35] and error_bars(fig) is not None
+
+
+def test_in_mode_rules_the_compare_figure_has_no_intervals():
+    comparison = compare({"shallow": _scored(0.91, None), "deep": _scored(0.93, None)})
+    figure = metric_chart(comparison)
+    assert marks(figure) == ["bar", "text"] and figure["title"] == "auc (eval)"
+    assert all(row["low"] is None and row["high"] is None for row in figure["data"]["values"])
+    assert comparison.versus_best() == {"shallow": None, "deep": "best"}
+    assert error_bars(comparison.plot()) is None
 
 
 def test_describe_counts_carry_their_noise(eve):

@@ -1,6 +1,7 @@
 """papermill, where it is the subject: every example runs to its end against a real `remote-magic-server
-serve --demo` process, as the README tells a newcomer to run them, and a magic usage error fails the run
-with its message in papermill's exception (not an empty one)."""
+serve --demo` process, as the README tells a newcomer to run them (05 and 07 start a server of their own
+on their own table, as a data owner would), and a magic usage error fails the run with its message in
+papermill's exception (not an empty one)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import papermill
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
+from remote_magic.display.charts import VEGALITE
 from remote_magic_server.demo import free_port, wait_healthy
 from tests.serverproc import wait_until
 from tests.test_demo import PASTE
@@ -28,6 +30,16 @@ def kernel_env(server, monkeypatch):
     monkeypatch.setenv("REMOTE_MAGIC_URL", server.url)
     monkeypatch.setenv("REMOTE_MAGIC_TOKEN", server.tokens["alice"])
     monkeypatch.setenv("REMOTE_MAGIC_PROGRESS", "off")
+
+
+def figures(notebook) -> list[dict]:
+    """The Vega-Lite specs the notebook's cells displayed."""
+    return [
+        output["data"][VEGALITE]
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+        if VEGALITE in output.get("data", {})
+    ]
 
 
 def outputs_text(notebook) -> str:
@@ -86,6 +98,19 @@ def test_example_runs_to_the_end_against_serve_demo(example, demo_server, monkey
         assert "unknown column 'bmii' in filter; did you mean 'bmi'?" in text
         admitted = re.search(r"admitted by the filter: (\d+)", text)
         assert admitted and int(admitted.group(1)) > 0, "the mock rows pass the docs' own filter"
+    if example.stem == "07-flights-dp":
+        assert "every count is noisy (differential privacy)" in text and "expected 95% intervals" in text
+        assert re.search(r"ranking by auc \(higher is better\): depth [25] [~>] depth [25]", text)
+        assert "[low, high]: 95% intervals" in text
+        [metric] = [panel["hconcat"][-1] for panel in figures(executed) if "versus best" in str(panel)]
+        assert {
+            (row["run"], row["low"] is not None, row["high"] is not None) for row in metric["data"]["values"]
+        } == {
+            ("depth 2", True, True),
+            ("depth 5", True, True),
+        }
+        assert "errorbar" in str(metric["layer"])
+        assert "jobs charged: 2\nthe describe charged too: True\nspent + left = cap: True" in text
 
 
 def test_a_usage_error_fails_papermill_with_its_message(kernel_env, tmp_path):

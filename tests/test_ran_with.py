@@ -8,10 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
 
-import remote_magic
-from tests.serverproc import running
+from tests.serverproc import dataset_table, running
+from tests.test_magics import run
 
 MISSING = 60
 CELL = (
@@ -31,34 +30,15 @@ def holes(server, tmp_path_factory):
     frame.to_parquet(path)
     mock = base / "mock.csv"  # the owner's mock rows: a 0/1 label stored as decimals
     frame.drop(columns="id").dropna().head(50).to_csv(mock, index=False)
-    tables = ""
-    for name, mode, extra in (("holes", "dp", f'mock_path = "{mock}"\n'), ("holes_rules", "rules", "")):
-        tables += (
-            f'[datasets.{name}]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["malignant"]\n'
-            f'privacy = "{mode}"\n{extra}'
-        )
-    (base / "data").mkdir()
+    tables = dataset_table("holes", path, "malignant", mock_path=f'"{mock}"')
+    tables += dataset_table("holes_rules", path, "malignant", privacy="rules")
     with running(base / "data", base / "log", {"eve": ["holes", "holes_rules"]}, tables) as served:
         yield served
 
 
 @pytest.fixture()
-def eve(holes, monkeypatch):
-    monkeypatch.setenv("REMOTE_MAGIC_URL", holes.url)
-    monkeypatch.setenv("REMOTE_MAGIC_TOKEN", holes.tokens["eve"])
-    monkeypatch.setenv("REMOTE_MAGIC_PROGRESS", "off")
-    ip = InteractiveShell.instance()
-    remote_magic.load_ipython_extension(ip)
-    yield ip
-    remote_magic.unload_ipython_extension(ip)
-    for name in [n for n in ip.user_ns if not n.startswith("_")]:
-        ip.user_ns.pop(name, None)
-
-
-def run(ip: InteractiveShell, cell: str):
-    result = ip.run_cell(cell)
-    result.raise_error()
-    return result.result
+def eve(holes, shell_as):
+    return shell_as(holes, "eve")
 
 
 def test_a_result_in_mode_rules_says_its_spec_features_and_the_rows_left_out(eve):

@@ -7,9 +7,7 @@ from __future__ import annotations
 import pytest
 import trustme
 import xgboost as xgb
-from IPython.core.interactiveshell import InteractiveShell
 
-import remote_magic
 from remote_magic import Client
 from remote_magic.client.errors import ConnectionProblem
 from remote_magic.contract.addresses import is_loopback
@@ -44,14 +42,10 @@ def https(tmp_path_factory):
 
 
 @pytest.fixture()
-def shell(https, monkeypatch):
-    monkeypatch.setenv("REMOTE_MAGIC_TOKEN", https.tokens["alice"])
-    monkeypatch.setenv("REMOTE_MAGIC_PROGRESS", "off")
+def shell(https, shell_as, monkeypatch):
+    """Signed in with the token only: each test connects to the TLS server by hand."""
     monkeypatch.delenv("REMOTE_MAGIC_CA_BUNDLE", raising=False)
-    ip = InteractiveShell.instance()
-    remote_magic.load_ipython_extension(ip)
-    yield ip
-    remote_magic.unload_ipython_extension(ip)
+    return shell_as(https, url=False)
 
 
 def test_the_client_trains_over_tls(https):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from .formats import count_text, interval_text, metric_text
+from .formats import count_text, interval_text
 from .result import TrainResult
 
 if TYPE_CHECKING:
@@ -25,8 +25,9 @@ def _overlap(a: Sequence[float], b: Sequence[float]) -> bool:
 
 class Comparison:
     """Runs in rows; rounds, rows used and every metric in columns. `.table` is the DataFrame,
-    `.plot()` the matplotlib figure (eval learning curves and the main metric per run); a notebook shows
-    the table and the same figure as a Vega-Lite spec its front end draws (`charts()`)."""
+    `.plot()` the matplotlib figure (eval learning curves and the main metric per run, with its 95% error
+    bars in mode dp); a notebook shows the table and the same figure as a Vega-Lite spec its front end
+    draws (`charts()`)."""
 
     def __init__(self, results: Sequence[TrainResult], names: Sequence[str]):
         if len(names) != len(results):
@@ -107,71 +108,32 @@ class Comparison:
 
     def charts(self) -> dict | None:
         """The figure of `plot()` as one Vega-Lite spec of the released numbers."""
-        from . import charts
+        from . import compare_figures
 
-        curves = [
-            {"run": name, "round": int(r), "value": charts.number(v)}
-            for name, result in self.results.items()
-            for r, v in result.history["eval"].items()
-        ]
-        metric = next((str(r.history.columns.name) for r in self.results.values() if not r.history.empty), "")
-        colour = {
-            "field": "run",
-            "type": "nominal",
-            "sort": list(self.results),
-            "scale": {"scheme": "category10"},
-        }
-        made = []
-        if curves:
-            made.append(
-                {
-                    "title": "Eval learning curves",
-                    "width": charts.WIDTH,
-                    "height": charts.HEIGHT,
-                    "data": {"values": curves},
-                    "mark": "line",
-                    "encoding": {
-                        "x": {"field": "round", "type": "quantitative", "title": "boosting round"},
-                        "y": {
-                            "field": "value",
-                            "type": "quantitative",
-                            "title": f"eval {metric}",
-                            "scale": {"zero": False},
-                        },
-                        "color": colour,
-                    },
-                }
-            )
-        main = self.main_metric
-        if main is not None:
-            values = [
-                {
-                    "run": name,
-                    "value": charts.number(v),
-                    "label": metric_text(v, self.results[name].raw.policy),
-                }
-                for name, v in self.table[main].items()
-            ]
-            made.append(
-                {
-                    "title": f"{main} (eval)",
-                    "width": {"step": 40},
-                    "height": charts.HEIGHT,
-                    "data": {"values": values},
-                    "encoding": {
-                        "x": {"field": "run", "type": "nominal", "sort": list(self.results), "title": None},
-                        "y": {"field": "value", "type": "quantitative", "title": None},
-                    },
-                    "layer": [
-                        {"mark": "bar", "encoding": {"color": colour}},
-                        {
-                            "mark": {"type": "text", "dy": -6, "fontSize": 9},
-                            "encoding": {"text": {"field": "label"}},
-                        },
-                    ],
-                }
-            )
-        return charts.panel(made)
+        return compare_figures.spec(self)
+
+    def versus_best(self, metric: str | None = None) -> dict[str, str | None]:
+        """Each run against the best by a metric (the main one by default): "best", "within the noise"
+        (its 95% interval overlaps the best's: not distinguishable from it), "beyond the noise", or None
+        where either run has no interval (mode rules), so nothing is said."""
+        metric = metric or self.main_metric
+        if metric is None:
+            return {}
+        values = self.table[metric].dropna().astype(float)
+        if values.empty:
+            return {}
+        best = values.idxmin() if metric in LOWER_IS_BETTER else values.idxmax()
+        best_band = self.results[best].intervals.get(metric)
+        verdicts: dict[str, str | None] = {}
+        for name in values.index:
+            band = self.results[name].intervals.get(metric)
+            if name == best:
+                verdicts[name] = "best"
+            elif band is None or best_band is None:
+                verdicts[name] = None
+            else:
+                verdicts[name] = "within the noise" if _overlap(band, best_band) else "beyond the noise"
+        return verdicts
 
     def _ipython_display_(self) -> None:
         from .charts import display_with_figures
@@ -180,40 +142,9 @@ class Comparison:
         display_with_figures(repr(self), self._repr_html_(), self.charts(), alt)
 
     def plot(self) -> Figure:
-        from matplotlib.figure import Figure
+        from . import compare_figures
 
-        from . import plots
-
-        fig = Figure(figsize=(8.6, plots.HEIGHT), layout="constrained")
-        curves, bars = fig.subplots(1, 2, width_ratios=[3, 2])
-        for ax in (curves, bars):
-            plots._style(ax)
-        colours = self.colours
-        metric = ""
-        for name, r in self.results.items():
-            history = r.history
-            if not history.empty:
-                metric = str(history.columns.name)
-                curves.plot(history.index, history["eval"], label=name, linewidth=1.6, color=colours[name])
-        if metric:
-            curves.set_ylabel(f"eval {metric}", fontsize=9)
-            curves.legend(frameon=False, fontsize=8)
-        curves.set_xlabel("boosting round", fontsize=9)
-        curves.set_title("Eval learning curves", fontsize=10, loc="left")
-        main = self.main_metric
-        if main is not None:
-            values = self.table[main]
-            drawn = bars.bar(
-                [str(i) for i in values.index],
-                values.to_numpy(dtype=float),
-                color=[colours[name] for name in values.index],
-            )
-            labels = [metric_text(v, self.results[name].raw.policy) for name, v in values.items()]
-            bars.bar_label(drawn, labels=labels, fontsize=8, padding=2)
-            bars.margins(y=0.15)
-            bars.tick_params(axis="x", labelrotation=20)
-            bars.set_title(f"{main} (eval)", fontsize=10, loc="left")
-        return fig
+        return compare_figures.figure(self)
 
     def _text_table(self) -> pd.DataFrame:
         table = self.table.astype(object)
