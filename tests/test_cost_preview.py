@@ -6,6 +6,8 @@ rules price no training. Against a real server over HTTP."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -100,23 +102,10 @@ def test_the_dry_run_shows_training_and_evaluation_apart():
         "DP training: 20 trees; Gaussian noise on each leaf's sums: sd 22.6 on the gradients, 11.3" in shown
     )
     assert "expected 95% intervals for about 400 evaluation rows: rows +/- 39.2, auc +/- 0.03" in shown
-    plain = repr(
-        DryRun(
-            "train",
-            "d",
-            "synthetic",
-            "label",
-            ["x"],
-            10,
-            10,
-            8,
-            2,
-            2,
-            cost=cost.model_copy(
-                update={"rho": 0.01, "rho_train": 0.0, "epsilon_train": 0.0, "training": None}
-            ),
-        )
+    untrained = cost.model_copy(
+        update={"rho": 0.01, "rho_train": 0.0, "epsilon_train": 0.0, "training": None}
     )
+    plain = repr(dataclasses.replace(report, cost=untrained))
     assert "training" not in plain.split("cost if submitted")[1] and "evaluation rho" not in plain
 
 
