@@ -173,3 +173,17 @@ def test_a_train_job_in_mode_dp_prices_the_dp_trainer_beside_the_evaluation(pric
     assert done.trees == 10 and estimate.training.sigma_gradient <= done.sigma_gradient <= 1.06 * (
         estimate.training.sigma_gradient
     )
+
+
+@NEEDS_TRAINER
+def test_the_dry_run_magic_shows_the_training_cost_and_the_noise_per_leaf(shell):
+    """The demo's table is in mode dp: a train cell's dry run prices the DP trainer for the cell's model."""
+    cell = "from xgboost import XGBClassifier\nmodel = XGBClassifier(n_estimators=20, max_depth=3)\n"
+    outcome = shell.run_cell("%%remote_train --dry-run -d synthetic -l label --eval-fraction 0.2\n" + cell)
+    outcome.raise_error()
+    report = outcome.result
+    assert report.cost.rho_train == pytest.approx(0.05) and report.cost.training.trees == 20
+    shown = repr(report)
+    assert (
+        "training rho 0.05" in shown and "DP training: 20 trees; Gaussian noise on each leaf's sums" in shown
+    )
