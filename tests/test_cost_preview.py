@@ -20,9 +20,6 @@ from remote_magic.families.dpboost import Settings, epsilon, total_rho
 from tests.serverproc import running
 
 DELTA = 1e-6
-# Today's mode dp trains without privacy; after the DP trainer's merge that mode is "dp_eval_only".
-EVAL_ONLY = "dp"
-NEEDS_TRAINER = pytest.mark.skip(reason="needs the DP trainer (branch dpfam)")
 
 
 def test_the_noise_per_leaf_is_what_the_trainers_own_scales_give():
@@ -122,7 +119,7 @@ def priced(tmp_path_factory):
     )
     frame.to_parquet(data / "t.parquet", index=False)
     config = ""
-    for name, mode in (("trainer", "dp"), ("eval_only", EVAL_ONLY), ("rounded", "rules")):
+    for name, mode in (("trainer", "dp"), ("eval_only", "dp_eval_only"), ("rounded", "rules")):
         config += (
             f'\n[datasets.{name}]\npath = "{data}/t.parquet"\nid_column = "id"\n'
             f'label_columns = ["label"]\nprivacy = "{mode}"\n'
@@ -149,7 +146,6 @@ def test_evaluation_only_dp_and_rules_price_no_training(priced):
     assert rounded.privacy == "rules" and rounded.rho == rounded.rho_train == 0 and rounded.training is None
 
 
-@NEEDS_TRAINER
 def test_a_train_job_in_mode_dp_prices_the_dp_trainer_beside_the_evaluation(priced):
     c = priced.client("ana")
     policy = c.dataset("trainer").policy
@@ -175,7 +171,6 @@ def test_a_train_job_in_mode_dp_prices_the_dp_trainer_beside_the_evaluation(pric
     )
 
 
-@NEEDS_TRAINER
 def test_the_dry_run_magic_shows_the_training_cost_and_the_noise_per_leaf(shell):
     """The demo's table is in mode dp: a train cell's dry run prices the DP trainer for the cell's model."""
     cell = "from xgboost import XGBClassifier\nmodel = XGBClassifier(n_estimators=20, max_depth=3)\n"

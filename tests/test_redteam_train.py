@@ -11,8 +11,9 @@ adversary differential privacy is defined against), fits the same stump here in 
 the world whose log loss is nearer the released one.
 
 No guess may beat the budget the analyst spent: for Gaussian DP, accuracy <= Phi(sqrt(2 rho) / 2) plus a
-binomial margin (`test_redteam_dp.bound`). With evaluation-only DP (non-private training) the attack wins
-20 of 20; with the DP trainer (training rows under the same proof) it must lose.
+binomial margin (`test_redteam_dp.bound`). In mode dp_eval_only (DP evaluation of a model trained
+without DP) the attack wins 20 of 20; in mode dp (the DP trainer: training rows under the same proof) it
+must lose.
 """
 
 from __future__ import annotations
@@ -38,13 +39,11 @@ SPEC = {
     "derive": {"leaf": f"CASE WHEN {OLD} OR score > 0.3 THEN 1 ELSE 0 END"},
     "eval": {"where": GROUP},
 }
-# Today's mode dp trains without privacy; after the DP trainer's merge that mode is "dp_eval_only" and
-# "dp" trains with the DP trainer, where the same attack must lose.
+# Mode dp_eval_only trains without privacy, where the attack wins; mode dp trains with the DP trainer,
+# where the same attack must lose.
 MODES = [
-    pytest.param(("dp", True), id="dp-eval-only"),
-    pytest.param(
-        ("dp", False), id="dp-trainer", marks=pytest.mark.skip(reason="needs the DP trainer (branch dpfam)")
-    ),
+    pytest.param(("dp_eval_only", True), id="dp-eval-only"),
+    pytest.param(("dp", False), id="dp-trainer"),
 ]
 
 

@@ -2,29 +2,25 @@
 
 The server prices a train job without its model (`POST /v1/cost` reads no model bytes) and says the DP
 trainer's share of the cost, `rho_train`. What that share buys per leaf depends on the model's rounds and
-objective, so it is worked out here from the model's own parameters, by the DP trainer's own mapping
-(`dpboost.params.settings_from_params`) and its own scales (`Settings.scales`): the functions the trainer
-runs on the server, not a copy of them.
+objective, so it is worked out here from the model, by the DP trainer's own code: its family's canonical
+form (`dpboost.family`), its settings for that plan (`settings_for`) and its noise scales
+(`Settings.scales`), the functions the trainer runs on the server, not a copy of them.
 """
 
 from __future__ import annotations
 
 from ..contract.codes import Refusal
 from ..contract.wire import DPTraining
-from ..families import family_for
-from ..families.base import is_classifier_task
+from ..families import family as family_named
 from ..families.dpboost.accounting import epsilon
-from ..families.dpboost.params import settings_from_params
+from ..families.dpboost.family import settings_for
 
 
 def expected_training(model: object, rho_train: float, delta: float) -> tuple[DPTraining | None, str]:
     """The DP trainer's trees and noise per leaf for `model` at `rho_train`, or None and why not."""
     try:
-        plan = family_for(model).canonical(model)
-        # The trainer's settings for a plan: its parameters by name, its rounds (as the trainer's own
-        # `settings_for` takes them on the server).
-        classifier = True if is_classifier_task(plan.task) else False if plan.task == "regression" else None
-        settings = settings_from_params({**plan.params, "n_estimators": plan.rounds}, classifier)
+        plan = family_named("dpboost").canonical(model)
+        settings = settings_for(plan, None, None)
         scales = settings.scales(rho_train, continuing=plan.base is not None)
     except Refusal as refusal:
         if refusal.code == "unsupported_model":  # a regression's label range, a multiclass label's classes

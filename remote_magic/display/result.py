@@ -75,6 +75,12 @@ class TrainResult:
         return None if self.raw.privacy is None else self.raw.privacy.model_dump()
 
     @property
+    def training(self) -> dict | None:
+        """Mode dp: what the DP trainer's part of the job cost (rho, epsilon), the trees it added and
+        the noise's sd on each leaf's gradient and hessian sums; None for a model trained without DP."""
+        return None if self.raw.training is None else self.raw.training.model_dump()
+
+    @property
     def importance_ranking(self) -> list[str] | None:
         """Mode dp: the top features by permutation importance on eval rows (a noisy top-k), best first."""
         return self.raw.importance_ranking
