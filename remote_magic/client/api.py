@@ -335,7 +335,9 @@ class Client(RegistryCalls):
         release: ReleaseOptions | dict | None = None,
     ) -> CostEstimate:
         """What the job would cost in privacy budget, and how wide its intervals should be, before
-        anything is spent. The cost does not depend on the model (it is accepted for symmetry)."""
+        anything is spent: for a train job in mode dp, the DP trainer's part and the evaluation's, and
+        the noise the trainer would add per leaf for this model (worked out here: the server prices a
+        job without its model)."""
         spec = as_spec(spec)
         body = CostRequest(spec=spec, kind=kind, release=_options(release))  # type: ignore[arg-type]
         response = self._request(
@@ -344,7 +346,16 @@ class Client(RegistryCalls):
             data=body.model_dump_json(exclude_none=True),
             headers={"Content-Type": "application/json"},
         )
-        return CostEstimate.model_validate(response.json())
+        estimate = CostEstimate.model_validate(response.json())
+        if estimate.rho_train > 0:
+            if model is None:
+                why = "the noise per leaf depends on the model's n_estimators: pass the model to see it"
+            else:
+                from .trainer_noise import expected_training  # the DP trainer's code loads XGBoost
+
+                estimate.training, why = expected_training(model, estimate.rho_train, estimate.delta)
+            estimate.notes.extend([why] if why else [])
+        return estimate
 
     def budget(self) -> Budget:
         """Your privacy budget on each mode-dp dataset: spent, left, and the jobs that spent it."""

@@ -112,8 +112,22 @@ class DryRun:
             if c.over_cap
             else f"budget left after it: rho {c.rho_remaining_after:.4g} of {c.rho_cap:g}"
         )
+        total = f"rho {c.rho:g} (epsilon {c.epsilon:.3g} at delta {c.delta:g})"
+        if c.rho_train:
+            total += f": training rho {c.rho_train:g} (epsilon {c.epsilon_train:.3g})"
+            total += f" and evaluation rho {c.rho_eval:g}"
+        t = c.training
+        noise = (
+            [
+                f"DP training: {t.trees} trees; Gaussian noise on each leaf's sums: sd "
+                f"{t.sigma_gradient:.3g} on the gradients, {t.sigma_hessian:.3g} on the hessians"
+            ]
+            if t
+            else []
+        )
         return [
-            f"cost if submitted: rho {c.rho:g} (epsilon {c.epsilon:.3g} at delta {c.delta:g}); {after}",
+            f"cost if submitted: {total}; {after}",
+            *noise,
             *([f"expected 95% intervals{rows}: {expected}"] if expected else []),
             *(f"note: {note}" for note in c.notes),
         ]

@@ -450,6 +450,16 @@ class CostEstimate(_Strict):
     rho: float = 0.0
     epsilon: float = 0.0
     delta: float = 0.0
+    rho_eval: float = Field(default=0.0, description="The evaluation's part of rho (its releases).")
+    rho_train: float = Field(
+        default=0.0, description="The DP trainer's part of rho (a train job in mode dp), else 0."
+    )
+    epsilon_train: float = Field(default=0.0, description="rho_train as (epsilon, delta)-DP.")
+    training: DPTraining | None = Field(
+        default=None,
+        description="The noise the DP trainer would add per leaf for the model priced, at rho_train; filled "
+        "by the client from the model's parameters (the server's estimate reads no model).",
+    )
     rho_spent: float = 0.0
     rho_cap: float = 0.0
     rho_remaining_after: float = 0.0

@@ -560,6 +560,9 @@ class ReleaseDesk:
         if not policy.noisy:
             return CostEstimate(dataset=request.dataset, kind=request.kind, privacy="rules")  # type: ignore[arg-type]
         cost = self.cost(request)
+        # What the job is charged beyond its evaluation's releases is the DP trainer's part.
+        evaluation = dp_release.job_cost(policy, request.options) if request.kind != "describe" else cost
+        training = max(0.0, cost - evaluation)
         spent = self.ledger.spent(request.user, request.dataset)
         cap = self.cap(request.user, request.dataset)
         notes = []
@@ -598,6 +601,9 @@ class ReleaseDesk:
             rho=cost,
             epsilon=round(dp.epsilon(cost, policy.dp_delta), 4),
             delta=policy.dp_delta,
+            rho_eval=round(evaluation, 6),
+            rho_train=round(training, 6),
+            epsilon_train=round(dp.epsilon(training, policy.dp_delta), 4),
             rho_spent=round(spent, 6),
             rho_cap=cap,
             rho_remaining_after=round(max(0.0, cap - spent - cost), 6),

@@ -1,0 +1,36 @@
+"""The noise the DP trainer would add per leaf for a model, said before the job runs.
+
+The server prices a train job without its model (`POST /v1/cost` reads no model bytes) and says the DP
+trainer's share of the cost, `rho_train`. What that share buys per leaf depends on the model's rounds and
+objective, so it is worked out here from the model, by the DP trainer's own code: its family's canonical
+form (`dpboost.family`), its settings for that plan (`settings_for`) and its noise scales
+(`Settings.scales`), the functions the trainer runs on the server, not a copy of them.
+"""
+
+from __future__ import annotations
+
+from ..contract.codes import Refusal
+from ..contract.wire import DPTraining
+from ..families import family as family_named
+from ..families.dpboost.accounting import epsilon
+from ..families.dpboost.family import settings_for
+
+
+def expected_training(model: object, rho_train: float, delta: float) -> tuple[DPTraining | None, str]:
+    """The DP trainer's trees and noise per leaf for `model` at `rho_train`, or None and why not."""
+    try:
+        plan = family_named("dpboost").canonical(model)
+        settings = settings_for(plan, None, None)
+        scales = settings.scales(rho_train, continuing=plan.base is not None)
+    except Refusal as refusal:
+        if refusal.code == "unsupported_model":  # a regression's label range, a multiclass label's classes
+            return None, f"the noise per leaf is not shown here: {refusal.message}"
+        return None, f"the DP trainer would refuse this model: {refusal.message}"
+    training = DPTraining(
+        rho=rho_train,
+        epsilon=round(epsilon(rho_train, delta), 4),
+        trees=settings.rounds * settings.objective_().trees_per_round,
+        sigma_gradient=scales.sigma_g,
+        sigma_hessian=scales.sigma_h,
+    )
+    return training, ""

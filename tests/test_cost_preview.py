@@ -1,0 +1,184 @@
+"""The cost preview (`Client.cost`, `--dry-run`) says, before anything is spent, what a job will cost: for a
+train job in mode dp the DP trainer's part and the evaluation's apart, their total and the budget left,
+the expected intervals, and the noise the trainer will add per leaf for the model priced, worked out by
+the trainer's own `Settings.scales`. An evaluation job, a dataset in mode dp_eval_only and one in mode
+rules price no training. Against a real server over HTTP."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import xgboost as xgb
+
+from remote_magic.client.dryrun import DryRun
+from remote_magic.client.trainer_noise import expected_training
+from remote_magic.contract.wire import CostEstimate, DPTraining
+from remote_magic.families.dpboost import Settings, epsilon, total_rho
+from tests.serverproc import running
+
+DELTA = 1e-6
+
+
+def test_the_noise_per_leaf_is_what_the_trainers_own_scales_give():
+    model = xgb.XGBClassifier(n_estimators=20, max_depth=3, learning_rate=0.3)
+    training, why = expected_training(model, 0.05, DELTA)
+    settings = Settings(rounds=20, max_depth=3, learning_rate=0.3)
+    scales = settings.scales(0.05)
+    assert why == "" and training == DPTraining(
+        rho=0.05,
+        epsilon=round(epsilon(0.05, DELTA), 4),
+        trees=20,
+        sigma_gradient=scales.sigma_g,
+        sigma_hessian=scales.sigma_h,
+    )
+    objective = settings.objective_()
+    spent = total_rho(
+        20,
+        objective.gradient_bound,
+        objective.hessian_bound,
+        scales.sigma_g,
+        scales.sigma_h,
+        objective.intercept_bound,
+        scales.sigma_intercept,
+        select_bound=settings.select_bound,
+        sigma_select=scales.sigma_select,
+        selections_per_round=settings.selections_per_round,
+    )
+    assert spent == pytest.approx(0.05), "the noise shown spends exactly the training cost"
+    more_trees, _ = expected_training(xgb.XGBClassifier(n_estimators=80, max_depth=3), 0.05, DELTA)
+    assert more_trees.sigma_gradient == pytest.approx(2 * training.sigma_gradient), "rho per tree / 4"
+
+
+def test_a_continued_model_pays_no_intercept_and_gets_less_noise():
+    rows = np.random.default_rng(0).normal(size=(200, 2))
+    fitted = xgb.XGBClassifier(n_estimators=2, max_depth=2).fit(rows, rows[:, 0] > 0)
+    fresh, _ = expected_training(xgb.XGBClassifier(n_estimators=2, max_depth=2), 0.05, DELTA)
+    continued, _ = expected_training(fitted, 0.05, DELTA)
+    assert continued.sigma_gradient < fresh.sigma_gradient
+    assert continued.sigma_gradient == Settings(rounds=2, max_depth=2).scales(0.05, continuing=True).sigma_g
+
+
+def test_a_model_the_trainer_refuses_or_cannot_price_says_why():
+    refused, why = expected_training(xgb.XGBClassifier(subsample=0.5), 0.05, DELTA)
+    assert refused is None and why.startswith("the DP trainer would refuse this model") and "subsample" in why
+    regression, why = expected_training(xgb.XGBRegressor(), 0.05, DELTA)
+    assert regression is None and "label" in why and why.startswith("the noise per leaf is not shown here")
+    unknown, why = expected_training(object(), 0.05, DELTA)
+    assert unknown is None and "not shown here" in why
+
+
+def test_the_dry_run_shows_training_and_evaluation_apart():
+    training = DPTraining(rho=0.05, epsilon=3.77, trees=20, sigma_gradient=22.6, sigma_hessian=11.3)
+    cost = CostEstimate(
+        dataset="d",
+        kind="train",
+        privacy="dp",
+        rho=0.06,
+        epsilon=4.15,
+        delta=DELTA,
+        rho_eval=0.01,
+        rho_train=0.05,
+        epsilon_train=3.77,
+        training=training,
+        rho_cap=1.0,
+        rho_remaining_after=0.94,
+        assumed_eval_rows=400,
+        expected={"rows": 39.2, "auc": 0.03},
+    )
+    report = DryRun("train", "d", "synthetic", "label", ["x"], 10, 10, 8, 2, 2, cost=cost)
+    shown = repr(report)
+    assert (
+        "cost if submitted: rho 0.06 (epsilon 4.15 at delta 1e-06): training rho 0.05 (epsilon 3.77) "
+        in shown
+    )
+    assert "and evaluation rho 0.01; budget left after it: rho 0.94 of 1" in shown
+    assert (
+        "DP training: 20 trees; Gaussian noise on each leaf's sums: sd 22.6 on the gradients, 11.3" in shown
+    )
+    assert "expected 95% intervals for about 400 evaluation rows: rows +/- 39.2, auc +/- 0.03" in shown
+    untrained = cost.model_copy(
+        update={"rho": 0.01, "rho_train": 0.0, "epsilon_train": 0.0, "training": None}
+    )
+    plain = repr(dataclasses.replace(report, cost=untrained))
+    assert "training" not in plain.split("cost if submitted")[1] and "evaluation rho" not in plain
+
+
+@pytest.fixture(scope="module")
+def priced(tmp_path_factory):
+    """A server with one table served in mode dp (the DP trainer), in mode dp_eval_only and in mode rules."""
+    base = tmp_path_factory.mktemp("cost_preview")
+    data = base / "data"
+    data.mkdir()
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2000, 2))
+    frame = pd.DataFrame(
+        {"id": np.arange(2000), "x1": x[:, 0], "x2": x[:, 1], "label": (x[:, 0] > 0).astype(int)}
+    )
+    frame.to_parquet(data / "t.parquet", index=False)
+    config = ""
+    for name, mode in (("trainer", "dp"), ("eval_only", "dp_eval_only"), ("rounded", "rules")):
+        config += (
+            f'\n[datasets.{name}]\npath = "{data}/t.parquet"\nid_column = "id"\n'
+            f'label_columns = ["label"]\nprivacy = "{mode}"\n'
+        )
+    with running(data, base / "server.log", {"ana": ["trainer", "eval_only", "rounded"]}, config) as server:
+        yield server
+
+
+def spec(dataset: str) -> dict:
+    return {"dataset": dataset, "label": "label", "eval": {"fraction": 0.25, "seed": 1}}
+
+
+def test_evaluation_only_dp_and_rules_price_no_training(priced):
+    c = priced.client("ana")
+    model = xgb.XGBClassifier(n_estimators=10, max_depth=3, min_child_weight=3)
+    estimate = c.cost(model, spec("eval_only"))
+    assert estimate.rho == estimate.rho_eval == pytest.approx(0.01)
+    assert estimate.rho_train == 0 and estimate.epsilon_train == 0 and estimate.training is None
+    # A quarter of the catalog's noisy row count (sd about 32 on the 2,000 rows).
+    assert set(estimate.expected) >= {"rows", "log_loss", "auc"} and 440 <= estimate.assumed_eval_rows <= 560
+    result = c.train(model, spec("eval_only"), timeout=300)
+    assert result.privacy["rho"] == pytest.approx(estimate.rho), "the preview is what the job was charged"
+    rounded = c.cost(model, spec("rounded"))
+    assert rounded.privacy == "rules" and rounded.rho == rounded.rho_train == 0 and rounded.training is None
+
+
+def test_a_train_job_in_mode_dp_prices_the_dp_trainer_beside_the_evaluation(priced):
+    c = priced.client("ana")
+    policy = c.dataset("trainer").policy
+    model = xgb.XGBClassifier(n_estimators=10, max_depth=3)
+    estimate = c.cost(model, spec("trainer"))
+    assert estimate.rho_train == pytest.approx(policy.rho_train) and estimate.rho_eval == pytest.approx(0.01)
+    assert estimate.rho == pytest.approx(estimate.rho_train + estimate.rho_eval)
+    assert estimate.epsilon_train == pytest.approx(epsilon(policy.rho_train, estimate.delta), abs=1e-4)
+    spent = estimate.rho_spent
+    assert estimate.rho_remaining_after == pytest.approx(estimate.rho_cap - spent - estimate.rho)
+    scales = Settings(rounds=10, max_depth=3).scales(policy.rho_train)
+    assert estimate.training.trees == 10 and estimate.training.sigma_gradient == pytest.approx(scales.sigma_g)
+    assert c.cost(model, spec("trainer"), kind="evaluate").rho_train == 0, "an evaluation trains nothing"
+    unpriced = c.cost(None, spec("trainer"))
+    assert unpriced.training is None and any("pass the model" in note for note in unpriced.notes)
+    result = c.train(model, spec("trainer"), timeout=300)
+    assert result.privacy["rho"] == pytest.approx(estimate.rho)
+    # A feature without a declared range pays a DP sketch from the training budget first (a tenth of it):
+    # the trainer's noise is then up to 1/sqrt(0.9) of what the preview shows.
+    done = result.raw.training
+    assert done.trees == 10 and estimate.training.sigma_gradient <= done.sigma_gradient <= 1.06 * (
+        estimate.training.sigma_gradient
+    )
+
+
+def test_the_dry_run_magic_shows_the_training_cost_and_the_noise_per_leaf(shell):
+    """The demo's table is in mode dp: a train cell's dry run prices the DP trainer for the cell's model."""
+    cell = "from xgboost import XGBClassifier\nmodel = XGBClassifier(n_estimators=20, max_depth=3)\n"
+    outcome = shell.run_cell("%%remote_train --dry-run -d synthetic -l label --eval-fraction 0.2\n" + cell)
+    outcome.raise_error()
+    report = outcome.result
+    assert report.cost.rho_train == pytest.approx(0.05) and report.cost.training.trees == 20
+    shown = repr(report)
+    assert (
+        "training rho 0.05" in shown and "DP training: 20 trees; Gaussian noise on each leaf's sums" in shown
+    )
