@@ -38,7 +38,7 @@ from .features import Features, Kind
 from .on_parts import apply_update, counts_of, finish, schema, set_up, sketch, sum_of, sums
 from .params import settings_from_params
 from .partition import LeafUpdate
-from .settings import Settings
+from .settings import DEFAULT_ROUNDS, Settings
 
 SKETCH_SHARE = 0.1  # of the training budget, when some column's candidates come from the sketch
 ANY_LABEL_RANGE = (0.0, 1.0)  # stands in for the owner's range while only the parameters are checked
@@ -104,8 +104,12 @@ class DPBoostFamily:
         return XGBOOST.recognises(model)
 
     def canonical(self, model: object, custom_code: bool = False) -> Plan:
-        """XGBoost's canonical form of the model, kept to what the DP trainer honours."""
-        return self.adopt(XGBOOST.canonical(model, custom_code))
+        """XGBoost's canonical form of the model, kept to what the DP trainer honours; an estimator that
+        left `n_estimators` unset gets the trainer's default rounds, not XGBoost's 100."""
+        plan = self.adopt(XGBOOST.canonical(model, custom_code))
+        if getattr(model, "n_estimators", 0) is None:
+            plan = replace(plan, rounds=DEFAULT_ROUNDS)
+        return plan
 
     def adopt(self, plan: Plan) -> Plan:
         """An XGBoost family plan as this family's, refusing by name what DP training cannot do."""
