@@ -10,13 +10,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from remote_magic_server.demo import free_port
+from tests.serverproc import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -85,14 +85,16 @@ def lab(server, tmp_path):
         start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
         try:
-            if requests.get(f"{base}/api/status", params={"token": token}, timeout=2).ok:
-                break
+            return requests.get(f"{base}/api/status", params={"token": token}, timeout=2).ok
         except requests.RequestException:
-            time.sleep(0.3)
-    else:
+            return False
+
+    try:
+        wait_until(answers, 300, "JupyterLab to answer", every=0.3)
+    except AssertionError:
         proc.kill()
         pytest.fail(f"JupyterLab did not start: {(tmp_path / 'lab.log').read_text()[-2000:]}")
     yield f"{base}/lab/tree/quickstart.ipynb?token={token}", tmp_path / "quickstart.ipynb"

@@ -2,10 +2,12 @@
 `dask scheduler` / `dask worker` command line over TLS with certificates made here.
 
 One partition on one worker grows the local executor's trees; two partitions stay within 0.005 AUC;
-a worker killed mid-training ends the job with a fixed code in bounded time; a scheduler that cannot
-be reached does too; nothing of the cluster listens outside loopback; what the cluster may not run
-(a Pipeline) runs on the server's machine; hostile payloads meet the same strict decoder. Slow: marked
-`dask`, run by `.ci/run` in a step of its own (`pytest -m dask`).
+a worker killed mid-training ends the job with a fixed code in bounded time, and killed while the other
+is paused leaves nothing held and the next job runs; a job that cannot start within `start_timeout_s`
+ends with a fixed code; partitions all on one of two workers, missing text levels, train as on one
+machine; a scheduler that cannot be reached fails in bounded time; nothing of the cluster listens outside
+loopback; what the cluster may not run (a Pipeline) runs on the server's machine; hostile payloads meet
+the same strict decoder. Slow: marked `dask`, run by `.ci/run` in a step of its own (`pytest -m dask`).
 """
 
 from __future__ import annotations
@@ -17,18 +19,30 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import trustme
 import xgboost as xgb
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, MultiLock
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from benchmarks.dask_lost_worker import CONFIG, held_locks, lost_worker_cycle
 from remote_magic.client.errors import RemoteError
-from remote_magic_server.demo import free_port
+from remote_magic.families import family
+from remote_magic.families.base import Plan
+from remote_magic.families.partitions import InProcess
+from remote_magic.families.xgboost.on_dask import train_where_rows_are
+from remote_magic_server.cluster import partitions
+from remote_magic_server.demo import free_port, synthetic_table
+from remote_magic_server.worker import staging
 from tests.serverproc import ServerProcess, running, wait_until, write_config
+from tests.test_family_seam import run_job
 from tests.test_hostile_payloads import FIXED_CODES, _outcomes, build_corpus
+from tests.test_streaming import task_for
 
 pytestmark = pytest.mark.dask
 
@@ -169,6 +183,97 @@ def test_a_worker_killed_mid_training_ends_the_job_with_a_fixed_code(tmp_path):
             elapsed = time.monotonic() - killed
     assert status.state == "failed" and status.error.code == "cluster_worker_lost"
     assert elapsed < 15, f"the job took {elapsed:.1f} s to end"
+
+
+def test_a_worker_killed_while_the_other_is_paused_leaves_nothing_held_and_the_next_job_runs(tmp_path):
+    """Issue 21: the failed job's locks stayed held and the next job waited for the job timeout.
+    `python -m benchmarks.dask_lost_worker` runs 20 such cycles."""
+    with local_cluster(2) as cluster, Client(cluster) as client:
+        users = {"alice": ["synthetic_rules"]}
+        config = CONFIG.format(cluster.scheduler_address)
+        with running(tmp_path / "data", tmp_path / "server.log", users, config) as server:
+            cycles = [lost_worker_cycle(server, client) for _ in range(3)]
+    for cycle in cycles:
+        assert cycle.lost_code == "cluster_worker_lost" and cycle.held == {}, cycle
+        assert cycle.next_state == "succeeded", cycle
+
+
+def test_a_job_that_cannot_start_ends_with_a_fixed_code_and_leaves_no_lock_queued(tmp_path):
+    """A lock left on the training workers (here the test's own) keeps a job from starting: it ends
+    `cluster_busy` after `start_timeout_s`, its queued request withdrawn, and once the lock is gone the
+    next job runs."""
+    with local_cluster(2) as cluster, Client(cluster) as client:
+        extra = executor(cluster.scheduler_address, partitions=2, start_timeout_s=5)
+        users = {"alice": ["breast_cancer_rules"]}
+        with running(tmp_path / "data", tmp_path / "server.log", users, extra) as server:
+            stale = MultiLock(list(client.scheduler_info(n_workers=-1)["workers"]), client)
+            assert stale.acquire(timeout=10)
+            started = time.monotonic()
+            with pytest.raises(RemoteError) as failed:
+                server.client().train(xgb.XGBClassifier(n_estimators=3), SMALL, timeout=300)
+            waited = time.monotonic() - started
+            assert failed.value.code == "cluster_busy" and waited < 120
+            assert set(held_locks(client)) == set(stale.names)
+            queued = [ids for ids in held_locks(client).values() if len(ids) > 1]
+            assert not queued, "the failed job's request stayed queued"
+            stale.release()
+            result = server.client().train(xgb.XGBClassifier(n_estimators=3), SMALL, timeout=300)
+    assert result.rounds["total"] == 3
+
+
+def text_levels_apart(folder: Path) -> Path:
+    """The synthetic table sorted by its text column: the first half has no 'south' or 'west', the
+    second no 'east'."""
+    frame = synthetic_table(3000, 11).sort_values("region", kind="stable").reset_index(drop=True)
+    frame["id"] = range(len(frame))
+    path = folder / "rows.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+    return path
+
+
+def test_partitions_on_one_of_two_workers_missing_text_levels_train_as_on_one_machine(tmp_path):
+    path = text_levels_apart(tmp_path)
+    task = task_for(path, {"dataset": "d", "label": "label", "eval": {"fraction": 0.25, "seed": 2}}, 0)
+    plan = Plan(family="xgboost", params={"max_depth": 3}, rounds=6, task="classification")
+    xgboost = family("xgboost")
+    here, _ = run_job(task, plan, InProcess([staging.stage(task, tmp_path)]), tmp_path / "here", xgboost)
+    rows = pq.read_metadata(path).num_rows
+    s = task.staging
+    assert s is not None
+    with local_cluster(2) as cluster, Client(cluster) as client:
+        first = sorted(client.scheduler_info(n_workers=-1)["workers"])[0]
+        futures = [
+            client.submit(
+                partitions.stage, str(path), a, b, s.partition_query, s.params, s.columns, s.label,
+                workers=[first], allow_other_workers=False, pure=False,
+            )
+            for a, b in ((0, rows // 2), (rows // 2, rows))
+        ]  # fmt: skip
+        parts = partitions.DaskPartitions(partitions.DaskHandle(client, futures, "apart", None, 30, 120))
+        assert parts.holders == [[first], [first]]
+        there, _ = run_job(task, plan, parts, tmp_path / "there", xgboost)
+    assert there.rounds == here.rounds and there.stats.n == here.stats.n
+    for name, value in here.metrics.items():
+        assert there.metrics[name] == pytest.approx(value, abs=1e-3), name
+
+
+def test_every_training_worker_gets_parts_of_every_split():
+    """Dask computed the evaluation parts on a worker that holds no training rows (work stealing):
+    the parts are mapped back to the workers whose partitions they came from."""
+
+    def matrix(where: dict[str, list[int]]) -> SimpleNamespace:
+        futures = {w: [SimpleNamespace(key=f"k{i}") for i in order] for w, order in where.items()}
+        order = {f.key: int(f.key[1:]) for fs in futures.values() for f in fs}
+        return SimpleNamespace(worker_map=futures, partition_order=order)
+
+    matrices = {"train": matrix({"a": [0, 1, 2]}), "eval": matrix({"b": [0, 1]})}
+    sizes = [{"train": 5, "eval": 2}, {"train": 4, "eval": 0}, {"train": 6, "eval": 3}]
+    train_where_rows_are(matrices, ["a", "c", "d"], sizes)  # partition 1 (on c) has no evaluation rows
+    mapped = {s: {w: [f.key for f in fs] for w, fs in m.worker_map.items()} for s, m in matrices.items()}
+    assert mapped == {"train": {"a": ["k0", "k1"], "d": ["k2"]}, "eval": {"a": ["k0"], "d": ["k1"]}}
+    alone = {"train": matrix({"b": [0]}), "eval": matrix({"a": [0]})}
+    train_where_rows_are(alone, ["a"], [{"train": 3, "eval": 1}])
+    assert list(alone["train"].worker_map) == list(alone["eval"].worker_map) == ["a"]
 
 
 def test_an_unreachable_scheduler_fails_with_a_fixed_code(tmp_path):

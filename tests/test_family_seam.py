@@ -48,8 +48,9 @@ def job(path: Path, staging_mb: int = 0):
     return task, Plan(family=FAMILY.name, params={}, rounds=ROUNDS, task="classification")
 
 
-def run_job(task, plan, parts, folder: Path) -> tuple[TrainReport, list]:
-    """The model job on these partitions, with a parent on the other end of a pipe."""
+def run_job(task, plan, parts, folder: Path, family=FAMILY) -> tuple[TrainReport, list]:
+    """The model job on these partitions (of the leaf family unless told), with a parent on the other end
+    of a pipe."""
     ours, theirs = Pipe(duplex=True)
     seen: list = []
 
@@ -66,7 +67,7 @@ def run_job(task, plan, parts, folder: Path) -> tuple[TrainReport, list]:
     listener = threading.Thread(target=parent, daemon=True)
     listener.start()
     folder.mkdir(exist_ok=True)
-    report = model_job.run(task, plan, FAMILY, parts, Channel(theirs), folder)
+    report = model_job.run(task, plan, family, parts, Channel(theirs), folder)
     theirs.close()
     listener.join(10)
     assert report is not None
@@ -127,7 +128,7 @@ def test_a_second_family_trains_on_a_local_cluster_through_the_same_code(dataset
             )
             for a, b in ((0, rows // 2), (rows // 2, rows))
         ]
-        handle = partitions.DaskHandle(client, futures, "seam", None, 60)
+        handle = partitions.DaskHandle(client, futures, "seam", None, 60, 600.0)
         there, _ = run_job(task, plan, partitions.DaskPartitions(handle), tmp_path / "there")
     assert_alike(here, there)
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -23,8 +23,9 @@ from remote_magic_server.automation.schema import open_automation
 from remote_magic_server.automation.triggers import TriggerCheck
 from remote_magic_server.demo import ensure_demo_data, free_port
 from remote_magic_server.registry.records import ModelRegistry
+from remote_magic_server.sqlitedb import now
 from tests.hookreceiver import Receiver
-from tests.serverproc import running
+from tests.serverproc import running, wait_until
 
 FEATURES = ["mean_radius", "mean_texture", "mean_area", "worst_area"]
 SPEC = {"dataset": "claims", "label": "malignant", "features": FEATURES, "eval": {"fraction": 0.3, "seed": 1}}
@@ -83,13 +84,30 @@ def recipe_jobs(client, name: str) -> list:
 
 
 def wait_jobs(client, name: str, count: int, timeout: float = 600.0, final: bool = True) -> list:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        jobs = recipe_jobs(client, name)
-        if len(jobs) >= count and (not final or all(j.state in ("succeeded", "failed") for j in jobs)):
-            return jobs
-        time.sleep(0.2)
-    raise TimeoutError(f"{len(recipe_jobs(client, name))} of {count} runs of {name}")
+    found: list = []
+
+    def enough() -> bool:
+        found[:] = recipe_jobs(client, name)
+        return len(found) >= count and (not final or all(j.state in ("succeeded", "failed") for j in found))
+
+    wait_until(enough, timeout, f"{count} runs of {name}", every=0.2)
+    return found
+
+
+def round_began(server) -> str:
+    db = sqlite3.connect(f"file:{server.settings.automation_path}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT value FROM marks WHERE key = 'round_began'").fetchone()
+    finally:
+        db.close()
+    return row[0] if row else ""
+
+
+def wait_for_a_round(server) -> None:
+    """Wait until a whole round of the automation loop, begun after this call, has ended: whatever was
+    due by this call has been started."""
+    since = now()
+    wait_until(lambda: round_began(server) > since, 300, "a round of the automation loop")
 
 
 def test_a_new_data_version_runs_the_recipe_once_even_across_kills(served):
@@ -102,7 +120,7 @@ def test_a_new_data_version_runs_the_recipe_once_even_across_kills(served):
         on_new_data=True,
         register="claims_model",
     )
-    time.sleep(1.0)
+    wait_for_a_round(server)
     assert recipe_jobs(client, "nightly") == [], "saving a recipe never runs it"
 
     write_version(server, claims, source.assign(mean_texture=source.mean_texture * 1.001))
@@ -117,13 +135,11 @@ def test_a_new_data_version_runs_the_recipe_once_even_across_kills(served):
     server.start()
     runs = wait_jobs(client, "nightly", 2)
     write_version(server, claims, source.iloc[40:])
-    deadline = time.monotonic() + 300
-    while len(recipe_jobs(client, "nightly")) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len(recipe_jobs(client, "nightly")) >= 3, 300, "the third run", every=0.05)
     server.stop(signal.SIGKILL)  # killed while the run it started is queued or running
     server.start()
     runs = wait_jobs(client, "nightly", 3)
-    time.sleep(1.5)
+    wait_for_a_round(server)  # a fourth run would have started by now
     runs = recipe_jobs(client, "nightly")
     assert len(runs) == 3 and all(j.state == "succeeded" for j in runs), [(j.state, j.error) for j in runs]
     assert len({j.trigger for j in runs}) == 3
@@ -141,9 +157,7 @@ def test_a_recipe_whose_spec_no_longer_fits_is_paused_with_a_clear_message(serve
         hook = client.subscribe(receiver.url, ["recipe.paused", "dataset.version"])
         client.save_recipe("fragile", SPEC, xgb.XGBClassifier(n_estimators=2), on_new_data=True)
         write_version(server, claims, source.drop(columns=["worst_area"]))
-        deadline = time.monotonic() + 300
-        while client.recipe("fragile").state == "active" and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(lambda: client.recipe("fragile").state != "active", 300, "the recipe to pause", every=0.2)
         recipe = client.recipe("fragile")
         assert recipe.state == "paused" and "worst_area" in recipe.paused_reason
         assert recipe_jobs(client, "fragile") == []

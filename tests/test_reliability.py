@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 import xgboost as xgb
@@ -184,6 +185,15 @@ def test_kill9_with_jobs_queued_and_running_loses_none_and_runs_none_twice(make_
     assert samples[duration] == 11
 
 
+def connected_to(server: ServerProcess) -> bool:
+    """This process holds a connection to the server that the server has accepted (a request in
+    flight: the other calls here close theirs)."""
+    return any(
+        c.status == psutil.CONN_ESTABLISHED and c.raddr and c.raddr.port == server.port
+        for c in psutil.Process().net_connections("tcp")
+    )
+
+
 def test_sigterm_finishes_running_jobs_within_grace_and_requeues_the_rest(make_server, tmp_path):
     server = make_server("shutdown_grace_s = 60")
     first = submit(server, LONG, LONG_SPEC).json()["id"]
@@ -198,7 +208,7 @@ def test_sigterm_finishes_running_jobs_within_grace_and_requeues_the_rest(make_s
 
     poller = threading.Thread(target=long_poll)
     poller.start()
-    time.sleep(0.3)
+    wait_until(lambda: connected_to(server), 60, "the long-poll to reach the server")
     server.proc.send_signal(signal.SIGTERM)
     poller.join(timeout=10)
     assert poll["status"] == 200 and poll["seconds"] < 5, "a long-poll held up the shutdown"

@@ -110,6 +110,7 @@ CODES: dict[str, Code] = {
     "interrupted": Code(422, "job"),
     "cluster_unavailable": Code(503, "job", "The training cluster is down; tell the data owner."),
     "cluster_worker_lost": Code(422, "job", "A machine of the training cluster was lost; submit again."),
+    "cluster_busy": Code(503, "job", "The training cluster did not start the job in time; submit again."),
     "invalid_worker_report": Code(500, "job"),
     # the server
     "mock_unavailable": Code(500, "server", "Tell the dataset's data owner."),

@@ -347,6 +347,7 @@ class ClusterConfig(_Strict):
     partitions: int = Field(default=0, ge=0)
     connect_timeout_s: float = Field(gt=0)
     collective_timeout_s: int = Field(ge=1)
+    start_timeout_s: float = Field(gt=0)
 
 
 class DriverTask(_Strict):

@@ -27,7 +27,7 @@ from ..jobs.store import Store
 from ..registry.access import Registry
 from ..registry.pruning import prune
 from ..registry.registrar import Registrar, RegistryEvent, alias_event
-from ..sqlitedb import Database
+from ..sqlitedb import Database, now
 from .dataset_versions import DatasetVersions
 from .deliverer import Deliverer
 from .outbox import Event, Outbox
@@ -110,7 +110,9 @@ class Automation:
             self._wake.clear()
 
     def tick(self) -> None:
-        """One round: new dataset versions, recipes' triggers, unstarted fires, the watermark, pruning."""
+        """One round: new dataset versions, recipes' triggers, unstarted fires, the watermark, pruning.
+        The `round_began` mark says when the last whole round began (the loop is turning)."""
+        began = now()
         self._dataset_versions()
         self._start_fires(self.triggers.check() + self.recipes.unstarted())
         lag = datetime.now(timezone.utc) - timedelta(seconds=WATERMARK_LAG_S)
@@ -119,6 +121,7 @@ class Automation:
                 "UPDATE marks SET value = MAX(value, ?) WHERE key = 'handed_over_since'",
                 (lag.isoformat(timespec="milliseconds"),),
             )
+            db.execute("INSERT OR REPLACE INTO marks (key, value) VALUES ('round_began', ?)", (began,))
         if self._pruned_at is None or time.monotonic() - self._pruned_at > PRUNE_EVERY_S:
             self._pruned_at = time.monotonic()
             prune(self.store, self.registry.store, parse_duration(self.settings.registry.keep_unregistered))

@@ -10,8 +10,10 @@ difference. It imports no model library: the job's family trains on the partitio
 
 A scheduler that cannot be reached within `connect_timeout_s` ends the job with `cluster_unavailable`;
 a training worker that leaves the cluster ends it with `cluster_worker_lost` as soon as the scheduler
-notices (the surviving workers give up within `collective_timeout_s`); SIGTERM from the parent (a
-cancel) tells the training workers to stop after their current round, then ends the driver.
+notices (the surviving workers give up within `collective_timeout_s`); training whose workers have not
+all begun within `start_timeout_s` ends it with `cluster_busy`; SIGTERM from the parent (a cancel)
+tells the training workers to stop after their current round, then ends the driver. Either way what
+the training held on the cluster is released first (families/xgboost/on_dask.py).
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ class Driver:
                 name=self.folder.name,
                 tracker_host=urlsplit(self.job.cluster.scheduler).hostname,
                 collective_timeout_s=self.job.cluster.collective_timeout_s,
+                start_timeout_s=self.job.cluster.start_timeout_s,
             )
         )
         at_start = _workers(client)
@@ -123,10 +126,11 @@ class Driver:
 
     def _stage(self, client: Client, path: str) -> list[Future]:
         """Stage the snapshot on the cluster in contiguous runs of rows, one per partition (by default
-        one per cluster worker)."""
+        one per cluster worker), dealt to the workers in turn so none is left without rows (a worker
+        that is gone or paused by then leaves its partition to another)."""
         rows_total = pq.read_metadata(path).num_rows
-        workers = len(client.scheduler_info(n_workers=-1)["workers"])
-        count = max(1, min(self.job.cluster.partitions or workers, rows_total))
+        workers = sorted(_workers(client))
+        count = max(1, min(self.job.cluster.partitions or len(workers), rows_total))
         bounds = np.linspace(0, rows_total, count + 1).astype(int)
         staging = self.task.staging
         assert staging is not None
@@ -141,9 +145,11 @@ class Driver:
                 staging.columns,
                 staging.label,
                 staging.partition_missing_label_query,
+                workers=[workers[index % len(workers)]],
+                allow_other_workers=True,
                 pure=False,
             )
-            for start, stop in zip(bounds, bounds[1:])
+            for index, (start, stop) in enumerate(zip(bounds, bounds[1:]))
         ]
 
 

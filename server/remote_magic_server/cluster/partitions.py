@@ -90,6 +90,7 @@ class DaskHandle:
     name: str  # the job's, for the names of what its training shares on the cluster
     tracker_host: str | None
     collective_timeout_s: int
+    start_timeout_s: float  # how long its training workers may take to begin together
 
 
 class DaskPartitions:

@@ -304,6 +304,12 @@ class ExecutorSection(_Strict):
     collective_timeout_s: int = Field(
         default=60, ge=5, description="How long a training worker waits for a lost peer before it gives up."
     )
+    start_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long a job waits for its training workers to begin together (another job "
+        "training on them, a rendezvous that does not complete) before it fails with cluster_busy.",
+    )
 
     @model_validator(mode="after")
     def _a_cluster_needs_an_address(self) -> ExecutorSection:

@@ -128,6 +128,7 @@ def cluster_config(config: ExecutorSection) -> ClusterConfig:
         partitions=config.partitions,
         connect_timeout_s=config.connect_timeout_s,
         collective_timeout_s=config.collective_timeout_s,
+        start_timeout_s=config.start_timeout_s,
     )
 
 

@@ -1,0 +1,128 @@
+"""A cluster that lost a worker while the other was paused: does the next job run to the end?
+
+Issue 21: a worker killed mid-job while the surviving worker was paused left xgboost.dask's locks held,
+and the next job waited for the job timeout. Each cycle here, on a LocalCluster of two workers (one
+partition each) behind a server with the Dask executor: a long job trains; the one worker is paused
+(SIGSTOP), the other killed (SIGKILL); the job must end `cluster_worker_lost`; the paused worker is
+resumed (SIGCONT) and the killed one comes back (its nanny restarts it); then no lock is held on the
+scheduler, and a short job must succeed. It prints each cycle and, at the end, the short job's time after
+a loss against the same job on the healthy cluster measured at the start (the ratio).
+
+    python -m benchmarks.dask_lost_worker [--cycles 20]
+
+tests/test_dask.py runs a few cycles of `lost_worker_cycle`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import xgboost as xgb
+from distributed import Client, LocalCluster
+
+from tests.serverproc import ServerProcess, running, wait_until
+
+LONG = xgb.XGBClassifier(n_estimators=2000, max_depth=8, learning_rate=0.01)
+SHORT = xgb.XGBClassifier(n_estimators=10, max_depth=4)
+SPEC = {"dataset": "synthetic_rules", "label": "label", "eval": {"fraction": 0.2, "seed": 1}}
+CONFIG = '\n[executor]\nkind = "dask"\nscheduler = "{}"\npartitions = 2\ncollective_timeout_s = 10\n'
+
+
+@dataclass
+class Cycle:
+    lost_code: str | None  # the killed job's error code
+    lost_s: float  # from the kill to the job's end
+    held: dict  # the scheduler's locks once that job had ended
+    next_state: str  # the next job's
+    next_s: float  # the next job's time, from its submission
+
+
+def held_locks(client: Client) -> dict[str, list[str]]:
+    """The scheduler's MultiLocks that someone holds or waits for, by name."""
+
+    def locks(dask_scheduler) -> dict[str, list[str]]:
+        found = dask_scheduler.extensions["multi_locks"].locks
+        return {name: list(ids) for name, ids in found.items() if ids}
+
+    return client.run_on_scheduler(locks)
+
+
+def short_job(server: ServerProcess) -> tuple[str, float]:
+    started = time.monotonic()
+    job = server.client().submit(SHORT, SPEC)
+    return job.wait(timeout=600).state, time.monotonic() - started
+
+
+def lost_worker_cycle(server: ServerProcess, cluster: Client) -> Cycle:
+    job = server.client().submit(LONG, SPEC)
+    wait_until(lambda: job.refresh().progress.round > 0 or job.done, 300, "training rounds")
+    pids = cluster.run(os.getpid)
+    victim, survivor = sorted(pids)
+    os.kill(pids[survivor], signal.SIGSTOP)
+    try:
+        killed = time.monotonic()
+        os.kill(pids[victim], signal.SIGKILL)
+        status = job.wait(timeout=300)
+        lost_s = time.monotonic() - killed
+    finally:
+        os.kill(pids[survivor], signal.SIGCONT)
+    held = held_locks(cluster)
+    wait_until(
+        lambda: (
+            len(workers := cluster.scheduler_info(n_workers=-1)["workers"]) == 2 and victim not in workers
+        ),
+        120,
+        "the killed worker to come back",
+    )
+    state, next_s = short_job(server)
+    return Cycle(status.error.code if status.error else None, lost_s, held, state, next_s)
+
+
+def local_cluster() -> LocalCluster:
+    return LocalCluster(
+        n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None, processes=True
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cycles", type=int, default=20)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, local_cluster() as cluster, Client(cluster) as client:
+        base = Path(tmp)
+        users = {"alice": ["synthetic_rules"]}
+        config = CONFIG.format(cluster.scheduler_address)
+        with running(base / "data", base / "server.log", users, config) as server:
+            healthy = [short_job(server)[1] for _ in range(2)]
+            cycles = []
+            for number in range(1, args.cycles + 1):
+                cycle = lost_worker_cycle(server, client)
+                cycles.append(cycle)
+                print(
+                    f"cycle {number:2d}: lost job {cycle.lost_code} after {cycle.lost_s:.1f} s, "
+                    f"locks held after it {len(cycle.held)}, "
+                    f"next job {cycle.next_state} in {cycle.next_s:.1f} s",
+                    flush=True,
+                )
+    good = [c for c in cycles if c.lost_code == "cluster_worker_lost" and not c.held]
+    succeeded = [c for c in good if c.next_state == "succeeded"]
+    print(
+        f"{len(succeeded)}/{len(cycles)} cycles: the lost job ended cluster_worker_lost, "
+        "nothing held, the next job succeeded"
+    )
+    after = statistics.median(c.next_s for c in cycles)
+    print(
+        f"next job after a loss: median {after:.1f} s; on the healthy cluster {min(healthy):.1f} s; ratio "
+        f"{after / min(healthy):.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
