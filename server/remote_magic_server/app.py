@@ -102,7 +102,7 @@ def create_app(settings: Settings) -> FastAPI:
         intake,
         NumberedVersions(versions),
         scheduler.notify,
-        ledger.model_state,
+        lambda job: desk.model_release(job.id, job.dataset, job.result),
     )
 
     def job_finished(job: JobRow, state: str, seconds: float) -> None:

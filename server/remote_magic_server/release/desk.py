@@ -43,8 +43,10 @@ from remote_magic.contract.wire import (
     DatasetBudget,
     DatasetSpec,
     DescribeResult,
+    DPTraining,
     JobResult,
     MetricPoint,
+    ModelReleaseStatus,
     PrivacyReport,
     ReleaseOptions,
     SpecUsed,
@@ -55,7 +57,7 @@ from ..config.settings import Policy, Settings
 from ..privacy import describe_rules, dp, dp_release
 from ..privacy import policy as rules
 from ..privacy.guard import check_differencing
-from ..privacy.model_release import check_model_release
+from ..privacy.model_release import check_model_release, may_leave
 from ..protocol import Admission, DescribeReport, ModelFacts, TrainReport
 from .ledger import Ledger
 
@@ -426,6 +428,19 @@ class ReleaseDesk:
             state=state,
             reason=message,
         )
+
+    def model_release(self, job_id: str, dataset: str, result: dict | None) -> ModelReleaseStatus:
+        """Whether a finished job's trained model may leave now; the job's download, the registry's and
+        the MLflow export all ask here. Nothing is charged: a DP model was paid for when it was trained."""
+        training = (result or {}).get("training")
+        config = self.settings.datasets.get(dataset)
+        decided = self.ledger.model_state(job_id)
+        state, message = may_leave(
+            DPTraining.model_validate(training) if training else None,
+            config is not None and config.allow_model_release,
+            (decided["state"], decided["message"]) if decided else None,
+        )
+        return ModelReleaseStatus(job_id=job_id, state=state, message=message)
 
     def _describe_key(self, request: Request) -> str:
         spec = request.spec
