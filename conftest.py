@@ -7,7 +7,7 @@ import os
 import pytest
 
 from remote_magic_server.demo import free_port
-from tests.serverproc import ServerProcess, write_config
+from tests.serverproc import ServerProcess, magic_shell, write_config
 
 _shared: dict[str, ServerProcess] = {}
 # A loopback port the shared server may call webhooks on (the example notebook listens there).
@@ -44,19 +44,8 @@ def server(pytestconfig: pytest.Config) -> ServerProcess:
 @pytest.fixture()
 def shell(server, monkeypatch):
     """A real IPython shell with the extension loaded, pointed at the session's server as alice."""
-    from IPython.core.interactiveshell import InteractiveShell
-
-    import remote_magic
-
-    monkeypatch.setenv("REMOTE_MAGIC_URL", server.url)
-    monkeypatch.setenv("REMOTE_MAGIC_TOKEN", server.tokens["alice"])
-    monkeypatch.setenv("REMOTE_MAGIC_PROGRESS", "off")
-    ip = InteractiveShell.instance()
-    remote_magic.load_ipython_extension(ip)
-    yield ip
-    remote_magic.unload_ipython_extension(ip)
-    for name in [n for n in ip.user_ns if not n.startswith("_")]:
-        ip.user_ns.pop(name, None)
+    with magic_shell(server, "alice", monkeypatch) as ip:
+        yield ip
 
 
 @pytest.hookimpl(tryfirst=True)

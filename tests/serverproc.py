@@ -174,6 +174,27 @@ def running(
         server.stop()
 
 
+@contextmanager
+def magic_shell(server: ServerProcess, user: str, monkeypatch) -> Iterator[object]:
+    """A real IPython shell with the extension loaded, signed in to `server` as `user`; its variables
+    are cleared afterwards."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    import remote_magic
+
+    monkeypatch.setenv("REMOTE_MAGIC_URL", server.url)
+    monkeypatch.setenv("REMOTE_MAGIC_TOKEN", server.tokens[user])
+    monkeypatch.setenv("REMOTE_MAGIC_PROGRESS", "off")
+    ip = InteractiveShell.instance()
+    remote_magic.load_ipython_extension(ip)
+    try:
+        yield ip
+    finally:
+        remote_magic.unload_ipython_extension(ip)
+        for name in [n for n in ip.user_ns if not n.startswith("_")]:
+            ip.user_ns.pop(name, None)
+
+
 def wait_until(predicate, timeout: float, what: str, every: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
