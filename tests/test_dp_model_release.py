@@ -14,6 +14,8 @@ import math
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +63,8 @@ def dp_server(tmp_path_factory):
         'privacy = "rules"\nallow_model_release = true\n'
     )
     users = {**USERS, "alice": [*USERS["alice"], "release_on"]}
-    with running(base / "data", base / "server.log", users, extra_datasets=extra) as server:
+    grants = '[registry]\ngrants = { dp_out = ["bob"], approved_out = ["bob"] }\n'
+    with running(base / "data", base / "server.log", users, extra_datasets=extra, extra=grants) as server:
         yield server
 
 
@@ -176,6 +179,29 @@ def test_a_model_not_trained_by_the_dp_trainer_still_waits_for_approval(dp_serve
     with pytest.raises(DisclosureRefused, match="models stay on the server"):
         off.model()
     assert downloads(dp_server, result.job_id) == downloads(dp_server, off.job_id) == []
+
+
+def test_the_registry_gives_a_dp_version_to_those_who_see_it_and_an_approved_one_to_its_owner(
+    dp_server, dp_job
+):
+    alice, bob = dp_server.client(), dp_server.client("bob")
+    shared = bob.load_version("dp_out@1")  # granted: a DP release, like the version's released metrics
+    assert shared.dp and shared.job_id == dp_job.job_id and shared.budget_left is None
+    spec = {**DP_SPEC, "dataset": "release_on"}
+    result = alice.train(
+        xgb.XGBClassifier(n_estimators=4, max_depth=2, min_child_weight=5), spec, register="approved_out"
+    )
+    with pytest.raises(DisclosureRefused, match="remote-magic-server approve"):
+        alice.load_version("approved_out@1")
+    approve = [sys.executable, "-m", "remote_magic_server", "approve", result.job_id, "--config"]
+    done = subprocess.run([*approve, str(dp_server.config)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    model = alice.load_version("approved_out@1")
+    assert model.release == "approved" and model.training is None and model.booster.num_boosted_rounds() == 4
+    assert model.summary().endswith("released with the data owner's approval; no privacy budget spent on it")
+    with pytest.raises(DisclosureRefused, match="approved for its owner only"):
+        bob.load_version("approved_out@1")
+    assert [e["user"] for e in downloads(dp_server, result.job_id)] == ["alice"]
 
 
 def test_unknown_and_unfinished_jobs_say_so(dp_server):
