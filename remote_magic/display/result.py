@@ -82,6 +82,12 @@ class TrainResult:
         return None if self.raw.privacy is None else self.raw.privacy.model_dump()
 
     @property
+    def training(self) -> dict | None:
+        """Mode dp: what the DP trainer's part of the job cost (rho, epsilon), the trees it added and
+        the noise's sd on each leaf's gradient and hessian sums; None for a model trained without DP."""
+        return None if self.raw.training is None else self.raw.training.model_dump()
+
+    @property
     def importance_ranking(self) -> list[str] | None:
         """Mode dp: the top features by permutation importance on eval rows (a noisy top-k), best first."""
         return self.raw.importance_ranking
@@ -138,12 +144,6 @@ class TrainResult:
 
     def to_dict(self) -> dict:
         return self.raw.model_dump(mode="json")
-
-    @property
-    def training(self) -> dict | None:
-        """What the server's DP trainer spent on this model (rho, epsilon, trees, the noise's sd); None
-        when it did not train it. Such a model is a DP release: `model()` brings it home at once."""
-        return None if self.raw.training is None else self.raw.training.model_dump()
 
     def model(self) -> RemoteModel:
         """The trained model, loaded: `.estimator` (XGBClassifier / XGBRegressor, for `predict_proba`
