@@ -45,6 +45,13 @@ def test_a_dp_trained_model_may_leave_whatever_the_dataset_and_the_owner_said():
             assert "DP release" in message and "epsilon 1.93" in message and "rho 0.05" in message
 
 
+def test_a_job_that_ran_notebook_code_is_never_a_dp_release():
+    assert may_leave(TRAINING, True, None, custom_code=True) == ("not_allowed", NOT_ALLOWED)
+    assert (
+        may_leave(TRAINING, True, ("awaiting_approval", "awaits"), custom_code=True)[0] == "awaiting_approval"
+    )
+
+
 def test_any_other_model_leaves_only_as_the_dataset_and_the_owner_decided():
     assert may_leave(None, False, ("approved", "ok")) == ("not_allowed", NOT_ALLOWED)
     assert may_leave(None, True, None) == ("not_allowed", NOT_ALLOWED)
@@ -269,6 +276,7 @@ def test_a_saved_model_file_reads_back(tmp_path: Path, dp_job):
 def test_the_mlflow_export_logs_a_dp_model_at_once(tmp_path: Path, dp_server, dp_job):
     """The exporter asks the release desk as the server does (app.py); a DP model's file is logged."""
     mlflow = pytest.importorskip("mlflow")
+    from remote_magic_server.api.models import job_release
     from remote_magic_server.audit import AuditLog
     from remote_magic_server.automation.mlflow_export import MlflowExporter
     from remote_magic_server.config.settings import load_settings
@@ -281,9 +289,7 @@ def test_the_mlflow_export_logs_a_dp_model_at_once(tmp_path: Path, dp_server, dp
     settings.server.data_dir = tmp_path
     store = Store(dp_server.settings.db_path, dp_server.settings.jobs_dir)
     try:
-        exporter = MlflowExporter(
-            settings, store, lambda job: desk.model_release(job.id, job.dataset, job.result)
-        )
+        exporter = MlflowExporter(settings, store, lambda job: job_release(desk, job))
         exporter._run({"id": dp_job.job_id})
     finally:
         store.close()

@@ -20,6 +20,7 @@ from remote_magic.families import MODEL_FILE
 
 from ..audit import AuditLog
 from ..jobs.store import JobRow
+from ..release.desk import ReleaseDesk
 from .deps import AuditDep, DeskDep, StoreDep, User
 from .jobs import own_job
 
@@ -42,6 +43,11 @@ def finished(job: JobRow) -> JobRow:
     return job
 
 
+def job_release(desk: ReleaseDesk, job: JobRow) -> ModelReleaseStatus:
+    """What the release desk says of a job's model (the job, the registry and the MLflow export ask)."""
+    return desk.model_release(job.id, job.dataset, job.result, job.plan.approved_sha256 is not None)
+
+
 def released_model(
     status: ModelReleaseStatus, path: Path, audit: AuditLog, user: str, **where: object
 ) -> Response:
@@ -59,8 +65,7 @@ def released_model(
 
 @router.get("/jobs/{job_id}/model/status", response_model=ModelReleaseStatus)
 def model_status(store: StoreDep, desk: DeskDep, user: User, job_id: str) -> ModelReleaseStatus:
-    job = finished(own_job(store, user, job_id))
-    return desk.model_release(job.id, job.dataset, job.result)
+    return job_release(desk, finished(own_job(store, user, job_id)))
 
 
 @router.get(
@@ -74,5 +79,5 @@ def model_status(store: StoreDep, desk: DeskDep, user: User, job_id: str) -> Mod
 )
 def download_model(store: StoreDep, desk: DeskDep, audit: AuditDep, user: User, job_id: str) -> Response:
     job = finished(own_job(store, user, job_id))
-    status = desk.model_release(job.id, job.dataset, job.result)
+    status = job_release(desk, job)
     return released_model(status, store.job_dir(job.id) / MODEL_FILE, audit, user.user, dataset=job.dataset)

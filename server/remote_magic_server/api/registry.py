@@ -17,8 +17,8 @@ from remote_magic.contract.automation_wire import AliasMove, LineageChain, Model
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.wire import ErrorBody
 
-from .deps import AuditDep, AutomationDep, DeskDep, RegistryDep, User
-from .models import released_model
+from .deps import AuditDep, AutomationDep, DeskDep, RegistryDep, StoreDep, User
+from .models import job_release, released_model
 
 router = APIRouter(prefix="/v1", tags=["registry"])
 
@@ -57,9 +57,14 @@ def lineage(registry: RegistryDep, user: User, ref: Ref) -> LineageChain:
         403: {"model": ErrorBody, "description": "Not released: not a DP model and not approved for you."},
     },
 )
-def download_version(registry: RegistryDep, desk: DeskDep, audit: AuditDep, user: User, ref: Ref) -> Response:
+def download_version(
+    registry: RegistryDep, store: StoreDep, desk: DeskDep, audit: AuditDep, user: User, ref: Ref
+) -> Response:
     row = registry.resolve(user.user, ref)
-    status = desk.model_release(row.job_id, row.dataset, row.result)
+    job = store.get_job(row.job_id)
+    if job is None:
+        raise Refusal("not_found", "the model file is not available")
+    status = job_release(desk, job)
     if status.state == "approved" and row.owner != user.user:
         raise Refusal("model_not_released", f"the model of {row.ref} was approved for its owner only")
     path = registry.model_file(row)

@@ -49,12 +49,14 @@ def dp_model_message(training: DPTraining) -> str:
 
 
 def may_leave(
-    training: DPTraining | None, allowed: bool, decided: tuple[str, str] | None
+    training: DPTraining | None, allowed: bool, decided: tuple[str, str] | None, custom_code: bool = False
 ) -> tuple[ModelReleaseState, str]:
     """Whether a job's trained model may leave now, and why: a DP-trained model at once (`dp_model`);
     any other only where the dataset allows release, as the release rules and the data owner decided
-    (`decided`: the ledger's state and message; None when nothing was decided)."""
-    if training is not None:
+    (`decided`: the ledger's state and message; None when nothing was decided). A job that ran notebook
+    code (owner-approved custom code) is never a DP release: that code ran beside the rows in the
+    process that wrote the model file, so the proof would rest on code the server did not write."""
+    if training is not None and not custom_code:
         return "dp_model", dp_model_message(training)
     if not allowed or decided is None:
         return "not_allowed", NOT_ALLOWED

@@ -429,9 +429,12 @@ class ReleaseDesk:
             reason=message,
         )
 
-    def model_release(self, job_id: str, dataset: str, result: dict | None) -> ModelReleaseStatus:
-        """Whether a finished job's trained model may leave now; the job's download, the registry's and
-        the MLflow export all ask here. Nothing is charged: a DP model was paid for when it was trained."""
+    def model_release(
+        self, job_id: str, dataset: str, result: dict | None, custom_code: bool
+    ) -> ModelReleaseStatus:
+        """Whether a finished job's trained model may leave now (`custom_code`: the job ran owner-approved
+        notebook code); the job's download, the registry's and the MLflow export all ask here. Nothing
+        is charged: a DP model was paid for when it was trained."""
         training = (result or {}).get("training")
         config = self.settings.datasets.get(dataset)
         decided = self.ledger.model_state(job_id)
@@ -439,6 +442,7 @@ class ReleaseDesk:
             DPTraining.model_validate(training) if training else None,
             config is not None and config.allow_model_release,
             (decided["state"], decided["message"]) if decided else None,
+            custom_code,
         )
         return ModelReleaseStatus(job_id=job_id, state=state, message=message)
 
