@@ -174,6 +174,24 @@ def running(
         server.stop()
 
 
+def stamp_training(server: ServerProcess, job_id: str, training: dict) -> None:
+    """Write a DP trainer's part (`JobResult.training`) into a finished job's stored result and its
+    registered versions, as if the worker had reported it: for tests of what a DP model's release does."""
+    for path, table, column in (
+        (server.settings.db_path, "jobs", "id"),
+        (server.settings.registry_path, "versions", "job_id"),
+    ):
+        db = sqlite3.connect(path, timeout=30)
+        try:
+            with db:
+                query = f"SELECT result FROM {table} WHERE {column} = ?"
+                for (text,) in db.execute(query, (job_id,)).fetchall():
+                    result = json.dumps({**json.loads(text), "training": training})
+                    db.execute(f"UPDATE {table} SET result = ? WHERE {column} = ?", (result, job_id))
+        finally:
+            db.close()
+
+
 @contextmanager
 def magic_shell(server: ServerProcess, user: str, monkeypatch) -> Iterator[object]:
     """A real IPython shell with the extension loaded, signed in to `server` as `user`; its variables

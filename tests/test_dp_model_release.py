@@ -13,7 +13,6 @@ import json
 import math
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ from remote_magic.client.errors import DisclosureRefused, RemoteError
 from remote_magic.contract.wire import DPTraining
 from remote_magic_server.demo import ensure_demo_data
 from remote_magic_server.privacy.model_release import NOT_ALLOWED, may_leave
-from tests.serverproc import USERS, magic_shell, pause_worker, running
+from tests.serverproc import USERS, magic_shell, pause_worker, running, stamp_training
 
 FEATURES = ["age", "income", "bmi", "smoker", "visits"]
 DP_SPEC = {"dataset": "synthetic", "label": "label", "features": FEATURES}
@@ -75,33 +74,13 @@ def dp_server(tmp_path_factory):
         yield server
 
 
-def _stamp(server, job_id: str, training: DPTraining) -> None:
-    """Write the DP trainer's part into a finished job's stored result and its registered versions."""
-    for path, table, column in (
-        (server.settings.db_path, "jobs", "id"),
-        (server.settings.registry_path, "versions", "job_id"),
-    ):
-        db = sqlite3.connect(path, timeout=30)
-        try:
-            with db:
-                for (text,) in db.execute(
-                    f"SELECT result FROM {table} WHERE {column} = ?", (job_id,)
-                ).fetchall():
-                    result = {**json.loads(text), "training": training.model_dump()}
-                    db.execute(
-                        f"UPDATE {table} SET result = ? WHERE {column} = ?", (json.dumps(result), job_id)
-                    )
-        finally:
-            db.close()
-
-
 @pytest.fixture(scope="module")
 def dp_job(dp_server):
     """A finished mode-dp train job whose model the DP trainer trained, registered as dp_out@1."""
     client = dp_server.client()
     result = client.train(xgb.XGBClassifier(n_estimators=8, max_depth=3), DP_SPEC, register="dp_out")
     if result.raw.training is None:
-        _stamp(dp_server, result.job_id, TRAINING)
+        stamp_training(dp_server, result.job_id, TRAINING.model_dump())
     return client.job(result.job_id).result()
 
 
