@@ -55,9 +55,10 @@ from remote_magic.contract.wire import (
 from ..audit import AuditLog
 from ..config.settings import Policy, Settings
 from ..privacy import describe_rules, dp, dp_release
+from ..privacy import model_release as release_rules
 from ..privacy import policy as rules
 from ..privacy.guard import check_differencing
-from ..privacy.model_release import check_model_release, may_leave
+from ..privacy.model_release import check_model_release
 from ..protocol import Admission, DescribeReport, ModelFacts, TrainReport
 from .ledger import Ledger
 
@@ -438,7 +439,7 @@ class ReleaseDesk:
         training = (result or {}).get("training")
         config = self.settings.datasets.get(dataset)
         decided = self.ledger.model_state(job_id)
-        state, message = may_leave(
+        state, message = release_rules.may_leave(
             DPTraining.model_validate(training) if training else None,
             config is not None and config.allow_model_release,
             (decided["state"], decided["message"]) if decided else None,
