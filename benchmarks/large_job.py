@@ -1,13 +1,17 @@
-"""A large job through the server against the same work in one process: is remote within 5% of local?
+"""A large job through the server against the same work in one process, in each privacy mode.
 
-1,000,000 rows x 20 float features, 200 rounds, depth 6, 2 threads, a 20% evaluation split. In-process:
+1,000,000 rows x 20 float features, 200 rounds, depth 6, 2 threads, a 20% evaluation split. Mode dp
+(what a user gets by default: the DP trainer, training rho `dp_rho_train`, no declared column ranges, so
+its candidates come from the DP sketch) against the DP trainer run in-process on the same rows
+(benchmarks/inprocess.py, seeded NumPy noise); target <= 1.1x. Mode rules against XGBoost in-process:
 DuckDB reads and filters the Parquet file to Arrow, a `QuantileDMatrix` (evaluation rows with `ref=`),
-`xgb.train` with train and eval metrics per round, predictions and the metrics. Through the server: the
-same job from a client, submit to result. Interleaved, in the same run. It also prints the worker's
+`xgb.train` with train and eval metrics per round, predictions and the metrics; target <= 1.05x.
+Through the server: the same job from a client, submit to result. Interleaved, in the same run. It
+also prints the worker's
 peak resident memory (from the server log's `task_done` line: the worker's own `ru_maxrss`, and what it
 had on starting, inherited from the forkserver) against the size of the admitted feature data.
 
-    python benchmarks/large_job.py [--rows 1000000] [--rounds 200] [--reps 2]
+    python -m benchmarks.large_job [--rows 1000000] [--rounds 200] [--reps 2] [--modes dp rules]
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xgboost as xgb
 
-from benchmarks.inprocess import train_and_score
+from benchmarks.inprocess import dp_train_and_score, train_and_score
 from remote_magic import Client
+from remote_magic_server.config.settings import Policy
 from tests.serverproc import running
 
 FEATURES, DEPTH, THREADS = 20, 6, 2
@@ -45,7 +50,7 @@ def make_table(path: Path, rows: int) -> int:
     return x.nbytes
 
 
-def local_once(path: Path, rounds: int) -> float:
+def local_once(path: Path, rounds: int, mode: str) -> float:
     start = time.perf_counter()
     con = duckdb.connect(config={"threads": THREADS})
     table = con.sql(QUERY, params=[str(path)]).to_arrow_table()
@@ -54,17 +59,26 @@ def local_once(path: Path, rounds: int) -> float:
     x = table.select([f"f{i}" for i in range(FEATURES)])
     y = table.column("label").to_numpy()
     x_train, x_eval = x.filter(pa.array(~is_eval)), x.filter(pa.array(is_eval))
+    if mode == "dp":
+        rho = Policy.model_fields["dp_rho_train"].default
+        dp_train_and_score(x_train, y[~is_eval], x_eval, y[is_eval], DEPTH, rounds, THREADS, rho)
+        return time.perf_counter() - start
     dtrain = xgb.QuantileDMatrix(x_train, label=y[~is_eval], nthread=THREADS)
     deval = xgb.QuantileDMatrix(x_eval, label=y[is_eval], ref=dtrain, nthread=THREADS)
     train_and_score(dtrain, deval, y[is_eval], DEPTH, rounds, THREADS)
     return time.perf_counter() - start
 
 
-def remote_once(client: Client, rounds: int) -> tuple[float, float]:
+def remote_once(client: Client, rounds: int, mode: str) -> tuple[float, float]:
     start = time.perf_counter()
     result = client.train(
         xgb.XGBClassifier(n_estimators=rounds, max_depth=DEPTH),
-        {"dataset": "large", "label": "label", "where": "f2 > -2", "eval": {"fraction": 0.2, "seed": 0}},
+        {
+            "dataset": f"large_{mode}",
+            "label": "label",
+            "where": "f2 > -2",
+            "eval": {"fraction": 0.2, "seed": 0},
+        },
     )
     return time.perf_counter() - start, result.metrics["auc"]
 
@@ -91,34 +105,42 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument(
+        "--modes", nargs="+", default=["dp", "rules"], choices=["dp", "dp_eval_only", "rules"]
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         table = base / "large.parquet"
         data_bytes = make_table(table, args.rows)
-        extra = (
-            f'\n[datasets.large]\npath = "{table}"\nid_column = "id"\nlabel_columns = ["label"]\n'
-            'privacy = "rules"\n'
-            f"policy = {{ max_threads = {THREADS} }}\n"
+        extra = "".join(
+            f'\n[datasets.large_{mode}]\npath = "{table}"\nid_column = "id"\nlabel_columns = ["label"]\n'
+            f'privacy = "{mode}"\npolicy = {{ max_threads = {THREADS}, max_n_estimators = {args.rounds} }}\n'
+            for mode in args.modes
         )
         log = base / "server.log"
-        local, remote, aucs = [], [], []
-        with running(base / "data", log, {"bench": ["large"]}, extra) as server:
+        local: dict[str, list[float]] = {m: [] for m in args.modes}
+        remote: dict[str, list[float]] = {m: [] for m in args.modes}
+        aucs: dict[str, float] = {}
+        with running(base / "data", log, {"bench": [f"large_{m}" for m in args.modes]}, extra) as server:
             client = server.client("bench")
             for _ in range(args.reps):
-                local.append(local_once(table, args.rounds))
-                seconds, auc = remote_once(client, args.rounds)
-                remote.append(seconds)
-                aucs.append(auc)
+                for mode in args.modes:
+                    local[mode].append(local_once(table, args.rounds, mode))
+                    seconds, aucs[mode] = remote_once(client, args.rounds, mode)
+                    remote[mode].append(seconds)
         memory = worker_memory(log)
         phases = timelines(log)
-    lm, rm = statistics.median(local), statistics.median(remote)
     print(f"large job: {args.rows} rows x {FEATURES} features, {args.rounds} rounds, depth {DEPTH}, ")
     print(f"  {THREADS} threads, eval split; {args.reps} runs each, interleaved (medians)")
-    print(f"  in-process DuckDB + QuantileDMatrix + xgb.train + metrics: {lm:7.2f} s")
-    print(f"  through the server (submit to result):                     {rm:7.2f} s  (auc {aucs[-1]:.4g})")
-    print(f"  ratio remote / local:                                      {rm / lm:7.3f}x  (target <= 1.05)")
-    print("  every run, local / remote: " + ", ".join(f"{a:.2f} / {b:.2f} s" for a, b in zip(local, remote)))
+    for mode in args.modes:
+        lm, rm = statistics.median(local[mode]), statistics.median(remote[mode])
+        trainer = "the DP trainer" if mode == "dp" else "XGBoost"
+        target = 1.1 if mode == "dp" else 1.05
+        print(f"  mode {mode}: in-process ({trainer}) {lm:7.2f} s; through the server {rm:7.2f} s ", end="")
+        print(f"(auc {aucs[mode]:.4g}); ratio {rm / lm:.3f}x (target <= {target})")
+        runs = ", ".join(f"{a:.2f} / {b:.2f} s" for a, b in zip(local[mode], remote[mode]))
+        print(f"    every run, local / remote: {runs}")
     if phases:
         last = phases[-1]
         print("  the last server job, seconds: " + ", ".join(f"{k} {v / 1e3:.2f}" for k, v in last.items()))

@@ -91,6 +91,9 @@ class LeafFamily:
     def task(self, trained: Leaves) -> str:
         return trained.task
 
+    def training(self, trained: Leaves) -> None:
+        return None
+
     def release_facts(self, trained: Leaves) -> dict:
         return {"leaves": len(trained.values)}
 

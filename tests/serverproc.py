@@ -27,7 +27,7 @@ from remote_magic_server.demo import (
 )
 from remote_magic_server.jobs.store import Store
 
-DEMO_NAMES = [f"{name}{suffix}" for name in DEMO_DATASETS for suffix in ("", "_rules")]
+DEMO_NAMES = [f"{name}{suffix}" for name in DEMO_DATASETS for suffix in ("", "_rules", "_eval_only")]
 USERS = {"alice": DEMO_NAMES, "bob": ["breast_cancer", "breast_cancer_rules"]}
 TEST_RHO_CAP = 50.0
 
@@ -36,14 +36,16 @@ def write_config(data_dir: Path, extra_datasets: str = "", extra: str = "", poli
     """A TOML config serving the demo tables (plus any extra dataset tables) from data_dir.
 
     The demo tables are served in the demo's own modes (the synthetic one in mode dp, the small ones in
-    mode rules), and once more as `<name>_rules` in mode rules, for tests that compare exact numbers.
+    mode rules), once more as `<name>_rules` in mode rules, for tests that compare exact numbers, and as
+    `<name>_eval_only` in mode dp_eval_only (DP numbers of models trained without DP).
     The test suite runs hundreds of jobs as one analyst, so its budget is larger than the default."""
     paths = ensure_demo_data(data_dir)
     lines = ["[server]", f'data_dir = "{data_dir}"', "workers = 1", "", extra, ""]
     lines += ["[policy]", f"dp_rho_cap = {TEST_RHO_CAP}", policy, ""]
     for name, (_, label, desc) in DEMO_DATASETS.items():
         mock = demo_mock_path(paths[name])
-        for suffix, mode in (("", DEMO_PRIVACY[name]), ("_rules", "rules")):
+        modes = (("", DEMO_PRIVACY[name]), ("_rules", "rules"), ("_eval_only", "dp_eval_only"))
+        for suffix, mode in modes:
             lines += [
                 f"[datasets.{name}{suffix}]",
                 f'path = "{paths[name]}"',

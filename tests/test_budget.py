@@ -30,10 +30,10 @@ def spec(seed: int) -> dict:
 
 @pytest.fixture()
 def tiny(server, tmp_path):
-    """A server whose dataset `tiny` (mode dp) pays for two jobs: rho 0.025, each job 0.01."""
+    """A server whose dataset `tiny` (mode dp_eval_only) pays for two jobs: rho 0.025, each job 0.01."""
     path = server.settings.datasets["breast_cancer"].path
     table = f'[datasets.tiny]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["malignant"]\n'
-    table += "policy = { dp_rho_cap = 0.025 }\n"
+    table += 'privacy = "dp_eval_only"\npolicy = { dp_rho_cap = 0.025 }\n'  # jobs of 0.01 each
     (tmp_path / "data").mkdir()
     with running(tmp_path / "data", tmp_path / "log", {"eve": ["tiny", "synthetic"]}, table) as small:
         yield small
@@ -99,18 +99,19 @@ def test_remote_budget_lists_each_charge_and_a_cancelled_job_says_it_was_charged
         time.sleep(0.05)
     with capture_output() as said:
         eve_shell.run_line_magic("remote_cancel", job.id)
-    assert f"Job {job.id}: cancelled; its rows were admitted, so it was charged rho 0.01" in said.stdout
+    # synthetic is in mode dp: a train job is charged the evaluation's 0.01 and the DP trainer's 0.05
+    assert f"Job {job.id}: cancelled; its rows were admitted, so it was charged rho 0.06" in said.stdout
     status = client.job(job.id).status
-    assert status.state == "cancelled" and "charged rho 0.01" in status.error.message
+    assert status.state == "cancelled" and "charged rho 0.06" in status.error.message
 
     budget = eve_shell.run_line_magic("remote_budget", "")
     text = repr(budget)
     assert "tiny: spent rho 0.01 of 0.025; left 0.015" in text
-    assert "synthetic: spent rho 0.01 of 50" in text
+    assert "synthetic: spent rho 0.06 of 50" in text
     assert done.job_id in text and job.id in text
     assert job.id in budget._repr_html_()
     frame = budget.to_pandas()
-    assert set(frame["job_id"]) == {done.job_id, job.id} and frame["rho"].sum() == pytest.approx(0.02)
+    assert set(frame["job_id"]) == {done.job_id, job.id} and frame["rho"].sum() == pytest.approx(0.07)
     assert "synthetic" not in repr(eve_shell.run_line_magic("remote_budget", "tiny"))
     with pytest.raises(Exception, match="not a mode-dp dataset"):
         eve_shell.run_line_magic("remote_budget", "breast_cancer_rules")

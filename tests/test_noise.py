@@ -33,8 +33,8 @@ def table(path, rows: int = ROWS, positive: float = POSITIVE) -> None:
 @pytest.fixture(scope="module")
 def noisy(server, tmp_path_factory):
     """Mode dp: `small` (the breast-cancer table), `even` (3,000 rows, two even classes: intervals
-    about +/- 0.07 on AUC) and `rare` (16% positive, rho cap 0.025: a describe and two jobs fit, a
-    third does not)."""
+    about +/- 0.07 on AUC); and in mode dp_eval_only (jobs of the evaluation's cost alone) `rare` (16%
+    positive, rho cap 0.025: a describe and two jobs fit, a third does not)."""
     base = tmp_path_factory.mktemp("noisy")
     table(base / "rare.parquet")
     table(base / "even.parquet", rows=3000, positive=0.5)
@@ -45,7 +45,7 @@ def noisy(server, tmp_path_factory):
         f'[datasets.even]\npath = "{base / "even.parquet"}"\nid_column = "id"\nlabel_columns = ["y"]\n'
         'privacy = "dp"\n'
         f'[datasets.rare]\npath = "{base / "rare.parquet"}"\nid_column = "id"\nlabel_columns = ["y"]\n'
-        'privacy = "dp"\npolicy = { dp_rho_cap = 0.025 }\n'
+        'privacy = "dp_eval_only"\npolicy = { dp_rho_cap = 0.025 }\n'  # jobs of the evaluation's cost
     )
     (base / "data").mkdir()
     with running(base / "data", base / "log", {"eve": ["small", "even", "rare"]}, tables) as served:

@@ -233,7 +233,8 @@ def test_no_route_beats_the_budget(red, kind):
             right[name] += route(c, dataset) == red.secrets[kind][i]
         spent.append(c.cost(None, {"dataset": dataset, "label": "label"}).rho_spent)
     most = max(spent)
-    assert 0 < most <= 0.2, "every job an attacker ran was charged, none was free"
+    # a train job in mode dp costs the DP trainer's rho too (0.05 beside the evaluation's 0.01)
+    assert 0 < most <= 0.3, "every job an attacker ran was charged, none was free"
     for name, hits in right.items():
         assert hits / ANALYSTS <= bound(most, ANALYSTS), (kind, name, hits, most)
 

@@ -117,7 +117,7 @@ def test_interrupt_in_a_kernel_leaves_one_line_and_no_bar(server, tmp_path):
     cell = notebook.cells[1]
     [error] = errors(cell)
     [line] = error.traceback  # one line, which says what the cancelled job cost (mode dp)
-    charged = "its rows were admitted, so it was charged rho 0.01 of your privacy budget"
+    charged = "its rows were admitted, so it was charged rho 0.06 of your privacy budget"  # DP training too
     assert re.fullmatch(
         rf"Interrupted: remote job {started['job']} was cancelled; {charged} \([\d.]+ left\)\.", line
     )

@@ -28,7 +28,8 @@ from ..contract.query import EVAL_FLAG, ROW_ID, staging_query
 from ..contract.rows import prepare
 from ..contract.specs import Resolved, resolve
 from ..contract.types import TIME, continuous_label_hint, kind_of
-from ..contract.wire import CostEstimate, DatasetInfo, DatasetSpec, MockData
+from ..contract.wire import CostEstimate, DatasetInfo, DatasetSpec, MockData, is_dp
+from ..families import family as family_named
 from ..families import family_for
 from ..families.aggregates import evaluate
 from ..families.base import Run, Split, check_kind, encode_labels, is_classifier_task
@@ -102,7 +103,7 @@ class DryRun:
         c = self.cost
         if c is None:
             return []
-        if c.privacy != "dp":
+        if not is_dp(c.privacy):
             return ["cost: none (this dataset releases rounded numbers, without differential privacy)"]
         expected = ", ".join(f"{name} +/- {value:g}" for name, value in c.expected.items())
         rows = f" for about {c.assumed_eval_rows:,} evaluation rows" if c.assumed_eval_rows else ""
@@ -171,6 +172,9 @@ def dry_run(
         plan = family.canonical(model)
         if dataset.bounds is not None:
             family.check_bounds(plan, dataset.bounds.for_kind(kind))
+        if kind == "train" and dataset.policy is not None and dataset.policy.privacy == "dp":
+            # what the DP trainer refuses, refused here too (the fit below stays XGBoost's, on mock rows)
+            family_named("dpboost").canonical(model)
         check_kind(kind, plan.base is not None, plan.preprocess is not None)
     except Refusal as refusal:
         raise DryRunError(refusal.message, code=refusal.code) from None

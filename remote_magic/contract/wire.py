@@ -32,8 +32,16 @@ def dataset_ref(text: str) -> tuple[str, int | None]:
     return name, int(version) if version else None
 
 
-# dp: every released number an OpenDP draw under a budget (the default); rules: suppression and rounding
-PrivacyMode = Literal["dp", "rules"]
+# dp: the DP trainer and every released number an OpenDP draw under a budget (the default); dp_eval_only:
+# DP releases of a model trained without DP (weaker, the owner's explicit choice); rules: suppression and
+# rounding
+PrivacyMode = Literal["dp", "dp_eval_only", "rules"]
+
+
+def is_dp(mode: str | None) -> bool:
+    """Whether a privacy mode releases OpenDP draws under a budget: `dp` (DP training and DP evaluation)
+    and `dp_eval_only` (non-private training, DP evaluation: the owner's explicit, weaker choice)."""
+    return mode in ("dp", "dp_eval_only")
 
 
 class _Strict(BaseModel):
@@ -105,7 +113,9 @@ class PolicyInEffect(_Strict):
     min_rows: int = Field(description="The fewest rows a training or evaluation set may have.")
     min_class_rows: int = Field(description="The fewest rows per class in a set.")
     privacy: PrivacyMode = Field(
-        default="rules", description="dp: numbers are OpenDP draws under a budget; rules: rounding only."
+        default="rules",
+        description="dp: DP training and numbers drawn by OpenDP under a budget; dp_eval_only: the same "
+        "numbers of a model trained without DP; rules: rounding only.",
     )
     rho_per_job: float | None = Field(default=None, description="zCDP cost of a job's default releases.")
     rho_cap: float | None = Field(default=None, description="The budget per user and dataset (zCDP rho).")

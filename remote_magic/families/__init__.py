@@ -58,6 +58,16 @@ XGBOOST = Manifest(
     },
 )
 
+# The DP trainer (issue 20): no payload class of its own. A train job in mode dp decodes its XGBoost
+# estimator with the XGBoost family and trains it with this one (`dpboost/family.py`); its models are
+# XGBoost JSON, so the XGBoost family's light half recognises them.
+DPBOOST = Manifest(
+    name="dpboost",
+    module="remote_magic.families.dpboost.family",
+    light="remote_magic.families.xgboost.bounds",
+    classes=frozenset(),
+)
+
 # scikit-learn preprocessors may stand in front of a family's estimator in a Pipeline.
 PIPELINE = "sklearn.pipeline.Pipeline"
 PREPROCESSORS: frozenset[str] = frozenset(
@@ -71,7 +81,7 @@ PREPROCESSORS: frozenset[str] = frozenset(
     }
 )
 
-MANIFESTS: tuple[Manifest, ...] = (XGBOOST,)
+MANIFESTS: tuple[Manifest, ...] = (XGBOOST, DPBOOST)
 
 WHAT_A_MODEL_MAY_BE = (
     "an XGBoost classifier or regressor (XGBClassifier, XGBRegressor), a Booster, a dict "

@@ -28,6 +28,10 @@ from ..contract.wire import ModelBounds
 
 # A training progress report: rounds done (of this job), and the latest metric per split and name.
 Report = Callable[[int, dict[str, dict[str, float]]], None]
+# A DP trainer's questions to the trusted parent (dpboost/coordinator.py has their meaning):
+# noise(values, l2, rho) -> the values with Gaussian noise; select(scores, linf, rho) -> a noisy argmax.
+Noise = Callable[[list[float], float, float], list[float]]
+Select = Callable[[list[float], float, float], int]
 
 
 class Batches:
@@ -188,16 +192,35 @@ class Partitions(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class PrivateOrder:
+    """What the trusted parent orders for a DP training: its budget (zCDP `rho`, every bit of it spent
+    through `Run.noise` and `Run.select`, which the parent answers and counts), the data owner's public
+    numeric ranges and text levels per column (split candidates at no cost; a column without them gets
+    candidates from a DP sketch paid from `rho`), the public range of a regression label, and the delta
+    a data-chosen text level may add."""
+
+    rho: float
+    column_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    column_levels: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    label_range: tuple[float, float] | None = None
+    delta: float = 1e-7
+
+
 @dataclass
 class Run:
     """What the job around a training gives the family: its threads, a progress report, and `check`,
-    which raises when the job must stop (a cancel, a lost machine). A question to the trusted parent
-    mid-training (a DP trainer's per-leaf sums, noised and charged by the parent's release desk) belongs
-    here too: the worker protocol carries it as a request and its answer."""
+    which raises when the job must stop (a cancel, a lost machine). For a DP training, `private` is the
+    parent's order and `noise` and `select` ask the trusted parent (its release desk draws with OpenDP
+    and counts the cost against the order); the worker protocol carries each as a request and its
+    answer. A test passes seeded NumPy noise instead."""
 
     threads: int
     report: Report
     check: Callable[[], None] = lambda: None
+    private: PrivateOrder | None = None
+    noise: Noise | None = None
+    select: Select | None = None
 
 
 class ModelFamily(Protocol):
@@ -257,6 +280,11 @@ class ModelFamily(Protocol):
 
     def task(self, trained: Any) -> str:
         """binary, multiclass or regression: what the trained model turned out to be."""
+        ...
+
+    def training(self, trained: Any) -> dict[str, float | int] | None:
+        """What a DP training cost and the noise it added (rho, trees, sigma_gradient, sigma_hessian);
+        None for a model trained without DP."""
         ...
 
     def release_facts(self, trained: Any) -> dict[str, float | int | bool | None]:

@@ -99,7 +99,7 @@ def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
 
 def _budget_rows(settings: Settings, ledger, store) -> list[tuple[str, str]]:
     """Every (user, dataset) with a budget worth showing: a token's mode-dp datasets, and whoever spent."""
-    dp = {name for name in settings.datasets if settings.policy_for(name).privacy == "dp"}
+    dp = {name for name in settings.datasets if settings.policy_for(name).noisy}
     pairs = {(t.user, d) for t in store.list_tokens() if t.state() == "active" for d in t.datasets if d in dp}
     pairs |= {(c["user"], c["dataset"]) for c in ledger.charges()}
     pairs |= {(c["user"], c["dataset"]) for c in ledger.caps()}
@@ -136,7 +136,7 @@ def cmd_budget(args: argparse.Namespace, settings: Settings) -> int:
         if not (args.user and args.dataset and args.rho is not None):
             print("usage: budget set USER DATASET RHO", file=sys.stderr)
             return 2
-        if args.dataset not in settings.datasets or settings.policy_for(args.dataset).privacy != "dp":
+        if args.dataset not in settings.datasets or not settings.policy_for(args.dataset).noisy:
             print(f"{args.dataset!r} is not a dataset served in mode dp by this config", file=sys.stderr)
             return 2
         if not args.rho >= 0:

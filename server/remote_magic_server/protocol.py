@@ -9,6 +9,7 @@ travel as JSON over a pipe, never as pickle. The conversation of a train, evalua
     worker -> admission          the admitted rows: counts per split and class, row-set files
     parent -> decision           proceed, or stop (the release desk refused the admitted rows)
     worker -> progress*
+    (worker -> noise, parent -> noise_answer)*   a DP training's noise, drawn and counted by the parent
     worker -> report | failure   raw aggregates, or a fixed code
 
 A review task (the data owner's look at a payload with notebook code) answers with one `review` report;
@@ -30,7 +31,7 @@ from remote_magic.contract.codes import CODES
 from remote_magic.contract.wire import DatasetSpec, ModelBounds, ReleaseOptions, Stage
 from remote_magic.families.base import Plan
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 MAX_MESSAGE_BYTES = 16 * 2**20
 PARTITION_TABLE = "__remote_magic_partition"  # a cluster partition's rows, with their file_row_number
 SCRATCH_DIR = "scratch"  # in a job folder: spilled rows and external-memory pages, removed after the job
@@ -87,8 +88,19 @@ class SavedModel(_Strict):
     file: str = Field(pattern=r"^[a-z_]+\.json$")
 
 
+class PrivateTraining(_Strict):
+    """The parent's order for a DP training (mode dp): its budget, all of it spent through `noise`
+    requests the parent answers and counts; the data owner's public column ranges and text levels (the
+    split candidates); the delta a data-chosen text level may add."""
+
+    rho: float = Field(gt=0)
+    column_ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    column_levels: dict[str, list[str]] = Field(default_factory=dict)
+    delta: float = Field(gt=0, lt=1)
+
+
 class Task(_Strict):
-    protocol: Literal[4] = PROTOCOL_VERSION
+    protocol: Literal[5] = PROTOCOL_VERSION
     kind: TaskKind
     spec: DatasetSpec | None = None
     staging: Staging | None = None
@@ -106,6 +118,9 @@ class Task(_Strict):
         default=True, description="Count what the model sets apart (mode dp's structural rules read it)."
     )
     base_model: SavedModel | None = Field(default=None, description="Continue or evaluate this model.")
+    dp_training: PrivateTraining | None = Field(
+        default=None, description="Train with the DP trainer under this order (a train job in mode dp)."
+    )
 
 
 # worker -> parent
@@ -138,6 +153,18 @@ class Admission(_Strict):
     missing_label: int | None = Field(
         default=None, ge=0, description="Rows the filter admitted whose label is missing (not counted: null)."
     )
+
+
+class NoiseRequest(_Strict):
+    """A DP training's question: noise `values` (entries one row moves by at most `bound` in L2 norm,
+    `gaussian`) or pick the index of about the highest (each moved by at most `bound`, `top1`), at a cost
+    of `rho`. The parent answers only while the job's training budget lasts."""
+
+    type: Literal["noise"] = "noise"
+    kind: Literal["gaussian", "top1"]
+    values: list[float] = Field(min_length=1)
+    bound: float = Field(gt=0)
+    rho: float = Field(gt=0)
 
 
 class Confusion(_Strict):
@@ -208,6 +235,16 @@ class Structure(_Strict):
     trained_isolated: int | None = None
 
 
+class TrainingFacts(_Strict):
+    """What a DP training says it spent and the noise scales of its leaves (the parent counts the
+    spending itself; these are checked against it)."""
+
+    rho: float = Field(ge=0)
+    trees: int = Field(ge=0)
+    sigma_gradient: float = Field(gt=0)
+    sigma_hessian: float = Field(gt=0)
+
+
 class TrainReport(_Strict):
     """Raw aggregates of a train or evaluate job: exact numbers, for the release desk only."""
 
@@ -226,6 +263,7 @@ class TrainReport(_Strict):
     )
     importance_clip: float | None = None
     structure: Structure = Field(default_factory=Structure)
+    training: TrainingFacts | None = None
 
 
 class Histogram(_Strict):
@@ -320,7 +358,15 @@ class DriverTask(_Strict):
 
 
 WorkerMessage = Annotated[
-    Isolation | ProgressNote | Admission | TrainReport | DescribeReport | ReviewReport | PlanReady | Failure,
+    Isolation
+    | ProgressNote
+    | Admission
+    | NoiseRequest
+    | TrainReport
+    | DescribeReport
+    | ReviewReport
+    | PlanReady
+    | Failure,
     Field(discriminator="type"),
 ]
 Report = TrainReport | DescribeReport | ReviewReport
@@ -331,6 +377,17 @@ WORKER_MESSAGE: TypeAdapter[WorkerMessage] = TypeAdapter(WorkerMessage)
 class Decision(_Strict):
     type: Literal["decision"] = "decision"
     proceed: bool
+
+
+class NoiseAnswer(_Strict):
+    """The answer to a `NoiseRequest`: the noisy values (`gaussian`) or the chosen index (`top1`)."""
+
+    type: Literal["noise_answer"] = "noise_answer"
+    values: list[float] = Field(default_factory=list)
+    index: int | None = None
+
+
+ParentMessage = Decision | NoiseAnswer
 
 
 def read_message(data: bytes) -> WorkerMessage:

@@ -3,7 +3,8 @@
 Honoured: `n_estimators` (rounds), `max_depth`, `learning_rate`/`eta`, `reg_lambda`/`lambda`,
 `objective` (binary:logistic, multi:softprob or multi:softmax, reg:squarederror), `num_class`,
 `random_state`/`seed` (the structure's seed: the structure is public whoever picks it) and a public
-`base_score`. Harmless (resources, input handling, what is reported): accepted and ignored. Everything
+`base_score`. Harmless (resources, input handling, what is reported, and `min_child_weight`, which the
+leaf floor of mode dp_eval_only required and notebooks written for it carry): accepted and ignored. Everything
 else changes how XGBoost would fit the trees, which the DP trainer does not do, so a value other than
 XGBoost's default is refused, naming the parameter; `None` (what an `XGBClassifier()` carries) is the
 default. Parameters left unset get the trainer's defaults (`settings.py`).
@@ -34,6 +35,7 @@ HARMLESS = {
     "feature_types",
     "use_label_encoder",
     "disable_default_eval_metric",
+    "min_child_weight",
 }
 # XGBoost's defaults of the parameters that have no meaning here (values equal to them are accepted).
 DEFAULTS: dict[str, tuple] = {
@@ -41,7 +43,6 @@ DEFAULTS: dict[str, tuple] = {
     "colsample_bytree": (1, 1.0),
     "colsample_bylevel": (1, 1.0),
     "colsample_bynode": (1, 1.0),
-    "min_child_weight": (1, 1.0),
     "gamma": (0, 0.0),
     "min_split_loss": (0, 0.0),
     "max_leaves": (0,),

@@ -558,6 +558,10 @@ class XGBoostFamily:
     def task(self, trained: Trained) -> str:
         return trained.task
 
+    def training(self, trained: Trained) -> None:
+        """None: XGBoost trains without DP."""
+        return None
+
     def release_facts(self, trained: Trained) -> dict:
         """What XGBoost's release rule reads: categorical inputs, and the hyperparameters."""
         params = trained.params

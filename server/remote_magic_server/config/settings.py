@@ -10,6 +10,7 @@ automation's tables live apart, in automation_sections.py.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from remote_magic.contract.wire import IDENT, ModelBounds, PolicyInEffect, PrivacyMode
+from remote_magic.contract.wire import IDENT, ModelBounds, PolicyInEffect, PrivacyMode, is_dp
 
 from .automation_sections import (
     AutomationSection,
@@ -38,6 +39,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 _DATASET_NAME = re.compile(IDENT)
 SIGNIFICANT_DIGITS = 4
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+MAX_DECLARED_LEVELS = 254  # the DP trainer codes a text column in one byte
 
 
 class _Strict(BaseModel):
@@ -74,8 +76,10 @@ class Policy(_Strict):
     )
     privacy: PrivacyMode = Field(
         default="dp",
-        description="dp: every released number is drawn by an OpenDP measurement under a budget; rules: "
-        "suppression and rounding only (weaker: it does not resist attacker-chosen models).",
+        description="dp: models are trained by the DP trainer and every released number is drawn by an "
+        "OpenDP measurement under a budget; dp_eval_only: the same DP releases of models trained without "
+        "DP (weaker: training rows are protected by a leaf floor only); rules: suppression and rounding "
+        "only (weaker: it does not resist attacker-chosen models).",
     )
     dp_rho_job: float = Field(
         default=0.01, gt=0, le=0.5, description="zCDP cost of a job's default releases."
@@ -112,6 +116,16 @@ class Policy(_Strict):
     )
 
     @property
+    def noisy(self) -> bool:
+        """Every released number is an OpenDP draw under a budget (modes dp and dp_eval_only)."""
+        return is_dp(self.privacy)
+
+    @property
+    def trains_privately(self) -> bool:
+        """A train job trains with the DP trainer (mode dp)."""
+        return self.privacy == "dp"
+
+    @property
     def staging_budget_mb(self) -> int:
         """What a worker may hold of the admitted feature data: the rest of its memory goes to the
         matrices, XGBoost and DuckDB."""
@@ -126,9 +140,9 @@ class Policy(_Strict):
             min_rows=self.min_rows,
             min_class_rows=self.min_class_rows,
             privacy=self.privacy,
-            rho_per_job=self.dp_rho_job if self.privacy == "dp" else None,
-            rho_cap=self.dp_rho_cap if self.privacy == "dp" else None,
-            rho_train=self.dp_rho_train if self.privacy == "dp" else None,
+            rho_per_job=self.dp_rho_job if self.noisy else None,
+            rho_cap=self.dp_rho_cap if self.noisy else None,
+            rho_train=self.dp_rho_train if self.trains_privately else None,
         )
 
 
@@ -151,7 +165,19 @@ class DatasetConfig(_Strict):
     label_ranges: dict[str, tuple[float, float]] = Field(
         default_factory=dict,
         description="Per regression label, the range its values are clipped to for DP metrics (RMSE, MAE, "
-        "R2); without one, those metrics are not released in mode dp.",
+        "R2) and for DP training; without one, those metrics are not released in mode dp and a regressor "
+        "is not trained there.",
+    )
+    column_ranges: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="Per numeric feature, a public range (lo, hi) the DP trainer spreads its split "
+        "candidates over at no cost; a numeric feature without one gets candidates from a DP sketch paid "
+        "from the job's training budget.",
+    )
+    column_levels: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Per text feature, its public levels (the DP trainer's categories, at no cost); a text "
+        "feature without them gets levels selected from noisy counts, paid from the training budget.",
     )
     allow_model_release: bool = Field(default=False, description="Trained models may leave after approval.")
     allow_custom_code: bool = Field(
@@ -185,6 +211,22 @@ class DatasetConfig(_Strict):
     @property
     def refresh_seconds(self) -> int | None:
         return parse_duration(self.refresh_every) if self.refresh_every else None
+
+    @field_validator("label_ranges", "column_ranges")
+    @classmethod
+    def _ranges(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for name, (lo, hi) in value.items():
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ValueError(f"range of {name!r}: needs finite lo < hi, not ({lo}, {hi})")
+        return value
+
+    @field_validator("column_levels")
+    @classmethod
+    def _levels(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, levels in value.items():
+            if not levels or len(set(levels)) != len(levels) or len(levels) > MAX_DECLARED_LEVELS:
+                raise ValueError(f"levels of {name!r}: 1 to {MAX_DECLARED_LEVELS} distinct names")
+        return value
 
     @field_validator("policy")
     @classmethod
@@ -329,7 +371,7 @@ class Settings(_Strict):
             max_depth=policy.max_depth,
             max_bin=policy.max_bin,
             max_threads=self.threads_per_job(policy),
-            min_leaf_rows=policy.min_leaf_rows if policy.privacy == "dp" else None,
+            min_leaf_rows=policy.min_leaf_rows if policy.privacy == "dp_eval_only" else None,
             devices=list(policy.devices),
         )
 

@@ -1,9 +1,9 @@
 """The parent's side of one task's conversation with its worker: one loop for every kind of task.
 
 `drive` reads the worker's typed messages until one ends the task, the worker dies or time runs out;
-`Conversation` answers the messages that matter to disclosure: the admitted rows and the final report
-go to the release desk, and what it releases (or refuses) becomes the task's `Final`. The scheduler
-adds what only jobs have (progress in the store, cancellation, shutdown).
+`Conversation` answers the messages that matter to disclosure: the admitted rows, a DP training's noise
+requests and the final report go to the release desk, and what it releases (or refuses) becomes the
+task's `Final`. The scheduler adds what only jobs have (progress in the store, cancellation, shutdown).
 """
 
 from __future__ import annotations
@@ -16,7 +16,16 @@ from pathlib import Path
 
 from remote_magic.contract.codes import Refusal
 
-from ..protocol import Admission, Decision, DescribeReport, Failure, ReviewReport, TrainReport, WorkerMessage
+from ..protocol import (
+    Admission,
+    Decision,
+    DescribeReport,
+    Failure,
+    NoiseRequest,
+    ReviewReport,
+    TrainReport,
+    WorkerMessage,
+)
 from ..release.desk import Admitted, ReleaseDesk, Request
 from .executor import Execution, InvalidReport
 
@@ -93,6 +102,16 @@ class Conversation:
                 self.execution.reply(Decision(proceed=False))
                 return Final.failed(refusal.code, refusal.message)
             self.execution.reply(Decision(proceed=True))
+            return None
+        if isinstance(message, NoiseRequest):
+            if self.admitted is None:
+                self.execution.kill()
+                return Final.failed("invalid_worker_report", "the job's worker asked for noise too early")
+            try:
+                self.execution.reply(self.desk.noise(self.request, self.admitted, message))
+            except Refusal as refusal:
+                self.execution.kill()
+                return Final.failed(refusal.code, refusal.message)
             return None
         if isinstance(message, (TrainReport, DescribeReport)):
             if self.admitted is None:

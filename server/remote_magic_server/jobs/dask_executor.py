@@ -27,9 +27,9 @@ from ..config.settings import ExecutorSection
 from ..protocol import (
     CanonicalPlan,
     ClusterConfig,
-    Decision,
     DriverTask,
     Failure,
+    ParentMessage,
     PlanReady,
     Task,
     WorkerMessage,
@@ -101,7 +101,7 @@ class ClusterExecution:
         self.current.stage = "staging"  # a driver that dies did not fail to decode anything
         return None
 
-    def reply(self, decision: Decision) -> None:
+    def reply(self, decision: ParentMessage) -> None:
         self.current.reply(decision)
 
     def kill(self) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from ..protocol import Decision, Failure, Task, WorkerMessage
+from ..protocol import Failure, ParentMessage, Task, WorkerMessage
 
 
 class WorkerGone(Exception):
@@ -42,7 +42,7 @@ class Execution(Protocol):
         does not validate."""
         ...
 
-    def reply(self, decision: Decision) -> None: ...
+    def reply(self, decision: ParentMessage) -> None: ...
 
     def kill(self) -> None: ...
 

@@ -22,7 +22,15 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ..protocol import MAX_MESSAGE_BYTES, Decision, Failure, ProgressNote, Task, WorkerMessage, read_message
+from ..protocol import (
+    MAX_MESSAGE_BYTES,
+    Failure,
+    ParentMessage,
+    ProgressNote,
+    Task,
+    WorkerMessage,
+    read_message,
+)
 from .executor import InvalidReport, WorkerGone
 
 LAUNCH = "remote_magic_server.runner.launch"
@@ -115,7 +123,7 @@ class LocalExecution:
     def exitcode(self) -> int | None:
         return self.process.exitcode
 
-    def reply(self, decision: Decision) -> None:
+    def reply(self, decision: ParentMessage) -> None:
         with contextlib.suppress(OSError):
             self.conn.send_bytes(decision.model_dump_json().encode())
 

@@ -18,7 +18,16 @@ from remote_magic.contract.wire import DatasetSpec
 from ..config.settings import Settings
 from ..data.versions import Versions, snapshot_file
 from ..plan import JobPlan
-from ..protocol import PARTITION_TABLE, DescribeOptions, Limits, SavedModel, Staging, Task, TaskKind
+from ..protocol import (
+    PARTITION_TABLE,
+    DescribeOptions,
+    Limits,
+    PrivateTraining,
+    SavedModel,
+    Staging,
+    Task,
+    TaskKind,
+)
 
 CPU_SLACK_S = 30
 BASE_MODEL_FILE = "base.json"
@@ -116,8 +125,16 @@ def build_task(
         release=plan.release,
         rare_level_rows=policy.min_count,
         label_range=config.label_ranges.get(checked.label),
-        structure=policy.privacy == "dp",
+        structure=policy.noisy,
         base_model=SavedModel(file=BASE_MODEL_FILE) if plan.base_model is not None else None,
+        dp_training=PrivateTraining(
+            rho=policy.dp_rho_train,
+            column_ranges=config.column_ranges,
+            column_levels=config.column_levels,
+            delta=policy.dp_delta,
+        )
+        if kind == "train" and policy.trains_privately
+        else None,
     )
 
 

@@ -8,6 +8,7 @@ releases, and rho converts to (epsilon, delta)-DP as epsilon = rho + 2 sqrt(rho 
 
 from __future__ import annotations
 
+import functools
 import math
 
 from opendp import domains, measurements, measures, metrics
@@ -29,7 +30,11 @@ def epsilon(rho: float, delta: float) -> float:
     return rho + 2 * math.sqrt(rho * math.log(1 / delta)) if rho > 0 else 0.0
 
 
+@functools.lru_cache(maxsize=256)
 def _measurement(kind: type, l2: float, rho: float):
+    """OpenDP's Gaussian mechanism over vectors of any length, at the smallest scale (from the
+    formula, nudged up) whose privacy map meets `rho`; kept, as a DP training asks for the same ones
+    hundreds of times."""
     atom = domains.atom_domain(T=kind, nan=False) if kind is float else domains.atom_domain(T=kind)
     space = domains.vector_domain(atom)
     metric = metrics.l2_distance(T=float)
@@ -56,14 +61,20 @@ def gaussian_counts(counts: list[int], l2: float, rho: float) -> tuple[list[int]
 
 def top_k(scores: list[float], k: int, linf: float, rho: float) -> list[int]:
     """The indices of (about) the k highest scores, chosen by OpenDP's noisy top-k at a cost of `rho`."""
+    measurement = _top_k(min(k, len(scores)), float(linf), float(rho))
+    return [int(i) for i in measurement([float(s) for s in scores])]
+
+
+@functools.lru_cache(maxsize=256)
+def _top_k(k: int, linf: float, rho: float):
+    """OpenDP's noisy top-k at the smallest scale that meets `rho` (found by OpenDP's binary search),
+    kept for the next call with the same numbers (a DP training selects splits hundreds of times)."""
     domain = domains.vector_domain(domains.atom_domain(T=float, nan=False))
     metric = metrics.linf_distance(T=float, monotonic=False)
-    k = min(k, len(scores))
 
     def make(scale: float):
         return measurements.make_noisy_top_k(
             domain, metric, measures.zero_concentrated_divergence(), k=k, scale=scale
         )
 
-    measurement = binary_search_chain(make, d_in=float(linf), d_out=rho, T=float)
-    return [int(i) for i in measurement([float(s) for s in scores])]
+    return binary_search_chain(make, d_in=linf, d_out=rho, T=float)

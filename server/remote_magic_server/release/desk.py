@@ -59,7 +59,7 @@ from ..privacy import model_release as release_rules
 from ..privacy import policy as rules
 from ..privacy.guard import check_differencing
 from ..privacy.model_release import check_model_release
-from ..protocol import Admission, DescribeReport, ModelFacts, TrainReport
+from ..protocol import Admission, DescribeReport, ModelFacts, NoiseAnswer, NoiseRequest, TrainReport
 from .ledger import Ledger
 
 log = logging.getLogger("remote_magic_server.release")
@@ -111,6 +111,9 @@ class Admitted:
     sets: dict[str, BitMap] = field(default_factory=dict)
     noisy: dp_release.NoisyCounts | None = None
     stored: dict | None = None
+    train_rho: float = 0.0  # charged for DP training: what the job's noise requests may spend
+    train_spent: float = 0.0  # what they spent so far
+    noise_asked: int = 0
 
 
 def _digest(*parts: object) -> str:
@@ -135,7 +138,7 @@ class ReleaseDesk:
         return self.settings.policy_for(dataset)
 
     def dp(self, dataset: str) -> bool:
-        return self.policy(dataset).privacy == "dp"
+        return self.policy(dataset).noisy
 
     def _table(self, dataset: str) -> str:
         """The guard's key for a dataset: its source (for `path =` datasets the file), so one table served
@@ -151,7 +154,7 @@ class ReleaseDesk:
         the privacy loss grows only with the number of distinct counts ever shown. Its cost goes on the
         dataset's total (the `CATALOG` user), never on an analyst's budget."""
         policy = self.policy(dataset)
-        if policy.privacy != "dp":
+        if not policy.noisy:
             return rules.release_count(rows, policy)
         key = _digest("catalog", self._table(dataset), rows)
         with self.ledger.decision():
@@ -174,11 +177,17 @@ class ReleaseDesk:
     # 1. before anything runs
     def cost(self, request: Request) -> float:
         policy = self.policy(request.dataset)
-        if policy.privacy != "dp":
+        if not policy.noisy:
             return 0.0
         if request.kind == "describe":
             return policy.dp_rho_describe
-        return dp_release.job_cost(policy, request.options)
+        return round(dp_release.job_cost(policy, request.options) + self.train_cost(request), 12)
+
+    def train_cost(self, request: Request) -> float:
+        """The DP trainer's part of a job's cost (a train job in mode dp): charged with the rest at
+        admission, spent through the job's noise requests (`noise`)."""
+        policy = self.policy(request.dataset)
+        return policy.dp_rho_train if request.kind == "train" and policy.trains_privately else 0.0
 
     def cap(self, user: str, dataset: str) -> float:
         """A user's budget on a dataset: the one its data owner set for them, else the policy's cap."""
@@ -282,13 +291,14 @@ class ReleaseDesk:
         policy = self.policy(request.dataset)
         admitted = Admitted(admission, read_row_sets(folder, admission.row_sets))
         with self.ledger.decision():
-            if policy.privacy == "dp" and request.kind == "describe":
+            if policy.noisy and request.kind == "describe":
                 # The same rows, label and columns described before: their stored answer, at no cost.
                 admitted.stored = self.ledger.stored_answer(
                     request.user, request.dataset, self._content_key(request, admitted)
                 )
-            if policy.privacy == "dp" and admitted.stored is None:
+            if policy.noisy and admitted.stored is None:
                 admitted.noisy = self._charge(request, admission, policy)
+                admitted.train_rho = self.train_cost(request)
                 if admitted.noisy is not None:
                     noisy = admitted.noisy
                     self._check_classes(request, lambda: dp_release.check_cohort(noisy, policy))
@@ -297,7 +307,7 @@ class ReleaseDesk:
             else:
                 self._check_classes(request, lambda: rules.check_cohort(admission.counts, policy))
             table = self._table(request.dataset)
-            if policy.privacy != "dp":
+            if not policy.noisy:
                 # Mode rules only: a refusal that depends on the exact rows answers a question about them
                 # (group OR one person's values is refused exactly when that person is in the table);
                 # in mode dp the noise covers differencing, so nothing may refuse on the rows there.
@@ -354,17 +364,58 @@ class ReleaseDesk:
         log.info("after_admission", extra={"job": request.job_id, "code": code})
         return "not_released", NOT_RELEASED
 
+    # 2b. a DP training's noise
+    def noise(self, request: Request, admitted: Admitted, ask: NoiseRequest) -> NoiseAnswer:
+        """Draw a DP training's noise with OpenDP, counted against what the job was charged for training
+        at admission: a request past it is refused (`invalid_worker_report`), whatever it asks. A job
+        that runs again after a restart gets its earlier answers back in the same order, never fresh
+        noise for the same question."""
+        spent = admitted.train_spent + ask.rho
+        if spent > admitted.train_rho * (1 + 1e-9) + 1e-15:
+            log.warning("noise_past_allowance", extra={"job": request.job_id, "rho": spent})
+            raise Refusal("invalid_worker_report", "the job's worker asked for more than its training budget")
+        seq = admitted.noise_asked
+        admitted.train_spent, admitted.noise_asked = spent, seq + 1
+        stored = self.ledger.noise_draw(request.charge, seq)
+        if stored is not None:
+            return NoiseAnswer.model_validate(stored)
+        if ask.kind == "gaussian":
+            answer = NoiseAnswer(values=dp.gaussian(ask.values, ask.bound, ask.rho)[0])
+        else:
+            answer = NoiseAnswer(index=dp.top_k(ask.values, 1, ask.bound, ask.rho)[0])
+        self.ledger.store_noise_draw(request.charge, seq, answer.model_dump(mode="json"))
+        return answer
+
+    def _training(self, request: Request, admitted: Admitted, report: TrainReport) -> DPTraining | None:
+        """What the DP training cost, as the desk counted it from the noise it drew (not as the worker
+        says), with the leaves' noise scales the worker reports."""
+        facts = report.training
+        if facts is None or not admitted.train_rho:
+            return None
+        delta = self.policy(request.dataset).dp_delta
+        return DPTraining(
+            rho=round(admitted.train_spent, 9),
+            epsilon=round(dp.epsilon(admitted.train_spent, delta), 4),
+            trees=facts.trees,
+            sigma_gradient=facts.sigma_gradient,
+            sigma_hessian=facts.sigma_hessian,
+        )
+
     # 3. the report
     def release_result(self, request: Request, admitted: Admitted, report: TrainReport) -> JobResult:
         """A train or evaluate report as the strict result of its mode; the model-release decision with it."""
         assert request.job_id is not None
         policy = self.policy(request.dataset)
-        if policy.privacy == "dp":
+        if policy.noisy:
             assert admitted.noisy is not None
             result = dp_release.release_dp(
                 report, admitted.noisy, policy, request.options, request.job_id, request.dataset, request.kind
             ).model_copy(
-                update={"dataset_version": request.dataset_version, "ran_with": self._ran_with(request)}
+                update={
+                    "dataset_version": request.dataset_version,
+                    "ran_with": self._ran_with(request),
+                    "training": self._training(request, admitted, report),
+                }
             )
             flags = dp_release.structure_flags(report.structure, policy)
             if flags:
@@ -388,7 +439,11 @@ class ReleaseDesk:
             ).model_copy(
                 update={"dataset_version": request.dataset_version, "ran_with": self._ran_with(request)}
             )
-        if request.kind == "train" and self.settings.datasets[request.dataset].allow_model_release:
+        if (
+            request.kind == "train"
+            and report.training is None  # a DP model is a DP release: no leaf rule, no approval
+            and self.settings.datasets[request.dataset].allow_model_release
+        ):
             self._decide_model(request, report.model, policy)
         return result
 
@@ -473,7 +528,7 @@ class ReleaseDesk:
         get the stored answer too, never fresh noise."""
         policy = self.policy(request.dataset)
         label = request.spec["label"]
-        if policy.privacy != "dp":
+        if not policy.noisy:
             answer = describe_rules.release_describe(report, policy, request.dataset, label)
             return answer.model_copy(update={"dataset_version": request.dataset_version})
         content_key = self._content_key(request, admitted)
@@ -521,7 +576,7 @@ class ReleaseDesk:
         """What a request would cost and how wide its intervals should be, before anything is spent:
         computed as the release computes them, with the class balance this user was already told."""
         policy = self.policy(request.dataset)
-        if policy.privacy != "dp":
+        if not policy.noisy:
             return CostEstimate(dataset=request.dataset, kind=request.kind, privacy="rules")  # type: ignore[arg-type]
         cost = self.cost(request)
         spent = self.ledger.spent(request.user, request.dataset)
@@ -558,7 +613,7 @@ class ReleaseDesk:
         return CostEstimate(
             dataset=request.dataset,
             kind=request.kind,  # type: ignore[arg-type]
-            privacy="dp",
+            privacy=policy.privacy,
             rho=cost,
             epsilon=round(dp.epsilon(cost, policy.dp_delta), 4),
             delta=policy.dp_delta,

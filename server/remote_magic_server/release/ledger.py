@@ -5,7 +5,8 @@ beside the job store. Row sets are roaring bitmaps of row numbers in the dataset
 bytes per run of rows); identical sets are stored once. Check-then-record happens under one lock
 (`decision`), so two jobs admitted together cannot both slip past the guard or the budget. A charge is
 one row per job (or describe request) with the noise it drew, so a job that runs again after a restart
-is neither charged twice nor given fresh noise. A data owner may give one user a budget on one dataset
+is neither charged twice nor given fresh noise; a DP training's noise answers are kept the same way, by
+job and by their order (`noise_draws`). A data owner may give one user a budget on one dataset
 other than the policy's cap (`budget_caps`).
 """
 
@@ -40,6 +41,9 @@ CREATE TABLE IF NOT EXISTS budget_caps (
 CREATE TABLE IF NOT EXISTS dp_answers (
     user TEXT NOT NULL, dataset TEXT NOT NULL, request TEXT NOT NULL, answer TEXT NOT NULL,
     created_at TEXT NOT NULL, PRIMARY KEY (user, dataset, request)
+);
+CREATE TABLE IF NOT EXISTS noise_draws (
+    charge TEXT NOT NULL, seq INTEGER NOT NULL, answer TEXT NOT NULL, PRIMARY KEY (charge, seq)
 );
 CREATE TABLE IF NOT EXISTS model_releases (
     job_id TEXT PRIMARY KEY, user TEXT NOT NULL, dataset TEXT NOT NULL, state TEXT NOT NULL,
@@ -180,6 +184,21 @@ class Ledger:
                 "INSERT OR IGNORE INTO privacy_spend (charge, user, dataset, kind, rho, draws, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (charge, user, dataset, kind, rho, json.dumps(draws), _now()),
+            )
+
+    def noise_draw(self, charge: str, seq: int) -> dict | None:
+        """The `seq`-th noise answer an earlier run of the same job was given, if any."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT answer FROM noise_draws WHERE charge = ? AND seq = ?", (charge, seq)
+            ).fetchone()
+        return json.loads(row["answer"]) if row else None
+
+    def store_noise_draw(self, charge: str, seq: int, answer: dict) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO noise_draws (charge, seq, answer) VALUES (?, ?, ?)",
+                (charge, seq, json.dumps(answer)),
             )
 
     def stored_answer(self, user: str, dataset: str, request: str) -> dict | None:

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from remote_magic.contract.codes import Refusal
 
-from ..protocol import Admission, Decision, Failure, ProgressNote
+from ..protocol import Admission, Decision, Failure, NoiseAnswer, NoiseRequest, ProgressNote
 
 log = logging.getLogger("remote_magic_server.worker")
 
@@ -33,6 +33,21 @@ class Channel:
         """Tell the parent which rows were admitted; wait for its decision (proceed or stop)."""
         self.send(admission)
         return Decision.model_validate_json(self.conn.recv_bytes()).proceed
+
+    def noise(self, values: list[float], l2: float, rho: float) -> list[float]:
+        """Gaussian noise on `values` from the parent (a DP training's `Run.noise`); wait for it."""
+        return self._ask(NoiseRequest(kind="gaussian", values=values, bound=l2, rho=rho)).values
+
+    def select(self, scores: list[float], linf: float, rho: float) -> int:
+        """The parent's noisy choice of about the highest score (a DP training's `Run.select`)."""
+        index = self._ask(NoiseRequest(kind="top1", values=scores, bound=linf, rho=rho)).index
+        if index is None or not 0 <= index < len(scores):
+            raise ValueError("the parent's answer is not an index of the scores")
+        return index
+
+    def _ask(self, request: NoiseRequest) -> NoiseAnswer:
+        self.send(request)
+        return NoiseAnswer.model_validate_json(self.conn.recv_bytes())
 
 
 def serve(job_dir: str, conn: Connection, body: Callable[[Path, Channel], None]) -> None:

@@ -26,6 +26,7 @@ from remote_magic.families.base import (
     Part,
     Partitions,
     Plan,
+    PrivateOrder,
     Run,
     class_names,
     is_classifier_task,
@@ -46,6 +47,7 @@ from ..protocol import (
     SplitCounts,
     Structure,
     Task,
+    TrainingFacts,
     TrainReport,
 )
 from . import evidence
@@ -82,6 +84,16 @@ def run(
         channel.stage("training", min(done, plan.rounds), plan.rounds, latest)
 
     training = Run(task.limits.threads, report, check)
+    if task.dp_training is not None and task.kind == "train":
+        order = task.dp_training
+        training.private = PrivateOrder(
+            rho=order.rho,
+            column_ranges=dict(order.column_ranges),
+            column_levels={name: tuple(levels) for name, levels in order.column_levels.items()},
+            label_range=task.label_range,
+            delta=order.delta,
+        )
+        training.noise, training.select = channel.noise, channel.select
     if task.kind == "train":
         channel.stage("training", 0, plan.rounds)
         trained = family.train(plan, parts, classes, training)
@@ -202,6 +214,7 @@ def train_report(
             rounds=asked.checkpoints, loss_sums=measured.curve, loss_clip=asked.loss_clip, metric=metric
         )
     history = family.history(trained)
+    spent = family.training(trained) if train else None
     confusion = measured.score.get("confusion")
     importance = measured.importance
     return TrainReport(
@@ -219,4 +232,5 @@ def train_report(
         if importance is not None and asked.loss_clip is not None
         else None,
         structure=structure,
+        training=TrainingFacts(**spent) if spent is not None else None,
     )

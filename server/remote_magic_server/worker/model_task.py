@@ -45,11 +45,15 @@ def decode(task: Task, payload: BinaryIO | None) -> tuple[ModelFamily, Plan]:
     # A registered version, saved by a family's export: parsed here, in the sandbox, never unpickled.
     saved = (HERE / task.base_model.file).read_bytes() if task.base_model is not None else None
     family = family_for(model) if model is not None else _saved_family(saved or b"")
+    if task.dp_training is not None:  # mode dp trains with the DP trainer, whatever estimator was sent
+        family = family_named("dpboost")
     plan = family.canonical(model, custom_code=bool(task.approved_sha256)) if model is not None else None
     if saved is not None:
         plan = family.continued(plan, saved)
     assert plan is not None
     family.check_bounds(plan, task.bounds)
+    if task.dp_training is not None:
+        family.check_order(plan, task.label_range)  # type: ignore[attr-defined]
     if str(plan.params.get("device") or "cpu") != "cpu" and not task.limits.gpu:
         raise Refusal("parameter_out_of_bounds", "device = 'cuda' needs a GPU, and this server has none")
     return family, plan

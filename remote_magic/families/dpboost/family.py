@@ -1,0 +1,274 @@
+"""The DP trainer as a model family: what `%%remote_train` trains with in mode dp.
+
+The plan half reads an XGBoost estimator exactly as the XGBoost family does (its `canonical`), then
+keeps only what the DP trainer can honour: the parameters `params.py` maps (any other is refused by
+name), no Pipeline, no notebook objective or metric, a regression only with the owner's label range.
+The partition half runs the `Coordinator` over `Partitions`: each request's exact sums are the sum of
+`Partition.sums` mapped over the partitions (each keeps its `Partition`, its binned rows and margins, in
+`Part.state` between calls), every update is mapped back, and all noise comes from `Run.noise` and
+`Run.select` (the trusted parent's release desk on a server). So the same code runs on one machine and
+on a cluster's partitions. The trained model is an ordinary XGBoost Booster, so prediction, leaf counts,
+export and the report are the XGBoost family's own code (`Trained`).
+
+Split candidates are public: the data owner's declared range (numeric) or levels (text) of a column,
+else a DP sketch paid from the training budget (`SKETCH_SHARE` of it, once, for all such columns).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from ...contract.codes import Refusal
+from ...contract.rows import is_text
+from ...contract.wire import ModelBounds
+from .. import MODEL_FILE, PARAMS_FILE
+from ..base import Part, Partitions, Plan, PrivateOrder, Run, is_classifier_task
+from ..xgboost import bounds as xgboost_bounds
+from ..xgboost.family import FAMILY as XGBOOST
+from ..xgboost.family import Trained
+from .booster import load
+from .candidates import CandidatePlan, Declared
+from .coordinator import Coordinator
+from .features import Features, Kind
+from .on_parts import apply_update, counts_of, finish, schema, set_up, sketch, sum_of, sums
+from .params import settings_from_params
+from .partition import LeafUpdate
+from .settings import Settings
+
+SKETCH_SHARE = 0.1  # of the training budget, when some column's candidates come from the sketch
+ANY_LABEL_RANGE = (0.0, 1.0)  # stands in for the owner's range while only the parameters are checked
+
+
+@dataclass
+class DPTrained(Trained):
+    """An XGBoost family `Trained` (its code reads it) with what the DP training cost."""
+
+    rho: float = 0.0
+    trees: int = 0
+    sigma_gradient: float = 0.0
+    sigma_hessian: float = 0.0
+
+
+def _kind(type_: pa.DataType) -> Kind:
+    if pa.types.is_dictionary(type_):
+        type_ = type_.value_type
+    if is_text(type_):
+        return "categorical"
+    if pa.types.is_boolean(type_):
+        return "boolean"
+    if pa.types.is_integer(type_) or pa.types.is_floating(type_) or pa.types.is_decimal(type_):
+        return "numeric"
+    raise Refusal("training_failed", f"a feature of type {type_} cannot be used by the DP trainer")
+
+
+def declared_columns(schema: pa.Schema, order: PrivateOrder) -> CandidatePlan:
+    """The owner's declarations of the feature columns, in the rows' order (a column's type is public:
+    the catalog shows it)."""
+    columns = []
+    for field in schema:
+        kind = _kind(field.type)
+        lo, hi = order.column_ranges.get(field.name, (None, None))
+        levels = order.column_levels.get(field.name)
+        columns.append(
+            Declared(
+                field.name,
+                kind,
+                lo=lo if kind == "numeric" else None,
+                hi=hi if kind == "numeric" else None,
+                levels=tuple(levels) if kind == "categorical" and levels is not None else None,
+            )
+        )
+    return CandidatePlan(tuple(columns))
+
+
+def settings_for(
+    plan: Plan, classes: int | None, label_range: tuple[float, float] | None, max_rounds: int = 1_000_000
+) -> Settings:
+    """The trainer's settings for a plan: its parameters by name (`params.py`), its rounds."""
+    params = dict(plan.params)
+    params["n_estimators"] = plan.rounds
+    task = plan.task
+    classifier = True if is_classifier_task(task) else False if task == "regression" else None
+    return settings_from_params(params, classifier, classes, label_range, max_rounds)
+
+
+class DPBoostFamily:
+    name = "dpboost"
+
+    def recognises(self, model: object) -> bool:
+        return XGBOOST.recognises(model)
+
+    def canonical(self, model: object, custom_code: bool = False) -> Plan:
+        """XGBoost's canonical form of the model, kept to what the DP trainer honours."""
+        return self.adopt(XGBOOST.canonical(model, custom_code))
+
+    def adopt(self, plan: Plan) -> Plan:
+        """An XGBoost family plan as this family's, refusing by name what DP training cannot do."""
+        if plan.objective is not None or plan.metric is not None:
+            raise Refusal(
+                "custom_code_refused",
+                "DP training takes no notebook-defined objective or metric: its bounds on one row's "
+                "gradients hold for binary:logistic, multi:softprob and reg:squarederror only",
+            )
+        if plan.preprocess is not None:
+            raise Refusal(
+                "unsupported_model",
+                "DP training takes a bare XGBClassifier or XGBRegressor, not a Pipeline: "
+                "it reads text columns as categories itself",
+            )
+        if plan.task != "classification":
+            objective = str(plan.params.get("objective") or "")
+            if objective.startswith(("binary:", "multi:")):
+                plan = replace(plan, task="classification")
+        settings_for(plan, None, ANY_LABEL_RANGE)  # refuses meaningless parameters before any row is read
+        return replace(plan, family=self.name)
+
+    def continued(self, plan: Plan | None, saved: bytes) -> Plan:
+        return self.adopt(XGBOOST.continued(plan, saved))
+
+    def check_bounds(self, plan: Plan, bounds: ModelBounds) -> None:
+        xgboost_bounds.check(plan, bounds)
+
+    def check_order(self, plan: Plan, label_range: tuple[float, float] | None) -> None:
+        """Refuse, before any row is read, a regression the owner gave no public label range for."""
+        if not is_classifier_task(plan.task) and label_range is None:
+            raise Refusal(
+                "unsupported_model",
+                "DP training of a regression needs the data owner's public range of the label "
+                "(`label_ranges` in the dataset's config); ask the data owner to declare one",
+            )
+
+    def portable_base(self, plan: Plan) -> bytes:
+        return XGBOOST.portable_base(plan)
+
+    def train(self, plan: Plan, parts: Partitions, classes: list[str], run: Run) -> DPTrained:
+        """Train DP trees on the partitions' training rows (on top of the plan's base model, if any)."""
+        order, noise, select = run.private, run.noise, run.select
+        if order is None or noise is None or select is None:
+            raise Refusal("training_failed", "DP training needs the server's order and its noise")
+        classifier = is_classifier_task(plan.task)
+        settings = settings_for(
+            plan, len(classes) if classifier else None, None if classifier else order.label_range
+        )
+        candidates = declared_columns(parts.map(schema)[0]["schema"], order)
+        rho = order.rho
+        request = candidates.request()
+        if request is None:
+            features = candidates.declared()
+        else:
+            counts = sum(counts_of(found) for found in parts.map(sketch, request))
+            sketched = candidates.features(counts, noise, SKETCH_SHARE * rho, order.delta)
+            features, rho = sketched.features, rho - sketched.rho
+        parts.map(set_up, features, settings, plan.base)
+        coordinator = Coordinator(
+            features, settings, rho, noise, plan.base, select if settings.split_share > 0 else None
+        )
+        done = 0
+        for step in coordinator.requests():
+            run.check()
+            update = coordinator.release(step, sum_of(parts.map(sums, step)))
+            if update is not None:
+                parts.map(apply_update, update)
+            if isinstance(update, LeafUpdate):
+                done += update.batch.rounds
+                run.report(done, {})
+        parts.map(finish)
+        return self._trained(plan, parts, features, settings, coordinator, rho, order.rho, run.threads)
+
+    @staticmethod
+    def _trained(
+        plan: Plan,
+        parts: Partitions,
+        features: Features,
+        settings: Settings,
+        coordinator: Coordinator,
+        rho_trees: float,
+        rho: float,
+        threads: int,
+    ) -> DPTrained:
+        if parts.dask is not None:
+            from ..xgboost.on_dask import threads_on
+
+            threads = threads_on(parts, threads)
+        booster = load(coordinator.model())
+        booster.set_param({"nthread": threads})
+        objective = settings.objective_()
+        task = (
+            "regression"
+            if objective.name == "reg:squarederror"
+            else "multiclass"
+            if objective.trees_per_round > 1
+            else "binary"
+        )
+        params = {
+            "objective": objective.name,
+            "n_estimators": settings.rounds,
+            "max_depth": settings.max_depth,
+            "learning_rate": settings.learning_rate,
+            "reg_lambda": settings.reg_lambda,
+            "dp_rho": rho,
+        }
+        categories = {
+            c.name: pa.array(c.levels, pa.string()) for c in features.columns if c.kind == "categorical"
+        }
+        scales = coordinator.scales
+        return DPTrained(
+            booster,
+            task,
+            params,
+            plan.base_rounds,
+            categorical=bool(categories),
+            threads=threads,
+            categories=categories,
+            rho=rho,
+            trees=len(coordinator.trees),
+            sigma_gradient=scales.sigma_g,
+            sigma_hessian=scales.sigma_h,
+        )
+
+    def score(self, plan: Plan, parts: Partitions, classes: list[str], run: Run) -> Trained:
+        return XGBOOST.score(plan, parts, classes, run)
+
+    def predict(self, trained: Trained, part: Part, split: str, rounds: int | None = None) -> np.ndarray:
+        return XGBOOST.predict(trained, part, split, rounds)
+
+    def leaf_counts(self, trained: Trained, part: Part, split: str, rounds: tuple[int, int]) -> list:
+        return XGBOOST.leaf_counts(trained, part, split, rounds)
+
+    def history(self, trained: Trained) -> dict | None:
+        """None: a per-round metric on the training rows would be a release the budget did not pay."""
+        return None
+
+    def importance(self, trained: Trained) -> dict[str, float]:
+        """None: the structure is drawn, not fitted; gains are not computed."""
+        return {}
+
+    def rounds(self, trained: Trained) -> dict[str, int]:
+        return XGBOOST.rounds(trained)
+
+    def task(self, trained: Trained) -> str:
+        return trained.task
+
+    def training(self, trained: DPTrained) -> dict[str, float | int]:
+        return {
+            "rho": trained.rho,
+            "trees": trained.trees,
+            "sigma_gradient": trained.sigma_gradient,
+            "sigma_hessian": trained.sigma_hessian,
+        }
+
+    def release_facts(self, trained: DPTrained) -> dict:
+        """A DP model is a DP release: what it cost is its only fact."""
+        return {"dp_rho": trained.rho, "n_estimators": trained.trees}
+
+    def export(self, trained: Trained, folder: Path) -> None:
+        trained.booster.save_model(str(folder / MODEL_FILE))
+        (folder / PARAMS_FILE).write_text(json.dumps(trained.params))
+
+
+FAMILY = DPBoostFamily()

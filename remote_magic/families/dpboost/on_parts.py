@@ -1,0 +1,80 @@
+"""The DP family's steps that run where a partition's rows are, and the merge of what they return.
+
+Each step returns a small dict (a cluster gathers nothing else): the rows' schema (public), a sketch's
+exact counts, a request's exact sums; `set_up` keeps the partition's `Partition` (its binned training
+rows and margins) in `Part.state` for the calls that follow, `finish` drops it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import xgboost as xgb
+
+from ..base import Part
+from .booster import load
+from .candidates import SketchCounts, SketchRequest, sketch_counts
+from .features import Features, xgboost_input
+from .partition import Partition, Request, Update
+from .settings import Settings
+
+STATE = "dpboost"  # a partition's state: its `Partition` (binned training rows, margins)
+
+
+def schema(part: Part) -> dict:
+    return {"schema": part.train.x.schema}
+
+
+def sketch(part: Part, request: SketchRequest) -> dict:
+    counts = sketch_counts(request, _rows(part))
+    return {"bins": counts.bins, "levels": {name: dict(found) for name, found in counts.levels.items()}}
+
+
+def counts_of(found: dict) -> SketchCounts:
+    return SketchCounts(found["bins"], {name: Counter(levels) for name, levels in found["levels"].items()})
+
+
+def _rows(part: Part) -> Iterator[pa.RecordBatch]:
+    """A partition's training rows with no rare-level merge: the candidates are public levels, and the
+    merge (decided by exact counts) would let one row change other rows' values."""
+    for split in (part.train, part.eval):
+        split.x.rare = {}
+    return iter(part.train.x)
+
+
+def set_up(part: Part, features: Features, settings: Settings, base: bytes | None) -> dict:
+    objective = settings.objective_()
+    margins = None
+    if base is not None:
+        booster = load(base)
+        chunks = [
+            booster.predict(
+                xgb.DMatrix(xgboost_input(features, pa.Table.from_batches([b])), enable_categorical=True),
+                output_margin=True,
+            ).reshape(b.num_rows, -1)
+            for b in _rows(part)
+        ]
+        margins = np.concatenate(chunks) if chunks else np.zeros((0, objective.trees_per_round))
+    part.state[STATE] = Partition(features, _rows(part), part.y("train"), objective, margins)
+    return {}
+
+
+def sums(part: Part, request: Request) -> dict:
+    return {"sums": part.state[STATE].sums(request)}
+
+
+def sum_of(found: list[dict]) -> np.ndarray:
+    return np.sum([f["sums"] for f in found], axis=0)
+
+
+def apply_update(part: Part, update: Update) -> dict:
+    part.state[STATE].apply(update)
+    return {}
+
+
+def finish(part: Part) -> dict:
+    part.state.pop(STATE, None)
+    return {}

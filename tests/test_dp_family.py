@@ -1,0 +1,226 @@
+"""The DP trainer behind the family seam: the one model job (runner/model_job.py) trains it on staged
+rows, with its noise asked of a parent on the other end of a real pipe (the worker protocol), here as
+one partition, as two, and on a LocalCluster's partitions; the same seeded noise gives the same model.
+
+The parent here answers noise requests with seeded NumPy draws, as the server's release desk answers
+them with OpenDP's (tests/test_dp_training.py runs the real server)."""
+
+from __future__ import annotations
+
+import math
+import threading
+from multiprocessing import Pipe
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import xgboost as xgb
+from distributed import Client, LocalCluster
+
+from remote_magic.contract.codes import Refusal
+from remote_magic.families import MODEL_FILE
+from remote_magic.families.dpboost.family import FAMILY
+from remote_magic.families.partitions import InProcess
+from remote_magic_server.cluster import partitions
+from remote_magic_server.demo import synthetic_table
+from remote_magic_server.protocol import (
+    Admission,
+    Decision,
+    NoiseAnswer,
+    NoiseRequest,
+    PrivateTraining,
+    TrainReport,
+    read_message,
+)
+from remote_magic_server.runner import model_job
+from remote_magic_server.runner.channel import Channel
+from remote_magic_server.worker import staging
+from tests.test_family_seam import halves
+from tests.test_streaming import task_for
+
+RHO = 0.5
+RANGES = {"age": (18.0, 90.0), "bmi": (10.0, 50.0), "visits": (0.0, 15.0)}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    frame = synthetic_table(4000, 5)
+    path = tmp_path_factory.mktemp("dpfam") / "rows.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+    return path
+
+
+def job(path: Path, params: dict | None = None, declared: bool = True):
+    task = task_for(path, {"dataset": "d", "label": "label", "eval": {"fraction": 0.25, "seed": 2}}, 0)
+    order = PrivateTraining(
+        rho=RHO,
+        column_ranges=RANGES if declared else {},
+        column_levels={"region": ["east", "north", "south", "west"]} if declared else {},
+        delta=1e-6,
+    )
+    task = task.model_copy(update={"dp_training": order, "structure": True})
+    model = xgb.XGBClassifier(**(params or {"n_estimators": 8, "max_depth": 3}))
+    return task, FAMILY.canonical(model)
+
+
+class Parent:
+    """The parent's end of the pipe: proceeds at admission, answers noise with seeded NumPy draws, and
+    counts what the requests cost."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.seen: list = []
+        self.rho = 0.0
+
+    def answer(self, request: NoiseRequest) -> NoiseAnswer:
+        self.rho += request.rho
+        scale = request.bound / math.sqrt(2 * request.rho)
+        values = np.asarray(request.values)
+        if request.kind == "gaussian":
+            return NoiseAnswer(values=list(values + self.rng.normal(0.0, scale, len(values))))
+        return NoiseAnswer(index=int(np.argmax(values + self.rng.gumbel(0.0, scale, len(values)))))
+
+    def serve(self, conn) -> None:
+        while True:
+            try:
+                message = read_message(conn.recv_bytes())
+            except EOFError:
+                return
+            self.seen.append(message)
+            if isinstance(message, Admission):
+                conn.send_bytes(Decision(proceed=True).model_dump_json().encode())
+            elif isinstance(message, NoiseRequest):
+                conn.send_bytes(self.answer(message).model_dump_json().encode())
+
+
+def run_job(task, plan, parts, folder: Path, seed: int = 1) -> tuple[TrainReport, Parent]:
+    ours, theirs = Pipe(duplex=True)
+    parent = Parent(seed)
+    listener = threading.Thread(target=parent.serve, args=(ours,), daemon=True)
+    listener.start()
+    folder.mkdir(exist_ok=True)
+    report = model_job.run(task, plan, FAMILY, parts, Channel(theirs), folder)
+    theirs.close()
+    listener.join(10)
+    assert report is not None
+    return report, parent
+
+
+def margins(folder: Path, table: pa.Table) -> np.ndarray:
+    booster = xgb.Booster()
+    booster.load_model(str(folder / MODEL_FILE))
+    frame = table.to_pandas()
+    frame["region"] = frame["region"].astype("category")
+    return booster.predict(xgb.DMatrix(frame, enable_categorical=True), output_margin=True)
+
+
+def features_of(path: Path) -> pa.Table:
+    return pq.read_table(path).drop(["id", "label"])
+
+
+def test_the_dp_family_trains_through_the_model_job_and_spends_its_order(dataset, tmp_path):
+    task, plan = job(dataset)
+    report, parent = run_job(task, plan, InProcess([staging.stage(task, tmp_path)]), tmp_path / "one")
+    assert report.training is not None and report.training.trees == 8
+    assert parent.rho == pytest.approx(RHO, rel=1e-9)  # every bit of the order, and no more
+    assert report.rounds.new == 8 and report.history is None and report.feature_importance == {}
+    assert report.metrics["auc"] > 0.7  # rho 0.5 on 3,000 rows learns the signal
+    booster = xgb.Booster()
+    booster.load_model(str(tmp_path / "one" / MODEL_FILE))
+    assert booster.num_boosted_rounds() == 8
+    thresholds = {c for c in booster.trees_to_dataframe().query("Feature == 'age'")["Split"].dropna()}
+    grid = np.linspace(18, 90, 34)[1:-1].astype(np.float32)
+    assert all(np.isclose(grid, t, atol=1e-3).any() for t in thresholds)  # public candidates only
+
+
+def test_undeclared_columns_get_a_sketch_paid_from_the_same_order(dataset, tmp_path):
+    task, plan = job(dataset, declared=False)
+    report, parent = run_job(task, plan, InProcess([staging.stage(task, tmp_path)]), tmp_path / "sk")
+    assert parent.rho == pytest.approx(RHO, rel=1e-9)
+    first = next(m for m in parent.seen if isinstance(m, NoiseRequest))
+    assert first.kind == "gaussian" and first.rho == pytest.approx(0.1 * RHO)  # the sketch comes first
+    assert report.metrics["auc"] > 0.65
+
+
+def test_the_same_noise_gives_the_same_model_on_one_partition_or_two(dataset, tmp_path):
+    task, plan = job(dataset)
+    one, _ = run_job(task, plan, InProcess([staging.stage(task, tmp_path)]), tmp_path / "one")
+    two, _ = run_job(task, plan, InProcess(halves(staging.stage(task, tmp_path))), tmp_path / "two")
+    rows = features_of(dataset)
+    np.testing.assert_allclose(margins(tmp_path / "one", rows), margins(tmp_path / "two", rows), atol=1e-5)
+    assert one.stats.n == two.stats.n
+
+
+def test_a_base_model_gets_dp_trees_on_top(dataset, tmp_path):
+    frame = synthetic_table(500, 9)
+    base = xgb.XGBClassifier(n_estimators=3, max_depth=2, enable_categorical=True)
+    x = frame.drop(columns=["id", "label"])
+    x["region"] = x["region"].astype("category")
+    base.fit(x, frame["label"])
+    task, _ = job(dataset)
+    plan = FAMILY.canonical(base)
+    report, _ = run_job(task, plan, InProcess([staging.stage(task, tmp_path)]), tmp_path / "base")
+    assert plan.base is not None and plan.rounds == 3  # a fitted estimator continues for its n_estimators
+    assert report.rounds.base == 3 and report.rounds.new == 3 and report.rounds.total == 6
+    assert report.training is not None and report.training.trees == 3
+
+
+@pytest.mark.parametrize(
+    ("model", "code", "named"),
+    [
+        (xgb.XGBClassifier(subsample=0.5), "parameter_out_of_bounds", "subsample"),
+        (xgb.XGBClassifier(objective="rank:pairwise"), "unsupported_model", "rank:pairwise"),
+    ],
+)
+def test_what_dp_training_cannot_honour_is_refused_by_name(model, code, named):
+    with pytest.raises(Refusal) as caught:
+        FAMILY.canonical(model)
+    assert caught.value.code == code and named in caught.value.message
+
+
+def test_a_regression_without_the_owners_label_range_is_refused_before_any_row():
+    plan = FAMILY.canonical(xgb.XGBRegressor(n_estimators=5))
+    with pytest.raises(Refusal, match="label_ranges"):
+        FAMILY.check_order(plan, None)
+    FAMILY.check_order(plan, (0.0, 10.0))
+
+
+def test_min_child_weight_is_no_longer_the_analysts_business():
+    plan = FAMILY.canonical(xgb.XGBClassifier(min_child_weight=2.5, n_estimators=5))
+    assert plan.family == "dpboost" and plan.rounds == 5
+
+
+@pytest.mark.dask
+def test_the_dp_family_gives_the_same_model_on_a_local_cluster(dataset, tmp_path):
+    task, plan = job(dataset)
+    run_job(task, plan, InProcess([staging.stage(task, tmp_path)]), tmp_path / "here")
+    rows = pq.read_metadata(dataset).num_rows
+    s = task.staging
+    assert s is not None
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        futures = [
+            client.submit(
+                partitions.stage,
+                str(dataset),
+                a,
+                b,
+                s.partition_query,
+                s.params,
+                s.columns,
+                s.label,
+                pure=False,
+            )
+            for a, b in ((0, rows // 2), (rows // 2, rows))
+        ]
+        handle = partitions.DaskHandle(client, futures, "dpfam", None, 60)
+        there, parent = run_job(task, plan, partitions.DaskPartitions(handle), tmp_path / "there")
+    assert parent.rho == pytest.approx(RHO, rel=1e-9) and there.training is not None
+    table = features_of(dataset)
+    np.testing.assert_allclose(
+        margins(tmp_path / "here", table), margins(tmp_path / "there", table), atol=1e-5
+    )
