@@ -1,10 +1,6 @@
 """A model the DP trainer trained is a DP release: it leaves at once, to its job's owner, at no further
-cost; every other model still waits for the data owner's approval. Real server over HTTP.
-
-Until the DP trainer trains mode-dp jobs on main, no job the server runs has `training` in its result;
-`dp_job` then writes the trainer's part into the stored result of a finished mode-dp job (the jobs and
-registry stores), the one step the trainer will take, so that every surface after it runs for real.
-Once a mode-dp job comes back with `training`, that job is used as it is.
+cost; every other model still waits for the data owner's approval. Real server over HTTP, a real mode-dp
+job trained by the DP trainer.
 """
 
 from __future__ import annotations
@@ -26,9 +22,10 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from remote_magic.client.errors import DisclosureRefused, RemoteError
 from remote_magic.contract.wire import DPTraining
+from remote_magic.display.model import RemoteModel
 from remote_magic_server.demo import ensure_demo_data
 from remote_magic_server.privacy.model_release import NOT_ALLOWED, may_leave
-from tests.serverproc import USERS, magic_shell, pause_worker, running, stamp_training
+from tests.serverproc import USERS, magic_shell, pause_worker, running
 
 FEATURES = ["age", "income", "bmi", "smoker", "visits"]
 DP_SPEC = {"dataset": "synthetic", "label": "label", "features": FEATURES}
@@ -79,9 +76,8 @@ def dp_job(dp_server):
     """A finished mode-dp train job whose model the DP trainer trained, registered as dp_out@1."""
     client = dp_server.client()
     result = client.train(xgb.XGBClassifier(n_estimators=8, max_depth=3), DP_SPEC, register="dp_out")
-    if result.raw.training is None:
-        stamp_training(dp_server, result.job_id, TRAINING.model_dump())
-    return client.job(result.job_id).result()
+    assert result.raw.training is not None and result.raw.training.trees == 8
+    return result
 
 
 def test_a_dp_model_downloads_at_once_with_its_cost_and_nothing_more_is_charged(dp_server, dp_job):
@@ -161,10 +157,17 @@ def test_a_model_not_trained_by_the_dp_trainer_still_waits_for_approval(dp_serve
     off = client.train(
         xgb.XGBClassifier(n_estimators=4, max_depth=2), {**DP_SPEC, "dataset": "synthetic_rules"}
     )
-    assert client.model_status(off.job_id).state == "not_allowed"
-    with pytest.raises(DisclosureRefused, match="models stay on the server"):
-        off.model()
-    assert downloads(dp_server, result.job_id) == downloads(dp_server, off.job_id) == []
+    # mode dp_eval_only: DP numbers, but the model was trained without DP, so it is no DP release
+    eval_only = client.train(
+        xgb.XGBClassifier(n_estimators=4, max_depth=2), {**DP_SPEC, "dataset": "synthetic_eval_only"}
+    )
+    assert eval_only.raw.privacy is not None and eval_only.raw.training is None
+    for job in (off, eval_only):
+        assert client.model_status(job.job_id).state == "not_allowed"
+        with pytest.raises(DisclosureRefused, match="models stay on the server"):
+            job.model()
+        assert downloads(dp_server, job.job_id) == []
+    assert downloads(dp_server, result.job_id) == []
 
 
 def test_the_registry_gives_a_dp_version_to_those_who_see_it_and_an_approved_one_to_its_owner(
@@ -223,15 +226,37 @@ def test_the_magic_puts_a_dp_model_in_the_notebook_and_says_its_cost(dp_shell, d
     assert said.startswith(f"clf: XGBClassifier (binary classifier, {rounds} rounds): a DP release")
     assert "epsilon" in said and "budget left on synthetic" in said and len(said.strip().splitlines()) == 1
     clf = dp_shell.user_ns["clf"]
+    assert isinstance(clf, RemoteModel) and isinstance(clf.estimator, xgb.XGBClassifier)
     rows = pd.DataFrame(
         {"age": [70.0, 30.0], "income": [20e3, 90e3], "bmi": [35.0, 21.0], "smoker": [1, 0], "visits": [9, 0]}
     )
-    assert clf.predict_proba(rows).shape == (2, 2)
+    assert clf.predict_proba(rows).shape == (2, 2) and list(clf.predict(rows)) in (
+        [0, 1],
+        [1, 0],
+        [0, 0],
+        [1, 1],
+    )
     dp_shell.user_ns["res"] = dp_job
     dp_shell.run_line_magic("remote_model", "res --as booster --booster")
     assert isinstance(dp_shell.user_ns["booster"], xgb.Booster)
     shown = dp_shell.run_line_magic("remote_model", "dp_out@1")
     assert shown.ref == "dp_out@1" and "a DP release" in repr(shown)
+
+
+def test_text_columns_are_read_against_the_levels_the_model_knows(dp_server):
+    spec = {**DP_SPEC, "features": ["age", "region"]}
+    model = dp_server.client().train(xgb.XGBClassifier(n_estimators=3, max_depth=2), spec).model()
+    assert model.dp and model.booster.feature_types == ["float", "c"]
+    mine = pd.DataFrame({"age": [70.0, 70.0, 70.0], "region": ["north", "atlantis", None]})
+    probability = model.predict_proba(mine)
+    assert probability[1].tolist() == probability[2].tolist()  # an unknown level reads as missing
+    coded = pd.DataFrame(
+        {
+            "age": [70.0],
+            "region": pd.Categorical(["north"], categories=model.rows(mine)["region"].cat.categories),
+        }
+    )
+    assert probability[0].tolist() == model.estimator.predict_proba(coded)[0].tolist()
 
 
 def test_the_magic_refuses_bad_arguments_clearly(dp_shell, dp_job):

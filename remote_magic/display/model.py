@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from ..contract.wire import DPTraining
 
 if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
     import xgboost
 
 TASK_NAMES = {"binary": "binary classifier", "multiclass": "multiclass classifier", "regression": "regressor"}
@@ -46,10 +48,11 @@ def estimator_for(data: bytes, task: str) -> xgboost.XGBModel:
 
 @dataclass(frozen=True)
 class RemoteModel:
-    """A released model: `estimator` (XGBClassifier / XGBRegressor) for `predict_proba` on your own rows,
-    `booster` (the same model as an `xgboost.Booster`), and its cost: `training` (the DP trainer's
-    epsilon and rho; None for a model released by approval) and `budget_left` (zCDP rho left on its
-    dataset now; None where the dataset has no budget)."""
+    """A released model: `predict_proba` / `predict` on your own rows (a DataFrame with the training
+    columns, text as text), `estimator` (the XGBClassifier / XGBRegressor), `booster` (the same model as
+    an `xgboost.Booster`), and its cost: `training` (the DP trainer's epsilon and rho; None for a model
+    released by approval) and `budget_left` (zCDP rho left on its dataset now; None where the dataset
+    has no budget)."""
 
     job_id: str
     dataset: str
@@ -93,6 +96,29 @@ class RemoteModel:
     @property
     def booster(self) -> xgboost.Booster:
         return self.estimator.get_booster()
+
+    def rows(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Your rows as the model reads them: its features in its order, each text column a pandas
+        categorical over the levels the model knows. A level it does not know becomes missing, as it was
+        for the trainer (XGBoost alone would read it as a neighbouring level without a word)."""
+        import pandas as pd
+
+        booster = self.booster
+        out = frame[booster.feature_names or list(frame.columns)].copy()
+        if "c" in (booster.feature_types or []):
+            for name, levels in booster.get_categories(export_to_arrow=True).to_arrow():
+                if levels is not None:
+                    known = levels.to_pylist()
+                    out[name] = pd.Categorical(out[name].where(out[name].isin(known)), categories=known)
+        return out
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """Class probabilities of your rows (a classifier), read as the model reads them (`rows`)."""
+        return self.estimator.predict_proba(self.rows(frame))
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Predictions for your rows: classes (a classifier) or values (a regressor)."""
+        return self.estimator.predict(self.rows(frame))
 
     @property
     def dp(self) -> bool:

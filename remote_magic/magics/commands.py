@@ -497,7 +497,11 @@ class RemoteMagic(Magics, Configurable):
         help="a job id, a variable holding a job or its result, or a registered version NAME@VERSION "
         "(default: the last job)",
     )
-    @argument("--as", dest="name", help="put the model in this variable (an XGBClassifier or XGBRegressor)")
+    @argument(
+        "--as",
+        dest="name",
+        help="put the model in this variable (predict_proba, predict, .estimator, .booster)",
+    )
     @argument("--booster", action="store_true", help="with --as: put the xgboost.Booster there instead")
     @line_magic
     @usage_errors
@@ -523,7 +527,7 @@ class RemoteMagic(Magics, Configurable):
         model = self.client.load_version(target) if "@" in target else self.client.load_model(target)
         if args.name is None:
             return model
-        self.shell.user_ns[args.name] = model.booster if args.booster else model.estimator
+        self.shell.user_ns[args.name] = model.booster if args.booster else model
         print(f"{args.name}: {model.summary()}")
         return None
 
