@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 import pytest
 
 from remote_magic_server.demo import free_port
-from tests.serverproc import ServerProcess, write_config
+from tests.serverproc import ServerProcess, magic_shell, write_config
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
@@ -51,27 +52,12 @@ def shell_as(monkeypatch) -> Iterator[Callable[..., InteractiveShell]]:
     """`shell_as(server, user)`: a real IPython shell with the extension loaded, signed in to that server
     as that user through the environment, as a kernel would be (`url=False`: the token only, for tests
     that connect by hand). Unloaded and its namespace emptied after the test."""
-    from IPython.core.interactiveshell import InteractiveShell
+    with ExitStack() as stack:
 
-    import remote_magic
+        def open_shell(served: ServerProcess, user: str = "alice", url: bool = True) -> InteractiveShell:
+            return stack.enter_context(magic_shell(served, user, monkeypatch, url))
 
-    opened: list[InteractiveShell] = []
-
-    def open_shell(served: ServerProcess, user: str = "alice", url: bool = True) -> InteractiveShell:
-        if url:
-            monkeypatch.setenv("REMOTE_MAGIC_URL", served.url)
-        monkeypatch.setenv("REMOTE_MAGIC_TOKEN", served.tokens[user])
-        monkeypatch.setenv("REMOTE_MAGIC_PROGRESS", "off")
-        ip = InteractiveShell.instance()
-        remote_magic.load_ipython_extension(ip)
-        opened.append(ip)
-        return ip
-
-    yield open_shell
-    for ip in opened:
-        remote_magic.unload_ipython_extension(ip)
-        for name in [n for n in ip.user_ns if not n.startswith("_")]:
-            ip.user_ns.pop(name, None)
+        yield open_shell
 
 
 @pytest.fixture()

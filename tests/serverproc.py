@@ -190,6 +190,46 @@ def running(
         server.stop()
 
 
+def stamp_training(server: ServerProcess, job_id: str, training: dict) -> None:
+    """Write a DP trainer's part (`JobResult.training`) into a finished job's stored result and its
+    registered versions, as if the worker had reported it: for tests of what a DP model's release does."""
+    for path, table, column in (
+        (server.settings.db_path, "jobs", "id"),
+        (server.settings.registry_path, "versions", "job_id"),
+    ):
+        db = sqlite3.connect(path, timeout=30)
+        try:
+            with db:
+                query = f"SELECT result FROM {table} WHERE {column} = ?"
+                for (text,) in db.execute(query, (job_id,)).fetchall():
+                    result = json.dumps({**json.loads(text), "training": training})
+                    db.execute(f"UPDATE {table} SET result = ? WHERE {column} = ?", (result, job_id))
+        finally:
+            db.close()
+
+
+@contextmanager
+def magic_shell(server: ServerProcess, user: str, monkeypatch, url: bool = True) -> Iterator[object]:
+    """A real IPython shell with the extension loaded, signed in to `server` as `user` (`url=False`: the
+    token only, for tests that connect by hand); its variables are cleared afterwards."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    import remote_magic
+
+    if url:
+        monkeypatch.setenv("REMOTE_MAGIC_URL", server.url)
+    monkeypatch.setenv("REMOTE_MAGIC_TOKEN", server.tokens[user])
+    monkeypatch.setenv("REMOTE_MAGIC_PROGRESS", "off")
+    ip = InteractiveShell.instance()
+    remote_magic.load_ipython_extension(ip)
+    try:
+        yield ip
+    finally:
+        remote_magic.unload_ipython_extension(ip)
+        for name in [n for n in ip.user_ns if not n.startswith("_")]:
+            ip.user_ns.pop(name, None)
+
+
 def wait_until(predicate, timeout: float, what: str, every: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

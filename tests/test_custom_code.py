@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from remote_magic.client.errors import RemoteError
-from tests.serverproc import running
+from remote_magic.client.errors import DisclosureRefused, RemoteError
+from tests.serverproc import running, stamp_training
 
 
 class _Reduce:
@@ -85,6 +85,24 @@ def test_custom_objective_is_held_reviewed_approved_and_trained(owner_server):
     assert result.metrics["r2"] > 0.2
     assert result.rounds["total"] == 30
     assert job.status.isolation["filesystem"].startswith("landlock")
+
+
+def test_a_job_that_ran_notebook_code_is_no_dp_release_whatever_its_result_says(owner_server):
+    def squared_error_objective(y_true, y_pred):
+        return y_pred - y_true, np.ones_like(y_pred)
+
+    client = owner_server.client("carol")
+    model = xgb.XGBRegressor(n_estimators=3, max_depth=2, objective=squared_error_objective)
+    spec = {"dataset": "open_diabetes", "label": "progression", "eval": {"fraction": 0.3, "seed": 1}}
+    job = client.submit(model, spec)
+    assert "approved" in review(owner_server, "approve", job.id)
+    job.result(timeout=120)
+    training = {"rho": 0.05, "epsilon": 1.7, "trees": 3, "sigma_gradient": 1.0, "sigma_hessian": 1.0}
+    stamp_training(owner_server, job.id, training)
+    assert client.result(job.id).training is not None
+    assert client.model_status(job.id).state == "not_allowed"
+    with pytest.raises(DisclosureRefused, match="models stay on the server"):
+        job.model()
 
 
 def test_review_never_runs_the_payload_and_a_rejected_job_fails(owner_server, tmp_path):

@@ -217,7 +217,7 @@ def test_the_dp_family_gives_the_same_model_on_a_local_cluster(dataset, tmp_path
             )
             for a, b in ((0, rows // 2), (rows // 2, rows))
         ]
-        handle = partitions.DaskHandle(client, futures, "dpfam", None, 60)
+        handle = partitions.DaskHandle(client, futures, "dpfam", None, 60, 600.0)
         there, parent = run_job(task, plan, partitions.DaskPartitions(handle), tmp_path / "there")
     assert parent.rho == pytest.approx(RHO, rel=1e-9) and there.training is not None
     table = features_of(dataset)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import xgboost as xgb
 
+from remote_magic.contract.wire import ModelReleaseStatus
 from remote_magic_server.automation.mlflow_export import MlflowExporter
 from remote_magic_server.config.settings import load_settings
 from remote_magic_server.demo import free_port
@@ -84,16 +85,17 @@ def test_jobs_and_versions_are_exported_to_the_embedded_store(tmp_path):
     assert first_run.data.tags["remote_magic.lineage.parent"] == ""
 
 
-def test_the_model_file_is_logged_only_when_its_release_was_approved(tmp_path, server):
+def test_the_model_file_is_logged_only_when_it_may_leave(tmp_path, server):
     job = server.client().train(model(2), SPEC)
     settings = load_settings(server.config)
     settings.server.data_dir = tmp_path
     store = Store(server.settings.db_path, server.settings.jobs_dir)
     try:
-        states = {"approved": {"state": "approved"}, "awaiting": {"state": "awaiting_approval"}}
+        states = {"approved": "approved", "awaiting": "awaiting_approval", "dp": "dp_model"}
         for name, state in states.items():
             settings.mlflow.experiment = name
-            MlflowExporter(settings, store, lambda _id, s=state: s)._run({"id": job.job_id})
+            status = ModelReleaseStatus(job_id=job.job_id, state=state, message="")  # type: ignore[arg-type]
+            MlflowExporter(settings, store, lambda _job, s=status: s)._run({"id": job.job_id})
         ml = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
         artifacts = {}
         for name in states:
@@ -102,7 +104,7 @@ def test_the_model_file_is_logged_only_when_its_release_was_approved(tmp_path, s
             artifacts[name] = [f.path for f in ml.list_artifacts(run.info.run_id, "model")]
     finally:
         store.close()
-    assert artifacts == {"approved": ["model/model.json"], "awaiting": []}
+    assert artifacts == {"approved": ["model/model.json"], "awaiting": [], "dp": ["model/model.json"]}
 
 
 def mlflow_server(folder: Path, port: int) -> subprocess.Popen:

@@ -47,6 +47,7 @@ from ..contract.wire import (
 )
 from ..display.budget import Budget
 from ..display.description import Description
+from ..display.model import RemoteModel
 from ..display.result import TrainResult
 from ..families.xgboost import bounds as xgboost_bounds
 from .connection import check_url, client_cert_file, hub_token, tls_problem, tls_verify, unreachable
@@ -406,8 +407,25 @@ class Client(RegistryCalls):
         return ModelReleaseStatus.model_validate(self._request("GET", f"/jobs/{job_id}/model/status").json())
 
     def download_model(self, job_id: str) -> bytes:
-        """The approved model of a job as XGBoost JSON bytes; raises DisclosureRefused until released."""
+        """A job's model as XGBoost JSON bytes: a DP model at once, any other once the data owner
+        approved it; raises DisclosureRefused (saying which, and how to ask) until then."""
         return self._request("GET", f"/jobs/{job_id}/model").content
+
+    def load_model(self, job_id: str) -> RemoteModel:
+        """A finished job's model, loaded: `.estimator` (XGBClassifier / XGBRegressor) for `predict_proba`
+        on your own rows, `.booster`, and what it cost. A model the DP trainer trained is a DP release
+        and comes at once, at no further cost; any other only once the data owner approved it."""
+        data = self.download_model(job_id)
+        result = self.result(job_id)
+        part = result.summary.train or result.summary.eval
+        classes = [c.label for c in part.classes] if part is not None and part.classes else None
+        left = self.rho_left(result.dataset) if result.training is not None else None
+        return RemoteModel.load(data, job_id, result.dataset, result.training, left, classes)
+
+    def rho_left(self, dataset: str) -> float | None:
+        """Your zCDP budget left on a dataset now; None where it has none (mode rules)."""
+        report = BudgetReport.model_validate(self._request("GET", "/budget").json())
+        return next((d.rho_remaining for d in report.datasets if d.dataset == dataset), None)
 
 
 def _seconds(header: str | None) -> float | None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ..contract.wire import FINAL_STATES, JobResult, JobStatus
+from ..display.model import RemoteModel
 from ..display.result import TrainResult
 from .errors import ConnectionProblem, RemoteError, error_for
 
@@ -31,6 +32,8 @@ class JobCalls(Protocol):
     def result(self, job_id: str) -> JobResult: ...
 
     def download_model(self, job_id: str) -> bytes: ...
+
+    def load_model(self, job_id: str) -> RemoteModel: ...
 
 
 class Job:
@@ -111,13 +114,25 @@ class Job:
         self, timeout: float | None = None, on_progress: Callable[[JobStatus], None] | None = None
     ) -> TrainResult:
         """Wait for the job and return its aggregate result; a failed job raises a RemoteError."""
+        self._succeeded(timeout, on_progress)
+        raw = self.client.result(self.id)
+        if self.notes:
+            raw = raw.model_copy(update={"notes": [*self.notes, *raw.notes]})
+        return TrainResult(raw, downloader=self.client.download_model, loader=self.client.load_model)
+
+    def model(self, timeout: float | None = None) -> RemoteModel:
+        """Wait for the job and bring its trained model home (`Client.load_model`): a DP model at once,
+        any other once the data owner approved it."""
+        self._succeeded(timeout)
+        return self.client.load_model(self.id)
+
+    def _succeeded(
+        self, timeout: float | None, on_progress: Callable[[JobStatus], None] | None = None
+    ) -> None:
+        """Wait for the job; a job that did not succeed raises its error as a RemoteError."""
         status = self.wait(timeout=timeout, on_progress=on_progress)
         if status.state != "succeeded":
             error = status.error
             code = error.code if error else status.state
             message = error.message if error else f"the job ended {status.state}"
             raise error_for(code, message, job_id=self.id)
-        raw = self.client.result(self.id)
-        if self.notes:
-            raw = raw.model_copy(update={"notes": [*self.notes, *raw.notes]})
-        return TrainResult(raw, downloader=self.client.download_model)

@@ -28,6 +28,7 @@ from ..contract.automation_wire import (
 from ..contract.payload import package_model
 from ..contract.wire import DatasetSpec, JobStatus
 from ..display.lineage import LineageView
+from ..display.model import RemoteModel
 
 if TYPE_CHECKING:
     import requests
@@ -71,6 +72,7 @@ class RegistryCalls:
 
     _request: Callable[..., requests.Response]
     job: Callable[[str], Job]
+    rho_left: Callable[[str], float | None]
 
     # the registry
     def models(self, name: str | None = None) -> ModelList:
@@ -81,6 +83,21 @@ class RegistryCalls:
     def model(self, ref: str) -> ModelVersion:
         """One version: `churn@3`, `churn@latest` or `churn@champion`."""
         return ModelVersion.model_validate(self._request("GET", f"/models/{ref}").json())
+
+    def download_version(self, ref: str) -> bytes:
+        """A version's model as XGBoost JSON bytes: a DP model (its `training` is set) for whoever may
+        see the version; any other only for its owner, once the data owner approved it."""
+        return self._request("GET", f"/models/{ref}/model").content
+
+    def load_version(self, ref: str) -> RemoteModel:
+        """A registered version's model, loaded like `load_model` (`.estimator`, `.booster`, its cost)."""
+        version = self.model(ref)
+        data = self.download_version(version.ref)
+        dataset = version.lineage.dataset
+        left = self.rho_left(dataset) if version.training is not None else None
+        return RemoteModel.load(
+            data, version.lineage.job_id, dataset, version.training, left, ref=version.ref
+        )
 
     def lineage(self, ref: str) -> LineageView:
         """A version and its ancestors (parent versions, data, metrics), newest first; `.plot()` draws it."""

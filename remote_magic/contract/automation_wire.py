@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .wire import IDENT, DatasetSpec, JobKind, MetricPoint
+from .wire import IDENT, DatasetSpec, DPTraining, JobKind, MetricPoint
 
 ModelOrigin = Literal["fresh", "uploaded", "version"]
 WebhookEvent = Literal[
@@ -82,6 +82,10 @@ class ModelVersion(_Strict):
     metrics: dict[str, float] = Field(default_factory=dict, description="Released eval metrics.")
     rounds: int = 0
     lineage: Lineage
+    training: DPTraining | None = Field(
+        default=None,
+        description="Present when the DP trainer trained this version: a DP release, downloadable at once.",
+    )
 
 
 class ModelInfo(_Strict):

@@ -21,6 +21,7 @@ from .formats import count_text, dataset_text, interval_text, metric_text, priva
 if TYPE_CHECKING:
     import xgboost
 
+    from .model import RemoteModel
     from .plots import Figures
 
 TASK_NAMES = {"binary": "binary classifier", "multiclass": "multiclass classifier", "regression": "regressor"}
@@ -35,9 +36,15 @@ SHARE_OF_RANGE_LOST = 0.05
 class TrainResult:
     """Aggregate statistics of a remote training or evaluation job, as released by the server."""
 
-    def __init__(self, raw: JobResult, downloader: Callable[[str], bytes] | None = None):
+    def __init__(
+        self,
+        raw: JobResult,
+        downloader: Callable[[str], bytes] | None = None,
+        loader: Callable[[str], RemoteModel] | None = None,
+    ):
         self.raw = raw
         self._downloader = downloader
+        self._loader = loader
         self.spec_source: str | None = None
         """Where the spec came from when a spec variable was used (set by the magics)."""
 
@@ -138,11 +145,20 @@ class TrainResult:
     def to_dict(self) -> dict:
         return self.raw.model_dump(mode="json")
 
+    def model(self) -> RemoteModel:
+        """The trained model, loaded: `.estimator` (XGBClassifier / XGBRegressor, for `predict_proba`
+        on your own rows), `.booster`, its cost and the budget left. A DP model comes at once, at no
+        further cost; any other once the data owner approved it (else `DisclosureRefused` says how)."""
+        if self._loader is None:
+            raise RuntimeError("this result is not attached to a server connection")
+        return self._loader(self.job_id)
+
     def download_model(self, path: str | Path | None = None) -> xgboost.Booster:
         """The trained model as an `xgboost.Booster`, once the server releases it (also saved to `path`).
 
-        Models stay on the server unless the dataset allows release, the model passes the release rules
-        and the data owner approved it; until then this raises `DisclosureRefused` saying which."""
+        A model the DP trainer trained is released at once. Any other stays on the server unless the
+        dataset allows release, the model passes the release rules and the data owner approved it;
+        until then this raises `DisclosureRefused` saying which."""
         import xgboost
 
         if self._downloader is None:

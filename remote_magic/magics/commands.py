@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ..display.budget import Budget
     from ..display.description import Description
     from ..display.lineage import LineageView
+    from ..display.model import RemoteModel
     from ..display.result import TrainResult
     from ..display.tables import Table
 
@@ -488,6 +489,47 @@ class RemoteMagic(Magics, Configurable):
             raise UsageError("usage: %remote_job JOB_ID")
         job = self.client.job(job_id)
         return job.result() if job.done else job
+
+    @magic_arguments()
+    @argument(
+        "job",
+        nargs="?",
+        help="a job id, a variable holding a job or its result, or a registered version NAME@VERSION "
+        "(default: the last job)",
+    )
+    @argument(
+        "--as",
+        dest="name",
+        help="put the model in this variable (predict_proba, predict, .estimator, .booster)",
+    )
+    @argument("--booster", action="store_true", help="with --as: put the xgboost.Booster there instead")
+    @line_magic
+    @usage_errors
+    def remote_model(self, line: str) -> RemoteModel | None:
+        """Bring a trained model home: a model the server's DP trainer trained (a DP release) at once and
+        at no further cost; any other once the data owner approved it. Says what it cost."""
+        from ..client.job import Job
+        from ..display.result import TrainResult
+
+        args = _parse(self.remote_model, line)
+        target = args.job or (self.last_job.id if self.last_job else "")
+        if not target:
+            raise UsageError(
+                "usage: %remote_model JOB_ID [--as NAME] (or a job or result variable, or NAME@N)"
+            )
+        if args.booster and not args.name:
+            raise UsageError("--booster needs --as NAME")
+        if args.name is not None and not args.name.isidentifier():
+            raise UsageError(f"--as {args.name!r} is not a variable name")
+        value = self.shell.user_ns.get(target) if target.isidentifier() else None
+        if isinstance(value, (TrainResult, Job)):
+            target = value.job_id if isinstance(value, TrainResult) else value.id
+        model = self.client.load_version(target) if "@" in target else self.client.load_model(target)
+        if args.name is None:
+            return model
+        self.shell.user_ns[args.name] = model.booster if args.booster else model
+        print(f"{args.name}: {model.summary()}")
+        return None
 
     @line_magic
     @usage_errors

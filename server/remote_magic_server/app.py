@@ -36,6 +36,7 @@ from .api.auditing import AuditMiddleware
 from .api.auth import LastUsed
 from .api.limits import FORM_OVERHEAD_BYTES, BodyLimit
 from .api.metrics import Metrics, RequestTimer
+from .api.models import job_release
 from .api.notifier import Notifier
 from .audit import open_audit
 from .automation.dataset_versions import NumberedVersions
@@ -102,7 +103,7 @@ def create_app(settings: Settings) -> FastAPI:
         intake,
         NumberedVersions(versions),
         scheduler.notify,
-        ledger.model_state,
+        lambda job: job_release(desk, job),
     )
 
     def job_finished(job: JobRow, state: str, seconds: float) -> None:

@@ -1,41 +1,71 @@
-"""`GET /v1/jobs/{id}/model`: a trained model, as XGBoost JSON, only once its release is approved.
+"""`GET /v1/jobs/{id}/model`: a trained model, as XGBoost JSON, when it may leave.
 
-Release is off unless the dataset allows it; then the scheduler has already checked the leaf sizes
-and SACRO-ML's risk rule, and the data owner must approve (`remote-magic-server approve JOB`). Until
-then this answers with the state and why, never with the model.
+A model the DP trainer trained (its result carries `training`) is a DP release: it answers at once, to
+the job's owner, whatever the dataset's `allow_model_release` says, and costs nothing more. Any other
+model leaves only where the dataset allows release; then the scheduler has already checked the leaf
+sizes and SACRO-ML's risk rule, and the data owner must approve (`remote-magic-server approve JOB`).
+Until then this answers with the state and why, never with the model. The release desk decides
+(`ReleaseDesk.model_release`); the registry's download (api/registry.py) asks it the same way.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import APIRouter, Response
 
 from remote_magic.contract.codes import Refusal
-from remote_magic.contract.wire import ErrorBody, ModelReleaseStatus
+from remote_magic.contract.wire import FINAL_STATES, ErrorBody, ModelReleaseStatus
 from remote_magic.families import MODEL_FILE
 
-from ..config.settings import Settings
+from ..audit import AuditLog
+from ..jobs.store import JobRow
 from ..release.desk import ReleaseDesk
-from .deps import AuditDep, DeskDep, SettingsDep, StoreDep, User
+from .deps import AuditDep, DeskDep, StoreDep, User
 from .jobs import own_job
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
+NOT_RELEASED = {
+    "not_allowed": "model release is off for this dataset: models stay on the server",
+    "refused": "this model may not leave the server: {message}",
+    "awaiting_approval": (
+        "the model awaits the data owner's approval; ask them to approve it "
+        "(remote-magic-server approve {job})"
+    ),
+}
 
-def release_status(settings: Settings, desk: ReleaseDesk, job_id: str, dataset: str) -> ModelReleaseStatus:
-    state = desk.ledger.model_state(job_id)
-    if not settings.datasets[dataset].allow_model_release or state is None:
-        return ModelReleaseStatus(
-            job_id=job_id, state="not_allowed", message="models trained on this dataset stay on the server"
+
+def finished(job: JobRow) -> JobRow:
+    """The job, once it has ended; its model's release is decided only then."""
+    if job.state not in FINAL_STATES:
+        raise Refusal("not_finished", "the job has not finished yet; wait for it first")
+    return job
+
+
+def job_release(desk: ReleaseDesk, job: JobRow) -> ModelReleaseStatus:
+    """What the release desk says of a job's model (the job, the registry and the MLflow export ask)."""
+    return desk.model_release(job.id, job.dataset, job.result, job.plan.approved_sha256 is not None)
+
+
+def released_model(
+    status: ModelReleaseStatus, path: Path, audit: AuditLog, user: str, **where: object
+) -> Response:
+    """The model file as the answer, once released (`dp_model` or `approved`), with the download in the
+    audit log; a refusal saying why otherwise."""
+    if status.state not in ("dp_model", "approved"):
+        raise Refusal(
+            "model_not_released", NOT_RELEASED[status.state].format(message=status.message, job=status.job_id)
         )
-    return ModelReleaseStatus(job_id=job_id, state=state["state"], message=state["message"])
+    if not path.exists():
+        raise Refusal("not_found", "the model file is not available")
+    audit.record("model_download", user, job=status.job_id, release=status.state, **where)
+    return Response(path.read_bytes(), media_type="application/json")
 
 
 @router.get("/jobs/{job_id}/model/status", response_model=ModelReleaseStatus)
-def model_status(
-    settings: SettingsDep, store: StoreDep, desk: DeskDep, user: User, job_id: str
-) -> ModelReleaseStatus:
-    job = own_job(store, user, job_id)
-    return release_status(settings, desk, job.id, job.dataset)
+def model_status(store: StoreDep, desk: DeskDep, user: User, job_id: str) -> ModelReleaseStatus:
+    return job_release(desk, finished(own_job(store, user, job_id)))
 
 
 @router.get(
@@ -44,22 +74,10 @@ def model_status(
     responses={
         200: {"content": {"application/json": {}}, "description": "The model as XGBoost JSON."},
         403: {"model": ErrorBody, "description": "Not released: not allowed, refused, or awaiting approval."},
+        409: {"model": ErrorBody, "description": "The job has not finished."},
     },
 )
-def download_model(
-    settings: SettingsDep, store: StoreDep, desk: DeskDep, audit: AuditDep, user: User, job_id: str
-) -> Response:
-    job = own_job(store, user, job_id)
-    status = release_status(settings, desk, job.id, job.dataset)
-    if status.state != "approved":
-        messages = {
-            "not_allowed": "model release is off for this dataset: models stay on the server",
-            "refused": f"this model may not leave the server: {status.message}",
-            "awaiting_approval": "the model awaits the data owner's approval; ask them to approve this job",
-        }
-        raise Refusal("model_not_released", messages[status.state])
-    path = store.job_dir(job.id) / MODEL_FILE
-    if not path.exists():
-        raise Refusal("not_found", "the model file is not available")
-    audit.record("model_download", user.user, job=job.id, dataset=job.dataset)
-    return Response(path.read_bytes(), media_type="application/json")
+def download_model(store: StoreDep, desk: DeskDep, audit: AuditDep, user: User, job_id: str) -> Response:
+    job = finished(own_job(store, user, job_id))
+    status = job_release(desk, job)
+    return released_model(status, store.job_dir(job.id) / MODEL_FILE, audit, user.user, dataset=job.dataset)

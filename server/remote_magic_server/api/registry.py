@@ -1,7 +1,10 @@
-"""The registry resource: registered models, their versions and lineage, aliases; models stay here.
+"""The registry resource: registered models, their versions and lineage, aliases, and a version's model
+file where it may leave.
 
 Visibility is the registry's (owner, and users the data owner grants): a model you may not see answers
-like a missing one. Moving an alias and deleting a version are the owner's.
+like a missing one. Moving an alias and deleting a version are the owner's. A version the DP trainer
+trained is a DP release and downloads at once for whoever may see the version, as its released metrics
+do; any other version's model only for its owner, once the data owner approved it (api/models.py).
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ from fastapi import APIRouter, Path, Query, Response
 
 from remote_magic.contract.automation_wire import AliasMove, LineageChain, ModelList, ModelVersion
 from remote_magic.contract.codes import Refusal
+from remote_magic.contract.wire import ErrorBody
 
-from .deps import AuditDep, AutomationDep, RegistryDep, User
+from .deps import AuditDep, AutomationDep, DeskDep, RegistryDep, StoreDep, User
+from .models import job_release, released_model
 
 router = APIRouter(prefix="/v1", tags=["registry"])
 
@@ -42,6 +47,28 @@ def model_version(registry: RegistryDep, user: User, ref: Ref) -> ModelVersion:
 @router.get("/models/{ref}/lineage", response_model=LineageChain)
 def lineage(registry: RegistryDep, user: User, ref: Ref) -> LineageChain:
     return registry.lineage(user.user, ref)
+
+
+@router.get(
+    "/models/{ref}/model",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/json": {}}, "description": "The version's model as XGBoost JSON."},
+        403: {"model": ErrorBody, "description": "Not released: not a DP model and not approved for you."},
+    },
+)
+def download_version(
+    registry: RegistryDep, store: StoreDep, desk: DeskDep, audit: AuditDep, user: User, ref: Ref
+) -> Response:
+    row = registry.resolve(user.user, ref)
+    job = store.get_job(row.job_id)
+    if job is None:
+        raise Refusal("not_found", "the model file is not available")
+    status = job_release(desk, job)
+    if status.state == "approved" and row.owner != user.user:
+        raise Refusal("model_not_released", f"the model of {row.ref} was approved for its owner only")
+    path = registry.model_file(row)
+    return released_model(status, path, audit, user.user, dataset=row.dataset, version=row.ref)
 
 
 @router.put("/models/{name}/aliases/{alias}", response_model=ModelVersion)

@@ -6,8 +6,9 @@ It is a target of the outbox like a webhook: the deliverer calls `send` from its
 an optional extra, imported on first use. What is exported is what the API already released: the spec,
 the parameters, the released metrics (with their intervals when the result has them), the released
 learning curve as stepped metrics, and tags with the dataset version and the lineage. The model file is
-logged only when the data owner approved its release. Every step looks up what it would create first,
-so a retry after a partial export never duplicates a run or a version.
+logged only when it may leave the server (the release desk says so): a model the DP trainer trained (a
+DP release, logged at once), or one whose release the data owner approved. Every step looks up what it
+would create first, so a retry after a partial export never duplicates a run or a version.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import os
 import time
 from collections.abc import Callable
 
+from remote_magic.contract.wire import ModelReleaseStatus
 from remote_magic.families import MODEL_FILE
 
 from ..config.settings import Settings
-from ..jobs.store import Store
+from ..jobs.store import JobRow, Store
 from ..registry.registrar import read_params
 from .outbox import Due
 
@@ -53,13 +55,15 @@ def _intervals(result: dict) -> dict[str, float]:
 
 
 class MlflowExporter:
-    def __init__(self, settings: Settings, store: Store, model_state: Callable[[str], dict | None]):
+    def __init__(
+        self, settings: Settings, store: Store, model_release: Callable[[JobRow], ModelReleaseStatus]
+    ):
         data_dir = settings.server.data_dir
         self.uri = settings.mlflow.tracking_uri or f"sqlite:///{data_dir / 'mlflow.db'}"
         self.artifacts = (data_dir / "mlartifacts").resolve()
         self.experiment_name = settings.mlflow.experiment
         self.store = store
-        self.model_state = model_state
+        self.model_release = model_release
         self._client = None
         self._experiment = ""
 
@@ -102,8 +106,10 @@ class MlflowExporter:
             return
         client = self._mlflow()
         result = job.result
+        training = result.get("training")
         tags = {
             f"{TAG}.job_id": job.id,
+            f"{TAG}.dp_model": f"epsilon {training['epsilon']:.3g}" if training else "",
             f"{TAG}.user": job.user,
             f"{TAG}.kind": job.kind,
             f"{TAG}.dataset": job.dataset,
@@ -133,8 +139,7 @@ class MlflowExporter:
             tags=[RunTag(f"{TAG}.exported", "1")],
         )
         model = self.store.job_dir(job.id) / MODEL_FILE
-        state = self.model_state(job.id)
-        if state is not None and state.get("state") == "approved" and model.exists():
+        if self.model_release(job).state in ("dp_model", "approved") and model.exists():
             client.log_artifact(run.info.run_id, str(model), "model")
         client.set_terminated(run.info.run_id)
         log.info("mlflow_run_exported", extra={"job": job.id})
@@ -164,6 +169,7 @@ class MlflowExporter:
             f"{TAG}.dataset": lineage["dataset"],
             f"{TAG}.dataset_version": lineage.get("dataset_version") or "",
             f"{TAG}.model_file": "logged" if logged else "stays on the server",
+            f"{TAG}.dp_model": f"epsilon {view['training']['epsilon']:.3g}" if view.get("training") else "",
         }
         client.create_model_version(name, source, run_id=run_id, tags=tags)
         log.info("mlflow_version_exported", extra={"version": ref})

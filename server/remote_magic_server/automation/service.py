@@ -18,12 +18,13 @@ from datetime import datetime, timedelta, timezone
 
 from remote_magic.contract.automation_wire import Recipe, RecipeIn
 from remote_magic.contract.codes import CODES, Refusal
+from remote_magic.contract.wire import ModelReleaseStatus
 
 from ..config.settings import Settings
 from ..config.sources import parse_duration
 from ..intake.status import status_of
 from ..intake.submissions import Intake, Submission
-from ..jobs.store import Store
+from ..jobs.store import JobRow, Store
 from ..registry.access import Registry
 from ..registry.pruning import prune
 from ..registry.registrar import Registrar, RegistryEvent, alias_event
@@ -52,7 +53,7 @@ class Automation:
         intake: Intake,
         versions: DatasetVersions,
         notify_scheduler: Callable[[], None],
-        model_state: Callable[[str], dict | None],
+        model_release: Callable[[JobRow], ModelReleaseStatus],
     ):
         self.settings = settings
         self.store = store
@@ -71,7 +72,7 @@ class Automation:
         if settings.mlflow.enabled:
             from .mlflow_export import MlflowExporter
 
-            exporter = MlflowExporter(settings, store, model_state)
+            exporter = MlflowExporter(settings, store, model_release)
             self.deliverers.append(Deliverer(self.outbox, "mlflow", exporter.send, settings.webhooks, poll))
         self._stop = threading.Event()
         self._wake = threading.Event()

@@ -7,14 +7,20 @@ XGBoost (privacy.md 4.2, rules 8, 9 and 12): every leaf of the trees trained her
 outside SACRO-ML's XGBoost "unnecessary risk" region, mined from a large membership-inference study.
 A model with categorical inputs is refused outright: XGBoost stores the category names it saw, and a
 rare one is a row's value. Passing all this only makes a model eligible; a data owner still has to approve it.
+
+A model the DP trainer trained is different (`may_leave`): the trainer's noise covers every training row,
+so the model is a DP release already paid for from the analyst's budget, and handing it over is
+post-processing. It leaves at once, to the job's owner, whatever `allow_model_release` says.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 from remote_magic.contract.codes import Refusal
+from remote_magic.contract.wire import DPTraining, ModelReleaseState
 
 from ..config.settings import Policy
 from ..protocol import ModelFacts
@@ -29,6 +35,33 @@ def unnecessary_risk(max_depth: float, n_estimators: float, min_child_weight: fl
         or (n_estimators > 12.5 and min_child_weight <= 3)
         or (n_estimators > 62.5 and 3 < min_child_weight <= 6)
     )
+
+
+NOT_ALLOWED = "models trained on this dataset stay on the server"
+
+
+def dp_model_message(training: DPTraining) -> str:
+    """What a DP model cost, said where its release state is shown."""
+    return (
+        f"a DP release: the DP trainer trained its {training.trees} trees at epsilon {training.epsilon:.3g} "
+        f"(zCDP rho {training.rho:.3g}), already charged to your budget; download it now, at no further cost"
+    )
+
+
+def may_leave(
+    training: DPTraining | None, allowed: bool, decided: tuple[str, str] | None, custom_code: bool = False
+) -> tuple[ModelReleaseState, str]:
+    """Whether a job's trained model may leave now, and why: a DP-trained model at once (`dp_model`);
+    any other only where the dataset allows release, as the release rules and the data owner decided
+    (`decided`: the ledger's state and message; None when nothing was decided). A job that ran notebook
+    code (owner-approved custom code) is never a DP release: that code ran beside the rows in the
+    process that wrote the model file, so the proof would rest on code the server did not write."""
+    if training is not None and not custom_code:
+        return "dp_model", dp_model_message(training)
+    if not allowed or decided is None:
+        return "not_allowed", NOT_ALLOWED
+    state, message = decided
+    return cast(ModelReleaseState, state), message
 
 
 def check_model_release(raw: ModelFacts, policy: Policy) -> None:

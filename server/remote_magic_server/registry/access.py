@@ -20,7 +20,7 @@ from remote_magic.contract.automation_wire import (
     ModelVersion,
 )
 from remote_magic.contract.codes import Refusal
-from remote_magic.contract.wire import DatasetSpec, MetricPoint
+from remote_magic.contract.wire import DatasetSpec, DPTraining, MetricPoint
 from remote_magic.families import MODEL_FILE
 
 from ..config.settings import Settings
@@ -126,6 +126,7 @@ class Registry:
                 job_id=row.job_id,
                 user=row.owner,
             ),
+            training=DPTraining.model_validate(trained) if (trained := row.result.get("training")) else None,
         )
 
     def visible_names(self, user: str) -> list[tuple[str, str]]:

@@ -46,6 +46,7 @@ from remote_magic.contract.wire import (
     DPTraining,
     JobResult,
     MetricPoint,
+    ModelReleaseStatus,
     PrivacyReport,
     ReleaseOptions,
     SpecUsed,
@@ -54,6 +55,7 @@ from remote_magic.contract.wire import (
 from ..audit import AuditLog
 from ..config.settings import Policy, Settings
 from ..privacy import describe_rules, dp, dp_release
+from ..privacy import model_release as release_rules
 from ..privacy import policy as rules
 from ..privacy.guard import check_differencing
 from ..privacy.model_release import check_model_release
@@ -482,6 +484,23 @@ class ReleaseDesk:
             state=state,
             reason=message,
         )
+
+    def model_release(
+        self, job_id: str, dataset: str, result: dict | None, custom_code: bool
+    ) -> ModelReleaseStatus:
+        """Whether a finished job's trained model may leave now (`custom_code`: the job ran owner-approved
+        notebook code); the job's download, the registry's and the MLflow export all ask here. Nothing
+        is charged: a DP model was paid for when it was trained."""
+        training = (result or {}).get("training")
+        config = self.settings.datasets.get(dataset)
+        decided = self.ledger.model_state(job_id)
+        state, message = release_rules.may_leave(
+            DPTraining.model_validate(training) if training else None,
+            config is not None and config.allow_model_release,
+            (decided["state"], decided["message"]) if decided else None,
+            custom_code,
+        )
+        return ModelReleaseStatus(job_id=job_id, state=state, message=message)
 
     def _describe_key(self, request: Request) -> str:
         spec = request.spec

@@ -1,0 +1,144 @@
+"""A trained model brought home from the server: the Booster, the scikit-learn estimator that wraps it,
+and what it cost.
+
+A model the server's DP trainer trained is a DP release: it leaves at once and its cost was charged when
+it was trained, so taking it home costs nothing more. Any other model leaves only after the data owner
+approved it. The one-line summary says which, with the cost and the budget left, and no job id, so a
+saved notebook reads the same each run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..contract.wire import DPTraining
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    import xgboost
+
+TASK_NAMES = {"binary": "binary classifier", "multiclass": "multiclass classifier", "regression": "regressor"}
+
+
+def task_of(booster: xgboost.Booster) -> str:
+    """The task a saved model was trained for, read from its objective (`binary:`, `multi:`, else a
+    regression)."""
+    import json
+
+    objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
+    if objective.startswith("binary:"):
+        return "binary"
+    return "multiclass" if objective.startswith("multi:") else "regression"
+
+
+def estimator_for(data: bytes, task: str) -> xgboost.XGBModel:
+    """An XGBClassifier or XGBRegressor with the saved model loaded, so `predict_proba` and `predict`
+    work on a DataFrame with the model's feature names (and its categorical columns as `category`)."""
+    import xgboost
+
+    estimator = xgboost.XGBClassifier() if task in ("binary", "multiclass") else xgboost.XGBRegressor()
+    estimator.load_model(bytearray(data))
+    types = estimator.get_booster().feature_types or []
+    if "c" in types:
+        estimator.set_params(enable_categorical=True)
+    return estimator
+
+
+@dataclass(frozen=True)
+class RemoteModel:
+    """A released model: `predict_proba` / `predict` on your own rows (a DataFrame with the training
+    columns, text as text), `estimator` (the XGBClassifier / XGBRegressor), `booster` (the same model as
+    an `xgboost.Booster`), and its cost: `training` (the DP trainer's epsilon and rho; None for a model
+    released by approval) and `budget_left` (zCDP rho left on its dataset now; None where the dataset
+    has no budget)."""
+
+    job_id: str
+    dataset: str
+    task: str
+    release: str
+    estimator: xgboost.XGBModel
+    training: DPTraining | None = None
+    budget_left: float | None = None
+    classes: list[str] | None = None
+    ref: str | None = None
+
+    @classmethod
+    def load(
+        cls,
+        data: bytes,
+        job_id: str,
+        dataset: str,
+        training: DPTraining | None,
+        budget_left: float | None,
+        classes: list[str] | None = None,
+        ref: str | None = None,
+    ) -> RemoteModel:
+        """The model from its XGBoost JSON bytes, as the server sent them."""
+        import xgboost
+
+        booster = xgboost.Booster()
+        booster.load_model(bytearray(data))
+        task = task_of(booster)
+        return cls(
+            job_id=job_id,
+            dataset=dataset,
+            task=task,
+            release="dp_model" if training is not None else "approved",
+            estimator=estimator_for(data, task),
+            training=training,
+            budget_left=budget_left,
+            classes=classes,
+            ref=ref,
+        )
+
+    @property
+    def booster(self) -> xgboost.Booster:
+        return self.estimator.get_booster()
+
+    def rows(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Your rows as the model reads them: its features in its order, each text column a pandas
+        categorical over the levels the model knows. A level it does not know becomes missing, as it was
+        for the trainer (XGBoost alone would read it as a neighbouring level without a word)."""
+        import pandas as pd
+
+        booster = self.booster
+        out = frame[booster.feature_names or list(frame.columns)].copy()
+        if "c" in (booster.feature_types or []):
+            for name, levels in booster.get_categories(export_to_arrow=True).to_arrow():
+                if levels is not None:
+                    known = levels.to_pylist()
+                    out[name] = pd.Categorical(out[name].where(out[name].isin(known)), categories=known)
+        return out
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """Class probabilities of your rows (a classifier), read as the model reads them (`rows`)."""
+        return self.estimator.predict_proba(self.rows(frame))
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Predictions for your rows: classes (a classifier) or values (a regressor)."""
+        return self.estimator.predict(self.rows(frame))
+
+    @property
+    def dp(self) -> bool:
+        """True for a DP release (trained by the server's DP trainer)."""
+        return self.training is not None
+
+    def summary(self) -> str:
+        """One line: what the model is, how it was released, what it cost and the budget left."""
+        what = f"{type(self.estimator).__name__} ({TASK_NAMES.get(self.task, self.task)}, "
+        what += f"{self.booster.num_boosted_rounds()} rounds)"
+        if self.training is None:
+            return f"{what}: released with the data owner's approval; no privacy budget spent on it"
+        t = self.training
+        left = (
+            "" if self.budget_left is None else f"; budget left on {self.dataset}: rho {self.budget_left:.3g}"
+        )
+        return (
+            f"{what}: a DP release, trained at epsilon {t.epsilon:.3g} (rho {t.rho:.3g}), "
+            f"nothing more charged to download it{left}"
+        )
+
+    def __repr__(self) -> str:
+        return f"<RemoteModel {self.summary()}>"

@@ -1,0 +1,303 @@
+"""A model the DP trainer trained is a DP release: it leaves at once, to its job's owner, at no further
+cost; every other model still waits for the data owner's approval. Real server over HTTP, a real mode-dp
+job trained by the DP trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xgboost as xgb
+from IPython.core.error import UsageError
+from sklearn.metrics import log_loss, roc_auc_score
+
+from remote_magic.client.errors import DisclosureRefused, RemoteError
+from remote_magic.contract.wire import DPTraining
+from remote_magic.display.model import RemoteModel
+from remote_magic_server.demo import ensure_demo_data
+from remote_magic_server.privacy.model_release import NOT_ALLOWED, may_leave
+from tests.serverproc import USERS, magic_shell, pause_worker, running
+
+FEATURES = ["age", "income", "bmi", "smoker", "visits"]
+DP_SPEC = {"dataset": "synthetic", "label": "label", "features": FEATURES}
+TRAINING = DPTraining(rho=0.05, epsilon=1.93, trees=8, sigma_gradient=3.2, sigma_hessian=1.6)
+
+
+# the rule, as a pure function
+def test_a_dp_trained_model_may_leave_whatever_the_dataset_and_the_owner_said():
+    for allowed in (False, True):
+        for decided in (None, ("refused", "a leaf is small"), ("awaiting_approval", "awaits")):
+            state, message = may_leave(TRAINING, allowed, decided)
+            assert state == "dp_model"
+            assert "DP release" in message and "epsilon 1.93" in message and "rho 0.05" in message
+
+
+def test_a_job_that_ran_notebook_code_is_never_a_dp_release():
+    assert may_leave(TRAINING, True, None, custom_code=True) == ("not_allowed", NOT_ALLOWED)
+    assert (
+        may_leave(TRAINING, True, ("awaiting_approval", "awaits"), custom_code=True)[0] == "awaiting_approval"
+    )
+
+
+def test_any_other_model_leaves_only_as_the_dataset_and_the_owner_decided():
+    assert may_leave(None, False, ("approved", "ok")) == ("not_allowed", NOT_ALLOWED)
+    assert may_leave(None, True, None) == ("not_allowed", NOT_ALLOWED)
+    assert may_leave(None, True, ("awaiting_approval", "awaits")) == ("awaiting_approval", "awaits")
+    assert may_leave(None, True, ("approved", "ok")) == ("approved", "ok")
+
+
+# over HTTP
+@pytest.fixture(scope="module")
+def dp_server(tmp_path_factory):
+    """The demo tables, and the synthetic one once more with model release on (mode rules)."""
+    base = tmp_path_factory.mktemp("dpout")
+    path = ensure_demo_data(base / "data")["synthetic"]
+    extra = (
+        f'\n[datasets.release_on]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["label"]\n'
+        'privacy = "rules"\nallow_model_release = true\n'
+    )
+    users = {**USERS, "alice": [*USERS["alice"], "release_on"]}
+    grants = '[registry]\ngrants = { dp_out = ["bob"], approved_out = ["bob"] }\n'
+    with running(base / "data", base / "server.log", users, extra_datasets=extra, extra=grants) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def dp_job(dp_server):
+    """A finished mode-dp train job whose model the DP trainer trained, registered as dp_out@1."""
+    client = dp_server.client()
+    result = client.train(xgb.XGBClassifier(n_estimators=8, max_depth=3), DP_SPEC, register="dp_out")
+    assert result.raw.training is not None and result.raw.training.trees == 8
+    return result
+
+
+def test_a_dp_model_downloads_at_once_with_its_cost_and_nothing_more_is_charged(dp_server, dp_job):
+    client = dp_server.client()
+    training = dp_job.raw.training
+    assert training is not None and dp_job.training == training.model_dump()
+    status = client.model_status(dp_job.job_id)
+    assert status.state == "dp_model"
+    assert "DP release" in status.message and f"epsilon {training.epsilon:.3g}" in status.message
+    before = client.rho_left("synthetic")
+    model = dp_job.model()
+    assert client.rho_left("synthetic") == before  # the download is free
+    assert model.dp and model.release == "dp_model" and model.training == training
+    assert model.budget_left == before and model.dataset == "synthetic" and model.task == "binary"
+    assert isinstance(model.estimator, xgb.XGBClassifier) and model.classes == ["0", "1"]
+    rounds = dp_job.rounds["total"]
+    assert model.booster.num_boosted_rounds() == rounds
+    line = model.summary()
+    assert f"XGBClassifier (binary classifier, {rounds} rounds): a DP release" in line
+    assert f"epsilon {training.epsilon:.3g}" in line and f"budget left on synthetic: rho {before:.3g}" in line
+    assert dp_job.job_id not in line
+    stored = dp_server.settings.jobs_dir / dp_job.job_id / "model.json"
+    assert client.download_model(dp_job.job_id) == stored.read_bytes()
+    [first, *_] = downloads(dp_server, dp_job.job_id)
+    assert first["release"] == "dp_model" and first["dataset"] == "synthetic" and first["user"] == "alice"
+
+
+def downloads(server, job_id: str) -> list[dict]:
+    """The audit log's model downloads of one job."""
+    lines = (server.data_dir / "audit.log").read_text().splitlines()
+    entries = [json.loads(line) for line in lines if '"model_download"' in line]
+    return [entry for entry in entries if entry.get("job") == job_id]
+
+
+def test_a_dp_model_is_its_owners_only(dp_server, dp_job):
+    bob = dp_server.client("bob")
+    for call in (bob.download_model, bob.model_status, bob.load_model):
+        with pytest.raises(RemoteError) as missing:
+            call(dp_job.job_id)
+        assert missing.value.code == "not_found"
+
+
+def test_the_downloaded_dp_model_predicts_what_the_server_scored(dp_server, dp_job):
+    """The server scores its registered copy on the mode-rules twin of the table (exact metrics, four
+    significant digits); the downloaded model scores the same rows of the same file here."""
+    client = dp_server.client()
+    version = client.model("dp_out@1")
+    assert version.training == dp_job.raw.training
+    model = client.load_version("dp_out@1")
+    assert model.ref == "dp_out@1" and model.training == dp_job.raw.training
+    where = "age >= 50"
+    scored = client.evaluate(
+        None, {**DP_SPEC, "dataset": "synthetic_rules", "where": where}, model_ref="dp_out@1"
+    )
+    table = pd.read_parquet(dp_server.settings.datasets["synthetic"].path)
+    rows = table[(table["age"] >= 50) & table["label"].notna()]
+    probability = model.estimator.predict_proba(rows[FEATURES])[:, 1]
+    assert np.array_equal(probability, dp_job.model().booster.predict(xgb.DMatrix(rows[FEATURES])))
+    here = {
+        "log_loss": log_loss(rows["label"], probability),
+        "auc": roc_auc_score(rows["label"], probability),
+    }
+    for name, value in here.items():
+        unit = 10 ** (math.floor(math.log10(abs(value))) - 3)  # the fourth significant digit
+        assert abs(scored.metrics[name] - value) <= unit / 2 + 1e-12, (name, scored.metrics[name], value)
+
+
+def test_a_model_not_trained_by_the_dp_trainer_still_waits_for_approval(dp_server):
+    client = dp_server.client()
+    spec = {**DP_SPEC, "dataset": "release_on"}
+    result = client.train(xgb.XGBClassifier(n_estimators=4, max_depth=2, min_child_weight=5), spec)
+    assert result.raw.training is None
+    assert client.model_status(result.job_id).state == "awaiting_approval"
+    for take in (result.model, result.download_model, lambda: client.load_model(result.job_id)):
+        with pytest.raises(DisclosureRefused, match=f"remote-magic-server approve {result.job_id}"):
+            take()
+    off = client.train(
+        xgb.XGBClassifier(n_estimators=4, max_depth=2), {**DP_SPEC, "dataset": "synthetic_rules"}
+    )
+    # mode dp_eval_only: DP numbers, but the model was trained without DP, so it is no DP release
+    eval_only = client.train(
+        xgb.XGBClassifier(n_estimators=4, max_depth=2), {**DP_SPEC, "dataset": "synthetic_eval_only"}
+    )
+    assert eval_only.raw.privacy is not None and eval_only.raw.training is None
+    for job in (off, eval_only):
+        assert client.model_status(job.job_id).state == "not_allowed"
+        with pytest.raises(DisclosureRefused, match="models stay on the server"):
+            job.model()
+        assert downloads(dp_server, job.job_id) == []
+    assert downloads(dp_server, result.job_id) == []
+
+
+def test_the_registry_gives_a_dp_version_to_those_who_see_it_and_an_approved_one_to_its_owner(
+    dp_server, dp_job
+):
+    alice, bob = dp_server.client(), dp_server.client("bob")
+    shared = bob.load_version("dp_out@1")  # granted: a DP release, like the version's released metrics
+    assert shared.dp and shared.job_id == dp_job.job_id and shared.budget_left is None
+    spec = {**DP_SPEC, "dataset": "release_on"}
+    result = alice.train(
+        xgb.XGBClassifier(n_estimators=4, max_depth=2, min_child_weight=5), spec, register="approved_out"
+    )
+    with pytest.raises(DisclosureRefused, match="remote-magic-server approve"):
+        alice.load_version("approved_out@1")
+    approve = [sys.executable, "-m", "remote_magic_server", "approve", result.job_id, "--config"]
+    done = subprocess.run([*approve, str(dp_server.config)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    model = alice.load_version("approved_out@1")
+    assert model.release == "approved" and model.training is None and model.booster.num_boosted_rounds() == 4
+    assert model.summary().endswith("released with the data owner's approval; no privacy budget spent on it")
+    with pytest.raises(DisclosureRefused, match="approved for its owner only"):
+        bob.load_version("approved_out@1")
+    assert [e["user"] for e in downloads(dp_server, result.job_id)] == ["alice"]
+
+
+def test_unknown_and_unfinished_jobs_say_so(dp_server):
+    client = dp_server.client()
+    with pytest.raises(RemoteError) as missing:
+        client.load_model("no-such-job")
+    assert missing.value.code == "not_found"
+    job = client.submit(
+        xgb.XGBClassifier(n_estimators=2, max_depth=2), {**DP_SPEC, "dataset": "synthetic_rules"}
+    )
+    pid = pause_worker(dp_server, job.id)
+    try:
+        for call in (client.load_model, client.model_status):
+            with pytest.raises(RemoteError, match="not finished") as waiting:
+                call(job.id)
+            assert waiting.value.code == "not_finished"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    job.wait(timeout=300)
+
+
+# the magic
+@pytest.fixture()
+def dp_shell(dp_server, monkeypatch):
+    with magic_shell(dp_server, "alice", monkeypatch) as ip:
+        yield ip
+
+
+def test_the_magic_puts_a_dp_model_in_the_notebook_and_says_its_cost(dp_shell, dp_job, capsys):
+    dp_shell.run_line_magic("remote_model", f"{dp_job.job_id} --as clf")
+    said = capsys.readouterr().out
+    rounds = dp_job.rounds["total"]
+    assert said.startswith(f"clf: XGBClassifier (binary classifier, {rounds} rounds): a DP release")
+    assert "epsilon" in said and "budget left on synthetic" in said and len(said.strip().splitlines()) == 1
+    clf = dp_shell.user_ns["clf"]
+    assert isinstance(clf, RemoteModel) and isinstance(clf.estimator, xgb.XGBClassifier)
+    rows = pd.DataFrame(
+        {"age": [70.0, 30.0], "income": [20e3, 90e3], "bmi": [35.0, 21.0], "smoker": [1, 0], "visits": [9, 0]}
+    )
+    assert clf.predict_proba(rows).shape == (2, 2) and list(clf.predict(rows)) in (
+        [0, 1],
+        [1, 0],
+        [0, 0],
+        [1, 1],
+    )
+    dp_shell.user_ns["res"] = dp_job
+    dp_shell.run_line_magic("remote_model", "res --as booster --booster")
+    assert isinstance(dp_shell.user_ns["booster"], xgb.Booster)
+    shown = dp_shell.run_line_magic("remote_model", "dp_out@1")
+    assert shown.ref == "dp_out@1" and "a DP release" in repr(shown)
+
+
+def test_text_columns_are_read_against_the_levels_the_model_knows(dp_server):
+    spec = {**DP_SPEC, "features": ["age", "region"]}
+    model = dp_server.client().train(xgb.XGBClassifier(n_estimators=3, max_depth=2), spec).model()
+    assert model.dp and model.booster.feature_types == ["float", "c"]
+    mine = pd.DataFrame({"age": [70.0, 70.0, 70.0], "region": ["north", "atlantis", None]})
+    probability = model.predict_proba(mine)
+    assert probability[1].tolist() == probability[2].tolist()  # an unknown level reads as missing
+    coded = pd.DataFrame(
+        {
+            "age": [70.0],
+            "region": pd.Categorical(["north"], categories=model.rows(mine)["region"].cat.categories),
+        }
+    )
+    assert probability[0].tolist() == model.estimator.predict_proba(coded)[0].tolist()
+
+
+def test_the_magic_refuses_bad_arguments_clearly(dp_shell, dp_job):
+    with pytest.raises(UsageError, match="--booster needs --as"):
+        dp_shell.run_line_magic("remote_model", f"{dp_job.job_id} --booster")
+    with pytest.raises(UsageError, match="not a variable name"):
+        dp_shell.run_line_magic("remote_model", f"{dp_job.job_id} --as 1x")
+    with pytest.raises(RemoteError, match="no such job"):
+        dp_shell.run_line_magic("remote_model", "nope --as m")
+    assert "m" not in dp_shell.user_ns
+
+
+def test_a_saved_model_file_reads_back(tmp_path: Path, dp_job):
+    booster = dp_job.download_model(tmp_path / "model.json")
+    assert (
+        xgb.Booster(model_file=str(tmp_path / "model.json")).num_boosted_rounds()
+        == booster.num_boosted_rounds()
+    )
+
+
+def test_the_mlflow_export_logs_a_dp_model_at_once(tmp_path: Path, dp_server, dp_job):
+    """The exporter asks the release desk as the server does (app.py); a DP model's file is logged."""
+    mlflow = pytest.importorskip("mlflow")
+    from remote_magic_server.api.models import job_release
+    from remote_magic_server.audit import AuditLog
+    from remote_magic_server.automation.mlflow_export import MlflowExporter
+    from remote_magic_server.config.settings import load_settings
+    from remote_magic_server.jobs.store import Store
+    from remote_magic_server.release.desk import ReleaseDesk
+    from remote_magic_server.release.ledger import Ledger
+
+    settings = load_settings(dp_server.config)
+    desk = ReleaseDesk(settings, Ledger(settings.ledger_path), AuditLog(tmp_path / "audit.log"))
+    settings.server.data_dir = tmp_path
+    store = Store(dp_server.settings.db_path, dp_server.settings.jobs_dir)
+    try:
+        exporter = MlflowExporter(settings, store, lambda job: job_release(desk, job))
+        exporter._run({"id": dp_job.job_id})
+    finally:
+        store.close()
+    ml = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = ml.search_runs([ml.get_experiment_by_name(settings.mlflow.experiment).experiment_id])
+    assert [f.path for f in ml.list_artifacts(run.info.run_id, "model")] == ["model/model.json"]
+    assert run.data.tags["remote_magic.dp_model"] == f"epsilon {dp_job.raw.training.epsilon:.3g}"
