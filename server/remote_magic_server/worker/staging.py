@@ -37,13 +37,18 @@ log = logging.getLogger("remote_magic_server.worker")
 BATCH_ROWS = 65_536
 DUCKDB_MIN_MB = 128  # DuckDB's own memory: a quarter of the worker's, and never less than this
 SPILL_FILE_BYTES = 256 * 2**20  # a spill file is closed at this size (the worker's file-size limit)
+# One thread (the caller's) and no asynchronous I/O pool: a worker reads one local file, which its query
+# threads read as fast; DuckDB's async pool (for object storage) would start 8 threads with every
+# connection, and a warm worker's threads must all be started after it confined itself.
+_NO_THREADS = {"threads": 1, "async_threads": 0}
 
 
 def open_ahead() -> duckdb.DuckDBPyConnection:
-    """A DuckDB opened before a warm worker has a job: in memory, one thread, nothing read yet. Opening
-    one costs about 20 ms in a fresh worker, more than reading a small job's rows; `connect` configures
-    and locks it once the job is known, before the job's payload is read."""
-    con = duckdb.connect(":memory:", config={"threads": 1})
+    """A DuckDB opened before a warm worker has a job: in memory, nothing read yet, and no thread of its
+    own (confinement applies per thread, so the worker must still be one thread when it confines
+    itself). Opening one costs more than reading a small job's rows; `connect` configures and locks it
+    once the job is known, confined, before the job's payload is read."""
+    con = duckdb.connect(":memory:", config=_NO_THREADS)
     con.execute("SELECT 1").fetchall()  # the first statement of a connection pays for its set-up
     return con
 
@@ -59,7 +64,7 @@ def connect_locked(
     `threads` threads and `memory_mb` of memory (0: DuckDB's default), spilling a large sort to `spill`.
     `ahead` (from `open_ahead`) is configured instead of opening a new one."""
     if ahead is None:
-        con = duckdb.connect(":memory:", config={"threads": threads})
+        con = duckdb.connect(":memory:", config={**_NO_THREADS, "threads": threads})
     else:
         con = ahead
         con.execute("SET threads = ?", [threads])
