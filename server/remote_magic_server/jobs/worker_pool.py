@@ -9,7 +9,8 @@ one does, before it reads the payload, runs that one job and exits. A worker is 
 no process ever serves two jobs or two users.
 
 A background thread keeps `size` workers waiting: it starts one when a job took one, and replaces one
-that died while it waited (its exit is noticed through its process sentinel, not by polling). `close`
+that died while it waited (its exit is noticed through its process sentinel, not by polling; after a
+death it pauses a second, so workers that cannot start do not restart in a tight loop). `close`
 stops the thread and every waiting worker; a killed server takes them with it (they die with their
 parent, the forkserver, like every worker).
 """
@@ -27,6 +28,7 @@ from multiprocessing.process import BaseProcess
 log = logging.getLogger("remote_magic_server.scheduler")
 
 Warm = tuple[BaseProcess, Connection]
+LOST_PAUSE_S = 1.0  # after a waiting worker died: the most often a pool of crashing workers restarts one
 
 
 class WorkerPool:
@@ -95,15 +97,24 @@ class WorkerPool:
                 missing = self.size - len(self._idle)
             for process, conn in lost:
                 self._discard(process, conn, "warm_worker_lost")
+            if lost:  # workers that die as they wait are not started again in a tight loop
+                self._pause(LOST_PAUSE_S)
             if missing > 0:
                 self._add_one()
                 continue
             with self._lock:
                 sentinels = [process.sentinel for process, _ in self._idle]
-            ready = wait([self._wake_read, *sentinels])
-            if self._wake_read in ready:
-                with contextlib.suppress(OSError):
-                    os.read(self._wake_read, 4096)
+            if self._wake_read in wait([self._wake_read, *sentinels]):
+                self._drain_wake()
+
+    def _pause(self, seconds: float) -> None:
+        """Wait `seconds`, or less if woken (a take, a close)."""
+        if wait([self._wake_read], seconds):
+            self._drain_wake()
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.read(self._wake_read, 4096)
 
     def _add_one(self) -> None:
         try:
