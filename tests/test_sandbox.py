@@ -312,3 +312,34 @@ def test_a_job_out_of_time_or_memory_fails_cleanly(limited_server, dataset, code
         xgb.XGBClassifier(n_estimators=2), {"dataset": "breast_cancer_rules", "label": "malignant"}
     )
     assert quick.result(timeout=60).rounds["total"] == 2
+
+
+def confine_beside_a_thread(job_dir: str, conn) -> None:
+    """Runs in a worker-like child: start a thread, then try to confine."""
+    import threading
+
+    from remote_magic_server.worker import sandbox
+
+    release = threading.Event()
+    threading.Thread(target=release.wait, daemon=True).start()
+    try:
+        sandbox.confine(60, 1024, job_dir, None)
+        conn.send("confined")
+    except OSError as exc:
+        conn.send(str(exc))
+    release.set()
+    conn.close()
+
+
+def test_a_process_with_a_second_thread_is_not_confined(tmp_path):
+    """The network namespace and Landlock hold only for the calling thread and the threads it starts
+    later: confinement refuses to run beside a thread that already runs (it would stay outside)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([PRELOAD])
+    parent, child = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=confine_beside_a_thread, args=(str(tmp_path), child))
+    process.start()
+    child.close()
+    assert parent.poll(120), "the child did not report"
+    assert parent.recv() == "the worker has 2 threads before its confinement; it must have one"
+    process.join(30)

@@ -15,7 +15,7 @@ from .jobs.executor import Executor
 def _local(config: ExecutorSection) -> Executor:
     from .jobs.local_executor import LocalExecutor
 
-    return LocalExecutor()
+    return LocalExecutor(warm_workers=config.warm_workers)
 
 
 def _dask(config: ExecutorSection) -> Executor:

@@ -123,6 +123,14 @@ class Task(_Strict):
     )
 
 
+class Assignment(_Strict):
+    """Parent -> a warm worker, its first and only message before the conversation: its one job's folder
+    (the task is in it, as for a fresh worker)."""
+
+    type: Literal["assignment"] = "assignment"
+    folder: str
+
+
 # worker -> parent
 class Isolation(_Strict):
     type: Literal["isolation"] = "isolation"

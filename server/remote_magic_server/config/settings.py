@@ -298,6 +298,13 @@ class ExecutorSection(_Strict):
     tls_cert: Path | None = Field(default=None, description="The server's client certificate (PEM).")
     tls_key: Path | None = Field(default=None, description="The key of that certificate (PEM).")
     partitions: int = Field(default=0, ge=0, description="Partitions per job; 0: one per cluster worker.")
+    warm_workers: int = Field(
+        default=2,
+        ge=0,
+        le=64,
+        description="Confined workers started ahead of the jobs (forked, DuckDB open, nothing read), each "
+        "for one job; 0: a fresh worker per job.",
+    )
     connect_timeout_s: float = Field(
         default=10.0, gt=0, description="How long to try to reach the scheduler."
     )

@@ -66,6 +66,7 @@ class ClusterExecution:
         self.name = name
         self.current: LocalExecution = local.start(task.model_copy(update={"kind": "plan"}), folder, name)
         self.decoding = True
+        self.warm = self.current.warm
 
     @property
     def ref(self) -> tuple[int, str | None]:
@@ -137,10 +138,13 @@ class DaskExecutor:
 
     def __init__(self, config: ExecutorSection):
         self.config = config
-        self.local = LocalExecutor([*PRELOAD, DRIVER])
+        self.local = LocalExecutor([*PRELOAD, DRIVER], config.warm_workers)
 
     def warm(self) -> None:
         self.local.warm()
+
+    def close(self) -> None:
+        self.local.close()
 
     def start(self, task: Task, folder: Path, name: str) -> LocalExecution | ClusterExecution:
         if not runs_on_cluster(task):

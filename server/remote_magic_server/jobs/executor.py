@@ -30,6 +30,8 @@ class InvalidReport(Exception):
 class Execution(Protocol):
     """One running task."""
 
+    warm: bool  # whether a worker started ahead of the task took it (the server log says which)
+
     @property
     def ref(self) -> tuple[int, str | None]:
         """What a restarted server needs to find this worker again (for a local process: pid, start mark)."""
@@ -57,7 +59,11 @@ class Executor(Protocol):
         ...
 
     def warm(self) -> None:
-        """Get ready ahead of the first task (e.g. start a forkserver)."""
+        """Get ready ahead of the first task (e.g. start a forkserver and its warm workers)."""
+        ...
+
+    def close(self) -> None:
+        """Stop what `warm` started and still waits for a task; running tasks are the caller's."""
         ...
 
     def reap(self, ref: tuple[int, str | None]) -> bool:

@@ -2,6 +2,8 @@
 
 The forkserver's parent preloaded numpy, pandas, xgboost and duckdb (worker/preload.py), so a worker
 costs a fork, not an import, and this process never imports them: the worker is started by module name.
+Once warmed, a task goes to a warm worker of the pool (worker_pool.py: forked and its DuckDB open
+before the task existed, still one process per task) when one is waiting, else to a fresh one.
 Messages travel as JSON over a duplex pipe (never pickle) and are validated here. A worker that dies
 without a word (a segfault in XGBoost's parser, the OOM killer, the CPU limit) becomes a fixed code.
 A worker's resident memory is watched here, as Dask's nanny watches its workers: past the task's
@@ -24,6 +26,7 @@ from pydantic import ValidationError
 
 from ..protocol import (
     MAX_MESSAGE_BYTES,
+    Assignment,
     Failure,
     ParentMessage,
     ProgressNote,
@@ -32,6 +35,7 @@ from ..protocol import (
     read_message,
 )
 from .executor import InvalidReport, WorkerGone
+from .worker_pool import Warm, WorkerPool
 
 LAUNCH = "remote_magic_server.runner.launch"
 PRELOAD = ["remote_magic_server.worker.preload", __name__]
@@ -82,12 +86,17 @@ def resident_bytes(pid: int) -> int:
 
 class LocalExecution:
     def __init__(
-        self, process: multiprocessing.process.BaseProcess, conn: Connection, memory_mb: int | None = None
+        self,
+        process: multiprocessing.process.BaseProcess,
+        conn: Connection,
+        memory_mb: int | None = None,
+        warm: bool = False,
     ):
         self.process = process
         self.conn = conn
         self.stage = "starting"
         self.memory_bytes = memory_mb * 2**20 if memory_mb else None
+        self.warm = warm  # a warm worker of the pool, not one forked for this task
 
     @property
     def ref(self) -> tuple[int, str | None]:
@@ -139,18 +148,44 @@ class LocalExecution:
 
 
 class LocalExecutor:
-    def __init__(self, preload: list[str] = PRELOAD) -> None:
+    def __init__(self, preload: list[str] = PRELOAD, warm_workers: int = 0) -> None:
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload(preload)
+        self.pool = WorkerPool(self._start_warm, warm_workers) if warm_workers else None
 
     def warm(self) -> None:
+        """Start the forkserver (its preload takes seconds), then fill the pool of warm workers."""
         process = self.ctx.Process(target=start_by_name, args=(LAUNCH, "ready"))
         process.start()
         process.join()
+        if self.pool is not None:
+            self.pool.open()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
 
     def start(self, task: Task, folder: Path, name: str) -> LocalExecution:
         (folder / "task.json").write_text(task.model_dump_json())
+        while self.pool is not None and (warm := self.pool.take()) is not None:
+            process, conn = warm
+            try:
+                conn.send_bytes(Assignment(folder=str(folder)).model_dump_json().encode())
+            except OSError:  # it died as it was taken: the next one, or a fresh one
+                conn.close()
+                process.join(timeout=5)
+                continue
+            return LocalExecution(process, conn, task.limits.memory_mb, warm=True)
         return self.spawn("run", folder, name, task.limits.memory_mb)
+
+    def _start_warm(self) -> Warm:
+        parent_conn, child_conn = self.ctx.Pipe(duplex=True)
+        process = self.ctx.Process(
+            target=start_by_name, args=(LAUNCH, "wait", child_conn), name="warm-worker"
+        )
+        process.start()
+        child_conn.close()
+        return process, parent_conn
 
     def spawn(self, entry: str, folder: Path, name: str, memory_mb: int | None = None) -> LocalExecution:
         """Fork a child that runs `runner.launch.<entry>` on the job folder, with a pipe to it."""

@@ -131,6 +131,7 @@ class Scheduler:
         self._wake.set()
         if self._thread:
             self._thread.join(timeout=5)
+        self.executor.close()
         log.info("scheduler_stopped", extra={"requeued": [run.job.id for run in running]})
 
     def notify(self) -> None:
@@ -258,7 +259,9 @@ class Scheduler:
         timeline.mark("started")
         pid, mark = execution.ref
         self.store.set_worker(job.id, pid, mark)
-        log.info("job_started", extra={"job": job.id, "pid": pid, "attempt": job.attempts})
+        log.info(
+            "job_started", extra={"job": job.id, "pid": pid, "attempt": job.attempts, "warm": execution.warm}
+        )
         run = _Running(job, execution, Conversation(self.desk, request, folder, execution), timeline)
         with self._lock:
             self._running[job.id] = run

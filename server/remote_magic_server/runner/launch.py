@@ -1,10 +1,10 @@
 """The first code every child of the forkserver runs: a confined worker, or a cluster job's driver.
 
 The child ties its life to the server's and steps back in CPU priority (a killed server leaves no worker
-behind, and the API stays responsive while workers train), then runs `worker.main` (`run`) or the job
-driver (`drive`, which never sees the payload): the top of every child, the only module of runner/ that
-names worker/ or cluster/. The executors start children by this module's name. Kept free of heavy
-imports so the forkserver can preload it cheaply.
+behind, and the API stays responsive while workers train), then runs `worker.main` (`run`; `wait` for a
+warm worker of the executor's pool) or the job driver (`drive`, which never sees the payload): the top
+of every child, the only module of runner/ that names worker/ or cluster/. The executors start children
+by this module's name. Kept free of heavy imports so the forkserver can preload it cheaply.
 """
 
 from __future__ import annotations
@@ -29,6 +29,14 @@ def run(*args: object) -> None:
         from ..worker import main
 
         main.run(*args)  # type: ignore[arg-type]
+
+
+def wait(*args: object) -> None:
+    """Set up the child, then wait as a warm worker for one task (`worker.main.wait`)."""
+    _set_up()
+    from ..worker import main
+
+    main.wait(*args)  # type: ignore[arg-type]
 
 
 def drive(*args: object) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 
@@ -74,12 +75,13 @@ def _is_classes(series: pd.Series) -> bool:
     return series.nunique(dropna=True) <= MAX_CLASSES
 
 
-def run(task: Task, channel: Channel) -> DescribeReport | None:
-    """Exact aggregates of the admitted rows, after the parent admitted them; None when it did not."""
+def run(task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None = None) -> DescribeReport | None:
+    """Exact aggregates of the admitted rows, after the parent admitted them; None when it did not.
+    `con`: the task's DuckDB, if a warm worker connected it already."""
     assert task.spec is not None and task.staging is not None and task.describe is not None
     channel.stage("staging")
     spec = task.spec
-    staged = staging.stage(task)
+    staged = staging.stage(task, con=con)
     frame = staged.eval.x.table().to_pandas()
     labels = pd.Series(staged.eval.y, name=spec.label)
     classes = None

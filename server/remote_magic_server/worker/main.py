@@ -1,7 +1,10 @@
 """One task in one fresh, confined process: read the task, confine, run it, report.
 
 The executor starts `runner.launch.run` from a forkserver whose parent preloaded numpy, pandas, xgboost and
-duckdb (preload.py), so a worker costs a fork, not an import. Every message to the parent is a typed
+duckdb (preload.py), so a worker costs a fork, not an import. A warm worker (`wait`, started ahead by the
+executor's pool) has also opened its DuckDB before any job exists; it then takes one job folder from the
+parent and runs it exactly as `run` does (the same confinement, before the payload is read), and ends
+with it: a worker never serves a second job. Every message to the parent is a typed
 protocol message (protocol.py) as JSON over a pipe, never pickle. A refusal becomes a `failure` with its
 fixed code; anything unexpected becomes `internal_error`, with its traceback in the server log (stderr)
 only, never on the pipe.
@@ -10,14 +13,17 @@ only, never on the pipe.
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from ..protocol import Isolation, Task
+import duckdb
+
+from ..protocol import Assignment, Isolation, Task
 from ..runner.channel import Channel, serve
-from . import sandbox
+from . import sandbox, staging
 
 log = logging.getLogger("remote_magic_server.worker")
 
@@ -33,7 +39,7 @@ def _resident_mb() -> float:
     return 0.0
 
 
-def _run(task: Task, folder: Path, channel: Channel) -> None:
+def _run(task: Task, folder: Path, channel: Channel, ahead: duckdb.DuckDBPyConnection | None = None) -> None:
     start_rss_mb = _resident_mb()  # what the fork inherited: the preloaded libraries
     dataset = task.staging.dataset_path if task.staging is not None else None
     if task.staging is not None:
@@ -56,10 +62,15 @@ def _run(task: Task, folder: Path, channel: Channel) -> None:
     )
     channel.send(Isolation(applied=applied, seconds=time.monotonic() - started))
     started = time.monotonic()
+    con = None
+    if ahead is not None and task.staging is not None:
+        con = staging.connect(task, Path("."), ahead)  # locked now: confined, before the payload is read
+    elif ahead is not None:
+        ahead.close()
     if task.kind == "describe":
         from . import describe_task
 
-        report = describe_task.run(task, channel)
+        report = describe_task.run(task, channel, con)
     elif task.kind == "review":
         from . import review_task
 
@@ -71,7 +82,7 @@ def _run(task: Task, folder: Path, channel: Channel) -> None:
     else:
         from . import model_task
 
-        report = model_task.run(task, payload, channel)
+        report = model_task.run(task, payload, channel, con)
     log.info(
         "task_done",
         extra={
@@ -89,6 +100,17 @@ def _run(task: Task, folder: Path, channel: Channel) -> None:
 def run(job_dir: str, conn: Connection) -> None:
     """Entry point of a worker process."""
     serve(job_dir, conn, lambda folder, channel: _run(_task(folder), folder, channel))
+
+
+def wait(conn: Connection) -> None:
+    """Entry point of a warm worker: open DuckDB, wait for one job's folder, run it as `run` does, end.
+    A pool that closes before handing it a job (the pipe ends) ends it quietly."""
+    ahead = staging.open_ahead()
+    try:
+        assignment = Assignment.model_validate_json(conn.recv_bytes())
+    except (EOFError, OSError):
+        os._exit(0)
+    serve(assignment.folder, conn, lambda folder, channel: _run(_task(folder), folder, channel, ahead))
 
 
 def _task(folder: Path) -> Task:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import BinaryIO
 
+import duckdb
+
 from remote_magic.contract.codes import Refusal
 from remote_magic.families import family as family_named
 from remote_magic.families import family_for, family_of_saved
@@ -78,12 +80,14 @@ def plan_only(task: Task, payload: BinaryIO | None, channel: Channel) -> PlanRea
     return PlanReady(plan=CanonicalPlan.of(plan, base))
 
 
-def run(task: Task, payload: BinaryIO | None, channel: Channel) -> TrainReport | None:
+def run(
+    task: Task, payload: BinaryIO | None, channel: Channel, con: duckdb.DuckDBPyConnection | None = None
+) -> TrainReport | None:
     """Run the task on the staged rows, one partition in this process; None when the parent stopped it
-    at admission."""
+    at admission. `con`: the task's DuckDB, if a warm worker connected it already."""
     assert task.spec is not None and task.staging is not None and task.bounds is not None
     channel.stage("starting")
     family, plan = decode(task, payload)
     check_kind(task.kind, plan.base is not None, plan.preprocess is not None)
     channel.stage("staging")
-    return model_job.run(task, plan, family, InProcess([staging.stage(task)]), channel, HERE)
+    return model_job.run(task, plan, family, InProcess([staging.stage(task, con=con)]), channel, HERE)

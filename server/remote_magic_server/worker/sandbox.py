@@ -255,7 +255,13 @@ def confine(
 
     The process is left in the job directory: its files are reached by relative paths, which works
     even when a folder above it is closed to the sandbox uid. `uid`/`gid` apply only as root. Raises
-    OSError if a step the kernel claims to support fails: a job never runs with less than it reports."""
+    OSError if a step the kernel claims to support fails: a job never runs with less than it reports.
+
+    The process must be one thread: the network namespace and Landlock confine the calling thread and
+    what it starts later, never a thread that already runs (a warm worker opens DuckDB without one)."""
+    threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 1
+    if threads != 1:
+        raise OSError(f"the worker has {threads} threads before its confinement; it must have one")
     folder = Path(job_dir)
     as_root = os.geteuid() == 0
     dataset_gid = os.stat(dataset).st_gid if dataset else 0

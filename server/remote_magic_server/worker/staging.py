@@ -37,12 +37,37 @@ log = logging.getLogger("remote_magic_server.worker")
 BATCH_ROWS = 65_536
 DUCKDB_MIN_MB = 128  # DuckDB's own memory: a quarter of the worker's, and never less than this
 SPILL_FILE_BYTES = 256 * 2**20  # a spill file is closed at this size (the worker's file-size limit)
+# One thread (the caller's) and no asynchronous I/O pool: a worker reads one local file, which its query
+# threads read as fast; DuckDB's async pool (for object storage) would start 8 threads with every
+# connection, and a warm worker's threads must all be started after it confined itself.
+_NO_THREADS = {"threads": 1, "async_threads": 0}
 
 
-def connect_locked(path: str, threads: int = 1, memory_mb: int = 0, spill: str | None = None):
+def open_ahead() -> duckdb.DuckDBPyConnection:
+    """A DuckDB opened before a warm worker has a job: in memory, nothing read yet, and no thread of its
+    own (confinement applies per thread, so the worker must still be one thread when it confines
+    itself). Opening one costs more than reading a small job's rows; `connect` configures and locks it
+    once the job is known, confined, before the job's payload is read."""
+    con = duckdb.connect(":memory:", config=_NO_THREADS)
+    con.execute("SELECT 1").fetchall()  # the first statement of a connection pays for its set-up
+    return con
+
+
+def connect_locked(
+    path: str,
+    threads: int = 1,
+    memory_mb: int = 0,
+    spill: str | None = None,
+    ahead: duckdb.DuckDBPyConnection | None = None,
+) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB that can read `path` and nothing else, with its configuration locked: at most
-    `threads` threads and `memory_mb` of memory (0: DuckDB's default), spilling a large sort to `spill`."""
-    con = duckdb.connect(":memory:", config={"threads": threads})
+    `threads` threads and `memory_mb` of memory (0: DuckDB's default), spilling a large sort to `spill`.
+    `ahead` (from `open_ahead`) is configured instead of opening a new one."""
+    if ahead is None:
+        con = duckdb.connect(":memory:", config={**_NO_THREADS, "threads": threads})
+    else:
+        con = ahead
+        con.execute("SET threads = ?", [threads])
     con.execute("SET allowed_paths = ?", [[path]])
     if memory_mb:
         con.execute(f"SET memory_limit = '{int(memory_mb)}MB'")
@@ -117,26 +142,33 @@ class _Part:
         return Split(x=batches, y=pa.chunked_array(self.labels, type=label).to_numpy()), row_ids
 
 
-def stage(task: Task, folder: Path = Path(".")) -> Part:
+def connect(task: Task, folder: Path = Path("."), ahead: duckdb.DuckDBPyConnection | None = None):
+    """The task's locked DuckDB (`ahead`, configured now, or a new one), spilling to the job's scratch
+    folder. DuckDB reads whole row groups: its memory follows the worker's, not the staging budget (a
+    16 MiB budget left it too little for one row group of a wide table)."""
+    assert task.staging is not None
+    scratch = folder / SCRATCH_DIR
+    scratch.mkdir(exist_ok=True)
+    duckdb_mb = max(task.limits.memory_mb // 4, DUCKDB_MIN_MB)
+    return connect_locked(task.staging.dataset_path, task.limits.threads, duckdb_mb, str(scratch), ahead)
+
+
+def stage(task: Task, folder: Path = Path("."), con: duckdb.DuckDBPyConnection | None = None) -> Part:
     """Run the task's staging plan and split the admitted rows into training and evaluation rows: one
-    partition, which holds every admitted row.
+    partition, which holds every admitted row. `con` is the task's DuckDB if it was connected already.
 
     Past `staging_mb` of feature data (0: no limit) both splits spill to Arrow files in the job folder's
     scratch folder, which also holds DuckDB's own spill files and the external-memory matrices' pages.
     Text levels with fewer than `rare_level_rows` admitted rows (both splits) merge into `(rare)`."""
     assert task.staging is not None and task.spec is not None
     staging, derive = task.staging, bool(task.spec.derive)
-    budget_mb, threads = task.limits.staging_mb, task.limits.threads
+    budget_mb = task.limits.staging_mb
     scratch = folder / SCRATCH_DIR
-    scratch.mkdir(exist_ok=True)
     path = staging.dataset_path
     parts = {name: _Part(name, staging.columns) for name in ("train", "eval")}
     held = 0
     try:
-        # DuckDB reads whole row groups: its memory follows the worker's, not the staging budget (a
-        # 16 MiB budget left it too little for one row group of a wide table).
-        duckdb_mb = max(task.limits.memory_mb // 4, DUCKDB_MIN_MB)
-        con = connect_locked(path, threads, duckdb_mb, str(scratch))
+        con = con if con is not None else connect(task, folder)
         missing = None
         if staging.missing_label_query:
             missing = int(con.sql(staging.missing_label_query, params=[path]).fetchall()[0][0])
