@@ -7,11 +7,12 @@ about 25 bytes) must fit too: at 20 features a table twice the memory holds more
 Through the server: the big table (its admitted rows spill to the job folder past the staging budget
 and train from an `ExtMemQuantileDMatrix` there), then the small table in memory and the small table
 forced through external memory (a tiny staging budget), so the external path's cost is seen on rows
-that also fit.
-Prints one line per figure: sizes, times, seconds per million rows, the ratios, and that the metrics of
-the small table agree between the two paths.
+that also fit. Each table is served in each privacy mode, as large_job.py does: mode dp (the default:
+the DP trainer) and mode rules (XGBoost).
+Prints per mode one line per figure: sizes, times, seconds per million rows, the ratios, and that the
+metrics of the small table agree between the two paths.
 
-    python benchmarks/big_table.py [--worker-memory-mb 2048] [--factor 2] [--rounds 10]
+    python benchmarks/big_table.py [--worker-memory-mb 2048] [--factor 2] [--rounds 10] [--modes dp rules]
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tests.serverproc import running
 
 FEATURES = 100
 CHUNK_ROWS = 200_000
+TABLES = ("big", "small", "small_external")
 
 
 def make_table(path: Path, feature_mb: float, seed: int) -> int:
@@ -50,9 +52,9 @@ def make_table(path: Path, feature_mb: float, seed: int) -> int:
     return rows
 
 
-def dataset(name: str, path: Path, policy: str) -> str:
+def dataset(name: str, path: Path, policy: str, mode: str) -> str:
     head = f'\n[datasets.{name}]\npath = "{path}"\nid_column = "id"\n'
-    return head + f'label_columns = ["label"]\nprivacy = "rules"\npolicy = {policy}\n'
+    return head + f'label_columns = ["label"]\nprivacy = "{mode}"\npolicy = {policy}\n'
 
 
 def spilled(log: Path) -> list[int]:
@@ -71,6 +73,7 @@ def main() -> None:
     parser.add_argument("--worker-memory-mb", type=int, default=2048)
     parser.add_argument("--factor", type=float, default=2.0, help="big table's features / worker memory")
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--modes", nargs="+", default=["dp", "rules"], choices=["dp", "rules"])
     args = parser.parse_args()
     memory = args.worker_memory_mb
     budget = memory // 4
@@ -82,44 +85,49 @@ def main() -> None:
         print(f"generated {big_rows:,} + {small_rows:,} rows in {time.perf_counter() - started:.0f} s")
         limits = f"{{ worker_memory_mb = {memory}, max_threads = 2 }}"
         tiny = f"{{ worker_memory_mb = {memory}, max_threads = 2, staging_mb = 16 }}"
-        extra = (
-            dataset("big", base / "big.parquet", limits)
-            + dataset("small", base / "small.parquet", limits)
-            + dataset("small_external", base / "small.parquet", tiny)
+        files = {"big": "big.parquet", "small": "small.parquet", "small_external": "small.parquet"}
+        extra = "".join(
+            dataset(f"{t}_{mode}", base / files[t], tiny if t == "small_external" else limits, mode)
+            for mode in args.modes
+            for t in TABLES
         )
         log = base / "server.log"
         model = xgb.XGBClassifier(n_estimators=args.rounds, max_depth=6)
         spec = {"label": "label", "where": "f3 > -3", "eval": {"fraction": 0.1, "seed": 0}}
         times, results = {}, {}
-        users = {"owner": ["big", "small", "small_external"]}
-        with running(base / "data", log, users, extra, start_timeout=1800) as server:
+        names = [f"{table}_{mode}" for mode in args.modes for table in TABLES]
+        with running(base / "data", log, {"owner": names}, extra, start_timeout=1800) as server:
             client = server.client("owner")
-            for name in ("big", "small", "small_external"):
+            for name in names:
                 started = time.perf_counter()
                 results[name] = client.train(model, {"dataset": name, **spec}, timeout=7200)
                 times[name] = time.perf_counter() - started
         paths, peak = spilled(log), peaks(log)
     feature_mb = {"big": big_rows * FEATURES * 4 / 2**20, "small": small_rows * FEATURES * 4 / 2**20}
     print(f"worker memory {memory} MiB (resident), staging budget {budget} MiB, {args.rounds} rounds")
-    print(
-        f"big table: {big_rows:,} rows, {feature_mb['big']:.0f} MiB of features "
-        f"({feature_mb['big'] / memory:.1f}x the worker's memory), spilled to {paths[0]} file(s): "
-        f"{times['big']:.1f} s, {times['big'] / big_rows * 1e6:.2f} s per million rows, "
-        f"auc {results['big'].metrics['auc']:.4f}; worker peak RSS {peak[0]:.0f} MiB "
-        f"({peak[0] / memory:.2f}x its memory)"
-    )
-    per_million = {name: times[name] / small_rows * 1e6 for name in ("small", "small_external")}
-    print(
-        f"table that fits: {small_rows:,} rows, {feature_mb['small']:.0f} MiB: "
-        f"in memory {times['small']:.1f} s ({per_million['small']:.2f} s per million rows), "
-        f"through external memory {times['small_external']:.1f} s "
-        f"({per_million['small_external']:.2f} s per million rows), "
-        f"ratio {times['small_external'] / times['small']:.2f}x"
-    )
-    per_row = times["big"] / big_rows / (times["small"] / small_rows)
-    print(f"big table per row vs in memory per row: {per_row:.2f}x")
-    same = results["small"].metrics == results["small_external"].metrics
-    print(f"the table that fits gives the same released metrics on both paths: {same}")
+    for i, mode in enumerate(args.modes):
+        trainer = "the DP trainer" if mode == "dp" else "XGBoost"
+        big, small, external = (f"{table}_{mode}" for table in TABLES)
+        print(f"mode {mode} ({trainer}):")
+        print(
+            f"  big table: {big_rows:,} rows, {feature_mb['big']:.0f} MiB of features "
+            f"({feature_mb['big'] / memory:.1f}x the worker's memory), spilled to {paths[3 * i]} file(s): "
+            f"{times[big]:.1f} s, {times[big] / big_rows * 1e6:.2f} s per million rows, "
+            f"auc {results[big].metrics['auc']:.4f}; worker peak RSS {peak[3 * i]:.0f} MiB "
+            f"({peak[3 * i] / memory:.2f}x its memory)"
+        )
+        per_million = {name: times[name] / small_rows * 1e6 for name in (small, external)}
+        print(
+            f"  table that fits: {small_rows:,} rows, {feature_mb['small']:.0f} MiB: "
+            f"in memory {times[small]:.1f} s ({per_million[small]:.2f} s per million rows), "
+            f"through external memory {times[external]:.1f} s "
+            f"({per_million[external]:.2f} s per million rows), "
+            f"ratio {times[external] / times[small]:.2f}x"
+        )
+        per_row = times[big] / big_rows / (times[small] / small_rows)
+        print(f"  big table per row vs in memory per row: {per_row:.2f}x")
+        same = results[small].metrics == results[external].metrics
+        print(f"  the table that fits gives the same released metrics on both paths: {same}")
 
 
 if __name__ == "__main__":

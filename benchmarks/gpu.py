@@ -3,10 +3,12 @@
 For each size: a table of 20 float32 features and a binary label; a 20% evaluation split; a
 `QuantileDMatrix` (evaluation rows with `ref=`) fed in Arrow record batches as the server's worker feeds
 it; 200 rounds at depth 6 with train and eval metrics, on `device="cpu"` then twice on `device="cuda"`.
-Then one job through a server whose policy allows CUDA, as a notebook would send it. One line per figure.
-Needs an NVIDIA GPU and an XGBoost built with CUDA; says so and stops otherwise.
+Then jobs through a server whose policy allows CUDA, as a notebook would send them, with the table in
+each privacy mode as large_job.py serves it: mode dp (the default; the DP trainer computes its sums
+with NumPy, so `device` moves only the scoring) and mode rules (XGBoost), each on both devices. One line
+per figure. Needs an NVIDIA GPU and an XGBoost built with CUDA; says so and stops otherwise.
 
-    python benchmarks/gpu.py [--sizes 1000000 10000000] [--rounds 200]
+    python benchmarks/gpu.py [--sizes 1000000 10000000] [--rounds 200] [--modes dp rules]
 """
 
 from __future__ import annotations
@@ -58,33 +60,38 @@ def train(device: str, train_x: pa.Table, y: np.ndarray, eval_x: pa.Table, y_eva
     return time.perf_counter() - start, booster, pred
 
 
-def through_the_server(rows: int, rounds: int) -> None:
+def through_the_server(rows: int, rounds: int, modes: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         table, y = data(rows, 1)
         table = table.append_column("id", pa.array(np.arange(rows))).append_column("label", pa.array(y))
         pq.write_table(table, base / "gpu.parquet")
-        extra = (
-            f'\n[datasets.gpu]\npath = "{base / "gpu.parquet"}"\nid_column = "id"\n'
-            'label_columns = ["label"]\nprivacy = "rules"\n'
+        extra = "".join(
+            f'\n[datasets.gpu_{mode}]\npath = "{base / "gpu.parquet"}"\nid_column = "id"\n'
+            f'label_columns = ["label"]\nprivacy = "{mode}"\n'
+            for mode in modes
         )
         policy = 'devices = ["cpu", "cuda"]\nworker_memory_mb = 65536'
-        with running(base / "data", base / "server.log", {"gpu": ["gpu"]}, extra, policy=policy) as server:
-            spec = {"dataset": "gpu", "label": "label", "where": "f2 > -3"}
-            for device in ("cpu", "cuda"):
-                started = time.perf_counter()
-                model = xgb.XGBClassifier(n_estimators=rounds, max_depth=DEPTH, device=device)
-                result = server.client().train(model, spec, timeout=3600)
-                seconds = time.perf_counter() - started
-                print(
-                    f"server job, {rows:,} rows, {device}: {seconds:.2f} s, auc {result.metrics['auc']:.4f}"
-                )
+        names = [f"gpu_{mode}" for mode in modes]
+        with running(base / "data", base / "server.log", {"gpu": names}, extra, policy=policy) as server:
+            for mode in modes:
+                spec = {"dataset": f"gpu_{mode}", "label": "label", "where": "f2 > -3"}
+                for device in ("cpu", "cuda"):
+                    started = time.perf_counter()
+                    model = xgb.XGBClassifier(n_estimators=rounds, max_depth=DEPTH, device=device)
+                    result = server.client().train(model, spec, timeout=3600)
+                    seconds = time.perf_counter() - started
+                    print(
+                        f"server job, mode {mode}, {rows:,} rows, {device}: {seconds:.2f} s, "
+                        f"auc {result.metrics['auc']:.4f}"
+                    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--modes", nargs="+", default=["dp", "rules"], choices=["dp", "rules"])
     args = parser.parse_args()
     if not (gpu_present() and xgb.build_info().get("USE_CUDA")):
         print("no NVIDIA GPU here (or XGBoost was built without CUDA): nothing to measure")
@@ -107,7 +114,7 @@ def main() -> None:
         print(f"{rows:,} rows: log loss cpu {loss_cpu:.5f} gpu {loss_gpu:.5f}")
         same = bytes(gpu_model.save_raw("ubj")) == bytes(again.save_raw("ubj"))
         print(f"{rows:,} rows: two GPU runs give the same booster bytes: {same}")
-    through_the_server(min(args.sizes), args.rounds)
+    through_the_server(min(args.sizes), args.rounds, args.modes)
 
 
 if __name__ == "__main__":

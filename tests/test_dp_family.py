@@ -22,6 +22,8 @@ from distributed import Client, LocalCluster
 from remote_magic.contract.codes import Refusal
 from remote_magic.families import MODEL_FILE
 from remote_magic.families.dpboost.family import FAMILY
+from remote_magic.families.dpboost.schedule import releases
+from remote_magic.families.dpboost.settings import Settings
 from remote_magic.families.partitions import InProcess
 from remote_magic_server.cluster import partitions
 from remote_magic_server.demo import synthetic_table
@@ -31,6 +33,7 @@ from remote_magic_server.protocol import (
     NoiseAnswer,
     NoiseRequest,
     PrivateTraining,
+    TrainingPlan,
     TrainReport,
     read_message,
 )
@@ -67,14 +70,29 @@ def job(path: Path, params: dict | None = None, declared: bool = True):
 
 class Parent:
     """The parent's end of the pipe: proceeds at admission, answers noise with seeded NumPy draws, and
-    counts what the requests cost."""
+    counts what the requests cost; like the release desk, it holds each request to the next release of
+    the training plan the worker declared (families/dpboost/schedule.py)."""
 
     def __init__(self, seed: int):
         self.rng = np.random.default_rng(seed)
         self.seen: list = []
         self.rho = 0.0
+        self.planned: list = []
+        self.off_plan: list[int] = []  # requests that were not the plan's next release
+
+    def plan(self, plan: TrainingPlan) -> None:
+        settings = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in plan.settings.items()})
+        self.planned = list(releases(settings, RHO, len(plan.sketched), plan.sketch_rho, plan.continuing))
 
     def answer(self, request: NoiseRequest) -> NoiseAnswer:
+        asked = sum(isinstance(m, NoiseRequest) for m in self.seen)
+        expected = self.planned[asked - 1] if asked <= len(self.planned) else None
+        if expected is None or not (
+            request.kind == expected.kind
+            and math.isclose(request.bound, expected.bound, rel_tol=1e-9)
+            and math.isclose(request.rho, expected.rho, rel_tol=1e-9)
+        ):
+            self.off_plan.append(asked)
         self.rho += request.rho
         scale = request.bound / math.sqrt(2 * request.rho)
         values = np.asarray(request.values)
@@ -91,6 +109,8 @@ class Parent:
             self.seen.append(message)
             if isinstance(message, Admission):
                 conn.send_bytes(Decision(proceed=True).model_dump_json().encode())
+            elif isinstance(message, TrainingPlan):
+                self.plan(message)
             elif isinstance(message, NoiseRequest):
                 conn.send_bytes(self.answer(message).model_dump_json().encode())
 
@@ -105,6 +125,9 @@ def run_job(task, plan, parts, folder: Path, seed: int = 1) -> tuple[TrainReport
     theirs.close()
     listener.join(10)
     assert report is not None
+    asked = sum(isinstance(m, NoiseRequest) for m in parent.seen)
+    assert parent.off_plan == [], "each request is the declared plan's next release"
+    assert asked == len(parent.planned), "every release the plan makes was asked for, none other"
     return report, parent
 
 

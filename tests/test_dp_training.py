@@ -1,25 +1,36 @@
 """Mode dp trains with the DP trainer: a job on the real server (HTTP) returns what training cost, the
 release desk answers its noise with OpenDP at the scale the proof says, the accountant's total is what
-the ledger charged, and a worker that asks past its training budget ends its job."""
+the ledger charged, and a worker that asks past its training budget, or for anything but the next
+release of the plan it declared (the trainer's own settings), ends its job."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import xgboost as xgb
 from pyroaring import BitMap
 
 from remote_magic.contract.codes import Refusal
-from remote_magic.families.dpboost import total_rho
+from remote_magic.families.dpboost import Column, Coordinator, Features, Partition, local, total_rho
 from remote_magic.families.dpboost.family import SKETCH_SHARE
+from remote_magic.families.dpboost.schedule import releases
 from remote_magic.families.dpboost.settings import Settings as TrainerSettings
 from remote_magic_server.audit import AuditLog
 from remote_magic_server.config.settings import DatasetConfig, Settings
 from remote_magic_server.jobs.conversation import Conversation
-from remote_magic_server.protocol import Admission, Decision, NoiseAnswer, NoiseRequest, SplitCounts
+from remote_magic_server.protocol import (
+    Admission,
+    Decision,
+    NoiseAnswer,
+    NoiseRequest,
+    SplitCounts,
+    TrainingPlan,
+)
 from remote_magic_server.release.desk import ReleaseDesk, Request
 from remote_magic_server.release.ledger import Ledger
 
@@ -90,15 +101,25 @@ def admitted(desk: ReleaseDesk, folder: Path, job: str = "j1"):
     sets = {"training": BitMap(range(4000)), "evaluation": BitMap(range(4000, 5000))}
     for role, bits in sets.items():
         (folder / f"{role}.roaring").write_bytes(bits.serialize())
-    counts = {
-        "train": SplitCounts(rows=4000, classes={"0": 2000, "1": 2000}),
-        "eval": SplitCounts(rows=1000, classes={"0": 500, "1": 500}),
-    }
-    admission = Admission(counts=counts, row_sets={r: f"{r}.roaring" for r in sets}, table_rows=10_000)
+    admission = Admission(counts=COUNTS, row_sets={r: f"{r}.roaring" for r in sets}, table_rows=10_000)
     request = Request(
         user="alice", dataset="d", kind="train", spec={"dataset": "d", "label": "y"}, job_id=job
     )
     return request, desk.admit(request, admission, folder)
+
+
+COUNTS = {
+    "train": SplitCounts(rows=4000, classes={"0": 2000, "1": 2000}),
+    "eval": SplitCounts(rows=1000, classes={"0": 500, "1": 500}),
+}
+# No intercept and no split selection: the plan's releases are each round's gradient and hessian sums.
+LEAVES_ONLY = TrainerSettings(rounds=50, max_depth=6, split_share=0.0, intercept_share=0.0)
+
+
+def plan_of(settings: TrainerSettings, **more) -> TrainingPlan:
+    """A training plan as the worker's channel declares it."""
+    fields = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
+    return TrainingPlan(settings=fields, **more)
 
 
 def test_the_desks_leaf_noise_has_the_sd_the_proof_configures(desk, tmp_path):
@@ -106,8 +127,8 @@ def test_the_desks_leaf_noise_has_the_sd_the_proof_configures(desk, tmp_path):
     policy = desk.policy("d")
     assert state.train_rho == pytest.approx(policy.dp_rho_train)
     assert desk.ledger.spent("alice", "d") == pytest.approx(policy.dp_rho_job + policy.dp_rho_train)
-    trainer = TrainerSettings(rounds=50, max_depth=6, split_share=0.0)
-    scales = trainer.scales(policy.dp_rho_train)
+    desk.plan_training(request, state, plan_of(LEAVES_ONLY))
+    scales = LEAVES_ONLY.scales(policy.dp_rho_train)
     rho_g = 1.0**2 / (2 * scales.sigma_g**2)  # one round's leaf gradients, L2 bound 1 (the logistic loss)
     leaves = np.full(2000, 37.0)  # many leaves' sums at once: one draw per leaf
     answer = desk.noise(
@@ -120,26 +141,104 @@ def test_the_desks_leaf_noise_has_the_sd_the_proof_configures(desk, tmp_path):
     assert state.train_spent == pytest.approx(rho_g)
 
 
-def test_noise_past_the_training_budget_is_refused_and_a_restart_gets_the_same_answers(desk, tmp_path):
+def test_noise_past_the_plan_is_refused_and_a_restart_gets_the_same_answers(desk, tmp_path):
     request, state = admitted(desk, tmp_path)
-    half = state.train_rho / 2
-    ask = NoiseRequest(kind="gaussian", values=[1.0, 2.0], bound=1.0, rho=half)
-    first = [
-        desk.noise(request, state, ask),
-        desk.noise(request, state, ask.model_copy(update={"kind": "top1"})),
+    settings = TrainerSettings(rounds=1, max_depth=2, split_share=0.0, intercept_share=0.0)
+    desk.plan_training(request, state, plan_of(settings))
+    g, h = list(releases(settings, state.train_rho, 0, 0.0, False))
+    asks = [
+        NoiseRequest(kind="gaussian", values=[1.0, 2.0, 3.0, 4.0], bound=g.bound, rho=g.rho),
+        NoiseRequest(kind="gaussian", values=[5.0, 6.0, 7.0, 8.0], bound=h.bound, rho=h.rho),
     ]
+    first = [desk.noise(request, state, ask) for ask in asks]
+    assert state.train_spent == pytest.approx(state.train_rho)  # the plan spends the whole allowance
     with pytest.raises(Refusal) as past:
-        desk.noise(request, state, ask.model_copy(update={"rho": half / 100}))
+        desk.noise(request, state, asks[1].model_copy(update={"rho": h.rho / 100}))
     assert past.value.code == "invalid_worker_report"
+    assert desk.ledger.noise_draws(request.charge) == {}, "kept together, not one commit per answer"
+    desk.keep_noise(request, state)  # what the job's end does, before anything leaves
     spent = desk.ledger.spent("alice", "d")
     _, again = admitted(desk, tmp_path)  # the same job admitted again after a restart
     assert desk.ledger.spent("alice", "d") == spent, "not charged twice"
-    replay = [
-        desk.noise(request, again, ask),
-        desk.noise(request, again, ask.model_copy(update={"kind": "top1"})),
-    ]
+    desk.plan_training(request, again, plan_of(settings))
+    replay = [desk.noise(request, again, ask) for ask in asks]
     assert replay == first, "no fresh noise for the same job"
-    assert first[1].index in (0, 1) and len(first[0].values) == 2
+    assert len(first[0].values) == 4
+
+
+@pytest.mark.parametrize(
+    "ask",
+    [
+        {"bound": 0.25},  # the gradient sums stated with the hessian's smaller bound: less noise
+        {"rho": 1e-3},  # another rho than the plan's
+        {"kind": "top1"},
+    ],
+)
+def test_a_request_that_is_not_the_plans_next_release_is_refused(desk, tmp_path, ask):
+    request, state = admitted(desk, tmp_path)
+    desk.plan_training(request, state, plan_of(LEAVES_ONLY))
+    g = next(releases(LEAVES_ONLY, state.train_rho, 0, 0.0, False))
+    honest = NoiseRequest(kind="gaussian", values=[3.0] * 64, bound=g.bound, rho=g.rho)
+    with pytest.raises(Refusal) as refused:
+        desk.noise(request, state, honest.model_copy(update=ask))
+    assert refused.value.code == "invalid_worker_report"
+    assert state.train_spent == 0.0 and state.noise_asked == 0, "nothing drawn"
+
+
+def test_noise_before_a_plan_and_a_plan_that_does_not_fit_the_job_are_refused(desk, tmp_path):
+    request, state = admitted(desk, tmp_path)
+    g = next(releases(LEAVES_ONLY, state.train_rho, 0, 0.0, False))
+    with pytest.raises(Refusal, match="plan does not make"):
+        desk.noise(request, state, NoiseRequest(kind="gaussian", values=[1.0], bound=g.bound, rho=g.rho))
+    regression = TrainerSettings(objective="reg:squarederror", label_range=(0.0, 1.0), rounds=5)
+    sketching = {"sketched": ["not_a_feature"], "sketch_rho": 0.01}
+    for plan in (
+        plan_of(regression),
+        plan_of(LEAVES_ONLY, **sketching),
+        plan_of(LEAVES_ONLY, continuing=True),
+    ):
+        if plan.continuing:  # a valid plan: the second one for the same job is refused
+            desk.plan_training(request, state, plan)
+        with pytest.raises(Refusal) as refused:
+            desk.plan_training(request, state, plan)
+        assert refused.value.code == "invalid_worker_report"
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        TrainerSettings(rounds=7, max_depth=3, batch_size=3),
+        TrainerSettings(rounds=4, max_depth=3, node_splits=True),
+        TrainerSettings(objective="multi:softprob", num_class=3, rounds=3, max_depth=2, batch_size=2),
+        TrainerSettings(objective="reg:squarederror", label_range=(0.0, 4.0), rounds=3, split_share=0.0),
+    ],
+)
+def test_the_coordinator_asks_exactly_the_releases_its_schedule_lists(settings):
+    """The parent's check rests on this: the schedule (from settings alone) is what training asks."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=600)
+    y = (
+        rng.integers(0, max(2, settings.num_class), 600)
+        if settings.label_range is None
+        else rng.uniform(0, 4, 600)
+    )
+    features = Features((Column("x", "numeric", tuple(np.linspace(-2, 2, 9, dtype=np.float32).tolist())),))
+    asked: list[tuple[str, float, float]] = []
+
+    def noise(values, l2, rho):
+        asked.append(("gaussian", l2, rho))
+        return values
+
+    def select(scores, linf, rho):
+        asked.append(("top1", linf, rho))
+        return 0
+
+    partition = Partition(features, pa.table({"x": x}), y, settings.objective_())
+    Coordinator(features, settings, 0.5, noise, None, select).run(*local([partition]))
+    planned = [(r.kind, r.bound, r.rho) for r in releases(settings, 0.5, 0, 0.0, False)]
+    assert len(asked) == len(planned)
+    for (kind, bound, rho), (want_kind, want_bound, want_rho) in zip(asked, planned):
+        assert kind == want_kind and bound == pytest.approx(want_bound) and rho == pytest.approx(want_rho)
 
 
 class Recorded:
@@ -156,20 +255,18 @@ class Recorded:
         self.killed = True
 
 
-def test_a_worker_that_asks_past_its_budget_ends_its_job(desk, tmp_path):
+def test_a_worker_that_asks_past_its_plan_ends_its_job(desk, tmp_path):
     request, _ = admitted(desk, tmp_path, "j9")
     execution = Recorded()
     talk = Conversation(desk, request, tmp_path, execution)
     sets = {"training": "training.roaring", "evaluation": "evaluation.roaring"}
-    counts = {
-        "train": SplitCounts(rows=4000, classes={"0": 2000, "1": 2000}),
-        "eval": SplitCounts(rows=1000, classes={"0": 500, "1": 500}),
-    }
-    assert talk.handle(Admission(counts=counts, row_sets=sets, table_rows=10_000)) is None
-    rho = desk.policy("d").dp_rho_train
-    assert talk.handle(NoiseRequest(kind="gaussian", values=[5.0], bound=1.0, rho=rho * 0.9)) is None
-    final = talk.handle(NoiseRequest(kind="gaussian", values=[5.0], bound=1.0, rho=rho * 0.2))
+    assert talk.handle(Admission(counts=COUNTS, row_sets=sets, table_rows=10_000)) is None
+    assert talk.handle(plan_of(LEAVES_ONLY)) is None
+    g = next(releases(LEAVES_ONLY, desk.policy("d").dp_rho_train, 0, 0.0, False))
+    assert talk.handle(NoiseRequest(kind="gaussian", values=[5.0], bound=g.bound, rho=g.rho)) is None
+    final = talk.handle(NoiseRequest(kind="gaussian", values=[5.0], bound=0.01, rho=g.rho))
     assert final is not None and final.error is not None and final.error[0] == "invalid_worker_report"
     assert execution.killed
     assert isinstance(execution.sent[0], Decision) and isinstance(execution.sent[1], NoiseAnswer)
-    assert len(execution.sent) == 2, "no answer past the budget"
+    assert len(execution.sent) == 2, "no answer to a request off the plan"
+    assert desk.ledger.noise_draws(request.charge).keys() == {0}, "the answer given is kept at the end"

@@ -32,6 +32,9 @@ Report = Callable[[int, dict[str, dict[str, float]]], None]
 # noise(values, l2, rho) -> the values with Gaussian noise; select(scores, linf, rho) -> a noisy argmax.
 Noise = Callable[[list[float], float, float], list[float]]
 Select = Callable[[list[float], float, float], int]
+# A DP training's public plan, told to the parent before its first noise request: the trainer's settings
+# (a dataclass), the sketched columns, the sketch's rho, whether it continues a base model.
+Declare = Callable[[Any, list[str], float, bool], None]
 
 
 class Batches:
@@ -213,7 +216,8 @@ class Run:
     which raises when the job must stop (a cancel, a lost machine). For a DP training, `private` is the
     parent's order and `noise` and `select` ask the trusted parent (its release desk draws with OpenDP
     and counts the cost against the order); the worker protocol carries each as a request and its
-    answer. A test passes seeded NumPy noise instead."""
+    answer. `declare` tells the parent the training's public plan first, which it checks every request
+    against. A test passes seeded NumPy noise instead (and no `declare`)."""
 
     threads: int
     report: Report
@@ -221,6 +225,7 @@ class Run:
     private: PrivateOrder | None = None
     noise: Noise | None = None
     select: Select | None = None
+    declare: Declare | None = None
 
 
 class ModelFamily(Protocol):

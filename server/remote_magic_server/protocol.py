@@ -31,7 +31,7 @@ from remote_magic.contract.codes import CODES
 from remote_magic.contract.wire import DatasetSpec, ModelBounds, ReleaseOptions, Stage
 from remote_magic.families.base import Plan
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 MAX_MESSAGE_BYTES = 16 * 2**20
 PARTITION_TABLE = "__remote_magic_partition"  # a cluster partition's rows, with their file_row_number
 SCRATCH_DIR = "scratch"  # in a job folder: spilled rows and external-memory pages, removed after the job
@@ -100,7 +100,7 @@ class PrivateTraining(_Strict):
 
 
 class Task(_Strict):
-    protocol: Literal[5] = PROTOCOL_VERSION
+    protocol: Literal[6] = PROTOCOL_VERSION
     kind: TaskKind
     spec: DatasetSpec | None = None
     staging: Staging | None = None
@@ -161,6 +161,20 @@ class Admission(_Strict):
     missing_label: int | None = Field(
         default=None, ge=0, description="Rows the filter admitted whose label is missing (not counted: null)."
     )
+
+
+class TrainingPlan(_Strict):
+    """A DP training's public plan, before its first noise request: the trainer's settings (its
+    `Settings` fields), the columns its sketch counts and the sketch's rho, and whether it continues a
+    base model. The parent checks it against what it knows (the owner's label range, the admitted
+    classes, the job's features and training budget) and then each noise request against the releases
+    these settings make (families/dpboost/schedule.py), in order."""
+
+    type: Literal["training_plan"] = "training_plan"
+    settings: dict[str, str | int | float | bool | list[float] | None]
+    sketched: list[str] = Field(default_factory=list)
+    sketch_rho: float = Field(default=0.0, ge=0)
+    continuing: bool = False
 
 
 class NoiseRequest(_Strict):
@@ -370,6 +384,7 @@ WorkerMessage = Annotated[
     Isolation
     | ProgressNote
     | Admission
+    | TrainingPlan
     | NoiseRequest
     | TrainReport
     | DescribeReport

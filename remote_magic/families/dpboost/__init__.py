@@ -15,36 +15,39 @@ same code runs on one machine, on a Dask cluster and across several data owners'
 parameters to the trainer's `Settings`. Nothing here imports the server.
 """
 
-from .accounting import Scales, epsilon, noise_scales, rho_for_epsilon, total_rho
-from .booster import predict_margins
-from .coordinator import Coordinator, Released, local
-from .features import Column, Features, candidates_between
-from .objectives import BINARY, MULTICLASS, REGRESSION, Objective
-from .partition import Intercept, InterceptUpdate, LeafUpdate, Partition
-from .settings import Settings
-from .structure import Batch
+import importlib
 
-__all__ = [
-    "BINARY",
-    "MULTICLASS",
-    "REGRESSION",
-    "Batch",
-    "Column",
-    "Coordinator",
-    "Features",
-    "Intercept",
-    "InterceptUpdate",
-    "LeafUpdate",
-    "Objective",
-    "Partition",
-    "Released",
-    "Scales",
-    "Settings",
-    "candidates_between",
-    "epsilon",
-    "local",
-    "noise_scales",
-    "predict_margins",
-    "rho_for_epsilon",
-    "total_rho",
-]
+# Each name from its module, imported when first used: the server's parent process reads the settings
+# and the release schedule (`schedule.py`) to check a training's noise requests, and must not load
+# XGBoost (booster.py) for that.
+_HOME = {
+    "BINARY": "objectives",
+    "MULTICLASS": "objectives",
+    "REGRESSION": "objectives",
+    "Batch": "structure",
+    "Column": "features",
+    "Coordinator": "coordinator",
+    "Features": "features",
+    "Intercept": "partition",
+    "InterceptUpdate": "partition",
+    "LeafUpdate": "partition",
+    "Objective": "objectives",
+    "Partition": "partition",
+    "Released": "coordinator",
+    "Scales": "accounting",
+    "Settings": "settings",
+    "candidates_between": "features",
+    "epsilon": "accounting",
+    "local": "coordinator",
+    "noise_scales": "accounting",
+    "predict_margins": "booster",
+    "rho_for_epsilon": "accounting",
+    "total_rho": "accounting",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)

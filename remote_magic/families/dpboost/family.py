@@ -162,6 +162,9 @@ class DPBoostFamily:
         candidates = declared_columns(parts.map(schema)[0]["schema"], order)
         rho = order.rho
         request = candidates.request()
+        if run.declare is not None:  # the parent checks every noise request against this plan
+            sketched = [] if request is None else [*request.grids, *request.text]
+            run.declare(settings, sketched, SKETCH_SHARE * rho if sketched else 0.0, plan.base is not None)
         if request is None:
             features = candidates.declared()
         else:

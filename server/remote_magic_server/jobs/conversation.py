@@ -23,6 +23,7 @@ from ..protocol import (
     Failure,
     NoiseRequest,
     ReviewReport,
+    TrainingPlan,
     TrainReport,
     WorkerMessage,
 )
@@ -95,6 +96,12 @@ class Conversation:
         self.admitted: Admitted | None = None
 
     def handle(self, message: WorkerMessage) -> Final | None:
+        final = self._handle(message)
+        if final is not None and self.admitted is not None:
+            self.desk.keep_noise(self.request, self.admitted)
+        return final
+
+    def _handle(self, message: WorkerMessage) -> Final | None:
         if isinstance(message, Admission):
             try:
                 self.admitted = self.desk.admit(self.request, message, self.folder)
@@ -103,12 +110,15 @@ class Conversation:
                 return Final.failed(refusal.code, refusal.message)
             self.execution.reply(Decision(proceed=True))
             return None
-        if isinstance(message, NoiseRequest):
+        if isinstance(message, (TrainingPlan, NoiseRequest)):
             if self.admitted is None:
                 self.execution.kill()
                 return Final.failed("invalid_worker_report", "the job's worker asked for noise too early")
             try:
-                self.execution.reply(self.desk.noise(self.request, self.admitted, message))
+                if isinstance(message, TrainingPlan):
+                    self.desk.plan_training(self.request, self.admitted, message)
+                else:
+                    self.execution.reply(self.desk.noise(self.request, self.admitted, message))
             except Refusal as refusal:
                 self.execution.kill()
                 return Final.failed(refusal.code, refusal.message)

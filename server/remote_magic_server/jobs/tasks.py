@@ -110,6 +110,10 @@ def build_task(
         sandbox_uid=server.sandbox_uid,
         sandbox_gid=server.sandbox_gid,
     )
+    # A model the DP trainer makes is a DP release: what its leaves and predictions set apart is
+    # post-processing of noisy sums, read by no rule, so its report counts none of it (no pass over
+    # the admitted rows for it).
+    dp_trained = kind == "train" and policy.trains_privately
     checked = DatasetSpec.model_validate(spec)
     if kind == "describe":
         checked = checked.model_copy(update={"eval": None})
@@ -119,13 +123,13 @@ def build_task(
         staging=staging_plan(checked, kind, snapshot, config.id_column, plan),
         bounds=settings.bounds_for(dataset).for_kind(kind),
         limits=limits,
-        model_facts=kind == "train" and config.allow_model_release,
+        model_facts=kind == "train" and config.allow_model_release and not dp_trained,
         approved_sha256=plan.approved_sha256,
         describe=DescribeOptions(max_categories=policy.max_categories) if kind == "describe" else None,
         release=plan.release,
         rare_level_rows=policy.min_count,
         label_range=config.label_ranges.get(checked.label),
-        structure=policy.noisy,
+        structure=policy.noisy and not dp_trained,
         base_model=SavedModel(file=BASE_MODEL_FILE) if plan.base_model is not None else None,
         dp_training=PrivateTraining(
             rho=policy.dp_rho_train,
@@ -133,7 +137,7 @@ def build_task(
             column_levels=config.column_levels,
             delta=policy.dp_delta,
         )
-        if kind == "train" and policy.trains_privately
+        if dp_trained
         else None,
     )
 

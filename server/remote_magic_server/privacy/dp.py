@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 from opendp import domains, measurements, measures, metrics
 from opendp.mod import binary_search_chain, enable_features
 
@@ -30,17 +31,25 @@ def epsilon(rho: float, delta: float) -> float:
     return rho + 2 * math.sqrt(rho * math.log(1 / delta)) if rho > 0 else 0.0
 
 
+# A float release's noise is a multiple of 2^k (OpenDP's discretization), 2^-40 of its sensitivity:
+# far below any value's meaning, and about four times faster to draw than the exact default (2^-1074).
+_GRANULARITY_BITS = 40
+
+
 @functools.lru_cache(maxsize=256)
-def _measurement(kind: type, l2: float, rho: float):
-    """OpenDP's Gaussian mechanism over vectors of any length, at the smallest scale (from the
-    formula, nudged up) whose privacy map meets `rho`; kept, as a DP training asks for the same ones
-    hundreds of times."""
-    atom = domains.atom_domain(T=kind, nan=False) if kind is float else domains.atom_domain(T=kind)
-    space = domains.vector_domain(atom)
+def _measurement(kind: type, l2: float, rho: float, size: int | None = None):
+    """OpenDP's Gaussian mechanism over vectors (of `size` entries: floats need it, integers take any
+    length), at the smallest scale (from the formula, nudged up) whose privacy map meets `rho`, which
+    covers the discretization too; kept, as a DP training asks for the same ones hundreds of times."""
+    if kind is float:
+        space = domains.vector_domain(domains.atom_domain(T=float, nan=False), size=size)
+        k = math.floor(math.log2(l2)) - _GRANULARITY_BITS
+    else:
+        space, k = domains.vector_domain(domains.atom_domain(T=kind)), None
     metric = metrics.l2_distance(T=float)
     scale = sigma(l2, rho)
     for _ in range(50):
-        measurement = measurements.make_gaussian(space, metric, scale=scale)
+        measurement = measurements.make_gaussian(space, metric, scale=scale, k=k)
         if measurement.map(float(l2)) <= rho:
             return measurement, scale
         scale *= _SCALE_STEP
@@ -49,8 +58,8 @@ def _measurement(kind: type, l2: float, rho: float):
 
 def gaussian(values: list[float], l2: float, rho: float) -> tuple[list[float], float]:
     """Noisy sums at a cost of `rho`, and the noise's standard deviation."""
-    measurement, scale = _measurement(float, l2, rho)
-    return [float(v) for v in measurement([float(v) for v in values])], scale
+    measurement, scale = _measurement(float, l2, rho, len(values))
+    return [float(v) for v in measurement(_floats(values))], scale
 
 
 def gaussian_counts(counts: list[int], l2: float, rho: float) -> tuple[list[int], float]:
@@ -62,7 +71,12 @@ def gaussian_counts(counts: list[int], l2: float, rho: float) -> tuple[list[int]
 def top_k(scores: list[float], k: int, linf: float, rho: float) -> list[int]:
     """The indices of (about) the k highest scores, chosen by OpenDP's noisy top-k at a cost of `rho`."""
     measurement = _top_k(min(k, len(scores)), float(linf), float(rho))
-    return [int(i) for i in measurement([float(s) for s in scores])]
+    return [int(i) for i in measurement(_floats(scores))]
+
+
+def _floats(values: list[float]) -> np.ndarray:
+    """Values as OpenDP reads a vector of floats fastest (a NumPy array: one copy, not one check each)."""
+    return np.asarray(values, dtype=np.float64)
 
 
 @functools.lru_cache(maxsize=256)

@@ -51,6 +51,9 @@ from remote_magic.contract.wire import (
     ReleaseOptions,
     SpecUsed,
 )
+from remote_magic.families.dpboost.objectives import MULTICLASS, REGRESSION
+from remote_magic.families.dpboost.schedule import Release, releases
+from remote_magic.families.dpboost.settings import Settings as TrainerSettings
 
 from ..audit import AuditLog
 from ..config.settings import Policy, Settings
@@ -59,7 +62,15 @@ from ..privacy import model_release as release_rules
 from ..privacy import policy as rules
 from ..privacy.guard import check_differencing
 from ..privacy.model_release import check_model_release
-from ..protocol import Admission, DescribeReport, ModelFacts, NoiseAnswer, NoiseRequest, TrainReport
+from ..protocol import (
+    Admission,
+    DescribeReport,
+    ModelFacts,
+    NoiseAnswer,
+    NoiseRequest,
+    TrainingPlan,
+    TrainReport,
+)
 from .ledger import Ledger
 
 log = logging.getLogger("remote_magic_server.release")
@@ -114,6 +125,9 @@ class Admitted:
     train_rho: float = 0.0  # charged for DP training: what the job's noise requests may spend
     train_spent: float = 0.0  # what they spent so far
     noise_asked: int = 0
+    releases: list[Release] | None = None  # what the declared training plan asks, in order
+    noise_replay: dict[int, dict] | None = None  # an earlier run's answers, read at the first request
+    noise_unkept: list[tuple[int, dict]] = field(default_factory=list)  # drawn, not yet in the ledger
 
 
 def _digest(*parts: object) -> str:
@@ -365,26 +379,89 @@ class ReleaseDesk:
         return "not_released", NOT_RELEASED
 
     # 2b. a DP training's noise
+    def plan_training(self, request: Request, admitted: Admitted, plan: TrainingPlan) -> None:
+        """Check a DP training's declared plan against what the parent knows and keep the releases its
+        settings make (the trainer's own code, families/dpboost/schedule.py): the owner's label range
+        for a regression, the admitted classes for a classifier, sketched columns among the job's
+        features, all within the training budget. Raise `invalid_worker_report` if it does not hold."""
+        if request.kind != "train" or not admitted.train_rho or admitted.releases is not None:
+            raise self._bad_noise(request, "a training plan the job does not have")
+        try:
+            fields = {k: tuple(v) if isinstance(v, list) else v for k, v in plan.settings.items()}
+            settings = TrainerSettings(**fields)  # type: ignore[arg-type]
+            objective = settings.objective_()
+        except (TypeError, ValueError):
+            raise self._bad_noise(request, "training settings that do not hold") from None
+        counts = admitted.admission.counts
+        classes = {c for split in counts.values() for c in split.classes or {}}
+        classifier = counts["train"].classes is not None
+        label = str(request.spec.get("label", ""))
+        if objective.name == REGRESSION:
+            owner = self.settings.datasets[request.dataset].label_ranges.get(label)
+            fits = not classifier and owner is not None and settings.label_range == tuple(owner)
+        elif objective.name == MULTICLASS:
+            fits = classifier and settings.num_class == len(classes)
+        else:
+            fits = classifier and len(classes) <= 2
+        allowed = {*request.features, *(request.spec.get("derive") or {})}
+        sketched = plan.sketched
+        fits = fits and len(set(sketched)) == len(sketched) and set(sketched) <= allowed
+        fits = fits and (plan.sketch_rho > 0) == bool(sketched) and plan.sketch_rho < admitted.train_rho
+        if not fits:
+            raise self._bad_noise(request, "a training plan that does not fit the job")
+        planned = list(
+            releases(settings, admitted.train_rho, len(sketched), plan.sketch_rho, plan.continuing)
+        )
+        if sum(r.rho for r in planned) > admitted.train_rho * (1 + 1e-9):
+            raise self._bad_noise(request, "a training plan past its budget")
+        admitted.releases = planned
+
+    @staticmethod
+    def _bad_noise(request: Request, what: str) -> Refusal:
+        log.warning("bad_noise_request", extra={"job": request.job_id, "what": what})
+        return Refusal("invalid_worker_report", f"the job's worker asked for {what}")
+
     def noise(self, request: Request, admitted: Admitted, ask: NoiseRequest) -> NoiseAnswer:
         """Draw a DP training's noise with OpenDP, counted against what the job was charged for training
-        at admission: a request past it is refused (`invalid_worker_report`), whatever it asks. A job
-        that runs again after a restart gets its earlier answers back in the same order, never fresh
-        noise for the same question."""
+        at admission: a request past it is refused (`invalid_worker_report`), whatever it asks, and so
+        is one that is not the next release of the declared plan (`plan_training`): its kind, its
+        bound and its rho are the trainer's settings', so a worker cannot ask for less noise. A job
+        that runs again after a restart gets its earlier answers back in the same order (those kept,
+        `keep_noise`), never fresh noise for a question whose answer something released depends on."""
+        seq = admitted.noise_asked
+        if request.kind == "train":
+            planned = admitted.releases or []
+            expected = planned[seq] if seq < len(planned) else None
+            if expected is None or not (
+                ask.kind == expected.kind
+                and math.isclose(ask.bound, expected.bound, rel_tol=1e-9)
+                and math.isclose(ask.rho, expected.rho, rel_tol=1e-9)
+            ):
+                raise self._bad_noise(request, "noise its training plan does not make")
         spent = admitted.train_spent + ask.rho
         if spent > admitted.train_rho * (1 + 1e-9) + 1e-15:
             log.warning("noise_past_allowance", extra={"job": request.job_id, "rho": spent})
             raise Refusal("invalid_worker_report", "the job's worker asked for more than its training budget")
-        seq = admitted.noise_asked
         admitted.train_spent, admitted.noise_asked = spent, seq + 1
-        stored = self.ledger.noise_draw(request.charge, seq)
+        if admitted.noise_replay is None:
+            admitted.noise_replay = self.ledger.noise_draws(request.charge)
+        stored = admitted.noise_replay.get(seq)
         if stored is not None:
             return NoiseAnswer.model_validate(stored)
         if ask.kind == "gaussian":
             answer = NoiseAnswer(values=dp.gaussian(ask.values, ask.bound, ask.rho)[0])
         else:
             answer = NoiseAnswer(index=dp.top_k(ask.values, 1, ask.bound, ask.rho)[0])
-        self.ledger.store_noise_draw(request.charge, seq, answer.model_dump(mode="json"))
+        admitted.noise_unkept.append((seq, answer.model_dump(mode="json")))
         return answer
+
+    def keep_noise(self, request: Request, admitted: Admitted) -> None:
+        """Write the answers drawn since the last call to the ledger, in one transaction: called before
+        anything that depends on them leaves (`release_result`) and when a task ends. An answer is
+        seen only by the confined worker until then, so one lost with the server is one nothing was
+        released from, and the job's next run may draw it afresh."""
+        self.ledger.store_noise_draws(request.charge, admitted.noise_unkept)
+        admitted.noise_unkept = []
 
     def _training(self, request: Request, admitted: Admitted, report: TrainReport) -> DPTraining | None:
         """What the DP training cost, as the desk counted it from the noise it drew (not as the worker
@@ -406,6 +483,7 @@ class ReleaseDesk:
         """A train or evaluate report as the strict result of its mode; the model-release decision with it."""
         assert request.job_id is not None
         policy = self.policy(request.dataset)
+        self.keep_noise(request, admitted)
         if policy.noisy:
             assert admitted.noisy is not None
             result = dp_release.release_dp(

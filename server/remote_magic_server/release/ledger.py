@@ -6,8 +6,8 @@ bytes per run of rows); identical sets are stored once. Check-then-record happen
 (`decision`), so two jobs admitted together cannot both slip past the guard or the budget. A charge is
 one row per job (or describe request) with the noise it drew, so a job that runs again after a restart
 is neither charged twice nor given fresh noise; a DP training's noise answers are kept the same way, by
-job and by their order (`noise_draws`). A data owner may give one user a budget on one dataset
-other than the policy's cap (`budget_caps`).
+job and by their order (`noise_draws`), written together before anything that depends on them leaves.
+A data owner may give one user a budget on one dataset other than the policy's cap (`budget_caps`).
 """
 
 from __future__ import annotations
@@ -186,19 +186,22 @@ class Ledger:
                 (charge, user, dataset, kind, rho, json.dumps(draws), _now()),
             )
 
-    def noise_draw(self, charge: str, seq: int) -> dict | None:
-        """The `seq`-th noise answer an earlier run of the same job was given, if any."""
+    def noise_draws(self, charge: str) -> dict[int, dict]:
+        """The noise answers an earlier run of the same job was given, by their order."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT answer FROM noise_draws WHERE charge = ? AND seq = ?", (charge, seq)
-            ).fetchone()
-        return json.loads(row["answer"]) if row else None
+            rows = self._db.execute(
+                "SELECT seq, answer FROM noise_draws WHERE charge = ?", (charge,)
+            ).fetchall()
+        return {int(row["seq"]): json.loads(row["answer"]) for row in rows}
 
-    def store_noise_draw(self, charge: str, seq: int, answer: dict) -> None:
-        with self._lock:
-            self._db.execute(
+    def store_noise_draws(self, charge: str, draws: list[tuple[int, dict]]) -> None:
+        """Keep a job's noise answers, all in one transaction (one commit, not one per answer)."""
+        if not draws:
+            return
+        with self._lock, self._transaction():
+            self._db.executemany(
                 "INSERT OR IGNORE INTO noise_draws (charge, seq, answer) VALUES (?, ?, ?)",
-                (charge, seq, json.dumps(answer)),
+                [(charge, seq, json.dumps(answer)) for seq, answer in draws],
             )
 
     def stored_answer(self, user: str, dataset: str, request: str) -> dict | None:

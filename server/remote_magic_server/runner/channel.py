@@ -7,14 +7,24 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
 from remote_magic.contract.codes import Refusal
 
-from ..protocol import Admission, Decision, Failure, NoiseAnswer, NoiseRequest, ProgressNote
+from ..protocol import (
+    Admission,
+    Decision,
+    Failure,
+    NoiseAnswer,
+    NoiseRequest,
+    ProgressNote,
+    TrainingPlan,
+)
 
 log = logging.getLogger("remote_magic_server.worker")
 
@@ -33,6 +43,12 @@ class Channel:
         """Tell the parent which rows were admitted; wait for its decision (proceed or stop)."""
         self.send(admission)
         return Decision.model_validate_json(self.conn.recv_bytes()).proceed
+
+    def declare(self, settings: Any, sketched: list[str], sketch_rho: float, continuing: bool) -> None:
+        """Tell the parent a DP training's public plan (`Run.declare`), before its first noise request."""
+        fields = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
+        plan = TrainingPlan(settings=fields, sketched=sketched, sketch_rho=sketch_rho, continuing=continuing)
+        self.send(plan)
 
     def noise(self, values: list[float], l2: float, rho: float) -> list[float]:
         """Gaussian noise on `values` from the parent (a DP training's `Run.noise`); wait for it."""

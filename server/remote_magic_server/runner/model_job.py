@@ -93,7 +93,7 @@ def run(
             label_range=task.label_range,
             delta=order.delta,
         )
-        training.noise, training.select = channel.noise, channel.select
+        training.noise, training.select, training.declare = channel.noise, channel.select, channel.declare
     if task.kind == "train":
         channel.stage("training", 0, plan.rounds)
         trained = family.train(plan, parts, classes, training)

@@ -1,0 +1,58 @@
+"""Every noisy release a DP training asks for, in order, from its public settings alone.
+
+A release is the kind of noise (`gaussian` sums, or a noisy `top1` of scores), the bound by which one
+row moves what is noised (L2 for sums, per score for a top-1) and its rho: the sketch's Gaussian (one,
+over the sketched columns' counts: one row moves each column's counts by one), the intercept's, then
+per batch of rounds each level's split selections (one per tree, or per tree a column and one per node)
+and the leaves' gradient and hessian sums. The coordinator asks exactly these (a test runs it against
+this list), so the trusted parent, which never sees a row, checks each request a worker sends against
+the trainer's own settings: a worker cannot state a smaller bound, or a different rho, than the proof
+has for that release.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from .settings import Settings
+
+
+@dataclass(frozen=True)
+class Release:
+    kind: Literal["gaussian", "top1"]
+    bound: float
+    rho: float
+
+
+def releases(
+    settings: Settings, rho: float, sketched_columns: int, sketch_rho: float, continuing: bool
+) -> Iterator[Release]:
+    """The releases of a training with budget `rho`, of which `sketch_rho` pays for the sketch of
+    `sketched_columns` columns (none: 0 and 0.0), continuing a base model or not."""
+    if sketched_columns:
+        yield Release("gaussian", math.sqrt(sketched_columns), sketch_rho)
+        rho = rho - sketch_rho
+    objective = settings.objective_()
+    scales = settings.scales(rho, continuing=continuing)
+    if scales.sigma_intercept is not None:
+        yield Release("gaussian", objective.intercept_bound, settings.intercept_share * rho)
+    g_bound, h_bound = objective.gradient_bound, objective.hessian_bound
+    per_round_g = g_bound**2 / (2 * scales.sigma_g**2)
+    per_round_h = h_bound**2 / (2 * scales.sigma_h**2)
+    done = 0
+    while done < settings.rounds:
+        rounds = min(settings.batch_size, settings.rounds - done)
+        if scales.sigma_select is not None:
+            bound = settings.select_bound
+            select = Release("top1", bound, bound**2 / (2 * scales.sigma_select**2))
+            for level in range(settings.max_depth):
+                per_tree = 1 + (1 << level) if settings.node_splits else 1
+                for _ in range(rounds * objective.trees_per_round * per_tree):
+                    yield select
+        scale = math.sqrt(rounds)
+        yield Release("gaussian", g_bound * scale, per_round_g * rounds)
+        yield Release("gaussian", h_bound * scale, per_round_h * rounds)
+        done += rounds
