@@ -1,13 +1,15 @@
 """A small job through the server against the same work in-process: where the time goes, and is it flat?
 
 The architecture's floor for a small job (10k rows x 20 features, 20 rounds, an eval split, 2 cores) is
-a DuckDB read+filter, `xgb.train` with evals and the metrics, in one process; issue 22's targets for the
-server (HTTP, store, a confined worker, policy, long-poll) are a p50 of at most 150 ms and at most 1.6x
-that. Both are measured here, interleaved, in the same run, in mode rules and in mode dp (the same table
-served twice). The breakdown comes from the client's clock (submit, wake-up, client) and from the server
-log's `job_submitted` / `job_started` / `job_finished` lines (persist, whether a warm worker took the
-job, and the job's timeline: queue, launch, fork (or the hand-over to a warm worker), confine, decode,
-stage, admit, train, evaluate, release); it holds moments, never values.
+a DuckDB read+filter, the mode's trainer and the metrics, in one process: `xgb.train` with evals in mode
+rules, the DP trainer (benchmarks/inprocess.py, seeded NumPy noise) in mode dp, whose jobs it trains;
+issue 22's targets for the server (HTTP, store, a confined worker, policy, long-poll) are a p50 of at most
+150 ms and at most 1.6x that. Both are measured here, interleaved, in the same run, in mode rules and in
+mode dp (the same table served twice), each against its own trainer in-process. The breakdown comes
+from the client's clock (submit, wake-up, client) and from the server log's `job_submitted` /
+`job_started` / `job_finished` lines (persist, whether a warm worker took the job, and the job's
+timeline: queue, launch, fork (or the hand-over to a warm worker), confine, decode, stage, admit, train,
+evaluate, release); it holds moments, never values.
 
     python -m benchmarks.small_job [--jobs 100] [--measured 50] [--warm-workers N]
 """
@@ -25,11 +27,13 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import xgboost as xgb
 
-from benchmarks.inprocess import train_and_score
+from benchmarks.inprocess import dp_train_and_score, train_and_score
 from remote_magic import Client
 from remote_magic.display.result import TrainResult
+from remote_magic_server.config.settings import Policy
 from tests.serverproc import running
 
 ROWS, FEATURES, ROUNDS = 10_000, 20, 20
@@ -58,8 +62,9 @@ def make_table(path: Path) -> None:
     frame.to_parquet(path, index=False)
 
 
-def local_once(path: Path) -> float:
-    """The floor: read and filter with DuckDB, train with evals, predict, score, all in this process."""
+def local_once(path: Path, mode: str = "rules") -> float:
+    """The floor: read and filter with DuckDB, train (mode dp: with the DP trainer), predict, score, all
+    in this process."""
     start = time.perf_counter()
     con = duckdb.connect()
     table = con.sql(
@@ -71,6 +76,12 @@ def local_once(path: Path) -> float:
     is_eval = table.column("is_eval").to_numpy(zero_copy_only=False)
     x = np.column_stack([table.column(f"f{i}").to_numpy() for i in range(FEATURES)])
     y = table.column("label").to_numpy()
+    if mode == "dp":
+        features = table.select([f"f{i}" for i in range(FEATURES)])
+        train, held_out = features.filter(pa.array(~is_eval)), features.filter(pa.array(is_eval))
+        rho = Policy.model_fields["dp_rho_train"].default
+        dp_train_and_score(train, y[~is_eval], held_out, y[is_eval], 4, ROUNDS, 2, rho)
+        return time.perf_counter() - start
     dtrain = xgb.DMatrix(x[~is_eval], label=y[~is_eval], nthread=2)
     deval = xgb.DMatrix(x[is_eval], label=y[is_eval], nthread=2)
     train_and_score(dtrain, deval, y[is_eval], 4, ROUNDS, 2)
@@ -123,6 +134,7 @@ def breakdown(runs: list[dict], lines: dict[str, dict]) -> dict[str, list[float]
 
 
 MODES = {"rules": "bench", "dp": "bench_dp"}  # mode -> dataset (the same table)
+WARMUP_SEED = 1_000_000  # above any measured job's seed, so no measured job repeats a warm-up
 
 
 def report(mode: str, local: list[float], runs: list[dict], measured: int, lines: dict[str, dict]) -> None:
@@ -184,26 +196,29 @@ def main() -> None:
         with running(base / "data", log, users, extra, pool) as server:
             client = server.client("bench")
             for i in range(3):
-                local_once(table), [remote_once(client, name, -1 - i) for name in MODES.values()]
-            local: list[float] = []
+                for mode, name in MODES.items():
+                    local_once(table, mode), remote_once(client, name, WARMUP_SEED + i)
+            local: dict[str, list[float]] = {mode: [] for mode in MODES}
             runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
             for i in range(max(args.jobs, args.measured)):
                 for mode, name in MODES.items():
                     runs[mode].append(remote_once(client, name, i))
-                if i < args.measured:
-                    local.append(local_once(table) * 1e3)
+                    if i < args.measured:
+                        local[mode].append(local_once(table, mode) * 1e3)
         lines = server_lines(log)
 
-    lm = statistics.median(local)
     print(f"small job: {ROWS} rows x {FEATURES} features, {ROUNDS} rounds, eval split; modes interleaved")
     print(
         f"  {os.cpu_count()} cores; load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after"
     )
-    print(
-        f"  in-process DuckDB + xgb.train + metrics: p50 {lm:6.1f} ms  p95 {np.percentile(local, 95):6.1f} ms"
-    )
+    for mode, trainer in (("rules", "xgb.train"), ("dp", "the DP trainer")):
+        values = local[mode]
+        print(
+            f"  in-process DuckDB + {trainer} + metrics: p50 {statistics.median(values):6.1f} ms  "
+            f"p95 {np.percentile(values, 95):6.1f} ms"
+        )
     for mode in MODES:
-        report(mode, local, runs[mode], args.measured, lines)
+        report(mode, local[mode], runs[mode], args.measured, lines)
 
 
 if __name__ == "__main__":

@@ -92,6 +92,41 @@ def test_progress_bar_is_quiet_for_fast_jobs_and_off_by_config(shell, capsys):
     assert "round" not in capsys.readouterr().err
 
 
+class CountingCalls:
+    """The real client, with each status call's wait and how long it took recorded."""
+
+    def __init__(self, client):
+        self.client = client
+        self.polls: list[tuple[float, float]] = []
+
+    def status(self, job_id, wait=0, since=None, final=False):
+        start = time.monotonic()
+        try:
+            return self.client.status(job_id, wait=wait, since=since, final=final)
+        finally:
+            self.polls.append((wait, time.monotonic() - start))
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+def test_a_job_quicker_than_the_progress_delay_is_one_long_poll_not_one_per_progress_line(server):
+    """Before the bar may appear nothing is shown, so nothing wakes the client but the job's end: a
+    long-poll returns early only once, with the final state (each early return is a round trip the
+    kernel pays for)."""
+    client = server.client()
+    calls = CountingCalls(client)
+    job = client.submit(
+        xgb.XGBClassifier(n_estimators=30), {"dataset": "breast_cancer_rules", "label": "malignant"}
+    )
+    job.client = calls
+    shown: list[str] = []
+    status = job.wait(timeout=1800, on_progress=lambda s: shown.append(s.state), progress_after=1800)
+    assert status.state == "succeeded" and not shown
+    early = [(wait, took) for wait, took in calls.polls[:-1] if took < wait - 0.5]
+    assert not early, f"long-polls woken before the job ended: {calls.polls}"
+
+
 @pytest.fixture()
 def sigint_raises():
     """Ctrl-C raises KeyboardInterrupt, as in a kernel. A process started in the background by a

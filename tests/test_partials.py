@@ -49,3 +49,12 @@ def test_isolated_rows_merge_from_histograms(task, y, pred, k, label_range):
         spread = partials.spread(partials.merge([partials.moments(pred[h]) for h in halves]))
     histogram = sum((partials.isolation(task, pred[h], k, spread) for h in halves), start=partials.Counter())
     assert partials.isolated(histogram) == scoring.isolated_rows(task, pred, len(y), k)
+
+
+@pytest.mark.parametrize(("task", "y", "pred", "k", "label_range"), list(cases()), ids=lambda c: str(c)[:10])
+def test_stats_given_the_scores_of_the_same_rows_are_the_stats_computed_afresh(task, y, pred, k, label_range):
+    """A job's report takes the AUC and confusion counts from `score` instead of computing them twice."""
+    scored = scoring.score(task, y, pred, k)
+    assert scoring.stats(task, y, pred, k, label_range, scored=scored) == scoring.stats(
+        task, y, pred, k, label_range
+    )

@@ -16,6 +16,7 @@ import xgboost as xgb
 from remote_magic.contract.wire import DatasetSpec
 from remote_magic.families.aggregates import evaluate
 from remote_magic.families.base import Batches, Split, encode_labels
+from remote_magic.families.xgboost import family as xgboost_family
 from remote_magic.families.xgboost.family import FAMILY
 from remote_magic.families.xgboost.inputs import frame_of
 from remote_magic_server.demo import synthetic_table
@@ -46,7 +47,11 @@ def pandas_path(trained, train: pa.Table, y: np.ndarray, base: xgb.Booster | Non
     return xgb.train(trained.params, dtrain, ROUNDS, xgb_model=base)
 
 
-def test_quantile_matrices_fed_in_batches_grow_the_trees_of_the_dmatrix_path():
+@pytest.mark.parametrize("small_cells", [0, 10**9], ids=["quantile", "small-dmatrix"])
+def test_matrices_fed_in_batches_grow_the_trees_of_the_dmatrix_path(monkeypatch, small_cells):
+    """Past `SMALL_MATRIX_CELLS` a quantile matrix fed batch by batch, below it one DMatrix of the
+    batches: the same trees as the pandas + DMatrix path either way, and the same predictions."""
+    monkeypatch.setattr(xgboost_family, "SMALL_MATRIX_CELLS", small_cells)
     train, y_train = synthetic(6000, 1)
     evaluation, y_eval = synthetic(1500, 2)
     labels = encode_labels(y_train, y_eval, "label", "classification")
@@ -58,12 +63,12 @@ def test_quantile_matrices_fed_in_batches_grow_the_trees_of_the_dmatrix_path():
         Split(in_batches(evaluation, 500), y_eval),
         labels,
     )
-    assert isinstance(held_matrix(parts, "train"), xgb.QuantileDMatrix)
+    assert isinstance(held_matrix(parts, "train"), xgb.QuantileDMatrix) == (small_cells == 0)
     assert trained.booster.save_raw("json") == pandas_path(trained, train, labels.train).save_raw("json")
     exact = trained.booster.predict(xgb.DMatrix(frame_of(evaluation), enable_categorical=True))
     assert np.array_equal(
         trained.booster.predict(held_matrix(parts, "eval")), exact
-    )  # eval rows binned with ref=
+    )  # eval rows binned with ref=, or exact
 
 
 def test_continuing_a_notebook_model_keeps_its_category_codes_even_when_a_category_is_missing():

@@ -6,6 +6,7 @@ so the client's modules import this one and never the other way round.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -75,26 +76,35 @@ class Job:
         return self.status
 
     def wait(
-        self, timeout: float | None = None, on_progress: Callable[[JobStatus], None] | None = None
+        self,
+        timeout: float | None = None,
+        on_progress: Callable[[JobStatus], None] | None = None,
+        progress_after: float = 0.0,
     ) -> JobStatus:
         """Long-poll until the job is final. Ctrl-C cancels the remote job, then re-raises.
 
-        With `on_progress`, each long-poll lasts at most a second, so a progress display is refreshed
-        at least once a second even while nothing changes (a queued job); changes arrive at once.
-        Without it, a long-poll returns only when the job ends (no round trip per progress line).
+        With `on_progress`, from `progress_after` seconds on, each long-poll lasts at most a second,
+        so a progress display is refreshed at least once a second even while nothing changes (a
+        queued job); changes arrive at once. Before that, and without `on_progress`, a long-poll
+        returns only when the job ends: a job quicker than `progress_after` (a progress bar's delay)
+        costs one round trip, not one per progress line, each of which the kernel would pay for.
         A dropped connection or a 5xx does not end the wait: it reconnects and resumes from the last
         version seen (the job lives on across a server restart)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        poll = POLL_WAIT if on_progress is None else PROGRESS_POLL_WAIT
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
+        watch_from = start + progress_after if on_progress is not None else math.inf
         try:
-            if on_progress is not None:
+            if on_progress is not None and progress_after <= 0:
                 on_progress(self.status)
             while not self.done:
-                remaining = poll if deadline is None else min(poll, deadline - time.monotonic())
+                now = time.monotonic()
+                watching = now >= watch_from
+                poll = PROGRESS_POLL_WAIT if watching else min(POLL_WAIT, watch_from - now)
+                remaining = poll if deadline is None else min(poll, deadline - now)
                 if remaining <= 0:
                     raise TimeoutError(f"job {self.id} is still {self.status.state} after {timeout} s")
                 try:
-                    self.refresh(wait=remaining, final=on_progress is None)
+                    self.refresh(wait=remaining, final=not watching)
                 except ConnectionProblem:
                     time.sleep(RECONNECT_DELAY)  # the server restarts or the network blips: resume
                     continue
@@ -103,7 +113,7 @@ class Job:
                         raise
                     time.sleep(RECONNECT_DELAY)  # a proxy or the server failed this poll: poll again
                     continue
-                if on_progress is not None:
+                if on_progress is not None and time.monotonic() >= watch_from:
                     on_progress(self.status)
         except KeyboardInterrupt:
             self.cancel()
@@ -111,10 +121,13 @@ class Job:
         return self.status
 
     def result(
-        self, timeout: float | None = None, on_progress: Callable[[JobStatus], None] | None = None
+        self,
+        timeout: float | None = None,
+        on_progress: Callable[[JobStatus], None] | None = None,
+        progress_after: float = 0.0,
     ) -> TrainResult:
         """Wait for the job and return its aggregate result; a failed job raises a RemoteError."""
-        self._succeeded(timeout, on_progress)
+        self._succeeded(timeout, on_progress, progress_after)
         raw = self.client.result(self.id)
         if self.notes:
             raw = raw.model_copy(update={"notes": [*self.notes, *raw.notes]})
@@ -127,10 +140,13 @@ class Job:
         return self.client.load_model(self.id)
 
     def _succeeded(
-        self, timeout: float | None, on_progress: Callable[[JobStatus], None] | None = None
+        self,
+        timeout: float | None,
+        on_progress: Callable[[JobStatus], None] | None = None,
+        progress_after: float = 0.0,
     ) -> None:
         """Wait for the job; a job that did not succeed raises its error as a RemoteError."""
-        status = self.wait(timeout=timeout, on_progress=on_progress)
+        status = self.wait(timeout=timeout, on_progress=on_progress, progress_after=progress_after)
         if status.state != "succeeded":
             error = status.error
             code = error.code if error else status.state

@@ -84,8 +84,24 @@ class Measured:
     importance: dict[str, float] | None
 
 
-def _admitted_predictions(family: ModelFamily, model: Any, part: Part, asked: Asked, rounds: int | None):
-    return np.concatenate([family.predict(model, part, split, rounds) for split in asked.admitted])
+def _admitted_predictions(
+    family: ModelFamily,
+    model: Any,
+    part: Part,
+    asked: Asked,
+    rounds: int | None,
+    eval_pred: np.ndarray | None = None,
+) -> np.ndarray:
+    """Predictions on the admitted rows; `eval_pred`, the whole model's on the evaluation rows, made
+    already for the scores, is used instead of predicting them again."""
+    return np.concatenate(
+        [
+            eval_pred
+            if split == "eval" and rounds is None and eval_pred is not None
+            else family.predict(model, part, split, rounds)
+            for split in asked.admitted
+        ]
+    )
 
 
 def moments(part: Part, family: ModelFamily, model: Any, asked: Asked) -> dict:
@@ -104,7 +120,9 @@ def scores(part: Part, family: ModelFamily, model: Any, asked: Asked) -> dict:
     out: dict = {}
     if asked.exact:
         out["score"] = _exact(asked, y, pred)
-        out["stats"] = scoring.stats(asked.task, y, pred, asked.n_classes, asked.label_range)
+        out["stats"] = scoring.stats(
+            asked.task, y, pred, asked.n_classes, asked.label_range, scored=out["score"]
+        )
     else:
         out["partial"] = partials.partial(asked.task, y, pred, asked.n_classes, asked.label_range)
     if asked.loss_clip is not None:
@@ -129,7 +147,7 @@ def scores(part: Part, family: ModelFamily, model: Any, asked: Asked) -> dict:
         out["base_leaves"] = partials.merge_leaves(found)
     if asked.structure:
         for key, rounds in asked.predictions():
-            admitted = _admitted_predictions(family, model, part, asked, rounds)
+            admitted = _admitted_predictions(family, model, part, asked, rounds, eval_pred=pred)
             if asked.exact:
                 out[f"{key}_isolated"] = scoring.isolated_rows(
                     asked.task, admitted, len(admitted), asked.n_classes

@@ -85,8 +85,16 @@ def loss_clip(task: str, residual_clip: float | None) -> float | None:
     return LOSS_CLIP
 
 
-def stats(task: str, y: np.ndarray, pred: np.ndarray, n_classes: int, label_range: tuple | None) -> dict:
-    """The clipped sums a DP release is computed from, and how far one row can move each."""
+def stats(
+    task: str,
+    y: np.ndarray,
+    pred: np.ndarray,
+    n_classes: int,
+    label_range: tuple | None,
+    scored: dict | None = None,
+) -> dict:
+    """The clipped sums a DP release is computed from, and how far one row can move each. `scored`:
+    what `score` gave for the same rows, whose AUC and confusion counts are taken, not computed again."""
     n = len(y)
     if task == "regression":
         if label_range is None:
@@ -107,15 +115,18 @@ def stats(task: str, y: np.ndarray, pred: np.ndarray, n_classes: int, label_rang
         }
     prob = _probabilities(task, pred, n, n_classes)
     predicted = prob.argmax(axis=1)
+    confusion = scored["confusion"] if scored is not None else None
     out = {
         "n": n,
         "correct": int((predicted == y).sum()),
         "loss_sum": float(row_losses(task, y, pred, n_classes, None).sum()),
         "loss_clip": LOSS_CLIP,
-        "confusion": skm.confusion_matrix(y, predicted, labels=list(range(max(n_classes, 2)))).tolist(),
+        "confusion": confusion
+        if confusion is not None
+        else skm.confusion_matrix(y, predicted, labels=list(range(max(n_classes, 2)))).tolist(),
     }
     if task == "binary":
-        out["auc"] = _auc(y, prob[:, 1])
+        out["auc"] = scored["metrics"]["auc"] if scored is not None else _auc(y, prob[:, 1])
     return out
 
 

@@ -426,7 +426,9 @@ class RemoteMagic(Magics, Configurable):
 
         bar = ProgressBar(delay=self.progress_delay) if self.progress else None
         try:
-            return job.result(timeout=self.timeout or None, on_progress=bar)
+            return job.result(
+                timeout=self.timeout or None, on_progress=bar, progress_after=self.progress_delay
+            )
         except KeyboardInterrupt:
             raise JobInterrupted(f"remote job {job.id} was cancelled{_charge_said(job)}.") from None
         finally:

@@ -51,6 +51,7 @@ DEFAULT_MAX_BIN = 256
 LEAF_TABLE_CELLS = 16_000_000  # rows x trees of leaf ids predicted at once (64 MiB)
 STATE = "xgboost"  # a partition's state: the matrices of its rows, by split
 DEFAULT_MIN_CHILD_WEIGHT = 1.0
+SMALL_MATRIX_CELLS = 2_000_000  # rows x features up to which a split becomes a plain DMatrix (16 MB)
 
 
 @dataclass
@@ -377,6 +378,9 @@ class XGBoostFamily:
 
         - a base model to continue: `DMatrix`, exact values, because the base model's split points need
           not lie on this data's bins and a quantile matrix would shift its predictions;
+        - a split of at most `SMALL_MATRIX_CELLS` held in memory: `DMatrix` of its rows as one Arrow
+          table (the trees are the same: training bins it with the same cuts), since a quantile matrix's
+          own passes cost a small job more than they save (about 40 ms of 100 on 10k rows);
         - otherwise `QuantileDMatrix` (the evaluation rows binned by the training rows' cuts, `ref=`),
           or `ExtMemQuantileDMatrix` with its pages in the job folder when the rows were spilled there;
         - a Pipeline: its preprocessors need every training row at once, as pandas (refitted here).
@@ -386,6 +390,9 @@ class XGBoostFamily:
             return XGBoostFamily._pipeline_matrices(plan, train, eval, labels, threads)
 
         def matrix(part: Split, y: np.ndarray, ref: xgb.DMatrix | None = None) -> xgb.DMatrix:
+            if part.x.cache is None and 0 < len(y) * len(part.x.schema) <= SMALL_MATRIX_CELLS:
+                whole = pa.concat_tables([model_input(batch, categories) for batch in part.x])
+                return xgb.DMatrix(whole.combine_chunks(), label=y, nthread=threads, enable_categorical=True)
             rows = RowBatches(part.x, y, categories)
             if plan.base is not None:
                 return xgb.DMatrix(rows, nthread=threads, enable_categorical=True)
