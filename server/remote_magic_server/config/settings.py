@@ -88,6 +88,13 @@ class Policy(_Strict):
         default=0.05, gt=0, le=0.5, description="zCDP cost of the DP trainer in a train job (mode dp)."
     )
     dp_rho_describe: float = Field(default=0.002, gt=0, le=0.5, description="zCDP cost of one describe.")
+    dp_rho_describe_sketch: float = Field(
+        default=0.002,
+        gt=0,
+        le=0.5,
+        description="Extra cost of a describe that shows a column without a declared range or levels "
+        "(its histogram edges and categories come from a DP sketch).",
+    )
     dp_rho_confusion: float = Field(
         default=0.002, gt=0, le=0.5, description="Extra cost of the confusion matrix."
     )
