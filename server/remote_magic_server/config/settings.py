@@ -197,6 +197,14 @@ class DatasetConfig(_Strict):
         "the column types alone.",
     )
 
+    def undeclared(self, spec: dict, features: list[str] | tuple[str, ...]) -> bool:
+        """Whether a describe of `spec` shows a column the owner declared no range or levels for (the
+        features, derived columns, the label): in mode dp it then pays for a sketch. From the request
+        and this config, never from the rows."""
+        declared = {*self.column_ranges, *self.column_levels}
+        label_declared = spec["label"] in {*self.label_ranges, *self.column_levels}
+        return bool(spec.get("derive")) or not label_declared or any(f not in declared for f in features)
+
     @model_validator(mode="after")
     def _one_source(self) -> DatasetConfig:
         if (self.path is None) == (self.source is None):

@@ -18,7 +18,6 @@ from remote_magic.contract.wire import DatasetSpec
 from ..config.settings import DatasetConfig, Policy, Settings
 from ..data.versions import Versions, snapshot_file
 from ..plan import JobPlan
-from ..privacy import describe_rules
 from ..protocol import (
     PARTITION_TABLE,
     DescribeOptions,
@@ -152,7 +151,7 @@ def _describe_options(
         private=True,
         ranges={**config.column_ranges, **config.label_ranges},
         levels=config.column_levels,
-        sketch_rho=describe_rules.sketch_rho(policy, config, spec_json, plan.features),
+        sketch_rho=policy.dp_rho_describe_sketch if config.undeclared(spec_json, plan.features) else 0.0,
         delta=policy.dp_delta,
     )
 

@@ -8,7 +8,7 @@ outer bins are open-ended, so no minimum or maximum of a column is ever shown. C
 In mode rules the edges and the categories shown come from the exact rows (a name is shown only if its
 exact count clears `min_count`). In the noisy modes they are public or DP before any count is taken
 (the worker, `worker/describe_task.py`): edges from the owner's declared range, else from a DP sketch
-(a noisy histogram over a fixed public grid, charged at `sketch_rho`); categories from the declared
+(a noisy histogram over a fixed public grid, charged `dp_rho_describe_sketch`); categories from the declared
 levels, else those whose noisy count clears a threshold (a stable histogram). An OpenDP mechanism
 (passed in as `noise`) then perturbs every count; suppression and rounding follow, as post-processing,
 and read only the noisy counts.
@@ -27,7 +27,7 @@ from remote_magic.contract.wire import (
     HistogramBin,
 )
 
-from ..config.settings import DatasetConfig, Policy
+from ..config.settings import Policy
 from ..protocol import ColumnReport, DescribeReport, Histogram, SplitCounts
 from .policy import release_count, round_metric
 
@@ -38,21 +38,6 @@ Noise = Callable[[list[int]], list[int]]
 def sensitivity(report: DescribeReport) -> int:
     """How many released counts one row can change: the total, its class, and one cell per column."""
     return 1 + (1 if report.classes is not None else 0) + len(report.columns)
-
-
-def sketch_rho(
-    policy: Policy, config: DatasetConfig, spec: dict, features: list[str] | tuple[str, ...]
-) -> float:
-    """What a describe's sketch may spend (mode dp): nothing when the owner declared a range or the
-    levels of every column it may show (the features, derived columns, the label), else
-    `dp_rho_describe_sketch`. Decided from the request and the config, never from the rows."""
-    if not policy.noisy:
-        return 0.0
-    declared = {*config.column_ranges, *config.column_levels}
-    label_declared = spec["label"] in {*config.label_ranges, *config.column_levels}
-    if spec.get("derive") or not label_declared or any(f not in declared for f in features):
-        return policy.dp_rho_describe_sketch
-    return 0.0
 
 
 def check_cohort(counts: SplitCounts, policy: Policy) -> None:

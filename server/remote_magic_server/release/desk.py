@@ -189,7 +189,8 @@ class ReleaseDesk:
         policy = self.policy(request.dataset)
         if request.kind == "describe":
             config = self.settings.datasets[request.dataset]
-            return describe_rules.sketch_rho(policy, config, request.spec, request.features)
+            sketched = policy.noisy and config.undeclared(request.spec, request.features)
+            return policy.dp_rho_describe_sketch if sketched else 0.0
         return policy.dp_rho_train if request.kind == "train" and policy.trains_privately else 0.0
 
     def cap(self, user: str, dataset: str) -> float:
