@@ -16,7 +16,8 @@ import xgboost as xgb
 from remote_magic.client.dryrun import DryRun
 from remote_magic.client.trainer_noise import expected_training
 from remote_magic.contract.wire import CostEstimate, DPTraining
-from remote_magic.families.dpboost import Settings, epsilon, total_rho
+from remote_magic.families.dpboost import Settings, epsilon
+from tests.accountant import accountant_total
 from tests.serverproc import running
 
 DELTA = 1e-6
@@ -34,19 +35,7 @@ def test_the_noise_per_leaf_is_what_the_trainers_own_scales_give():
         sigma_gradient=scales.sigma_g,
         sigma_hessian=scales.sigma_h,
     )
-    objective = settings.objective_()
-    spent = total_rho(
-        20,
-        objective.gradient_bound,
-        objective.hessian_bound,
-        scales.sigma_g,
-        scales.sigma_h,
-        objective.intercept_bound,
-        scales.sigma_intercept,
-        select_bound=settings.select_bound,
-        sigma_select=scales.sigma_select,
-        selections_per_round=settings.selections_per_round,
-    )
+    spent = accountant_total(settings, scales)
     assert spent == pytest.approx(0.05), "the noise shown spends exactly the training cost"
     more_trees, _ = expected_training(xgb.XGBClassifier(n_estimators=80, max_depth=3), 0.05, DELTA)
     assert more_trees.sigma_gradient == pytest.approx(2 * training.sigma_gradient), "rho per tree / 4"

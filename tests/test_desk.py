@@ -35,6 +35,8 @@ def desk(tmp_path: Path) -> ReleaseDesk:
                 id_column="id",
                 label_columns=["y"],
                 policy={"dp_rho_cap": 0.005},
+                column_ranges={"a": (0.0, 10.0)},
+                column_levels={"y": ["0", "1"]},
             ),
         }
     )
@@ -122,13 +124,18 @@ def describe_report() -> DescribeReport:
     )
 
 
-def test_dp_describe_charges_once_repeats_for_free_and_stops_at_the_cap(desk, tmp_path):
-    (tmp_path / "rows-admitted.roaring").write_bytes(BitMap(range(600)).serialize())
-    admission_ = Admission(
+def describe_admission(folder: Path) -> Admission:
+    """A describe's admission of 600 rows (half of each class) out of 5000."""
+    (folder / "rows-admitted.roaring").write_bytes(BitMap(range(600)).serialize())
+    return Admission(
         counts={"eval": SplitCounts(rows=600, classes={"0": 300, "1": 300})},
         row_sets={"admitted": "rows-admitted.roaring"},
         table_rows=5000,
     )
+
+
+def test_dp_describe_charges_once_repeats_for_free_and_stops_at_the_cap(desk, tmp_path):
+    admission_ = describe_admission(tmp_path)
     ask = Request(
         user="alice",
         dataset="noisy",
@@ -162,6 +169,22 @@ def test_dp_describe_charges_once_repeats_for_free_and_stops_at_the_cap(desk, tm
     with pytest.raises(Refusal) as spent:
         desk.release_describe(third, desk.admit(third, admission_, tmp_path), describe_report())
     assert spent.value.code == "privacy_budget_exhausted"
+
+
+def test_a_dp_describe_of_an_undeclared_column_pays_for_its_sketch_and_the_ledger_says_so(desk, tmp_path):
+    admission_ = describe_admission(tmp_path)
+    spec = {"dataset": "noisy", "label": "y"}
+    declared = Request(user="bob", dataset="noisy", kind="describe", spec=spec, features=("a",))
+    undeclared = Request(user="bob", dataset="noisy", kind="describe", spec=spec, features=("a", "b"))
+    derived = Request(
+        user="bob", dataset="noisy", kind="describe", spec={**spec, "derive": {"c": "a * 2"}}, features=("a",)
+    )
+    assert desk.cost(declared) == 0.002 and desk.train_cost(declared) == 0
+    assert desk.cost(undeclared) == desk.cost(derived) == 0.004 and desk.train_cost(undeclared) == 0.002
+    ask = Request(**{**undeclared.__dict__, "charge_key": "describe:b"})
+    answer = desk.release_describe(ask, desk.admit(ask, admission_, tmp_path), describe_report())
+    assert answer.privacy.rho == 0.004
+    assert desk.ledger.rho_of("describe:b") == 0.004 and desk.ledger.spent("bob", "noisy") == 0.004
 
 
 def test_every_decision_is_in_the_audit_log(desk, tmp_path):

@@ -8,8 +8,6 @@ them with OpenDP's (tests/test_dp_training.py runs the real server)."""
 from __future__ import annotations
 
 import math
-import threading
-from multiprocessing import Pipe
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import xgboost as xgb
 from distributed import Client, LocalCluster
+from pydantic import BaseModel
 
 from remote_magic.contract.codes import Refusal
 from remote_magic.families import MODEL_FILE
@@ -28,19 +27,14 @@ from remote_magic.families.partitions import InProcess
 from remote_magic_server.cluster import partitions
 from remote_magic_server.demo import synthetic_table
 from remote_magic_server.protocol import (
-    Admission,
-    Decision,
     NoiseAnswer,
     NoiseRequest,
     PrivateTraining,
     TrainingPlan,
     TrainReport,
-    read_message,
 )
-from remote_magic_server.runner import model_job
-from remote_magic_server.runner.channel import Channel
 from remote_magic_server.worker import staging
-from tests.test_family_seam import halves
+from tests.test_family_seam import Proceeding, halves, run_with, stage_halves
 from tests.test_streaming import task_for
 
 RHO = 0.5
@@ -68,14 +62,14 @@ def job(path: Path, params: dict | None = None, declared: bool = True):
     return task, FAMILY.canonical(model)
 
 
-class Parent:
+class Parent(Proceeding):
     """The parent's end of the pipe: proceeds at admission, answers noise with seeded NumPy draws, and
     counts what the requests cost; like the release desk, it holds each request to the next release of
     the training plan the worker declared (families/dpboost/schedule.py)."""
 
     def __init__(self, seed: int):
+        super().__init__()
         self.rng = np.random.default_rng(seed)
-        self.seen: list = []
         self.rho = 0.0
         self.planned: list = []
         self.off_plan: list[int] = []  # requests that were not the plan's next release
@@ -84,47 +78,31 @@ class Parent:
         settings = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in plan.settings.items()})
         self.planned = list(releases(settings, RHO, len(plan.sketched), plan.sketch_rho, plan.continuing))
 
-    def answer(self, request: NoiseRequest) -> NoiseAnswer:
+    def answer(self, message: BaseModel) -> BaseModel | None:
+        if isinstance(message, TrainingPlan):
+            self.plan(message)
+            return None
+        if not isinstance(message, NoiseRequest):
+            return super().answer(message)
         asked = sum(isinstance(m, NoiseRequest) for m in self.seen)
         expected = self.planned[asked - 1] if asked <= len(self.planned) else None
         if expected is None or not (
-            request.kind == expected.kind
-            and math.isclose(request.bound, expected.bound, rel_tol=1e-9)
-            and math.isclose(request.rho, expected.rho, rel_tol=1e-9)
+            message.kind == expected.kind
+            and math.isclose(message.bound, expected.bound, rel_tol=1e-9)
+            and math.isclose(message.rho, expected.rho, rel_tol=1e-9)
         ):
             self.off_plan.append(asked)
-        self.rho += request.rho
-        scale = request.bound / math.sqrt(2 * request.rho)
-        values = np.asarray(request.values)
-        if request.kind == "gaussian":
+        self.rho += message.rho
+        scale = message.bound / math.sqrt(2 * message.rho)
+        values = np.asarray(message.values)
+        if message.kind == "gaussian":
             return NoiseAnswer(values=list(values + self.rng.normal(0.0, scale, len(values))))
         return NoiseAnswer(index=int(np.argmax(values + self.rng.gumbel(0.0, scale, len(values)))))
 
-    def serve(self, conn) -> None:
-        while True:
-            try:
-                message = read_message(conn.recv_bytes())
-            except EOFError:
-                return
-            self.seen.append(message)
-            if isinstance(message, Admission):
-                conn.send_bytes(Decision(proceed=True).model_dump_json().encode())
-            elif isinstance(message, TrainingPlan):
-                self.plan(message)
-            elif isinstance(message, NoiseRequest):
-                conn.send_bytes(self.answer(message).model_dump_json().encode())
-
 
 def run_job(task, plan, parts, folder: Path, seed: int = 1) -> tuple[TrainReport, Parent]:
-    ours, theirs = Pipe(duplex=True)
     parent = Parent(seed)
-    listener = threading.Thread(target=parent.serve, args=(ours,), daemon=True)
-    listener.start()
-    folder.mkdir(exist_ok=True)
-    report = model_job.run(task, plan, FAMILY, parts, Channel(theirs), folder)
-    theirs.close()
-    listener.join(10)
-    assert report is not None
+    report = run_with(task, plan, FAMILY, parts, folder, parent)
     asked = sum(isinstance(m, NoiseRequest) for m in parent.seen)
     assert parent.off_plan == [], "each request is the declared plan's next release"
     assert asked == len(parent.planned), "every release the plan makes was asked for, none other"
@@ -219,27 +197,11 @@ def test_min_child_weight_is_no_longer_the_analysts_business():
 def test_the_dp_family_gives_the_same_model_on_a_local_cluster(dataset, tmp_path):
     task, plan = job(dataset)
     run_job(task, plan, InProcess([staging.stage(task, tmp_path)]), tmp_path / "here")
-    rows = pq.read_metadata(dataset).num_rows
-    s = task.staging
-    assert s is not None
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as cluster,
         Client(cluster) as client,
     ):
-        futures = [
-            client.submit(
-                partitions.stage,
-                str(dataset),
-                a,
-                b,
-                s.partition_query,
-                s.params,
-                s.columns,
-                s.label,
-                pure=False,
-            )
-            for a, b in ((0, rows // 2), (rows // 2, rows))
-        ]
+        futures = stage_halves(client, dataset, task.staging)
         handle = partitions.DaskHandle(client, futures, "dpfam", None, 60, 600.0)
         there, parent = run_job(task, plan, partitions.DaskPartitions(handle), tmp_path / "there")
     assert parent.rho == pytest.approx(RHO, rel=1e-9) and there.training is not None

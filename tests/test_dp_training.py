@@ -16,7 +16,7 @@ import xgboost as xgb
 from pyroaring import BitMap
 
 from remote_magic.contract.codes import Refusal
-from remote_magic.families.dpboost import Column, Coordinator, Features, Partition, local, total_rho
+from remote_magic.families.dpboost import Column, Coordinator, Features, Partition, local
 from remote_magic.families.dpboost.family import SKETCH_SHARE
 from remote_magic.families.dpboost.schedule import releases
 from remote_magic.families.dpboost.settings import Settings as TrainerSettings
@@ -33,6 +33,7 @@ from remote_magic_server.protocol import (
 )
 from remote_magic_server.release.desk import ReleaseDesk, Request
 from remote_magic_server.release.ledger import Ledger
+from tests.accountant import accountant_total
 
 QUICK = {"dataset": "synthetic", "label": "label", "eval": {"fraction": 0.2, "seed": 42}}
 
@@ -54,20 +55,7 @@ def test_a_dp_job_trains_with_the_dp_trainer_and_the_ledger_charged_what_the_acc
     scales = trainer.scales(policy.dp_rho_train - sketch)
     assert training.sigma_gradient == pytest.approx(scales.sigma_g)
     assert training.sigma_hessian == pytest.approx(scales.sigma_h)
-    objective = trainer.objective_()
-    accountant = total_rho(
-        trainer.rounds,
-        objective.gradient_bound,
-        objective.hessian_bound,
-        scales.sigma_g,
-        scales.sigma_h,
-        objective.intercept_bound,
-        scales.sigma_intercept,
-        sketch,
-        trainer.select_bound,
-        scales.sigma_select,
-        trainer.selections_per_round,
-    )
+    accountant = accountant_total(trainer, scales, sketch)
     ledger = Ledger(server.settings.ledger_path)
     try:
         charged = ledger.rho_of(f"job:{job.id}")

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import threading
 from multiprocessing import Pipe
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client, Future, LocalCluster
+from pydantic import BaseModel
 
 from remote_magic.contract import rows as rows_
 from remote_magic.families.base import Batches, Part, Plan, Split
 from remote_magic.families.partitions import InProcess
 from remote_magic_server.cluster import partitions
 from remote_magic_server.demo import synthetic_table
-from remote_magic_server.protocol import Admission, Decision, TrainReport, read_message
+from remote_magic_server.protocol import Admission, Decision, Staging, TrainReport, read_message
 from remote_magic_server.runner import model_job
 from remote_magic_server.runner.channel import Channel
 from remote_magic_server.worker import staging
@@ -48,30 +50,66 @@ def job(path: Path, staging_mb: int = 0):
     return task, Plan(family=FAMILY.name, params={}, rounds=ROUNDS, task="classification")
 
 
-def run_job(task, plan, parts, folder: Path, family=FAMILY) -> tuple[TrainReport, list]:
-    """The model job on these partitions (of the leaf family unless told), with a parent on the other end
-    of a pipe."""
-    ours, theirs = Pipe(duplex=True)
-    seen: list = []
+class Proceeding:
+    """The parent's end of the pipe: reads every message as the server does (kept in `seen`) and lets
+    the job proceed at admission; a subclass answers more (`answer`)."""
 
-    def parent() -> None:
+    def __init__(self) -> None:
+        self.seen: list = []
+
+    def answer(self, message: BaseModel) -> BaseModel | None:
+        return Decision(proceed=True) if isinstance(message, Admission) else None
+
+    def serve(self, conn: Connection) -> None:
         while True:
             try:
-                message = read_message(ours.recv_bytes())
+                message = read_message(conn.recv_bytes())
             except EOFError:
                 return
-            seen.append(message)
-            if isinstance(message, Admission):
-                ours.send_bytes(Decision(proceed=True).model_dump_json().encode())
+            self.seen.append(message)
+            reply = self.answer(message)
+            if reply is not None:
+                conn.send_bytes(reply.model_dump_json().encode())
 
-    listener = threading.Thread(target=parent, daemon=True)
+
+def run_with(task, plan, family, parts, folder: Path, parent: Proceeding) -> TrainReport:
+    """The model job on these partitions, with `parent` on the other end of a pipe."""
+    ours, theirs = Pipe(duplex=True)
+    listener = threading.Thread(target=parent.serve, args=(ours,), daemon=True)
     listener.start()
     folder.mkdir(exist_ok=True)
     report = model_job.run(task, plan, family, parts, Channel(theirs), folder)
     theirs.close()
     listener.join(10)
     assert report is not None
-    return report, seen
+    return report
+
+
+def run_job(task, plan, parts, folder: Path, family=FAMILY) -> tuple[TrainReport, list]:
+    """The model job (of the leaf family unless told), with a parent that only lets it proceed; the
+    report and the messages the parent read."""
+    parent = Proceeding()
+    return run_with(task, plan, family, parts, folder, parent), parent.seen
+
+
+def stage_halves(client: Client, dataset: Path, s: Staging | None) -> list[Future]:
+    """The file's two halves of rows, each staged on the cluster as a partition (its future)."""
+    assert s is not None
+    rows = pq.read_metadata(dataset).num_rows
+    return [
+        client.submit(
+            partitions.stage,
+            str(dataset),
+            a,
+            b,
+            s.partition_query,
+            s.params,
+            s.columns,
+            s.label,
+            pure=False,
+        )
+        for a, b in ((0, rows // 2), (rows // 2, rows))
+    ]
 
 
 def halves(part: Part) -> list[Part]:
@@ -107,27 +145,11 @@ def test_a_second_family_reports_alike_on_one_partition_and_on_two(dataset, tmp_
 def test_a_second_family_trains_on_a_local_cluster_through_the_same_code(dataset, tmp_path):
     task, plan = job(dataset)
     here, _ = run_job(task, plan, InProcess([staging.stage(task, tmp_path)]), tmp_path / "here")
-    rows = pq.read_metadata(dataset).num_rows
-    assert task.staging is not None
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as cluster,
         Client(cluster) as client,
     ):
-        s = task.staging
-        futures = [
-            client.submit(
-                partitions.stage,
-                str(dataset),
-                a,
-                b,
-                s.partition_query,
-                s.params,
-                s.columns,
-                s.label,
-                pure=False,
-            )
-            for a, b in ((0, rows // 2), (rows // 2, rows))
-        ]
+        futures = stage_halves(client, dataset, task.staging)
         handle = partitions.DaskHandle(client, futures, "seam", None, 60, 600.0)
         there, _ = run_job(task, plan, partitions.DaskPartitions(handle), tmp_path / "there")
     assert_alike(here, there)

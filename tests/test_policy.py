@@ -91,9 +91,14 @@ def test_describe_release_hides_small_categories_and_extremes():
     assert out.rows == 250 + 150
 
 
-def test_noise_never_lifts_a_rare_category_name_into_view():
-    out = release_describe(_raw_describe(), POLICY, "d", "label", lambda counts: [n + 100 for n in counts])
-    assert "Tinyville" not in out.model_dump_json() and "small" not in out.model_dump_json()
+def test_in_mode_dp_the_noisy_counts_alone_decide_what_shows():
+    """The worker reports only declared or DP-selected names and edges there (tests/test_describe_dp.py),
+    so nothing here may read an exact count: a name and a bin show or not by their noisy counts."""
+    lifted = release_describe(_raw_describe(), POLICY, "d", "label", lambda counts: [n + 100 for n in counts])
+    town = lifted.columns[1]
+    assert [c.value for c in town.categories] == ["big", "small", "Tinyville"]
+    lowered = release_describe(_raw_describe(), POLICY, "d", "label", lambda counts: [0 for _ in counts])
+    assert lowered.columns[1].categories == [] and lowered.columns[0].histogram is None
 
 
 def test_describe_release_refuses_small_cohorts_and_classes():

@@ -66,7 +66,7 @@ def red(request, tmp_path_factory):
     common = f'path = "{path}"\nid_column = "id"\nlabel_columns = ["label", "grade", "ward"]\n'
     extra = (
         f'\n[datasets.attack]\n{common}privacy = "rules"\n'
-        f"\n[datasets.attack_dp]\n{common}policy = {{ dp_rho_cap = 0.006 }}\n"
+        f"\n[datasets.attack_dp]\n{common}policy = {{ dp_rho_cap = 0.012 }}\n"
         f'\n[datasets.release]\n{common}allow_model_release = true\nprivacy = "rules"\n'
         f'\n[datasets.broken]\n{common}privacy = "rules"\n'
     )
@@ -223,9 +223,10 @@ def test_dp_repeats_return_the_stored_answer_and_spend_once(red):
     budgets = [b.pop("privacy") for b in bodies]
     assert all(b == bodies[0] for b in bodies)
     assert budgets[0]["repeated"] is False and all(b["repeated"] for b in budgets[1:])
-    assert {b["rho_spent"] for b in budgets} == {0.002}
-    assert budgets[0]["rho"] == 0.002 and {b["rho"] for b in budgets[1:]} == {0.0}
-    assert budgets[-1]["rho_remaining"] == 0.004
+    # 0.004 each: dp_rho_describe, and dp_rho_describe_sketch as the table declares no ranges or levels
+    assert {b["rho_spent"] for b in budgets} == {0.004}
+    assert budgets[0]["rho"] == 0.004 and {b["rho"] for b in budgets[1:]} == {0.0}
+    assert budgets[-1]["rho_remaining"] == 0.008
     # The same rows asked for in other words (filter spelled differently, columns reordered): no fresh noise.
     reworded = _post(
         red,
@@ -239,7 +240,7 @@ def test_dp_repeats_return_the_stored_answer_and_spend_once(red):
     ).json()
     assert reworded.pop("privacy") == {**budgets[-1], "repeated": True}
     assert reworded == bodies[0]
-    assert _describe(red, "rank > 160", dataset="attack_dp").json()["privacy"]["rho_remaining"] == 0.002
+    assert _describe(red, "rank > 160", dataset="attack_dp").json()["privacy"]["rho_remaining"] == 0.004
     assert _describe(red, "rank > 260", dataset="attack_dp").json()["privacy"]["rho_remaining"] == 0.0
     spent = _describe(red, "rank > 360", dataset="attack_dp")
     assert spent.status_code == 422 and spent.json()["error"]["code"] == "privacy_budget_exhausted"

@@ -13,7 +13,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from remote_magic import package_model
-from remote_magic.client.errors import BadRequest, ModelRejected, NotFound, RemoteError
+from remote_magic.client.errors import BadRequest, ModelRejected, NotFound, RemoteError, SpecError
 from tests.serverproc import running, wait_until
 
 SPEC = {"dataset": "breast_cancer_rules", "label": "malignant", "eval": {"fraction": 0.3, "seed": 1}}
@@ -179,3 +179,32 @@ def test_in_mode_dp_an_alias_condition_holds_only_beyond_the_noise():
     clear = {"metrics": {"auc": 0.9459}, "intervals": {"auc": [0.9400, 0.9518]}}
     assert improvement(condition, clear, version(0.9282, [0.9220, 0.9344]))[0]
     assert improvement(condition, {"metrics": {"auc": 0.9459}}, version(0.9282, None))[0], "mode rules"
+
+
+def test_a_registered_version_is_refused_on_other_features_before_any_budget_is_spent(server):
+    client = server.client()
+    features = ["age", "income", "bmi", "smoker"]
+    spec = {"dataset": "synthetic", "label": "label", "features": features}
+    client.train(small(2), spec, register="four_features")
+    spent = client.budget().report.model_dump()
+    jobs = [j.id for j in client.jobs(limit=5)]
+    for other, missing, extra in (
+        (["age", "income", "bmi"], "smoker", None),
+        ([*features, "visits"], None, "visits"),
+        (["age", "income", "bmi", "visits"], "smoker", "visits"),
+    ):
+        for submit in (
+            lambda s: client.evaluate(None, s, model_ref="four_features@1"),
+            lambda s: client.submit(small(1), s, base_model="four_features@1"),
+        ):
+            with pytest.raises(SpecError) as refused:
+                submit({**spec, "features": other})
+            assert refused.value.code == "feature_mismatch"
+            message = str(refused.value)
+            assert "four_features@1" in message and "age, income, bmi, smoker" in message
+            assert (f"lacks {missing}" in message) == (missing is not None)
+            assert (f"adds {extra}" in message) == (extra is not None)
+            assert str(server.data_dir) not in message and "Traceback" not in message
+    assert client.budget().report.model_dump() == spent and [j.id for j in client.jobs(limit=5)] == jobs
+    reordered = client.evaluate(None, {**spec, "features": features[::-1]}, model_ref="four_features@1")
+    assert reordered.rounds["base"] == 2

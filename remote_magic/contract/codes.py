@@ -59,6 +59,9 @@ CODES: dict[str, Code] = {
     "dataset_unavailable": Code(503, "busy", "The data owner's first snapshot of it has not been taken yet."),
     "invalid_spec": Code(422, "spec", _SPEC_HINT),
     "unknown_column": Code(422, "spec", _SPEC_HINT),
+    "feature_mismatch": Code(
+        422, "spec", "A registered version scores only on its training features (%remote_models NAME)."
+    ),
     "invalid_filter": Code(
         422, "spec", "Filters take columns, literals, comparisons, AND/OR/NOT, IN, BETWEEN, IS NULL."
     ),

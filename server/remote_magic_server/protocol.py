@@ -78,7 +78,16 @@ class Limits(_Strict):
 
 
 class DescribeOptions(_Strict):
+    """What a describe's worker shows. `private` (the noisy modes): histogram edges and categories from
+    the owner's declarations (`ranges`, `levels`), else from one noisy sketch of cost `sketch_rho`
+    (levels selected at `delta`), never from exact values."""
+
     max_categories: int = Field(ge=1)
+    private: bool = False
+    ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    levels: dict[str, list[str]] = Field(default_factory=dict)
+    sketch_rho: float = Field(default=0.0, ge=0)
+    delta: float = Field(default=0.0, ge=0, lt=1)
 
 
 class SavedModel(_Strict):

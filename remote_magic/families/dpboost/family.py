@@ -30,7 +30,7 @@ from .. import MODEL_FILE, PARAMS_FILE
 from ..base import Part, Partitions, Plan, PrivateOrder, Run, is_classifier_task
 from ..xgboost import bounds as xgboost_bounds
 from ..xgboost.family import FAMILY as XGBOOST
-from ..xgboost.family import Trained
+from ..xgboost.family import Trained, ready_to_score
 from .booster import load
 from .candidates import CandidatePlan, Declared
 from .coordinator import Coordinator
@@ -198,12 +198,7 @@ class DPBoostFamily:
         rho: float,
         threads: int,
     ) -> DPTrained:
-        if parts.dask is not None:
-            from ..xgboost.on_dask import threads_on
-
-            threads = threads_on(parts, threads)
         booster = load(coordinator.model())
-        booster.set_param({"nthread": threads})
         objective = settings.objective_()
         task = (
             "regression"
@@ -224,14 +219,15 @@ class DPBoostFamily:
             c.name: pa.array(c.levels, pa.string()) for c in features.columns if c.kind == "categorical"
         }
         scales = coordinator.scales
-        return DPTrained(
+        return ready_to_score(
             booster,
+            plan,
+            parts,
             task,
             params,
-            plan.base_rounds,
-            categorical=bool(categories),
-            threads=threads,
-            categories=categories,
+            categories,
+            threads,
+            DPTrained,
             rho=rho,
             trees=len(coordinator.trees),
             sigma_gradient=scales.sigma_g,

@@ -139,6 +139,36 @@ def _base_categories(booster: xgb.Booster | None) -> dict[str, list[str]]:
     }
 
 
+def ready_to_score(
+    booster: xgb.Booster,
+    plan: Plan,
+    parts: Partitions,
+    task: str,
+    params: dict,
+    categories: dict[str, pa.Array],
+    threads: int,
+    kind: type[Trained] = Trained,
+    **more: object,
+) -> Trained:
+    """A finished booster as a `Trained` (or `kind`, with `more`), set to score with the threads of a
+    cluster's workers on a cluster, else the job's: how a fixed model and a DP-trained one both end."""
+    if parts.dask is not None:
+        from .on_dask import threads_on
+
+        threads = threads_on(parts, threads)
+    booster.set_param({"nthread": threads})
+    return kind(
+        booster,
+        task,
+        params,
+        plan.base_rounds,
+        categorical=bool(categories),
+        threads=threads,
+        categories=categories,
+        **more,  # type: ignore[arg-type]
+    )
+
+
 def _task_of(objective: str | None, classifier: bool | None) -> str:
     if classifier is True:
         return "classification"
@@ -473,25 +503,10 @@ class XGBoostFamily:
     def score(self, plan: Plan, parts: Partitions, classes: list[str], run: Run) -> Trained:
         check_kind("evaluate", plan.base is not None, plan.preprocess is not None)
         params, task = self.final_params(plan, classes, run.threads)
-        categories = _categories(plan, parts)
-        threads = run.threads
-        if parts.dask is not None:
-            from .on_dask import threads_on
-
-            threads = threads_on(parts, threads)
         with _xgboost_errors():
             booster = _load(plan.base)
-            assert booster is not None
-            booster.set_param({"nthread": threads})
-        return Trained(
-            booster,
-            task,
-            params,
-            plan.base_rounds,
-            categorical=bool(categories),
-            threads=threads,
-            categories=categories,
-        )
+        assert booster is not None
+        return ready_to_score(booster, plan, parts, task, params, _categories(plan, parts), run.threads)
 
     def _read(self, trained: Trained, part: Part, split: str) -> list[xgb.DMatrix]:
         """A partition's rows of a split as the trained model reads them: the matrices its training

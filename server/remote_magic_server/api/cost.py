@@ -25,6 +25,7 @@ def cost(
         kind=body.kind,
         spec=spec.model_dump(mode="json", exclude_none=True),
         options=body.release,
+        features=tuple(plan.features),
         dataset_version=plan.dataset_version,
     )
     return desk.estimate(request, version_of(versions, body.spec.dataset).rows)

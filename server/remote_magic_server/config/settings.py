@@ -88,6 +88,13 @@ class Policy(_Strict):
         default=0.05, gt=0, le=0.5, description="zCDP cost of the DP trainer in a train job (mode dp)."
     )
     dp_rho_describe: float = Field(default=0.002, gt=0, le=0.5, description="zCDP cost of one describe.")
+    dp_rho_describe_sketch: float = Field(
+        default=0.002,
+        gt=0,
+        le=0.5,
+        description="Extra cost of a describe that shows a column without a declared range or levels "
+        "(its histogram edges and categories come from a DP sketch).",
+    )
     dp_rho_confusion: float = Field(
         default=0.002, gt=0, le=0.5, description="Extra cost of the confusion matrix."
     )
@@ -189,6 +196,14 @@ class DatasetConfig(_Strict):
         description="Parquet or CSV file of mock rows to publish for dry runs; default: synthesised from "
         "the column types alone.",
     )
+
+    def undeclared(self, spec: dict, features: list[str] | tuple[str, ...]) -> bool:
+        """Whether a describe of `spec` shows a column the owner declared no range or levels for (the
+        features, derived columns, the label): in mode dp it then pays for a sketch. From the request
+        and this config, never from the rows."""
+        declared = {*self.column_ranges, *self.column_levels}
+        label_declared = spec["label"] in {*self.label_ranges, *self.column_levels}
+        return bool(spec.get("derive")) or not label_declared or any(f not in declared for f in features)
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetConfig:

@@ -24,7 +24,7 @@ from ..audit import AuditLog
 from ..config.settings import Settings
 from ..data.versions import Versions
 from ..jobs.store import JobRow, QueueFull, Store
-from ..plan import JobPlan
+from ..plan import BaseModelRef, JobPlan
 from ..registry.access import Registry
 from ..release.desk import ReleaseDesk, Request
 from .catalog import check_spec
@@ -113,6 +113,33 @@ class Intake:
                     "with a registered base model, send an unfitted XGBoost model (its parameters) or none",
                 )
             plan.base_model = self.registry.base_for(sub.user, sub.base_model)
+            self._check_base_features(sub.spec, plan, plan.base_model)
+
+    def _check_base_features(self, spec: DatasetSpec, plan: JobPlan, base: BaseModelRef) -> None:
+        """A registered version scores and continues only on the features it was trained on: refuse any
+        other list here, naming the columns, rather than let XGBoost fail inside the worker. The same
+        columns in another order are put in the version's order."""
+        trained = self.store.get_job(base.job)
+        if trained is None:
+            raise Refusal("base_model_unavailable", f"the training job of {base.ref} is no longer stored")
+        derived_before, derived_now = list(trained.spec.get("derive") or {}), list(spec.derive or {})
+        before, now = [*trained.plan.features, *derived_before], [*plan.features, *derived_now]
+        if not before or before == now:  # a plan stored before plans named their features: as before
+            return
+        if set(before) == set(now) and derived_before == derived_now:
+            plan.features = list(trained.plan.features)
+            return
+        lacks, adds = [c for c in before if c not in now], [c for c in now if c not in before]
+        differences = [
+            *([f"lacks {', '.join(lacks)}"] if lacks else []),
+            *([f"adds {', '.join(adds)}"] if adds else []),
+            *([] if lacks or adds else ["orders its derived columns differently"]),
+        ]
+        raise Refusal(
+            "feature_mismatch",
+            f"{base.ref} was trained on the features {', '.join(before)}; this spec "
+            f"{' and '.join(differences)}. Use the version's features.",
+        )
 
     def prepare(self, sub: Submission) -> tuple[JobPlan, str]:
         """Every check a job passes before it is stored; return its plan and first state, or raise."""

@@ -15,7 +15,7 @@ from remote_magic.contract.codes import Refusal
 from remote_magic.contract.query import missing_label_query, staging_query
 from remote_magic.contract.wire import DatasetSpec
 
-from ..config.settings import Settings
+from ..config.settings import DatasetConfig, Policy, Settings
 from ..data.versions import Versions, snapshot_file
 from ..plan import JobPlan
 from ..protocol import (
@@ -125,7 +125,7 @@ def build_task(
         limits=limits,
         model_facts=kind == "train" and config.allow_model_release and not dp_trained,
         approved_sha256=plan.approved_sha256,
-        describe=DescribeOptions(max_categories=policy.max_categories) if kind == "describe" else None,
+        describe=_describe_options(policy, config, checked, plan) if kind == "describe" else None,
         release=plan.release,
         rare_level_rows=policy.min_count,
         label_range=config.label_ranges.get(checked.label),
@@ -139,6 +139,24 @@ def build_task(
         )
         if dp_trained
         else None,
+    )
+
+
+def _describe_options(
+    policy: Policy, config: DatasetConfig, spec: DatasetSpec, plan: JobPlan
+) -> DescribeOptions:
+    """A describe's options: in the noisy modes, the owner's public ranges and levels (a label's range
+    from `label_ranges`) and what its sketch may spend."""
+    if not policy.noisy:
+        return DescribeOptions(max_categories=policy.max_categories)
+    spec_json = spec.model_dump(mode="json", exclude_none=True)
+    return DescribeOptions(
+        max_categories=policy.max_categories,
+        private=True,
+        ranges={**config.column_ranges, **config.label_ranges},
+        levels=config.column_levels,
+        sketch_rho=policy.dp_rho_describe_sketch if config.undeclared(spec_json, plan.features) else 0.0,
+        delta=policy.dp_delta,
     )
 
 

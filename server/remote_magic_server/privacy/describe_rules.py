@@ -3,9 +3,15 @@
 Pure, like policy.py. Every count goes through the same small-count rule and rounding as a training
 result; histogram bins are merged with their neighbours until each holds `min_count` rows, and the
 outer bins are open-ended, so no minimum or maximum of a column is ever shown. Categories below
-`min_count` are folded into an `other` count and their names never leave (judged on the exact count,
-so noise cannot lift a single row's value into view). In DP mode an OpenDP mechanism (passed in as
-`noise`) perturbs every count first; suppression and rounding follow, as post-processing.
+`min_count` are folded into an `other` count and their names never leave.
+
+In mode rules the edges and the categories shown come from the exact rows (a name is shown only if its
+exact count clears `min_count`). In the noisy modes they are public or DP before any count is taken
+(the worker, `worker/describe_task.py`): edges from the owner's declared range, else from a DP sketch
+(a noisy histogram over a fixed public grid, charged `dp_rho_describe_sketch`); categories from the declared
+levels, else those whose noisy count clears a threshold (a stable histogram). An OpenDP mechanism
+(passed in as `noise`) then perturbs every count; suppression and rounding follow, as post-processing,
+and read only the noisy counts.
 """
 
 from __future__ import annotations
@@ -105,12 +111,17 @@ def _rate(part: int | None, whole: int | None) -> float | None:
     return round_metric(part / whole)
 
 
-def _column(col: ColumnReport, exact: ColumnReport, rows: int | None, policy: Policy) -> ColumnDescription:
+def _column(
+    col: ColumnReport, exact: ColumnReport | None, rows: int | None, policy: Policy
+) -> ColumnDescription:
+    """One column's release from its (noisy) counts; `exact`: the exact report in mode rules, None in
+    the noisy modes (nothing there may depend on an exact count)."""
     missing = release_count(col.missing, policy)
     if col.kind == "numeric":
+        values = sum(col.histogram.counts) if col.histogram is not None else 0
         bins = (
             merge_bins(col.histogram.edges, col.histogram.counts, policy.min_count)
-            if col.histogram is not None and exact.values >= policy.min_count
+            if col.histogram is not None and (values if exact is None else exact.values) >= policy.min_count
             else []
         )
         return ColumnDescription(
@@ -129,11 +140,11 @@ def _column(col: ColumnReport, exact: ColumnReport, rows: int | None, policy: Po
             or None,
         )
     shown, small = [], col.rest
-    exact_counts = exact.categories or {}
+    exact_counts = None if exact is None else exact.categories or {}
     for value, n in sorted((col.categories or {}).items(), key=lambda kv: (-kv[1], kv[0])):
-        # A name is shown only if its exact count clears the threshold too: noise may lift a category
-        # held by one row above it, and the name itself is that row's value.
-        large = n >= policy.min_count and exact_counts[value] >= policy.min_count
+        # Mode rules: a name is shown only if its exact count clears the threshold. The noisy modes
+        # report only public or DP-selected names, so the noisy count alone decides there.
+        large = n >= policy.min_count and (exact_counts is None or exact_counts[value] >= policy.min_count)
         if large and len(shown) < policy.max_categories:
             shown.append(CategoryCount(value=str(value)[:MAX_NAME_CHARS], count=release_count(n, policy)))
         else:
@@ -175,6 +186,9 @@ def release_describe(
         label=label,
         rows=rows,
         classes=released_classes,
-        columns=[_column(col, ex, rows, policy) for col, ex in zip(noisy.columns, report.columns)],
+        columns=[
+            _column(col, None if noise else ex, rows, policy)
+            for col, ex in zip(noisy.columns, report.columns)
+        ],
         policy=policy.in_effect(),
     )

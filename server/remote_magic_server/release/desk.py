@@ -194,13 +194,17 @@ class ReleaseDesk:
         if not policy.noisy:
             return 0.0
         if request.kind == "describe":
-            return policy.dp_rho_describe
+            return round(policy.dp_rho_describe + self.train_cost(request), 12)
         return round(dp_release.job_cost(policy, request.options) + self.train_cost(request), 12)
 
     def train_cost(self, request: Request) -> float:
-        """The DP trainer's part of a job's cost (a train job in mode dp): charged with the rest at
-        admission, spent through the job's noise requests (`noise`)."""
+        """What a request's worker may spend through noise requests (`noise`), charged with the rest at
+        admission: the DP trainer's part of a train job in mode dp, a describe's sketch."""
         policy = self.policy(request.dataset)
+        if request.kind == "describe":
+            config = self.settings.datasets[request.dataset]
+            sketched = policy.noisy and config.undeclared(request.spec, request.features)
+            return policy.dp_rho_describe_sketch if sketched else 0.0
         return policy.dp_rho_train if request.kind == "train" and policy.trains_privately else 0.0
 
     def cap(self, user: str, dataset: str) -> float:
@@ -310,9 +314,11 @@ class ReleaseDesk:
                 admitted.stored = self.ledger.stored_answer(
                     request.user, request.dataset, self._content_key(request, admitted)
                 )
+            if policy.noisy:
+                # A describe answered from its stored answer still sketches; nothing it reports is used.
+                admitted.train_rho = self.train_cost(request)
             if policy.noisy and admitted.stored is None:
                 admitted.noisy = self._charge(request, admission, policy)
-                admitted.train_rho = self.train_cost(request)
                 if admitted.noisy is not None:
                     noisy = admitted.noisy
                     self._check_classes(request, lambda: dp_release.check_cohort(noisy, policy))
@@ -630,7 +636,7 @@ class ReleaseDesk:
             stored_json = answer.model_dump(mode="json")
             for key in (content_key, self._describe_key(request)):
                 self.ledger.store_answer(request.user, request.dataset, key, stored_json)
-        return answer.model_copy(update={"privacy": self._report(request, policy.dp_rho_describe, False)})
+        return answer.model_copy(update={"privacy": self._report(request, self.cost(request), False)})
 
     def _repeat(self, request: Request, stored: dict) -> DescribeResult:
         answer = DescribeResult.model_validate(stored)

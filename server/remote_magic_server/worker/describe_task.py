@@ -5,6 +5,17 @@ only; the trusted parent's release desk decides what leaves (cohort minimums, th
 bin merging, suppression, rounding and, on DP datasets, noise). Histogram edges come from a coarse
 "nice" grid (steps of 1, 2 or 5 times a power of ten) laid over the middle 90% of the values, with
 open-ended outer bins, so no edge is an extreme value.
+
+What sets the edges and the categories shown, by mode:
+- mode rules: the exact 5th and 95th percentiles, and the most frequent exact values;
+- the noisy modes (`DescribeOptions.private`): nothing exact. A column's declared range (the label's
+  `label_ranges`) gives its grid, declared levels its categories. Every other column is sketched, all
+  in one Gaussian release the parent draws and charges (`Channel.noise`, L2 sensitivity sqrt(columns):
+  one row is one count per column): a numeric column's rows per bin of the DP trainer's fixed public
+  grid (`WIDE_GRID`), whose noisy 5th and 95th percentiles give the grid; a text column's rows per
+  level, of which those whose noisy count clears the DP trainer's selection threshold are kept (a
+  stable histogram: a level few rows hold is kept with probability at most `delta`). The exact counts
+  on those public or DP edges and levels then go to the desk, which noises them.
 """
 
 from __future__ import annotations
@@ -16,18 +27,36 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from ..protocol import Admission, ColumnReport, DescribeReport, Histogram, SplitCounts, Task
+from remote_magic.families.dpboost.accounting import gaussian_sigma, selection_threshold
+from remote_magic.families.dpboost.candidates import WIDE_GRID
+
+from ..protocol import (
+    Admission,
+    ColumnReport,
+    DescribeOptions,
+    DescribeReport,
+    Histogram,
+    SplitCounts,
+    Task,
+)
 from ..runner import evidence
 from ..runner.channel import Channel
 from . import staging
 
 MAX_CLASSES = 50
 TARGET_BINS = 10
+MIDDLE = (0.05, 0.95)
+EMPTY_SIGMAS = 3.0  # a sketched bin counts only above this many noise deviations
 
 
 def nice_edges(values: np.ndarray) -> list[float]:
     """Edges on a grid of round numbers covering the 5th to the 95th percentile."""
-    low, high = (float(v) for v in np.quantile(values, [0.05, 0.95]))
+    low, high = (float(v) for v in np.quantile(values, MIDDLE))
+    return nice_grid(low, high)
+
+
+def nice_grid(low: float, high: float) -> list[float]:
+    """Edges on a grid of round numbers covering [low, high], about `TARGET_BINS` bins."""
     span = high - low
     if span <= 0:
         span = abs(low) or 1.0
@@ -41,11 +70,34 @@ def nice_edges(values: np.ndarray) -> list[float]:
     return [round(k * step, 12) for k in range(start, stop + 1)]
 
 
-def _numeric(name: str, series: pd.Series) -> ColumnReport:
+def noisy_middle(noisy: np.ndarray, grid: np.ndarray, floor: float) -> tuple[float, float]:
+    """The 5th and 95th percentiles of noisy counts over a grid's bins (post-processing). Bins whose
+    noisy count is under `floor` weigh nothing (most of the wide grid is empty, and its noise would
+    otherwise outweigh the rows); a bin's weight is spread evenly over it, the open outer bins end at
+    their grid edge."""
+    weights = np.where(noisy > floor, noisy, 0.0)
+    total = weights.sum()
+    if total <= 0:
+        return float(grid[0]), float(grid[-1])
+    left = np.concatenate([[grid[0]], grid])
+    right = np.concatenate([grid, [grid[-1]]])
+    cumulative = np.cumsum(weights) / total
+    found = []
+    for q in MIDDLE:
+        b = min(int(np.searchsorted(cumulative, q, side="left")), len(weights) - 1)
+        before = cumulative[b - 1] if b > 0 else 0.0
+        share = (q - before) * total / weights[b] if weights[b] > 0 else 0.5
+        found.append(float(left[b] + min(max(share, 0.0), 1.0) * (right[b] - left[b])))
+    return found[0], found[1]
+
+
+def _numeric(name: str, series: pd.Series, edges: list[float] | None = None) -> ColumnReport:
+    """A numeric column's histogram on `edges` (public or DP), else on edges from its exact values."""
     values = series.dropna().to_numpy(dtype=float)
     histogram = None
-    if len(values):
+    if edges is None and len(values):
         edges = nice_edges(values)
+    if edges is not None:
         counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
         histogram = Histogram(edges=edges, counts=[int(n) for n in counts])
     return ColumnReport(
@@ -53,8 +105,20 @@ def _numeric(name: str, series: pd.Series) -> ColumnReport:
     )
 
 
-def _categorical(name: str, series: pd.Series, keep: int) -> ColumnReport:
+def _categorical(name: str, series: pd.Series, keep: int, levels: list[str] | None = None) -> ColumnReport:
+    """A text column's counts of `levels` (public or DP) and of the rest, else of its `keep` most
+    frequent exact values."""
     counts = series.dropna().astype(str).value_counts()
+    if levels is not None:
+        chosen = counts.reindex(levels, fill_value=0)
+        return ColumnReport(
+            name=name,
+            kind="categorical",
+            missing=int(series.isna().sum()),
+            values=int(counts.sum()),
+            categories={str(k): int(v) for k, v in chosen.items()},
+            rest=int(counts.sum() - chosen.sum()),
+        )
     return ColumnReport(
         name=name,
         kind="categorical",
@@ -95,8 +159,54 @@ def run(task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None = No
     if not channel.admit(admission):
         return None
     keep = task.describe.max_categories + 1
-    columns = [] if classes is not None else [_numeric(spec.label, labels)]
-    for name in frame.columns:
-        series = frame[name]
-        columns.append(_numeric(name, series) if _is_numeric(series) else _categorical(name, series, keep))
+    shown = {name: frame[name] for name in frame.columns}
+    if classes is None:
+        shown = {spec.label: labels, **shown}
+    edges, levels = public_choices(task.describe, shown, channel) if task.describe.private else ({}, {})
+    columns = [
+        _numeric(name, series, edges.get(name))
+        if _is_numeric(series)
+        else _categorical(name, series, keep, levels.get(name))
+        for name, series in shown.items()
+    ]
     return DescribeReport(rows=len(frame), classes=classes, columns=columns)
+
+
+def public_choices(
+    options: DescribeOptions, shown: dict[str, pd.Series], channel: Channel
+) -> tuple[dict[str, list[float]], dict[str, list[str]]]:
+    """Per column, the edges and the levels to count (the noisy modes): declared, else from one sketch
+    that the parent noises and charges (module docstring)."""
+    edges = {n: nice_grid(*options.ranges[n]) for n in shown if n in options.ranges and _is_numeric(shown[n])}
+    levels = {n: list(options.levels[n]) for n in shown if n in options.levels and not _is_numeric(shown[n])}
+    numeric = [n for n, s in shown.items() if _is_numeric(s) and n not in edges]
+    text = [n for n, s in shown.items() if not _is_numeric(s) and n not in levels]
+    if not numeric and not text:
+        return edges, levels
+    if options.sketch_rho <= 0:  # nothing was charged for a sketch: one open bin, every value in `other`
+        return {**edges, **{n: [] for n in numeric}}, {**levels, **{n: [] for n in text}}
+    counted = {
+        n: np.bincount(
+            np.searchsorted(WIDE_GRID, shown[n].dropna().to_numpy(dtype=float), side="right"),
+            minlength=len(WIDE_GRID) + 1,
+        )
+        for n in numeric
+    }
+    found = {n: shown[n].dropna().astype(str).value_counts().sort_index() for n in text}
+    values = [float(v) for n in numeric for v in counted[n]] + [float(v) for n in text for v in found[n]]
+    l2, rho = math.sqrt(len(numeric) + len(text)), options.sketch_rho
+    noisy = np.asarray(channel.noise(values, l2, rho), dtype=float)
+    sigma = gaussian_sigma(l2, rho)
+    at = 0
+    for n in numeric:
+        bins = noisy[at : at + len(WIDE_GRID) + 1]
+        edges[n] = nice_grid(*noisy_middle(bins, WIDE_GRID, EMPTY_SIGMAS * sigma))
+        at += len(WIDE_GRID) + 1
+    threshold = selection_threshold(sigma, options.delta, len(text))
+    for n in text:
+        level_noise = noisy[at : at + len(found[n])]
+        at += len(found[n])
+        kept = np.flatnonzero(level_noise > threshold)
+        kept = kept[np.argsort(-level_noise[kept], kind="stable")][: options.max_categories + 1]
+        levels[n] = [str(found[n].index[i]) for i in kept]
+    return edges, levels

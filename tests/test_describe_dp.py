@@ -1,0 +1,124 @@
+"""Describe in mode dp shows nothing chosen from exact values: histogram edges from the owner's declared
+range or a DP sketch, categories from declared levels or a stable histogram (noisy counts over a
+threshold). The worker's choice on its own with the desk's real OpenDP noise, then the real server."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from remote_magic.families.dpboost.candidates import WIDE_GRID
+from remote_magic_server.privacy import dp
+from remote_magic_server.protocol import DescribeOptions
+from remote_magic_server.worker.describe_task import nice_edges, nice_grid, public_choices
+from tests.serverproc import DEMO_NAMES, dataset_table, running
+
+RHO = 0.002
+DRAWS = 300
+
+
+class ParentNoise:
+    """The parent's side of `Channel.noise`: OpenDP's Gaussian, as the desk draws it; remembers asks."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[int, float, float]] = []
+
+    def noise(self, values: list[float], l2: float, rho: float) -> list[float]:
+        self.asked.append((len(values), l2, rho))
+        return dp.gaussian(values, l2, rho)[0]
+
+
+def options(**more) -> DescribeOptions:
+    return DescribeOptions(max_categories=5, private=True, sketch_rho=RHO, delta=1e-6, **more)
+
+
+def neighbours() -> tuple[pd.Series, pd.Series]:
+    """A column and the same column with one more (far) row, whose exact 95th percentile moves the
+    exact edges across a grid step."""
+    values = np.round(np.random.default_rng(29).normal(50, 15, 2000), 1)
+    return pd.Series(values), pd.Series(np.append(values, 1000.0))
+
+
+def test_exact_edges_tell_one_row_but_the_sketched_edges_have_one_distribution():
+    table, plus_one = neighbours()
+    assert nice_edges(table.to_numpy()) != nice_edges(plus_one.to_numpy())  # what mode rules shows
+    drawn = []
+    for column in (table, plus_one):
+        parent = ParentNoise()
+        edges = [tuple(public_choices(options(), {"x": column}, parent)[0]["x"]) for _ in range(DRAWS)]
+        assert parent.asked == [(len(WIDE_GRID) + 1, 1.0, RHO)] * DRAWS  # one release, charged RHO
+        drawn.append(Counter(edges))
+    outcomes = set(drawn[0]) | set(drawn[1])
+    distance = sum(abs(drawn[0][e] - drawn[1][e]) for e in outcomes) / (2 * DRAWS)
+    assert distance < 0.25, (distance, drawn)  # about 0.1 from sampling alone
+    typical = drawn[0].most_common(1)[0][0]
+    assert typical[0] <= 30 and typical[-1] >= 70  # the sketch still finds the middle of the values
+
+
+def test_a_declared_range_gives_its_grid_whatever_the_rows_at_no_cost():
+    table, plus_one = neighbours()
+    for column in (table, plus_one):
+        parent = ParentNoise()
+        edges, _ = public_choices(options(ranges={"x": (0.0, 100.0)}), {"x": column}, parent)
+        assert edges["x"] == nice_grid(0.0, 100.0) == [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+        assert parent.asked == []
+
+
+def test_a_level_few_rows_hold_is_not_shown_and_declared_levels_are_shown_as_declared():
+    text = pd.Series(["a"] * 3000 + ["b"] * 2000 + ["rare"] * 1)
+    shown = Counter()
+    for _ in range(100):
+        _, levels = public_choices(options(levels={"u": ["p", "q"]}), {"t": text, "u": text}, ParentNoise())
+        shown.update(levels["t"])
+        assert levels["u"] == ["p", "q"]
+    assert shown == {"a": 100, "b": 100}
+
+
+@pytest.fixture(scope="module")
+def described(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("describe_dp")
+    rng = np.random.default_rng(1)
+    rows = 4000
+    table = pd.DataFrame(
+        {
+            "id": np.arange(rows),
+            "x": rng.normal(50, 15, rows).round(1),
+            "z": rng.lognormal(3, 1, rows).round(2),
+            "t": rng.choice(["a", "b", "c"], rows),
+            "y": rng.integers(0, 2, rows),
+        }
+    )
+    table.loc[0, "t"] = "only_one"
+    path = folder / "described.parquet"
+    table.to_parquet(path)
+    declared = "column_ranges = { x = [0.0, 100.0], z = [0.0, 200.0] }\n"
+    declared += 'column_levels = { t = ["a", "b", "c"], y = ["0", "1"] }\n'
+    tables = dataset_table("half_declared", path, "y", column_ranges="{ x = [0.0, 100.0] }")
+    tables += dataset_table("all_declared", path, "y") + declared
+    users = {"alice": [*DEMO_NAMES, "half_declared", "all_declared"]}
+    with running(folder, folder / "server.log", users, extra_datasets="\n" + tables) as server:
+        yield server
+
+
+def test_over_http_edges_are_the_declared_grid_and_the_sketch_is_charged(described):
+    client = described.client()
+    got = client.describe({"dataset": "half_declared", "label": "y"})
+    grid = set(nice_grid(0.0, 100.0))
+    bounds = {b.lower for b in got.columns["x"].histogram} | {b.upper for b in got.columns["x"].histogram}
+    assert bounds - {None} <= grid and len(bounds - {None}) >= 3
+    assert {c.value for c in got.columns["t"].categories} <= {"a", "b", "c"}
+    assert got.privacy["rho"] == 0.004
+    free = client.describe({"dataset": "all_declared", "label": "y"})
+    assert free.privacy["rho"] == 0.002
+    charges = {b.dataset: [c.rho for c in b.charges] for b in client.budget().report.datasets}
+    assert charges["half_declared"] == [0.004] and charges["all_declared"] == [0.002]
+
+
+def test_without_a_paid_sketch_an_undeclared_column_shows_one_bin_and_no_name():
+    unpaid = DescribeOptions(max_categories=5, private=True)
+    parent = ParentNoise()
+    edges, levels = public_choices(unpaid, {"x": neighbours()[0], "t": pd.Series(["a"] * 500)}, parent)
+    assert edges == {"x": []} and levels == {"t": []} and parent.asked == []
