@@ -17,7 +17,7 @@ DEFAULT_GRAD_SHARE = 0.8  # a leaf's hessian sum is large and its bound small: i
 DEFAULT_SPLIT_SHARE = 0.5
 DEFAULT_INTERCEPT_SHARE = 0.02
 DEFAULT_MAX_LEAF = 2.0
-DEFAULT_NOISE_LAMBDA = 2.0  # flights' validation rows, epsilon 1: +1.8 AUC points over 0
+DEFAULT_NOISE_LAMBDA = 2.0  # flights, validation rows, eps 1: +1.8 AUC points over 0 (2 seeds)
 MAX_DEPTH = 12
 
 
