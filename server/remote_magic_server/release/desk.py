@@ -44,6 +44,7 @@ from remote_magic.contract.wire import (
     DatasetSpec,
     DescribeResult,
     DPTraining,
+    FederatedSums,
     JobResult,
     MetricPoint,
     ModelReleaseStatus,
@@ -59,7 +60,15 @@ from ..privacy import model_release as release_rules
 from ..privacy import policy as rules
 from ..privacy.guard import check_differencing
 from ..privacy.model_release import check_model_release
-from ..protocol import Admission, DescribeReport, ModelFacts, NoiseAnswer, NoiseRequest, TrainReport
+from ..protocol import (
+    Admission,
+    DescribeReport,
+    ModelFacts,
+    NoiseAnswer,
+    NoiseRequest,
+    SumsReport,
+    TrainReport,
+)
 from .ledger import Ledger
 
 log = logging.getLogger("remote_magic_server.release")
@@ -97,6 +106,7 @@ class Request:
     payload_sha256: str | None = None
     charge_key: str | None = None
     label_dtype: str = ""
+    step_rho: float = 0.0  # a federated step (kind "sums"): its batch's share of the training's rho
 
     @property
     def charge(self) -> str:
@@ -114,6 +124,7 @@ class Admitted:
     train_rho: float = 0.0  # charged for DP training: what the job's noise requests may spend
     train_spent: float = 0.0  # what they spent so far
     noise_asked: int = 0
+    sigmas: list[float] = field(default_factory=list)  # the Gaussian draws' standard deviations, in order
 
 
 def _digest(*parts: object) -> str:
@@ -181,12 +192,16 @@ class ReleaseDesk:
             return 0.0
         if request.kind == "describe":
             return policy.dp_rho_describe
+        if request.kind == "sums":
+            return self.train_cost(request)
         return round(dp_release.job_cost(policy, request.options) + self.train_cost(request), 12)
 
     def train_cost(self, request: Request) -> float:
         """The DP trainer's part of a job's cost (a train job in mode dp): charged with the rest at
         admission, spent through the job's noise requests (`noise`)."""
         policy = self.policy(request.dataset)
+        if request.kind == "sums":
+            return request.step_rho if policy.trains_privately else 0.0
         return policy.dp_rho_train if request.kind == "train" and policy.trains_privately else 0.0
 
     def cap(self, user: str, dataset: str) -> float:
@@ -339,7 +354,7 @@ class ReleaseDesk:
         self.check_budget(request)
         noisy = (
             None
-            if request.kind == "describe"
+            if request.kind in ("describe", "sums")
             else dp_release.draw_counts(admission.counts, policy, admission.missing_label)
         )
         cost = self.cost(request)
@@ -376,6 +391,8 @@ class ReleaseDesk:
             raise Refusal("invalid_worker_report", "the job's worker asked for more than its training budget")
         seq = admitted.noise_asked
         admitted.train_spent, admitted.noise_asked = spent, seq + 1
+        if ask.kind == "gaussian":
+            admitted.sigmas.append(dp.sigma(ask.bound, ask.rho))
         stored = self.ledger.noise_draw(request.charge, seq)
         if stored is not None:
             return NoiseAnswer.model_validate(stored)
@@ -553,6 +570,27 @@ class ReleaseDesk:
             for key in (content_key, self._describe_key(request)):
                 self.ledger.store_answer(request.user, request.dataset, key, stored_json)
         return answer.model_copy(update={"privacy": self._report(request, policy.dp_rho_describe, False)})
+
+    def release_sums(self, request: Request, admitted: Admitted, report: SumsReport) -> FederatedSums:
+        """A federated step's noisy leaf sums: the desk's own two draws for it (gradients, hessians),
+        never numbers the worker sends; the step must have spent exactly what it was charged."""
+        size = report.trees * report.leaves
+        draws = [self.ledger.noise_draw(request.charge, seq) for seq in range(admitted.noise_asked)]
+        if (
+            admitted.noise_asked != 2
+            or any(d is None or len(d["values"]) != size for d in draws)
+            or not math.isclose(admitted.train_spent, admitted.train_rho, rel_tol=1e-9)
+        ):
+            raise Refusal("invalid_worker_report", "the step's worker did not noise exactly its batch's sums")
+        gradients, hessians = (d["values"] for d in draws)  # type: ignore[index]
+        return FederatedSums(
+            dataset=request.dataset,
+            gradients=gradients,
+            hessians=hessians,
+            sigma_gradient=admitted.sigmas[0],
+            sigma_hessian=admitted.sigmas[1],
+            privacy=self._report(request, admitted.train_rho, False),
+        )
 
     def _repeat(self, request: Request, stored: dict) -> DescribeResult:
         answer = DescribeResult.model_validate(stored)
