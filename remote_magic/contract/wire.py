@@ -481,10 +481,11 @@ class CostEstimate(_Strict):
 
 
 class BudgetCharge(_Strict):
-    """One charge to a privacy budget: a job (whatever became of it) or a describe request."""
+    """One charge to a privacy budget: a job (whatever became of it), a describe request or one batch of
+    a federated training (`sums`)."""
 
     job_id: str | None = Field(default=None, description="The job charged; null for a describe request.")
-    kind: Literal["train", "evaluate", "describe"]
+    kind: Literal["train", "evaluate", "describe", "sums"]
     rho: float
     at: str = Field(description="When it was charged (UTC, whole seconds).")
 
