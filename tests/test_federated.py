@@ -224,3 +224,28 @@ def test_a_server_stopped_mid_training_ends_it_naming_the_server_charged_only_fo
         counted, was = before[name]
         assert charges(servers[name]) - counted == Counter(sums=ran), (name, counted, charges(servers[name]))
         assert spent(servers[name]) - was == pytest.approx(ran * share, abs=1e-5)
+
+
+def test_the_magic_trains_over_named_connections(servers, monkeypatch):
+    from IPython.core.error import UsageError
+
+    from remote_magic.display.federated import FederatedResult
+    from tests.serverproc import magic_shell
+
+    with magic_shell(servers["a"], "alice", monkeypatch, url=False) as ip:
+        for name in "abc":
+            monkeypatch.setenv(f"TOKEN_{name.upper()}", servers[name].tokens["alice"])
+            ip.run_line_magic(
+                "remote_connect", f"{servers[name].url} --name {name} --token-env TOKEN_{name.upper()}"
+            )
+        with pytest.raises(UsageError, match="no connection named 'z'"):
+            ip.run_cell_magic("remote_train", "--datasets a:visits,z:visits --label label", "m = 1")
+        cell = (
+            "import xgboost as xgb\nmodel = xgb.XGBClassifier(n_estimators=8, max_depth=3, random_state=11)"
+        )
+        shown = ip.run_cell_magic(
+            "remote_train", "--datasets a:visits,b:visits,c:visits --label label --batch-size 4 -o fed", cell
+        )
+        assert isinstance(shown, FederatedResult) and ip.user_ns["fed"] is shown
+        assert shown.round_trips == 2 and shown.trees == 8
+        assert [o.name for o in shown.owners] == ["a", "b", "c"]
