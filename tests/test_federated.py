@@ -141,6 +141,7 @@ def test_a_server_in_mode_rules_refuses_a_step_itself(servers):
     [
         ({"rho": 2 * RHO_TRAIN}, "parameter_out_of_bounds"),
         ({"model": "not json"}, "invalid_model"),
+        ({"model": '{"learner": {"gradient_booster": 1}}'}, "invalid_request"),
         (
             {
                 "settings": {
@@ -156,7 +157,12 @@ def test_a_server_in_mode_rules_refuses_a_step_itself(servers):
             "parameter_out_of_bounds",
         ),
     ],
-    ids=["rho past the owner's", "a model that is not JSON", "rounds past the bounds"],
+    ids=[
+        "rho past the owner's",
+        "a model that is not JSON",
+        "a model XGBoost cannot load",
+        "rounds past the bounds",
+    ],
 )
 def test_a_server_checks_a_step_itself_and_charges_nothing_for_a_refused_one(servers, change, code):
     before = charges(servers["a"])

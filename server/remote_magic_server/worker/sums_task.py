@@ -20,6 +20,7 @@ import numpy as np
 
 from remote_magic.contract.codes import Refusal
 from remote_magic.families.dpboost import Batch, Features, Settings, on_parts
+from remote_magic.families.dpboost.booster import load
 from remote_magic.families.partitions import InProcess
 
 from ..protocol import SumsReport, Task
@@ -104,6 +105,14 @@ def run(task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None = No
     g_l2, g_rho, h_l2, h_rho = step_cost(settings, order.rho, batch.rounds)
     if not math.isclose(g_rho + h_rho, order.step_rho, rel_tol=1e-9):
         raise Refusal("invalid_request", "the batch's rho is not its share of the training's rho")
+    model = (HERE / order.model_file).read_bytes()
+    try:  # before any row is read: a model that cannot be used is refused at no cost
+        booster = load(model)
+        usable = booster.feature_names == features.names
+    except Exception:  # XGBoost's parser on bytes from the request
+        usable = False
+    if not usable:
+        raise Refusal("invalid_request", "the model so far does not load over the features")
     channel.stage("staging")
     parts = InProcess([staging.stage(task, con=con)])
     classes = model_job.admit(task, parts, channel, HERE, settings.objective != "reg:squarederror")
@@ -113,11 +122,7 @@ def run(task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None = No
     if settings.objective != "reg:squarederror" and len(classes) != expected:
         raise Refusal("invalid_request", f"the training rows have {len(classes)} classes, not {expected}")
     channel.stage("training", 0, batch.rounds)
-    model = (HERE / order.model_file).read_bytes()
-    try:
-        parts.map(on_parts.set_up, features, settings, model)
-    except Exception:  # a model XGBoost cannot read, or one over other features
-        raise Refusal("invalid_request", "the model so far does not load over the features") from None
+    parts.map(on_parts.set_up, features, settings, model)
     sums = on_parts.sum_of(parts.map(on_parts.sums, batch))
     parts.map(on_parts.finish)
     channel.noise([float(v) for v in sums[..., 0].ravel()], g_l2, g_rho)
