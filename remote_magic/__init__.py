@@ -26,6 +26,8 @@ _LAZY = {
     "TrainResult": "display.result",
     "DatasetSpec": "contract.wire",
     "wait_for_pictures": "display.charts",
+    "federated_train": "client.federated",
+    "FederatedError": "client.errors",
 }
 
 if TYPE_CHECKING:
@@ -33,7 +35,8 @@ if TYPE_CHECKING:
 
     from .client.api import Client
     from .client.dryrun import DryRun, dry_run
-    from .client.errors import DryRunError, RemoteError, RemoteMagicError
+    from .client.errors import DryRunError, FederatedError, RemoteError, RemoteMagicError
+    from .client.federated import federated_train
     from .client.job import Job
     from .contract.payload import package_model
     from .contract.wire import DatasetSpec
@@ -56,12 +59,14 @@ __all__ = [
     "DatasetSpec",
     "DryRun",
     "DryRunError",
+    "FederatedError",
     "Job",
     "RemoteError",
     "RemoteMagicError",
     "TrainResult",
     "compare",
     "dry_run",
+    "federated_train",
     "load_ipython_extension",
     "package_model",
     "unload_ipython_extension",

@@ -98,6 +98,9 @@ def test_example_runs_to_the_end_against_serve_demo(example, demo_server, monkey
         assert "unknown column 'bmii' in filter; did you mean 'bmi'?" in text
         admitted = re.search(r"admitted by the filter: (\d+)", text)
         assert admitted and int(admitted.group(1)) > 0, "the mock rows pass the docs' own filter"
+    if example.stem == "08-several-owners":
+        assert "30 trees, 3 round trips" in text and "pooled over the owners" in text
+        assert text.count("rho 0.3 for 3 batches") == 6  # each owner's own charge, in the result and printed
     if example.stem == "07-flights-dp":
         assert "every count is noisy (differential privacy)" in text and "expected 95% intervals" in text
         assert re.search(r"ranking by auc \(higher is better\): depth [25] [~>] depth [25]", text)

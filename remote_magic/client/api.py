@@ -35,6 +35,8 @@ from ..contract.wire import (
     DatasetInfo,
     DatasetSpec,
     DescribeResult,
+    FederatedStepRequest,
+    FederatedSums,
     JobList,
     JobResult,
     JobStatus,
@@ -357,6 +359,18 @@ class Client(RegistryCalls):
                 estimate.training, why = expected_training(model, estimate.rho_train, estimate.delta)
             estimate.notes.extend([why] if why else [])
         return estimate
+
+    def federated_sums(self, step: FederatedStepRequest, timeout: float = 600.0) -> FederatedSums:
+        """One batch of a federated training: this server's own noisy per-leaf sums of its training rows,
+        charged to your budget here (`federated.federated_train` asks every server at once)."""
+        response = self._request(
+            "POST",
+            "/federated/sums",
+            data=step.model_dump_json(exclude_none=True),
+            headers={"Content-Type": "application/json"},
+            timeout=timeout,
+        )
+        return FederatedSums.model_validate(response.json())
 
     def budget(self) -> Budget:
         """Your privacy budget on each mode-dp dataset: spent, left, and the jobs that spent it."""

@@ -39,6 +39,17 @@ class DryRunError(RemoteMagicError):
         ]
 
 
+class FederatedError(RemoteMagicError):
+    """A federated training could not start or go on; the message names the connection at fault."""
+
+    def __init__(self, connection: str | None, message: str):
+        super().__init__(f"{connection}: {message}" if connection else message)
+        self.connection = connection
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"FederatedError: {self}"]
+
+
 class JobInterrupted(KeyboardInterrupt):
     """Ctrl-C (or the kernel's stop button) while waiting: the remote job was cancelled. Still a
     KeyboardInterrupt, so callers that stop on one still stop, but shown as one line instead of a

@@ -39,6 +39,9 @@ CODES: dict[str, Code] = {
     # the request itself
     "bad_request": Code(400, "request"),
     "invalid_request": Code(422, "request"),
+    "federated_needs_dp": Code(
+        422, "request", "Only a dataset in privacy mode dp takes part in federated training; ask its owner."
+    ),
     "http_error": Code(400, "request"),
     "method_not_allowed": Code(405, "request"),
     "not_finished": Code(409, "request", "Wait for the job first (job.wait() or %remote_job ID)."),

@@ -182,6 +182,13 @@ class DatasetInfo(_Strict):
     versions: list[VersionInfo] = Field(
         default_factory=list, description="Every version still served, oldest first."
     )
+    column_ranges: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="The data owner's public range of a numeric feature (the DP trainer's split candidates).",
+    )
+    column_levels: dict[str, list[str]] = Field(
+        default_factory=dict, description="The data owner's public levels of a text feature."
+    )
 
 
 class Whoami(_Strict):
@@ -474,10 +481,11 @@ class CostEstimate(_Strict):
 
 
 class BudgetCharge(_Strict):
-    """One charge to a privacy budget: a job (whatever became of it) or a describe request."""
+    """One charge to a privacy budget: a job (whatever became of it), a describe request or one batch of
+    a federated training (`sums`)."""
 
     job_id: str | None = Field(default=None, description="The job charged; null for a describe request.")
-    kind: Literal["train", "evaluate", "describe"]
+    kind: Literal["train", "evaluate", "describe", "sums"]
     rho: float
     at: str = Field(description="When it was charged (UTC, whole seconds).")
 
@@ -561,3 +569,56 @@ def spec_error(errors: Sequence[Mapping], flags: bool = False) -> str:
     if loc == ("eval", "fraction"):
         message = "must be between 0 and 1 (exclusive)"
     return f"{where} {message}" if name or loc == ("eval", "fraction") else f"spec field {where}: {message}"
+
+
+# federated training: one batch of trees' noisy leaf sums from one data owner's server
+
+
+class FederatedColumn(_Strict):
+    """A feature column as the DP trainer knows it: public split candidates only."""
+
+    name: str = Field(pattern=IDENT)
+    kind: Literal["numeric", "boolean", "categorical"]
+    candidates: list[float] = Field(default_factory=list, max_length=254)
+    levels: list[str] = Field(default_factory=list, max_length=254)
+
+
+class FederatedSettings(_Strict):
+    """The DP trainer's settings a federated training shares with every server (random splits, no
+    released intercept: one round trip per batch)."""
+
+    objective: Literal["binary:logistic", "multi:softprob", "reg:squarederror"] = "binary:logistic"
+    num_class: int = Field(default=1, ge=1, le=1000)
+    rounds: int = Field(ge=1, le=100_000)
+    max_depth: int = Field(ge=1, le=12)
+    learning_rate: float = Field(gt=0, le=1)
+    reg_lambda: float = Field(ge=0, le=1e9)
+    batch_size: int = Field(ge=1, le=100_000)
+    grad_share: float = Field(gt=0, lt=1)
+    max_leaf: float = Field(gt=0)
+    seed: int = Field(default=0, ge=0)
+    base_margin: list[float] | None = None
+
+
+class FederatedStepRequest(_Strict):
+    """`POST /v1/federated/sums`: one batch of trees, drawn by the analyst's coordinator from public
+    candidates, and the model so far (XGBoost JSON, itself a DP release); the server answers its own
+    noisy per-leaf sums of its training rows and charges its own ledger for this batch only."""
+
+    spec: DatasetSpec
+    features: list[FederatedColumn] = Field(min_length=1, max_length=1000)
+    settings: FederatedSettings
+    batch: dict = Field(description="The batch's structure (dpboost `Batch.to_dict`).")
+    model: str = Field(description="The model so far as XGBoost JSON (its margins start the batch).")
+    rho: float = Field(gt=0, description="The whole training's zCDP budget on this server.")
+
+
+class FederatedSums(_Strict):
+    """One server's noisy per-leaf sums of one batch (trees x leaves, flattened), and what they cost."""
+
+    dataset: str
+    gradients: list[float]
+    hessians: list[float]
+    sigma_gradient: float
+    sigma_hessian: float
+    privacy: PrivacyReport

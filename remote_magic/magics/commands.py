@@ -441,6 +441,12 @@ class RemoteMagic(Magics, Configurable):
     @argument(
         "--base-model", help="continue a registered version on the server, e.g. churn@3 or churn@latest"
     )
+    @argument(
+        "--datasets",
+        help="train one DP model over several servers: NAME:DATASET pairs of %%remote_connect --name "
+        "connections, e.g. a:visits,b:visits,c:visits",
+    )
+    @argument("--batch-size", type=int, default=10, help="with --datasets: trees per round trip (default 10)")
     @cell_magic
     @usage_errors
     def remote_train(self, line: str, cell: str) -> object:
@@ -450,9 +456,42 @@ class RemoteMagic(Magics, Configurable):
         --model): an XGBClassifier or XGBRegressor (fitted or not, a fitted one continues training), a
         Booster, a Pipeline ending in one, or {'params': {...}, 'num_boost_round': N, 'booster':
         Booster | None}. A cell that binds no model, or several, says so. Only aggregate results come
-        back.
+        back. With --datasets, one DP model is trained over several data owners' servers (mode dp
+        everywhere): each server noises its own sums and charges its own budget.
         """
+        args = _parse(self.remote_train, line)
+        if args.datasets is not None:
+            return self._federated(args, cell)
         return self._run("train", line, cell, self.remote_train)
+
+    def _federated(self, args, cell: str) -> object:
+        """`%%remote_train --datasets a:visits,b:visits`: the client's federated training, over the named
+        connections."""
+        from ..client.federated import federated_train
+
+        owners = {}
+        for pair in filter(None, (p.strip() for p in args.datasets.split(","))):
+            name, _, dataset = pair.partition(":")
+            if not dataset:
+                raise UsageError(f"--datasets takes NAME:DATASET pairs, not {pair!r}")
+            if name not in self.connections:
+                known = ", ".join(sorted(self.connections)) or "none yet"
+                raise UsageError(
+                    f"no connection named {name!r} (%remote_connect URL --name {name}); known: {known}"
+                )
+            owners[name] = (self.connections[name], dataset)
+        for flag in ("register", "base_model", "dry_run", "no_wait"):
+            if getattr(args, flag, None):
+                raise UsageError(f"--{flag.replace('_', '-')} does not go with --datasets")
+        bound, foreign = self._run_cell(cell)
+        model = self._model(args, bound, foreign)
+        if args.dataset is None and owners:
+            args.dataset = next(iter(owners.values()))[1]  # each connection's own name replaces it
+        spec = self._spec(args)
+        result = federated_train(model, spec, owners, batch_size=args.batch_size)
+        if args.output:
+            self.shell.user_ns[args.output] = result
+        return result
 
     @magic_arguments()
     @_spec_arguments

@@ -23,6 +23,7 @@ from .api import (
     datasets,
     describe,
     errors,
+    federated,
     graphql_view,
     health,
     jobs,
@@ -46,7 +47,7 @@ from .data.versions import Versions
 from .executors import make_executor
 from .intake.catalog import unused_columns
 from .intake.submissions import Intake
-from .jobs.oneshot import Describer
+from .jobs.oneshot import Describer, FederatedSteps
 from .jobs.scheduler import Scheduler
 from .jobs.store import JobRow, Store
 from .registry.access import Registry
@@ -92,6 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
     executor = make_executor(settings.executor)
     scheduler = Scheduler(settings, store, executor, desk, on_change=notifier.notify)
     describer = Describer(settings, executor, desk)
+    federated_steps = FederatedSteps(settings, executor, desk)
     versions = Versions(settings.snapshots_dir)
     metrics = Metrics(store, scheduler, settings.worker_count, versions, list(settings.datasets))
     model_registry = Registry(settings, ModelRegistry(settings.registry_path), settings.jobs_dir)
@@ -161,6 +163,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.scheduler = scheduler
     app.state.desk = desk
     app.state.describer = describer
+    app.state.federated = federated_steps
     app.state.audit = audit
     app.state.notifier = notifier
     app.state.versions = versions
@@ -183,6 +186,7 @@ def create_app(settings: Settings) -> FastAPI:
         cost,
         budget,
         describe,
+        federated,
         models,
         mock,
         registry,

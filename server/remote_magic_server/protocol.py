@@ -36,7 +36,7 @@ MAX_MESSAGE_BYTES = 16 * 2**20
 PARTITION_TABLE = "__remote_magic_partition"  # a cluster partition's rows, with their file_row_number
 SCRATCH_DIR = "scratch"  # in a job folder: spilled rows and external-memory pages, removed after the job
 
-TaskKind = Literal["train", "evaluate", "describe", "review", "plan"]
+TaskKind = Literal["train", "evaluate", "describe", "review", "plan", "sums"]
 
 
 class _Strict(BaseModel):
@@ -108,6 +108,19 @@ class PrivateTraining(_Strict):
     delta: float = Field(gt=0, lt=1)
 
 
+class FederatedOrder(_Strict):
+    """A federated training's step on this server (a `sums` task): the batch's public structure and
+    settings, the model so far (a JSON file the parent wrote in the job folder), the whole training's rho
+    and this batch's share of it, which the parent charged and the worker's noise requests spend."""
+
+    features: list[dict]
+    settings: dict
+    batch: dict
+    model_file: str = Field(pattern=r"^[a-z_]+\.json$")
+    rho: float = Field(gt=0)
+    step_rho: float = Field(gt=0)
+
+
 class Task(_Strict):
     protocol: Literal[6] = PROTOCOL_VERSION
     kind: TaskKind
@@ -129,6 +142,9 @@ class Task(_Strict):
     base_model: SavedModel | None = Field(default=None, description="Continue or evaluate this model.")
     dp_training: PrivateTraining | None = Field(
         default=None, description="Train with the DP trainer under this order (a train job in mode dp)."
+    )
+    federated: FederatedOrder | None = Field(
+        default=None, description="One batch's noisy leaf sums for a federated training (a sums task)."
     )
 
 
@@ -319,6 +335,15 @@ class DescribeReport(_Strict):
     columns: list[ColumnReport]
 
 
+class SumsReport(_Strict):
+    """A sums task's end: its leaf sums were noised by the parent (two noise requests: gradients, then
+    hessians), which releases its own draws; the worker only says the shape."""
+
+    type: Literal["sums"] = "sums"
+    trees: int = Field(ge=1)
+    leaves: int = Field(ge=2)
+
+
 class ReviewReport(_Strict):
     type: Literal["review"] = "review"
     text: str
@@ -398,11 +423,12 @@ WorkerMessage = Annotated[
     | TrainReport
     | DescribeReport
     | ReviewReport
+    | SumsReport
     | PlanReady
     | Failure,
     Field(discriminator="type"),
 ]
-Report = TrainReport | DescribeReport | ReviewReport
+Report = TrainReport | DescribeReport | ReviewReport | SumsReport
 WORKER_MESSAGE: TypeAdapter[WorkerMessage] = TypeAdapter(WorkerMessage)
 
 

@@ -15,7 +15,7 @@ from ..automation.service import Automation
 from ..config.settings import Settings
 from ..data.versions import Versions
 from ..intake.submissions import Intake
-from ..jobs.oneshot import Describer
+from ..jobs.oneshot import Describer, FederatedSteps
 from ..jobs.scheduler import Scheduler
 from ..jobs.store import Store
 from ..registry.access import Registry
@@ -40,6 +40,7 @@ StoreDep = Annotated[Store, Depends(_part("store"))]
 SchedulerDep = Annotated[Scheduler, Depends(_part("scheduler"))]
 DeskDep = Annotated[ReleaseDesk, Depends(_part("desk"))]
 DescriberDep = Annotated[Describer, Depends(_part("describer"))]
+FederatedDep = Annotated[FederatedSteps, Depends(_part("federated"))]
 AuditDep = Annotated[AuditLog, Depends(_part("audit"))]
 NotifierDep = Annotated[Notifier, Depends(_part("notifier"))]
 RegistryDep = Annotated[Registry, Depends(_part("registry"))]

@@ -108,6 +108,8 @@ def describe_dataset(settings: Settings, desk: ReleaseDesk, versions: Versions, 
         bounds=settings.bounds_for(name),
         version=version.number if version else None,
         versions=listed,
+        column_ranges=dataset.column_ranges,
+        column_levels=dataset.column_levels,
     )
 
 

@@ -23,6 +23,7 @@ from ..protocol import (
     Failure,
     NoiseRequest,
     ReviewReport,
+    SumsReport,
     TrainingPlan,
     TrainReport,
     WorkerMessage,
@@ -123,12 +124,14 @@ class Conversation:
                 self.execution.kill()
                 return Final.failed(refusal.code, refusal.message)
             return None
-        if isinstance(message, (TrainReport, DescribeReport)):
+        if isinstance(message, (TrainReport, DescribeReport, SumsReport)):
             if self.admitted is None:
                 return Final.failed("invalid_worker_report", "the job's worker reported before admission")
             try:
                 if isinstance(message, TrainReport):
                     released: object = self.desk.release_result(self.request, self.admitted, message)
+                elif isinstance(message, SumsReport):
+                    released = self.desk.release_sums(self.request, self.admitted, message)
                 else:
                     released = self.desk.release_describe(self.request, self.admitted, message)
             except Refusal as refusal:

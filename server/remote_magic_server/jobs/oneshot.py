@@ -1,9 +1,12 @@
-"""Tasks that someone waits for: a describe request (an analyst's HTTP call) and a payload review (the
-data owner's CLI). They run on the same executor and through the same conversation as jobs, but are not
-queued: the caller waits, and at most `worker_count` describe requests run at once."""
+"""Tasks that someone waits for: a describe request and a federated training's step (an analyst's HTTP
+calls) and a payload review (the data owner's CLI). They run on the same executor and through the same
+conversation as jobs, but are not queued: the caller waits, and at most `worker_count` of them run at
+once."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 import threading
@@ -12,10 +15,11 @@ import uuid
 from pathlib import Path
 
 from remote_magic.contract.codes import Refusal
-from remote_magic.contract.wire import DescribeResult
+from remote_magic.contract.wire import DescribeResult, FederatedSums
 
 from ..config.settings import Settings
 from ..plan import JobPlan
+from ..protocol import FederatedOrder, Task
 from ..release.desk import ReleaseDesk, Request
 from .conversation import Conversation, Final, drive, final_of
 from .executor import Executor, WorkerGone
@@ -60,13 +64,19 @@ class Describer:
         return final.result  # type: ignore[return-value]
 
     def _run(self, request: Request, plan: JobPlan) -> Final:
-        timeout = self.settings.policy_for(request.dataset).job_timeout_s
-        folder = self.settings.server.data_dir / "describe" / uuid.uuid4().hex[:16]
-        folder.mkdir(parents=True)
         task = build_task(self.settings, "describe", request.dataset, request.spec, plan)
+        return self._converse(request, task, {})
+
+    def _converse(self, request: Request, task: Task, files: dict[str, bytes]) -> Final:
+        """Run one task in a fresh folder holding `files`, through the desk, in one of the slots."""
+        timeout = self.settings.policy_for(request.dataset).job_timeout_s
+        folder = self.settings.server.data_dir / task.kind / uuid.uuid4().hex[:16]
+        folder.mkdir(parents=True)
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
         try:
             with self._slots:
-                execution = self.executor.start(task, folder, name="describe")
+                execution = self.executor.start(task, folder, name=task.kind)
                 conversation = Conversation(self.desk, request, folder, execution)
                 try:
                     final = drive(execution, conversation.handle, time.monotonic() + timeout, timeout)
@@ -79,6 +89,43 @@ class Describer:
                 return final
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+class FederatedSteps(Describer):
+    """A federated training's steps on this server: each batch of trees in a fresh confined worker that
+    stages the spec's training rows, predicts the model so far on them, sums their clipped gradients and
+    hessians per leaf of the batch's public structure, and has the desk noise the sums (charged at
+    admission, as a DP training's noise)."""
+
+    def step(
+        self, user: str, dataset: str, spec: dict, plan: JobPlan, order: FederatedOrder, model: bytes
+    ) -> FederatedSums:
+        """One batch's noisy sums released through the desk; raise Refusal. The same request again (the
+        same spec, structure, model and settings) is answered with the same draws at no further cost."""
+        key = hashlib.sha256(json.dumps([spec, order.model_dump(), model.hex()], sort_keys=True).encode())
+        request = Request(
+            user=user,
+            dataset=dataset,
+            kind="sums",
+            spec=spec,
+            features=tuple(plan.features),
+            charge_key=f"federated:{key.hexdigest()}",
+            dataset_version=plan.dataset_version,
+            step_rho=order.step_rho,
+        )
+        self.desk.check_budget(request)  # before a worker starts; charged again only if it is new
+        task = build_task(self.settings, "sums", dataset, spec, plan, federated=order)
+        try:
+            final = self._converse(request, task, {order.model_file: model})
+        except Exception:
+            log.exception("a federated step on %s could not be released", dataset)
+            final = Final.failed("internal_error", "the request failed on the server")
+        if final.state != "succeeded":
+            code, message = final.error or ("internal_error", "the request failed on the server")
+            self.desk.record(request, "refused" if self.desk.refused(code) else "failed", code, message)
+            raise Refusal(code, message)
+        self.desk.record(request, "released")
+        return final.result  # type: ignore[return-value]
 
 
 def review(settings: Settings, executor: Executor, payload: bytes, timeout: float = 60.0) -> str:

@@ -21,6 +21,7 @@ from ..plan import JobPlan
 from ..protocol import (
     PARTITION_TABLE,
     DescribeOptions,
+    FederatedOrder,
     Limits,
     PrivateTraining,
     SavedModel,
@@ -81,8 +82,10 @@ def build_task(
     dataset: str | None = None,
     spec: dict | None = None,
     plan: JobPlan | None = None,
+    federated: FederatedOrder | None = None,
 ) -> Task:
-    """The task for a job of `kind` on `dataset` with its spec and the plan the API resolved."""
+    """The task for a job of `kind` on `dataset` with its spec and the plan the API resolved (`federated`:
+    a sums task's order; its rows are staged and split as a train job's)."""
     server = settings.server
     if kind == "review":
         limits = Limits(
@@ -120,7 +123,7 @@ def build_task(
     return Task(
         kind=kind,
         spec=checked,
-        staging=staging_plan(checked, kind, snapshot, config.id_column, plan),
+        staging=staging_plan(checked, "train" if kind == "sums" else kind, snapshot, config.id_column, plan),
         bounds=settings.bounds_for(dataset).for_kind(kind),
         limits=limits,
         model_facts=kind == "train" and config.allow_model_release and not dp_trained,
@@ -139,6 +142,7 @@ def build_task(
         )
         if dp_trained
         else None,
+        federated=federated,
     )
 
 

@@ -44,6 +44,7 @@ from remote_magic.contract.wire import (
     DatasetSpec,
     DescribeResult,
     DPTraining,
+    FederatedSums,
     JobResult,
     MetricPoint,
     ModelReleaseStatus,
@@ -68,6 +69,7 @@ from ..protocol import (
     ModelFacts,
     NoiseAnswer,
     NoiseRequest,
+    SumsReport,
     TrainingPlan,
     TrainReport,
 )
@@ -108,6 +110,7 @@ class Request:
     payload_sha256: str | None = None
     charge_key: str | None = None
     label_dtype: str = ""
+    step_rho: float = 0.0  # a federated step (kind "sums"): its batch's share of the training's rho
 
     @property
     def charge(self) -> str:
@@ -128,6 +131,7 @@ class Admitted:
     releases: list[Release] | None = None  # what the declared training plan asks, in order
     noise_replay: dict[int, dict] | None = None  # an earlier run's answers, read at the first request
     noise_unkept: list[tuple[int, dict]] = field(default_factory=list)  # drawn, not yet in the ledger
+    sigmas: list[float] = field(default_factory=list)  # the Gaussian draws' standard deviations, in order
 
 
 def _digest(*parts: object) -> str:
@@ -195,6 +199,8 @@ class ReleaseDesk:
             return 0.0
         if request.kind == "describe":
             return round(policy.dp_rho_describe + self.train_cost(request), 12)
+        if request.kind == "sums":
+            return self.train_cost(request)
         return round(dp_release.job_cost(policy, request.options) + self.train_cost(request), 12)
 
     def train_cost(self, request: Request) -> float:
@@ -205,6 +211,8 @@ class ReleaseDesk:
             config = self.settings.datasets[request.dataset]
             sketched = policy.noisy and config.undeclared(request.spec, request.features)
             return policy.dp_rho_describe_sketch if sketched else 0.0
+        if request.kind == "sums":
+            return request.step_rho if policy.trains_privately else 0.0
         return policy.dp_rho_train if request.kind == "train" and policy.trains_privately else 0.0
 
     def cap(self, user: str, dataset: str) -> float:
@@ -359,7 +367,7 @@ class ReleaseDesk:
         self.check_budget(request)
         noisy = (
             None
-            if request.kind == "describe"
+            if request.kind in ("describe", "sums")
             else dp_release.draw_counts(admission.counts, policy, admission.missing_label)
         )
         cost = self.cost(request)
@@ -449,6 +457,8 @@ class ReleaseDesk:
             log.warning("noise_past_allowance", extra={"job": request.job_id, "rho": spent})
             raise Refusal("invalid_worker_report", "the job's worker asked for more than its training budget")
         admitted.train_spent, admitted.noise_asked = spent, seq + 1
+        if ask.kind == "gaussian":
+            admitted.sigmas.append(dp.sigma(ask.bound, ask.rho))
         if admitted.noise_replay is None:
             admitted.noise_replay = self.ledger.noise_draws(request.charge)
         stored = admitted.noise_replay.get(seq)
@@ -637,6 +647,29 @@ class ReleaseDesk:
             for key in (content_key, self._describe_key(request)):
                 self.ledger.store_answer(request.user, request.dataset, key, stored_json)
         return answer.model_copy(update={"privacy": self._report(request, self.cost(request), False)})
+
+    def release_sums(self, request: Request, admitted: Admitted, report: SumsReport) -> FederatedSums:
+        """A federated step's noisy leaf sums: the desk's own two draws for it (gradients, hessians),
+        never numbers the worker sends; the step must have spent exactly what it was charged."""
+        size = report.trees * report.leaves
+        self.keep_noise(request, admitted)
+        kept = self.ledger.noise_draws(request.charge)
+        draws = [kept.get(seq) for seq in range(admitted.noise_asked)]
+        if (
+            admitted.noise_asked != 2
+            or any(d is None or len(d["values"]) != size for d in draws)
+            or not math.isclose(admitted.train_spent, admitted.train_rho, rel_tol=1e-9)
+        ):
+            raise Refusal("invalid_worker_report", "the step's worker did not noise exactly its batch's sums")
+        gradients, hessians = (d["values"] for d in draws)  # type: ignore[index]
+        return FederatedSums(
+            dataset=request.dataset,
+            gradients=gradients,
+            hessians=hessians,
+            sigma_gradient=admitted.sigmas[0],
+            sigma_hessian=admitted.sigmas[1],
+            privacy=self._report(request, admitted.train_rho, False),
+        )
 
     def _repeat(self, request: Request, stored: dict) -> DescribeResult:
         answer = DescribeResult.model_validate(stored)

@@ -67,18 +67,9 @@ def run(
 ) -> TrainReport | None:
     """Run the job on its partitions; None when the parent stopped it at admission. `check` raises
     when the job must stop (on a cluster: a cancel, a lost machine)."""
-    assert task.spec is not None and task.staging is not None
-    classifier = is_classifier_task(plan.task)
-    shares = parts.map(admission_share, classifier)
-    if not channel.admit(_admission(shares, task, folder)):
+    classes = admit(task, parts, channel, folder, is_classifier_task(plan.task))
+    if classes is None:
         return None
-
-    facts = [share["splits"][split]["labels"] for share in shares for split in SPLITS]
-    values = label_values(facts, task.spec.label, classifier)
-    levels = _merged_levels(shares)
-    rare = rows.rare_levels(levels, task.rare_level_rows)
-    parts.map(prepare, values, rare, rows.levels(levels, rare))
-    classes = class_names(values)
 
     def report(done: int, latest: dict) -> None:
         channel.stage("training", min(done, plan.rounds), plan.rounds, latest)
@@ -102,6 +93,24 @@ def run(
         trained = family.score(plan, parts, classes, training)
     channel.stage("evaluating")
     return train_report(task, family, trained, parts, classes)
+
+
+def admit(
+    task: Task, parts: Partitions, channel: Channel, folder: Path, classifier: bool
+) -> list[str] | None:
+    """Send the partitions' admission; once the parent lets it proceed, fix the labels and text levels
+    on every partition and return the class names (None: stopped at admission). A federated step runs
+    this too, so its rows are admitted and labelled as a train job's."""
+    assert task.spec is not None and task.staging is not None
+    shares = parts.map(admission_share, classifier)
+    if not channel.admit(_admission(shares, task, folder)):
+        return None
+    facts = [share["splits"][split]["labels"] for share in shares for split in SPLITS]
+    values = label_values(facts, task.spec.label, classifier)
+    levels = _merged_levels(shares)
+    rare = rows.rare_levels(levels, task.rare_level_rows)
+    parts.map(prepare, values, rare, rows.levels(levels, rare))
+    return class_names(values)
 
 
 def admission_share(part: Part, classifier: bool) -> dict:
@@ -140,7 +149,7 @@ def _admission(shares: list[dict], task: Task, folder: Path) -> Admission:
         counts[split] = SplitCounts(rows=rows_, classes=dict(classes) if classes is not None else None)
         sets[split] = BitMap.union(*[BitMap.deserialize(s["splits"][split]["row_ids"]) for s in shares])
     row_sets = {"evaluation": sets["eval"]}
-    if task.kind == "train":
+    if task.kind in ("train", "sums"):
         row_sets.update(training=sets["train"], admitted=sets["train"] | sets["eval"])
     else:
         counts.pop("train")

@@ -71,6 +71,10 @@ def _run(task: Task, folder: Path, channel: Channel, ahead: duckdb.DuckDBPyConne
         from . import describe_task
 
         report = describe_task.run(task, channel, con)
+    elif task.kind == "sums":
+        from . import sums_task
+
+        report = sums_task.run(task, channel, con)
     elif task.kind == "review":
         from . import review_task
 

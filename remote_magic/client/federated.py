@@ -1,0 +1,162 @@
+"""One DP model over several data owners' servers: the coordinator runs here, every row stays home.
+
+Each data owner runs their own server on their own table (same columns), with their own policy, tokens,
+budget and audit log. The DP trainer's coordinator (`dpboost.Coordinator`, as it is) runs in this
+process: it draws each batch's structure from public split candidates, and its `sums` are the sum of
+every server's answer to one `POST /v1/federated/sums` per batch, asked of all servers at once. Each
+server computes its exact per-leaf sums with the trainer's own per-partition code, noises them through
+its own release desk and charges its own ledger, so the coordinator's `noise` is the identity: the sum
+of noisy sums is what it gets, and nothing else. Random splits (no per-level round trips) and no
+released intercept (a public `base_score` may set it) keep it to one round trip per batch of trees.
+
+Before anything is spent: every server's catalog (public) must show the same feature columns and label
+of the same kinds, in mode dp, with declared bounds for every feature (the candidates are the
+intersection of the declared ranges and levels), and each analyst budget must cover its training and
+its evaluation. At the end each server evaluates the final model on its own evaluation rows under DP
+(an ordinary evaluate job), and the result pools them, weighted by the noisy row counts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ..contract.codes import Refusal
+from ..contract.federated import check_columns
+from ..contract.query import DEFAULT_TRAIN_EVAL
+from ..contract.wire import DatasetSpec, FederatedStepRequest, FederatedSums
+from ..display.federated import FederatedResult, OwnerResult
+from ..display.model import estimator_for
+from ..display.result import TrainResult
+from .api import as_spec
+from .errors import FederatedError, RemoteMagicError
+from .federated_checks import (
+    Owner,
+    Server,
+    check_agreement,
+    check_budgets,
+    public_features,
+    servers_of,
+    settings_of,
+)
+
+DEFAULT_BATCH = 10
+STEP_TIMEOUT = 600.0
+
+
+def _post_step(server: Server, body: FederatedStepRequest) -> FederatedSums:
+    return server.client.federated_sums(body, STEP_TIMEOUT)
+
+
+def federated_train(
+    model: object,
+    spec: DatasetSpec | dict,
+    owners: Mapping[str, Owner],
+    batch_size: int = DEFAULT_BATCH,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> FederatedResult:
+    """Train one DP model over every owner's rows, then evaluate it on each owner's evaluation rows.
+
+    `owners` maps a connection's name to its `Client` (the spec's dataset on it) or to `(client,
+    dataset)`. `batch_size` trees share one round trip. A server that refuses or stops ends the training
+    with a `FederatedError` naming it; each server has then been charged only for the batches it
+    answered. `on_batch(done, rounds)` is called after each batch (a progress line)."""
+    from ..families.dpboost import Coordinator, Features
+    from ..families.dpboost import Settings as TrainerSettings
+
+    spec = as_spec(spec)
+    started = time.monotonic()
+    servers = servers_of(owners, spec)
+    names, dtypes = check_agreement(servers, spec)
+    columns = public_features(servers, names, dtypes)
+    for server in servers:  # the same check each server makes itself
+        try:
+            check_columns(columns, names, dtypes, server.info.column_ranges, server.info.column_levels)
+        except Refusal as refused:
+            raise FederatedError(server.name, refused.message) from None
+    settings = settings_of(model, batch_size)
+    check_budgets(servers)
+    features = Features.from_dict({"columns": [c.model_dump() for c in columns]})
+    trainer = TrainerSettings(
+        **{k: v for k, v in settings.model_dump().items() if k != "base_margin"},
+        split_share=0.0,
+        intercept_share=0.0,
+        base_margin=tuple(settings.base_margin) if settings.base_margin else None,
+    )
+    coordinator = Coordinator(features, trainer, min(s.rho for s in servers), lambda values, l2, rho: values)
+    round_trips = done = 0
+    with ThreadPoolExecutor(max_workers=len(servers)) as pool:
+        for batch in coordinator.requests():
+            model_so_far = coordinator.model().decode()
+            bodies = [
+                FederatedStepRequest(
+                    spec=s.spec,
+                    features=columns,
+                    settings=settings,
+                    batch=batch.to_dict(),  # type: ignore[union-attr]
+                    model=model_so_far,
+                    rho=s.rho,
+                )
+                for s in servers
+            ]
+            futures = [pool.submit(_post_step, s, b) for s, b in zip(servers, bodies)]
+            answers, failed = [], None
+            for server, future in zip(servers, futures):
+                try:
+                    answer = future.result()
+                except RemoteMagicError as error:
+                    failed = failed or (server, error)
+                    continue
+                server.steps += 1
+                server.spent += answer.privacy.rho
+                server.left = answer.privacy.rho_remaining
+                answers.append(answer)
+            round_trips += 1
+            if failed is not None:
+                server, error = failed
+                ran = ", ".join(f"{s.name} {s.steps}" for s in servers)
+                raise FederatedError(
+                    server.name,
+                    f"{error} (the training stopped at batch {round_trips} of "
+                    f"{math.ceil(settings.rounds / settings.batch_size)}; batches each server answered "
+                    f"and was charged for: {ran})",
+                )
+            shape = (batch.trees, batch.leaves)  # type: ignore[union-attr]
+            g = np.sum([np.reshape(a.gradients, shape) for a in answers], axis=0)
+            h = np.sum([np.reshape(a.hessians, shape) for a in answers], axis=0)
+            coordinator.release(batch, np.stack([g, h], axis=-1))
+            done += batch.rounds  # type: ignore[union-attr]
+            if on_batch is not None:
+                on_batch(done, settings.rounds)
+        trained = coordinator.model()
+        task = "multiclass" if settings.objective == "multi:softprob" else "binary"
+        estimator = estimator_for(trained, task)
+        evaluations = list(pool.map(lambda s: _evaluate(s, estimator), servers))
+    owners_out = [
+        OwnerResult(
+            s.name, s.spec.dataset, result, s.spent, s.steps, s.info.policy.rho_cap if s.info.policy else None
+        )
+        for s, result in zip(servers, evaluations)
+    ]
+    return FederatedResult(
+        model=trained,
+        estimator=estimator,
+        owners=owners_out,
+        trees=len(coordinator.trees),
+        round_trips=round_trips,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _evaluate(server: Server, estimator: object) -> TrainResult:
+    """The final model on the server's evaluation rows: the same held-out split its steps left out."""
+    spec = server.spec.model_dump(mode="json", exclude_none=True)
+    spec.setdefault("eval", DEFAULT_TRAIN_EVAL)
+    try:
+        return server.client.evaluate(estimator.get_booster(), spec)  # type: ignore[attr-defined]
+    except RemoteMagicError as error:
+        raise FederatedError(server.name, f"the final evaluation failed: {error}") from None

@@ -1,0 +1,30 @@
+"""`POST /v1/federated/sums`: one batch of a federated DP training, answered with this server's own noisy
+per-leaf sums of its training rows (intake/federated.py checks the request, jobs/oneshot.py runs it in a
+confined worker, the release desk charges and noises it). This module never sees a row."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+
+from remote_magic.contract.wire import FederatedStepRequest, FederatedSums
+
+from ..intake.federated import check_step
+from .deps import FederatedDep, SettingsDep, User, VersionsDep
+
+router = APIRouter(prefix="/v1", tags=["federated"])
+
+
+@router.post("/federated/sums", response_model=FederatedSums)
+async def federated_sums(
+    settings: SettingsDep,
+    versions: VersionsDep,
+    steps: FederatedDep,
+    user: User,
+    body: FederatedStepRequest,
+) -> FederatedSums:
+    """This server's noisy gradient and hessian sums per leaf of one batch of trees, charged to the user."""
+    spec, plan, order, model = check_step(settings, versions, user.datasets, body)
+    spec_json = spec.model_dump(mode="json", exclude_none=True)
+    return await asyncio.to_thread(steps.step, user.user, spec.dataset, spec_json, plan, order, model)

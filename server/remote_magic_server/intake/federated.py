@@ -1,0 +1,81 @@
+"""Accepting a federated training's step: every check a server makes itself before a worker starts.
+
+The analyst's coordinator sends one batch of trees at a time (`FederatedStepRequest`); this server never
+learns the other servers. It takes part only in mode dp; the spec is checked against the schema as any
+job's; the settings against the dataset's bounds (rounds, depth); the features against the schema and
+the owner's declared ranges and levels; the rho against the owner's training budget; the model so far
+must be a JSON document (XGBoost parses it only in the sandbox). What a step costs follows from the
+settings alone: with random splits and no released intercept every round costs `rho / rounds`, so a
+batch of `r` rounds costs `r * rho / rounds` (docs/privacy.md, "Total"), charged at admission.
+"""
+
+from __future__ import annotations
+
+import json
+
+from remote_magic.contract.codes import Refusal
+from remote_magic.contract.federated import check_columns
+from remote_magic.contract.wire import DatasetSpec, FederatedStepRequest
+
+from ..config.settings import Settings
+from ..data.versions import Versions
+from ..plan import JobPlan
+from ..protocol import FederatedOrder
+from .catalog import check_spec, version_of
+
+MODEL_FILE = "model.json"
+
+
+def check_step(
+    settings: Settings, versions: Versions, datasets: list[str], body: FederatedStepRequest
+) -> tuple[DatasetSpec, JobPlan, FederatedOrder, bytes]:
+    """The checked spec, its plan, the worker's order and the model's bytes; or raise Refusal."""
+    spec, plan = check_spec(settings, versions, datasets, body.spec)
+    name = spec.dataset
+    policy = settings.policy_for(name)
+    if not policy.trains_privately:
+        raise Refusal(
+            "federated_needs_dp",
+            f"dataset {name!r} is in privacy mode {policy.privacy}: only mode dp takes part in a federated "
+            "training, whose every number is a DP release",
+        )
+    if spec.derive:
+        raise Refusal("invalid_request", "a federated training takes the dataset's columns, no derived ones")
+    bounds = settings.bounds_for(name)
+    train = body.settings
+    if train.rounds > bounds.max_n_estimators or train.max_depth > bounds.max_depth:
+        raise Refusal(
+            "parameter_out_of_bounds",
+            f"{train.rounds} rounds of depth {train.max_depth}: this dataset allows at most "
+            f"{bounds.max_n_estimators} rounds and depth {bounds.max_depth}",
+        )
+    if body.rho > policy.dp_rho_train * (1 + 1e-9):
+        raise Refusal(
+            "parameter_out_of_bounds",
+            f"a training of rho {body.rho:g}: this dataset's owner allows rho {policy.dp_rho_train:g} "
+            "per training",
+        )
+    config = settings.datasets[name]
+    dtypes = dict(version_of(versions, body.spec.dataset).columns)
+    check_columns(body.features, plan.features, dtypes, config.column_ranges, config.column_levels)
+    rounds = body.batch.get("rounds")
+    if not isinstance(rounds, int) or not 1 <= rounds <= min(train.batch_size, train.rounds):
+        raise Refusal("invalid_request", "the batch's rounds must be 1 to the batch size")
+    model = body.model.encode()
+    if len(model) > settings.server.max_payload_mb * 2**20:
+        raise Refusal("payload_too_large", "the model so far is larger than this server accepts")
+    try:
+        parsed = json.loads(model)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict) or "learner" not in parsed:
+        raise Refusal("invalid_model", "the model so far must be an XGBoost JSON model")
+    order = FederatedOrder(
+        features=[f.model_dump() for f in body.features],
+        settings=train.model_dump(),
+        batch=body.batch,
+        model_file=MODEL_FILE,
+        rho=body.rho,
+        step_rho=body.rho * rounds / train.rounds,
+    )
+    return spec, plan, order, model

@@ -1,0 +1,257 @@
+"""One DP model over three data owners' servers: real servers on loopback, each its own config, token,
+table and ledger (tests/federated_servers.py); the client's coordinator talks to them over HTTP."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import xgboost as xgb
+from sklearn.metrics import roc_auc_score
+
+import remote_magic
+from remote_magic import FederatedError
+from remote_magic.client.federated_checks import (
+    check_agreement,
+    public_features,
+    servers_of,
+    settings_of,
+)
+from remote_magic.contract.wire import DatasetSpec, FederatedStepRequest
+from remote_magic.families.dpboost import Coordinator, Features, Settings
+from tests.federated_servers import owners, split_table
+
+RHO_TRAIN = 0.5
+RHO_JOB = 0.01  # the evaluation's releases (the policy's default dp_rho_job)
+ROUNDS, BATCH = 12, 4
+POLICY = f"dp_rho_train = {RHO_TRAIN}"
+SPEC = {"dataset": "visits", "label": "label"}
+
+
+@pytest.fixture(scope="module")
+def table_and_parts():
+    return split_table(9000)
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory, table_and_parts):
+    """Owners a, b, c (mode dp, same schema); d in mode rules; e whose `visits` column is text."""
+    _, parts = table_and_parts
+    more = dict(parts)
+    more["d"] = parts["c"]
+    more["e"] = parts["c"].assign(visits=parts["c"]["visits"].astype(str))
+    root = tmp_path_factory.mktemp("owners")
+    config = {name: {"extra": POLICY} for name in more}
+    config["d"]["privacy"] = "rules"
+    with owners(root, more, **config) as started:
+        yield started
+
+
+def clients(servers, *names):
+    return {name: servers[name].client() for name in names}
+
+
+def charges(server) -> Counter:
+    """How many charges of each kind the analyst has on the server's `visits` (a ledger lists charges
+    made in the same second in no particular order, so tests compare counts and sums)."""
+    report = server.client().budget().report
+    return Counter(c.kind for d in report.datasets if d.dataset == "visits" for c in d.charges)
+
+
+def spent(server) -> float:
+    report = server.client().budget().report
+    return sum(d.rho_spent for d in report.datasets if d.dataset == "visits")
+
+
+def model(seed: int = 3) -> xgb.XGBClassifier:
+    """The analyst's model; a new `seed` draws a new structure (the same request again is answered from
+    the ledger, at no cost)."""
+    return xgb.XGBClassifier(n_estimators=ROUNDS, max_depth=4, learning_rate=0.3, random_state=seed)
+
+
+def test_three_servers_train_one_model_and_each_ledger_is_charged_exactly_its_share(servers, table_and_parts):
+    table, _ = table_and_parts
+    before = {name: (charges(servers[name]), spent(servers[name])) for name in "abc"}
+    result = remote_magic.federated_train(model(), SPEC, clients(servers, "a", "b", "c"), batch_size=BATCH)
+
+    assert result.trees == ROUNDS and result.round_trips == math.ceil(ROUNDS / BATCH)
+    # The model is a DP release the analyst holds: it predicts the whole table far better than chance.
+    frame = table.drop(columns=["id", "label"]).assign(region=lambda f: f["region"].astype("category"))
+    booster = result.estimator.get_booster()
+    levels = booster.get_categories(export_to_arrow=True).to_arrow()
+    frame["region"] = frame["region"].cat.set_categories([str(v) for v in dict(levels)["region"].to_pylist()])
+    scores = result.estimator.predict_proba(frame)[:, 1]
+    assert roc_auc_score(table["label"], scores) > 0.7
+    for name in "abc":
+        counted, was = before[name]
+        assert charges(servers[name]) - counted == Counter(sums=result.round_trips, evaluate=1)
+        assert spent(servers[name]) - was == pytest.approx(RHO_TRAIN + RHO_JOB, abs=1e-5)
+    owners_out = {o.name: o for o in result.owners}
+    assert set(owners_out) == {"a", "b", "c"}
+    for owner in owners_out.values():
+        assert owner.batches == result.round_trips and owner.rho_train == pytest.approx(RHO_TRAIN, abs=1e-5)
+        assert "auc" in owner.evaluation.metrics and owner.rows and owner.rows > 0
+        assert owner.rho_left is not None and owner.rho_left < 50.0
+    value, half = result.pooled["auc"]
+    assert 0.5 < value <= 1.0 and half > 0
+    assert "pooled" in repr(result) and "remote-magic-federated" in result._repr_html_()
+
+
+def test_a_server_in_mode_rules_is_refused_by_name_before_anything_is_spent(servers):
+    before = {name: charges(servers[name]) for name in "ab"}
+    with pytest.raises(FederatedError, match=r"^d: .*mode rules") as refused:
+        remote_magic.federated_train(model(), SPEC, clients(servers, "a", "b", "d"), batch_size=BATCH)
+    assert refused.value.connection == "d"
+    assert {name: charges(servers[name]) for name in "ab"} == before
+
+
+def first_step(servers, names, rho: float = RHO_TRAIN, seed: int = 5) -> FederatedStepRequest:
+    """The first step's request as the coordinator would send it, built from the servers' catalogs."""
+    spec = DatasetSpec.model_validate(SPEC)
+    found = servers_of(clients(servers, *names), spec)
+    columns = public_features(found, *check_agreement(found, spec))
+    settings = settings_of(model(seed), BATCH)
+    trainer = Settings(**settings.model_dump(exclude={"base_margin"}), split_share=0.0, intercept_share=0.0)
+    coordinator = Coordinator(
+        Features.from_dict({"columns": [c.model_dump() for c in columns]}), trainer, rho, lambda v, l2, r: v
+    )
+    batch = next(iter(coordinator.requests()))
+    body = {
+        "spec": spec,
+        "features": columns,
+        "settings": settings,
+        "batch": batch.to_dict(),
+        "model": coordinator.model().decode(),
+        "rho": rho,
+    }
+    return FederatedStepRequest.model_validate(body)
+
+
+def test_a_server_in_mode_rules_refuses_a_step_itself(servers):
+    step = first_step(servers, ["a", "b"])
+    answer = servers["d"].post("/federated/sums", json=step.model_dump(mode="json"))
+    assert answer.status_code == 422
+    assert answer.json()["error"]["code"] == "federated_needs_dp"
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"rho": 2 * RHO_TRAIN}, "parameter_out_of_bounds"),
+        ({"model": "not json"}, "invalid_model"),
+        ({"model": '{"learner": {"gradient_booster": 1}}'}, "invalid_request"),
+        (
+            {
+                "settings": {
+                    "rounds": 100_000,
+                    "max_depth": 4,
+                    "learning_rate": 0.3,
+                    "reg_lambda": 1.0,
+                    "batch_size": 4,
+                    "grad_share": 0.8,
+                    "max_leaf": 2.0,
+                }
+            },
+            "parameter_out_of_bounds",
+        ),
+    ],
+    ids=[
+        "rho past the owner's",
+        "a model that is not JSON",
+        "a model XGBoost cannot load",
+        "rounds past the bounds",
+    ],
+)
+def test_a_server_checks_a_step_itself_and_charges_nothing_for_a_refused_one(servers, change, code):
+    before = charges(servers["a"])
+    body = first_step(servers, ["a", "b"]).model_dump(mode="json")
+    answer = servers["a"].post("/federated/sums", json={**body, **change})
+    assert answer.status_code in (413, 422) and answer.json()["error"]["code"] == code
+    assert charges(servers["a"]) == before
+
+
+def test_a_structure_outside_the_features_or_the_declared_range_is_refused_at_no_cost(servers):
+    before = charges(servers["a"])
+    body = first_step(servers, ["a", "b"]).model_dump(mode="json")
+    wide = [dict(c) for c in body["features"]]
+    wide[0]["candidates"] = [-1000.0, *wide[0]["candidates"][1:]]
+    answer = servers["a"].post("/federated/sums", json={**body, "features": wide})
+    assert answer.json()["error"]["code"] == "invalid_request" and "declared range" in answer.text
+    batch = dict(body["batch"])
+    batch["feature"] = (np.asarray(batch["feature"]) + 100).tolist()
+    answer = servers["a"].post("/federated/sums", json={**body, "batch": batch})
+    assert answer.json()["error"]["code"] == "invalid_request"
+    assert charges(servers["a"]) == before
+
+
+def test_a_repeated_step_is_answered_with_the_same_draws_at_no_cost(servers):
+    body = first_step(servers, ["a", "b"], seed=6).model_dump(mode="json")
+    before = charges(servers["a"])
+    first = servers["a"].post("/federated/sums", json=body).json()
+    again = servers["a"].post("/federated/sums", json=body).json()
+    assert first["gradients"] == again["gradients"] and first["hessians"] == again["hessians"]
+    assert charges(servers["a"]) - before == Counter(sums=1)
+
+
+def test_schemas_that_disagree_are_refused_by_name_before_any_cost(servers):
+    before = {name: charges(servers[name]) for name in "ab"}
+    with pytest.raises(FederatedError, match=r"^e: column 'visits'") as refused:
+        remote_magic.federated_train(model(), SPEC, clients(servers, "a", "b", "e"), batch_size=BATCH)
+    assert refused.value.connection == "e"
+    with pytest.raises(FederatedError, match="needs at least two"):
+        remote_magic.federated_train(model(), SPEC, clients(servers, "a"))
+    assert {name: charges(servers[name]) for name in "ab"} == before
+
+
+def test_a_server_stopped_mid_training_ends_it_naming_the_server_charged_only_for_batches_that_ran(servers):
+    before = {name: (charges(servers[name]), spent(servers[name])) for name in "abc"}
+    stopped = servers["c"]
+
+    def stop_after_first(done: int, rounds: int) -> None:
+        if done == BATCH:
+            stopped.stop()
+
+    try:
+        with pytest.raises(FederatedError, match=r"^c: cannot reach") as ended:
+            remote_magic.federated_train(
+                model(seed=4),
+                SPEC,
+                clients(servers, "a", "b", "c"),
+                batch_size=BATCH,
+                on_batch=stop_after_first,
+            )
+        assert "c 1" in str(ended.value) and "a 2" in str(ended.value)
+    finally:
+        stopped.start()
+    share = RHO_TRAIN * BATCH / ROUNDS
+    for name, ran in (("a", 2), ("b", 2), ("c", 1)):
+        counted, was = before[name]
+        assert charges(servers[name]) - counted == Counter(sums=ran), (name, counted, charges(servers[name]))
+        assert spent(servers[name]) - was == pytest.approx(ran * share, abs=1e-5)
+
+
+def test_the_magic_trains_over_named_connections(servers, monkeypatch):
+    from IPython.core.error import UsageError
+
+    from remote_magic.display.federated import FederatedResult
+    from tests.serverproc import magic_shell
+
+    with magic_shell(servers["a"], "alice", monkeypatch, url=False) as ip:
+        for name in "abc":
+            monkeypatch.setenv(f"TOKEN_{name.upper()}", servers[name].tokens["alice"])
+            ip.run_line_magic(
+                "remote_connect", f"{servers[name].url} --name {name} --token-env TOKEN_{name.upper()}"
+            )
+        with pytest.raises(UsageError, match="no connection named 'z'"):
+            ip.run_cell_magic("remote_train", "--datasets a:visits,z:visits --label label", "m = 1")
+        cell = (
+            "import xgboost as xgb\nmodel = xgb.XGBClassifier(n_estimators=8, max_depth=3, random_state=11)"
+        )
+        shown = ip.run_cell_magic(
+            "remote_train", "--datasets a:visits,b:visits,c:visits --label label --batch-size 4 -o fed", cell
+        )
+        assert isinstance(shown, FederatedResult) and ip.user_ns["fed"] is shown
+        assert shown.round_trips == 2 and shown.trees == 8
+        assert [o.name for o in shown.owners] == ["a", "b", "c"]
