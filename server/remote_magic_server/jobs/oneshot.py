@@ -50,22 +50,22 @@ class Describer:
         if stored is not None:
             self.desk.record(request, "released", None, "the stored answer, repeated")
             return stored
+        task = build_task(self.settings, "describe", dataset, spec, plan)
+        return self._released(request, task, {})  # type: ignore[return-value]
+
+    def _released(self, request: Request, task: Task, files: dict[str, bytes]) -> object:
+        """Run the task (`_converse`) and record its end in the audit log: its result, or a Refusal."""
         try:
-            final = self._run(request, plan)
+            final = self._converse(request, task, files)
         except Exception:
-            log.exception("describe on %s could not be released", dataset)
+            log.exception("a %s on %s could not be released", request.kind, request.dataset)
             final = Final.failed("internal_error", "the request failed on the server")
         if final.state != "succeeded":
             code, message = final.error or ("internal_error", "the request failed on the server")
-            decision = "refused" if self.desk.refused(code) else "failed"
-            self.desk.record(request, decision, code, message)
+            self.desk.record(request, "refused" if self.desk.refused(code) else "failed", code, message)
             raise Refusal(code, message)
         self.desk.record(request, "released")
-        return final.result  # type: ignore[return-value]
-
-    def _run(self, request: Request, plan: JobPlan) -> Final:
-        task = build_task(self.settings, "describe", request.dataset, request.spec, plan)
-        return self._converse(request, task, {})
+        return final.result
 
     def _converse(self, request: Request, task: Task, files: dict[str, bytes]) -> Final:
         """Run one task in a fresh folder holding `files`, through the desk, in one of the slots."""
@@ -115,17 +115,7 @@ class FederatedSteps(Describer):
         )
         self.desk.check_budget(request)  # before a worker starts; charged again only if it is new
         task = build_task(self.settings, "sums", dataset, spec, plan, federated=order)
-        try:
-            final = self._converse(request, task, {order.model_file: model})
-        except Exception:
-            log.exception("a federated step on %s could not be released", dataset)
-            final = Final.failed("internal_error", "the request failed on the server")
-        if final.state != "succeeded":
-            code, message = final.error or ("internal_error", "the request failed on the server")
-            self.desk.record(request, "refused" if self.desk.refused(code) else "failed", code, message)
-            raise Refusal(code, message)
-        self.desk.record(request, "released")
-        return final.result  # type: ignore[return-value]
+        return self._released(request, task, {order.model_file: model})  # type: ignore[return-value]
 
 
 def review(settings: Settings, executor: Executor, payload: bytes, timeout: float = 60.0) -> str:
