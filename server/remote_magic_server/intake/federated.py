@@ -16,14 +16,13 @@ import json
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.federated import check_columns
 from remote_magic.contract.wire import DatasetSpec, FederatedStepRequest
+from remote_magic.families import MODEL_FILE
 
 from ..config.settings import Settings
 from ..data.versions import Versions
 from ..plan import JobPlan
 from ..protocol import FederatedOrder
 from .catalog import check_spec, version_of
-
-MODEL_FILE = "model.json"
 
 
 def check_step(
