@@ -60,6 +60,18 @@ def short_job(server: ServerProcess) -> tuple[str, float]:
     return job.wait(timeout=600).state, time.monotonic() - started
 
 
+def rejoin(cluster: Client, victim: str, timeout: float = 300) -> None:
+    """Wait for the killed worker's nanny to start a new one; on a timeout, say what each nanny was doing."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = cluster.scheduler_info(n_workers=-1)["workers"]
+        if len(workers) == 2 and victim not in workers:
+            return
+        time.sleep(0.1)
+    nannies = {name: (str(nanny.status), nanny.pid) for name, nanny in cluster.cluster.workers.items()}
+    raise AssertionError(f"{victim} did not come back: scheduler {sorted(workers)}, nannies {nannies}")
+
+
 def lost_worker_cycle(server: ServerProcess, cluster: Client) -> Cycle:
     job = server.client().submit(LONG, SPEC)
     wait_until(lambda: job.refresh().progress.round > 0 or job.done, 300, "training rounds")
@@ -74,13 +86,7 @@ def lost_worker_cycle(server: ServerProcess, cluster: Client) -> Cycle:
     finally:
         os.kill(pids[survivor], signal.SIGCONT)
     held = held_locks(cluster)
-    wait_until(
-        lambda: (
-            len(workers := cluster.scheduler_info(n_workers=-1)["workers"]) == 2 and victim not in workers
-        ),
-        120,
-        "the killed worker to come back",
-    )
+    rejoin(cluster, victim)
     state, next_s = short_job(server)
     return Cycle(status.error.code if status.error else None, lost_s, held, state, next_s)
 
