@@ -168,6 +168,16 @@ def test_a_base_model_gets_dp_trees_on_top(dataset, tmp_path):
     assert report.training is not None and report.training.trees == 3
 
 
+def test_the_rows_start_from_the_analysts_public_base_score_as_the_model_does(dataset, tmp_path):
+    """The partitions fitted their trees from margin 0 while the released model started from the
+    analyst's base_score: the trees corrected a start the model did not have."""
+    task, plan = job(dataset, {"n_estimators": 8, "max_depth": 3, "base_score": 0.95})
+    run_job(task, plan, InProcess([staging.stage(task, tmp_path)]), tmp_path / "start")
+    rate = pq.read_table(dataset)["label"].to_numpy().mean()
+    predicted = 1 / (1 + np.exp(-margins(tmp_path / "start", features_of(dataset))))
+    assert abs(predicted.mean() - rate) < abs(0.95 - rate) / 3
+
+
 @pytest.mark.parametrize(
     ("model", "code", "named"),
     [

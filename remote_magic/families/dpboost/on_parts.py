@@ -58,7 +58,9 @@ def set_up(part: Part, features: Features, settings: Settings, base: bytes | Non
             for b in _rows(part)
         ]
         margins = np.concatenate(chunks) if chunks else np.zeros((0, objective.trees_per_round))
-    part.state[STATE] = Partition(features, _rows(part), part.y("train"), objective, margins)
+    part.state[STATE] = Partition(
+        features, _rows(part), part.y("train"), objective, margins, settings.base_margin
+    )
     return {}
 
 

@@ -18,7 +18,7 @@ Nothing a partition returns is released as it is: the coordinator adds noise bef
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +58,9 @@ Update = InterceptUpdate | LeafUpdate
 
 
 class Partition:
-    """One partition's rows, binned once, with their margins kept across batches."""
+    """One partition's rows, binned once, with their margins kept across batches. They start from a base
+    model's margins (`base_margin`, one row each), else from the model's public start (`start`: the
+    analyst's base_score), else from the objective's."""
 
     def __init__(
         self,
@@ -67,6 +69,7 @@ class Partition:
         labels: np.ndarray,
         objective: Objective,
         base_margin: np.ndarray | None = None,
+        start: Sequence[float] | None = None,
     ):
         self.features = features
         self.objective = objective
@@ -76,7 +79,8 @@ class Partition:
         if len(self.labels) != rows:
             raise ValueError(f"{len(self.labels)} labels for {rows} rows")
         if base_margin is None:
-            self.margins = np.tile(objective.initial_margin(), (rows, 1))
+            first = objective.initial_margin() if start is None else np.asarray(start, dtype=np.float64)
+            self.margins = np.tile(first, (rows, 1))
         else:
             self.margins = np.asarray(base_margin, dtype=np.float64).reshape(rows, classes).copy()
         self._nodes: dict[tuple[int, int], tuple[int, np.ndarray]] = {}
