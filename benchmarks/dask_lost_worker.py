@@ -27,6 +27,7 @@ from pathlib import Path
 import xgboost as xgb
 from distributed import Client, LocalCluster
 
+from remote_magic_server.cluster.partitions import workers_of
 from tests.serverproc import ServerProcess, running, wait_until
 
 LONG = xgb.XGBClassifier(n_estimators=2000, max_depth=8, learning_rate=0.01)
@@ -64,7 +65,7 @@ def rejoin(cluster: Client, victim: str, timeout: float = 300) -> None:
     """Wait for the killed worker's nanny to start a new one; on a timeout, say what each nanny was doing."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        workers = cluster.scheduler_info(n_workers=-1)["workers"]
+        workers = workers_of(cluster)
         if len(workers) == 2 and victim not in workers:
             return
         time.sleep(0.1)

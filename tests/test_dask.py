@@ -37,6 +37,7 @@ from remote_magic.families.base import Plan
 from remote_magic.families.partitions import InProcess
 from remote_magic.families.xgboost.on_dask import train_where_rows_are
 from remote_magic_server.cluster import partitions
+from remote_magic_server.cluster.partitions import workers_of
 from remote_magic_server.demo import free_port, synthetic_table
 from remote_magic_server.worker import staging
 from tests.serverproc import ServerProcess, running, wait_until, write_config
@@ -206,7 +207,7 @@ def test_a_job_that_cannot_start_ends_with_a_fixed_code_and_leaves_no_lock_queue
         extra = executor(cluster.scheduler_address, partitions=2, start_timeout_s=5)
         users = {"alice": ["breast_cancer_rules"]}
         with running(tmp_path / "data", tmp_path / "server.log", users, extra) as server:
-            stale = MultiLock(list(client.scheduler_info(n_workers=-1)["workers"]), client)
+            stale = MultiLock(list(workers_of(client)), client)
             assert stale.acquire(timeout=10)
             started = time.monotonic()
             with pytest.raises(RemoteError) as failed:
@@ -241,7 +242,7 @@ def test_partitions_on_one_of_two_workers_missing_text_levels_train_as_on_one_ma
     s = task.staging
     assert s is not None
     with local_cluster(2) as cluster, Client(cluster) as client:
-        first = sorted(client.scheduler_info(n_workers=-1)["workers"])[0]
+        first = sorted(workers_of(client))[0]
         futures = [
             client.submit(
                 partitions.stage, str(path), a, b, s.partition_query, s.params, s.columns, s.label,

@@ -106,7 +106,7 @@ def empty_frame(part: Part, split: str) -> pd.DataFrame:
 
 def threads_on(parts: Partitions, threads: int) -> int:
     """The job's threads, but never more than a cluster worker has."""
-    workers = parts.dask.client.scheduler_info(n_workers=-1)["workers"].values()
+    workers = parts.dask.workers().values()
     return max(1, min([threads, *(w["nthreads"] for w in workers)]))
 
 

@@ -37,7 +37,7 @@ from ..protocol import ClusterConfig, DriverTask, TrainReport
 from ..runner import model_job
 from ..runner.channel import Channel, serve
 from . import partitions
-from .partitions import LOST_WORKER, DaskHandle, DaskPartitions
+from .partitions import LOST_WORKER, DaskHandle, DaskPartitions, workers_of
 
 log = logging.getLogger("remote_magic_server.cluster")
 
@@ -154,7 +154,7 @@ class Driver:
 
 
 def _workers(client: Client) -> set[str]:
-    return set(client.scheduler_info(n_workers=-1)["workers"])
+    return set(workers_of(client))
 
 
 def run(job_dir: str, conn: Connection) -> None:

@@ -81,6 +81,13 @@ def stage(
     return Part(splits[0], splits[1], row_ids[~is_eval], row_ids[is_eval], levels, missing_label=missing)
 
 
+def workers_of(client: Client) -> dict[str, dict]:
+    """The scheduler's workers now, by address. Not `Client.scheduler_info()`: it returns the client's
+    cache, which the client's own periodic refresh (of totals only) may overwrite with no workers between
+    the fetch and the read; a busy machine then read as every worker lost."""
+    return client.sync(client.scheduler.identity, n_workers=-1)["workers"]
+
+
 @dataclass
 class DaskHandle:
     """What a family with its own distributed training needs of the cluster (families/xgboost/on_dask.py)."""
@@ -91,6 +98,9 @@ class DaskHandle:
     tracker_host: str | None
     collective_timeout_s: int
     start_timeout_s: float  # how long its training workers may take to begin together
+
+    def workers(self) -> dict[str, dict]:
+        return workers_of(self.client)
 
 
 class DaskPartitions:
@@ -122,7 +132,7 @@ class DaskPartitions:
                 return gather(client, calls)
             except TimeoutError:
                 # A partition's state lives only where its rows are: a lost holder cannot be replaced.
-                alive = set(client.scheduler_info(n_workers=-1)["workers"])
+                alive = set(workers_of(client))
                 if not all(set(holder) & alive for holder in self.holders):
                     client.cancel(calls)
                     raise Refusal("cluster_worker_lost", LOST_WORKER) from None
