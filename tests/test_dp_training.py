@@ -117,10 +117,11 @@ def test_the_desks_leaf_noise_has_the_sd_the_proof_configures(desk, tmp_path):
     assert desk.ledger.spent("alice", "d") == pytest.approx(policy.dp_rho_job + policy.dp_rho_train)
     desk.plan_training(request, state, plan_of(LEAVES_ONLY))
     scales = LEAVES_ONLY.scales(policy.dp_rho_train)
-    rho_g = 1.0**2 / (2 * scales.sigma_g**2)  # one round's leaf gradients, L2 bound 1 (the logistic loss)
+    g = LEAVES_ONLY.objective_().gradient_bound  # the logistic loss's clip
+    rho_g = g**2 / (2 * scales.sigma_g**2)  # one round's leaf gradients
     leaves = np.full(2000, 37.0)  # many leaves' sums at once: one draw per leaf
     answer = desk.noise(
-        request, state, NoiseRequest(kind="gaussian", values=list(leaves), bound=1.0, rho=rho_g)
+        request, state, NoiseRequest(kind="gaussian", values=list(leaves), bound=g, rho=rho_g)
     )
     noise = np.asarray(answer.values) - leaves
     assert abs(noise.std() / scales.sigma_g - 1) < 0.1 and abs(noise.mean()) < 4 * scales.sigma_g / math.sqrt(

@@ -39,6 +39,7 @@ from remote_magic.families.dpboost.accounting import (
 )
 from remote_magic.families.dpboost.booster import load
 from remote_magic.families.dpboost.candidates import CandidatePlan, Declared, sketch_counts
+from remote_magic.families.dpboost.objectives import BINARY_GRADIENT_CLIP
 from remote_magic.families.dpboost.params import settings_from_params
 from remote_magic.families.dpboost.partition import Grow
 from remote_magic.families.dpboost.selection import candidates, scores
@@ -158,7 +159,7 @@ def test_each_leaf_release_has_the_configured_scale_and_the_noise_has_that_sprea
     for i, (_, _, l2, call_rho) in enumerate(leaf_calls):
         expected = scales.sigma_g if i % 2 == 0 else scales.sigma_h
         assert l2 / math.sqrt(2 * call_rho) == pytest.approx(expected, rel=1e-12)
-        assert l2 == pytest.approx((1.0 if i % 2 == 0 else 0.25) * math.sqrt(4))
+        assert l2 == pytest.approx((BINARY_GRADIENT_CLIP if i % 2 == 0 else 0.25) * math.sqrt(4))
     assert released.sigma_g == pytest.approx(scales.sigma_g)
     drawn = np.concatenate([noisy - exact for exact, noisy, _, _ in leaf_calls[0::2]])
     assert len(drawn) == 40 * 8
@@ -248,7 +249,7 @@ def test_a_job_spends_exactly_its_budget_and_epsilon_converts_both_ways():
         assert released.rho == pytest.approx(0.2, rel=1e-9)
         if settings.split_share:
             assert len(picks) == 5 * (3 + 1 + 2 + 4)  # per level a column, then each node
-            assert {linf for linf, _ in picks} == {1.0}
+            assert {linf for linf, _ in picks} == {BINARY_GRADIENT_CLIP}
     for eps in (0.5, 1.0, 4.0):
         assert epsilon(rho_for_epsilon(eps, 1e-6), 1e-6) == pytest.approx(eps)
 
@@ -276,6 +277,15 @@ def test_one_rows_contributions_stay_within_the_bounds_the_proof_uses(objective)
     assert np.abs(g).max() <= loss.tree_gradient_bound + 1e-12
     sums = np.array([loss.label_sums(y[i : i + 1]) for i in range(50)])
     assert np.linalg.norm(sums, axis=1).max() <= loss.intercept_bound + 1e-12
+
+
+def test_the_logistic_gradient_is_clipped_to_its_bound_and_exact_inside_it():
+    loss = Settings().objective_()
+    assert loss.gradient_bound == loss.tree_gradient_bound == BINARY_GRADIENT_CLIP < 1.0
+    g, h = loss.gradients(np.array([[-5.0], [0.0], [5.0], [0.0], [1.0]]), np.array([1, 1, 0, 0, 1]))
+    p = 1 / (1 + math.exp(-1.0))
+    assert g[:, 0] == pytest.approx([-BINARY_GRADIENT_CLIP, -0.5, BINARY_GRADIENT_CLIP, 0.5, p - 1])
+    assert h[1:2, 0] == pytest.approx([0.25])
 
 
 # The partitions

@@ -34,25 +34,25 @@ hessians computed from the margins before the round's batch (a function of the r
 and of earlier releases only). The structure is public (drawn from the seed, or released by the selections of
 part 4) and every tree is complete, so a row lies in exactly one leaf of each tree. Its contributions are
 clipped (`Objective`): over the trees of one round its gradients have L2 norm at most `g` and its hessians at
-most `h` (binary: `g = 1`, `h = 1/4`; multiclass: `g = sqrt(2)`, `h = 1/2`; regression: `g` = the label
-range's width unless set lower, `h = 1`). So the round's vector of leaf gradient sums moves by at most `g` in
-L2 norm, its vector of hessian sums by at most `h`; with Gaussian noise of scales `s_g` and `s_h` the round
-costs `g^2 / (2 s_g^2) + h^2 / (2 s_h^2)`. A batch of `B` rounds fitted on the same gradients is released as
-one vector (`D = sqrt(B) g`), which costs exactly the same as its `B` rounds one at a time; the batch size and
-the depth do not enter the cost. Leaf values `-(G + noise) / (max(H + noise, 0) + lambda + k s_g)` (`k` =
-`Settings.noise_lambda`; `s_g` is public), clipped and scaled by the learning rate, and the model built from
-them are post-processing.
+most `h` (binary: `g = 0.85`, each row's `p - y` clipped to +-0.85 (`BINARY_GRADIENT_CLIP`), `h = 1/4`;
+multiclass: `g = sqrt(2)`, `h = 1/2`; regression: `g` = the label range's width unless set lower, `h = 1`). So
+the round's vector of leaf gradient sums moves by at most `g` in L2 norm, its vector of hessian sums by at
+most `h`; with Gaussian noise of scales `s_g` and `s_h` the round costs `g^2 / (2 s_g^2) + h^2 / (2 s_h^2)`. A
+batch of `B` rounds fitted on the same gradients is released as one vector (`D = sqrt(B) g`), which costs
+exactly the same as its `B` rounds one at a time; the batch size and the depth do not enter the cost. Leaf
+values `-(G + noise) / (max(H + noise, 0) + lambda + k s_g)` (`k` = `Settings.noise_lambda`; `s_g` is public),
+clipped and scaled by the learning rate, and the model built from them are post-processing.
 
-**4. Split selection (optional, `selection.py`).** Instead of a random split, each level of each tree
-chooses its split by the exponential mechanism, as report-noisy-max with Gumbel noise of scale `b`, on
-scores that one row moves by at most `D_x = g_t` (`g_t` bounds one row's gradient in one tree: 1 for
-the logistic and softmax losses, `g` for the squared error). The candidates are public; by OpenDP's map
-for noisy top-1 (non-monotonic scores) one selection costs `D_x^2 / (2 b^2)` (the exponential mechanism
-at `eps = 2 D_x / b` is `eps^2 / 8`-zCDP). With a split per node, a level first chooses its column (one
-selection), then each node its split on it: the nodes of a level hold disjoint rows and a row's node
-depends only on its own features and the public or released structure above, so the nodes' selections
-together cost one selection (parallel composition). A round has `n_x = depth * classes` selections (one
-per level of each tree), or `2 * depth * classes` with a split per node.
+**4. Split selection (optional, `selection.py`).** Instead of a random split, each level of each tree chooses
+its split by the exponential mechanism, as report-noisy-max with Gumbel noise of scale `b`, on scores that one
+row moves by at most `D_x = g_t` (`g_t` bounds one row's gradient in one tree: `g` = 0.85 for the logistic
+loss (the clip), 1 for the softmax loss, `g` for the squared error). The candidates are public; by OpenDP's
+map for noisy top-1 (non-monotonic scores) one selection costs `D_x^2 / (2 b^2)` (the exponential mechanism at
+`eps = 2 D_x / b` is `eps^2 / 8`-zCDP). With a split per node, a level first chooses its column (one
+selection), then each node its split on it: the nodes of a level hold disjoint rows and a row's node depends
+only on its own features and the public or released structure above, so the nodes' selections together cost
+one selection (parallel composition). A round has `n_x = depth * classes` selections (one per level of each
+tree), or `2 * depth * classes` with a split per node.
 
 **Total.** For `R` rounds,
 `rho = rho_s + rho_0 + R (g^2 / (2 s_g^2) + h^2 / (2 s_h^2) + n_x D_x^2 / (2 b^2))`

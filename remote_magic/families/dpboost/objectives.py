@@ -1,11 +1,17 @@
 """The three losses: each row's clipped gradient and hessian, and the label sums that set the intercept.
 
 A row's contribution to one tree's sums is clipped in L2 norm (over the classes, for a multiclass round):
-gradients to `g_clip`, hessians to `h_clip`. For the logistic and softmax losses the bounds hold without
-clipping (|p - y| <= 1 and p (1 - p) <= 1/4; over K classes sum (p_k - y_k)^2 <= 2 and
-sum (p_k (1 - p_k))^2 <= (1/4) sum p_k (1 - p_k) <= 1/4); the clip only guards the arithmetic. For the
-squared error the labels are first clipped to the owner's public range (lo, hi) and the gradient
-(margin - label) to +-g_clip, and the hessian is 1 (so H is a count).
+gradients to `g_clip`, hessians to `h_clip`. For the softmax loss the bounds hold without clipping (over K
+classes sum (p_k - y_k)^2 <= 2 and sum (p_k (1 - p_k))^2 <= (1/4) sum p_k (1 - p_k) <= 1/4); the clip only
+guards the arithmetic. The logistic loss's p (1 - p) <= 1/4 holds likewise, but its gradient p - y is clipped
+to +-`BINARY_GRADIENT_CLIP` (0.85) unless `g_clip` says otherwise: the noise on every gradient sum and split
+score shrinks with the bound, and only the rows the model gets most wrong are clipped, so the model still
+orders rows by their label rate. With the learning rate at 0.6 (was 0.5) on nycflights13
+(benchmarks/dp_trainer.py's rows, noise seeds 0-5): +0.2 AUC points at epsilon 1, +0.2 at epsilon 4 (+0.4 and
++0.2 on validation rows), the demo's table and 10^6 rows unchanged within 0.1. A tighter clip (0.5, 0.7) gains
+more at epsilon 1 and loses at 4; clipping the split scores' gradients alone biases them (a node's sum is no
+longer near 0) and loses 3 points or more. For the squared error the labels are first clipped to the owner's
+public range (lo, hi) and the gradient (margin - label) to +-g_clip, and the hessian is 1 (so H is a count).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ BINARY = "binary:logistic"
 MULTICLASS = "multi:softprob"
 REGRESSION = "reg:squarederror"
 OBJECTIVES = (BINARY, MULTICLASS, REGRESSION)
+BINARY_GRADIENT_CLIP = 0.85  # |p - y| <= 1; clipped closer, one row moves a sum less
 PROBABILITY_FLOOR = 1e-4  # the intercept's probabilities stay inside (floor, 1 - floor)
 
 
@@ -61,7 +68,7 @@ class Objective:
         if self.g_clip is not None:
             return float(self.g_clip)
         if self.name == BINARY:
-            return 1.0
+            return BINARY_GRADIENT_CLIP
         if self.name == MULTICLASS:
             return math.sqrt(2.0)
         lo, hi = self.label_range  # type: ignore[misc]
