@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -62,17 +61,18 @@ def _measurement(kind: type, l2: float, rho: float, size: int | None = None):
     raise ValueError("OpenDP could not meet the budget of one release")
 
 
-# A long release (a DP training's sketch: thousands of counts) is drawn in pieces, one per core, in
-# threads (OpenDP's sampler, about 20 us an entry, runs without the GIL). Each entry's noise is
-# independent of the others' and every piece has the whole release's scale and granularity, so the
-# pieces together are the very same release, at the same rho.
+# A long release (a DP training's sketch: thousands of counts) is drawn in up to `_PIECES` pieces of at
+# least `_PIECE_MIN` entries, in threads (OpenDP's sampler, about 20 us an entry, runs without the
+# GIL), so the cores share it. Each entry's noise is independent of the others' and every piece has
+# the whole release's scale and granularity, so the pieces together are the very same release, at the
+# same rho.
 _PIECE_MIN = 1024
-_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+_PIECES = 4
 
 
 @functools.cache
 def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=_CORES, thread_name_prefix="dp-noise")
+    return ThreadPoolExecutor(max_workers=_PIECES, thread_name_prefix="dp-noise")
 
 
 @functools.lru_cache(maxsize=256)
@@ -91,7 +91,7 @@ def gaussian(values: list[float], l2: float, rho: float) -> tuple[list[float], f
     """Noisy sums at a cost of `rho`, and the noise's standard deviation."""
     measurement, scale = _measurement(float, l2, rho, len(values))
     array = _floats(values)
-    pieces = min(_CORES, len(array) // _PIECE_MIN)
+    pieces = min(_PIECES, len(array) // _PIECE_MIN)
     if pieces <= 1:
         return [float(v) for v in measurement(array)], scale
 
