@@ -90,7 +90,8 @@ def local_once(path: Path, mode: str = "rules") -> float:
 
 def remote_once(client: Client, dataset: str, seed: int) -> dict[str, float]:
     """One job from the client's side: when it was submitted, when the final status came, when done.
-    Each job has its own `random_state`, so mode dp never answers it from a stored release."""
+    Each job has its own `random_state`, so mode dp never answers it from a stored release; its DP
+    sketch, the same public question every time, is drawn by the first and kept (release desk)."""
     start = time.time()
     model = xgb.XGBClassifier(n_estimators=ROUNDS, max_depth=4, random_state=seed)
     job = client.submit(model, {**SPEC, "dataset": dataset})

@@ -35,6 +35,20 @@ def test_the_noise_is_what_the_budget_says(l2, rho):
         assert abs(sample.mean() - centre) < 4 * sigma / math.sqrt(DRAWS)
 
 
+def test_a_long_release_drawn_in_pieces_is_the_whole_releases_noise():
+    """A DP training's sketch (thousands of counts) is noised in pieces on the cores: each entry's noise
+    has the release's own scale, independently of the others, and the scale reported is the release's."""
+    l2, rho, n = math.sqrt(20), 0.005, 4 * 1024
+    noisy, scale = dp.gaussian([100.0] * n, l2, rho)
+    assert scale == dp._measurement(float, l2, rho, n)[1] == pytest.approx(dp.sigma(l2, rho))
+    noise = np.asarray(noisy) - 100.0
+    assert len(noise) == n and abs(noise.std() / scale - 1) < 0.05
+    assert abs(noise.mean()) < 4 * scale / math.sqrt(n)
+    pieces = noise.reshape(4, -1)  # 4 pieces of 1,024
+    together = np.corrcoef(pieces)[np.triu_indices(4, 1)]
+    assert np.all(np.abs(together) < 4 / math.sqrt(n / 4)), "no piece repeats another's noise"
+
+
 def test_epsilon_of_the_default_budget_and_the_guess_bound():
     assert dp.epsilon(POLICY.dp_rho_job, 1e-6) == pytest.approx(0.753, abs=1e-3)
     # an analyst who spends the whole default budget on one row's label guesses right with at most:

@@ -28,6 +28,8 @@ from remote_magic_server.cluster import partitions
 from remote_magic_server.demo import synthetic_table
 from remote_magic_server.protocol import (
     NoiseAnswer,
+    NoiseAnswers,
+    NoiseBatch,
     NoiseRequest,
     PrivateTraining,
     TrainingPlan,
@@ -73,6 +75,8 @@ class Parent(Proceeding):
         self.rho = 0.0
         self.planned: list = []
         self.off_plan: list[int] = []  # requests that were not the plan's next release
+        self.asks: list[NoiseRequest] = []  # every request, a batch's one by one
+        self.batches = 0
 
     def plan(self, plan: TrainingPlan) -> None:
         settings = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in plan.settings.items()})
@@ -82,9 +86,16 @@ class Parent(Proceeding):
         if isinstance(message, TrainingPlan):
             self.plan(message)
             return None
+        if isinstance(message, NoiseBatch):
+            self.batches += 1
+            return NoiseAnswers(answers=[self.noise(ask) for ask in message.requests])
         if not isinstance(message, NoiseRequest):
             return super().answer(message)
-        asked = sum(isinstance(m, NoiseRequest) for m in self.seen)
+        return self.noise(message)
+
+    def noise(self, message: NoiseRequest) -> NoiseAnswer:
+        self.asks.append(message)
+        asked = len(self.asks)
         expected = self.planned[asked - 1] if asked <= len(self.planned) else None
         if expected is None or not (
             message.kind == expected.kind
@@ -103,9 +114,8 @@ class Parent(Proceeding):
 def run_job(task, plan, parts, folder: Path, seed: int = 1) -> tuple[TrainReport, Parent]:
     parent = Parent(seed)
     report = run_with(task, plan, FAMILY, parts, folder, parent)
-    asked = sum(isinstance(m, NoiseRequest) for m in parent.seen)
     assert parent.off_plan == [], "each request is the declared plan's next release"
-    assert asked == len(parent.planned), "every release the plan makes was asked for, none other"
+    assert len(parent.asks) == len(parent.planned), "every release the plan makes was asked for, none other"
     return report, parent
 
 
@@ -126,6 +136,7 @@ def test_the_dp_family_trains_through_the_model_job_and_spends_its_order(dataset
     report, parent = run_job(task, plan, InProcess([staging.stage(task, tmp_path)]), tmp_path / "one")
     assert report.training is not None and report.training.trees == 8
     assert parent.rho == pytest.approx(RHO, rel=1e-9)  # every bit of the order, and no more
+    assert parent.batches == 8, "each round's gradient and hessian sums in one round trip"
     assert report.rounds.new == 8 and report.history is None and report.feature_importance == {}
     assert report.metrics["auc"] > 0.7  # rho 0.5 on 3,000 rows learns the signal
     booster = xgb.Booster()
@@ -140,7 +151,7 @@ def test_undeclared_columns_get_a_sketch_paid_from_the_same_order(dataset, tmp_p
     task, plan = job(dataset, declared=False)
     report, parent = run_job(task, plan, InProcess([staging.stage(task, tmp_path)]), tmp_path / "sk")
     assert parent.rho == pytest.approx(RHO, rel=1e-9)
-    first = next(m for m in parent.seen if isinstance(m, NoiseRequest))
+    first = parent.asks[0]
     assert first.kind == "gaussian" and first.rho == pytest.approx(0.1 * RHO)  # the sketch comes first
     assert report.metrics["auc"] > 0.65
 

@@ -23,10 +23,13 @@ from remote_magic.families.dpboost.settings import Settings as TrainerSettings
 from remote_magic_server.audit import AuditLog
 from remote_magic_server.config.settings import DatasetConfig, Settings
 from remote_magic_server.jobs.conversation import Conversation
+from remote_magic_server.privacy import dp
 from remote_magic_server.protocol import (
     Admission,
     Decision,
     NoiseAnswer,
+    NoiseAnswers,
+    NoiseBatch,
     NoiseRequest,
     SplitCounts,
     TrainingPlan,
@@ -85,14 +88,13 @@ def desk(tmp_path) -> ReleaseDesk:
     return ReleaseDesk(settings, Ledger(tmp_path / "ledger.sqlite"), AuditLog(tmp_path / "audit.log"))
 
 
-def admitted(desk: ReleaseDesk, folder: Path, job: str = "j1"):
+def admitted(desk: ReleaseDesk, folder: Path, job: str = "j1", **request_fields):
     sets = {"training": BitMap(range(4000)), "evaluation": BitMap(range(4000, 5000))}
     for role, bits in sets.items():
         (folder / f"{role}.roaring").write_bytes(bits.serialize())
     admission = Admission(counts=COUNTS, row_sets={r: f"{r}.roaring" for r in sets}, table_rows=10_000)
-    request = Request(
-        user="alice", dataset="d", kind="train", spec={"dataset": "d", "label": "y"}, job_id=job
-    )
+    fields = {"user": "alice", "spec": {"dataset": "d", "label": "y"}, **request_fields}
+    request = Request(dataset="d", kind="train", job_id=job, **fields)
     return request, desk.admit(request, admission, folder)
 
 
@@ -202,8 +204,10 @@ def test_noise_before_a_plan_and_a_plan_that_does_not_fit_the_job_are_refused(de
         TrainerSettings(objective="reg:squarederror", label_range=(0.0, 4.0), rounds=3, split_share=0.0),
     ],
 )
-def test_the_coordinator_asks_exactly_the_releases_its_schedule_lists(settings):
-    """The parent's check rests on this: the schedule (from settings alone) is what training asks."""
+@pytest.mark.parametrize("batched", [False, True])
+def test_the_coordinator_asks_exactly_the_releases_its_schedule_lists(settings, batched):
+    """The parent's check rests on this: the schedule (from settings alone) is what training asks,
+    in the same order whether a batch's gradient and hessian sums go in one message or two."""
     rng = np.random.default_rng(3)
     x = rng.normal(size=600)
     y = (
@@ -222,10 +226,19 @@ def test_the_coordinator_asks_exactly_the_releases_its_schedule_lists(settings):
         asked.append(("top1", linf, rho))
         return 0
 
+    batches: list[int] = []
+
+    def noise_many(asks):
+        batches.append(len(asks))
+        return [noise(*ask) for ask in asks]
+
     partition = Partition(features, pa.table({"x": x}), y, settings.objective_())
-    Coordinator(features, settings, 0.5, noise, None, select).run(*local([partition]))
+    coordinator = Coordinator(features, settings, 0.5, noise, None, select, noise_many if batched else None)
+    released = coordinator.run(*local([partition]))
     planned = [(r.kind, r.bound, r.rho) for r in releases(settings, 0.5, 0, 0.0, False)]
-    assert len(asked) == len(planned)
+    assert len(asked) == len(planned) and released.rho == pytest.approx(0.5)
+    batched_rounds = -(-settings.rounds // settings.batch_size)
+    assert batches == ([2] * batched_rounds if batched else []), "one message per batch's leaves"
     for (kind, bound, rho), (want_kind, want_bound, want_rho) in zip(asked, planned):
         assert kind == want_kind and bound == pytest.approx(want_bound) and rho == pytest.approx(want_rho)
 
@@ -244,13 +257,19 @@ class Recorded:
         self.killed = True
 
 
-def test_a_worker_that_asks_past_its_plan_ends_its_job(desk, tmp_path):
-    request, _ = admitted(desk, tmp_path, "j9")
+def talking(desk: ReleaseDesk, folder: Path, job: str, settings: TrainerSettings):
+    """A job's conversation with the desk, its rows admitted and its training plan declared."""
+    request, _ = admitted(desk, folder, job)
     execution = Recorded()
-    talk = Conversation(desk, request, tmp_path, execution)
+    talk = Conversation(desk, request, folder, execution)
     sets = {"training": "training.roaring", "evaluation": "evaluation.roaring"}
     assert talk.handle(Admission(counts=COUNTS, row_sets=sets, table_rows=10_000)) is None
-    assert talk.handle(plan_of(LEAVES_ONLY)) is None
+    assert talk.handle(plan_of(settings)) is None
+    return request, execution, talk
+
+
+def test_a_worker_that_asks_past_its_plan_ends_its_job(desk, tmp_path):
+    request, execution, talk = talking(desk, tmp_path, "j9", LEAVES_ONLY)
     g = next(releases(LEAVES_ONLY, desk.policy("d").dp_rho_train, 0, 0.0, False))
     assert talk.handle(NoiseRequest(kind="gaussian", values=[5.0], bound=g.bound, rho=g.rho)) is None
     final = talk.handle(NoiseRequest(kind="gaussian", values=[5.0], bound=0.01, rho=g.rho))
@@ -259,3 +278,50 @@ def test_a_worker_that_asks_past_its_plan_ends_its_job(desk, tmp_path):
     assert isinstance(execution.sent[0], Decision) and isinstance(execution.sent[1], NoiseAnswer)
     assert len(execution.sent) == 2, "no answer to a request off the plan"
     assert desk.ledger.noise_draws(request.charge).keys() == {0}, "the answer given is kept at the end"
+
+
+def test_a_noise_batch_is_checked_and_charged_as_its_requests_one_by_one(desk, tmp_path):
+    settings = TrainerSettings(rounds=2, max_depth=2, split_share=0.0, intercept_share=0.0)
+    request, execution, talk = talking(desk, tmp_path, "j10", settings)
+    g, h, *_ = releases(settings, desk.policy("d").dp_rho_train, 0, 0.0, False)
+    asks = [
+        NoiseRequest(kind="gaussian", values=[1.0, 2.0, 3.0, 4.0], bound=g.bound, rho=g.rho),
+        NoiseRequest(kind="gaussian", values=[5.0, 6.0, 7.0, 8.0], bound=h.bound, rho=h.rho),
+    ]
+    assert talk.handle(NoiseBatch(requests=asks)) is None
+    (answers,) = execution.sent[1:]
+    assert isinstance(answers, NoiseAnswers) and [len(a.values) for a in answers.answers] == [4, 4]
+    assert talk.admitted is not None and talk.admitted.noise_asked == 2
+    assert talk.admitted.train_spent == pytest.approx(g.rho + h.rho)
+    assert talk.admitted.sigmas == [dp.sigma(g.bound, g.rho), dp.sigma(h.bound, h.rho)]
+    # The next batch states the hessian sums with less noise than the plan's: the job ends, unanswered.
+    final = talk.handle(NoiseBatch(requests=[asks[0], asks[1].model_copy(update={"bound": 0.01})]))
+    assert final is not None and final.error is not None and final.error[0] == "invalid_worker_report"
+    assert execution.killed and len(execution.sent) == 2, "no answer to a batch with a request off the plan"
+    assert desk.ledger.noise_draws(request.charge).keys() == {0, 1, 2}, "every answer drawn is kept"
+
+
+def test_a_sketch_asked_again_gets_its_noisy_counts_again_and_is_charged_as_before(desk, tmp_path):
+    """The sketch answers a public question (the user's spec and features on one dataset version): the
+    next training that asks it is charged the same and gets the same noisy counts, not fresh noise."""
+    settings = TrainerSettings(rounds=1, max_depth=2, split_share=0.0, intercept_share=0.0)
+    counts = [float(n) for n in range(2048)]
+
+    def sketch(job: str, user: str = "alice", **more) -> tuple[list[float], float]:
+        fields = {"features": ("x", "z"), "dataset_version": 3, "user": user, **more}
+        request, state = admitted(desk, tmp_path, job, **fields)
+        plan = plan_of(settings, sketched=["x"], sketch_rho=0.1 * state.train_rho)
+        desk.plan_training(request, state, plan)
+        first = next(releases(settings, state.train_rho, 1, plan.sketch_rho, False))
+        ask = NoiseRequest(kind="gaussian", values=counts, bound=first.bound, rho=first.rho)
+        answer = desk.noise(request, state, ask).values
+        assert state.train_spent == pytest.approx(first.rho) and state.sigmas == [dp.sigma(1.0, first.rho)]
+        return answer, desk.ledger.rho_of(request.charge)
+
+    drawn, charged = sketch("j1")
+    again, charged_again = sketch("j2")
+    assert again == drawn and charged_again == pytest.approx(charged), "the same answer, the same charge"
+    assert sketch("j3", spec={"dataset": "d", "label": "y", "where": "x > 0"})[0] != drawn
+    assert sketch("j4", dataset_version=4)[0] != drawn
+    assert sketch("j5", user="bob")[0] != drawn, "never another analyst's answer"
+    assert sketch("j6", dataset_version=None)[0] != drawn

@@ -31,6 +31,9 @@ Report = Callable[[int, dict[str, dict[str, float]]], None]
 # A DP trainer's questions to the trusted parent (dpboost/coordinator.py has their meaning):
 # noise(values, l2, rho) -> the values with Gaussian noise; select(scores, linf, rho) -> a noisy argmax.
 Noise = Callable[[list[float], float, float], list[float]]
+# noise_many([(values, l2, rho), ...]) -> each values with its noise: the same releases as one `noise`
+# call each, asked together (one round trip to the parent instead of one each).
+NoiseMany = Callable[[list[tuple[list[float], float, float]]], list[list[float]]]
 Select = Callable[[list[float], float, float], int]
 # A DP training's public plan, told to the parent before its first noise request: the trainer's settings
 # (a dataclass), the sketched columns, the sketch's rho, whether it continues a base model.
@@ -217,7 +220,8 @@ class Run:
     parent's order and `noise` and `select` ask the trusted parent (its release desk draws with OpenDP
     and counts the cost against the order); the worker protocol carries each as a request and its
     answer. `declare` tells the parent the training's public plan first, which it checks every request
-    against. A test passes seeded NumPy noise instead (and no `declare`)."""
+    against; `noise_many`, where given, asks several releases in one message. A test passes seeded NumPy
+    noise instead (and no `declare`)."""
 
     threads: int
     report: Report
@@ -226,6 +230,7 @@ class Run:
     noise: Noise | None = None
     select: Select | None = None
     declare: Declare | None = None
+    noise_many: NoiseMany | None = None
 
 
 class ModelFamily(Protocol):

@@ -202,6 +202,9 @@ class TrainingPlan(_Strict):
     continuing: bool = False
 
 
+MAX_BATCHED_NOISE = 16
+
+
 class NoiseRequest(_Strict):
     """A DP training's question: noise `values` (entries one row moves by at most `bound` in L2 norm,
     `gaussian`) or pick the index of about the highest (each moved by at most `bound`, `top1`), at a cost
@@ -212,6 +215,15 @@ class NoiseRequest(_Strict):
     values: list[float] = Field(min_length=1)
     bound: float = Field(gt=0)
     rho: float = Field(gt=0)
+
+
+class NoiseBatch(_Strict):
+    """Noise requests whose values the worker holds all at once (a batch's gradient and hessian sums),
+    in one message: the parent checks and charges each exactly as if it came alone, in this order, and
+    answers them together (`NoiseAnswers`); one round trip instead of one per request."""
+
+    type: Literal["noise_batch"] = "noise_batch"
+    requests: list[NoiseRequest] = Field(min_length=1, max_length=MAX_BATCHED_NOISE)
 
 
 class Confusion(_Strict):
@@ -420,6 +432,7 @@ WorkerMessage = Annotated[
     | Admission
     | TrainingPlan
     | NoiseRequest
+    | NoiseBatch
     | TrainReport
     | DescribeReport
     | ReviewReport
@@ -446,7 +459,14 @@ class NoiseAnswer(_Strict):
     index: int | None = None
 
 
-ParentMessage = Decision | NoiseAnswer
+class NoiseAnswers(_Strict):
+    """The answers to a `NoiseBatch`, in its order."""
+
+    type: Literal["noise_answers"] = "noise_answers"
+    answers: list[NoiseAnswer]
+
+
+ParentMessage = Decision | NoiseAnswer | NoiseAnswers
 
 
 def read_message(data: bytes) -> WorkerMessage:

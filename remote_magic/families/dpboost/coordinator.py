@@ -12,6 +12,8 @@ norm, at a cost of `rho` (the server passes OpenDP's Gaussian through its releas
 seeded NumPy Gaussian, so the same seeds give the same model wherever the rows are). With split selection,
 `select(scores, linf, rho) -> index` releases the index of (about) the highest score, each of which one
 row moves by at most `linf`, at a cost of `rho` (OpenDP's noisy top-1; a test passes seeded Gumbel noise).
+`noise_many([(values, l2, rho), ...])`, where given, asks a batch's gradient and hessian releases in one
+round trip; they are the same two releases, in the same order, as two `noise` calls.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .settings import Settings
 from .structure import Batch, draw
 
 Noise = Callable[[list[float], float, float], list[float]]
+NoiseMany = Callable[[list[tuple[list[float], float, float]]], list[list[float]]]
 Select = Callable[[list[float], float, float], int]
 Sums = Callable[[Request], np.ndarray]
 Apply = Callable[[Update], None]
@@ -58,11 +61,13 @@ class Coordinator:
         noise: Noise,
         base_model: bytes | None = None,
         select: Select | None = None,
+        noise_many: NoiseMany | None = None,
     ):
         self.features = features
         self.settings = settings
         self.objective = settings.objective_()
         self.noise = noise
+        self.noise_many = noise_many
         self.select = select
         if settings.split_share > 0 and select is None:
             raise ValueError("split selection needs a select function")
@@ -133,9 +138,20 @@ class Coordinator:
         self._growing = batch
 
     def _release(self, values: np.ndarray, l2: float, rho: float) -> np.ndarray:
-        self.spent += rho
-        noisy = self.noise([float(v) for v in values.ravel()], l2, rho)
-        return np.asarray(noisy, dtype=np.float64).reshape(values.shape)
+        return self._release_all([(values, l2, rho)])[0]
+
+    def _release_all(self, releases: list[tuple[np.ndarray, float, float]]) -> list[np.ndarray]:
+        """Noise several releases, in order: in one `noise_many` call where there is one."""
+        asks = [([float(v) for v in values.ravel()], l2, rho) for values, l2, rho in releases]
+        self.spent += sum(rho for _, _, rho in asks)
+        if self.noise_many is not None and len(asks) > 1:
+            noisy = self.noise_many(asks)
+        else:
+            noisy = [self.noise(*ask) for ask in asks]
+        return [
+            np.asarray(drawn, dtype=np.float64).reshape(values.shape)
+            for drawn, (values, _, _) in zip(noisy, releases, strict=True)
+        ]
 
     def _intercept(self, sums: np.ndarray) -> InterceptUpdate:
         bound = self.objective.intercept_bound
@@ -152,8 +168,12 @@ class Coordinator:
         per_round_g = g_bound**2 / (2 * scales.sigma_g**2)
         per_round_h = h_bound**2 / (2 * scales.sigma_h**2)
         scale = np.sqrt(rounds)
-        g = self._release(sums[..., 0], g_bound * scale, per_round_g * rounds)
-        h = self._release(sums[..., 1], h_bound * scale, per_round_h * rounds)
+        g, h = self._release_all(
+            [
+                (sums[..., 0], g_bound * scale, per_round_g * rounds),
+                (sums[..., 1], h_bound * scale, per_round_h * rounds),
+            ]
+        )
         cover = np.maximum(h, 0.0)
         shrink = settings.reg_lambda + settings.noise_lambda * scales.sigma_g
         step = np.clip(-g / (cover + shrink), -settings.max_leaf, settings.max_leaf)

@@ -173,7 +173,13 @@ class DPBoostFamily:
             features, rho = sketched.features, rho - sketched.rho
         parts.map(set_up, features, settings, plan.base)
         coordinator = Coordinator(
-            features, settings, rho, noise, plan.base, select if settings.split_share > 0 else None
+            features,
+            settings,
+            rho,
+            noise,
+            plan.base,
+            select if settings.split_share > 0 else None,
+            run.noise_many,
         )
         done = 0
         for step in coordinator.requests():

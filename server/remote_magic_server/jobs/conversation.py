@@ -21,6 +21,8 @@ from ..protocol import (
     Decision,
     DescribeReport,
     Failure,
+    NoiseAnswers,
+    NoiseBatch,
     NoiseRequest,
     ReviewReport,
     SumsReport,
@@ -111,13 +113,16 @@ class Conversation:
                 return Final.failed(refusal.code, refusal.message)
             self.execution.reply(Decision(proceed=True))
             return None
-        if isinstance(message, (TrainingPlan, NoiseRequest)):
+        if isinstance(message, (TrainingPlan, NoiseRequest, NoiseBatch)):
             if self.admitted is None:
                 self.execution.kill()
                 return Final.failed("invalid_worker_report", "the job's worker asked for noise too early")
             try:
                 if isinstance(message, TrainingPlan):
                     self.desk.plan_training(self.request, self.admitted, message)
+                elif isinstance(message, NoiseBatch):
+                    answers = [self.desk.noise(self.request, self.admitted, ask) for ask in message.requests]
+                    self.execution.reply(NoiseAnswers(answers=answers))
                 else:
                     self.execution.reply(self.desk.noise(self.request, self.admitted, message))
             except Refusal as refusal:

@@ -131,6 +131,7 @@ class Admitted:
     releases: list[Release] | None = None  # what the declared training plan asks, in order
     noise_replay: dict[int, dict] | None = None  # an earlier run's answers, read at the first request
     noise_unkept: list[tuple[int, dict]] = field(default_factory=list)  # drawn, not yet in the ledger
+    sketch_key: str | None = None  # the public question a training's sketch answers (`plan_training`)
     sigmas: list[float] = field(default_factory=list)  # the Gaussian draws' standard deviations, in order
 
 
@@ -429,6 +430,17 @@ class ReleaseDesk:
         if sum(r.rho for r in planned) > admitted.train_rho * (1 + 1e-9):
             raise self._bad_noise(request, "a training plan past its budget")
         admitted.releases = planned
+        if sketched and request.dataset_version is not None:
+            admitted.sketch_key = _digest(
+                "sketch",
+                self._table(request.dataset),
+                request.dataset_version,
+                request.spec,
+                list(request.features),
+                sketched,
+                planned[0].bound,
+                planned[0].rho,
+            )
 
     @staticmethod
     def _bad_noise(request: Request, what: str) -> Refusal:
@@ -441,7 +453,12 @@ class ReleaseDesk:
         is one that is not the next release of the declared plan (`plan_training`): its kind, its
         bound and its rho are the trainer's settings', so a worker cannot ask for less noise. A job
         that runs again after a restart gets its earlier answers back in the same order (those kept,
-        `keep_noise`), never fresh noise for a question whose answer something released depends on."""
+        `keep_noise`), never fresh noise for a question whose answer something released depends on.
+        A training's sketch (its first release, when the plan sketches columns) answers a public
+        question: the user's, on one dataset version, with the spec and features as written. The
+        analyst's next training that asks it gets the same noisy counts again (charged as the plan says,
+        as before): fresh noise on the same counts would only add to what they tell, and the sketch
+        is the largest release a small job draws."""
         seq = admitted.noise_asked
         if request.kind == "train":
             planned = admitted.releases or []
@@ -464,11 +481,18 @@ class ReleaseDesk:
         stored = admitted.noise_replay.get(seq)
         if stored is not None:
             return NoiseAnswer.model_validate(stored)
-        if ask.kind == "gaussian":
+        sketch = f"{admitted.sketch_key}:{len(ask.values)}" if seq == 0 and admitted.sketch_key else None
+        kept = self.ledger.stored_answer(request.user, request.dataset, sketch) if sketch else None
+        if kept is not None:
+            answer = NoiseAnswer.model_validate(kept)
+        elif ask.kind == "gaussian":
             answer = NoiseAnswer(values=dp.gaussian(ask.values, ask.bound, ask.rho)[0])
         else:
             answer = NoiseAnswer(index=dp.top_k(ask.values, 1, ask.bound, ask.rho)[0])
-        admitted.noise_unkept.append((seq, answer.model_dump(mode="json")))
+        drawn = answer.model_dump(mode="json")
+        if sketch and kept is None:
+            self.ledger.store_answer(request.user, request.dataset, sketch, drawn)
+        admitted.noise_unkept.append((seq, drawn))
         return answer
 
     def keep_noise(self, request: Request, admitted: Admitted) -> None:

@@ -21,6 +21,8 @@ from ..protocol import (
     Decision,
     Failure,
     NoiseAnswer,
+    NoiseAnswers,
+    NoiseBatch,
     NoiseRequest,
     ProgressNote,
     TrainingPlan,
@@ -53,6 +55,16 @@ class Channel:
     def noise(self, values: list[float], l2: float, rho: float) -> list[float]:
         """Gaussian noise on `values` from the parent (a DP training's `Run.noise`); wait for it."""
         return self._ask(NoiseRequest(kind="gaussian", values=values, bound=l2, rho=rho)).values
+
+    def noise_many(self, releases: list[tuple[list[float], float, float]]) -> list[list[float]]:
+        """Gaussian noise on several `(values, l2, rho)` at once (a DP training's `Run.noise_many`):
+        one message and one answer, each release checked and charged by the parent as `noise` is."""
+        asks = [NoiseRequest(kind="gaussian", values=v, bound=l2, rho=rho) for v, l2, rho in releases]
+        self.send(NoiseBatch(requests=asks))
+        answers = NoiseAnswers.model_validate_json(self.conn.recv_bytes()).answers
+        if len(answers) != len(asks) or any(len(a.values) != len(q.values) for a, q in zip(answers, asks)):
+            raise ValueError("the parent's answers do not match the batch")
+        return [answer.values for answer in answers]
 
     def select(self, scores: list[float], linf: float, rho: float) -> int:
         """The parent's noisy choice of about the highest score (a DP training's `Run.select`)."""

@@ -85,6 +85,7 @@ def run(
             delta=order.delta,
         )
         training.noise, training.select, training.declare = channel.noise, channel.select, channel.declare
+        training.noise_many = channel.noise_many
     if task.kind == "train":
         channel.stage("training", 0, plan.rounds)
         trained = family.train(plan, parts, classes, training)
