@@ -4,15 +4,19 @@ table and ledger (tests/federated_servers.py); the client's coordinator talks to
 from __future__ import annotations
 
 import math
+import secrets
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import xgboost as xgb
 from sklearn.metrics import roc_auc_score
 
 import remote_magic
 from remote_magic import FederatedError
+from remote_magic.client import federated
 from remote_magic.client.federated_checks import (
     check_agreement,
     public_features,
@@ -21,6 +25,7 @@ from remote_magic.client.federated_checks import (
 )
 from remote_magic.contract.wire import DatasetSpec, FederatedStepRequest
 from remote_magic.families.dpboost import Coordinator, Features, Settings
+from remote_magic_server.jobs.sessions import Sessions
 from tests.federated_servers import owners, split_table
 
 RHO_TRAIN = 0.5
@@ -71,12 +76,36 @@ def model(seed: int = 3) -> xgb.XGBClassifier:
     return xgb.XGBClassifier(n_estimators=ROUNDS, max_depth=4, learning_rate=0.3, random_state=seed)
 
 
-def test_three_servers_train_one_model_and_each_ledger_is_charged_exactly_its_share(servers, table_and_parts):
+def test_three_servers_train_one_model_and_each_ledger_is_charged_exactly_its_share(
+    servers, table_and_parts, monkeypatch
+):
+    """Server a restarts after the first batch: its session is gone, its next step stages again, and
+    the training ends as if nothing happened."""
     table, _ = table_and_parts
-    before = {name: (charges(servers[name]), spent(servers[name])) for name in "abc"}
-    result = remote_magic.federated_train(model(), SPEC, clients(servers, "a", "b", "c"), batch_size=BATCH)
+    staged: dict[str, list[bool]] = {name: [] for name in "abc"}
+    last = {}
+    post = federated._post_step
 
-    assert result.trees == ROUNDS and result.round_trips == math.ceil(ROUNDS / BATCH)
+    def spied(server, body):
+        answer = post(server, body)
+        staged[server.name].append(answer.staged)
+        last[server.name] = body
+        return answer
+
+    def restart_a(done: int, rounds: int) -> None:
+        if done == BATCH:
+            servers["a"].stop()
+            servers["a"].start()
+
+    monkeypatch.setattr(federated, "_post_step", spied)
+    before = {name: (charges(servers[name]), spent(servers[name])) for name in "abc"}
+    result = remote_magic.federated_train(
+        model(), SPEC, clients(servers, "a", "b", "c"), batch_size=BATCH, on_batch=restart_a
+    )
+
+    assert result.trees == ROUNDS and result.round_trips == math.ceil(ROUNDS / BATCH) == 3
+    # A training's first step stages its rows; the next ones take its session; a restart drops it.
+    assert staged == {"a": [True, True, False], "b": [True, False, False], "c": [True, False, False]}
     # The model is a DP release the analyst holds: it predicts the whole table far better than chance.
     frame = table.drop(columns=["id", "label"]).assign(region=lambda f: f["region"].astype("category"))
     booster = result.estimator.get_booster()
@@ -97,6 +126,9 @@ def test_three_servers_train_one_model_and_each_ledger_is_charged_exactly_its_sh
     value, half = result.pooled["auc"]
     assert 0.5 < value <= 1.0 and half > 0
     assert "pooled" in repr(result) and "remote-magic-federated" in result._repr_html_()
+    # The client ended the training on every server: its last step, sent again, stages.
+    again = servers["b"].post("/federated/sums", json=last["b"].model_dump(mode="json"))
+    assert again.status_code == 200 and again.json()["staged"]
 
 
 def test_a_server_in_mode_rules_is_refused_by_name_before_anything_is_spent(servers):
@@ -255,3 +287,57 @@ def test_the_magic_trains_over_named_connections(servers, monkeypatch):
         assert isinstance(shown, FederatedResult) and ip.user_ns["fed"] is shown
         assert shown.round_trips == 2 and shown.trees == 8
         assert [o.name for o in shown.owners] == ["a", "b", "c"]
+
+
+def end(server, training: str, user: str = "alice") -> int:
+    headers = {"Authorization": f"Bearer {server.tokens[user]}"}
+    url = f"{server.url}/v1/federated/sessions/{training}"
+    return requests.delete(url, headers=headers, timeout=30).status_code
+
+
+def test_a_session_is_the_analysts_own_and_ends_with_the_training(servers):
+    training = secrets.token_urlsafe(24)
+    body = first_step(servers, ["a", "b"], seed=9).model_dump(mode="json") | {"training": training}
+    a = servers["a"]
+
+    def staged(user: str = "alice") -> bool:
+        answer = a.post("/federated/sums", user=user, json=body)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["staged"]
+
+    assert staged()  # the training's first step stages its rows
+    assert not staged()  # the same step again takes the session
+    assert staged("bob")  # another analyst with the same id gets no session of alice's
+    assert end(a, training, "bob") == 204  # nor ends it
+    assert not staged()
+    assert end(a, training) == 204 and end(a, training) == 204  # ended; ending twice is no error
+    assert staged()
+    end(a, training)
+    bad = {**body, "training": "short"}
+    assert a.post("/federated/sums", json=bad).status_code == 422 and end(a, "short") == 422
+
+
+def test_sessions_are_bounded_per_analyst_and_in_all_oldest_first(tmp_path):
+    sessions = Sessions(tmp_path / "sessions", per_analyst=2, total=3, idle_s=3600.0)
+
+    def left(user: str, training: str) -> Path:
+        folder = tmp_path / f"{user}-{training}"
+        folder.mkdir()
+        (folder / "margins.npy").write_bytes(b"x")
+        return sessions.adopt(folder)
+
+    for training in ("t1", "t2", "t3"):
+        sessions.put("alice", training, "f", left("alice", training), None)
+    assert len(sessions) == 2 and sessions.take("alice", "t1", "f") is None  # her oldest went
+    sessions.put("bob", "t1", "f", left("bob", "t1"), None)
+    sessions.put("carol", "t1", "f", left("carol", "t1"), None)
+    assert len(sessions) == 3 and sessions.take("alice", "t2", "f") is None  # the oldest of all went
+    taken = sessions.take("alice", "t3", "f")
+    assert taken is not None and taken.folder.is_dir()
+    assert sessions.take("alice", "t3", "f") is None  # out while its step runs
+    sessions.put("alice", "t3", "f", None, taken)  # the step failed: the session it took is back
+    assert sessions.take("alice", "t3", "other") is None and not taken.folder.exists()  # staged for another
+    assert sessions.drop("bob", "t1") and not sessions.drop("bob", "t1")
+    assert len(list((tmp_path / "sessions").iterdir())) == len(sessions) == 1
+    Sessions(tmp_path / "sessions")  # a restart
+    assert not list((tmp_path / "sessions").iterdir())
