@@ -86,8 +86,8 @@ def test_three_servers_train_one_model_and_each_ledger_is_charged_exactly_its_sh
     last = {}
     post = federated._post_step
 
-    def spied(server, body):
-        answer = post(server, body)
+    def spied(server, body, whole):
+        answer = post(server, body, whole)
         staged[server.name].append(answer.staged)
         last[server.name] = body
         return answer
@@ -104,7 +104,8 @@ def test_three_servers_train_one_model_and_each_ledger_is_charged_exactly_its_sh
     )
 
     assert result.trees == ROUNDS and result.round_trips == math.ceil(ROUNDS / BATCH) == 3
-    # A training's first step stages its rows; the next ones take its session; a restart drops it.
+    # A training's first step stages its rows; the next ones send only the previous batch's leaves and
+    # take its session; a restart drops it, and the client sends that step again with the whole model.
     assert staged == {"a": [True, True, False], "b": [True, False, False], "c": [True, False, False]}
     # The model is a DP release the analyst holds: it predicts the whole table far better than chance.
     frame = table.drop(columns=["id", "label"]).assign(region=lambda f: f["region"].astype("category"))
@@ -126,9 +127,9 @@ def test_three_servers_train_one_model_and_each_ledger_is_charged_exactly_its_sh
     value, half = result.pooled["auc"]
     assert 0.5 < value <= 1.0 and half > 0
     assert "pooled" in repr(result) and "remote-magic-federated" in result._repr_html_()
-    # The client ended the training on every server: its last step, sent again, stages.
+    # The client ended the training on every server: its last step, sent again, finds no session.
     again = servers["b"].post("/federated/sums", json=last["b"].model_dump(mode="json"))
-    assert again.status_code == 200 and again.json()["staged"]
+    assert again.status_code == 409 and again.json()["error"]["code"] == "federated_session_gone"
 
 
 def test_a_server_in_mode_rules_is_refused_by_name_before_anything_is_spent(servers):
@@ -159,6 +160,29 @@ def first_step(servers, names, rho: float = RHO_TRAIN, seed: int = 5) -> Federat
         "rho": rho,
     }
     return FederatedStepRequest.model_validate(body)
+
+
+def two_steps(servers, training: str) -> tuple[dict, dict]:
+    """A training's first two steps on server a: the first with the model, the second with the first
+    batch's leaves (any finite values: the server cannot tell)."""
+    spec = DatasetSpec.model_validate(SPEC)
+    found = servers_of(clients(servers, "a", "b"), spec)
+    columns = public_features(found, *check_agreement(found, spec))
+    settings = settings_of(model(9), BATCH)
+    trainer = Settings(**settings.model_dump(exclude={"base_margin"}), split_share=0.0, intercept_share=0.0)
+    features = Features.from_dict({"columns": [c.model_dump() for c in columns]})
+    coordinator = Coordinator(features, trainer, RHO_TRAIN, lambda v, l2, r: v)
+    requests_ = coordinator.requests()
+    batch = next(requests_)
+    common = {"spec": SPEC, "features": [c.model_dump() for c in columns], "settings": settings.model_dump()}
+    first = {**common, "batch": batch.to_dict(), "model": coordinator.model().decode()}
+    update = coordinator.release(batch, np.ones((batch.trees, batch.leaves, 2)))
+    leaves = update.values.ravel().tolist()
+    second = {**common, "batch": next(requests_).to_dict(), "leaves": leaves, "trees": len(coordinator.trees)}
+    return (
+        {**first, "rho": RHO_TRAIN, "training": training},
+        {**second, "rho": RHO_TRAIN, "training": training},
+    )
 
 
 def test_a_server_in_mode_rules_refuses_a_step_itself(servers):
@@ -297,24 +321,26 @@ def end(server, training: str, user: str = "alice") -> int:
 
 def test_a_session_is_the_analysts_own_and_ends_with_the_training(servers):
     training = secrets.token_urlsafe(24)
-    body = first_step(servers, ["a", "b"], seed=9).model_dump(mode="json") | {"training": training}
+    first, second = two_steps(servers, training)
     a = servers["a"]
 
-    def staged(user: str = "alice") -> bool:
-        answer = a.post("/federated/sums", user=user, json=body)
-        assert answer.status_code == 200, answer.text
-        return answer.json()["staged"]
+    def step(body: dict, user: str = "alice") -> requests.Response:
+        return a.post("/federated/sums", user=user, json=body)
 
-    assert staged()  # the training's first step stages its rows
-    assert not staged()  # the same step again takes the session
-    assert staged("bob")  # another analyst with the same id gets no session of alice's
-    assert end(a, training, "bob") == 204  # nor ends it
-    assert not staged()
+    def gone(answer: requests.Response) -> bool:
+        return answer.status_code == 409 and answer.json()["error"]["code"] == "federated_session_gone"
+
+    before = charges(a)
+    answer = step(first)
+    assert answer.status_code == 200 and answer.json()["staged"]  # the first step stages the rows
+    assert gone(step(second, "bob"))  # another analyst with the same id gets no session of alice's
+    assert end(a, training, "bob") == 204  # nor ends hers
+    answer = step(second)
+    assert answer.status_code == 200 and not answer.json()["staged"]  # the leaves alone, on her session
+    assert charges(a) - before == Counter(sums=2)  # bob's refusals cost nothing
     assert end(a, training) == 204 and end(a, training) == 204  # ended; ending twice is no error
-    assert staged()
-    end(a, training)
-    bad = {**body, "training": "short"}
-    assert a.post("/federated/sums", json=bad).status_code == 422 and end(a, "short") == 422
+    assert gone(step(second))
+    assert step({**second, "training": "short"}).status_code == 422 and end(a, "short") == 422
 
 
 def test_sessions_are_bounded_per_analyst_and_in_all_oldest_first(tmp_path):

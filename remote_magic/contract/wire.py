@@ -14,7 +14,7 @@ import difflib
 from collections.abc import Collection, Mapping, Sequence
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 JobKind = Literal["train", "evaluate"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "awaiting_approval"]
@@ -612,7 +612,17 @@ class FederatedStepRequest(_Strict):
     features: list[FederatedColumn] = Field(min_length=1, max_length=1000)
     settings: FederatedSettings
     batch: dict = Field(description="The batch's structure (dpboost `Batch.to_dict`).")
-    model: str = Field(description="The model so far as XGBoost JSON (its margins start the batch).")
+    model: str | None = Field(
+        default=None,
+        description="The model so far as XGBoost JSON (its margins start the batch): at a training's first "
+        "step, and at a step the server answered `federated_session_gone`.",
+    )
+    leaves: list[float] | None = Field(
+        default=None,
+        description="In place of the model, at a later step: the previous batch's leaf values (its trees "
+        "x leaves, flattened), which the training's session on the server adds to its margins.",
+    )
+    trees: int | None = Field(default=None, ge=0, description="With `leaves`: the trees of the model so far.")
     rho: float = Field(gt=0, description="The whole training's zCDP budget on this server.")
     training: str | None = Field(
         default=None,
@@ -620,6 +630,14 @@ class FederatedStepRequest(_Strict):
         description="The training's id, unguessable and the same for each of its steps: the server keeps "
         "the training's staged rows and margins for your next step (docs/federated.md, Sessions).",
     )
+
+    @model_validator(mode="after")
+    def _model_or_leaves(self) -> FederatedStepRequest:
+        if (self.model is None) == (self.leaves is None):
+            raise ValueError("a step carries either the model so far or the previous batch's leaves")
+        if self.leaves is not None and (self.training is None or self.trees is None):
+            raise ValueError("a step with the previous batch's leaves needs the training's id and trees")
+        return self
 
 
 class FederatedSums(_Strict):

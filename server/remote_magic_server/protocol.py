@@ -123,6 +123,10 @@ class FederatedOrder(_Strict):
         default=False, description="The training's session (rows, margins) is in the folder's SESSION_IN."
     )
     keep: bool = Field(default=False, description="Write the session after this step to SESSION_OUT.")
+    leaves: list[float] | None = Field(
+        default=None, description="No model: the previous batch's leaf values, for the session's margins."
+    )
+    trees: int | None = Field(default=None, ge=0, description="With `leaves`: the trees of the model so far.")
 
 
 # A federated training's session in a sums task's folder: the one the parent found, and the one after the

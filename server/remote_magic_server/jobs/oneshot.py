@@ -128,44 +128,61 @@ class FederatedSteps(Describer):
         spec: dict,
         plan: JobPlan,
         order: FederatedOrder,
-        model: bytes,
+        model: bytes | None,
         training: str | None = None,
     ) -> FederatedSums:
-        """One batch's noisy sums released through the desk; raise Refusal. The same request again (the
-        same spec, structure, model and settings) is answered with the same draws at no further cost."""
-        key = hashlib.sha256(json.dumps([spec, order.model_dump(), model.hex()], sort_keys=True).encode())
-        request = Request(
-            user=user,
-            dataset=dataset,
-            kind="sums",
-            spec=spec,
-            features=tuple(plan.features),
-            charge_key=f"federated:{key.hexdigest()}",
-            dataset_version=plan.dataset_version,
-            step_rho=order.step_rho,
-        )
-        self.desk.check_budget(request)  # before a worker starts; charged again only if it is new
-        files = {order.model_file: model}
-        if training is None:
-            task = build_task(self.settings, "sums", dataset, spec, plan, federated=order)
-            return self._released(request, task, files)  # type: ignore[return-value]
+        """One batch's noisy sums released through the desk; raise Refusal. The same question again (the
+        same spec, structure and settings, from the same model so far) is answered with the same draws at
+        no further cost. A step without the model continues the training's session here, or is refused
+        `federated_session_gone` at no cost."""
         staged_for = [spec, plan.dataset_version, order.features, order.settings, order.rho]
         fingerprint = hashlib.sha256(json.dumps(staged_for, sort_keys=True).encode()).hexdigest()
-        taken = self.sessions.take(user, training, fingerprint)
+        taken = self.sessions.take(user, training, fingerprint) if training is not None else None
         left: list[Path] = []
-        keep = Keep(
-            taken.folder if taken else None, lambda f: left.append(self.sessions.adopt(f / SESSION_OUT))
-        )
-        order = order.model_copy(update={"session": taken is not None, "keep": True})
-        task = build_task(self.settings, "sums", dataset, spec, plan, federated=order)
+        digest = ""
         try:
+            if model is not None:
+                digest = hashlib.sha256(model).hexdigest()  # the model so far
+            elif taken is not None:  # the session's model and the leaves of its last batch
+                digest = _digest([taken.digest, order.leaves])
+            else:
+                raise Refusal(
+                    "federated_session_gone",
+                    "this server holds no session of this training (restarted, or idle too long): send "
+                    "the step with the whole model",
+                )
+            question = order.model_dump(exclude={"leaves", "trees", "session", "keep"})
+            request = Request(
+                user=user,
+                dataset=dataset,
+                kind="sums",
+                spec=spec,
+                features=tuple(plan.features),
+                charge_key=f"federated:{_digest([spec, question, digest])}",
+                dataset_version=plan.dataset_version,
+                step_rho=order.step_rho,
+            )
+            self.desk.check_budget(request)  # before a worker starts; charged again only if it is new
+            given = taken.folder if taken is not None and model is None else None
+            order = order.model_copy(update={"session": given is not None, "keep": training is not None})
+            task = build_task(self.settings, "sums", dataset, spec, plan, federated=order)
+            files = {order.model_file: model} if model is not None else {}
+            keep = None
+            if training is not None:
+                keep = Keep(given, lambda f: left.append(self.sessions.adopt(f / SESSION_OUT)))
             return self._released(request, task, files, keep)  # type: ignore[return-value]
         finally:
-            self.sessions.put(user, training, fingerprint, left[0] if left else None, taken)
+            if training is not None:
+                after = _digest([digest, order.batch])  # the model so far and the batch the session ends at
+                self.sessions.put(user, training, fingerprint, left[0] if left else None, taken, after)
 
     def end(self, user: str, training: str) -> bool:
         """Drop a training's session (its last step is done); False when it had none here."""
         return self.sessions.drop(user, training)
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def _link(source: str, target: str) -> None:

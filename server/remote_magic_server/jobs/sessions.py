@@ -7,8 +7,9 @@ training's key, the analyst and the training's id, with a fingerprint of what th
 and puts back the one the worker left (or the one it took, when the step failed). Another analyst, or a
 step of another fingerprint, finds none, and stages. Bounded: at most PER_ANALYST sessions per analyst
 and TOTAL in all (the oldest used goes first), none idle past IDLE_S (checked at each step), and none
-survives a restart (the folder is emptied at start): a training whose session is gone stages again at its
-next step, which is all a lost session costs.
+survives a restart (the folder is emptied at start): a training whose session is gone is answered
+`federated_session_gone` at its next step, at no cost, and its client sends that step again with the
+whole model, which stages: that is all a lost session costs.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Session:
     folder: Path
     fingerprint: str
     used: float
+    digest: str  # of the model so far and the last batch's leaves, the next step's question depends on
 
 
 class Sessions:
@@ -62,12 +64,19 @@ class Sessions:
         return kept
 
     def put(
-        self, user: str, training: str, fingerprint: str, folder: Path | None, taken: Session | None
+        self,
+        user: str,
+        training: str,
+        fingerprint: str,
+        folder: Path | None,
+        taken: Session | None,
+        digest: str = "",
     ) -> None:
-        """After a step: the session it left (`folder`, adopted), else the one it took, is the training's."""
+        """After a step: the session it left (`folder`, adopted; `digest` its model so far), else the one
+        it took, is the training's."""
         gone = []
         if folder is not None:
-            session = Session(folder, fingerprint, time.monotonic())
+            session = Session(folder, fingerprint, time.monotonic(), digest)
             if taken is not None:
                 gone.append(taken)
         elif taken is not None:

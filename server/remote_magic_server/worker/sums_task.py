@@ -5,10 +5,11 @@ model so far is XGBoost JSON parsed here, in the sandbox. A training's first ste
 rows as a train job's (the spec's training rows; its evaluation rows stay out for the final evaluation)
 and the DP trainer's own per-partition set-up (`dpboost.on_parts.set_up`, the family seam) bins them and
 predicts the model so far on them for their margins. With `order.keep` it then leaves the training's
-session (binned rows, labels, margins, its admission and this batch) in SESSION_OUT; a later step given
-that session (`order.session`) takes the rows from it, moves the margins by the leaf values of the trees
-the model added since (the session's batch: `Partition.apply`, as on a cluster), and sends the same
-admission again; a session that does not lead to the model sent is not used (the step stages instead).
+session (binned rows, labels, margins, its admission and this batch) in SESSION_OUT; a later step carries
+no model but the previous batch's leaf values (`order.leaves`): it takes the rows from the session
+(`order.session`), moves the margins by those leaves on the session's batch (`Partition.apply`, as on a
+cluster) and sends the same admission again; without a session that leads to it, it is refused
+`federated_session_gone` before anything is charged.
 The sums are `Partition.sums`'. They go to the parent as two noise requests at the sensitivity and cost
 the trainer's proof gives for this batch (`schedule.leaf_releases`), which must be exactly the batch's
 share the parent charged; the parent releases its own draws.
@@ -119,40 +120,32 @@ def _staged(
     return parts.parts[0].state[on_parts.STATE], keeping.admission
 
 
-def _check_loads(model: bytes, features: Features) -> None:
-    """Before any row is read: a model that cannot be used is refused at no cost (a session's step
-    reads only the leaf values of the trees the model added, and checks those itself)."""
+def _tree_count(model: bytes, features: Features) -> int:
+    """The model's trees; before any row is read, a model that cannot be used is refused at no cost."""
     try:
         usable = load(model).feature_names == features.names
+        trees = json.loads(model)["learner"]["gradient_booster"]["model"]["trees"]
     except Exception:  # XGBoost's parser on bytes from the request
         usable = False
-    if not usable:
+    if not usable or not isinstance(trees, list):
         raise Refusal("invalid_request", "the model so far does not load over the features")
+    return len(trees)
 
 
-def _resumed(features: Features, settings: Settings, trees: list) -> tuple[Partition, Admission] | None:
-    """The session's rows with their margins moved to the model so far, and its admission; None when
-    the session does not lead to this model (the step stages its rows instead). The margins are the
-    session's plus the leaf values of the trees the model added since (the previous batch's)."""
+def _resumed(
+    features: Features, settings: Settings, leaves: list[float], trees: int
+) -> tuple[Partition, Admission] | None:
+    """The session's rows with their margins moved by the previous batch's leaf values, and its
+    admission; None when the session does not lead to a model of `trees` trees with these leaves."""
     folder = HERE / SESSION_IN
     state = json.loads((folder / "state.json").read_text())
+    pending = Batch.from_dict(state["pending"])
+    values = np.asarray(leaves, dtype=np.float64)
+    if trees != state["trees"] + pending.trees or values.size != pending.trees * pending.leaves:
+        return None
     arrays = [np.load(folder / f"{name}.npy") for name in ("codes", "labels", "margins")]
     partition = Partition.held(features, settings.objective_(), *arrays)
-    added = len(trees) - state["trees"]
-    if added and state["pending"] is not None:
-        pending = Batch.from_dict(state["pending"])
-        inner = (1 << pending.depth) - 1
-        try:
-            values = np.array([t["split_conditions"][inner:] for t in trees[state["trees"] :]], dtype=float)
-            leaf = all(set(t["left_children"][inner:]) == {-1} for t in trees[state["trees"] :])
-        except (KeyError, TypeError, ValueError):
-            return None
-        shape = (pending.trees, pending.leaves)
-        if added != pending.trees or values.shape != shape or not leaf or not np.isfinite(values).all():
-            return None
-        partition.apply(LeafUpdate(pending, values))
-    elif added:
-        return None
+    partition.apply(LeafUpdate(pending, values.reshape(pending.trees, pending.leaves)))
     return partition, Admission.model_validate_json((folder / "admission.json").read_text())
 
 
@@ -186,25 +179,22 @@ def run(task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None = No
     g, h = leaf_releases(settings, settings.scales(order.rho), batch.rounds)
     if not math.isclose(g.rho + h.rho, order.step_rho, rel_tol=1e-9):
         raise Refusal("invalid_request", "the batch's rho is not its share of the training's rho")
-    model = (HERE / order.model_file).read_bytes()
-    try:
-        trees = json.loads(model)["learner"]["gradient_booster"]["model"]["trees"]
-    except (KeyError, TypeError, ValueError):
-        trees = None
-    if not isinstance(trees, list):
-        raise Refusal("invalid_request", "the model so far is not an XGBoost tree model")
-    held = _resumed(features, settings, trees) if order.session else None
-    staged = held is None
-    if held is None:
-        _check_loads(model, features)
-        held = _staged(task, channel, con, features, settings, model)
+    if order.leaves is not None:  # the training's session, if the parent found one that leads here
+        assert order.trees is not None
+        held = _resumed(features, settings, order.leaves, order.trees) if order.session else None
         if held is None:
-            return None
-    else:  # the same rows as the session's first step: the same admission, charged as that step's was
+            raise Refusal("federated_session_gone", "this server holds no session that leads to this step")
         for name in held[1].row_sets.values():
             shutil.copyfile(HERE / SESSION_IN / name, HERE / name)
-        channel.stage("staging")
+        channel.stage("staging")  # the same rows as the session's first step, admitted as then
         if not channel.admit(held[1]):
+            return None
+        trees = order.trees
+    else:
+        model = (HERE / order.model_file).read_bytes()
+        trees = _tree_count(model, features)
+        held = _staged(task, channel, con, features, settings, model)
+        if held is None:
             return None
     partition, admission = held
     channel.stage("training", 0, batch.rounds)
@@ -212,5 +202,5 @@ def run(task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None = No
     channel.noise([float(v) for v in sums[..., 0].ravel()], g.bound, g.rho)
     channel.noise([float(v) for v in sums[..., 1].ravel()], h.bound, h.rho)
     if order.keep:
-        _keep(partition, admission, len(trees), order.batch)
-    return SumsReport(trees=batch.trees, leaves=batch.leaves, staged=staged)
+        _keep(partition, admission, trees, order.batch)
+    return SumsReport(trees=batch.trees, leaves=batch.leaves, staged=order.leaves is None)
