@@ -198,6 +198,8 @@ def test_a_server_in_mode_rules_refuses_a_step_itself(servers):
         ({"rho": 2 * RHO_TRAIN}, "parameter_out_of_bounds"),
         ({"model": "not json"}, "invalid_model"),
         ({"model": '{"learner": {"gradient_booster": 1}}'}, "invalid_request"),
+        ({"model": None}, "invalid_request"),
+        ({"leaves": [0.0], "trees": 4}, "invalid_request"),
         (
             {
                 "settings": {
@@ -217,6 +219,8 @@ def test_a_server_in_mode_rules_refuses_a_step_itself(servers):
         "rho past the owner's",
         "a model that is not JSON",
         "a model XGBoost cannot load",
+        "neither the model nor leaves",
+        "both the model and leaves",
         "rounds past the bounds",
     ],
 )

@@ -14,7 +14,7 @@ import difflib
 from collections.abc import Collection, Mapping, Sequence
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 JobKind = Literal["train", "evaluate"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "awaiting_approval"]
@@ -630,14 +630,6 @@ class FederatedStepRequest(_Strict):
         description="The training's id, unguessable and the same for each of its steps: the server keeps "
         "the training's staged rows and margins for your next step (docs/federated.md, Sessions).",
     )
-
-    @model_validator(mode="after")
-    def _model_or_leaves(self) -> FederatedStepRequest:
-        if (self.model is None) == (self.leaves is None):
-            raise ValueError("a step carries either the model so far or the previous batch's leaves")
-        if self.leaves is not None and (self.training is None or self.trees is None):
-            raise ValueError("a step with the previous batch's leaves needs the training's id and trees")
-        return self
 
 
 class FederatedSums(_Strict):

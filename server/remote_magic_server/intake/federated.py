@@ -63,6 +63,14 @@ def check_step(
     rounds = body.batch.get("rounds")
     if not isinstance(rounds, int) or not 1 <= rounds <= min(train.batch_size, train.rounds):
         raise Refusal("invalid_request", "the batch's rounds must be 1 to the batch size")
+    if (body.model is None) == (body.leaves is None):
+        raise Refusal(
+            "invalid_request", "a step carries either the model so far or the previous batch's leaves"
+        )
+    if body.leaves is not None and (body.training is None or body.trees is None):
+        raise Refusal(
+            "invalid_request", "a step with the previous batch's leaves needs the training's id and trees"
+        )
     model = None
     if body.model is not None:
         model = body.model.encode()
