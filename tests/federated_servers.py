@@ -81,7 +81,7 @@ def owners(
         for name, table in parts.items():
             config = config_for(root / name, table, **per_owner.get(name, {}))
             server = ServerProcess(config, root / f"{name}.log")
-            server.issue_tokens({"alice": ["visits"]})
+            server.issue_tokens({"alice": ["visits"], "bob": ["visits"]})
             server.start()
             stack.callback(server.stop)
             servers[name] = server

@@ -4,15 +4,19 @@ table and ledger (tests/federated_servers.py); the client's coordinator talks to
 from __future__ import annotations
 
 import math
+import secrets
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import xgboost as xgb
 from sklearn.metrics import roc_auc_score
 
 import remote_magic
 from remote_magic import FederatedError
+from remote_magic.client import federated
 from remote_magic.client.federated_checks import (
     check_agreement,
     public_features,
@@ -21,6 +25,7 @@ from remote_magic.client.federated_checks import (
 )
 from remote_magic.contract.wire import DatasetSpec, FederatedStepRequest
 from remote_magic.families.dpboost import Coordinator, Features, Settings
+from remote_magic_server.jobs.sessions import Sessions
 from tests.federated_servers import owners, split_table
 
 RHO_TRAIN = 0.5
@@ -71,12 +76,37 @@ def model(seed: int = 3) -> xgb.XGBClassifier:
     return xgb.XGBClassifier(n_estimators=ROUNDS, max_depth=4, learning_rate=0.3, random_state=seed)
 
 
-def test_three_servers_train_one_model_and_each_ledger_is_charged_exactly_its_share(servers, table_and_parts):
+def test_three_servers_train_one_model_and_each_ledger_is_charged_exactly_its_share(
+    servers, table_and_parts, monkeypatch
+):
+    """Server a restarts after the first batch: its session is gone, its next step stages again, and
+    the training ends as if nothing happened."""
     table, _ = table_and_parts
-    before = {name: (charges(servers[name]), spent(servers[name])) for name in "abc"}
-    result = remote_magic.federated_train(model(), SPEC, clients(servers, "a", "b", "c"), batch_size=BATCH)
+    staged: dict[str, list[bool]] = {name: [] for name in "abc"}
+    last = {}
+    post = federated._post_step
 
-    assert result.trees == ROUNDS and result.round_trips == math.ceil(ROUNDS / BATCH)
+    def spied(server, body, whole):
+        answer = post(server, body, whole)
+        staged[server.name].append(answer.staged)
+        last[server.name] = body
+        return answer
+
+    def restart_a(done: int, rounds: int) -> None:
+        if done == BATCH:
+            servers["a"].stop()
+            servers["a"].start()
+
+    monkeypatch.setattr(federated, "_post_step", spied)
+    before = {name: (charges(servers[name]), spent(servers[name])) for name in "abc"}
+    result = remote_magic.federated_train(
+        model(), SPEC, clients(servers, "a", "b", "c"), batch_size=BATCH, on_batch=restart_a
+    )
+
+    assert result.trees == ROUNDS and result.round_trips == math.ceil(ROUNDS / BATCH) == 3
+    # A training's first step stages its rows; the next ones send only the previous batch's leaves and
+    # take its session; a restart drops it, and the client sends that step again with the whole model.
+    assert staged == {"a": [True, True, False], "b": [True, False, False], "c": [True, False, False]}
     # The model is a DP release the analyst holds: it predicts the whole table far better than chance.
     frame = table.drop(columns=["id", "label"]).assign(region=lambda f: f["region"].astype("category"))
     booster = result.estimator.get_booster()
@@ -97,6 +127,9 @@ def test_three_servers_train_one_model_and_each_ledger_is_charged_exactly_its_sh
     value, half = result.pooled["auc"]
     assert 0.5 < value <= 1.0 and half > 0
     assert "pooled" in repr(result) and "remote-magic-federated" in result._repr_html_()
+    # The client ended the training on every server: its last step, sent again, finds no session.
+    again = servers["b"].post("/federated/sums", json=last["b"].model_dump(mode="json"))
+    assert again.status_code == 409 and again.json()["error"]["code"] == "federated_session_gone"
 
 
 def test_a_server_in_mode_rules_is_refused_by_name_before_anything_is_spent(servers):
@@ -129,6 +162,29 @@ def first_step(servers, names, rho: float = RHO_TRAIN, seed: int = 5) -> Federat
     return FederatedStepRequest.model_validate(body)
 
 
+def two_steps(servers, training: str) -> tuple[dict, dict]:
+    """A training's first two steps on server a: the first with the model, the second with the first
+    batch's leaves (any finite values: the server cannot tell)."""
+    spec = DatasetSpec.model_validate(SPEC)
+    found = servers_of(clients(servers, "a", "b"), spec)
+    columns = public_features(found, *check_agreement(found, spec))
+    settings = settings_of(model(9), BATCH)
+    trainer = Settings(**settings.model_dump(exclude={"base_margin"}), split_share=0.0, intercept_share=0.0)
+    features = Features.from_dict({"columns": [c.model_dump() for c in columns]})
+    coordinator = Coordinator(features, trainer, RHO_TRAIN, lambda v, l2, r: v)
+    requests_ = coordinator.requests()
+    batch = next(requests_)
+    common = {"spec": SPEC, "features": [c.model_dump() for c in columns], "settings": settings.model_dump()}
+    first = {**common, "batch": batch.to_dict(), "model": coordinator.model().decode()}
+    update = coordinator.release(batch, np.ones((batch.trees, batch.leaves, 2)))
+    leaves = update.values.ravel().tolist()
+    second = {**common, "batch": next(requests_).to_dict(), "leaves": leaves, "trees": len(coordinator.trees)}
+    return (
+        {**first, "rho": RHO_TRAIN, "training": training},
+        {**second, "rho": RHO_TRAIN, "training": training},
+    )
+
+
 def test_a_server_in_mode_rules_refuses_a_step_itself(servers):
     step = first_step(servers, ["a", "b"])
     answer = servers["d"].post("/federated/sums", json=step.model_dump(mode="json"))
@@ -142,6 +198,8 @@ def test_a_server_in_mode_rules_refuses_a_step_itself(servers):
         ({"rho": 2 * RHO_TRAIN}, "parameter_out_of_bounds"),
         ({"model": "not json"}, "invalid_model"),
         ({"model": '{"learner": {"gradient_booster": 1}}'}, "invalid_request"),
+        ({"model": None}, "invalid_request"),
+        ({"leaves": [0.0], "trees": 4}, "invalid_request"),
         (
             {
                 "settings": {
@@ -161,6 +219,8 @@ def test_a_server_in_mode_rules_refuses_a_step_itself(servers):
         "rho past the owner's",
         "a model that is not JSON",
         "a model XGBoost cannot load",
+        "neither the model nor leaves",
+        "both the model and leaves",
         "rounds past the bounds",
     ],
 )
@@ -255,3 +315,59 @@ def test_the_magic_trains_over_named_connections(servers, monkeypatch):
         assert isinstance(shown, FederatedResult) and ip.user_ns["fed"] is shown
         assert shown.round_trips == 2 and shown.trees == 8
         assert [o.name for o in shown.owners] == ["a", "b", "c"]
+
+
+def end(server, training: str, user: str = "alice") -> int:
+    headers = {"Authorization": f"Bearer {server.tokens[user]}"}
+    url = f"{server.url}/v1/federated/sessions/{training}"
+    return requests.delete(url, headers=headers, timeout=30).status_code
+
+
+def test_a_session_is_the_analysts_own_and_ends_with_the_training(servers):
+    training = secrets.token_urlsafe(24)
+    first, second = two_steps(servers, training)
+    a = servers["a"]
+
+    def step(body: dict, user: str = "alice") -> requests.Response:
+        return a.post("/federated/sums", user=user, json=body)
+
+    def gone(answer: requests.Response) -> bool:
+        return answer.status_code == 409 and answer.json()["error"]["code"] == "federated_session_gone"
+
+    before = charges(a)
+    answer = step(first)
+    assert answer.status_code == 200 and answer.json()["staged"]  # the first step stages the rows
+    assert gone(step(second, "bob"))  # another analyst with the same id gets no session of alice's
+    assert end(a, training, "bob") == 204  # nor ends hers
+    answer = step(second)
+    assert answer.status_code == 200 and not answer.json()["staged"]  # the leaves alone, on her session
+    assert charges(a) - before == Counter(sums=2)  # bob's refusals cost nothing
+    assert end(a, training) == 204 and end(a, training) == 204  # ended; ending twice is no error
+    assert gone(step(second))
+    assert step({**second, "training": "short"}).status_code == 422 and end(a, "short") == 422
+
+
+def test_sessions_are_bounded_per_analyst_and_in_all_oldest_first(tmp_path):
+    sessions = Sessions(tmp_path / "sessions", per_analyst=2, total=3, idle_s=3600.0)
+
+    def left(user: str, training: str) -> Path:
+        folder = tmp_path / f"{user}-{training}"
+        folder.mkdir()
+        (folder / "margins.npy").write_bytes(b"x")
+        return sessions.adopt(folder)
+
+    for training in ("t1", "t2", "t3"):
+        sessions.put("alice", training, "f", left("alice", training), None)
+    assert len(sessions) == 2 and sessions.take("alice", "t1", "f") is None  # her oldest went
+    sessions.put("bob", "t1", "f", left("bob", "t1"), None)
+    sessions.put("carol", "t1", "f", left("carol", "t1"), None)
+    assert len(sessions) == 3 and sessions.take("alice", "t2", "f") is None  # the oldest of all went
+    taken = sessions.take("alice", "t3", "f")
+    assert taken is not None and taken.folder.is_dir()
+    assert sessions.take("alice", "t3", "f") is None  # out while its step runs
+    sessions.put("alice", "t3", "f", None, taken)  # the step failed: the session it took is back
+    assert sessions.take("alice", "t3", "other") is None and not taken.folder.exists()  # staged for another
+    assert sessions.drop("bob", "t1") and not sessions.drop("bob", "t1")
+    assert len(list((tmp_path / "sessions").iterdir())) == len(sessions) == 1
+    Sessions(tmp_path / "sessions")  # a restart
+    assert not list((tmp_path / "sessions").iterdir())

@@ -372,6 +372,11 @@ class Client(RegistryCalls):
         )
         return FederatedSums.model_validate(response.json())
 
+    def end_federated(self, training: str, timeout: float = 10.0) -> None:
+        """Tell the server a federated training is over: it drops the training's session (its staged
+        rows and margins) now rather than when it times out."""
+        self._request("DELETE", f"/federated/sessions/{training}", timeout=timeout)
+
     def budget(self) -> Budget:
         """Your privacy budget on each mode-dp dataset: spent, left, and the jobs that spent it."""
         return Budget(BudgetReport.model_validate(self._request("GET", "/budget").json()))

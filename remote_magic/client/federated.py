@@ -8,6 +8,10 @@ server computes its exact per-leaf sums with the trainer's own per-partition cod
 its own release desk and charges its own ledger, so the coordinator's `noise` is the identity: the sum
 of noisy sums is what it gets, and nothing else. Random splits (no per-level round trips) and no
 released intercept (a public `base_score` may set it) keep it to one round trip per batch of trees.
+A training has a random id: its first step sends each server the model so far and the server keeps the
+staged rows and margins as the training's session; each later step sends only the previous batch's
+leaf values. A server whose session is gone (`federated_session_gone`) is sent that step again with the
+whole model; at the end the client ends the sessions (docs/federated.md, "Sessions").
 
 Before anything is spent: every server's catalog (public) must show the same feature columns and label
 of the same kinds, in mode dp, with declared bounds for every feature (the candidates are the
@@ -18,10 +22,13 @@ its evaluation. At the end each server evaluates the final model on its own eval
 
 from __future__ import annotations
 
+import functools
 import math
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,7 +40,13 @@ from ..display.federated import FederatedResult, OwnerResult
 from ..display.model import estimator_for
 from ..display.result import TrainResult
 from .api import as_spec
-from .errors import FederatedError, RemoteMagicError
+from .errors import FederatedError, RemoteError, RemoteMagicError
+
+if TYPE_CHECKING:
+    from ..contract.wire import FederatedSettings
+    from ..families.dpboost import Coordinator
+import contextlib
+
 from .federated_checks import (
     Owner,
     Server,
@@ -48,8 +61,16 @@ DEFAULT_BATCH = 10
 STEP_TIMEOUT = 600.0
 
 
-def _post_step(server: Server, body: FederatedStepRequest) -> FederatedSums:
-    return server.client.federated_sums(body, STEP_TIMEOUT)
+def _post_step(server: Server, body: FederatedStepRequest, model: Callable[[], str]) -> FederatedSums:
+    """One step on one server; a step with the previous batch's leaves that finds no session there
+    (restarted, idle too long) is sent again with the whole model, at no cost for the first."""
+    try:
+        return server.client.federated_sums(body, STEP_TIMEOUT)
+    except RemoteError as error:
+        if error.code != "federated_session_gone":
+            raise
+    whole = body.model_copy(update={"model": model(), "leaves": None, "trees": None})
+    return server.client.federated_sums(whole, STEP_TIMEOUT)
 
 
 def federated_train(
@@ -88,50 +109,14 @@ def federated_train(
         base_margin=tuple(settings.base_margin) if settings.base_margin else None,
     )
     coordinator = Coordinator(features, trainer, min(s.rho for s in servers), lambda values, l2, rho: values)
-    round_trips = done = 0
+    training = secrets.token_urlsafe(24)
     with ThreadPoolExecutor(max_workers=len(servers)) as pool:
-        for batch in coordinator.requests():
-            model_so_far = coordinator.model().decode()
-            bodies = [
-                FederatedStepRequest(
-                    spec=s.spec,
-                    features=columns,
-                    settings=settings,
-                    batch=batch.to_dict(),  # type: ignore[union-attr]
-                    model=model_so_far,
-                    rho=s.rho,
-                )
-                for s in servers
-            ]
-            futures = [pool.submit(_post_step, s, b) for s, b in zip(servers, bodies)]
-            answers, failed = [], None
-            for server, future in zip(servers, futures):
-                try:
-                    answer = future.result()
-                except RemoteMagicError as error:
-                    failed = failed or (server, error)
-                    continue
-                server.steps += 1
-                server.spent += answer.privacy.rho
-                server.left = answer.privacy.rho_remaining
-                answers.append(answer)
-            round_trips += 1
-            if failed is not None:
-                server, error = failed
-                ran = ", ".join(f"{s.name} {s.steps}" for s in servers)
-                raise FederatedError(
-                    server.name,
-                    f"{error} (the training stopped at batch {round_trips} of "
-                    f"{math.ceil(settings.rounds / settings.batch_size)}; batches each server answered "
-                    f"and was charged for: {ran})",
-                )
-            shape = (batch.trees, batch.leaves)  # type: ignore[union-attr]
-            g = np.sum([np.reshape(a.gradients, shape) for a in answers], axis=0)
-            h = np.sum([np.reshape(a.hessians, shape) for a in answers], axis=0)
-            coordinator.release(batch, np.stack([g, h], axis=-1))
-            done += batch.rounds  # type: ignore[union-attr]
-            if on_batch is not None:
-                on_batch(done, settings.rounds)
+        try:
+            round_trips = _train(servers, columns, settings, coordinator, training, pool, on_batch)
+        except FederatedError as stopped:  # the server that stopped it keeps its session until it expires
+            list(pool.map(lambda s: _end(s, training), [s for s in servers if s.name != stopped.connection]))
+            raise
+        list(pool.map(lambda s: _end(s, training), servers))
         trained = coordinator.model()
         task = "multiclass" if settings.objective == "multi:softprob" else "binary"
         estimator = estimator_for(trained, task)
@@ -150,6 +135,71 @@ def federated_train(
         round_trips=round_trips,
         seconds=time.monotonic() - started,
     )
+
+
+def _train(
+    servers: list[Server],
+    columns: list,
+    settings: FederatedSettings,
+    coordinator: Coordinator,
+    training: str,
+    pool: ThreadPoolExecutor,
+    on_batch: Callable[[int, int], None] | None,
+) -> int:
+    """Every batch: one step on every server at once, their sums added up; the round trips made."""
+    round_trips = done = 0
+    leaves: list[float] | None = None  # the previous batch's, which each server's session adds
+    for batch in coordinator.requests():
+        model = functools.cache(lambda: coordinator.model().decode())
+        step = {
+            "spec": None,
+            "features": columns,
+            "settings": settings,
+            "batch": batch.to_dict(),  # type: ignore[union-attr]
+            "training": training,
+        }
+        if leaves is None:
+            step["model"] = model()
+        else:
+            step.update(leaves=leaves, trees=len(coordinator.trees))
+        bodies = [FederatedStepRequest(**{**step, "spec": s.spec, "rho": s.rho}) for s in servers]
+        futures = [pool.submit(_post_step, s, b, model) for s, b in zip(servers, bodies)]
+        answers, failed = [], None
+        for server, future in zip(servers, futures):
+            try:
+                answer = future.result()
+            except RemoteMagicError as error:
+                failed = failed or (server, error)
+                continue
+            server.steps += 1
+            server.spent += answer.privacy.rho
+            server.left = answer.privacy.rho_remaining
+            answers.append(answer)
+        round_trips += 1
+        if failed is not None:
+            server, error = failed
+            ran = ", ".join(f"{s.name} {s.steps}" for s in servers)
+            raise FederatedError(
+                server.name,
+                f"{error} (the training stopped at batch {round_trips} of "
+                f"{math.ceil(settings.rounds / settings.batch_size)}; batches each server answered "
+                f"and was charged for: {ran})",
+            )
+        shape = (batch.trees, batch.leaves)  # type: ignore[union-attr]
+        g = np.sum([np.reshape(a.gradients, shape) for a in answers], axis=0)
+        h = np.sum([np.reshape(a.hessians, shape) for a in answers], axis=0)
+        update = coordinator.release(batch, np.stack([g, h], axis=-1))
+        leaves = [float(v) for v in update.values.ravel()]  # type: ignore[union-attr]
+        done += batch.rounds  # type: ignore[union-attr]
+        if on_batch is not None:
+            on_batch(done, settings.rounds)
+    return round_trips
+
+
+def _end(server: Server, training: str) -> None:
+    """Drop the training's session on the server; one that cannot be reached drops it on its own."""
+    with contextlib.suppress(RemoteMagicError):
+        server.client.end_federated(training)
 
 
 def _evaluate(server: Server, estimator: object) -> TrainResult:

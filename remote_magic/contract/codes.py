@@ -42,6 +42,9 @@ CODES: dict[str, Code] = {
     "federated_needs_dp": Code(
         422, "request", "Only a dataset in privacy mode dp takes part in federated training; ask its owner."
     ),
+    "federated_session_gone": Code(
+        409, "request", "The server holds no session of this training: send the step with the whole model."
+    ),
     "http_error": Code(400, "request"),
     "method_not_allowed": Code(405, "request"),
     "not_finished": Code(409, "request", "Wait for the job first (job.wait() or %remote_job ID)."),

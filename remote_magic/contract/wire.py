@@ -600,6 +600,9 @@ class FederatedSettings(_Strict):
     base_margin: list[float] | None = None
 
 
+TRAINING_ID = r"^[A-Za-z0-9_-]{22,64}$"  # a federated training's id: the client's secrets.token_urlsafe(24)
+
+
 class FederatedStepRequest(_Strict):
     """`POST /v1/federated/sums`: one batch of trees, drawn by the analyst's coordinator from public
     candidates, and the model so far (XGBoost JSON, itself a DP release); the server answers its own
@@ -609,8 +612,24 @@ class FederatedStepRequest(_Strict):
     features: list[FederatedColumn] = Field(min_length=1, max_length=1000)
     settings: FederatedSettings
     batch: dict = Field(description="The batch's structure (dpboost `Batch.to_dict`).")
-    model: str = Field(description="The model so far as XGBoost JSON (its margins start the batch).")
+    model: str | None = Field(
+        default=None,
+        description="The model so far as XGBoost JSON (its margins start the batch): at a training's first "
+        "step, and at a step the server answered `federated_session_gone`.",
+    )
+    leaves: list[float] | None = Field(
+        default=None,
+        description="In place of the model, at a later step: the previous batch's leaf values (its trees "
+        "x leaves, flattened), which the training's session on the server adds to its margins.",
+    )
+    trees: int | None = Field(default=None, ge=0, description="With `leaves`: the trees of the model so far.")
     rho: float = Field(gt=0, description="The whole training's zCDP budget on this server.")
+    training: str | None = Field(
+        default=None,
+        pattern=TRAINING_ID,
+        description="The training's id, unguessable and the same for each of its steps: the server keeps "
+        "the training's staged rows and margins for your next step (docs/federated.md, Sessions).",
+    )
 
 
 class FederatedSums(_Strict):
@@ -622,3 +641,8 @@ class FederatedSums(_Strict):
     sigma_gradient: float
     sigma_hessian: float
     privacy: PrivacyReport
+    staged: bool = Field(
+        default=True,
+        description="Whether this step staged the rows (a first step, or its session was gone) or took "
+        "the training's session.",
+    )

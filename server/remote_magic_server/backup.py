@@ -36,7 +36,9 @@ from .jobs.store import Store
 MANIFEST = "manifest.json"
 FORMAT = 1
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-_SKIP = {"server.lock", "describe"}  # the running server's lock; per-request scratch folders
+# The running server's lock; per-request scratch folders; federated trainings' sessions (binned rows,
+# dropped at every start anyway).
+_SKIP = {"server.lock", "describe", "sums", "federated"}
 
 
 def _is_sqlite(path: Path) -> bool:

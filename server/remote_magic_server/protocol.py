@@ -119,6 +119,20 @@ class FederatedOrder(_Strict):
     model_file: str = Field(pattern=r"^[a-z_]+\.json$")
     rho: float = Field(gt=0)
     step_rho: float = Field(gt=0)
+    session: bool = Field(
+        default=False, description="The training's session (rows, margins) is in the folder's SESSION_IN."
+    )
+    keep: bool = Field(default=False, description="Write the session after this step to SESSION_OUT.")
+    leaves: list[float] | None = Field(
+        default=None, description="No model: the previous batch's leaf values, for the session's margins."
+    )
+    trees: int | None = Field(default=None, ge=0, description="With `leaves`: the trees of the model so far.")
+
+
+# A federated training's session in a sums task's folder: the one the parent found, and the one after the
+# step, which the parent keeps for the training's next step (jobs/sessions.py).
+SESSION_IN = "session"
+SESSION_OUT = "session-next"
 
 
 class Task(_Strict):
@@ -354,6 +368,7 @@ class SumsReport(_Strict):
     type: Literal["sums"] = "sums"
     trees: int = Field(ge=1)
     leaves: int = Field(ge=2)
+    staged: bool = Field(default=True, description="Staged its rows, not taken from a session.")
 
 
 class ReviewReport(_Strict):

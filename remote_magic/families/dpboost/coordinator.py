@@ -26,6 +26,7 @@ import numpy as np
 from .booster import Tree, base_score_of, margin_of_base_score, model_json, parse_base
 from .features import Features
 from .partition import Grow, Intercept, InterceptUpdate, LeafUpdate, Request, Update
+from .schedule import leaf_releases
 from .selection import candidates, choose, scores
 from .settings import Settings
 from .structure import Batch, draw
@@ -164,14 +165,11 @@ class Coordinator:
     def _leaves(self, batch: Batch, sums: np.ndarray) -> LeafUpdate:
         settings, scales = self.settings, self.scales
         rounds = batch.rounds
-        g_bound, h_bound = self.objective.gradient_bound, self.objective.hessian_bound
-        per_round_g = g_bound**2 / (2 * scales.sigma_g**2)
-        per_round_h = h_bound**2 / (2 * scales.sigma_h**2)
-        scale = np.sqrt(rounds)
+        g_release, h_release = leaf_releases(settings, scales, rounds)
         g, h = self._release_all(
             [
-                (sums[..., 0], g_bound * scale, per_round_g * rounds),
-                (sums[..., 1], h_bound * scale, per_round_h * rounds),
+                (sums[..., 0], g_release.bound, g_release.rho),
+                (sums[..., 1], h_release.bound, h_release.rho),
             ]
         )
         cover = np.maximum(h, 0.0)

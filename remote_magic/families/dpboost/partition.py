@@ -86,6 +86,23 @@ class Partition:
         self._nodes: dict[tuple[int, int], tuple[int, np.ndarray]] = {}
         self._gradients: tuple[int, np.ndarray, np.ndarray] | None = None
 
+    @classmethod
+    def held(
+        cls,
+        features: Features,
+        objective: Objective,
+        codes: np.ndarray,
+        labels: np.ndarray,
+        margins: np.ndarray,
+    ) -> Partition:
+        """A partition from its `codes`, `labels` and `margins` as kept between calls (a federated
+        training's session keeps them on its server between steps)."""
+        partition = cls.__new__(cls)
+        partition.features, partition.objective = features, objective
+        partition.codes, partition.labels, partition.margins = codes, labels, margins
+        partition._nodes, partition._gradients = {}, None
+        return partition
+
     @property
     def rows(self) -> int:
         return self.codes.shape[1]

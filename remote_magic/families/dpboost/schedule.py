@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+from .accounting import Scales
 from .settings import Settings
 
 
@@ -39,9 +40,6 @@ def releases(
     scales = settings.scales(rho, continuing=continuing)
     if scales.sigma_intercept is not None:
         yield Release("gaussian", objective.intercept_bound, settings.intercept_share * rho)
-    g_bound, h_bound = objective.gradient_bound, objective.hessian_bound
-    per_round_g = g_bound**2 / (2 * scales.sigma_g**2)
-    per_round_h = h_bound**2 / (2 * scales.sigma_h**2)
     done = 0
     while done < settings.rounds:
         rounds = min(settings.batch_size, settings.rounds - done)
@@ -52,7 +50,17 @@ def releases(
                 per_tree = 1 + (1 << level) if settings.node_splits else 1
                 for _ in range(rounds * objective.trees_per_round * per_tree):
                     yield select
-        scale = math.sqrt(rounds)
-        yield Release("gaussian", g_bound * scale, per_round_g * rounds)
-        yield Release("gaussian", h_bound * scale, per_round_h * rounds)
+        yield from leaf_releases(settings, scales, rounds)
         done += rounds
+
+
+def leaf_releases(settings: Settings, scales: Scales, rounds: int) -> tuple[Release, Release]:
+    """A batch of `rounds` rounds' gradient and hessian sums: one row moves each tree's sums, and the
+    batch has `rounds` trees per class, so the L2 bound grows as sqrt(rounds) and the rho as rounds."""
+    objective = settings.objective_()
+    g, h = objective.gradient_bound, objective.hessian_bound
+    scale = math.sqrt(rounds)
+    return (
+        Release("gaussian", g * scale, rounds * g * g / (2 * scales.sigma_g**2)),
+        Release("gaussian", h * scale, rounds * h * h / (2 * scales.sigma_h**2)),
+    )

@@ -1,14 +1,16 @@
 """`POST /v1/federated/sums`: one batch of a federated DP training, answered with this server's own noisy
 per-leaf sums of its training rows (intake/federated.py checks the request, jobs/oneshot.py runs it in a
-confined worker, the release desk charges and noises it). This module never sees a row."""
+confined worker, the release desk charges and noises it), and the end of a training, which drops its
+session (jobs/sessions.py). This module never sees a row."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path, Response
 
-from remote_magic.contract.wire import FederatedStepRequest, FederatedSums
+from remote_magic.contract.wire import TRAINING_ID, FederatedStepRequest, FederatedSums
 
 from ..intake.federated import check_step
 from .deps import FederatedDep, SettingsDep, User, VersionsDep
@@ -27,4 +29,16 @@ async def federated_sums(
     """This server's noisy gradient and hessian sums per leaf of one batch of trees, charged to the user."""
     spec, plan, order, model = check_step(settings, versions, user.datasets, body)
     spec_json = spec.model_dump(mode="json", exclude_none=True)
-    return await asyncio.to_thread(steps.step, user.user, spec.dataset, spec_json, plan, order, model)
+    return await asyncio.to_thread(
+        steps.step, user.user, spec.dataset, spec_json, plan, order, model, body.training
+    )
+
+
+@router.delete("/federated/sessions/{training}", status_code=204, response_class=Response)
+async def end_training(
+    steps: FederatedDep, user: User, training: Annotated[str, Path(pattern=TRAINING_ID)]
+) -> Response:
+    """Drop your training's session here (its staged rows and margins): its last step is done. Nothing is
+    charged; a training with no session here (never started, or dropped already) is no error."""
+    await asyncio.to_thread(steps.end, user.user, training)
+    return Response(status_code=204)

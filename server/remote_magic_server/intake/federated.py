@@ -4,7 +4,8 @@ The analyst's coordinator sends one batch of trees at a time (`FederatedStepRequ
 learns the other servers. It takes part only in mode dp; the spec is checked against the schema as any
 job's; the settings against the dataset's bounds (rounds, depth); the features against the schema and
 the owner's declared ranges and levels; the rho against the owner's training budget; the model so far
-must be a JSON document (XGBoost parses it only in the sandbox). What a step costs follows from the
+must be a JSON document (XGBoost parses it only in the sandbox), or, at a step that continues the
+training's session, the previous batch's leaf values finite numbers. What a step costs follows from the
 settings alone: with random splits and no released intercept every round costs `rho / rounds`, so a
 batch of `r` rounds costs `r * rho / rounds` (docs/privacy.md, "Total"), charged at admission.
 """
@@ -12,6 +13,7 @@ batch of `r` rounds costs `r * rho / rounds` (docs/privacy.md, "Total"), charged
 from __future__ import annotations
 
 import json
+import math
 
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.federated import check_columns
@@ -27,8 +29,9 @@ from .catalog import check_spec, version_of
 
 def check_step(
     settings: Settings, versions: Versions, datasets: list[str], body: FederatedStepRequest
-) -> tuple[DatasetSpec, JobPlan, FederatedOrder, bytes]:
-    """The checked spec, its plan, the worker's order and the model's bytes; or raise Refusal."""
+) -> tuple[DatasetSpec, JobPlan, FederatedOrder, bytes | None]:
+    """The checked spec, its plan, the worker's order and the model's bytes (None: the step carries the
+    previous batch's leaves for the training's session); or raise Refusal."""
     spec, plan = check_spec(settings, versions, datasets, body.spec)
     name = spec.dataset
     policy = settings.policy_for(name)
@@ -60,15 +63,27 @@ def check_step(
     rounds = body.batch.get("rounds")
     if not isinstance(rounds, int) or not 1 <= rounds <= min(train.batch_size, train.rounds):
         raise Refusal("invalid_request", "the batch's rounds must be 1 to the batch size")
-    model = body.model.encode()
-    if len(model) > settings.server.max_payload_mb * 2**20:
-        raise Refusal("payload_too_large", "the model so far is larger than this server accepts")
-    try:
-        parsed = json.loads(model)
-    except ValueError:
-        parsed = None
-    if not isinstance(parsed, dict) or "learner" not in parsed:
-        raise Refusal("invalid_model", "the model so far must be an XGBoost JSON model")
+    if (body.model is None) == (body.leaves is None):
+        raise Refusal(
+            "invalid_request", "a step carries either the model so far or the previous batch's leaves"
+        )
+    if body.leaves is not None and (body.training is None or body.trees is None):
+        raise Refusal(
+            "invalid_request", "a step with the previous batch's leaves needs the training's id and trees"
+        )
+    model = None
+    if body.model is not None:
+        model = body.model.encode()
+        if len(model) > settings.server.max_payload_mb * 2**20:
+            raise Refusal("payload_too_large", "the model so far is larger than this server accepts")
+        try:
+            parsed = json.loads(model)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict) or "learner" not in parsed:
+            raise Refusal("invalid_model", "the model so far must be an XGBoost JSON model")
+    elif not all(math.isfinite(v) for v in body.leaves or ()):
+        raise Refusal("invalid_request", "the previous batch's leaf values must be finite numbers")
     order = FederatedOrder(
         features=[f.model_dump() for f in body.features],
         settings=train.model_dump(),
@@ -76,5 +91,7 @@ def check_step(
         model_file=MODEL_FILE,
         rho=body.rho,
         step_rho=body.rho * rounds / train.rounds,
+        leaves=body.leaves,
+        trees=body.trees,
     )
     return spec, plan, order, model

@@ -8,10 +8,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from remote_magic.contract.codes import Refusal
@@ -19,10 +21,11 @@ from remote_magic.contract.wire import DescribeResult, FederatedSums
 
 from ..config.settings import Settings
 from ..plan import JobPlan
-from ..protocol import FederatedOrder, Task
+from ..protocol import SESSION_IN, SESSION_OUT, FederatedOrder, Task
 from ..release.desk import ReleaseDesk, Request
 from .conversation import Conversation, Final, drive, final_of
 from .executor import Executor, WorkerGone
+from .sessions import Sessions
 from .tasks import build_task
 
 log = logging.getLogger("remote_magic_server.scheduler")
@@ -53,10 +56,12 @@ class Describer:
         task = build_task(self.settings, "describe", dataset, spec, plan)
         return self._released(request, task, {})  # type: ignore[return-value]
 
-    def _released(self, request: Request, task: Task, files: dict[str, bytes]) -> object:
+    def _released(
+        self, request: Request, task: Task, files: dict[str, bytes], keep: Keep | None = None
+    ) -> object:
         """Run the task (`_converse`) and record its end in the audit log: its result, or a Refusal."""
         try:
-            final = self._converse(request, task, files)
+            final = self._converse(request, task, files, keep)
         except Exception:
             log.exception("a %s on %s could not be released", request.kind, request.dataset)
             final = Final.failed("internal_error", "the request failed on the server")
@@ -67,13 +72,16 @@ class Describer:
         self.desk.record(request, "released")
         return final.result
 
-    def _converse(self, request: Request, task: Task, files: dict[str, bytes]) -> Final:
-        """Run one task in a fresh folder holding `files`, through the desk, in one of the slots."""
+    def _converse(self, request: Request, task: Task, files: dict[str, bytes], keep: Keep | None) -> Final:
+        """Run one task in a fresh folder holding `files` (and `keep.given`'s files), through the desk, in
+        one of the slots; `keep.done` sees the folder of a task that succeeded before it goes."""
         timeout = self.settings.policy_for(request.dataset).job_timeout_s
         folder = self.settings.server.data_dir / task.kind / uuid.uuid4().hex[:16]
         folder.mkdir(parents=True)
         for name, data in files.items():
             (folder / name).write_bytes(data)
+        if keep is not None and keep.given is not None:
+            shutil.copytree(keep.given, folder / SESSION_IN, copy_function=_link)
         try:
             with self._slots:
                 execution = self.executor.start(task, folder, name=task.kind)
@@ -86,36 +94,103 @@ class Describer:
                     execution.close()
                 if final.error is not None and conversation.admitted is not None:
                     final.error = self.desk.after_admission(request, *final.error)
+                if keep is not None and final.state == "succeeded":
+                    keep.done(folder)
                 return final
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+class Keep:
+    """What a task leaves for the next one: `given` goes into its folder (SESSION_IN), `done(folder)`
+    takes what it left before the folder goes."""
+
+    def __init__(self, given: Path | None, done: Callable[[Path], None]):
+        self.given = given
+        self.done = done
+
+
 class FederatedSteps(Describer):
     """A federated training's steps on this server: each batch of trees in a fresh confined worker that
-    stages the spec's training rows, predicts the model so far on them, sums their clipped gradients and
-    hessians per leaf of the batch's public structure, and has the desk noise the sums (charged at
-    admission, as a DP training's noise)."""
+    sums the training rows' clipped gradients and hessians per leaf of the batch's public structure, and
+    has the desk noise the sums (charged at admission, as a DP training's noise). A training's first step
+    stages the rows and predicts the model so far on them; its later steps take them, and their margins,
+    from the training's session (sessions.py), kept by analyst and training id."""
+
+    def __init__(self, settings: Settings, executor: Executor, desk: ReleaseDesk):
+        super().__init__(settings, executor, desk)
+        self.sessions = Sessions(settings.server.data_dir / "federated")
 
     def step(
-        self, user: str, dataset: str, spec: dict, plan: JobPlan, order: FederatedOrder, model: bytes
+        self,
+        user: str,
+        dataset: str,
+        spec: dict,
+        plan: JobPlan,
+        order: FederatedOrder,
+        model: bytes | None,
+        training: str | None = None,
     ) -> FederatedSums:
-        """One batch's noisy sums released through the desk; raise Refusal. The same request again (the
-        same spec, structure, model and settings) is answered with the same draws at no further cost."""
-        key = hashlib.sha256(json.dumps([spec, order.model_dump(), model.hex()], sort_keys=True).encode())
-        request = Request(
-            user=user,
-            dataset=dataset,
-            kind="sums",
-            spec=spec,
-            features=tuple(plan.features),
-            charge_key=f"federated:{key.hexdigest()}",
-            dataset_version=plan.dataset_version,
-            step_rho=order.step_rho,
-        )
-        self.desk.check_budget(request)  # before a worker starts; charged again only if it is new
-        task = build_task(self.settings, "sums", dataset, spec, plan, federated=order)
-        return self._released(request, task, {order.model_file: model})  # type: ignore[return-value]
+        """One batch's noisy sums released through the desk; raise Refusal. The same question again (the
+        same spec, structure and settings, from the same model so far) is answered with the same draws at
+        no further cost. A step without the model continues the training's session here, or is refused
+        `federated_session_gone` at no cost."""
+        staged_for = [spec, plan.dataset_version, order.features, order.settings, order.rho]
+        fingerprint = hashlib.sha256(json.dumps(staged_for, sort_keys=True).encode()).hexdigest()
+        taken = self.sessions.take(user, training, fingerprint) if training is not None else None
+        left: list[Path] = []
+        digest = ""
+        try:
+            if model is not None:
+                digest = hashlib.sha256(model).hexdigest()  # the model so far
+            elif taken is not None:  # the session's model and the leaves of its last batch
+                digest = _digest([taken.digest, order.leaves])
+            else:
+                raise Refusal(
+                    "federated_session_gone",
+                    "this server holds no session of this training (restarted, or idle too long): send "
+                    "the step with the whole model",
+                )
+            question = order.model_dump(exclude={"leaves", "trees", "session", "keep"})
+            request = Request(
+                user=user,
+                dataset=dataset,
+                kind="sums",
+                spec=spec,
+                features=tuple(plan.features),
+                charge_key=f"federated:{_digest([spec, question, digest])}",
+                dataset_version=plan.dataset_version,
+                step_rho=order.step_rho,
+            )
+            self.desk.check_budget(request)  # before a worker starts; charged again only if it is new
+            given = taken.folder if taken is not None and model is None else None
+            order = order.model_copy(update={"session": given is not None, "keep": training is not None})
+            task = build_task(self.settings, "sums", dataset, spec, plan, federated=order)
+            files = {order.model_file: model} if model is not None else {}
+            keep = None
+            if training is not None:
+                keep = Keep(given, lambda f: left.append(self.sessions.adopt(f / SESSION_OUT)))
+            return self._released(request, task, files, keep)  # type: ignore[return-value]
+        finally:
+            if training is not None:
+                after = _digest([digest, order.batch])  # the model so far and the batch the session ends at
+                self.sessions.put(user, training, fingerprint, left[0] if left else None, taken, after)
+
+    def end(self, user: str, training: str) -> bool:
+        """Drop a training's session (its last step is done); False when it had none here."""
+        return self.sessions.drop(user, training)
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _link(source: str, target: str) -> None:
+    """A session's file in a step's folder: the same file (the step writes its own, never these)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def review(settings: Settings, executor: Executor, payload: bytes, timeout: float = 60.0) -> str:

@@ -693,6 +693,7 @@ class ReleaseDesk:
             sigma_gradient=admitted.sigmas[0],
             sigma_hessian=admitted.sigmas[1],
             privacy=self._report(request, admitted.train_rho, False),
+            staged=report.staged,
         )
 
     def _repeat(self, request: Request, stored: dict) -> DescribeResult:

@@ -22,7 +22,7 @@ import sqlglot  # noqa: F401
 from remote_magic.families import MANIFESTS, scoring
 
 from ..runner import launch  # noqa: F401
-from . import describe_task, main, model_task, staging, unpickle  # noqa: F401
+from . import describe_task, main, model_task, staging, sums_task, unpickle  # noqa: F401
 
 for manifest in MANIFESTS:  # each family's code, and the model library it imports
     importlib.import_module(manifest.module)

@@ -1,29 +1,37 @@
 """A federated training's step inside the confined worker: one batch's per-leaf sums, noised by the parent.
 
 The task carries no payload: the batch's structure, the public features and settings are JSON, and the
-model so far is XGBoost JSON parsed here, in the sandbox. The rows are staged and admitted as a train
-job's (the spec's training rows; its evaluation rows stay out for the final evaluation). Then the DP
-trainer's own per-partition steps (`dpboost.on_parts`, the family seam) run on the one partition: the
-margins are the model's predictions on the rows, the sums those of `Partition.sums`. The sums go to the
-parent as two noise requests at the sensitivity and cost the trainer's proof gives for this batch
-(docs/privacy.md), which must be exactly the batch's share the parent charged; the parent releases its
-own draws.
+model so far is XGBoost JSON parsed here, in the sandbox. A training's first step stages and admits its
+rows as a train job's (the spec's training rows; its evaluation rows stay out for the final evaluation)
+and the DP trainer's own per-partition set-up (`dpboost.on_parts.set_up`, the family seam) bins them and
+predicts the model so far on them for their margins. With `order.keep` it then leaves the training's
+session (binned rows, labels, margins, its admission and this batch) in SESSION_OUT; a later step carries
+no model but the previous batch's leaf values (`order.leaves`): it takes the rows from the session
+(`order.session`), moves the margins by those leaves on the session's batch (`Partition.apply`, as on a
+cluster) and sends the same admission again; without a session that leads to it, it is refused
+`federated_session_gone` before anything is charged.
+The sums are `Partition.sums`'. They go to the parent as two noise requests at the sensitivity and cost
+the trainer's proof gives for this batch (`schedule.leaf_releases`), which must be exactly the batch's
+share the parent charged; the parent releases its own draws.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 from pathlib import Path
 
 import duckdb
 import numpy as np
 
 from remote_magic.contract.codes import Refusal
-from remote_magic.families.dpboost import Batch, Features, Settings, on_parts
+from remote_magic.families.dpboost import Batch, Features, LeafUpdate, Partition, Settings, on_parts
 from remote_magic.families.dpboost.booster import load
+from remote_magic.families.dpboost.schedule import leaf_releases
 from remote_magic.families.partitions import InProcess
 
-from ..protocol import SumsReport, Task
+from ..protocol import SESSION_IN, SESSION_OUT, Admission, SumsReport, Task
 from ..runner import model_job
 from ..runner.channel import Channel
 from . import staging
@@ -77,19 +85,85 @@ def batch_of(data: dict, features: Features, settings: Settings) -> Batch:
     return batch
 
 
-def step_cost(settings: Settings, rho: float, rounds: int) -> tuple[float, float, float, float]:
-    """The batch's gradient and hessian releases: (l2, rho) each, as the trainer's accountant gives them
-    for a training of `rho` over `settings.rounds` rounds (coordinator._leaves does the same)."""
-    objective = settings.objective_()
-    scales = settings.scales(rho)
-    g, h = objective.gradient_bound, objective.hessian_bound
-    scale = math.sqrt(rounds)
-    return (
-        g * scale,
-        rounds * g * g / (2 * scales.sigma_g**2),
-        h * scale,
-        rounds * h * h / (2 * scales.sigma_h**2),
-    )
+class _Keeping(Channel):
+    """The channel, keeping the admission it sent (a session sends it again at its next steps)."""
+
+    def __init__(self, channel: Channel):
+        super().__init__(channel.conn)
+        self.admission: Admission | None = None
+
+    def admit(self, admission: Admission) -> bool:
+        self.admission = admission
+        return super().admit(admission)
+
+
+def _staged(
+    task: Task,
+    channel: Channel,
+    con: duckdb.DuckDBPyConnection | None,
+    features: Features,
+    settings: Settings,
+    model: bytes,
+) -> tuple[Partition, Admission] | None:
+    """Stage and admit the training rows, and their margins from the model so far (None: stopped)."""
+    channel.stage("staging")
+    parts = InProcess([staging.stage(task, con=con)])
+    keeping = _Keeping(channel)
+    classes = model_job.admit(task, parts, keeping, HERE, settings.objective != "reg:squarederror")
+    if classes is None:
+        return None
+    assert keeping.admission is not None
+    expected = settings.num_class if settings.objective == "multi:softprob" else 2
+    if settings.objective != "reg:squarederror" and len(classes) != expected:
+        raise Refusal("invalid_request", f"the training rows have {len(classes)} classes, not {expected}")
+    parts.map(on_parts.set_up, features, settings, model)
+    return parts.parts[0].state[on_parts.STATE], keeping.admission
+
+
+def _tree_count(model: bytes, features: Features) -> int:
+    """The model's trees; before any row is read, a model that cannot be used is refused at no cost."""
+    try:
+        usable = load(model).feature_names == features.names
+        trees = json.loads(model)["learner"]["gradient_booster"]["model"]["trees"]
+    except Exception:  # XGBoost's parser on bytes from the request
+        usable = False
+    if not usable or not isinstance(trees, list):
+        raise Refusal("invalid_request", "the model so far does not load over the features")
+    return len(trees)
+
+
+def _resumed(
+    features: Features, settings: Settings, leaves: list[float], trees: int
+) -> tuple[Partition, Admission] | None:
+    """The session's rows with their margins moved by the previous batch's leaf values, and its
+    admission; None when the session does not lead to a model of `trees` trees with these leaves."""
+    folder = HERE / SESSION_IN
+    state = json.loads((folder / "state.json").read_text())
+    pending = Batch.from_dict(state["pending"])
+    values = np.asarray(leaves, dtype=np.float64)
+    if trees != state["trees"] + pending.trees or values.size != pending.trees * pending.leaves:
+        return None
+    arrays = [np.load(folder / f"{name}.npy") for name in ("codes", "labels", "margins")]
+    partition = Partition.held(features, settings.objective_(), *arrays)
+    partition.apply(LeafUpdate(pending, values.reshape(pending.trees, pending.leaves)))
+    return partition, Admission.model_validate_json((folder / "admission.json").read_text())
+
+
+def _keep(partition: Partition, admission: Admission, trees: int, batch: dict) -> None:
+    """The session after this step: the rows, their margins at the model so far, and this batch, whose
+    leaf values the next step's model adds."""
+    folder = HERE / SESSION_OUT
+    folder.mkdir()
+    for name, array in (
+        ("codes", partition.codes),
+        ("labels", partition.labels),
+        ("margins", partition.margins),
+    ):
+        np.save(folder / f"{name}.npy", array)
+    (folder / "state.json").write_text(json.dumps({"trees": trees, "pending": batch}))
+    (folder / "admission.json").write_text(admission.model_dump_json())
+    for name in admission.row_sets.values():
+        shutil.copyfile(HERE / name, folder / name)
 
 
 def run(task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None = None) -> SumsReport | None:
@@ -102,29 +176,31 @@ def run(task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None = No
         raise Refusal("invalid_request", f"the features are not usable: {exc}") from None
     settings = settings_of(order.settings)
     batch = batch_of(order.batch, features, settings)
-    g_l2, g_rho, h_l2, h_rho = step_cost(settings, order.rho, batch.rounds)
-    if not math.isclose(g_rho + h_rho, order.step_rho, rel_tol=1e-9):
+    g, h = leaf_releases(settings, settings.scales(order.rho), batch.rounds)
+    if not math.isclose(g.rho + h.rho, order.step_rho, rel_tol=1e-9):
         raise Refusal("invalid_request", "the batch's rho is not its share of the training's rho")
-    model = (HERE / order.model_file).read_bytes()
-    try:  # before any row is read: a model that cannot be used is refused at no cost
-        booster = load(model)
-        usable = booster.feature_names == features.names
-    except Exception:  # XGBoost's parser on bytes from the request
-        usable = False
-    if not usable:
-        raise Refusal("invalid_request", "the model so far does not load over the features")
-    channel.stage("staging")
-    parts = InProcess([staging.stage(task, con=con)])
-    classes = model_job.admit(task, parts, channel, HERE, settings.objective != "reg:squarederror")
-    if classes is None:
-        return None
-    expected = settings.num_class if settings.objective == "multi:softprob" else 2
-    if settings.objective != "reg:squarederror" and len(classes) != expected:
-        raise Refusal("invalid_request", f"the training rows have {len(classes)} classes, not {expected}")
+    if order.leaves is not None:  # the training's session, if the parent found one that leads here
+        assert order.trees is not None
+        held = _resumed(features, settings, order.leaves, order.trees) if order.session else None
+        if held is None:
+            raise Refusal("federated_session_gone", "this server holds no session that leads to this step")
+        for name in held[1].row_sets.values():
+            shutil.copyfile(HERE / SESSION_IN / name, HERE / name)
+        channel.stage("staging")  # the same rows as the session's first step, admitted as then
+        if not channel.admit(held[1]):
+            return None
+        trees = order.trees
+    else:
+        model = (HERE / order.model_file).read_bytes()
+        trees = _tree_count(model, features)
+        held = _staged(task, channel, con, features, settings, model)
+        if held is None:
+            return None
+    partition, admission = held
     channel.stage("training", 0, batch.rounds)
-    parts.map(on_parts.set_up, features, settings, model)
-    sums = on_parts.sum_of(parts.map(on_parts.sums, batch))
-    parts.map(on_parts.finish)
-    channel.noise([float(v) for v in sums[..., 0].ravel()], g_l2, g_rho)
-    channel.noise([float(v) for v in sums[..., 1].ravel()], h_l2, h_rho)
-    return SumsReport(trees=batch.trees, leaves=batch.leaves)
+    sums = partition.sums(batch)
+    channel.noise([float(v) for v in sums[..., 0].ravel()], g.bound, g.rho)
+    channel.noise([float(v) for v in sums[..., 1].ravel()], h.bound, h.rho)
+    if order.keep:
+        _keep(partition, admission, trees, order.batch)
+    return SumsReport(trees=batch.trees, leaves=batch.leaves, staged=order.leaves is None)
