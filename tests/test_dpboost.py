@@ -402,6 +402,24 @@ def test_a_base_model_on_other_columns_is_refused():
     assert refused.value.code == "unsupported_model"
 
 
+@pytest.mark.parametrize("leaf", [float("nan"), float("inf"), 1e30])
+def test_a_base_model_with_a_leaf_no_sum_survives_is_refused_before_any_row(leaf):
+    """A NaN leaf makes the sums over the rows that reach it NaN through any noise: the released model
+    would say whether any training row reached that leaf (a crafted base model: whether one row is in)."""
+    table, y = make_rows(2000)
+    frame = analyst_frame(table, load(train(Settings(rounds=1, max_depth=1), table, y)[0].model))
+    base = xgb.XGBClassifier(n_estimators=2, max_depth=2, enable_categorical=True).fit(frame, y)
+    data = json.loads(base.get_booster().save_raw("json"))
+    tree = data["learner"]["gradient_booster"]["model"]["trees"][1]
+    at = tree["left_children"].index(-1)
+    tree["split_conditions"][at] = tree["base_weights"][at] = leaf
+    crafted = json.dumps(data).encode()
+    assert np.isfinite(predict_margins(bytes(base.get_booster().save_raw("json")), FEATURES, table)).all()
+    with pytest.raises(Refusal) as refused:
+        Coordinator(FEATURES, Settings(), 1.0, seeded_noise(0), crafted, seeded_select(0))
+    assert refused.value.code == "invalid_model" and "leaf values" in refused.value.message
+
+
 def test_the_model_carries_only_candidates_and_noisy_statistics():
     table, y = make_rows(3000)
     exact_data = set(np.asarray(table.column("x2"), dtype=np.float32).tolist())

@@ -27,7 +27,7 @@ import numpy as np
 
 from remote_magic.contract.codes import Refusal
 from remote_magic.families.dpboost import Batch, Features, LeafUpdate, Partition, Settings, on_parts
-from remote_magic.families.dpboost.booster import load
+from remote_magic.families.dpboost.booster import check_leaves, load
 from remote_magic.families.dpboost.schedule import leaf_releases
 from remote_magic.families.partitions import InProcess
 
@@ -129,6 +129,7 @@ def _tree_count(model: bytes, features: Features) -> int:
         usable = False
     if not usable or not isinstance(trees, list):
         raise Refusal("invalid_request", "the model so far does not load over the features")
+    check_leaves(json.loads(load(model).save_raw("json")))
     return len(trees)
 
 
