@@ -200,6 +200,7 @@ def test_a_server_in_mode_rules_refuses_a_step_itself(servers):
         ({"model": '{"learner": {"gradient_booster": 1}}'}, "invalid_request"),
         ({"model": None}, "invalid_request"),
         ({"leaves": [0.0], "trees": 4}, "invalid_request"),
+        ({"model": None, "leaves": [1e308, 1e308], "trees": 4, "training": "t" * 32}, "invalid_request"),
         (
             {
                 "settings": {
@@ -221,6 +222,7 @@ def test_a_server_in_mode_rules_refuses_a_step_itself(servers):
         "a model XGBoost cannot load",
         "neither the model nor leaves",
         "both the model and leaves",
+        "leaves whose sum is no number",
         "rounds past the bounds",
     ],
 )
@@ -347,8 +349,8 @@ def test_a_session_is_the_analysts_own_and_ends_with_the_training(servers):
     assert step({**second, "training": "short"}).status_code == 422 and end(a, "short") == 422
 
 
-def test_sessions_are_bounded_per_analyst_and_in_all_oldest_first(tmp_path):
-    sessions = Sessions(tmp_path / "sessions", per_analyst=2, total=3, idle_s=3600.0)
+def test_sessions_are_bounded_per_analyst_oldest_first_and_never_evict_another_analysts(tmp_path):
+    sessions = Sessions(tmp_path / "sessions", per_analyst=2, idle_s=3600.0)
 
     def left(user: str, training: str) -> Path:
         folder = tmp_path / f"{user}-{training}"
@@ -361,13 +363,18 @@ def test_sessions_are_bounded_per_analyst_and_in_all_oldest_first(tmp_path):
     assert len(sessions) == 2 and sessions.take("alice", "t1", "f") is None  # her oldest went
     sessions.put("bob", "t1", "f", left("bob", "t1"), None)
     sessions.put("carol", "t1", "f", left("carol", "t1"), None)
-    assert len(sessions) == 3 and sessions.take("alice", "t2", "f") is None  # the oldest of all went
+    sessions.put("carol", "t2", "f", left("carol", "t2"), None)
+    sessions.put("carol", "t3", "f", left("carol", "t3"), None)
+    assert len(sessions) == 5  # carol's work evicted only her own oldest, nobody else's
+    again = sessions.take("alice", "t2", "f")
+    assert again is not None
+    sessions.put("alice", "t2", "f", None, again)
     taken = sessions.take("alice", "t3", "f")
     assert taken is not None and taken.folder.is_dir()
     assert sessions.take("alice", "t3", "f") is None  # out while its step runs
     sessions.put("alice", "t3", "f", None, taken)  # the step failed: the session it took is back
     assert sessions.take("alice", "t3", "other") is None and not taken.folder.exists()  # staged for another
     assert sessions.drop("bob", "t1") and not sessions.drop("bob", "t1")
-    assert len(list((tmp_path / "sessions").iterdir())) == len(sessions) == 1
+    assert len(list((tmp_path / "sessions").iterdir())) == len(sessions) == 3
     Sessions(tmp_path / "sessions")  # a restart
     assert not list((tmp_path / "sessions").iterdir())

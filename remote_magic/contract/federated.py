@@ -14,6 +14,10 @@ from .types import BOOLEAN, NUMBER, TEXT, kind_of
 from .wire import FederatedColumn
 
 TRAINER_KIND = {NUMBER: "numeric", BOOLEAN: "boolean", TEXT: "categorical"}
+# The largest leaf of a model the rows are predicted by (a DP training's base model, a federated training's
+# model so far or its batch's leaves): far above any margin a model needs, and float32 sums of such leaves
+# stay finite, so no row's margin turns NaN where the analyst aimed a leaf.
+LEAF_LIMIT = 1e6
 
 
 def trainer_kind(dtype: str) -> str | None:

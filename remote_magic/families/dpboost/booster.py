@@ -23,12 +23,12 @@ import numpy as np
 import xgboost as xgb
 
 from ...contract.codes import Refusal
+from ...contract.federated import LEAF_LIMIT
 from .features import Features, xgboost_input
 from .objectives import BINARY, MULTICLASS, Objective
 from .structure import Batch
 
 ROOT_PARENT = 2147483647
-LEAF_LIMIT = 1e6  # far above any margin a model needs; float32 sums of such leaves stay finite
 
 
 @dataclass

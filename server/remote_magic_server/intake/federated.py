@@ -16,7 +16,7 @@ import json
 import math
 
 from remote_magic.contract.codes import Refusal
-from remote_magic.contract.federated import check_columns
+from remote_magic.contract.federated import LEAF_LIMIT, check_columns
 from remote_magic.contract.wire import DatasetSpec, FederatedStepRequest
 from remote_magic.families import MODEL_FILE
 
@@ -82,8 +82,12 @@ def check_step(
             parsed = None
         if not isinstance(parsed, dict) or "learner" not in parsed:
             raise Refusal("invalid_model", "the model so far must be an XGBoost JSON model")
-    elif not all(math.isfinite(v) for v in body.leaves or ()):
-        raise Refusal("invalid_request", "the previous batch's leaf values must be finite numbers")
+    elif not all(math.isfinite(v) and abs(v) <= LEAF_LIMIT for v in body.leaves or ()):
+        # Two leaves of 1e308 make a multiclass margin inf - inf = NaN for the rows that reach them, and
+        # the step's failure would say exactly whether any row did (booster.check_leaves, the model path).
+        raise Refusal(
+            "invalid_request", f"the previous batch's leaf values must be finite, within {LEAF_LIMIT:g}"
+        )
     order = FederatedOrder(
         features=[f.model_dump() for f in body.features],
         settings=train.model_dump(),

@@ -6,7 +6,8 @@ training's key, the analyst and the training's id, with a fingerprint of what th
 (spec, dataset version, features, settings, rho). A step takes its training's session out while it runs
 and puts back the one the worker left (or the one it took, when the step failed). Another analyst, or a
 step of another fingerprint, finds none, and stages. Bounded: at most PER_ANALYST sessions per analyst
-and TOTAL in all (the oldest used goes first), none idle past IDLE_S (checked at each step), and none
+(her oldest used goes first; no cap in all, so that one analyst's sessions never evict another's and
+tell her of the other's work), none idle past IDLE_S (checked at each step), and none
 survives a restart (the folder is emptied at start): a training whose session is gone is answered
 `federated_session_gone` at its next step, at no cost, and its client sends that step again with the
 whole model, which stages: that is all a lost session costs.
@@ -22,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PER_ANALYST = 4
-TOTAL = 16
 IDLE_S = 900.0
 
 
@@ -35,13 +35,11 @@ class Session:
 
 
 class Sessions:
-    def __init__(
-        self, root: Path, per_analyst: int = PER_ANALYST, total: int = TOTAL, idle_s: float = IDLE_S
-    ):
+    def __init__(self, root: Path, per_analyst: int = PER_ANALYST, idle_s: float = IDLE_S):
         shutil.rmtree(root, ignore_errors=True)  # a restart drops every session
         root.mkdir(parents=True)
         self.root = root
-        self.per_analyst, self.total, self.idle_s = per_analyst, total, idle_s
+        self.per_analyst, self.idle_s = per_analyst, idle_s
         self._lock = threading.Lock()
         self._held: dict[tuple[str, str], Session] = {}
 
@@ -107,14 +105,10 @@ class Sessions:
         return [self._held.pop(key) for key in old]
 
     def _over(self, user: str) -> list[Session]:
-        """The oldest used sessions past the caps (the analyst's, then all)."""
+        """The analyst's oldest used sessions past her cap."""
         gone = self._expired()
-        by_age = sorted(self._held, key=lambda key: self._held[key].used)
-        mine = [key for key in by_age if key[0] == user]
+        mine = sorted((key for key in self._held if key[0] == user), key=lambda key: self._held[key].used)
         for key in mine[: max(0, len(mine) - self.per_analyst)]:
-            gone.append(self._held.pop(key))
-        by_age = [key for key in by_age if key in self._held]
-        for key in by_age[: max(0, len(by_age) - self.total)]:
             gone.append(self._held.pop(key))
         return gone
 
