@@ -325,3 +325,6 @@ def test_a_sketch_asked_again_gets_its_noisy_counts_again_and_is_charged_as_befo
     assert sketch("j4", dataset_version=4)[0] != drawn
     assert sketch("j5", user="bob")[0] != drawn, "never another analyst's answer"
     assert sketch("j6", dataset_version=None)[0] != drawn
+    owner = desk.settings.datasets["d"]
+    desk.settings.datasets["d"] = owner.model_copy(update={"column_ranges": {"z": (0.0, 10.0)}})
+    assert sketch("j7")[0] != drawn, "the owner's declarations set the grid: a changed one is a new question"

@@ -440,6 +440,8 @@ class ReleaseDesk:
                 sketched,
                 planned[0].bound,
                 planned[0].rho,
+                # The owner's declarations set the sketch's grid: a changed range is another question.
+                self.settings.datasets[request.dataset].model_dump(mode="json"),
             )
 
     @staticmethod
