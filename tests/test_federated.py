@@ -375,6 +375,11 @@ def test_sessions_are_bounded_per_analyst_oldest_first_and_never_evict_another_a
     sessions.put("alice", "t3", "f", None, taken)  # the step failed: the session it took is back
     assert sessions.take("alice", "t3", "other") is None and not taken.folder.exists()  # staged for another
     assert sessions.drop("bob", "t1") and not sessions.drop("bob", "t1")
-    assert len(list((tmp_path / "sessions").iterdir())) == len(sessions) == 3
+    running = sessions.take("carol", "t3", "f")
+    assert running is not None and not sessions.drop("carol", "t3")  # ended while its step runs
+    sessions.put("carol", "t3", "f", left("carol", "t3-next"), running)
+    assert sessions.take("carol", "t3", "f") is None and not running.folder.exists()  # not put back
+    sessions.put("carol", "t3", "f", None, None)
+    assert len(list((tmp_path / "sessions").iterdir())) == len(sessions) == 2
     Sessions(tmp_path / "sessions")  # a restart
     assert not list((tmp_path / "sessions").iterdir())

@@ -42,12 +42,15 @@ class Sessions:
         self.per_analyst, self.idle_s = per_analyst, idle_s
         self._lock = threading.Lock()
         self._held: dict[tuple[str, str], Session] = {}
+        self._running: set[tuple[str, str]] = set()  # trainings with a step between `take` and `put`
+        self._ended: set[tuple[str, str]] = set()  # of those, the ones ended meanwhile
 
     def take(self, user: str, training: str, fingerprint: str) -> Session | None:
         """The training's session, out of the table while its step runs; None when there is none for
         this analyst and training, or it was staged for something else (then it is dropped)."""
         with self._lock:
             session = self._held.pop((user, training), None)
+            self._running.add((user, training))
             gone = self._expired()
         if session is not None and session.fingerprint != fingerprint:
             gone.append(session)
@@ -71,29 +74,42 @@ class Sessions:
         digest: str = "",
     ) -> None:
         """After a step: the session it left (`folder`, adopted; `digest` its model so far), else the one
-        it took, is the training's."""
+        it took, is the training's (none, when the training was ended while the step ran)."""
         gone = []
+        session = None
         if folder is not None:
             session = Session(folder, fingerprint, time.monotonic(), digest)
             if taken is not None:
                 gone.append(taken)
         elif taken is not None:
             session = taken
-        else:
-            return
+        key = (user, training)
         with self._lock:
-            replaced = self._held.pop((user, training), None)  # a step of the same training beside it
+            self._running.discard(key)
+            ended = key in self._ended
+            self._ended.discard(key)
+            if session is None:
+                return
+            replaced = self._held.pop(key, None)  # a step of the same training beside it
             if replaced is not None:
                 gone.append(replaced)
-            self._held[(user, training)] = session
+            if ended:
+                gone.append(session)
+            else:
+                self._held[key] = session
             gone += self._over(user)
         _remove(gone)
 
     def drop(self, user: str, training: str) -> bool:
-        """End a training's session (its last step is done); False when it had none."""
+        """End a training's session (its last step is done); False when it had none. A step that holds
+        it just now leaves it ended, not kept."""
         with self._lock:
             session = self._held.pop((user, training), None)
-        _remove([session] if session is not None else [])
+            if session is None and (user, training) in self._running:
+                self._ended.add((user, training))
+            gone = [session] if session is not None else []
+            gone += self._expired()
+        _remove(gone)
         return session is not None
 
     def __len__(self) -> int:
