@@ -40,15 +40,7 @@ class Describer:
 
     def describe(self, user: str, dataset: str, spec: dict, plan: JobPlan) -> DescribeResult:
         """Describe a spec's admitted rows in a fresh worker, released through the desk; raise Refusal."""
-        request = Request(
-            user=user,
-            dataset=dataset,
-            kind="describe",
-            spec=spec,
-            features=tuple(plan.features),
-            charge_key=f"describe:{uuid.uuid4().hex}",
-            dataset_version=plan.dataset_version,
-        )
+        request = _request(user, dataset, "describe", spec, plan, f"describe:{uuid.uuid4().hex}")
         stored = self.desk.stored_describe(request)
         if stored is not None:
             self.desk.record(request, "released", None, "the stored answer, repeated")
@@ -136,7 +128,7 @@ class FederatedSteps(Describer):
         no further cost. A step without the model continues the training's session here, or is refused
         `federated_session_gone` at no cost."""
         staged_for = [spec, plan.dataset_version, order.features, order.settings, order.rho]
-        fingerprint = hashlib.sha256(json.dumps(staged_for, sort_keys=True).encode()).hexdigest()
+        fingerprint = _digest(staged_for)
         taken = self.sessions.take(user, training, fingerprint) if training is not None else None
         left: list[Path] = []
         digest = ""
@@ -152,16 +144,8 @@ class FederatedSteps(Describer):
                     "the step with the whole model",
                 )
             question = order.model_dump(exclude={"leaves", "trees", "session", "keep"})
-            request = Request(
-                user=user,
-                dataset=dataset,
-                kind="sums",
-                spec=spec,
-                features=tuple(plan.features),
-                charge_key=f"federated:{_digest([spec, question, digest])}",
-                dataset_version=plan.dataset_version,
-                step_rho=order.step_rho,
-            )
+            key = f"federated:{_digest([spec, question, digest])}"
+            request = _request(user, dataset, "sums", spec, plan, key, step_rho=order.step_rho)
             self.desk.check_budget(request)  # before a worker starts; charged again only if it is new
             given = taken.folder if taken is not None and model is None else None
             order = order.model_copy(update={"session": given is not None, "keep": training is not None})
@@ -179,6 +163,22 @@ class FederatedSteps(Describer):
     def end(self, user: str, training: str) -> bool:
         """Drop a training's session (its last step is done); False when it had none here."""
         return self.sessions.drop(user, training)
+
+
+def _request(
+    user: str, dataset: str, kind: str, spec: dict, plan: JobPlan, charge_key: str, **more: object
+) -> Request:
+    """The desk's request for a one-shot job on the plan's features and data version."""
+    return Request(
+        user=user,
+        dataset=dataset,
+        kind=kind,
+        spec=spec,
+        features=tuple(plan.features),
+        charge_key=charge_key,
+        dataset_version=plan.dataset_version,
+        **more,  # type: ignore[arg-type]
+    )
 
 
 def _digest(value: object) -> str:
