@@ -14,6 +14,7 @@ in mode rules, so the attacks are real.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 
 import numpy as np
@@ -183,6 +184,28 @@ def member_by_count(c, dataset: str) -> int:
     return int(rows >= ROWS)
 
 
+def nan_stump() -> xgb.XGBClassifier:
+    """The stump that singles the target out, with a NaN leaf on the target's side: the predictions of
+    exactly the rows above age 80 are NaN. Scoring failed on them, so the failure (`not_released` in
+    mode dp) came exactly when the target was in the table, and a result when it was not."""
+    model = stump(TARGET_AGE)
+    data = json.loads(model.get_booster().save_raw("json"))
+    tree = data["learner"]["gradient_booster"]["model"]["trees"][0]
+    right = tree["right_children"][0]
+    tree["split_conditions"][right] = tree["base_weights"][right] = float("nan")
+    model.get_booster().load_model(bytearray(json.dumps(data).encode()))
+    return model
+
+
+def member_by_nan_leaf(c, dataset: str) -> int:
+    spec = {"dataset": dataset, "label": "label", "features": ["age", "score"]}
+    try:
+        c.evaluate(nan_stump(), spec)
+    except RemoteError as exc:
+        return int(exc.code == "not_released")
+    return 0
+
+
 def member_by_refusal(c, dataset: str) -> int:
     """Describe a large group, then the same group OR the target's own values: a differencing guard on
     the exact rows refused the second exactly when the target was in the table."""
@@ -216,6 +239,7 @@ ROUTES = {
         "evaluate": member_by_evaluation,
         "count": member_by_count,
         "refusal": member_by_refusal,
+        "nan_leaf": member_by_nan_leaf,
         "catalog": member_by_catalog,
     },
 }
@@ -268,6 +292,18 @@ def test_routes_closed_by_structure_are_refused_before_any_job(red):
         )
     assert metric.value.code == "parameter_out_of_bounds"
     assert len(c.jobs()) == before
+
+
+def test_a_model_no_prediction_survives_is_refused_before_any_row_in_both_worlds(red):
+    """The NaN-leaf stump is refused on the model alone, at no cost, whether the target is in or not."""
+    for i in [list(red.secrets["member"]).index(0), list(red.secrets["member"]).index(1)]:
+        c = client(red, f"analyst{i:02d}")
+        spec = {"dataset": f"m{i:02d}", "label": "label", "features": ["age", "score"]}
+        spent = c.cost(None, spec).rho_spent
+        with pytest.raises(RemoteError) as refused:
+            c.evaluate(nan_stump(), spec)
+        assert refused.value.code == "invalid_model" and "finite" in str(refused.value)
+        assert c.cost(None, spec).rho_spent == spent
 
 
 def test_the_planted_category_never_leaves_through_encoders_or_native_categoricals(red):

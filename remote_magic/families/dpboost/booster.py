@@ -24,6 +24,7 @@ import xgboost as xgb
 
 from ...contract.codes import Refusal
 from ...contract.federated import LEAF_LIMIT
+from ..xgboost.leaves import check_leaves
 from .features import Features, xgboost_input
 from .objectives import BINARY, MULTICLASS, Objective
 from .structure import Batch
@@ -237,7 +238,7 @@ def parse_base(model: bytes | bytearray, features: Features, objective: Objectiv
         raise Refusal("unsupported_model", "the base model's features are not the training columns in order")
     if int(learner["learner_model_param"]["num_feature"]) != len(features.columns):
         raise Refusal("unsupported_model", "the base model has another number of features")
-    check_leaves(data)
+    check_leaves(data, LEAF_LIMIT)
     recorded = base_categories(model)
     for column in features.columns:
         known = recorded.get(column.name)
@@ -246,21 +247,6 @@ def parse_base(model: bytes | bytearray, features: Features, objective: Objectiv
                 "unsupported_model", f"column {column.name!r}: the levels must start with the base model's"
             )
     return data
-
-
-def check_leaves(data: dict) -> None:
-    """Refuse a model the rows are predicted by whose leaf or base score is not a finite number of
-    bounded size. A NaN leaf (or two infinite ones) makes the margins of the rows that reach it NaN, and
-    the sums over them NaN through any noise: the release would say whether any row reached that leaf."""
-    learner = data["learner"]
-    for tree in learner["gradient_booster"]["model"]["trees"]:
-        leaf = np.asarray(tree["left_children"]) == -1
-        values = np.asarray(tree["split_conditions"], dtype=np.float64)[leaf]
-        if not np.all(np.abs(values) <= LEAF_LIMIT):  # NaN fails too
-            raise Refusal("invalid_model", f"a model's leaf values must be finite, within {LEAF_LIMIT:g}")
-    score = str(learner["learner_model_param"].get("base_score", "0")).strip("[]")
-    if not np.all(np.isfinite([float(v) for v in score.split(",") if v.strip()])):
-        raise Refusal("invalid_model", "a model's base_score must be a finite number")
 
 
 def base_categories(model: bytes | bytearray) -> dict[str, list[str]]:

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from ...contract.codes import Refusal
+from ...contract.federated import LEAF_LIMIT
 from ...contract.rows import is_text
 from ...contract.wire import ModelBounds
 from .. import MODEL_FILE, PARAMS_FILE
@@ -31,6 +32,7 @@ from ..base import Part, Partitions, Plan, PrivateOrder, Run, is_classifier_task
 from ..xgboost import bounds as xgboost_bounds
 from ..xgboost.family import FAMILY as XGBOOST
 from ..xgboost.family import Trained, ready_to_score
+from ..xgboost.leaves import check_booster
 from .booster import load
 from .candidates import CandidatePlan, Declared
 from .coordinator import Coordinator
@@ -137,6 +139,8 @@ class DPBoostFamily:
 
     def check_bounds(self, plan: Plan, bounds: ModelBounds) -> None:
         xgboost_bounds.check(plan, bounds)
+        if plan.base is not None:  # before any row is read, with the bound the trainer's margins need
+            check_booster(plan.base, LEAF_LIMIT)
 
     def check_order(self, plan: Plan, label_range: tuple[float, float] | None) -> None:
         """Refuse, before any row is read, a regression the owner gave no public label range for."""

@@ -32,6 +32,7 @@ from .. import MODEL_FILE, PARAMS_FILE, partials, preprocessors
 from ..base import Labels, Part, Partitions, Plan, Report, Run, Split, check_kind
 from . import bounds as xgboost_bounds
 from .inputs import RowBatches, frame_of, model_input
+from .leaves import MARGIN_LEAF_LIMIT, check_booster
 
 log = logging.getLogger("remote_magic.families.xgboost")
 
@@ -374,10 +375,13 @@ class XGBoostFamily:
         return plan
 
     def check_bounds(self, plan: Plan, bounds: ModelBounds) -> None:
-        """Refuse parameters beyond the server's bounds, naming the parameter and its bound."""
+        """Refuse parameters beyond the server's bounds, naming the parameter and its bound, and a base
+        model whose leaves no prediction survives (`leaves.py`), before any row is read."""
         if plan.preprocess is not None:
             preprocessors.check_bounds(plan.preprocess)
         xgboost_bounds.check(plan, bounds)
+        if plan.base is not None:
+            check_booster(plan.base, MARGIN_LEAF_LIMIT)
 
     @staticmethod
     def final_params(plan: Plan, classes: list[str], threads: int) -> tuple[dict, str]:

@@ -26,10 +26,12 @@ import duckdb
 import numpy as np
 
 from remote_magic.contract.codes import Refusal
+from remote_magic.contract.federated import LEAF_LIMIT
 from remote_magic.families.dpboost import Batch, Features, LeafUpdate, Partition, Settings, on_parts
-from remote_magic.families.dpboost.booster import check_leaves, load
+from remote_magic.families.dpboost.booster import load
 from remote_magic.families.dpboost.schedule import leaf_releases
 from remote_magic.families.partitions import InProcess
+from remote_magic.families.xgboost.leaves import check_booster
 
 from ..protocol import SESSION_IN, SESSION_OUT, Admission, SumsReport, Task
 from ..runner import model_job
@@ -129,7 +131,7 @@ def _tree_count(model: bytes, features: Features) -> int:
         usable = False
     if not usable or not isinstance(trees, list):
         raise Refusal("invalid_request", "the model so far does not load over the features")
-    check_leaves(json.loads(load(model).save_raw("json")))
+    check_booster(model, LEAF_LIMIT)
     return len(trees)
 
 
