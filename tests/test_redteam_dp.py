@@ -65,7 +65,7 @@ def red(request, tmp_path_factory):
     base = tmp_path_factory.mktemp("redteam_dp")
     data = base / "data"
     data.mkdir()
-    worlds = {"w0": table(0), "w1": table(1), "out": table(None)}
+    worlds = {"w0": table(0), "w1": table(1), "out": table(None), "w2": table(2)}
     for name, frame in worlds.items():
         frame.to_parquet(data / f"{name}.parquet", index=False)
     rng = np.random.default_rng(2026)
@@ -84,6 +84,16 @@ def red(request, tmp_path_factory):
     for bit in (0, 1):
         config += f'\n[datasets.rules{bit}]\npath = "{data}/w{bit}.parquet"\n{common}privacy = "rules"\n'
     users["control"] = ["rules0", "rules1"]
+    # The classes: the target's label is a class no other row holds ("w2"), or the target is out.
+    declared = 'column_levels.label = ["0", "1.0"]\n'
+    for name, world, extra in (
+        ("declared_in", "w2", declared),
+        ("declared_out", "out", declared),
+        ("declared_three", "out", 'column_levels.label = ["0", "1", "2"]\n'),
+        ("undeclared_in", "w2", ""),
+    ):
+        config += f'\n[datasets.{name}]\npath = "{data}/{world}.parquet"\n{common}{extra}'
+    users["classes"] = ["declared_in", "declared_out", "declared_three", "undeclared_in"]
     with contextlib.ExitStack() as stack:
         if request.param == "dask":
             from distributed import LocalCluster
@@ -304,6 +314,32 @@ def test_a_model_no_prediction_survives_is_refused_before_any_row_in_both_worlds
             c.evaluate(nan_stump(), spec)
         assert refused.value.code == "invalid_model" and "finite" in str(refused.value)
         assert c.cost(None, spec).rho_spent == spent
+
+
+def test_declared_classes_are_the_classes_whatever_the_rows(red):
+    """Without a declaration the classes are the admitted rows' labels: one row with its own label is a
+    class of one row, and the job is refused `class_too_small` (on its noisy count) where without the row
+    there is no such class to refuse, so the refusal says the row is in. With the owner's declared
+    classes the staging query admits only rows of those classes, and the model and the released counts
+    have exactly those classes, with or without the row ("1.0" declares the integer label 1); a declared
+    class no row holds is still a class, its count noised like any other's (here too small to release)."""
+    c = client(red, "classes")
+    spec = {"label": "label", "features": ["score"]}
+    model = xgb.XGBClassifier(n_estimators=2, max_depth=2)
+
+    def classes(dataset: str) -> tuple[list[str], int]:
+        result = c.train(model, {**spec, "dataset": dataset})
+        counted = [k.label for k in result.raw.summary.train.classes]
+        booster = json.loads(c.download_model(result.job_id))
+        return counted, int(booster["learner"]["learner_model_param"]["num_class"])
+
+    with pytest.raises(RemoteError) as leak:  # the leak a declaration closes
+        classes("undeclared_in")
+    assert leak.value.code == "class_too_small"
+    assert classes("declared_in") == classes("declared_out") == (["0", "1"], 0)
+    with pytest.raises(RemoteError) as empty:
+        classes("declared_three")
+    assert empty.value.code == "class_too_small"
 
 
 def test_the_planted_category_never_leaves_through_encoders_or_native_categoricals(red):

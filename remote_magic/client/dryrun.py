@@ -140,9 +140,15 @@ class DryRun:
 
 
 def admit(
-    spec: DatasetSpec, resolved: Resolved, mock: pd.DataFrame, kind: str, min_count: int = 10
+    spec: DatasetSpec,
+    resolved: Resolved,
+    mock: pd.DataFrame,
+    kind: str,
+    min_count: int = 10,
+    label_levels: list[str] | None = None,
 ) -> pa.Table:
-    """The mock rows the server's staging query admits, with its evaluation flag and their row numbers."""
+    """The mock rows the server's staging query admits, with its evaluation flag and their row numbers
+    (with the owner's declared classes of the label, only rows of those classes, as on the server)."""
     rows = mock.assign(**{MOCK_ROW_NUMBER: np.arange(len(mock))})
     if resolved.id_column and resolved.id_column not in rows.columns:
         rows[resolved.id_column] = np.arange(len(mock))
@@ -155,6 +161,7 @@ def admit(
             exp.table_(MOCK_TABLE, quoted=True),
             exp.column(MOCK_ROW_NUMBER, quoted=True),
             kind,
+            label_levels,
         )
         table = con.sql(sql, params=params).to_arrow_table()
     except duckdb.Error as exc:
@@ -194,7 +201,8 @@ def dry_run(
         raise DryRunError(refusal.message, code=refusal.code) from None
     features = resolved.all_features
     min_count = dataset.policy.min_count if dataset.policy is not None else 10
-    table = admit(spec, resolved, mock, kind, min_count)
+    classes = dataset.column_levels.get(spec.label)
+    table = admit(spec, resolved, mock, kind, min_count, classes)
     train, evaluation = _splits(table, features, spec.label)
     n_admitted, n_eval = table.num_rows, len(evaluation.y)
     hint = continuous_label_hint(spec.label, resolved.label_dtype) if is_classifier_task(plan.task) else ""
@@ -208,7 +216,7 @@ def dry_run(
         )
         everything = spec.model_copy(update={"where": None, "eval": None})
         train, evaluation = _splits(
-            admit(everything, resolved, mock, "evaluate", min_count), features, spec.label
+            admit(everything, resolved, mock, "evaluate", min_count, classes), features, spec.label
         )
         train = evaluation
     fitted = 0

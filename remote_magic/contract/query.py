@@ -8,6 +8,10 @@ row also carries its row number, which the differencing guard remembers. Rows st
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Sequence
+
 from sqlglot import exp
 
 from .grammar import parse_derive, parse_filter
@@ -18,6 +22,7 @@ SPLIT_BUCKETS = 1_000_000
 EVAL_FLAG = "__remote_magic_is_eval"
 ROW_ID = "__remote_magic_row_id"
 DEFAULT_TRAIN_EVAL = {"fraction": 0.2, "seed": 0}
+NUMERIC = re.compile(r"u?int\d*|(half)?float\d*|double|decimal.*")
 
 
 def default_eval(kind: str) -> dict | None:
@@ -38,11 +43,14 @@ def staging_query(
     source: exp.Expression,
     row_number: exp.Expression,
     kind: str,
+    label_levels: Sequence[str] | None = None,
 ) -> tuple[str, list]:
     """The SELECT of admitted rows with `?` placeholders, and the parameters of the split.
 
     `source` is what the rows are read from (it may hold placeholders of its own, after these) and
-    `row_number` the expression that numbers a row in it."""
+    `row_number` the expression that numbers a row in it. `label_levels`: the classes the data owner
+    declared for the label (`column_levels`); a row whose label, as text, is none of them is not
+    admitted, so the classes are public before any row is read."""
     cols: list[exp.Expression] = [exp.column(c, quoted=True) for c in [*resolved.features, spec.label]]
     cols += [
         exp.alias_(finite_or_null(parse_derive(name, text, resolved.derive_columns)), name, quoted=True)
@@ -71,6 +79,8 @@ def staging_query(
     select = select.where(
         exp.Not(this=exp.Is(this=exp.column(spec.label, quoted=True), expression=exp.Null()))
     )
+    if label_levels is not None:
+        select = select.where(declared_label(spec.label, resolved.label_dtype, label_levels))
     if spec.where:
         select = select.where(parse_filter(spec.where, resolved.filter_columns))
     # No ORDER BY: rows come in the snapshot's own order (DuckDB preserves insertion order), which is
@@ -78,6 +88,25 @@ def staging_query(
     # hold, or spill, every admitted row before the first batch streams out (a 4 GiB table did not fit
     # its 512 MiB of sort memory).
     return select.sql(dialect="duckdb", identify=True), params
+
+
+def declared_label(label: str, dtype: str, levels: Sequence[str]) -> exp.Expression:
+    """Whether a row's label is one of the declared classes: as a number for a numeric label (so "1"
+    declares 1 and 1.0 alike), else as text (a boolean as `true` / `false`)."""
+    if NUMERIC.fullmatch(dtype):
+        numbers = [float(v) for v in levels if is_number(v)]
+        value = exp.Cast(this=exp.column(label, quoted=True), to=exp.DataType.build("double"))
+        return exp.In(this=value, expressions=[exp.Literal.number(repr(v)) for v in numbers] or [exp.null()])
+    text = exp.Cast(this=exp.column(label, quoted=True), to=exp.DataType.build("varchar"))
+    return exp.In(this=text, expressions=[exp.Literal.string(v) for v in levels])
+
+
+def is_number(text: str) -> bool:
+    """Whether a declared level reads as a finite number."""
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def missing_label_query(spec: DatasetSpec, resolved: Resolved, source: exp.Expression) -> str:

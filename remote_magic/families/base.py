@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from ..contract import rows
 from ..contract.codes import Refusal
+from ..contract.query import is_number
 from ..contract.wire import ModelBounds
 
 # A training progress report: rounds done (of this job), and the latest metric per split and name.
@@ -335,7 +336,7 @@ def label_facts(y: np.ndarray, classifier: bool) -> dict:
     classifier's distinct labels and whether any is missing; a regressor's whether all are numbers."""
     if classifier:
         present = present_labels(y)
-        return {"values": np.unique(present).tolist(), "missing": len(present) < len(y)}
+        return {"values": np.unique(present).tolist(), "missing": len(present) < len(y), "dtype": y.dtype.str}
     try:
         np.asarray(y, dtype=float)
     except (TypeError, ValueError):
@@ -343,16 +344,31 @@ def label_facts(y: np.ndarray, classifier: bool) -> dict:
     return {"numeric": True}
 
 
-def label_values(facts: list[dict], label: str, classifier: bool) -> np.ndarray | None:
+def label_values(
+    facts: list[dict], label: str, classifier: bool, declared: list[str] | None = None
+) -> np.ndarray | None:
     """The label's rules, once its rows are admitted: a regressor's labels are numbers, a classifier's
-    are never missing. A classifier's classes are the sorted distinct labels (None for a regressor)."""
+    are never missing. A classifier's classes are the owner's `declared` ones (the staging query admitted
+    no other), else the sorted distinct labels (None for a regressor)."""
     if not classifier:
         if not all(f["numeric"] for f in facts):
             raise Refusal("invalid_spec", f"label {label!r} is not numeric")
         return None
     if any(f["missing"] for f in facts):
         raise Refusal("invalid_spec", f"label {label!r} has missing values in the admitted rows")
+    if declared is not None:
+        return declared_values(declared, np.dtype(facts[0]["dtype"]) if facts else np.dtype(object))
     return np.unique(np.array([v for f in facts for v in f["values"]]))
+
+
+def declared_values(declared: list[str], dtype: np.dtype) -> np.ndarray:
+    """Declared classes (text, as DuckDB casts the label to text) as the label column's values, sorted."""
+    if dtype.kind == "b":
+        return np.unique(np.array([v.lower() == "true" for v in declared]))
+    if dtype.kind in "iuf":
+        numbers = [float(v) for v in declared if is_number(v)]
+        return np.unique(np.array(numbers, dtype=np.float64).astype(dtype))
+    return np.unique(np.array(declared, dtype=object))
 
 
 def encode(y: np.ndarray, values: np.ndarray | None) -> np.ndarray:

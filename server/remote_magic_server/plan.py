@@ -69,6 +69,7 @@ class JobPlan(BaseModel):
             derive_columns=self.derive_columns,
             derived=derived,
             id_column=id_column,
+            label_dtype=self.label_dtype,
         )
 
     def stored(self) -> str:

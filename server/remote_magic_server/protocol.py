@@ -63,6 +63,10 @@ class Staging(_Strict):
     partition_missing_label_query: str = Field(
         default="", description="The same count over one partition, registered as PARTITION_TABLE."
     )
+    label_levels: list[str] | None = Field(
+        default=None,
+        description="The owner's declared classes of the label: a classifier's classes, whatever rows come.",
+    )
 
 
 class Limits(_Strict):

@@ -123,7 +123,14 @@ def build_task(
     return Task(
         kind=kind,
         spec=checked,
-        staging=staging_plan(checked, "train" if kind == "sums" else kind, snapshot, config.id_column, plan),
+        staging=staging_plan(
+            checked,
+            "train" if kind == "sums" else kind,
+            snapshot,
+            config.id_column,
+            plan,
+            config.column_levels.get(checked.label),
+        ),
         bounds=settings.bounds_for(dataset).for_kind(kind),
         limits=limits,
         model_facts=kind == "train" and config.allow_model_release and not dp_trained,
@@ -164,17 +171,25 @@ def _describe_options(
     )
 
 
-def staging_plan(spec: DatasetSpec, kind: str, path: str, id_column: str, plan: JobPlan) -> Staging:
+def staging_plan(
+    spec: DatasetSpec,
+    kind: str,
+    path: str,
+    id_column: str,
+    plan: JobPlan,
+    label_levels: list[str] | None = None,
+) -> Staging:
     """The query that admits a spec's rows from a Parquet file, with its file row numbers, built here by
-    trusted code from the spec the API checked (the worker and a cluster only run it)."""
+    trusted code from the spec the API checked (the worker and a cluster only run it); with the owner's
+    declared classes of the label, only rows of those classes."""
     resolved = plan.resolved(list(spec.derive or {}), id_column)
     source = exp.func(
         "read_parquet", exp.Placeholder(), exp.EQ(this=exp.var("file_row_number"), expression=exp.true())
     )
     row_number = exp.column("file_row_number", quoted=True)
-    query, params = staging_query(spec, resolved, source, row_number, kind)
+    query, params = staging_query(spec, resolved, source, row_number, kind, label_levels)
     partition = exp.table_(PARTITION_TABLE, quoted=True)
-    partition_query, _ = staging_query(spec, resolved, partition, row_number, kind)
+    partition_query, _ = staging_query(spec, resolved, partition, row_number, kind, label_levels)
     return Staging(
         dataset_path=path,
         query=query,
@@ -184,4 +199,5 @@ def staging_plan(spec: DatasetSpec, kind: str, path: str, id_column: str, plan: 
         partition_query=partition_query,
         missing_label_query=missing_label_query(spec, resolved, source),
         partition_missing_label_query=missing_label_query(spec, resolved, partition),
+        label_levels=label_levels,
     )

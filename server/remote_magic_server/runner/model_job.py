@@ -29,6 +29,7 @@ from remote_magic.families.base import (
     PrivateOrder,
     Run,
     class_names,
+    declared_values,
     is_classifier_task,
     label_facts,
     label_values,
@@ -107,7 +108,7 @@ def admit(
     if not channel.admit(_admission(shares, task, folder)):
         return None
     facts = [share["splits"][split]["labels"] for share in shares for split in SPLITS]
-    values = label_values(facts, task.spec.label, classifier)
+    values = label_values(facts, task.spec.label, classifier, task.staging.label_levels)
     levels = _merged_levels(shares)
     rare = rows.rare_levels(levels, task.rare_level_rows)
     parts.map(prepare, values, rare, rows.levels(levels, rare))
@@ -146,6 +147,10 @@ def _admission(shares: list[dict], task: Task, folder: Path) -> Admission:
             classes = Counter()
             for share in shares:
                 classes.update(share["splits"][split]["classes"])
+            if task.staging.label_levels is not None:  # every declared class is counted, with or without rows
+                dtype = np.dtype(shares[0]["splits"][split]["labels"]["dtype"])
+                names = class_names(declared_values(task.staging.label_levels, dtype))
+                classes = Counter({name: classes[name] for name in names})
         rows_ = sum(share["splits"][split]["rows"] for share in shares)
         counts[split] = SplitCounts(rows=rows_, classes=dict(classes) if classes is not None else None)
         sets[split] = BitMap.union(*[BitMap.deserialize(s["splits"][split]["row_ids"]) for s in shares])
