@@ -22,6 +22,7 @@ SPLIT_BUCKETS = 1_000_000
 EVAL_FLAG = "__remote_magic_is_eval"
 ROW_ID = "__remote_magic_row_id"
 DEFAULT_TRAIN_EVAL = {"fraction": 0.2, "seed": 0}
+DECIMAL = re.compile(r"(half)?float\d*|double")
 NUMERIC = re.compile(r"u?int\d*|(half)?float\d*|double|decimal.*")
 
 
@@ -74,11 +75,9 @@ def staging_query(
     select = exp.select(
         *cols, exp.alias_(flag, EVAL_FLAG, quoted=True), exp.alias_(row_number, ROW_ID, quoted=True)
     ).from_(source)
-    # Rows without a label are not admitted: they could neither train nor be scored, and a failure
-    # that depended on them would tell where missing labels are.
-    select = select.where(
-        exp.Not(this=exp.Is(this=exp.column(spec.label, quoted=True), expression=exp.Null()))
-    )
+    # Rows without a label (NULL, or NaN in a decimal column) are not admitted: they could neither train
+    # nor be scored, and a failure that depended on them would tell where missing labels are.
+    select = select.where(exp.Not(this=exp.paren(missing_label(spec.label, resolved.label_dtype))))
     if label_levels is not None:
         select = select.where(declared_label(spec.label, resolved.label_dtype, label_levels))
     if spec.where:
@@ -109,11 +108,22 @@ def is_number(text: str) -> bool:
         return False
 
 
+def missing_label(label: str, dtype: str) -> exp.Expression:
+    """Whether a row's label is missing: NULL, or NaN in a column of decimal numbers. NaN is found by its
+    text: DuckDB 2.0 folds `isnan(label)` to false from a Parquet file's statistics, which leave NaN out."""
+    null = exp.Is(this=exp.column(label, quoted=True), expression=exp.Null())
+    if not DECIMAL.fullmatch(dtype):
+        return null
+    text = exp.Cast(this=exp.column(label, quoted=True), to=exp.DataType.build("varchar"))
+    nan = [exp.Literal.string("nan"), exp.Literal.string("-nan")]
+    return exp.or_(null, exp.In(this=text, expressions=nan))
+
+
 def missing_label_query(spec: DatasetSpec, resolved: Resolved, source: exp.Expression) -> str:
     """The count of rows the spec's filter admits but whose label is missing (left out of every split),
     so a result can say how many rows it lost and why."""
     select = exp.select(exp.func("count", exp.Star())).from_(source)
-    select = select.where(exp.Is(this=exp.column(spec.label, quoted=True), expression=exp.Null()))
+    select = select.where(missing_label(spec.label, resolved.label_dtype))
     if spec.where:
         select = select.where(parse_filter(spec.where, resolved.filter_columns))
     return select.sql(dialect="duckdb", identify=True)
