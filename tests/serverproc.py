@@ -20,6 +20,7 @@ from remote_magic_server.config.settings import load_settings
 from remote_magic_server.demo import (
     DEMO_DATASETS,
     DEMO_PRIVACY,
+    LABEL_CLASSES,
     LABEL_RANGES,
     demo_mock_path,
     ensure_demo_data,
@@ -54,6 +55,7 @@ def write_config(data_dir: Path, extra_datasets: str = "", extra: str = "", poli
                 f'label_columns = ["{label}"]',
                 f'privacy = "{mode}"',
                 *(f"label_ranges.{k} = [{lo}, {hi}]" for k, (lo, hi) in LABEL_RANGES.get(name, {}).items()),
+                *(f"column_levels.{k} = {json.dumps(v)}" for k, v in LABEL_CLASSES.get(name, {}).items()),
                 *([f'mock_path = "{mock}"'] if mock else []),
                 "",
             ]
