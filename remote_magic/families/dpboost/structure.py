@@ -6,8 +6,9 @@ split on the same column (drawn at random per tree and level); each node draws i
 candidate, or a random subset of a text column's levels that goes right, and where a missing value goes.
 The draw uses the coordinator's RNG and the public `Features` only, so the whole structure is public and
 may be sent anywhere. (`selection.py` replaces the drawn splits level by level with DP-selected ones.)
-One column per level, not per node, keeps routing to one read of one column per level (a column per node
-routed 6x slower in NumPy).
+One column per level, not per node, keeps routing to one read of one column per level (a column per node,
+each row's code gathered from the flattened (columns * rows) codes, routed 3.4x slower: 0.14 s against
+0.04 s per tree of depth 6 on 10^6 rows; `selection.py` says why it was not worth it).
 
 Routing is one lookup per level over whole columns: with each node's split written as a table over the
 column's codes (1 = right), a row's node at the next level is `2 * node + table[node, code]`.
