@@ -168,6 +168,8 @@ def test_a_job_past_the_staging_budget_trains_through_external_memory_on_the_ser
     lines = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines() if line.startswith("{")]
     staged = [line["spilled_files"] for line in lines if line.get("event") == "staged"]
     assert staged[0] > 0 and staged[1] == 0
+    done = [line for line in lines if line.get("event") == "task_done" and line.get("kind") == "train"]
+    assert len(done) == 2 and all(line["cpu_s"] > 0 for line in done)  # benchmarks/large_job.py reads it
     assert external.metrics == in_memory.metrics and external.summary == in_memory.summary
     assert len(folders) == 2 and not any((folder / SCRATCH_DIR).exists() for folder in folders)
 

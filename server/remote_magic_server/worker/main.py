@@ -39,8 +39,16 @@ def _resident_mb() -> float:
     return 0.0
 
 
+def _cpu_s() -> float:
+    """CPU seconds this process has used so far, every thread's (a benchmark compares a job's CPU with
+    the same work in one process: unlike wall time, it holds on a busy machine)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _run(task: Task, folder: Path, channel: Channel, ahead: duckdb.DuckDBPyConnection | None = None) -> None:
     start_rss_mb = _resident_mb()  # what the fork inherited: the preloaded libraries
+    start_cpu = _cpu_s()
     dataset = task.staging.dataset_path if task.staging is not None else None
     if task.staging is not None:
         # Opened now, read only after confinement: from here on the dataset is `/proc/self/fd/N` and
@@ -93,6 +101,7 @@ def _run(task: Task, folder: Path, channel: Channel, ahead: duckdb.DuckDBPyConne
             "task": folder.name,
             "kind": task.kind,
             "seconds": round(time.monotonic() - started, 3),
+            "cpu_s": round(_cpu_s() - start_cpu, 3),
             "start_rss_mb": start_rss_mb,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         },
