@@ -10,7 +10,7 @@ Through the server: the same job from a client, submit to result. Interleaved, i
 Wall time is what the targets are about; on a busy machine it mostly measures who got the cores, so
 each run's CPU seconds are printed beside it (in-process: the process's, every thread's; through the
 server: the worker's own, from the `task_done` line's `cpu_s`, plus the server process's during the
-job), and their ratio, which holds under load. It also prints the worker's peak resident memory (from
+job), and their ratio, which moves far less under load. It also prints the worker's peak resident memory (from
 the server log's `task_done` line: the worker's own `ru_maxrss`, and what it had on starting, inherited
 from the forkserver) against the size of the admitted feature data.
 Figures, and where a job's time goes: docs/deployment.md, "Large jobs".
