@@ -98,10 +98,10 @@ def local_once(path: Path, mode: str = "rules", opendp: bool = False) -> float:
 class Floor:
     """`local_once` where a job's worker runs it: in a process of its own that steps back in CPU priority
     by the server's `WORKER_NICE`, as every worker does (runner/launch.py). On a quiet machine priority
-    changes nothing; on a busy one a worker gets a third of the CPU share of a process at the benchmark's
-    own priority (CFS weights), and a floor measured at that priority made the server look twice as slow
-    as it was (issue 22: at load 10, `Client.train` 1.83x the floor at the benchmark's priority, 0.88x
-    the floor at the worker's)."""
+    changes nothing; on a busy one a worker may get as little as a third of the CPU share of a process at
+    the benchmark's own priority (CFS weights), and a floor measured at that priority can make the server
+    look twice as slow as it is (issue 22, one run at load 10: `Client.train` 1.83x the floor at the
+    benchmark's priority, 0.88x the floor at the worker's)."""
 
     def __init__(self) -> None:
         context = multiprocessing.get_context("spawn")
