@@ -19,7 +19,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from remote_magic_server.jobs.executor import WorkerGone
-from remote_magic_server.jobs.local_executor import LocalExecution
+from remote_magic_server.jobs.local_executor import LocalExecution, LocalExecutor
 from remote_magic_server.protocol import ProgressNote
 from remote_magic_server.worker.sandbox import DATA_BACKSTOP, unreadable_code_path
 
@@ -136,6 +136,17 @@ def test_the_hard_data_limit_is_a_multiple_of_the_workers_memory(sandboxed):
     report, _, _ = sandboxed
     assert report["data_limit_mb"] == 4096 * DATA_BACKSTOP
     assert report["past_data_limit"] == "MemoryError"
+
+
+def test_workers_openmp_threads_sleep_while_they_wait_unless_the_server_was_told_otherwise(monkeypatch):
+    """The executor sets OMP_WAIT_POLICY for the forkserver its workers come from (spinning OpenMP threads
+    made a small job 5-10x slower beside other load); a value the server was started with is kept."""
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    LocalExecutor()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    LocalExecutor()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 def _hog(megabytes: int, conn, chatty: bool = False) -> None:
