@@ -6,6 +6,7 @@ and the metrics the server reports."""
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -15,6 +16,7 @@ from sklearn import metrics as skm
 from remote_magic.families.base import Labels, PrivateOrder, Run, Split
 from remote_magic.families.dpboost.family import FAMILY as DP_FAMILY
 from remote_magic.families.partitions import one_machine
+from remote_magic_server.privacy import dp
 from remote_magic_server.protocol import NoiseAnswer, NoiseRequest
 
 
@@ -62,6 +64,31 @@ class SeededNoise:
         return answer.index
 
 
+class OpenDPNoise:
+    """The parent's noise as the release desk draws it (OpenDP's Gaussian and noisy top-1, privacy/dp.py):
+    the part of a mode-dp job's time that is the price of real noise, not of the server. One per training;
+    as the desk does, a training's first release (its sketch, a public question) is drawn once and kept
+    for the next training that asks it on the same counts."""
+
+    _kept: ClassVar[dict[tuple, list[float]]] = {}
+
+    def __init__(self) -> None:
+        self.first = True
+
+    def noise(self, values: list[float], bound: float, rho: float) -> list[float]:
+        first, self.first = self.first, False
+        if not first:
+            return dp.gaussian(values, bound, rho)[0]
+        key = (tuple(values), bound, rho)
+        if key not in self._kept:
+            self._kept[key] = dp.gaussian(values, bound, rho)[0]
+        return self._kept[key]
+
+    @staticmethod
+    def select(scores: list[float], bound: float, rho: float) -> int:
+        return dp.top_k(scores, 1, bound, rho)[0]
+
+
 def dp_train_and_score(
     x_train: pa.Table,
     y_train: np.ndarray,
@@ -71,13 +98,14 @@ def dp_train_and_score(
     rounds: int,
     threads: int,
     rho: float,
+    noise: SeededNoise | OpenDPNoise | None = None,
 ) -> float:
     """Train with the DP trainer (the DP family's own code, as mode dp's job runs it, on one partition,
     candidates from its DP sketch as for a table with no declared ranges) and score it; return its AUC."""
     plan = DP_FAMILY.canonical(xgb.XGBClassifier(n_estimators=rounds, max_depth=depth))
     labels = Labels(y_train.astype(int), y_eval.astype(int), ["0", "1"])
     parts = one_machine(Split(x_train, y_train), Split(x_eval, y_eval), labels)
-    noise = SeededNoise()
+    noise = noise or SeededNoise()
     order = PrivateOrder(rho=rho)
     run = Run(threads, lambda done, latest: None, private=order, noise=noise.noise, select=noise.select)
     trained = DP_FAMILY.train(plan, parts, ["0", "1"], run)

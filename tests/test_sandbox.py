@@ -19,7 +19,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from remote_magic_server.jobs.executor import WorkerGone
-from remote_magic_server.jobs.local_executor import LocalExecution
+from remote_magic_server.jobs.local_executor import LocalExecution, LocalExecutor
+from remote_magic_server.protocol import ProgressNote
 from remote_magic_server.worker.sandbox import DATA_BACKSTOP, unreadable_code_path
 
 PRELOAD = "remote_magic_server.worker.preload"
@@ -137,29 +138,47 @@ def test_the_hard_data_limit_is_a_multiple_of_the_workers_memory(sandboxed):
     assert report["past_data_limit"] == "MemoryError"
 
 
-def _hog(megabytes: int, conn) -> None:
-    """Touch `megabytes` of memory, say so, and wait to be stopped."""
+def test_workers_openmp_threads_sleep_while_they_wait_unless_the_server_was_told_otherwise(monkeypatch):
+    """The executor sets OMP_WAIT_POLICY for the forkserver its workers come from (spinning OpenMP threads
+    made a small job 5-10x slower beside other load); a value the server was started with is kept."""
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    LocalExecutor()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    LocalExecutor()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def _hog(megabytes: int, conn, chatty: bool = False) -> None:
+    """Touch `megabytes` of memory, say so, and wait to be stopped (`chatty`: sending progress notes
+    without a pause, as a DP training's noise requests come)."""
     block = bytearray(megabytes * 2**20)
     block[::4096] = b"x" * len(block[::4096])
     conn.send_bytes(b"touched")
+    note = ProgressNote(stage="training").model_dump_json().encode()
+    deadline = time.monotonic() + 120
+    while chatty and time.monotonic() < deadline:
+        conn.send_bytes(note)
     time.sleep(120)
 
 
-def _hogging(megabytes: int, memory_mb: int) -> LocalExecution:
+def _hogging(megabytes: int, memory_mb: int, chatty: bool = False) -> LocalExecution:
     """A forked process holding `megabytes`, followed as a worker whose task allows `memory_mb`."""
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe(duplex=True)
-    process = ctx.Process(target=_hog, args=(megabytes, child))
+    process = ctx.Process(target=_hog, args=(megabytes, child, chatty))
     process.start()
     child.close()
     assert parent.poll(60) and parent.recv_bytes() == b"touched"
     return LocalExecution(process, parent, memory_mb=memory_mb)
 
 
-def test_a_worker_past_its_resident_memory_is_stopped_as_out_of_memory():
+@pytest.mark.parametrize("chatty", [False, True])
+def test_a_worker_past_its_resident_memory_is_stopped_as_out_of_memory(chatty: bool):
     """The parent's watch (jobs/local_executor.py): a worker that holds more resident memory than its task's
-    memory_mb is killed and its task ends out_of_memory, even though no allocation failed."""
-    execution = _hogging(400, memory_mb=200)
+    memory_mb is killed and its task ends out_of_memory, even though no allocation failed; also one whose
+    messages never stop coming (its memory is read at most every MEMORY_CHECK_S then, not never)."""
+    execution = _hogging(400, memory_mb=200, chatty=chatty)
     started = time.monotonic()
     with pytest.raises(WorkerGone) as gone:
         while time.monotonic() - started < 30:

@@ -6,7 +6,8 @@ Once warmed, a task goes to a warm worker of the pool (worker_pool.py: forked an
 before the task existed, still one process per task) when one is waiting, else to a fresh one.
 Messages travel as JSON over a duplex pipe (never pickle) and are validated here. A worker that dies
 without a word (a segfault in XGBoost's parser, the OOM killer, the CPU limit) becomes a fixed code.
-A worker's resident memory is watched here, as Dask's nanny watches its workers: past the task's
+A worker's resident memory is watched here (whenever a wait for its next message times out, and at most every
+`MEMORY_CHECK_S` while messages stream), as Dask's nanny watches its workers: past the task's
 `memory_mb` it is stopped and the task ends `out_of_memory` (its hard data limit is a multiple of that,
 sandbox.DATA_BACKSTOP, because libraries reserve much more than they touch).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import multiprocessing
 import os
 import signal
@@ -47,6 +49,17 @@ _DEATH_BY_STAGE = {
 }
 _DEFAULT_DEATH = Failure(code="worker_crashed", message="the job's worker process stopped unexpectedly")
 _OUT_OF_MEMORY = Failure(code="out_of_memory", message="the job ran out of memory")
+# While messages stream in (a DP training's ~100 noise round trips a small job), the worker's memory is
+# read at most this often, not after every message: each read of /proc costs the parent 40-80 us.
+MEMORY_CHECK_S = 0.05
+# OpenMP threads that wait (XGBoost's, between its many small parallel steps) sleep at once rather than
+# spin, libgomp's default: a spinning thread holds a core its sibling may need, and beside any other
+# load (other workers, the API, whatever else runs on the host) a small job's training took 5-10x its
+# CPU and wall time (issue 22: 20 rounds on 8k rows at load 9, 1078 ms of worker CPU and 1792 ms a
+# `Client.train` spinning; 153 ms and 277 ms sleeping). Set before the forkserver starts (libgomp reads
+# it when XGBoost loads there); a value the server was started with is kept (ACTIVE for a host whose
+# cores are the worker's alone).
+WORKER_ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE"}
 _DEATH_BY_SIGNAL = {
     -signal.SIGXCPU: Failure(
         code="cpu_limit", message="the job used more CPU time than this server allows and was stopped"
@@ -96,6 +109,7 @@ class LocalExecution:
         self.conn = conn
         self.stage = "starting"
         self.memory_bytes = memory_mb * 2**20 if memory_mb else None
+        self._memory_read_at = -math.inf
         self.warm = warm  # a warm worker of the pool, not one forked for this task
 
     @property
@@ -105,9 +119,12 @@ class LocalExecution:
 
     def receive(self, timeout: float) -> WorkerMessage | None:
         waiting = self.conn.poll(timeout)
-        if self.memory_bytes is not None and resident_bytes(self.process.pid or 0) > self.memory_bytes:
-            self.kill()
-            raise WorkerGone(_OUT_OF_MEMORY)
+        now = time.monotonic()
+        if self.memory_bytes is not None and (not waiting or now - self._memory_read_at >= MEMORY_CHECK_S):
+            self._memory_read_at = now
+            if resident_bytes(self.process.pid or 0) > self.memory_bytes:
+                self.kill()
+                raise WorkerGone(_OUT_OF_MEMORY)
         if not waiting:
             return None
         try:
@@ -149,6 +166,8 @@ class LocalExecution:
 
 class LocalExecutor:
     def __init__(self, preload: list[str] = PRELOAD, warm_workers: int = 0) -> None:
+        for name, value in WORKER_ENVIRONMENT.items():
+            os.environ.setdefault(name, value)
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload(preload)
         self.pool = WorkerPool(self._start_warm, warm_workers) if warm_workers else None
