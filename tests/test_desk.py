@@ -266,6 +266,10 @@ def test_a_federated_step_asks_its_batchs_noise_and_a_session_step_is_charged_as
     assert again.gradients == first.gradients and again.hessians == first.hessians
     assert again.privacy.repeated and again.privacy.rho == 0
     assert desk.ledger.spent("alice", "noisy") == pytest.approx(0.004)  # s1 and s2, each once
+    desk.check_budget(step("s1"))  # the budget left (0.001) cannot pay for a step, but s1 is paid for
+    with pytest.raises(Refusal, match="cannot pay") as short:
+        desk.check_budget(step("s3"))
+    assert short.value.code == "privacy_budget_exhausted"
     with pytest.raises(Refusal) as rules:
         desk.readmit(step("s3", "plain"), rows)
     assert rules.value.code == "federated_needs_dp"

@@ -160,7 +160,7 @@ class FederatedSteps(Describer):
             request = _request(
                 user, dataset, "sums", spec, plan, key, step_rho=order.step_rho, releases=_releases(order)
             )
-            self.desk.check_budget(request)  # before a worker starts; charged again only if it is new
+            self.desk.check_budget(request)  # before a worker starts; a step charged before passes, free
             resumed = taken if taken is not None and model is None else None
             given = resumed.folder if resumed is not None else None
             update = {"session": given is not None, "keep": training is not None, "again": again}

@@ -224,10 +224,11 @@ class ReleaseDesk:
         return self.policy(dataset).dp_rho_cap if raised is None else raised
 
     def check_budget(self, request: Request) -> None:
-        """Refuse, at no cost, a request the user's (or the dataset's) budget cannot pay for."""
+        """Refuse, at no cost, a request the user's (or the dataset's) budget cannot pay for; one charged
+        already (a federated step asked again) costs nothing more, so it is never refused here."""
         policy = self.policy(request.dataset)
         cost = self.cost(request)
-        if not cost:
+        if not cost or (request.charge_key and self.ledger.charged(request.charge) is not None):
             return
         spent = self.ledger.spent(request.user, request.dataset)
         cap = self.cap(request.user, request.dataset)
