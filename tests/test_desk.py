@@ -13,7 +13,16 @@ from pyroaring import BitMap
 from remote_magic.contract.codes import Refusal
 from remote_magic_server.audit import AuditLog, verify
 from remote_magic_server.config.settings import DatasetConfig, Settings
-from remote_magic_server.protocol import Admission, DescribeReport, ModelFacts, SplitCounts, TrainReport
+from remote_magic_server.protocol import (
+    Admission,
+    DescribeReport,
+    ModelFacts,
+    NoiseBatch,
+    NoiseRequest,
+    SplitCounts,
+    SumsReport,
+    TrainReport,
+)
 from remote_magic_server.release.desk import ReleaseDesk, Request
 from remote_magic_server.release.ledger import Ledger
 
@@ -222,3 +231,45 @@ def test_in_mode_dp_the_catalog_count_is_drawn_once_per_count_and_charged_to_no_
     assert max(abs(d - n) for d, n in zip(drawn, range(6000, 6020))) < 10 / math.sqrt(2 * rho)
     assert desk.ledger.spent(CATALOG, "noisy") == pytest.approx(20 * rho)
     assert desk.table_size("plain", 6003) == 6000  # mode rules: rounded, as before
+
+
+def test_a_federated_step_asks_its_batchs_noise_and_a_session_step_is_charged_as_an_admission(desk, tmp_path):
+    """A sums step's worker cannot ask for less noise than its batch's releases (the parent holds each
+    request to them); a session's later step (`readmit`) is charged as an admission is, once per key, and
+    the same key again is answered with its draws at no cost."""
+    from remote_magic.families.dpboost.schedule import Release
+
+    releases = (Release("gaussian", 1.0, 0.001), Release("gaussian", 0.5, 0.001))
+
+    def step(key: str, dataset: str = "noisy") -> Request:
+        spec = {"dataset": dataset, "label": "y"}
+        return Request(
+            "alice", dataset, "sums", spec, features=("a",), charge_key=key, step_rho=0.002, releases=releases
+        )
+
+    def report(hessian_bound: float = 0.5) -> SumsReport:
+        asks = [
+            NoiseRequest(kind="gaussian", values=[1.0, 2.0], bound=1.0, rho=0.001),
+            NoiseRequest(kind="gaussian", values=[3.0, 4.0], bound=hessian_bound, rho=0.001),
+        ]
+        return SumsReport(trees=1, leaves=2, noise=NoiseBatch(requests=asks))
+
+    rows = admission(tmp_path, range(0, 800), range(800, 1000))
+    first = desk.release_sums(step("s1"), desk.admit(step("s1"), rows, tmp_path), report())
+    assert (
+        len(first.gradients) == 2 and first.privacy.rho == pytest.approx(0.002) and not first.privacy.repeated
+    )
+    with pytest.raises(Refusal) as less:
+        desk.release_sums(step("s2"), desk.readmit(step("s2"), rows), report(hessian_bound=0.05))
+    assert less.value.code == "invalid_worker_report"
+    again = desk.release_sums(step("s1"), desk.readmit(step("s1"), rows), report())
+    assert again.gradients == first.gradients and again.hessians == first.hessians
+    assert again.privacy.repeated and again.privacy.rho == 0
+    assert desk.ledger.spent("alice", "noisy") == pytest.approx(0.004)  # s1 and s2, each once
+    desk.check_budget(step("s1"))  # the budget left (0.001) cannot pay for a step, but s1 is paid for
+    with pytest.raises(Refusal, match="cannot pay") as short:
+        desk.check_budget(step("s3"))
+    assert short.value.code == "privacy_budget_exhausted"
+    with pytest.raises(Refusal) as rules:
+        desk.readmit(step("s3", "plain"), rows)
+    assert rules.value.code == "federated_needs_dp"

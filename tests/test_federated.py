@@ -3,10 +3,10 @@ table and ledger (tests/federated_servers.py); the client's coordinator talks to
 
 from __future__ import annotations
 
+import itertools
 import math
 import secrets
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +25,7 @@ from remote_magic.client.federated_checks import (
 )
 from remote_magic.contract.wire import DatasetSpec, FederatedStepRequest
 from remote_magic.families.dpboost import Coordinator, Features, Settings
-from remote_magic_server.jobs.sessions import Sessions
+from remote_magic_server.jobs.sessions import Session, Sessions
 from tests.federated_servers import owners, split_table
 
 RHO_TRAIN = 0.5
@@ -162,27 +162,32 @@ def first_step(servers, names, rho: float = RHO_TRAIN, seed: int = 5) -> Federat
     return FederatedStepRequest.model_validate(body)
 
 
-def two_steps(servers, training: str) -> tuple[dict, dict]:
-    """A training's first two steps on server a: the first with the model, the second with the first
-    batch's leaves (any finite values: the server cannot tell)."""
+def two_steps(servers, training: str, seed: int = 9, count: int = 2) -> list[dict]:
+    """A training's first steps on server a: the first with the model, the next ones each with the
+    previous batch's leaves (any finite values: the server cannot tell)."""
     spec = DatasetSpec.model_validate(SPEC)
     found = servers_of(clients(servers, "a", "b"), spec)
     columns = public_features(found, *check_agreement(found, spec))
-    settings = settings_of(model(9), BATCH)
+    settings = settings_of(model(seed), BATCH)
     trainer = Settings(**settings.model_dump(exclude={"base_margin"}), split_share=0.0, intercept_share=0.0)
     features = Features.from_dict({"columns": [c.model_dump() for c in columns]})
     coordinator = Coordinator(features, trainer, RHO_TRAIN, lambda v, l2, r: v)
     requests_ = coordinator.requests()
     batch = next(requests_)
-    common = {"spec": SPEC, "features": [c.model_dump() for c in columns], "settings": settings.model_dump()}
-    first = {**common, "batch": batch.to_dict(), "model": coordinator.model().decode()}
-    update = coordinator.release(batch, np.ones((batch.trees, batch.leaves, 2)))
-    leaves = update.values.ravel().tolist()
-    second = {**common, "batch": next(requests_).to_dict(), "leaves": leaves, "trees": len(coordinator.trees)}
-    return (
-        {**first, "rho": RHO_TRAIN, "training": training},
-        {**second, "rho": RHO_TRAIN, "training": training},
-    )
+    common = {
+        "spec": SPEC,
+        "features": [c.model_dump() for c in columns],
+        "settings": settings.model_dump(),
+        "rho": RHO_TRAIN,
+        "training": training,
+    }
+    steps = [{**common, "batch": batch.to_dict(), "model": coordinator.model().decode()}]
+    while len(steps) < count:
+        update = coordinator.release(batch, np.ones((batch.trees, batch.leaves, 2)))
+        leaves = update.values.ravel().tolist()
+        batch = next(requests_)
+        steps.append({**common, "batch": batch.to_dict(), "leaves": leaves, "trees": len(coordinator.trees)})
+    return steps
 
 
 def test_a_server_in_mode_rules_refuses_a_step_itself(servers):
@@ -255,6 +260,8 @@ def test_a_repeated_step_is_answered_with_the_same_draws_at_no_cost(servers):
     again = servers["a"].post("/federated/sums", json=body).json()
     assert first["gradients"] == again["gradients"] and first["hessians"] == again["hessians"]
     assert charges(servers["a"]) - before == Counter(sums=1)
+    assert first["privacy"]["rho"] > 0 and not first["privacy"]["repeated"]
+    assert again["privacy"]["rho"] == 0 and again["privacy"]["repeated"]  # what the client adds up
 
 
 def test_schemas_that_disagree_are_refused_by_name_before_any_cost(servers):
@@ -349,37 +356,95 @@ def test_a_session_is_the_analysts_own_and_ends_with_the_training(servers):
     assert step({**second, "training": "short"}).status_code == 422 and end(a, "short") == 422
 
 
-def test_sessions_are_bounded_per_analyst_oldest_first_and_never_evict_another_analysts(tmp_path):
-    sessions = Sessions(tmp_path / "sessions", per_analyst=2, idle_s=3600.0)
+def test_a_session_step_sent_again_after_it_succeeded_is_answered_with_its_draws_at_no_cost(servers):
+    """Its answer lost on the way, the analyst sends the step again: her session is one batch on already,
+    and the step is that batch's question again, not a new one (nor a restage with the whole model)."""
+    training = secrets.token_urlsafe(24)
+    first, second, third = two_steps(servers, training, seed=11, count=3)
+    a = servers["a"]
+    before = charges(a)
+    assert a.post("/federated/sums", json=first).status_code == 200
+    answer = a.post("/federated/sums", json=second).json()
+    again = a.post("/federated/sums", json=second).json()
+    assert not again["staged"] and again["privacy"]["repeated"] and again["privacy"]["rho"] == 0
+    assert again["gradients"] == answer["gradients"] and again["hessians"] == answer["hessians"]
+    assert charges(a) - before == Counter(sums=2)
+    after = a.post("/federated/sums", json=third)  # and the training goes on from it
+    assert after.status_code == 200 and not after.json()["staged"] and not after.json()["privacy"]["repeated"]
+    assert charges(a) - before == Counter(sums=3)
+    assert end(a, training) == 204
 
-    def left(user: str, training: str) -> Path:
+
+def test_a_session_that_cannot_be_kept_loses_nothing_of_its_step(servers):
+    """The sessions' folder cannot take the session (a full disk alike): the step, charged, is answered
+    all the same, and the next one finds no session (at no cost), so the client sends the model."""
+    training = secrets.token_urlsafe(24)
+    first, second = two_steps(servers, training, seed=12)
+    a = servers["a"]
+    root = a.data_dir / "federated"
+    aside = root.with_name("federated-aside")
+    before = charges(a)
+    root.rename(aside)
+    root.write_bytes(b"")  # a file where the folder was: moving a session into it fails
+    try:
+        answer = a.post("/federated/sums", json=first)
+    finally:
+        root.unlink()
+        aside.rename(root)
+    assert answer.status_code == 200 and answer.json()["staged"] and answer.json()["gradients"]
+    assert charges(a) - before == Counter(sums=1)
+    gone = a.post("/federated/sums", json=second)
+    assert gone.status_code == 409 and gone.json()["error"]["code"] == "federated_session_gone"
+    assert charges(a) - before == Counter(sums=1)
+    assert "federated_session_not_kept" in a.log_path.read_text()
+
+
+def test_sessions_are_bounded_per_analyst_oldest_first_and_never_evict_another_analysts(tmp_path):
+    ticks, later = itertools.count(), [0.0]
+    sessions = Sessions(
+        tmp_path / "sessions", per_analyst=2, idle_s=3600.0, clock=lambda: next(ticks) + later[0]
+    )
+
+    def left(user: str, training: str) -> Session:
         folder = tmp_path / f"{user}-{training}"
         folder.mkdir()
         (folder / "margins.npy").write_bytes(b"x")
-        return sessions.adopt(folder)
+        kept = sessions.adopt(folder)
+        assert kept is not None
+        return Session(kept, "f")
 
     for training in ("t1", "t2", "t3"):
-        sessions.put("alice", training, "f", left("alice", training), None)
+        sessions.put("alice", training, left("alice", training), None)
     assert len(sessions) == 2 and sessions.take("alice", "t1", "f") is None  # her oldest went
-    sessions.put("bob", "t1", "f", left("bob", "t1"), None)
-    sessions.put("carol", "t1", "f", left("carol", "t1"), None)
-    sessions.put("carol", "t2", "f", left("carol", "t2"), None)
-    sessions.put("carol", "t3", "f", left("carol", "t3"), None)
+    sessions.put("bob", "t1", left("bob", "t1"), None)
+    sessions.put("carol", "t1", left("carol", "t1"), None)
+    sessions.put("carol", "t2", left("carol", "t2"), None)
+    sessions.put("carol", "t3", left("carol", "t3"), None)
     assert len(sessions) == 5  # carol's work evicted only her own oldest, nobody else's
     again = sessions.take("alice", "t2", "f")
     assert again is not None
-    sessions.put("alice", "t2", "f", None, again)
+    sessions.put("alice", "t2", None, again)
     taken = sessions.take("alice", "t3", "f")
     assert taken is not None and taken.folder.is_dir()
     assert sessions.take("alice", "t3", "f") is None  # out while its step runs
-    sessions.put("alice", "t3", "f", None, taken)  # the step failed: the session it took is back
+    sessions.put("alice", "t3", None, taken)  # the step failed: the session it took is back
     assert sessions.take("alice", "t3", "other") is None and not taken.folder.exists()  # staged for another
     assert sessions.drop("bob", "t1") and not sessions.drop("bob", "t1")
     running = sessions.take("carol", "t3", "f")
     assert running is not None and not sessions.drop("carol", "t3")  # ended while its step runs
-    sessions.put("carol", "t3", "f", left("carol", "t3-next"), running)
+    sessions.put("carol", "t3", left("carol", "t3-next"), running)
     assert sessions.take("carol", "t3", "f") is None and not running.folder.exists()  # not put back
-    sessions.put("carol", "t3", "f", None, None)
-    assert len(list((tmp_path / "sessions").iterdir())) == len(sessions) == 2
+    sessions.put("carol", "t3", None, None)
+    behind = sessions.take("alice", "t2", "f")
+    assert behind is not None
+    sessions.put("alice", "t2", None, behind, moved_on=True)  # its step succeeded but left no session
+    assert sessions.take("alice", "t2", "f") is None and not behind.folder.exists()
+    sessions.put("alice", "t2", None, None)
+    assert len(list((tmp_path / "sessions").iterdir())) == len(sessions) == 1
+    assert sessions.expire() == 0
+    later[0] = 3600.0 + 100  # an hour on, with no step and no end: the server's sweep drops it
+    assert sessions.expire() == 1 and len(sessions) == 0
+    assert not list((tmp_path / "sessions").iterdir())
+    sessions.put("alice", "t9", left("alice", "t9"), None)
     Sessions(tmp_path / "sessions")  # a restart
     assert not list((tmp_path / "sessions").iterdir())

@@ -87,7 +87,7 @@ def federated_train(
     with a `FederatedError` naming it; each server has then been charged only for the batches it
     answered. `on_batch(done, rounds)` is called after each batch (a progress line)."""
     from ..families.dpboost import Coordinator, Features
-    from ..families.dpboost import Settings as TrainerSettings
+    from ..families.dpboost.settings import federated_settings
 
     spec = as_spec(spec)
     started = time.monotonic()
@@ -102,25 +102,22 @@ def federated_train(
     settings = settings_of(model, batch_size)
     check_budgets(servers)
     features = Features.from_dict({"columns": [c.model_dump() for c in columns]})
-    trainer = TrainerSettings(
-        **{k: v for k, v in settings.model_dump().items() if k != "base_margin"},
-        split_share=0.0,
-        intercept_share=0.0,
-        base_margin=tuple(settings.base_margin) if settings.base_margin else None,
-    )
+    trainer = federated_settings(settings.model_dump())
     coordinator = Coordinator(features, trainer, min(s.rho for s in servers), lambda values, l2, rho: values)
     training = secrets.token_urlsafe(24)
-    with ThreadPoolExecutor(max_workers=len(servers)) as pool:
+    with ThreadPoolExecutor(max_workers=2 * len(servers)) as pool:
         try:
             round_trips = _train(servers, columns, settings, coordinator, training, pool, on_batch)
         except FederatedError as stopped:  # the server that stopped it keeps its session until it expires
             list(pool.map(lambda s: _end(s, training), [s for s in servers if s.name != stopped.connection]))
             raise
-        list(pool.map(lambda s: _end(s, training), servers))
+        ended = [pool.submit(_end, s, training) for s in servers]  # beside the evaluations
         trained = coordinator.model()
         task = "multiclass" if settings.objective == "multi:softprob" else "binary"
         estimator = estimator_for(trained, task)
         evaluations = list(pool.map(lambda s: _evaluate(s, estimator), servers))
+        for end in ended:
+            end.result()
     owners_out = [
         OwnerResult(
             s.name, s.spec.dataset, result, s.spent, s.steps, s.info.policy.rho_cap if s.info.policy else None

@@ -2,12 +2,15 @@
 catalogs: the same feature columns and label of the same kinds, mode dp everywhere, a declared range or
 levels for every feature on every server (the split candidates are their intersection), settings the DP
 trainer honours, and a budget left on each server for its training and its evaluation. Each failure
-names the connection at fault."""
+names the connection at fault. The servers' catalogs, then their budgets, are asked at once (threads);
+of several failures, the first in the owners' order is reported."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ..contract.codes import Refusal
 from ..contract.federated import trainer_kind
@@ -16,6 +19,7 @@ from .api import Client
 from .errors import FederatedError, RemoteError
 
 Owner = Client | tuple[Client, str]
+T = TypeVar("T")
 
 
 @dataclass
@@ -35,16 +39,27 @@ class Server:
 def servers_of(owners: Mapping[str, Owner], spec: DatasetSpec) -> list[Server]:
     if len(owners) < 2:
         raise FederatedError(None, "a federated training needs at least two servers")
+    found = [(name, *(o if isinstance(o, tuple) else (o, spec.dataset))) for name, o in owners.items()]
+    infos = _each([lambda c=client, d=dataset: c.dataset(d) for _, client, dataset in found])
     servers = []
-    for name, owner in owners.items():
-        client, dataset = owner if isinstance(owner, tuple) else (owner, spec.dataset)
-        own = spec.model_copy(update={"dataset": dataset})
-        try:
-            info = client.dataset(dataset)
-        except RemoteError as error:
-            raise FederatedError(name, str(error)) from None
-        servers.append(Server(name, client, own, info))
+    for (name, client, dataset), info in zip(found, infos):
+        if isinstance(info, RemoteError):
+            raise FederatedError(name, str(info))
+        servers.append(Server(name, client, spec.model_copy(update={"dataset": dataset}), info))
     return servers
+
+
+def _each(calls: list[Callable[[], T]]) -> list[T | RemoteError]:
+    """Every call's result (or its RemoteError), all at once, in order."""
+
+    def attempt(call: Callable[[], T]) -> T | RemoteError:
+        try:
+            return call()
+        except RemoteError as error:
+            return error
+
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return list(pool.map(attempt, calls))
 
 
 def _features(spec: DatasetSpec, info: DatasetInfo) -> list[str]:
@@ -168,10 +183,13 @@ def check_budgets(servers: list[Server]) -> None:
         server.rho = float(policy.rho_train or 0.0)
         if server.rho <= 0:
             raise FederatedError(server.name, "its owner set no training budget (rho_train)")
-        try:
-            server.left = server.client.rho_left(server.spec.dataset)
-        except RemoteError as error:
-            raise FederatedError(server.name, str(error)) from None
+    lefts = _each([lambda s=server: s.client.rho_left(s.spec.dataset) for server in servers])
+    for server, left in zip(servers, lefts):
+        if isinstance(left, RemoteError):
+            raise FederatedError(server.name, str(left))
+        server.left = left
+        policy = server.info.policy
+        assert policy is not None
         need = server.rho + float(policy.rho_per_job or 0.0)
         if server.left is not None and server.left + 1e-12 < need:
             raise FederatedError(

@@ -129,6 +129,7 @@ def create_app(settings: Settings) -> FastAPI:
         notifier.bind(asyncio.get_running_loop())
         scheduler.start()
         automation.start()
+        sweeping = asyncio.create_task(federated_steps.sessions.sweep())
         log.info(
             "server_started",
             extra={
@@ -142,6 +143,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            sweeping.cancel()
             begin_shutdown()
             await asyncio.to_thread(scheduler.stop, grace)
             await asyncio.to_thread(automation.stop)

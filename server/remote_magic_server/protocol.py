@@ -12,6 +12,9 @@ travel as JSON over a pipe, never as pickle. The conversation of a train, evalua
     (worker -> noise, parent -> noise_answer)*   a DP training's noise, drawn and counted by the parent
     worker -> report | failure   raw aggregates, or a fixed code
 
+A federated step (a `sums` task) speaks the same way up to admission, with one `sums` report carrying its
+exact sums as noise requests that the parent draws itself; a later step of a training, on its session's
+rows, sends a one-way `resumed` instead of an admission (charged as the session's first step was).
 A review task (the data owner's look at a payload with notebook code) answers with one `review` report;
 a plan task (the first half of a cluster job) with one `plan`: the payload's canonical plan. The job
 driver of a cluster job gets a `DriverTask` and then speaks like a worker, from `progress` on.
@@ -31,7 +34,7 @@ from remote_magic.contract.codes import CODES
 from remote_magic.contract.wire import DatasetSpec, ModelBounds, ReleaseOptions, Stage
 from remote_magic.families.base import Plan
 
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 MAX_MESSAGE_BYTES = 16 * 2**20
 PARTITION_TABLE = "__remote_magic_partition"  # a cluster partition's rows, with their file_row_number
 SCRATCH_DIR = "scratch"  # in a job folder: spilled rows and external-memory pages, removed after the job
@@ -131,6 +134,11 @@ class FederatedOrder(_Strict):
         default=None, description="No model: the previous batch's leaf values, for the session's margins."
     )
     trees: int | None = Field(default=None, ge=0, description="With `leaves`: the trees of the model so far.")
+    again: bool = Field(
+        default=False,
+        description="With `leaves`: the step that left the session, asked again; its margins are at the "
+        "model so far already, so the leaves are not added twice.",
+    )
 
 
 # A federated training's session in a sums task's folder: the one the parent found, and the one after the
@@ -140,7 +148,7 @@ SESSION_OUT = "session-next"
 
 
 class Task(_Strict):
-    protocol: Literal[6] = PROTOCOL_VERSION
+    protocol: Literal[7] = PROTOCOL_VERSION
     kind: TaskKind
     spec: DatasetSpec | None = None
     staging: Staging | None = None
@@ -204,6 +212,15 @@ class Admission(_Strict):
     missing_label: int | None = Field(
         default=None, ge=0, description="Rows the filter admitted whose label is missing (not counted: null)."
     )
+
+
+class Resumed(_Strict):
+    """A federated step's worker took its rows from the training's session (a later step): the rows its
+    first step staged and the parent admitted then. The parent charges this step as that admission, its
+    own record of it (no row sets to read or record again); it sends no reply, so the worker goes on to
+    its sums at once."""
+
+    type: Literal["resumed"] = "resumed"
 
 
 class TrainingPlan(_Strict):
@@ -366,12 +383,14 @@ class DescribeReport(_Strict):
 
 
 class SumsReport(_Strict):
-    """A sums task's end: its leaf sums were noised by the parent (two noise requests: gradients, then
-    hessians), which releases its own draws; the worker only says the shape."""
+    """A sums task's end: its exact leaf sums as noise requests (`noise`: gradients, then hessians), which
+    the parent checks and counts as a DP training's, draws and releases itself; they come with the report
+    (the worker needs no answer, so it waits for none) and the worker never sees the draws."""
 
     type: Literal["sums"] = "sums"
     trees: int = Field(ge=1)
     leaves: int = Field(ge=2)
+    noise: NoiseBatch
     staged: bool = Field(default=True, description="Staged its rows, not taken from a session.")
 
 
@@ -449,6 +468,7 @@ WorkerMessage = Annotated[
     Isolation
     | ProgressNote
     | Admission
+    | Resumed
     | TrainingPlan
     | NoiseRequest
     | NoiseBatch

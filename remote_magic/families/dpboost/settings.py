@@ -106,3 +106,15 @@ class Settings:
     def selections_per_round(self) -> int:
         per_tree = self.max_depth * (2 if self.node_splits else 1)
         return per_tree * self.objective_().trees_per_round if self.split_share > 0 else 0
+
+
+def federated_settings(fields: dict) -> Settings:
+    """A federated training's trainer settings from its public ones (`FederatedSettings` as JSON): random
+    splits and no released intercept, so that a batch of trees is one round trip. The coordinator, each
+    server's parent (which checks the noise a step asks against them) and its worker make them alike.
+    Raise TypeError or ValueError for settings that do not hold."""
+    margin = fields.get("base_margin")
+    known = {k: v for k, v in fields.items() if k != "base_margin"}
+    return Settings(
+        **known, split_share=0.0, intercept_share=0.0, base_margin=tuple(margin) if margin else None
+    )

@@ -1,9 +1,10 @@
 """The parent's side of one task's conversation with its worker: one loop for every kind of task.
 
 `drive` reads the worker's typed messages until one ends the task, the worker dies or time runs out;
-`Conversation` answers the messages that matter to disclosure: the admitted rows, a DP training's noise
-requests and the final report go to the release desk, and what it releases (or refuses) becomes the
-task's `Final`. The scheduler adds what only jobs have (progress in the store, cancellation, shutdown).
+`Conversation` answers the messages that matter to disclosure: the admitted rows (or a federated step's
+session, admitted at its first step), a DP training's noise requests and the final report go to the
+release desk, and what it releases (or refuses) becomes the task's `Final`. The scheduler adds what only
+jobs have (progress in the store, cancellation, shutdown).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..protocol import (
     NoiseAnswers,
     NoiseBatch,
     NoiseRequest,
+    Resumed,
     ReviewReport,
     SumsReport,
     TrainingPlan,
@@ -91,12 +93,20 @@ def final_of(message: WorkerMessage) -> Final | None:
 class Conversation:
     """Passes a task's admission and report to the release desk; returns the task's end when it comes."""
 
-    def __init__(self, desk: ReleaseDesk, request: Request, folder: Path, execution: Execution):
+    def __init__(
+        self,
+        desk: ReleaseDesk,
+        request: Request,
+        folder: Path,
+        execution: Execution,
+        resumed: Admission | None = None,
+    ):
         self.desk = desk
         self.request = request
         self.folder = folder
         self.execution = execution
         self.admitted: Admitted | None = None
+        self.resumed = resumed  # a federated session's admission, which a `Resumed` step is charged as
 
     def handle(self, message: WorkerMessage) -> Final | None:
         final = self._handle(message)
@@ -112,6 +122,16 @@ class Conversation:
                 self.execution.reply(Decision(proceed=False))
                 return Final.failed(refusal.code, refusal.message)
             self.execution.reply(Decision(proceed=True))
+            return None
+        if isinstance(message, Resumed):
+            if self.resumed is None or self.admitted is not None:
+                self.execution.kill()
+                return Final.failed("invalid_worker_report", "the job's worker resumed no session of its own")
+            try:
+                self.admitted = self.desk.readmit(self.request, self.resumed)
+            except Refusal as refusal:
+                self.execution.kill()
+                return Final.failed(refusal.code, refusal.message)
             return None
         if isinstance(message, (TrainingPlan, NoiseRequest, NoiseBatch)):
             if self.admitted is None:

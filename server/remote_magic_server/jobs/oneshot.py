@@ -18,14 +18,16 @@ from pathlib import Path
 
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.wire import DescribeResult, FederatedSums
+from remote_magic.families.dpboost.schedule import Release, leaf_releases
+from remote_magic.families.dpboost.settings import federated_settings
 
 from ..config.settings import Settings
 from ..plan import JobPlan
-from ..protocol import SESSION_IN, SESSION_OUT, FederatedOrder, Task
+from ..protocol import SESSION_IN, SESSION_OUT, Admission, FederatedOrder, Task
 from ..release.desk import ReleaseDesk, Request
 from .conversation import Conversation, Final, drive, final_of
 from .executor import Executor, WorkerGone
-from .sessions import Sessions
+from .sessions import Session, Sessions
 from .tasks import build_task
 
 log = logging.getLogger("remote_magic_server.scheduler")
@@ -77,7 +79,8 @@ class Describer:
         try:
             with self._slots:
                 execution = self.executor.start(task, folder, name=task.kind)
-                conversation = Conversation(self.desk, request, folder, execution)
+                resumed = keep.admission if keep is not None else None
+                conversation = Conversation(self.desk, request, folder, execution, resumed)
                 try:
                     final = drive(execution, conversation.handle, time.monotonic() + timeout, timeout)
                 except WorkerGone as gone:
@@ -86,19 +89,23 @@ class Describer:
                     execution.close()
                 if final.error is not None and conversation.admitted is not None:
                     final.error = self.desk.after_admission(request, *final.error)
-                if keep is not None and final.state == "succeeded":
-                    keep.done(folder)
+                if keep is not None and final.state == "succeeded" and conversation.admitted is not None:
+                    keep.done(folder, conversation.admitted.admission)
                 return final
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
 
 class Keep:
-    """What a task leaves for the next one: `given` goes into its folder (SESSION_IN), `done(folder)`
-    takes what it left before the folder goes."""
+    """What a task leaves for the next one: `given` goes into its folder (SESSION_IN), with `admission`,
+    the desk's record of its rows' admission (a worker that resumes it is charged as that);
+    `done(folder, admission)` takes what the task left, and its rows' admission, before the folder goes."""
 
-    def __init__(self, given: Path | None, done: Callable[[Path], None]):
+    def __init__(
+        self, given: Path | None, admission: Admission | None, done: Callable[[Path, Admission], None]
+    ):
         self.given = given
+        self.admission = admission
         self.done = done
 
 
@@ -124,45 +131,74 @@ class FederatedSteps(Describer):
         training: str | None = None,
     ) -> FederatedSums:
         """One batch's noisy sums released through the desk; raise Refusal. The same question again (the
-        same spec, structure and settings, from the same model so far) is answered with the same draws at
-        no further cost. A step without the model continues the training's session here, or is refused
-        `federated_session_gone` at no cost."""
+        same analyst, spec, structure and settings, from the same model so far) is answered with the same
+        draws at no further cost: a model names itself by its bytes' digest, a session by its first
+        model's and every batch's leaves since, and a session step sent again after it succeeded (the
+        session one batch on already) is that step again. A step without the model continues the
+        training's session here, or is refused `federated_session_gone` at no cost."""
         staged_for = [spec, plan.dataset_version, order.features, order.settings, order.rho]
         fingerprint = _digest(staged_for)
         taken = self.sessions.take(user, training, fingerprint) if training is not None else None
-        left: list[Path] = []
+        left: list[Session | None] = []  # what the step left, once it succeeded
+        again = False
         digest = ""
         try:
             if model is not None:
                 digest = hashlib.sha256(model).hexdigest()  # the model so far
             elif taken is not None:  # the session's model and the leaves of its last batch
-                digest = _digest([taken.digest, order.leaves])
+                chained = [order.leaves, order.trees]
+                again = taken.before is not None and _digest([taken.before, *chained]) == taken.asked
+                digest = taken.asked if again else _digest([taken.digest, *chained])
             else:
                 raise Refusal(
                     "federated_session_gone",
                     "this server holds no session of this training (restarted, or idle too long): send "
                     "the step with the whole model",
                 )
-            question = order.model_dump(exclude={"leaves", "trees", "session", "keep"})
-            key = f"federated:{_digest([spec, question, digest])}"
-            request = _request(user, dataset, "sums", spec, plan, key, step_rho=order.step_rho)
-            self.desk.check_budget(request)  # before a worker starts; charged again only if it is new
-            given = taken.folder if taken is not None and model is None else None
-            order = order.model_copy(update={"session": given is not None, "keep": training is not None})
+            question = order.model_dump(exclude={"leaves", "trees", "session", "keep", "again"})
+            key = f"federated:{_digest([user, spec, question, digest])}"
+            request = _request(
+                user, dataset, "sums", spec, plan, key, step_rho=order.step_rho, releases=_releases(order)
+            )
+            self.desk.check_budget(request)  # before a worker starts; a step charged before passes, free
+            resumed = taken if taken is not None and model is None else None
+            given = resumed.folder if resumed is not None else None
+            update = {"session": given is not None, "keep": training is not None, "again": again}
+            order = order.model_copy(update=update)
             task = build_task(self.settings, "sums", dataset, spec, plan, federated=order)
             files = {order.model_file: model} if model is not None else {}
             keep = None
             if training is not None:
-                keep = Keep(given, lambda f: left.append(self.sessions.adopt(f / SESSION_OUT)))
+                continued = None if resumed is None else resumed.before if again else resumed.digest
+                after = _digest([digest, order.batch])  # the model so far and the batch the session ends at
+
+                def done(folder: Path, admission: Admission) -> None:
+                    kept = self.sessions.adopt(folder / SESSION_OUT)
+                    session = (
+                        Session(kept, fingerprint, after, digest, continued, admission) if kept else None
+                    )
+                    left.append(session)
+
+                keep = Keep(given, resumed.admission if resumed is not None else None, done)
             return self._released(request, task, files, keep)  # type: ignore[return-value]
         finally:
             if training is not None:
-                after = _digest([digest, order.batch])  # the model so far and the batch the session ends at
-                self.sessions.put(user, training, fingerprint, left[0] if left else None, taken, after)
+                # Once the step succeeded, the session it took is behind the model so far.
+                self.sessions.put(user, training, left[0] if left else None, taken, moved_on=bool(left))
 
     def end(self, user: str, training: str) -> bool:
         """Drop a training's session (its last step is done); False when it had none here."""
         return self.sessions.drop(user, training)
+
+
+def _releases(order: FederatedOrder) -> tuple[Release, ...]:
+    """The gradient and hessian releases the trainer's proof makes for the step's batch, which the desk
+    holds its worker's noise requests to (a worker cannot ask for less noise)."""
+    try:
+        trainer = federated_settings(order.settings)
+        return leaf_releases(trainer, trainer.scales(order.rho), int(order.batch["rounds"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise Refusal("invalid_request", f"the training's settings are not usable: {exc}") from None
 
 
 def _request(

@@ -111,6 +111,7 @@ class Request:
     charge_key: str | None = None
     label_dtype: str = ""
     step_rho: float = 0.0  # a federated step (kind "sums"): its batch's share of the training's rho
+    releases: tuple[Release, ...] = ()  # and the noise its proof makes (gradients, hessians), in order
 
     @property
     def charge(self) -> str:
@@ -133,6 +134,7 @@ class Admitted:
     noise_unkept: list[tuple[int, dict]] = field(default_factory=list)  # drawn, not yet in the ledger
     sketch_key: str | None = None  # the public question a training's sketch answers (`plan_training`)
     sigmas: list[float] = field(default_factory=list)  # the Gaussian draws' standard deviations, in order
+    repeated: bool = False  # a federated step charged before (the same question): its draws again, at no cost
 
 
 def _digest(*parts: object) -> str:
@@ -222,10 +224,11 @@ class ReleaseDesk:
         return self.policy(dataset).dp_rho_cap if raised is None else raised
 
     def check_budget(self, request: Request) -> None:
-        """Refuse, at no cost, a request the user's (or the dataset's) budget cannot pay for."""
+        """Refuse, at no cost, a request the user's (or the dataset's) budget cannot pay for; one charged
+        already (a federated step asked again) costs nothing more, so it is never refused here."""
         policy = self.policy(request.dataset)
         cost = self.cost(request)
-        if not cost:
+        if not cost or (request.charge_key and self.ledger.charged(request.charge) is not None):
             return
         spent = self.ledger.spent(request.user, request.dataset)
         cap = self.cap(request.user, request.dataset)
@@ -327,6 +330,7 @@ class ReleaseDesk:
                 # A describe answered from its stored answer still sketches; nothing it reports is used.
                 admitted.train_rho = self.train_cost(request)
             if policy.noisy and admitted.stored is None:
+                admitted.repeated = request.kind == "sums" and self.ledger.charged(request.charge) is not None
                 admitted.noisy = self._charge(request, admission, policy)
                 if admitted.noisy is not None:
                     noisy = admitted.noisy
@@ -344,6 +348,22 @@ class ReleaseDesk:
                 check_differencing(admitted.sets, released, admission.table_rows, policy.min_count)
             source = f"job:{request.job_id}" if request.job_id else request.kind
             self.ledger.record_sets(request.user, table, source, admitted.sets)
+        return admitted
+
+    def readmit(self, request: Request, admission: Admission) -> Admitted:
+        """A federated step on its session's rows, charged as `admit` charges (the same key, cost and
+        audit line), from the admission of the session's first step as this desk admitted it. Nothing
+        else of `admit` depends on a step: its cohort checks drew nothing for a sums step, and its row
+        sets, the same rows, are in the ledger since that first step (mode dp only: mode rules'
+        differencing guard runs on every admission, so a session there is refused)."""
+        policy = self.policy(request.dataset)
+        if request.kind != "sums" or not policy.trains_privately:
+            raise Refusal("federated_needs_dp", "only mode dp takes part in a federated training")
+        admitted = Admitted(admission)
+        with self.ledger.decision():
+            admitted.train_rho = self.train_cost(request)
+            admitted.repeated = self.ledger.charged(request.charge) is not None
+            self._charge(request, admission, policy)
         return admitted
 
     @staticmethod
@@ -452,8 +472,9 @@ class ReleaseDesk:
     def noise(self, request: Request, admitted: Admitted, ask: NoiseRequest) -> NoiseAnswer:
         """Draw a DP training's noise with OpenDP, counted against what the job was charged for training
         at admission: a request past it is refused (`invalid_worker_report`), whatever it asks, and so
-        is one that is not the next release of the declared plan (`plan_training`): its kind, its
-        bound and its rho are the trainer's settings', so a worker cannot ask for less noise. A job
+        is one that is not the next release of the declared plan (`plan_training`; a federated step's
+        are its batch's gradient and hessian releases, `Request.releases`): its kind, its bound and its
+        rho are the trainer's settings', so a worker cannot ask for less noise. A job
         that runs again after a restart gets its earlier answers back in the same order (those kept,
         `keep_noise`), never fresh noise for a question whose answer something released depends on.
         A training's sketch (its first release, when the plan sketches columns) answers a public
@@ -462,8 +483,8 @@ class ReleaseDesk:
         as before): fresh noise on the same counts would only add to what they tell, and the sketch
         is the largest release a small job draws."""
         seq = admitted.noise_asked
-        if request.kind == "train":
-            planned = admitted.releases or []
+        if request.kind in ("train", "sums"):
+            planned = (admitted.releases or []) if request.kind == "train" else request.releases
             expected = planned[seq] if seq < len(planned) else None
             if expected is None or not (
                 ask.kind == expected.kind
@@ -675,26 +696,28 @@ class ReleaseDesk:
         return answer.model_copy(update={"privacy": self._report(request, self.cost(request), False)})
 
     def release_sums(self, request: Request, admitted: Admitted, report: SumsReport) -> FederatedSums:
-        """A federated step's noisy leaf sums: the desk's own two draws for it (gradients, hessians),
-        never numbers the worker sends; the step must have spent exactly what it was charged."""
-        size = report.trees * report.leaves
+        """A federated step's noisy leaf sums: the desk's own two draws (`noise`, each checked and counted
+        as a DP training's noise request) on the exact sums the report carries (gradients, hessians),
+        never numbers the worker noised; the step must have spent exactly what it was charged."""
+        answers = [self.noise(request, admitted, ask) for ask in report.noise.requests]
         self.keep_noise(request, admitted)
-        kept = self.ledger.noise_draws(request.charge)
-        draws = [kept.get(seq) for seq in range(admitted.noise_asked)]
+        size = report.trees * report.leaves
         if (
-            admitted.noise_asked != 2
-            or any(d is None or len(d["values"]) != size for d in draws)
+            len(answers) != 2
+            or admitted.noise_asked != 2
+            or any(len(answer.values) != size for answer in answers)
             or not math.isclose(admitted.train_spent, admitted.train_rho, rel_tol=1e-9)
         ):
             raise Refusal("invalid_worker_report", "the step's worker did not noise exactly its batch's sums")
-        gradients, hessians = (d["values"] for d in draws)  # type: ignore[index]
+        gradients, hessians = (answer.values for answer in answers)
+        cost = 0.0 if admitted.repeated else admitted.train_rho
         return FederatedSums(
             dataset=request.dataset,
             gradients=gradients,
             hessians=hessians,
             sigma_gradient=admitted.sigmas[0],
             sigma_hessian=admitted.sigmas[1],
-            privacy=self._report(request, admitted.train_rho, False),
+            privacy=self._report(request, cost, admitted.repeated),
             staged=report.staged,
         )
 

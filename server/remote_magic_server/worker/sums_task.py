@@ -5,21 +5,23 @@ model so far is XGBoost JSON parsed here, in the sandbox. A training's first ste
 rows as a train job's (the spec's training rows; its evaluation rows stay out for the final evaluation)
 and the DP trainer's own per-partition set-up (`dpboost.on_parts.set_up`, the family seam) bins them and
 predicts the model so far on them for their margins. With `order.keep` it then leaves the training's
-session (binned rows, labels, margins, its admission and this batch) in SESSION_OUT; a later step carries
-no model but the previous batch's leaf values (`order.leaves`): it takes the rows from the session
-(`order.session`), moves the margins by those leaves on the session's batch (`Partition.apply`, as on a
-cluster) and sends the same admission again; without a session that leads to it, it is refused
+session (binned rows, labels, margins and this batch) in SESSION_OUT; the parent keeps the rows'
+admission itself. A later step carries no model but the previous batch's leaf values (`order.leaves`):
+it takes the rows from the session (`order.session`), moves the margins by those leaves on the session's
+batch (`Partition.apply`, as on a cluster) and tells the parent it `Resumed` (charged as the first
+step's admission, without a reply to wait for); without a session that leads to it, it is refused
 `federated_session_gone` before anything is charged.
-The sums are `Partition.sums`'. They go to the parent as two noise requests at the sensitivity and cost
-the trainer's proof gives for this batch (`schedule.leaf_releases`), which must be exactly the batch's
-share the parent charged; the parent releases its own draws.
+The sums are `Partition.sums`'. They go to the parent with the report, as one batch of two noise
+requests (`NoiseBatch`: gradients, then hessians) at the sensitivity and cost the trainer's proof gives
+for this batch (`schedule.leaf_releases`), which must be exactly the batch's share the parent charged;
+the parent draws and releases its own noise, and the worker, which needs no answer, waits for none (the
+session is written before the report, so a step is one message each way once the worker runs).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import duckdb
@@ -30,10 +32,11 @@ from remote_magic.contract.federated import LEAF_LIMIT
 from remote_magic.families.dpboost import Batch, Features, LeafUpdate, Partition, Settings, on_parts
 from remote_magic.families.dpboost.booster import load
 from remote_magic.families.dpboost.schedule import leaf_releases
+from remote_magic.families.dpboost.settings import federated_settings
 from remote_magic.families.partitions import InProcess
 from remote_magic.families.xgboost.leaves import check_booster
 
-from ..protocol import SESSION_IN, SESSION_OUT, Admission, SumsReport, Task
+from ..protocol import SESSION_IN, SESSION_OUT, NoiseBatch, NoiseRequest, Resumed, SumsReport, Task
 from ..runner import model_job
 from ..runner.channel import Channel
 from . import staging
@@ -42,17 +45,9 @@ HERE = Path(".")
 
 
 def settings_of(order: dict) -> Settings:
-    """The trainer's settings of a federated training: random splits and no released intercept (one
-    round trip per batch)."""
-    known = {k: v for k, v in order.items() if k != "base_margin"}
-    margin = order.get("base_margin")
+    """The trainer's settings of a federated training (`federated_settings`), or a refusal."""
     try:
-        return Settings(
-            **known,
-            split_share=0.0,
-            intercept_share=0.0,
-            base_margin=tuple(margin) if margin else None,
-        )
+        return federated_settings(order)
     except (TypeError, ValueError) as exc:
         raise Refusal("invalid_request", f"the training's settings are not usable: {exc}") from None
 
@@ -87,18 +82,6 @@ def batch_of(data: dict, features: Features, settings: Settings) -> Batch:
     return batch
 
 
-class _Keeping(Channel):
-    """The channel, keeping the admission it sent (a session sends it again at its next steps)."""
-
-    def __init__(self, channel: Channel):
-        super().__init__(channel.conn)
-        self.admission: Admission | None = None
-
-    def admit(self, admission: Admission) -> bool:
-        self.admission = admission
-        return super().admit(admission)
-
-
 def _staged(
     task: Task,
     channel: Channel,
@@ -106,20 +89,18 @@ def _staged(
     features: Features,
     settings: Settings,
     model: bytes,
-) -> tuple[Partition, Admission] | None:
+) -> Partition | None:
     """Stage and admit the training rows, and their margins from the model so far (None: stopped)."""
     channel.stage("staging")
     parts = InProcess([staging.stage(task, con=con)])
-    keeping = _Keeping(channel)
-    classes = model_job.admit(task, parts, keeping, HERE, settings.objective != "reg:squarederror")
+    classes = model_job.admit(task, parts, channel, HERE, settings.objective != "reg:squarederror")
     if classes is None:
         return None
-    assert keeping.admission is not None
     expected = settings.num_class if settings.objective == "multi:softprob" else 2
     if settings.objective != "reg:squarederror" and len(classes) != expected:
         raise Refusal("invalid_request", f"the training rows have {len(classes)} classes, not {expected}")
     parts.map(on_parts.set_up, features, settings, model)
-    return parts.parts[0].state[on_parts.STATE], keeping.admission
+    return parts.parts[0].state[on_parts.STATE]
 
 
 def _tree_count(model: bytes, features: Features) -> int:
@@ -136,23 +117,29 @@ def _tree_count(model: bytes, features: Features) -> int:
 
 
 def _resumed(
-    features: Features, settings: Settings, leaves: list[float], trees: int
-) -> tuple[Partition, Admission] | None:
-    """The session's rows with their margins moved by the previous batch's leaf values, and its
-    admission; None when the session does not lead to a model of `trees` trees with these leaves."""
+    features: Features, settings: Settings, leaves: list[float], trees: int, again: bool
+) -> Partition | None:
+    """The session's rows with their margins moved by the previous batch's leaf values (`again`: the
+    step that left the session, asked again: they are there already); None when the session does not
+    lead to a model of `trees` trees with these leaves."""
     folder = HERE / SESSION_IN
     state = json.loads((folder / "state.json").read_text())
     pending = Batch.from_dict(state["pending"])
     values = np.asarray(leaves, dtype=np.float64)
-    if trees != state["trees"] + pending.trees or values.size != pending.trees * pending.leaves:
+    if again:
+        leads = trees == state["trees"]
+    else:
+        leads = trees == state["trees"] + pending.trees and values.size == pending.trees * pending.leaves
+    if not leads:
         return None
     arrays = [np.load(folder / f"{name}.npy") for name in ("codes", "labels", "margins")]
     partition = Partition.held(features, settings.objective_(), *arrays)
-    partition.apply(LeafUpdate(pending, values.reshape(pending.trees, pending.leaves)))
-    return partition, Admission.model_validate_json((folder / "admission.json").read_text())
+    if not again:
+        partition.apply(LeafUpdate(pending, values.reshape(pending.trees, pending.leaves)))
+    return partition
 
 
-def _keep(partition: Partition, admission: Admission, trees: int, batch: dict) -> None:
+def _keep(partition: Partition, trees: int, batch: dict) -> None:
     """The session after this step: the rows, their margins at the model so far, and this batch, whose
     leaf values the next step's model adds."""
     folder = HERE / SESSION_OUT
@@ -164,9 +151,6 @@ def _keep(partition: Partition, admission: Admission, trees: int, batch: dict) -
     ):
         np.save(folder / f"{name}.npy", array)
     (folder / "state.json").write_text(json.dumps({"trees": trees, "pending": batch}))
-    (folder / "admission.json").write_text(admission.model_dump_json())
-    for name in admission.row_sets.values():
-        shutil.copyfile(HERE / name, folder / name)
 
 
 def run(task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None = None) -> SumsReport | None:
@@ -184,26 +168,26 @@ def run(task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None = No
         raise Refusal("invalid_request", "the batch's rho is not its share of the training's rho")
     if order.leaves is not None:  # the training's session, if the parent found one that leads here
         assert order.trees is not None
-        held = _resumed(features, settings, order.leaves, order.trees) if order.session else None
-        if held is None:
+        resumed = (
+            _resumed(features, settings, order.leaves, order.trees, order.again) if order.session else None
+        )
+        if resumed is None:
             raise Refusal("federated_session_gone", "this server holds no session that leads to this step")
-        for name in held[1].row_sets.values():
-            shutil.copyfile(HERE / SESSION_IN / name, HERE / name)
-        channel.stage("staging")  # the same rows as the session's first step, admitted as then
-        if not channel.admit(held[1]):
-            return None
-        trees = order.trees
+        channel.send(Resumed())  # the session's rows, charged as the parent admitted them; no reply
+        partition, trees = resumed, order.trees
     else:
         model = (HERE / order.model_file).read_bytes()
         trees = _tree_count(model, features)
-        held = _staged(task, channel, con, features, settings, model)
-        if held is None:
+        partition = _staged(task, channel, con, features, settings, model)
+        if partition is None:
             return None
-    partition, admission = held
-    channel.stage("training", 0, batch.rounds)
     sums = partition.sums(batch)
-    channel.noise([float(v) for v in sums[..., 0].ravel()], g.bound, g.rho)
-    channel.noise([float(v) for v in sums[..., 1].ravel()], h.bound, h.rho)
     if order.keep:
-        _keep(partition, admission, trees, order.batch)
-    return SumsReport(trees=batch.trees, leaves=batch.leaves, staged=order.leaves is None)
+        _keep(partition, trees, order.batch)
+    asks = [
+        NoiseRequest(kind="gaussian", values=[float(v) for v in values.ravel()], bound=r.bound, rho=r.rho)
+        for values, r in ((sums[..., 0], g), (sums[..., 1], h))
+    ]
+    return SumsReport(
+        trees=batch.trees, leaves=batch.leaves, staged=order.leaves is None, noise=NoiseBatch(requests=asks)
+    )
