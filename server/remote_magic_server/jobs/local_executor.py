@@ -57,8 +57,8 @@ MEMORY_CHECK_S = 0.05
 # load (other workers, the API, whatever else runs on the host) a small job's training took 5-10x its
 # CPU and wall time (issue 22: 20 rounds on 8k rows at load 9, 1078 ms of worker CPU and 1792 ms a
 # `Client.train` spinning; 153 ms and 277 ms sleeping). Set before the forkserver starts (libgomp reads
-# it when XGBoost loads there); a value the server was started with is kept (ACTIVE for a host whose
-# cores are the worker's alone).
+# it when XGBoost loads there); a value the server was started with is kept (but ACTIVE made the 10^6-row
+# job of benchmarks/large_job.py 5x slower on a quiet 2-core host too: docs/deployment.md).
 WORKER_ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE"}
 _DEATH_BY_SIGNAL = {
     -signal.SIGXCPU: Failure(
