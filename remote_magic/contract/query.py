@@ -50,8 +50,8 @@ def staging_query(
 
     `source` is what the rows are read from (it may hold placeholders of its own, after these) and
     `row_number` the expression that numbers a row in it. `label_levels`: the classes the data owner
-    declared for the label (`column_levels`); a row whose label, as text, is none of them is not
-    admitted, so the classes are public before any row is read."""
+    declared for the label (`column_levels`); a row whose label is none of them (`declared_label`) is
+    not admitted, so the classes are public before any row is read."""
     cols: list[exp.Expression] = [exp.column(c, quoted=True) for c in [*resolved.features, spec.label]]
     cols += [
         exp.alias_(finite_or_null(parse_derive(name, text, resolved.derive_columns)), name, quoted=True)
