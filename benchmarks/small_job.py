@@ -36,7 +36,6 @@ import xgboost as xgb
 
 from benchmarks.inprocess import OpenDPNoise, dp_train_and_score, train_and_score
 from remote_magic import Client
-from remote_magic.display.result import TrainResult
 from remote_magic_server.config.settings import Policy
 from remote_magic_server.jobs.local_executor import WORKER_ENVIRONMENT
 from remote_magic_server.runner.launch import WORKER_NICE
@@ -161,7 +160,7 @@ def remote_once(client: Client, dataset: str, seed: int) -> dict[str, float]:
     status = job.wait()
     final = time.time()
     assert status.state == "succeeded", status.error
-    TrainResult(client.result(job.id))
+    job.result()  # as `Client.train` does: the final long-poll brought the result
     done = time.time()
     return {"id": job.id, "start": start, "submitted": submitted, "final": final, "done": done}  # type: ignore[dict-item]
 
@@ -191,7 +190,7 @@ def breakdown(runs: list[dict], lines: dict[str, dict]) -> dict[str, list[float]
         for phase in SERVER_PHASES:
             add(phase, line["timeline_ms"].get(phase, float("nan")))
         add("long-poll wake-up", (run["final"] - line["finished_at"]) * 1e3)
-        add("client (GET result + parse)", (run["done"] - run["final"]) * 1e3)
+        add("client (result)", (run["done"] - run["final"]) * 1e3)
         add("total", (run["done"] - run["start"]) * 1e3)
     return parts
 

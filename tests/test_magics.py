@@ -93,18 +93,24 @@ def test_progress_bar_is_quiet_for_fast_jobs_and_off_by_config(shell, capsys):
 
 
 class CountingCalls:
-    """The real client, with each status call's wait and how long it took recorded."""
+    """The real client, with each status call's wait and how long it took recorded, and requests for a
+    result counted."""
 
     def __init__(self, client):
         self.client = client
         self.polls: list[tuple[float, float]] = []
+        self.results = 0
 
-    def status(self, job_id, wait=0, since=None, final=False):
+    def status(self, job_id, wait=0, since=None, final=False, result=False):
         start = time.monotonic()
         try:
-            return self.client.status(job_id, wait=wait, since=since, final=final)
+            return self.client.status(job_id, wait=wait, since=since, final=final, result=result)
         finally:
             self.polls.append((wait, time.monotonic() - start))
+
+    def result(self, job_id):
+        self.results += 1
+        return self.client.result(job_id)
 
     def __getattr__(self, name):
         return getattr(self.client, name)
@@ -112,8 +118,8 @@ class CountingCalls:
 
 def test_a_job_quicker_than_the_progress_delay_is_one_long_poll_not_one_per_progress_line(server):
     """Before the bar may appear nothing is shown, so nothing wakes the client but the job's end: a
-    long-poll returns early only once, with the final state (each early return is a round trip the
-    kernel pays for)."""
+    long-poll returns early only once, with the final state and the result (each early return, and a
+    second request for the result, is a round trip the kernel pays for)."""
     client = server.client()
     calls = CountingCalls(client)
     job = client.submit(
@@ -125,6 +131,8 @@ def test_a_job_quicker_than_the_progress_delay_is_one_long_poll_not_one_per_prog
     assert status.state == "succeeded" and not shown
     early = [(wait, took) for wait, took in calls.polls[:-1] if took < wait - 0.5]
     assert not early, f"long-polls woken before the job ended: {calls.polls}"
+    assert status.result is not None and status.result.job_id == job.id
+    assert job.result().metrics == status.result.metrics and calls.results == 0, "asked for the result again"
 
 
 @pytest.fixture()

@@ -98,11 +98,13 @@ def test_continuing_a_notebook_model_keeps_its_category_codes_even_when_a_catego
         pandas_path(trained, hidden, labels.train, base.get_booster())
 
 
-def task_for(path, spec: dict, staging_mb: int) -> Task:
+def task_for(path, spec: dict, staging_mb: int, label_dtype: str = "") -> Task:
     """A train task on a Parquet file (every column but id and label a feature)."""
     checked = DatasetSpec.model_validate(spec)
     columns = [c for c in pq.read_schema(path).names if c not in ("id", "label")]
-    plan = JobPlan(features=columns, filter_columns=[*columns, "label"], derive_columns=columns)
+    plan = JobPlan(
+        features=columns, filter_columns=[*columns, "label"], derive_columns=columns, label_dtype=label_dtype
+    )
     limits = Limits(threads=1, cpu_seconds=60, memory_mb=4096, staging_mb=staging_mb, max_payload_bytes=0)
     return Task(
         kind="train",
@@ -110,6 +112,31 @@ def task_for(path, spec: dict, staging_mb: int) -> Task:
         staging=staging_plan(checked, "train", str(path), "id", plan),
         limits=limits,
     )
+
+
+@pytest.mark.parametrize("staging_mb", [0, 1], ids=["held", "spilled"])
+def test_rows_without_a_label_are_counted_and_left_out_in_the_one_pass_over_the_file(tmp_path, staging_mb):
+    """The staging query marks the rows the filter admits with a missing label (NULL, or NaN in a
+    decimal column): staging counts them, as a second count query did before, and admits none."""
+    table, y = synthetic(40_000, 6)
+    label = y.astype(float)
+    label[::9] = np.nan
+    null = np.zeros(len(y), dtype=bool)
+    null[1::11] = True
+    path = tmp_path / "rows.parquet"
+    labels = pa.array(label, mask=null)
+    pq.write_table(
+        table.append_column("id", pa.array(np.arange(len(y)))).append_column("label", labels), path
+    )
+    spec = {"dataset": "d", "label": "label", "where": "age > 20"}
+    part = staging.stage(task_for(path, spec, staging_mb, "double"), tmp_path)
+
+    admitted = table.column("age").to_numpy(zero_copy_only=False) > 20
+    missing = admitted & (np.isnan(label) | null)
+    assert part.missing_label == missing.sum() > 0
+    rows = np.sort(np.concatenate([part.train_rows, part.eval_rows]))
+    assert np.array_equal(rows, np.flatnonzero(admitted & ~missing))
+    assert not np.isnan(np.concatenate([part.train.y, part.eval.y])).any()
 
 
 def test_rows_past_the_budget_spill_and_train_through_external_memory(tmp_path):

@@ -390,15 +390,23 @@ class Client(RegistryCalls):
         return Job(self, self.status(job_id))
 
     def status(
-        self, job_id: str, wait: float = 0, since: int | None = None, final: bool = False
+        self,
+        job_id: str,
+        wait: float = 0,
+        since: int | None = None,
+        final: bool = False,
+        result: bool = False,
     ) -> JobStatus:
         """A job's status; with `wait`, block (long-poll) until its version passes `since` (with `final`:
-        until it ends) or time is up."""
+        until it ends) or time is up. With `result`, a job that succeeded comes with its result
+        (`JobStatus.result`), so waiting for a result takes one round trip, not two."""
         params: dict = {"wait": wait}
         if since is not None:
             params["since"] = since
         if final:
             params["final"] = "true"
+        if result:
+            params["result"] = "true"
         response = self._request("GET", f"/jobs/{job_id}", params=params, timeout=self.timeout + wait)
         return JobStatus.model_validate(response.json())
 

@@ -25,7 +25,12 @@ class JobCalls(Protocol):
     """What a job handle asks of the client."""
 
     def status(
-        self, job_id: str, wait: float = 0, since: int | None = None, final: bool = False
+        self,
+        job_id: str,
+        wait: float = 0,
+        since: int | None = None,
+        final: bool = False,
+        result: bool = False,
     ) -> JobStatus: ...
 
     def cancel(self, job_id: str) -> JobStatus: ...
@@ -65,10 +70,10 @@ class Job:
         return job_html(self.status)
 
     def refresh(self, wait: float = 0, final: bool = False) -> JobStatus:
-        """Fetch the status; with `wait`, block until it changes (with `final`: until the job ends) or
-        `wait` seconds pass."""
+        """Fetch the status; with `wait`, block until it changes (with `final`: until the job ends, and
+        then with its result) or `wait` seconds pass."""
         since = None if wait == 0 else self.status.version
-        self.status = self.client.status(self.id, wait=wait, since=since, final=final)
+        self.status = self.client.status(self.id, wait=wait, since=since, final=final, result=final)
         return self.status
 
     def cancel(self) -> JobStatus:
@@ -128,7 +133,7 @@ class Job:
     ) -> TrainResult:
         """Wait for the job and return its aggregate result; a failed job raises a RemoteError."""
         self._succeeded(timeout, on_progress, progress_after)
-        raw = self.client.result(self.id)
+        raw = self.status.result or self.client.result(self.id)  # the final long-poll brought it
         if self.notes:
             raw = raw.model_copy(update={"notes": [*self.notes, *raw.notes]})
         return TrainResult(raw, downloader=self.client.download_model, loader=self.client.load_model)

@@ -20,6 +20,7 @@ from .wire import DatasetSpec
 
 SPLIT_BUCKETS = 1_000_000
 EVAL_FLAG = "__remote_magic_is_eval"
+MISSING_FLAG = "__remote_magic_missing_label"
 ROW_ID = "__remote_magic_row_id"
 DEFAULT_TRAIN_EVAL = {"fraction": 0.2, "seed": 0}
 DECIMAL = re.compile(r"(half)?float\d*|double")
@@ -45,13 +46,16 @@ def staging_query(
     row_number: exp.Expression,
     kind: str,
     label_levels: Sequence[str] | None = None,
+    flag_missing: bool = False,
 ) -> tuple[str, list]:
     """The SELECT of admitted rows with `?` placeholders, and the parameters of the split.
 
     `source` is what the rows are read from (it may hold placeholders of its own, after these) and
     `row_number` the expression that numbers a row in it. `label_levels`: the classes the data owner
     declared for the label (`column_levels`); a row whose label is none of them (`declared_label`) is
-    not admitted, so the classes are public before any row is read."""
+    not admitted, so the classes are public before any row is read. With `flag_missing`, the rows the
+    filter admits with a missing label come too, marked in a `MISSING_FLAG` column, so that the server's
+    staging counts and drops them in its one pass over the file (not in a second query)."""
     cols: list[exp.Expression] = [exp.column(c, quoted=True) for c in [*resolved.features, spec.label]]
     cols += [
         exp.alias_(finite_or_null(parse_derive(name, text, resolved.derive_columns)), name, quoted=True)
@@ -77,9 +81,18 @@ def staging_query(
     ).from_(source)
     # Rows without a label (NULL, or NaN in a decimal column) are not admitted: they could neither train
     # nor be scored, and a failure that depended on them would tell where missing labels are.
-    select = select.where(exp.Not(this=exp.paren(missing_label(spec.label, resolved.label_dtype))))
-    if label_levels is not None:
-        select = select.where(declared_label(spec.label, resolved.label_dtype, label_levels))
+    missing = missing_label(spec.label, resolved.label_dtype)
+    declared = (
+        None if label_levels is None else declared_label(spec.label, resolved.label_dtype, label_levels)
+    )
+    if flag_missing:
+        select = select.select(exp.alias_(exp.paren(missing), MISSING_FLAG, quoted=True))
+        if declared is not None:
+            select = select.where(exp.or_(missing.copy(), declared))
+    else:
+        select = select.where(exp.Not(this=exp.paren(missing)))
+        if declared is not None:
+            select = select.where(declared)
     if spec.where:
         select = select.where(parse_filter(spec.where, resolved.filter_columns))
     # No ORDER BY: rows come in the snapshot's own order (DuckDB preserves insertion order), which is

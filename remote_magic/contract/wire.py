@@ -260,6 +260,11 @@ class JobStatus(_Strict):
     model_file: Literal["kept", "registered", "pruned"] | None = Field(
         default=None, description="Whether the trained model is still on the server."
     )
+    result: JobResult | None = Field(
+        default=None,
+        description="The released result: only in the answer of `GET /jobs/{id}?result=true` once the job "
+        "succeeded (a waiting client gets it with the final status, in one round trip).",
+    )
 
 
 class JobList(_Strict):

@@ -29,6 +29,9 @@ from ..contract.wire import ModelBounds
 
 # A training progress report: rounds done (of this job), and the latest metric per split and name.
 Report = Callable[[int, dict[str, dict[str, float]]], None]
+# A family reports progress at most this often (and its last round): each report is a message to the
+# parent, a write to the job store and a wake-up of every long-poll on the job.
+PROGRESS_EVERY_S = 0.2
 # A DP trainer's questions to the trusted parent (dpboost/coordinator.py has their meaning):
 # noise(values, l2, rho) -> the values with Gaussian noise; select(scores, linf, rho) -> a noisy argmax.
 Noise = Callable[[list[float], float, float], list[float]]

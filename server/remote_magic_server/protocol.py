@@ -49,8 +49,9 @@ class _Strict(BaseModel):
 # the task
 class Staging(_Strict):
     """The server-built staging plan: where the rows are, the query that admits them (built by trusted
-    code from the checked spec, `?` placeholders; the dataset's path is the last parameter), the model's
-    input columns in order (dataset features, then derived ones) and the label."""
+    code from the checked spec, `?` placeholders; the dataset's path is the last parameter; the rows the
+    filter admits with a missing label come marked in `MISSING_FLAG`, for the worker to count and drop),
+    the model's input columns in order (dataset features, then derived ones) and the label."""
 
     dataset_path: str
     query: str
@@ -60,15 +61,15 @@ class Staging(_Strict):
     partition_query: str = Field(
         default="", description="The same query over one partition, registered as PARTITION_TABLE."
     )
-    missing_label_query: str = Field(
-        default="", description="The count of rows the filter admits with a missing label (path: `?`)."
-    )
     partition_missing_label_query: str = Field(
         default="", description="The same count over one partition, registered as PARTITION_TABLE."
     )
     label_levels: list[str] | None = Field(
         default=None,
         description="The owner's declared classes of the label: a classifier's classes, whatever rows come.",
+    )
+    table_rows: int | None = Field(
+        default=None, ge=0, description="Rows in the whole file, from its footer (read once by the parent)."
     )
 
 

@@ -17,6 +17,7 @@ else a DP sketch paid from the training budget (`SKETCH_SHARE` of it, once, for 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from ...contract.federated import LEAF_LIMIT
 from ...contract.rows import is_text
 from ...contract.wire import ModelBounds
 from .. import MODEL_FILE, PARAMS_FILE
-from ..base import Part, Partitions, Plan, PrivateOrder, Run, is_classifier_task
+from ..base import PROGRESS_EVERY_S, Part, Partitions, Plan, PrivateOrder, Run, is_classifier_task
 from ..xgboost import bounds as xgboost_bounds
 from ..xgboost.family import FAMILY as XGBOOST
 from ..xgboost.family import Trained, ready_to_score
@@ -185,7 +186,7 @@ class DPBoostFamily:
             select if settings.split_share > 0 else None,
             run.noise_many,
         )
-        done = 0
+        done, reported = 0, 0.0
         for step in coordinator.requests():
             run.check()
             update = coordinator.release(step, sum_of(parts.map(sums, step)))
@@ -193,7 +194,9 @@ class DPBoostFamily:
                 parts.map(apply_update, update)
             if isinstance(update, LeafUpdate):
                 done += update.batch.rounds
-                run.report(done, {})
+                if time.monotonic() - reported >= PROGRESS_EVERY_S or done >= plan.rounds:
+                    reported = time.monotonic()
+                    run.report(done, {})
         parts.map(finish)
         return self._trained(plan, parts, features, settings, coordinator, rho, order.rho, run.threads)
 

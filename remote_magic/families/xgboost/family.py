@@ -29,7 +29,7 @@ from ...contract.codes import Refusal
 from ...contract.rows import is_text
 from ...contract.wire import ModelBounds
 from .. import MODEL_FILE, PARAMS_FILE, partials, preprocessors
-from ..base import Labels, Part, Partitions, Plan, Report, Run, Split, check_kind
+from ..base import PROGRESS_EVERY_S, Labels, Part, Partitions, Plan, Report, Run, Split, check_kind
 from . import bounds as xgboost_bounds
 from .inputs import RowBatches, frame_of, model_input
 from .leaves import MARGIN_LEAF_LIMIT, check_booster
@@ -254,7 +254,7 @@ class _Progress(xgb.callback.TrainingCallback):
 
     def after_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict) -> bool:
         now = time.monotonic()
-        if now - self.last >= 0.2:
+        if now - self.last >= PROGRESS_EVERY_S:
             self.last = now
             latest = {
                 split: {m: vals[-1] for m, vals in by_metric.items()}

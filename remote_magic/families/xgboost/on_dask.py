@@ -39,14 +39,13 @@ from distributed import Client, Variable
 from xgboost import dask as dxgb
 
 from ...contract.codes import Refusal
-from ..base import Part, Partitions, Plan, Run
+from ..base import PROGRESS_EVERY_S, Part, Partitions, Plan, Run
 from .inputs import model_input
 
 log = logging.getLogger("remote_magic.families.xgboost.on_dask")
 
 POLL_S = 0.2
 STOP_GRACE_S = 10.0
-PROGRESS_EVERY_S = 0.2
 FRAMES = "xgboost_frames"  # a partition's state: its splits as DataFrames, with their labels
 SPLITS = ("train", "eval")
 NOT_STARTED = "the training cluster did not start the job in time; submit it again later"

@@ -151,21 +151,37 @@ async def job_status(
     final: Annotated[
         bool, Query(description="Long-poll: wait for the job to end, not for any change.")
     ] = False,
+    result: Annotated[
+        bool, Query(description="With the status of a job that succeeded, its released result.")
+    ] = False,
 ) -> JobStatus:
     deadline = time.monotonic() + wait
-    while True:
+    while True:  # each wake-up reads the job's state only; the whole row once, to answer
         event = notifier.subscribe(job_id)
         try:
-            job = own_job(store, user, job_id)
+            state, version = _own_state(store, user, job_id)
             if since is None:
-                since = job.version
+                since = version
             remaining = deadline - time.monotonic()
-            changed = job.version != since and not final
-            if job.state in FINAL_STATES or changed or remaining <= 0 or notifier.closing:
-                return status_of(job, registry)
+            changed = version != since and not final
+            if state in FINAL_STATES or changed or remaining <= 0 or notifier.closing:
+                break
             await notifier.wait(event, remaining)
         finally:
             notifier.unsubscribe(job_id, event)
+    job = own_job(store, user, job_id)
+    status = status_of(job, registry)
+    if result and job.state == "succeeded" and job.result:
+        status.result = JobResult.model_validate(job.result)
+    return status
+
+
+def _own_state(store: Store, user: Principal, job_id: str) -> tuple[str, int]:
+    """The state and version of the user's job, answered as `own_job` answers."""
+    found = store.peek(job_id) if len(job_id) <= 64 else None
+    if found is None or found[0] != user.user:
+        raise Refusal("not_found", "no such job")
+    return found[1], found[2]
 
 
 @router.get("/jobs/{job_id}/result", response_model=JobResult)

@@ -357,6 +357,12 @@ class Store:
         row = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _row(row) if row else None
 
+    def peek(self, job_id: str) -> tuple[str, str, int] | None:
+        """A job's user, state and version, without reading the rest of its row: what a long-poll
+        checks at each wake-up (a job's every progress line wakes it)."""
+        row = self._read("SELECT user, state, version FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return (row["user"], row["state"], row["version"]) if row else None
+
     def list_jobs(self, user: str, limit: int = 100, state: str | None = None) -> list[JobRow]:
         if state is None:
             sql, params = "SELECT * FROM jobs WHERE user = ? ORDER BY seq DESC LIMIT ?", (user, limit)

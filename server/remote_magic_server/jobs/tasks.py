@@ -38,21 +38,23 @@ DEFAULT_FILE_MB = 1024
 
 
 @functools.lru_cache(maxsize=256)
-def _table_mb(snapshot: str) -> int:
-    """A snapshot's data uncompressed (from its Parquet footer; snapshots never change, so read once).
-    0 for a footer that cannot be read: the worker that reads the file meets that as a job failure."""
+def _footer(snapshot: str) -> tuple[int, int | None]:
+    """A snapshot's data uncompressed, in MiB, and its rows (from its Parquet footer; snapshots never
+    change, so read once). (0, None) for a footer that cannot be read: the worker that reads the file
+    meets that as a job failure."""
     try:
         meta = pq.read_metadata(snapshot)
     except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
-        return 0
-    return sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)) // 2**20 + 1
+        return 0, None
+    uncompressed = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    return uncompressed // 2**20 + 1, meta.num_rows
 
 
 def file_limit_mb(snapshot: str, worker_memory_mb: int) -> int:
     """The largest file a job may write: its spilled rows and its external-memory pages (XGBoost's bin
     index of every training row, one file, up to about the table's own size) grow with the table, not
     with the worker's memory; twice the table, and never less than the worker's memory."""
-    return max(DEFAULT_FILE_MB, worker_memory_mb, 2 * _table_mb(snapshot))
+    return max(DEFAULT_FILE_MB, worker_memory_mb, 2 * _footer(snapshot)[0])
 
 
 def _snapshot(settings: Settings, dataset: str, plan: JobPlan) -> Path:
@@ -181,15 +183,33 @@ def staging_plan(
 ) -> Staging:
     """The query that admits a spec's rows from a Parquet file, with its file row numbers, built here by
     trusted code from the spec the API checked (the worker and a cluster only run it); with the owner's
-    declared classes of the label, only rows of those classes."""
-    resolved = plan.resolved(list(spec.derive or {}), id_column)
+    declared classes of the label, only rows of those classes. Kept for the next job that asks the
+    same (a notebook sends the same spec cell after cell; sqlglot takes milliseconds to build it)."""
+    built = _staging_plan(
+        spec.model_dump_json(exclude_none=True),
+        kind,
+        path,
+        id_column,
+        plan.model_dump_json(include={"features", "filter_columns", "derive_columns", "label_dtype"}),
+        None if label_levels is None else tuple(label_levels),
+    )
+    return built.model_copy(update={"table_rows": _footer(path)[1]}, deep=True)
+
+
+@functools.lru_cache(maxsize=256)
+def _staging_plan(
+    spec_json: str, kind: str, path: str, id_column: str, plan_json: str, label_levels: tuple[str, ...] | None
+) -> Staging:
+    spec = DatasetSpec.model_validate_json(spec_json)
+    resolved = JobPlan.model_validate_json(plan_json).resolved(list(spec.derive or {}), id_column)
+    levels = None if label_levels is None else list(label_levels)
     source = exp.func(
         "read_parquet", exp.Placeholder(), exp.EQ(this=exp.var("file_row_number"), expression=exp.true())
     )
     row_number = exp.column("file_row_number", quoted=True)
-    query, params = staging_query(spec, resolved, source, row_number, kind, label_levels)
+    query, params = staging_query(spec, resolved, source, row_number, kind, levels, flag_missing=True)
     partition = exp.table_(PARTITION_TABLE, quoted=True)
-    partition_query, _ = staging_query(spec, resolved, partition, row_number, kind, label_levels)
+    partition_query, _ = staging_query(spec, resolved, partition, row_number, kind, levels)
     return Staging(
         dataset_path=path,
         query=query,
@@ -197,7 +217,6 @@ def staging_plan(
         columns=resolved.all_features,
         label=spec.label,
         partition_query=partition_query,
-        missing_label_query=missing_label_query(spec, resolved, source),
         partition_missing_label_query=missing_label_query(spec, resolved, partition),
-        label_levels=label_levels,
+        label_levels=levels,
     )

@@ -13,10 +13,15 @@ import numpy as np
 import pyarrow.parquet as pq
 from pyroaring import BitMap
 
+from ..protocol import Staging
 
-def table_rows(path: str) -> int:
-    """Rows in the whole table, from the Parquet footer."""
-    return pq.read_metadata(path).num_rows
+
+def table_rows(staging: Staging) -> int:
+    """Rows in the whole table: as the parent read them from the Parquet footer with the task, else
+    from the footer here."""
+    if staging.table_rows is not None:
+        return staging.table_rows
+    return pq.read_metadata(staging.dataset_path).num_rows
 
 
 def write_row_sets(job_dir: Path, sets: dict[str, np.ndarray]) -> dict[str, str]:

@@ -163,7 +163,7 @@ def _admission(shares: list[dict], task: Task, folder: Path) -> Admission:
     return Admission(
         counts=counts,  # type: ignore[arg-type]
         row_sets=evidence.write_bitmaps(folder, row_sets),  # type: ignore[arg-type]
-        table_rows=evidence.table_rows(task.staging.dataset_path),
+        table_rows=evidence.table_rows(task.staging),
         missing_label=sum(missing) if missing else None,
     )
 

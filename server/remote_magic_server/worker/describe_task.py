@@ -154,7 +154,7 @@ def run(task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None = No
     admission = Admission(
         counts={"eval": SplitCounts(rows=len(frame), classes=classes)},
         row_sets=evidence.write_row_sets(Path("."), {"admitted": staged.eval_rows}),  # type: ignore[arg-type]
-        table_rows=evidence.table_rows(task.staging.dataset_path),
+        table_rows=evidence.table_rows(task.staging),
     )
     if not channel.admit(admission):
         return None

@@ -4,7 +4,8 @@ DuckDB may read exactly one file, the dataset's, and nothing else; its configura
 a spill folder in the job folder) is locked before the query runs. The query is the server-built
 staging plan (`Staging.query`, from `remote_magic.query`, the same builder the dry run uses), never
 user text. Rows stream out of DuckDB batch by batch and are split into training and evaluation rows as
-they pass: the row numbers, the labels and the rows per text level are kept for admission; the feature
+they pass (rows whose label is missing are counted and dropped in the same pass, as the query marks
+them): the row numbers, the labels and the rows per text level are kept for admission; the feature
 columns stay Arrow batches (non-finite values missing, as `remote_magic.rows` says, like the dry run),
 held in memory up to the staging budget and spilled past it to Arrow files in the job folder, from where
 an external-memory matrix reads them. Rare text levels are merged as the batches are read, once every
@@ -27,7 +28,7 @@ import pyarrow.compute as pc
 
 from remote_magic.contract import rows
 from remote_magic.contract.codes import Refusal
-from remote_magic.contract.query import EVAL_FLAG, ROW_ID
+from remote_magic.contract.query import EVAL_FLAG, MISSING_FLAG, ROW_ID
 from remote_magic.families.base import Batches, Part, Split
 
 from ..protocol import SCRATCH_DIR, Task
@@ -169,15 +170,18 @@ def stage(task: Task, folder: Path = Path("."), con: duckdb.DuckDBPyConnection |
     held = 0
     try:
         con = con if con is not None else connect(task, folder)
-        missing = None
-        if staging.missing_label_query:
-            missing = int(con.sql(staging.missing_label_query, params=[path]).fetchall()[0][0])
         reader = con.sql(staging.query, params=[*staging.params, path]).to_arrow_reader(BATCH_ROWS)
     except duckdb.Error as exc:
         _raise_failure(exc, derive)
     try:
         schema = reader.schema
+        missing = 0 if MISSING_FLAG in schema.names else None  # rows the filter admits with no label
         for batch in _batches(reader, derive):
+            flagged = batch.column(MISSING_FLAG) if missing is not None else None
+            dropped = pc.sum(flagged).as_py() if flagged is not None else 0
+            if dropped:
+                missing += dropped
+                batch = batch.filter(pc.invert(flagged))
             is_eval = batch.column(EVAL_FLAG).fill_null(False)
             for name, keep in (("train", pc.invert(is_eval)), ("eval", is_eval)):
                 part = batch.filter(keep)
