@@ -32,6 +32,7 @@ from remote_magic_server.protocol import (
     NoiseBatch,
     NoiseRequest,
     PrivateTraining,
+    ProgressNote,
     TrainingPlan,
     TrainReport,
 )
@@ -138,6 +139,8 @@ def test_the_dp_family_trains_through_the_model_job_and_spends_its_order(dataset
     assert parent.rho == pytest.approx(RHO, rel=1e-9)  # every bit of the order, and no more
     assert parent.batches == 8, "each round's gradient and hessian sums in one round trip"
     assert report.rounds.new == 8 and report.history is None and report.feature_importance == {}
+    rounds = [m.round for m in parent.seen if isinstance(m, ProgressNote) and m.stage == "training"]
+    assert rounds[-1] == 8 and rounds == sorted(rounds), "progress at most five times a second, the last too"
     assert report.metrics["auc"] > 0.7  # rho 0.5 on 3,000 rows learns the signal
     booster = xgb.Booster()
     booster.load_model(str(tmp_path / "one" / MODEL_FILE))
