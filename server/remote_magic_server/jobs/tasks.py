@@ -200,4 +200,5 @@ def staging_plan(
         missing_label_query=missing_label_query(spec, resolved, source),
         partition_missing_label_query=missing_label_query(spec, resolved, partition),
         label_levels=label_levels,
+        label_dtype=resolved.label_dtype,
     )
