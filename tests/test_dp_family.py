@@ -213,8 +213,8 @@ def test_a_classifier_without_the_owners_declared_classes_is_refused_before_any_
     """The classes would otherwise be the rows' own labels (tests/test_redteam_dp.py shows the leak)."""
     plan = FAMILY.canonical(xgb.XGBClassifier(n_estimators=5))
     hint = "the label 'y' holds decimal numbers"
-    with pytest.raises(Refusal, match="column_levels") as caught:
-        FAMILY.check_order(plan, (0.0, 1.0), None, hint)
+    with pytest.raises(Refusal, match=r"`column_levels\.y`") as caught:
+        FAMILY.check_order(plan, (0.0, 1.0), None, hint, label="y")
     assert caught.value.code == "unsupported_model" and caught.value.message.startswith(hint + "; ")
     FAMILY.check_order(plan, None, ["0", "1"])
     with pytest.raises(Refusal, match="declares 2 classes of the label, the training has 3"):

@@ -362,7 +362,7 @@ def test_declared_classes_are_the_classes_whatever_the_rows(red):
     with pytest.raises(DryRunError) as refused:
         first = undeclared[0]
         dry_run(model, DatasetSpec(dataset=first, **spec), c.dataset(first), c.mock(first))
-    assert refused.value.code == "unsupported_model" and "column_levels" in str(refused.value)
+    assert refused.value.code == "unsupported_model" and "`column_levels.label`" in str(refused.value)
     assert [c.cost(None, {**spec, "dataset": name}).rho_spent for name in undeclared] == [0.0, 0.0]
     assert classes("declared_in") == classes("declared_out") == (["0", "1"], 0)
     assert classes("declared_three") in ("class_too_small", (["0", "1", "2"], 3))

@@ -199,7 +199,7 @@ def dry_run(
             private = family_named("dpboost").canonical(model)
             if is_classifier_task(private.task):
                 hint = continuous_label_hint(spec.label, resolved.label_dtype)
-                check_label(True, None, dataset.column_levels.get(spec.label), hint=hint)
+                check_label(True, None, dataset.column_levels.get(spec.label), hint=hint, label=spec.label)
         check_kind(kind, plan.base is not None, plan.preprocess is not None)
     except Refusal as refusal:
         raise DryRunError(refusal.message, code=refusal.code) from None

@@ -52,6 +52,7 @@ def check_label(
     label_classes: list[str] | None,
     expected_classes: int | None = None,
     hint: str = "",
+    label: str = "LABEL",
 ) -> None:
     """Refuse a DP training whose label the owner gave no public description of: a regression's range
     (`label_ranges`), a classifier's classes (`column_levels.<label>`). Without declared classes, the
@@ -63,14 +64,14 @@ def check_label(
         raise Refusal(
             "unsupported_model",
             "DP training of a regression needs the data owner's public range of the label "
-            "(`label_ranges` in the dataset's config); ask the data owner to declare one",
+            f"(`label_ranges.{label}` in the dataset's config); ask the data owner to declare one",
         )
     if classifier and label_classes is None:
         raise Refusal(
             "unsupported_model",
             (f"{hint}; " if hint else "")
             + "DP training of a classifier needs the data owner's public list of the label's classes "
-            "(`column_levels.<label>` in the dataset's config); ask the data owner to declare them",
+            f"(`column_levels.{label}` in the dataset's config); ask the data owner to declare them",
         )
     if classifier and expected_classes is not None and len(label_classes or []) != expected_classes:
         raise Refusal(
@@ -182,9 +183,11 @@ class DPBoostFamily:
         label_range: tuple[float, float] | None,
         label_classes: list[str] | None,
         label_hint: str = "",
+        label: str = "LABEL",
     ) -> None:
         """Refuse, before any row is read, a label the owner declared nothing public about."""
-        check_label(is_classifier_task(plan.task), label_range, label_classes, hint=label_hint)
+        classifier = is_classifier_task(plan.task)
+        check_label(classifier, label_range, label_classes, hint=label_hint, label=label)
 
     def portable_base(self, plan: Plan) -> bytes:
         return XGBOOST.portable_base(plan)

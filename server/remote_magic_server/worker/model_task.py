@@ -59,7 +59,9 @@ def decode(task: Task, payload: BinaryIO | None) -> tuple[ModelFamily, Plan]:
         assert task.staging is not None
         staged = task.staging
         hint = continuous_label_hint(staged.label, staged.label_dtype)
-        family.check_order(plan, task.label_range, staged.label_levels, hint)  # type: ignore[attr-defined]
+        family.check_order(  # type: ignore[attr-defined]
+            plan, task.label_range, staged.label_levels, hint, label=staged.label
+        )
     if str(plan.params.get("device") or "cpu") != "cpu" and not task.limits.gpu:
         raise Refusal("parameter_out_of_bounds", "device = 'cuda' needs a GPU, and this server has none")
     return family, plan

@@ -96,7 +96,7 @@ def _staged(
     classifier = settings.objective != "reg:squarederror"
     expected = settings.num_class if settings.objective == "multi:softprob" else 2
     if classifier:  # the classes are the owner's declared ones, before any row is read
-        check_label(True, None, task.staging.label_levels, expected)
+        check_label(True, None, task.staging.label_levels, expected, label=task.staging.label)
     channel.stage("staging")
     parts = InProcess([staging.stage(task, con=con)])
     classes = model_job.admit(task, parts, channel, HERE, classifier)
