@@ -54,7 +54,8 @@ def make_table(path: Path, feature_mb: float, seed: int) -> int:
 
 def dataset(name: str, path: Path, policy: str, mode: str) -> str:
     head = f'\n[datasets.{name}]\npath = "{path}"\nid_column = "id"\n'
-    return head + f'label_columns = ["label"]\nprivacy = "{mode}"\npolicy = {policy}\n'
+    declared = 'label_columns = ["label"]\ncolumn_levels.label = ["0", "1"]\n'  # the classes (mode dp)
+    return head + declared + f'privacy = "{mode}"\npolicy = {policy}\n'
 
 
 def spilled(log: Path) -> list[int]:

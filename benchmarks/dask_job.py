@@ -32,6 +32,7 @@ DEPTH, THREADS = 6, 2
 def dataset(table: Path, privacy: str) -> str:
     return (
         f'\n[datasets.large_{privacy}]\npath = "{table}"\nid_column = "id"\nlabel_columns = ["label"]\n'
+        'column_levels.label = ["0", "1"]\n'
         f'privacy = "{privacy}"\npolicy = {{ max_threads = {THREADS} }}\n'
     )
 

@@ -68,7 +68,8 @@ def through_the_server(rows: int, rounds: int, modes: list[str]) -> None:
         pq.write_table(table, base / "gpu.parquet")
         extra = "".join(
             f'\n[datasets.gpu_{mode}]\npath = "{base / "gpu.parquet"}"\nid_column = "id"\n'
-            f'label_columns = ["label"]\nprivacy = "{mode}"\n'
+            f'label_columns = ["label"]\n'
+            f'column_levels.label = ["0", "1"]\nprivacy = "{mode}"\n'
             for mode in modes
         )
         policy = 'devices = ["cpu", "cuda"]\nworker_memory_mb = 65536'

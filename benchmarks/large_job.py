@@ -123,6 +123,7 @@ def main() -> None:
         data_bytes = make_table(table, args.rows)
         extra = "".join(
             f'\n[datasets.large_{mode}]\npath = "{table}"\nid_column = "id"\nlabel_columns = ["label"]\n'
+            'column_levels.label = ["0", "1"]\n'
             f'privacy = "{mode}"\npolicy = {{ max_threads = {THREADS}, max_n_estimators = {args.rounds} }}\n'
             for mode in args.modes
         )

@@ -148,6 +148,7 @@ def main() -> None:
         make_table(table)
         extra = (
             f'\n[datasets.bench]\npath = "{table}"\nid_column = "id"\nlabel_columns = ["label"]\n'
+            'column_levels.label = ["0", "1"]\n'
             'privacy = "rules"\n'  # mode dp would answer identical repeats from the stored release
         )
         users = {"bench": ["bench"]}

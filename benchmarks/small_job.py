@@ -255,6 +255,7 @@ def main() -> None:
         make_table(table)
         extra = "".join(
             f'\n[datasets.{name}]\npath = "{table}"\nid_column = "id"\nlabel_columns = ["label"]\n'
+            'column_levels.label = ["0", "1"]\n'
             f'privacy = "{mode}"\n'
             for mode, name in MODES.items()
         )

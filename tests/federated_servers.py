@@ -62,6 +62,7 @@ def config_for(
         'id_column = "id"',
         'label_columns = ["label"]',
         f'privacy = "{privacy}"',
+        'column_levels.label = ["0", "1"]',  # the label's classes: mode dp trains on declared ones only
     ]
     if declared:
         lines += [f"column_ranges.{k} = [{lo}, {hi}]" for k, (lo, hi) in RANGES.items()]

@@ -111,7 +111,7 @@ def priced(tmp_path_factory):
     for name, mode in (("trainer", "dp"), ("eval_only", "dp_eval_only"), ("rounded", "rules")):
         config += (
             f'\n[datasets.{name}]\npath = "{data}/t.parquet"\nid_column = "id"\n'
-            f'label_columns = ["label"]\nprivacy = "{mode}"\n'
+            f'label_columns = ["label"]\ncolumn_levels.label = ["0", "1"]\nprivacy = "{mode}"\n'
         )
     with running(data, base / "server.log", {"ana": ["trainer", "eval_only", "rounded"]}, config) as server:
         yield server

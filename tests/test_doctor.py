@@ -129,3 +129,19 @@ def test_a_unique_text_column_left_as_a_default_feature_is_told_to_the_owner(tmp
     warned = [line for line in done.stdout.splitlines() if "unique to each row" in line]
     assert len(warned) == 1 and "dataset tickets:" in warned[0] and "'ticket'" in warned[0], done.stdout
     assert "add it to exclude_columns" in warned[0] and "colour" not in warned[0]
+
+
+def test_a_label_mode_dp_cannot_train_on_is_told_to_the_owner(tmp_path):
+    """Mode dp trains a classifier only on declared classes, a regressor only on a declared range."""
+    source = ensure_demo_data(tmp_path / "demo")["breast_cancer"]
+    (tmp_path / "data").mkdir()
+    config = tmp_path / "server.toml"
+    declared = dataset("declared", source).replace("\n\n", '\ncolumn_levels.malignant = ["0", "1"]\n\n')
+    rules = dataset("rules", source).replace("\n\n", '\nprivacy = "rules"\n\n')
+    config.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\n\n' + dataset("bare", source) + declared + rules
+    )
+    done = doctor(config)
+    warned = [line for line in done.stdout.splitlines() if "neither declared classes nor a range" in line]
+    assert len(warned) == 1 and warned[0].startswith("WARN   dataset bare: label(s) malignant"), done.stdout
+    assert "column_levels.LABEL" in warned[0] and done.returncode == 0

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from remote_magic.contract.codes import Refusal
 from remote_magic.families import MODEL_FILE
-from remote_magic.families.dpboost.family import FAMILY
+from remote_magic.families.dpboost.family import FAMILY, check_label
 from remote_magic.families.dpboost.schedule import releases
 from remote_magic.families.dpboost.settings import Settings
 from remote_magic.families.partitions import InProcess
@@ -208,8 +208,21 @@ def test_what_dp_training_cannot_honour_is_refused_by_name(model, code, named):
 def test_a_regression_without_the_owners_label_range_is_refused_before_any_row():
     plan = FAMILY.canonical(xgb.XGBRegressor(n_estimators=5))
     with pytest.raises(Refusal, match="label_ranges"):
-        FAMILY.check_order(plan, None)
-    FAMILY.check_order(plan, (0.0, 10.0))
+        FAMILY.check_order(plan, None, None)
+    FAMILY.check_order(plan, (0.0, 10.0), None)
+
+
+def test_a_classifier_without_the_owners_declared_classes_is_refused_before_any_row():
+    """The classes would otherwise be the rows' own labels (tests/test_redteam_dp.py shows the leak)."""
+    plan = FAMILY.canonical(xgb.XGBClassifier(n_estimators=5))
+    hint = "the label 'y' holds decimal numbers"
+    with pytest.raises(Refusal, match=r"`column_levels\.y`") as caught:
+        FAMILY.check_order(plan, (0.0, 1.0), None, hint, label="y")
+    assert caught.value.code == "unsupported_model" and caught.value.message.startswith(hint + "; ")
+    FAMILY.check_order(plan, None, ["0", "1"])
+    with pytest.raises(Refusal, match="declares 2 classes of the label, the training has 3"):
+        check_label(True, None, ["0", "1"], expected_classes=3)
+    check_label(True, None, ["a", "b", "c"], expected_classes=3)
 
 
 def test_min_child_weight_is_no_longer_the_analysts_business():

@@ -29,6 +29,11 @@ def table(path, rows: int = ROWS, positive: float = POSITIVE) -> None:
     frame.to_parquet(path)
 
 
+def classes(label: str) -> str:
+    """A label's declared classes (mode dp trains a classifier only on declared ones)."""
+    return f'{{ {label} = ["0", "1"] }}'
+
+
 @pytest.fixture(scope="module")
 def noisy(server, tmp_path_factory):
     """Mode dp: `small` (the breast-cancer table), `even` (3,000 rows, two even classes: intervals
@@ -38,8 +43,13 @@ def noisy(server, tmp_path_factory):
     table(base / "rare.parquet")
     table(base / "even.parquet", rows=3000, positive=0.5)
     tables = (
-        dataset_table("small", server.settings.datasets["breast_cancer"].path, "malignant")
-        + dataset_table("even", base / "even.parquet", "y")
+        dataset_table(
+            "small",
+            server.settings.datasets["breast_cancer"].path,
+            "malignant",
+            column_levels=classes("malignant"),
+        )
+        + dataset_table("even", base / "even.parquet", "y", column_levels=classes("y"))
         + dataset_table(
             "rare", base / "rare.parquet", "y", privacy="dp_eval_only", policy="{ dp_rho_cap = 0.025 }"
         )

@@ -30,7 +30,8 @@ def holes(server, tmp_path_factory):
     frame.to_parquet(path)
     mock = base / "mock.csv"  # the owner's mock rows: a 0/1 label stored as decimals
     frame.drop(columns="id").dropna().head(50).to_csv(mock, index=False)
-    tables = dataset_table("holes", path, "malignant", mock_path=f'"{mock}"')
+    classes = '{ malignant = ["0", "1"] }'  # the label's declared classes (mode dp)
+    tables = dataset_table("holes", path, "malignant", mock_path=f'"{mock}"', column_levels=classes)
     tables += dataset_table("holes_rules", path, "malignant", privacy="rules")
     with running(base / "data", base / "log", {"eve": ["holes", "holes_rules"]}, tables) as served:
         yield served

@@ -27,7 +27,9 @@ from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
-from remote_magic.client.errors import RemoteError
+from remote_magic.client.dryrun import dry_run
+from remote_magic.client.errors import DryRunError, RemoteError
+from remote_magic.contract.wire import DatasetSpec
 from tests.serverproc import running
 
 ROWS = 6000
@@ -84,11 +86,12 @@ def red(request, tmp_path_factory):
     }
     config, users = "", {}
     common = 'id_column = "id"\nlabel_columns = ["label"]\n'
+    binary = common + 'column_levels.label = ["0", "1"]\n'  # the owner's declared classes (mode dp)
     for i in range(ANALYSTS):
         label_file = f"w{secrets['label'][i]}"
         member_file = "w0" if secrets["member"][i] else "out"
-        config += f'\n[datasets.l{i:02d}]\npath = "{data / label_file}.parquet"\n{common}'
-        config += f'\n[datasets.m{i:02d}]\npath = "{data / member_file}.parquet"\n{common}'
+        config += f'\n[datasets.l{i:02d}]\npath = "{data / label_file}.parquet"\n{binary}'
+        config += f'\n[datasets.m{i:02d}]\npath = "{data / member_file}.parquet"\n{binary}'
         users[f"analyst{i:02d}"] = [f"l{i:02d}", f"m{i:02d}"]
     for bit in (0, 1):
         config += f'\n[datasets.rules{bit}]\npath = "{data}/w{bit}.parquet"\n{common}privacy = "rules"\n'
@@ -100,11 +103,15 @@ def red(request, tmp_path_factory):
         ("declared_out", "out", declared),
         ("declared_three", "out", 'column_levels.label = ["0", "1", "2"]\n'),
         ("undeclared_in", "w2", ""),
-        ("nan_in", "nan", ""),
-        ("nan_out", "nan_out", ""),
+        ("undeclared_out", "out", ""),
+        ("nan_in", "nan", 'column_levels.label = ["0", "1"]\n'),
+        ("nan_out", "nan_out", 'column_levels.label = ["0", "1"]\n'),
     ):
         config += f'\n[datasets.{name}]\npath = "{data}/{world}.parquet"\n{common}{extra}'
-    users["classes"] = ["declared_in", "declared_out", "declared_three", "undeclared_in", "nan_in", "nan_out"]
+    users["classes"] = [
+        *("declared_in", "declared_out", "declared_three", "undeclared_in", "undeclared_out"),
+        *("nan_in", "nan_out"),
+    ]
     with contextlib.ExitStack() as stack:
         if request.param == "dask":
             from distributed import LocalCluster
@@ -328,12 +335,14 @@ def test_a_model_no_prediction_survives_is_refused_before_any_row_in_both_worlds
 
 
 def test_declared_classes_are_the_classes_whatever_the_rows(red):
-    """Without a declaration the classes are the admitted rows' labels: one row with its own label is a
-    class of one row, and the job is refused `class_too_small` (on its noisy count) where without the row
-    there is no such class to refuse, so the refusal says the row is in. With the owner's declared
-    classes the staging query admits only rows of those classes, and the model and the released counts
-    have exactly those classes, with or without the row ("1.0" declares the integer label 1); a declared
-    class no row holds is still a class, its count noised like any other's (mostly too small to release)."""
+    """Without a declaration the classes were the admitted rows' labels: one row with its own label was
+    a class of one row, and the job was refused `class_too_small` (on its noisy count) where without the
+    row there was no such class to refuse, so the refusal said the row was in. Mode dp now trains a
+    classifier only on the owner's declared classes: without them it is refused before any row is read,
+    at no cost, in both worlds alike (a dry run says so too). With them the staging query admits only rows
+    of those classes, and the model and the released counts have exactly those classes, with or without
+    the row ("1.0" declares the integer label 1); a declared class no row holds is still a class, its
+    count noised like any other's (mostly too small to release)."""
     c = client(red, "classes")
     spec = {"label": "label", "features": ["score"]}
     model = xgb.XGBClassifier(n_estimators=2, max_depth=2)
@@ -348,8 +357,13 @@ def test_declared_classes_are_the_classes_whatever_the_rows(red):
         booster = json.loads(c.download_model(result.job_id))
         return counted, int(booster["learner"]["learner_model_param"]["num_class"])
 
-    # The leak a declaration closes: refused on the class's noisy count, or the class in the release.
-    assert classes("undeclared_in") in ("class_too_small", (["0", "1", "2"], 3))
+    undeclared = ("undeclared_in", "undeclared_out")
+    assert [classes(name) for name in undeclared] == ["unsupported_model"] * 2
+    with pytest.raises(DryRunError) as refused:
+        first = undeclared[0]
+        dry_run(model, DatasetSpec(dataset=first, **spec), c.dataset(first), c.mock(first))
+    assert refused.value.code == "unsupported_model" and "`column_levels.label`" in str(refused.value)
+    assert [c.cost(None, {**spec, "dataset": name}).rho_spent for name in undeclared] == [0.0, 0.0]
     assert classes("declared_in") == classes("declared_out") == (["0", "1"], 0)
     assert classes("declared_three") in ("class_too_small", (["0", "1", "2"], 3))
 

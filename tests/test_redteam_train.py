@@ -102,7 +102,7 @@ def red(request, tmp_path_factory):
     for i, bit in enumerate(secrets):
         config += (
             f'\n[datasets.t{i:02d}]\npath = "{data}/w{bit}.parquet"\nid_column = "id"\n'
-            f'label_columns = ["label"]\nprivacy = "{mode}"\n'
+            f'label_columns = ["label"]\ncolumn_levels.label = ["0", "1"]\nprivacy = "{mode}"\n'
         )
         users[f"analyst{i:02d}"] = [f"t{i:02d}"]
     with running(data, base / "server.log", users, config) as server:

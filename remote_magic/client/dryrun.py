@@ -33,6 +33,7 @@ from ..families import family as family_named
 from ..families import family_for
 from ..families.aggregates import evaluate
 from ..families.base import Run, Split, check_kind, encode_labels, is_classifier_task
+from ..families.dpboost.family import check_label
 from ..families.partitions import one_machine
 from .errors import DryRunError
 
@@ -195,7 +196,10 @@ def dry_run(
             family.check_bounds(plan, dataset.bounds.for_kind(kind))
         if kind == "train" and dataset.policy is not None and dataset.policy.privacy == "dp":
             # what the DP trainer refuses, refused here too (the fit below stays XGBoost's, on mock rows)
-            family_named("dpboost").canonical(model)
+            private = family_named("dpboost").canonical(model)
+            if is_classifier_task(private.task):
+                hint = continuous_label_hint(spec.label, resolved.label_dtype)
+                check_label(True, None, dataset.column_levels.get(spec.label), hint=hint, label=spec.label)
         check_kind(kind, plan.base is not None, plan.preprocess is not None)
     except Refusal as refusal:
         raise DryRunError(refusal.message, code=refusal.code) from None

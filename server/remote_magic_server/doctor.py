@@ -247,6 +247,28 @@ def _files(settings: Settings) -> list[Finding]:
     return found
 
 
+def _labels(settings: Settings) -> list[Finding]:
+    """Mode dp trains a classifier only on a label whose classes the owner declared, and a regressor
+    only on one with a declared range (the DP trainer's rule, `dpboost.family.check_label`): a label
+    with neither gets no DP model at all, which the owner should hear before an analyst does."""
+    found = []
+    for name, ds in settings.datasets.items():
+        if settings.policy_for(name).privacy != "dp":
+            continue
+        bare = [label for label in ds.label_columns if label not in {*ds.column_levels, *ds.label_ranges}]
+        if bare:
+            found.append(
+                Finding(
+                    "warn",
+                    f"dataset {name}",
+                    f"label(s) {', '.join(bare)} have neither declared classes nor a range: mode dp trains "
+                    "no model on them; declare column_levels.LABEL (a classifier's classes) or "
+                    "label_ranges.LABEL (a regression's range)",
+                )
+            )
+    return found
+
+
 def _readable_file(settings: Settings, name: str) -> Path | None:
     """The file a worker of this dataset reads: its latest snapshot, else (before the first one) its
     Parquet file; None for a remote source not yet snapshotted."""
@@ -305,6 +327,7 @@ def run_checks(settings: Settings, accept_audit_mismatch: bool = False) -> list[
         *_hub(settings),
         *_clock(settings),
         *_files(settings),
+        *_labels(settings),
         *_probe(settings),
     ]
 

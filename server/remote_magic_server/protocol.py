@@ -34,7 +34,7 @@ from remote_magic.contract.codes import CODES
 from remote_magic.contract.wire import DatasetSpec, ModelBounds, ReleaseOptions, Stage
 from remote_magic.families.base import Plan
 
-PROTOCOL_VERSION = 7
+PROTOCOL_VERSION = 8
 MAX_MESSAGE_BYTES = 16 * 2**20
 PARTITION_TABLE = "__remote_magic_partition"  # a cluster partition's rows, with their file_row_number
 SCRATCH_DIR = "scratch"  # in a job folder: spilled rows and external-memory pages, removed after the job
@@ -67,6 +67,9 @@ class Staging(_Strict):
     label_levels: list[str] | None = Field(
         default=None,
         description="The owner's declared classes of the label: a classifier's classes, whatever rows come.",
+    )
+    label_dtype: str = Field(
+        default="", description="The label's type in the schema (public): what a refusal may hint from."
     )
     table_rows: int | None = Field(
         default=None, ge=0, description="Rows in the whole file, from its footer (read once by the parent)."
@@ -149,7 +152,7 @@ SESSION_OUT = "session-next"
 
 
 class Task(_Strict):
-    protocol: Literal[7] = PROTOCOL_VERSION
+    protocol: Literal[8] = PROTOCOL_VERSION
     kind: TaskKind
     spec: DatasetSpec | None = None
     staging: Staging | None = None

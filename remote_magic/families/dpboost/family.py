@@ -47,6 +47,41 @@ SKETCH_SHARE = 0.1  # of the training budget, when some column's candidates come
 ANY_LABEL_RANGE = (0.0, 1.0)  # stands in for the owner's range while only the parameters are checked
 
 
+def check_label(
+    classifier: bool,
+    label_range: tuple[float, float] | None,
+    label_classes: list[str] | None,
+    expected_classes: int | None = None,
+    hint: str = "",
+    label: str = "LABEL",
+) -> None:
+    """Refuse a DP training whose label the owner gave no public description of: a regression's range
+    (`label_ranges`), a classifier's classes (`column_levels.<label>`). Without declared classes, the
+    classes would be the admitted rows' own labels: one row with a label of its own would make a class,
+    seen in the released model or answered by a refusal, and gone without the row. `expected_classes`:
+    the number a federated training's settings fix, which the declaration must match; `hint`: what the
+    label's public type says of a classifier on it (`continuous_label_hint`), said first."""
+    if not classifier and label_range is None:
+        raise Refusal(
+            "unsupported_model",
+            "DP training of a regression needs the data owner's public range of the label "
+            f"(`label_ranges.{label}` in the dataset's config); ask the data owner to declare one",
+        )
+    if classifier and label_classes is None:
+        raise Refusal(
+            "unsupported_model",
+            (f"{hint}; " if hint else "")
+            + "DP training of a classifier needs the data owner's public list of the label's classes "
+            f"(`column_levels.{label}` in the dataset's config); ask the data owner to declare them",
+        )
+    if classifier and expected_classes is not None and len(label_classes or []) != expected_classes:
+        raise Refusal(
+            "invalid_request",
+            f"the data owner declares {len(label_classes or [])} classes of the label, "
+            f"the training has {expected_classes}",
+        )
+
+
 @dataclass
 class DPTrained(Trained):
     """An XGBoost family `Trained` (its code reads it) with what the DP training cost."""
@@ -143,14 +178,17 @@ class DPBoostFamily:
         if plan.base is not None:  # before any row is read, with the bound the trainer's margins need
             check_booster(plan.base, LEAF_LIMIT)
 
-    def check_order(self, plan: Plan, label_range: tuple[float, float] | None) -> None:
-        """Refuse, before any row is read, a regression the owner gave no public label range for."""
-        if not is_classifier_task(plan.task) and label_range is None:
-            raise Refusal(
-                "unsupported_model",
-                "DP training of a regression needs the data owner's public range of the label "
-                "(`label_ranges` in the dataset's config); ask the data owner to declare one",
-            )
+    def check_order(
+        self,
+        plan: Plan,
+        label_range: tuple[float, float] | None,
+        label_classes: list[str] | None,
+        label_hint: str = "",
+        label: str = "LABEL",
+    ) -> None:
+        """Refuse, before any row is read, a label the owner declared nothing public about."""
+        classifier = is_classifier_task(plan.task)
+        check_label(classifier, label_range, label_classes, hint=label_hint, label=label)
 
     def portable_base(self, plan: Plan) -> bytes:
         return XGBOOST.portable_base(plan)

@@ -219,4 +219,5 @@ def _staging_plan(
         partition_query=partition_query,
         partition_missing_label_query=missing_label_query(spec, resolved, partition),
         label_levels=levels,
+        label_dtype=resolved.label_dtype,
     )

@@ -16,6 +16,7 @@ from typing import BinaryIO
 import duckdb
 
 from remote_magic.contract.codes import Refusal
+from remote_magic.contract.types import continuous_label_hint
 from remote_magic.families import family as family_named
 from remote_magic.families import family_for, family_of_saved
 from remote_magic.families.base import ModelFamily, Plan, check_kind
@@ -55,7 +56,12 @@ def decode(task: Task, payload: BinaryIO | None) -> tuple[ModelFamily, Plan]:
     assert plan is not None
     family.check_bounds(plan, task.bounds)
     if task.dp_training is not None:
-        family.check_order(plan, task.label_range)  # type: ignore[attr-defined]
+        assert task.staging is not None
+        staged = task.staging
+        hint = continuous_label_hint(staged.label, staged.label_dtype)
+        family.check_order(  # type: ignore[attr-defined]
+            plan, task.label_range, staged.label_levels, hint, label=staged.label
+        )
     if str(plan.params.get("device") or "cpu") != "cpu" and not task.limits.gpu:
         raise Refusal("parameter_out_of_bounds", "device = 'cuda' needs a GPU, and this server has none")
     return family, plan

@@ -31,6 +31,7 @@ from remote_magic.contract.codes import Refusal
 from remote_magic.contract.federated import LEAF_LIMIT
 from remote_magic.families.dpboost import Batch, Features, LeafUpdate, Partition, Settings, on_parts
 from remote_magic.families.dpboost.booster import load
+from remote_magic.families.dpboost.family import check_label
 from remote_magic.families.dpboost.schedule import leaf_releases
 from remote_magic.families.dpboost.settings import federated_settings
 from remote_magic.families.partitions import InProcess
@@ -91,13 +92,17 @@ def _staged(
     model: bytes,
 ) -> Partition | None:
     """Stage and admit the training rows, and their margins from the model so far (None: stopped)."""
+    assert task.staging is not None
+    classifier = settings.objective != "reg:squarederror"
+    expected = settings.num_class if settings.objective == "multi:softprob" else 2
+    if classifier:  # the classes are the owner's declared ones, before any row is read
+        check_label(True, None, task.staging.label_levels, expected, label=task.staging.label)
     channel.stage("staging")
     parts = InProcess([staging.stage(task, con=con)])
-    classes = model_job.admit(task, parts, channel, HERE, settings.objective != "reg:squarederror")
+    classes = model_job.admit(task, parts, channel, HERE, classifier)
     if classes is None:
         return None
-    expected = settings.num_class if settings.objective == "multi:softprob" else 2
-    if settings.objective != "reg:squarederror" and len(classes) != expected:
+    if classifier and len(classes) != expected:
         raise Refusal("invalid_request", f"the training rows have {len(classes)} classes, not {expected}")
     parts.map(on_parts.set_up, features, settings, model)
     return parts.parts[0].state[on_parts.STATE]
