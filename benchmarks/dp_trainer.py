@@ -270,8 +270,8 @@ def main() -> None:
                 "" if target is None or not big else (" target met" if gap <= target else " target MISSED")
             )
             spread = (
-                f" (seeds 0-{args.seeds - 1}: sd {gaps.std(ddof=1):.2f}, "
-                f"{gaps.min():+.2f} to {gaps.max():+.2f})"
+                f"; seeds 0-{args.seeds - 1}: sd {gaps.std(ddof=1):.2f}, {gaps.min():+.2f} to "
+                f"{gaps.max():+.2f}"
                 if args.seeds > 1
                 else ""
             )
