@@ -42,7 +42,7 @@ from remote_magic.families.dpboost.candidates import CandidatePlan, Declared, sk
 from remote_magic.families.dpboost.objectives import BINARY_GRADIENT_CLIP
 from remote_magic.families.dpboost.params import settings_from_params
 from remote_magic.families.dpboost.partition import Grow
-from remote_magic.families.dpboost.selection import candidates, scores
+from remote_magic.families.dpboost.selection import candidates, scores, weighted
 from remote_magic.families.dpboost.structure import draw
 
 LEVELS = ("east", "north", "south", "west")
@@ -517,6 +517,20 @@ def test_each_candidate_split_is_listed_once():
     region = options.feature == 2
     assert region.sum() == 2 * (2 ** (len(LEVELS) - 1) - 1)  # every two-way partition of 4 levels, twice
     assert not options.right[region][:, 0].any()
+
+
+def test_the_prior_gives_each_column_the_same_chance_whatever_its_candidates():
+    options = candidates(FEATURES, np.random.default_rng(0))
+    columns = np.unique(options.feature)
+    assert [np.exp(options.prior[options.feature == f]).sum() for f in columns] == pytest.approx([1.0] * 4)
+    # Equal scores: the noisy top-1 then picks each column about equally often (x1 has 62 candidates,
+    # flag 2); without the prior x1 would be chosen 62 / 108 of the time and flag 2 / 108.
+    linf, rho = 1.0, 0.01
+    total = weighted(np.zeros(len(options.feature)), options, linf, rho)
+    select = seeded_select(3)
+    chosen = options.feature[[select(list(total), linf, rho) for _ in range(4000)]]
+    shares = np.bincount(chosen, minlength=4) / 4000
+    assert shares == pytest.approx([0.25] * 4, abs=0.03)
 
 
 # Parameters

@@ -46,13 +46,14 @@ clipped and scaled by the learning rate, and the model built from them are post-
 **4. Split selection (optional, `selection.py`).** Instead of a random split, each level of each tree chooses
 its split by the exponential mechanism, as report-noisy-max with Gumbel noise of scale `b`, on scores that one
 row moves by at most `D_x = g_t` (`g_t` bounds one row's gradient in one tree: `g` = 0.85 for the logistic
-loss (the clip), 1 for the softmax loss, `g` for the squared error). The candidates are public; by OpenDP's
-map for noisy top-1 (non-monotonic scores) one selection costs `D_x^2 / (2 b^2)` (the exponential mechanism at
-`eps = 2 D_x / b` is `eps^2 / 8`-zCDP). With a split per node, a level first chooses its column (one
-selection), then each node its split on it: the nodes of a level hold disjoint rows and a row's node depends
-only on its own features and the public or released structure above, so the nodes' selections together cost
-one selection (parallel composition). A round has `n_x = depth * classes` selections (one per level of each
-tree), or `2 * depth * classes` with a split per node.
+loss (the clip), 1 for the softmax loss, `g` for the squared error). The candidates are public, and so is the
+prior offset added to each score (`b ln(1/k)` for a column of `k` candidates: it moves no score by a row); by
+OpenDP's map for noisy top-1 (non-monotonic scores) one selection costs `D_x^2 / (2 b^2)` (the exponential
+mechanism at `eps = 2 D_x / b` is `eps^2 / 8`-zCDP). With a split per node, a level first chooses its column
+(one selection), then each node its split on it: the nodes of a level hold disjoint rows and a row's node
+depends only on its own features and the public or released structure above, so the nodes' selections together
+cost one selection (parallel composition). A round has `n_x = depth * classes` selections (one per level of
+each tree), or `2 * depth * classes` with a split per node.
 
 **Total.** For `R` rounds,
 `rho = rho_s + rho_0 + R (g^2 / (2 s_g^2) + h^2 / (2 s_h^2) + n_x D_x^2 / (2 b^2))`

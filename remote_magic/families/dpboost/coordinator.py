@@ -27,7 +27,7 @@ from .booster import Tree, base_score_of, margin_of_base_score, model_json, pars
 from .features import Features
 from .partition import Grow, Intercept, InterceptUpdate, LeafUpdate, Request, Update
 from .schedule import leaf_releases
-from .selection import candidates, choose, scores
+from .selection import candidates, choose, scores, weighted
 from .settings import Settings
 from .structure import Batch, draw
 
@@ -123,7 +123,8 @@ class Coordinator:
             table = scores(self.features, hist[tree], options)
             if not self.settings.node_splits:
                 self.spent += rho
-                index = np.full(nodes, self.select([float(v) for v in table.sum(axis=0)], bound, rho))
+                total = weighted(table.sum(axis=0), options, bound, rho)
+                index = np.full(nodes, self.select([float(v) for v in total], bound, rho))
             else:
                 # The column by its best split at each node, summed; then each node's split on it. The
                 # nodes hold disjoint rows, so their selections together cost one selection's rho.
