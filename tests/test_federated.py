@@ -65,6 +65,16 @@ def charges(server) -> Counter:
     return Counter(c.kind for d in report.datasets if d.dataset == "visits" for c in d.charges)
 
 
+def evaluated(server) -> tuple[int, set[str]]:
+    """The analyst's evaluate charges on the server's `visits`: how many name no job (a training's final
+    evaluation from its session), and the jobs of the others (evaluate jobs)."""
+    report = server.client().budget().report
+    found = [
+        c.job_id for d in report.datasets if d.dataset == "visits" for c in d.charges if c.kind == "evaluate"
+    ]
+    return found.count(None), {job for job in found if job is not None}
+
+
 def spent(server) -> float:
     report = server.client().budget().report
     return sum(d.rho_spent for d in report.datasets if d.dataset == "visits")
@@ -80,7 +90,8 @@ def test_three_servers_train_one_model_and_each_ledger_is_charged_exactly_its_sh
     servers, table_and_parts, monkeypatch
 ):
     """Server a restarts after the first batch: its session is gone, its next step stages again, and
-    the training ends as if nothing happened."""
+    the training ends as if nothing happened. Server c restarts after the last batch: its final
+    evaluation runs as an evaluate job, where a's and b's come from their sessions, charged the same."""
     table, _ = table_and_parts
     staged: dict[str, list[bool]] = {name: [] for name in "abc"}
     last = {}
@@ -93,12 +104,14 @@ def test_three_servers_train_one_model_and_each_ledger_is_charged_exactly_its_sh
         return answer
 
     def restart_a(done: int, rounds: int) -> None:
-        if done == BATCH:
-            servers["a"].stop()
-            servers["a"].start()
+        for server, after in (("a", BATCH), ("c", ROUNDS)):
+            if done == after:
+                servers[server].stop()
+                servers[server].start()
 
     monkeypatch.setattr(federated, "_post_step", spied)
     before = {name: (charges(servers[name]), spent(servers[name])) for name in "abc"}
+    before_evaluated = {name: evaluated(servers[name]) for name in "abc"}
     result = remote_magic.federated_train(
         model(), SPEC, clients(servers, "a", "b", "c"), batch_size=BATCH, on_batch=restart_a
     )
@@ -118,6 +131,12 @@ def test_three_servers_train_one_model_and_each_ledger_is_charged_exactly_its_sh
         counted, was = before[name]
         assert charges(servers[name]) - counted == Counter(sums=result.round_trips, evaluate=1)
         assert spent(servers[name]) - was == pytest.approx(RHO_TRAIN + RHO_JOB, abs=1e-5)
+    # a and b scored the final model from their sessions (a charge of no job); c, whose session the
+    # restart dropped, with an evaluate job: the same kind and rho on every ledger.
+    after = {name: evaluated(servers[name]) for name in "abc"}
+    assert [after[name][0] - before_evaluated[name][0] for name in "abc"] == [1, 1, 0]
+    jobs = {name: after[name][1] - before_evaluated[name][1] for name in "abc"}
+    assert jobs == {"a": set(), "b": set(), "c": {result.owners[2].evaluation.job_id}}
     owners_out = {o.name: o for o in result.owners}
     assert set(owners_out) == {"a", "b", "c"}
     for owner in owners_out.values():
@@ -334,7 +353,8 @@ def end(server, training: str, user: str = "alice") -> int:
 
 def test_a_session_is_the_analysts_own_and_ends_with_the_training(servers):
     training = secrets.token_urlsafe(24)
-    first, second = two_steps(servers, training)
+    first, second, third = two_steps(servers, training, count=3)
+    final = {key: value for key, value in third.items() if key != "batch"}  # the evaluation after second
     a = servers["a"]
 
     def step(body: dict, user: str = "alice") -> requests.Response:
@@ -351,6 +371,21 @@ def test_a_session_is_the_analysts_own_and_ends_with_the_training(servers):
     answer = step(second)
     assert answer.status_code == 200 and not answer.json()["staged"]  # the leaves alone, on her session
     assert charges(a) - before == Counter(sums=2)  # bob's refusals cost nothing
+    assert gone(a.post("/federated/evaluate", user="bob", json=final))
+    assert gone(a.post("/federated/evaluate", json={**final, "trees": final["trees"] + 1}))  # not its model
+    assert charges(a) - before == Counter(sums=2)
+    # That refusal ended the session too (a final evaluation ends it, whatever its outcome).
+    assert gone(step(second)) and gone(a.post("/federated/evaluate", json=final))
+    assert step(first).status_code == 200 and step(second).status_code == 200  # asked again: no cost
+    assert charges(a) - before == Counter(sums=2)
+    scored = a.post("/federated/evaluate", json=final)
+    assert scored.status_code == 200, scored.text
+    result = scored.json()
+    assert result["kind"] == "evaluate" and result["summary"]["eval"]["rows"] > 0
+    assert set(result["metrics"]) == {"auc", "log_loss", "accuracy"} and result["summary"]["train"] is None
+    assert result["privacy"]["rho"] == pytest.approx(RHO_JOB) and not result["privacy"]["repeated"]
+    assert charges(a) - before == Counter(sums=2, evaluate=1)  # charged as an evaluate job
+    assert gone(step(third)) and gone(a.post("/federated/evaluate", json=final))  # the training is over
     assert end(a, training) == 204 and end(a, training) == 204  # ended; ending twice is no error
     assert gone(step(second))
     assert step({**second, "training": "short"}).status_code == 422 and end(a, "short") == 422
