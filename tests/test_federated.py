@@ -137,6 +137,7 @@ def test_three_servers_train_one_model_and_each_ledger_is_charged_exactly_its_sh
     assert [after[name][0] - before_evaluated[name][0] for name in "abc"] == [1, 1, 0]
     jobs = {name: after[name][1] - before_evaluated[name][1] for name in "abc"}
     assert jobs == {"a": set(), "b": set(), "c": {result.owners[2].evaluation.job_id}}
+    assert [o.evaluation.job_id.startswith("federated-") for o in result.owners] == [True, True, False]
     owners_out = {o.name: o for o in result.owners}
     assert set(owners_out) == {"a", "b", "c"}
     for owner in owners_out.values():

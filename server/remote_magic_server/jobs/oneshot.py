@@ -209,7 +209,9 @@ class FederatedSteps(Describer):
             question = order.model_dump(exclude={"leaves", "trees", "session", "keep", "again"})
             key = f"federated-eval:{_digest([user, spec, question, model])}"
             scored = {**spec, "eval": spec.get("eval") or DEFAULT_TRAIN_EVAL}  # the rows the steps left out
-            request = _request(user, dataset, "evaluate", scored, plan, key, job_id=uuid.uuid4().hex[:12])
+            request = _request(
+                user, dataset, "evaluate", scored, plan, key, job_id=f"federated-{uuid.uuid4().hex[:12]}"
+            )
             self.desk.check_budget(request)
             task = build_task(
                 self.settings,
