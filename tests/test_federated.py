@@ -484,3 +484,72 @@ def test_sessions_are_bounded_per_analyst_oldest_first_and_never_evict_another_a
     sessions.put("alice", "t9", left("alice", "t9"), None)
     Sessions(tmp_path / "sessions")  # a restart
     assert not list((tmp_path / "sessions").iterdir())
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_a_sessions_final_evaluation_reports_what_an_evaluate_job_reports(tmp_path, monkeypatch, classes):
+    """The worker's evaluation from a session (the evaluation rows' margins its steps moved, plus the last
+    batch's leaves) reports the sums an evaluate job's worker computes from the final model's own
+    predictions, rows with a missing value or a level outside the public list included; a session that
+    does not lead to the final model is refused before the worker says it resumed (before any charge)."""
+    from types import SimpleNamespace
+
+    from remote_magic.contract.codes import Refusal
+    from remote_magic.families import scoring
+    from remote_magic.families.dpboost import Partition
+    from remote_magic.families.dpboost.booster import load
+    from remote_magic.families.dpboost.features import xgboost_input
+    from remote_magic.families.dpboost.settings import federated_settings
+    from remote_magic_server.protocol import SESSION_IN, SESSION_OUT, FederatedOrder
+    from remote_magic_server.worker import sums_task
+    from tests.test_dpboost import FEATURES, make_rows
+
+    table, y = make_rows(1200, seed=4, classes=classes)
+    fit, held = slice(0, 900), slice(900, 1200)
+    params = {"num_class": classes, "objective": "multi:softprob"} if classes > 2 else {}
+    public = settings_of(xgb.XGBClassifier(n_estimators=6, max_depth=3, random_state=1, **params), 3)
+    trainer = federated_settings(public.model_dump())
+    coordinator = Coordinator(FEATURES, trainer, 1.0, lambda v, l2, r: v)
+    training = Partition(FEATURES, table.slice(0, 900), y[fit], trainer.objective_())
+    evaluation = Partition(FEATURES, table.slice(900), y[held], trainer.objective_())
+    last = None
+    for batch in coordinator.requests():
+        if last is not None:  # a later step moves both splits' margins by the previous batch's leaves
+            training.apply(last)
+            evaluation.apply(last)
+        trees = len(coordinator.trees)
+        last = coordinator.release(batch, training.sums(batch))
+    monkeypatch.chdir(tmp_path)
+    names = [str(c) for c in range(classes)]
+    sums_task._keep({"train": training, "eval": evaluation}, trees, last.batch.to_dict(), names)
+    (tmp_path / SESSION_OUT).rename(tmp_path / SESSION_IN)
+    order = FederatedOrder(
+        features=[c.to_dict() for c in FEATURES.columns],
+        settings=public.model_dump(),
+        model_file="model.json",
+        rho=1.0,
+        leaves=last.values.ravel().tolist(),
+        trees=len(coordinator.trees),
+        evaluate=True,
+        session=True,
+    )
+    sent: list = []
+    channel = SimpleNamespace(send=sent.append, stage=lambda *_: None)
+    with pytest.raises(Refusal) as gone:
+        sums_task._evaluation(order.model_copy(update={"trees": order.trees + 1}), FEATURES, trainer, channel)
+    assert gone.value.code == "federated_session_gone" and sent == []
+    report = sums_task._evaluation(order, FEATURES, trainer, channel)
+    assert [type(m).__name__ for m in sent] == ["Resumed"]
+
+    booster = load(coordinator.model())
+    pred = booster.predict(xgb.DMatrix(xgboost_input(FEATURES, table.slice(900)), enable_categorical=True))
+    task = "binary" if classes == 2 else "multiclass"
+    expected = scoring.stats(
+        task, y[held], pred, classes, None, scored=scoring.score(task, y[held], pred, classes)
+    )
+    assert report.task == task and report.stats.n == 300 and report.rounds.total == 6
+    assert report.stats.correct == expected["correct"] and report.stats.confusion == expected["confusion"]
+    assert report.stats.loss_sum == pytest.approx(expected["loss_sum"], rel=1e-5)
+    if classes == 2:
+        assert report.stats.auc == pytest.approx(expected["auc"], abs=1e-6)
+    assert report.confusion is not None and report.confusion.labels == names
