@@ -65,6 +65,16 @@ def charges(server) -> Counter:
     return Counter(c.kind for d in report.datasets if d.dataset == "visits" for c in d.charges)
 
 
+def evaluated(server) -> tuple[int, set[str]]:
+    """The analyst's evaluate charges on the server's `visits`: how many name no job (a training's final
+    evaluation from its session), and the jobs of the others (evaluate jobs)."""
+    report = server.client().budget().report
+    found = [
+        c.job_id for d in report.datasets if d.dataset == "visits" for c in d.charges if c.kind == "evaluate"
+    ]
+    return found.count(None), {job for job in found if job is not None}
+
+
 def spent(server) -> float:
     report = server.client().budget().report
     return sum(d.rho_spent for d in report.datasets if d.dataset == "visits")
@@ -80,7 +90,8 @@ def test_three_servers_train_one_model_and_each_ledger_is_charged_exactly_its_sh
     servers, table_and_parts, monkeypatch
 ):
     """Server a restarts after the first batch: its session is gone, its next step stages again, and
-    the training ends as if nothing happened."""
+    the training ends as if nothing happened. Server c restarts after the last batch: its final
+    evaluation runs as an evaluate job, where a's and b's come from their sessions, charged the same."""
     table, _ = table_and_parts
     staged: dict[str, list[bool]] = {name: [] for name in "abc"}
     last = {}
@@ -93,12 +104,14 @@ def test_three_servers_train_one_model_and_each_ledger_is_charged_exactly_its_sh
         return answer
 
     def restart_a(done: int, rounds: int) -> None:
-        if done == BATCH:
-            servers["a"].stop()
-            servers["a"].start()
+        for server, after in (("a", BATCH), ("c", ROUNDS)):
+            if done == after:
+                servers[server].stop()
+                servers[server].start()
 
     monkeypatch.setattr(federated, "_post_step", spied)
     before = {name: (charges(servers[name]), spent(servers[name])) for name in "abc"}
+    before_evaluated = {name: evaluated(servers[name]) for name in "abc"}
     result = remote_magic.federated_train(
         model(), SPEC, clients(servers, "a", "b", "c"), batch_size=BATCH, on_batch=restart_a
     )
@@ -118,6 +131,13 @@ def test_three_servers_train_one_model_and_each_ledger_is_charged_exactly_its_sh
         counted, was = before[name]
         assert charges(servers[name]) - counted == Counter(sums=result.round_trips, evaluate=1)
         assert spent(servers[name]) - was == pytest.approx(RHO_TRAIN + RHO_JOB, abs=1e-5)
+    # a and b scored the final model from their sessions (a charge of no job); c, whose session the
+    # restart dropped, with an evaluate job: the same kind and rho on every ledger.
+    after = {name: evaluated(servers[name]) for name in "abc"}
+    assert [after[name][0] - before_evaluated[name][0] for name in "abc"] == [1, 1, 0]
+    jobs = {name: after[name][1] - before_evaluated[name][1] for name in "abc"}
+    assert jobs == {"a": set(), "b": set(), "c": {result.owners[2].evaluation.job_id}}
+    assert [o.evaluation.job_id.startswith("federated-") for o in result.owners] == [True, True, False]
     owners_out = {o.name: o for o in result.owners}
     assert set(owners_out) == {"a", "b", "c"}
     for owner in owners_out.values():
@@ -334,7 +354,8 @@ def end(server, training: str, user: str = "alice") -> int:
 
 def test_a_session_is_the_analysts_own_and_ends_with_the_training(servers):
     training = secrets.token_urlsafe(24)
-    first, second = two_steps(servers, training)
+    first, second, third = two_steps(servers, training, count=3)
+    final = {key: value for key, value in third.items() if key != "batch"}  # the evaluation after second
     a = servers["a"]
 
     def step(body: dict, user: str = "alice") -> requests.Response:
@@ -351,6 +372,21 @@ def test_a_session_is_the_analysts_own_and_ends_with_the_training(servers):
     answer = step(second)
     assert answer.status_code == 200 and not answer.json()["staged"]  # the leaves alone, on her session
     assert charges(a) - before == Counter(sums=2)  # bob's refusals cost nothing
+    assert gone(a.post("/federated/evaluate", user="bob", json=final))
+    assert gone(a.post("/federated/evaluate", json={**final, "trees": final["trees"] + 1}))  # not its model
+    assert charges(a) - before == Counter(sums=2)
+    # That refusal ended the session too (a final evaluation ends it, whatever its outcome).
+    assert gone(step(second)) and gone(a.post("/federated/evaluate", json=final))
+    assert step(first).status_code == 200 and step(second).status_code == 200  # asked again: no cost
+    assert charges(a) - before == Counter(sums=2)
+    scored = a.post("/federated/evaluate", json=final)
+    assert scored.status_code == 200, scored.text
+    result = scored.json()
+    assert result["kind"] == "evaluate" and result["summary"]["eval"]["rows"] > 0
+    assert set(result["metrics"]) == {"auc", "log_loss", "accuracy"} and result["summary"]["train"] is None
+    assert result["privacy"]["rho"] == pytest.approx(RHO_JOB) and not result["privacy"]["repeated"]
+    assert charges(a) - before == Counter(sums=2, evaluate=1)  # charged as an evaluate job
+    assert gone(step(third)) and gone(a.post("/federated/evaluate", json=final))  # the training is over
     assert end(a, training) == 204 and end(a, training) == 204  # ended; ending twice is no error
     assert gone(step(second))
     assert step({**second, "training": "short"}).status_code == 422 and end(a, "short") == 422
@@ -448,3 +484,72 @@ def test_sessions_are_bounded_per_analyst_oldest_first_and_never_evict_another_a
     sessions.put("alice", "t9", left("alice", "t9"), None)
     Sessions(tmp_path / "sessions")  # a restart
     assert not list((tmp_path / "sessions").iterdir())
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_a_sessions_final_evaluation_reports_what_an_evaluate_job_reports(tmp_path, monkeypatch, classes):
+    """The worker's evaluation from a session (the evaluation rows' margins its steps moved, plus the last
+    batch's leaves) reports the sums an evaluate job's worker computes from the final model's own
+    predictions, rows with a missing value or a level outside the public list included; a session that
+    does not lead to the final model is refused before the worker says it resumed (before any charge)."""
+    from types import SimpleNamespace
+
+    from remote_magic.contract.codes import Refusal
+    from remote_magic.families import scoring
+    from remote_magic.families.dpboost import Partition
+    from remote_magic.families.dpboost.booster import load
+    from remote_magic.families.dpboost.features import xgboost_input
+    from remote_magic.families.dpboost.settings import federated_settings
+    from remote_magic_server.protocol import SESSION_IN, SESSION_OUT, FederatedOrder
+    from remote_magic_server.worker import sums_task
+    from tests.test_dpboost import FEATURES, make_rows
+
+    table, y = make_rows(1200, seed=4, classes=classes)
+    fit, held = slice(0, 900), slice(900, 1200)
+    params = {"num_class": classes, "objective": "multi:softprob"} if classes > 2 else {}
+    public = settings_of(xgb.XGBClassifier(n_estimators=6, max_depth=3, random_state=1, **params), 3)
+    trainer = federated_settings(public.model_dump())
+    coordinator = Coordinator(FEATURES, trainer, 1.0, lambda v, l2, r: v)
+    training = Partition(FEATURES, table.slice(0, 900), y[fit], trainer.objective_())
+    evaluation = Partition(FEATURES, table.slice(900), y[held], trainer.objective_())
+    last = None
+    for batch in coordinator.requests():
+        if last is not None:  # a later step moves both splits' margins by the previous batch's leaves
+            training.apply(last)
+            evaluation.apply(last)
+        trees = len(coordinator.trees)
+        last = coordinator.release(batch, training.sums(batch))
+    monkeypatch.chdir(tmp_path)
+    names = [str(c) for c in range(classes)]
+    sums_task._keep({"train": training, "eval": evaluation}, trees, last.batch.to_dict(), names)
+    (tmp_path / SESSION_OUT).rename(tmp_path / SESSION_IN)
+    order = FederatedOrder(
+        features=[c.to_dict() for c in FEATURES.columns],
+        settings=public.model_dump(),
+        model_file="model.json",
+        rho=1.0,
+        leaves=last.values.ravel().tolist(),
+        trees=len(coordinator.trees),
+        evaluate=True,
+        session=True,
+    )
+    sent: list = []
+    channel = SimpleNamespace(send=sent.append, stage=lambda *_: None)
+    with pytest.raises(Refusal) as gone:
+        sums_task._evaluation(order.model_copy(update={"trees": order.trees + 1}), FEATURES, trainer, channel)
+    assert gone.value.code == "federated_session_gone" and sent == []
+    report = sums_task._evaluation(order, FEATURES, trainer, channel)
+    assert [type(m).__name__ for m in sent] == ["Resumed"]
+
+    booster = load(coordinator.model())
+    pred = booster.predict(xgb.DMatrix(xgboost_input(FEATURES, table.slice(900)), enable_categorical=True))
+    task = "binary" if classes == 2 else "multiclass"
+    expected = scoring.stats(
+        task, y[held], pred, classes, None, scored=scoring.score(task, y[held], pred, classes)
+    )
+    assert report.task == task and report.stats.n == 300 and report.rounds.total == 6
+    assert report.stats.correct == expected["correct"] and report.stats.confusion == expected["confusion"]
+    assert report.stats.loss_sum == pytest.approx(expected["loss_sum"], rel=1e-5)
+    if classes == 2:
+        assert report.stats.auc == pytest.approx(expected["auc"], abs=1e-6)
+    assert report.confusion is not None and report.confusion.labels == names

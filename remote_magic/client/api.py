@@ -35,6 +35,7 @@ from ..contract.wire import (
     DatasetInfo,
     DatasetSpec,
     DescribeResult,
+    FederatedEvaluateRequest,
     FederatedStepRequest,
     FederatedSums,
     JobList,
@@ -371,6 +372,18 @@ class Client(RegistryCalls):
             timeout=timeout,
         )
         return FederatedSums.model_validate(response.json())
+
+    def federated_evaluate(self, body: FederatedEvaluateRequest, timeout: float = 600.0) -> TrainResult:
+        """A federated training's end here: the final model scored on this server's evaluation rows from
+        the training's session, charged to your budget as an evaluate job; the session ends."""
+        response = self._request(
+            "POST",
+            "/federated/evaluate",
+            data=body.model_dump_json(exclude_none=True),
+            headers={"Content-Type": "application/json"},
+            timeout=timeout,
+        )
+        return TrainResult(JobResult.model_validate(response.json()))
 
     def end_federated(self, training: str, timeout: float = 10.0) -> None:
         """Tell the server a federated training is over: it drops the training's session (its staged

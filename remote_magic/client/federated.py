@@ -11,13 +11,15 @@ released intercept (a public `base_score` may set it) keep it to one round trip 
 A training has a random id: its first step sends each server the model so far and the server keeps the
 staged rows and margins as the training's session; each later step sends only the previous batch's
 leaf values. A server whose session is gone (`federated_session_gone`) is sent that step again with the
-whole model; at the end the client ends the sessions (docs/federated.md, "Sessions").
+whole model; the final evaluation ends the sessions (docs/federated.md, "Sessions").
 
 Before anything is spent: every server's catalog (public) must show the same feature columns and label
 of the same kinds, in mode dp, with declared bounds for every feature (the candidates are the
 intersection of the declared ranges and levels), and each analyst budget must cover its training and
-its evaluation. At the end each server evaluates the final model on its own evaluation rows under DP
-(an ordinary evaluate job), and the result pools them, weighted by the noisy row counts.
+its evaluation. At the end each server scores the final model on its own evaluation rows under DP from
+the training's session (its first step staged them; each step moved their margins too), released and
+charged as an evaluate job's result, which ends the session; a server whose session is gone runs an
+ordinary evaluate job instead. The result pools them, weighted by the noisy row counts.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import numpy as np
 from ..contract.codes import Refusal
 from ..contract.federated import check_columns
 from ..contract.query import DEFAULT_TRAIN_EVAL
-from ..contract.wire import DatasetSpec, FederatedStepRequest, FederatedSums
+from ..contract.wire import DatasetSpec, FederatedEvaluateRequest, FederatedStepRequest, FederatedSums
 from ..display.federated import FederatedResult, OwnerResult
 from ..display.model import estimator_for
 from ..display.result import TrainResult
@@ -107,17 +109,20 @@ def federated_train(
     training = secrets.token_urlsafe(24)
     with ThreadPoolExecutor(max_workers=2 * len(servers)) as pool:
         try:
-            round_trips = _train(servers, columns, settings, coordinator, training, pool, on_batch)
+            round_trips, leaves = _train(servers, columns, settings, coordinator, training, pool, on_batch)
         except FederatedError as stopped:  # the server that stopped it keeps its session until it expires
             list(pool.map(lambda s: _end(s, training), [s for s in servers if s.name != stopped.connection]))
             raise
-        ended = [pool.submit(_end, s, training) for s in servers]  # beside the evaluations
-        trained = coordinator.model()
+        final = {"features": columns, "settings": settings, "leaves": leaves, "training": training}
+        bodies = [
+            FederatedEvaluateRequest(**final, spec=s.spec, rho=s.rho, trees=len(coordinator.trees))
+            for s in servers
+        ]
         task = "multiclass" if settings.objective == "multi:softprob" else "binary"
-        estimator = estimator_for(trained, task)
-        evaluations = list(pool.map(lambda s: _evaluate(s, estimator), servers))
-        for end in ended:
-            end.result()
+        built = pool.submit(_built, coordinator, task)  # beside the evaluations
+        evaluated = [pool.submit(_evaluate, s, b, lambda: built.result()[1]) for s, b in zip(servers, bodies)]
+        trained, estimator = built.result()
+        evaluations = [e.result() for e in evaluated]
     owners_out = [
         OwnerResult(
             s.name, s.spec.dataset, result, s.spent, s.steps, s.info.policy.rho_cap if s.info.policy else None
@@ -142,8 +147,9 @@ def _train(
     training: str,
     pool: ThreadPoolExecutor,
     on_batch: Callable[[int, int], None] | None,
-) -> int:
-    """Every batch: one step on every server at once, their sums added up; the round trips made."""
+) -> tuple[int, list[float]]:
+    """Every batch: one step on every server at once, their sums added up; the round trips made and the
+    last batch's leaf values (each server's session adds them for the final evaluation)."""
     round_trips = done = 0
     leaves: list[float] | None = None  # the previous batch's, which each server's session adds
     for batch in coordinator.requests():
@@ -190,7 +196,14 @@ def _train(
         done += batch.rounds  # type: ignore[union-attr]
         if on_batch is not None:
             on_batch(done, settings.rounds)
-    return round_trips
+    assert leaves is not None
+    return round_trips, leaves
+
+
+def _built(coordinator: Coordinator, task: str) -> tuple[bytes, object]:
+    """The final model as XGBoost JSON, and an estimator that predicts with it."""
+    model = coordinator.model()
+    return model, estimator_for(model, task)
 
 
 def _end(server: Server, training: str) -> None:
@@ -199,11 +212,18 @@ def _end(server: Server, training: str) -> None:
         server.client.end_federated(training)
 
 
-def _evaluate(server: Server, estimator: object) -> TrainResult:
-    """The final model on the server's evaluation rows: the same held-out split its steps left out."""
-    spec = server.spec.model_dump(mode="json", exclude_none=True)
-    spec.setdefault("eval", DEFAULT_TRAIN_EVAL)
+def _evaluate(server: Server, body: FederatedEvaluateRequest, estimator: Callable[[], object]) -> TrainResult:
+    """The final model on the server's evaluation rows (the held-out split its steps left out), scored
+    from the training's session, which it ends; a server whose session is gone (restarted, idle too
+    long) scores the same rows with an evaluate job, charged the same."""
     try:
-        return server.client.evaluate(estimator.get_booster(), spec)  # type: ignore[attr-defined]
+        try:
+            return server.client.federated_evaluate(body, STEP_TIMEOUT)
+        except RemoteError as error:
+            if error.code != "federated_session_gone":
+                raise
+        spec = server.spec.model_dump(mode="json", exclude_none=True)
+        spec.setdefault("eval", DEFAULT_TRAIN_EVAL)
+        return server.client.evaluate(estimator().get_booster(), spec)  # type: ignore[attr-defined]
     except RemoteMagicError as error:
         raise FederatedError(server.name, f"the final evaluation failed: {error}") from None

@@ -637,6 +637,21 @@ class FederatedStepRequest(_Strict):
     )
 
 
+class FederatedEvaluateRequest(_Strict):
+    """`POST /v1/federated/evaluate`: a training's end on one server. Its session's evaluation rows (the
+    split its steps left out, staged at its first step) are scored with the final model, the session's
+    margins moved by the last batch's leaves; the answer is released and charged as an evaluate job's,
+    and the session ends."""
+
+    spec: DatasetSpec
+    features: list[FederatedColumn] = Field(min_length=1, max_length=1000)
+    settings: FederatedSettings
+    leaves: list[float] = Field(description="The last batch's leaf values (its trees x leaves, flattened).")
+    trees: int = Field(ge=1, description="The trees of the final model.")
+    rho: float = Field(gt=0, description="The whole training's zCDP budget on this server.")
+    training: str = Field(pattern=TRAINING_ID, description="The training's id, as its steps sent it.")
+
+
 class FederatedSums(_Strict):
     """One server's noisy per-leaf sums of one batch (trees x leaves, flattened), and what they cost."""
 

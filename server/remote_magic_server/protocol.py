@@ -34,7 +34,7 @@ from remote_magic.contract.codes import CODES
 from remote_magic.contract.wire import DatasetSpec, ModelBounds, ReleaseOptions, Stage
 from remote_magic.families.base import Plan
 
-PROTOCOL_VERSION = 9
+PROTOCOL_VERSION = 10
 MAX_MESSAGE_BYTES = 16 * 2**20
 PARTITION_TABLE = "__remote_magic_partition"  # a cluster partition's rows, with their file_row_number
 SCRATCH_DIR = "scratch"  # in a job folder: spilled rows and external-memory pages, removed after the job
@@ -122,14 +122,20 @@ class PrivateTraining(_Strict):
 class FederatedOrder(_Strict):
     """A federated training's step on this server (a `sums` task): the batch's public structure and
     settings, the model so far (a JSON file the parent wrote in the job folder), the whole training's rho
-    and this batch's share of it, which the parent charged and the worker's noise requests spend."""
+    and this batch's share of it, which the parent charged and the worker's noise requests spend. Or
+    (`evaluate`) its final evaluation: the last batch's leaves on the session's evaluation rows."""
 
     features: list[dict]
     settings: dict
-    batch: dict
+    batch: dict | None = Field(default=None, description="None only with `evaluate`.")
     model_file: str = Field(pattern=r"^[a-z_]+\.json$")
     rho: float = Field(gt=0)
-    step_rho: float = Field(gt=0)
+    step_rho: float = Field(default=0.0, ge=0, description="0 only with `evaluate`.")
+    evaluate: bool = Field(
+        default=False,
+        description="Score the model the session's margins reach with `leaves` on its evaluation rows "
+        "(a TrainReport, released as an evaluate job's), in place of a batch's sums.",
+    )
     session: bool = Field(
         default=False, description="The training's session (rows, margins) is in the folder's SESSION_IN."
     )
@@ -152,7 +158,7 @@ SESSION_OUT = "session-next"
 
 
 class Task(_Strict):
-    protocol: Literal[9] = PROTOCOL_VERSION
+    protocol: Literal[10] = PROTOCOL_VERSION
     kind: TaskKind
     spec: DatasetSpec | None = None
     staging: Staging | None = None

@@ -108,17 +108,25 @@ class Objective:
             raise ValueError(f"labels must be the classes 0..{classes - 1}")
         return y.astype(np.int64)
 
+    def predictions(self, margins: np.ndarray) -> np.ndarray:
+        """What XGBoost predicts from the margins: the positive class's probability (binary), each
+        class's (multiclass, rows x classes), the value (regression)."""
+        if self.name == BINARY:
+            return _sigmoid(margins[:, 0])
+        if self.name == MULTICLASS:
+            p = np.exp(margins - margins.max(axis=1, keepdims=True))
+            return p / p.sum(axis=1, keepdims=True)
+        return margins[:, 0]
+
     def gradients(self, margins: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Clipped per-row gradients and hessians, shape (rows, trees per round)."""
         if self.name == BINARY:
-            p = _sigmoid(margins[:, 0])
+            p = self.predictions(margins)
             g = np.clip(p - y, -self.gradient_bound, self.gradient_bound)
             h = np.clip(p * (1.0 - p), 0.0, self.hessian_bound)
             return g[:, None], h[:, None]
         if self.name == MULTICLASS:
-            shifted = margins - margins.max(axis=1, keepdims=True)
-            p = np.exp(shifted)
-            p /= p.sum(axis=1, keepdims=True)
+            p = self.predictions(margins)
             g = p.copy()
             g[np.arange(len(y)), y] -= 1.0
             return _clip_rows(g, self.gradient_bound), _clip_rows(p * (1.0 - p), self.hessian_bound)

@@ -37,15 +37,22 @@ def counts_of(found: dict) -> SketchCounts:
     return SketchCounts(found["bins"], {name: Counter(levels) for name, levels in found["levels"].items()})
 
 
-def _rows(part: Part) -> Iterator[pa.RecordBatch]:
-    """A partition's training rows with no rare-level merge: the candidates are public levels, and the
-    merge (decided by exact counts) would let one row change other rows' values."""
-    for split in (part.train, part.eval):
-        split.x.rare = {}
-    return iter(part.train.x)
+def _rows(part: Part, split: str = "train") -> Iterator[pa.RecordBatch]:
+    """A partition's rows of one split with no rare-level merge: the candidates are public levels, and
+    the merge (decided by exact counts) would let one row change other rows' values."""
+    for each in (part.train, part.eval):
+        each.x.rare = {}
+    return iter(part.split(split).x)
 
 
 def set_up(part: Part, features: Features, settings: Settings, base: bytes | None) -> dict:
+    part.state[STATE] = binned(part, "train", features, settings, base)
+    return {}
+
+
+def binned(part: Part, split: str, features: Features, settings: Settings, base: bytes | None) -> Partition:
+    """A split's rows binned, with their margins at the model `base` (None: the public start): the
+    training rows the trainer sums, or the evaluation rows a federated session scores at the end."""
     objective = settings.objective_()
     margins = None
     if base is not None:
@@ -55,13 +62,10 @@ def set_up(part: Part, features: Features, settings: Settings, base: bytes | Non
                 xgb.DMatrix(xgboost_input(features, pa.Table.from_batches([b])), enable_categorical=True),
                 output_margin=True,
             ).reshape(b.num_rows, -1)
-            for b in _rows(part)
+            for b in _rows(part, split)
         ]
         margins = np.concatenate(chunks) if chunks else np.zeros((0, objective.trees_per_round))
-    part.state[STATE] = Partition(
-        features, _rows(part), part.y("train"), objective, margins, settings.base_margin
-    )
-    return {}
+    return Partition(features, _rows(part, split), part.y(split), objective, margins, settings.base_margin)
 
 
 def sums(part: Part, request: Request) -> dict:

@@ -1,7 +1,8 @@
 """`POST /v1/federated/sums`: one batch of a federated DP training, answered with this server's own noisy
 per-leaf sums of its training rows (intake/federated.py checks the request, jobs/oneshot.py runs it in a
-confined worker, the release desk charges and noises it), and the end of a training, which drops its
-session (jobs/sessions.py). This module never sees a row."""
+confined worker, the release desk charges and noises it), its final evaluation from the training's session
+(released as an evaluate job's result), and the end of a training, which drops its session
+(jobs/sessions.py). This module never sees a row."""
 
 from __future__ import annotations
 
@@ -10,9 +11,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
-from remote_magic.contract.wire import TRAINING_ID, FederatedStepRequest, FederatedSums
+from remote_magic.contract.wire import (
+    TRAINING_ID,
+    FederatedEvaluateRequest,
+    FederatedStepRequest,
+    FederatedSums,
+    JobResult,
+)
 
-from ..intake.federated import check_step
+from ..intake.federated import check_evaluation, check_step
 from .deps import FederatedDep, SettingsDep, User, VersionsDep
 
 router = APIRouter(prefix="/v1", tags=["federated"])
@@ -31,6 +38,23 @@ async def federated_sums(
     spec_json = spec.model_dump(mode="json", exclude_none=True)
     return await asyncio.to_thread(
         steps.step, user.user, spec.dataset, spec_json, plan, order, model, body.training
+    )
+
+
+@router.post("/federated/evaluate", response_model=JobResult)
+async def federated_evaluate(
+    settings: SettingsDep,
+    versions: VersionsDep,
+    steps: FederatedDep,
+    user: User,
+    body: FederatedEvaluateRequest,
+) -> JobResult:
+    """The final model on this server's evaluation rows, from the training's session, released and charged
+    as an evaluate job's result; the session ends."""
+    spec, plan, order = check_evaluation(settings, versions, user.datasets, body)
+    spec_json = spec.model_dump(mode="json", exclude_none=True)
+    return await asyncio.to_thread(
+        steps.evaluate, user.user, spec.dataset, spec_json, plan, order, body.training
     )
 
 

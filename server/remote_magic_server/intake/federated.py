@@ -17,7 +17,7 @@ import math
 
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.federated import LEAF_LIMIT, check_columns
-from remote_magic.contract.wire import DatasetSpec, FederatedStepRequest
+from remote_magic.contract.wire import DatasetSpec, FederatedEvaluateRequest, FederatedStepRequest
 from remote_magic.families import MODEL_FILE
 
 from ..config.settings import Settings
@@ -32,6 +32,73 @@ def check_step(
 ) -> tuple[DatasetSpec, JobPlan, FederatedOrder, bytes | None]:
     """The checked spec, its plan, the worker's order and the model's bytes (None: the step carries the
     previous batch's leaves for the training's session); or raise Refusal."""
+    spec, plan = _check_training(settings, versions, datasets, body)
+    train = body.settings
+    rounds = body.batch.get("rounds")
+    if not isinstance(rounds, int) or not 1 <= rounds <= min(train.batch_size, train.rounds):
+        raise Refusal("invalid_request", "the batch's rounds must be 1 to the batch size")
+    if (body.model is None) == (body.leaves is None):
+        raise Refusal(
+            "invalid_request", "a step carries either the model so far or the previous batch's leaves"
+        )
+    if body.leaves is not None and (body.training is None or body.trees is None):
+        raise Refusal(
+            "invalid_request", "a step with the previous batch's leaves needs the training's id and trees"
+        )
+    model = None
+    if body.model is not None:
+        model = body.model.encode()
+        if len(model) > settings.server.max_payload_mb * 2**20:
+            raise Refusal("payload_too_large", "the model so far is larger than this server accepts")
+        try:
+            parsed = json.loads(model)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict) or "learner" not in parsed:
+            raise Refusal("invalid_model", "the model so far must be an XGBoost JSON model")
+    else:
+        _check_leaves(body.leaves or [])
+    order = FederatedOrder(
+        features=[f.model_dump() for f in body.features],
+        settings=train.model_dump(),
+        batch=body.batch,
+        model_file=MODEL_FILE,
+        rho=body.rho,
+        step_rho=body.rho * rounds / train.rounds,
+        leaves=body.leaves,
+        trees=body.trees,
+    )
+    return spec, plan, order, model
+
+
+def check_evaluation(
+    settings: Settings, versions: Versions, datasets: list[str], body: FederatedEvaluateRequest
+) -> tuple[DatasetSpec, JobPlan, FederatedOrder]:
+    """The checked spec, its plan and the worker's order for a training's final evaluation from its
+    session: the training's own checks (its session was staged for the same spec, features, settings
+    and rho), and the last batch's leaves finite; or raise Refusal."""
+    spec, plan = _check_training(settings, versions, datasets, body)
+    _check_leaves(body.leaves)
+    order = FederatedOrder(
+        features=[f.model_dump() for f in body.features],
+        settings=body.settings.model_dump(),
+        model_file=MODEL_FILE,
+        rho=body.rho,
+        leaves=body.leaves,
+        trees=body.trees,
+        evaluate=True,
+    )
+    return spec, plan, order
+
+
+def _check_training(
+    settings: Settings,
+    versions: Versions,
+    datasets: list[str],
+    body: FederatedStepRequest | FederatedEvaluateRequest,
+) -> tuple[DatasetSpec, JobPlan]:
+    """What every request of a training must pass: the spec against the schema, mode dp, no derived
+    columns, the settings within the dataset's bounds, the rho within its owner's, the features."""
     spec, plan = check_spec(settings, versions, datasets, body.spec)
     name = spec.dataset
     policy = settings.policy_for(name)
@@ -60,42 +127,11 @@ def check_step(
     config = settings.datasets[name]
     dtypes = dict(version_of(versions, body.spec.dataset).columns)
     check_columns(body.features, plan.features, dtypes, config.column_ranges, config.column_levels)
-    rounds = body.batch.get("rounds")
-    if not isinstance(rounds, int) or not 1 <= rounds <= min(train.batch_size, train.rounds):
-        raise Refusal("invalid_request", "the batch's rounds must be 1 to the batch size")
-    if (body.model is None) == (body.leaves is None):
-        raise Refusal(
-            "invalid_request", "a step carries either the model so far or the previous batch's leaves"
-        )
-    if body.leaves is not None and (body.training is None or body.trees is None):
-        raise Refusal(
-            "invalid_request", "a step with the previous batch's leaves needs the training's id and trees"
-        )
-    model = None
-    if body.model is not None:
-        model = body.model.encode()
-        if len(model) > settings.server.max_payload_mb * 2**20:
-            raise Refusal("payload_too_large", "the model so far is larger than this server accepts")
-        try:
-            parsed = json.loads(model)
-        except ValueError:
-            parsed = None
-        if not isinstance(parsed, dict) or "learner" not in parsed:
-            raise Refusal("invalid_model", "the model so far must be an XGBoost JSON model")
-    elif not all(math.isfinite(v) and abs(v) <= LEAF_LIMIT for v in body.leaves or ()):
+    return spec, plan
+
+
+def _check_leaves(leaves: list[float]) -> None:
+    if not all(math.isfinite(v) and abs(v) <= LEAF_LIMIT for v in leaves):
         # Two leaves of 1e308 make a multiclass margin inf - inf = NaN for the rows that reach them, and
         # the step's failure would say exactly whether any row did (booster.check_leaves, the model path).
-        raise Refusal(
-            "invalid_request", f"the previous batch's leaf values must be finite, within {LEAF_LIMIT:g}"
-        )
-    order = FederatedOrder(
-        features=[f.model_dump() for f in body.features],
-        settings=train.model_dump(),
-        batch=body.batch,
-        model_file=MODEL_FILE,
-        rho=body.rho,
-        step_rho=body.rho * rounds / train.rounds,
-        leaves=body.leaves,
-        trees=body.trees,
-    )
-    return spec, plan, order, model
+        raise Refusal("invalid_request", f"the batch's leaf values must be finite, within {LEAF_LIMIT:g}")

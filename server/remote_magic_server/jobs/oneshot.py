@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from remote_magic.contract.codes import Refusal
-from remote_magic.contract.wire import DescribeResult, FederatedSums
+from remote_magic.contract.query import DEFAULT_TRAIN_EVAL
+from remote_magic.contract.wire import DescribeResult, FederatedSums, JobResult
 from remote_magic.families.dpboost.schedule import Release, leaf_releases
 from remote_magic.families.dpboost.settings import federated_settings
 
@@ -114,7 +115,8 @@ class FederatedSteps(Describer):
     sums the training rows' clipped gradients and hessians per leaf of the batch's public structure, and
     has the desk noise the sums (charged at admission, as a DP training's noise). A training's first step
     stages the rows and predicts the model so far on them; its later steps take them, and their margins,
-    from the training's session (sessions.py), kept by analyst and training id."""
+    from the training's session (sessions.py), kept by analyst and training id, and so does its final
+    evaluation (`evaluate`), on the session's evaluation rows."""
 
     def __init__(self, settings: Settings, executor: Executor, desk: ReleaseDesk):
         super().__init__(settings, executor, desk)
@@ -185,6 +187,44 @@ class FederatedSteps(Describer):
             if training is not None:
                 # Once the step succeeded, the session it took is behind the model so far.
                 self.sessions.put(user, training, left[0] if left else None, taken, moved_on=bool(left))
+
+    def evaluate(
+        self, user: str, dataset: str, spec: dict, plan: JobPlan, order: FederatedOrder, training: str
+    ) -> JobResult:
+        """The final model, the session's margins moved by the last batch's leaves, scored on the
+        evaluation rows the first step staged, and released as an evaluate job's result is (the desk's
+        `readmit` charges it as one: `dp_rho_job`, its counts drawn, its cohort checked); raise Refusal.
+        It ends the training's session, whatever its outcome; without a session that leads to the final
+        model it is refused `federated_session_gone` at no cost (the client then runs an evaluate job)."""
+        fingerprint = _digest([spec, plan.dataset_version, order.features, order.settings, order.rho])
+        taken = self.sessions.take(user, training, fingerprint)
+        try:
+            if taken is None:
+                raise Refusal(
+                    "federated_session_gone",
+                    "this server holds no session of this training (restarted, or idle too long): "
+                    "evaluate the model with an evaluate job",
+                )
+            model = _digest([taken.digest, order.leaves, order.trees])  # the final model, named by its chain
+            question = order.model_dump(exclude={"leaves", "trees", "session", "keep", "again"})
+            key = f"federated-eval:{_digest([user, spec, question, model])}"
+            scored = {**spec, "eval": spec.get("eval") or DEFAULT_TRAIN_EVAL}  # the rows the steps left out
+            request = _request(
+                user, dataset, "evaluate", scored, plan, key, job_id=f"federated-{uuid.uuid4().hex[:12]}"
+            )
+            self.desk.check_budget(request)
+            task = build_task(
+                self.settings,
+                "sums",
+                dataset,
+                spec,
+                plan,
+                federated=order.model_copy(update={"session": True}),
+            )
+            keep = Keep(taken.folder, taken.admission, lambda folder, admission: None)
+            return self._released(request, task, {}, keep)  # type: ignore[return-value]
+        finally:
+            self.sessions.put(user, training, None, taken, moved_on=True)
 
     def end(self, user: str, training: str) -> bool:
         """Drop a training's session (its last step is done); False when it had none here."""

@@ -352,18 +352,25 @@ class ReleaseDesk:
 
     def readmit(self, request: Request, admission: Admission) -> Admitted:
         """A federated step on its session's rows, charged as `admit` charges (the same key, cost and
-        audit line), from the admission of the session's first step as this desk admitted it. Nothing
-        else of `admit` depends on a step: its cohort checks drew nothing for a sums step, and its row
-        sets, the same rows, are in the ledger since that first step (mode dp only: mode rules'
-        differencing guard runs on every admission, so a session there is refused)."""
+        audit line), from the admission of the session's first step as this desk admitted it: a sums
+        step as that step was, the final evaluation (kind `evaluate`) as an evaluate job on the session's
+        evaluation rows (their counts drawn, the cohort checked on them, `dp_rho_job` charged). Nothing
+        else of `admit` depends on a step: its row sets, the same rows, are in the ledger since that
+        first step (mode dp only: mode rules' differencing guard runs on every admission, so a session
+        there is refused)."""
         policy = self.policy(request.dataset)
-        if request.kind != "sums" or not policy.trains_privately:
+        if request.kind not in ("sums", "evaluate") or not policy.trains_privately:
             raise Refusal("federated_needs_dp", "only mode dp takes part in a federated training")
+        if request.kind == "evaluate":  # an evaluate job admits its evaluation rows only
+            admission = admission.model_copy(update={"counts": {"eval": admission.counts["eval"]}})
         admitted = Admitted(admission)
         with self.ledger.decision():
             admitted.train_rho = self.train_cost(request)
-            admitted.repeated = self.ledger.charged(request.charge) is not None
-            self._charge(request, admission, policy)
+            admitted.repeated = request.kind == "sums" and self.ledger.charged(request.charge) is not None
+            admitted.noisy = self._charge(request, admission, policy)
+            if admitted.noisy is not None:
+                noisy = admitted.noisy
+                self._check_classes(request, lambda: dp_release.check_cohort(noisy, policy))
         return admitted
 
     @staticmethod

@@ -2,15 +2,18 @@
 
 The task carries no payload: the batch's structure, the public features and settings are JSON, and the
 model so far is XGBoost JSON parsed here, in the sandbox. A training's first step stages and admits its
-rows as a train job's (the spec's training rows; its evaluation rows stay out for the final evaluation)
-and the DP trainer's own per-partition set-up (`dpboost.on_parts.set_up`, the family seam) bins them and
-predicts the model so far on them for their margins. With `order.keep` it then leaves the training's
-session (binned rows, labels, margins and this batch) in SESSION_OUT; the parent keeps the rows'
-admission itself. A later step carries no model but the previous batch's leaf values (`order.leaves`):
-it takes the rows from the session (`order.session`), moves the margins by those leaves on the session's
-batch (`Partition.apply`, as on a cluster) and tells the parent it `Resumed` (charged as the first
-step's admission, without a reply to wait for); without a session that leads to it, it is refused
-`federated_session_gone` before anything is charged.
+rows as a train job's (the spec's training rows; its evaluation rows stay out of the sums, kept for the
+final evaluation) and the DP trainer's own per-partition set-up (`dpboost.on_parts`, the family seam)
+bins both splits and predicts the model so far on them for their margins. With `order.keep` it then
+leaves the training's session (binned rows, labels and margins of both splits, this batch and the class
+names) in SESSION_OUT; the parent keeps the rows' admission itself. A later step carries no model but the
+previous batch's leaf values (`order.leaves`): it takes the rows from the session (`order.session`),
+moves the margins by those leaves on the session's batch (`Partition.apply`, as on a cluster) and tells
+the parent it `Resumed` (charged as the first step's admission, without a reply to wait for); without a
+session that leads to it, it is refused `federated_session_gone` before anything is charged. The final
+evaluation (`order.evaluate`) does the same with the last batch's leaves on the evaluation rows only and
+reports them scored as an evaluate job's worker scores them (a `TrainReport`; charged as an evaluate
+job).
 The sums are `Partition.sums`'. They go to the parent with the report, as one batch of two noise
 requests (`NoiseBatch`: gradients, then hessians) at the sensitivity and cost the trainer's proof gives
 for this batch (`schedule.leaf_releases`), which must be exactly the batch's share the parent charged;
@@ -29,6 +32,7 @@ import numpy as np
 
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.federated import LEAF_LIMIT
+from remote_magic.families import scoring
 from remote_magic.families.dpboost import Batch, Features, LeafUpdate, Partition, Settings, on_parts
 from remote_magic.families.dpboost.booster import load
 from remote_magic.families.dpboost.family import check_label
@@ -37,7 +41,20 @@ from remote_magic.families.dpboost.settings import federated_settings
 from remote_magic.families.partitions import InProcess
 from remote_magic.families.xgboost.leaves import check_booster
 
-from ..protocol import SESSION_IN, SESSION_OUT, NoiseBatch, NoiseRequest, Resumed, SumsReport, Task
+from ..protocol import (
+    SESSION_IN,
+    SESSION_OUT,
+    Confusion,
+    EvalStats,
+    FederatedOrder,
+    NoiseBatch,
+    NoiseRequest,
+    Resumed,
+    RoundsReport,
+    SumsReport,
+    Task,
+    TrainReport,
+)
 from ..runner import model_job
 from ..runner.channel import Channel
 from . import staging
@@ -90,8 +107,9 @@ def _staged(
     features: Features,
     settings: Settings,
     model: bytes,
-) -> Partition | None:
-    """Stage and admit the training rows, and their margins from the model so far (None: stopped)."""
+) -> tuple[Partition, Partition, list[str]] | None:
+    """Stage and admit the spec's rows, and their margins from the model so far: the training rows, the
+    evaluation rows (a session scores the final model on them) and the class names (None: stopped)."""
     assert task.staging is not None
     classifier = settings.objective != "reg:squarederror"
     expected = settings.num_class if settings.objective == "multi:softprob" else 2
@@ -104,8 +122,9 @@ def _staged(
         return None
     if classifier and len(classes) != expected:
         raise Refusal("invalid_request", f"the training rows have {len(classes)} classes, not {expected}")
+    part = parts.parts[0]
     parts.map(on_parts.set_up, features, settings, model)
-    return parts.parts[0].state[on_parts.STATE]
+    return part.state[on_parts.STATE], on_parts.binned(part, "eval", features, settings, model), classes
 
 
 def _tree_count(model: bytes, features: Features) -> int:
@@ -122,11 +141,11 @@ def _tree_count(model: bytes, features: Features) -> int:
 
 
 def _resumed(
-    features: Features, settings: Settings, leaves: list[float], trees: int, again: bool
-) -> Partition | None:
-    """The session's rows with their margins moved by the previous batch's leaf values (`again`: the
-    step that left the session, asked again: they are there already); None when the session does not
-    lead to a model of `trees` trees with these leaves."""
+    features: Features, settings: Settings, leaves: list[float], trees: int, again: bool, splits: tuple
+) -> tuple[list[Partition], list[str]] | None:
+    """The session's rows of `splits` (train, eval) with their margins moved by the previous batch's leaf
+    values (`again`: the step that left the session, asked again: they are there already), and the class
+    names; None when the session does not lead to a model of `trees` trees with these leaves."""
     folder = HERE / SESSION_IN
     state = json.loads((folder / "state.json").read_text())
     pending = Batch.from_dict(state["pending"])
@@ -137,29 +156,71 @@ def _resumed(
         leads = trees == state["trees"] + pending.trees and values.size == pending.trees * pending.leaves
     if not leads:
         return None
-    arrays = [np.load(folder / f"{name}.npy") for name in ("codes", "labels", "margins")]
-    partition = Partition.held(features, settings.objective_(), *arrays)
-    if not again:
-        partition.apply(LeafUpdate(pending, values.reshape(pending.trees, pending.leaves)))
-    return partition
+    partitions = []
+    for split in splits:
+        arrays = [np.load(folder / f"{split}_{name}.npy") for name in ("codes", "labels", "margins")]
+        partition = Partition.held(features, settings.objective_(), *arrays)
+        if not again:
+            partition.apply(LeafUpdate(pending, values.reshape(pending.trees, pending.leaves)))
+        partitions.append(partition)
+    return partitions, state["classes"]
 
 
-def _keep(partition: Partition, trees: int, batch: dict) -> None:
-    """The session after this step: the rows, their margins at the model so far, and this batch, whose
-    leaf values the next step's model adds."""
+def _keep(partitions: dict[str, Partition], trees: int, batch: dict, classes: list[str]) -> None:
+    """The session after this step: the rows of each split, their margins at the model so far, this
+    batch, whose leaf values the next step's model adds, and the class names."""
     folder = HERE / SESSION_OUT
     folder.mkdir()
-    for name, array in (
-        ("codes", partition.codes),
-        ("labels", partition.labels),
-        ("margins", partition.margins),
-    ):
-        np.save(folder / f"{name}.npy", array)
-    (folder / "state.json").write_text(json.dumps({"trees": trees, "pending": batch}))
+    for split, partition in partitions.items():
+        for name, array in (
+            ("codes", partition.codes),
+            ("labels", partition.labels),
+            ("margins", partition.margins),
+        ):
+            np.save(folder / f"{split}_{name}.npy", array)
+    state = {"trees": trees, "pending": batch, "classes": classes}
+    (folder / "state.json").write_text(json.dumps(state))
 
 
-def run(task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None = None) -> SumsReport | None:
-    """One batch's sums, noised by the parent; None when the parent stopped it at admission."""
+def _evaluation(
+    order: FederatedOrder, features: Features, settings: Settings, channel: Channel
+) -> TrainReport:
+    """The final model on the session's evaluation rows: their margins moved by the last batch's leaves,
+    scored as an evaluate job's worker scores them (`scoring`), reported for the parent's DP release."""
+    assert order.leaves is not None and order.trees is not None
+    resumed = (
+        _resumed(features, settings, order.leaves, order.trees, False, ("eval",)) if order.session else None
+    )
+    if resumed is None:
+        raise Refusal("federated_session_gone", "this server holds no session that leads to this model")
+    channel.send(Resumed())  # charged as an evaluate job on the session's evaluation rows; no reply
+    (evaluation,), classes = resumed
+    channel.stage("evaluating")
+    task = "multiclass" if settings.objective == "multi:softprob" else "binary"
+    pred, y = evaluation.objective.predictions(evaluation.margins), evaluation.labels
+    try:
+        scored = scoring.score(task, y, pred, len(classes))
+    except ValueError as exc:
+        raise Refusal(
+            "evaluation_failed", "the model's predictions could not be scored on the evaluation rows"
+        ) from exc
+    stats = scoring.stats(task, y, pred, len(classes), None, scored=scored)
+    rounds = order.trees // settings.objective_().trees_per_round
+    return TrainReport(
+        task=task,
+        metrics=scored["metrics"],
+        confusion=Confusion(labels=classes, counts=scored["confusion"]),
+        feature_importance={},
+        rounds=RoundsReport(base=0, new=rounds, total=rounds),
+        stats=EvalStats(**stats),
+    )
+
+
+def run(
+    task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None = None
+) -> SumsReport | TrainReport | None:
+    """One batch's sums, noised by the parent, or the final evaluation from the training's session;
+    None when the parent stopped it at admission."""
     order = task.federated
     assert order is not None and task.spec is not None
     try:
@@ -167,6 +228,9 @@ def run(task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None = No
     except (KeyError, TypeError, ValueError) as exc:
         raise Refusal("invalid_request", f"the features are not usable: {exc}") from None
     settings = settings_of(order.settings)
+    if order.evaluate:
+        return _evaluation(order, features, settings, channel)
+    assert order.batch is not None
     batch = batch_of(order.batch, features, settings)
     g, h = leaf_releases(settings, settings.scales(order.rho), batch.rounds)
     if not math.isclose(g.rho + h.rho, order.step_rho, rel_tol=1e-9):
@@ -174,21 +238,25 @@ def run(task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None = No
     if order.leaves is not None:  # the training's session, if the parent found one that leads here
         assert order.trees is not None
         resumed = (
-            _resumed(features, settings, order.leaves, order.trees, order.again) if order.session else None
+            _resumed(features, settings, order.leaves, order.trees, order.again, ("train", "eval"))
+            if order.session
+            else None
         )
         if resumed is None:
             raise Refusal("federated_session_gone", "this server holds no session that leads to this step")
         channel.send(Resumed())  # the session's rows, charged as the parent admitted them; no reply
-        partition, trees = resumed, order.trees
+        (partition, evaluation), classes = resumed
+        trees = order.trees
     else:
         model = (HERE / order.model_file).read_bytes()
         trees = _tree_count(model, features)
-        partition = _staged(task, channel, con, features, settings, model)
-        if partition is None:
+        staged = _staged(task, channel, con, features, settings, model)
+        if staged is None:
             return None
+        partition, evaluation, classes = staged
     sums = partition.sums(batch)
     if order.keep:
-        _keep(partition, trees, order.batch)
+        _keep({"train": partition, "eval": evaluation}, trees, order.batch, classes)
     asks = [
         NoiseRequest(kind="gaussian", values=[float(v) for v in values.ravel()], bound=r.bound, rho=r.rho)
         for values, r in ((sums[..., 0], g), (sums[..., 1], h))
