@@ -143,5 +143,5 @@ def test_a_label_mode_dp_cannot_train_on_is_told_to_the_owner(tmp_path):
     )
     done = doctor(config)
     warned = [line for line in done.stdout.splitlines() if "neither declared classes nor a range" in line]
-    assert len(warned) == 1 and warned[0].startswith("WARN   dataset bare: label(s) malignant"), done.stdout
-    assert "column_levels.LABEL" in warned[0] and done.returncode == 0
+    assert len(warned) == 1 and warned[0].startswith("WARN   dataset bare: label malignant"), done.stdout
+    assert "declare column_levels.malignant" in warned[0] and done.returncode == 0

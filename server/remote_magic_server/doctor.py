@@ -255,15 +255,15 @@ def _labels(settings: Settings) -> list[Finding]:
     for name, ds in settings.datasets.items():
         if settings.policy_for(name).privacy != "dp":
             continue
-        bare = [label for label in ds.label_columns if label not in {*ds.column_levels, *ds.label_ranges}]
-        if bare:
+        declared = {*ds.column_levels, *ds.label_ranges}
+        for label in [label for label in ds.label_columns if label not in declared]:
             found.append(
                 Finding(
                     "warn",
                     f"dataset {name}",
-                    f"label(s) {', '.join(bare)} have neither declared classes nor a range: mode dp trains "
-                    "no model on them; declare column_levels.LABEL (a classifier's classes) or "
-                    "label_ranges.LABEL (a regression's range)",
+                    f"label {label} has neither declared classes nor a range: mode dp trains no model on "
+                    f"it; declare column_levels.{label} (a classifier's classes) or label_ranges.{label} "
+                    "(a regression's range)",
                 )
             )
     return found
