@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import pandas as pd
 import requests
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 from urllib3.util.retry import Retry
@@ -159,6 +159,11 @@ class Client(RegistryCalls):
 
     def close(self) -> None:
         self._session.close()
+
+    def _post_json(self, path: str, body: BaseModel, **kwargs: object) -> requests.Response:
+        """POST a wire model as JSON (fields left unset are left out)."""
+        data = body.model_dump_json(exclude_none=True)
+        return self._request("POST", path, data=data, headers={"Content-Type": "application/json"}, **kwargs)
 
     def _request(self, method: str, path: str, **kwargs: object) -> requests.Response:
         kwargs.setdefault("timeout", self.timeout)
@@ -344,12 +349,7 @@ class Client(RegistryCalls):
         job without its model)."""
         spec = as_spec(spec)
         body = CostRequest(spec=spec, kind=kind, release=_options(release))  # type: ignore[arg-type]
-        response = self._request(
-            "POST",
-            "/cost",
-            data=body.model_dump_json(exclude_none=True),
-            headers={"Content-Type": "application/json"},
-        )
+        response = self._post_json("/cost", body)
         estimate = CostEstimate.model_validate(response.json())
         if estimate.rho_train > 0:
             if model is None:
@@ -364,25 +364,13 @@ class Client(RegistryCalls):
     def federated_sums(self, step: FederatedStepRequest, timeout: float = 600.0) -> FederatedSums:
         """One batch of a federated training: this server's own noisy per-leaf sums of its training rows,
         charged to your budget here (`federated.federated_train` asks every server at once)."""
-        response = self._request(
-            "POST",
-            "/federated/sums",
-            data=step.model_dump_json(exclude_none=True),
-            headers={"Content-Type": "application/json"},
-            timeout=timeout,
-        )
+        response = self._post_json("/federated/sums", step, timeout=timeout)
         return FederatedSums.model_validate(response.json())
 
     def federated_evaluate(self, body: FederatedEvaluateRequest, timeout: float = 600.0) -> TrainResult:
         """A federated training's end here: the final model scored on this server's evaluation rows from
         the training's session, charged to your budget as an evaluate job; the session ends."""
-        response = self._request(
-            "POST",
-            "/federated/evaluate",
-            data=body.model_dump_json(exclude_none=True),
-            headers={"Content-Type": "application/json"},
-            timeout=timeout,
-        )
+        response = self._post_json("/federated/evaluate", body, timeout=timeout)
         return TrainResult(JobResult.model_validate(response.json()))
 
     def end_federated(self, training: str, timeout: float = 10.0) -> None:
@@ -433,13 +421,7 @@ class Client(RegistryCalls):
     def describe(self, spec: DatasetSpec | dict) -> Description:
         """Disclosure-checked aggregates of the spec's admitted rows, before any training."""
         spec = as_spec(spec)
-        response = self._request(
-            "POST",
-            "/describe",
-            data=spec.model_dump_json(exclude_none=True),
-            headers={"Content-Type": "application/json"},
-            timeout=max(self.timeout, 300.0),
-        )
+        response = self._post_json("/describe", spec, timeout=max(self.timeout, 300.0))
         return Description(DescribeResult.model_validate(response.json()), spec)
 
     def model_status(self, job_id: str) -> ModelReleaseStatus:
