@@ -34,7 +34,7 @@ from remote_magic.contract.codes import CODES
 from remote_magic.contract.wire import DatasetSpec, ModelBounds, ReleaseOptions, Stage
 from remote_magic.families.base import Plan
 
-PROTOCOL_VERSION = 10
+PROTOCOL_VERSION = 11
 MAX_MESSAGE_BYTES = 16 * 2**20
 PARTITION_TABLE = "__remote_magic_partition"  # a cluster partition's rows, with their file_row_number
 SCRATCH_DIR = "scratch"  # in a job folder: spilled rows and external-memory pages, removed after the job
@@ -158,7 +158,7 @@ SESSION_OUT = "session-next"
 
 
 class Task(_Strict):
-    protocol: Literal[10] = PROTOCOL_VERSION
+    protocol: Literal[11] = PROTOCOL_VERSION
     kind: TaskKind
     spec: DatasetSpec | None = None
     staging: Staging | None = None
@@ -174,6 +174,11 @@ class Task(_Strict):
     )
     structure: bool = Field(
         default=True, description="Count what the model sets apart (mode dp's structural rules read it)."
+    )
+    public_classes: bool = Field(
+        default=False,
+        description="A classifier's classes must be public before any row is read (the owner's declared "
+        "ones or the spec's): an evaluation in the noisy modes.",
     )
     base_model: SavedModel | None = Field(default=None, description="Continue or evaluate this model.")
     dp_training: PrivateTraining | None = Field(
