@@ -411,6 +411,12 @@ def test_an_evaluation_takes_its_classes_from_the_model_never_from_the_rows(red)
     assert refused.value.code == "invalid_spec"
     owner = refusal("declared_in", model, classes=[0, 1])
     assert owner.startswith("invalid_spec") and "`column_levels.label`" in owner
+    # describe: the label's classes are the public ones, or none (the label is then a sketched column)
+    shown = [c.describe({**spec, "dataset": name}) for name in undeclared]
+    assert [d.classes for d in shown] == [None, None]
+    assert all(d.columns["label"].kind == "numeric" for d in shown)  # a histogram on sketched edges
+    named = [c.describe({**spec, "dataset": name, "classes": [0, 1]}).classes for name in undeclared]
+    assert [sorted(n) for n in named] == [["0", "1"], ["0", "1"]], named
 
 
 def test_a_row_whose_label_is_nan_is_not_admitted_and_fails_nothing(red):
