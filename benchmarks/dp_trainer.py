@@ -42,6 +42,12 @@ XGBoost itself gains from more rounds: 0.783, 0.789, 0.794 at 50, 100, 200):
   which is not public, tells the two tables apart. Neither rule takes the 1-point target at epsilon 4.
 - Batched boosting (Maddock et al.; `batch_size`): batches of 2 rounds 5.58 at epsilon 0.5 and 4.11 at 1,
   of 5 rounds 6.25 at 1.
+- The budget's split at epsilon 1: split share 0.35 3.34, 0.65 3.36, gradient share 0.9 3.32, reg_lambda
+  20 3.39 (flat within the seeds' spread). The leaves' noise shrinkage `noise_lambda` 3 instead of 2: 3.19
+  against 3.48 at epsilon 1 (seeds 0-3), 4.91 at 0.5, 2.08 at 2, 1.67 at 4 (1.5: 3.38, 4.5: 3.38 at 1);
+  on the demo's validation rows 0.09 to 0.25 points better at each epsilon (seeds 0-3). On the evaluation
+  rows (seeds 0-7) it did not hold at the target budgets: 4.58 (0.31) / 2.97 (0.17) / 2.08 (0.08) / 1.69
+  (0.09) against 4.86 / 3.02 / 2.11 / 1.61, worse at epsilon 4 on 7 of 8 seeds.
 
 With `--seeds N` each DP row is the mean over noise and structure seeds 0 .. N-1, with the seeds' standard
 deviation and range (the flights figures move by about 0.15 AUC points between seeds).
