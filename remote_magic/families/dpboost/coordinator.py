@@ -27,7 +27,7 @@ from .booster import Tree, base_score_of, margin_of_base_score, model_json, pars
 from .features import Features
 from .partition import Grow, Intercept, InterceptUpdate, LeafUpdate, Request, Update
 from .schedule import leaf_releases
-from .selection import candidates, choose, scores, weighted
+from .selection import candidates, choose, fixed_candidates, scores, weighted
 from .settings import Settings
 from .structure import Batch, draw
 
@@ -76,6 +76,7 @@ class Coordinator:
         self.scales = settings.scales(rho, continuing=self.base is not None)
         self.rho = rho
         self.rng = np.random.default_rng(settings.seed)
+        self._fixed = fixed_candidates(features)
         self.trees: list[Tree] = []
         self.spent = 0.0
         margin = np.asarray(settings.base_margin, dtype=np.float64) if settings.base_margin else None
@@ -117,7 +118,7 @@ class Coordinator:
         assert self.select is not None and self.scales.sigma_select is not None
         bound = self.settings.select_bound
         rho = bound**2 / (2 * self.scales.sigma_select**2)
-        options = candidates(self.features, self.rng)
+        options = self._fixed if self._fixed is not None else candidates(self.features, self.rng)
         batch, nodes = request.batch, 1 << request.level
         for tree in range(batch.trees):
             table = scores(self.features, hist[tree], options)

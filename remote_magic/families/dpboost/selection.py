@@ -66,7 +66,6 @@ declared range, 64 random level subsets, about 920 in all) 3.44 (0.16) / 1.67 (0
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import lru_cache
 
 import numpy as np
 
@@ -105,8 +104,9 @@ class Candidates:
 def candidates(features: Features, rng: np.random.Generator) -> Candidates:
     """Every split of every usable column, each once, missing values left or right (drawn without the
     rows). Only a text column's random subsets are drawn anew; with none, every level has the same list."""
-    if not features.text[features.usable()].any():
-        return _numeric_candidates(features)
+    fixed = fixed_candidates(features)
+    if fixed is not None:
+        return fixed
     width = max((c.splits for c in features.columns if c.kind == "categorical"), default=0)
     feature, split, right = [], [], []
     for f in features.usable():
@@ -131,10 +131,12 @@ def candidates(features: Features, rng: np.random.Generator) -> Candidates:
     return _both_ways(np.concatenate(feature), np.concatenate(split), np.concatenate(right))
 
 
-@lru_cache(maxsize=8)
-def _numeric_candidates(features: Features) -> Candidates:
-    """The candidates of features with no text column: the same at every level, so built once (read-only)."""
+def fixed_candidates(features: Features) -> Candidates | None:
+    """The candidates when no usable column is text: the same at every level (drawing nothing), so a
+    training builds them once (read-only); None when a text column's subsets are drawn per level."""
     usable = features.usable()
+    if features.text[usable].any():
+        return None
     counts = features.splits[usable]
     feature = np.repeat(usable, counts)
     split = np.arange(len(feature)) - np.repeat(np.cumsum(counts) - counts, counts)
