@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -43,7 +44,7 @@ from remote_magic.families.dpboost.objectives import BINARY_GRADIENT_CLIP
 from remote_magic.families.dpboost.params import settings_from_params
 from remote_magic.families.dpboost.partition import Grow
 from remote_magic.families.dpboost.selection import candidates, scores, weighted
-from remote_magic.families.dpboost.structure import draw
+from remote_magic.families.dpboost.structure import descend, draw
 
 LEVELS = ("east", "north", "south", "west")
 HUGE = 1e12  # a budget at which the noise is negligible
@@ -505,6 +506,44 @@ def test_split_scores_move_by_at_most_their_bound_when_one_row_is_added():
             after = scores(FEATURES, more.sums(Grow(batch, 1))[0], options)
             assert np.abs(after - before).max() <= settings.select_bound + 1e-9
             assert np.abs(after - before).max() > 0.5
+
+
+def test_every_candidates_score_is_its_childrens_gradient_sums_from_the_rows():
+    table, y = make_rows(700)
+    settings = Settings(max_depth=3)
+    partition = Partition(FEATURES, table, y, settings.objective_())
+    partition.margins[:] = np.random.default_rng(5).normal(scale=2, size=partition.margins.shape)
+    rng = np.random.default_rng(6)
+    batch = draw(rng, FEATURES, 0, 1, 1, 3)
+    options = candidates(FEATURES, rng)
+    node = descend(batch, batch.tables(FEATURES), partition.codes, 0, np.zeros(len(y), np.int32), 0, 2)
+    g = settings.objective_().gradients(partition.margins, partition.labels)[0][:, 0]
+    found = scores(FEATURES, partition.sums(Grow(batch, 2))[0], options)
+    expected = np.empty_like(found)
+    for i, (f, split, left, right) in enumerate(
+        zip(options.feature, options.split, options.default_left, options.right)
+    ):
+        column, codes = FEATURES.columns[f], partition.codes[f].astype(np.int64)
+        missing = codes == column.missing_code
+        if column.kind == "categorical":
+            goes_right = np.append(right[: column.splits], False)[np.minimum(codes, column.splits)]
+        else:
+            goes_right = codes > split
+        goes_right = np.where(missing, not left, goes_right & ~missing)
+        for j in range(4):
+            at = node == j
+            expected[j, i] = abs(g[at & ~goes_right].sum()) + abs(g[at & goes_right].sum())
+    assert found.shape == (4, len(options.feature))
+    assert np.allclose(found, expected, rtol=1e-12, atol=1e-9)
+
+
+def test_candidates_must_list_each_split_missing_left_then_missing_right():
+    options = candidates(FEATURES, np.random.default_rng(0))
+    half = len(options.feature) // 2
+    with pytest.raises(ValueError, match="missing values left, then the same right"):
+        replace(options, default_left=np.roll(options.default_left, 1))
+    with pytest.raises(ValueError, match="missing values left, then the same right"):
+        replace(options, split=np.concatenate([options.split[:half], options.split[:half][::-1]]))
 
 
 def test_each_candidate_split_is_listed_once():

@@ -27,7 +27,7 @@ from .booster import Tree, base_score_of, margin_of_base_score, model_json, pars
 from .features import Features
 from .partition import Grow, Intercept, InterceptUpdate, LeafUpdate, Request, Update
 from .schedule import leaf_releases
-from .selection import candidates, choose, scores, weighted
+from .selection import candidates, choose, fixed_candidates, scores, weighted
 from .settings import Settings
 from .structure import Batch, draw
 
@@ -76,6 +76,7 @@ class Coordinator:
         self.scales = settings.scales(rho, continuing=self.base is not None)
         self.rho = rho
         self.rng = np.random.default_rng(settings.seed)
+        self._fixed = fixed_candidates(features)
         self.trees: list[Tree] = []
         self.spent = 0.0
         margin = np.asarray(settings.base_margin, dtype=np.float64) if settings.base_margin else None
@@ -117,25 +118,23 @@ class Coordinator:
         assert self.select is not None and self.scales.sigma_select is not None
         bound = self.settings.select_bound
         rho = bound**2 / (2 * self.scales.sigma_select**2)
-        options = candidates(self.features, self.rng)
+        options = self._fixed if self._fixed is not None else candidates(self.features, self.rng)
         batch, nodes = request.batch, 1 << request.level
         for tree in range(batch.trees):
             table = scores(self.features, hist[tree], options)
             if not self.settings.node_splits:
                 self.spent += rho
                 total = weighted(table.sum(axis=0), options, bound, rho)
-                index = np.full(nodes, self.select([float(v) for v in total], bound, rho))
+                index = np.full(nodes, self.select(total.tolist(), bound, rho))
             else:
                 # The column by its best split at each node, summed; then each node's split on it. The
                 # nodes hold disjoint rows, so their selections together cost one selection's rho.
                 columns = np.unique(options.feature)
                 best = np.stack([table[:, options.feature == f].max(axis=1) for f in columns], axis=1)
                 self.spent += 2 * rho
-                column = columns[self.select([float(v) for v in best.sum(axis=0)], bound, rho)]
+                column = columns[self.select(best.sum(axis=0).tolist(), bound, rho)]
                 at = np.flatnonzero(options.feature == column)
-                index = np.array(
-                    [at[self.select([float(v) for v in table[j, at]], bound, rho)] for j in range(nodes)]
-                )
+                index = np.array([at[self.select(table[j, at].tolist(), bound, rho)] for j in range(nodes)])
             batch = choose(batch, tree, request.level, options, index)
         self._growing = batch
 
@@ -144,7 +143,7 @@ class Coordinator:
 
     def _release_all(self, releases: list[tuple[np.ndarray, float, float]]) -> list[np.ndarray]:
         """Noise several releases, in order: in one `noise_many` call where there is one."""
-        asks = [([float(v) for v in values.ravel()], l2, rho) for values, l2, rho in releases]
+        asks = [(values.ravel().tolist(), l2, rho) for values, l2, rho in releases]
         self.spent += sum(rho for _, _, rho in asks)
         if self.noise_many is not None and len(asks) > 1:
             noisy = self.noise_many(asks)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -106,14 +107,29 @@ class Features:
     def names(self) -> list[str]:
         return [c.name for c in self.columns]
 
-    @property
+    @cached_property
     def width(self) -> int:
         """The widest column's number of codes (the routing tables' width)."""
         return max((c.width for c in self.columns), default=2)
 
+    @cached_property
+    def splits(self) -> np.ndarray:
+        """Each column's `Column.splits`, as an array a level's columns index (kept: every level asks)."""
+        return _read_only(np.array([c.splits for c in self.columns], dtype=np.int64))
+
+    @cached_property
+    def missing_codes(self) -> np.ndarray:
+        """Each column's `Column.missing_code`."""
+        return _read_only(np.array([c.missing_code for c in self.columns], dtype=np.int64))
+
+    @cached_property
+    def text(self) -> np.ndarray:
+        """Whether each column is a text (categorical) column."""
+        return _read_only(np.array([c.kind == "categorical" for c in self.columns], dtype=bool))
+
     def usable(self) -> np.ndarray:
         """The indices of the columns a split may use (those with at least one candidate)."""
-        return np.array([i for i, c in enumerate(self.columns) if c.splits > 0], dtype=np.int64)
+        return np.flatnonzero(self.splits > 0)
 
     def to_dict(self) -> dict:
         return {"columns": [c.to_dict() for c in self.columns]}
@@ -121,6 +137,11 @@ class Features:
     @classmethod
     def from_dict(cls, data: dict) -> Features:
         return cls(tuple(Column.from_dict(c) for c in data["columns"]))
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
 
 
 def _is_text(type_: pa.DataType) -> bool:

@@ -90,7 +90,8 @@ RANDOM_SUBSETS = 64
 @dataclass(frozen=True)
 class Candidates:
     """The splits a level may choose: column, numeric candidate index, missing direction, text levels
-    that go right (one row each)."""
+    that go right (one row each). Every split is listed twice: the first half sends missing values left,
+    the second half is the same splits in the same order sending them right (`scores` relies on it)."""
 
     feature: np.ndarray
     split: np.ndarray
@@ -98,10 +99,25 @@ class Candidates:
     right: np.ndarray  # (candidates, levels)
     prior: np.ndarray  # log public weight: each column the same total, shared by its candidates
 
+    def __post_init__(self) -> None:
+        half = len(self.feature) // 2
+        if not (
+            len(self.feature) == 2 * half
+            and np.array_equal(self.feature[:half], self.feature[half:])
+            and np.array_equal(self.split[:half], self.split[half:])
+            and np.array_equal(self.right[:half], self.right[half:])
+            and self.default_left[:half].all()
+            and not self.default_left[half:].any()
+        ):
+            raise ValueError("candidates list each split with missing values left, then the same right")
+
 
 def candidates(features: Features, rng: np.random.Generator) -> Candidates:
     """Every split of every usable column, each once, missing values left or right (drawn without the
-    rows)."""
+    rows). Only a text column's random subsets are drawn anew; with none, every level has the same list."""
+    fixed = fixed_candidates(features)
+    if fixed is not None:
+        return fixed
     width = max((c.splits for c in features.columns if c.kind == "categorical"), default=0)
     feature, split, right = [], [], []
     for f in features.usable():
@@ -123,11 +139,30 @@ def candidates(features: Features, rng: np.random.Generator) -> Candidates:
             feature.append(np.full(column.splits, f))
             split.append(np.arange(column.splits))
             right.append(np.zeros((column.splits, width), dtype=bool))
-    feature_, split_, right_ = np.concatenate(feature), np.concatenate(split), np.concatenate(right)
-    both = np.concatenate([np.ones(len(feature_), bool), np.zeros(len(feature_), bool)])
-    feature_ = np.tile(feature_, 2)
-    _, column, count = np.unique(feature_, return_inverse=True, return_counts=True)
-    return Candidates(feature_, np.tile(split_, 2), both, np.tile(right_, (2, 1)), -np.log(count[column]))
+    return _both_ways(np.concatenate(feature), np.concatenate(split), np.concatenate(right))
+
+
+def fixed_candidates(features: Features) -> Candidates | None:
+    """The candidates when no usable column is text: the same at every level (drawing nothing), so a
+    training builds them once (read-only); None when a text column's subsets are drawn per level."""
+    usable = features.usable()
+    if features.text[usable].any():
+        return None
+    counts = features.splits[usable]
+    feature = np.repeat(usable, counts)
+    split = np.arange(len(feature)) - np.repeat(np.cumsum(counts) - counts, counts)
+    options = _both_ways(feature, split, np.zeros((len(feature), 0), dtype=bool))
+    for array in (options.feature, options.split, options.default_left, options.right, options.prior):
+        array.flags.writeable = False
+    return options
+
+
+def _both_ways(feature: np.ndarray, split: np.ndarray, right: np.ndarray) -> Candidates:
+    """Each split twice, missing values left then right, with the prior."""
+    both = np.concatenate([np.ones(len(feature), bool), np.zeros(len(feature), bool)])
+    feature = np.tile(feature, 2)
+    _, column, count = np.unique(feature, return_inverse=True, return_counts=True)
+    return Candidates(feature, np.tile(split, 2), both, np.tile(right, (2, 1)), -np.log(count[column]))
 
 
 def weighted(scores: np.ndarray, options: Candidates, linf: float, rho: float) -> np.ndarray:
@@ -140,22 +175,40 @@ def weighted(scores: np.ndarray, options: Candidates, linf: float, rho: float) -
 
 def scores(features: Features, hist: np.ndarray, options: Candidates) -> np.ndarray:
     """The score of every candidate at every node of a level, shape (nodes, candidates), from one tree's
-    gradient histograms hist (nodes, columns, width)."""
-    out = np.zeros((hist.shape[0], len(options.feature)))
-    for f in np.unique(options.feature):
-        column = features.columns[f]
-        at = np.flatnonzero(options.feature == f)
-        g = hist[:, f, :]
-        missing = g[:, column.missing_code][:, None]
-        if column.kind == "categorical":
-            right = g[:, : column.splits] @ options.right[at][:, : column.splits].T.astype(np.float64)
-        else:
-            bins = g[:, : column.splits + 1]
-            right = bins.sum(axis=1, keepdims=True) - np.cumsum(bins, axis=1)[:, options.split[at]]
-        left = g[:, : column.missing_code].sum(axis=1, keepdims=True) - right
-        to_left = options.default_left[at][None, :]
-        out[:, at] = np.abs(left + to_left * missing) + np.abs(right + ~to_left * missing)
+    gradient histograms hist (nodes, columns, width): the numeric splits in one step over all columns,
+    a text column's from its level subsets, each split's two missing directions together."""
+    out = np.empty((hist.shape[0], len(options.feature)))
+    half = len(options.feature) // 2
+    column = options.feature[:half]
+    text = features.text[column]
+    numeric = np.flatnonzero(~text)
+    if len(numeric):
+        f = column[numeric]
+        # A column's bins 0 .. Q (its missing code is Q + 1); `right` of split k is bins k + 1 .. Q.
+        bins = np.zeros(hist.shape[:2])
+        for q in np.unique(features.splits[f]):
+            at = np.flatnonzero((features.splits == q) & ~features.text)
+            bins[:, at] = hist[:, at, : q + 1].sum(axis=-1)
+        total = bins[:, f]
+        right = total - np.cumsum(hist, axis=-1)[:, f, options.split[numeric]]
+        _place(out, numeric, half, total - right, right, hist[:, f, features.missing_codes[f]])
+    for c in np.unique(column[text]):
+        splits, missing_code = features.splits[c], features.missing_codes[c]
+        at = np.flatnonzero(column == c)
+        g = hist[:, c, :]
+        right = g[:, :splits] @ options.right[at][:, :splits].T.astype(np.float64)
+        left = g[:, :missing_code].sum(axis=1, keepdims=True) - right
+        _place(out, at, half, left, right, g[:, missing_code][:, None])
     return out
+
+
+def _place(
+    out: np.ndarray, at: np.ndarray, half: int, left: np.ndarray, right: np.ndarray, missing: np.ndarray
+) -> None:
+    """The scores |G_left| + |G_right| of the splits `at` with their missing rows' sum sent left (at
+    `at`) and sent right (at `at + half`)."""
+    out[:, at] = np.abs(left + missing) + np.abs(right)
+    out[:, at + half] = np.abs(left) + np.abs(right + missing)
 
 
 def choose(batch: Batch, tree: int, level: int, options: Candidates, index: np.ndarray) -> Batch:

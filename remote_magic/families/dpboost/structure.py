@@ -52,16 +52,14 @@ class Batch:
         """Each node's split as a table over its column's codes: (trees, depth, nodes, width), 1 = right."""
         width = features.width
         codes = np.arange(width)
-        splits = np.array([c.splits for c in features.columns], dtype=np.int64)[self.feature]
-        text = np.array([c.kind == "categorical" for c in features.columns], dtype=bool)[self.feature]
+        splits, text = features.splits[self.feature], features.text[self.feature]
         numeric_right = (codes > self.split[..., None]) & (codes <= splits[..., None, None])
         levels = np.zeros(self.right.shape[:3] + (width,), dtype=bool)
         span = min(self.right.shape[3], width)
         levels[..., :span] = self.right[..., :span]
         text_right = levels & (codes < splits[..., None, None])
         table = np.where(text[..., None, None], text_right, numeric_right)
-        missing_code = np.array([c.missing_code for c in features.columns], dtype=np.int64)[self.feature]
-        missing = codes == missing_code[..., None, None]
+        missing = codes == features.missing_codes[self.feature][..., None, None]
         table |= missing & ~self.default_left[..., None]
         return table.astype(np.uint8)
 
@@ -103,13 +101,13 @@ def draw(
         raise ValueError("no feature column has a public split candidate")
     trees, nodes = rounds * classes, 1 << (depth - 1)
     feature = rng.choice(usable, size=(trees, depth))
-    splits = np.array([c.splits for c in features.columns], dtype=np.int64)[feature][..., None]
+    splits = features.splits[feature][..., None]
     split = np.minimum((rng.random((trees, depth, nodes)) * splits).astype(np.int64), splits - 1)
     default_left = rng.random((trees, depth, nodes)) < 0.5
     width = max((c.splits for c in features.columns if c.kind == "categorical"), default=0)
     right = rng.random((trees, depth, nodes, width)) < 0.5
     if width:
-        text = np.array([c.kind == "categorical" for c in features.columns], dtype=bool)[feature]
+        text = features.text[feature]
         right &= (np.arange(width) < splits[..., None]) & text[..., None, None]
         # XGBoost needs a level going right, and a split that sends every level right splits nothing:
         # move one level across.

@@ -194,23 +194,29 @@ class Ledger:
             ).fetchall()
         return {int(row["seq"]): json.loads(row["answer"]) for row in rows}
 
-    def store_noise_draws(self, charge: str, draws: list[tuple[int, dict]]) -> None:
-        """Keep a job's noise answers, all in one transaction (one commit, not one per answer)."""
+    def store_noise_draws(self, charge: str, draws: list[tuple[int, str]]) -> None:
+        """Keep a job's noise answers (each as its JSON text), all in one transaction (one commit, not
+        one per answer)."""
         if not draws:
             return
         with self._lock, self._transaction():
             self._db.executemany(
                 "INSERT OR IGNORE INTO noise_draws (charge, seq, answer) VALUES (?, ?, ?)",
-                [(charge, seq, json.dumps(answer)) for seq, answer in draws],
+                [(charge, seq, answer) for seq, answer in draws],
             )
 
     def stored_answer(self, user: str, dataset: str, request: str) -> dict | None:
+        text = self.stored_answer_json(user, dataset, request)
+        return json.loads(text) if text is not None else None
+
+    def stored_answer_json(self, user: str, dataset: str, request: str) -> str | None:
+        """A stored answer as its JSON text (for a caller that validates it straight from the text)."""
         with self._lock:
             row = self._db.execute(
                 "SELECT answer FROM dp_answers WHERE user = ? AND dataset = ? AND request = ?",
                 (user, dataset, request),
             ).fetchone()
-        return json.loads(row["answer"]) if row else None
+        return row["answer"] if row else None
 
     def answers(self, user: str, dataset: str) -> list[dict]:
         """Every answer already released to a user on a dataset, newest first (they cost nothing to read
