@@ -35,7 +35,7 @@ from ..xgboost.family import FAMILY as XGBOOST
 from ..xgboost.family import Trained, ready_to_score
 from ..xgboost.leaves import check_booster
 from .booster import load
-from .candidates import CandidatePlan, Declared
+from .candidates import SKETCH_SHARE, CandidatePlan, Declared
 from .coordinator import Coordinator
 from .features import Features, Kind
 from .on_parts import apply_update, counts_of, finish, schema, set_up, sketch, sum_of, sums
@@ -43,7 +43,6 @@ from .params import settings_from_params
 from .partition import LeafUpdate
 from .settings import DEFAULT_ROUNDS, Settings
 
-SKETCH_SHARE = 0.1  # of the training budget, when some column's candidates come from the sketch
 ANY_LABEL_RANGE = (0.0, 1.0)  # stands in for the owner's range while only the parameters are checked
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import threading
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.query import DEFAULT_TRAIN_EVAL
-from remote_magic.contract.wire import DescribeResult, FederatedSums, JobResult
+from remote_magic.contract.wire import DescribeResult, FederatedSketch, FederatedSums, JobResult
 from remote_magic.families.dpboost.schedule import Release, leaf_releases
 from remote_magic.families.dpboost.settings import federated_settings
 
@@ -187,6 +188,30 @@ class FederatedSteps(Describer):
             if training is not None:
                 # Once the step succeeded, the session it took is behind the model so far.
                 self.sessions.put(user, training, left[0] if left else None, taken, moved_on=bool(left))
+
+    def sketch(
+        self, user: str, dataset: str, spec: dict, plan: JobPlan, order: FederatedOrder, training: str
+    ) -> FederatedSketch:
+        """A training's DP sketch of the training rows over public grids, released through the desk as one
+        Gaussian release (its proof's: L2 sqrt(columns), `order.step_rho`); raise Refusal. Each training
+        pays for its own; the same request again (the same analyst, training, spec, data version, ranges
+        and rho) is answered with the same draws at no further cost, as a step is."""
+        assert order.sketch is not None
+        question = [user, training, spec, plan.dataset_version, order.sketch, order.step_rho]
+        release = Release("gaussian", math.sqrt(len(order.sketch)), order.step_rho)
+        request = _request(
+            user,
+            dataset,
+            "sums",
+            spec,
+            plan,
+            f"federated-sketch:{_digest(question)}",
+            step_rho=order.step_rho,
+            releases=(release,),
+        )
+        self.desk.check_budget(request)
+        task = build_task(self.settings, "sums", dataset, spec, plan, federated=order)
+        return self._released(request, task, {})  # type: ignore[return-value]
 
     def evaluate(
         self, user: str, dataset: str, spec: dict, plan: JobPlan, order: FederatedOrder, training: str

@@ -14,6 +14,9 @@ session that leads to it, it is refused `federated_session_gone` before anything
 evaluation (`order.evaluate`) does the same with the last batch's leaves on the evaluation rows only and
 reports them scored as an evaluate job's worker scores them (a `TrainReport`; charged as an evaluate
 job).
+A training's sketch (`order.sketch`, before its first batch) stages and admits the rows as a first step
+does and reports their exact counts over the public ranges' fine grids as one noise request (a
+`SketchReport`: the sketch's rho, L2 sqrt(columns)), which the parent draws and releases.
 The sums are `Partition.sums`'. They go to the parent with the report, as one batch of two noise
 requests (`NoiseBatch`: gradients, then hessians) at the sensitivity and cost the trainer's proof gives
 for this batch (`schedule.leaf_releases`), which must be exactly the batch's share the parent charged;
@@ -35,6 +38,7 @@ from remote_magic.contract.federated import LEAF_LIMIT
 from remote_magic.families import scoring
 from remote_magic.families.dpboost import Batch, Features, LeafUpdate, Partition, Settings, on_parts
 from remote_magic.families.dpboost.booster import load
+from remote_magic.families.dpboost.candidates import flat_counts, range_grids
 from remote_magic.families.dpboost.family import check_label
 from remote_magic.families.dpboost.schedule import leaf_releases
 from remote_magic.families.dpboost.settings import federated_settings
@@ -51,6 +55,7 @@ from ..protocol import (
     NoiseRequest,
     Resumed,
     RoundsReport,
+    SketchReport,
     SumsReport,
     Task,
     TrainReport,
@@ -110,6 +115,19 @@ def _staged(
 ) -> tuple[Partition, Partition, list[str]] | None:
     """Stage and admit the spec's rows, and their margins from the model so far: the training rows, the
     evaluation rows (a session scores the final model on them) and the class names (None: stopped)."""
+    admitted = _admitted(task, channel, con, settings)
+    if admitted is None:
+        return None
+    parts, classes = admitted
+    part = parts.parts[0]
+    parts.map(on_parts.set_up, features, settings, model)
+    return part.state[on_parts.STATE], on_parts.binned(part, "eval", features, settings, model), classes
+
+
+def _admitted(
+    task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None, settings: Settings
+) -> tuple[InProcess, list[str]] | None:
+    """Stage and admit the spec's rows as a train job's, and their class names (None: stopped)."""
     assert task.staging is not None
     classifier = settings.objective != "reg:squarederror"
     expected = settings.num_class if settings.objective == "multi:softprob" else 2
@@ -122,9 +140,7 @@ def _staged(
         return None
     if classifier and len(classes) != expected:
         raise Refusal("invalid_request", f"the training rows have {len(classes)} classes, not {expected}")
-    part = parts.parts[0]
-    parts.map(on_parts.set_up, features, settings, model)
-    return part.state[on_parts.STATE], on_parts.binned(part, "eval", features, settings, model), classes
+    return parts, classes
 
 
 def _tree_count(model: bytes, features: Features) -> int:
@@ -216,9 +232,33 @@ def _evaluation(
     )
 
 
+def _sketch(
+    task: Task,
+    channel: Channel,
+    con: duckdb.DuckDBPyConnection | None,
+    order: FederatedOrder,
+    settings: Settings,
+) -> SketchReport | None:
+    """The training's sketch: the spec's training rows staged and admitted as a step's, counted over the
+    public ranges' fine grids (`sketch_counts`, the DP trainer's own), one noise request at the sketch's
+    rho and L2 sqrt(columns): each row adds one to one bin of each column (None: stopped)."""
+    assert order.sketch is not None
+    admitted = _admitted(task, channel, con, settings)
+    if admitted is None:
+        return None
+    parts = admitted[0]
+    request = range_grids(order.sketch)
+    found = parts.map(on_parts.sketch, request)[0]
+    counts = flat_counts(request, on_parts.counts_of(found))
+    ask = NoiseRequest(
+        kind="gaussian", values=counts, bound=math.sqrt(len(request.grids)), rho=order.step_rho
+    )
+    return SketchReport(noise=NoiseBatch(requests=[ask]))
+
+
 def run(
     task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None = None
-) -> SumsReport | TrainReport | None:
+) -> SumsReport | SketchReport | TrainReport | None:
     """One batch's sums, noised by the parent, or the final evaluation from the training's session;
     None when the parent stopped it at admission."""
     order = task.federated
@@ -228,6 +268,8 @@ def run(
     except (KeyError, TypeError, ValueError) as exc:
         raise Refusal("invalid_request", f"the features are not usable: {exc}") from None
     settings = settings_of(order.settings)
+    if order.sketch is not None:
+        return _sketch(task, channel, con, order, settings)
     if order.evaluate:
         return _evaluation(order, features, settings, channel)
     assert order.batch is not None
