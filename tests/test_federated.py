@@ -127,9 +127,10 @@ def test_three_servers_train_one_model_and_each_ledger_is_charged_exactly_its_sh
     )
 
     assert result.trees == ROUNDS and result.round_trips == math.ceil(ROUNDS / BATCH) == 3
-    # A training's first step stages its rows; the next ones send only the previous batch's leaves and
-    # take its session; a restart drops it, and the client sends that step again with the whole model.
-    assert staged == {"a": [True, True, False], "b": [True, False, False], "c": [True, False, False]}
+    # A training's sketch stages its rows, and its first step bins them to the sketch's candidates; the
+    # next ones send only the previous batch's leaves and take its session; a restart drops it, and the
+    # client sends that step again with the whole model, which stages.
+    assert staged == {"a": [False, True, False], "b": [False, False, False], "c": [False, False, False]}
     # The model is a DP release the analyst holds: it predicts the whole table far better than chance.
     frame = table.drop(columns=["id", "label"]).assign(region=lambda f: f["region"].astype("category"))
     booster = result.estimator.get_booster()

@@ -13,12 +13,15 @@ staged rows and margins as the training's session; each later step sends only th
 leaf values. A server whose session is gone (`federated_session_gone`) is sent that step again with the
 whole model; the final evaluation ends the sessions (docs/federated.md, "Sessions").
 
-Before anything is spent: every server's catalog (public) must show the same feature columns and label
-of the same kinds, in mode dp, with declared bounds for every feature (the candidates are the
-intersection of the declared ranges and levels), and each analyst budget must cover its training and
-its evaluation. At the end each server scores the final model on its own evaluation rows under DP from
-the training's session (its first step staged them; each step moved their margins too), released and
-charged as an evaluate job's result, which ends the session; a server whose session is gone runs an
+Before anything is spent: every server's catalog (public) must show the same feature columns and label of
+the same kinds, in mode dp, with declared bounds for every feature (the text candidates are the intersection
+of the declared levels), and each analyst budget must cover its training and its evaluation. Then every
+server draws a DP sketch of its training rows over the fine grids of the intersected numeric ranges (`POST
+/v1/federated/sketch`, `SKETCH_SHARE` of its rho, on its own ledger), and the numeric candidates are the
+quantiles of their sum; the sketch's rows are the training's first session there, so its first step sends no
+model and stages nothing. At the end each server scores the final model on its own evaluation rows under DP
+from the training's session (its sketch or first step staged them; each step moved their margins), released
+and charged as an evaluate job's result, which ends the session; a server whose session is gone runs an
 ordinary evaluate job instead. The result pools them, weighted by the noisy row counts.
 """
 
@@ -216,7 +219,9 @@ def _train(
     last batch's leaf values (each server's session adds them for the final evaluation)."""
     settings: FederatedSettings = common["settings"]
     round_trips = done = 0
-    leaves: list[float] | None = None  # the previous batch's, which each server's session adds
+    # The previous batch's leaves, which each server's session adds; none before the first batch, whose
+    # step continues the sketch's session (the rows it staged) where there was a sketch.
+    leaves: list[float] | None = [] if common["sketch"] is not None else None
     for batch in coordinator.requests():
         model = functools.cache(lambda: coordinator.model().decode())
         step = {**common, "spec": None, "batch": batch.to_dict()}  # type: ignore[union-attr]

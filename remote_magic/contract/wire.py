@@ -486,8 +486,8 @@ class CostEstimate(_Strict):
 
 
 class BudgetCharge(_Strict):
-    """One charge to a privacy budget: a job (whatever became of it), a describe request or one batch of
-    a federated training (`sums`)."""
+    """One charge to a privacy budget: a job (whatever became of it), a describe request, or one batch or
+    the sketch of a federated training (`sums`)."""
 
     job_id: str | None = Field(default=None, description="The job charged; null for a describe request.")
     kind: Literal["train", "evaluate", "describe", "sums"]

@@ -141,7 +141,11 @@ class FederatedSteps(Describer):
         training's session here, or is refused `federated_session_gone` at no cost."""
         staged_for = [spec, plan.dataset_version, order.features, order.settings, order.rho]
         fingerprint = _digest(staged_for)
-        taken = self.sessions.take(user, training, fingerprint) if training is not None else None
+        # A training's first step after its sketch (no model, no trees yet) continues the sketch's session
+        # (or, sent again after it succeeded, the session it left).
+        opening = model is None and order.trees == 0 and not order.leaves
+        alike = [_sketch_fingerprint(spec, plan, order)] if opening else []
+        taken = self.sessions.take(user, training, fingerprint, *alike) if training is not None else None
         left: list[Session | None] = []  # what the step left, once it succeeded
         again = False
         digest = ""
@@ -195,23 +199,33 @@ class FederatedSteps(Describer):
         """A training's DP sketch of the training rows over public grids, released through the desk as one
         Gaussian release (its proof's: L2 sqrt(columns), `order.step_rho`); raise Refusal. Each training
         pays for its own; the same request again (the same analyst, training, spec, data version, ranges
-        and rho) is answered with the same draws at no further cost, as a step is."""
+        and rho) is answered with the same draws at no further cost, as a step is. The worker leaves the
+        admitted rows as the training's session, which its first step (no model, no trees yet) bins to
+        the candidates and takes on, charged as this admission: one staging per training."""
         assert order.sketch is not None
         question = [user, training, spec, plan.dataset_version, order.sketch, order.step_rho]
         release = Release("gaussian", math.sqrt(len(order.sketch)), order.step_rho)
+        key = f"federated-sketch:{_digest(question)}"
         request = _request(
-            user,
-            dataset,
-            "sums",
-            spec,
-            plan,
-            f"federated-sketch:{_digest(question)}",
-            step_rho=order.step_rho,
-            releases=(release,),
+            user, dataset, "sums", spec, plan, key, step_rho=order.step_rho, releases=(release,)
         )
-        self.desk.check_budget(request)
-        task = build_task(self.settings, "sums", dataset, spec, plan, federated=order)
-        return self._released(request, task, {})  # type: ignore[return-value]
+        fingerprint = _sketch_fingerprint(spec, plan, order)
+        taken = self.sessions.take(user, training, fingerprint)
+        left: list[Session] = []
+        try:
+            self.desk.check_budget(request)
+            task = build_task(
+                self.settings, "sums", dataset, spec, plan, federated=order.model_copy(update={"keep": True})
+            )
+
+            def done(folder: Path, admission: Admission) -> None:
+                kept = self.sessions.adopt(folder / SESSION_OUT)
+                if kept is not None:  # the model so far: the public start, named by the sketch
+                    left.append(Session(kept, fingerprint, key, key, None, admission))
+
+            return self._released(request, task, {}, Keep(None, None, done))  # type: ignore[return-value]
+        finally:
+            self.sessions.put(user, training, left[0] if left else None, taken, moved_on=bool(left))
 
     def evaluate(
         self, user: str, dataset: str, spec: dict, plan: JobPlan, order: FederatedOrder, training: str
@@ -254,6 +268,12 @@ class FederatedSteps(Describer):
     def end(self, user: str, training: str) -> bool:
         """Drop a training's session (its last step is done); False when it had none here."""
         return self.sessions.drop(user, training)
+
+
+def _sketch_fingerprint(spec: dict, plan: JobPlan, order: FederatedOrder) -> str:
+    """What a sketch's session was staged for: its rows (the spec, the data version) and the training
+    (its settings and the leaves' rho); its first step bins them to whatever candidates it carries."""
+    return _digest(["sketch", spec, plan.dataset_version, order.settings, order.rho])
 
 
 def _releases(order: FederatedOrder) -> tuple[Release, ...]:

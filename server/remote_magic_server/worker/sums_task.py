@@ -15,8 +15,10 @@ evaluation (`order.evaluate`) does the same with the last batch's leaves on the 
 reports them scored as an evaluate job's worker scores them (a `TrainReport`; charged as an evaluate
 job).
 A training's sketch (`order.sketch`, before its first batch) stages and admits the rows as a first step
-does and reports their exact counts over the public ranges' fine grids as one noise request (a
-`SketchReport`: the sketch's rho, L2 sqrt(columns)), which the parent draws and releases.
+does, leaves them as staged (with `order.keep`) for the training's first step, which bins them to the
+candidates the sketch gives (a session whose model so far is the public start), and reports their exact
+counts over the public ranges' fine grids as one noise request (a `SketchReport`: the sketch's rho, L2
+sqrt(columns)), which the parent draws and releases.
 The sums are `Partition.sums`'. They go to the parent with the report, as one batch of two noise
 requests (`NoiseBatch`: gradients, then hessians) at the sensitivity and cost the trainer's proof gives
 for this batch (`schedule.leaf_releases`), which must be exactly the batch's share the parent charged;
@@ -32,10 +34,12 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.federated import LEAF_LIMIT
 from remote_magic.families import scoring
+from remote_magic.families.base import Part
 from remote_magic.families.dpboost import Batch, Features, LeafUpdate, Partition, Settings, on_parts
 from remote_magic.families.dpboost.booster import load
 from remote_magic.families.dpboost.candidates import flat_counts, range_grids
@@ -164,6 +168,10 @@ def _resumed(
     names; None when the session does not lead to a model of `trees` trees with these leaves."""
     folder = HERE / SESSION_IN
     state = json.loads((folder / "state.json").read_text())
+    if state["pending"] is None:  # a sketch's session: the admitted rows as staged, at the public start
+        if trees != 0 or leaves or again:
+            return None
+        return [_unbinned(folder, split, features, settings) for split in splits], state["classes"]
     pending = Batch.from_dict(state["pending"])
     values = np.asarray(leaves, dtype=np.float64)
     if again:
@@ -180,6 +188,32 @@ def _resumed(
             partition.apply(LeafUpdate(pending, values.reshape(pending.trees, pending.leaves)))
         partitions.append(partition)
     return partitions, state["classes"]
+
+
+def _unbinned(folder: Path, split: str, features: Features, settings: Settings) -> Partition:
+    """A split's rows a sketch's session kept, binned to the step's candidates, at the public start."""
+    with pa.memory_map(str(folder / f"{split}_rows.arrow")) as source:
+        rows = pa.ipc.open_file(source).read_all()
+    labels = np.load(folder / f"{split}_labels.npy")
+    return Partition(features, rows, labels, settings.objective_(), None, settings.base_margin)
+
+
+def _keep_rows(part: Part, classes: list[str]) -> None:
+    """A sketch's session: the admitted rows of both splits as staged (Arrow) and their labels, which the
+    training's first step bins to the candidates the sketch gives, and the class names."""
+    folder = HERE / SESSION_OUT
+    folder.mkdir()
+    for split in ("train", "eval"):
+        batches = list(on_parts.rows(part, split))
+        schema = batches[0].schema if batches else part.split(split).x.schema
+        with (
+            pa.OSFile(str(folder / f"{split}_rows.arrow"), "wb") as sink,
+            pa.ipc.new_file(sink, schema) as out,
+        ):
+            for batch in batches:
+                out.write_batch(batch)
+        np.save(folder / f"{split}_labels.npy", part.y(split))
+    (folder / "state.json").write_text(json.dumps({"trees": 0, "pending": None, "classes": classes}))
 
 
 def _keep(partitions: dict[str, Partition], trees: int, batch: dict, classes: list[str]) -> None:
@@ -246,10 +280,12 @@ def _sketch(
     admitted = _admitted(task, channel, con, settings)
     if admitted is None:
         return None
-    parts = admitted[0]
+    parts, classes = admitted
     request = range_grids(order.sketch)
     found = parts.map(on_parts.sketch, request)[0]
     counts = flat_counts(request, on_parts.counts_of(found))
+    if order.keep:
+        _keep_rows(parts.parts[0], classes)
     ask = NoiseRequest(
         kind="gaussian", values=counts, bound=math.sqrt(len(request.grids)), rho=order.step_rho
     )
