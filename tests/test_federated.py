@@ -310,8 +310,8 @@ def test_a_repeated_step_is_answered_with_the_same_draws_at_no_cost(servers):
 def test_a_server_sketches_its_rows_and_takes_only_the_sketchs_quantiles_as_candidates(servers):
     """The training's sketch on one server: ranges past the owner's declared ones are refused at no
     cost; the same request again is answered with the same draws at no cost; a step naming the sketch
-    whose candidates are not its counts' quantiles is refused at no cost, and one whose are is answered
-    at its batch's share of the training's rho less the sketch's."""
+    whose candidates are not its counts' quantiles is refused at no cost, and the first step whose are
+    takes the rows the sketch staged, at its batch's share of the training's rho less the sketch's."""
     a = servers["a"]
     declared = first_step(servers, ["a", "b"], seed=7).model_dump(mode="json")
     ranges = {c["name"]: list(RANGES[c["name"]]) for c in declared["features"] if c["kind"] == "numeric"}
@@ -333,15 +333,23 @@ def test_a_server_sketches_its_rows_and_takes_only_the_sketchs_quantiles_as_cand
     quantiles = quantile_candidates(ranges, first["counts"])
     assert quantiles["age"] != tuple(c["candidates"] for c in declared["features"] if c["name"] == "age")[0]
     use = {"ranges": ranges, "counts": first["counts"]}
-    for candidates, status in (({**quantiles, "bmi": (20.0, 30.0)}, 422), (quantiles, 200)):
+    # The first step continues the sketch's session (no model: the rows it staged, at the public start);
+    # another training's finds none, at no cost.
+    opening = {"sketch": use, "model": None, "leaves": [], "trees": 0, "training": training}
+    for candidates, status, more in (
+        ({**quantiles, "bmi": (20.0, 30.0)}, 422, {}),
+        (quantiles, 409, {"training": secrets.token_urlsafe(24)}),
+        (quantiles, 200, {}),
+    ):
         step = first_step(servers, ["a", "b"], seed=7, candidates=candidates).model_dump(mode="json")
-        answer = a.post("/federated/sums", json={**step, "sketch": use})
+        answer = a.post("/federated/sums", json={**step, **opening, **more})
         assert answer.status_code == status, answer.text
         if status == 422:
             assert (
                 "'bmi': its candidates are not the quantiles of the sketch"
                 in answer.json()["error"]["message"]
             )
+    assert answer.json()["staged"] is False
     share = round((1 - SKETCH_SHARE) * RHO_TRAIN * BATCH / ROUNDS, 6)
     assert answer.json()["privacy"]["rho"] == pytest.approx(share)
     assert priced(a) - before == Counter(
