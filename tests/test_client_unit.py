@@ -98,3 +98,48 @@ def test_error_bodies_map_to_their_classes(name, cls, code):
         call()
     assert info.value.code == code and info.value.status == record["status"]
     assert "Traceback" not in info.value.message
+
+
+def test_an_evaluations_classes_come_from_the_fitted_model_where_the_owner_declared_none():
+    """The spec's `classes` are text, as the owner declares them; the client fills them from a fitted
+    classifier only on a noisy-mode dataset whose owner declared none (the server takes them from
+    nowhere else), and leaves every other spec as it is."""
+    from argparse import Namespace
+
+    import numpy as np
+    import xgboost as xgb
+    from pydantic import ValidationError
+
+    from remote_magic.contract.specs import with_model_classes
+    from remote_magic.contract.wire import DatasetInfo, DatasetSpec, PolicyInEffect
+    from remote_magic.magics.args import spec_from_args
+
+    assert DatasetSpec(dataset="d", label="y", classes=[0, 1.5, True]).classes == ["0", "1.5", "true"]
+    with pytest.raises(ValidationError):
+        DatasetSpec(dataset="d", label="y", classes=[1])  # one class is no classifier
+    rules = dict(min_count=10, round_to=1, significant_digits=3, min_rows=10, min_class_rows=10)
+
+    def info(privacy: str, levels: dict | None = None) -> DatasetInfo:
+        policy = PolicyInEffect(**rules, privacy=privacy)
+        return DatasetInfo(name="d", rows=None, columns=[], policy=policy, column_levels=levels or {})
+
+    x, y = np.arange(40.0).reshape(-1, 1), np.arange(40) % 3
+    fitted, unfitted = xgb.XGBClassifier(n_estimators=2).fit(x, y), xgb.XGBClassifier()
+    spec = DatasetSpec(dataset="d", label="y")
+    assert with_model_classes(fitted, spec, info("dp")).classes == ["0", "1", "2"]
+    assert with_model_classes(fitted, spec, info("dp_eval_only")).classes == ["0", "1", "2"]
+    for model, dataset in (
+        (fitted, info("rules")),
+        (fitted, info("dp", {"y": ["a", "b"]})),
+        (unfitted, info("dp")),
+        (fitted.get_booster(), info("dp")),
+        (xgb.XGBRegressor(n_estimators=2).fit(x, y), info("dp")),
+    ):
+        assert with_model_classes(model, spec, dataset) is spec
+    given = spec.model_copy(update={"classes": ["1", "2"]})
+    assert with_model_classes(fitted, given, info("dp")) is given
+    flags = {
+        n: None for n in ("dataset", "label", "where", "features", "eval_fraction", "eval_where", "seed")
+    }
+    parsed = spec_from_args(Namespace(**{**flags, "dataset": "d", "label": "y", "classes": "no, yes"}))
+    assert parsed.classes == ["no", "yes"]

@@ -368,6 +368,57 @@ def test_declared_classes_are_the_classes_whatever_the_rows(red):
     assert classes("declared_three") in ("class_too_small", (["0", "1", "2"], 3))
 
 
+def test_an_evaluation_takes_its_classes_from_the_model_never_from_the_rows(red):
+    """An evaluate job on a label without declared classes took its classes from the evaluation rows: a
+    row with a label of its own made a class, and the job was refused `class_too_small` (or not released)
+    exactly when that row was in. Now the classes are public before any row is read: the client sends the
+    fitted classifier's own `classes_` (the spec's `classes`), only rows of those classes are admitted,
+    and both worlds give the same classes. Without public classes, or with as many as the model does not
+    predict, the evaluation is refused before any row, at no cost, in both worlds alike."""
+    c = client(red, "classes")
+    rng = np.random.default_rng(5)
+    public = pd.DataFrame({"score": rng.normal(size=400)})
+    model = xgb.XGBClassifier(n_estimators=3, max_depth=2).fit(public, (public.score > 0).astype(int))
+    undeclared = ("undeclared_in", "undeclared_out")
+    spec = {"label": "label", "features": ["score"]}
+    for name in undeclared:
+        result = c.evaluate(model, {**spec, "dataset": name})
+        assert [k.label for k in result.raw.summary.eval.classes] == ["0", "1"]
+
+    def refusal(dataset: str, model: object, **more: object) -> str:
+        try:
+            c.evaluate(model, {**spec, "dataset": dataset, **more})
+        except RemoteError as exc:
+            return f"{exc.code}: {exc}"
+        return "evaluated"
+
+    spent = [c.cost(None, {**spec, "dataset": name}).rho_spent for name in undeclared]
+    booster = model.get_booster()  # a bare Booster has no `classes_` for the client to send
+    found = {name: refusal(name, booster) for name in undeclared}
+    assert len(set(found.values())) == 1 and found["undeclared_in"].startswith("invalid_spec"), found
+    assert "`classes`" in found["undeclared_in"] and "`column_levels.label`" in found["undeclared_in"]
+    three = [refusal(name, model, classes=[0, 1, 2]) for name in undeclared]
+    assert len(set(three)) == 1 and three[0].startswith("invalid_model") and "2 classes" in three[0]
+    assert [c.cost(None, {**spec, "dataset": name}).rho_spent for name in undeclared] == spent
+    with pytest.raises(DryRunError) as refused:
+        dry_run(
+            booster,
+            DatasetSpec(dataset="undeclared_in", **spec),
+            c.dataset("undeclared_in"),
+            c.mock("undeclared_in"),
+            kind="evaluate",
+        )
+    assert refused.value.code == "invalid_spec"
+    owner = refusal("declared_in", model, classes=[0, 1])
+    assert owner.startswith("invalid_spec") and "`column_levels.label`" in owner
+    # describe: the label's classes are the public ones, or none (the label is then a sketched column)
+    shown = [c.describe({**spec, "dataset": name}) for name in undeclared]
+    assert [d.classes for d in shown] == [None, None]
+    assert all(d.columns["label"].kind == "numeric" for d in shown)  # a histogram on sketched edges
+    named = [c.describe({**spec, "dataset": name, "classes": [0, 1]}).classes for name in undeclared]
+    assert [sorted(n) for n in named] == [["0", "1"], ["0", "1"]], named
+
+
 def test_a_row_whose_label_is_nan_is_not_admitted_and_fails_nothing(red):
     """A NaN label in a column of decimals was admitted (the staging query left out NULLs only), and the
     label rules then ended the job after admission (`not_released`) exactly when such a row was in."""

@@ -28,6 +28,7 @@ from urllib3.util.retry import Retry
 from ..contract.automation_wire import RegisterRequest
 from ..contract.codes import Refusal
 from ..contract.payload import package_model, scan
+from ..contract.specs import with_model_classes
 from ..contract.wire import (
     BudgetReport,
     CostEstimate,
@@ -44,7 +45,6 @@ from ..contract.wire import (
     JobResult,
     JobStatus,
     MockData,
-    ModelBounds,
     ModelReleaseStatus,
     ReleaseOptions,
     Whoami,
@@ -150,7 +150,7 @@ class Client(RegistryCalls):
             raise ConnectionProblem("no token: pass one or set REMOTE_MAGIC_TOKEN")
         self.queue_wait = queue_wait
         self._session.auth = _TokenAuth(token)
-        self._bounds: dict[str, ModelBounds | None] = {}  # per dataset, for the result's notes only
+        self._infos: dict[str, DatasetInfo] = {}  # per dataset, for the result's notes and the classes
 
     def _hub_token(self) -> str | None:
         token = hub_token()
@@ -207,6 +207,12 @@ class Client(RegistryCalls):
     def dataset(self, name: str) -> DatasetInfo:
         return DatasetInfo.model_validate(self._request("GET", f"/datasets/{name}").json())
 
+    def _dataset_info(self, name: str) -> DatasetInfo:
+        """The dataset's catalog entry, asked once per client (its bounds, mode and declared levels)."""
+        if name not in self._infos:
+            self._infos[name] = self.dataset(name)
+        return self._infos[name]
+
     def mock(self, name: str) -> pd.DataFrame:
         """The dataset's mock data: a small sample with the real schema and no real values (for dry runs
         and for trying code locally); `.attrs` holds the column roles and where the rows came from."""
@@ -240,6 +246,8 @@ class Client(RegistryCalls):
         retry never queues twice."""
         limit = self.queue_wait if queue_wait is None else queue_wait
         spec = as_spec(spec)
+        if kind == "evaluate" and model is not None:
+            spec = with_model_classes(model, spec, self._dataset_info(spec.dataset))
         options = _options(release)
         key = idempotency_key or uuid.uuid4().hex
         payload = package_model(model) if model is not None else None
@@ -292,9 +300,7 @@ class Client(RegistryCalls):
             or report.params.get("min_child_weight") is not None
         ):
             return []
-        if spec.dataset not in self._bounds:
-            self._bounds[spec.dataset] = self.dataset(spec.dataset).bounds
-        bounds = self._bounds[spec.dataset]
+        bounds = self._dataset_info(spec.dataset).bounds
         if bounds is None:
             return []
         plan = xgboost_bounds.plan_of_scan(report.estimator, report.params, report.rounds)

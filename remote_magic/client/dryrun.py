@@ -26,13 +26,13 @@ from ..contract.codes import Refusal
 from ..contract.payload import package_model, scan
 from ..contract.query import EVAL_FLAG, ROW_ID, staging_query
 from ..contract.rows import prepare
-from ..contract.specs import Resolved, resolve
+from ..contract.specs import Resolved, resolve, with_model_classes
 from ..contract.types import TIME, continuous_label_hint, kind_of
 from ..contract.wire import CostEstimate, DatasetInfo, DatasetSpec, MockData, is_dp
 from ..families import family as family_named
 from ..families import family_for
 from ..families.aggregates import evaluate
-from ..families.base import Run, Split, check_kind, encode_labels, is_classifier_task
+from ..families.base import Run, Split, check_kind, check_public_classes, encode_labels, is_classifier_task
 from ..families.dpboost.family import check_label
 from ..families.partitions import one_machine
 from .errors import DryRunError
@@ -187,6 +187,8 @@ def dry_run(
     model: object, spec: DatasetSpec, dataset: DatasetInfo, mock: pd.DataFrame, kind: str = "train"
 ) -> DryRun:
     """Check the spec and the model as the server would, admit mock rows, and fit (or score) the model."""
+    if kind == "evaluate":
+        spec = with_model_classes(model, spec, dataset)
     try:
         resolved = resolve(spec, dataset.columns)
         scan(package_model(model))
@@ -199,13 +201,22 @@ def dry_run(
             private = family_named("dpboost").canonical(model)
             if is_classifier_task(private.task):
                 hint = continuous_label_hint(spec.label, resolved.label_dtype)
-                check_label(True, None, dataset.column_levels.get(spec.label), hint=hint, label=spec.label)
+                check_label(
+                    True,
+                    None,
+                    dataset.column_levels.get(spec.label, spec.classes),
+                    hint=hint,
+                    label=spec.label,
+                )
         check_kind(kind, plan.base is not None, plan.preprocess is not None)
+        if kind == "evaluate" and dataset.policy is not None and is_dp(dataset.policy.privacy):
+            levels = dataset.column_levels.get(spec.label, spec.classes)
+            check_public_classes(family, plan, spec.label, levels)
     except Refusal as refusal:
         raise DryRunError(refusal.message, code=refusal.code) from None
     features = resolved.all_features
     min_count = dataset.policy.min_count if dataset.policy is not None else 10
-    classes = dataset.column_levels.get(spec.label)
+    classes = dataset.column_levels.get(spec.label, spec.classes)
     table = admit(spec, resolved, mock, kind, min_count, classes)
     train, evaluation = _splits(table, features, spec.label)
     n_admitted, n_eval = table.num_rows, len(evaluation.y)

@@ -26,7 +26,8 @@ from ..contract.automation_wire import (
     WebhookList,
 )
 from ..contract.payload import package_model
-from ..contract.wire import DatasetSpec, JobStatus
+from ..contract.specs import with_model_classes
+from ..contract.wire import DatasetInfo, DatasetSpec, JobStatus
 from ..display.lineage import LineageView
 from ..display.model import RemoteModel
 
@@ -71,6 +72,7 @@ class RegistryCalls:
     """Registry, recipes and webhooks; `Client` provides `_request` and `job`."""
 
     _request: Callable[..., requests.Response]
+    _dataset_info: Callable[[str], DatasetInfo]
     job: Callable[[str], Job]
     rho_left: Callable[[str], float | None]
 
@@ -128,11 +130,15 @@ class RegistryCalls:
         alias: str | None = None,
         when: str | dict | None = None,
     ) -> Recipe:
-        """Save (or replace) a recipe: it runs `model` on `spec` whenever one of its triggers fires."""
+        """Save (or replace) a recipe: it runs `model` on `spec` whenever one of its triggers fires (an
+        evaluation with the fitted classifier's own classes, as `evaluate` sends them)."""
+        spec = spec if isinstance(spec, DatasetSpec) else DatasetSpec.model_validate(spec)
+        if kind == "evaluate" and model is not None:
+            spec = with_model_classes(model, spec, self._dataset_info(spec.dataset))
         recipe = RecipeIn(
             name=name,
             kind=kind,  # type: ignore[arg-type]
-            spec=spec if isinstance(spec, DatasetSpec) else DatasetSpec.model_validate(spec),
+            spec=spec,
             base_model=base_model,
             triggers=Triggers(on_new_data=on_new_data, on_new_model=on_new_model, every=every),
             register_as=register_request(register, alias, when),

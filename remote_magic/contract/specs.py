@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from .codes import Refusal
 from .grammar import check_derive, filter_columns, parse_derive, parse_filter
 from .types import FEATURE_KINDS, TIME, check_derived, check_filter, kind_of
-from .wire import ColumnInfo, DatasetSpec, unknown_column_message
+from .wire import ColumnInfo, DatasetInfo, DatasetSpec, is_dp, unknown_column_message
 
 
 @dataclass(frozen=True)
@@ -91,3 +91,18 @@ def resolve(spec: DatasetSpec, columns: Sequence[ColumnInfo]) -> Resolved:
         id_column=ids[0] if ids else "",
         label_dtype=next(c.dtype for c in columns if c.name == spec.label),
     )
+
+
+def with_model_classes(model: object, spec: DatasetSpec, dataset: DatasetInfo) -> DatasetSpec:
+    """The spec of an evaluation with the fitted classifier's own `classes_` as its classes, where the
+    dataset is in a noisy mode and its owner declared none: there the server takes an evaluation's
+    classes only from the declaration or the spec, never from the rows. Anything else: the spec as is."""
+    private = dataset.policy is not None and is_dp(dataset.policy.privacy)
+    if spec.classes is not None or not private or spec.label in dataset.column_levels:
+        return spec
+    try:
+        classes = model.classes_  # type: ignore[attr-defined]
+    except AttributeError:  # not a classifier, or not fitted (a Pipeline raises for its last step)
+        return spec
+    values = classes.tolist() if hasattr(classes, "tolist") else list(classes)
+    return DatasetSpec.model_validate({**spec.model_dump(exclude_none=True), "classes": values})

@@ -14,7 +14,7 @@ import difflib
 from collections.abc import Collection, Mapping, Sequence
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 JobKind = Literal["train", "evaluate"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "awaiting_approval"]
@@ -61,6 +61,16 @@ class EvalWhere(_Strict):
     where: str = Field(min_length=1, max_length=2000)
 
 
+def _class_text(value: object) -> object:
+    """A class as text, as an owner declares one (`column_levels`): 1 -> "1", True -> "true"."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value) if isinstance(value, (int, float)) else value
+
+
+ClassName = Annotated[str, BeforeValidator(_class_text), Field(min_length=1, max_length=256)]
+
+
 class DatasetSpec(_Strict):
     """Which rows are admitted to training and evaluation, the label and the features."""
 
@@ -83,6 +93,14 @@ class DatasetSpec(_Strict):
         max_length=50,
         description="New feature columns computed on the server, name -> expression over feature "
         "columns (arithmetic, comparisons, CASE WHEN, ln, exp, abs, least, greatest, coalesce).",
+    )
+    classes: list[ClassName] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=1000,
+        description="A classifier's classes, where the data owner declared none (`column_levels`): "
+        "public, fixed before any row is read; only rows of these classes are admitted. The client "
+        "fills it from a fitted classifier's `classes_`.",
     )
 
 

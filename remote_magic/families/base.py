@@ -259,6 +259,11 @@ class ModelFamily(Protocol):
 
     def check_bounds(self, plan: Plan, bounds: ModelBounds) -> None: ...
 
+    def predicted_classes(self, plan: Plan) -> int | None:
+        """How many classes a fitted classifier plan's model predicts (None: not fitted), read from the
+        model alone, so that an evaluation's public classes are checked before any row is read."""
+        ...
+
     def portable_base(self, plan: Plan) -> bytes:
         """The plan's base model in the family's saved form, re-written from the parsed model: what a
         cluster gets instead of the payload."""
@@ -323,6 +328,28 @@ def check_kind(kind: str, fitted: bool, pipeline: bool) -> None:
 
 def is_classifier_task(task: str) -> bool:
     return task in ("classification", "binary", "multiclass")
+
+
+def check_public_classes(family: ModelFamily, plan: Plan, label: str, classes: list[str] | None) -> None:
+    """In the noisy modes an evaluation's classes are public before any row is read: the owner's
+    declared ones or the spec's, as many as the model predicts. Taken from the rows, a class that one
+    row holds would show in the counts, or refuse the job on its noisy count, exactly when that row is
+    in (docs/privacy.md, "A classifier's classes")."""
+    if not is_classifier_task(plan.task):
+        return
+    if classes is None:
+        raise Refusal(
+            "invalid_spec",
+            f"an evaluation on this dataset takes the classes of {label!r} before any row is read: pass "
+            f"them in the spec (`classes`, the model's classes, e.g. [0, 1]), or the data owner declares "
+            f"`column_levels.{label}`",
+        )
+    predicted = family.predicted_classes(plan)
+    if predicted is not None and predicted != len(classes):
+        raise Refusal(
+            "invalid_model",
+            f"the model predicts {predicted} classes and the label {label!r} has {len(classes)}: {classes}",
+        )
 
 
 def present_labels(y: np.ndarray) -> np.ndarray:

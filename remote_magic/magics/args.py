@@ -24,6 +24,9 @@ def spec_from_args(args: Namespace, base: object = None) -> DatasetSpec:
             fields[name] = value
     if args.features is not None:
         fields["features"] = [f.strip() for f in args.features.split(",") if f.strip()]
+    classes = getattr(args, "classes", None)
+    if classes is not None:
+        fields["classes"] = [c.strip() for c in classes.split(",") if c.strip()]
     if args.eval_fraction is not None and args.eval_where is not None:
         raise UsageError("give either --eval-fraction or --eval-where, not both")
     if args.eval_where is not None:

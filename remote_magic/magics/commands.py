@@ -73,6 +73,11 @@ def _spec_arguments(func):
             ),
             argument("--seed", type=int, help="seed of the hashed train/eval split (default 0)"),
             argument(
+                "--classes",
+                help="comma-separated classes of the label, where the data owner declared none (default: "
+                "a fitted classifier's own classes_); only rows of these classes are admitted",
+            ),
+            argument(
                 "--model",
                 "-m",
                 help="variable holding the model (default: the one model the cell itself binds)",
@@ -133,7 +138,7 @@ def _cell_traceback(error: BaseException) -> list[str]:
     return "".join(traceback.format_exception(type(error), error, tb)).rstrip("\n").split("\n")
 
 
-SPEC_FLAGS = ("dataset", "label", "where", "features", "eval_fraction", "eval_where", "seed")
+SPEC_FLAGS = ("dataset", "label", "where", "features", "eval_fraction", "eval_where", "seed", "classes")
 
 
 def _spec_source(args) -> str | None:

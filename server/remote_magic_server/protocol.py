@@ -185,6 +185,11 @@ class Task(_Strict):
     structure: bool = Field(
         default=True, description="Count what the model sets apart (mode dp's structural rules read it)."
     )
+    public_classes: bool = Field(
+        default=False,
+        description="A classifier's classes must be public before any row is read (the owner's declared "
+        "ones or the spec's): an evaluation in the noisy modes.",
+    )
     base_model: SavedModel | None = Field(default=None, description="Continue or evaluate this model.")
     dp_training: PrivateTraining | None = Field(
         default=None, description="Train with the DP trainer under this order (a train job in mode dp)."

@@ -54,8 +54,9 @@ def check_label(
     hint: str = "",
     label: str = "LABEL",
 ) -> None:
-    """Refuse a DP training whose label the owner gave no public description of: a regression's range
-    (`label_ranges`), a classifier's classes (`column_levels.<label>`). Without declared classes, the
+    """Refuse a DP training whose label has no public description: a regression's range
+    (`label_ranges`), a classifier's classes (`column_levels.<label>`, or the spec's `classes`). Without
+    public classes, the
     classes would be the admitted rows' own labels: one row with a label of its own would make a class,
     seen in the released model or answered by a refusal, and gone without the row. `expected_classes`:
     the number a federated training's settings fix, which the declaration must match; `hint`: what the
@@ -70,8 +71,9 @@ def check_label(
         raise Refusal(
             "unsupported_model",
             (f"{hint}; " if hint else "")
-            + "DP training of a classifier needs the data owner's public list of the label's classes "
-            f"(`column_levels.{label}` in the dataset's config); ask the data owner to declare them",
+            + "DP training of a classifier needs the label's classes before any row is read: the data "
+            f"owner's public list (`column_levels.{label}` in the dataset's config), or `classes` in the "
+            "spec (e.g. [0, 1]; only rows of those classes are admitted)",
         )
     if classifier and expected_classes is not None and len(label_classes or []) != expected_classes:
         raise Refusal(
@@ -283,6 +285,9 @@ class DPBoostFamily:
             sigma_gradient=scales.sigma_g,
             sigma_hessian=scales.sigma_h,
         )
+
+    def predicted_classes(self, plan: Plan) -> int | None:
+        return XGBOOST.predicted_classes(plan)
 
     def score(self, plan: Plan, parts: Partitions, classes: list[str], run: Run) -> Trained:
         return XGBOOST.score(plan, parts, classes, run)

@@ -383,6 +383,16 @@ class XGBoostFamily:
         if plan.base is not None:
             check_booster(plan.base, MARGIN_LEAF_LIMIT)
 
+    def predicted_classes(self, plan: Plan) -> int | None:
+        with _xgboost_errors():
+            booster = _load(plan.base)
+        if booster is None:
+            return None
+        learner = json.loads(booster.save_config())["learner"]
+        if str(learner["objective"]["name"]).startswith("multi:"):
+            return int(learner["learner_model_param"]["num_class"])
+        return 2
+
     @staticmethod
     def final_params(plan: Plan, classes: list[str], threads: int) -> tuple[dict, str]:
         """The XGBoost parameters a plan trains with on these classes, and the task it turns out to be

@@ -199,10 +199,12 @@ class DatasetConfig(_Strict):
 
     def undeclared(self, spec: dict, features: list[str] | tuple[str, ...]) -> bool:
         """Whether a describe of `spec` shows a column the owner declared no range or levels for (the
-        features, derived columns, the label): in mode dp it then pays for a sketch. From the request
+        features, derived columns, the label, whose classes the spec may name): in mode dp it then pays
+        for a sketch. From the request
         and this config, never from the rows."""
         declared = {*self.column_ranges, *self.column_levels}
-        label_declared = spec["label"] in {*self.label_ranges, *self.column_levels}
+        label = spec["label"]
+        label_declared = label in {*self.label_ranges, *self.column_levels} or bool(spec.get("classes"))
         return bool(spec.get("derive")) or not label_declared or any(f not in declared for f in features)
 
     @model_validator(mode="after")

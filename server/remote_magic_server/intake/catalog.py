@@ -119,6 +119,12 @@ def check_spec(
     """Check a spec against its dataset version's schema; return the spec naming the dataset alone (the
     version goes into the plan) and the plan the worker needs, or raise Refusal."""
     name, dataset = granted(settings, datasets, spec.dataset)
+    if spec.classes is not None and spec.label in dataset.column_levels:
+        raise Refusal(
+            "invalid_spec",
+            f"the data owner declared the classes of {spec.label!r} (`column_levels.{spec.label}`): "
+            "leave `classes` out of the spec",
+        )
     version = version_of(versions, spec.dataset)
     plan = JobPlan.of(resolve(spec, columns_of(dataset, version)), version.number, version.content_hash)
     return spec.model_copy(update={"dataset": name}), plan

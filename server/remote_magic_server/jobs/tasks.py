@@ -131,7 +131,7 @@ def build_task(
             snapshot,
             config.id_column,
             plan,
-            config.column_levels.get(checked.label),
+            config.column_levels.get(checked.label, checked.classes),
         ),
         bounds=settings.bounds_for(dataset).for_kind(kind),
         limits=limits,
@@ -142,6 +142,7 @@ def build_task(
         rare_level_rows=policy.min_count,
         label_range=config.label_ranges.get(checked.label),
         structure=policy.noisy and not dp_trained,
+        public_classes=policy.noisy and kind == "evaluate",
         base_model=SavedModel(file=BASE_MODEL_FILE) if plan.base_model is not None else None,
         dp_training=PrivateTraining(
             rho=policy.dp_rho_train,

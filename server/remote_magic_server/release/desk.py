@@ -139,6 +139,12 @@ class Admitted:
     repeated: bool = False  # a federated step charged before (the same question): its draws again, at no cost
 
 
+def _classes_of(spec: dict) -> list[list[str]]:
+    """A spec's classes as a part of an answer's key: a describe with classes counts them, one without
+    shows the label as a column (none: the keys stored before specs had classes)."""
+    return [sorted(spec["classes"])] if spec.get("classes") else []
+
+
 def _digest(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -654,12 +660,16 @@ class ReleaseDesk:
 
     def _describe_key(self, request: Request) -> str:
         spec = request.spec
-        return _digest(request.dataset, spec["label"], spec.get("where"), sorted(request.features))
+        return _digest(
+            request.dataset, spec["label"], spec.get("where"), sorted(request.features), *_classes_of(spec)
+        )
 
     @staticmethod
     def _content_key(request: Request, admitted: Admitted) -> str:
         rows = admitted.sets["admitted"].serialize().hex()
-        return _digest(request.dataset, request.spec["label"], rows, sorted(request.features))
+        return _digest(
+            request.dataset, request.spec["label"], rows, sorted(request.features), *_classes_of(request.spec)
+        )
 
     def stored_describe(self, request: Request) -> DescribeResult | None:
         """In mode dp, the stored answer to the same request as written (no worker, no charge)."""

@@ -9,13 +9,14 @@ open-ended outer bins, so no edge is an extreme value.
 What sets the edges and the categories shown, by mode:
 - mode rules: the exact 5th and 95th percentiles, and the most frequent exact values;
 - the noisy modes (`DescribeOptions.private`): nothing exact. A column's declared range (the label's
-  `label_ranges`) gives its grid, declared levels its categories. Every other column is sketched, all
-  in one Gaussian release the parent draws and charges (`Channel.noise`, L2 sensitivity sqrt(columns):
-  one row is one count per column): a numeric column's rows per bin of the DP trainer's fixed public
-  grid (`WIDE_GRID`), whose noisy 5th and 95th percentiles give the grid; a text column's rows per
-  level, of which those whose noisy count clears the DP trainer's selection threshold are kept (a
-  stable histogram: a level few rows hold is kept with probability at most `delta`). The exact counts
-  on those public or DP edges and levels then go to the desk, which noises them.
+  `label_ranges`) gives its grid, declared levels its categories; the label's classes are counted only
+  where they are public (declared, or the spec's `classes`), never the rows' own distinct labels. Every
+  other column is sketched, all in one Gaussian release the parent draws and charges (`Channel.noise`, L2
+  sensitivity sqrt(columns): one row is one count per column): a numeric column's rows per bin of the DP
+  trainer's fixed public grid (`WIDE_GRID`), whose noisy 5th and 95th percentiles give the grid; a text
+  column's rows per level, of which those whose noisy count clears the DP trainer's selection threshold
+  are kept (a stable histogram: a level few rows hold is kept with probability at most `delta`). The exact
+  counts on those public or DP edges and levels then go to the desk, which noises them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from remote_magic.families.base import class_names, declared_values
 from remote_magic.families.dpboost.accounting import gaussian_sigma, selection_threshold
 from remote_magic.families.dpboost.candidates import WIDE_GRID
 
@@ -139,6 +141,19 @@ def _is_classes(series: pd.Series) -> bool:
     return series.nunique(dropna=True) <= MAX_CLASSES
 
 
+def _classes(labels: pd.Series, public: list[str] | None, private: bool) -> dict[str, int] | None:
+    """The rows per class: in the noisy modes only of public classes (the owner's declared ones, or the
+    spec's), every one counted with or without rows, else none (the label is then shown as a column,
+    through the sketch, like any other); in mode rules of the rows' own distinct labels."""
+    found = labels.value_counts(dropna=True)
+    if public is not None:
+        named = {str(k): int(v) for k, v in found.items()}
+        return {name: named.get(name, 0) for name in class_names(declared_values(public, labels.dtype))}
+    if private or not _is_classes(labels):
+        return None
+    return {str(k): int(v) for k, v in found.items()}
+
+
 def run(task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None = None) -> DescribeReport | None:
     """Exact aggregates of the admitted rows, after the parent admitted them; None when it did not.
     `con`: the task's DuckDB, if a warm worker connected it already."""
@@ -148,9 +163,7 @@ def run(task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None = No
     staged = staging.stage(task, con=con)
     frame = staged.eval.x.table().to_pandas()
     labels = pd.Series(staged.eval.y, name=spec.label)
-    classes = None
-    if _is_classes(labels):
-        classes = {str(k): int(v) for k, v in labels.value_counts(dropna=True).items()}
+    classes = _classes(labels, task.staging.label_levels, task.describe.private)
     admission = Admission(
         counts={"eval": SplitCounts(rows=len(frame), classes=classes)},
         row_sets=evidence.write_row_sets(Path("."), {"admitted": staged.eval_rows}),  # type: ignore[arg-type]

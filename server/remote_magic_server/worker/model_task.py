@@ -19,7 +19,7 @@ from remote_magic.contract.codes import Refusal
 from remote_magic.contract.types import continuous_label_hint
 from remote_magic.families import family as family_named
 from remote_magic.families import family_for, family_of_saved
-from remote_magic.families.base import ModelFamily, Plan, check_kind
+from remote_magic.families.base import ModelFamily, Plan, check_kind, check_public_classes
 from remote_magic.families.partitions import InProcess
 
 from ..protocol import CanonicalPlan, PlanReady, Task, TrainReport
@@ -62,6 +62,9 @@ def decode(task: Task, payload: BinaryIO | None) -> tuple[ModelFamily, Plan]:
         family.check_order(  # type: ignore[attr-defined]
             plan, task.label_range, staged.label_levels, hint, label=staged.label
         )
+    if task.public_classes:
+        assert task.staging is not None
+        check_public_classes(family, plan, task.staging.label, task.staging.label_levels)
     if str(plan.params.get("device") or "cpu") != "cpu" and not task.limits.gpu:
         raise Refusal("parameter_out_of_bounds", "device = 'cuda' needs a GPU, and this server has none")
     return family, plan
