@@ -35,7 +35,7 @@ from remote_magic.contract.codes import CODES
 from remote_magic.contract.wire import DatasetSpec, ModelBounds, ReleaseOptions, Stage
 from remote_magic.families.base import Plan
 
-PROTOCOL_VERSION = 11
+PROTOCOL_VERSION = 12
 MAX_MESSAGE_BYTES = 16 * 2**20
 PARTITION_TABLE = "__remote_magic_partition"  # a cluster partition's rows, with their file_row_number
 SCRATCH_DIR = "scratch"  # in a job folder: spilled rows and external-memory pages, removed after the job
@@ -168,7 +168,7 @@ SESSION_OUT = "session-next"
 
 
 class Task(_Strict):
-    protocol: Literal[11] = PROTOCOL_VERSION
+    protocol: Literal[12] = PROTOCOL_VERSION
     kind: TaskKind
     spec: DatasetSpec | None = None
     staging: Staging | None = None
