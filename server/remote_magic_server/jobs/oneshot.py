@@ -141,8 +141,7 @@ class FederatedSteps(Describer):
         training's session here, or is refused `federated_session_gone` at no cost."""
         staged_for = [spec, plan.dataset_version, order.features, order.settings, order.rho]
         fingerprint = _digest(staged_for)
-        # A training's first step after its sketch (no model, no trees yet) continues the sketch's session
-        # (or, sent again after it succeeded, the session it left).
+        # A first step after a sketch (no model, no trees) takes its session, or if sent again, the next.
         opening = model is None and order.trees == 0 and not order.leaves
         alike = [_sketch_fingerprint(spec, plan, order)] if opening else []
         taken = self.sessions.take(user, training, fingerprint, *alike) if training is not None else None
@@ -196,12 +195,10 @@ class FederatedSteps(Describer):
     def sketch(
         self, user: str, dataset: str, spec: dict, plan: JobPlan, order: FederatedOrder, training: str
     ) -> FederatedSketch:
-        """A training's DP sketch of the training rows over public grids, released through the desk as one
-        Gaussian release (its proof's: L2 sqrt(columns), `order.step_rho`); raise Refusal. Each training
-        pays for its own; the same request again (the same analyst, training, spec, data version, ranges
-        and rho) is answered with the same draws at no further cost, as a step is. The worker leaves the
-        admitted rows as the training's session, which its first step (no model, no trees yet) bins to
-        the candidates and takes on, charged as this admission: one staging per training."""
+        """A training's DP sketch of its rows over public grids: one Gaussian release (L2 sqrt(columns),
+        `order.step_rho`) through the desk, each training's its own, the same request again answered with
+        its draws at no cost; raise Refusal. Its rows are the training's session, which the first step
+        (no model, no trees yet) bins to the candidates, charged as this admission: one staging."""
         assert order.sketch is not None
         question = [user, training, spec, plan.dataset_version, order.sketch, order.step_rho]
         release = Release("gaussian", math.sqrt(len(order.sketch)), order.step_rho)
@@ -271,8 +268,7 @@ class FederatedSteps(Describer):
 
 
 def _sketch_fingerprint(spec: dict, plan: JobPlan, order: FederatedOrder) -> str:
-    """What a sketch's session was staged for: its rows (the spec, the data version) and the training
-    (its settings and the leaves' rho); its first step bins them to whatever candidates it carries."""
+    """What a sketch's session was staged for (not the candidates: its first step bins to those)."""
     return _digest(["sketch", spec, plan.dataset_version, order.settings, order.rho])
 
 

@@ -24,6 +24,9 @@ requests (`NoiseBatch`: gradients, then hessians) at the sensitivity and cost th
 for this batch (`schedule.leaf_releases`), which must be exactly the batch's share the parent charged;
 the parent draws and releases its own noise, and the worker, which needs no answer, waits for none (the
 session is written before the report, so a step is one message each way once the worker runs).
+
+Why it is long: it is the worker's side of every request of a federated training (the sketch, each
+step, the final evaluation), which share the staging, the admission and the session's files.
 """
 
 from __future__ import annotations
