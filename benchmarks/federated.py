@@ -5,22 +5,24 @@ which is split three ways, unevenly and with different class balance (tests/fede
 servers on loopback each serve one part in mode dp; a fourth serves all of it. Every server's owner
 allows the same training rho. Per repeat (a new structure seed each time, interleaved):
 
-- federated: `federated_train` over the three servers (random splits, one round trip per batch; each
-  server noises its own sums, so the summed sums carry three servers' noise), with each server's DP
-  evaluation at the end;
+- federated: `federated_train` over the three servers (random splits from the quantiles of every
+  server's DP sketch of its training rows, one round trip per batch; each server noises its own sketch
+  and sums, so the summed ones carry three servers' noise), with each server's DP evaluation at the end;
 - one server: an ordinary train job with the DP trainer as it is (split selection, a released intercept)
   on the same rows at the same rho, and its DP evaluation;
 - in-process reference: the same trainer code as the federated one (random splits, no intercept) on the
-  same training rows with one noise draw per sum (NumPy Gaussian at the accountant's scales): what the
-  federated model would score if the sums were noised once, which isolates the cost of three servers'
-  noise from the cost of random splits.
+  same training rows with one noise draw for the sketch and one per sum (NumPy Gaussian at the
+  accountant's scales): what the federated model would score if they were noised once, which isolates
+  the cost of three servers' noise from the cost of random splits.
 
 Both released models (a DP model leaves at once) are scored exactly on the held-out test set. Targets
 (issue 23): AUC within 0.5 points of the one-server model; round trips <= trees / batch size; wall time
 <= 1.5x the one server's (both include their evaluations). The federated side's time is also split
-(`on_batch` times): its first step with the checks before it, a later step, the final evaluations.
+(`on_batch` times): its first step with the checks and the sketch before it, a later step, the final
+evaluations. `--no-sketch` spreads the candidates over the declared ranges instead (as before the sketch).
 
     python -m benchmarks.federated [--rows 40000] [--rounds 50] [--batch 10] [--rho 0.3] [--repeats 3]
+                                   [--no-sketch]
 """
 
 from __future__ import annotations
@@ -41,9 +43,16 @@ import xgboost as xgb
 from sklearn.metrics import roc_auc_score
 
 import remote_magic
-from remote_magic.client.federated_checks import check_agreement, public_features, servers_of
+from remote_magic.client.federated_checks import check_agreement, public_features, servers_of, shared_range
 from remote_magic.contract.query import DEFAULT_TRAIN_EVAL, SPLIT_BUCKETS
 from remote_magic.families.dpboost import Coordinator, Features, Partition, Settings, local
+from remote_magic.families.dpboost.candidates import (
+    SKETCH_SHARE,
+    flat_counts,
+    quantile_candidates,
+    range_grids,
+    sketch_counts,
+)
 from tests.federated_servers import OWNERS, SHARES, config_for
 from tests.serverproc import ServerProcess
 
@@ -92,27 +101,38 @@ def training_rows(served: pd.DataFrame) -> pd.DataFrame:
         con.close()
 
 
-def reference(served: pd.DataFrame, clients: dict, rounds: int, batch: int, rho: float, seed: int) -> bytes:
-    """The federated trainer's settings in-process on the same rows, its sums noised once."""
+def reference(
+    served: pd.DataFrame, clients: dict, rounds: int, batch: int, rho: float, seed: int, sketch: bool
+) -> bytes:
+    """The federated trainer's settings in-process on the same rows, its sketch and its sums noised once."""
     spec = remote_magic.DatasetSpec.model_validate(SPEC)
     found = servers_of(clients, spec)
     columns = public_features(found, *check_agreement(found, spec))
+    rows = training_rows(served)
+    rng = np.random.default_rng(seed)
+
+    def noise(values: list[float], l2: float, rho_: float) -> list[float]:
+        return list(np.asarray(values) + rng.normal(0.0, l2 / math.sqrt(2 * rho_), len(values)))
+
+    if sketch:
+        ranges = {c.name: shared_range(found, c.name) for c in columns if c.kind == "numeric"}
+        grids = range_grids(ranges)
+        counts = flat_counts(grids, sketch_counts(grids, pa.Table.from_pandas(rows, preserve_index=False)))
+        quantiles = quantile_candidates(ranges, noise(counts, math.sqrt(len(ranges)), SKETCH_SHARE * rho))
+        columns = [
+            c.model_copy(update={"candidates": list(quantiles.get(c.name, c.candidates))}) for c in columns
+        ]
+        rho = (1 - SKETCH_SHARE) * rho
     features = Features.from_dict({"columns": [c.model_dump() for c in columns]})
     settings = Settings(
         rounds=rounds, max_depth=DEPTH, batch_size=batch, split_share=0.0, intercept_share=0.0, seed=seed
     )
-    rows = training_rows(served)
     partition = Partition(
         features,
         pa.Table.from_pandas(rows, preserve_index=False),
         rows["label"].to_numpy(),
         settings.objective_(),
     )
-    rng = np.random.default_rng(seed)
-
-    def noise(values: list[float], l2: float, rho_: float) -> list[float]:
-        return list(np.asarray(values) + rng.normal(0.0, l2 / math.sqrt(2 * rho_), len(values)))
-
     coordinator = Coordinator(features, settings, rho, noise)
     return coordinator.run(*local([partition])).model
 
@@ -124,13 +144,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--rho", type=float, default=0.3)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--no-sketch",
+        action="store_true",
+        help="candidates spread over the declared ranges (before the sketch)",
+    )
     args = parser.parse_args()
     test, served, parts = split(args.rows)
     extra = f"dp_rho_train = {args.rho}\nmax_n_estimators = {max(args.rounds, 100)}"
     results: dict[str, list] = {"federated": [], "one server": [], "reference": []}
     seconds: dict[str, list[float]] = {"federated": [], "one server": []}
     trips = []
-    phases: dict[str, list[float]] = {"first step": [], "later step": [], "evaluations": []}
+    phases: dict[str, list[float]] = {"checks, sketch, first step": [], "later step": [], "evaluations": []}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         root = Path(tmp)
         started = {}
@@ -151,10 +176,13 @@ def main() -> None:
                 SPEC,
                 clients,
                 batch_size=args.batch,
+                sketch=not args.no_sketch,
                 on_batch=lambda *_, marks=marks: marks.append(time.perf_counter()),
             )
             seconds["federated"].append(time.perf_counter() - began)
-            phases["first step"].append(marks[0] - began)  # with the checks before it
+            phases["checks, sketch, first step"].append(
+                marks[0] - began
+            )  # with the checks and the sketch before it
             if len(marks) > 1:
                 phases["later step"].append((marks[-1] - marks[0]) / (len(marks) - 1))
             phases["evaluations"].append(began + seconds["federated"][-1] - marks[-1])
@@ -166,13 +194,18 @@ def main() -> None:
             seconds["one server"].append(time.perf_counter() - began)
             results["one server"].append(auc_on(whole.download_model(job.id), test))
             results["reference"].append(
-                auc_on(reference(served, clients, args.rounds, args.batch, args.rho, 100 + repeat), test)
+                auc_on(
+                    reference(
+                        served, clients, args.rounds, args.batch, args.rho, 100 + repeat, not args.no_sketch
+                    ),
+                    test,
+                )
             )
     sizes = ", ".join(f"{n} {len(p)} rows ({p['label'].mean():.0%} positive)" for n, p in parts.items())
     print(f"federated DP training: {len(served)} rows served ({sizes}); test set {len(test)} rows")
     print(
         f"  {args.rounds} trees of depth {DEPTH}, batch {args.batch}, rho {args.rho} per server; "
-        f"{args.repeats} repeats"
+        f"{args.repeats} repeats; candidates {'declared' if args.no_sketch else 'from the DP sketch'}"
     )
     for name, aucs in results.items():
         print(

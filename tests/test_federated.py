@@ -25,8 +25,9 @@ from remote_magic.client.federated_checks import (
 )
 from remote_magic.contract.wire import DatasetSpec, FederatedStepRequest
 from remote_magic.families.dpboost import Coordinator, Features, Settings
+from remote_magic.families.dpboost.candidates import SKETCH_SHARE, quantile_candidates, range_grids
 from remote_magic_server.jobs.sessions import Session, Sessions
-from tests.federated_servers import owners, split_table
+from tests.federated_servers import RANGES, owners, split_table
 
 RHO_TRAIN = 0.5
 RHO_JOB = 0.01  # the evaluation's releases (the policy's default dp_rho_job)
@@ -63,6 +64,14 @@ def charges(server) -> Counter:
     made in the same second in no particular order, so tests compare counts and sums)."""
     report = server.client().budget().report
     return Counter(c.kind for d in report.datasets if d.dataset == "visits" for c in d.charges)
+
+
+def priced(server) -> Counter:
+    """How many charges of each kind and rho (to 6 places) the analyst has on the server's `visits`."""
+    report = server.client().budget().report
+    return Counter(
+        (c.kind, round(c.rho, 6)) for d in report.datasets if d.dataset == "visits" for c in d.charges
+    )
 
 
 def evaluated(server) -> tuple[int, set[str]]:
@@ -112,14 +121,16 @@ def test_three_servers_train_one_model_and_each_ledger_is_charged_exactly_its_sh
     monkeypatch.setattr(federated, "_post_step", spied)
     before = {name: (charges(servers[name]), spent(servers[name])) for name in "abc"}
     before_evaluated = {name: evaluated(servers[name]) for name in "abc"}
+    before_priced = {name: priced(servers[name]) for name in "abc"}
     result = remote_magic.federated_train(
         model(), SPEC, clients(servers, "a", "b", "c"), batch_size=BATCH, on_batch=restart_a
     )
 
     assert result.trees == ROUNDS and result.round_trips == math.ceil(ROUNDS / BATCH) == 3
-    # A training's first step stages its rows; the next ones send only the previous batch's leaves and
-    # take its session; a restart drops it, and the client sends that step again with the whole model.
-    assert staged == {"a": [True, True, False], "b": [True, False, False], "c": [True, False, False]}
+    # A training's sketch stages its rows, and its first step bins them to the sketch's candidates; the
+    # next ones send only the previous batch's leaves and take its session; a restart drops it, and the
+    # client sends that step again with the whole model, which stages.
+    assert staged == {"a": [False, True, False], "b": [False, False, False], "c": [False, False, False]}
     # The model is a DP release the analyst holds: it predicts the whole table far better than chance.
     frame = table.drop(columns=["id", "label"]).assign(region=lambda f: f["region"].astype("category"))
     booster = result.estimator.get_booster()
@@ -127,9 +138,16 @@ def test_three_servers_train_one_model_and_each_ledger_is_charged_exactly_its_sh
     frame["region"] = frame["region"].cat.set_categories([str(v) for v in dict(levels)["region"].to_pylist()])
     scores = result.estimator.predict_proba(frame)[:, 1]
     assert roc_auc_score(table["label"], scores) > 0.7
+    # Each server paid for its own sketch (SKETCH_SHARE of the training's rho) and each batch its share
+    # of the rest: the training's rho exactly, and the evaluation's.
+    share = round((1 - SKETCH_SHARE) * RHO_TRAIN * BATCH / ROUNDS, 6)
+    sketch = round(SKETCH_SHARE * RHO_TRAIN, 6)
     for name in "abc":
         counted, was = before[name]
-        assert charges(servers[name]) - counted == Counter(sums=result.round_trips, evaluate=1)
+        assert charges(servers[name]) - counted == Counter(sums=result.round_trips + 1, evaluate=1)
+        assert priced(servers[name]) - before_priced[name] == Counter(
+            {("sums", sketch): 1, ("sums", share): result.round_trips, ("evaluate", RHO_JOB): 1}
+        )
         assert spent(servers[name]) - was == pytest.approx(RHO_TRAIN + RHO_JOB, abs=1e-5)
     # a and b scored the final model from their sessions (a charge of no job); c, whose session the
     # restart dropped, with an evaluate job: the same kind and rho on every ledger.
@@ -160,11 +178,16 @@ def test_a_server_in_mode_rules_is_refused_by_name_before_anything_is_spent(serv
     assert {name: charges(servers[name]) for name in "ab"} == before
 
 
-def first_step(servers, names, rho: float = RHO_TRAIN, seed: int = 5) -> FederatedStepRequest:
-    """The first step's request as the coordinator would send it, built from the servers' catalogs."""
+def first_step(
+    servers, names, rho: float = RHO_TRAIN, seed: int = 5, candidates: dict | None = None
+) -> FederatedStepRequest:
+    """The first step's request as the coordinator would send it, built from the servers' catalogs
+    (`candidates`: some numeric columns' in place of the declared ranges')."""
     spec = DatasetSpec.model_validate(SPEC)
     found = servers_of(clients(servers, *names), spec)
     columns = public_features(found, *check_agreement(found, spec))
+    chosen = candidates or {}
+    columns = [c.model_copy(update={"candidates": list(chosen.get(c.name, c.candidates))}) for c in columns]
     settings = settings_of(model(seed), BATCH)
     trainer = Settings(**settings.model_dump(exclude={"base_margin"}), split_share=0.0, intercept_share=0.0)
     coordinator = Coordinator(
@@ -284,6 +307,56 @@ def test_a_repeated_step_is_answered_with_the_same_draws_at_no_cost(servers):
     assert again["privacy"]["rho"] == 0 and again["privacy"]["repeated"]  # what the client adds up
 
 
+def test_a_server_sketches_its_rows_and_takes_only_the_sketchs_quantiles_as_candidates(servers):
+    """The training's sketch on one server: ranges past the owner's declared ones are refused at no
+    cost; the same request again is answered with the same draws at no cost; a step naming the sketch
+    whose candidates are not its counts' quantiles is refused at no cost, and the first step whose are
+    takes the rows the sketch staged, at its batch's share of the training's rho less the sketch's."""
+    a = servers["a"]
+    declared = first_step(servers, ["a", "b"], seed=7).model_dump(mode="json")
+    ranges = {c["name"]: list(RANGES[c["name"]]) for c in declared["features"] if c["kind"] == "numeric"}
+    training = secrets.token_urlsafe(24)
+    body = {k: declared[k] for k in ("spec", "features", "settings", "rho")}
+    body.update(ranges=ranges, training=training)
+    before = priced(a)
+    wide = a.post("/federated/sketch", json={**body, "ranges": {**ranges, "age": [0, 90]}})
+    assert wide.status_code == 422 and "declared range" in wide.json()["error"]["message"]
+    assert priced(a) == before
+    first = a.post("/federated/sketch", json=body).json()
+    again = a.post("/federated/sketch", json=body).json()
+    assert first["counts"] == again["counts"] and first["privacy"]["rho"] == pytest.approx(
+        SKETCH_SHARE * RHO_TRAIN
+    )
+    assert again["privacy"]["repeated"] and again["privacy"]["rho"] == 0
+    assert len(first["counts"]) == sum(len(g) + 2 for g in range_grids(ranges).grids.values())
+    assert priced(a) - before == Counter({("sums", round(SKETCH_SHARE * RHO_TRAIN, 6)): 1})
+    quantiles = quantile_candidates(ranges, first["counts"])
+    assert quantiles["age"] != tuple(c["candidates"] for c in declared["features"] if c["name"] == "age")[0]
+    use = {"ranges": ranges, "counts": first["counts"]}
+    # The first step continues the sketch's session (no model: the rows it staged, at the public start);
+    # another training's finds none, at no cost.
+    opening = {"sketch": use, "model": None, "leaves": [], "trees": 0, "training": training}
+    for candidates, status, more in (
+        ({**quantiles, "bmi": (20.0, 30.0)}, 422, {}),
+        (quantiles, 409, {"training": secrets.token_urlsafe(24)}),
+        (quantiles, 200, {}),
+    ):
+        step = first_step(servers, ["a", "b"], seed=7, candidates=candidates).model_dump(mode="json")
+        answer = a.post("/federated/sums", json={**step, **opening, **more})
+        assert answer.status_code == status, answer.text
+        if status == 422:
+            assert (
+                "'bmi': its candidates are not the quantiles of the sketch"
+                in answer.json()["error"]["message"]
+            )
+    assert answer.json()["staged"] is False
+    share = round((1 - SKETCH_SHARE) * RHO_TRAIN * BATCH / ROUNDS, 6)
+    assert answer.json()["privacy"]["rho"] == pytest.approx(share)
+    assert priced(a) - before == Counter(
+        {("sums", round(SKETCH_SHARE * RHO_TRAIN, 6)): 1, ("sums", share): 1}
+    )
+
+
 def test_schemas_that_disagree_are_refused_by_name_before_any_cost(servers):
     before = {name: charges(servers[name]) for name in "ab"}
     with pytest.raises(FederatedError, match=r"^e: column 'visits'") as refused:
@@ -314,11 +387,16 @@ def test_a_server_stopped_mid_training_ends_it_naming_the_server_charged_only_fo
         assert "c 1" in str(ended.value) and "a 2" in str(ended.value)
     finally:
         stopped.start()
-    share = RHO_TRAIN * BATCH / ROUNDS
+    share = (1 - SKETCH_SHARE) * RHO_TRAIN * BATCH / ROUNDS
     for name, ran in (("a", 2), ("b", 2), ("c", 1)):
         counted, was = before[name]
-        assert charges(servers[name]) - counted == Counter(sums=ran), (name, counted, charges(servers[name]))
-        assert spent(servers[name]) - was == pytest.approx(ran * share, abs=1e-5)
+        # its sketch, then the batches it answered
+        assert charges(servers[name]) - counted == Counter(sums=1 + ran), (
+            name,
+            counted,
+            charges(servers[name]),
+        )
+        assert spent(servers[name]) - was == pytest.approx(SKETCH_SHARE * RHO_TRAIN + ran * share, abs=1e-5)
 
 
 def test_the_magic_trains_over_named_connections(servers, monkeypatch):

@@ -37,6 +37,8 @@ from ..contract.wire import (
     DatasetSpec,
     DescribeResult,
     FederatedEvaluateRequest,
+    FederatedSketch,
+    FederatedSketchRequest,
     FederatedStepRequest,
     FederatedSums,
     JobList,
@@ -366,6 +368,12 @@ class Client(RegistryCalls):
                 estimate.training, why = expected_training(model, estimate.rho_train, estimate.delta)
             estimate.notes.extend([why] if why else [])
         return estimate
+
+    def federated_sketch(self, body: FederatedSketchRequest, timeout: float = 600.0) -> FederatedSketch:
+        """Before a federated training's first batch: this server's DP sketch of its training rows over
+        public grids, charged to your budget here (its share of the training's rho)."""
+        response = self._post_json("/federated/sketch", body, timeout=timeout)
+        return FederatedSketch.model_validate(response.json())
 
     def federated_sums(self, step: FederatedStepRequest, timeout: float = 600.0) -> FederatedSums:
         """One batch of a federated training: this server's own noisy per-leaf sums of its training rows,

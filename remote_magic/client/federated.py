@@ -13,12 +13,15 @@ staged rows and margins as the training's session; each later step sends only th
 leaf values. A server whose session is gone (`federated_session_gone`) is sent that step again with the
 whole model; the final evaluation ends the sessions (docs/federated.md, "Sessions").
 
-Before anything is spent: every server's catalog (public) must show the same feature columns and label
-of the same kinds, in mode dp, with declared bounds for every feature (the candidates are the
-intersection of the declared ranges and levels), and each analyst budget must cover its training and
-its evaluation. At the end each server scores the final model on its own evaluation rows under DP from
-the training's session (its first step staged them; each step moved their margins too), released and
-charged as an evaluate job's result, which ends the session; a server whose session is gone runs an
+Before anything is spent: every server's catalog (public) must show the same feature columns and label of
+the same kinds, in mode dp, with declared bounds for every feature (the text candidates are the intersection
+of the declared levels), and each analyst budget must cover its training and its evaluation. Then every
+server draws a DP sketch of its training rows over the fine grids of the intersected numeric ranges (`POST
+/v1/federated/sketch`, `SKETCH_SHARE` of its rho, on its own ledger), and the numeric candidates are the
+quantiles of their sum; the sketch's rows are the training's first session there, so its first step sends no
+model and stages nothing. At the end each server scores the final model on its own evaluation rows under DP
+from the training's session (its sketch or first step staged them; each step moved their margins), released
+and charged as an evaluate job's result, which ends the session; a server whose session is gone runs an
 ordinary evaluate job instead. The result pools them, weighted by the noisy row counts.
 """
 
@@ -37,7 +40,15 @@ import numpy as np
 from ..contract.codes import Refusal
 from ..contract.federated import check_columns
 from ..contract.query import DEFAULT_TRAIN_EVAL
-from ..contract.wire import DatasetSpec, FederatedEvaluateRequest, FederatedStepRequest, FederatedSums
+from ..contract.wire import (
+    DatasetSpec,
+    FederatedColumn,
+    FederatedEvaluateRequest,
+    FederatedSketchRequest,
+    FederatedSketchUse,
+    FederatedStepRequest,
+    FederatedSums,
+)
 from ..display.federated import FederatedResult, OwnerResult
 from ..display.model import estimator_for
 from ..display.result import TrainResult
@@ -57,6 +68,7 @@ from .federated_checks import (
     public_features,
     servers_of,
     settings_of,
+    shared_range,
 )
 
 DEFAULT_BATCH = 10
@@ -81,14 +93,19 @@ def federated_train(
     owners: Mapping[str, Owner],
     batch_size: int = DEFAULT_BATCH,
     on_batch: Callable[[int, int], None] | None = None,
+    sketch: bool = True,
 ) -> FederatedResult:
     """Train one DP model over every owner's rows, then evaluate it on each owner's evaluation rows.
 
     `owners` maps a connection's name to its `Client` (the spec's dataset on it) or to `(client,
     dataset)`. `batch_size` trees share one round trip. A server that refuses or stops ends the training
     with a `FederatedError` naming it; each server has then been charged only for the batches it
-    answered. `on_batch(done, rounds)` is called after each batch (a progress line)."""
+    answered. `on_batch(done, rounds)` is called after each batch (a progress line). With `sketch` (the
+    default) the numeric columns' candidates are the quantiles of every server's DP sketch of its
+    training rows, each server paying `SKETCH_SHARE` of its training rho for its own; without, they are
+    spread evenly over the declared ranges, at no cost."""
     from ..families.dpboost import Coordinator, Features
+    from ..families.dpboost.candidates import SKETCH_SHARE
     from ..families.dpboost.settings import federated_settings
 
     spec = as_spec(spec)
@@ -103,17 +120,24 @@ def federated_train(
             raise FederatedError(server.name, refused.message) from None
     settings = settings_of(model, batch_size)
     check_budgets(servers)
-    features = Features.from_dict({"columns": [c.model_dump() for c in columns]})
-    trainer = federated_settings(settings.model_dump())
-    coordinator = Coordinator(features, trainer, min(s.rho for s in servers), lambda values, l2, rho: values)
-    training = secrets.token_urlsafe(24)
     with ThreadPoolExecutor(max_workers=2 * len(servers)) as pool:
+        ranges = {c.name: shared_range(servers, c.name) for c in columns if c.kind == "numeric"}
+        training = secrets.token_urlsafe(24)
+        drawn = _sketch(servers, columns, settings, ranges, training, pool) if sketch and ranges else None
+        if drawn is not None:
+            columns = _sketched(columns, drawn)
+        features = Features.from_dict({"columns": [c.model_dump() for c in columns]})
+        trainer = federated_settings(settings.model_dump())
+        share = 1 - SKETCH_SHARE if drawn is not None else 1.0
+        rho = share * min(s.rho for s in servers)  # what the leaves spend
+        coordinator = Coordinator(features, trainer, rho, lambda values, l2, rho: values)
+        common = {"features": columns, "settings": settings, "training": training, "sketch": drawn}
         try:
-            round_trips, leaves = _train(servers, columns, settings, coordinator, training, pool, on_batch)
+            round_trips, leaves = _train(servers, common, coordinator, pool, on_batch)
         except FederatedError as stopped:  # the server that stopped it keeps its session until it expires
             list(pool.map(lambda s: _end(s, training), [s for s in servers if s.name != stopped.connection]))
             raise
-        final = {"features": columns, "settings": settings, "leaves": leaves, "training": training}
+        final = {**common, "leaves": leaves}
         bodies = [
             FederatedEvaluateRequest(**final, spec=s.spec, rho=s.rho, trees=len(coordinator.trees))
             for s in servers
@@ -139,28 +163,68 @@ def federated_train(
     )
 
 
+def _sketch(
+    servers: list[Server],
+    columns: list[FederatedColumn],
+    settings: FederatedSettings,
+    ranges: dict[str, tuple[float, float]],
+    training: str,
+    pool: ThreadPoolExecutor,
+) -> FederatedSketchUse:
+    """Every server's DP sketch of its training rows over the ranges' public grids, at once, added up;
+    each server charges its own ledger for its own."""
+    bodies = [
+        FederatedSketchRequest(
+            spec=s.spec, features=columns, settings=settings, ranges=ranges, rho=s.rho, training=training
+        )
+        for s in servers
+    ]
+    futures = [pool.submit(s.client.federated_sketch, b, STEP_TIMEOUT) for s, b in zip(servers, bodies)]
+    total = None
+    for server, future in zip(servers, futures):
+        try:
+            answer = future.result()
+        except RemoteMagicError as error:
+            raise FederatedError(server.name, f"its sketch failed: {error}") from None
+        server.spent += answer.privacy.rho
+        server.left = answer.privacy.rho_remaining
+        counts = np.asarray(answer.counts, dtype=np.float64)
+        total = counts if total is None else total + counts
+    assert total is not None
+    return FederatedSketchUse(ranges=ranges, counts=[float(v) for v in total])
+
+
+def _sketched(columns: list[FederatedColumn], sketch: FederatedSketchUse) -> list[FederatedColumn]:
+    """The columns with the sketch's quantiles as the numeric columns' candidates (the servers check
+    them against the same counts)."""
+    from ..families.dpboost.candidates import quantile_candidates
+
+    try:
+        found = quantile_candidates(sketch.ranges, sketch.counts)
+    except ValueError as exc:
+        raise FederatedError(None, f"the servers' sketches do not add up: {exc}") from None
+    return [
+        c.model_copy(update={"candidates": list(found[c.name])}) if c.name in found else c for c in columns
+    ]
+
+
 def _train(
     servers: list[Server],
-    columns: list,
-    settings: FederatedSettings,
+    common: dict,
     coordinator: Coordinator,
-    training: str,
     pool: ThreadPoolExecutor,
     on_batch: Callable[[int, int], None] | None,
 ) -> tuple[int, list[float]]:
     """Every batch: one step on every server at once, their sums added up; the round trips made and the
     last batch's leaf values (each server's session adds them for the final evaluation)."""
+    settings: FederatedSettings = common["settings"]
     round_trips = done = 0
-    leaves: list[float] | None = None  # the previous batch's, which each server's session adds
+    # The previous batch's leaves, which each server's session adds; none before the first batch, whose
+    # step continues the sketch's session (the rows it staged) where there was a sketch.
+    leaves: list[float] | None = [] if common["sketch"] is not None else None
     for batch in coordinator.requests():
         model = functools.cache(lambda: coordinator.model().decode())
-        step = {
-            "spec": None,
-            "features": columns,
-            "settings": settings,
-            "batch": batch.to_dict(),  # type: ignore[union-attr]
-            "training": training,
-        }
+        step = {**common, "spec": None, "batch": batch.to_dict()}  # type: ignore[union-attr]
         if leaves is None:
             step["model"] = model()
         else:

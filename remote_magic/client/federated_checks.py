@@ -133,10 +133,7 @@ def public_features(servers: list[Server], names: list[str], dtypes: dict[str, s
                 "owner, or leave the column out of --features",
             )
         if kind == "numeric":
-            lo = max(s.info.column_ranges[name][0] for s in servers)
-            hi = min(s.info.column_ranges[name][1] for s in servers)
-            if not lo < hi:
-                raise FederatedError(None, f"column {name!r}: the owners' declared ranges do not overlap")
+            lo, hi = shared_range(servers, name)
             grid = candidates_between(lo, hi, DEFAULT_CANDIDATES)
             columns.append(FederatedColumn(name=name, kind="numeric", candidates=list(grid)))
         else:
@@ -147,6 +144,15 @@ def public_features(servers: list[Server], names: list[str], dtypes: dict[str, s
             ]
             columns.append(FederatedColumn(name=name, kind="categorical", levels=shared))
     return columns
+
+
+def shared_range(servers: list[Server], name: str) -> tuple[float, float]:
+    """A numeric column's public range: the intersection of every owner's declared one."""
+    lo = max(s.info.column_ranges[name][0] for s in servers)
+    hi = min(s.info.column_ranges[name][1] for s in servers)
+    if not lo < hi:
+        raise FederatedError(None, f"column {name!r}: the owners' declared ranges do not overlap")
+    return lo, hi
 
 
 def settings_of(model: object, batch_size: int) -> FederatedSettings:

@@ -504,8 +504,8 @@ class CostEstimate(_Strict):
 
 
 class BudgetCharge(_Strict):
-    """One charge to a privacy budget: a job (whatever became of it), a describe request or one batch of
-    a federated training (`sums`)."""
+    """One charge to a privacy budget: a job (whatever became of it), a describe request, or one batch or
+    the sketch of a federated training (`sums`)."""
 
     job_id: str | None = Field(default=None, description="The job charged; null for a describe request.")
     kind: Literal["train", "evaluate", "describe", "sums"]
@@ -626,6 +626,43 @@ class FederatedSettings(_Strict):
 TRAINING_ID = r"^[A-Za-z0-9_-]{22,64}$"  # a federated training's id: the client's secrets.token_urlsafe(24)
 
 
+class FederatedSketchUse(_Strict):
+    """The candidates a training takes from its DP sketch: the public ranges whose fine grids every
+    server counted (`dpboost.candidates.range_grids`) and the servers' released counts added up (one
+    vector: per range, its grid's bins then a missing bin). Each server checks that the numeric columns'
+    candidates are those counts' quantiles: public, a function of DP releases only."""
+
+    ranges: dict[str, tuple[float, float]] = Field(min_length=1, max_length=1000)
+    counts: list[float] = Field(max_length=1000 * 300)
+
+
+class FederatedSketchRequest(_Strict):
+    """`POST /v1/federated/sketch`: before a training's first batch, this server's DP sketch of its
+    training rows over the fine grids of the public `ranges` (the owners' declared ranges intersected),
+    charged `SKETCH_SHARE` of the training's rho to its own ledger; the candidates come from every
+    server's sketch added up."""
+
+    spec: DatasetSpec
+    features: list[FederatedColumn] = Field(min_length=1, max_length=1000)
+    settings: FederatedSettings
+    ranges: dict[str, tuple[float, float]] = Field(min_length=1, max_length=1000)
+    rho: float = Field(gt=0, description="The whole training's zCDP budget on this server.")
+    training: str = Field(
+        pattern=TRAINING_ID,
+        description="The training's id: each training pays for its own sketch; the same request again is "
+        "answered with the same draws at no cost.",
+    )
+
+
+class FederatedSketch(_Strict):
+    """One server's noisy sketch counts (`FederatedSketchUse.counts`' layout) and what they cost."""
+
+    dataset: str
+    counts: list[float]
+    sigma: float
+    privacy: PrivacyReport
+
+
 class FederatedStepRequest(_Strict):
     """`POST /v1/federated/sums`: one batch of trees, drawn by the analyst's coordinator from public
     candidates, and the model so far (XGBoost JSON, itself a DP release); the server answers its own
@@ -647,6 +684,11 @@ class FederatedStepRequest(_Strict):
     )
     trees: int | None = Field(default=None, ge=0, description="With `leaves`: the trees of the model so far.")
     rho: float = Field(gt=0, description="The whole training's zCDP budget on this server.")
+    sketch: FederatedSketchUse | None = Field(
+        default=None,
+        description="The training's DP sketch, when its numeric candidates come from it: `SKETCH_SHARE` of "
+        "`rho` paid for it (`POST /v1/federated/sketch`), the rest pays for the leaves.",
+    )
     training: str | None = Field(
         default=None,
         pattern=TRAINING_ID,
@@ -667,6 +709,11 @@ class FederatedEvaluateRequest(_Strict):
     leaves: list[float] = Field(description="The last batch's leaf values (its trees x leaves, flattened).")
     trees: int = Field(ge=1, description="The trees of the final model.")
     rho: float = Field(gt=0, description="The whole training's zCDP budget on this server.")
+    sketch: FederatedSketchUse | None = Field(
+        default=None,
+        description="The training's DP sketch, when its numeric candidates come from it: `SKETCH_SHARE` of "
+        "`rho` paid for it (`POST /v1/federated/sketch`), the rest pays for the leaves.",
+    )
     training: str = Field(pattern=TRAINING_ID, description="The training's id, as its steps sent it.")
 
 

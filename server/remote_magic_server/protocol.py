@@ -13,8 +13,9 @@ travel as JSON over a pipe, never as pickle. The conversation of a train, evalua
     worker -> report | failure   raw aggregates, or a fixed code
 
 A federated step (a `sums` task) speaks the same way up to admission, with one `sums` report carrying its
-exact sums as noise requests that the parent draws itself; a later step of a training, on its session's
-rows, sends a one-way `resumed` instead of an admission (charged as the session's first step was).
+exact sums as noise requests that the parent draws itself (a training's sketch: one `sketch` report); a
+later step of a training, on its session's rows, sends a one-way `resumed` instead of an admission
+(charged as the session's first step was).
 A review task (the data owner's look at a payload with notebook code) answers with one `review` report;
 a plan task (the first half of a cluster job) with one `plan`: the payload's canonical plan. The job
 driver of a cluster job gets a `DriverTask` and then speaks like a worker, from `progress` on.
@@ -34,7 +35,7 @@ from remote_magic.contract.codes import CODES
 from remote_magic.contract.wire import DatasetSpec, ModelBounds, ReleaseOptions, Stage
 from remote_magic.families.base import Plan
 
-PROTOCOL_VERSION = 11
+PROTOCOL_VERSION = 12
 MAX_MESSAGE_BYTES = 16 * 2**20
 PARTITION_TABLE = "__remote_magic_partition"  # a cluster partition's rows, with their file_row_number
 SCRATCH_DIR = "scratch"  # in a job folder: spilled rows and external-memory pages, removed after the job
@@ -123,14 +124,18 @@ class FederatedOrder(_Strict):
     """A federated training's step on this server (a `sums` task): the batch's public structure and
     settings, the model so far (a JSON file the parent wrote in the job folder), the whole training's rho
     and this batch's share of it, which the parent charged and the worker's noise requests spend. Or
-    (`evaluate`) its final evaluation: the last batch's leaves on the session's evaluation rows."""
+    (`evaluate`) its final evaluation: the last batch's leaves on the session's evaluation rows; or
+    (`sketch`) the training's sketch before its first batch. `rho` is what the leaves spend: the
+    training's, less its sketch's share when it has one."""
 
     features: list[dict]
     settings: dict
-    batch: dict | None = Field(default=None, description="None only with `evaluate`.")
+    batch: dict | None = Field(default=None, description="None only with `evaluate` or `sketch`.")
     model_file: str = Field(pattern=r"^[a-z_]+\.json$")
     rho: float = Field(gt=0)
-    step_rho: float = Field(default=0.0, ge=0, description="0 only with `evaluate`.")
+    step_rho: float = Field(
+        default=0.0, ge=0, description="0 only with `evaluate`; the sketch's rho with `sketch`."
+    )
     evaluate: bool = Field(
         default=False,
         description="Score the model the session's margins reach with `leaves` on its evaluation rows "
@@ -149,6 +154,11 @@ class FederatedOrder(_Strict):
         description="With `leaves`: the step that left the session, asked again; its margins are at the "
         "model so far already, so the leaves are not added twice.",
     )
+    sketch: dict[str, tuple[float, float]] | None = Field(
+        default=None,
+        description="The training's sketch in place of a batch: its training rows counted over these "
+        "public ranges' fine grids (a SketchReport, noised at `step_rho`).",
+    )
 
 
 # A federated training's session in a sums task's folder: the one the parent found, and the one after the
@@ -158,7 +168,7 @@ SESSION_OUT = "session-next"
 
 
 class Task(_Strict):
-    protocol: Literal[11] = PROTOCOL_VERSION
+    protocol: Literal[12] = PROTOCOL_VERSION
     kind: TaskKind
     spec: DatasetSpec | None = None
     staging: Staging | None = None
@@ -409,6 +419,14 @@ class SumsReport(_Strict):
     staged: bool = Field(default=True, description="Staged its rows, not taken from a session.")
 
 
+class SketchReport(_Strict):
+    """A federated training's sketch (a `sums` task with `FederatedOrder.sketch`): its training rows'
+    exact counts over the public grids as one noise request, which the parent draws and releases."""
+
+    type: Literal["sketch"] = "sketch"
+    noise: NoiseBatch
+
+
 class ReviewReport(_Strict):
     type: Literal["review"] = "review"
     text: str
@@ -491,11 +509,12 @@ WorkerMessage = Annotated[
     | DescribeReport
     | ReviewReport
     | SumsReport
+    | SketchReport
     | PlanReady
     | Failure,
     Field(discriminator="type"),
 ]
-Report = TrainReport | DescribeReport | ReviewReport | SumsReport
+Report = TrainReport | DescribeReport | ReviewReport | SumsReport | SketchReport
 WORKER_MESSAGE: TypeAdapter[WorkerMessage] = TypeAdapter(WorkerMessage)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -38,6 +38,7 @@ from .features import (
 )
 
 DEFAULT_CANDIDATES = 32
+SKETCH_SHARE = 0.1  # of the training budget, when some column's candidates come from the sketch
 GRID_BINS = 256  # a sketched column's fine grid inside its declared range
 # Without a range: 0 and +-10^(k/8) for k = -48 .. 96 (magnitudes 1e-6 to 1e12), 291 edges.
 _MAGNITUDES = 10.0 ** (np.arange(-48, 97) / 8.0)
@@ -135,6 +136,41 @@ def _quantiles(counts: np.ndarray, grid: np.ndarray, count: int) -> tuple[float,
     before = np.where(b > 0, cumulative[np.maximum(b - 1, 0)], 0.0)
     share = np.where(weights[b] > 0, (targets - before) * total / np.maximum(weights[b], 1e-300), 0.5)
     return float32_grid(left[b] + np.clip(share, 0.0, 1.0) * (right[b] - left[b]))
+
+
+def range_grids(ranges: Mapping[str, tuple[float, float]]) -> SketchRequest:
+    """The sketch of numeric columns over the fine grids of public ranges (a federated training's: the
+    owners' declared ranges intersected), in the order given."""
+    return SketchRequest(
+        {n: Declared(n, "numeric", lo, hi, sketch=True).grid() for n, (lo, hi) in ranges.items()}, ()
+    )
+
+
+def flat_counts(request: SketchRequest, counts: SketchCounts) -> list[float]:
+    """The numeric columns' counts as one vector, column after column (each grid's bins, then its missing
+    bin): the vector one Gaussian release noises, at L2 sensitivity sqrt(columns)."""
+    return [float(v) for name in request.grids for v in counts.bins[name]]
+
+
+def quantile_candidates(
+    ranges: Mapping[str, tuple[float, float]], noisy: Sequence[float], count: int = DEFAULT_CANDIDATES
+) -> dict[str, tuple[float, ...]]:
+    """Per column, `count` quantiles of a released vector of counts over the ranges' grids
+    (`flat_counts`' layout, noised; several servers' releases added up), within the range:
+    post-processing, so public."""
+    grids = range_grids(ranges).grids
+    sizes = [len(grid) + 2 for grid in grids.values()]
+    if len(noisy) != sum(sizes):
+        raise ValueError(f"the sketch has {len(noisy)} counts, not {sum(sizes)}")
+    values = np.asarray(noisy, dtype=np.float64)
+    found, at = {}, 0
+    for (name, grid), size in zip(grids.items(), sizes):
+        lo, hi = ranges[name]
+        quantiles = _quantiles(values[at : at + size - 1], grid, count)  # the missing bin is not a value
+        # The open end bins' quantiles may fall past the range, and float32 past its ends.
+        found[name] = tuple(v for v in float32_grid(np.clip(quantiles, lo, hi)) if lo <= v <= hi)
+        at += size
+    return found
 
 
 @dataclass(frozen=True)

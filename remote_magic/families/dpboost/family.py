@@ -10,8 +10,7 @@ The partition half runs the `Coordinator` over `Partitions`: each request's exac
 on a cluster's partitions. The trained model is an ordinary XGBoost Booster, so prediction, leaf counts,
 export and the report are the XGBoost family's own code (`Trained`).
 
-Split candidates are public: the data owner's declared range (numeric) or levels (text) of a column,
-else a DP sketch paid from the training budget (`SKETCH_SHARE` of it, once, for all such columns).
+Split candidates are public: declared ranges and levels, else a DP sketch (`SKETCH_SHARE` of the budget).
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from ..xgboost.family import FAMILY as XGBOOST
 from ..xgboost.family import Trained, ready_to_score
 from ..xgboost.leaves import check_booster
 from .booster import load
-from .candidates import CandidatePlan, Declared
+from .candidates import SKETCH_SHARE, CandidatePlan, Declared
 from .coordinator import Coordinator
 from .features import Features, Kind
 from .on_parts import apply_update, counts_of, finish, schema, set_up, sketch, sum_of, sums
@@ -43,7 +42,6 @@ from .params import settings_from_params
 from .partition import LeafUpdate
 from .settings import DEFAULT_ROUNDS, Settings
 
-SKETCH_SHARE = 0.1  # of the training budget, when some column's candidates come from the sketch
 ANY_LABEL_RANGE = (0.0, 1.0)  # stands in for the owner's range while only the parameters are checked
 
 
@@ -57,11 +55,10 @@ def check_label(
 ) -> None:
     """Refuse a DP training whose label has no public description: a regression's range
     (`label_ranges`), a classifier's classes (`column_levels.<label>`, or the spec's `classes`). Without
-    public classes, the
-    classes would be the admitted rows' own labels: one row with a label of its own would make a class,
-    seen in the released model or answered by a refusal, and gone without the row. `expected_classes`:
-    the number a federated training's settings fix, which the declaration must match; `hint`: what the
-    label's public type says of a classifier on it (`continuous_label_hint`), said first."""
+    public classes, the classes would be the admitted rows' own labels: one row with a label of its own
+    would make a class, seen in the released model or answered by a refusal, and gone without the row.
+    `expected_classes`: the number a federated training's settings fix, which the declaration must match;
+    `hint`: what the label's public type says of a classifier on it (`continuous_label_hint`), said first."""
     if not classifier and label_range is None:
         raise Refusal(
             "unsupported_model",

@@ -29,7 +29,7 @@ def schema(part: Part) -> dict:
 
 
 def sketch(part: Part, request: SketchRequest) -> dict:
-    counts = sketch_counts(request, _rows(part))
+    counts = sketch_counts(request, rows(part))
     return {"bins": counts.bins, "levels": {name: dict(found) for name, found in counts.levels.items()}}
 
 
@@ -37,7 +37,7 @@ def counts_of(found: dict) -> SketchCounts:
     return SketchCounts(found["bins"], {name: Counter(levels) for name, levels in found["levels"].items()})
 
 
-def _rows(part: Part, split: str = "train") -> Iterator[pa.RecordBatch]:
+def rows(part: Part, split: str = "train") -> Iterator[pa.RecordBatch]:
     """A partition's rows of one split with no rare-level merge: the candidates are public levels, and
     the merge (decided by exact counts) would let one row change other rows' values."""
     for each in (part.train, part.eval):
@@ -62,10 +62,10 @@ def binned(part: Part, split: str, features: Features, settings: Settings, base:
                 xgb.DMatrix(xgboost_input(features, pa.Table.from_batches([b])), enable_categorical=True),
                 output_margin=True,
             ).reshape(b.num_rows, -1)
-            for b in _rows(part, split)
+            for b in rows(part, split)
         ]
         margins = np.concatenate(chunks) if chunks else np.zeros((0, objective.trees_per_round))
-    return Partition(features, _rows(part, split), part.y(split), objective, margins, settings.base_margin)
+    return Partition(features, rows(part, split), part.y(split), objective, margins, settings.base_margin)
 
 
 def sums(part: Part, request: Request) -> dict:

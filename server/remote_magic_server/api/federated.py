@@ -1,7 +1,8 @@
 """`POST /v1/federated/sums`: one batch of a federated DP training, answered with this server's own noisy
-per-leaf sums of its training rows (intake/federated.py checks the request, jobs/oneshot.py runs it in a
-confined worker, the release desk charges and noises it), its final evaluation from the training's session
-(released as an evaluate job's result), and the end of a training, which drops its session
+per-leaf sums of its training rows (before the first batch, `POST /v1/federated/sketch`: its noisy counts over
+public grids, for the training's candidates) (intake/federated.py checks the request, jobs/oneshot.py runs
+it in a confined worker, the release desk charges and noises it), its final evaluation from the training's
+session (released as an evaluate job's result), and the end of a training, which drops its session
 (jobs/sessions.py). This module never sees a row."""
 
 from __future__ import annotations
@@ -14,15 +15,34 @@ from fastapi import APIRouter, Path, Response
 from remote_magic.contract.wire import (
     TRAINING_ID,
     FederatedEvaluateRequest,
+    FederatedSketch,
+    FederatedSketchRequest,
     FederatedStepRequest,
     FederatedSums,
     JobResult,
 )
 
-from ..intake.federated import check_evaluation, check_step
+from ..intake.federated import check_evaluation, check_sketch, check_step
 from .deps import FederatedDep, SettingsDep, User, VersionsDep
 
 router = APIRouter(prefix="/v1", tags=["federated"])
+
+
+@router.post("/federated/sketch", response_model=FederatedSketch)
+async def federated_sketch(
+    settings: SettingsDep,
+    versions: VersionsDep,
+    steps: FederatedDep,
+    user: User,
+    body: FederatedSketchRequest,
+) -> FederatedSketch:
+    """Before a training's first batch: this server's noisy counts of its training rows over the fine
+    grids of public ranges, whose quantiles (added up over the servers) are the training's candidates."""
+    spec, plan, order = check_sketch(settings, versions, user.datasets, body)
+    spec_json = spec.model_dump(mode="json", exclude_none=True)
+    return await asyncio.to_thread(
+        steps.sketch, user.user, spec.dataset, spec_json, plan, order, body.training
+    )
 
 
 @router.post("/federated/sums", response_model=FederatedSums)

@@ -7,7 +7,10 @@ the owner's declared ranges and levels; the rho against the owner's training bud
 must be a JSON document (XGBoost parses it only in the sandbox), or, at a step that continues the
 training's session, the previous batch's leaf values finite numbers. What a step costs follows from the
 settings alone: with random splits and no released intercept every round costs `rho / rounds`, so a
-batch of `r` rounds costs `r * rho / rounds` (docs/privacy.md, "Total"), charged at admission.
+batch of `r` rounds costs `r * rho / rounds` (docs/privacy.md, "Total"), charged at admission. A training
+whose numeric candidates come from its DP sketch (`check_sketch`, before its first batch) pays
+`SKETCH_SHARE * rho` for the sketch and spreads the rest over its rounds; its every step carries the
+sketch's released counts, and the server checks the candidates are their quantiles.
 """
 
 from __future__ import annotations
@@ -17,8 +20,14 @@ import math
 
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.federated import LEAF_LIMIT, check_columns
-from remote_magic.contract.wire import DatasetSpec, FederatedEvaluateRequest, FederatedStepRequest
+from remote_magic.contract.wire import (
+    DatasetSpec,
+    FederatedEvaluateRequest,
+    FederatedSketchRequest,
+    FederatedStepRequest,
+)
 from remote_magic.families import MODEL_FILE
+from remote_magic.families.dpboost.candidates import SKETCH_SHARE, quantile_candidates
 
 from ..config.settings import Settings
 from ..data.versions import Versions
@@ -63,8 +72,8 @@ def check_step(
         settings=train.model_dump(),
         batch=body.batch,
         model_file=MODEL_FILE,
-        rho=body.rho,
-        step_rho=body.rho * rounds / train.rounds,
+        rho=_leaves_rho(body),
+        step_rho=_leaves_rho(body) * rounds / train.rounds,
         leaves=body.leaves,
         trees=body.trees,
     )
@@ -83,7 +92,7 @@ def check_evaluation(
         features=[f.model_dump() for f in body.features],
         settings=body.settings.model_dump(),
         model_file=MODEL_FILE,
-        rho=body.rho,
+        rho=_leaves_rho(body),
         leaves=body.leaves,
         trees=body.trees,
         evaluate=True,
@@ -91,11 +100,78 @@ def check_evaluation(
     return spec, plan, order
 
 
+def check_sketch(
+    settings: Settings, versions: Versions, datasets: list[str], body: FederatedSketchRequest
+) -> tuple[DatasetSpec, JobPlan, FederatedOrder]:
+    """The checked spec, its plan and the worker's order for a training's sketch: the training's own
+    checks, and public ranges of numeric features within the owner's declared ones; or raise Refusal."""
+    spec, plan = _check_training(settings, versions, datasets, body)
+    _check_ranges(settings, spec.dataset, body)
+    order = FederatedOrder(
+        features=[f.model_dump() for f in body.features],
+        settings=body.settings.model_dump(),
+        model_file=MODEL_FILE,
+        rho=body.rho * (1 - SKETCH_SHARE),
+        step_rho=body.rho * SKETCH_SHARE,
+        sketch={name: tuple(r) for name, r in body.ranges.items()},
+    )
+    return spec, plan, order
+
+
+def _leaves_rho(body: FederatedStepRequest | FederatedEvaluateRequest) -> float:
+    """What a training's leaves spend: its rho, less its sketch's share when it has one."""
+    return body.rho * (1 - SKETCH_SHARE) if body.sketch is not None else body.rho
+
+
+def _check_ranges(
+    settings: Settings,
+    dataset: str,
+    body: FederatedSketchRequest | FederatedStepRequest | FederatedEvaluateRequest,
+) -> None:
+    """The sketch's ranges: numeric features', each within the owner's declared range (the grids are
+    public, and every server counts over the same ones)."""
+    ranges = body.ranges if isinstance(body, FederatedSketchRequest) else body.sketch.ranges  # type: ignore[union-attr]
+    declared = settings.datasets[dataset].column_ranges
+    numeric = {f.name for f in body.features if f.kind == "numeric"}
+    for name, (lo, hi) in ranges.items():
+        if name not in numeric:
+            raise Refusal("invalid_request", f"the sketch's column {name!r} is not a numeric feature")
+        own = declared.get(name)
+        if (
+            not (math.isfinite(lo) and math.isfinite(hi) and lo < hi)
+            or own is None
+            or lo < own[0]
+            or hi > own[1]
+        ):
+            raise Refusal(
+                "invalid_request", f"the sketch's column {name!r}: a range outside its declared range"
+            )
+
+
+def _check_sketch_use(
+    settings: Settings, dataset: str, body: FederatedStepRequest | FederatedEvaluateRequest
+) -> None:
+    """The candidates of a training with a sketch: each sketched column's are the quantiles of the
+    sketch's released counts (public); or raise Refusal."""
+    if body.sketch is None:
+        return
+    _check_ranges(settings, dataset, body)
+    try:
+        found = quantile_candidates(body.sketch.ranges, body.sketch.counts)
+    except ValueError as exc:
+        raise Refusal("invalid_request", f"the training's sketch is not usable: {exc}") from None
+    for f in body.features:
+        if f.name in found and tuple(f.candidates) != found[f.name]:
+            raise Refusal(
+                "invalid_request", f"column {f.name!r}: its candidates are not the quantiles of the sketch"
+            )
+
+
 def _check_training(
     settings: Settings,
     versions: Versions,
     datasets: list[str],
-    body: FederatedStepRequest | FederatedEvaluateRequest,
+    body: FederatedStepRequest | FederatedEvaluateRequest | FederatedSketchRequest,
 ) -> tuple[DatasetSpec, JobPlan]:
     """What every request of a training must pass: the spec against the schema, mode dp, no derived
     columns, the settings within the dataset's bounds, the rho within its owner's, the features."""
@@ -127,6 +203,8 @@ def _check_training(
     config = settings.datasets[name]
     dtypes = dict(version_of(versions, body.spec.dataset).columns)
     check_columns(body.features, plan.features, dtypes, config.column_ranges, config.column_levels)
+    if not isinstance(body, FederatedSketchRequest):
+        _check_sketch_use(settings, name, body)
     return spec, plan
 
 

@@ -27,6 +27,7 @@ from ..protocol import (
     NoiseRequest,
     Resumed,
     ReviewReport,
+    SketchReport,
     SumsReport,
     TrainingPlan,
     TrainReport,
@@ -149,7 +150,7 @@ class Conversation:
                 self.execution.kill()
                 return Final.failed(refusal.code, refusal.message)
             return None
-        if isinstance(message, (TrainReport, DescribeReport, SumsReport)):
+        if isinstance(message, (TrainReport, DescribeReport, SumsReport, SketchReport)):
             if self.admitted is None:
                 return Final.failed("invalid_worker_report", "the job's worker reported before admission")
             try:
@@ -157,6 +158,8 @@ class Conversation:
                     released: object = self.desk.release_result(self.request, self.admitted, message)
                 elif isinstance(message, SumsReport):
                     released = self.desk.release_sums(self.request, self.admitted, message)
+                elif isinstance(message, SketchReport):
+                    released = self.desk.release_sketch(self.request, self.admitted, message)
                 else:
                     released = self.desk.release_describe(self.request, self.admitted, message)
             except Refusal as refusal:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import threading
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.query import DEFAULT_TRAIN_EVAL
-from remote_magic.contract.wire import DescribeResult, FederatedSums, JobResult
+from remote_magic.contract.wire import DescribeResult, FederatedSketch, FederatedSums, JobResult
 from remote_magic.families.dpboost.schedule import Release, leaf_releases
 from remote_magic.families.dpboost.settings import federated_settings
 
@@ -140,7 +141,10 @@ class FederatedSteps(Describer):
         training's session here, or is refused `federated_session_gone` at no cost."""
         staged_for = [spec, plan.dataset_version, order.features, order.settings, order.rho]
         fingerprint = _digest(staged_for)
-        taken = self.sessions.take(user, training, fingerprint) if training is not None else None
+        # A first step after a sketch (no model, no trees) takes its session, or if sent again, the next.
+        opening = model is None and order.trees == 0 and not order.leaves
+        alike = [_sketch_fingerprint(spec, plan, order)] if opening else []
+        taken = self.sessions.take(user, training, fingerprint, *alike) if training is not None else None
         left: list[Session | None] = []  # what the step left, once it succeeded
         again = False
         digest = ""
@@ -188,6 +192,38 @@ class FederatedSteps(Describer):
                 # Once the step succeeded, the session it took is behind the model so far.
                 self.sessions.put(user, training, left[0] if left else None, taken, moved_on=bool(left))
 
+    def sketch(
+        self, user: str, dataset: str, spec: dict, plan: JobPlan, order: FederatedOrder, training: str
+    ) -> FederatedSketch:
+        """A training's DP sketch of its rows over public grids: one Gaussian release (L2 sqrt(columns),
+        `order.step_rho`) through the desk, each training's its own, the same request again answered with
+        its draws at no cost; raise Refusal. Its rows are the training's session, which the first step
+        (no model, no trees yet) bins to the candidates, charged as this admission: one staging."""
+        assert order.sketch is not None
+        question = [user, training, spec, plan.dataset_version, order.sketch, order.step_rho]
+        release = Release("gaussian", math.sqrt(len(order.sketch)), order.step_rho)
+        key = f"federated-sketch:{_digest(question)}"
+        request = _request(
+            user, dataset, "sums", spec, plan, key, step_rho=order.step_rho, releases=(release,)
+        )
+        fingerprint = _sketch_fingerprint(spec, plan, order)
+        taken = self.sessions.take(user, training, fingerprint)
+        left: list[Session] = []
+        try:
+            self.desk.check_budget(request)
+            task = build_task(
+                self.settings, "sums", dataset, spec, plan, federated=order.model_copy(update={"keep": True})
+            )
+
+            def done(folder: Path, admission: Admission) -> None:
+                kept = self.sessions.adopt(folder / SESSION_OUT)
+                if kept is not None:  # the model so far: the public start, named by the sketch
+                    left.append(Session(kept, fingerprint, key, key, None, admission))
+
+            return self._released(request, task, {}, Keep(None, None, done))  # type: ignore[return-value]
+        finally:
+            self.sessions.put(user, training, left[0] if left else None, taken, moved_on=bool(left))
+
     def evaluate(
         self, user: str, dataset: str, spec: dict, plan: JobPlan, order: FederatedOrder, training: str
     ) -> JobResult:
@@ -229,6 +265,11 @@ class FederatedSteps(Describer):
     def end(self, user: str, training: str) -> bool:
         """Drop a training's session (its last step is done); False when it had none here."""
         return self.sessions.drop(user, training)
+
+
+def _sketch_fingerprint(spec: dict, plan: JobPlan, order: FederatedOrder) -> str:
+    """What a sketch's session was staged for (not the candidates: its first step bins to those)."""
+    return _digest(["sketch", spec, plan.dataset_version, order.settings, order.rho])
 
 
 def _releases(order: FederatedOrder) -> tuple[Release, ...]:

@@ -66,14 +66,15 @@ class Sessions:
         self._running: set[tuple[str, str]] = set()  # trainings with a step between `take` and `put`
         self._ended: set[tuple[str, str]] = set()  # of those, the ones ended meanwhile
 
-    def take(self, user: str, training: str, fingerprint: str) -> Session | None:
+    def take(self, user: str, training: str, fingerprint: str, *alike: str) -> Session | None:
         """The training's session, out of the table while its step runs; None when there is none for
-        this analyst and training, or it was staged for something else (then it is dropped)."""
+        this analyst and training, or it was staged for something else than `fingerprint` (or one of
+        `alike`; then it is dropped)."""
         with self._lock:
             session = self._held.pop((user, training), None)
             self._running.add((user, training))
             gone = self._expired()
-        if session is not None and session.fingerprint != fingerprint:
+        if session is not None and session.fingerprint not in (fingerprint, *alike):
             gone.append(session)
             session = None
         _remove(gone)

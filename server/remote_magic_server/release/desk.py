@@ -44,6 +44,7 @@ from remote_magic.contract.wire import (
     DatasetSpec,
     DescribeResult,
     DPTraining,
+    FederatedSketch,
     FederatedSums,
     JobResult,
     MetricPoint,
@@ -69,6 +70,7 @@ from ..protocol import (
     ModelFacts,
     NoiseAnswer,
     NoiseRequest,
+    SketchReport,
     SumsReport,
     TrainingPlan,
     TrainReport,
@@ -737,6 +739,21 @@ class ReleaseDesk:
             sigma_hessian=admitted.sigmas[1],
             privacy=self._report(request, cost, admitted.repeated),
             staged=report.staged,
+        )
+
+    def release_sketch(self, request: Request, admitted: Admitted, report: SketchReport) -> FederatedSketch:
+        """A federated training's sketch: the desk's own draw (`noise`, checked against the one Gaussian
+        release the request plans) on the exact counts the report carries; exactly what was charged."""
+        answers = [self.noise(request, admitted, ask) for ask in report.noise.requests]
+        self.keep_noise(request, admitted)
+        if len(answers) != 1 or not math.isclose(admitted.train_spent, admitted.train_rho, rel_tol=1e-9):
+            raise Refusal("invalid_worker_report", "the sketch's worker did not noise exactly its counts")
+        cost = 0.0 if admitted.repeated else admitted.train_rho
+        return FederatedSketch(
+            dataset=request.dataset,
+            counts=answers[0].values,
+            sigma=admitted.sigmas[0],
+            privacy=self._report(request, cost, admitted.repeated),
         )
 
     def _repeat(self, request: Request, stored: dict) -> DescribeResult:

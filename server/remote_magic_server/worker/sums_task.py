@@ -14,11 +14,19 @@ session that leads to it, it is refused `federated_session_gone` before anything
 evaluation (`order.evaluate`) does the same with the last batch's leaves on the evaluation rows only and
 reports them scored as an evaluate job's worker scores them (a `TrainReport`; charged as an evaluate
 job).
+A training's sketch (`order.sketch`, before its first batch) stages and admits the rows as a first step
+does, leaves them as staged (with `order.keep`) for the training's first step, which bins them to the
+candidates the sketch gives (a session whose model so far is the public start), and reports their exact
+counts over the public ranges' fine grids as one noise request (a `SketchReport`: the sketch's rho, L2
+sqrt(columns)), which the parent draws and releases.
 The sums are `Partition.sums`'. They go to the parent with the report, as one batch of two noise
 requests (`NoiseBatch`: gradients, then hessians) at the sensitivity and cost the trainer's proof gives
 for this batch (`schedule.leaf_releases`), which must be exactly the batch's share the parent charged;
 the parent draws and releases its own noise, and the worker, which needs no answer, waits for none (the
 session is written before the report, so a step is one message each way once the worker runs).
+
+Why it is long: it is the worker's side of every request of a federated training (the sketch, each
+step, the final evaluation), which share the staging, the admission and the session's files.
 """
 
 from __future__ import annotations
@@ -29,12 +37,15 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.federated import LEAF_LIMIT
 from remote_magic.families import scoring
+from remote_magic.families.base import Part
 from remote_magic.families.dpboost import Batch, Features, LeafUpdate, Partition, Settings, on_parts
 from remote_magic.families.dpboost.booster import load
+from remote_magic.families.dpboost.candidates import flat_counts, range_grids
 from remote_magic.families.dpboost.family import check_label
 from remote_magic.families.dpboost.schedule import leaf_releases
 from remote_magic.families.dpboost.settings import federated_settings
@@ -51,6 +62,7 @@ from ..protocol import (
     NoiseRequest,
     Resumed,
     RoundsReport,
+    SketchReport,
     SumsReport,
     Task,
     TrainReport,
@@ -110,6 +122,19 @@ def _staged(
 ) -> tuple[Partition, Partition, list[str]] | None:
     """Stage and admit the spec's rows, and their margins from the model so far: the training rows, the
     evaluation rows (a session scores the final model on them) and the class names (None: stopped)."""
+    admitted = _admitted(task, channel, con, settings)
+    if admitted is None:
+        return None
+    parts, classes = admitted
+    part = parts.parts[0]
+    parts.map(on_parts.set_up, features, settings, model)
+    return part.state[on_parts.STATE], on_parts.binned(part, "eval", features, settings, model), classes
+
+
+def _admitted(
+    task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None, settings: Settings
+) -> tuple[InProcess, list[str]] | None:
+    """Stage and admit the spec's rows as a train job's, and their class names (None: stopped)."""
     assert task.staging is not None
     classifier = settings.objective != "reg:squarederror"
     expected = settings.num_class if settings.objective == "multi:softprob" else 2
@@ -122,9 +147,7 @@ def _staged(
         return None
     if classifier and len(classes) != expected:
         raise Refusal("invalid_request", f"the training rows have {len(classes)} classes, not {expected}")
-    part = parts.parts[0]
-    parts.map(on_parts.set_up, features, settings, model)
-    return part.state[on_parts.STATE], on_parts.binned(part, "eval", features, settings, model), classes
+    return parts, classes
 
 
 def _tree_count(model: bytes, features: Features) -> int:
@@ -148,6 +171,10 @@ def _resumed(
     names; None when the session does not lead to a model of `trees` trees with these leaves."""
     folder = HERE / SESSION_IN
     state = json.loads((folder / "state.json").read_text())
+    if state["pending"] is None:  # a sketch's session: the admitted rows as staged, at the public start
+        if trees != 0 or leaves or again:
+            return None
+        return [_unbinned(folder, split, features, settings) for split in splits], state["classes"]
     pending = Batch.from_dict(state["pending"])
     values = np.asarray(leaves, dtype=np.float64)
     if again:
@@ -164,6 +191,32 @@ def _resumed(
             partition.apply(LeafUpdate(pending, values.reshape(pending.trees, pending.leaves)))
         partitions.append(partition)
     return partitions, state["classes"]
+
+
+def _unbinned(folder: Path, split: str, features: Features, settings: Settings) -> Partition:
+    """A split's rows a sketch's session kept, binned to the step's candidates, at the public start."""
+    with pa.memory_map(str(folder / f"{split}_rows.arrow")) as source:
+        rows = pa.ipc.open_file(source).read_all()
+    labels = np.load(folder / f"{split}_labels.npy")
+    return Partition(features, rows, labels, settings.objective_(), None, settings.base_margin)
+
+
+def _keep_rows(part: Part, classes: list[str]) -> None:
+    """A sketch's session: the admitted rows of both splits as staged (Arrow) and their labels, which the
+    training's first step bins to the candidates the sketch gives, and the class names."""
+    folder = HERE / SESSION_OUT
+    folder.mkdir()
+    for split in ("train", "eval"):
+        batches = list(on_parts.rows(part, split))
+        schema = batches[0].schema if batches else part.split(split).x.schema
+        with (
+            pa.OSFile(str(folder / f"{split}_rows.arrow"), "wb") as sink,
+            pa.ipc.new_file(sink, schema) as out,
+        ):
+            for batch in batches:
+                out.write_batch(batch)
+        np.save(folder / f"{split}_labels.npy", part.y(split))
+    (folder / "state.json").write_text(json.dumps({"trees": 0, "pending": None, "classes": classes}))
 
 
 def _keep(partitions: dict[str, Partition], trees: int, batch: dict, classes: list[str]) -> None:
@@ -216,9 +269,35 @@ def _evaluation(
     )
 
 
+def _sketch(
+    task: Task,
+    channel: Channel,
+    con: duckdb.DuckDBPyConnection | None,
+    order: FederatedOrder,
+    settings: Settings,
+) -> SketchReport | None:
+    """The training's sketch: the spec's training rows staged and admitted as a step's, counted over the
+    public ranges' fine grids (`sketch_counts`, the DP trainer's own), one noise request at the sketch's
+    rho and L2 sqrt(columns): each row adds one to one bin of each column (None: stopped)."""
+    assert order.sketch is not None
+    admitted = _admitted(task, channel, con, settings)
+    if admitted is None:
+        return None
+    parts, classes = admitted
+    request = range_grids(order.sketch)
+    found = parts.map(on_parts.sketch, request)[0]
+    counts = flat_counts(request, on_parts.counts_of(found))
+    if order.keep:
+        _keep_rows(parts.parts[0], classes)
+    ask = NoiseRequest(
+        kind="gaussian", values=counts, bound=math.sqrt(len(request.grids)), rho=order.step_rho
+    )
+    return SketchReport(noise=NoiseBatch(requests=[ask]))
+
+
 def run(
     task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None = None
-) -> SumsReport | TrainReport | None:
+) -> SumsReport | SketchReport | TrainReport | None:
     """One batch's sums, noised by the parent, or the final evaluation from the training's session;
     None when the parent stopped it at admission."""
     order = task.federated
@@ -228,6 +307,8 @@ def run(
     except (KeyError, TypeError, ValueError) as exc:
         raise Refusal("invalid_request", f"the features are not usable: {exc}") from None
     settings = settings_of(order.settings)
+    if order.sketch is not None:
+        return _sketch(task, channel, con, order, settings)
     if order.evaluate:
         return _evaluation(order, features, settings, channel)
     assert order.batch is not None
