@@ -185,7 +185,8 @@ def test_describe_counts_carry_their_noise(eve):
 
 
 def test_the_preview_interval_is_the_released_one_and_the_cap_is_said(eve):
-    run(eve, "%remote_describe -d rare -l y")  # tells eve the class balance (0.002)
+    # tells eve the class balance (0.002): the classes named, as the owner declared none
+    assert sorted(run(eve, "%remote_describe -d rare -l y --classes 0,1").classes) == ["0", "1"]
     preview = run(eve, "%%remote_train --dry-run -d rare -l y --seed 1" + model(3))
     expected = preview.cost.expected["auc"]
     assert "smaller class 16% of the rows" in repr(preview)

@@ -598,6 +598,11 @@ class RemoteMagic(Magics, Configurable):
     @argument("--label", "-l", help="label column")
     @argument("--features", "-f", help="comma-separated columns to describe (default: all features)")
     @argument("--where", "-w", help="filter admitting rows, as for %%remote_train")
+    @argument(
+        "--classes",
+        help="comma-separated classes of the label to count, where the data owner declared none (mode dp "
+        "counts no others)",
+    )
     @argument("--spec", help="a variable holding a spec dict (or DatasetSpec) for the fields no flag sets")
     @argument("-o", "--output", help="store the description in this variable")
     @line_magic
