@@ -100,37 +100,58 @@ def test_error_bodies_map_to_their_classes(name, cls, code):
     assert "Traceback" not in info.value.message
 
 
-def test_an_evaluations_classes_come_from_the_fitted_model_where_the_owner_declared_none():
+def test_a_classifiers_classes_come_from_the_fitted_model_where_the_owner_declared_none():
     """The spec's `classes` are text, as the owner declares them; the client fills them from a fitted
-    classifier only on a noisy-mode dataset whose owner declared none (the server takes them from
-    nowhere else), and leaves every other spec as it is."""
+    XGBoost classifier (its codes 0 .. k-1) only on a noisy-mode dataset whose owner declared none, and
+    only for a label of numbers or of true/false, whose values those codes are; every other spec is left
+    as it is (the server then asks for `classes`). A list that no value of the label's type can be, or
+    that names a value twice, is refused on the schema alone."""
     from argparse import Namespace
 
     import numpy as np
     import xgboost as xgb
     from pydantic import ValidationError
 
-    from remote_magic.contract.specs import with_model_classes
-    from remote_magic.contract.wire import DatasetInfo, DatasetSpec, PolicyInEffect
+    from remote_magic.contract.codes import Refusal
+    from remote_magic.contract.specs import class_values, with_model_classes
+    from remote_magic.contract.wire import ColumnInfo, DatasetInfo, DatasetSpec, PolicyInEffect
     from remote_magic.magics.args import spec_from_args
 
-    assert DatasetSpec(dataset="d", label="y", classes=[0, 1.5, True]).classes == ["0", "1.5", "true"]
+    named = DatasetSpec(dataset="d", label="y", classes=[0, 1.5, True, np.int64(2), np.bool_(False)])
+    assert named.classes == ["0", "1.5", "true", "2", "false"]
     with pytest.raises(ValidationError):
         DatasetSpec(dataset="d", label="y", classes=[1])  # one class is no classifier
+    assert class_values(["1.0e0", "0"], "int64") == {0.0, 1.0}
+    assert class_values(["False", "true"], "bool") == {False, True}
+    for classes, dtype in (
+        (["0", "abc"], "int64"),
+        (["0", "1.5"], "int8"),
+        (["1", "1.0"], "double"),
+        (["no", "yes"], "bool"),
+        (["a", "a"], "string"),
+    ):
+        with pytest.raises(Refusal) as refused:
+            class_values(classes, dtype)
+        assert refused.value.code == "invalid_spec"
     rules = dict(min_count=10, round_to=1, significant_digits=3, min_rows=10, min_class_rows=10)
 
-    def info(privacy: str, levels: dict | None = None) -> DatasetInfo:
+    def info(privacy: str, dtype: str = "int64", levels: dict | None = None) -> DatasetInfo:
         policy = PolicyInEffect(**rules, privacy=privacy)
-        return DatasetInfo(name="d", rows=None, columns=[], policy=policy, column_levels=levels or {})
+        columns = [ColumnInfo(name="y", dtype=dtype, role="label")]
+        return DatasetInfo(name="d", rows=None, columns=columns, policy=policy, column_levels=levels or {})
 
     x, y = np.arange(40.0).reshape(-1, 1), np.arange(40) % 3
     fitted, unfitted = xgb.XGBClassifier(n_estimators=2).fit(x, y), xgb.XGBClassifier()
+    binary = xgb.XGBClassifier(n_estimators=2).fit(x, y % 2)
     spec = DatasetSpec(dataset="d", label="y")
     assert with_model_classes(fitted, spec, info("dp")).classes == ["0", "1", "2"]
-    assert with_model_classes(fitted, spec, info("dp_eval_only")).classes == ["0", "1", "2"]
+    assert with_model_classes(fitted, spec, info("dp_eval_only", "double")).classes == ["0", "1", "2"]
+    assert with_model_classes(binary, spec, info("dp", "bool")).classes == ["false", "true"]
     for model, dataset in (
         (fitted, info("rules")),
-        (fitted, info("dp", {"y": ["a", "b"]})),
+        (fitted, info("dp", levels={"y": ["a", "b"]})),
+        (fitted, info("dp", "string")),  # the codes say nothing of a text label's values
+        (fitted, info("dp", "bool")),  # three classes of a true/false label: the server says so
         (unfitted, info("dp")),
         (fitted.get_booster(), info("dp")),
         (xgb.XGBRegressor(n_estimators=2).fit(x, y), info("dp")),

@@ -104,13 +104,15 @@ def red(request, tmp_path_factory):
         ("declared_three", "out", 'column_levels.label = ["0", "1", "2"]\n'),
         ("undeclared_in", "w2", ""),
         ("undeclared_out", "out", ""),
+        ("eval_only_in", "w2", 'privacy = "dp_eval_only"\n'),
+        ("eval_only_out", "out", 'privacy = "dp_eval_only"\n'),
         ("nan_in", "nan", 'column_levels.label = ["0", "1"]\n'),
         ("nan_out", "nan_out", 'column_levels.label = ["0", "1"]\n'),
     ):
         config += f'\n[datasets.{name}]\npath = "{data}/{world}.parquet"\n{common}{extra}'
     users["classes"] = [
         *("declared_in", "declared_out", "declared_three", "undeclared_in", "undeclared_out"),
-        *("nan_in", "nan_out"),
+        *("nan_in", "nan_out", "eval_only_in", "eval_only_out"),
     ]
     with contextlib.ExitStack() as stack:
         if request.param == "dask":
@@ -409,14 +411,36 @@ def test_an_evaluation_takes_its_classes_from_the_model_never_from_the_rows(red)
             kind="evaluate",
         )
     assert refused.value.code == "invalid_spec"
-    owner = refusal("declared_in", model, classes=[0, 1])
+    owner = refusal("declared_in", model, classes=[0, 2])
     assert owner.startswith("invalid_spec") and "`column_levels.label`" in owner
+    assert refusal("declared_in", model, classes=[0, 1]) == "evaluated"  # the owner's own, named again
     # describe: the label's classes are the public ones, or none (the label is then a sketched column)
     shown = [c.describe({**spec, "dataset": name}) for name in undeclared]
     assert [d.classes for d in shown] == [None, None]
     assert all(d.columns["label"].kind == "numeric" for d in shown)  # a histogram on sketched edges
     named = [c.describe({**spec, "dataset": name, "classes": [0, 1]}).classes for name in undeclared]
     assert [sorted(n) for n in named] == [["0", "1"], ["0", "1"]], named
+
+
+def test_in_mode_dp_eval_only_a_training_takes_public_classes_too(red):
+    """Mode dp_eval_only trains without DP but releases its evaluation under DP: a classifier's classes
+    taken from the rows made a class of the one row with a label of its own (in the released counts,
+    or a refusal on its noisy count) exactly when that row was in. Its training now takes public classes
+    too: without them it is refused before any row, at no cost, in both worlds alike; with them both
+    worlds have the same classes."""
+    c = client(red, "classes")
+    worlds = ("eval_only_in", "eval_only_out")
+    spec = {"label": "label", "features": ["score"]}
+    model = xgb.XGBClassifier(n_estimators=2, max_depth=2, min_child_weight=3)
+    refused = []
+    for name in worlds:
+        with pytest.raises(RemoteError) as exc:
+            c.train(model, {**spec, "dataset": name})
+        refused.append((exc.value.code, c.cost(None, {**spec, "dataset": name}).rho_spent))
+    assert refused == [("invalid_spec", 0.0)] * 2
+    for name in worlds:
+        result = c.train(model, {**spec, "dataset": name, "classes": [0, 1]})
+        assert [k.label for k in result.raw.summary.eval.classes] == ["0", "1"]
 
 
 def test_a_row_whose_label_is_nan_is_not_admitted_and_fails_nothing(red):

@@ -246,7 +246,7 @@ class Client(RegistryCalls):
         retry never queues twice."""
         limit = self.queue_wait if queue_wait is None else queue_wait
         spec = as_spec(spec)
-        if kind == "evaluate" and model is not None:
+        if model is not None:
             spec = with_model_classes(model, spec, self._dataset_info(spec.dataset))
         options = _options(release)
         key = idempotency_key or uuid.uuid4().hex

@@ -187,8 +187,7 @@ def dry_run(
     model: object, spec: DatasetSpec, dataset: DatasetInfo, mock: pd.DataFrame, kind: str = "train"
 ) -> DryRun:
     """Check the spec and the model as the server would, admit mock rows, and fit (or score) the model."""
-    if kind == "evaluate":
-        spec = with_model_classes(model, spec, dataset)
+    spec = with_model_classes(model, spec, dataset)
     try:
         resolved = resolve(spec, dataset.columns)
         scan(package_model(model))
@@ -209,7 +208,7 @@ def dry_run(
                     label=spec.label,
                 )
         check_kind(kind, plan.base is not None, plan.preprocess is not None)
-        if kind == "evaluate" and dataset.policy is not None and is_dp(dataset.policy.privacy):
+        if dataset.policy is not None and is_dp(dataset.policy.privacy):
             levels = dataset.column_levels.get(spec.label, spec.classes)
             check_public_classes(family, plan, spec.label, levels)
     except Refusal as refusal:
@@ -251,7 +250,9 @@ def dry_run(
         detail = f" ({cause[0][:300]})" if cause else ""
         also = f"; {hint}" if hint else ""
         raise DryRunError(
-            f"the model could not be fitted on the mock rows: {refusal.message}{detail}{also}", refusal.code
+            f"the model could not be {'scored' if kind == 'evaluate' else 'fitted'} on the mock rows: "
+            f"{refusal.message}{detail}{also}",
+            refusal.code,
         ) from None
     except (ValueError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__

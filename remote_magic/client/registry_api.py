@@ -130,10 +130,10 @@ class RegistryCalls:
         alias: str | None = None,
         when: str | dict | None = None,
     ) -> Recipe:
-        """Save (or replace) a recipe: it runs `model` on `spec` whenever one of its triggers fires (an
-        evaluation with the fitted classifier's own classes, as `evaluate` sends them)."""
+        """Save (or replace) a recipe: it runs `model` on `spec` whenever one of its triggers fires (with
+        a fitted classifier's classes, as `submit` sends them)."""
         spec = spec if isinstance(spec, DatasetSpec) else DatasetSpec.model_validate(spec)
-        if kind == "evaluate" and model is not None:
+        if model is not None:
             spec = with_model_classes(model, spec, self._dataset_info(spec.dataset))
         recipe = RecipeIn(
             name=name,

@@ -51,11 +51,12 @@ def staging_query(
     """The SELECT of admitted rows with `?` placeholders, and the parameters of the split.
 
     `source` is what the rows are read from (it may hold placeholders of its own, after these) and
-    `row_number` the expression that numbers a row in it. `label_levels`: the classes the data owner
-    declared for the label (`column_levels`); a row whose label is none of them (`declared_label`) is
-    not admitted, so the classes are public before any row is read. With `flag_missing`, the rows the
-    filter admits with a missing label come too, marked in a `MISSING_FLAG` column, so that the server's
-    staging counts and drops them in its one pass over the file (not in a second query)."""
+    `row_number` the expression that numbers a row in it. `label_levels`: the label's public classes
+    (the owner's `column_levels`, else the spec's `classes`); a row whose label is none of them
+    (`declared_label`) is not admitted, so the classes are public before any row is read. With
+    `flag_missing`, the rows the filter admits with a missing label come too, marked in a `MISSING_FLAG`
+    column, so that the server's staging counts and drops them in its one pass over the file (not in a
+    second query)."""
     cols: list[exp.Expression] = [exp.column(c, quoted=True) for c in [*resolved.features, spec.label]]
     cols += [
         exp.alias_(finite_or_null(parse_derive(name, text, resolved.derive_columns)), name, quoted=True)

@@ -8,12 +8,13 @@ module, a spec the dry run calls fine is a spec the server accepts.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .codes import Refusal
 from .grammar import check_derive, filter_columns, parse_derive, parse_filter
-from .types import FEATURE_KINDS, TIME, check_derived, check_filter, kind_of
+from .types import BOOLEAN, FEATURE_KINDS, NUMBER, TIME, check_derived, check_filter, kind_of
 from .wire import ColumnInfo, DatasetInfo, DatasetSpec, is_dp, unknown_column_message
 
 
@@ -93,16 +94,50 @@ def resolve(spec: DatasetSpec, columns: Sequence[ColumnInfo]) -> Resolved:
     )
 
 
+def class_values(classes: Sequence[str], dtype: str) -> set[object]:
+    """Classes as the values of a label of this Arrow type, to compare two lists: numbers as numbers
+    ("1" and "1.0" alike), booleans as true/false, anything else as text; raise Refusal naming a class
+    that no value of the type can be, or one named twice. Judged on the public schema alone."""
+    kind, found = kind_of(dtype), []
+    for text in classes:
+        if kind == NUMBER:
+            try:
+                value: object = float(text)
+            except ValueError:
+                value = None
+            if value is None or not math.isfinite(value) or (dtype.startswith(("int", "uint")) and value % 1):
+                raise Refusal("invalid_spec", f"class {text!r} is not a value of the label's type ({dtype})")
+        elif kind == BOOLEAN:
+            if text.lower() not in ("true", "false"):
+                raise Refusal("invalid_spec", f"class {text!r} is not a value of a true/false label")
+            value = text.lower() == "true"
+        else:
+            value = text
+        found.append(value)
+    if len(set(found)) < len(found):
+        raise Refusal("invalid_spec", f"the classes {list(classes)} name one value twice")
+    return set(found)
+
+
 def with_model_classes(model: object, spec: DatasetSpec, dataset: DatasetInfo) -> DatasetSpec:
-    """The spec of an evaluation with the fitted classifier's own `classes_` as its classes, where the
-    dataset is in a noisy mode and its owner declared none: there the server takes an evaluation's
-    classes only from the declaration or the spec, never from the rows. Anything else: the spec as is."""
+    """The spec of a job with a fitted classifier, with that model's classes as its classes, where the
+    dataset is in a noisy mode and its owner declared none: there the server takes a classifier's
+    classes only from the declaration or the spec, never from the rows. An XGBoost classifier's
+    `classes_` are its codes 0 .. k-1, so they name the label's values only for a label of numbers (k
+    codes: the classes 0 .. k-1) or of true/false (two: false, true); for a text label, or a model that
+    is not a fitted classifier, the spec is left as it is (the server then asks for `classes`)."""
     private = dataset.policy is not None and is_dp(dataset.policy.privacy)
     if spec.classes is not None or not private or spec.label in dataset.column_levels:
         return spec
     try:
-        classes = model.classes_  # type: ignore[attr-defined]
-    except AttributeError:  # not a classifier, or not fitted (a Pipeline raises for its last step)
+        k = len(model.classes_)  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):  # not a classifier, or not fitted (a Pipeline raises)
         return spec
-    values = classes.tolist() if hasattr(classes, "tolist") else list(classes)
-    return DatasetSpec.model_validate({**spec.model_dump(exclude_none=True), "classes": values})
+    kind = kind_of(next((c.dtype for c in dataset.columns if c.name == spec.label), ""))
+    if kind == NUMBER:
+        classes = [str(code) for code in range(k)]
+    elif kind == BOOLEAN and k == 2:
+        classes = ["false", "true"]
+    else:
+        return spec
+    return spec.model_copy(update={"classes": classes})

@@ -62,7 +62,10 @@ class EvalWhere(_Strict):
 
 
 def _class_text(value: object) -> object:
-    """A class as text, as an owner declares one (`column_levels`): 1 -> "1", True -> "true"."""
+    """A class as text, as an owner declares one (`column_levels`): 1 -> "1", True -> "true" (a NumPy
+    number too)."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
     if isinstance(value, bool):
         return str(value).lower()
     return str(value) if isinstance(value, (int, float)) else value

@@ -331,18 +331,18 @@ def is_classifier_task(task: str) -> bool:
 
 
 def check_public_classes(family: ModelFamily, plan: Plan, label: str, classes: list[str] | None) -> None:
-    """In the noisy modes an evaluation's classes are public before any row is read: the owner's
-    declared ones or the spec's, as many as the model predicts. Taken from the rows, a class that one
-    row holds would show in the counts, or refuse the job on its noisy count, exactly when that row is
-    in (docs/privacy.md, "A classifier's classes")."""
+    """In the noisy modes a classifier's classes are public before any row is read: the owner's declared
+    ones or the spec's, as many as a fitted model predicts. Taken from the rows, a class that one row
+    holds would show in the counts (or the model), or refuse the job on its noisy count, exactly when
+    that row is in (docs/privacy.md, "A classifier's classes")."""
     if not is_classifier_task(plan.task):
         return
     if classes is None:
         raise Refusal(
             "invalid_spec",
-            f"an evaluation on this dataset takes the classes of {label!r} before any row is read: pass "
-            f"them in the spec (`classes`, the model's classes, e.g. [0, 1]), or the data owner declares "
-            f"`column_levels.{label}`",
+            f"a classifier on this dataset takes the classes of {label!r} before any row is read: name "
+            f"them in the spec (`classes`: the label's values, in the order of the model's codes 0, 1, ...; "
+            f"`--classes` in a magic), or ask the data owner to declare `column_levels.{label}`",
         )
     predicted = family.predicted_classes(plan)
     if predicted is not None and predicted != len(classes):

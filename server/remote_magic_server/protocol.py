@@ -188,7 +188,7 @@ class Task(_Strict):
     public_classes: bool = Field(
         default=False,
         description="A classifier's classes must be public before any row is read (the owner's declared "
-        "ones or the spec's): an evaluation in the noisy modes.",
+        "ones or the spec's): a train or evaluate job in the noisy modes.",
     )
     base_model: SavedModel | None = Field(default=None, description="Continue or evaluate this model.")
     dp_training: PrivateTraining | None = Field(

@@ -76,8 +76,7 @@ def check_label(
     if classifier and expected_classes is not None and len(label_classes or []) != expected_classes:
         raise Refusal(
             "invalid_request",
-            f"the data owner declares {len(label_classes or [])} classes of the label, "
-            f"the training has {expected_classes}",
+            f"the label has {len(label_classes or [])} public classes, the training has {expected_classes}",
         )
 
 

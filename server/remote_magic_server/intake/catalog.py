@@ -10,7 +10,7 @@ refused before it is queued, and the job's plan records the version and the snap
 from __future__ import annotations
 
 from remote_magic.contract.codes import Refusal
-from remote_magic.contract.specs import resolve
+from remote_magic.contract.specs import class_values, resolve
 from remote_magic.contract.types import FEATURE_KINDS, TIME, kind_of
 from remote_magic.contract.wire import (
     ColumnInfo,
@@ -119,15 +119,23 @@ def check_spec(
     """Check a spec against its dataset version's schema; return the spec naming the dataset alone (the
     version goes into the plan) and the plan the worker needs, or raise Refusal."""
     name, dataset = granted(settings, datasets, spec.dataset)
-    if spec.classes is not None and spec.label in dataset.column_levels:
-        raise Refusal(
-            "invalid_spec",
-            f"the data owner declared the classes of {spec.label!r} (`column_levels.{spec.label}`): "
-            "leave `classes` out of the spec",
-        )
     version = version_of(versions, spec.dataset)
     plan = JobPlan.of(resolve(spec, columns_of(dataset, version)), version.number, version.content_hash)
+    if spec.classes is not None:
+        _check_classes(spec.label, spec.classes, dataset.column_levels.get(spec.label), plan.label_dtype)
     return spec.model_copy(update={"dataset": name}), plan
+
+
+def _check_classes(label: str, classes: list[str], declared: list[str] | None, dtype: str) -> None:
+    """A spec's classes name values of the label's type, each once, and, where the data owner declared
+    the label's classes, the same ones (the owner's list is the one the job uses)."""
+    named = class_values(classes, dtype)
+    if declared is not None and named != class_values(declared, dtype):
+        raise Refusal(
+            "invalid_spec",
+            f"the data owner declared the classes of {label!r} (`column_levels.{label}`: {declared}); "
+            "leave `classes` out of the spec, or name those",
+        )
 
 
 def unused_columns(settings: Settings, versions: Versions) -> dict[str, list[str]]:

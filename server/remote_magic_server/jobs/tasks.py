@@ -142,7 +142,7 @@ def build_task(
         rare_level_rows=policy.min_count,
         label_range=config.label_ranges.get(checked.label),
         structure=policy.noisy and not dp_trained,
-        public_classes=policy.noisy and kind == "evaluate",
+        public_classes=policy.noisy and kind in ("train", "evaluate"),
         base_model=SavedModel(file=BASE_MODEL_FILE) if plan.base_model is not None else None,
         dp_training=PrivateTraining(
             rho=policy.dp_rho_train,
@@ -183,9 +183,10 @@ def staging_plan(
     label_levels: list[str] | None = None,
 ) -> Staging:
     """The query that admits a spec's rows from a Parquet file, with its file row numbers, built here by
-    trusted code from the spec the API checked (the worker and a cluster only run it); with the owner's
-    declared classes of the label, only rows of those classes. Kept for the next job that asks the
-    same (a notebook sends the same spec cell after cell; sqlglot takes milliseconds to build it)."""
+    trusted code from the spec the API checked (the worker and a cluster only run it); with public classes
+    of the label (the owner's declared ones, else the spec's), only rows of those classes. Kept for the
+    next job that asks the same (a notebook sends the same spec cell after cell; sqlglot takes
+    milliseconds to build it)."""
     built = _staging_plan(
         spec.model_dump_json(exclude_none=True),
         kind,

@@ -127,7 +127,6 @@ class Admitted:
     admission: Admission
     sets: dict[str, BitMap] = field(default_factory=dict)
     noisy: dp_release.NoisyCounts | None = None
-    stored: dict | None = None
     train_rho: float = 0.0  # charged for DP training: what the job's noise requests may spend
     train_spent: float = 0.0  # what they spent so far
     noise_asked: int = 0
@@ -329,15 +328,8 @@ class ReleaseDesk:
         policy = self.policy(request.dataset)
         admitted = Admitted(admission, read_row_sets(folder, admission.row_sets))
         with self.ledger.decision():
-            if policy.noisy and request.kind == "describe":
-                # The same rows, label and columns described before: their stored answer, at no cost.
-                admitted.stored = self.ledger.stored_answer(
-                    request.user, request.dataset, self._content_key(request, admitted)
-                )
             if policy.noisy:
-                # A describe answered from its stored answer still sketches; nothing it reports is used.
                 admitted.train_rho = self.train_cost(request)
-            if policy.noisy and admitted.stored is None:
                 admitted.repeated = request.kind == "sums" and self.ledger.charged(request.charge) is not None
                 admitted.noisy = self._charge(request, admission, policy)
                 if admitted.noisy is not None:
@@ -665,13 +657,6 @@ class ReleaseDesk:
             request.dataset, spec["label"], spec.get("where"), sorted(request.features), *_classes_of(spec)
         )
 
-    @staticmethod
-    def _content_key(request: Request, admitted: Admitted) -> str:
-        rows = admitted.sets["admitted"].serialize().hex()
-        return _digest(
-            request.dataset, request.spec["label"], rows, sorted(request.features), *_classes_of(request.spec)
-        )
-
     def stored_describe(self, request: Request) -> DescribeResult | None:
         """In mode dp, the stored answer to the same request as written (no worker, no charge)."""
         if not self.dp(request.dataset):
@@ -684,20 +669,17 @@ class ReleaseDesk:
     ) -> DescribeResult:
         """A describe report through the policy and, in mode dp, OpenDP noise under the budget.
 
-        In mode dp an answer is stored under two keys: the request as written and what it describes (the
-        admitted rows, label and columns), so a filter spelled differently or features in another order
-        get the stored answer too, never fresh noise."""
+        In mode dp an answer is stored under the request as written, and only that request is its repeat.
+        Not what it describes: whether two requests admit the same rows is a fact about the rows (a filter
+        that leaves out one person's combination of values admits the same rows exactly when that person
+        is absent), and a free repeat would answer it exactly; a filter spelled differently is a new
+        question, charged and noised afresh, which the budget's composition covers."""
         policy = self.policy(request.dataset)
         label = request.spec["label"]
         if not policy.noisy:
             answer = describe_rules.release_describe(report, policy, request.dataset, label)
             return answer.model_copy(update={"dataset_version": request.dataset_version})
-        content_key = self._content_key(request, admitted)
         with self.ledger.decision():
-            stored = admitted.stored or self.ledger.stored_answer(request.user, request.dataset, content_key)
-            if stored is not None:
-                self.ledger.store_answer(request.user, request.dataset, self._describe_key(request), stored)
-                return self._repeat(request, stored)
             l2 = math.sqrt(describe_rules.sensitivity(report))
 
             def noise(counts: list[int]) -> list[int]:
@@ -711,8 +693,7 @@ class ReleaseDesk:
                 update={"dataset_version": request.dataset_version, "count_half_width": half_width}
             )
             stored_json = answer.model_dump(mode="json")
-            for key in (content_key, self._describe_key(request)):
-                self.ledger.store_answer(request.user, request.dataset, key, stored_json)
+            self.ledger.store_answer(request.user, request.dataset, self._describe_key(request), stored_json)
         return answer.model_copy(update={"privacy": self._report(request, self.cost(request), False)})
 
     def release_sums(self, request: Request, admitted: Admitted, report: SumsReport) -> FederatedSums:
