@@ -30,7 +30,14 @@ def spec(seed: int) -> dict:
 def tiny(server, tmp_path):
     """A server whose dataset `tiny` (mode dp_eval_only) pays for two jobs: rho 0.025, each job 0.01."""
     path = server.settings.datasets["breast_cancer"].path
-    table = dataset_table("tiny", path, "malignant", privacy="dp_eval_only", policy="{ dp_rho_cap = 0.025 }")
+    table = dataset_table(
+        "tiny",
+        path,
+        "malignant",
+        privacy="dp_eval_only",
+        policy="{ dp_rho_cap = 0.025 }",
+        column_levels='{ malignant = ["0", "1"] }',  # the noisy modes take a classifier's classes public
+    )
     with running(tmp_path / "data", tmp_path / "log", {"eve": ["tiny", "synthetic"]}, table) as small:
         yield small
 

@@ -267,6 +267,7 @@ def test_budget_exhaustion_is_its_own_exception_and_refuses_before_a_job_exists(
     path = server.settings.datasets["breast_cancer"].path
     tiny = f'[datasets.tiny]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["malignant"]\n'
     tiny += 'privacy = "dp_eval_only"\npolicy = { dp_rho_cap = 0.025 }\n'  # jobs of the evaluation's cost
+    tiny += 'column_levels.malignant = ["0", "1"]\n'  # the noisy modes take a classifier's classes public
     (tmp_path / "data").mkdir()
     with running(tmp_path / "data", tmp_path / "log", {"eve": ["tiny"]}, tiny) as small:
         client = small.client("eve")

@@ -51,7 +51,12 @@ def noisy(server, tmp_path_factory):
         )
         + dataset_table("even", base / "even.parquet", "y", column_levels=classes("y"))
         + dataset_table(
-            "rare", base / "rare.parquet", "y", privacy="dp_eval_only", policy="{ dp_rho_cap = 0.025 }"
+            "rare",
+            base / "rare.parquet",
+            "y",
+            privacy="dp_eval_only",
+            policy="{ dp_rho_cap = 0.025 }",
+            column_levels=classes("y"),
         )
     )
     with running(base / "data", base / "log", {"eve": ["small", "even", "rare"]}, tables) as served:
@@ -185,7 +190,7 @@ def test_describe_counts_carry_their_noise(eve):
 
 
 def test_the_preview_interval_is_the_released_one_and_the_cap_is_said(eve):
-    # tells eve the class balance (0.002): the classes named, as the owner declared none
+    # tells eve the class balance (0.002); `--classes` may name the owner's declared classes again
     assert sorted(run(eve, "%remote_describe -d rare -l y --classes 0,1").classes) == ["0", "1"]
     preview = run(eve, "%%remote_train --dry-run -d rare -l y --seed 1" + model(3))
     expected = preview.cost.expected["auc"]
