@@ -132,16 +132,24 @@ def test_a_unique_text_column_left_as_a_default_feature_is_told_to_the_owner(tmp
 
 
 def test_a_label_mode_dp_cannot_train_on_is_told_to_the_owner(tmp_path):
-    """Mode dp trains a classifier only on declared classes, a regressor only on a declared range."""
+    """In the noisy modes a classifier job takes public classes, and mode dp trains a regressor only on a
+    declared range: a label with neither is told to the owner (mode dp and dp_eval_only, not rules)."""
     source = ensure_demo_data(tmp_path / "demo")["breast_cancer"]
     (tmp_path / "data").mkdir()
     config = tmp_path / "server.toml"
     declared = dataset("declared", source).replace("\n\n", '\ncolumn_levels.malignant = ["0", "1"]\n\n')
     rules = dataset("rules", source).replace("\n\n", '\nprivacy = "rules"\n\n')
+    eval_only = dataset("eval_only", source).replace("\n\n", '\nprivacy = "dp_eval_only"\n\n')
     config.write_text(
-        f'[server]\ndata_dir = "{tmp_path / "data"}"\n\n' + dataset("bare", source) + declared + rules
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\n\n'
+        + dataset("bare", source)
+        + declared
+        + rules
+        + eval_only
     )
     done = doctor(config)
     warned = [line for line in done.stdout.splitlines() if "neither declared classes nor a range" in line]
-    assert len(warned) == 1 and warned[0].startswith("WARN   dataset bare: label malignant"), done.stdout
-    assert "declare column_levels.malignant" in warned[0] and done.returncode == 0
+    assert len(warned) == 2 and warned[0].startswith("WARN   dataset bare: label malignant"), done.stdout
+    assert warned[1].startswith("WARN   dataset eval_only: label malignant"), done.stdout
+    assert all("declare column_levels.malignant" in line for line in warned) and done.returncode == 0
+    assert "trains no regressor" in warned[0] and "trains no regressor" not in warned[1]

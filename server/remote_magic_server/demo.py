@@ -107,7 +107,7 @@ DEMO_DATASETS = {
 # The data owner's clip range of each regression label, for its DP metrics (diabetes: 25 to 346).
 LABEL_RANGES = {"diabetes": {"progression": (0.0, 400.0)}}
 # The data owner's classes of each classifier's label: public, so a mode-dp job's classes say nothing of
-# the rows (docs/privacy.md, "Known limits").
+# the rows (docs/privacy.md, "A classifier's classes").
 LABEL_CLASSES = {"synthetic": {"label": ["0", "1"]}, "breast_cancer": {"malignant": ["0", "1"]}}
 # Each dataset's privacy mode: the two small scikit-learn tables (569 and 442 rows) are too small for
 # differentially private metrics worth reading, so their owner serves them in mode rules.

@@ -248,22 +248,25 @@ def _files(settings: Settings) -> list[Finding]:
 
 
 def _labels(settings: Settings) -> list[Finding]:
-    """Mode dp trains a classifier only on a label whose classes the owner declared, and a regressor
-    only on one with a declared range (the DP trainer's rule, `dpboost.family.check_label`): a label
-    with neither gets no DP model at all, which the owner should hear before an analyst does."""
+    """In the noisy modes a classifier job takes public classes (the owner's declared ones, or an
+    analyst's `classes`: `base.check_public_classes`), and mode dp trains a regressor only on a declared
+    range (the DP trainer's rule, `dpboost.family.check_label`): the owner of a label with neither should
+    hear it before an analyst is refused."""
     found = []
     for name, ds in settings.datasets.items():
-        if settings.policy_for(name).privacy != "dp":
+        mode = settings.policy_for(name).privacy
+        if mode == "rules":
             continue
         declared = {*ds.column_levels, *ds.label_ranges}
+        regressor = "mode dp trains no regressor on it, and " if mode == "dp" else ""
         for label in [label for label in ds.label_columns if label not in declared]:
             found.append(
                 Finding(
                     "warn",
                     f"dataset {name}",
-                    f"label {label} has neither declared classes nor a range: mode dp trains no model on "
-                    f"it; declare column_levels.{label} (a classifier's classes) or label_ranges.{label} "
-                    "(a regression's range)",
+                    f"label {label} has neither declared classes nor a range: {regressor}every classifier "
+                    f"job on it must name its classes (`classes` in the spec); declare column_levels.{label} "
+                    f"(a classifier's classes) or label_ranges.{label} (a regression's range)",
                 )
             )
     return found
