@@ -220,7 +220,7 @@ def test_a_classifier_without_the_owners_declared_classes_is_refused_before_any_
         FAMILY.check_order(plan, (0.0, 1.0), None, hint, label="y")
     assert caught.value.code == "unsupported_model" and caught.value.message.startswith(hint + "; ")
     FAMILY.check_order(plan, None, ["0", "1"])
-    with pytest.raises(Refusal, match="declares 2 classes of the label, the training has 3"):
+    with pytest.raises(Refusal, match="the label has 2 public classes, the training has 3"):
         check_label(True, None, ["0", "1"], expected_classes=3)
     check_label(True, None, ["a", "b", "c"], expected_classes=3)
 
