@@ -153,7 +153,8 @@ def test_dp_describe_charges_once_repeats_for_free_and_stops_at_the_cap(desk, tm
         features=("a",),
         charge_key="describe:1",
     )
-    first = desk.release_describe(ask, desk.admit(ask, admission_, tmp_path), describe_report())
+    desk.admit(ask, admission_, tmp_path)
+    first = desk.release_describe(ask, describe_report())
     assert first.privacy.rho_spent == 0.002 and first.privacy.rho == 0.002 and not first.privacy.repeated
     again = desk.stored_describe(ask)
     assert again.privacy.repeated and again.privacy.rho == 0 and again.privacy.rho_spent == 0.002
@@ -166,7 +167,8 @@ def test_dp_describe_charges_once_repeats_for_free_and_stops_at_the_cap(desk, tm
         }
     )
     (tmp_path / "rows-admitted.roaring").write_bytes(BitMap(range(100, 700)).serialize())
-    desk.release_describe(other, desk.admit(other, admission_, tmp_path), describe_report())
+    desk.admit(other, admission_, tmp_path)
+    desk.release_describe(other, describe_report())
     third = Request(
         **{
             **ask.__dict__,
@@ -176,7 +178,7 @@ def test_dp_describe_charges_once_repeats_for_free_and_stops_at_the_cap(desk, tm
     )
     (tmp_path / "rows-admitted.roaring").write_bytes(BitMap(range(200, 800)).serialize())
     with pytest.raises(Refusal) as spent:
-        desk.release_describe(third, desk.admit(third, admission_, tmp_path), describe_report())
+        desk.admit(third, admission_, tmp_path)
     assert spent.value.code == "privacy_budget_exhausted"
 
 
@@ -191,7 +193,8 @@ def test_a_dp_describe_of_an_undeclared_column_pays_for_its_sketch_and_the_ledge
     assert desk.cost(declared) == 0.002 and desk.train_cost(declared) == 0
     assert desk.cost(undeclared) == desk.cost(derived) == 0.004 and desk.train_cost(undeclared) == 0.002
     ask = Request(**{**undeclared.__dict__, "charge_key": "describe:b"})
-    answer = desk.release_describe(ask, desk.admit(ask, admission_, tmp_path), describe_report())
+    desk.admit(ask, admission_, tmp_path)
+    answer = desk.release_describe(ask, describe_report())
     assert answer.privacy.rho == 0.004
     assert desk.ledger.rho_of("describe:b") == 0.004 and desk.ledger.spent("bob", "noisy") == 0.004
 

@@ -161,7 +161,7 @@ class Conversation:
                 elif isinstance(message, SketchReport):
                     released = self.desk.release_sketch(self.request, self.admitted, message)
                 else:
-                    released = self.desk.release_describe(self.request, self.admitted, message)
+                    released = self.desk.release_describe(self.request, message)
             except Refusal as refusal:
                 return Final.failed(refusal.code, refusal.message)
             return Final("succeeded", result=released)

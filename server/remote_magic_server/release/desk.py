@@ -664,9 +664,7 @@ class ReleaseDesk:
         stored = self.ledger.stored_answer(request.user, request.dataset, self._describe_key(request))
         return None if stored is None else self._repeat(request, stored)
 
-    def release_describe(
-        self, request: Request, admitted: Admitted, report: DescribeReport
-    ) -> DescribeResult:
+    def release_describe(self, request: Request, report: DescribeReport) -> DescribeResult:
         """A describe report through the policy and, in mode dp, OpenDP noise under the budget.
 
         In mode dp an answer is stored under the request as written, and only that request is its repeat.
