@@ -25,7 +25,7 @@ from remote_magic.contract.wire import DPTraining
 from remote_magic.display.model import RemoteModel
 from remote_magic_server.demo import ensure_demo_data
 from remote_magic_server.privacy.model_release import NOT_ALLOWED, may_leave
-from tests.serverproc import USERS, magic_shell, pause_worker, running
+from tests.serverproc import USERS, dataset_table, magic_shell, pause_worker, running
 
 FEATURES = ["age", "income", "bmi", "smoker", "visits"]
 DP_SPEC = {"dataset": "synthetic", "label": "label", "features": FEATURES}
@@ -64,8 +64,8 @@ def dp_server(tmp_path_factory):
     extra = (
         f'\n[datasets.release_on]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["label"]\n'
         'privacy = "rules"\nallow_model_release = true\n'
-    )
-    users = {**USERS, "alice": [*USERS["alice"], "release_on"]}
+    ) + dataset_table("undeclared", path, "label")
+    users = {**USERS, "alice": [*USERS["alice"], "release_on", "undeclared"]}
     grants = '[registry]\ngrants = { dp_out = ["bob"], approved_out = ["bob"] }\n'
     with running(base / "data", base / "server.log", users, extra_datasets=extra, extra=grants) as server:
         yield server
@@ -143,6 +143,25 @@ def test_the_downloaded_dp_model_predicts_what_the_server_scored(dp_server, dp_j
     for name, value in here.items():
         unit = 10 ** (math.floor(math.log10(abs(value))) - 3)  # the fourth significant digit
         assert abs(scored.metrics[name] - value) <= unit / 2 + 1e-12, (name, scored.metrics[name], value)
+
+
+def test_a_registered_version_is_evaluated_with_the_classes_it_was_trained_on(dp_server):
+    """The owner of `undeclared` named no classes: a mode-dp job on it needs public ones. The analyst
+    named them to train; evaluating the registered version (no fitted model in the cell for the client
+    to read them from) takes that job's classes, which were public then, instead of refusing."""
+    client = dp_server.client()
+    spec = {**DP_SPEC, "dataset": "undeclared"}
+    with pytest.raises(RemoteError) as unnamed:
+        client.train(xgb.XGBClassifier(n_estimators=3, max_depth=2), spec)
+    assert unnamed.value.code == "unsupported_model" and "`classes`" in unnamed.value.message
+    trained = client.train(
+        xgb.XGBClassifier(n_estimators=3, max_depth=2), {**spec, "classes": [0, 1]}, register="undeclared_out"
+    )
+    assert [c.label for c in trained.raw.summary.train.classes] == ["0", "1"]
+    before = client.rho_left("undeclared")
+    scored = client.evaluate(None, spec, model_ref="undeclared_out@1")
+    assert [c.label for c in scored.raw.summary.eval.classes] == ["0", "1"]
+    assert "auc" in scored.metrics and client.rho_left("undeclared") < before
 
 
 def test_a_model_not_trained_by_the_dp_trainer_still_waits_for_approval(dp_server):

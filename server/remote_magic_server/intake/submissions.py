@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from remote_magic.contract.automation_wire import RegisterRequest
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.payload import ScanReport, custom_code_names, scan
+from remote_magic.contract.specs import class_values
 from remote_magic.contract.wire import DatasetSpec, ReleaseOptions
 from remote_magic.families import light
 from remote_magic.families.base import check_kind
@@ -113,15 +114,42 @@ class Intake:
                     "with a registered base model, send an unfitted XGBoost model (its parameters) or none",
                 )
             plan.base_model = self.registry.base_for(sub.user, sub.base_model)
-            self._check_base_features(sub.spec, plan, plan.base_model)
+            trained = self.store.get_job(plan.base_model.job)
+            if trained is None:
+                raise Refusal(
+                    "base_model_unavailable", f"the training job of {plan.base_model.ref} is no longer stored"
+                )
+            self._check_base_features(sub.spec, plan, plan.base_model, trained)
+            sub.spec = self._base_classes(sub.spec, plan, trained)
 
-    def _check_base_features(self, spec: DatasetSpec, plan: JobPlan, base: BaseModelRef) -> None:
+    def _base_classes(self, spec: DatasetSpec, plan: JobPlan, trained: JobRow) -> DatasetSpec:
+        """The spec with the classes a registered version was trained on, where a noisy-mode job needs
+        public classes and neither the spec nor the data owner names them: the analyst who evaluates
+        `churn@3` has no fitted model for the client to read them from. They were public when that job
+        ran (the spec's, or its owner's declaration), so the worker's check holds them as it would the
+        analyst's own; classes that are not values of this label's type are left out (the worker then
+        asks for them)."""
+        dataset = self.settings.datasets[spec.dataset]
+        if spec.classes is not None or spec.label in dataset.column_levels:
+            return spec
+        if not self.settings.policy_for(spec.dataset).noisy or trained.spec.get("label") != spec.label:
+            return spec
+        before = self.settings.datasets.get(str(trained.spec.get("dataset")))
+        classes = trained.spec.get("classes") or (before.column_levels.get(spec.label) if before else None)
+        if not classes:
+            return spec
+        try:
+            class_values(list(classes), plan.label_dtype)
+        except Refusal:
+            return spec
+        return spec.model_copy(update={"classes": [str(c) for c in classes]})
+
+    def _check_base_features(
+        self, spec: DatasetSpec, plan: JobPlan, base: BaseModelRef, trained: JobRow
+    ) -> None:
         """A registered version scores and continues only on the features it was trained on: refuse any
         other list here, naming the columns, rather than let XGBoost fail inside the worker. The same
         columns in another order are put in the version's order."""
-        trained = self.store.get_job(base.job)
-        if trained is None:
-            raise Refusal("base_model_unavailable", f"the training job of {base.ref} is no longer stored")
         derived_before, derived_now = list(trained.spec.get("derive") or {}), list(spec.derive or {})
         before, now = [*trained.plan.features, *derived_before], [*plan.features, *derived_now]
         if not before or before == now:  # a plan stored before plans named their features: as before
