@@ -486,6 +486,20 @@ def test_a_level_only_few_rows_hold_is_not_selected():
     assert sketched.features.columns[0].levels == ("a", "b")
 
 
+def test_a_text_column_no_row_has_a_value_in_still_asks_a_release():
+    """An empty release failed where one row with a value made it pass: the sketch asks the same
+    shape of release (a zero that no row moves ends each text column's counts) either way."""
+    plan = CandidatePlan((Declared("c", "categorical"),))
+    for column in (pa.array([None] * 50, pa.string()), pa.array([None] * 49 + ["victim"])):
+        record: list = []
+        sketched = plan.features(
+            sketch_counts(plan.request(), pa.table({"c": column})), seeded_noise(3, record), 0.05, 1e-8
+        )
+        ((values, *_),) = record
+        assert len(values) >= 1 and values[-1] == 0
+        assert sketched.features.columns[0].levels == ()
+
+
 def test_split_scores_move_by_at_most_their_bound_when_one_row_is_added():
     rng = np.random.default_rng(4)
     table, y = make_rows(400)

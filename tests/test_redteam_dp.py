@@ -487,3 +487,19 @@ def test_value_dependent_failures_look_the_same_in_both_worlds(red):
             job.status.error.code if job.status.error else "ok"
         )
     assert outcomes[0] == outcomes[1] == {"cohort_too_small"}
+
+
+def test_a_describe_of_no_row_fails_as_one_of_one_row(red):
+    """A filter only the target row can pass, with a text column to sketch (its levels undeclared): the
+    sketch once asked an empty release where no row had a value, which failed (`not_released`), while
+    the target row made it pass to the noisy cohort check (`cohort_too_small`): membership, exactly, for
+    a describe's cost. Each world now gives the same refusal."""
+    c = client(red, "classes")
+    codes = {}
+    for name in ("declared_in", "declared_out"):
+        for where in ("age > 90", f"nickname = '{NICK}'"):
+            spec = {"dataset": name, "label": "label", "features": ["nickname"], "where": where}
+            with pytest.raises(RemoteError) as refused:
+                c.describe(spec)
+            codes.setdefault(name, set()).add(refused.value.code)
+    assert codes["declared_in"] == codes["declared_out"] == {"cohort_too_small"}

@@ -213,9 +213,11 @@ class CandidatePlan:
                 raise ValueError("the sketch needs counts, a noise function, rho and (for levels) delta")
             names = list(request.grids) + list(request.text)
             keys = {name: sorted(counts.levels.get(name, Counter())) for name in request.text}
+            # Each text column's counts end in a zero that no row moves: a column no row has a value in
+            # still asks a release that is not empty (which would fail only without the rows).
             values = np.concatenate(
                 [np.asarray(counts.bins[n], np.float64) for n in request.grids]
-                + [np.array([counts.levels[n][k] for k in keys[n]], np.float64) for n in request.text]
+                + [np.array([*(counts.levels[n][k] for k in keys[n]), 0], np.float64) for n in request.text]
             )
             l2 = math.sqrt(len(names))
             noisy = np.asarray(noise([float(v) for v in values], l2, rho), dtype=np.float64)
@@ -228,7 +230,7 @@ class CandidatePlan:
             threshold = selection_threshold(sigma, delta, len(request.text))
             for name in request.text:
                 found = noisy[at : at + len(keys[name])]
-                at += len(keys[name])
+                at += len(keys[name]) + 1
                 kept = np.flatnonzero(found > threshold)
                 kept = kept[np.argsort(-found[kept], kind="stable")][:MAX_CANDIDATES]
                 chosen[name] = tuple(sorted(keys[name][i] for i in kept))

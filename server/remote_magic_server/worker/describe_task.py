@@ -206,7 +206,11 @@ def public_choices(
         for n in numeric
     }
     found = {n: shown[n].dropna().astype(str).value_counts().sort_index() for n in text}
-    values = [float(v) for n in numeric for v in counted[n]] + [float(v) for n in text for v in found[n]]
+    # Each text column's counts end in a zero that no row moves, so that the release is never empty: an
+    # empty one failed where one row with a value made it pass, a membership oracle.
+    values = [float(v) for n in numeric for v in counted[n]] + [
+        float(v) for n in text for v in [*found[n], 0]
+    ]
     l2, rho = math.sqrt(len(numeric) + len(text)), options.sketch_rho
     noisy = np.asarray(channel.noise(values, l2, rho), dtype=float)
     sigma = gaussian_sigma(l2, rho)
@@ -218,7 +222,7 @@ def public_choices(
     threshold = selection_threshold(sigma, options.delta, len(text))
     for n in text:
         level_noise = noisy[at : at + len(found[n])]
-        at += len(found[n])
+        at += len(found[n]) + 1
         kept = np.flatnonzero(level_noise > threshold)
         kept = kept[np.argsort(-level_noise[kept], kind="stable")][: options.max_categories + 1]
         levels[n] = [str(found[n].index[i]) for i in kept]
