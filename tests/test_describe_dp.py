@@ -122,3 +122,21 @@ def test_without_a_paid_sketch_an_undeclared_column_shows_one_bin_and_no_name():
     parent = ParentNoise()
     edges, levels = public_choices(unpaid, {"x": neighbours()[0], "t": pd.Series(["a"] * 500)}, parent)
     assert edges == {"x": []} and levels == {"t": []} and parent.asked == []
+
+
+def test_a_derived_column_defined_otherwise_is_another_question(described):
+    """The stored answer is the answer to the request as written: `w` as `x * 1000` and `w` as `z` are
+    two questions, charged and answered each for itself, not the first's histogram repeated."""
+    client = described.client()
+    spec = {"dataset": "all_declared", "label": "y", "features": ["x"]}
+    first = client.describe({**spec, "derive": {"w": "x * 1000"}})
+    second = client.describe({**spec, "derive": {"w": "z"}})
+    assert first.privacy["repeated"] is False and second.privacy["repeated"] is False
+    assert second.privacy["rho"] > 0
+
+    def edges(answer):
+        return {b.upper for b in answer.columns["w"].histogram} - {None}
+
+    assert max(edges(first)) > 10 * max(edges(second))
+    again = client.describe({**spec, "derive": {"w": "x * 1000"}})
+    assert again.privacy["repeated"] is True and edges(again) == edges(first)

@@ -652,9 +652,17 @@ class ReleaseDesk:
         return ModelReleaseStatus(job_id=job_id, state=state, message=message)
 
     def _describe_key(self, request: Request) -> str:
+        """The request as written, on its dataset version: another version, or a derived column of the
+        same name defined otherwise, is another question (the stored answer would describe other rows)."""
         spec = request.spec
         return _digest(
-            request.dataset, spec["label"], spec.get("where"), sorted(request.features), *_classes_of(spec)
+            request.dataset,
+            spec["label"],
+            spec.get("where"),
+            sorted(request.features),
+            *_classes_of(spec),
+            request.dataset_version,
+            spec.get("derive"),
         )
 
     def stored_describe(self, request: Request) -> DescribeResult | None:
