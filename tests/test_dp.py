@@ -104,6 +104,19 @@ def test_auc_is_not_released_when_a_class_is_too_small_whatever_the_cause():
     assert result.metrics["auc"] is None and "auc" in result.notes[0]
 
 
+def test_past_the_noisy_bound_an_undefined_auc_is_released_as_a_coin_flip_not_omitted():
+    """Whether an AUC comes out is decided on the noisy counts alone: where they pass (rarely, for a
+    class no row holds) the exact AUC is undefined and scored 0.5, never a note that only the world
+    without the class's one row would get."""
+    exact, counts = report()
+    exact.stats.auc = None
+    result = dp_release.release_dp(
+        exact, dp_release.draw_counts(counts, POLICY), POLICY, ReleaseOptions(), "j", "d", "evaluate"
+    )
+    assert result.metrics["auc"] is not None and abs(result.metrics["auc"] - 0.5) < 0.05
+    assert not any("auc" in note for note in result.notes)
+
+
 def test_models_that_single_out_rows_are_flagged_for_the_owner_never_refused():
     """A refusal that depended on the rows would answer a question about them for free."""
     exact, counts = report()

@@ -263,11 +263,15 @@ def release_dp(
                 min((evaluation.classes or {"": 0}).values()) if len(evaluation.classes or {}) == 2 else 0
             )
             bound = smallest - LOWER_BOUND_SIGMAS * noisy.sigma
-            if bound < policy.min_class_rows or stats.auc is None:
+            # Decided on the noisy bound alone: past it, a class with no row (whose exact AUC is
+            # undefined) is scored 0.5, so whether an AUC comes out never says whether one row of that
+            # class exists (with public classes, the one row that would hold it).
+            if bound < policy.min_class_rows:
                 metrics["auc"] = None
                 notes.append("auc needs both classes in the evaluation rows, each large enough")
             else:
-                (auc,), s_auc = dp.gaussian([stats.auc], 1.0 / bound, rho)
+                exact = 0.5 if stats.auc is None else stats.auc
+                (auc,), s_auc = dp.gaussian([exact], 1.0 / bound, rho)
                 draws.add("auc", auc, s_auc)
                 put("auc", lambda v: v["auc"], 0.0, 1.0)
         put("log_loss", lambda v: v["loss"] / np.maximum(v["n"], 1), 0.0, stats.loss_clip or math.inf)
