@@ -4,6 +4,7 @@ condition is true)."""
 
 from __future__ import annotations
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from remote_magic import DatasetSpec
 from remote_magic.client.dryrun import admit
 from remote_magic.contract.codes import Refusal
-from remote_magic.contract.query import ROW_ID
+from remote_magic.contract.query import ROW_ID, declared_label
 from remote_magic.contract.specs import resolve
 from remote_magic.contract.wire import ColumnInfo
 from tests.serverproc import running
@@ -142,3 +143,19 @@ def test_dry_run_filters_follow_sql_null_semantics(where, admitted):
 def test_dry_run_filter_errors_are_clear(where, message):
     with pytest.raises(Refusal, match=message):
         _admitted(where)
+
+
+def test_a_true_false_labels_classes_admit_its_rows_however_they_are_written():
+    """`--classes True,False` named the right classes but admitted no row (the label cast to text is
+    `true`/`false`), charged and empty; a number label's classes compare as numbers."""
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t AS SELECT i % 3 = 0 AS flag, (i % 2)::INT AS y FROM range(30) r(i)")
+
+    def admitted(label: str, dtype: str, classes: list[str]) -> int:
+        condition = declared_label(label, dtype, classes).sql(dialect="duckdb")
+        return con.execute(f"SELECT count(*) FROM t WHERE {condition}").fetchone()[0]
+
+    for written in (["True", "False"], ["TRUE", "false"], ["true", "false"]):
+        assert admitted("flag", "bool", written) == 30
+    assert admitted("flag", "bool", ["True"]) == 10
+    assert admitted("y", "int32", ["1.0", "0"]) == 30 and admitted("y", "int32", ["1"]) == 15

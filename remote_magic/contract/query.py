@@ -16,6 +16,7 @@ from sqlglot import exp
 
 from .grammar import parse_derive, parse_filter
 from .specs import Resolved
+from .types import BOOLEAN, kind_of
 from .wire import DatasetSpec
 
 SPLIT_BUCKETS = 1_000_000
@@ -111,6 +112,8 @@ def declared_label(label: str, dtype: str, levels: Sequence[str]) -> exp.Express
         value = exp.Cast(this=exp.column(label, quoted=True), to=exp.DataType.build("double"))
         return exp.In(this=value, expressions=[exp.Literal.number(repr(v)) for v in numbers] or [exp.null()])
     text = exp.Cast(this=exp.column(label, quoted=True), to=exp.DataType.build("varchar"))
+    if kind_of(dtype) == BOOLEAN:  # DuckDB writes true / false; a class may be written True or TRUE
+        levels = [v.lower() for v in levels]
     return exp.In(this=text, expressions=[exp.Literal.string(v) for v in levels])
 
 
