@@ -164,6 +164,30 @@ def test_a_registered_version_is_evaluated_with_the_classes_it_was_trained_on(dp
     assert "auc" in scored.metrics and client.rho_left("undeclared") < before
 
 
+def test_a_model_fitted_on_other_columns_is_refused_before_any_row_at_no_cost(dp_server):
+    """XGBoost refused it after admission: charged, and `not_released` said to raise min_child_weight.
+    The model's columns are its own: compared with the spec's before any row is read."""
+    client = dp_server.client()
+    rng = np.random.default_rng(0)
+    named = pd.DataFrame(rng.normal(size=(50, 3)), columns=FEATURES[:3])
+    fitted = [
+        xgb.XGBClassifier(n_estimators=2).fit(named, rng.integers(0, 2, 50)),
+        xgb.XGBClassifier(n_estimators=2).fit(named.to_numpy(), rng.integers(0, 2, 50)),
+        xgb.XGBClassifier(n_estimators=2).fit(named[FEATURES[2::-1]], rng.integers(0, 2, 50)),
+    ]
+    before = client.rho_left("synthetic")
+    messages = []
+    for model in fitted:
+        with pytest.raises(RemoteError) as refused:
+            client.evaluate(model, {**DP_SPEC, "features": FEATURES[:3] if model is fitted[2] else FEATURES})
+        assert refused.value.code == "feature_mismatch"
+        messages.append(refused.value.message)
+    assert "fitted on the features age, income, bmi" in messages[0] and "3 features" in messages[1]
+    assert "bmi, income, age" in messages[2]
+    assert client.rho_left("synthetic") == before
+    assert client.evaluate(fitted[0], {**DP_SPEC, "features": FEATURES[:3]}).metrics["log_loss"] is not None
+
+
 def test_a_model_not_trained_by_the_dp_trainer_still_waits_for_approval(dp_server):
     client = dp_server.client()
     spec = {**DP_SPEC, "dataset": "release_on"}

@@ -259,6 +259,11 @@ class ModelFamily(Protocol):
 
     def check_bounds(self, plan: Plan, bounds: ModelBounds) -> None: ...
 
+    def check_columns(self, plan: Plan, columns: list[str]) -> None:
+        """Refuse (`feature_mismatch`) a fitted model whose input columns are not the job's, read from the
+        model alone, before any row is read."""
+        ...
+
     def predicted_classes(self, plan: Plan) -> int | None:
         """How many classes a fitted classifier plan's model predicts (None: not fitted), read from the
         model alone, so that an evaluation's public classes are checked before any row is read."""

@@ -283,6 +283,9 @@ class DPBoostFamily:
             sigma_hessian=scales.sigma_h,
         )
 
+    def check_columns(self, plan: Plan, columns: list[str]) -> None:
+        XGBOOST.check_columns(plan, columns)
+
     def predicted_classes(self, plan: Plan) -> int | None:
         return XGBOOST.predicted_classes(plan)
 

@@ -383,6 +383,28 @@ class XGBoostFamily:
         if plan.base is not None:
             check_booster(plan.base, MARGIN_LEAF_LIMIT)
 
+    def check_columns(self, plan: Plan, columns: list[str]) -> None:
+        """A fitted bare model scores only the columns it was fitted on, in their order: refused here, before
+        any row is read, rather than by XGBoost after admission (charged, and `not_released` saying
+        nothing of the cause). The names are the model's own and the spec's, both the analyst's."""
+        if plan.base is None or plan.preprocess is not None:
+            return
+        with _xgboost_errors():
+            booster = _load(plan.base)
+        assert booster is not None
+        names = list(booster.feature_names or [])
+        if names and names != list(columns):
+            raise Refusal(
+                "feature_mismatch",
+                f"the model was fitted on the features {', '.join(names)}; this job's features are "
+                f"{', '.join(columns)}. Set the spec's features to the model's, in that order",
+            )
+        if not names and booster.num_features() != len(columns):
+            raise Refusal(
+                "feature_mismatch",
+                f"the model was fitted on {booster.num_features()} features; this job has {len(columns)}",
+            )
+
     def predicted_classes(self, plan: Plan) -> int | None:
         with _xgboost_errors():
             booster = _load(plan.base)

@@ -55,6 +55,8 @@ def decode(task: Task, payload: BinaryIO | None) -> tuple[ModelFamily, Plan]:
         plan = family.continued(plan, saved)
     assert plan is not None
     family.check_bounds(plan, task.bounds)
+    if task.staging is not None:
+        family.check_columns(plan, task.staging.columns)
     if task.dp_training is not None:
         assert task.staging is not None
         staged = task.staging
