@@ -176,8 +176,10 @@ def test_a_job_is_charged_once_when_admitted_and_repeats_are_free(desk, tmp_path
     exact, _ = report()
     first = desk.release_result(request, admitted, exact)
     assert first.privacy.rho == pytest.approx(0.01) and not first.privacy.repeated
-    repeat = desk.stored_result(Request(**{**request.__dict__, "job_id": "j2"}))
-    assert repeat is not None and repeat.privacy.repeated and repeat.privacy.rho == 0
+    stored = desk.stored_result(Request(**{**request.__dict__, "job_id": "j2"}))
+    assert stored is not None and stored[1] == "j1"  # the job whose model it is
+    repeat = stored[0]
+    assert repeat.privacy.repeated and repeat.privacy.rho == 0
     assert repeat.metrics == first.metrics and repeat.job_id == "j2"
     assert desk.ledger.spent("alice", "d") == pytest.approx(0.01)
 

@@ -188,6 +188,23 @@ def test_a_model_fitted_on_other_columns_is_refused_before_any_row_at_no_cost(dp
     assert client.evaluate(fitted[0], {**DP_SPEC, "features": FEATURES[:3]}).metrics["log_loss"] is not None
 
 
+def test_a_repeated_training_is_its_first_runs_model_downloaded_and_registered(dp_server):
+    """Running the same cell again is answered from the stored result at no cost; it is the first run's
+    model too, so it downloads, and a `register` added on the second run registers it."""
+    client = dp_server.client()
+    model = xgb.XGBClassifier(n_estimators=3, max_depth=2)
+    spec = {**DP_SPEC, "where": "age > 30"}
+    first = client.train(model, spec)
+    before = client.rho_left("synthetic")
+    again = client.train(model, spec, register="repeated_out")
+    assert again.raw.privacy.repeated and client.rho_left("synthetic") == before
+    assert client.download_model(again.job_id) == client.download_model(first.job_id)
+    registration = client.status(again.job_id).registration
+    assert registration is not None and registration.state == "registered", registration
+    assert "registered as repeated_out@1" in again.raw.notes
+    assert client.load_version("repeated_out@1").booster.save_raw() == first.model().booster.save_raw()
+
+
 def test_a_model_not_trained_by_the_dp_trainer_still_waits_for_approval(dp_server):
     client = dp_server.client()
     spec = {**DP_SPEC, "dataset": "release_on"}

@@ -243,7 +243,9 @@ class Scheduler:
         request = self._request(job)
         stored = self.desk.stored_result(request)
         if stored is not None:
-            final = Final("succeeded", result=stored.model_dump(mode="json"))
+            result, origin = stored
+            self.store.copy_model(origin, job.id)
+            final = Final("succeeded", result=result.model_dump(mode="json"))
             self._finish(job, request, final, 0.0, timeline=timeline)
             return
         try:

@@ -29,12 +29,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from remote_magic.families import MODEL_FILE, PARAMS_FILE
+
 from ..plan import JobPlan
 from ..sqlitedb import Database, StoreError, now
 
 __all__ = ["SCHEMA_VERSION", "JobRow", "QueueFull", "Store", "StoreError", "hash_token", "now"]
 
 SCHEMA_VERSION = 3
+MODEL_FILES = (MODEL_FILE, PARAMS_FILE, "model.pkl")  # what a job's folder keeps of its trained model
 TOKEN_PREFIX = "rm_"  # noqa: S105 - tells our tokens from JupyterHub's without a lookup
 
 _SCHEMA = """
@@ -255,6 +258,20 @@ class Store:
     # jobs
     def job_dir(self, job_id: str) -> Path:
         return self.jobs_dir / job_id
+
+    def copy_model(self, source: str, target: str) -> None:
+        """Give job `target` the trained model files job `source` still has (hard links where the disk
+        allows): a repeat answered from an earlier job's result is that job's model too, so it can be
+        downloaded and registered like any other."""
+        folder = self.job_dir(target)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in MODEL_FILES:
+            found = self.job_dir(source) / name
+            if found.exists() and not (folder / name).exists():
+                try:
+                    os.link(found, folder / name)
+                except OSError:
+                    shutil.copyfile(found, folder / name)
 
     def create_job(
         self,

@@ -9,14 +9,10 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta, timezone
 
-from remote_magic.families import MODEL_FILE, PARAMS_FILE
-
-from ..jobs.store import Store
+from ..jobs.store import MODEL_FILES, Store
 from .records import ModelRegistry
 
 log = logging.getLogger("remote_magic_server.registry")
-
-MODEL_FILES = (MODEL_FILE, PARAMS_FILE, "model.pkl")
 
 
 def prune(store: Store, registry: ModelRegistry, keep_s: int) -> list[str]:

@@ -309,18 +309,20 @@ class ReleaseDesk:
             request.dataset_version,
         )
 
-    def stored_result(self, request: Request) -> JobResult | None:
+    def stored_result(self, request: Request) -> tuple[JobResult, str] | None:
         """In mode dp, the stored result of an identical earlier job (same spec, model bytes, options and
-        dataset version), repeated at no cost; never fresh noise for the same question."""
+        dataset version), repeated at no cost (never fresh noise for the same question), and the id of
+        the job that computed it, whose model it is."""
         if not self.dp(request.dataset) or request.payload_sha256 is None:
             return None
         stored = self.ledger.stored_answer(request.user, request.dataset, self._request_key(request))
         if stored is None:
             return None
         result = JobResult.model_validate(stored)
-        return result.model_copy(
+        repeated = result.model_copy(
             update={"job_id": request.job_id, "privacy": self._report(request, 0.0, repeated=True)}
         )
+        return repeated, result.job_id
 
     # 2. the admitted rows
     def admit(self, request: Request, admission: Admission, folder: Path) -> Admitted:
