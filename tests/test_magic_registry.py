@@ -30,6 +30,8 @@ def test_register_continue_list_and_draw_from_cells(ip):  # noqa: F811
     assert "<img alt='lineage graph'" in lineage._repr_html_()
     scored = run(ip, f"%%remote_evaluate {FLAGS} --model-ref magic_model@best\n# the registered version")
     assert scored.kind == "evaluate" and scored.rounds["base"] == 3
+    lined = run(ip, f"%remote_evaluate {FLAGS} --model-ref magic_model@best")  # no cell to write
+    assert lined.kind == "evaluate" and lined.metrics == scored.metrics
     jobs = run(ip, "%remote_jobs")
     assert any("from magic_model@1" in row[-1] and "magic_model@2" in row[-1] for row in jobs.rows)
 

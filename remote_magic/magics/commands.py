@@ -501,12 +501,13 @@ class RemoteMagic(Magics, Configurable):
     @magic_arguments()
     @_spec_arguments
     @argument("--model-ref", help="score this registered version instead of the cell's model, e.g. churn@3")
-    @cell_magic
+    @line_cell_magic
     @usage_errors
-    def remote_evaluate(self, line: str, cell: str) -> object:
+    def remote_evaluate(self, line: str, cell: str | None = None) -> object:
         """Run the cell, then score its fitted model (or `--model-ref` a registered version) on the spec's
-        evaluation rows (no training)."""
-        return self._run("evaluate", line, cell, self.remote_evaluate)
+        evaluation rows (no training). As a line (`%remote_evaluate --model-ref churn@3`, or `--model
+        VAR`) there is no cell to run: a registered version needs none."""
+        return self._run("evaluate", line, cell or "", self.remote_evaluate)
 
     @magic_arguments()
     @argument("--limit", "-n", type=int, default=20, help="show at most this many jobs (default 20)")
