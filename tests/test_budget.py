@@ -13,6 +13,8 @@ import xgboost as xgb
 from IPython.utils.capture import capture_output
 
 from remote_magic.client.errors import BudgetExhausted
+from remote_magic.contract.wire import BudgetCharge, BudgetReport, DatasetBudget
+from remote_magic.display.budget import Budget
 from tests.serverproc import dataset_table, running
 
 TINY_MODEL = xgb.XGBClassifier(n_estimators=2, max_depth=2, min_child_weight=3)
@@ -119,3 +121,15 @@ def test_a_job_refused_after_its_rows_were_admitted_says_what_it_was_charged(tin
         client.train(TINY_MODEL, empty, timeout=120)
     assert refused.value.job_id is not None
     assert [c.job_id for c in client.budget()["tiny"].charges] == [refused.value.job_id]
+
+
+def test_a_charge_without_a_job_is_named_by_its_kind():
+    """A describe's charge and a federated batch's (`sums`) have no job: each row says which it was."""
+    charges = [
+        BudgetCharge(kind="describe", rho=0.004, at="2026-12-06T10:00:00"),
+        BudgetCharge(kind="sums", rho=0.01, at="2026-12-06T10:01:00"),
+        BudgetCharge(job_id="abc", kind="train", rho=0.06, at="2026-12-06T10:02:00"),
+    ]
+    budget = DatasetBudget(dataset="d", rho_cap=1.0, rho_spent=0.074, rho_remaining=0.926, charges=charges)
+    rows = [line.split()[0] for line in repr(Budget(BudgetReport(user="u", datasets=[budget]))).splitlines()]
+    assert {"(describe)", "(sums)", "abc"} <= set(rows)

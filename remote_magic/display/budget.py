@@ -22,7 +22,7 @@ def _headline(budget: DatasetBudget) -> str:
 
 def _charges(budget: DatasetBudget) -> Table:
     rows = [
-        [c.job_id or "(describe)", c.kind, f"{c.rho:.4g}", c.at.replace("T", " ")[:19]]
+        [c.job_id or f"({c.kind})", c.kind, f"{c.rho:.4g}", c.at.replace("T", " ")[:19]]
         for c in budget.charges
     ]
     return Table(["job", "kind", "rho", "charged (UTC)"], rows)

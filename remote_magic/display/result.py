@@ -257,8 +257,9 @@ class TrainResult:
         if r.kind == "train":
             lines.append(f"rounds: {self._rounds_text().removesuffix(' rounds')}")
         policy = r.policy
+        noisy = "noisy counts (a 0 may show as tens), then " if r.privacy is not None else ""
         lines.append(
-            f"rows (rounded to {policy.round_to}; counts under {policy.min_count} suppressed):"
+            f"rows ({noisy}rounded to {policy.round_to}; counts under {policy.min_count} suppressed):"
             if policy is not None
             else "rows:"
         )
