@@ -43,7 +43,7 @@ from remote_magic.families.dpboost.candidates import CandidatePlan, Declared, sk
 from remote_magic.families.dpboost.objectives import BINARY_GRADIENT_CLIP
 from remote_magic.families.dpboost.params import settings_from_params
 from remote_magic.families.dpboost.partition import Grow
-from remote_magic.families.dpboost.selection import candidates, scores, weighted
+from remote_magic.families.dpboost.selection import adapted, candidates, scores, weighted
 from remote_magic.families.dpboost.structure import descend, draw
 
 LEVELS = ("east", "north", "south", "west")
@@ -584,6 +584,22 @@ def test_the_prior_gives_each_column_the_same_chance_whatever_its_candidates():
     chosen = options.feature[[select(list(total), linf, rho) for _ in range(4000)]]
     shares = np.bincount(chosen, minlength=4) / 4000
     assert shares == pytest.approx([0.25] * 4, abs=0.03)
+
+
+def test_the_prior_leans_towards_the_columns_earlier_levels_chose():
+    options = candidates(FEATURES, np.random.default_rng(0))
+    # Six earlier levels chose x2 and none another column: x2's weight is ((6 + 6) / 6) ** 2 = 4 times
+    # each other column's, so with equal scores it is drawn 4 / 7 of the time.
+    prior = adapted(options, np.array([0.0, 6.0, 0.0, 0.0]))
+    linf, rho = 1.0, 0.01
+    total = weighted(np.zeros(len(options.feature)), prior, linf, rho)
+    select = seeded_select(4)
+    chosen = options.feature[[select(list(total), linf, rho) for _ in range(4000)]]
+    shares = np.bincount(chosen, minlength=4) / 4000
+    assert shares == pytest.approx([1 / 7, 4 / 7, 1 / 7, 1 / 7], abs=0.03)
+    # Before any choice it is the public prior, every column shifted alike (which changes no draw).
+    offset = adapted(options, np.zeros(4)).prior - options.prior
+    assert offset == pytest.approx(np.full(len(options.prior), 2 * np.log(6)))
 
 
 # Parameters

@@ -47,7 +47,9 @@ clipped and scaled by the learning rate, and the model built from them are post-
 its split by the exponential mechanism, as report-noisy-max with Gumbel noise of scale `b`, on scores that one
 row moves by at most `D_x = g_t` (`g_t` bounds one row's gradient in one tree: `g` = 0.85 for the logistic
 loss (the clip), 1 for the softmax loss, `g` for the squared error). The candidates are public, and so is the
-prior offset added to each score (`b ln(1/k)` for a column of `k` candidates: it moves no score by a row); by
+prior offset added to each score (`b ln(1/k)` for a column of `k` candidates, plus `2 b ln(6 + c)` for a
+column that `c` earlier levels of the training chose: a function of public candidates and of splits already
+released, fixed before the selection reads a row, so it moves no score by a row); by
 OpenDP's map for noisy top-1 (non-monotonic scores) one selection costs `D_x^2 / (2 b^2)` (the exponential
 mechanism at `eps = 2 D_x / b` is `eps^2 / 8`-zCDP). With a split per node, a level first chooses its column
 (one selection), then each node its split on it: the nodes of a level hold disjoint rows and a row's node

@@ -27,7 +27,7 @@ from .booster import Tree, base_score_of, margin_of_base_score, model_json, pars
 from .features import Features
 from .partition import Grow, Intercept, InterceptUpdate, LeafUpdate, Request, Update
 from .schedule import leaf_releases
-from .selection import candidates, choose, fixed_candidates, scores, weighted
+from .selection import adapted, candidates, choose, fixed_candidates, scores, weighted
 from .settings import Settings
 from .structure import Batch, draw
 
@@ -77,6 +77,7 @@ class Coordinator:
         self.rho = rho
         self.rng = np.random.default_rng(settings.seed)
         self._fixed = fixed_candidates(features)
+        self.chosen = np.zeros(len(features.columns))  # how many selected levels chose each column
         self.trees: list[Tree] = []
         self.spent = 0.0
         margin = np.asarray(settings.base_margin, dtype=np.float64) if settings.base_margin else None
@@ -124,8 +125,10 @@ class Coordinator:
             table = scores(self.features, hist[tree], options)
             if not self.settings.node_splits:
                 self.spent += rho
-                total = weighted(table.sum(axis=0), options, bound, rho)
+                prior = adapted(options, self.chosen)
+                total = weighted(table.sum(axis=0), prior, bound, rho)
                 index = np.full(nodes, self.select(total.tolist(), bound, rho))
+                self.chosen[options.feature[index[0]]] += 1
             else:
                 # The column by its best split at each node, summed; then each node's split on it. The
                 # nodes hold disjoint rows, so their selections together cost one selection's rho.
