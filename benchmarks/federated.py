@@ -6,20 +6,26 @@ servers on loopback each serve one part in mode dp; a fourth serves all of it. E
 allows the same training rho. Per repeat (a new structure seed each time, interleaved):
 
 - federated: `federated_train` over the three servers (random splits from the quantiles of every
-  server's DP sketch of its training rows, one round trip per batch; each server noises its own sketch
-  and sums, so the summed ones carry three servers' noise), with each server's DP evaluation at the end;
+  server's DP sketch of its training rows, each level's column drawn by the column prior of the same
+  release, one round trip per batch; each server noises its own sketch and sums, so the summed ones
+  carry three servers' noise), with each server's DP evaluation at the end;
 - one server: an ordinary train job with the DP trainer as it is (split selection, a released intercept)
   on the same rows at the same rho, and its DP evaluation;
 - in-process reference: the same trainer code as the federated one (random splits, no intercept) on the
-  same training rows with one noise draw for the sketch and one per sum (NumPy Gaussian at the
-  accountant's scales): what the federated model would score if they were noised once, which isolates
-  the cost of three servers' noise from the cost of random splits.
+  same training rows with one noise draw for the sketch and its prior and one per sum (NumPy Gaussian
+  at the accountant's scales): what the federated model would score if they were noised once, which
+  isolates the cost of three servers' noise from the cost of random splits.
 
 Both released models (a DP model leaves at once) are scored exactly on the held-out test set. Targets
 (issue 23): AUC within 0.5 points of the one-server model; round trips <= trees / batch size; wall time
 <= 1.5x the one server's (both include their evaluations). The federated side's time is also split
 (`on_batch` times): its first step with the checks and the sketch before it, a later step, the final
 evaluations. `--no-sketch` spreads the candidates over the declared ranges instead (as before the sketch).
+
+Measured (docs/federated.md, "The prior, measured"; 6 repeats, load 3 to 4 on two shared cores): AUC
+federated 0.8503 (sd 0.0018), one server 0.8501, in-process 0.8506; 5 round trips for 50 trees; wall time
+2.38x the one server's (3.48 s / 1.46 s); 1.44x to 1.82x in the quietest windows (load 1.4 to 3.2),
+up to 3.4x at load 8.
 
     python -m benchmarks.federated [--rows 40000] [--rounds 50] [--batch 10] [--rho 0.3] [--repeats 3]
                                    [--no-sketch]
@@ -53,6 +59,7 @@ from remote_magic.families.dpboost.candidates import (
     range_grids,
     sketch_counts,
 )
+from remote_magic.families.dpboost.prior import column_weights, prior_request, prior_sums, sketch_bound
 from tests.federated_servers import OWNERS, SHARES, config_for
 from tests.serverproc import ServerProcess
 
@@ -114,26 +121,35 @@ def reference(
     def noise(values: list[float], l2: float, rho_: float) -> list[float]:
         return list(np.asarray(values) + rng.normal(0.0, l2 / math.sqrt(2 * rho_), len(values)))
 
-    if sketch:
-        ranges = {c.name: shared_range(found, c.name) for c in columns if c.kind == "numeric"}
-        grids = range_grids(ranges)
-        counts = flat_counts(grids, sketch_counts(grids, pa.Table.from_pandas(rows, preserve_index=False)))
-        quantiles = quantile_candidates(ranges, noise(counts, math.sqrt(len(ranges)), SKETCH_SHARE * rho))
-        columns = [
-            c.model_copy(update={"candidates": list(quantiles.get(c.name, c.candidates))}) for c in columns
-        ]
-        rho = (1 - SKETCH_SHARE) * rho
-    features = Features.from_dict({"columns": [c.model_dump() for c in columns]})
     settings = Settings(
         rounds=rounds, max_depth=DEPTH, batch_size=batch, split_share=0.0, intercept_share=0.0, seed=seed
     )
+    weights = None
+    if sketch:
+        table = pa.Table.from_pandas(rows, preserve_index=False)
+        ranges = {c.name: shared_range(found, c.name) for c in columns if c.kind == "numeric"}
+        grids = range_grids(ranges)
+        declared = Features.from_dict({"columns": [c.model_dump() for c in columns]})
+        objective = settings.objective_()
+        asked = prior_request(ranges, declared, objective.trees_per_round)
+        counts = flat_counts(grids, sketch_counts(grids, table))
+        sums = prior_sums(asked, table, rows["label"].to_numpy(), objective, None)
+        l2, sketch_rho = sketch_bound(ranges, asked), SKETCH_SHARE * rho
+        noisy = noise(counts + sums, l2, sketch_rho)
+        quantiles = quantile_candidates(ranges, noisy[: len(counts)])
+        columns = [
+            c.model_copy(update={"candidates": list(quantiles.get(c.name, c.candidates))}) for c in columns
+        ]
+        weights = column_weights(declared, asked, noisy[len(counts) :], l2 / math.sqrt(2 * sketch_rho))
+        rho = (1 - SKETCH_SHARE) * rho
+    features = Features.from_dict({"columns": [c.model_dump() for c in columns]})
     partition = Partition(
         features,
         pa.Table.from_pandas(rows, preserve_index=False),
         rows["label"].to_numpy(),
         settings.objective_(),
     )
-    coordinator = Coordinator(features, settings, rho, noise)
+    coordinator = Coordinator(features, settings, rho, noise, weights=weights)
     return coordinator.run(*local([partition])).model
 
 

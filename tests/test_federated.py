@@ -26,6 +26,7 @@ from remote_magic.client.federated_checks import (
 from remote_magic.contract.wire import DatasetSpec, FederatedStepRequest
 from remote_magic.families.dpboost import Coordinator, Features, Settings
 from remote_magic.families.dpboost.candidates import SKETCH_SHARE, quantile_candidates, range_grids
+from remote_magic.families.dpboost.prior import column_weights, federated_prior, sketch_bound
 from remote_magic_server.jobs.sessions import Session, Sessions
 from tests.federated_servers import RANGES, owners, split_table
 
@@ -355,6 +356,51 @@ def test_a_server_sketches_its_rows_and_takes_only_the_sketchs_quantiles_as_cand
     assert priced(a) - before == Counter(
         {("sums", round(SKETCH_SHARE * RHO_TRAIN, 6)): 1, ("sums", share): 1}
     )
+
+
+def test_a_sketch_with_the_prior_releases_its_gradient_sums_in_the_same_release_at_the_same_rho(servers):
+    """The prior's sums follow the counts in the sketch's one Gaussian release: the same rho, a noise sd
+    grown as the L2 sensitivity (one count per range, one scaled gradient per scored column), and the
+    sums show where the signal is (age drives the label)."""
+    a = servers["a"]
+    declared = first_step(servers, ["a", "b"], seed=7).model_dump(mode="json")
+    ranges = {c["name"]: list(RANGES[c["name"]]) for c in declared["features"] if c["kind"] == "numeric"}
+    body = {k: declared[k] for k in ("spec", "features", "settings", "rho")}
+    body["ranges"] = ranges
+    before = priced(a)
+    plain, prior = (
+        a.post("/federated/sketch", json={**body, "training": secrets.token_urlsafe(24), **more}).json()
+        for more in ({}, {"prior": True})
+    )
+    asked = federated_prior(ranges, declared["features"], declared["settings"], True)
+    counted = sum(len(g) + 2 for g in range_grids(ranges).grids.values())
+    assert len(plain["counts"]) == counted and len(prior["counts"]) == counted + asked.size
+    assert priced(a) - before == Counter({("sums", round(SKETCH_SHARE * RHO_TRAIN, 6)): 2})
+    grown = sketch_bound(ranges, asked) / sketch_bound(ranges, None)
+    assert grown == pytest.approx(math.sqrt((len(ranges) + asked.columns) / len(ranges)))
+    assert prior["sigma"] == pytest.approx(plain["sigma"] * grown)
+    features = Features.from_dict({"columns": declared["features"]})
+    weights = column_weights(features, asked, prior["counts"][counted:], prior["sigma"])
+    assert weights[features.names.index("age")] == 1.0
+
+
+def test_a_sketch_answer_without_its_prior_ends_the_training_naming_the_server(servers, monkeypatch):
+    """A server whose sketch answer lacks the prior's sums (or has any other length) is named, and no
+    step is sent to any server."""
+    owners_ = clients(servers, "a", "b", "c")
+    asked = owners_["b"].federated_sketch
+
+    def short(body, timeout):
+        answer = asked(body, timeout)
+        return answer.model_copy(update={"counts": answer.counts[:-1]})
+
+    monkeypatch.setattr(owners_["b"], "federated_sketch", short)
+    before = {name: charges(servers[name]) for name in "abc"}
+    with pytest.raises(FederatedError, match="its sketch has") as stopped:
+        remote_magic.federated_train(model(31), SPEC, owners_, batch_size=BATCH)
+    assert stopped.value.connection == "b"
+    for name in "abc":  # each paid for its sketch, and nothing after it
+        assert charges(servers[name]) - before[name] == Counter(sums=1)
 
 
 def test_schemas_that_disagree_are_refused_by_name_before_any_cost(servers):

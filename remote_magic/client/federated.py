@@ -18,7 +18,8 @@ the same kinds, in mode dp, with declared bounds for every feature (the text can
 of the declared levels), and each analyst budget must cover its training and its evaluation. Then every
 server draws a DP sketch of its training rows over the fine grids of the intersected numeric ranges (`POST
 /v1/federated/sketch`, `SKETCH_SHARE` of its rho, on its own ledger), and the numeric candidates are the
-quantiles of their sum; the sketch's rows are the training's first session there, so its first step sends no
+quantiles of their sum; the same release's gradient sums at the start weigh the columns the structure
+draws (`dpboost.prior`); the sketch's rows are the training's first session there, so its first step sends no
 model and stages nothing. At the end each server scores the final model on its own evaluation rows under DP
 from the training's session (its sketch or first step staged them; each step moved their margins), released
 and charged as an evaluate job's result, which ends the session; a server whose session is gone runs an
@@ -123,14 +124,16 @@ def federated_train(
     with ThreadPoolExecutor(max_workers=2 * len(servers)) as pool:
         ranges = {c.name: shared_range(servers, c.name) for c in columns if c.kind == "numeric"}
         training = secrets.token_urlsafe(24)
-        drawn = _sketch(servers, columns, settings, ranges, training, pool) if sketch and ranges else None
+        drawn, weights = (
+            _sketch(servers, columns, settings, ranges, training, pool) if sketch and ranges else (None, None)
+        )
         if drawn is not None:
             columns = _sketched(columns, drawn)
         features = Features.from_dict({"columns": [c.model_dump() for c in columns]})
         trainer = federated_settings(settings.model_dump())
         share = 1 - SKETCH_SHARE if drawn is not None else 1.0
         rho = share * min(s.rho for s in servers)  # what the leaves spend
-        coordinator = Coordinator(features, trainer, rho, lambda values, l2, rho: values)
+        coordinator = Coordinator(features, trainer, rho, lambda values, l2, rho: values, weights=weights)
         common = {"features": columns, "settings": settings, "training": training, "sketch": drawn}
         try:
             round_trips, leaves = _train(servers, common, coordinator, pool, on_batch)
@@ -170,17 +173,32 @@ def _sketch(
     ranges: dict[str, tuple[float, float]],
     training: str,
     pool: ThreadPoolExecutor,
-) -> FederatedSketchUse:
-    """Every server's DP sketch of its training rows over the ranges' public grids, at once, added up;
-    each server charges its own ledger for its own."""
+) -> tuple[FederatedSketchUse, np.ndarray]:
+    """Every server's DP sketch of its training rows over the ranges' public grids, with the prior's
+    sums (`dpboost.prior`), at once, added up; each server charges its own ledger for its own. The
+    candidates' counts, and the column weights the random structure is drawn by."""
+    from ..families.dpboost import Features
+    from ..families.dpboost.candidates import range_grids
+    from ..families.dpboost.prior import column_weights, federated_prior
+
     bodies = [
         FederatedSketchRequest(
-            spec=s.spec, features=columns, settings=settings, ranges=ranges, rho=s.rho, training=training
+            spec=s.spec,
+            features=columns,
+            settings=settings,
+            ranges=ranges,
+            rho=s.rho,
+            training=training,
+            prior=True,
         )
         for s in servers
     ]
+    dumped = [c.model_dump() for c in columns]
+    prior = federated_prior(ranges, dumped, settings.model_dump(), True)
+    assert prior is not None
+    counted = sum(len(grid) + 2 for grid in range_grids(ranges).grids.values())
     futures = [pool.submit(s.client.federated_sketch, b, STEP_TIMEOUT) for s, b in zip(servers, bodies)]
-    total = None
+    total, variance = np.zeros(counted + prior.size), 0.0
     for server, future in zip(servers, futures):
         try:
             answer = future.result()
@@ -189,9 +207,15 @@ def _sketch(
         server.spent += answer.privacy.rho
         server.left = answer.privacy.rho_remaining
         counts = np.asarray(answer.counts, dtype=np.float64)
-        total = counts if total is None else total + counts
-    assert total is not None
-    return FederatedSketchUse(ranges=ranges, counts=[float(v) for v in total])
+        if len(counts) != len(total) or not np.all(np.isfinite(counts)):
+            raise FederatedError(server.name, f"its sketch has {len(counts)} values, not {len(total)} finite")
+        if not (answer.sigma > 0 and math.isfinite(answer.sigma)):
+            raise FederatedError(server.name, "its sketch says no noise was drawn")
+        total += counts
+        variance += answer.sigma**2
+    features = Features.from_dict({"columns": dumped})
+    weights = column_weights(features, prior, total[counted:], math.sqrt(variance))
+    return FederatedSketchUse(ranges=ranges, counts=[float(v) for v in total[:counted]]), weights
 
 
 def _sketched(columns: list[FederatedColumn], sketch: FederatedSketchUse) -> list[FederatedColumn]:

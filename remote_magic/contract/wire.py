@@ -650,6 +650,12 @@ class FederatedSketchRequest(_Strict):
     settings: FederatedSettings
     ranges: dict[str, tuple[float, float]] = Field(min_length=1, max_length=1000)
     rho: float = Field(gt=0, description="The whole training's zCDP budget on this server.")
+    prior: bool = Field(
+        default=False,
+        description="Also release, in the same Gaussian release at the same rho, the rows' clipped "
+        "gradients at the public start summed over coarse public bins of each column "
+        "(`dpboost.prior`): the coordinator's column prior for the random structure.",
+    )
     training: str = Field(
         pattern=TRAINING_ID,
         description="The training's id: each training pays for its own sketch; the same request again is "
@@ -658,7 +664,8 @@ class FederatedSketchRequest(_Strict):
 
 
 class FederatedSketch(_Strict):
-    """One server's noisy sketch counts (`FederatedSketchUse.counts`' layout) and what they cost."""
+    """One server's noisy sketch counts (`FederatedSketchUse.counts`' layout), with `prior` followed by
+    its noisy prior sums (`dpboost.prior.PriorRequest`'s layout), and what they cost."""
 
     dataset: str
     counts: list[float]

@@ -35,7 +35,7 @@ from remote_magic.contract.codes import CODES
 from remote_magic.contract.wire import DatasetSpec, ModelBounds, ReleaseOptions, Stage
 from remote_magic.families.base import Plan
 
-PROTOCOL_VERSION = 12
+PROTOCOL_VERSION = 13
 MAX_MESSAGE_BYTES = 16 * 2**20
 PARTITION_TABLE = "__remote_magic_partition"  # a cluster partition's rows, with their file_row_number
 SCRATCH_DIR = "scratch"  # in a job folder: spilled rows and external-memory pages, removed after the job
@@ -159,6 +159,10 @@ class FederatedOrder(_Strict):
         description="The training's sketch in place of a batch: its training rows counted over these "
         "public ranges' fine grids (a SketchReport, noised at `step_rho`).",
     )
+    prior: bool = Field(
+        default=False,
+        description="With `sketch`: the prior sums (`dpboost.prior`) follow the counts in the same release.",
+    )
 
 
 # A federated training's session in a sums task's folder: the one the parent found, and the one after the
@@ -168,7 +172,7 @@ SESSION_OUT = "session-next"
 
 
 class Task(_Strict):
-    protocol: Literal[12] = PROTOCOL_VERSION
+    protocol: Literal[13] = PROTOCOL_VERSION
     kind: TaskKind
     spec: DatasetSpec | None = None
     staging: Staging | None = None

@@ -13,7 +13,8 @@ seeded NumPy Gaussian, so the same seeds give the same model wherever the rows a
 `select(scores, linf, rho) -> index` releases the index of (about) the highest score, each of which one
 row moves by at most `linf`, at a cost of `rho` (OpenDP's noisy top-1; a test passes seeded Gumbel noise).
 `noise_many([(values, l2, rho), ...])`, where given, asks a batch's gradient and hessian releases in one
-round trip; they are the same two releases, in the same order, as two `noise` calls.
+round trip; they are the same two releases, in the same order, as two `noise` calls. `weights`, where
+given, are public column weights the random structure draws each level's column by (`prior.py`).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Coordinator:
         base_model: bytes | None = None,
         select: Select | None = None,
         noise_many: NoiseMany | None = None,
+        weights: np.ndarray | None = None,
     ):
         self.features = features
         self.settings = settings
@@ -70,6 +72,7 @@ class Coordinator:
         self.noise = noise
         self.noise_many = noise_many
         self.select = select
+        self.weights = weights  # the random structure's public column prior (prior.py), if any
         if settings.split_share > 0 and select is None:
             raise ValueError("split selection needs a select function")
         self.base = parse_base(base_model, features, self.objective) if base_model is not None else None
@@ -98,6 +101,7 @@ class Coordinator:
                 rounds,
                 self.objective.trees_per_round,
                 settings.max_depth,
+                self.weights,
             )
             if self.scales.sigma_select is not None:
                 for level in range(settings.max_depth):

@@ -19,6 +19,7 @@ from .booster import load
 from .candidates import SketchCounts, SketchRequest, sketch_counts
 from .features import Features, xgboost_input
 from .partition import Partition, Request, Update
+from .prior import PriorRequest, prior_sums
 from .settings import Settings
 
 STATE = "dpboost"  # a partition's state: its `Partition` (binned training rows, margins)
@@ -31,6 +32,12 @@ def schema(part: Part) -> dict:
 def sketch(part: Part, request: SketchRequest) -> dict:
     counts = sketch_counts(request, rows(part))
     return {"bins": counts.bins, "levels": {name: dict(found) for name, found in counts.levels.items()}}
+
+
+def prior(part: Part, request: PriorRequest, settings: Settings) -> dict:
+    """The training rows' prior sums at the public start (`prior.py`)."""
+    objective = settings.objective_()
+    return {"sums": prior_sums(request, rows(part), part.y("train"), objective, settings.base_margin)}
 
 
 def counts_of(found: dict) -> SketchCounts:

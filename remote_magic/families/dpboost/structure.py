@@ -94,13 +94,20 @@ def draw(
     rounds: int,
     classes: int,
     depth: int,
+    weights: np.ndarray | None = None,
 ) -> Batch:
-    """A batch's structure: every choice uniform over the public candidates, nothing from the rows."""
+    """A batch's structure: every choice uniform over the public candidates, nothing from the rows; with
+    `weights` (public, one per feature column: `prior.column_weights`), each level's column drawn in
+    proportion to them."""
     usable = features.usable()
     if len(usable) == 0:
         raise ValueError("no feature column has a public split candidate")
     trees, nodes = rounds * classes, 1 << (depth - 1)
-    feature = rng.choice(usable, size=(trees, depth))
+    if weights is None:
+        feature = rng.choice(usable, size=(trees, depth))
+    else:
+        share = np.asarray(weights, dtype=np.float64)[usable]
+        feature = rng.choice(usable, size=(trees, depth), p=share / share.sum())
     splits = features.splits[feature][..., None]
     split = np.minimum((rng.random((trees, depth, nodes)) * splits).astype(np.int64), splits - 1)
     default_left = rng.random((trees, depth, nodes)) < 0.5

@@ -114,6 +114,7 @@ def check_sketch(
         rho=body.rho * (1 - SKETCH_SHARE),
         step_rho=body.rho * SKETCH_SHARE,
         sketch={name: tuple(r) for name, r in body.ranges.items()},
+        prior=body.prior,
     )
     return spec, plan, order
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import threading
@@ -20,6 +19,7 @@ from pathlib import Path
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.query import DEFAULT_TRAIN_EVAL
 from remote_magic.contract.wire import DescribeResult, FederatedSketch, FederatedSums, JobResult
+from remote_magic.families.dpboost.prior import federated_prior, sketch_bound
 from remote_magic.families.dpboost.schedule import Release, leaf_releases
 from remote_magic.families.dpboost.settings import federated_settings
 
@@ -195,13 +195,18 @@ class FederatedSteps(Describer):
     def sketch(
         self, user: str, dataset: str, spec: dict, plan: JobPlan, order: FederatedOrder, training: str
     ) -> FederatedSketch:
-        """A training's DP sketch of its rows over public grids: one Gaussian release (L2 sqrt(columns),
-        `order.step_rho`) through the desk, each training's its own, the same request again answered with
-        its draws at no cost; raise Refusal. Its rows are the training's session, which the first step
-        (no model, no trees yet) bins to the candidates, charged as this admission: one staging."""
+        """A training's DP sketch of its rows over public grids, with the prior's sums when asked: one
+        Gaussian release (L2 `prior.sketch_bound`, `order.step_rho`) through the desk, each training's
+        its own, the same request again answered with its draws at no cost; raise Refusal. Its rows are
+        the training's session, which the first step (no model, no trees yet) bins to the candidates,
+        charged as this admission: one staging."""
         assert order.sketch is not None
-        question = [user, training, spec, plan.dataset_version, order.sketch, order.step_rho]
-        release = Release("gaussian", math.sqrt(len(order.sketch)), order.step_rho)
+        question = [user, training, spec, plan.dataset_version, order.sketch, order.prior, order.step_rho]
+        try:
+            prior = federated_prior(order.sketch, order.features, order.settings, order.prior)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise Refusal("invalid_request", f"the features are not usable: {exc}") from None
+        release = Release("gaussian", sketch_bound(order.sketch, prior), order.step_rho)
         key = f"federated-sketch:{_digest(question)}"
         request = _request(
             user, dataset, "sums", spec, plan, key, step_rho=order.step_rho, releases=(release,)

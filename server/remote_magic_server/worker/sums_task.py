@@ -17,8 +17,9 @@ job).
 A training's sketch (`order.sketch`, before its first batch) stages and admits the rows as a first step
 does, leaves them as staged (with `order.keep`) for the training's first step, which bins them to the
 candidates the sketch gives (a session whose model so far is the public start), and reports their exact
-counts over the public ranges' fine grids as one noise request (a `SketchReport`: the sketch's rho, L2
-sqrt(columns)), which the parent draws and releases.
+counts over the public ranges' fine grids, followed with `order.prior` by the prior's gradient sums
+(`dpboost.prior`), as one noise request (a `SketchReport`: the sketch's rho, L2 `prior.sketch_bound`),
+which the parent draws and releases.
 The sums are `Partition.sums`'. They go to the parent with the report, as one batch of two noise
 requests (`NoiseBatch`: gradients, then hessians) at the sensitivity and cost the trainer's proof gives
 for this batch (`schedule.leaf_releases`), which must be exactly the batch's share the parent charged;
@@ -47,6 +48,7 @@ from remote_magic.families.dpboost import Batch, Features, LeafUpdate, Partition
 from remote_magic.families.dpboost.booster import load
 from remote_magic.families.dpboost.candidates import flat_counts, range_grids
 from remote_magic.families.dpboost.family import check_label
+from remote_magic.families.dpboost.prior import federated_prior, sketch_bound
 from remote_magic.families.dpboost.schedule import leaf_releases
 from remote_magic.families.dpboost.settings import federated_settings
 from remote_magic.families.partitions import InProcess
@@ -277,8 +279,9 @@ def _sketch(
     settings: Settings,
 ) -> SketchReport | None:
     """The training's sketch: the spec's training rows staged and admitted as a step's, counted over the
-    public ranges' fine grids (`sketch_counts`, the DP trainer's own), one noise request at the sketch's
-    rho and L2 sqrt(columns): each row adds one to one bin of each column (None: stopped)."""
+    public ranges' fine grids (`sketch_counts`, the DP trainer's own), with the prior's sums after them,
+    one noise request at the sketch's rho and L2 `sketch_bound`: each row adds one to one bin of each
+    range, and at most 1 (L2) to one prior bin of each scored column (None: stopped)."""
     assert order.sketch is not None
     admitted = _admitted(task, channel, con, settings)
     if admitted is None:
@@ -287,10 +290,13 @@ def _sketch(
     request = range_grids(order.sketch)
     found = parts.map(on_parts.sketch, request)[0]
     counts = flat_counts(request, on_parts.counts_of(found))
+    prior = federated_prior(order.sketch, order.features, order.settings, order.prior)
+    if prior is not None:  # the prior's sums follow the counts, in the same release
+        counts += on_parts.sum_of(parts.map(on_parts.prior, prior, settings)).tolist()
     if order.keep:
         _keep_rows(parts.parts[0], classes)
     ask = NoiseRequest(
-        kind="gaussian", values=counts, bound=math.sqrt(len(request.grids)), rho=order.step_rho
+        kind="gaussian", values=counts, bound=sketch_bound(order.sketch, prior), rho=order.step_rho
     )
     return SketchReport(noise=NoiseBatch(requests=[ask]))
 
