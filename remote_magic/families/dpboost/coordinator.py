@@ -125,16 +125,16 @@ class Coordinator:
             if not self.settings.node_splits:
                 self.spent += rho
                 total = weighted(table.sum(axis=0), options, bound, rho)
-                index = np.full(nodes, self.select(total.tolist(), bound, rho))
+                index = np.full(nodes, self.select(total, bound, rho))
             else:
                 # The column by its best split at each node, summed; then each node's split on it. The
                 # nodes hold disjoint rows, so their selections together cost one selection's rho.
                 columns = np.unique(options.feature)
                 best = np.stack([table[:, options.feature == f].max(axis=1) for f in columns], axis=1)
                 self.spent += 2 * rho
-                column = columns[self.select(best.sum(axis=0).tolist(), bound, rho)]
+                column = columns[self.select(best.sum(axis=0), bound, rho)]
                 at = np.flatnonzero(options.feature == column)
-                index = np.array([at[self.select(table[j, at].tolist(), bound, rho)] for j in range(nodes)])
+                index = np.array([at[self.select(table[j, at], bound, rho)] for j in range(nodes)])
             batch = choose(batch, tree, request.level, options, index)
         self._growing = batch
 
