@@ -12,6 +12,7 @@ import numpy  # noqa: F401
 import pandas  # noqa: F401
 import pyarrow.compute  # noqa: F401
 import pyarrow.pandas_compat  # noqa: F401 - a model library's Arrow input loads it on first use
+import pyarrow.vendored.version  # noqa: F401 - pa.scalar loads it on first use (staging's fill_null)
 import sklearn.compose  # noqa: F401
 import sklearn.impute  # noqa: F401
 import sklearn.metrics  # noqa: F401
