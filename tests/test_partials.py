@@ -58,3 +58,44 @@ def test_stats_given_the_scores_of_the_same_rows_are_the_stats_computed_afresh(t
     assert scoring.stats(task, y, pred, k, label_range, scored=scored) == scoring.stats(
         task, y, pred, k, label_range
     )
+
+
+def sklearn_cases():
+    """The cases above, XGBoost's float32 probabilities, a class never predicted, certain predictions."""
+    for task, y, pred, k, _ in cases():
+        if task != "regression":
+            yield task, y, pred, k
+            yield task, y, pred.astype(np.float32), k
+    y = RNG.integers(0, 3, 500)
+    prob = np.tile(np.array([0.6, 0.4, 0.0], dtype=np.float32), (500, 1))  # class 2 is never predicted
+    yield "multiclass", y, prob, 3
+    y_bin = RNG.integers(0, 2, 500)
+    yield "binary", y_bin, np.where(RNG.random(500) < 0.5, 1.0, 0.0).astype(np.float32), 2
+
+
+@pytest.mark.parametrize(("task", "y", "pred", "k"), list(sklearn_cases()), ids=lambda c: str(c)[:10])
+def test_a_classifiers_scores_are_scikit_learns(task, y, pred, k):
+    """`score` computes a classifier's metrics itself (scikit-learn's checks cost a small job ~4 ms):
+    they are scikit-learn's, to the last digits."""
+    from sklearn import metrics as skm
+
+    got = scoring.score(task, y, pred, k)
+    prob = pred.reshape(len(y), k) if task == "multiclass" else np.column_stack([1 - pred, pred])
+    predicted = prob.argmax(axis=1)
+    if task == "binary":
+        want = {
+            "auc": skm.roc_auc_score(y, pred),
+            "log_loss": skm.log_loss(y, np.clip(pred, 1e-15, 1 - 1e-15), labels=[0, 1]),
+            "accuracy": skm.accuracy_score(y, predicted),
+            "f1": skm.f1_score(y, predicted, zero_division=0),
+        }
+    else:
+        want = {
+            "log_loss": skm.log_loss(y, prob, labels=list(range(k))),
+            "accuracy": skm.accuracy_score(y, predicted),
+            "f1_macro": skm.f1_score(y, predicted, average="macro", zero_division=0),
+        }
+    assert got["metrics"] == pytest.approx(want, rel=1e-12)
+    assert got["confusion"] == skm.confusion_matrix(y, predicted, labels=list(range(k))).tolist()
+    with pytest.raises(ValueError):
+        scoring.score(task, y[:0], pred[:0], k)

@@ -102,19 +102,18 @@ def finish(merged: dict, task: str, n_classes: int) -> tuple[dict, dict]:
     correct = int(np.trace(confusion))
     if task == "binary":
         auc = _auc(merged.get("auc_positive", {}), merged.get("auc_negative", {}))
-        tp, fp, fn = confusion[1, 1], confusion[0, 1], confusion[1, 0]
         metrics = {
             "auc": auc,
             "log_loss": _finite(merged["log_loss_sum"] / n) if n else None,
             "accuracy": _finite(correct / n) if n else None,
-            "f1": _finite(2 * tp / (2 * tp + fp + fn)) if 2 * tp + fp + fn else 0.0,
+            "f1": scoring.binary_f1(confusion),
         }
         clipped["auc"] = auc
     else:
         metrics = {
             "log_loss": _finite(merged["log_loss_sum"] / n) if n else None,
             "accuracy": _finite(correct / n) if n else None,
-            "f1_macro": _macro_f1(confusion),
+            "f1_macro": scoring.macro_f1(confusion),
         }
     return {"metrics": metrics, "confusion": confusion.tolist()}, clipped
 
@@ -136,15 +135,6 @@ def _auc(positive: dict, negative: dict) -> float | None:
         return None
     below = np.cumsum(neg) - neg  # negatives in lower bins
     return float((pos * (below + neg / 2)).sum() / (n_pos * n_neg))
-
-
-def _macro_f1(confusion: np.ndarray) -> float:
-    """scikit-learn's macro F1: the mean F1 of the classes that occur as truth or prediction."""
-    tp = np.diag(confusion).astype(float)
-    truth, predicted = confusion.sum(axis=1), confusion.sum(axis=0)
-    present = (truth + predicted) > 0
-    f1 = np.divide(2 * tp, truth + predicted, out=np.zeros_like(tp), where=(truth + predicted) > 0)
-    return float(f1[present].mean()) if present.any() else 0.0
 
 
 def moments(pred: np.ndarray) -> dict:

@@ -1,6 +1,9 @@
 """Scores of predictions on evaluation rows: the same for every model family.
 
-Two kinds. `score` gives exact metrics with scikit-learn (mode rules releases them rounded). `stats`
+Two kinds. `score` gives exact metrics as scikit-learn defines them (mode rules releases them rounded):
+its AUC and regression metrics, and a classifier's log loss, accuracy, F1 and confusion counts computed
+here from the predictions and one confusion matrix (scikit-learn's input checks on each call cost a small
+job about 4 ms; tests/test_partials.py holds these to scikit-learn's). `stats`
 gives the sums a differentially private release is built from: each row's contribution is clipped, so
 one row moves each sum by a known amount whatever the model is (log loss: probabilities clipped to
 [0.01, 0.99], so a row adds at most ln 100; regression: residuals clipped to the label's range). A
@@ -35,7 +38,8 @@ def _auc(y: np.ndarray, prob: np.ndarray) -> float | None:
 
 
 def score(task: str, y: np.ndarray, pred: np.ndarray, n_classes: int) -> dict:
-    """Exact metrics and confusion counts (sklearn.metrics)."""
+    """Exact metrics and confusion counts. Raises ValueError where scikit-learn would: no rows, a label
+    outside the classes, a probability outside [0, 1]."""
     if task == "regression":
         return {
             "metrics": {
@@ -44,24 +48,48 @@ def score(task: str, y: np.ndarray, pred: np.ndarray, n_classes: int) -> dict:
                 "r2": _finite(skm.r2_score(y, pred)) if len(y) > 1 else None,
             }
         }
-    prob = _probabilities(task, pred, len(y), n_classes)
+    k = max(n_classes, 2)
+    truth = np.asarray(y).astype(np.int64)
+    if len(truth) == 0 or (truth != y).any() or truth.min() < 0 or truth.max() >= k:
+        raise ValueError("the labels are not the classes' codes")
+    if task == "binary":
+        # scikit-learn's log loss of P(class 1) clipped to [1e-15, 1 - 1e-15], as two columns
+        positive = np.clip(pred if pred.ndim == 1 else pred[:, 1], 1e-15, 1 - 1e-15)
+        prob = np.column_stack([1 - positive, positive])
+    else:
+        prob = _probabilities(task, pred, len(y), n_classes)
+    if prob.max() > 1 or prob.min() < 0:
+        raise ValueError("the predictions are not probabilities")
     predicted = prob.argmax(axis=1)
-    classes = list(range(max(n_classes, 2)))
+    confusion = np.bincount(truth * k + predicted, minlength=k * k).reshape(k, k)
+    eps = np.finfo(prob.dtype).eps  # scikit-learn clips to its dtype's resolution, in its dtype
+    loss = _finite(float(np.mean(-np.log(np.clip(prob[np.arange(len(truth)), truth], eps, 1 - eps)))))
+    accuracy = _finite(float(np.trace(confusion) / len(truth)))
     if task == "binary":
         metrics = {
-            "auc": _auc(y, prob[:, 1]),
-            "log_loss": _finite(skm.log_loss(y, np.clip(prob[:, 1], 1e-15, 1 - 1e-15), labels=[0, 1])),
-            "accuracy": _finite(skm.accuracy_score(y, predicted)),
-            "f1": _finite(skm.f1_score(y, predicted, zero_division=0)),
+            "auc": _auc(y, pred if pred.ndim == 1 else pred[:, 1]),
+            "log_loss": loss,
+            "accuracy": accuracy,
+            "f1": binary_f1(confusion),
         }
     else:
-        metrics = {
-            "log_loss": _finite(skm.log_loss(y, prob, labels=classes)),
-            "accuracy": _finite(skm.accuracy_score(y, predicted)),
-            "f1_macro": _finite(skm.f1_score(y, predicted, average="macro", zero_division=0)),
-        }
-    confusion = skm.confusion_matrix(y, predicted, labels=classes)
+        metrics = {"log_loss": loss, "accuracy": accuracy, "f1_macro": macro_f1(confusion)}
     return {"metrics": metrics, "confusion": confusion.tolist()}
+
+
+def binary_f1(confusion: np.ndarray) -> float:
+    """scikit-learn's F1 of class 1 (0 where it has no true or predicted row)."""
+    tp, fp, fn = confusion[1, 1], confusion[0, 1], confusion[1, 0]
+    return float(2 * tp / (2 * tp + fp + fn)) if 2 * tp + fp + fn else 0.0
+
+
+def macro_f1(confusion: np.ndarray) -> float:
+    """scikit-learn's macro F1: the mean F1 of the classes that occur as truth or prediction."""
+    tp = np.diag(confusion).astype(float)
+    truth, predicted = confusion.sum(axis=1), confusion.sum(axis=0)
+    present = (truth + predicted) > 0
+    f1 = np.divide(2 * tp, truth + predicted, out=np.zeros_like(tp), where=present)
+    return float(f1[present].mean()) if present.any() else 0.0
 
 
 def row_losses(
