@@ -184,11 +184,11 @@ def seeded_noise(seed: int) -> Callable[[list[float], float, float], list[float]
     return noise
 
 
-def seeded_select(seed: int) -> Callable[[list[float], float, float], int]:
+def seeded_select(seed: int) -> Callable[[np.ndarray, float, float], int]:
     """Report-noisy-max with Gumbel noise of OpenDP's noisy top-1 scale for (linf, rho), seeded."""
     rng = np.random.default_rng(seed + 1_000_003)
 
-    def select(scores: list[float], linf: float, rho: float) -> int:
+    def select(scores: np.ndarray, linf: float, rho: float) -> int:
         return int(np.argmax(np.asarray(scores) + rng.gumbel(0.0, linf / np.sqrt(2 * rho), len(scores))))
 
     return select

@@ -58,7 +58,7 @@ class SeededNoise:
     def noise(self, values: list[float], bound: float, rho: float) -> list[float]:
         return self.answer(NoiseRequest(kind="gaussian", values=values, bound=bound, rho=rho)).values or []
 
-    def select(self, scores: list[float], bound: float, rho: float) -> int:
+    def select(self, scores: np.ndarray, bound: float, rho: float) -> int:
         answer = self.answer(NoiseRequest(kind="top1", values=scores, bound=bound, rho=rho))
         assert answer.index is not None
         return answer.index
@@ -85,7 +85,7 @@ class OpenDPNoise:
         return self._kept[key]
 
     @staticmethod
-    def select(scores: list[float], bound: float, rho: float) -> int:
+    def select(scores: np.ndarray, bound: float, rho: float) -> int:
         return dp.top_k(scores, 1, bound, rho)[0]
 
 

@@ -6,6 +6,8 @@ release of the plan it declared (the trainer's own settings), ends its job."""
 from __future__ import annotations
 
 import math
+import multiprocessing
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,7 +24,8 @@ from remote_magic.families.dpboost.schedule import releases
 from remote_magic.families.dpboost.settings import Settings as TrainerSettings
 from remote_magic_server.audit import AuditLog
 from remote_magic_server.config.settings import DatasetConfig, Settings
-from remote_magic_server.jobs.conversation import Conversation
+from remote_magic_server.jobs.conversation import Conversation, drive
+from remote_magic_server.jobs.local_executor import LocalExecution
 from remote_magic_server.privacy import dp
 from remote_magic_server.protocol import (
     Admission,
@@ -33,9 +36,11 @@ from remote_magic_server.protocol import (
     NoiseRequest,
     SplitCounts,
     TrainingPlan,
+    noise_frame,
 )
 from remote_magic_server.release.desk import ReleaseDesk, Request
 from remote_magic_server.release.ledger import Ledger
+from remote_magic_server.runner.channel import Channel
 from tests.accountant import accountant_total
 
 QUICK = {"dataset": "synthetic", "label": "label", "eval": {"fraction": 0.2, "seed": 42}}
@@ -299,6 +304,71 @@ def test_a_noise_batch_is_checked_and_charged_as_its_requests_one_by_one(desk, t
     assert final is not None and final.error is not None and final.error[0] == "invalid_worker_report"
     assert execution.killed and len(execution.sent) == 2, "no answer to a batch with a request off the plan"
     assert desk.ledger.noise_draws(request.charge).keys() == {0, 1, 2}, "every answer drawn is kept"
+
+
+# One split per round (depth 1, no intercept): the plan's releases are a top-1, then the leaves' sums.
+SELECTING = TrainerSettings(rounds=1, max_depth=1, intercept_share=0.0)
+
+
+def _one_frame(size: int, values: list[float], kind: str = "top1") -> bytes:
+    """A noise frame whose header says `size` values (or, with kind "two", two requests unbatched)."""
+    select = next(releases(SELECTING, 1.0, 0, 0.0, False))
+    frame = noise_frame([("top1", values, select.bound, select.rho)], batch=False)
+    header_end = 5 + int.from_bytes(frame[1:5], "little")
+    header = frame[5:header_end].replace(b'"size":%d' % len(values), b'"size":%d' % size)
+    if kind == "two":
+        another = b'{"kind":"top1","size":1,"bound":1.0,"rho":1.0},'
+        header = header.replace(b'"requests":[', b'"requests":[' + another)
+    return frame[:1] + len(header).to_bytes(4, "little") + header + frame[header_end:]
+
+
+MALFORMED = {
+    "values short of the header": lambda: _one_frame(4, [1.0, 2.0, 3.0]),
+    "values past the header": lambda: _one_frame(2, [1.0, 2.0, 3.0]),
+    "a value not a number": lambda: _one_frame(3, [1.0, float("nan"), 3.0]),
+    "an infinite value": lambda: _one_frame(3, [1.0, float("inf"), 3.0]),
+    "two requests not batched": lambda: _one_frame(4, [1.0, 2.0, 3.0], kind="two"),
+    "a header cut short": lambda: _one_frame(3, [1.0, 2.0, 3.0])[:9],
+}
+
+
+def _asking(conn, admission: Admission, plan: TrainingPlan, select: tuple[float, float], bad: bytes) -> None:
+    """A worker that is admitted, declares its plan, asks its first selection as a channel does, then
+    sends `bad` and waits to be stopped."""
+    channel = Channel(conn)
+    channel.admit(admission)
+    channel.send(plan)
+    channel.select([0.5, 3.0, 1.0], *select)
+    conn.send_bytes(bad)
+    time.sleep(60)
+
+
+@pytest.mark.parametrize("bad", list(MALFORMED))
+def test_a_malformed_noise_frame_ends_the_job_unanswered_and_uncharged(desk, tmp_path, bad):
+    """A noise frame crosses the pipe as raw float64 after a JSON header: the parent reads it as strictly as
+    a JSON request (the values' length is the header's, every value finite, one request unless batched),
+    and one that is not well formed ends the job with `invalid_worker_report`, nothing drawn for it."""
+    request, _ = admitted(desk, tmp_path, "j11")
+    select = next(releases(SELECTING, desk.policy("d").dp_rho_train, 0, 0.0, False))
+    sets = {"training": "training.roaring", "evaluation": "evaluation.roaring"}
+    rows = Admission(counts=COUNTS, row_sets=sets, table_rows=10_000)
+    context = multiprocessing.get_context("fork")
+    ours, theirs = context.Pipe(duplex=True)
+    worker = context.Process(
+        target=_asking, args=(theirs, rows, plan_of(SELECTING), (select.bound, select.rho), MALFORMED[bad]())
+    )
+    worker.start()
+    theirs.close()
+    execution = LocalExecution(worker, ours)
+    talk = Conversation(desk, request, tmp_path, execution)
+    try:
+        final = drive(execution, talk.handle, time.monotonic() + 60, 60)
+    finally:
+        execution.close()
+    assert final.error is not None and final.error[0] == "invalid_worker_report"
+    assert worker.exitcode == -9, "the worker was stopped"
+    assert talk.admitted is not None and talk.admitted.noise_asked == 1, "the well-formed selection only"
+    assert talk.admitted.train_spent == pytest.approx(select.rho)
 
 
 def test_a_sketch_asked_again_gets_its_noisy_counts_again_and_is_charged_as_before(desk, tmp_path):

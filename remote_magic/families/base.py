@@ -38,7 +38,8 @@ Noise = Callable[[list[float], float, float], list[float]]
 # noise_many([(values, l2, rho), ...]) -> each values with its noise: the same releases as one `noise`
 # call each, asked together (one round trip to the parent instead of one each).
 NoiseMany = Callable[[list[tuple[list[float], float, float]]], list[list[float]]]
-Select = Callable[[list[float], float, float], int]
+# The scores a select call gets are a float64 array: a worker sends them to the parent as they are.
+Select = Callable[[np.ndarray, float, float], int]
 # A DP training's public plan, told to the parent before its first noise request: the trainer's settings
 # (a dataclass), the sketched columns, the sketch's rho, whether it continues a base model.
 Declare = Callable[[Any, list[str], float, bool], None]

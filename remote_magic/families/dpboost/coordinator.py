@@ -131,7 +131,7 @@ class Coordinator:
                 self.spent += rho
                 prior = adapted(options, self.chosen)
                 total = weighted(table.sum(axis=0), prior, bound, rho)
-                index = np.full(nodes, self.select(total.tolist(), bound, rho))
+                index = np.full(nodes, self.select(total, bound, rho))
                 self.chosen[options.feature[index[0]]] += 1
             else:
                 # The column by its best split at each node, summed; then each node's split on it. The
@@ -139,9 +139,9 @@ class Coordinator:
                 columns = np.unique(options.feature)
                 best = np.stack([table[:, options.feature == f].max(axis=1) for f in columns], axis=1)
                 self.spent += 2 * rho
-                column = columns[self.select(best.sum(axis=0).tolist(), bound, rho)]
+                column = columns[self.select(best.sum(axis=0), bound, rho)]
                 at = np.flatnonzero(options.feature == column)
-                index = np.array([at[self.select(table[j, at].tolist(), bound, rho)] for j in range(nodes)])
+                index = np.array([at[self.select(table[j, at], bound, rho)] for j in range(nodes)])
             batch = choose(batch, tree, request.level, options, index)
         self._growing = batch
 

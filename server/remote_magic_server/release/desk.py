@@ -525,7 +525,7 @@ class ReleaseDesk:
             answer = NoiseAnswer(index=dp.top_k(ask.values, 1, ask.bound, ask.rho)[0])
         if sketch and kept is None:
             self.ledger.store_answer(request.user, request.dataset, sketch, answer.model_dump(mode="json"))
-        admitted.noise_unkept.append((seq, answer.model_dump_json()))
+        admitted.noise_unkept.append((seq, kept if kept is not None else answer.model_dump_json()))
         return answer
 
     def keep_noise(self, request: Request, admitted: Admitted) -> None:
@@ -556,7 +556,6 @@ class ReleaseDesk:
         """A train or evaluate report as the strict result of its mode; the model-release decision with it."""
         assert request.job_id is not None
         policy = self.policy(request.dataset)
-        self.keep_noise(request, admitted)
         if policy.noisy:
             assert admitted.noisy is not None
             result = dp_release.release_dp(
@@ -574,10 +573,14 @@ class ReleaseDesk:
                     "model_flagged", request.user, job=request.job_id, dataset=request.dataset, flags=flags
                 )
             stored = result.model_dump(mode="json")
-            if request.payload_sha256 is not None:
-                self.ledger.store_answer(request.user, request.dataset, self._request_key(request), stored)
+            with self.ledger.together():  # the noise kept before anything that depends on it leaves
+                self.keep_noise(request, admitted)
+                if request.payload_sha256 is not None:
+                    key = self._request_key(request)
+                    self.ledger.store_answer(request.user, request.dataset, key, stored)
             result = result.model_copy(update={"privacy": self._report(request, self.cost(request), False)})
         else:
+            self.keep_noise(request, admitted)
             admission = admitted.admission
             result = rules.release(
                 report,

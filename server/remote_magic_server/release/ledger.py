@@ -75,6 +75,9 @@ class Ledger:
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
+        if self._db.in_transaction:  # within `together`: its commit is this one's
+            yield
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -82,6 +85,13 @@ class Ledger:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    @contextmanager
+    def together(self) -> Iterator[None]:
+        """The block's writes in one transaction: one commit, so one wait for the disk, not one each
+        (a synced commit costs 1-4 ms on a shared VM's disk: a DP job's kept noise and its stored result)."""
+        with self._lock, self._transaction():
+            yield
 
     @contextmanager
     def decision(self) -> Iterator[Ledger]:

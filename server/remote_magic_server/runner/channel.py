@@ -1,5 +1,6 @@
-"""The child's end of the protocol: typed messages out as JSON, the parent's decision in; and `serve`,
-which turns whatever ends a child's task into one message (a confined worker's and a driver's alike)."""
+"""The child's end of the protocol: typed messages out as JSON (noise requests as noise frames), the
+parent's decisions and answers in; and `serve`, which turns whatever ends a child's task into one message
+(a confined worker's and a driver's alike)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel
 
 from remote_magic.contract.codes import Refusal
@@ -22,10 +24,9 @@ from ..protocol import (
     Failure,
     NoiseAnswer,
     NoiseAnswers,
-    NoiseBatch,
-    NoiseRequest,
     ProgressNote,
     TrainingPlan,
+    noise_frame,
 )
 
 log = logging.getLogger("remote_magic_server.worker")
@@ -54,27 +55,30 @@ class Channel:
 
     def noise(self, values: list[float], l2: float, rho: float) -> list[float]:
         """Gaussian noise on `values` from the parent (a DP training's `Run.noise`); wait for it."""
-        return self._ask(NoiseRequest(kind="gaussian", values=values, bound=l2, rho=rho)).values
+        answer = self._ask("gaussian", values, l2, rho)
+        if len(answer.values) != len(values):
+            raise ValueError("the parent's answer does not match the request")
+        return answer.values
 
     def noise_many(self, releases: list[tuple[list[float], float, float]]) -> list[list[float]]:
         """Gaussian noise on several `(values, l2, rho)` at once (a DP training's `Run.noise_many`):
         one message and one answer, each release checked and charged by the parent as `noise` is."""
-        asks = [NoiseRequest(kind="gaussian", values=v, bound=l2, rho=rho) for v, l2, rho in releases]
-        self.send(NoiseBatch(requests=asks))
+        asks = [("gaussian", values, l2, rho) for values, l2, rho in releases]
+        self.conn.send_bytes(noise_frame(asks, batch=True))
         answers = NoiseAnswers.model_validate_json(self.conn.recv_bytes()).answers
-        if len(answers) != len(asks) or any(len(a.values) != len(q.values) for a, q in zip(answers, asks)):
+        if len(answers) != len(asks) or any(len(a.values) != len(q[1]) for a, q in zip(answers, asks)):
             raise ValueError("the parent's answers do not match the batch")
         return [answer.values for answer in answers]
 
-    def select(self, scores: list[float], linf: float, rho: float) -> int:
+    def select(self, scores: np.ndarray, linf: float, rho: float) -> int:
         """The parent's noisy choice of about the highest score (a DP training's `Run.select`)."""
-        index = self._ask(NoiseRequest(kind="top1", values=scores, bound=linf, rho=rho)).index
+        index = self._ask("top1", scores, linf, rho).index
         if index is None or not 0 <= index < len(scores):
             raise ValueError("the parent's answer is not an index of the scores")
         return index
 
-    def _ask(self, request: NoiseRequest) -> NoiseAnswer:
-        self.send(request)
+    def _ask(self, kind: str, values: list[float] | np.ndarray, bound: float, rho: float) -> NoiseAnswer:
+        self.conn.send_bytes(noise_frame([(kind, values, bound, rho)], batch=False))
         return NoiseAnswer.model_validate_json(self.conn.recv_bytes())
 
 
