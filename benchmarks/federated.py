@@ -25,7 +25,8 @@ evaluations. `--no-sketch` spreads the candidates over the declared ranges inste
 Measured (docs/federated.md, "The prior, measured"; 6 repeats, load 3 to 4 on two shared cores): AUC
 federated 0.8503 (sd 0.0018), one server 0.8501, in-process 0.8506; 5 round trips for 50 trees; wall time
 2.38x the one server's (3.48 s / 1.46 s); 1.44x to 1.82x in the quietest windows (load 1.4 to 3.2),
-up to 3.4x at load 8.
+up to 3.4x at load 8; since warm workers open DuckDB only after a moment idle (1 s when measured;
+0.4 s now), 1.28x to 1.87x at load 2.6 to 4.5 (docs/federated.md, "Where a step's time goes").
 
     python -m benchmarks.federated [--rows 40000] [--rounds 50] [--batch 10] [--rho 0.3] [--repeats 3]
                                    [--no-sketch]

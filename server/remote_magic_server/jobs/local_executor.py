@@ -2,11 +2,11 @@
 
 The forkserver's parent preloaded numpy, pandas, xgboost and duckdb (worker/preload.py), so a worker
 costs a fork, not an import, and this process never imports them: the worker is started by module name.
-Once warmed, a task goes to a warm worker of the pool (worker_pool.py: forked and its DuckDB open
-before the task existed, still one process per task) when one is waiting, else to a fresh one.
-Messages travel as JSON (a DP training's noise requests as noise frames) over a duplex pipe (never
-pickle) and are validated here. A worker that dies without a word (a segfault in XGBoost's parser, the
-OOM killer, the CPU limit) becomes a fixed code.
+Once warmed, a task goes to a warm worker of the pool (worker_pool.py: forked and, once it has waited
+a moment idle, its DuckDB open before the task existed, still one process per task) when one is waiting,
+else to a fresh one. Messages travel as JSON (a DP training's noise requests as noise frames) over a
+duplex pipe (never pickle) and are validated here. A worker that dies without a word (a segfault in
+XGBoost's parser, the OOM killer, the CPU limit) becomes a fixed code.
 A worker's resident memory is watched here (whenever a wait for its next message times out, and at most every
 `MEMORY_CHECK_S` while messages stream), as Dask's nanny watches its workers: past the task's
 `memory_mb` it is stopped and the task ends `out_of_memory` (its hard data limit is a multiple of that,

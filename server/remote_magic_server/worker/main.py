@@ -2,12 +2,12 @@
 
 The executor starts `runner.launch.run` from a forkserver whose parent preloaded numpy, pandas, xgboost and
 duckdb (preload.py), so a worker costs a fork, not an import. A warm worker (`wait`, started ahead by the
-executor's pool) has also opened its DuckDB before any job exists; it then takes one job folder from the
-parent and runs it exactly as `run` does (the same confinement, before the payload is read), and ends
-with it: a worker never serves a second job. Every message to the parent is a typed
-protocol message (protocol.py) as JSON over a pipe, never pickle. A refusal becomes a `failure` with its
-fixed code; anything unexpected becomes `internal_error`, with its traceback in the server log (stderr)
-only, never on the pipe.
+executor's pool) has also opened its DuckDB before any job exists, once it has waited
+`OPEN_AHEAD_AFTER_S` with none; it then takes one job folder from the parent and runs it exactly as `run`
+does (the same confinement, before the payload is read), and ends with it: a worker never serves a second
+job. Every message to the parent is a typed protocol message (protocol.py) as JSON over a pipe, never
+pickle. A refusal becomes a `failure` with its fixed code; anything unexpected becomes `internal_error`,
+with its traceback in the server log (stderr) only, never on the pipe.
 """
 
 from __future__ import annotations
@@ -26,6 +26,13 @@ from ..runner.channel import Channel, serve
 from . import sandbox, staging
 
 log = logging.getLogger("remote_magic_server.worker")
+# A warm worker opens its DuckDB ahead only once it has waited this long with no job. A federated
+# training's next step comes sooner (0.1 to 0.3 s after the last took its worker) and stages nothing: the
+# DuckDB it never used cost 22 ms of CPU to open and 2 to close, a quarter of such a worker's CPU, on two
+# shared cores part of the three servers' step time (docs/federated.md, "The wall time, measured again").
+# A job that stages and comes sooner connects on its own path (about 10 ms), as a fresh worker does: short
+# enough that jobs a person or small_job.py submits one after another (0.5 s or more apart) find it open.
+OPEN_AHEAD_AFTER_S = 0.4
 
 
 def _resident_mb() -> float:
@@ -116,9 +123,10 @@ def run(job_dir: str, conn: Connection) -> None:
 
 
 def wait(conn: Connection) -> None:
-    """Entry point of a warm worker: open DuckDB, wait for one job's folder, run it as `run` does, end.
+    """Entry point of a warm worker: wait for one job's folder (opening DuckDB once it has waited
+    `OPEN_AHEAD_AFTER_S`), run it as `run` does, end.
     A pool that closes before handing it a job (the pipe ends) ends it quietly."""
-    ahead = staging.open_ahead()
+    ahead = None if conn.poll(OPEN_AHEAD_AFTER_S) else staging.open_ahead()
     try:
         assignment = Assignment.model_validate_json(conn.recv_bytes())
     except (EOFError, OSError):
