@@ -26,7 +26,9 @@ Measured (docs/federated.md, "The prior, measured"; 6 repeats, load 3 to 4 on tw
 federated 0.8503 (sd 0.0018), one server 0.8501, in-process 0.8506; 5 round trips for 50 trees; wall time
 2.38x the one server's (3.48 s / 1.46 s); 1.44x to 1.82x in the quietest windows (load 1.4 to 3.2),
 up to 3.4x at load 8; since warm workers open DuckDB only after a moment idle (1 s when measured;
-0.4 s now), 1.28x to 1.87x at load 2.6 to 4.5 (docs/federated.md, "Where a step's time goes").
+0.4 s now), 1.28x to 1.87x at load 2.6 to 4.5 (docs/federated.md, "Where a step's time goes"). On a quiet
+machine, with the one server's adaptive prior (3 repeats, three runs, load 1.6-2.1): wall 1.15x, 1.24x,
+1.12x; AUC gap +0.34, +0.33, +0.29 points; 5 round trips for 50 trees.
 
     python -m benchmarks.federated [--rows 40000] [--rounds 50] [--batch 10] [--rho 0.3] [--repeats 3]
                                    [--no-sketch]
