@@ -276,3 +276,42 @@ def test_a_federated_step_asks_its_batchs_noise_and_a_session_step_is_charged_as
     with pytest.raises(Refusal) as rules:
         desk.readmit(step("s3", "plain"), rows)
     assert rules.value.code == "federated_needs_dp"
+
+
+def test_a_describe_asks_one_sketch_at_its_charge_and_no_other_job_asks_noise(desk, tmp_path):
+    """A worker taken over by its payload chose a noise request's bound and rho freely outside a
+    training: a scale OpenDP searched for without end (a thread of the server held), or a flood of
+    near-free requests. Now a describe's one sketch is checked against what it was charged for (its rho,
+    a bound of one count per undeclared column shown, at most one per column shown) and any other kind
+    of job is answered no noise at all."""
+    sketch = Request(
+        user="bob",
+        dataset="noisy",
+        kind="describe",
+        spec={"dataset": "noisy", "label": "y", "derive": {"c": "a * 2"}},
+        features=("a", "b"),
+        charge_key="describe:s",
+    )
+    bad = [
+        NoiseRequest(kind="gaussian", values=[1.0], bound=1.0, rho=0.002),  # b and c undeclared: sqrt 2
+        NoiseRequest(kind="gaussian", values=[1.0], bound=1e300, rho=0.002),
+        NoiseRequest(kind="gaussian", values=[1.0], bound=math.sqrt(2), rho=1e-300),
+        NoiseRequest(kind="top1", values=[1.0, 2.0], bound=math.sqrt(2), rho=0.002),
+    ]
+    for i, ask in enumerate(bad):
+        request = Request(**{**sketch.__dict__, "user": f"u{i}", "charge_key": f"describe:bad{i}"})
+        admitted = desk.admit(request, describe_admission(tmp_path), tmp_path)
+        with pytest.raises(Refusal) as refused:
+            desk.noise(request, admitted, ask)
+        assert refused.value.code == "invalid_worker_report", ask
+    admitted = desk.admit(sketch, describe_admission(tmp_path), tmp_path)
+    good = NoiseRequest(kind="gaussian", values=[5.0, 6.0], bound=math.sqrt(2), rho=0.002)
+    assert len(desk.noise(sketch, admitted, good).values) == 2
+    with pytest.raises(Refusal, match="does not make"):
+        desk.noise(sketch, admitted, good)  # a second sketch
+    evaluate = Request(
+        user="carol", dataset="plain", kind="evaluate", spec={"dataset": "plain", "label": "y"}
+    )
+    admitted = desk.admit(evaluate, admission(tmp_path, range(600), range(600, 1200)), tmp_path)
+    with pytest.raises(Refusal, match="does not make"):
+        desk.noise(evaluate, admitted, NoiseRequest(kind="gaussian", values=[1.0], bound=1.0, rho=1e-300))

@@ -24,6 +24,7 @@ from remote_magic.client.errors import DisclosureRefused, RemoteError
 from remote_magic.contract.wire import DPTraining
 from remote_magic.display.model import RemoteModel
 from remote_magic_server.demo import ensure_demo_data
+from remote_magic_server.jobs.store import Store
 from remote_magic_server.privacy.model_release import NOT_ALLOWED, may_leave
 from tests.serverproc import USERS, dataset_table, magic_shell, pause_worker, running
 
@@ -361,3 +362,18 @@ def test_the_mlflow_export_logs_a_dp_model_at_once(tmp_path: Path, dp_server, dp
     [run] = ml.search_runs([ml.get_experiment_by_name(settings.mlflow.experiment).experiment_id])
     assert [f.path for f in ml.list_artifacts(run.info.run_id, "model")] == ["model/model.json"]
     assert run.data.tags["remote_magic.dp_model"] == f"epsilon {dp_job.raw.training.epsilon:.3g}"
+
+
+def test_a_repeat_copies_the_first_runs_model_files_never_what_a_link_points_at(tmp_path):
+    """A worker that could make links in its folder must not make a repeat's folder hold another file."""
+    store = Store(tmp_path / "store.sqlite", tmp_path / "jobs")
+    first = store.job_dir("first")
+    first.mkdir(parents=True)
+    (first / "model.json").write_text('{"model": 1}')
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not a model")
+    (first / "params.json").symlink_to(secret)
+    store.copy_model("first", "again")
+    again = store.job_dir("again")
+    assert (again / "model.json").read_text() == '{"model": 1}'
+    assert not (again / "params.json").exists()

@@ -8,7 +8,9 @@ import math
 import numpy as np
 import pyarrow as pa
 import pytest
+from pydantic import ValidationError
 
+from remote_magic.contract.wire import FederatedSettings
 from remote_magic.families.dpboost import Column, Features
 from remote_magic.families.dpboost.objectives import BINARY, MULTICLASS, Objective
 from remote_magic.families.dpboost.prior import (
@@ -86,3 +88,14 @@ def test_the_structure_draws_its_columns_by_the_weights_and_without_them_as_befo
     leaning = draw(rng(), FEATURES, 0, 500, 1, 4, np.array([1.0, PRIOR_FLOOR, 1.0, 1.0]))
     share = np.mean(leaning.feature == 1)
     assert 0.01 < share < 0.06  # 0.1 / 3.1 of the levels
+
+
+def test_a_federated_base_margin_is_finite_and_moderate():
+    """A NaN margin made every gradient NaN and failed the job after admission, charged."""
+    fields = dict(
+        rounds=5, max_depth=2, learning_rate=0.3, reg_lambda=1.0, batch_size=5, grad_share=0.8, max_leaf=2.0
+    )
+    assert FederatedSettings(**fields, base_margin=[0.5]).base_margin == [0.5]
+    for margin in ([float("nan")], [float("inf")], [1e300], []):
+        with pytest.raises(ValidationError):
+            FederatedSettings(**fields, base_margin=margin)

@@ -623,7 +623,9 @@ class FederatedSettings(_Strict):
     grad_share: float = Field(gt=0, lt=1)
     max_leaf: float = Field(gt=0)
     seed: int = Field(default=0, ge=0)
-    base_margin: list[float] | None = None
+    base_margin: list[Annotated[float, Field(allow_inf_nan=False, ge=-1e6, le=1e6)]] | None = Field(
+        default=None, min_length=1, max_length=1000
+    )
 
 
 TRAINING_ID = r"^[A-Za-z0-9_-]{22,64}$"  # a federated training's id: the client's secrets.token_urlsafe(24)

@@ -125,17 +125,16 @@ class Intake:
     def _base_classes(self, spec: DatasetSpec, plan: JobPlan, trained: JobRow) -> DatasetSpec:
         """The spec with the classes a registered version was trained on, where a noisy-mode job needs
         public classes and neither the spec nor the data owner names them: the analyst who evaluates
-        `churn@3` has no fitted model for the client to read them from. They were public when that job
-        ran (the spec's, or its owner's declaration), so the worker's check holds them as it would the
-        analyst's own; classes that are not values of this label's type are left out (the worker then
-        asks for them)."""
+        `churn@3` has no fitted model for the client to read them from. Its spec's classes were public
+        when that job ran, so the worker's check holds them as it would the analyst's own (an owner's
+        declaration on another dataset is not read: that config is not this analyst's); classes that
+        are not values of this label's type are left out (the worker then asks for them)."""
         dataset = self.settings.datasets[spec.dataset]
         if spec.classes is not None or spec.label in dataset.column_levels:
             return spec
         if not self.settings.policy_for(spec.dataset).noisy or trained.spec.get("label") != spec.label:
             return spec
-        before = self.settings.datasets.get(str(trained.spec.get("dataset")))
-        classes = trained.spec.get("classes") or (before.column_levels.get(spec.label) if before else None)
+        classes = trained.spec.get("classes")
         if not classes:
             return spec
         try:

@@ -110,7 +110,12 @@ class Conversation:
         self.resumed = resumed  # a federated session's admission, which a `Resumed` step is charged as
 
     def handle(self, message: WorkerMessage) -> Final | None:
-        final = self._handle(message)
+        try:
+            final = self._handle(message)
+        except Exception:  # noqa: BLE001 - a failure here must end the task, not the thread that drives it
+            log.exception("a message of %s %s could not be handled", self.request.kind, self.request.job_id)
+            self.execution.kill()
+            final = Final.failed("internal_error", "the job failed on the server")
         if final is not None and self.admitted is not None:
             self.desk.keep_noise(self.request, self.admitted)
         return final

@@ -267,11 +267,13 @@ class Store:
         folder.mkdir(parents=True, exist_ok=True)
         for name in MODEL_FILES:
             found = self.job_dir(source) / name
-            if found.exists() and not (folder / name).exists():
-                try:
-                    os.link(found, folder / name)
-                except OSError:
-                    shutil.copyfile(found, folder / name)
+            # A regular file only, never what a link in the folder points at.
+            if found.is_symlink() or not found.is_file() or (folder / name).exists():
+                continue
+            try:
+                os.link(found, folder / name, follow_symlinks=False)
+            except OSError:
+                shutil.copyfile(found, folder / name, follow_symlinks=False)
 
     def create_job(
         self,

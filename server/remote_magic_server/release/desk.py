@@ -501,6 +501,8 @@ class ReleaseDesk:
                 and math.isclose(ask.rho, expected.rho, rel_tol=1e-9)
             ):
                 raise self._bad_noise(request, "noise its training plan does not make")
+        elif request.kind != "describe" or not self._describe_sketch(request, admitted, seq, ask):
+            raise self._bad_noise(request, "noise its job does not make")
         spent = admitted.train_spent + ask.rho
         if spent > admitted.train_rho * (1 + 1e-9) + 1e-15:
             log.warning("noise_past_allowance", extra={"job": request.job_id, "rho": spent})
@@ -517,16 +519,41 @@ class ReleaseDesk:
         # The kept sketch (thousands of values) goes from its stored text to the answer and back to the
         # text the ledger keeps by pydantic's JSON, not the standard library's (about 5 ms less a job).
         kept = self.ledger.stored_answer_json(request.user, request.dataset, sketch) if sketch else None
-        if kept is not None:
-            answer = NoiseAnswer.model_validate_json(kept)
-        elif ask.kind == "gaussian":
-            answer = NoiseAnswer(values=dp.gaussian(ask.values, ask.bound, ask.rho)[0])
-        else:
-            answer = NoiseAnswer(index=dp.top_k(ask.values, 1, ask.bound, ask.rho)[0])
+        answer = NoiseAnswer.model_validate_json(kept) if kept is not None else self._draw(request, ask)
         if sketch and kept is None:
             self.ledger.store_answer(request.user, request.dataset, sketch, answer.model_dump(mode="json"))
         admitted.noise_unkept.append((seq, kept if kept is not None else answer.model_dump_json()))
         return answer
+
+    def _describe_sketch(self, request: Request, admitted: Admitted, seq: int, ask: NoiseRequest) -> bool:
+        """Whether a describe's noise request is its one sketch (`worker.describe_task.public_choices`):
+        Gaussian, at the sketch's charged rho, its bound between one count for each shown column the
+        owner declared nothing for and one for every shown column (features, derived columns, label)."""
+        config = self.settings.datasets[request.dataset]
+        label = request.spec["label"]
+        columns = [*request.features, *(request.spec.get("derive") or {})]
+        bare = [c for c in columns if c not in config.column_ranges and c not in config.column_levels]
+        if not (label in {*config.label_ranges, *config.column_levels} or request.spec.get("classes")):
+            bare.append(label)
+        least, most = math.sqrt(max(1, len(bare))), math.sqrt(len(columns) + 1)
+        return (
+            seq == 0
+            and ask.kind == "gaussian"
+            and admitted.train_rho > 0
+            and math.isclose(ask.rho, admitted.train_rho, rel_tol=1e-9)
+            and least * (1 - 1e-9) <= ask.bound <= most * (1 + 1e-9)
+        )
+
+    def _draw(self, request: Request, ask: NoiseRequest) -> NoiseAnswer:
+        """OpenDP's draw for a checked request; a draw OpenDP cannot make of the worker's numbers (a
+        scale it cannot meet, values it rejects) is the worker's fault, never the server's failure."""
+        try:
+            if ask.kind == "gaussian":
+                return NoiseAnswer(values=dp.gaussian(ask.values, ask.bound, ask.rho)[0])
+            return NoiseAnswer(index=dp.top_k(ask.values, 1, ask.bound, ask.rho)[0])
+        except Exception:  # noqa: BLE001 - OpenDP's errors have no common type of their own
+            log.warning("noise_not_drawn", extra={"job": request.job_id}, exc_info=True)
+            raise self._bad_noise(request, "noise OpenDP cannot draw") from None
 
     def keep_noise(self, request: Request, admitted: Admitted) -> None:
         """Write the answers drawn since the last call to the ledger, in one transaction: called before

@@ -81,10 +81,13 @@ class Ledger:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # A failed COMMIT too: left open, the transaction would swallow every later one's writes
+            # (they see `in_transaction` and commit nothing of their own).
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     @contextmanager
     def together(self) -> Iterator[None]:
