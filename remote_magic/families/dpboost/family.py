@@ -110,15 +110,9 @@ def declared_columns(schema: pa.Schema, order: PrivateOrder) -> CandidatePlan:
         kind = _kind(field.type)
         lo, hi = order.column_ranges.get(field.name, (None, None))
         levels = order.column_levels.get(field.name)
-        columns.append(
-            Declared(
-                field.name,
-                kind,
-                lo=lo if kind == "numeric" else None,
-                hi=hi if kind == "numeric" else None,
-                levels=tuple(levels) if kind == "categorical" and levels is not None else None,
-            )
-        )
+        numeric, text = kind == "numeric", kind == "categorical" and levels is not None
+        bounds = {"lo": lo, "hi": hi} if numeric else {}
+        columns.append(Declared(field.name, kind, **bounds, levels=tuple(levels) if text else None))
     return CandidatePlan(tuple(columns))
 
 

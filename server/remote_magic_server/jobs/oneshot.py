@@ -113,11 +113,9 @@ class Keep:
 
 class FederatedSteps(Describer):
     """A federated training's steps on this server: each batch of trees in a fresh confined worker that
-    sums the training rows' clipped gradients and hessians per leaf of the batch's public structure, and
-    has the desk noise the sums (charged at admission, as a DP training's noise). A training's first step
-    stages the rows and predicts the model so far on them; its later steps take them, and their margins,
-    from the training's session (sessions.py), kept by analyst and training id, and so does its final
-    evaluation (`evaluate`), on the session's evaluation rows."""
+    sums the training rows' clipped gradients and hessians per leaf of the batch's public structure, the
+    desk noising the sums (charged at admission). The first step stages the rows; later steps and the
+    final evaluation take them, and their margins, from the training's session (sessions.py)."""
 
     def __init__(self, settings: Settings, executor: Executor, desk: ReleaseDesk):
         super().__init__(settings, executor, desk)
@@ -195,11 +193,9 @@ class FederatedSteps(Describer):
     def sketch(
         self, user: str, dataset: str, spec: dict, plan: JobPlan, order: FederatedOrder, training: str
     ) -> FederatedSketch:
-        """A training's DP sketch of its rows over public grids, with the prior's sums when asked: one
-        Gaussian release (L2 `prior.sketch_bound`, `order.step_rho`) through the desk, each training's
-        its own, the same request again answered with its draws at no cost; raise Refusal. Its rows are
-        the training's session, which the first step (no model, no trees yet) bins to the candidates,
-        charged as this admission: one staging."""
+        """A training's DP sketch of its rows over public grids (and the prior's sums): one Gaussian release
+        (L2 `prior.sketch_bound`, `order.step_rho`) through the desk; asked again, its draws at no cost.
+        Its rows are the session, which the first step bins to the candidates: one staging."""
         assert order.sketch is not None
         question = [user, training, spec, plan.dataset_version, order.sketch, order.prior, order.step_rho]
         try:
@@ -232,11 +228,10 @@ class FederatedSteps(Describer):
     def evaluate(
         self, user: str, dataset: str, spec: dict, plan: JobPlan, order: FederatedOrder, training: str
     ) -> JobResult:
-        """The final model, the session's margins moved by the last batch's leaves, scored on the
-        evaluation rows the first step staged, and released as an evaluate job's result is (the desk's
-        `readmit` charges it as one: `dp_rho_job`, its counts drawn, its cohort checked); raise Refusal.
-        It ends the training's session, whatever its outcome; without a session that leads to the final
-        model it is refused `federated_session_gone` at no cost (the client then runs an evaluate job)."""
+        """The final model (the session's margins moved by the last batch's leaves) scored on the first
+        step's evaluation rows, released as an evaluate job's result (`readmit` charges it as one); raise
+        Refusal. It ends the session, whatever its outcome; without one that leads to the final model it
+        is refused `federated_session_gone` at no cost (the client then runs an evaluate job)."""
         fingerprint = _digest([spec, plan.dataset_version, order.features, order.settings, order.rho])
         taken = self.sessions.take(user, training, fingerprint)
         try:

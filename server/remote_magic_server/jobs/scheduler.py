@@ -257,8 +257,9 @@ class Scheduler:
         if job.plan.base_model is not None:
             self._place_base_model(job, folder)
         task = build_task(self.settings, job.kind, job.dataset, job.spec, job.plan)  # type: ignore[arg-type]
-        execution = self.executor.start(task, folder, name=f"job-{job.id}")
+        # Marked before the hand-over: a warm worker may begin confining before `start` returns here.
         timeline.mark("started")
+        execution = self.executor.start(task, folder, name=f"job-{job.id}")
         pid, mark = execution.ref
         self.store.set_worker(job.id, pid, mark)
         log.info(
