@@ -64,10 +64,9 @@ def test_the_alias_moves_only_when_the_released_metric_improves_enough(server):
     assert client.model("champ@champion").number == 1
     when = {"metric": "auc", "min_improvement": 0.002}
     job = client.submit(small(1, 1), SPEC, register={"name": "champ", "alias": "champion", "when": when})
-    result = job.result()
+    job.result()
     status = client.status(job.id)
     assert status.registration.state == "skipped" and status.registration.version is None
-    assert [n for n in result.raw.notes if n.startswith("not registered")] == [status.registration.message]
     assert "does not improve on champ@1" in status.registration.message
     assert status.model_file == "kept"
     assert client.model("champ@champion").number == 1 and client.model("champ@latest").number == 1
