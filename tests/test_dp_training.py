@@ -334,13 +334,13 @@ MALFORMED = {
 
 def _asking(conn, admission: Admission, plan: TrainingPlan, select: tuple[float, float], bad: bytes) -> None:
     """A worker that is admitted, declares its plan, asks its first selection as a channel does, then
-    sends `bad` and waits to be stopped."""
+    sends `bad` and waits on the pipe until the parent stops it (no answer may come)."""
     channel = Channel(conn)
     channel.admit(admission)
     channel.send(plan)
     channel.select([0.5, 3.0, 1.0], *select)
     conn.send_bytes(bad)
-    time.sleep(60)
+    conn.poll(60)
 
 
 @pytest.mark.parametrize("bad", list(MALFORMED))
