@@ -123,7 +123,9 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; log: {self.log_path}")
+                tail = "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-15:])
+                code = self.proc.returncode
+                raise RuntimeError(f"server exited with {code}; log: {self.log_path}, ending:\n{tail}")
             try:
                 health = requests.get(f"{self.url}/v1/health", timeout=1, verify=self.verify, cert=self.cert)
                 if health.status_code == 200:

@@ -4,13 +4,14 @@ prints the results and nothing else (the logs go to a file)."""
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 
 import pytest
 
 from remote_magic import Client
-from remote_magic_server.demo import free_port, wait_healthy
+from remote_magic_server.demo import _ephemeral_low, free_port, wait_healthy
 
 PASTE = re.compile(r"^\s*REMOTE_MAGIC_URL=(http://\S+) REMOTE_MAGIC_TOKEN=(\S+) jupyter lab$")
 
@@ -59,3 +60,15 @@ def test_demo_prints_the_results_and_logs_to_a_file(demo_data, tmp_path):
     log = (out / "server.log").read_text()
     assert '"event": "job_finished"' in log and f"logs in {out / 'server.log'}" in proc.stdout
     assert (out / "01-quickstart.ipynb").exists()
+
+
+def test_free_ports_come_from_below_the_ephemeral_range_and_never_twice():
+    """A test server restarted on its port must not find it taken by some client's outgoing connection,
+    whose local port the kernel takes from the ephemeral range (a CI run lost a restart that way)."""
+    low = _ephemeral_low()
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    assert all(10000 <= port < low for port in ports)
+    for port in ports[:5]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", port))

@@ -177,9 +177,41 @@ def demo_settings(data_dir: Path, host: str = "127.0.0.1", port: int = 8765, wor
     )
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """Where the kernel's range for outgoing connections' local ports starts (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A loopback port free now, for a demo or a test server.
+
+    Chosen at random below the kernel's ephemeral range, never from it: every outgoing connection takes
+    its local port from that range, so a port the kernel handed out there could be taken by some client
+    between choosing it and binding it, or while its server restarts. Not the same port twice in one
+    process."""
+    import random
     import socket
 
+    low = _ephemeral_low()
+    if low > 11000:
+        pick = random.SystemRandom()  # a test's random.seed must not make two processes pick alike
+        for _ in range(200):
+            port = pick.randrange(10000, low)
+            if port in _PORTS_GIVEN:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _PORTS_GIVEN.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
