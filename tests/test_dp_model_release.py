@@ -26,7 +26,7 @@ from remote_magic.display.model import RemoteModel
 from remote_magic_server.demo import ensure_demo_data
 from remote_magic_server.jobs.store import Store
 from remote_magic_server.privacy.model_release import NOT_ALLOWED, may_leave
-from tests.serverproc import USERS, dataset_table, magic_shell, pause_worker, running, wait_until
+from tests.serverproc import USERS, dataset_table, magic_shell, pause_worker, running
 
 FEATURES = ["age", "income", "bmi", "smoker", "visits"]
 DP_SPEC = {"dataset": "synthetic", "label": "label", "features": FEATURES}
@@ -200,10 +200,19 @@ def test_a_repeated_training_is_its_first_runs_model_downloaded_and_registered(d
     again = client.train(model, spec, register="repeated_out")
     assert again.raw.privacy.repeated and client.rho_left("synthetic") == before
     assert client.download_model(again.job_id) == client.download_model(first.job_id)
-    # The registration follows the job's end (the hand-over after the final state is stored).
-    wait_until(lambda: client.status(again.job_id).registration is not None, 60, "the registration")
-    assert client.status(again.job_id).registration.state == "registered"
+    registration = client.status(again.job_id).registration  # answered with the job's end, not later
+    assert registration is not None and registration.state == "registered", registration
+    assert "registered as repeated_out@1" in again.raw.notes
     assert client.load_version("repeated_out@1").booster.save_raw() == first.model().booster.save_raw()
+    for n in range(4):  # a repeat ends as it is claimed: the long-poll that saw it claimed wakes at its end
+        job = client.submit(model, spec, register=f"repeated_{n}")
+        answer = dp_server.get(f"/jobs/{job.id}", params={"wait": 60, "final": "true"}).json()
+        assert answer["state"] == "succeeded", answer
+        assert answer["registration"] == {
+            "state": "registered",
+            "version": f"repeated_{n}@1",
+            "message": f"registered as repeated_{n}@1",
+        }, answer["registration"]
 
 
 def test_a_model_not_trained_by_the_dp_trainer_still_waits_for_approval(dp_server):

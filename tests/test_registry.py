@@ -45,6 +45,7 @@ def test_three_generations_continue_on_the_server_and_keep_their_lineage(server)
     assert statuses[third.job_id].base_model == "gen@2"
     assert statuses[third.job_id].registration.version == "gen@3"
     assert statuses[third.job_id].model_file == "registered"
+    assert [n for n in third.raw.notes if n.startswith("registered")] == ["registered as gen@3"]
 
 
 def test_an_uploaded_base_model_is_recorded_with_its_hash(server):
@@ -64,9 +65,10 @@ def test_the_alias_moves_only_when_the_released_metric_improves_enough(server):
     assert client.model("champ@champion").number == 1
     when = {"metric": "auc", "min_improvement": 0.002}
     job = client.submit(small(1, 1), SPEC, register={"name": "champ", "alias": "champion", "when": when})
-    job.result()
+    result = job.result()
     status = client.status(job.id)
     assert status.registration.state == "skipped" and status.registration.version is None
+    assert [n for n in result.raw.notes if n.startswith("not registered")] == [status.registration.message]
     assert "does not improve on champ@1" in status.registration.message
     assert status.model_file == "kept"
     assert client.model("champ@champion").number == 1 and client.model("champ@latest").number == 1

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from ..contract.wire import FINAL_STATES, JobResult, JobStatus
+from ..contract.wire import FINAL_STATES, JobResult, JobStatus, Registration
 from ..display.model import RemoteModel
 from ..display.result import TrainResult
 from .errors import ConnectionProblem, RemoteError, error_for
@@ -134,8 +134,9 @@ class Job:
         """Wait for the job and return its aggregate result; a failed job raises a RemoteError."""
         self._succeeded(timeout, on_progress, progress_after)
         raw = self.status.result or self.client.result(self.id)  # the final long-poll brought it
-        if self.notes:
-            raw = raw.model_copy(update={"notes": [*self.notes, *raw.notes]})
+        notes = [*self.notes, *_registration_note(self.status.registration)]
+        if notes:
+            raw = raw.model_copy(update={"notes": [*notes, *raw.notes]})
         return TrainResult(raw, downloader=self.client.download_model, loader=self.client.load_model)
 
     def model(self, timeout: float | None = None) -> RemoteModel:
@@ -157,3 +158,14 @@ class Job:
             code = error.code if error else status.state
             message = error.message if error else f"the job ended {status.state}"
             raise error_for(code, message, job_id=self.id)
+
+
+def _registration_note(registration: Registration | None) -> list[str]:
+    """What became of `register`, said with the result (the server answers a job's end once its
+    registration is recorded): a cell that registers nothing must say so."""
+    if registration is None:
+        return []
+    if registration.state == "registered":
+        return [f"registered as {registration.version}"]
+    message = registration.message
+    return [message if message.startswith("not registered") else f"not registered: {message}"]

@@ -27,6 +27,7 @@ from remote_magic.contract.wire import (
 from ..intake.status import status_of
 from ..intake.submissions import Submission
 from ..jobs.store import JobRow, Store
+from ..registry.access import Registry
 from .deps import IntakeDep, NotifierDep, RegistryDep, SchedulerDep, SettingsDep, StoreDep, User
 from .principal import Principal
 
@@ -163,8 +164,9 @@ async def job_status(
             if since is None:
                 since = version
             remaining = deadline - time.monotonic()
-            changed = version != since and not final
-            if state in FINAL_STATES or changed or remaining <= 0 or notifier.closing:
+            ended = state in FINAL_STATES and _settled(store, registry, job_id, state)
+            changed = version != since and not final and (ended or state not in FINAL_STATES)
+            if ended or changed or remaining <= 0 or notifier.closing:
                 break
             await notifier.wait(event, remaining)
         finally:
@@ -174,6 +176,18 @@ async def job_status(
     if result and job.state == "succeeded" and job.result:
         status.result = JobResult.model_validate(job.result)
     return status
+
+
+def _settled(store: Store, registry: Registry, job_id: str, state: str) -> bool:
+    """Whether an ended job's registration, if it asked for one, is recorded too. The hand-over registers
+    right after the final state is stored and then wakes the long-polls, so a waiting cell learns both at
+    once (it says what became of `register`); a hand-over that failed is answered at the wait's end."""
+    if state != "succeeded":
+        return True
+    job = store.get_job(job_id)
+    if job is None or job.kind != "train" or job.plan.registration is None or not job.result:
+        return True
+    return registry.store.outcome(job_id) is not None
 
 
 def _own_state(store: Store, user: Principal, job_id: str) -> tuple[str, int]:
