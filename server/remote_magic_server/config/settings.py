@@ -197,15 +197,17 @@ class DatasetConfig(_Strict):
         "the column types alone.",
     )
 
-    def undeclared(self, spec: dict, features: list[str] | tuple[str, ...]) -> bool:
-        """Whether a describe of `spec` shows a column the owner declared no range or levels for (the
-        features, derived columns, the label, whose classes the spec may name): in mode dp it then pays
-        for a sketch. From the request
-        and this config, never from the rows."""
+    def undeclared(self, spec: dict, features: list[str] | tuple[str, ...]) -> list[str]:
+        """The columns a describe of `spec` shows that the owner declared no range or levels for (features,
+        derived columns, the label unless the spec names its classes): in mode dp, if there are any, it
+        pays for a sketch with one count for each. From the request and this config, never from the rows."""
         declared = {*self.column_ranges, *self.column_levels}
+        shown = [*features, *(spec.get("derive") or {})]
+        bare = [c for c in shown if c not in declared]
         label = spec["label"]
-        label_declared = label in {*self.label_ranges, *self.column_levels} or bool(spec.get("classes"))
-        return bool(spec.get("derive")) or not label_declared or any(f not in declared for f in features)
+        if not (label in {*self.label_ranges, *self.column_levels} or spec.get("classes")):
+            bare.append(label)
+        return bare
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetConfig:

@@ -219,7 +219,7 @@ class ReleaseDesk:
         policy = self.policy(request.dataset)
         if request.kind == "describe":
             config = self.settings.datasets[request.dataset]
-            sketched = policy.noisy and config.undeclared(request.spec, request.features)
+            sketched = policy.noisy and bool(config.undeclared(request.spec, request.features))
             return policy.dp_rho_describe_sketch if sketched else 0.0
         if request.kind == "sums":
             return request.step_rho if policy.trains_privately else 0.0
@@ -529,13 +529,9 @@ class ReleaseDesk:
         """Whether a describe's noise request is its one sketch (`worker.describe_task.public_choices`):
         Gaussian, at the sketch's charged rho, its bound between one count for each shown column the
         owner declared nothing for and one for every shown column (features, derived columns, label)."""
-        config = self.settings.datasets[request.dataset]
-        label = request.spec["label"]
-        columns = [*request.features, *(request.spec.get("derive") or {})]
-        bare = [c for c in columns if c not in config.column_ranges and c not in config.column_levels]
-        if not (label in {*config.label_ranges, *config.column_levels} or request.spec.get("classes")):
-            bare.append(label)
-        least, most = math.sqrt(max(1, len(bare))), math.sqrt(len(columns) + 1)
+        bare = self.settings.datasets[request.dataset].undeclared(request.spec, request.features)
+        shown = len(request.features) + len(request.spec.get("derive") or {}) + 1
+        least, most = math.sqrt(max(1, len(bare))), math.sqrt(shown)
         return (
             seq == 0
             and ask.kind == "gaussian"
