@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import duckdb
 import pytest
+import sqlglot
 import xgboost as xgb
+from sqlglot import exp
 
 from remote_magic import DatasetSpec
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.grammar import check_derive
+from remote_magic.contract.query import finite_or_null
 
 FEATURES = ["age", "income", "bmi", "smoker", "visits", "noise_0"]
 
@@ -89,9 +93,26 @@ def _refusal(server, derive: dict) -> dict:
         ({"x": "label + 1"}, "unknown_column"),
         ({"age": "age * 2"}, "invalid_derive"),
         ({"bad name": "age"}, "invalid_spec"),
+        # A value that is text for some rows only would fail its cast to a number on those rows: a
+        # failure (or its absence) would say whether such a row is in the table.
+        ({"x": "CASE WHEN age = 75 AND income = 32796.5 THEN region ELSE '1' END"}, "invalid_derive"),
+        ({"x": "CASE WHEN age = 75 THEN region ELSE 1 END"}, "invalid_derive"),
+        ({"x": "coalesce(region, 1)"}, "invalid_derive"),
+        ({"x": "region"}, "invalid_derive"),
     ],
 )
 def test_the_api_refuses_bad_derive_before_queueing(server, derive, code):
     error = _refusal(server, derive)
     assert error["code"] == code
     assert "Traceback" not in error["message"]
+
+
+def test_a_derived_value_that_does_not_read_as_a_number_is_null_not_a_failure():
+    """The staging query's cast of a derived value sits inside its TRY (a cast outside it failed the
+    whole query on the one row whose value was text)."""
+    probe = exp.Case(
+        ifs=[exp.If(this=sqlglot.parse_one("x = 2"), true=exp.Literal.string("north"))],
+        default=exp.Literal.string("1"),
+    )
+    sql = f"SELECT {finite_or_null(probe).sql(dialect='duckdb')} FROM range(4) AS t(x)"
+    assert duckdb.sql(sql).fetchall() == [(1.0,), (1.0,), (None,), (1.0,)]

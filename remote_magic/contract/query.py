@@ -34,9 +34,10 @@ def default_eval(kind: str) -> dict | None:
 
 
 def finite_or_null(expression: exp.Expression) -> exp.Expression:
-    """A derived value as a DOUBLE, NULL where it overflows, divides by zero or is not finite, so that
-    no failure depends on the values of some row."""
-    value = exp.Cast(this=exp.func("try", exp.paren(expression)), to=exp.DataType.build("double"))
+    """A derived value as a DOUBLE, NULL where it overflows, divides by zero, is not finite or does not
+    read as a number, so that no failure depends on the values of some row (the cast inside the TRY:
+    a failed cast is a failure too)."""
+    value = exp.func("try", exp.Cast(this=exp.paren(expression), to=exp.DataType.build("double")))
     return exp.Case(ifs=[exp.If(this=exp.func("isfinite", value), true=value.copy())])
 
 

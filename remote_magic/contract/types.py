@@ -96,15 +96,27 @@ class _Checker:
                 self.expect(operand, NUMBER, f"{node.sql_name().lower()}()")
             return NUMBER
         if isinstance(node, exp.Coalesce):
-            kinds = {k for k in (self.kind(o) for o in [node.this, *node.expressions]) if k is not None}
-            return kinds.pop() if len(kinds) == 1 else NUMBER
+            return self.one_kind(node, [node.this, *node.expressions], "coalesce()")
         if isinstance(node, (exp.Case, exp.If)):
             self.check(node)
             results = [i.args.get("true") for i in node.args.get("ifs", [])] + [node.args.get("default")]
-            kinds = {k for k in (self.kind(r) for r in results if r is not None) if k is not None}
-            return kinds.pop() if len(kinds) == 1 else None
+            return self.one_kind(node, [r for r in results if r is not None], "CASE")
         self.check(node)
         return BOOLEAN
+
+    def one_kind(self, node: exp.Expression, parts: list[exp.Expression], use: str) -> str | None:
+        """The kind of a choice among `parts`, which must all be of one kind (numbers and true/false
+        count as one). Mixed, DuckDB would cast one to the other, and that cast fails on some values
+        only: a failure that would say which values a row holds."""
+        kinds = {k for k in (self.kind(part) for part in parts) if k is not None}
+        if len(kinds) <= 1:
+            return kinds.pop() if kinds else None
+        if kinds == {NUMBER, BOOLEAN}:
+            return NUMBER
+        words = " and ".join(sorted(_WORDS[k] for k in kinds))
+        raise Refusal(
+            self._code(), f"{self._name(node)} gives {words}; the values of {use} must be of one kind"
+        )
 
     def expect(self, node: exp.Expression, wanted: str, use: str) -> None:
         got = self.kind(node)
@@ -177,5 +189,16 @@ def check_filter(tree: exp.Expression, kinds: Mapping[str, str], what: str) -> N
 
 
 def check_derived(tree: exp.Expression, kinds: Mapping[str, str], what: str) -> None:
-    """Refuse a derived expression that computes with values of the wrong kind."""
-    _Checker(kinds, what).kind(tree)
+    """Refuse a derived expression that computes with values of the wrong kind, or whose value is not a
+    number or true/false: the staging query makes it a DOUBLE (`query.finite_or_null`)."""
+    got = _Checker(kinds, what).kind(tree)
+    if got not in (None, NUMBER, BOOLEAN):
+        hint = {
+            TEXT: "compare the text with a value instead, such as region = 'north'",
+            TIME: "take a number from the time, such as year(t), hour(t) or epoch(t)",
+        }.get(got, "")
+        raise Refusal(
+            "invalid_derive",
+            f"the {what} gives {_WORDS[got]}; a derived column is a number or true/false"
+            + (f": {hint}" if hint else ""),
+        )
