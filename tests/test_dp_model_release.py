@@ -25,7 +25,7 @@ from remote_magic.contract.wire import DPTraining
 from remote_magic.display.model import RemoteModel
 from remote_magic_server.demo import ensure_demo_data
 from remote_magic_server.jobs.store import Store
-from remote_magic_server.privacy.model_release import NOT_ALLOWED, may_leave
+from remote_magic_server.privacy.model_release import NOT_ALLOWED, may_leave, outside_proof
 from tests.serverproc import USERS, dataset_table, magic_shell, pause_worker, running
 
 FEATURES = ["age", "income", "bmi", "smoker", "visits"]
@@ -42,11 +42,14 @@ def test_a_dp_trained_model_may_leave_whatever_the_dataset_and_the_owner_said():
             assert "DP release" in message and "epsilon 1.93" in message and "rho 0.05" in message
 
 
-def test_a_job_that_ran_notebook_code_is_never_a_dp_release():
-    assert may_leave(TRAINING, True, None, custom_code=True) == ("not_allowed", NOT_ALLOWED)
-    assert (
-        may_leave(TRAINING, True, ("awaiting_approval", "awaits"), custom_code=True)[0] == "awaiting_approval"
-    )
+def test_a_job_that_ran_notebook_code_or_continued_a_non_dp_model_is_never_a_dp_release():
+    outside = outside_proof(True, None)
+    assert outside == "the job ran notebook code"
+    said = f"{NOT_ALLOWED} (no DP release: {outside})"
+    assert may_leave(TRAINING, True, None, outside) == ("not_allowed", said)
+    assert may_leave(TRAINING, True, ("awaiting_approval", "awaits"), outside)[0] == "awaiting_approval"
+    assert outside_proof(False, ("m@1", False)) == "its base model m@1 was not a DP release"
+    assert outside_proof(False, ("m@1", True)) is None and outside_proof(False, None) is None
 
 
 def test_any_other_model_leaves_only_as_the_dataset_and_the_owner_decided():
@@ -238,6 +241,25 @@ def test_a_model_not_trained_by_the_dp_trainer_still_waits_for_approval(dp_serve
             job.model()
         assert downloads(dp_server, job.job_id) == []
     assert downloads(dp_server, result.job_id) == []
+
+
+def test_a_model_continued_from_one_trained_without_dp_is_no_dp_release(dp_server, dp_job):
+    """Its first trees are in the file and the proof covers only the new ones (found by review: a mode
+    rules model, one row a leaf, left as a DP release after one DP round on top of it)."""
+    client = dp_server.client()
+    rules = {**DP_SPEC, "dataset": "synthetic_rules"}
+    client.train(xgb.XGBClassifier(n_estimators=3, max_depth=6, min_child_weight=0), rules, register="plain")
+    on_top = client.train(xgb.XGBClassifier(n_estimators=1, max_depth=2), DP_SPEC, base_model="plain@1")
+    assert on_top.raw.training is not None  # the new tree is the DP trainer's
+    status = client.model_status(on_top.job_id)
+    assert status.state == "not_allowed" and "base model plain@1 was not a DP release" in status.message
+    with pytest.raises(DisclosureRefused, match="plain@1 was not a DP release"):
+        on_top.model()
+    assert downloads(dp_server, on_top.job_id) == []
+    # a DP version continued by the DP trainer is a DP release still, and so is what continues that
+    again = client.train(xgb.XGBClassifier(n_estimators=1, max_depth=2), DP_SPEC, base_model="dp_out@1")
+    assert client.model_status(again.job_id).state == "dp_model"
+    assert again.model().booster.num_boosted_rounds() == 9
 
 
 def test_the_registry_gives_a_dp_version_to_those_who_see_it_and_an_approved_one_to_its_owner(

@@ -37,7 +37,6 @@ from .api.auditing import AuditMiddleware
 from .api.auth import LastUsed
 from .api.limits import FORM_OVERHEAD_BYTES, BodyLimit
 from .api.metrics import Metrics, RequestTimer
-from .api.models import job_release
 from .api.notifier import Notifier
 from .audit import open_audit
 from .automation.dataset_versions import NumberedVersions
@@ -46,6 +45,7 @@ from .config.settings import Settings
 from .data.versions import Versions
 from .executors import make_executor
 from .intake.catalog import unused_columns
+from .intake.status import job_release
 from .intake.submissions import Intake
 from .jobs.oneshot import Describer, FederatedSteps
 from .jobs.scheduler import Scheduler

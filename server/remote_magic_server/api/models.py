@@ -19,15 +19,15 @@ from remote_magic.contract.wire import FINAL_STATES, ErrorBody, ModelReleaseStat
 from remote_magic.families import MODEL_FILE
 
 from ..audit import AuditLog
+from ..intake.status import job_release
 from ..jobs.store import JobRow
-from ..release.desk import ReleaseDesk
 from .deps import AuditDep, DeskDep, StoreDep, User
 from .jobs import own_job
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
 NOT_RELEASED = {
-    "not_allowed": "model release is off for this dataset: models stay on the server",
+    "not_allowed": "{message}",
     "refused": "this model may not leave the server: {message}",
     "awaiting_approval": (
         "the model awaits the data owner's approval; ask them to approve it "
@@ -43,20 +43,14 @@ def finished(job: JobRow) -> JobRow:
     return job
 
 
-def job_release(desk: ReleaseDesk, job: JobRow) -> ModelReleaseStatus:
-    """What the release desk says of a job's model (the job, the registry and the MLflow export ask)."""
-    return desk.model_release(job.id, job.dataset, job.result, job.plan.approved_sha256 is not None)
-
-
 def released_model(
     status: ModelReleaseStatus, path: Path, audit: AuditLog, user: str, **where: object
 ) -> Response:
     """The model file as the answer, once released (`dp_model` or `approved`), with the download in the
     audit log; a refusal saying why otherwise."""
     if status.state not in ("dp_model", "approved"):
-        raise Refusal(
-            "model_not_released", NOT_RELEASED[status.state].format(message=status.message, job=status.job_id)
-        )
+        said = NOT_RELEASED[status.state].format(message=status.message, job=status.job_id)
+        raise Refusal("model_not_released", said)
     if not path.exists():
         raise Refusal("not_found", "the model file is not available")
     audit.record("model_download", user, job=status.job_id, release=status.state, **where)

@@ -17,8 +17,9 @@ from remote_magic.contract.automation_wire import AliasMove, LineageChain, Model
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.wire import ErrorBody
 
+from ..intake.status import job_release
 from .deps import AuditDep, AutomationDep, DeskDep, RegistryDep, StoreDep, User
-from .models import job_release, released_model
+from .models import released_model
 
 router = APIRouter(prefix="/v1", tags=["registry"])
 

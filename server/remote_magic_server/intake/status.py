@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from remote_magic.contract.wire import ErrorDetail, JobStatus, MetricPoint, Progress, Registration
+from remote_magic.contract.wire import (
+    ErrorDetail,
+    JobStatus,
+    MetricPoint,
+    ModelReleaseStatus,
+    Progress,
+    Registration,
+)
 from remote_magic.families import MODEL_FILE
 
 from ..jobs.store import JobRow
 from ..registry.access import Registry, main_metric
+from ..release.desk import ReleaseDesk
 
 
 def whole_seconds(stamp: str | None) -> str | None:
@@ -59,4 +67,14 @@ def status_of(job: JobRow, registry: Registry) -> JobStatus:
         trigger=job.plan.trigger,
         registration=registration,
         model_file=_model_kept(job, registry, outcome),
+    )
+
+
+def job_release(desk: ReleaseDesk, job: JobRow) -> ModelReleaseStatus:
+    """What the release desk says of a job's model (the job, the registry and the MLflow export ask, and
+    the intake of a job that continues it)."""
+    base = job.plan.base_model
+    custom_code = job.plan.approved_sha256 is not None
+    return desk.model_release(
+        job.id, job.dataset, job.result, custom_code, (base.ref, base.dp_release) if base else None
     )

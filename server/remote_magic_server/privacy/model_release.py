@@ -37,7 +37,7 @@ def unnecessary_risk(max_depth: float, n_estimators: float, min_child_weight: fl
     )
 
 
-NOT_ALLOWED = "models trained on this dataset stay on the server"
+NOT_ALLOWED = "model release is off for this dataset: models stay on the server"
 
 
 def dp_model_message(training: DPTraining) -> str:
@@ -48,18 +48,32 @@ def dp_model_message(training: DPTraining) -> str:
     )
 
 
+def outside_proof(custom_code: bool, base: tuple[str, bool] | None) -> str | None:
+    """Why a model the DP trainer trained in a job is still not a DP release, or None when it is.
+    `custom_code`: the job ran owner-approved notebook code, which ran beside the rows in the process
+    that wrote the model file, so the proof would rest on code the server did not write. `base`: the
+    registered version the job continued (its reference, and whether it was a DP release itself when
+    the job was accepted); one that was not (trained in mode rules, or approved by an owner for its
+    owner only) has its trees in the file, and the proof covers only the new ones. A base the analyst
+    uploaded is their own bytes, not the rows'."""
+    if custom_code:
+        return "the job ran notebook code"
+    if base is not None and not base[1]:
+        return f"its base model {base[0]} was not a DP release"
+    return None
+
+
 def may_leave(
-    training: DPTraining | None, allowed: bool, decided: tuple[str, str] | None, custom_code: bool = False
+    training: DPTraining | None, allowed: bool, decided: tuple[str, str] | None, outside: str | None = None
 ) -> tuple[ModelReleaseState, str]:
-    """Whether a job's trained model may leave now, and why: a DP-trained model at once (`dp_model`);
-    any other only where the dataset allows release, as the release rules and the data owner decided
-    (`decided`: the ledger's state and message; None when nothing was decided). A job that ran notebook
-    code (owner-approved custom code) is never a DP release: that code ran beside the rows in the
-    process that wrote the model file, so the proof would rest on code the server did not write."""
-    if training is not None and not custom_code:
+    """Whether a job's trained model may leave now, and why: a DP-trained model at once (`dp_model`),
+    unless something in it is `outside` the proof (`outside_proof`); any other only where the dataset
+    allows release, as the release rules and the data owner decided (`decided`: the ledger's state and
+    message; None when nothing was decided)."""
+    if training is not None and outside is None:
         return "dp_model", dp_model_message(training)
     if not allowed or decided is None:
-        return "not_allowed", NOT_ALLOWED
+        return "not_allowed", NOT_ALLOWED if outside is None else f"{NOT_ALLOWED} (no DP release: {outside})"
     state, message = decided
     return cast(ModelReleaseState, state), message
 

@@ -663,11 +663,17 @@ class ReleaseDesk:
         )
 
     def model_release(
-        self, job_id: str, dataset: str, result: dict | None, custom_code: bool
+        self,
+        job_id: str,
+        dataset: str,
+        result: dict | None,
+        custom_code: bool,
+        base: tuple[str, bool] | None = None,
     ) -> ModelReleaseStatus:
         """Whether a finished job's trained model may leave now (`custom_code`: the job ran owner-approved
-        notebook code); the job's download, the registry's and the MLflow export all ask here. Nothing
-        is charged: a DP model was paid for when it was trained."""
+        notebook code; `base`: the registered version it continued, and whether that was a DP release);
+        the job's download, the registry's, the MLflow export and a continuation's intake all ask here.
+        Nothing is charged: a DP model was paid for when it was trained."""
         training = (result or {}).get("training")
         config = self.settings.datasets.get(dataset)
         decided = self.ledger.model_state(job_id)
@@ -675,7 +681,7 @@ class ReleaseDesk:
             DPTraining.model_validate(training) if training else None,
             config is not None and config.allow_model_release,
             (decided["state"], decided["message"]) if decided else None,
-            custom_code,
+            release_rules.outside_proof(custom_code, base),
         )
         return ModelReleaseStatus(job_id=job_id, state=state, message=message)
 
