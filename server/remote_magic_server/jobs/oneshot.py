@@ -160,7 +160,7 @@ class FederatedSteps(Describer):
                     "the step with the whole model",
                 )
             question = order.model_dump(exclude={"leaves", "trees", "session", "keep", "again"})
-            key = f"federated:{_digest([user, spec, question, digest])}"
+            key = f"federated:{_digest([user, spec, plan.dataset_version, question, digest])}"
             request = _request(
                 user, dataset, "sums", spec, plan, key, step_rho=order.step_rho, releases=_releases(order)
             )
@@ -243,7 +243,7 @@ class FederatedSteps(Describer):
                 )
             model = _digest([taken.digest, order.leaves, order.trees])  # the final model, named by its chain
             question = order.model_dump(exclude={"leaves", "trees", "session", "keep", "again"})
-            key = f"federated-eval:{_digest([user, spec, question, model])}"
+            key = f"federated-eval:{_digest([user, spec, plan.dataset_version, question, model])}"
             scored = {**spec, "eval": spec.get("eval") or DEFAULT_TRAIN_EVAL}  # the rows the steps left out
             request = _request(
                 user, dataset, "evaluate", scored, plan, key, job_id=f"federated-{uuid.uuid4().hex[:12]}"
