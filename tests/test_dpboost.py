@@ -39,7 +39,8 @@ from remote_magic.families.dpboost.accounting import (
     selection_threshold,
 )
 from remote_magic.families.dpboost.booster import load
-from remote_magic.families.dpboost.candidates import CandidatePlan, Declared, sketch_counts
+from remote_magic.families.dpboost.candidates import CandidatePlan, Declared, grid_counts, sketch_counts
+from remote_magic.families.dpboost.features import count_at_most
 from remote_magic.families.dpboost.objectives import BINARY_GRADIENT_CLIP
 from remote_magic.families.dpboost.params import settings_from_params
 from remote_magic.families.dpboost.partition import Grow
@@ -549,6 +550,46 @@ def test_every_candidates_score_is_its_childrens_gradient_sums_from_the_rows():
             expected[j, i] = abs(g[at & ~goes_right].sum()) + abs(g[at & goes_right].sum())
     assert found.shape == (4, len(options.feature))
     assert np.allclose(found, expected, rtol=1e-12, atol=1e-9)
+
+
+def test_level_histograms_are_one_bincount_per_column_to_the_bit():
+    """The trainer's results must not move when its sums get faster: each histogram cell is its rows'
+    gradients added in row order (np.bincount's sum), whatever the objective's trees per round."""
+    for settings in (Settings(max_depth=3), Settings(objective=MULTICLASS, num_class=3, max_depth=3)):
+        table, y = make_rows(900, classes=settings.num_class if settings.num_class > 1 else 2)
+        partition = Partition(FEATURES, table, y, settings.objective_())
+        partition.margins[:] = np.random.default_rng(8).normal(scale=2, size=partition.margins.shape)
+        batch = draw(np.random.default_rng(9), FEATURES, 0, 2, settings.objective_().trees_per_round, 3)
+        g = settings.objective_().gradients(partition.margins, partition.labels)[0]
+        width = FEATURES.width
+        found = partition.sums(Grow(batch, 2))
+        for tree in range(batch.trees):
+            node = descend(
+                batch, batch.tables(FEATURES), partition.codes, tree, np.zeros(900, np.int32), 0, 2
+            )
+            for f in range(len(FEATURES.columns)):
+                cells = np.bincount(
+                    node * width + partition.codes[f], weights=g[:, tree % batch.classes], minlength=4 * width
+                )
+                assert np.array_equal(found[tree, :, f, :], cells.reshape(4, width))
+
+
+def test_binning_and_sketch_counts_are_a_binary_search_per_value():
+    """Codes and sketch counts come from comparisons and a sort (faster); they are exactly what a
+    binary search per value gives, NaN, infinities, -0.0 and values on a threshold included."""
+    rng = np.random.default_rng(10)
+    for count in (1, 32, 200):
+        values = (rng.normal(size=3000) * 10.0 ** rng.integers(-6, 6, 3000)).astype(np.float32)
+        thresholds = np.unique(rng.choice(values, count, replace=False))
+        special = rng.choice(np.array([np.nan, np.inf, -np.inf, -0.0, 0.0], np.float32), 300)
+        values[rng.choice(3000, 300, replace=False)] = special
+        values[rng.choice(3000, 50, replace=False)] = rng.choice(thresholds, 50)
+        found = np.searchsorted(thresholds, values, side="right")
+        expected = np.where(np.isnan(values), 0, found)
+        assert np.array_equal(count_at_most(thresholds, values), expected)
+        bins = np.where(np.isnan(values), count + 1, found)
+        assert np.array_equal(grid_counts(thresholds, values), np.bincount(bins, minlength=count + 2))
+    assert np.array_equal(grid_counts(thresholds, values[:0]), np.zeros(count + 2))
 
 
 def test_candidates_must_list_each_split_missing_left_then_missing_right():

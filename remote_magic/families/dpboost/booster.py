@@ -46,9 +46,9 @@ class Tree:
         return self.index % self.batch.classes
 
 
-def _float(value: float) -> float:
-    """A float32 value as the float64 that prints back to exactly it."""
-    return float(np.float32(value))
+def _floats(values: np.ndarray) -> list[float]:
+    """Float32 values as the float64s that print back to exactly them (rounded to float32 first)."""
+    return np.asarray(values, dtype=np.float64).astype(np.float32).astype(np.float64).tolist()
 
 
 def tree_json(tree: Tree, features: Features, tree_id: int) -> dict:
@@ -80,7 +80,7 @@ def tree_json(tree: Tree, features: Features, tree_id: int) -> dict:
     all_ids = np.arange(total)
     is_inner = all_ids < inner
     return {
-        "base_weights": [_float(v) for v in np.where(is_inner, 0.0, values)],
+        "base_weights": _floats(np.where(is_inner, 0.0, values)),
         "categories": cat_levels.tolist(),
         "categories_nodes": cat_nodes.tolist(),
         "categories_segments": (np.cumsum(sizes) - sizes).tolist(),
@@ -93,10 +93,10 @@ def tree_json(tree: Tree, features: Features, tree_id: int) -> dict:
         "loss_changes": [0.0] * total,
         "parents": [ROOT_PARENT, *((all_ids[1:] - 1) // 2).tolist()],
         "right_children": np.where(is_inner, 2 * all_ids + 2, -1).tolist(),
-        "split_conditions": [_float(v) for v in values],
+        "split_conditions": _floats(values),
         "split_indices": np.concatenate([column, np.zeros(total - inner, np.int64)]).tolist(),
         "split_type": np.concatenate([text.astype(np.int64), np.zeros(total - inner, np.int64)]).tolist(),
-        "sum_hessian": [_float(v) for v in cover],
+        "sum_hessian": _floats(cover),
         "tree_param": {
             "num_deleted": "0",
             "num_feature": str(len(features.columns)),

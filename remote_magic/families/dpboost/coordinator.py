@@ -28,7 +28,7 @@ from .booster import Tree, base_score_of, margin_of_base_score, model_json, pars
 from .features import Features
 from .partition import Grow, Intercept, InterceptUpdate, LeafUpdate, Request, Update
 from .schedule import leaf_releases
-from .selection import adapted, candidates, choose, fixed_candidates, scores, weighted
+from .selection import Scoring, adapted, candidates, choose, fixed_candidates, weighted
 from .settings import Settings
 from .structure import Batch, draw
 
@@ -80,6 +80,7 @@ class Coordinator:
         self.rho = rho
         self.rng = np.random.default_rng(settings.seed)
         self._fixed = fixed_candidates(features)
+        self._scoring = Scoring(features, self._fixed) if self._fixed is not None else None
         self.chosen = np.zeros(len(features.columns))  # how many selected levels chose each column
         self.trees: list[Tree] = []
         self.spent = 0.0
@@ -124,9 +125,10 @@ class Coordinator:
         bound = self.settings.select_bound
         rho = bound**2 / (2 * self.scales.sigma_select**2)
         options = self._fixed if self._fixed is not None else candidates(self.features, self.rng)
+        scoring = self._scoring if self._scoring is not None else Scoring(self.features, options)
         batch, nodes = request.batch, 1 << request.level
         for tree in range(batch.trees):
-            table = scores(self.features, hist[tree], options)
+            table = scoring(hist[tree])
             if not self.settings.node_splits:
                 self.spent += rho
                 prior = adapted(options, self.chosen)

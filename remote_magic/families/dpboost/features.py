@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 Kind = Literal["numeric", "boolean", "categorical"]
 MAX_CODES = 256  # one byte per row and column
 MAX_CANDIDATES = MAX_CODES - 2  # a numeric column's Q candidates make Q + 1 bins, then the missing code
+COMPARE_MAX = 128  # thresholds up to which `count_at_most` compares with each, not a binary search
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,8 @@ class Column:
 
 def float32_grid(values: Iterable[float]) -> tuple[float, ...]:
     """Values as distinct, increasing float32 numbers (split thresholds as XGBoost stores them)."""
-    array = np.unique(np.asarray(list(values), dtype=np.float64).astype(np.float32))
+    numbers = values if isinstance(values, np.ndarray) else list(values)
+    array = np.unique(np.asarray(numbers, dtype=np.float64).astype(np.float32))
     return tuple(float(v) for v in array[np.isfinite(array)])
 
 
@@ -182,9 +184,23 @@ def bin_column(column: Column, values: pa.Array | pa.ChunkedArray) -> np.ndarray
         found = pc.index_in(text, value_set=pa.array(column.levels, pa.string()))
         return found.fill_null(column.missing_code).to_numpy(zero_copy_only=False).astype(np.uint8)
     numbers = float32_values(values)
-    thresholds = np.asarray(column.candidates, dtype=np.float32)
-    codes = np.searchsorted(thresholds, numbers, side="right").astype(np.uint8)
+    codes = count_at_most(np.asarray(column.candidates, dtype=np.float32), numbers)
     codes[np.isnan(numbers)] = column.missing_code
+    return codes
+
+
+def count_at_most(thresholds: np.ndarray, numbers: np.ndarray) -> np.ndarray:
+    """For each number, how many of the increasing thresholds are <= it (uint8; 0 for NaN). Up to
+    `COMPARE_MAX` thresholds, by one vectorised comparison with each: a binary search per number
+    mispredicts about half its branches, and took 3x to 7x the time with 32 thresholds (8,000 rows),
+    about the same with 200."""
+    if len(thresholds) > COMPARE_MAX:
+        codes = np.searchsorted(thresholds, numbers, side="right").astype(np.uint8)
+        codes[np.isnan(numbers)] = 0
+        return codes
+    codes = np.zeros(len(numbers), np.uint8)
+    for threshold in thresholds:
+        np.add(codes, numbers >= threshold, out=codes)
     return codes
 
 

@@ -85,6 +85,7 @@ class Partition:
             self.margins = np.asarray(base_margin, dtype=np.float64).reshape(rows, classes).copy()
         self._nodes: dict[tuple[int, int], tuple[int, np.ndarray]] = {}
         self._gradients: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._routing: tuple[Batch, np.ndarray] | None = None
 
     @classmethod
     def held(
@@ -100,7 +101,7 @@ class Partition:
         partition = cls.__new__(cls)
         partition.features, partition.objective = features, objective
         partition.codes, partition.labels, partition.margins = codes, labels, margins
-        partition._nodes, partition._gradients = {}, None
+        partition._nodes, partition._gradients, partition._routing = {}, None, None
         return partition
 
     @property
@@ -116,9 +117,8 @@ class Partition:
         batch = request
         g, h = self._batch_gradients(batch)
         out = np.zeros((batch.trees, batch.leaves, 2))
-        tables = batch.tables(self.features)
         for tree in range(batch.trees):
-            leaf = self._node(batch, tables, tree, batch.depth)
+            leaf = self._node(batch, tree, batch.depth)
             k = tree % batch.classes
             out[tree, :, 0] = np.bincount(leaf, weights=g[:, k], minlength=batch.leaves)
             out[tree, :, 1] = np.bincount(leaf, weights=h[:, k], minlength=batch.leaves)
@@ -130,12 +130,12 @@ class Partition:
             self.margins += np.asarray(update.margin, dtype=np.float64)[None, :]
             return
         batch, values = update.batch, np.asarray(update.values, dtype=np.float64)
-        tables = batch.tables(self.features)
         for tree in range(batch.trees):
-            leaf = self._node(batch, tables, tree, batch.depth)
+            leaf = self._node(batch, tree, batch.depth)
             self.margins[:, tree % batch.classes] += np.take(values[tree], leaf)
         self._nodes = {}
         self._gradients = None
+        self._routing = None
 
     def _batch_gradients(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """The gradients the batch is fitted on (the margins before it), kept while it grows."""
@@ -144,27 +144,39 @@ class Partition:
             self._gradients = (batch.number, g, h)
         return self._gradients[1], self._gradients[2]
 
-    def _node(self, batch: Batch, tables: np.ndarray, tree: int, level: int) -> np.ndarray:
-        """Each row's node at `level` of a tree, carried on from the deepest level reached before."""
+    def _node(self, batch: Batch, tree: int, level: int) -> np.ndarray:
+        """Each row's node at `level` of a tree (read-only), carried on from the deepest level reached
+        before."""
         key = (batch.number, tree)
         start, node = self._nodes.get(key, (0, None))
         if node is None or start > level:
             start, node = 0, np.zeros(self.rows, dtype=np.int32)
-        node = descend(batch, tables, self.codes, tree, node, start, level)
+        if start < level:
+            node = descend(batch, self._tables(batch), self.codes, tree, node, start, level)
         self._nodes[key] = (level, node)
         return node
 
+    def _tables(self, batch: Batch) -> np.ndarray:
+        """The batch's routing tables (`Batch.tables`), made when a row must descend, and kept while the
+        same batch asks again (its other trees, its leaf sums and then its update)."""
+        if self._routing is None or self._routing[0] is not batch:
+            self._routing = (batch, batch.tables(self.features))
+        return self._routing[1]
+
     def _histograms(self, batch: Batch, level: int) -> np.ndarray:
+        """Each tree's (nodes, columns, width) gradient sums, one `np.add.at` per column into the flat
+        output: row (node, code) of column f is cell node * columns * width + f * width + code. Each cell
+        adds its rows' gradients one by one in row order, as `np.bincount` would (so the same bits), in
+        about three quarters of its time (NumPy 2's unbuffered fast path, no minimum/maximum pass)."""
         g, _ = self._batch_gradients(batch)
-        tables = batch.tables(self.features)
-        nodes, width = 1 << level, self.features.width
-        out = np.zeros((batch.trees, nodes, len(self.features.columns), width))
+        columns, width = len(self.features.columns), self.features.width
+        out = np.zeros((batch.trees, 1 << level, columns, width))
+        start, cell = np.empty(self.rows, np.intp), np.empty(self.rows, np.intp)
         for tree in range(batch.trees):
-            node = self._node(batch, tables, tree, level) * width
-            weights = g[:, tree % batch.classes]
-            for f in range(len(self.features.columns)):
-                cell = node + self.codes[f]
-                out[tree, :, f, :] = np.bincount(cell, weights=weights, minlength=nodes * width).reshape(
-                    nodes, width
-                )
+            np.multiply(self._node(batch, tree, level), columns * width, out=start)
+            weights = np.ascontiguousarray(g[:, tree % batch.classes])
+            flat = out[tree].reshape(-1)
+            for f in range(columns):
+                np.add(start, self.codes[f], out=cell)
+                np.add.at(flat[f * width :], cell, weights)
         return out

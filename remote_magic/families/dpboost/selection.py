@@ -215,40 +215,79 @@ def adapted(options: Candidates, chosen: np.ndarray) -> Candidates:
 
 def scores(features: Features, hist: np.ndarray, options: Candidates) -> np.ndarray:
     """The score of every candidate at every node of a level, shape (nodes, candidates), from one tree's
-    gradient histograms hist (nodes, columns, width): the numeric splits in one step over all columns,
-    a text column's from its level subsets, each split's two missing directions together."""
-    out = np.empty((hist.shape[0], len(options.feature)))
-    half = len(options.feature) // 2
-    column = options.feature[:half]
-    text = features.text[column]
-    numeric = np.flatnonzero(~text)
-    if len(numeric):
+    gradient histograms hist (nodes, columns, width) (`Scoring`, for one level)."""
+    return Scoring(features, options)(hist)
+
+
+class Scoring:
+    """The scores of one candidate list from a level's histograms: the numeric splits in one step over all
+    columns, a text column's from its level subsets, each split's two missing directions together. What
+    to gather where depends on the candidates only, so it is worked out once: a training whose candidates
+    are fixed (no text column) scores every level of every tree with one `Scoring`, in half the time of
+    working it out each level (20 columns, 32 candidates each)."""
+
+    def __init__(self, features: Features, options: Candidates):
+        self.size, half = len(options.feature), len(options.feature) // 2
+        column = options.feature[:half]
+        text = features.text[column]
+        numeric = np.flatnonzero(~text)
         f = column[numeric]
+        self.columns, width = len(features.columns), features.width
+        self.numeric = (_index(numeric), _index(numeric + half))
         # A column's bins 0 .. Q (its missing code is Q + 1); `right` of split k is bins k + 1 .. Q.
-        bins = np.zeros(hist.shape[:2])
-        for q in np.unique(features.splits[f]):
-            at = np.flatnonzero((features.splits == q) & ~features.text)
-            bins[:, at] = hist[:, at, : q + 1].sum(axis=-1)
-        total = bins[:, f]
-        right = total - np.cumsum(hist, axis=-1)[:, f, options.split[numeric]]
-        _place(out, numeric, half, total - right, right, hist[:, f, features.missing_codes[f]])
-    for c in np.unique(column[text]):
-        splits, missing_code = features.splits[c], features.missing_codes[c]
-        at = np.flatnonzero(column == c)
-        g = hist[:, c, :]
-        right = g[:, :splits] @ options.right[at][:, :splits].T.astype(np.float64)
-        left = g[:, :missing_code].sum(axis=1, keepdims=True) - right
-        _place(out, at, half, left, right, g[:, missing_code][:, None])
-    return out
+        numeric_column = ~features.text
+        self.bins = [
+            (q, np.flatnonzero((features.splits == q) & numeric_column))
+            for q in np.unique(features.splits[f])
+        ]
+        self.numeric_columns = f
+        self.below = f * width + options.split[numeric]  # cells of the (columns * width) histogram
+        self.missing = f * width + features.missing_codes[f]
+        self.text: list[tuple[int, int, int, tuple[np.ndarray, np.ndarray], np.ndarray]] = []
+        for c in np.unique(column[text]):
+            splits, missing_code = features.splits[c], features.missing_codes[c]
+            at = np.flatnonzero(column == c)
+            right = options.right[at][:, :splits].T.astype(np.float64)
+            self.text.append((c, splits, missing_code, (at, at + half), right))
+
+    def __call__(self, hist: np.ndarray) -> np.ndarray:
+        nodes = hist.shape[0]
+        out = np.empty((nodes, self.size))
+        if len(self.numeric_columns):
+            bins = np.zeros((nodes, self.columns))
+            for q, at in self.bins:
+                bins[:, at] = hist[:, at, : q + 1].sum(axis=-1)
+            total = np.take(bins, self.numeric_columns, axis=1)
+            below = np.take(np.cumsum(hist, axis=-1).reshape(nodes, -1), self.below, axis=1)
+            right = total - below
+            missing = np.take(hist.reshape(nodes, -1), self.missing, axis=1)
+            _place(out, self.numeric, total - right, right, missing)
+        for c, splits, missing_code, at, subsets in self.text:
+            g = hist[:, c, :]
+            right = g[:, :splits] @ subsets
+            left = g[:, :missing_code].sum(axis=1, keepdims=True) - right
+            _place(out, at, left, right, g[:, missing_code][:, None])
+        return out
+
+
+def _index(at: np.ndarray) -> np.ndarray | slice:
+    """Indices as a slice where they are a run (a slice writes faster than a list of indices)."""
+    if len(at) and np.array_equal(at, np.arange(at[0], at[0] + len(at))):
+        return slice(int(at[0]), int(at[0]) + len(at))
+    return at
 
 
 def _place(
-    out: np.ndarray, at: np.ndarray, half: int, left: np.ndarray, right: np.ndarray, missing: np.ndarray
+    out: np.ndarray,
+    at: tuple[np.ndarray | slice, np.ndarray | slice],
+    left: np.ndarray,
+    right: np.ndarray,
+    missing: np.ndarray,
 ) -> None:
-    """The scores |G_left| + |G_right| of the splits `at` with their missing rows' sum sent left (at
-    `at`) and sent right (at `at + half`)."""
-    out[:, at] = np.abs(left + missing) + np.abs(right)
-    out[:, at + half] = np.abs(left) + np.abs(right + missing)
+    """The scores |G_left| + |G_right| of some splits with their missing rows' sum sent left (at `at[0]`)
+    and sent right (at `at[1]`)."""
+    out[:, at[0]] = np.abs(left + missing) + np.abs(right)
+    out[:, at[1]] = np.abs(left) + np.abs(right + missing)
 
 
 def choose(batch: Batch, tree: int, level: int, options: Candidates, index: np.ndarray) -> Batch:
