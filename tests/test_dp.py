@@ -83,7 +83,7 @@ def test_intervals_cover_the_exact_value_and_the_auc_interval_is_narrow_enough()
     exact, counts = report()
     covered = 0
     widths = []
-    for seed in range(100):
+    for seed in range(400):  # OpenDP's draws are not seeded: 400 of them put 90% 4.6 sd below 95%
         noisy = dp_release.draw_counts(counts, POLICY)
         result = dp_release.release_dp(exact, noisy, POLICY, ReleaseOptions(), f"job{seed}", "d", "train")
         low, high = result.intervals["auc"]
@@ -91,7 +91,7 @@ def test_intervals_cover_the_exact_value_and_the_auc_interval_is_narrow_enough()
         widths.append((high - low) / 2)
         assert set(result.metrics) == {"auc", "log_loss", "accuracy"}
         assert result.feature_importance == {} and result.history is None
-    assert covered >= 90
+    assert covered >= 360
     assert np.median(widths) <= 0.01
 
 
