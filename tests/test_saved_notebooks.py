@@ -131,7 +131,7 @@ def test_the_result_figures_are_a_spec_the_browser_draws_with_a_picture_for_save
             "%load_ext remote_magic",
             "%%remote_train -d breast_cancer -l malignant --confusion\nfrom xgboost import XGBClassifier\n"
             "model = XGBClassifier(n_estimators=5, max_depth=2)",
-            # the picture is drawn after the cell answered: a headless run waits for it at its end
+            # a headless runner's cell has waited for its picture; a script's own wait still answers
             "from remote_magic import wait_for_pictures\nassert wait_for_pictures(timeout=300)",
         ],
         kernel_env(server, REMOTE_MAGIC_PROGRESS="off"),
