@@ -39,7 +39,7 @@ from jupyter_client.manager import start_new_kernel
 
 from benchmarks.small_job import FEATURES, ROUNDS, ROWS, SPEC, Floor, local_once, make_table
 from remote_magic import Client
-from remote_magic.display.charts import VEGALITE
+from remote_magic.display.pictures import VEGALITE
 from tests.serverproc import running
 
 DEPTH = 4

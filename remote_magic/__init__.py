@@ -25,7 +25,7 @@ _LAZY = {
     "RemoteMagicError": "client.errors",
     "TrainResult": "display.result",
     "DatasetSpec": "contract.wire",
-    "wait_for_pictures": "display.charts",
+    "wait_for_pictures": "display.pictures",
     "federated_train": "client.federated",
     "FederatedError": "client.errors",
 }
@@ -40,8 +40,8 @@ if TYPE_CHECKING:
     from .client.job import Job
     from .contract.payload import package_model
     from .contract.wire import DatasetSpec
-    from .display.charts import wait_for_pictures
     from .display.compare import Comparison, compare
+    from .display.pictures import wait_for_pictures
     from .display.result import TrainResult
 
 

@@ -51,7 +51,7 @@ CORPUS = [
     ("filter on an unknown column", small(), {"where": "agee > 3"}, "train", "unknown_column"),
     ("a function in a filter", small(), {"where": "lower(region) = 'north'"}, "train", "invalid_filter"),
     ("lower() in a derive", small(), {"derive": {"r": "lower(region)"}}, "train", "invalid_derive"),
-    ("the label in a derive", small(), {"derive": {"r": "label * 2"}}, "train", "unknown_column"),
+    ("the label in a derive", small(), {"derive": {"r": "label * 2"}}, "train", "invalid_derive"),
     ("a derive named like a column", small(), {"derive": {"age": "bmi"}}, "train", "invalid_derive"),
     (
         "unknown column in eval filter",

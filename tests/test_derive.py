@@ -90,7 +90,7 @@ def _refusal(server, derive: dict) -> dict:
         ({"x": "lower(region)"}, "invalid_derive"),
         ({"x": "read_csv('/etc/passwd')"}, "invalid_derive"),
         ({"x": "getenv('HOME')"}, "invalid_derive"),
-        ({"x": "label + 1"}, "unknown_column"),
+        ({"x": "label + 1"}, "invalid_derive"),  # the label is known, and not for derive
         ({"age": "age * 2"}, "invalid_derive"),
         ({"bad name": "age"}, "invalid_spec"),
         # A value that is text for some rows only would fail its cast to a number on those rows: a

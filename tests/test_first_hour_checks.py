@@ -116,6 +116,21 @@ def test_a_filter_of_the_wrong_type_is_refused_naming_the_column_type(dana, owne
     assert error.code == "invalid_filter" and words in error.message, error.message
 
 
+@pytest.mark.parametrize("where", ["'\"id\" = 1003'", "'id IN (1, 2)'"])
+def test_a_filter_on_the_id_column_is_told_it_cannot_use_it(dana, owner, where):
+    error = refused_alike(dana, owner, f"-d flights -l delayed --where {where}")
+    assert (error.code, error.message) == (
+        "invalid_filter",
+        "column 'id' is the id column, which a filter cannot use",
+    )
+
+
+def test_a_derive_on_another_label_is_told_it_cannot_use_it(dana, owner):
+    dana.user_ns["spec"] = {"derive": {"x": "arr_delay * 2"}}
+    error = refused_alike(dana, owner, "--spec spec -d flights -l delayed")
+    assert error.message == "column 'arr_delay' is a label column, which a derived column 'x' cannot use"
+
+
 def test_a_filter_that_compares_kinds_rightly_trains(dana):
     result = run(
         dana,

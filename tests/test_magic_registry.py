@@ -62,3 +62,21 @@ def test_recipe_cells_save_list_pause_resume_and_delete(ip):  # noqa: F811
 def test_arguments_that_do_not_go_together_are_usage_errors(ip, cell):  # noqa: F811
     with pytest.raises(UsageError):
         run(ip, cell)
+
+
+@pytest.mark.parametrize(
+    "cell, said",
+    [
+        (f"%%remote_train {FLAGS} --register 'bad name!'\n{MODEL}", "'bad name!' is not a valid model name"),
+        (f"%%remote_train {FLAGS} --register ok --alias 9lives\n{MODEL}", "'9lives' is not a valid alias"),
+        (
+            f"%%remote_recipe save r --every 1d --register 'bad name!' {FLAGS}\n{MODEL}",
+            "'bad name!' is not a valid model name",
+        ),
+    ],
+)
+def test_an_invalid_name_is_one_line_that_says_what_a_name_is(ip, cell, said):  # noqa: F811
+    with pytest.raises(UsageError) as refused:
+        run(ip, cell)
+    rule = "a name is 1 to 64 of a-z, A-Z, 0-9 and _, not starting with a digit"
+    assert str(refused.value) == f"--register/--alias/--if-better: {said}: {rule}"

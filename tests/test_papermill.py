@@ -1,7 +1,7 @@
 """papermill, where it is the subject: every example runs to its end against a real `remote-magic-server
 serve --demo` process, as the README tells a newcomer to run them (05 and 07 start a server of their own
-on their own table, as a data owner would), and a magic usage error fails the run with its message in
-papermill's exception (not an empty one)."""
+on their own table, as a data owner would), saving every figure with its picture, and a magic usage error
+fails the run with its message in papermill's exception (not an empty one)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import papermill
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from remote_magic.display.charts import VEGALITE
+from remote_magic.display.pictures import VEGALITE
 from remote_magic_server.demo import free_port, wait_healthy
 from tests.serverproc import wait_until
 from tests.test_demo import PASTE
@@ -39,6 +39,16 @@ def figures(notebook) -> list[dict]:
         for cell in notebook.cells
         for output in cell.get("outputs", [])
         if VEGALITE in output.get("data", {})
+    ]
+
+
+def without_picture(notebook) -> list[str]:
+    """The alt text of each figure saved without its SVG picture."""
+    return [
+        output["data"]["text/plain"]
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+        if VEGALITE in output.get("data", {}) and "image/svg+xml" not in output["data"]
     ]
 
 
@@ -78,7 +88,7 @@ def demo_server(tmp_path_factory):
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_example_runs_to_the_end_against_serve_demo(example, demo_server, monkeypatch, tmp_path):
+def test_example_runs_to_the_end_against_serve_demo(example, demo_server, monkeypatch, tmp_path, capfd):
     url, token = demo_server
     monkeypatch.setenv("REMOTE_MAGIC_URL", url)
     monkeypatch.setenv("REMOTE_MAGIC_TOKEN", token)
@@ -94,6 +104,10 @@ def test_example_runs_to_the_end_against_serve_demo(example, demo_server, monkey
     assert all(cell.get("execution_count") for cell in executed.cells if cell.cell_type == "code")
     text = outputs_text(executed)
     assert "Traceback" not in text
+    # each cell waited for its pictures (the runner reads nothing after the last), and the kernel's
+    # shutdown, which interrupts its process group, stopped the pictures' helper without a traceback
+    assert not without_picture(executed)
+    assert "Traceback" not in capfd.readouterr().err
     if example.stem == "02-dataset-specs":
         assert "unknown column 'bmii' in filter; did you mean 'bmi'?" in text
         admitted = re.search(r"admitted by the filter: (\d+)", text)

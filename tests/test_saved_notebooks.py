@@ -131,8 +131,12 @@ def test_the_result_figures_are_a_spec_the_browser_draws_with_a_picture_for_save
             "%load_ext remote_magic",
             "%%remote_train -d breast_cancer -l malignant --confusion\nfrom xgboost import XGBClassifier\n"
             "model = XGBClassifier(n_estimators=5, max_depth=2)",
-            # the picture is drawn after the cell answered: a headless run waits for it at its end
+            # a headless runner's cell has waited for its picture; a script's own wait still answers
             "from remote_magic import wait_for_pictures\nassert wait_for_pictures(timeout=300)",
+            # a front end interrupts a cell by signalling the kernel's process group, the helper's too
+            "import os, signal\nos.killpg(os.getpgid(0), signal.SIGINT)",
+            "from remote_magic.display.pictures import show\n"
+            "drawn = show({'mark': 'point'}, 'after an interrupt')",
         ],
         kernel_env(server, REMOTE_MAGIC_PROGRESS="off"),
         tmp_path,
@@ -150,6 +154,9 @@ def test_the_result_figures_are_a_spec_the_browser_draws_with_a_picture_for_save
     nbformat.write(notebook, tmp_path / "saved.ipynb")
     page, _ = HTMLExporter().from_notebook_node(nbformat.read(tmp_path / "saved.ipynb", as_version=4))
     assert 'data-mime-type="image/svg+xml"' in page, "nbconvert's HTML shows the picture"
+    [interrupted] = errors(notebook.cells[3])
+    [after] = notebook.cells[4].outputs
+    assert interrupted.ename == "KeyboardInterrupt" and "image/svg+xml" in after.data, "the helper lives on"
 
 
 def test_plot_displays_the_figures_in_a_notebook(server, tmp_path):

@@ -6,8 +6,10 @@ One method per endpoint with typed results, like the rest of the client; the mag
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
 
 from ..contract.automation_wire import (
     AliasMove,
@@ -27,7 +29,7 @@ from ..contract.automation_wire import (
 )
 from ..contract.payload import package_model
 from ..contract.specs import with_model_classes
-from ..contract.wire import DatasetInfo, DatasetSpec, JobStatus
+from ..contract.wire import NAME_RULE, DatasetInfo, DatasetSpec, JobStatus, first_error
 from ..display.lineage import LineageView
 from ..display.model import RemoteModel
 
@@ -41,21 +43,36 @@ if TYPE_CHECKING:
 def register_request(
     register: str | dict | RegisterRequest | None, alias: str | None = None, when: str | dict | None = None
 ) -> RegisterRequest | None:
-    """`"churn"`, a dict or a RegisterRequest; `when="auc:0.002"` registers only on that improvement."""
+    """`"churn"`, a dict or a RegisterRequest; `when="auc:0.002"` registers only on that improvement. A
+    wrong one is a ValueError of one line (a user reads it under the cell: no pydantic dump)."""
     if register is None:
         return None
-    if isinstance(register, RegisterRequest):
-        request = register
-    elif isinstance(register, str):
-        request = RegisterRequest(name=register)
-    else:
-        request = RegisterRequest.model_validate(register)
-    updates: dict = {}
-    if alias is not None:
-        updates["alias"] = alias
-    if when is not None:
-        updates["when"] = condition(when)
-    return RegisterRequest.model_validate({**request.model_dump(), **updates}) if updates else request
+    try:
+        if isinstance(register, RegisterRequest):
+            request = register
+        elif isinstance(register, str):
+            request = RegisterRequest(name=register)
+        else:
+            request = RegisterRequest.model_validate(register)
+        updates: dict = {}
+        if alias is not None:
+            updates["alias"] = alias
+        if when is not None:
+            updates["when"] = condition(when)
+        return RegisterRequest.model_validate({**request.model_dump(), **updates}) if updates else request
+    except ValidationError as exc:
+        raise ValueError(registration_error(exc.errors())) from None
+
+
+def registration_error(errors: Sequence[Mapping]) -> str:
+    """A name that breaks the pattern is said with what a name is (the user's own argument is quoted, so
+    they see which one); any other error as its field and message."""
+    first = errors[0] if errors else {}
+    field = first.get("loc", ("",))[0]
+    if first.get("type") == "string_pattern_mismatch" and field in ("name", "alias"):
+        what = "model name" if field == "name" else "alias"
+        return f"{first.get('input')!r} is not a valid {what}: {NAME_RULE}"
+    return first_error(errors, "register")
 
 
 def condition(when: str | dict | Condition) -> Condition:

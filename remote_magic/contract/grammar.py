@@ -11,7 +11,7 @@ every identifier quoted.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import sqlglot
 from sqlglot import exp
@@ -117,7 +117,12 @@ def _where(error: ParseError) -> str:
 
 
 def _checked_tree(
-    text: str, columns: Collection[str], allowed: tuple[type[exp.Expression], ...], code: str, what: str
+    text: str,
+    columns: Collection[str],
+    allowed: tuple[type[exp.Expression], ...],
+    code: str,
+    what: str,
+    unusable: Mapping[str, str] | None = None,
 ) -> exp.Expression:
     if not text or not text.strip():
         raise Refusal(code, f"the {what} is empty")
@@ -142,6 +147,9 @@ def _checked_tree(
         if isinstance(node, exp.Column):
             if node.table or node.args.get("db") or node.args.get("catalog"):
                 raise Refusal(code, "qualified column names are not allowed")
+            role = (unusable or {}).get(node.name)
+            if role is not None and node.name not in columns:
+                raise Refusal(code, f"column {node.name!r} is {role}, which a {what} cannot use")
             if node.name not in columns:
                 message = unknown_column_message(node.name, columns, what)
                 if isinstance(node.this, exp.Identifier) and node.this.quoted:
@@ -160,9 +168,13 @@ def _checked_tree(
     return tree
 
 
-def parse_filter(text: str, columns: Collection[str], what: str = "filter") -> exp.Expression:
-    """Parse and check a filter against the grammar and the usable columns; raise Refusal."""
-    tree = _checked_tree(text, columns, _ALLOWED_NODES, "invalid_filter", what)
+def parse_filter(
+    text: str, columns: Collection[str], what: str = "filter", unusable: Mapping[str, str] | None = None
+) -> exp.Expression:
+    """Parse and check a filter against the grammar and the usable columns; raise Refusal. `unusable`
+    says what the dataset's other columns are (`the id column`), so a filter naming one is told so, not
+    that the column is unknown."""
+    tree = _checked_tree(text, columns, _ALLOWED_NODES, "invalid_filter", what, unusable)
     for node in tree.walk():
         if isinstance(node, (exp.And, exp.Or, exp.Not)) and any(
             _is_value(operand) for operand in node.args.values() if isinstance(operand, exp.Expression)
@@ -190,20 +202,27 @@ def compile_filter(text: str, columns: Collection[str]) -> str:
     return parse_filter(text, columns).sql(dialect="duckdb", identify=True)
 
 
-def parse_derive(name: str, text: str, columns: Collection[str]) -> exp.Expression:
+def parse_derive(
+    name: str, text: str, columns: Collection[str], unusable: Mapping[str, str] | None = None
+) -> exp.Expression:
     """Parse and check one derived column `name = text` against the derive grammar; raise Refusal.
 
-    `columns` are the dataset's feature columns; the name must be new."""
+    `columns` are the dataset's feature columns, `unusable` what its others are; the name must be new."""
     if name in columns:
         raise Refusal("invalid_derive", f"derived column {name!r} has the name of a dataset column")
-    return _checked_tree(text, columns, _DERIVE_NODES, "invalid_derive", f"derived column {name!r}")
+    return _checked_tree(text, columns, _DERIVE_NODES, "invalid_derive", f"derived column {name!r}", unusable)
 
 
-def check_derive(derive: dict[str, str], columns: Collection[str], taken: Collection[str]) -> None:
+def check_derive(
+    derive: dict[str, str],
+    columns: Collection[str],
+    taken: Collection[str],
+    unusable: Mapping[str, str] | None = None,
+) -> None:
     """Check every derived column; `taken` holds all dataset column names (no derived name may reuse one)."""
     if len(derive) > MAX_DERIVED:
         raise Refusal("invalid_derive", f"at most {MAX_DERIVED} derived columns are allowed")
     for name, text in derive.items():
         if name in taken:
             raise Refusal("invalid_derive", f"derived column {name!r} has the name of a dataset column")
-        parse_derive(name, text, columns)
+        parse_derive(name, text, columns, unusable)

@@ -17,6 +17,9 @@ from .grammar import check_derive, filter_columns, parse_derive, parse_filter
 from .types import BOOLEAN, FEATURE_KINDS, NUMBER, TIME, check_derived, check_filter, kind_of
 from .wire import ColumnInfo, DatasetInfo, DatasetSpec, is_dp, unknown_column_message
 
+# The roles of the columns a filter or a derived column may not use, in words for a refusal.
+ROLES = {"id": "the id column", "label": "a label column", "excluded": "excluded by the data owner"}
+
 
 @dataclass(frozen=True)
 class Resolved:
@@ -71,7 +74,7 @@ def resolve(spec: DatasetSpec, columns: Sequence[ColumnInfo]) -> Resolved:
     for text, what in ((spec.where, "filter"), (getattr(spec.eval, "where", None), "eval filter")):
         if text is None:
             continue
-        tree = parse_filter(text, usable, what)
+        tree = parse_filter(text, usable, what, {c: ROLES[roles[c]] for c in names if c not in usable})
         if spec.label in filter_columns(tree):
             # A refusal or an answer that depends on which rows carry which label would tell the label.
             raise Refusal(
@@ -81,9 +84,11 @@ def resolve(spec: DatasetSpec, columns: Sequence[ColumnInfo]) -> Resolved:
     derive_columns = [c for c in names if roles[c] == "feature"]
     derive = spec.derive or {}
     if derive:
-        check_derive(derive, derive_columns, names)
+        others = {c: ROLES[roles[c]] for c in names if c not in derive_columns}
+        check_derive(derive, derive_columns, names, others)
         for name, text in derive.items():
-            check_derived(parse_derive(name, text, derive_columns), kinds, f"derived column {name!r}")
+            tree = parse_derive(name, text, derive_columns, others)
+            check_derived(tree, kinds, f"derived column {name!r}")
     return Resolved(
         features=features,
         filter_columns=usable,

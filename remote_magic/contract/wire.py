@@ -23,6 +23,7 @@ Task = Literal["binary", "multiclass", "regression"]
 FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 IDENT = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+NAME_RULE = "a name is 1 to 64 of a-z, A-Z, 0-9 and _, not starting with a digit"  # IDENT, in words
 DATASET_REF = r"^[A-Za-z_][A-Za-z0-9_]{0,63}(@[1-9][0-9]{0,8})?$"
 
 

@@ -4,19 +4,13 @@ Why not matplotlib here: a notebook front end (JupyterLab, Notebook 7, VS Code) 
 `application/vnd.vegalite.v5+json` in the browser at no kernel cost, and a spec of a few released
 aggregates is a few KB; drawing the same figures in the kernel cost more than the whole server job. A saved
 notebook read where nothing runs Vega (nbconvert's HTML, GitHub, nbviewer) needs a picture beside the spec:
-`show` adds one as SVG, rendered by `vl-convert-python` (no browser) from the same spec in a helper
-process (drawing takes 50-300 ms here, as long as the job), by updating the same display afterwards.
+`pictures.show` adds one as SVG, drawn by a helper process after the cell has answered.
 `result.plot()` still returns matplotlib figures (plots.py) for restyling.
 """
 
 from __future__ import annotations
 
-import contextvars
-import multiprocessing
-import threading
-import uuid
 from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from typing import TYPE_CHECKING
 
 from .formats import compact
@@ -24,7 +18,6 @@ from .formats import compact
 if TYPE_CHECKING:
     import pandas as pd
 
-VEGALITE = "application/vnd.vegalite.v5+json"
 SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"
 TRAIN_COLOUR = "#4c72b0"
 EVAL_COLOUR = "#dd8452"
@@ -211,76 +204,3 @@ def panel(charts: Sequence[dict | None]) -> dict | None:
     if not made:
         return None
     return {"$schema": SCHEMA, "hconcat": made, "config": CONFIG}
-
-
-_renderer_lock = threading.Lock()
-
-
-def svg(spec: dict) -> str:
-    """The spec drawn as SVG without a browser, for readers that do not run Vega."""
-    import vl_convert
-
-    return vl_convert.vegalite_to_svg(spec)
-
-
-def display_with_figures(text: str, page: str, spec: dict | None, alt: str) -> None:
-    """An object's text and HTML faces, then its figures (`_ipython_display_`: two outputs, since a front
-    end shows one MIME type of a bundle and the figures must not hide the tables)."""
-    from IPython.display import display
-
-    display({"text/plain": text, "text/html": page}, raw=True)
-    if spec is not None:
-        show(spec, alt)
-
-
-def show(spec: dict, alt: str) -> threading.Event | None:
-    """Display the spec now (the front end draws it), then add its SVG to the same display once a helper
-    process has drawn it, so that a saved notebook shows the figure where nothing runs Vega; a terminal
-    (no kernel, nothing saved) gets no picture. Returns an event set once the picture is in.
-
-    The drawing runs in a process of its own because the renderer holds the GIL: in a thread of the kernel
-    it would delay the cell's answer by as long. The update goes twice: under the cell that showed the
-    figure (JupyterLab routes it there, even after the cell finished) and under the cell running now
-    (nbclient, papermill and `nbconvert --execute` read only the running cell's messages, and update a
-    display id wherever it is). A headless run should end with `wait_for_pictures()`."""
-    from IPython import get_ipython
-    from IPython.display import display, update_display
-
-    display_id = uuid.uuid4().hex
-    display({VEGALITE: spec, "text/plain": alt}, raw=True, display_id=display_id)
-    if getattr(get_ipython(), "kernel", None) is None:
-        return None
-    shown_in = contextvars.copy_context()
-    drawn = threading.Event()
-    _pending.add(drawn)
-
-    def add_picture(future: Future) -> None:
-        try:
-            picture = {VEGALITE: spec, "image/svg+xml": future.result(), "text/plain": alt}
-            shown_in.run(update_display, picture, raw=True, display_id=display_id)
-            update_display(picture, raw=True, display_id=display_id)
-        finally:
-            drawn.set()
-            _pending.discard(drawn)
-
-    _renderer().submit(svg, spec).add_done_callback(add_picture)
-    return drawn
-
-
-def wait_for_pictures(timeout: float | None = None) -> bool:
-    """Wait until every figure shown so far has its picture (the last cell of a notebook run headless, by
-    papermill or `nbconvert --execute`, so that the saved notebook has them all); False on timeout."""
-    return all(event.wait(timeout) for event in list(_pending))
-
-
-_pending: set[threading.Event] = set()
-_pool: ProcessPoolExecutor | None = None
-
-
-def _renderer() -> ProcessPoolExecutor:
-    """One helper process, started on first use and kept (its JavaScript engine takes seconds to start)."""
-    global _pool
-    with _renderer_lock:
-        if _pool is None:
-            _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        return _pool

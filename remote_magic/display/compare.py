@@ -136,7 +136,7 @@ class Comparison:
         return verdicts
 
     def _ipython_display_(self) -> None:
-        from .charts import display_with_figures
+        from .pictures import display_with_figures
 
         alt = "Figure: eval learning curves and the main metric per run"
         display_with_figures(repr(self), self._repr_html_(), self.charts(), alt)

@@ -331,7 +331,7 @@ class TrainResult:
         )
 
     def _ipython_display_(self) -> None:
-        from .charts import display_with_figures
+        from .pictures import display_with_figures
 
         alt = "Figures: learning curve, importance, confusion matrix"
         display_with_figures(repr(self), self._repr_html_(), self.charts(), alt)

@@ -297,7 +297,8 @@ class DPBoostFamily:
         return None
 
     def importance(self, trained: Trained) -> dict[str, float]:
-        """None: the structure is drawn, not fitted; gains are not computed."""
+        """Empty: the trees record no gains (`loss_changes` are 0); mode dp releases a permutation-importance
+        ranking instead (`importance_ranking`)."""
         return {}
 
     def rounds(self, trained: Trained) -> dict[str, int]:
