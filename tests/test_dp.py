@@ -117,6 +117,48 @@ def test_past_the_noisy_bound_an_undefined_auc_is_released_as_a_coin_flip_not_om
     assert not any("auc" in note for note in result.notes)
 
 
+def regression(n: int, label_range: tuple[float, float], seed: int = 0) -> tuple[TrainReport, dict, float]:
+    """A regression's report on `n` gamma-distributed labels (costs) whose model predicts the mean, as
+    the worker's own `scoring.stats` sums them; and the exact r2 of a model a little better than that."""
+    from remote_magic.families import scoring
+
+    rng = np.random.default_rng(seed)
+    y = np.clip(rng.gamma(2.0, label_range[1] / 10, n), *label_range)
+    pred = y + rng.normal(0, y.std() / 2, n)
+    stats = scoring.stats("regression", y, pred, 0, label_range)
+    train = TrainReport(
+        task="regression",
+        metrics={},
+        feature_importance={},
+        rounds={"base": 0, "new": 5, "total": 5},
+        stats=EvalStats(**stats),
+    )
+    r2 = 1 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    return train, {"eval": SplitCounts(rows=n), "train": SplitCounts(rows=4 * n)}, r2
+
+
+def test_r2_is_released_only_where_the_labels_spread_stands_clear_of_its_noise():
+    """On a wide label range (0 to 20,000) and 600 rows the noise on the sum of squares swamps the
+    labels' spread: r2 came out around -1e19, its interval missing the truth. It is now omitted, decided
+    on the noisy sums alone; on many rows of a narrow range it comes out, its interval covering r2."""
+    exact, counts, _ = regression(600, (0.0, 20_000.0))
+    for seed in range(20):
+        noisy = dp_release.draw_counts(counts, POLICY)
+        result = dp_release.release_dp(exact, noisy, POLICY, ReleaseOptions(), f"job{seed}", "d", "evaluate")
+        assert result.metrics["r2"] is None and "r2" not in result.intervals
+        assert any("r2 needs" in note for note in result.notes)
+        assert result.metrics["rmse"] is not None and result.metrics["mae"] is not None
+    exact, counts, r2 = regression(400_000, (0.0, 400.0))
+    covered = 0
+    for seed in range(100):
+        noisy = dp_release.draw_counts(counts, POLICY)
+        result = dp_release.release_dp(exact, noisy, POLICY, ReleaseOptions(), f"job{seed}", "d", "evaluate")
+        low, high = result.intervals["r2"]
+        covered += low <= r2 <= high
+        assert abs(result.metrics["r2"] - r2) < 0.2 and not result.notes
+    assert covered >= 85
+
+
 def test_models_that_single_out_rows_are_flagged_for_the_owner_never_refused():
     """A refusal that depended on the rows would answer a question about them for free."""
     exact, counts = report()

@@ -186,6 +186,11 @@ class _Draws:
         low, high = np.nanpercentile(spread, [2.5, 97.5])
         return point, point - float(high), point - float(low)
 
+    def noise(self, metric: Callable[[Mapping[str, np.ndarray]], np.ndarray]) -> float:
+        """The standard deviation of a metric of the released values under the noise that was added."""
+        samples = {k: v + self.rng.normal(0.0, self.sigma[k], DRAWS) for k, v in self.value.items()}
+        return float(np.nanstd(np.asarray(metric(samples), dtype=float)))
+
 
 def _seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big")
@@ -247,12 +252,19 @@ def release_dp(
                 draws.add(name, value, sigma)
             put("rmse", lambda v: np.sqrt(np.maximum(v["sse"], 0) / np.maximum(v["n"], 1)), 0.0)
             put("mae", lambda v: np.maximum(v["sae"], 0) / np.maximum(v["n"], 1), 0.0)
-            put(
-                "r2",
-                lambda v: 1 - v["sse"] / np.maximum(v["sy2"] - v["sy"] ** 2 / np.maximum(v["n"], 1), 1e-9),
-                -math.inf,
-                1.0,
-            )
+            # The labels' spread around their mean, from the noisy sums. One row moves sum y^2 by up to
+            # h^2, so on a wide range or few rows its noise swamps the spread, and a floor on it released
+            # r2 around -1e19 with an interval that missed the truth. Whether r2 comes out is decided on
+            # the released values and the known noise alone (post-processing, as AUC's bound): only when
+            # the spread stands LOWER_BOUND_SIGMAS of its own noise above zero.
+            total = lambda v: v["sy2"] - v["sy"] ** 2 / np.maximum(v["n"], 1)  # noqa: E731
+            if float(total(draws.value)) <= LOWER_BOUND_SIGMAS * draws.noise(total):
+                metrics["r2"] = None
+                notes.append(
+                    "r2 needs the labels' spread clear of its noise: more rows, or a narrower label range"
+                )
+            else:
+                put("r2", lambda v: 1 - v["sse"] / np.maximum(total(v), 1e-9), -math.inf, 1.0)
     else:
         (loss,), s_loss = dp.gaussian([stats.loss_sum or 0.0], stats.loss_clip or 0.0, rho)
         (correct,), s_correct = dp.gaussian([float(stats.correct or 0)], 1.0, rho)
