@@ -117,13 +117,15 @@ def test_past_the_noisy_bound_an_undefined_auc_is_released_as_a_coin_flip_not_om
     assert not any("auc" in note for note in result.notes)
 
 
-def regression(n: int, label_range: tuple[float, float], seed: int = 0) -> tuple[TrainReport, dict, float]:
-    """A regression's report on `n` gamma-distributed labels (costs) whose model predicts the mean, as
-    the worker's own `scoring.stats` sums them; and the exact r2 of a model a little better than that."""
+def regression(
+    n: int, label_range: tuple[float, float], scale: float, seed: int = 0
+) -> tuple[TrainReport, dict, float]:
+    """A regression's report on `n` gamma-distributed labels (costs, of `scale`) and a model a little
+    better than their mean, as the worker's own `scoring.stats` sums them; and the model's exact r2."""
     from remote_magic.families import scoring
 
     rng = np.random.default_rng(seed)
-    y = np.clip(rng.gamma(2.0, label_range[1] / 10, n), *label_range)
+    y = np.clip(rng.gamma(2.0, scale, n), *label_range)
     pred = y + rng.normal(0, y.std() / 2, n)
     stats = scoring.stats("regression", y, pred, 0, label_range)
     train = TrainReport(
@@ -138,24 +140,25 @@ def regression(n: int, label_range: tuple[float, float], seed: int = 0) -> tuple
 
 
 def test_r2_is_released_only_where_the_labels_spread_stands_clear_of_its_noise():
-    """On a wide label range (0 to 20,000) and 600 rows the noise on the sum of squares swamps the
-    labels' spread: r2 came out around -1e19, its interval missing the truth. It is now omitted, decided
-    on the noisy sums alone; on many rows of a narrow range it comes out, its interval covering r2."""
-    exact, counts, _ = regression(600, (0.0, 20_000.0))
+    """On a wide label range (0 to 20,000) and 600 rows of labels near 400, the noise on the sum of
+    squares swamps the labels' spread: r2 came out around -1e19, its interval missing the truth. It is
+    now omitted, decided on the noisy sums alone; on 10,000 rows of a range of 400 (the label's sum
+    noised at its own bound, not its square's) it comes out, its interval covering r2."""
+    exact, counts, _ = regression(600, (0.0, 20_000.0), 200.0)
     for seed in range(20):
         noisy = dp_release.draw_counts(counts, POLICY)
         result = dp_release.release_dp(exact, noisy, POLICY, ReleaseOptions(), f"job{seed}", "d", "evaluate")
         assert result.metrics["r2"] is None and "r2" not in result.intervals
         assert any("r2 needs" in note for note in result.notes)
         assert result.metrics["rmse"] is not None and result.metrics["mae"] is not None
-    exact, counts, r2 = regression(400_000, (0.0, 400.0))
+    exact, counts, r2 = regression(10_000, (0.0, 400.0), 40.0)
     covered = 0
     for seed in range(100):
         noisy = dp_release.draw_counts(counts, POLICY)
         result = dp_release.release_dp(exact, noisy, POLICY, ReleaseOptions(), f"job{seed}", "d", "evaluate")
         low, high = result.intervals["r2"]
         covered += low <= r2 <= high
-        assert abs(result.metrics["r2"] - r2) < 0.2 and not result.notes
+        assert abs(result.metrics["r2"] - r2) < 0.4 and not result.notes
     assert covered >= 85
 
 
