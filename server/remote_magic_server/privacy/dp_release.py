@@ -184,12 +184,15 @@ class _Draws:
     def interval(
         self, metric: Callable[[Mapping[str, np.ndarray]], np.ndarray]
     ) -> tuple[float, float, float]:
-        """The metric of the released values, and its 95% interval under the noise that was added."""
+        """The metric of the released values, and its 95% interval under the noise that was added: the
+        metric's 2.5th and 97.5th percentiles over the released values redrawn with that noise. For a
+        metric monotone in one noisy sum (RMSE, MAE, log loss, accuracy, AUC) that is the metric at each
+        end of the sum's own 95% interval. Reflected about the point instead, as it was, an RMSE whose
+        noisy sum fell below 0 (shown 0) got the interval (0, 0), which missed it."""
         point = float(metric({k: np.asarray(v) for k, v in self.value.items()}))
         samples = {k: v + self.rng.normal(0.0, self.sigma[k], DRAWS) for k, v in self.value.items()}
-        spread = np.asarray(metric(samples), dtype=float) - point
-        low, high = np.nanpercentile(spread, [2.5, 97.5])
-        return point, point - float(high), point - float(low)
+        low, high = np.nanpercentile(np.asarray(metric(samples), dtype=float), [2.5, 97.5])
+        return point, float(low), float(high)
 
     def noise(self, metric: Callable[[Mapping[str, np.ndarray]], np.ndarray]) -> float:
         """The standard deviation of a metric of the released values under the noise that was added."""
