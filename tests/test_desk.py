@@ -221,19 +221,23 @@ def test_in_mode_dp_no_differencing_refusal_answers_membership(desk, tmp_path):
     assert guard.value.code == "differencing_refused"
 
 
-def test_in_mode_dp_the_catalog_count_is_drawn_once_per_count_and_charged_to_no_analyst(desk):
+def test_in_mode_dp_the_catalog_count_is_drawn_once_per_version_and_charged_to_no_analyst(desk):
+    """A draw per distinct exact count gave two versions of one count one shown count: equal shown
+    counts said a row had been replaced, or restored. Each version now has its own draw, stored."""
     from remote_magic_server.release.desk import CATALOG
 
     rho = desk.policy("noisy").dp_rho_catalog
-    shown = [desk.table_size("noisy", 6000) for _ in range(3)]
+    shown = [desk.table_size("noisy", 1, 6000) for _ in range(3)]
     assert shown[0] == shown[1] == shown[2], "the same count is shown to every request: no fresh noise"
     assert desk.ledger.spent(CATALOG, "noisy") == pytest.approx(rho)
     assert desk.ledger.spent("alice", "noisy") == 0
-    drawn = [desk.table_size("noisy", n) for n in range(6000, 6020)]
-    assert drawn != list(range(6000, 6020)), "the counts are noisy"
-    assert max(abs(d - n) for d, n in zip(drawn, range(6000, 6020))) < 10 / math.sqrt(2 * rho)
-    assert desk.ledger.spent(CATALOG, "noisy") == pytest.approx(20 * rho)
-    assert desk.table_size("plain", 6003) == 6000  # mode rules: rounded, as before
+    drawn = [desk.table_size("noisy", version, 6000) for version in range(2, 22)]
+    assert len(set(drawn)) > 10, "versions of one exact count are drawn apart"
+    assert max(abs(d - 6000) for d in drawn) < 10 / math.sqrt(2 * rho)
+    assert desk.ledger.spent(CATALOG, "noisy") == pytest.approx(21 * rho)
+    assert [desk.table_size("noisy", version, 6000) for version in range(1, 22)] == [shown[0], *drawn]
+    assert desk.ledger.spent(CATALOG, "noisy") == pytest.approx(21 * rho), "a version shown again is free"
+    assert desk.table_size("plain", 1, 6003) == 6000  # mode rules: rounded, as before
 
 
 def test_a_federated_step_asks_its_batchs_noise_and_a_session_step_is_charged_as_an_admission(desk, tmp_path):

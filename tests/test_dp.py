@@ -4,6 +4,7 @@ the numbers are usable (the quickstart's AUC interval is at most +/- 0.01)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from pyroaring import BitMap
 
 from remote_magic.client.errors import BudgetExhausted, DisclosureRefused, SpecError
 from remote_magic.contract.codes import Refusal
-from remote_magic.contract.wire import ReleaseOptions
+from remote_magic.contract.wire import JobResult, ReleaseOptions
 from remote_magic_server.audit import AuditLog
 from remote_magic_server.config.settings import DatasetConfig, Policy, Settings
 from remote_magic_server.privacy import dp, dp_release
@@ -115,6 +116,67 @@ def test_past_the_noisy_bound_an_undefined_auc_is_released_as_a_coin_flip_not_om
     )
     assert result.metrics["auc"] is not None and abs(result.metrics["auc"] - 0.5) < 0.05
     assert not any("auc" in note for note in result.notes)
+
+
+def regression(
+    n: int, label_range: tuple[float, float], scale: float, seed: int = 0
+) -> tuple[TrainReport, dict, float]:
+    """A regression's report on `n` gamma-distributed labels (costs, of `scale`) and a model a little
+    better than their mean, as the worker's own `scoring.stats` sums them; and the model's exact r2."""
+    from remote_magic.families import scoring
+
+    rng = np.random.default_rng(seed)
+    y = np.clip(rng.gamma(2.0, scale, n), *label_range)
+    pred = y + rng.normal(0, y.std() / 2, n)
+    stats = scoring.stats("regression", y, pred, 0, label_range)
+    train = TrainReport(
+        task="regression",
+        metrics={},
+        feature_importance={},
+        rounds={"base": 0, "new": 5, "total": 5},
+        stats=EvalStats(**stats),
+    )
+    r2 = 1 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    return train, {"eval": SplitCounts(rows=n), "train": SplitCounts(rows=4 * n)}, r2
+
+
+def evaluations(exact: TrainReport, counts: dict, runs: int) -> Iterator[JobResult]:
+    """The DP releases of an evaluate job's report, each with fresh counts and its own job id."""
+    for seed in range(runs):
+        noisy = dp_release.draw_counts(counts, POLICY)
+        yield dp_release.release_dp(exact, noisy, POLICY, ReleaseOptions(), f"job{seed}", "d", "evaluate")
+
+
+def test_r2_is_released_only_where_the_labels_spread_stands_clear_of_its_noise():
+    """On a wide label range (0 to 20,000) and 600 rows of labels near 400, the noise on the sum of
+    squares swamps the labels' spread: r2 came out around -1e19, its interval missing the truth. It is
+    now omitted, decided on the noisy sums alone; on 10,000 rows of a range of 400 (the label's sum
+    noised at its own bound, not its square's) it comes out, its interval covering r2."""
+    exact, counts, _ = regression(600, (0.0, 20_000.0), 200.0)
+    for result in evaluations(exact, counts, 20):
+        assert result.metrics["r2"] is None and "r2" not in result.intervals
+        assert any("r2 needs" in note for note in result.notes)
+        assert result.metrics["rmse"] is not None and result.metrics["mae"] is not None
+    exact, counts, r2 = regression(10_000, (0.0, 400.0), 40.0)
+    covered = 0
+    for result in evaluations(exact, counts, 100):
+        low, high = result.intervals["r2"]
+        covered += low <= r2 <= high
+        assert abs(result.metrics["r2"] - r2) < 0.4 and not result.notes
+    assert covered >= 85
+
+
+def test_an_rmse_whose_noisy_sum_falls_below_zero_keeps_an_interval_that_covers_it():
+    """The interval is the metric at the ends of its noisy sum's interval. Reflected about the point, as
+    it was, an RMSE shown 0 (its noisy sum below 0) got the interval (0, 0): on 600 rows of a range of
+    20,000 it covered the RMSE about 73 times of 200, not 190."""
+    exact, counts, _ = regression(600, (0.0, 20_000.0), 1000.0)
+    rmse = math.sqrt(exact.stats.sse / exact.stats.n)
+    covered = 0
+    for result in evaluations(exact, counts, 100):
+        low, high = result.intervals["rmse"]
+        covered += low <= rmse <= high
+    assert covered >= 85
 
 
 def test_models_that_single_out_rows_are_flagged_for_the_owner_never_refused():

@@ -108,11 +108,13 @@ def red(request, tmp_path_factory):
         ("eval_only_out", "out", 'privacy = "dp_eval_only"\n'),
         ("nan_in", "nan", 'column_levels.label = ["0", "1"]\n'),
         ("nan_out", "nan_out", 'column_levels.label = ["0", "1"]\n'),
+        ("range_in", "w0", "label_ranges.label = [0, 1]\n"),
+        ("range_out", "out", "label_ranges.label = [0, 1]\n"),
     ):
         config += f'\n[datasets.{name}]\npath = "{data}/{world}.parquet"\n{common}{extra}'
     users["classes"] = [
         *("declared_in", "declared_out", "declared_three", "undeclared_in", "undeclared_out"),
-        *("nan_in", "nan_out", "eval_only_in", "eval_only_out"),
+        *("nan_in", "nan_out", "eval_only_in", "eval_only_out", "range_in", "range_out"),
     ]
     with contextlib.ExitStack() as stack:
         if request.param == "dask":
@@ -487,6 +489,29 @@ def test_value_dependent_failures_look_the_same_in_both_worlds(red):
             job.status.error.code if job.status.error else "ok"
         )
     assert outcomes[0] == outcomes[1] == {"cohort_too_small"}
+
+
+def test_a_prediction_that_overflows_on_one_row_fails_nothing(red):
+    """A `count:poisson` Booster whose one leaf (100, within the leaf limit) holds only the target's age
+    predicts exp(100), inf in float32, for that row alone. Scoring it failed, so the evaluation ended
+    `not_released` exactly when the target was in the table; now the prediction is read at the label
+    range's end, and both worlds release the metrics."""
+    frame = pd.DataFrame({"age": [20.0, 50.0, 95.0, 30.0]})
+    booster = xgb.train(
+        {"objective": "count:poisson", "max_depth": 1, "base_score": 1.0},
+        xgb.DMatrix(frame, label=[1.0, 2.0, 3.0, 4.0]),
+        1,
+    )
+    data = json.loads(booster.save_raw("json"))
+    tree = data["learner"]["gradient_booster"]["model"]["trees"][0]
+    tree["split_indices"][0], tree["split_conditions"][0], tree["default_left"][0] = 0, 90.0, 1
+    tree["split_conditions"][1], tree["split_conditions"][2] = 0.0, 100.0  # age >= 90: exp(100)
+    booster.load_model(bytearray(json.dumps(data).encode()))
+    assert np.isinf(booster.predict(xgb.DMatrix(pd.DataFrame({"age": [TARGET_AGE]})))).all()
+    c = client(red, "classes")
+    for dataset in ("range_in", "range_out"):
+        result = c.evaluate(booster, {"dataset": dataset, "label": "label", "features": ["age"]})
+        assert result.metrics["rmse"] is not None and result.metrics["mae"] is not None, dataset
 
 
 def test_a_describe_of_no_row_fails_as_one_of_one_row(red):

@@ -84,6 +84,15 @@ class Measured:
     importance: dict[str, float] | None
 
 
+def _predict(
+    family: ModelFamily, model: Any, part: Part, split: str, asked: Asked, rounds: int | None = None
+) -> np.ndarray:
+    """The model's predictions on a partition's rows of `split` as every count here reads them
+    (`scoring.bounded`: finite, a regression's within the label range), whatever the model predicts."""
+    pred = family.predict(model, part, split, rounds)
+    return scoring.bounded(asked.task, pred, asked.n_classes, asked.label_range)
+
+
 def _admitted_predictions(
     family: ModelFamily,
     model: Any,
@@ -98,7 +107,7 @@ def _admitted_predictions(
         [
             eval_pred
             if split == "eval" and rounds is None and eval_pred is not None
-            else family.predict(model, part, split, rounds)
+            else _predict(family, model, part, split, asked, rounds)
             for split in asked.admitted
         ]
     )
@@ -116,7 +125,7 @@ def scores(part: Part, family: ModelFamily, model: Any, asked: Asked) -> dict:
     """Everything the report needs of one partition: the evaluation rows' scores (exact, or mergeable
     sums), learning-curve loss sums, leaf counts, and what the predictions set apart."""
     y = part.y("eval")
-    pred = family.predict(model, part, "eval")
+    pred = _predict(family, model, part, "eval", asked)
     out: dict = {}
     if asked.exact:
         out["score"] = _exact(asked, y, pred)
@@ -131,7 +140,7 @@ def scores(part: Part, family: ModelFamily, model: Any, asked: Asked) -> dict:
                 scoring.row_losses(
                     asked.task,
                     y,
-                    family.predict(model, part, "eval", r),
+                    _predict(family, model, part, "eval", asked, r),
                     asked.n_classes,
                     asked.residual_clip,
                 ).sum()
@@ -186,7 +195,7 @@ def _permutation(
         moved = Part(
             part.train, Split(x=shuffled, y=part.eval.y), part.train_rows, part.eval_rows, labels=part.labels
         )
-        after = family.predict(model, moved, "eval")
+        after = _predict(family, model, moved, "eval", asked)
         scores_[name] = float(scoring.row_losses(asked.task, y, after, k, clip).sum() - base)
     return scores_
 

@@ -50,7 +50,9 @@ def partial(task: str, y: np.ndarray, pred: np.ndarray, n_classes: int, label_ra
     np.add.at(confusion, (y.astype(int), predicted), 1)
     out.update(log_loss_sum=float(-np.log(true).sum()), confusion=confusion.tolist())
     if task == "binary":
-        bins = np.minimum((prob[:, 1] * AUC_BINS).astype(np.int64), AUC_BINS - 1)
+        # clipped first: a `binary:logitraw` margin is no probability; below 0 its bin was negative, and
+        # counting the bins failed exactly when a row had such a margin
+        bins = np.minimum((np.clip(prob[:, 1], 0, 1) * AUC_BINS).astype(np.int64), AUC_BINS - 1)
         positive = y.astype(int) == 1
         out["auc_positive"] = _sparse(np.bincount(bins[positive], minlength=AUC_BINS))
         out["auc_negative"] = _sparse(np.bincount(bins[~positive], minlength=AUC_BINS))

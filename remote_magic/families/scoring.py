@@ -5,7 +5,8 @@ gives the sums a differentially private release is built from: each row's contri
 one row moves each sum by a known amount whatever the model is (log loss: probabilities clipped to
 [0.01, 0.99], so a row adds at most ln 100; regression: residuals clipped to the label's range). A
 metric that needs both classes is `None` when an evaluation set holds one class only, whatever the
-cause: no failure depends on the rows' values.
+cause: no failure depends on the rows' values. Both read a model's predictions through `bounded`, so
+no prediction fails them either.
 """
 
 from __future__ import annotations
@@ -17,10 +18,35 @@ from sklearn import metrics as skm
 
 PROB_CLIP = 0.01
 LOSS_CLIP = math.log(1 / PROB_CLIP)  # the most one row adds to a clipped log-loss sum
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # the largest prediction XGBoost can make short of inf
 
 
 def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
+
+
+def bounded(task: str, pred: np.ndarray, n_classes: int, label_range: tuple | None) -> np.ndarray:
+    """A model's predictions as every score reads them: finite, and a regression's within the owner's
+    declared label range.
+
+    Any model may be scored, and a finite model can still predict inf or NaN for the rows that reach
+    one leaf: a `count:poisson` (or gamma, tweedie) Booster with a leaf of 100 predicts exp(100), inf in
+    float32. Scoring such rows failed, so in mode dp a job ended `not_released` exactly when a row the
+    analyst marked was among the evaluation rows: membership for a job's cost. Refusing exp-link
+    objectives would take counts and costs away from a data scientist; reading each prediction as the
+    nearest value the label can take is what they would do themselves with a bounded target. So a
+    regression's prediction is clipped to the declared range (the noisy modes clip the labels to it, and
+    `stats` each residual to its width, the clip the release's sensitivity assumes), inf at its ends and
+    NaN at its centre; without a range (no noisy regression metric is released then), NaN is 0 and inf
+    float32's largest value. A classifier's NaN is the uniform probability and an infinite score
+    float32's largest value (a `binary:logitraw` margin keeps its rank). Finite predictions of a
+    classifier, and a regression's within the range, are unchanged, so exact scores are the model's."""
+    if task == "regression":
+        if label_range is None:
+            return np.nan_to_num(pred, nan=0.0, posinf=FLOAT32_MAX, neginf=-FLOAT32_MAX)
+        low, high = label_range
+        return np.clip(np.nan_to_num(pred, nan=(low + high) / 2, posinf=high, neginf=low), low, high)
+    return np.nan_to_num(pred, nan=1 / max(n_classes, 2), posinf=FLOAT32_MAX, neginf=-FLOAT32_MAX)
 
 
 def _probabilities(task: str, pred: np.ndarray, n: int, n_classes: int) -> np.ndarray:

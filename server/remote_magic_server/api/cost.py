@@ -28,4 +28,5 @@ def cost(
         features=tuple(plan.features),
         dataset_version=plan.dataset_version,
     )
-    return desk.estimate(request, version_of(versions, body.spec.dataset).rows)
+    version = version_of(versions, body.spec.dataset)
+    return desk.estimate(request, version.number, version.rows)

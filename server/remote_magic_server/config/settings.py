@@ -118,8 +118,8 @@ class Policy(_Strict):
         default=0.0005,
         gt=0,
         le=0.5,
-        description="zCDP cost of the catalog's row count of a mode-dp table, drawn once per distinct "
-        "count and shown to every user (counted in the dataset's total, not in any user's budget).",
+        description="zCDP cost of the catalog's row count of a mode-dp table, drawn once per dataset "
+        "version and shown to every user (counted in the dataset's total, not in any user's budget).",
     )
 
     @property

@@ -34,6 +34,12 @@ from .policy import dropped_rows, release_count, round_metric, split_summary
 METRICS = {"binary": ("auc", "log_loss", "accuracy"), "multiclass": ("log_loss", "accuracy")}
 REGRESSION_METRICS = ("rmse", "mae", "r2")
 LOWER_BOUND_SIGMAS = 3.0  # the smallest class is taken as its noisy count less 3 sigma (AUC sensitivity)
+# r2 is released when the labels' noisy spread is this many of its noise's sd above 0. Near the line, a
+# released r2 is one whose spread drew high noise: at 3 sd, on 2,839 costs in a range of 20,000, a
+# constant prediction (r2 -2.0) had r2 released 29 times of 400, +1.8 off, its interval covering r2 18
+# times; at 5 sd never. At 5, r2 of 4,000 gamma labels in a range of 400 comes out every time (its
+# interval covering r2 190 times of 200), of 2,000 about half the time.
+R2_SIGMAS = 5.0
 DRAWS = 4000
 Z95 = 1.959964
 # The most one row adds to a clipped log-loss sum, as the worker clips it (families/scoring.LOSS_CLIP,
@@ -179,12 +185,20 @@ class _Draws:
     def interval(
         self, metric: Callable[[Mapping[str, np.ndarray]], np.ndarray]
     ) -> tuple[float, float, float]:
-        """The metric of the released values, and its 95% interval under the noise that was added."""
+        """The metric of the released values, and its 95% interval under the noise that was added: the
+        metric's 2.5th and 97.5th percentiles over the released values redrawn with that noise. For a
+        metric monotone in one noisy sum (RMSE, MAE, log loss, accuracy, AUC) that is the metric at each
+        end of the sum's own 95% interval. Reflected about the point instead, as it was, an RMSE whose
+        noisy sum fell below 0 (shown 0) got the interval (0, 0), which missed it."""
         point = float(metric({k: np.asarray(v) for k, v in self.value.items()}))
         samples = {k: v + self.rng.normal(0.0, self.sigma[k], DRAWS) for k, v in self.value.items()}
-        spread = np.asarray(metric(samples), dtype=float) - point
-        low, high = np.nanpercentile(spread, [2.5, 97.5])
-        return point, point - float(high), point - float(low)
+        low, high = np.nanpercentile(np.asarray(metric(samples), dtype=float), [2.5, 97.5])
+        return point, float(low), float(high)
+
+    def noise(self, metric: Callable[[Mapping[str, np.ndarray]], np.ndarray]) -> float:
+        """The standard deviation of a metric of the released values under the noise that was added."""
+        samples = {k: v + self.rng.normal(0.0, self.sigma[k], DRAWS) for k, v in self.value.items()}
+        return float(np.nanstd(np.asarray(metric(samples), dtype=float)))
 
 
 def _seed(*parts: object) -> int:
@@ -234,25 +248,36 @@ def release_dp(
             metrics.update(dict.fromkeys(REGRESSION_METRICS))
             notes.append("rmse, mae and r2 need a label range set by the data owner (label_ranges)")
         else:
-            r, h = stats.residual_clip, stats.label_half_range or 0.0
+            r = stats.residual_clip
+            h = stats.label_half_range or r / 2
             (sse,), s_sse = dp.gaussian([stats.sse], r**2, rho)
             (sae,), s_sae = dp.gaussian([stats.sae], r, rho)
-            (sy, sy2), s_y = dp.gaussian([stats.sum_y, stats.sum_y2], math.hypot(h, h**2), rho)
+            # One row adds y / h (in [-1, 1], y centred on the range) and (y / h)^2 (in [0, 1]) to the
+            # scaled sums: one release at L2 sqrt 2. Unscaled at L2 sqrt(h^2 + h^4), the sum took the
+            # sum of squares' noise, h times its own bound, and its square swamped r2's denominator.
+            (sy, sy2), s_unit = dp.gaussian([stats.sum_y / h, stats.sum_y2 / h**2], math.sqrt(2), rho)
             for name, value, sigma in (
                 ("sse", sse, s_sse),
                 ("sae", sae, s_sae),
-                ("sy", sy, s_y),
-                ("sy2", sy2, s_y),
+                ("sy", sy * h, s_unit * h),
+                ("sy2", sy2 * h**2, s_unit * h**2),
             ):
                 draws.add(name, value, sigma)
             put("rmse", lambda v: np.sqrt(np.maximum(v["sse"], 0) / np.maximum(v["n"], 1)), 0.0)
             put("mae", lambda v: np.maximum(v["sae"], 0) / np.maximum(v["n"], 1), 0.0)
-            put(
-                "r2",
-                lambda v: 1 - v["sse"] / np.maximum(v["sy2"] - v["sy"] ** 2 / np.maximum(v["n"], 1), 1e-9),
-                -math.inf,
-                1.0,
-            )
+            # The labels' spread around their mean, from the noisy sums. One row moves sum y^2 by up to
+            # h^2, so on a wide range or few rows its noise swamps the spread, and a floor on it released
+            # r2 around -1e19 with an interval that missed the truth. Whether r2 comes out is decided on
+            # the released values and the known noise alone (post-processing, as AUC's bound): only when
+            # the spread stands R2_SIGMAS of its own noise above zero.
+            total = lambda v: v["sy2"] - v["sy"] ** 2 / np.maximum(v["n"], 1)  # noqa: E731
+            if float(total(draws.value)) <= R2_SIGMAS * draws.noise(total):
+                metrics["r2"] = None
+                notes.append(
+                    "r2 needs the labels' spread clear of its noise: more rows, or a narrower label range"
+                )
+            else:
+                put("r2", lambda v: 1 - v["sse"] / np.maximum(total(v), 1e-9), -math.inf, 1.0)
     else:
         (loss,), s_loss = dp.gaussian([stats.loss_sum or 0.0], stats.loss_clip or 0.0, rho)
         (correct,), s_correct = dp.gaussian([float(stats.correct or 0)], 1.0, rho)

@@ -175,16 +175,18 @@ class ReleaseDesk:
         return str(config.path) if config.path is not None else config.source_config.describe()
 
     # the catalog and running jobs
-    def table_size(self, dataset: str, rows: int) -> int | None:
-        """A table's row count as the catalog may show it. In mode dp the exact count is not public (two
-        versions' counts tell whether a row came or went): the count is a discrete Gaussian draw, made
-        once per distinct count and stored, so every user and every request sees the same number and
-        the privacy loss grows only with the number of distinct counts ever shown. Its cost goes on the
-        dataset's total (the `CATALOG` user), never on an analyst's budget."""
+    def table_size(self, dataset: str, version: int, rows: int) -> int | None:
+        """The row count of a dataset's version (`rows`, exact) as the catalog may show it. In mode dp the
+        exact count is not public (two versions' counts tell whether a row came or went): the count is a
+        discrete Gaussian draw, made once per version and stored, so every user and every request sees
+        the same number, and the privacy loss grows with the versions shown, one `dp_rho_catalog` each.
+        A draw per distinct count, as it was, gave two versions of one exact count one shown count, so
+        equal shown counts said the exact ones were equal (a row replaced, or restored, showed as
+        such). Its cost goes on the dataset's total (the `CATALOG` user), never on an analyst's budget."""
         policy = self.policy(dataset)
         if not policy.noisy:
             return rules.release_count(rows, policy)
-        key = _digest("catalog", self._table(dataset), rows)
+        key = _digest("catalog", self._table(dataset), "version", version)
         with self.ledger.decision():
             stored = self.ledger.stored_answer(CATALOG, dataset, key)
             if stored is None:
@@ -795,9 +797,10 @@ class ReleaseDesk:
             repeated=repeated,
         )
 
-    def estimate(self, request: Request, table_rows: int | None) -> CostEstimate:
+    def estimate(self, request: Request, version: int, table_rows: int | None) -> CostEstimate:
         """What a request would cost and how wide its intervals should be, before anything is spent:
-        computed as the release computes them, with the class balance this user was already told."""
+        computed as the release computes them, with the class balance this user was already told, on
+        the dataset version's row count as the catalog shows it."""
         policy = self.policy(request.dataset)
         if not policy.noisy:
             return CostEstimate(dataset=request.dataset, kind=request.kind, privacy="rules")  # type: ignore[arg-type]
@@ -812,7 +815,7 @@ class ReleaseDesk:
         if table_rows:
             split = request.spec.get("eval") or ({"fraction": 0.2} if request.kind == "train" else {})
             fraction = float(split.get("fraction", 1.0))
-            assumed = int((self.table_size(request.dataset, table_rows) or 0) * fraction)
+            assumed = int((self.table_size(request.dataset, version, table_rows) or 0) * fraction)
         balance = self._known_balance(request.user, request.dataset, str(request.spec.get("label", "")))
         expected = {}
         if assumed:
