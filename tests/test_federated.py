@@ -688,12 +688,13 @@ def test_a_step_sent_again_on_a_new_data_version_is_drawn_and_charged_afresh(ser
     a = servers["a"]
     body = first_step(servers, ["a", "b"], seed=9).model_dump(mode="json")
     first = a.post("/federated/sums", json=body).json()
+    assert a.post("/federated/sums", json=body).json()["privacy"]["repeated"]  # the same version: replayed
     path = a.settings.datasets["visits"].path
     pd.read_parquet(path).iloc[1:].to_parquet(path, index=False)
     refresh = [sys.executable, "-m", "remote_magic_server", "dataset", "refresh", "visits", "--config"]
     subprocess.run([*refresh, str(a.config)], check=True, capture_output=True, timeout=120)
     before = charges(a)
     again = a.post("/federated/sums", json=body).json()
-    assert not again["privacy"]["repeated"] and again["privacy"]["rho"] == first["privacy"]["rho"]
+    assert not again["privacy"]["repeated"] and again["privacy"]["rho"] > 0
     assert charges(a) - before == Counter(sums=1)
     assert again["gradients"] != first["gradients"]

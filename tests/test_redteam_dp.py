@@ -316,7 +316,7 @@ def test_routes_closed_by_structure_are_refused_before_any_job(red):
             xgb.XGBClassifier(min_child_weight=3),
             {"dataset": "l00", "label": "label", "derive": {"x": "label"}},
         )
-    assert derived.value.code == "unknown_column"
+    assert derived.value.code == "invalid_derive" and "is a label column" in str(derived.value)
     with pytest.raises(RemoteError) as metric:  # a threshold metric would count one row's side
         c.submit(
             xgb.XGBClassifier(min_child_weight=3, eval_metric="error@0.99"),
