@@ -74,9 +74,9 @@ def test_unknown_column_in_where_is_named_with_a_hint(server, good_payload):
 
 def test_id_column_cannot_be_filtered(server, good_payload):
     message = assert_error(
-        submit_raw(server, good_payload, {**SPEC, "where": "id = 17"}), 422, "unknown_column"
+        submit_raw(server, good_payload, {**SPEC, "where": "id = 17"}), 422, "invalid_filter"
     )
-    assert "'id'" in message
+    assert "column 'id' is the id column" in message
 
 
 @pytest.mark.parametrize(

@@ -109,6 +109,10 @@ def refused_alike(ip: InteractiveShell, owner, flags: str, model: str = "XGBClas
         ("distance BETWEEN 'a' AND 'z'", "column 'distance' holds numbers"),
         ("dep_time > 5", "compare it with a date or timestamp in quotes"),
         ("dep_time >= 'last monday'", "'last monday' is not a date or time; write it as '2013-06-30'"),
+        ("dep_time >= '20130630'", "'20130630' is not a date or time; write it as '2013-06-30'"),
+        # cast on each row, such a comparison failed on some rows only (found by review)
+        ("dep_time = carrier", "column 'carrier' holds text; a time compares with a date or timestamp"),
+        ("0 < -month", "'-month' computes with a column, which a filter cannot; derive it"),
     ],
 )
 def test_a_filter_of_the_wrong_type_is_refused_naming_the_column_type(dana, owner, where, words):

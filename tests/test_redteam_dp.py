@@ -14,6 +14,7 @@ in mode rules, so the attacks are real.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import math
 
@@ -30,7 +31,9 @@ from sklearn.preprocessing import OneHotEncoder
 from remote_magic.client.dryrun import dry_run
 from remote_magic.client.errors import DryRunError, RemoteError
 from remote_magic.contract.wire import DatasetSpec
+from remote_magic_server.worker import staging
 from tests.serverproc import running
+from tests.test_streaming import task_for
 
 ROWS = 6000
 TARGET = 4321  # the row under attack (its index)
@@ -528,3 +531,29 @@ def test_a_describe_of_no_row_fails_as_one_of_one_row(red):
                 c.describe(spec)
             codes.setdefault(name, set()).add(refused.value.code)
     assert codes["declared_in"] == codes["declared_out"] == {"cohort_too_small"}
+
+
+def test_a_filter_that_fails_on_one_row_leaves_that_row_out_in_both_worlds(tmp_path):
+    """A date compared with a nanosecond timestamp (both times, so the check lets it through) cannot be
+    cast on a row dated 9999-12-31: that failed the whole staging query, uncharged, exactly when such a
+    row was in the table (found by review). Now the row is left out, as one the filter is false for."""
+    dates = [datetime.date(2020, 1, 1) + datetime.timedelta(days=int(d)) for d in range(40)]
+    admitted = {}
+    for world in ("in", "out"):
+        when = [*dates[:-1], datetime.date(9999, 12, 31) if world == "in" else dates[-1]]
+        rows = pa.table(
+            {
+                "id": pa.array(range(40), pa.int64()),
+                "day": pa.array(when, pa.date32()),
+                "seen": pa.array([1_600_000_000_000_000_000] * 40, pa.timestamp("ns")),
+                "label": pa.array([0, 1] * 20, pa.int64()),
+            }
+        )
+        pq.write_table(rows, tmp_path / f"{world}.parquet")
+        task = task_for(
+            tmp_path / f"{world}.parquet", {"dataset": "d", "label": "label", "where": "day < seen"}, 0
+        )
+        (tmp_path / world).mkdir()
+        part = staging.stage(task, tmp_path / world)
+        admitted[world] = len(part.train_rows) + len(part.eval_rows)
+    assert admitted == {"in": 39, "out": 40}

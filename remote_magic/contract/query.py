@@ -41,6 +41,14 @@ def finite_or_null(expression: exp.Expression) -> exp.Expression:
     return exp.Case(ifs=[exp.If(this=exp.func("isfinite", value), true=value.copy())])
 
 
+def admitting(condition: exp.Expression) -> exp.Expression:
+    """A checked filter as the query applies it: a row it cannot be evaluated on (a cast or an overflow
+    that fails on that row's values) is left out, like a row it is false for. Never a failure of the
+    whole query, which would say that some row holds such a value (in mode dp, exactly whether a
+    chosen person is in the table, at no cost)."""
+    return exp.func("coalesce", exp.func("try", exp.paren(condition)), exp.false())
+
+
 def staging_query(
     spec: DatasetSpec,
     resolved: Resolved,
@@ -69,9 +77,7 @@ def staging_query(
     if split is None:
         flag: exp.Expression = exp.true()
     elif "where" in split:
-        flag = exp.func(
-            "coalesce", exp.paren(parse_filter(split["where"], resolved.filter_columns)), exp.false()
-        )
+        flag = admitting(parse_filter(split["where"], resolved.filter_columns))
     else:
         bucket = exp.Mod(
             this=exp.func("hash", exp.column(resolved.id_column, quoted=True), exp.Placeholder()),
@@ -97,7 +103,7 @@ def staging_query(
         if declared is not None:
             select = select.where(declared)
     if spec.where:
-        select = select.where(parse_filter(spec.where, resolved.filter_columns))
+        select = select.where(admitting(parse_filter(spec.where, resolved.filter_columns)))
     # No ORDER BY: rows come in the snapshot's own order (DuckDB preserves insertion order), which is
     # fixed for a dataset version, so the same spec trains the same trees; and a sort would make DuckDB
     # hold, or spill, every admitted row before the first batch streams out (a 4 GiB table did not fit
@@ -143,5 +149,5 @@ def missing_label_query(spec: DatasetSpec, resolved: Resolved, source: exp.Expre
     select = exp.select(exp.func("count", exp.Star())).from_(source)
     select = select.where(missing_label(spec.label, resolved.label_dtype))
     if spec.where:
-        select = select.where(parse_filter(spec.where, resolved.filter_columns))
+        select = select.where(admitting(parse_filter(spec.where, resolved.filter_columns)))
     return select.sql(dialect="duckdb", identify=True)

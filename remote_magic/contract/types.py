@@ -30,6 +30,9 @@ _WORDS = {NUMBER: "numbers", BOOLEAN: "true/false values", TEXT: "text", TIME: "
 _TIME_PARTS = (exp.Year, exp.Month, exp.Day, exp.DayOfWeek, exp.Hour, exp.TimeToUnix)
 _ARITHMETIC = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Neg, exp.Ln, exp.Exp, exp.Abs)
 _COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
+# A date or timestamp as DuckDB reads one from text (Python's ISO parser also takes '20200101' and
+# '2020-W01-3', which DuckDB refuses).
+_TIME_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?")
 
 
 def kind_of(dtype: str) -> str:
@@ -97,10 +100,14 @@ class _Checker:
             return NUMBER
         if isinstance(node, exp.Coalesce):
             return self.one_kind(node, [node.this, *node.expressions], "coalesce()")
-        if isinstance(node, (exp.Case, exp.If)):
+        if isinstance(node, exp.Case):
             self.check(node)
             results = [i.args.get("true") for i in node.args.get("ifs", [])] + [node.args.get("default")]
             return self.one_kind(node, [r for r in results if r is not None], "CASE")
+        if isinstance(node, exp.If):  # IF(c, a, b) and IIF: the branches are its `true` and `false`
+            self.check(node)
+            results = [node.args.get("true"), node.args.get("false")]
+            return self.one_kind(node, [r for r in results if r is not None], "IF")
         self.check(node)
         return BOOLEAN
 
@@ -159,16 +166,24 @@ class _Checker:
         )
 
     def _time_text(self, node: exp.Expression) -> None:
-        """Text compared with a time must read as a date or timestamp, or the query fails on the server."""
+        """Text compared with a time must be a value that reads as a date or timestamp as DuckDB reads
+        one; a text column would be cast on each row, and fail on some rows only."""
         node = node.unnest()
-        if isinstance(node, exp.Literal) and node.is_string:
-            try:
-                datetime.fromisoformat(node.name)
-            except ValueError:
-                raise Refusal(
-                    self._code(),
-                    f"{node.name!r} is not a date or time; write it as '2013-06-30' or '2013-06-30 14:05'",
-                ) from None
+        if not (isinstance(node, exp.Literal) and node.is_string):
+            raise Refusal(
+                self._code(),
+                f"{self._name(node)} holds text; a time compares with a date or timestamp written as a "
+                "value, such as '2013-06-30'",
+            )
+        try:
+            if not _TIME_TEXT.fullmatch(node.name):
+                raise ValueError(node.name)
+            datetime.fromisoformat(node.name)
+        except ValueError:
+            raise Refusal(
+                self._code(),
+                f"{node.name!r} is not a date or time; write it as '2013-06-30' or '2013-06-30 14:05'",
+            ) from None
 
     def check(self, tree: exp.Expression) -> None:
         """Check every comparison in a condition tree."""
@@ -184,7 +199,14 @@ class _Checker:
 
 
 def check_filter(tree: exp.Expression, kinds: Mapping[str, str], what: str) -> None:
-    """Refuse a filter that compares a column with a value of another kind."""
+    """Refuse a filter that compares a column with a value of another kind, or negates a column (a
+    filter compares columns with values; arithmetic is `derive`'s)."""
+    for node in tree.find_all(exp.Neg):
+        if not isinstance(node.this.unnest(), exp.Literal):
+            raise Refusal(
+                "invalid_filter",
+                f"{node.sql(dialect='duckdb')!r} computes with a column, which a {what} cannot; derive it",
+            )
     _Checker(kinds, what).check(tree)
 
 
