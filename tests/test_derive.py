@@ -98,6 +98,7 @@ def _refusal(server, derive: dict) -> dict:
         ({"x": "CASE WHEN age = 75 AND income = 32796.5 THEN region ELSE '1' END"}, "invalid_derive"),
         ({"x": "CASE WHEN age = 75 THEN region ELSE 1 END"}, "invalid_derive"),
         ({"x": "coalesce(region, 1)"}, "invalid_derive"),
+        ({"x": "IF(age > 50, region, 1)"}, "invalid_derive"),
         ({"x": "region"}, "invalid_derive"),
     ],
 )

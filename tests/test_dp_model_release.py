@@ -9,6 +9,7 @@ import json
 import math
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +46,7 @@ def test_a_dp_trained_model_may_leave_whatever_the_dataset_and_the_owner_said():
 def test_a_job_that_ran_notebook_code_or_continued_a_non_dp_model_is_never_a_dp_release():
     outside = outside_proof(True, None)
     assert outside == "the job ran notebook code"
-    said = f"{NOT_ALLOWED} (no DP release: {outside})"
+    said = f"no DP release ({outside}): models stay on the server"
     assert may_leave(TRAINING, True, None, outside) == ("not_allowed", said)
     assert may_leave(TRAINING, True, ("awaiting_approval", "awaits"), outside)[0] == "awaiting_approval"
     assert outside_proof(False, ("m@1", False)) == "its base model m@1 was not a DP release"
@@ -260,6 +261,15 @@ def test_a_model_continued_from_one_trained_without_dp_is_no_dp_release(dp_serve
     again = client.train(xgb.XGBClassifier(n_estimators=1, max_depth=2), DP_SPEC, base_model="dp_out@1")
     assert client.model_status(again.job_id).state == "dp_model"
     assert again.model().booster.num_boosted_rounds() == 9
+    # Jobs accepted before the intake recorded whether the base was a DP release are asked about now.
+    for job_id, state in ((again.job_id, "dp_model"), (on_top.job_id, "not_allowed")):
+        db = sqlite3.connect(dp_server.settings.db_path)
+        with db:
+            db.execute(
+                "UPDATE jobs SET plan = json_remove(plan, '$.base_model.dp_release') WHERE id = ?", (job_id,)
+            )
+        db.close()
+        assert client.model_status(job_id).state == state
 
 
 def test_the_registry_gives_a_dp_version_to_those_who_see_it_and_an_approved_one_to_its_owner(
@@ -385,7 +395,7 @@ def test_the_mlflow_export_logs_a_dp_model_at_once(tmp_path: Path, dp_server, dp
     settings.server.data_dir = tmp_path
     store = Store(dp_server.settings.db_path, dp_server.settings.jobs_dir)
     try:
-        exporter = MlflowExporter(settings, store, lambda job: job_release(desk, job))
+        exporter = MlflowExporter(settings, store, lambda job: job_release(desk, job, store))
         exporter._run({"id": dp_job.job_id})
     finally:
         store.close()

@@ -105,7 +105,7 @@ def create_app(settings: Settings) -> FastAPI:
         intake,
         NumberedVersions(versions),
         scheduler.notify,
-        lambda job: job_release(desk, job),
+        lambda job: job_release(desk, job, store),
     )
 
     def job_finished(job: JobRow, state: str, seconds: float) -> None:

@@ -24,10 +24,11 @@ class BaseModelRef(BaseModel):
     number: int
     job: str
     sha256: str
-    dp_release: bool = Field(
-        default=False,
+    dp_release: bool | None = Field(
+        default=None,
         description="Whether the version was itself a DP release when the job was accepted: only then is "
-        "a DP training on top of it one too (`privacy.model_release.outside_proof`).",
+        "a DP training on top of it one too (`privacy.model_release.outside_proof`); None: not recorded "
+        "(accepted before the intake recorded it), asked of the version's job when needed.",
     )
 
 

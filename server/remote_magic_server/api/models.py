@@ -59,7 +59,7 @@ def released_model(
 
 @router.get("/jobs/{job_id}/model/status", response_model=ModelReleaseStatus)
 def model_status(store: StoreDep, desk: DeskDep, user: User, job_id: str) -> ModelReleaseStatus:
-    return job_release(desk, finished(own_job(store, user, job_id)))
+    return job_release(desk, finished(own_job(store, user, job_id)), store)
 
 
 @router.get(
@@ -73,5 +73,5 @@ def model_status(store: StoreDep, desk: DeskDep, user: User, job_id: str) -> Mod
 )
 def download_model(store: StoreDep, desk: DeskDep, audit: AuditDep, user: User, job_id: str) -> Response:
     job = finished(own_job(store, user, job_id))
-    status = job_release(desk, job)
+    status = job_release(desk, job, store)
     return released_model(status, store.job_dir(job.id) / MODEL_FILE, audit, user.user, dataset=job.dataset)

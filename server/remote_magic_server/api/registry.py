@@ -65,7 +65,7 @@ def download_version(
     job = store.get_job(row.job_id)
     if job is None:
         raise Refusal("not_found", "the model file is not available")
-    status = job_release(desk, job)
+    status = job_release(desk, job, store)
     if status.state == "approved" and row.owner != user.user:
         raise Refusal("model_not_released", f"the model of {row.ref} was approved for its owner only")
     path = registry.model_file(row)

@@ -12,7 +12,7 @@ from remote_magic.contract.wire import (
 )
 from remote_magic.families import MODEL_FILE
 
-from ..jobs.store import JobRow
+from ..jobs.store import JobRow, Store
 from ..registry.access import Registry, main_metric
 from ..release.desk import ReleaseDesk
 
@@ -70,11 +70,18 @@ def status_of(job: JobRow, registry: Registry) -> JobStatus:
     )
 
 
-def job_release(desk: ReleaseDesk, job: JobRow) -> ModelReleaseStatus:
+def job_release(desk: ReleaseDesk, job: JobRow, store: Store) -> ModelReleaseStatus:
     """What the release desk says of a job's model (the job, the registry and the MLflow export ask, and
-    the intake of a job that continues it)."""
+    the intake of a job that continues it). A base version whose release the intake did not record (a
+    job accepted before it did) is asked about now, down its chain; one no longer stored is not one."""
     base = job.plan.base_model
     custom_code = job.plan.approved_sha256 is not None
+    dp_base = None
+    if base is not None:
+        dp_base = base.dp_release
+        if dp_base is None:
+            trained = store.get_job(base.job)
+            dp_base = trained is not None and job_release(desk, trained, store).state == "dp_model"
     return desk.model_release(
-        job.id, job.dataset, job.result, custom_code, (base.ref, base.dp_release) if base else None
+        job.id, job.dataset, job.result, custom_code, (base.ref, dp_base) if base is not None else None
     )

@@ -121,7 +121,7 @@ class Intake:
                     "base_model_unavailable", f"the training job of {plan.base_model.ref} is no longer stored"
                 )
             self._check_base_features(sub.spec, plan, plan.base_model, trained)
-            plan.base_model.dp_release = job_release(self.desk, trained).state == "dp_model"
+            plan.base_model.dp_release = job_release(self.desk, trained, self.store).state == "dp_model"
             sub.spec = self._base_classes(sub.spec, plan, trained)
 
     def _base_classes(self, spec: DatasetSpec, plan: JobPlan, trained: JobRow) -> DatasetSpec:

@@ -73,7 +73,9 @@ def may_leave(
     if training is not None and outside is None:
         return "dp_model", dp_model_message(training)
     if not allowed or decided is None:
-        return "not_allowed", NOT_ALLOWED if outside is None else f"{NOT_ALLOWED} (no DP release: {outside})"
+        if outside is not None:
+            return "not_allowed", f"no DP release ({outside}): models stay on the server"
+        return "not_allowed", NOT_ALLOWED
     state, message = decided
     return cast(ModelReleaseState, state), message
 
