@@ -8,12 +8,14 @@ import asyncio
 import json
 import os
 import re
+from datetime import datetime
 
 import nbformat
 from nbclient import NotebookClient
 from nbconvert import HTMLExporter
 from nbformat.v4 import new_code_cell, new_notebook
 
+from remote_magic.display.pictures import HEADLESS_WAIT
 from tests.serverproc import wait_until
 from tests.test_magics import wait_running
 
@@ -26,9 +28,13 @@ PROGRESS_ON = (
 BAR = re.compile(r"(queued|starting|staging|training|evaluating): \d")
 
 
+def local_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("REMOTE_MAGIC") and k != "CI"}
+
+
 def kernel_env(server, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REMOTE_MAGIC") and k != "CI"}
-    return {**env, "REMOTE_MAGIC_URL": server.url, "REMOTE_MAGIC_TOKEN": server.tokens["alice"], **extra}
+    token = server.tokens["alice"]
+    return {**local_env(), "REMOTE_MAGIC_URL": server.url, "REMOTE_MAGIC_TOKEN": token, **extra}
 
 
 def execute(cells: list[str], env: dict[str, str], tmp_path) -> nbformat.NotebookNode:
@@ -157,6 +163,30 @@ def test_the_result_figures_are_a_spec_the_browser_draws_with_a_picture_for_save
     [interrupted] = errors(notebook.cells[3])
     [after] = notebook.cells[4].outputs
     assert interrupted.ename == "KeyboardInterrupt" and "image/svg+xml" in after.data, "the helper lives on"
+
+
+def test_a_killed_helper_is_replaced_and_the_next_figures_get_their_pictures(tmp_path):
+    # the helper dies (OOM, a crash, a signal) between two figure cells, or unnoticed just before a figure
+    kill = "[helper] = multiprocessing.active_children()\nos.kill(helper.pid, signal.SIGKILL)"
+    notebook = execute(
+        [
+            "import multiprocessing, os, signal\nfrom remote_magic.display.pictures import show\n"
+            "show({'mark': 'point'}, 'first')",
+            f"{kill}\nhelper.join()",
+            "drawn = show({'mark': 'point'}, 'after the helper was killed')",
+            kill + "\ndrawn = show({'mark': 'point'}, 'as the helper is killed')",
+        ],
+        local_env(),
+        tmp_path,
+    )
+    for cell in notebook.cells[2:]:
+        [figure] = cell.outputs
+        assert figure.data["image/svg+xml"].lstrip().startswith("<svg"), "a fresh helper drew it"
+        timing = cell.metadata.execution
+        took = datetime.fromisoformat(timing["shell.execute_reply"]) - datetime.fromisoformat(
+            timing["iopub.execute_input"]
+        )
+        assert took.total_seconds() < HEADLESS_WAIT / 2, "the cell did not wait out a picture never coming"
 
 
 def test_plot_displays_the_figures_in_a_notebook(server, tmp_path):

@@ -10,6 +10,8 @@ read the update differently:
   until the cell answers, and nothing after the last cell: a cell it runs waits for its pictures before
   answering. Such a runner is known by its requests' `allow_stdin` false (it can answer no `input()`).
 Waiting at kernel shutdown instead would not do: the runner has stopped reading by then.
+A picture is a copy for readers: a figure the helper cannot draw keeps its spec alone, never an error in the
+cell nor a headless cell waiting out HEADLESS_WAIT, and a helper that died is replaced at the next figure.
 
 This module imports nothing heavy at its top: the helper imports it to draw, and starts sooner for it.
 """
@@ -21,7 +23,9 @@ import multiprocessing
 import signal
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 VEGALITE = "application/vnd.vegalite.v5+json"
 HEADLESS_WAIT = 60.0  # seconds a headless runner's cell waits for its pictures (the first starts the helper)
@@ -66,16 +70,17 @@ def show(spec: dict, alt: str) -> threading.Event | None:
     drawn = threading.Event()
     _pending.add(drawn)
 
-    def add_picture(future: Future) -> None:
+    def add_picture(picture: str | None) -> None:
         try:
-            picture = {VEGALITE: spec, "image/svg+xml": future.result(), "text/plain": alt}
-            shown_in.run(update_display, picture, raw=True, display_id=display_id)
-            update_display(picture, raw=True, display_id=display_id)
+            if picture is not None:
+                bundle = {VEGALITE: spec, "image/svg+xml": picture, "text/plain": alt}
+                shown_in.run(update_display, bundle, raw=True, display_id=display_id)
+                update_display(bundle, raw=True, display_id=display_id)
         finally:
             drawn.set()
             _pending.discard(drawn)
 
-    _renderer().submit(svg, spec).add_done_callback(add_picture)
+    _draw(spec, add_picture)
     return drawn
 
 
@@ -102,6 +107,44 @@ def _renderer() -> ProcessPoolExecutor:
                 initializer=_ignore_interrupts,
             )
         return _pool
+
+
+def _draw(spec: dict, then: Callable[[str | None], None], retry: bool = True) -> None:
+    """Have the helper draw the spec, then call `then` with the SVG, or with None where it cannot be drawn:
+    `then` is called in every case, or a headless cell would wait out HEADLESS_WAIT. A helper that died
+    breaks its pool, which says so at the submit or only in the future; the pool is dropped and a fresh
+    helper tried once."""
+    pool = _renderer()
+
+    def drawn(future: Future) -> None:
+        try:
+            picture = future.result()
+        except BrokenProcessPool:
+            _drop(pool)
+            if retry:
+                _draw(spec, then, retry=False)
+            else:
+                then(None)
+        except Exception:
+            then(None)
+        else:
+            then(picture)
+
+    try:
+        future = pool.submit(svg, spec)
+    except Exception as error:  # a broken pool may say so here already
+        future = Future()
+        future.set_exception(error)
+    future.add_done_callback(drawn)
+
+
+def _drop(pool: ProcessPoolExecutor) -> None:
+    """Forget a broken pool, unless another figure has replaced it already; the next figure starts a
+    fresh helper."""
+    global _pool
+    with _lock:
+        if _pool is pool:
+            _pool = None
 
 
 def _ignore_interrupts() -> None:
