@@ -43,7 +43,7 @@ from remote_magic.families.dpboost.candidates import CandidatePlan, Declared, gr
 from remote_magic.families.dpboost.features import count_at_most
 from remote_magic.families.dpboost.objectives import BINARY_GRADIENT_CLIP
 from remote_magic.families.dpboost.params import settings_from_params
-from remote_magic.families.dpboost.partition import Grow
+from remote_magic.families.dpboost.partition import PARALLEL_ROWS, Grow
 from remote_magic.families.dpboost.selection import adapted, candidates, scores, weighted
 from remote_magic.families.dpboost.structure import descend, draw
 
@@ -572,6 +572,21 @@ def test_level_histograms_are_one_bincount_per_column_to_the_bit():
                     node * width + partition.codes[f], weights=g[:, tree % batch.classes], minlength=4 * width
                 )
                 assert np.array_equal(found[tree, :, f, :], cells.reshape(4, width))
+
+
+def test_histograms_summed_in_threads_are_the_same_bits():
+    """Past PARALLEL_ROWS a partition sums its histograms in its job's threads, a share of the columns
+    each: every cell still adds its rows in row order, so the sums, and the model, do not move."""
+    rows = PARALLEL_ROWS + 1000
+    table, y = make_rows(rows, classes=2)
+    settings = Settings(max_depth=3)
+    found = []
+    for threads in (1, 2, 3):
+        partition = Partition(FEATURES, table, y, settings.objective_(), threads=threads)
+        partition.margins[:] = np.random.default_rng(8).normal(scale=2, size=partition.margins.shape)
+        batch = draw(np.random.default_rng(9), FEATURES, 0, 2, 1, 3)
+        found.append(partition.sums(Grow(batch, 2)))
+    assert np.array_equal(found[0], found[1]) and np.array_equal(found[0], found[2])
 
 
 def test_binning_and_sketch_counts_are_a_binary_search_per_value():

@@ -206,7 +206,9 @@ class DPBoostFamily:
             counts = sum(counts_of(found) for found in parts.map(sketch, request))
             sketched = candidates.features(counts, noise, SKETCH_SHARE * rho, order.delta)
             features, rho = sketched.features, rho - sketched.rho
-        parts.map(set_up, features, settings, plan.base)
+        # One machine's partition sums its histograms in the job's threads; a cluster's partitions
+        # already run side by side, one per worker.
+        parts.map(set_up, features, settings, plan.base, run.threads if parts.dask is None else 1)
         coordinator = Coordinator(
             features,
             settings,

@@ -52,14 +52,17 @@ def rows(part: Part, split: str = "train") -> Iterator[pa.RecordBatch]:
     return iter(part.split(split).x)
 
 
-def set_up(part: Part, features: Features, settings: Settings, base: bytes | None) -> dict:
-    part.state[STATE] = binned(part, "train", features, settings, base)
+def set_up(part: Part, features: Features, settings: Settings, base: bytes | None, threads: int = 1) -> dict:
+    part.state[STATE] = binned(part, "train", features, settings, base, threads)
     return {}
 
 
-def binned(part: Part, split: str, features: Features, settings: Settings, base: bytes | None) -> Partition:
+def binned(
+    part: Part, split: str, features: Features, settings: Settings, base: bytes | None, threads: int = 1
+) -> Partition:
     """A split's rows binned, with their margins at the model `base` (None: the public start): the
-    training rows the trainer sums, or the evaluation rows a federated session scores at the end."""
+    training rows the trainer sums (in `threads` threads), or the evaluation rows a federated session
+    scores at the end."""
     objective = settings.objective_()
     margins = None
     if base is not None:
@@ -72,7 +75,9 @@ def binned(part: Part, split: str, features: Features, settings: Settings, base:
             for b in rows(part, split)
         ]
         margins = np.concatenate(chunks) if chunks else np.zeros((0, objective.trees_per_round))
-    return Partition(features, rows(part, split), part.y(split), objective, margins, settings.base_margin)
+    return Partition(
+        features, rows(part, split), part.y(split), objective, margins, settings.base_margin, threads=threads
+    )
 
 
 def sums(part: Part, request: Request) -> dict:
