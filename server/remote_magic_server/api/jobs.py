@@ -28,6 +28,7 @@ from ..intake.status import status_of
 from ..intake.submissions import Submission
 from ..jobs.store import JobRow, Store
 from ..registry.access import Registry
+from ..registry.registrar import asks_registration
 from .deps import IntakeDep, NotifierDep, RegistryDep, SchedulerDep, SettingsDep, StoreDep, User
 from .principal import Principal
 
@@ -185,9 +186,7 @@ def _settled(store: Store, registry: Registry, job_id: str, state: str) -> bool:
     if state != "succeeded":
         return True
     job = store.get_job(job_id)
-    if job is None or job.kind != "train" or job.plan.registration is None or not job.result:
-        return True
-    return registry.store.outcome(job_id) is not None
+    return job is None or not asks_registration(job) or registry.store.outcome(job_id) is not None
 
 
 def _own_state(store: Store, user: Principal, job_id: str) -> tuple[str, int]:

@@ -27,6 +27,17 @@ log = logging.getLogger("remote_magic_server.registry")
 MAX_PARAMS_BYTES = 64 * 1024
 
 
+def asks_registration(job: JobRow) -> bool:
+    """Whether a job's end registers its model: a succeeded training with a result that asked for it
+    (the hand-over's rule; the status long-poll waits for its outcome by the same rule)."""
+    return (
+        job.plan.registration is not None
+        and job.state == "succeeded"
+        and job.kind == "train"
+        and bool(job.result)
+    )
+
+
 @dataclass(frozen=True)
 class RegistryEvent:
     type: str
@@ -84,7 +95,7 @@ class Registrar:
     def handle(self, job: JobRow) -> list[RegistryEvent]:
         """Register a succeeded training job that asked for it; return the events it caused."""
         register = job.plan.registration
-        if register is None or job.state != "succeeded" or job.kind != "train" or not job.result:
+        if register is None or not asks_registration(job):
             return []
         done = self.store.outcome(job.id)
         if done is None:
