@@ -80,3 +80,11 @@ def test_an_invalid_name_is_one_line_that_says_what_a_name_is(ip, cell, said):  
         run(ip, cell)
     rule = "a name is 1 to 64 of a-z, A-Z, 0-9 and _, not starting with a digit"
     assert str(refused.value) == f"--register/--alias/--if-better: {said}: {rule}"
+
+
+def test_a_margin_that_is_not_a_number_is_one_line_that_says_the_form(ip):  # noqa: F811
+    with pytest.raises(UsageError) as refused:
+        run(ip, f"%%remote_train {FLAGS} --register x --if-better auc:much\n{MODEL}")
+    assert str(refused.value) == (
+        "--register/--alias/--if-better: 'much' is not a number: say METRIC or METRIC:MARGIN, e.g. auc:0.002"
+    )

@@ -82,7 +82,12 @@ def condition(when: str | dict | Condition) -> Condition:
     if isinstance(when, dict):
         return Condition.model_validate(when)
     metric, _, by = when.partition(":")
-    return Condition(metric=metric.strip(), min_improvement=float(by) if by.strip() else 0.0)
+    try:
+        margin = float(by) if by.strip() else 0.0
+    except ValueError:
+        said = f"{by.strip()!r} is not a number"
+        raise ValueError(f"{said}: say METRIC or METRIC:MARGIN, e.g. auc:0.002") from None
+    return Condition(metric=metric.strip(), min_improvement=margin)
 
 
 class RegistryCalls:
