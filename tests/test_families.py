@@ -155,3 +155,24 @@ def test_labels_are_sorted_classes_named_by_their_text_and_missing_ones_refused(
         encode_labels(np.array([1.0, np.nan]), np.array([0.0]), "y", "classification")
     with pytest.raises(Refusal, match="not numeric"):
         encode_labels(np.array(["x"], dtype=object), np.array(["y"], dtype=object), "y", "regression")
+
+
+def test_a_logitraw_classifier_is_scored_on_its_probabilities_not_its_margins():
+    """`binary:logitraw` trains the trees `binary:logistic` does and predicts their margins: its
+    confusion, accuracy and log loss must be the logistic model's, not those of margins read as
+    probabilities."""
+    train, y_train = rows(400)
+    evaluation, y_eval = rows(200)
+    labels = encode_labels(y_train, y_eval, "y", "classification")
+    scores = {}
+    # Each starts at margin 0 (base_score is a probability for one, a margin for the other).
+    for objective, base_score in (("binary:logistic", 0.5), ("binary:logitraw", 0.0)):
+        model = xgb.XGBClassifier(
+            n_estimators=6, max_depth=2, min_child_weight=5, objective=objective, base_score=base_score
+        )
+        trained, parts = train_here(FAMILY, FAMILY.canonical(model), train, evaluation, labels)
+        scores[objective] = evaluate(FAMILY, trained, parts, len(labels.classes))
+    logistic, logitraw = scores["binary:logistic"], scores["binary:logitraw"]
+    assert logitraw["confusion"] == logistic["confusion"]
+    for metric in ("auc", "accuracy", "log_loss"):
+        assert logitraw["metrics"][metric] == pytest.approx(logistic["metrics"][metric], rel=1e-6), metric

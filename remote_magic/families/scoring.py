@@ -39,8 +39,8 @@ def bounded(task: str, pred: np.ndarray, n_classes: int, label_range: tuple | No
     `stats` each residual to its width, the clip the release's sensitivity assumes), inf at its ends and
     NaN at its centre; without a range (no noisy regression metric is released then), NaN is 0 and inf
     float32's largest value. A classifier's NaN is the uniform probability and an infinite score
-    float32's largest value (a `binary:logitraw` margin keeps its rank). Finite predictions of a
-    classifier, and a regression's within the range, are unchanged, so exact scores are the model's."""
+    float32's largest value. Finite predictions of a classifier, and a regression's within the range,
+    are unchanged, so exact scores are the model's."""
     if task == "regression":
         if label_range is None:
             return np.nan_to_num(pred, nan=0.0, posinf=FLOAT32_MAX, neginf=-FLOAT32_MAX)

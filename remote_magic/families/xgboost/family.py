@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import xgboost as xgb
+from scipy.special import expit
 from sklearn.pipeline import Pipeline
 
 from ...contract.codes import Refusal
@@ -574,12 +575,15 @@ class XGBoostFamily:
         )
 
     def predict(self, trained: Trained, part: Part, split: str, rounds: int | None = None) -> np.ndarray:
-        """Predictions on a partition's rows of `split`, using the first `rounds` rounds (or all)."""
+        """Predictions on a partition's rows of `split`, using the first `rounds` rounds (or all). A
+        `binary:logitraw` model predicts margins; its probabilities are their logistic, as the
+        `binary:logistic` model of the same trees would predict, so every score reads probabilities."""
         span = (0, rounds or 0)
         with _xgboost_errors():
-            return np.concatenate(
+            pred = np.concatenate(
                 [trained.booster.predict(m, iteration_range=span) for m in self._read(trained, part, split)]
             )
+        return expit(pred) if trained.params.get("objective") == "binary:logitraw" else pred
 
     def leaf_counts(self, trained: Trained, part: Part, split: str, rounds: tuple[int, int]) -> list:
         """Rows of a partition's `split` in each leaf of the trees of rounds (start, stop), per tree.
