@@ -246,3 +246,21 @@ def test_the_dp_family_gives_the_same_model_on_a_local_cluster(dataset, tmp_path
     np.testing.assert_allclose(
         margins(tmp_path / "here", table), margins(tmp_path / "there", table), atol=1e-5
     )
+
+
+def test_a_text_column_none_of_whose_levels_clears_the_sketch_trains_and_scores(tmp_path):
+    """Every level of an id-like text column is held by one row, so the sketch keeps none: the model's
+    category list for it was empty, which XGBoost cannot read, and the job failed at scoring after its
+    budget was spent. The column now records one public placeholder that no split uses."""
+    frame = synthetic_table(3000, 7)
+    frame["region"] = [f"person-{i}" for i in range(len(frame))]
+    path = tmp_path / "unique.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+    task, plan = job(path, declared=False)
+    report, parent = run_job(task, plan, InProcess([staging.stage(task, tmp_path)]), tmp_path / "u")
+    assert parent.rho == pytest.approx(RHO, rel=1e-9) and report.metrics["auc"] > 0.6
+    booster = xgb.Booster()
+    booster.load_model(str(tmp_path / "u" / MODEL_FILE))
+    recorded = dict(booster.get_categories(export_to_arrow=True).to_arrow())
+    assert recorded["region"].to_pylist() == ["(no level released)"]
+    assert "region" not in set(booster.trees_to_dataframe()["Feature"])

@@ -14,7 +14,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.wire import ModelBounds
 from remote_magic.families import family_for
-from remote_magic.families.aggregates import evaluate
+from remote_magic.families.aggregates import Asked, evaluate, measure
 from remote_magic.families.base import Run, Split, encode_labels
 from remote_magic.families.partitions import one_machine
 from remote_magic.families.xgboost import bounds as xgboost_bounds
@@ -176,3 +176,33 @@ def test_a_logitraw_classifier_is_scored_on_its_probabilities_not_its_margins():
     assert logitraw["confusion"] == logistic["confusion"]
     for metric in ("auc", "accuracy", "log_loss"):
         assert logitraw["metrics"][metric] == pytest.approx(logistic["metrics"][metric], rel=1e-6), metric
+
+
+def test_an_importance_score_moves_by_at_most_three_clipped_losses_when_one_row_goes():
+    """The release's noise assumes one evaluation row moves each permutation-importance score by at most
+    three clipped losses (its own term, the base's, and the row that took its value). A shuffle drawn
+    for the number of rows moved every row's partner: a confident model's score moved many times that."""
+    train, y_train = rows(2000)
+    evaluation, y_eval = rows(1500)
+    labels = encode_labels(y_train, y_eval, "y", "classification")
+    model = xgb.XGBClassifier(n_estimators=30, max_depth=4, min_child_weight=5)
+    trained, _ = train_here(FAMILY, FAMILY.canonical(model), train, evaluation, labels)
+
+    def importance(keep: np.ndarray) -> dict[str, float]:
+        split = Split(x=evaluation.x.table().take(pa.array(keep)), y=y_eval[keep])
+        kept = encode_labels(y_train, y_eval[keep], "y", "classification")
+        parts = one_machine(train, split, kept)
+        asked = Asked(task="binary", n_classes=2, base_rounds=0, total_rounds=30, train=False, exact=True)
+        asked.importance = True
+        return measure(FAMILY, trained, parts, asked).importance
+
+    everyone = importance(np.arange(1500))
+    bound = (
+        3
+        * Asked(task="binary", n_classes=2, base_rounds=0, total_rounds=0, train=False, exact=True).loss_clip
+    )
+    assert max(everyone.values()) > bound  # the scores are large enough for a reshuffle to show
+    for gone in (0, 377, 1499):
+        without = importance(np.delete(np.arange(1500), gone))
+        for name, score in everyone.items():
+            assert abs(score - without[name]) <= bound + 1e-9, (gone, name)

@@ -76,6 +76,11 @@ def red(request, tmp_path_factory):
     worlds["nan"] = table(0).astype({"label": float})
     worlds["nan"].loc[TARGET, "label"] = float("nan")
     worlds["nan_out"] = table(None).astype({"label": float})
+    # Nine other rows hold a tenth nickname, and the target too (or the target is out): ten rows or nine.
+    worlds["d_in"], worlds["d_out"] = table(0), table(None)
+    for frame in (worlds["d_in"], worlds["d_out"]):
+        frame.loc[frame.index[:9], "nickname"] = "zeta"
+    worlds["d_in"].loc[TARGET, "nickname"] = "zeta"
     for name, frame in worlds.items():
         rows = pa.Table.from_pandas(frame, preserve_index=False)
         if name == "nan":  # a NaN, not the null pandas would write for it
@@ -113,11 +118,14 @@ def red(request, tmp_path_factory):
         ("nan_out", "nan_out", 'column_levels.label = ["0", "1"]\n'),
         ("range_in", "w0", "label_ranges.label = [0, 1]\n"),
         ("range_out", "out", "label_ranges.label = [0, 1]\n"),
+        ("zeta_in", "d_in", 'column_levels.label = ["0", "1"]\n'),
+        ("zeta_out", "d_out", 'column_levels.label = ["0", "1"]\n'),
     ):
         config += f'\n[datasets.{name}]\npath = "{data}/{world}.parquet"\n{common}{extra}'
     users["classes"] = [
         *("declared_in", "declared_out", "declared_three", "undeclared_in", "undeclared_out"),
         *("nan_in", "nan_out", "eval_only_in", "eval_only_out", "range_in", "range_out"),
+        *("zeta_in", "zeta_out"),
     ]
     with contextlib.ExitStack() as stack:
         if request.param == "dask":
@@ -530,6 +538,7 @@ def test_a_describe_of_no_row_fails_as_one_of_one_row(red):
             with pytest.raises(RemoteError) as refused:
                 c.describe(spec)
             codes.setdefault(name, set()).add(refused.value.code)
+            assert "(noisy count; the describe was charged)" in str(refused.value)
     assert codes["declared_in"] == codes["declared_out"] == {"cohort_too_small"}
 
 
@@ -557,3 +566,39 @@ def test_a_filter_that_fails_on_one_row_leaves_that_row_out_in_both_worlds(tmp_p
         part = staging.stage(task, tmp_path / world)
         admitted[world] = len(part.train_rows) + len(part.eval_rows)
     assert admitted == {"in": 39, "out": 40}
+
+
+def test_text_features_are_read_by_the_models_own_categories_never_by_the_rows(red):
+    """A fitted model's text feature was coded by its recorded categories, then the admitted rows' other
+    levels, after a rare merge decided by exact counts: with the target, ten rows kept a nickname the
+    model never saw (XGBoost refuses one that sorts after its own), without it nine merged into
+    `(rare)` (accepted), so the evaluation failed `not_released` exactly when the target was in. Now the
+    model's own categories are the whole list (a level it never saw reads as missing), no level merges
+    in mode dp, and a model that records no categories is refused before any row, at no cost."""
+    made_up = pd.DataFrame(
+        {"nickname": pd.Categorical(["alpha", "beta", "gamma"] * 20), "score": np.linspace(-1, 1, 60)}
+    )
+    labels = (made_up["score"] > 0).astype(int)
+    fitted = xgb.XGBClassifier(n_estimators=3, max_depth=2, enable_categorical=True, min_child_weight=3)
+    fitted.fit(made_up, labels)
+    codes = xgb.DMatrix(
+        np.c_[made_up["nickname"].cat.codes, made_up["score"]],
+        label=labels,
+        feature_names=["nickname", "score"],
+        feature_types=["c", "q"],
+        enable_categorical=True,
+    )
+    uncoded = xgb.train({"objective": "binary:logistic", "max_depth": 2, "min_child_weight": 3}, codes, 3)
+    c = client(red, "classes")
+    outcomes = {}
+    for dataset in ("zeta_in", "zeta_out"):
+        spec = {"dataset": dataset, "label": "label", "features": ["nickname", "score"]}
+        job = c.submit(fitted, spec, kind="evaluate")
+        job.wait(timeout=120)
+        outcomes[dataset] = job.status.error.code if job.status.error else "ok"
+        spent = c.cost(None, spec).rho_spent
+        with pytest.raises(RemoteError) as refused:
+            c.evaluate(uncoded, spec)
+        assert refused.value.code == "invalid_model" and "categories of nickname" in str(refused.value)
+        assert c.cost(None, spec).rho_spent == spent
+    assert outcomes == {"zeta_in": "ok", "zeta_out": "ok"}

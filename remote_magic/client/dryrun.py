@@ -32,7 +32,15 @@ from ..contract.wire import CostEstimate, DatasetInfo, DatasetSpec, MockData, is
 from ..families import family as family_named
 from ..families import family_for
 from ..families.aggregates import evaluate
-from ..families.base import Run, Split, check_kind, check_public_classes, encode_labels, is_classifier_task
+from ..families.base import (
+    Run,
+    Split,
+    check_kind,
+    check_public_classes,
+    check_public_levels,
+    encode_labels,
+    is_classifier_task,
+)
 from ..families.dpboost.family import check_label
 from ..families.partitions import one_machine
 from .errors import DryRunError
@@ -211,6 +219,8 @@ def dry_run(
         if dataset.policy is not None and is_dp(dataset.policy.privacy):
             levels = dataset.column_levels.get(spec.label, spec.classes)
             check_public_classes(family, plan, spec.label, levels)
+            if kind == "evaluate":
+                check_public_levels(family, plan)
     except Refusal as refusal:
         raise DryRunError(refusal.message, code=refusal.code) from None
     features = resolved.all_features
@@ -237,7 +247,8 @@ def dry_run(
     try:
         labels = encode_labels(train.y, evaluation.y, spec.label, plan.task)
         parts = one_machine(train, evaluation, labels)
-        run = Run(1, lambda _done, _latest: None)
+        noisy = dataset.policy is not None and is_dp(dataset.policy.privacy)
+        run = Run(1, lambda _done, _latest: None, public_levels=noisy)
         if kind == "train":
             fitted = min(plan.rounds, DRY_ROUNDS)
             trial = dataclasses.replace(plan, rounds=fitted)

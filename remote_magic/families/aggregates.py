@@ -16,13 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from ..contract.codes import Refusal
 from . import partials, scoring
 from .base import ModelFamily, Part, Partitions, Split
 
-PERMUTATION_SEED = 20261130
+# The key of the rows' content hash that orders the permutation's cycle (`partners`): fixed and public.
+PERMUTATION_KEY = "remote-magic-pi1"
 
 
 def checkpoints(base: int, total: int, k: int) -> list[int]:
@@ -178,6 +180,21 @@ def _exact(asked: Asked, y: np.ndarray, pred: np.ndarray) -> dict:
         ) from exc
 
 
+def partners(table: pa.Table, y: np.ndarray) -> np.ndarray:
+    """The permutation's row for each evaluation row: the next one in a cycle of the rows ordered by a
+    keyed hash of their content (features and label), so a random-looking shuffle that one row changes
+    only locally. Remove a row and only the row before it in the cycle takes another value: with its own
+    and the base's term, three loss terms move, the release's sensitivity (docs/privacy.md). A shuffle
+    drawn for the number of rows would move every row's partner when one row comes or goes."""
+    frame = table.to_pandas()
+    frame["__label__"] = y
+    keys = pd.util.hash_pandas_object(frame, index=False, hash_key=PERMUTATION_KEY).to_numpy()
+    order = np.argsort(keys, kind="stable")
+    out = np.empty(len(order), dtype=np.int64)
+    out[order] = np.roll(order, -1)
+    return out
+
+
 def _permutation(
     part: Part, family: ModelFamily, model: Any, asked: Asked, y: np.ndarray, pred: np.ndarray
 ) -> dict[str, float] | None:
@@ -186,12 +203,12 @@ def _permutation(
         return None
     k, clip = asked.n_classes, asked.residual_clip
     base = scoring.row_losses(asked.task, y, pred, k, clip).sum()
-    order = np.random.default_rng(PERMUTATION_SEED).permutation(len(y))
     scores_ = {}
     table = part.eval.x.table()  # a shuffle needs each column whole: opt-in, evaluation rows only
+    order = pa.array(partners(table, y))
     for name in table.column_names:
         index = table.schema.get_field_index(name)
-        shuffled = table.set_column(index, name, table.column(name).take(pa.array(order)))
+        shuffled = table.set_column(index, name, table.column(name).take(order))
         moved = Part(
             part.train, Split(x=shuffled, y=part.eval.y), part.train_rows, part.eval_rows, labels=part.labels
         )

@@ -231,6 +231,7 @@ class Run:
     threads: int
     report: Report
     check: Callable[[], None] = lambda: None
+    public_levels: bool = False  # the noisy modes: text levels never from the evaluation rows
     private: PrivateOrder | None = None
     noise: Noise | None = None
     select: Select | None = None
@@ -263,6 +264,11 @@ class ModelFamily(Protocol):
     def check_columns(self, plan: Plan, columns: list[str]) -> None:
         """Refuse (`feature_mismatch`) a fitted model whose input columns are not the job's, read from the
         model alone, before any row is read."""
+        ...
+
+    def unrecorded_categories(self, plan: Plan) -> list[str]:
+        """A fitted model's categorical features whose categories it does not record, read from the
+        model alone (`check_public_levels`)."""
         ...
 
     def predicted_classes(self, plan: Plan) -> int | None:
@@ -355,6 +361,20 @@ def check_public_classes(family: ModelFamily, plan: Plan, label: str, classes: l
         raise Refusal(
             "invalid_model",
             f"the model predicts {predicted} classes and the label {label!r} has {len(classes)}: {classes}",
+        )
+
+
+def check_public_levels(family: ModelFamily, plan: Plan) -> None:
+    """In the noisy modes a fixed model's text features are read by the categories it records, never by
+    the rows' levels; a model without them is refused before any row is read (docs/privacy.md, "Text
+    levels")."""
+    missing = family.unrecorded_categories(plan)
+    if missing:
+        raise Refusal(
+            "invalid_model",
+            f"the model does not record the categories of {', '.join(missing)}, and on this dataset they "
+            "cannot be read from the rows: fit it on a pandas categorical column (XGBoost 3.1 or later "
+            "keeps its categories with the model)",
         )
 
 

@@ -195,7 +195,12 @@ class Task(_Strict):
     approved_sha256: str | None = None
     describe: DescribeOptions | None = None
     release: ReleaseOptions = Field(default_factory=ReleaseOptions)
-    rare_level_rows: int = Field(default=10, ge=1, description="Text levels with fewer admitted rows merge.")
+    rare_level_rows: int = Field(
+        default=10,
+        ge=0,
+        description="Text levels with fewer admitted rows merge (0: none, the noisy modes: the merge is "
+        "decided by exact counts, so one row would move other rows' values).",
+    )
     label_range: tuple[float, float] | None = Field(
         default=None, description="Clip range of a numeric label."
     )

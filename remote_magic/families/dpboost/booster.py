@@ -116,7 +116,7 @@ def _categories(features: Features) -> dict | None:
             enc.append({"offsets": [], "values": []})
             segments.append(segments[-1])
             continue
-        encoded = [level.encode("utf-8") for level in column.levels]
+        encoded = [level.encode("utf-8") for level in column.recorded_levels]
         offsets = np.concatenate([[0], np.cumsum([len(b) for b in encoded])]).astype(np.int64)
         enc.append({"offsets": offsets.tolist(), "values": list(b"".join(encoded))})
         segments.append(segments[-1] + len(encoded))

@@ -261,7 +261,9 @@ class DPBoostFamily:
             "dp_rho": rho,
         }
         categories = {
-            c.name: pa.array(c.levels, pa.string()) for c in features.columns if c.kind == "categorical"
+            c.name: pa.array(c.recorded_levels, pa.string())
+            for c in features.columns
+            if c.kind == "categorical"
         }
         scales = coordinator.scales
         return ready_to_score(
@@ -281,6 +283,9 @@ class DPBoostFamily:
 
     def check_columns(self, plan: Plan, columns: list[str]) -> None:
         XGBOOST.check_columns(plan, columns)
+
+    def unrecorded_categories(self, plan: Plan) -> list[str]:
+        return XGBOOST.unrecorded_categories(plan)
 
     def predicted_classes(self, plan: Plan) -> int | None:
         return XGBOOST.predicted_classes(plan)

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 Kind = Literal["numeric", "boolean", "categorical"]
 MAX_CODES = 256  # one byte per row and column
 MAX_CANDIDATES = MAX_CODES - 2  # a numeric column's Q candidates make Q + 1 bins, then the missing code
+NO_LEVEL = "(no level released)"  # `Column.recorded_levels` of a text column with no public level
 COMPARE_MAX = 128  # thresholds up to which `count_at_most` compares with each, not a binary search
 
 
@@ -50,6 +51,14 @@ class Column:
             raise ValueError(f"column {self.name!r}: at most {MAX_CANDIDATES} finite candidates")
         if np.any(values.astype(np.float32) != values) or np.any(np.diff(values) <= 0):
             raise ValueError(f"column {self.name!r}: candidates must be increasing float32 values")
+
+    @property
+    def recorded_levels(self) -> tuple[str, ...]:
+        """The category list the model records and its rows are read by: the levels, or, where none was
+        declared nor cleared the sketch's threshold, the one public placeholder `NO_LEVEL` (XGBoost reads
+        no column by an empty list, so such a training once failed at scoring, charged). No split uses
+        it, and every row of the column reads as missing either way."""
+        return self.levels or (NO_LEVEL,)
 
     @property
     def splits(self) -> int:
@@ -229,7 +238,7 @@ def xgboost_input(features: Features, data: pa.Table) -> pa.Table:
     for column in features.columns:
         values = data.column(column.name)
         if column.kind == "categorical":
-            dictionary = pa.array(column.levels, pa.string())
+            dictionary = pa.array(column.recorded_levels, pa.string())
             indices = pc.index_in(text_values(values), value_set=dictionary)
             arrays.append(pa.DictionaryArray.from_arrays(indices, dictionary))
         else:

@@ -92,24 +92,39 @@ def add_leaf_counts(
             partials.add_leaves(totals, offset + t, leaves[:, t])
 
 
-def text_values(part: Part) -> dict[str, set[str]]:
-    """A partition's levels of each text column (a text column without any value has none)."""
+def text_values(part: Part, splits: tuple[str, ...] = ("train", "eval")) -> dict[str, set[str]]:
+    """A partition's text columns (from the schema), each with its levels in `splits` (a text column
+    without any value there has none)."""
     values: dict[str, set[str]] = {}
     for split in (part.train, part.eval):
-        for name, found in split.x.text_values().items():
-            values.setdefault(name, set()).update(found)
         for name in split.x.column_names:
             if is_text(_value_type(split.x.schema.field(name).type)):
                 values.setdefault(name, set())
+    for split in (part.split(name) for name in splits):
+        for name, found in split.x.text_values().items():
+            values.setdefault(name, set()).update(found)
     return values
 
 
-def _categories(plan: Plan, parts: Partitions) -> dict[str, pa.Array]:
+def _categories(plan: Plan, parts: Partitions, public_levels: bool = False) -> dict[str, pa.Array]:
+    """The category list of each text column for a training. With `public_levels` (the noisy modes) the
+    evaluation rows' levels take no part: a level that only they hold would shift other levels' codes
+    and change the model, exactly when a row is there; they read as missing."""
     values: dict[str, set[str]] = {}
-    for found in parts.map(text_values):
+    for found in parts.map(text_values, ("train",) if public_levels else ("train", "eval")):
         for name, levels in found.items():
             values.setdefault(name, set()).update(levels)
     return category_lists(plan, values)
+
+
+def _recorded_categories(booster: xgb.Booster, parts: Partitions) -> dict[str, pa.Array]:
+    """The category list of each text column for scoring a fixed model in the noisy modes: the model's
+    own record and nothing from the rows, whose levels it has not seen read as missing (from the rows,
+    one row's level would shift other rows' codes, or make XGBoost refuse the rows, exactly when that
+    row is there). `unrecorded_categories` refused a model without a record before any row was read."""
+    known = _base_categories(booster)
+    names = {name for found in parts.map(text_values, ()) for name in found}
+    return {name: pa.array(known.get(name, []), pa.string()) for name in sorted(names)}
 
 
 def category_lists(plan: Plan, values: dict[str, set[str]]) -> dict[str, pa.Array]:
@@ -406,6 +421,20 @@ class XGBoostFamily:
                 f"the model was fitted on {booster.num_features()} features; this job has {len(columns)}",
             )
 
+    def unrecorded_categories(self, plan: Plan) -> list[str]:
+        """A fitted model's categorical features that come without their categories (a model fitted on
+        codes, or by an XGBoost before 3.1): in the noisy modes nothing else may say what its codes
+        mean (`_recorded_categories`), so such an evaluation is refused before any row is read."""
+        if plan.base is None or plan.preprocess is not None:
+            return []
+        with _xgboost_errors():
+            booster = _load(plan.base)
+        assert booster is not None
+        types = list(booster.feature_types or [])
+        names = list(booster.feature_names or [f"f{i}" for i in range(len(types))])
+        known = _base_categories(booster)
+        return [name for name, kind in zip(names, types) if kind == "c" and not known.get(name)]
+
     def predicted_classes(self, plan: Plan) -> int | None:
         with _xgboost_errors():
             booster = _load(plan.base)
@@ -492,7 +521,7 @@ class XGBoostFamily:
         """Train with `xgb.train` on every row in this process, or with `xgboost.dask` on a cluster's
         partitions (on_dask.py)."""
         params, task = self.final_params(plan, classes, run.threads)
-        categories = {} if plan.preprocess is not None else _categories(plan, parts)
+        categories = {} if plan.preprocess is not None else _categories(plan, parts, run.public_levels)
         front, names, threads = None, None, run.threads
         if parts.dask is not None:
             from .on_dask import train_on_dask
@@ -543,7 +572,8 @@ class XGBoostFamily:
         with _xgboost_errors():
             booster = _load(plan.base)
         assert booster is not None
-        return ready_to_score(booster, plan, parts, task, params, _categories(plan, parts), run.threads)
+        categories = _recorded_categories(booster, parts) if run.public_levels else _categories(plan, parts)
+        return ready_to_score(booster, plan, parts, task, params, categories, run.threads)
 
     def _read(self, trained: Trained, part: Part, split: str) -> list[xgb.DMatrix]:
         """A partition's rows of a split as the trained model reads them: the matrices its training

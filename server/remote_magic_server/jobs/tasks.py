@@ -139,7 +139,7 @@ def build_task(
         approved_sha256=plan.approved_sha256,
         describe=_describe_options(policy, config, checked, plan) if kind == "describe" else None,
         release=plan.release,
-        rare_level_rows=policy.min_count,
+        rare_level_rows=0 if policy.noisy else policy.min_count,
         label_range=config.label_ranges.get(checked.label),
         structure=policy.noisy and not dp_trained,
         public_classes=policy.noisy and kind in ("train", "evaluate"),

@@ -75,7 +75,7 @@ def run(
     def report(done: int, latest: dict) -> None:
         channel.stage("training", min(done, plan.rounds), plan.rounds, latest)
 
-    training = Run(task.limits.threads, report, check)
+    training = Run(task.limits.threads, report, check, public_levels=task.public_classes)
     if task.dp_training is not None and task.kind == "train":
         order = task.dp_training
         training.private = PrivateOrder(

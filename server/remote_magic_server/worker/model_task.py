@@ -19,7 +19,13 @@ from remote_magic.contract.codes import Refusal
 from remote_magic.contract.types import continuous_label_hint
 from remote_magic.families import family as family_named
 from remote_magic.families import family_for, family_of_saved
-from remote_magic.families.base import ModelFamily, Plan, check_kind, check_public_classes
+from remote_magic.families.base import (
+    ModelFamily,
+    Plan,
+    check_kind,
+    check_public_classes,
+    check_public_levels,
+)
 from remote_magic.families.partitions import InProcess
 
 from ..protocol import CanonicalPlan, PlanReady, Task, TrainReport
@@ -67,6 +73,8 @@ def decode(task: Task, payload: BinaryIO | None) -> tuple[ModelFamily, Plan]:
     if task.public_classes:
         assert task.staging is not None
         check_public_classes(family, plan, task.staging.label, task.staging.label_levels)
+        if task.kind == "evaluate":
+            check_public_levels(family, plan)
     if str(plan.params.get("device") or "cpu") != "cpu" and not task.limits.gpu:
         raise Refusal("parameter_out_of_bounds", "device = 'cuda' needs a GPU, and this server has none")
     return family, plan
