@@ -3,6 +3,8 @@ prints the results and nothing else (the logs go to a file)."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import re
 import socket
 import subprocess
@@ -11,7 +13,8 @@ import sys
 import pytest
 
 from remote_magic import Client
-from remote_magic_server.demo import _ephemeral_low, free_port, wait_healthy
+from remote_magic_server.cli import settings_of
+from remote_magic_server.demo import _ephemeral_low, first_free_port, free_port, wait_healthy
 
 PASTE = re.compile(r"^\s*REMOTE_MAGIC_URL=(http://\S+) REMOTE_MAGIC_TOKEN=(\S+) jupyter lab$")
 
@@ -72,3 +75,21 @@ def test_free_ports_come_from_below_the_ephemeral_range_and_never_twice():
     for port in ports[:5]:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", port))
+
+
+def test_serve_demo_without_a_port_takes_8765_or_the_next_free_one(demo_data):
+    """The README says `serve --demo` listens "on 127.0.0.1:8765, or the next free port": with 8765 taken
+    it printed a URL and token for 8765 and then failed to bind, so a newcomer reached the other server."""
+    start = free_port()
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", start))
+        held.listen()
+        assert first_free_port("127.0.0.1", start) > start
+    assert first_free_port("127.0.0.1", start) == start
+    with contextlib.ExitStack() as stack:
+        sock = stack.enter_context(socket.socket())
+        with contextlib.suppress(OSError):  # 8765 is taken already where it cannot be bound
+            sock.bind(("127.0.0.1", 8765))
+            sock.listen()
+        args = argparse.Namespace(demo=True, data_dir=str(demo_data), host=None, port=None)
+        assert settings_of(args).server.port > 8765

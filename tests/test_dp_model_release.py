@@ -148,6 +148,10 @@ def test_the_downloaded_dp_model_predicts_what_the_server_scored(dp_server, dp_j
     for name, value in here.items():
         unit = 10 ** (math.floor(math.log10(abs(value))) - 3)  # the fourth significant digit
         assert abs(scored.metrics[name] - value) <= unit / 2 + 1e-12, (name, scored.metrics[name], value)
+    evaluated = client.model_status(scored.job_id)
+    assert evaluated.state == "not_allowed" and evaluated.message.startswith(
+        "this job evaluated a model and trained none"
+    )
 
 
 def test_a_registered_version_is_evaluated_with_the_classes_it_was_trained_on(dp_server):

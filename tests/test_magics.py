@@ -225,6 +225,7 @@ def test_dry_run_finds_a_misspelt_feature_before_any_request_reaches_the_jobs_en
         ("--where 'bmi > '", "could not be parsed"),
         ("--where 'upper(region) = 1'", "not allowed"),
         ("--eval-where 'regon IS NULL'", "unknown column 'regon' in eval filter; did you mean 'region'?"),
+        ("--where 'region = north'", "unknown column 'north' in filter; text takes single quotes: 'north'"),
     ]:
         failed = shell.run_cell(cell.format(flags=flags)).error_in_exec
         assert isinstance(failed, DryRunError) and message in str(failed), (flags, failed)

@@ -93,6 +93,16 @@ def _describe(node: exp.Expression) -> str:
     return _NODE_WORDS.get(name, name)
 
 
+def _compared_with_a_column(node: exp.Column, columns: Collection[str]) -> bool:
+    """Whether an unknown name stands where a value would (`region = north`): then it is most likely
+    text that lost its quotes."""
+    parent = node.parent
+    if isinstance(parent, (exp.EQ, exp.NEQ)):
+        other = parent.expression if parent.this is node else parent.this
+        return isinstance(other, exp.Column) and other.name in columns
+    return False
+
+
 def _depth(node: exp.Expression) -> int:
     depth, current = 0, node
     while current.parent is not None:
@@ -152,7 +162,8 @@ def _checked_tree(
                 raise Refusal(code, f"column {node.name!r} is {role}, which a {what} cannot use")
             if node.name not in columns:
                 message = unknown_column_message(node.name, columns, what)
-                if isinstance(node.this, exp.Identifier) and node.this.quoted:
+                quoted = isinstance(node.this, exp.Identifier) and node.this.quoted
+                if quoted or _compared_with_a_column(node, columns):
                     message += f"; text takes single quotes: '{node.name}'"
                 raise Refusal("unknown_column", message)
         if isinstance(node, exp.In):

@@ -13,10 +13,11 @@ from .owner import cmd_approve, cmd_audit, cmd_budget, cmd_review
 
 def settings_of(args: argparse.Namespace) -> Settings:
     if getattr(args, "demo", False):
-        from .demo import default_demo_dir, demo_settings
+        from .demo import default_demo_dir, demo_settings, first_free_port
 
         data_dir = Path(args.data_dir).resolve() if args.data_dir else default_demo_dir()
-        return demo_settings(data_dir, host=args.host or "127.0.0.1", port=args.port or 8765)
+        host = args.host or "127.0.0.1"
+        return demo_settings(data_dir, host=host, port=args.port or first_free_port(host, 8765))
     if not args.config:
         raise ConfigError("give --config FILE (or --demo)")
     settings = load_settings(Path(args.config))

@@ -188,6 +188,23 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+def first_free_port(host: str, start: int, tries: int = 100) -> int:
+    """`start`, or the next port after it that `host` can bind now: what `serve --demo` listens on when
+    it is given no port (the README: "on 127.0.0.1:8765, or the next free port"), so that the URL and
+    token it prints are the ones of the server it starts."""
+    import socket
+
+    for port in range(start, start + tries):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port on {host} from {start} to {start + tries - 1}: give one with --port")
+
+
 def free_port() -> int:
     """A loopback port free now, for a demo or a test server.
 

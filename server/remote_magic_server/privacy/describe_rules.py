@@ -40,14 +40,17 @@ def sensitivity(report: DescribeReport) -> int:
     return 1 + (1 if report.classes is not None else 0) + len(report.columns)
 
 
-def check_cohort(counts: SplitCounts, policy: Policy) -> None:
-    """The admitted set of a describe request: at least `min_rows` rows and `min_class_rows` per class."""
+def check_cohort(counts: SplitCounts, policy: Policy, noisy: bool = False) -> None:
+    """The admitted set of a describe request: at least `min_rows` rows and `min_class_rows` per class.
+    On noisy counts the refusal says so, and that the describe was charged, as a job's refusal does."""
+    said = " (noisy count; the describe was charged)" if noisy else ""
     if counts.rows < policy.min_rows:
         raise Refusal(
-            "cohort_too_small", f"the admitted set has fewer than {policy.min_rows} rows; widen the filter"
+            "cohort_too_small",
+            f"the admitted set has fewer than {policy.min_rows} rows{said}; widen the filter",
         )
     if counts.classes is not None and min(counts.classes.values(), default=0) < policy.min_class_rows:
-        raise Refusal("class_too_small", f"a class has fewer than {policy.min_class_rows} rows")
+        raise Refusal("class_too_small", f"a class has fewer than {policy.min_class_rows} rows{said}")
 
 
 def _flatten(report: DescribeReport) -> list[int]:
@@ -171,7 +174,7 @@ def release_describe(
     DP release too), then suppress, merge and round."""
     noisy = _unflatten(report, noise(_flatten(report)) if noise else _flatten(report))
     checked = noisy if noisy_cohort else report
-    check_cohort(SplitCounts(rows=checked.rows, classes=checked.classes), policy)
+    check_cohort(SplitCounts(rows=checked.rows, classes=checked.classes), policy, noisy_cohort)
     released_classes = None
     if noisy.classes is not None:
         released_classes = [
