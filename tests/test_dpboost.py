@@ -44,7 +44,7 @@ from remote_magic.families.dpboost.coordinator import children
 from remote_magic.families.dpboost.features import count_at_most
 from remote_magic.families.dpboost.objectives import BINARY_GRADIENT_CLIP
 from remote_magic.families.dpboost.params import settings_from_params
-from remote_magic.families.dpboost.partition import PARALLEL_ROWS, Grow
+from remote_magic.families.dpboost.partition import GROUP_CELLS, PARALLEL_ROWS, Grow, groups
 from remote_magic.families.dpboost.selection import adapted, candidates, scores, weighted
 from remote_magic.families.dpboost.structure import Batch, descend, draw
 
@@ -594,9 +594,22 @@ def test_level_histograms_are_each_nodes_rows_gradient_sums():
                 assert np.allclose(found[tree, :, f, :], cells, rtol=1e-12, atol=1e-9)
 
 
+def test_column_groups_hold_every_column_once_within_their_cells():
+    """A level's columns are added in groups of one joint histogram each: every column in one group, a
+    group of several within GROUP_CELLS cells at the level's nodes, fewer groups where nodes are few."""
+    widths = (34, 3, 256, 5, 34, 34, 2, 17)
+    for nodes in (1, 4, 16, 1024):
+        found = groups(widths, nodes)
+        assert sorted(f for group in found for f in group) == list(range(len(widths)))
+        for group in found:
+            assert len(group) == 1 or nodes * math.prod(widths[f] for f in group) <= GROUP_CELLS
+    assert len(groups(widths, 1)) < len(groups(widths, 16)) < len(groups(widths, 1024))
+
+
 def test_histograms_summed_in_threads_are_the_same_bits():
-    """Past PARALLEL_ROWS a partition sums its histograms in its job's threads, a share of the columns
-    each: every cell still adds its rows in row order, so the sums, and the model, do not move."""
+    """Past PARALLEL_ROWS a partition sums its histograms in its job's threads, a share of the column
+    groups each: every group's cells are summed as in one thread, so the sums, and the model, do not
+    move."""
     rows = PARALLEL_ROWS + 1000
     table, y = make_rows(rows, classes=2)
     settings = Settings(max_depth=3)
