@@ -187,14 +187,14 @@ class Partition:
         sibling (`coordinator.children`), so only the rows in left children are added. Which child is
         added is fixed (always the left), not chosen by the rows: the code path is the same in every
         world; a level's time follows how many rows its left children hold, nanoseconds a row.
-        The columns are added in groups (`groups`): one `np.bincount` per group over its joint codes,
+        The columns are added in groups (`_joint`): one `np.bincount` per group over its joint codes,
         then each column's sums from the joint histogram, so a row is added once per group, not once
         per column."""
         g, _ = self._batch_gradients(batch)
         columns, width = len(self.features.columns), self.features.width
         nodes = 1 << max(level - 1, 0)
         out = np.zeros((batch.trees, nodes, columns, width))
-        together = groups(tuple(c.width for c in self.features.columns), nodes)
+        together = self._joint if nodes <= JOINT_NODES else [((f,), self.codes[f]) for f in range(columns)]
         lanes = min(self.threads, len(together)) if self.rows >= PARALLEL_ROWS else 1
         for tree in range(batch.trees):
             node = self._node(batch, tree, level)
@@ -215,36 +215,53 @@ class Partition:
                 done.result()
         return out
 
+    @functools.cached_property
+    def _joint(self) -> list[tuple[tuple[int, ...], np.ndarray]]:
+        """The columns in groups for levels of up to JOINT_NODES nodes (`groups`), each with its rows'
+        joint codes (its columns' codes in mixed radix, one number a row; a lone column's own codes),
+        made once: a level then gathers and indexes one array a group, not one a column."""
+        widths = tuple(c.width for c in self.features.columns)
+        found = []
+        for group in groups(widths, JOINT_NODES):
+            joint = self.codes[group[0]]
+            if len(group) > 1:
+                joint = np.zeros(self.rows, np.uint16)
+                for f in group:
+                    joint *= np.uint16(widths[f])
+                    joint += self.codes[f]
+            found.append((group, joint))
+        return found
+
     def _add(
         self,
         out: np.ndarray,
-        share: list[tuple[int, ...]],
+        share: list[tuple[tuple[int, ...], np.ndarray]],
         start: np.ndarray,
         weights: np.ndarray,
         rows: np.ndarray | None,
     ) -> None:
         """One lane's groups of columns into `out` (nodes, columns, width), over `rows` (None: all) whose
-        node is `start`: a group's joint cell of a row is its node, then its columns' codes, in mixed
-        radix. Each column's cells are its own."""
+        node is `start`: a row's cell of a group's joint histogram is its node, then its joint code.
+        Each column's cells are its own."""
         nodes = out.shape[0]
-        for group in share:
+        for group, joint in share:
             shape = [self.features.columns[f].width for f in group]
             cells = start * np.int32(math.prod(shape))
-            stride = math.prod(shape)
-            for f, codes in zip(group, shape, strict=True):
-                stride //= codes
-                column = self.codes[f] if rows is None else self.codes[f].take(rows)
-                cells += column if stride == 1 else column * np.int32(stride)
-            joint = np.bincount(cells, weights, minlength=nodes * math.prod(shape)).reshape(nodes, *shape)
+            cells += joint if rows is None else joint.take(rows)
+            hist = np.bincount(cells, weights, minlength=nodes * math.prod(shape)).reshape(nodes, *shape)
             for i, (f, codes) in enumerate(zip(group, shape, strict=True)):
                 others = tuple(1 + j for j in range(len(group)) if j != i)
-                out[:, f, :codes] = joint.sum(axis=others) if others else joint
+                out[:, f, :codes] = hist.sum(axis=others) if others else hist
 
 
+# Levels of up to this many nodes (those of trees of depth 6 or less) add the columns in groups whose
+# joint codes a partition makes once (`Partition._joint`); deeper levels one column at a time.
+JOINT_NODES = 16
 # A group's joint histogram has at most this many cells (nodes x its columns' codes multiplied), 2**15
-# float64 (256 KiB, within a core's L2 cache). On the 10^6 rows' 10 columns (8 of 34 codes, one of 5, one
-# of 3; pairs, the two narrow ones together): a level's adds in 0.46x (root) to 0.52x (level 5) the time
-# of one bincount per column, one thread.
+# float64 (256 KiB, within a core's L2 cache), so a group's joint code fits in 16 bits. On the 10^6
+# rows' 10 columns (8 of 34 codes, one of 5, one of 3: pairs, the two narrow ones together) a level's
+# adds took 0.46x (root) to 0.52x (level 5) the time of one bincount per column, one thread, with the
+# joint codes made at each level; made once (`Partition._joint`), the trainer's CPU went a further 0.89x.
 GROUP_CELLS = 1 << 15
 
 
