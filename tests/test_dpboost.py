@@ -563,35 +563,39 @@ def test_every_candidates_score_is_its_childrens_gradient_sums_from_the_rows():
 
 
 def test_level_histograms_are_each_nodes_rows_gradient_sums():
-    """A partition adds only the rows in left children (columns in groups, `partition.groups`); they and
-    the right children made from the level above (sibling subtraction) are their rows' sums up to
-    rounding, whatever the objective's trees per round."""
-    for settings in (Settings(max_depth=3), Settings(objective=MULTICLASS, num_class=3, max_depth=3)):
+    """A partition adds only the rows in left children (columns in groups, `partition.groups`, or one
+    at a time below 16 nodes); they and the right children made from the level above (sibling
+    subtraction) are their rows' sums up to rounding, whatever the objective's trees per round."""
+    for settings, level in (
+        (Settings(max_depth=3), 2),
+        (Settings(objective=MULTICLASS, num_class=3, max_depth=3), 2),
+        (Settings(max_depth=7), 6),
+    ):
         table, y = make_rows(900, classes=settings.num_class if settings.num_class > 1 else 2)
         partition = Partition(FEATURES, table, y, settings.objective_())
         partition.margins[:] = np.random.default_rng(8).normal(scale=2, size=partition.margins.shape)
-        batch = draw(np.random.default_rng(9), FEATURES, 0, 2, settings.objective_().trees_per_round, 3)
+        trees = settings.objective_().trees_per_round
+        batch = draw(np.random.default_rng(9), FEATURES, 0, 2, trees, settings.max_depth)
         g = settings.objective_().gradients(partition.margins, partition.labels)[0]
-        width = FEATURES.width
-        left = partition.sums(Grow(batch, 2))
-        found = level_histograms(partition, batch, 2)
-        assert left.shape[1] == 2 and found.shape[1] == 4
+        width, nodes = FEATURES.width, 1 << level
+        left = partition.sums(Grow(batch, level))
+        found = level_histograms(partition, batch, level)
+        assert left.shape[1] == nodes // 2 and found.shape[1] == nodes
         for tree in range(batch.trees):
             node = descend(
-                batch, batch.tables(FEATURES), partition.codes, tree, np.zeros(900, np.int32), 0, 2
+                batch, batch.tables(FEATURES), partition.codes, tree, np.zeros(900, np.int32), 0, level
             )
+            even = node % 2 == 0
             for f in range(len(FEATURES.columns)):
-                cells = np.bincount(
-                    node * width + partition.codes[f], weights=g[:, tree % batch.classes], minlength=4 * width
-                ).reshape(4, width)
-                even = node % 2 == 0
+                weights = g[:, tree % batch.classes]
+                cells = np.bincount(node * width + partition.codes[f], weights, minlength=nodes * width)
                 exact = np.bincount(
                     node[even] // 2 * width + partition.codes[f][even],
-                    weights=g[even, tree % batch.classes],
-                    minlength=2 * width,
-                ).reshape(2, width)
-                assert np.allclose(left[tree, :, f, :], exact, rtol=1e-12, atol=1e-12)
-                assert np.allclose(found[tree, :, f, :], cells, rtol=1e-12, atol=1e-9)
+                    weights=weights[even],
+                    minlength=nodes // 2 * width,
+                )
+                assert np.allclose(left[tree, :, f, :], exact.reshape(-1, width), rtol=1e-12, atol=1e-12)
+                assert np.allclose(found[tree, :, f, :], cells.reshape(-1, width), rtol=1e-12, atol=1e-9)
 
 
 def test_column_groups_hold_every_column_once_within_their_cells():
