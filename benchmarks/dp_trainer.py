@@ -13,7 +13,8 @@ Tables:
   features known before departure only (month, day, weekday, scheduled departure and arrival, hour,
   carrier, origin, dest, distance: no dep_time, dep_delay, arr_time or air_time, which carry the delay);
 - synthetic_1m: the demo's generator with 10^6 rows; its 100-tree depth-6 training time is the speed
-  target's (<= 2x XGBoost hist).
+  target's (<= 2x XGBoost hist; what it measured: docs/deployment.md, "The DP trainer's histograms at
+  10^6 rows").
 
 What the owner declares public: ranges an owner would know (age 0-120, income 0-10^6 skewed, hours 0-24,
 times 0-2400, distance 0-5000, ...), carrier and origin codes, the demo's region names; the flights'

@@ -40,12 +40,13 @@ from remote_magic.families.dpboost.accounting import (
 )
 from remote_magic.families.dpboost.booster import load
 from remote_magic.families.dpboost.candidates import CandidatePlan, Declared, grid_counts, sketch_counts
+from remote_magic.families.dpboost.coordinator import children
 from remote_magic.families.dpboost.features import count_at_most
 from remote_magic.families.dpboost.objectives import BINARY_GRADIENT_CLIP
 from remote_magic.families.dpboost.params import settings_from_params
-from remote_magic.families.dpboost.partition import PARALLEL_ROWS, Grow
+from remote_magic.families.dpboost.partition import GROUP_CELLS, PARALLEL_ROWS, Grow, groups
 from remote_magic.families.dpboost.selection import adapted, candidates, scores, weighted
-from remote_magic.families.dpboost.structure import descend, draw
+from remote_magic.families.dpboost.structure import Batch, descend, draw
 
 LEVELS = ("east", "north", "south", "west")
 HUGE = 1e12  # a budget at which the noise is negligible
@@ -72,6 +73,15 @@ def seeded_select(seed: int, record: list | None = None):
         return int(np.argmax(np.asarray(values) + rng.gumbel(0.0, linf / math.sqrt(2 * rho), len(values))))
 
     return select
+
+
+def level_histograms(partition: Partition, batch: Batch, level: int) -> np.ndarray:
+    """A level's histograms of every node, as the coordinator makes them from a partition's sums: the
+    root's, then each level's right children from the level above (`children`)."""
+    hist = partition.sums(Grow(batch, 0))
+    for below in range(1, level + 1):
+        hist = children(hist, partition.sums(Grow(batch, below)))
+    return hist
 
 
 def make_rows(n: int, seed: int = 0, classes: int = 2, regression: bool = False):
@@ -517,8 +527,8 @@ def test_split_scores_move_by_at_most_their_bound_when_one_row_is_added():
             )
             more.margins[:-1] = base.margins
             more.margins[-1] = 8.0 * (1 - 2 * label)  # the most extreme gradient
-            before = scores(FEATURES, base.sums(Grow(batch, 1))[0], options)
-            after = scores(FEATURES, more.sums(Grow(batch, 1))[0], options)
+            before = scores(FEATURES, level_histograms(base, batch, 1)[0], options)
+            after = scores(FEATURES, level_histograms(more, batch, 1)[0], options)
             assert np.abs(after - before).max() <= settings.select_bound + 1e-9
             assert np.abs(after - before).max() > 0.5
 
@@ -533,7 +543,7 @@ def test_every_candidates_score_is_its_childrens_gradient_sums_from_the_rows():
     options = candidates(FEATURES, rng)
     node = descend(batch, batch.tables(FEATURES), partition.codes, 0, np.zeros(len(y), np.int32), 0, 2)
     g = settings.objective_().gradients(partition.margins, partition.labels)[0][:, 0]
-    found = scores(FEATURES, partition.sums(Grow(batch, 2))[0], options)
+    found = scores(FEATURES, level_histograms(partition, batch, 2)[0], options)
     expected = np.empty_like(found)
     for i, (f, split, left, right) in enumerate(
         zip(options.feature, options.split, options.default_left, options.right)
@@ -552,31 +562,58 @@ def test_every_candidates_score_is_its_childrens_gradient_sums_from_the_rows():
     assert np.allclose(found, expected, rtol=1e-12, atol=1e-9)
 
 
-def test_level_histograms_are_one_bincount_per_column_to_the_bit():
-    """The trainer's results must not move when its sums get faster: each histogram cell is its rows'
-    gradients added in row order (np.bincount's sum), whatever the objective's trees per round."""
-    for settings in (Settings(max_depth=3), Settings(objective=MULTICLASS, num_class=3, max_depth=3)):
+def test_level_histograms_are_each_nodes_rows_gradient_sums():
+    """A partition adds only the rows in left children (columns in groups, `partition.groups`, or one
+    at a time below 16 nodes); they and the right children made from the level above (sibling
+    subtraction) are their rows' sums up to rounding, whatever the objective's trees per round."""
+    for settings, level in (
+        (Settings(max_depth=3), 2),
+        (Settings(objective=MULTICLASS, num_class=3, max_depth=3), 2),
+        (Settings(max_depth=7), 6),
+    ):
         table, y = make_rows(900, classes=settings.num_class if settings.num_class > 1 else 2)
         partition = Partition(FEATURES, table, y, settings.objective_())
         partition.margins[:] = np.random.default_rng(8).normal(scale=2, size=partition.margins.shape)
-        batch = draw(np.random.default_rng(9), FEATURES, 0, 2, settings.objective_().trees_per_round, 3)
+        trees = settings.objective_().trees_per_round
+        batch = draw(np.random.default_rng(9), FEATURES, 0, 2, trees, settings.max_depth)
         g = settings.objective_().gradients(partition.margins, partition.labels)[0]
-        width = FEATURES.width
-        found = partition.sums(Grow(batch, 2))
+        width, nodes = FEATURES.width, 1 << level
+        left = partition.sums(Grow(batch, level))
+        found = level_histograms(partition, batch, level)
+        assert left.shape[1] == nodes // 2 and found.shape[1] == nodes
         for tree in range(batch.trees):
             node = descend(
-                batch, batch.tables(FEATURES), partition.codes, tree, np.zeros(900, np.int32), 0, 2
+                batch, batch.tables(FEATURES), partition.codes, tree, np.zeros(900, np.int32), 0, level
             )
+            even = node % 2 == 0
             for f in range(len(FEATURES.columns)):
-                cells = np.bincount(
-                    node * width + partition.codes[f], weights=g[:, tree % batch.classes], minlength=4 * width
+                weights = g[:, tree % batch.classes]
+                cells = np.bincount(node * width + partition.codes[f], weights, minlength=nodes * width)
+                exact = np.bincount(
+                    node[even] // 2 * width + partition.codes[f][even],
+                    weights=weights[even],
+                    minlength=nodes // 2 * width,
                 )
-                assert np.array_equal(found[tree, :, f, :], cells.reshape(4, width))
+                assert np.allclose(left[tree, :, f, :], exact.reshape(-1, width), rtol=1e-12, atol=1e-12)
+                assert np.allclose(found[tree, :, f, :], cells.reshape(-1, width), rtol=1e-12, atol=1e-9)
+
+
+def test_column_groups_hold_every_column_once_within_their_cells():
+    """A level's columns are added in groups of one joint histogram each: every column in one group, a
+    group of several within GROUP_CELLS cells at the level's nodes, fewer groups where nodes are few."""
+    widths = (34, 3, 256, 5, 34, 34, 2, 17)
+    for nodes in (1, 4, 16, 1024):
+        found = groups(widths, nodes)
+        assert sorted(f for group in found for f in group) == list(range(len(widths)))
+        for group in found:
+            assert len(group) == 1 or nodes * math.prod(widths[f] for f in group) <= GROUP_CELLS
+    assert len(groups(widths, 1)) < len(groups(widths, 16)) < len(groups(widths, 1024))
 
 
 def test_histograms_summed_in_threads_are_the_same_bits():
-    """Past PARALLEL_ROWS a partition sums its histograms in its job's threads, a share of the columns
-    each: every cell still adds its rows in row order, so the sums, and the model, do not move."""
+    """Past PARALLEL_ROWS a partition sums its histograms in its job's threads, a share of the column
+    groups each: every group's cells are summed as in one thread, so the sums, and the model, do not
+    move."""
     rows = PARALLEL_ROWS + 1000
     table, y = make_rows(rows, classes=2)
     settings = Settings(max_depth=3)

@@ -82,6 +82,7 @@ class Coordinator:
         self._fixed = fixed_candidates(features)
         self._scoring = Scoring(features, self._fixed) if self._fixed is not None else None
         self.chosen = np.zeros(len(features.columns))  # how many selected levels chose each column
+        self._above: np.ndarray | None = None  # the growing batch's histograms of the level above
         self.trees: list[Tree] = []
         self.spent = 0.0
         margin = np.asarray(settings.base_margin, dtype=np.float64) if settings.base_margin else None
@@ -120,8 +121,20 @@ class Coordinator:
             return None
         return self._leaves(request, np.asarray(sums, dtype=np.float64))
 
-    def _grow(self, request: Grow, hist: np.ndarray) -> None:
+    def _level(self, request: Grow, sums: np.ndarray) -> np.ndarray:
+        """A level's histograms from the partitions' summed sums (`children`), keeping only the level
+        above, and none after the batch's last level."""
+        if request.level == 0:
+            hist = sums
+        else:
+            assert self._above is not None, "a batch's levels are grown in order"
+            hist = children(self._above, sums)
+        self._above = hist if request.level + 1 < request.batch.depth else None
+        return hist
+
+    def _grow(self, request: Grow, sums: np.ndarray) -> None:
         assert self.select is not None and self.scales.sigma_select is not None
+        hist = self._level(request, sums)
         bound = self.settings.select_bound
         rho = bound**2 / (2 * self.scales.sigma_select**2)
         options = self._fixed if self._fixed is not None else candidates(self.features, self.rng)
@@ -210,6 +223,21 @@ class Coordinator:
             scales.sigma_intercept,
             scales.sigma_select,
         )
+
+
+def children(above: np.ndarray, left: np.ndarray) -> np.ndarray:
+    """A level's histograms (trees, nodes, columns, width) from the level above's and the partitions'
+    summed sums of its left children (node 2j at row j): each right child is its parent minus its
+    sibling, as a parent's rows are its two children's (sibling subtraction; the partitions then add only
+    the rows in left children). It is done here, once, on sums already added over the partitions, so one
+    machine and a cluster compute the same from the same sums (up to the order the partitions' sums are
+    added in, as for every sum), a cluster's workers send half the cells, and no partition keeps
+    histograms between levels. A right child's sums are not its rows' sums to the last bit, but the
+    scores they give are exact up to float rounding."""
+    hist = np.empty((left.shape[0], 2 * left.shape[1], *left.shape[2:]))
+    hist[:, 0::2] = left
+    np.subtract(above, left, out=hist[:, 1::2])
+    return hist
 
 
 def local(partitions: list) -> tuple[Sums, Apply]:
