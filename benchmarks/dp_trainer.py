@@ -75,6 +75,7 @@ from remote_magic.families.dpboost import Coordinator, Partition, Settings, loca
 from remote_magic.families.dpboost.candidates import CandidatePlan, Declared, sketch_counts
 from remote_magic.families.dpboost.features import xgboost_input
 from remote_magic.families.dpboost.params import settings_from_params
+from remote_magic.families.dpboost.partition import PARALLEL_ROWS
 from remote_magic_server.demo import synthetic_table
 
 DELTA = 1e-6
@@ -203,7 +204,8 @@ def train_dp(
     table: Table, settings: Settings, eps: float, seed: int = 0, threads: int = 1
 ) -> tuple[float, float, float]:
     """(AUC, seconds, rho spent) of one DP training job, everything charged inside epsilon, its
-    histograms summed in `threads` threads as a job's are (XGBoost gets as many)."""
+    histograms summed in `threads` threads as a job's are from `PARALLEL_ROWS` rows on (XGBoost gets as
+    many)."""
     start = time.perf_counter()
     noise = seeded_noise(seed)
     request = table.plan.request()
@@ -215,7 +217,8 @@ def train_dp(
         sketch_rho = SKETCH_SHARE * rho
         counts = sketch_counts(request, table.train)
         features = table.plan.features(counts, noise, sketch_rho, SELECTION_DELTA).features
-    partition = Partition(features, table.train, table.y_train, settings.objective_(), threads=threads)
+    lanes = threads if table.train.num_rows >= PARALLEL_ROWS else 1  # a job decides on the noisy count
+    partition = Partition(features, table.train, table.y_train, settings.objective_(), threads=lanes)
     coordinator = Coordinator(
         features, replace(settings, seed=seed), rho - sketch_rho, noise, select=seeded_select(seed)
     )

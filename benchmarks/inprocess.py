@@ -107,7 +107,14 @@ def dp_train_and_score(
     parts = one_machine(Split(x_train, y_train), Split(x_eval, y_eval), labels)
     noise = noise or SeededNoise()
     order = PrivateOrder(rho=rho)
-    run = Run(threads, lambda done, latest: None, private=order, noise=noise.noise, select=noise.select)
+    run = Run(
+        threads,
+        lambda done, latest: None,
+        private=order,
+        noise=noise.noise,
+        select=noise.select,
+        public_rows=len(y_train),  # a job's is the noisy count; in-process, the exact one decides alike
+    )
     trained = DP_FAMILY.train(plan, parts, ["0", "1"], run)
     prob = DP_FAMILY.predict(trained, parts.parts[0], "eval")
     return _score(y_eval, np.asarray(prob).reshape(len(y_eval), -1)[:, -1])

@@ -20,7 +20,8 @@ from pydantic import BaseModel
 
 from remote_magic.contract.codes import Refusal
 from remote_magic.families import MODEL_FILE
-from remote_magic.families.dpboost.family import FAMILY, check_label
+from remote_magic.families.dpboost.family import FAMILY, check_label, histogram_threads
+from remote_magic.families.dpboost.partition import PARALLEL_ROWS
 from remote_magic.families.dpboost.schedule import releases
 from remote_magic.families.dpboost.settings import Settings
 from remote_magic.families.partitions import InProcess
@@ -264,3 +265,13 @@ def test_a_text_column_none_of_whose_levels_clears_the_sketch_trains_and_scores(
     recorded = dict(booster.get_categories(export_to_arrow=True).to_arrow())
     assert recorded["region"].to_pylist() == ["(no level released)"]
     assert "region" not in set(booster.trees_to_dataframe()["Feature"])
+
+
+def test_the_threads_follow_the_noisy_row_count_never_the_exact_one():
+    """Whether a partition sums its histograms in the job's threads changed the job's time by seconds;
+    decided on the exact rows, it did so exactly when one row took the count across `PARALLEL_ROWS`.
+    The parent's noisy count (`Decision.train_rows`, a release the result carries) decides it now."""
+    assert histogram_threads(2, None, False) == 1
+    assert histogram_threads(2, PARALLEL_ROWS - 1, False) == 1
+    assert histogram_threads(2, PARALLEL_ROWS, False) == 2
+    assert histogram_threads(2, 10 * PARALLEL_ROWS, True) == 1

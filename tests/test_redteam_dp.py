@@ -120,12 +120,14 @@ def red(request, tmp_path_factory):
         ("range_out", "out", "label_ranges.label = [0, 1]\n"),
         ("zeta_in", "d_in", 'column_levels.label = ["0", "1"]\n'),
         ("zeta_out", "d_out", 'column_levels.label = ["0", "1"]\n'),
+        ("zeta_eval_only_in", "d_in", 'column_levels.label = ["0", "1"]\nprivacy = "dp_eval_only"\n'),
+        ("zeta_eval_only_out", "d_out", 'column_levels.label = ["0", "1"]\nprivacy = "dp_eval_only"\n'),
     ):
         config += f'\n[datasets.{name}]\npath = "{data}/{world}.parquet"\n{common}{extra}'
     users["classes"] = [
         *("declared_in", "declared_out", "declared_three", "undeclared_in", "undeclared_out"),
         *("nan_in", "nan_out", "eval_only_in", "eval_only_out", "range_in", "range_out"),
-        *("zeta_in", "zeta_out"),
+        *("zeta_in", "zeta_out", "zeta_eval_only_in", "zeta_eval_only_out"),
     ]
     with contextlib.ExitStack() as stack:
         if request.param == "dask":
@@ -602,3 +604,35 @@ def test_text_features_are_read_by_the_models_own_categories_never_by_the_rows(r
         assert refused.value.code == "invalid_model" and "categories of nickname" in str(refused.value)
         assert c.cost(None, spec).rho_spent == spent
     assert outcomes == {"zeta_in": "ok", "zeta_out": "ok"}
+
+
+def test_in_mode_dp_eval_only_a_training_fails_on_no_row_of_its_own(red):
+    """Mode dp_eval_only trains with XGBoost as sent, and no refusal may depend on the rows there either.
+    A Pipeline whose encoder was given its levels failed to fit, and a continued notebook model failed
+    to read a training level it had not seen (ten `zeta` rows with the target, nine merged into `(rare)`
+    without), each `not_released` exactly when the target was in. A Pipeline is now refused before any
+    row, at no cost; a continued model reads text by its own categories (an unseen level is missing)."""
+    made_up = pd.DataFrame(
+        {"nickname": pd.Categorical(["alpha", "beta", "gamma"] * 20), "score": np.linspace(-1, 1, 60)}
+    )
+    labels = (made_up["score"] > 0).astype(int)
+    base = xgb.XGBClassifier(n_estimators=3, max_depth=2, enable_categorical=True, min_child_weight=3)
+    base.fit(made_up, labels)
+    encoder = ColumnTransformer(
+        [("nick", OneHotEncoder(categories=[["alpha", "beta", "gamma"]]), ["nickname"])],
+        remainder="passthrough",
+    )
+    pipeline = Pipeline([("pre", encoder), ("m", xgb.XGBClassifier(n_estimators=3, min_child_weight=3))])
+    c = client(red, "classes")
+    outcomes = {}
+    for dataset in ("zeta_eval_only_in", "zeta_eval_only_out"):
+        spec = {"dataset": dataset, "label": "label", "features": ["nickname", "score"]}
+        spent = c.cost(None, spec).rho_spent
+        with pytest.raises(RemoteError) as refused:
+            c.train(pipeline, spec)
+        assert refused.value.code == "unsupported_model" and "Pipeline" in str(refused.value)
+        assert c.cost(None, spec).rho_spent == spent
+        job = c.submit(base.set_params(n_estimators=3), spec)
+        job.wait(timeout=120)
+        outcomes[dataset] = job.status.error.code if job.status.error else "ok"
+    assert outcomes == {"zeta_eval_only_in": "ok", "zeta_eval_only_out": "ok"}

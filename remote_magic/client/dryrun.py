@@ -219,8 +219,7 @@ def dry_run(
         if dataset.policy is not None and is_dp(dataset.policy.privacy):
             levels = dataset.column_levels.get(spec.label, spec.classes)
             check_public_classes(family, plan, spec.label, levels)
-            if kind == "evaluate":
-                check_public_levels(family, plan)
+            check_public_levels(family, plan)
     except Refusal as refusal:
         raise DryRunError(refusal.message, code=refusal.code) from None
     features = resolved.all_features

@@ -232,6 +232,7 @@ class Run:
     report: Report
     check: Callable[[], None] = lambda: None
     public_levels: bool = False  # the noisy modes: text levels never from the evaluation rows
+    public_rows: int | None = None  # the training rows' noisy count (noisy modes): what work is sized by
     private: PrivateOrder | None = None
     noise: Noise | None = None
     select: Select | None = None
@@ -365,9 +366,17 @@ def check_public_classes(family: ModelFamily, plan: Plan, label: str, classes: l
 
 
 def check_public_levels(family: ModelFamily, plan: Plan) -> None:
-    """In the noisy modes a fixed model's text features are read by the categories it records, never by
-    the rows' levels; a model without them is refused before any row is read (docs/privacy.md, "Text
-    levels")."""
+    """In the noisy modes a fitted model's text features (an evaluation's, a continued base's) are read
+    by the categories it records, never by the rows' levels; a model without them is refused before any
+    row is read, and so is a Pipeline, whose fitted steps fail or not on the rows' own values (an
+    encoder that meets a level it was not given: `not_released` exactly when one row is in). See
+    docs/privacy.md, "Text levels in the noisy modes"."""
+    if plan.preprocess is not None:
+        raise Refusal(
+            "unsupported_model",
+            "on this dataset a Pipeline is not run: whether its fitted steps fail depends on the rows' "
+            "values; send a bare XGBoost model (text columns as pandas categoricals)",
+        )
     missing = family.unrecorded_categories(plan)
     if missing:
         raise Refusal(

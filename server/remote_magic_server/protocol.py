@@ -628,6 +628,11 @@ WORKER_MESSAGE: TypeAdapter[WorkerMessage] = TypeAdapter(WorkerMessage)
 class Decision(_Strict):
     type: Literal["decision"] = "decision"
     proceed: bool
+    train_rows: int | None = Field(
+        default=None,
+        description="In the noisy modes, the training rows' noisy count drawn at admission (a DP release the "
+        "result carries): what a DP training sizes its work by, never the exact count.",
+    )
 
 
 class NoiseAnswer(_Strict):

@@ -39,7 +39,7 @@ from .coordinator import Coordinator
 from .features import Features, Kind
 from .on_parts import apply_update, counts_of, finish, schema, set_up, sketch, sum_of, sums
 from .params import settings_from_params
-from .partition import LeafUpdate
+from .partition import PARALLEL_ROWS, LeafUpdate
 from .settings import DEFAULT_ROUNDS, Settings
 
 ANY_LABEL_RANGE = (0.0, 1.0)  # stands in for the owner's range while only the parameters are checked
@@ -127,6 +127,15 @@ def settings_for(
     return settings_from_params(params, classifier, classes, label_range, max_rounds)
 
 
+def histogram_threads(threads: int, public_rows: int | None, on_cluster: bool) -> int:
+    """The threads a partition sums its histograms in: the job's on one machine when the training rows'
+    noisy count (`Run.public_rows`) reaches `PARALLEL_ROWS`, else one; a cluster's partitions already
+    run side by side, one per worker. Never the exact count: the job's time would change by seconds
+    exactly when one row took it across the threshold."""
+    many = public_rows is not None and public_rows >= PARALLEL_ROWS
+    return threads if many and not on_cluster else 1
+
+
 class DPBoostFamily:
     name = "dpboost"
 
@@ -206,9 +215,8 @@ class DPBoostFamily:
             counts = sum(counts_of(found) for found in parts.map(sketch, request))
             sketched = candidates.features(counts, noise, SKETCH_SHARE * rho, order.delta)
             features, rho = sketched.features, rho - sketched.rho
-        # One machine's partition sums its histograms in the job's threads; a cluster's partitions
-        # already run side by side, one per worker.
-        parts.map(set_up, features, settings, plan.base, run.threads if parts.dask is None else 1)
+        threads = histogram_threads(run.threads, run.public_rows, parts.dask is not None)
+        parts.map(set_up, features, settings, plan.base, threads)
         coordinator = Coordinator(
             features,
             settings,

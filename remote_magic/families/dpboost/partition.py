@@ -61,10 +61,12 @@ Request = Intercept | Grow | Batch
 Update = InterceptUpdate | LeafUpdate
 
 
-# From this many rows a partition's histograms are summed in `threads` threads, a share of the column
-# groups each (NumPy's ufuncs run without the GIL): each group's cells are its own and are summed as in
-# one thread, so the sums are the same bits whatever the threads. On 10^6 rows of 10 columns, 2 threads
-# on 2 cores: a level in 0.6x the time. Below it the threads' hand-over costs more than they save.
+# From this many training rows a partition's histograms are summed in `threads` threads, a share of the
+# column groups each (NumPy's ufuncs run without the GIL): each group's cells are its own and are summed
+# as in one thread, so the sums are the same bits whatever the threads. On 10^6 rows of 10 columns, 2
+# threads on 2 cores: a level in 0.6x the time. Below it the threads' hand-over costs more than they
+# save. The family decides it on the rows' noisy count (`Run.public_rows`), never the exact one: a job's
+# time would otherwise change by seconds exactly when one row took the count across it.
 PARALLEL_ROWS = 100_000
 
 
@@ -195,7 +197,7 @@ class Partition:
         nodes = 1 << max(level - 1, 0)
         out = np.zeros((batch.trees, nodes, columns, width))
         together = self._joint if nodes <= JOINT_NODES else [((f,), self.codes[f]) for f in range(columns)]
-        lanes = min(self.threads, len(together)) if self.rows >= PARALLEL_ROWS else 1
+        lanes = min(self.threads, len(together))
         for tree in range(batch.trees):
             node = self._node(batch, tree, level)
             weights = g[:, tree % batch.classes]

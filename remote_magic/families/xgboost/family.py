@@ -109,7 +109,12 @@ def text_values(part: Part, splits: tuple[str, ...] = ("train", "eval")) -> dict
 def _categories(plan: Plan, parts: Partitions, public_levels: bool = False) -> dict[str, pa.Array]:
     """The category list of each text column for a training. With `public_levels` (the noisy modes) the
     evaluation rows' levels take no part: a level that only they hold would shift other levels' codes
-    and change the model, exactly when a row is there; they read as missing."""
+    and change the model, exactly when a row is there; they read as missing. A continued base model
+    there keeps its own list alone: a training row's level it has not seen made XGBoost refuse the
+    rows, exactly when that row was in."""
+    base = _load(plan.base) if public_levels else None
+    if base is not None:
+        return _recorded_categories(base, parts)
     values: dict[str, set[str]] = {}
     for found in parts.map(text_values, ("train",) if public_levels else ("train", "eval")):
         for name, levels in found.items():

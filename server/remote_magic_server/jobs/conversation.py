@@ -127,7 +127,9 @@ class Conversation:
             except Refusal as refusal:
                 self.execution.reply(Decision(proceed=False))
                 return Final.failed(refusal.code, refusal.message)
-            self.execution.reply(Decision(proceed=True))
+            noisy = self.admitted.noisy
+            train = noisy.splits.get("train") if noisy is not None else None
+            self.execution.reply(Decision(proceed=True, train_rows=train.rows if train is not None else None))
             return None
         if isinstance(message, Resumed):
             if self.resumed is None or self.admitted is not None:

@@ -42,10 +42,10 @@ class Channel:
     def stage(self, stage: str, round: int = 0, total: int = 0, metric: dict | None = None) -> None:
         self.send(ProgressNote(stage=stage, round=round, total=total, metric=metric))  # type: ignore[arg-type]
 
-    def admit(self, admission: Admission) -> bool:
+    def admit(self, admission: Admission) -> Decision:
         """Tell the parent which rows were admitted; wait for its decision (proceed or stop)."""
         self.send(admission)
-        return Decision.model_validate_json(self.conn.recv_bytes()).proceed
+        return Decision.model_validate_json(self.conn.recv_bytes())
 
     def declare(self, settings: Any, sketched: list[str], sketch_rho: float, continuing: bool) -> None:
         """Tell the parent a DP training's public plan (`Run.declare`), before its first noise request."""

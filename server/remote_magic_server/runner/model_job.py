@@ -68,14 +68,17 @@ def run(
 ) -> TrainReport | None:
     """Run the job on its partitions; None when the parent stopped it at admission. `check` raises
     when the job must stop (on a cluster: a cancel, a lost machine)."""
-    classes = admit(task, parts, channel, folder, is_classifier_task(plan.task))
-    if classes is None:
+    admitted = admit(task, parts, channel, folder, is_classifier_task(plan.task))
+    if admitted is None:
         return None
+    classes, train_rows = admitted
 
     def report(done: int, latest: dict) -> None:
         channel.stage("training", min(done, plan.rounds), plan.rounds, latest)
 
-    training = Run(task.limits.threads, report, check, public_levels=task.public_classes)
+    training = Run(
+        task.limits.threads, report, check, public_levels=task.public_classes, public_rows=train_rows
+    )
     if task.dp_training is not None and task.kind == "train":
         order = task.dp_training
         training.private = PrivateOrder(
@@ -99,20 +102,22 @@ def run(
 
 def admit(
     task: Task, parts: Partitions, channel: Channel, folder: Path, classifier: bool
-) -> list[str] | None:
+) -> tuple[list[str], int | None] | None:
     """Send the partitions' admission; once the parent lets it proceed, fix the labels and text levels
     on every partition and return the class names (None: stopped at admission). A federated step runs
-    this too, so its rows are admitted and labelled as a train job's."""
+    this too, so its rows are admitted and labelled as a train job's. With the class names comes the
+    training rows' noisy count the parent drew at admission (noisy modes; None otherwise)."""
     assert task.spec is not None and task.staging is not None
     shares = parts.map(admission_share, classifier)
-    if not channel.admit(_admission(shares, task, folder)):
+    decision = channel.admit(_admission(shares, task, folder))
+    if not decision.proceed:
         return None
     facts = [share["splits"][split]["labels"] for share in shares for split in SPLITS]
     values = label_values(facts, task.spec.label, classifier, task.staging.label_levels)
     levels = _merged_levels(shares)
     rare = rows.rare_levels(levels, task.rare_level_rows)
     parts.map(prepare, values, rare, rows.levels(levels, rare))
-    return class_names(values)
+    return class_names(values), decision.train_rows
 
 
 def admission_share(part: Part, classifier: bool) -> dict:

@@ -169,7 +169,7 @@ def run(task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None = No
         row_sets=evidence.write_row_sets(Path("."), {"admitted": staged.eval_rows}),  # type: ignore[arg-type]
         table_rows=evidence.table_rows(task.staging),
     )
-    if not channel.admit(admission):
+    if not channel.admit(admission).proceed:
         return None
     keep = task.describe.max_categories + 1
     shown = {name: frame[name] for name in frame.columns}

@@ -73,8 +73,7 @@ def decode(task: Task, payload: BinaryIO | None) -> tuple[ModelFamily, Plan]:
     if task.public_classes:
         assert task.staging is not None
         check_public_classes(family, plan, task.staging.label, task.staging.label_levels)
-        if task.kind == "evaluate":
-            check_public_levels(family, plan)
+        check_public_levels(family, plan)
     if str(plan.params.get("device") or "cpu") != "cpu" and not task.limits.gpu:
         raise Refusal("parameter_out_of_bounds", "device = 'cuda' needs a GPU, and this server has none")
     return family, plan

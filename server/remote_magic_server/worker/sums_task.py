@@ -144,9 +144,10 @@ def _admitted(
         check_label(True, None, task.staging.label_levels, expected, label=task.staging.label)
     channel.stage("staging")
     parts = InProcess([staging.stage(task, con=con)])
-    classes = model_job.admit(task, parts, channel, HERE, classifier)
-    if classes is None:
+    admitted = model_job.admit(task, parts, channel, HERE, classifier)
+    if admitted is None:
         return None
+    classes = admitted[0]
     if classifier and len(classes) != expected:
         raise Refusal("invalid_request", f"the training rows have {len(classes)} classes, not {expected}")
     return parts, classes
