@@ -17,6 +17,7 @@ from remote_magic.client.dryrun import DryRun
 from remote_magic.client.trainer_noise import expected_training
 from remote_magic.contract.wire import CostEstimate, DPTraining
 from remote_magic.families.dpboost import Settings, epsilon
+from remote_magic.families.dpboost.settings import DEFAULT_ROUNDS, LARGE_ROUNDS
 from tests.accountant import accountant_total
 from tests.serverproc import running
 
@@ -39,6 +40,14 @@ def test_the_noise_per_leaf_is_what_the_trainers_own_scales_give():
     assert spent == pytest.approx(0.05), "the noise shown spends exactly the training cost"
     more_trees, _ = expected_training(xgb.XGBClassifier(n_estimators=80, max_depth=3), 0.05, DELTA)
     assert more_trees.sigma_gradient == pytest.approx(2 * training.sigma_gradient), "rho per tree / 4"
+
+
+def test_rounds_left_unset_show_the_most_the_count_may_choose_and_say_so():
+    training, why = expected_training(xgb.XGBClassifier(max_depth=3), 0.05, DELTA)
+    most = Settings(rounds=LARGE_ROUNDS, max_depth=3).scales(0.05)
+    assert training is not None and training.trees == LARGE_ROUNDS
+    assert training.sigma_gradient == pytest.approx(most.sigma_g)
+    assert why.startswith("n_estimators is unset") and f"{DEFAULT_ROUNDS} rounds" in why
 
 
 def test_a_continued_model_pays_no_intercept_and_gets_less_noise():

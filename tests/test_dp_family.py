@@ -23,7 +23,7 @@ from remote_magic.families import MODEL_FILE
 from remote_magic.families.dpboost.family import FAMILY, check_label, histogram_threads
 from remote_magic.families.dpboost.partition import PARALLEL_ROWS
 from remote_magic.families.dpboost.schedule import releases
-from remote_magic.families.dpboost.settings import Settings
+from remote_magic.families.dpboost.settings import DEFAULT_ROUNDS, LARGE_ROUNDS, Settings
 from remote_magic.families.partitions import InProcess
 from remote_magic_server.cluster import partitions
 from remote_magic_server.demo import synthetic_table
@@ -53,16 +53,16 @@ def dataset(tmp_path_factory) -> Path:
     return path
 
 
-def job(path: Path, params: dict | None = None, declared: bool = True):
+def job(path: Path, params: dict | None = None, declared: bool = True, rho: float = RHO):
     task = task_for(path, {"dataset": "d", "label": "label", "eval": {"fraction": 0.25, "seed": 2}}, 0)
     order = PrivateTraining(
-        rho=RHO,
+        rho=rho,
         column_ranges=RANGES if declared else {},
         column_levels={"region": ["east", "north", "south", "west"]} if declared else {},
         delta=1e-6,
     )
     task = task.model_copy(update={"dp_training": order, "structure": True})
-    model = xgb.XGBClassifier(**(params or {"n_estimators": 8, "max_depth": 3}))
+    model = xgb.XGBClassifier(**({"n_estimators": 8, "max_depth": 3} if params is None else params))
     return task, FAMILY.canonical(model)
 
 
@@ -71,18 +71,24 @@ class Parent(Proceeding):
     counts what the requests cost; like the release desk, it holds each request to the next release of
     the training plan the worker declared (families/dpboost/schedule.py)."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, rho: float = RHO):
         super().__init__()
         self.rng = np.random.default_rng(seed)
+        self.order_rho = rho
         self.rho = 0.0
         self.planned: list = []
+        self.declared: tuple | None = None  # (settings, plan) while the rounds wait for the count
         self.off_plan: list[int] = []  # requests that were not the plan's next release
         self.asks: list[NoiseRequest] = []  # every request, a batch's one by one
         self.batches = 0
 
-    def plan(self, plan: TrainingPlan) -> None:
+    def plan(self, plan: TrainingPlan, count: float | None = None) -> None:
         settings = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in plan.settings.items()})
-        self.planned = list(releases(settings, RHO, len(plan.sketched), plan.sketch_rho, plan.continuing))
+        self.planned = list(
+            releases(settings, self.order_rho, len(plan.sketched), plan.sketch_rho, plan.continuing, count)
+        )
+        waits = count is None and settings.waits_for_count(plan.continuing)
+        self.declared = (settings, plan) if waits else None
 
     def answer(self, message: BaseModel) -> BaseModel | None:
         if isinstance(message, TrainingPlan):
@@ -109,12 +115,16 @@ class Parent(Proceeding):
         scale = message.bound / math.sqrt(2 * message.rho)
         values = np.asarray(message.values)
         if message.kind == "gaussian":
-            return NoiseAnswer(values=list(values + self.rng.normal(0.0, scale, len(values))))
+            noisy = list(values + self.rng.normal(0.0, scale, len(values)))
+            if self.declared is not None and asked == len(self.planned):  # the intercept: the rest
+                settings, plan = self.declared
+                self.plan(plan, settings.objective_().count(noisy))
+            return NoiseAnswer(values=noisy)
         return NoiseAnswer(index=int(np.argmax(values + self.rng.gumbel(0.0, scale, len(values)))))
 
 
-def run_job(task, plan, parts, folder: Path, seed: int = 1) -> tuple[TrainReport, Parent]:
-    parent = Parent(seed)
+def run_job(task, plan, parts, folder: Path, seed: int = 1, rho: float = RHO) -> tuple[TrainReport, Parent]:
+    parent = Parent(seed, rho)
     report = run_with(task, plan, FAMILY, parts, folder, parent)
     assert parent.off_plan == [], "each request is the declared plan's next release"
     assert len(parent.asks) == len(parent.planned), "every release the plan makes was asked for, none other"
@@ -224,6 +234,23 @@ def test_a_classifier_without_the_owners_declared_classes_is_refused_before_any_
     with pytest.raises(Refusal, match="the label has 2 public classes, the training has 3"):
         check_label(True, None, ["0", "1"], expected_classes=3)
     check_label(True, None, ["a", "b", "c"], expected_classes=3)
+
+
+@pytest.mark.parametrize(("rho", "rounds"), [(RHO, DEFAULT_ROUNDS), (400.0, LARGE_ROUNDS)])
+def test_rounds_left_unset_follow_the_released_row_count(dataset, tmp_path, rho, rounds):
+    """3,000 training rows at rho 0.5 are a small sample (n sqrt(rho) about 2,100): today's rounds; at
+    rho 400, 60,000: the large sample's. The budget is spent whole either way, every request the next
+    of the plan the parent made from the count it released."""
+    task, plan = job(dataset, {"max_depth": 2}, rho=rho)
+    assert plan.rounds_unset and plan.rounds == LARGE_ROUNDS  # what the owner's bounds see
+    report, parent = run_job(task, plan, InProcess([staging.stage(task, tmp_path)]), tmp_path / "n", rho=rho)
+    assert report.training is not None and report.training.trees == rounds
+    assert parent.rho == pytest.approx(rho, rel=1e-9)
+    progress = [m.round for m in parent.seen if isinstance(m, ProgressNote) and m.stage == "training"]
+    assert progress[-1] == plan.rounds, "progress in the plan's rounds, to the end"
+    booster = xgb.Booster()
+    booster.load_model(str(tmp_path / "n" / MODEL_FILE))
+    assert booster.num_boosted_rounds() == rounds
 
 
 def test_min_child_weight_is_no_longer_the_analysts_business():

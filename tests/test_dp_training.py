@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from remote_magic.contract.codes import Refusal
 from remote_magic.families.dpboost import Column, Coordinator, Features, Partition, local
 from remote_magic.families.dpboost.family import SKETCH_SHARE
 from remote_magic.families.dpboost.schedule import releases
+from remote_magic.families.dpboost.settings import DEFAULT_ROUNDS, LARGE_ROUNDS
 from remote_magic.families.dpboost.settings import Settings as TrainerSettings
 from remote_magic_server.audit import AuditLog
 from remote_magic_server.config.settings import DatasetConfig, Settings
@@ -160,6 +161,32 @@ def test_noise_past_the_plan_is_refused_and_a_restart_gets_the_same_answers(desk
     replay = [desk.noise(request, again, ask) for ask in asks]
     assert replay == first, "no fresh noise for the same job"
     assert len(first[0].values) == 4
+
+
+@pytest.mark.parametrize("count", [4000.0, 1e6])
+def test_rounds_left_to_the_row_count_follow_the_count_the_desk_released(desk, tmp_path, count):
+    """The plan ends at the intercept until it is answered; then the desk lists the rest from the count
+    its own answer gives, so a worker that knows the exact count cannot choose the rounds."""
+    request, state = admitted(desk, tmp_path)
+    settings = TrainerSettings(rounds=LARGE_ROUNDS, max_depth=2, split_share=0.0, rounds_from_count=True)
+    desk.plan_training(request, state, plan_of(settings))
+    (intercept,) = state.releases or []
+    sums = NoiseRequest(kind="gaussian", values=[count, count / 2], bound=intercept.bound, rho=intercept.rho)
+    answer = desk.noise(request, state, sums)
+    released = settings.objective_().count(answer.values)
+    rounds = settings.for_count(released, state.train_rho).rounds
+    assert rounds == (LARGE_ROUNDS if count > 1e5 else DEFAULT_ROUNDS)  # 4,000 rows: a small sample here
+    assert state.releases == list(releases(settings, state.train_rho, 0, 0.0, False, released))
+    assert len(state.releases) == 1 + 2 * rounds
+    assert sum(r.rho for r in state.releases) == pytest.approx(state.train_rho)
+    other = LARGE_ROUNDS + DEFAULT_ROUNDS - rounds  # the leaves' noise of the rounds not chosen
+    g = releases(replace(settings, rounds=other, rounds_from_count=False), state.train_rho, 0, 0.0, False)
+    asked = list(g)[1]
+    with pytest.raises(Refusal) as refused:
+        desk.noise(
+            request, state, NoiseRequest(kind="gaussian", values=[1.0], bound=asked.bound, rho=asked.rho)
+        )
+    assert refused.value.code == "invalid_worker_report"
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from remote_magic.families.dpboost import (
     Coordinator,
     Features,
     Intercept,
+    Objective,
     Partition,
     Settings,
     candidates_between,
@@ -757,3 +758,31 @@ def test_with_no_noise_the_trainer_learns_a_clear_signal(extra):
     test, y_test = make_rows(3000, seed=1)
     released, _ = train(Settings(rounds=30, max_depth=4, **extra), table, y, rho=HUGE)
     assert roc_auc_score(y_test, predict_margins(released.model, FEATURES, test)[:, 0]) > 0.9
+
+
+@pytest.mark.parametrize(
+    ("objective", "sums"),
+    [
+        (Objective(BINARY), [1000.0, 300.0]),
+        (Objective(MULTICLASS, 3), [500.0, 300.0, 200.0]),
+        (Objective(REGRESSION, label_range=(0.0, 4.0)), [2000.0, 150.0]),  # (r n, ...), r = 2
+    ],
+)
+def test_each_losss_label_sums_give_the_row_count(objective, sums):
+    assert objective.count(sums) == pytest.approx(1000.0)
+    y = np.zeros(1000, dtype=np.int64) if objective.name != REGRESSION else np.full(1000, 1.5)
+    assert objective.count(objective.label_sums(objective.labels(y))) == pytest.approx(1000.0)
+
+
+def test_rounds_follow_the_count_only_where_the_analyst_left_them_unset():
+    unset = Settings(rounds=100, rounds_from_count=True)
+    rho = 0.25  # sqrt: 0.5
+    assert unset.for_count(90_000.0, rho).rounds == 100  # n sqrt(rho) = 45,000
+    assert unset.for_count(89_000.0, rho).rounds == 50
+    assert unset.for_count(None, rho).rounds == 50, "no count released: today's rounds"
+    assert not unset.for_count(1e9, rho).rounds_from_count
+    assert replace(unset, rounds=30).for_count(1e9, rho).rounds == 30, "never more than the plan's"
+    chosen = Settings(rounds=70)
+    assert chosen.for_count(1e9, rho) == chosen and chosen.for_count(10.0, rho) == chosen
+    assert unset.waits_for_count(False) and not unset.waits_for_count(True)
+    assert not replace(unset, base_margin=(0.0,)).waits_for_count(False)

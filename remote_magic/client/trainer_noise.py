@@ -4,7 +4,9 @@ The server prices a train job without its model (`POST /v1/cost` reads no model 
 trainer's share of the cost, `rho_train`. What that share buys per leaf depends on the model's rounds and
 objective, so it is worked out here from the model, by the DP trainer's own code: its family's canonical
 form (`dpboost.family`), its settings for that plan (`settings_for`) and its noise scales
-(`Settings.scales`), the functions the trainer runs on the server, not a copy of them.
+(`Settings.scales`), the functions the trainer runs on the server, not a copy of them. A model that
+leaves its rounds unset gets them from the row count the training releases: the most it may take is
+shown, and said.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from ..contract.wire import DPTraining
 from ..families import family as family_named
 from ..families.dpboost.accounting import epsilon
 from ..families.dpboost.family import settings_for
+from ..families.dpboost.settings import DEFAULT_ROUNDS
 
 
 def expected_training(model: object, rho_train: float, delta: float) -> tuple[DPTraining | None, str]:
@@ -33,4 +36,11 @@ def expected_training(model: object, rho_train: float, delta: float) -> tuple[DP
         sigma_gradient=scales.sigma_g,
         sigma_hessian=scales.sigma_h,
     )
-    return training, ""
+    note = (
+        f"n_estimators is unset: the trainer takes {DEFAULT_ROUNDS} rounds, or {settings.rounds} where the "
+        "row count its intercept releases says the sample is large (the cost is the same); the trees and "
+        f"noise shown are {settings.rounds} rounds', the most"
+        if plan.rounds_unset and settings.waits_for_count(plan.base is not None)
+        else ""
+    )
+    return training, note

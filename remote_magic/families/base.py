@@ -146,7 +146,8 @@ class Plan:
 
     `params` are JSON values, `base` the base model in the family's own byte format (or None),
     `preprocess` a Pipeline's preprocessors as class names and JSON parameters. `objective` and `metric`
-    are notebook functions, present only for payloads the data owner approved."""
+    are notebook functions, present only for payloads the data owner approved. `rounds_unset`: the model
+    left its rounds to the family (an estimator's `n_estimators` None), `rounds` being the most it trains."""
 
     family: str
     params: dict
@@ -154,6 +155,7 @@ class Plan:
     task: str
     base: bytes | None = None
     base_rounds: int = 0
+    rounds_unset: bool = False
     preprocess: dict | None = None
     objective: Callable | None = field(default=None, repr=False)
     metric: Callable | None = field(default=None, repr=False)

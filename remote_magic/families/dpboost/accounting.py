@@ -64,6 +64,11 @@ text-level selection the job is `delta_s`-approximately `rho`-zCDP, i.e.
 `(rho + 2 sqrt(rho ln(1/delta)), delta + delta_s)`-DP for any `delta > 0`. The evaluation's charge adds
 to this one (a row is in the training or the evaluation rows, so the sum is an upper bound).
 
+**Rounds from the released count.** Settings that leave the rounds to the data (`rounds_from_count`) take
+`R` from the count that part 2's release gives (`Objective.count`, `Settings.for_count`): post-processing
+of a release already paid for. Parts 3 and 4 are then spread over that `R` as below, so the total is the
+same `rho` for any `R`.
+
 `noise_scales` inverts this. A training budget `rho_train` (intercept, selections and leaves; the sketch is
 charged when it runs) gives `rho_0 = intercept_share * rho_train`; the rest is spread evenly over the
 rounds, `rho_r = (rho_train - rho_0) / R`, a share `split_share` of it to the round's `n_x` selections and

@@ -15,6 +15,8 @@ row moves by at most `linf`, at a cost of `rho` (OpenDP's noisy top-1; a test pa
 `noise_many([(values, l2, rho), ...])`, where given, asks a batch's gradient and hessian releases in one
 round trip; they are the same two releases, in the same order, as two `noise` calls. `weights`, where
 given, are public column weights the random structure draws each level's column by (`prior.py`).
+Settings that leave the rounds to the row count (`Settings.rounds_from_count`) get them from the count the
+intercept's release gives (`settings` holds the chosen ones after it).
 """
 
 from __future__ import annotations
@@ -76,7 +78,10 @@ class Coordinator:
         if settings.split_share > 0 and select is None:
             raise ValueError("split selection needs a select function")
         self.base = parse_base(base_model, features, self.objective) if base_model is not None else None
-        self.scales = settings.scales(rho, continuing=self.base is not None)
+        continuing = self.base is not None
+        if not settings.waits_for_count(continuing):  # else the intercept's count sets the rounds
+            self.settings = settings = settings.for_count(None, rho)
+        self.scales = settings.scales(rho, continuing=continuing)
         self.rho = rho
         self.rng = np.random.default_rng(settings.seed)
         self._fixed = fixed_candidates(features)
@@ -92,7 +97,7 @@ class Coordinator:
         """The requests of the whole job, in order; each batch's structure is drawn when it is due."""
         if self.scales.sigma_intercept is not None:
             yield Intercept()
-        settings = self.settings
+        settings = self.settings  # its rounds chosen by now
         done = 0
         while done < settings.rounds:
             rounds = min(settings.batch_size, settings.rounds - done)
@@ -179,7 +184,11 @@ class Coordinator:
     def _intercept(self, sums: np.ndarray) -> InterceptUpdate:
         bound = self.objective.intercept_bound
         rho = self.settings.intercept_share * self.rho
-        margin = self.objective.intercept(self._release(sums, bound, rho))
+        noisy = self._release(sums, bound, rho)
+        if self.settings.rounds_from_count:
+            self.settings = self.settings.for_count(self.objective.count(noisy), self.rho)
+            self.scales = self.settings.scales(self.rho)
+        margin = self.objective.intercept(noisy)
         # The partitions move to exactly the margin XGBoost will start from (its base_score is float32).
         self.start = margin_of_base_score(self.objective, base_score_of(self.objective, margin))
         return InterceptUpdate(self.start - self.objective.initial_margin())

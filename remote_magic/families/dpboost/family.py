@@ -40,7 +40,7 @@ from .features import Features, Kind
 from .on_parts import apply_update, counts_of, finish, schema, set_up, sketch, sum_of, sums
 from .params import settings_from_params
 from .partition import PARALLEL_ROWS, LeafUpdate
-from .settings import DEFAULT_ROUNDS, Settings
+from .settings import LARGE_ROUNDS, Settings
 
 ANY_LABEL_RANGE = (0.0, 1.0)  # stands in for the owner's range while only the parameters are checked
 
@@ -124,7 +124,8 @@ def settings_for(
     params["n_estimators"] = plan.rounds
     task = plan.task
     classifier = True if is_classifier_task(task) else False if task == "regression" else None
-    return settings_from_params(params, classifier, classes, label_range, max_rounds)
+    settings = settings_from_params(params, classifier, classes, label_range, max_rounds)
+    return replace(settings, rounds_from_count=plan.rounds_unset)
 
 
 def histogram_threads(threads: int, public_rows: int | None, on_cluster: bool) -> int:
@@ -144,10 +145,11 @@ class DPBoostFamily:
 
     def canonical(self, model: object, custom_code: bool = False) -> Plan:
         """XGBoost's canonical form of the model, kept to what the DP trainer honours; an estimator that
-        left `n_estimators` unset gets the trainer's default rounds, not XGBoost's 100."""
+        left `n_estimators` unset gets the trainer's rounds, chosen from the released row count (at most
+        LARGE_ROUNDS, `Settings.for_count`), not XGBoost's 100."""
         plan = self.adopt(XGBOOST.canonical(model, custom_code))
         if getattr(model, "n_estimators", 0) is None:
-            plan = replace(plan, rounds=DEFAULT_ROUNDS)
+            plan = replace(plan, rounds=LARGE_ROUNDS, rounds_unset=True)
         return plan
 
     def adopt(self, plan: Plan) -> Plan:
@@ -234,11 +236,14 @@ class DPBoostFamily:
                 parts.map(apply_update, update)
             if isinstance(update, LeafUpdate):
                 done += update.batch.rounds
-                if time.monotonic() - reported >= PROGRESS_EVERY_S or done >= plan.rounds:
+                rounds = coordinator.settings.rounds  # chosen by now (`Settings.for_count`)
+                if time.monotonic() - reported >= PROGRESS_EVERY_S or done >= rounds:
                     reported = time.monotonic()
-                    run.report(done, {})
+                    run.report(done * plan.rounds // rounds, {})  # in the plan's rounds
         parts.map(finish)
-        return self._trained(plan, parts, features, settings, coordinator, rho, order.rho, run.threads)
+        return self._trained(
+            plan, parts, features, coordinator.settings, coordinator, rho, order.rho, run.threads
+        )
 
     @staticmethod
     def _trained(

@@ -159,6 +159,15 @@ class Objective:
         lo, hi = self.label_range  # type: ignore[misc]
         return np.array([self._half_range * len(y), float((y - (lo + hi) / 2.0).sum())])
 
+    def count(self, noisy: np.ndarray | list[float]) -> float:
+        """The training rows' count that noisy label sums give (post-processing): binary the first sum,
+        multiclass the classes' counts added, regression the first sum over the half-width."""
+        if self.name == MULTICLASS:
+            return float(np.sum(noisy))
+        if self.name == BINARY:
+            return float(noisy[0])
+        return float(noisy[0]) / self._half_range
+
     def intercept(self, noisy: np.ndarray) -> np.ndarray:
         """The starting margins (per class) from noisy label sums: post-processing only."""
         floor = PROBABILITY_FLOOR

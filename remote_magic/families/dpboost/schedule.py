@@ -29,17 +29,30 @@ class Release:
 
 
 def releases(
-    settings: Settings, rho: float, sketched_columns: int, sketch_rho: float, continuing: bool
+    settings: Settings,
+    rho: float,
+    sketched_columns: int,
+    sketch_rho: float,
+    continuing: bool,
+    count: float | None = None,
 ) -> Iterator[Release]:
     """The releases of a training with budget `rho`, of which `sketch_rho` pays for the sketch of
-    `sketched_columns` columns (none: 0 and 0.0), continuing a base model or not."""
+    `sketched_columns` columns (none: 0 and 0.0), continuing a base model or not. Settings whose rounds
+    wait for the intercept's row count (`Settings.waits_for_count`) end after the intercept unless
+    `count`, the count that release gave, is passed: the rounds, and so every later release, follow
+    from it."""
     if sketched_columns:
         yield Release("gaussian", math.sqrt(sketched_columns), sketch_rho)
         rho = rho - sketch_rho
     objective = settings.objective_()
+    waits = settings.waits_for_count(continuing)
     scales = settings.scales(rho, continuing=continuing)
     if scales.sigma_intercept is not None:
         yield Release("gaussian", objective.intercept_bound, settings.intercept_share * rho)
+    if waits and count is None:
+        return
+    settings = settings.for_count(count, rho)
+    scales = settings.scales(rho, continuing=continuing)
     done = 0
     while done < settings.rounds:
         rounds = min(settings.batch_size, settings.rounds - done)

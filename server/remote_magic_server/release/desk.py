@@ -131,6 +131,8 @@ class Admitted:
     train_spent: float = 0.0  # what they spent so far
     noise_asked: int = 0
     releases: list[Release] | None = None  # what the declared training plan asks, in order
+    # A plan whose rounds follow the intercept's row count: the releases after it, from its answer
+    replan: Callable[[list[float]], list[Release]] | None = None
     noise_replay: dict[int, dict] | None = None  # an earlier run's answers, read at the first request
     noise_unkept: list[tuple[int, str]] = field(default_factory=list)  # drawn (JSON), not yet in the ledger
     sketch_key: str | None = None  # the public question a training's sketch answers (`plan_training`)
@@ -461,6 +463,17 @@ class ReleaseDesk:
         if sum(r.rho for r in planned) > admitted.train_rho * (1 + 1e-9):
             raise self._bad_noise(request, "a training plan past its budget")
         admitted.releases = planned
+        if settings.waits_for_count(plan.continuing):
+            admitted.replan = lambda values: list(
+                releases(
+                    settings,
+                    admitted.train_rho,
+                    len(sketched),
+                    plan.sketch_rho,
+                    plan.continuing,
+                    objective.count(values),
+                )
+            )
         if sketched and request.dataset_version is not None:
             admitted.sketch_key = _digest(
                 "sketch",
@@ -516,7 +529,7 @@ class ReleaseDesk:
             admitted.noise_replay = self.ledger.noise_draws(request.charge)
         stored = admitted.noise_replay.get(seq)
         if stored is not None:
-            return NoiseAnswer.model_validate(stored)
+            return self._replanned(admitted, seq, NoiseAnswer.model_validate(stored))
         sketch = f"{admitted.sketch_key}:{len(ask.values)}" if seq == 0 and admitted.sketch_key else None
         # The kept sketch (thousands of values) goes from its stored text to the answer and back to the
         # text the ledger keeps by pydantic's JSON, not the standard library's (about 5 ms less a job).
@@ -525,6 +538,17 @@ class ReleaseDesk:
         if sketch and kept is None:
             self.ledger.store_answer(request.user, request.dataset, sketch, answer.model_dump(mode="json"))
         admitted.noise_unkept.append((seq, kept if kept is not None else answer.model_dump_json()))
+        return self._replanned(admitted, seq, answer)
+
+    @staticmethod
+    def _replanned(admitted: Admitted, seq: int, answer: NoiseAnswer) -> NoiseAnswer:
+        """After the intercept of a plan whose rounds follow its row count, the rest of the plan: the
+        trainer's own schedule on the count this answer gives (`Settings.for_count`), so the rounds
+        and every later release's rho come from a released number, never from the worker."""
+        planned = admitted.releases or []
+        if admitted.replan is not None and seq == len(planned) - 1:
+            admitted.releases = admitted.replan(answer.values)
+            admitted.replan = None
         return answer
 
     def _describe_sketch(self, request: Request, admitted: Admitted, seq: int, ask: NoiseRequest) -> bool:
