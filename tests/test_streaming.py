@@ -139,6 +139,33 @@ def test_rows_without_a_label_are_counted_and_left_out_in_the_one_pass_over_the_
     assert not np.isnan(np.concatenate([part.train.y, part.eval.y])).any()
 
 
+def test_a_connection_opened_ahead_and_rehearsed_stages_a_job_as_a_fresh_one(tmp_path):
+    """A warm worker rehearses staging on made-up rows on its DuckDB before any job (`rehearse`); the
+    job's rows then staged on that connection, configured and locked, are those of a fresh one."""
+    table, y = synthetic(5000, 8)
+    label = y.astype(float)
+    label[::13] = np.nan
+    path = tmp_path / "rows.parquet"
+    columns = table.append_column("id", pa.array(np.arange(len(y))))
+    pq.write_table(columns.append_column("label", pa.array(label)), path)
+    task = task_for(path, {"dataset": "d", "label": "label", "where": "age > 20"}, 0, "double")
+    (tmp_path / "fresh").mkdir(), (tmp_path / "ahead").mkdir()
+    fresh = staging.stage(task, tmp_path / "fresh")
+
+    ahead = staging.open_ahead()
+    made_up = staging.rehearse(ahead)
+    assert len(made_up.train.y) + len(made_up.eval.y) == 63 and made_up.missing_label == 1
+    assert set(made_up.levels["t"]) == {"level0", "level1", "level2"}
+    staged = staging.stage(task, tmp_path / "ahead", staging.connect(task, tmp_path / "ahead", ahead))
+
+    assert staged.missing_label == fresh.missing_label > 0
+    assert staged.levels == fresh.levels
+    for a, b in ((staged.train, fresh.train), (staged.eval, fresh.eval)):
+        assert a.x.table().equals(b.x.table()) and np.array_equal(a.y, b.y, equal_nan=True)
+    assert np.array_equal(staged.train_rows, fresh.train_rows)
+    assert np.array_equal(staged.eval_rows, fresh.eval_rows)
+
+
 def test_rows_past_the_budget_spill_and_train_through_external_memory(tmp_path):
     table, y = synthetic(40_000, 5)
     path = tmp_path / "rows.parquet"
