@@ -88,7 +88,7 @@ def connect_locked(
         con = duckdb.connect(":memory:", config={**_NO_THREADS, "threads": threads})
     else:
         con = ahead
-        con.execute("SET threads = ?", [threads])
+        con.execute(f"SET threads = {int(threads)}")  # an int written in, as memory_limit: 0.08 ms, not 0.4
     con.execute("SET allowed_paths = ?", [[path]])
     if memory_mb:
         con.execute(f"SET memory_limit = '{int(memory_mb)}MB'")
