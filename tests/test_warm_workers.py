@@ -91,10 +91,10 @@ def test_each_job_takes_its_own_warm_worker_which_exits_and_is_replaced(pooled):
     assert len(ready) == len(set(ready))  # a worker waits once: a used one never waits again
 
 
-def test_a_worker_that_opened_duckdb_ahead_and_rehearsed_runs_one_thread_until_its_job(pooled):
-    """After 0.4 s with no job a warm worker opens its DuckDB and rehearses staging and the scores on
-    made-up rows (worker/main.py `_open_ahead`): still one thread (confinement covers only the threads a
-    process starts later), and the job it then takes stages and trains as on any worker."""
+def test_a_worker_that_opened_duckdb_ahead_and_rehearsed_staging_runs_one_thread_until_its_job(pooled):
+    """After 0.4 s with no job a warm worker opens its DuckDB and rehearses staging on made-up rows
+    (worker/main.py `_open_ahead`): still one thread (confinement covers only the threads a process
+    starts later), and the job it then takes stages and trains as on any worker."""
     waiting = ready_pids(pooled)[-2:]  # the pool keeps two; no job is running
     wait_until(
         lambda: set(waiting) <= {entry["pid"] for entry in events(pooled, "opened_ahead")},

@@ -90,17 +90,6 @@ def score(task: str, y: np.ndarray, pred: np.ndarray, n_classes: int) -> dict:
     return {"metrics": metrics, "confusion": confusion.tolist()}
 
 
-def rehearse() -> None:
-    """Score made-up predictions of each task once (numpy and scikit-learn only, single-threaded). The
-    forkserver does, so that workers do not each load what scikit-learn's input checks use (about 8 ms
-    a job); a warm worker does again before its job, as a forked process's first scores still cost it
-    about 6 ms of CPU more than later ones (the pages inherited from the forkserver it first writes)."""
-    y = np.arange(6) % 3
-    score("binary", y % 2, np.linspace(0.1, 0.9, 6), 2)
-    score("multiclass", y, np.full((6, 3), 1 / 3).ravel(), 3)
-    score("regression", y.astype(float), np.linspace(0.0, 2.0, 6), 1)
-
-
 def row_losses(
     task: str, y: np.ndarray, pred: np.ndarray, n_classes: int, residual_clip: float | None
 ) -> np.ndarray:

@@ -22,8 +22,6 @@ from pathlib import Path
 
 import duckdb
 
-from remote_magic.families import scoring
-
 from ..protocol import Assignment, Isolation, Task
 from ..runner import model_job
 from ..runner.channel import Channel, serve
@@ -139,13 +137,11 @@ def wait(conn: Connection) -> None:
 
 
 def _open_ahead() -> duckdb.DuckDBPyConnection:
-    """The DuckDB of a warm worker, opened before its job, with staging, the admission's row counts and
-    the scores rehearsed on made-up rows (`staging.rehearse`, `scoring.rehearse`), so that the job's own
-    take the later, cheaper path. Nothing of the rehearsal is kept but the connection, which holds no
-    table."""
+    """The DuckDB of a warm worker, opened before its job, with staging and the admission's row counts
+    rehearsed on made-up rows (`staging.rehearse`), so that the job's own take the later, cheaper path.
+    Nothing of the rehearsal is kept but the connection, which holds no table."""
     con = staging.open_ahead()
     model_job.admission_share(staging.rehearse(con), True)
-    scoring.rehearse()
     log.info("opened_ahead", extra={"pid": os.getpid()})
     return con
 
