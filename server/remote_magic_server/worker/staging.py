@@ -67,7 +67,7 @@ def rehearse(con: duckdb.DuckDBPyConnection) -> Part:
     """Stage made-up rows on `con` (from `open_ahead`) as a job's rows are staged, in this thread only
     (DuckDB has no thread of its own, Arrow's kernels here are single-threaded), and return them, for a
     warm worker to rehearse what a job does next with them. A fresh process's first staging costs about
-    5 ms of CPU more than a later one (its first query into Arrow, its first Arrow filters, the pages
+    7 ms of CPU more than a later one (its first query into Arrow, its first Arrow filters, the pages
     inherited from the forkserver it writes to for the first time); a rehearsed worker's job stages as
     a later one does."""
     reader = con.sql(_REHEARSAL_QUERY).to_arrow_reader(BATCH_ROWS)
