@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -137,6 +138,58 @@ def test_rows_without_a_label_are_counted_and_left_out_in_the_one_pass_over_the_
     rows = np.sort(np.concatenate([part.train_rows, part.eval_rows]))
     assert np.array_equal(rows, np.flatnonzero(admitted & ~missing))
     assert not np.isnan(np.concatenate([part.train.y, part.eval.y])).any()
+
+
+def test_a_connection_opened_ahead_and_rehearsed_stages_a_job_as_a_fresh_one(tmp_path):
+    """A warm worker rehearses staging on made-up rows on its DuckDB before any job (`rehearse`); the
+    job's rows then staged on that connection, configured and locked, are those of a fresh one."""
+    table, y = synthetic(5000, 8)
+    label = y.astype(float)
+    label[::13] = np.nan
+    path = tmp_path / "rows.parquet"
+    columns = table.append_column("id", pa.array(np.arange(len(y))))
+    pq.write_table(columns.append_column("label", pa.array(label)), path)
+    task = task_for(path, {"dataset": "d", "label": "label", "where": "age > 20"}, 0, "double")
+    (tmp_path / "fresh").mkdir(), (tmp_path / "ahead").mkdir()
+    fresh = staging.stage(task, tmp_path / "fresh")
+
+    ahead = staging.open_ahead()
+    made_up = staging.rehearse(ahead)
+    assert len(made_up.train.y) + len(made_up.eval.y) == 63 and made_up.missing_label == 1
+    assert set(made_up.levels["t"]) == {"level0", "level1", "level2"}
+    staged = staging.stage(task, tmp_path / "ahead", staging.connect(task, tmp_path / "ahead", ahead))
+
+    assert staged.missing_label == fresh.missing_label > 0
+    assert staged.levels == fresh.levels
+    for a, b in ((staged.train, fresh.train), (staged.eval, fresh.eval)):
+        assert a.x.table().equals(b.x.table()) and np.array_equal(a.y, b.y, equal_nan=True)
+    assert np.array_equal(staged.train_rows, fresh.train_rows)
+    assert np.array_equal(staged.eval_rows, fresh.eval_rows)
+
+
+def test_a_small_tables_duckdb_is_left_to_the_worker_and_a_larger_ones_is_closed(tmp_path, monkeypatch):
+    """Closing a DuckDB costs a small job about 2.7 ms, and its worker exits (freeing it) after the job:
+    a table of at most `KEEP_OPEN_CELLS` (rows x staged columns, from the footer) leaves its connection
+    open; a larger one's is closed once staged, so that training gets its memory back."""
+    table, y = synthetic(2000, 9)
+    path = tmp_path / "rows.parquet"
+    pq.write_table(
+        table.append_column("id", pa.array(np.arange(len(y)))).append_column("label", pa.array(y)), path
+    )
+    task = task_for(path, {"dataset": "d", "label": "label"}, 0)
+    task.staging.table_rows = len(y)
+    monkeypatch.setattr(staging, "KEEP_OPEN_CELLS", len(y) * len(task.staging.columns))
+    small = staging.connect(task, tmp_path)
+    kept = staging.stage(task, tmp_path, small)
+    assert small.execute("SELECT 1").fetchall() == [(1,)]
+
+    monkeypatch.setattr(staging, "KEEP_OPEN_CELLS", len(y) * len(task.staging.columns) - 1)
+    large = staging.connect(task, tmp_path)
+    closed = staging.stage(task, tmp_path, large)
+    with pytest.raises(duckdb.ConnectionException):
+        large.execute("SELECT 1")
+    assert kept.train.x.table().equals(closed.train.x.table())
+    assert np.array_equal(kept.eval_rows, closed.eval_rows)
 
 
 def test_rows_past_the_budget_spill_and_train_through_external_memory(tmp_path):

@@ -91,6 +91,24 @@ def test_each_job_takes_its_own_warm_worker_which_exits_and_is_replaced(pooled):
     assert len(ready) == len(set(ready))  # a worker waits once: a used one never waits again
 
 
+def test_a_worker_that_opened_duckdb_ahead_and_rehearsed_staging_runs_one_thread_until_its_job(pooled):
+    """After 0.4 s with no job a warm worker opens its DuckDB and rehearses staging on made-up rows
+    (worker/main.py `_open_ahead`): still one thread (confinement covers only the threads a process
+    starts later), and the job it then takes stages and trains as on any worker."""
+    waiting = ready_pids(pooled)[-2:]  # the pool keeps two; no job is running
+    wait_until(
+        lambda: set(waiting) <= {entry["pid"] for entry in events(pooled, "opened_ahead")},
+        DEADLINE_S,
+        "the waiting workers to open DuckDB ahead",
+    )
+    for pid in waiting:
+        assert os.listdir(f"/proc/{pid}/task") == [str(pid)], "a rehearsed worker runs one thread"
+    job = pooled.client().submit(xgb.XGBClassifier(n_estimators=5, max_depth=2, random_state=11), SPEC)
+    result = job.result(timeout=DEADLINE_S)
+    assert result.metrics["auc"] > 0.8
+    assert started(pooled, job.id)["pid"] in waiting
+
+
 def test_a_worker_that_dies_in_the_pool_is_replaced_and_never_given_a_job(pooled):
     victim = ready_pids(pooled)[-1]
     before = len(ready_pids(pooled))

@@ -2,9 +2,9 @@
 
 A fresh worker costs a round trip to the forkserver and, once it runs, a DuckDB start (about 20 ms, more
 than staging a small job's rows). A warm worker has paid both before its job exists: it was forked from
-the preloaded forkserver and, once it has waited 0.4 s with no job, opened its DuckDB
-(`worker.main.wait`: a federated training's next step, which stages nothing, comes sooner and finds
-none opened), and it waits on its pipe. It has
+the preloaded forkserver and, once it has waited 0.4 s with no job, opened its DuckDB and rehearsed
+staging on made-up rows (`worker.main.wait`: a federated training's next step, which stages nothing,
+comes sooner and finds none opened), and it waits on its pipe. It has
 read nothing yet: no task, no dataset, no payload. When a job comes, the executor takes one worker
 out of the pool for good and sends it the job's folder; the worker confines itself exactly as a fresh
 one does, before it reads the payload, runs that one job and exits. A worker is never handed back, so

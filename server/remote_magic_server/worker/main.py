@@ -3,11 +3,12 @@
 The executor starts `runner.launch.run` from a forkserver whose parent preloaded numpy, pandas, xgboost and
 duckdb (preload.py), so a worker costs a fork, not an import. A warm worker (`wait`, started ahead by the
 executor's pool) has also opened its DuckDB before any job exists, once it has waited
-`OPEN_AHEAD_AFTER_S` with none; it then takes one job folder from the parent and runs it exactly as `run`
-does (the same confinement, before the payload is read), and ends with it: a worker never serves a second
-job. Every message to the parent is a typed protocol message (protocol.py) as JSON over a pipe, never
-pickle. A refusal becomes a `failure` with its fixed code; anything unexpected becomes `internal_error`,
-with its traceback in the server log (stderr) only, never on the pipe.
+`OPEN_AHEAD_AFTER_S` with none, and rehearsed staging on made-up rows; it then takes one job folder
+from the parent and runs it exactly as `run` does (the same confinement, before the payload is read),
+and ends with it: a worker never serves a second job. Every message to the parent is a typed protocol
+message (protocol.py) as JSON over a pipe, never pickle. A refusal becomes a `failure` with its fixed
+code; anything unexpected becomes `internal_error`, with its traceback in the server log (stderr) only,
+never on the pipe.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import duckdb
 
 from ..protocol import Assignment, Isolation, Task
+from ..runner import model_job
 from ..runner.channel import Channel, serve
 from . import sandbox, staging
 
@@ -126,12 +128,22 @@ def wait(conn: Connection) -> None:
     """Entry point of a warm worker: wait for one job's folder (opening DuckDB once it has waited
     `OPEN_AHEAD_AFTER_S`), run it as `run` does, end.
     A pool that closes before handing it a job (the pipe ends) ends it quietly."""
-    ahead = None if conn.poll(OPEN_AHEAD_AFTER_S) else staging.open_ahead()
+    ahead = None if conn.poll(OPEN_AHEAD_AFTER_S) else _open_ahead()
     try:
         assignment = Assignment.model_validate_json(conn.recv_bytes())
     except (EOFError, OSError):
         os._exit(0)
     serve(assignment.folder, conn, lambda folder, channel: _run(_task(folder), folder, channel, ahead))
+
+
+def _open_ahead() -> duckdb.DuckDBPyConnection:
+    """The DuckDB of a warm worker, opened before its job, with staging and the admission's row counts
+    rehearsed on made-up rows (`staging.rehearse`), so that the job's own take the later, cheaper path.
+    Nothing of the rehearsal is kept but the connection, which holds no table."""
+    con = staging.open_ahead()
+    model_job.admission_share(staging.rehearse(con), True)
+    log.info("opened_ahead", extra={"pid": os.getpid()})
+    return con
 
 
 def _task(folder: Path) -> Task:
