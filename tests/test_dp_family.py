@@ -20,8 +20,8 @@ from pydantic import BaseModel
 
 from remote_magic.contract.codes import Refusal
 from remote_magic.families import MODEL_FILE
-from remote_magic.families.dpboost.family import FAMILY, check_label, histogram_threads
-from remote_magic.families.dpboost.partition import PARALLEL_ROWS
+from remote_magic.families.dpboost.family import FAMILY, check_label
+from remote_magic.families.dpboost.partition import PARALLEL_ROWS, histogram_threads
 from remote_magic.families.dpboost.schedule import releases
 from remote_magic.families.dpboost.settings import DEFAULT_ROUNDS, LARGE_ROUNDS, Settings
 from remote_magic.families.partitions import InProcess

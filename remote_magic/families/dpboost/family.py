@@ -11,6 +11,10 @@ on a cluster's partitions. The trained model is an ordinary XGBoost Booster, so 
 export and the report are the XGBoost family's own code (`Trained`).
 
 Split candidates are public: declared ranges and levels, else a DP sketch (`SKETCH_SHARE` of the budget).
+
+Why it is long: it is every method of the `ModelFamily` protocol for the DP trainer, both halves, most
+of them one line handing over to the XGBoost family; the training's steps (plan, sketch, rounds from the
+released count, coordinator, export) read best in one place.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from .coordinator import Coordinator
 from .features import Features, Kind
 from .on_parts import apply_update, counts_of, finish, schema, set_up, sketch, sum_of, sums
 from .params import settings_from_params
-from .partition import PARALLEL_ROWS, LeafUpdate
+from .partition import LeafUpdate, histogram_threads
 from .settings import LARGE_ROUNDS, Settings
 
 ANY_LABEL_RANGE = (0.0, 1.0)  # stands in for the owner's range while only the parameters are checked
@@ -126,15 +130,6 @@ def settings_for(
     classifier = True if is_classifier_task(task) else False if task == "regression" else None
     settings = settings_from_params(params, classifier, classes, label_range, max_rounds)
     return replace(settings, rounds_from_count=plan.rounds_unset)
-
-
-def histogram_threads(threads: int, public_rows: int | None, on_cluster: bool) -> int:
-    """The threads a partition sums its histograms in: the job's on one machine when the training rows'
-    noisy count (`Run.public_rows`) reaches `PARALLEL_ROWS`, else one; a cluster's partitions already
-    run side by side, one per worker. Never the exact count: the job's time would change by seconds
-    exactly when one row took it across the threshold."""
-    many = public_rows is not None and public_rows >= PARALLEL_ROWS
-    return threads if many and not on_cluster else 1
 
 
 class DPBoostFamily:

@@ -70,6 +70,15 @@ Update = InterceptUpdate | LeafUpdate
 PARALLEL_ROWS = 100_000
 
 
+def histogram_threads(threads: int, public_rows: int | None, on_cluster: bool) -> int:
+    """The threads a partition sums its histograms in: the job's on one machine when the training rows'
+    noisy count (`Run.public_rows`) reaches `PARALLEL_ROWS`, else one; a cluster's partitions already
+    run side by side, one per worker. Never the exact count: the job's time would change by seconds
+    exactly when one row took it across the threshold."""
+    many = public_rows is not None and public_rows >= PARALLEL_ROWS
+    return threads if many and not on_cluster else 1
+
+
 @functools.cache
 def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dpboost-histograms")
