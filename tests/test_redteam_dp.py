@@ -106,22 +106,24 @@ def red(request, tmp_path_factory):
     users["control"] = ["rules0", "rules1"]
     # The classes: the target's label is a class no other row holds ("w2"), or the target is out.
     declared = 'column_levels.label = ["0", "1.0"]\n'
+    two = 'column_levels.label = ["0", "1"]\n'
+    eval_only = 'privacy = "dp_eval_only"\n'
     for name, world, extra in (
         ("declared_in", "w2", declared),
         ("declared_out", "out", declared),
         ("declared_three", "out", 'column_levels.label = ["0", "1", "2"]\n'),
         ("undeclared_in", "w2", ""),
         ("undeclared_out", "out", ""),
-        ("eval_only_in", "w2", 'privacy = "dp_eval_only"\n'),
-        ("eval_only_out", "out", 'privacy = "dp_eval_only"\n'),
-        ("nan_in", "nan", 'column_levels.label = ["0", "1"]\n'),
-        ("nan_out", "nan_out", 'column_levels.label = ["0", "1"]\n'),
+        ("eval_only_in", "w2", eval_only),
+        ("eval_only_out", "out", eval_only),
+        ("nan_in", "nan", two),
+        ("nan_out", "nan_out", two),
         ("range_in", "w0", "label_ranges.label = [0, 1]\n"),
         ("range_out", "out", "label_ranges.label = [0, 1]\n"),
-        ("zeta_in", "d_in", 'column_levels.label = ["0", "1"]\n'),
-        ("zeta_out", "d_out", 'column_levels.label = ["0", "1"]\n'),
-        ("zeta_eval_only_in", "d_in", 'column_levels.label = ["0", "1"]\nprivacy = "dp_eval_only"\n'),
-        ("zeta_eval_only_out", "d_out", 'column_levels.label = ["0", "1"]\nprivacy = "dp_eval_only"\n'),
+        ("zeta_in", "d_in", two),
+        ("zeta_out", "d_out", two),
+        ("zeta_eval_only_in", "d_in", two + eval_only),
+        ("zeta_eval_only_out", "d_out", two + eval_only),
     ):
         config += f'\n[datasets.{name}]\npath = "{data}/{world}.parquet"\n{common}{extra}'
     users["classes"] = [
