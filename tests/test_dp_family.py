@@ -193,6 +193,35 @@ def test_a_base_model_gets_dp_trees_on_top(dataset, tmp_path):
     assert report.training is not None and report.training.trees == 3
 
 
+@pytest.mark.parametrize("declared", [True, False], ids=["declared", "sketched"])
+def test_a_base_model_that_never_saw_a_level_is_continued_with_its_own_codes_first(
+    dataset, tmp_path, declared
+):
+    """A notebook model fitted on two of the four regions: its predictions on the rows of the others
+    failed (XGBoost refuses a level a model did not record) after the budget was spent, and on the
+    sketched path exactly when a row of such a level was in. Its list now leads the training's."""
+    frame = synthetic_table(500, 9)
+    frame = frame[frame["region"].isin(["north", "south"])]
+    base = xgb.XGBClassifier(n_estimators=3, max_depth=2, enable_categorical=True)
+    x = frame.drop(columns=["id", "label"])
+    x["region"] = x["region"].astype("category")
+    base.fit(x, frame["label"])
+    task, _ = job(dataset, declared=declared)
+    folder = tmp_path / "led"
+    report, parent = run_job(task, FAMILY.canonical(base), InProcess([staging.stage(task, tmp_path)]), folder)
+    assert parent.rho == pytest.approx(RHO, rel=1e-9) and report.metrics["auc"] > 0.6
+    model = xgb.Booster()
+    model.load_model(str(folder / MODEL_FILE))
+    levels = dict(model.get_categories(export_to_arrow=True).to_arrow())["region"].to_pylist()
+    assert levels[:2] == ["north", "south"] and {"east", "west"} <= set(levels)
+    seen = x[x["region"].isin(["north", "south"])]
+    kept = model.predict(
+        xgb.DMatrix(seen, enable_categorical=True), output_margin=True, iteration_range=(0, 3)
+    )
+    alone = base.get_booster().predict(xgb.DMatrix(seen, enable_categorical=True), output_margin=True)
+    np.testing.assert_allclose(kept, alone, rtol=1e-6)  # the base's trees read its levels as before
+
+
 def test_the_rows_start_from_the_analysts_public_base_score_as_the_model_does(dataset, tmp_path):
     """The partitions fitted their trees from margin 0 while the released model started from the
     analyst's base_score: the trees corrected a start the model did not have."""

@@ -249,6 +249,12 @@ def parse_base(model: bytes | bytearray, features: Features, objective: Objectiv
     return data
 
 
+def base_read_by(model: bytes | bytearray, features: Features, objective: Objective) -> bytes:
+    """A base model recording the training's category lists (`Features.led_by`: its own first), so
+    that it reads a level it never saw as the finished model will, never refusing the rows."""
+    return model_json(features, objective, np.zeros(1), [], parse_base(model, features, objective))
+
+
 def base_categories(model: bytes | bytearray) -> dict[str, list[str]]:
     """The level list a model records for each of its text columns (its codes' meaning)."""
     booster = load(model)

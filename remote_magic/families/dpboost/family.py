@@ -37,7 +37,7 @@ from ..xgboost import bounds as xgboost_bounds
 from ..xgboost.family import FAMILY as XGBOOST
 from ..xgboost.family import Trained, ready_to_score
 from ..xgboost.leaves import check_booster
-from .booster import load
+from .booster import base_categories, base_read_by, load
 from .candidates import SKETCH_SHARE, CandidatePlan, Declared
 from .coordinator import Coordinator
 from .features import Features, Kind
@@ -118,6 +118,13 @@ def declared_columns(schema: pa.Schema, order: PrivateOrder) -> CandidatePlan:
         bounds = {"lo": lo, "hi": hi} if numeric else {}
         columns.append(Declared(field.name, kind, **bounds, levels=tuple(levels) if text else None))
     return CandidatePlan(tuple(columns))
+
+
+def _led_by_base(features: Features, base: bytes) -> Features:
+    try:
+        return features.led_by(base_categories(base))
+    except ValueError as exc:
+        raise Refusal("unsupported_model", "the base model's and the public levels are too many") from exc
 
 
 def settings_for(
@@ -212,14 +219,18 @@ class DPBoostFamily:
             counts = sum(counts_of(found) for found in parts.map(sketch, request))
             sketched = candidates.features(counts, noise, SKETCH_SHARE * rho, order.delta)
             features, rho = sketched.features, rho - sketched.rho
+        base = None
+        if plan.base is not None:
+            features = _led_by_base(features, plan.base)
+            base = base_read_by(plan.base, features, settings.objective_())
         threads = histogram_threads(run.threads, run.public_rows, parts.dask is not None)
-        parts.map(set_up, features, settings, plan.base, threads)
+        parts.map(set_up, features, settings, base, threads)
         coordinator = Coordinator(
             features,
             settings,
             rho,
             noise,
-            plan.base,
+            base,
             select if settings.split_share > 0 else None,
             run.noise_many,
         )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Literal
 
@@ -141,6 +141,18 @@ class Features:
     def usable(self) -> np.ndarray:
         """The indices of the columns a split may use (those with at least one candidate)."""
         return np.flatnonzero(self.splits > 0)
+
+    def led_by(self, recorded: dict[str, list[str]]) -> Features:
+        """The columns with a continued base model's category lists first: its trees' codes keep their
+        meaning, and a declared or released level it never saw comes after them. From the public lists
+        alone: with the rows' levels, whether the job failed turned on one row's level."""
+        columns = []
+        for column in self.columns:
+            known = recorded.get(column.name)
+            if column.kind == "categorical" and known:
+                column = replace(column, levels=(*known, *(v for v in column.levels if v not in known)))
+            columns.append(column)
+        return Features(tuple(columns))
 
     def to_dict(self) -> dict:
         return {"columns": [c.to_dict() for c in self.columns]}
