@@ -81,6 +81,13 @@ def red(request, tmp_path_factory):
     for frame in (worlds["d_in"], worlds["d_out"]):
         frame.loc[frame.index[:9], "nickname"] = "zeta"
     worlds["d_in"].loc[TARGET, "nickname"] = "zeta"
+    # A boolean column, missing only in the target's row; and the target's label an infinity.
+    for name, frame in (("flag_in", table(0)), ("flag_out", table(None))):
+        frame["flag"] = (frame["id"] % 3 == 0).astype(object)
+        frame.loc[frame["age"] > 99, "flag"] = None
+        worlds[name] = frame
+    worlds["inf"] = table(0).astype({"label": float})
+    worlds["inf"].loc[TARGET, "label"] = float("inf")
     for name, frame in worlds.items():
         rows = pa.Table.from_pandas(frame, preserve_index=False)
         if name == "nan":  # a NaN, not the null pandas would write for it
@@ -124,12 +131,19 @@ def red(request, tmp_path_factory):
         ("zeta_out", "d_out", two),
         ("zeta_eval_only_in", "d_in", two + eval_only),
         ("zeta_eval_only_out", "d_out", two + eval_only),
+        ("flag_in", "flag_in", two),
+        ("flag_out", "flag_out", two),
+        ("flag_eval_only_in", "flag_in", two + eval_only),
+        ("flag_eval_only_out", "flag_out", two + eval_only),
+        ("inf_in", "inf", "label_ranges.label = [0, 1]\n"),
+        ("inf_out", "nan_out", "label_ranges.label = [0, 1]\n"),
     ):
         config += f'\n[datasets.{name}]\npath = "{data}/{world}.parquet"\n{common}{extra}'
     users["classes"] = [
         *("declared_in", "declared_out", "declared_three", "undeclared_in", "undeclared_out"),
         *("nan_in", "nan_out", "eval_only_in", "eval_only_out", "range_in", "range_out"),
         *("zeta_in", "zeta_out", "zeta_eval_only_in", "zeta_eval_only_out"),
+        *("flag_in", "flag_out", "flag_eval_only_in", "flag_eval_only_out", "inf_in", "inf_out"),
     ]
     with contextlib.ExitStack() as stack:
         if request.param == "dask":
@@ -527,6 +541,55 @@ def test_a_prediction_that_overflows_on_one_row_fails_nothing(red):
     for dataset in ("range_in", "range_out"):
         result = c.evaluate(booster, {"dataset": dataset, "label": "label", "features": ["age"]})
         assert result.metrics["rmse"] is not None and result.metrics["mae"] is not None, dataset
+
+
+def test_a_derived_value_beyond_float32_fails_nothing(red):
+    """`CASE WHEN age > 99 THEN 1e300 ELSE 0 END` is a finite double, so it passed as a value; XGBoost
+    reads features as float32, where it is inf, and refused the rows: an evaluation or a training ended
+    `not_released` exactly when the target (the one age above 99) was in, in modes dp and dp_eval_only
+    (a review: 20 of 20 right at rho 0.01). Such a value is missing now, as an infinite one was."""
+    c = client(red, "classes")
+    derive = {"big": "CASE WHEN age > 99 THEN 1e300 ELSE 0 END"}
+    made_up = pd.DataFrame({"score": np.linspace(-2, 2, 200), "big": 0.0})
+    fitted = xgb.XGBClassifier(n_estimators=3, max_depth=2).fit(made_up, (made_up.score > 0).astype(int))
+    for dataset in ("zeta_in", "zeta_out", "zeta_eval_only_in", "zeta_eval_only_out"):
+        spec = {"dataset": dataset, "label": "label", "features": ["score"], "derive": derive}
+        assert c.evaluate(fitted, spec).metrics["auc"] is not None, dataset
+        spec["eval"] = {"where": "age > 60"}  # the target is an evaluation row
+        model = xgb.XGBClassifier(n_estimators=3, max_depth=2, min_child_weight=3)
+        assert c.train(model, spec).metrics["auc"] is not None, dataset
+
+
+def test_an_infinite_label_is_a_missing_one(red):
+    """A regression label of inf was admitted (the staging query left out NULL and NaN), and scoring
+    then failed, `not_released`, exactly when that row was in."""
+    c = client(red, "classes")
+    made_up = pd.DataFrame({"score": np.linspace(-2, 2, 200)})
+    fitted = xgb.XGBRegressor(n_estimators=3, max_depth=2).fit(made_up, (made_up.score > 0).astype(float))
+    for dataset in ("inf_in", "inf_out"):
+        spec = {"dataset": dataset, "label": "label", "features": ["score"]}
+        assert c.evaluate(fitted, spec).metrics["rmse"] is not None, dataset
+
+
+def test_a_boolean_column_reads_the_same_with_or_without_a_missing_value(red):
+    """A boolean column with one missing value became pandas `object`: describe showed it as text, and
+    on a Dask cluster XGBoost refused the partition, exactly when the target (its one missing value) was
+    admitted. Its type now comes from the schema."""
+    c = client(red, "classes")
+    where = "(age < 40 AND flag IS NOT NULL) OR age > 99"
+    kinds = {}
+    for dataset in ("flag_in", "flag_out"):
+        described = c.describe({"dataset": dataset, "label": "label", "features": ["flag"], "where": where})
+        kinds[dataset] = described.columns["flag"].kind
+        made_up = pd.DataFrame({"score": np.linspace(-2, 2, 200), "flag": np.arange(200) % 2 == 0})
+        fitted = xgb.XGBClassifier(n_estimators=3, max_depth=2).fit(made_up, (made_up.score > 0).astype(int))
+        spec = {"dataset": dataset, "label": "label", "features": ["score", "flag"], "where": "age > 70"}
+        assert c.evaluate(fitted, spec).metrics["auc"] is not None, dataset
+        spec = {"dataset": dataset.replace("flag", "flag_eval_only"), "label": "label"}
+        spec |= {"features": ["score", "flag"], "eval": {"where": "age < 30"}}  # the target trains
+        model = xgb.XGBClassifier(n_estimators=3, max_depth=2, min_child_weight=3)
+        assert c.train(model, spec).metrics["auc"] is not None, dataset
+    assert kinds == {"flag_in": "numeric", "flag_out": "numeric"}
 
 
 def test_a_describe_of_no_row_fails_as_one_of_one_row(red):

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from sqlglot import exp
 
 from .grammar import parse_derive, parse_filter
+from .rows import FLOAT32_MAX
 from .specs import Resolved
 from .types import BOOLEAN, kind_of
 from .wire import DatasetSpec
@@ -34,11 +35,15 @@ def default_eval(kind: str) -> dict | None:
 
 
 def finite_or_null(expression: exp.Expression) -> exp.Expression:
-    """A derived value as a DOUBLE, NULL where it overflows, divides by zero, is not finite or does not
-    read as a number, so that no failure depends on the values of some row (the cast inside the TRY:
-    a failed cast is a failure too)."""
+    """A derived value as a DOUBLE, NULL where it overflows, divides by zero, is not finite, lies beyond
+    float32's range (XGBoost reads it as inf and refuses the rows) or does not read as a number, so that
+    no failure depends on the values of some row (the cast inside the TRY: a failed cast is a failure
+    too)."""
     value = exp.func("try", exp.Cast(this=exp.paren(expression), to=exp.DataType.build("double")))
-    return exp.Case(ifs=[exp.If(this=exp.func("isfinite", value), true=value.copy())])
+    in_range = exp.LTE(this=exp.func("abs", value.copy()), expression=exp.Literal.number(repr(FLOAT32_MAX)))
+    return exp.Case(
+        ifs=[exp.If(this=exp.and_(exp.func("isfinite", value.copy()), in_range), true=value.copy())]
+    )
 
 
 def admitting(condition: exp.Expression) -> exp.Expression:
@@ -133,14 +138,18 @@ def is_number(text: str) -> bool:
 
 
 def missing_label(label: str, dtype: str) -> exp.Expression:
-    """Whether a row's label is missing: NULL, or NaN in a column of decimal numbers. NaN is found by its
-    text: DuckDB 2.0 folds `isnan(label)` to false from a Parquet file's statistics, which leave NaN out."""
-    null = exp.Is(this=exp.column(label, quoted=True), expression=exp.Null())
+    """Whether a row's label is missing: NULL, or in a column of decimal numbers NaN, an infinity or a
+    number beyond float32's range (XGBoost and scikit-learn refuse them: a failure exactly when such a
+    row is in). NaN is found by its text: DuckDB 2.0 folds `isnan(label)` to false from a Parquet file's
+    statistics, which leave NaN out."""
+    column = exp.column(label, quoted=True)
+    null = exp.Is(this=column, expression=exp.Null())
     if not DECIMAL.fullmatch(dtype):
         return null
-    text = exp.Cast(this=exp.column(label, quoted=True), to=exp.DataType.build("varchar"))
-    nan = [exp.Literal.string("nan"), exp.Literal.string("-nan")]
-    return exp.or_(null, exp.In(this=text, expressions=nan))
+    text = exp.Cast(this=column.copy(), to=exp.DataType.build("varchar"))
+    named = [exp.Literal.string(v) for v in ("nan", "-nan", "inf", "-inf")]
+    huge = exp.GT(this=exp.func("abs", column.copy()), expression=exp.Literal.number(repr(FLOAT32_MAX)))
+    return exp.or_(null, exp.In(this=text, expressions=named), huge)
 
 
 def missing_label_query(spec: DatasetSpec, resolved: Resolved, source: exp.Expression) -> str:

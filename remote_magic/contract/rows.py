@@ -1,9 +1,10 @@
 """What admitted rows look like before any model sees them: the same on the server and in the dry run.
 
-Non-finite numbers become missing values (XGBoost would refuse them, and a failure that depends on a
-row's value tells that value). Text levels held by fewer than `min_count` admitted rows are merged into
-one level, `(rare)`, before any encoding, so no feature name a model or an encoder makes from a level
-(`region_QUOKKA`) can carry a value that describe would not show.
+Non-finite numbers, and numbers beyond float32's range (XGBoost reads features as float32), become
+missing values: XGBoost would refuse them, and a failure that depends on a row's value tells that value.
+Text levels held by fewer than `min_count` admitted rows are merged into one level, `(rare)`, before any
+encoding, so no feature name a model or an encoder makes from a level (`region_QUOKKA`) can carry a value
+that describe would not show.
 
 The server streams rows in batches: `clean` applies to each batch as it passes (a row's own values
 decide it), while rare levels need every admitted row counted first (`count_levels`, `rare_levels`),
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 RARE_LEVEL = "(rare)"
+FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: past it XGBoost reads inf and refuses the rows
 
 
 def is_text(type_: pa.DataType) -> bool:
@@ -25,14 +27,16 @@ def is_text(type_: pa.DataType) -> bool:
 
 
 def clean(batch: pa.RecordBatch | pa.Table, features: list[str]) -> pa.RecordBatch | pa.Table:
-    """The rows' feature columns with non-finite numbers missing and text as plain strings."""
+    """The rows' feature columns with numbers that are not finite float32 values missing and text as
+    plain strings."""
     arrays = []
     for name in features:
         column = batch.column(name)
         if pa.types.is_dictionary(column.type):
             column = column.cast(column.type.value_type)
         if pa.types.is_floating(column.type):
-            column = pc.if_else(pc.is_finite(column), column, pa.scalar(None, column.type))
+            kept = pc.and_(pc.is_finite(column), pc.less_equal(pc.abs(column), FLOAT32_MAX))
+            column = pc.if_else(kept, column, pa.scalar(None, column.type))
         arrays.append(column)
     return type(batch).from_arrays(arrays, names=features)
 

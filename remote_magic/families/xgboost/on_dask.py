@@ -76,6 +76,11 @@ def release_locks(ids: list[str], dask_scheduler: distributed.Scheduler) -> int:
     return len(held)
 
 
+# A boolean column is pandas' nullable boolean whatever its values: as `object` (where a value is missing)
+# XGBoost refused the partition, exactly when a row with a missing value was in it.
+NULLABLE = {pa.bool_(): pd.BooleanDtype()}
+
+
 def frames(part: Part, categories: dict[str, list[str]]) -> dict:
     """Keep the partition's splits as XGBoost reads them on a cluster; their sizes back."""
     dictionaries = {column: pa.array(values, pa.string()) for column, values in categories.items()}
@@ -85,7 +90,7 @@ def frames(part: Part, categories: dict[str, list[str]]) -> dict:
         batch = pa.RecordBatch.from_arrays(
             [c.combine_chunks() for c in table.columns], names=table.column_names
         )
-        kept[name] = (model_input(batch, dictionaries).to_pandas(), part.y(name))
+        kept[name] = (model_input(batch, dictionaries).to_pandas(types_mapper=NULLABLE.get), part.y(name))
     part.state[FRAMES] = kept
     return {name: len(y) for name, (_, y) in kept.items()}
 
