@@ -362,3 +362,14 @@ def test_budget_exhaustion_is_its_own_exception_and_refuses_before_a_job_exists(
         assert len(client.jobs()) == before, "the refusal created no job"
         estimate = client.cost(model, {"dataset": "tiny", "label": "malignant"})
         assert estimate.rho_remaining_after == 0 and estimate.rho_spent == pytest.approx(0.02)
+
+
+def test_a_noisy_class_refusal_names_the_public_classes_it_is_about():
+    """The classes of the noisy modes are public (declared, or the spec's): a refusal says which one was
+    short, so an analyst who named a class no row holds learns what to drop."""
+    small = POLICY.min_class_rows - 1
+    counts = {"train": SplitCounts(rows=5000, classes={"bronze": 2500, "gold": 2500, "platinum": small})}
+    with pytest.raises(Refusal) as refused:
+        dp_release.check_cohort(dp_release.NoisyCounts(counts, 1.0), POLICY)
+    assert refused.value.code == "class_too_small" and "'platinum'" in refused.value.message
+    assert "'gold'" not in refused.value.message and "noisy count" in refused.value.message

@@ -422,3 +422,19 @@ def test_a_repeat_copies_the_first_runs_model_files_never_what_a_link_points_at(
     again = store.job_dir("again")
     assert (again / "model.json").read_text() == '{"model": 1}'
     assert not (again / "params.json").exists()
+
+
+def test_a_class_count_the_label_does_not_have_is_refused_before_any_row_at_no_cost(dp_server):
+    """`num_class = 3` (or a binary objective on more classes) on a label with two declared classes was
+    admitted, charged, and failed `not_released` with advice about min_child_weight."""
+    client = dp_server.client()
+    before = client.rho_left("synthetic")
+    for model in (
+        xgb.XGBClassifier(objective="multi:softprob", num_class=3, n_estimators=2),
+        xgb.XGBClassifier(num_class=3, n_estimators=2),
+    ):
+        with pytest.raises(RemoteError) as refused:
+            client.train(model, DP_SPEC)
+        assert refused.value.code == "invalid_model" and "num_class = 3" in refused.value.message
+        assert "2 classes" in refused.value.message
+    assert client.rho_left("synthetic") == before

@@ -145,11 +145,17 @@ def check_cohort(noisy: NoisyCounts, policy: Policy) -> None:
         if counts.rows < policy.min_rows:
             raise Refusal(
                 "cohort_too_small",
-                f"the {split} set has fewer than {policy.min_rows} rows (noisy count); widen the filter",
+                f"the {split} set has fewer than {policy.min_rows} rows (noisy count); admit more rows "
+                "(a wider filter, or another evaluation split)",
             )
-        if counts.classes is not None and min(counts.classes.values(), default=0) < policy.min_class_rows:
+        small = [name for name, n in (counts.classes or {}).items() if n < policy.min_class_rows]
+        if (
+            small
+        ):  # the classes are public in the noisy modes (declared, or the spec's): naming them tells nothing
             raise Refusal(
-                "class_too_small", f"a class has fewer than {policy.min_class_rows} rows in the {split} set"
+                "class_too_small",
+                f"class {', '.join(map(repr, small))} has fewer than {policy.min_class_rows} rows in the "
+                f"{split} set (noisy count)",
             )
 
 
