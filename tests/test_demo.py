@@ -93,3 +93,42 @@ def test_serve_demo_without_a_port_takes_8765_or_the_next_free_one(demo_data):
             sock.listen()
         args = argparse.Namespace(demo=True, data_dir=str(demo_data), host=None, port=None)
         assert settings_of(args).server.port > 8765
+
+
+def test_a_second_demo_on_a_busy_data_directory_says_so_in_one_line(tmp_path):
+    """With `serve --demo` running, a second `serve --demo` printed a new URL and token, then exited 3
+    with a traceback; `demo` waited 60 s and printed a traceback. The reason was only in a log."""
+    data = tmp_path / "data"
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "remote_magic_server",
+            "serve",
+            "--demo",
+            "--no-token",
+            "--data-dir",
+            str(data),
+        ]
+        + ["--port", str(free_port())],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_healthy(f"http://127.0.0.1:{first.args[-1]}", process=first)
+        for command in (["serve", "--demo", "--port", str(free_port())], ["demo", "--output", str(tmp_path)]):
+            second = subprocess.run(
+                [sys.executable, "-m", "remote_magic_server", *command, "--data-dir", str(data)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert second.returncode == 3, command
+            assert "REMOTE_MAGIC_TOKEN" not in second.stdout and "Traceback" not in second.stderr
+            assert second.stderr.strip().splitlines() == [
+                f"another server already uses the data directory {data}: use that one, stop it, or give "
+                "this one another --data-dir"
+            ]
+    finally:
+        first.terminate()
+        first.wait(timeout=30)

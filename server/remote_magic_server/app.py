@@ -77,6 +77,19 @@ class DataDirLock:
             ) from None
         self._file = handle
 
+    def held(self) -> bool:
+        """Whether another process holds the lock now: asked before a command prints what only a
+        server that starts may promise (a URL, a token)."""
+        if not self.path.exists():
+            return False
+        with open(self.path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
     def release(self) -> None:
         if self._file is not None:
             self._file.close()

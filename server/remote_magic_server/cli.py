@@ -32,6 +32,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .serving import serve
 
     settings = settings_of(args)
+    if _data_dir_taken(settings):
+        return 3
     if not _checked_before_serving(settings, args.accept_audit_mismatch):
         return 1
     if args.demo and not args.no_token:
@@ -46,6 +48,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("then, in a notebook:  %load_ext remote_magic  and  %remote_connect\n", flush=True)
     serve(settings)
     return 0
+
+
+def _data_dir_taken(settings: Settings) -> bool:
+    """One line, before any banner or token, when another server owns the data directory (a demo
+    server started in another shell, most often)."""
+    from .app import DataDirLock
+
+    if not DataDirLock(settings).held():
+        return False
+    print(
+        f"another server already uses the data directory {settings.server.data_dir}: use that one, stop "
+        "it, or give this one another --data-dir",
+        file=sys.stderr,
+    )
+    return True
 
 
 def _checked_before_serving(settings: Settings, accept_audit_mismatch: bool) -> bool:
@@ -119,7 +136,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import LOG_NAME, default_demo_dir, run_quickstart
+    from .demo import LOG_NAME, ServerStopped, default_demo_dir, demo_settings, run_quickstart
 
     data_dir = Path(args.data_dir).resolve() if args.data_dir else default_demo_dir()
     output = Path(args.output).resolve()
@@ -127,7 +144,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"Starting a demo server and running examples/01-quickstart.ipynb (data in {data_dir}) ...",
         flush=True,
     )
-    texts = run_quickstart(output, data_dir)
+    if _data_dir_taken(demo_settings(data_dir)):
+        return 3
+    try:
+        texts = run_quickstart(output, data_dir)
+    except ServerStopped as stopped:
+        print(stopped, file=sys.stderr)
+        return 1
     print("\nAggregate results the notebook received from the server:\n")
     for text in texts:
         print(text, end="\n\n")

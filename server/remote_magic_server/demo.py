@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -243,13 +244,20 @@ def find_notebook(name: str = "01-quickstart.ipynb") -> Path:
     raise FileNotFoundError(f"example notebook {name} not found")
 
 
-def wait_healthy(url: str, timeout: float = 60.0) -> None:
+class ServerStopped(RuntimeError):
+    """The demo's server exited before it answered: its log says why."""
+
+
+def wait_healthy(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
+    """Wait for the server at `url` to answer; with `process`, stop waiting as soon as it exits."""
     import time
 
     import requests
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise ServerStopped(f"the demo server exited at start-up (code {process.returncode})")
         try:
             if requests.get(f"{url}/v1/health", timeout=2).status_code == 200:
                 return
@@ -277,7 +285,6 @@ def run_quickstart(output_dir: Path, data_dir: Path) -> list[str]:
     """Start a demo server on a free loopback port, execute the quickstart notebook on a real kernel,
     save it under output_dir, stop the server; return the aggregate results it printed. The server's and
     the kernel's own logs go to output_dir/server.log, so the demo prints only the results."""
-    import subprocess
     import sys
 
     import nbformat
@@ -310,7 +317,10 @@ def run_quickstart(output_dir: Path, data_dir: Path) -> list[str]:
             stderr=subprocess.STDOUT,
         )
         try:
-            wait_healthy(url)
+            try:
+                wait_healthy(url, process=server)
+            except ServerStopped as stopped:
+                raise ServerStopped(f"{stopped}; its log: {output_dir / LOG_NAME}") from None
             os.environ.update(
                 {"REMOTE_MAGIC_URL": url, "REMOTE_MAGIC_TOKEN": token, "REMOTE_MAGIC_PROGRESS": "off"}
             )
