@@ -67,10 +67,14 @@ def dp_server(tmp_path_factory):
     base = tmp_path_factory.mktemp("dpout")
     path = ensure_demo_data(base / "data")["synthetic"]
     extra = (
-        f'\n[datasets.release_on]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["label"]\n'
-        'privacy = "rules"\nallow_model_release = true\n'
-    ) + dataset_table("undeclared", path, "label")
-    users = {**USERS, "alice": [*USERS["alice"], "release_on", "undeclared"]}
+        (
+            f'\n[datasets.release_on]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["label"]\n'
+            'privacy = "rules"\nallow_model_release = true\n'
+        )
+        + dataset_table("undeclared", path, "label")
+        + dataset_table("by_region", path, "region")
+    )
+    users = {**USERS, "alice": [*USERS["alice"], "release_on", "undeclared", "by_region"]}
     grants = '[registry]\ngrants = { dp_out = ["bob"], approved_out = ["bob"] }\n'
     with running(base / "data", base / "server.log", users, extra_datasets=extra, extra=grants) as server:
         yield server
@@ -438,3 +442,28 @@ def test_a_class_count_the_label_does_not_have_is_refused_before_any_row_at_no_c
         assert refused.value.code == "invalid_model" and "num_class = 3" in refused.value.message
         assert "2 classes" in refused.value.message
     assert client.rho_left("synthetic") == before
+
+
+def test_a_failed_jobs_model_status_says_it_failed_not_that_release_is_off(dp_server):
+    """`%remote_model` after a refused parameter took the failed job and said "model release is off for
+    this dataset", on a dataset whose DP models always leave."""
+    client = dp_server.client()
+    job = client.submit(xgb.XGBClassifier(scale_pos_weight=2.0, n_estimators=2), DP_SPEC)
+    job.wait(timeout=120)
+    assert job.status.state == "failed"
+    status = client.model_status(job.id)
+    assert (
+        status.state == "not_allowed"
+        and status.message == "this job failed and left no model: there is no model to take"
+    )
+
+
+def test_a_regressor_on_a_text_label_is_told_to_classify(dp_server):
+    """It was told to ask the data owner for a numeric range of the text label."""
+    client = dp_server.client()
+    with pytest.raises(RemoteError) as refused:
+        client.train(
+            xgb.XGBRegressor(n_estimators=2), {"dataset": "by_region", "label": "region", "features": ["age"]}
+        )
+    assert refused.value.code == "unsupported_model", refused.value.message
+    assert "'region' is text, and a regressor needs numbers: use XGBClassifier" in refused.value.message

@@ -39,7 +39,7 @@ def expected_training(model: object, rho_train: float, delta: float) -> tuple[DP
     note = (
         f"n_estimators is unset: the trainer takes {DEFAULT_ROUNDS} rounds, or {settings.rounds} where the "
         "row count its intercept releases says the sample is large (the cost is the same); the trees and "
-        f"noise shown are {settings.rounds} rounds', the most"
+        f"noise shown are for {settings.rounds} rounds, the most"
         if plan.rounds_unset and settings.waits_for_count(plan.base is not None)
         else ""
     )

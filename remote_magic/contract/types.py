@@ -52,6 +52,14 @@ def continuous_label_hint(label: str, dtype: str) -> str:
     return ""
 
 
+def text_label_hint(label: str, dtype: str) -> str:
+    """What to say when a regressor meets a text label (from the schema alone, as above): asking the
+    data owner for a numeric range of it would be the wrong advice."""
+    if kind_of(dtype) == TEXT:
+        return f"the label {label!r} is text, and a regressor needs numbers: use XGBClassifier"
+    return ""
+
+
 def _literal_kind(node: exp.Expression) -> str | None:
     if isinstance(node, exp.Literal):
         return TEXT if node.is_string else NUMBER

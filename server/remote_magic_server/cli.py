@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         url = f"http://{settings.server.host}:{settings.server.port}"
         print(f"Demo server on {url} for the user demo. Start Jupyter with this line (in another shell):\n")
         print(f"    REMOTE_MAGIC_URL={url} REMOTE_MAGIC_TOKEN={token} jupyter lab\n")
+        if shutil.which("jupyter-lab") is None:
+            print("(JupyterLab is not installed here: `pip install jupyterlab` first)\n")
         print("then, in a notebook:  %load_ext remote_magic  and  %remote_connect\n", flush=True)
     serve(settings)
     return 0

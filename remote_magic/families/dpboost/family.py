@@ -62,7 +62,10 @@ def check_label(
     public classes, the classes would be the admitted rows' own labels: one row with a label of its own
     would make a class, seen in the released model or answered by a refusal, and gone without the row.
     `expected_classes`: the number a federated training's settings fix, which the declaration must match;
-    `hint`: what the label's public type says of a classifier on it (`continuous_label_hint`), said first."""
+    `hint`: what the label's public type says of the model on it (`continuous_label_hint`,
+    `text_label_hint`), said first."""
+    if not classifier and hint:
+        raise Refusal("unsupported_model", hint)
     if not classifier and label_range is None:
         raise Refusal(
             "unsupported_model",

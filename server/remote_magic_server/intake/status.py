@@ -74,8 +74,14 @@ def job_release(desk: ReleaseDesk, job: JobRow, store: Store) -> ModelReleaseSta
     """What the release desk says of a job's model (the job, the registry and the MLflow export ask, and
     the intake of a job that continues it). A base version whose release the intake did not record (a
     job accepted before it did) is asked about now, down its chain; one no longer stored is not one."""
-    if job.kind != "train":
-        said = "evaluated a model and trained none" if job.kind == "evaluate" else "trained no model"
+    if job.kind != "train" or job.state != "succeeded":
+        said = (
+            f"{job.state} and left no model"
+            if job.kind == "train"
+            else "evaluated a model and trained none"
+            if job.kind == "evaluate"
+            else "trained no model"
+        )
         return ModelReleaseStatus(
             job_id=job.id, state="not_allowed", message=f"this job {said}: there is no model to take"
         )

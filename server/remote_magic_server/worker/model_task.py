@@ -16,7 +16,7 @@ from typing import BinaryIO
 import duckdb
 
 from remote_magic.contract.codes import Refusal
-from remote_magic.contract.types import continuous_label_hint
+from remote_magic.contract.types import continuous_label_hint, text_label_hint
 from remote_magic.families import family as family_named
 from remote_magic.families import family_for, family_of_saved
 from remote_magic.families.base import (
@@ -25,6 +25,7 @@ from remote_magic.families.base import (
     check_kind,
     check_public_classes,
     check_public_levels,
+    is_classifier_task,
 )
 from remote_magic.families.partitions import InProcess
 
@@ -66,7 +67,8 @@ def decode(task: Task, payload: BinaryIO | None) -> tuple[ModelFamily, Plan]:
     if task.dp_training is not None:
         assert task.staging is not None
         staged = task.staging
-        hint = continuous_label_hint(staged.label, staged.label_dtype)
+        classifier = is_classifier_task(plan.task)
+        hint = (continuous_label_hint if classifier else text_label_hint)(staged.label, staged.label_dtype)
         family.check_order(  # type: ignore[attr-defined]
             plan, task.label_range, staged.label_levels, hint, label=staged.label
         )
