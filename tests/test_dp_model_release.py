@@ -429,8 +429,8 @@ def test_a_repeat_copies_the_first_runs_model_files_never_what_a_link_points_at(
 
 
 def test_a_class_count_the_label_does_not_have_is_refused_before_any_row_at_no_cost(dp_server):
-    """`num_class = 3` (or a binary objective on more classes) on a label with two declared classes was
-    admitted, charged, and failed `not_released` with advice about min_child_weight."""
+    """`num_class = 3` on a label with two declared classes was admitted, charged, and failed
+    `not_released` with advice about min_child_weight. An `XGBClassifier()` on four classes trains."""
     client = dp_server.client()
     before = client.rho_left("synthetic")
     for model in (
@@ -442,6 +442,12 @@ def test_a_class_count_the_label_does_not_have_is_refused_before_any_row_at_no_c
         assert refused.value.code == "invalid_model" and "num_class = 3" in refused.value.message
         assert "2 classes" in refused.value.message
     assert client.rho_left("synthetic") == before
+    four = {"dataset": "by_region", "label": "region", "features": ["age"]}
+    four["classes"] = ["east", "north", "south", "west"]
+    trained = client.train(xgb.XGBClassifier(n_estimators=2), four)
+    assert len(trained.raw.summary.train.classes) == 4
+    home = client.load_model(trained.job_id)  # predicts the label's levels, not XGBoost's codes
+    assert set(home.predict(pd.DataFrame({"age": [20.0, 50.0, 80.0]}))) <= set(four["classes"])
 
 
 def test_a_failed_jobs_model_status_says_it_failed_not_that_release_is_off(dp_server):

@@ -117,8 +117,14 @@ class RemoteModel:
         return self.estimator.predict_proba(self.rows(frame))
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        """Predictions for your rows: classes (a classifier) or values (a regressor)."""
-        return self.estimator.predict(self.rows(frame))
+        """Predictions for your rows: a regressor's values, or a classifier's classes as the label holds
+        them (numbers, or the text of a text label), not XGBoost's codes 0, 1, ... for the sorted classes."""
+        import numpy as np
+
+        predicted = self.estimator.predict(self.rows(frame))
+        if self.task == "regression" or not self.classes:
+            return predicted
+        return _class_values(self.classes)[np.asarray(predicted, dtype=np.int64)]
 
     @property
     def dp(self) -> bool:
@@ -142,3 +148,15 @@ class RemoteModel:
 
     def __repr__(self) -> str:
         return f"<RemoteModel {self.summary()}>"
+
+
+def _class_values(classes: list[str]) -> np.ndarray:
+    """The classes (their text, as results name them) as the label's values: integers, decimals or text."""
+    import numpy as np
+
+    for kind in (int, float):
+        try:
+            return np.array([kind(c) for c in classes])
+        except ValueError:
+            continue
+    return np.array(classes, dtype=object)

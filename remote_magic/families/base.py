@@ -365,15 +365,12 @@ def check_public_classes(family: ModelFamily, plan: Plan, label: str, classes: l
             "invalid_model",
             f"the model predicts {predicted} classes and the label {label!r} has {len(classes)}: {classes}",
         )
-    asked, objective = plan.params.get("num_class"), str(plan.params.get("objective") or "")
-    if (asked is not None and int(asked) != len(classes)) or (
-        objective.startswith("binary:") and len(classes) > 2
-    ):
-        said = f"num_class = {asked}" if asked is not None else f"objective = {objective!r}"
+    asked = plan.params.get("num_class")  # (XGBClassifier's default binary objective turns multi: itself)
+    if asked is not None and int(asked) != len(classes):
         raise Refusal(
             "invalid_model",
-            f"the model's {said} does not fit the label {label!r}, which has {len(classes)} classes: "
-            f"{classes}; leave it unset (XGBoost takes it from the classes)",
+            f"the model's num_class = {asked} does not fit the label {label!r}, which has {len(classes)} "
+            f"classes: {classes}; leave it unset (XGBoost takes it from the classes)",
         )
 
 
