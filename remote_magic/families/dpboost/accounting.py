@@ -55,7 +55,10 @@ mechanism at `eps = 2 D_x / b` is `eps^2 / 8`-zCDP). With a split per node, a le
 (one selection), then each node its split on it: the nodes of a level hold disjoint rows and a row's node
 depends only on its own features and the public or released structure above, so the nodes' selections together
 cost one selection (parallel composition). A round has `n_x = depth * classes` selections (one per level of
-each tree), or `2 * depth * classes` with a split per node.
+each tree), or `2 * depth * classes` with a split per node. Level `l`'s selections each get the share
+`w_l = depth q^l / sum_k q^k` of a mean selection's rho (Gumbel scale `b / sqrt(w_l)`; `q` =
+`Settings.level_growth`, public, 1 or, where the released count says the sample is large, 2): the
+shares' mean is 1, so a round's selections cost `n_x D_x^2 / (2 b^2)` whatever `q`.
 
 **Total.** For `R` rounds,
 `rho = rho_s + rho_0 + R (g^2 / (2 s_g^2) + h^2 / (2 s_h^2) + n_x D_x^2 / (2 b^2))`
@@ -75,7 +78,7 @@ charged when it runs) gives `rho_0 = intercept_share * rho_train`; the rest is s
 rounds, `rho_r = (rho_train - rho_0) / R`, a share `split_share` of it to the round's `n_x` selections and
 of the rest a share `grad_share` to the gradients:
 
-    b   = D_x / sqrt(2 split_share rho_r / n_x)
+    b   = D_x / sqrt(2 split_share rho_r / n_x)     (level l's: b / sqrt(w_l))
     s_g = g / sqrt(2 grad_share (1 - split_share) rho_r)
     s_h = h / sqrt(2 (1 - grad_share) (1 - split_share) rho_r)
 """
