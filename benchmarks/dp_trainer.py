@@ -96,6 +96,9 @@ and flights at epsilon 0.5 and 1 train the same models as before). At epsilon 2 
 1.49 (0.03) against 1.64 (0.07), better on all 4 seeds (at 4, per seed 0.87 / 0.88 / 1.00 / 0.95
 against 1.27 / 1.17 / 0.96 / 0.94). On the evaluation rows (seeds 0-7, load 5-6): 1.59 (0.09) / 1.13
 (0.07) at epsilon 2 / 4 against 1.72 (0.08) / 1.25 (0.06); epsilon 0.5 and 1 and the demo the same models.
+Stacked on q = 2 at epsilon 4 (validation rows, seeds 0-3, against 0.92 (0.06)) nothing helped: split share
+0.6 0.98 (0.13), 0.4 1.06; learning rate 0.7 0.99; leaves shrunk towards their parent's 0.99;
+`noise_lambda` 1.5 1.03.
 
 With `--seeds N` each DP row is the mean over noise and structure seeds 0 .. N-1, with the seeds' standard
 deviation and range (the flights figures move by about 0.15 AUC points between seeds).
