@@ -46,7 +46,9 @@ from remote_magic.families.dpboost.features import count_at_most
 from remote_magic.families.dpboost.objectives import BINARY_GRADIENT_CLIP
 from remote_magic.families.dpboost.params import settings_from_params
 from remote_magic.families.dpboost.partition import GROUP_CELLS, PARALLEL_ROWS, Grow, groups
+from remote_magic.families.dpboost.schedule import releases
 from remote_magic.families.dpboost.selection import adapted, candidates, scores, weighted
+from remote_magic.families.dpboost.settings import LARGE_LEVEL_GROWTH, LARGE_SAMPLE
 from remote_magic.families.dpboost.structure import Batch, descend, draw
 
 LEVELS = ("east", "north", "south", "west")
@@ -265,6 +267,52 @@ def test_a_job_spends_exactly_its_budget_and_epsilon_converts_both_ways():
             assert {linf for linf, _ in picks} == {BINARY_GRADIENT_CLIP}
     for eps in (0.5, 1.0, 4.0):
         assert epsilon(rho_for_epsilon(eps, 1e-6), 1e-6) == pytest.approx(eps)
+
+
+def test_epsilon_is_opendps_zcdp_to_approx_dp_conversion():
+    """The conversion is OpenDP's (Canonne, Kamath and Steinke's), tighter than Bun and Steinke's."""
+    from opendp import combinators, domains, measurements, metrics
+    from opendp.mod import enable_features
+
+    enable_features("contrib")
+    space = domains.atom_domain(T=float, nan=False), metrics.absolute_distance(T=float)
+    for scale in (0.5, 2.0, 8.0, 40.0):
+        gaussian = measurements.make_gaussian(*space, scale=scale)
+        rho = gaussian.map(1.0)
+        curve = combinators.make_zCDP_to_approxDP(gaussian).map(1.0)
+        for delta in (1e-9, 1e-6, 1e-3):
+            assert epsilon(rho, delta) == pytest.approx(curve.epsilon(delta), rel=1e-9, abs=1e-12)
+    # at delta 1e-6 epsilon 4 / 1 / 0.5 buy rho 0.311 / 0.0244 / 0.0066 (Bun and Steinke: 0.254 / 0.0175 /
+    # 0.0044)
+    for eps, rho in ((4.0, 0.3111), (1.0, 0.02436), (0.5, 0.006642)):
+        assert rho_for_epsilon(eps, 1e-6) == pytest.approx(rho, rel=1e-3)
+        assert epsilon(rho_for_epsilon(eps, 1e-6), 1e-6) <= eps
+    assert epsilon(0.0, 1e-6) == 0.0
+
+
+def test_a_large_sample_gives_the_deeper_levels_more_of_the_selection_budget():
+    """Where the released count says the sample is large, level l's selections get a share in proportion
+    to LARGE_LEVEL_GROWTH ** l; the schedule the parent checks, the selections the coordinator asks and the
+    total all agree, and the budget is spent whole."""
+    unset = Settings(rounds=4, max_depth=3, split_share=0.3, rounds_from_count=True)
+    rho = 0.25
+    small, large = unset.for_count(LARGE_SAMPLE, rho), unset.for_count(4 * LARGE_SAMPLE, rho)
+    assert small.level_growth == 1.0 and small.level_shares() == (1.0, 1.0, 1.0)
+    assert large.level_growth == LARGE_LEVEL_GROWTH == 2.0 and large.rounds == 4
+    assert large.level_shares() == pytest.approx((3 / 7, 6 / 7, 12 / 7))
+    planned = [r.rho for r in releases(large, rho, 0, 0.0, False) if r.kind == "top1"]
+    assert planned[1] == pytest.approx(2 * planned[0]) and planned[2] == pytest.approx(4 * planned[0])
+    table, y = make_rows(2000)
+    picks: list = []
+    released, _ = train(
+        replace(large, intercept_share=0.0), table, y, rho=rho, select=seeded_select(1, picks)
+    )
+    asked = [r for _, r in picks]
+    assert asked == [
+        r.rho for r in releases(replace(large, intercept_share=0.0), rho, 0, 0.0, False) if r.kind == "top1"
+    ]
+    assert asked[:3] == pytest.approx([asked[0], 2 * asked[0], 4 * asked[0]])
+    assert released.rho == pytest.approx(rho, rel=1e-9)
 
 
 def test_level_selection_threshold_and_delta_are_inverse():

@@ -46,7 +46,7 @@ def test_the_readme_code_runs_as_written(tmp_path):
     ]
     assert failed == []
     trained = "\n".join(str(o.get("data", {})) for o in notebook.cells[1].outputs)
-    assert "cost rho 0.06 (epsilon 1.88" in trained, "the first example trains with the DP trainer"
+    assert "cost rho 0.06 (epsilon 1.62" in trained, "the first example trains with the DP trainer"
     bare = "\n".join(str(o.get("data", {})) for o in notebook.cells[2].outputs)
     assert "cost rho 0.06" in bare, "a bare XGBClassifier() trains as written"
     [derived] = [cell for cell in notebook.cells if '"derive": {' in cell.source]

@@ -141,7 +141,7 @@ class Coordinator:
         assert self.select is not None and self.scales.sigma_select is not None
         hist = self._level(request, sums)
         bound = self.settings.select_bound
-        rho = bound**2 / (2 * self.scales.sigma_select**2)
+        rho = self.settings.select_rho(self.scales, request.level)
         options = self._fixed if self._fixed is not None else candidates(self.features, self.rng)
         scoring = self._scoring if self._scoring is not None else Scoring(self.features, options)
         batch, nodes = request.batch, 1 << request.level

@@ -3,11 +3,11 @@
 A release is the kind of noise (`gaussian` sums, or a noisy `top1` of scores), the bound by which one
 row moves what is noised (L2 for sums, per score for a top-1) and its rho: the sketch's Gaussian (one,
 over the sketched columns' counts: one row moves each column's counts by one), the intercept's, then
-per batch of rounds each level's split selections (one per tree, or per tree a column and one per node)
-and the leaves' gradient and hessian sums. The coordinator asks exactly these (a test runs it against
-this list), so the trusted parent, which never sees a row, checks each request a worker sends against
-the trainer's own settings: a worker cannot state a smaller bound, or a different rho, than the proof
-has for that release.
+per batch of rounds each level's split selections (one per tree, or per tree a column and one per node;
+each level's rho its share, `Settings.select_rho`) and the leaves' gradient and hessian sums. The
+coordinator asks exactly these (a test runs it against this list), so the trusted parent, which never
+sees a row, checks each request a worker sends against the trainer's own settings: a worker cannot state
+a smaller bound, or a different rho, than the proof has for that release.
 """
 
 from __future__ import annotations
@@ -57,9 +57,8 @@ def releases(
     while done < settings.rounds:
         rounds = min(settings.batch_size, settings.rounds - done)
         if scales.sigma_select is not None:
-            bound = settings.select_bound
-            select = Release("top1", bound, bound**2 / (2 * scales.sigma_select**2))
             for level in range(settings.max_depth):
+                select = Release("top1", settings.select_bound, settings.select_rho(scales, level))
                 per_tree = 1 + (1 << level) if settings.node_splits else 1
                 for _ in range(rounds * objective.trees_per_round * per_tree):
                     yield select

@@ -24,6 +24,11 @@ DEFAULT_SPLIT_SHARE = 0.5
 DEFAULT_INTERCEPT_SHARE = 0.02
 DEFAULT_MAX_LEAF = 2.0
 DEFAULT_NOISE_LAMBDA = 2.0  # flights, validation rows, eps 1: +1.8 AUC points over 0 (2 seeds)
+# Level l's split selections get a share of the round's selection budget in proportion to
+# level_growth ** l: evenly (1), or, where the released count says the sample is large (`for_count`),
+# LARGE_LEVEL_GROWTH (the deeper levels more: benchmarks/dp_trainer.py, flights at epsilon 2 and 4).
+DEFAULT_LEVEL_GROWTH = 1.0
+LARGE_LEVEL_GROWTH = 2.0
 MAX_DEPTH = 12
 
 
@@ -39,10 +44,11 @@ class Settings:
     large leaf keeps its Newton value); `grad_share` of each round's budget noises the
     gradient sums, the rest the hessian sums; `intercept_share` of the training budget estimates the
     starting margin (unless a base model or a public `base_margin` gives it); `split_share` of the rest
-    chooses each level's split by the exponential mechanism (`selection.py`; 0: random splits);
+    chooses each level's split by the exponential mechanism (`selection.py`; 0: random splits), level `l`'s
+    selections with a share in proportion to `level_growth ** l` (`level_shares`);
     `seed` draws the structure. With `rounds_from_count` (the analyst left the rounds unset) `rounds` is
-    the most the training may take: it takes DEFAULT_ROUNDS, or `rounds` where the noisy row count of the
-    released intercept says the sample is large (`for_count`)."""
+    the most the training may take: it takes DEFAULT_ROUNDS, or `rounds` and LARGE_LEVEL_GROWTH where the
+    noisy row count of the released intercept says the sample is large (`for_count`)."""
 
     objective: str = BINARY
     num_class: int = 1
@@ -57,6 +63,7 @@ class Settings:
     max_leaf: float = DEFAULT_MAX_LEAF
     noise_lambda: float = DEFAULT_NOISE_LAMBDA
     split_share: float = DEFAULT_SPLIT_SHARE
+    level_growth: float = DEFAULT_LEVEL_GROWTH
     node_splits: bool = False
     seed: int = 0
     g_clip: float | None = None
@@ -70,10 +77,15 @@ class Settings:
         if self.rounds < 1 or self.batch_size < 1:
             raise ValueError("rounds and batch_size must be at least 1")
         if not (
-            self.learning_rate > 0 and self.reg_lambda >= 0 and self.max_leaf > 0 and self.noise_lambda >= 0
+            self.learning_rate > 0
+            and self.reg_lambda >= 0
+            and self.max_leaf > 0
+            and self.noise_lambda >= 0
+            and self.level_growth > 0
         ):
             raise ValueError(
-                "learning_rate and max_leaf must be positive, reg_lambda and noise_lambda not negative"
+                "learning_rate, max_leaf and level_growth must be positive, reg_lambda and noise_lambda not "
+                "negative"
             )
         self.objective_()
 
@@ -94,14 +106,15 @@ class Settings:
         return self.rounds_from_count and self.releases_intercept(continuing)
 
     def for_count(self, count: float | None, rho_train: float) -> Settings:
-        """The settings with the rounds chosen: from the released (noisy) row `count` at the training
-        budget `rho_train` (post-processing of a release the budget paid for), or DEFAULT_ROUNDS where
-        nothing released a count (None). Settings whose rounds the analyst set are returned as they are."""
+        """The settings with the rounds (and the levels' selection shares) chosen: from the released
+        (noisy) row `count` at the training budget `rho_train` (post-processing of a release the budget
+        paid for), or DEFAULT_ROUNDS where nothing released a count (None). Settings whose rounds the
+        analyst set are returned as they are."""
         if not self.rounds_from_count:
             return self
-        large = count is not None and count * math.sqrt(rho_train) >= LARGE_SAMPLE
-        rounds = self.rounds if large else min(self.rounds, DEFAULT_ROUNDS)
-        return replace(self, rounds=rounds, rounds_from_count=False)
+        if count is None or count * math.sqrt(rho_train) < LARGE_SAMPLE:
+            return replace(self, rounds=min(self.rounds, DEFAULT_ROUNDS), rounds_from_count=False)
+        return replace(self, level_growth=LARGE_LEVEL_GROWTH, rounds_from_count=False)
 
     def scales(self, rho_train: float, continuing: bool = False) -> Scales:
         """The noise scales that spend `rho_train` (accounting.noise_scales)."""
@@ -124,6 +137,17 @@ class Settings:
     def select_bound(self) -> float:
         """How far one row moves a split's score (`selection.py`)."""
         return self.objective_().tree_gradient_bound
+
+    def level_shares(self) -> tuple[float, ...]:
+        """Each level's selection budget over the mean level's: in proportion to `level_growth ** l`,
+        their mean 1, so a round's selections cost what `Scales.sigma_select` says for them all."""
+        weights = [self.level_growth**level for level in range(self.max_depth)]
+        return tuple(self.max_depth * weight / sum(weights) for weight in weights)
+
+    def select_rho(self, scales: Scales, level: int) -> float:
+        """The rho of one split selection at `level` (schedule.py and the coordinator ask this one)."""
+        assert scales.sigma_select is not None
+        return self.level_shares()[level] * self.select_bound**2 / (2 * scales.sigma_select**2)
 
     @property
     def selections_per_round(self) -> int:

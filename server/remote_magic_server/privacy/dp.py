@@ -3,7 +3,8 @@
 The privacy unit is one row added or removed. A release is a vector of sums in which one row moves the
 entries by at most `l2` in Euclidean norm (its clipped contributions); the Gaussian mechanism with
 scale `l2 / sqrt(2 rho)` then costs exactly `rho`, which OpenDP checks (`map`). zCDP costs add up over
-releases, and rho converts to (epsilon, delta)-DP as epsilon = rho + 2 sqrt(rho ln(1/delta)).
+releases, and rho converts to (epsilon, delta)-DP by Canonne, Kamath and Steinke's conversion (`epsilon`, the
+DP trainer's, so that a cost preview and a result show the same epsilon).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import numpy as np
 from opendp import domains, measurements, measures, metrics
 from opendp.mod import Measurement, enable_features
 
+from remote_magic.families.dpboost.accounting import epsilon as epsilon  # the server's too
+
 # opendp.prelude would also import OpenDP's scikit-learn extras, which the API process must not load.
 enable_features("contrib")
 
@@ -26,11 +29,6 @@ _SCALE_STEP = 1.0 + 1e-9
 def sigma(l2: float, rho: float) -> float:
     """The noise standard deviation that makes a release with L2 sensitivity `l2` cost `rho`."""
     return l2 / math.sqrt(2 * rho)
-
-
-def epsilon(rho: float, delta: float) -> float:
-    """A zCDP cost as (epsilon, delta)-DP (Bun and Steinke 2016, Proposition 1.3)."""
-    return rho + 2 * math.sqrt(rho * math.log(1 / delta)) if rho > 0 else 0.0
 
 
 # A float release's noise is a multiple of 2^k (OpenDP's discretization), 2^-40 of its sensitivity:
