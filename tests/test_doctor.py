@@ -181,7 +181,7 @@ def test_declarations_that_miss_the_rows_are_told_to_the_owner(tmp_path):
     config.write_text(
         f'[server]\ndata_dir = "{tmp_path / "data"}"\n\n'
         + table("words", '["y", "flag"]', 'column_levels = { y = ["zero", "one"], flag = ["yes", "no"] }')
-        + table("fine", '["y", "flag"]', 'column_levels = { y = ["0", "1", "2"], flag = ["true", "false"] }')
+        + table("fine", '["y", "flag"]', "column_levels = { y = [0, 1, 2], flag = [true, false] }")
         + table("plat", '["tier"]', 'column_levels = { tier = ["bronze", "silver", "gold"] }')
         + table("ghost", '["y"]', 'column_levels = { y = ["0", "1", "2", "3"] }')
         + table(
