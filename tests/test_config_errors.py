@@ -27,10 +27,10 @@ def mistakes(tmp_path, text: str) -> list[str]:
 
 def test_each_unknown_key_is_one_line_with_its_path_and_the_nearest_known_key(tmp_path):
     text = "[sever]\nport = 1\n[policy]\ndp_rho_caps = 2\n" + DATASET + 'colum_levels = { y = ["0"] }\n'
-    text += (
-        '[datasets.z]\nid_column = "id"\nlabel_columns = ["y"]\nsource = { kind = "csv", paht = "a.csv" }\n'
-    )
+    text += '[datasets.z]\nid_column = "id"\nlabel_columns = ["y"]\npolicy = { min_rowz = 200 }\n'
+    text += 'source = { kind = "csv", paht = "a.csv" }\n'
     assert sorted(mistakes(tmp_path, text)) == [
+        "datasets.z.policy: unknown policy key 'min_rowz'; did you mean 'min_rows'?",
         "datasets.z.source.csv.path: Field required",
         "unknown key datasets.x.colum_levels; did you mean 'column_levels'?",
         "unknown key datasets.z.source.csv.paht; did you mean 'path'?",

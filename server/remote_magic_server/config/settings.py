@@ -263,9 +263,11 @@ class DatasetConfig(_Strict):
     @field_validator("policy")
     @classmethod
     def _known_policy_keys(cls, value: dict[str, int | float]) -> dict[str, int | float]:
-        unknown = set(value) - set(Policy.model_fields)
+        unknown = sorted(set(value) - set(Policy.model_fields))
         if unknown:
-            raise ValueError(f"unknown policy keys: {sorted(unknown)}")
+            raise ValueError(
+                f"unknown policy key {unknown[0]!r}{did_you_mean(unknown[0], list(Policy.model_fields))}"
+            )
         return value
 
 

@@ -75,9 +75,10 @@ def _label_classes(con, name: str, ds: dict, label: str, dtype: str) -> list[Fin
             _finding(
                 "fatal",
                 name,
-                f"no row's label {label!r} ({dtype}) is one of column_levels.{label} = {levels}: every "
-                "classifier job on it would be charged, then refused for too few rows; declare the values "
-                "the column holds (numbers and true/false may be written bare: [0, 1], [true, false])",
+                f"no row's label {label!r} ({dtype}) is one of column_levels.{label} = {levels}: every job "
+                "on it would be refused for too few rows (in the noisy modes after it is charged); declare "
+                "the values the column holds (numbers and true/false may be written bare: [0, 1], "
+                "[true, false])",
             )
         ]
     found = []
