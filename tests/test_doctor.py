@@ -213,3 +213,15 @@ def test_declarations_that_miss_the_rows_are_told_to_the_owner(tmp_path):
     assert partial[2].startswith("50% of rows (100 of 200) of 'dept' lie outside column_levels.dept")
     assert partial[3].startswith("48% of rows (97 of 200) of 'age' lie outside column_ranges.age = [30, 60]")
     assert done.returncode == 1 and lines[-1].startswith("2 fatal, 6 warning(s)")
+
+
+def test_a_csv_file_under_another_name_says_how_to_declare_a_csv_source(tmp_path):
+    path = tmp_path / "export.txt"
+    pd.DataFrame({"id": range(20), "malignant": [0, 1] * 10}).to_csv(path, index=False)
+    (tmp_path / "data").mkdir()
+    config = tmp_path / "server.toml"
+    config.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\n\n' + dataset("export", path))
+    done = doctor(config)
+    fatal = [line for line in done.stdout.splitlines() if line.startswith("FATAL")]
+    assert len(fatal) == 1 and "cannot be read as Parquet" in fatal[0], done.stdout
+    assert fatal[0].endswith('a CSV file is declared as source = { kind = "csv", path = "..." }')

@@ -181,7 +181,14 @@ def _dataset_columns(name: str, ds: dict) -> list[Finding]:
             )
         return found
     except Exception as exc:  # noqa: BLE001 - a file DuckDB cannot read is the finding
-        return [_finding("fatal", f"dataset {name}", f"{ds['path']} cannot be read as Parquet ({exc})")]
+        return [
+            _finding(
+                "fatal",
+                f"dataset {name}",
+                f"{ds['path']} cannot be read as Parquet ({exc}); a CSV file is declared as "
+                'source = { kind = "csv", path = "..." }',
+            )
+        ]
     finally:
         con.close()
 
