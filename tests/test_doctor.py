@@ -153,3 +153,75 @@ def test_a_label_mode_dp_cannot_train_on_is_told_to_the_owner(tmp_path):
     assert warned[1].startswith("WARN   dataset eval_only: label malignant"), done.stdout
     assert all("declare column_levels.malignant" in line for line in warned) and done.returncode == 0
     assert "trains no regressor" in warned[0] and "trains no regressor" not in warned[1]
+
+
+def test_declarations_that_miss_the_rows_are_told_to_the_owner(tmp_path):
+    """Classes that match no row are fatal (every job would be charged, then refused); a class with no
+    row, rows of an undeclared class, a declaration for a missing column, a range on text, and levels or
+    ranges covering part of a column are warnings with the share of rows."""
+    rows = 200
+    frame = pd.DataFrame(
+        {
+            "id": range(rows),
+            "age": [float(20 + i % 60) for i in range(rows)],  # 20..79
+            "dept": ["north", "south", "east", "west"] * (rows // 4),
+            "tier": ["bronze", "silver", "gold", "platinum"] * (rows // 4),
+            "y": [i % 3 for i in range(rows)],
+            "flag": [i % 2 == 0 for i in range(rows)],
+        }
+    )
+    path = tmp_path / "t.parquet"
+    frame.to_parquet(path, index=False)
+    (tmp_path / "data").mkdir()
+
+    def table(name: str, labels: str, extra: str) -> str:
+        return f'[datasets.{name}]\npath = "{path}"\nid_column = "id"\nlabel_columns = {labels}\n{extra}\n\n'
+
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\n\n'
+        + table("words", '["y", "flag"]', 'column_levels = { y = ["zero", "one"], flag = ["yes", "no"] }')
+        + table("fine", '["y", "flag"]', "column_levels = { y = [0, 1, 2], flag = [true, false] }")
+        + table("plat", '["tier"]', 'column_levels = { tier = ["bronze", "silver", "gold"] }')
+        + table("ghost", '["y"]', 'column_levels = { y = ["0", "1", "2", "3"] }')
+        + table(
+            "partial",
+            '["y"]',
+            'column_levels = { y = ["0", "1", "2"], dept = ["north", "south"], colour = ["red"] }\n'
+            "column_ranges = { age = [30, 60] }\nlabel_ranges = { tier = [0, 1] }",
+        )
+    )
+    done = doctor(config)
+    lines = [line for line in done.stdout.splitlines() if not line.startswith("OK")]
+
+    def said(name: str) -> list[str]:
+        return [line.split(": ", 1)[1] for line in lines if f" dataset {name}:" in line]
+
+    fatal = [line for line in lines if line.startswith("FATAL")]
+    assert len(fatal) == 2 and all("dataset words: no row's label" in line for line in fatal), lines
+    assert "'y' (int64)" in fatal[0] and "[0, 1]" in fatal[0] and "'flag' (bool)" in fatal[1]
+    assert said("fine") == [], lines
+    assert said("plat") == [
+        "25% of rows (50 of 200) have a label 'tier' that is none of column_levels.tier: every job leaves "
+        "them out; declare their classes, or leave them out knowingly"
+    ], lines
+    assert len(said("ghost")) == 1 and "class(es) ['3'] of column_levels.y match no row" in said("ghost")[0]
+    partial = said("partial")
+    assert len(partial) == 4, lines
+    assert "unknown column 'colour' in column_levels" in partial[0]
+    assert partial[1].startswith("label_ranges.tier: 'tier' holds") and "column_levels.tier" in partial[1]
+    assert partial[2].startswith("50% of rows (100 of 200) of 'dept' lie outside column_levels.dept")
+    assert partial[3].startswith("48% of rows (97 of 200) of 'age' lie outside column_ranges.age = [30, 60]")
+    assert done.returncode == 1 and lines[-1].startswith("2 fatal, 6 warning(s)")
+
+
+def test_a_csv_file_under_another_name_says_how_to_declare_a_csv_source(tmp_path):
+    path = tmp_path / "export.txt"
+    pd.DataFrame({"id": range(20), "malignant": [0, 1] * 10}).to_csv(path, index=False)
+    (tmp_path / "data").mkdir()
+    config = tmp_path / "server.toml"
+    config.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\n\n' + dataset("export", path))
+    done = doctor(config)
+    fatal = [line for line in done.stdout.splitlines() if line.startswith("FATAL")]
+    assert len(fatal) == 1 and "cannot be read as Parquet" in fatal[0], done.stdout
+    assert fatal[0].endswith('a CSV file is declared as source = { kind = "csv", path = "..." }')

@@ -568,6 +568,12 @@ def first_error(errors: Sequence[Mapping], default: str, skip: Collection[str] =
     return f"{where}: {first.get('msg', 'invalid')}"
 
 
+def did_you_mean(name: str, known: Sequence[str]) -> str:
+    """`; did you mean 'x'?` for a misspelt key, else the known keys: a typo is fixed without the docs."""
+    near = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {near[0]!r}?" if near else f"; known keys: {', '.join(known)}"
+
+
 # The magics' flags for the spec fields a user sets with them, so an error is said in the words typed.
 SPEC_FLAGS = {
     ("eval", "fraction"): "--eval-fraction",
@@ -586,10 +592,7 @@ def spec_error(errors: Sequence[Mapping], flags: bool = False) -> str:
     first = (unknown or list(errors) or [{}])[0]  # a misspelt key explains the "missing" one it stands for
     loc = tuple(str(p) for p in first.get("loc", ()) if p not in ("EvalFraction", "EvalWhere"))
     if unknown:
-        known = list(DatasetSpec.model_fields)
-        near = difflib.get_close_matches(loc[0], known, n=1, cutoff=0.6)
-        hint = f"; did you mean {near[0]!r}?" if near else f"; known keys: {', '.join(known)}"
-        return f"unknown spec key {loc[0]!r}{hint}"
+        return f"unknown spec key {loc[0]!r}{did_you_mean(loc[0], list(DatasetSpec.model_fields))}"
     name = SPEC_FLAGS.get(loc) if flags else None
     where = name or ".".join(loc) or "spec"
     message = str(first.get("msg", "invalid"))

@@ -102,7 +102,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     try:
         settings = settings_of(args)
     except ConfigError as exc:
-        print(Finding("fatal", "config", f"{exc}; fix the file").line())
+        for mistake in str(exc).splitlines():  # one line per mistake (config_errors)
+            print(Finding("fatal", "config", mistake).line())
         return 1
     findings = [Finding("ok", "config", f"{len(settings.datasets)} dataset(s)"), *run_checks(settings)]
     for finding in findings:

@@ -2,11 +2,12 @@
 
 `serve` runs the same checks at start-up and refuses to start on a fatal one. Checks that need the
 sandbox or the data (Landlock, network namespaces, rlimits, each dataset read as the sandbox uid, its id
-column unique, its labels present) run in a separate process, `worker/probe.py`: the API process never
-imports the worker package or DuckDB, and never reads a row. The rest runs here: the data directory and
-free disk, the job store's schema, the audit log against its anchored head, the TLS files, JupyterHub,
-the clock. Levels: `ok`, `warn` (jobs run, with less than they could have), `fatal` (jobs or sign-ins
-would fail, or the audit log does not match its anchor).
+column unique, its labels present, the declared classes, levels and ranges against its rows) run in a
+separate process, `worker/probe.py`: the API process never imports the worker package or DuckDB, and
+never reads a row. The rest runs here: the data directory and free disk, the job store's schema, the
+audit log against its anchored head, the TLS files, JupyterHub, the clock. Levels: `ok`, `warn` (jobs
+run, with less than they could have), `fatal` (jobs or sign-ins would fail, or the audit log does not
+match its anchor).
 
 Why it is long: one short function per check, each with the words it says to the owner.
 """
@@ -298,6 +299,9 @@ def _probe(settings: Settings) -> list[Finding]:
                 "id_column": ds.id_column,
                 "label_columns": ds.label_columns,
                 "exclude_columns": ds.exclude_columns,
+                "column_levels": ds.column_levels,
+                "column_ranges": ds.column_ranges,
+                "label_ranges": ds.label_ranges,
             }
             for name, ds in settings.datasets.items()
             if (path := _readable_file(settings, name)) is not None

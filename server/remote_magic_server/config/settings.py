@@ -14,13 +14,22 @@ import math
 import os
 import re
 import sys
+import types
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from remote_magic.contract.wire import IDENT, ModelBounds, PolicyInEffect, PrivacyMode, is_dp
+from remote_magic.contract.wire import (
+    IDENT,
+    ClassName,
+    ModelBounds,
+    PolicyInEffect,
+    PrivacyMode,
+    did_you_mean,
+    is_dp,
+)
 
 from .automation_sections import (
     AutomationSection,
@@ -28,7 +37,7 @@ from .automation_sections import (
     RegistrySection,
     WebhooksSection,
 )
-from .sources import ParquetSourceConfig, SourceConfig, parse_duration, resolve_source_paths
+from .sources import ParquetSourceConfig, SourceConfig, not_csv, parse_duration, resolve_source_paths
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -181,10 +190,12 @@ class DatasetConfig(_Strict):
         "candidates over at no cost; a numeric feature without one gets candidates from a DP sketch paid "
         "from the job's training budget.",
     )
-    column_levels: dict[str, list[str]] = Field(
+    column_levels: dict[str, list[ClassName]] = Field(
         default_factory=dict,
         description="Per text feature, its public levels (the DP trainer's categories, at no cost); a text "
-        "feature without them gets levels selected from noisy counts, paid from the training budget.",
+        "feature without them gets levels selected from noisy counts, paid from the training budget. For a "
+        "label, its classes; numbers and true/false may be written bare ([0, 1], [true, false]): they are "
+        "read as text, as a spec's `classes` are, and matched against the column as numbers or booleans.",
     )
     allow_model_release: bool = Field(default=False, description="Trained models may leave after approval.")
     allow_custom_code: bool = Field(
@@ -214,6 +225,8 @@ class DatasetConfig(_Strict):
         if (self.path is None) == (self.source is None):
             raise ValueError("a dataset needs exactly one of `path` and `source`")
         return self
+
+    _parquet = field_validator("path")(not_csv)
 
     @property
     def source_config(self) -> SourceConfig:
@@ -250,9 +263,11 @@ class DatasetConfig(_Strict):
     @field_validator("policy")
     @classmethod
     def _known_policy_keys(cls, value: dict[str, int | float]) -> dict[str, int | float]:
-        unknown = set(value) - set(Policy.model_fields)
+        unknown = sorted(set(value) - set(Policy.model_fields))
         if unknown:
-            raise ValueError(f"unknown policy keys: {sorted(unknown)}")
+            raise ValueError(
+                f"unknown policy key {unknown[0]!r}{did_you_mean(unknown[0], list(Policy.model_fields))}"
+            )
         return value
 
 
@@ -463,8 +478,58 @@ def load_settings(path: Path) -> Settings:
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        raise ConfigError("\n".join(f"{path}: {line}" for line in config_errors(exc))) from exc
     return resolve_paths(settings, Path(path).resolve().parent)
+
+
+def config_errors(exc: ValidationError) -> list[str]:
+    """One line per mistake, `key.path: what`, an unknown key with the nearest known one: an owner
+    fixes the file from these lines, without pydantic's blocks."""
+    lines = []
+    for error in exc.errors():
+        loc = tuple(str(part) for part in error["loc"])
+        where = ".".join(loc) or "the file"
+        if error["type"] == "extra_forbidden":
+            known = _keys_at(loc[:-1])
+            lines.append(f"unknown key {where}{did_you_mean(loc[-1], known) if known else ''}")
+        else:
+            lines.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    return lines
+
+
+def _keys_at(loc: tuple[str, ...]) -> list[str]:
+    """The keys the table at `loc` takes (a dataset name or other free key is stepped over, a source's
+    `kind` picks its table); empty where that cannot be told."""
+    current: Any = Settings
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(current, list):  # a union of tables: pydantic's loc names the member's `kind`
+            current = next((m for m in current if part in get_args(m.model_fields["kind"].annotation)), None)
+        elif _is_table(current):
+            current = current.model_fields[part].annotation if part in current.model_fields else None
+        elif get_origin(current) is dict:
+            current = get_args(current)[1]
+        else:
+            return []
+    current = _unwrap(current)
+    return list(current.model_fields) if _is_table(current) else []
+
+
+def _is_table(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _unwrap(annotation: Any) -> Any:
+    """`annotation` without `Annotated` and `None`; a union of tables with a `kind` as a list of them."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        if len(members) == 1:
+            return _unwrap(members[0])
+        if all(_is_table(m) and "kind" in m.model_fields for m in members):
+            return members
+    return annotation
 
 
 def resolve_paths(settings: Settings, base: Path) -> Settings:

@@ -39,6 +39,17 @@ def _check_column_types(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
+def not_csv(path: Path | None) -> Path | None:
+    """A Parquet path that names a CSV file is told how a CSV source is declared, before a read fails
+    on it with "no magic bytes"."""
+    if path is not None and path.name.lower().endswith((".csv", ".csv.gz", ".tsv")):
+        raise ValueError(
+            f"{path} looks like a CSV file and `path` reads Parquet: declare it as "
+            f'source = {{ kind = "csv", path = "{path}" }} (column types optional: columns = {{ ... }})'
+        )
+    return path
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -48,6 +59,8 @@ class ParquetSourceConfig(_Strict):
 
     kind: Literal["parquet"] = "parquet"
     path: Path
+
+    _parquet = field_validator("path")(not_csv)
 
     def describe(self) -> str:
         return f"parquet {self.path}"

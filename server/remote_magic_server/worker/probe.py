@@ -6,7 +6,8 @@ writes one JSON list of findings on stdout. Each sandbox step is tried for real 
 same functions a worker calls, so a step the kernel refuses here would fail a job too); the children
 are forked before DuckDB starts any thread. Then each dataset is opened as a worker opens it (as the
 sandbox uid when root) and read with a locked-down DuckDB: its id column must be unique and present,
-its label columns present.
+its label columns present, and what the owner declared of its columns (`probe_declared.py`) must
+match the rows.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import sandbox
+from .probe_declared import declared_findings
 
 Finding = dict[str, str]
 
@@ -172,15 +174,30 @@ def _dataset_columns(name: str, ds: dict) -> list[Finding]:
                 )
             )
         found += _id_like_text(con, name, ds, rel)
+        found += declared_findings(con, name, ds, _arrow_types(ds["path"]))
         if not any(f["level"] == "fatal" for f in found):
             found.append(
                 _finding("ok", f"dataset {name}", f"{len(columns)} columns, id unique, labels present")
             )
         return found
     except Exception as exc:  # noqa: BLE001 - a file DuckDB cannot read is the finding
-        return [_finding("fatal", f"dataset {name}", f"{ds['path']} cannot be read as Parquet ({exc})")]
+        return [
+            _finding(
+                "fatal",
+                f"dataset {name}",
+                f"{ds['path']} cannot be read as Parquet ({exc}); a CSV file is declared as "
+                'source = { kind = "csv", path = "..." }',
+            )
+        ]
     finally:
         con.close()
+
+
+def _arrow_types(path: str) -> dict[str, str]:
+    """Column -> Arrow type name, as a dataset version records them (data/snapshots.py)."""
+    import pyarrow.parquet as pq
+
+    return {f.name: str(f.type) for f in pq.read_schema(path)}
 
 
 def _id_like_text(con, name: str, ds: dict, rel) -> list[Finding]:
