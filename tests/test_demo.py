@@ -14,7 +14,8 @@ import pytest
 
 from remote_magic import Client
 from remote_magic_server.cli import settings_of
-from remote_magic_server.demo import _ephemeral_low, first_free_port, free_port, wait_healthy
+from remote_magic_server.demo import _ephemeral_low, first_free_port, free_port
+from remote_magic_server.quickstart import wait_healthy
 
 PASTE = re.compile(r"^\s*REMOTE_MAGIC_URL=(http://\S+) REMOTE_MAGIC_TOKEN=(\S+) jupyter lab$")
 

@@ -16,7 +16,8 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from remote_magic.display.pictures import VEGALITE
-from remote_magic_server.demo import free_port, wait_healthy
+from remote_magic_server.demo import free_port
+from remote_magic_server.quickstart import wait_healthy
 from tests.serverproc import wait_until
 from tests.test_demo import PASTE
 

@@ -140,7 +140,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import LOG_NAME, ServerStopped, default_demo_dir, demo_settings, run_quickstart
+    from .demo import default_demo_dir, demo_settings
+    from .quickstart import LOG_NAME, ServerStopped, run_quickstart
 
     data_dir = Path(args.data_dir).resolve() if args.data_dir else default_demo_dir()
     output = Path(args.output).resolve()
