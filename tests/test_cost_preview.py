@@ -16,7 +16,9 @@ import xgboost as xgb
 from remote_magic.client.dryrun import DryRun
 from remote_magic.client.trainer_noise import expected_training
 from remote_magic.contract.wire import CostEstimate, DPTraining
+from remote_magic.families import family
 from remote_magic.families.dpboost import Settings, epsilon
+from remote_magic.families.dpboost.family import settings_for
 from remote_magic.families.dpboost.settings import DEFAULT_ROUNDS, LARGE_ROUNDS
 from tests.accountant import accountant_total
 from tests.serverproc import running
@@ -106,14 +108,22 @@ def test_the_dry_run_shows_training_and_evaluation_apart():
 
 @pytest.fixture(scope="module")
 def priced(tmp_path_factory):
-    """A server with one table served in mode dp (the DP trainer), in mode dp_eval_only and in mode rules."""
+    """A server with one table served in mode dp (the DP trainer), in mode dp_eval_only and in mode rules,
+    its numeric column as a regression label with the owner's range and a three-class label, in mode dp."""
     base = tmp_path_factory.mktemp("cost_preview")
     data = base / "data"
     data.mkdir()
     rng = np.random.default_rng(3)
     x = rng.normal(size=(2000, 2))
     frame = pd.DataFrame(
-        {"id": np.arange(2000), "x1": x[:, 0], "x2": x[:, 1], "label": (x[:, 0] > 0).astype(int)}
+        {
+            "id": np.arange(2000),
+            "x1": x[:, 0],
+            "x2": x[:, 1],
+            "label": (x[:, 0] > 0).astype(int),
+            "target": 2 * x[:, 0] + rng.normal(0, 0.5, 2000),
+            "tier": np.digitize(x[:, 1], [-0.5, 0.5]),
+        }
     )
     frame.to_parquet(data / "t.parquet", index=False)
     config = ""
@@ -122,7 +132,14 @@ def priced(tmp_path_factory):
             f'\n[datasets.{name}]\npath = "{data}/t.parquet"\nid_column = "id"\n'
             f'label_columns = ["label"]\ncolumn_levels.label = ["0", "1"]\nprivacy = "{mode}"\n'
         )
-    with running(data, base / "server.log", {"ana": ["trainer", "eval_only", "rounded"]}, config) as server:
+    config += (
+        f'\n[datasets.regress]\npath = "{data}/t.parquet"\nid_column = "id"\nlabel_columns = ["target"]\n'
+        'exclude_columns = ["label", "tier"]\nlabel_ranges.target = [-6, 6]\nprivacy = "dp"\n'
+        f'\n[datasets.tiers]\npath = "{data}/t.parquet"\nid_column = "id"\nlabel_columns = ["tier"]\n'
+        'exclude_columns = ["label", "target"]\ncolumn_levels.tier = ["0", "1", "2"]\nprivacy = "dp"\n'
+    )
+    users = {"ana": ["trainer", "eval_only", "rounded", "regress", "tiers"]}
+    with running(data, base / "server.log", users, config) as server:
         yield server
 
 
@@ -167,6 +184,52 @@ def test_a_train_job_in_mode_dp_prices_the_dp_trainer_beside_the_evaluation(pric
     assert done.trees == 10 and estimate.training.sigma_gradient <= done.sigma_gradient <= 1.06 * (
         estimate.training.sigma_gradient
     )
+
+
+def test_a_dp_regression_is_priced_with_the_owners_label_range(priced):
+    """The review's M2: the catalog did not carry `label_ranges`, so a regression's preview showed no
+    training noise ("needs the data owner's public range") and a binary classifier's intervals."""
+    c = priced.client("ana")
+    info = c.dataset("regress")
+    assert info.label_ranges == {"target": (-6.0, 6.0)}
+    model = xgb.XGBRegressor(n_estimators=10, max_depth=3)
+    regression = {"dataset": "regress", "label": "target", "eval": {"fraction": 0.25, "seed": 1}}
+    estimate = c.cost(model, regression)
+    scales = settings_for(family("dpboost").canonical(model), None, (-6.0, 6.0)).scales(info.policy.rho_train)
+    assert estimate.training is not None and estimate.training.trees == 10
+    assert estimate.training.sigma_gradient == pytest.approx(scales.sigma_g)
+    # 500 evaluation rows in a range of 12 (labels' sd 2): r2's spread would not stand clear of its noise
+    assert set(estimate.expected) == {"rows", "rmse", "mae"}
+    assert any(note.startswith("r2 would not be released") for note in estimate.notes)
+    assert not any("balanced classes" in note for note in estimate.notes)
+    wide = c.cost(model, {**regression, "eval": {"fraction": 0.9}})  # 1,800 rows: it would
+    assert (
+        set(wide.expected) == {"rows", "rmse", "mae", "r2"}
+        and wide.expected["mae"] < estimate.expected["mae"]
+    )
+    result = c.train(model, regression, timeout=300)
+    assert result.privacy["rho"] == pytest.approx(estimate.rho)
+    released, value = result.raw.intervals, result.raw.metrics
+    # mae's interval is the noise's own (its low end may be cut at 0); rmse's at most the preview's
+    assert released["mae"][1] - value["mae"] == pytest.approx(estimate.expected["mae"], rel=0.3)
+    assert (
+        max(released["rmse"][1] - value["rmse"], value["rmse"] - released["rmse"][0])
+        <= estimate.expected["rmse"]
+    )
+    assert result.raw.training.sigma_gradient >= estimate.training.sigma_gradient
+
+
+def test_a_label_of_three_declared_classes_is_priced_as_a_multiclass_training(priced):
+    """Its trainer grows a tree per class each round and its evaluation releases no AUC: the preview
+    showed a binary model's trees and an AUC for "two balanced classes"."""
+    c = priced.client("ana")
+    estimate = c.cost(xgb.XGBClassifier(n_estimators=10, max_depth=3), {"dataset": "tiers", "label": "tier"})
+    scales = Settings(rounds=10, max_depth=3, objective="multi:softprob", num_class=3).scales(
+        estimate.rho_train
+    )
+    assert estimate.training.trees == 30 and estimate.training.sigma_gradient == pytest.approx(scales.sigma_g)
+    assert set(estimate.expected) == {"rows", "log_loss", "accuracy"}
+    assert any(note.endswith("and 3 classes") for note in estimate.notes)
 
 
 def test_the_dry_run_magic_shows_the_training_cost_and_the_noise_per_leaf(shell):

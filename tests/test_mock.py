@@ -4,17 +4,21 @@ condition is true)."""
 
 from __future__ import annotations
 
+import logging
+
 import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+import xgboost as xgb
 
 from remote_magic import DatasetSpec
-from remote_magic.client.dryrun import admit
+from remote_magic.client.dryrun import admit, dry_run
+from remote_magic.client.errors import DryRunError
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.query import ROW_ID, declared_label
 from remote_magic.contract.specs import resolve
-from remote_magic.contract.wire import ColumnInfo
+from remote_magic.contract.wire import ColumnInfo, DatasetInfo
 from tests.serverproc import running
 
 TWINS = """
@@ -159,3 +163,98 @@ def test_a_true_false_labels_classes_admit_its_rows_however_they_are_written():
         assert admitted("flag", "bool", written) == 30
     assert admitted("flag", "bool", ["True"]) == 10
     assert admitted("y", "int32", ["1.0", "0"]) == 30 and admitted("y", "int32", ["1"]) == 15
+
+
+OWNER = """
+[datasets.customers]
+path = "customers.parquet"
+id_column = "cust_id"
+label_columns = ["tier", "spend"]
+privacy = "dp"
+label_ranges = { spend = [-200, 800] }
+column_ranges = { age = [18, 100], visits = [1, 12] }
+column_levels = { dept = ["north", "south", "east"], tier = ["bronze", "silver", "gold"] }
+
+[datasets.undeclared]
+path = "customers.parquet"
+id_column = "cust_id"
+label_columns = ["tier", "spend"]
+privacy = "dp"
+"""
+
+
+@pytest.fixture(scope="module")
+def owner(tmp_path_factory):
+    """A mode-dp owner table with a text label and no mock file: `customers` declares its classes,
+    levels and ranges, `undeclared` (the same rows) declares nothing."""
+    base = tmp_path_factory.mktemp("owner_mock")
+    data = base / "data"
+    data.mkdir()
+    rng = np.random.default_rng(3)
+    n = 600
+    pd.DataFrame(
+        {
+            "cust_id": np.arange(n) + 1000,
+            "age": rng.uniform(18, 95, n),
+            "visits": rng.integers(1, 13, n),
+            "dept": rng.choice(["north", "south", "east"], n),
+            "tier": rng.choice(["bronze", "silver", "gold"], n),
+            "spend": rng.normal(300, 100, n),
+        }
+    ).to_parquet(data / "customers.parquet", index=False)
+    with running(data, base / "server.log", {"ana": ["customers", "undeclared"]}, OWNER) as server:
+        yield server
+
+
+def test_a_synthesised_mock_draws_from_the_owners_public_declarations(owner):
+    """Declared classes and levels are drawn among the declared ones, numbers within the declared range
+    (a regression label's too): the dry run then admits rows of the job's classes. Nothing else is read."""
+    frame = owner.client("ana").mock("customers")
+    assert frame.attrs["source"] == "synthetic" and len(frame) == 200
+    assert set(frame["tier"]) == {"bronze", "silver", "gold"} and set(frame["dept"]) == {
+        "north",
+        "south",
+        "east",
+    }
+    assert frame["age"].between(18, 100).all() and frame["spend"].between(-200, 800).all()
+    assert frame["spend"].std() > 200, "uniform over the declared range, not the rows' spread"
+    assert str(frame["visits"].dtype) == "int64" and set(frame["visits"]) <= set(range(1, 13))
+    real = pd.read_parquet(owner.settings.datasets["customers"].path)
+    assert not set(frame["age"]) & set(real["age"]) and not set(frame["spend"]) & set(real["spend"])
+    bare = owner.client("ana").mock("undeclared")
+    assert set(bare["tier"]) == {"tier_0", "tier_1"}, "an undeclared column keeps the type-only values"
+
+
+def test_the_dry_run_of_a_text_label_with_declared_classes_and_no_mock_file_fits(owner, caplog):
+    """The review's H1: the synthesised labels were `tier_0`/`tier_1`, so no mock row had a declared
+    class and XGBoost failed on zero rows (its C++ check on stderr), though the real job trains."""
+    c = owner.client("ana")
+    spec = DatasetSpec(dataset="customers", label="tier", features=["age", "visits", "dept"])
+    report = dry_run(xgb.XGBClassifier(n_estimators=3), spec, c.dataset("customers"), c.mock("customers"))
+    assert report.rounds == 3 and report.admitted == 200 and report.train_rows + report.eval_rows == 200
+    regression = spec.model_copy(update={"label": "spend"})
+    assert dry_run(xgb.XGBRegressor(n_estimators=2), regression, c.dataset("customers"), c.mock("customers"))
+    undeclared = DatasetSpec(dataset="undeclared", label="tier", classes=["bronze", "silver", "gold"])
+    with caplog.at_level(logging.DEBUG), pytest.raises(DryRunError) as refused:
+        dry_run(xgb.XGBClassifier(n_estimators=3), undeclared, c.dataset("undeclared"), c.mock("undeclared"))
+    message = str(refused.value)
+    assert message.startswith("no mock row has a declared class of 'tier' (bronze, silver, gold)")
+    assert "\n" not in message and "Check failed" not in message
+    assert not [r for r in caplog.records if "Check failed" in r.getMessage()], "XGBoost never ran"
+    bare = undeclared.model_copy(update={"label": "spend", "classes": None})
+    with pytest.raises(
+        DryRunError, match=r"needs the data owner's public range of the label \(`label_ranges"
+    ):
+        dry_run(xgb.XGBRegressor(n_estimators=2), bare, c.dataset("undeclared"), c.mock("undeclared"))
+
+
+def test_xgboosts_own_words_on_a_failed_dry_run_fit_are_said_once_not_logged(caplog):
+    """The DryRunError carries XGBoost's line; its family's log record (for the server's log) printed it
+    again on a notebook's stderr, where no logging handler is set (Python's last resort prints it)."""
+    columns = [*COLUMNS[:1], ColumnInfo(name="y", dtype="double", role="label"), COLUMNS[3]]
+    rows = pd.DataFrame({"a": np.arange(30.0), "y": -np.arange(1.0, 31.0)})
+    info = DatasetInfo(name="d", rows=None, columns=columns)
+    model = xgb.XGBRegressor(objective="reg:gamma", n_estimators=2)  # gamma regression of negative labels
+    with caplog.at_level(logging.DEBUG), pytest.raises(DryRunError, match="Check failed"):
+        dry_run(model, DatasetSpec(dataset="d", label="y"), info, rows)
+    assert not [r for r in caplog.records if "Check failed" in r.getMessage()]

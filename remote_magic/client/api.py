@@ -353,8 +353,8 @@ class Client(RegistryCalls):
     ) -> CostEstimate:
         """What the job would cost in privacy budget, and how wide its intervals should be, before
         anything is spent: for a train job in mode dp, the DP trainer's part and the evaluation's, and
-        the noise the trainer would add per leaf for this model (worked out here: the server prices a
-        job without its model)."""
+        the noise the trainer would add per leaf for this model (worked out here, with the label's public
+        range or classes from the catalog: the server prices a job without its model)."""
         spec = as_spec(spec)
         body = CostRequest(spec=spec, kind=kind, release=_options(release))  # type: ignore[arg-type]
         response = self._post_json("/cost", body)
@@ -365,7 +365,15 @@ class Client(RegistryCalls):
             else:
                 from .trainer_noise import expected_training  # the DP trainer's code loads XGBoost
 
-                estimate.training, why = expected_training(model, estimate.rho_train, estimate.delta)
+                info = self._dataset_info(spec.dataset)
+                classes = info.column_levels.get(spec.label, spec.classes)
+                estimate.training, why = expected_training(
+                    model,
+                    estimate.rho_train,
+                    estimate.delta,
+                    info.label_ranges.get(spec.label),
+                    len(classes) if classes else None,
+                )
             estimate.notes.extend([why] if why else [])
         return estimate
 

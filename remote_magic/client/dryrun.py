@@ -12,8 +12,11 @@ nothing about the hidden data.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import html
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import duckdb
@@ -48,6 +51,7 @@ from .errors import DryRunError
 DRY_ROUNDS = 5
 MOCK_TABLE = "remote_magic_mock_rows"
 MOCK_ROW_NUMBER = "__remote_magic_mock_row"
+FAMILY_LOG = "remote_magic.families.xgboost"  # logs XGBoost's own words when a fit fails (for servers)
 
 
 def mock_frame(mock: MockData) -> pd.DataFrame:
@@ -70,6 +74,18 @@ def mock_frame(mock: MockData) -> pd.DataFrame:
         "roles": {c.name: c.role for c in mock.columns},
     }
     return frame
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Drop the family's log records during a local fit: the DryRunError says XGBoost's words already,
+    and with no handler configured Python would print them again on the notebook's stderr."""
+    logger, drop = logging.getLogger(name), lambda _record: False
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def _owner_shows_two_values(mock: pd.DataFrame, label: str) -> bool:
@@ -191,6 +207,20 @@ def _splits(table: pa.Table, features: list[str], label: str) -> tuple[Split, Sp
     return parts[0], parts[1]
 
 
+def _too_few(label: str, classes: list[str] | None, mock_rows: int) -> str:
+    """Why the mock rows cannot fit a model, said in one line, rather than XGBoost's words on no rows."""
+    if classes is not None:
+        return (
+            f"no mock row has a declared class of {label!r} ({', '.join(map(str, classes))}), so the model "
+            "cannot be fitted on the mock rows; the spec and the model passed every other check. The data "
+            f"owner's declared classes (`column_levels.{label}`) or a mock file would give it some"
+        )
+    return (
+        f"the {mock_rows} mock row(s) are too few to fit the model on; the spec and the model passed "
+        "every other check"
+    )
+
+
 def dry_run(
     model: object, spec: DatasetSpec, dataset: DatasetInfo, mock: pd.DataFrame, kind: str = "train"
 ) -> DryRun:
@@ -206,15 +236,14 @@ def dry_run(
         if kind == "train" and dataset.policy is not None and dataset.policy.privacy == "dp":
             # what the DP trainer refuses, refused here too (the fit below stays XGBoost's, on mock rows)
             private = family_named("dpboost").canonical(model)
-            if is_classifier_task(private.task):
-                hint = continuous_label_hint(spec.label, resolved.label_dtype)
-                check_label(
-                    True,
-                    None,
-                    dataset.column_levels.get(spec.label, spec.classes),
-                    hint=hint,
-                    label=spec.label,
-                )
+            classifier = is_classifier_task(private.task)
+            check_label(
+                classifier,
+                dataset.label_ranges.get(spec.label),
+                dataset.column_levels.get(spec.label, spec.classes),
+                hint=continuous_label_hint(spec.label, resolved.label_dtype) if classifier else "",
+                label=spec.label,
+            )
         check_kind(kind, plan.base is not None, plan.preprocess is not None)
         if dataset.policy is not None and is_dp(dataset.policy.privacy):
             levels = dataset.column_levels.get(spec.label, spec.classes)
@@ -242,18 +271,21 @@ def dry_run(
             admit(everything, resolved, mock, "evaluate", min_count, classes), features, spec.label
         )
         train = evaluation
+        if len(train.y) < 2:
+            raise DryRunError(_too_few(spec.label, classes, len(mock)))
     fitted = 0
     try:
-        labels = encode_labels(train.y, evaluation.y, spec.label, plan.task)
-        parts = one_machine(train, evaluation, labels)
-        noisy = dataset.policy is not None and is_dp(dataset.policy.privacy)
-        run = Run(1, lambda _done, _latest: None, public_levels=noisy)
-        if kind == "train":
-            fitted = min(plan.rounds, DRY_ROUNDS)
-            trial = dataclasses.replace(plan, rounds=fitted)
-            family.train(trial, parts, labels.classes, run)
-        else:
-            evaluate(family, family.score(plan, parts, labels.classes, run), parts, len(labels.classes))
+        with _quiet(FAMILY_LOG):
+            labels = encode_labels(train.y, evaluation.y, spec.label, plan.task)
+            parts = one_machine(train, evaluation, labels)
+            noisy = dataset.policy is not None and is_dp(dataset.policy.privacy)
+            run = Run(1, lambda _done, _latest: None, public_levels=noisy)
+            if kind == "train":
+                fitted = min(plan.rounds, DRY_ROUNDS)
+                trial = dataclasses.replace(plan, rounds=fitted)
+                family.train(trial, parts, labels.classes, run)
+            else:
+                evaluate(family, family.score(plan, parts, labels.classes, run), parts, len(labels.classes))
     except Refusal as refusal:
         # Here, unlike on the server, the library's own words may be shown: they are about mock rows.
         cause = str(refusal.__cause__ or "").strip().splitlines()

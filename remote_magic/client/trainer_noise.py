@@ -2,7 +2,8 @@
 
 The server prices a train job without its model (`POST /v1/cost` reads no model bytes) and says the DP
 trainer's share of the cost, `rho_train`. What that share buys per leaf depends on the model's rounds and
-objective, so it is worked out here from the model, by the DP trainer's own code: its family's canonical
+objective (and a regression label's declared range, a label's declared classes, which the catalog
+shows), so it is worked out here from the model, by the DP trainer's own code: its family's canonical
 form (`dpboost.family`), its settings for that plan (`settings_for`) and its noise scales
 (`Settings.scales`), the functions the trainer runs on the server, not a copy of them. A model that
 leaves its rounds unset gets them from the row count the training releases: the most it may take is
@@ -19,11 +20,19 @@ from ..families.dpboost.family import settings_for
 from ..families.dpboost.settings import DEFAULT_ROUNDS
 
 
-def expected_training(model: object, rho_train: float, delta: float) -> tuple[DPTraining | None, str]:
-    """The DP trainer's trees and noise per leaf for `model` at `rho_train`, or None and why not."""
+def expected_training(
+    model: object,
+    rho_train: float,
+    delta: float,
+    label_range: tuple[float, float] | None = None,
+    classes: int | None = None,
+) -> tuple[DPTraining | None, str]:
+    """The DP trainer's trees and noise per leaf for `model` at `rho_train`, or None and why not;
+    `label_range` and `classes` are the owner's public declarations of the label, which a regression's
+    and a multiclass label's noise depend on."""
     try:
         plan = family_named("dpboost").canonical(model)
-        settings = settings_for(plan, None, None)
+        settings = settings_for(plan, classes, label_range)
         scales = settings.scales(rho_train, continuing=plan.base is not None)
     except Refusal as refusal:
         if refusal.code == "unsupported_model":  # a regression's label range, a multiclass label's classes

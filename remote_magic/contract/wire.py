@@ -211,6 +211,10 @@ class DatasetInfo(_Strict):
     column_levels: dict[str, list[str]] = Field(
         default_factory=dict, description="The data owner's public levels of a text feature."
     )
+    label_ranges: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="The data owner's public range of a regression label (DP training's and metrics' clip).",
+    )
 
 
 class Whoami(_Strict):

@@ -1,10 +1,12 @@
 """GET /v1/datasets/{name}/mock: rows with the dataset's schema and no real values, for dry runs.
 
 The rows come from a file the data owner chose to publish (`mock_path`) or are synthesised from the
-column types recorded with the dataset's version alone (`NAME@N` picks version N, else the latest): the
-synthesis never opens a row of the real data and uses no statistic of it (no ranges, no categories, no
-frequencies), so a mock can never leak a value. The seed is the dataset's name, so the same dataset
-gives the same mock on every call.
+column types recorded with the dataset's version (`NAME@N` picks version N, else the latest) and the
+owner's public declarations: a declared level or class is drawn among the declared ones, a number
+uniformly within its declared range (`column_ranges`, a regression label's `label_ranges`), so a dry run
+admits rows of the classes the job admits. The synthesis never opens a row of the real data and uses no
+statistic of it (no observed range, category or frequency), so a mock can never leak a value. The seed
+is the dataset's name, so the same dataset gives the same mock on every call.
 """
 
 from __future__ import annotations
@@ -35,8 +37,38 @@ MOCK_EPOCH = datetime(2000, 1, 1)
 STRING_LEVELS = 4
 
 
+def declared_values(
+    dtype: str,
+    levels: list[str] | None,
+    bounds: tuple[float, float] | None,
+    rows: int,
+    rng: np.random.Generator,
+) -> list | None:
+    """Values drawn from the owner's public declaration of a column (its levels, else its range), in the
+    column's type; None where there is none or it does not fit the type (the type alone decides then)."""
+    number = dtype.startswith(("int", "uint")) or dtype in ("double", "float", "halffloat")
+    if levels is not None and ("string" in dtype or number):
+        try:
+            typed = [v if "string" in dtype else float(v) for v in levels]
+        except ValueError:
+            return None
+        if dtype.startswith(("int", "uint")):
+            if not all(float(v).is_integer() for v in typed):
+                return None
+            typed = [int(v) for v in typed]
+        return [typed[i] for i in rng.integers(0, len(typed), rows)]
+    if bounds is not None and number:
+        low, high = bounds
+        if dtype.startswith(("int", "uint")):
+            if math.ceil(low) > math.floor(high):
+                return None
+            return [int(v) for v in rng.integers(math.ceil(low), math.floor(high) + 1, rows)]
+        return [round(float(v), 3) for v in rng.uniform(low, high, rows)]
+    return None
+
+
 def synthesise(name: str, dtype: str, role: str, rows: int, rng: np.random.Generator) -> list:
-    """Values for one column from its Arrow type name only."""
+    """Values for one column from its Arrow type name only (a column the owner declared nothing about)."""
     if dtype.startswith(("int", "uint")):
         values = rng.integers(0, 2, rows) if role == "label" else rng.integers(0, 100, rows)
         return [int(v) for v in values]
@@ -83,9 +115,14 @@ def mock_data(dataset_name: str, dataset: DatasetConfig, schema: list[ColumnInfo
         given = _from_file(dataset, [c.name for c in columns], rows)
         rows = min((len(v) for v in given.values()), default=rows)
     rng = np.random.default_rng(zlib.crc32(dataset_name.encode()))
-    values = [
-        given[c.name] if c.name in given else synthesise(c.name, c.dtype, c.role, rows, rng) for c in columns
-    ]
+    ranges = {**dataset.column_ranges, **dataset.label_ranges}
+    values = []
+    for c in columns:
+        if c.name in given:
+            values.append(given[c.name])
+            continue
+        declared = declared_values(c.dtype, dataset.column_levels.get(c.name), ranges.get(c.name), rows, rng)
+        values.append(declared if declared is not None else synthesise(c.name, c.dtype, c.role, rows, rng))
     return MockData(
         dataset=dataset_name,
         source="file" if given else "synthetic",

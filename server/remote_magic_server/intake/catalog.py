@@ -110,6 +110,7 @@ def describe_dataset(settings: Settings, desk: ReleaseDesk, versions: Versions, 
         versions=listed,
         column_ranges=dataset.column_ranges,
         column_levels=dataset.column_levels,
+        label_ranges=dataset.label_ranges,
     )
 
 

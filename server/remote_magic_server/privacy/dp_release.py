@@ -41,6 +41,7 @@ LOWER_BOUND_SIGMAS = 3.0  # the smallest class is taken as its noisy count less 
 # interval covering r2 190 times of 200), of 2,000 about half the time.
 R2_SIGMAS = 5.0
 DRAWS = 4000
+LABEL_SDS = 6.0  # a cost preview takes a regression label's declared range as 6 of its sd wide (+-3 sd)
 Z95 = 1.959964
 # The most one row adds to a clipped log-loss sum, as the worker clips it (families/scoring.LOSS_CLIP,
 # not imported: it would bring scikit-learn into the API process; a test holds the two equal).
@@ -73,11 +74,14 @@ def share(policy: Policy, task: str) -> float:
     return policy.dp_rho_job / (1 + len(metric_names(task)))
 
 
-def expected_half_widths(policy: Policy, eval_rows: int, smallest_share: float = 0.5) -> dict[str, float]:
-    """The 95% half-widths a binary classifier's default metrics should get on `eval_rows` rows whose
-    smaller class is `smallest_share` of them, computed as `release_dp` computes them: AUC's sensitivity
-    is 1 / (the smaller class's noisy count less 3 sigma), as the release uses it."""
-    rho = share(policy, "binary")
+def expected_half_widths(
+    policy: Policy, eval_rows: int, smallest_share: float = 0.5, classes: int = 2
+) -> dict[str, float]:
+    """The 95% half-widths a classifier's default metrics should get on `eval_rows` rows whose smaller
+    class is `smallest_share` of them, computed as `release_dp` computes them: AUC's sensitivity is
+    1 / (the smaller class's noisy count less 3 sigma), as the release uses it (binary only)."""
+    task = "binary" if classes <= 2 else "multiclass"
+    rho = share(policy, task)
     n = max(eval_rows, 1)
     count_sigma = dp.sigma(math.sqrt(2), rho)
     bound = smallest_share * n - LOWER_BOUND_SIGMAS * count_sigma
@@ -86,9 +90,32 @@ def expected_half_widths(policy: Policy, eval_rows: int, smallest_share: float =
         "log_loss": round_metric(Z95 * dp.sigma(LOSS_CLIP, rho) / n),
         "accuracy": round_metric(Z95 * dp.sigma(1.0, rho) / n),
     }
-    if bound >= policy.min_class_rows:
+    if task == "binary" and bound >= policy.min_class_rows:
         widths["auc"] = round_metric(Z95 * dp.sigma(1.0 / bound, rho))
     return dict(sorted(widths.items(), key=lambda item: item[0] != "rows"))
+
+
+def expected_regression_half_widths(
+    policy: Policy, eval_rows: int, label_range: tuple[float, float]
+) -> dict[str, float]:
+    """The 95% half-widths a regression's metrics should get on `eval_rows` rows with the owner's label
+    range, from the noise `release_dp` adds: MAE's exactly; RMSE's at most (sqrt of the mean squared
+    error's half-width, however small the error); R2's for labels whose sd is a sixth of the range (the
+    range spans them +-3 sd), left out where such labels' spread would not stand clear of its noise."""
+    rho = share(policy, "regression")
+    n = max(eval_rows, 1)
+    r = label_range[1] - label_range[0]
+    unit = dp.sigma(1.0, rho)
+    widths = {
+        "rows": round(Z95 * unit, 1),
+        "rmse": round_metric(math.sqrt(Z95 * r**2 * unit / n)),
+        "mae": round_metric(Z95 * r * unit / n),
+    }
+    # The spread's noise is the sum of squares' (sqrt 2 over h^2, h = r / 2), as the release draws it.
+    spread, spread_sigma = n * (r / LABEL_SDS) ** 2, dp.sigma(math.sqrt(2), rho) * r**2 / 4
+    if spread > R2_SIGMAS * spread_sigma:
+        widths["r2"] = round_metric(Z95 * math.hypot(r**2 * unit, spread_sigma) / spread)
+    return widths
 
 
 @dataclass

@@ -841,23 +841,9 @@ class ReleaseDesk:
             split = request.spec.get("eval") or ({"fraction": 0.2} if request.kind == "train" else {})
             fraction = float(split.get("fraction", 1.0))
             assumed = int((self.table_size(request.dataset, version, table_rows) or 0) * fraction)
-        balance = self._known_balance(request.user, request.dataset, str(request.spec.get("label", "")))
-        expected = {}
+        expected: dict[str, float] = {}
         if assumed:
-            expected = dp_release.expected_half_widths(policy, assumed, balance or 0.5)
-            where = " (before any filter)" if request.spec.get("where") else ""
-            classes = (
-                f"its smaller class {balance:.0%} of the rows, as an earlier answer to you said"
-                if balance
-                else "two balanced classes (no answer you have says the balance: %remote_describe does)"
-            )
-            notes.append(
-                f"the expected half-widths assume the evaluation rows of the whole table{where} and {classes}"
-            )
-            if "auc" not in expected:
-                notes.append(
-                    "auc would not be released: the smaller class is too small once noise is allowed for"
-                )
+            expected, notes = self._expected(request, policy, assumed)
         if spent + cost > cap + 1e-12:
             notes.insert(
                 0,
@@ -882,6 +868,45 @@ class ReleaseDesk:
             expected=expected,
             notes=notes,
         )
+
+    def _expected(self, request: Request, policy: Policy, rows: int) -> tuple[dict[str, float], list[str]]:
+        """The expected half-widths on `rows` evaluation rows, and what they assume: a regression where
+        the owner declared the label's range and no classes, else a classifier of the public classes
+        (two unless declared or named), with the balance an earlier answer told this user."""
+        label = str(request.spec.get("label", ""))
+        config = self.settings.datasets[request.dataset]
+        classes = config.column_levels.get(label, request.spec.get("classes"))
+        label_range = None if classes else config.label_ranges.get(label)
+        where = " (before any filter)" if request.spec.get("where") else ""
+        if label_range is not None:
+            expected = dp_release.expected_regression_half_widths(policy, rows, label_range)
+            notes = [
+                "the expected half-widths assume a regression on the evaluation rows of the whole "
+                f"table{where} with the owner's label range {list(label_range)}: rmse's is the most it "
+                "can be; r2's assumes labels whose sd is a sixth of the range (labels spread less widen "
+                "it as the square, and r2 comes out only where their spread stands clear of its noise)"
+            ]
+            if "r2" not in expected:
+                notes.append(
+                    "r2 would not be released: the labels' spread would not stand clear of its noise"
+                )
+            return expected, notes
+        n_classes = max(2, len(classes or []))
+        balance = self._known_balance(request.user, request.dataset, label)
+        expected = dp_release.expected_half_widths(policy, rows, balance or 0.5, n_classes)
+        shape = (
+            f"{n_classes} classes"
+            if n_classes > 2
+            else f"its smaller class {balance:.0%} of the rows, as an earlier answer to you said"
+            if balance
+            else "two balanced classes (no answer you have says the balance: %remote_describe does)"
+        )
+        notes = [f"the expected half-widths assume the evaluation rows of the whole table{where} and {shape}"]
+        if n_classes == 2 and "auc" not in expected:
+            notes.append(
+                "auc would not be released: the smaller class is too small once noise is allowed for"
+            )
+        return expected, notes
 
     def _known_balance(self, user: str, dataset: str, label: str) -> float | None:
         """The smaller class's share of a binary label, from the newest answer already released to this
