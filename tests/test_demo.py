@@ -127,8 +127,8 @@ def test_a_second_demo_on_a_busy_data_directory_says_so_in_one_line(tmp_path):
             assert second.returncode == 3, command
             assert "REMOTE_MAGIC_TOKEN" not in second.stdout and "Traceback" not in second.stderr
             assert second.stderr.strip().splitlines() == [
-                f"another server already uses the data directory {data}: use that one, stop it, or give "
-                "this one another --data-dir"
+                f"another server is already using the data directory {data}: use that one, stop it, or "
+                "give this one another --data-dir"
             ]
     finally:
         first.terminate()

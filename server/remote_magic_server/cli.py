@@ -61,8 +61,8 @@ def _data_dir_taken(settings: Settings) -> bool:
     if not DataDirLock(settings).held():
         return False
     print(
-        f"another server already uses the data directory {settings.server.data_dir}: use that one, stop "
-        "it, or give this one another --data-dir",
+        f"another server is already using the data directory {settings.server.data_dir}: use that one, "
+        "stop it, or give this one another --data-dir",
         file=sys.stderr,
     )
     return True
