@@ -237,6 +237,7 @@ def test_the_rows_start_from_the_analysts_public_base_score_as_the_model_does(da
     [
         (xgb.XGBClassifier(subsample=0.5), "parameter_out_of_bounds", "subsample"),
         (xgb.XGBClassifier(objective="rank:pairwise"), "unsupported_model", "rank:pairwise"),
+        (xgb.XGBClassifier(early_stopping_rounds=5), "parameter_out_of_bounds", "early_stopping_rounds"),
     ],
 )
 def test_what_dp_training_cannot_honour_is_refused_by_name(model, code, named):

@@ -152,6 +152,12 @@ class DPBoostFamily:
         """XGBoost's canonical form of the model, kept to what the DP trainer honours; an estimator that
         left `n_estimators` unset gets the trainer's rounds, chosen from the released row count (at most
         LARGE_ROUNDS, `Settings.for_count`), not XGBoost's 100."""
+        if getattr(model, "early_stopping_rounds", None) is not None:
+            raise Refusal(
+                "parameter_out_of_bounds",
+                "early_stopping_rounds: DP training runs its rounds (stopping on the evaluation rows would "
+                "read them for free); set n_estimators, after --curve shows where the loss levels off",
+            )
         plan = self.adopt(XGBOOST.canonical(model, custom_code))
         if getattr(model, "n_estimators", 0) is None:
             plan = replace(plan, rounds=LARGE_ROUNDS, rounds_unset=True)
