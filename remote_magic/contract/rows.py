@@ -14,9 +14,13 @@ then `merge_rare` applies to each batch whenever it is read.
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RARE_LEVEL = "(rare)"
 FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: past it XGBoost reads inf and refuses the rows
@@ -39,6 +43,22 @@ def clean(batch: pa.RecordBatch | pa.Table, features: list[str]) -> pa.RecordBat
             column = pc.if_else(kept, column, pa.scalar(None, column.type))
         arrays.append(column)
     return type(batch).from_arrays(arrays, names=features)
+
+
+def as_pandas(table: pa.Table) -> pd.DataFrame:
+    """The rows as pandas, each column's dtype from its Arrow type (public), never from its values:
+    numbers and booleans as float64 (missing: NaN), text as objects. Left to pandas, one missing value
+    turned an integer column into floats and a boolean one into objects."""
+    numeric = [
+        pc.cast(c, pa.float64())
+        if pa.types.is_boolean(c.type)
+        or pa.types.is_integer(c.type)
+        or pa.types.is_floating(c.type)
+        or pa.types.is_decimal(c.type)
+        else c
+        for c in table.columns
+    ]
+    return pa.Table.from_arrays(numeric, names=table.column_names).to_pandas()
 
 
 def count_levels(counts: dict[str, Counter], batch: pa.RecordBatch | pa.Table) -> None:

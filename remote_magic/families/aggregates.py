@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..contract.codes import Refusal
+from ..contract.rows import as_pandas
 from . import partials, scoring
 from .base import ModelFamily, Part, Partitions, Split
 
@@ -181,10 +181,6 @@ def _exact(asked: Asked, y: np.ndarray, pred: np.ndarray) -> dict:
         ) from exc
 
 
-def _is_number(type_: pa.DataType) -> bool:
-    return pa.types.is_integer(type_) or pa.types.is_floating(type_) or pa.types.is_decimal(type_)
-
-
 def partners(table: pa.Table, y: np.ndarray) -> np.ndarray:
     """The permutation's row for each evaluation row: the next one in a cycle of the rows ordered by a
     keyed hash of their content (features and label), so a random-looking shuffle that one row changes
@@ -193,11 +189,7 @@ def partners(table: pa.Table, y: np.ndarray) -> np.ndarray:
     drawn for the number of rows would move every row's partner when one row comes or goes. Each
     column is hashed as its Arrow type says (numbers as float64), never as pandas infers from the values:
     one missing value turned an integer column into floats, and so every row's hash."""
-    columns = [
-        pc.cast(c, pa.float64()) if pa.types.is_boolean(c.type) or _is_number(c.type) else c
-        for c in table.columns
-    ]
-    frame = pa.Table.from_arrays(columns, names=table.column_names).to_pandas()
+    frame = as_pandas(table)
     frame["__label__"] = y.astype(np.float64) if y.dtype.kind in "biuf" else y
     keys = pd.util.hash_pandas_object(frame, index=False, hash_key=PERMUTATION_KEY).to_numpy()
     order = np.argsort(keys, kind="stable")

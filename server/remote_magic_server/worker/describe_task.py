@@ -27,9 +27,8 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
+from remote_magic.contract.rows import as_pandas
 from remote_magic.families.base import class_names, declared_values
 from remote_magic.families.dpboost.accounting import gaussian_sigma, selection_threshold
 from remote_magic.families.dpboost.candidates import WIDE_GRID
@@ -133,19 +132,6 @@ def _categorical(name: str, series: pd.Series, keep: int, levels: list[str] | No
     )
 
 
-def _frame(table: pa.Table) -> pd.DataFrame:
-    """The rows as pandas, each column's dtype from its Arrow type (public), never from its values: a
-    boolean column with one missing value became `object`, and was described as text exactly when a
-    row with it was admitted. Booleans and decimals are numbers."""
-    numeric = [
-        pc.cast(column, pa.float64())
-        if pa.types.is_boolean(column.type) or pa.types.is_decimal(column.type)
-        else column
-        for column in table.columns
-    ]
-    return pa.Table.from_arrays(numeric, names=table.column_names).to_pandas()
-
-
 def _is_numeric(series: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype)
 
@@ -176,7 +162,7 @@ def run(task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None = No
     channel.stage("staging")
     spec = task.spec
     staged = staging.stage(task, con=con)
-    frame = _frame(staged.eval.x.table())
+    frame = as_pandas(staged.eval.x.table())  # dtypes by the schema: a missing value changes none
     labels = pd.Series(staged.eval.y, name=spec.label)
     classes = _classes(labels, task.staging.label_levels, task.describe.private)
     admission = Admission(
