@@ -3,7 +3,8 @@
 
 One partition on one worker grows the local executor's trees; two partitions stay within 0.005 AUC;
 a worker killed mid-training ends the job with a fixed code in bounded time, and killed while the other
-is paused leaves nothing held and the next job runs; a job that cannot start within `start_timeout_s`
+is paused leaves nothing held and the next job runs; a worker whose thread a let-go task holds is
+restarted by the next job; a job that cannot start within `start_timeout_s`
 ends with a fixed code; partitions all on one of two workers, missing text levels, train as on one
 machine; a scheduler that cannot be reached fails in bounded time; nothing of the cluster listens outside
 loopback; what the cluster may not run (a Pipeline) runs on the server's machine; hostile payloads meet
@@ -36,7 +37,7 @@ from remote_magic.families import family
 from remote_magic.families.base import Plan
 from remote_magic.families.partitions import InProcess
 from remote_magic.families.xgboost.on_dask import train_where_rows_are
-from remote_magic_server.cluster import partitions
+from remote_magic_server.cluster import partitions, stuck
 from remote_magic_server.cluster.partitions import workers_of
 from remote_magic_server.demo import free_port, synthetic_table
 from remote_magic_server.worker import staging
@@ -197,6 +198,30 @@ def test_a_worker_killed_while_the_other_is_paused_leaves_nothing_held_and_the_n
     for cycle in cycles:
         assert cycle.lost_code == "cluster_worker_lost" and cycle.held == {}, cycle
         assert cycle.next_state == "succeeded", cycle
+
+
+def test_a_worker_a_lost_job_left_stuck_is_restarted_and_the_next_job_runs(tmp_path):
+    """A survivor of a lost worker can stay blocked in XGBoost's collective forever (CI saw it once in
+    the cycles above: the next job then waited in staging for its timeout). Here a task that never ends,
+    then let go by its client, holds one worker's only thread the same way: the next job restarts that
+    worker after `collective_timeout_s` plus a margin and succeeds."""
+    with local_cluster(2) as cluster, Client(cluster) as client:
+        extra = executor(cluster.scheduler_address, partitions=2, collective_timeout_s=5)
+        users = {"alice": ["breast_cancer_rules"]}
+        with running(tmp_path / "data", tmp_path / "server.log", users, extra) as server:
+            pids = client.run(os.getpid)
+            held = sorted(pids)[0]
+            blocker = client.submit(time.sleep, 3600, workers=[held], pure=False)
+            wait_until(lambda: client.processing([held])[held], 60, "the blocking task to start")
+            blocker.release()
+            wait_until(lambda: client.run(stuck._unwanted, workers=[held])[held], 60, "the task let go")
+            result = server.client().train(xgb.XGBClassifier(n_estimators=3), SMALL, timeout=120)
+            after = client.run(os.getpid)
+            log = server.log_path.read_text()
+    assert result.rounds["total"] == 3
+    assert pids[held] not in after.values(), "the stuck worker was not restarted"
+    assert '"event": "cluster_worker_restarted"' in log
+    assert len(after) == 2
 
 
 def test_a_job_that_cannot_start_ends_with_a_fixed_code_and_leaves_no_lock_queued(tmp_path):

@@ -13,7 +13,8 @@ a training worker that leaves the cluster ends it with `cluster_worker_lost` as 
 notices (the surviving workers give up within `collective_timeout_s`); training whose workers have not
 all begun within `start_timeout_s` ends it with `cluster_busy`; SIGTERM from the parent (a cancel)
 tells the training workers to stop after their current round, then ends the driver. Either way what
-the training held on the cluster is released first (families/xgboost/on_dask.py).
+the training held on the cluster is released first (families/xgboost/on_dask.py). Before staging, a
+worker that an earlier lost job's training still holds is restarted (stuck.py).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from remote_magic.families import family
 from ..protocol import ClusterConfig, DriverTask, TrainReport
 from ..runner import model_job
 from ..runner.channel import Channel, serve
-from . import partitions
+from . import partitions, stuck
 from .partitions import LOST_WORKER, DaskHandle, DaskPartitions, workers_of
 
 log = logging.getLogger("remote_magic_server.cluster")
@@ -44,6 +45,7 @@ log = logging.getLogger("remote_magic_server.cluster")
 POLL_S = 0.2
 WORKERS_EVERY_S = 1.0
 LOSS_NOTICE_S = 5.0  # how long a failed collective waits for the scheduler to notice a lost worker
+STUCK = "the training cluster's workers are held by an earlier job that did not end; ask the data owner"
 
 
 def security(cluster: ClusterConfig) -> Security | None:
@@ -89,10 +91,12 @@ class Driver:
         assert staging is not None
         plan = canonical.plan((self.folder / canonical.base).read_bytes() if canonical.base else None)
         self.channel.stage("staging")
+        patience = self.job.cluster.collective_timeout_s + LOSS_NOTICE_S
+        left_out = stuck.free_stuck_workers(client, patience)
         parts = DaskPartitions(
             DaskHandle(
                 client=client,
-                futures=self._stage(client, staging.dataset_path),
+                futures=self._stage(client, staging.dataset_path, left_out),
                 name=self.folder.name,
                 tracker_host=urlsplit(self.job.cluster.scheduler).hostname,
                 collective_timeout_s=self.job.cluster.collective_timeout_s,
@@ -124,12 +128,15 @@ class Driver:
                 time.sleep(POLL_S)
             raise
 
-    def _stage(self, client: Client, path: str) -> list[Future]:
+    def _stage(self, client: Client, path: str, left_out: set[str]) -> list[Future]:
         """Stage the snapshot on the cluster in contiguous runs of rows, one per partition (by default
         one per cluster worker), dealt to the workers in turn so none is left without rows (a worker
-        that is gone or paused by then leaves its partition to another)."""
+        that is gone or paused by then leaves its partition to another). A worker a lost job left stuck
+        (stuck.py) gets none."""
         rows_total = pq.read_metadata(path).num_rows
-        workers = sorted(_workers(client))
+        workers = sorted(_workers(client) - left_out)
+        if not workers:
+            raise Refusal("cluster_busy", STUCK)
         count = max(1, min(self.job.cluster.partitions or len(workers), rows_total))
         bounds = np.linspace(0, rows_total, count + 1).astype(int)
         staging = self.task.staging
