@@ -244,7 +244,7 @@ def dry_run(
                 hint=continuous_label_hint(spec.label, resolved.label_dtype) if classifier else "",
                 label=spec.label,
             )
-        check_kind(kind, plan.base is not None, plan.preprocess is not None)
+        check_kind(kind, plan.base is not None, plan.preprocess is not None, plan.stops_early)
         if dataset.policy is not None and is_dp(dataset.policy.privacy):
             levels = dataset.column_levels.get(spec.label, spec.classes)
             check_public_classes(family, plan, spec.label, levels)

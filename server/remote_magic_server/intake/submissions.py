@@ -77,7 +77,8 @@ class Intake:
         try:
             report = scan(sub.payload, limit)
             if sub.base_model is None:
-                check_kind(sub.kind, report.fitted, report.model == "Pipeline")
+                stops_early = (report.params or {}).get("early_stopping_rounds") is not None
+                check_kind(sub.kind, report.fitted, report.model == "Pipeline", stops_early)
             self._check_bounds(sub, report)
             return "queued", report
         except Refusal as exc:

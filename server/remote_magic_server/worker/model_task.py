@@ -78,6 +78,7 @@ def decode(task: Task, payload: BinaryIO | None) -> tuple[ModelFamily, Plan]:
         check_public_levels(family, plan)
     if str(plan.params.get("device") or "cpu") != "cpu" and not task.limits.gpu:
         raise Refusal("parameter_out_of_bounds", "device = 'cuda' needs a GPU, and this server has none")
+    check_kind(task.kind, plan.base is not None, plan.preprocess is not None, plan.stops_early)
     return family, plan
 
 
@@ -108,6 +109,5 @@ def run(
     assert task.spec is not None and task.staging is not None and task.bounds is not None
     channel.stage("starting")
     family, plan = decode(task, payload)
-    check_kind(task.kind, plan.base is not None, plan.preprocess is not None)
     channel.stage("staging")
     return model_job.run(task, plan, family, InProcess([staging.stage(task, con=con)]), channel, HERE)
