@@ -84,6 +84,13 @@ CORPUS = [
         "train",
         "parameter_out_of_bounds",
     ),
+    (
+        "classes on a regressor",
+        xgb.XGBRegressor(n_estimators=3),
+        {"classes": ["0", "1"]},
+        "train",
+        "invalid_spec",
+    ),
     ("evaluate an unfitted model", small(), {}, "evaluate", "unsupported_model"),
     (
         "evaluate a pipeline",

@@ -10,7 +10,7 @@ import pytest
 import xgboost as xgb
 
 from remote_magic import package_model
-from remote_magic.client.errors import DisclosureRefused, ModelRejected
+from remote_magic.client.errors import DisclosureRefused, ModelRejected, SpecError
 from remote_magic.families.base import STOPS_EARLY
 
 SPEC = {"dataset": "breast_cancer_rules", "label": "malignant"}
@@ -174,6 +174,17 @@ def test_a_training_that_asks_to_stop_early_is_refused_by_name_not_run_to_its_ro
         continued.result(timeout=120)
     assert in_worker.value.code == "parameter_out_of_bounds"
     assert in_worker.value.message.startswith(STOPS_EARLY)
+
+
+def test_classes_on_a_booster_that_regresses_are_refused_by_the_worker_before_any_row(server):
+    data = pd.read_parquet(server.settings.datasets["synthetic_rules"].path)
+    booster = xgb.train({}, xgb.DMatrix(data[["age", "bmi"]], data["label"]), num_boost_round=2)
+    spec = {"dataset": "synthetic_rules", "label": "label", "features": ["age", "bmi"], "classes": ["0", "1"]}
+    job = server.client().submit(booster, spec)  # a Booster's objective is inside its bytes
+    with pytest.raises(SpecError) as refused:
+        job.result(timeout=120)
+    assert refused.value.code == "invalid_spec"
+    assert refused.value.message.startswith("classes (--classes) are for a classifier")
 
 
 def test_a_fitted_model_that_stopped_early_is_still_evaluated(server):

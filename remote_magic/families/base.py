@@ -358,6 +358,18 @@ def is_classifier_task(task: str) -> bool:
     return task in ("classification", "binary", "multiclass")
 
 
+def check_classes_fit(task: str, classes: list[str] | None) -> None:
+    """A spec's classes are a classifier's: on a regressor they would admit only the rows whose label is
+    one of them, and the job would fail on too few rows with advice to widen the filter. Known from the
+    model and the spec alone, so refused before any row is read (at submit, in the worker, by the dry run)."""
+    if classes is not None and not is_classifier_task(task):
+        raise Refusal(
+            "invalid_spec",
+            "classes (--classes) are for a classifier, and this model is a regressor: they would admit only "
+            "the rows whose label is one of them; leave them out, or send an XGBClassifier",
+        )
+
+
 def check_public_classes(family: ModelFamily, plan: Plan, label: str, classes: list[str] | None) -> None:
     """In the noisy modes a classifier's classes are public before any row is read: the owner's declared
     ones or the spec's, as many as a fitted model predicts. Taken from the rows, a class that one row

@@ -22,6 +22,7 @@ from remote_magic.families import family_for, family_of_saved
 from remote_magic.families.base import (
     ModelFamily,
     Plan,
+    check_classes_fit,
     check_kind,
     check_public_classes,
     check_public_levels,
@@ -64,6 +65,8 @@ def decode(task: Task, payload: BinaryIO | None) -> tuple[ModelFamily, Plan]:
     family.check_bounds(plan, task.bounds)
     if task.staging is not None:
         family.check_columns(plan, task.staging.columns)
+    if task.spec is not None:
+        check_classes_fit(plan.task, task.spec.classes)
     if task.dp_training is not None:
         assert task.staging is not None
         staged = task.staging
