@@ -160,7 +160,7 @@ def test_filter_that_admits_no_rows_fails_cleanly(server):
     assert_error(server.get(f"/jobs/{job.id}/result"), 422, "cohort_too_small")
 
 
-@pytest.mark.parametrize("dataset", ["synthetic_rules", "synthetic_eval_only"])
+@pytest.mark.parametrize("dataset", ["synthetic", "synthetic_rules", "synthetic_eval_only"])
 def test_a_training_that_asks_to_stop_early_is_refused_by_name_not_run_to_its_rounds(server, dataset):
     client = server.client()
     spec = {"dataset": dataset, "label": "label", "features": ["age", "bmi"], "classes": ["0", "1"]}
