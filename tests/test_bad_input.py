@@ -187,7 +187,7 @@ def test_classes_on_a_booster_that_regresses_are_refused_by_the_worker_before_an
     assert refused.value.message.startswith("classes (--classes) are for a classifier")
 
 
-def test_a_fitted_model_that_stopped_early_is_still_evaluated(server):
+def test_an_evaluation_does_not_refuse_early_stopping_rounds(server):
     data = pd.read_parquet(server.settings.datasets["synthetic_rules"].path)
     fitted = xgb.XGBClassifier(n_estimators=3).fit(data[["age", "bmi"]], data["label"])
     fitted.set_params(early_stopping_rounds=2)
