@@ -77,6 +77,20 @@ CORPUS = [
     ("not an allowed class", LogisticRegression(), {}, "train", "invalid_model"),
     ("too many rounds", xgb.XGBClassifier(n_estimators=5000), {}, "train", "parameter_out_of_bounds"),
     ("too deep", xgb.XGBClassifier(n_estimators=2, max_depth=50), {}, "train", "parameter_out_of_bounds"),
+    (
+        "early stopping in a training",
+        xgb.XGBClassifier(n_estimators=3, early_stopping_rounds=2),
+        {},
+        "train",
+        "parameter_out_of_bounds",
+    ),
+    (
+        "classes on a regressor",
+        xgb.XGBRegressor(n_estimators=3),
+        {"classes": ["0", "1"]},
+        "train",
+        "invalid_spec",
+    ),
     ("evaluate an unfitted model", small(), {}, "evaluate", "unsupported_model"),
     (
         "evaluate a pipeline",

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pickle
 
 import cloudpickle
+import pandas as pd
 import pytest
 import xgboost as xgb
 
 from remote_magic import package_model
-from remote_magic.client.errors import DisclosureRefused
+from remote_magic.client.errors import DisclosureRefused, ModelRejected, SpecError
+from remote_magic.families.base import STOPS_EARLY
 
 SPEC = {"dataset": "breast_cancer_rules", "label": "malignant"}
 
@@ -156,6 +158,41 @@ def test_filter_that_admits_no_rows_fails_cleanly(server):
         job.result(timeout=60)
     assert info.value.code == "cohort_too_small"
     assert_error(server.get(f"/jobs/{job.id}/result"), 422, "cohort_too_small")
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "synthetic_rules", "synthetic_eval_only"])
+def test_a_training_that_asks_to_stop_early_is_refused_by_name_not_run_to_its_rounds(server, dataset):
+    client = server.client()
+    spec = {"dataset": dataset, "label": "label", "features": ["age", "bmi"], "classes": ["0", "1"]}
+    stopping = xgb.XGBClassifier(n_estimators=3, early_stopping_rounds=2)
+    with pytest.raises(ModelRejected) as at_submit:  # read from the payload, before a job exists
+        client.submit(stopping, spec)
+    assert at_submit.value.code == "parameter_out_of_bounds" and at_submit.value.message == STOPS_EARLY
+    client.train(xgb.XGBClassifier(n_estimators=3), spec, register=f"stops_{dataset}")
+    continued = client.submit(stopping, spec, base_model=f"stops_{dataset}@1")  # the worker's look
+    with pytest.raises(ModelRejected) as in_worker:
+        continued.result(timeout=120)
+    assert in_worker.value.code == "parameter_out_of_bounds"
+    assert in_worker.value.message.startswith(STOPS_EARLY)
+
+
+def test_classes_on_a_booster_that_regresses_are_refused_by_the_worker_before_any_row(server):
+    data = pd.read_parquet(server.settings.datasets["synthetic_rules"].path)
+    booster = xgb.train({}, xgb.DMatrix(data[["age", "bmi"]], data["label"]), num_boost_round=2)
+    spec = {"dataset": "synthetic_rules", "label": "label", "features": ["age", "bmi"], "classes": ["0", "1"]}
+    job = server.client().submit(booster, spec)  # a Booster's objective is inside its bytes
+    with pytest.raises(SpecError) as refused:
+        job.result(timeout=120)
+    assert refused.value.code == "invalid_spec"
+    assert refused.value.message.startswith("classes (--classes) are for a classifier")
+
+
+def test_an_evaluation_does_not_refuse_early_stopping_rounds(server):
+    data = pd.read_parquet(server.settings.datasets["synthetic_rules"].path)
+    fitted = xgb.XGBClassifier(n_estimators=3).fit(data[["age", "bmi"]], data["label"])
+    fitted.set_params(early_stopping_rounds=2)
+    spec = {"dataset": "synthetic_rules", "label": "label", "features": ["age", "bmi"]}
+    assert server.client().evaluate(fitted, spec).rounds["total"] == 3
 
 
 def test_nothing_was_lost_and_the_server_is_healthy(server, earlier_job):

@@ -353,6 +353,22 @@ def test_the_magic_puts_a_dp_model_in_the_notebook_and_says_its_cost(dp_shell, d
     assert shown.ref == "dp_out@1" and "a DP release" in repr(shown)
 
 
+def test_rows_missing_a_feature_are_refused_naming_it_and_extra_columns_are_not_read(dp_job):
+    model = dp_job.model()
+    rows = pd.DataFrame(
+        {"age": [70.0], "income": [20e3], "BMI": [35.0], "smoker": [1], "visits": [9], "label": [1]}
+    )
+    for predict in (model.predict, model.predict_proba):
+        with pytest.raises(ValueError) as refused:
+            predict(rows)
+        said = str(refused.value)
+        assert said.startswith("your rows lack 1 column(s) the model was trained on: bmi")
+        assert "(it does not read your column(s) BMI, label)" in said
+    shuffled = rows.rename(columns={"BMI": "bmi"})[["label", "visits", "bmi", "smoker", "income", "age"]]
+    expected = model.estimator.predict_proba(shuffled[FEATURES])
+    assert model.predict_proba(shuffled).tolist() == expected.tolist()
+
+
 def test_text_columns_are_read_against_the_levels_the_model_knows(dp_server):
     spec = {**DP_SPEC, "features": ["age", "region"]}
     model = dp_server.client().train(xgb.XGBClassifier(n_estimators=3, max_depth=2), spec).model()

@@ -19,7 +19,7 @@ from IPython.utils.capture import capture_output
 import remote_magic
 from remote_magic import TrainResult, compare
 from remote_magic.client.dryrun import DryRun
-from remote_magic.client.errors import DisclosureRefused, DryRunError
+from remote_magic.client.errors import DisclosureRefused, DryRunError, SpecError
 from remote_magic.display.progress import ProgressBar
 
 IMPORT = "from xgboost import XGBClassifier\n"
@@ -267,6 +267,22 @@ def test_remote_failure_is_a_short_real_exception(shell):
     lines = error._render_traceback_()
     assert 1 <= len(lines) <= 2 and "Traceback" not in "".join(lines)
     assert "widen the filter" in lines[-1]
+
+
+def test_classes_on_a_regressor_are_refused_for_what_they_are_not_as_too_few_rows(shell, server):
+    """It admitted only the rows whose label was 0 or 1 and advised widening the filter."""
+    jobs_before = len(server.client().jobs(limit=500))
+    cell = "from xgboost import XGBRegressor\nmodel = XGBRegressor(n_estimators=3)"
+    for flags in ("", "--dry-run "):
+        result = shell.run_cell(
+            f"%%remote_train {flags}-d diabetes_rules -l progression --classes 0,1\n{cell}"
+        )
+        error = result.error_in_exec
+        assert isinstance(error, SpecError if not flags else DryRunError) and error.code == "invalid_spec"
+        lines = error._render_traceback_()
+        assert "classes (--classes) are for a classifier, and this model is a regressor" in lines[0]
+        assert "leave them out, or send an XGBClassifier" in lines[0] and "widen" not in " ".join(lines)
+    assert len(server.client().jobs(limit=500)) == jobs_before  # refused before any job existed
 
 
 def test_config_lists_every_trait_with_its_help(shell):

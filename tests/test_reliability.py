@@ -24,9 +24,11 @@ import requests
 import xgboost as xgb
 from prometheus_client.parser import text_string_to_metric_families
 
-from remote_magic import package_model
+from remote_magic import Client, package_model
+from remote_magic.client.errors import ConnectionProblem
 from remote_magic_server.audit import AuditLog
 from remote_magic_server.config.settings import Settings
+from remote_magic_server.demo import free_port
 from remote_magic_server.jobs.local_executor import LocalExecutor, process_mark
 from remote_magic_server.jobs.scheduler import Scheduler
 from remote_magic_server.jobs.store import SCHEMA_VERSION, QueueFull, Store, StoreError, hash_token
@@ -183,6 +185,26 @@ def test_kill9_with_jobs_queued_and_running_loses_none_and_runs_none_twice(make_
     assert samples[("remote_magic_queue_length", ())] == 0
     duration = ("remote_magic_job_duration_seconds_count", (("kind", "train"), ("state", "succeeded")))
     assert samples[duration] == 11
+
+
+def test_a_closed_port_fails_at_once_and_the_working_connection_stays(shell, server):
+    """A refused connection was tried five times with backoff: 9 s before the cell failed. The restart
+    above shows the long-poll still rides out a server that is gone for a while."""
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    start = time.monotonic()
+    error = shell.run_cell(f"%remote_connect {closed}").error_in_exec
+    took_magic = time.monotonic() - start
+    start = time.monotonic()
+    with pytest.raises(ConnectionProblem) as refused:
+        Client(closed, token=server.tokens["alice"]).health()
+    took_client = time.monotonic() - start
+    for said in (error, refused.value):
+        assert (
+            isinstance(said, ConnectionProblem)
+            and str(said) == f"cannot reach {closed}: is the server running?"
+        )
+    assert took_magic < 3 and took_client < 3, (took_magic, took_client)
+    assert "synthetic" in [row[0] for row in shell.run_line_magic("remote_datasets", "").rows]
 
 
 def connected_to(server: ServerProcess) -> bool:

@@ -1,7 +1,9 @@
 """The Python client: everything the magics do, usable from a plain script.
 
 Layers: a `requests.Session` that retries only idempotent requests (a POST is retried only with the same
-Idempotency-Key, so a retry can never start a second job), one method per endpoint with typed results,
+Idempotency-Key, so a retry can never start a second job) and never a connection that could not be made
+(a closed port fails at once; a long-poll rides out a restart by its own loop, job.py), one method per
+endpoint with typed results,
 and `Job` handles (job.py) that wait (long-poll), report progress, cancel on Ctrl-C and return a
 `TrainResult`.
 A submission whose queue on the server is full waits for a place as the server's Retry-After says.
@@ -81,10 +83,14 @@ class _TokenAuth(AuthBase):
 
 
 def _retrying_session() -> requests.Session:
+    """Retries a 502/503/504 and a connection dropped mid-answer (a GET's), with backoff; not a connection
+    that could not be made: nothing listens there, so the caller hears it at once rather than after five
+    backed-off tries (9 s), and a connect timeout has already waited its whole timeout. A long-poll rides
+    out a restart by its own reconnect loop (job.py)."""
     session = requests.Session()
     retry = Retry(
         total=5,
-        connect=5,
+        connect=0,
         read=3,
         other=0,  # a TLS failure will not pass on a retry
         backoff_factor=0.3,

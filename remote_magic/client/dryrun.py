@@ -38,6 +38,7 @@ from ..families.aggregates import evaluate
 from ..families.base import (
     Run,
     Split,
+    check_classes_fit,
     check_kind,
     check_public_classes,
     check_public_levels,
@@ -244,7 +245,8 @@ def dry_run(
                 hint=continuous_label_hint(spec.label, resolved.label_dtype) if classifier else "",
                 label=spec.label,
             )
-        check_kind(kind, plan.base is not None, plan.preprocess is not None)
+        check_kind(kind, plan.base is not None, plan.preprocess is not None, plan.stops_early)
+        check_classes_fit(plan.task, spec.classes)
         if dataset.policy is not None and is_dp(dataset.policy.privacy):
             levels = dataset.column_levels.get(spec.label, spec.classes)
             check_public_classes(family, plan, spec.label, levels)

@@ -100,11 +100,17 @@ class RemoteModel:
     def rows(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Your rows as the model reads them: its features in its order, each text column a pandas
         categorical over the levels the model knows. A level it does not know becomes missing, as it was
-        for the trainer (XGBoost alone would read it as a neighbouring level without a word)."""
+        for the trainer (XGBoost alone would read it as a neighbouring level without a word). Columns the
+        model does not read (an id, the label) are left out; a feature your frame lacks is a ValueError
+        that names it, as XGBoost's own check would, rather than a KeyError from deep inside pandas."""
         import pandas as pd
 
         booster = self.booster
-        out = frame[booster.feature_names or list(frame.columns)].copy()
+        names = booster.feature_names or list(frame.columns)
+        missing = [name for name in names if name not in frame.columns]
+        if missing:
+            raise ValueError(_missing_message(missing, [c for c in frame.columns if c not in names]))
+        out = frame[names].copy()
         if "c" in (booster.feature_types or []):
             for name, levels in booster.get_categories(export_to_arrow=True).to_arrow():
                 if levels is not None:
@@ -160,3 +166,13 @@ def _class_values(classes: list[str]) -> np.ndarray:
         except ValueError:
             continue
     return np.array(classes, dtype=object)
+
+
+def _missing_message(missing: list[str], unread: list[object]) -> str:
+    """One line naming the features a frame lacks, and the columns it has that the model does not read
+    (often the same column spelt another way)."""
+    said = f"your rows lack {len(missing)} column(s) the model was trained on: {', '.join(missing)}"
+    if unread:
+        more = f" and {len(unread) - 5} more" if len(unread) > 5 else ""
+        said += f" (it does not read your column(s) {', '.join(map(str, unread[:5]))}{more})"
+    return said

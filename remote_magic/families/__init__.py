@@ -32,7 +32,8 @@ class Manifest:
     """A family: its allowlist, as exact `module.name` strings of the classes its payloads may build;
     `module`, its code (which imports the model library), where `FAMILY` is; `light`, what the API
     process may import of it: `check_stated(estimator, params, rounds, bounds)`, the bounds a payload's
-    stated parameters must keep, and `is_saved(data)`, whether bytes are a model it saved (`export`).
+    stated parameters must keep, `plan_of_scan(estimator, params, rounds)`, the plan (and so the task)
+    they state, and `is_saved(data)`, whether bytes are a model it saved (`export`).
     `params_dict`: a dict of parameters (`{'params': ..., 'num_boost_round': ...}`) is this family's."""
 
     name: str

@@ -147,7 +147,8 @@ class Plan:
     `params` are JSON values, `base` the base model in the family's own byte format (or None),
     `preprocess` a Pipeline's preprocessors as class names and JSON parameters. `objective` and `metric`
     are notebook functions, present only for payloads the data owner approved. `rounds_unset`: the model
-    left its rounds to the family (an estimator's `n_estimators` None), `rounds` being the most it trains."""
+    left its rounds to the family (an estimator's `n_estimators` None), `rounds` being the most it trains.
+    `stops_early`: the model asks to stop early (`early_stopping_rounds`), which a training refuses."""
 
     family: str
     params: dict
@@ -159,6 +160,7 @@ class Plan:
     preprocess: dict | None = None
     objective: Callable | None = field(default=None, repr=False)
     metric: Callable | None = field(default=None, repr=False)
+    stops_early: bool = False
 
 
 @dataclass
@@ -332,9 +334,20 @@ class ModelFamily(Protocol):
         ...
 
 
-def check_kind(kind: str, fitted: bool, pipeline: bool) -> None:
-    """What an evaluation needs of its model, known from the model alone: checked by the dry run, at
-    submit (from the payload scan, before any job exists) and in the worker."""
+STOPS_EARLY = (
+    "early_stopping_rounds: the server trains the rounds you set and never stops early (stopping on the "
+    "evaluation rows would pick the model by the rows that score it, and in the DP modes read them "
+    "outside the budget); set n_estimators where the eval curve levels off (result.history, or --curve K "
+    "in the DP modes)"
+)
+
+
+def check_kind(kind: str, fitted: bool, pipeline: bool, stops_early: bool = False) -> None:
+    """What a job of this kind needs of its model, known from the model alone: checked by the dry run, at
+    submit (from the payload scan, before any job exists) and in the worker. A training that asks to
+    stop early is refused by name rather than run to its rounds without a word."""
+    if kind == "train" and stops_early:
+        raise Refusal("parameter_out_of_bounds", STOPS_EARLY)
     if kind == "evaluate" and pipeline:
         raise Refusal("unsupported_model", "evaluate takes a bare XGBoost model; send a Pipeline with train")
     if kind == "evaluate" and not fitted:
@@ -343,6 +356,18 @@ def check_kind(kind: str, fitted: bool, pipeline: bool) -> None:
 
 def is_classifier_task(task: str) -> bool:
     return task in ("classification", "binary", "multiclass")
+
+
+def check_classes_fit(task: str, classes: list[str] | None) -> None:
+    """A spec's classes are a classifier's: on a regressor they would admit only the rows whose label is
+    one of them, and the job would fail on too few rows with advice to widen the filter. Known from the
+    model and the spec alone, so refused before any row is read (at submit, in the worker, by the dry run)."""
+    if classes is not None and not is_classifier_task(task):
+        raise Refusal(
+            "invalid_spec",
+            "classes (--classes) are for a classifier, and this model is a regressor: they would admit only "
+            "the rows whose label is one of them; leave them out, or send an XGBClassifier",
+        )
 
 
 def check_public_classes(family: ModelFamily, plan: Plan, label: str, classes: list[str] | None) -> None:

@@ -564,6 +564,7 @@ class CanonicalPlan(_Strict):
     base: str | None = None
     base_rounds: int = Field(default=0, ge=0)
     preprocess: dict | None = None
+    stops_early: bool = False
 
     @classmethod
     def of(cls, plan: Plan, base: str | None) -> CanonicalPlan:

@@ -32,7 +32,16 @@ from ...contract.federated import LEAF_LIMIT
 from ...contract.rows import is_text
 from ...contract.wire import ModelBounds
 from .. import MODEL_FILE, PARAMS_FILE
-from ..base import PROGRESS_EVERY_S, Part, Partitions, Plan, PrivateOrder, Run, is_classifier_task
+from ..base import (
+    PROGRESS_EVERY_S,
+    STOPS_EARLY,
+    Part,
+    Partitions,
+    Plan,
+    PrivateOrder,
+    Run,
+    is_classifier_task,
+)
 from ..xgboost import bounds as xgboost_bounds
 from ..xgboost.family import FAMILY as XGBOOST
 from ..xgboost.family import Trained, ready_to_score
@@ -152,13 +161,10 @@ class DPBoostFamily:
         """XGBoost's canonical form of the model, kept to what the DP trainer honours; an estimator that
         left `n_estimators` unset gets the trainer's rounds, chosen from the released row count (at most
         LARGE_ROUNDS, `Settings.for_count`), not XGBoost's 100."""
-        if getattr(model, "early_stopping_rounds", None) is not None:
-            raise Refusal(
-                "parameter_out_of_bounds",
-                "early_stopping_rounds: DP training runs its rounds (stopping on the evaluation rows would "
-                "read them for free); set n_estimators, after --curve shows where the loss levels off",
-            )
-        plan = self.adopt(XGBOOST.canonical(model, custom_code))
+        decoded = XGBOOST.canonical(model, custom_code)
+        plan = self.adopt(decoded)
+        if decoded.stops_early:
+            raise Refusal("parameter_out_of_bounds", STOPS_EARLY)
         if getattr(model, "n_estimators", 0) is None:
             plan = replace(plan, rounds=LARGE_ROUNDS, rounds_unset=True)
         return plan

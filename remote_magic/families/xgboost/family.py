@@ -331,6 +331,7 @@ class XGBoostFamily:
                 task=task,
                 base=booster,
                 base_rounds=base_rounds,
+                stops_early=raw.get("early_stopping_rounds") is not None,
             )
             self._custom_functions(plan, raw, custom_code)
             return plan

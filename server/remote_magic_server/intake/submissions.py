@@ -19,7 +19,7 @@ from remote_magic.contract.payload import ScanReport, custom_code_names, scan
 from remote_magic.contract.specs import class_values
 from remote_magic.contract.wire import DatasetSpec, ReleaseOptions
 from remote_magic.families import light
-from remote_magic.families.base import check_kind
+from remote_magic.families.base import check_classes_fit, check_kind
 
 from ..audit import AuditLog
 from ..config.settings import Settings
@@ -77,7 +77,8 @@ class Intake:
         try:
             report = scan(sub.payload, limit)
             if sub.base_model is None:
-                check_kind(sub.kind, report.fitted, report.model == "Pipeline")
+                stops_early = (report.params or {}).get("early_stopping_rounds") is not None
+                check_kind(sub.kind, report.fitted, report.model == "Pipeline", stops_early)
             self._check_bounds(sub, report)
             return "queued", report
         except Refusal as exc:
@@ -90,13 +91,17 @@ class Intake:
             return "awaiting_approval", None
 
     def _check_bounds(self, sub: Submission, report: ScanReport) -> None:
-        """Refuse a model beyond the dataset's bounds from the parameters its payload states, before any
-        job exists (a Booster's parameters are inside its bytes: the worker checks those)."""
+        """Refuse a model beyond the dataset's bounds, or a regressor given classes, from the parameters
+        its payload states, before any job exists (a Booster's parameters are inside its bytes: the
+        worker checks those)."""
         if report.params is None or report.rounds is None:
             return
         bounds = self.settings.bounds_for(sub.spec.dataset).for_kind(sub.kind)
         if report.family is not None:
-            light(report.family).check_stated(report.estimator, report.params, report.rounds, bounds)
+            stated = light(report.family)
+            stated.check_stated(report.estimator, report.params, report.rounds, bounds)
+            task = stated.plan_of_scan(report.estimator, report.params, report.rounds).task
+            check_classes_fit(task, sub.spec.classes)
 
     def _registry_plan(self, sub: Submission, report: ScanReport | None, plan: JobPlan) -> None:
         if sub.register is not None:

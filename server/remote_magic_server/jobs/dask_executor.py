@@ -22,6 +22,7 @@ import contextlib
 from pathlib import Path
 
 from remote_magic.families import family_of_saved
+from remote_magic.families.base import STOPS_EARLY
 
 from ..config.settings import ExecutorSection
 from ..protocol import (
@@ -86,6 +87,8 @@ class ClusterExecution:
             return Failure(code="unsupported_model", message=PIPELINE_EVALUATED)
         if self.task.kind == "evaluate" and plan.base is None:
             return Failure(code="unsupported_model", message=UNFITTED_EVALUATED)
+        if self.task.kind == "train" and plan.stops_early:
+            return Failure(code="parameter_out_of_bounds", message=STOPS_EARLY)
         if plan.preprocess is not None:
             self.current = self.local.start(self.task, self.folder, self.name)
             return None

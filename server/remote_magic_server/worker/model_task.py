@@ -22,6 +22,7 @@ from remote_magic.families import family_for, family_of_saved
 from remote_magic.families.base import (
     ModelFamily,
     Plan,
+    check_classes_fit,
     check_kind,
     check_public_classes,
     check_public_levels,
@@ -64,6 +65,8 @@ def decode(task: Task, payload: BinaryIO | None) -> tuple[ModelFamily, Plan]:
     family.check_bounds(plan, task.bounds)
     if task.staging is not None:
         family.check_columns(plan, task.staging.columns)
+    if task.spec is not None:
+        check_classes_fit(plan.task, task.spec.classes)
     if task.dp_training is not None:
         assert task.staging is not None
         staged = task.staging
@@ -78,6 +81,7 @@ def decode(task: Task, payload: BinaryIO | None) -> tuple[ModelFamily, Plan]:
         check_public_levels(family, plan)
     if str(plan.params.get("device") or "cpu") != "cpu" and not task.limits.gpu:
         raise Refusal("parameter_out_of_bounds", "device = 'cuda' needs a GPU, and this server has none")
+    check_kind(task.kind, plan.base is not None, plan.preprocess is not None, plan.stops_early)
     return family, plan
 
 
@@ -108,6 +112,5 @@ def run(
     assert task.spec is not None and task.staging is not None and task.bounds is not None
     channel.stage("starting")
     family, plan = decode(task, payload)
-    check_kind(task.kind, plan.base is not None, plan.preprocess is not None)
     channel.stage("staging")
     return model_job.run(task, plan, family, InProcess([staging.stage(task, con=con)]), channel, HERE)
