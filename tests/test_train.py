@@ -151,6 +151,31 @@ def test_evaluate_only_matches_a_local_reference(server):
     assert remote.summary["eval"]["rows"] == sum(5 * math.floor(n / 5 + 0.5) for n in cells)
 
 
+def test_a_model_fitted_with_an_eval_set_is_evaluated_and_continued_as_it_predicts(server):
+    """Its history (`evals_result_`, an OrderedDict) was refused as a disallowed global; an early-stopped
+    model was scored on all its trees, where its own `predict` stops at `best_iteration`."""
+    data = pd.read_parquet(server.settings.datasets["synthetic_rules"].path).sort_values("id")
+    features = ["age", "income", "bmi", "smoker", "visits"]
+    public = data[data["id"] % 10 == 0]
+    fit, check = public.iloc[: len(public) // 2], public.iloc[len(public) // 2 :]
+    stopped = xgb.XGBClassifier(n_estimators=300, max_depth=3, learning_rate=0.3, early_stopping_rounds=5)
+    stopped.fit(fit[features], fit["label"], eval_set=[(check[features], check["label"])], verbose=False)
+    assert stopped.best_iteration + 1 < stopped.get_booster().num_boosted_rounds()
+    spec = DatasetSpec(dataset="synthetic_rules", label="label", features=features, where="age >= 40")
+    client = server.client()
+    remote = client.submit(stopped, spec, kind="evaluate").result()
+    assert remote.rounds["base"] == stopped.best_iteration + 1
+    rows = data[data["age"] >= 40]
+    assert close_to_released(
+        remote.metrics["auc"], skm.roc_auc_score(rows["label"], stopped.predict_proba(rows[features])[:, 1])
+    )
+    watched = xgb.XGBClassifier(n_estimators=10, max_depth=2)
+    watched.fit(fit[features], fit["label"], eval_set=[(check[features], check["label"])], verbose=False)
+    watched.set_params(n_estimators=5)
+    spec = DatasetSpec(dataset="synthetic_rules", label="label", features=features, eval={"fraction": 0.2})
+    assert client.train(watched, spec).rounds == {"base": 10, "new": 5, "total": 15}
+
+
 def test_booster_with_params_dict(server):
     model = {"params": {"objective": "reg:squarederror", "max_depth": 2, "eta": 0.1}, "num_boost_round": 30}
     result = server.client().train(

@@ -8,7 +8,7 @@ table we copy and narrow:
 
 * globals come only from an allowlist of exact `module.name` strings (the estimator and preprocessor
   classes, the pure builders, and a few numpy scalar types that may appear only as parameter values);
-* REDUCE may call only pure builders (numpy array and dtype reconstruction, bytearray, slice);
+* REDUCE may call only pure builders (numpy array and dtype reconstruction, bytearray, slice, OrderedDict);
 * classes are built only through NEWOBJ (`cls.__new__` + BUILD state), never by calling them, so
   `Booster(None, None, "/some/path")` cannot be expressed;
 * INST, OBJ, NEWOBJ_EX, EXT*, PERSID are refused, and so is any stream below protocol 3.
@@ -55,6 +55,9 @@ BUILDERS: frozenset[str] = frozenset(
         "numpy.ndarray",
         "builtins.bytearray",
         "builtins.slice",
+        # A model fitted with an eval_set keeps its history (`evals_result_`) as an OrderedDict: a plain
+        # mapping whose constructor only stores the items it is given.
+        "collections.OrderedDict",
     }
 )
 _CUSTOM_CODE_MODULES = ("cloudpickle", "__main__", "__mp_main__")

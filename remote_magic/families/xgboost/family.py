@@ -239,6 +239,15 @@ def _raw(booster: xgb.Booster | None) -> tuple[bytes | None, int]:
     return bytes(booster.save_raw("ubj")), booster.num_boosted_rounds()
 
 
+def _as_predicted(booster: xgb.Booster | None) -> xgb.Booster | None:
+    """The trees an early-stopped estimator predicts with on the analyst's machine (XGBoost's sklearn
+    `predict` stops at `best_iteration`): the server evaluates, and continues, that model."""
+    best = booster.attr("best_iteration") if booster is not None else None
+    if best is None or int(best) + 1 >= booster.num_boosted_rounds():  # type: ignore[union-attr]
+        return booster
+    return booster[: int(best) + 1]  # type: ignore[index]
+
+
 def _load(raw: bytes | None) -> xgb.Booster | None:
     if raw is None:
         return None
@@ -323,7 +332,7 @@ class XGBoostFamily:
             raw = model.get_params()
             params = _scalar_params(model.get_xgb_params())
             task = _task_of(params.get("objective"), isinstance(model, xgb.XGBClassifier))
-            booster, base_rounds = _raw(base)
+            booster, base_rounds = _raw(_as_predicted(base))
             plan = Plan(
                 family=self.name,
                 params=params,
