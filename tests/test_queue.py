@@ -106,7 +106,9 @@ def test_a_long_poll_for_the_end_skips_progress_and_the_log_holds_the_timeline(s
         return next((e for e in lines if e.get("event") == "job_finished" and e["job"] == job.id), None)
 
     wait_until(lambda: finished() is not None, 300, "the job_finished line")
-    timeline = finished()["timeline_ms"]
+    line = finished()
+    assert (line["user"], line["dataset"], line["kind"]) == ("alice", SMALL_SPEC["dataset"], "train")
+    timeline = line["timeline_ms"]
     phases = set(PHASES)
     assert phases <= set(timeline) and all(ms >= 0 for ms in timeline.values())
     assert timeline["total"] >= max(timeline[p] for p in phases)

@@ -238,7 +238,15 @@ class Intake:
             raise self._queue_full(full.queued) from None
         if created:
             persist_ms = round((time.perf_counter() - persisting) * 1e3, 2)
-            log.info("job_submitted", extra={"job": job.id, "persist_ms": persist_ms})
+            log.info(
+                "job_submitted",
+                extra={
+                    "job": job.id,
+                    "user": sub.user,
+                    "dataset": sub.spec.dataset,
+                    "persist_ms": persist_ms,
+                },
+            )
             self.audit.record(
                 "submit",
                 sub.user,

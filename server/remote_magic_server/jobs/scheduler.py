@@ -368,6 +368,9 @@ class Scheduler:
             "job_finished",
             extra={
                 "job": job.id,
+                "user": job.user,
+                "dataset": job.dataset,
+                "kind": job.kind,
                 "state": final.state,
                 "code": code,
                 "cause": cause,
