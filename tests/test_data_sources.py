@@ -53,7 +53,7 @@ def test_a_hive_partitioned_folder_becomes_one_version_with_its_partition_column
     version = refresh(settings, "d").version
     snap = snapshot_rows(version).sort_values("key").reset_index(drop=True)
     assert version.number == 1 and version.rows == 60
-    assert dict(version.columns)["region"] == "string" and version.inferred == ["region"]
+    assert dict(version.columns)["region"] == "string" and version.inferred == []
     assert snap["region"].tolist() == frame["region"].tolist()
     assert np.allclose(snap["x"], frame["x"])
     assert version.file.parent == settings.snapshots_dir / "d" and version.file.stem == version.content_hash
@@ -65,7 +65,7 @@ def test_csv_keeps_the_owners_types_and_names_the_ones_it_inferred(tmp_path):
     settings = settings_for(
         tmp_path,
         'source = { kind = "csv", path = "part-*.csv", columns = { zip = "string", amount = "float64" } }\n'
-        'id_column = "key"\nlabel_columns = ["y"]\n',
+        'id_column = "key"\nlabel_columns = ["y"]\nprivacy = "rules"\n',
     )
     version = refresh(settings, "d").version
     types = dict(version.columns)
@@ -73,6 +73,36 @@ def test_csv_keeps_the_owners_types_and_names_the_ones_it_inferred(tmp_path):
     assert sorted(version.inferred) == ["key", "y"]
     snap = snapshot_rows(version)
     assert snap["zip"].tolist() == ["00123", "04000", "00777"]  # a guess would have made these numbers
+
+
+def test_in_mode_dp_a_csv_column_without_a_declared_type_fails_whatever_its_values(tmp_path):
+    """An inferred type came from the rows (integers everywhere but one row's 2.5 read as double) and
+    the catalog showed it for free: a membership oracle. Declared, both worlds have the same types."""
+    types = []
+    for world, visits in (("in", "2.5"), ("out", "3")):
+        folder = tmp_path / world
+        folder.mkdir()
+        (folder / "t.csv").write_text(f"key,visits,y\n1,2,0\n2,{visits},1\n")
+        source = 'source = { kind = "csv", path = "t.csv", columns = { key = "int64", y = "int64"%s } }\n'
+        roles = 'id_column = "key"\nlabel_columns = ["y"]\n'
+        with pytest.raises(SourceError) as failure:
+            refresh(settings_for(folder, source % "" + roles), "d")
+        assert failure.value.reason == "invalid_snapshot"
+        assert failure.value.message.endswith("add these to the source's `columns`: visits")
+        declared = settings_for(folder, source % ', visits = "float64"' + roles)
+        types.append(dict(refresh(declared, "d").version.columns))
+    assert types[0] == types[1] and types[0]["visits"] == "double"
+
+
+def test_hive_partition_values_are_read_as_text_whatever_they_look_like(tmp_path):
+    frame = rows().assign(band=lambda f: f["key"] % 3)
+    pq.write_to_dataset(pa.Table.from_pandas(frame, preserve_index=False), tmp_path / "lake", ["band"])
+    settings = settings_for(tmp_path, 'source = { kind = "parquet", path = "lake" }\nid_column = "key"\n'
+                            'label_columns = ["y"]\n')  # fmt: skip
+    version = refresh(settings, "d").version
+    assert dict(version.columns)["band"] == "string" and version.inferred == []
+    snap = snapshot_rows(version).sort_values("key")
+    assert snap["band"].tolist() == [str(k % 3) for k in snap["key"]]
 
 
 def test_a_csv_value_that_does_not_parse_fails_naming_the_column_but_not_the_value(tmp_path):
@@ -186,7 +216,11 @@ def test_an_s3_prefix_of_parquet_objects_becomes_a_version(tmp_path, s3, monkeyp
 
 def test_an_s3_prefix_of_csv_objects_with_declared_types(tmp_path, s3, monkeypatch):
     settings = s3_settings(
-        tmp_path, s3, monkeypatch, "s3://lake/csv/", ', format = "csv", columns = { y = "float64" }'
+        tmp_path,
+        s3,
+        monkeypatch,
+        "s3://lake/csv/",
+        ', format = "csv", columns = { key = "int64", x = "float64", region = "string", y = "float64" }',
     )
     version = refresh(settings, "d").version
     assert version.rows == 80 and dict(version.columns)["y"] == "double" and "y" not in version.inferred

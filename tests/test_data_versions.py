@@ -38,7 +38,7 @@ def config(tmp_path):
     path.write_text(
         '[server]\ndata_dir = "data"\n\n[datasets.claims]\n'
         'source = { kind = "csv", path = "claims.csv", columns = { x = "float64" } }\n'
-        'id_column = "key"\nlabel_columns = ["y"]\n'
+        'id_column = "key"\nlabel_columns = ["y"]\nprivacy = "rules"\n'
     )
     return path
 

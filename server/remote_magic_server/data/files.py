@@ -1,4 +1,4 @@
-"""Files as sources: a Parquet file or folder (hive partitions become columns), CSV files with the
+"""Files as sources: a Parquet file or folder (hive partitions become text columns), CSV files with the
 owner's types. Any pyarrow filesystem: the local one, or S3 (see `s3.py`)."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ HEADER_BYTES = 1 << 16
 
 
 class ParquetSource(Source):
-    """A Parquet file (copied byte for byte) or a folder of them (hive partitions become columns)."""
+    """A Parquet file (copied byte for byte) or a folder of them (hive partitions become text columns)."""
 
     def __init__(self, description: str, path: str, filesystem: fs.FileSystem):
         super().__init__(description)
@@ -38,14 +38,27 @@ class ParquetSource(Source):
             return []
         if info.type != fs.FileType.Directory:
             raise self.fail("not_found", "no such file or folder")
-        dataset = ds.dataset(self.path, filesystem=self.filesystem, format="parquet", partitioning="hive")
-        if not dataset.files:
+        found = ds.dataset(self.path, filesystem=self.filesystem, format="parquet")
+        if not found.files:
             raise self.fail("not_found", "no Parquet files in the folder")
+        # Partition values are read as text: a type inferred from the folders' names would come from
+        # the rows' values (year=2024 everywhere but one row's year=2024.5), and types are public.
+        keys = _hive_keys(found.files[0], self.path)
+        dataset = found
+        if keys:
+            text = ds.partitioning(pa.schema([(key, pa.string()) for key in keys]), flavor="hive")
+            dataset = ds.dataset(self.path, filesystem=self.filesystem, format="parquet", partitioning=text)
         try:
             write_rows(dataset.scanner().to_reader(), dest)
         except pa.ArrowInvalid:
             raise self.fail("invalid_snapshot", "the Parquet files do not share one schema") from None
-        return list(dataset.partitioning.schema.names) if dataset.partitioning else []
+        return []
+
+
+def _hive_keys(file: str, root: str) -> list[str]:
+    """The partition keys a file's folders name (`region=north/year=2024/part.parquet`), in order."""
+    folders = os.path.relpath(file, root).split(os.sep)[:-1]
+    return [folder.split("=", 1)[0] for folder in folders if "=" in folder]
 
 
 class CsvSource(Source):

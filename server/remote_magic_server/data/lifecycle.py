@@ -57,7 +57,8 @@ def refresh(settings: Settings, name: str, versions: Versions | None = None) -> 
     with _dataset_lock(folder):
         _sweep(folder, versions.files_in_use(name))
         try:
-            snapshot = take_snapshot(source, folder, config.id_column, config.label_columns)
+            declared_only = settings.policy_for(name).noisy
+            snapshot = take_snapshot(source, folder, config.id_column, config.label_columns, declared_only)
         except SourceError as exc:
             _failed(settings, versions, name, source.description, exc)
             raise

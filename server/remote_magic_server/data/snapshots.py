@@ -72,13 +72,26 @@ def _check_roles(source: Source, path: Path, names: list[str], id_column: str, l
         raise source.fail("invalid_snapshot", f"the id column {id_column!r} is not unique")
 
 
-def take_snapshot(source: Source, folder: Path, id_column: str, labels: list[str]) -> Snapshot:
-    """Stage the source's rows into `folder`; return the complete, checked, content-named snapshot."""
+def take_snapshot(
+    source: Source, folder: Path, id_column: str, labels: list[str], declared_only: bool = False
+) -> Snapshot:
+    """Stage the source's rows into `folder`; return the complete, checked, content-named snapshot.
+
+    With `declared_only` (the noisy modes) a column whose type the source inferred fails the snapshot:
+    an inferred type comes from the rows' values (a column of integers but one row's 2.5 reads as
+    double), and the catalog shows every column's type for free."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f"{TMP_PREFIX}{uuid.uuid4().hex}.parquet"
     tmp.touch(exist_ok=False)  # on disk from the start: a crash at any point leaves it for the sweep
     try:
         inferred = source.stage(tmp)
+        if declared_only and inferred:
+            raise source.fail(
+                "invalid_snapshot",
+                "in modes dp and dp_eval_only every column needs a declared type (an inferred one would "
+                "come from the rows, and the catalog shows it): add these to the source's `columns`: "
+                + ", ".join(inferred),
+            )
         _fsync(tmp)
         try:
             meta = pq.read_metadata(tmp)
