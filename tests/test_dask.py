@@ -153,6 +153,20 @@ def test_nothing_listens_outside_loopback_in_a_namespace_of_its_own():
     assert {ip for ip, _ in outcome["listening"]} <= LOOPBACK | {"0.0.0.0", "::"}
 
 
+def test_a_dp_training_continues_a_fitted_base_model_on_the_cluster(cluster, tmp_path):
+    """The executor checked the base model's bytes against the first family that reads them (XGBoost),
+    so the DP trainer's continuation always failed `invalid_model` on the cluster."""
+    extra = executor(cluster.scheduler_address, partitions=2)
+    features = ["age", "income", "bmi", "smoker", "visits"]
+    public = synthetic_table(300, 5)
+    base = xgb.XGBClassifier(n_estimators=3, max_depth=2).fit(public[features], public["label"])
+    spec = {"dataset": "synthetic", "label": "label", "features": features}
+    with running(tmp_path / "data", tmp_path / "server.log", {"alice": ["synthetic"]}, extra) as server:
+        result = server.client().train(base.set_params(n_estimators=2), spec, timeout=300)
+    assert result.raw.training is not None
+    assert result.rounds["base"] == 3 and result.rounds["total"] > 3
+
+
 def test_what_the_cluster_may_not_run_runs_here(one_partition):
     pipeline = Pipeline([("scale", StandardScaler()), ("model", xgb.XGBClassifier(n_estimators=3))])
     result = one_partition.client().train(pipeline, SMALL, timeout=300)

@@ -124,6 +124,13 @@ def family_of_saved(data: bytes) -> str | None:
     return next((m.name for m in MANIFESTS if importlib.import_module(m.light).is_saved(data)), None)
 
 
+def saved_by(name: str, data: bytes) -> bool:
+    """Whether the family of this name reads these bytes as a model it saves (the DP trainer saves
+    XGBoost's format, so both families read the same bytes)."""
+    manifest = next(m for m in MANIFESTS if m.name == name)
+    return bool(importlib.import_module(manifest.light).is_saved(data))
+
+
 def family(name: str) -> ModelFamily:
     """The family of this name (imports its module)."""
     manifest = next(m for m in MANIFESTS if m.name == name)

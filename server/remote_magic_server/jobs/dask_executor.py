@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from remote_magic.families import family_of_saved
+from remote_magic.families import saved_by
 from remote_magic.families.base import STOPS_EARLY
 
 from ..config.settings import ExecutorSection
@@ -118,7 +118,7 @@ class ClusterExecution:
 def _saved_by(family: str, path: Path) -> bool:
     """Whether the decoder's base model is one its family saved (checked without the model library)."""
     try:
-        return family_of_saved(path.read_bytes()) == family
+        return saved_by(family, path.read_bytes())
     except OSError:
         return False
 
