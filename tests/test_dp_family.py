@@ -266,16 +266,23 @@ def test_a_classifier_without_the_owners_declared_classes_is_refused_before_any_
     check_label(True, None, ["a", "b", "c"], expected_classes=3)
 
 
-@pytest.mark.parametrize(("rho", "rounds"), [(RHO, DEFAULT_ROUNDS), (400.0, LARGE_ROUNDS)])
-def test_rounds_left_unset_follow_the_released_row_count(dataset, tmp_path, rho, rounds):
+@pytest.mark.parametrize(
+    ("rho", "rounds", "depth", "sums"),
+    [(RHO, DEFAULT_ROUNDS, 2, 2), (400.0, LARGE_ROUNDS, 2, 2), (400.0, LARGE_ROUNDS, 4, 4)],
+)
+def test_rounds_left_unset_follow_the_released_row_count(dataset, tmp_path, rho, rounds, depth, sums):
     """3,000 training rows at rho 0.5 are a small sample (n sqrt(rho) about 2,100): today's rounds; at
-    rho 400, 60,000: the large sample's. The budget is spent whole either way, every request the next
-    of the plan the parent made from the count it released."""
-    task, plan = job(dataset, {"max_depth": 2}, rho=rho)
+    rho 400, 60,000: the large sample's, whose trees deeper than RECENTRE_DEPTH also release their nodes'
+    sums there (`sums` Gaussian releases a round). The budget is spent whole either way, every request
+    the next of the plan the parent made from the count it released."""
+    task, plan = job(dataset, {"max_depth": depth}, rho=rho)
     assert plan.rounds_unset and plan.rounds == LARGE_ROUNDS  # what the owner's bounds see
     report, parent = run_job(task, plan, InProcess([staging.stage(task, tmp_path)]), tmp_path / "n", rho=rho)
     assert report.training is not None and report.training.trees == rounds
     assert parent.rho == pytest.approx(rho, rel=1e-9)
+    kinds = [ask.kind for ask in parent.asks]
+    first = kinds.index("top1")  # the sketch's and the intercept's releases come before
+    assert kinds[first:].count("gaussian") == sums * rounds
     progress = [m.round for m in parent.seen if isinstance(m, ProgressNote) and m.stage == "training"]
     assert progress[-1] == plan.rounds, "progress in the plan's rounds, to the end"
     booster = xgb.Booster()

@@ -48,7 +48,12 @@ from remote_magic.families.dpboost.params import settings_from_params
 from remote_magic.families.dpboost.partition import GROUP_CELLS, PARALLEL_ROWS, Grow, groups
 from remote_magic.families.dpboost.schedule import releases
 from remote_magic.families.dpboost.selection import adapted, candidates, scores, weighted
-from remote_magic.families.dpboost.settings import LARGE_LEVEL_GROWTH, LARGE_SAMPLE
+from remote_magic.families.dpboost.settings import (
+    LARGE_LEVEL_GROWTH,
+    LARGE_RECENTRE_SHARE,
+    LARGE_SAMPLE,
+    RECENTRE_DEPTH,
+)
 from remote_magic.families.dpboost.structure import Batch, descend, draw
 
 LEVELS = ("east", "north", "south", "west")
@@ -313,6 +318,64 @@ def test_a_large_sample_gives_the_deeper_levels_more_of_the_selection_budget():
     ]
     assert asked[:3] == pytest.approx([asked[0], 2 * asked[0], 4 * asked[0]])
     assert released.rho == pytest.approx(rho, rel=1e-9)
+
+
+@pytest.mark.parametrize("objective", [BINARY, MULTICLASS])
+def test_a_large_sample_recentres_each_tree_partway_down_within_the_rounds_rho(objective):
+    """Where the released count says the sample is large, each tree's nodes at RECENTRE_DEPTH release
+    their sums with LARGE_RECENTRE_SHARE of the leaves' rho (the leaves the rest: a round costs what it
+    did), before that level's selection, as the schedule the parent checks says; their steps move the
+    rows' margins, the levels below and the leaves are fitted on the gradients there, and each leaf holds
+    its ancestor's step plus its own, so XGBoost predicts the trainer's margins. A small sample does not."""
+    classes = 3 if objective == MULTICLASS else 2
+    trees = 3 if objective == MULTICLASS else 1
+    unset = Settings(
+        objective=objective, num_class=3, rounds=3, max_depth=5, split_share=0.4, rounds_from_count=True
+    )
+    rho = 0.5
+    small, large = unset.for_count(LARGE_SAMPLE, rho), unset.for_count(4 * LARGE_SAMPLE, rho)
+    assert not small.recentres and large.recentres and large.recentre_share == LARGE_RECENTRE_SHARE
+    assert RECENTRE_DEPTH == 3 and LARGE_RECENTRE_SHARE == 0.2
+    large = replace(large, intercept_share=0.0)
+    planned = list(releases(large, rho, 0, 0.0, False))
+    before = list(releases(replace(large, recentre_share=0.0), rho, 0, 0.0, False))
+    assert sum(r.rho for r in planned) == pytest.approx(rho, rel=1e-12)
+    per_round = [(r.kind, r.rho) for r in planned[: len(planned) // 3]]
+    old = [r.rho for r in before[: len(before) // 3] if r.kind == "gaussian"]
+    assert [kind for kind, _ in per_round] == [
+        *["top1"] * (RECENTRE_DEPTH * trees),
+        *["gaussian"] * 2,
+        *["top1"] * ((5 - RECENTRE_DEPTH) * trees),
+        *["gaussian"] * 2,
+    ]
+    gaussians = [r for kind, r in per_round if kind == "gaussian"]
+    assert gaussians == pytest.approx([0.2 * old[0], 0.2 * old[1], 0.8 * old[0], 0.8 * old[1]])
+    table, y = make_rows(3000, classes=classes)
+    record: list = []
+    released, partitions = train(large, table, y, rho=rho, parts=3, record=record)
+    assert [(l2, r) for _, _, l2, r in record] == [(r.bound, r.rho) for r in planned if r.kind == "gaussian"]
+    assert released.rho == pytest.approx(rho, rel=1e-9)
+    leaf_noise = (released.sigma_g / math.sqrt(0.8), released.sigma_h / math.sqrt(0.8))
+    assert large.leaf_sigmas(large.scales(rho)) == pytest.approx(leaf_noise)  # what a job reports
+    margins = margins_of(partitions)
+    assert np.allclose(predict_margins(released.model, FEATURES, table), margins, atol=1e-5)
+    if objective == MULTICLASS:
+        return
+    # The first tree: the nodes' and the leaves' released sums, exact and noisy, in that order.
+    (node_g, noisy_g, *_), (_, noisy_h, *_), (leaf_g, leaf_noisy_g, *_), (_, leaf_noisy_h, *_) = record[:4]
+
+    def step(g, h, share):
+        shrink = large.reg_lambda + large.noise_lambda * released.sigma_g / math.sqrt(share)
+        return np.clip(-np.asarray(g) / (np.maximum(h, 0) + shrink), -large.max_leaf, large.max_leaf)
+
+    # A node moves its rows by its whole shrunk step, a leaf by its own times the learning rate.
+    offset = step(noisy_g, noisy_h, 0.2).astype(np.float32).astype(np.float64)
+    own = step(leaf_noisy_g, leaf_noisy_h, 0.8) * large.learning_rate
+    leaves = (np.repeat(offset, 4) + own).astype(np.float32)
+    first = json.loads(released.model)["learner"]["gradient_booster"]["model"]["trees"][0]
+    assert np.allclose(np.asarray(first["base_weights"])[-32:], leaves, rtol=1e-6, atol=1e-7)
+    # The leaves' gradients are the moved rows': below each node they sum to less than the node's did.
+    assert np.abs(leaf_g.reshape(8, 4).sum(axis=1)).sum() < 0.5 * np.abs(node_g).sum()
 
 
 def test_level_selection_threshold_and_delta_are_inverse():
@@ -629,7 +692,8 @@ def test_level_histograms_are_each_nodes_rows_gradient_sums():
         width, nodes = FEATURES.width, 1 << level
         left = partition.sums(Grow(batch, level))
         found = level_histograms(partition, batch, level)
-        assert left.shape[1] == nodes // 2 and found.shape[1] == nodes
+        whole = partition.sums(Grow(batch, level, whole=True))  # every node's own rows (recentring)
+        assert left.shape[1] == nodes // 2 and found.shape[1] == nodes == whole.shape[1]
         for tree in range(batch.trees):
             node = descend(
                 batch, batch.tables(FEATURES), partition.codes, tree, np.zeros(900, np.int32), 0, level
@@ -645,6 +709,7 @@ def test_level_histograms_are_each_nodes_rows_gradient_sums():
                 )
                 assert np.allclose(left[tree, :, f, :], exact.reshape(-1, width), rtol=1e-12, atol=1e-12)
                 assert np.allclose(found[tree, :, f, :], cells.reshape(-1, width), rtol=1e-12, atol=1e-9)
+                assert np.allclose(whole[tree, :, f, :], cells.reshape(-1, width), rtol=1e-12, atol=1e-12)
 
 
 def test_column_groups_hold_every_column_once_within_their_cells():

@@ -12,6 +12,8 @@ shown, and said.
 
 from __future__ import annotations
 
+import math
+
 from ..contract.codes import Refusal
 from ..contract.wire import DPTraining
 from ..families import family as family_named
@@ -38,12 +40,14 @@ def expected_training(
         if refusal.code == "unsupported_model":  # a regression's label range, a multiclass label's classes
             return None, f"the noise per leaf is not shown here: {refusal.message}"
         return None, f"the DP trainer would refuse this model: {refusal.message}"
+    # The most rounds are the large sample's, whose trees also recentre (`Settings.for_count`).
+    sigma_g, sigma_h = settings.for_count(math.inf, rho_train).leaf_sigmas(scales)
     training = DPTraining(
         rho=rho_train,
         epsilon=round(epsilon(rho_train, delta), 4),
         trees=settings.rounds * settings.objective_().trees_per_round,
-        sigma_gradient=scales.sigma_g,
-        sigma_hessian=scales.sigma_h,
+        sigma_gradient=sigma_g,
+        sigma_hessian=sigma_h,
     )
     note = (
         f"n_estimators is unset: the trainer takes {DEFAULT_ROUNDS} rounds, or {settings.rounds} where the "

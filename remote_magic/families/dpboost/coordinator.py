@@ -28,10 +28,19 @@ import numpy as np
 
 from .booster import Tree, base_score_of, margin_of_base_score, model_json, parse_base
 from .features import Features
-from .partition import Grow, Intercept, InterceptUpdate, LeafUpdate, Request, Update
+from .partition import (
+    Grow,
+    Intercept,
+    InterceptUpdate,
+    LeafUpdate,
+    Nodes,
+    NodeUpdate,
+    Request,
+    Update,
+)
 from .schedule import leaf_releases
 from .selection import Scoring, adapted, candidates, choose, fixed_candidates, weighted
-from .settings import Settings
+from .settings import RECENTRE_DEPTH, Settings
 from .structure import Batch, draw
 
 Noise = Callable[[list[float], float, float], list[float]]
@@ -88,6 +97,7 @@ class Coordinator:
         self._scoring = Scoring(features, self._fixed) if self._fixed is not None else None
         self.chosen = np.zeros(len(features.columns))  # how many selected levels chose each column
         self._above: np.ndarray | None = None  # the growing batch's histograms of the level above
+        self._offset: np.ndarray | None = None  # the growing batch's node values at RECENTRE_DEPTH
         self.trees: list[Tree] = []
         self.spent = 0.0
         margin = np.asarray(settings.base_margin, dtype=np.float64) if settings.base_margin else None
@@ -110,9 +120,13 @@ class Coordinator:
                 settings.max_depth,
                 self.weights,
             )
+            self._offset = None
             if self.scales.sigma_select is not None:
                 for level in range(settings.max_depth):
-                    yield Grow(self._growing, level)  # `release` sets the level's splits
+                    recentre = settings.recentres and level == RECENTRE_DEPTH
+                    if recentre:
+                        yield Nodes(self._growing, level)  # `release` moves the margins
+                    yield Grow(self._growing, level, whole=recentre)  # `release` sets the level's splits
             yield self._growing
             done += rounds
 
@@ -124,12 +138,14 @@ class Coordinator:
         if isinstance(request, Grow):
             self._grow(request, np.asarray(sums, dtype=np.float64))
             return None
+        if isinstance(request, Nodes):
+            return self._recentre(request, np.asarray(sums, dtype=np.float64))
         return self._leaves(request, np.asarray(sums, dtype=np.float64))
 
     def _level(self, request: Grow, sums: np.ndarray) -> np.ndarray:
         """A level's histograms from the partitions' summed sums (`children`), keeping only the level
         above, and none after the batch's last level."""
-        if request.level == 0:
+        if request.level == 0 or request.whole:
             hist = sums
         else:
             assert self._above is not None, "a batch's levels are grown in order"
@@ -193,10 +209,13 @@ class Coordinator:
         self.start = margin_of_base_score(self.objective, base_score_of(self.objective, margin))
         return InterceptUpdate(self.start - self.objective.initial_margin())
 
-    def _leaves(self, batch: Batch, sums: np.ndarray) -> LeafUpdate:
-        settings, scales = self.settings, self.scales
-        rounds = batch.rounds
-        g_release, h_release = leaf_releases(settings, scales, rounds)
+    def _steps(self, batch: Batch, sums: np.ndarray, nodes: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The leaves' (the nodes' with `nodes`) noisy hessian sums and shrunk Newton steps, as a leaf's
+        value is made (`Settings`), from their exact gradient and hessian sums. A node's step is not
+        scaled by the learning rate: its leaves' steps, fitted on what it leaves, are (flights at epsilon 4,
+        validation rows: 0.86 points below XGBoost against 0.98 with the node's scaled too, selection.py)."""
+        settings = self.settings
+        g_release, h_release = leaf_releases(settings, self.scales, batch.rounds, nodes)
         g, h = self._release_all(
             [
                 (sums[..., 0], g_release.bound, g_release.rho),
@@ -204,12 +223,29 @@ class Coordinator:
             ]
         )
         cover = np.maximum(h, 0.0)
-        shrink = settings.reg_lambda + settings.noise_lambda * scales.sigma_g
+        sigma_g = settings.leaf_sigmas(self.scales)[0]  # this release's noise sd
+        if nodes:
+            sigma_g = self.scales.sigma_g / np.sqrt(settings.recentre_share)
+        shrink = settings.reg_lambda + settings.noise_lambda * sigma_g
         step = np.clip(-g / (cover + shrink), -settings.max_leaf, settings.max_leaf)
-        values = (step * settings.learning_rate / rounds).astype(np.float32)
+        return cover, step * (1.0 if nodes else settings.learning_rate) / batch.rounds
+
+    def _recentre(self, request: Nodes, sums: np.ndarray) -> NodeUpdate:
+        """The nodes' released steps, which move their rows' margins; each leaf adds its own to its
+        ancestor's (`_leaves`)."""
+        _, step = self._steps(request.batch, sums, nodes=True)
+        self._offset = step.astype(np.float32).astype(np.float64)
+        return NodeUpdate(request.batch, request.level, self._offset)
+
+    def _leaves(self, batch: Batch, sums: np.ndarray) -> LeafUpdate:
+        cover, step = self._steps(batch, sums, nodes=False)
+        moved = np.zeros_like(step)
+        if self._offset is not None:  # each leaf's ancestor at RECENTRE_DEPTH moved its rows already
+            moved = np.repeat(self._offset, batch.leaves // self._offset.shape[1], axis=1)
+        values = (moved + step).astype(np.float32)
         for tree in range(batch.trees):
             self.trees.append(Tree(batch, tree, values[tree], cover[tree].astype(np.float32)))
-        return LeafUpdate(batch, values.astype(np.float64))
+        return LeafUpdate(batch, values.astype(np.float64) - moved)
 
     def model(self) -> bytes:
         """The model so far as XGBoost JSON (a base model's trees first)."""

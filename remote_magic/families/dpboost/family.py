@@ -299,7 +299,7 @@ class DPBoostFamily:
             for c in features.columns
             if c.kind == "categorical"
         }
-        scales = coordinator.scales
+        sigma_g, sigma_h = coordinator.settings.leaf_sigmas(coordinator.scales)
         return ready_to_score(
             booster,
             plan,
@@ -311,8 +311,8 @@ class DPBoostFamily:
             DPTrained,
             rho=rho,
             trees=len(coordinator.trees),
-            sigma_gradient=scales.sigma_g,
-            sigma_hessian=scales.sigma_h,
+            sigma_gradient=sigma_g,
+            sigma_hessian=sigma_h,
         )
 
     def check_columns(self, plan: Plan, columns: list[str]) -> None:

@@ -9,10 +9,14 @@ partitions is the sum over all rows, and applies the updates the coordinator sen
   left child (node 2j) of the level being chosen, each column and each of its codes, the sum of the
   rows' clipped gradients, shape (trees, max(1, nodes / 2), columns, width); the coordinator makes the
   right children from the level above (`Coordinator._level`);
+- `Nodes` (where the trees recentre, `Settings.recentres`): each tree's node sums of the rows' clipped
+  gradients and hessians at a level, (trees, nodes, 2); its `NodeUpdate` moves the rows' margins, and
+  the levels below (the first over all its nodes, `Grow.whole`: the histograms above are of the
+  gradients before) and the leaves are summed from the gradients at the moved margins;
 - a `Batch`: for each tree of the batch and each leaf, the sum of the rows' clipped gradients and
   hessians, shape (trees, leaves, 2).
 
-Both are computed from the margins the batch starts from.
+All are computed from the margins the batch starts from (moved by a `NodeUpdate` where there is one).
 
 Nothing a partition returns is released as it is: the coordinator adds noise before anything leaves.
 """
@@ -44,6 +48,15 @@ class Grow:
 
     batch: Batch
     level: int
+    whole: bool = False  # every node's histograms, not only the left children's
+
+
+@dataclass(frozen=True)
+class Nodes:
+    """The request for the gradient and hessian sums of the nodes at `level` of the batch's trees."""
+
+    batch: Batch
+    level: int
 
 
 @dataclass(frozen=True)
@@ -57,8 +70,15 @@ class LeafUpdate:
     values: np.ndarray  # (trees, leaves): each tree's leaf values as the model stores them
 
 
-Request = Intercept | Grow | Batch
-Update = InterceptUpdate | LeafUpdate
+@dataclass(frozen=True)
+class NodeUpdate:
+    batch: Batch
+    level: int
+    values: np.ndarray  # (trees, nodes): added to the margins of each node's rows
+
+
+Request = Intercept | Grow | Nodes | Batch
+Update = InterceptUpdate | NodeUpdate | LeafUpdate
 
 
 # From this many training rows a partition's histograms are summed in `threads` threads, a share of the
@@ -142,15 +162,21 @@ class Partition:
         if isinstance(request, Intercept):
             return self.objective.label_sums(self.labels)
         if isinstance(request, Grow):
-            return self._histograms(request.batch, request.level)
-        batch = request
+            return self._histograms(request.batch, request.level, request.whole)
+        if isinstance(request, Nodes):
+            return self._node_sums(request.batch, request.level)
+        return self._node_sums(request, request.depth)
+
+    def _node_sums(self, batch: Batch, level: int) -> np.ndarray:
+        """Each tree's gradient and hessian sums of its nodes at `level` (the leaves at its depth)."""
         g, h = self._batch_gradients(batch)
-        out = np.zeros((batch.trees, batch.leaves, 2))
+        nodes = 1 << level
+        out = np.zeros((batch.trees, nodes, 2))
         for tree in range(batch.trees):
-            leaf = self._node(batch, tree, batch.depth)
+            node = self._node(batch, tree, level)
             k = tree % batch.classes
-            out[tree, :, 0] = np.bincount(leaf, weights=g[:, k], minlength=batch.leaves)
-            out[tree, :, 1] = np.bincount(leaf, weights=h[:, k], minlength=batch.leaves)
+            out[tree, :, 0] = np.bincount(node, weights=g[:, k], minlength=nodes)
+            out[tree, :, 1] = np.bincount(node, weights=h[:, k], minlength=nodes)
         return out
 
     def apply(self, update: Update) -> None:
@@ -158,16 +184,23 @@ class Partition:
         if isinstance(update, InterceptUpdate):
             self.margins += np.asarray(update.margin, dtype=np.float64)[None, :]
             return
-        batch, values = update.batch, np.asarray(update.values, dtype=np.float64)
+        if isinstance(update, NodeUpdate):  # the batch's levels below are summed at the moved margins
+            self._move(update.batch, update.level, update.values)
+            self._gradients = (update.batch.number, *self.objective.gradients(self.margins, self.labels))
+            return
+        self._move(update.batch, update.batch.depth, update.values)
+        self._nodes, self._gradients, self._routing = {}, None, None
+
+    def _move(self, batch: Batch, level: int, values: np.ndarray) -> None:
+        """Each row's margins plus its node's value at `level` of each tree."""
+        values = np.asarray(values, dtype=np.float64)
         for tree in range(batch.trees):
-            leaf = self._node(batch, tree, batch.depth)
-            self.margins[:, tree % batch.classes] += np.take(values[tree], leaf)
-        self._nodes = {}
-        self._gradients = None
-        self._routing = None
+            node = self._node(batch, tree, level)
+            self.margins[:, tree % batch.classes] += np.take(values[tree], node)
 
     def _batch_gradients(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        """The gradients the batch is fitted on (the margins before it), kept while it grows."""
+        """The gradients the batch is fitted on (the margins before it, or after its `NodeUpdate`), kept
+        while it grows."""
         if self._gradients is None or self._gradients[0] != batch.number:
             g, h = self.objective.gradients(self.margins, self.labels)
             self._gradients = (batch.number, g, h)
@@ -192,26 +225,27 @@ class Partition:
             self._routing = (batch, batch.tables(self.features))
         return self._routing[1]
 
-    def _histograms(self, batch: Batch, level: int) -> np.ndarray:
+    def _histograms(self, batch: Batch, level: int, whole: bool = False) -> np.ndarray:
         """Each tree's (nodes, columns, width) gradient sums of the root (level 0) or of the level's left
         children (node 2j at row j): the coordinator makes each right child from its parent and its
         sibling (`coordinator.children`), so only the rows in left children are added. Which child is
         added is fixed (always the left), not chosen by the rows: the code path is the same in every
-        world; a level's time follows how many rows its left children hold, nanoseconds a row.
+        world; a level's time follows how many rows its left children hold, nanoseconds a row. With
+        `whole` every node's rows are added (node j at row j).
         The columns are added in groups (`_joint`): one `np.bincount` per group over its joint codes,
         then each column's sums from the joint histogram, so a row is added once per group, not once
         per column."""
         g, _ = self._batch_gradients(batch)
         columns, width = len(self.features.columns), self.features.width
-        nodes = 1 << max(level - 1, 0)
+        nodes = 1 << level if whole else 1 << max(level - 1, 0)
         out = np.zeros((batch.trees, nodes, columns, width))
         together = self._joint if nodes <= JOINT_NODES else [((f,), self.codes[f]) for f in range(columns)]
         lanes = min(self.threads, len(together))
         for tree in range(batch.trees):
             node = self._node(batch, tree, level)
             weights = g[:, tree % batch.classes]
-            if level == 0:
-                rows, start = None, np.zeros(self.rows, np.int32)
+            if level == 0 or whole:
+                rows, start = None, node if level else np.zeros(self.rows, np.int32)
                 weights = np.ascontiguousarray(weights)
             else:
                 rows = np.flatnonzero((node & 1) == 0)

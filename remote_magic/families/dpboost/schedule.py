@@ -4,7 +4,8 @@ A release is the kind of noise (`gaussian` sums, or a noisy `top1` of scores), t
 row moves what is noised (L2 for sums, per score for a top-1) and its rho: the sketch's Gaussian (one,
 over the sketched columns' counts: one row moves each column's counts by one), the intercept's, then
 per batch of rounds each level's split selections (one per tree, or per tree a column and one per node;
-each level's rho its share, `Settings.select_rho`) and the leaves' gradient and hessian sums. The
+each level's rho its share, `Settings.select_rho`; where the trees recentre, the sums of the nodes at
+`RECENTRE_DEPTH` before that level's) and the leaves' gradient and hessian sums. The
 coordinator asks exactly these (a test runs it against this list), so the trusted parent, which never
 sees a row, checks each request a worker sends against the trainer's own settings: a worker cannot state
 a smaller bound, or a different rho, than the proof has for that release.
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .accounting import Scales
-from .settings import Settings
+from .settings import RECENTRE_DEPTH, Settings
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ def releases(
         rounds = min(settings.batch_size, settings.rounds - done)
         if scales.sigma_select is not None:
             for level in range(settings.max_depth):
+                if settings.recentres and level == RECENTRE_DEPTH:
+                    yield from leaf_releases(settings, scales, rounds, nodes=True)
                 select = Release("top1", settings.select_bound, settings.select_rho(scales, level))
                 per_tree = 1 + (1 << level) if settings.node_splits else 1
                 for _ in range(rounds * objective.trees_per_round * per_tree):
@@ -66,13 +69,21 @@ def releases(
         done += rounds
 
 
-def leaf_releases(settings: Settings, scales: Scales, rounds: int) -> tuple[Release, Release]:
+def leaf_releases(
+    settings: Settings, scales: Scales, rounds: int, nodes: bool = False
+) -> tuple[Release, Release]:
     """A batch of `rounds` rounds' gradient and hessian sums: one row moves each tree's sums, and the
-    batch has `rounds` trees per class, so the L2 bound grows as sqrt(rounds) and the rho as rounds."""
+    batch has `rounds` trees per class, so the L2 bound grows as sqrt(rounds) and the rho as rounds.
+    Where the trees recentre (`Settings.recentres`) the sums at depth RECENTRE_DEPTH (`nodes`; one row is
+    in one node, as in one leaf) take `recentre_share` of that rho and the leaves the rest, so the batch
+    costs what it did."""
     objective = settings.objective_()
     g, h = objective.gradient_bound, objective.hessian_bound
     scale = math.sqrt(rounds)
+    share = 1.0
+    if settings.recentres:
+        share = settings.recentre_share if nodes else 1.0 - settings.recentre_share
     return (
-        Release("gaussian", g * scale, rounds * g * g / (2 * scales.sigma_g**2)),
-        Release("gaussian", h * scale, rounds * h * h / (2 * scales.sigma_h**2)),
+        Release("gaussian", g * scale, share * rounds * g * g / (2 * scales.sigma_g**2)),
+        Release("gaussian", h * scale, share * rounds * h * h / (2 * scales.sigma_h**2)),
     )

@@ -29,6 +29,11 @@ DEFAULT_NOISE_LAMBDA = 2.0  # flights, validation rows, eps 1: +1.8 AUC points o
 # LARGE_LEVEL_GROWTH (the deeper levels more: benchmarks/dp_trainer.py, flights at epsilon 2 and 4).
 DEFAULT_LEVEL_GROWTH = 1.0
 LARGE_LEVEL_GROWTH = 2.0
+# Where the released count says the sample is large (`for_count`), each tree is recentred at depth
+# RECENTRE_DEPTH (`recentres`): its nodes' sums are released with this share of the leaves' budget and each
+# node's Newton step moves its rows' margins before the levels below are scored (selection.py).
+LARGE_RECENTRE_SHARE = 0.2
+RECENTRE_DEPTH = 3
 MAX_DEPTH = 12
 
 
@@ -45,10 +50,13 @@ class Settings:
     gradient sums, the rest the hessian sums; `intercept_share` of the training budget estimates the
     starting margin (unless a base model or a public `base_margin` gives it); `split_share` of the rest
     chooses each level's split by the exponential mechanism (`selection.py`; 0: random splits), level `l`'s
-    selections with a share in proportion to `level_growth ** l` (`level_shares`);
+    selections with a share in proportion to `level_growth ** l` (`level_shares`); with `recentre_share`
+    (`recentres`) each tree's nodes at RECENTRE_DEPTH release their sums with that share of the leaves'
+    budget, and their steps move their rows' margins before the levels below;
     `seed` draws the structure. With `rounds_from_count` (the analyst left the rounds unset) `rounds` is
     the most the training may take: it takes DEFAULT_ROUNDS, or `rounds` and LARGE_LEVEL_GROWTH where the
-    noisy row count of the released intercept says the sample is large (`for_count`)."""
+    noisy row count of the released intercept says the sample is large (`for_count`), and then also
+    LARGE_RECENTRE_SHARE."""
 
     objective: str = BINARY
     num_class: int = 1
@@ -64,6 +72,7 @@ class Settings:
     noise_lambda: float = DEFAULT_NOISE_LAMBDA
     split_share: float = DEFAULT_SPLIT_SHARE
     level_growth: float = DEFAULT_LEVEL_GROWTH
+    recentre_share: float = 0.0
     node_splits: bool = False
     seed: int = 0
     g_clip: float | None = None
@@ -82,10 +91,11 @@ class Settings:
             and self.max_leaf > 0
             and self.noise_lambda >= 0
             and self.level_growth > 0
+            and 0 <= self.recentre_share < 1
         ):
             raise ValueError(
                 "learning_rate, max_leaf and level_growth must be positive, reg_lambda and noise_lambda not "
-                "negative"
+                "negative, recentre_share 0 to below 1"
             )
         self.objective_()
 
@@ -114,7 +124,12 @@ class Settings:
             return self
         if count is None or count * math.sqrt(rho_train) < LARGE_SAMPLE:
             return replace(self, rounds=min(self.rounds, DEFAULT_ROUNDS), rounds_from_count=False)
-        return replace(self, level_growth=LARGE_LEVEL_GROWTH, rounds_from_count=False)
+        return replace(
+            self,
+            level_growth=LARGE_LEVEL_GROWTH,
+            recentre_share=LARGE_RECENTRE_SHARE,
+            rounds_from_count=False,
+        )
 
     def scales(self, rho_train: float, continuing: bool = False) -> Scales:
         """The noise scales that spend `rho_train` (accounting.noise_scales)."""
@@ -132,6 +147,18 @@ class Settings:
             self.select_bound,
             self.selections_per_round,
         )
+
+    @property
+    def recentres(self) -> bool:
+        """Whether each tree releases its nodes' sums at depth RECENTRE_DEPTH and recentres its rows'
+        margins there (a share of the leaves' budget; only where levels are selected and lie below)."""
+        return self.recentre_share > 0 and self.split_share > 0 and self.max_depth > RECENTRE_DEPTH
+
+    def leaf_sigmas(self, scales: Scales) -> tuple[float, float]:
+        """The noise sd on each leaf's gradient and hessian sums: the round's, or, where the trees
+        recentre, that of the leaves' share (`schedule.leaf_releases`)."""
+        share = 1.0 - self.recentre_share if self.recentres else 1.0
+        return scales.sigma_g / math.sqrt(share), scales.sigma_h / math.sqrt(share)
 
     @property
     def select_bound(self) -> float:
