@@ -210,8 +210,10 @@ def test_a_dataset_whose_first_snapshot_failed_is_unavailable_at_once_not_busy(t
         message = str(refused.value)
         assert "not available now" in message and "ask the data owner" in message.lower()
         assert "custid" not in message and str(data) not in message and "queue" not in message
-    log = (tmp_path / "server.log").read_text()
-    assert '"event": "dataset_refresh_failed"' in log and "custid" in log
+    log = (tmp_path / "server.log").read_text().splitlines()
+    plain = [line for line in log if line.startswith("dataset broken: its first snapshot failed")]
+    assert len(plain) == 1 and "(invalid_snapshot)" in plain[0] and "'custid'" in plain[0], log
+    assert "dataset refresh broken" in plain[0] and not [line for line in log if "dataset claims:" in line]
 
 
 def test_no_version_is_busy_while_the_first_snapshot_is_taken_and_refused_once_it_failed(tmp_path):
