@@ -284,3 +284,43 @@ def test_a_csv_source_is_snapshotted_and_checked_like_a_parquet_file(tmp_path):
     assert not list((data / "snapshots").glob("*/*.parquet"))  # a trial, not a version
     assert not [p for p in data.iterdir() if p.name.startswith("doctor-")]
 
+
+def test_dataset_refresh_warns_as_the_doctor_would_about_the_new_version(tmp_path):
+    """Found by review (rev4 #7): a refresh that added a unique `email` column (now a default feature)
+    and dropped a column with a declared range said nothing; only a later `doctor` warned."""
+    rows = 200
+    path = tmp_path / "customers.csv"
+    frame = pd.DataFrame(
+        {"id": range(rows), "income": [float(i % 90) for i in range(rows)], "y": [0, 1] * 100}
+    )
+    frame.to_csv(path, index=False)
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\n\n'
+        + csv_table(
+            "customers", path, extra="column_levels = { y = [0, 1] }\ncolumn_ranges = { income = [0, 100] }"
+        )
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "remote_magic_server",
+        "dataset",
+        "refresh",
+        "customers",
+        "--config",
+        str(config),
+    ]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0 and first.stdout.startswith("customers: new version v1"), first
+    assert "WARN" not in first.stdout and "FATAL" not in first.stdout, first.stdout
+    frame.drop(columns="income").assign(email=[f"p{i}@example.org" for i in range(rows)]).to_csv(
+        path, index=False
+    )
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    lines = second.stdout.splitlines()
+    assert second.returncode == 0 and lines[0].startswith("customers: new version v2"), second
+    warned = [line for line in lines if line.startswith("WARN   dataset customers:")]
+    assert len(warned) == 2, lines
+    assert any("unknown column 'income' in column_ranges" in line for line in warned), lines
+    assert any("'email'" in line and "unique to each row" in line for line in warned), lines
