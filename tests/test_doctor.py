@@ -225,3 +225,102 @@ def test_a_csv_file_under_another_name_says_how_to_declare_a_csv_source(tmp_path
     fatal = [line for line in done.stdout.splitlines() if line.startswith("FATAL")]
     assert len(fatal) == 1 and "cannot be read as Parquet" in fatal[0], done.stdout
     assert fatal[0].endswith('a CSV file is declared as source = { kind = "csv", path = "..." }')
+
+
+def csv_table(
+    name: str,
+    path,
+    id_column: str = "id",
+    labels: str = '["y"]',
+    extra: str = "column_levels = { y = [0, 1] }",
+) -> str:
+    return (
+        f'[datasets.{name}]\nsource = {{ kind = "csv", path = "{path}" }}\nid_column = "{id_column}"\n'
+        f"label_columns = {labels}\n{extra}\n\n"
+    )
+
+
+def test_a_csv_source_is_snapshotted_and_checked_like_a_parquet_file(tmp_path):
+    """Found by review (rev4 #1): a source given as `source = {...}` was never probed, so a wrong id
+    column or a missing label said "0 fatal" and the first snapshot failed only at `serve`. The doctor
+    now takes a trial snapshot (registered nowhere) and checks it with the Parquet checks."""
+    rows = 200
+    frame = pd.DataFrame(
+        {
+            "id": range(rows),
+            "age": [float(20 + i % 50) if i % 9 else None for i in range(rows)],  # repeats, has NaN
+            "email": [f"person{i}@example.org" for i in range(rows)],  # unique text
+            "y": [i % 2 for i in range(rows)],
+        }
+    )
+    path = tmp_path / "customers.csv"
+    frame.to_csv(path, index=False)
+    data = tmp_path / "data"
+    data.mkdir()
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f'[server]\ndata_dir = "{data}"\n\n'
+        + csv_table("typo", path, id_column="custid")
+        + csv_table("nonunique", path, id_column="age")
+        + csv_table("nolabel", path, labels='["chrun"]', extra="")
+        + csv_table("words", path, extra='column_levels = { y = ["zero", "one"] }')
+        + csv_table("fine", path, extra='exclude_columns = ["email"]\ncolumn_levels = { y = [0, 1] }')
+    )
+    done = doctor(config)
+    lines = [line for line in done.stdout.splitlines() if not line.startswith("OK")]
+
+    def said(name: str) -> list[str]:
+        return [line for line in lines if f" dataset {name}:" in line]
+
+    assert len(said("typo")) == 1 and "gives no snapshot" in said("typo")[0] and "custid" in said("typo")[0]
+    assert said("typo")[0].startswith("WARN") and "dataset refresh typo" in said("typo")[0]
+    assert len(said("nonunique")) == 1 and "'age'" in said("nonunique")[0], lines
+    assert [line for line in said("nolabel") if "gives no snapshot" in line and "chrun" in line], lines
+    words = said("words")
+    assert any(line.startswith("FATAL") and "no row's label" in line for line in words), lines
+    assert any("'email'" in line and "unique to each row" in line for line in words), lines
+    assert said("fine") == [], lines
+    assert done.returncode == 1
+    assert not list((data / "snapshots").glob("*/*.parquet"))  # a trial, not a version
+    assert not [p for p in data.iterdir() if p.name.startswith("doctor-")]
+
+
+def test_dataset_refresh_warns_as_the_doctor_would_about_the_new_version(tmp_path):
+    """Found by review (rev4 #7): a refresh that added a unique `email` column (now a default feature)
+    and dropped a column with a declared range said nothing; only a later `doctor` warned."""
+    rows = 200
+    path = tmp_path / "customers.csv"
+    frame = pd.DataFrame(
+        {"id": range(rows), "income": [float(i % 90) for i in range(rows)], "y": [0, 1] * 100}
+    )
+    frame.to_csv(path, index=False)
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\n\n'
+        + csv_table(
+            "customers", path, extra="column_levels = { y = [0, 1] }\ncolumn_ranges = { income = [0, 100] }"
+        )
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "remote_magic_server",
+        "dataset",
+        "refresh",
+        "customers",
+        "--config",
+        str(config),
+    ]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0 and first.stdout.startswith("customers: new version v1"), first
+    assert "WARN" not in first.stdout and "FATAL" not in first.stdout, first.stdout
+    frame.drop(columns="income").assign(email=[f"p{i}@example.org" for i in range(rows)]).to_csv(
+        path, index=False
+    )
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    lines = second.stdout.splitlines()
+    assert second.returncode == 0 and lines[0].startswith("customers: new version v2"), second
+    warned = [line for line in lines if line.startswith("WARN   dataset customers:")]
+    assert len(warned) == 2, lines
+    assert any("unknown column 'income' in column_ranges" in line for line in warned), lines
+    assert any("'email'" in line and "unique to each row" in line for line in warned), lines

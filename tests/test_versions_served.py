@@ -14,9 +14,12 @@ import pytest
 import requests
 import xgboost as xgb
 
-from remote_magic.client.errors import RemoteError
-from remote_magic.display.tables import columns_table, jobs_table, versions_table
+from remote_magic.client.errors import RemoteError, SpecError
+from remote_magic.contract.codes import CODES, Refusal
+from remote_magic.display.tables import columns_table, datasets_table, jobs_table, versions_table
 from remote_magic_server.cli import main
+from remote_magic_server.data.versions import Versions
+from remote_magic_server.intake.catalog import unavailable, version_of
 from remote_magic_server.jobs.store import Store
 from remote_magic_server.plan import JobPlan
 from tests.serverproc import running
@@ -173,3 +176,59 @@ def test_refresh_every_refreshes_inside_the_server(tmp_path):
         assert server.get("/datasets/claims").json()["rows"] == 320
     log = (tmp_path / "server.log").read_text()
     assert '"event": "dataset_refreshed"' in log and SENTINEL not in log
+
+
+BROKEN = """
+[datasets.broken]
+source = { kind = "csv", path = "claims.csv" }
+id_column = "custid"
+label_columns = ["y"]
+privacy = "rules"
+"""
+
+
+def test_a_dataset_whose_first_snapshot_failed_is_unavailable_at_once_not_busy(tmp_path):
+    """Found by review (rev4 #1): a job on it said "your queue is full" and retried a 503 for 600 s, and
+    the catalog showed `none yet <10 rows`. Now the catalog says it is unavailable and a job is refused
+    at once, without the owner's reason (a column name of their source), which only their log holds."""
+    data = tmp_path / "data"
+    data.mkdir()
+    write_claims(data / "claims.csv", 300)
+    with running(data, tmp_path / "server.log", {"alice": ["claims", "broken"]}, CLAIMS + BROKEN) as server:
+        info = server.client().dataset("broken")
+        assert info.version is None and "snapshot of it failed" in info.unavailable
+        table = repr(datasets_table([info, server.client().dataset("claims")])).splitlines()
+        assert table[2].split() == ["broken", "unavailable", "-", "-"] and table[3].split()[:2] == [
+            "claims",
+            "1",
+        ]
+        started = time.monotonic()
+        with pytest.raises(SpecError) as refused:
+            server.client().submit(model(), {"dataset": "broken", "label": "y"}, queue_wait=30)
+        assert time.monotonic() - started < 10  # one answer, no retries
+        assert refused.value.code == "dataset_snapshot_failed" and refused.value.status == 409
+        message = str(refused.value)
+        assert "not available now" in message and "ask the data owner" in message.lower()
+        assert "custid" not in message and str(data) not in message and "queue" not in message
+    log = (tmp_path / "server.log").read_text().splitlines()
+    plain = [line for line in log if line.startswith("dataset broken: its first snapshot failed")]
+    assert len(plain) == 1 and "(invalid_snapshot)" in plain[0] and "'custid'" in plain[0], log
+    assert "dataset refresh broken" in plain[0] and not [line for line in log if "dataset claims:" in line]
+
+
+def test_no_version_is_busy_while_the_first_snapshot_is_taken_and_refused_once_it_failed(tmp_path):
+    """A dataset with no snapshot attempt yet is being snapshotted (`serve` takes first snapshots before
+    it answers; a second API process may not have): a job waits (503 busy). Once the attempt failed, it
+    is refused (409), and a version taken later serves again."""
+    versions = Versions(tmp_path)
+    try:
+        with pytest.raises(Refusal) as waiting:
+            version_of(versions, "claims")
+        assert waiting.value.code == "dataset_unavailable" and CODES["dataset_unavailable"].kind == "busy"
+        versions.record_refresh("claims", "failed", reason="invalid_snapshot", message="id column missing")
+        with pytest.raises(Refusal) as failed:
+            version_of(versions, "claims")
+        assert failed.value.code == "dataset_snapshot_failed" and "id column" not in str(failed.value)
+        assert unavailable(versions, "claims") is not None
+    finally:
+        versions.close()

@@ -63,6 +63,9 @@ CODES: dict[str, Code] = {
     "unknown_dataset": Code(404, "spec", "%remote_datasets lists the datasets your token grants."),
     "unknown_version": Code(404, "spec", "%remote_datasets NAME lists the dataset's versions."),
     "dataset_unavailable": Code(503, "busy", "The data owner's first snapshot of it has not been taken yet."),
+    "dataset_snapshot_failed": Code(
+        409, "spec", "%remote_datasets shows it with a version again once the owner's snapshot succeeds."
+    ),
     "invalid_spec": Code(422, "spec", _SPEC_HINT),
     "unknown_column": Code(422, "spec", _SPEC_HINT),
     "feature_mismatch": Code(

@@ -204,6 +204,10 @@ class DatasetInfo(_Strict):
     versions: list[VersionInfo] = Field(
         default_factory=list, description="Every version still served, oldest first."
     )
+    unavailable: str | None = Field(
+        default=None,
+        description="Why no job can use the dataset now (the owner's snapshot of it failed); null if it can.",
+    )
     column_ranges: dict[str, tuple[float, float]] = Field(
         default_factory=dict,
         description="The data owner's public range of a numeric feature (the DP trainer's split candidates).",

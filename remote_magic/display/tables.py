@@ -53,9 +53,12 @@ def datasets_table(datasets: Sequence[DatasetInfo]) -> Table:
     rows = []
     for d in datasets:
         label = ", ".join(c.name for c in d.columns if c.role == "label")
-        features = sum(c.role == "feature" for c in d.columns)
-        version = str(d.version) if d.version is not None else "none yet"
-        rows.append([d.name, version, count_text(d.rows, d.policy), label, str(features), d.description])
+        features = str(sum(c.role == "feature" for c in d.columns))
+        if d.version is not None:
+            version, count = str(d.version), count_text(d.rows, d.policy)
+        else:  # no rows or columns to count yet
+            version, count, features = ("unavailable" if d.unavailable else "none yet"), "-", "-"
+        rows.append([d.name, version, count, label, features, d.description])
     return Table(["dataset", "version", "rows", "label", "features", "description"], rows)
 
 
@@ -85,7 +88,7 @@ def columns_table(dataset: DatasetInfo) -> Table:
     rows = [
         [c.name, plain_type(c.dtype) + (" (inferred)" if c.inferred else ""), c.role] for c in dataset.columns
     ]
-    title = f"{dataset_text(dataset.name, dataset.version)}: {dataset.description}"
+    title = f"{dataset_text(dataset.name, dataset.version)}: {dataset.unavailable or dataset.description}"
     return Table(["column", "type", "role"], rows, title=title)
 
 

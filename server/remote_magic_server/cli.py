@@ -105,7 +105,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         for mistake in str(exc).splitlines():  # one line per mistake (config_errors)
             print(Finding("fatal", "config", mistake).line())
         return 1
-    findings = [Finding("ok", "config", f"{len(settings.datasets)} dataset(s)"), *run_checks(settings)]
+    findings = [
+        Finding("ok", "config", f"{len(settings.datasets)} dataset(s)"),
+        *run_checks(settings, trial=True),
+    ]
     for finding in findings:
         print(finding.line())
     problems = fatal(findings)

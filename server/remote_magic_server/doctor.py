@@ -7,7 +7,8 @@ separate process, `worker/probe.py`: the API process never imports the worker pa
 never reads a row. The rest runs here: the data directory and free disk, the job store's schema, the
 audit log against its anchored head, the TLS files, JupyterHub, the clock. Levels: `ok`, `warn` (jobs
 run, with less than they could have), `fatal` (jobs or sign-ins would fail, or the audit log does not
-match its anchor).
+match its anchor). A source other than a Parquet `path` with no version yet is snapshotted into a scratch
+folder for the data checks (by `doctor` only: `serve` takes the first snapshot itself).
 
 Why it is long: one short function per check, each with the words it says to the owner.
 """
@@ -22,6 +23,7 @@ import sqlite3
 import ssl
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -275,7 +277,7 @@ def _labels(settings: Settings) -> list[Finding]:
 
 def _readable_file(settings: Settings, name: str) -> Path | None:
     """The file a worker of this dataset reads: its latest snapshot, else (before the first one) its
-    Parquet file; None for a remote source not yet snapshotted."""
+    Parquet file; None for another source not yet snapshotted."""
     from .data.versions import Versions
 
     latest = Versions(settings.snapshots_dir).latest(name) if settings.snapshots_dir.exists() else None
@@ -285,8 +287,43 @@ def _readable_file(settings: Settings, name: str) -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
-def _probe(settings: Settings) -> list[Finding]:
-    """The sandbox and data checks, in their own process (worker/probe.py)."""
+def _trial_snapshot(settings: Settings, name: str, folder: Path) -> tuple[Path | None, list[Finding]]:
+    """A source with no snapshot yet (CSV, a database, a bucket) snapshotted into `folder`, so that it is
+    checked like a Parquet file; a snapshot that fails is one line with the reason a refresh would log."""
+    from .data.lifecycle import trial
+    from .data.sources import SourceError
+
+    try:
+        return trial(settings, name, folder), []
+    except SourceError as exc:
+        message = (
+            f"its source gives no snapshot ({exc.reason}): {exc.message}; `serve` starts without it, and "
+            f"every job on it is refused as unavailable until `remote-magic-server dataset refresh {name}` "
+            "succeeds"
+        )
+        return None, [Finding("warn", f"dataset {name}", message)]
+
+
+def _probe(settings: Settings, trial: bool = False) -> list[Finding]:
+    """The sandbox and data checks; with `trial`, a source not yet snapshotted is snapshotted for them
+    into a scratch folder first (the doctor; `serve` takes its first snapshots itself)."""
+    data_dir = settings.server.data_dir
+    near = data_dir if data_dir.is_dir() and os.access(data_dir, os.W_OK) else None
+    with tempfile.TemporaryDirectory(prefix="doctor-", dir=near) as scratch:
+        os.chmod(scratch, 0o711)  # noqa: S103 - traversed, not listed, by the sandbox uid's probe (as snapshots)
+        files, found = {}, []
+        for name in settings.datasets:
+            path = _readable_file(settings, name)
+            if path is None and trial and settings.datasets[name].path is None:
+                path, failed = _trial_snapshot(settings, name, Path(scratch))
+                found += failed
+            if path is not None:
+                files[name] = path
+        return [*found, *probe_files(settings, files)]
+
+
+def probe_files(settings: Settings, files: dict[str, Path]) -> list[Finding]:
+    """The sandbox and data checks of these datasets' files, in their own process (worker/probe.py)."""
     policies = [settings.policy_for(name) for name in settings.datasets] or [settings.policy]
     request = {
         "cpu_seconds": max(p.job_timeout_s for p in policies) + 30,
@@ -296,15 +333,19 @@ def _probe(settings: Settings) -> list[Finding]:
         "datasets": {
             name: {
                 "path": str(path),
-                "id_column": ds.id_column,
-                "label_columns": ds.label_columns,
-                "exclude_columns": ds.exclude_columns,
-                "column_levels": ds.column_levels,
-                "column_ranges": ds.column_ranges,
-                "label_ranges": ds.label_ranges,
+                **settings.datasets[name].model_dump(
+                    mode="json",
+                    include={
+                        "id_column",
+                        "label_columns",
+                        "exclude_columns",
+                        "column_levels",
+                        "column_ranges",
+                        "label_ranges",
+                    },
+                ),
             }
-            for name, ds in settings.datasets.items()
-            if (path := _readable_file(settings, name)) is not None
+            for name, path in files.items()
         },
     }
     try:
@@ -324,8 +365,9 @@ def _probe(settings: Settings) -> list[Finding]:
         return [Finding("fatal", "sandbox", f"the sandbox probe failed: {why}")]
 
 
-def run_checks(settings: Settings, accept_audit_mismatch: bool = False) -> list[Finding]:
-    """Every check, in the order a data owner would fix them."""
+def run_checks(settings: Settings, accept_audit_mismatch: bool = False, trial: bool = False) -> list[Finding]:
+    """Every check, in the order a data owner would fix them; `trial` snapshots a source that has none
+    yet to check it (the doctor does; `serve` takes the first snapshot itself, once)."""
     return [
         *_data_dir(settings),
         *_store(settings),
@@ -335,7 +377,7 @@ def run_checks(settings: Settings, accept_audit_mismatch: bool = False) -> list[
         *_clock(settings),
         *_files(settings),
         *_labels(settings),
-        *_probe(settings),
+        *_probe(settings, trial),
     ]
 
 

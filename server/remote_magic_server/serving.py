@@ -9,6 +9,7 @@ serves HTTPS (uvicorn's TLS); with `tls_client_ca` too, clients must present a c
 from __future__ import annotations
 
 import ssl
+import sys
 from collections.abc import Callable
 from types import FrameType
 
@@ -16,7 +17,7 @@ import uvicorn
 
 from .app import create_app
 from .config.settings import Settings
-from .data.schedule import Refresher, missing_versions, run_in_child
+from .data.schedule import Refresher, first_snapshots
 from .logs import configure_logging
 
 
@@ -44,9 +45,8 @@ def tls_options(settings: Settings) -> dict[str, object]:
 def serve(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; datasets get their first version first."""
     configure_logging(settings.server.log_level)
-    missing = missing_versions(settings)
-    if missing:
-        run_in_child(settings, missing)
+    for line in first_snapshots(settings):
+        print(line, file=sys.stderr, flush=True)
     app = create_app(settings)
     config = uvicorn.Config(
         app,

@@ -7,11 +7,16 @@ shows rounded counts only.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config.settings import Settings
 from . import lifecycle
 from .sources import SourceError
 from .versions import Version, Versions, schema_change
+
+if TYPE_CHECKING:
+    from ..doctor import Finding
 
 
 def _line(version: Version) -> str:
@@ -68,7 +73,18 @@ def refresh_now(settings: Settings, name: str) -> int:
         print(f"{name}: new version {_line(outcome.version)}")
     else:
         print(f"{name}: unchanged; v{outcome.version.number} keeps serving")
+    for finding in declared_findings(settings, name, outcome.version.file):
+        print(finding.line())
     return 0
+
+
+def declared_findings(settings: Settings, name: str, file: Path) -> list[Finding]:
+    """The doctor's data checks of the version a refresh made (a new column left as a default feature,
+    a declaration that no longer matches the rows): what `doctor` would say about it, minus the `ok`s."""
+    from ..doctor import probe_files
+
+    check = f"dataset {name}"
+    return [f for f in probe_files(settings, {name: file}) if f.check == check and f.level != "ok"]
 
 
 def prune_versions(settings: Settings, name: str, keep: int, in_use: set[int]) -> int:

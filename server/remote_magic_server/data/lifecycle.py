@@ -86,6 +86,19 @@ def refresh(settings: Settings, name: str, versions: Versions | None = None) -> 
     return Refreshed(version, new)
 
 
+def trial(settings: Settings, name: str, folder: Path) -> Path:
+    """A snapshot of the dataset's source into `folder`, registered nowhere: what the doctor checks before
+    a first version exists. Raises SourceError, with the same words a refresh would log."""
+    config = settings.datasets[name]
+    source = source_for(config.source_config, config.id_column)
+    try:
+        return take_snapshot(source, folder / name, config.id_column, config.label_columns).file
+    except SourceError:
+        raise
+    except Exception as exc:
+        raise source.fail("unreadable", f"could not be read ({type(exc).__name__})") from None
+
+
 def _failed(settings: Settings, versions: Versions, name: str, source: str, error: SourceError) -> None:
     versions.record_refresh(name, "failed", reason=error.reason, message=error.message)
     log.error(

@@ -55,6 +55,27 @@ def missing_versions(settings: Settings) -> list[str]:
         versions.close()
 
 
+def first_snapshots(settings: Settings) -> list[str]:
+    """Take the first snapshot of every dataset that has none; one plain line for the owner about each
+    that failed, with the reason its refresh logged (the server serves the others meanwhile)."""
+    missing = missing_versions(settings)
+    if not missing:
+        return []
+    run_in_child(settings, missing)
+    versions = Versions(settings.snapshots_dir)
+    try:
+        failed = [(name, versions.last_refresh(name)) for name in missing if versions.latest(name) is None]
+    finally:
+        versions.close()
+    return [
+        f"dataset {name}: its first snapshot failed ({last['reason']}): {last['message']}; analysts see it "
+        f"as unavailable until `remote-magic-server dataset refresh {name}` succeeds (`doctor` checks it)"
+        if last
+        else f"dataset {name}: its first snapshot did not finish (see the log); jobs on it wait for one"
+        for name, last in failed
+    ]
+
+
 class Refresher:
     """Refresh every dataset with `refresh_every` on its schedule, each in a child interpreter."""
 

@@ -48,12 +48,31 @@ def granted(settings: Settings, datasets: list[str], ref: str) -> tuple[str, Dat
     return name, settings.datasets[name]
 
 
+def unavailable(versions: Versions, name: str) -> str | None:
+    """Why no job can use a dataset, for the analyst: it has no version and its last snapshot failed.
+    Only that it failed: the reason names the owner's source, so it goes to the server log alone.
+    With no attempt recorded yet, the first snapshot is still being taken: None, and a job waits."""
+    if versions.latest(name) is not None:
+        return None
+    last = versions.last_refresh(name)
+    if last is None or last["outcome"] != "failed":
+        return None
+    return (
+        f"dataset {name!r} is not available now: the data owner's snapshot of it failed (their server log "
+        "says why); ask the data owner"
+    )
+
+
 def version_of(versions: Versions, ref: str) -> Version:
-    """The version a reference names: `name@N`, or the latest; raise Refusal if there is none."""
+    """The version a reference names: `name@N`, or the latest; raise Refusal if there is none (at once
+    when the snapshot failed, as busy while the first one is being taken)."""
     name, number = dataset_ref(ref)
     if number is None:
         latest = versions.latest(name)
         if latest is None:
+            why = unavailable(versions, name)
+            if why is not None:
+                raise Refusal("dataset_snapshot_failed", why)
             raise Refusal("dataset_unavailable", f"dataset {name!r} has no version yet; try again later")
         return latest
     version = versions.get(name, number)
@@ -108,6 +127,7 @@ def describe_dataset(settings: Settings, desk: ReleaseDesk, versions: Versions, 
         bounds=settings.bounds_for(name),
         version=version.number if version else None,
         versions=listed,
+        unavailable=unavailable(versions, name),
         column_ranges=dataset.column_ranges,
         column_levels=dataset.column_levels,
         label_ranges=dataset.label_ranges,
