@@ -201,6 +201,8 @@ def test_declarations_that_miss_the_rows_are_told_to_the_owner(tmp_path):
     assert len(fatal) == 2 and all("dataset words: no row's label" in line for line in fatal), lines
     assert "'y' (int64)" in fatal[0] and "[0, 1]" in fatal[0] and "'flag' (bool)" in fatal[1]
     assert said("fine") == [], lines
+    untyped = said("untyped")
+    assert len(untyped) == 1 and "`columns`: id, age, email, y;" in untyped[0], lines
     assert said("plat") == [
         "25% of rows (50 of 200) have a label 'tier' that is none of column_levels.tier: every job leaves "
         "them out; declare their classes, or leave them out knowingly"
@@ -233,10 +235,12 @@ def csv_table(
     id_column: str = "id",
     labels: str = '["y"]',
     extra: str = "column_levels = { y = [0, 1] }",
+    privacy: str = "rules",
 ) -> str:
+    """A CSV dataset with its types inferred: allowed in mode rules only (tests/test_data_sources.py)."""
     return (
         f'[datasets.{name}]\nsource = {{ kind = "csv", path = "{path}" }}\nid_column = "{id_column}"\n'
-        f"label_columns = {labels}\n{extra}\n\n"
+        f'label_columns = {labels}\nprivacy = "{privacy}"\n{extra}\n\n'
     )
 
 
@@ -265,6 +269,7 @@ def test_a_csv_source_is_snapshotted_and_checked_like_a_parquet_file(tmp_path):
         + csv_table("nolabel", path, labels='["chrun"]', extra="")
         + csv_table("words", path, extra='column_levels = { y = ["zero", "one"] }')
         + csv_table("fine", path, extra='exclude_columns = ["email"]\ncolumn_levels = { y = [0, 1] }')
+        + csv_table("untyped", path, privacy="dp")
     )
     done = doctor(config)
     lines = [line for line in done.stdout.splitlines() if not line.startswith("OK")]
@@ -280,6 +285,8 @@ def test_a_csv_source_is_snapshotted_and_checked_like_a_parquet_file(tmp_path):
     assert any(line.startswith("FATAL") and "no row's label" in line for line in words), lines
     assert any("'email'" in line and "unique to each row" in line for line in words), lines
     assert said("fine") == [], lines
+    untyped = said("untyped")
+    assert len(untyped) == 1 and "`columns`: id, age, email, y;" in untyped[0], lines
     assert done.returncode == 1
     assert not list((data / "snapshots").glob("*/*.parquet"))  # a trial, not a version
     assert not [p for p in data.iterdir() if p.name.startswith("doctor-")]

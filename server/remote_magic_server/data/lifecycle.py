@@ -92,7 +92,10 @@ def trial(settings: Settings, name: str, folder: Path) -> Path:
     config = settings.datasets[name]
     source = source_for(config.source_config, config.id_column)
     try:
-        return take_snapshot(source, folder / name, config.id_column, config.label_columns).file
+        declared_only = settings.policy_for(name).noisy
+        return take_snapshot(
+            source, folder / name, config.id_column, config.label_columns, declared_only
+        ).file
     except SourceError:
         raise
     except Exception as exc:
