@@ -201,8 +201,6 @@ def test_declarations_that_miss_the_rows_are_told_to_the_owner(tmp_path):
     assert len(fatal) == 2 and all("dataset words: no row's label" in line for line in fatal), lines
     assert "'y' (int64)" in fatal[0] and "[0, 1]" in fatal[0] and "'flag' (bool)" in fatal[1]
     assert said("fine") == [], lines
-    untyped = said("untyped")
-    assert len(untyped) == 1 and "`columns`: id, age, email, y;" in untyped[0], lines
     assert said("plat") == [
         "25% of rows (50 of 200) have a label 'tier' that is none of column_levels.tier: every job leaves "
         "them out; declare their classes, or leave them out knowingly"
