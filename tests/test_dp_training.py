@@ -398,6 +398,34 @@ def test_a_malformed_noise_frame_ends_the_job_unanswered_and_uncharged(desk, tmp
     assert talk.admitted.train_spent == pytest.approx(select.rho)
 
 
+def _sending(conn, frame: bytes) -> None:
+    conn.send_bytes(frame)
+    conn.close()
+
+
+def test_a_release_larger_than_16_mib_reaches_the_parent():
+    """Found by review (rev3 #2): the parent read at most 16 MiB a message, so a describe over a text
+    column with more than about 2,097,136 distinct admitted values failed, exactly when one more row
+    was in (10/10). The cap is now the worker's memory, which the owner sets."""
+    values = np.arange(2_200_000, dtype=np.float64)  # 17.6 MB of values
+    context = multiprocessing.get_context("fork")
+    ours, theirs = context.Pipe(duplex=True)
+    sender = context.Process(
+        target=_sending, args=(theirs, noise_frame([("gaussian", values, 1.0, 0.01)], False))
+    )
+    sender.start()
+    theirs.close()
+    execution = LocalExecution(sender, ours, memory_mb=1024)
+    try:
+        deadline = time.monotonic() + 60
+        message = None
+        while message is None and time.monotonic() < deadline:
+            message = execution.receive(1.0)
+    finally:
+        execution.close()
+    assert isinstance(message, NoiseRequest) and np.array_equal(message.values, values)
+
+
 def test_a_sketch_asked_again_gets_its_noisy_counts_again_and_is_charged_as_before(desk, tmp_path):
     """The sketch answers a public question (the user's spec and features on one dataset version): the
     next training that asks it is charged the same and gets the same noisy counts, not fresh noise."""

@@ -101,7 +101,7 @@ class ClusterExecution:
         driver = DriverTask(task=self.task, plan=plan, cluster=cluster_config(self.config))
         (self.folder / "driver.json").write_text(driver.model_dump_json())
         started = self.local.spawn("drive", self.folder, f"{self.name}-driver")
-        self.current = DriverExecution(started.process, started.conn)
+        self.current = DriverExecution(started.process, started.conn, message_mb=self.task.limits.memory_mb)
         self.current.stage = "staging"  # a driver that dies did not fail to decode anything
         return None
 

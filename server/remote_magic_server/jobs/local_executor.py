@@ -103,11 +103,16 @@ class LocalExecution:
         conn: Connection,
         memory_mb: int | None = None,
         warm: bool = False,
+        message_mb: int | None = None,
     ):
         self.process = process
         self.conn = conn
         self.stage = "starting"
         self.memory_bytes = memory_mb * 2**20 if memory_mb else None
+        # A message may be as large as the worker's memory (a release over every distinct text value
+        # of a column: 8 bytes each). A fixed cap below that failed a job exactly when the admitted rows
+        # held one value too many: a membership oracle. The cap is the owner's, never the rows'.
+        self.message_bytes = max(MAX_MESSAGE_BYTES, (message_mb or memory_mb or 0) * 2**20)
         self._memory_read_at = -math.inf
         self.warm = warm  # a warm worker of the pool, not one forked for this task
 
@@ -127,7 +132,7 @@ class LocalExecution:
         if not waiting:
             return None
         try:
-            data = self.conn.recv_bytes(MAX_MESSAGE_BYTES)
+            data = self.conn.recv_bytes(self.message_bytes)
         except (EOFError, OSError):
             raise WorkerGone(self._death()) from None
         try:
