@@ -496,6 +496,26 @@ def test_a_regressor_on_a_text_label_is_told_to_classify(dp_server):
     assert "'region' is text, and a regressor needs numbers: use XGBClassifier" in refused.value.message
 
 
+def test_a_regressor_on_a_label_with_declared_classes_is_told_to_classify(dp_server):
+    """The demo's 0/1 label (declared classes, no range) was answered "ask the data owner to declare
+    `label_ranges.label`". Judged on the declaration alone, by the server and the dry run, at no cost."""
+    from remote_magic import DatasetSpec, dry_run
+    from remote_magic.client.errors import DryRunError
+
+    client = dp_server.client()
+    said = "the label 'label' has the classes 0, 1 (the data owner's public list) and no range: "
+    said += "it is a classifier's label, use XGBClassifier"
+    before = client.rho_left("synthetic")
+    with pytest.raises(RemoteError) as refused:
+        client.train(xgb.XGBRegressor(n_estimators=2), DP_SPEC)
+    assert refused.value.code == "unsupported_model" and refused.value.message.startswith(said)
+    assert client.rho_left("synthetic") == before
+    with pytest.raises(DryRunError) as checked:
+        model = xgb.XGBRegressor(n_estimators=2)
+        dry_run(model, DatasetSpec(**DP_SPEC), client.dataset("synthetic"), client.mock("synthetic"))
+    assert str(checked.value) == said
+
+
 @pytest.fixture(scope="module")
 def flags_model(dp_server):
     """A DP model of a true/false label, on a true/false feature with missing values."""
