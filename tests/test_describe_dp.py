@@ -89,16 +89,18 @@ def described(tmp_path_factory):
             "z": rng.lognormal(3, 1, rows).round(2),
             "t": rng.choice(["a", "b", "c"], rows),
             "y": rng.integers(0, 2, rows),
+            "b": pd.array(np.where(np.arange(rows) % 10 == 0, None, rng.random(rows) < 0.3), dtype="boolean"),
         }
     )
     table.loc[0, "t"] = "only_one"
     path = folder / "described.parquet"
     table.to_parquet(path)
     declared = "column_ranges = { x = [0.0, 100.0], z = [0.0, 200.0] }\n"
-    declared += 'column_levels = { t = ["a", "b", "c"], y = ["0", "1"] }\n'
+    declared += 'column_levels = { t = ["a", "b", "c"], y = ["0", "1"], b = ["false", "true"] }\n'
     tables = dataset_table("half_declared", path, "y", column_ranges="{ x = [0.0, 100.0] }")
     tables += dataset_table("all_declared", path, "y") + declared
-    users = {"alice": [*DEMO_NAMES, "half_declared", "all_declared"]}
+    tables += dataset_table("exact", path, "y", privacy="rules")
+    users = {"alice": [*DEMO_NAMES, "half_declared", "all_declared", "exact"]}
     with running(folder, folder / "server.log", users, extra_datasets="\n" + tables) as server:
         yield server
 
@@ -140,3 +142,21 @@ def test_a_derived_column_defined_otherwise_is_another_question(described):
     assert max(edges(first)) > 10 * max(edges(second))
     again = client.describe({**spec, "derive": {"w": "x * 1000"}})
     assert again.privacy["repeated"] is True and edges(again) == edges(first)
+
+
+def test_a_true_false_column_is_counted_as_true_and_false(described):
+    """It was binned as a number, with bins like [0.2, 0.6) that no value can fall in. Its levels are
+    its type's, in every mode: counted, noised and suppressed as any category's, never chosen from the
+    rows (mode dp still sketches an undeclared one, as the parent charged)."""
+    client = described.client()
+    rows = pd.read_parquet(described.settings.datasets["exact"].path)["b"]
+    for dataset in ("exact", "all_declared", "half_declared"):
+        column = client.describe({"dataset": dataset, "label": "y"}).raw.columns
+        [b] = [c for c in column if c.name == "b"]
+        assert b.kind == "categorical" and b.histogram is None
+        assert [c.value for c in b.categories] == ["False", "True"]
+        counts = {c.value: c.count for c in b.categories}
+        exact = {"False": int((rows == False).sum()), "True": int((rows == True).sum())}  # noqa: E712
+        for level in exact:
+            assert abs(counts[level] - exact[level]) <= (10 if dataset == "exact" else 150), (dataset, counts)
+        assert b.missing is not None and abs(b.missing - int(rows.isna().sum())) <= 150

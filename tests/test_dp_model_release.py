@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 from IPython.core.error import UsageError
-from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
 from remote_magic.client.errors import DisclosureRefused, RemoteError
 from remote_magic.contract.wire import DPTraining
@@ -66,6 +66,10 @@ def dp_server(tmp_path_factory):
     """The demo tables, and the synthetic one once more with model release on (mode rules)."""
     base = tmp_path_factory.mktemp("dpout")
     path = ensure_demo_data(base / "data")["synthetic"]
+    flags = base / "flags.parquet"
+    table = pd.read_parquet(path)
+    member = pd.array(np.where(table["id"] % 7 == 0, None, table["smoker"] == 1), dtype="boolean")
+    table.assign(outcome=table["label"] == 1, member=member).to_parquet(flags)
     extra = (
         (
             f'\n[datasets.release_on]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["label"]\n'
@@ -73,8 +77,9 @@ def dp_server(tmp_path_factory):
         )
         + dataset_table("undeclared", path, "label")
         + dataset_table("by_region", path, "region")
+        + dataset_table("flags", flags, "outcome", **{"column_levels.outcome": "[true, false]"})
     )
-    users = {**USERS, "alice": [*USERS["alice"], "release_on", "undeclared", "by_region"]}
+    users = {**USERS, "alice": [*USERS["alice"], "release_on", "undeclared", "by_region", "flags"]}
     grants = '[registry]\ngrants = { dp_out = ["bob"], approved_out = ["bob"] }\n'
     with running(base / "data", base / "server.log", users, extra_datasets=extra, extra=grants) as server:
         yield server
@@ -489,3 +494,58 @@ def test_a_regressor_on_a_text_label_is_told_to_classify(dp_server):
         )
     assert refused.value.code == "unsupported_model", refused.value.message
     assert "'region' is text, and a regressor needs numbers: use XGBClassifier" in refused.value.message
+
+
+def test_a_regressor_on_a_label_with_declared_classes_is_told_to_classify(dp_server):
+    """The demo's 0/1 label (declared classes, no range) was answered "ask the data owner to declare
+    `label_ranges.label`". Judged on the declaration alone, by the server and the dry run, at no cost."""
+    from remote_magic import DatasetSpec, dry_run
+    from remote_magic.client.errors import DryRunError
+
+    client = dp_server.client()
+    said = "the label 'label' has the classes 0, 1 (the data owner's public list) and no range: "
+    said += "it is a classifier's label, use XGBClassifier"
+    before = client.rho_left("synthetic")
+    with pytest.raises(RemoteError) as refused:
+        client.train(xgb.XGBRegressor(n_estimators=2), DP_SPEC)
+    assert refused.value.code == "unsupported_model" and refused.value.message.startswith(said)
+    assert client.rho_left("synthetic") == before
+    with pytest.raises(DryRunError) as checked:
+        model = xgb.XGBRegressor(n_estimators=2)
+        dry_run(model, DatasetSpec(**DP_SPEC), client.dataset("synthetic"), client.mock("synthetic"))
+    assert str(checked.value) == said
+
+
+@pytest.fixture(scope="module")
+def flags_model(dp_server):
+    """A DP model of a true/false label, on a true/false feature with missing values."""
+    spec = {"dataset": "flags", "label": "outcome", "features": ["age", "income", "member"]}
+    return dp_server.client().train(xgb.XGBClassifier(n_estimators=3, max_depth=2), spec).model()
+
+
+def test_a_true_false_labels_model_predicts_booleans(dp_server, flags_model):
+    """It predicted the strings 'True'/'False', which equal no boolean, so `accuracy_score` refused
+    them. An integer label's model predicts integers, a text label's its text (see above)."""
+    assert flags_model.classes == ["False", "True"]
+    rows = pd.read_parquet(dp_server.settings.datasets["flags"].path).head(200)
+    predicted = flags_model.predict(rows)
+    assert predicted.dtype == bool and 0.5 < accuracy_score(rows["outcome"], predicted) <= 1.0
+
+
+def test_rows_typed_the_natural_way_are_read_as_the_server_reads_its_rows(flags_model):
+    """`member=[True, None]` is a pandas object column, and XGBoost refused it with its own dtype error
+    (18 frames). Read as the server reads its rows: a true/false value as 1/0, a missing one as missing;
+    a column that holds no numbers is one ValueError naming it."""
+    mine = pd.DataFrame(
+        {"age": [70.0, 70.0, 70.0], "income": [2e4] * 3, "member": [True, None, False]}, index=[5, 3, 9]
+    )
+    assert mine["member"].dtype == object
+    typed = mine.assign(member=[1.0, np.nan, 0.0])
+    expected = flags_model.estimator.predict_proba(typed)
+    assert flags_model.predict_proba(mine).tolist() == expected.tolist()
+    assert flags_model.predict(mine).tolist() == (expected[:, 1] > 0.5).tolist()
+    for column in (["yes", None, "no"], [True, "no", None]):
+        with pytest.raises(ValueError) as unread:
+            flags_model.predict(mine.assign(member=column))
+        said = str(unread.value)
+        assert said.startswith("your column 'member' ") and "\n" not in said, said

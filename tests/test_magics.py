@@ -20,6 +20,7 @@ import remote_magic
 from remote_magic import TrainResult, compare
 from remote_magic.client.dryrun import DryRun
 from remote_magic.client.errors import DisclosureRefused, DryRunError, SpecError
+from remote_magic.display.pictures import VEGALITE
 from remote_magic.display.progress import ProgressBar
 
 IMPORT = "from xgboost import XGBClassifier\n"
@@ -365,6 +366,25 @@ def test_result_view_shows_suppressed_cells_and_plot_gives_figures(server):
     buffer = io.StringIO()
     print(result, file=buffer)
     assert buffer.getvalue().startswith("TrainResult: training of a binary classifier on breast_cancer")
+
+
+def test_the_figures_caption_names_the_figures_drawn(server):
+    """The caption (what nbconvert's text, a terminal and a preview show) said "learning curve,
+    importance, confusion matrix" whatever was drawn: a regressor has no confusion matrix."""
+    InteractiveShell.instance()
+    result = server.client().train(
+        xgb.XGBRegressor(n_estimators=3, max_depth=2),
+        {"dataset": "diabetes_rules", "label": "progression", "eval": {"fraction": 0.3}},
+    )
+    with capture_output() as shown:
+        result._ipython_display_()
+    [table, figures] = shown.outputs
+    assert "remote-magic-result" in table.data["text/html"]
+    assert figures.data["text/plain"] == "Figures: learning curve, feature importance"
+    assert [chart["title"] for chart in figures.data[VEGALITE]["hconcat"]] == [
+        "Learning curve",
+        "Feature importance",
+    ]
 
 
 def test_dry_run_checks_derived_columns(server):

@@ -31,6 +31,7 @@ from ..contract.automation_wire import RegisterRequest
 from ..contract.codes import Refusal
 from ..contract.payload import package_model, scan
 from ..contract.specs import with_model_classes
+from ..contract.types import kind_of
 from ..contract.wire import (
     BudgetReport,
     CostEstimate,
@@ -470,7 +471,19 @@ class Client(RegistryCalls):
         part = result.summary.train or result.summary.eval
         classes = [c.label for c in part.classes] if part is not None and part.classes else None
         left = self.rho_left(result.dataset) if result.training is not None else None
-        return RemoteModel.load(data, job_id, result.dataset, result.training, left, classes)
+        label_kind = self._label_kind(result) if classes else None
+        return RemoteModel.load(
+            data, job_id, result.dataset, result.training, left, classes, label_kind=label_kind
+        )
+
+    def _label_kind(self, result: JobResult) -> str | None:
+        """The kind (number, boolean, text) of the label a job trained on, from the catalog's schema;
+        None where the catalog no longer shows it."""
+        if result.ran_with is None:
+            return None
+        columns = {c.name: c.dtype for c in self._dataset_info(result.dataset).columns}
+        dtype = columns.get(result.ran_with.label)
+        return kind_of(dtype) if dtype is not None else None
 
     def rho_left(self, dataset: str) -> float | None:
         """Your zCDP budget left on a dataset now; None where it has none (mode rules)."""

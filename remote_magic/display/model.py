@@ -63,6 +63,7 @@ class RemoteModel:
     budget_left: float | None = None
     classes: list[str] | None = None
     ref: str | None = None
+    label_kind: str | None = None
 
     @classmethod
     def load(
@@ -74,8 +75,10 @@ class RemoteModel:
         budget_left: float | None,
         classes: list[str] | None = None,
         ref: str | None = None,
+        label_kind: str | None = None,
     ) -> RemoteModel:
-        """The model from its XGBoost JSON bytes, as the server sent them."""
+        """The model from its XGBoost JSON bytes, as the server sent them; `label_kind` is the label
+        column's kind in the catalog (`contract.types`), so `predict` gives values of the label's type."""
         import xgboost
 
         booster = xgboost.Booster()
@@ -91,6 +94,7 @@ class RemoteModel:
             budget_left=budget_left,
             classes=classes,
             ref=ref,
+            label_kind=label_kind,
         )
 
     @property
@@ -101,8 +105,12 @@ class RemoteModel:
         """Your rows as the model reads them: its features in its order, each text column a pandas
         categorical over the levels the model knows. A level it does not know becomes missing, as it was
         for the trainer (XGBoost alone would read it as a neighbouring level without a word). Columns the
-        model does not read (an id, the label) are left out; a feature your frame lacks is a ValueError
-        that names it, as XGBoost's own check would, rather than a KeyError from deep inside pandas."""
+        model does not read (an id, the label) are left out. Number and true/false columns are read as the
+        server reads its rows (`contract.rows.as_pandas`): as decimals, a missing value (None, NaN, NA)
+        as missing, whatever pandas dtype they came in (`[True, None]` is an object column, which
+        XGBoost refuses); a column that holds no numbers is a ValueError naming it. A feature your frame
+        lacks is a ValueError that names it, as XGBoost's own check would, rather than a KeyError from
+        deep inside pandas."""
         import pandas as pd
 
         booster = self.booster
@@ -111,7 +119,11 @@ class RemoteModel:
         if missing:
             raise ValueError(_missing_message(missing, [c for c in frame.columns if c not in names]))
         out = frame[names].copy()
-        if "c" in (booster.feature_types or []):
+        types = booster.feature_types or ["float"] * len(names)
+        numeric = [name for name, kind in zip(names, types) if kind != "c"]
+        if numeric:
+            out[numeric] = _as_numbers(out[numeric])
+        if "c" in types:
             for name, levels in booster.get_categories(export_to_arrow=True).to_arrow():
                 if levels is not None:
                     known = levels.to_pylist()
@@ -130,7 +142,7 @@ class RemoteModel:
         predicted = self.estimator.predict(self.rows(frame))
         if self.task == "regression" or not self.classes:
             return predicted
-        return _class_values(self.classes)[np.asarray(predicted, dtype=np.int64)]
+        return _class_values(self.classes, self.label_kind)[np.asarray(predicted, dtype=np.int64)]
 
     @property
     def dp(self) -> bool:
@@ -156,16 +168,52 @@ class RemoteModel:
         return f"<RemoteModel {self.summary()}>"
 
 
-def _class_values(classes: list[str]) -> np.ndarray:
-    """The classes (their text, as results name them) as the label's values: integers, decimals or text."""
+def _class_values(classes: list[str], kind: str | None = None) -> np.ndarray:
+    """The classes (their text, as results name them: `str` of each value) as values of the label's
+    type, so they compare equal to the label (`accuracy_score` refuses strings against booleans):
+    booleans, integers, decimals or text. Without the label's kind (a catalog that no longer has it),
+    text that reads as numbers or as True/False is taken for them."""
     import numpy as np
 
-    for kind in (int, float):
+    from ..contract.types import BOOLEAN, TEXT
+
+    if kind == TEXT:
+        return np.array(classes, dtype=object)
+    if kind == BOOLEAN or (kind is None and {c.lower() for c in classes} <= {"true", "false"}):
+        return np.array([c.lower() == "true" for c in classes])
+    for number in (int, float):
         try:
-            return np.array([kind(c) for c in classes])
+            return np.array([number(c) for c in classes])
         except ValueError:
             continue
     return np.array(classes, dtype=object)
+
+
+def _as_numbers(frame: pd.DataFrame) -> pd.DataFrame:
+    """The columns as decimals, read through their Arrow type as the server reads its rows; a column
+    Arrow cannot read as numbers or true/false values is a ValueError that names it."""
+    import pyarrow as pa
+
+    from ..contract.rows import as_pandas
+    from ..contract.types import BOOLEAN, NUMBER, kind_of
+
+    arrays = []
+    for name in frame.columns:
+        try:
+            array = pa.array(frame[name], from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as error:
+            said = str(error).splitlines()[0]
+            raise ValueError(
+                f"your column {name!r} mixes values the model cannot read as numbers: {said}"
+            ) from None
+        if kind_of(str(array.type)) not in (NUMBER, BOOLEAN) and array.null_count < len(array):
+            raise ValueError(
+                f"your column {name!r} holds {array.type} values and the model reads it as numbers "
+                "(numbers or True/False; None or NaN for a missing one)"
+            )
+        arrays.append(array.cast(pa.float64()) if array.null_count == len(array) else array)
+    numbers = as_pandas(pa.Table.from_arrays(arrays, names=[str(n) for n in frame.columns]))
+    return numbers.set_axis(frame.index)
 
 
 def _missing_message(missing: list[str], unread: list[object]) -> str:

@@ -322,19 +322,26 @@ class TrainResult:
         to draw; None when there is nothing to draw."""
         from . import charts
 
-        return charts.panel(
-            [
-                charts.learning_curve(self.history),
-                charts.importance(self.feature_importance),
-                charts.confusion(self.confusion_matrix, count_text(None, self.raw.policy)),
-            ]
-        )
+        return charts.panel(list(self._charts().values()))
+
+    def _charts(self) -> dict[str, dict]:
+        """The charts there is something to draw for, by the name the caption gives them."""
+        from . import charts
+
+        made = {
+            "learning curve": charts.learning_curve(self.history),
+            "feature importance": charts.importance(self.feature_importance),
+            "confusion matrix": charts.confusion(self.confusion_matrix, count_text(None, self.raw.policy)),
+        }
+        return {name: chart for name, chart in made.items() if chart is not None}
 
     def _ipython_display_(self) -> None:
+        from . import charts
         from .pictures import display_with_figures
 
-        alt = "Figures: learning curve, importance, confusion matrix"
-        display_with_figures(repr(self), self._repr_html_(), self.charts(), alt)
+        drawn = self._charts()  # the caption is what a text front end shows: it names what is drawn
+        alt = f"Figures: {', '.join(drawn)}"
+        display_with_figures(repr(self), self._repr_html_(), charts.panel(list(drawn.values())), alt)
 
     def _repr_html_(self) -> str:
         r = self.raw

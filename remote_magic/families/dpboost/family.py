@@ -72,9 +72,16 @@ def check_label(
     would make a class, seen in the released model or answered by a refusal, and gone without the row.
     `expected_classes`: the number a federated training's settings fix, which the declaration must match;
     `hint`: what the label's public type says of the model on it (`continuous_label_hint`,
-    `text_label_hint`), said first."""
+    `text_label_hint`), said first. A regressor on a label with public classes and no range (a 0/1 or
+    true/false label) is told to classify: asking the owner for a range would be the wrong advice."""
     if not classifier and hint:
         raise Refusal("unsupported_model", hint)
+    if not classifier and label_range is None and label_classes:
+        raise Refusal(
+            "unsupported_model",
+            f"the label {label!r} has the classes {', '.join(label_classes)} (the data owner's public "
+            "list) and no range: it is a classifier's label, use XGBClassifier",
+        )
     if not classifier and label_range is None:
         raise Refusal(
             "unsupported_model",

@@ -4,9 +4,10 @@ Runs in a fresh confined worker like a training job (the API never reads rows). 
 only; the trusted parent's release desk decides what leaves (cohort minimums, the differencing guard,
 bin merging, suppression, rounding and, on DP datasets, noise). Histogram edges come from a coarse
 "nice" grid (steps of 1, 2 or 5 times a power of ten) laid over the middle 90% of the values, with
-open-ended outer bins, so no edge is an extreme value.
+open-ended outer bins, so no edge is an extreme value. A true/false column (its Arrow type says so, in
+every mode) is a category with the two levels True and False, never a histogram.
 
-What sets the edges and the categories shown, by mode:
+What sets the edges and the categories shown, by mode (a true/false column's levels are its type's):
 - mode rules: the exact 5th and 95th percentiles, and the most frequent exact values;
 - the noisy modes (`DescribeOptions.private`): nothing exact. A column's declared range (the label's
   `label_ranges`) gives its grid, declared levels its categories; the label's classes are counted only
@@ -27,8 +28,10 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from remote_magic.contract.rows import as_pandas
+from remote_magic.contract.types import BOOLEAN, kind_of
 from remote_magic.families.base import class_names, declared_values
 from remote_magic.families.dpboost.accounting import gaussian_sigma, selection_threshold
 from remote_magic.families.dpboost.candidates import WIDE_GRID
@@ -47,6 +50,7 @@ from ..runner.channel import Channel
 from . import staging
 
 MAX_CLASSES = 50
+TRUE_FALSE = ["False", "True"]  # a true/false column's levels: public, from its type
 TARGET_BINS = 10
 MIDDLE = (0.05, 0.95)
 EMPTY_SIGMAS = 3.0  # a sketched bin counts only above this many noise deviations
@@ -132,6 +136,12 @@ def _categorical(name: str, series: pd.Series, keep: int, levels: list[str] | No
     )
 
 
+def _true_false(series: pd.Series) -> pd.Series:
+    """A true/false column (read as 1.0/0.0, missing NaN) as the text of its two levels, so it is
+    counted as a category, not binned as a number."""
+    return series.map({1.0: "True", 0.0: "False"}).astype(object)
+
+
 def _is_numeric(series: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype)
 
@@ -162,8 +172,12 @@ def run(task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None = No
     channel.stage("staging")
     spec = task.spec
     staged = staging.stage(task, con=con)
-    frame = as_pandas(staged.eval.x.table())  # dtypes by the schema: a missing value changes none
+    table = staged.eval.x.table()
+    frame = as_pandas(table)  # dtypes by the schema: a missing value changes none
     labels = pd.Series(staged.eval.y, name=spec.label)
+    flags = [f.name for f in table.schema if pa.types.is_boolean(f.type)]
+    if kind_of(task.staging.label_dtype) == BOOLEAN:
+        flags.append(spec.label)
     classes = _classes(labels, task.staging.label_levels, task.describe.private)
     admission = Admission(
         counts={"eval": SplitCounts(rows=len(frame), classes=classes)},
@@ -176,7 +190,12 @@ def run(task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None = No
     shown = {name: frame[name] for name in frame.columns}
     if classes is None:
         shown = {spec.label: labels, **shown}
+    shown = {name: _true_false(series) if name in flags else series for name, series in shown.items()}
+    fixed = {name: TRUE_FALSE for name in flags if name in shown}
+    # An undeclared true/false column is still sketched (as a text column, its result unused): the
+    # parent charges and checks the sketch by the columns the owner declared nothing for.
     edges, levels = public_choices(task.describe, shown, channel) if task.describe.private else ({}, {})
+    levels = {**levels, **fixed}
     columns = [
         _numeric(name, series, edges.get(name))
         if _is_numeric(series)
