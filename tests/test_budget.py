@@ -74,7 +74,10 @@ def test_at_the_cap_an_identical_repeat_is_answered_and_the_owner_raises_the_bud
 
     raised = owner(tiny, "budget", "set", "eve", "tiny", "0.05", "--by", "owner-test")
     assert raised.returncode == 0, raised.stderr
-    assert "0.025 -> 0.05" in raised.stdout
+    assert "0.025 -> 0.05" in raised.stdout and "note:" not in raised.stderr
+    typo = owner(tiny, "budget", "set", "evee", "tiny", "1e9", "--by", "owner-test")
+    assert typo.returncode == 0 and "no active token of 'evee' grants 'tiny'" in typo.stderr
+    assert "rho 1e+09 is epsilon" in typo.stderr and "says little about one person" in typo.stderr
     result = client.train(TINY_MODEL, spec(3), timeout=120)
     assert result.privacy["rho_cap"] == 0.05 and result.privacy["rho_remaining"] == pytest.approx(0.02)
     assert client.budget()["tiny"].raised

@@ -106,6 +106,28 @@ def _budget_rows(settings: Settings, ledger, store) -> list[tuple[str, str]]:
     return sorted(pairs)
 
 
+LITTLE_PRIVACY_EPSILON = 10.0
+
+
+def _budget_notes(settings: Settings, store, user: str, dataset: str, rho: float) -> list[str]:
+    """What an owner setting a cap may have missed: a user no active token grants the dataset (a typo?),
+    and a cap whose epsilon leaves little privacy. The cap is set either way: it is the owner's call."""
+    from remote_magic.families.dpboost.accounting import epsilon
+
+    notes = []
+    granted = {t.user for t in store.list_tokens() if t.state() == "active" and dataset in t.datasets}
+    if user not in granted:
+        notes.append(f"no active token of {user!r} grants {dataset!r}: the cap applies once one does")
+    delta = settings.policy_for(dataset).dp_delta
+    shown = epsilon(rho, delta)
+    if shown > LITTLE_PRIVACY_EPSILON:
+        notes.append(
+            f"rho {rho:g} is epsilon {shown:.3g} at delta {delta:g}: above epsilon "
+            f"{LITTLE_PRIVACY_EPSILON:g} the guarantee says little about one person"
+        )
+    return notes
+
+
 def cmd_budget(args: argparse.Namespace, settings: Settings) -> int:
     """The data owner's view of privacy budgets per user and dataset (mode dp): list them, or set one
     user's cap on one dataset (raise or lower it), recorded in the audit log."""
@@ -145,6 +167,8 @@ def cmd_budget(args: argparse.Namespace, settings: Settings) -> int:
         before = ledger.cap(args.user, args.dataset)
         if before is None:
             before = settings.policy_for(args.dataset).dp_rho_cap
+        for line in _budget_notes(settings, store, args.user, args.dataset, args.rho):
+            print(f"note: {line}", file=sys.stderr)
         by = args.by or getpass.getuser()
         ledger.set_cap(args.user, args.dataset, args.rho, by)
     finally:
