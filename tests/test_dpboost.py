@@ -355,8 +355,9 @@ def test_a_large_sample_recentres_each_tree_partway_down_within_the_rounds_rho(o
     released, partitions = train(large, table, y, rho=rho, parts=3, record=record)
     assert [(l2, r) for _, _, l2, r in record] == [(r.bound, r.rho) for r in planned if r.kind == "gaussian"]
     assert released.rho == pytest.approx(rho, rel=1e-9)
-    leaf_noise = (released.sigma_g / math.sqrt(0.8), released.sigma_h / math.sqrt(0.8))
-    assert large.leaf_sigmas(large.scales(rho)) == pytest.approx(leaf_noise)  # what a job reports
+    round_sigma_g = large.scales(rho).sigma_g
+    leaf_noise = (large.scales(rho).sigma_g / math.sqrt(0.8), large.scales(rho).sigma_h / math.sqrt(0.8))
+    assert (released.sigma_g, released.sigma_h) == pytest.approx(leaf_noise)  # the leaves' own, reported
     margins = margins_of(partitions)
     assert np.allclose(predict_margins(released.model, FEATURES, table), margins, atol=1e-5)
     if objective == MULTICLASS:
@@ -365,7 +366,7 @@ def test_a_large_sample_recentres_each_tree_partway_down_within_the_rounds_rho(o
     (node_g, noisy_g, *_), (_, noisy_h, *_), (leaf_g, leaf_noisy_g, *_), (_, leaf_noisy_h, *_) = record[:4]
 
     def step(g, h, share):
-        shrink = large.reg_lambda + large.noise_lambda * released.sigma_g / math.sqrt(share)
+        shrink = large.reg_lambda + large.noise_lambda * round_sigma_g / math.sqrt(share)
         return np.clip(-np.asarray(g) / (np.maximum(h, 0) + shrink), -large.max_leaf, large.max_leaf)
 
     # A node moves its rows by its whole shrunk step, a leaf by its own times the learning rate.

@@ -260,11 +260,12 @@ class Coordinator:
             if update is not None:
                 apply(update)
         scales = self.scales
+        sigma_g, sigma_h = self.settings.leaf_sigmas(scales)  # the leaves' own, as the job reports
         return Released(
             self.model(),
             self.spent,
-            scales.sigma_g,
-            scales.sigma_h,
+            sigma_g,
+            sigma_h,
             scales.sigma_intercept,
             scales.sigma_select,
         )
