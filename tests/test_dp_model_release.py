@@ -80,7 +80,7 @@ def dp_server(tmp_path_factory):
         + dataset_table("flags", flags, "outcome", **{"column_levels.outcome": "[true, false]"})
     )
     users = {**USERS, "alice": [*USERS["alice"], "release_on", "undeclared", "by_region", "flags"]}
-    grants = '[registry]\ngrants = { dp_out = ["bob"], approved_out = ["bob"] }\n'
+    grants = '[registry]\ngrants = { dp_out = ["bob"], approved_out = ["bob"], flags_out = ["bob"] }\n'
     with running(base / "data", base / "server.log", users, extra_datasets=extra, extra=grants) as server:
         yield server
 
@@ -549,3 +549,30 @@ def test_rows_typed_the_natural_way_are_read_as_the_server_reads_its_rows(flags_
             flags_model.predict(mine.assign(member=column))
         said = str(unread.value)
         assert said.startswith("your column 'member' ") and "\n" not in said, said
+
+
+def test_a_registered_versions_model_predicts_the_label_values_its_jobs_model_did(dp_server):
+    """`load_version` gave the model without its classes, so a registered true/false (or text)
+    classifier predicted XGBoost's codes 0, 1 where the job's model predicted the label's values. The
+    version carries its job's released classes, for its owner and for a user it is shared with (bob,
+    to whom `flags` is not granted, reads the classes' text)."""
+    alice, bob = dp_server.client(), dp_server.client("bob")
+    spec = {"dataset": "flags", "label": "outcome", "features": ["age", "income", "member"]}
+    trained = alice.train(xgb.XGBClassifier(n_estimators=3, max_depth=2), spec, register="flags_out")
+    rows = pd.read_parquet(dp_server.settings.datasets["flags"].path).head(200)
+    expected = trained.model().predict(rows)
+    assert expected.dtype == bool
+    version = alice.model("flags_out@1")
+    assert version.classes == ["False", "True"] and version.label == "outcome"
+    for client in (alice, bob):
+        model = client.load_version("flags_out@1")
+        assert model.classes == ["False", "True"]
+        predicted = model.predict(rows)
+        assert predicted.dtype == bool and predicted.tolist() == expected.tolist()
+    four = {"dataset": "by_region", "label": "region", "features": ["age"]}
+    four["classes"] = ["east", "north", "south", "west"]
+    regions = alice.train(xgb.XGBClassifier(n_estimators=2), four, register="regions_out")
+    ages = pd.DataFrame({"age": [20.0, 50.0, 80.0]})
+    from_version = alice.load_version("regions_out@1").predict(ages)
+    assert from_version.tolist() == regions.model().predict(ages).tolist()
+    assert set(from_version) <= set(four["classes"])

@@ -471,18 +471,24 @@ class Client(RegistryCalls):
         part = result.summary.train or result.summary.eval
         classes = [c.label for c in part.classes] if part is not None and part.classes else None
         left = self.rho_left(result.dataset) if result.training is not None else None
-        label_kind = self._label_kind(result) if classes else None
+        label = result.ran_with.label if result.ran_with is not None else None
+        label_kind = self._label_kind(result.dataset, label) if classes else None
         return RemoteModel.load(
             data, job_id, result.dataset, result.training, left, classes, label_kind=label_kind
         )
 
-    def _label_kind(self, result: JobResult) -> str | None:
-        """The kind (number, boolean, text) of the label a job trained on, from the catalog's schema;
-        None where the catalog no longer shows it."""
-        if result.ran_with is None:
+    def _label_kind(self, dataset: str, label: str | None) -> str | None:
+        """The kind (number, boolean, text) of the label a model was trained on, from the catalog's
+        schema; None where the catalog does not show it (then `predict` reads the classes' text)."""
+        if label is None:
             return None
-        columns = {c.name: c.dtype for c in self._dataset_info(result.dataset).columns}
-        dtype = columns.get(result.ran_with.label)
+        try:
+            columns = {c.name: c.dtype for c in self._dataset_info(dataset).columns}
+        except RemoteError as exc:  # a version shared with a user the dataset is not granted to
+            if exc.code == "unknown_dataset":
+                return None
+            raise
+        dtype = columns.get(label)
         return kind_of(dtype) if dtype is not None else None
 
     def rho_left(self, dataset: str) -> float | None:

@@ -97,6 +97,7 @@ class RegistryCalls:
     _dataset_info: Callable[[str], DatasetInfo]
     job: Callable[[str], Job]
     rho_left: Callable[[str], float | None]
+    _label_kind: Callable[[str, str | None], str | None]
 
     # the registry
     def models(self, name: str | None = None) -> ModelList:
@@ -114,13 +115,16 @@ class RegistryCalls:
         return self._request("GET", f"/models/{ref}/model").content
 
     def load_version(self, ref: str) -> RemoteModel:
-        """A registered version's model, loaded like `load_model` (`.estimator`, `.booster`, its cost)."""
+        """A registered version's model, loaded like `load_model` (`.estimator`, `.booster`, its cost):
+        a classifier's `predict` gives the label's values from the classes the version carries (its
+        job's released ones), whoever owns it, not XGBoost's codes 0, 1, ..."""
         version = self.model(ref)
         data = self.download_version(version.ref)
         dataset = version.lineage.dataset
         left = self.rho_left(dataset) if version.training is not None else None
+        kind = self._label_kind(dataset, version.label) if version.classes else None
         return RemoteModel.load(
-            data, version.lineage.job_id, dataset, version.training, left, ref=version.ref
+            data, version.lineage.job_id, dataset, version.training, left, version.classes, version.ref, kind
         )
 
     def lineage(self, ref: str) -> LineageView:

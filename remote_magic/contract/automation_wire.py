@@ -86,6 +86,12 @@ class ModelVersion(_Strict):
         default=None,
         description="Present when the DP trainer trained this version: a DP release, downloadable at once.",
     )
+    label: str | None = Field(default=None, description="The label the version was trained on.")
+    classes: list[str] | None = Field(
+        default=None,
+        description="A classifier's classes in the order of the model's codes 0, 1, ..., as its job's "
+        "result released them; null for a regressor.",
+    )
 
 
 class ModelInfo(_Strict):

@@ -41,6 +41,14 @@ def main_metric(
     return None
 
 
+def released_classes(result: dict) -> list[str] | None:
+    """A classifier's classes as its job's result released them (the training split's, else the
+    evaluation's), in the order of the model's codes; the labels alone, not their counts."""
+    summary = result.get("summary") or {}
+    split = summary.get("train") or summary.get("eval") or {}
+    return [c["label"] for c in split.get("classes", [])] or None
+
+
 def _missing(ref: str) -> Refusal:
     return Refusal("unknown_model", f"no model version {ref!r} is available to you")
 
@@ -127,6 +135,8 @@ class Registry:
                 user=row.owner,
             ),
             training=DPTraining.model_validate(trained) if (trained := row.result.get("training")) else None,
+            label=(row.result.get("ran_with") or {}).get("label"),
+            classes=released_classes(row.result),
         )
 
     def visible_names(self, user: str) -> list[tuple[str, str]]:
