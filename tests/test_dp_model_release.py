@@ -395,9 +395,37 @@ def test_the_magic_refuses_bad_arguments_clearly(dp_shell, dp_job):
         dp_shell.run_line_magic("remote_model", f"{dp_job.job_id} --booster")
     with pytest.raises(UsageError, match="not a variable name"):
         dp_shell.run_line_magic("remote_model", f"{dp_job.job_id} --as 1x")
-    with pytest.raises(RemoteError, match="no such job"):
+    with pytest.raises(UsageError, match="'nope' is neither a variable in this notebook nor a job id"):
         dp_shell.run_line_magic("remote_model", "nope --as m")
+    with pytest.raises(RemoteError, match="no such job"):
+        dp_shell.run_line_magic("remote_model", "0123456789abcdef --as m")
     assert "m" not in dp_shell.user_ns
+
+
+def test_every_magic_that_takes_a_job_reads_the_same_words_and_says_which_it_was_not(
+    dp_server, dp_shell, dp_job
+):
+    """In a fresh kernel `%remote_model bare` said "no such job" (the word went to the server as an
+    id); `%remote_job e1`, `e1` a result variable, said so too though `%remote_model e1` took it; and
+    `%remote_model --as last` asked for a JOB_ID without saying why."""
+    for magic in ("remote_job", "remote_model", "remote_cancel"):
+        with pytest.raises(UsageError) as neither:
+            dp_shell.run_line_magic(magic, "bare")
+        said = str(neither.value)
+        assert said.startswith("'bare' is neither a variable in this notebook nor a job id; %" + magic)
+    for magic, line in (("remote_model", "--as last"), ("remote_job", "")):
+        with pytest.raises(UsageError, match=f"%{magic} needs a job .*no job has run in this session yet"):
+            dp_shell.run_line_magic(magic, line)
+    dp_shell.user_ns["e1"] = dp_job
+    dp_shell.user_ns["handle"] = dp_server.client().job(dp_job.job_id)
+    for word in ("e1", "handle", dp_job.job_id):
+        assert dp_shell.run_line_magic("remote_job", word).job_id == dp_job.job_id
+        assert dp_shell.run_line_magic("remote_model", word).job_id == dp_job.job_id
+    dp_shell.user_ns["spec"] = DP_SPEC
+    with pytest.raises(UsageError, match="'spec' holds a dict, not a job or its result"):
+        dp_shell.run_line_magic("remote_job", "spec")
+    with pytest.raises(UsageError, match="'dp_out@1' is a registered version; %remote_job takes a job id"):
+        dp_shell.run_line_magic("remote_job", "dp_out@1")
 
 
 def test_a_saved_model_file_reads_back(tmp_path: Path, dp_job):

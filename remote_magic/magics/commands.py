@@ -28,6 +28,7 @@ from traitlets.config import Configurable
 
 from ..client.errors import JobInterrupted, RemoteMagicError
 from .cellmodel import bound_models, bound_values, foreign_models, pick_model
+from .targets import job_target
 from .usage import usage_errors
 
 if TYPE_CHECKING:
@@ -527,14 +528,15 @@ class RemoteMagic(Magics, Configurable):
             raise UsageError(f"--state: invalid choice: {args.state!r} (choose from {', '.join(states)})")
         return jobs_table(self.client.jobs(limit=args.limit, state=args.state))
 
+    def _last_id(self) -> str | None:
+        return self.last_job.id if self.last_job else None
+
     @line_magic
     @usage_errors
     def remote_job(self, line: str) -> TrainResult | Job:
-        """`%remote_job ID`: the full result of a finished job, or its progress while it runs."""
-        job_id = line.strip() or (self.last_job.id if self.last_job else "")
-        if not job_id:
-            raise UsageError("usage: %remote_job JOB_ID")
-        job = self.client.job(job_id)
+        """`%remote_job [JOB]`: the full result of a finished job, or its progress while it runs (JOB: a
+        job id or a job or result variable; default: the last job)."""
+        job = self.client.job(job_target(line, self.shell.user_ns, self._last_id(), "remote_job"))
         return job.result() if job.done else job
 
     @magic_arguments()
@@ -555,22 +557,12 @@ class RemoteMagic(Magics, Configurable):
     def remote_model(self, line: str) -> RemoteModel | None:
         """Bring a trained model home: a model the server's DP trainer trained (a DP release) at once and
         at no further cost; any other once the data owner approved it. Says what it cost."""
-        from ..client.job import Job
-        from ..display.result import TrainResult
-
         args = _parse(self.remote_model, line)
-        target = args.job or (self.last_job.id if self.last_job else "")
-        if not target:
-            raise UsageError(
-                "usage: %remote_model JOB_ID [--as NAME] (or a job or result variable, or NAME@N)"
-            )
         if args.booster and not args.name:
             raise UsageError("--booster needs --as NAME")
         if args.name is not None and not args.name.isidentifier():
             raise UsageError(f"--as {args.name!r} is not a variable name")
-        value = self.shell.user_ns.get(target) if target.isidentifier() else None
-        if isinstance(value, (TrainResult, Job)):
-            target = value.job_id if isinstance(value, TrainResult) else value.id
+        target = job_target(args.job, self.shell.user_ns, self._last_id(), "remote_model", versions=True)
         model = self.client.load_version(target) if "@" in target else self.client.load_model(target)
         if args.name is None:
             return model
@@ -581,11 +573,11 @@ class RemoteMagic(Magics, Configurable):
     @line_magic
     @usage_errors
     def remote_cancel(self, line: str) -> None:
-        """`%remote_cancel ID`: cancel a queued or running job, and say its final state (or that it is
-        still cancelling after a few seconds)."""
-        job_id = line.strip()
-        if not job_id:
-            raise UsageError("usage: %remote_cancel JOB_ID")
+        """`%remote_cancel JOB` (an id, or a job or result variable): cancel a queued or running job,
+        and say its final state (or that it is still cancelling after a few seconds)."""
+        if not line.strip():
+            raise UsageError("usage: %remote_cancel JOB_ID (or a job or result variable)")
+        job_id = job_target(line, self.shell.user_ns, None, "remote_cancel")
         job = self.client.job(job_id)
         job.cancel()
         try:
