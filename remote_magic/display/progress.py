@@ -5,8 +5,9 @@ and eval metric. It appears only after `delay` seconds, so quick jobs leave no t
 switched off for CI with REMOTE_MAGIC_PROGRESS=off (or `%config RemoteMagic.progress = False`).
 
 In a notebook the bar is a display with an id, updated in place and emptied when the wait ends (done,
-failed or interrupted). A saved notebook therefore carries no leftover: no widget whose state was never
-saved ("Error displaying widget"), no frozen "training: 0/60" in nbconvert's HTML, GitHub or nbviewer.
+failed or interrupted), then cleared with the cell's next output (`tidy.py`). A saved notebook therefore
+carries no leftover: no widget whose state was never saved ("Error displaying widget"), no frozen
+"training: 0/60" and no empty output in nbconvert's HTML, GitHub or nbviewer.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import time
 
 from ..contract.wire import JobStatus
+from .tidy import PROGRESS_MARK
 
 OFF_VALUES = {"0", "off", "false", "no"}
 CLOSED = {"text/plain": ""}
@@ -109,7 +111,7 @@ class _NotebookBar:
     def __init__(self) -> None:
         from IPython.display import display
 
-        self.handle = display(CLOSED, raw=True, display_id=True)
+        self.handle = display(CLOSED, raw=True, display_id=True, metadata={PROGRESS_MARK: True})
 
     def show(self, stage: str, done: int, total: int, elapsed: float, metric: str) -> None:
         counts = f"{done}/{total}" if total else f"{done}/?"

@@ -359,6 +359,13 @@ class RemoteMagic(Magics, Configurable):
         return self._model(args, bound, foreign)
 
     def _run(self, kind: str, line: str, cell: str, magic) -> object:
+        """Run a train or evaluate cell; a progress line it showed leaves no empty output (tidy.py)."""
+        from ..display.tidy import tidy_outputs
+
+        with tidy_outputs(self.progress):
+            return self._run_cell_magic(kind, line, cell, magic)
+
+    def _run_cell_magic(self, kind: str, line: str, cell: str, magic) -> object:
         from pydantic import ValidationError
 
         from ..client.registry_api import register_request
