@@ -11,15 +11,18 @@ left unset follow the released row count, as in `dp_trainer.py`; the residual cl
 share of the range, or `--gradient-share`: 1 is the code before, the whole width) and of XGBoost hist at
 the same depth and rounds, learning rate 0.3. DP rows are the mean (and range) over seeds 0 .. N-1.
 
-Measured (README, "DP regression", has the table): the residual clipped to the whole width cost 0.1-0.3
-r2 at 4k-16k rows; an eighth of it (objectives.REGRESSION_GRADIENT_SHARE) is within 0.01 of XGBoost
-from 16k rows at the default budget. At rho 0.05, 4k / 16k rows, width 4 / 8 (seeds 0-1): a quarter
-0.54 / 0.48 / 0.73 / 0.71, an eighth 0.59 / 0.55 / 0.74 / 0.73, a sixteenth 0.57 / 0.60 / 0.73 / 0.74
-(leaves clipped to 0.05 of the width there; not binding, as at the default 2 in units of 28). The
-skewed label, an eighth against the whole width: 0.49 / 0.46 / 0.60 / 0.61 against 0.27 / 0.20 / 0.46 /
-0.42 (XGBoost 0.67 / 0.69): the clip's bias shows there, so a log label (README) is better still.
-Not scale-free: the leaves' shrink `noise_lambda * s_g` is in the label's units, so the same table in
-units of its sd (`--sd 1`) gets 0.45 / 0.37 / 0.70 / 0.66 instead.
+Measured (README, "DP regression: what it needs", has the table), at rho 0.05, 4k / 16k rows, width 4 /
+8, seeds 0-1 unless said. The residual clipped to the whole width (before) 0.33 / 0.21 / 0.60 / 0.47
+(seeds 0-2), with the leaves also clipped to 0.05 of the width: a quarter 0.54 / 0.48 / 0.73 / 0.71, an
+eighth 0.59 / 0.55 / 0.74 / 0.73, a sixteenth 0.57 / 0.60 / 0.73 / 0.74; kept: an eighth
+(objectives.REGRESSION_GRADIENT_SHARE), 0.58 / 0.53 / 0.73 / 0.72 with the leaves as they were. Those
+leaves were shrunk (`noise_lambda * s_g`) and clipped (`max_leaf` 2) in the label's own units, so the same
+table with `--sd 1` got 0.45 / 0.37 / 0.70 / 0.66; in units of the width / K (`Settings.leaf_unit`,
+seed 0) the model is the same in any units: K 16 0.69 / 0.60 / 0.74 / 0.71, **32 0.69 / 0.66 / 0.74 /
+0.73**, 64 0.64 / 0.67 / 0.74 / 0.74 (the shrink alone at K 8: 0.67 / 0.63 / 0.73 / 0.73 at sd 28, 0.63 /
+0.46 / 0.73 / 0.67 at sd 1). Kept K = 32 (settings.REGRESSION_LEAF_UNITS). The skewed label, before and
+now: 0.27 / 0.20 / 0.46 / 0.42 and 0.60 / 0.61 / 0.64 / 0.67 (XGBoost 0.67 / 0.69): the clip's bias
+shows there, so a log label (README) is better still.
 
     python benchmarks/dp_regression.py [--rows 4000 16000 64000] [--widths 4 8] [--seeds 3]
         [--budgets "eps 1" "rho 0.05" "eps 4"] [--noise 1.1] [--sd 28] [--skewed] [--gradient-share S]
