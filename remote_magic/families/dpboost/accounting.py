@@ -35,13 +35,14 @@ and of earlier releases only). The structure is public (drawn from the seed, or 
 part 4) and every tree is complete, so a row lies in exactly one leaf of each tree. Its contributions are
 clipped (`Objective`): over the trees of one round its gradients have L2 norm at most `g` and its hessians at
 most `h` (binary: `g = 0.85`, each row's `p - y` clipped to +-0.85 (`BINARY_GRADIENT_CLIP`), `h = 1/4`;
-multiclass: `g = sqrt(2)`, `h = 1/2`; regression: `g` = the label range's width unless set lower, `h = 1`). So
-the round's vector of leaf gradient sums moves by at most `g` in L2 norm, its vector of hessian sums by at
-most `h`; with Gaussian noise of scales `s_g` and `s_h` the round costs `g^2 / (2 s_g^2) + h^2 / (2 s_h^2)`. A
-batch of `B` rounds fitted on the same gradients is released as one vector (`D = sqrt(B) g`), which costs
-exactly the same as its `B` rounds one at a time; the batch size and the depth do not enter the cost. Leaf
-values `-(G + noise) / (max(H + noise, 0) + lambda + k s_g)` (`k` = `Settings.noise_lambda`; `s_g` is public),
-clipped and scaled by the learning rate, and the model built from them are post-processing.
+multiclass: `g = sqrt(2)`, `h = 1/2`; regression: `g` = an eighth of the label range's width unless set
+otherwise, `h = 1`). So the round's vector of leaf gradient sums moves by at most `g` in L2 norm, its vector
+of hessian sums by at most `h`; with Gaussian noise of scales `s_g` and `s_h` the round costs
+`g^2 / (2 s_g^2) + h^2 / (2 s_h^2)`. A batch of `B` rounds fitted on the same gradients is released as one
+vector (`D = sqrt(B) g`), which costs exactly the same as its `B` rounds one at a time; the batch size and
+the depth do not enter the cost. Leaf values `-(G + noise) / (max(H + noise, 0) + lambda + k s_g / u)`
+(`k` = `Settings.noise_lambda`; `s_g` and `u`, `Settings.leaf_unit`, are public), clipped and scaled by
+the learning rate, and the model built from them are post-processing.
 
 **4. Split selection (optional, `selection.py`).** Instead of a random split, each level of each tree chooses
 its split by the exponential mechanism, as report-noisy-max with Gumbel noise of scale `b`, on scores that one

@@ -226,8 +226,9 @@ class Coordinator:
         sigma_g = settings.leaf_sigmas(self.scales)[0]  # this release's noise sd
         if nodes:
             sigma_g = self.scales.sigma_g / np.sqrt(settings.recentre_share)
-        shrink = settings.reg_lambda + settings.noise_lambda * sigma_g
-        step = np.clip(-g / (cover + shrink), -settings.max_leaf, settings.max_leaf)
+        unit = settings.leaf_unit
+        shrink = settings.reg_lambda + settings.noise_lambda * sigma_g / unit
+        step = np.clip(-g / (cover + shrink), -settings.max_leaf * unit, settings.max_leaf * unit)
         return cover, step * (1.0 if nodes else settings.learning_rate) / batch.rounds
 
     def _recentre(self, request: Nodes, sums: np.ndarray) -> NodeUpdate:
