@@ -589,7 +589,7 @@ def test_a_boolean_column_reads_the_same_with_or_without_a_missing_value(red):
         spec |= {"features": ["score", "flag"], "eval": {"where": "age < 30"}}  # the target trains
         model = xgb.XGBClassifier(n_estimators=3, max_depth=2, min_child_weight=3)
         assert c.train(model, spec).metrics["auc"] is not None, dataset
-    assert kinds == {"flag_in": "numeric", "flag_out": "numeric"}
+    assert kinds == {"flag_in": "categorical", "flag_out": "categorical"}  # True/False counts (e20b624)
 
 
 def test_a_describe_of_no_row_fails_as_one_of_one_row(red):
