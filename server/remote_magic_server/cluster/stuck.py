@@ -9,9 +9,11 @@ later task sent there (the next job's staging) queues behind it: the next job hu
 
 So before staging, the job driver asks every worker which of its threads run a task no client wants
 (Dask's `cancelled` state). A task that has not ended within the patience (the collective's timeout plus
-a margin) is stuck: its worker is restarted through its nanny, and a worker that cannot be restarted is
-left out of the job's staging. A worker that does not answer (paused) is not judged here; the job's
-own checks handle it.
+a margin) is stuck. A stuck worker that holds nothing another job still wants (no data, no task in hand
+or queued) is restarted through its nanny; one that does, or that cannot be restarted, is only left out
+of this job's staging, so a restart never ends another analyst's job (a cancelled job's honest long task
+looks the same as a wedged one from here). A worker that does not answer (paused) is not judged here;
+the job's own checks handle it.
 """
 
 from __future__ import annotations
@@ -37,9 +39,7 @@ def _unwanted(dask_worker) -> list[str]:
 def _ask(client: Client, workers: list[str] | None = None) -> dict[str, set[str]]:
     """Each answering worker's unwanted tasks; {} when the cluster does not answer in time."""
     try:
-        answers = client.sync(
-            client._run, _unwanted, workers=workers, on_error="return", callback_timeout=ASK_TIMEOUT_S
-        )
+        answers = client.run(_unwanted, workers=workers, on_error="return", callback_timeout=ASK_TIMEOUT_S)
     except (OSError, TimeoutError):
         return {}
     return {address: set(keys) for address, keys in answers.items() if isinstance(keys, list) and keys}
@@ -57,14 +57,25 @@ def stuck_workers(client: Client, patience_s: float) -> set[str]:
     return set(pending)
 
 
+def _in_use(client: Client, workers: set[str]) -> set[str]:
+    """The workers among `workers` that hold data, or have a task in hand or queued, for a live client."""
+    held = client.has_what(sorted(workers))
+    busy = client.processing(sorted(workers))
+    return {address for address in workers if held.get(address) or busy.get(address)}
+
+
 def free_stuck_workers(client: Client, patience_s: float) -> set[str]:
-    """Restart the stuck workers; return those that could not be restarted (to be left out)."""
+    """Restart the stuck workers no other job uses; return the rest (to be left out of staging)."""
     stuck = stuck_workers(client, patience_s)
     if not stuck:
         return set()
-    log.warning("cluster_worker_stuck", extra={"workers": len(stuck)})
+    in_use = _in_use(client, stuck)
+    log.warning("cluster_worker_stuck", extra={"workers": len(stuck), "in_use": len(in_use)})
+    idle = sorted(stuck - in_use)
     try:
-        outcome = client.restart_workers(sorted(stuck), timeout=RESTART_TIMEOUT_S, raise_for_error=False)
+        outcome = (
+            client.restart_workers(idle, timeout=RESTART_TIMEOUT_S, raise_for_error=False) if idle else {}
+        )
     except (OSError, TimeoutError, ValueError):
         outcome = {}
     restarted = {address for address, status in outcome.items() if status == "OK"}
