@@ -154,6 +154,7 @@ class ServerProcess:
             except requests.RequestException:
                 pass
             time.sleep(0.1)
+        self.stop()  # not left running behind the error, to slow every later test down
         raise TimeoutError(f"server did not start; log: {self.log_path}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
