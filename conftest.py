@@ -47,6 +47,18 @@ def server(pytestconfig: pytest.Config) -> ServerProcess:
     return _shared_server(pytestconfig)
 
 
+@pytest.fixture(scope="session")
+def dask_cluster():
+    """One `LocalCluster` on loopback (two worker processes, one thread each) for the `dask` tests that
+    only run work on it; a test that kills, blocks or locks workers starts a cluster of its own."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None, processes=True
+    ) as cluster:
+        yield cluster
+
+
 @pytest.fixture()
 def shell_as(monkeypatch) -> Iterator[Callable[..., InteractiveShell]]:
     """`shell_as(server, user)`: a real IPython shell with the extension loaded, signed in to that server

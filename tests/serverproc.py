@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +34,24 @@ from remote_magic_server.jobs.store import Store
 DEMO_NAMES = [f"{name}{suffix}" for name in DEMO_DATASETS for suffix in ("", "_rules", "_eval_only")]
 USERS = {"alice": DEMO_NAMES, "bob": ["breast_cancer", "breast_cancer_rules"]}
 TEST_RHO_CAP = 50.0
+_DEMO_CACHE: list[Path] = []
+
+
+def demo_data(data_dir: Path) -> dict[str, Path]:
+    """`ensure_demo_data(data_dir)`, its tables made once per test process and copied from there: the
+    same bytes (the demo tables are seeded), without generating them again for each of the suite's
+    dozens of servers."""
+    if not _DEMO_CACHE:
+        cache = Path(tempfile.mkdtemp(prefix="remote-magic-demo-"))
+        atexit.register(shutil.rmtree, cache, True)
+        ensure_demo_data(cache)
+        _DEMO_CACHE.append(cache)
+    folder = data_dir / "datasets"
+    folder.mkdir(parents=True, exist_ok=True)
+    for made in (_DEMO_CACHE[0] / "datasets").iterdir():
+        if not (folder / made.name).exists():
+            shutil.copyfile(made, folder / made.name)
+    return ensure_demo_data(data_dir)
 
 
 def write_config(data_dir: Path, extra_datasets: str = "", extra: str = "", policy: str = "") -> Path:
@@ -40,7 +61,7 @@ def write_config(data_dir: Path, extra_datasets: str = "", extra: str = "", poli
     mode rules), once more as `<name>_rules` in mode rules, for tests that compare exact numbers, and as
     `<name>_eval_only` in mode dp_eval_only (DP numbers of models trained without DP).
     The test suite runs hundreds of jobs as one analyst, so its budget is larger than the default."""
-    paths = ensure_demo_data(data_dir)
+    paths = demo_data(data_dir)
     lines = ["[server]", f'data_dir = "{data_dir}"', "workers = 1", "", extra, ""]
     lines += ["[policy]", f"dp_rho_cap = {TEST_RHO_CAP}", policy, ""]
     for name, (_, label, desc) in DEMO_DATASETS.items():
@@ -133,6 +154,7 @@ class ServerProcess:
             except requests.RequestException:
                 pass
             time.sleep(0.1)
+        self.stop()  # not left running behind the error, to slow every later test down
         raise TimeoutError(f"server did not start; log: {self.log_path}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

@@ -28,9 +28,10 @@ def spec(seed: int) -> dict:
     return {"dataset": "tiny", "label": "malignant", "eval": {"fraction": 0.4, "seed": seed}}
 
 
-@pytest.fixture()
-def tiny(server, tmp_path):
-    """A server whose dataset `tiny` (mode dp_eval_only) pays for two jobs: rho 0.025, each job 0.01."""
+@pytest.fixture(scope="module")
+def tiny(server, tmp_path_factory):
+    """A server whose dataset `tiny` (mode dp_eval_only) pays for two jobs: rho 0.025, each job 0.01.
+    Shared by the file's tests, each as a user of its own (eve, frank, grace): budgets are per user."""
     path = server.settings.datasets["breast_cancer"].path
     table = dataset_table(
         "tiny",
@@ -40,7 +41,9 @@ def tiny(server, tmp_path):
         policy="{ dp_rho_cap = 0.025 }",
         column_levels='{ malignant = ["0", "1"] }',  # the noisy modes take a classifier's classes public
     )
-    with running(tmp_path / "data", tmp_path / "log", {"eve": ["tiny", "synthetic"]}, table) as small:
+    base = tmp_path_factory.mktemp("tiny")
+    users = dict.fromkeys(("eve", "frank", "grace"), ["tiny", "synthetic"])
+    with running(base / "data", base / "log", users, table) as small:
         yield small
 
 
@@ -51,9 +54,9 @@ def owner(server, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture()
-def eve_shell(tiny, shell_as):
-    """A real IPython shell with the extension loaded, signed in to `tiny`'s server as eve."""
-    return shell_as(tiny, "eve")
+def frank_shell(tiny, shell_as):
+    """A real IPython shell with the extension loaded, signed in to `tiny`'s server as frank."""
+    return shell_as(tiny, "frank")
 
 
 def test_at_the_cap_an_identical_repeat_is_answered_and_the_owner_raises_the_budget(tiny):
@@ -89,22 +92,22 @@ def test_at_the_cap_an_identical_repeat_is_answered_and_the_owner_raises_the_bud
     assert owner(tiny, "budget", "set", "eve", "tiny", "-1").returncode == 2
 
 
-def test_remote_budget_lists_each_charge_and_a_cancelled_job_says_it_was_charged(tiny, eve_shell):
-    client = tiny.client("eve")
+def test_remote_budget_lists_each_charge_and_a_cancelled_job_says_it_was_charged(tiny, frank_shell):
+    client = tiny.client("frank")
     done = client.train(TINY_MODEL, spec(1), timeout=120)
-    job = eve_shell.run_cell("%%remote_train -d synthetic -l label --no-wait\n" + LONG_DP).result
+    job = frank_shell.run_cell("%%remote_train -d synthetic -l label --no-wait\n" + LONG_DP).result
     deadline = time.monotonic() + 120
     while not any(c.job_id == job.id for c in client.budget()["synthetic"].charges):
         assert time.monotonic() < deadline, "the long job was never admitted"
         time.sleep(0.05)
     with capture_output() as said:
-        eve_shell.run_line_magic("remote_cancel", job.id)
+        frank_shell.run_line_magic("remote_cancel", job.id)
     # synthetic is in mode dp: a train job is charged the evaluation's 0.01 and the DP trainer's 0.05
     assert f"Job {job.id}: cancelled; its rows were admitted, so it was charged rho 0.06" in said.stdout
     status = client.job(job.id).status
     assert status.state == "cancelled" and "charged rho 0.06" in status.error.message
 
-    budget = eve_shell.run_line_magic("remote_budget", "")
+    budget = frank_shell.run_line_magic("remote_budget", "")
     text = repr(budget)
     assert "tiny: spent rho 0.01 of 0.025; left 0.015" in text
     assert "synthetic: spent rho 0.06 of 50" in text
@@ -112,13 +115,13 @@ def test_remote_budget_lists_each_charge_and_a_cancelled_job_says_it_was_charged
     assert job.id in budget._repr_html_()
     frame = budget.to_pandas()
     assert set(frame["job_id"]) == {done.job_id, job.id} and frame["rho"].sum() == pytest.approx(0.07)
-    assert "synthetic" not in repr(eve_shell.run_line_magic("remote_budget", "tiny"))
+    assert "synthetic" not in repr(frank_shell.run_line_magic("remote_budget", "tiny"))
     with pytest.raises(Exception, match="not a mode-dp dataset"):
-        eve_shell.run_line_magic("remote_budget", "breast_cancer_rules")
+        frank_shell.run_line_magic("remote_budget", "breast_cancer_rules")
 
 
 def test_a_job_refused_after_its_rows_were_admitted_says_what_it_was_charged(tiny):
-    client = tiny.client("eve")
+    client = tiny.client("grace")
     empty = {**spec(1), "where": "mean_radius > 1000"}  # admits no row: refused on its noisy counts
     with pytest.raises(Exception, match="so it was charged rho 0.01 of your privacy budget") as refused:
         client.train(TINY_MODEL, empty, timeout=120)

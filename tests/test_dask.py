@@ -66,9 +66,8 @@ def local_cluster(workers: int) -> LocalCluster:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    with local_cluster(2) as cluster:
-        yield cluster
+def cluster(dask_cluster):
+    return dask_cluster
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +82,7 @@ def one_partition(cluster, tmp_path_factory):
 def two_partitions(cluster, tmp_path_factory):
     base = tmp_path_factory.mktemp("dask2")
     extra = executor(cluster.scheduler_address, partitions=2)
-    users = {"alice": ["synthetic_rules", "breast_cancer_rules"]}
+    users = {"alice": ["synthetic_rules", "breast_cancer_rules", "synthetic"]}
     with running(base / "data", base / "server.log", users, extra) as server:
         yield server
 
@@ -153,16 +152,14 @@ def test_nothing_listens_outside_loopback_in_a_namespace_of_its_own():
     assert {ip for ip, _ in outcome["listening"]} <= LOOPBACK | {"0.0.0.0", "::"}
 
 
-def test_a_dp_training_continues_a_fitted_base_model_on_the_cluster(cluster, tmp_path):
+def test_a_dp_training_continues_a_fitted_base_model_on_the_cluster(two_partitions):
     """The executor checked the base model's bytes against the first family that reads them (XGBoost),
     so the DP trainer's continuation always failed `invalid_model` on the cluster."""
-    extra = executor(cluster.scheduler_address, partitions=2)
     features = ["age", "income", "bmi", "smoker", "visits"]
     public = synthetic_table(300, 5)
     base = xgb.XGBClassifier(n_estimators=3, max_depth=2).fit(public[features], public["label"])
     spec = {"dataset": "synthetic", "label": "label", "features": features}
-    with running(tmp_path / "data", tmp_path / "server.log", {"alice": ["synthetic"]}, extra) as server:
-        result = server.client().train(base.set_params(n_estimators=2), spec, timeout=300)
+    result = two_partitions.client().train(base.set_params(n_estimators=2), spec, timeout=300)
     assert result.raw.training is not None
     assert result.rounds["base"] == 3 and result.rounds["total"] > 3
 
@@ -282,7 +279,7 @@ def text_levels_apart(folder: Path) -> Path:
     return path
 
 
-def test_partitions_on_one_of_two_workers_missing_text_levels_train_as_on_one_machine(tmp_path):
+def test_partitions_on_one_of_two_workers_missing_text_levels_train_as_on_one_machine(cluster, tmp_path):
     path = text_levels_apart(tmp_path)
     task = task_for(path, {"dataset": "d", "label": "label", "eval": {"fraction": 0.25, "seed": 2}}, 0)
     plan = Plan(family="xgboost", params={"max_depth": 3}, rounds=6, task="classification")
@@ -291,7 +288,7 @@ def test_partitions_on_one_of_two_workers_missing_text_levels_train_as_on_one_ma
     rows = pq.read_metadata(path).num_rows
     s = task.staging
     assert s is not None
-    with local_cluster(2) as cluster, Client(cluster) as client:
+    with Client(cluster) as client:
         first = sorted(workers_of(client))[0]
         futures = [
             client.submit(

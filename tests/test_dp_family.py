@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import xgboost as xgb
-from distributed import Client, LocalCluster
+from distributed import Client
 from pydantic import BaseModel
 
 from remote_magic.contract.codes import Refusal
@@ -296,13 +296,10 @@ def test_min_child_weight_is_no_longer_the_analysts_business():
 
 
 @pytest.mark.dask
-def test_the_dp_family_gives_the_same_model_on_a_local_cluster(dataset, tmp_path):
+def test_the_dp_family_gives_the_same_model_on_a_local_cluster(dataset, tmp_path, dask_cluster):
     task, plan = job(dataset)
     run_job(task, plan, InProcess([staging.stage(task, tmp_path)]), tmp_path / "here")
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as cluster,
-        Client(cluster) as client,
-    ):
+    with Client(dask_cluster) as client:
         futures = stage_halves(client, dataset, task.staging)
         handle = partitions.DaskHandle(client, futures, "dpfam", None, 60, 600.0)
         there, parent = run_job(task, plan, partitions.DaskPartitions(handle), tmp_path / "there")

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from distributed import Client, Future, LocalCluster
+from distributed import Client, Future
 from pydantic import BaseModel
 
 from remote_magic.contract import rows as rows_
@@ -142,13 +142,10 @@ def test_a_second_family_reports_alike_on_one_partition_and_on_two(dataset, tmp_
 
 
 @pytest.mark.dask
-def test_a_second_family_trains_on_a_local_cluster_through_the_same_code(dataset, tmp_path):
+def test_a_second_family_trains_on_a_local_cluster_through_the_same_code(dataset, tmp_path, dask_cluster):
     task, plan = job(dataset)
     here, _ = run_job(task, plan, InProcess([staging.stage(task, tmp_path)]), tmp_path / "here")
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as cluster,
-        Client(cluster) as client,
-    ):
+    with Client(dask_cluster) as client:
         futures = stage_halves(client, dataset, task.staging)
         handle = partitions.DaskHandle(client, futures, "seam", None, 60, 600.0)
         there, _ = run_job(task, plan, partitions.DaskPartitions(handle), tmp_path / "there")
