@@ -50,6 +50,24 @@ def test_a_long_release_drawn_in_pieces_is_the_whole_releases_noise():
     assert np.all(np.abs(together) < 4 / math.sqrt(n / 4)), "no piece repeats another's noise"
 
 
+def test_releases_drawn_together_each_have_their_own_noise_at_the_same_total_cost():
+    """A batch's gradient and hessian sums are drawn by one OpenDP measurement (`dp.gaussians`): each
+    part's noise has its own release's sd, independent of the other's, and OpenDP's map of the joint
+    vector's bound meets the sum of their rhos."""
+    (g_l2, g_rho), (h_l2, h_rho), n = (0.85, 0.002), (0.25, 0.0005), 3000
+    g, h = dp.gaussians([([37.0] * n, g_l2, g_rho), ([5.0] * (n // 2), h_l2, h_rho)])
+    assert (len(g), len(h)) == (n, n // 2)
+    g_noise, h_noise = np.asarray(g) - 37.0, np.asarray(h) - 5.0
+    for noise, sigma in ((g_noise, dp.sigma(g_l2, g_rho)), (h_noise, dp.sigma(h_l2, h_rho))):
+        assert abs(noise.std() / sigma - 1) < 0.06 and abs(noise.mean()) < 4 * sigma / math.sqrt(len(noise))
+    assert abs(np.corrcoef(g_noise[: n // 2], h_noise)[0, 1]) < 4 / math.sqrt(n // 2)
+    rho = g_rho + h_rho
+    bound = math.sqrt(2 * rho) * dp._BOUND_UP
+    measurement, scale = dp._measurement(float, bound, rho, n + n // 2)
+    assert measurement.map(bound) <= rho and scale == pytest.approx(1.0)
+    assert dp.gaussians([([1.0, 2.0], g_l2, g_rho)])[0] != [1.0, 2.0]  # one release: drawn as it is
+
+
 @pytest.mark.parametrize(("k", "linf", "rho"), [(1, 0.85, 0.000275625), (1, 1e-3, 1e-7), (3, 2.0, 0.05)])
 def test_a_new_selection_budget_is_met_exactly_without_a_search(monkeypatch, k, linf, rho):
     """A noisy top-k for a (k, bound, rho) not seen before is built from its privacy map's closed form

@@ -312,7 +312,8 @@ def test_a_worker_that_asks_past_its_plan_ends_its_job(desk, tmp_path):
     assert desk.ledger.noise_draws(request.charge).keys() == {0}, "the answer given is kept at the end"
 
 
-def test_a_noise_batch_is_checked_and_charged_as_its_requests_one_by_one(desk, tmp_path):
+def test_a_noise_batch_is_checked_and_charged_as_its_requests_one_by_one(desk, tmp_path, monkeypatch):
+    """...and drawn by one OpenDP call (`dp.gaussians`), each request with its own sd."""
     settings = TrainerSettings(rounds=2, max_depth=2, split_share=0.0, intercept_share=0.0)
     request, execution, talk = talking(desk, tmp_path, "j10", settings)
     g, h, *_ = releases(settings, desk.policy("d").dp_rho_train, 0, 0.0, False)
@@ -320,7 +321,13 @@ def test_a_noise_batch_is_checked_and_charged_as_its_requests_one_by_one(desk, t
         NoiseRequest(kind="gaussian", values=[1.0, 2.0, 3.0, 4.0], bound=g.bound, rho=g.rho),
         NoiseRequest(kind="gaussian", values=[5.0, 6.0, 7.0, 8.0], bound=h.bound, rho=h.rho),
     ]
+    calls = []
+    gaussian = dp.gaussian
+    monkeypatch.setattr(dp, "gaussian", lambda *args: calls.append(args[1:]) or gaussian(*args))
     assert talk.handle(NoiseBatch(requests=asks)) is None
+    ((bound, rho),) = calls  # one draw, at the batch's rho, its bound sqrt(2 rho) rounded up
+    assert rho == pytest.approx(g.rho + h.rho, rel=1e-12)
+    assert math.sqrt(2 * rho) <= bound == pytest.approx(math.sqrt(2 * rho), rel=1e-8)
     (answers,) = execution.sent[1:]
     assert isinstance(answers, NoiseAnswers) and [len(a.values) for a in answers.answers] == [4, 4]
     assert talk.admitted is not None and talk.admitted.noise_asked == 2
@@ -330,7 +337,8 @@ def test_a_noise_batch_is_checked_and_charged_as_its_requests_one_by_one(desk, t
     final = talk.handle(NoiseBatch(requests=[asks[0], asks[1].model_copy(update={"bound": 0.01})]))
     assert final is not None and final.error is not None and final.error[0] == "invalid_worker_report"
     assert execution.killed and len(execution.sent) == 2, "no answer to a batch with a request off the plan"
-    assert desk.ledger.noise_draws(request.charge).keys() == {0, 1, 2}, "every answer drawn is kept"
+    assert len(calls) == 1, "nothing of a batch with a request off the plan is drawn"
+    assert desk.ledger.noise_draws(request.charge).keys() == {0, 1}, "every answer drawn is kept"
 
 
 # One split per round (depth 1, no intercept): the plan's releases are a top-1, then the leaves' sums.

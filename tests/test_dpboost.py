@@ -812,7 +812,7 @@ def test_the_prior_gives_each_column_the_same_chance_whatever_its_candidates():
     # Equal scores: the noisy top-1 then picks each column about equally often (x1 has 62 candidates,
     # flag 2); without the prior x1 would be chosen 62 / 108 of the time and flag 2 / 108.
     linf, rho = 1.0, 0.01
-    total = weighted(np.zeros(len(options.feature)), options, linf, rho)
+    total = weighted(np.zeros(len(options.feature)), options.prior, linf, rho)
     select = seeded_select(3)
     chosen = options.feature[[select(list(total), linf, rho) for _ in range(4000)]]
     shares = np.bincount(chosen, minlength=4) / 4000
@@ -831,7 +831,7 @@ def test_the_prior_leans_towards_the_columns_earlier_levels_chose():
     shares = np.bincount(chosen, minlength=4) / 4000
     assert shares == pytest.approx([1 / 7, 4 / 7, 1 / 7, 1 / 7], abs=0.03)
     # Before any choice it is the public prior, every column shifted alike (which changes no draw).
-    offset = adapted(options, np.zeros(4)).prior - options.prior
+    offset = adapted(options, np.zeros(4)) - options.prior
     assert offset == pytest.approx(np.full(len(options.prior), 2 * np.log(6)))
 
 

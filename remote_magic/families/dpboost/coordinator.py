@@ -165,8 +165,7 @@ class Coordinator:
             table = scoring(hist[tree])
             if not self.settings.node_splits:
                 self.spent += rho
-                prior = adapted(options, self.chosen)
-                total = weighted(table.sum(axis=0), prior, bound, rho)
+                total = weighted(table.sum(axis=0), adapted(options, self.chosen), bound, rho)
                 index = np.full(nodes, self.select(total, bound, rho))
                 self.chosen[options.feature[index[0]]] += 1
             else:

@@ -217,21 +217,21 @@ def _both_ways(feature: np.ndarray, split: np.ndarray, right: np.ndarray) -> Can
     return Candidates(feature, np.tile(split, 2), both, np.tile(right, (2, 1)), -np.log(count[column]))
 
 
-def weighted(scores: np.ndarray, options: Candidates, linf: float, rho: float) -> np.ndarray:
-    """Scores with the public prior added in units of the selection's Gumbel scale `linf / sqrt(2 rho)`
-    (OpenDP's noisy top-1 at `rho`): the noisy top-1 then draws a column in proportion to its prior weight
-    times exp(score / scale), whatever its number of candidates. The offsets do not depend on the rows, so
-    no score moves further than before."""
-    return scores + linf / np.sqrt(2 * rho) * options.prior
+def weighted(scores: np.ndarray, prior: np.ndarray, linf: float, rho: float) -> np.ndarray:
+    """Scores with a candidate list's log prior (`Candidates.prior`, or `adapted`'s) added in units of
+    the selection's Gumbel scale `linf / sqrt(2 rho)` (OpenDP's noisy top-1 at `rho`): the noisy top-1
+    then draws a column in proportion to its prior weight times exp(score / scale), whatever its number
+    of candidates. The offsets do not depend on the rows, so no score moves further than before."""
+    return scores + linf / np.sqrt(2 * rho) * prior
 
 
-def adapted(options: Candidates, chosen: np.ndarray) -> Candidates:
-    """The candidates with the prior moved towards the columns this training's earlier selections chose
+def adapted(options: Candidates, chosen: np.ndarray) -> np.ndarray:
+    """The candidates' log prior moved towards the columns this training's earlier selections chose
     (`chosen[f]`: how many levels of earlier trees, or of earlier trees of the batch, chose column f):
     each column's weight times (ADAPT_PSEUDO + chosen[f]) ** ADAPT_POWER. Those choices are released
-    already (the model shows them), so this is post-processing: it moves no score by a row."""
-    weight = ADAPT_POWER * np.log(ADAPT_PSEUDO + chosen[options.feature])
-    return replace(options, prior=options.prior + weight)
+    already (the model shows them), so this is post-processing: it moves no score by a row. Only the
+    prior array is made, not a new `Candidates` (whose checks cost more than the level's scores)."""
+    return options.prior + ADAPT_POWER * np.log(ADAPT_PSEUDO + chosen[options.feature])
 
 
 def scores(features: Features, hist: np.ndarray, options: Candidates) -> np.ndarray:

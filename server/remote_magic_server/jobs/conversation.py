@@ -149,7 +149,7 @@ class Conversation:
                 if isinstance(message, TrainingPlan):
                     self.desk.plan_training(self.request, self.admitted, message)
                 elif isinstance(message, NoiseBatch):
-                    answers = [self.desk.noise(self.request, self.admitted, ask) for ask in message.requests]
+                    answers = self.desk.noise_batch(self.request, self.admitted, message.requests)
                     self.execution.reply(NoiseAnswers(answers=answers))
                 else:
                     self.execution.reply(self.desk.noise(self.request, self.admitted, message))

@@ -109,6 +109,33 @@ def gaussian(values: list[float], l2: float, rho: float) -> tuple[list[float], f
     return [v for drawn in _pool().map(draw, np.array_split(array, pieces)) for v in drawn], scale
 
 
+_BOUND_UP = 1.0 + 1e-9
+
+
+def gaussians(releases: list[tuple[list[float], float, float]]) -> list[list[float]]:
+    """Several Gaussian releases `(values, l2, rho)` drawn by one OpenDP measurement (a call costs about
+    0.2 ms besides its 15-25 us a value: a batch's two leaf releases, 0.17 ms less). Each release's
+    values are divided by its own scale `sigma(l2, rho)` (public), so one row moves the joint vector by
+    at most sqrt(sum 2 rho) in L2 norm; OpenDP's Gaussian at the joint rho, the sum of theirs, has
+    scale 1 (just above: its map checked as every release's is), and each part multiplied back has the
+    noise its release alone would have: sd `sigma(l2, rho)`, independent of the others', at the same
+    total cost."""
+    if len(releases) == 1:
+        values, l2, rho = releases[0]
+        return [gaussian(values, l2, rho)[0]]
+    scales = [sigma(l2, rho) for _, l2, rho in releases]
+    parts = [_floats(values) / scale for (values, _, _), scale in zip(releases, scales, strict=True)]
+    rho = math.fsum(rho for _, _, rho in releases)
+    # sqrt(2 rho) up to the rounding of each l2 / scale: rounded up, never down, by far more than that.
+    bound = math.sqrt(math.fsum((l2 / scale) ** 2 for (_, l2, _), scale in zip(releases, scales))) * _BOUND_UP
+    noisy = np.asarray(gaussian(list(np.concatenate(parts)), bound, rho)[0])
+    ends = np.cumsum([len(part) for part in parts])
+    return [
+        [float(v) for v in drawn * scale]
+        for drawn, scale in zip(np.split(noisy, ends[:-1]), scales, strict=True)
+    ]
+
+
 def gaussian_counts(counts: list[int], l2: float, rho: float) -> tuple[list[int], float]:
     """Noisy counts (the discrete Gaussian) at a cost of `rho`, and the noise's standard deviation."""
     measurement, scale = _measurement(int, l2, rho)

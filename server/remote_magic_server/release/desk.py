@@ -507,6 +507,40 @@ class ReleaseDesk:
         analyst's next training that asks it gets the same noisy counts again (charged as the plan says,
         as before): fresh noise on the same counts would only add to what they tell, and the sketch
         is the largest release a small job draws."""
+        return self._answer(request, admitted, self._charged(request, admitted, ask), ask)
+
+    def noise_batch(
+        self, request: Request, admitted: Admitted, asks: list[NoiseRequest]
+    ) -> list[NoiseAnswer]:
+        """A `NoiseBatch`'s answers: each request checked and charged in turn as `noise` does (one off
+        the plan refuses the batch before any of it is drawn), and a batch of Gaussians that all need
+        fresh noise drawn by one OpenDP call (`dp.gaussians`: each with its own sd, at the sum of their
+        rhos) instead of one each; a replayed, kept or re-planning batch goes request by request."""
+        if (
+            len(asks) < 2
+            or any(ask.kind != "gaussian" for ask in asks)
+            or admitted.replan is not None
+            or (admitted.noise_asked == 0 and admitted.sketch_key)
+        ):
+            return [self.noise(request, admitted, ask) for ask in asks]
+        seqs = [self._charged(request, admitted, ask) for ask in asks]
+        if admitted.noise_replay is None:
+            admitted.noise_replay = self.ledger.noise_draws(request.charge)
+        if any(seq in admitted.noise_replay for seq in seqs):
+            return [self._answer(request, admitted, seq, ask) for seq, ask in zip(seqs, asks, strict=True)]
+        try:
+            drawn = dp.gaussians([(ask.values, ask.bound, ask.rho) for ask in asks])
+        except Exception:  # noqa: BLE001 - OpenDP's errors have no common type of their own
+            log.warning("noise_not_drawn", extra={"job": request.job_id}, exc_info=True)
+            raise self._bad_noise(request, "noise OpenDP cannot draw") from None
+        answers = [NoiseAnswer(values=values) for values in drawn]
+        for seq, answer in zip(seqs, answers, strict=True):
+            admitted.noise_unkept.append((seq, answer.model_dump_json()))
+        return answers
+
+    def _charged(self, request: Request, admitted: Admitted, ask: NoiseRequest) -> int:
+        """Check a noise request against the job's plan and charge it to the training's allowance
+        (`noise`); its number in the job's sequence of requests."""
         seq = admitted.noise_asked
         if request.kind in ("train", "sums"):
             planned = (admitted.releases or []) if request.kind == "train" else request.releases
@@ -526,6 +560,10 @@ class ReleaseDesk:
         admitted.train_spent, admitted.noise_asked = spent, seq + 1
         if ask.kind == "gaussian":
             admitted.sigmas.append(dp.sigma(ask.bound, ask.rho))
+        return seq
+
+    def _answer(self, request: Request, admitted: Admitted, seq: int, ask: NoiseRequest) -> NoiseAnswer:
+        """A checked and charged request's answer (`noise`): replayed, kept or drawn, and kept."""
         if admitted.noise_replay is None:
             admitted.noise_replay = self.ledger.noise_draws(request.charge)
         stored = admitted.noise_replay.get(seq)
