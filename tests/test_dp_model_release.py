@@ -560,6 +560,18 @@ def test_a_true_false_labels_model_predicts_booleans(dp_server, flags_model):
     assert predicted.dtype == bool and 0.5 < accuracy_score(rows["outcome"], predicted) <= 1.0
 
 
+def test_a_model_has_classes_like_xgboosts_sklearn_api_in_predict_probas_order(dp_server, flags_model):
+    """It had only `classes` (text) and no `classes_`. Declared [true, false], the classes are sorted
+    as scikit-learn and XGBoost sort them (np.unique), the order of predict_proba's columns."""
+    assert flags_model.classes_.tolist() == [False, True] and flags_model.classes_.dtype == bool
+    rows = pd.read_parquet(dp_server.settings.datasets["flags"].path).head(200)
+    picked = flags_model.classes_[flags_model.predict_proba(rows).argmax(axis=1)]
+    assert picked.tolist() == flags_model.predict(rows).tolist()
+    fitted = xgb.XGBRegressor(n_estimators=2).fit(rows[["income"]], rows["id"])
+    regressor = RemoteModel.load(bytes(fitted.get_booster().save_raw("json")), "job", "flags", None, None)
+    assert not hasattr(regressor, "classes_"), "a regressor has none, as in scikit-learn"
+
+
 def test_rows_typed_the_natural_way_are_read_as_the_server_reads_its_rows(flags_model):
     """`member=[True, None]` is a pandas object column, and XGBoost refused it with its own dtype error
     (18 frames). Read as the server reads its rows: a true/false value as 1/0, a missing one as missing;

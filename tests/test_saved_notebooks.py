@@ -89,7 +89,8 @@ def test_a_saved_notebook_keeps_no_progress_leftovers(server, tmp_path):
         assert not any(BAR.search(t) or "remote-magic-progress" in t for t in texts), texts
     for cell in (trained, refused):  # the bar was shown, then cleared: no empty output is saved (rev4 L4)
         assert not [o for o in cell.outputs if empty(o)], cell.outputs
-    assert len(trained.outputs) == 3 and len(refused.outputs) == 1, "the cell's two, the result; the error"
+    assert len(trained.outputs) == 4 and len(refused.outputs) == 1, "the cell's two, result, figure; error"
+    assert trained.outputs[3].data["text/plain"] == "Figures: metrics", "a default dp cell draws its metrics"
     assert trained.outputs[0].text == "cell ran\n", "the cell's own outputs stay, in their order"
     assert trained.outputs[1].data == {"text/plain": "'shown by the cell'"}
     assert any("remote-magic-result" in o.get("data", {}).get("text/html", "") for o in trained.outputs)

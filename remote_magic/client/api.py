@@ -34,7 +34,6 @@ from ..contract.specs import with_model_classes
 from ..contract.types import kind_of
 from ..contract.wire import (
     BudgetReport,
-    CostEstimate,
     CostRequest,
     DatasetInfo,
     DatasetSpec,
@@ -54,9 +53,12 @@ from ..contract.wire import (
     spec_error,
 )
 from ..display.budget import Budget
+from ..display.cost import Cost
 from ..display.description import Description
 from ..display.model import RemoteModel
+from ..display.progress import script_bar
 from ..display.result import TrainResult
+from ..display.tables import Datasets
 from ..families.xgboost import bounds as xgboost_bounds
 from .connection import check_url, client_cert_file, hub_token, tls_problem, tls_verify, unreachable
 from .errors import Busy, ConnectionProblem, RemoteError, SpecError, error_for
@@ -208,8 +210,10 @@ class Client(RegistryCalls):
     def whoami(self) -> Whoami:
         return Whoami.model_validate(self._request("GET", "/whoami").json())
 
-    def datasets(self) -> list[DatasetInfo]:
-        return [DatasetInfo.model_validate(d) for d in self._request("GET", "/datasets").json()]
+    def datasets(self) -> Datasets:
+        """The datasets you may use (a list of `DatasetInfo`); printed, a table whose noisy row counts
+        (mode dp) say so."""
+        return Datasets(DatasetInfo.model_validate(d) for d in self._request("GET", "/datasets").json())
 
     def dataset(self, name: str) -> DatasetInfo:
         return DatasetInfo.model_validate(self._request("GET", f"/datasets/{name}").json())
@@ -332,11 +336,14 @@ class Client(RegistryCalls):
         release: ReleaseOptions | dict | None = None,
         register: str | dict | RegisterRequest | None = None,
         base_model: str | None = None,
+        progress: bool | None = None,
         **wait: object,
     ) -> TrainResult:
-        """Submit a training job and wait for its result (see `submit` for `register` and `base_model`)."""
+        """Submit a training job and wait for its result (see `submit` for `register` and `base_model`).
+        A job longer than a second shows a progress bar on stderr when run in a terminal (`progress`
+        None); `progress=False` or REMOTE_MAGIC_PROGRESS=off shows none, as a log or CI does not."""
         job = self.submit(model, spec, "train", release=release, register=register, base_model=base_model)
-        return job.result(**wait)  # type: ignore[arg-type]
+        return _waited(job, progress, wait)
 
     def evaluate(
         self,
@@ -344,12 +351,13 @@ class Client(RegistryCalls):
         spec: DatasetSpec | dict,
         release: ReleaseOptions | dict | None = None,
         model_ref: str | None = None,
+        progress: bool | None = None,
         **wait: object,
     ) -> TrainResult:
         """Score a fitted model on the spec's evaluation rows, without training; with `model_ref`
-        (`churn@3`), score that registered version instead (pass `model=None`)."""
+        (`churn@3`), score that registered version instead (pass `model=None`). `progress` as `train`."""
         job = self.submit(model, spec, "evaluate", release=release, base_model=model_ref)
-        return job.result(**wait)  # type: ignore[arg-type]
+        return _waited(job, progress, wait)
 
     def cost(
         self,
@@ -357,7 +365,7 @@ class Client(RegistryCalls):
         spec: DatasetSpec | dict,
         kind: str = "train",
         release: ReleaseOptions | dict | None = None,
-    ) -> CostEstimate:
+    ) -> Cost:
         """What the job would cost in privacy budget, and how wide its intervals should be, before
         anything is spent: for a train job in mode dp, the DP trainer's part and the evaluation's, and
         the noise the trainer would add per leaf for this model (worked out here, with the label's public
@@ -365,7 +373,7 @@ class Client(RegistryCalls):
         spec = as_spec(spec)
         body = CostRequest(spec=spec, kind=kind, release=_options(release))  # type: ignore[arg-type]
         response = self._post_json("/cost", body)
-        estimate = CostEstimate.model_validate(response.json())
+        estimate = Cost.model_validate(response.json())
         if estimate.rho_train > 0:
             if model is None:
                 why = "the noise per leaf depends on the model's n_estimators: pass the model to see it"
@@ -495,6 +503,17 @@ class Client(RegistryCalls):
         """Your zCDP budget left on a dataset now; None where it has none (mode rules)."""
         report = BudgetReport.model_validate(self._request("GET", "/budget").json())
         return next((d.rho_remaining for d in report.datasets if d.dataset == dataset), None)
+
+
+def _waited(job: Job, progress: bool | None, wait: dict) -> TrainResult:
+    """The job's result, with the bar `script_bar` picks while it runs (unless `on_progress` is given)."""
+    bar = None if "on_progress" in wait else script_bar(progress)
+    if bar is None:
+        return job.result(**wait)  # type: ignore[arg-type]
+    try:
+        return job.result(on_progress=bar, progress_after=bar.delay, **wait)  # type: ignore[arg-type]
+    finally:
+        bar.close()
 
 
 def _seconds(header: str | None) -> float | None:

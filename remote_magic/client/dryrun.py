@@ -32,6 +32,7 @@ from ..contract.rows import prepare
 from ..contract.specs import Resolved, resolve, with_model_classes
 from ..contract.types import TIME, continuous_label_hint, kind_of
 from ..contract.wire import CostEstimate, DatasetInfo, DatasetSpec, MockData, is_dp
+from ..display.cost import cost_lines
 from ..families import family as family_named
 from ..families import family_for
 from ..families.aggregates import evaluate
@@ -126,37 +127,7 @@ class DryRun:
         return "\n".join(lines + self.notes + self._cost_lines())
 
     def _cost_lines(self) -> list[str]:
-        c = self.cost
-        if c is None:
-            return []
-        if not is_dp(c.privacy):
-            return ["cost: none (this dataset releases rounded numbers, without differential privacy)"]
-        expected = ", ".join(f"{name} +/- {value:g}" for name, value in c.expected.items())
-        rows = f" for about {c.assumed_eval_rows:,} evaluation rows" if c.assumed_eval_rows else ""
-        after = (
-            "it would pass your budget's cap and be refused"
-            if c.over_cap
-            else f"budget left after it: rho {c.rho_remaining_after:.4g} of {c.rho_cap:g}"
-        )
-        total = f"rho {c.rho:g} (epsilon {c.epsilon:.3g} at delta {c.delta:g})"
-        if c.rho_train:
-            total += f": training rho {c.rho_train:g} (epsilon {c.epsilon_train:.3g})"
-            total += f" and evaluation rho {c.rho_eval:g}"
-        t = c.training
-        noise = (
-            [
-                f"DP training: {t.trees} trees; Gaussian noise on each leaf's sums: sd "
-                f"{t.sigma_gradient:.3g} on the gradients, {t.sigma_hessian:.3g} on the hessians"
-            ]
-            if t
-            else []
-        )
-        return [
-            f"cost if submitted: {total}; {after}",
-            *noise,
-            *([f"expected 95% intervals{rows}: {expected}"] if expected else []),
-            *(f"note: {note}" for note in c.notes),
-        ]
+        return [] if self.cost is None else cost_lines(self.cost)
 
     def _repr_html_(self) -> str:
         lines = html.escape(repr(self)).split("\n")

@@ -184,7 +184,9 @@ class VersionInfo(_Strict):
 
     number: int
     created: str
-    rows: int | None = Field(description="Row count rounded by the disclosure policy; null if suppressed.")
+    rows: int | None = Field(
+        description="Row count rounded by the disclosure policy (mode dp: a noisy count); null if suppressed."
+    )
     schema_hash: str = Field(description="Equal for two versions exactly when their columns and types are.")
     schema_change: SchemaChange | None = Field(
         default=None, description="Columns added, dropped or retyped since the version before; null if none."
@@ -194,7 +196,9 @@ class VersionInfo(_Strict):
 class DatasetInfo(_Strict):
     name: str
     description: str = ""
-    rows: int | None = Field(description="Row count rounded by the disclosure policy; null if suppressed.")
+    rows: int | None = Field(
+        description="Row count rounded by the disclosure policy (mode dp: a noisy count); null if suppressed."
+    )
     columns: list[ColumnInfo]
     policy: PolicyInEffect | None = None
     bounds: ModelBounds | None = None

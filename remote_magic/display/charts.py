@@ -10,7 +10,7 @@ notebook read where nothing runs Vega (nbconvert's HTML, GitHub, nbviewer) needs
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from .formats import compact
@@ -195,6 +195,50 @@ def confusion(cm: pd.DataFrame | None, suppressed_as: str) -> dict | None:
                 },
             },
         ],
+    }
+
+
+def metrics(values: Mapping[str, float | None], intervals: Mapping[str, Sequence[float]]) -> dict | None:
+    """The released metrics with their 95% intervals (mode dp), one row each on its own scale: what a
+    job released by default, drawn at no further cost, when it released no figure."""
+    rows = [
+        {"metric": name, "value": value, "low": intervals[name][0], "high": intervals[name][1]}
+        for name, value in values.items()
+        if value is not None and name in intervals
+    ]
+    if not rows:
+        return None
+    x = {"type": "quantitative", "scale": {"zero": False, "padding": 40}, "title": None}
+    return {
+        "title": "Metrics (eval), 95% intervals",
+        "data": {"values": rows},
+        "facet": {
+            "row": {
+                "field": "metric",
+                "type": "nominal",
+                "sort": None,
+                "title": None,
+                "header": {"labelAngle": 0, "labelAlign": "left", "labelFontSize": 11},
+            }
+        },
+        "spec": {
+            "width": WIDTH,
+            "height": 22,
+            "layer": [
+                {
+                    "mark": {"type": "rule", "color": EVAL_COLOUR},
+                    "encoding": {"x": {"field": "low", **x}, "x2": {"field": "high"}},
+                },
+                {
+                    "mark": {"type": "point", "filled": True, "size": 50, "color": EVAL_COLOUR},
+                    "encoding": {
+                        "x": {"field": "value", **x},
+                        "tooltip": [{"field": f} for f in ("metric", "value", "low", "high")],
+                    },
+                },
+            ],
+        },
+        "resolve": {"scale": {"x": "independent"}},
     }
 
 

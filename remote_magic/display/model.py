@@ -142,7 +142,19 @@ class RemoteModel:
         predicted = self.estimator.predict(self.rows(frame))
         if self.task == "regression" or not self.classes:
             return predicted
-        return _class_values(self.classes, self.label_kind)[np.asarray(predicted, dtype=np.int64)]
+        return self.classes_[np.asarray(predicted, dtype=np.int64)]
+
+    @property
+    def classes_(self) -> np.ndarray:
+        """A classifier's classes as values of the label's type, in the order of `predict_proba`'s
+        columns: sorted, as scikit-learn's and XGBoost's `classes_` are (the distinct labels, as
+        `np.unique` orders them), not in the order the data owner declared them. A regressor has none
+        (an AttributeError). `classes` holds the same classes as text."""
+        if self.task == "regression":
+            raise AttributeError("a regressor has no classes_ (as in scikit-learn)")
+        if not self.classes:  # a result that did not say them: XGBoost's codes 0, 1, ...
+            return self.estimator.classes_
+        return _class_values(self.classes, self.label_kind)
 
     @property
     def dp(self) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -58,10 +58,12 @@ _IMG = "width:100%;height:auto;border:1px solid #eee;border-radius:4px;backgroun
 
 class Figures(Mapping[str, Figure]):
     """A result's figures by name (`figures["learning curve"]` is a matplotlib Figure, to restyle or
-    save); displayed in a notebook, it shows them side by side."""
+    save); displayed in a notebook, it shows them side by side. `note` says, in one line, which figures
+    the job did not release and what asks for them (shown with the figures, or alone when there are none)."""
 
-    def __init__(self, figures: Mapping[str, Figure]):
+    def __init__(self, figures: Mapping[str, Figure], note: str = ""):
         self._figures = dict(figures)
+        self.note = note
 
     def __getitem__(self, name: str) -> Figure:
         return self._figures[name]
@@ -73,10 +75,16 @@ class Figures(Mapping[str, Figure]):
         return len(self._figures)
 
     def __repr__(self) -> str:
-        return f"Figures({', '.join(self._figures)}): index by name for each matplotlib Figure"
+        if not self._figures:
+            return f"Figures(): {self.note or 'nothing to draw'}"
+        text = f"Figures({', '.join(self._figures)}): index by name for each matplotlib Figure"
+        return f"{text}\n{self.note}" if self.note else text
 
     def _repr_html_(self) -> str:
-        return figure_row(self._figures)
+        note = f"<div style='color:#666;font-size:0.9em'>{html.escape(self.note)}</div>" if self.note else ""
+        if not self._figures:
+            return note or "<div>Figures(): nothing to draw</div>"
+        return figure_row(self._figures) + note
 
 
 def learning_curve(history: pd.DataFrame) -> Figure | None:
@@ -163,4 +171,21 @@ def confusion(cm: pd.DataFrame | None, suppressed_as: str) -> Figure | None:
     ax.set_xlabel("predicted", fontsize=9)
     ax.set_ylabel("true", fontsize=9)
     ax.set_title("Confusion matrix (eval)", fontsize=10, loc="left")
+    return fig
+
+
+def metrics(values: Mapping[str, float | None], intervals: Mapping[str, Sequence[float]]) -> Figure | None:
+    """The released metrics with their 95% intervals (mode dp), one row each on its own scale."""
+    shown = [(name, v, intervals[name]) for name, v in values.items() if v is not None and name in intervals]
+    if not shown:
+        return None
+    fig = Figure(figsize=(WIDTH, 0.5 + 0.55 * len(shown)), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(len(shown), 1))
+    for ax, (name, value, (low, high)) in zip(axes, shown):
+        _style(ax)
+        ax.grid(False, axis="y")
+        ax.errorbar([value], [0], xerr=[[value - low], [high - value]], fmt="o", color=EVAL_COLOUR, capsize=3)
+        ax.set_yticks([0], labels=[name], fontsize=8)
+        ax.margins(x=0.25)
+    axes[0].set_title("Metrics (eval), 95% intervals", fontsize=10, loc="left")
     return fig

@@ -2,7 +2,8 @@
 
 It shows the stage (queued, staging, training, evaluating), the boosting round k/n and the latest train
 and eval metric. It appears only after `delay` seconds, so quick jobs leave no trace, and it can be
-switched off for CI with REMOTE_MAGIC_PROGRESS=off (or `%config RemoteMagic.progress = False`).
+switched off for CI with REMOTE_MAGIC_PROGRESS=off (or `%config RemoteMagic.progress = False`). A script's
+`Client.train` shows the text bar when run in a terminal (`script_bar`).
 
 In a notebook the bar is a display with an id, updated in place and emptied when the wait ends (done,
 failed or interrupted), then cleared with the cell's next output (`tidy.py`). A saved notebook therefore
@@ -26,6 +27,18 @@ CLOSED = {"text/plain": ""}
 def progress_enabled(default: bool = True) -> bool:
     value = os.environ.get("REMOTE_MAGIC_PROGRESS")
     return default if value is None else value.strip().lower() not in OFF_VALUES
+
+
+def script_bar(progress: bool | None = None, delay: float = 1.0) -> ProgressBar | None:
+    """The bar `Client.train` and `Client.evaluate` show while they wait, or None for none. `progress`
+    None: a text bar when stderr is a terminal (a script run by hand), none in a log, a pipe or CI (a
+    bar there writes a line per refresh), none in a kernel (the magics show the notebook's bar) and none
+    with REMOTE_MAGIC_PROGRESS=off; True: a bar in any case (the notebook's in a kernel); False: none."""
+    import sys
+
+    if progress is None:
+        progress = progress_enabled() and not in_kernel() and sys.stderr.isatty()
+    return ProgressBar(delay=delay) if progress else None
 
 
 def stage_of(status: JobStatus) -> str:
@@ -82,7 +95,7 @@ class _TextBar:
     def show(self, stage: str, done: int, total: int, elapsed: float, metric: str) -> None:
         bar = self.bar
         if total and bar.total != total:
-            bar.reset(total=total)
+            bar.total = total  # not `reset`, which would restart the clock shown
         bar.set_description_str(stage, refresh=False)
         if metric:
             bar.set_postfix_str(metric, refresh=False)

@@ -307,7 +307,9 @@ class TrainResult:
     # notebook face
     def plot(self) -> Figures:
         """The matplotlib figures (learning curve, feature importance, confusion matrix when present), by
-        name; displayed in a notebook, they show side by side."""
+        name; displayed in a notebook, they show side by side. A job that released none of them (a
+        default job in mode dp) draws its metrics with their 95% intervals; `.note` says which figures
+        were not released and what asks for them."""
         from . import plots
 
         made = {
@@ -315,7 +317,25 @@ class TrainResult:
             "feature importance": plots.importance(self.feature_importance),
             "confusion matrix": plots.confusion(self.confusion_matrix, count_text(None, self.raw.policy)),
         }
-        return plots.Figures({name: fig for name, fig in made.items() if fig is not None})
+        figures = {name: fig for name, fig in made.items() if fig is not None}
+        if not figures:
+            fallback = plots.metrics(self.raw.metrics, self.raw.intervals)
+            figures = {} if fallback is None else {"metrics": fallback}
+        return plots.Figures(figures, note=self.figures_note())
+
+    def figures_note(self) -> str:
+        """One line: the figures this job did not release and what asks for them ("" when none is missing
+        that an option would release)."""
+        r = self.raw
+        asks = []
+        if r.privacy is not None and self.history.empty:
+            asks.append("--curve K (release={'curve': K}) for a learning curve")
+        if r.confusion_matrix is None and r.task != "regression":
+            asks.append("--confusion (release={'confusion': True}) for a confusion matrix")
+        if not asks:
+            return ""
+        cost = ", each at a cost in budget" if r.privacy is not None else ""
+        return f"Not released by this job: ask with {' or '.join(asks)}{cost}."
 
     def charts(self) -> dict | None:
         """The figures of `plot()` as one Vega-Lite spec (a few KB of released numbers), for a front end
@@ -325,7 +345,8 @@ class TrainResult:
         return charts.panel(list(self._charts().values()))
 
     def _charts(self) -> dict[str, dict]:
-        """The charts there is something to draw for, by the name the caption gives them."""
+        """The charts there is something to draw for, by the name the caption gives them; a job that
+        released none (a default job in mode dp) draws its metrics with their 95% intervals."""
         from . import charts
 
         made = {
@@ -333,7 +354,11 @@ class TrainResult:
             "feature importance": charts.importance(self.feature_importance),
             "confusion matrix": charts.confusion(self.confusion_matrix, count_text(None, self.raw.policy)),
         }
-        return {name: chart for name, chart in made.items() if chart is not None}
+        drawn = {name: chart for name, chart in made.items() if chart is not None}
+        if drawn:
+            return drawn
+        fallback = charts.metrics(self.raw.metrics, self.raw.intervals)  # released anyway: no cost
+        return {} if fallback is None else {"metrics": fallback}
 
     def _ipython_display_(self) -> None:
         from . import charts

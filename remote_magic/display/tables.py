@@ -6,7 +6,7 @@ import html
 import re
 from collections.abc import Sequence
 
-from ..contract.wire import DatasetInfo, JobStatus, SchemaChange
+from ..contract.wire import DatasetInfo, JobStatus, PolicyInEffect, SchemaChange, is_dp
 from .formats import count_text, dataset_text, point_text
 from .progress import describe, stage_of
 
@@ -49,13 +49,31 @@ class Table:
         return title + _html_table(self.header, self.rows, self.css)
 
 
+def catalog_count(n: int | None, policy: PolicyInEffect | None) -> str:
+    """A catalog's row count; in mode dp a noisy one, said as such (`~49,993 (noisy)`), so that it is not
+    read as the table's size."""
+    text = count_text(n, policy)
+    return f"~{text} (noisy)" if n is not None and policy is not None and is_dp(policy.privacy) else text
+
+
+class Datasets(list):
+    """`Client.datasets()`: the catalog entries (a list of `DatasetInfo`), printed and shown in a notebook
+    as `%remote_datasets` shows them, a noisy row count marked as noisy."""
+
+    def __repr__(self) -> str:
+        return repr(datasets_table(self))
+
+    def _repr_html_(self) -> str:
+        return datasets_table(self)._repr_html_()
+
+
 def datasets_table(datasets: Sequence[DatasetInfo]) -> Table:
     rows = []
     for d in datasets:
         label = ", ".join(c.name for c in d.columns if c.role == "label")
         features = str(sum(c.role == "feature" for c in d.columns))
         if d.version is not None:
-            version, count = str(d.version), count_text(d.rows, d.policy)
+            version, count = str(d.version), catalog_count(d.rows, d.policy)
         else:  # no rows or columns to count yet
             version, count, features = ("unavailable" if d.unavailable else "none yet"), "-", "-"
         rows.append([d.name, version, count, label, features, d.description])
@@ -104,7 +122,7 @@ def versions_table(dataset: DatasetInfo) -> Table:
         [
             dataset_text(dataset.name, v.number),
             v.created[:19].replace("T", " "),
-            count_text(v.rows, dataset.policy),
+            catalog_count(v.rows, dataset.policy),
             v.schema_hash,
             _change_text(v.schema_change),
         ]
