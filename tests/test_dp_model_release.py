@@ -70,6 +70,8 @@ def dp_server(tmp_path_factory):
     table = pd.read_parquet(path)
     member = pd.array(np.where(table["id"] % 7 == 0, None, table["smoker"] == 1), dtype="boolean")
     table.assign(outcome=table["label"] == 1, member=member).to_parquet(flags)
+    grades = base / "grades.parquet"
+    table.assign(grade=np.where(table["label"] == 1, 10, 5)).drop(columns="label").to_parquet(grades)
     extra = (
         (
             f'\n[datasets.release_on]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["label"]\n'
@@ -78,8 +80,9 @@ def dp_server(tmp_path_factory):
         + dataset_table("undeclared", path, "label")
         + dataset_table("by_region", path, "region")
         + dataset_table("flags", flags, "outcome", **{"column_levels.outcome": "[true, false]"})
+        + dataset_table("grades", grades, "grade", **{"column_levels.grade": '["5", "10"]'})
     )
-    users = {**USERS, "alice": [*USERS["alice"], "release_on", "undeclared", "by_region", "flags"]}
+    users = {**USERS, "alice": [*USERS["alice"], "release_on", "undeclared", "by_region", "flags", "grades"]}
     grants = '[registry]\ngrants = { dp_out = ["bob"], approved_out = ["bob"], flags_out = ["bob"] }\n'
     with running(base / "data", base / "server.log", users, extra_datasets=extra, extra=grants) as server:
         yield server
@@ -616,3 +619,17 @@ def test_a_registered_versions_model_predicts_the_label_values_its_jobs_model_di
     from_version = alice.load_version("regions_out@1").predict(ages)
     assert from_version.tolist() == regions.model().predict(ages).tolist()
     assert set(from_version) <= set(four["classes"])
+
+
+def test_number_classes_whose_text_order_differs_name_the_models_codes_right(dp_server):
+    """rev6: the result lists the classes as text ("10", "5") while the model's codes follow the label's
+    values (5 is code 0), so every prediction of a 5/10 label came back swapped, downloaded or from
+    the registry."""
+    client = dp_server.client()
+    spec = {"dataset": "grades", "label": "grade", "features": FEATURES}
+    result = client.train(xgb.XGBClassifier(n_estimators=8, max_depth=3), spec, register="grades_out")
+    rows = client.mock("synthetic").head(200)
+    for model in (client.load_model(result.job_id), client.load_version("grades_out@1")):
+        margin = model.booster.predict(xgb.DMatrix(model.rows(rows)), output_margin=True)
+        assert list(model.classes_) == [5, 10]
+        assert list(model.predict(rows)) == list(np.where(margin > 0, 10, 5))

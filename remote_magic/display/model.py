@@ -150,11 +150,14 @@ class RemoteModel:
         columns: sorted, as scikit-learn's and XGBoost's `classes_` are (the distinct labels, as
         `np.unique` orders them), not in the order the data owner declared them. A regressor has none
         (an AttributeError). `classes` holds the same classes as text."""
+        import numpy as np
+
         if self.task == "regression":
             raise AttributeError("a regressor has no classes_ (as in scikit-learn)")
         if not self.classes:  # a result that did not say them: XGBoost's codes 0, 1, ...
             return self.estimator.classes_
-        return _class_values(self.classes, self.label_kind)
+        # The result lists them as text ("10" before "5"); the model's codes follow the label's values.
+        return np.sort(_class_values(self.classes, self.label_kind), kind="stable")
 
     @property
     def dp(self) -> bool:

@@ -43,7 +43,8 @@ def main_metric(
 
 def released_classes(result: dict) -> list[str] | None:
     """A classifier's classes as its job's result released them (the training split's, else the
-    evaluation's), in the order of the model's codes; the labels alone, not their counts."""
+    evaluation's), as text in text order; the labels alone, not their counts. The client orders them
+    by the label's type, the order of the model's codes (5 before 10)."""
     summary = result.get("summary") or {}
     split = summary.get("train") or summary.get("eval") or {}
     return [c["label"] for c in split.get("classes", [])] or None
