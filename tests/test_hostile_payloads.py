@@ -13,19 +13,26 @@ import random
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import cloudpickle
 import numpy as np
+import pandas as pd
+import psutil
 import pytest
+import requests
 import xgboost as xgb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from remote_magic.contract.codes import Refusal
-from remote_magic.contract.payload import scan
+from remote_magic.contract.payload import MAX_OPCODES, custom_code_names, package_model, scan
+from remote_magic_server.worker.unpickle import strict_loads
 
 SPEC = {"dataset": "breast_cancer_rules", "label": "malignant"}
 FIXED_CODES = {
@@ -302,6 +309,123 @@ def test_custom_code_refusal_names_the_functions():
     assert "my_objective" in info.value.message
 
 
+# Floods of one-byte opcodes, each building or keeping one object: without a budget the scan held about
+# 75 (a list) to 225 (a set) bytes per payload byte, 15 GB at the size limit (red-team rev6 #1).
+FLOOD_BYTES = 4 * 2**20
+FLOODS = {
+    "EMPTY_SET": b"\x8f" * FLOOD_BYTES,
+    "EMPTY_LIST": b"]" * FLOOD_BYTES,
+    "EMPTY_DICT": b"}" * FLOOD_BYTES,
+    "MARK": b"(" * FLOOD_BYTES,
+    "MEMOIZE": b"N" + b"\x94" * FLOOD_BYTES,
+    "DUP": b"N" + b"2" * FLOOD_BYTES,
+}
+FLOOD_CODES = {"EMPTY_SET": (422, "invalid_model")}
+
+
+def flood(name: str) -> bytes:
+    return proto() + FLOODS[name] + b"."
+
+
+@pytest.mark.parametrize("opcode", ["EMPTY_SET", "FROZENSET", "ADDITEMS"])
+def test_set_opcodes_are_refused(opcode):
+    """No supported model emits a set (`test_supported_models_need_no_set_and_little_budget`): refused by
+    name, at once, by the API's scan and by the worker's strict unpickler alike."""
+    body = {"EMPTY_SET": b"\x8f", "FROZENSET": b"(\x91", "ADDITEMS": b"](N\x90"}[opcode]
+    for decode in (scan, lambda data: strict_loads(data, 2**20)):
+        with pytest.raises(Refusal) as info:
+            decode(proto() + body + b".")
+        assert info.value.code == "invalid_model" and opcode in info.value.message
+
+
+def _supported_models() -> dict[str, object]:
+    """One of each kind the allowlist supports, fitted where it may be, on more levels than a typical
+    notebook's (2,000 text levels one-hot encoded; 200 rounds of history for two metrics on two sets)."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    frame = pd.DataFrame(
+        {
+            "a": rng.normal(size=n),
+            "b": rng.normal(size=n),
+            "t": [f"level{i}" for i in rng.permutation(n)],
+            "u": rng.choice(["x", "y", "z"], n),
+        }
+    )
+    y, numeric = (frame.a > 0).astype(int), frame[["a", "b"]]
+    categorical = frame.assign(t=frame.t.astype("category"), u=frame.u.astype("category"))
+    columns = ColumnTransformer(
+        [
+            ("s", StandardScaler(), ["a"]),
+            ("m", MinMaxScaler(), ["b"]),
+            ("o", OneHotEncoder(handle_unknown="ignore"), ["t", "u"]),
+            ("r", OrdinalEncoder(), ["u"]),
+        ],
+        remainder="passthrough",
+    )
+    history = xgb.XGBClassifier(n_estimators=200, eval_metric=["logloss", "auc"])
+    booster = xgb.XGBClassifier(n_estimators=20).fit(numeric, y).get_booster()
+    return {
+        "unfitted classifier": xgb.XGBClassifier(n_estimators=10),
+        "classifier with eval_set": history.fit(numeric, y, eval_set=[(numeric, y)] * 2, verbose=False),
+        "regressor stopping early": xgb.XGBRegressor(n_estimators=100, early_stopping_rounds=5).fit(
+            numeric, frame.b, eval_set=[(numeric, frame.b)], verbose=False
+        ),
+        "categorical regressor": xgb.XGBRegressor(n_estimators=20, enable_categorical=True).fit(
+            categorical, frame.b
+        ),
+        "booster": booster,
+        "parameters with a booster": {"params": {"max_depth": 3}, "num_boost_round": 5, "booster": booster},
+        "fitted ColumnTransformer pipeline": Pipeline(
+            [("c", columns), ("m", xgb.XGBClassifier(n_estimators=20))]
+        ).fit(frame, y),
+        "imputer and one-hot pipeline": Pipeline(
+            [
+                ("i", SimpleImputer(strategy="most_frequent")),
+                ("o", OneHotEncoder(handle_unknown="ignore")),
+                ("m", xgb.XGBRegressor(n_estimators=10)),
+            ]
+        ).fit(frame[["t", "u"]], frame.b),
+    }
+
+
+def test_supported_models_need_no_set_and_little_budget():
+    """Measured: the largest of these runs about 5,100 opcodes (two per one-hot level), a fiftieth of the
+    budget, each at least 4.8 bytes of the payload on average (the budget allows one per 2); none emits
+    a set opcode."""
+    for name, model in _supported_models().items():
+        data = package_model(model)
+        opcodes = [op.name for op, _, _ in pickletools.genops(data)]
+        assert not {"EMPTY_SET", "ADDITEMS", "FROZENSET"} & set(opcodes), name
+        assert len(opcodes) < MAX_OPCODES / 40 and len(data) / len(opcodes) > 4, (name, len(opcodes))
+        scan(data)
+        assert strict_loads(data, 2**26) is not None
+
+
+@pytest.mark.parametrize("name", sorted(set(FLOODS) - {"EMPTY_SET"}))
+def test_an_opcode_flood_is_refused_past_the_budget(name):
+    with pytest.raises(Refusal) as info:
+        scan(flood(name))
+    assert info.value.code == "payload_too_large" and "objects" in info.value.message
+    # Under the budget the same opcodes are only a malformed model, not a refusal for size.
+    with pytest.raises(Refusal) as small:
+        scan(proto() + FLOODS[name][:1000] + b".")
+    assert small.value.code in {"unsupported_model", "invalid_model"}
+
+
+def test_the_naming_pass_shares_the_scans_budget():
+    """A flood after notebook code is refused for its size, not named at the cost of another full pass."""
+
+    def my_objective(predt, dtrain):
+        return predt, predt
+
+    code = cloudpickle.dumps(xgb.XGBRegressor(objective=my_objective))
+    assert any("my_objective" in name for name in custom_code_names(code))
+    flooded = code[:-1] + b"]" * (MAX_OPCODES + 10) + b"."
+    with pytest.raises(Refusal) as info:
+        scan(flooded, max_bytes=2**31)
+    assert info.value.code == "payload_too_large"
+
+
 _GOOD_PAYLOADS = [
     cloudpickle.dumps(xgb.XGBClassifier(n_estimators=3)),
     cloudpickle.dumps(Pipeline([("s", StandardScaler()), ("m", xgb.XGBRegressor(n_estimators=2))])),
@@ -389,6 +513,36 @@ def test_an_oversized_stream_is_413(server):
     limit = server.settings.server.max_payload_mb * 2**20
     response = submit_raw(server, b"\x80\x05" + b"N" * limit + b".")
     assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
+
+
+def _post_and_watch(server, payload: bytes) -> tuple[requests.Response, int, float]:
+    """POST a payload; return the response, the server's peak RSS growth meanwhile (sampled every few
+    ms) and the CPU seconds the server spent."""
+    process = psutil.Process(server.proc.pid)
+    before_rss, before_cpu = process.memory_info().rss, sum(process.cpu_times()[:2])
+    peak, done, answer = before_rss, threading.Event(), {}
+
+    def post() -> None:
+        answer["response"] = submit_raw(server, payload)
+        done.set()
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    while not done.wait(0.005):
+        peak = max(peak, process.memory_info().rss)
+    thread.join()
+    return answer["response"], peak - before_rss, sum(process.cpu_times()[:2]) - before_cpu
+
+
+@pytest.mark.parametrize("name", ["EMPTY_SET", "EMPTY_LIST", "MARK", "MEMOIZE"])
+def test_an_opcode_flood_is_refused_fast_with_flat_memory(server, name):
+    """4 MiB of one-byte opcodes cost the server at most a few seconds of CPU and a few tens of MiB (it
+    was about 35 s and 300 to 960 MiB), and nothing is queued or charged."""
+    response, grown, cpu = _post_and_watch(server, flood(name))
+    status, code = FLOOD_CODES.get(name, (413, "payload_too_large"))
+    assert (response.status_code, response.json()["error"]["code"]) == (status, code)
+    assert grown < 64 * 2**20, f"the server's RSS grew by {grown / 2**20:.0f} MiB"
+    assert cpu < 4.0, f"the server spent {cpu:.1f} s of CPU"
 
 
 def test_a_few_mutated_payloads_through_the_server(server, tmp_path):

@@ -11,7 +11,11 @@ table we copy and narrow:
 * REDUCE may call only pure builders (numpy array and dtype reconstruction, bytearray, slice, OrderedDict);
 * classes are built only through NEWOBJ (`cls.__new__` + BUILD state), never by calling them, so
   `Booster(None, None, "/some/path")` cannot be expressed;
-* INST, OBJ, NEWOBJ_EX, EXT*, PERSID are refused, and so is any stream below protocol 3.
+* INST, OBJ, NEWOBJ_EX, EXT*, PERSID are refused, and so is any stream below protocol 3; so are the set
+  opcodes (EMPTY_SET, ADDITEMS, FROZENSET), which no supported model emits;
+* every opcode is counted against a budget (`max_opcodes`): each one pushes, marks or memoizes at most
+  one object, so the count bounds what a scan holds (a flood of one-byte EMPTY_LIST or MEMOIZE opcodes
+  cost the API process about 75 bytes of memory per payload byte, 15 GB at the size limit).
 
 Why it is long: it is the whole rule set for hostile bytes (the allowlists, the narrowed unpickler, the
 scan, the naming pass for notebook code), kept in one file so that it can be audited in one sitting.
@@ -19,10 +23,10 @@ scan, the naming pass for notebook code), kept in one file so that it can be aud
 
 from __future__ import annotations
 
-import contextlib
 import encodings.raw_unicode_escape  # noqa: F401 - text opcodes decode with it; load it now, not mid-scan
 import io
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from ..families import WHAT_A_MODEL_MAY_BE, Manifest, manifest_of, model_classes, top_level_names
@@ -30,6 +34,14 @@ from .codes import Refusal
 
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 PROTOCOL = 5
+# The most opcodes a payload may run, and at most one per this many of its bytes: far above what a
+# supported model needs (measured in tests/test_hostile_payloads: two per one-hot level, a few hundred
+# besides, at least 4.8 bytes each; so about 120,000 one-hot levels), far below what fills memory or
+# stalls the API: each opcode holds at most one object of about 70 bytes (besides the bytes and text it
+# reads, which the size limit bounds), so a flood is refused after ~20 MB and ~0.2 s of CPU.
+MAX_OPCODES = 250_000
+_BYTES_PER_OPCODE = 2
+_LEAST_OPCODES = 1024
 
 # A fitted ColumnTransformer keeps its `remainder="passthrough"` as an identity FunctionTransformer; its
 # `func` could only be another allowed global, and it is never a step of the canonical form.
@@ -71,7 +83,11 @@ _FORBIDDEN_OPCODES = {
     pickle.EXT4: "EXT4",
     pickle.PERSID: "PERSID",
     pickle.BINPERSID: "BINPERSID",
+    pickle.EMPTY_SET: "EMPTY_SET",
+    pickle.ADDITEMS: "ADDITEMS",
+    pickle.FROZENSET: "FROZENSET",
 }
+_SET_OPCODES = (pickle.EMPTY_SET, pickle.ADDITEMS, pickle.FROZENSET)
 
 
 def _safe_name(text: str) -> str:
@@ -106,7 +122,7 @@ class RuleUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
 
     dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
 
-    def __init__(self, data: bytes, max_bytes: int = MAX_PAYLOAD_BYTES):
+    def __init__(self, data: bytes, max_bytes: int = MAX_PAYLOAD_BYTES, max_opcodes: int = MAX_OPCODES):
         if len(data) > max_bytes:
             raise Refusal("payload_too_large", f"the model is larger than {max_bytes // 2**20} MiB")
         if len(data) < 2 or data[0] != pickle.PROTO[0]:
@@ -114,6 +130,7 @@ class RuleUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         if data[1] < 3:
             raise Refusal("invalid_model", f"pickle protocol {data[1]} is refused; use protocol 3 or newer")
         super().__init__(io.BytesIO(data))
+        self.opcodes_left = min(max_opcodes, _LEAST_OPCODES + len(data) // _BYTES_PER_OPCODE)
 
     def resolve(self, dotted: str) -> object:
         raise NotImplementedError
@@ -165,6 +182,22 @@ def _refuse(opcode_name: str):
 
 for _code, _name in _FORBIDDEN_OPCODES.items():
     RuleUnpickler.dispatch[_code[0]] = _refuse(_name)
+
+
+def _counted(step: Callable[[RuleUnpickler], None]) -> Callable[[RuleUnpickler], None]:
+    def counted(self: RuleUnpickler) -> None:
+        self.opcodes_left -= 1
+        if self.opcodes_left < 0:
+            raise Refusal(
+                "payload_too_large",
+                "the model's bytes build more objects than any supported model needs",
+            )
+        step(self)
+
+    return counted
+
+
+RuleUnpickler.dispatch = {_key: _counted(_step) for _key, _step in RuleUnpickler.dispatch.items()}
 
 
 def package_model(model: object) -> bytes:
@@ -296,9 +329,13 @@ class CodeLister(_Scanner):
     of `_make_skeleton_class`), and the arguments of each code object, for the owner's review."""
 
     dispatch = dict(_Scanner.dispatch)
+    # Sets are refused in a model, but notebook code may hold one (a closure over a set): named, not lost.
+    dispatch.update(
+        {op[0]: _counted(pickle._Unpickler.dispatch[op[0]]) for op in _SET_OPCODES}  # type: ignore[attr-defined]
+    )
 
-    def __init__(self, data: bytes, max_bytes: int = MAX_PAYLOAD_BYTES):
-        super().__init__(data, max_bytes)
+    def __init__(self, data: bytes, max_bytes: int = MAX_PAYLOAD_BYTES, max_opcodes: int = MAX_OPCODES):
+        super().__init__(data, max_bytes, max_opcodes)
         self.names: list[str] = []
         self.globals: list[str] = []
         self.codes: list[CodeRecord] = []
@@ -331,23 +368,41 @@ class CodeLister(_Scanner):
         return _Placeholder("object")
 
 
-def custom_code_names(data: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> list[str]:
-    """The notebook-defined functions and classes a payload holds, by name (best effort, never runs)."""
-    lister = CodeLister(data, max_bytes)
-    with contextlib.suppress(Refusal):
+class CustomCodeRefused(Refusal):
+    """`custom_code_refused`, with the names of the notebook code the payload holds (`custom_code_names`):
+    a dataset that accepts custom code keeps them for the owner's review without another pass."""
+
+    def __init__(self, message: str, names: list[str]):
+        super().__init__("custom_code_refused", message)
+        self.names = names
+
+
+def custom_code_names(
+    data: bytes, max_bytes: int = MAX_PAYLOAD_BYTES, max_opcodes: int = MAX_OPCODES
+) -> list[str]:
+    """The notebook-defined functions and classes a payload holds, by name (best effort, never runs); a
+    payload past the opcode budget is refused, as in a scan."""
+    lister = CodeLister(data, max_bytes, max_opcodes)
+    try:
         lister.load()
+    except Refusal as exc:
+        if exc.code == "payload_too_large":
+            raise
     return sorted(set(lister.names))[:20]
 
 
 def scan(data: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> ScanReport:
     """Check a payload against the rules without creating any object or importing its modules."""
+    scanner = _Scanner(data, max_bytes)
     try:
-        return describe_top(_Scanner(data, max_bytes).load())
+        return describe_top(scanner.load())
     except Refusal as exc:
         if exc.code != "custom_code_refused":
             raise
+        # The naming pass runs on what the scan left of the budget: the two together run no more opcodes
+        # than one scan may.
+        names = custom_code_names(data, max_bytes, max(scanner.opcodes_left, 0))
         # `import numpy` is how a notebook function reaches a module, not code of its own: not named here
-        names = [n for n in custom_code_names(data, max_bytes) if not n.startswith("import ")]
-        if not names:
-            raise
-        raise Refusal(exc.code, f"{exc.message} Found: {', '.join(names)}."[:800]) from None
+        shown = [n for n in names if not n.startswith("import ")]
+        message = f"{exc.message} Found: {', '.join(shown)}."[:800] if shown else exc.message
+        raise CustomCodeRefused(message, names) from None

@@ -383,7 +383,9 @@ def read_noise_frame(data: bytes) -> NoiseRequest | NoiseBatch:
     sizes = [shape.size for shape in header.requests]
     if len(data) - end != 8 * sum(sizes):
         raise ValueError("a noise frame whose values are not the length its header says")
-    values = np.frombuffer(bytearray(data[end:]), dtype="<f8")  # writable: OpenDP reads no read-only array
+    # One copy, writable (OpenDP reads no read-only array); a slice and a bytearray were two (the values
+    # may be as large as the worker's memory: a sketch of every distinct text level).
+    values = np.frombuffer(memoryview(data)[end:], dtype="<f8").copy()
     bounds = np.cumsum([0, *sizes])
     requests = [
         NoiseRequest(kind=shape.kind, values=values[a:b], bound=shape.bound, rho=shape.rho)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from remote_magic.contract.automation_wire import RegisterRequest
 from remote_magic.contract.codes import Refusal
-from remote_magic.contract.payload import ScanReport, custom_code_names, scan
+from remote_magic.contract.payload import CustomCodeRefused, ScanReport, scan
 from remote_magic.contract.specs import class_values
 from remote_magic.contract.wire import DatasetSpec, ReleaseOptions
 from remote_magic.families import light
@@ -81,13 +81,10 @@ class Intake:
                 check_kind(sub.kind, report.fitted, report.model == "Pipeline", stops_early)
             self._check_bounds(sub, report)
             return "queued", report
-        except Refusal as exc:
-            if (
-                exc.code != "custom_code_refused"
-                or not self.settings.datasets[sub.spec.dataset].allow_custom_code
-            ):
+        except CustomCodeRefused as exc:
+            if not self.settings.datasets[sub.spec.dataset].allow_custom_code:
                 raise
-            plan.custom_code = custom_code_names(sub.payload, limit)
+            plan.custom_code = exc.names
             return "awaiting_approval", None
 
     def _check_bounds(self, sub: Submission, report: ScanReport) -> None:

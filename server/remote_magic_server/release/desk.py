@@ -574,9 +574,10 @@ class ReleaseDesk:
         # text the ledger keeps by pydantic's JSON, not the standard library's (about 5 ms less a job).
         kept = self.ledger.stored_answer_json(request.user, request.dataset, sketch) if sketch else None
         answer = NoiseAnswer.model_validate_json(kept) if kept is not None else self._draw(request, ask)
+        text = kept if kept is not None else answer.model_dump_json()  # once: a sketch's may be large
         if sketch and kept is None:
-            self.ledger.store_answer(request.user, request.dataset, sketch, answer.model_dump(mode="json"))
-        admitted.noise_unkept.append((seq, kept if kept is not None else answer.model_dump_json()))
+            self.ledger.store_answer_json(request.user, request.dataset, sketch, text)
+        admitted.noise_unkept.append((seq, text))
         return self._replanned(admitted, seq, answer)
 
     @staticmethod

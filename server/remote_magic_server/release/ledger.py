@@ -243,11 +243,15 @@ class Ledger:
 
     def store_answer(self, user: str, dataset: str, request: str, answer: dict) -> None:
         """File an answer already paid for under a request key, so an identical request repeats it."""
+        self.store_answer_json(user, dataset, request, json.dumps(answer))
+
+    def store_answer_json(self, user: str, dataset: str, request: str, text: str) -> None:
+        """`store_answer` of an answer already written as JSON text (a sketch's: not written twice)."""
         with self._lock:
             self._db.execute(
                 "INSERT OR IGNORE INTO dp_answers (user, dataset, request, answer, created_at)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (user, dataset, request, json.dumps(answer), _now()),
+                (user, dataset, request, text, _now()),
             )
 
     # model release
