@@ -317,7 +317,11 @@ def _last_repairs(settings: Settings, name: str) -> list[Finding]:
 
     if not settings.snapshots_dir.exists():
         return []
-    last = Versions(settings.snapshots_dir).last_refresh(name)
+    versions = Versions(settings.snapshots_dir)
+    try:
+        last = versions.last_refresh(name)
+    finally:
+        versions.close()
     if last is None or last["outcome"] == "failed" or not last["message"]:
         return []
     return [_repaired(name, last["message"])]
