@@ -105,12 +105,14 @@ def test_hive_partition_values_are_read_as_text_whatever_they_look_like(tmp_path
     assert snap["band"].tolist() == [str(k % 3) for k in snap["key"]]
 
 
-def test_a_csv_value_that_does_not_parse_fails_naming_the_column_but_not_the_value(tmp_path):
+def test_in_mode_rules_a_csv_value_that_does_not_parse_fails_naming_the_column_but_not_the_value(tmp_path):
+    """Mode rules stays strict (the owner fixes the file); the noisy modes make such a value NULL
+    (tests/test_snapshots_total.py)."""
     (tmp_path / "claims.csv").write_text("key,amount,y\n1,10,0\n2,SECRET-VALUE-42,1\n")
     settings = settings_for(
         tmp_path,
         'source = { kind = "csv", path = "claims.csv", columns = { amount = "float64" } }\n'
-        'id_column = "key"\nlabel_columns = ["y"]\n',
+        'id_column = "key"\nlabel_columns = ["y"]\nprivacy = "rules"\n',
     )
     with pytest.raises(SourceError) as failure:
         refresh(settings, "d")
@@ -121,16 +123,20 @@ def test_a_csv_value_that_does_not_parse_fails_naming_the_column_but_not_the_val
 
 
 @pytest.mark.parametrize(
-    "frame, problem",
-    [
-        (pd.DataFrame({"key": [1, 2, 2], "y": [0, 1, 0]}), "is not unique"),
-        (pd.DataFrame({"key": [1.0, None, 3.0], "y": [0, 1, 0]}), "missing values"),
-        (pd.DataFrame({"key": [1, 2, 3], "label": [0, 1, 0]}), "['y']"),
+    "frame, problem, mode",
+    [  # a repeated or missing id fails in mode rules; the noisy modes drop its rows (test_snapshots_total)
+        (pd.DataFrame({"key": [1, 2, 2], "y": [0, 1, 0]}), "is not unique", "rules"),
+        (pd.DataFrame({"key": [1.0, None, 3.0], "y": [0, 1, 0]}), "missing values", "rules"),
+        (pd.DataFrame({"key": [1, 2, 3], "label": [0, 1, 0]}), "['y']", "rules"),
+        (pd.DataFrame({"key": [1, 2, 3], "label": [0, 1, 0]}), "['y']", "dp"),
     ],
 )
-def test_a_snapshot_that_breaks_the_declared_roles_is_refused_and_leaves_nothing(tmp_path, frame, problem):
+def test_a_snapshot_that_breaks_the_declared_roles_is_refused_and_leaves_nothing(
+    tmp_path, frame, problem, mode
+):
     frame.to_parquet(tmp_path / "t.parquet", index=False)
-    settings = settings_for(tmp_path, 'path = "t.parquet"\nid_column = "key"\nlabel_columns = ["y"]\n')
+    toml = f'path = "t.parquet"\nid_column = "key"\nlabel_columns = ["y"]\nprivacy = "{mode}"\n'
+    settings = settings_for(tmp_path, toml)
     with pytest.raises(SourceError) as failure:
         refresh(settings, "d")
     assert failure.value.reason == "invalid_snapshot" and problem in failure.value.message

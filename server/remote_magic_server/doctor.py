@@ -294,7 +294,7 @@ def _trial_snapshot(settings: Settings, name: str, folder: Path) -> tuple[Path |
     from .data.sources import SourceError
 
     try:
-        return trial(settings, name, folder), []
+        snapshot = trial(settings, name, folder)
     except SourceError as exc:
         message = (
             f"its source gives no snapshot ({exc.reason}): {exc.message}; `serve` starts without it, and "
@@ -302,6 +302,29 @@ def _trial_snapshot(settings: Settings, name: str, folder: Path) -> tuple[Path |
             "succeeds"
         )
         return None, [Finding("warn", f"dataset {name}", message)]
+    repaired = snapshot.repairs.summary()
+    return snapshot.file, [_repaired(name, repaired)] if repaired else []
+
+
+def _repaired(name: str, summary: str) -> Finding:
+    """What a total staging (modes dp, dp_eval_only) changed in the rows: the owner fixes the source."""
+    return Finding("warn", f"dataset {name}", f"its snapshot was staged as the declared types say: {summary}")
+
+
+def _last_repairs(settings: Settings, name: str) -> list[Finding]:
+    """The last refresh's changes to the rows of a dataset that already has a version."""
+    from .data.versions import Versions
+
+    if not settings.snapshots_dir.exists():
+        return []
+    versions = Versions(settings.snapshots_dir)
+    try:
+        last = versions.last_refresh(name)
+    finally:
+        versions.close()
+    if last is None or last["outcome"] == "failed" or not last["message"]:
+        return []
+    return [_repaired(name, last["message"])]
 
 
 def _probe(settings: Settings, trial: bool = False) -> list[Finding]:
@@ -317,6 +340,8 @@ def _probe(settings: Settings, trial: bool = False) -> list[Finding]:
             if path is None and trial and settings.datasets[name].path is None:
                 path, failed = _trial_snapshot(settings, name, Path(scratch))
                 found += failed
+            else:
+                found += _last_repairs(settings, name)
             if path is not None:
                 files[name] = path
         return [*found, *probe_files(settings, files)]

@@ -37,6 +37,8 @@ def list_datasets(settings: Settings) -> int:
         print(f"{name}: {where}; {current}; refreshed {every}")
         if last and last["outcome"] == "failed":
             print(f"  last refresh failed at {last['at']} ({last['reason']}): {last['message']}")
+        elif last and last["message"]:
+            print(f"  last refresh at {last['at']} changed rows: {last['message']}")
     return 0
 
 
@@ -73,6 +75,8 @@ def refresh_now(settings: Settings, name: str) -> int:
         print(f"{name}: new version {_line(outcome.version)}")
     else:
         print(f"{name}: unchanged; v{outcome.version.number} keeps serving")
+    if outcome.repaired:
+        print(f"{name}: staged as the declared types say: {outcome.repaired}")
     for finding in declared_findings(settings, name, outcome.version.file):
         print(finding.line())
     return 0

@@ -18,6 +18,7 @@ from pyarrow import fs
 
 from .parquet import COPY_CHUNK, write_rows
 from .source import Source
+from .total import conform, declared_problem
 
 HEADER_BYTES = 1 << 16
 
@@ -49,10 +50,32 @@ class ParquetSource(Source):
             text = ds.partitioning(pa.schema([(key, pa.string()) for key in keys]), flavor="hive")
             dataset = ds.dataset(self.path, filesystem=self.filesystem, format="parquet", partitioning=text)
         try:
-            write_rows(dataset.scanner().to_reader(), dest)
+            if self.total:
+                write_rows(self._conformed(dataset, text if keys else None), dest)
+            else:
+                write_rows(dataset.scanner().to_reader(), dest)
         except pa.ArrowInvalid:
             raise self.fail("invalid_snapshot", "the Parquet files do not share one schema") from None
         return []
+
+    def _conformed(self, dataset: ds.Dataset, partitioning: ds.Partitioning | None) -> pa.RecordBatchReader:
+        """Each file read with its own types, then converted value by value to the first file's (`total`):
+        a later file written as double because one row held 2.5 gets NULL there, never a failure."""
+        schema = dataset.schema
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            for file in dataset.files:
+                one = ds.dataset(
+                    [file],
+                    filesystem=self.filesystem,
+                    format="parquet",
+                    partitioning=partitioning,
+                    partition_base_dir=self.path,
+                )
+                for batch in one.to_batches():
+                    yield conform(batch, schema, self.repairs)
+
+        return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 def _hive_keys(file: str, root: str) -> list[str]:
@@ -86,6 +109,8 @@ class CsvSource(Source):
         missing = [name for name in self.types if name not in names]
         if missing:
             raise self.fail("invalid_snapshot", f"declared column(s) not in the CSV: {missing}")
+        if self.total:
+            return self._stage_total(files, names, dest)
         try:
             first = self._read(files[0], self.types, [])
             schema = first.schema
@@ -101,11 +126,40 @@ class CsvSource(Source):
             raise self.fail("invalid_snapshot", _csv_problem(str(exc), names)) from None
         return [name for name in schema.names if name not in self.types]
 
-    def _read(self, path: str, types: dict[str, pa.DataType], names: list[str]) -> pacsv.CSVStreamingReader:
+    def _stage_total(self, files: list[str], names: list[str], dest: Path) -> list[str]:
+        """Every column read as bytes, then converted value by value to its declared type (`total`)."""
+        problem = declared_problem(names, self.types)
+        if problem:
+            raise self.fail("invalid_snapshot", problem)
+        schema = pa.schema([(name, self.types[name]) for name in names])
+        raw = dict.fromkeys(names, pa.binary())
+
+        def skip(_row: object) -> str:
+            self.repairs.skipped_rows += 1
+            return "skip"
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            for path in files:
+                for batch in self._read(path, raw, names, skip):
+                    yield conform(batch, schema, self.repairs)
+
+        try:
+            write_rows(pa.RecordBatchReader.from_batches(schema, batches()), dest)
+        except pa.ArrowInvalid as exc:  # not a value: a later file without a column, a broken quote
+            raise self.fail("invalid_snapshot", _csv_problem(str(exc), names)) from None
+        return []
+
+    def _read(
+        self,
+        path: str,
+        types: dict[str, pa.DataType],
+        names: list[str],
+        invalid_row: Callable[[object], str] | None = None,
+    ) -> pacsv.CSVStreamingReader:
         """One file, read front to back; later files take the first file's types and column order."""
         return pacsv.open_csv(
             self.filesystem.open_input_stream(path),
-            parse_options=pacsv.ParseOptions(delimiter=self.delimiter),
+            parse_options=pacsv.ParseOptions(delimiter=self.delimiter, invalid_row_handler=invalid_row),
             convert_options=pacsv.ConvertOptions(
                 column_types=types, include_columns=names, strings_can_be_null=True
             ),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..audit import AuditLog
 from ..config.settings import Settings
-from .snapshots import TMP_PREFIX, take_snapshot
+from .snapshots import TMP_PREFIX, Snapshot, take_snapshot
 from .sources import SourceError, source_for
 from .versions import Version, Versions
 
@@ -31,6 +31,7 @@ log = logging.getLogger("remote_magic_server.data")
 class Refreshed:
     version: Version
     new: bool
+    repaired: str | None = None
 
 
 @contextmanager
@@ -68,10 +69,19 @@ def refresh(settings: Settings, name: str, versions: Versions | None = None) -> 
             _failed(settings, versions, name, source.description, error)
             raise error from None
         version, new = versions.add(name, snapshot, source.description)
-    versions.record_refresh(name, "new_version" if new else "unchanged", version.number)
+    # What a total staging changed goes with the refresh record's message, which only the owner's CLI
+    # and doctor print (the catalog and /metrics read the outcome and the reason, never the message).
+    repaired = snapshot.repairs.summary() or None
+    versions.record_refresh(name, "new_version" if new else "unchanged", version.number, message=repaired)
     log.info(
         "dataset_refreshed",
-        extra={"dataset": name, "version": version.number, "new": new, "rows": version.rows},
+        extra={
+            "dataset": name,
+            "version": version.number,
+            "new": new,
+            "rows": version.rows,
+            **({"repairs": snapshot.repairs.as_log()} if repaired else {}),
+        },
     )
     if new:
         AuditLog(settings.audit_path).record(
@@ -83,19 +93,17 @@ def refresh(settings: Settings, name: str, versions: Versions | None = None) -> 
             content_hash=version.content_hash,
             schema_hash=version.schema_hash,
         )
-    return Refreshed(version, new)
+    return Refreshed(version, new, repaired)
 
 
-def trial(settings: Settings, name: str, folder: Path) -> Path:
+def trial(settings: Settings, name: str, folder: Path) -> Snapshot:
     """A snapshot of the dataset's source into `folder`, registered nowhere: what the doctor checks before
     a first version exists. Raises SourceError, with the same words a refresh would log."""
     config = settings.datasets[name]
     source = source_for(config.source_config, config.id_column)
     try:
         declared_only = settings.policy_for(name).noisy
-        return take_snapshot(
-            source, folder / name, config.id_column, config.label_columns, declared_only
-        ).file
+        return take_snapshot(source, folder / name, config.id_column, config.label_columns, declared_only)
     except SourceError:
         raise
     except Exception as exc:

@@ -47,6 +47,7 @@ class S3Source(Source):
             else:
                 files = objects_under(filesystem, bucket_and_prefix.rstrip("/"))
                 inner = CsvSource(self.description, files, filesystem, self.config.columns)
+            inner.total, inner.repairs = self.total, self.repairs
             return inner.stage(dest)
         except OSError as exc:
             raise self._failure(str(exc), secrets) from None

@@ -12,13 +12,15 @@ import hashlib
 import json
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from .total import Repairs, drop_bad_ids
 
 if TYPE_CHECKING:
     from .source import Source
@@ -34,6 +36,7 @@ class Snapshot:
     rows: int
     columns: list[tuple[str, str]]
     inferred: list[str]
+    repairs: Repairs = field(default_factory=Repairs)
 
     @property
     def schema_hash(self) -> str:
@@ -79,10 +82,12 @@ def take_snapshot(
 
     With `declared_only` (the noisy modes) a column whose type the source inferred fails the snapshot:
     an inferred type comes from the rows' values (a column of integers but one row's 2.5 reads as
-    double), and the catalog shows every column's type for free."""
+    double), and the catalog shows every column's type for free. There staging is also total (see
+    `total`): no row's value fails it, and rows with a missing or repeated id are dropped, not refused."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f"{TMP_PREFIX}{uuid.uuid4().hex}.parquet"
     tmp.touch(exist_ok=False)  # on disk from the start: a crash at any point leaves it for the sweep
+    source.total = declared_only
     try:
         inferred = source.stage(tmp)
         if declared_only and inferred:
@@ -98,6 +103,10 @@ def take_snapshot(
         except pa.ArrowInvalid:
             raise source.fail("invalid_snapshot", "the file is not Parquet") from None
         schema = meta.schema.to_arrow_schema()
+        if declared_only and id_column in schema.names:
+            source.repairs.dropped_ids += drop_bad_ids(tmp, id_column)
+            _fsync(tmp)
+            meta = pq.read_metadata(tmp)
         _check_roles(source, tmp, schema.names, id_column, labels)
         content_hash = _file_hash(tmp)
         final = folder / f"{content_hash}.parquet"
@@ -116,4 +125,5 @@ def take_snapshot(
         rows=meta.num_rows,
         columns=[(f.name, str(f.type)) for f in schema],
         inferred=inferred,
+        repairs=source.repairs,
     )

@@ -12,6 +12,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from pathlib import Path
 
+from .total import Repairs
+
 REASONS = (
     "config",
     "unreachable",
@@ -34,10 +36,13 @@ class SourceError(Exception):
 
 
 class Source(ABC):
-    """One place a dataset's rows come from."""
+    """One place a dataset's rows come from. With `total` set (the noisy modes) `stage` converts each
+    value on its own and never fails on one (see `total`), counting what it changed in `repairs`."""
 
     def __init__(self, description: str):
         self.description = description
+        self.total = False
+        self.repairs = Repairs()
 
     @abstractmethod
     def stage(self, dest: Path) -> list[str]:
