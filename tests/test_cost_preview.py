@@ -15,6 +15,7 @@ import xgboost as xgb
 
 from remote_magic.client.dryrun import DryRun
 from remote_magic.client.trainer_noise import expected_training
+from remote_magic.contract.codes import Refusal
 from remote_magic.contract.wire import CostEstimate, DPTraining
 from remote_magic.families import family
 from remote_magic.families.dpboost import Settings, epsilon
@@ -62,8 +63,9 @@ def test_a_continued_model_pays_no_intercept_and_gets_less_noise():
 
 
 def test_a_model_the_trainer_refuses_or_cannot_price_says_why():
-    refused, why = expected_training(xgb.XGBClassifier(subsample=0.5), 0.05, DELTA)
-    assert refused is None and why.startswith("the DP trainer would refuse this model") and "subsample" in why
+    with pytest.raises(Refusal, match="refuses subsample") as refused:
+        expected_training(xgb.XGBClassifier(subsample=0.5), 0.05, DELTA)
+    assert refused.value.code == "parameter_out_of_bounds"
     regression, why = expected_training(xgb.XGBRegressor(), 0.05, DELTA)
     assert regression is None and "label" in why and why.startswith("the noise per leaf is not shown here")
     unknown, why = expected_training(object(), 0.05, DELTA)

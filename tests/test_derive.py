@@ -36,7 +36,7 @@ def test_grammar_accepts_the_allowlisted_forms(expr):
     [
         ("lower(region)", "LOWER"),
         ("power(age, 2)", "POW"),
-        ("my_udf(age)", "function call"),
+        ("my_udf(age)", "function my_udf()"),
         ("read_parquet('/etc/passwd')", "READ_PARQUET"),
         ("(SELECT max(age) FROM t)", "subquery"),
         ("CAST(age AS TEXT)", "CAST"),
@@ -106,6 +106,28 @@ def test_the_api_refuses_bad_derive_before_queueing(server, derive, code):
     error = _refusal(server, derive)
     assert error["code"] == code
     assert "Traceback" not in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("text", "instead"),
+    [
+        ("log(income)", "use ln(x)"),
+        ("log10(income)", "use ln(x)"),
+        ("income ** 2", "use exp(y * ln(x))"),
+        ("sqrt(income)", "use exp(0.5 * ln(x))"),
+        ("max(age, income)", "use greatest("),
+        ("date_part('year', age)", "use year(t)"),
+        ("weekday(age)", "use dayofweek(t)"),
+        ("lower(region)", ""),
+    ],
+)
+def test_a_refused_function_points_to_its_allowed_equivalent(server, text, instead):
+    """A function a derive may not use is named with what to write instead, where an equivalent exists,
+    and the functions a derive has, through the server's own spec check."""
+    error = _refusal(server, {"x": text})
+    assert error["code"] == "invalid_derive" and "is not allowed" in error["message"]
+    assert instead in error["message"]
+    assert "a derive's functions are ln, exp, abs, least, greatest, coalesce" in error["message"]
 
 
 def test_a_derived_value_that_does_not_read_as_a_number_is_null_not_a_failure():

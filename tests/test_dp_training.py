@@ -17,6 +17,7 @@ import pytest
 import xgboost as xgb
 from pyroaring import BitMap
 
+from remote_magic.client.errors import RemoteError, RemoteMagicError
 from remote_magic.contract.codes import Refusal
 from remote_magic.families.dpboost import Column, Coordinator, Features, Partition, local
 from remote_magic.families.dpboost.family import SKETCH_SHARE
@@ -461,3 +462,37 @@ def test_a_sketch_asked_again_gets_its_noisy_counts_again_and_is_charged_as_befo
     owner = desk.settings.datasets["d"]
     desk.settings.datasets["d"] = owner.model_copy(update={"column_ranges": {"z": (0.0, 10.0)}})
     assert sketch("j7")[0] != drawn, "the owner's declarations set the grid: a changed one is a new question"
+
+
+@pytest.mark.parametrize(
+    "params", [dict(max_bin=64), dict(eval_metric="aucpr"), dict(tree_method="exact"), dict(missing=-1.0)]
+)
+def test_a_parameter_the_dp_trainer_would_ignore_is_refused_by_name_before_anything_is_spent(
+    server, shell, params
+):
+    """Submitted, priced (`Client.cost`) or dry-run, a model whose parameter the DP trainer has no use
+    for is refused naming it and why, and the budget is untouched."""
+    client = server.client()
+    spent = client.budget()["synthetic"].rho_spent
+    (name,) = params
+    model = xgb.XGBClassifier(n_estimators=3, max_depth=2, **params)
+    with pytest.raises(RemoteError, match=name) as submitted:  # eval_metric: the server's allowlist first
+        client.submit(model, QUICK).result(timeout=600)
+    with pytest.raises(RemoteError, match=rf"refuses {name} \(") as priced:
+        client.cost(model, QUICK)
+    assert submitted.value.code == priced.value.code == "parameter_out_of_bounds"
+    shell.user_ns["odd"] = model
+    ran = shell.run_cell("%%remote_train -d synthetic -l label --dry-run -m odd\nodd")
+    assert isinstance(ran.error_in_exec, RemoteMagicError) and name in str(ran.error_in_exec)
+    assert client.budget()["synthetic"].rho_spent == spent
+
+
+def test_parameters_that_change_nothing_the_dp_trainer_does_are_accepted(server):
+    """Harmless parameters and metrics mode dp releases anyway are priced like the bare model."""
+    client = server.client()
+    bare = client.cost(xgb.XGBClassifier(n_estimators=3), QUICK)
+    harmless = xgb.XGBClassifier(
+        n_estimators=3, eval_metric="auc", min_child_weight=50, n_jobs=1, tree_method="hist", max_bin=256
+    )
+    priced = client.cost(harmless, QUICK)
+    assert priced.training == bare.training and priced.rho == bare.rho and priced.notes == bare.notes

@@ -44,7 +44,7 @@ from remote_magic.families.dpboost.candidates import CandidatePlan, Declared, gr
 from remote_magic.families.dpboost.coordinator import children
 from remote_magic.families.dpboost.features import count_at_most
 from remote_magic.families.dpboost.objectives import BINARY_GRADIENT_CLIP
-from remote_magic.families.dpboost.params import settings_from_params
+from remote_magic.families.dpboost.params import PARAMETERS, check_params, settings_from_params
 from remote_magic.families.dpboost.partition import GROUP_CELLS, PARALLEL_ROWS, Grow, groups
 from remote_magic.families.dpboost.schedule import releases
 from remote_magic.families.dpboost.selection import adapted, candidates, scores, weighted
@@ -871,7 +871,13 @@ def test_an_xgbclassifier_as_written_is_accepted_with_the_trainers_defaults():
     "params, code, named",
     [
         (dict(subsample=0.5), "parameter_out_of_bounds", "subsample"),
-        (dict(colsample_bytree=0.8, gamma=1.0), "parameter_out_of_bounds", "colsample_bytree, gamma"),
+        (dict(colsample_bytree=0.8, gamma=1.0), "parameter_out_of_bounds", "candidates); gamma ("),
+        (dict(max_bin=64), "parameter_out_of_bounds", "max_bin (splits come from"),
+        (dict(eval_metric="aucpr"), "parameter_out_of_bounds", "eval_metric (mode dp releases"),
+        (dict(tree_method="exact"), "parameter_out_of_bounds", "tree_method ("),
+        (dict(missing=-1.0), "parameter_out_of_bounds", "missing ("),
+        (dict(feature_types=["q"]), "parameter_out_of_bounds", "feature_types ("),
+        (dict(scale_pos_weight=3.0), "parameter_out_of_bounds", "scale_pos_weight ("),
         (dict(max_depth=40), "parameter_out_of_bounds", "max_depth"),
         (dict(objective="reg:logistic"), "unsupported_model", "reg:logistic"),
         (dict(booster="dart"), "parameter_out_of_bounds", "booster"),
@@ -881,6 +887,25 @@ def test_parameters_without_a_meaning_here_are_refused_by_name(params, code, nam
     with pytest.raises(Refusal) as refused:
         settings_from_params(xgb.XGBClassifier(**params).get_params())
     assert refused.value.code == code and named in refused.value.message
+
+
+@pytest.mark.parametrize("estimator", [xgb.XGBClassifier, xgb.XGBRegressor])
+def test_every_parameter_an_estimator_has_is_in_the_table_and_a_refused_one_is_refused_by_name(estimator):
+    """The table decides every parameter XGBoost's estimators have (a new one fails here, not silently
+    later); each refused one set to a value other than its defaults is refused, naming it."""
+    params = estimator().get_params()
+    assert set(params) <= set(PARAMETERS)
+    odd = {list: [1], tuple: (1,), str: "other", int: 7, float: 0.37}
+    for name, (kind, defaults, _) in PARAMETERS.items():
+        if kind != "refused":
+            continue
+        value = odd[type(defaults[0])] if defaults else 0.37
+        with pytest.raises(Refusal, match=rf"refuses {name} \(") as refused:
+            check_params({name: value})
+        assert refused.value.code == "parameter_out_of_bounds"
+    harmless = {n: 3 for n, (kind, _, _) in PARAMETERS.items() if kind == "harmless"}
+    check_params(harmless)
+    check_params({"eval_metric": "auc", "tree_method": "hist", "max_bin": 256, "min_child_weight": 50})
 
 
 def test_a_regression_without_a_public_label_range_is_refused():

@@ -154,7 +154,7 @@ def test_jobs_listing_has_limit_state_and_tells_jobs_apart(shell, server):
     succeeded = run(shell, "%remote_jobs --state succeeded --limit 50")
     assert succeeded.rows and {row[table.header.index("state")] for row in succeeded.rows} == {"succeeded"}
     error, _ = failure(shell, "%remote_jobs --limit 0")
-    assert "--limit must be at least 1" in str(error)
+    assert "--limit must be an integer from 1 to 500" in str(error)
 
 
 def test_a_claimed_job_is_starting_not_queued():

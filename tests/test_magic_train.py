@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import xgboost as xgb
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
@@ -142,3 +143,38 @@ def test_a_model_no_family_knows_is_named(ip):
         UsageError, match=r"model is a RandomForestClassifier \(sklearn\), which no model family"
     ):
         run(ip, "%%remote_train -d breast_cancer_rules -l malignant" + cell)
+
+
+CURVE_CELL = "\nfrom xgboost import XGBClassifier\nmodel = XGBClassifier(n_estimators=3, max_depth=2)"
+
+
+def test_curve_0_asks_no_curve_and_costs_nothing_for_one(ip, server):
+    """`--curve 0` is the default: no curve, and not a cent of the curve's budget; `--curve 2` pays the
+    curve's share and gets its two points."""
+    policy = server.settings.policy_for("synthetic")
+    line = "%%remote_train -d synthetic -l label --eval-fraction 0.2 -o r --seed "
+    none = run(ip, line + "11 --curve 0" + CURVE_CELL)
+    two = run(ip, line + "12 --curve 2" + CURVE_CELL)
+    assert none.raw.history is None
+    assert none.privacy["rho"] == pytest.approx(policy.dp_rho_job + policy.dp_rho_train)
+    assert two.raw.history is not None and len(two.raw.history.eval) == 2
+    assert two.privacy["rho"] == pytest.approx(policy.dp_rho_job + policy.dp_rho_train + policy.dp_rho_curve)
+
+
+def test_a_curve_an_evaluation_cannot_draw_is_refused_before_anything_is_spent(ip, server):
+    """An evaluation adds no rounds, so a curve of it has no points: asked for, it is refused by name
+    (the magic, the cost preview, the API), not charged for nothing."""
+    client = server.client()
+    spent = client.budget()["synthetic"].rho_spent
+    mock = client.mock("synthetic")
+    x = mock.drop(columns=["label"]).astype({"region": "category"})
+    ip.user_ns["fitted"] = xgb.XGBClassifier(n_estimators=2, enable_categorical=True).fit(x, mock["label"])
+    with pytest.raises(UsageError, match=r"^--curve follows the rounds a training adds"):
+        run(ip, "%remote_evaluate -d synthetic -l label --curve 2 -m fitted")
+    spec = {"dataset": "synthetic", "label": "label"}
+    with pytest.raises(RemoteError, match="curve follows the rounds a training adds") as refused:
+        client.cost(None, spec, "evaluate", {"curve": 2})
+    assert refused.value.code == "invalid_request"
+    with pytest.raises(RemoteError, match="curve follows the rounds a training adds"):
+        client.evaluate(ip.user_ns["fitted"], spec, release={"curve": 2})
+    assert client.budget()["synthetic"].rho_spent == spent

@@ -414,3 +414,50 @@ def test_remote_datasets_shows_a_datasets_versions_and_a_pinned_versions_columns
     assert columns.title.startswith("breast_cancer@1: ") and columns.rows[0] == ["id", "integer", "id"]
     with pytest.raises(UsageError, match="needs a dataset"):
         shell.run_line_magic("remote_datasets", "--versions")
+
+
+BOUNDED_CELL = "\nfrom xgboost import XGBClassifier\nmodel = XGBClassifier(n_estimators=2)"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (
+            "%%remote_train -d synthetic -l label --importance 50",
+            "--importance must be an integer from 0 to 10 (0: none)",
+        ),
+        (
+            "%%remote_train -d synthetic -l label --importance -1",
+            "--importance must be an integer from 0 to 10 (0: none)",
+        ),
+        (
+            "%%remote_train -d synthetic -l label --curve 11",
+            "--curve must be an integer from 0 to 10 (0: no curve)",
+        ),
+        (
+            "%%remote_evaluate -d synthetic -l label --curve -2",
+            "--curve must be an integer from 0 to 10 (0: no curve)",
+        ),
+        (
+            "%%remote_train -d synthetic -l label --importance 50 --dry-run",
+            "--importance must be an integer from 0",
+        ),
+        ("%%remote_train -d synthetic -l label --seed -1", "--seed must be an integer from 0 to 2147483647"),
+        (
+            "%%remote_train -d synthetic -l label --datasets a:synthetic --batch-size 0",
+            "--batch-size must be an integer from 1 to 100000",
+        ),
+        ("%remote_jobs --limit 501", "--limit must be an integer from 1 to 500"),
+    ],
+)
+def test_a_bounded_option_out_of_range_is_named_with_its_range_before_anything_is_sent(
+    shell, server, line, message
+):
+    """Every bounded option of the magics says which option and what range, in one sentence (not
+    pydantic's "Input should be less than or equal to 10", nor the server's), and sends nothing."""
+    before = len(server.client().jobs(limit=500))
+    result = shell.run_cell(line + (BOUNDED_CELL if line.startswith("%%") else ""))
+    error = result.error_in_exec
+    assert isinstance(error, UsageError) and str(error).startswith(message), error
+    assert "Input should" not in str(error)
+    assert len(server.client().jobs(limit=500)) == before

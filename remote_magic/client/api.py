@@ -382,13 +382,16 @@ class Client(RegistryCalls):
 
                 info = self._dataset_info(spec.dataset)
                 classes = info.column_levels.get(spec.label, spec.classes)
-                estimate.training, why = expected_training(
-                    model,
-                    estimate.rho_train,
-                    estimate.delta,
-                    info.label_ranges.get(spec.label),
-                    len(classes) if classes else None,
-                )
+                try:
+                    estimate.training, why = expected_training(
+                        model,
+                        estimate.rho_train,
+                        estimate.delta,
+                        info.label_ranges.get(spec.label),
+                        len(classes) if classes else None,
+                    )
+                except Refusal as refused:  # the server's refusal of this model, before anything is spent
+                    raise error_for(refused.code, refused.message) from None
             estimate.notes.extend([why] if why else [])
         return estimate
 

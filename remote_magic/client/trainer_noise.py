@@ -39,7 +39,7 @@ def expected_training(
     except Refusal as refusal:
         if refusal.code == "unsupported_model":  # a regression's label range, a multiclass label's classes
             return None, f"the noise per leaf is not shown here: {refusal.message}"
-        return None, f"the DP trainer would refuse this model: {refusal.message}"
+        raise  # what the server would refuse at submission, refused here as it would be
     # The most rounds are the large sample's, whose trees also recentre (`Settings.for_count`).
     sigma_g, sigma_h = settings.for_count(math.inf, rho_train).leaf_sigmas(scales)
     training = DPTraining(

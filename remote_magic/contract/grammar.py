@@ -71,7 +71,6 @@ _DERIVE_NODES: tuple[type[exp.Expression], ...] = (
 MAX_DERIVED = 50
 
 _NODE_WORDS = {
-    "Anonymous": "function call",
     "Subquery": "subquery",
     "Select": "subquery",
     "Union": "UNION",
@@ -86,11 +85,46 @@ _NODE_WORDS = {
 }
 
 
+ALLOWED_FUNCTIONS = "ln, exp, abs, least, greatest, coalesce, if, year, month, day, dayofweek, hour, epoch"
+_TIME_PARTS = "year(t), month(t), day(t), dayofweek(t), hour(t) or epoch(t)"
+# What a derive writes instead of a function it may not use, by sqlglot's node (sqlglot reads log10 and
+# log2 as Log, pow and ** as Pow) or, for a function sqlglot does not know, by the name the user typed.
+_EQUIVALENTS: dict[str, str] = {
+    "Log": "ln(x), the natural log (log10(x) is ln(x) / ln(10))",
+    "Pow": "exp(y * ln(x)) for x to the power y (x * x for a square)",
+    "Sqrt": "exp(0.5 * ln(x))",
+    "Min": "least(a, b, ...)",
+    "Max": "greatest(a, b, ...)",
+    "Extract": _TIME_PARTS,
+    "date_part": _TIME_PARTS,
+    "datepart": _TIME_PARTS,
+    "weekday": "dayofweek(t)",
+    "dow": "dayofweek(t)",
+    "log1p": "ln(1 + x)",
+    "expm1": "exp(x) - 1",
+    "isnull": "x IS NULL",
+}
+
+
 def _describe(node: exp.Expression) -> str:
     name = type(node).__name__
+    if isinstance(node, exp.Anonymous):
+        return f"function {node.name}()"  # the name as the user wrote it
     if isinstance(node, exp.Func) and name not in _NODE_WORDS:
         return f"function {node.sql_name() if hasattr(node, 'sql_name') else name}()"
     return _NODE_WORDS.get(name, name)
+
+
+def _instead(node: exp.Expression, allowed: tuple[type[exp.Expression], ...]) -> str:
+    """For a function a derive refuses: its allowed equivalent (`; use ln(x)`) where one exists, and the
+    functions a derive has; a filter has none."""
+    if not isinstance(node, exp.Func) or isinstance(node, (exp.Cast, exp.Case)):
+        return ""
+    if allowed is not _DERIVE_NODES:
+        return "; a filter calls no functions: it compares dataset columns with values"
+    key = node.name.lower() if isinstance(node, exp.Anonymous) else type(node).__name__
+    hint = f"; use {_EQUIVALENTS[key]}" if key in _EQUIVALENTS else ""
+    return f"{hint}; a derive's functions are {ALLOWED_FUNCTIONS}"
 
 
 def _compared_with_a_column(node: exp.Column, columns: Collection[str]) -> bool:
@@ -151,7 +185,7 @@ def _checked_tree(
     tree = statements[0]
     for node in tree.walk():
         if not isinstance(node, allowed):
-            raise Refusal(code, f"{_describe(node)} is not allowed in a {what}")
+            raise Refusal(code, f"{_describe(node)} is not allowed in a {what}{_instead(node, allowed)}")
         if _depth(node) > MAX_DEPTH:
             raise Refusal(code, f"the {what} is nested too deeply")
         if isinstance(node, exp.Column):

@@ -301,6 +301,15 @@ class JobStatus(_Strict):
     )
 
 
+JOB_LIST_MAX = 500
+
+
+class JobListQuery(_Strict):
+    """`GET /v1/jobs`'s bounds, which `%remote_jobs --limit` checks before it asks."""
+
+    limit: int = Field(default=100, ge=1, le=JOB_LIST_MAX)
+
+
 class JobList(_Strict):
     jobs: list[JobStatus]
 
@@ -329,6 +338,14 @@ class ReleaseOptions(_Strict):
         le=10,
         description="The top-k features by permutation importance on eval rows; 0: none.",
     )
+
+
+def curve_problem(kind: str, curve: int, name: str = "curve") -> str | None:
+    """Why a job cannot release the curve it asks for, or None: the curve follows the rounds a training
+    adds, and an evaluation adds none, so it would be charged for no points."""
+    if kind == "evaluate" and curve:
+        return f"{name} follows the rounds a training adds, and an evaluation adds none: leave it out (0)"
+    return None
 
 
 class PrivacyReport(_Strict):

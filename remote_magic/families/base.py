@@ -470,6 +470,25 @@ def declared_values(declared: list[str], dtype: np.dtype) -> np.ndarray:
     return np.unique(np.array(declared, dtype=object))
 
 
+def declared_labels(column: pa.Array | pa.ChunkedArray, declared: list[str] | None) -> np.ndarray:
+    """Admitted labels as NumPy values; under declared classes, each numeric label as the declared class
+    the staging query admitted it as (`contract.query.declared_label` compares them as doubles), so a
+    label that only rounds to a class (an integer past 2**53) or a decimal number takes the class's own
+    value and the job's path: no admitted row's label can make a job fail where its class would not."""
+    if declared is None:
+        return column.to_numpy()
+    if pa.types.is_decimal(column.type):
+        column = column.cast(pa.float64(), safe=False)
+    y = column.to_numpy()
+    if y.dtype.kind not in "iuf" or not len(y):
+        return y
+    values = declared_values(declared, y.dtype)
+    if not len(values):
+        return y
+    at = np.searchsorted(values.astype(np.float64), y.astype(np.float64)).clip(0, len(values) - 1)
+    return values[at]
+
+
 def encode(y: np.ndarray, values: np.ndarray | None) -> np.ndarray:
     """Labels as numbers: class codes into `values`, or floats."""
     return np.searchsorted(values, y).astype(int) if values is not None else np.asarray(y, dtype=float)

@@ -5,9 +5,24 @@ from __future__ import annotations
 from argparse import Namespace
 
 from IPython.core.error import UsageError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from ..contract.wire import DatasetSpec, spec_error
+from ..contract.wire import DatasetSpec, EvalFraction, spec_error
+
+
+def bounded(flag: str, value: int | None, model: type[BaseModel], field: str, note: str = "") -> None:
+    """Refuse an integer option outside the bounds of the wire field it sets, in one sentence that names
+    the option and its range (`--importance must be an integer from 0 to 10 (0: none)`), read from
+    the field itself so the magic and the wire cannot disagree."""
+    if value is None:
+        return
+    low = high = None
+    for bound in model.model_fields[field].metadata:
+        low = getattr(bound, "ge", low)
+        high = getattr(bound, "le", high)
+    if (low is not None and value < low) or (high is not None and value > high):
+        span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise UsageError(f"{flag} must be an integer {span}{note}")
 
 
 def spec_from_args(args: Namespace, base: object = None) -> DatasetSpec:
@@ -36,6 +51,7 @@ def spec_from_args(args: Namespace, base: object = None) -> DatasetSpec:
         fraction = args.eval_fraction if args.eval_fraction is not None else current.get("fraction", 0.2)
         seed = args.seed if args.seed is not None else current.get("seed", 0)
         fields["eval"] = {"fraction": fraction, "seed": seed}
+    bounded("--seed", args.seed, EvalFraction, "seed")
     missing = [f"--{name}" for name in ("dataset", "label") if not fields.get(name)]
     try:
         return DatasetSpec.model_validate(fields)

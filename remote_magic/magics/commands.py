@@ -366,22 +366,23 @@ class RemoteMagic(Magics, Configurable):
             return self._run_cell_magic(kind, line, cell, magic)
 
     def _run_cell_magic(self, kind: str, line: str, cell: str, magic) -> object:
-        from pydantic import ValidationError
-
         from ..client.registry_api import register_request
-        from ..contract.wire import ReleaseOptions, first_error
+        from ..contract.wire import ReleaseOptions, curve_problem
+        from .args import bounded
 
         args = _parse(magic, line)
+        bounded("--curve", args.curve, ReleaseOptions, "curve", " (0: no curve)")
+        bounded("--importance", args.importance, ReleaseOptions, "importance", " (0: none)")
+        refused = curve_problem(kind, args.curve, "--curve")
+        if refused:
+            raise UsageError(refused)
+        release = ReleaseOptions(confusion=args.confusion, curve=args.curve, importance=args.importance)
         bound, foreign = self._run_cell(cell)
         spec = self._spec(args)
         base = getattr(args, "base_model", None) or getattr(args, "model_ref", None)
         if args.dry_run and base is not None:
             raise UsageError("--dry-run checks a model from the cell; it cannot use a registered version")
         model = self._model_or_base(args, bound, base, foreign)
-        try:
-            release = ReleaseOptions(confusion=args.confusion, curve=args.curve, importance=args.importance)
-        except ValidationError as exc:
-            raise UsageError(f"invalid release option {first_error(exc.errors(), 'release')}") from None
         if args.dry_run:
             from ..client.dryrun import dry_run
 
@@ -481,7 +482,10 @@ class RemoteMagic(Magics, Configurable):
         """`%%remote_train --datasets a:visits,b:visits`: the client's federated training, over the named
         connections."""
         from ..client.federated import federated_train
+        from ..contract.wire import FederatedSettings
+        from .args import bounded
 
+        bounded("--batch-size", args.batch_size, FederatedSettings, "batch_size")
         owners = {}
         for pair in filter(None, (p.strip() for p in args.datasets.split(","))):
             name, _, dataset = pair.partition(":")
@@ -524,12 +528,12 @@ class RemoteMagic(Magics, Configurable):
     @usage_errors
     def remote_jobs(self, line: str) -> Table:
         """Your jobs on the current server, newest first: model, rounds, dataset, state, progress."""
-        from ..contract.wire import JobState
+        from ..contract.wire import JobListQuery, JobState
         from ..display.tables import jobs_table
+        from .args import bounded
 
         args = _parse(self.remote_jobs, line)
-        if args.limit < 1:
-            raise UsageError("--limit must be at least 1")
+        bounded("--limit", args.limit, JobListQuery, "limit")
         states = get_args(JobState)
         if args.state is not None and args.state not in states:
             raise UsageError(f"--state: invalid choice: {args.state!r} (choose from {', '.join(states)})")

@@ -51,7 +51,7 @@ from .candidates import SKETCH_SHARE, CandidatePlan, Declared
 from .coordinator import Coordinator
 from .features import Features, Kind
 from .on_parts import apply_update, counts_of, finish, schema, set_up, sketch, sum_of, sums
-from .params import settings_from_params
+from .params import check_params, settings_from_params
 from .partition import LeafUpdate, histogram_threads
 from .settings import LARGE_ROUNDS, Settings
 
@@ -172,6 +172,8 @@ class DPBoostFamily:
         plan = self.adopt(decoded)
         if decoded.stops_early:
             raise Refusal("parameter_out_of_bounds", STOPS_EARLY)
+        if hasattr(model, "get_params"):  # what XGBoost's own params leave out: missing, callbacks, ...
+            check_params(model.get_params())
         if getattr(model, "n_estimators", 0) is None:
             plan = replace(plan, rounds=LARGE_ROUNDS, rounds_unset=True)
         return plan

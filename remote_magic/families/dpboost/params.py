@@ -1,13 +1,14 @@
 """An XGBoost estimator's parameters as the DP trainer's settings: honoured, harmless, or refused by name.
 
-Honoured: `n_estimators` (rounds), `max_depth`, `learning_rate`/`eta`, `reg_lambda`/`lambda`,
-`objective` (binary:logistic, multi:softprob or multi:softmax, reg:squarederror), `num_class`,
-`random_state`/`seed` (the structure's seed: the structure is public whoever picks it) and a public
-`base_score`. Harmless (resources, input handling, what is reported, and `min_child_weight`, which the
-leaf floor of mode dp_eval_only required and notebooks written for it carry): accepted and ignored. Everything
-else changes how XGBoost would fit the trees, which the DP trainer does not do, so a value other than
-XGBoost's default is refused, naming the parameter; `None` (what an `XGBClassifier()` carries) is the
-default. Parameters left unset get the trainer's defaults (`settings.py`).
+`PARAMETERS` is the one table of every parameter of `XGBClassifier` / `XGBRegressor` (`get_params()`,
+xgboost 3.x) and the `params` dict names XGBoost takes: what the DP trainer does with it, and why.
+Honoured: the trainer uses the value (`settings_from_params`). Harmless: accepted at any value, because it
+changes neither what is trained nor what is released (resources, logging, what a local model reports).
+Refused: any value but XGBoost's default (listed; `None`, what an `XGBClassifier()` carries, is the
+default) is refused by name with the reason, before a job exists: it asks XGBoost to fit trees in a way
+the DP trainer does not (its splits come from public candidates, its leaves from noisy sums). A name the
+table does not know is refused too. Parameters left unset get the trainer's defaults (`settings.py`).
+docs/privacy.md ("The DP trainer's parameters") shows the table.
 """
 
 from __future__ import annotations
@@ -17,53 +18,74 @@ from dataclasses import replace
 from typing import Any
 
 from ...contract.codes import Refusal
+from ..xgboost.bounds import EVAL_METRICS
 from .objectives import BINARY, MULTICLASS, REGRESSION
 from .settings import MAX_DEPTH, Settings
 
-HARMLESS = {
-    "n_jobs",
-    "nthread",
-    "verbosity",
-    "silent",
-    "tree_method",
-    "device",
-    "max_bin",
-    "enable_categorical",
-    "eval_metric",
-    "importance_type",
-    "validate_parameters",
-    "feature_types",
-    "use_label_encoder",
-    "disable_default_eval_metric",
-    "min_child_weight",
-}
-# XGBoost's defaults of the parameters that have no meaning here (values equal to them are accepted).
-DEFAULTS: dict[str, tuple] = {
-    "subsample": (1, 1.0),
-    "colsample_bytree": (1, 1.0),
-    "colsample_bylevel": (1, 1.0),
-    "colsample_bynode": (1, 1.0),
-    "gamma": (0, 0.0),
-    "min_split_loss": (0, 0.0),
-    "max_leaves": (0,),
-    "grow_policy": ("depthwise",),
-    "reg_alpha": (0, 0.0),
-    "alpha": (0, 0.0),
-    "scale_pos_weight": (1, 1.0),
-    "max_delta_step": (0, 0.0),
-    "num_parallel_tree": (1,),
-    "monotone_constraints": ("()", "", (), [], {}),
-    "interaction_constraints": ("", "[]", (), []),
-    "sampling_method": ("uniform",),
-    "max_cat_to_onehot": (4,),
-    "max_cat_threshold": (64,),
-    "early_stopping_rounds": (),
-    "callbacks": ((), []),
-    "feature_weights": (),
-    "multi_strategy": ("one_output_per_tree",),
-    "booster": ("gbtree",),
-    "refresh_leaf": (1,),
-    "process_type": ("default",),
+HONOURED, HARMLESS, REFUSED = "honoured", "harmless", "refused"
+_STRUCTURE = "splits come from public candidates"
+_LEAVES = "leaves come from noisy gradient sums"
+_THREADS = "threads: the server sets them"
+# name: (what the trainer does with it, XGBoost's defaults (a refused parameter's accepted values), why)
+PARAMETERS: dict[str, tuple[str, tuple, str]] = {
+    "n_estimators": (HONOURED, (), "the rounds (unset: chosen from the released row count)"),
+    "max_depth": (HONOURED, (), f"each tree's depth, 1 to {MAX_DEPTH}"),
+    "learning_rate": (HONOURED, (), "the step each round's leaves are scaled by"),
+    "reg_lambda": (HONOURED, (), "the Newton leaves' L2 term"),
+    "objective": (HONOURED, (), "binary:logistic, multi:softprob or multi:softmax, reg:squarederror"),
+    "num_class": (HONOURED, (), "the classes of a multiclass model (else the owner's declared ones)"),
+    "random_state": (HONOURED, (), "the seed of the split structure (public whoever picks it)"),
+    "base_score": (HONOURED, (), "a public starting prediction (unset: a DP estimate)"),
+    "n_jobs": (HARMLESS, (), _THREADS),
+    "nthread": (HARMLESS, (), _THREADS),
+    "verbosity": (HARMLESS, (), "logging"),
+    "silent": (HARMLESS, (), "logging"),
+    "validate_parameters": (HARMLESS, (), "XGBoost's own parameter check"),
+    "importance_type": (HARMLESS, (), "what your local model reports; mode dp releases a noisy ranking"),
+    "enable_categorical": (HARMLESS, (), "the DP trainer reads text columns as categories itself"),
+    "use_label_encoder": (HARMLESS, (), "an old XGBoost setting with no effect"),
+    "device": (HARMLESS, (), "where XGBoost would compute; the trainer's sums run on the server's CPUs"),
+    "min_child_weight": (
+        HARMLESS,
+        (),
+        "mode dp_eval_only's leaf floor; in mode dp the noise protects leaves (no longer yours to set)",
+    ),
+    "eval_metric": (
+        REFUSED,
+        EVAL_METRICS,
+        "mode dp releases auc, log loss and accuracy (rmse, mae and r2) and a curve in log loss "
+        "(rmse): those are accepted, another would not be released",
+    ),
+    "disable_default_eval_metric": (REFUSED, (0, False), "mode dp releases its own metrics"),
+    "missing": (REFUSED, (), "a missing value is NULL or NaN in the table; no other value stands for it"),
+    "tree_method": (REFUSED, ("hist", "auto"), _STRUCTURE),
+    "max_bin": (REFUSED, (256,), "splits come from the owner's ranges or a DP sketch, not XGBoost's bins"),
+    "subsample": (REFUSED, (1, 1.0), "every training row is in every sum the proof counts"),
+    "sampling_method": (REFUSED, ("uniform",), "every training row is in every sum the proof counts"),
+    "colsample_bytree": (REFUSED, (1, 1.0), _STRUCTURE),
+    "colsample_bylevel": (REFUSED, (1, 1.0), _STRUCTURE),
+    "colsample_bynode": (REFUSED, (1, 1.0), _STRUCTURE),
+    "feature_weights": (REFUSED, (), _STRUCTURE),
+    "gamma": (REFUSED, (0, 0.0), _STRUCTURE),
+    "min_split_loss": (REFUSED, (0, 0.0), _STRUCTURE),
+    "max_leaves": (REFUSED, (0,), "trees grow level by level to max_depth"),
+    "grow_policy": (REFUSED, ("depthwise",), "trees grow level by level to max_depth"),
+    "interaction_constraints": (REFUSED, ("", "[]", (), []), _STRUCTURE),
+    "monotone_constraints": (REFUSED, ("()", "", (), [], {}), _STRUCTURE),
+    "max_cat_to_onehot": (REFUSED, (4,), "splits come from the owner's declared levels"),
+    "max_cat_threshold": (REFUSED, (64,), "splits come from the owner's declared levels"),
+    "feature_types": (REFUSED, (), "the server reads each column's type from the dataset"),
+    "reg_alpha": (REFUSED, (0, 0.0), _LEAVES),
+    "alpha": (REFUSED, (0, 0.0), _LEAVES),
+    "max_delta_step": (REFUSED, (0, 0.0), _LEAVES),
+    "scale_pos_weight": (REFUSED, (1, 1.0), "every row weighs the same in the sums the proof bounds"),
+    "num_parallel_tree": (REFUSED, (1,), "one tree per round and class"),
+    "multi_strategy": (REFUSED, ("one_output_per_tree",), "one tree per round and class"),
+    "booster": (REFUSED, ("gbtree",), "the DP trainer grows trees"),
+    "refresh_leaf": (REFUSED, (1,), _LEAVES),
+    "process_type": (REFUSED, ("default",), "the DP trainer grows new trees"),
+    "early_stopping_rounds": (REFUSED, (), "the trainer runs its rounds (stopping would read eval rows)"),
+    "callbacks": (REFUSED, ((), []), "no notebook code runs in training"),
 }
 OBJECTIVES = {BINARY: BINARY, MULTICLASS: MULTICLASS, "multi:softmax": MULTICLASS, REGRESSION: REGRESSION}
 ALIASES = {
@@ -79,7 +101,32 @@ def _is_default(name: str, value: Any) -> bool:
         return True
     if name == "missing":
         return isinstance(value, float) and math.isnan(value)
-    return any(value == d for d in DEFAULTS[name])
+    if name == "eval_metric":
+        metrics = value if isinstance(value, (list, tuple)) else [value]
+        return all(metric in EVAL_METRICS for metric in metrics)
+    return any(value == d for d in PARAMETERS[name][1])
+
+
+def refused_params(params: dict) -> list[str]:
+    """Each parameter the DP trainer refuses at its value, as `name (why)`; names it does not know too."""
+    refused = []
+    for name, value in sorted(params.items()):
+        name = ALIASES.get(name, name)
+        kind, _, why = PARAMETERS.get(name, (REFUSED, (), "not an XGBoost parameter the DP trainer knows"))
+        if kind == REFUSED and not _is_default(name, value):
+            refused.append(f"{name} ({why})")
+    return refused
+
+
+def check_params(params: dict) -> None:
+    """Refuse, by name and why, the parameters the DP trainer would not honour (`PARAMETERS`)."""
+    refused = refused_params(params)
+    if refused:
+        raise Refusal(
+            "parameter_out_of_bounds",
+            f"the DP trainer of mode dp refuses {'; '.join(refused)}; remove "
+            f"{'it' if len(refused) == 1 else 'them'} or set XGBoost's default",
+        )
 
 
 def _number(name: str, value: Any, low: float, high: float, integer: bool = False) -> float:
@@ -104,23 +151,8 @@ def settings_from_params(
     `classifier` says which estimator it was (None: from the objective), `num_class` how many classes
     the label has (public: the owner's declaration), `label_range` the owner's public range of a
     regression label."""
+    check_params(params)
     given = {ALIASES.get(k, k): v for k, v in params.items() if v is not None}
-    refused = sorted(
-        name
-        for name, value in given.items()
-        if name not in HARMLESS
-        and name not in {"n_estimators", "max_depth", "learning_rate", "reg_lambda", "objective"}
-        and name not in {"num_class", "random_state", "base_score", "missing"}
-        and (name not in DEFAULTS or not _is_default(name, value))
-    )
-    if "missing" in given and not _is_default("missing", given["missing"]):
-        refused.append("missing")
-    if refused:
-        raise Refusal(
-            "parameter_out_of_bounds",
-            f"the DP trainer has no use for {', '.join(refused)}: it draws the split structure at random "
-            "and sets leaves from noisy sums; remove them (or set them to XGBoost's defaults)",
-        )
     objective = str(given.get("objective") or (REGRESSION if classifier is False else BINARY))
     if objective not in OBJECTIVES:
         raise Refusal(

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from remote_magic.contract.wire import CostEstimate, CostRequest
+from remote_magic.contract.codes import Refusal
+from remote_magic.contract.wire import CostEstimate, CostRequest, curve_problem
 
 from ..intake.catalog import check_spec, version_of
 from ..release.desk import Request
@@ -18,6 +19,9 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
 def cost(
     settings: SettingsDep, versions: VersionsDep, desk: DeskDep, user: User, body: CostRequest
 ) -> CostEstimate:
+    refused = curve_problem(body.kind, body.release.curve)
+    if refused:
+        raise Refusal("invalid_request", refused)
     spec, plan = check_spec(settings, versions, user.datasets, body.spec)
     request = Request(
         user=user.user,

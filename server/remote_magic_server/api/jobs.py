@@ -13,6 +13,7 @@ from remote_magic.contract.automation_wire import RegisterRequest
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.wire import (
     FINAL_STATES,
+    JOB_LIST_MAX,
     DatasetSpec,
     JobKind,
     JobList,
@@ -20,6 +21,7 @@ from remote_magic.contract.wire import (
     JobState,
     JobStatus,
     ReleaseOptions,
+    curve_problem,
     first_error,
     spec_error,
 )
@@ -105,6 +107,10 @@ async def submit(
     payload = await model.read(limit + 1) if model is not None else b""
     if len(payload) > limit:
         raise Refusal("payload_too_large", f"the model is larger than {settings.server.max_payload_mb} MiB")
+    options = _parse_options(release)
+    refused = curve_problem(kind, options.curve)
+    if refused:
+        raise Refusal("invalid_request", refused)
     submission = Submission(
         user=user.user,
         datasets=user.datasets,
@@ -114,7 +120,7 @@ async def submit(
         idempotency_key=idempotency_key,
         register=_parse_register(register_as),
         base_model=base_model,
-        release=_parse_options(release),
+        release=options,
     )
     job, created = await asyncio.to_thread(intake.accept, submission)
     if created:
@@ -131,7 +137,7 @@ def list_jobs(
     store: StoreDep,
     registry: RegistryDep,
     user: User,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    limit: Annotated[int, Query(ge=1, le=JOB_LIST_MAX)] = 100,
     state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
 ) -> JobList:
     return JobList(jobs=[status_of(j, registry) for j in store.list_jobs(user.user, limit, state)])

@@ -152,6 +152,7 @@ class Driver:
                 staging.columns,
                 staging.label,
                 staging.partition_missing_label_query,
+                staging.label_levels,
                 workers=[workers[index % len(workers)]],
                 allow_other_workers=True,
                 pure=False,

@@ -26,7 +26,7 @@ from distributed import Client, Future, wait
 from remote_magic.contract import rows
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.query import EVAL_FLAG, ROW_ID
-from remote_magic.families.base import Batches, Part, Split
+from remote_magic.families.base import Batches, Part, Split, declared_labels
 
 from ..protocol import PARTITION_TABLE
 
@@ -44,6 +44,7 @@ def stage(
     columns: list[str],
     label: str,
     missing_query: str = "",
+    label_levels: list[str] | None = None,
 ) -> Part:
     """Read rows start..stop of the snapshot and admit them with the staging plan's partition query, in
     a DuckDB that can read nothing but the registered rows. Row numbers are the file's, as on a single
@@ -72,7 +73,7 @@ def stage(
     features = rows.clean(admitted, columns)
     levels: dict[str, Counter] = {}
     rows.count_levels(levels, features)
-    labels = admitted.column(label).to_numpy()
+    labels = declared_labels(admitted.column(label), label_levels)
     is_eval = admitted.column(EVAL_FLAG).fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
     row_ids = admitted.column(ROW_ID).to_numpy().astype(np.uint32)
     splits = [

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from remote_magic.contract import rows
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.query import EVAL_FLAG, MISSING_FLAG, ROW_ID
-from remote_magic.families.base import Batches, Part, Split
+from remote_magic.families.base import Batches, Part, Split, declared_labels
 
 from ..protocol import SCRATCH_DIR, Task
 
@@ -158,14 +158,21 @@ class _Part:
         self._writer, self._sink = None, None
 
     def split(
-        self, schema: pa.Schema, label: pa.DataType, cache: str, text: dict, rare: dict
+        self,
+        schema: pa.Schema,
+        label: pa.DataType,
+        cache: str,
+        text: dict,
+        rare: dict,
+        declared: list[str] | None = None,
     ) -> tuple[Split, np.ndarray]:
-        """The split's rows for the model family, and their row numbers."""
+        """The split's rows for the model family (labels as the `declared` classes), and their row numbers."""
         self._close()
         spilled = self.folder is not None
         batches = Batches(schema, self.chunks, cache if spilled else None, text, rare)
         row_ids = np.concatenate(self.row_ids) if self.row_ids else np.zeros(0, dtype=np.uint32)
-        return Split(x=batches, y=pa.chunked_array(self.labels, type=label).to_numpy()), row_ids
+        y = declared_labels(pa.chunked_array(self.labels, type=label), declared)
+        return Split(x=batches, y=y), row_ids
 
 
 def connect(task: Task, folder: Path = Path("."), ahead: duckdb.DuckDBPyConnection | None = None):
@@ -205,6 +212,7 @@ def stage(task: Task, folder: Path = Path("."), con: duckdb.DuckDBPyConnection |
             task.limits.staging_mb,
             task.rare_level_rows,
             derive,
+            staging.label_levels,
         )
     finally:
         if staging.table_rows is None or staging.table_rows * len(staging.columns) > KEEP_OPEN_CELLS:
@@ -221,6 +229,7 @@ def _stage_rows(
     staging_mb: int,
     rare_level_rows: int,
     derive: bool = False,
+    declared: list[str] | None = None,
 ) -> tuple[Part, int, int]:
     """The reader's rows (a staging query's: features, label, flags) as one partition (see `stage`), the
     number of files it spilled and the bytes of feature data it holds in memory past the last spill."""
@@ -252,8 +261,12 @@ def _stage_rows(
     text = rows.levels(counts, rare)
     features = rows.clean(pa.RecordBatch.from_pylist([], schema=schema), columns).schema
     label_type = schema.field(label).type
-    train, train_rows = parts["train"].split(features, label_type, str(scratch / "train"), text, rare)
-    evaluation, eval_rows = parts["eval"].split(features, label_type, str(scratch / "eval"), text, rare)
+    train, train_rows = parts["train"].split(
+        features, label_type, str(scratch / "train"), text, rare, declared
+    )
+    evaluation, eval_rows = parts["eval"].split(
+        features, label_type, str(scratch / "eval"), text, rare, declared
+    )
     return Part(train, evaluation, train_rows, eval_rows, counts, missing_label=missing), spilled, held
 
 
