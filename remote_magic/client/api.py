@@ -361,7 +361,9 @@ class Client(RegistryCalls):
         """What the job would cost in privacy budget, and how wide its intervals should be, before
         anything is spent: for a train job in mode dp, the DP trainer's part and the evaluation's, and
         the noise the trainer would add per leaf for this model (worked out here, with the label's public
-        range or classes from the catalog: the server prices a job without its model)."""
+        range or classes from the catalog: the server prices a job without its model), with warnings for a
+        model whose leaves would be mostly noise or whose run would be long (`trainer_noise.shape_warnings`,
+        from the catalog's released row count, never the exact one)."""
         spec = as_spec(spec)
         body = CostRequest(spec=spec, kind=kind, release=_options(release))  # type: ignore[arg-type]
         response = self._post_json("/cost", body)
@@ -370,17 +372,15 @@ class Client(RegistryCalls):
             if model is None:
                 why = "the noise per leaf depends on the model's n_estimators: pass the model to see it"
             else:
-                from .trainer_noise import expected_training  # the DP trainer's code loads XGBoost
+                from .trainer_noise import expected_training, shape_warnings  # the trainer loads XGBoost
 
                 info = self._dataset_info(spec.dataset)
                 classes = info.column_levels.get(spec.label, spec.classes)
-                estimate.training, why = expected_training(
-                    model,
-                    estimate.rho_train,
-                    estimate.delta,
-                    info.label_ranges.get(spec.label),
-                    len(classes) if classes else None,
-                )
+                public = (info.label_ranges.get(spec.label), len(classes) if classes else None)
+                estimate.training, why = expected_training(model, estimate.rho_train, estimate.delta, *public)
+                if estimate.training is not None:
+                    rows = info.rows - (estimate.assumed_eval_rows or 0) if info.rows else None
+                    estimate.warnings = shape_warnings(model, estimate.training, rows, *public)
             estimate.notes.extend([why] if why else [])
         return estimate
 

@@ -114,9 +114,11 @@ class DryRun:
 
     def __repr__(self) -> str:
         source = "a file from the data owner" if self.source == "file" else "synthesised from the schema"
+        warned = self.cost is not None and bool(self.cost.warnings)
         lines = [
             f"Dry run of {'evaluation' if self.kind == 'evaluate' else 'training'} on {self.dataset}: "
-            "spec and model are fine; nothing was sent to the server.",
+            f"spec and model {'pass every check, but see the warnings' if warned else 'are fine'}; nothing "
+            "was sent to the server.",
             f"mock rows: {self.mock_rows} ({source}); admitted by the filter: {self.admitted}; "
             f"train {self.train_rows}, eval {self.eval_rows}",
             f"label: {self.label}; features ({len(self.features)}): {', '.join(self.features)}",
@@ -156,6 +158,7 @@ class DryRun:
             *noise,
             *([f"expected 95% intervals{rows}: {expected}"] if expected else []),
             *(f"note: {note}" for note in c.notes),
+            *(f"warning: {warning}" for warning in c.warnings),
         ]
 
     def _repr_html_(self) -> str:
