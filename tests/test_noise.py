@@ -234,7 +234,9 @@ def test_the_best_round_note_fires_only_beyond_the_noise():
     wide = [[v - 0.04, v + 0.04] for v in values]
     assert _result(values, wide).past_best_note() is None, "0.1637 and 0.2292 are within each other's noise"
     narrow = [[v - 0.01, v + 0.01] for v in values]
-    assert "best at round 40" in _result(values, narrow).past_best_note()
+    note = _result(values, narrow).past_best_note()
+    assert "best at round 40" in note and "set n_estimators near 40" in note
+    assert "early stopping" not in note, "the server refuses early_stopping_rounds in every mode"
 
 
 def test_empty_fields_in_mode_dp_say_which_extra_fills_them(eve):

@@ -193,9 +193,12 @@ class TrainResult:
         lost = abs(final - value) >= SHARE_OF_RANGE_LOST * float(evals.max() - evals.min())
         if not (past and lost and final != value) or self._within_noise(best, last):
             return None
+        # The server never stops early (it refuses `early_stopping_rounds`): the advice is the rounds to set.
+        new = best - self.raw.rounds.base
         return (
             f"The eval {self.history.columns.name} was best at round {best} ({self._metric(value)}) and is "
-            f"{self._metric(final)} at round {last}: fewer rounds, or early stopping, would do better."
+            f"{self._metric(final)} at round {last}: fewer rounds would do better (set n_estimators near "
+            f"{max(new, 1)})."
         )
 
     @property
