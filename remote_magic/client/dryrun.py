@@ -231,7 +231,7 @@ def dry_run(
     """Check the spec and the model as the server would, admit mock rows, and fit (or score) the model."""
     spec = with_model_classes(model, spec, dataset)
     try:
-        resolved = resolve(spec, dataset.columns)
+        resolved = resolve(spec, dataset.columns, dataset.column_levels)
         scan(package_model(model))
         family = family_for(model)
         plan = family.canonical(model)
