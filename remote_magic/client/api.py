@@ -19,8 +19,8 @@ import random
 import time
 import uuid
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import requests
 from pydantic import BaseModel, ValidationError
 from requests.adapters import HTTPAdapter
@@ -57,11 +57,13 @@ from ..display.budget import Budget
 from ..display.description import Description
 from ..display.model import RemoteModel
 from ..display.result import TrainResult
-from ..families.xgboost import bounds as xgboost_bounds
 from .connection import check_url, client_cert_file, hub_token, tls_problem, tls_verify, unreachable
 from .errors import Busy, ConnectionProblem, RemoteError, SpecError, error_for
 from .job import Job
 from .registry_api import RegistryCalls, register_request
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_QUEUE_WAIT = 600.0
@@ -310,6 +312,8 @@ class Client(RegistryCalls):
         bounds = self._dataset_info(spec.dataset).bounds
         if bounds is None:
             return []
+        from ..families.xgboost import bounds as xgboost_bounds  # the families' base loads NumPy, Arrow
+
         plan = xgboost_bounds.plan_of_scan(report.estimator, report.params, report.rounds)
         note = xgboost_bounds.server_values_note(xgboost_bounds.server_values(plan, bounds))
         return [] if note is None else [note]

@@ -13,12 +13,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pandas as pd
-
 from ..contract.wire import JobResult, SplitSummary
 from .formats import count_text, dataset_text, interval_text, metric_text, privacy_text, rules_text
 
 if TYPE_CHECKING:
+    import pandas as pd
     import xgboost
 
     from .model import RemoteModel
@@ -391,6 +390,7 @@ class TrainResult:
 
     def _metrics_html(self) -> str:
         """One row per released metric: its name and its value as released."""
+
         rows = "".join(
             f"<tr><th style='{_CELL}'>{html.escape(name)}</th>"
             f"<td style='{_NUM}'>{html.escape(self._metric_text(name))}</td></tr>"
