@@ -103,6 +103,8 @@ class TrainResult:
     def history(self) -> pd.DataFrame:
         """The metric per boosting round on the train and eval rows, for the rounds trained remotely; in
         mode dp the eval metric at the checkpoints asked for (`curve=K`) with its 95% interval."""
+        import pandas as pd
+
         h = self.raw.history
         if h is None:
             return pd.DataFrame(columns=["train", "eval"], index=pd.Index([], name="round"))
@@ -124,6 +126,8 @@ class TrainResult:
     def feature_importance(self) -> pd.Series:
         """Average gain per split of each feature, largest first (mode rules; mode dp releases a ranking,
         `importance_ranking`, instead)."""
+        import pandas as pd
+
         series = pd.Series(self.raw.feature_importance, name="gain", dtype=float)
         return series.sort_values(ascending=False, kind="stable")
 
@@ -134,6 +138,8 @@ class TrainResult:
     @property
     def confusion_matrix(self) -> pd.DataFrame | None:
         """True class in rows, predicted in columns; `NaN` marks a suppressed cell."""
+        import pandas as pd
+
         cm = self.raw.confusion_matrix
         if cm is None:
             return None
