@@ -89,6 +89,10 @@ def test_a_sweep_compared_carries_intervals_and_is_not_ranked_within_the_noise(e
         assert result._metric_text("auc") in text and "[" in result._metric_text("auc")
         assert table.intervals.loc[name, ("auc", "low")] == low
         assert table.intervals.loc[name, ("auc", "high")] == high
+        # the review's 10: `.table` holds the intervals the README promises, and the dataset's version
+        assert (table.table.loc[name, "auc low"], table.table.loc[name, "auc high"]) == (low, high)
+        version = result.raw.dataset_version
+        assert version is not None and table.table.loc[name, "dataset"] == f"even@{version}"
     ranking = table.ranking()
     order = ranking.split(": ", 1)[1].split("\n")[0]
     names = [n.strip() for n in order.replace("~", ">").split(">")]
