@@ -119,6 +119,20 @@ def as_spec(spec: DatasetSpec | dict) -> DatasetSpec:
         raise SpecError("invalid_spec", spec_error(exc.errors())) from None
 
 
+def _check_literal_types(model: object) -> None:
+    """Refuse here, before anything is sent, a whole-number parameter given as text or a decimal
+    (`n_estimators="20"`), by the XGBoost family's own rule, as the server and the dry run do."""
+    get_params = getattr(model, "get_params", None)
+    if not callable(get_params):
+        return
+    from ..families.xgboost.bounds import check_whole_numbers  # the families' base loads NumPy, Arrow
+
+    try:
+        check_whole_numbers(get_params())
+    except Refusal as refusal:
+        raise error_for(refusal.code, refusal.message) from None
+
+
 def _options(release: ReleaseOptions | dict | None) -> ReleaseOptions:
     if isinstance(release, ReleaseOptions):
         return release
@@ -256,6 +270,7 @@ class Client(RegistryCalls):
         limit = self.queue_wait if queue_wait is None else queue_wait
         spec = as_spec(spec)
         if model is not None:
+            _check_literal_types(model)
             spec = with_model_classes(model, spec, self._dataset_info(spec.dataset))
         options = _options(release)
         key = idempotency_key or uuid.uuid4().hex

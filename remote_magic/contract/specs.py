@@ -48,7 +48,8 @@ def resolve(
     usable = [c for c in names if roles[c] in ("feature", "label")]
     ids = [c for c in names if roles[c] == "id"]
     if spec.label not in roles:
-        raise Refusal("unknown_column", unknown_column_message(spec.label, usable, "label"))
+        labels = [c for c in names if roles[c] == "label"]  # suggest only columns that can be a label
+        raise Refusal("unknown_column", unknown_column_message(spec.label, labels, "label"))
     if roles[spec.label] != "label":
         labels = ", ".join(repr(c) for c in names if roles[c] == "label")
         raise Refusal("invalid_spec", f"{spec.label!r} is not a label column; labels: {labels}")
