@@ -245,3 +245,30 @@ def test_the_dry_run_magic_shows_the_training_cost_and_the_noise_per_leaf(shell)
     assert (
         "training rho 0.05" in shown and "DP training: 20 trees; Gaussian noise on each leaf's sums" in shown
     )
+
+
+def test_a_deep_or_long_model_is_warned_about_from_public_numbers_and_still_runs(priced):
+    """The review's 1: `n_estimators=2000, max_depth=12` on the demo was called fine, with no word that its
+    leaves hold ~10 rows against noise of sd 192, nor that it would run for an hour. The warnings use the
+    catalog's released row count, the depth, the rounds and the noise only; the job still runs."""
+    c = priced.client("ana")
+    assert c.cost(xgb.XGBClassifier(n_estimators=10, max_depth=3), spec("trainer")).warnings == []
+    deep = xgb.XGBClassifier(n_estimators=2, max_depth=12)
+    estimate = c.cost(deep, spec("trainer"))
+    assert len(estimate.warnings) == 1 and estimate.warnings[0].startswith("max_depth=12 leaves about 0 ")
+    assert "most leaves would be noise. Lower max_depth (to about" in estimate.warnings[0]
+    long = c.cost(xgb.XGBClassifier(n_estimators=400, max_depth=10), spec("trainer")).warnings
+    assert any("409,600 leaves" in w and "128 times the default job's 3,200" in w for w in long)
+    assert any("rough guide" in w for w in long)
+    result = c.train(deep, spec("trainer"), timeout=300)
+    assert result.raw.training.trees == 2 and result.privacy["rho"] == pytest.approx(estimate.rho)
+
+
+def test_the_dry_run_says_its_warnings_instead_of_calling_the_model_fine(shell):
+    cell = "from xgboost import XGBClassifier\nmodel = XGBClassifier(n_estimators=2000, max_depth=12)\n"
+    outcome = shell.run_cell("%%remote_train --dry-run -d synthetic -l label --eval-fraction 0.2\n" + cell)
+    outcome.raise_error()
+    shown = repr(outcome.result)
+    assert "spec and model pass every check, but see the warnings" in shown and "are fine" not in shown
+    assert "warning: max_depth=12 leaves about 10 training rows per leaf" in shown
+    assert "Lower max_depth (to about 7)" in shown and "times the default job's" in shown

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import xgboost as xgb
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
@@ -295,3 +296,23 @@ def test_continued_training_says_base_and_new_rounds(server):
     assert "4 base + 6 new = 10 rounds" in result._repr_html_() and "rounds: 4 base + 6 new = 10" in repr(
         result
     )
+
+
+def test_small_mistakes_from_review_7_are_named_before_anything_is_spent(server):
+    """`n_estimators="20"` was accepted silently (plain XGBoost fails on it); `multi:softprob` on two
+    classes was told only "needs num_class"; `--label lable` suggested the feature `age` too."""
+    from remote_magic.client.errors import ModelRejected, SpecError
+
+    client = server.client()
+    spec = {"dataset": "synthetic", "label": "label"}
+    jobs = len(client.jobs())
+    with pytest.raises(ModelRejected) as typed:
+        client.train(xgb.XGBClassifier(n_estimators="20"), spec)
+    assert typed.value.code == "parameter_out_of_bounds"
+    assert "n_estimators must be a whole number (int), not '20' (str)" in typed.value.message
+    assert len(client.jobs()) == jobs, "refused here, before anything was sent"
+    with pytest.raises(SpecError) as typo:
+        client.cost(None, {**spec, "label": "lable"})
+    assert "did you mean 'label'?" in typo.value.message and "'age'" not in typo.value.message
+    multi = client.cost(xgb.XGBClassifier(objective="multi:softprob", n_estimators=5), spec)
+    assert any("for a label of two classes use binary:logistic" in note for note in multi.notes)

@@ -89,6 +89,10 @@ def test_a_sweep_compared_carries_intervals_and_is_not_ranked_within_the_noise(e
         assert result._metric_text("auc") in text and "[" in result._metric_text("auc")
         assert table.intervals.loc[name, ("auc", "low")] == low
         assert table.intervals.loc[name, ("auc", "high")] == high
+        # the review's 10: `.table` holds the intervals the README promises, and the dataset's version
+        assert (table.table.loc[name, "auc low"], table.table.loc[name, "auc high"]) == (low, high)
+        version = result.raw.dataset_version
+        assert version is not None and table.table.loc[name, "dataset"] == f"even@{version}"
     ranking = table.ranking()
     order = ranking.split(": ", 1)[1].split("\n")[0]
     names = [n.strip() for n in order.replace("~", ">").split(">")]
@@ -234,7 +238,9 @@ def test_the_best_round_note_fires_only_beyond_the_noise():
     wide = [[v - 0.04, v + 0.04] for v in values]
     assert _result(values, wide).past_best_note() is None, "0.1637 and 0.2292 are within each other's noise"
     narrow = [[v - 0.01, v + 0.01] for v in values]
-    assert "best at round 40" in _result(values, narrow).past_best_note()
+    note = _result(values, narrow).past_best_note()
+    assert "best at round 40" in note and "set n_estimators near 40" in note
+    assert "early stopping" not in note, "the server refuses early_stopping_rounds in every mode"
 
 
 def test_empty_fields_in_mode_dp_say_which_extra_fills_them(eve):

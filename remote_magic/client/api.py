@@ -19,8 +19,8 @@ import random
 import time
 import uuid
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import requests
 from pydantic import BaseModel, ValidationError
 from requests.adapters import HTTPAdapter
@@ -59,11 +59,13 @@ from ..display.model import RemoteModel
 from ..display.progress import script_bar
 from ..display.result import TrainResult
 from ..display.tables import Datasets
-from ..families.xgboost import bounds as xgboost_bounds
 from .connection import check_url, client_cert_file, hub_token, tls_problem, tls_verify, unreachable
 from .errors import Busy, ConnectionProblem, RemoteError, SpecError, error_for
 from .job import Job
 from .registry_api import RegistryCalls, register_request
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_QUEUE_WAIT = 600.0
@@ -117,6 +119,20 @@ def as_spec(spec: DatasetSpec | dict) -> DatasetSpec:
         return DatasetSpec.model_validate(spec)
     except ValidationError as exc:
         raise SpecError("invalid_spec", spec_error(exc.errors())) from None
+
+
+def _check_literal_types(model: object) -> None:
+    """Refuse here, before anything is sent, a whole-number parameter given as text or a decimal
+    (`n_estimators="20"`), by the XGBoost family's own rule, as the server and the dry run do."""
+    get_params = getattr(model, "get_params", None)
+    if not callable(get_params):
+        return
+    from ..families.xgboost.bounds import check_whole_numbers  # the families' base loads NumPy, Arrow
+
+    try:
+        check_whole_numbers(get_params())
+    except Refusal as refusal:
+        raise error_for(refusal.code, refusal.message) from None
 
 
 def _options(release: ReleaseOptions | dict | None) -> ReleaseOptions:
@@ -258,6 +274,7 @@ class Client(RegistryCalls):
         limit = self.queue_wait if queue_wait is None else queue_wait
         spec = as_spec(spec)
         if model is not None:
+            _check_literal_types(model)
             spec = with_model_classes(model, spec, self._dataset_info(spec.dataset))
         options = _options(release)
         key = idempotency_key or uuid.uuid4().hex
@@ -314,6 +331,8 @@ class Client(RegistryCalls):
         bounds = self._dataset_info(spec.dataset).bounds
         if bounds is None:
             return []
+        from ..families.xgboost import bounds as xgboost_bounds  # the families' base loads NumPy, Arrow
+
         plan = xgboost_bounds.plan_of_scan(report.estimator, report.params, report.rounds)
         note = xgboost_bounds.server_values_note(xgboost_bounds.server_values(plan, bounds))
         return [] if note is None else [note]
@@ -369,7 +388,9 @@ class Client(RegistryCalls):
         """What the job would cost in privacy budget, and how wide its intervals should be, before
         anything is spent: for a train job in mode dp, the DP trainer's part and the evaluation's, and
         the noise the trainer would add per leaf for this model (worked out here, with the label's public
-        range or classes from the catalog: the server prices a job without its model)."""
+        range or classes from the catalog: the server prices a job without its model), with warnings for a
+        model whose leaves would be mostly noise or whose run would be long (`trainer_noise.shape_warnings`,
+        from the catalog's released row count, never the exact one)."""
         spec = as_spec(spec)
         body = CostRequest(spec=spec, kind=kind, release=_options(release))  # type: ignore[arg-type]
         response = self._post_json("/cost", body)
@@ -378,20 +399,20 @@ class Client(RegistryCalls):
             if model is None:
                 why = "the noise per leaf depends on the model's n_estimators: pass the model to see it"
             else:
-                from .trainer_noise import expected_training  # the DP trainer's code loads XGBoost
+                from .trainer_noise import expected_training, shape_warnings  # the trainer loads XGBoost
 
                 info = self._dataset_info(spec.dataset)
                 classes = info.column_levels.get(spec.label, spec.classes)
+                public = (info.label_ranges.get(spec.label), len(classes) if classes else None)
                 try:
                     estimate.training, why = expected_training(
-                        model,
-                        estimate.rho_train,
-                        estimate.delta,
-                        info.label_ranges.get(spec.label),
-                        len(classes) if classes else None,
+                        model, estimate.rho_train, estimate.delta, *public
                     )
                 except Refusal as refused:  # the server's refusal of this model, before anything is spent
                     raise error_for(refused.code, refused.message) from None
+                if estimate.training is not None:
+                    rows = info.rows - (estimate.assumed_eval_rows or 0) if info.rows else None
+                    estimate.warnings = shape_warnings(model, estimate.training, rows, *public)
             estimate.notes.extend([why] if why else [])
         return estimate
 

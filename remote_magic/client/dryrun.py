@@ -115,9 +115,11 @@ class DryRun:
 
     def __repr__(self) -> str:
         source = "a file from the data owner" if self.source == "file" else "synthesised from the schema"
+        warned = self.cost is not None and bool(self.cost.warnings)
         lines = [
             f"Dry run of {'evaluation' if self.kind == 'evaluate' else 'training'} on {self.dataset}: "
-            "spec and model are fine; nothing was sent to the server.",
+            f"spec and model {'pass every check, but see the warnings' if warned else 'are fine'}; nothing "
+            "was sent to the server.",
             f"mock rows: {self.mock_rows} ({source}); admitted by the filter: {self.admitted}; "
             f"train {self.train_rows}, eval {self.eval_rows}",
             f"label: {self.label}; features ({len(self.features)}): {', '.join(self.features)}",
@@ -199,7 +201,7 @@ def dry_run(
     """Check the spec and the model as the server would, admit mock rows, and fit (or score) the model."""
     spec = with_model_classes(model, spec, dataset)
     try:
-        resolved = resolve(spec, dataset.columns)
+        resolved = resolve(spec, dataset.columns, dataset.column_levels)
         scan(package_model(model))
         family = family_for(model)
         plan = family.canonical(model)

@@ -19,7 +19,10 @@ from ..contract.wire import DPTraining
 from ..families import family as family_named
 from ..families.dpboost.accounting import epsilon
 from ..families.dpboost.family import settings_for
-from ..families.dpboost.settings import DEFAULT_ROUNDS
+from ..families.dpboost.settings import DEFAULT_DEPTH, DEFAULT_ROUNDS
+
+# Leaves grown (trees x 2**max_depth) past this many times the default job's draw a warning on the run time.
+SLOW_FACTOR = 16
 
 
 def expected_training(
@@ -57,3 +60,46 @@ def expected_training(
         else ""
     )
     return training, note
+
+
+def shape_warnings(
+    model: object,
+    training: DPTraining,
+    train_rows: int | None,
+    label_range: tuple[float, float] | None = None,
+    classes: int | None = None,
+) -> list[str]:
+    """Warnings, from public numbers only, for a model whose shape the DP trainer cannot serve well: leaves
+    too small against the noise on their sums, and far more leaves to grow than the default job.
+
+    `train_rows` is the catalog's released row count less the evaluation's share (the filter may admit
+    fewer). A leaf of a tree of depth d holds about train_rows / 2**d rows; its gradient sum is at most
+    that many times the gradient's bound, against noise of sd `training.sigma_gradient`. The run time is
+    not estimated: it grows with the leaves grown, rounds x 2**max_depth, which is compared with the
+    default job's instead."""
+    try:
+        plan = family_named("dpboost").canonical(model)
+        settings = settings_for(plan, classes, label_range)
+    except Refusal:
+        return []
+    depth, bound = settings.max_depth, settings.objective_().gradient_bound
+    warnings = []
+    noise_rows = training.sigma_gradient / bound
+    if train_rows and train_rows / 2**depth < noise_rows:
+        fits = int(math.log2(train_rows / noise_rows)) if train_rows > noise_rows else 1
+        warnings.append(
+            f"max_depth={depth} leaves about {train_rows / 2**depth:,.0f} training rows per leaf (of about "
+            f"{train_rows:,} before your filter), but the noise on a leaf's gradient sum (sd "
+            f"{training.sigma_gradient:.3g}) is as large as {noise_rows:,.0f} rows' largest gradients: most "
+            f"leaves would be noise. Lower max_depth (to about {max(1, min(depth - 1, fits))}) or "
+            "n_estimators (fewer trees, less noise per tree)"
+        )
+    leaves, default = training.trees * 2**depth, DEFAULT_ROUNDS * 2**DEFAULT_DEPTH
+    if leaves >= SLOW_FACTOR * default:
+        warnings.append(
+            f"this model grows up to {leaves:,} leaves (trees x 2**max_depth), {leaves / default:,.0f} "
+            f"times the default job's {default:,} ({DEFAULT_ROUNDS} rounds at depth {DEFAULT_DEPTH}); the "
+            "run time grows with them, so expect a long job (a rough guide, not an estimate: 64 times the "
+            "leaves took about 18 times as long on the demo). Lower max_depth or n_estimators to shorten it"
+        )
+    return warnings

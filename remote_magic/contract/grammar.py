@@ -271,3 +271,25 @@ def check_derive(
         if name in taken:
             raise Refusal("invalid_derive", f"derived column {name!r} has the name of a dataset column")
         parse_derive(name, text, columns, unusable)
+
+
+def check_declared_levels(tree: exp.Expression, levels: Mapping[str, Collection[str]], what: str) -> None:
+    """Refuse a filter that compares a column whose levels the data owner declared (public, in the catalog)
+    with text that is none of them (`grade = 'F'`, `grade IN ('A', 'F')`). Judged on the declaration
+    alone, before any row is read or any budget charged; the message names the analyst's own literal and
+    the declaration's key, no other value."""
+    for node in tree.find_all(exp.EQ, exp.NEQ, exp.In):
+        sides = [node.this, *node.expressions] if isinstance(node, exp.In) else [node.this, node.expression]
+        sides = [side.unnest() for side in sides]
+        column = next((s for s in sides if isinstance(s, exp.Column) and s.name in levels), None)
+        if column is None:
+            continue
+        declared = set(levels[column.name])
+        for side in sides:
+            if isinstance(side, exp.Literal) and side.is_string and side.this not in declared:
+                raise Refusal(
+                    "invalid_filter",
+                    f"{side.this!r} is not one of the levels the data owner declared for {column.name!r} "
+                    f"(`column_levels.{column.name}`, in `client.dataset(name).column_levels`): a {what} "
+                    "compares such a column only with its declared levels; refused before any charge",
+                )

@@ -9,12 +9,12 @@ module, a spec the dry run calls fine is a spec the server accepts.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .codes import Refusal
-from .grammar import check_derive, filter_columns, parse_derive, parse_filter
-from .types import BOOLEAN, FEATURE_KINDS, NUMBER, TIME, check_derived, check_filter, kind_of
+from .grammar import check_declared_levels, check_derive, filter_columns, parse_derive, parse_filter
+from .types import BOOLEAN, FEATURE_KINDS, NUMBER, TEXT, TIME, check_derived, check_filter, kind_of
 from .wire import ColumnInfo, DatasetInfo, DatasetSpec, is_dp, unknown_column_message
 
 # The roles of the columns a filter or a derived column may not use, in words for a refusal.
@@ -38,14 +38,18 @@ class Resolved:
         return [*self.features, *self.derived]
 
 
-def resolve(spec: DatasetSpec, columns: Sequence[ColumnInfo]) -> Resolved:
-    """Check a spec against the columns and their roles; raise Refusal naming what is wrong."""
+def resolve(
+    spec: DatasetSpec, columns: Sequence[ColumnInfo], levels: Mapping[str, Sequence[str]] | None = None
+) -> Resolved:
+    """Check a spec against the columns and their roles, and its filters' text against the owner's
+    declared `levels` of text columns (public); raise Refusal naming what is wrong."""
     roles = {c.name: c.role for c in columns}
     names = [c.name for c in columns]
     usable = [c for c in names if roles[c] in ("feature", "label")]
     ids = [c for c in names if roles[c] == "id"]
     if spec.label not in roles:
-        raise Refusal("unknown_column", unknown_column_message(spec.label, usable, "label"))
+        labels = [c for c in names if roles[c] == "label"]  # suggest only columns that can be a label
+        raise Refusal("unknown_column", unknown_column_message(spec.label, labels, "label"))
     if roles[spec.label] != "label":
         labels = ", ".join(repr(c) for c in names if roles[c] == "label")
         raise Refusal("invalid_spec", f"{spec.label!r} is not a label column; labels: {labels}")
@@ -81,6 +85,7 @@ def resolve(spec: DatasetSpec, columns: Sequence[ColumnInfo]) -> Resolved:
                 "invalid_filter", f"the label {spec.label!r} may not appear in a {what}; filter on features"
             )
         check_filter(tree, kinds, what)
+        check_declared_levels(tree, {c: v for c, v in (levels or {}).items() if kinds.get(c) == TEXT}, what)
     derive_columns = [c for c in names if roles[c] == "feature"]
     derive = spec.derive or {}
     if derive:

@@ -534,6 +534,11 @@ class CostEstimate(_Strict):
         default_factory=dict, description="Expected half-width of each metric's 95% interval."
     )
     notes: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What the job would likely do badly (leaves mostly noise, a long run), from public "
+        "numbers; filled by the client from the model, like `training`.",
+    )
 
 
 class BudgetCharge(_Strict):

@@ -5,11 +5,13 @@ charged too once its rows were admitted), so nothing is spent out of sight."""
 from __future__ import annotations
 
 import html
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from ..contract.wire import BudgetReport, DatasetBudget
 from .tables import Table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _headline(budget: DatasetBudget) -> str:
@@ -59,5 +61,7 @@ class Budget:
         return "<div class='remote-magic-budget'>" + "".join(parts) + "</div>"
 
     def to_pandas(self) -> pd.DataFrame:
+        import pandas as pd
+
         rows = [{"dataset": b.dataset, **c.model_dump()} for b in self.report.datasets for c in b.charges]
         return pd.DataFrame(rows, columns=["dataset", "job_id", "kind", "rho", "at"])

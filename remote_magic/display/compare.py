@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from .formats import count_text, interval_text
+from .formats import count_text, dataset_text, interval_text
 from .result import TrainResult
 
 if TYPE_CHECKING:
@@ -36,19 +36,31 @@ class Comparison:
 
     @property
     def table(self) -> pd.DataFrame:
+        """One row per run: its dataset version (`loans@2`), kind, rounds, rows, and each metric followed,
+        in mode dp, by its 95% interval's ends (columns `"<metric> low"`, `"<metric> high"`)."""
         rows = []
         for name, r in self.results.items():
             summary = r.summary
             row = {
                 "run": name,
-                "dataset": r.raw.dataset,
+                "dataset": dataset_text(r.raw.dataset, r.raw.dataset_version),
                 "kind": r.kind,
                 "rounds": r.rounds["total"],
                 "train rows": (summary.get("train") or {}).get("rows"),
                 "eval rows": summary["eval"]["rows"],
             }
-            rows.append({**row, **r.metrics})
+            for metric, value in r.metrics.items():
+                band = r.intervals.get(metric)
+                ends = dict(zip((f"{metric} {end}" for end in ENDS), band)) if band is not None else {}
+                row.update({metric: value, **ends})
+            rows.append(row)
         return pd.DataFrame(rows).set_index("run")
+
+    @property
+    def _points(self) -> pd.DataFrame:
+        """`table` without the intervals' columns (the display writes each as `value [low, high]`)."""
+        table = self.table
+        return table.drop(columns=[c for c in table.columns if c.endswith(ENDS) and " " in c])
 
     @property
     def intervals(self) -> pd.DataFrame:
@@ -147,13 +159,14 @@ class Comparison:
         return compare_figures.figure(self)
 
     def _text_table(self) -> pd.DataFrame:
-        table = self.table.astype(object)
+        points = self._points
+        table = points.astype(object)
         for name, result in self.results.items():
             row = table.loc[name]
             table.loc[name] = row.where(row.notna(), count_text(None, result.raw.policy))
-        table.loc[self.table["kind"] == "evaluate", "train rows"] = "-"
-        for column in self.table.columns:
-            if pd.api.types.is_float_dtype(self.table[column]) and column not in ("train rows", "eval rows"):
+        table.loc[points["kind"] == "evaluate", "train rows"] = "-"
+        for column in points.columns:
+            if pd.api.types.is_float_dtype(points[column]) and column not in ("train rows", "eval rows"):
                 table[column] = [
                     interval_text(v, self.results[name].intervals.get(column), self.results[name].raw.policy)
                     if isinstance(v, float)

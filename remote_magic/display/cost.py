@@ -38,6 +38,7 @@ def cost_lines(c: CostEstimate) -> list[str]:
         *noise,
         *([f"expected 95% intervals{rows}: {expected}"] if expected else []),
         *(f"note: {note}" for note in c.notes),
+        *(f"warning: {warning}" for warning in c.warnings),
     ]
 
 

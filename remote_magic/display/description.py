@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import sqlglot
 from sqlglot import exp
 
 from ..contract.wire import ColumnDescription, DatasetSpec, DescribeResult, HistogramBin, PolicyInEffect
 from .formats import count_text, dataset_text, privacy_text, rules_text
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 BAR_COLOUR = "#4c72b0"
 OTHER_COLOUR = "#b0b0b0"
@@ -173,6 +176,8 @@ class Description:
 
     def histogram(self, column: str) -> pd.Series:
         """A numeric column's released bins as a Series indexed by bin label."""
+        import pandas as pd
+
         col = self.columns[column]
         bins = col.histogram or []
         return pd.Series(

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING
 
 from ..contract.automation_wire import LineageChain, ModelList, ModelVersion
 from .formats import point_text
 from .tables import Table
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 VERSION_COLOUR = "#dbe7f5"
 DATA_COLOUR = "#fbe5d6"
@@ -67,6 +69,8 @@ class LineageView:
 
     def plot(self) -> Figure:
         """The chain, oldest on the left: version boxes on top, the data each was trained on below."""
+        from matplotlib.figure import Figure  # here, not at import: a client that draws nothing skips it
+
         chain = list(reversed(self.versions))
         fig = Figure(figsize=(max(3.0, 2.2 * len(chain)), 2.4), layout="constrained")
         ax = fig.subplots()

@@ -13,12 +13,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pandas as pd
-
 from ..contract.wire import JobResult, SplitSummary
 from .formats import count_text, dataset_text, interval_text, metric_text, privacy_text, rules_text
 
 if TYPE_CHECKING:
+    import pandas as pd
     import xgboost
 
     from .model import RemoteModel
@@ -104,6 +103,8 @@ class TrainResult:
     def history(self) -> pd.DataFrame:
         """The metric per boosting round on the train and eval rows, for the rounds trained remotely; in
         mode dp the eval metric at the checkpoints asked for (`curve=K`) with its 95% interval."""
+        import pandas as pd
+
         h = self.raw.history
         if h is None:
             return pd.DataFrame(columns=["train", "eval"], index=pd.Index([], name="round"))
@@ -125,6 +126,8 @@ class TrainResult:
     def feature_importance(self) -> pd.Series:
         """Average gain per split of each feature, largest first (mode rules; mode dp releases a ranking,
         `importance_ranking`, instead)."""
+        import pandas as pd
+
         series = pd.Series(self.raw.feature_importance, name="gain", dtype=float)
         return series.sort_values(ascending=False, kind="stable")
 
@@ -135,6 +138,8 @@ class TrainResult:
     @property
     def confusion_matrix(self) -> pd.DataFrame | None:
         """True class in rows, predicted in columns; `NaN` marks a suppressed cell."""
+        import pandas as pd
+
         cm = self.raw.confusion_matrix
         if cm is None:
             return None
@@ -193,9 +198,12 @@ class TrainResult:
         lost = abs(final - value) >= SHARE_OF_RANGE_LOST * float(evals.max() - evals.min())
         if not (past and lost and final != value) or self._within_noise(best, last):
             return None
+        # The server never stops early (it refuses `early_stopping_rounds`): the advice is the rounds to set.
+        new = best - self.raw.rounds.base
         return (
             f"The eval {self.history.columns.name} was best at round {best} ({self._metric(value)}) and is "
-            f"{self._metric(final)} at round {last}: fewer rounds, or early stopping, would do better."
+            f"{self._metric(final)} at round {last}: fewer rounds would do better (set n_estimators near "
+            f"{max(new, 1)})."
         )
 
     @property
@@ -413,6 +421,7 @@ class TrainResult:
 
     def _metrics_html(self) -> str:
         """One row per released metric: its name and its value as released."""
+
         rows = "".join(
             f"<tr><th style='{_CELL}'>{html.escape(name)}</th>"
             f"<td style='{_NUM}'>{html.escape(self._metric_text(name))}</td></tr>"

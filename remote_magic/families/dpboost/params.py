@@ -166,7 +166,9 @@ def settings_from_params(
         objective = MULTICLASS
     if objective == MULTICLASS and classes < 2:
         raise Refusal(
-            "unsupported_model", "a multiclass model needs the label's number of classes (num_class)"
+            "unsupported_model",
+            "a multiclass model (multi:softprob) needs the label's number of classes, three or more "
+            "(num_class, or the declared classes); for a label of two classes use binary:logistic",
         )
     if objective == REGRESSION and label_range is None:
         raise Refusal("unsupported_model", "a DP regression needs the data owner's public range of the label")

@@ -153,3 +153,19 @@ def _check_leaf_floor(plan: Plan, rows: int) -> None:
             f"least {rows} rows, which for {kind} needs min_child_weight >= {floor:g} "
             f"(set min_child_weight={math.ceil(floor)})",
         )
+
+
+# Parameters XGBoost takes as whole numbers; a string or a float there (`n_estimators="20"`) is a mistake
+# plain XGBoost fails on, which canonicalising would otherwise turn into a number silently.
+WHOLE_NUMBER_PARAMS = ("n_estimators", "max_depth", "max_bin", "nthread", "n_jobs", "num_parallel_tree")
+
+
+def check_whole_numbers(params: dict) -> None:
+    """Refuse, by name, a whole-number parameter given as another type (text, a decimal, true/false)."""
+    for name in WHOLE_NUMBER_PARAMS:
+        value = params.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise Refusal(
+                "parameter_out_of_bounds",
+                f"{name} must be a whole number (int), not {value!r} ({type(value).__name__})",
+            )

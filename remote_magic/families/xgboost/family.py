@@ -330,6 +330,7 @@ class XGBoostFamily:
             except Exception:  # noqa: BLE001 - an unfitted estimator raises NotFitted
                 base = None
             raw = model.get_params()
+            xgboost_bounds.check_whole_numbers(raw)
             params = _scalar_params(model.get_xgb_params())
             task = _task_of(params.get("objective"), isinstance(model, xgb.XGBClassifier))
             booster, base_rounds = _raw(_as_predicted(base))

@@ -141,7 +141,8 @@ def check_spec(
     version goes into the plan) and the plan the worker needs, or raise Refusal."""
     name, dataset = granted(settings, datasets, spec.dataset)
     version = version_of(versions, spec.dataset)
-    plan = JobPlan.of(resolve(spec, columns_of(dataset, version)), version.number, version.content_hash)
+    resolved = resolve(spec, columns_of(dataset, version), dataset.column_levels)
+    plan = JobPlan.of(resolved, version.number, version.content_hash)
     if spec.classes is not None:
         _check_classes(spec.label, spec.classes, dataset.column_levels.get(spec.label), plan.label_dtype)
     return spec.model_copy(update={"dataset": name}), plan
