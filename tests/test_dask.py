@@ -215,10 +215,11 @@ def test_a_worker_a_lost_job_left_stuck_is_restarted_and_the_next_job_runs(tmp_p
     """A survivor of a lost worker can stay blocked in XGBoost's collective forever (CI saw it once in
     the cycles above: the next job then waited in staging for its timeout). Here a task that never ends,
     then let go by its client, holds one worker's only thread the same way. While that worker also holds
-    data another job still wants, the next job leaves it out and is not restarted (a restart would end
-    the other job); once nothing else is there, the next job restarts it. Both jobs succeed."""
+    data another job still wants, it is not restarted (a restart would end the other job): the next job
+    fails `cluster_busy` after `start_timeout_s` and the data is intact. Once nothing else is there, the
+    next job restarts it and succeeds."""
     with local_cluster(2) as cluster, Client(cluster) as client:
-        extra = executor(cluster.scheduler_address, partitions=2, collective_timeout_s=5)
+        extra = executor(cluster.scheduler_address, partitions=2, collective_timeout_s=5, start_timeout_s=20)
         users = {"alice": ["breast_cancer_rules"]}
         with running(tmp_path / "data", tmp_path / "server.log", users, extra) as server:
             pids = client.run(os.getpid)
@@ -228,19 +229,21 @@ def test_a_worker_a_lost_job_left_stuck_is_restarted_and_the_next_job_runs(tmp_p
             wait_until(lambda: client.processing([held])[held], 60, "the blocking task to start")
             blocker.release()
             wait_until(lambda: client.run(stuck._unwanted, workers=[held])[held], 60, "the task let go")
-            kept = server.client().train(xgb.XGBClassifier(n_estimators=3), SMALL, timeout=120)
+            with pytest.raises(RemoteError) as busy:
+                server.client().train(xgb.XGBClassifier(n_estimators=3), SMALL, timeout=180)
             during = client.run(os.getpid)
             still_there = client.gather(other_jobs_data)
-            log_kept = server.log_path.read_text()
+            log_busy = server.log_path.read_text()
             del other_jobs_data
             wait_until(lambda: not client.has_what([held])[held], 60, "the other job's data to go")
-            result = server.client().train(xgb.XGBClassifier(n_estimators=3), SMALL, timeout=120)
+            result = server.client().train(xgb.XGBClassifier(n_estimators=3), SMALL, timeout=180)
             after = client.run(os.getpid)
             log = server.log_path.read_text()
-    assert kept.rounds["total"] == 3 and result.rounds["total"] == 3
+    assert busy.value.code == "cluster_busy"
     assert during[held] == pids[held], "a worker another job uses was restarted"
     assert still_there == list(range(10))
-    assert '"in_use": 1' in log_kept and '"event": "cluster_worker_restarted"' not in log_kept
+    assert '"in_use": 1' in log_busy and '"event": "cluster_worker_restarted"' not in log_busy
+    assert result.rounds["total"] == 3
     assert pids[held] not in after.values(), "the stuck worker was not restarted once idle"
     assert '"event": "cluster_worker_restarted"' in log
     assert len(after) == 2

@@ -46,6 +46,9 @@ POLL_S = 0.2
 WORKERS_EVERY_S = 1.0
 LOSS_NOTICE_S = 5.0  # how long a failed collective waits for the scheduler to notice a lost worker
 STUCK = "the training cluster's workers are held by an earlier job that did not end; ask the data owner"
+STUCK_IN_USE = (
+    "a training worker is held by an earlier job that did not end while other jobs use it; submit again later"
+)
 
 
 def security(cluster: ClusterConfig) -> Security | None:
@@ -92,7 +95,10 @@ class Driver:
         plan = canonical.plan((self.folder / canonical.base).read_bytes() if canonical.base else None)
         self.channel.stage("staging")
         patience = self.job.cluster.collective_timeout_s + LOSS_NOTICE_S
-        left_out = stuck.free_stuck_workers(client, patience)
+        try:
+            left_out = stuck.free_stuck_workers(client, patience, self.job.cluster.start_timeout_s)
+        except stuck.StuckInUse:
+            raise Refusal("cluster_busy", STUCK_IN_USE) from None
         parts = DaskPartitions(
             DaskHandle(
                 client=client,

@@ -9,11 +9,13 @@ later task sent there (the next job's staging) queues behind it: the next job hu
 
 So before staging, the job driver asks every worker which of its threads run a task no client wants
 (Dask's `cancelled` state). A task that has not ended within the patience (the collective's timeout plus
-a margin) is stuck. A stuck worker that holds nothing another job still wants (no data, no task in hand
-or queued) is restarted through its nanny; one that does, or that cannot be restarted, is only left out
-of this job's staging, so a restart never ends another analyst's job (a cancelled job's honest long task
-looks the same as a wedged one from here). A worker that does not answer (paused) is not judged here;
-the job's own checks handle it.
+a margin) is stuck. A stuck worker is restarted through its nanny only once nothing on it belongs to
+another job (no data, no task in hand or queued), so a restart never ends another analyst's job (a
+cancelled job's honest long task looks the same as a wedged one from here); the job waits for that up
+to `start_timeout_s`, then fails `cluster_busy` (StuckInUse). It cannot just leave such a worker out:
+the scheduler sees its thread as free and would send it the job's unplaced tasks, which would queue
+behind the stuck one forever. A worker that cannot be restarted (no nanny) is left out of staging. A
+worker that does not answer (paused) is not judged here; the job's own checks handle it.
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ def stuck_workers(client: Client, patience_s: float) -> set[str]:
     return set(pending)
 
 
+class StuckInUse(Exception):
+    """A stuck worker that other jobs still use, after the wait: this job cannot run now."""
+
+
 def _in_use(client: Client, workers: set[str]) -> set[str]:
     """The workers among `workers` that hold data, or have a task in hand or queued, for a live client."""
     held = client.has_what(sorted(workers))
@@ -64,18 +70,22 @@ def _in_use(client: Client, workers: set[str]) -> set[str]:
     return {address for address in workers if held.get(address) or busy.get(address)}
 
 
-def free_stuck_workers(client: Client, patience_s: float) -> set[str]:
-    """Restart the stuck workers no other job uses; return the rest (to be left out of staging)."""
+def free_stuck_workers(client: Client, patience_s: float, wait_s: float) -> set[str]:
+    """Restart the stuck workers once no other job uses them (waiting up to `wait_s`, else StuckInUse);
+    return those that could not be restarted (to be left out of staging)."""
     stuck = stuck_workers(client, patience_s)
     if not stuck:
         return set()
     in_use = _in_use(client, stuck)
     log.warning("cluster_worker_stuck", extra={"workers": len(stuck), "in_use": len(in_use)})
-    idle = sorted(stuck - in_use)
+    deadline = time.monotonic() + wait_s
+    while in_use and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+        in_use = _in_use(client, in_use)
+    if in_use:
+        raise StuckInUse
     try:
-        outcome = (
-            client.restart_workers(idle, timeout=RESTART_TIMEOUT_S, raise_for_error=False) if idle else {}
-        )
+        outcome = client.restart_workers(sorted(stuck), timeout=RESTART_TIMEOUT_S, raise_for_error=False)
     except (OSError, TimeoutError, ValueError):
         outcome = {}
     restarted = {address for address, status in outcome.items() if status == "OK"}
