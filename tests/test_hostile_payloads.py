@@ -32,6 +32,8 @@ from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, OrdinalEncoder, S
 
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.payload import MAX_OPCODES, custom_code_names, package_model, scan
+from remote_magic.contract.wire import ModelBounds
+from remote_magic.families import family_for, light
 from remote_magic_server.worker.unpickle import strict_loads
 
 SPEC = {"dataset": "breast_cancer_rules", "label": "malignant"}
@@ -85,6 +87,26 @@ def newobj(module: str, name: str, state: bytes | None = None, args: bytes = b"(
 
 def dict_of(**items: bytes) -> bytes:
     return b"}(" + b"".join(uni(k) + v for k, v in items.items()) + b"u"
+
+
+def tuple_chain(depth: int) -> bytes:
+    """Push a tuple that holds the one before it twice, `depth` times over: 9 bytes a level, and hashing
+    it visits 2**depth leaves (Python caches no tuple's hash)."""
+    body = b"K\x07\x94" + b"0"
+    for level in range(depth):
+        body += b"j" + struct.pack("<I", level) + b"2\x86\x94" + b"0"
+    return body + b"j" + struct.pack("<I", depth)
+
+
+def keyed_by(key: bytes, opcode: str = "SETITEM") -> bytes:
+    """A dict with one item under `key`, stored by SETITEM, SETITEMS or DICT."""
+    body = {"SETITEM": b"}" + key + b"Ns", "SETITEMS": b"}(" + key + b"Nu", "DICT": b"(" + key + b"Nd"}
+    return proto() + body[opcode] + b"."
+
+
+def long4(n: int) -> bytes:
+    raw = n.to_bytes(n.bit_length() // 8 + 1, "little", signed=True)
+    return b"\x8b" + struct.pack("<i", len(raw)) + raw
 
 
 # --- the corpus ----------------------------------------------------------------------------------------
@@ -353,6 +375,13 @@ def _supported_models() -> dict[str, object]:
     )
     y, numeric = (frame.a > 0).astype(int), frame[["a", "b"]]
     categorical = frame.assign(t=frame.t.astype("category"), u=frame.u.astype("category"))
+    missing = pd.DataFrame(
+        {
+            "i": rng.choice([1, 2, 3], n),
+            "f": rng.choice([0.5, 1.5, np.nan], n),
+            "s": rng.choice(np.array(["x", "y", None], dtype=object), n),
+        }
+    )
     columns = ColumnTransformer(
         [
             ("s", StandardScaler(), ["a"]),
@@ -378,6 +407,21 @@ def _supported_models() -> dict[str, object]:
         "fitted ColumnTransformer pipeline": Pipeline(
             [("c", columns), ("m", xgb.XGBClassifier(n_estimators=20))]
         ).fit(frame, y),
+        # A fitted encoder that saw missing values keys `_missing_indices` by column number (an int).
+        "encoders on missing ints, floats and text": Pipeline(
+            [
+                (
+                    "c",
+                    ColumnTransformer(
+                        [
+                            ("o", OneHotEncoder(handle_unknown="ignore"), ["i", "f", "s"]),
+                            ("r", OrdinalEncoder(encoded_missing_value=-2), ["i", "f", "s"]),
+                        ]
+                    ),
+                ),
+                ("m", xgb.XGBClassifier(n_estimators=5)),
+            ]
+        ).fit(missing, y),
         "imputer and one-hot pipeline": Pipeline(
             [
                 ("i", SimpleImputer(strategy="most_frequent")),
@@ -424,6 +468,116 @@ def test_the_naming_pass_shares_the_scans_budget():
     with pytest.raises(Refusal) as info:
         scan(flooded, max_bytes=2**31)
     assert info.value.code == "payload_too_large"
+
+
+# Red-team rev8 #1: the scan kept real dicts, so a 2**depth-leaf tuple used as a key was hashed in one C
+# call holding the GIL (depth 30: the API stopped answering for 19 s). Depth 24 takes the old code about
+# 0.2 s, and it answered `unsupported_model` (a dict is no model) instead of refusing the key.
+@pytest.mark.parametrize("opcode", ["SETITEM", "SETITEMS", "DICT"])
+def test_a_dict_key_that_is_not_a_string_or_a_number_is_refused_before_it_is_hashed(opcode):
+    for key in (tuple_chain(24), b")", glob("xgboost.sklearn", "XGBClassifier"), long4(1 << 16_000)):
+        for decode in (scan, lambda data: strict_loads(data, 2**20)):
+            with pytest.raises(Refusal) as info:
+                decode(keyed_by(key, opcode))
+            assert info.value.code == "invalid_model" and "key" in info.value.message, (key[:20], opcode)
+
+
+def test_an_ordered_dict_is_built_from_items_not_from_arguments():
+    """Given pairs, OrderedDict hashes their keys itself: the worker would hash a tuple DAG unchecked."""
+    pairs = b"](" + tup(tuple_chain(20), b"N") + b"e"
+    payload = proto() + glob("collections", "OrderedDict") + tup(pairs) + b"R."
+    for decode in (scan, lambda data: strict_loads(data, 2**20)):
+        with pytest.raises(Refusal) as info:
+            decode(payload)
+        assert info.value.code == "invalid_model" and "mapping" in info.value.message
+
+
+def test_a_global_takes_no_state():
+    """BUILD on a global's stand-in rewrote its name (through its __dict__) to a tuple DAG, which the
+    allowlist lookup of the next REDUCE then hashed: the same stall by another path."""
+    state = b"}" + uni("dotted") + tuple_chain(24) + b"s"
+    payload = proto() + glob("numpy", "dtype") + state + b"b)R."
+    with pytest.raises(Refusal) as info:
+        scan(payload)
+    assert info.value.code == "invalid_model" and "state to a global" in info.value.message
+
+
+def test_a_bytearray_claims_no_more_than_the_payload_holds():
+    """pickle allocates a BYTEARRAY8's claimed length before reading it: 12 bytes claiming 2**62 bytes
+    failed for memory (`payload_too_large`), 1 GiB cost 1 GiB (`test_..._with_flat_memory` through the
+    server)."""
+    for decode in (scan, lambda data: strict_loads(data, 2**20)):
+        with pytest.raises(Refusal) as info:
+            decode(proto() + b"\x96" + struct.pack("<Q", 2**62) + b".")
+        assert info.value.code == "invalid_model"
+    assert strict_loads(proto() + b"\x96" + struct.pack("<Q", 3) + b"abc.", 2**20) == bytearray(b"abc")
+
+
+def _estimator_stating(**state: bytes) -> bytes:
+    return newobj("xgboost.sklearn", "XGBClassifier", dict_of(**state))
+
+
+RULES_BOUNDS = ModelBounds(max_n_estimators=100, max_depth=6, max_bin=256, max_threads=2, min_leaf_rows=20)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _estimator_stating(max_depth=long4(10**5000)),
+        _estimator_stating(nthread=long4(-(2**64))),
+        proto() + b"}" + uni("params") + b"}s" + uni("num_boost_round") + long4(10**5000) + b"s.",
+        _estimator_stating(min_child_weight=uni("heavy")),
+        _estimator_stating(min_child_weight=long4(10**400)),
+    ],
+    ids=["max_depth 10**5000", "nthread -2**64", "rounds 10**5000", "weight heavy", "weight 10**400"],
+)
+def test_stated_values_that_do_not_print_are_refused_with_a_fixed_code(payload):
+    """The API's bounds check after the scan raised ValueError or OverflowError on these, an HTTP 500: a
+    4,300-digit int does not print, and `min_child_weight="heavy"` broke a `:g` format."""
+    with pytest.raises(Refusal) as info:
+        report = scan(payload)
+        light(report.family).check_stated(report.estimator, report.params, report.rounds, RULES_BOUNDS)
+    assert info.value.code == "parameter_out_of_bounds"
+
+
+@pytest.mark.parametrize(
+    "steps", [b"}", b"}" + integer(-1) + b"Ns", integer(3), glob("numpy", "float64"), b"]", b"](Ne"], ids=str
+)
+def test_a_pipeline_whose_steps_are_no_list_of_pairs_is_refused(steps):
+    """The scan indexed a Pipeline's `steps` as a list of pairs (KeyError, TypeError: an HTTP 500), and
+    so did the worker's family lookup (a job failed `internal_error`)."""
+    payload = newobj("sklearn.pipeline", "Pipeline", dict_of(steps=steps))
+    with pytest.raises(Refusal) as info:
+        scan(payload)
+    assert info.value.code == "invalid_model" and "steps" in info.value.message
+    with pytest.raises(Refusal) as decoded:
+        family_for(strict_loads(payload, 2**20))
+    assert decoded.value.code == "unsupported_model"
+
+
+def test_naming_many_globals_takes_linear_time():
+    """The naming pass kept the globals it saw in a list: 40,000 distinct ones after a notebook name
+    cost the API 11 s of CPU (quadratic); now a fraction of a second."""
+    names = b"".join(glob("m", str(i)) + b"0" for i in range(40_000))
+    payload = proto() + glob("__main__", "x") + b"0" + names
+    started = time.process_time()
+    with pytest.raises(Refusal) as info:
+        scan(payload + b"N.", max_bytes=2**26)
+    assert info.value.code == "custom_code_refused"
+    assert time.process_time() - started < 2.0
+
+
+def test_notebook_code_may_key_a_dict_by_a_tuple():
+    """The naming pass leaves out (never hashes) an item whose key is not plain, rather than stop: a
+    notebook function whose globals hold a tuple-keyed table is still named."""
+    table = {(0, 1): 2.0, "a": 1.0}
+
+    def weighted_objective(predt, dtrain):
+        return predt * table[(0, 1)], predt
+
+    data = cloudpickle.dumps(xgb.XGBRegressor(objective=weighted_objective))
+    assert b"\x86" in data  # the tuple key is in the stream
+    assert any("weighted_objective" in name for name in custom_code_names(data))
 
 
 _GOOD_PAYLOADS = [
@@ -543,6 +697,56 @@ def test_an_opcode_flood_is_refused_fast_with_flat_memory(server, name):
     assert (response.status_code, response.json()["error"]["code"]) == (status, code)
     assert grown < 64 * 2**20, f"the server's RSS grew by {grown / 2**20:.0f} MiB"
     assert cpu < 4.0, f"the server spent {cpu:.1f} s of CPU"
+
+
+def test_a_hash_bomb_key_is_refused_at_once_and_health_answers_meanwhile(server):
+    """Red-team rev8 #1 through the server: 321 bytes whose dict key is a tuple DAG of 2**31 leaves. The
+    old scan hashed it in the API process holding the GIL, about 40 s (depth 30 took 19 s, and a health
+    check sent meanwhile waited as long); now it is refused by its key's type, and both answer at once."""
+    payload = keyed_by(tuple_chain(31))
+    assert len(payload) < 400
+    done, answer = threading.Event(), {}
+
+    def post() -> None:
+        try:
+            answer["response"] = submit_raw(server, payload)
+        finally:
+            done.set()
+
+    started = time.monotonic()
+    thread = threading.Thread(target=post)
+    thread.start()
+    health = server.get("/health", user=None)
+    assert health.status_code == 200 and time.monotonic() - started < 5
+    assert done.wait(5), "the submission took more than 5 s"
+    thread.join()
+    response = answer["response"]
+    assert (response.status_code, response.json()["error"]["code"]) == (422, "invalid_model")
+
+
+def test_payloads_that_made_the_scan_path_fail_get_fixed_codes(server):
+    """Each of these was an HTTP 500 `internal_error` (rev8 #4: a key of 4,800 digits does not print; a
+    parameter of 5,000 digits; a Pipeline's `steps` indexed as a list): now a fixed code."""
+    payloads = {
+        "state keyed by a 4,800-digit int": newobj(
+            "xgboost.sklearn", "XGBClassifier", b"}" + long4(1 << 16_000) + integer(1) + b"s"
+        ),
+        "max_depth of 5,000 digits": _estimator_stating(max_depth=long4(10**5000)),
+        "Pipeline whose steps are a dict": newobj(
+            "sklearn.pipeline", "Pipeline", dict_of(steps=b"}" + integer(-1) + b"Ns")
+        ),
+    }
+    for name, (status, code) in _outcomes(server, payloads).items():
+        assert status in (202, 422) and code in FIXED_CODES, (name, status, code)
+    assert server.get("/health", user=None).json()["status"] == "ok"
+
+
+def test_a_bytearray_claiming_a_gibibyte_is_refused_with_flat_memory(server):
+    """12 bytes whose BYTEARRAY8 claims 1 GiB: pickle allocated (and zero-filled) the claim before
+    reading, 1 GiB of the API's memory per request; now refused as corrupt first."""
+    response, grown, _ = _post_and_watch(server, proto() + b"\x96" + struct.pack("<Q", 2**30) + b".")
+    assert (response.status_code, response.json()["error"]["code"]) == (422, "invalid_model")
+    assert grown < 64 * 2**20, f"the server's RSS grew by {grown / 2**20:.0f} MiB"
 
 
 def test_a_few_mutated_payloads_through_the_server(server, tmp_path):

@@ -13,6 +13,11 @@ table we copy and narrow:
   `Booster(None, None, "/some/path")` cannot be expressed;
 * INST, OBJ, NEWOBJ_EX, EXT*, PERSID are refused, and so is any stream below protocol 3; so are the set
   opcodes (EMPTY_SET, ADDITEMS, FROZENSET), which no supported model emits;
+* every dict key (SETITEM, SETITEMS, DICT) is a string, a number (an int within 64 bits), a bool or
+  None, whose hash costs at most its own bytes: a tuple key of tuples that each hold the one before twice
+  costs 2**depth steps to hash, in one C call that holds the GIL (a 285-byte payload stopped the API for
+  19 s, red-team rev8 #1); an OrderedDict is built empty and gets its items the same way;
+* a BYTEARRAY8 may claim no more bytes than the payload holds (pickle allocates the claim first);
 * every opcode is counted against a budget (`max_opcodes`): each one pushes, marks or memoizes at most
   one object, so the count bounds what a scan holds (a flood of one-byte EMPTY_LIST or MEMOIZE opcodes
   cost the API process about 75 bytes of memory per payload byte, 15 GB at the size limit).
@@ -26,6 +31,7 @@ from __future__ import annotations
 import encodings.raw_unicode_escape  # noqa: F401 - text opcodes decode with it; load it now, not mid-scan
 import io
 import pickle
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -72,6 +78,9 @@ BUILDERS: frozenset[str] = frozenset(
         "collections.OrderedDict",
     }
 )
+# Builders called with no arguments only: an OrderedDict's items come by SETITEMS, whose keys are checked
+# (`OrderedDict.__reduce__` emits no arguments; given pairs, it would hash their keys unchecked).
+_ARGUMENTLESS = frozenset({"collections.OrderedDict"})
 _CUSTOM_CODE_MODULES = ("cloudpickle", "__main__", "__mp_main__")
 
 _FORBIDDEN_OPCODES = {
@@ -88,6 +97,9 @@ _FORBIDDEN_OPCODES = {
     pickle.FROZENSET: "FROZENSET",
 }
 _SET_OPCODES = (pickle.EMPTY_SET, pickle.ADDITEMS, pickle.FROZENSET)
+# Dict keys whose hash needs no walk over other objects (a fitted encoder keys `_missing_indices` by int).
+_KEY_TYPES = (str, int, float, bool, type(None))
+_MAX_INT_KEY = 2**63
 
 
 def _safe_name(text: str) -> str:
@@ -97,6 +109,20 @@ def _safe_name(text: str) -> str:
 
 def is_custom_code(module: str) -> bool:
     return module.split(".")[0] in _CUSTOM_CODE_MODULES
+
+
+def plain_key(key: object) -> bool:
+    """Whether a dict key hashes without walking other objects, so that storing it costs no more than its
+    own bytes (and `str(key)` works: an int past 4,300 digits does not print)."""
+    if type(key) is int:
+        return -_MAX_INT_KEY <= key < _MAX_INT_KEY
+    return type(key) in _KEY_TYPES
+
+
+def check_call(dotted: str, args: tuple) -> None:
+    """Refuse a call of a pure builder with arguments it may not take."""
+    if dotted in _ARGUMENTLESS and args:
+        raise Refusal("invalid_model", "the model's bytes build a mapping from arguments instead of items")
 
 
 def check_global(module: str, name: str) -> str:
@@ -130,6 +156,7 @@ class RuleUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         if data[1] < 3:
             raise Refusal("invalid_model", f"pickle protocol {data[1]} is refused; use protocol 3 or newer")
         super().__init__(io.BytesIO(data))
+        self.payload_size = len(data)
         self.opcodes_left = min(max_opcodes, _LEAST_OPCODES + len(data) // _BYTES_PER_OPCODE)
 
     def resolve(self, dotted: str) -> object:
@@ -157,6 +184,43 @@ class RuleUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
             raise Refusal("invalid_model", "the model's bytes hold a malformed object")
         self.append(self.new(cls, args))
 
+    def keep(self, key: object) -> bool:
+        """Whether to store an item under `key`, asked before the key is hashed: a key that is not
+        `plain_key` is refused."""
+        if not plain_key(key):
+            raise Refusal(
+                "invalid_model", "the model's bytes key a mapping by something not a string or a number"
+            )
+        return True
+
+    def load_setitem(self) -> None:
+        value = self.stack.pop()
+        key = self.stack.pop()
+        if self.keep(key):
+            self.stack[-1][key] = value
+
+    def load_setitems(self) -> None:
+        items = self.pop_mark()
+        target = self.stack[-1]
+        for i in range(0, len(items), 2):
+            if self.keep(items[i]):
+                target[items[i]] = items[i + 1]
+
+    def load_dict(self) -> None:
+        items = self.pop_mark()
+        self.append({items[i]: items[i + 1] for i in range(0, len(items), 2) if self.keep(items[i])})
+
+    def load_bytearray8(self) -> None:
+        # pickle's own allocates (and zero-fills) the length the stream claims before reading: 12 bytes
+        # claiming 1 GiB cost the API 1 GiB of memory and 0.8 s of CPU.
+        (size,) = struct.unpack("<Q", self.read(8))
+        if size > self.payload_size:
+            raise Refusal("invalid_model", "the model's bytes are truncated or corrupt")
+        buffer = bytearray(size)
+        if self.readinto(buffer) != size:
+            raise Refusal("invalid_model", "the model's bytes are truncated or corrupt")
+        self.append(buffer)
+
     def load(self) -> object:
         try:
             return super().load()
@@ -171,6 +235,10 @@ class RuleUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
 
     dispatch[pickle.REDUCE[0]] = load_reduce
     dispatch[pickle.NEWOBJ[0]] = load_newobj
+    dispatch[pickle.SETITEM[0]] = load_setitem
+    dispatch[pickle.SETITEMS[0]] = load_setitems
+    dispatch[pickle.DICT[0]] = load_dict
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
 
 
 def _refuse(opcode_name: str):
@@ -211,6 +279,11 @@ def package_model(model: object) -> bytes:
 class _Ref:
     dotted: str
 
+    def __setstate__(self, state: object) -> None:
+        # BUILD would otherwise rewrite `dotted` through the instance's __dict__, e.g. to a tuple whose
+        # hash the allowlist lookups then pay for.
+        raise Refusal("invalid_model", "the model's bytes give state to a global")
+
 
 @dataclass
 class _Placeholder:
@@ -241,6 +314,7 @@ class _Scanner(RuleUnpickler):
     def build(self, func: object, args: tuple) -> object:
         if not isinstance(func, _Ref) or func.dotted not in BUILDERS:
             raise Refusal("invalid_model", "the model's bytes call something that is not a pure data builder")
+        check_call(func.dotted, args)
         return _Placeholder(func.dotted)
 
     def new(self, cls: object, args: tuple) -> object:
@@ -262,9 +336,18 @@ class ScanReport:
     family: str | None = None  # the family whose light half checks the stated parameters
 
 
+def _check_int(name: object, value: object) -> None:
+    if type(value) is int and not -_MAX_INT_KEY <= value < _MAX_INT_KEY:
+        raise Refusal("parameter_out_of_bounds", f"{_safe_name(str(name))} is a whole number past 64 bits")
+
+
 def _scalars(state: object) -> dict:
+    """The plain parameters a state holds; an int past 64 bits is no parameter any model takes (and past
+    4,300 digits it does not print), so it is refused here rather than fail a bounds message later."""
     if not isinstance(state, dict):
         return {}
+    for k, v in state.items():
+        _check_int(k, v)
     return {
         str(k): v
         for k, v in state.items()
@@ -297,14 +380,18 @@ def describe_top(obj: object) -> ScanReport:
             return ScanReport(name, fitted=True)
         if name == "Pipeline":
             state = obj.state[0] if obj.state and isinstance(obj.state[0], dict) else {}
-            steps = state.get("steps") or []
-            last = steps[-1][1] if steps and isinstance(steps[-1], tuple) and len(steps[-1]) == 2 else None
+            steps = state.get("steps")
+            step = steps[-1] if isinstance(steps, (list, tuple)) and steps else None
+            if not isinstance(step, (list, tuple)) or len(step) != 2:
+                raise Refusal("invalid_model", "a Pipeline's steps must be a list of (name, step) pairs")
+            last = step[1]
             if isinstance(last, _Placeholder) and last.of in TOP_LEVEL:
                 return replace(_estimator(last, name), fitted=False)
             return ScanReport(name, fitted=False)
         return _estimator(obj, name)
     if isinstance(obj, dict) and "params" in obj:
         rounds = obj.get("num_boost_round", 10)
+        _check_int("num_boost_round", rounds)
         return ScanReport(
             "BoosterParams",
             fitted=isinstance(obj.get("booster"), _Placeholder),
@@ -337,14 +424,23 @@ class CodeLister(_Scanner):
     def __init__(self, data: bytes, max_bytes: int = MAX_PAYLOAD_BYTES, max_opcodes: int = MAX_OPCODES):
         super().__init__(data, max_bytes, max_opcodes)
         self.names: list[str] = []
-        self.globals: list[str] = []
         self.codes: list[CodeRecord] = []
+        # An ordered set: a list's `in` made naming 40,000 distinct globals take 11 s of the API's CPU.
+        self._globals: dict[str, None] = {}
+
+    @property
+    def globals(self) -> list[str]:
+        """The globals the payload refers to, each once, in the order it first names them."""
+        return list(self._globals)
 
     def find_class(self, module: str, name: str) -> object:
         dotted = _safe_name(f"{module}.{name}")
-        if dotted not in self.globals:
-            self.globals.append(dotted)
+        self._globals[dotted] = None
         return _Ref(dotted)
+
+    def keep(self, key: object) -> bool:
+        """Notebook code may key a dict by a tuple: the item is left out (never hashed), not refused."""
+        return plain_key(key)
 
     def build(self, func: object, args: tuple) -> object:
         dotted = func.dotted if isinstance(func, _Ref) else ""

@@ -143,14 +143,22 @@ def _leaf_floor(plan: Plan, rows: int) -> tuple[float, str]:
     return rows * per_row, kind
 
 
+def _stated(value: object) -> str:
+    """A stated number for a message; anything else by its type (`min_child_weight="x"` made the `:g`
+    format raise, an HTTP 500, as did an int too large for a float)."""
+    if isinstance(value, float) or (isinstance(value, int) and -(2**63) <= value < 2**63):
+        return f"{value:g}"
+    return f"a {type(value).__name__}"
+
+
 def _check_leaf_floor(plan: Plan, rows: int) -> None:
     floor, kind = _leaf_floor(plan, rows)
     weight = plan.params.get("min_child_weight")
     if not isinstance(weight, (int, float)) or weight < floor:
         raise Refusal(
             "parameter_out_of_bounds",
-            f"min_child_weight = {weight:g} is below {floor:g}: on this dataset every leaf must hold at "
-            f"least {rows} rows, which for {kind} needs min_child_weight >= {floor:g} "
+            f"min_child_weight = {_stated(weight)} is below {floor:g}: on this dataset every leaf must hold "
+            f"at least {rows} rows, which for {kind} needs min_child_weight >= {floor:g} "
             f"(set min_child_weight={math.ceil(floor)})",
         )
 

@@ -299,7 +299,14 @@ class XGBoostFamily:
 
     def recognises(self, model: object) -> bool:
         if isinstance(model, Pipeline):
-            return bool(model.steps) and isinstance(model.steps[-1][1], (xgb.XGBClassifier, xgb.XGBRegressor))
+            # Decoded from the analyst's bytes: `steps` may be anything (a dict made this an internal error).
+            steps = model.steps
+            last = steps[-1] if isinstance(steps, (list, tuple)) and steps else None
+            return (
+                isinstance(last, (list, tuple))
+                and len(last) == 2
+                and isinstance(last[1], (xgb.XGBClassifier, xgb.XGBRegressor))
+            )
         if isinstance(model, (xgb.XGBClassifier, xgb.XGBRegressor, xgb.Booster)):
             return True
         return isinstance(model, dict) and "params" in model

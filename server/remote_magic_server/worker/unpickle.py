@@ -13,7 +13,9 @@ import importlib
 import pickle
 
 from remote_magic.contract.codes import Refusal
-from remote_magic.contract.payload import BUILDERS, CLASSES, RuleUnpickler
+from remote_magic.contract.payload import BUILDERS, CLASSES, RuleUnpickler, check_call
+
+_UNKNOWN = object()
 
 
 def _import(dotted: str) -> object:
@@ -26,20 +28,22 @@ class StrictUnpickler(RuleUnpickler):
 
     def __init__(self, data: bytes, max_bytes: int):
         super().__init__(data, max_bytes)
-        self._builders: dict[int, object] = {}
+        self._builders: dict[int, tuple[object, str]] = {}
         self._classes: dict[int, object] = {}
 
     def resolve(self, dotted: str) -> object:
         obj = _import(dotted)
         if dotted in BUILDERS:
-            self._builders[id(obj)] = obj
+            self._builders[id(obj)] = (obj, dotted)
         if dotted in CLASSES:
             self._classes[id(obj)] = obj
         return obj
 
     def build(self, func: object, args: tuple) -> object:
-        if id(func) not in self._builders or self._builders[id(func)] is not func:
+        builder, dotted = self._builders.get(id(func), (_UNKNOWN, ""))
+        if builder is not func:
             raise Refusal("invalid_model", "the model's bytes call something that is not a pure data builder")
+        check_call(dotted, args)
         return func(*args)  # type: ignore[operator]
 
     def new(self, cls: object, args: tuple) -> object:
