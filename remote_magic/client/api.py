@@ -535,7 +535,11 @@ def _waited(job: Job, progress: bool | None, wait: dict) -> TrainResult:
     if bar is None:
         return job.result(**wait)  # type: ignore[arg-type]
     try:
-        return job.result(on_progress=bar, progress_after=bar.delay, **wait)  # type: ignore[arg-type]
+        return job.result(
+            on_progress=bar,
+            progress_after=bar.delay,
+            **{"on_notice": bar.notice, **wait},  # type: ignore[arg-type]
+        )
     finally:
         bar.close()
 

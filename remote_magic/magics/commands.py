@@ -26,7 +26,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Float, Unicode, default
 from traitlets.config import Configurable
 
-from ..client.errors import JobInterrupted, RemoteMagicError
+from ..client.errors import JobInterrupted, JobNotCancelled, RemoteMagicError
 from .cellmodel import bound_models, bound_values, foreign_models, pick_model
 from .targets import job_target
 from .usage import usage_errors
@@ -149,6 +149,11 @@ def _spec_source(args) -> str | None:
     flags = [f"--{name.replace('_', '-')}" for name in SPEC_FLAGS if getattr(args, name, None) is not None]
     over = f"; flags over it: {', '.join(flags)}" if flags else ""
     return f"`{args.spec}` (named by --spec){over}"
+
+
+def _say(line: str) -> None:
+    """A line for the user while a cell waits without a progress bar (REMOTE_MAGIC_PROGRESS=off)."""
+    print(line, file=sys.stderr)
 
 
 def _charge_said(job: Job) -> str:
@@ -441,8 +446,13 @@ class RemoteMagic(Magics, Configurable):
         bar = ProgressBar(delay=self.progress_delay) if self.progress else None
         try:
             return job.result(
-                timeout=self.timeout or None, on_progress=bar, progress_after=self.progress_delay
+                timeout=self.timeout or None,
+                on_progress=bar,
+                progress_after=self.progress_delay,
+                on_notice=bar.notice if bar is not None else _say,
             )
+        except JobNotCancelled as exc:
+            raise JobNotCancelled(exc.job_id, f"%remote_cancel {exc.job_id}") from None
         except KeyboardInterrupt:
             raise JobInterrupted(f"remote job {job.id} was cancelled{_charge_said(job)}.") from None
         finally:
