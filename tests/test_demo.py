@@ -87,6 +87,18 @@ def test_serve_demo_without_a_port_takes_8765_or_the_next_free_one(demo_data):
         held.listen()
         assert first_free_port("127.0.0.1", start) > start
     assert first_free_port("127.0.0.1", start) == start
+    with socket.socket() as listener:  # a connection the server's side closes first: TIME_WAIT on `start`
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", start))
+        listener.listen()
+        client = socket.create_connection(("127.0.0.1", start))
+        accepted, _ = listener.accept()
+        accepted.close()
+        client.recv(1)  # the server's FIN has arrived: the server's side waits in TIME_WAIT once we close
+        client.close()
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", start))  # the TIME_WAIT socket is there
+    assert first_free_port("127.0.0.1", start) == start, "a restarted demo moved to another port"
     with contextlib.ExitStack() as stack:
         sock = stack.enter_context(socket.socket())
         with contextlib.suppress(OSError):  # 8765 is taken already where it cannot be bound

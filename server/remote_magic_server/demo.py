@@ -190,12 +190,16 @@ def _ephemeral_low() -> int:
 def first_free_port(host: str, start: int, tries: int = 100) -> int:
     """`start`, or the next port after it that `host` can bind now: what `serve --demo` listens on when
     it is given no port (the README: "on 127.0.0.1:8765, or the next free port"), so that the URL and
-    token it prints are the ones of the server it starts."""
+    token it prints are the ones of the server it starts. The probe binds as uvicorn does, with
+    SO_REUSEADDR: a port whose last connections linger in TIME_WAIT (a demo restarted after a crash) is
+    free to uvicorn, and a plain bind's refusal moved the demo to the next port, away from the notebooks
+    that wait for it to come back; a port another server listens on is still taken."""
     import socket
 
     for port in range(start, start + tries):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
             except OSError:
