@@ -505,8 +505,9 @@ class Client(RegistryCalls):
         left = self.rho_left(result.dataset) if result.training is not None else None
         label = result.ran_with.label if result.ran_with is not None else None
         label_kind = self._label_kind(result.dataset, label) if classes else None
+        derive = result.ran_with.derive if result.ran_with is not None else None
         return RemoteModel.load(
-            data, job_id, result.dataset, result.training, left, classes, label_kind=label_kind
+            data, job_id, result.dataset, result.training, left, classes, label_kind=label_kind, derive=derive
         )
 
     def _label_kind(self, dataset: str, label: str | None) -> str | None:

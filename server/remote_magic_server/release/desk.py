@@ -705,6 +705,7 @@ class ReleaseDesk:
                 "eval": split,
                 "features": [*request.features, *(d for d in derived if d not in request.features)],
                 "derived": derived,
+                "derive": dict(spec.derive or {}),
             }
         )
 
