@@ -439,9 +439,14 @@ class Client(RegistryCalls):
         rows and margins) now rather than when it times out."""
         self._request("DELETE", f"/federated/sessions/{training}", timeout=timeout)
 
-    def budget(self) -> Budget:
-        """Your privacy budget on each mode-dp dataset: spent, left, and the jobs that spent it."""
-        return Budget(BudgetReport.model_validate(self._request("GET", "/budget").json()))
+    def budget(self, dataset: str | None = None) -> Budget:
+        """Your privacy budget on each mode-dp dataset (or on `dataset` alone, as `%remote_budget
+        DATASET`): spent, left, and the jobs that spent it. A dataset without one is a KeyError that
+        says which have one."""
+        budget = Budget(BudgetReport.model_validate(self._request("GET", "/budget").json()))
+        if dataset is not None:
+            budget.report.datasets = [budget[dataset]]
+        return budget
 
     def jobs(self, limit: int = 100, state: str | None = None) -> list[JobStatus]:
         """Your jobs, newest first; `state` keeps only jobs in that state."""

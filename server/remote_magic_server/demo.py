@@ -168,12 +168,14 @@ def demo_settings(data_dir: Path, host: str = "127.0.0.1", port: int = 8765, wor
         )
         for name, (_, label, desc) in DEMO_DATASETS.items()
     }
-    return Settings(
+    settings = Settings(
         server=ServerSection(host=host, port=port, data_dir=data_dir, workers=workers),
         datasets=datasets,
         # The examples' webhook receiver listens on a free loopback port (examples/06-automation.ipynb).
         webhooks=WebhooksSection(allow=["http://127.0.0.1:*"]),
     )
+    settings._demo = True
+    return settings
 
 
 _PORTS_GIVEN: set[int] = set()
