@@ -10,7 +10,7 @@ import time
 import pytest
 import xgboost as xgb
 
-from remote_magic.client.errors import JobNotCancelled
+from remote_magic.client.errors import JobNotCancelled, ServerUnreachable
 from tests.serverproc import ServerProcess, pause_worker, rows, wait_until, write_config
 
 SPEC = {"dataset": "breast_cancer_rules", "label": "malignant"}
@@ -58,6 +58,43 @@ def test_a_wait_says_the_server_is_unreachable_and_resumes_when_it_returns(own_s
     result = job.result(timeout=300, on_notice=restart)
     assert [line for line, _ in said[1:]] == [said[0][0]], "said once per outage"
     assert job.status.state == "succeeded" and result.metrics
+
+
+class CountingCalls:
+    """The client's calls, each status poll's time noted."""
+
+    def __init__(self, client):
+        self.client, self.polls = client, []
+
+    def status(self, *args, **kwargs):
+        self.polls.append(time.monotonic())
+        return self.client.status(*args, **kwargs)
+
+    def cancel(self, job_id: str):
+        return self.client.cancel(job_id)
+
+
+def test_a_draining_server_is_not_polled_in_a_loop(tmp_path):
+    """A server that drains after SIGTERM answers a long-poll at once, unchanged, then refuses
+    connections: the wait polled it 10 to 12 times in the first second, about 20 times in 11 s; it now
+    backs off as for a lost server, and says so."""
+    server = ServerProcess(write_config(tmp_path / "data", extra="shutdown_grace_s = 60"), tmp_path / "log")
+    server.issue_tokens()
+    server.start()
+    try:
+        client = server.client()
+        job = client.submit(xgb.XGBClassifier(n_estimators=3, max_depth=2), SPEC)
+        pause_worker(server, job.id)
+        calls = CountingCalls(client)
+        job.client = calls
+        server.proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        with pytest.raises(TimeoutError), pytest.warns(ServerUnreachable, match=f"job {job.id} keeps"):
+            job.wait(timeout=10)  # a script's wait says it as a warning
+        after = [t - signalled for t in calls.polls]
+        assert len(after) <= 8 and sum(t < 1 for t in after) <= 3, after
+    finally:
+        server.stop(signal.SIGKILL)
 
 
 def test_ctrl_c_with_the_server_down_names_the_job_it_could_not_cancel(own_server, shell_as, capsys):
