@@ -47,6 +47,7 @@ def test_no_token_is_401(server, good_payload):
     assert_error(server.get("/datasets", user=None), 401, "unauthorized")
     bad = server.get("/datasets", user=None, headers={"Authorization": "Bearer rm_not-a-token"})
     assert_error(bad, 401, "unauthorized")
+    assert "ask the data owner for a new one" in bad.json()["error"]["message"], "say what to do"
 
 
 def test_someone_elses_dataset_is_404(server, good_payload):

@@ -63,8 +63,9 @@ def test_at_the_cap_an_identical_repeat_is_answered_and_the_owner_raises_the_bud
     client = tiny.client("eve")
     first = client.train(TINY_MODEL, spec(1), timeout=120)
     client.train(TINY_MODEL, spec(2), timeout=120)
-    with pytest.raises(BudgetExhausted, match="budget set eve tiny"):
+    with pytest.raises(BudgetExhausted, match="budget set eve tiny") as refused:
         client.submit(TINY_MODEL, spec(3))
+    assert refused.value.message.endswith("budget set eve tiny RHO --config FILE)"), "no --demo here"
 
     again = client.train(TINY_MODEL, spec(1), timeout=120)
     assert again.privacy["repeated"] and again.metrics == first.metrics, "the stored answer, at no cost"
@@ -116,6 +117,9 @@ def test_remote_budget_lists_each_charge_and_a_cancelled_job_says_it_was_charged
     frame = budget.to_pandas()
     assert set(frame["job_id"]) == {done.job_id, job.id} and frame["rho"].sum() == pytest.approx(0.07)
     assert "synthetic" not in repr(frank_shell.run_line_magic("remote_budget", "tiny"))
+    assert repr(client.budget("tiny")) == repr(frank_shell.run_line_magic("remote_budget", "tiny"))
+    with pytest.raises(KeyError, match="not a mode-dp dataset"):
+        client.budget("breast_cancer_rules")
     with pytest.raises(Exception, match="not a mode-dp dataset"):
         frank_shell.run_line_magic("remote_budget", "breast_cancer_rules")
 

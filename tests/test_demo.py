@@ -14,7 +14,8 @@ import pytest
 
 from remote_magic import Client
 from remote_magic_server.cli import settings_of
-from remote_magic_server.demo import _ephemeral_low, first_free_port, free_port
+from remote_magic_server.config.settings import load_settings
+from remote_magic_server.demo import _ephemeral_low, demo_settings, first_free_port, free_port
 from remote_magic_server.quickstart import wait_healthy
 
 PASTE = re.compile(r"^\s*REMOTE_MAGIC_URL=(http://\S+) REMOTE_MAGIC_TOKEN=(\S+) jupyter lab$")
@@ -87,6 +88,18 @@ def test_serve_demo_without_a_port_takes_8765_or_the_next_free_one(demo_data):
         held.listen()
         assert first_free_port("127.0.0.1", start) > start
     assert first_free_port("127.0.0.1", start) == start
+    with socket.socket() as listener:  # a connection the server's side closes first: TIME_WAIT on `start`
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", start))
+        listener.listen()
+        client = socket.create_connection(("127.0.0.1", start))
+        accepted, _ = listener.accept()
+        accepted.close()
+        client.recv(1)  # the server's FIN has arrived: the server's side waits in TIME_WAIT once we close
+        client.close()
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", start))  # the TIME_WAIT socket is there
+    assert first_free_port("127.0.0.1", start) == start, "a restarted demo moved to another port"
     with contextlib.ExitStack() as stack:
         sock = stack.enter_context(socket.socket())
         with contextlib.suppress(OSError):  # 8765 is taken already where it cannot be bound
@@ -94,6 +107,14 @@ def test_serve_demo_without_a_port_takes_8765_or_the_next_free_one(demo_data):
             sock.listen()
         args = argparse.Namespace(demo=True, data_dir=str(demo_data), host=None, port=None)
         assert settings_of(args).server.port > 8765
+
+
+def test_owner_commands_are_named_with_demo_only_on_a_demo(demo_data, tmp_path):
+    """A budget refusal told analysts of a real deployment "... or --demo"."""
+    assert demo_settings(demo_data).owner_flag == "--demo"
+    config = tmp_path / "server.toml"
+    config.write_text(f'[server]\ndata_dir = "{tmp_path}"\n')
+    assert load_settings(config).owner_flag == "--config FILE"
 
 
 def test_a_second_demo_on_a_busy_data_directory_says_so_in_one_line(tmp_path):

@@ -213,6 +213,23 @@ def test_an_rmse_whose_noisy_sum_falls_below_zero_keeps_an_interval_that_covers_
     assert covered >= 85
 
 
+def test_a_released_rmse_is_never_below_the_released_mae():
+    """A noisy sum of squares below 0 released "rmse 0 [0, 89.62]" beside "mae 15.91" (RMSE is never
+    below MAE); the RMSE is now the larger of the two, its interval ends no lower than MAE's, and its
+    interval still covers the true RMSE."""
+    exact, counts, _ = regression(600, (0.0, 20_000.0), 1000.0)
+    rmse = math.sqrt(exact.stats.sse / exact.stats.n)
+    covered, raised = 0, 0
+    for result in evaluations(exact, counts, 100):
+        metrics, intervals = result.metrics, result.intervals
+        assert metrics["rmse"] >= metrics["mae"]
+        assert intervals["rmse"][0] >= intervals["mae"][0] and intervals["rmse"][1] >= intervals["mae"][1]
+        raised += metrics["rmse"] == metrics["mae"]
+        covered += intervals["rmse"][0] <= rmse <= intervals["rmse"][1]
+    assert raised >= 5, "no seed had a noisy sum of squares below the MAE: the case is not tested"
+    assert covered >= 85
+
+
 def test_models_that_single_out_rows_are_flagged_for_the_owner_never_refused():
     """A refusal that depended on the rows would answer a question about them for free."""
     exact, counts = report()

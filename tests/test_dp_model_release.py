@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
@@ -164,6 +165,42 @@ def test_the_downloaded_dp_model_predicts_what_the_server_scored(dp_server, dp_j
     assert evaluated.state == "not_allowed" and evaluated.message.startswith(
         "this job evaluated a model and trained none"
     )
+
+
+def test_a_downloaded_model_computes_its_jobs_derived_columns_from_your_rows(dp_server):
+    """A model trained with `derive` failed on the analyst's rows ("your rows lack 2 column(s)"), and
+    rebuilding them by hand can differ without a word; the downloaded model now computes them by the
+    job's own expressions, and predicts what the server scored on the same rows."""
+    derive = {"risk": "0.07 * age - ln(income) + 0.14 * bmi", "older": "CASE WHEN age > 65 THEN 1 ELSE 0 END"}
+    client = dp_server.client()
+    spec = {**DP_SPEC, "derive": derive}
+    trained = client.train(xgb.XGBClassifier(n_estimators=8, max_depth=3), spec, register="derived_out")
+    where = "age >= 50"
+    scored = client.evaluate(
+        None, {**spec, "dataset": "synthetic_rules", "where": where}, model_ref="derived_out@1"
+    )
+    path = dp_server.settings.datasets["synthetic"].path
+    table = pd.read_parquet(path)
+    rows = table[(table["age"] >= 50) & table["label"].notna()]
+    mine = rows[FEATURES]  # the analyst's rows: no risk, no older
+    by_server = duckdb.sql(  # the server's engine over the same file, as a check written apart
+        f"SELECT 0.07 * age - ln(income) + 0.14 * bmi AS risk, CASE WHEN age > 65 THEN 1 ELSE 0 END AS older "
+        f"FROM read_parquet('{path}') WHERE age >= 50 AND label IS NOT NULL"
+    ).df()
+    for model in (trained.model(), client.load_version("derived_out@1")):
+        probability = model.predict_proba(mine)[:, 1]
+        full = mine.assign(risk=by_server["risk"].to_numpy(), older=by_server["older"].to_numpy())
+        assert np.array_equal(
+            probability, model.booster.predict(xgb.DMatrix(full[model.booster.feature_names]))
+        )
+    for name, value in {
+        "log_loss": log_loss(rows["label"], probability),
+        "auc": roc_auc_score(rows["label"], probability),
+    }.items():
+        unit = 10 ** (math.floor(math.log10(abs(value))) - 3)
+        assert abs(scored.metrics[name] - value) <= unit / 2 + 1e-12, (name, scored.metrics[name], value)
+    with pytest.raises(ValueError, match=r"derived column\(s\) risk = 0.07 \* age .*unknown column 'income'"):
+        model.predict_proba(mine.drop(columns="income"))
 
 
 def test_a_registered_version_is_evaluated_with_the_classes_it_was_trained_on(dp_server):

@@ -109,6 +109,19 @@ def test_usage_errors_are_one_line_exceptions_that_reach_the_front_end(shell):
         ("%remote_jobs --state nonsense", "invalid choice: 'nonsense'"),
         ("%remote_cancel", "usage: %remote_cancel JOB_ID"),
         ('%remote_describe --where "x >', "cannot parse the arguments"),
+        (
+            "%%remote_train -d x -l y --where age >= 18 AND bmi < 30 --seed 1\nmodel = 1",
+            'unrecognized arguments: >= 18 AND bmi < 30; quote the filter: --where "age >= 18 AND bmi < 30"',
+        ),
+        (
+            "%%remote_train synthetic --label label\nmodel = 1",
+            "unrecognized arguments: synthetic; the dataset goes in --dataset synthetic (or -d), or in "
+            'the spec\'s "dataset"',
+        ),
+        (
+            "%%remote_train -d x -l y --model clf2\nimport xgboost\nmodel = xgboost.XGBClassifier()",
+            "there is no variable 'clf2'; the cell bound model: --model model, or no --model",
+        ),
     ]:
         error, shown = failure(shell, cell)
         assert isinstance(error, MagicUsageError), cell

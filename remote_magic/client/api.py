@@ -439,9 +439,14 @@ class Client(RegistryCalls):
         rows and margins) now rather than when it times out."""
         self._request("DELETE", f"/federated/sessions/{training}", timeout=timeout)
 
-    def budget(self) -> Budget:
-        """Your privacy budget on each mode-dp dataset: spent, left, and the jobs that spent it."""
-        return Budget(BudgetReport.model_validate(self._request("GET", "/budget").json()))
+    def budget(self, dataset: str | None = None) -> Budget:
+        """Your privacy budget on each mode-dp dataset (or on `dataset` alone, as `%remote_budget
+        DATASET`): spent, left, and the jobs that spent it. A dataset without one is a KeyError that
+        says which have one."""
+        budget = Budget(BudgetReport.model_validate(self._request("GET", "/budget").json()))
+        if dataset is not None:
+            budget.report.datasets = [budget[dataset]]
+        return budget
 
     def jobs(self, limit: int = 100, state: str | None = None) -> list[JobStatus]:
         """Your jobs, newest first; `state` keeps only jobs in that state."""
@@ -505,8 +510,9 @@ class Client(RegistryCalls):
         left = self.rho_left(result.dataset) if result.training is not None else None
         label = result.ran_with.label if result.ran_with is not None else None
         label_kind = self._label_kind(result.dataset, label) if classes else None
+        derive = result.ran_with.derive if result.ran_with is not None else None
         return RemoteModel.load(
-            data, job_id, result.dataset, result.training, left, classes, label_kind=label_kind
+            data, job_id, result.dataset, result.training, left, classes, label_kind=label_kind, derive=derive
         )
 
     def _label_kind(self, dataset: str, label: str | None) -> str | None:
@@ -535,7 +541,11 @@ def _waited(job: Job, progress: bool | None, wait: dict) -> TrainResult:
     if bar is None:
         return job.result(**wait)  # type: ignore[arg-type]
     try:
-        return job.result(on_progress=bar, progress_after=bar.delay, **wait)  # type: ignore[arg-type]
+        return job.result(
+            on_progress=bar,
+            progress_after=bar.delay,
+            **{"on_notice": bar.notice, **wait},  # type: ignore[arg-type]
+        )
     finally:
         bar.close()
 

@@ -59,6 +59,24 @@ class JobInterrupted(KeyboardInterrupt):
         return [f"Interrupted: {self}"]
 
 
+class JobNotCancelled(JobInterrupted):
+    """Ctrl-C while the server was unreachable: the job could not be cancelled, so it keeps its place
+    and runs (and is charged) when the server returns. Still the interrupt, never a ConnectionProblem
+    in its place, so the one thing the user must know, that the job lives on, is what they read."""
+
+    def __init__(self, job_id: str, how: str | None = None):
+        self.job_id = job_id
+        how = how or f"Client.cancel({job_id!r})"
+        super().__init__(
+            f"could not cancel job {job_id} (the server is unreachable); it will run when the server "
+            f"returns: cancel it then with {how}"
+        )
+
+
+class ServerUnreachable(UserWarning):
+    """A script's wait lost the server for a while; the job keeps its place and the wait goes on."""
+
+
 class RemoteError(RemoteMagicError):
     """The server refused a request or a remote job failed. Carries the server's fixed code."""
 

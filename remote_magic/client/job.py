@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from typing import Protocol
 
 from ..contract.wire import FINAL_STATES, JobResult, JobStatus, Registration
 from ..display.model import RemoteModel
 from ..display.result import TrainResult
-from .errors import ConnectionProblem, RemoteError, error_for
+from .errors import ConnectionProblem, JobNotCancelled, RemoteError, ServerUnreachable, error_for
 
 POLL_WAIT = 10.0
-RECONNECT_DELAY = 1.0
+RECONNECT_DELAY = 0.5  # the first retry's delay; each next one doubles, up to RECONNECT_DELAY_MAX
+RECONNECT_DELAY_MAX = 5.0
+UNREACHABLE_AFTER = 3.0  # seconds without the server before the wait says so (once per outage)
 PROGRESS_POLL_WAIT = 1.0
 
 
@@ -85,6 +88,7 @@ class Job:
         timeout: float | None = None,
         on_progress: Callable[[JobStatus], None] | None = None,
         progress_after: float = 0.0,
+        on_notice: Callable[[str], None] | None = None,
     ) -> JobStatus:
         """Long-poll until the job is final. Ctrl-C cancels the remote job, then re-raises.
 
@@ -93,11 +97,16 @@ class Job:
         queued job); changes arrive at once. Before that, and without `on_progress`, a long-poll
         returns only when the job ends: a job quicker than `progress_after` (a progress bar's delay)
         costs one round trip, not one per progress line, each of which the kernel would pay for.
-        A dropped connection or a 5xx does not end the wait: it reconnects and resumes from the last
-        version seen (the job lives on across a server restart)."""
+        A dropped connection or a 5xx does not end the wait: it retries, backing off up to
+        RECONNECT_DELAY_MAX, and resumes from the last version seen (the job lives on across a server
+        restart). After UNREACHABLE_AFTER seconds without the server it says so once, to `on_notice`
+        (default: a ServerUnreachable warning), rather than wait in silence. A server that answers at
+        once without a change (one shutting down releases its long-polls) is polled with the same
+        backoff, not in a loop. Ctrl-C while the server is unreachable raises JobNotCancelled."""
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
         watch_from = start + progress_after if on_progress is not None else math.inf
+        outage = _Outage(self.id, on_notice or _warn)
         try:
             if on_progress is not None and progress_after <= 0:
                 on_progress(self.status)
@@ -108,20 +117,33 @@ class Job:
                 remaining = poll if deadline is None else min(poll, deadline - now)
                 if remaining <= 0:
                     raise TimeoutError(f"job {self.id} is still {self.status.state} after {timeout} s")
+                seen = self.status.version
                 try:
                     self.refresh(wait=remaining, final=not watching)
                 except ConnectionProblem:
-                    time.sleep(RECONNECT_DELAY)  # the server restarts or the network blips: resume
+                    outage.retry(deadline)  # the server restarts or the network blips: resume
                     continue
                 except RemoteError as exc:
                     if exc.status is None or exc.status < 500:
                         raise
-                    time.sleep(RECONNECT_DELAY)  # a proxy or the server failed this poll: poll again
+                    outage.retry(deadline)  # a proxy or the server failed this poll: poll again
                     continue
+                early = time.monotonic() - now < remaining / 2
+                if self.status.version == seen and early and not self.done:
+                    outage.pause(deadline)  # answered at once with nothing new: a closing server
+                else:
+                    outage.over()
                 if on_progress is not None and time.monotonic() >= watch_from:
                     on_progress(self.status)
         except KeyboardInterrupt:
-            self.cancel()
+            try:
+                self.cancel()
+            except ConnectionProblem:
+                raise JobNotCancelled(self.id) from None
+            except RemoteError as exc:
+                if exc.status is None or exc.status < 500:
+                    raise
+                raise JobNotCancelled(self.id) from None
             raise
         return self.status
 
@@ -130,9 +152,10 @@ class Job:
         timeout: float | None = None,
         on_progress: Callable[[JobStatus], None] | None = None,
         progress_after: float = 0.0,
+        on_notice: Callable[[str], None] | None = None,
     ) -> TrainResult:
         """Wait for the job and return its aggregate result; a failed job raises a RemoteError."""
-        self._succeeded(timeout, on_progress, progress_after)
+        self._succeeded(timeout, on_progress, progress_after, on_notice)
         raw = self.status.result or self.client.result(self.id)  # the final long-poll brought it
         notes = [*self.notes, *_registration_note(self.status.registration)]
         if notes:
@@ -150,14 +173,53 @@ class Job:
         timeout: float | None,
         on_progress: Callable[[JobStatus], None] | None = None,
         progress_after: float = 0.0,
+        on_notice: Callable[[str], None] | None = None,
     ) -> None:
         """Wait for the job; a job that did not succeed raises its error as a RemoteError."""
-        status = self.wait(timeout=timeout, on_progress=on_progress, progress_after=progress_after)
+        status = self.wait(timeout, on_progress, progress_after, on_notice)
         if status.state != "succeeded":
             error = status.error
             code = error.code if error else status.state
             message = error.message if error else f"the job ended {status.state}"
             raise error_for(code, message, job_id=self.id)
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, ServerUnreachable, stacklevel=4)
+
+
+class _Outage:
+    """The wait's retries while the server is away: delays doubling from RECONNECT_DELAY up to
+    RECONNECT_DELAY_MAX, and one notice once it has been away UNREACHABLE_AFTER seconds."""
+
+    def __init__(self, job_id: str, notice: Callable[[str], None]):
+        self.job_id = job_id
+        self.notice = notice
+        self.since: float | None = None
+        self.delay = RECONNECT_DELAY
+        self.said = False
+
+    def retry(self, deadline: float | None) -> None:
+        """A poll failed: say so once the outage is long enough, then wait before the next."""
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+        if not self.said and now - self.since >= UNREACHABLE_AFTER:
+            self.said = True
+            self.notice(f"the server is unreachable, retrying; job {self.job_id} keeps its place")
+        self.pause(deadline)
+
+    def pause(self, deadline: float | None) -> None:
+        """Wait the current delay (never past the deadline), and double it for the next time."""
+        delay = self.delay if deadline is None else max(0.0, min(self.delay, deadline - time.monotonic()))
+        time.sleep(delay)
+        self.delay = min(self.delay * 2, RECONNECT_DELAY_MAX)
+
+    def over(self) -> None:
+        """The server answered with news: the next outage starts afresh."""
+        self.since = None
+        self.delay = RECONNECT_DELAY
+        self.said = False
 
 
 def _registration_note(registration: Registration | None) -> list[str]:

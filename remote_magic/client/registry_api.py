@@ -123,8 +123,17 @@ class RegistryCalls:
         dataset = version.lineage.dataset
         left = self.rho_left(dataset) if version.training is not None else None
         kind = self._label_kind(dataset, version.label) if version.classes else None
+        derive = version.lineage.spec.derive
         return RemoteModel.load(
-            data, version.lineage.job_id, dataset, version.training, left, version.classes, version.ref, kind
+            data,
+            version.lineage.job_id,
+            dataset,
+            version.training,
+            left,
+            version.classes,
+            version.ref,
+            kind,
+            derive,
         )
 
     def lineage(self, ref: str) -> LineageView:

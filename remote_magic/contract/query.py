@@ -46,6 +46,18 @@ def finite_or_null(expression: exp.Expression) -> exp.Expression:
     )
 
 
+def derive_query(derive: dict[str, str], columns: Sequence[str], source: exp.Expression) -> str:
+    """The SELECT of derived columns over `source`, each checked against the derive grammar over
+    `columns` and computed as the staging query computes it (`finite_or_null`): how a downloaded model
+    gives your rows the columns the server derived for it, by the same parser and allow-list, never by
+    splicing the expression's text into SQL."""
+    values = [
+        exp.alias_(finite_or_null(parse_derive(name, text, columns)), name, quoted=True)
+        for name, text in derive.items()
+    ]
+    return exp.select(*values).from_(source).sql(dialect="duckdb", identify=True)
+
+
 def admitting(condition: exp.Expression) -> exp.Expression:
     """A checked filter as the query applies it: a row it cannot be evaluated on (a cast or an overflow
     that fails on that row's values) is left out, like a row it is false for. Never a failure of the

@@ -407,6 +407,11 @@ class SpecUsed(_Strict):
     )
     features: list[str] = Field(description="The model's input columns in order, derived ones last.")
     derived: list[str] = Field(default_factory=list, description="The derived columns among the features.")
+    derive: dict[str, str] = Field(
+        default_factory=dict,
+        description="The derived columns' expressions, as the spec gave them: a downloaded model computes "
+        "them from your rows, as the server did.",
+    )
 
 
 class ConfusionMatrix(_Strict):

@@ -64,6 +64,7 @@ class RemoteModel:
     classes: list[str] | None = None
     ref: str | None = None
     label_kind: str | None = None
+    derive: dict[str, str] | None = None
 
     @classmethod
     def load(
@@ -76,9 +77,11 @@ class RemoteModel:
         classes: list[str] | None = None,
         ref: str | None = None,
         label_kind: str | None = None,
+        derive: dict[str, str] | None = None,
     ) -> RemoteModel:
         """The model from its XGBoost JSON bytes, as the server sent them; `label_kind` is the label
-        column's kind in the catalog (`contract.types`), so `predict` gives values of the label's type."""
+        column's kind in the catalog (`contract.types`), so `predict` gives values of the label's type;
+        `derive` the job's derived columns (name -> expression), which `rows` computes from your rows."""
         import xgboost
 
         booster = xgboost.Booster()
@@ -95,6 +98,7 @@ class RemoteModel:
             classes=classes,
             ref=ref,
             label_kind=label_kind,
+            derive=derive or None,
         )
 
     @property
@@ -110,12 +114,19 @@ class RemoteModel:
         as missing, whatever pandas dtype they came in (`[True, None]` is an object column, which
         XGBoost refuses); a column that holds no numbers is a ValueError naming it. A feature your frame
         lacks is a ValueError that names it, as XGBoost's own check would, rather than a KeyError from
-        deep inside pandas."""
+        deep inside pandas. A column the job derived (`derive`) that your frame lacks is computed from
+        your rows by the job's own expression, checked and run as the server ran it (DuckDB, here):
+        rebuilt by hand in pandas it can differ without a word (DuckDB's `dayofweek` counts Sunday as
+        0, pandas' Monday)."""
         import pandas as pd
 
         booster = self.booster
         names = booster.feature_names or list(frame.columns)
         missing = [name for name in names if name not in frame.columns]
+        derivable = {name: text for name, text in (self.derive or {}).items() if name in missing}
+        if derivable:
+            frame = pd.concat([frame, derived_columns(frame, derivable)], axis=1)
+            missing = [name for name in missing if name not in derivable]
         if missing:
             raise ValueError(_missing_message(missing, [c for c in frame.columns if c not in names]))
         out = frame[names].copy()
@@ -229,6 +240,38 @@ def _as_numbers(frame: pd.DataFrame) -> pd.DataFrame:
         arrays.append(array.cast(pa.float64()) if array.null_count == len(array) else array)
     numbers = as_pandas(pa.Table.from_arrays(arrays, names=[str(n) for n in frame.columns]))
     return numbers.set_axis(frame.index)
+
+
+def derived_columns(frame: pd.DataFrame, derive: dict[str, str]) -> pd.DataFrame:
+    """The derived columns of your rows, by the staging query's own builder (`query.derive_query`: the
+    derive grammar's parser and allow-list, the same NULL for a value that is not a finite number),
+    run by DuckDB in memory, in UTC; an expression that your columns cannot feed is a ValueError naming
+    it."""
+    import duckdb
+    from sqlglot import exp
+
+    from ..contract.codes import Refusal
+    from ..contract.query import derive_query
+
+    table = "remote_magic_your_rows"
+    said = "; ".join(f"{name} = {text}" for name, text in derive.items())
+    columns = [str(c) for c in frame.columns if str(c) not in derive]
+    con = duckdb.connect(":memory:")
+    try:
+        sql = derive_query(derive, columns, exp.table_(table, quoted=True))
+        con.execute("SET TimeZone = 'UTC'")
+        con.register(table, frame)
+        values = con.sql(sql).df()
+    except Refusal as exc:
+        raise ValueError(
+            f"your rows cannot give the model's derived column(s) {said}: {exc.message}"
+        ) from None
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0][:300]
+        raise ValueError(f"your rows cannot give the model's derived column(s) {said}: {first}") from None
+    finally:
+        con.close()
+    return values.set_axis(frame.index)
 
 
 def _missing_message(missing: list[str], unread: list[object]) -> str:

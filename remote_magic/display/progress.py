@@ -169,6 +169,13 @@ class ProgressBar:
             stage_of(status), done, p.total_rounds, time.monotonic() - self.started, _metric_text(status)
         )
 
+    def notice(self, line: str) -> None:
+        """Say `line` in the bar itself (the server is unreachable, say), shown at once, delay or
+        not; the job's next status replaces it."""
+        if self.view is None:
+            self.view = _NotebookBar() if self.notebook else _TextBar()
+        self.view.show("waiting", self.done, 0, time.monotonic() - self.started, line)
+
     @property
     def shown(self) -> bool:
         return self.view is not None

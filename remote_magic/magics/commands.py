@@ -26,7 +26,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Float, Unicode, default
 from traitlets.config import Configurable
 
-from ..client.errors import JobInterrupted, RemoteMagicError
+from ..client.errors import JobInterrupted, JobNotCancelled, RemoteMagicError
 from .cellmodel import bound_models, bound_values, foreign_models, pick_model
 from .targets import job_target
 from .usage import usage_errors
@@ -51,7 +51,33 @@ def _parse(magic, line: str):
         words = shlex.split(line)
     except ValueError as exc:
         raise UsageError(f"cannot parse the arguments: {exc}") from None
-    return magic.parser.parse_args(words)
+    try:
+        return magic.parser.parse_args(words)
+    except UsageError as exc:
+        raise UsageError(_hinted(str(exc), words, magic.parser)) from None
+
+
+FILTER_FLAGS = ("--where", "-w", "--eval-where")
+
+
+def _hinted(message: str, words: list[str], parser) -> str:
+    """argparse's "unrecognized arguments: >= 18", with what was meant: an unquoted filter split into
+    words (quote it), or a dataset written as a positional word (the magics take it by --dataset)."""
+    head, _, rest = message.partition("unrecognized arguments: ")
+    extra = rest.split()
+    if head or not extra or extra[0] not in words:
+        return message
+    at = words.index(extra[0])
+    if at >= 2 and words[at - 2] in FILTER_FLAGS:
+        taken = [words[at - 1]]
+        for word in words[at:]:
+            if word.startswith("-") or word not in extra:
+                break
+            taken.append(word)
+        return f'{message}; quote the filter: {words[at - 2]} "{" ".join(taken)}"'
+    if at == 0 and "--dataset" in parser._option_string_actions and not extra[0].startswith("-"):
+        return f'{message}; the dataset goes in --dataset {extra[0]} (or -d), or in the spec\'s "dataset"'
+    return message
 
 
 def _spec_arguments(func):
@@ -149,6 +175,11 @@ def _spec_source(args) -> str | None:
     flags = [f"--{name.replace('_', '-')}" for name in SPEC_FLAGS if getattr(args, name, None) is not None]
     over = f"; flags over it: {', '.join(flags)}" if flags else ""
     return f"`{args.spec}` (named by --spec){over}"
+
+
+def _say(line: str) -> None:
+    """A line for the user while a cell waits without a progress bar (REMOTE_MAGIC_PROGRESS=off)."""
+    print(line, file=sys.stderr)
 
 
 def _charge_said(job: Job) -> str:
@@ -300,13 +331,10 @@ class RemoteMagic(Magics, Configurable):
         """Your privacy budget on each mode-dp dataset: the cap, what is spent and left, and every charge
         with the job that made it (a failed or cancelled job is charged once its rows were admitted)."""
         args = _parse(self.remote_budget, line)
-        budget = self.client.budget()
-        if args.dataset is not None:
-            try:
-                budget.report.datasets = [budget[args.dataset]]
-            except KeyError as missing:
-                raise UsageError(missing.args[0]) from None
-        return budget
+        try:
+            return self.client.budget(args.dataset)
+        except KeyError as missing:
+            raise UsageError(missing.args[0]) from None
 
     # jobs
     def _spec(self, args) -> DatasetSpec:
@@ -344,7 +372,11 @@ class RemoteMagic(Magics, Configurable):
         if args.model is None:
             return pick_model(bound, foreign)
         if args.model not in self.shell.user_ns:
-            raise UsageError(f"there is no variable {args.model!r}; name the model with --model VAR")
+            said = f"there is no variable {args.model!r}"
+            if bound:
+                named = ", ".join(sorted(bound))
+                raise UsageError(f"{said}; the cell bound {named}: --model {sorted(bound)[0]}, or no --model")
+            raise UsageError(f"{said}; name the model with --model VAR")
         return self.shell.user_ns[args.model]
 
     def _model_or_base(
@@ -441,8 +473,13 @@ class RemoteMagic(Magics, Configurable):
         bar = ProgressBar(delay=self.progress_delay) if self.progress else None
         try:
             return job.result(
-                timeout=self.timeout or None, on_progress=bar, progress_after=self.progress_delay
+                timeout=self.timeout or None,
+                on_progress=bar,
+                progress_after=self.progress_delay,
+                on_notice=bar.notice if bar is not None else _say,
             )
+        except JobNotCancelled as exc:
+            raise JobNotCancelled(exc.job_id, f"%remote_cancel {exc.job_id}") from None
         except KeyboardInterrupt:
             raise JobInterrupted(f"remote job {job.id} was cancelled{_charge_said(job)}.") from None
         finally:

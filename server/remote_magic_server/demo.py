@@ -168,12 +168,14 @@ def demo_settings(data_dir: Path, host: str = "127.0.0.1", port: int = 8765, wor
         )
         for name, (_, label, desc) in DEMO_DATASETS.items()
     }
-    return Settings(
+    settings = Settings(
         server=ServerSection(host=host, port=port, data_dir=data_dir, workers=workers),
         datasets=datasets,
         # The examples' webhook receiver listens on a free loopback port (examples/06-automation.ipynb).
         webhooks=WebhooksSection(allow=["http://127.0.0.1:*"]),
     )
+    settings._demo = True
+    return settings
 
 
 _PORTS_GIVEN: set[int] = set()
@@ -190,12 +192,16 @@ def _ephemeral_low() -> int:
 def first_free_port(host: str, start: int, tries: int = 100) -> int:
     """`start`, or the next port after it that `host` can bind now: what `serve --demo` listens on when
     it is given no port (the README: "on 127.0.0.1:8765, or the next free port"), so that the URL and
-    token it prints are the ones of the server it starts."""
+    token it prints are the ones of the server it starts. The probe binds as uvicorn does, with
+    SO_REUSEADDR: a port whose last connections linger in TIME_WAIT (a demo restarted after a crash) is
+    free to uvicorn, and a plain bind's refusal moved the demo to the next port, away from the notebooks
+    that wait for it to come back; a port another server listens on is still taken."""
     import socket
 
     for port in range(start, start + tries):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
             except OSError:

@@ -47,7 +47,10 @@ def token_principal(store: Store, secret: str) -> tuple[Principal, str]:
     revoked or expired token."""
     row = store.lookup_token(secret)
     if row is None:
-        raise Refusal("unauthorized", "the token is not valid")
+        raise Refusal(
+            "unauthorized",
+            "the token is not valid (mistyped, or replaced by a newer one); ask the data owner for a new one",
+        )
     state = row.state()
     if state == "revoked":
         raise Refusal("unauthorized", "this token was revoked; ask the data owner for a new one")

@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from remote_magic.contract.wire import (
     IDENT,
@@ -380,6 +388,14 @@ class Settings(_Strict):
     datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
     audit: AuditSection = Field(default_factory=AuditSection)
     jupyterhub: JupyterHubSection | None = None
+    # Set by `demo_settings` only, never by a config file: messages name `--demo` where they would name
+    # the server's `--config FILE` (a real deployment's analysts must not be told of a demo).
+    _demo: bool = PrivateAttr(default=False)
+
+    @property
+    def owner_flag(self) -> str:
+        """How the data owner's commands find this server's settings: `--demo`, or `--config FILE`."""
+        return "--demo" if self._demo else "--config FILE"
 
     @field_validator("datasets")
     @classmethod

@@ -249,8 +249,8 @@ class ReleaseDesk:
                 f"your privacy budget on this dataset (rho {cap:g}) cannot pay for this "
                 f"request (rho {cost:g}; {max(0.0, cap - spent):.4g} left); repeat an earlier "
                 "request to see its stored answer, or ask the data owner to raise your budget "
-                f"(remote-magic-server budget set {request.user} {request.dataset} RHO, with the server's "
-                "--config FILE, or --demo)",
+                f"(remote-magic-server budget set {request.user} {request.dataset} RHO "
+                f"{self.settings.owner_flag})",
             )
         if (
             policy.dp_rho_dataset_cap
@@ -705,6 +705,7 @@ class ReleaseDesk:
                 "eval": split,
                 "features": [*request.features, *(d for d in derived if d not in request.features)],
                 "derived": derived,
+                "derive": dict(spec.derive or {}),
             }
         )
 
