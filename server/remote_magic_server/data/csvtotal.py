@@ -106,13 +106,15 @@ class _Blocks:
 def _one_line_records(block: bytes, line: re.Pattern[bytes]) -> bool:
     """Whether each line of `block` that holds a quote is a whole record by itself (most files quote few
     lines: only those are read)."""
+    if b"\r" in block:
+        lines = block.splitlines(keepends=True)
+        quoted = [one for one in lines if b'"' in one]
+        return len(quoted) <= QUOTED_LINES and all(line.fullmatch(one) for one in quoted)
     at, checked = block.find(b'"'), 0
-    ends = _ENDS if b"\r" in block else _ENDS[:1]  # a find for one that is not there reads it all
-    while at >= 0:
+    while at >= 0:  # only `\n` ends lines here: a find for `\r` would read the whole block each time
         if checked == QUOTED_LINES:
             return False
-        start = max(block.rfind(end, 0, at) for end in ends) + 1
-        stop = _next_line(block, at)
+        start, stop = block.rfind(b"\n", 0, at) + 1, block.find(b"\n", at) + 1 or len(block)
         if not line.fullmatch(block, start, stop):
             return False
         at, checked = block.find(b'"', stop), checked + 1
