@@ -246,7 +246,7 @@ def test_in_mode_dp_the_catalog_count_is_drawn_once_per_version_and_charged_to_n
 def test_one_table_under_two_noisy_names_shows_one_catalog_draw_charged_once(tmp_path):
     """A draw stored per name gave a table served under k names k draws to average (red-team review 8).
     The draw is the table's content's: every name and version serving those rows reads it."""
-    from remote_magic_server.release.desk import CATALOG
+    from remote_magic_server.release.desk import CATALOG, _digest
 
     table = {"path": tmp_path / "n.parquet", "id_column": "id", "label_columns": ["y"]}
     names = {"a": "dp", "b": "dp", "c": "dp_eval_only"}
@@ -260,6 +260,14 @@ def test_one_table_under_two_noisy_names_shows_one_catalog_draw_charged_once(tmp
     assert sum(desk.ledger.spent(CATALOG, name) for name in names) == pytest.approx(rho)
     drawn = {desk.table_size("b", 5, f"other-rows-{n}", 6000) for n in range(20)}
     assert len(drawn) > 10, "other content (other rows) is drawn apart"
+    # A draw made before draws were stored by content (under the name and version) is kept, not redrawn.
+    legacy = _digest("catalog", desk._table("c"), "version", 9)
+    desk.ledger.store_answer(CATALOG, "c", legacy, {"rows": 5990})
+    assert (
+        desk.table_size("c", 9, "before-the-upgrade", 6000)
+        == desk.table_size("a", 1, "before-the-upgrade", 6000)
+        == 5990
+    )
 
 
 def test_a_federated_step_asks_its_batchs_noise_and_a_session_step_is_charged_as_an_admission(desk, tmp_path):
