@@ -227,17 +227,47 @@ def test_in_mode_dp_the_catalog_count_is_drawn_once_per_version_and_charged_to_n
     from remote_magic_server.release.desk import CATALOG
 
     rho = desk.policy("noisy").dp_rho_catalog
-    shown = [desk.table_size("noisy", 1, 6000) for _ in range(3)]
+    shown = [desk.table_size("noisy", 1, "c1", 6000) for _ in range(3)]
     assert shown[0] == shown[1] == shown[2], "the same count is shown to every request: no fresh noise"
     assert desk.ledger.spent(CATALOG, "noisy") == pytest.approx(rho)
     assert desk.ledger.spent("alice", "noisy") == 0
-    drawn = [desk.table_size("noisy", version, 6000) for version in range(2, 22)]
+    drawn = [desk.table_size("noisy", version, f"c{version}", 6000) for version in range(2, 22)]
     assert len(set(drawn)) > 10, "versions of one exact count are drawn apart"
     assert max(abs(d - 6000) for d in drawn) < 10 / math.sqrt(2 * rho)
     assert desk.ledger.spent(CATALOG, "noisy") == pytest.approx(21 * rho)
-    assert [desk.table_size("noisy", version, 6000) for version in range(1, 22)] == [shown[0], *drawn]
+    assert [desk.table_size("noisy", version, f"c{version}", 6000) for version in range(1, 22)] == [
+        shown[0],
+        *drawn,
+    ]
     assert desk.ledger.spent(CATALOG, "noisy") == pytest.approx(21 * rho), "a version shown again is free"
-    assert desk.table_size("plain", 1, 6003) == 6000  # mode rules: rounded, as before
+    assert desk.table_size("plain", 1, "c1", 6003) == 6000  # mode rules: rounded, as before
+
+
+def test_one_table_under_two_noisy_names_shows_one_catalog_draw_charged_once(tmp_path):
+    """A draw stored per name gave a table served under k names k draws to average (red-team review 8).
+    The draw is the table's content's: every name and version serving those rows reads it."""
+    from remote_magic_server.release.desk import CATALOG, _digest
+
+    table = {"path": tmp_path / "n.parquet", "id_column": "id", "label_columns": ["y"]}
+    names = {"a": "dp", "b": "dp", "c": "dp_eval_only"}
+    settings = Settings(datasets={name: DatasetConfig(**table, privacy=mode) for name, mode in names.items()})
+    desk = ReleaseDesk(settings, Ledger(tmp_path / "ledger.sqlite"), AuditLog(tmp_path / "audit.log"))
+    shown = [
+        desk.table_size(name, number, "same-rows", 6000) for name, number in (("a", 1), ("b", 4), ("c", 2))
+    ]
+    assert shown[0] == shown[1] == shown[2]
+    rho = desk.policy("a").dp_rho_catalog
+    assert sum(desk.ledger.spent(CATALOG, name) for name in names) == pytest.approx(rho)
+    drawn = {desk.table_size("b", 5, f"other-rows-{n}", 6000) for n in range(20)}
+    assert len(drawn) > 10, "other content (other rows) is drawn apart"
+    # A draw made before draws were stored by content (under the name and version) is kept, not redrawn.
+    legacy = _digest("catalog", desk._table("c"), "version", 9)
+    desk.ledger.store_answer(CATALOG, "c", legacy, {"rows": 5990})
+    assert (
+        desk.table_size("c", 9, "before-the-upgrade", 6000)
+        == desk.table_size("a", 1, "before-the-upgrade", 6000)
+        == 5990
+    )
 
 
 def test_a_federated_step_asks_its_batchs_noise_and_a_session_step_is_charged_as_an_admission(desk, tmp_path):

@@ -33,4 +33,4 @@ def cost(
         dataset_version=plan.dataset_version,
     )
     version = version_of(versions, body.spec.dataset)
-    return desk.estimate(request, version.number, version.rows)
+    return desk.estimate(request, version.number, version.content_hash, version.rows)

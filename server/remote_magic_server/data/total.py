@@ -3,10 +3,11 @@
 There a snapshot that failed because of one row (a CSV value that does not parse as its declared type,
 a Parquet file written as double because one row held 2.5, a missing or repeated id) told analysts for
 free, through the catalog and `/metrics`, whether that row was in. So each value is converted on its
-own: one that does not convert becomes NULL; a CSV row with the wrong number of fields is skipped; a
-row with a missing id, and every row of an id that repeats, is dropped (adding one row then removes at
-most one other, never fails). What was changed is counted in `Repairs`, for the owner's log and CLI
-only. Failures that no row decides (a missing file, a declared column not in the header) still fail.
+own: one that does not convert becomes NULL; a CSV line where no well-formed record starts, or a
+record with the wrong number of fields, is skipped alone (`csvtotal`); a row with a missing id, and
+every row of an id that repeats, is dropped (adding one row then removes at most one other, never
+fails). What was changed is counted in `Repairs`, for the owner's log and CLI only. Failures that no
+row decides (a missing file, a declared column not in the header) still fail.
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ class Repairs:
         nulled = sorted(self.nulled.items())
         parts = [f"{n:,} value(s) of {c!r} did not parse and are NULL" for c, n in nulled]
         if self.skipped_rows:
-            parts.append(f"{self.skipped_rows:,} CSV row(s) with the wrong number of fields skipped")
+            parts.append(
+                f"{self.skipped_rows:,} CSV line(s) or record(s) skipped (the wrong number of fields, "
+                "a quote not as RFC 4180 has it, or over 8 MiB)"
+            )
         if self.dropped_ids:
             parts.append(f"{self.dropped_ids:,} row(s) with a missing or repeated id dropped")
         return "; ".join(parts)

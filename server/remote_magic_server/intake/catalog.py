@@ -111,7 +111,7 @@ def describe_dataset(settings: Settings, desk: ReleaseDesk, versions: Versions, 
         VersionInfo(
             number=v.number,
             created=v.created,
-            rows=desk.table_size(name, v.number, v.rows),
+            rows=desk.table_size(name, v.number, v.content_hash, v.rows),
             schema_hash=v.schema_hash[:SCHEMA_HASH_CHARS],
             schema_change=_change(before, v),
         )
@@ -121,7 +121,7 @@ def describe_dataset(settings: Settings, desk: ReleaseDesk, versions: Versions, 
     return DatasetInfo(
         name=name,
         description=dataset.description,
-        rows=desk.table_size(name, version.number, version.rows) if version else None,
+        rows=desk.table_size(name, version.number, version.content_hash, version.rows) if version else None,
         columns=columns_of(dataset, version) if version else [],
         policy=settings.policy_for(name).in_effect(),
         bounds=settings.bounds_for(name),

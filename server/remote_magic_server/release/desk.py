@@ -177,26 +177,38 @@ class ReleaseDesk:
         return str(config.path) if config.path is not None else config.source_config.describe()
 
     # the catalog and running jobs
-    def table_size(self, dataset: str, version: int, rows: int) -> int | None:
-        """The row count of a dataset's version (`rows`, exact) as the catalog may show it. In mode dp the
-        exact count is not public (two versions' counts tell whether a row came or went): the count is a
-        discrete Gaussian draw, made once per version and stored, so every user and every request sees
-        the same number, and the privacy loss grows with the versions shown, one `dp_rho_catalog` each.
-        A draw per distinct count, as it was, gave two versions of one exact count one shown count, so
-        equal shown counts said the exact ones were equal (a row replaced, or restored, showed as
-        such). Its cost goes on the dataset's total (the `CATALOG` user), never on an analyst's budget."""
+    def table_size(self, dataset: str, version: int, content: str, rows: int) -> int | None:
+        """The row count of a dataset's version (`rows`, exact; `content`, its snapshot's content hash)
+        as the catalog may show it. In mode dp the exact count is not public (two versions' counts tell
+        whether a row came or went): the count is a discrete Gaussian draw, made once per table content
+        and stored, so every user, request and version of those rows sees the same number, and the
+        privacy loss grows with the contents shown, one `dp_rho_catalog` each. A draw per distinct
+        count, as it was, gave two versions of one exact count one shown count (equal shown counts said
+        a row was replaced, or restored); a draw stored per dataset name gave one table served under k
+        names k draws to average (red-team review 8): the draw is stored under the table (`_table`)
+        and its content, read by every name that serves it, and charged once, on the dataset total
+        (the `CATALOG` user) of the name that first showed it, never on an analyst's budget."""
         policy = self.policy(dataset)
         if not policy.noisy:
             return rules.release_count(rows, policy)
-        key = _digest("catalog", self._table(dataset), "version", version)
+        table = self._table(dataset)
+        key = _digest("catalog", table, "content", content)
         with self.ledger.decision():
-            stored = self.ledger.stored_answer(CATALOG, dataset, key)
+            stored = self.ledger.stored_answer(CATALOG, table, key)
             if stored is None:
-                drawn = dp.gaussian_counts([rows], 1.0, policy.dp_rho_catalog)[0][0]
-                stored = {"rows": max(0, drawn)}
-                self.ledger.charge(f"catalog:{key}", CATALOG, dataset, "catalog", policy.dp_rho_catalog, {})
-                self.ledger.store_answer(CATALOG, dataset, key, stored)
-                self.audit.record("privacy_charge", CATALOG, dataset=dataset, rho=policy.dp_rho_catalog)
+                # A draw made before it was stored by content (under the name and version): kept, not
+                # drawn again.
+                stored = self.ledger.stored_answer(
+                    CATALOG, dataset, _digest("catalog", table, "version", version)
+                )
+                if stored is None:
+                    drawn = dp.gaussian_counts([rows], 1.0, policy.dp_rho_catalog)[0][0]
+                    stored = {"rows": max(0, drawn)}
+                    self.ledger.charge(
+                        f"catalog:{key}", CATALOG, dataset, "catalog", policy.dp_rho_catalog, {}
+                    )
+                    self.audit.record("privacy_charge", CATALOG, dataset=dataset, rho=policy.dp_rho_catalog)
+                self.ledger.store_answer(CATALOG, table, key, stored)
         return int(stored["rows"])
 
     def progress_metric(self, dataset: str, latest: dict[str, dict[str, float]] | None) -> MetricPoint | None:
@@ -862,7 +874,7 @@ class ReleaseDesk:
             repeated=repeated,
         )
 
-    def estimate(self, request: Request, version: int, table_rows: int | None) -> CostEstimate:
+    def estimate(self, request: Request, version: int, content: str, table_rows: int | None) -> CostEstimate:
         """What a request would cost and how wide its intervals should be, before anything is spent:
         computed as the release computes them, with the class balance this user was already told, on
         the dataset version's row count as the catalog shows it."""
@@ -880,7 +892,7 @@ class ReleaseDesk:
         if table_rows:
             split = request.spec.get("eval") or ({"fraction": 0.2} if request.kind == "train" else {})
             fraction = float(split.get("fraction", 1.0))
-            assumed = int((self.table_size(request.dataset, version, table_rows) or 0) * fraction)
+            assumed = int((self.table_size(request.dataset, version, content, table_rows) or 0) * fraction)
         expected: dict[str, float] = {}
         if assumed:
             expected, notes = self._expected(request, policy, assumed)
