@@ -329,3 +329,51 @@ def test_dataset_refresh_warns_as_the_doctor_would_about_the_new_version(tmp_pat
     assert len(warned) == 2, lines
     assert any("unknown column 'income' in column_ranges" in line for line in warned), lines
     assert any("'email'" in line and "unique to each row" in line for line in warned), lines
+
+
+def test_a_misspelt_exclusion_is_fatal_at_the_doctor_at_serve_and_at_refresh(tmp_path):
+    """Found by review (rev9 #1): `exclude_columns = ["emial"]` was silently ignored, so `email` (not
+    unique, so no id-like warning either) stayed a feature. The owner meant to hide a column: fatal."""
+    rows = 200
+    frame = pd.DataFrame(
+        {"id": range(rows), "email": [f"p{i % 20}@example.org" for i in range(rows)], "y": [0, 1] * 100}
+    )
+    path = tmp_path / "t.parquet"
+    frame.to_parquet(path, index=False)
+    csv = tmp_path / "t.csv"
+    frame.to_csv(csv, index=False)
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\n\n'
+        + dataset("typo", path, "y").replace("\n\n", '\nexclude_columns = ["emial"]\n\n')
+        + dataset("fine", path, "y").replace("\n\n", '\nexclude_columns = ["email"]\n\n')
+    )
+    done = doctor(config)
+    fatal = [line for line in done.stdout.splitlines() if line.startswith("FATAL")]
+    assert fatal == [
+        "FATAL  dataset typo: unknown column 'emial' in exclude_columns; did you mean 'email'?: no column "
+        "is hidden by it, so the column you meant stays a feature; fix the name (or remove it if the "
+        "column left the source)"
+    ], done.stdout
+    assert done.returncode == 1
+    served = subprocess.run(
+        [sys.executable, "-m", "remote_magic_server", "serve", "--config", str(config), "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert served.returncode == 1 and '"refusing_to_start"' in served.stderr
+    assert "'emial' in exclude_columns" in served.stderr and "Uvicorn running" not in served.stderr
+    config.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\n\n'
+        + csv_table("customers", csv, extra='exclude_columns = ["emial"]\ncolumn_levels = { y = [0, 1] }')
+    )
+    cmd = [sys.executable, "-m", "remote_magic_server", "dataset", "refresh", "customers", "--config"]
+    refreshed = subprocess.run([*cmd, str(config)], capture_output=True, text=True, timeout=120)
+    lines = refreshed.stdout.splitlines()
+    assert lines[0].startswith("customers: new version v1"), refreshed
+    assert [line for line in lines if line.startswith("FATAL")] == [
+        "FATAL  dataset customers: unknown column 'emial' in exclude_columns; did you mean 'email'?: no "
+        "column is hidden by it, so the column you meant stays a feature; fix the name (or remove it if "
+        "the column left the source)"
+    ], lines
