@@ -302,13 +302,16 @@ def _trial_snapshot(settings: Settings, name: str, folder: Path) -> tuple[Path |
             "succeeds"
         )
         return None, [Finding("warn", f"dataset {name}", message)]
-    repaired = snapshot.repairs.summary()
-    return snapshot.file, [_repaired(name, repaired)] if repaired else []
+    return snapshot.file, [_repaired(settings, name, snapshot.note)] if snapshot.note else []
 
 
-def _repaired(name: str, summary: str) -> Finding:
-    """What a total staging (modes dp, dp_eval_only) changed in the rows: the owner fixes the source."""
-    return Finding("warn", f"dataset {name}", f"its snapshot was staged as the declared types say: {summary}")
+def _repaired(settings: Settings, name: str, summary: str) -> Finding:
+    """What a total staging (modes dp, dp_eval_only) changed in the rows, and the columns of a later
+    Parquet file it left out: the owner fixes the source."""
+    from .config.sources import staged_as
+
+    how = staged_as(settings.datasets[name].source_config)
+    return Finding("warn", f"dataset {name}", f"its snapshot was {how}: {summary}")
 
 
 def _last_repairs(settings: Settings, name: str) -> list[Finding]:
@@ -324,7 +327,7 @@ def _last_repairs(settings: Settings, name: str) -> list[Finding]:
         versions.close()
     if last is None or last["outcome"] == "failed" or not last["message"]:
         return []
-    return [_repaired(name, last["message"])]
+    return [_repaired(settings, name, last["message"])]
 
 
 def _probe(settings: Settings, trial: bool = False) -> list[Finding]:

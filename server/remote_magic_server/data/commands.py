@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config.settings import Settings
+from ..config.sources import staged_as
 from . import lifecycle
 from .sources import SourceError
 from .versions import Version, Versions, schema_change
@@ -76,7 +77,7 @@ def refresh_now(settings: Settings, name: str) -> int:
     else:
         print(f"{name}: unchanged; v{outcome.version.number} keeps serving")
     if outcome.repaired:
-        print(f"{name}: staged as the declared types say: {outcome.repaired}")
+        print(f"{name}: {staged_as(settings.datasets[name].source_config)}: {outcome.repaired}")
     for finding in declared_findings(settings, name, outcome.version.file):
         print(finding.line())
     return 0

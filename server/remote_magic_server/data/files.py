@@ -46,6 +46,9 @@ class ParquetSource(Source):
         # the rows' values (year=2024 everywhere but one row's year=2024.5), and types are public.
         keys = _hive_keys(found.files[0], self.path)
         dataset = found
+        first = set(found.schema.names)
+        later = (name for f in found.get_fragments() for name in f.physical_schema.names)
+        self.left_out = sorted({name for name in later if name not in first})
         if keys:
             text = ds.partitioning(pa.schema([(key, pa.string()) for key in keys]), flavor="hive")
             dataset = ds.dataset(self.path, filesystem=self.filesystem, format="parquet", partitioning=text)

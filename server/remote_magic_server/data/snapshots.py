@@ -37,6 +37,7 @@ class Snapshot:
     columns: list[tuple[str, str]]
     inferred: list[str]
     repairs: Repairs = field(default_factory=Repairs)
+    note: str = ""  # what the staging changed or left out (`Source.staging_note`), for the owner
 
     @property
     def schema_hash(self) -> str:
@@ -126,4 +127,5 @@ def take_snapshot(
         columns=[(f.name, str(f.type)) for f in schema],
         inferred=inferred,
         repairs=source.repairs,
+        note=source.staging_note(),
     )
