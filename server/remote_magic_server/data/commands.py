@@ -6,6 +6,7 @@ shows rounded counts only.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -66,11 +67,16 @@ def show_versions(settings: Settings, name: str) -> int:
 
 
 def refresh_now(settings: Settings, name: str) -> int:
+    # The refresh's log events are the server log's; here the lines below say it, so Python's last-resort
+    # handler must not print a bare event name (`dataset_refresh_failed`) first.
+    logging.getLogger("remote_magic_server.data").addHandler(logging.NullHandler())
     try:
         outcome = lifecycle.refresh(settings, name)
     except SourceError as exc:
         print(f"{name}: refresh failed ({exc.reason}): {exc.message}", file=sys.stderr)
-        print(f"{name}: the previous version, if any, keeps serving", file=sys.stderr)
+        latest = Versions(settings.snapshots_dir).latest(name)
+        serving = f"v{latest.number} keeps serving" if latest else "it has no version: jobs on it are refused"
+        print(f"{name}: {serving}", file=sys.stderr)
         return 1
     if outcome.new:
         print(f"{name}: new version {_line(outcome.version)}")

@@ -8,7 +8,7 @@ import glob
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -126,7 +126,7 @@ class CsvSource(Source):
 
             write_rows(pa.RecordBatchReader.from_batches(schema, batches()), dest)
         except pa.ArrowInvalid as exc:
-            raise self.fail("invalid_snapshot", _csv_problem(str(exc), names)) from None
+            raise self.fail("invalid_snapshot", _csv_problem(str(exc), names, self.types)) from None
         return [name for name in schema.names if name not in self.types]
 
     def _stage_total(self, files: list[str], names: list[str], dest: Path) -> list[str]:
@@ -175,12 +175,17 @@ class CsvSource(Source):
         return next(csv.reader(first[:1], delimiter=self.delimiter), [])
 
 
-def _csv_problem(text: str, names: list[str]) -> str:
+def _csv_problem(text: str, names: list[str], declared: Collection[str] = ()) -> str:
     """Arrow's CSV error without the offending value or row, which are data."""
     convert = re.search(r"column #(\d+).*?conversion error to (\S+?):", text, re.S)
     if convert:
         index = int(convert.group(1))
         column = repr(names[index]) if index < len(names) else f"#{index}"
+        if index < len(names) and names[index] in declared:
+            return (
+                f"column {column} is declared {convert.group(2)} in `columns`, and a value does not parse "
+                "as that: fix the source's values, or declare the type they have"
+            )
         return (
             f"column {column} has a value that does not parse as {convert.group(2)}; "
             "declare the column's type in `columns`"
