@@ -22,6 +22,11 @@ def doctor(config) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "LC_ALL": "C"})
 
 
+def refresh_command(name: str, config) -> list[str]:
+    """`remote-magic-server dataset refresh NAME`, the owner's CLI in its own process."""
+    return [sys.executable, "-m", "remote_magic_server", "dataset", "refresh", name, "--config", str(config)]
+
+
 def dataset(name: str, path, label: str = "malignant") -> str:
     return f'[datasets.{name}]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["{label}"]\n\n'
 
@@ -307,16 +312,7 @@ def test_dataset_refresh_warns_as_the_doctor_would_about_the_new_version(tmp_pat
             "customers", path, extra="column_levels = { y = [0, 1] }\ncolumn_ranges = { income = [0, 100] }"
         )
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "remote_magic_server",
-        "dataset",
-        "refresh",
-        "customers",
-        "--config",
-        str(config),
-    ]
+    cmd = refresh_command("customers", config)
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0 and first.stdout.startswith("customers: new version v1"), first
     assert "WARN" not in first.stdout and "FATAL" not in first.stdout, first.stdout
@@ -369,8 +365,9 @@ def test_a_misspelt_exclusion_is_fatal_at_the_doctor_at_serve_and_at_refresh(tmp
         f'[server]\ndata_dir = "{tmp_path / "data"}"\n\n'
         + csv_table("customers", csv, extra='exclude_columns = ["emial"]\ncolumn_levels = { y = [0, 1] }')
     )
-    cmd = [sys.executable, "-m", "remote_magic_server", "dataset", "refresh", "customers", "--config"]
-    refreshed = subprocess.run([*cmd, str(config)], capture_output=True, text=True, timeout=120)
+    refreshed = subprocess.run(
+        refresh_command("customers", config), capture_output=True, text=True, timeout=120
+    )
     lines = refreshed.stdout.splitlines()
     assert lines[0].startswith("customers: new version v1"), refreshed
     assert [line for line in lines if line.startswith("FATAL")] == [
@@ -434,16 +431,7 @@ def test_the_owner_is_told_which_column_is_missing_and_what_keeps_serving(tmp_pa
         f'[server]\ndata_dir = "{tmp_path / "data"}"\n\n'
         + csv_table("customers", csv, id_column="cust_id", labels='["churn"]', extra="")
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "remote_magic_server",
-        "dataset",
-        "refresh",
-        "customers",
-        "--config",
-        str(config),
-    ]
+    cmd = refresh_command("customers", config)
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0 and first.stdout.startswith("customers: new version v1"), first
     frame.rename(columns={"y": "churn_flag"}).to_csv(csv, index=False)

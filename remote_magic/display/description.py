@@ -199,7 +199,8 @@ class Description:
             lines.append("classes: " + ", ".join(f"{c.label}: {self._noisy(c.count)}" for c in r.classes))
         width = max((len(c.name) for c in r.columns), default=0)
         missing = {c.name: f"missing {self._missing_text(c.name)}" for c in r.columns}
-        room = max((len(m) for m in missing.values()), default=0)
+        room = max((len(m) for m in missing.values()), default=13)
+        room = max(room, 13)
         for c in r.columns:
             lines.append(
                 f"  {c.name:<{width}}  {c.kind:<11}  {missing[c.name]:<{room}}  "
