@@ -69,7 +69,9 @@ def show_versions(settings: Settings, name: str) -> int:
 def refresh_now(settings: Settings, name: str) -> int:
     # The refresh's log events are the server log's; here the lines below say it, so Python's last-resort
     # handler must not print a bare event name (`dataset_refresh_failed`) first.
-    logging.getLogger("remote_magic_server.data").addHandler(logging.NullHandler())
+    logger = logging.getLogger("remote_magic_server.data")
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())
     try:
         outcome = lifecycle.refresh(settings, name)
     except SourceError as exc:
