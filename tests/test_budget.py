@@ -4,6 +4,7 @@ that spent it, and the data owner lists and raises a user's budget from the CLI,
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -31,7 +32,7 @@ def spec(seed: int) -> dict:
 @pytest.fixture(scope="module")
 def tiny(server, tmp_path_factory):
     """A server whose dataset `tiny` (mode dp_eval_only) pays for two jobs: rho 0.025, each job 0.01.
-    Shared by the file's tests, each as a user of its own (eve, frank, grace): budgets are per user."""
+    Shared by the file's tests, each as a user of its own (eve, frank, grace, hana): budgets are per user."""
     path = server.settings.datasets["breast_cancer"].path
     table = dataset_table(
         "tiny",
@@ -42,7 +43,7 @@ def tiny(server, tmp_path_factory):
         column_levels='{ malignant = ["0", "1"] }',  # the noisy modes take a classifier's classes public
     )
     base = tmp_path_factory.mktemp("tiny")
-    users = dict.fromkeys(("eve", "frank", "grace"), ["tiny", "synthetic"])
+    users = dict.fromkeys(("eve", "frank", "grace", "hana"), ["tiny", "synthetic"])
     with running(base / "data", base / "log", users, table) as small:
         yield small
 
@@ -91,6 +92,38 @@ def test_at_the_cap_an_identical_repeat_is_answered_and_the_owner_raises_the_bud
     refused = owner(tiny, "budget", "set", "eve", "no_such", "1")
     assert refused.returncode == 2 and "not a dataset served in mode dp" in refused.stderr
     assert owner(tiny, "budget", "set", "eve", "tiny", "-1").returncode == 2
+
+
+def test_the_owner_sees_why_a_request_was_refused_in_the_audit_log_and_the_server_log(tiny):
+    """Found by review (rev9 #5): a budget or spec refusal's audit entry read only `status 422`, and the
+    server log had no code. Now both carry the registered code (never the message), and `audit` keeps
+    one user's or one kind's entries."""
+    client = tiny.client("hana")
+    client.train(TINY_MODEL, spec(11), timeout=120)
+    client.train(TINY_MODEL, spec(12), timeout=120)
+    with pytest.raises(BudgetExhausted):
+        client.submit(TINY_MODEL, spec(13))
+    bad = tiny.post(
+        "/describe", user="hana", json={"dataset": "tiny", "label": "malignant", "where": "nosuch > 1"}
+    )
+    assert bad.status_code == 422, bad.text
+    listed = owner(tiny, "audit", "--user", "hana", "--kind", "request")
+    lines = listed.stdout.splitlines()
+    assert (
+        listed.returncode == 0 and lines and all(" request " in line and " hana " in line for line in lines)
+    )
+    codes = [json.loads(line[line.index("{") :]).get("code") for line in lines]
+    assert codes.count("privacy_budget_exhausted") == 1 and bad.json()["error"]["code"] in codes, lines
+    assert "nosuch" not in listed.stdout  # the code, never the message that quotes the request
+    others = owner(tiny, "audit", "--kind", "budget_set").stdout.splitlines()
+    assert others and all(" budget_set " in line for line in others) and "hana" not in "".join(others)
+    logged = [
+        json.loads(line) for line in tiny.log_path.read_text().splitlines() if "request_refused" in line
+    ]
+    assert {"privacy_budget_exhausted", bad.json()["error"]["code"]} <= {
+        e["code"] for e in logged if e["user"] == "hana"
+    }
+    assert owner(tiny, "audit", "--verify").returncode == 0
 
 
 def test_remote_budget_lists_each_charge_and_a_cancelled_job_says_it_was_charged(tiny, frank_shell):

@@ -127,8 +127,8 @@ def test_in_mode_rules_a_csv_value_that_does_not_parse_fails_naming_the_column_b
     [  # a repeated or missing id fails in mode rules; the noisy modes drop its rows (test_snapshots_total)
         (pd.DataFrame({"key": [1, 2, 2], "y": [0, 1, 0]}), "is not unique", "rules"),
         (pd.DataFrame({"key": [1.0, None, 3.0], "y": [0, 1, 0]}), "missing values", "rules"),
-        (pd.DataFrame({"key": [1, 2, 3], "label": [0, 1, 0]}), "['y']", "rules"),
-        (pd.DataFrame({"key": [1, 2, 3], "label": [0, 1, 0]}), "['y']", "dp"),
+        (pd.DataFrame({"key": [1, 2, 3], "label": [0, 1, 0]}), "label 'y' is not a column", "rules"),
+        (pd.DataFrame({"key": [1, 2, 3], "label": [0, 1, 0]}), "label 'y' is not a column", "dp"),
     ],
 )
 def test_a_snapshot_that_breaks_the_declared_roles_is_refused_and_leaves_nothing(

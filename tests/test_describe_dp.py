@@ -13,7 +13,7 @@ import pytest
 from remote_magic.families.dpboost.candidates import WIDE_GRID
 from remote_magic_server.privacy import dp
 from remote_magic_server.protocol import DescribeOptions
-from remote_magic_server.worker.describe_task import nice_edges, nice_grid, public_choices
+from remote_magic_server.worker.describe_task import nice_edges, nice_grid, public_choices, range_grid
 from tests.serverproc import DEMO_NAMES, dataset_table, running
 
 RHO = 0.002
@@ -65,6 +65,14 @@ def test_a_declared_range_gives_its_grid_whatever_the_rows_at_no_cost():
         edges, _ = public_choices(options(ranges={"x": (0.0, 100.0)}), {"x": column}, parent)
         assert edges["x"] == nice_grid(0.0, 100.0) == [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
         assert parent.asked == []
+
+
+def test_a_declared_range_is_its_own_grid_from_end_to_end():
+    """Found by review (rev9 #8): age declared [18, 90] showed `< 10`, `[10, 20)` and `>= 90`."""
+    assert range_grid(18.0, 90.0) == [18, 20, 30, 40, 50, 60, 70, 80, 90]
+    assert range_grid(0.0, 100.0) == nice_grid(0.0, 100.0)
+    edges, _ = public_choices(options(ranges={"x": (18.0, 90.0)}), {"x": neighbours()[0]}, ParentNoise())
+    assert edges["x"] == range_grid(18.0, 90.0)
 
 
 def test_a_level_few_rows_hold_is_not_shown_and_declared_levels_are_shown_as_declared():
@@ -160,3 +168,18 @@ def test_a_true_false_column_is_counted_as_true_and_false(described):
         for level in exact:
             assert abs(counts[level] - exact[level]) <= (10 if dataset == "exact" else 150), (dataset, counts)
         assert b.missing is not None and abs(b.missing - int(rows.isna().sum())) <= 150
+
+
+def test_a_declared_ranges_bins_stay_inside_it_and_missing_counts_say_their_noise(described):
+    """Found by review (rev9 #8): bins reached outside the declared range (values outside it are
+    clipped to its ends, as a job clips them, so the open outer bins are empty whatever the rows and
+    their noise is dropped), and a noisy missing count of a column without missing values read as a
+    fact ("missing 35"): it now carries its noise, as the row count does."""
+    got = described.client().describe({"dataset": "all_declared", "label": "y"})
+    for column, (low, high) in {"x": (0.0, 100.0), "z": (0.0, 200.0)}.items():
+        bins = got.columns[column].histogram
+        assert bins[0].lower == low and bins[-1].upper == high, bins
+        assert all(b.lower is not None and b.upper is not None for b in bins), bins
+        assert all(low <= b.lower < b.upper <= high for b in bins), bins
+    half = got.raw.count_half_width
+    assert half and f"missing {got.columns['b'].missing:,} +/- {half:.0f}" in repr(got)

@@ -22,6 +22,11 @@ def doctor(config) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "LC_ALL": "C"})
 
 
+def refresh_command(name: str, config) -> list[str]:
+    """`remote-magic-server dataset refresh NAME`, the owner's CLI in its own process."""
+    return [sys.executable, "-m", "remote_magic_server", "dataset", "refresh", name, "--config", str(config)]
+
+
 def dataset(name: str, path, label: str = "malignant") -> str:
     return f'[datasets.{name}]\npath = "{path}"\nid_column = "id"\nlabel_columns = ["{label}"]\n\n'
 
@@ -67,9 +72,8 @@ def test_six_planted_misconfigurations_each_get_their_own_line(tmp_path):
         "tls": "do not load",
         "jupyterhub": "REMOTE_MAGIC_TEST_UNSET is not set",
         "audit": "1 entries missing",
-        "dataset gone": "does not exist",
         "dataset dup": "'id' is not unique",
-        "dataset nolabel": "label column(s) outcome not in the file",
+        "dataset nolabel": "label 'outcome' is not a column",
     }
     if plant_locked:
         expected["dataset locked"] = "not readable by the sandbox uid"
@@ -78,6 +82,8 @@ def test_six_planted_misconfigurations_each_get_their_own_line(tmp_path):
         assert len(hits) == 1 and words in hits[0], (check, lines)
     assert len(fatal) == len(expected), lines
     assert any(line.startswith("OK     dataset fine:") and "id unique" in line for line in lines)
+    # a missing file is one unavailable dataset, as for any source, not a server that will not start
+    assert any(line.startswith("WARN   dataset gone:") and "does not exist" in line for line in lines)
     assert done.returncode == 1 and lines[-1].startswith(f"{len(expected)} fatal")
 
 
@@ -102,7 +108,7 @@ def test_serve_refuses_to_start_on_a_fatal_finding(tmp_path):
         timeout=120,
     )
     assert done.returncode == 1
-    assert '"refusing_to_start"' in done.stderr and "label column(s) outcome" in done.stderr
+    assert '"refusing_to_start"' in done.stderr and "label 'outcome' is not a column" in done.stderr
     assert "Uvicorn running" not in done.stderr
 
 
@@ -306,16 +312,7 @@ def test_dataset_refresh_warns_as_the_doctor_would_about_the_new_version(tmp_pat
             "customers", path, extra="column_levels = { y = [0, 1] }\ncolumn_ranges = { income = [0, 100] }"
         )
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "remote_magic_server",
-        "dataset",
-        "refresh",
-        "customers",
-        "--config",
-        str(config),
-    ]
+    cmd = refresh_command("customers", config)
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0 and first.stdout.startswith("customers: new version v1"), first
     assert "WARN" not in first.stdout and "FATAL" not in first.stdout, first.stdout
@@ -329,3 +326,125 @@ def test_dataset_refresh_warns_as_the_doctor_would_about_the_new_version(tmp_pat
     assert len(warned) == 2, lines
     assert any("unknown column 'income' in column_ranges" in line for line in warned), lines
     assert any("'email'" in line and "unique to each row" in line for line in warned), lines
+
+
+def test_a_misspelt_exclusion_is_fatal_at_the_doctor_at_serve_and_at_refresh(tmp_path):
+    """Found by review (rev9 #1): `exclude_columns = ["emial"]` was silently ignored, so `email` (not
+    unique, so no id-like warning either) stayed a feature. The owner meant to hide a column: fatal."""
+    rows = 200
+    frame = pd.DataFrame(
+        {"id": range(rows), "email": [f"p{i % 20}@example.org" for i in range(rows)], "y": [0, 1] * 100}
+    )
+    path = tmp_path / "t.parquet"
+    frame.to_parquet(path, index=False)
+    csv = tmp_path / "t.csv"
+    frame.to_csv(csv, index=False)
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\n\n'
+        + dataset("typo", path, "y").replace("\n\n", '\nexclude_columns = ["emial"]\n\n')
+        + dataset("fine", path, "y").replace("\n\n", '\nexclude_columns = ["email"]\n\n')
+    )
+    done = doctor(config)
+    fatal = [line for line in done.stdout.splitlines() if line.startswith("FATAL")]
+    assert fatal == [
+        "FATAL  dataset typo: unknown column 'emial' in exclude_columns; did you mean 'email'?: no column "
+        "is hidden by it, so the column you meant stays a feature; fix the name (or remove it if the "
+        "column left the source)"
+    ], done.stdout
+    assert done.returncode == 1
+    served = subprocess.run(
+        [sys.executable, "-m", "remote_magic_server", "serve", "--config", str(config), "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert served.returncode == 1 and '"refusing_to_start"' in served.stderr
+    assert "'emial' in exclude_columns" in served.stderr and "Uvicorn running" not in served.stderr
+    config.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\n\n'
+        + csv_table("customers", csv, extra='exclude_columns = ["emial"]\ncolumn_levels = { y = [0, 1] }')
+    )
+    refreshed = subprocess.run(
+        refresh_command("customers", config), capture_output=True, text=True, timeout=120
+    )
+    lines = refreshed.stdout.splitlines()
+    assert lines[0].startswith("customers: new version v1"), refreshed
+    assert [line for line in lines if line.startswith("FATAL")] == [
+        "FATAL  dataset customers: unknown column 'emial' in exclude_columns; did you mean 'email'?: no "
+        "column is hidden by it, so the column you meant stays a feature; fix the name (or remove it if "
+        "the column left the source)"
+    ], lines
+
+
+def test_the_owner_is_told_which_column_is_missing_and_what_keeps_serving(tmp_path):
+    """Found by review (rev9 #6): a missing id column did not say it was the id column nor offer the
+    near name; a missing label's first line was about its declarations; a missing Parquet file was fatal
+    as a bare `path` but a warning as `source = {kind = "parquet"}`; a declared CSV column whose value
+    does not parse was told to declare its type; a failed refresh began with a bare event name, said
+    "the previous version, if any, keeps serving", and a later `doctor` did not mention it."""
+    rows = 200
+    frame = pd.DataFrame(
+        {"cust_id": range(rows), "spend": [float(i % 50) for i in range(rows)], "y": [0, 1] * 100}
+    )
+    lake = tmp_path / "lake.parquet"
+    frame.to_parquet(lake, index=False)
+    csv = tmp_path / "c.csv"
+    frame.assign(spend=[i + 0.5 for i in range(rows)]).to_csv(csv, index=False)
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\n\n'
+        f'[datasets.ids]\npath = "{lake}"\nid_column = "custid"\nlabel_columns = ["y", "spnd"]\n'
+        'privacy = "rules"\n\n'
+        f'[datasets.bare]\npath = "{tmp_path / "gone.parquet"}"\nid_column = "id"\nlabel_columns = ["y"]\n'
+        'privacy = "rules"\n\n'
+        f'[datasets.kind]\nsource = {{ kind = "parquet", path = "{tmp_path / "gone.parquet"}" }}\n'
+        'id_column = "id"\nlabel_columns = ["y"]\nprivacy = "rules"\n\n'
+        f'[datasets.label]\npath = "{lake}"\nid_column = "cust_id"\nlabel_columns = ["spnd"]\n\n'
+        + f'[datasets.typed]\nsource = {{ kind = "csv", path = "{csv}", columns = {{ spend = "int64" }} }}\n'
+        'id_column = "cust_id"\nlabel_columns = ["y"]\nprivacy = "rules"\n'
+    )
+    done = doctor(config)
+    lines = [line for line in done.stdout.splitlines() if not line.startswith("OK")]
+
+    def said(name: str) -> list[str]:
+        return [line for line in lines if f" dataset {name}:" in line]
+
+    assert len(said("ids")) == 2 and said("ids")[0].startswith("FATAL"), lines
+    assert "the id column 'custid' is not a column (did you mean 'cust_id'?): fix id_column" in said("ids")[1]
+    assert "label 'spnd' is not a column (did you mean 'spend'?): fix label_columns" in said("ids")[0]
+    assert said("label")[0] == (
+        "FATAL  dataset label: label 'spnd' is not a column (did you mean 'spend'?): fix label_columns"
+    ), lines
+    gone = [said(name)[0].split(": ", 1)[1].replace("kind", "bare") for name in ("bare", "kind")]
+    assert said("bare")[0].startswith("WARN") and said("kind")[0].startswith("WARN"), lines
+    assert "does not exist" in said("bare")[0] and "no such file" in said("kind")[0]
+    assert all("refused as unavailable until `remote-magic-server dataset refresh bare`" in g for g in gone)
+    typed = said("typed")
+    assert (
+        len(typed) == 1 and "column 'spend' is declared int64 in `columns`, and a value does not" in typed[0]
+    )
+    assert "declare the column's type" not in typed[0] and "0.5" not in typed[0], typed
+
+    frame.rename(columns={"y": "churn"}).to_csv(csv, index=False)
+    config.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\n\n'
+        + csv_table("customers", csv, id_column="cust_id", labels='["churn"]', extra="")
+    )
+    cmd = refresh_command("customers", config)
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0 and first.stdout.startswith("customers: new version v1"), first
+    frame.rename(columns={"y": "churn_flag"}).to_csv(csv, index=False)
+    failed = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 1 and failed.stderr.splitlines() == [
+        f"customers: refresh failed (invalid_snapshot): csv {csv}: label 'churn' is not a column (did you "
+        "mean 'churn_flag'?): fix label_columns",
+        "customers: v1 keeps serving",
+    ], failed.stderr
+    after = [line for line in doctor(config).stdout.splitlines() if "dataset customers:" in line]
+    assert any(
+        line.startswith("WARN   dataset customers: the last refresh failed at ")
+        and "(invalid_snapshot)" in line
+        and line.endswith("; v1 keeps serving")
+        for line in after
+    ), after

@@ -201,3 +201,28 @@ def test_total_staging_converts_each_value_alone_and_still_fails_on_what_no_row_
     with pytest.raises(SourceError) as failure:
         staged("c.csv")
     assert failure.value.reason == "invalid_snapshot" and "'flag'" in failure.value.message
+
+
+def test_a_later_parquet_files_extra_column_is_named_and_the_types_are_the_first_files(tmp_path, capsys):
+    """Found by review (rev9 #9): a later file's extra column was dropped without a word, and the line
+    said "as the declared types say" though nobody declares a Parquet folder's types."""
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    first, later = days(2)
+    first.to_parquet(lake / "day0.parquet", index=False)
+    later.assign(visits=2.5, extra=["x", "y"]).to_parquet(lake / "day1.parquet", index=False)
+    config = tmp_path / "server.toml"
+    config.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\n\n' + table("lake", lake))
+    with pytest.raises(SystemExit) as done:
+        main(["dataset", "refresh", "lake", "--config", str(config)])
+    printed = capsys.readouterr().out
+    assert done.value.code == 0, printed
+    assert (
+        "lake: staged as the first file's types say: 2 value(s) of 'visits' did not parse and are NULL; "
+        "column(s) 'extra' of a later file are not in the first file and were left out\n"
+    ) in printed
+    with pytest.raises(SystemExit):
+        main(["doctor", "--config", str(config)])
+    doctor = capsys.readouterr().out
+    assert "WARN   dataset lake: its snapshot was staged as the first file's types say: 2 value(s)" in doctor
+    assert "'extra' of a later file" in doctor and "declared types" not in doctor

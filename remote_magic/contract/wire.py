@@ -600,6 +600,12 @@ def unknown_column_message(name: str, allowed: Collection[str], where: str = "fi
     return f"unknown column {name!r} in {where}{hint}"
 
 
+def near_column(name: str, allowed: Collection[str]) -> str:
+    """` (did you mean 'x'?)` for a column name near `name`, else "": for the owner's config mistakes."""
+    near = difflib.get_close_matches(name, list(allowed), n=1, cutoff=0.5)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
 def first_error(errors: Sequence[Mapping], default: str, skip: Collection[str] = ()) -> str:
     """`field.path: message` of pydantic's first error: where and what, never the value that was sent."""
     first = errors[0] if errors else {}

@@ -157,8 +157,9 @@ class Description:
         return f"{self._count(n)} +/- {half:.0f}" if half and n is not None else self._count(n)
 
     def _missing_text(self, column: str) -> str:
-        """Missing values: exactly 0 when the filter rules them out, else as released."""
-        return "0" if column in self._never_missing else self._count(self.columns[column].missing)
+        """Missing values: exactly 0 when the filter rules them out, else as released; in mode dp with
+        its noise (`35 +/- 40`), as a noisy count of a column with no missing value is rarely 0."""
+        return "0" if column in self._never_missing else self._noisy(self.columns[column].missing)
 
     def _noise_text(self) -> str | None:
         half = self.raw.count_half_width
@@ -197,10 +198,13 @@ class Description:
         if r.classes is not None:
             lines.append("classes: " + ", ".join(f"{c.label}: {self._noisy(c.count)}" for c in r.classes))
         width = max((len(c.name) for c in r.columns), default=0)
+        missing = {c.name: f"missing {self._missing_text(c.name)}" for c in r.columns}
+        room = max((len(m) for m in missing.values()), default=13)
+        room = max(room, 13)
         for c in r.columns:
-            missing = f"missing {self._missing_text(c.name)}"
             lines.append(
-                f"  {c.name:<{width}}  {c.kind:<11}  {missing:<13}  {_distribution_text(c, self._count)}"
+                f"  {c.name:<{width}}  {c.kind:<11}  {missing[c.name]:<{room}}  "
+                f"{_distribution_text(c, self._count)}"
             )
         lines += [text for text in (self._noise_text(), self._budget_text()) if text]
         lines.append(f"({rules_text(r.policy, metrics=False).lower()}; outer histogram bins are open)")

@@ -248,6 +248,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check every entry's hash and link, and the log against its anchored head",
     )
+    audit.add_argument("--user", action="append", help="print only this user's entries (repeat for several)")
+    audit.add_argument(
+        "--kind",
+        action="append",
+        help="print only entries of this event, e.g. request, job_submitted (repeat for several)",
+    )
     audit.set_defaults(func=_owner(cmd_audit), host=None, port=None)
 
     approve = sub.add_parser("approve", help="approve the release of a job's trained model")

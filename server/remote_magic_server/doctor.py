@@ -242,7 +242,9 @@ def _files(settings: Settings) -> list[Finding]:
     found = []
     for name, ds in settings.datasets.items():
         if ds.path is not None and not ds.path.exists():
-            found.append(Finding("fatal", f"dataset {name}", f"{ds.path} does not exist: fix path"))
+            found.append(
+                Finding("warn", f"dataset {name}", f"{ds.path} does not exist: fix path; {_without(name)}")
+            )
         if ds.mock_path is not None and not ds.mock_path.is_file():
             found.append(Finding("fatal", f"dataset {name}", f"mock_path {ds.mock_path} does not exist"))
     if not settings.datasets:
@@ -275,6 +277,15 @@ def _labels(settings: Settings) -> list[Finding]:
     return found
 
 
+def _without(name: str) -> str:
+    """What a dataset without a first snapshot means, the same for every kind of source (a missing
+    Parquet file included): the others serve, this one is unavailable until a refresh succeeds."""
+    return (
+        f"`serve` starts without it, and every job on it is refused as unavailable until "
+        f"`remote-magic-server dataset refresh {name}` succeeds"
+    )
+
+
 def _readable_file(settings: Settings, name: str) -> Path | None:
     """The file a worker of this dataset reads: its latest snapshot, else (before the first one) its
     Parquet file; None for another source not yet snapshotted."""
@@ -296,35 +307,39 @@ def _trial_snapshot(settings: Settings, name: str, folder: Path) -> tuple[Path |
     try:
         snapshot = trial(settings, name, folder)
     except SourceError as exc:
-        message = (
-            f"its source gives no snapshot ({exc.reason}): {exc.message}; `serve` starts without it, and "
-            f"every job on it is refused as unavailable until `remote-magic-server dataset refresh {name}` "
-            "succeeds"
-        )
+        message = f"its source gives no snapshot ({exc.reason}): {exc.message}; {_without(name)}"
         return None, [Finding("warn", f"dataset {name}", message)]
-    repaired = snapshot.repairs.summary()
-    return snapshot.file, [_repaired(name, repaired)] if repaired else []
+    return snapshot.file, [_repaired(settings, name, snapshot.note)] if snapshot.note else []
 
 
-def _repaired(name: str, summary: str) -> Finding:
-    """What a total staging (modes dp, dp_eval_only) changed in the rows: the owner fixes the source."""
-    return Finding("warn", f"dataset {name}", f"its snapshot was staged as the declared types say: {summary}")
+def _repaired(settings: Settings, name: str, summary: str) -> Finding:
+    """What a total staging (modes dp, dp_eval_only) changed in the rows, and the columns of a later
+    Parquet file it left out: the owner fixes the source."""
+    from .config.sources import staged_as
+
+    how = staged_as(settings.datasets[name].source_config)
+    return Finding("warn", f"dataset {name}", f"its snapshot was {how}: {summary}")
 
 
 def _last_repairs(settings: Settings, name: str) -> list[Finding]:
-    """The last refresh's changes to the rows of a dataset that already has a version."""
+    """The last refresh's changes to the rows of a dataset that already has a version, or its failure
+    (which `dataset list` shows too, and the owner may not run)."""
     from .data.versions import Versions
 
     if not settings.snapshots_dir.exists():
         return []
     versions = Versions(settings.snapshots_dir)
     try:
-        last = versions.last_refresh(name)
+        last, latest = versions.last_refresh(name), versions.latest(name)
     finally:
         versions.close()
-    if last is None or last["outcome"] == "failed" or not last["message"]:
+    if last is not None and last["outcome"] == "failed":
+        serving = f"v{latest.number} keeps serving" if latest else "it has no version yet"
+        message = f"the last refresh failed at {last['at']} ({last['reason']}): {last['message']}; {serving}"
+        return [Finding("warn", f"dataset {name}", message)]
+    if last is None or not last["message"]:
         return []
-    return [_repaired(name, last["message"])]
+    return [_repaired(settings, name, last["message"])]
 
 
 def _probe(settings: Settings, trial: bool = False) -> list[Finding]:
@@ -401,8 +416,8 @@ def run_checks(settings: Settings, accept_audit_mismatch: bool = False, trial: b
         *_hub(settings),
         *_clock(settings),
         *_files(settings),
-        *_labels(settings),
         *_probe(settings, trial),
+        *_labels(settings),
     ]
 
 

@@ -59,6 +59,8 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
         print(verdict.describe(), file=sys.stdout if verdict.ok else sys.stderr)
         return 0 if verdict.ok else 1
     for entry in AuditLog(settings.audit_path).entries():
+        if (args.user and entry["user"] not in args.user) or (args.kind and entry["event"] not in args.kind):
+            continue
         fields = {k: v for k, v in entry.items() if k not in ("seq", "time", "event", "user", "prev", "hash")}
         print(
             f"{entry['seq']:>6} {entry['time']} {entry['event']:<22} {entry['user'] or '-':<12} "

@@ -143,3 +143,10 @@ def resolve_source_paths(source: SourceConfig, base: Path) -> None:
         source.path = (base / source.path).resolve()
     elif isinstance(source, CsvSourceConfig) and not Path(source.path).is_absolute():
         source.path = str(base / source.path)
+
+
+def staged_as(config: SourceConfig) -> str:
+    """Whose types a total staging conformed the rows to, in the owner's words: a Parquet folder's
+    types are its first file's (nobody declared them); a CSV file's are the declared `columns`."""
+    parquet = isinstance(config, ParquetSourceConfig) or getattr(config, "format", None) == "parquet"
+    return "staged as the first file's types say" if parquet else "staged as the declared types say"

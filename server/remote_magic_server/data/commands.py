@@ -6,11 +6,13 @@ shows rounded counts only.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config.settings import Settings
+from ..config.sources import staged_as
 from . import lifecycle
 from .sources import SourceError
 from .versions import Version, Versions, schema_change
@@ -65,18 +67,25 @@ def show_versions(settings: Settings, name: str) -> int:
 
 
 def refresh_now(settings: Settings, name: str) -> int:
+    # The refresh's log events are the server log's; here the lines below say it, so Python's last-resort
+    # handler must not print a bare event name (`dataset_refresh_failed`) first.
+    logger = logging.getLogger("remote_magic_server.data")
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())
     try:
         outcome = lifecycle.refresh(settings, name)
     except SourceError as exc:
         print(f"{name}: refresh failed ({exc.reason}): {exc.message}", file=sys.stderr)
-        print(f"{name}: the previous version, if any, keeps serving", file=sys.stderr)
+        latest = Versions(settings.snapshots_dir).latest(name)
+        serving = f"v{latest.number} keeps serving" if latest else "it has no version: jobs on it are refused"
+        print(f"{name}: {serving}", file=sys.stderr)
         return 1
     if outcome.new:
         print(f"{name}: new version {_line(outcome.version)}")
     else:
         print(f"{name}: unchanged; v{outcome.version.number} keeps serving")
     if outcome.repaired:
-        print(f"{name}: staged as the declared types say: {outcome.repaired}")
+        print(f"{name}: {staged_as(settings.datasets[name].source_config)}: {outcome.repaired}")
     for finding in declared_findings(settings, name, outcome.version.file):
         print(finding.line())
     return 0

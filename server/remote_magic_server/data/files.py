@@ -8,7 +8,7 @@ import glob
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -47,6 +47,9 @@ class ParquetSource(Source):
         # the rows' values (year=2024 everywhere but one row's year=2024.5), and types are public.
         keys = _hive_keys(found.files[0], self.path)
         dataset = found
+        first = set(found.schema.names)
+        later = (name for f in found.get_fragments() for name in f.physical_schema.names)
+        self.left_out = sorted({name for name in later if name not in first})
         if keys:
             text = ds.partitioning(pa.schema([(key, pa.string()) for key in keys]), flavor="hive")
             dataset = ds.dataset(self.path, filesystem=self.filesystem, format="parquet", partitioning=text)
@@ -124,7 +127,7 @@ class CsvSource(Source):
 
             write_rows(pa.RecordBatchReader.from_batches(schema, batches()), dest)
         except pa.ArrowInvalid as exc:
-            raise self.fail("invalid_snapshot", _csv_problem(str(exc), names)) from None
+            raise self.fail("invalid_snapshot", _csv_problem(str(exc), names, self.types)) from None
         return [name for name in schema.names if name not in self.types]
 
     def _stage_total(self, files: list[str], names: list[str], dest: Path) -> list[str]:
@@ -174,12 +177,17 @@ class CsvSource(Source):
         return next(csv.reader(first[:1], delimiter=self.delimiter), [])
 
 
-def _csv_problem(text: str, names: list[str]) -> str:
+def _csv_problem(text: str, names: list[str], declared: Collection[str] = ()) -> str:
     """Arrow's CSV error without the offending value or row, which are data."""
     convert = re.search(r"column #(\d+).*?conversion error to (\S+?):", text, re.S)
     if convert:
         index = int(convert.group(1))
         column = repr(names[index]) if index < len(names) else f"#{index}"
+        if index < len(names) and names[index] in declared:
+            return (
+                f"column {column} is declared {convert.group(2)} in `columns`, and a value does not parse "
+                "as that: fix the source's values, or declare the type they have"
+            )
         return (
             f"column {column} has a value that does not parse as {convert.group(2)}; "
             "declare the column's type in `columns`"

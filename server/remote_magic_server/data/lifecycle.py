@@ -71,7 +71,7 @@ def refresh(settings: Settings, name: str, versions: Versions | None = None) -> 
         version, new = versions.add(name, snapshot, source.description)
     # What a total staging changed goes with the refresh record's message, which only the owner's CLI
     # and doctor print (the catalog and /metrics read the outcome and the reason, never the message).
-    repaired = snapshot.repairs.summary() or None
+    repaired = snapshot.note or None
     versions.record_refresh(name, "new_version" if new else "unchanged", version.number, message=repaired)
     log.info(
         "dataset_refreshed",
@@ -80,7 +80,8 @@ def refresh(settings: Settings, name: str, versions: Versions | None = None) -> 
             "version": version.number,
             "new": new,
             "rows": version.rows,
-            **({"repairs": snapshot.repairs.as_log()} if repaired else {}),
+            **({"repairs": snapshot.repairs.as_log()} if snapshot.repairs else {}),
+            **({"left_out_columns": source.left_out} if source.left_out else {}),
         },
     )
     if new:

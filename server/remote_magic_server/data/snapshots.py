@@ -20,6 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from remote_magic.contract.wire import near_column
+
 from .total import Repairs, drop_bad_ids
 
 if TYPE_CHECKING:
@@ -37,6 +39,7 @@ class Snapshot:
     columns: list[tuple[str, str]]
     inferred: list[str]
     repairs: Repairs = field(default_factory=Repairs)
+    note: str = ""  # what the staging changed or left out (`Source.staging_note`), for the owner
 
     @property
     def schema_hash(self) -> str:
@@ -65,9 +68,16 @@ def _fsync(path: Path) -> None:
 
 
 def _check_roles(source: Source, path: Path, names: list[str], id_column: str, labels: list[str]) -> None:
-    missing = [c for c in (id_column, *labels) if c not in names]
-    if missing:
-        raise source.fail("invalid_snapshot", f"the declared column(s) {missing} are not in the rows")
+    problems = [
+        f"label {c!r} is not a column{near_column(c, names)}: fix label_columns"
+        for c in labels
+        if c not in names
+    ]
+    if id_column not in names:
+        near = near_column(id_column, names)
+        problems.insert(0, f"the id column {id_column!r} is not a column{near}: fix id_column")
+    if problems:
+        raise source.fail("invalid_snapshot", "; ".join(problems))
     ids = pq.read_table(path, columns=[id_column]).column(0)
     if ids.null_count:
         raise source.fail("invalid_snapshot", f"the id column {id_column!r} has missing values")
@@ -126,4 +136,5 @@ def take_snapshot(
         columns=[(f.name, str(f.type)) for f in schema],
         inferred=inferred,
         repairs=source.repairs,
+        note=source.staging_note(),
     )

@@ -43,10 +43,20 @@ class Source(ABC):
         self.description = description
         self.total = False
         self.repairs = Repairs()
+        self.left_out: list[str] = []  # columns of a later file that the first file lacks (Parquet folders)
 
     @abstractmethod
     def stage(self, dest: Path) -> list[str]:
         """Write every row to `dest` as Parquet; return the columns whose type was inferred, not declared."""
+
+    def staging_note(self) -> str:
+        """What the staging changed or left out, one line in the owner's words ("" for nothing): the
+        registry's refresh message, which only the owner's CLI and doctor print."""
+        parts = [self.repairs.summary()]
+        if self.left_out:
+            names = ", ".join(repr(c) for c in self.left_out)
+            parts.append(f"column(s) {names} of a later file are not in the first file and were left out")
+        return "; ".join(p for p in parts if p)
 
     def fail(self, reason: str, problem: str) -> SourceError:
         return SourceError(reason, f"{self.description}: {problem}")

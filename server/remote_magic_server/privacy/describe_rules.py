@@ -75,7 +75,10 @@ def _unflatten(report: DescribeReport, counts: list[int]) -> DescribeReport:
             histogram = None
             if col.histogram is not None:
                 edges = col.histogram.edges
-                histogram = Histogram(edges=edges, counts=[next(it) for _ in range(len(edges) + 1)])
+                counts = [next(it) for _ in range(len(edges) + 1)]
+                if col.histogram.closed:  # empty whatever the rows: their noise is dropped, not released
+                    counts[0] = counts[-1] = 0
+                histogram = Histogram(edges=edges, counts=counts, closed=col.histogram.closed)
             columns.append(col.model_copy(update={"missing": missing, "histogram": histogram}))
         else:
             categories = {value: next(it) for value in col.categories or {}}
@@ -127,6 +130,9 @@ def _column(
             if col.histogram is not None and (values if exact is None else exact.values) >= policy.min_count
             else []
         )
+        if bins and col.histogram is not None and col.histogram.closed:  # a declared range's own ends
+            ends = col.histogram.edges
+            bins = [(ends[0] if lo is None else lo, ends[-1] if hi is None else hi, n) for lo, hi, n in bins]
         return ColumnDescription(
             name=col.name,
             kind="numeric",

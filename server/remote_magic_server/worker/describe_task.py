@@ -77,6 +77,13 @@ def nice_grid(low: float, high: float) -> list[float]:
     return [round(k * step, 12) for k in range(start, stop + 1)]
 
 
+def range_grid(low: float, high: float) -> list[float]:
+    """A declared range's edges: its two ends, and the round numbers of `nice_grid` between them, so no
+    bin reaches outside what the owner declared (age [18, 90]: 18, 20, 30, ..., 80, 90)."""
+    inner = [e for e in nice_grid(low, high) if low < e < high]
+    return [float(low), *inner, float(high)] if high > low else [float(low), float(low) + 1.0]
+
+
 def noisy_middle(noisy: np.ndarray, grid: np.ndarray, floor: float) -> tuple[float, float]:
     """The 5th and 95th percentiles of noisy counts over a grid's bins (post-processing). Bins whose
     noisy count is under `floor` weigh nothing (most of the wide grid is empty, and its noise would
@@ -98,15 +105,22 @@ def noisy_middle(noisy: np.ndarray, grid: np.ndarray, floor: float) -> tuple[flo
     return found[0], found[1]
 
 
-def _numeric(name: str, series: pd.Series, edges: list[float] | None = None) -> ColumnReport:
-    """A numeric column's histogram on `edges` (public or DP), else on edges from its exact values."""
+def _numeric(
+    name: str, series: pd.Series, edges: list[float] | None = None, closed: bool = False
+) -> ColumnReport:
+    """A numeric column's histogram on `edges` (public or DP), else on edges from its exact values;
+    `closed` (a declared range): each value clipped into the range, as a job clips it, so the outer
+    open bins stay empty."""
     values = series.dropna().to_numpy(dtype=float)
     histogram = None
     if edges is None and len(values):
         edges = nice_edges(values)
     if edges is not None:
-        counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
-        histogram = Histogram(edges=edges, counts=[int(n) for n in counts])
+        at = np.searchsorted(edges, values, side="right")
+        if closed:
+            at = np.clip(at, 1, len(edges) - 1)
+        counts = np.bincount(at, minlength=len(edges) + 1)
+        histogram = Histogram(edges=edges, counts=[int(n) for n in counts], closed=closed)
     return ColumnReport(
         name=name, kind="numeric", missing=int(series.isna().sum()), values=len(values), histogram=histogram
     )
@@ -196,8 +210,9 @@ def run(task: Task, channel: Channel, con: duckdb.DuckDBPyConnection | None = No
     # parent charges and checks the sketch by the columns the owner declared nothing for.
     edges, levels = public_choices(task.describe, shown, channel) if task.describe.private else ({}, {})
     levels = {**levels, **fixed}
+    declared = set(task.describe.ranges) if task.describe.private else set()
     columns = [
-        _numeric(name, series, edges.get(name))
+        _numeric(name, series, edges.get(name), name in declared and name in edges)
         if _is_numeric(series)
         else _categorical(name, series, keep, levels.get(name))
         for name, series in shown.items()
@@ -210,7 +225,9 @@ def public_choices(
 ) -> tuple[dict[str, list[float]], dict[str, list[str]]]:
     """Per column, the edges and the levels to count (the noisy modes): declared, else from one sketch
     that the parent noises and charges (module docstring)."""
-    edges = {n: nice_grid(*options.ranges[n]) for n in shown if n in options.ranges and _is_numeric(shown[n])}
+    edges = {
+        n: range_grid(*options.ranges[n]) for n in shown if n in options.ranges and _is_numeric(shown[n])
+    }
     levels = {n: list(options.levels[n]) for n in shown if n in options.levels and not _is_numeric(shown[n])}
     numeric = [n for n, s in shown.items() if _is_numeric(s) and n not in edges]
     text = [n for n, s in shown.items() if not _is_numeric(s) and n not in levels]

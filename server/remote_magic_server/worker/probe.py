@@ -20,6 +20,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from remote_magic.contract.wire import near_column
+
 from . import sandbox
 from .probe_declared import declared_findings
 
@@ -142,22 +144,18 @@ def _dataset_columns(name: str, ds: dict) -> list[Finding]:
         rel = con.sql("SELECT * FROM read_parquet(?) LIMIT 0", params=[ds["path"]])
         columns = set(rel.columns)
         found: list[Finding] = []
-        missing = [c for c in ds["label_columns"] if c not in columns]
-        if missing:
+        for label in [c for c in ds["label_columns"] if c not in columns]:
+            near = near_column(label, columns)
             found.append(
                 _finding(
-                    "fatal",
-                    f"dataset {name}",
-                    f"label column(s) {', '.join(missing)} not in the file; fix label_columns",
+                    "fatal", f"dataset {name}", f"label {label!r} is not a column{near}: fix label_columns"
                 )
             )
         id_column = ds["id_column"]
         if id_column not in columns:
-            found.append(
-                _finding(
-                    "fatal", f"dataset {name}", f"id column {id_column!r} not in the file; fix id_column"
-                )
-            )
+            near = near_column(id_column, columns)
+            said = f"the id column {id_column!r} is not a column{near}: fix id_column"
+            found.append(_finding("fatal", f"dataset {name}", said))
             return found
         ident = exp.column(id_column, quoted=True).sql(dialect="duckdb")
         rows, distinct, nulls = con.execute(

@@ -1,11 +1,14 @@
-"""The doctor's check of what the owner declared (`column_levels`, `column_ranges`, `label_ranges`)
-against the table itself, run in the probe process (worker/probe.py), which reads the rows as the owner.
+"""The doctor's check of what the owner declared (`exclude_columns`, `column_levels`, `column_ranges`,
+`label_ranges`) against the table itself, run in the probe process (worker/probe.py), which reads the
+rows as the owner.
 
 A declaration that misses the data costs analysts, not the owner: classes that match no row make every
 job on the label fail after it is charged, rows of an undeclared class are left out of every job, and a
 range or level list that covers part of a column hides the rest. The owner sees their own rows, so
 these counts cost no privacy; they go to the doctor's output and the server's log only, never to an
-analyst. Rows are matched as a job matches them (`declared_label`, `missing_label`).
+analyst. An excluded name that is no column is fatal, not a warning: the owner meant to hide a column,
+and a misspelt name leaves it a feature every analyst can train on. Rows are matched as a job matches
+them (`declared_label`, `missing_label`).
 """
 
 from __future__ import annotations
@@ -37,7 +40,17 @@ def _counts(con, path: str, expressions: list) -> tuple[int, ...]:
 
 def _absent(name: str, ds: dict, dtypes: dict[str, str]) -> list[Finding]:
     """Declarations for columns the table lacks, and ranges on columns that hold no numbers."""
-    found = []
+    found = [
+        _finding(
+            "fatal",
+            name,
+            f"{unknown_column_message(column, dtypes, 'exclude_columns')}: no column is hidden by it, so "
+            "the column you meant stays a feature; fix the name (or remove it if the column left the "
+            "source)",
+        )
+        for column in ds["exclude_columns"]
+        if column not in dtypes
+    ]
     for key in ("column_levels", "column_ranges", "label_ranges"):
         for column in ds[key]:
             if column not in dtypes:
