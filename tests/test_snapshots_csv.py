@@ -184,6 +184,18 @@ def test_a_record_or_line_over_the_bound_is_skipped_alone(monkeypatch):
         assert seen == [("1", "2", "x"), ("2", "3", "y\nz")] and skipped >= 1
 
 
+def test_a_line_of_many_quoted_fields_that_is_no_record_is_skipped_in_linear_time(monkeypatch):
+    """Each quoted field matched two of the grammar's field forms, so a line of m of them followed by a
+    stray byte was tried 2**m ways before it was skipped: 22 fields took 1.6 s, and one row of a few
+    dozen would have held the refresh for days (and its time would have told of the row)."""
+    names = [f"c{i}" for i in range(60)]
+    header = ",".join(names).encode() + b"\n"
+    good = b",".join(b'"v"' for _ in names) + b"\n"
+    victim = b",".join(b'"a"' for _ in names) + b"x\n"
+    seen, skipped = staged_rows(header + good + victim + good, names, 1 << 20, monkeypatch)
+    assert seen == [("v",) * 60] * 2 and skipped == 1
+
+
 def test_a_row_that_is_not_utf8_and_has_the_wrong_number_of_fields_is_skipped_alone(tmp_path):
     """Arrow's count of such a row fails (its handler is given the row as text): that failed the mode-dp
     snapshot, an oracle for the row (found by the test above)."""
