@@ -92,6 +92,9 @@ def test_at_the_cap_an_identical_repeat_is_answered_and_the_owner_raises_the_bud
     refused = owner(tiny, "budget", "set", "eve", "no_such", "1")
     assert refused.returncode == 2 and "not a dataset served in mode dp" in refused.stderr
     assert owner(tiny, "budget", "set", "eve", "tiny", "-1").returncode == 2
+    lowered = owner(tiny, "budget", "set", "eve", "tiny", "0.01", "--by", "owner-test")
+    assert lowered.returncode == 0 and "0.05 -> 0.01" in lowered.stdout
+    assert "'eve' has already spent rho 0.03 on 'tiny', more than 0.01" in lowered.stderr, "found by rev9"
 
 
 def test_the_owner_sees_why_a_request_was_refused_in_the_audit_log_and_the_server_log(tiny):

@@ -111,12 +111,18 @@ def _budget_rows(settings: Settings, ledger, store) -> list[tuple[str, str]]:
 LITTLE_PRIVACY_EPSILON = 10.0
 
 
-def _budget_notes(settings: Settings, store, user: str, dataset: str, rho: float) -> list[str]:
+def _budget_notes(settings: Settings, store, user: str, dataset: str, rho: float, spent: float) -> list[str]:
     """What an owner setting a cap may have missed: a user no active token grants the dataset (a typo?),
-    and a cap whose epsilon leaves little privacy. The cap is set either way: it is the owner's call."""
+    a cap below what the user has already spent, and a cap whose epsilon leaves little privacy. The cap
+    is set either way: it is the owner's call."""
     from remote_magic.families.dpboost.accounting import epsilon
 
     notes = []
+    if spent > rho:
+        notes.append(
+            f"{user!r} has already spent rho {spent:.4g} on {dataset!r}, more than {rho:g}: what was spent "
+            "stays spent, and nothing more is charged there until the cap is above it"
+        )
     granted = {t.user for t in store.list_tokens() if t.state() == "active" and dataset in t.datasets}
     if user not in granted:
         notes.append(f"no active token of {user!r} grants {dataset!r}: the cap applies once one does")
@@ -169,7 +175,8 @@ def cmd_budget(args: argparse.Namespace, settings: Settings) -> int:
         before = ledger.cap(args.user, args.dataset)
         if before is None:
             before = settings.policy_for(args.dataset).dp_rho_cap
-        for line in _budget_notes(settings, store, args.user, args.dataset, args.rho):
+        spent = sum(c["rho"] for c in ledger.charges(args.user, args.dataset))
+        for line in _budget_notes(settings, store, args.user, args.dataset, args.rho, spent):
             print(f"note: {line}", file=sys.stderr)
         by = args.by or getpass.getuser()
         ledger.set_cap(args.user, args.dataset, args.rho, by)
