@@ -99,12 +99,19 @@ def red(request, tmp_path_factory):
         "label": rng.permutation([0, 1] * (ANALYSTS // 2)),
         "member": rng.permutation([0, 1] * (ANALYSTS // 2)),
     }
+    # Each member analyst's table is its own: the first row (never the target) gets another id, so no two
+    # hold the same rows. Tables of the same rows share one catalog draw (rev8 #5): on shared files the
+    # twenty guesses from the catalog were two draws, not twenty, and came out all right or all wrong.
+    for i in range(ANALYSTS):
+        frame = worlds["w0" if secrets["member"][i] else "out"].copy()
+        frame.loc[0, "id"] = ROWS + 1 + i
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), data / f"m{i:02d}.parquet")
     config, users = "", {}
     common = 'id_column = "id"\nlabel_columns = ["label"]\n'
     binary = common + 'column_levels.label = ["0", "1"]\n'  # the owner's declared classes (mode dp)
     for i in range(ANALYSTS):
         label_file = f"w{secrets['label'][i]}"
-        member_file = "w0" if secrets["member"][i] else "out"
+        member_file = f"m{i:02d}"
         config += f'\n[datasets.l{i:02d}]\npath = "{data / label_file}.parquet"\n{binary}'
         config += f'\n[datasets.m{i:02d}]\npath = "{data / member_file}.parquet"\n{binary}'
         users[f"analyst{i:02d}"] = [f"l{i:02d}", f"m{i:02d}"]
