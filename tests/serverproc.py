@@ -29,7 +29,7 @@ from remote_magic_server.demo import (
     ensure_demo_data,
     free_port,
 )
-from remote_magic_server.jobs.store import Store
+from remote_magic_server.jobs.store import METRICS_SCOPE, Store
 
 DEMO_NAMES = [f"{name}{suffix}" for name in DEMO_DATASETS for suffix in ("", "_rules", "_eval_only")]
 USERS = {"alice": DEMO_NAMES, "bob": ["breast_cancer", "breast_cancer_rules"]}
@@ -121,6 +121,17 @@ class ServerProcess:
             self.tokens[user] = store.issue_token(user, datasets)
         store.close()
         return self.tokens
+
+    def metrics(self) -> str:
+        """Scrape /metrics as Prometheus does, with a metrics token (made once, in the store)."""
+        if "metrics" not in self.tokens:
+            store = Store(self.settings.db_path, self.settings.jobs_dir)
+            self.tokens["metrics"] = store.create_token("prometheus", [], scope=METRICS_SCOPE)[1]
+            store.close()
+        headers = {"Authorization": f"Bearer {self.tokens['metrics']}"}
+        response = requests.get(f"{self.url}/metrics", headers=headers, timeout=10, verify=self.verify)
+        assert response.status_code == 200, response.text
+        return response.text
 
     def start(self, timeout: float = 60.0, extra: tuple[str, ...] = ()) -> ServerProcess:
         """Start `serve` (with `extra` arguments) and wait until it answers its health check."""

@@ -17,7 +17,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import requests
 import xgboost as xgb
 
 from remote_magic_server.config.settings import load_settings
@@ -254,7 +253,7 @@ exclude_columns = ["amount"]
             assert f"postgres 127.0.0.1:{pg.port}/postgres query: " in err
             again = client.evaluate(fitted, {"dataset": "pg_query", "label": "label", "features": ["age"]})
             assert again.raw.dataset_version == 1 and again.metrics == scored.metrics
-            metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+            metrics = server.metrics()
             failure = '_refresh_failures_total{dataset="pg_query",reason="unreachable"} 1.0'
             assert f"remote_magic_dataset{failure}" in metrics
             answers += [again.raw.model_dump_json(), server.get("/datasets/pg_query").text, out, err]

@@ -84,7 +84,7 @@ def log_events(server: ServerProcess) -> list[dict]:
 
 
 def metric_samples(server: ServerProcess) -> dict[tuple[str, tuple], float]:
-    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    text = server.metrics()
     samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -388,7 +388,7 @@ def test_store_migrates_an_old_schema_and_refuses_a_newer_one(tmp_path):
     old.commit()
     old.close()
     store = Store(db_path, tmp_path / "jobs")
-    assert store.schema_version() == SCHEMA_VERSION == 3
+    assert store.schema_version() == SCHEMA_VERSION == 4
     assert store.get_job("j1").state == "queued"
     token = store.lookup_token("rm_old")  # a token issued before the lifecycle keeps working
     assert token.user == "alice" and token.id and token.state() == "active" and token.expires_at is None

@@ -3,7 +3,7 @@
 Each case is served twice by one real server: world `out` without the victim's row, world `in` with it
 (a value that does not parse as its declared type, a repeated id, a missing id, a Parquet file written
 as double because of one row). Both worlds must show analysts the same catalog (available, the same
-versions and column types) and the same refresh counters in the unauthenticated `/metrics`, and jobs
+versions and column types) and the same refresh counters in `/metrics`, and jobs
 run on both; only the owner's CLI and log say what was nulled or dropped.
 """
 
@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import requests
 from pyarrow import fs
 
 from remote_magic_server.cli import main
@@ -103,7 +102,7 @@ def public(server, name: str) -> dict:
 
 
 def refresh_counters(server, name: str) -> dict[str, str]:
-    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    text = server.metrics()
     lines = [line for line in text.splitlines() if f'dataset="{name}"' in line]
     return {re.sub(r'dataset="[^"]+"', "", line.rsplit(" ", 1)[0]): line.rsplit(" ", 1)[1] for line in lines}
 

@@ -171,3 +171,38 @@ def test_expiry_parsing():
     for bad in ("soon", "-3d", "2025-01-01"):
         with pytest.raises(ConfigError):
             parse_expiry(bad, at)
+
+
+def scrape(server, secret: str | None) -> requests.Response:
+    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+    return requests.get(f"{server.url}/metrics", headers=headers, timeout=30)
+
+
+def test_metrics_need_a_metrics_token_and_that_token_reads_nothing_else(live):
+    """As JupyterHub's `authenticate_prometheus`: no token, an analyst's token or a bad one gets no
+    metrics (they name every dataset); the owner's scraper token reads them and nothing else."""
+    nobody = scrape(live, None)
+    assert nobody.status_code == 401 and nobody.json()["error"]["code"] == "unauthorized"
+    assert "remote_magic" not in nobody.text
+    analyst = scrape(live, live.tokens["alice"])
+    assert analyst.status_code == 403 and analyst.json()["error"]["code"] == "forbidden"
+    assert scrape(live, "rm_not-a-token").status_code == 401
+    assert cli(live, "create", "--metrics", "--datasets", "diabetes_rules").returncode != 0
+
+    secret, token_id = create(live, "--metrics", "--note", "prometheus")
+    scraped = scrape(live, secret)
+    assert scraped.status_code == 200 and "remote_magic_store_up 1.0" in scraped.text
+    elsewhere = whoami(live, secret)
+    assert elsewhere.status_code == 403 and elsewhere.json()["error"]["code"] == "forbidden"
+    row = next(line for line in cli(live, "list").stdout.splitlines() if line.startswith(token_id))
+    assert row.split()[1:3] == ["metrics", "(/metrics)"]
+    cli(live, "revoke", token_id)
+    assert scrape(live, secret).status_code == 401
+
+
+def test_the_config_can_open_metrics_to_any_scraper(tmp_path):
+    with running(
+        tmp_path / "data", tmp_path / "server.log", {}, extra="metrics_without_token = true"
+    ) as server:
+        scraped = scrape(server, None)
+        assert scraped.status_code == 200 and "remote_magic_store_up 1.0" in scraped.text

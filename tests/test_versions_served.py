@@ -11,7 +11,6 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-import requests
 import xgboost as xgb
 
 from remote_magic.client.errors import RemoteError, SpecError
@@ -128,7 +127,7 @@ def test_a_failed_refresh_keeps_serving_and_shows_in_metrics_and_the_audit_log(s
     assert served.get("/datasets/claims").json()["version"] == before
     still = served.client().train(model(), {"dataset": "claims", "label": "y"})
     assert still.raw.dataset_version == before
-    metrics = requests.get(f"{served.url}/metrics", timeout=10).text
+    metrics = served.metrics()
     assert f'remote_magic_dataset_version{{dataset="claims"}} {before}.0' in metrics
     failures = 'remote_magic_dataset_refresh_failures_total{dataset="claims",reason="invalid_snapshot"} 1.0'
     assert failures in metrics

@@ -108,7 +108,14 @@ def create_app(settings: Settings) -> FastAPI:
     describer = Describer(settings, executor, desk)
     federated_steps = FederatedSteps(settings, executor, desk)
     versions = Versions(settings.snapshots_dir)
-    metrics = Metrics(store, scheduler, settings.worker_count, versions, list(settings.datasets))
+    metrics = Metrics(
+        store,
+        scheduler,
+        settings.worker_count,
+        versions,
+        list(settings.datasets),
+        settings.server.metrics_without_token,
+    )
     model_registry = Registry(settings, ModelRegistry(settings.registry_path), settings.jobs_dir)
     intake = Intake(settings, store, model_registry, versions, audit, desk, scheduler.retry_after)
     automation = Automation(

@@ -1,5 +1,8 @@
 """The data owner's token commands: create, list, revoke, rotate. Every change goes to the audit log.
 
+An analyst's token grants datasets; a metrics token (`create --metrics`) is for a Prometheus scraper
+and reads GET /metrics only, which no analyst's token reads.
+
 A secret is printed once, when it is made (create, rotate), and only its hash is stored. A user may
 hold several tokens; jobs, ledgers and privacy budgets belong to the user, so revoking or rotating one
 token loses nothing. Grants change only here (or, for JupyterHub users, in the config), never over HTTP.
@@ -14,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 
 from .audit import open_audit
 from .config.settings import ConfigError, Settings
-from .jobs.store import Store, TokenRow
+from .jobs.store import METRICS_SCOPE, Store, TokenRow
 
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -48,7 +51,7 @@ def _table(rows: list[TokenRow]) -> str:
         (
             t.id,
             t.user,
-            ",".join(t.datasets) or "-",
+            "(/metrics)" if t.scope == METRICS_SCOPE else ",".join(t.datasets) or "-",
             _short(t.created_at),
             _short(t.last_used_at),
             _short(t.expires_at),
@@ -82,12 +85,25 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     audit = open_audit(settings)
     try:
         if action == "create":
-            if not args.user:
-                raise ConfigError("token create needs --user and --datasets")
-            datasets = _datasets(settings, args.datasets)
-            row, secret = store.create_token(args.user, datasets, expires, args.note)
+            if args.metrics and args.datasets:
+                raise ConfigError("token create --metrics makes a scraper's token: it takes no --datasets")
+            if not args.user and not args.metrics:
+                raise ConfigError("token create needs --user and --datasets (or --metrics)")
+            if args.metrics:
+                row, secret = store.create_token(
+                    args.user or "metrics", [], expires, args.note, scope=METRICS_SCOPE
+                )
+            else:
+                row, secret = store.create_token(
+                    args.user, _datasets(settings, args.datasets), expires, args.note
+                )
             audit.record(
-                "token_created", row.user, token=row.id, datasets=row.datasets, expires=row.expires_at
+                "token_created",
+                row.user,
+                token=row.id,
+                datasets=row.datasets,
+                expires=row.expires_at,
+                scope=row.scope,
             )
             print(secret)
             print(f"token {row.id} for {row.user}; expires {_short(row.expires_at)}", file=sys.stderr)
@@ -124,7 +140,8 @@ def add_parser(sub: argparse._SubParsersAction, common) -> argparse.ArgumentPars
     token = sub.add_parser(
         "token",
         help="create, list, revoke or rotate tokens",
-        description="token create --user U --datasets A,B [--expires 90d] [--note TEXT] | token list "
+        description="token create --user U --datasets A,B [--expires 90d] [--note TEXT] | token create "
+        "--metrics [--user U] (a scraper's token: GET /metrics only) | token list "
         "[--user U] | token revoke ID | token rotate ID [--expires 90d]. The plain form "
         "`token --user U --datasets A,B` creates a token.",
     )
@@ -135,4 +152,9 @@ def add_parser(sub: argparse._SubParsersAction, common) -> argparse.ArgumentPars
     token.add_argument("--datasets", help="comma-separated dataset names (create)")
     token.add_argument("--expires", help="lifetime such as 90d, 12h, 2w, or a date (create, rotate)")
     token.add_argument("--note", default="", help="a note shown by `token list` (create)")
+    token.add_argument(
+        "--metrics",
+        action="store_true",
+        help="create a scraper's token: it reads GET /metrics and nothing else (user: metrics unless --user)",
+    )
     return token

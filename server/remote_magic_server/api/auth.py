@@ -15,7 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from remote_magic.contract.codes import Refusal
 
-from ..jobs.store import TOKEN_PREFIX, Store
+from ..jobs.store import DATASETS_SCOPE, METRICS_SCOPE, TOKEN_PREFIX, Store
 from .principal import Principal
 
 if TYPE_CHECKING:
@@ -42,9 +42,10 @@ class LastUsed:
             await asyncio.to_thread(self.store.mark_token_used, token_id)
 
 
-def token_principal(store: Store, secret: str) -> tuple[Principal, str]:
+def token_principal(store: Store, secret: str, scope: str = DATASETS_SCOPE) -> tuple[Principal, str]:
     """The user one of our tokens names, and the token's id; Refusal('unauthorized') for an unknown,
-    revoked or expired token."""
+    revoked or expired token, Refusal('forbidden') for a token of another scope (a scraper's token
+    reads /metrics only; an analyst's token does not read /metrics)."""
     row = store.lookup_token(secret)
     if row is None:
         raise Refusal(
@@ -57,6 +58,15 @@ def token_principal(store: Store, secret: str) -> tuple[Principal, str]:
     if state == "expired":
         expired = f"this token expired on {str(row.expires_at)[:10]}; ask the data owner for a new one"
         raise Refusal("unauthorized", expired)
+    if row.scope != scope:
+        if row.scope == METRICS_SCOPE:
+            raise Refusal(
+                "forbidden", "this token reads /metrics only; ask the data owner for an analyst's token"
+            )
+        raise Refusal(
+            "forbidden",
+            "/metrics needs a metrics token (`token create --metrics`); an analyst's token does not read it",
+        )
     return Principal(user=row.user, datasets=row.datasets, via=row.id), row.id
 
 
@@ -73,5 +83,16 @@ async def authenticate(
     if hub is not None and not secret.startswith(TOKEN_PREFIX):
         return await hub.principal(secret)
     principal, token_id = token_principal(store, secret)
+    await last_used.mark(token_id)
+    return principal
+
+
+async def metrics_reader(store: Store, last_used: LastUsed, authorization: str | None) -> Principal:
+    """Who scrapes /metrics: a bearer token of ours with the metrics scope (`token create --metrics`).
+    Hub tokens are not asked about: a scraper is the owner's, not a Hub user's."""
+    scheme, _, secret = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Refusal("unauthorized", "/metrics needs a bearer token made by `token create --metrics`")
+    principal, token_id = await asyncio.to_thread(token_principal, store, secret.strip(), METRICS_SCOPE)
     await last_used.mark(token_id)
     return principal

@@ -6,10 +6,16 @@ restart, and include refreshes run by other processes); durations are histograms
 finish and requests end. Each app has its own registry, so several apps in one process (tests) do not
 collide. The route template labels requests, never the raw path, so
 job ids do not become label values.
+
+Like JupyterHub's (`authenticate_prometheus = True`), /metrics needs a token: one the owner made for
+scrapers (`token create --metrics`), which reads /metrics and nothing else; an analyst's token does not
+read it (the metrics name every dataset and show everyone's queue). `[server] metrics_without_token =
+true` opens it to any scraper that reaches the port, as before.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import get_args
@@ -26,6 +32,7 @@ from remote_magic.contract.wire import JobState
 from ..data.versions import OUTCOMES, Versions
 from ..jobs.scheduler import Scheduler
 from ..jobs.store import JobRow, Store
+from .auth import metrics_reader
 
 JOB_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60)
@@ -93,8 +100,16 @@ class Metrics:
     """The app's registry and the observations the scheduler and the HTTP layer feed it."""
 
     def __init__(
-        self, store: Store, scheduler: Scheduler, workers: int, versions: Versions, datasets: list[str]
+        self,
+        store: Store,
+        scheduler: Scheduler,
+        workers: int,
+        versions: Versions,
+        datasets: list[str],
+        without_token: bool = False,
     ):
+        self.store = store
+        self.without_token = without_token
         self.registry = CollectorRegistry()
         self.job_seconds = Histogram(
             "remote_magic_job_duration_seconds",
@@ -116,8 +131,14 @@ class Metrics:
     def job_finished(self, job: JobRow, state: str, seconds: float) -> None:
         self.job_seconds.labels(job.kind, state).observe(seconds)
 
-    def endpoint(self, request: Request) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+    async def endpoint(self, request: Request) -> Response:
+        """The metrics, to a metrics token (or to anyone, where the config says so)."""
+        if not self.without_token:
+            last_used = request.app.state.last_used
+            authorization = request.headers.get("authorization")
+            request.state.principal = await metrics_reader(self.store, last_used, authorization)
+        text = await asyncio.to_thread(generate_latest, self.registry)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
 
 class RequestTimer:

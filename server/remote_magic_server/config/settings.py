@@ -301,6 +301,11 @@ class ServerSection(_Strict):
     tls_client_ca: Path | None = Field(
         default=None, description="PEM CA bundle: clients must present a certificate it signed."
     )
+    metrics_without_token: bool = Field(
+        default=False,
+        description="GET /metrics answers any scraper, with no token (default: only a token made by "
+        "`token create --metrics`).",
+    )
 
 
 class AuditSection(_Strict):

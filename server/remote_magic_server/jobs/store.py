@@ -36,9 +36,11 @@ from ..sqlitedb import Database, StoreError, now
 
 __all__ = ["SCHEMA_VERSION", "JobRow", "QueueFull", "Store", "StoreError", "hash_token", "now"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MODEL_FILES = (MODEL_FILE, PARAMS_FILE, "model.pkl")  # what a job's folder keeps of its trained model
 TOKEN_PREFIX = "rm_"  # noqa: S105 - tells our tokens from JupyterHub's without a lookup
+DATASETS_SCOPE = "datasets"  # an analyst's token: the API, on the datasets it grants
+METRICS_SCOPE = "metrics"  # a scraper's token: GET /metrics and nothing else
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -93,6 +95,9 @@ _MIGRATIONS: dict[int, str] = {
         one INTEGER PRIMARY KEY CHECK (one = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL
     );
     """,
+    4: """
+    ALTER TABLE tokens ADD COLUMN scope TEXT NOT NULL DEFAULT 'datasets';
+    """,
 }
 
 
@@ -120,6 +125,7 @@ class TokenRow:
     expires_at: str | None
     revoked_at: str | None
     last_used_at: str | None
+    scope: str = DATASETS_SCOPE
 
     def state(self, at: datetime | None = None) -> str:
         """'active', 'revoked' or 'expired' at `at` (default: now)."""
@@ -201,16 +207,21 @@ class Store:
         return self.create_token(user, datasets)[1]
 
     def create_token(
-        self, user: str, datasets: list[str], expires_at: str | None = None, note: str = ""
+        self,
+        user: str,
+        datasets: list[str],
+        expires_at: str | None = None,
+        note: str = "",
+        scope: str = DATASETS_SCOPE,
     ) -> tuple[TokenRow, str]:
         """Store a new token; return its record and its secret, which is never stored."""
         secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token_id = secrets.token_hex(6)
         with self._lock:
             self._db.execute(
-                "INSERT INTO tokens (token_hash, id, user, datasets, note, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (hash_token(secret), token_id, user, _names(datasets), note, now(), expires_at),
+                "INSERT INTO tokens (token_hash, id, user, datasets, note, created_at, expires_at, scope)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (hash_token(secret), token_id, user, _names(datasets), note, now(), expires_at, scope),
             )
         row = self.get_token(token_id)
         assert row is not None
@@ -568,6 +579,7 @@ def _token(row: sqlite3.Row) -> TokenRow:
         expires_at=row["expires_at"],
         revoked_at=row["revoked_at"],
         last_used_at=row["last_used_at"],
+        scope=row["scope"],
     )
 
 
