@@ -471,11 +471,12 @@ def test_the_naming_pass_shares_the_scans_budget():
 
 
 # Red-team rev8 #1: the scan kept real dicts, so a 2**depth-leaf tuple used as a key was hashed in one C
-# call holding the GIL (depth 30: the API stopped answering for 19 s). Depth 24 takes the old code about
-# 0.2 s, and it answered `unsupported_model` (a dict is no model) instead of refusing the key.
+# call holding the GIL (depth 30: the API stopped answering for 19 s). Depth 24 took the old code about
+# 0.2 s, and it answered `unsupported_model` (a dict is no model) instead of refusing the key. A chain
+# past 15 is now refused as a tuple (`MAX_TUPLE_SIZE`) before it is a key: 15 tests the key rule.
 @pytest.mark.parametrize("opcode", ["SETITEM", "SETITEMS", "DICT"])
 def test_a_dict_key_that_is_not_a_string_or_a_number_is_refused_before_it_is_hashed(opcode):
-    for key in (tuple_chain(24), b")", glob("xgboost.sklearn", "XGBClassifier"), long4(1 << 16_000)):
+    for key in (tuple_chain(15), b")", glob("xgboost.sklearn", "XGBClassifier"), long4(1 << 16_000)):
         for decode in (scan, lambda data: strict_loads(data, 2**20)):
             with pytest.raises(Refusal) as info:
                 decode(keyed_by(key, opcode))
@@ -484,7 +485,7 @@ def test_a_dict_key_that_is_not_a_string_or_a_number_is_refused_before_it_is_has
 
 def test_an_ordered_dict_is_built_from_items_not_from_arguments():
     """Given pairs, OrderedDict hashes their keys itself: the worker would hash a tuple DAG unchecked."""
-    pairs = b"](" + tup(tuple_chain(20), b"N") + b"e"
+    pairs = b"](" + tup(tuple_chain(14), b"N") + b"e"
     payload = proto() + glob("collections", "OrderedDict") + tup(pairs) + b"R."
     for decode in (scan, lambda data: strict_loads(data, 2**20)):
         with pytest.raises(Refusal) as info:
@@ -495,11 +496,75 @@ def test_an_ordered_dict_is_built_from_items_not_from_arguments():
 def test_a_global_takes_no_state():
     """BUILD on a global's stand-in rewrote its name (through its __dict__) to a tuple DAG, which the
     allowlist lookup of the next REDUCE then hashed: the same stall by another path."""
-    state = b"}" + uni("dotted") + tuple_chain(24) + b"s"
+    state = b"}" + uni("dotted") + tuple_chain(15) + b"s"
     payload = proto() + glob("numpy", "dtype") + state + b"b)R."
     with pytest.raises(Refusal) as info:
         scan(payload)
     assert info.value.code == "invalid_model" and "state to a global" in info.value.message
+
+
+def tuple_nest(depth: int) -> bytes:
+    """Push a tuple `depth` tuples deep, each holding only the one inside it: 1 byte a level."""
+    return b"K\x07" + b"\x85" * depth
+
+
+def dtype_named(names: bytes) -> bytes:
+    """A numpy dtype whose BUILD state gives it these `names`, which numpy hashes."""
+    state = tup(integer(3), uni("|"), b"N", names, b"}", integer(8), integer(1), integer(16))
+    return proto() + glob("numpy", "dtype") + tup(uni("V8"), b"\x89\x88") + b"R" + state + b"b."
+
+
+def test_tuples_nested_past_the_bound_are_refused_by_the_scan_and_the_worker():
+    """A numpy dtype's BUILD hashes its `names`, and the owner's review builds code objects whose constants
+    `types.CodeType` walks: a tuple holding the one before it twice, 40 times over (360 bytes), is 2**40
+    visits; a plain chain 10**6 deep crashes CPython's tuple hash. Both are refused as the tuple is built,
+    by depth (a chain) or by the elements hashing would visit (the DAG, at its 16th level)."""
+    for payload, what in ((dtype_named(tuple_nest(33)), "32 deep"), (dtype_named(tuple_chain(40)), "65536")):
+        assert len(payload) < 450
+        for decode in (scan, lambda data: strict_loads(data, 2**20)):
+            started = time.process_time()
+            with pytest.raises(Refusal) as info:
+                decode(payload)
+            assert info.value.code == "invalid_model" and what in info.value.message, (what, info.value)
+            assert time.process_time() - started < 1.0
+    assert strict_loads(dtype_named(tup(uni("a"))), 2**20).names == ("a",)
+    assert strict_loads(proto() + tuple_nest(32) + b".", 2**20) is not None  # the bound itself passes
+    with pytest.raises(Refusal) as info:  # hashing this visits 2**16 + 1 elements
+        strict_loads(
+            proto() + tuple_chain(15) + tup(tuple_chain(15)[-5:], tuple_chain(15)[-5:]) + b".", 2**20
+        )
+    assert "65536" in info.value.message
+
+
+def test_a_set_in_notebook_code_holds_no_tuple_the_api_would_hash():
+    """The naming pass (in the API process) built notebook code's sets for real, so a frozenset of a
+    tuple met 20,000 times hashed it each time: with a tuple of 65,535 elements (at the bound), 1.3e9
+    visits holding the GIL (the old code: about 10 s at depth 15, 2**40 at depth 40). Items that are
+    not plain are now left out of a set, as they are of a dict's keys."""
+    heavy = tuple_chain(15) + b"0" + b"(" + (b"j" + struct.pack("<I", 15)) * 20_000 + b"\x91" + b"0"
+    payload = proto() + glob("__main__", "objective") + b"0" + heavy + b"N."
+    started = time.process_time()
+    with pytest.raises(Refusal) as info:
+        scan(payload)
+    assert info.value.code == "custom_code_refused"
+    assert time.process_time() - started < 2.0
+
+
+def test_the_review_shows_a_code_object_whose_constant_does_not_print():
+    """A whole number past 4,300 digits does not print (`repr` raises): the review of notebook code
+    holding one as a constant failed in `dis` (and in the list of literals it falls back to)."""
+    from remote_magic_server.worker.review_task import describe
+
+    def objective(predt, dtrain):
+        return predt * 123456789, predt
+
+    # cloudpickle itself cannot pickle such code (it runs `dis` too): the constant is swapped in the
+    # stream (protocol 3 has no frame lengths to fix).
+    data = cloudpickle.dumps(xgb.XGBRegressor(objective=objective), protocol=3)
+    small = integer(123456789)
+    assert data.count(small) == 1
+    text = describe(data.replace(small, long4(1 << 20_000)))
+    assert "a whole number of 20001 bits" in text and "objective" in text
 
 
 def test_a_bytearray_claims_no_more_than_the_payload_holds():

@@ -17,6 +17,13 @@ table we copy and narrow:
   None, whose hash costs at most its own bytes: a tuple key of tuples that each hold the one before twice
   costs 2**depth steps to hash, in one C call that holds the GIL (a 285-byte payload stopped the API for
   19 s, red-team rev8 #1); an OrderedDict is built empty and gets its items the same way;
+* a tuple nests at most `MAX_TUPLE_DEPTH` (32) tuples deep and holds at most `MAX_TUPLE_SIZE` (65,536)
+  elements, counting those of the tuples inside it each time they appear: what hashing it (a numpy
+  dtype's BUILD hashes its `names`) or building a code object from it (`types.CodeType` walks its
+  constants) visits. A tuple that holds the one before it twice, 40 times over, is 360 bytes and 2**40
+  visits; a depth bound alone does not bound that (a width of 100 at depth 16 is 100**16), and past about
+  10**5 levels CPython's tuple hash overflows the C stack. Supported models nest 2 deep and hold 9
+  (a fitted ColumnTransformer pipeline); notebook code about 5 and 40 (tests/test_hostile_payloads.py);
 * a BYTEARRAY8 may claim no more bytes than the payload holds (pickle allocates the claim first);
 * every opcode is counted against a budget (`max_opcodes`): each one pushes, marks or memoizes at most
   one object, so the count bounds what a scan holds (a flood of one-byte EMPTY_LIST or MEMOIZE opcodes
@@ -46,6 +53,8 @@ PROTOCOL = 5
 # stalls the API: each opcode holds at most one object of about 70 bytes (besides the bytes and text it
 # reads, which the size limit bounds), so a flood is refused after ~20 MB and ~0.2 s of CPU.
 MAX_OPCODES = 250_000
+MAX_TUPLE_DEPTH = 32
+MAX_TUPLE_SIZE = 2**16
 _BYTES_PER_OPCODE = 2
 _LEAST_OPCODES = 1024
 
@@ -96,7 +105,6 @@ _FORBIDDEN_OPCODES = {
     pickle.ADDITEMS: "ADDITEMS",
     pickle.FROZENSET: "FROZENSET",
 }
-_SET_OPCODES = (pickle.EMPTY_SET, pickle.ADDITEMS, pickle.FROZENSET)
 # Dict keys whose hash needs no walk over other objects (a fitted encoder keys `_missing_indices` by int).
 _KEY_TYPES = (str, int, float, bool, type(None))
 _MAX_INT_KEY = 2**63
@@ -158,6 +166,9 @@ class RuleUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         super().__init__(io.BytesIO(data))
         self.payload_size = len(data)
         self.opcodes_left = min(max_opcodes, _LEAST_OPCODES + len(data) // _BYTES_PER_OPCODE)
+        # Each tuple built so far, by id, with its depth and size (`tuple_of`); holding it keeps its id
+        # from being reused. One entry per tuple opcode, so the opcode budget bounds it.
+        self._tuples: dict[int, tuple[tuple, int, int]] = {}
 
     def resolve(self, dotted: str) -> object:
         raise NotImplementedError
@@ -210,6 +221,42 @@ class RuleUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         items = self.pop_mark()
         self.append({items[i]: items[i + 1] for i in range(0, len(items), 2) if self.keep(items[i])})
 
+    def tuple_of(self, items: list) -> tuple:
+        """A tuple of `items`, refused if it nests more than `MAX_TUPLE_DEPTH` deep or holds more than
+        `MAX_TUPLE_SIZE` elements counted as hashing it visits them (a tuple met twice, twice)."""
+        depth, size = 1, 1 + len(items)
+        for item in items:
+            if type(item) is tuple and item:
+                _, inner_depth, inner_size = self._tuples.get(id(item), (item, 1, 1 + len(item)))
+                depth, size = max(depth, inner_depth + 1), size + inner_size - 1
+            elif isinstance(item, frozenset):
+                size += len(item)
+        if depth > MAX_TUPLE_DEPTH:
+            raise Refusal("invalid_model", f"the model's bytes nest tuples more than {MAX_TUPLE_DEPTH} deep")
+        if size > MAX_TUPLE_SIZE:
+            raise Refusal(
+                "invalid_model",
+                f"the model's bytes hold a tuple of more than {MAX_TUPLE_SIZE} elements (counting those of "
+                "the tuples inside it each time they appear)",
+            )
+        made = tuple(items)
+        if made:
+            self._tuples[id(made)] = (made, depth, size)
+        return made
+
+    def load_tuple(self) -> None:
+        items = self.pop_mark()  # first: it swaps the stack, and with it `self.append`
+        self.append(self.tuple_of(items))
+
+    def load_tuple1(self) -> None:
+        self.stack[-1] = self.tuple_of(self.stack[-1:])
+
+    def load_tuple2(self) -> None:
+        self.stack[-2:] = [self.tuple_of(self.stack[-2:])]
+
+    def load_tuple3(self) -> None:
+        self.stack[-3:] = [self.tuple_of(self.stack[-3:])]
+
     def load_bytearray8(self) -> None:
         # pickle's own allocates (and zero-fills) the length the stream claims before reading: 12 bytes
         # claiming 1 GiB cost the API 1 GiB of memory and 0.8 s of CPU.
@@ -239,6 +286,10 @@ class RuleUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     dispatch[pickle.SETITEMS[0]] = load_setitems
     dispatch[pickle.DICT[0]] = load_dict
     dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
+    dispatch[pickle.TUPLE[0]] = load_tuple
+    dispatch[pickle.TUPLE1[0]] = load_tuple1
+    dispatch[pickle.TUPLE2[0]] = load_tuple2
+    dispatch[pickle.TUPLE3[0]] = load_tuple3
 
 
 def _refuse(opcode_name: str):
@@ -416,10 +467,6 @@ class CodeLister(_Scanner):
     of `_make_skeleton_class`), and the arguments of each code object, for the owner's review."""
 
     dispatch = dict(_Scanner.dispatch)
-    # Sets are refused in a model, but notebook code may hold one (a closure over a set): named, not lost.
-    dispatch.update(
-        {op[0]: _counted(pickle._Unpickler.dispatch[op[0]]) for op in _SET_OPCODES}  # type: ignore[attr-defined]
-    )
 
     def __init__(self, data: bytes, max_bytes: int = MAX_PAYLOAD_BYTES, max_opcodes: int = MAX_OPCODES):
         super().__init__(data, max_bytes, max_opcodes)
@@ -462,6 +509,31 @@ class CodeLister(_Scanner):
 
     def new(self, cls: object, args: tuple) -> object:
         return _Placeholder("object")
+
+    # Sets are refused in a model, but notebook code may hold one (a closure over a set): named, not lost.
+    # Like a dict's keys (`keep`), only plain items go in, so none is hashed by walking other objects:
+    # this pass runs in the API process, and a frozenset of a tuple DAG hashed 2**depth leaves there.
+    def load_empty_set(self) -> None:
+        self.append(set())
+
+    def load_additems(self) -> None:
+        items = self.pop_mark()
+        target = self.stack[-1]
+        if not isinstance(target, set):
+            raise Refusal("invalid_model", "the model's bytes are truncated or corrupt")
+        target.update(item for item in items if plain_key(item))
+
+    def load_frozenset(self) -> None:
+        items = self.pop_mark()
+        self.append(frozenset(item for item in items if plain_key(item)))
+
+    dispatch.update(
+        {
+            pickle.EMPTY_SET[0]: _counted(load_empty_set),
+            pickle.ADDITEMS[0]: _counted(load_additems),
+            pickle.FROZENSET[0]: _counted(load_frozenset),
+        }
+    )
 
 
 class CustomCodeRefused(Refusal):

@@ -22,6 +22,7 @@ from ..protocol import ReviewReport
 
 _CONSTS = 7  # position of co_consts among CodeType's constructor arguments (CPython 3.8 - 3.13)
 MAX_REPORT_CHARS = 200_000
+_LONGEST_INT_BITS = 4096  # about 1,233 digits: prints well under Python's 4,300-digit limit
 
 
 def _code_object(record: CodeRecord) -> types.CodeType:
@@ -31,11 +32,18 @@ def _code_object(record: CodeRecord) -> types.CodeType:
     return types.CodeType(*args)
 
 
+def _literal(item: str | int | float) -> str:
+    """`repr`, except for a whole number too long to print (past 4,300 digits `repr` raises)."""
+    if isinstance(item, int) and item.bit_length() > _LONGEST_INT_BITS:
+        return f"<a whole number of {item.bit_length()} bits>"
+    return repr(item)
+
+
 def _strings(record: CodeRecord) -> list[str]:
     found: list[str] = []
     for arg in record.args:
         items = arg if isinstance(arg, tuple) else (arg,)
-        found += [repr(item) for item in items if isinstance(item, (str, int, float))]
+        found += [_literal(item) for item in items if isinstance(item, (str, int, float))]
     return found
 
 
@@ -58,14 +66,18 @@ def describe(data: bytes) -> str:
     for record in lister.codes:
         if id(record) in nested:
             continue
+        listing = io.StringIO()
         try:
             code = _code_object(record)
+            # `dis` prints constants with repr: a whole number past 4,300 digits raises there too.
+            dis.dis(code, file=listing)
         except Exception:  # noqa: BLE001 - another Python version's layout, or a malformed record
-            out.write(f"\ncode object (not rebuildable here); its literals: {', '.join(_strings(record))}\n")
+            literals = ", ".join(_strings(record))
+            out.write(f"\ncode object (not rebuildable or printable here); its literals: {literals}\n")
             continue
         out.write(f"\ncode {code.co_qualname if hasattr(code, 'co_qualname') else code.co_name}")
         out.write(f" from {code.co_filename}:{code.co_firstlineno}\n")
-        dis.dis(code, file=out)
+        out.write(listing.getvalue())
     return (out.getvalue() + tail)[:MAX_REPORT_CHARS]
 
 
