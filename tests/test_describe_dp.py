@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from remote_magic.contract.rows import RARE_LEVEL
 from remote_magic.families.dpboost.candidates import WIDE_GRID
 from remote_magic_server.privacy import dp
 from remote_magic_server.protocol import DescribeOptions
@@ -183,3 +184,36 @@ def test_a_declared_ranges_bins_stay_inside_it_and_missing_counts_say_their_nois
         assert all(low <= b.lower < b.upper <= high for b in bins), bins
     half = got.raw.count_half_width
     assert half and f"missing {got.columns['b'].missing:,} +/- {half:.0f}" in repr(got)
+
+
+def test_a_column_of_a_hundred_thousand_levels_shows_at_most_max_categories_and_says_so(tmp_path):
+    """As pandas-profiling and JupySQL show a text column's top k: 10**5 distinct values plus 60 common
+    ones. Mode dp shows at most `max_categories` (40) of the levels a noisy count selects (sketched) or
+    of the declared ones, the largest by noisy count; mode rules the largest by exact count; all three
+    say that more were cut (`categories_cut`) and count the rest in `other`. No rare value is named."""
+
+    rng = np.random.default_rng(5)
+    common = [f"common{i:02d}" for i in range(60)]
+    codes = np.concatenate([np.repeat(common, 500), [f"rare{i:06d}" for i in range(100_000)]])
+    table = pd.DataFrame({"id": np.arange(len(codes)), "code": rng.permutation(codes)})
+    table["y"] = rng.integers(0, 2, len(table))
+    path = tmp_path / "codes.parquet"
+    table.to_parquet(path)
+    levels = "column_levels = { code = [" + ", ".join(f'"{c}"' for c in common[:50]) + "] }\n"
+    tables = dataset_table("sketched", path, "y") + dataset_table("declared", path, "y") + levels
+    tables += dataset_table("exact", path, "y", privacy="rules")
+    users = {"alice": ["sketched", "declared", "exact"]}
+    with running(tmp_path, tmp_path / "server.log", users, extra_datasets="\n" + tables) as server:
+        for dataset in ("sketched", "declared", "exact"):
+            response = server.post("/describe", json={"dataset": dataset, "label": "y", "features": ["code"]})
+            assert response.status_code == 200, response.text
+            [column] = [c for c in response.json()["columns"] if c["name"] == "code"]
+            names = [c["value"] for c in column["categories"]]
+            # Mode rules merges the levels under `min_count` into one, `(rare)`, before describe sees them.
+            assert len(names) == 40 and set(names) <= {*common, RARE_LEVEL}, (dataset, names)
+            assert column["categories_cut"] is True and column["other"] > 9_000, dataset
+            if dataset == "declared":
+                assert set(names) <= set(common[:50])
+            assert "rare0" not in response.text
+        described = server.client().describe({"dataset": "exact", "label": "y", "features": ["code"]})
+        assert "the 40 largest shown; more are in other" in repr(described)

@@ -479,7 +479,14 @@ class ColumnDescription(_Strict):
     )
     categories: list[CategoryCount] | None = None
     other: int | None = Field(
-        default=None, description="Rows in categories too small to show (their names are never shown)."
+        default=None,
+        description="Rows in categories too small to show (their names are never shown), and in those "
+        "past `max_categories`.",
+    )
+    categories_cut: bool = Field(
+        default=False,
+        description="More categories were large enough to show than the policy's `max_categories`: the "
+        "largest are shown (by noisy count in mode dp), the rest are counted in `other`.",
     )
 
 

@@ -77,7 +77,8 @@ def _distribution_text(col: ColumnDescription, count: Callable[[int | None], str
         )
     cats = ", ".join(f"{c.value}: {count(c.count)}" for c in col.categories or [])
     other = f", other: {count(col.other)}" if col.other is not None else ""
-    return (cats or "no category large enough") + other
+    cut = f" (the {len(col.categories or [])} largest shown; more are in other)" if col.categories_cut else ""
+    return (cats or "no category large enough") + other + cut
 
 
 def _histogram_html(col: ColumnDescription, policy: PolicyInEffect | None) -> str:
@@ -118,9 +119,15 @@ def _categories_html(col: ColumnDescription, policy: PolicyInEffect | None) -> s
         f"font-variant-numeric:tabular-nums'>{count_text(n, policy)}</td></tr>"
         for value, n, colour in shown
     )
+    cut = (
+        f"<div style='color:#888;font-size:0.75em'>the {len(col.categories or [])} largest shown; more are "
+        "in other</div>"
+        if col.categories_cut
+        else ""
+    )
     return (
         "<table class='remote-magic-categories' style='border-collapse:collapse;font-size:0.85em'>"
-        f"{rows}</table>"
+        f"{rows}</table>{cut}"
     )
 
 

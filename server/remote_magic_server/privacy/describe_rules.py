@@ -148,16 +148,18 @@ def _column(
             ]
             or None,
         )
-    shown, small = [], col.rest
+    shown, small, cut = [], col.rest, False
     exact_counts = None if exact is None else exact.categories or {}
     for value, n in sorted((col.categories or {}).items(), key=lambda kv: (-kv[1], kv[0])):
         # Mode rules: a name is shown only if its exact count clears the threshold. The noisy modes
-        # report only public or DP-selected names, so the noisy count alone decides there.
+        # report only public or DP-selected names, so the noisy count alone decides there, and which
+        # ones the cap keeps (the largest by noisy count).
         large = n >= policy.min_count and (exact_counts is None or exact_counts[value] >= policy.min_count)
         if large and len(shown) < policy.max_categories:
             shown.append(CategoryCount(value=str(value)[:MAX_NAME_CHARS], count=release_count(n, policy)))
         else:
             small += n
+            cut = cut or large
     return ColumnDescription(
         name=col.name,
         kind="categorical",
@@ -165,6 +167,7 @@ def _column(
         missing_rate=_rate(missing, rows),
         categories=shown,
         other=release_count(small, policy) if small else None,
+        categories_cut=cut,
     )
 
 
