@@ -122,6 +122,57 @@ def test_in_mode_rules_a_csv_value_that_does_not_parse_fails_naming_the_column_b
     assert Versions(settings.snapshots_dir).latest("d") is None
 
 
+LATER_FILES = {  # a later file's `x`, where the first file's is int64
+    "double": pa.array([2.5, 3.0]),
+    "string": pa.array(["7", "SECRET-VALUE-42"]),
+    "timestamp[ms]": pa.array([1, 2], pa.timestamp("ms")),
+    "list<element: int64>": pa.array([[1], [2]]),
+}
+
+
+@pytest.mark.parametrize("later", sorted(LATER_FILES))
+def test_a_later_parquet_file_typed_otherwise_is_named_in_mode_rules_and_converted_in_mode_dp(
+    tmp_path, later
+):
+    """A folder takes its first file's types. A later file's other type failed as "the files do not
+    share one schema" (no file, no column), crashed (a list: ArrowNotImplementedError), or was cast
+    silently (a timestamp became a number). Mode rules now names the file and the column and the type
+    to write; the noisy modes convert value by value, as documented (no row may fail a snapshot there),
+    and the owner's note names the file and the column. Never a value."""
+    lake = tmp_path / "lake" / "region=north"
+    lake.mkdir(parents=True)
+    pq.write_table(pa.table({"key": [1, 2], "x": [10, 20], "y": [0, 1]}), lake / "a.parquet")
+    pq.write_table(pa.table({"key": [3, 4], "x": LATER_FILES[later], "y": [1, 0]}), lake / "b.parquet")
+    source = 'source = { kind = "parquet", path = "lake" }\nid_column = "key"\nlabel_columns = ["y"]\n'
+    with pytest.raises(SourceError) as failure:
+        refresh(settings_for(tmp_path, source + 'privacy = "rules"\n'), "d")
+    message = failure.value.message
+    assert failure.value.reason == "invalid_snapshot", message
+    assert f"column 'x' of region=north/b.parquet is {later}, and int64 in the first file" in message
+    assert "write that file's column as int64" in message and "SECRET" not in message
+
+    done = refresh(settings_for(tmp_path, source + 'privacy = "dp"\n'), "d")
+    assert dict(done.version.columns)["x"] == "int64"
+    assert snapshot_rows(done.version).sort_values("key")["x"].tolist()[:2] == [10, 20]
+    assert (
+        f"column 'x' of region=north/b.parquet is {later}, converted to the first file's int64"
+        in done.repaired
+    )
+
+
+def test_a_later_parquet_file_whose_values_fit_the_first_files_type_is_staged_in_mode_rules(tmp_path):
+    """int32 for int64, and a double column whose every value is whole, convert without loss."""
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    pq.write_table(pa.table({"key": [1, 2], "x": [10, 20], "y": [0, 1]}), lake / "a.parquet")
+    later = {"key": pa.array([3, 4], pa.int32()), "x": [30.0, 40.0], "y": [1, 0]}
+    pq.write_table(pa.table(later), lake / "b.parquet")
+    source = 'source = { kind = "parquet", path = "lake" }\nid_column = "key"\nlabel_columns = ["y"]\n'
+    version = refresh(settings_for(tmp_path, source + 'privacy = "rules"\n'), "d").version
+    assert dict(version.columns)["x"] == "int64"
+    assert snapshot_rows(version).sort_values("key")["x"].tolist() == [10, 20, 30, 40]
+
+
 @pytest.mark.parametrize(
     "frame, problem, mode",
     [  # a repeated or missing id fails in mode rules; the noisy modes drop its rows (test_snapshots_total)

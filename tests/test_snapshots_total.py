@@ -218,7 +218,8 @@ def test_a_later_parquet_files_extra_column_is_named_and_the_types_are_the_first
     assert done.value.code == 0, printed
     assert (
         "lake: staged as the first file's types say: 2 value(s) of 'visits' did not parse and are NULL; "
-        "column(s) 'extra' of a later file are not in the first file and were left out\n"
+        "column(s) 'extra' of a later file are not in the first file and were left out; "
+        "column 'visits' of day1.parquet is double, converted to the first file's int64\n"
     ) in printed
     with pytest.raises(SystemExit):
         main(["doctor", "--config", str(config)])

@@ -12,8 +12,10 @@ from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from pyarrow import fs
 
 from .csvtotal import TotalCsv
@@ -50,6 +52,7 @@ class ParquetSource(Source):
         first = set(found.schema.names)
         later = (name for f in found.get_fragments() for name in f.physical_schema.names)
         self.left_out = sorted({name for name in later if name not in first})
+        self._check_types(found)
         if keys:
             text = ds.partitioning(pa.schema([(key, pa.string()) for key in keys]), flavor="hive")
             dataset = ds.dataset(self.path, filesystem=self.filesystem, format="parquet", partitioning=text)
@@ -58,9 +61,43 @@ class ParquetSource(Source):
                 write_rows(self._conformed(dataset, text if keys else None), dest)
             else:
                 write_rows(dataset.scanner().to_reader(), dest)
-        except pa.ArrowInvalid:
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             raise self.fail("invalid_snapshot", "the Parquet files do not share one schema") from None
         return []
+
+    def _check_types(self, found: ds.FileSystemDataset) -> None:
+        """A later file whose column has another type than the first file's, which the folder takes: in
+        mode rules an error naming the file and the column, unless the type is of the same kind and
+        every value converts (int32 for int64, 3.0 for 3); in the noisy modes (`total`) its values are
+        converted one by one, and the owner's note names it (a writer's type there may come from one
+        row: pandas writes integers as double when one is missing)."""
+        schema = found.schema
+        first = _relative(found.files[0], self.path)
+        for fragment in found.get_fragments():
+            for field in fragment.physical_schema:
+                if field.name not in schema.names or pa.types.is_null(field.type):
+                    continue
+                want = schema.field(field.name).type
+                if field.type == want:
+                    continue
+                where = f"column {field.name!r} of {_relative(fragment.path, self.path)}"
+                if self.total:
+                    self.retyped.append(f"{where} is {field.type}, converted to the first file's {want}")
+                elif _type_kind(field.type) != _type_kind(want) or not self._converts(fragment, field, want):
+                    raise self.fail(
+                        "invalid_snapshot",
+                        f"{where} is {field.type}, and {want} in the first file ({first}), whose types the "
+                        f"folder takes: write that file's column as {want}",
+                    )
+
+    def _converts(self, fragment: ds.ParquetFileFragment, field: pa.Field, to: pa.DataType) -> bool:
+        """Whether every value of one file's column converts to `to` without loss (mode rules)."""
+        column = pq.read_table(fragment.path, columns=[field.name], filesystem=self.filesystem).column(0)
+        try:
+            pc.cast(column, to)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            return False
+        return True
 
     def _conformed(self, dataset: ds.Dataset, partitioning: ds.Partitioning | None) -> pa.RecordBatchReader:
         """Each file read with its own types, then converted value by value to the first file's (`total`):
@@ -80,6 +117,26 @@ class ParquetSource(Source):
                     yield conform(batch, schema, self.repairs)
 
         return pa.RecordBatchReader.from_batches(schema, batches())
+
+
+def _relative(file: str, root: str) -> str:
+    """A file of a folder as the owner knows it: its path below the folder (`region=north/part.parquet`)."""
+    return os.path.relpath(file, root)
+
+
+def _type_kind(type_: pa.DataType) -> str:
+    """Numbers, text, true/false and times each convert within their kind; any other type only to itself."""
+    if pa.types.is_dictionary(type_):
+        return _type_kind(type_.value_type)
+    if pa.types.is_integer(type_) or pa.types.is_floating(type_) or pa.types.is_decimal(type_):
+        return "number"
+    if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+        return "text"
+    if pa.types.is_boolean(type_):
+        return "true/false"
+    if pa.types.is_temporal(type_):
+        return "time"
+    return str(type_)
 
 
 def _hive_keys(file: str, root: str) -> list[str]:

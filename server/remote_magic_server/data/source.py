@@ -44,6 +44,7 @@ class Source(ABC):
         self.total = False
         self.repairs = Repairs()
         self.left_out: list[str] = []  # columns of a later file that the first file lacks (Parquet folders)
+        self.retyped: list[str] = []  # a later file's columns of another type, converted (Parquet folders)
 
     @abstractmethod
     def stage(self, dest: Path) -> list[str]:
@@ -56,6 +57,7 @@ class Source(ABC):
         if self.left_out:
             names = ", ".join(repr(c) for c in self.left_out)
             parts.append(f"column(s) {names} of a later file are not in the first file and were left out")
+        parts += self.retyped
         return "; ".join(p for p in parts if p)
 
     def fail(self, reason: str, problem: str) -> SourceError:
