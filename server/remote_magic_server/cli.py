@@ -256,9 +256,16 @@ def parser() -> argparse.ArgumentParser:
     )
     audit.set_defaults(func=_owner(cmd_audit), host=None, port=None)
 
-    approve = sub.add_parser("approve", help="approve the release of a job's trained model")
+    approve = sub.add_parser(
+        "approve",
+        help="review trained models awaiting approval (--list, --show JOB), and approve one's release",
+    )
     common(approve)
-    approve.add_argument("job", help="the job id")
+    approve.add_argument("job", nargs="?", help="the job id")
+    approve.add_argument(
+        "--list", action="store_true", help="the models awaiting approval, each with its review"
+    )
+    approve.add_argument("--show", action="store_true", help="show what JOB's model is, without approving it")
     approve.add_argument("--by", help="the approver's name for the audit log (default: your login)")
     approve.set_defaults(func=_owner(cmd_approve), host=None, port=None)
 
