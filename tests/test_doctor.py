@@ -448,3 +448,48 @@ def test_the_owner_is_told_which_column_is_missing_and_what_keeps_serving(tmp_pa
         and line.endswith("; v1 keeps serving")
         for line in after
     ), after
+
+
+def test_a_misspelt_label_hides_no_other_mistake(tmp_path):
+    """Found by review (rev11 #7): with a misspelt label the trial snapshot of a CSV source failed, so the
+    fatal misspelt exclusion and the misspelt range never showed, and the label's last line said it had
+    "neither declared classes nor a range" (a Parquet file's too), when it is no column at all."""
+    rows = 200
+    frame = pd.DataFrame(
+        {
+            "id": range(rows),
+            "age": [20 + i % 60 for i in range(rows)],
+            "income": [1000.0 * (i % 40) for i in range(rows)],
+            "spend": [float(i % 50) for i in range(rows)],
+            "churn": [i % 2 for i in range(rows)],
+        }
+    )
+    csv, lake = tmp_path / "customers.csv", tmp_path / "lake.parquet"
+    frame.to_csv(csv, index=False)
+    frame.to_parquet(lake, index=False)
+    types = 'id = "int64", age = "int64", income = "float64", spend = "float64", churn = "int64"'
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\n\n'
+        f'[datasets.customers]\nsource = {{ kind = "csv", path = "{csv}", columns = {{ {types} }} }}\n'
+        'id_column = "id"\nlabel_columns = ["churn", "spnd"]\nexclude_columns = ["incme"]\n'
+        "column_ranges = { agee = [18, 90] }\ncolumn_levels = { churn = [0, 1] }\n\n"
+        f'[datasets.lake]\npath = "{lake}"\nid_column = "id"\nlabel_columns = ["spnd"]\n'
+    )
+    done = doctor(config)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("WARN", "FATAL"))]
+    customers = [line for line in lines if " dataset customers:" in line]
+    assert len(customers) == 3, lines
+    assert customers[0].startswith(
+        "WARN   dataset customers: its source gives no snapshot (invalid_snapshot)"
+    )
+    assert "label 'spnd' is not a column (did you mean 'spend'?): fix label_columns" in customers[0]
+    assert (
+        customers[1].startswith("FATAL")
+        and "'incme' in exclude_columns; did you mean 'income'?" in customers[1]
+    )
+    assert customers[2].startswith("WARN") and "'agee' in column_ranges; did you mean 'age'?" in customers[2]
+    assert [line for line in lines if " dataset lake:" in line] == [
+        "FATAL  dataset lake: label 'spnd' is not a column (did you mean 'spend'?): fix label_columns"
+    ], lines
+    assert done.returncode == 1
