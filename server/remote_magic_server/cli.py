@@ -79,7 +79,7 @@ def _checked_before_serving(settings: Settings, accept_audit_mismatch: bool) -> 
     configure_logging(settings.server.log_level)
     log = logging.getLogger("remote_magic_server.doctor")
     findings = run_checks(settings, accept_audit_mismatch)
-    levels = {"ok": logging.INFO, "warn": logging.WARNING, "fatal": logging.ERROR}
+    levels = {"ok": logging.INFO, "info": logging.INFO, "warn": logging.WARNING, "fatal": logging.ERROR}
     for finding in findings:
         log.log(levels[finding.level], "doctor", extra={"check": finding.check, "detail": finding.message})
     if fatal(findings):

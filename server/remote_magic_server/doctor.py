@@ -47,7 +47,7 @@ PROBE_TIMEOUT_S = 120
 
 @dataclass(frozen=True)
 class Finding:
-    level: str  # "ok", "warn" or "fatal"
+    level: str  # "ok", "info" (worth knowing; nothing fails), "warn" or "fatal"
     check: str
     message: str
 
@@ -408,6 +408,7 @@ def probe_files(
                         "label_ranges",
                     },
                 ),
+                "privacy": settings.policy_for(name).privacy,
                 **({"label_columns": labels[name]} if labels and name in labels else {}),
             }
             for name, path in files.items()
