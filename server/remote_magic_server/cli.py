@@ -46,6 +46,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         url = f"http://{settings.server.host}:{settings.server.port}"
         print(f"Demo server on {url} for the user demo. Start Jupyter with this line (in another shell):\n")
         print(f"    REMOTE_MAGIC_URL={url} REMOTE_MAGIC_TOKEN={token} jupyter lab\n")
+        print(
+            "(a new token at each start; earlier ones keep working, so a running Jupyter needs no new "
+            "line: `remote-magic-server token list --demo` lists them, `token revoke ID --demo` ends one)\n"
+        )
         if shutil.which("jupyter-lab") is None:
             print("(JupyterLab is not installed here: `pip install jupyterlab` first)\n")
         print("then, in a notebook:  %load_ext remote_magic  and  %remote_connect\n", flush=True)
