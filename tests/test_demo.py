@@ -26,8 +26,7 @@ def demo_data(tmp_path_factory):
     return tmp_path_factory.mktemp("demo-data")
 
 
-def test_serve_demo_prints_the_line_to_paste(demo_data):
-    port = free_port()
+def _serve_demo(demo_data, port: int) -> tuple[subprocess.Popen, list[str]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "remote_magic_server", "serve", "--demo", "--data-dir", str(demo_data)]
         + ["--port", str(port)],
@@ -35,17 +34,29 @@ def test_serve_demo_prints_the_line_to_paste(demo_data):
         stderr=subprocess.DEVNULL,
         text=True,
     )
-    try:
-        lines = [proc.stdout.readline() for _ in range(5)]
-        pasted = [m for m in map(PASTE.match, lines) if m]
-        assert len(pasted) == 1, lines
-        url, token = pasted[0].groups()
-        assert url == f"http://127.0.0.1:{port}"
-        wait_healthy(url)
-        assert Client(url, token).whoami().user == "demo"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    return proc, [proc.stdout.readline() for _ in range(7)]
+
+
+def test_serve_demo_prints_the_line_to_paste(demo_data):
+    """Each start prints a new token and the earlier ones keep working (a Jupyter started with the last
+    line survives a restart of the demo); the banner says so, and how to list or revoke them (rev11 #8)."""
+    port = free_port()
+    tokens = []
+    for _ in range(2):
+        proc, lines = _serve_demo(demo_data, port)
+        try:
+            pasted = [m for m in map(PASTE.match, lines) if m]
+            assert len(pasted) == 1, lines
+            url, token = pasted[0].groups()
+            assert url == f"http://127.0.0.1:{port}"
+            assert any("earlier ones keep working" in line and "token list --demo" in line for line in lines)
+            wait_healthy(url)
+            tokens.append(token)
+            assert [Client(url, t).whoami().user for t in tokens] == ["demo"] * len(tokens)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    assert tokens[0] != tokens[1]
 
 
 def test_demo_prints_the_results_and_logs_to_a_file(demo_data, tmp_path):

@@ -198,7 +198,7 @@ def test_declarations_that_miss_the_rows_are_told_to_the_owner(tmp_path):
         )
     )
     done = doctor(config)
-    lines = [line for line in done.stdout.splitlines() if not line.startswith("OK")]
+    lines = [line for line in done.stdout.splitlines() if not line.startswith(("OK", "INFO"))]
 
     def said(name: str) -> list[str]:
         return [line.split(": ", 1)[1] for line in lines if f" dataset {name}:" in line]
@@ -448,3 +448,111 @@ def test_the_owner_is_told_which_column_is_missing_and_what_keeps_serving(tmp_pa
         and line.endswith("; v1 keeps serving")
         for line in after
     ), after
+
+
+def test_a_misspelt_label_hides_no_other_mistake(tmp_path):
+    """Found by review (rev11 #7): with a misspelt label the trial snapshot of a CSV source failed, so the
+    fatal misspelt exclusion and the misspelt range never showed, and the label's last line said it had
+    "neither declared classes nor a range" (a Parquet file's too), when it is no column at all."""
+    rows = 200
+    frame = pd.DataFrame(
+        {
+            "id": range(rows),
+            "age": [20 + i % 60 for i in range(rows)],
+            "income": [1000.0 * (i % 40) for i in range(rows)],
+            "spend": [float(i % 50) for i in range(rows)],
+            "churn": [i % 2 for i in range(rows)],
+        }
+    )
+    csv, lake = tmp_path / "customers.csv", tmp_path / "lake.parquet"
+    frame.to_csv(csv, index=False)
+    frame.to_parquet(lake, index=False)
+    types = 'id = "int64", age = "int64", income = "float64", spend = "float64", churn = "int64"'
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\n\n'
+        f'[datasets.customers]\nsource = {{ kind = "csv", path = "{csv}", columns = {{ {types} }} }}\n'
+        'id_column = "id"\nlabel_columns = ["churn", "spnd"]\nexclude_columns = ["incme"]\n'
+        "column_ranges = { agee = [18, 90] }\ncolumn_levels = { churn = [0, 1] }\n\n"
+        f'[datasets.lake]\npath = "{lake}"\nid_column = "id"\nlabel_columns = ["spnd"]\n'
+    )
+    done = doctor(config)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("WARN", "FATAL"))]
+    customers = [line for line in lines if " dataset customers:" in line]
+    assert len(customers) == 3, lines
+    assert customers[0].startswith(
+        "WARN   dataset customers: its source gives no snapshot (invalid_snapshot)"
+    )
+    assert "label 'spnd' is not a column (did you mean 'spend'?): fix label_columns" in customers[0]
+    assert (
+        customers[1].startswith("FATAL")
+        and "'incme' in exclude_columns; did you mean 'income'?" in customers[1]
+    )
+    assert customers[2].startswith("WARN") and "'agee' in column_ranges; did you mean 'age'?" in customers[2]
+    assert [line for line in lines if " dataset lake:" in line] == [
+        "FATAL  dataset lake: label 'spnd' is not a column (did you mean 'spend'?): fix label_columns"
+    ], lines
+    assert done.returncode == 1
+
+
+def test_levels_that_differ_only_in_case_and_undeclared_features_in_mode_dp_are_told(tmp_path):
+    """Found by review (rev11 #7): `column_levels.region = ["North", ...]` on rows holding `north` said only
+    that half the rows lie outside, not that the case differs; and in mode dp a number or text feature
+    with no declared range or levels passed without a word, though each job that uses one pays for a
+    DP sketch of it. Now the first names the declared levels (never a value), the second is an INFO line
+    (mode dp only; nothing fails)."""
+    rows = 200
+    frame = pd.DataFrame(
+        {
+            "id": range(rows),
+            "age": [20 + i % 60 for i in range(rows)],
+            "income": [1000.0 * (i % 40) for i in range(rows)],
+            "region": ["north", "south", "east", "west"] * (rows // 4),
+            "answer": ["yes", "no"] * (rows // 2),
+            "y": [0, 1] * (rows // 2),
+        }
+    )
+    path = tmp_path / "t.parquet"
+    frame.to_parquet(path, index=False)
+    declared = (
+        'column_levels = { y = [0, 1], region = ["North", "south", "East", "west"] }\n'
+        "column_ranges = { age = [18, 90] }\n"
+    )
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\n\n'
+        + dataset("dp", path, "y").replace("\n\n", f"\n{declared}\n")
+        + dataset("rules", path, "y").replace("\n\n", f'\n{declared}privacy = "rules"\n\n')
+        + dataset("answers", path, "answer").replace(
+            "\n\n", '\ncolumn_levels = { answer = ["Yes", "no"] }\nexclude_columns = ["income"]\n\n'
+        )
+    )
+    done = doctor(config)
+    lines = [line for line in done.stdout.splitlines() if not line.startswith("OK")]
+
+    def said(name: str) -> list[str]:
+        return [line for line in lines if f" dataset {name}:" in line]
+
+    case = (
+        "50% of rows (100 of 200) of 'region' lie outside column_levels.region: jobs know only those levels; "
+        "widen the declaration if they should count; the declared level(s) 'North', 'East' match the column "
+        "only when case is ignored: a level matches exactly, so write each as the data does, case included"
+    )
+    assert said("dp") == [
+        f"WARN   dataset dp: {case}",
+        "INFO   dataset dp: mode dp: feature column(s) income (number), answer (text) have no declared range "
+        "or levels: a training that uses one pays for a DP sketch of it from its budget (split candidates "
+        "of numbers, levels of text chosen by noisy counts), and a describe that shows one pays "
+        "dp_rho_describe_sketch more; declare column_ranges (numbers) and column_levels (text) to save that "
+        "budget",
+    ], lines
+    assert said("rules") == [f"WARN   dataset rules: {case}"], lines
+    answers = said("answers")
+    assert answers[0].startswith("WARN   dataset answers: class(es) ['Yes'] of column_levels.answer match no")
+    assert answers[0].endswith(
+        "remove them; the declared level(s) 'Yes' match the column only when case is ignored: a level "
+        "matches exactly, so write each as the data does, case included"
+    ), answers
+    assert answers[1].startswith("WARN   dataset answers: 50% of rows (100 of 200) have a label 'answer'")
+    assert "age (number), region (text)" in answers[2] and "income" not in answers[2], answers
+    assert "warning(s)" in done.stdout.splitlines()[-1] and done.returncode == 0

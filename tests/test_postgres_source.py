@@ -264,3 +264,21 @@ exclude_columns = ["amount"]
     everything = " ".join(answers) + (tmp_path / "server.log").read_text() + (data / "audit.log").read_text()
     assert "dataset_refresh_failed" in (data / "audit.log").read_text()
     assert pg.password not in everything and pg.uri() not in everything
+
+
+def test_a_misspelt_id_column_is_named_with_the_nearest_column(tmp_path, pg, password):
+    """Found by review (rev11 #7): a PostgreSQL source's `id_column` typo showed the database's raw error
+    (`column "kye" does not exist`, `LINE 1:` and the caret line's spaces); a CSV source names the id
+    column and the nearest one. Now both say the same."""
+    settings = settings_for(tmp_path, pg, 'table = "public.claims"')
+    settings.datasets["claims"].id_column = "kye"
+    with pytest.raises(SourceError) as failure:
+        refresh(settings, "claims")
+    assert failure.value.reason == "invalid_snapshot"
+    assert failure.value.message == (
+        f"postgres 127.0.0.1:{pg.port}/postgres table public.claims: the id column 'kye' is not a column "
+        "(did you mean 'key'?): fix id_column"
+    )
+    query = settings_for(tmp_path, pg, 'query = "SELECT key AS key_id, label FROM claims"')
+    with pytest.raises(SourceError, match=r"the id column 'key' is not a column \(did you mean 'key_id'\?\)"):
+        refresh(query, "claims")

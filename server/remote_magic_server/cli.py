@@ -46,6 +46,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         url = f"http://{settings.server.host}:{settings.server.port}"
         print(f"Demo server on {url} for the user demo. Start Jupyter with this line (in another shell):\n")
         print(f"    REMOTE_MAGIC_URL={url} REMOTE_MAGIC_TOKEN={token} jupyter lab\n")
+        print(
+            "(a new token at each start; earlier ones keep working, so a running Jupyter needs no new "
+            "line: `remote-magic-server token list --demo` lists them, `token revoke ID --demo` ends one)\n"
+        )
         if shutil.which("jupyter-lab") is None:
             print("(JupyterLab is not installed here: `pip install jupyterlab` first)\n")
         print("then, in a notebook:  %load_ext remote_magic  and  %remote_connect\n", flush=True)
@@ -79,7 +83,7 @@ def _checked_before_serving(settings: Settings, accept_audit_mismatch: bool) -> 
     configure_logging(settings.server.log_level)
     log = logging.getLogger("remote_magic_server.doctor")
     findings = run_checks(settings, accept_audit_mismatch)
-    levels = {"ok": logging.INFO, "warn": logging.WARNING, "fatal": logging.ERROR}
+    levels = {"ok": logging.INFO, "info": logging.INFO, "warn": logging.WARNING, "fatal": logging.ERROR}
     for finding in findings:
         log.log(levels[finding.level], "doctor", extra={"check": finding.check, "detail": finding.message})
     if fatal(findings):
@@ -256,9 +260,16 @@ def parser() -> argparse.ArgumentParser:
     )
     audit.set_defaults(func=_owner(cmd_audit), host=None, port=None)
 
-    approve = sub.add_parser("approve", help="approve the release of a job's trained model")
+    approve = sub.add_parser(
+        "approve",
+        help="review trained models awaiting approval (--list, --show JOB), and approve one's release",
+    )
     common(approve)
-    approve.add_argument("job", help="the job id")
+    approve.add_argument("job", nargs="?", help="the job id")
+    approve.add_argument(
+        "--list", action="store_true", help="the models awaiting approval, each with its review"
+    )
+    approve.add_argument("--show", action="store_true", help="show what JOB's model is, without approving it")
     approve.add_argument("--by", help="the approver's name for the audit log (default: your login)")
     approve.set_defaults(func=_owner(cmd_approve), host=None, port=None)
 

@@ -27,12 +27,16 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import requests
 
 from .audit import Verdict, last_entry, read_head, verify
 from .config.settings import Settings
 from .jobs.store import SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from .data.sources import SourceError
 
 MIN_FREE_MB = 100
 LOW_FREE_MB = 1024
@@ -43,7 +47,7 @@ PROBE_TIMEOUT_S = 120
 
 @dataclass(frozen=True)
 class Finding:
-    level: str  # "ok", "warn" or "fatal"
+    level: str  # "ok", "info" (worth knowing; nothing fails), "warn" or "fatal"
     check: str
     message: str
 
@@ -252,11 +256,12 @@ def _files(settings: Settings) -> list[Finding]:
     return found
 
 
-def _labels(settings: Settings) -> list[Finding]:
+def _labels(settings: Settings, said: list[Finding]) -> list[Finding]:
     """In the noisy modes a classifier job takes public classes (the owner's declared ones, or an
     analyst's `classes`: `base.check_public_classes`), and mode dp trains a regressor only on a declared
     range (the DP trainer's rule, `dpboost.family.check_label`): the owner of a label with neither should
-    hear it before an analyst is refused."""
+    hear it before an analyst is refused. A label already `said` to be no column (by the probe, or the
+    trial snapshot, in the words of `missing_roles`) is a typo, not a missing declaration: not repeated."""
     found = []
     for name, ds in settings.datasets.items():
         mode = settings.policy_for(name).privacy
@@ -264,7 +269,12 @@ def _labels(settings: Settings) -> list[Finding]:
             continue
         declared = {*ds.column_levels, *ds.label_ranges}
         regressor = "mode dp trains no regressor on it, and " if mode == "dp" else ""
-        for label in [label for label in ds.label_columns if label not in declared]:
+        told = " ".join(f.message for f in said if f.check == f"dataset {name}")
+        for label in [
+            label
+            for label in ds.label_columns
+            if label not in declared and f"label {label!r} is not a column" not in told
+        ]:
             found.append(
                 Finding(
                     "warn",
@@ -298,18 +308,29 @@ def _readable_file(settings: Settings, name: str) -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
-def _trial_snapshot(settings: Settings, name: str, folder: Path) -> tuple[Path | None, list[Finding]]:
+def _no_snapshot(name: str, exc: SourceError) -> Finding:
+    message = f"its source gives no snapshot ({exc.reason}): {exc.message}; {_without(name)}"
+    return Finding("warn", f"dataset {name}", message)
+
+
+def _trial_snapshot(
+    settings: Settings, name: str, folder: Path
+) -> tuple[Path | None, list[Finding], list[str]]:
     """A source with no snapshot yet (CSV, a database, a bucket) snapshotted into `folder`, so that it is
-    checked like a Parquet file; a snapshot that fails is one line with the reason a refresh would log."""
+    checked like a Parquet file; a snapshot that fails is one line with the reason a refresh would log.
+    A snapshot failed only by a label that is no column is said so, and its rows are still checked for
+    the rest (returned with the labels that are columns)."""
     from .data.lifecycle import trial
     from .data.sources import SourceError
 
     try:
-        snapshot = trial(settings, name, folder)
+        snapshot, missing = trial(settings, name, folder)
     except SourceError as exc:
-        message = f"its source gives no snapshot ({exc.reason}): {exc.message}; {_without(name)}"
-        return None, [Finding("warn", f"dataset {name}", message)]
-    return snapshot.file, [_repaired(settings, name, snapshot.note)] if snapshot.note else []
+        return None, [_no_snapshot(name, exc)], []
+    found = [_repaired(settings, name, snapshot.note)] if snapshot.note else []
+    columns = {column for column, _ in snapshot.columns}
+    labels = [label for label in settings.datasets[name].label_columns if label in columns]
+    return snapshot.file, [*found, _no_snapshot(name, missing)] if missing else found, labels
 
 
 def _repaired(settings: Settings, name: str, summary: str) -> Finding:
@@ -349,21 +370,24 @@ def _probe(settings: Settings, trial: bool = False) -> list[Finding]:
     near = data_dir if data_dir.is_dir() and os.access(data_dir, os.W_OK) else None
     with tempfile.TemporaryDirectory(prefix="doctor-", dir=near) as scratch:
         os.chmod(scratch, 0o711)  # noqa: S103 - traversed, not listed, by the sandbox uid's probe (as snapshots)
-        files, found = {}, []
+        files, found, labels = {}, [], {}
         for name in settings.datasets:
             path = _readable_file(settings, name)
             if path is None and trial and settings.datasets[name].path is None:
-                path, failed = _trial_snapshot(settings, name, Path(scratch))
+                path, failed, labels[name] = _trial_snapshot(settings, name, Path(scratch))
                 found += failed
             else:
                 found += _last_repairs(settings, name)
             if path is not None:
                 files[name] = path
-        return [*found, *probe_files(settings, files)]
+        return [*found, *probe_files(settings, files, labels)]
 
 
-def probe_files(settings: Settings, files: dict[str, Path]) -> list[Finding]:
-    """The sandbox and data checks of these datasets' files, in their own process (worker/probe.py)."""
+def probe_files(
+    settings: Settings, files: dict[str, Path], labels: dict[str, list[str]] | None = None
+) -> list[Finding]:
+    """The sandbox and data checks of these datasets' files, in their own process (worker/probe.py);
+    `labels`: a dataset's labels to check, where some were already found not to be columns."""
     policies = [settings.policy_for(name) for name in settings.datasets] or [settings.policy]
     request = {
         "cpu_seconds": max(p.job_timeout_s for p in policies) + 30,
@@ -384,6 +408,8 @@ def probe_files(settings: Settings, files: dict[str, Path]) -> list[Finding]:
                         "label_ranges",
                     },
                 ),
+                "privacy": settings.policy_for(name).privacy,
+                **({"label_columns": labels[name]} if labels and name in labels else {}),
             }
             for name, path in files.items()
         },
@@ -408,7 +434,7 @@ def probe_files(settings: Settings, files: dict[str, Path]) -> list[Finding]:
 def run_checks(settings: Settings, accept_audit_mismatch: bool = False, trial: bool = False) -> list[Finding]:
     """Every check, in the order a data owner would fix them; `trial` snapshots a source that has none
     yet to check it (the doctor does; `serve` takes the first snapshot itself, once)."""
-    return [
+    found = [
         *_data_dir(settings),
         *_store(settings),
         *_audit(settings, accept_audit_mismatch),
@@ -417,8 +443,8 @@ def run_checks(settings: Settings, accept_audit_mismatch: bool = False, trial: b
         *_clock(settings),
         *_files(settings),
         *_probe(settings, trial),
-        *_labels(settings),
     ]
+    return [*found, *_labels(settings, found)]
 
 
 def fatal(findings: list[Finding]) -> list[Finding]:

@@ -1,5 +1,6 @@
-"""The data owner's decisions from the command line: review held code, approve a model's release, read
-and verify the audit log. Each reads the same config as `serve` and writes to the same audit log."""
+"""The data owner's decisions from the command line: review held code, review and approve a model's
+release (an output-checking queue), read and verify the audit log. Each reads the same config as `serve`
+and writes to the same audit log."""
 
 from __future__ import annotations
 
@@ -69,14 +70,63 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _review_lines(decided: dict, job) -> list[str]:
+    """What the data owner reviews before approving a model: who trained it on what, its features, its
+    structure, the release checks it passed and the metrics released with it (from the job's result)."""
+    facts = decided["facts"] or {}
+    result = (job.result if job is not None else None) or {}
+    ran_with = result.get("ran_with") or {}
+    features = ran_with.get("features") or (job.spec.get("features") if job is not None else None)
+    lines = [
+        f"job {decided['job_id']}: user {decided['user']}, dataset {decided['dataset']}, submitted "
+        f"{job.submitted_at if job is not None else '?'}, family {facts.get('family', '?')}",
+        f"  label: {ran_with.get('label') or (job.spec.get('label') if job is not None else '?')}"
+        + (f"; where: {ran_with['where']}" if ran_with.get("where") else ""),
+        f"  features: {', '.join(features) if features else '?'}",
+    ]
+    if ran_with.get("derive"):
+        lines.append("  derived: " + "; ".join(f"{k} = {v}" for k, v in ran_with["derive"].items()))
+    if facts:
+        lines.append(
+            f"  trees: {facts.get('n_estimators')} rounds, max_depth {facts.get('max_depth')}, "
+            f"min_child_weight {facts.get('min_child_weight')}; smallest leaf: {facts.get('min_leaf_rows')} "
+            "training rows"
+        )
+        lines += [f"  passed: {check}" for check in facts.get("checks_passed", [])]
+    else:
+        lines.append(
+            "  (what the release rules read of this model was not recorded: decided by an older version)"
+        )
+    metrics = result.get("metrics") or {}
+    shown = ", ".join(f"{k} {v:.4g}" if v is not None else f"{k} n/a" for k, v in metrics.items())
+    lines.append(f"  released metrics: {shown or 'none'}")
+    lines.append(f"  decision: {decided['state']} ({decided['message']})")
+    return lines
+
+
 def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
+    """The data owner's output check of trained models: list those awaiting approval, show what one
+    is (`--show`), approve one (its review is printed first, and the approval recorded)."""
     import getpass
 
     from .audit import open_audit
+    from .jobs.store import Store
     from .release.ledger import Ledger
 
-    ledger = Ledger(settings.ledger_path)
+    if not args.list and not args.job:
+        print("usage: approve --list | approve JOB [--show]", file=sys.stderr)
+        return 2
+    ledger, store = Ledger(settings.ledger_path), Store(settings.db_path, settings.jobs_dir)
     try:
+        if args.list:
+            waiting = ledger.models_awaiting()
+            for decided in waiting:
+                print("\n".join(_review_lines(decided, store.get_job(decided["job_id"]))), end="\n\n")
+            print(
+                f"{len(waiting)} model(s) awaiting approval"
+                + ("; approve one: approve JOB" if waiting else "")
+            )
+            return 0
         state = ledger.model_state(args.job)
         if state is None or state["state"] != "awaiting_approval":
             why = (
@@ -86,10 +136,14 @@ def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
             )
             print(f"job {args.job} cannot be approved: {why}", file=sys.stderr)
             return 1
+        print("\n".join(_review_lines(state, store.get_job(args.job))))
+        if args.show:
+            return 0
         approver = args.by or getpass.getuser()
         ledger.approve_model(args.job, approver)
     finally:
         ledger.close()
+        store.close()
     audit = open_audit(settings)
     audit.record(
         "model_approved", state["user"], job=args.job, dataset=state["dataset"], approved_by=approver

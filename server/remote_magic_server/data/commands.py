@@ -93,11 +93,13 @@ def refresh_now(settings: Settings, name: str) -> int:
 
 def declared_findings(settings: Settings, name: str, file: Path) -> list[Finding]:
     """The doctor's data checks of the version a refresh made (a new column left as a default feature,
-    a declaration that no longer matches the rows): what `doctor` would say about it, minus the `ok`s."""
+    a declaration that no longer matches the rows): what `doctor` would say about it, its warnings and
+    fatal lines only."""
     from ..doctor import probe_files
 
     check = f"dataset {name}"
-    return [f for f in probe_files(settings, {name: file}) if f.check == check and f.level != "ok"]
+    found = probe_files(settings, {name: file})
+    return [f for f in found if f.check == check and f.level in ("warn", "fatal")]
 
 
 def prune_versions(settings: Settings, name: str, keep: int, in_use: set[int]) -> int:

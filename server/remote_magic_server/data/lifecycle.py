@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..audit import AuditLog
 from ..config.settings import Settings
-from .snapshots import TMP_PREFIX, Snapshot, take_snapshot
+from .snapshots import TMP_PREFIX, Snapshot, missing_roles, take_snapshot
 from .sources import SourceError, source_for
 from .versions import Version, Versions
 
@@ -97,18 +97,22 @@ def refresh(settings: Settings, name: str, versions: Versions | None = None) -> 
     return Refreshed(version, new, repaired)
 
 
-def trial(settings: Settings, name: str, folder: Path) -> Snapshot:
+def trial(settings: Settings, name: str, folder: Path) -> tuple[Snapshot, SourceError | None]:
     """A snapshot of the dataset's source into `folder`, registered nowhere: what the doctor checks before
-    a first version exists. Raises SourceError, with the same words a refresh would log."""
+    a first version exists. Raises SourceError, with the same words a refresh would log. A label that is
+    no column does not stop it: the error a refresh would raise for that comes back beside the snapshot,
+    so the doctor still checks the rest of the declarations on the rows (one mistake hides no other)."""
     config = settings.datasets[name]
     source = source_for(config.source_config, config.id_column)
     try:
         declared_only = settings.policy_for(name).noisy
-        return take_snapshot(source, folder / name, config.id_column, config.label_columns, declared_only)
+        snapshot = take_snapshot(source, folder / name, config.id_column, [], declared_only)
     except SourceError:
         raise
     except Exception as exc:
         raise source.fail("unreadable", f"could not be read ({type(exc).__name__})") from None
+    problems = missing_roles([column for column, _ in snapshot.columns], None, config.label_columns)
+    return snapshot, source.fail("invalid_snapshot", "; ".join(problems)) if problems else None
 
 
 def _failed(settings: Settings, versions: Versions, name: str, source: str, error: SourceError) -> None:

@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from ..config.sources import PostgresSourceConfig
 from .parquet import write_rows
+from .snapshots import missing_roles
 from .source import Source, SourceError
 
 
@@ -53,15 +54,27 @@ class PostgresSource(Source):
         )
         return uri, [s for s in (password, quote(password, safe="")) if s]
 
+    def _source(self) -> str:
+        """The FROM clause: the table, or the owner's query as a subquery."""
+        from sqlglot import exp
+
+        if self.config.table:
+            return exp.to_table(self.config.table).sql("postgres", identify=True)
+        return f"({self.config.query.strip().rstrip(';')}) AS source"
+
     def _sql(self) -> str:
         from sqlglot import exp
 
         order = exp.column(self.id_column, quoted=True).sql("postgres")
-        if self.config.table:
-            table = exp.to_table(self.config.table).sql("postgres", identify=True)
-            return f"SELECT * FROM {table} ORDER BY {order}"
-        query = self.config.query.strip().rstrip(";")
-        return f"SELECT * FROM ({query}) AS source ORDER BY {order}"
+        return f"SELECT * FROM {self._source()} ORDER BY {order}"
+
+    def _check_id(self, cur) -> None:
+        """The id column among the source's columns (no row read), else the words a CSV source gets,
+        not the database's error about the ORDER BY."""
+        cur.execute(f"SELECT * FROM {self._source()} LIMIT 0")
+        problems = missing_roles(cur.fetch_arrow_table().column_names, self.id_column, [])
+        if problems:
+            raise self.fail("invalid_snapshot", "; ".join(problems))
 
     def stage(self, dest: Path) -> list[str]:
         import adbc_driver_postgresql.dbapi as pg
@@ -74,6 +87,7 @@ class PostgresSource(Source):
                     cur.execute(f"SET statement_timeout = {int(self.config.timeout_s) * 1000}")
                 conn.commit()
                 with conn.cursor() as cur:
+                    self._check_id(cur)
                     cur.execute(self._sql())
                     write_rows(cur.fetch_record_batch(), dest)
                 conn.rollback()

@@ -67,15 +67,22 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _check_roles(source: Source, path: Path, names: list[str], id_column: str, labels: list[str]) -> None:
+def missing_roles(names: list[str], id_column: str | None, labels: list[str]) -> list[str]:
+    """The id column (None: not checked) and labels that are not among `names`, each with the near name
+    and the key to fix: the same words from a refresh, the doctor's trial and a database source."""
     problems = [
         f"label {c!r} is not a column{near_column(c, names)}: fix label_columns"
         for c in labels
         if c not in names
     ]
-    if id_column not in names:
+    if id_column is not None and id_column not in names:
         near = near_column(id_column, names)
         problems.insert(0, f"the id column {id_column!r} is not a column{near}: fix id_column")
+    return problems
+
+
+def _check_roles(source: Source, path: Path, names: list[str], id_column: str, labels: list[str]) -> None:
+    problems = missing_roles(names, id_column, labels)
     if problems:
         raise source.fail("invalid_snapshot", "; ".join(problems))
     ids = pq.read_table(path, columns=[id_column]).column(0)

@@ -37,7 +37,10 @@ def unnecessary_risk(max_depth: float, n_estimators: float, min_child_weight: fl
     )
 
 
-NOT_ALLOWED = "model release is off for this dataset: models stay on the server"
+NOT_ALLOWED = (
+    "model release is off for this dataset: models stay on the server; register the model on the server "
+    "(`--register NAME`, `register=`) to score it later by reference (`--model-ref NAME@1`, `model_ref=`)"
+)
 
 
 def dp_model_message(training: DPTraining) -> str:
@@ -98,8 +101,9 @@ def _xgboost(facts: dict) -> None:
     if facts["categorical"]:
         raise Refusal(
             "model_release_refused",
-            "the model uses categorical features, and XGBoost keeps their category names from the data "
-            "in the model file",
+            "the model uses categorical features (text columns), and XGBoost keeps their category names "
+            "from the data in the model file; leave the text columns out of `features`, or derive numbers "
+            'from them (`"derive": {"north": "region = \'north\'"}`), and train again',
         )
     depth = float(facts["max_depth"]) or math.inf
     if unnecessary_risk(depth, float(facts["n_estimators"]), float(facts["min_child_weight"])):
@@ -110,5 +114,24 @@ def _xgboost(facts: dict) -> None:
         )
 
 
-# Each family's own release rule, by the family's name (families.MANIFESTS): a new family adds one.
+def _xgboost_passed(facts: dict) -> list[str]:
+    return [
+        "no categorical features",
+        f"outside SACRO-ML's XGBoost risk region (max_depth {facts['max_depth']}, n_estimators "
+        f"{facts['n_estimators']}, min_child_weight {facts['min_child_weight']})",
+    ]
+
+
+# Each family's own release rule, by the family's name (families.MANIFESTS): a new family adds one, and
+# the words that say, to the data owner reviewing a model that passed, what it checked.
 FAMILY_RULES: dict[str, Callable[[dict], None]] = {"xgboost": _xgboost}
+FAMILY_PASSED: dict[str, Callable[[dict], list[str]]] = {"xgboost": _xgboost_passed}
+
+
+def checks_passed(raw: ModelFacts, policy: Policy) -> list[str]:
+    """What `check_model_release` checked of a model that passed it, for the owner's review."""
+    return [
+        *FAMILY_PASSED[raw.family](raw.facts),
+        f"every leaf holds at least {policy.min_leaf_rows} training rows (the smallest holds "
+        f"{raw.min_leaf_rows})",
+    ]

@@ -63,7 +63,7 @@ from ..privacy import describe_rules, dp, dp_release
 from ..privacy import model_release as release_rules
 from ..privacy import policy as rules
 from ..privacy.guard import check_differencing
-from ..privacy.model_release import check_model_release
+from ..privacy.model_release import check_model_release, checks_passed
 from ..protocol import (
     Admission,
     DescribeReport,
@@ -722,16 +722,21 @@ class ReleaseDesk:
         )
 
     def _decide_model(self, request: Request, facts: ModelFacts | None, policy: Policy) -> None:
+        """The release rules' decision on a trained model, kept with what they read of it: the data
+        owner reviews that before approving (`remote-magic-server approve --show JOB`)."""
         assert request.job_id is not None
+        kept = None
         if facts is None:
             state, message = "refused", "the model's release facts were incomplete"
         else:
+            kept = {"family": facts.family, "min_leaf_rows": facts.min_leaf_rows, **facts.facts}
             try:
                 check_model_release(facts, policy)
                 state, message = "awaiting_approval", "the model passed the release rules and awaits approval"
+                kept["checks_passed"] = checks_passed(facts, policy)
             except Refusal as refusal:
                 state, message = "refused", refusal.message
-        self.ledger.set_model_state(request.job_id, request.user, request.dataset, state, message)
+        self.ledger.set_model_state(request.job_id, request.user, request.dataset, state, message, kept)
         self.audit.record(
             "model_release_decision",
             request.user,

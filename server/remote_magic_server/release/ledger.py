@@ -8,6 +8,7 @@ one row per job (or describe request) with the noise it drew, so a job that runs
 is neither charged twice nor given fresh noise; a DP training's noise answers are kept the same way, by
 job and by their order (`noise_draws`), written together before anything that depends on them leaves.
 A data owner may give one user a budget on one dataset other than the policy's cap (`budget_caps`).
+A model's release decision keeps what the release rules read of it (`facts`), for the owner's review.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ CREATE TABLE IF NOT EXISTS noise_draws (
 );
 CREATE TABLE IF NOT EXISTS model_releases (
     job_id TEXT PRIMARY KEY, user TEXT NOT NULL, dataset TEXT NOT NULL, state TEXT NOT NULL,
-    message TEXT NOT NULL, decided_at TEXT NOT NULL, approved_by TEXT
+    message TEXT NOT NULL, decided_at TEXT NOT NULL, approved_by TEXT, facts TEXT
 );
 """
 
@@ -68,6 +69,9 @@ class Ledger:
         self._db.execute("PRAGMA busy_timeout=5000")
         with self._lock:
             self._db.executescript(_SCHEMA)
+            columns = {row["name"] for row in self._db.execute("PRAGMA table_info(model_releases)")}
+            if "facts" not in columns:  # a ledger from before the owner's review (`approve --show`)
+                self._db.execute("ALTER TABLE model_releases ADD COLUMN facts TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -255,12 +259,15 @@ class Ledger:
             )
 
     # model release
-    def set_model_state(self, job_id: str, user: str, dataset: str, state: str, message: str) -> None:
+    def set_model_state(
+        self, job_id: str, user: str, dataset: str, state: str, message: str, facts: dict | None = None
+    ) -> None:
+        """Record the release rules' decision on a job's model, with what they read of it (`facts`)."""
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO model_releases (job_id, user, dataset, state, message, decided_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (job_id, user, dataset, state, message, _now()),
+                "INSERT OR REPLACE INTO model_releases (job_id, user, dataset, state, message, decided_at,"
+                " facts) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job_id, user, dataset, state, message, _now(), json.dumps(facts) if facts else None),
             )
 
     def kept_models(self, dataset: str) -> list[str]:
@@ -276,7 +283,15 @@ class Ledger:
     def model_state(self, job_id: str) -> dict | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM model_releases WHERE job_id = ?", (job_id,)).fetchone()
-        return dict(row) if row else None
+        return _decision(row) if row else None
+
+    def models_awaiting(self) -> list[dict]:
+        """The models that passed the release rules and wait for the data owner, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM model_releases WHERE state = 'awaiting_approval' ORDER BY decided_at"
+            ).fetchall()
+        return [_decision(row) for row in rows]
 
     def approve_model(self, job_id: str, approver: str) -> bool:
         """Approve a model awaiting approval; return whether one was."""
@@ -287,3 +302,9 @@ class Ledger:
                 (approver, _now(), job_id),
             )
         return cur.rowcount == 1
+
+
+def _decision(row: sqlite3.Row) -> dict:
+    decided = dict(row)
+    decided["facts"] = json.loads(decided["facts"]) if decided["facts"] else None
+    return decided

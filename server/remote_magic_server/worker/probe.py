@@ -174,9 +174,9 @@ def _dataset_columns(name: str, ds: dict) -> list[Finding]:
         found += _id_like_text(con, name, ds, rel)
         found += declared_findings(con, name, ds, _arrow_types(ds["path"]))
         if not any(f["level"] == "fatal" for f in found):
-            found.append(
-                _finding("ok", f"dataset {name}", f"{len(columns)} columns, id unique, labels present")
-            )
+            labels = ", ".join(ds["label_columns"])
+            present = f"label(s) {labels} present" if labels else "no label to check"
+            found.append(_finding("ok", f"dataset {name}", f"{len(columns)} columns, id unique, {present}"))
         return found
     except Exception as exc:  # noqa: BLE001 - a file DuckDB cannot read is the finding
         return [

@@ -7,14 +7,16 @@ job on the label fail after it is charged, rows of an undeclared class are left 
 range or level list that covers part of a column hides the rest. The owner sees their own rows, so
 these counts cost no privacy; they go to the doctor's output and the server's log only, never to an
 analyst. An excluded name that is no column is fatal, not a warning: the owner meant to hide a column,
-and a misspelt name leaves it a feature every analyst can train on. Rows are matched as a job matches
-them (`declared_label`, `missing_label`).
+and a misspelt name leaves it a feature every analyst can train on. A declared level that matches the
+rows only when case is ignored is named (a declaration is matched exactly), and in mode dp the features
+with no declared range or levels are an `info` line: each job that uses one pays for a DP sketch. Rows
+are matched as a job matches them (`declared_label`, `missing_label`).
 """
 
 from __future__ import annotations
 
 from remote_magic.contract.query import declared_label, missing_label
-from remote_magic.contract.types import NUMBER, kind_of
+from remote_magic.contract.types import NUMBER, TEXT, kind_of
 from remote_magic.contract.wire import unknown_column_message
 
 Finding = dict[str, str]
@@ -74,6 +76,32 @@ def _absent(name: str, ds: dict, dtypes: dict[str, str]) -> list[Finding]:
     return found
 
 
+def _case_only(con, path: str, column: str, dtype: str, levels: list) -> str:
+    """`; ...` naming the declared levels of a text column that match its values only when case is
+    ignored (`North` declared, `north` in the rows), else "": a level matches exactly, and without this
+    the owner hears only that rows lie outside. Names the declared levels only, never a value."""
+    from sqlglot import exp
+
+    if kind_of(dtype) != TEXT:
+        return ""
+    expressions = []
+    for level in levels:
+        column_sql, text = exp.column(column, quoted=True), exp.Literal.string(str(level))
+        expressions += [
+            exp.EQ(this=column_sql, expression=text),
+            exp.EQ(this=exp.Lower(this=column_sql.copy()), expression=exp.Lower(this=text.copy())),
+        ]
+    counts = _counts(con, path, expressions)
+    cased = [str(level) for i, level in enumerate(levels) if not counts[2 * i] and counts[2 * i + 1]]
+    if not cased:
+        return ""
+    named = ", ".join(repr(level) for level in cased)
+    return (
+        f"; the declared level(s) {named} match the column only when case is ignored: a level matches "
+        "exactly, so write each as the data does, case included"
+    )
+
+
 def _label_classes(con, name: str, ds: dict, label: str, dtype: str) -> list[Finding]:
     from sqlglot import exp
 
@@ -91,7 +119,7 @@ def _label_classes(con, name: str, ds: dict, label: str, dtype: str) -> list[Fin
                 f"no row's label {label!r} ({dtype}) is one of column_levels.{label} = {levels}: every job "
                 "on it would be refused for too few rows (in the noisy modes after it is charged); declare "
                 "the values the column holds (numbers and true/false may be written bare: [0, 1], "
-                "[true, false])",
+                f"[true, false]){_case_only(con, ds['path'], label, dtype, levels)}",
             )
         ]
     found = []
@@ -102,7 +130,8 @@ def _label_classes(con, name: str, ds: dict, label: str, dtype: str) -> list[Fin
                 "warn",
                 name,
                 f"class(es) {empty} of column_levels.{label} match no row: classifier jobs on {label!r} are "
-                "refused class_too_small (in the noisy modes after they are charged); remove them",
+                "refused class_too_small (in the noisy modes after they are charged); remove them"
+                f"{_case_only(con, ds['path'], label, dtype, empty)}",
             )
         )
     if matched < rows:
@@ -144,15 +173,42 @@ def _coverage(con, name: str, ds: dict, dtypes: dict[str, str]) -> list[Finding]
         rows, covered = counts[2 * i], counts[2 * i + 1]
         if covered < rows:
             fate = "jobs clip them to its ends" if "ranges" in declared else "jobs know only those levels"
+            levels = ds["column_levels"][column] if "levels" in declared else []
+            cased = _case_only(con, ds["path"], column, dtypes[column], levels) if levels else ""
             found.append(
                 _finding(
                     "warn",
                     name,
                     f"{_share(rows - covered, rows)} of {column!r} lie outside {declared}: {fate}; widen "
-                    "the declaration if they should count",
+                    f"the declaration if they should count{cased}",
                 )
             )
     return found
+
+
+def _undeclared_features(name: str, ds: dict, dtypes: dict[str, str]) -> list[Finding]:
+    """In mode dp, the number and text columns a job may use as features without a declared range or
+    levels: each job that uses one pays for a DP sketch of it, so declaring them saves budget."""
+    if ds.get("privacy") != "dp":
+        return []
+    skip = {ds["id_column"], *ds["label_columns"], *ds["exclude_columns"], *ds["column_ranges"]}
+    bare = [
+        f"{column} ({kind_of(dtype)})"
+        for column, dtype in dtypes.items()
+        if column not in skip | set(ds["column_levels"]) and kind_of(dtype) in (NUMBER, TEXT)
+    ]
+    if not bare:
+        return []
+    return [
+        _finding(
+            "info",
+            name,
+            f"mode dp: feature column(s) {', '.join(bare)} have no declared range or levels: a training that "
+            "uses one pays for a DP sketch of it from its budget (split candidates of numbers, levels of "
+            "text chosen by noisy counts), and a describe that shows one pays dp_rho_describe_sketch more; "
+            "declare column_ranges (numbers) and column_levels (text) to save that budget",
+        )
+    ]
 
 
 def declared_findings(con, name: str, ds: dict, dtypes: dict[str, str]) -> list[Finding]:
@@ -161,4 +217,4 @@ def declared_findings(con, name: str, ds: dict, dtypes: dict[str, str]) -> list[
     for label in ds["label_columns"]:
         if label in ds["column_levels"] and label in dtypes:
             found += _label_classes(con, name, ds, label, dtypes[label])
-    return found + _coverage(con, name, ds, dtypes)
+    return found + _coverage(con, name, ds, dtypes) + _undeclared_features(name, ds, dtypes)
