@@ -108,6 +108,9 @@ LABEL_RANGES = {"diabetes": {"progression": (0.0, 400.0)}}
 # The data owner's classes of each classifier's label: public, so a mode-dp job's classes say nothing of
 # the rows (docs/privacy.md, "A classifier's classes").
 LABEL_CLASSES = {"synthetic": {"label": ["0", "1"]}, "breast_cancer": {"malignant": ["0", "1"]}}
+# The data owner's public levels of each text feature: the DP trainer's categories at no cost, and a
+# filter's literal that is none of them is refused before anything is charged.
+FEATURE_LEVELS = {"synthetic": {"region": ["east", "north", "south", "west"]}}
 # Each dataset's privacy mode: the two small scikit-learn tables (569 and 442 rows) are too small for
 # differentially private metrics worth reading, so their owner serves them in mode rules.
 DEMO_PRIVACY = {"synthetic": "dp", "breast_cancer": "rules", "diabetes": "rules"}
@@ -162,7 +165,7 @@ def demo_settings(data_dir: Path, host: str = "127.0.0.1", port: int = 8765, wor
             id_column="id",
             label_columns=[label],
             label_ranges=LABEL_RANGES.get(name, {}),
-            column_levels=LABEL_CLASSES.get(name, {}),
+            column_levels={**LABEL_CLASSES.get(name, {}), **FEATURE_LEVELS.get(name, {})},
             mock_path=demo_mock_path(paths[name]),
             privacy=DEMO_PRIVACY[name],
         )
