@@ -30,6 +30,8 @@ STRADDLE = [999_999, "1.0", "x\n" * 20_000 + "end", 1]  # well-formed, as Python
 # review 8's own value ends with the delimiter: not read as one value (the rule an open quote needs)
 ENDS_WITH_DELIMITER = [999_999, "1.0", "x\n" * 20_000 + '",', 1]
 UNCLOSED = '999999,1.0,"abc,1\n'  # a writer that does not quote: the quote never closes
+# review 10: a 200 KB field (over csv's 128 KiB limit) with one Latin-1 byte, and a field too many
+LONG_FIELD = '999999,1.0,"' + "caf\udce9 " * 40_000 + '",1,extra\n'
 
 
 def rows(count: int) -> list[list]:
@@ -37,7 +39,8 @@ def rows(count: int) -> list[list]:
 
 
 def write(path, body: list[list], victim: list | str | None, at: int) -> None:
-    """`body` as Python's csv module writes it, with the victim's row (a row, or raw text) before row `at`."""
+    """`body` as Python's csv module writes it, with the victim's row (a row, or raw text, where a lone
+    surrogate is the byte that is not UTF-8) before row `at`."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(HEADER)
@@ -47,7 +50,7 @@ def write(path, body: list[list], victim: list | str | None, at: int) -> None:
     elif victim is not None:
         writer.writerow(victim)
     writer.writerows(body[at:])
-    path.write_text(out.getvalue())
+    path.write_bytes(out.getvalue().encode("utf-8", "surrogateescape"))
 
 
 def across_first_block(body: list[list]) -> int:
@@ -72,6 +75,7 @@ CASES = {  # name: (rows, victim, where)
     "straddle_delimiter": (80_000, ENDS_WITH_DELIMITER, across_first_block),
     "unclosed_big": (150_000, UNCLOSED, lambda body: len(body) // 2),
     "unclosed_small": (3_000, UNCLOSED, lambda body: len(body) // 2),
+    "long_field": (20_000, LONG_FIELD, lambda body: len(body) // 2),
 }
 
 
@@ -173,7 +177,7 @@ def file_of(body: list[list], victim: str | None, at: int) -> bytes:
     writer.writerows(body[:at])
     out.write(victim or "")
     writer.writerows(body[at:])
-    return out.getvalue().encode()
+    return out.getvalue().encode("utf-8", "surrogateescape")
 
 
 def test_a_record_or_line_over_the_bound_is_skipped_alone(monkeypatch):
@@ -207,6 +211,36 @@ def test_a_row_that_is_not_utf8_and_has_the_wrong_number_of_fields_is_skipped_al
     source.stage(tmp_path / "a.parquet")
     assert pq.read_table(tmp_path / "a.parquet").to_pylist() == [{"id": 1, "label": 0}, {"id": 3, "label": 1}]
     assert source.repairs.skipped_rows == 1
+
+
+def test_a_field_over_csvs_limit_fails_no_block(monkeypatch):
+    """A block that is not UTF-8 and holds a record with the wrong number of fields is read by `csv`,
+    whose field limit (128 KiB) raised on one row's long field and failed the mode-dp snapshot:
+    membership was read 20/20 at rho 0 (red-team review 10). A: the victim's own row did it; B: a
+    well-formed row beside a junk line in its block did, and it is read whole."""
+    body = [[i, i % 7, "hello"] for i in range(2_000)]
+    expected = [(str(i), str(i % 7), "hello") for i in range(2_000)]
+    own = '999999,1,"' + "caf\udce9 " * 40_000 + '",extra\n'
+    assert staged_rows(file_of(body, own, 1_000), ["id", "a", "t"], 1 << 20, monkeypatch) == (expected, 1)
+    well_formed = [*body, [999_999, 1, "a" * 140_000]]
+    seen, skipped = staged_rows(
+        file_of(well_formed, "\udce9t\udce9,1,2,3,4\n", 1_000), ["id", "a", "t"], 1 << 20, monkeypatch
+    )
+    assert seen == [*expected, ("999999", "1", "a" * 140_000)] and skipped == 1
+
+
+def test_a_record_csv_fails_on_is_skipped_alone(monkeypatch):
+    """Should `csv` fail on a block whatever its limit, each record is read alone and only the ones it
+    fails on are skipped: no exception a row's bytes cause leaves the reader."""
+    monkeypatch.setattr(csvtotal, "FIELD_CHARS", 1_000)
+    limit = csv.field_size_limit()
+    body = [[i, i % 7, "two\nlines"] for i in range(50)]
+    data = file_of([*body[:20], [999_999, 1, "a" * 2_000], *body[20:]], "\udce9t\udce9,1,2,3,4\n", 10)
+    try:
+        seen, skipped = staged_rows(data, ["id", "a", "t"], 1 << 20, monkeypatch)
+    finally:
+        csv.field_size_limit(limit)
+    assert seen == [(str(i), str(i % 7), "two\nlines") for i in range(50)] and skipped == 2
 
 
 def test_mode_rules_reads_a_quoted_line_break_across_arrows_block_and_still_fails_on_an_open_quote(tmp_path):
