@@ -69,6 +69,7 @@ _DERIVE_NODES: tuple[type[exp.Expression], ...] = (
     exp.TimeToUnix,
 )
 MAX_DERIVED = 50
+MAX_DERIVE_TEXT = 8000
 
 _NODE_WORDS = {
     "Subquery": "subquery",
@@ -240,14 +241,19 @@ def check_derive(
     columns: Collection[str],
     taken: Collection[str],
     unusable: Mapping[str, str] | None = None,
-) -> None:
-    """Check every derived column; `taken` holds all dataset column names (no derived name may reuse one)."""
+) -> dict[str, exp.Expression]:
+    """Check every derived column and return its tree; `taken` holds all dataset column names (no derived
+    name may reuse one). The text is bounded in all, not only per column: parsing is the API's CPU."""
     if len(derive) > MAX_DERIVED:
         raise Refusal("invalid_derive", f"at most {MAX_DERIVED} derived columns are allowed")
+    if sum(len(text) for text in derive.values()) > MAX_DERIVE_TEXT:
+        raise Refusal("invalid_derive", f"derived columns are limited to {MAX_DERIVE_TEXT} characters in all")
+    trees = {}
     for name, text in derive.items():
         if name in taken:
             raise Refusal("invalid_derive", f"derived column {name!r} has the name of a dataset column")
-        parse_derive(name, text, columns, unusable)
+        trees[name] = parse_derive(name, text, columns, unusable)
+    return trees
 
 
 def check_declared_levels(tree: exp.Expression, levels: Mapping[str, Collection[str]], what: str) -> None:
