@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 
-from remote_magic import package_model
-from remote_magic.client.errors import DisclosureRefused, ModelRejected, SpecError
+from remote_magic import dry_run, package_model
+from remote_magic.client.errors import DisclosureRefused, DryRunError, ModelRejected, SpecError
+from remote_magic.contract.wire import DatasetSpec
 from remote_magic.families.base import STOPS_EARLY
 
 SPEC = {"dataset": "breast_cancer_rules", "label": "malignant"}
@@ -95,6 +96,40 @@ def test_id_column_cannot_be_filtered(server, good_payload):
 def test_function_calls_and_subqueries_in_where_are_refused(server, good_payload, where):
     message = assert_error(submit_raw(server, good_payload, {**SPEC, "where": where}), 422, "invalid_filter")
     assert "not allowed" in message or "single expression" in message or "literals only" in message
+
+
+NESTED = {"parentheses": "(" * 990 + "mean_radius > 1" + ")" * 990, "NOT": "NOT " * 490 + "mean_radius > 1"}
+
+
+def _nested_spec(field: str, text: str) -> tuple[dict, str]:
+    """A spec with `text` in `field` (where, derive or eval.where), and the code its refusal takes."""
+    if field == "derive":
+        return {**SPEC, "derive": {"d": text.replace(" > 1", "")}}, "invalid_derive"
+    if field == "eval.where":
+        return {**SPEC, "eval": {"where": text}}, "invalid_filter"
+    return {**SPEC, "where": text}, "invalid_filter"
+
+
+@pytest.mark.parametrize("shape", sorted(NESTED))
+@pytest.mark.parametrize("field", ["where", "derive", "eval.where"])
+def test_text_nested_past_the_bound_is_refused_by_every_route_not_a_500(server, good_payload, field, shape):
+    """Under 2,000 characters yet nested far past the bound: sqlglot would recurse past Python's limit
+    (an internal error, and for a describe on the event loop). A refusal with the field's code instead."""
+    spec, code = _nested_spec(field, NESTED[shape])
+    for response in (
+        server.post("/describe", json=spec),
+        server.post("/cost", json={"spec": spec}),
+        submit_raw(server, good_payload, spec),
+    ):
+        assert "nests more than 25 deep" in assert_error(response, 422, code)
+    client = server.client()
+    with pytest.raises(SpecError) as refused:
+        client.describe(spec)
+    assert refused.value.code == code
+    model = xgb.XGBClassifier(n_estimators=2)
+    with pytest.raises(DryRunError) as checked:  # the client's own check, before anything is sent
+        dry_run(model, DatasetSpec(**spec), client.dataset(SPEC["dataset"]), client.mock(SPEC["dataset"]))
+    assert checked.value.code == code and "nests more than 25 deep" in str(checked.value)
 
 
 class _SystemCall:

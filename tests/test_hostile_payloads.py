@@ -829,3 +829,39 @@ def test_a_few_mutated_payloads_through_the_server(server, tmp_path):
         assert status in (202, 422), (name, status, code)
         assert code in FIXED_CODES | {"succeeded"}, (name, code)
     assert server.get("/health", user=None).json()["status"] == "ok"
+
+
+def test_heavy_refused_describes_leave_health_answering(server):
+    """Red-team rev10 #2b: a describe's spec check (sqlglot parsing its derives, about 1.2 s of CPU for
+    50 derives of 2,000 characters) ran on the API's event loop, and four such describes, refused for free
+    at the end (classes the label cannot have), held every other request, health included, for 12 to
+    15 s. Now the check runs off the loop and the derives' text is bounded in all (8,000 characters), so
+    health answers at once while they are in flight."""
+    text = "least(" + "mean_radius, " * 140 + "mean_radius)"
+    assert 1800 < len(text) <= 2000
+    heavy = {**SPEC, "classes": ["no", "nor"]}
+    specs = [{**heavy, "derive": {f"d{i}": text for i in range(4)}}] * 4  # at the bound: checked in full
+    specs += [{**heavy, "derive": {f"d{i}": text for i in range(50)}}] * 4  # the old bound: refused by size
+    done = [threading.Event() for _ in specs]
+    answers: dict[int, requests.Response] = {}
+
+    def post(number: int) -> None:
+        try:
+            answers[number] = server.post("/describe", json=specs[number])
+        finally:
+            done[number].set()
+
+    threads = [threading.Thread(target=post, args=(n,)) for n in range(len(specs))]
+    for thread in threads:
+        thread.start()
+    waits = []
+    while not waits or not all(event.is_set() for event in done):  # health checks while they are in flight
+        asked = time.monotonic()
+        assert server.get("/health", user=None).status_code == 200
+        waits.append(time.monotonic() - asked)
+    for thread in threads:
+        thread.join()
+    assert max(waits) < 2.0, f"health waited {max(waits):.1f} s behind the describes"
+    codes = [(answers[n].status_code, answers[n].json()["error"]["code"]) for n in range(len(specs))]
+    assert codes == [(422, "invalid_spec")] * 4 + [(422, "invalid_derive")] * 4, codes
+    assert "8000 characters in all" in answers[len(specs) - 1].json()["error"]["message"]

@@ -6,18 +6,18 @@ grammar plus arithmetic, CASE WHEN and the functions ln, exp, abs, least, greate
 year, month, day, dayofweek, hour and epoch of a time; it may use the dataset's feature columns only
 (never the label, the id or excluded columns), and derived columns may not refer to each other.
 Nothing a user writes is ever spliced into SQL as text: the checked tree is re-emitted by sqlglot with
-every identifier quoted.
+every identifier quoted. A text is at most `MAX_LENGTH` characters and nests at most `MAX_NESTING` deep
+(parsing.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
-import sqlglot
 from sqlglot import exp
-from sqlglot.errors import ParseError
 
 from .codes import Refusal
+from .parsing import parsed
 from .wire import unknown_column_message
 
 MAX_LENGTH = 2000
@@ -69,6 +69,7 @@ _DERIVE_NODES: tuple[type[exp.Expression], ...] = (
     exp.TimeToUnix,
 )
 MAX_DERIVED = 50
+MAX_DERIVE_TEXT = 8000
 
 _NODE_WORDS = {
     "Subquery": "subquery",
@@ -144,22 +145,6 @@ def _depth(node: exp.Expression) -> int:
     return depth
 
 
-def _where(error: ParseError) -> str:
-    """The token a parse stopped at, and what was wrong there, in words (the text is the user's own)."""
-    first = error.errors[0] if error.errors else {}
-    token, column = first.get("highlight") or "", first.get("col") or 0
-    description = str(first.get("description", ""))
-    if "missing" in description:
-        problem = "something is missing after it"
-    elif description.startswith("Expecting"):
-        problem = f"expected {description.partition(' ')[2]!r}"
-    else:
-        problem = "it is not expected there"
-    if not token:
-        return problem
-    return f"at {token!r} (character {max(1, column - len(token) + 1)}), {problem}"
-
-
 def _checked_tree(
     text: str,
     columns: Collection[str],
@@ -172,14 +157,7 @@ def _checked_tree(
         raise Refusal(code, f"the {what} is empty")
     if len(text) > MAX_LENGTH:
         raise Refusal(code, f"the {what} is longer than {MAX_LENGTH} characters")
-    try:
-        statements = sqlglot.parse(text, dialect="duckdb")
-    except ParseError as exc:
-        raise Refusal(code, f"the {what} could not be parsed: {_where(exc)}") from exc
-    except sqlglot.errors.TokenError as exc:
-        unclosed = "; a quote is not closed" if text.count("'") % 2 else ""
-        raise Refusal(code, f"the {what} could not be parsed{unclosed}") from exc
-    statements = [s for s in statements if s is not None]
+    statements = [s for s in parsed(text, code, what) if s is not None]
     if len(statements) != 1:
         raise Refusal(code, f"the {what} must be a single expression")
     tree = statements[0]
@@ -263,14 +241,19 @@ def check_derive(
     columns: Collection[str],
     taken: Collection[str],
     unusable: Mapping[str, str] | None = None,
-) -> None:
-    """Check every derived column; `taken` holds all dataset column names (no derived name may reuse one)."""
+) -> dict[str, exp.Expression]:
+    """Check every derived column and return its tree; `taken` holds all dataset column names (no derived
+    name may reuse one). The text is bounded in all, not only per column: parsing is the API's CPU."""
     if len(derive) > MAX_DERIVED:
         raise Refusal("invalid_derive", f"at most {MAX_DERIVED} derived columns are allowed")
+    if sum(len(text) for text in derive.values()) > MAX_DERIVE_TEXT:
+        raise Refusal("invalid_derive", f"derived columns are limited to {MAX_DERIVE_TEXT} characters in all")
+    trees = {}
     for name, text in derive.items():
         if name in taken:
             raise Refusal("invalid_derive", f"derived column {name!r} has the name of a dataset column")
-        parse_derive(name, text, columns, unusable)
+        trees[name] = parse_derive(name, text, columns, unusable)
+    return trees
 
 
 def check_declared_levels(tree: exp.Expression, levels: Mapping[str, Collection[str]], what: str) -> None:

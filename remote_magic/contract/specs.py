@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .codes import Refusal
-from .grammar import check_declared_levels, check_derive, filter_columns, parse_derive, parse_filter
+from .grammar import check_declared_levels, check_derive, filter_columns, parse_filter
 from .types import BOOLEAN, FEATURE_KINDS, NUMBER, TEXT, TIME, check_derived, check_filter, kind_of
 from .wire import ColumnInfo, DatasetInfo, DatasetSpec, is_dp, unknown_column_message
 
@@ -90,9 +90,7 @@ def resolve(
     derive = spec.derive or {}
     if derive:
         others = {c: ROLES[roles[c]] for c in names if c not in derive_columns}
-        check_derive(derive, derive_columns, names, others)
-        for name, text in derive.items():
-            tree = parse_derive(name, text, derive_columns, others)
+        for name, tree in check_derive(derive, derive_columns, names, others).items():
             check_derived(tree, kinds, f"derived column {name!r}")
     return Resolved(
         features=features,

@@ -96,7 +96,8 @@ class DatasetSpec(_Strict):
         default=None,
         max_length=50,
         description="New feature columns computed on the server, name -> expression over feature "
-        "columns (arithmetic, comparisons, CASE WHEN, ln, exp, abs, least, greatest, coalesce).",
+        "columns (arithmetic, comparisons, CASE WHEN, ln, exp, abs, least, greatest, coalesce); at most "
+        "8,000 characters in all.",
     )
     classes: list[ClassName] | None = Field(
         default=None,
