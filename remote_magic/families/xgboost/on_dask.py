@@ -22,6 +22,7 @@ with categorical features is used"). The parts are mapped by the partition they 
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import logging
 import threading
@@ -173,7 +174,10 @@ def train_on_dask(
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
             outcome["error"] = exc
 
-    worker = threading.Thread(target=train, name="cluster-train", daemon=True)
+    # In the caller's context: its Dask annotations (the workers the job may use) hold for training too.
+    worker = threading.Thread(
+        target=contextvars.copy_context().run, args=(train,), name="cluster-train", daemon=True
+    )
     worker.start()
     try:
         _follow(client, worker, names, run, handle.start_timeout_s)

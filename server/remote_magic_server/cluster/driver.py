@@ -14,7 +14,10 @@ notices (the surviving workers give up within `collective_timeout_s`); training 
 all begun within `start_timeout_s` ends it with `cluster_busy`; SIGTERM from the parent (a cancel)
 tells the training workers to stop after their current round, then ends the driver. Either way what
 the training held on the cluster is released first (families/xgboost/on_dask.py). Before staging, a
-worker that an earlier lost job's training still holds is restarted (stuck.py).
+worker whose thread an earlier job's let-go task still holds is left out (stuck.py): every task the job
+sends (staging, the calls on partitions, XGBoost's matrices) is restricted to the other workers, so it
+neither waits behind that task nor for the jobs that still use that worker; such a worker is restarted
+once it counts as stuck and nothing else is on it.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import dask
 import numpy as np
 import pyarrow.parquet as pq
-from distributed import Client, Future, KilledWorker, Security
+from distributed import Client, Future, KilledWorker, Security, wait
 
 from remote_magic.contract.codes import Refusal
 from remote_magic.families import family
+from remote_magic.families.base import Plan
 
 from ..protocol import ClusterConfig, DriverTask, TrainReport
 from ..runner import model_job
@@ -45,9 +50,9 @@ log = logging.getLogger("remote_magic_server.cluster")
 POLL_S = 0.2
 WORKERS_EVERY_S = 1.0
 LOSS_NOTICE_S = 5.0  # how long a failed collective waits for the scheduler to notice a lost worker
-STUCK = "the training cluster's workers are held by an earlier job that did not end; ask the data owner"
 STUCK_IN_USE = (
-    "a training worker is held by an earlier job that did not end while other jobs use it; submit again later"
+    "every worker of the training cluster is held by an earlier job that did not end while other jobs use "
+    "it; submit again later, or ask the data owner"
 )
 
 
@@ -90,30 +95,36 @@ class Driver:
             client.close(timeout=5)
 
     def _run(self, client: Client) -> TrainReport | None:
-        task, staging, canonical = self.task, self.task.staging, self.job.plan
-        assert staging is not None
+        canonical = self.job.plan
         plan = canonical.plan((self.folder / canonical.base).read_bytes() if canonical.base else None)
         self.channel.stage("staging")
         patience = self.job.cluster.collective_timeout_s + LOSS_NOTICE_S
         try:
-            left_out = stuck.free_stuck_workers(client, patience, self.job.cluster.start_timeout_s)
+            usable = sorted(stuck.usable_workers(client, patience))
         except stuck.StuckInUse:
             raise Refusal("cluster_busy", STUCK_IN_USE) from None
+        # Every task this job sends, the training thread's included, may run on the usable workers only.
+        with dask.annotate(workers=usable, allow_other_workers=False):
+            return self._train(client, plan, usable)
+
+    def _train(self, client: Client, plan: Plan, usable: list[str]) -> TrainReport | None:
+        task = self.task
+        assert task.staging is not None
         parts = DaskPartitions(
             DaskHandle(
                 client=client,
-                futures=self._stage(client, staging.dataset_path, left_out),
+                futures=_staged(client, self._stage(client, task.staging.dataset_path, usable), usable),
                 name=self.folder.name,
                 tracker_host=urlsplit(self.job.cluster.scheduler).hostname,
                 collective_timeout_s=self.job.cluster.collective_timeout_s,
                 start_timeout_s=self.job.cluster.start_timeout_s,
             )
         )
-        at_start = _workers(client)
+        at_start = set(usable)
         checked = [time.monotonic()]
 
         def check() -> None:
-            """Stop on the parent's cancel; end the job when a worker that held a partition is gone."""
+            """Stop on the parent's cancel; end the job when a worker it may use is gone."""
             if self.stopping.is_set():
                 raise SystemExit(0)
             if time.monotonic() - checked[0] >= WORKERS_EVERY_S:
@@ -134,16 +145,13 @@ class Driver:
                 time.sleep(POLL_S)
             raise
 
-    def _stage(self, client: Client, path: str, left_out: set[str]) -> list[Future]:
+    def _stage(self, client: Client, path: str, usable: list[str]) -> list[Future]:
         """Stage the snapshot on the cluster in contiguous runs of rows, one per partition (by default
-        one per cluster worker), dealt to the workers in turn so none is left without rows (a worker
-        that is gone or paused by then leaves its partition to another). A worker a lost job left stuck
-        (stuck.py) gets none."""
+        one per usable worker), each on a usable worker: the scheduler puts it on the least busy one,
+        so they spread over the workers (a worker that is gone or paused by then gets none). A worker
+        an earlier job's let-go task holds (stuck.py) gets none."""
         rows_total = pq.read_metadata(path).num_rows
-        workers = sorted(_workers(client) - left_out)
-        if not workers:
-            raise Refusal("cluster_busy", STUCK)
-        count = max(1, min(self.job.cluster.partitions or len(workers), rows_total))
+        count = max(1, min(self.job.cluster.partitions or len(usable), rows_total))
         bounds = np.linspace(0, rows_total, count + 1).astype(int)
         staging = self.task.staging
         assert staging is not None
@@ -159,16 +167,29 @@ class Driver:
                 staging.label,
                 staging.partition_missing_label_query,
                 staging.label_levels,
-                workers=[workers[index % len(workers)]],
-                allow_other_workers=True,
+                workers=usable,
+                allow_other_workers=False,
                 pure=False,
             )
-            for index, (start, stop) in enumerate(zip(bounds, bounds[1:]))
+            for start, stop in zip(bounds, bounds[1:])
         ]
 
 
 def _workers(client: Client) -> set[str]:
     return set(workers_of(client))
+
+
+def _staged(client: Client, futures: list[Future], usable: list[str]) -> list[Future]:
+    """Wait for the staging; end the job if every worker it may use has gone (its tasks may run on no
+    other, so they would wait for ever)."""
+    while True:
+        try:
+            wait(futures, timeout=WORKERS_EVERY_S)
+            return futures
+        except TimeoutError:
+            if not set(usable) & _workers(client):
+                client.cancel(futures)
+                raise Refusal("cluster_worker_lost", LOST_WORKER) from None
 
 
 def run(job_dir: str, conn: Connection) -> None:

@@ -1,21 +1,23 @@
-"""Cluster workers whose thread a lost job's training still holds: found before a job stages, restarted.
+"""Cluster workers whose thread a lost job's training still holds: left out of the next job, restarted.
 
 When a training worker is lost, the survivors' training should give up within `collective_timeout_s`.
 XGBoost's collective does not always: a survivor that was paused (SIGSTOP) while its peer was killed can
 stay blocked in an allreduce that never returns (seen with xgboost 3.2: the collective's loop thread
 waits for work with no deadline while the training thread waits for the loop). Dask cannot stop a
 running thread, so such a worker keeps the task, which no client wants any more, forever, and every
-later task sent there (the next job's staging) queues behind it: the next job hung.
+later task sent there queues behind it.
 
 So before staging, the job driver asks every worker which of its threads run a task no client wants
-(Dask's `cancelled` state). A task that has not ended within the patience (the collective's timeout plus
-a margin) is stuck. A stuck worker is restarted through its nanny only once nothing on it belongs to
-another job (no data, no task in hand or queued), so a restart never ends another analyst's job (a
-cancelled job's honest long task looks the same as a wedged one from here); the job waits for that up
-to `start_timeout_s`, then fails `cluster_busy` (StuckInUse). It cannot just leave such a worker out:
-the scheduler sees its thread as free and would send it the job's unplaced tasks, which would queue
-behind the stuck one forever. A worker that cannot be restarted (no nanny) is left out of staging. A
-worker that does not answer (paused) is not judged here; the job's own checks handle it.
+(Dask's `cancelled` state). A let-go task that drivers have known for less than the patience (the
+collective's timeout plus a margin) may be a cancelled job's last round: the job waits for it to end or
+turn stuck. Each worker remembers when a driver first found each of its let-go tasks, so only the jobs
+of that first window wait; later ones judge at once. A worker still running a stuck task is left out of
+the job: the job's tasks are restricted to the others (driver.py), so it waits neither behind that
+task, whose thread the scheduler takes for free, nor for the jobs that still use that worker. A stuck
+worker is restarted through its nanny once nothing on it belongs to another job (no data, no task in
+hand or queued), so a restart never ends another analyst's job (a cancelled job's honest long task
+looks the same as a wedged one from here). With no worker left the job fails `cluster_busy`
+(StuckInUse). A worker that does not answer (paused) is not judged here; the job's own checks handle it.
 """
 
 from __future__ import annotations
@@ -25,70 +27,87 @@ import time
 
 from distributed import Client
 
+from .partitions import workers_of
+
 log = logging.getLogger("remote_magic_server.cluster")
 
 POLL_S = 0.2
 ASK_TIMEOUT_S = 5.0
 RESTART_TIMEOUT_S = 60.0
 
+_first_found: dict[tuple[str, str], float] = {}  # on a worker: when a driver first found a let-go task
 
-def _unwanted(dask_worker) -> list[str]:
-    """Run on a worker: the tasks its threads still execute that the scheduler has let go."""
+
+def _unwanted(dask_worker) -> dict[str, float]:
+    """Run on a worker: the tasks its threads still execute that the scheduler has let go, each with the
+    seconds since a driver first found it let go (kept in the worker's process, for later jobs)."""
     running = dask_worker.state.executing | dask_worker.state.long_running
-    return sorted(str(task.key) for task in running if task.state == "cancelled")
+    keys = {(dask_worker.address, str(task.key)) for task in running if task.state == "cancelled"}
+    now = time.monotonic()
+    for gone in [found for found in _first_found if found[0] == dask_worker.address and found not in keys]:
+        del _first_found[gone]
+    for found in keys:
+        _first_found.setdefault(found, now)
+    return {key: now - _first_found[(address, key)] for address, key in sorted(keys)}
 
 
-def _ask(client: Client, workers: list[str] | None = None) -> dict[str, set[str]]:
-    """Each answering worker's unwanted tasks; {} when the cluster does not answer in time."""
+def _ask(client: Client) -> dict[str, dict[str, float]]:
+    """Each answering worker's let-go tasks and their ages; {} when the cluster does not answer in time."""
     try:
-        answers = client.run(_unwanted, workers=workers, on_error="return", callback_timeout=ASK_TIMEOUT_S)
+        answers = client.run(_unwanted, on_error="return", callback_timeout=ASK_TIMEOUT_S)
     except (OSError, TimeoutError):
         return {}
-    return {address: set(keys) for address, keys in answers.items() if isinstance(keys, list) and keys}
-
-
-def stuck_workers(client: Client, patience_s: float) -> set[str]:
-    """The workers still running, after `patience_s`, a task that was already unwanted when asked first."""
-    pending = _ask(client)
-    deadline = time.monotonic() + patience_s
-    while pending and time.monotonic() < deadline:
-        time.sleep(POLL_S)
-        now = _ask(client, list(pending))
-        pending = {address: keys & now.get(address, set()) for address, keys in pending.items()}
-        pending = {address: keys for address, keys in pending.items() if keys}
-    return set(pending)
+    return {address: ages for address, ages in answers.items() if isinstance(ages, dict) and ages}
 
 
 class StuckInUse(Exception):
-    """A stuck worker that other jobs still use, after the wait: this job cannot run now."""
+    """Every worker runs a let-go task, and those stuck are used by other jobs: this job cannot run now."""
 
 
 def _in_use(client: Client, workers: set[str]) -> set[str]:
-    """The workers among `workers` that hold data, or have a task in hand or queued, for a live client."""
-    held = client.has_what(sorted(workers))
-    busy = client.processing(sorted(workers))
+    """The workers among `workers` that hold data, or have a task in hand or queued, for a live client
+    (all of them when the scheduler cannot tell: one another driver just restarted is not known)."""
+    try:
+        held = client.has_what(sorted(workers))
+        busy = client.processing(sorted(workers))
+    except KeyError:
+        return set(workers)
     return {address for address in workers if held.get(address) or busy.get(address)}
 
 
-def free_stuck_workers(client: Client, patience_s: float, wait_s: float) -> set[str]:
-    """Restart the stuck workers once no other job uses them (waiting up to `wait_s`, else StuckInUse);
-    return those that could not be restarted (to be left out of staging)."""
-    stuck = stuck_workers(client, patience_s)
-    if not stuck:
-        return set()
-    in_use = _in_use(client, stuck)
-    log.warning("cluster_worker_stuck", extra={"workers": len(stuck), "in_use": len(in_use)})
-    deadline = time.monotonic() + wait_s
-    while in_use and time.monotonic() < deadline:
-        time.sleep(POLL_S)
-        in_use = _in_use(client, in_use)
-    if in_use:
-        raise StuckInUse
+def _restart(client: Client, workers: set[str]) -> set[str]:
+    """Restart `workers` through their nannies; those restarted."""
     try:
-        outcome = client.restart_workers(sorted(stuck), timeout=RESTART_TIMEOUT_S, raise_for_error=False)
+        outcome = client.restart_workers(sorted(workers), timeout=RESTART_TIMEOUT_S, raise_for_error=False)
     except (OSError, TimeoutError, ValueError):
         outcome = {}
     restarted = {address for address, status in outcome.items() if status == "OK"}
     if restarted:
         log.warning("cluster_worker_restarted", extra={"workers": len(restarted)})
-    return stuck - restarted
+    return restarted
+
+
+def usable_workers(client: Client, patience_s: float) -> set[str]:
+    """The workers this job may use: all but those running a let-go task. A let-go task that drivers have
+    known for less than `patience_s` may be a cancelled job's last round: wait for it to end or turn
+    stuck. A stuck worker is restarted if no other job uses it, else left out without waiting for it;
+    StuckInUse when no worker is left."""
+    let_go = _ask(client)
+    began = time.monotonic()
+    deadline = began + patience_s + ASK_TIMEOUT_S  # by then every task found is judged
+    while any(max(ages.values()) < patience_s for ages in let_go.values()) and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+        let_go = _ask(client)
+    waited = round(time.monotonic() - began, 1)
+    stuck = {address for address, ages in let_go.items() if max(ages.values()) >= patience_s}
+    free = stuck - _in_use(client, stuck) if stuck else set()
+    left_out = set(let_go) - (_restart(client, free) if free else set())
+    usable = set(workers_of(client)) - left_out
+    if left_out:
+        log.warning(
+            "cluster_worker_left_out",
+            extra={"workers": len(left_out), "usable": len(usable), "waited_s": waited},
+        )
+    if not usable:
+        raise StuckInUse
+    return usable
