@@ -94,7 +94,9 @@ def served(tmp_path_factory):
     tables += table("shared_a", data / "unclosed_small_out.csv") + table(
         "shared_b", data / "unclosed_small_out.csv"
     )
-    names = [f"{case}_{world}" for case in CASES for world in ("out", "in")] + ["shared_a", "shared_b"]
+    tables += table("shared_c", f"{data}/./unclosed_small_out.csv")  # the same file, spelled otherwise
+    shared = ["shared_a", "shared_b", "shared_c"]
+    names = [f"{case}_{world}" for case in CASES for world in ("out", "in")] + shared
     with running(data, base / "server.log", {"alice": names}, tables, start_timeout=300) as server:
         yield server
 
@@ -121,8 +123,10 @@ def test_one_csv_row_neither_fails_the_snapshot_nor_takes_other_rows(served, cas
 
 
 def test_one_table_under_two_names_shows_one_catalog_count(served):
-    shown = [served.get(f"/datasets/{name}").json()["rows"] for name in ("shared_a", "shared_b")]
-    assert shown[0] == shown[1]
+    """Under two names (review 8), and under another spelling of its path (review 10: each config text
+    had its draw)."""
+    shown = [served.get(f"/datasets/{name}").json()["rows"] for name in ("shared_a", "shared_b", "shared_c")]
+    assert shown[0] == shown[1] == shown[2]
 
 
 # The reader itself.
