@@ -244,30 +244,46 @@ def test_in_mode_dp_the_catalog_count_is_drawn_once_per_version_and_charged_to_n
 
 
 def test_one_table_under_two_noisy_names_shows_one_catalog_draw_charged_once(tmp_path):
-    """A draw stored per name gave a table served under k names k draws to average (red-team review 8).
-    The draw is the table's content's: every name and version serving those rows reads it."""
+    """A draw stored per name gave a table served under k names k draws to average (red-team review 8),
+    and one stored per table text gave the file as `path =` and as `source =` two (review 10). The draw
+    is the table's content's: every name, spelling and version serving those rows reads it."""
     from remote_magic_server.release.desk import CATALOG, _digest
 
     table = {"path": tmp_path / "n.parquet", "id_column": "id", "label_columns": ["y"]}
     names = {"a": "dp", "b": "dp", "c": "dp_eval_only"}
-    settings = Settings(datasets={name: DatasetConfig(**table, privacy=mode) for name, mode in names.items()})
-    desk = ReleaseDesk(settings, Ledger(tmp_path / "ledger.sqlite"), AuditLog(tmp_path / "audit.log"))
+    datasets = {name: DatasetConfig(**table, privacy=mode) for name, mode in names.items()}
+    source = {"kind": "parquet", "path": str(tmp_path / "n.parquet")}
+    datasets["d"] = DatasetConfig(source=source, id_column="id", label_columns=["y"])
+    desk = ReleaseDesk(
+        Settings(datasets=datasets), Ledger(tmp_path / "ledger.sqlite"), AuditLog(tmp_path / "audit.log")
+    )
     shown = [
-        desk.table_size(name, number, "same-rows", 6000) for name, number in (("a", 1), ("b", 4), ("c", 2))
+        desk.table_size(name, number, "same-rows", 6000)
+        for name, number in (("a", 1), ("b", 4), ("c", 2), ("d", 1))
     ]
-    assert shown[0] == shown[1] == shown[2]
+    assert shown[0] == shown[1] == shown[2] == shown[3]
     rho = desk.policy("a").dp_rho_catalog
-    assert sum(desk.ledger.spent(CATALOG, name) for name in names) == pytest.approx(rho)
+    assert sum(desk.ledger.spent(CATALOG, name) for name in datasets) == pytest.approx(rho)
     drawn = {desk.table_size("b", 5, f"other-rows-{n}", 6000) for n in range(20)}
     assert len(drawn) > 10, "other content (other rows) is drawn apart"
-    # A draw made before draws were stored by content (under the name and version) is kept, not redrawn.
+    # Draws made before they were stored by content alone are kept, not redrawn: by the table's text
+    # and content, and before that by the name and version.
     legacy = _digest("catalog", desk._table("c"), "version", 9)
     desk.ledger.store_answer(CATALOG, "c", legacy, {"rows": 5990})
     assert (
         desk.table_size("c", 9, "before-the-upgrade", 6000)
         == desk.table_size("a", 1, "before-the-upgrade", 6000)
+        == desk.table_size("d", 1, "before-the-upgrade", 6000)
         == 5990
     )
+    legacy = _digest("catalog", desk._table("d"), "content", "stored-by-text")
+    desk.ledger.store_answer(CATALOG, desk._table("d"), legacy, {"rows": 5985})
+    assert (
+        desk.table_size("d", 2, "stored-by-text", 6000)
+        == desk.table_size("a", 2, "stored-by-text", 6000)
+        == 5985
+    )
+    assert sum(desk.ledger.spent(CATALOG, name) for name in datasets) == pytest.approx(21 * rho)
 
 
 def test_a_federated_step_asks_its_batchs_noise_and_a_session_step_is_charged_as_an_admission(desk, tmp_path):

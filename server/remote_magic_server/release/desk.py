@@ -185,30 +185,30 @@ class ReleaseDesk:
         privacy loss grows with the contents shown, one `dp_rho_catalog` each. A draw per distinct
         count, as it was, gave two versions of one exact count one shown count (equal shown counts said
         a row was replaced, or restored); a draw stored per dataset name gave one table served under k
-        names k draws to average (red-team review 8): the draw is stored under the table (`_table`)
-        and its content, read by every name that serves it, and charged once, on the dataset total
-        (the `CATALOG` user) of the name that first showed it, never on an analyst's budget."""
+        names k draws to average (red-team review 8), and one stored per table text gave one file
+        served as `path =` and as `source =` two (review 10): the draw is stored under the content
+        alone, read by every name that serves those rows, and charged once, on the dataset total (the
+        `CATALOG` user) of the name that first showed it, never on an analyst's budget."""
         policy = self.policy(dataset)
         if not policy.noisy:
             return rules.release_count(rows, policy)
         table = self._table(dataset)
-        key = _digest("catalog", table, "content", content)
+        key = _digest("catalog", "content", content)
         with self.ledger.decision():
-            stored = self.ledger.stored_answer(CATALOG, table, key)
+            stored = self.ledger.stored_answer(CATALOG, content, key)
+            # Draws made before they were stored by content alone are kept, not drawn again: by the
+            # table's text and content, or before that by the name and version.
+            for where, old in (
+                (table, _digest("catalog", table, "content", content)),
+                (dataset, _digest("catalog", table, "version", version)),
+            ):
+                stored = stored or self.ledger.stored_answer(CATALOG, where, old)
             if stored is None:
-                # A draw made before it was stored by content (under the name and version): kept, not
-                # drawn again.
-                stored = self.ledger.stored_answer(
-                    CATALOG, dataset, _digest("catalog", table, "version", version)
-                )
-                if stored is None:
-                    drawn = dp.gaussian_counts([rows], 1.0, policy.dp_rho_catalog)[0][0]
-                    stored = {"rows": max(0, drawn)}
-                    self.ledger.charge(
-                        f"catalog:{key}", CATALOG, dataset, "catalog", policy.dp_rho_catalog, {}
-                    )
-                    self.audit.record("privacy_charge", CATALOG, dataset=dataset, rho=policy.dp_rho_catalog)
-                self.ledger.store_answer(CATALOG, table, key, stored)
+                drawn = dp.gaussian_counts([rows], 1.0, policy.dp_rho_catalog)[0][0]
+                stored = {"rows": max(0, drawn)}
+                self.ledger.charge(f"catalog:{key}", CATALOG, dataset, "catalog", policy.dp_rho_catalog, {})
+                self.audit.record("privacy_charge", CATALOG, dataset=dataset, rho=policy.dp_rho_catalog)
+            self.ledger.store_answer(CATALOG, content, key, stored)
         return int(stored["rows"])
 
     def progress_metric(self, dataset: str, latest: dict[str, dict[str, float]] | None) -> MetricPoint | None:
