@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import requests
 import xgboost as xgb
+from graphql import get_introspection_query
 from hypothesis import HealthCheck, given, settings
 from hypothesis_graphql import queries
 
@@ -109,6 +110,27 @@ def test_abusive_queries_are_refused_before_they_run(server):
     assert any("alias" in m.lower() for m in errors(server, aliases))
     tokens = "{ whoami " + "__typename " * 3000 + "}"
     assert any("token" in m.lower() for m in errors(server, tokens))
+
+
+def test_introspection_is_priced_and_asked_once_an_operation(server):
+    """Red-team rev10 #2c: introspection was free, so one request could hold twenty aliased full
+    introspections (the alias cap), a 350 KB answer, and two such requests held /v1/health 2.9 s. Now
+    an operation introspects once; a client's full introspection still answers."""
+    full = data(server, get_introspection_query())["__schema"]
+    assert "Query" in {t["name"] for t in full["types"]} and full["queryType"]["name"] == "Query"
+    deep = "types { name fields { name args { name } type { name kind ofType { name kind } } } }"
+    twenty = "{ " + " ".join(f"a{i}: __schema {{ {deep} }}" for i in range(20)) + " }"
+    spread = (
+        "query { ...S ...T } fragment S on Query { __schema { queryType { name } } } "
+        'fragment T on Query { __type(name: "Query") { name } }'
+    )
+    twice = "{ a: __schema { queryType { name } } b: __schema { queryType { name } } }"
+    for query in (twenty, twice, spread):
+        assert any("at most 1 __schema or __type field" in m for m in errors(server, query)), query
+    at_the_limit = "{ jobs(limit: 100) { " + "id " * 99 + "} }"  # 100 jobs of 1 + 99 fields: 10,000
+    assert "jobs" in data(server, at_the_limit)
+    over = at_the_limit.replace("{ id ", "{ __typename id ")  # __typename costs 1 a job, as any field
+    assert any("would cost 10100" in m for m in errors(server, over))
 
 
 @settings(

@@ -3,7 +3,10 @@
 Each field costs 1 and its selection's cost; a field that returns a list multiplies its selection by
 the list's `limit` argument (or the default list size when it has none, or when the limit is a
 variable), so nested lists are priced as the product they can become. Fragments are priced where they
-are spread. Introspection fields are free: they are bounded by the schema, not by the data.
+are spread. Introspection fields cost 1 each, their lists counted once (the schema bounds them, not the
+data), and an operation introspects at most once (`MAX_INTROSPECTIONS` fields `__schema` or `__type`,
+however aliased or spread): introspection was free, and twenty aliased full introspections in one
+request (350 KB) held the event loop for seconds.
 """
 
 from __future__ import annotations
@@ -13,13 +16,18 @@ from graphql import (
     FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLError,
+    GraphQLField,
     GraphQLList,
     GraphQLNonNull,
     GraphQLObjectType,
+    GraphQLSchema,
     InlineFragmentNode,
     IntValueNode,
     OperationDefinitionNode,
+    SchemaMetaFieldDef,
     SelectionSetNode,
+    TypeMetaFieldDef,
+    TypeNameMetaFieldDef,
     ValidationRule,
     get_named_type,
 )
@@ -28,6 +36,8 @@ MAX_COST = 10000
 DEFAULT_LIST = 10
 MAX_LIST = 100
 MAX_NESTING = 30
+MAX_INTROSPECTIONS = 1
+_INTROSPECTION = ("__schema", "__type")
 
 
 def _limit(node: FieldNode) -> int:
@@ -37,6 +47,35 @@ def _limit(node: FieldNode) -> int:
                 return min(max(int(argument.value.value), 0), MAX_LIST)
             return MAX_LIST
     return DEFAULT_LIST
+
+
+def _field(parent: GraphQLObjectType, name: str, schema: GraphQLSchema) -> GraphQLField | None:
+    """The field a selection names, the introspection fields (`__schema`, `__type`, `__typename`) too."""
+    if name == "__typename":
+        return TypeNameMetaFieldDef
+    if parent is schema.query_type and name in _INTROSPECTION:
+        return SchemaMetaFieldDef if name == "__schema" else TypeMetaFieldDef
+    return parent.fields.get(name)
+
+
+def _introspections(
+    selection_set: SelectionSetNode, fragments: dict[str, FragmentDefinitionNode], counted: dict[str, int]
+) -> int:
+    """How many `__schema` and `__type` fields an operation's root selects, through its fragments (each
+    counted once, in `counted`, however often it is spread)."""
+    count = 0
+    for selection in selection_set.selections:
+        if isinstance(selection, FieldNode):
+            count += selection.name.value in _INTROSPECTION
+        elif isinstance(selection, InlineFragmentNode):
+            count += _introspections(selection.selection_set, fragments, counted)
+        elif selection.name.value in fragments:
+            name = selection.name.value
+            if name not in counted:
+                counted[name] = 0  # a cycle counts nothing (validation refuses it)
+                counted[name] = _introspections(fragments[name].selection_set, fragments, counted)
+            count += counted[name]
+    return count
 
 
 def _cost(
@@ -52,9 +91,10 @@ def _cost(
     for selection in selection_set.selections:
         if isinstance(selection, FieldNode):
             name = selection.name.value
-            if name.startswith("__") or name not in parent.fields:
+            field = _field(parent, name, schema)
+            if field is None:
                 continue
-            field_type = parent.fields[name].type
+            field_type = field.type
             if isinstance(field_type, GraphQLNonNull):
                 field_type = field_type.of_type
             child_type = get_named_type(field_type)
@@ -65,7 +105,8 @@ def _cost(
                 schema,
                 nesting + 1,
             )
-            total += (_limit(selection) if isinstance(field_type, GraphQLList) else 1) * (1 + child)
+            listed = isinstance(field_type, GraphQLList) and not parent.name.startswith("__")
+            total += (_limit(selection) if listed else 1) * (1 + child)
         else:
             if isinstance(selection, FragmentSpreadNode):
                 fragment = fragments.get(selection.name.value)
@@ -88,7 +129,8 @@ def _cost(
 
 
 class CostLimit(ValidationRule):
-    """Refuse an operation whose estimated cost is over `MAX_COST`."""
+    """Refuse an operation whose estimated cost is over `MAX_COST`, or that introspects more than
+    `MAX_INTROSPECTIONS` times."""
 
     def enter_operation_definition(self, node: OperationDefinitionNode, *_args: object) -> None:
         schema = self.context.schema
@@ -98,6 +140,15 @@ class CostLimit(ValidationRule):
             if isinstance(d, FragmentDefinitionNode)
         }
         root = schema.get_root_type(node.operation)
+        if _introspections(node.selection_set, fragments, {}) > MAX_INTROSPECTIONS:
+            self.report_error(
+                GraphQLError(
+                    f"an operation may hold at most {MAX_INTROSPECTIONS} __schema or __type field, "
+                    "however aliased or spread; one __schema answers the whole schema",
+                    node,
+                )
+            )
+            return
         cost = _cost(node.selection_set, root, fragments, schema)
         if cost > MAX_COST:
             self.report_error(
