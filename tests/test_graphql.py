@@ -4,6 +4,8 @@ and a fuzzer's generated queries never answered with a 500."""
 
 from __future__ import annotations
 
+import time
+
 import requests
 import xgboost as xgb
 from graphql import get_introspection_query
@@ -131,6 +133,18 @@ def test_introspection_is_priced_and_asked_once_an_operation(server):
     assert "jobs" in data(server, at_the_limit)
     over = at_the_limit.replace("{ id ", "{ __typename id ")  # __typename costs 1 a job, as any field
     assert any("would cost 10100" in m for m in errors(server, over))
+
+
+def test_fragments_spread_twice_over_and_over_are_refused_at_once(server):
+    """Twenty fragments that each spread the next twice (700 characters) are 2**20 fields: the cost rule
+    and strawberry's depth and alias limits walked every spread, 37 s of the event loop's time. Counted
+    once a fragment, the document is refused before validation, and an honest reuse still answers."""
+    chain = " ".join(f"fragment F{i} on Query {{ ...F{i + 1} ...F{i + 1} }}" for i in range(20))
+    started = time.monotonic()
+    refused = errors(server, "query { ...F0 } " + chain + " fragment F20 on Query { whoami }")
+    assert time.monotonic() - started < 5 and any("more than 10000 fields" in m for m in refused), refused
+    reused = "query { ...W ...W jobs { id } } fragment W on Query { whoami }"
+    assert data(server, reused)["whoami"] == "alice"
 
 
 @settings(

@@ -6,10 +6,15 @@ variable), so nested lists are priced as the product they can become. Fragments 
 are spread. Introspection fields cost 1 each, their lists counted once (the schema bounds them, not the
 data), and an operation introspects at most once (`MAX_INTROSPECTIONS` fields `__schema` or `__type`,
 however aliased or spread): introspection was free, and twenty aliased full introspections in one
-request (350 KB) held the event loop for seconds.
+request (350 KB) held the event loop for seconds. Before any rule, `FragmentLimit` refuses a document
+whose fragments spread to more than `MAX_SPREAD` selections: the rules (this one, and strawberry's depth
+and alias limits) walk a fragment wherever it is spread, so twenty fragments that each spread the next
+twice (700 characters) held the event loop 37 s.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
 
 from graphql import (
     FieldNode,
@@ -31,12 +36,14 @@ from graphql import (
     ValidationRule,
     get_named_type,
 )
+from strawberry.extensions import SchemaExtension
 
 MAX_COST = 10000
 DEFAULT_LIST = 10
 MAX_LIST = 100
 MAX_NESTING = 30
 MAX_INTROSPECTIONS = 1
+MAX_SPREAD = 10000
 _INTROSPECTION = ("__schema", "__type")
 
 
@@ -58,24 +65,54 @@ def _field(parent: GraphQLObjectType, name: str, schema: GraphQLSchema) -> Graph
     return parent.fields.get(name)
 
 
-def _introspections(
-    selection_set: SelectionSetNode, fragments: dict[str, FragmentDefinitionNode], counted: dict[str, int]
+def _count(
+    selection_set: SelectionSetNode | None,
+    fragments: dict[str, FragmentDefinitionNode],
+    counted: dict[str, int],
+    deep: bool,
 ) -> int:
-    """How many `__schema` and `__type` fields an operation's root selects, through its fragments (each
-    counted once, in `counted`, however often it is spread)."""
-    count = 0
-    for selection in selection_set.selections:
+    """The fields a selection set holds with its fragments spread (`deep`), or the `__schema` and
+    `__type` fields among the root's; each fragment counted once (in `counted`), so this takes linear
+    time however often a fragment is spread."""
+    total = 0
+    for selection in selection_set.selections if selection_set is not None else ():
         if isinstance(selection, FieldNode):
-            count += selection.name.value in _INTROSPECTION
+            inner = _count(selection.selection_set, fragments, counted, deep) if deep else 0
+            total += (1 + inner) if deep else selection.name.value in _INTROSPECTION
         elif isinstance(selection, InlineFragmentNode):
-            count += _introspections(selection.selection_set, fragments, counted)
+            total += _count(selection.selection_set, fragments, counted, deep)
         elif selection.name.value in fragments:
             name = selection.name.value
             if name not in counted:
                 counted[name] = 0  # a cycle counts nothing (validation refuses it)
-                counted[name] = _introspections(fragments[name].selection_set, fragments, counted)
-            count += counted[name]
-    return count
+                counted[name] = _count(fragments[name].selection_set, fragments, counted, deep)
+            total += counted[name]
+    return total
+
+
+def _fragments(definitions: Iterable[object]) -> dict[str, FragmentDefinitionNode]:
+    return {d.name.value: d for d in definitions if isinstance(d, FragmentDefinitionNode)}
+
+
+class FragmentLimit(SchemaExtension):
+    """Refuse, instead of validating it, a document whose fragments spread to more than `MAX_SPREAD`
+    fields (a validation that an extension has already answered is not run)."""
+
+    def on_validate(self) -> Iterator[None]:
+        document = self.execution_context.graphql_document
+        if document is not None:
+            fragments, sizes = _fragments(document.definitions), {}
+            for definition in document.definitions:
+                if (
+                    isinstance(definition, OperationDefinitionNode)
+                    and _count(definition.selection_set, fragments, sizes, deep=True) > MAX_SPREAD
+                ):
+                    message = (
+                        f"the query spreads its fragments to more than {MAX_SPREAD} fields; ask for less"
+                    )
+                    self.execution_context.pre_execution_errors = [GraphQLError(message, definition)]
+                    break
+        yield
 
 
 def _cost(
@@ -134,13 +171,9 @@ class CostLimit(ValidationRule):
 
     def enter_operation_definition(self, node: OperationDefinitionNode, *_args: object) -> None:
         schema = self.context.schema
-        fragments = {
-            d.name.value: d
-            for d in self.context.document.definitions
-            if isinstance(d, FragmentDefinitionNode)
-        }
+        fragments = _fragments(self.context.document.definitions)
         root = schema.get_root_type(node.operation)
-        if _introspections(node.selection_set, fragments, {}) > MAX_INTROSPECTIONS:
+        if _count(node.selection_set, fragments, {}, deep=False) > MAX_INTROSPECTIONS:
             self.report_error(
                 GraphQLError(
                     f"an operation may hold at most {MAX_INTROSPECTIONS} __schema or __type field, "

@@ -34,7 +34,7 @@ from remote_magic.contract.wire import JobStatus
 from ..intake.catalog import describe_dataset, granted
 from ..intake.status import status_of
 from .deps import AutomationDep, DeskDep, RegistryDep, SettingsDep, StoreDep, User, VersionsDep
-from .graphql_cost import MAX_LIST, CostLimit
+from .graphql_cost import MAX_LIST, CostLimit, FragmentLimit
 from .jobs import own_job
 
 MAX_DEPTH = 8
@@ -372,6 +372,7 @@ def _masked(error: GraphQLError) -> bool:
 SCHEMA = strawberry.Schema(
     query=Query,
     extensions=[
+        FragmentLimit,
         lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
         lambda: MaxTokensLimiter(max_token_count=2000),
         lambda: MaxAliasesLimiter(max_alias_count=20),
