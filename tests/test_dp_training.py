@@ -464,6 +464,19 @@ def test_a_sketch_asked_again_gets_its_noisy_counts_again_and_is_charged_as_befo
     assert sketch("j7")[0] != drawn, "the owner's declarations set the grid: a changed one is a new question"
 
 
+def test_a_filter_that_leaves_a_text_column_one_level_trains_a_model_xgboost_loads(server):
+    """`region` is an undeclared text column: filtered to one level, its level subsets were masked to
+    that level, some empty, and XGBoost refused the model after the job was charged (`not_released`,
+    advising min_child_weight), 1 job in 3 (rev11 #2). The model now loads and scores."""
+    client = server.client()
+    spec = {**QUICK, "where": "region = 'north'"}
+    for seed in range(3):
+        model = xgb.XGBClassifier(n_estimators=20, max_depth=4, random_state=seed)
+        result = client.train(model, spec)
+        assert result.raw.training is not None and result.raw.training.trees == 20
+        assert result.metrics["auc"] > 0.6
+
+
 @pytest.mark.parametrize(
     "params", [dict(max_bin=64), dict(eval_metric="aucpr"), dict(tree_method="exact"), dict(missing=-1.0)]
 )

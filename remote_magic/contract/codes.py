@@ -101,8 +101,8 @@ CODES: dict[str, Code] = {
     "not_released": Code(
         422,
         "disclosure",
-        "The job was admitted and charged; regularise the model (raise min_child_weight, lower max_depth) "
-        "or change the spec.",
+        "The job was admitted and charged; change the spec (its features or filter), or ask the data "
+        "owner, whose server log names the cause.",
     ),
     "privacy_budget_exhausted": Code(
         422, "budget", "Repeat an earlier request to see its stored answer, or ask the data owner."
