@@ -123,14 +123,20 @@ def as_spec(spec: DatasetSpec | dict) -> DatasetSpec:
 
 def _check_literal_types(model: object) -> None:
     """Refuse here, before anything is sent, a whole-number parameter given as text or a decimal
-    (`n_estimators="20"`), by the XGBoost family's own rule, as the server and the dry run do."""
+    (`n_estimators="20"`), and a keyword XGBoost would not use (`n_estimator=50`), by the XGBoost
+    family's own rules, as the server and the dry run do."""
     get_params = getattr(model, "get_params", None)
     if not callable(get_params):
         return
     from ..families.xgboost.bounds import check_whole_numbers  # the families' base loads NumPy, Arrow
 
+    estimator = model.steps[-1][1] if isinstance(getattr(model, "steps", None), list) else model
     try:
         check_whole_numbers(get_params())
+        if getattr(estimator, "kwargs", None):  # the model is XGBoost's: loading XGBoost costs nothing
+            from ..families.xgboost.known import check_estimator
+
+            check_estimator(estimator)
     except Refusal as refusal:
         raise error_for(refusal.code, refusal.message) from None
 
