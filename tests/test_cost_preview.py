@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 
-from remote_magic.client.dryrun import DryRun
+from remote_magic.client.dryrun import DryRun, dry_run
+from remote_magic.client.errors import SpecError
 from remote_magic.client.trainer_noise import expected_training
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.wire import CostEstimate, DPTraining
@@ -272,3 +273,14 @@ def test_the_dry_run_says_its_warnings_instead_of_calling_the_model_fine(shell):
     assert "spec and model pass every check, but see the warnings" in shown and "are fine" not in shown
     assert "warning: max_depth=12 leaves about 10 training rows per leaf" in shown
     assert "Lower max_depth (to about 7)" in shown and "times the default job's" in shown
+
+
+def test_the_dry_run_takes_a_spec_dict_as_the_client_does(priced):
+    """`remote_magic.dry_run(model, {...}, ...)` failed `'dict' object has no attribute 'classes'`
+    (rev11 #3); `Client.train` and `Client.cost` take the same dict."""
+    c = priced.client("ana")
+    model = xgb.XGBClassifier(n_estimators=3, max_depth=2)
+    report = dry_run(model, spec("trainer"), c.dataset("trainer"), c.mock("trainer"))
+    assert report.label == "label" and report.dataset == "trainer"
+    with pytest.raises(SpecError, match="wher"):
+        dry_run(model, {**spec("trainer"), "wher": "x1 > 0"}, c.dataset("trainer"), c.mock("trainer"))

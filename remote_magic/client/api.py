@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import requests
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 from urllib3.util.retry import Retry
@@ -50,7 +50,6 @@ from ..contract.wire import (
     ModelReleaseStatus,
     ReleaseOptions,
     Whoami,
-    spec_error,
 )
 from ..display.budget import Budget
 from ..display.cost import Cost
@@ -60,9 +59,10 @@ from ..display.progress import script_bar
 from ..display.result import TrainResult
 from ..display.tables import Datasets
 from .connection import check_url, client_cert_file, hub_token, tls_problem, tls_verify, unreachable
-from .errors import Busy, ConnectionProblem, RemoteError, SpecError, error_for
+from .errors import Busy, ConnectionProblem, RemoteError, error_for
 from .job import Job
 from .registry_api import RegistryCalls, register_request
+from .spec_input import as_spec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -109,16 +109,6 @@ def _retrying_session() -> requests.Session:
     session.mount("https://", adapter)
     session.headers["User-Agent"] = "remote-magic-client"
     return session
-
-
-def as_spec(spec: DatasetSpec | dict) -> DatasetSpec:
-    """A spec dict checked here, so a misspelt key is named before anything is sent."""
-    if isinstance(spec, DatasetSpec):
-        return spec
-    try:
-        return DatasetSpec.model_validate(spec)
-    except ValidationError as exc:
-        raise SpecError("invalid_spec", spec_error(exc.errors())) from None
 
 
 def _check_literal_types(model: object) -> None:

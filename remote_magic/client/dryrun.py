@@ -49,6 +49,7 @@ from ..families.base import (
 from ..families.dpboost.family import check_label
 from ..families.partitions import one_machine
 from .errors import DryRunError
+from .spec_input import as_spec
 
 DRY_ROUNDS = 5
 MOCK_TABLE = "remote_magic_mock_rows"
@@ -196,10 +197,11 @@ def _too_few(label: str, classes: list[str] | None, mock_rows: int) -> str:
 
 
 def dry_run(
-    model: object, spec: DatasetSpec, dataset: DatasetInfo, mock: pd.DataFrame, kind: str = "train"
+    model: object, spec: DatasetSpec | dict, dataset: DatasetInfo, mock: pd.DataFrame, kind: str = "train"
 ) -> DryRun:
-    """Check the spec and the model as the server would, admit mock rows, and fit (or score) the model."""
-    spec = with_model_classes(model, spec, dataset)
+    """Check the spec (a `DatasetSpec` or a dict, as `Client.train` takes) and the model as the server
+    would, admit mock rows, and fit (or score) the model."""
+    spec = with_model_classes(model, as_spec(spec), dataset)
     try:
         resolved = resolve(spec, dataset.columns, dataset.column_levels)
         scan(package_model(model))
