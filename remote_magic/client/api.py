@@ -386,11 +386,20 @@ class Client(RegistryCalls):
         the noise the trainer would add per leaf for this model (worked out here, with the label's public
         range or classes from the catalog: the server prices a job without its model), with warnings for a
         model whose leaves would be mostly noise or whose run would be long (`trainer_noise.shape_warnings`,
-        from the catalog's released row count, never the exact one)."""
+        from the catalog's released row count, never the exact one). A model the server would refuse
+        before reading a row (the dry run's checks, `model_checks.check_model`) is refused here too."""
         spec = as_spec(spec)
         body = CostRequest(spec=spec, kind=kind, release=_options(release))  # type: ignore[arg-type]
         response = self._post_json("/cost", body)
         estimate = Cost.model_validate(response.json())
+        if model is not None:  # a job the server would refuse at once is not priced
+            from .model_checks import check_model  # the families load NumPy, Arrow, XGBoost
+
+            info = self._dataset_info(spec.dataset)
+            try:
+                check_model(model, with_model_classes(model, spec, info), info, kind)
+            except Refusal as refused:
+                raise error_for(refused.code, refused.message) from None
         if estimate.rho_train > 0:
             if model is None:
                 why = "the noise per leaf depends on the model's n_estimators: pass the model to see it"
