@@ -493,7 +493,7 @@ def test_a_parameter_the_dp_trainer_would_ignore_is_refused_by_name_before_anyth
     model = xgb.XGBClassifier(n_estimators=3, max_depth=2, **params)
     with pytest.raises(RemoteError, match=name) as submitted:  # eval_metric: the server's allowlist first
         client.submit(model, QUICK).result(timeout=600)
-    with pytest.raises(RemoteError, match=rf"refuses {name} \(") as priced:
+    with pytest.raises(RemoteError, match=name) as priced:  # the same check as submit's, first
         client.cost(model, QUICK)
     assert submitted.value.code == priced.value.code == "parameter_out_of_bounds"
     shell.user_ns["odd"] = model
