@@ -218,3 +218,16 @@ def test_nothing_was_lost_and_the_server_is_healthy(server, earlier_job):
     job = server.client().job(earlier_job)
     job.wait(timeout=600)
     assert job.status.state == "succeeded"
+
+
+def test_the_diabetes_demo_at_the_default_fraction_is_told_to_raise_it(server):
+    """At the default 0.2 of its 440 rows the evaluation set is too small, and the refusal said "widen
+    the filter or the split", the code's hint "lower the evaluation fraction" (rev11 #8)."""
+    client = server.client()
+    spec = {"dataset": "diabetes", "label": "progression"}
+    with pytest.raises(DisclosureRefused) as refused:
+        client.train(xgb.XGBRegressor(n_estimators=2), spec)
+    assert refused.value.code == "cohort_too_small"
+    assert "or raise the evaluation fraction (--eval-fraction" in refused.value.message
+    assert "--eval-fraction 0.3" in client.dataset("diabetes").description
+    assert client.train(xgb.XGBRegressor(n_estimators=2), {**spec, "eval": {"fraction": 0.3}}).metrics

@@ -90,7 +90,9 @@ CODES: dict[str, Code] = {
     "base_model_unavailable": Code(422, "model", "%remote_models lists the versions that still exist."),
     # what may leave
     "cohort_too_small": Code(
-        422, "disclosure", "Admit more rows: widen the filter or lower the evaluation fraction."
+        422,
+        "disclosure",
+        "Admit more rows: widen the filter, or move the evaluation fraction (the message says which way).",
     ),
     "class_too_small": Code(422, "disclosure", "Admit more rows of the rare class, or merge classes."),
     "differencing_refused": Code(
