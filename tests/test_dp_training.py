@@ -477,6 +477,8 @@ def test_a_filter_that_leaves_a_text_column_one_level_trains_a_model_xgboost_loa
         result = client.train(model, spec)
         assert result.raw.training is not None and result.raw.training.trees == 20
         assert result.metrics["auc"] > 0.6
+    alone = client.train(xgb.XGBClassifier(n_estimators=4, max_depth=2), {**spec, "features": ["region"]})
+    assert alone.raw.training.trees == 4, "the one-level column alone trains, not fails after charging"
 
 
 @pytest.mark.parametrize(

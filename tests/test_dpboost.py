@@ -544,6 +544,14 @@ def test_a_text_column_left_with_one_level_trains_a_model_xgboost_loads(split_sh
         booster = load(released.model)
         assert np.allclose(predict_margins(released.model, features, table), partition.margins, atol=1e-5)
         assert "year" not in booster.get_score(importance_type="weight")
+    # The column alone still trains (its one level against missing rows), not a failure after charging.
+    alone = Features(features.columns[1:])
+    partition = Partition(alone, table.select(["year"]), y, settings.objective_())
+    released = Coordinator(alone, settings, 1.0, seeded_noise(0), None, seeded_select(0)).run(
+        *local([partition])
+    )
+    assert np.allclose(predict_margins(released.model, alone, table), partition.margins, atol=1e-5)
+    assert load(released.model).num_boosted_rounds() == 6
 
 
 def test_continuing_a_base_model_appends_trees_and_keeps_the_base_ones():
@@ -672,6 +680,10 @@ def test_no_split_candidate_has_an_empty_or_full_level_set_and_one_level_gives_n
         batch = draw(np.random.default_rng(seed), features, 0, 8, 1, 4)
         assert 0 not in batch.feature
     assert features.usable().tolist() == [1, 2, 3]
+    alone = Features(features.columns[:1])
+    assert alone.usable().tolist() == [0], "where no column has two levels, the one level alone"
+    options = candidates(alone, np.random.default_rng(0))
+    assert options.right[:, :1].all() and len(options.feature) == 2, "the level, missing rows either way"
 
 
 def test_a_level_only_few_rows_hold_is_not_selected():

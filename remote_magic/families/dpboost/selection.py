@@ -179,11 +179,14 @@ def candidates(features: Features, rng: np.random.Generator) -> Candidates:
             sets = np.concatenate(
                 [np.eye(levels, width, dtype=bool), rng.random((RANDOM_SUBSETS, width)) < 0.5]
             ) & (np.arange(width) < levels)
-            # A subset and its complement split alike: keep the one without level 0, each once (a
-            # candidate listed twice would be chosen twice as often). No set is then empty or full
-            # (XGBoost refuses an empty one): `usable` leaves out a text column with fewer than 2 levels.
-            sets[sets[:, 0]] ^= np.arange(width) < levels
-            sets = np.unique(sets[sets.any(axis=1)], axis=0)
+            if levels == 1:  # only where no column has two levels (`usable`): the one level alone
+                sets = sets[:1]
+            else:
+                # A subset and its complement split alike: keep the one without level 0, each once (a
+                # candidate listed twice would be chosen twice as often). No set is then empty or full
+                # (XGBoost refuses an empty one).
+                sets[sets[:, 0]] ^= np.arange(width) < levels
+                sets = np.unique(sets[sets.any(axis=1)], axis=0)
             right.append(sets)
             feature.append(np.full(len(sets), f))
             split.append(np.zeros(len(sets), np.int64))

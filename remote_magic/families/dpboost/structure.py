@@ -119,7 +119,7 @@ def draw(
         # XGBoost needs a level going right, and a split that sends every level right splits nothing:
         # move one level across.
         count = right.sum(axis=-1)
-        stuck = text[..., None] & ((count == 0) | (count == splits))
+        stuck = text[..., None] & ((count == 0) | ((count == splits) & (splits >= 2)))
         flip = np.minimum((rng.random(stuck.shape) * splits).astype(np.int64), splits - 1)
         t, lv, nd = np.nonzero(stuck)
         right[t, lv, nd, flip[t, lv, nd]] ^= True
