@@ -76,13 +76,20 @@ __all__ = [
 
 def load_ipython_extension(ipython: InteractiveShell) -> None:
     from .magics.commands import RemoteMagic
+    from .magics.usage import empty_cell_body
 
     magic = RemoteMagic(ipython)
     ipython.register_magics(magic)
     ipython.user_ns.setdefault("_remote_magic", magic)
+    if empty_cell_body not in ipython.input_transformers_cleanup:
+        ipython.input_transformers_cleanup.append(empty_cell_body)
 
 
 def unload_ipython_extension(ipython: InteractiveShell) -> None:
+    from .magics.usage import empty_cell_body
+
     magic = ipython.user_ns.pop("_remote_magic", None)
+    if empty_cell_body in ipython.input_transformers_cleanup:
+        ipython.input_transformers_cleanup.remove(empty_cell_body)
     if magic is not None and magic in ipython.configurables:
         ipython.configurables.remove(magic)

@@ -212,6 +212,22 @@ def test_a_training_that_asks_to_stop_early_is_refused_by_name_not_run_to_its_ro
     assert in_worker.value.message.startswith(STOPS_EARLY)
 
 
+def test_in_mode_rules_a_parameter_xgboost_would_not_use_is_refused_by_name(server):
+    """`XGBRegressor(n_estimator=7)` trained XGBoost's 100 rounds, not 7, with no word (XGBoost only
+    warns that it is "not used"; rev11 #1). Now it is refused by name, with the nearest name, before a
+    job exists; a misspelt key of a `params` dict by the worker, before any row; a keyword XGBoost
+    does use (`eta`) trains."""
+    client = server.client()
+    jobs = len(client.jobs())
+    with pytest.raises(ModelRejected, match=r"n_estimator \(did you mean n_estimators\?\)") as refused:
+        client.submit(xgb.XGBClassifier(n_estimator=7), SPEC)
+    assert refused.value.code == "parameter_out_of_bounds" and len(client.jobs()) == jobs
+    job = client.submit({"params": {"objective": "binary:logistic", "max_dept": 2}}, SPEC)
+    with pytest.raises(ModelRejected, match=r"max_dept \(did you mean max_depth\?\)"):
+        job.result(timeout=120)
+    assert client.train(xgb.XGBClassifier(n_estimators=2, eta=0.5), SPEC).rounds["total"] == 2
+
+
 def test_classes_on_a_booster_that_regresses_are_refused_by_the_worker_before_any_row(server):
     data = pd.read_parquet(server.settings.datasets["synthetic_rules"].path)
     booster = xgb.train({}, xgb.DMatrix(data[["age", "bmi"]], data["label"]), num_boost_round=2)
@@ -237,3 +253,16 @@ def test_nothing_was_lost_and_the_server_is_healthy(server, earlier_job):
     job = server.client().job(earlier_job)
     job.wait(timeout=600)
     assert job.status.state == "succeeded"
+
+
+def test_the_diabetes_demo_at_the_default_fraction_is_told_to_raise_it(server):
+    """At the default 0.2 of its 440 rows the evaluation set is too small, and the refusal said "widen
+    the filter or the split", the code's hint "lower the evaluation fraction" (rev11 #8)."""
+    client = server.client()
+    spec = {"dataset": "diabetes", "label": "progression"}
+    with pytest.raises(DisclosureRefused) as refused:
+        client.train(xgb.XGBRegressor(n_estimators=2), spec)
+    assert refused.value.code == "cohort_too_small"
+    assert "or raise the evaluation fraction (--eval-fraction" in refused.value.message
+    assert "--eval-fraction 0.3" in client.dataset("diabetes").description
+    assert client.train(xgb.XGBRegressor(n_estimators=2), {**spec, "eval": {"fraction": 0.3}}).metrics

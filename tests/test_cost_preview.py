@@ -12,8 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import xgboost as xgb
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-from remote_magic.client.dryrun import DryRun
+from remote_magic.client.dryrun import DryRun, dry_run
+from remote_magic.client.errors import DryRunError, RemoteError, SpecError
 from remote_magic.client.trainer_noise import expected_training
 from remote_magic.contract.codes import Refusal
 from remote_magic.contract.wire import CostEstimate, DPTraining
@@ -175,7 +178,9 @@ def test_a_train_job_in_mode_dp_prices_the_dp_trainer_beside_the_evaluation(pric
     assert estimate.rho_remaining_after == pytest.approx(estimate.rho_cap - spent - estimate.rho)
     scales = Settings(rounds=10, max_depth=3).scales(policy.rho_train)
     assert estimate.training.trees == 10 and estimate.training.sigma_gradient == pytest.approx(scales.sigma_g)
-    assert c.cost(model, spec("trainer"), kind="evaluate").rho_train == 0, "an evaluation trains nothing"
+    assert c.cost(None, spec("trainer"), kind="evaluate").rho_train == 0, "an evaluation trains nothing"
+    with pytest.raises(RemoteError, match="evaluation needs a fitted model"):  # as the server refuses it
+        c.cost(model, spec("trainer"), kind="evaluate")
     unpriced = c.cost(None, spec("trainer"))
     assert unpriced.training is None and any("pass the model" in note for note in unpriced.notes)
     result = c.train(model, spec("trainer"), timeout=300)
@@ -272,3 +277,32 @@ def test_the_dry_run_says_its_warnings_instead_of_calling_the_model_fine(shell):
     assert "spec and model pass every check, but see the warnings" in shown and "are fine" not in shown
     assert "warning: max_depth=12 leaves about 10 training rows per leaf" in shown
     assert "Lower max_depth (to about 7)" in shown and "times the default job's" in shown
+
+
+def test_the_dry_run_takes_a_spec_dict_as_the_client_does(priced):
+    """`remote_magic.dry_run(model, {...}, ...)` failed `'dict' object has no attribute 'classes'`
+    (rev11 #3); `Client.train` and `Client.cost` take the same dict."""
+    c = priced.client("ana")
+    model = xgb.XGBClassifier(n_estimators=3, max_depth=2)
+    report = dry_run(model, spec("trainer"), c.dataset("trainer"), c.mock("trainer"))
+    assert report.label == "label" and report.dataset == "trainer"
+    with pytest.raises(SpecError, match="wher"):
+        dry_run(model, {**spec("trainer"), "wher": "x1 > 0"}, c.dataset("trainer"), c.mock("trainer"))
+
+
+def test_cost_refuses_what_the_dry_run_and_the_server_refuse_before_any_row(priced):
+    """`Client.cost` priced an XGBRegressor on a label of two declared classes and a StandardScaler
+    Pipeline in mode dp, which submit and the dry run refuse at once (rev11 #4); it runs their checks."""
+    c = priced.client("ana")
+    info, mock = c.dataset("trainer"), c.mock("trainer")
+    scaled = make_pipeline(StandardScaler(), xgb.XGBClassifier(n_estimators=3))
+    for model in (xgb.XGBRegressor(n_estimators=3), scaled):
+        with pytest.raises(RemoteError) as refused:
+            c.cost(model, spec("trainer"))
+        with pytest.raises(DryRunError) as dry:
+            dry_run(model, spec("trainer"), info, mock)
+        assert (refused.value.code, refused.value.message) == (dry.value.code, str(dry.value))
+        with pytest.raises(RemoteError) as submitted:
+            c.submit(model, spec("trainer")).result(timeout=300)
+        assert submitted.value.code == refused.value.code
+    assert c.cost(scaled, spec("rounded")).rho == 0, "mode rules trains a Pipeline"

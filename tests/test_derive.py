@@ -139,3 +139,19 @@ def test_a_derived_value_that_does_not_read_as_a_number_is_null_not_a_failure():
     )
     sql = f"SELECT {finite_or_null(probe).sql(dialect='duckdb')} FROM range(4) AS t(x)"
     assert duckdb.sql(sql).fetchall() == [(1.0,), (1.0,), (None,), (1.0,)]
+
+
+def test_a_derived_column_named_in_features_is_told_it_is_always_one(server):
+    """`features=["age", "yr"]` with `derive={"yr": ...}` said `unknown column 'yr' in features` (rev11
+    #8); the server (and the dry run, by the same `resolve`) now says why and what to do."""
+    spec = {
+        "dataset": "synthetic_rules",
+        "label": "label",
+        "features": ["age", "yr"],
+        "derive": {"yr": "age / 10"},
+    }
+    error = server.submit_raw(b"\x80\x05N.", spec).json()["error"]
+    assert error["code"] == "invalid_spec"
+    assert error["message"] == (
+        "'yr' is a derived column, and derived columns are always features: leave it out of features"
+    )

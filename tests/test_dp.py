@@ -152,6 +152,29 @@ def test_past_the_noisy_bound_an_undefined_auc_is_released_as_a_coin_flip_not_om
     assert not any("auc" in note for note in result.notes)
 
 
+def test_a_classifiers_metric_whose_interval_spans_knowing_nothing_is_not_available():
+    """`log_loss 0.017 [0, 0.871]` beside accuracy 0.82 read as a near-perfect model (rev11 #6). As r2, a
+    metric whose interval is wider than the step from a model that knows nothing to a perfect one (log
+    loss ln k to 0, accuracy 1/k to 1, auc 0.5 to 1) is not available, with a note."""
+    metrics = {"auc": 0.9, "log_loss": 0.017, "accuracy": 0.8191}
+    intervals = {"auc": [0.85, 0.95], "log_loss": [0.0, 0.871], "accuracy": [0.78, 0.86]}
+    notes = dp_release._withheld(metrics, intervals, 2)
+    assert metrics == {"auc": 0.9, "log_loss": None, "accuracy": 0.8191} and "log_loss" not in intervals
+    assert notes == [
+        "log_loss is not available: its 95% interval was wider than the step from a model that knows "
+        "nothing to a perfect one (0.693); more evaluation rows narrow it"
+    ]
+    four = {"log_loss": 0.9, "accuracy": 0.3}
+    assert dp_release._withheld(four, {"log_loss": [0.3, 1.3], "accuracy": [0.0, 0.7]}, 4) == []
+    assert four == {"log_loss": 0.9, "accuracy": 0.3}, "within ln 4 and 3/4: kept"
+    exact, counts = report()
+    for seed in range(20):
+        result = dp_release.release_dp(
+            exact, dp_release.draw_counts(counts, POLICY), POLICY, ReleaseOptions(), f"j{seed}", "d", "train"
+        )
+        assert None not in result.metrics.values() and not result.notes, "10,000 rows: all released"
+
+
 def regression(
     n: int, label_range: tuple[float, float], scale: float, seed: int = 0
 ) -> tuple[TrainReport, dict, float]:
@@ -316,8 +339,10 @@ def test_refusals_before_admission_are_free_and_the_caps_hold(desk, tmp_path):
 
 
 def test_a_failure_after_admission_is_one_code_in_mode_dp(desk):
+    """Its message blamed the leaf size (min_child_weight), which no DP mode refuses on (rev11 #2)."""
     request = Request(user="alice", dataset="d", kind="train", spec={}, job_id="j")
-    assert desk.after_admission(request, "training_failed", "XGBoost refused")[0] == "not_released"
+    code, message = desk.after_admission(request, "training_failed", "XGBoost refused")
+    assert code == "not_released" and "min_child_weight" not in message and "charged" in message
     assert desk.after_admission(request, "worker_crashed", "gone")[0] == "not_released"
     assert desk.after_admission(request, "cancelled", "the job was cancelled")[0] == "cancelled"
 
@@ -357,6 +382,10 @@ def test_extras_cost_more_and_come_with_intervals(server):
     assert len(result.history) == 4 and {"eval_low", "eval_high"} <= set(result.history.columns)
     assert len(result.importance_ranking) == 3 and result.confusion_matrix is not None
     assert "f1" in result.intervals
+    # The ranking, the one release with no interval, headlined the quickstart bare (rev11 #6).
+    for shown in (repr(result), result._repr_html_()):
+        assert "permutation importance (a noisy top 3, best first)" in shown
+        assert "has no interval: a feature of little or no effect can be drawn in" in shown
 
 
 def test_structural_refusals_are_free_and_clear(server):

@@ -16,7 +16,9 @@ import pyarrow as pa
 import pytest
 import xgboost as xgb
 from pyroaring import BitMap
+from sklearn.pipeline import make_pipeline
 
+from remote_magic import package_model
 from remote_magic.client.errors import RemoteError, RemoteMagicError
 from remote_magic.contract.codes import Refusal
 from remote_magic.families.dpboost import Column, Coordinator, Features, Partition, local
@@ -464,6 +466,21 @@ def test_a_sketch_asked_again_gets_its_noisy_counts_again_and_is_charged_as_befo
     assert sketch("j7")[0] != drawn, "the owner's declarations set the grid: a changed one is a new question"
 
 
+def test_a_filter_that_leaves_a_text_column_one_level_trains_a_model_xgboost_loads(server):
+    """`region` is an undeclared text column: filtered to one level, its level subsets were masked to
+    that level, some empty, and XGBoost refused the model after the job was charged (`not_released`,
+    advising min_child_weight), 1 job in 3 (rev11 #2). The model now loads and scores."""
+    client = server.client()
+    spec = {**QUICK, "where": "region = 'north'"}
+    for seed in range(3):
+        model = xgb.XGBClassifier(n_estimators=20, max_depth=4, random_state=seed)
+        result = client.train(model, spec)
+        assert result.raw.training is not None and result.raw.training.trees == 20
+        assert result.metrics["auc"] > 0.6
+    alone = client.train(xgb.XGBClassifier(n_estimators=4, max_depth=2), {**spec, "features": ["region"]})
+    assert alone.raw.training.trees == 4, "the one-level column alone trains, not fails after charging"
+
+
 @pytest.mark.parametrize(
     "params", [dict(max_bin=64), dict(eval_metric="aucpr"), dict(tree_method="exact"), dict(missing=-1.0)]
 )
@@ -478,13 +495,46 @@ def test_a_parameter_the_dp_trainer_would_ignore_is_refused_by_name_before_anyth
     model = xgb.XGBClassifier(n_estimators=3, max_depth=2, **params)
     with pytest.raises(RemoteError, match=name) as submitted:  # eval_metric: the server's allowlist first
         client.submit(model, QUICK).result(timeout=600)
-    with pytest.raises(RemoteError, match=rf"refuses {name} \(") as priced:
+    with pytest.raises(RemoteError, match=name) as priced:  # the same check as submit's, first
         client.cost(model, QUICK)
     assert submitted.value.code == priced.value.code == "parameter_out_of_bounds"
     shell.user_ns["odd"] = model
     ran = shell.run_cell("%%remote_train -d synthetic -l label --dry-run -m odd\nodd")
     assert isinstance(ran.error_in_exec, RemoteMagicError) and name in str(ran.error_in_exec)
     assert client.budget()["synthetic"].rho_spent == spent
+
+
+def test_a_misspelt_parameter_is_refused_by_name_with_the_nearest_before_any_job_exists(server, shell):
+    """`XGBClassifier(n_estimator=50)` crashed with a bare KeyError in the dry run and `Client.cost`, and
+    failed `internal_error` on the server after a job existed (rev11 #1). Now each refuses it by name
+    with XGBoost's nearest name, before anything is spent; sent as raw bytes, the worker says the same."""
+    client = server.client()
+    spent, jobs = client.budget()["synthetic"].rho_spent, len(client.jobs())
+    model = xgb.XGBClassifier(n_estimator=50, max_depth=3)
+    near = r"n_estimator \(did you mean n_estimators\?\)"
+    for attempt in (lambda: client.cost(model, QUICK), lambda: client.submit(model, QUICK)):
+        with pytest.raises(RemoteError, match=near) as refused:
+            attempt()
+        assert refused.value.code == "parameter_out_of_bounds"
+    assert len(client.jobs()) == jobs, "refused before any job exists"
+    shell.user_ns["typo"] = model
+    ran = shell.run_cell("%%remote_train -d synthetic -l label --dry-run -m typo\ntypo")
+    assert isinstance(ran.error_in_exec, RemoteMagicError) and "did you mean n_estimators" in str(
+        ran.error_in_exec
+    )
+    sent = server.submit_raw(package_model(model), QUICK, "alice")
+    with pytest.raises(RemoteError, match=near) as failed:
+        client.job(sent.json()["id"]).result(timeout=600)
+    assert failed.value.code == "parameter_out_of_bounds"
+    assert client.budget()["synthetic"].rho_spent == spent
+
+
+def test_a_one_step_pipeline_is_priced_as_its_estimator(server):
+    """`make_pipeline(XGBClassifier())` crashed (`KeyError: 'steps'`) in `Client.cost` (rev11 #1)."""
+    client = server.client()
+    bare = client.cost(xgb.XGBClassifier(n_estimators=3, max_depth=2), QUICK)
+    piped = client.cost(make_pipeline(xgb.XGBClassifier(n_estimators=3, max_depth=2)), QUICK)
+    assert piped.training == bare.training and piped.rho == bare.rho
 
 
 def test_parameters_that_change_nothing_the_dp_trainer_does_are_accepted(server):

@@ -521,6 +521,39 @@ def test_selected_splits_also_predict_the_trainers_margins():
     assert np.allclose(predict_margins(released.model, FEATURES, table), margins_of(partitions), atol=1e-5)
 
 
+@pytest.mark.parametrize("split_share", [0.0, 0.5])
+def test_a_text_column_left_with_one_level_trains_a_model_xgboost_loads(split_share):
+    """A filter on an undeclared text column (a Parquet `year=` folder) leaves it one public level: its
+    random level subsets were masked to that level, some empty, and XGBoost refused the model
+    (`j_end - j_begin > 0`) after the job was charged. Such a column now has no split."""
+    rng = np.random.default_rng(5)
+    x1 = rng.normal(size=2000)
+    table = pa.table({"x1": x1, "year": pa.array(["2024"] * 2000)})
+    y = (rng.random(2000) < 1 / (1 + np.exp(-2 * x1))).astype(np.int64)
+    features = Features(
+        (
+            Column("x1", "numeric", candidates_between(-4, 4, 31)),
+            Column("year", "categorical", levels=("2024",)),
+        )
+    )
+    settings = Settings(rounds=6, max_depth=4, batch_size=2, split_share=split_share)
+    for seed in range(4):
+        partition = Partition(features, table, y, settings.objective_())
+        coordinator = Coordinator(features, settings, 1.0, seeded_noise(seed), None, seeded_select(seed))
+        released = coordinator.run(*local([partition]))
+        booster = load(released.model)
+        assert np.allclose(predict_margins(released.model, features, table), partition.margins, atol=1e-5)
+        assert "year" not in booster.get_score(importance_type="weight")
+    # The column alone still trains (its one level against missing rows), not a failure after charging.
+    alone = Features(features.columns[1:])
+    partition = Partition(alone, table.select(["year"]), y, settings.objective_())
+    released = Coordinator(alone, settings, 1.0, seeded_noise(0), None, seeded_select(0)).run(
+        *local([partition])
+    )
+    assert np.allclose(predict_margins(released.model, alone, table), partition.margins, atol=1e-5)
+    assert load(released.model).num_boosted_rounds() == 6
+
+
 def test_continuing_a_base_model_appends_trees_and_keeps_the_base_ones():
     table, y = make_rows(4000)
     other, y_other = make_rows(2000, seed=9)
@@ -626,6 +659,31 @@ def test_declared_candidates_cost_nothing_and_sketched_ones_come_from_noisy_coun
     declared = CandidatePlan((Declared("x2", "numeric", 0, 10), Declared("flag", "boolean")), count=4)
     assert declared.request() is None
     assert declared.declared().columns[0].candidates == (2.0, 4.0, 6.0, 8.0)
+
+
+def test_no_split_candidate_has_an_empty_or_full_level_set_and_one_level_gives_none():
+    """XGBoost refuses a category split with no level, and one with every level splits nothing."""
+    features = Features(
+        (
+            Column("one", "categorical", levels=("a",)),
+            Column("two", "categorical", levels=("a", "b")),
+            Column("four", "categorical", levels=LEVELS),
+            Column("x", "numeric", (0.5,)),
+        )
+    )
+    for seed in range(20):
+        options = candidates(features, np.random.default_rng(seed))
+        assert 0 not in options.feature
+        for f, levels in ((1, 2), (2, 4)):
+            sets = options.right[options.feature == f][:, :levels]
+            assert sets.any(axis=1).all() and not sets.all(axis=1).any()
+        batch = draw(np.random.default_rng(seed), features, 0, 8, 1, 4)
+        assert 0 not in batch.feature
+    assert features.usable().tolist() == [1, 2, 3]
+    alone = Features(features.columns[:1])
+    assert alone.usable().tolist() == [0], "where no column has two levels, the one level alone"
+    options = candidates(alone, np.random.default_rng(0))
+    assert options.right[:, :1].all() and len(options.feature) == 2, "the level, missing rows either way"
 
 
 def test_a_level_only_few_rows_hold_is_not_selected():

@@ -108,6 +108,9 @@ def test_usage_errors_are_one_line_exceptions_that_reach_the_front_end(shell):
         ("%%remote_train -d x -l y --bogus\nmodel = 1", "unrecognized arguments: --bogus"),
         ("%remote_jobs --state nonsense", "invalid choice: 'nonsense'"),
         ("%remote_cancel", "usage: %remote_cancel JOB_ID"),
+        # an empty cell: IPython's own UsageError was only printed, and papermill went on (rev11 #8)
+        ("%%remote_evaluate --model local -d x -l y", "%%remote_evaluate has nothing in its cell"),
+        ("%%remote_train -d x -l y\n\n", "%%remote_train has nothing in its cell"),
         ('%remote_describe --where "x >', "cannot parse the arguments"),
         (
             "%%remote_train -d x -l y --where age >= 18 AND bmi < 30 --seed 1\nmodel = 1",
@@ -149,6 +152,8 @@ def test_cancel_waits_for_the_final_state(shell, server):
     with capture_output() as out:
         shell.run_line_magic("remote_cancel", job.id)
     assert out.stdout == f"Job {job.id}: cancelled\n", "the final state, not 'running'"
+    shown = shell.run_line_magic("remote_job", job.id)  # raised JobCancelled (rev11 #8)
+    assert shown.id == job.id and repr(shown).endswith(": cancelled>")
 
 
 def test_jobs_listing_has_limit_state_and_tells_jobs_apart(shell, server):
@@ -327,5 +332,5 @@ def test_small_mistakes_from_review_7_are_named_before_anything_is_spent(server)
     with pytest.raises(SpecError) as typo:
         client.cost(None, {**spec, "label": "lable"})
     assert "did you mean 'label'?" in typo.value.message and "'age'" not in typo.value.message
-    multi = client.cost(xgb.XGBClassifier(objective="multi:softprob", n_estimators=5), spec)
-    assert any("for a label of two classes use binary:logistic" in note for note in multi.notes)
+    with pytest.raises(ModelRejected, match="for a label of two classes use binary:logistic"):
+        client.cost(xgb.XGBClassifier(objective="multi:softprob", n_estimators=5), spec)  # as submit

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import requests
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 from urllib3.util.retry import Retry
@@ -50,7 +50,6 @@ from ..contract.wire import (
     ModelReleaseStatus,
     ReleaseOptions,
     Whoami,
-    spec_error,
 )
 from ..display.budget import Budget
 from ..display.cost import Cost
@@ -60,9 +59,10 @@ from ..display.progress import script_bar
 from ..display.result import TrainResult
 from ..display.tables import Datasets
 from .connection import check_url, client_cert_file, hub_token, tls_problem, tls_verify, unreachable
-from .errors import Busy, ConnectionProblem, RemoteError, SpecError, error_for
+from .errors import Busy, ConnectionProblem, RemoteError, error_for
 from .job import Job
 from .registry_api import RegistryCalls, register_request
+from .spec_input import as_spec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -111,26 +111,22 @@ def _retrying_session() -> requests.Session:
     return session
 
 
-def as_spec(spec: DatasetSpec | dict) -> DatasetSpec:
-    """A spec dict checked here, so a misspelt key is named before anything is sent."""
-    if isinstance(spec, DatasetSpec):
-        return spec
-    try:
-        return DatasetSpec.model_validate(spec)
-    except ValidationError as exc:
-        raise SpecError("invalid_spec", spec_error(exc.errors())) from None
-
-
 def _check_literal_types(model: object) -> None:
     """Refuse here, before anything is sent, a whole-number parameter given as text or a decimal
-    (`n_estimators="20"`), by the XGBoost family's own rule, as the server and the dry run do."""
+    (`n_estimators="20"`), and a keyword XGBoost would not use (`n_estimator=50`), by the XGBoost
+    family's own rules, as the server and the dry run do."""
     get_params = getattr(model, "get_params", None)
     if not callable(get_params):
         return
     from ..families.xgboost.bounds import check_whole_numbers  # the families' base loads NumPy, Arrow
 
+    estimator = model.steps[-1][1] if isinstance(getattr(model, "steps", None), list) else model
     try:
         check_whole_numbers(get_params())
+        if getattr(estimator, "kwargs", None):  # the model is XGBoost's: loading XGBoost costs nothing
+            from ..families.xgboost.known import check_estimator
+
+            check_estimator(estimator)
     except Refusal as refusal:
         raise error_for(refusal.code, refusal.message) from None
 
@@ -390,11 +386,20 @@ class Client(RegistryCalls):
         the noise the trainer would add per leaf for this model (worked out here, with the label's public
         range or classes from the catalog: the server prices a job without its model), with warnings for a
         model whose leaves would be mostly noise or whose run would be long (`trainer_noise.shape_warnings`,
-        from the catalog's released row count, never the exact one)."""
+        from the catalog's released row count, never the exact one). A model the server would refuse
+        before reading a row (the dry run's checks, `model_checks.check_model`) is refused here too."""
         spec = as_spec(spec)
         body = CostRequest(spec=spec, kind=kind, release=_options(release))  # type: ignore[arg-type]
         response = self._post_json("/cost", body)
         estimate = Cost.model_validate(response.json())
+        if model is not None:  # a job the server would refuse at once is not priced
+            from .model_checks import check_model  # the families load NumPy, Arrow, XGBoost
+
+            info = self._dataset_info(spec.dataset)
+            try:
+                check_model(model, with_model_classes(model, spec, info), info, kind)
+            except Refusal as refused:
+                raise error_for(refused.code, refused.message) from None
         if estimate.rho_train > 0:
             if model is None:
                 why = "the noise per leaf depends on the model's n_estimators: pass the model to see it"

@@ -26,29 +26,23 @@ import pyarrow as pa
 from sqlglot import exp
 
 from ..contract.codes import Refusal
-from ..contract.payload import package_model, scan
 from ..contract.query import EVAL_FLAG, ROW_ID, staging_query
 from ..contract.rows import prepare
-from ..contract.specs import Resolved, resolve, with_model_classes
+from ..contract.specs import Resolved, with_model_classes
 from ..contract.types import TIME, continuous_label_hint, kind_of
 from ..contract.wire import CostEstimate, DatasetInfo, DatasetSpec, MockData, is_dp
 from ..display.cost import cost_lines
-from ..families import family as family_named
-from ..families import family_for
 from ..families.aggregates import evaluate
 from ..families.base import (
     Run,
     Split,
-    check_classes_fit,
-    check_kind,
-    check_public_classes,
-    check_public_levels,
     encode_labels,
     is_classifier_task,
 )
-from ..families.dpboost.family import check_label
 from ..families.partitions import one_machine
 from .errors import DryRunError
+from .model_checks import check_model
+from .spec_input import as_spec
 
 DRY_ROUNDS = 5
 MOCK_TABLE = "remote_magic_mock_rows"
@@ -196,34 +190,13 @@ def _too_few(label: str, classes: list[str] | None, mock_rows: int) -> str:
 
 
 def dry_run(
-    model: object, spec: DatasetSpec, dataset: DatasetInfo, mock: pd.DataFrame, kind: str = "train"
+    model: object, spec: DatasetSpec | dict, dataset: DatasetInfo, mock: pd.DataFrame, kind: str = "train"
 ) -> DryRun:
-    """Check the spec and the model as the server would, admit mock rows, and fit (or score) the model."""
-    spec = with_model_classes(model, spec, dataset)
+    """Check the spec (a `DatasetSpec` or a dict, as `Client.train` takes) and the model as the server
+    would, admit mock rows, and fit (or score) the model."""
+    spec = with_model_classes(model, as_spec(spec), dataset)
     try:
-        resolved = resolve(spec, dataset.columns, dataset.column_levels)
-        scan(package_model(model))
-        family = family_for(model)
-        plan = family.canonical(model)
-        if dataset.bounds is not None:
-            family.check_bounds(plan, dataset.bounds.for_kind(kind))
-        if kind == "train" and dataset.policy is not None and dataset.policy.privacy == "dp":
-            # what the DP trainer refuses, refused here too (the fit below stays XGBoost's, on mock rows)
-            private = family_named("dpboost").canonical(model)
-            classifier = is_classifier_task(private.task)
-            check_label(
-                classifier,
-                dataset.label_ranges.get(spec.label),
-                dataset.column_levels.get(spec.label, spec.classes),
-                hint=continuous_label_hint(spec.label, resolved.label_dtype) if classifier else "",
-                label=spec.label,
-            )
-        check_kind(kind, plan.base is not None, plan.preprocess is not None, plan.stops_early)
-        check_classes_fit(plan.task, spec.classes)
-        if dataset.policy is not None and is_dp(dataset.policy.privacy):
-            levels = dataset.column_levels.get(spec.label, spec.classes)
-            check_public_classes(family, plan, spec.label, levels)
-            check_public_levels(family, plan)
+        resolved, family, plan = check_model(model, spec, dataset, kind)
     except Refusal as refusal:
         raise DryRunError(refusal.message, code=refusal.code) from None
     features = resolved.all_features

@@ -53,8 +53,8 @@ from ..contract.wire import (
 from ..display.federated import FederatedResult, OwnerResult
 from ..display.model import estimator_for
 from ..display.result import TrainResult
-from .api import as_spec
 from .errors import FederatedError, RemoteError, RemoteMagicError
+from .spec_input import as_spec
 
 if TYPE_CHECKING:
     from ..contract.wire import FederatedSettings

@@ -7,6 +7,7 @@ so the client's modules import this one and never the other way round.
 from __future__ import annotations
 
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -128,6 +129,7 @@ class Job:
                         raise
                     outage.retry(deadline)  # a proxy or the server failed this poll: poll again
                     continue
+                outage.answered()
                 early = time.monotonic() - now < remaining / 2
                 if self.status.version == seen and early and not self.done:
                     outage.pause(deadline)  # answered at once with nothing new: a closing server
@@ -185,7 +187,12 @@ class Job:
 
 
 def _warn(message: str) -> None:
-    warnings.warn(message, ServerUnreachable, stacklevel=4)
+    """A script's notice, as a warning at the script's own line: the first frame outside this package,
+    however deep the wait was called (a fixed stacklevel showed `status = self.wait(...)`)."""
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("remote_magic."):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, ServerUnreachable, stacklevel=level)
 
 
 class _Outage:
@@ -214,6 +221,12 @@ class _Outage:
         delay = self.delay if deadline is None else max(0.0, min(self.delay, deadline - time.monotonic()))
         time.sleep(delay)
         self.delay = min(self.delay * 2, RECONNECT_DELAY_MAX)
+
+    def answered(self) -> None:
+        """A poll was answered: after an outage it said, say once that the server is back."""
+        if self.said:
+            self.since, self.said = None, False
+            self.notice(f"the server answers again; job {self.job_id} goes on")
 
     def over(self) -> None:
         """The server answered with news: the next outage starts afresh."""

@@ -90,7 +90,9 @@ CODES: dict[str, Code] = {
     "base_model_unavailable": Code(422, "model", "%remote_models lists the versions that still exist."),
     # what may leave
     "cohort_too_small": Code(
-        422, "disclosure", "Admit more rows: widen the filter or lower the evaluation fraction."
+        422,
+        "disclosure",
+        "Admit more rows: widen the filter, or move the evaluation fraction (the message says which way).",
     ),
     "class_too_small": Code(422, "disclosure", "Admit more rows of the rare class, or merge classes."),
     "differencing_refused": Code(
@@ -101,8 +103,8 @@ CODES: dict[str, Code] = {
     "not_released": Code(
         422,
         "disclosure",
-        "The job was admitted and charged; regularise the model (raise min_child_weight, lower max_depth) "
-        "or change the spec.",
+        "The job was admitted and charged; change the spec (its features or filter), or ask the data "
+        "owner, whose server log names the cause.",
     ),
     "privacy_budget_exhausted": Code(
         422, "budget", "Repeat an earlier request to see its stored answer, or ask the data owner."

@@ -59,6 +59,12 @@ def resolve(
     else:
         features = []
         for name in spec.features:
+            if name in (spec.derive or {}) and name not in roles:
+                raise Refusal(
+                    "invalid_spec",
+                    f"{name!r} is a derived column, and derived columns are always features: leave it out "
+                    "of features",
+                )
             if name not in roles:
                 raise Refusal("unknown_column", unknown_column_message(name, usable, "features"))
             if roles[name] != "feature":

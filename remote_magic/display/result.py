@@ -30,6 +30,12 @@ TASK_NAMES = {"binary": "binary classifier", "multiclass": "multiclass classifie
 SHARE_OF_ROUNDS_PAST = 0.2
 MIN_ROUNDS_PAST = 5
 SHARE_OF_RANGE_LOST = 0.05
+# The importance ranking is the one DP release with no interval (OpenDP's noisy top-k releases names
+# only): said beside it, so a noise column in a headline is not read as a finding (rev11 #6).
+RANKING_NOTE = (
+    "the ranking is drawn with noise and has no interval: a feature of little or no effect can be drawn "
+    "in, and features of close importance come in either order"
+)
 
 
 class TrainResult:
@@ -94,6 +100,9 @@ class TrainResult:
     @property
     def notes(self) -> list[str]:
         return list(self.raw.notes)
+
+    def _ranking_kind(self) -> str:
+        return f"a noisy top {len(self.raw.importance_ranking or [])}, best first"
 
     @property
     def rounds(self) -> dict[str, int]:
@@ -279,7 +288,9 @@ class TrainResult:
         if len(top):
             lines.append("top features by gain: " + ", ".join(top.index))
         if r.importance_ranking:
-            lines.append("top features by permutation importance: " + ", ".join(r.importance_ranking))
+            ranked = ", ".join(r.importance_ranking)
+            lines.append(f"top features by permutation importance ({self._ranking_kind()}): {ranked}")
+            lines.append(f"note: {RANKING_NOTE}")
         note = self.past_best_note()
         if note:
             lines.append(f"note: {note}")
@@ -399,7 +410,9 @@ class TrainResult:
         parts = [f"<br>{html.escape(note)}" for note in r.notes + self.extras_note()]
         if r.importance_ranking:
             parts.append(
-                "<br>Top features by permutation importance: " + html.escape(", ".join(r.importance_ranking))
+                f"<br>Top features by permutation importance ({self._ranking_kind()}): "
+                + html.escape(", ".join(r.importance_ranking))
+                + f"<br>{html.escape(RANKING_NOTE)}"
             )
         if r.privacy is not None:
             parts.append(f"<br><b>{html.escape(privacy_text(r.privacy))}</b>")

@@ -510,6 +510,11 @@ class RemoteMagic(Magics, Configurable):
         back. With --datasets, one DP model is trained over several data owners' servers (mode dp
         everywhere): each server noises its own sums and charges its own budget.
         """
+        if not cell.strip():  # `empty_cell_body` lets an empty cell reach here
+            raise UsageError(
+                "%%remote_train has nothing in its cell: put the code that makes the model under its first "
+                "line"
+            )
         args = _parse(self.remote_train, line)
         if args.datasets is not None:
             return self._federated(args, cell)
@@ -556,6 +561,11 @@ class RemoteMagic(Magics, Configurable):
         """Run the cell, then score its fitted model (or `--model-ref` a registered version) on the spec's
         evaluation rows (no training). As a line (`%remote_evaluate --model-ref churn@3`, or `--model
         VAR`) there is no cell to run: a registered version needs none."""
+        if cell is not None and not cell.strip():  # `empty_cell_body` lets an empty cell reach here
+            raise UsageError(
+                "%%remote_evaluate has nothing in its cell: put the code that fits the model under its "
+                "first line, or use the line magic (one %) with --model VAR or --model-ref NAME@N"
+            )
         return self._run("evaluate", line, cell or "", self.remote_evaluate)
 
     @magic_arguments()
@@ -583,9 +593,10 @@ class RemoteMagic(Magics, Configurable):
     @usage_errors
     def remote_job(self, line: str) -> TrainResult | Job:
         """`%remote_job [JOB]`: the full result of a finished job, or its progress while it runs (JOB: a
-        job id or a job or result variable; default: the last job)."""
+        job id or a job or result variable; default: the last job). A cancelled job shows its state:
+        raising `JobCancelled` stopped a papermill run that only looked at it."""
         job = self.client.job(job_target(line, self.shell.user_ns, self._last_id(), "remote_job"))
-        return job.result() if job.done else job
+        return job.result() if job.done and job.status.state != "cancelled" else job
 
     @magic_arguments()
     @argument(

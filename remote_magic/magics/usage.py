@@ -37,3 +37,14 @@ def usage_errors(func: F) -> F:
             raise MagicUsageError(str(exc)) from None
 
     return magic  # type: ignore[return-value]
+
+
+def empty_cell_body(lines: list[str]) -> list[str]:
+    """An input transformer: a `%%remote_train` or `%%remote_evaluate` cell with nothing under its first
+    line gets one blank line. IPython refuses an empty cell magic with a plain `UsageError` that
+    papermill and nbclient do not see (rev11 #8); with the blank line it reaches the magic, which raises
+    a `MagicUsageError` that says what to do."""
+    magic = lines and lines[0].startswith(("%%remote_train", "%%remote_evaluate"))
+    if magic and not "".join(lines[1:]).strip():
+        return [lines[0].rstrip("\n") + "\n", "\n"]
+    return lines

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from sklearn.pipeline import Pipeline
 
 from ...contract.codes import Refusal
 from ...contract.federated import LEAF_LIMIT
@@ -172,8 +173,9 @@ class DPBoostFamily:
         plan = self.adopt(decoded)
         if decoded.stops_early:
             raise Refusal("parameter_out_of_bounds", STOPS_EARLY)
-        if hasattr(model, "get_params"):  # what XGBoost's own params leave out: missing, callbacks, ...
-            check_params(model.get_params())
+        estimator = model.steps[-1][1] if isinstance(model, Pipeline) else model  # a one-step Pipeline
+        if hasattr(estimator, "get_params"):  # what XGBoost's own params leave out: missing, callbacks, ...
+            check_params(estimator.get_params())
         if getattr(model, "n_estimators", 0) is None:
             plan = replace(plan, rounds=LARGE_ROUNDS, rounds_unset=True)
         return plan

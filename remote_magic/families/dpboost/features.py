@@ -139,8 +139,13 @@ class Features:
         return _read_only(np.array([c.kind == "categorical" for c in self.columns], dtype=bool))
 
     def usable(self) -> np.ndarray:
-        """The indices of the columns a split may use (those with at least one candidate)."""
-        return np.flatnonzero(self.splits > 0)
+        """The indices of the columns a split may use: a numeric column with a candidate, a text column
+        with two public levels. One level splits nothing but missing rows off (a filter on a Parquet
+        `year=` folder leaves one), and its level subsets held no level, which XGBoost refused to load.
+        Where no column has that, a text column with one level (its level against missing rows), so a
+        job on such columns alone still trains, rather than fail after it was charged."""
+        found = np.flatnonzero(self.splits >= np.where(self.text, 2, 1))
+        return found if len(found) else np.flatnonzero(self.splits > 0)
 
     def led_by(self, recorded: dict[str, list[str]]) -> Features:
         """The columns with a continued base model's category lists first: its trees' codes keep their

@@ -13,6 +13,7 @@ docs/privacy.md ("The DP trainer's parameters") shows the table.
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import replace
 from typing import Any
@@ -97,6 +98,8 @@ ALIASES = {
 
 
 def _is_default(name: str, value: Any) -> bool:
+    if name not in PARAMETERS:
+        return False
     if value is None:
         return True
     if name == "missing":
@@ -112,10 +115,17 @@ def refused_params(params: dict) -> list[str]:
     refused = []
     for name, value in sorted(params.items()):
         name = ALIASES.get(name, name)
-        kind, _, why = PARAMETERS.get(name, (REFUSED, (), "not an XGBoost parameter the DP trainer knows"))
+        kind, _, why = PARAMETERS.get(name, (REFUSED, (), _unknown(name)))
         if kind == REFUSED and not _is_default(name, value):
             refused.append(f"{name} ({why})")
     return refused
+
+
+def _unknown(name: str) -> str:
+    """Why a name the table does not know is refused, with the nearest known one (a typo such as
+    `n_estimator` was ignored by XGBoost, and once crashed here)."""
+    near = difflib.get_close_matches(name, [*PARAMETERS, *ALIASES], n=1)
+    return "not an XGBoost parameter the DP trainer knows" + (f"; did you mean {near[0]}?" if near else "")
 
 
 def check_params(params: dict) -> None:

@@ -179,9 +179,12 @@ def candidates(features: Features, rng: np.random.Generator) -> Candidates:
             sets = np.concatenate(
                 [np.eye(levels, width, dtype=bool), rng.random((RANDOM_SUBSETS, width)) < 0.5]
             ) & (np.arange(width) < levels)
-            if levels > 1:
+            if levels == 1:  # only where no column has two levels (`usable`): the one level alone
+                sets = sets[:1]
+            else:
                 # A subset and its complement split alike: keep the one without level 0, each once (a
-                # candidate listed twice would be chosen twice as often).
+                # candidate listed twice would be chosen twice as often). No set is then empty or full
+                # (XGBoost refuses an empty one).
                 sets[sets[:, 0]] ^= np.arange(width) < levels
                 sets = np.unique(sets[sets.any(axis=1)], axis=0)
             right.append(sets)
@@ -319,6 +322,7 @@ def choose(batch: Batch, tree: int, level: int, options: Candidates, index: np.n
     feature[tree, level] = options.feature[index[0]]
     split[tree, level, :nodes] = options.split[index]
     default_left[tree, level, :nodes] = options.default_left[index]
-    if right.shape[-1]:
-        right[tree, level, :nodes, :] = options.right[index]
+    # Without a usable text column the candidates hold no levels, though an unusable one widens `right`.
+    right[tree, level, :nodes, :] = False
+    right[tree, level, :nodes, : options.right.shape[-1]] = options.right[index]
     return replace(batch, feature=feature, split=split, right=right, default_left=default_left)

@@ -33,6 +33,7 @@ from .. import MODEL_FILE, PARAMS_FILE, partials, preprocessors
 from ..base import PROGRESS_EVERY_S, Labels, Part, Partitions, Plan, Report, Run, Split, check_kind
 from . import bounds as xgboost_bounds
 from .inputs import RowBatches, frame_of, model_input
+from .known import check_estimator, check_known
 from .leaves import MARGIN_LEAF_LIMIT, check_booster
 
 log = logging.getLogger("remote_magic.families.xgboost")
@@ -338,6 +339,7 @@ class XGBoostFamily:
                 base = None
             raw = model.get_params()
             xgboost_bounds.check_whole_numbers(raw)
+            check_estimator(model)  # a misspelt keyword XGBoost would only warn about
             params = _scalar_params(model.get_xgb_params())
             task = _task_of(params.get("objective"), isinstance(model, xgb.XGBClassifier))
             booster, base_rounds = _raw(_as_predicted(base))
@@ -374,6 +376,7 @@ class XGBoostFamily:
             if not isinstance(rounds, int) or isinstance(rounds, bool):
                 raise Refusal("unsupported_model", "'num_boost_round' must be an integer")
             params = _scalar_params(params)
+            check_known(params, set(params), [])
             raw_booster, base_rounds = _raw(booster)
             return Plan(
                 family=self.name,

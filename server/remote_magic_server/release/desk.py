@@ -82,9 +82,9 @@ log = logging.getLogger("remote_magic_server.release")
 CATALOG = "(catalog)"  # the ledger's user for what the catalog shows every user of a mode-dp table
 
 NOT_RELEASED = (
-    "the job was admitted and charged, but its results cannot be released under this dataset's rules: "
-    "a leaf or a prediction of the model may single out too few rows (raise min_child_weight or lower "
-    "max_depth), or it could not be trained or scored on the admitted rows"
+    "the job was admitted and charged, but it could not be trained, scored or released on the admitted "
+    "rows; in a DP mode the cause is not told, as it could turn on one row (the data owner's server log "
+    "names it)"
 )
 # Failures that are decisions of the desk itself, or that no row's value can cause.
 _KEEP_AFTER_ADMISSION = {
