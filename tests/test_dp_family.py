@@ -111,7 +111,7 @@ class Parent(Proceeding):
             and math.isclose(message.rho, expected.rho, rel_tol=1e-9)
         ):
             self.off_plan.append(asked)
-        self.rho += message.rho
+        self.rho += message.rho if expected is None else expected.cost  # as the desk charges it
         scale = message.bound / math.sqrt(2 * message.rho)
         values = np.asarray(message.values)
         if message.kind == "gaussian":

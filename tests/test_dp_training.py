@@ -166,6 +166,28 @@ def test_noise_past_the_plan_is_refused_and_a_restart_gets_the_same_answers(desk
     assert len(first[0].values) == 4
 
 
+def test_a_levels_own_node_splits_are_charged_once_between_them(desk, tmp_path):
+    """Each node of the last level chooses its own split (`node_share`); the nodes hold disjoint rows, so
+    the desk checks each selection against the plan at its own noise but charges only the first: the
+    plan spends the allowance exactly, though its releases' rhos add up to more, and nothing past it."""
+    request, state = admitted(desk, tmp_path)
+    settings = TrainerSettings(rounds=1, max_depth=2, intercept_share=0.0, node_share=0.5)
+    desk.plan_training(request, state, plan_of(settings))
+    planned = state.releases or []
+    assert [r.kind for r in planned] == ["top1"] * 4 + ["gaussian"] * 2
+    assert sum(r.rho for r in planned) > 1.1 * state.train_rho
+    for r in planned:
+        values = [0.5, 3.0, 1.0] if r.kind == "top1" else [1.0, 2.0, 3.0, 4.0]
+        desk.noise(request, state, NoiseRequest(kind=r.kind, values=values, bound=r.bound, rho=r.rho))
+    assert state.train_spent == pytest.approx(state.train_rho)
+    last = planned[0]
+    with pytest.raises(Refusal) as past:
+        desk.noise(
+            request, state, NoiseRequest(kind="top1", values=[1.0, 2.0], bound=last.bound, rho=last.rho)
+        )
+    assert past.value.code == "invalid_worker_report"
+
+
 @pytest.mark.parametrize("count", [4000.0, 1e6])
 def test_rounds_left_to_the_row_count_follow_the_count_the_desk_released(desk, tmp_path, count):
     """The plan ends at the intercept until it is answered; then the desk lists the rest from the count
@@ -235,6 +257,7 @@ def test_noise_before_a_plan_and_a_plan_that_does_not_fit_the_job_are_refused(de
     [
         TrainerSettings(rounds=7, max_depth=3, batch_size=3),
         TrainerSettings(rounds=4, max_depth=3, node_splits=True),
+        TrainerSettings(rounds=3, max_depth=3, node_share=0.5),
         TrainerSettings(objective="multi:softprob", num_class=3, rounds=3, max_depth=2, batch_size=2),
         TrainerSettings(objective="reg:squarederror", label_range=(0.0, 4.0), rounds=3, split_share=0.0),
     ],

@@ -50,8 +50,11 @@ from remote_magic.families.dpboost.schedule import releases
 from remote_magic.families.dpboost.selection import adapted, candidates, scores, weighted
 from remote_magic.families.dpboost.settings import (
     LARGE_LEVEL_GROWTH,
+    LARGE_NODE_SHARE,
     LARGE_RECENTRE_SHARE,
     LARGE_SAMPLE,
+    NODE_PRIOR,
+    NODE_SAMPLE,
     RECENTRE_DEPTH,
 )
 from remote_magic.families.dpboost.structure import Batch, descend, draw
@@ -306,7 +309,9 @@ def test_a_large_sample_gives_the_deeper_levels_more_of_the_selection_budget():
     assert large.level_growth == LARGE_LEVEL_GROWTH == 2.0 and large.rounds == 4
     assert large.level_shares() == pytest.approx((3 / 7, 6 / 7, 12 / 7))
     planned = [r.rho for r in releases(large, rho, 0, 0.0, False) if r.kind == "top1"]
-    assert planned[1] == pytest.approx(2 * planned[0]) and planned[2] == pytest.approx(4 * planned[0])
+    # The last level's split at 1 - LARGE_NODE_SHARE of its rho (its nodes' own splits the rest).
+    assert planned[1] == pytest.approx(2 * planned[0])
+    assert planned[2] == pytest.approx(4 * (1 - LARGE_NODE_SHARE) * planned[0])
     table, y = make_rows(2000)
     picks: list = []
     released, _ = train(
@@ -316,7 +321,7 @@ def test_a_large_sample_gives_the_deeper_levels_more_of_the_selection_budget():
     assert asked == [
         r.rho for r in releases(replace(large, intercept_share=0.0), rho, 0, 0.0, False) if r.kind == "top1"
     ]
-    assert asked[:3] == pytest.approx([asked[0], 2 * asked[0], 4 * asked[0]])
+    assert asked[:3] == pytest.approx([asked[0], 2 * asked[0], 2 * asked[0]])
     assert released.rho == pytest.approx(rho, rel=1e-9)
 
 
@@ -339,13 +344,13 @@ def test_a_large_sample_recentres_each_tree_partway_down_within_the_rounds_rho(o
     large = replace(large, intercept_share=0.0)
     planned = list(releases(large, rho, 0, 0.0, False))
     before = list(releases(replace(large, recentre_share=0.0), rho, 0, 0.0, False))
-    assert sum(r.rho for r in planned) == pytest.approx(rho, rel=1e-12)
+    assert sum(r.cost for r in planned) == pytest.approx(rho, rel=1e-12)
     per_round = [(r.kind, r.rho) for r in planned[: len(planned) // 3]]
     old = [r.rho for r in before[: len(before) // 3] if r.kind == "gaussian"]
     assert [kind for kind, _ in per_round] == [
         *["top1"] * (RECENTRE_DEPTH * trees),
         *["gaussian"] * 2,
-        *["top1"] * ((5 - RECENTRE_DEPTH) * trees),
+        *["top1"] * ((4 - RECENTRE_DEPTH) * trees + (1 + 16) * trees),  # the last level's nodes too
         *["gaussian"] * 2,
     ]
     gaussians = [r for kind, r in per_round if kind == "gaussian"]
@@ -377,6 +382,43 @@ def test_a_large_sample_recentres_each_tree_partway_down_within_the_rounds_rho(o
     assert np.allclose(np.asarray(first["base_weights"])[-32:], leaves, rtol=1e-6, atol=1e-7)
     # The leaves' gradients are the moved rows': below each node they sum to less than the node's did.
     assert np.abs(leaf_g.reshape(8, 4).sum(axis=1)).sum() < 0.5 * np.abs(node_g).sum()
+
+
+def test_a_large_samples_last_level_lets_each_node_choose_its_own_split_on_the_levels_column():
+    """Where the released count says the sample is larger still (NODE_SAMPLE), the last level's selection
+    rho is split: the level's split takes 1 - LARGE_NODE_SHARE, then each node chooses its own split
+    among the candidates on that split's column with LARGE_NODE_SHARE, charged once for all the nodes
+    (their rows are disjoint), so the job spends exactly its budget; the coordinator asks what the
+    schedule lists, the nodes of one level keep one column but not one threshold, and XGBoost predicts
+    the trainer's margins. A smaller sample keeps one split per level."""
+    unset = Settings(rounds=3, max_depth=3, split_share=0.4, intercept_share=0.0, rounds_from_count=True)
+    rho = 0.5
+    small, large = unset.for_count(LARGE_SAMPLE, rho), unset.for_count(4 * LARGE_SAMPLE, rho)
+    middle = unset.for_count(1.5 * LARGE_SAMPLE / math.sqrt(rho), rho)  # large, but below NODE_SAMPLE
+    assert middle.recentre_share == LARGE_RECENTRE_SHARE and middle.node_level is None
+    assert NODE_SAMPLE == 2 * LARGE_SAMPLE
+    assert small.node_level is None and large.node_level == 2
+    assert large.node_share == LARGE_NODE_SHARE == 0.5 and NODE_PRIOR == 0.8
+    planned = list(releases(large, rho, 0, 0.0, False))
+    level = large.select_rho(large.scales(rho), 2)
+    per_round = planned[: len(planned) // 3]
+    assert [r.kind for r in per_round] == ["top1"] * 7 + ["gaussian"] * 2
+    assert [r.rho for r in per_round[2:7]] == pytest.approx([level / 2] * 5)
+    assert [r.cost for r in per_round[2:7]] == pytest.approx([level / 2] * 2 + [0.0] * 3)
+    assert sum(r.cost for r in planned) == pytest.approx(rho, rel=1e-12)
+    assert sum(r.rho for r in planned) > 1.1 * rho, "the nodes' noise is that of their whole share each"
+    table, y = make_rows(4000)
+    picks: list = []
+    released, partitions = train(large, table, y, rho=HUGE, parts=3, select=seeded_select(2, picks))
+    asked = [r.rho for r in releases(large, HUGE, 0, 0.0, False) if r.kind == "top1"]
+    assert [r for _, r in picks] == pytest.approx(asked)
+    assert released.rho == pytest.approx(HUGE, rel=1e-9)
+    assert np.allclose(predict_margins(released.model, FEATURES, table), margins_of(partitions), atol=1e-5)
+    trees = json.loads(released.model)["learner"]["gradient_booster"]["model"]["trees"]
+    last = [(t["split_indices"][3:7], t["split_conditions"][3:7], t["default_left"][3:7]) for t in trees]
+    assert all(len(set(columns)) == 1 for columns, _, _ in last), "one column per level"
+    assert any(len(set(zip(at, left))) > 1 for _, at, left in last), "each node its own threshold"
+    assert all(len(set(t["split_conditions"][1:3])) == 1 for t in trees), "above it, one split per level"
 
 
 def test_level_selection_threshold_and_delta_are_inverse():

@@ -59,7 +59,10 @@ cost one selection (parallel composition). A round has `n_x = depth * classes` s
 each tree), or `2 * depth * classes` with a split per node. Level `l`'s selections each get the share
 `w_l = depth q^l / sum_k q^k` of a mean selection's rho (Gumbel scale `b / sqrt(w_l)`; `q` =
 `Settings.level_growth`, public, 1 or, where the released count says the sample is large, 2): the
-shares' mean is 1, so a round's selections cost `n_x D_x^2 / (2 b^2)` whatever `q`. Where the trees
+shares' mean is 1, so a round's selections cost `n_x D_x^2 / (2 b^2)` whatever `q`. Where the same
+count is larger still (`Settings.node_share`, `NODE_SAMPLE`), the last level's selection rho is split:
+`1 - c` for the level's split, `c` for each node's own split on its column (the nodes' disjoint rows:
+together one selection at `c`), so the level costs the same. Where the trees
 recentre (`Settings.recentres`: the same count), each tree's nodes at depth 3 release their `(G, H)` sums as
 the leaves do (a row is in one node: the same bounds `g`, `h`) with a share `c` of the round's leaf rho and
 the leaves with `1 - c` (`schedule.leaf_releases`), so a round's leaf term below is unchanged.

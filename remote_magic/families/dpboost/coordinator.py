@@ -39,8 +39,8 @@ from .partition import (
     Update,
 )
 from .schedule import leaf_releases
-from .selection import Scoring, adapted, candidates, choose, fixed_candidates, weighted
-from .settings import RECENTRE_DEPTH, Settings
+from .selection import Candidates, Scoring, adapted, candidates, choose, fixed_candidates, weighted
+from .settings import NODE_PRIOR, RECENTRE_DEPTH, Settings
 from .structure import Batch, draw
 
 Noise = Callable[[list[float], float, float], list[float]]
@@ -161,13 +161,17 @@ class Coordinator:
         options = self._fixed if self._fixed is not None else candidates(self.features, self.rng)
         scoring = self._scoring if self._scoring is not None else Scoring(self.features, options)
         batch, nodes = request.batch, 1 << request.level
+        own = self.settings.node_share if request.level == self.settings.node_level else 0.0
         for tree in range(batch.trees):
             table = scoring(hist[tree])
             if not self.settings.node_splits:
                 self.spent += rho
-                total = weighted(table.sum(axis=0), adapted(options, self.chosen), bound, rho)
-                index = np.full(nodes, self.select(total, bound, rho))
+                first = (1.0 - own) * rho
+                total = weighted(table.sum(axis=0), adapted(options, self.chosen), bound, first)
+                index = np.full(nodes, self.select(total, bound, first))
                 self.chosen[options.feature[index[0]]] += 1
+                if own:
+                    index = self._own(table, options, index[0], bound, own * rho)
             else:
                 # The column by its best split at each node, summed; then each node's split on it. The
                 # nodes hold disjoint rows, so their selections together cost one selection's rho.
@@ -179,6 +183,20 @@ class Coordinator:
                 index = np.array([at[self.select(table[j, at], bound, rho)] for j in range(nodes)])
             batch = choose(batch, tree, request.level, options, index)
         self._growing = batch
+
+    def _own(
+        self, table: np.ndarray, options: Candidates, split: int, bound: float, rho: float
+    ) -> np.ndarray:
+        """Each node's own split among the candidates on the column of the level's `split`, by the node's
+        own scores, the level's split given the public prior weight NODE_PRIOR and the others the rest
+        evenly (the nodes hold disjoint rows: together one selection at `rho`). Flights at epsilon 4,
+        validation rows: 0.79 points below XGBoost against 0.86 with the level's split at every node
+        (benchmarks/dp_trainer.py)."""
+        at = np.flatnonzero(options.feature == options.feature[split])
+        prior = np.where(at == split, np.log(NODE_PRIOR), np.log((1.0 - NODE_PRIOR) / (len(at) - 1)))
+        return np.array(
+            [at[self.select(weighted(scores[at], prior, bound, rho), bound, rho)] for scores in table]
+        )
 
     def _release(self, values: np.ndarray, l2: float, rho: float) -> np.ndarray:
         return self._release_all([(values, l2, rho)])[0]

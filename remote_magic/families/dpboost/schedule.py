@@ -5,7 +5,9 @@ row moves what is noised (L2 for sums, per score for a top-1) and its rho: the s
 over the sketched columns' counts: one row moves each column's counts by one), the intercept's, then
 per batch of rounds each level's split selections (one per tree, or per tree a column and one per node;
 each level's rho its share, `Settings.select_rho`; where the trees recentre, the sums of the nodes at
-`RECENTRE_DEPTH` before that level's) and the leaves' gradient and hessian sums. The
+`RECENTRE_DEPTH` before that level's; at `Settings.node_level` the level's split and then each node's
+threshold, the nodes' together charged once: parallel composition) and the leaves' gradient and
+hessian sums. The
 coordinator asks exactly these (a test runs it against this list), so the trusted parent, which never
 sees a row, checks each request a worker sends against the trainer's own settings: a worker cannot state
 a smaller bound, or a different rho, than the proof has for that release.
@@ -24,9 +26,17 @@ from .settings import RECENTRE_DEPTH, Settings
 
 @dataclass(frozen=True)
 class Release:
+    """One noisy release: its noise is that of `rho`; it is charged `charge` (None: `rho`), 0 for the
+    second and later of a level's per-node selections, whose nodes hold disjoint rows."""
+
     kind: Literal["gaussian", "top1"]
     bound: float
     rho: float
+    charge: float | None = None
+
+    @property
+    def cost(self) -> float:
+        return self.rho if self.charge is None else self.charge
 
 
 def releases(
@@ -61,12 +71,27 @@ def releases(
             for level in range(settings.max_depth):
                 if settings.recentres and level == RECENTRE_DEPTH:
                     yield from leaf_releases(settings, scales, rounds, nodes=True)
-                select = Release("top1", settings.select_bound, settings.select_rho(scales, level))
-                per_tree = 1 + (1 << level) if settings.node_splits else 1
-                for _ in range(rounds * objective.trees_per_round * per_tree):
-                    yield select
+                yield from level_releases(settings, scales, level, rounds * objective.trees_per_round)
         yield from leaf_releases(settings, scales, rounds)
         done += rounds
+
+
+def level_releases(settings: Settings, scales: Scales, level: int, trees: int) -> Iterator[Release]:
+    """A level's selections for `trees` trees, tree by tree: one each; or the level's split (with
+    `node_splits` its column) and then each node's own, the nodes' charged once between them."""
+    bound, rho = settings.select_bound, settings.select_rho(scales, level)
+    nodes = 1 << level
+    if settings.node_splits:
+        first, each = rho, rho
+    elif level == settings.node_level:
+        first, each = (1.0 - settings.node_share) * rho, settings.node_share * rho
+    else:
+        yield from [Release("top1", bound, rho)] * trees
+        return
+    for _ in range(trees):
+        yield Release("top1", bound, first)
+        yield Release("top1", bound, each)
+        yield from [Release("top1", bound, each, charge=0.0)] * (nodes - 1)
 
 
 def leaf_releases(

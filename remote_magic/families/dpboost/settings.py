@@ -34,6 +34,14 @@ LARGE_LEVEL_GROWTH = 2.0
 # node's Newton step moves its rows' margins before the levels below are scored (selection.py).
 LARGE_RECENTRE_SHARE = 0.2
 RECENTRE_DEPTH = 3
+# Where the same count gives n sqrt(rho) >= NODE_SAMPLE, the last level's selection budget is split: the
+# level's split (its column) takes 1 - LARGE_NODE_SHARE, and each node then chooses its own threshold on
+# that column with LARGE_NODE_SHARE (`node_share`), the level's split given the public prior weight
+# NODE_PRIOR among the column's candidates (the nodes' rows are disjoint: together one selection).
+# benchmarks/dp_trainer.py: flights at epsilon 4 (n sqrt(rho) 110,000 on validation rows), not at 2 (59,000).
+NODE_SAMPLE = 2 * LARGE_SAMPLE
+LARGE_NODE_SHARE = 0.5
+NODE_PRIOR = 0.8
 MAX_DEPTH = 12
 # A regression's leaves are shrunk and clipped in units of its public label range's width over this
 # (`Settings.leaf_unit`), so the same table in other units trains the same model (benchmarks/dp_regression.py,
@@ -57,11 +65,13 @@ class Settings:
     chooses each level's split by the exponential mechanism (`selection.py`; 0: random splits), level `l`'s
     selections with a share in proportion to `level_growth ** l` (`level_shares`); with `recentre_share`
     (`recentres`) each tree's nodes at RECENTRE_DEPTH release their sums with that share of the leaves'
-    budget, and their steps move their rows' margins before the levels below;
+    budget, and their steps move their rows' margins before the levels below; with `node_share` each node
+    of the last level chooses its own threshold on the level's column with that share of the level's
+    selection budget (`node_level`);
     `seed` draws the structure. With `rounds_from_count` (the analyst left the rounds unset) `rounds` is
     the most the training may take: it takes DEFAULT_ROUNDS, or `rounds` and LARGE_LEVEL_GROWTH where the
     noisy row count of the released intercept says the sample is large (`for_count`), and then also
-    LARGE_RECENTRE_SHARE."""
+    LARGE_RECENTRE_SHARE, and LARGE_NODE_SHARE where it is larger still (NODE_SAMPLE)."""
 
     objective: str = BINARY
     num_class: int = 1
@@ -78,6 +88,7 @@ class Settings:
     split_share: float = DEFAULT_SPLIT_SHARE
     level_growth: float = DEFAULT_LEVEL_GROWTH
     recentre_share: float = 0.0
+    node_share: float = 0.0
     node_splits: bool = False
     seed: int = 0
     g_clip: float | None = None
@@ -97,10 +108,11 @@ class Settings:
             and self.noise_lambda >= 0
             and self.level_growth > 0
             and 0 <= self.recentre_share < 1
+            and 0 <= self.node_share < 1
         ):
             raise ValueError(
                 "learning_rate, max_leaf and level_growth must be positive, reg_lambda and noise_lambda not "
-                "negative, recentre_share 0 to below 1"
+                "negative, recentre_share and node_share 0 to below 1"
             )
         self.objective_()
 
@@ -127,12 +139,14 @@ class Settings:
         analyst set are returned as they are."""
         if not self.rounds_from_count:
             return self
-        if count is None or count * math.sqrt(rho_train) < LARGE_SAMPLE:
+        sample = 0.0 if count is None else count * math.sqrt(rho_train)
+        if sample < LARGE_SAMPLE:
             return replace(self, rounds=min(self.rounds, DEFAULT_ROUNDS), rounds_from_count=False)
         return replace(
             self,
             level_growth=LARGE_LEVEL_GROWTH,
             recentre_share=LARGE_RECENTRE_SHARE,
+            node_share=LARGE_NODE_SHARE if sample >= NODE_SAMPLE else 0.0,
             rounds_from_count=False,
         )
 
@@ -189,6 +203,14 @@ class Settings:
         """The rho of one split selection at `level` (schedule.py and the coordinator ask this one)."""
         assert scales.sigma_select is not None
         return self.level_shares()[level] * self.select_bound**2 / (2 * scales.sigma_select**2)
+
+    @property
+    def node_level(self) -> int | None:
+        """The level whose nodes each choose their own threshold on its column (`node_share` of its
+        selection's rho, the level's split the rest): the last, where `node_share` is set; else None."""
+        if self.node_share > 0 and self.split_share > 0 and not self.node_splits:
+            return self.max_depth - 1
+        return None
 
     @property
     def selections_per_round(self) -> int:

@@ -473,7 +473,7 @@ class ReleaseDesk:
         planned = list(
             releases(settings, admitted.train_rho, len(sketched), plan.sketch_rho, plan.continuing)
         )
-        if sum(r.rho for r in planned) > admitted.train_rho * (1 + 1e-9):
+        if sum(r.cost for r in planned) > admitted.train_rho * (1 + 1e-9):
             raise self._bad_noise(request, "a training plan past its budget")
         admitted.releases = planned
         if settings.waits_for_count(plan.continuing):
@@ -554,6 +554,7 @@ class ReleaseDesk:
         """Check a noise request against the job's plan and charge it to the training's allowance
         (`noise`); its number in the job's sequence of requests."""
         seq = admitted.noise_asked
+        cost = ask.rho
         if request.kind in ("train", "sums"):
             planned = (admitted.releases or []) if request.kind == "train" else request.releases
             expected = planned[seq] if seq < len(planned) else None
@@ -563,9 +564,10 @@ class ReleaseDesk:
                 and math.isclose(ask.rho, expected.rho, rel_tol=1e-9)
             ):
                 raise self._bad_noise(request, "noise its training plan does not make")
+            cost = expected.cost  # a level's per-node selections after its first: 0 (disjoint rows)
         elif request.kind != "describe" or not self._describe_sketch(request, admitted, seq, ask):
             raise self._bad_noise(request, "noise its job does not make")
-        spent = admitted.train_spent + ask.rho
+        spent = admitted.train_spent + cost
         if spent > admitted.train_rho * (1 + 1e-9) + 1e-15:
             log.warning("noise_past_allowance", extra={"job": request.job_id, "rho": spent})
             raise Refusal("invalid_worker_report", "the job's worker asked for more than its training budget")
