@@ -34,6 +34,7 @@ from remote_magic_server.privacy import dp
 from remote_magic_server.protocol import (
     Admission,
     Decision,
+    Failure,
     NoiseAnswer,
     NoiseAnswers,
     NoiseBatch,
@@ -393,6 +394,25 @@ MALFORMED = {
 }
 
 
+def _converse(desk: ReleaseDesk, request: Request, folder: Path, target, args: tuple):
+    """Run `target(conn, admission, *args)` as a forked worker talking to a real `Conversation` with the
+    desk; (its final, the conversation, the worker process)."""
+    sets = {"training": "training.roaring", "evaluation": "evaluation.roaring"}
+    rows = Admission(counts=COUNTS, row_sets=sets, table_rows=10_000)
+    context = multiprocessing.get_context("fork")
+    ours, theirs = context.Pipe(duplex=True)
+    worker = context.Process(target=target, args=(theirs, rows, *args))
+    worker.start()
+    theirs.close()
+    execution = LocalExecution(worker, ours)
+    talk = Conversation(desk, request, folder, execution)
+    try:
+        final = drive(execution, talk.handle, time.monotonic() + 60, 60)
+    finally:
+        execution.close()
+    return final, talk, worker
+
+
 def _asking(conn, admission: Admission, plan: TrainingPlan, select: tuple[float, float], bad: bytes) -> None:
     """A worker that is admitted, declares its plan, asks its first selection as a channel does, then
     sends `bad` and waits on the pipe until the parent stops it (no answer may come)."""
@@ -411,25 +431,41 @@ def test_a_malformed_noise_frame_ends_the_job_unanswered_and_uncharged(desk, tmp
     and one that is not well formed ends the job with `invalid_worker_report`, nothing drawn for it."""
     request, _ = admitted(desk, tmp_path, "j11")
     select = next(releases(SELECTING, desk.policy("d").dp_rho_train, 0, 0.0, False))
-    sets = {"training": "training.roaring", "evaluation": "evaluation.roaring"}
-    rows = Admission(counts=COUNTS, row_sets=sets, table_rows=10_000)
-    context = multiprocessing.get_context("fork")
-    ours, theirs = context.Pipe(duplex=True)
-    worker = context.Process(
-        target=_asking, args=(theirs, rows, plan_of(SELECTING), (select.bound, select.rho), MALFORMED[bad]())
-    )
-    worker.start()
-    theirs.close()
-    execution = LocalExecution(worker, ours)
-    talk = Conversation(desk, request, tmp_path, execution)
-    try:
-        final = drive(execution, talk.handle, time.monotonic() + 60, 60)
-    finally:
-        execution.close()
+    args = (plan_of(SELECTING), (select.bound, select.rho), MALFORMED[bad]())
+    final, talk, worker = _converse(desk, request, tmp_path, _asking, args)
     assert final.error is not None and final.error[0] == "invalid_worker_report"
     assert worker.exitcode == -9, "the worker was stopped"
     assert talk.admitted is not None and talk.admitted.noise_asked == 1, "the well-formed selection only"
     assert talk.admitted.train_spent == pytest.approx(select.rho)
+
+
+def _nodes_together(conn, admission: Admission, plan: TrainingPlan, asks: list) -> None:
+    """A worker whose last level's node selections go in one `select_many`, as a large sample's do; it
+    reports the indices it got as a failure's message, which the test reads."""
+    channel = Channel(conn)
+    channel.admit(admission)
+    channel.send(plan)
+    top1 = [r for r in asks if r.kind == "top1"]
+    scores = [np.array([0.5, 3.0, 1.0])] * len(top1)
+    chosen = [channel.select(scores[0], top1[0].bound, top1[0].rho)]
+    chosen.append(channel.select(scores[1], top1[1].bound, top1[1].rho))
+    chosen += channel.select_many([(s, r.bound, r.rho) for s, r in zip(scores[2:], top1[2:], strict=True)])
+    channel.noise_many([([1.0, 2.0, 3.0, 4.0], r.bound, r.rho) for r in asks if r.kind == "gaussian"])
+    channel.send(Failure(code="unsupported_model", message=" ".join(map(str, chosen))))
+    conn.poll(60)
+
+
+def test_a_levels_node_selections_asked_together_are_checked_and_charged_as_one_by_one(desk, tmp_path):
+    """The channel's `select_many` sends a level's node selections in one batch; the parent checks each
+    against the plan as if it came alone, answers each with an index, and charges the nodes once."""
+    request, _ = admitted(desk, tmp_path, "j12")
+    settings = TrainerSettings(rounds=1, max_depth=2, intercept_share=0.0, node_share=0.5)
+    planned = list(releases(settings, desk.policy("d").dp_rho_train, 0, 0.0, False))
+    final, talk, _ = _converse(desk, request, tmp_path, _nodes_together, (plan_of(settings), planned))
+    assert final.error is not None and final.error[0] == "unsupported_model", final.error
+    assert [int(i) in range(3) for i in final.error[1].split()] == [True] * 4
+    assert talk.admitted is not None and talk.admitted.noise_asked == len(planned) == 6
+    assert talk.admitted.train_spent == pytest.approx(talk.admitted.train_rho)
 
 
 def _sending(conn, frame: bytes) -> None:

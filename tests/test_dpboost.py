@@ -421,6 +421,27 @@ def test_a_large_samples_last_level_lets_each_node_choose_its_own_split_on_the_l
     assert all(len(set(t["split_conditions"][1:3])) == 1 for t in trees), "above it, one split per level"
 
 
+def test_a_levels_per_node_selections_are_asked_together_where_the_job_can_batch_them():
+    """`select_many` (one round trip to the parent for a level's nodes, not one each) asks the same
+    selections in the same order as one `select` call each, so the model is the same; it gets each
+    tree's last level's 2**level node selections in one call."""
+    settings = Settings(rounds=3, max_depth=3, split_share=0.4, intercept_share=0.0, rounds_from_count=True)
+    large = settings.for_count(4 * LARGE_SAMPLE, 0.5)
+    table, y = make_rows(4000)
+    one_by_one, _ = train(large, table, y, rho=HUGE, select=seeded_select(3))
+    select, sizes = seeded_select(3), []
+
+    def select_many(asks):
+        sizes.append(len(asks))
+        return [select(*ask) for ask in asks]
+
+    partitions = [Partition(FEATURES, table, y, large.objective_())]
+    coordinator = Coordinator(FEATURES, large, HUGE, seeded_noise(0), None, select, select_many=select_many)
+    together = coordinator.run(*local(partitions))
+    assert sizes == [1 << large.node_level] * large.rounds
+    assert together.model == one_by_one.model
+
+
 def test_level_selection_threshold_and_delta_are_inverse():
     threshold = selection_threshold(12.0, 1e-8, 2)
     assert selection_delta(12.0, threshold, 2) == pytest.approx(1e-8, rel=1e-6)

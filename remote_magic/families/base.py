@@ -40,6 +40,8 @@ Noise = Callable[[list[float], float, float], list[float]]
 NoiseMany = Callable[[list[tuple[list[float], float, float]]], list[list[float]]]
 # The scores a select call gets are a float64 array: a worker sends them to the parent as they are.
 Select = Callable[[np.ndarray, float, float], int]
+# select_many([(scores, linf, rho), ...]) -> each one's noisy argmax, asked together as noise_many asks.
+SelectMany = Callable[[list[tuple[np.ndarray, float, float]]], list[int]]
 # A DP training's public plan, told to the parent before its first noise request: the trainer's settings
 # (a dataclass), the sketched columns, the sketch's rho, whether it continues a base model.
 Declare = Callable[[Any, list[str], float, bool], None]
@@ -229,8 +231,8 @@ class Run:
     parent's order and `noise` and `select` ask the trusted parent (its release desk draws with OpenDP
     and counts the cost against the order); the worker protocol carries each as a request and its
     answer. `declare` tells the parent the training's public plan first, which it checks every request
-    against; `noise_many`, where given, asks several releases in one message. A test passes seeded NumPy
-    noise instead (and no `declare`)."""
+    against; `noise_many` and `select_many`, where given, ask several releases in one message. A test
+    passes seeded NumPy noise instead (and no `declare`)."""
 
     threads: int
     report: Report
@@ -242,6 +244,7 @@ class Run:
     select: Select | None = None
     declare: Declare | None = None
     noise_many: NoiseMany | None = None
+    select_many: SelectMany | None = None
 
 
 class ModelFamily(Protocol):

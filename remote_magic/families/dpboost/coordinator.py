@@ -13,8 +13,9 @@ seeded NumPy Gaussian, so the same seeds give the same model wherever the rows a
 `select(scores, linf, rho) -> index` releases the index of (about) the highest score, each of which one
 row moves by at most `linf`, at a cost of `rho` (OpenDP's noisy top-1; a test passes seeded Gumbel noise).
 `noise_many([(values, l2, rho), ...])`, where given, asks a batch's gradient and hessian releases in one
-round trip; they are the same two releases, in the same order, as two `noise` calls. `weights`, where
-given, are public column weights the random structure draws each level's column by (`prior.py`).
+round trip; they are the same two releases, in the same order, as two `noise` calls; `select_many`,
+where given, asks a level's per-node selections (`Settings.node_level`) together the same way. `weights`,
+where given, are public column weights the random structure draws each level's column by (`prior.py`).
 Settings that leave the rounds to the row count (`Settings.rounds_from_count`) get them from the count the
 intercept's release gives (`settings` holds the chosen ones after it).
 """
@@ -46,6 +47,7 @@ from .structure import Batch, draw
 Noise = Callable[[list[float], float, float], list[float]]
 NoiseMany = Callable[[list[tuple[list[float], float, float]]], list[list[float]]]
 Select = Callable[[list[float], float, float], int]
+SelectMany = Callable[[list[tuple[np.ndarray, float, float]]], list[int]]
 Sums = Callable[[Request], np.ndarray]
 Apply = Callable[[Update], None]
 
@@ -76,6 +78,7 @@ class Coordinator:
         select: Select | None = None,
         noise_many: NoiseMany | None = None,
         weights: np.ndarray | None = None,
+        select_many: SelectMany | None = None,
     ):
         self.features = features
         self.settings = settings
@@ -83,6 +86,7 @@ class Coordinator:
         self.noise = noise
         self.noise_many = noise_many
         self.select = select
+        self.select_many = select_many
         self.weights = weights  # the random structure's public column prior (prior.py), if any
         if settings.split_share > 0 and select is None:
             raise ValueError("split selection needs a select function")
@@ -194,9 +198,10 @@ class Coordinator:
         (benchmarks/dp_trainer.py)."""
         at = np.flatnonzero(options.feature == options.feature[split])
         prior = np.where(at == split, np.log(NODE_PRIOR), np.log((1.0 - NODE_PRIOR) / (len(at) - 1)))
-        return np.array(
-            [at[self.select(weighted(scores[at], prior, bound, rho), bound, rho)] for scores in table]
-        )
+        asks = [(weighted(scores[at], prior, bound, rho), bound, rho) for scores in table]
+        if self.select_many is not None:
+            return at[np.asarray(self.select_many(asks), dtype=np.int64)]
+        return np.array([at[self.select(*ask)] for ask in asks])
 
     def _release(self, values: np.ndarray, l2: float, rho: float) -> np.ndarray:
         return self._release_all([(values, l2, rho)])[0]

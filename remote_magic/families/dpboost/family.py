@@ -259,6 +259,7 @@ class DPBoostFamily:
             base,
             select if settings.split_share > 0 else None,
             run.noise_many,
+            select_many=run.select_many,
         )
         done, reported = 0, 0.0
         for step in coordinator.requests():

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from remote_magic.contract.codes import Refusal
 
 from ..protocol import (
+    MAX_BATCHED_NOISE,
     Admission,
     Decision,
     Failure,
@@ -76,6 +77,23 @@ class Channel:
         if index is None or not 0 <= index < len(scores):
             raise ValueError("the parent's answer is not an index of the scores")
         return index
+
+    def select_many(self, asks: list[tuple[np.ndarray, float, float]]) -> list[int]:
+        """Several noisy choices (a DP training's `Run.select_many`: a level's per-node selections), each
+        checked and charged by the parent as `select` is, in messages of at most MAX_BATCHED_NOISE: a
+        depth-6 tree's 32 nodes' choices in 2 round trips, not 32."""
+        chosen: list[int] = []
+        for start in range(0, len(asks), MAX_BATCHED_NOISE):
+            part = asks[start : start + MAX_BATCHED_NOISE]
+            self.conn.send_bytes(noise_frame([("top1", s, b, r) for s, b, r in part], batch=True))
+            answers = NoiseAnswers.model_validate_json(self.conn.recv_bytes()).answers
+            if len(answers) != len(part):
+                raise ValueError("the parent's answers do not match the batch")
+            for answer, (scores, _, _) in zip(answers, part, strict=True):
+                if answer.index is None or not 0 <= answer.index < len(scores):
+                    raise ValueError("the parent's answer is not an index of the scores")
+                chosen.append(answer.index)
+        return chosen
 
     def _ask(self, kind: str, values: list[float] | np.ndarray, bound: float, rho: float) -> NoiseAnswer:
         self.conn.send_bytes(noise_frame([(kind, values, bound, rho)], batch=False))

@@ -89,7 +89,7 @@ def run(
             delta=order.delta,
         )
         training.noise, training.select, training.declare = channel.noise, channel.select, channel.declare
-        training.noise_many = channel.noise_many
+        training.noise_many, training.select_many = channel.noise_many, channel.select_many
     if task.kind == "train":
         channel.stage("training", 0, plan.rounds)
         trained = family.train(plan, parts, classes, training)
