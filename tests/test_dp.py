@@ -152,27 +152,28 @@ def test_past_the_noisy_bound_an_undefined_auc_is_released_as_a_coin_flip_not_om
     assert not any("auc" in note for note in result.notes)
 
 
-def test_a_classifiers_metric_whose_interval_spans_knowing_nothing_is_not_available():
-    """`log_loss 0.017 [0, 0.871]` beside accuracy 0.82 read as a near-perfect model (rev11 #6). As r2, a
-    metric whose interval is wider than the step from a model that knows nothing to a perfect one (log
-    loss ln k to 0, accuracy 1/k to 1, auc 0.5 to 1) is not available, with a note."""
+def test_a_classifiers_metric_whose_interval_spans_knowing_nothing_says_so():
+    """`log_loss 0.017 [0, 0.871]` beside accuracy 0.82 read as a near-perfect model (rev11 #6): a metric
+    whose interval is wider than the step from a model that knows nothing to a perfect one (log loss ln k
+    to 0, accuracy 1/k to 1, auc 0.5 to 1) comes with a note that it tells nothing alone; its value stays
+    (a federated training pools the owners' values)."""
     metrics = {"auc": 0.9, "log_loss": 0.017, "accuracy": 0.8191}
     intervals = {"auc": [0.85, 0.95], "log_loss": [0.0, 0.871], "accuracy": [0.78, 0.86]}
-    notes = dp_release._withheld(metrics, intervals, 2)
-    assert metrics == {"auc": 0.9, "log_loss": None, "accuracy": 0.8191} and "log_loss" not in intervals
+    notes = dp_release._swamped(metrics, intervals, 2)
+    assert metrics == {"auc": 0.9, "log_loss": 0.017, "accuracy": 0.8191} and "log_loss" in intervals
     assert notes == [
-        "log_loss is not available: its 95% interval was wider than the step from a model that knows "
+        "log_loss tells nothing alone: its 95% interval is wider than the step from a model that knows "
         "nothing to a perfect one (0.693); more evaluation rows narrow it"
     ]
     four = {"log_loss": 0.9, "accuracy": 0.3}
-    assert dp_release._withheld(four, {"log_loss": [0.3, 1.3], "accuracy": [0.0, 0.7]}, 4) == []
+    assert dp_release._swamped(four, {"log_loss": [0.3, 1.3], "accuracy": [0.0, 0.7]}, 4) == []
     assert four == {"log_loss": 0.9, "accuracy": 0.3}, "within ln 4 and 3/4: kept"
     exact, counts = report()
     for seed in range(20):
         result = dp_release.release_dp(
             exact, dp_release.draw_counts(counts, POLICY), POLICY, ReleaseOptions(), f"j{seed}", "d", "train"
         )
-        assert None not in result.metrics.values() and not result.notes, "10,000 rows: all released"
+        assert None not in result.metrics.values() and not result.notes, "10,000 rows: no note"
 
 
 def regression(

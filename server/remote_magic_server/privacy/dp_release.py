@@ -252,20 +252,19 @@ def _curve_point(key: str, metric: str) -> Callable[[Mapping[str, np.ndarray]], 
     return lambda v: v[key] / np.maximum(v["n"], 1)
 
 
-def _withheld(metrics: dict[str, float | None], intervals: dict[str, list[float]], classes: int) -> list[str]:
-    """Withhold a classifier's metric whose 95% interval is wider than the step from a model that knows
-    nothing to a perfect one (log loss ln k to 0, accuracy 1/k to 1, auc 0.5 to 1): its noise swamps
-    it, and "log_loss 0.017 [0, 0.871]" beside accuracy 0.82 read as a near-perfect model (rev11 #6).
-    The rule r2 follows, decided on the released values and the known noise alone (post-processing)."""
+def _swamped(metrics: dict[str, float | None], intervals: dict[str, list[float]], classes: int) -> list[str]:
+    """Notes on a classifier's metrics whose 95% interval is wider than the step from a model that knows
+    nothing to a perfect one (log loss ln k to 0, accuracy 1/k to 1, auc 0.5 to 1): "log_loss 0.017 [0,
+    0.871]" beside accuracy 0.82 read as a near-perfect model (rev11 #6). The value stays (the analyst
+    paid for it, and a federated training pools the owners' values, which narrows the interval); the note
+    says it tells nothing alone. Decided on the released values and the known noise (post-processing)."""
     spans = {"log_loss": math.log(classes), "accuracy": 1 - 1 / classes, "auc": 0.5}
     notes = []
     for name, span in spans.items():
         band = intervals.get(name)
         if metrics.get(name) is not None and band is not None and band[1] - band[0] > span:
-            metrics[name] = None
-            del intervals[name]
             notes.append(
-                f"{name} is not available: its 95% interval was wider than the step from a model that "
+                f"{name} tells nothing alone: its 95% interval is wider than the step from a model that "
                 f"knows nothing to a perfect one ({span:.3g}); more evaluation rows narrow it"
             )
     return notes
@@ -361,7 +360,7 @@ def release_dp(
                 put("auc", lambda v: v["auc"], 0.0, 1.0)
         put("log_loss", lambda v: v["loss"] / np.maximum(v["n"], 1), 0.0, stats.loss_clip or math.inf)
         put("accuracy", lambda v: v["correct"] / np.maximum(v["n"], 1), 0.0, 1.0)
-        notes += _withheld(metrics, intervals, max(len(evaluation.classes or {}), 2))
+        notes += _swamped(metrics, intervals, max(len(evaluation.classes or {}), 2))
 
     confusion = None
     if options.confusion and stats.confusion is not None:
